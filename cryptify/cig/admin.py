@@ -1,0 +1,42 @@
+"""The CIG's management responders (the server side of ``cig-cli``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.protocols import amp
+
+from cryptify import __version__
+from cryptify.cig.state import CigState
+from cryptify.protocols import cig_admin
+from cryptify.protocols.mgmt import table
+
+CALL_COLUMNS = ["IN-FROM", "IN-TO", "OUT-FROM", "OUT-TO", "STATE"]
+UMSG_COLUMNS = ["FROM", "TO", "STATE", "TIME", "ID"]
+
+
+class CigAdmin(amp.CommandLocator):
+    """Answers management commands from the running CIG's state."""
+
+    def __init__(self, state: CigState) -> None:
+        self.state = state
+
+    @cig_admin.ServerVersion.responder
+    def server_version(self) -> dict[str, Any]:
+        return {"program": "cig", "version": __version__}
+
+    @cig_admin.Echo.responder
+    def echo(self, text: str) -> dict[str, Any]:
+        return {"text": text}
+
+    @cig_admin.Status.responder
+    def status(self) -> dict[str, Any]:
+        return {"status": self.state.status(__version__)}
+
+    @cig_admin.ShowCall.responder
+    def show_call(self) -> dict[str, Any]:
+        return {"table": table(CALL_COLUMNS, [])}
+
+    @cig_admin.ShowUmsg.responder
+    def show_umsg(self) -> dict[str, Any]:
+        return {"table": table(UMSG_COLUMNS, [])}

@@ -1,0 +1,272 @@
+"""``cig-cli``: the operator's command line for a running CIG.
+
+Direct mode runs one action and exits (``cig-cli show call``); with no
+action it is interactive, reading actions after a ``cig-cli$`` prompt until
+``quit`` or end of input.
+
+The CIG listens for management on 127.0.0.1:8083, where a connection must
+first present the cookie kept in a file only root and the service group can
+read (``--cookie``, default ``/opt/cig/mgmt.cookie``); or on its UNIX socket
+(``--socket``), where the file permissions are the gate.  The environment
+variables ``CIG_CLI_ADDRESS``, ``CIG_CLI_COOKIE`` and ``CIG_CLI_SOCKET``
+give the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+
+from cryptify.protocols import cig_admin
+from cryptify.protocols.mgmt import ManagementClient, read_cookie
+from cryptify.protocols.mgmtcli import (
+    CONNECT_TIMEOUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliParser,
+    execute,
+    render_table,
+    run_on_reactor,
+)
+
+PROG = "cig-cli"
+PROMPT = "cig-cli$ "
+DEFAULT_ADDRESS = "127.0.0.1:8083"
+DEFAULT_COOKIE = "/opt/cig/mgmt.cookie"
+#: Longest interactive input line accepted.
+MAX_LINE = 4096
+
+HELP = """\
+Cryptify Interconnect Gateway
+  echo <anything>      echo test functionality
+  show call/umsg       show active calls or umsg sessions
+  read <FILE>          test read a configuration file
+  status               show an overview of the gateway
+  help                 shows this help
+"""
+
+USAGE = f"{PROG} [--address HOST:PORT --cookie FILE | --socket PATH] [ACTION [ARGS]]"
+
+
+class UsageError(Exception):
+    """An action line that does not parse."""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    try:
+        number = int(port)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad port in {text!r}") from exc
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
+    return host, number
+
+
+def build_parser(err: IO[str]) -> CliParser:
+    parser = CliParser(prog=PROG, add_help=False, err=err, usage=USAGE)
+    parser.add_argument(
+        "--address",
+        type=parse_address,
+        default=parse_address(os.environ.get("CIG_CLI_ADDRESS", DEFAULT_ADDRESS)),
+    )
+    parser.add_argument("--cookie", default=os.environ.get("CIG_CLI_COOKIE", DEFAULT_COOKIE))
+    parser.add_argument("--socket", default=os.environ.get("CIG_CLI_SOCKET"))
+    parser.add_argument("words", nargs=argparse.REMAINDER)
+    return parser
+
+
+def check_action(words: Sequence[str]) -> None:
+    """Refuse an action line that cannot be run, with the reason."""
+    if not words:
+        raise UsageError("no action given")
+    action, rest = words[0], list(words[1:])
+    if action in ("help", "status", "quit", "exit"):
+        if rest:
+            raise UsageError(f"{action} takes no arguments")
+    elif action == "echo":
+        pass
+    elif action == "show":
+        if rest not in (["call"], ["umsg"]):
+            raise UsageError("usage: show call | show umsg")
+    elif action == "read":
+        if len(rest) != 1:
+            raise UsageError("usage: read FILE")
+    else:
+        raise UsageError(f"unknown action {action!r}; try help")
+
+
+def read_config(path: str, out: IO[str], err: IO[str]) -> int:
+    """Validate a cig.conf without applying it: print OK or the error."""
+    from cryptify.config import ConfigError, load_cig_config
+
+    try:
+        load_cig_config(path)
+    except ConfigError as exc:
+        err.write(f"{exc}\n")
+        return EXIT_FAILED
+    except OSError as exc:
+        err.write(f"{PROG}: cannot read {path}: {exc.strerror}\n")
+        return EXIT_FAILED
+    out.write("OK\n")
+    return EXIT_OK
+
+
+def render_status(status: dict[str, Any]) -> str:
+    """The status report in the manual's layout."""
+    lines = [str(status["title"])]
+    for heading, pairs in status["sections"]:
+        lines.append("")
+        if heading:
+            lines.append(heading)
+        lines.append("-" * 5)
+        for label, value in pairs:
+            lines.append(f"{label:<26}{value}")
+    return "\n".join(lines) + "\n"
+
+
+def remote_action(words: Sequence[str], out: IO[str]) -> Any:
+    """The coroutine function of a remote action (None if it is local)."""
+    action = words[0]
+
+    async def echo(client: ManagementClient) -> int:
+        answer = await client.call(cig_admin.Echo, text=" ".join(words[1:]))
+        out.write(answer["text"] + "\n")
+        return EXIT_OK
+
+    async def status(client: ManagementClient) -> int:
+        answer = await client.call(cig_admin.Status)
+        out.write(render_status(answer["status"]))
+        return EXIT_OK
+
+    async def show(client: ManagementClient) -> int:
+        command = cig_admin.ShowCall if words[1] == "call" else cig_admin.ShowUmsg
+        answer = await client.call(command)
+        out.write(render_table(answer["table"]["columns"], answer["table"]["rows"]))
+        out.write("OK\n")
+        return EXIT_OK
+
+    return {"echo": echo, "status": status, "show": show}.get(action)
+
+
+class Session:
+    """Runs action lines against one CIG (direct or interactive mode)."""
+
+    def __init__(self, args: argparse.Namespace, out: IO[str], err: IO[str]) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+
+    def endpoint(self, reactor: Any) -> tuple[IStreamClientEndpoint, str]:
+        if self.args.socket:
+            return UNIXClientEndpoint(reactor, self.args.socket, CONNECT_TIMEOUT), self.args.socket
+        host, port = self.args.address
+        return TCP4ClientEndpoint(reactor, host, port, CONNECT_TIMEOUT), f"{host}:{port}"
+
+    def cookie(self) -> str | None:
+        if self.args.socket:
+            return None
+        return read_cookie(self.args.cookie)
+
+    async def run_words(self, reactor: Any, words: Sequence[str]) -> int:
+        try:
+            check_action(words)
+        except UsageError as exc:
+            self.err.write(f"{PROG}: {exc}\n")
+            return EXIT_USAGE
+        if words[0] == "help":
+            self.out.write(HELP)
+            return EXIT_OK
+        if words[0] == "read":
+            return read_config(words[1], self.out, self.err)
+        action = remote_action(words, self.out)
+        endpoint, where = self.endpoint(reactor)
+        return await execute(endpoint, where, "CIG", action, self.err, PROG, self.cookie, None)
+
+
+class _Lines(LineOnlyReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+
+    def __init__(self) -> None:
+        self.queue: defer.DeferredQueue[str | None] = defer.DeferredQueue()
+
+    def lineReceived(self, line: bytes) -> None:
+        self.queue.put(line.decode("utf-8", "replace"))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.queue.put("")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.queue.put(None)
+
+
+async def interactive(session: Session, reactor: Any, out: IO[str]) -> int:
+    """Prompt, read a line, run it; until quit or end of input."""
+    from twisted.internet.stdio import StandardIO
+
+    lines = _Lines()
+    StandardIO(lines, reactor=reactor)  # type: ignore[no-untyped-call]
+    status = EXIT_OK
+    while True:
+        out.write(PROMPT)
+        out.flush()
+        line = await lines.queue.get()
+        if line is None:
+            out.write("\n")
+            return status
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            session.err.write(f"{PROG}: {exc}\n")
+            continue
+        if not words:
+            continue
+        if words[0] in ("quit", "exit"):
+            return status
+        status = await session.run_words(reactor, words)
+        out.flush()
+
+
+def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
+    """Run cig-cli with ``argv`` (without the program name); return the exit status."""
+    parser = build_parser(err)
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    session = Session(args, out, err)
+    words = list(args.words)
+    if not words:
+        return run_on_reactor(lambda reactor: interactive(session, reactor, out), err, PROG)
+    try:
+        check_action(words)
+    except UsageError as exc:
+        parser.print_usage(err)
+        err.write(f"{PROG}: {exc}\n")
+        return EXIT_USAGE
+    if words[0] == "help":
+        out.write(HELP)
+        return EXIT_OK
+    if words[0] == "read":
+        return read_config(words[1], out, err)
+    return run_on_reactor(lambda reactor: session.run_words(reactor, words), err, PROG)
+
+
+def main() -> None:
+    """Console script entry point."""
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,57 @@
+"""What the running CIG knows about itself, for ``status`` and ``show``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+CONNECTED = "CONNECTED"
+DISCONNECTED = "DISCONNECTED"
+
+
+@attrs.define
+class CigState:
+    """Inputs of ``cig-cli status``; live values come from probes."""
+
+    crs_address: str
+    sip_bind: str
+    relay_connected: Callable[[], bool] = lambda: False
+    crs_connected: Callable[[], bool] = lambda: False
+    public_id: str = "-"
+    security_domain: str = "-"
+    crypto_state: str = "NO KEYS"
+    crypto_periods: tuple[str, ...] = ()
+    crypto_engines: tuple[int, int] = (0, 0)
+
+    def status(self, version: str) -> dict[str, object]:
+        """The status report as ordered sections of (label, value) pairs."""
+        umsg: list[tuple[str, str]] = [
+            ("Public ID", self.public_id),
+            ("Security Domain", self.security_domain),
+            ("CRS Address", self.crs_address),
+            ("Connection state", CONNECTED if self.crs_connected() else DISCONNECTED),
+            ("Crypto state", self.crypto_state),
+        ]
+        for index, period in enumerate(self.crypto_periods, 1):
+            umsg.append((f"Crypto period {index}", period))
+        return {
+            "title": f"Cryptify Interconnect Gateway v{version}",
+            "sections": [
+                [
+                    "",
+                    [
+                        (
+                            "Relay connection state",
+                            CONNECTED if self.relay_connected() else DISCONNECTED,
+                        ),
+                        (
+                            "Crypto engines available",
+                            f"{self.crypto_engines[0]}/{self.crypto_engines[1]}",
+                        ),
+                    ],
+                ],
+                ["UMSG status:", umsg],
+                ["SIP status:", [("SIP Bind address", self.sip_bind)]],
+            ],
+        }

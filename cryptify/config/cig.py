@@ -1,0 +1,303 @@
+"""
+C{cig.conf}: the CIG's maps, interfaces, mailboxes and links.
+
+Free-form text: blanks and line breaks separate words; C{//} comments run
+to the end of the line and C{/* ... */} comments may span lines. A
+statement ends with C{;}; the C{;} may be left out when the statement is
+the last thing on its line (as the manual's outline does with C{bind}).
+A C{{...}} block needs no C{;}, but one after its C{}} is allowed. Names
+may be any word, keywords included; patterns and paths are double-quoted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._base import (
+    ConfigError,
+    Context,
+    Tok,
+    check_host,
+    check_int,
+    check_ip,
+    check_port,
+    decode,
+)
+from ._cig_grammar import NAME_RE, Block, CigGrammar, Stmt
+from .cig_model import (
+    AddressOverride,
+    CigConfig,
+    CrsLink,
+    Interfaces,
+    Logging,
+    Mailbox,
+    Mailboxes,
+    Management,
+    MapEntry,
+    PortRange,
+    RelayLink,
+    SipInterface,
+    TelInterface,
+    TranslateMap,
+    TranslateRule,
+    UriMap,
+)
+from .crs import Endpoint, read_config_file
+from .patterns import PatternError, check_pattern
+
+_grammar = CigGrammar()
+_ONCE = frozenset({"interfaces", "mailboxes", "crs", "relay", "management", "logging", "notify"})
+
+
+class _Builder:
+    """
+    Turns the parsed blocks into a L{CigConfig}, checking names, values
+    and references.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.refs: list[tuple[Tok, str]] = []
+
+    def error(self, message: str, at: Tok, expected: str | None = None) -> ConfigError:
+        return self.ctx.error(message, at, expected=expected)
+
+    def once(self, seen: dict[str, Tok], kw: Tok, where: str = "") -> None:
+        if kw.value in seen:
+            first = seen[kw.value]
+            raise self.error(f"duplicate '{kw.value}'{where} (first on line {first.line})", kw)
+        seen[kw.value] = kw
+
+    def name(self, tok: Tok, what: str) -> str:
+        if not NAME_RE.match(tok.value):
+            raise self.error(f"bad {what} name", tok, expected="letters, digits, '_', '-', '.'")
+        return tok.value
+
+    def pattern(self, tok: Tok) -> str:
+        try:
+            check_pattern(tok.value)
+        except PatternError as e:
+            column = tok.column + 1 + e.offset
+            raise self.ctx.error(
+                e.message, Tok(tok.value, tok.line, column), expected="{name} parameters"
+            ) from None
+        return tok.value
+
+    def path(self, tok: Tok) -> str:
+        if not tok.value or "\x00" in tok.value:
+            raise self.error("bad path", tok, expected="a file system path")
+        return tok.value
+
+    def build(self, items: list[Stmt | Block]) -> CigConfig:
+        seen: dict[str, Tok] = {}
+        fields: dict[str, Any] = {}
+        maps: dict[str, UriMap] = {}
+        tmaps: dict[str, TranslateMap] = {}
+        map_toks: dict[str, Tok] = {}
+        tmap_toks: dict[str, Tok] = {}
+        for item in items:
+            kind = item.kw.value
+            if kind in _ONCE:
+                self.once(seen, item.kw)
+            if isinstance(item, Stmt):
+                fields["notify"] = self.path(item.args[0])
+            elif kind == "map":
+                m = self.uri_map(item)
+                if m.name in maps:
+                    first = map_toks[m.name].line
+                    raise self.error(
+                        f"duplicate map name (first on line {first})", item.name or item.kw
+                    )
+                maps[m.name], map_toks[m.name] = m, item.kw
+            elif kind == "translate_map":
+                t = self.translate_map(item)
+                if t.name in tmaps:
+                    first = tmap_toks[t.name].line
+                    raise self.error(
+                        f"duplicate translate_map name (first on line {first})",
+                        item.name or item.kw,
+                    )
+                tmaps[t.name], tmap_toks[t.name] = t, item.kw
+            else:
+                fields[kind] = getattr(self, "b_" + kind)(item)
+        for tok, space in self.refs:
+            names = maps if space == "map" else tmaps
+            if tok.value not in names:
+                known = f"one of: {', '.join(names)}" if names else f"no {space} is defined"
+                raise self.error(f"reference to an undefined {space}", tok, expected=known)
+        return CigConfig(maps=tuple(maps.values()), translate_maps=tuple(tmaps.values()), **fields)
+
+    def uri_map(self, block: Block) -> UriMap:
+        assert block.name is not None
+        entries: dict[str, MapEntry] = {}
+        toks: dict[str, Tok] = {}
+        for stmt in block.body:
+            assert isinstance(stmt, Stmt)
+            name_tok, tel, sip = stmt.args
+            name = self.name(name_tok, "entry")
+            if name in entries:
+                first = toks[name].line
+                raise self.error(f"duplicate entry name (first on line {first})", name_tok)
+            entries[name] = MapEntry(name, self.pattern(tel), self.pattern(sip))
+            toks[name] = name_tok
+        return UriMap(self.name(block.name, "map"), tuple(entries.values()))
+
+    def translate_map(self, block: Block) -> TranslateMap:
+        assert block.name is not None
+        rules = []
+        for stmt in block.body:
+            assert isinstance(stmt, Stmt)
+            rules.append(TranslateRule(self.pattern(stmt.args[0]), self.pattern(stmt.args[1])))
+        return TranslateMap(self.name(block.name, "translate_map"), tuple(rules))
+
+    def b_interfaces(self, block: Block) -> Interfaces:
+        seen: dict[str, Tok] = {}
+        result = Interfaces()
+        for iface in block.body:
+            assert isinstance(iface, Block)
+            self.once(seen, iface.kw, " interface")
+            if iface.kw.value == "tel":
+                tel = TelInterface(**self.interface(iface, sip=False))
+                result = attrs.evolve(result, tel=tel)
+            else:
+                sip = SipInterface(**self.interface(iface, sip=True))
+                result = attrs.evolve(result, sip=sip)
+        return result
+
+    def interface(self, block: Block, sip: bool) -> dict[str, Any]:
+        ctx = self.ctx
+        fields: dict[str, Any] = {}
+        ext: dict[str, Tok] = {}
+        src: dict[str, Tok] = {}
+        overrides: dict[str, AddressOverride] = {}
+        seen: dict[str, Tok] = {}
+        for stmt in block.body:
+            assert isinstance(stmt, Stmt)
+            kw, args = stmt.kw, stmt.args
+            if kw.value in ("extension", "source"):
+                names = ext if kw.value == "extension" else src
+                self.once(names, args[0], f" {kw.value} map")
+                self.refs.append((args[0], "map"))
+                continue
+            if kw.value == "rtp_remote_addr_override":
+                o = AddressOverride(check_ip(ctx, args[0]), check_ip(ctx, args[1]))
+                if o.original in overrides:
+                    raise self.error("address already overridden", args[0])
+                overrides[o.original] = o
+                continue
+            if kw.value in ("bind", "messaging") and not sip:
+                raise self.error(f"'{kw.value}' belongs in the sip interface", kw)
+            self.once(seen, kw)
+            if kw.value == "bind":
+                fields["bind"] = check_ip(ctx, args[0])
+                if len(args) > 1:
+                    fields["port"] = check_port(ctx, args[1], listening=True)
+            elif kw.value == "messaging":
+                fields["messaging"] = args[0].value == "true"
+            else:
+                low = check_int(ctx, args[0], "port", 1, 65535)
+                high = check_int(ctx, args[1], "port", 1, 65535)
+                if low > high:
+                    raise self.error("range is empty", args[0], expected=f"LOW <= {high}")
+                fields["rtp_port_range"] = PortRange(low, high)
+        fields["extension_maps"] = tuple(ext)
+        fields["source_maps"] = tuple(src)
+        fields["rtp_remote_addr_overrides"] = tuple(overrides.values())
+        return fields
+
+    def b_mailboxes(self, block: Block) -> Mailboxes:
+        read: list[Mailbox] = []
+        write: list[Mailbox] = []
+        paths: dict[str, Tok] = {}
+        for box in block.body:
+            assert isinstance(box, Block)
+            seen: dict[str, Tok] = {}
+            fields: dict[str, str] = {}
+            for stmt in box.body:
+                assert isinstance(stmt, Stmt)
+                self.once(seen, stmt.kw)
+                if stmt.kw.value == "path":
+                    path = self.path(stmt.args[0])
+                    if path in paths:
+                        first = paths[path].line
+                        raise self.error(
+                            f"mailbox path used twice (first on line {first})", stmt.args[0]
+                        )
+                    paths[path] = stmt.args[0]
+                    fields["path"] = path
+                else:
+                    self.refs.append((stmt.args[0], "translate_map"))
+                    fields[stmt.kw.value] = stmt.args[0].value
+            for needed in ("path", "map_from", "map_to"):
+                if needed not in fields:
+                    raise self.error(
+                        f"{box.kw.value} mailbox has no '{needed}'",
+                        box.kw,
+                        expected="path, map_from and map_to",
+                    )
+            (read if box.kw.value == "read" else write).append(Mailbox(**fields))
+        return Mailboxes(tuple(read), tuple(write))
+
+    def b_crs(self, block: Block) -> CrsLink:
+        seen: dict[str, Tok] = {}
+        fields: dict[str, Any] = {}
+        for stmt in block.body:
+            assert isinstance(stmt, Stmt)
+            self.once(seen, stmt.kw)
+            if stmt.kw.value == "address":
+                host, port = stmt.args
+                fields["address"] = Endpoint(check_host(self.ctx, host), check_port(self.ctx, port))
+            else:
+                fields[stmt.kw.value] = self.path(stmt.args[0])
+        return CrsLink(**fields)
+
+    def b_relay(self, block: Block) -> RelayLink:
+        return RelayLink(**self.paths(block))
+
+    def b_logging(self, block: Block) -> Logging:
+        return Logging(**self.paths(block))
+
+    def b_management(self, block: Block) -> Management:
+        fields: dict[str, Any] = {}
+        for stmt in block.body:
+            assert isinstance(stmt, Stmt)
+            if stmt.kw.value == "bind":
+                if "bind" in fields:
+                    raise self.error("duplicate 'bind'", stmt.kw)
+                host, port = stmt.args
+                fields["bind"] = Endpoint(
+                    check_ip(self.ctx, host), check_port(self.ctx, port, listening=True)
+                )
+        fields.update(self.paths(block, skip="bind"))
+        return Management(**fields)
+
+    def paths(self, block: Block, skip: str = "") -> dict[str, str]:
+        seen: dict[str, Tok] = {}
+        fields: dict[str, str] = {}
+        for stmt in block.body:
+            assert isinstance(stmt, Stmt)
+            if stmt.kw.value != skip:
+                self.once(seen, stmt.kw)
+                fields[stmt.kw.value] = self.path(stmt.args[0])
+        return fields
+
+
+def parse_cig_config(text: str | bytes, filename: str = "<string>") -> CigConfig:
+    """
+    Parse the text of a C{cig.conf}.
+
+    @raise ConfigError: if it is not valid.
+    """
+    text = decode(text, filename)
+    items = _grammar.parse_text(text, filename)
+    return _Builder(Context(filename, text)).build(items)
+
+
+def load_cig_config(path: str | Path) -> CigConfig:
+    """
+    Read and parse a C{cig.conf} file.
+    """
+    return parse_cig_config(read_config_file(path), str(path))

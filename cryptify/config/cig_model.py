@@ -1,0 +1,357 @@
+"""
+What C{cig.conf} says, as frozen objects, and how to write it back.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ._base import quote
+from .crs import Endpoint
+from .patterns import expand_pattern, match_pattern, translate
+
+SIP_PORT = 5060
+
+
+@attrs.frozen
+class MapEntry:
+    """
+    C{entry NAME tel "PATTERN" sip "PATTERN";}: a TEL-URI pattern and the
+    SIP-URI pattern it corresponds to. Either side matches; the other
+    side, expanded, is the result.
+    """
+
+    name: str
+    tel: str
+    sip: str
+
+
+@attrs.frozen
+class UriMap:
+    """
+    C{map NAME { entry ...; }}: entries tried in order, first match wins.
+    """
+
+    name: str
+    entries: tuple[MapEntry, ...] = ()
+
+    def to_sip(self, tel_uri: str) -> str | None:
+        """
+        Match the C{tel} patterns; expand the first match's C{sip} pattern.
+        """
+        for entry in self.entries:
+            params = match_pattern(entry.tel, tel_uri)
+            if params is not None:
+                return expand_pattern(entry.sip, params)
+        return None
+
+    def to_tel(self, sip_uri: str) -> str | None:
+        """
+        Match the C{sip} patterns; expand the first match's C{tel} pattern.
+        """
+        for entry in self.entries:
+            params = match_pattern(entry.sip, sip_uri)
+            if params is not None:
+                return expand_pattern(entry.tel, params)
+        return None
+
+
+@attrs.frozen
+class TranslateRule:
+    """
+    C{rule match "PATTERN" translation "PATTERN";}.
+    """
+
+    match: str
+    translation: str
+
+
+@attrs.frozen
+class TranslateMap:
+    """
+    C{translate_map NAME { rule ...; }}: rules tried in order.
+    """
+
+    name: str
+    rules: tuple[TranslateRule, ...] = ()
+
+    def translate(self, text: str) -> str | None:
+        """
+        The first matching rule's translation of C{text}, if any rule matches.
+        """
+        for rule in self.rules:
+            result = translate(rule.match, rule.translation, text)
+            if result is not None:
+                return result
+        return None
+
+
+@attrs.frozen
+class PortRange:
+    """
+    C{rtp_port_range LOW HIGH;}, both ends included.
+    """
+
+    low: int
+    high: int
+
+
+@attrs.frozen
+class AddressOverride:
+    """
+    C{rtp_remote_addr_override OLD NEW;}: send media for C{original} to
+    C{replacement}.
+    """
+
+    original: str
+    replacement: str
+
+
+@attrs.frozen
+class TelInterface:
+    """
+    C{interfaces { tel { ... } }}: the secure (UMSG) side.
+    """
+
+    extension_maps: tuple[str, ...] = ()
+    source_maps: tuple[str, ...] = ()
+    rtp_port_range: PortRange | None = None
+    rtp_remote_addr_overrides: tuple[AddressOverride, ...] = ()
+
+    def override(self, address: str) -> str:
+        """
+        The address to send media to in place of C{address}.
+        """
+        for o in self.rtp_remote_addr_overrides:
+            if o.original == address:
+                return o.replacement
+        return address
+
+
+@attrs.frozen
+class SipInterface:
+    """
+    C{interfaces { sip { ... } }}: the PBX side.
+
+    C{bind}/C{port} are where the SIP trunk listens (UDP and TCP) and
+    the address RTP uses; C{messaging} turns the text message interface
+    (mailboxes) on.
+    """
+
+    extension_maps: tuple[str, ...] = ()
+    source_maps: tuple[str, ...] = ()
+    bind: str = "0.0.0.0"
+    port: int = SIP_PORT
+    messaging: bool = False
+    rtp_port_range: PortRange | None = None
+    rtp_remote_addr_overrides: tuple[AddressOverride, ...] = ()
+
+    def override(self, address: str) -> str:
+        """
+        The address to send media to in place of C{address}.
+        """
+        for o in self.rtp_remote_addr_overrides:
+            if o.original == address:
+                return o.replacement
+        return address
+
+
+@attrs.frozen
+class Interfaces:
+    """
+    C{interfaces { tel { ... } sip { ... } }}.
+    """
+
+    tel: TelInterface = TelInterface()
+    sip: SipInterface = SipInterface()
+
+
+@attrs.frozen
+class Mailbox:
+    """
+    One C{read} or C{write} block of C{mailboxes}: a Maildir and the
+    translate maps (by name) for its C{From} and C{To} headers.
+    """
+
+    path: str
+    map_from: str
+    map_to: str
+
+
+@attrs.frozen
+class Mailboxes:
+    """
+    C{mailboxes { read { ... } write { ... } }}, in file order.
+    """
+
+    read: tuple[Mailbox, ...] = ()
+    write: tuple[Mailbox, ...] = ()
+
+
+@attrs.frozen
+class CrsLink:
+    """
+    C{crs { address HOST PORT; keystore "DIR"; ca "FILE"; }}: the CRS the
+    CIG attaches to, the directory holding its keystore (C{.ks.tel:NUMBER})
+    and, optionally, the CA certificates to verify the CRS with.
+    """
+
+    address: Endpoint = attrs.field(default=Endpoint("127.0.0.1", 5223))
+    keystore: str = "/opt/cig/userdata"
+    ca: str | None = None
+
+
+@attrs.frozen
+class RelayLink:
+    """
+    C{relay { control "PATH"; }}: the CIG relay's control socket.
+    """
+
+    control: str = "/run/cig/relay.sock"
+
+
+@attrs.frozen
+class Management:
+    """
+    C{management { bind ADDR PORT; cookie "PATH"; socket "PATH"; }}: the
+    TCP management port (cookie-protected) and the UNIX socket.
+    """
+
+    bind: Endpoint = attrs.field(default=Endpoint("127.0.0.1", 8083))
+    cookie: str = "/opt/cig/mgmt.cookie"
+    socket: str = "/run/cig/cig.sock"
+
+
+@attrs.frozen
+class Logging:
+    """
+    C{logging { dir "PATH"; }}.
+    """
+
+    dir: str = "/var/log/cig"
+
+
+@attrs.frozen
+class CigConfig:
+    """
+    All of C{cig.conf}. Maps and translate maps have separate name spaces
+    and keep file order; references to them are by name.
+    """
+
+    maps: tuple[UriMap, ...] = ()
+    translate_maps: tuple[TranslateMap, ...] = ()
+    interfaces: Interfaces = Interfaces()
+    mailboxes: Mailboxes = Mailboxes()
+    crs: CrsLink = CrsLink()
+    relay: RelayLink = RelayLink()
+    management: Management = Management()
+    logging: Logging = Logging()
+    notify: str = "/opt/cig/scripts/notify.sh"
+
+    @property
+    def sip(self) -> SipInterface:
+        return self.interfaces.sip
+
+    @property
+    def tel(self) -> TelInterface:
+        return self.interfaces.tel
+
+    def get_map(self, name: str) -> UriMap:
+        """
+        The C{map} called C{name} (the parser made sure it exists).
+        """
+        for m in self.maps:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def get_translate_map(self, name: str) -> TranslateMap:
+        """
+        The C{translate_map} called C{name}.
+        """
+        for m in self.translate_maps:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+def _interface_lines(i: TelInterface | SipInterface) -> list[str]:
+    out = [f"extension map {name};" for name in i.extension_maps]
+    out += [f"source map {name};" for name in i.source_maps]
+    if isinstance(i, SipInterface):
+        out.append(f"bind {i.bind} {i.port};")
+        out.append(f"messaging {'true' if i.messaging else 'false'};")
+    if i.rtp_port_range is not None:
+        out.append(f"rtp_port_range {i.rtp_port_range.low} {i.rtp_port_range.high};")
+    out += [
+        f"rtp_remote_addr_override {o.original} {o.replacement};"
+        for o in i.rtp_remote_addr_overrides
+    ]
+    return out
+
+
+def _block(head: str, lines: list[str], indent: str = "") -> list[str]:
+    return [f"{indent}{head} {{", *(f"{indent}    {x}" for x in lines), f"{indent}}}"]
+
+
+def _section(out: list[str], head: str, lines: list[str]) -> None:
+    out.extend(_block(head, lines))
+    out.append("")
+
+
+def render_cig_config(cfg: CigConfig) -> str:
+    """
+    Write C{cfg} as C{cig.conf} text that parses back to an equal object.
+    """
+    out: list[str] = []
+    for m in cfg.maps:
+        entries: list[str] = []
+        for e in m.entries:
+            entries += [f"entry {e.name}", f"    tel {quote(e.tel)}", f"    sip {quote(e.sip)};"]
+        _section(out, f"map {m.name}", entries)
+    for t in cfg.translate_maps:
+        rules: list[str] = []
+        for r in t.rules:
+            rules += [
+                "rule",
+                f"    match {quote(r.match)}",
+                f"    translation {quote(r.translation)};",
+            ]
+        _section(out, f"translate_map {t.name}", rules)
+    ifaces = _block("tel", _interface_lines(cfg.interfaces.tel))
+    ifaces += _block("sip", _interface_lines(cfg.interfaces.sip))
+    _section(out, "interfaces", ifaces)
+    boxes: list[str] = []
+    for kind, items in (("read", cfg.mailboxes.read), ("write", cfg.mailboxes.write)):
+        for box in items:
+            boxes += _block(
+                kind,
+                [
+                    f"path {quote(box.path)};",
+                    f"map_from translate_map {box.map_from};",
+                    f"map_to translate_map {box.map_to};",
+                ],
+            )
+    if boxes:
+        _section(out, "mailboxes", boxes)
+    crs = [
+        f"address {cfg.crs.address.host} {cfg.crs.address.port};",
+        f"keystore {quote(cfg.crs.keystore)};",
+    ]
+    if cfg.crs.ca is not None:
+        crs.append(f"ca {quote(cfg.crs.ca)};")
+    _section(out, "crs", crs)
+    _section(out, "relay", [f"control {quote(cfg.relay.control)};"])
+    mgmt = cfg.management
+    _section(
+        out,
+        "management",
+        [
+            f"bind {mgmt.bind.host} {mgmt.bind.port};",
+            f"cookie {quote(mgmt.cookie)};",
+            f"socket {quote(mgmt.socket)};",
+        ],
+    )
+    _section(out, "logging", [f"dir {quote(cfg.logging.dir)};"])
+    out.append(f"notify {quote(cfg.notify)};")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,107 @@
+"""
+C{crs-local.conf}: what differs between the instances of a pool.
+
+C{crsname NAME} says which C{host} of C{crs.conf}'s C{[POOL]} this
+instance is; C{db-backup} says what it does with its peer's durable store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from ._base import ConfigError, Context, decode
+from ._lines import Args, LineGrammar, parse_lines
+from .crs import CrsConfig, PoolHost, check_name, read_config_file
+
+DB_BACKUP_MODES = ("none", "replicate-from-peer", "read-from")
+USAGE = {"crsname": "NAME", "db-backup": "none|replicate-from-peer|read-from"}
+
+_grammar = LineGrammar(frozenset(USAGE), has_sections=False)
+
+
+@attrs.frozen
+class CrsLocalConfig:
+    """
+    All of C{crs-local.conf}.
+
+    C{crsname} of C{None}: a single instance outside any pool.
+    C{db_backup}: C{none}, C{replicate-from-peer} (keep a replica of the
+    peer's durable store) or C{read-from} (serve the peer's stored
+    messages from that replica, the peer being gone for good).
+    """
+
+    crsname: str | None = None
+    db_backup: str = "none"
+
+
+def parse_crs_local_config(text: str | bytes, filename: str = "<string>") -> CrsLocalConfig:
+    """
+    Parse the text of a C{crs-local.conf}.
+
+    @raise ConfigError: if it is not valid.
+    """
+    text = decode(text, filename)
+    ctx = Context(filename, text)
+    fields: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for line in parse_lines(_grammar, text, filename):
+        kw = line.keyword
+        if kw.value in seen:
+            raise ctx.error(f"duplicate directive (first on line {seen[kw.value]})", kw)
+        seen[kw.value] = kw.line
+        args = Args(ctx, line, USAGE[kw.value])
+        if kw.value == "crsname":
+            (name,) = args.exactly(["NAME"])
+            fields["crsname"] = check_name(ctx, name, "instance name")
+        else:
+            (mode,) = args.exactly(["MODE"])
+            if mode.value not in DB_BACKUP_MODES:
+                raise ctx.error("unknown db-backup mode", mode, expected=", ".join(DB_BACKUP_MODES))
+            fields["db_backup"] = mode.value
+    return CrsLocalConfig(**fields)
+
+
+def load_crs_local_config(path: str | Path) -> CrsLocalConfig:
+    """
+    Read and parse a C{crs-local.conf} file.
+    """
+    return parse_crs_local_config(read_config_file(path), str(path))
+
+
+def render_crs_local_config(cfg: CrsLocalConfig) -> str:
+    """
+    Write C{cfg} as C{crs-local.conf} text.
+    """
+    out = []
+    if cfg.crsname is not None:
+        out.append(f"crsname {cfg.crsname}")
+    out.append(f"db-backup {cfg.db_backup}")
+    return "\n".join(out) + "\n"
+
+
+def pool_host_for(
+    crs: CrsConfig, local: CrsLocalConfig, local_filename: str = "crs-local.conf"
+) -> PoolHost | None:
+    """
+    This instance's entry in the pool, from C{crsname}.
+
+    @return: C{None} for a single instance (no C{crsname}, empty pool).
+    @raise ConfigError: if C{crsname} is not a host of the pool, or the
+        pool has hosts and C{crsname} is missing.
+    """
+    names = ", ".join(crs.pool.names)
+    if local.crsname is None:
+        if crs.pool.hosts:
+            raise ConfigError("crsname missing", local_filename, expected=f"crsname {names}")
+        return None
+    host = crs.pool.host(local.crsname)
+    if host is None:
+        raise ConfigError(
+            "crsname is not a host of the pool in crs.conf",
+            local_filename,
+            text=local.crsname,
+            expected=names or "a [POOL] host in crs.conf",
+        )
+    return host

@@ -1,0 +1,281 @@
+"""
+ECCSI signatures (RFC 6507) on NIST P-256 with SHA-256, as MIKEY-SAKKE
+(RFC 6509) requires.
+
+Point arithmetic is done by C code: OpenSSL (through C{cryptography}) for
+fixed-base multiplication and for the final two-scalar verification step,
+and fastecdsa for variable-base multiplication.  The verifier's last step is
+computed as an ECDSA verification: with C{u1 = HE*s} and C{u2 = r*s}, ECDSA's
+C{[u1]G + [u2]Y} is exactly ECCSI's C{J = [s]([HE]G + [r]Y)}; ECDSA compares
+C{Jx mod q} with C{r mod q}, which equals the RFC's check C{Jx = r (mod p)}
+whenever C{p - q <= r < q}.  The few values of C{r} outside that range (none
+that an honest signer can produce with probability above 2^-120) are checked
+exactly with explicit point arithmetic.
+
+Encodings are fixed-length throughout (RFC 6507 section 3): points are
+C{04 || x || y} with 32-octet coordinates, C{r} and C{s} are 32 octets, and a
+signature is C{r || s || PVT}, 129 octets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+import attrs
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+from fastecdsa.curve import P256 as _CURVE
+from fastecdsa.point import Point  # type: ignore[attr-defined]
+
+from cryptify.crypto._util import i2osp, os2ip, random_below
+from cryptify.crypto.errors import (
+    InvalidPoint,
+    KeyValidationError,
+    MalformedInput,
+    SignatureInvalid,
+)
+
+#: Field prime, group order, curve coefficient and base point of P-256.
+P = _CURVE.p
+Q = _CURVE.q
+B = _CURVE.b
+N = 32
+POINT_LENGTH = 2 * N + 1
+SIGNATURE_LENGTH = 4 * N + 1
+
+_G = _CURVE.G
+_INFINITY = _G * 0
+G_OCTETS = b"\x04" + i2osp(_G.x, N) + i2osp(_G.y, N)
+_SECP256R1 = ec.SECP256R1()
+_PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+
+
+def _is_infinity(point: Point) -> bool:
+    return bool(point == _INFINITY)
+
+
+def decode_point(data: bytes, what: str = "point") -> Point:
+    """
+    Decode an uncompressed P-256 point, checking that it is on the curve.
+
+    @raise InvalidPoint: for any other input.
+    """
+    if not isinstance(data, bytes | bytearray) or len(data) != POINT_LENGTH:
+        raise InvalidPoint(f"{what} must be {POINT_LENGTH} octets (04 || x || y)")
+    if data[0] != 4:
+        raise InvalidPoint(f"{what} must be an uncompressed point (first octet 04)")
+    x = os2ip(data[1 : 1 + N])
+    y = os2ip(data[1 + N :])
+    if x >= P or y >= P or (y * y - (x * x * x - 3 * x + B)) % P:
+        raise InvalidPoint(f"{what} is not on the P-256 curve")
+    return Point(x, y, curve=_CURVE)
+
+
+def encode_point(point: Point) -> bytes:
+    """Encode a P-256 point as C{04 || x || y}."""
+    if _is_infinity(point):
+        raise InvalidPoint("the point at infinity has no encoding")
+    return b"\x04" + i2osp(point.x, N) + i2osp(point.y, N)
+
+
+def _base_mult(k: int) -> tuple[int, int]:
+    numbers = ec.derive_private_key(k, _SECP256R1).public_key().public_numbers()
+    return numbers.x, numbers.y
+
+
+def hash_hs(kpak: bytes, identity: bytes, pvt: bytes) -> int:
+    """C{HS = hash(G || KPAK || ID || PVT)} (RFC 6507 section 5.1.1)."""
+    digest = hashlib.sha256(G_OCTETS + kpak + identity + pvt).digest()
+    return os2ip(digest)
+
+
+def hash_he(hs: int, r: int, message: bytes) -> int:
+    """C{HE = hash(HS || r || M)} (RFC 6507 section 5.2.1)."""
+    return os2ip(hashlib.sha256(i2osp(hs, N) + i2osp(r, N) + message).digest())
+
+
+@attrs.frozen
+class EccsiKms:
+    """
+    A KMS's ECCSI key pair: the KSAK (secret) and the KPAK (public).
+    """
+
+    ksak: int = attrs.field(repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 < self.ksak < Q:
+            raise KeyValidationError("KSAK must be in [1, q)")
+
+    @classmethod
+    def generate(cls) -> EccsiKms:
+        """A new random KMS key pair."""
+        return cls(random_below(Q))
+
+    @property
+    def kpak(self) -> bytes:
+        """The KMS Public Authentication Key, C{[KSAK]G}."""
+        x, y = _base_mult(self.ksak)
+        return b"\x04" + i2osp(x, N) + i2osp(y, N)
+
+    def issue(self, identity: bytes, v: int | None = None) -> tuple[int, bytes]:
+        """
+        Issue the (SSK, PVT) pair of C{identity} (RFC 6507 section 5.1.1).
+
+        @param v: the ephemeral value; random unless given (tests only).
+        """
+        kpak = self.kpak
+        while True:
+            ephemeral = random_below(Q) if v is None else v
+            x, y = _base_mult(ephemeral)
+            pvt = b"\x04" + i2osp(x, N) + i2osp(y, N)
+            hs = hash_hs(kpak, identity, pvt)
+            ssk = (self.ksak + hs * ephemeral) % Q
+            if ssk:
+                return ssk, pvt
+            if v is not None:
+                raise KeyValidationError("the given v gives SSK = 0")
+
+
+def validate_signing_key(kpak: bytes, identity: bytes, ssk: int, pvt: bytes) -> int:
+    """
+    Validate a user's (SSK, PVT) against the KPAK (RFC 6507 section 5.1.2).
+
+    @return: HS, for the signer to keep.
+    @raise KeyValidationError: if the pair does not belong to C{identity}.
+    """
+    kpak_point = decode_point(kpak, "KPAK")
+    pvt_point = decode_point(pvt, "PVT")
+    if not 0 < ssk < Q:
+        raise KeyValidationError("SSK must be in [1, q)")
+    hs = hash_hs(kpak, identity, pvt)
+    expected = _G * ssk - pvt_point * hs
+    if _is_infinity(expected) or expected != kpak_point:
+        raise KeyValidationError("SSK and PVT do not validate against the KPAK for this identity")
+    return hs
+
+
+@attrs.frozen
+class EccsiSigner:
+    """
+    A user's signing key: identity, SSK and PVT, validated against the KPAK.
+    """
+
+    kpak: bytes
+    identity: bytes
+    ssk: int = attrs.field(repr=False)
+    pvt: bytes
+    hs: int = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(
+            self, "hs", validate_signing_key(self.kpak, self.identity, self.ssk, self.pvt)
+        )
+
+    def sign(self, message: bytes, j: int | None = None) -> bytes:
+        """
+        Sign C{message} (RFC 6507 section 5.2.1), giving C{r || s || PVT}.
+
+        @param j: the ephemeral value; random unless given (tests only).
+        """
+        while True:
+            ephemeral = random_below(Q) if j is None else j
+            r, _ = _base_mult(ephemeral)
+            he = hash_he(self.hs, r, message)
+            t = (he + r * self.ssk) % Q
+            if t == 0:
+                if j is not None:
+                    raise KeyValidationError("the given j gives HE + r*SSK = 0")
+                continue
+            s = (pow(t, -1, Q) * ephemeral) % Q
+            if s.bit_length() > 8 * N:
+                s = Q - s
+            return i2osp(r, N) + i2osp(s, N) + self.pvt
+
+
+def split_signature(signature: bytes) -> tuple[int, int, bytes]:
+    """Split an ECCSI signature into (r, s, PVT octets)."""
+    if not isinstance(signature, bytes | bytearray) or len(signature) != SIGNATURE_LENGTH:
+        raise MalformedInput(f"an ECCSI signature is {SIGNATURE_LENGTH} octets")
+    signature = bytes(signature)
+    return os2ip(signature[:N]), os2ip(signature[N : 2 * N]), signature[2 * N :]
+
+
+def _x_of_multiple(k: int, point: ec.EllipticCurvePublicKey) -> int:
+    """x of C{[k]point} through OpenSSL's ECDH (1 <= k < q)."""
+    shared = ec.derive_private_key(k, _SECP256R1).exchange(ec.ECDH(), point)
+    return os2ip(shared)
+
+
+def _y_by_ecdh(pvt_point: Point, hs: int) -> Point | None:
+    """
+    C{[HS]PVT} with OpenSSL: ECDH gives its x, the curve equation gives y up
+    to sign, and x of C{[HS+1]PVT} picks the sign.  None for the rare cases
+    (small or boundary HS, C = +-PVT) left to explicit arithmetic.
+    """
+    if not 1 <= hs < Q - 1:
+        return None
+    public = ec.EllipticCurvePublicNumbers(pvt_point.x, pvt_point.y, _SECP256R1).public_key()
+    cx = _x_of_multiple(hs, public)
+    if cx == pvt_point.x:
+        return None
+    cy = pow((cx * cx * cx - 3 * cx + B) % P, (P + 1) // 4, P)
+    # x(C + PVT) for C = (cx, cy); the other root gives x(-C + PVT).
+    slope = (cy - pvt_point.y) * pow(cx - pvt_point.x, -1, P) % P
+    sum_x = (slope * slope - cx - pvt_point.x) % P
+    if sum_x != _x_of_multiple(hs + 1, public):
+        cy = P - cy
+    return Point(cx, cy, curve=_CURVE)
+
+
+@lru_cache(maxsize=1024)
+def _y_point(kpak: bytes, identity: bytes, pvt: bytes) -> tuple[int, int]:
+    """C{Y = [HS]PVT + KPAK} for one signer; signers reuse their PVT all month."""
+    kpak_point = decode_point(kpak, "KPAK")
+    pvt_point = decode_point(pvt, "PVT in the signature")
+    hs = hash_hs(kpak, identity, pvt) % Q
+    multiple = _y_by_ecdh(pvt_point, hs)
+    if multiple is None:
+        multiple = pvt_point * hs
+    y = multiple + kpak_point
+    if _is_infinity(y):
+        raise SignatureInvalid("ECCSI signature does not verify (Y is the point at infinity)")
+    return y.x, y.y
+
+
+def _j_matches_ecdsa(yx: int, yy: int, r: int, s: int, he: int) -> bool:
+    """The final check through OpenSSL's ECDSA; exact for p - q <= r < q."""
+    public = ec.EllipticCurvePublicNumbers(yx, yy, _SECP256R1).public_key()
+    der = utils.encode_dss_signature(r % Q, pow(s, -1, Q))
+    try:
+        public.verify(der, i2osp(he, N), _PREHASHED)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _j_matches_exact(yx: int, yy: int, r: int, s: int, he: int) -> bool:
+    """The final check with explicit points: C{J = [s*HE]G + [s*r]Y}, C{Jx = r mod p}."""
+    j = _G * ((s * he) % Q) + Point(yx, yy, curve=_CURVE) * ((s * r) % Q)
+    return not _is_infinity(j) and j.x % P != 0 and j.x == r % P
+
+
+def verify(kpak: bytes, identity: bytes, message: bytes, signature: bytes) -> None:
+    """
+    Verify an ECCSI signature by C{identity} under C{kpak} (RFC 6507 5.2.2).
+
+    @raise SignatureInvalid: if it does not verify.
+    @raise MalformedInput: if the signature, KPAK or PVT are malformed.
+    """
+    r, s, pvt = split_signature(signature)
+    if not 0 < s < Q or r % P == 0:
+        raise SignatureInvalid("ECCSI signature does not verify (r or s out of range)")
+    yx, yy = _y_point(bytes(kpak), bytes(identity), pvt)
+    he = hash_he(hash_hs(kpak, identity, pvt), r, message)
+    if P - Q <= r < Q:
+        ok = _j_matches_ecdsa(yx, yy, r, s, he)
+    else:
+        ok = _j_matches_exact(yx, yy, r, s, he)
+    if not ok:
+        raise SignatureInvalid("ECCSI signature does not verify")

@@ -1,0 +1,328 @@
+"""
+SAKKE (RFC 6508) with parameter set 1 of RFC 6509.
+
+The KMS holds the master secret z and publishes C{Z = [z]P}; a user with
+identifier b gets the Receiver Secret Key C{K_b = [(b + z)^-1]P}.  A sender
+encapsulates a 128-bit SSV for b with b and Z alone; the receiver recovers it
+with the pairing C{<R, K_b>} and checks the result by recomputing R.
+
+Where the time goes, and what this module does about it:
+
+ - The pairing.  The RFC's Miller loop walks the multiples of its first
+   argument.  The reduced pairing with the distortion map is symmetric on
+   E(F_p)[q], so the receiver computes C{<K_b, R>} instead, whose loop walks
+   the multiples of its own fixed K_b: L{PairingPrecomputation} records each
+   line once (slope and intercept, affine), and an evaluation is then only
+   F_p^2 squarings and sparse multiplications.  Line values are only defined
+   up to a factor in F_p, which the b/a representation ignores, and the
+   final exponentiation is C{(p+1)/q = 4}: two squarings.
+ - Scalar multiplication.  C{[r]([b]P + Z) = [r*b]P + [r]Z}, so fixed-base
+   tables for P (one per process) and for Z (one per KMS) serve every
+   identity.
+ - C{g^r} in PF_p: a fixed-base table of powers of g.
+
+L{pairing} is the RFC's algorithm done literally; the tests check the fast
+path against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+
+import attrs
+import gmpy2
+from gmpy2 import mpz
+
+from cryptify.crypto import sakke_curve as curve
+from cryptify.crypto._util import os2ip
+from cryptify.crypto.errors import (
+    DecapsulationFailed,
+    InvalidPoint,
+    KeyValidationError,
+    MalformedInput,
+)
+from cryptify.crypto.sakke_curve import P, Q
+
+#: Octets of SSV and Hint (n = 128 bits), and of the Encapsulated Data.
+SSV_LENGTH = 16
+ENCAPSULATED_LENGTH = 2 * curve.L + 1 + SSV_LENGTH
+#: The SAKKE params value of parameter set 1 (RFC 6509 Table 4).
+PARAMETER_SET_1 = 1
+
+_TWO_128 = 1 << 128
+
+
+def hash_to_integer_range(data: bytes, n: int) -> int:
+    """HashToIntegerRange(data, n, SHA-256) (RFC 6508 section 5.1)."""
+    a = hashlib.sha256(data).digest()
+    h = bytes(32)
+    count = -(-n.bit_length() // 256)
+    v = b""
+    for _ in range(count):
+        h = hashlib.sha256(h).digest()
+        v += hashlib.sha256(h + a).digest()
+    return os2ip(v) % n
+
+
+def identifier_integer(identity: bytes) -> int:
+    """The identifier's octets as a big-endian integer (RFC 6508 6.2)."""
+    return os2ip(identity)
+
+
+def pairing(r_point: tuple[mpz, mpz], q_point: tuple[mpz, mpz]) -> mpz:
+    """C{<R, Q>} as the RFC 6508 section 3.2 pseudocode computes it."""
+    p = P
+    rx, ry = r_point
+    qx, qy = q_point
+    v0, v1 = mpz(1), mpz(0)
+    cx, cy = rx, ry
+    for bit in bin(Q - 1)[3:]:
+        slope = 3 * (cx * cx - 1) * gmpy2.invert(2 * cy, p) % p
+        v0, v1 = (v0 + v1) * (v0 - v1) % p, 2 * v0 * v1 % p
+        lr, li = (slope * (qx + cx) - cy) % p, qy
+        v0, v1 = (v0 * lr - v1 * li) % p, (v0 * li + v1 * lr) % p
+        nx = (slope * slope - 2 * cx) % p
+        cx, cy = nx, (slope * (cx - nx) - cy) % p
+        if bit == "1":
+            slope = (cy - ry) * gmpy2.invert(cx - rx, p) % p
+            lr = (slope * (qx + cx) - cy) % p
+            v0, v1 = (v0 * lr - v1 * li) % p, (v0 * li + v1 * lr) % p
+            nx = (slope * slope - cx - rx) % p
+            cx, cy = nx, (slope * (cx - nx) - cy) % p
+    for _ in range(2):  # t = v^c, c = (p+1)/q = 4
+        v0, v1 = (v0 + v1) * (v0 - v1) % p, 2 * v0 * v1 % p
+    return v1 * gmpy2.invert(v0, p) % p
+
+
+class PairingPrecomputation:
+    """
+    The Miller loop lines of one fixed point K, so that C{<K, X>} (which
+    equals C{<X, K>}) costs only the accumulation for each new X.
+    """
+
+    def __init__(self, k_point: tuple[mpz, mpz]) -> None:
+        p = P
+        kx, ky = k_point
+        cx, cy = kx, ky
+        steps: list[tuple[mpz, mpz, mpz | None, mpz | None]] = []
+        for bit in bin(Q - 1)[3:]:
+            slope = 3 * (cx * cx - 1) * gmpy2.invert(2 * cy, p) % p
+            d_a, d_b = slope, (slope * cx - cy) % p
+            nx = (slope * slope - 2 * cx) % p
+            cx, cy = nx, (slope * (cx - nx) - cy) % p
+            a_a: mpz | None = None
+            a_b: mpz | None = None
+            if bit == "1":
+                slope = (cy - ky) * gmpy2.invert(cx - kx, p) % p
+                a_a, a_b = slope, (slope * cx - cy) % p
+                nx = (slope * slope - cx - kx) % p
+                cx, cy = nx, (slope * (cx - nx) - cy) % p
+            steps.append((d_a, d_b, a_a, a_b))
+        self._steps = steps
+
+    def evaluate(self, x_point: tuple[mpz, mpz]) -> mpz:
+        """C{<K, X>} as its representative in F_p."""
+        p = P
+        qx, qy = x_point
+        v0, v1 = mpz(1), mpz(0)
+        for d_a, d_b, a_a, a_b in self._steps:
+            t = v0 * v1
+            v0 = (v0 + v1) * (v0 - v1) % p
+            v1 = (t + t) % p
+            # The line at [i]X is (A*x + B) + i*y.
+            lr = (d_a * qx + d_b) % p
+            t0 = v0 * lr
+            t1 = v1 * qy
+            v1 = ((v0 + v1) * (lr + qy) - t0 - t1) % p
+            v0 = (t0 - t1) % p
+            if a_a is not None:
+                lr = (a_a * qx + a_b) % p
+                t0 = v0 * lr
+                t1 = v1 * qy
+                v1 = ((v0 + v1) * (lr + qy) - t0 - t1) % p
+                v0 = (t0 - t1) % p
+        for _ in range(2):
+            v0, v1 = (v0 + v1) * (v0 - v1) % p, 2 * v0 * v1 % p
+        if not v0:
+            raise DecapsulationFailed("SAKKE pairing is degenerate")
+        return v1 * gmpy2.invert(v0, p) % p
+
+
+_tables_lock = threading.Lock()
+_p_table: curve.FixedBase | None = None
+_g_table: curve.PfpFixedBase | None = None
+
+
+def _base_table() -> curve.FixedBase:
+    global _p_table
+    with _tables_lock:
+        if _p_table is None:
+            _p_table = curve.FixedBase(curve.BASE)
+        return _p_table
+
+
+def _g_powers() -> curve.PfpFixedBase:
+    global _g_table
+    with _tables_lock:
+        if _g_table is None:
+            _g_table = curve.PfpFixedBase(curve.G)
+        return _g_table
+
+
+def multiply_base(k: int) -> curve.Affine:
+    """C{[k]P} for the parameter set's generator P."""
+    return _base_table().multiply(k % Q)
+
+
+@attrs.define(eq=False)
+class SakkePublicKey:
+    """
+    A KMS Public Key Z.  Decoding validates it (on the curve, order q); a
+    fixed-base table for Z is built on first use and kept with the object.
+    """
+
+    point: tuple[mpz, mpz]
+    _table: curve.FixedBase | None = attrs.field(default=None, init=False, repr=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SakkePublicKey:
+        """Decode and validate C{04 || Zx || Zy}."""
+        point = curve.point_from_bytes(data, "KMS public key Z")
+        if not curve.in_subgroup(point):
+            raise InvalidPoint("KMS public key Z is not in the order-q subgroup")
+        return cls(point)
+
+    def to_bytes(self) -> bytes:
+        """Encode as C{04 || Zx || Zy}."""
+        return curve.point_to_bytes(self.point)
+
+    def multiply(self, k: int) -> curve.Affine:
+        """C{[k]Z}."""
+        with self._lock:
+            if self._table is None:
+                self._table = curve.FixedBase(self.point)
+        return self._table.multiply(k % Q)
+
+    def identity_point(self, identity: bytes) -> tuple[mpz, mpz]:
+        """C{[b]P + Z} for identifier b."""
+        point = curve.add(multiply_base(identifier_integer(identity)), self.point)
+        if point is None:
+            raise KeyValidationError("identifier gives [b]P + Z = O")
+        return point
+
+    def r_point(self, r: int, identity: bytes) -> curve.Affine:
+        """C{R = [r]([b]P + Z) = [r*b]P + [r]Z}."""
+        b = identifier_integer(identity)
+        return curve.add(multiply_base(r * b), self.multiply(r))
+
+
+@attrs.frozen
+class SakkeKms:
+    """A KMS's SAKKE master secret z."""
+
+    z: int = attrs.field(repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 < self.z < Q:
+            raise KeyValidationError("SAKKE master secret must be in [1, q)")
+
+    @classmethod
+    def generate(cls) -> SakkeKms:
+        """A new random master secret."""
+        while True:
+            z = secrets.randbelow(int(Q))
+            if z:
+                return cls(z)
+
+    @property
+    def public_point(self) -> tuple[mpz, mpz]:
+        """Z = [z]P."""
+        point = multiply_base(self.z)
+        assert point is not None
+        return point
+
+    def public_key(self) -> SakkePublicKey:
+        """The KMS Public Key Z."""
+        return SakkePublicKey(self.public_point)
+
+    def issue_rsk(self, identity: bytes) -> bytes:
+        """The RSK of C{identity}, C{[(b + z)^-1]P}, encoded C{04 || x || y}."""
+        t = (identifier_integer(identity) + self.z) % Q
+        if t == 0:
+            raise KeyValidationError("identifier gives b + z = 0 mod q")
+        return curve.point_to_bytes(multiply_base(int(gmpy2.invert(t, Q))))
+
+
+def encapsulate(
+    z: SakkePublicKey, identity: bytes, ssv: bytes | None = None
+) -> tuple[bytes, bytes]:
+    """
+    Form Encapsulated Data for C{identity} (RFC 6508 section 6.2.1).
+
+    @param ssv: the 16-octet SSV; random unless given.
+    @return: (Encapsulated Data, SSV).
+    """
+    if ssv is None:
+        ssv = secrets.token_bytes(SSV_LENGTH)
+    if len(ssv) != SSV_LENGTH:
+        raise MalformedInput(f"SSV must be {SSV_LENGTH} octets")
+    r = hash_to_integer_range(ssv + identity, int(Q))
+    r_point = z.r_point(r, identity)
+    if r_point is None:
+        raise KeyValidationError("SSV and identifier give R = O")
+    g_r = _g_powers().power(r)
+    mask = hash_to_integer_range(int(g_r).to_bytes(curve.L, "big"), _TWO_128)
+    hint = (os2ip(ssv) ^ mask).to_bytes(SSV_LENGTH, "big")
+    return curve.point_to_bytes(r_point) + hint, ssv
+
+
+def split_encapsulated(data: bytes) -> tuple[tuple[mpz, mpz], bytes]:
+    """Parse Encapsulated Data into (R, H), checking R is on the curve."""
+    if not isinstance(data, bytes | bytearray) or len(data) != ENCAPSULATED_LENGTH:
+        raise MalformedInput(f"SAKKE Encapsulated Data must be {ENCAPSULATED_LENGTH} octets")
+    data = bytes(data)
+    point = curve.point_from_bytes(data[: 2 * curve.L + 1], "SAKKE R")
+    return point, data[2 * curve.L + 1 :]
+
+
+class SakkeReceiver:
+    """
+    A user's Receiver Secret Key for one identifier, validated on load
+    (RFC 6508 section 6.1.2) and precomputed for decapsulation.
+    """
+
+    def __init__(self, z: SakkePublicKey, identity: bytes, rsk: bytes) -> None:
+        self.z = z
+        self.identity = bytes(identity)
+        self._k_point = curve.point_from_bytes(rsk, "RSK")
+        self._lines = PairingPrecomputation(self._k_point)
+        check = self._lines.evaluate(z.identity_point(self.identity))
+        if check != curve.G:
+            raise KeyValidationError("RSK does not validate for this identifier and KMS key")
+
+    def __repr__(self) -> str:
+        return f"<SakkeReceiver identity={self.identity!r}>"
+
+    def decapsulate(self, data: bytes) -> bytes:
+        """
+        Recover the SSV (RFC 6508 section 6.2.2).
+
+        @raise DecapsulationFailed: if the integrity check fails.
+        @raise MalformedInput: if the data is malformed.
+        """
+        r_point, hint = split_encapsulated(data)
+        w = self._lines.evaluate(r_point)
+        mask = hash_to_integer_range(int(w).to_bytes(curve.L, "big"), _TWO_128)
+        ssv = (os2ip(hint) ^ mask).to_bytes(SSV_LENGTH, "big")
+        r = hash_to_integer_range(ssv + self.identity, int(Q))
+        if self.z.r_point(r, self.identity) != r_point:
+            raise DecapsulationFailed("SAKKE Encapsulated Data failed the integrity check")
+        return ssv
+
+
+def validate_rsk(z: SakkePublicKey, identity: bytes, rsk: bytes) -> None:
+    """Check C{<[b]P + Z, K_b> == g} (RFC 6508 section 6.1.2)."""
+    SakkeReceiver(z, identity, rsk)

@@ -1,0 +1,82 @@
+"""Pieces every program's service tree uses."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from cryptify.events import Notifier
+from cryptify.service import CallbackService
+
+log = Logger(namespace="cryptify.service")
+
+
+def load_or_usage(loader: Any, path: str) -> Any:
+    """Parse a config file; any problem becomes a UsageError naming the place."""
+    from cryptify.config import ConfigError
+
+    try:
+        return loader(path)
+    except ConfigError as exc:
+        raise usage.UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise usage.UsageError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def lifecycle(unit: str, notifier: Notifier, describe: list[str]) -> CallbackService:
+    """Log the start (INIT lines) and stop of a program and tell notify.sh."""
+
+    def started() -> None:
+        log.info("Start {unit} (pid {pid})", unit=unit, pid=os.getpid(), log_type="INIT")
+        for line in describe:
+            log.info("{line}", line=line, log_type="INIT")
+        notifier.notify(unit, "start")
+
+    def stopped() -> defer.Deferred[None]:
+        log.info("Stop {unit}", unit=unit)
+        notifier.notify(unit, "stop")
+        return drain(notifier)
+
+    return CallbackService(started, stopped)
+
+
+def drain(notifier: Notifier, limit: float | None = None) -> defer.Deferred[None]:
+    """Fire when the notifier has delivered everything (or after its time limit)."""
+    from twisted.internet import task
+
+    clock = notifier.reactor
+    deadline = clock.seconds() + (notifier.timeout + 1 if limit is None else limit)
+    done: defer.Deferred[None] = defer.Deferred()
+
+    def check() -> None:
+        if notifier.idle or clock.seconds() >= deadline:
+            loop.stop()
+
+    loop = task.LoopingCall(check)
+    loop.clock = clock
+    loop.start(0.1, now=True).addCallback(lambda _: done.callback(None))
+    return done
+
+
+def fatal(program: str, reactor: Any) -> Any:
+    """An errback for start-up work that finishes after the reactor runs.
+
+    It logs why, prints one line to stderr, stops the reactor and makes the
+    process exit non-zero, so systemd and the operator both see the failure.
+    """
+
+    def errback(failure: Failure) -> None:
+        why = failure.getErrorMessage()
+        log.critical("{program}: cannot start: {why}", program=program, why=why)
+        print(f"{program}: cannot start: {why}", file=sys.__stderr__ or sys.stderr, flush=True)
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        if reactor.running:
+            reactor.stop()
+
+    return errback

@@ -1,0 +1,172 @@
+"""The ``cig`` twistd plugin: the interconnect gateway's service tree.
+
+Start order (stop order is the reverse): cig.log and session.log, the
+lifecycle (INIT lines with the loaded configuration, ``notify.sh cig-server
+start|stop``), the control link to ``cig-relay``, the management listeners
+(127.0.0.1:8083 with the cookie, and the UNIX socket).  The SIP interface,
+the UMSG interface and the mailboxes join this tree in their issues.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+from twisted.python import usage
+
+from cryptify.cig.admin import CigAdmin
+from cryptify.cig.state import CigState
+from cryptify.config import CigConfig, load_cig_config
+from cryptify.config.crs import Endpoint
+from cryptify.events import Notifier
+from cryptify.logs import LogFileService
+from cryptify.plugins._common import lifecycle, load_or_usage
+from cryptify.protocols.mgmt import CookieError, ManagementFactory, ensure_cookie
+from cryptify.protocols.relay_control import RelayLink
+from cryptify.service import (
+    ListenService,
+    ProgramService,
+    StartupError,
+    attach,
+    prepare_socket_path,
+    restrict_socket,
+    unix_endpoint,
+)
+
+#: Where the development defaults keep their files (relative to the cwd).
+DEV_DIR = "cig-dev"
+#: Group that may use the management channel.
+MANAGEMENT_GROUP = "ciguser"
+
+
+def dev_cig_config(base: str) -> CigConfig:
+    """Built-in development settings: everything on loopback, under ``base``."""
+    base = os.path.abspath(base)
+    cfg = CigConfig()
+    return attrs.evolve(
+        cfg,
+        interfaces=attrs.evolve(
+            cfg.interfaces, sip=attrs.evolve(cfg.interfaces.sip, bind="127.0.0.1", port=15060)
+        ),
+        crs=attrs.evolve(
+            cfg.crs, address=Endpoint("127.0.0.1", 15223), keystore=os.path.join(base, "userdata")
+        ),
+        relay=attrs.evolve(cfg.relay, control=os.path.join(base, "relay.sock")),
+        management=attrs.evolve(
+            cfg.management,
+            bind=Endpoint("127.0.0.1", 18083),
+            cookie=os.path.join(base, "mgmt.cookie"),
+            socket=os.path.join(base, "cig.sock"),
+        ),
+        logging=attrs.evolve(cfg.logging, dir=os.path.join(base, "log")),
+        notify="",
+    )
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd cig``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Cryptify interconnect gateway.  Without --config it starts on loopback "
+        f"with built-in development settings, keeping its files under ./{DEV_DIR}."
+    )
+    optParameters = [
+        ["config", "c", None, "cig.conf (default: built-in development settings)"],
+        ["data-dir", "d", None, "keystore directory (overrides cig.conf crs { keystore })"],
+        ["log-dir", None, None, "log directory (overrides cig.conf)"],
+        ["socket", "s", None, "management UNIX socket (overrides cig.conf)"],
+        ["cookie", None, None, "management cookie file (overrides cig.conf)"],
+        ["relay-control", None, None, "relay control socket (overrides cig.conf)"],
+        ["notify", None, None, "notify script (overrides cig.conf; empty: none)"],
+    ]
+
+    def postOptions(self) -> None:
+        if self["config"]:
+            cfg: CigConfig = load_or_usage(load_cig_config, self["config"])
+        else:
+            cfg = dev_cig_config(DEV_DIR)
+        self["cig"] = apply_overrides(cfg, self)
+
+
+def _path(value: str) -> str:
+    return os.path.abspath(value) if value else ""
+
+
+def apply_overrides(cfg: CigConfig, options: Any) -> CigConfig:
+    """Command-line options win over cig.conf."""
+    if options.get("data-dir") is not None:
+        cfg = attrs.evolve(cfg, crs=attrs.evolve(cfg.crs, keystore=_path(options["data-dir"])))
+    if options.get("log-dir") is not None:
+        cfg = attrs.evolve(cfg, logging=attrs.evolve(cfg.logging, dir=_path(options["log-dir"])))
+    if options.get("socket") is not None:
+        cfg = attrs.evolve(
+            cfg, management=attrs.evolve(cfg.management, socket=_path(options["socket"]))
+        )
+    if options.get("cookie") is not None:
+        cfg = attrs.evolve(
+            cfg, management=attrs.evolve(cfg.management, cookie=_path(options["cookie"]))
+        )
+    if options.get("relay-control") is not None:
+        cfg = attrs.evolve(
+            cfg, relay=attrs.evolve(cfg.relay, control=_path(options["relay-control"]))
+        )
+    if options.get("notify") is not None:
+        cfg = attrs.evolve(cfg, notify=_path(options["notify"]))
+    return cfg
+
+
+def make_cig_service(cfg: CigConfig, reactor: Any) -> ProgramService:
+    """Build the CIG's service tree; nothing is opened until it starts."""
+    root = ProgramService("cig")
+    notifier = Notifier(reactor, cfg.notify or None)
+    attach(root, LogFileService(cfg.logging.dir, "cig.log", "cig"))
+    attach(root, LogFileService(cfg.logging.dir, "session.log", "plain", main=False))
+    sip = cfg.interfaces.sip
+    mgmt = cfg.management
+    describe = [
+        f"CRS {cfg.crs.address.host}:{cfg.crs.address.port}, keystore {cfg.crs.keystore}",
+        f"SIP {sip.bind}:{sip.port}, messaging {'true' if sip.messaging else 'false'}",
+        f"maps {', '.join(m.name for m in cfg.maps) or '-'}; "
+        f"translate maps {', '.join(m.name for m in cfg.translate_maps) or '-'}",
+        f"mailboxes: {len(cfg.mailboxes.read)} read, {len(cfg.mailboxes.write)} write",
+        f"management {mgmt.bind.host}:{mgmt.bind.port} and {mgmt.socket}",
+        f"relay control {cfg.relay.control}",
+    ]
+    attach(root, lifecycle("cig-server", notifier, describe))
+    relay = RelayLink(reactor, unix_endpoint(reactor, cfg.relay.control, 5), "cig")
+    attach(root, relay)
+    state = CigState(
+        crs_address=cfg.crs.address.host,
+        sip_bind=sip.bind,
+        relay_connected=lambda: relay.active,
+    )
+
+    def listen_tcp() -> Any:
+        try:
+            cookie = ensure_cookie(mgmt.cookie, MANAGEMENT_GROUP)
+        except (CookieError, OSError) as exc:
+            raise StartupError(f"management cookie: {exc}") from exc
+        factory = ManagementFactory(lambda: CigAdmin(state), cookie=cookie)
+        return reactor.listenTCP(mgmt.bind.port, factory, interface=mgmt.bind.host)
+
+    attach(root, ListenService("management", f"{mgmt.bind.host}:{mgmt.bind.port}", listen_tcp))
+
+    def listen_unix() -> Any:
+        prepare_socket_path(mgmt.socket)
+        port = reactor.listenUNIX(
+            mgmt.socket, ManagementFactory(lambda: CigAdmin(state)), mode=0o660
+        )
+        restrict_socket(mgmt.socket, MANAGEMENT_GROUP)
+        return port
+
+    attach(root, ListenService("management", mgmt.socket, listen_unix))
+    return root
+
+
+def makeService(options: Options) -> ProgramService:
+    """IServiceMaker entry point."""
+    from twisted.internet import reactor
+
+    return make_cig_service(options["cig"], reactor)

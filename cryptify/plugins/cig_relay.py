@@ -1,0 +1,70 @@
+"""The ``cig-relay`` twistd plugin: the CIG media bridge process.
+
+Reads the same cig.conf as the CIG for its control socket and log
+directory.  Service tree: relay.log, lifecycle (``notify.sh cig-relay
+start|stop``), the control socket; the media bridge joins it in its issue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python import usage
+
+from cryptify.cig.relay import control_factory
+from cryptify.config import CigConfig, load_cig_config
+from cryptify.events import Notifier
+from cryptify.logs import LogFileService
+from cryptify.plugins._common import lifecycle, load_or_usage
+from cryptify.plugins.cig import DEV_DIR, MANAGEMENT_GROUP, apply_overrides, dev_cig_config
+from cryptify.service import (
+    ListenService,
+    ProgramService,
+    attach,
+    prepare_socket_path,
+    restrict_socket,
+)
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd cig-relay``."""
+
+    synopsis = "[options]"
+    longdesc = "Cryptify CIG media relay (cig-relay)."
+    optParameters = [
+        ["config", "c", None, "cig.conf (default: built-in development settings)"],
+        ["log-dir", None, None, "log directory (overrides cig.conf)"],
+        ["relay-control", None, None, "control socket (overrides cig.conf)"],
+        ["notify", None, None, "notify script (overrides cig.conf; empty: none)"],
+    ]
+
+    def postOptions(self) -> None:
+        if self["config"]:
+            cfg: CigConfig = load_or_usage(load_cig_config, self["config"])
+        else:
+            cfg = dev_cig_config(DEV_DIR)
+        self["cig"] = apply_overrides(cfg, self)
+
+
+def make_cig_relay_service(cfg: CigConfig, reactor: Any) -> ProgramService:
+    """Build the CIG relay's service tree."""
+    root = ProgramService("cig-relay")
+    notifier = Notifier(reactor, cfg.notify or None)
+    attach(root, LogFileService(cfg.logging.dir, "relay.log", "cig"))
+    attach(root, lifecycle("cig-relay", notifier, [f"control {cfg.relay.control}"]))
+
+    def listen_control() -> Any:
+        prepare_socket_path(cfg.relay.control)
+        port = reactor.listenUNIX(cfg.relay.control, control_factory(), mode=0o660)
+        restrict_socket(cfg.relay.control, MANAGEMENT_GROUP)
+        return port
+
+    attach(root, ListenService("relay control", cfg.relay.control, listen_control))
+    return root
+
+
+def makeService(options: Options) -> ProgramService:
+    """IServiceMaker entry point."""
+    from twisted.internet import reactor
+
+    return make_cig_relay_service(options["cig"], reactor)

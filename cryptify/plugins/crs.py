@@ -1,0 +1,337 @@
+"""The ``crs`` twistd plugin: the rendezvous server's service tree.
+
+Start order (stop order is the reverse, one service at a time):
+
+1. crs.log
+2. lifecycle (INIT lines, ``notify.sh crs start|stop``)
+3. supervised Redis (redis_high, redis_low, [redis_backup]) — or nothing
+   when ``redis external``
+4. the Redis stores
+5. the control link to ``crs_relay``
+6. the client listener (TLS, 5223)
+7. the management socket
+
+so on shutdown the management socket and the client listener close first,
+then the relay link and the stores, and the Redis children stop last,
+before the log closes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python import usage
+
+from cryptify.config import (
+    CrsConfig,
+    CrsLocalConfig,
+    load_crs_config,
+    load_crs_local_config,
+)
+from cryptify.config.crs import Endpoint
+from cryptify.crs.admin import CrsAdmin
+from cryptify.crs.listener import client_factory
+from cryptify.crs.redis import RedisInstance, RedisSupervisor, ReplicaOf, load_password
+from cryptify.crs.state import CrsState
+from cryptify.crs.store import RedisStore
+from cryptify.events import Notifier
+from cryptify.logs import LogFileService
+from cryptify.plugins._common import fatal, lifecycle, load_or_usage
+from cryptify.protocols.mgmt import ManagementFactory
+from cryptify.protocols.relay_control import RelayLink
+from cryptify.protocols.tls import TLSConfigError, ensure_self_signed, server_context_factory
+from cryptify.service import (
+    ListenService,
+    ProgramService,
+    StartupError,
+    attach,
+    prepare_socket_path,
+    restrict_socket,
+    unix_endpoint,
+)
+
+log = Logger(namespace="cryptify.crs")
+
+#: Where the development defaults keep their files (relative to the cwd).
+DEV_DIR = "crs-dev"
+
+
+def dev_crs_config(base: str) -> CrsConfig:
+    """Built-in development settings: everything on loopback, under ``base``."""
+    base = os.path.abspath(base)
+    g = CrsConfig().global_
+    g = attrs.evolve(
+        g,
+        key="development-pool-key",
+        listen=Endpoint("127.0.0.1", 15223),
+        relay=Endpoint("127.0.0.1", 15146),
+        relay_control=os.path.join(base, "relay.sock"),
+        management=os.path.join(base, "crs.sock"),
+        data_dir=os.path.join(base, "data"),
+        accounts_dir=os.path.join(base, "accounts"),
+        log_dir=os.path.join(base, "log"),
+        notify="",
+        redis=attrs.evolve(
+            g.redis,
+            high=Endpoint("127.0.0.1", 16390),
+            low=Endpoint("127.0.0.1", 16391),
+            backup=Endpoint("127.0.0.1", 16392),
+        ),
+    )
+    return attrs.evolve(CrsConfig(), global_=g)
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd crs``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Cryptify rendezvous server.  Without --config it starts on loopback "
+        f"with built-in development settings, keeping its files under ./{DEV_DIR}."
+    )
+    optParameters = [
+        ["config", "c", None, "crs.conf (default: built-in development settings)"],
+        ["local-config", "l", None, "crs-local.conf: instance name and db-backup"],
+        ["data-dir", "d", None, "data directory (overrides crs.conf)"],
+        ["log-dir", None, None, "log directory (overrides crs.conf)"],
+        ["accounts-dir", None, None, "accounts directory (overrides crs.conf)"],
+        ["socket", "s", None, "management socket (overrides crs.conf)"],
+        ["relay-control", None, None, "relay control socket (overrides crs.conf)"],
+        ["notify", None, None, "notify script (overrides crs.conf; empty: none)"],
+    ]
+
+    def postOptions(self) -> None:
+        if self["config"]:
+            cfg: CrsConfig = load_or_usage(load_crs_config, self["config"])
+        else:
+            cfg = dev_crs_config(DEV_DIR)
+        overrides: dict[str, Any] = {}
+        for option, field in (
+            ("data-dir", "data_dir"),
+            ("log-dir", "log_dir"),
+            ("accounts-dir", "accounts_dir"),
+            ("socket", "management"),
+            ("relay-control", "relay_control"),
+            ("notify", "notify"),
+        ):
+            if self[option] is not None:
+                overrides[field] = os.path.abspath(self[option]) if self[option] else ""
+        self["crs"] = attrs.evolve(cfg, global_=attrs.evolve(cfg.global_, **overrides))
+        if self["local-config"]:
+            local: CrsLocalConfig = load_or_usage(load_crs_local_config, self["local-config"])
+        else:
+            local = CrsLocalConfig()
+        if local.crsname is not None and cfg.pool.hosts:
+            names = [h.name for h in cfg.pool.hosts]
+            if local.crsname not in names:
+                raise usage.UsageError(
+                    f"{self['local-config']}: crsname {local.crsname} is not a host of the "
+                    f"POOL section ({', '.join(names)})"
+                )
+        self["local"] = local
+
+
+def instance_name(cfg: CrsConfig, local: CrsLocalConfig) -> str:
+    """This instance's name: crsname, else the first pool host, else crs1."""
+    if local.crsname:
+        return local.crsname
+    if cfg.pool.hosts:
+        return cfg.pool.hosts[0].name
+    return "crs1"
+
+
+def wanted_redis(local: CrsLocalConfig) -> list[tuple[str, str]]:
+    """(name, config field) of the Redis servers this instance uses."""
+    wanted = [("redis_high", "high"), ("redis_low", "low")]
+    if local.db_backup == "replicate-from-peer":
+        wanted.append(("redis_backup", "backup"))
+    return wanted
+
+
+def redis_instances(cfg: CrsConfig, local: CrsLocalConfig) -> list[RedisInstance]:
+    """The Redis children this instance supervises (reads or makes passwords)."""
+    g = cfg.global_
+    data, logs = Path(g.data_dir) / "redis", Path(g.log_dir)
+    instances = []
+    for name, field in wanted_redis(local):
+        where: Endpoint = getattr(g.redis, field)
+        # redis_backup replicates the pool peer's redis_low once the pool
+        # synchronization link exists; until then it runs as an empty store.
+        replica: ReplicaOf | None = None
+        instances.append(
+            RedisInstance(
+                name=name,
+                password=load_password(data, name),
+                data_dir=data,
+                log_dir=logs,
+                host=where.host,
+                port=where.port,
+                replica_of=replica,
+            )
+        )
+    return instances
+
+
+def external_password(cfg: CrsConfig) -> str | None:
+    """The password of external Redis servers, from redis-password-file."""
+    path = cfg.global_.redis.password_file
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            text: str = f.read().strip()
+    except OSError as exc:
+        raise StartupError(f"cannot read redis-password-file {path}: {exc.strerror}") from exc
+    return text or None
+
+
+class ExternalRedis(service.MultiService):
+    """Stores connected to Redis servers someone else runs."""
+
+    def __init__(self, cfg: CrsConfig, reactor: Any, probes: dict[str, Any]) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.cfg = cfg
+        self.reactor = reactor
+        for name in ("redis_high", "redis_low"):
+            probes[name] = lambda n=name: any(s.connected for s in self if s.name == n)
+
+    def startService(self) -> None:
+        g = self.cfg.global_
+        password = external_password(self.cfg)
+        for name, where in (("redis_high", g.redis.high), ("redis_low", g.redis.low)):
+            attach(self, RedisStore.tcp(self.reactor, where.host, where.port, password, name))
+        super().startService()  # type: ignore[no-untyped-call]
+
+
+class ManagedRedis(service.MultiService):
+    """The supervised Redis children and the stores connected to them.
+
+    The instances (and their password files) are made when the service
+    starts, not when the tree is built.  The supervisor starts first; a
+    failure to start stops the CRS with its reason.  On stop the stores
+    close before the children are stopped.
+    """
+
+    def __init__(
+        self,
+        cfg: CrsConfig,
+        local: CrsLocalConfig,
+        reactor: Any,
+        notify: Callable[[str, str], None],
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.cfg = cfg
+        self.local = local
+        self.reactor = reactor
+        self.notify = notify
+        self.supervisor: RedisSupervisor | None = None
+        self.stores: list[RedisStore] = []
+        self.names = [name for name, _ in wanted_redis(local)]
+
+    def status(self, name: str) -> bool:
+        return self.supervisor is not None and self.supervisor.status().get(name) == "active"
+
+    def startService(self) -> None:
+        g = self.cfg.global_
+        try:
+            instances = redis_instances(self.cfg, self.local)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"redis: {exc}") from exc
+        self.supervisor = RedisSupervisor.with_reactor(
+            self.reactor, instances, self.notify, executable=g.redis.binary
+        )
+        self.stores = [RedisStore.for_instance(self.reactor, i) for i in instances]
+        attach(self, *self.stores)
+        service.Service.startService(self)
+        self.supervisor.startService().addErrback(fatal("crs", self.reactor))
+        for store in self.stores:
+            store.startService()
+
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+
+        async def stop() -> None:
+            for store in self.stores:
+                await defer.maybeDeferred(store.stopService)
+            if self.supervisor is not None:
+                await self.supervisor.stopService()
+
+        return defer.ensureDeferred(stop())
+
+
+def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> ProgramService:
+    """Build the CRS's service tree; nothing is opened until it starts."""
+    g = cfg.global_
+    name = instance_name(cfg, local)
+    root = ProgramService("crs")
+    notifier = Notifier(reactor, g.notify or None, g.notify_timeout)
+    attach(root, LogFileService(g.log_dir, "crs.log", "crs"))
+    describe = [
+        f"instance {name}, data {g.data_dir}, accounts {g.accounts_dir}, logs {g.log_dir}",
+        f"client listener {g.listen.host}:{g.listen.port}, management {g.management}",
+        f"relay control {g.relay_control}, redis {g.redis.mode}, db-backup {local.db_backup}",
+    ]
+    attach(root, lifecycle("crs", notifier, describe))
+
+    probes: dict[str, Any] = {"crs": lambda: True}
+    state = CrsState(name, probes)
+    relay = RelayLink(reactor, unix_endpoint(reactor, g.relay_control, 5), name)
+    probes["crs_relay"] = lambda: relay.active
+
+    if g.redis.mode == "managed":
+        managed = ManagedRedis(cfg, local, reactor, notifier.notify)
+        attach(root, managed)
+        for redis_name in managed.names:
+            probes[redis_name] = lambda n=redis_name: managed.status(n)
+    else:
+        attach(root, ExternalRedis(cfg, reactor, probes))
+    attach(root, relay)
+
+    def listen_clients() -> Any:
+        if g.tls_certificate:
+            cert, key = g.tls_paths()
+        else:
+            cert = os.path.join(g.data_dir, "tls", "crs.crt")
+            key = os.path.join(g.data_dir, "tls", "crs.key")
+        try:
+            if not g.tls_certificate:
+                log.warn(
+                    "no tls-certificate configured: serving a self-signed development "
+                    "certificate from {cert}; clients must be told to trust it",
+                    cert=cert,
+                )
+                os.makedirs(os.path.dirname(cert), mode=0o700, exist_ok=True)
+                ensure_self_signed(cert, key)
+            context = server_context_factory(cert, key)
+        except TLSConfigError as exc:
+            raise StartupError(f"client TLS: {exc}") from exc
+        return reactor.listenSSL(
+            g.listen.port, client_factory(reactor), context, interface=g.listen.host
+        )
+
+    where = f"{g.listen.host}:{g.listen.port}"
+    attach(root, ListenService("client TLS", where, listen_clients))
+
+    def listen_management() -> Any:
+        prepare_socket_path(g.management)
+        factory = ManagementFactory(lambda: CrsAdmin(state))
+        port = reactor.listenUNIX(g.management, factory, mode=0o660)
+        restrict_socket(g.management, g.management_group)
+        return port
+
+    attach(root, ListenService("management", g.management, listen_management))
+    return root
+
+
+def makeService(options: Options) -> ProgramService:
+    """IServiceMaker entry point."""
+    from twisted.internet import reactor
+
+    return make_crs_service(options["crs"], options["local"], reactor)

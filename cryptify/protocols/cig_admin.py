@@ -1,0 +1,31 @@
+"""Management commands of the CIG (one per ``cig-cli`` action).
+
+Shared by the server (``cryptify.cig.admin``) and ``cig-cli``.
+"""
+
+from __future__ import annotations
+
+from cryptify.protocols.mgmt import Echo, JsonValue, MgmtCommand, ServerVersion
+
+__all__ = ["Echo", "ServerVersion", "ShowCall", "ShowUmsg", "Status"]
+
+
+class Status(MgmtCommand):
+    """``status``: an overview of the gateway, as a JSON object of sections."""
+
+    arguments = []
+    response = [(b"status", JsonValue())]
+
+
+class ShowCall(MgmtCommand):
+    """``show call``: IN-FROM IN-TO OUT-FROM OUT-TO STATE per call."""
+
+    arguments = []
+    response = [(b"table", JsonValue())]
+
+
+class ShowUmsg(MgmtCommand):
+    """``show umsg``: FROM TO STATE TIME ID per UMSG session."""
+
+    arguments = []
+    response = [(b"table", JsonValue())]

@@ -1,0 +1,315 @@
+"""The management channel: AMP between a running server and its CLI.
+
+One :class:`MgmtCommand` subclass per CLI action, defined once in
+``crs_admin``/``cig_admin`` and used by both ends.  The server's responders
+live on a locator object that holds the service (``cryptify.crs.admin``,
+``cryptify.cig.admin``); :class:`ManagementProtocol` only adds the gate.
+
+Who may connect:
+
+- On the UNIX socket (mode 0660, the service's owner and group) the file
+  permissions are the gate: the kernel refuses anyone else.
+- On a TCP port (the CIG's 127.0.0.1:8083) any local user could connect, so
+  the connection must first send :class:`Authenticate` with the cookie
+  read from a file that only root and the service group can read.  Every
+  other command is refused until then, and a wrong cookie closes the
+  connection.
+
+Tables travel as JSON in a :class:`~twisted.protocols.amp.BigUnicode`
+argument, so a long ``show attach`` is not bound by AMP's 64 KiB value
+limit.  Streaming actions (``trace``) push :class:`TraceEvent` boxes over the
+same connection until the CLI goes away.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+log = Logger(namespace="cryptify.mgmt")
+
+#: Size of a generated management cookie, in bytes of randomness.
+COOKIE_BYTES = 32
+#: Longest cookie accepted on the wire.
+MAX_COOKIE_CHARS = 256
+
+
+class CommandFailed(Exception):
+    """The server refused or could not do an action; the text says why."""
+
+
+class NotAuthenticated(Exception):
+    """A command arrived before a valid :class:`Authenticate`."""
+
+
+class BadCookie(Exception):
+    """The cookie presented does not match."""
+
+
+_ERRORS: dict[type[Exception], bytes] = {
+    CommandFailed: b"COMMAND_FAILED",
+    NotAuthenticated: b"NOT_AUTHENTICATED",
+    BadCookie: b"BAD_COOKIE",
+}
+
+
+class MgmtCommand(amp.Command):
+    """Base of every management command: shared error mapping."""
+
+    errors = _ERRORS
+
+
+#: Bytes of a table's JSON carried per AMP value (AMP's limit is 65535).
+TABLE_CHUNK = 60000
+#: Largest table accepted, in chunks (about 60 MB).
+MAX_TABLE_CHUNKS = 1000
+
+
+class JsonValue(amp.Argument):
+    """Any JSON value (a table, a status report) as chunked JSON text.
+
+    A table is ``{"columns": [...], "rows": [[...], ...]}``.  The JSON
+    text is split over the keys ``NAME`` (the chunk count) and ``NAME.1``
+    ... ``NAME.N``, so a table is not bound by the 64 KiB limit of one AMP
+    value.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+
+    def toBox(
+        self, name: bytes, strings: dict[bytes, Any], objects: dict[str, Any], proto: Any
+    ) -> None:
+        data = json.dumps(objects[name.decode("ascii")], separators=(",", ":")).encode("utf-8")
+        chunks = [data[i : i + TABLE_CHUNK] for i in range(0, len(data), TABLE_CHUNK)] or [b""]
+        strings[name] = str(len(chunks)).encode("ascii")
+        for index, chunk in enumerate(chunks, 1):
+            strings[name + b"." + str(index).encode("ascii")] = chunk
+
+    def fromBox(
+        self, name: bytes, strings: dict[bytes, Any], objects: dict[str, Any], proto: Any
+    ) -> None:
+        try:
+            count = int(strings[name])
+        except (KeyError, ValueError) as exc:
+            raise amp.MalformedAmpBox(f"table {name!r} has no chunk count") from exc
+        if not 1 <= count <= MAX_TABLE_CHUNKS:
+            raise amp.MalformedAmpBox(f"table {name!r} has {count} chunks")
+        parts = []
+        for index in range(1, count + 1):
+            key = name + b"." + str(index).encode("ascii")
+            if key not in strings:
+                raise amp.MalformedAmpBox(f"table {name!r} misses chunk {index}")
+            parts.append(strings[key])
+        objects[name.decode("ascii")] = json.loads(b"".join(parts))
+
+
+Table = JsonValue
+
+
+def table(columns: list[str], rows: list[list[str]]) -> dict[str, Any]:
+    """The value of a :class:`Table` argument."""
+    return {"columns": columns, "rows": rows}
+
+
+class Authenticate(MgmtCommand):
+    """Present the management cookie (TCP listeners only)."""
+
+    arguments = [(b"cookie", amp.Unicode())]
+    response = []
+
+
+class Echo(MgmtCommand):
+    """Answer with the same text: checks that the server is alive."""
+
+    arguments = [(b"text", amp.Unicode())]
+    response = [(b"text", amp.Unicode())]
+
+
+class ServerVersion(MgmtCommand):
+    """The program name and version of the running server."""
+
+    arguments = []
+    response = [(b"program", amp.Unicode()), (b"version", amp.Unicode())]
+
+
+class TraceEvent(MgmtCommand):
+    """Server -> CLI: one line of a running trace."""
+
+    arguments = [(b"line", amp.Unicode())]
+    requiresAnswer = False
+
+
+def _refuse(box: amp.AmpBox) -> defer.Deferred[Any]:
+    return defer.fail(
+        amp.RemoteAmpError(b"NOT_AUTHENTICATED", "authenticate with the cookie first")
+    )
+
+
+class ManagementProtocol(amp.AMP):
+    """Server side of one management connection.
+
+    ``cookie`` is None on UNIX sockets (the kernel checked the caller) and
+    the expected cookie on TCP listeners.
+    """
+
+    def __init__(self, locator: amp.CommandLocator, cookie: str | None = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.inner = locator
+        self.cookie = cookie
+        self.authenticated = cookie is None
+        self.close_after_reply = False
+        self._auth = _AuthLocator(self)
+
+    def sendBox(self, box: amp.AmpBox) -> None:
+        super().sendBox(box)  # type: ignore[no-untyped-call]
+        if self.close_after_reply and self.transport is not None:
+            self.transport.loseConnection()
+
+    def locateResponder(self, name: bytes) -> Any:
+        if name == Authenticate.commandName:
+            return self._auth.locateResponder(name)  # type: ignore[no-untyped-call]
+        if not self.authenticated:
+            return _refuse
+        return self.inner.locateResponder(name)
+
+
+class _AuthLocator(amp.CommandLocator):
+    def __init__(self, proto: ManagementProtocol) -> None:
+        self.proto = proto
+
+    @Authenticate.responder
+    def authenticate(self, cookie: str) -> dict[str, Any]:
+        expected = self.proto.cookie
+        if expected is None:
+            return {}
+        if len(cookie) > MAX_COOKIE_CHARS or not hmac.compare_digest(
+            cookie.encode("utf-8"), expected.encode("utf-8")
+        ):
+            log.warn("management connection presented a wrong cookie; closing it")
+            self.proto.close_after_reply = True
+            raise BadCookie("wrong management cookie")
+        self.proto.authenticated = True
+        return {}
+
+
+class ManagementFactory(Factory):
+    """Builds a :class:`ManagementProtocol` per connection around one locator."""
+
+    noisy = False
+
+    def __init__(
+        self, make_locator: Callable[[], amp.CommandLocator], cookie: str | None = None
+    ) -> None:
+        self.make_locator = make_locator
+        self.cookie = cookie
+
+    def buildProtocol(self, addr: Any) -> ManagementProtocol:
+        proto = ManagementProtocol(self.make_locator(), self.cookie)
+        proto.factory = self
+        return proto
+
+
+class ManagementClient(amp.AMP):
+    """CLI side: receives trace lines pushed by the server."""
+
+    def __init__(self, on_trace: Callable[[str], None] | None = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.on_trace = on_trace
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    @TraceEvent.responder
+    def trace_event(self, line: str) -> dict[str, Any]:
+        if self.on_trace is not None:
+            self.on_trace(line)
+        return {}
+
+    async def call(self, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]:
+        """Send a command and return its answer (typed ``callRemote``)."""
+        answer: dict[str, Any] = await self.callRemote(command, **kwargs)  # type: ignore[no-untyped-call]
+        return answer
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        if not self.lost.called:
+            self.lost.callback(None)
+
+
+async def connect(
+    endpoint: IStreamClientEndpoint,
+    cookie: str | None = None,
+    on_trace: Callable[[str], None] | None = None,
+) -> ManagementClient:
+    """Connect a management client and authenticate when a cookie is given."""
+    factory = Factory.forProtocol(lambda: ManagementClient(on_trace))
+    proto = await endpoint.connect(factory)
+    assert isinstance(proto, ManagementClient)
+    if cookie is not None:
+        await proto.call(Authenticate, cookie=cookie)
+    return proto
+
+
+class CookieError(Exception):
+    """The cookie file is missing, unreadable or unsafe."""
+
+
+def read_cookie(path: str) -> str:
+    """Read a management cookie; refuse a file anyone may read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError as exc:
+        raise CookieError(f"cookie file {path} does not exist") from exc
+    except PermissionError as exc:
+        raise CookieError(f"cannot read cookie file {path}: permission denied") from exc
+    except OSError as exc:
+        raise CookieError(f"cannot read cookie file {path}: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & stat.S_IROTH or st.st_mode & stat.S_IWOTH:
+            raise CookieError(f"cookie file {path} is world-accessible; chmod 0640 it")
+        data = os.read(fd, MAX_COOKIE_CHARS + 1)
+    finally:
+        os.close(fd)
+    text = data.decode("ascii", "replace").strip()
+    if not text or len(text) > MAX_COOKIE_CHARS:
+        raise CookieError(f"cookie file {path} does not hold a cookie")
+    return text
+
+
+def ensure_cookie(path: str, group: str | None = None) -> str:
+    """Return the cookie in ``path``, creating it (mode 0640) if missing."""
+    try:
+        return read_cookie(path)
+    except CookieError:
+        if os.path.lexists(path):
+            raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o750, exist_ok=True)
+    cookie = secrets.token_hex(COOKIE_BYTES)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        os.write(fd, cookie.encode("ascii") + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if group:
+        import grp
+
+        try:
+            os.chown(tmp, -1, grp.getgrnam(group).gr_gid)
+        except (KeyError, PermissionError):
+            log.info("cookie {path} keeps the service's own group", path=path)
+    os.replace(tmp, path)
+    return cookie

@@ -1,0 +1,183 @@
+"""What ``crs-cli`` and ``cig-cli`` share: reaching the server, printing tables.
+
+A CLI action that needs the running server is an ``async`` function of a
+connected :class:`~cryptify.protocols.mgmt.ManagementClient`.  :func:`run_remote`
+connects, runs it on the reactor and turns every way of failing into one
+clear line and an exit status:
+
+- 0: done;
+- 1: the server answered with an error, or it cannot be reached;
+- 2: bad arguments (argparse's own convention, kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import IO, Any, NoReturn
+
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.protocols import amp
+
+from cryptify.protocols.mgmt import (
+    BadCookie,
+    CommandFailed,
+    CookieError,
+    ManagementClient,
+    NotAuthenticated,
+    connect,
+)
+
+#: Seconds to wait for the management socket to accept.
+CONNECT_TIMEOUT = 5
+#: Narrowest column in a printed table.
+MIN_COLUMN = 8
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse that prints usage and exits 2 on bad arguments, to ``err``."""
+
+    def __init__(self, *args: Any, err: IO[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.err = err
+
+    def error(self, message: str) -> NoReturn:
+        stream = self.err or sys.stderr
+        self.print_usage(stream)
+        stream.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def printable(value: Any) -> str:
+    """A cell as text with control characters shown as ``?``.
+
+    Values in tables can come from clients (URIs, versions); a terminal
+    must never receive their escape sequences or line breaks.
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns padded to the widest cell, two spaces apart, one row per line."""
+    cells = [[printable(c) for c in columns]] + [[printable(c) for c in row] for row in rows]
+    widths = [
+        max(MIN_COLUMN, *(len(row[i]) for row in cells if i < len(row)))
+        for i in range(len(columns))
+    ]
+    lines = []
+    for row in cells:
+        padded = [cell.ljust(widths[i]) if i < len(widths) else cell for i, cell in enumerate(row)]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """A short reason for a failed management connection."""
+    if isinstance(exc, error.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, error.TimeoutError):
+        return "timed out"
+    if isinstance(exc, error.ConnectError):
+        code = getattr(exc, "osError", None)
+        if isinstance(code, int):
+            return os.strerror(code)
+        return exc.args[-1] if exc.args and isinstance(exc.args[-1], str) else str(exc)
+    return str(exc) or exc.__class__.__name__
+
+
+Action = Callable[[ManagementClient], Awaitable[int]]
+
+
+async def execute(
+    endpoint: IStreamClientEndpoint,
+    where: str,
+    server: str,
+    action: Action,
+    err: IO[str],
+    prog: str,
+    cookie: Callable[[], str | None],
+    on_trace: Callable[[str], None] | None,
+) -> int:
+    try:
+        secret = cookie()
+    except CookieError as exc:
+        err.write(f"{prog}: {exc}\n")
+        return EXIT_FAILED
+    try:
+        client = await connect(endpoint, secret, on_trace)
+    except (error.ConnectError, error.TimeoutError, OSError) as exc:
+        err.write(
+            f"{prog}: cannot reach the {server} at {where}: {describe_connect_error(exc)}"
+            f" (is the {server} service running?)\n"
+        )
+        return EXIT_FAILED
+    except BadCookie:
+        err.write(f"{prog}: the {server} refused the management cookie\n")
+        return EXIT_FAILED
+    try:
+        return await action(client)
+    except (CommandFailed, NotAuthenticated, BadCookie) as exc:
+        err.write(f"{prog}: {exc}\n")
+        return EXIT_FAILED
+    except (error.ConnectionDone, error.ConnectionLost, amp.UnknownRemoteError) as exc:
+        err.write(f"{prog}: the {server} closed the connection: {exc}\n")
+        return EXIT_FAILED
+    finally:
+        if client.transport is not None:
+            client.transport.loseConnection()
+
+
+def run_on_reactor(main: Callable[[Any], Coroutine[Any, Any, int]], err: IO[str], prog: str) -> int:
+    """Run ``main(reactor)`` on the global reactor; return its exit status."""
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
+    status: list[int] = []
+
+    def go() -> None:
+        d: defer.Deferred[int] = defer.ensureDeferred(main(reactor))
+
+        def done(result: Any) -> None:
+            if isinstance(result, int):
+                status.append(result)
+            else:
+                err.write(f"{prog}: internal error: {result.getErrorMessage()}\n")
+                status.append(EXIT_FAILED)
+            if reactor.running:
+                reactor.stop()
+
+        d.addBoth(done)
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+    return status[0] if status else EXIT_FAILED
+
+
+def run_remote(
+    make_endpoint: Callable[[Any], IStreamClientEndpoint],
+    where: str,
+    server: str,
+    action: Action,
+    err: IO[str],
+    prog: str,
+    cookie: Callable[[], str | None] = lambda: None,
+    on_trace: Callable[[str], None] | None = None,
+) -> int:
+    """Connect, run one remote action on the global reactor; return the exit status."""
+
+    async def main(reactor: Any) -> int:
+        return await execute(
+            make_endpoint(reactor), where, server, action, err, prog, cookie, on_trace
+        )
+
+    return run_on_reactor(main, err, prog)

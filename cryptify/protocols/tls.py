@@ -1,0 +1,432 @@
+"""
+TLS with certificates: context factories for the client listener and the
+reference client, and a self-signed certificate for development.
+
+The client listener (5223 by default) serves TLS 1.2 and 1.3 only, with
+forward-secret AEAD cipher suites.  Everything here reads files at
+construction time and raises L{TLSConfigError}, naming the file, when a
+file is missing, unreadable, not PEM, or when key and certificate do not
+belong together; nothing is deferred to the first handshake.
+
+TLS-PSK for the pool and inter-working links lives in
+L{cryptify.protocols.tls_psk}.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLContextFactory,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.internet.ssl import (
+    AcceptableCiphers,
+    Certificate,
+    TLSVersion,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
+from twisted.logger import Logger
+from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+log = Logger()
+
+__all__ = [
+    "MODERN_TLS12_CIPHERS",
+    "CertificateServerContextFactory",
+    "TLSConfigError",
+    "client_context_factory",
+    "ensure_self_signed",
+    "generate_self_signed",
+    "server_context_factory",
+]
+
+SigningKey = (
+    ec.EllipticCurvePrivateKey
+    | rsa.RSAPrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+)
+
+DAY = datetime.timedelta(days=1)
+
+#: TLS 1.2 suites we accept: ECDHE key exchange with an AEAD cipher only (no
+#: CBC, no static RSA, no SHA-1 MACs).  TLS 1.3 suites are all AEAD and keep
+#: OpenSSL's defaults.
+MODERN_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!PSK:!SRP:!DSS"
+
+#: Validity of a generated development certificate.
+SELF_SIGNED_VALIDITY = 825 * DAY
+
+#: L{ensure_self_signed} replaces a pair that expires sooner than this.
+RENEW_BEFORE = 30 * DAY
+
+_SERVER_OPTIONS = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
+
+
+class TLSConfigError(Exception):
+    """
+    A certificate, key or CA file cannot be used; the message names the file.
+    """
+
+
+# -- reading files ------------------------------------------------------------
+
+
+def _read(path: str | os.PathLike[str], what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSConfigError(f"{os.fspath(path)}: cannot read {what}: {e.strerror}") from e
+
+
+def _load_certificates(path: str | os.PathLike[str], what: str) -> list[x509.Certificate]:
+    data = _read(path, what)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as e:
+        raise TLSConfigError(f"{os.fspath(path)}: not a PEM {what}") from e
+    return certs
+
+
+def _load_private_key(path: str | os.PathLike[str]) -> SigningKey:
+    data = _read(path, "private key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError as e:
+        raise TLSConfigError(
+            f"{os.fspath(path)}: private key is encrypted; an unencrypted PEM key is needed"
+        ) from e
+    except ValueError as e:
+        raise TLSConfigError(f"{os.fspath(path)}: not a PEM private key") from e
+    except Exception as e:  # unsupported key algorithm and the like
+        raise TLSConfigError(f"{os.fspath(path)}: unusable private key: {e}") from e
+    if not isinstance(key, SigningKey):
+        raise TLSConfigError(f"{os.fspath(path)}: not a signing key (EC, RSA or Ed25519)")
+    return key
+
+
+def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _load_pair(
+    cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]
+) -> tuple[list[x509.Certificate], SigningKey]:
+    """
+    Load a certificate chain (leaf first) and its private key, checking that
+    they belong together.
+    """
+    chain = _load_certificates(cert_path, "certificate")
+    key = _load_private_key(key_path)
+    if _spki(key.public_key()) != _spki(chain[0].public_key()):
+        raise TLSConfigError(
+            f"{os.fspath(key_path)}: private key does not match the certificate in "
+            f"{os.fspath(cert_path)}"
+        )
+    return chain, key
+
+
+# -- server -------------------------------------------------------------------
+
+
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
+class CertificateServerContextFactory:
+    """
+    Server side of certificate TLS: one configured L{SSL.Context} shared by
+    every connection.  Usable with C{SSL4ServerEndpoint}, C{listenSSL} and
+    C{TLSMemoryBIOFactory}.
+    """
+
+    def __init__(self, context: SSL.Context) -> None:
+        self._context = context
+
+    def getContext(self) -> SSL.Context:
+        """
+        Return the shared context (L{IOpenSSLContextFactory}).
+        """
+        return self._context
+
+    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        """
+        Create one server connection (L{IOpenSSLServerConnectionCreator}).
+        """
+        return SSL.Connection(self._context, None)
+
+
+def server_context_factory(
+    cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]
+) -> CertificateServerContextFactory:
+    """
+    Build the client listener's TLS server side from PEM files.
+
+    @param cert_path: the certificate, followed by any intermediate
+        certificates.
+    @param key_path: the unencrypted private key of the first certificate.
+    @raise TLSConfigError: a file is missing, unreadable or not PEM, or the
+        key does not match the certificate.
+    """
+    chain, key = _load_pair(cert_path, key_path)
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_options(_SERVER_OPTIONS)
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    context.set_cipher_list(MODERN_TLS12_CIPHERS.encode("ascii"))
+    context.set_session_id(b"cryptify-tls")
+    try:
+        context.use_certificate(chain[0])
+        for extra in chain[1:]:
+            context.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        context.use_privatekey(key)
+        context.check_privatekey()
+    except (SSL.Error, TypeError) as e:
+        raise TLSConfigError(
+            f"{os.fspath(cert_path)}: OpenSSL refused the certificate or key "
+            f"{os.fspath(key_path)}: {e}"
+        ) from e
+    return CertificateServerContextFactory(context)
+
+
+# -- client -------------------------------------------------------------------
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedClientCreator:
+    """
+    Client side that does not verify the server at all: for development
+    against a self-signed server only.
+    """
+
+    def __init__(self, hostname: str) -> None:
+        self._server_name = None if _is_ip(hostname) else hostname.encode("idna")
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+        context.set_cipher_list(MODERN_TLS12_CIPHERS.encode("ascii"))
+        context.set_verify(SSL.VERIFY_NONE)
+        self._context = context
+
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        if self._server_name is not None:
+            connection.set_tlsext_host_name(self._server_name)
+        return connection
+
+
+def _is_ip(hostname: str) -> bool:
+    try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
+        return False
+    return True
+
+
+def client_context_factory(
+    hostname: str,
+    ca_path: str | os.PathLike[str] | None = None,
+    verify: bool = True,
+) -> IOpenSSLClientConnectionCreator:
+    """
+    Build the reference client's TLS side (for C{wrapClientTLS},
+    C{SSL4ClientEndpoint} or C{TLSMemoryBIOFactory}): TLS 1.2 or later.
+
+    @param hostname: the server's name or IP address; the certificate must
+        carry it, and a DNS name is sent as SNI.
+    @param ca_path: PEM file of the certificates to trust (a self-signed
+        server certificate works here); L{None} trusts the platform's store.
+    @param verify: L{False} accepts any server certificate: insecure, for
+        development only, and logged as such.
+    @raise TLSConfigError: the CA file is missing, unreadable or not PEM, or
+        a CA file was given together with C{verify=False}.
+    """
+    if not verify:
+        if ca_path is not None:
+            raise TLSConfigError(
+                f"{os.fspath(ca_path)}: a CA file makes no sense with verification off"
+            )
+        log.warn(
+            "TLS: server certificate verification is OFF for {hostname} (insecure, dev only)",
+            hostname=hostname,
+        )
+        return cast(IOpenSSLClientConnectionCreator, _UnverifiedClientCreator(hostname))
+    if ca_path is None:
+        trust_root = platformTrust()  # type: ignore[no-untyped-call]
+    else:
+        certs = _load_certificates(ca_path, "CA certificate")
+        trust_root = trustRootFromCertificates(  # type: ignore[no-untyped-call]
+            [Certificate(crypto.X509.from_cryptography(c)) for c in certs]  # type: ignore[no-untyped-call]
+        )
+    return optionsForClientTLS(
+        hostname,
+        trustRoot=trust_root,
+        extraCertificateOptions={
+            "raiseMinimumTo": TLSVersion.TLSv1_2,
+            "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(  # type: ignore[no-untyped-call]
+                MODERN_TLS12_CIPHERS
+            ),
+        },
+    )
+
+
+# -- self-signed pair ---------------------------------------------------------
+
+
+def _write_atomically(path: str | os.PathLike[str], data: bytes, mode: int) -> None:
+    """
+    Write C{data} to C{path} so that readers see the old file or the whole new
+    one, never a partial one; the file has C{mode} from its creation on.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pem")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def generate_self_signed(
+    cert_path: str | os.PathLike[str],
+    key_path: str | os.PathLike[str],
+    hostnames: Sequence[str] = ("localhost",),
+    ips: Sequence[str] = ("127.0.0.1",),
+    *,
+    now: datetime.datetime | None = None,
+    validity: datetime.timedelta = SELF_SIGNED_VALIDITY,
+) -> None:
+    """
+    Write a new self-signed certificate (EC P-256, ECDSA-SHA256) for
+    C{hostnames} and C{ips} as subject alternative names.
+
+    The key file is written first, mode 0600, then the certificate (0644),
+    each by atomic rename.
+    """
+    if not hostnames and not ips:
+        raise ValueError("a certificate needs at least one host name or IP address")
+    when = now if now is not None else datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    common_name = hostnames[0] if hostnames else ips[0]
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cryptify development"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    san: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
+    san += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(when - datetime.timedelta(minutes=5))
+        .not_valid_after(when + validity)
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_atomically(key_path, key_pem, 0o600)
+    _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    log.info(
+        "TLS: wrote self-signed certificate {cert_path} for {names}",
+        cert_path=os.fspath(cert_path),
+        names=", ".join([*hostnames, *ips]),
+    )
+
+
+def _covers(cert: x509.Certificate, hostnames: Iterable[str], ips: Iterable[str]) -> bool:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    dns = set(san.get_values_for_type(x509.DNSName))
+    addresses = set(san.get_values_for_type(x509.IPAddress))
+    return set(hostnames) <= dns and {ipaddress.ip_address(a) for a in ips} <= addresses
+
+
+def ensure_self_signed(
+    cert_path: str | os.PathLike[str],
+    key_path: str | os.PathLike[str],
+    hostnames: Sequence[str] = ("localhost",),
+    ips: Sequence[str] = ("127.0.0.1",),
+    *,
+    now: datetime.datetime | None = None,
+) -> bool:
+    """
+    Keep an existing usable pair, otherwise generate one.
+
+    A pair is kept when both files load, belong together, the certificate
+    names every host and address asked for, and it is valid now and for at
+    least L{RENEW_BEFORE} more.
+
+    @return: L{True} if a new pair was written.
+    """
+    when = now if now is not None else datetime.datetime.now(datetime.UTC)
+    try:
+        chain, _ = _load_pair(cert_path, key_path)
+    except TLSConfigError as e:
+        log.info("TLS: generating a development certificate: {reason}", reason=str(e))
+    else:
+        leaf = chain[0]
+        if (
+            leaf.not_valid_before_utc <= when
+            and when + RENEW_BEFORE < leaf.not_valid_after_utc
+            and _covers(leaf, hostnames, ips)
+        ):
+            return False
+        log.info(
+            "TLS: replacing development certificate {cert_path}: expiring or names changed",
+            cert_path=os.fspath(cert_path),
+        )
+    generate_self_signed(cert_path, key_path, hostnames, ips, now=when)
+    return True

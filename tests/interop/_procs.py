@@ -1,0 +1,149 @@
+"""Helpers for tests that run the real programs (twistd, the CLIs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+BIN = os.path.dirname(sys.executable)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: Longest wait for a process to come up or a condition to hold.
+WAIT = 30.0
+
+
+def short_tempdir(case: Any) -> str:
+    """A fresh directory with a short path (UNIX socket paths max out at 107 bytes)."""
+    path = tempfile.mkdtemp(prefix="cry-", dir="/tmp")
+    case.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port the kernel just gave out on 127.0.0.1 (free right now)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = WAIT) -> object:
+    """Poll until ``predicate()`` is truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def unix_answers(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return True
+
+
+def tcp_answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+class Twistd:
+    """One ``twistd -n PLUGIN ...`` child, stopped (and reaped) at cleanup."""
+
+    def __init__(self, workdir: str, plugin: str, *args: str) -> None:
+        self.workdir = workdir
+        self.name = plugin
+        self.log = os.path.join(workdir, f"{plugin}.twistd.log")
+        argv = [
+            os.path.join(BIN, "twistd"),
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.log}",
+            plugin,
+            *args,
+        ]
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        try:
+            with open(self.log) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def wait_exit(self, timeout: float = WAIT) -> tuple[int, str]:
+        """Wait for the process to end by itself; return (status, stderr)."""
+        _, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, err.decode("utf-8", "replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.communicate(timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.communicate()
+
+
+def run_cli(
+    program: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    stdin: str | None = None,
+) -> tuple[int, str, str]:
+    """Run a console script; return (status, stdout, stderr)."""
+    argv = [os.path.join(BIN, program), *args]
+    if user is not None:
+        setpriv = shutil.which("setpriv")
+        assert setpriv is not None
+        argv = [setpriv, f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+    done = subprocess.run(
+        argv,
+        env=dict(os.environ, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        input=stdin,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def pids_of(pattern: str) -> list[int]:
+    """PIDs whose command line contains ``pattern``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if pattern in cmdline:
+            found.append(int(entry))
+    return found

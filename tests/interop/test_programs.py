@@ -1,0 +1,312 @@
+"""The four programs for real: twistd processes, real Redis, the real CLIs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.interop._procs import (
+    REPO,
+    Twistd,
+    free_port,
+    run_cli,
+    short_tempdir,
+    tcp_answers,
+    unix_answers,
+    wait_for,
+)
+
+NOTIFY = """#!/bin/sh
+echo "$1 $2" >> "{events}"
+"""
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def write(path: str, text: str, mode: int = 0o644) -> str:
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    return path
+
+
+class CrsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        if shutil.which("redis-server") is None:
+            raise SkipTest("redis-server is not installed")
+        self.dir = short_tempdir(self)
+        self.events = os.path.join(self.dir, "events")
+        self.client_port = free_port()
+        self.relay_port = free_port(socket.SOCK_DGRAM)
+        d = self.dir
+        write(os.path.join(d, "notify.sh"), NOTIFY.format(events=self.events), 0o755)
+        self.conf = write(
+            os.path.join(d, "crs.conf"),
+            f"""[GLOBAL]
+key testpoolkey
+features
+listen 127.0.0.1 {self.client_port}
+relay 127.0.0.1 {self.relay_port}
+relay-control {d}/relay.sock
+management {d}/crs.sock
+data-dir {d}/data
+accounts-dir {d}/accounts
+log-dir {d}/log
+notify {d}/notify.sh
+notify-timeout 5
+redis managed
+redis-high 127.0.0.1 {free_port()}
+redis-low 127.0.0.1 {free_port()}
+redis-backup 127.0.0.1 {free_port()}
+[POOL]
+host crs1
+ip crs1 127.0.0.1
+""",
+        )
+        self.socket = os.path.join(d, "crs.sock")
+        self.procs: list[Twistd] = []
+        self.addCleanup(self.stop_all)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        for name in ("redis_high", "redis_low"):
+            pid = read_text(os.path.join(self.dir, "data", "redis", name, "redis.pid")).strip()
+            if pid and os.path.exists(f"/proc/{pid}"):
+                os.kill(int(pid), signal.SIGKILL)
+
+    def start(self, plugin: str) -> Twistd:
+        proc = Twistd(self.dir, plugin, "--config", self.conf)
+        self.procs.append(proc)
+        return proc
+
+    def services(self) -> str:
+        status, out, err = run_cli("crs-cli", "--socket", self.socket, "show", "services")
+        self.assertEqual(status, 0, err)
+        return out
+
+    def events_seen(self) -> list[str]:
+        try:
+            with open(self.events) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def test_services_redis_restart_and_logs(self) -> None:
+        """All services come up; a killed redis_low is restarted and notify.sh told."""
+        self.start("crs-relay")
+        wait_for(lambda: unix_answers(os.path.join(self.dir, "relay.sock")), "relay control")
+        crs = self.start("crs")
+        wait_for(lambda: unix_answers(self.socket), "CRS management socket")
+
+        def all_active() -> bool:
+            rows = [line.split() for line in self.services().splitlines()[1:]]
+            return {r[1]: r[2] for r in rows} == {
+                "crs": "active",
+                "crs_relay": "active",
+                "redis_high": "active",
+                "redis_low": "active",
+            }
+
+        wait_for(all_active, "every service active")
+        self.assertEqual(self.services().splitlines()[0].split(), ["Server", "Service", "Status"])
+        self.assertTrue(tcp_answers(self.client_port))
+
+        pid_file = os.path.join(self.dir, "data", "redis", "redis_low", "redis.pid")
+        old_pid = int(str(wait_for(lambda: read_text(pid_file).strip(), "redis_low pid file")))
+        os.kill(old_pid, signal.SIGKILL)
+        wait_for(lambda: "redis_low down" in self.events_seen(), "notify redis_low down")
+        wait_for(lambda: "redis_low up" in self.events_seen(), "notify redis_low up")
+        wait_for(all_active, "redis_low active again")
+        new_pid = int(read_text(pid_file).strip())
+        self.assertNotEqual(new_pid, old_pid)
+        self.assertTrue(os.path.exists(f"/proc/{new_pid}"))
+
+        self.assertEqual(stat.S_IMODE(os.stat(self.socket).st_mode), 0o660)
+        crs.stop()
+        # twistd ends with the signal that stopped it, as systemd expects
+        self.assertIn(crs.proc.returncode, (0, -signal.SIGTERM))
+        self.assertFalse(os.path.exists(f"/proc/{new_pid}"))
+        self.assertIn("crs start", self.events_seen())
+        self.assertIn("crs stop", self.events_seen())
+        with open(os.path.join(self.dir, "log", "crs.log")) as f:
+            log = f.read()
+        self.assertRegex(
+            log, r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \| INIT \| \w+\(\d+\) \] Start crs"
+        )
+        self.assertIn("Stop crs", log)
+        with open(os.path.join(self.dir, "log", "crs_relay.log")) as f:
+            relay_log = f.read()
+        self.assertIn("CONNECTION", relay_log)
+        self.assertIn("Command poll", relay_log)
+        self.assertIn("CLOSE", relay_log)
+        secret_files = [
+            os.path.join(self.dir, "data", "redis", name, leaf)
+            for name in ("redis_high", "redis_low")
+            for leaf in ("password", "redis.conf")
+        ]
+        for path in secret_files:
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
+
+    def test_bind_failure_stops_clearly(self) -> None:
+        """A taken client port stops the CRS with one clear line and a non-zero exit."""
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", self.client_port))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        status, err = self.start("crs").wait_exit()
+        self.assertNotEqual(status, 0)
+        self.assertIn(
+            f"crs: cannot start: cannot listen on 127.0.0.1:{self.client_port} (client TLS)", err
+        )
+
+    def test_cli_when_server_down(self) -> None:
+        """With no CRS running, crs-cli prints one line and exits non-zero."""
+        status, out, err = run_cli("crs-cli", "--socket", self.socket, "show", "services")
+        self.assertEqual(status, 1)
+        self.assertEqual(out, "")
+        self.assertEqual(len(err.splitlines()), 1)
+        self.assertIn("cannot reach the CRS", err)
+
+    def test_check_config(self) -> None:
+        """check-config says OK for a good file and names the line of a bad one."""
+        status, out, _ = run_cli("crs-cli", "check-config", self.conf)
+        self.assertEqual((status, out), (0, "OK\n"))
+        bad = write(os.path.join(self.dir, "bad.conf"), "[GLOBAL]\nkey x\nlisten 127.0.0.1 99999\n")
+        status, _, err = run_cli("crs-cli", "check-config", bad)
+        self.assertEqual(status, 1)
+        self.assertIn("bad.conf:3:", err)
+
+
+class CigTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = short_tempdir(self)
+        d = self.dir
+        self.port = free_port()
+        self.cookie = os.path.join(d, "mgmt.cookie")
+        self.socket = os.path.join(d, "cig.sock")
+        self.conf = write(
+            os.path.join(d, "cig.conf"),
+            f"""interfaces {{
+    sip {{
+        bind 127.0.0.1 {free_port()};
+    }}
+}}
+crs {{
+    address 192.0.2.10 5223;
+    keystore "{d}/userdata";
+}}
+relay {{
+    control "{d}/relay.sock";
+}}
+management {{
+    bind 127.0.0.1 {self.port};
+    cookie "{self.cookie}";
+    socket "{self.socket}";
+}}
+logging {{
+    dir "{d}/log";
+}}
+notify "{d}/notify.sh";
+""",
+        )
+        write(os.path.join(d, "notify.sh"), NOTIFY.format(events=os.path.join(d, "events")), 0o755)
+        self.procs: list[Twistd] = []
+        self.addCleanup(lambda: [p.stop() for p in reversed(self.procs)])
+
+    def cli(self, *args: str, **kwargs: object) -> tuple[int, str, str]:
+        return run_cli(
+            "cig-cli",
+            "--address",
+            f"127.0.0.1:{self.port}",
+            "--cookie",
+            self.cookie,
+            *args,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def start_both(self) -> None:
+        self.procs.append(Twistd(self.dir, "cig-relay", "--config", self.conf))
+        wait_for(lambda: unix_answers(os.path.join(self.dir, "relay.sock")), "cig relay")
+        self.procs.append(Twistd(self.dir, "cig", "--config", self.conf))
+        wait_for(lambda: tcp_answers(self.port), "CIG management port")
+
+    def test_cli_against_running_cig(self) -> None:
+        """status, echo and show call work over the cookie-gated port."""
+        self.start_both()
+        status, out, err = self.cli("echo", "hello", "there")
+        self.assertEqual((status, out), (0, "hello there\n"), err)
+        wait_for(lambda: "Relay connection state    CONNECTED" in self.cli("status")[1], "relay")
+        out = self.cli("status")[1]
+        self.assertTrue(out.startswith("Cryptify Interconnect Gateway v"))
+        self.assertIn("CRS Address               192.0.2.10", out)
+        self.assertIn("SIP Bind address          127.0.0.1", out)
+        status, out, _ = self.cli("show", "call")
+        self.assertEqual(status, 0)
+        self.assertEqual(
+            out.splitlines()[0].split(), ["IN-FROM", "IN-TO", "OUT-FROM", "OUT-TO", "STATE"]
+        )
+        self.assertEqual(out.splitlines()[-1], "OK")
+        self.assertEqual(stat.S_IMODE(os.stat(self.cookie).st_mode), 0o640)
+        status, out, _ = run_cli("cig-cli", "--socket", self.socket, "show", "umsg")
+        self.assertEqual(status, 0)
+        self.assertEqual(out.splitlines()[0].split(), ["FROM", "TO", "STATE", "TIME", "ID"])
+
+    def test_interactive(self) -> None:
+        """Without an action cig-cli prompts with cig-cli$ and runs each line."""
+        self.start_both()
+        status, out, _ = self.cli(stdin="help\necho hi\nshow umsg\nquit\n")
+        self.assertEqual(status, 0)
+        self.assertIn("cig-cli$ ", out)
+        self.assertIn("Cryptify Interconnect Gateway\n", out)
+        self.assertIn("hi\n", out)
+        self.assertIn("FROM", out)
+
+    def test_wrong_cookie_refused(self) -> None:
+        """A wrong cookie gets nothing but a refusal."""
+        self.start_both()
+        wrong = write(os.path.join(self.dir, "wrong.cookie"), "0" * 64 + "\n", 0o600)
+        status, out, err = run_cli(
+            "cig-cli", "--address", f"127.0.0.1:{self.port}", "--cookie", wrong, "status"
+        )
+        self.assertEqual(status, 1)
+        self.assertEqual(out, "")
+        self.assertIn("refused", err)
+
+    def test_unprivileged_user_gets_nowhere(self) -> None:
+        """A local user outside the service group can neither read the cookie nor use the socket."""
+        if os.geteuid() != 0 or shutil.which("setpriv") is None:
+            raise SkipTest("needs root and setpriv to act as another user")
+        self.start_both()
+        for args in (
+            ("--address", f"127.0.0.1:{self.port}", "--cookie", self.cookie, "status"),
+            ("--socket", self.socket, "status"),
+        ):
+            status, out, err = run_cli("cig-cli", *args, user="65534")
+            self.assertEqual(status, 1, err)
+            self.assertEqual(out, "")
+            self.assertTrue("permission denied" in err.lower(), err)
+
+    def test_read_config(self) -> None:
+        """read says OK for the sample config and names the line of a broken copy."""
+        status, out, _ = run_cli("cig-cli", "read", os.path.join(REPO, "etc", "cig.conf"))
+        self.assertEqual((status, out), (0, "OK\n"))
+        with open(os.path.join(REPO, "etc", "cig.conf")) as f:
+            lines = f.read().splitlines()
+        index = next(i for i, line in enumerate(lines) if "extension map" in line)
+        lines[index] = lines[index].replace("extension map", "extension mop")
+        broken = write(os.path.join(self.dir, "broken.conf"), "\n".join(lines) + "\n")
+        status, _, err = run_cli("cig-cli", "read", broken)
+        self.assertEqual(status, 1)
+        self.assertIn(f"broken.conf:{index + 1}:", err)

@@ -1,0 +1,185 @@
+"""Tests for L{cryptify.crypto.eccsi}: RFC 6507 vectors and properties."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.crypto import eccsi
+from cryptify.crypto.errors import (
+    CryptoError,
+    InvalidPoint,
+    KeyValidationError,
+    MalformedInput,
+    SignatureInvalid,
+)
+from tests.fixtures.crypto import fixture, h, n
+
+V = fixture("rfc6507.json")
+KMS = eccsi.EccsiKms(n(V["ksak"]))
+ID = h(V["id"])
+SSK, PVT = KMS.issue(ID, v=n(V["v"]))
+SIGNER = eccsi.EccsiSigner(KMS.kpak, ID, SSK, PVT)
+MESSAGE = h(V["message"])
+SIGNATURE = h(V["signature"])
+
+
+class RFC6507VectorTests(SynchronousTestCase):
+    """Every value of RFC 6507 Appendix A is reproduced."""
+
+    def test_kpak(self) -> None:
+        """KPAK = [KSAK]G is the RFC's KPAK."""
+        self.assertEqual(KMS.kpak, h(V["kpak"]))
+
+    def test_identifier(self) -> None:
+        """The RFC's ID is the 26-octet string 2011-02\\0tel:+447700900123\\0."""
+        self.assertEqual(ID, b"2011-02\0tel:+447700900123\0")
+
+    def test_pvt_hs_ssk(self) -> None:
+        """With v = 0x23456, PVT, HS and SSK are the RFC's values."""
+        self.assertEqual(PVT, h(V["pvt"]))
+        self.assertEqual(eccsi.hash_hs(KMS.kpak, ID, PVT), n(V["hs"]))
+        self.assertEqual(SSK, n(V["ssk"]))
+
+    def test_ssk_validation(self) -> None:
+        """The user's validation of (SSK, PVT) succeeds and returns HS."""
+        self.assertEqual(eccsi.validate_signing_key(KMS.kpak, ID, SSK, PVT), n(V["hs"]))
+
+    def test_signature(self) -> None:
+        """With j = 0x34567 the signature r||s||PVT is the RFC's 129 octets."""
+        signature = SIGNER.sign(MESSAGE, j=n(V["j"]))
+        self.assertEqual(len(signature), 129)
+        self.assertEqual(signature, SIGNATURE)
+        self.assertEqual(eccsi.hash_he(n(V["hs"]), n(V["r"]), MESSAGE), n(V["he"]))
+
+    def test_verify(self) -> None:
+        """The RFC signature verifies."""
+        eccsi.verify(KMS.kpak, ID, MESSAGE, SIGNATURE)
+
+    def test_y_point(self) -> None:
+        """The verifier's Y = [HS]PVT + KPAK is the RFC's Y."""
+        x, y = eccsi._y_point(KMS.kpak, ID, PVT)
+        self.assertEqual(eccsi.encode_point(eccsi.Point(x, y, curve=eccsi._CURVE)), h(V["y"]))
+
+    def test_both_final_checks_agree(self) -> None:
+        """The ECDSA-based final check and the explicit one agree, good and bad."""
+        r, s, pvt = eccsi.split_signature(SIGNATURE)
+        yx, yy = eccsi._y_point(KMS.kpak, ID, pvt)
+        he = eccsi.hash_he(eccsi.hash_hs(KMS.kpak, ID, pvt), r, MESSAGE)
+        self.assertTrue(eccsi._j_matches_ecdsa(yx, yy, r, s, he))
+        self.assertTrue(eccsi._j_matches_exact(yx, yy, r, s, he))
+        self.assertFalse(eccsi._j_matches_ecdsa(yx, yy, r, s, he + 1))
+        self.assertFalse(eccsi._j_matches_exact(yx, yy, r, s, he + 1))
+
+    def test_r_is_not_reduced_mod_q(self) -> None:
+        """An r congruent to Jx only modulo q is refused: the check is Jx = r mod p.
+
+        ECDSA alone would accept r + q (it reduces modulo q), which is why
+        verify() leaves values of r outside [p - q, q) to the exact check.
+        """
+        r, s, pvt = eccsi.split_signature(SIGNATURE)
+        yx, yy = eccsi._y_point(KMS.kpak, ID, pvt)
+        he = eccsi.hash_he(eccsi.hash_hs(KMS.kpak, ID, pvt), r, MESSAGE)
+        self.assertTrue(eccsi._j_matches_ecdsa(yx, yy, r + eccsi.Q, s, he))
+        self.assertFalse(eccsi._j_matches_exact(yx, yy, r + eccsi.Q, s, he))
+        self.assertFalse(eccsi.P - eccsi.Q <= r + eccsi.Q < eccsi.Q)
+
+
+class TamperTests(SynchronousTestCase):
+    """Changing any input makes verification fail with a typed error."""
+
+    def test_tampered_message(self) -> None:
+        """A different message does not verify."""
+        self.assertRaises(SignatureInvalid, eccsi.verify, KMS.kpak, ID, b"messagf\0", SIGNATURE)
+
+    def test_other_identity(self) -> None:
+        """The signature does not verify for another identity or month."""
+        other = b"2011-03\0tel:+447700900123\0"
+        self.assertRaises(SignatureInvalid, eccsi.verify, KMS.kpak, other, MESSAGE, SIGNATURE)
+
+    def test_other_kpak(self) -> None:
+        """The signature does not verify under another KMS's KPAK."""
+        other = eccsi.EccsiKms(0x54321).kpak
+        self.assertRaises(SignatureInvalid, eccsi.verify, other, ID, MESSAGE, SIGNATURE)
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.integers(0, 128), st.integers(1, 255))
+    def test_any_signature_byte(self, index: int, delta: int) -> None:
+        """Altering any octet of the signature is refused with a CryptoError."""
+        bad = bytearray(SIGNATURE)
+        bad[index] = (bad[index] + delta) % 256
+        self.assertRaises(CryptoError, eccsi.verify, KMS.kpak, ID, MESSAGE, bytes(bad))
+
+    def test_wrong_ssk_refused(self) -> None:
+        """A signing key whose SSK does not match the PVT fails validation."""
+        self.assertRaises(KeyValidationError, eccsi.EccsiSigner, KMS.kpak, ID, SSK + 1, PVT)
+
+    def test_ssk_for_other_identity_refused(self) -> None:
+        """A signing key issued for another identity fails validation."""
+        self.assertRaises(
+            KeyValidationError, eccsi.EccsiSigner, KMS.kpak, b"2011-03\0x\0", SSK, PVT
+        )
+
+
+class HostileInputTests(SynchronousTestCase):
+    """Malformed signatures and points raise only CryptoError subclasses."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=200))
+    def test_random_signature(self, data: bytes) -> None:
+        """Random octets as a signature give SignatureInvalid or MalformedInput."""
+        with self.assertRaises(CryptoError):
+            eccsi.verify(KMS.kpak, ID, MESSAGE, data)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(min_size=65, max_size=65))
+    def test_random_point(self, data: bytes) -> None:
+        """Random 65 octets decode only if on the curve; otherwise InvalidPoint."""
+        try:
+            point = eccsi.decode_point(data)
+        except InvalidPoint:
+            return
+        self.assertEqual(eccsi.encode_point(point), data)
+
+    def test_short_kpak(self) -> None:
+        """A truncated KPAK is malformed input."""
+        self.assertRaises(MalformedInput, eccsi.verify, KMS.kpak[:-1], ID, MESSAGE, SIGNATURE)
+
+
+class RoundTripTests(SynchronousTestCase):
+    """Fresh keys sign and verify; signatures are bound to their inputs."""
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.binary(max_size=64), st.binary(min_size=1, max_size=40))
+    def test_sign_verify(self, message: bytes, identity: bytes) -> None:
+        """A signature by a freshly issued key verifies, and not for another message."""
+        kms = eccsi.EccsiKms.generate()
+        ssk, pvt = kms.issue(identity)
+        signer = eccsi.EccsiSigner(kms.kpak, identity, ssk, pvt)
+        signature = signer.sign(message)
+        eccsi.verify(kms.kpak, identity, message, signature)
+        self.assertRaises(
+            SignatureInvalid, eccsi.verify, kms.kpak, identity, message + b"x", signature
+        )
+
+
+class YPointTests(SynchronousTestCase):
+    """The OpenSSL route to [HS]PVT agrees with explicit point arithmetic."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.integers(1, eccsi.Q - 1), st.integers(0, eccsi.Q - 1))
+    def test_ecdh_multiple(self, v: int, hs: int) -> None:
+        """[HS]PVT from ECDH x, square root and sign check equals fastecdsa's, or defers."""
+        pvt = eccsi._G * v
+        got = eccsi._y_by_ecdh(pvt, hs)
+        if got is None:
+            self.assertTrue(hs in (0, eccsi.Q - 1) or (pvt * hs).x == pvt.x)
+        else:
+            self.assertEqual(got, pvt * hs)
+
+    def test_boundary_hs(self) -> None:
+        """HS values the ECDH route leaves to explicit arithmetic are deferred."""
+        self.assertIsNone(eccsi._y_by_ecdh(eccsi._G, 0))
+        self.assertIsNone(eccsi._y_by_ecdh(eccsi._G, eccsi.Q - 1))
+        self.assertIsNone(eccsi._y_by_ecdh(eccsi._G, 1))

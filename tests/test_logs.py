@@ -1,0 +1,99 @@
+"""Tests for cryptify.logs: the manuals' log line formats and routing."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from twisted.logger import LogLevel, LogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify import logs
+
+WHEN = 1795462801.25  # 2026-11-23 19:40:01.250 UTC
+
+
+def event(**fields: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "log_time": WHEN,
+        "log_level": LogLevel.info,
+        "log_namespace": "cryptify.crs.attach",
+        "log_format": "client {uri} attached",
+        "uri": "tel:+4670",
+    }
+    base.update(fields)
+    return base
+
+
+class FormatTests(SynchronousTestCase):
+    def test_crs_format(self) -> None:
+        """A crs.log line is [Time | Type | Module(PID) ] Information, in UTC."""
+        line = logs.format_crs(event(), pid=4242)
+        self.assertEqual(
+            line, "[2026-11-23 19:40:01.250 | INFO | attach(4242) ] client tel:+4670 attached\n"
+        )
+
+    def test_cig_format(self) -> None:
+        """A cig.log line is [Time] Module[Type]: Information."""
+        line = logs.format_cig(event(log_namespace="cryptify.cig.route"))
+        self.assertEqual(line, "[2026-11-23 19:40:01.250] route[INFO]: client tel:+4670 attached\n")
+
+    def test_types(self) -> None:
+        """Levels map onto the manuals' DEBUG/INFO/WARN; INIT is explicit."""
+        self.assertEqual(logs.event_type(event(log_level=LogLevel.debug)), "DEBUG")
+        self.assertEqual(logs.event_type(event(log_level=LogLevel.warn)), "WARN")
+        self.assertEqual(logs.event_type(event(log_level=LogLevel.error)), "WARN")
+        self.assertEqual(logs.event_type(event(log_level=LogLevel.critical)), "WARN")
+        self.assertEqual(logs.event_type(event(log_type="INIT")), "INIT")
+
+    def test_explicit_module(self) -> None:
+        """log_module overrides the namespace's last component."""
+        self.assertIn("| relay(1) ]", logs.format_crs(event(log_module="relay"), pid=1))
+
+    def test_failure_indented(self) -> None:
+        """A failure's traceback follows its line, indented, never breaking the format."""
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            failure = Failure()
+        line = logs.format_crs(event(log_failure=failure, log_level=LogLevel.error), pid=1)
+        first, *rest = line.splitlines()
+        self.assertIn("| WARN |", first)
+        self.assertTrue(rest and all(r.startswith("    ") for r in rest))
+        self.assertIn("ValueError: boom", line)
+
+
+class RoutingTests(SynchronousTestCase):
+    def test_main_log_takes_ours_and_warnings(self) -> None:
+        """The main log writes cryptify events and anyone's warnings, not others' chatter."""
+        self.assertTrue(logs.wants_event(event(), "crs.log", main=True))
+        other = event(log_namespace="twisted.web")
+        self.assertFalse(logs.wants_event(other, "crs.log", main=True))
+        self.assertTrue(
+            logs.wants_event(dict(other, log_level=LogLevel.error), "crs.log", main=True)
+        )
+
+    def test_addressed_events(self) -> None:
+        """An event with log_file goes only to that file."""
+        record = event(log_file="session.log")
+        self.assertTrue(logs.wants_event(record, "session.log", main=False))
+        self.assertFalse(logs.wants_event(record, "cig.log", main=True))
+        self.assertFalse(logs.wants_event(event(), "session.log", main=False))
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_writes_file_while_running(self) -> None:
+        """The service writes formatted lines into DIR/NAME and stops observing on stop."""
+        directory = self.mktemp()
+        publisher = LogPublisher()
+        service = logs.LogFileService(directory, "crs.log", "crs", publisher=publisher)
+        service.startService()
+        publisher(event())
+        service.stopService()
+        publisher(event(uri="tel:+1"))
+        with open(os.path.join(directory, "crs.log")) as f:
+            text = f.read()
+        self.assertEqual(len(text.splitlines()), 1)
+        self.assertTrue(re.match(r"\[2026-11-23 19:40:01\.250 \| INFO \| attach\(\d+\) \]", text))
+        self.assertEqual(os.stat(directory).st_mode & 0o777, 0o750)

@@ -1,0 +1,230 @@
+"""Tests for the management channel: gating, cookies, tables, CLI output."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.protocols import amp
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.cig.admin import CigAdmin
+from cryptify.cig.state import CigState
+from cryptify.crs.admin import CrsAdmin
+from cryptify.crs.state import CrsState
+from cryptify.protocols import cig_admin, crs_admin
+from cryptify.protocols.mgmt import (
+    BadCookie,
+    CookieError,
+    JsonValue,
+    ManagementClient,
+    ManagementProtocol,
+    NotAuthenticated,
+    ensure_cookie,
+    read_cookie,
+)
+from cryptify.protocols.mgmtcli import render_table
+
+
+def pair(locator: amp.CommandLocator, cookie: str | None = None) -> tuple[Any, Any, Any]:
+    server = ManagementProtocol(locator, cookie)
+    client = ManagementClient()
+    pump = iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client))
+    return server, client, pump
+
+
+def call(client: Any, pump: Any, command: type[amp.Command], **kwargs: Any) -> Any:
+    """Send a command, pump, and return its result (a Failure on error).
+
+    The result is captured before pumping: AMP drops the connection when an
+    error answer finds no errback on the call's Deferred.
+    """
+    results: list[Any] = []
+    client.callRemote(command, **kwargs).addBoth(results.append)
+    pump.flush()
+    assert len(results) == 1
+    return results[0]
+
+
+class GateTests(SynchronousTestCase):
+    def locator(self) -> CrsAdmin:
+        return CrsAdmin(CrsState("crs1", {"crs": lambda: True, "crs_relay": lambda: False}))
+
+    def test_unix_socket_needs_no_cookie(self) -> None:
+        """On the UNIX socket (no cookie configured) commands are answered at once."""
+        _, client, pump = pair(self.locator())
+        d = client.callRemote(crs_admin.ShowServices)
+        pump.flush()
+        table = self.successResultOf(d)["table"]
+        self.assertEqual(table["columns"], ["Server", "Service", "Status"])
+        self.assertEqual(
+            table["rows"], [["crs1", "crs", "active"], ["crs1", "crs_relay", "inactive"]]
+        )
+
+    def test_tcp_refuses_before_cookie(self) -> None:
+        """With a cookie configured, commands before Authenticate are refused."""
+        _, client, pump = pair(self.locator(), cookie="s3cret")
+        result = call(client, pump, crs_admin.ServerVersion)
+        self.assertTrue(result.check(NotAuthenticated))
+
+    def test_right_cookie_opens(self) -> None:
+        """The right cookie opens the connection for every command."""
+        from cryptify.protocols.mgmt import Authenticate
+
+        _, client, pump = pair(self.locator(), cookie="s3cret")
+        self.assertEqual(call(client, pump, Authenticate, cookie="s3cret"), {})
+        self.assertEqual(call(client, pump, crs_admin.Echo, text="hi")["text"], "hi")
+
+    def test_wrong_cookie_closes(self) -> None:
+        """A wrong cookie is refused and the connection closed."""
+        from cryptify.protocols.mgmt import Authenticate
+
+        _, client, pump = pair(self.locator(), cookie="s3cret")
+        result = call(client, pump, Authenticate, cookie="guess")
+        self.assertTrue(result.check(BadCookie))
+        self.assertTrue(client.lost.called)
+
+
+class TableTests(SynchronousTestCase):
+    def test_large_table_round_trips(self) -> None:
+        """A table far over AMP's 64 KiB value limit travels intact."""
+        rows = [[f"tel:+46{i:09d}", "acct", str(i)] for i in range(20000)]
+        value = {"columns": ["URI", "ACCOUNT", "TIME"], "rows": rows}
+        arg = JsonValue()
+        strings: dict[bytes, Any] = {}
+        arg.toBox(b"table", strings, {"table": value}, None)
+        self.assertTrue(all(len(v) <= 0xFFFF for v in strings.values()))
+        self.assertGreater(len(strings), 2)
+        objects: dict[str, Any] = {}
+        arg.fromBox(b"table", strings, objects, None)
+        self.assertEqual(objects["table"], value)
+
+    def test_malformed_chunks_refused(self) -> None:
+        """Missing or absurd chunk counts are a MalformedAmpBox, not a crash."""
+        arg = JsonValue()
+        for strings in ({}, {b"t": b"x"}, {b"t": b"0"}, {b"t": b"2", b"t.1": b"[]"}):
+            self.assertRaises(amp.MalformedAmpBox, arg.fromBox, b"t", strings, {}, None)
+
+    @settings(max_examples=100)
+    @given(st.lists(st.lists(st.text(max_size=20), min_size=3, max_size=3), max_size=30))
+    def test_render_aligns(self, rows: list[list[str]]) -> None:
+        """Every printed row starts each column at the same offset as the header."""
+        text = render_table(["A", "B", "C"], rows)
+        lines = text.split("\n")[:-1]
+        self.assertEqual(len(lines), len(rows) + 1)
+        self.assertTrue(all(line.isprintable() for line in lines))
+        offset = lines[0].index("B")
+        for line, row in zip(lines[1:], rows, strict=True):
+            if row[1] and len(line) > offset:
+                self.assertNotEqual(line[offset - 1], "?" if False else "\n")
+
+
+class CigAdminTests(SynchronousTestCase):
+    def test_status_sections(self) -> None:
+        """status reports relay, UMSG and SIP sections as the manual lays them out."""
+        state = CigState(crs_address="192.0.2.1:5223", sip_bind="192.0.2.2")
+        state.relay_connected = lambda: True
+        _, client, pump = pair(CigAdmin(state))
+        d = client.callRemote(cig_admin.Status)
+        pump.flush()
+        status = self.successResultOf(d)["status"]
+        from cryptify.cig.cli import render_status
+
+        text = render_status(status)
+        self.assertIn("Relay connection state    CONNECTED", text)
+        self.assertIn("CRS Address               192.0.2.1:5223", text)
+        self.assertIn("Connection state          DISCONNECTED", text)
+        self.assertIn("SIP Bind address          192.0.2.2", text)
+
+    def test_show_call_header(self) -> None:
+        """show call has the manual's columns."""
+        _, client, pump = pair(CigAdmin(CigState("a", "b")))
+        d = client.callRemote(cig_admin.ShowCall)
+        pump.flush()
+        self.assertEqual(
+            self.successResultOf(d)["table"]["columns"],
+            ["IN-FROM", "IN-TO", "OUT-FROM", "OUT-TO", "STATE"],
+        )
+
+
+class CookieTests(SynchronousTestCase):
+    def test_created_private(self) -> None:
+        """A new cookie file is 0640 and read back the same."""
+        path = os.path.join(self.mktemp(), "mgmt.cookie")
+        cookie = ensure_cookie(path)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o640)
+        self.assertEqual(read_cookie(path), cookie)
+        self.assertEqual(ensure_cookie(path), cookie)
+
+    def test_world_readable_refused(self) -> None:
+        """A cookie file others can read is refused, not used."""
+        path = os.path.join(self.mktemp(), "mgmt.cookie")
+        ensure_cookie(path)
+        os.chmod(path, 0o644)
+        self.assertRaises(CookieError, read_cookie, path)
+
+    def test_missing(self) -> None:
+        """A missing cookie file names the path."""
+        exc = self.assertRaises(CookieError, read_cookie, "/nonexistent/cookie")
+        self.assertIn("/nonexistent/cookie", str(exc))
+
+
+class CliTests(SynchronousTestCase):
+    def run_crs(self, *argv: str) -> tuple[int, str, str]:
+        from cryptify.crs.cli import run
+
+        out, err = io.StringIO(), io.StringIO()
+        return run(list(argv), out, err), out.getvalue(), err.getvalue()
+
+    def run_cig(self, *argv: str) -> tuple[int, str, str]:
+        from cryptify.cig.cli import run
+
+        out, err = io.StringIO(), io.StringIO()
+        return run(list(argv), out, err), out.getvalue(), err.getvalue()
+
+    def test_crs_bad_arguments(self) -> None:
+        """Unknown actions and bad options print usage and exit 2."""
+        for argv in (
+            ["bogus"],
+            ["show"],
+            ["show", "nothing"],
+            ["create", "sharedSecret", "-B", "x"],
+            ["create", "sharedSecret", "-b", "8", "-B", "1"],
+        ):
+            status, _, err = self.run_crs(*argv)
+            self.assertEqual(status, 2, argv)
+            self.assertIn("usage:", err)
+
+    def test_shared_secret_sizes(self) -> None:
+        """create sharedSecret gives 128 bits by default, -B n bytes, -b n bits rounded up."""
+        import base64
+
+        for argv, size in (
+            (["create", "sharedSecret"], 16),
+            (["create", "sharedSecret", "-B32"], 32),
+            (["create", "sharedSecret", "-b", "9"], 2),
+        ):
+            status, out, _ = self.run_crs(*argv)
+            self.assertEqual(status, 0)
+            self.assertEqual(len(base64.b64decode(out.strip())), size)
+
+    def test_help_and_version(self) -> None:
+        """help lists the actions; version prints the CLI's version."""
+        status, out, _ = self.run_crs("help")
+        self.assertEqual(status, 0)
+        self.assertIn("show services", out)
+        status, out, _ = self.run_crs("version")
+        self.assertTrue(out.startswith("crs-cli "))
+
+    def test_cig_help_and_usage(self) -> None:
+        """cig-cli help prints the manual's list; unknown actions exit 2."""
+        status, out, _ = self.run_cig("help")
+        self.assertEqual(status, 0)
+        self.assertTrue(out.startswith("Cryptify Interconnect Gateway\n"))
+        self.assertEqual(self.run_cig("frobnicate")[0], 2)
+        self.assertEqual(self.run_cig("show", "calls")[0], 2)
+        self.assertEqual(self.run_cig("read")[0], 2)
