@@ -1,24 +1,102 @@
-"""The CRS's management responders (the server side of ``crs-cli``)."""
+"""The CRS's management responders (the server side of ``crs-cli``).
+
+One locator per management connection, holding the running CRS's state
+(:class:`~cryptify.crs.state.CrsState`) and the connection, so that a
+``trace`` can stream to it and stop when it goes away.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import binascii
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.protocols import amp
 
 from cryptify import __version__
-from cryptify.crs.state import CrsState
+from cryptify.crs.accounts import AccountError, check_account_id, check_uri
+from cryptify.crs.slots import SLOTS, slot_of
+from cryptify.crs.state import ATTACH_MODULE, CrsState
+from cryptify.crs.trace import ELEMENTS
+from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin
-from cryptify.protocols.mgmt import table
+from cryptify.protocols.mgmt import CommandFailed, ManagementProtocol, table
+from cryptify.protocols.relay_control import RelayStats
+
+log = Logger(namespace="cryptify.crs.admin")
 
 SERVICES_COLUMNS = ["Server", "Service", "Status"]
+ATTACH_COLUMNS = ["URI", "ACCOUNT", "TIME", "VERSION", "IP:PORT", "CRS"]
+UPDATES_COLUMNS = ["Account", "Current Month", "Next Month"]
+SYSTEM_COLUMNS = ["SERVER", "PROCESS", "PID", "SLOTS"]
+ACCOUNT_COLUMNS = ["SERVER", "MODULE", "PID", "LOADED ACCOUNTS"]
+RELAY_COLUMNS = ["RX", "TXB", "TXERROR", "ERRNODEST", "ERRTOSHORT", "ERRTOLONG", "ENTRIES"]
+CLIENT_INFO_COLUMNS = [
+    "Uri",
+    "Timestamp",
+    "Client Time",
+    "Scan Time",
+    "OS",
+    "OS Version",
+    "CCA Version",
+]
+NOT_AVAILABLE = "Not Available"
+
+T = TypeVar("T")
+
+
+def _failing(error: Exception) -> CommandFailed:
+    return CommandFailed(str(error))
+
+
+def deferred(fn: Callable[..., Awaitable[T]]) -> Callable[..., defer.Deferred[T]]:
+    """Let an ``async`` method serve as an AMP responder."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> defer.Deferred[T]:
+        return defer.ensureDeferred(fn(*args, **kwargs))  # type: ignore[arg-type]
+
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def _utc(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def _next_period(period: str) -> str:
+    year, month = (int(x) for x in period.split("-"))
+    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
 
 
 class CrsAdmin(amp.CommandLocator):
     """Answers management commands from the running CRS's state."""
 
-    def __init__(self, state: CrsState) -> None:
+    def __init__(self, state: CrsState, proto: ManagementProtocol | None = None) -> None:
         self.state = state
+        self.proto = proto
+
+    @property
+    def registry(self) -> Any:
+        return self.state.registry
+
+    def _account(self, account: str) -> Any:
+        try:
+            check_account_id(account)
+        except AccountError as exc:
+            raise _failing(exc) from exc
+        found = self.state.accounts.get(account)
+        if found is None:
+            raise CommandFailed(f"no account {account}")
+        return found
+
+    def _objects(self) -> Any:
+        if self.state.objects is None:
+            raise CommandFailed("the client object store is not available")
+        return self.state.objects
 
     @crs_admin.ServerVersion.responder
     def server_version(self) -> dict[str, Any]:
@@ -32,3 +110,213 @@ class CrsAdmin(amp.CommandLocator):
     def show_services(self) -> dict[str, Any]:
         rows = [[self.state.name, name, status] for name, status in self.state.services()]
         return {"table": table(SERVICES_COLUMNS, rows)}
+
+    # -- accounts --------------------------------------------------------------
+
+    @crs_admin.CreateAccount.responder
+    def create_account(self, account: str, secret: str) -> dict[str, Any]:
+        try:
+            created = self.state.accounts.create(account, secret)
+        except (AccountError, OSError) as exc:
+            raise _failing(exc) from exc
+        return {"path": created.path}
+
+    @crs_admin.ListAccounts.responder
+    def list_accounts(self) -> dict[str, Any]:
+        rows = [[a.id, a.path, a.secret] for a in self.state.accounts]
+        return {"table": table(["ID", "path", "shared secret"], rows)}
+
+    @crs_admin.DeleteAccount.responder
+    @deferred
+    async def delete_account(self, account: str) -> dict[str, Any]:
+        self._account(account)
+        gone = self.registry.disconnect(self.registry.matching(account=account), "account deleted")
+        if self.state.objects is not None:
+            await self.state.objects.purge_account(account)
+            await self.state.objects.purge_observed(account)
+        try:
+            self.state.accounts.delete(account)
+        except (AccountError, OSError) as exc:
+            raise _failing(exc) from exc
+        return {"disconnected": gone}
+
+    @crs_admin.ReloadAccounts.responder
+    def reload_accounts(self) -> dict[str, Any]:
+        problems = self.state.accounts.reload()
+        self._enforce_blacklists()
+        return {"problems": problems}
+
+    @crs_admin.Apply.responder
+    def apply(self, data: Any) -> dict[str, Any]:
+        try:
+            raw = base64.b64decode(str(data), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise CommandFailed("the update file did not arrive intact") from exc
+        try:
+            applied = self.state.accounts.apply(raw)
+        except (AccountError, OSError) as exc:
+            raise _failing(exc) from exc
+        self._enforce_blacklists()
+        return {
+            "result": {
+                "account": applied.account,
+                "revision": applied.revision,
+                "periods": list(applied.periods),
+            }
+        }
+
+    @crs_admin.ShowUpdates.responder
+    def show_updates(self) -> dict[str, Any]:
+        current = period_of(time.time())
+        following = _next_period(current)
+        rows = []
+        for account in self.state.accounts:
+            cells = [account.id]
+            for period in (current, following):
+                month = account.months.get(period)
+                cells.append(_utc(month.created) if month is not None else NOT_AVAILABLE)
+            rows.append(cells)
+        return {"table": table(UPDATES_COLUMNS, rows)}
+
+    # -- blacklist and purge ---------------------------------------------------
+
+    def _enforce_blacklists(self) -> int:
+        period = period_of(time.time())
+        listed = []
+        for attachment in self.registry.matching():
+            account = self.state.accounts.get(attachment.account)
+            if account is not None and account.blacklisted(attachment.uri, period):
+                listed.append(attachment)
+        return int(self.registry.disconnect(listed, "blacklisted"))
+
+    @crs_admin.AddBlacklist.responder
+    def add_blacklist(self, account: str, uri: str) -> dict[str, Any]:
+        self._account(account)
+        try:
+            self.state.accounts.set_blacklisted(account, uri, True)
+        except (AccountError, OSError) as exc:
+            raise _failing(exc) from exc
+        log.info("{uri} blacklisted in {account}", uri=uri, account=account)
+        return {"disconnected": self._enforce_blacklists()}
+
+    @crs_admin.RemoveBlacklist.responder
+    def remove_blacklist(self, account: str, uri: str) -> dict[str, Any]:
+        self._account(account)
+        try:
+            self.state.accounts.set_blacklisted(account, uri, False)
+        except (AccountError, OSError) as exc:
+            raise _failing(exc) from exc
+        log.info("{uri} removed from the blacklist of {account}", uri=uri, account=account)
+        return {}
+
+    @crs_admin.ShowBlacklist.responder
+    def show_blacklist(self, account: str) -> dict[str, Any]:
+        found = self._account(account)
+        rows = [[uri] for uri in found.effective_blacklist(period_of(time.time()))]
+        return {"table": table(["URI"], rows)}
+
+    @crs_admin.PurgeClient.responder
+    def purge_client(self, account: str, uri: str) -> dict[str, Any]:
+        self._account(account)
+        try:
+            check_uri(uri)
+        except AccountError as exc:
+            raise _failing(exc) from exc
+        matches = self.registry.matching(account=account, uri=uri)
+        return {"purged": self.registry.disconnect(matches, "purged")}
+
+    @crs_admin.PurgeClients.responder
+    def purge_clients(self, account: str) -> dict[str, Any]:
+        self._account(account)
+        matches = self.registry.matching(account=account)
+        return {"purged": self.registry.disconnect(matches, "purged")}
+
+    @crs_admin.PurgeObserved.responder
+    @deferred
+    async def purge_observed(self, account: str) -> dict[str, Any]:
+        self._account(account)
+        return {"purged": await self._objects().purge_observed(account)}
+
+    # -- views -----------------------------------------------------------------
+
+    @crs_admin.ShowAttach.responder
+    def show_attach(self) -> dict[str, Any]:
+        return {"table": table(ATTACH_COLUMNS, self.registry.rows())}
+
+    @crs_admin.CheckSlot.responder
+    def check_slot(self, uri: str) -> dict[str, Any]:
+        try:
+            check_uri(uri.split(";", 1)[0])
+        except AccountError as exc:
+            raise _failing(exc) from exc
+        slot = slot_of(uri.split(";", 1)[0])
+        assert self.state.slots is not None
+        return {"slot": slot, "owner": self.state.slots.owner(slot)}
+
+    @crs_admin.ShowSystem.responder
+    def show_system(self) -> dict[str, Any]:
+        slots = self.state.slots
+        assert slots is not None
+        rows = [
+            [self.state.name, ATTACH_MODULE, str(self.state.pid), slots.describe(self.state.name)]
+        ]
+        if len(slots.hosts) == 1:
+            rows[0][3] = f"0-{SLOTS - 1}"
+        return {"table": table(SYSTEM_COLUMNS, rows)}
+
+    @crs_admin.ShowAccount.responder
+    def show_account(self) -> dict[str, Any]:
+        loaded = ",".join(a.id for a in self.state.accounts) or "-"
+        rows = [[self.state.name, ATTACH_MODULE, str(self.state.pid), loaded]]
+        return {"table": table(ACCOUNT_COLUMNS, rows)}
+
+    @crs_admin.ShowRelay.responder
+    @deferred
+    async def show_relay(self) -> dict[str, Any]:
+        if self.state.relay is None:
+            raise CommandFailed("this CRS has no relay configured")
+        try:
+            answer = await self.state.relay.call(RelayStats)
+        except Exception as exc:
+            raise CommandFailed(f"the relay does not answer: {exc}") from exc
+        stats = answer["stats"]
+        return {"table": table(RELAY_COLUMNS, [[str(stats.get(c, 0)) for c in RELAY_COLUMNS]])}
+
+    @crs_admin.ShowClientInfo.responder
+    @deferred
+    async def show_client_info(self, account: str) -> dict[str, Any]:
+        self._account(account)
+        rows = []
+        for uri, info in await self._objects().client_info(account):
+            updated = info.get("updated", "")
+            stamp = _utc(int(updated)) if updated.isdigit() else "-"
+            rows.append(
+                [uri, stamp]
+                + [
+                    info.get(k, "-")
+                    for k in ("client-time", "scan-time", "os", "os-version", "cca-version")
+                ]
+            )
+        return {"table": table(CLIENT_INFO_COLUMNS, rows)}
+
+    @crs_admin.ShowPushToken.responder
+    @deferred
+    async def show_push_token(self, account: str, uri: str) -> dict[str, Any]:
+        self._account(account)
+        found = await self._objects().push_token(account, uri)
+        rows = [[uri, found.get("token", "-"), found.get("type", "-")]] if found else []
+        return {"table": table(["Uri", "Token", "Type"], rows)}
+
+    # -- traces ----------------------------------------------------------------
+
+    @crs_admin.Trace.responder
+    def trace(self, element: str) -> dict[str, Any]:
+        if element not in ELEMENTS:
+            raise CommandFailed(f"unknown trace element {element!r}: one of {', '.join(ELEMENTS)}")
+        proto = self.proto
+        if proto is None:
+            raise CommandFailed("trace needs a live management connection")
+        unsubscribe = self.state.trace.subscribe(element, proto.push_trace)
+        proto.on_lost.append(unsubscribe)
+        log.info("trace {element} started", element=element)
+        return {}

@@ -16,8 +16,6 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from twisted.internet.endpoints import UNIXClientEndpoint
-
 from cryptify import __version__
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import ManagementClient
@@ -30,6 +28,7 @@ from cryptify.protocols.mgmtcli import (
     render_table,
     run_remote,
 )
+from cryptify.service import unix_endpoint
 
 PROG = "crs-cli"
 DEFAULT_SOCKET = "/run/crs/crs.sock"
@@ -38,24 +37,39 @@ DEFAULT_CONFIG = "/opt/crs/crs.conf"
 DEFAULT_SECRET_BITS = 128
 #: Largest shared secret we generate, in bytes.
 MAX_SECRET_BYTES = 1024
+#: Largest update file sent to the CRS.
+MAX_UPDATE_FILE = 16 * 1024 * 1024
 
 HELP = """\
-Cryptify Rendezvous Server command line
+Cryptify Rendezvous Server command line: crs-cli ACTION [options]
 
-  help                              show this help
-  version                           version of crs-cli
-  show version                      version of the running CRS
-  show services                     status of every CRS service
-  check-config [FILE]               validate crs.conf (default /opt/crs/crs.conf)
-                                    without applying it
+  help                                  show this help
+  version                               version of crs-cli
+  check-config [FILE]                   validate crs.conf (default /opt/crs/crs.conf)
+  apply FILE                            apply a protected monthly update file
+  show version|services|attach|updates|system|account|relay
+  show blacklist ACCOUNT
+  show client-info ACCOUNT
+  show push-token ACCOUNT URI
   create sharedSecret [-b BITS | -B BYTES]
-                                    print a random base64 shared secret
-                                    (default 128 bits)
+  create account ID [-s SECRET | -b BITS | -B BYTES]
+  list account
+  delete account ID
+  reload account
+  blacklist add|remove ACCOUNT URI
+  purge client ACCOUNT URI
+  purge clients ACCOUNT
+  purge observed ACCOUNT
+  check slot URI
+  trace attach|session|message|object|event   (Ctrl-C stops)
 
 options:
   --socket PATH     management socket of the CRS (default $CRS_CLI_SOCKET
                     or /run/crs/crs.sock)
 """
+
+SHOW_SIMPLE = ("version", "services", "attach", "updates", "system", "account", "relay")
+TRACE_ELEMENTS = ("attach", "session", "message", "object", "event")
 
 
 def _positive(text: str) -> int:
@@ -74,32 +88,69 @@ def build_parser(err: IO[str]) -> CliParser:
         "--socket", default=os.environ.get("CRS_CLI_SOCKET", DEFAULT_SOCKET), help="socket"
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=CliParser)
-    actions.add_parser("help", add_help=False, err=err)
-    actions.add_parser("version", add_help=False, err=err)
 
-    show = actions.add_parser("show", add_help=False, err=err, usage=f"{PROG} show ELEMENT")
-    show_what = show.add_subparsers(dest="element", metavar="ELEMENT", parser_class=CliParser)
-    show_what.required = True
-    show_what.add_parser("version", add_help=False, err=err)
-    show_what.add_parser("services", add_help=False, err=err)
+    def sub(parent: Any, name: str, usage: str) -> CliParser:
+        made: CliParser = parent.add_parser(name, add_help=False, err=err, usage=f"{PROG} {usage}")
+        return made
 
-    check = actions.add_parser(
-        "check-config", add_help=False, err=err, usage=f"{PROG} check-config [FILE]"
-    )
+    def elements(parser: CliParser, dest: str = "element") -> Any:
+        group = parser.add_subparsers(dest=dest, metavar="ELEMENT", parser_class=CliParser)
+        group.required = True
+        return group
+
+    sub(actions, "help", "help")
+    sub(actions, "version", "version")
+    check = sub(actions, "check-config", "check-config [FILE]")
     check.add_argument("file", nargs="?", default=DEFAULT_CONFIG)
+    sub(actions, "apply", "apply FILE").add_argument("file")
 
-    create = actions.add_parser("create", add_help=False, err=err, usage=f"{PROG} create ELEMENT")
-    create_what = create.add_subparsers(dest="element", metavar="ELEMENT", parser_class=CliParser)
-    create_what.required = True
-    secret = create_what.add_parser(
-        "sharedSecret",
-        add_help=False,
-        err=err,
-        usage=f"{PROG} create sharedSecret [-b BITS | -B BYTES]",
-    )
+    show = elements(sub(actions, "show", "show ELEMENT"))
+    for name in SHOW_SIMPLE:
+        sub(show, name, f"show {name}")
+    sub(show, "blacklist", "show blacklist ACCOUNT").add_argument("account")
+    sub(show, "client-info", "show client-info ACCOUNT").add_argument("account")
+    token = sub(show, "push-token", "show push-token ACCOUNT URI")
+    token.add_argument("account")
+    token.add_argument("uri")
+
+    create = elements(sub(actions, "create", "create ELEMENT"))
+    secret = sub(create, "sharedSecret", "create sharedSecret [-b BITS | -B BYTES]")
     size = secret.add_mutually_exclusive_group()
     size.add_argument("-b", dest="bits", type=_positive)
     size.add_argument("-B", dest="bytes", type=_positive)
+    account = sub(create, "account", "create account ID [-s SECRET | -b BITS | -B BYTES]")
+    account.add_argument("id")
+    given = account.add_mutually_exclusive_group()
+    given.add_argument("-s", dest="secret")
+    given.add_argument("-b", dest="bits", type=_positive)
+    given.add_argument("-B", dest="bytes", type=_positive)
+
+    listing = elements(sub(actions, "list", "list account"))
+    sub(listing, "account", "list account")
+    delete = elements(sub(actions, "delete", "delete account ID"))
+    sub(delete, "account", "delete account ID").add_argument("id")
+    reload = elements(sub(actions, "reload", "reload account"))
+    sub(reload, "account", "reload account")
+
+    blacklist = elements(sub(actions, "blacklist", "blacklist add|remove ACCOUNT URI"), "op")
+    for op in ("add", "remove"):
+        entry = sub(blacklist, op, f"blacklist {op} ACCOUNT URI")
+        entry.add_argument("account")
+        entry.add_argument("uri")
+
+    purge = elements(sub(actions, "purge", "purge client|clients|observed ACCOUNT [URI]"))
+    one = sub(purge, "client", "purge client ACCOUNT URI")
+    one.add_argument("account")
+    one.add_argument("uri")
+    sub(purge, "clients", "purge clients ACCOUNT").add_argument("account")
+    sub(purge, "observed", "purge observed ACCOUNT").add_argument("account")
+
+    checks = elements(sub(actions, "check", "check slot URI"))
+    sub(checks, "slot", "check slot URI").add_argument("uri")
+
+    trace = elements(sub(actions, "trace", "trace ELEMENT"))
+    for name in TRACE_ELEMENTS:
+        sub(trace, name, f"trace {name}")
     return parser
 
 
@@ -128,23 +179,106 @@ def check_config(path: str, out: IO[str], err: IO[str]) -> int:
     return EXIT_OK
 
 
-def remote_action(args: argparse.Namespace, out: IO[str]) -> Any:
+def _table(out: IO[str], answer: dict[str, Any]) -> int:
+    table = answer["table"]
+    out.write(render_table(table["columns"], table["rows"]))
+    return EXIT_OK
+
+
+def remote_action(args: argparse.Namespace, out: IO[str], err: IO[str]) -> Any:
     """The coroutine function for an action that needs the server."""
+    action = args.action
+    element = getattr(args, "element", None)
 
-    async def show_version(client: ManagementClient) -> int:
-        answer = await client.call(crs_admin.ServerVersion)
-        out.write(f"{answer['program']} {answer['version']}\n")
-        return EXIT_OK
+    async def run(client: ManagementClient) -> int:
+        if action == "show":
+            if element == "version":
+                answer = await client.call(crs_admin.ServerVersion)
+                out.write(f"{answer['program']} {answer['version']}\n")
+                return EXIT_OK
+            commands: dict[str, tuple[type[Any], dict[str, str]]] = {
+                "services": (crs_admin.ShowServices, {}),
+                "attach": (crs_admin.ShowAttach, {}),
+                "updates": (crs_admin.ShowUpdates, {}),
+                "system": (crs_admin.ShowSystem, {}),
+                "account": (crs_admin.ShowAccount, {}),
+                "relay": (crs_admin.ShowRelay, {}),
+                "blacklist": (crs_admin.ShowBlacklist, {"account": getattr(args, "account", "")}),
+                "client-info": (
+                    crs_admin.ShowClientInfo,
+                    {"account": getattr(args, "account", "")},
+                ),
+                "push-token": (
+                    crs_admin.ShowPushToken,
+                    {"account": getattr(args, "account", ""), "uri": getattr(args, "uri", "")},
+                ),
+            }
+            command, kwargs = commands[str(element)]
+            return _table(out, await client.call(command, **kwargs))
+        if action == "create":
+            secret = args.secret or shared_secret(args.bits, args.bytes)
+            answer = await client.call(crs_admin.CreateAccount, account=args.id, secret=secret)
+            out.write(f"account {args.id} created in {answer['path']}\n")
+            if not args.secret:
+                out.write(f"shared secret {secret}\n")
+            return EXIT_OK
+        if action == "list":
+            answer = await client.call(crs_admin.ListAccounts)
+            for row in answer["table"]["rows"]:
+                out.write(f"ID             {row[0]}\npath           {row[1]}\n")
+                out.write(f"shared secret  {row[2]}\n\n")
+            return EXIT_OK
+        if action == "delete":
+            answer = await client.call(crs_admin.DeleteAccount, account=args.id)
+            out.write(f"account {args.id} deleted; {answer['disconnected']} clients disconnected\n")
+            return EXIT_OK
+        if action == "reload":
+            answer = await client.call(crs_admin.ReloadAccounts)
+            for problem in answer["problems"]:
+                err.write(f"{PROG}: {problem}\n")
+            out.write("accounts reloaded\n")
+            return EXIT_FAILED if answer["problems"] else EXIT_OK
+        if action == "apply":
+            answer = await client.call(crs_admin.Apply, data=args.data)
+            result = answer["result"]
+            out.write(
+                f"update applied: account {result['account']}, revision {result['revision']}, "
+                f"months {', '.join(result['periods'])}\n"
+            )
+            return EXIT_OK
+        if action == "blacklist":
+            if args.op == "add":
+                answer = await client.call(
+                    crs_admin.AddBlacklist, account=args.account, uri=args.uri
+                )
+                out.write(f"{args.uri} blacklisted; {answer['disconnected']} disconnected\n")
+            else:
+                await client.call(crs_admin.RemoveBlacklist, account=args.account, uri=args.uri)
+                out.write(f"{args.uri} removed from the blacklist\n")
+            return EXIT_OK
+        if action == "purge":
+            if element == "client":
+                answer = await client.call(
+                    crs_admin.PurgeClient, account=args.account, uri=args.uri
+                )
+            elif element == "clients":
+                answer = await client.call(crs_admin.PurgeClients, account=args.account)
+            else:
+                answer = await client.call(crs_admin.PurgeObserved, account=args.account)
+            out.write(f"{answer['purged']} purged\n")
+            return EXIT_OK
+        if action == "check":
+            answer = await client.call(crs_admin.CheckSlot, uri=args.uri)
+            out.write(f"{args.uri} slot {answer['slot']} ({answer['owner']})\n")
+            return EXIT_OK
+        if action == "trace":
+            await client.call(crs_admin.Trace, element=element)
+            await client.lost
+            err.write(f"{PROG}: the CRS closed the trace\n")
+            return EXIT_FAILED
+        raise AssertionError(action)
 
-    async def show_services(client: ManagementClient) -> int:
-        answer = await client.call(crs_admin.ShowServices)
-        table = answer["table"]
-        out.write(render_table(table["columns"], table["rows"]))
-        return EXIT_OK
-
-    if args.action == "show":
-        return {"version": show_version, "services": show_services}[args.element]
-    raise AssertionError(args.action)
+    return run
 
 
 def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
@@ -162,22 +296,47 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
         return EXIT_OK
     if args.action == "check-config":
         return check_config(args.file, out, err)
-    if args.action == "create":
+    if args.action == "create" and args.element == "sharedSecret":
         try:
             out.write(shared_secret(args.bits, args.bytes) + "\n")
         except ValueError as exc:
             err.write(f"{PROG}: {exc}\n")
             return EXIT_USAGE
         return EXIT_OK
-    action = remote_action(args, out)
+    if args.action == "create":
+        try:
+            if args.secret is None:
+                shared_secret(args.bits, args.bytes)
+        except ValueError as exc:
+            err.write(f"{PROG}: {exc}\n")
+            return EXIT_USAGE
+    if args.action == "apply":
+        try:
+            with open(args.file, "rb") as f:
+                raw = f.read(MAX_UPDATE_FILE + 1)
+        except OSError as exc:
+            err.write(f"{PROG}: cannot read {args.file}: {exc.strerror}\n")
+            return EXIT_FAILED
+        if len(raw) > MAX_UPDATE_FILE:
+            err.write(f"{PROG}: {args.file} is too large to be an update file\n")
+            return EXIT_FAILED
+        args.data = base64.b64encode(raw).decode("ascii")
+    action = remote_action(args, out, err)
     path = args.socket
+
+    def show(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
     return run_remote(
-        lambda reactor: UNIXClientEndpoint(reactor, path, timeout=CONNECT_TIMEOUT),
+        lambda reactor: unix_endpoint(reactor, path, CONNECT_TIMEOUT),
         path,
         "CRS",
         action,
         err,
         PROG,
+        on_trace=show,
+        interrupted=EXIT_OK if args.action == "trace" else EXIT_FAILED,
     )
 
 

@@ -66,6 +66,8 @@ class UpdateFile:
     account: str
     revision: int
     months: tuple[MonthKeys, ...]
+    #: When the KMS made the file, seconds since the epoch (0: unknown).
+    created: int = 0
 
     def __attrs_post_init__(self) -> None:
         if not 1 <= len(self.months) <= 2:
@@ -88,6 +90,7 @@ class UpdateFile:
             "version": VERSION,
             "account": self.account,
             "revision": self.revision,
+            "created": self.created,
             "months": [
                 {
                     "period": m.period,
@@ -231,4 +234,7 @@ def _parse(doc: object) -> UpdateFile:
         months.append(
             MonthKeys(check_period(period), unhex(kpak, "KPAK"), unhex(z, "Z"), tuple(blacklist))
         )
-    return UpdateFile(account, revision, tuple(months))
+    created = doc.get("created", 0)
+    if not isinstance(created, int) or isinstance(created, bool) or created < 0:
+        raise UpdateFileError("update file creation time must be a non-negative integer")
+    return UpdateFile(account, revision, tuple(months), created)

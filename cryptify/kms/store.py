@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ class KmsAccount:
         """The update file contents for C{period} (revision already bumped by the caller)."""
         periods = [period, next_period(period)] if with_next else [period]
         months = tuple(MonthKeys(p, self.kpak, self.z, blacklist) for p in periods)
-        return UpdateFile(self.account, self.revision, months)
+        return UpdateFile(self.account, self.revision, months, int(time.time()))
 
     def to_json(self) -> dict[str, Any]:
         """The store document (contains the master secrets)."""

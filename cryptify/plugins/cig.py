@@ -148,7 +148,7 @@ def make_cig_service(cfg: CigConfig, reactor: Any) -> ProgramService:
             cookie = ensure_cookie(mgmt.cookie, MANAGEMENT_GROUP)
         except (CookieError, OSError) as exc:
             raise StartupError(f"management cookie: {exc}") from exc
-        factory = ManagementFactory(lambda: CigAdmin(state), cookie=cookie)
+        factory = ManagementFactory(lambda proto: CigAdmin(state), cookie=cookie)
         return reactor.listenTCP(mgmt.bind.port, factory, interface=mgmt.bind.host)
 
     attach(root, ListenService("management", f"{mgmt.bind.host}:{mgmt.bind.port}", listen_tcp))
@@ -156,7 +156,7 @@ def make_cig_service(cfg: CigConfig, reactor: Any) -> ProgramService:
     def listen_unix() -> Any:
         prepare_socket_path(mgmt.socket)
         port = reactor.listenUNIX(
-            mgmt.socket, ManagementFactory(lambda: CigAdmin(state)), mode=0o660
+            mgmt.socket, ManagementFactory(lambda proto: CigAdmin(state)), mode=0o660
         )
         restrict_socket(mgmt.socket, MANAGEMENT_GROUP)
         return port

@@ -36,11 +36,15 @@ from cryptify.config import (
     load_crs_local_config,
 )
 from cryptify.config.crs import Endpoint
+from cryptify.crs.accounts import AccountStore
 from cryptify.crs.admin import CrsAdmin
 from cryptify.crs.listener import client_factory
+from cryptify.crs.objects import ClientObjects
 from cryptify.crs.redis import RedisInstance, RedisSupervisor, ReplicaOf, load_password
+from cryptify.crs.slots import SlotMap
 from cryptify.crs.state import CrsState
 from cryptify.crs.store import RedisStore
+from cryptify.crs.trace import TraceHub
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
 from cryptify.plugins._common import fatal, lifecycle, load_or_usage
@@ -48,6 +52,7 @@ from cryptify.protocols.mgmt import ManagementFactory
 from cryptify.protocols.relay_control import RelayLink
 from cryptify.protocols.tls import TLSConfigError, ensure_self_signed, server_context_factory
 from cryptify.service import (
+    CallbackService,
     ListenService,
     ProgramService,
     StartupError,
@@ -202,6 +207,13 @@ class ExternalRedis(service.MultiService):
         for name in ("redis_high", "redis_low"):
             probes[name] = lambda n=name: any(s.connected for s in self if s.name == n)
 
+    def store(self, name: str) -> RedisStore:
+        """The store connected to Redis ``name`` (after start)."""
+        for store in self:
+            if isinstance(store, RedisStore) and store.name == name:
+                return store
+        raise KeyError(name)
+
     def startService(self) -> None:
         g = self.cfg.global_
         password = external_password(self.cfg)
@@ -234,6 +246,13 @@ class ManagedRedis(service.MultiService):
         self.supervisor: RedisSupervisor | None = None
         self.stores: list[RedisStore] = []
         self.names = [name for name, _ in wanted_redis(local)]
+
+    def store(self, name: str) -> RedisStore:
+        """The store connected to Redis ``name`` (after start)."""
+        for store in self.stores:
+            if store.name == name:
+                return store
+        raise KeyError(name)
 
     def status(self, name: str) -> bool:
         return self.supervisor is not None and self.supervisor.status().get(name) == "active"
@@ -281,17 +300,32 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
     attach(root, lifecycle("crs", notifier, describe))
 
     probes: dict[str, Any] = {"crs": lambda: True}
-    state = CrsState(name, probes)
     relay = RelayLink(reactor, unix_endpoint(reactor, g.relay_control, 5), name)
     probes["crs_relay"] = lambda: relay.active
+    trace = TraceHub(reactor.seconds)
+    accounts = AccountStore(g.accounts_dir)
+    hosts = tuple(h.name for h in cfg.pool.hosts) or (name,)
+    slots = SlotMap(hosts, name, {h.name: h.ip for h in cfg.pool.hosts})
+    state = CrsState(name, probes, accounts, trace, slots=slots, relay=relay)
 
+    redis: ManagedRedis | ExternalRedis
     if g.redis.mode == "managed":
-        managed = ManagedRedis(cfg, local, reactor, notifier.notify)
-        attach(root, managed)
+        redis = managed = ManagedRedis(cfg, local, reactor, notifier.notify)
         for redis_name in managed.names:
             probes[redis_name] = lambda n=redis_name: managed.status(n)
     else:
-        attach(root, ExternalRedis(cfg, reactor, probes))
+        redis = ExternalRedis(cfg, reactor, probes)
+    attach(root, redis)
+    objects = ClientObjects(lambda: redis.store("redis_low"), trace, reactor.seconds)
+    state.objects = objects
+
+    def observe(attachment: Any) -> None:
+        d = defer.ensureDeferred(objects.observe(attachment.account, attachment.uri))
+        d.addErrback(lambda f: log.failure("cannot record observed client", f))
+
+    assert state.registry is not None
+    state.registry.on_attach.append(observe)
+    attach(root, CallbackService(on_start=accounts.reload))
     attach(root, relay)
 
     def listen_clients() -> Any:
@@ -321,7 +355,7 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
 
     def listen_management() -> Any:
         prepare_socket_path(g.management)
-        factory = ManagementFactory(lambda: CrsAdmin(state))
+        factory = ManagementFactory(lambda proto: CrsAdmin(state, proto))
         port = reactor.listenUNIX(g.management, factory, mode=0o660)
         restrict_socket(g.management, g.management_group)
         return port

@@ -1,17 +1,167 @@
 """Management commands of the CRS (one per ``crs-cli`` action).
 
-Shared by the server (``cryptify.crs.admin``) and ``crs-cli``.
+Shared by the server (``cryptify.crs.admin``) and ``crs-cli``.  Tables and
+other variable-size answers travel as :class:`JsonValue`.
 """
 
 from __future__ import annotations
 
+from twisted.protocols import amp
+
 from cryptify.protocols.mgmt import Echo, JsonValue, MgmtCommand, ServerVersion
 
-__all__ = ["Echo", "ServerVersion", "ShowServices"]
+__all__ = [
+    "AddBlacklist",
+    "Apply",
+    "CheckSlot",
+    "CreateAccount",
+    "DeleteAccount",
+    "Echo",
+    "ListAccounts",
+    "PurgeClient",
+    "PurgeClients",
+    "PurgeObserved",
+    "ReloadAccounts",
+    "RemoveBlacklist",
+    "ServerVersion",
+    "ShowAccount",
+    "ShowAttach",
+    "ShowBlacklist",
+    "ShowClientInfo",
+    "ShowPushToken",
+    "ShowRelay",
+    "ShowServices",
+    "ShowSystem",
+    "ShowUpdates",
+    "Trace",
+]
 
 
-class ShowServices(MgmtCommand):
-    """``show services``: Server, Service, Status of every CRS service."""
-
+class _Table(MgmtCommand):
     arguments = []
     response = [(b"table", JsonValue())]
+
+
+class ShowServices(_Table):
+    """``show services``: Server, Service, Status of every CRS service."""
+
+
+class ShowAttach(_Table):
+    """``show attach``: URI ACCOUNT TIME VERSION IP:PORT CRS."""
+
+
+class ShowUpdates(_Table):
+    """``show updates``: Account, Current Month, Next Month."""
+
+
+class ShowSystem(_Table):
+    """``show system``: SERVER PROCESS PID SLOTS."""
+
+
+class ShowAccount(_Table):
+    """``show account``: SERVER MODULE PID LOADED ACCOUNTS."""
+
+
+class ShowRelay(_Table):
+    """``show relay``: RX TXB TXERROR ERRNODEST ERRTOSHORT ERRTOLONG ENTRIES."""
+
+
+class ListAccounts(_Table):
+    """``list account``: ID, path, shared secret per account."""
+
+
+class _AccountTable(MgmtCommand):
+    arguments = [(b"account", amp.Unicode())]
+    response = [(b"table", JsonValue())]
+
+
+class ShowBlacklist(_AccountTable):
+    """``show blacklist ACCOUNT``: URI per line."""
+
+
+class ShowClientInfo(_AccountTable):
+    """``show client-info ACCOUNT``: Uri, Timestamp, client info fields."""
+
+
+class ShowPushToken(MgmtCommand):
+    """``show push-token ACCOUNT URI``: Uri, Token, Type."""
+
+    arguments = [(b"account", amp.Unicode()), (b"uri", amp.Unicode())]
+    response = [(b"table", JsonValue())]
+
+
+class CreateAccount(MgmtCommand):
+    """``create account ID``: with the given base64 shared secret."""
+
+    arguments = [(b"account", amp.Unicode()), (b"secret", amp.Unicode())]
+    response = [(b"path", amp.Unicode())]
+
+
+class DeleteAccount(MgmtCommand):
+    """``delete account ID``: the account, its files and its users' state."""
+
+    arguments = [(b"account", amp.Unicode())]
+    response = [(b"disconnected", amp.Integer())]
+
+
+class ReloadAccounts(MgmtCommand):
+    """``reload account``: re-read every account; answers the problems found."""
+
+    arguments = []
+    response = [(b"problems", JsonValue())]
+
+
+class Apply(MgmtCommand):
+    """``apply FILE``: the protected update file's bytes (base64 in JSON)."""
+
+    arguments = [(b"data", JsonValue())]
+    response = [(b"result", JsonValue())]
+
+
+class AddBlacklist(MgmtCommand):
+    """``blacklist add ACCOUNT URI``."""
+
+    arguments = [(b"account", amp.Unicode()), (b"uri", amp.Unicode())]
+    response = [(b"disconnected", amp.Integer())]
+
+
+class RemoveBlacklist(MgmtCommand):
+    """``blacklist remove ACCOUNT URI``."""
+
+    arguments = [(b"account", amp.Unicode()), (b"uri", amp.Unicode())]
+    response = []
+
+
+class PurgeClient(MgmtCommand):
+    """``purge client ACCOUNT URI``: disconnect it; it will reconnect."""
+
+    arguments = [(b"account", amp.Unicode()), (b"uri", amp.Unicode())]
+    response = [(b"purged", amp.Integer())]
+
+
+class PurgeClients(MgmtCommand):
+    """``purge clients ACCOUNT``: disconnect every client of the account."""
+
+    arguments = [(b"account", amp.Unicode())]
+    response = [(b"purged", amp.Integer())]
+
+
+class PurgeObserved(MgmtCommand):
+    """``purge observed ACCOUNT``: forget the account's observed clients."""
+
+    arguments = [(b"account", amp.Unicode())]
+    response = [(b"purged", amp.Integer())]
+
+
+class CheckSlot(MgmtCommand):
+    """``check slot URI``: the URI's slot and the instance that owns it."""
+
+    arguments = [(b"uri", amp.Unicode())]
+    response = [(b"slot", amp.Integer()), (b"owner", amp.Unicode())]
+
+
+class Trace(MgmtCommand):
+    """``trace ELEMENT``: stream :class:`~cryptify.protocols.mgmt.TraceEvent` lines."""
+
+    arguments = [(b"element", amp.Unicode())]
+    response = []

@@ -165,13 +165,29 @@ class ManagementProtocol(amp.AMP):
     the expected cookie on TCP listeners.
     """
 
-    def __init__(self, locator: amp.CommandLocator, cookie: str | None = None) -> None:
+    def __init__(
+        self,
+        make_locator: Callable[[ManagementProtocol], amp.CommandLocator],
+        cookie: str | None = None,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.inner = locator
+        self.on_lost: list[Callable[[], None]] = []
+        self.inner = make_locator(self)
         self.cookie = cookie
         self.authenticated = cookie is None
         self.close_after_reply = False
         self._auth = _AuthLocator(self)
+
+    def push_trace(self, line: str) -> None:
+        """Send one trace line to the CLI (no answer expected)."""
+        if self.transport is not None and not getattr(self.transport, "disconnecting", False):
+            self.callRemote(TraceEvent, line=line)  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        callbacks, self.on_lost = self.on_lost, []
+        for callback in callbacks:
+            callback()
 
     def sendBox(self, box: amp.AmpBox) -> None:
         super().sendBox(box)  # type: ignore[no-untyped-call]
@@ -211,13 +227,15 @@ class ManagementFactory(Factory):
     noisy = False
 
     def __init__(
-        self, make_locator: Callable[[], amp.CommandLocator], cookie: str | None = None
+        self,
+        make_locator: Callable[[ManagementProtocol], amp.CommandLocator],
+        cookie: str | None = None,
     ) -> None:
         self.make_locator = make_locator
         self.cookie = cookie
 
     def buildProtocol(self, addr: Any) -> ManagementProtocol:
-        proto = ManagementProtocol(self.make_locator(), self.cookie)
+        proto = ManagementProtocol(self.make_locator, self.cookie)
         proto.factory = self
         return proto
 

@@ -137,8 +137,17 @@ async def execute(
             client.transport.loseConnection()
 
 
-def run_on_reactor(main: Callable[[Any], Coroutine[Any, Any, int]], err: IO[str], prog: str) -> int:
-    """Run ``main(reactor)`` on the global reactor; return its exit status."""
+def run_on_reactor(
+    main: Callable[[Any], Coroutine[Any, Any, int]],
+    err: IO[str],
+    prog: str,
+    interrupted: int = EXIT_FAILED,
+) -> int:
+    """Run ``main(reactor)`` on the global reactor; return its exit status.
+
+    ``interrupted`` is the status when Ctrl-C stops the reactor first (a
+    trace ends that way on purpose).
+    """
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
@@ -158,9 +167,19 @@ def run_on_reactor(main: Callable[[Any], Coroutine[Any, Any, int]], err: IO[str]
 
         d.addBoth(done)
 
+    stopped_early: list[bool] = []
+
+    def before_shutdown() -> None:
+        # Ctrl-C (or SIGTERM) before the action finished
+        if not status:
+            stopped_early.append(True)
+
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
     reactor.callWhenRunning(go)
     reactor.run()
-    return status[0] if status else EXIT_FAILED
+    if stopped_early or not status:
+        return interrupted
+    return status[0]
 
 
 def run_remote(
@@ -172,6 +191,7 @@ def run_remote(
     prog: str,
     cookie: Callable[[], str | None] = lambda: None,
     on_trace: Callable[[str], None] | None = None,
+    interrupted: int = EXIT_FAILED,
 ) -> int:
     """Connect, run one remote action on the global reactor; return the exit status."""
 
@@ -180,4 +200,4 @@ def run_remote(
             make_endpoint(reactor), where, server, action, err, prog, cookie, on_trace
         )
 
-    return run_on_reactor(main, err, prog)
+    return run_on_reactor(main, err, prog, interrupted)

@@ -7,10 +7,13 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
+import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.interop._procs import (
+    BIN,
     REPO,
     Twistd,
     free_port,
@@ -158,6 +161,91 @@ ip crs1 127.0.0.1
         ]
         for path in secret_files:
             self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
+
+    def test_operator_actions(self) -> None:
+        """Accounts, update files from cryptify-kms, blacklist, slots and traces, for real."""
+        crs = self.start("crs")
+        wait_for(lambda: unix_answers(self.socket), "CRS management socket")
+
+        def cli(*args: str) -> tuple[int, str, str]:
+            return run_cli("crs-cli", "--socket", self.socket, *args)
+
+        status, out, err = cli("create", "account", "acme", "-B", "32")
+        self.assertEqual(status, 0, err)
+        secret = out.split("shared secret ")[1].strip()
+        self.assertEqual(cli("create", "account", "acme")[0], 1)
+        self.assertEqual(cli("create", "account", "bad/id")[0], 1)
+        status, out, _ = cli("list", "account")
+        self.assertIn(f"shared secret  {secret}", out)
+        period = time.strftime("%Y-%m", time.gmtime())
+        kms = ("--store", os.path.join(self.dir, "kms"))
+        self.assertEqual(run_cli("cryptify-kms", *kms, "init", "acme")[0], 0)
+        update = os.path.join(self.dir, "acme.upd")
+        status, _, err = run_cli(
+            "cryptify-kms",
+            *kms,
+            "update",
+            "acme",
+            "--secret",
+            secret,
+            "--period",
+            period,
+            "--next",
+            "--blacklist",
+            "tel:+4611",
+            "-o",
+            update,
+        )
+        self.assertEqual(status, 0, err)
+        status, out, err = cli("apply", update)
+        self.assertEqual(status, 0, err)
+        self.assertIn("update applied: account acme", out)
+        rows = cli("show", "updates")[1].splitlines()
+        self.assertEqual(rows[0].split(), ["Account", "Current", "Month", "Next", "Month"])
+        self.assertNotIn("Not Available", rows[1])
+        wrong = os.path.join(self.dir, "wrong.upd")
+        run_cli(
+            "cryptify-kms",
+            *kms,
+            "update",
+            "acme",
+            "--secret",
+            "d3Jvbmc=",
+            "--period",
+            period,
+            "-o",
+            wrong,
+        )
+        status, _, err = cli("apply", wrong)
+        self.assertEqual(status, 1)
+        self.assertIn("refused", err)
+
+        tracer = subprocess.Popen(
+            [os.path.join(BIN, "crs-cli"), "--socket", self.socket, "trace", "object"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.assertEqual(cli("blacklist", "add", "acme", "tel:+4622")[0], 0)
+        self.assertEqual(
+            cli("show", "blacklist", "acme")[1].split(), ["URI", "tel:+4611", "tel:+4622"]
+        )
+        self.assertEqual(cli("blacklist", "remove", "acme", "tel:+4699")[0], 1)
+        self.assertIn("slot", cli("check", "slot", "tel:+4670123456")[1])
+        self.assertIn("0-16383", cli("show", "system")[1])
+        self.assertIn("acme", cli("show", "account")[1])
+        self.assertEqual(
+            cli("show", "attach")[1].split(),
+            ["URI", "ACCOUNT", "TIME", "VERSION", "IP:PORT", "CRS"],
+        )
+        self.assertEqual(cli("purge", "clients", "acme")[1], "0 purged\n")
+        time.sleep(0.5)
+        tracer.send_signal(signal.SIGINT)
+        self.assertEqual(tracer.wait(timeout=10), 0)
+        status, out, _ = cli("delete", "account", "acme")
+        self.assertEqual(status, 0)
+        self.assertEqual(cli("list", "account")[1], "")
+        self.assertEqual(cli("show", "bogus")[0], 2)
+        crs.stop()
 
     def test_bind_failure_stops_clearly(self) -> None:
         """A taken client port stops the CRS with one clear line and a non-zero exit."""
