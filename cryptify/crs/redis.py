@@ -638,7 +638,9 @@ class RedisSupervisor(service.Service):
         executable: str = "redis-server",
         start_timeout: float = START_TIMEOUT,
         stop_timeout: float = STOP_TIMEOUT,
+        reap_stale: bool = False,
     ) -> None:
+        self._reap_stale = reap_stale
         self._instances = list(instances)
         self._process_reactor = process_reactor
         self._clock = clock
@@ -657,8 +659,14 @@ class RedisSupervisor(service.Service):
         notify: Notify,
         executable: str = "redis-server",
     ) -> RedisSupervisor:
-        """A supervisor that spawns, times and probes with one real reactor."""
-        return cls(instances, reactor, reactor, ping_probe(reactor), notify, executable)
+        """A supervisor that spawns, times and probes with one real reactor.
+
+        It also stops leftover children of an earlier CRS that was killed
+        (see ``cryptify.crs.redis_stale``).
+        """
+        return cls(
+            instances, reactor, reactor, ping_probe(reactor), notify, executable, reap_stale=True
+        )
 
     def _argv(self) -> list[str]:
         found = shutil.which(self._executable)
@@ -676,6 +684,14 @@ class RedisSupervisor(service.Service):
         except RedisStartError as e:
             self.running = 0
             return defer.fail(e)
+        if not self._reap_stale:
+            return self._start_children(argv)
+        from cryptify.crs.redis_stale import reap_stale
+
+        reaped = defer.ensureDeferred(reap_stale(self._instances, self._clock))
+        return reaped.addCallback(lambda _: self._start_children(argv))
+
+    def _start_children(self, argv: list[str]) -> Deferred[None]:
         self.children = {
             i.name: RedisChild(
                 i,

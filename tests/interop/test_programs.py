@@ -247,6 +247,28 @@ ip crs1 127.0.0.1
         self.assertEqual(cli("show", "bogus")[0], 2)
         crs.stop()
 
+    def test_restart_after_crs_killed(self) -> None:
+        """A CRS killed with -9 leaves Redis running; the next CRS stops it and starts cleanly."""
+        crs = self.start("crs")
+        wait_for(lambda: unix_answers(self.socket), "CRS management socket")
+        pid_file = os.path.join(self.dir, "data", "redis", "redis_low", "redis.pid")
+        old = int(str(wait_for(lambda: read_text(pid_file).strip(), "redis_low pid")))
+        os.kill(crs.proc.pid, signal.SIGKILL)
+        crs.proc.wait()
+        self.assertTrue(os.path.exists(f"/proc/{old}"))
+        self.start("crs")
+
+        def all_redis_active() -> bool:
+            if not unix_answers(self.socket):
+                return False
+            out = self.services()
+            return "redis_low   active" in out and "redis_high  active" in out
+
+        wait_for(all_redis_active, "Redis restarted by the new CRS")
+        wait_for(lambda: not os.path.exists(f"/proc/{old}"), "leftover redis_low gone")
+        with open(os.path.join(self.dir, "log", "crs.log")) as f:
+            self.assertIn("leftover redis-server", f.read())
+
     def test_bind_failure_stops_clearly(self) -> None:
         """A taken client port stops the CRS with one clear line and a non-zero exit."""
         taken = socket.socket()

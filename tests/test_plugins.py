@@ -1,0 +1,115 @@
+"""Tests for the twistd plugins: options, development defaults, service trees."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.task import Clock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.logs import LogFileService
+from cryptify.plugins import cig, cig_relay, crs, crs_relay
+from cryptify.service import CallbackService, ListenService
+
+
+def write(path: str, text: str) -> str:
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+class DiscoveryTests(SynchronousTestCase):
+    def test_four_plugins(self) -> None:
+        """twistd finds crs, crs-relay, cig and cig-relay."""
+        names = {p.tapname for p in getPlugins(IServiceMaker)}
+        self.assertTrue({"crs", "crs-relay", "cig", "cig-relay"} <= names, names)
+
+
+class CrsOptionsTests(SynchronousTestCase):
+    def test_development_defaults(self) -> None:
+        """With no options the CRS runs on loopback with its files under ./crs-dev."""
+        options = crs.Options()
+        options.parseOptions([])
+        g = options["crs"].global_
+        self.assertEqual((g.listen.host, g.listen.port), ("127.0.0.1", 15223))
+        self.assertEqual(g.relay.host, "127.0.0.1")
+        self.assertEqual(g.data_dir, os.path.abspath("crs-dev/data"))
+        self.assertEqual(g.management, os.path.abspath("crs-dev/crs.sock"))
+
+    def test_overrides(self) -> None:
+        """Directory options win over crs.conf."""
+        conf = write(self.mktemp(), "[GLOBAL]\nkey k\n")
+        options = crs.Options()
+        options.parseOptions(["--config", conf, "--data-dir", "/srv/d", "--log-dir", "/srv/l"])
+        g = options["crs"].global_
+        self.assertEqual((g.data_dir, g.log_dir), ("/srv/d", "/srv/l"))
+        self.assertEqual(g.listen.port, 5223)
+
+    def test_broken_config_names_place(self) -> None:
+        """A broken crs.conf is a usage error naming file:line:column."""
+        conf = write(self.mktemp(), "[GLOBAL]\nkey k\nlisten 127.0.0.1 nope\n")
+        options = crs.Options()
+        exc = self.assertRaises(usage.UsageError, options.parseOptions, ["--config", conf])
+        self.assertIn(f"{conf}:3:", str(exc))
+
+    def test_missing_config(self) -> None:
+        """A missing crs.conf is a usage error naming the path."""
+        exc = self.assertRaises(
+            usage.UsageError, crs.Options().parseOptions, ["--config", "/nonexistent/crs.conf"]
+        )
+        self.assertIn("/nonexistent/crs.conf", str(exc))
+
+    def test_crsname_must_be_pool_host(self) -> None:
+        """crs-local.conf naming a host outside the POOL section is refused."""
+        conf = write(self.mktemp(), "[GLOBAL]\nkey k\n[POOL]\nhost crs1\nip crs1 192.0.2.1\n")
+        local = write(self.mktemp(), "crsname crs9\n")
+        exc = self.assertRaises(
+            usage.UsageError,
+            crs.Options().parseOptions,
+            ["--config", conf, "--local-config", local],
+        )
+        self.assertIn("crs9", str(exc))
+
+    def test_tree_order(self) -> None:
+        """The CRS tree starts its log first and its listeners last, without opening anything."""
+        options = crs.Options()
+        options.parseOptions(["--data-dir", self.mktemp()])
+        root = crs.make_crs_service(options["crs"], options["local"], Clock())
+        children = list(root)
+        self.assertIsInstance(children[0], LogFileService)
+        self.assertIsInstance(children[1], CallbackService)
+        self.assertIsInstance(children[2], crs.ManagedRedis)
+        listeners = [c for c in children if isinstance(c, ListenService)]
+        self.assertEqual([s.what for s in listeners], ["client TLS", "management"])
+        self.assertIs(children[-1], listeners[-1])
+        self.assertFalse(os.path.exists(options["crs"].global_.data_dir))
+
+
+class RelayAndCigOptionsTests(SynchronousTestCase):
+    def test_relay_shares_dev_defaults(self) -> None:
+        """crs-relay's development control socket is the one the CRS dials."""
+        relay, server = crs_relay.Options(), crs.Options()
+        relay.parseOptions([])
+        server.parseOptions([])
+        self.assertEqual(relay["crs"].global_.relay_control, server["crs"].global_.relay_control)
+
+    def test_cig_defaults_and_overrides(self) -> None:
+        """The CIG runs on loopback by default; options override cig.conf paths."""
+        options = cig.Options()
+        options.parseOptions(["--cookie", "/srv/cookie", "--log-dir", "/srv/log"])
+        cfg = options["cig"]
+        self.assertEqual((cfg.management.bind.host, cfg.management.bind.port), ("127.0.0.1", 18083))
+        self.assertEqual(cfg.management.cookie, "/srv/cookie")
+        self.assertEqual(cfg.logging.dir, "/srv/log")
+        relay = cig_relay.Options()
+        relay.parseOptions([])
+        self.assertEqual(relay["cig"].relay.control, cfg.relay.control)
+
+    def test_cig_broken_config(self) -> None:
+        """A broken cig.conf is a usage error naming the line."""
+        conf = write(self.mktemp(), "interfaces {\n  tel {\n    extension mop x;\n  }\n}\n")
+        exc = self.assertRaises(usage.UsageError, cig.Options().parseOptions, ["--config", conf])
+        self.assertIn(f"{conf}:3:", str(exc))
