@@ -143,6 +143,7 @@ class CrsAdmin(amp.CommandLocator):
     @crs_admin.ReloadAccounts.responder
     def reload_accounts(self) -> dict[str, Any]:
         problems = self.state.accounts.reload()
+        self.state.notify("crs", "reload")
         self._enforce_blacklists()
         return {"problems": problems}
 
@@ -156,6 +157,7 @@ class CrsAdmin(amp.CommandLocator):
             applied = self.state.accounts.apply(raw)
         except (AccountError, OSError) as exc:
             raise _failing(exc) from exc
+        self.state.notify("crs", "reload")
         self._enforce_blacklists()
         return {
             "result": {

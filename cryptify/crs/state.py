@@ -37,6 +37,8 @@ class CrsState:
     objects: Any = None
     relay: Any = None
     pid: int = attrs.field(factory=os.getpid)
+    #: ``notify(unit, event)``: tells notify.sh about system events.
+    notify: Callable[[str, str], None] = lambda unit, event: None
 
     def __attrs_post_init__(self) -> None:
         if self.registry is None:

@@ -306,7 +306,9 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
     accounts = AccountStore(g.accounts_dir)
     hosts = tuple(h.name for h in cfg.pool.hosts) or (name,)
     slots = SlotMap(hosts, name, {h.name: h.ip for h in cfg.pool.hosts})
-    state = CrsState(name, probes, accounts, trace, slots=slots, relay=relay)
+    state = CrsState(
+        name, probes, accounts, trace, slots=slots, relay=relay, notify=notifier.notify
+    )
 
     redis: ManagedRedis | ExternalRedis
     if g.redis.mode == "managed":

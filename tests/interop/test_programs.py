@@ -200,6 +200,7 @@ ip crs1 127.0.0.1
         status, out, err = cli("apply", update)
         self.assertEqual(status, 0, err)
         self.assertIn("update applied: account acme", out)
+        wait_for(lambda: "crs reload" in self.events_seen(), "notify crs reload")
         rows = cli("show", "updates")[1].splitlines()
         self.assertEqual(rows[0].split(), ["Account", "Current", "Month", "Next", "Month"])
         self.assertNotIn("Not Available", rows[1])
@@ -268,6 +269,52 @@ ip crs1 127.0.0.1
         wait_for(lambda: not os.path.exists(f"/proc/{old}"), "leftover redis_low gone")
         with open(os.path.join(self.dir, "log", "crs.log")) as f:
             self.assertIn("leftover redis-server", f.read())
+
+    def test_external_redis(self) -> None:
+        """With redis external the CRS uses servers it does not run, with their password."""
+        ports = {name: free_port() for name in ("high", "low")}
+        password = os.path.join(self.dir, "redis.pw")
+        write(password, "extpassword\n", 0o600)
+        for name, port in ports.items():
+            proc = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--requirepass",
+                    "extpassword",
+                    "--save",
+                    "",
+                    "--dir",
+                    self.dir,
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            self.addCleanup(proc.wait)
+            self.addCleanup(proc.terminate)
+        text = read_text(self.conf).replace("redis managed\n", "redis external\n")
+        text = "\n".join(
+            line
+            for line in text.splitlines()
+            if not line.startswith(("redis-high", "redis-low", "redis-backup"))
+        )
+        text = text.replace(
+            "redis external",
+            f"redis external\nredis-high 127.0.0.1 {ports['high']}\n"
+            f"redis-low 127.0.0.1 {ports['low']}\nredis-password-file {password}",
+        )
+        write(self.conf, text + "\n")
+        self.start("crs")
+        wait_for(lambda: unix_answers(self.socket), "CRS management socket")
+        wait_for(
+            lambda: (
+                "redis_high  active" in self.services() and "redis_low   active" in self.services()
+            ),
+            "external Redis connected",
+        )
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "data", "redis")))
 
     def test_bind_failure_stops_clearly(self) -> None:
         """A taken client port stops the CRS with one clear line and a non-zero exit."""
