@@ -1,0 +1,140 @@
+"""The durable message store against a real redis-server with its append-only file."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest, TestCase
+
+from cryptify.crs.messages import MessageRefused, MessageStore
+from cryptify.crs.store import RedisStore
+from tests.interop._procs import free_port, short_tempdir
+
+PASSWORD = "interop-secret"
+
+
+class MessageStoreTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> Any:
+        if shutil.which("redis-server") is None:
+            raise SkipTest("redis-server is not installed")
+        self.dir = short_tempdir(self)
+        self.port = free_port()
+        self.now = 1_800_000_000.0
+        self.start_redis()
+        self.redis = RedisStore.tcp(reactor, "127.0.0.1", self.port, PASSWORD, "redis_low")
+        self.redis.startService()
+        self.addCleanup(self.redis.stopService)
+        self.store = MessageStore(lambda: self.redis, clock=lambda: self.now, max_inbox=3)
+        return self.redis.when_connected()
+
+    def start_redis(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--requirepass",
+                PASSWORD,
+                "--dir",
+                self.dir,
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        self.addCleanup(self.stop_redis)
+
+    def stop_redis(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+
+    async def test_post_deliver(self) -> None:
+        """A posted message waits for its recipient, then leaves on delivered."""
+        posted = await self.store.post("tel:+1", 7, "tel:+2", "acme", "content", b"\x00secret")
+        self.assertFalse(posted.duplicate)
+        [stored] = await self.store.waiting("tel:+2")
+        self.assertEqual(
+            (stored.id, stored.sender, stored.data, stored.time_ms),
+            (posted.id, "tel:+1", b"\x00secret", int(self.now * 1000)),
+        )
+        self.assertIsNone(await self.store.delivered("tel:+3", posted.id))
+        self.assertEqual(await self.store.delivered("tel:+2", posted.id), ("tel:+1", "content"))
+        self.assertEqual(await self.store.waiting("tel:+2"), [])
+        self.assertIsNone(await self.store.delivered("tel:+2", posted.id))
+
+    async def test_exactly_once(self) -> None:
+        """Repeating a post (same sender and id) stores it once, even after delivery."""
+        first = await self.store.post("tel:+1", 9, "tel:+2", "acme", "content", b"a")
+        again = await self.store.post("tel:+1", 9, "tel:+2", "acme", "content", b"a")
+        self.assertEqual((again.id, again.duplicate), (first.id, True))
+        self.assertEqual(await self.store.count("tel:+2"), 1)
+        await self.store.delivered("tel:+2", first.id)
+        late = await self.store.post("tel:+1", 9, "tel:+2", "acme", "content", b"a")
+        self.assertEqual(late.id, first.id)
+        self.assertEqual(await self.store.count("tel:+2"), 0)
+
+    async def test_order_and_limit(self) -> None:
+        """Messages come out in posting order; a full inbox refuses more."""
+        for n, sender in enumerate(("tel:+1", "tel:+3", "tel:+1")):
+            await self.store.post(sender, n, "tel:+2", "acme", "content", bytes([n]))
+        waiting = await self.store.waiting("tel:+2")
+        self.assertEqual([m.data for m in waiting], [b"\x00", b"\x01", b"\x02"])
+        with self.assertRaises(MessageRefused) as caught:
+            await self.store.post("tel:+1", 99, "tel:+2", "acme", "content", b"x")
+        self.assertEqual(caught.exception.code, "inbox-full")
+
+    async def test_survives_redis_restart(self) -> None:
+        """Posted messages are still there after redis-server restarts."""
+        posted = await self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"kept")
+        self.stop_redis()
+        self.start_redis()
+
+        async def reconnected() -> None:
+            for _ in range(200):
+                if self.redis.connected:
+                    try:
+                        await self.redis.ping()
+                        return
+                    except Exception:
+                        pass
+                await deferLater(reactor, 0.05, lambda: None)
+            self.fail("no reconnection")
+
+        await reconnected()
+        [stored] = await self.store.waiting("tel:+2")
+        self.assertEqual((stored.id, stored.data), (posted.id, b"kept"))
+
+    async def test_expiry(self) -> None:
+        """Undelivered messages expire after their time, counted."""
+        await self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"old")
+        self.now += self.store.expire_after - 10
+        await self.store.post("tel:+1", 2, "tel:+2", "acme", "content", b"new")
+        self.now += 20
+        self.assertEqual(await self.store.expire(), 1)
+        self.assertEqual([m.data for m in await self.store.waiting("tel:+2")], [b"new"])
+        self.assertEqual(self.store.expired, 1)
+
+    def test_refuses_bad_posts(self) -> defer.Deferred[Any]:
+        """Oversized content and unknown kinds are refused before touching Redis."""
+
+        async def run() -> None:
+            with self.assertRaises(MessageRefused):
+                await self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"x" * 50000)
+            with self.assertRaises(MessageRefused):
+                await self.store.post("tel:+1", 1, "tel:+2", "acme", "weird", b"x")
+
+        return defer.ensureDeferred(run())
