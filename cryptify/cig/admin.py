@@ -35,7 +35,7 @@ class CigAdmin(amp.CommandLocator):
 
     @cig_admin.ShowCall.responder
     def show_call(self) -> dict[str, Any]:
-        return {"table": table(CALL_COLUMNS, [])}
+        return {"table": table(CALL_COLUMNS, self.state.call_rows())}
 
     @cig_admin.ShowUmsg.responder
     def show_umsg(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ class CigState:
     crypto_state: str = "NO KEYS"
     crypto_periods: tuple[str, ...] = ()
     crypto_engines: tuple[int, int] = (0, 0)
+    call_rows: Callable[[], list[list[str]]] = lambda: []
 
     def status(self, version: str) -> dict[str, object]:
         """The status report as ordered sections of (label, value) pairs."""

@@ -2,9 +2,11 @@
 
 Start order (stop order is the reverse): cig.log and session.log, the
 lifecycle (INIT lines with the loaded configuration, ``notify.sh cig-server
-start|stop``), the control link to ``cig-relay``, the management listeners
-(127.0.0.1:8083 with the cookie, and the UNIX socket).  The SIP interface,
-the UMSG interface and the mailboxes join this tree in their issues.
+start|stop``), the control link to ``cig-relay``, the SIP interface (UDP
+and TCP on ``sip { bind }``), the management listeners (127.0.0.1:8083
+with the cookie, and the UNIX socket).  The UMSG interface and the
+mailboxes join this tree in their issues; until then the tel side is a
+stub (``--tel-stub``) that refuses calls, or answers them for tests.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import attrs
 from twisted.python import usage
 
 from cryptify.cig.admin import CigAdmin
+from cryptify.cig.calls import CallTable, StubTelSide
+from cryptify.cig.sif import Sif
 from cryptify.cig.state import CigState
 from cryptify.config import CigConfig, load_cig_config
 from cryptify.config.crs import Endpoint
@@ -24,7 +28,9 @@ from cryptify.logs import LogFileService
 from cryptify.plugins._common import lifecycle, load_or_usage
 from cryptify.protocols.mgmt import CookieError, ManagementFactory, ensure_cookie
 from cryptify.protocols.relay_control import RelayLink
+from cryptify.protocols.sip.transport import SipDatagramProtocol, SipStreamFactory, UdpChannel
 from cryptify.service import (
+    CallbackService,
     ListenService,
     ProgramService,
     StartupError,
@@ -36,6 +42,8 @@ from cryptify.service import (
 
 #: Where the development defaults keep their files (relative to the cwd).
 DEV_DIR = "cig-dev"
+#: What the stand-in tel side may do with routed calls (``--tel-stub``).
+TEL_STUB_MODES = ("unavailable", "answer", "ring", "reject")
 #: Group that may use the management channel.
 MANAGEMENT_GROUP = "ciguser"
 
@@ -80,6 +88,13 @@ class Options(usage.Options):
         ["cookie", None, None, "management cookie file (overrides cig.conf)"],
         ["relay-control", None, None, "relay control socket (overrides cig.conf)"],
         ["notify", None, None, "notify script (overrides cig.conf; empty: none)"],
+        [
+            "tel-stub",
+            None,
+            "unavailable",
+            "until the UMSG interface exists, the tel side refuses every routed "
+            "call (unavailable), or answers, rings or rejects it (for tests)",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -88,6 +103,8 @@ class Options(usage.Options):
         else:
             cfg = dev_cig_config(DEV_DIR)
         self["cig"] = apply_overrides(cfg, self)
+        if self["tel-stub"] not in TEL_STUB_MODES:
+            raise usage.UsageError(f"--tel-stub: one of {', '.join(TEL_STUB_MODES)}")
 
 
 def _path(value: str) -> str:
@@ -117,7 +134,7 @@ def apply_overrides(cfg: CigConfig, options: Any) -> CigConfig:
     return cfg
 
 
-def make_cig_service(cfg: CigConfig, reactor: Any) -> ProgramService:
+def make_cig_service(cfg: CigConfig, reactor: Any, tel_stub: str = "unavailable") -> ProgramService:
     """Build the CIG's service tree; nothing is opened until it starts."""
     root = ProgramService("cig")
     notifier = Notifier(reactor, cfg.notify or None)
@@ -137,10 +154,32 @@ def make_cig_service(cfg: CigConfig, reactor: Any) -> ProgramService:
     attach(root, lifecycle("cig-server", notifier, describe))
     relay = RelayLink(reactor, unix_endpoint(reactor, cfg.relay.control, 5), "cig")
     attach(root, relay)
+    calls = CallTable(reactor)
+    sif = Sif(cfg, reactor, StubTelSide(tel_stub), calls)
+    attach(root, CallbackService(on_stop=sif.stop))
+    where = f"{sip.bind}:{sip.port}"
+
+    def listen_udp() -> Any:
+        port = reactor.listenUDP(
+            sip.port, SipDatagramProtocol(sif), interface=sip.bind, maxPacketSize=65535
+        )
+        sif.channel_to = lambda address: UdpChannel(port, address)
+        return port
+
+    attach(
+        root,
+        ListenService("SIP", f"udp {where}", listen_udp),
+        ListenService(
+            "SIP",
+            f"tcp {where}",
+            lambda: reactor.listenTCP(sip.port, SipStreamFactory(sif), interface=sip.bind),
+        ),
+    )
     state = CigState(
         crs_address=cfg.crs.address.host,
         sip_bind=sip.bind,
         relay_connected=lambda: relay.active,
+        call_rows=calls.rows,
     )
 
     def listen_tcp() -> Any:
@@ -169,4 +208,4 @@ def makeService(options: Options) -> ProgramService:
     """IServiceMaker entry point."""
     from twisted.internet import reactor
 
-    return make_cig_service(options["cig"], reactor)
+    return make_cig_service(options["cig"], reactor, options["tel-stub"])

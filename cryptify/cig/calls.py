@@ -1,0 +1,223 @@
+"""
+The CIG's calls as the operator sees them: the states of C{cig-cli show
+call} and the lines of C{session.log}.
+
+States (the last completed event of a call): ROUTED, TRY, RING, REJECT,
+ANSWER, HANGUP. A call that has ended (REJECT, HANGUP) stays listed for
+L{CALL_LINGER} seconds, so that the operator can see how it ended.
+
+C{session.log} lines, one per session event, comma-separated:
+C{Header, Time, Caller, Callee, Routed-Caller, Routed-Callee, State,
+Caller-if-ID, Callee-if-ID}, the header being C{event}, the time UTC, and
+the state one of routing, routed, failed, trying, ringing, talk, hangup.
+Caller-if-ID and Callee-if-ID identify the call on its two interfaces
+(for SIP the Call-ID); C{-} where there is none yet.
+
+The contract between the two interfaces is here too: a leg is placed with
+L{TelSide.place_call} (the tel side, or the SIF for calls going to the
+PBX) and reports back through L{TelLeg}. L{StubTelSide} stands in for the
+UMSG interface until it exists, and is the tests' double.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from cryptify.logs import utc_timestamp
+
+#: How long an ended call stays in C{show call}, in seconds.
+CALL_LINGER = 30.0
+SESSION_LOG = "session.log"
+SESSION_HEADER = "event"
+#: RTP ports used when the sip interface has no C{rtp_port_range}.
+DEFAULT_RTP_PORTS = (16384, 32766)
+
+session_log = Logger(namespace="cryptify.cig.session")
+
+
+class CallState(enum.Enum):
+    """The state column of C{show call}."""
+
+    ROUTED = "ROUTED"
+    TRY = "TRY"
+    RING = "RING"
+    REJECT = "REJECT"
+    ANSWER = "ANSWER"
+    HANGUP = "HANGUP"
+
+
+ENDED = (CallState.REJECT, CallState.HANGUP)
+
+
+@attrs.define(eq=False)
+class Call:
+    """
+    One call through the CIG: URIs on the incoming side (C{in_*}) and on
+    the outgoing side (C{out_*}), its state, and its ids on each interface.
+    """
+
+    in_from: str
+    in_to: str
+    out_from: str = "-"
+    out_to: str = "-"
+    state: CallState | None = None
+    caller_if_id: str = "-"
+    callee_if_id: str = "-"
+
+    def row(self) -> list[str]:
+        """The C{show call} row."""
+        state = self.state.value if self.state is not None else "-"
+        return [self.in_from, self.in_to, self.out_from, self.out_to, state]
+
+
+def session_line(call: Call, state: str, when: float) -> str:
+    """One C{session.log} record for C{call} entering C{state}."""
+    fields = [
+        SESSION_HEADER,
+        utc_timestamp(when),
+        call.in_from,
+        call.in_to,
+        call.out_from,
+        call.out_to,
+        state,
+        call.caller_if_id,
+        call.callee_if_id,
+    ]
+    return ", ".join(f.replace(",", "%2C") for f in fields)
+
+
+@attrs.define(eq=False)
+class CallTable:
+    """
+    The live calls, in the order they arrived; writes session.log as their
+    states change.
+    """
+
+    clock: IReactorTime
+    calls: list[Call] = attrs.field(factory=list)
+    _linger: dict[int, IDelayedCall] = attrs.field(factory=dict)
+
+    def add(self, call: Call) -> None:
+        """Start listing C{call}."""
+        self.calls.append(call)
+
+    def event(self, call: Call, state: str) -> None:
+        """Write a session.log line for C{call}."""
+        session_log.info(
+            "{line}", line=session_line(call, state, self.clock.seconds()), log_file=SESSION_LOG
+        )
+
+    def set_state(self, call: Call, state: CallState) -> None:
+        """Record C{call}'s last completed event; ended calls linger."""
+        call.state = state
+        if state in ENDED and id(call) not in self._linger:
+            self._linger[id(call)] = self.clock.callLater(CALL_LINGER, self._drop, call)
+
+    def _drop(self, call: Call) -> None:
+        self._linger.pop(id(call), None)
+        if call in self.calls:
+            self.calls.remove(call)
+
+    def rows(self) -> list[list[str]]:
+        """The C{show call} rows."""
+        return [call.row() for call in self.calls]
+
+    def stop(self) -> None:
+        """Cancel the linger timers (at shutdown)."""
+        for delayed in self._linger.values():
+            if delayed.active():
+                delayed.cancel()
+        self._linger.clear()
+
+
+class TelLeg(Protocol):
+    """What the tel side reports about a leg it is placing (the SIF's half)."""
+
+    def trying(self) -> None: ...
+
+    def ringing(self) -> None: ...
+
+    def answered(self) -> None: ...
+
+    def rejected(self, status: int = 480) -> None: ...
+
+    def hung_up(self) -> None: ...
+
+
+class TelSide(Protocol):
+    """
+    The tel (secure) interface as the SIF sees it. C{place_call} starts a
+    leg to C{call.out_to} from C{call.out_from} and reports on C{leg};
+    C{hang_up} ends it from the SIP side.
+    """
+
+    def place_call(self, call: Call, leg: TelLeg) -> None: ...
+
+    def hang_up(self, call: Call) -> None: ...
+
+    def send_message(self, call: Call, content_type: str, body: bytes) -> bool: ...
+
+
+@attrs.define
+class PortPool:
+    """Even RTP ports from a range, handed out and taken back."""
+
+    low: int
+    high: int
+    used: set[int] = attrs.field(factory=set)
+    _next: int = 0
+
+    def take(self) -> int | None:
+        first = self.low + (self.low % 2)
+        count = max(0, (self.high - first) // 2 + 1)
+        for i in range(count):
+            port = first + 2 * ((self._next + i) % count)
+            if port not in self.used:
+                self.used.add(port)
+                self._next = (self._next + i + 1) % count
+                return port
+        return None
+
+    def give_back(self, port: int | None) -> None:
+        self.used.discard(port or -1)
+
+
+@attrs.define(eq=False)
+class StubTelSide:
+    """
+    A stand-in for the tel side until the UMSG interface exists, and the
+    tests' double: C{mode} C{answer} answers every leg at once (trying,
+    ringing, answered), C{ring} leaves it ringing, C{reject} declines it
+    (603), C{unavailable} refuses it (480).
+    """
+
+    mode: str = "unavailable"
+    legs: list[tuple[Call, TelLeg]] = attrs.field(factory=list)
+    hung_up: list[Call] = attrs.field(factory=list)
+    messages: list[tuple[Call, str, bytes]] = attrs.field(factory=list)
+
+    def place_call(self, call: Call, leg: TelLeg) -> None:
+        self.legs.append((call, leg))
+        call.callee_if_id = f"stub-{len(self.legs)}"
+        if self.mode == "unavailable":
+            leg.rejected(480)
+            return
+        leg.trying()
+        if self.mode == "reject":
+            leg.rejected(603)
+            return
+        leg.ringing()
+        if self.mode == "answer":
+            leg.answered()
+
+    def hang_up(self, call: Call) -> None:
+        self.hung_up.append(call)
+
+    def send_message(self, call: Call, content_type: str, body: bytes) -> bool:
+        self.messages.append((call, content_type, body))
+        return self.mode != "unavailable"

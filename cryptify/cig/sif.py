@@ -1,0 +1,583 @@
+"""
+SIF: the CIG's SIP interface, a trunk towards the PBX.
+
+L{Sif} is the user agent core on top of the transaction layer. It answers
+OPTIONS; takes INVITEs from the PBX, routes them with L{Router} from the
+sip interface and hands the outgoing leg to the tel side (L{TelSide}),
+reporting the leg's progress back to the PBX as 180 and 200 (with an SDP
+answer for PCMU/PCMA/telephone-event on a port of C{rtp_port_range});
+handles ACK, CANCEL and BYE, and BYE from the tel side; takes MESSAGE
+when C{messaging true}. Other methods get 405 (known to SIP, not ours) or
+501 (unknown). Malformed requests get the 4xx the parser chose when they
+can be answered, otherwise nothing.
+
+Each call is listed in the L{CallTable} (C{show call}) and logged to
+C{session.log}; see L{cryptify.cig.calls}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from cryptify.config.cig_model import CigConfig
+from cryptify.protocols.sip.address import parse_name_addr, parse_uri
+from cryptify.protocols.sip.dialog import Dialog, DialogId, dialog_id_of, new_branch, new_tag
+from cryptify.protocols.sip.errors import SipParseError
+from cryptify.protocols.sip.message import Headers, Request, Response, response_to
+from cryptify.protocols.sip.sdp import SdpError, make_answer, make_offer, parse_sdp, render_sdp
+from cryptify.protocols.sip.transaction import (
+    Address,
+    Channel,
+    ServerTransaction,
+    TransactionLayer,
+)
+
+from .calls import (
+    DEFAULT_RTP_PORTS,
+    Call,
+    CallState,
+    CallTable,
+    PortPool,
+    TelLeg,
+    TelSide,
+)
+from .route import SIP, Router, RouteRefused
+
+log = Logger(namespace="cryptify.cig.sif")
+
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS"
+#: Methods SIP defines that the CIG does not take (405, not 501).
+KNOWN_METHODS = frozenset(
+    {"REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "UPDATE", "MESSAGE"}
+)
+SDP = "application/sdp"
+#: A call from the PBX the tel side has not answered by then gets 480.
+NO_ANSWER_AFTER = 180.0
+
+
+@attrs.define(eq=False)
+class SipCall:
+    """A call from the PBX: its SIP side, and the tel leg's reports."""
+
+    sif: Sif
+    call: Call
+    invite: ServerTransaction
+    local_tag: str
+    answer: bytes
+    rtp_port: int | None
+    dialog: Dialog | None = None
+    ended: bool = False
+    no_answer: IDelayedCall | None = None
+
+    def start(self) -> None:
+        """Hand the leg to the tel side; give up if it is not answered in time."""
+        self.no_answer = self.sif.clock.callLater(NO_ANSWER_AFTER, self.rejected, 480)
+        self.sif.tel.place_call(self.call, self)
+
+    def _stop_timer(self) -> None:
+        if self.no_answer is not None and self.no_answer.active():
+            self.no_answer.cancel()
+        self.no_answer = None
+
+    # TelLeg
+    def trying(self) -> None:
+        if not self.ended and self.call.state == CallState.ROUTED:
+            self.sif.calls.set_state(self.call, CallState.TRY)
+            self.sif.calls.event(self.call, "trying")
+
+    def ringing(self) -> None:
+        if self.ended or self.invite.state != "proceeding":
+            return
+        self.sif.calls.set_state(self.call, CallState.RING)
+        self.sif.calls.event(self.call, "ringing")
+        self.invite.respond(self.sif.reply(self.invite.request, 180, self.local_tag))
+
+    def answered(self) -> None:
+        if self.ended or self.invite.state != "proceeding":
+            return
+        request = self.invite.request
+        self._stop_timer()
+        try:
+            self.dialog = Dialog.as_uas(request, self.local_tag)
+        except SipParseError:
+            self.rejected(500)
+            self.sif.tel.hang_up(self.call)
+            return
+        self.sif.dialogs[self.dialog.id] = self
+        self.sif.calls.set_state(self.call, CallState.ANSWER)
+        self.sif.calls.event(self.call, "talk")
+        self.invite.respond(self.sif.reply(request, 200, self.local_tag, body=self.answer))
+
+    def rejected(self, status: int = 480) -> None:
+        if self.ended or self.invite.state != "proceeding":
+            return
+        self._end(CallState.REJECT)
+        status = status if 300 <= status <= 699 else 480
+        self.invite.respond(self.sif.reply(self.invite.request, status, self.local_tag))
+
+    def hung_up(self) -> None:
+        if self.ended:
+            return
+        if self.dialog is None:
+            self.rejected(480)
+            return
+        self._end(CallState.HANGUP)
+        self.sif.send_bye(
+            self.dialog, self.invite.channel, self.sif.local_host(self.invite.request)
+        )
+
+    def _end(self, state: CallState) -> None:
+        self.ended = True
+        self._stop_timer()
+        self.sif.calls.set_state(self.call, state)
+        self.sif.calls.event(self.call, "hangup")
+        self.sif.rtp_ports.give_back(self.rtp_port)
+        self.sif.invites.pop(self.invite.key, None)
+        if self.dialog is not None:
+            self.sif.dialogs.pop(self.dialog.id, None)
+
+    def end_from_sip(self, state: CallState) -> None:
+        """The PBX ended the call (BYE or CANCEL): tell the tel side."""
+        if self.ended:
+            return
+        self._end(state)
+        self.sif.tel.hang_up(self.call)
+
+
+@attrs.define(eq=False)
+class OutCall:
+    """
+    A call to the PBX that the tel side placed: the SIF is its leg, and
+    reports the PBX's answers to the tel side's L{TelLeg}.
+    """
+
+    sif: Sif
+    call: Call
+    leg: TelLeg
+    invite: Request
+    channel: Channel
+    host: str
+    answer: bytes
+    rtp_port: int | None
+    dialog: Dialog | None = None
+    provisional: bool = False
+    cancel_pending: bool = False
+    ended: bool = False
+
+    def response(self, response: Response) -> None:
+        """A response to our INVITE (including repeated 2xx)."""
+        status = response.status
+        if status < 200:
+            self.provisional = True
+            if self.cancel_pending:
+                self.cancel_pending = False
+                self._send_cancel()
+            if self.ended:
+                return
+            if status == 100 and self.call.state == CallState.ROUTED:
+                self._state(CallState.TRY, "trying")
+                self.leg.trying()
+            elif status > 100 and self.call.state != CallState.RING:
+                self._state(CallState.RING, "ringing")
+                self.leg.ringing()
+            return
+        if status >= 300:
+            if not self.ended:
+                self._end(CallState.REJECT)
+                self.leg.rejected(status)
+            return
+        first = self.dialog is None
+        if self.dialog is None:
+            try:
+                self.dialog = Dialog.as_uac(self.invite, response)
+            except SipParseError:
+                log.warn("unusable 2xx for call {call_id}", call_id=self.invite.call_id)
+                return
+        self._ack(self.dialog)
+        if not first:
+            return
+        if self.ended:
+            self.sif.send_bye(self.dialog, self.channel, self.host)
+            return
+        self.sif.dialogs[self.dialog.id] = self
+        self._state(CallState.ANSWER, "talk")
+        self.leg.answered()
+
+    def timeout(self) -> None:
+        """No final response in time (timer B)."""
+        if not self.ended:
+            self._end(CallState.REJECT)
+            self.leg.rejected(408)
+
+    def hang_up(self) -> None:
+        """The tel side hung up."""
+        if self.ended:
+            return
+        self._end(CallState.HANGUP)
+        if self.dialog is not None:
+            self.sif.send_bye(self.dialog, self.channel, self.host)
+        elif self.provisional:
+            self._send_cancel()
+        else:
+            self.cancel_pending = True
+
+    def end_from_sip(self, state: CallState) -> None:
+        """The PBX sent BYE: tell the tel side."""
+        if not self.ended:
+            self._end(state)
+            self.leg.hung_up()
+
+    def _state(self, state: CallState, event: str) -> None:
+        self.sif.calls.set_state(self.call, state)
+        self.sif.calls.event(self.call, event)
+
+    def _end(self, state: CallState) -> None:
+        self.ended = True
+        self._state(state, "hangup")
+        self.sif.rtp_ports.give_back(self.rtp_port)
+        self.sif.outgoing.pop(id(self.call), None)
+        if self.dialog is not None:
+            self.sif.dialogs.pop(self.dialog.id, None)
+
+    def _ack(self, dialog: Dialog) -> None:
+        ack = dialog.request("ACK", self.sif.via(self.channel, self.host), cseq=1)
+        self.channel.send(ack.to_bytes())
+
+    def _send_cancel(self) -> None:
+        headers = Headers()
+        for name in ("Via", "Max-Forwards", "From", "To", "Call-ID"):
+            headers = headers.add(name, self.invite.headers.get(name) or "")
+        headers = headers.add("CSeq", f"{self.invite.cseq.number} CANCEL")
+        cancel = Request("CANCEL", self.invite.uri, headers)
+        self.sif.layer.request(cancel, self.channel, lambda response: None, lambda: None)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@attrs.define(eq=False)
+class Sif:
+    """
+    The SIP interface's user agent core (a L{TransactionUser} and the
+    adapters' L{MessageSink}).
+    """
+
+    config: CigConfig
+    clock: IReactorTime
+    tel: TelSide
+    calls: CallTable
+    router: Router = attrs.field()
+    layer: TransactionLayer = attrs.field(init=False)
+    rtp_ports: PortPool = attrs.field(init=False)
+    channel_to: Callable[[Address], Channel | None] | None = None
+    dialogs: dict[DialogId, SipCall | OutCall] = attrs.field(factory=dict, init=False)
+    outgoing: dict[int, OutCall] = attrs.field(factory=dict, init=False)
+    invites: dict[tuple[str, ...], SipCall] = attrs.field(factory=dict, init=False)
+
+    @router.default
+    def _router(self) -> Router:
+        return Router(self.config)
+
+    def __attrs_post_init__(self) -> None:
+        self.layer = TransactionLayer(self.clock, self)
+        ports = self.config.sip.rtp_port_range
+        low, high = (ports.low, ports.high) if ports else DEFAULT_RTP_PORTS
+        self.rtp_ports = PortPool(low, high)
+
+    # --- MessageSink -------------------------------------------------------
+    def message_received(self, message: Request | Response, channel: Channel) -> None:
+        self.layer.receive(message, channel)
+
+    def parse_failed(self, error: SipParseError, channel: Channel) -> None:
+        self.bad_message(error, channel)
+
+    # --- TransactionUser ---------------------------------------------------
+    def bad_message(self, error: SipParseError, channel: Channel) -> None:
+        log.debug("bad SIP message from {peer}: {why}", peer=channel.address, why=error.reason)
+        headers = error.headers
+        if not error.is_request or headers is None or not headers.get("Via"):
+            return
+        if (headers.get("CSeq") or "").strip().upper().endswith("ACK"):
+            return
+        response = response_to(headers, error.status, extra=(("Warning", _warning(error)),))
+        channel.send(response.to_bytes())
+
+    def request_received(self, tx: ServerTransaction) -> None:
+        request = tx.request
+        method = request.method
+        if method == "INVITE":
+            self._invite(tx)
+        elif method == "OPTIONS":
+            extra = (("Allow", self.allow()), ("Accept", SDP))
+            tx.respond(response_to(request.headers, 200, to_tag=new_tag(), extra=extra))
+        elif method == "BYE":
+            self._bye(tx)
+        elif method == "CANCEL":
+            self._cancel(tx)
+        elif method == "MESSAGE" and self.config.sip.messaging:
+            self._message(tx)
+        elif method in KNOWN_METHODS:
+            tx.respond(response_to(request.headers, 405, extra=(("Allow", self.allow()),)))
+        else:
+            tx.respond(response_to(request.headers, 501))
+
+    def ack_received(self, request: Request, channel: Channel) -> None:
+        pass  # the 2xx's retransmissions stop in the transaction layer
+
+    def no_ack(self, tx: ServerTransaction) -> None:
+        call = self.invites.get(tx.key)
+        if call is not None and not call.ended:
+            log.info("no ACK for call {call_id}; hanging up", call_id=tx.request.call_id)
+            call.end_from_sip(CallState.HANGUP)
+            if call.dialog is not None:
+                self.send_bye(call.dialog, tx.channel, self.local_host(tx.request))
+
+    # --- requests ----------------------------------------------------------
+    def allow(self) -> str:
+        return ALLOW + (", MESSAGE" if self.config.sip.messaging else "")
+
+    def reply(
+        self, request: Request, status: int, to_tag: str | None = None, body: bytes = b""
+    ) -> Response:
+        extra: list[tuple[str, str]] = []
+        if request.method == "INVITE" and 100 < status < 300:
+            extra.append(("Contact", f"<{self.contact_uri(request)}>"))
+            extra.append(("Allow", self.allow()))
+        if body:
+            extra.append(("Content-Type", SDP))
+        if status in (405,):
+            extra.append(("Allow", self.allow()))
+        return response_to(
+            request.headers,
+            status,
+            to_tag=to_tag if status > 100 else None,
+            extra=tuple(extra),
+            body=body,
+        )
+
+    def local_host(self, request: Request) -> str:
+        """The address we advertise: C{bind}, or the one the PBX used."""
+        bind = self.config.sip.bind
+        if bind not in ("0.0.0.0", "::"):
+            return bind
+        try:
+            return parse_uri(request.uri).host or "127.0.0.1"
+        except SipParseError:
+            return "127.0.0.1"
+
+    def contact_uri(self, request: Request) -> str:
+        return f"sip:{self.local_host(request)}:{self.config.sip.port}"
+
+    def _invite(self, tx: ServerTransaction) -> None:
+        request = tx.request
+        if request.to.tag is not None:
+            self._reinvite(tx)
+            return
+        refusal = self._check_invite(request)
+        if refusal is not None:
+            tx.respond(response_to(request.headers, refusal[0], to_tag=new_tag(), extra=refusal[1]))
+            return
+        tx.respond(self.reply(request, 100))
+        answer = self._answer(request)
+        if answer is None:
+            tx.respond(response_to(request.headers, 488, to_tag=new_tag()))
+            return
+        body, port = answer
+        call = Call(in_from=request.from_.uri, in_to=request.to.uri)
+        call.caller_if_id = request.call_id
+        self.calls.event(call, "routing")
+        try:
+            routed = self.router.route(SIP, call.in_from, call.in_to)
+        except RouteRefused as exc:
+            log.info("call {call_id} not routed: {why}", call_id=request.call_id, why=exc.reason)
+            self.rtp_ports.give_back(port)
+            self.calls.add(call)
+            self.calls.set_state(call, CallState.REJECT)
+            self.calls.event(call, "failed")
+            tx.respond(self.reply(request, 404, new_tag()))
+            return
+        call.out_from, call.out_to = routed.out_from, routed.out_to
+        self.calls.add(call)
+        self.calls.set_state(call, CallState.ROUTED)
+        self.calls.event(call, "routed")
+        sip_call = SipCall(self, call, tx, new_tag(), body, port)
+        self.invites[tx.key] = sip_call
+        sip_call.start()
+
+    def _check_invite(self, request: Request) -> tuple[int, tuple[tuple[str, str], ...]] | None:
+        if (request.headers.get("Max-Forwards") or "70").strip() in ("0", "00", "000"):
+            return 483, ()
+        required = request.headers.values("Require")
+        if required:
+            return 420, (("Unsupported", ", ".join(required)),)
+        content_type = (request.headers.get("Content-Type") or SDP).split(";")[0].strip()
+        if request.body and content_type.lower() != SDP:
+            return 415, (("Accept", SDP),)
+        contacts = request.headers.values("Contact")
+        try:
+            parse_name_addr(contacts[0] if contacts else "")
+        except SipParseError:
+            return 400, (("Warning", '399 cig "INVITE without a usable Contact"'),)
+        return None
+
+    def _answer(self, request: Request) -> tuple[bytes, int | None] | None:
+        """Our SDP for the INVITE (an answer, or an offer if it had none)."""
+        port = self.rtp_ports.take()
+        if port is None:
+            return None
+        host = self.local_host(request)
+        session_id = str(int(self.clock.seconds()))
+        if not request.body:
+            return render_sdp(make_offer(host, port, session_id)), port
+        try:
+            answer = make_answer(parse_sdp(request.body), host, port, session_id)
+        except SdpError:
+            answer = None
+        if answer is None:
+            self.rtp_ports.give_back(port)
+            return None
+        return render_sdp(answer), port
+
+    def _reinvite(self, tx: ServerTransaction) -> None:
+        request = tx.request
+        found = self._in_dialog(tx)
+        if found is None:
+            return
+        if found.dialog is not None and not found.dialog.accept_remote_cseq(request):
+            tx.respond(response_to(request.headers, 500))
+            return
+        tx.respond(self.reply(request, 200, body=found.answer))
+
+    def _in_dialog(self, tx: ServerTransaction) -> SipCall | OutCall | None:
+        dialog_id = dialog_id_of(tx.request)
+        found = self.dialogs.get(dialog_id) if dialog_id is not None else None
+        if found is None:
+            tx.respond(response_to(tx.request.headers, 481))
+        return found
+
+    def _bye(self, tx: ServerTransaction) -> None:
+        found = self._in_dialog(tx)
+        if found is None:
+            return
+        tx.respond(response_to(tx.request.headers, 200))
+        found.end_from_sip(CallState.HANGUP)
+
+    def _cancel(self, tx: ServerTransaction) -> None:
+        invite = self.layer.invite_for(tx.request)
+        if invite is None:
+            tx.respond(response_to(tx.request.headers, 481))
+            return
+        tx.respond(response_to(tx.request.headers, 200))
+        call = self.invites.get(invite.key)
+        if invite.state == "proceeding":
+            tag = call.local_tag if call is not None else new_tag()
+            invite.respond(self.reply(invite.request, 487, tag))
+            if call is not None:
+                call.end_from_sip(CallState.HANGUP)
+
+    def _message(self, tx: ServerTransaction) -> None:
+        request = tx.request
+        call = Call(in_from=request.from_.uri, in_to=request.to.uri, caller_if_id=request.call_id)
+        try:
+            routed = self.router.route(SIP, call.in_from, call.in_to)
+        except RouteRefused:
+            tx.respond(response_to(request.headers, 404, to_tag=new_tag()))
+            return
+        call.out_from, call.out_to = routed.out_from, routed.out_to
+        content_type = request.headers.get("Content-Type") or "text/plain"
+        status = 200 if self.tel.send_message(call, content_type, request.body) else 480
+        tx.respond(response_to(request.headers, status, to_tag=new_tag()))
+
+    def send_bye(self, dialog: Dialog, channel: Channel, host: str) -> None:
+        """Hang up towards the PBX: BYE in C{dialog}."""
+        self.dialogs.pop(dialog.id, None)
+        bye = dialog.request("BYE", self.via(channel, host))
+        self.layer.request(bye, channel, lambda response: None, lambda: None)
+
+    def via(self, channel: Channel, host: str) -> str:
+        """A Via value for a request we send on C{channel}, fresh branch."""
+        transport = "TCP" if channel.reliable else "UDP"
+        return f"SIP/2.0/{transport} {host}:{self.config.sip.port};branch={new_branch()};rport"
+
+    # --- calls to the PBX (the SIF as the tel side's outgoing leg) ----------
+    def place_call(self, call: Call, leg: TelLeg) -> OutCall | None:
+        """
+        Call C{call.out_to} (a SIP URI with an IP address) from
+        C{call.out_from}, offering PCMU, PCMA and telephone-event; report
+        on C{leg}. Refusals are reported at once: 484 for a URI that is
+        not SIP, 502 for a host that is not an address, 503 when no RTP
+        port or no transport is free.
+        """
+        try:
+            uri = parse_uri(call.out_to)
+        except SipParseError:
+            uri = None
+        if uri is None or uri.scheme != "sip":
+            leg.rejected(484)
+            return None
+        host = uri.host.strip("[]")
+        if not _is_ip(host):
+            leg.rejected(502)
+            return None
+        port = self.rtp_ports.take()
+        channel = self.channel_to((host, uri.port or 5060)) if self.channel_to else None
+        if port is None or channel is None:
+            self.rtp_ports.give_back(port)
+            leg.rejected(503)
+            return None
+        local = (
+            self.config.sip.bind if self.config.sip.bind not in ("0.0.0.0", "::") else "127.0.0.1"
+        )
+        offer = render_sdp(make_offer(local, port, str(int(self.clock.seconds()))))
+        call_id = f"{new_tag()}{new_tag()}@{local}"
+        headers = Headers(
+            (
+                ("Via", self.via(channel, local)),
+                ("Max-Forwards", "70"),
+                ("From", f"<{call.out_from}>;tag={new_tag()}"),
+                ("To", f"<{call.out_to}>"),
+                ("Call-ID", call_id),
+                ("CSeq", "1 INVITE"),
+                ("Contact", f"<sip:{local}:{self.config.sip.port}>"),
+                ("Allow", self.allow()),
+                ("Content-Type", SDP),
+            )
+        )
+        invite = Request("INVITE", call.out_to, headers, offer)
+        call.callee_if_id = call_id
+        if call not in self.calls.calls:
+            self.calls.add(call)
+        if call.state is None:
+            self.calls.set_state(call, CallState.ROUTED)
+        out = OutCall(self, call, leg, invite, channel, local, offer, port)
+        self.outgoing[id(call)] = out
+        self.layer.request(invite, channel, out.response, out.timeout)
+        return out
+
+    def hang_up(self, call: Call) -> None:
+        """The tel side ends an outgoing call: BYE, or CANCEL if not answered."""
+        out = self.outgoing.get(id(call))
+        if out is not None:
+            out.hang_up()
+
+    def stop(self) -> None:
+        """Cancel every timer (at shutdown)."""
+        for call in list(self.invites.values()):
+            call._stop_timer()
+        self.layer.stop()
+        self.calls.stop()
+
+
+def _warning(error: SipParseError) -> str:
+    text = error.reason.replace('"', "'")[:100]
+    return f'399 cig "{text}"'

@@ -1,0 +1,629 @@
+"""
+SIP messages (RFC 3261 section 7): a sans-IO parser and serializer.
+
+L{parse_datagram} reads one UDP datagram; L{StreamParser} frames messages
+on a TCP byte stream by their Content-Length. Both give L{Request} and
+L{Response} objects and raise only L{SipParseError}.
+
+What the parser accepts:
+ - leading CRLFs are skipped (keep-alives); a datagram of only white
+   space is no message at all;
+ - header names in any case and compact form (C{v}, C{f}, C{t}, C{i},
+   C{m}, C{l}, C{c}, C{k}, C{s}, C{e}, ...), white space before the colon,
+   values folded over several lines (unfolded to one space);
+ - several values per line in the list-valued headers (L{Headers.values});
+ - Content-Length: a single non-negative integer. On UDP a missing one
+   means "the rest of the datagram", a shorter body is an error and extra
+   octets are dropped (RFC 3261 18.3); on a stream it frames the message.
+
+Limits: L{MAX_MESSAGE_BYTES} per message and L{MAX_HEADER_FIELDS}
+header lines. L{check_request} / L{check_response} add the semantic
+checks a transaction layer needs (mandatory and single headers, CSeq,
+Via) before a message is acted on.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator
+
+import attrs
+
+from .address import (
+    TOKEN,
+    CSeq,
+    NameAddr,
+    Via,
+    parse_cseq,
+    parse_name_addr,
+    parse_uri,
+    parse_via,
+    split_top,
+)
+from .errors import SipParseError
+
+SIP_VERSION = "SIP/2.0"
+#: Largest message (head and body) accepted, in bytes.
+MAX_MESSAGE_BYTES = 16 * 1024
+#: Most header lines accepted in one message.
+MAX_HEADER_FIELDS = 128
+#: Largest Content-Length accepted.
+MAX_BODY_BYTES = MAX_MESSAGE_BYTES
+
+COMPACT = {
+    "a": "Accept-Contact",
+    "b": "Referred-By",
+    "c": "Content-Type",
+    "d": "Request-Disposition",
+    "e": "Content-Encoding",
+    "f": "From",
+    "i": "Call-ID",
+    "j": "Reject-Contact",
+    "k": "Supported",
+    "l": "Content-Length",
+    "m": "Contact",
+    "n": "Identity-Info",
+    "o": "Event",
+    "r": "Refer-To",
+    "s": "Subject",
+    "t": "To",
+    "u": "Allow-Events",
+    "v": "Via",
+    "x": "Session-Expires",
+    "y": "Identity",
+}
+_KNOWN = [
+    "Accept",
+    "Accept-Encoding",
+    "Accept-Language",
+    "Alert-Info",
+    "Allow",
+    "Authorization",
+    "Call-ID",
+    "Call-Info",
+    "Contact",
+    "Content-Disposition",
+    "Content-Encoding",
+    "Content-Language",
+    "Content-Length",
+    "Content-Type",
+    "CSeq",
+    "Date",
+    "Error-Info",
+    "Expires",
+    "From",
+    "In-Reply-To",
+    "Max-Forwards",
+    "MIME-Version",
+    "Min-Expires",
+    "Organization",
+    "Priority",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
+    "Proxy-Require",
+    "Record-Route",
+    "Reply-To",
+    "Require",
+    "Retry-After",
+    "Route",
+    "Server",
+    "Subject",
+    "Supported",
+    "Timestamp",
+    "To",
+    "Unsupported",
+    "User-Agent",
+    "Via",
+    "Warning",
+    "WWW-Authenticate",
+    *COMPACT.values(),
+]
+CANONICAL = {name.lower(): name for name in _KNOWN}
+#: Headers whose values may be listed with commas on one line.
+LIST_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Allow-Events",
+        "Call-Info",
+        "Contact",
+        "Content-Encoding",
+        "Content-Language",
+        "Error-Info",
+        "In-Reply-To",
+        "Proxy-Require",
+        "Record-Route",
+        "Require",
+        "Route",
+        "Supported",
+        "Unsupported",
+        "Via",
+        "Warning",
+    )
+)
+#: Headers a message may carry only once.
+SINGLE_HEADERS = ("To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Type")
+_VERSION = re.compile(r"SIP/([0-9]+)\.([0-9]+)", re.IGNORECASE)
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+def canonical(name: str) -> str:
+    """The usual spelling of a header name (compact forms expanded)."""
+    lower = name.lower()
+    if lower in COMPACT:
+        return COMPACT[lower]
+    return CANONICAL.get(lower, name)
+
+
+@attrs.frozen
+class Headers:
+    """
+    Header fields in order, names in their usual spelling. Lookups ignore
+    case; list-valued headers split on top-level commas in L{values}.
+    """
+
+    items: tuple[tuple[str, str], ...] = ()
+    _index: dict[str, list[str]] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        index: dict[str, list[str]] = {}
+        for n, v in self.items:
+            index.setdefault(n.lower(), []).append(v)
+        object.__setattr__(self, "_index", index)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self.items)
+
+    def get_all(self, name: str) -> list[str]:
+        """Every field value of C{name}, one per header line."""
+        return list(self._index.get(canonical(name).lower(), ()))
+
+    def get(self, name: str) -> str | None:
+        """The first field value of C{name}."""
+        found = self.get_all(name)
+        return found[0] if found else None
+
+    def values(self, name: str) -> list[str]:
+        """Every value of C{name}, splitting comma lists of list headers."""
+        out: list[str] = []
+        split = canonical(name).lower() in LIST_HEADERS
+        for value in self.get_all(name):
+            parts = split_top(value, ",") if split else [value]
+            out.extend(p.strip(" \t") for p in parts if p.strip(" \t"))
+        return out
+
+    def count(self, name: str) -> int:
+        """How many header lines C{name} has."""
+        return len(self.get_all(name))
+
+    def without(self, name: str) -> Headers:
+        """These headers without C{name}."""
+        key = canonical(name).lower()
+        return Headers(tuple((n, v) for n, v in self.items if n.lower() != key))
+
+    def add(self, name: str, value: str, first: bool = False) -> Headers:
+        """These headers with one more line, at the end or at the top."""
+        item = (canonical(name), value)
+        return Headers((item, *self.items) if first else (*self.items, item))
+
+    def set(self, name: str, value: str) -> Headers:
+        """These headers with C{name} replaced (in place of its first line)."""
+        key = canonical(name).lower()
+        out: list[tuple[str, str]] = []
+        done = False
+        for n, v in self.items:
+            if n.lower() == key:
+                if not done:
+                    out.append((canonical(name), value))
+                    done = True
+                continue
+            out.append((n, v))
+        if not done:
+            out.append((canonical(name), value))
+        return Headers(tuple(out))
+
+
+# Header values repeat over a call's messages and are read several times
+# per message; the parsed forms are immutable, so they are shared.
+_cached_cseq = functools.lru_cache(maxsize=4096)(parse_cseq)
+_cached_via = functools.lru_cache(maxsize=4096)(parse_via)
+_cached_name_addr = functools.lru_cache(maxsize=8192)(parse_name_addr)
+
+
+class _Common:
+    headers: Headers
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    @property
+    def call_id(self) -> str:
+        return (self.headers.get("Call-ID") or "").strip()
+
+    @property
+    def cseq(self) -> CSeq:
+        return _cached_cseq(self.headers.get("CSeq") or "")
+
+    @property
+    def vias(self) -> list[Via]:
+        return [_cached_via(v) for v in self.headers.values("Via")]
+
+    @property
+    def from_(self) -> NameAddr:
+        return _cached_name_addr(self.headers.get("From") or "")
+
+    @property
+    def to(self) -> NameAddr:
+        return _cached_name_addr(self.headers.get("To") or "")
+
+    def _head_lines(self) -> list[str]:
+        lines = [f"{n}: {v}" for n, v in self.headers.without("Content-Length")]
+        lines.append(f"Content-Length: {len(self.body)}")
+        return lines
+
+
+@attrs.frozen
+class Request(_Common):
+    """A SIP request."""
+
+    method: str
+    uri: str
+    headers: Headers = Headers()
+    body: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        """The request on the wire; Content-Length always matches the body."""
+        head = "\r\n".join([f"{self.method} {self.uri} {SIP_VERSION}", *self._head_lines()])
+        return head.encode("utf-8") + b"\r\n\r\n" + self.body
+
+
+@attrs.frozen
+class Response(_Common):
+    """A SIP response."""
+
+    status: int
+    reason: str
+    headers: Headers = Headers()
+    body: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        """The response on the wire; Content-Length always matches the body."""
+        head = "\r\n".join([f"{SIP_VERSION} {self.status} {self.reason}", *self._head_lines()])
+        return head.encode("utf-8") + b"\r\n\r\n" + self.body
+
+
+Message = Request | Response
+
+
+def _parse_headers(lines: list[str]) -> Headers:
+    items: list[tuple[str, str]] = []
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            if not items:
+                raise SipParseError("continuation line before any header")
+            name, value = items[-1]
+            items[-1] = (name, (value + " " + line.strip(" \t")).strip(" \t"))
+            continue
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if not colon or not TOKEN.fullmatch(name):
+            raise SipParseError(f"malformed header line {line[:60]!r}")
+        items.append((canonical(name), value.strip(" \t")))
+        if len(items) > MAX_HEADER_FIELDS:
+            raise SipParseError("too many header fields")
+    return Headers(tuple(items))
+
+
+def _content_length(headers: Headers) -> int | None:
+    found = {v.strip() for v in headers.get_all("Content-Length")}
+    if not found:
+        return None
+    if len(found) > 1:
+        raise SipParseError("conflicting Content-Length values")
+    value = found.pop()
+    if not value.isdigit() or not value.isascii():
+        raise SipParseError("bad Content-Length")
+    if len(value) > 9 or int(value) > MAX_BODY_BYTES:
+        raise SipParseError("Content-Length too large", 513)
+    return int(value)
+
+
+def _check_version(version: str) -> None:
+    m = _VERSION.fullmatch(version)
+    if m is None:
+        raise SipParseError(f"bad SIP version {version[:20]!r}")
+    if (m.group(1), m.group(2)) != ("2", "0"):
+        raise SipParseError("SIP version not supported", 505)
+
+
+def _start_line(start: str, headers: Headers) -> tuple[str, str, str] | tuple[int, str]:
+    if start.upper().startswith("SIP/"):
+        version, _, rest = start.partition(" ")
+        code, _, reason = rest.partition(" ")
+        try:
+            _check_version(version)
+            if not (len(code) == 3 and code.isdigit() and 100 <= int(code) <= 699):
+                raise SipParseError(f"bad status code {code[:20]!r}")
+        except SipParseError as exc:
+            raise SipParseError(exc.reason, exc.status, headers, False) from None
+        return int(code), reason
+    try:
+        parts = start.split(" ")
+        if len(parts) != 3 or not all(parts):
+            raise SipParseError("malformed request line")
+        method, uri, version = parts
+        if not TOKEN.fullmatch(method):
+            raise SipParseError("bad method")
+        _check_version(version)
+        parsed = parse_uri(uri)
+        if parsed.scheme in ("sip", "sips") and parsed.headers:
+            raise SipParseError("Request-URI with headers")
+        if parsed.scheme not in ("sip", "sips", "tel"):
+            raise SipParseError("Unsupported URI Scheme", 416)
+    except SipParseError as exc:
+        raise SipParseError(exc.reason, exc.status, headers, True) from None
+    return method, uri, version
+
+
+def _split_head(data: bytes, start: int) -> tuple[str, int] | None:
+    """The head as text and where the body starts, or C{None} if incomplete."""
+    m = _HEAD_END.search(data, start)
+    if m is None:
+        return None
+    try:
+        head = data[start : m.start()].decode("utf-8")
+    except UnicodeDecodeError:
+        raise SipParseError("header section is not UTF-8") from None
+    return head, m.end()
+
+
+def _build(head: str, body: bytes) -> Message:
+    lines = head.split("\n")
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    start = lines[0]
+    headers = _parse_headers(lines[1:])
+    parsed = _start_line(start, headers)
+    if len(parsed) == 2:
+        return Response(status=parsed[0], reason=parsed[1], headers=headers, body=body)
+    return Request(method=parsed[0], uri=parsed[1], headers=headers, body=body)
+
+
+def _skip_crlf(data: bytes) -> int:
+    i = 0
+    while data[i : i + 1] in (b"\r", b"\n") and i < len(data):
+        i += 1
+    return i
+
+
+def _head_of(data: bytes) -> tuple[Headers | None, bool]:
+    """The headers of an oversized message, if its head is in C{data}."""
+    try:
+        split = _split_head(data, _skip_crlf(data))
+        if split is None:
+            return None, True
+        message = _build(split[0], b"")
+    except SipParseError:
+        return None, True
+    return message.headers, isinstance(message, Request)
+
+
+def parse_datagram(data: bytes) -> Message | None:
+    """
+    Parse one UDP datagram; C{None} for a keep-alive (only CR/LF).
+
+    @raise SipParseError: if it is not an acceptable SIP message.
+    """
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise SipParseError("Message Too Large", 513, *_head_of(data[:MAX_MESSAGE_BYTES]))
+    start = _skip_crlf(data)
+    if start == len(data):
+        return None
+    split = _split_head(data, start)
+    if split is None:
+        # Truncated: refuse it, with the headers if they can be read (a
+        # 400 needs them).
+        split = _split_head(data + b"\r\n\r\n", start)
+        assert split is not None
+        truncated = _build(split[0], b"")
+        raise SipParseError(
+            "no empty line after the header section",
+            headers=truncated.headers,
+            is_request=isinstance(truncated, Request),
+        )
+    head, body_at = split
+    message = _build(head, b"")
+    try:
+        length = _content_length(message.headers)
+    except SipParseError as exc:
+        raise SipParseError(
+            exc.reason, exc.status, message.headers, isinstance(message, Request)
+        ) from None
+    body = data[body_at:]
+    if length is not None:
+        if length > len(body):
+            raise SipParseError(
+                "body shorter than Content-Length",
+                headers=message.headers,
+                is_request=isinstance(message, Request),
+            )
+        body = body[:length]
+    return attrs.evolve(message, body=body)
+
+
+@attrs.define
+class StreamParser:
+    """
+    Frames SIP messages on a byte stream (TCP) by Content-Length, which is
+    taken as 0 when absent. Keep-alive CRLFs between messages are skipped.
+    Once it has raised L{SipParseError} the stream cannot be resynchronized
+    and should be closed.
+    """
+
+    buffer: bytearray = attrs.field(factory=bytearray)
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Add received bytes; return the messages now complete."""
+        self.buffer += data
+        out: list[Message] = []
+        while True:
+            start = _skip_crlf(bytes(self.buffer[:2048]))
+            if start:
+                del self.buffer[:start]
+                continue
+            if not self.buffer:
+                return out
+            split = _split_head(bytes(self.buffer[:MAX_MESSAGE_BYTES]), 0)
+            if split is None:
+                if len(self.buffer) >= MAX_MESSAGE_BYTES:
+                    raise SipParseError("Message Too Large", 513)
+                return out
+            head, body_at = split
+            message = _build(head, b"")
+            length = _content_length(message.headers) or 0
+            if body_at + length > MAX_MESSAGE_BYTES:
+                raise SipParseError("Message Too Large", 513)
+            if len(self.buffer) < body_at + length:
+                return out
+            body = bytes(self.buffer[body_at : body_at + length])
+            del self.buffer[: body_at + length]
+            out.append(attrs.evolve(message, body=body))
+
+
+def _check_common(message: Message) -> None:
+    headers = message.headers
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        if not headers.get(name):
+            raise SipParseError(f"Missing {name} header")
+    for name in SINGLE_HEADERS:
+        if headers.count(name) > 1:
+            raise SipParseError(f"More than one {name} header")
+    message.vias  # noqa: B018 - parse every Via
+    message.from_  # noqa: B018
+    message.to  # noqa: B018
+
+
+def check_request(request: Request) -> None:
+    """
+    The checks a UAS makes before handling a request: mandatory headers
+    present (Via, From, To, Call-ID, CSeq), single ones single, values
+    well-formed, CSeq method equal to the request method, Max-Forwards a
+    number.
+
+    @raise SipParseError: with the status to answer and the headers to
+        answer with.
+    """
+    try:
+        _check_common(request)
+        cseq = request.cseq
+        if cseq.method != request.method:
+            raise SipParseError("CSeq method does not match the request")
+        max_forwards = request.headers.get("Max-Forwards")
+        if max_forwards is not None and not (
+            max_forwards.isdigit() and max_forwards.isascii() and len(max_forwards) <= 10
+        ):
+            raise SipParseError("bad Max-Forwards")
+    except SipParseError as exc:
+        raise SipParseError(exc.reason, exc.status, request.headers, True) from None
+
+
+def check_response(response: Response) -> None:
+    """
+    The checks before a response is matched to a transaction.
+
+    @raise SipParseError: if it cannot be.
+    """
+    try:
+        _check_common(response)
+        response.cseq  # noqa: B018
+    except SipParseError as exc:
+        raise SipParseError(exc.reason, exc.status, response.headers, False) from None
+
+
+REASONS = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    380: "Alternative Service",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    408: "Request Timeout",
+    410: "Gone",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    491: "Request Pending",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+}
+
+
+def reason_phrase(status: int) -> str:
+    """The RFC 3261 reason phrase for C{status} (or a generic one)."""
+    return REASONS.get(status) or REASONS.get(status // 100 * 100, "Unknown")
+
+
+def response_to(
+    headers: Headers,
+    status: int,
+    reason: str | None = None,
+    to_tag: str | None = None,
+    extra: tuple[tuple[str, str], ...] = (),
+    body: bytes = b"",
+) -> Response:
+    """
+    A response to the request whose header fields are C{headers}: Via,
+    From, To, Call-ID and CSeq copied (RFC 3261 8.2.6.2), a To tag added
+    when C{to_tag} is given and the To has none.
+    """
+    items: list[tuple[str, str]] = [("Via", v) for v in headers.get_all("Via")]
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        value = headers.get(name)
+        if value is None:
+            continue
+        if name == "To" and to_tag is not None:
+            try:
+                to = parse_name_addr(value)
+                if to.tag is None:
+                    value = str(to.with_tag(to_tag))
+            except SipParseError:
+                pass
+        items.append((name, value))
+    items.extend(extra)
+    return Response(status, reason or reason_phrase(status), Headers(tuple(items)), body)

@@ -1,0 +1,274 @@
+"""
+SDP (RFC 8866) for audio calls, and the offer/answer model (RFC 3264).
+
+The CIG's media side speaks G.711 (PCMU payload type 0, PCMA 8) and
+telephone-event (RFC 4733, a dynamic payload type). L{parse_sdp} reads a
+description (raising only L{SdpError}); L{make_offer} writes our offer;
+L{make_answer} answers an offer: the first audio stream with a codec in
+common is accepted with the common codecs in the offerer's order (and
+telephone-event if offered), every other stream is refused with port 0,
+and the direction is mirrored.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+#: Codecs we carry, by encoding name (upper case) and their static type.
+STATIC = {"PCMU": 0, "PCMA": 8}
+TELEPHONE_EVENT = "TELEPHONE-EVENT"
+#: The dynamic payload type we offer for telephone-event.
+TELEPHONE_EVENT_PT = 101
+MAX_SDP_BYTES = 8192
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+_MIRROR = {"sendonly": "recvonly", "recvonly": "sendonly"}
+
+
+class SdpError(ValueError):
+    """The body is not a session description we can read."""
+
+
+@attrs.frozen
+class Media:
+    """
+    One C{m=} section: kind, port, protocol, payload types (as text, in
+    order), the C{rtpmap}/C{fmtp} attributes by payload type, direction,
+    and the section's own C{c=} address if any.
+    """
+
+    kind: str
+    port: int
+    proto: str
+    formats: tuple[str, ...]
+    rtpmap: tuple[tuple[str, str], ...] = ()
+    fmtp: tuple[tuple[str, str], ...] = ()
+    direction: str = "sendrecv"
+    address: str | None = None
+    ptime: int | None = None
+
+    def encoding(self, pt: str) -> str | None:
+        """The encoding name of payload type C{pt} (upper case), if known."""
+        for given, value in self.rtpmap:
+            if given == pt:
+                return value.split("/", 1)[0].upper()
+        for codec, number in STATIC.items():
+            if str(number) == pt:
+                return codec
+        return None
+
+
+@attrs.frozen
+class SessionDescription:
+    """A parsed SDP body: origin fields, session address, media sections."""
+
+    username: str
+    session_id: str
+    version: str
+    origin_address: str
+    address: str | None
+    media: tuple[Media, ...]
+    name: str = "-"
+
+    def audio(self) -> Media | None:
+        """The first audio section with a port, if any."""
+        for m in self.media:
+            if m.kind == "audio" and m.port != 0:
+                return m
+        return None
+
+    def media_address(self, media: Media) -> str | None:
+        """Where C{media} is to be sent: its own C{c=} or the session's."""
+        return media.address or self.address
+
+
+def _address(value: str) -> str:
+    parts = value.split()
+    if len(parts) != 3 or parts[0] != "IN" or parts[1] not in ("IP4", "IP6"):
+        raise SdpError(f"bad connection line {value[:60]!r}")
+    return parts[2].split("/", 1)[0]
+
+
+def _media_line(value: str) -> Media:
+    parts = value.split()
+    if len(parts) < 4:
+        raise SdpError(f"bad media line {value[:60]!r}")
+    port = parts[1].split("/", 1)[0]
+    if not port.isdigit() or int(port) > 65535:
+        raise SdpError("bad media port")
+    return Media(parts[0], int(port), parts[2], tuple(parts[3:]))
+
+
+def parse_sdp(body: bytes) -> SessionDescription:
+    """
+    Parse an SDP body.
+
+    @raise SdpError: if it is not valid enough to answer.
+    """
+    if len(body) > MAX_SDP_BYTES:
+        raise SdpError("session description too large")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SdpError("session description is not UTF-8") from None
+    lines = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+    if not lines or lines[0].strip() != "v=0":
+        raise SdpError("no v=0 line first")
+    origin: list[str] | None = None
+    session_address: str | None = None
+    name = "-"
+    media: list[Media] = []
+    for line in lines[1:]:
+        kind, eq, value = line.partition("=")
+        if not eq or len(kind) != 1:
+            raise SdpError(f"bad line {line[:60]!r}")
+        if kind == "o":
+            origin = value.split()
+            if len(origin) != 6:
+                raise SdpError("bad origin line")
+        elif kind == "s":
+            name = value
+        elif kind == "c":
+            if media:
+                media[-1] = attrs.evolve(media[-1], address=_address(value))
+            else:
+                session_address = _address(value)
+        elif kind == "m":
+            media.append(_media_line(value))
+        elif kind == "a" and media:
+            media[-1] = _attribute(media[-1], value)
+    if origin is None:
+        raise SdpError("no origin line")
+    return SessionDescription(
+        username=origin[0],
+        session_id=origin[1],
+        version=origin[2],
+        origin_address=origin[5],
+        address=session_address,
+        media=tuple(media),
+        name=name,
+    )
+
+
+def _attribute(media: Media, value: str) -> Media:
+    attr, _, rest = value.partition(":")
+    if attr in DIRECTIONS:
+        return attrs.evolve(media, direction=attr)
+    if attr in ("rtpmap", "fmtp"):
+        pt, _, spec = rest.partition(" ")
+        if not pt.isdigit() or not spec.strip():
+            raise SdpError(f"bad {attr} attribute")
+        if attr == "rtpmap":
+            return attrs.evolve(media, rtpmap=(*media.rtpmap, (pt, spec.strip())))
+        return attrs.evolve(media, fmtp=(*media.fmtp, (pt, spec.strip())))
+    if attr == "ptime" and rest.strip().isdigit() and len(rest.strip()) < 5:
+        return attrs.evolve(media, ptime=int(rest.strip()))
+    return media
+
+
+def _ip_kind(address: str) -> str:
+    return "IP6" if ":" in address else "IP4"
+
+
+def render_sdp(sdp: SessionDescription) -> bytes:
+    """Write a session description (CRLF line ends)."""
+    addr = sdp.address or sdp.origin_address
+    lines = [
+        "v=0",
+        f"o={sdp.username} {sdp.session_id} {sdp.version} IN "
+        f"{_ip_kind(sdp.origin_address)} {sdp.origin_address}",
+        f"s={sdp.name or '-'}",
+        f"c=IN {_ip_kind(addr)} {addr}",
+        "t=0 0",
+    ]
+    for m in sdp.media:
+        lines.append(f"m={m.kind} {m.port} {m.proto} {' '.join(m.formats)}")
+        if m.address is not None:
+            lines.append(f"c=IN {_ip_kind(m.address)} {m.address}")
+        lines += [f"a=rtpmap:{pt} {spec}" for pt, spec in m.rtpmap]
+        lines += [f"a=fmtp:{pt} {spec}" for pt, spec in m.fmtp]
+        if m.ptime is not None:
+            lines.append(f"a=ptime:{m.ptime}")
+        if m.port:
+            lines.append(f"a={m.direction}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def make_offer(
+    address: str, port: int, session_id: str, version: int = 1, codecs: tuple[str, ...] = ()
+) -> SessionDescription:
+    """Our offer: one audio stream with PCMU, PCMA and telephone-event."""
+    names = codecs or ("PCMU", "PCMA")
+    formats = (*tuple(str(STATIC[n]) for n in names), str(TELEPHONE_EVENT_PT))
+    rtpmap = tuple((str(STATIC[n]), f"{n}/8000") for n in names)
+    rtpmap += ((str(TELEPHONE_EVENT_PT), "telephone-event/8000"),)
+    media = Media(
+        "audio",
+        port,
+        "RTP/AVP",
+        formats,
+        rtpmap=rtpmap,
+        fmtp=((str(TELEPHONE_EVENT_PT), "0-16"),),
+        ptime=20,
+    )
+    return SessionDescription("cig", session_id, str(version), address, address, (media,))
+
+
+def make_answer(
+    offer: SessionDescription, address: str, port: int, session_id: str, version: int = 1
+) -> SessionDescription | None:
+    """
+    Answer C{offer} with our audio on C{address}:C{port}, or C{None} if no
+    audio stream has a codec in common (the caller answers 488).
+    """
+    chosen = False
+    media: list[Media] = []
+    for m in offer.media:
+        if chosen or m.kind != "audio" or m.port == 0 or m.proto != "RTP/AVP":
+            media.append(Media(m.kind, 0, m.proto, m.formats[:1]))
+            continue
+        codecs = [pt for pt in m.formats if m.encoding(pt) in STATIC]
+        if not codecs:
+            media.append(Media(m.kind, 0, m.proto, m.formats[:1]))
+            continue
+        events = [pt for pt in m.formats if m.encoding(pt) == TELEPHONE_EVENT][:1]
+        formats = (*codecs, *events)
+        chosen = True
+        media.append(
+            Media(
+                "audio",
+                port,
+                "RTP/AVP",
+                tuple(formats),
+                rtpmap=tuple((pt, spec) for pt, spec in _rtpmaps(m) if pt in formats),
+                fmtp=tuple((pt, spec) for pt, spec in m.fmtp if pt in events),
+                direction=_MIRROR.get(m.direction, m.direction),
+                ptime=m.ptime,
+            )
+        )
+    if not chosen:
+        return None
+    return SessionDescription("cig", session_id, str(version), address, address, tuple(media))
+
+
+def _rtpmaps(m: Media) -> list[tuple[str, str]]:
+    """rtpmap lines for every format, filling in the static ones."""
+    given = dict(m.rtpmap)
+    out = []
+    for pt in m.formats:
+        if pt in given:
+            out.append((pt, given[pt]))
+        elif m.encoding(pt) in STATIC:
+            out.append((pt, f"{m.encoding(pt)}/8000"))
+    return out
+
+
+def chosen_codec(sdp: SessionDescription) -> str | None:
+    """The first G.711 codec of the audio stream (what media will carry)."""
+    audio = sdp.audio()
+    if audio is None:
+        return None
+    for pt in audio.formats:
+        name = audio.encoding(pt)
+        if name in STATIC:
+            return name
+    return None

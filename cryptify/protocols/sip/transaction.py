@@ -1,0 +1,453 @@
+"""
+The SIP transaction layer (RFC 3261 section 17, with RFC 6026's
+"Accepted" states), sans-IO: messages come in through
+L{TransactionLayer.receive} with the L{Channel} they arrived on, go out
+through channels, and every timer runs on an injected C{IReactorTime}.
+
+Server transactions (a request we received):
+
+    INVITE:      proceeding --1xx--> proceeding
+                 proceeding --2xx--> accepted  (2xx resent on UDP until the
+                                                ACK, timer L ends it)
+                 proceeding --3xx-6xx--> completed (resent, timer G; H ends)
+                 completed --ACK--> confirmed --timer I--> terminated
+    non-INVITE:  trying --1xx--> proceeding --final--> completed
+                 --timer J--> terminated
+
+    A retransmitted request gets the last response again.
+
+Client transactions (a request we send):
+
+    INVITE:      calling (timer A resends, B times out) --1xx--> proceeding
+                 --2xx--> accepted (timer M; further 2xx go to the user)
+                 --3xx-6xx--> completed (ACK sent, resent on repeats; timer D)
+    non-INVITE:  trying (timer E resends, F times out) --1xx--> proceeding
+                 --final--> completed --timer K--> terminated
+
+On reliable transports (TCP) nothing is resent and the waiting timers
+(D, I, J, K) are zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from .address import parse_name_addr
+from .errors import SipParseError
+from .message import Headers, Request, Response, check_request, check_response
+
+#: RFC 3261 timer values, in seconds.
+T1 = 0.5
+T2 = 4.0
+T4 = 5.0
+MAGIC_COOKIE = "z9hG4bK"
+
+Address = tuple[str, int]
+
+
+class Channel(Protocol):
+    """Where a message came from, and the way back to it."""
+
+    @property
+    def reliable(self) -> bool: ...
+
+    @property
+    def address(self) -> Address: ...
+
+    def send(self, data: bytes) -> None: ...
+
+
+class TransactionUser(Protocol):
+    """What the layer above (a UA core) is told."""
+
+    def request_received(self, transaction: ServerTransaction) -> None:
+        """A new request (not a retransmission, not an ACK)."""
+
+    def ack_received(self, request: Request, channel: Channel) -> None:
+        """An ACK that matches no server transaction (the ACK of a 2xx)."""
+
+    def no_ack(self, transaction: ServerTransaction) -> None:
+        """A 2xx to an INVITE was never acknowledged (timer L)."""
+
+    def bad_message(self, error: SipParseError, channel: Channel) -> None:
+        """A message failed the checks; answer it or drop it."""
+
+
+def _key_branch(branch: str | None) -> bool:
+    return branch is not None and branch.startswith(MAGIC_COOKIE) and len(branch) > 7
+
+
+def server_key(request: Request) -> tuple[str, ...]:
+    """
+    The server transaction a request belongs to (RFC 3261 17.2.3); an ACK
+    belongs to its INVITE's. Without the magic cookie, RFC 2543 matching
+    on Call-ID, CSeq number, From tag and top Via.
+    """
+    via = request.vias[0]
+    method = "INVITE" if request.method == "ACK" else request.method
+    if _key_branch(via.branch):
+        return ("3261", via.branch or "", via.host, str(via.port or ""), method)
+    return (
+        "2543",
+        request.call_id,
+        str(request.cseq.number),
+        request.from_.tag or "",
+        str(via),
+        method,
+    )
+
+
+def client_key(message: Request | Response) -> tuple[str, str]:
+    """The client transaction of a response: top Via branch and CSeq method."""
+    method = message.cseq.method
+    if isinstance(message, Request) and message.method == "ACK":
+        method = "INVITE"
+    return (message.vias[0].branch or "", method)
+
+
+@attrs.define(eq=False)
+class _Timers:
+    clock: IReactorTime
+    calls: dict[str, IDelayedCall] = attrs.field(factory=dict)
+
+    def start(self, name: str, delay: float, fn: Callable[[], Any]) -> None:
+        self.stop(name)
+
+        def fire() -> None:
+            self.calls.pop(name, None)
+            fn()
+
+        self.calls[name] = self.clock.callLater(delay, fire)
+
+    def stop(self, name: str) -> None:
+        call = self.calls.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def stop_all(self) -> None:
+        for name in list(self.calls):
+            self.stop(name)
+
+
+@attrs.define(eq=False)
+class ServerTransaction:
+    """
+    A request we received and the responses we give to it.
+    """
+
+    layer: TransactionLayer
+    request: Request
+    channel: Channel
+    key: tuple[str, ...]
+    state: str = "proceeding"
+    last_response: Response | None = None
+    _timers: _Timers | None = None
+    _interval: float = T1
+
+    def __attrs_post_init__(self) -> None:
+        self._timers = _Timers(self.layer.clock)
+        if self.request.method != "INVITE":
+            self.state = "trying"
+
+    @property
+    def is_invite(self) -> bool:
+        return self.request.method == "INVITE"
+
+    @property
+    def dialog_key(self) -> tuple[str, int]:
+        """Call-ID and CSeq number: how the ACK of a 2xx finds its INVITE."""
+        return (self.request.call_id, self.request.cseq.number)
+
+    def respond(self, response: Response) -> None:
+        """Send C{response}; finals move the transaction on."""
+        if self.state not in ("trying", "proceeding"):
+            return
+        self.last_response = response
+        self._send()
+        timers = self._timers
+        assert timers is not None
+        reliable = self.channel.reliable
+        if response.status < 200:
+            self.state = "proceeding"
+        elif self.is_invite and response.status < 300:
+            self.state = "accepted"
+            self.layer.accepted[self.dialog_key] = self
+            if not reliable:
+                self._interval = T1
+                timers.start("G", T1, self._resend_2xx)
+            timers.start("L", 64 * T1, self._timer_l)
+        elif self.is_invite:
+            self.state = "completed"
+            if not reliable:
+                self._interval = T1
+                timers.start("G", T1, self._resend_final)
+            timers.start("H", 64 * T1, self._terminate)
+        else:
+            self.state = "completed"
+            timers.start("J", 0 if reliable else 64 * T1, self._terminate)
+
+    def _send(self) -> None:
+        if self.last_response is not None:
+            self.channel.send(self.last_response.to_bytes())
+
+    def _resend_final(self) -> None:
+        self._send()
+        self._interval = min(2 * self._interval, T2)
+        assert self._timers is not None
+        self._timers.start("G", self._interval, self._resend_final)
+
+    def _resend_2xx(self) -> None:
+        self._send()
+        self._interval = min(2 * self._interval, T2)
+        assert self._timers is not None
+        self._timers.start("G", self._interval, self._resend_2xx)
+
+    def _timer_l(self) -> None:
+        acked = self.state == "acknowledged"
+        self._terminate()
+        if not acked:
+            self.layer.user.no_ack(self)
+
+    def retransmitted(self) -> None:
+        """The same request came again: answer it as before."""
+        if self.state in ("proceeding", "completed", "accepted"):
+            self._send()
+
+    def ack(self, request: Request) -> bool:
+        """
+        An ACK for this INVITE; C{True} if it acknowledged a non-2xx final
+        (absorbed here), C{False} if the user should see it.
+        """
+        assert self._timers is not None
+        if self.state == "completed":
+            self.state = "confirmed"
+            self._timers.stop("G")
+            self._timers.stop("H")
+            self._timers.start("I", 0 if self.channel.reliable else T4, self._terminate)
+            return True
+        if self.state == "accepted":
+            self.state = "acknowledged"
+            self._timers.stop("G")
+            return False
+        return self.state == "confirmed"
+
+    def _terminate(self) -> None:
+        assert self._timers is not None
+        self._timers.stop_all()
+        if self.state != "terminated":
+            self.state = "terminated"
+            self.layer.forget_server(self)
+
+
+@attrs.define(eq=False)
+class ClientTransaction:
+    """
+    A request we sent, its retransmissions, and what became of it.
+    """
+
+    layer: TransactionLayer
+    request: Request
+    channel: Channel
+    on_response: Callable[[Response], None]
+    on_timeout: Callable[[], None]
+    key: tuple[str, str]
+    state: str = "calling"
+    _ack: bytes | None = None
+    _timers: _Timers | None = None
+    _interval: float = T1
+
+    def __attrs_post_init__(self) -> None:
+        self._timers = _Timers(self.layer.clock)
+        if self.request.method != "INVITE":
+            self.state = "trying"
+
+    @property
+    def is_invite(self) -> bool:
+        return self.request.method == "INVITE"
+
+    def start(self) -> None:
+        assert self._timers is not None
+        self.channel.send(self.request.to_bytes())
+        if not self.channel.reliable:
+            self._timers.start("A", T1, self._resend)
+        self._timers.start("B", 64 * T1, self._timed_out)
+
+    def _resend(self) -> None:
+        assert self._timers is not None
+        if self.state not in ("calling", "trying", "proceeding"):
+            return
+        self.channel.send(self.request.to_bytes())
+        if self.is_invite:
+            self._interval = 2 * self._interval
+        else:
+            self._interval = T2 if self.state == "proceeding" else min(2 * self._interval, T2)
+        self._timers.start("A", self._interval, self._resend)
+
+    def _timed_out(self) -> None:
+        self._terminate()
+        self.on_timeout()
+
+    def received(self, response: Response) -> None:
+        """A response matching this transaction."""
+        assert self._timers is not None
+        timers = self._timers
+        status = response.status
+        if self.state in ("completed", "terminated"):
+            if self._ack is not None and status >= 300:
+                self.channel.send(self._ack)
+            return
+        if self.state == "accepted":
+            if 200 <= status < 300:
+                self.on_response(response)
+            return
+        if status < 200:
+            if self.is_invite:
+                timers.stop("A")
+                timers.stop("B")
+            self.state = "proceeding"
+            self.on_response(response)
+            return
+        timers.stop("A")
+        timers.stop("B")
+        reliable = self.channel.reliable
+        if self.is_invite and status < 300:
+            self.state = "accepted"
+            timers.start("M", 64 * T1, self._terminate)
+        elif self.is_invite:
+            self.state = "completed"
+            self._ack = ack_for(self.request, response).to_bytes()
+            self.channel.send(self._ack)
+            timers.start("D", 0 if reliable else 32.0, self._terminate)
+        else:
+            self.state = "completed"
+            timers.start("K", 0 if reliable else T4, self._terminate)
+        self.on_response(response)
+
+    def _terminate(self) -> None:
+        assert self._timers is not None
+        self._timers.stop_all()
+        if self.state != "terminated":
+            self.state = "terminated"
+            self.layer.forget_client(self)
+
+
+def ack_for(invite: Request, response: Response) -> Request:
+    """
+    The ACK of a non-2xx final response (RFC 3261 17.1.1.3): the INVITE's
+    URI, top Via, From, Call-ID, CSeq number and Route, the response's To.
+    """
+    headers = Headers()
+    headers = headers.add("Via", invite.headers.values("Via")[0])
+    for name in ("Max-Forwards", "From"):
+        value = invite.headers.get(name)
+        if value is not None:
+            headers = headers.add(name, value)
+    headers = headers.add("To", response.headers.get("To") or "")
+    headers = headers.add("Call-ID", invite.call_id)
+    headers = headers.add("CSeq", f"{invite.cseq.number} ACK")
+    for route in invite.headers.get_all("Route"):
+        headers = headers.add("Route", route)
+    return Request("ACK", invite.uri, headers)
+
+
+@attrs.define(eq=False)
+class TransactionLayer:
+    """
+    Matches messages to transactions, creates server transactions for new
+    requests, and starts client transactions.
+    """
+
+    clock: IReactorTime
+    user: TransactionUser
+    servers: dict[tuple[str, ...], ServerTransaction] = attrs.field(factory=dict)
+    clients: dict[tuple[str, str], ClientTransaction] = attrs.field(factory=dict)
+    accepted: dict[tuple[str, int], ServerTransaction] = attrs.field(factory=dict)
+
+    def receive(self, message: Request | Response, channel: Channel) -> None:
+        """A parsed message from C{channel}."""
+        if isinstance(message, Response):
+            try:
+                check_response(message)
+                ckey = client_key(message)
+            except SipParseError:
+                return  # a response we cannot match is dropped
+            client = self.clients.get(ckey)
+            if client is not None:
+                client.received(message)
+            return
+        try:
+            check_request(message)
+            key = server_key(message)
+        except SipParseError as exc:
+            if message.method != "ACK":
+                self.user.bad_message(exc, channel)
+            return
+        server = self.servers.get(key)
+        if message.method == "ACK":
+            if server is None:
+                server = self.accepted.get((message.call_id, message.cseq.number))
+            if server is None or not server.ack(message):
+                self.user.ack_received(message, channel)
+            return
+        if server is not None:
+            server.retransmitted()
+            return
+        server = ServerTransaction(self, message, channel, key)
+        self.servers[key] = server
+        self.user.request_received(server)
+
+    def invite_for(self, cancel: Request) -> ServerTransaction | None:
+        """The INVITE server transaction a CANCEL is for (17.2.3)."""
+        try:
+            key = server_key(Request("INVITE", cancel.uri, cancel.headers))
+        except SipParseError:
+            return None
+        return self.servers.get(key)
+
+    def request(
+        self,
+        request: Request,
+        channel: Channel,
+        on_response: Callable[[Response], None],
+        on_timeout: Callable[[], None],
+    ) -> ClientTransaction:
+        """
+        Send C{request} (its top Via carries a fresh branch) in a new
+        client transaction.
+        """
+        key = client_key(request)
+        client = ClientTransaction(self, request, channel, on_response, on_timeout, key)
+        self.clients[key] = client
+        client.start()
+        return client
+
+    def forget_server(self, transaction: ServerTransaction) -> None:
+        if self.servers.get(transaction.key) is transaction:
+            del self.servers[transaction.key]
+        if self.accepted.get(transaction.dialog_key) is transaction:
+            del self.accepted[transaction.dialog_key]
+
+    def forget_client(self, transaction: ClientTransaction) -> None:
+        if self.clients.get(transaction.key) is transaction:
+            del self.clients[transaction.key]
+
+    def stop(self) -> None:
+        """End every transaction and cancel every timer (at shutdown)."""
+        for server in list(self.servers.values()):
+            server._terminate()
+        for client in list(self.clients.values()):
+            client._terminate()
+
+
+def tag_of(value: str | None) -> str | None:
+    """The tag of a From/To value, or C{None} if absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        return parse_name_addr(value).tag
+    except SipParseError:
+        return None

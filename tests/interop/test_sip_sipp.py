@@ -1,0 +1,694 @@
+"""
+The CIG's SIP interface against real peers: sipp (Debian C{sip-tester})
+placing calls into a running C{twistd cig}, and raw UDP sockets sending
+malformed SIP. The tel side is the built-in stub (C{--tel-stub}).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from typing import Any
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from cryptify.protocols.sip.message import Response, parse_datagram
+from tests.interop._procs import (
+    Twistd,
+    free_port,
+    run_cli,
+    short_tempdir,
+    tcp_answers,
+    wait_for,
+)
+
+TORTURE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
+    "shared",
+    "sip-torture",
+    "rfc4475",
+)
+
+CONF = """
+map sip2tel {{
+    entry nine
+        sip "sip:9{{n}}@{{host}}"
+        tel "tel:+{{n}}";
+}}
+map telsrc {{
+    entry all
+        sip "sip:{{user}}@{{host}}"
+        tel "tel:+8888;{{user}}";
+}}
+interfaces {{
+    tel {{
+        source map telsrc;
+    }}
+    sip {{
+        extension map sip2tel;
+        bind 127.0.0.1 {sip_port};
+        rtp_port_range 30000 30100;
+        messaging true;
+    }}
+}}
+crs {{
+    address 192.0.2.10 5223;
+    keystore "{d}/userdata";
+}}
+relay {{
+    control "{d}/relay.sock";
+}}
+management {{
+    bind 127.0.0.1 {mgmt_port};
+    cookie "{d}/mgmt.cookie";
+    socket "{d}/cig.sock";
+}}
+logging {{
+    dir "{d}/log";
+}}
+"""
+
+INVITE_MSG = """
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: sip:sipp@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+"""
+
+
+def failure_ack(branch: str) -> str:
+    return f"""
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch={branch}
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+"""
+
+
+#: INVITE answered 404 by route; the ACK reuses the INVITE's branch.
+REJECTED = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="rejected by route">
+  <send retrans="500"><![CDATA[{INVITE_MSG}]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="404"/>
+  <send><![CDATA[{failure_ack("[branch-3]")}]]></send>
+</scenario>
+"""
+
+#: INVITE left ringing, then CANCEL: 200 for the CANCEL, 487 for the INVITE.
+CANCELLED = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="cancelled while ringing">
+  <send retrans="500"><![CDATA[{INVITE_MSG}]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180"/>
+  <send><![CDATA[
+      CANCEL sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 CANCEL
+      Max-Forwards: 70
+      Content-Length: 0
+]]></send>
+  <recv response="200"/>
+  <recv response="487"/>
+  <send><![CDATA[{failure_ack("[branch-6]")}]]></send>
+</scenario>
+"""
+
+#: INVITE answered, then the CIG hangs up: sipp expects the BYE.
+BYE_FROM_CIG = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="BYE from the CIG">
+  <send retrans="500"><![CDATA[{INVITE_MSG}]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200"/>
+  <send><![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+]]></send>
+  <recv request="BYE"/>
+  <send><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+]]></send>
+</scenario>
+"""
+
+OPTIONS = (
+    "OPTIONS sip:cig@127.0.0.1 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{branch}\r\n"
+    "From: <sip:probe@127.0.0.1>;tag=p\r\nTo: <sip:cig@127.0.0.1>\r\n"
+    "Call-ID: {branch}@probe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+
+
+class SipUdpClient:
+    """A raw UDP socket on loopback for hand-made SIP."""
+
+    def __init__(self, case: SynchronousTestCase, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        case.addCleanup(self.sock.close)
+        self.count = 0
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendto(data, self.target)
+
+    def replies(self, wait: float = 0.3) -> list[bytes]:
+        out = []
+        self.sock.settimeout(wait)
+        while True:
+            try:
+                data, _ = self.sock.recvfrom(65535)
+            except TimeoutError:
+                return out
+            out.append(data)
+            self.sock.settimeout(0.05)
+
+    def options(self) -> int | None:
+        """Send OPTIONS; the status of the answer, if one comes."""
+        self.count += 1
+        self.send(
+            OPTIONS.format(port=self.port, branch=f"opt{self.count}{time.time_ns()}").encode()
+        )
+        for data in self.replies(1.0):
+            message = parse_datagram(data)
+            if isinstance(message, Response) and message.cseq.method == "OPTIONS":
+                return message.status
+        return None
+
+
+class SippCase(SynchronousTestCase):
+    tel_stub = "answer"
+
+    def setUp(self) -> None:
+        self.sipp = shutil.which("sipp")
+        if self.sipp is None:
+            raise SkipTest("sipp (Debian sip-tester) is not installed")
+        self.dir = short_tempdir(self)
+        self.sip_port = free_port(socket.SOCK_DGRAM)
+        self.mgmt_port = free_port()
+        self.conf = os.path.join(self.dir, "cig.conf")
+        with open(self.conf, "w") as f:
+            f.write(CONF.format(d=self.dir, sip_port=self.sip_port, mgmt_port=self.mgmt_port))
+        self.cig = Twistd(
+            self.dir, "cig", "--config", self.conf, "--notify", "", "--tel-stub", self.tel_stub
+        )
+        self.addCleanup(self.cig.stop)
+        wait_for(lambda: tcp_answers(self.mgmt_port), "CIG management port")
+        self.client = SipUdpClient(self, self.sip_port)
+        wait_for(lambda: self.client.options() == 200, "CIG answering OPTIONS")
+
+    def run_sipp(
+        self, *args: str, scenario: str | None = None, wait: bool = True
+    ) -> subprocess.Popen[bytes]:
+        argv = [self.sipp or "sipp"]
+        if scenario is not None:
+            path = os.path.join(self.dir, f"scenario{time.time_ns()}.xml")
+            with open(path, "w") as f:
+                f.write(scenario)
+            argv += ["-sf", path]
+        else:
+            argv += ["-sn", "uac"]
+        argv += [
+            f"127.0.0.1:{self.sip_port}",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(free_port(socket.SOCK_DGRAM)),
+            "-mp",
+            str(free_port(socket.SOCK_DGRAM)),
+            "-nostdin",
+            "-timeout",
+            "30",
+            "-timeout_error",
+            *args,
+        ]
+        proc = subprocess.Popen(argv, cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        if wait:
+            self.finish(proc)
+        return proc
+
+    def finish(self, proc: subprocess.Popen[bytes]) -> None:
+        out, err = proc.communicate(timeout=60)
+        self.assertEqual(
+            proc.returncode,
+            0,
+            f"sipp failed:\n{err.decode(errors='replace')}\n{out.decode(errors='replace')[-3000:]}"
+            f"\nCIG log:\n{self.cig.output()[-3000:]}",
+        )
+
+    def show_call(self) -> str:
+        status, out, err = run_cli(
+            "cig-cli",
+            "--address",
+            f"127.0.0.1:{self.mgmt_port}",
+            "--cookie",
+            os.path.join(self.dir, "mgmt.cookie"),
+            "show",
+            "call",
+        )
+        self.assertEqual(status, 0, err)
+        return out
+
+    def session_log(self) -> str:
+        try:
+            with open(os.path.join(self.dir, "log", "session.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+
+class AnsweredCallTests(SippCase):
+    """
+    sipp's built-in UAC scenario against the CIG with a tel side that
+    answers at once.
+    """
+
+    def test_routed_and_answered(self) -> None:
+        """
+        A call to 94670123456 is routed to tel:+4670123456 from
+        tel:+8888;sipp and answered; while it lasts C{show call} lists it
+        as ANSWER; sipp's BYE ends it (HANGUP); session.log has every state.
+        """
+        proc = self.run_sipp("-s", "94670123456", "-m", "1", "-d", "3000", wait=False)
+        wait_for(lambda: "ANSWER" in self.show_call(), "the call in show call")
+        row = next(line for line in self.show_call().splitlines() if "ANSWER" in line)
+        self.assertEqual(
+            row.split()[:4],
+            [
+                f"sip:sipp@127.0.0.1:{row.split()[0].rsplit(':', 1)[-1]}",
+                f"sip:94670123456@127.0.0.1:{self.sip_port}",
+                "tel:+8888;sipp",
+                "tel:+4670123456",
+            ],
+        )
+        self.finish(proc)
+        wait_for(lambda: "HANGUP" in self.show_call(), "HANGUP in show call")
+        states = [line.split(", ")[6] for line in self.session_log().splitlines()]
+        self.assertEqual(states, ["routing", "routed", "trying", "ringing", "talk", "hangup"])
+
+    def test_several_calls(self) -> None:
+        """
+        Twenty calls at 10 per second all succeed.
+        """
+        self.run_sipp("-s", "9123", "-m", "20", "-r", "10", "-d", "100")
+
+    def test_rejected_by_route(self) -> None:
+        """
+        A number no extension map takes (no leading 9) gets 404, and is
+        listed as REJECT; session.log says routing, failed.
+        """
+        self.run_sipp("-s", "4670123456", "-m", "1", scenario=REJECTED)
+        self.assertIn("REJECT", self.show_call())
+        states = [line.split(", ")[6] for line in self.session_log().splitlines()]
+        self.assertEqual(states, ["routing", "failed"])
+
+
+class CancelledCallTests(SippCase):
+    """
+    A tel side that only rings: sipp cancels.
+    """
+
+    tel_stub = "ring"
+
+    def test_cancel_while_ringing(self) -> None:
+        """
+        CANCEL while ringing: 200 to the CANCEL, 487 to the INVITE, the
+        call listed as HANGUP.
+        """
+        self.run_sipp("-s", "94670123456", "-m", "1", scenario=CANCELLED)
+        self.assertIn("HANGUP", self.show_call())
+
+
+#: The answer each hand-made malformed request gets (None: silence, as for
+#: what cannot be answered: no Via, too large to read, not text).
+EXPECTED = {
+    "truncated": 400,
+    "no blank line": 400,
+    "oversized": 513,
+    "oversized header": None,
+    "many headers": None,
+    "duplicate Call-ID": 400,
+    "duplicate CSeq": 400,
+    "missing Via": None,
+    "missing From": 400,
+    "missing CSeq": 400,
+    "wrong Content-Length": 400,
+    "negative Content-Length": 400,
+    "bad Request-URI": 400,
+    "unknown scheme": 416,
+    "bad To": 400,
+    "unknown method": 501,
+    "bad version": 505,
+    "binary": None,
+    "empty": None,
+}
+
+
+def malformed(port: int) -> list[tuple[str, bytes]]:
+    """Hand-made malformed requests: (name, datagram)."""
+    good = (
+        "INVITE sip:94670123456@127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{{b}}\r\n"
+        "From: <sip:x@127.0.0.1>;tag=m\r\nTo: <sip:94670123456@127.0.0.1>\r\n"
+        "Call-ID: {b}@mal\r\nCSeq: 1 INVITE\r\nContact: <sip:x@127.0.0.1>\r\n"
+        "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    cases = {
+        "truncated": good[:90],
+        "no blank line": good[: good.index("Content-Length")],
+        "oversized": good.replace("Content-Length: 0", "Content-Length: 40000") + "a" * 40000,
+        "oversized header": good.replace(
+            "Max-Forwards", "X-Pad: " + "a" * 40000 + "\r\nMax-Forwards"
+        ),
+        "many headers": good.replace("Max-Forwards", "X-A: 1\r\n" * 500 + "Max-Forwards"),
+        "duplicate Call-ID": good.replace("Max-Forwards", "Call-ID: other\r\nMax-Forwards"),
+        "duplicate CSeq": good.replace("Max-Forwards", "CSeq: 2 INVITE\r\nMax-Forwards"),
+        "missing Via": good.replace(
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{{b}}\r\n", ""
+        ),
+        "missing From": good.replace("From: <sip:x@127.0.0.1>;tag=m\r\n", ""),
+        "missing CSeq": good.replace("CSeq: 1 INVITE\r\n", ""),
+        "wrong Content-Length": good.replace("Content-Length: 0", "Content-Length: 500"),
+        "negative Content-Length": good.replace("Content-Length: 0", "Content-Length: -1"),
+        "bad Request-URI": good.replace("INVITE sip:94670123456@127.0.0.1", "INVITE sip:<>@@"),
+        "unknown scheme": good.replace("INVITE sip:", "INVITE xyz:"),
+        "bad To": good.replace("To: <sip:94670123456@127.0.0.1>", "To: <sip:94670123456"),
+        "unknown method": good.replace("INVITE sip", "FROBNICATE sip").replace(
+            "1 INVITE", "1 FROBNICATE"
+        ),
+        "bad version": good.replace("SIP/2.0\r\n", "SIP/3.0\r\n", 1),
+        "binary": "\x00\x01\x02\xff garbage",
+        "empty": "",
+    }
+    out = []
+    for i, (name, text) in enumerate(cases.items()):
+        data = text.replace("{b}", f"mal{i}").encode("latin-1")
+        out.append((name, data))
+    return out
+
+
+class MalformedTests(SippCase):
+    """
+    Malformed SIP over raw UDP: a 4xx/5xx or silence, never a crash, and
+    a call in progress carries on.
+    """
+
+    def check_answers(self, name: str, replies: list[bytes]) -> None:
+        for data in replies:
+            message = parse_datagram(data)
+            self.assertIsInstance(message, Response, name)
+            assert isinstance(message, Response)
+            if message.status in (100, 200) and name in ("torture", "flood"):
+                continue
+            self.assertGreaterEqual(message.status, 400, f"{name}: {message.status}")
+
+    def test_malformed_suite(self) -> None:
+        """
+        Hand-made malformed requests, every RFC 4475 torture message and a
+        flood of INVITEs, sent while a sipp call is up: the answers are
+        errors (or nothing), OPTIONS is still answered, and the sipp call
+        completes with its BYE.
+        """
+        call = self.run_sipp("-s", "94670123456", "-m", "1", "-d", "4000", wait=False)
+        wait_for(lambda: "ANSWER" in self.show_call(), "the call in show call")
+        for name, data in malformed(self.client.port):
+            self.client.send(data)
+            replies = self.client.replies(0.2)
+            self.check_answers(name, replies)
+            statuses = [m.status for m in map(parse_datagram, replies) if isinstance(m, Response)]
+            expected = EXPECTED[name]
+            self.assertEqual(statuses, [expected] if expected else [], name)
+        if os.path.isdir(TORTURE):
+            for name in sorted(os.listdir(TORTURE)):
+                with open(os.path.join(TORTURE, name), "rb") as f:
+                    self.client.send(f.read())
+            self.client.replies(0.5)
+        for i in range(300):
+            self.client.send(
+                malformed(self.client.port)[0][1].replace(b"mal0", f"flood{i}".encode())
+            )
+            self.client.send(
+                (
+                    "INVITE sip:94670123456@127.0.0.1 SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP 127.0.0.1:{self.client.port};branch=z9hG4bKfl{i}\r\n"
+                    f"From: <sip:x@127.0.0.1>;tag=m\r\nTo: <sip:4@127.0.0.1>\r\n"
+                    f"Call-ID: flood{i}\r\nCSeq: 1 INVITE\r\nContact: <sip:x@127.0.0.1>\r\n"
+                    "Content-Length: 0\r\n\r\n"
+                ).encode()
+            )
+        self.client.replies(1.0)
+        self.assertEqual(self.client.options(), 200)
+        self.finish(call)
+        self.assertIsNone(self.cig.proc.poll(), "the CIG exited")
+        self.assertNotIn("Traceback", self.cig.output())
+
+    def test_torture_answers(self) -> None:
+        """
+        Each RFC 4475 message (read from the shared directory) sent alone
+        gets an answer that is a provisional, a 200, an error, or nothing.
+        """
+        if not os.path.isdir(TORTURE):
+            raise SkipTest(f"RFC 4475 torture messages not found at {TORTURE}")
+        for name in sorted(os.listdir(TORTURE)):
+            with open(os.path.join(TORTURE, name), "rb") as f:
+                self.client.send(f.read())
+            for data in self.client.replies(0.15):
+                message = parse_datagram(data)
+                self.assertIsInstance(message, Response, name)
+        self.assertEqual(self.client.options(), 200)
+
+
+class UasLeg:
+    """A tel-side leg for a call the CIG places; fires when it ends up answered."""
+
+    def __init__(self) -> None:
+        from twisted.internet import defer
+
+        self.events: list[str] = []
+        self.answered_d: defer.Deferred[None] = defer.Deferred()
+
+    def trying(self) -> None:
+        self.events.append("trying")
+
+    def ringing(self) -> None:
+        self.events.append("ringing")
+
+    def answered(self) -> None:
+        self.events.append("answered")
+        self.answered_d.callback(None)
+
+    def rejected(self, status: int = 480) -> None:
+        self.events.append(f"rejected {status}")
+        self.answered_d.errback(AssertionError(f"call rejected with {status}"))
+
+    def hung_up(self) -> None:
+        self.events.append("hung up")
+
+
+class InProcessSifTests(TestCase):
+    """
+    The SIF in this process on the real reactor, the tel side driven by
+    the test: sipp's built-in UAS answering a call the CIG places, and a
+    sipp UAC that expects the CIG's BYE.
+    """
+
+    timeout = 60
+
+    async def test_call_answered_and_hung_up(self) -> None:
+        """
+        The CIG's INVITE (PCMU/PCMA/telephone-event offer) is answered by
+        sipp; the leg hears ringing and answered; the tel side's hang-up
+        sends BYE, which sipp answers, ending its scenario successfully.
+        """
+        from twisted.internet import reactor, task
+
+        from cryptify.cig.calls import Call, CallTable
+        from cryptify.cig.sif import Sif
+        from cryptify.config import CigConfig, SipInterface
+        from cryptify.protocols.sip.transport import SipDatagramProtocol, UdpChannel
+
+        sipp = shutil.which("sipp")
+        if sipp is None:
+            raise SkipTest("sipp (Debian sip-tester) is not installed")
+        workdir = short_tempdir(self)
+        uas_port = free_port(socket.SOCK_DGRAM)
+        proc = subprocess.Popen(
+            [
+                sipp,
+                "-sn",
+                "uas",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(uas_port),
+                "-m",
+                "1",
+                "-mp",
+                str(free_port(socket.SOCK_DGRAM)),
+                "-nostdin",
+                "-timeout",
+                "30",
+                "-timeout_error",
+            ],
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        cfg = CigConfig()
+        sip_port = free_port(socket.SOCK_DGRAM)
+        cfg = attrs_evolve_sip(cfg, SipInterface(bind="127.0.0.1", port=sip_port))
+        calls = CallTable(reactor)  # type: ignore[arg-type]
+        sif = Sif(cfg, reactor, None, calls)  # type: ignore[arg-type]
+        port = reactor.listenUDP(sip_port, SipDatagramProtocol(sif), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        self.addCleanup(sif.stop)
+        sif.channel_to = lambda address: UdpChannel(port, address)
+        await task.deferLater(reactor, 0.5, lambda: None)  # type: ignore[arg-type]
+        leg = UasLeg()
+        call = Call(
+            "tel:+4670123456",
+            "tel:+8888;101",
+            "sip:4670123456@secure.com",
+            f"sip:service@127.0.0.1:{uas_port}",
+        )
+        self.assertIsNotNone(sif.place_call(call, leg))
+        await leg.answered_d
+        self.assertEqual(leg.events, ["ringing", "answered"])
+        self.assertEqual(calls.rows()[0][4], "ANSWER")
+        sif.hang_up(call)
+        for _ in range(200):
+            if proc.poll() is not None:
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)  # type: ignore[arg-type]
+        out, err = proc.communicate(timeout=10)
+        self.assertEqual(
+            proc.returncode, 0, err.decode(errors="replace") + out.decode(errors="replace")[-2000:]
+        )
+        self.assertEqual(calls.rows()[0][4], "HANGUP")
+
+    async def test_bye_from_cig(self) -> None:
+        """
+        sipp calls in, the tel side answers, then hangs up: the CIG sends
+        BYE in the dialog and sipp (expecting it) ends successfully.
+        """
+        from twisted.internet import reactor, task
+
+        from cryptify.cig.calls import CallTable, StubTelSide
+        from cryptify.cig.sif import Sif
+        from cryptify.config import parse_cig_config
+        from cryptify.protocols.sip.transport import SipDatagramProtocol
+
+        sipp = shutil.which("sipp")
+        if sipp is None:
+            raise SkipTest("sipp (Debian sip-tester) is not installed")
+        workdir = short_tempdir(self)
+        sip_port = free_port(socket.SOCK_DGRAM)
+        cfg = parse_cig_config(
+            CONF.format(d=workdir, sip_port=sip_port, mgmt_port=1).split("crs {")[0]
+        )
+        cfg = attrs_evolve_sip(cfg, attrs_evolve(cfg.sip, bind="127.0.0.1", port=sip_port))
+        tel = StubTelSide("answer")
+        calls = CallTable(reactor)  # type: ignore[arg-type]
+        sif = Sif(cfg, reactor, tel, calls)  # type: ignore[arg-type]
+        port = reactor.listenUDP(sip_port, SipDatagramProtocol(sif), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        self.addCleanup(sif.stop)
+        scenario = os.path.join(workdir, "bye.xml")
+        with open(scenario, "w") as f:
+            f.write(BYE_FROM_CIG)
+        proc = subprocess.Popen(
+            [
+                sipp,
+                "-sf",
+                scenario,
+                f"127.0.0.1:{sip_port}",
+                "-s",
+                "94670123456",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(free_port(socket.SOCK_DGRAM)),
+                "-m",
+                "1",
+                "-mp",
+                str(free_port(socket.SOCK_DGRAM)),
+                "-nostdin",
+                "-timeout",
+                "30",
+                "-timeout_error",
+            ],
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        for _ in range(100):
+            if calls.rows() and calls.rows()[0][4] == "ANSWER":
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)  # type: ignore[arg-type]
+        self.assertEqual(calls.rows()[0][4], "ANSWER")
+        await task.deferLater(reactor, 0.3, lambda: None)  # type: ignore[arg-type]
+        _, leg = tel.legs[0]
+        leg.hung_up()
+        for _ in range(200):
+            if proc.poll() is not None:
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)  # type: ignore[arg-type]
+        out, err = proc.communicate(timeout=10)
+        self.assertEqual(
+            proc.returncode, 0, err.decode(errors="replace") + out.decode(errors="replace")[-2000:]
+        )
+        self.assertEqual(calls.rows()[0][4], "HANGUP")
+
+
+def attrs_evolve(obj: Any, **changes: Any) -> Any:
+    import attrs
+
+    return attrs.evolve(obj, **changes)
+
+
+def attrs_evolve_sip(cfg: Any, sip: Any) -> Any:
+    import attrs
+
+    return attrs.evolve(cfg, interfaces=attrs.evolve(cfg.interfaces, sip=sip))

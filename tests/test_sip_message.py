@@ -1,0 +1,456 @@
+"""
+Tests for L{cryptify.protocols.sip.message} and L{cryptify.protocols.sip.address}:
+SIP syntax, the RFC 4475 torture messages, and fuzzing.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from cryptify.protocols.sip.address import (
+    parse_cseq,
+    parse_name_addr,
+    parse_uri,
+    parse_via,
+)
+from cryptify.protocols.sip.errors import SipParseError
+from cryptify.protocols.sip.message import (
+    MAX_MESSAGE_BYTES,
+    Headers,
+    Request,
+    Response,
+    StreamParser,
+    check_request,
+    check_response,
+    parse_datagram,
+    response_to,
+)
+
+TORTURE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "shared",
+    "sip-torture",
+    "rfc4475",
+)
+
+#: RFC 4475 messages a UAS must accept (3.1.1, and those of 3.2-3.4 whose
+#: syntax is fine; their semantics are for the application).
+VALID = [
+    "wsinv",
+    "intmeth",
+    "esc01",
+    "escnull",
+    "esc02",
+    "lwsdisp",
+    "longreq",
+    "dblreq",
+    "semiuri",
+    "transports",
+    "mpart01",
+    "unreason",
+    "noreason",
+    "badbranch",
+    "bext01",
+    "invut",
+    "regaut01",
+    "unksm2",
+    "bcast",
+    "zeromf",
+    "cparam01",
+    "cparam02",
+    "regescrt",
+    "sdp01",
+    "inv2543",
+    "baddate",
+]
+#: RFC 4475 messages that must be refused, with the status to answer.
+INVALID = {
+    "badinv01": 400,
+    "clerr": 400,
+    "scalar02": 400,
+    "scalarlg": 400,
+    "quotbal": 400,
+    "ltgtruri": 400,
+    "lwsruri": 400,
+    "lwsstart": 400,
+    "trws": 400,
+    "escruri": 400,
+    "badaspec": 400,
+    "baddn": 400,
+    "badvers": 505,
+    "mismatch01": 400,
+    "mismatch02": 400,
+    "bigcode": 400,
+    "insuf": 400,
+    "multi01": 400,
+    "mcl01": 400,
+    "ncl": 400,
+    "unkscm": 416,
+    "novelsc": 416,
+}
+
+
+def torture(name: str) -> bytes:
+    path = os.path.join(TORTURE, name + ".dat")
+    if not os.path.isdir(TORTURE):
+        raise SkipTest(f"RFC 4475 torture messages not found at {TORTURE}")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def parse_and_check(data: bytes) -> Request | Response | None:
+    message = parse_datagram(data)
+    if isinstance(message, Request):
+        check_request(message)
+    elif isinstance(message, Response):
+        check_response(message)
+    return message
+
+
+class TortureTests(SynchronousTestCase):
+    """
+    The RFC 4475 torture messages, read from the shared directory.
+    """
+
+    def test_valid_messages(self) -> None:
+        """
+        Every message RFC 4475 calls valid parses and passes the checks.
+        """
+        for name in VALID:
+            with self.subTest(name=name):
+                self.assertIsNotNone(parse_and_check(torture(name)), name)
+
+    def test_invalid_messages(self) -> None:
+        """
+        Every invalid one raises L{SipParseError} with the right status; a
+        request that can be answered carries its headers for the answer.
+        """
+        for name, status in INVALID.items():
+            with self.subTest(name=name):
+                with self.assertRaises(SipParseError) as caught:
+                    parse_and_check(torture(name))
+                self.assertEqual(caught.exception.status, status, name)
+        for name in ("clerr", "mcl01", "ncl", "badvers", "insuf", "multi01"):
+            with self.assertRaises(SipParseError) as caught:
+                parse_and_check(torture(name))
+            self.assertIsNotNone(caught.exception.headers, name)
+
+    def test_every_file_only_parse_errors(self) -> None:
+        """
+        No torture message makes the parser raise anything else.
+        """
+        torture("wsinv")
+        for name in sorted(os.listdir(TORTURE)):
+            with open(os.path.join(TORTURE, name), "rb") as f:
+                try:
+                    parse_and_check(f.read())
+                except SipParseError:
+                    pass
+
+    def test_wsinv_values(self) -> None:
+        """
+        The white-space torture INVITE reads as RFC 4475 says: folded and
+        compact headers, quoted display names, two Vias on one line.
+        """
+        message = parse_datagram(torture("wsinv"))
+        assert isinstance(message, Request)
+        self.assertEqual(message.method, "INVITE")
+        self.assertEqual(message.to.tag, "1918181833n")
+        self.assertEqual(message.from_.tag, "98asjd8")
+        self.assertEqual(message.from_.uri, "sip:jdrosen@example.com")
+        self.assertEqual(message.cseq.number, 9)
+        self.assertEqual(message.cseq.method, "INVITE")
+        vias = message.vias
+        self.assertEqual(
+            [(v.transport, v.host) for v in vias][:2],
+            [("UDP", "192.0.2.2")] * 1 + [("TCP", "spindle.example.com")],
+        )
+        self.assertEqual(vias[2].branch, "z9hG4bK30239")
+        self.assertEqual(message.headers.get("Subject"), "")
+        self.assertEqual(
+            message.headers.get("NewFangledHeader"),
+            "newfangled value continued newfangled value",
+        )
+        self.assertEqual(len(message.body), 150)
+
+    def test_escaped_method(self) -> None:
+        """
+        C{esc02}: a method with escapes is only a token; it is kept verbatim.
+        """
+        message = parse_datagram(torture("esc02"))
+        assert isinstance(message, Request)
+        self.assertEqual(message.method, "RE%47IST%45R")
+
+
+BASIC = (
+    b"OPTIONS sip:cig@example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa1\r\n"
+    b"From: <sip:pbx@example.com>;tag=1\r\n"
+    b"To: <sip:cig@example.com>\r\n"
+    b"Call-ID: abc@192.0.2.1\r\n"
+    b"CSeq: 1 OPTIONS\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+class SyntaxTests(SynchronousTestCase):
+    """
+    Message syntax: headers, bodies, limits and serialization.
+    """
+
+    def test_compact_names(self) -> None:
+        """
+        Compact names are read as their long forms.
+        """
+        data = (
+            b"MESSAGE sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bKx\r\n"
+            b"f: <sip:c@d>;tag=2\r\nt: sip:a@b\r\ni: id1\r\nCSeq: 2 MESSAGE\r\n"
+            b"c: text/plain\r\nl: 2\r\nk: 100rel\r\nm: <sip:c@h>\r\n\r\nhi"
+        )
+        message = parse_datagram(data)
+        assert isinstance(message, Request)
+        check_request(message)
+        self.assertEqual(
+            [n for n, _ in message.headers],
+            [
+                "Via",
+                "From",
+                "To",
+                "Call-ID",
+                "CSeq",
+                "Content-Type",
+                "Content-Length",
+                "Supported",
+                "Contact",
+            ],
+        )
+        self.assertEqual(message.body, b"hi")
+
+    def test_multiple_values(self) -> None:
+        """
+        List headers split on commas outside quotes and brackets, over
+        several lines.
+        """
+        headers = Headers(
+            (
+                ("Via", "SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/TCP b"),
+                ("Via", "SIP/2.0/UDP c"),
+                ("Contact", '"x, y" <sip:a@b;p=1,2>, <sip:c@d>'),
+                ("Subject", "a, b"),
+            )
+        )
+        self.assertEqual(len(headers.values("via")), 3)
+        self.assertEqual(headers.values("m"), ['"x, y" <sip:a@b;p=1,2>', "<sip:c@d>"])
+        self.assertEqual(headers.values("Subject"), ["a, b"])
+
+    def test_extra_body_dropped(self) -> None:
+        """
+        On UDP, octets past Content-Length are dropped.
+        """
+        message = parse_datagram(BASIC + b"garbage")
+        assert message is not None
+        self.assertEqual(message.body, b"")
+
+    def test_missing_content_length(self) -> None:
+        """
+        On UDP, no Content-Length means the rest of the datagram.
+        """
+        data = BASIC.replace(b"Content-Length: 0\r\n", b"") + b"body"
+        message = parse_datagram(data)
+        assert message is not None
+        self.assertEqual(message.body, b"body")
+
+    def test_keepalive(self) -> None:
+        """
+        A datagram of CRLFs is a keep-alive, not a message; leading CRLFs
+        before a message are skipped.
+        """
+        self.assertIsNone(parse_datagram(b"\r\n\r\n"))
+        self.assertIsNotNone(parse_datagram(b"\r\n" + BASIC))
+
+    def test_too_large(self) -> None:
+        """
+        A message over the size limit is refused with 513.
+        """
+        data = BASIC + b"x" * MAX_MESSAGE_BYTES
+        with self.assertRaises(SipParseError) as caught:
+            parse_datagram(data)
+        self.assertEqual(caught.exception.status, 513)
+
+    def test_too_many_headers(self) -> None:
+        """
+        Hundreds of header lines are refused.
+        """
+        data = BASIC.replace(b"Max-Forwards", b"X-A: 1\r\n" * 300 + b"Max-Forwards")
+        self.assertRaises(SipParseError, parse_datagram, data)
+
+    def test_serialize_round_trip(self) -> None:
+        """
+        Serializing writes the long names and a correct Content-Length, and
+        parses back to an equal message.
+        """
+        message = parse_datagram(BASIC)
+        assert isinstance(message, Request)
+        message = Request(message.method, message.uri, message.headers, b"v=0\r\n")
+        again = parse_datagram(message.to_bytes())
+        self.assertEqual(
+            again,
+            message.__class__(
+                message.method, message.uri, message.headers.set("Content-Length", "5"), b"v=0\r\n"
+            ),
+        )
+
+    def test_response_to(self) -> None:
+        """
+        A response copies Via, From, To, Call-ID and CSeq and adds a To tag.
+        """
+        message = parse_datagram(BASIC)
+        assert message is not None
+        response = response_to(message.headers, 200, to_tag="xyz")
+        self.assertEqual(response.reason, "OK")
+        self.assertEqual(response.to.tag, "xyz")
+        parsed = parse_datagram(response.to_bytes())
+        assert isinstance(parsed, Response)
+        check_response(parsed)
+        self.assertEqual(parsed.status, 200)
+        self.assertEqual(parsed.call_id, "abc@192.0.2.1")
+
+
+class StreamTests(SynchronousTestCase):
+    """
+    L{StreamParser} frames messages on TCP by Content-Length.
+    """
+
+    def test_split_and_joined(self) -> None:
+        """
+        Messages arrive whole however the bytes are cut.
+        """
+        body = BASIC.replace(b"Content-Length: 0", b"Content-Length: 3") + b"abc"
+        data = b"\r\n" + body + BASIC + body
+        for cut in (1, 7, 100, len(data)):
+            parser = StreamParser()
+            out = []
+            for i in range(0, len(data), cut):
+                out.extend(parser.feed(data[i : i + cut]))
+            self.assertEqual([m.body for m in out], [b"abc", b"", b"abc"])
+
+    def test_endless_head(self) -> None:
+        """
+        A header section that never ends is refused once past the limit.
+        """
+        parser = StreamParser()
+        with self.assertRaises(SipParseError):
+            for _ in range(MAX_MESSAGE_BYTES // 1000 + 2):
+                parser.feed(b"X-Junk: " + b"a" * 1000 + b"\r\n")
+
+
+class AddressTests(SynchronousTestCase):
+    """
+    URIs, addresses, Via and CSeq.
+    """
+
+    def test_uri(self) -> None:
+        """
+        A SIP URI's parts, and a TEL URI's number and parameters.
+        """
+        uri = parse_uri("sip:alice:pw@Example.COM:5070;transport=tcp;lr")
+        self.assertEqual(
+            (uri.user, uri.host, uri.port, uri.param("transport"), uri.param("lr")),
+            ("alice:pw", "example.com", 5070, "tcp", ""),
+        )
+        tel = parse_uri("tel:+8888;ext=101")
+        self.assertEqual((tel.scheme, tel.user, tel.param("ext")), ("tel", "+8888", "101"))
+        self.assertEqual(str(parse_uri("sip:[::1]:5060")), "sip:[::1]:5060")
+
+    def test_name_addr_forms(self) -> None:
+        """
+        Quoted, token and bare forms; bare-form parameters are header ones.
+        """
+        self.assertEqual(parse_name_addr('"A \\"B\\"" <sip:a@b>;tag=1').tag, "1")
+        self.assertEqual(parse_name_addr("Alice Smith <sip:a@b>").display, "Alice Smith")
+        bare = parse_name_addr("sip:a@b;tag=9")
+        self.assertEqual((bare.uri, bare.tag), ("sip:a@b", "9"))
+        self.assertRaises(SipParseError, parse_name_addr, "<sip:a@b")
+
+    def test_via_and_cseq(self) -> None:
+        """
+        Via with white space around the slashes; CSeq limits.
+        """
+        via = parse_via("SIP / 2.0 / udp 10.0.0.1 : 5062 ; branch = z9hG4bKq ; rport")
+        self.assertEqual(
+            (via.transport, via.host, via.port, via.branch), ("UDP", "10.0.0.1", 5062, "z9hG4bKq")
+        )
+        self.assertEqual(parse_cseq("0009 INVITE").number, 9)
+        self.assertRaises(SipParseError, parse_cseq, "2147483648 INVITE")
+
+
+FIELD = st.text(
+    alphabet=st.characters(min_codepoint=32, max_codepoint=126, exclude_characters=":"),
+    min_size=1,
+    max_size=20,
+)
+
+
+class FuzzTests(SynchronousTestCase):
+    """
+    Hypothesis: the parsers raise nothing but L{SipParseError}.
+    """
+
+    def check_only_parse_errors(self, data: bytes) -> None:
+        try:
+            parse_and_check(data)
+        except SipParseError:
+            pass
+        try:
+            StreamParser().feed(data)
+        except SipParseError:
+            pass
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=600))
+    def test_random_bytes(self, data: bytes) -> None:
+        """
+        Arbitrary bytes give a message, nothing, or a parse error.
+        """
+        self.check_only_parse_errors(data)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        cut=st.integers(0, len(BASIC)),
+        insert=st.binary(max_size=12),
+        drop=st.integers(0, 20),
+    )
+    def test_mutated_message(self, cut: int, insert: bytes, drop: int) -> None:
+        """
+        A valid message with bytes cut, dropped or inserted anywhere gives a
+        message or a parse error.
+        """
+        self.check_only_parse_errors(BASIC[:cut] + insert + BASIC[cut + drop :])
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        name=st.from_regex(r"X-[A-Za-z0-9\-]{1,10}", fullmatch=True),
+        value=FIELD,
+        body=st.binary(max_size=50),
+    )
+    def test_round_trip(self, name: str, value: str, body: bytes) -> None:
+        """
+        A request with an extra header and a body serializes and parses back.
+        """
+        base = parse_datagram(BASIC)
+        assert isinstance(base, Request)
+        message = Request(
+            base.method,
+            base.uri,
+            base.headers.without("Content-Length").add(name, value.strip()),
+            body,
+        )
+        parsed = parse_datagram(message.to_bytes())
+        assert isinstance(parsed, Request)
+        self.assertEqual(parsed.body, body)
+        self.assertEqual(parsed.headers.without("Content-Length"), message.headers)

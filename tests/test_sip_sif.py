@@ -1,0 +1,572 @@
+"""
+Tests for L{cryptify.cig.sif}: the SIP interface core, driven in memory
+with a fake channel, a L{Clock} and a tel-side double.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.cig.calls import CALL_LINGER, CallTable, StubTelSide, session_line
+from cryptify.cig.sif import Sif
+from cryptify.config import load_cig_config
+from cryptify.protocols.sip.message import Request, Response, parse_datagram
+from cryptify.protocols.sip.sdp import parse_sdp
+from cryptify.protocols.sip.transaction import T1
+from cryptify.protocols.sip.transport import SipDatagramProtocol
+from tests.test_sip_transaction import FakeChannel
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "config")
+
+OFFER = (
+    "v=0\r\no=pbx 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+    "m=audio 6000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+)
+
+
+def invite(
+    to: str = "sip:94670123456@secure.com",
+    frm: str = "sip:101@pbx.com",
+    call_id: str = "c1",
+    branch: str = "z9hG4bK1",
+    body: str = OFFER,
+    extra: str = "",
+) -> bytes:
+    return (
+        f"INVITE {to} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 192.0.2.1:5060;branch={branch};rport\r\n"
+        f"From: <{frm}>;tag=f1\r\nTo: <{to}>\r\nCall-ID: {call_id}\r\n"
+        "CSeq: 1 INVITE\r\nContact: <sip:101@192.0.2.1:5060>\r\nMax-Forwards: 70\r\n"
+        f"{extra}Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
+def in_dialog(method: str, ok: Response, cseq: int = 2, branch: str = "z9hG4bK2") -> bytes:
+    to = ok.headers.get("To")
+    return (
+        f"{method} sip:192.0.2.9:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 192.0.2.1:5060;branch={branch}\r\n"
+        f"From: {ok.headers.get('From')}\r\nTo: {to}\r\nCall-ID: {ok.call_id}\r\n"
+        f"CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+class SifCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.tel = StubTelSide("answer")
+        self.calls = CallTable(self.clock)
+        config = load_cig_config(os.path.join(FIXTURES, "cig-simple.conf"))
+        self.sif = Sif(config, self.clock, self.tel, self.calls)
+        self.channel = FakeChannel()
+        self.protocol = SipDatagramProtocol(self.sif)
+        self.session: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_file") == "session.log":
+                self.session.append(event["line"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.addCleanup(self.assert_no_timers)
+
+    def assert_no_timers(self) -> None:
+        self.sif.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def send(self, data: bytes) -> list[Request | Response]:
+        before = len(self.channel.sent)
+        self.sif.message_received(parse_datagram(data), self.channel)  # type: ignore[arg-type]
+        return self.channel.messages()[before:]
+
+    def statuses(self, messages: list[Request | Response]) -> list[int]:
+        return [m.status for m in messages if isinstance(m, Response)]
+
+    def states(self) -> list[str]:
+        return [line.split(", ")[6] for line in self.session]
+
+
+class CallTests(SifCase):
+    """
+    Calls from the PBX routed to the tel side.
+    """
+
+    def test_answered_call(self) -> None:
+        """
+        A routed INVITE gets 100, 180 and 200 with an SDP answer (PCMA
+        first, as offered, on a port of rtp_port_range); show call lists
+        it as ANSWER; session.log says routing, routed, trying, ringing,
+        talk; the PBX's BYE hangs up both sides.
+        """
+        out = self.send(invite())
+        self.assertEqual(self.statuses(out), [100, 180, 200])
+        ok = out[-1]
+        assert isinstance(ok, Response)
+        self.assertEqual(ok.headers.get("Contact"), "<sip:192.168.1.1:5060>")
+        audio = parse_sdp(ok.body).audio()
+        assert audio is not None
+        self.assertEqual(audio.formats, ("8", "0", "101"))
+        self.assertTrue(1024 <= audio.port <= 2048)
+        call, _ = self.tel.legs[0]
+        self.assertEqual((call.out_from, call.out_to), ("tel:+8888;101", "tel:+4670123456"))
+        self.assertEqual(
+            self.calls.rows(),
+            [
+                [
+                    "sip:101@pbx.com",
+                    "sip:94670123456@secure.com",
+                    "tel:+8888;101",
+                    "tel:+4670123456",
+                    "ANSWER",
+                ]
+            ],
+        )
+        self.assertEqual(self.states(), ["routing", "routed", "trying", "ringing", "talk"])
+        self.assertEqual(self.session[-1].split(", ")[7:], ["c1", "stub-1"])
+        # the ACK stops the 2xx retransmissions
+        ack = in_dialog("ACK", ok, cseq=1, branch="z9hG4bKack")
+        self.send(ack)
+        self.clock.advance(10)
+        self.assertEqual(len(self.channel.sent), 3)
+        out = self.send(in_dialog("BYE", ok))
+        self.assertEqual(self.statuses(out), [200])
+        self.assertEqual(self.tel.hung_up, [call])
+        self.assertEqual(self.calls.rows()[0][4], "HANGUP")
+        self.assertEqual(self.states()[-1], "hangup")
+        self.clock.advance(CALL_LINGER)
+        self.assertEqual(self.calls.rows(), [])
+
+    def test_route_refused(self) -> None:
+        """
+        An INVITE no extension map takes is answered 404 and listed as
+        REJECT; session.log says routing, failed.
+        """
+        out = self.send(invite(to="sip:4670123456@secure.com"))
+        self.assertEqual(self.statuses(out), [100, 404])
+        self.assertEqual(self.tel.legs, [])
+        self.assertEqual(self.calls.rows()[0][4], "REJECT")
+        self.assertEqual(self.states(), ["routing", "failed"])
+        self.send(in_dialog("ACK", out[-1], cseq=1, branch="z9hG4bK1"))  # type: ignore[arg-type]
+        self.clock.advance(CALL_LINGER)
+
+    def test_rejected_by_tel(self) -> None:
+        """
+        A leg the tel side declines is answered with its status (603).
+        """
+        self.tel.mode = "reject"
+        out = self.send(invite())
+        self.assertEqual(self.statuses(out), [100, 603])
+        self.assertEqual(self.calls.rows()[0][4], "REJECT")
+        self.clock.advance(64 * T1)
+        self.clock.advance(CALL_LINGER)
+
+    def test_cancel_while_ringing(self) -> None:
+        """
+        A CANCEL while ringing gets 200, the INVITE 487, and the tel leg is
+        hung up.
+        """
+        self.tel.mode = "ring"
+        out = self.send(invite())
+        self.assertEqual(self.statuses(out), [100, 180])
+        self.assertEqual(self.calls.rows()[0][4], "RING")
+        cancel = invite().replace(b"INVITE sip", b"CANCEL sip").replace(b"1 INVITE", b"1 CANCEL")
+        out = self.send(cancel)
+        self.assertEqual(self.statuses(out), [200, 487])
+        self.assertEqual(len(self.tel.hung_up), 1)
+        self.assertEqual(self.calls.rows()[0][4], "HANGUP")
+        self.clock.advance(64 * T1)
+        self.clock.advance(CALL_LINGER)
+
+    def test_hangup_from_tel(self) -> None:
+        """
+        The tel side hanging up sends a BYE in the dialog to the PBX.
+        """
+        out = self.send(invite())
+        ok = out[-1]
+        self.send(in_dialog("ACK", ok, cseq=1, branch="z9hG4bKack"))  # type: ignore[arg-type]
+        _, leg = self.tel.legs[0]
+        leg.hung_up()
+        bye = self.channel.messages()[-1]
+        assert isinstance(bye, Request)
+        self.assertEqual((bye.method, bye.uri), ("BYE", "sip:101@192.0.2.1:5060"))
+        self.assertEqual((bye.from_.tag, bye.to.tag), (ok.to.tag, "f1"))  # type: ignore[union-attr]
+        self.assertEqual(self.calls.rows()[0][4], "HANGUP")
+        self.clock.advance(64 * T1)
+        self.clock.advance(CALL_LINGER)
+
+    def test_no_common_codec(self) -> None:
+        """
+        An offer without G.711 gets 488 and no tel leg.
+        """
+        body = OFFER.replace("8 0 101", "18")
+        out = self.send(invite(body=body))
+        self.assertEqual(self.statuses(out), [100, 488])
+        self.assertEqual(self.tel.legs, [])
+        self.clock.advance(64 * T1)
+
+    def test_offerless_invite(self) -> None:
+        """
+        An INVITE without SDP gets our offer in the 200.
+        """
+        out = self.send(invite(body=""))
+        ok = out[-1]
+        assert isinstance(ok, Response)
+        audio = parse_sdp(ok.body).audio()
+        assert audio is not None
+        self.assertEqual(audio.formats, ("0", "8", "101"))
+        self.clock.advance(64 * T1)
+        self.clock.advance(CALL_LINGER)
+
+    def test_refusals(self) -> None:
+        """
+        Max-Forwards 0 gets 483, an unknown Require 420, a non-SDP body 415.
+        """
+        out = self.send(invite(call_id="a").replace(b"Max-Forwards: 70", b"Max-Forwards: 0"))
+        self.assertEqual(self.statuses(out), [483])
+        out = self.send(invite(call_id="b", branch="z9hG4bKb", extra="Require: foo\r\n"))
+        self.assertEqual(self.statuses(out), [420])
+        self.assertEqual(out[0].headers.get("Unsupported"), "foo")
+        body = invite(call_id="c", branch="z9hG4bKc").replace(b"application/sdp", b"text/plain")
+        self.assertEqual(self.statuses(self.send(body)), [415])
+        self.clock.advance(64 * T1)
+
+
+class MethodTests(SifCase):
+    """
+    OPTIONS, unsupported methods, MESSAGE and malformed requests.
+    """
+
+    def request(self, method: str, cseq_method: str | None = None) -> bytes:
+        return (
+            f"{method} sip:cig@192.0.2.9 SIP/2.0\r\n"
+            "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKm\r\n"
+            "From: <sip:101@pbx.com>;tag=x\r\nTo: <sip:94670123456@secure.com>\r\n"
+            f"Call-ID: m1\r\nCSeq: 7 {cseq_method or method}\r\nContent-Length: 2\r\n\r\nhi"
+        ).encode()
+
+    def test_options(self) -> None:
+        """
+        OPTIONS is answered 200 with Allow.
+        """
+        out = self.send(self.request("OPTIONS"))
+        self.assertEqual(self.statuses(out), [200])
+        self.assertEqual(out[0].headers.get("Allow"), "INVITE, ACK, BYE, CANCEL, OPTIONS, MESSAGE")
+        self.clock.advance(64 * T1)
+
+    def test_unsupported(self) -> None:
+        """
+        REGISTER (known, not ours) gets 405 with Allow; an unknown method 501.
+        """
+        self.assertEqual(self.statuses(self.send(self.request("REGISTER"))), [405])
+        self.channel.sent.clear()
+        out = self.send(self.request("FROB").replace(b"branch=z9hG4bKm", b"branch=z9hG4bKn"))
+        self.assertEqual(self.statuses(out), [501])
+        self.clock.advance(64 * T1)
+
+    def test_message(self) -> None:
+        """
+        With messaging true, a routed MESSAGE goes to the tel side.
+        """
+        self.assertEqual(self.statuses(self.send(self.request("MESSAGE"))), [200])
+        call, _kind, body = self.tel.messages[0]
+        self.assertEqual((call.out_to, body), ("tel:+4670123456", b"hi"))
+        self.clock.advance(64 * T1)
+
+    def test_bye_without_dialog(self) -> None:
+        """
+        A BYE for no dialog gets 481.
+        """
+        data = self.request("BYE").replace(b"secure.com>", b"secure.com>;tag=zz")
+        self.assertEqual(self.statuses(self.send(data)), [481])
+        self.clock.advance(64 * T1)
+
+    def test_bad_request_answered(self) -> None:
+        """
+        A malformed request that can be answered gets 400 (with a Warning);
+        one that cannot (no Via), silence.
+        """
+        data = self.request("OPTIONS", cseq_method="INVITE")
+        self.assertEqual(self.statuses(self.send(data)), [400])
+        self.channel.sent.clear()
+        self.send_raw(self.request("OPTIONS").replace(b"Content-Length: 2", b"Content-Length: 99"))
+        self.assertEqual(self.statuses(self.channel.messages()), [400])
+        self.channel.sent.clear()
+        self.send_raw(b"OPTIONS sip:x SIP/2.0\r\nFrom: <sip:a@b>\r\n\r\n")
+        self.assertEqual(self.channel.sent, [])
+
+    def send_raw(self, data: bytes) -> None:
+        from cryptify.protocols.sip.errors import SipParseError
+
+        try:
+            message = parse_datagram(data)
+        except SipParseError as exc:
+            self.sif.parse_failed(exc, self.channel)
+            return
+        assert message is not None
+        self.sif.message_received(message, self.channel)
+
+    @settings(max_examples=100, deadline=None)
+    @given(cut=st.integers(0, 700), insert=st.binary(max_size=8), drop=st.integers(0, 8))
+    def test_fuzzed_invites(self, cut: int, insert: bytes, drop: int) -> None:
+        """
+        Mangled INVITEs never raise out of the SIF: each gets responses or
+        silence.
+        """
+        self.fuzz_count = getattr(self, "fuzz_count", 0) + 1
+        n = self.fuzz_count
+        base = invite(call_id=f"fz{n}", branch=f"z9hG4bKfz{n}")
+        self.send_raw(base[:cut] + insert + base[cut + drop :])
+
+
+class FakeUdpTransport:
+    """Records datagrams written."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.written.append((data, addr))
+
+
+class AdapterTests(SifCase):
+    """
+    The UDP and TCP adapters feed the core and answer on the same path.
+    """
+
+    def test_udp(self) -> None:
+        """
+        A datagram is answered to its source; garbage and keep-alives are
+        not; a sink that raises is logged and the adapter keeps serving.
+        """
+        transport = FakeUdpTransport()
+        self.protocol.transport = transport  # type: ignore[assignment]
+        self.protocol.datagramReceived(b"\r\n\r\n", ("192.0.2.7", 5080))
+        self.protocol.datagramReceived(b"\x00\xff garbage", ("192.0.2.7", 5080))
+        self.assertEqual(transport.written, [])
+        self.protocol.datagramReceived(invite(), ("192.0.2.7", 5080))
+        self.assertEqual([addr for _, addr in transport.written], [("192.0.2.7", 5080)] * 3)
+
+        class Broken:
+            def message_received(self, message: object, channel: object) -> None:
+                raise RuntimeError("boom")
+
+            def parse_failed(self, error: object, channel: object) -> None:
+                raise RuntimeError("boom")
+
+        broken = SipDatagramProtocol(Broken())  # type: ignore[arg-type]
+        broken.transport = transport  # type: ignore[assignment]
+        broken.datagramReceived(invite(), ("192.0.2.7", 5080))
+        broken.datagramReceived(b"junk", ("192.0.2.7", 5080))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.clock.advance(64 * T1)
+
+    def test_tcp(self) -> None:
+        """
+        Over TCP, messages split across segments are answered on the
+        connection; an unframeable message closes it.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from cryptify.protocols.sip.transport import SipStreamFactory
+
+        proto = SipStreamFactory(self.sif).buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+        proto.makeConnection(transport)
+        data = invite().replace(b"UDP", b"TCP")
+        proto.dataReceived(data[:50])
+        proto.dataReceived(data[50:])
+        out = transport.value()
+        self.assertEqual(out.count(b"SIP/2.0 200 OK"), 1)
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(b"INVITE sip:a@b SIP/2.0\r\nContent-Length: x\r\n\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.clock.advance(64 * T1)
+
+
+class SessionLineTests(SynchronousTestCase):
+    """
+    The session.log record format.
+    """
+
+    def test_format(self) -> None:
+        """
+        Nine comma-separated fields, UTC time second.
+        """
+        from cryptify.cig.calls import Call
+
+        call = Call(
+            "sip:101@pbx.com", "sip:9467@secure.com", "tel:+8888;101", "tel:+467", None, "c1"
+        )
+        line = session_line(call, "routed", 0.0)
+        self.assertEqual(
+            line,
+            "event, 1970-01-01 00:00:00.000, sip:101@pbx.com, sip:9467@secure.com, "
+            "tel:+8888;101, tel:+467, routed, c1, -",
+        )
+
+
+class RecordingLeg:
+    """A tel-side leg that records what the SIF reports."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def trying(self) -> None:
+        self.events.append("trying")
+
+    def ringing(self) -> None:
+        self.events.append("ringing")
+
+    def answered(self) -> None:
+        self.events.append("answered")
+
+    def rejected(self, status: int = 480) -> None:
+        self.events.append(f"rejected {status}")
+
+    def hung_up(self) -> None:
+        self.events.append("hung up")
+
+
+class OutgoingCallTests(SifCase):
+    """
+    Calls the tel side places towards the PBX through the SIF.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.sif.channel_to = lambda address: self.channel
+        self.leg = RecordingLeg()
+
+    def place(self, to: str = "sip:101@192.0.2.50:5070") -> Request:
+        from cryptify.cig.calls import Call
+
+        self.call = Call("tel:+4670123456", "tel:+8888;101", "sip:4670123456@secure.com", to)
+        self.sif.place_call(self.call, self.leg)
+        sent = self.channel.messages()
+        if not sent:
+            return None  # type: ignore[return-value]
+        invite = sent[-1]
+        assert isinstance(invite, Request)
+        return invite
+
+    def answer(self, invite: Request, status: int, tag: str = "pbx1") -> None:
+        from cryptify.protocols.sip.message import response_to
+
+        extra = (("Contact", "<sip:101@192.0.2.50:5070>"),)
+        body = b""
+        if status == 200:
+            body = OFFER.encode()
+            extra += (("Content-Type", "application/sdp"),)
+        response = response_to(invite.headers, status, to_tag=tag, extra=extra, body=body)
+        self.sif.message_received(response, self.channel)
+
+    def test_answered_then_bye_from_pbx(self) -> None:
+        """
+        The INVITE carries our offer; 100, 180 and 200 reach the leg as
+        trying, ringing, answered; the 200 is ACKed in the dialog; the
+        PBX's BYE hangs the leg up.
+        """
+        invite = self.place()
+        self.assertEqual((invite.method, invite.uri), ("INVITE", "sip:101@192.0.2.50:5070"))
+        self.assertEqual(invite.from_.uri, "sip:4670123456@secure.com")
+        audio = parse_sdp(invite.body).audio()
+        assert audio is not None
+        self.assertTrue(1024 <= audio.port <= 2048)
+        for status in (100, 180, 200):
+            self.answer(invite, status)
+        self.assertEqual(self.leg.events, ["trying", "ringing", "answered"])
+        ack = self.channel.messages()[-1]
+        assert isinstance(ack, Request)
+        self.assertEqual((ack.method, str(ack.cseq), ack.to.tag), ("ACK", "1 ACK", "pbx1"))
+        self.assertEqual(self.calls.rows()[0][4], "ANSWER")
+        self.assertEqual(self.states(), ["trying", "ringing", "talk"])
+        bye = (
+            "BYE sip:192.168.1.1:5060 SIP/2.0\r\n"
+            "Via: SIP/2.0/UDP 192.0.2.50:5070;branch=z9hG4bKbye\r\n"
+            f"From: <sip:101@192.0.2.50:5070>;tag=pbx1\r\nTo: {invite.headers.get('From')}\r\n"
+            f"Call-ID: {invite.call_id}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        self.assertEqual(self.statuses(self.send(bye)), [200])
+        self.assertEqual(self.leg.events[-1], "hung up")
+        self.assertEqual(self.calls.rows()[0][4], "HANGUP")
+        self.clock.advance(64 * T1)
+        self.clock.advance(CALL_LINGER)
+
+    def test_hang_up_after_answer(self) -> None:
+        """
+        The tel side hanging up an answered call sends BYE.
+        """
+        invite = self.place()
+        self.answer(invite, 200)
+        self.sif.hang_up(self.call)
+        bye = self.channel.messages()[-1]
+        assert isinstance(bye, Request)
+        self.assertEqual((bye.method, bye.uri), ("BYE", "sip:101@192.0.2.50:5070"))
+        self.answer(bye, 200)  # type: ignore[arg-type]
+        self.clock.advance(64 * T1)
+        self.clock.advance(CALL_LINGER)
+
+    def test_cancel_while_ringing(self) -> None:
+        """
+        Hanging up while it rings sends CANCEL on the INVITE's branch; the
+        487 is ACKed by the transaction and not reported as a rejection.
+        """
+        invite = self.place()
+        self.answer(invite, 180)
+        self.sif.hang_up(self.call)
+        cancel = self.channel.messages()[-1]
+        assert isinstance(cancel, Request)
+        self.assertEqual(cancel.method, "CANCEL")
+        self.assertEqual(cancel.vias[0].branch, invite.vias[0].branch)
+        self.answer(invite, 487)
+        last = self.channel.messages()[-1]
+        self.assertEqual(getattr(last, "method", None), "ACK")
+        self.assertEqual(self.leg.events, ["ringing"])
+        self.assertEqual(self.calls.rows()[0][4], "HANGUP")
+        self.clock.advance(64 * T1)
+        self.clock.advance(CALL_LINGER)
+
+    def test_cancel_waits_for_provisional(self) -> None:
+        """
+        Hanging up before any provisional response sends the CANCEL when
+        the first one arrives.
+        """
+        invite = self.place()
+        self.sif.hang_up(self.call)
+        self.assertEqual(
+            len([m for m in self.channel.messages() if getattr(m, "method", "") == "CANCEL"]), 0
+        )
+        self.answer(invite, 100)
+        self.assertEqual(getattr(self.channel.messages()[-1], "method", None), "CANCEL")
+        self.clock.advance(64 * T1)
+        self.clock.advance(CALL_LINGER)
+
+    def test_rejected_and_timeout(self) -> None:
+        """
+        A 486 is reported with its status; silence is 408 after timer B.
+        """
+        invite = self.place()
+        self.answer(invite, 486)
+        self.assertEqual(self.leg.events, ["rejected 486"])
+        self.assertEqual(self.calls.rows()[0][4], "REJECT")
+        self.leg.events.clear()
+        self.place()
+        self.clock.advance(64 * T1)
+        self.assertEqual(self.leg.events, ["rejected 408"])
+        self.clock.advance(CALL_LINGER)
+
+    def test_unreachable_uris(self) -> None:
+        """
+        A TEL URI is refused with 484, a host name with 502 (no DNS yet).
+        """
+        self.assertIsNone(self.place("tel:+101"))
+        self.assertIsNone(self.place("sip:101@pbx.com"))
+        self.assertEqual(self.leg.events, ["rejected 484", "rejected 502"])
