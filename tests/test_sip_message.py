@@ -29,13 +29,7 @@ from cryptify.protocols.sip.message import (
     parse_datagram,
     response_to,
 )
-
-TORTURE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "shared",
-    "sip-torture",
-    "rfc4475",
-)
+from tests.torture import TORTURE
 
 #: RFC 4475 messages a UAS must accept (3.1.1, and those of 3.2-3.4 whose
 #: syntax is fine; their semantics are for the application).
@@ -129,6 +123,7 @@ class TortureTests(SynchronousTestCase):
         Every invalid one raises L{SipParseError} with the right status; a
         request that can be answered carries its headers for the answer.
         """
+        torture(next(iter(INVALID)))  # skips clearly when the messages are absent
         for name, status in INVALID.items():
             with self.subTest(name=name):
                 with self.assertRaises(SipParseError) as caught:

@@ -24,13 +24,7 @@ from tests.interop._procs import (
     tcp_answers,
     wait_for,
 )
-
-TORTURE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
-    "shared",
-    "sip-torture",
-    "rfc4475",
-)
+from tests.torture import TORTURE
 
 CONF = """
 map sip2tel {{
