@@ -118,6 +118,11 @@ class CrsGlobal:
     cps: Cps | None = None
     apns_type: str = "cps"
     keep_alive: tuple[KeepAlive, ...] = ()
+    #: Client listener limits (docs/umsg.md, "Limits").
+    client_max_message: int = 64 * 1024
+    client_attach_timeout: float = 10.0
+    client_max_unattached_per_address: int = 64
+    client_max_unattached: int = 8192
     addr_map: tuple[AddressMap, ...] = ()
     listen: Endpoint = Endpoint("0.0.0.0", 5223)
     tls_certificate: str | None = None
@@ -220,6 +225,10 @@ GLOBAL_USAGE = {
     "cps": "HOST PORT ID SECRET",
     "push-config": "apns type direct|cps",
     "keep-alive": "CIDR tcp|ws MS",
+    "client-max-message": "BYTES",
+    "client-attach-timeout": "SECONDS",
+    "client-max-unattached-per-address": "N",
+    "client-max-unattached": "N",
     "addr-map": "IP IP",
     "listen": "ADDR PORT",
     "tls-certificate": "PATH",
@@ -375,6 +384,24 @@ class _Builder:
                 check_int(self.ctx, interval, "interval", 1, MAX_KEEP_ALIVE_MS),
             )
         )
+
+    def d_client_max_message(self, a: Args, name: str) -> None:
+        (tok,) = a.exactly(["BYTES"])
+        self.fields["client_max_message"] = check_int(self.ctx, tok, "size", 1024, 16 * 2**20)
+
+    def d_client_attach_timeout(self, a: Args, name: str) -> None:
+        (tok,) = a.exactly(["SECONDS"])
+        self.fields["client_attach_timeout"] = float(check_int(self.ctx, tok, "timeout", 1, 600))
+
+    def d_client_max_unattached_per_address(self, a: Args, name: str) -> None:
+        (tok,) = a.exactly(["N"])
+        self.fields["client_max_unattached_per_address"] = check_int(
+            self.ctx, tok, "count", 1, 1_000_000
+        )
+
+    def d_client_max_unattached(self, a: Args, name: str) -> None:
+        (tok,) = a.exactly(["N"])
+        self.fields["client_max_unattached"] = check_int(self.ctx, tok, "count", 1, 1_000_000)
 
     def d_addr_map(self, a: Args, name: str) -> None:
         original, mapped = a.exactly(["IP", "IP"])
@@ -559,6 +586,15 @@ def render_crs_config(cfg: CrsConfig) -> str:
     if g.apns_type != d.apns_type:
         out.append(f"push-config apns type {g.apns_type}")
     out.extend(f"keep-alive {k.network} {k.method} {k.interval_ms}" for k in g.keep_alive)
+    for directive in (
+        "client-max-message",
+        "client-attach-timeout",
+        "client-max-unattached-per-address",
+        "client-max-unattached",
+    ):
+        field = directive.replace("-", "_")
+        if getattr(g, field) != getattr(d, field):
+            out.append(f"{directive} {getattr(g, field):g}")
     out.extend(f"addr-map {m.original} {m.mapped}" for m in g.addr_map)
     out.append(f"listen {g.listen.host} {g.listen.port}")
     if g.tls_certificate is not None:

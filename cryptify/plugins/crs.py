@@ -38,13 +38,14 @@ from cryptify.config import (
 from cryptify.config.crs import Endpoint
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.admin import CrsAdmin
-from cryptify.crs.listener import client_factory
+from cryptify.crs.attach import AttachCore, TicketKey
 from cryptify.crs.objects import ClientObjects
 from cryptify.crs.redis import RedisInstance, RedisSupervisor, ReplicaOf, load_password
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.state import CrsState
 from cryptify.crs.store import RedisStore
 from cryptify.crs.trace import TraceHub
+from cryptify.crs.umsg_server import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
 from cryptify.plugins._common import fatal, lifecycle, load_or_usage
@@ -349,11 +350,22 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         except TLSConfigError as exc:
             raise StartupError(f"client TLS: {exc}") from exc
         return reactor.listenSSL(
-            g.listen.port, client_factory(reactor), context, interface=g.listen.host
+            g.listen.port, clients, context, backlog=BACKLOG, interface=g.listen.host
         )
 
+    core = AttachCore(
+        name,
+        accounts,
+        state.registry,
+        reactor.seconds,
+        slots=slots,
+        objects=objects,
+        move_port=g.listen.port,
+        tickets=TicketKey.derive(g.key),
+    )
+    clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
     where = f"{g.listen.host}:{g.listen.port}"
-    attach(root, ListenService("client TLS", where, listen_clients))
+    attach(root, UmsgListenService(where, listen_clients, clients, reactor))
 
     def listen_management() -> Any:
         prepare_socket_path(g.management)

@@ -1,0 +1,275 @@
+"""The client's Twisted side: one UMSG connection, and a client that stays attached.
+
+:class:`UmsgClientProtocol` runs a :class:`~cryptify.client.session.ClientSession`
+over :class:`~cryptify.protocols.umsg_ws.UmsgWebSocket` (TLS is below it).
+Once attached it pings the CRS after ``3/4`` of the keep-alive interval
+the CRS announced without sending anything, and drops a connection whose
+ping goes unanswered for :data:`PONG_TIMEOUT`.
+
+:class:`AttachingClient` keeps one URI attached: it reconnects when the
+connection ends, after a delay drawn uniformly from ``[0, min(cap,
+first * 2**attempt)]`` ("full jitter"), so that thousands of clients
+dropped at once (a CRS restart) come back spread out rather than as a
+storm; ``attempt`` goes back to 0 once an attach succeeds.  ``moved``
+reconnects at once to the named instance (at most :data:`MAX_MOVES` in a
+row).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cryptify.client.session import (
+    Attached,
+    ClientEvent,
+    ClientSession,
+    Disconnected,
+    Moved,
+    Refused,
+)
+from cryptify.protocols.umsg import (
+    Message,
+    UmsgError,
+    decode_from_server,
+    encode_from_client,
+)
+from cryptify.protocols.umsg_ws import Closed, Failed, Opened, Received, UmsgWebSocket
+
+log = Logger(namespace="cryptify.client")
+
+#: Time the CRS has to answer a keep-alive ping.
+PONG_TIMEOUT = 60.0
+#: Time the client waits for the attach to complete.
+ATTACH_TIMEOUT = 30.0
+#: Most ``moved`` answers followed in a row.
+MAX_MOVES = 3
+
+
+@attrs.frozen
+class ConnectionEnded:
+    """The connection is gone; ``why`` says what ended it."""
+
+    why: str
+
+
+Event = ClientEvent | ConnectionEnded
+
+
+class UmsgClientProtocol(Protocol):
+    """One UMSG connection from the client's side."""
+
+    def __init__(
+        self,
+        make_session: Callable[[Callable[[Message], None]], ClientSession],
+        clock: IReactorTime,
+        on_event: Callable[[Event], None],
+        host: str = "localhost",
+    ) -> None:
+        self.session = make_session(self.send)
+        self.clock = clock
+        self.on_event = on_event
+        self.ws = UmsgWebSocket.connect(host)
+        self.last_sent = 0.0
+        self.ping_at: float | None = None
+        self.timer: IDelayedCall | None = None
+        self.why = "connection lost"
+        self.done: defer.Deferred[str] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.last_sent = self.clock.seconds()
+        self._schedule(ATTACH_TIMEOUT)
+        self.flush()
+
+    def flush(self) -> None:
+        out = self.ws.outgoing()
+        if out and self.transport is not None:
+            self.last_sent = self.clock.seconds()
+            self.transport.write(out)
+
+    def send(self, msg: Message) -> None:
+        self.ws.send(encode_from_client(msg))
+        self.flush()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.ping_at = None
+        for event in self.ws.receive(data):
+            if isinstance(event, Opened):
+                self.session.start()
+            elif isinstance(event, Received):
+                try:
+                    msg = decode_from_server(event.data)
+                except UmsgError as exc:
+                    self.close(f"bad message from the CRS: {exc}")
+                    return
+                for result in self.session.received(msg):
+                    self._event(result)
+            elif isinstance(event, Failed):
+                self.close(f"WebSocket error: {event.reason}", event.code)
+            elif isinstance(event, Closed):
+                self.why = self.why if self.why != "connection lost" else "closed by the CRS"
+                self._lose()
+        self.flush()
+
+    def _event(self, event: ClientEvent) -> None:
+        if isinstance(event, Attached):
+            self._schedule(event.interval_ms / 1000 * 0.75)
+        elif isinstance(event, Moved | Refused | Disconnected):
+            self.why = type(event).__name__.lower()
+            if isinstance(event, Refused) and event.local:
+                self.close(event.reason)
+        self.on_event(event)
+
+    def close(self, why: str, code: int = 1000) -> None:
+        """Leave: detach when attached, close the WebSocket and the connection."""
+        self.why = why
+        self.session.detach()
+        self.ws.close(code, "")
+        self.flush()
+        self._lose()
+
+    def _lose(self) -> None:
+        self._cancel()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # keep-alive
+
+    def _schedule(self, delay: float) -> None:
+        self._cancel()
+        self.timer = self.clock.callLater(max(delay, 0.5), self._tick)
+
+    def _cancel(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    def _tick(self) -> None:
+        self.timer = None
+        attached = self.session.attached
+        if attached is None or self.session.state != "attached":
+            self.close("attach timed out")
+            return
+        now = self.clock.seconds()
+        if self.ping_at is not None and now - self.ping_at >= PONG_TIMEOUT:
+            self.close("no pong from the CRS")
+            return
+        quiet = attached.interval_ms / 1000 * 0.75
+        if attached.keepalive == "ws" and self.ping_at is None and now - self.last_sent >= quiet:
+            self.ping_at = now
+            self.ws.ping(b"ka")
+            self.flush()
+            self._schedule(PONG_TIMEOUT)
+        elif self.ping_at is not None:
+            self._schedule(PONG_TIMEOUT - (now - self.ping_at))
+        else:
+            self._schedule(self.last_sent + quiet - now)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel()
+        self.on_event(ConnectionEnded(self.why))
+        self.done.callback(self.why)
+
+
+Connector = Callable[[str, int, "Factory[Any]"], "defer.Deferred[Any]"]
+
+
+@attrs.define(eq=False)
+class AttachingClient:
+    """Keeps one URI attached: connect, attach, reconnect with backoff and jitter."""
+
+    clock: IReactorTime
+    connect: Connector
+    make_session: Callable[[Callable[[Message], None]], ClientSession]
+    host: str
+    port: int
+    on_event: Callable[[Event], None]
+    first_delay: float = 1.0
+    max_delay: float = 120.0
+    rng: random.Random = attrs.field(factory=random.Random)
+    attempt: int = 0
+    moves: int = 0
+    proto: UmsgClientProtocol | None = None
+    #: The latest attach ticket, presented on the next attach.
+    ticket: bytes | None = attrs.field(default=None, repr=False)
+    timer: IDelayedCall | None = None
+    running: bool = False
+    _stopped: defer.Deferred[None] | None = None
+
+    def start(self) -> None:
+        self.running = True
+        self._connect()
+
+    def delay(self) -> float:
+        """The next reconnect delay: full jitter over an exponential window."""
+        window = min(self.max_delay, self.first_delay * 2 ** min(self.attempt, 30))
+        return self.rng.uniform(0, window)
+
+    def _connect(self) -> None:
+        self.timer = None
+        if not self.running:
+            return
+
+        def build() -> UmsgClientProtocol:
+            proto = UmsgClientProtocol(self.make_session, self.clock, self._event, self.host)
+            proto.session.ticket = self.ticket
+            self.proto = proto
+            return proto
+
+        factory = Factory.forProtocol(build)
+        factory.noisy = False
+        d = self.connect(self.host, self.port, factory)
+        d.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        self._event(ConnectionEnded(f"cannot connect: {failure.getErrorMessage()}"))
+        self._retry()
+
+    def _event(self, event: Event) -> None:
+        if isinstance(event, Attached):
+            self.attempt = 0
+            self.moves = 0
+            self.ticket = event.ticket
+        elif isinstance(event, Moved):
+            self.host, self.port = event.host, event.port
+            self.moves += 1
+            self.ticket = None
+        elif isinstance(event, Refused):
+            self.ticket = None
+        self.on_event(event)
+        if isinstance(event, ConnectionEnded) and self.proto is not None:
+            self.proto = None
+            self._retry(moved=event.why == "moved")
+
+    def _retry(self, moved: bool = False) -> None:
+        if not self.running:
+            if self._stopped is not None:
+                done, self._stopped = self._stopped, None
+                done.callback(None)
+            return
+        if moved and self.moves <= MAX_MOVES:
+            delay = 0.0
+        else:
+            delay = self.delay()
+            self.attempt += 1
+        self.timer = self.clock.callLater(delay, self._connect)
+
+    def stop(self) -> defer.Deferred[None]:
+        """Detach and stop reconnecting; fires when the connection is gone."""
+        self.running = False
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if self.proto is None:
+            return defer.succeed(None)
+        self._stopped = defer.Deferred()
+        self.proto.close("stopped")
+        return self._stopped

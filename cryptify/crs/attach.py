@@ -1,0 +1,417 @@
+"""The attach flow of one client connection (sans-IO).
+
+:class:`AttachCore` holds what every connection shares (the accounts, the
+slot map, the registry of attached clients, the client-object store, the
+clock); :class:`AttachSession` is one connection's state machine, fed
+decoded UMSG messages and reporting its effects through :class:`Peer`
+(send a message; end the connection with a UMSG code).
+
+States (docs/umsg.md draws them)::
+
+    new --attach--> challenged --prove ok--> attached --detach/lost--> closed
+     |                  |                       |
+     +-- refused -------+---- refused ----------+-- disconnect --> closed
+     +-- moved --> closed
+
+Checks, in order: a UMSG revision in common; the account exists; the
+URI's slot is this instance's (else ``moved``); the account has keys for
+the current month (``no-key-period``); then, after the challenge, the
+ECCSI signature over :func:`~cryptify.protocols.umsg.attach_signed_octets`
+with the month's KPAK (``bad-signature``) and the blacklist
+(``blacklisted``, checked only once the client proved who it is).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cryptify.crs.attached import Attachment, AttachRegistry
+from cryptify.crs.slots import SlotMap, slot_of
+from cryptify.crypto import eccsi
+from cryptify.crypto.errors import CryptoError
+from cryptify.crypto.identity import period_of, tel_identifier
+from cryptify.protocols.umsg import (
+    ERROR_CODES,
+    REVISIONS,
+    Message,
+    UmsgError,
+    attach_signed_octets,
+    message,
+)
+
+log = Logger(namespace="cryptify.crs.attach")
+
+NEW = "new"
+CHALLENGED = "challenged"
+ATTACHED = "attached"
+CLOSED = "closed"
+
+#: Types handled once attached that a later issue implements (sessions, messages).
+LATER = frozenset(("invite", "ringing", "talk", "hangup", "post", "fetch", "delivered"))
+
+
+class Peer(Protocol):
+    """What a session needs of its connection."""
+
+    def send(self, msg: Message) -> None:
+        """Send one UMSG message."""
+
+    def end(self, code: str) -> None:
+        """Close the connection after what was sent; ``code`` says why (UMSG code)."""
+
+
+class AccountLike(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    def kpak_for(self, period: str) -> bytes | None: ...
+
+    def blacklisted(self, uri: str, period: str) -> bool: ...
+
+
+class Accounts(Protocol):
+    def get(self, account_id: str) -> Any: ...
+
+
+class Objects(Protocol):
+    def set_push_token(self, account: str, uri: str, token: str, kind: str) -> Awaitable[None]: ...
+
+    def set_client_info(self, account: str, uri: str, info: dict[str, str]) -> Awaitable[None]: ...
+
+
+Verify = Callable[[bytes, bytes, bytes, bytes], None]
+
+#: How long an attach ticket stays valid (it also dies with its key period).
+TICKET_LIFETIME = 24 * 3600
+
+
+@attrs.frozen
+class TicketKey:
+    """Attach tickets: a re-attach with a valid ticket skips the ECCSI proof.
+
+    A ticket is ``01 || expiry (4 octets, Unix seconds) || tag (16 octets)``,
+    the tag being HMAC-SHA-256 under this key of ``"umsg.1 ticket" 00
+    account 00 uri 00 period 00 expiry``.  It binds the account, the URI and
+    the key period, so it dies at the month change, and the blacklist is
+    checked again on every use.  The key is derived from the pool key when
+    there is one, so every instance of the pool, and a restarted one,
+    accepts the tickets of the others.
+    """
+
+    key: bytes = attrs.field(repr=False)
+
+    @classmethod
+    def derive(cls, pool_key: str | None) -> TicketKey:
+        if not pool_key:
+            return cls(os.urandom(32))
+        return cls(hmac.new(pool_key.encode(), b"umsg.1 attach ticket key", "sha256").digest())
+
+    def _tag(self, account: str, uri: str, period: str, expiry: int) -> bytes:
+        data = b"\0".join(
+            (b"umsg.1 ticket", account.encode(), uri.encode(), period.encode(), b"%d" % expiry)
+        )
+        return hmac.new(self.key, data, "sha256").digest()[:16]
+
+    def issue(self, account: str, uri: str, period: str, now: float) -> bytes:
+        expiry = int(now) + TICKET_LIFETIME
+        return b"\x01" + expiry.to_bytes(4, "big") + self._tag(account, uri, period, expiry)
+
+    def valid(self, ticket: bytes, account: str, uri: str, period: str, now: float) -> bool:
+        if len(ticket) != 21 or ticket[0] != 1:
+            return False
+        expiry = int.from_bytes(ticket[1:5], "big")
+        if expiry < now:
+            return False
+        return hmac.compare_digest(ticket[5:], self._tag(account, uri, period, expiry))
+
+
+@attrs.define
+class AttachCore:
+    """What all connections of one CRS process share."""
+
+    crs_name: str
+    accounts: Accounts
+    registry: AttachRegistry
+    clock: Callable[[], float]
+    slots: SlotMap | None = None
+    objects: Objects | None = None
+    verify: Verify = eccsi.verify
+    nonce: Callable[[], bytes] = lambda: os.urandom(32)
+    revisions: tuple[int, ...] = REVISIONS
+    #: Port clients are told to move to (the client port of the owner).
+    move_port: int = 5223
+    #: Attach tickets (None: no tickets issued or accepted).
+    tickets: TicketKey | None = None
+    #: Handlers that features register for attached-state types of
+    #: :data:`LATER` (sessions, messages); without one the CRS answers
+    #: ``not-implemented``.
+    handlers: dict[str, Callable[[AttachSession, Message], None]] = attrs.field(factory=dict)
+    #: Called with (session, reason) when an attached connection ends.
+    on_detach: list[Callable[[AttachSession, str], None]] = attrs.field(factory=list)
+
+    def session(
+        self, peer: Peer, host: str, port: int, keepalive: tuple[str, int]
+    ) -> AttachSession:
+        """A session for a new connection from ``host:port``."""
+        return AttachSession(self, peer, host, port, keepalive)
+
+
+@attrs.define(eq=False)
+class AttachSession:
+    """One connection's attach state machine; also the registry's Connection."""
+
+    core: AttachCore
+    peer: Peer
+    host: str
+    port: int
+    keepalive: tuple[str, int]
+    state: str = NEW
+    account: str | None = None
+    uri: str | None = None
+    period: str = ""
+    version: int = 0
+    app: str = ""
+    nonce: bytes = b""
+    slot: int = 0
+
+    @property
+    def attached(self) -> bool:
+        return self.state == ATTACHED
+
+    # ------------------------------------------------------------ inputs
+
+    def received(self, msg: Message) -> None:
+        """Handle one decoded message from the client."""
+        if self.state == CLOSED:
+            return
+        handler = getattr(self, f"_{self.state}", None)
+        assert handler is not None
+        handler(msg)
+
+    def protocol_error(self, error: UmsgError) -> None:
+        """A message could not be decoded (or was too large)."""
+        self._fail(error.code, error.detail)
+
+    def timed_out(self) -> None:
+        """The attach took longer than allowed."""
+        if self.state in (NEW, CHALLENGED):
+            self.refuse("attach-timeout", "no attach in time")
+
+    def lost(self, reason: str) -> None:
+        """The connection ended (either side)."""
+        if self.state == ATTACHED and self.uri is not None:
+            self.core.registry.detach(self.uri, self, reason)
+            self._detached(reason)
+        self.state = CLOSED
+
+    def send(self, msg: Message) -> None:
+        """Send a message to this client if it is attached (for features)."""
+        if self.state == ATTACHED:
+            self.peer.send(msg)
+
+    def _detached(self, reason: str) -> None:
+        for listener in self.core.on_detach:
+            try:
+                listener(self, reason)
+            except Exception:
+                log.failure("detach listener failed")
+
+    def disconnect(self, reason: str) -> None:
+        """Close an attached client, telling it why (the registry's Connection)."""
+        if self.state == CLOSED:
+            return
+        code = reason if reason in ERROR_CODES else "disconnected"
+        if self.state == ATTACHED:
+            self._detached(reason)
+        self.state = CLOSED
+        self.peer.send(message("disconnect", code=code, reason=reason))
+        self.peer.end(code)
+
+    # ------------------------------------------------------------ outputs
+
+    def refuse(self, code: str, reason: str, msg_id: int | None = None) -> None:
+        """Refuse the attach with ``code`` and close."""
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self.core.registry.refused(self.uri, self.account, self.host, self.port, code)
+        self.peer.send(message("refused", id=msg_id, code=code, reason=reason))
+        self.peer.end(code)
+
+    def _fail(self, code: str, reason: str) -> None:
+        if self.state == ATTACHED and self.uri is not None:
+            self.core.registry.detach(self.uri, self, code)
+            self.disconnect(code)
+        else:
+            self.refuse(code, reason)
+
+    # ------------------------------------------------------------ states
+
+    def _new(self, msg: Message) -> None:
+        if msg.type != "attach":
+            self.refuse("unexpected", f"{msg.type} before attach", msg.id)
+            return
+        core = self.core
+        self.account, self.uri, self.app = msg["account"], msg["uri"], msg["app"]
+        common = set(msg["versions"]) & set(core.revisions)
+        if not common:
+            self.refuse("version", f"this CRS speaks revisions {list(core.revisions)}", msg.id)
+            return
+        self.version = max(common)
+        account = core.accounts.get(msg["account"])
+        if account is None:
+            self.refuse("unknown-account", f"account {msg['account']} is not served", msg.id)
+            return
+        self.slot = slot_of(msg["uri"])
+        if core.slots is not None and not core.slots.mine(self.slot):
+            owner = core.slots.owner(self.slot)
+            self.state = CLOSED
+            core.registry.moved(msg["uri"], msg["account"], self.host, self.port, owner)
+            self.peer.send(
+                message(
+                    "moved",
+                    id=msg.id,
+                    crs=owner,
+                    host=core.slots.addresses.get(owner, owner),
+                    port=core.move_port,
+                )
+            )
+            self.peer.end("moved")
+            return
+        self.period = period_of(core.clock())
+        if account.kpak_for(self.period) is None:
+            self.refuse("no-key-period", f"no keys for {self.period}", msg.id)
+            return
+        ticket = msg.get("ticket")
+        if (
+            ticket is not None
+            and core.tickets is not None
+            and core.tickets.valid(ticket, self.account, self.uri, self.period, core.clock())
+        ):
+            self._admit(account, msg.id, resumed=True)
+            return
+        self.nonce = core.nonce()
+        self.state = CHALLENGED
+        self.peer.send(
+            message(
+                "challenge", id=msg.id, nonce=self.nonce, period=self.period, version=self.version
+            )
+        )
+
+    def _challenged(self, msg: Message) -> None:
+        if msg.type != "prove":
+            self.refuse("unexpected", f"{msg.type} while waiting for prove", msg.id)
+            return
+        core = self.core
+        assert self.account is not None and self.uri is not None
+        account = core.accounts.get(self.account)
+        if account is None:  # deleted while the client was signing
+            self.refuse("unknown-account", f"account {self.account} is not served", msg.id)
+            return
+        kpak = account.kpak_for(self.period)
+        if kpak is None:
+            self.refuse("no-key-period", f"no keys for {self.period}", msg.id)
+            return
+        signed = attach_signed_octets(self.nonce, self.account, self.uri, self.period)
+        try:
+            core.verify(kpak, tel_identifier(self.uri, self.period), signed, msg["signature"])
+        except CryptoError:
+            self.refuse("bad-signature", "the signature does not verify", msg.id)
+            return
+        self._admit(account, msg.id, resumed=False)
+
+    def _admit(self, account: AccountLike, msg_id: int | None, resumed: bool) -> None:
+        """The client proved who it is (signature or ticket): blacklist, then attach."""
+        core = self.core
+        assert self.account is not None and self.uri is not None
+        if account.blacklisted(self.uri, self.period):
+            self.refuse("blacklisted", f"{self.uri} is blacklisted", msg_id)
+            return
+        now = core.clock()
+        self.state = ATTACHED
+        self.nonce = b""
+        core.registry.attach(
+            Attachment(self.uri, self.account, now, self.app, self.host, self.port, self)
+        )
+        if self.state != ATTACHED:
+            return  # a registry listener closed us already
+        method, interval = self.keepalive
+        ticket = None
+        if core.tickets is not None:
+            ticket = core.tickets.issue(self.account, self.uri, self.period, now)
+        self.peer.send(
+            message(
+                "attached",
+                id=msg_id,
+                uri=self.uri,
+                crs=core.crs_name,
+                slot=self.slot,
+                time=int(now * 1000),
+                keepalive=method,
+                interval=interval,
+                ticket=ticket,
+                resumed=resumed or None,
+            )
+        )
+
+    def _attached(self, msg: Message) -> None:
+        assert self.account is not None and self.uri is not None
+        account, uri = self.account, self.uri
+        if msg.type == "detach":
+            self.core.registry.detach(self.uri, self, "client detached")
+            self._detached("client detached")
+            self.state = CLOSED
+            if msg.id is not None:
+                self.peer.send(message("ok", id=msg.id))
+            self.peer.end("detach")
+        elif msg.type == "push-token":
+            self._store(
+                msg.id,
+                lambda o: o.set_push_token(account, uri, msg["token"], msg["kind"]),
+            )
+        elif msg.type == "client-info":
+            info = {k: str(v) for k, v in msg.fields.items() if k != "id"}
+            self._store(msg.id, lambda o: o.set_client_info(account, uri, info))
+        elif msg.type in self.core.handlers:
+            self.core.handlers[msg.type](self, msg)
+        elif msg.type in LATER:
+            self.peer.send(
+                message(
+                    "error",
+                    id=msg.id,
+                    code="not-implemented",
+                    reason=f"{msg.type} is not handled by this CRS yet",
+                )
+            )
+        else:
+            self._fail("unexpected", f"{msg.type} after attach")
+
+    def _store(self, msg_id: int | None, call: Callable[[Objects], Awaitable[None]]) -> None:
+        objects = self.core.objects
+        if objects is None:
+            self.peer.send(message("ok", id=msg_id))
+            return
+
+        async def run() -> None:
+            await call(objects)
+
+        def done(_: object) -> None:
+            if self.state == ATTACHED:
+                self.peer.send(message("ok", id=msg_id))
+
+        def failed(failure: Failure) -> None:
+            log.failure("storing a client object failed", failure)
+            if self.state == ATTACHED:
+                self.peer.send(
+                    message("error", id=msg_id, code="internal", reason="could not store")
+                )
+
+        defer.ensureDeferred(run()).addCallbacks(done, failed)

@@ -1,0 +1,369 @@
+"""Calls through the CRS: the session state machine (sans-IO).
+
+A session goes ``invite -> ringing -> talk -> hangup``::
+
+    caller            CRS                         callee
+    invite{id,to,mikey} ->  find callee, allocate relay
+                      <- session{id,session,relay...}
+                            invite{session,from,to,mikey,relay...} ->
+                                              <- ringing{session}
+                      <- ringing{session}
+                                              <- talk{session}
+                      <- talk{session}
+    hangup{session,code} -> (either side)      hangup{...,who} ->
+
+The CRS never reads the MIKEY-SAKKE I_MESSAGE (``mikey``): it is passed
+to the callee as it came.  A ``to`` with an extension (``tel:+8888;101``)
+reaches the client attached as its base number, with the full URI.
+
+Ends the CRS decides itself carry ``who = crs``: an invite not answered
+within :data:`ANSWER_TIMEOUT` (``no-answer``), a party that detaches
+mid-call (``detached``, ``who`` naming that party), and glare: when two
+clients invite each other before either answered, the invite of the
+smaller URI wins and the other session ends with ``glare`` -- the same
+decision on every instance, whatever order the invites arrived in.
+
+The table reports its effects through a :class:`Parties` object (send a
+message to an attached URI, find who is attached) and a relay allocator;
+traces go to the :class:`~cryptify.crs.trace.TraceHub` as the manual's
+``trace session`` lines.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from cryptify.crs.trace import TraceHub
+from cryptify.protocols.umsg import Message, message
+
+log = Logger(namespace="cryptify.crs.session")
+
+#: Seconds an invite may ring unanswered.
+ANSWER_TIMEOUT = 60.0
+#: Sessions one URI may take part in at once.
+MAX_SESSIONS_PER_URI = 8
+
+INVITE = "invite"
+RINGING = "ringing"
+TALK = "talk"
+
+CALLER = "caller"
+CALLEE = "callee"
+CRS = "crs"
+
+
+def base_uri(uri: str) -> str:
+    """``tel:+8888;101`` -> ``tel:+8888`` (extensions route with their base)."""
+    return uri.split(";", 1)[0]
+
+
+@attrs.frozen
+class RelayLegs:
+    """A relay session: where both parties send media, and each leg's tag."""
+
+    host: str
+    port: int
+    caller_tag: bytes
+    callee_tag: bytes
+
+
+class Parties(Protocol):
+    """Who is attached here, and how to reach them."""
+
+    def attached(self, uri: str) -> Any | None:
+        """The attachment of ``uri`` (with ``.account``), or None."""
+
+    def known(self, uri: str) -> bool:
+        """Whether ``uri`` belongs to an account served here (not-connected vs not-found)."""
+
+    def send(self, uri: str, msg: Message) -> None:
+        """Deliver a message to the attached client ``uri`` (dropped if it is gone)."""
+
+
+class RelayAllocator(Protocol):
+    """The relay sessions of calls."""
+
+    def allocate(self, session: str) -> defer.Deferred[RelayLegs]:
+        """Create a relay session; fires with its legs."""
+
+    def release(self, session: str) -> None:
+        """Remove a relay session (fire and forget)."""
+
+
+@attrs.define(eq=False)
+class Session:
+    """One call."""
+
+    id: str
+    caller: str
+    callee: str
+    to: str
+    account: str
+    started: float
+    state: str = INVITE
+    request_id: int = 0
+    timer: IDelayedCall | None = None
+    relayed: bool = False
+    #: Whether both parties were told of the session (after the relay answered).
+    offered: bool = False
+
+    def role_of(self, uri: str) -> str | None:
+        if uri == self.caller:
+            return CALLER
+        if uri == self.callee:
+            return CALLEE
+        return None
+
+    def other(self, uri: str) -> str:
+        return self.callee if uri == self.caller else self.caller
+
+
+class SessionTable:
+    """Every live call of this instance."""
+
+    def __init__(
+        self,
+        parties: Parties,
+        relay: RelayAllocator,
+        clock: IReactorTime,
+        trace: TraceHub,
+        new_id: Callable[[], str] = lambda: secrets.token_hex(12),
+        answer_timeout: float = ANSWER_TIMEOUT,
+    ) -> None:
+        self.parties = parties
+        self.relay = relay
+        self.clock = clock
+        self.trace = trace
+        self.new_id = new_id
+        self.answer_timeout = answer_timeout
+        self.sessions: dict[str, Session] = {}
+        self.by_uri: dict[str, set[str]] = {}
+        self.counters = {"invites": 0, "talks": 0, "hangups": 0}
+
+    # -- bookkeeping -----------------------------------------------------------
+
+    def _trace(self, session: Session, state: str) -> None:
+        self.trace.emit("session", session.caller, session.to, state, session.account, session.id)
+
+    def _add(self, session: Session) -> None:
+        self.sessions[session.id] = session
+        for uri in (session.caller, session.callee):
+            self.by_uri.setdefault(uri, set()).add(session.id)
+
+    def _remove(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        for uri in (session.caller, session.callee):
+            ids = self.by_uri.get(uri)
+            if ids is not None:
+                ids.discard(session.id)
+                if not ids:
+                    del self.by_uri[uri]
+        if session.timer is not None and session.timer.active():
+            session.timer.cancel()
+        session.timer = None
+        if session.relayed:
+            self.relay.release(session.id)
+            session.relayed = False
+
+    def sessions_of(self, uri: str) -> list[Session]:
+        return [self.sessions[i] for i in sorted(self.by_uri.get(uri, ()))]
+
+    def rows(self) -> list[list[str]]:
+        """``show session`` rows: CALLER CALLEE TIME STATE."""
+        now = self.clock.seconds()
+        return [
+            [s.caller, s.to, str(int(now - s.started)), s.state]
+            for s in sorted(self.sessions.values(), key=lambda s: s.started)
+        ]
+
+    # -- from the caller ---------------------------------------------------------
+
+    def invite(self, caller: Any, request_id: int, to: str, mikey: bytes) -> None:
+        """``invite`` from an attached client (``caller`` is its attachment)."""
+        callee_uri = base_uri(to)
+        account = caller.account
+        if callee_uri == caller.uri:
+            self._error(caller.uri, request_id, "rejected", "cannot call yourself")
+            return
+        if len(self.by_uri.get(caller.uri, ())) >= MAX_SESSIONS_PER_URI:
+            self._error(caller.uri, request_id, "busy", "too many calls at once")
+            return
+        callee = self.parties.attached(callee_uri)
+        if callee is None:
+            if self.parties.known(callee_uri):
+                code, state = "not-connected", "responder not connected"
+            else:
+                code, state = "not-found", "responder not found"
+            self.trace.emit("session", caller.uri, to, state, account, "-")
+            self._error(caller.uri, request_id, code, state)
+            return
+        if not self._resolve_glare(caller.uri, callee_uri, request_id):
+            return
+        session = Session(
+            self.new_id(),
+            caller.uri,
+            callee_uri,
+            to,
+            account,
+            self.clock.seconds(),
+            request_id=request_id,
+        )
+        self._add(session)
+        self.counters["invites"] += 1
+        allocation = self.relay.allocate(session.id)
+        allocation.addCallbacks(
+            lambda legs: self._allocated(session, request_id, mikey, legs),
+            lambda failure: self._allocation_failed(session, request_id, failure),
+        )
+
+    def _resolve_glare(self, caller: str, callee: str, request_id: int) -> bool:
+        """Two clients inviting each other: the smaller URI's invite wins."""
+        for session in self.sessions_of(callee):
+            if session.caller == callee and session.callee == caller and session.state == INVITE:
+                if callee < caller:
+                    self._error(caller, request_id, "glare", f"{callee} is calling you")
+                    self.trace.emit("session", caller, callee, "hangup(glare; crs)", "-", "-")
+                    return False
+                self._end(session, "glare", CRS, f"{caller} called at the same time")
+        return True
+
+    def _allocated(self, session: Session, request_id: int, mikey: bytes, legs: RelayLegs) -> None:
+        if session.id not in self.sessions:
+            # ended while the relay was being allocated
+            self.relay.release(session.id)
+            return
+        session.relayed = True
+        session.offered = True
+        self.parties.send(
+            session.caller,
+            message(
+                "session",
+                id=request_id,
+                session=session.id,
+                relay_host=legs.host,
+                relay_port=legs.port,
+                relay_tag=legs.caller_tag,
+            ),
+        )
+        self.parties.send(
+            session.callee,
+            message(
+                "invite",
+                session=session.id,
+                **{"from": session.caller},
+                to=session.to,
+                mikey=mikey,
+                relay_host=legs.host,
+                relay_port=legs.port,
+                relay_tag=legs.callee_tag,
+            ),
+        )
+        session.timer = self.clock.callLater(self.answer_timeout, self._no_answer, session.id)
+        self._trace(session, INVITE)
+
+    def _allocation_failed(self, session: Session, request_id: int, failure: Any) -> None:
+        log.warn(
+            "no relay session for call {caller} -> {callee}: {why}",
+            caller=session.caller,
+            callee=session.callee,
+            why=failure.getErrorMessage(),
+        )
+        self._remove(session)
+        self._error(session.caller, request_id, "internal", "no media relay available")
+
+    def _error(self, uri: str, request_id: int, code: str, reason: str) -> None:
+        self.parties.send(uri, message("error", id=request_id, code=code, reason=reason))
+
+    # -- during the call ---------------------------------------------------------
+
+    def _find(self, uri: str, session_id: str) -> Session | None:
+        session = self.sessions.get(session_id)
+        if session is None or session.role_of(uri) is None:
+            self.parties.send(
+                uri, message("error", code="not-found", reason=f"no session {session_id[:64]}")
+            )
+            return None
+        return session
+
+    def ringing(self, uri: str, session_id: str) -> None:
+        """``ringing`` from the callee."""
+        session = self._find(uri, session_id)
+        if session is None:
+            return
+        if session.role_of(uri) != CALLEE or session.state != INVITE:
+            self.parties.send(uri, message("error", code="unexpected", reason="not ringing now"))
+            return
+        session.state = RINGING
+        self.parties.send(session.caller, message("ringing", session=session.id))
+        self._trace(session, RINGING)
+
+    def talk(self, uri: str, session_id: str) -> None:
+        """``talk`` from the callee: the call is answered."""
+        session = self._find(uri, session_id)
+        if session is None:
+            return
+        if session.role_of(uri) != CALLEE or session.state not in (INVITE, RINGING):
+            self.parties.send(uri, message("error", code="unexpected", reason="cannot answer now"))
+            return
+        session.state = TALK
+        if session.timer is not None and session.timer.active():
+            session.timer.cancel()
+        session.timer = None
+        self.counters["talks"] += 1
+        self.parties.send(session.caller, message("talk", session=session.id))
+        self._trace(session, TALK)
+
+    def hangup(self, uri: str, session_id: str, code: str, reason: str | None = None) -> None:
+        """``hangup`` from either party."""
+        session = self._find(uri, session_id)
+        if session is None:
+            return
+        role = session.role_of(uri)
+        assert role is not None
+        self._end(session, code, role, reason, skip=uri)
+
+    def _end(
+        self, session: Session, code: str, who: str, reason: str | None, skip: str | None = None
+    ) -> None:
+        self._remove(session)
+        self.counters["hangups"] += 1
+        if not session.offered:
+            # Nobody has heard of this session yet: the caller's invite fails.
+            if session.caller != skip:
+                error = "not-connected" if code == "detached" else code
+                self._error(session.caller, session.request_id, error, reason or code)
+            self._trace(session, f"hangup({code}; {who})")
+            return
+        for party in (session.caller, session.callee):
+            if party != skip:
+                self.parties.send(
+                    party,
+                    message("hangup", session=session.id, code=code, reason=reason, who=who),
+                )
+        self._trace(session, f"hangup({code}; {who})")
+
+    def _no_answer(self, session_id: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        session.timer = None
+        self._end(session, "no-answer", CRS, "not answered in time")
+
+    def detached(self, uri: str) -> None:
+        """A party's connection ended: its calls end, the other party is told."""
+        for session in self.sessions_of(uri):
+            role = session.role_of(uri)
+            assert role is not None
+            self._end(session, "detached", role, f"the {role} went away", skip=uri)
+
+    def stop(self) -> None:
+        """Shutdown: end every call."""
+        for session in list(self.sessions.values()):
+            self._end(session, "shutdown", CRS, "the CRS is shutting down")

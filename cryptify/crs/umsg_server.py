@@ -1,0 +1,383 @@
+"""The CRS's UMSG listener: Twisted adapter around the WebSocket and attach cores.
+
+One :class:`UmsgServerProtocol` per client connection (TLS is done by the
+port underneath): octets go to :class:`~cryptify.protocols.umsg_ws.UmsgWebSocket`,
+complete messages are decoded and handed to the connection's
+:class:`~cryptify.crs.attach.AttachSession`.
+
+The factory enforces the limits (:class:`Limits`) that keep a flood of
+half-open, slow or garbage connections from starving attached clients:
+
+- at most ``max_unattached_per_address`` connections from one source
+  address, and ``max_unattached`` in all, may be waiting to attach; more
+  are closed at once, before their TLS handshake costs anything;
+- a connection must attach within ``attach_timeout`` seconds;
+- a message (and the HTTP upgrade request) may not exceed ``max_message``.
+
+Keep-alive: a WebSocket ping goes to a client that has been silent for its
+keep-alive interval (by default ``PING_AFTER``, a little over 20 minutes);
+a client that does not answer within ``pong_timeout`` is dropped.
+``keep-alive CIDR tcp|ws MS`` rules in crs.conf choose the method and
+interval per client address (first match wins); ``tcp`` turns on TCP
+keep-alive with that idle time instead of WebSocket pings.  Timers are
+sweeps over the connections (one every ``sweep`` seconds for keep-alive,
+every second for attach timeouts), not one delayed call per connection.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cryptify.config.crs import CrsGlobal, KeepAlive
+from cryptify.crs.attach import AttachCore, AttachSession
+from cryptify.protocols.umsg import (
+    MAX_MESSAGE,
+    Message,
+    UmsgError,
+    decode_from_client,
+    encode_from_server,
+)
+from cryptify.protocols.umsg_ws import (
+    GOING_AWAY,
+    NORMAL,
+    POLICY,
+    TOO_BIG,
+    Closed,
+    Failed,
+    Received,
+    UmsgWebSocket,
+)
+from cryptify.service import ListenService
+
+log = Logger(namespace="cryptify.crs.umsg")
+
+SECOND = 1.0
+MINUTE = 60 * SECOND
+#: Silence after which the CRS pings a client (default keep-alive interval).
+PING_AFTER = 20 * MINUTE + 30 * SECOND
+#: Time a pinged client has to answer.
+PONG_TIMEOUT = 60 * SECOND
+#: Listen backlog of the client port: Twisted's default (50) would make the
+#: kernel drop the SYNs of a reconnect wave and the clients retry a second later.
+BACKLOG = 1024
+#: Time a closing connection has to flush before it is aborted.
+CLOSE_GRACE = 5 * SECOND
+#: TCP keep-alive probes before the kernel gives up (``tcp`` rules).
+TCP_KEEPALIVE_PROBES = 4
+
+#: WebSocket close code for each UMSG reason to end a connection.
+_WS_CLOSE = {"too-large": TOO_BIG, "shutdown": GOING_AWAY, "keepalive": GOING_AWAY}
+_WS_NORMAL = ("moved", "detach", "replaced")
+
+
+@attrs.frozen
+class Limits:
+    """Limits of the client listener (crs.conf may set them; these are safe defaults)."""
+
+    max_message: int = MAX_MESSAGE
+    attach_timeout: float = 10 * SECOND
+    max_unattached_per_address: int = 64
+    max_unattached: int = 8192
+    ping_after: float = PING_AFTER
+    pong_timeout: float = PONG_TIMEOUT
+    #: How often the keep-alive sweep runs.
+    sweep: float = 5 * SECOND
+    #: How often the attach-timeout sweep runs.
+    attach_sweep: float = 1 * SECOND
+
+    @classmethod
+    def from_config(cls, g: CrsGlobal) -> Limits:
+        """The limits crs.conf sets (``client-max-message`` and the like)."""
+        return cls(
+            max_message=g.client_max_message,
+            attach_timeout=g.client_attach_timeout,
+            max_unattached_per_address=g.client_max_unattached_per_address,
+            max_unattached=g.client_max_unattached,
+        )
+
+
+class UmsgServerProtocol(Protocol):
+    """One client connection: WebSocket + attach session."""
+
+    factory: UmsgServerFactory
+    ws: UmsgWebSocket
+    session: AttachSession
+    host = ""
+    port = 0
+    started = 0.0
+    last_seen = 0.0
+    ping_at: float | None = None
+    interval = PING_AFTER
+    ending = False
+    abort_call: Any = None
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        assert self.transport is not None
+        peer: Any = self.transport.getPeer()
+        self.host, self.port = str(getattr(peer, "host", "")), int(getattr(peer, "port", 0))
+        self.started = self.last_seen = factory.clock.seconds()
+        if not factory.admit(self):
+            self.ending = True
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        method, interval = factory.keepalive(self.host)
+        self.interval = interval / 1000
+        if method == "tcp":
+            tcp_keepalive(self.transport, self.interval)
+        self.ws = UmsgWebSocket.server(factory.limits.max_message)
+        self.session = factory.core.session(self, self.host, self.port, (method, interval))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.ending:
+            return
+        factory = self.factory
+        self.last_seen = factory.clock.seconds()
+        self.ping_at = None
+        for event in self.ws.receive(data):
+            if isinstance(event, Received):
+                try:
+                    msg = decode_from_client(event.data, factory.limits.max_message)
+                except UmsgError as exc:
+                    self.session.protocol_error(exc)
+                else:
+                    self.session.received(msg)
+                    if self.session.attached:
+                        factory.promote(self)
+            elif isinstance(event, Failed):
+                code = "too-large" if event.code == TOO_BIG else "malformed"
+                self.session.protocol_error(UmsgError(code, event.reason))
+                self.end(code)
+            elif isinstance(event, Closed):
+                self.session.lost("client closed")
+                self.end("closed")
+            if self.ending:
+                break
+        self.flush()
+
+    def flush(self) -> None:
+        out = self.ws.outgoing()
+        if out and self.transport is not None:
+            self.transport.write(out)
+
+    # Peer (for the attach session)
+
+    def send(self, msg: Message) -> None:
+        if self.ending:
+            return
+        self.ws.send(encode_from_server(msg))
+        self.flush()
+
+    def end(self, code: str) -> None:
+        if self.ending:
+            return
+        self.ending = True
+        self.factory.forget(self)
+        ws_code = _WS_CLOSE.get(code, NORMAL if code in _WS_NORMAL else POLICY)
+        self.ws.close(ws_code, code)
+        self.flush()
+        if self.transport is not None:
+            self.transport.loseConnection()
+            # A peer that does not read would keep a closing connection forever.
+            self.abort_call = self.factory.clock.callLater(CLOSE_GRACE, self.abort)
+
+    def abort(self) -> None:
+        self.abort_call = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # timers (called by the factory's sweeps)
+
+    def tick(self, now: float) -> None:
+        """Keep-alive: ping after silence; drop when the ping goes unanswered."""
+        if self.ending or not self.session.attached:
+            return
+        if self.ping_at is None:
+            if now - self.last_seen >= self.interval:
+                self.ping_at = now
+                self.ws.ping(b"ka")
+                self.flush()
+        elif now - self.ping_at >= self.factory.limits.pong_timeout:
+            self.session.protocol_error(UmsgError("keepalive", "no pong in time"))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.abort_call is not None and self.abort_call.active():
+            self.abort_call.cancel()
+        self.abort_call = None
+        self.factory.forget(self)
+        session = getattr(self, "session", None)
+        if session is not None:
+            session.lost("connection lost")
+        self.ending = True
+
+
+def tcp_keepalive(transport: Any, idle: float) -> None:
+    """Turn on TCP keep-alive on the socket under ``transport`` (TLS or not)."""
+    tcp = getattr(transport, "transport", transport)
+    handle: Any = getattr(tcp, "getHandle", lambda: None)()
+    if not isinstance(handle, socket.socket):
+        return
+    seconds = max(1, int(idle))
+    handle.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", seconds),
+        ("TCP_KEEPINTVL", min(seconds, 75)),
+        ("TCP_KEEPCNT", TCP_KEEPALIVE_PROBES),
+    ):
+        if hasattr(socket, option):
+            handle.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+class UmsgServerFactory(Factory):
+    """The client listener's factory: admission, limits, sweeps."""
+
+    protocol = UmsgServerProtocol  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self,
+        core: AttachCore,
+        clock: IReactorTime,
+        limits: Limits | None = None,
+        keepalive_rule: Callable[[str], KeepAlive | None] = lambda host: None,
+    ) -> None:
+        self.core = core
+        self.clock = clock
+        self.limits = limits or Limits()
+        self.keepalive_rule = keepalive_rule
+        #: Connections that have not attached yet.
+        self.pending: set[UmsgServerProtocol] = set()
+        self.unattached: Counter[str] = Counter()
+        #: Attached connections kept alive with WebSocket pings.
+        self.live: set[UmsgServerProtocol] = set()
+        self.refused_early = 0
+        self._loops: list[task.LoopingCall] = []
+
+    def keepalive(self, host: str) -> tuple[str, int]:
+        """(method, interval ms) for a client at ``host``: first rule, else the default."""
+        try:
+            rule = self.keepalive_rule(host)
+        except ValueError:
+            rule = None
+        if rule is None:
+            return "ws", int(self.limits.ping_after * 1000)
+        return rule.method, rule.interval_ms
+
+    def admit(self, proto: UmsgServerProtocol) -> bool:
+        """Count a new connection as unattached, or refuse it (too many)."""
+        limits = self.limits
+        if (
+            self.unattached[proto.host] >= limits.max_unattached_per_address
+            or len(self.pending) >= limits.max_unattached
+        ):
+            self.refused_early += 1
+            if self.refused_early % 1000 == 1:
+                log.warn(
+                    "too many unattached connections ({count} from {host}); closing new ones",
+                    count=self.unattached[proto.host],
+                    host=proto.host,
+                )
+            return False
+        self.pending.add(proto)
+        self.unattached[proto.host] += 1
+        return True
+
+    def promote(self, proto: UmsgServerProtocol) -> None:
+        """The connection attached: it no longer counts as unattached."""
+        if proto in self.pending:
+            self._unpend(proto)
+            if proto.session.keepalive[0] == "ws":
+                self.live.add(proto)
+
+    def forget(self, proto: UmsgServerProtocol) -> None:
+        if proto in self.pending:
+            self._unpend(proto)
+        self.live.discard(proto)
+
+    def _unpend(self, proto: UmsgServerProtocol) -> None:
+        self.pending.discard(proto)
+        self.unattached[proto.host] -= 1
+        if self.unattached[proto.host] <= 0:
+            del self.unattached[proto.host]
+
+    # sweeps
+
+    def sweep_attach(self) -> None:
+        """Refuse connections that did not attach in time."""
+        deadline = self.clock.seconds() - self.limits.attach_timeout
+        for proto in [p for p in self.pending if p.started <= deadline]:
+            if hasattr(proto, "session"):
+                proto.session.timed_out()
+            proto.end("attach-timeout")
+
+    def sweep_keepalive(self) -> None:
+        """Ping silent clients; drop those that did not answer."""
+        now = self.clock.seconds()
+        for proto in list(self.live):
+            proto.tick(now)
+
+    def startFactory(self) -> None:
+        limits = self.limits
+        for period, call in (
+            (limits.attach_sweep, self.sweep_attach),
+            (limits.sweep, self.sweep_keepalive),
+        ):
+            loop = task.LoopingCall(call)
+            loop.clock = self.clock
+            loop.start(period, now=False)
+            self._loops.append(loop)
+
+    def stopFactory(self) -> None:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+
+    def disconnect_all(self, reason: str = "shutdown") -> int:
+        """Tell every attached client ``reason`` and close; return how many."""
+        registry = self.core.registry
+        attachments = [a for a in registry.matching() if isinstance(a.conn, AttachSession)]
+        return registry.disconnect(attachments, reason)
+
+
+class UmsgListenService(ListenService):
+    """The client listener as a service: on stop, stop listening, tell every
+    attached client the CRS is shutting down, and give them a moment to go."""
+
+    def __init__(
+        self,
+        where: str,
+        listen: Callable[[], Any],
+        factory: UmsgServerFactory,
+        clock: IReactorTime,
+        grace: float = 0.5,
+    ) -> None:
+        super().__init__("client TLS", where, listen)
+        self.factory = factory
+        self.clock = clock
+        self.grace = grace
+
+    def stopService(self) -> defer.Deferred[Any]:
+        service.Service.stopService(self)
+        port, self.port = self.port, None
+
+        async def run() -> None:
+            if port is not None:
+                await defer.maybeDeferred(port.stopListening)
+            count = self.factory.disconnect_all("shutdown")
+            if count:
+                log.info("told {count} attached clients the CRS is shutting down", count=count)
+                await task.deferLater(self.clock, self.grace, lambda: None)
+
+        return defer.ensureDeferred(run())

@@ -1,0 +1,559 @@
+"""UMSG: the client <-> CRS message codec (sans-IO).
+
+One UMSG message is one CBOR map (RFC 8949) carried in one binary WebSocket
+message.  Every map has a ``type`` (text) and, for requests and their
+answers, an ``id`` (unsigned integer chosen by the requester, echoed in the
+answer).  The fields of every type, their CBOR types and their limits are
+in :data:`FROM_CLIENT` and :data:`FROM_SERVER` and in ``docs/umsg.md``;
+a test keeps the two in step.
+
+:func:`decode` accepts only what the schema allows: the strict CBOR subset
+below, a known type, every required field present with the right type and
+within its limits.  Unknown fields are ignored (a later revision may add
+fields).  Anything else raises :class:`UmsgError` -- never any other
+exception -- with an error code from :data:`ERROR_CODES`.
+
+The CBOR subset: unsigned and negative integers (up to 64 bits), byte
+strings, UTF-8 text strings, arrays, maps with text keys (no duplicates),
+``true``, ``false`` and ``null``; definite lengths only; no tags, no floats;
+nesting at most :data:`MAX_DEPTH` deep.  Encoding uses the same subset.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+import cbor2
+
+#: The WebSocket subprotocol of this specification (major version 1).
+SUBPROTOCOL = "umsg.1"
+#: Revisions of umsg.1 this implementation speaks (attach ``versions``).
+REVISIONS = (1,)
+#: Largest UMSG message (one WebSocket message) accepted by default, octets.
+MAX_MESSAGE = 64 * 1024
+#: Deepest CBOR nesting accepted.
+MAX_DEPTH = 4
+#: Most keys in one message map.
+MAX_KEYS = 32
+#: Largest request id.
+MAX_ID = 2**32 - 1
+#: Largest end-to-end content carried by ``post`` / ``message``, octets.
+MAX_CONTENT = 48 * 1024
+#: Largest MIKEY I_MESSAGE carried by ``invite``, octets.
+MAX_MIKEY = 4096
+
+#: Error and refusal codes, with what each means (docs/umsg.md lists them).
+ERROR_CODES: dict[str, str] = {
+    "malformed": "not a valid UMSG message (CBOR, type, fields or limits)",
+    "too-large": "message larger than the server's maximum",
+    "unexpected": "message type not allowed in this state",
+    "version": "no UMSG revision in common",
+    "unknown-account": "the account is not served by this CRS",
+    "blacklisted": "the URI is blacklisted in its account",
+    "bad-signature": "the attach signature does not verify",
+    "no-key-period": "the account has no keys for the current month",
+    "attach-timeout": "no attach completed within the time allowed",
+    "too-many": "too many unattached connections from this address",
+    "replaced": "the same URI attached again on another connection",
+    "keepalive": "no answer to a keep-alive ping in time",
+    "shutdown": "the CRS is shutting down",
+    "purged": "the operator purged this client",
+    "not-implemented": "this CRS does not handle this request yet",
+    "not-found": "the responder or the session does not exist",
+    "not-connected": "the responder is not attached",
+    "internal": "the CRS could not handle the request",
+    "disconnected": "the CRS closed the connection (the reason says why)",
+}
+
+
+class UmsgError(Exception):
+    """A message that cannot be accepted; ``code`` is one of :data:`ERROR_CODES`."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+# ---------------------------------------------------------------- CBOR subset
+
+
+def _head(major: int, value: int) -> bytes:
+    if value < 24:
+        return bytes((major << 5 | value,))
+    if value < 0x100:
+        return bytes((major << 5 | 24, value))
+    if value < 0x10000:
+        return bytes((major << 5 | 25,)) + struct.pack(">H", value)
+    if value < 0x100000000:
+        return bytes((major << 5 | 26,)) + struct.pack(">I", value)
+    return bytes((major << 5 | 27,)) + struct.pack(">Q", value)
+
+
+def cbor_encode(value: Any) -> bytes:
+    """Encode ``value`` in the UMSG CBOR subset (raises UmsgError otherwise)."""
+    out: list[bytes] = []
+    _encode_into(value, out, 0)
+    return b"".join(out)
+
+
+def _encode_into(value: Any, out: list[bytes], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise UmsgError("malformed", "nesting too deep")
+    if value is True:
+        out.append(b"\xf5")
+    elif value is False:
+        out.append(b"\xf4")
+    elif value is None:
+        out.append(b"\xf6")
+    elif isinstance(value, int):
+        if 0 <= value < 2**64:
+            out.append(_head(0, value))
+        elif -(2**64) <= value < 0:
+            out.append(_head(1, -1 - value))
+        else:
+            raise UmsgError("malformed", "integer out of range")
+    elif isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        out.append(_head(2, len(raw)))
+        out.append(raw)
+    elif isinstance(value, str):
+        raw = value.encode("utf-8")
+        out.append(_head(3, len(raw)))
+        out.append(raw)
+    elif isinstance(value, list | tuple):
+        out.append(_head(4, len(value)))
+        for item in value:
+            _encode_into(item, out, depth + 1)
+    elif isinstance(value, Mapping):
+        out.append(_head(5, len(value)))
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise UmsgError("malformed", "map keys must be text")
+            _encode_into(key, out, depth + 1)
+            _encode_into(item, out, depth + 1)
+    else:
+        raise UmsgError("malformed", f"cannot encode {type(value).__name__}")
+
+
+_SIZES = {24: 1, 25: 2, 26: 4, 27: 8}
+
+
+def cbor_decode(data: bytes) -> Any:
+    """Decode one complete item of the UMSG CBOR subset; raise UmsgError."""
+    view = bytes(data)
+    value, end = _decode_at(view, 0, 0)
+    if end != len(view):
+        raise UmsgError("malformed", "trailing octets after the CBOR item")
+    return value
+
+
+def _decode_at(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    if depth > MAX_DEPTH:
+        raise UmsgError("malformed", "nesting too deep")
+    if pos >= len(data):
+        raise UmsgError("malformed", "truncated CBOR")
+    initial = data[pos]
+    pos += 1
+    major, info = initial >> 5, initial & 0x1F
+    if major == 7:
+        simple = {20: False, 21: True, 22: None}
+        if info in simple:
+            return simple[info], pos
+        raise UmsgError("malformed", "floats and other simple values are not allowed")
+    if info < 24:
+        arg = info
+    elif info in _SIZES:
+        size = _SIZES[info]
+        if pos + size > len(data):
+            raise UmsgError("malformed", "truncated CBOR")
+        arg = int.from_bytes(data[pos : pos + size], "big")
+        pos += size
+    else:
+        raise UmsgError("malformed", "indefinite lengths are not allowed")
+    if major == 0:
+        return arg, pos
+    if major == 1:
+        return -1 - arg, pos
+    if major in (2, 3):
+        if arg > len(data) - pos:
+            raise UmsgError("malformed", "truncated CBOR string")
+        raw = data[pos : pos + arg]
+        pos += arg
+        if major == 2:
+            return raw, pos
+        try:
+            return raw.decode("utf-8"), pos
+        except UnicodeDecodeError:
+            raise UmsgError("malformed", "text is not UTF-8") from None
+    if major == 4:
+        if arg > len(data) - pos:
+            raise UmsgError("malformed", "truncated CBOR array")
+        items = []
+        for _ in range(arg):
+            item, pos = _decode_at(data, pos, depth + 1)
+            items.append(item)
+        return items, pos
+    if major == 5:
+        if arg > (len(data) - pos) // 2:
+            raise UmsgError("malformed", "truncated CBOR map")
+        result: dict[str, Any] = {}
+        for _ in range(arg):
+            key, pos = _decode_at(data, pos, depth + 1)
+            if not isinstance(key, str):
+                raise UmsgError("malformed", "map keys must be text")
+            if key in result:
+                raise UmsgError("malformed", f"duplicate key {key!r}")
+            result[key], pos = _decode_at(data, pos, depth + 1)
+        return result, pos
+    raise UmsgError("malformed", "CBOR tags are not allowed")
+
+
+# ---------------------------------------------------------------- schema
+
+
+@attrs.frozen
+class Field:
+    """One field of a message type: name, kind, limits, whether required.
+
+    Kinds: ``text`` (length ``lo``..``hi`` characters, optional ``pattern``),
+    ``uint`` (``lo``..``hi``), ``int`` (``lo``..``hi``), ``bytes`` (length
+    ``lo``..``hi``), ``bool``, ``uints`` (array of ``lo``..``hi`` unsigned
+    integers below 2**16), ``texts`` (map of up to ``hi`` text keys to text
+    values of at most 128 characters).
+    """
+
+    name: str
+    kind: str
+    lo: int = 0
+    hi: int = 0
+    required: bool = True
+    pattern: str | None = None
+
+    def check(self, value: Any) -> None:
+        """Raise UmsgError unless ``value`` is valid for this field."""
+        ok = _CHECKS[self.kind](self, value)
+        if not ok:
+            raise UmsgError("malformed", f"field {self.name!r}: {self.describe()}")
+
+    def describe(self) -> str:
+        """This field's type and limits in words (used in errors and the doc test)."""
+        if self.kind == "text":
+            base = f"text, {self.lo}..{self.hi} characters"
+            return base + (f", matching {self.pattern}" if self.pattern else "")
+        if self.kind in ("uint", "int"):
+            return f"{self.kind} {self.lo}..{self.hi}"
+        if self.kind == "bytes":
+            return f"bytes, {self.lo}..{self.hi} octets"
+        if self.kind == "uints":
+            return f"array of {self.lo}..{self.hi} uint"
+        if self.kind == "texts":
+            return f"map of at most {self.hi} text -> text (128 characters)"
+        return self.kind
+
+
+def _check_text(f: Field, v: Any) -> bool:
+    return (
+        isinstance(v, str)
+        and f.lo <= len(v) <= f.hi
+        and (f.pattern is None or re.fullmatch(f.pattern, v) is not None)
+    )
+
+
+def _check_int(f: Field, v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and f.lo <= v <= f.hi
+
+
+def _check_bytes(f: Field, v: Any) -> bool:
+    return isinstance(v, bytes) and f.lo <= len(v) <= f.hi
+
+
+def _check_uints(f: Field, v: Any) -> bool:
+    return (
+        isinstance(v, list)
+        and f.lo <= len(v) <= f.hi
+        and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**16 for i in v)
+    )
+
+
+def _check_texts(f: Field, v: Any) -> bool:
+    return (
+        isinstance(v, dict)
+        and len(v) <= f.hi
+        and all(len(k) <= 32 and isinstance(x, str) and len(x) <= 128 for k, x in v.items())
+    )
+
+
+_CHECKS: dict[str, Callable[[Field, Any], bool]] = {
+    "text": _check_text,
+    "uint": _check_int,
+    "int": _check_int,
+    "bytes": _check_bytes,
+    "bool": lambda f, v: isinstance(v, bool),
+    "uints": _check_uints,
+    "texts": _check_texts,
+}
+
+#: A tel URI as clients attach with it (RFC 6509 form).
+TEL = r"tel:\+[0-9]{1,15}"
+#: A tel URI that may carry an extension (``tel:+8888;101``), as callees.
+TEL_EXT = r"tel:\+[0-9]{1,15}(;[0-9A-Za-z*#]{1,16})?"
+ACCOUNT = r"[A-Za-z0-9_-]{1,20}"
+PERIOD = r"[0-9]{4}-(0[1-9]|1[0-2])"
+
+
+def _id(required: bool = True) -> Field:
+    return Field("id", "uint", 0, MAX_ID, required)
+
+
+def _text(
+    name: str, hi: int, lo: int = 1, *, pattern: str | None = None, req: bool = True
+) -> Field:
+    return Field(name, "text", lo, hi, req, pattern)
+
+
+def _code(req: bool = True) -> Field:
+    return _text("code", 32, pattern=r"[a-z-]{1,32}", req=req)
+
+
+def _reason() -> Field:
+    return _text("reason", 200, 0, req=False)
+
+
+_SESSION = _text("session", 64, pattern=r"[0-9A-Za-z_.:-]{1,64}")
+_MESSAGE = _text("message", 64, pattern=r"[0-9A-Za-z_.:-]{1,64}")
+
+
+def _schema(*types: tuple[str, Iterable[Field]]) -> dict[str, tuple[Field, ...]]:
+    return {name: tuple(fields) for name, fields in types}
+
+
+#: Message types a client may send, with their fields.
+FROM_CLIENT: dict[str, tuple[Field, ...]] = _schema(
+    (
+        "attach",
+        [
+            _id(),
+            _text("account", 20, pattern=ACCOUNT),
+            _text("uri", 20, pattern=TEL),
+            Field("versions", "uints", 1, 8),
+            _text("app", 64),
+            Field("device", "texts", 0, 8, required=False),
+            Field("ticket", "bytes", 1, 64, required=False),
+        ],
+    ),
+    ("prove", [_id(), Field("signature", "bytes", 129, 129)]),
+    ("detach", [_id(False)]),
+    (
+        "push-token",
+        [_id(), _text("kind", 16, pattern=r"[a-z0-9-]{1,16}"), _text("token", 512)],
+    ),
+    (
+        "client-info",
+        [
+            _id(),
+            _text("os", 32, 0, req=False),
+            _text("os-version", 32, 0, req=False),
+            _text("cca-version", 32, 0, req=False),
+            Field("client-time", "int", -(2**31), 2**31 - 1, False),
+            Field("scan-time", "uint", 0, 2**40, False),
+        ],
+    ),
+    (
+        "invite",
+        [_id(), _text("to", 40, pattern=TEL_EXT), Field("mikey", "bytes", 1, MAX_MIKEY)],
+    ),
+    ("ringing", [_SESSION]),
+    ("talk", [_SESSION]),
+    ("hangup", [_SESSION, _code(), _reason()]),
+    (
+        "post",
+        [
+            _id(),
+            _text("to", 40, pattern=TEL_EXT),
+            Field("content", "bytes", 0, MAX_CONTENT, False),
+            attrs.evolve(_MESSAGE, name="ack", required=False),
+        ],
+    ),
+    ("fetch", [_id()]),
+    ("delivered", [_MESSAGE]),
+)
+
+#: Message types the CRS may send, with their fields.
+FROM_SERVER: dict[str, tuple[Field, ...]] = _schema(
+    (
+        "challenge",
+        [
+            _id(),
+            Field("nonce", "bytes", 32, 32),
+            _text("period", 7, pattern=PERIOD),
+            Field("version", "uint", 1, 2**16 - 1),
+        ],
+    ),
+    (
+        "attached",
+        [
+            _id(),
+            _text("uri", 20, pattern=TEL),
+            _text("crs", 64),
+            Field("slot", "uint", 0, 16383),
+            Field("time", "uint", 0, 2**53),
+            _text("keepalive", 3, 2, pattern="ws|tcp"),
+            Field("interval", "uint", 1000, 24 * 3600 * 1000),
+            Field("ticket", "bytes", 1, 64, required=False),
+            Field("resumed", "bool", required=False),
+        ],
+    ),
+    (
+        "moved",
+        [_id(), _text("crs", 64), _text("host", 255), Field("port", "uint", 1, 65535)],
+    ),
+    ("refused", [_id(False), _code(), _reason()]),
+    ("disconnect", [_code(), _reason()]),
+    ("ok", [_id()]),
+    ("error", [_id(False), _code(), _reason()]),
+    (
+        "invite",
+        [
+            _SESSION,
+            _text("from", 20, pattern=TEL),
+            _text("to", 40, pattern=TEL_EXT),
+            Field("mikey", "bytes", 1, MAX_MIKEY),
+            _text("relay-host", 255),
+            Field("relay-port", "uint", 1, 65535),
+            Field("relay-tag", "bytes", 1, 16),
+        ],
+    ),
+    (
+        "session",
+        [
+            _id(),
+            _SESSION,
+            _text("relay-host", 255),
+            Field("relay-port", "uint", 1, 65535),
+            Field("relay-tag", "bytes", 1, 16),
+        ],
+    ),
+    ("ringing", [_SESSION]),
+    ("talk", [_SESSION]),
+    ("hangup", [_SESSION, _code(), _reason(), _text("who", 16, pattern="caller|callee|crs")]),
+    ("posted", [_id(), _MESSAGE]),
+    (
+        "message",
+        [
+            _MESSAGE,
+            _text("from", 20, pattern=TEL),
+            _text("to", 40, pattern=TEL_EXT),
+            Field("time", "uint", 0, 2**53),
+            Field("content", "bytes", 0, MAX_CONTENT, False),
+            attrs.evolve(_MESSAGE, name="ack", required=False),
+        ],
+    ),
+    ("delivered", [_MESSAGE]),
+)
+
+
+@attrs.frozen
+class Message:
+    """A decoded (or to-be-encoded) UMSG message: its type and its fields."""
+
+    type: str
+    fields: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.fields.get(name, default)
+
+    @property
+    def id(self) -> int | None:
+        value = self.fields.get("id")
+        return value if isinstance(value, int) else None
+
+
+def message(type_: str, /, **fields: Any) -> Message:
+    """Build a Message; field names with ``_`` become ``-`` (``relay_host``)."""
+    return Message(type_, {k.replace("_", "-"): v for k, v in fields.items() if v is not None})
+
+
+def _validate(
+    schema: Mapping[str, tuple[Field, ...]], msg_type: Any, body: Mapping[str, Any]
+) -> None:
+    if not isinstance(msg_type, str):
+        raise UmsgError("malformed", "no message type")
+    fields = schema.get(msg_type)
+    if fields is None:
+        raise UmsgError("malformed", f"unknown message type {msg_type[:32]!r}")
+    for field in fields:
+        if field.name in body:
+            field.check(body[field.name])
+        elif field.required:
+            raise UmsgError("malformed", f"{msg_type}: field {field.name!r} is missing")
+
+
+def encode(msg: Message, schema: Mapping[str, tuple[Field, ...]]) -> bytes:
+    """Validate ``msg`` against ``schema`` and encode it as one CBOR map.
+
+    Validation leaves only types of the UMSG subset, so the C encoder of
+    cbor2 writes the same octets as :func:`cbor_encode`, faster.
+    """
+    _validate(schema, msg.type, msg.fields)
+    unknown = set(msg.fields) - {f.name for f in schema[msg.type]}
+    if unknown:
+        raise UmsgError("malformed", f"{msg.type}: unknown fields {sorted(unknown)}")
+    return bytes(cbor2.dumps({"type": msg.type, **msg.fields}))
+
+
+def decode(
+    data: bytes, schema: Mapping[str, tuple[Field, ...]], max_size: int = MAX_MESSAGE
+) -> Message:
+    """Decode and validate one UMSG message; raise UmsgError (and nothing else)."""
+    if len(data) > max_size:
+        raise UmsgError("too-large", f"{len(data)} octets, at most {max_size}")
+    body = cbor_decode(data)
+    if not isinstance(body, dict):
+        raise UmsgError("malformed", "a UMSG message is a CBOR map")
+    if len(body) > MAX_KEYS:
+        raise UmsgError("malformed", f"more than {MAX_KEYS} fields")
+    msg_type = body.pop("type", None)
+    _validate(schema, msg_type, body)
+    known = {f.name for f in schema[msg_type]}
+    return Message(msg_type, {k: v for k, v in body.items() if k in known})
+
+
+def encode_from_client(msg: Message) -> bytes:
+    """Encode a client -> CRS message."""
+    return encode(msg, FROM_CLIENT)
+
+
+def encode_from_server(msg: Message) -> bytes:
+    """Encode a CRS -> client message."""
+    return encode(msg, FROM_SERVER)
+
+
+def decode_from_client(data: bytes, max_size: int = MAX_MESSAGE) -> Message:
+    """Decode what a client sent (the CRS side)."""
+    return decode(data, FROM_CLIENT, max_size)
+
+
+def decode_from_server(data: bytes, max_size: int = MAX_MESSAGE) -> Message:
+    """Decode what the CRS sent (the client side)."""
+    return decode(data, FROM_SERVER, max_size)
+
+
+def attach_signed_octets(nonce: bytes, account: str, uri: str, period: str) -> bytes:
+    """The octets a client signs to prove an attach (docs/umsg.md, "Attach")."""
+    return b"\0".join(
+        (
+            b"umsg.1 attach",
+            nonce,
+            account.encode("ascii"),
+            uri.encode("ascii"),
+            period.encode("ascii"),
+        )
+    )

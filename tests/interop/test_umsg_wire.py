@@ -1,0 +1,233 @@
+"""UMSG over real loopback TLS: an independent WebSocket client (PyPI
+``websockets``) against our CRS listener, and a flood of half-open and
+garbage connections beside attached clients."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import time
+from typing import Any
+
+import cbor2
+from twisted.internet import defer, reactor, task, threads
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.trial.unittest import TestCase
+
+from cryptify.client.cli import tls_connector
+from cryptify.client.connection import AttachingClient
+from cryptify.client.session import Answered, Attached, ClientSession
+from cryptify.crs.attach import AttachCore
+from cryptify.crs.attached import AttachRegistry
+from cryptify.crs.umsg_server import BACKLOG, Limits, UmsgServerFactory
+from cryptify.crypto.identity import period_of
+from cryptify.protocols.tls import generate_self_signed, server_context_factory
+from cryptify.protocols.umsg import attach_signed_octets
+from tests.umsg_support import FakeAccount, FakeAccounts, FakeObjects, signer
+
+try:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect as ws_connect
+except ImportError:  # pragma: no cover
+    ws_connect = None
+
+
+class _Server:
+    def __init__(self, case: TestCase, limits: Limits | None = None) -> None:
+        directory = case.mktemp()
+        os.makedirs(directory)
+        self.cert = os.path.join(directory, "crs.crt")
+        key = os.path.join(directory, "crs.key")
+        generate_self_signed(self.cert, key)
+        self.period = period_of(time.time())
+        accounts = FakeAccounts()
+        accounts.add(FakeAccount("acme", periods=(self.period,)))
+        self.registry = AttachRegistry("crs1", reactor.seconds)
+        self.objects = FakeObjects()
+        core = AttachCore("crs1", accounts, self.registry, reactor.seconds, objects=self.objects)
+        self.factory = UmsgServerFactory(core, reactor, limits)
+        self.port = reactor.listenSSL(
+            0,
+            self.factory,
+            server_context_factory(self.cert, key),
+            backlog=BACKLOG,
+            interface="127.0.0.1",
+        )
+        case.addCleanup(self.port.stopListening)
+        self.number = self.port.getHost().port
+
+
+class WebsocketsClientTests(TestCase):
+    """The `websockets` library, written by others from RFC 6455, speaks to our CRS."""
+
+    def setUp(self) -> None:
+        if ws_connect is None:
+            self.skipTest("websockets is not installed")
+        self.server = _Server(self)
+
+    def _tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.server.cert)
+
+    def _attach(self) -> dict[str, Any]:
+        uri = "tel:+4677777"
+        url = f"wss://127.0.0.1:{self.server.number}/"
+        with ws_connect(url, ssl=self._tls(), subprotocols=["umsg.1"]) as ws:
+            assert ws.subprotocol == "umsg.1"
+            attach = {
+                "type": "attach",
+                "id": 1,
+                "account": "acme",
+                "uri": uri,
+                "versions": [1],
+                "app": "websockets-test",
+            }
+            ws.send(cbor2.dumps(attach))
+            challenge = cbor2.loads(ws.recv(timeout=10))
+            signed = attach_signed_octets(challenge["nonce"], "acme", uri, challenge["period"])
+            proof = signer("acme", uri, challenge["period"]).sign(signed)
+            ws.send(cbor2.dumps({"type": "prove", "id": 2, "signature": proof}))
+            attached = cbor2.loads(ws.recv(timeout=10))
+            ws.send(cbor2.dumps({"type": "push-token", "id": 3, "kind": "fcm", "token": "tok"}))
+            ok = cbor2.loads(ws.recv(timeout=10))
+            ws.ping(b"hello").wait(timeout=10)
+            ws.send(cbor2.dumps({"type": "detach", "id": 4}))
+            detached = cbor2.loads(ws.recv(timeout=10))
+        return {"challenge": challenge, "attached": attached, "ok": ok, "detached": detached}
+
+    @defer.inlineCallbacks
+    def test_attach(self) -> Any:
+        """attach, challenge, prove, attached, push-token, ping and detach all work."""
+        got = yield threads.deferToThread(self._attach)
+        self.assertEqual(got["challenge"]["type"], "challenge")
+        self.assertEqual(got["challenge"]["period"], self.server.period)
+        self.assertEqual(got["attached"]["type"], "attached")
+        self.assertEqual(got["attached"]["crs"], "crs1")
+        self.assertEqual(got["ok"], {"type": "ok", "id": 3})
+        self.assertEqual(got["detached"], {"type": "ok", "id": 4})
+        self.assertEqual(self.server.objects.stored[0][3:], ("tok", "fcm"))
+        self.assertEqual(self.server.registry.rows(), [])
+
+    def _no_subprotocol(self) -> int:
+        url = f"wss://127.0.0.1:{self.server.number}/"
+        try:
+            with ws_connect(url, ssl=self._tls()):
+                return 101
+        except InvalidStatus as exc:
+            return int(exc.response.status_code)
+
+    @defer.inlineCallbacks
+    def test_no_subprotocol(self) -> Any:
+        """Without umsg.1 the upgrade is refused with 400."""
+        status = yield threads.deferToThread(self._no_subprotocol)
+        self.assertEqual(status, 400)
+
+
+class _Flood(Protocol):
+    """A flood connection: silent (half-open) or writing garbage now and then."""
+
+    def __init__(self, garbage: bool, closed: list[int]) -> None:
+        self.garbage = garbage
+        self.closed = closed
+        self.loop: task.LoopingCall | None = None
+
+    def connectionMade(self) -> None:
+        if self.garbage:
+            self.loop = task.LoopingCall(self._spray)
+            self.loop.start(0.2)
+
+    def _spray(self) -> None:
+        assert self.transport is not None
+        self.transport.write(os.urandom(64))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        self.closed.append(1)
+
+
+class FloodTests(TestCase):
+    """Half-open, slow and garbage connections cannot starve attached clients."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_flood_beside_attached_clients(self) -> Any:
+        """Attached clients keep answering while 300 flood connections come and go;
+        the flood is capped per address and closed after the attach timeout."""
+        server = _Server(self, Limits(attach_timeout=2.0, max_unattached_per_address=50))
+        events: list[Any] = []
+        clients = []
+        for index in range(5):
+            uri = f"tel:+46100{index}"
+
+            def make(send: Any, uri: str = uri) -> ClientSession:
+                return ClientSession("acme", uri, lambda p: signer("acme", uri, p), send)
+
+            client = AttachingClient(
+                reactor,
+                tls_connector(reactor, server.cert, False, bind="127.0.0.2"),
+                make,
+                "127.0.0.1",
+                server.number,
+                events.append,
+            )
+            client.start()
+            clients.append(client)
+            self.addCleanup(client.stop)
+
+        def attached() -> int:
+            return sum(isinstance(e, Attached) for e in events)
+
+        while attached() < 5:
+            yield task.deferLater(reactor, 0.05, lambda: None)
+
+        closed: list[int] = []
+        flood = []
+        for index in range(300):
+            factory = ClientFactory.forProtocol(lambda i=index: _Flood(i % 3 == 0, closed))
+            flood.append(
+                reactor.connectTCP(
+                    "127.0.0.1", server.number, factory, bindAddress=("127.0.0.1", 0)
+                )
+            )
+        self.addCleanup(lambda: [c.disconnect() for c in flood])
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        self.assertLessEqual(len(server.factory.pending), 50)
+        self.assertGreaterEqual(server.factory.refused_early, 200)
+
+        # Attached clients still get answers, promptly, during the flood.
+        started = time.monotonic()
+        for client in clients:
+            assert client.proto is not None
+            client.proto.session.request("push-token", kind="apns", token="t")
+        while sum(isinstance(e, Answered) for e in events) < 5:
+            yield task.deferLater(reactor, 0.02, lambda: None)
+            self.assertLess(time.monotonic() - started, 2.0)
+        self.assertTrue(all(e.ok for e in events if isinstance(e, Answered)))
+
+        # A new client from another address attaches during the flood.
+        fresh: list[Any] = []
+
+        def make_fresh(send: Any) -> ClientSession:
+            return ClientSession(
+                "acme", "tel:+4619", lambda p: signer("acme", "tel:+4619", p), send
+            )
+
+        newcomer = AttachingClient(
+            reactor,
+            tls_connector(reactor, server.cert, False, bind="127.0.0.3"),
+            make_fresh,
+            "127.0.0.1",
+            server.number,
+            fresh.append,
+        )
+        newcomer.start()
+        self.addCleanup(newcomer.stop)
+        while not any(isinstance(e, Attached) for e in fresh):
+            yield task.deferLater(reactor, 0.05, lambda: None)
+
+        # The flood's survivors are closed once the attach timeout passes.
+        yield task.deferLater(reactor, 3.5, lambda: None)
+        self.assertEqual(len(closed), 300)
+        self.assertEqual(server.factory.pending, set())
+        self.assertEqual(len(server.registry.rows()), 6)

@@ -1,0 +1,615 @@
+"""Attach: the sans-IO core (cryptify.crs.attach) through the server adapter
+(cryptify.crs.umsg_server) and the client protocol, in memory, on a Clock."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import cbor2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.client.connection import ConnectionEnded
+from cryptify.client.session import Attached, Disconnected, Moved, Refused
+from cryptify.config.crs import KeepAlive
+from cryptify.crs.slots import SlotMap, slot_of
+from cryptify.crs.umsg_server import PING_AFTER, Limits
+from cryptify.protocols.umsg import ERROR_CODES, Message
+from cryptify.protocols.umsg_ws import UmsgWebSocket
+from tests.umsg_support import FakeAccount, World, kms
+
+
+class _Base(SynchronousTestCase):
+    limits: Limits | None = None
+
+    def setUp(self) -> None:
+        self.world = World.make(self.limits)
+        self.trace: list[tuple[Any, ...]] = []
+        self.world.registry.trace.subscribe("attach", self._traced)
+        self.pumps: list[Any] = []
+        self.addCleanup(self._no_timers_left)
+
+    def _traced(self, *fields: Any) -> None:
+        self.trace.append(fields)
+
+    def _no_timers_left(self) -> None:
+        for client, _, pump, _ in self.pumps:
+            if client.transport is not None and not client.transport.disconnecting:
+                client.close("test over")
+            pump.flush()
+        self.assertEqual(self.world.clock.getDelayedCalls(), [])
+
+    def pair(self, **kw: Any) -> Any:
+        got = self.world.pair(**kw)
+        self.pumps.append(got)
+        return got
+
+    def states(self) -> list[str]:
+        """The State column of the attach trace lines so far."""
+        text = [" ".join(str(f) for f in fields) for fields in self.trace]
+        return text
+
+
+class AttachTests(_Base):
+    """The attach flow and every refusal."""
+
+    def test_attached(self) -> None:
+        """A client with the month's key attaches; show attach lists it; the trace says so."""
+        _client, server, _, events = self.pair()
+        self.assertIsInstance(events[0], Attached)
+        event = events[0]
+        self.assertEqual(
+            (event.uri, event.crs, event.slot, event.keepalive, event.interval_ms),
+            ("tel:+4612345", "crs1", slot_of("tel:+4612345"), "ws", int(PING_AFTER * 1000)),
+        )
+        self.assertEqual(
+            self.world.registry.rows(),
+            [["tel:+4612345", "acme", "0", "cryptify-client", "192.0.2.1:40000", "crs1"]],
+        )
+        self.assertTrue(any("attached" in line for line in self.states()))
+        self.assertEqual(self.world.factory.pending, set())
+        self.assertEqual(self.world.factory.live, {server})
+
+    def assertRefused(self, code: str, events: list[Any], pump: Any) -> None:
+        pump.flush()
+        refusals = [e for e in events if isinstance(e, Refused)]
+        self.assertEqual([r.code for r in refusals], [code], events)
+        self.assertIn(code, ERROR_CODES)
+        self.assertIsInstance(events[-1], ConnectionEnded)
+        self.assertEqual(self.world.registry.rows(), [])
+        self.assertTrue(any(f"refused: {code}" in line for line in self.states()), self.trace)
+
+    def test_unknown_account(self) -> None:
+        """An account the CRS does not serve is refused."""
+        _, _, pump, events = self.pair(account="nobody")
+        self.assertRefused("unknown-account", events, pump)
+
+    def test_no_key_period(self) -> None:
+        """An account without keys for the current month is refused."""
+        self.world.accounts.add(FakeAccount("old", periods=("2026-10",)))
+        _, _, pump, events = self.pair(account="old")
+        self.assertRefused("no-key-period", events, pump)
+
+    def test_blacklisted(self) -> None:
+        """A blacklisted URI is refused, after it proved who it is."""
+        self.world.accounts.get("acme").black.add("tel:+4612345")  # type: ignore[union-attr]
+        _, _, pump, events = self.pair()
+        self.assertRefused("blacklisted", events, pump)
+
+    def test_bad_signature(self) -> None:
+        """A signature by another KMS's key does not verify."""
+        self.world.accounts.add(FakeAccount("beta"))
+        kms("beta")
+        self.world.accounts.by_id["beta"] = FakeAccount("beta")
+        # The client signs with acme's key but claims account beta.
+        world = self.world
+        events: list[Any] = []
+        from cryptify.client.connection import UmsgClientProtocol
+        from cryptify.client.session import ClientSession
+        from tests.umsg_support import signer
+
+        def make(send: Any) -> ClientSession:
+            return ClientSession(
+                "beta", "tel:+4612345", lambda p: signer("acme", "tel:+4612345", p), send
+            )
+
+        client = UmsgClientProtocol(make, world.clock, events.append, "crs.test")
+        got = self._connect(client, events)
+        self.assertRefused("bad-signature", events, got)
+
+    def _connect(self, client: Any, events: list[Any]) -> Any:
+        from twisted.internet.address import IPv4Address
+        from twisted.test import iosim
+
+        server = self.world.factory.buildProtocol(None)
+        pump = iosim.connect(
+            server,
+            iosim.FakeTransport(
+                server, isServer=True, peerAddress=IPv4Address("TCP", "192.0.2.2", 1)
+            ),
+            client,
+            iosim.FakeTransport(client, isServer=False),
+            clock=self.world.clock,
+        )
+        pump.flush()
+        self.pumps.append((client, server, pump, events))
+        return pump
+
+    def test_version(self) -> None:
+        """No UMSG revision in common is refused with 'version'."""
+        _, _, pump, _events = self._raw_attach({"versions": [7, 8]})
+        self.assertEqual(self._refusal(pump), "version")
+
+    def _raw_attach(self, changes: dict[str, Any]) -> Any:
+        """A hand-driven WebSocket client sending one attach with ``changes``."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.protocol import Protocol
+        from twisted.test import iosim
+
+        self.raw_ws = UmsgWebSocket.connect("crs.test")
+        self.received: list[Any] = []
+        test = self
+
+        class Raw(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(test.raw_ws.outgoing())  # type: ignore[union-attr]
+
+            def dataReceived(self, data: bytes) -> None:
+                test.received.extend(test.raw_ws.receive(data))
+
+        raw = Raw()
+        server = self.world.factory.buildProtocol(None)
+        pump = iosim.connect(
+            server,
+            iosim.FakeTransport(
+                server, isServer=True, peerAddress=IPv4Address("TCP", "192.0.2.3", 2)
+            ),
+            raw,
+            iosim.FakeTransport(raw, isServer=False),
+            clock=self.world.clock,
+        )
+        pump.flush()
+        body = {
+            "type": "attach",
+            "id": 1,
+            "account": "acme",
+            "uri": "tel:+4612345",
+            "versions": [1],
+            "app": "raw",
+        }
+        body.update(changes)
+        if changes.get("_raw") is not None:
+            self.raw_ws.send(changes["_raw"])
+        else:
+            self.raw_ws.send(cbor2.dumps(body))
+        raw.transport.write(self.raw_ws.outgoing())  # type: ignore[union-attr]
+        pump.flush()
+        return raw, server, pump, []
+
+    def _refusal(self, pump: Any) -> str:
+        pump.flush()
+        from cryptify.protocols.umsg import decode_from_server
+        from cryptify.protocols.umsg_ws import Received
+
+        messages = [decode_from_server(e.data) for e in self.received if isinstance(e, Received)]
+        self.assertEqual(messages[-1].type, "refused", messages)
+        return str(messages[-1]["code"])
+
+    def test_malformed(self) -> None:
+        """A message that is not valid UMSG is refused with 'malformed' and closed."""
+        _, server, pump, _ = self._raw_attach({"_raw": b"\xff\x00garbage"})
+        self.assertEqual(self._refusal(pump), "malformed")
+        self.assertTrue(server.ending)
+        self.assertTrue(any("refused: malformed" in line for line in self.states()))
+
+    def test_oversized(self) -> None:
+        """A message larger than the limit is refused with 'too-large'."""
+        _, _, pump, _ = self._raw_attach({"_raw": b"\x00" * 70000})
+        self.assertEqual(self._refusal(pump), "too-large")
+
+    def test_unexpected(self) -> None:
+        """A prove before any attach is refused with 'unexpected'."""
+        _, _, pump, _ = self._raw_attach({"_raw": cbor2.dumps({"type": "fetch", "id": 3})})
+        self.assertEqual(self._refusal(pump), "unexpected")
+
+    def test_attach_timeout(self) -> None:
+        """A connection that does not attach in time is refused and closed."""
+        self.world.factory.doStart()
+        self.addCleanup(self.world.factory.doStop)
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.protocol import Protocol
+        from twisted.test import iosim
+
+        silent = Protocol()
+        server = self.world.factory.buildProtocol(None)
+        pump = iosim.connect(
+            server,
+            iosim.FakeTransport(
+                server, isServer=True, peerAddress=IPv4Address("TCP", "192.0.2.4", 3)
+            ),
+            silent,
+            iosim.FakeTransport(silent, isServer=False),
+            clock=self.world.clock,
+        )
+        self.world.clock.advance(9)
+        pump.flush()
+        self.assertFalse(server.ending)
+        self.world.clock.advance(2)
+        pump.flush()
+        self.assertTrue(server.ending)
+        self.assertTrue(any("refused: attach-timeout" in line for line in self.states()))
+        self.assertEqual(self.world.factory.pending, set())
+
+    def test_replaced(self) -> None:
+        """A second attach of the same URI replaces the first, which is told why and closed."""
+        _first, _, pump1, events1 = self.pair(port=1)
+        _second, _, _pump2, events2 = self.pair(port=2)
+        pump1.flush()
+        self.assertIsInstance(events2[0], Attached)
+        self.assertIn(Disconnected("replaced", "replaced"), events1)
+        self.assertIsInstance(events1[-1], ConnectionEnded)
+        rows = self.world.registry.rows()
+        self.assertEqual([r[4] for r in rows], ["192.0.2.1:2"])
+        self.assertTrue(any("replaced" in line for line in self.states()))
+
+    def test_moved(self) -> None:
+        """A URI whose slot another instance owns is told to move there."""
+        uri = "tel:+4612345"
+        mine_first = slot_of(uri) < 8192
+        hosts = ("crs2", "crs1") if mine_first else ("crs1", "crs2")
+        self.world.core.slots = SlotMap(hosts, "crs1", {"crs2": "192.0.2.7"})
+        _, _, pump, events = self.pair(uri=uri)
+        pump.flush()
+        self.assertEqual(events[0], Moved("crs2", "192.0.2.7", 5223))
+        self.assertTrue(any("moved" in line for line in self.states()))
+        self.assertEqual(self.world.registry.rows(), [])
+
+    def test_detach(self) -> None:
+        """A client that detaches is removed at once and the trace says detached."""
+        client, _, pump, _events = self.pair()
+        client.close("bye")
+        pump.flush()
+        self.assertEqual(self.world.registry.rows(), [])
+        self.assertTrue(any("client detached" in line for line in self.states()))
+
+    def test_operator_disconnect(self) -> None:
+        """The registry disconnecting a client (purge) tells it the reason."""
+        _, _, pump, events = self.pair()
+        self.world.registry.disconnect(self.world.registry.matching(), "purged")
+        pump.flush()
+        self.assertIn(Disconnected("purged", "purged"), events)
+
+    def test_shutdown(self) -> None:
+        """disconnect_all tells every attached client the CRS is shutting down."""
+        _, _, pump, events = self.pair()
+        self.assertEqual(self.world.factory.disconnect_all(), 1)
+        pump.flush()
+        self.assertIn(Disconnected("shutdown", "shutdown"), events)
+
+
+class ObjectTests(_Base):
+    """Client objects sent once attached."""
+
+    def test_push_token_and_info(self) -> None:
+        """push-token and client-info are stored and answered ok."""
+        client, _, pump, events = self.pair()
+        client.session.request("push-token", kind="apns", token="t0k")
+        client.session.request("client-info", os="linux", os_version="6", client_time=-20)
+        pump.flush()
+        self.assertEqual([e.message.type for e in events[1:]], ["ok", "ok"])
+        self.assertEqual(
+            self.world.objects.stored,
+            [
+                ("push", "acme", "tel:+4612345", "t0k", "apns"),
+                (
+                    "info",
+                    "acme",
+                    "tel:+4612345",
+                    {"os": "linux", "os-version": "6", "client-time": "-20"},
+                ),
+            ],
+        )
+
+    def test_store_failure(self) -> None:
+        """A store failure is answered with error 'internal'; the client stays attached."""
+        self.world.objects.fail = True
+        client, _, pump, events = self.pair()
+        client.session.request("push-token", kind="apns", token="t0k")
+        pump.flush()
+        self.assertEqual(events[-1].message["code"], "internal")
+        self.assertEqual(len(self.world.registry.rows()), 1)
+        self.flushLoggedErrors(RuntimeError)
+
+
+class KeepAliveTests(_Base):
+    """Pings after silence, drops without pong, keep-alive rules."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.world.factory.doStart()
+        self.addCleanup(self.world.factory.doStop)
+
+    def test_ping_and_drop(self) -> None:
+        """A silent client is pinged after ~20 minutes and dropped if it does not answer."""
+        client, server, pump, events = self.pair()
+        client._cancel()  # this client never pings on its own
+        clock = self.world.clock
+        clock.advance(PING_AFTER - 10)
+        self.assertIsNone(server.ping_at)
+        for _ in range(3):
+            clock.advance(5)
+        self.assertIsNotNone(server.ping_at)
+        pump.flush()  # the client answers the ping
+        self.assertIsNone(server.ping_at)
+        self.assertEqual(len(self.world.registry.rows()), 1)
+        clock.advance(PING_AFTER + 5)
+        self.assertIsNotNone(server.ping_at)
+        clock.advance(65)  # no pump: the pong never comes
+        self.assertEqual(self.world.registry.rows(), [])
+        self.assertTrue(any("keepalive" in line for line in self.states()))
+        pump.flush()
+        self.assertIn(Disconnected("keepalive", "keepalive"), events)
+
+    def test_client_pings_first(self) -> None:
+        """A client that pings on its own (3/4 of the interval) is never pinged by the CRS."""
+        _client, server, pump, _events = self.pair()
+        clock = self.world.clock
+        for _ in range(int(3 * PING_AFTER / 5)):
+            clock.advance(5)
+            pump.flush()
+            self.assertIsNone(server.ping_at)
+        self.assertEqual(len(self.world.registry.rows()), 1)
+
+    def test_rules(self) -> None:
+        """keep-alive rules: first match wins; ws with its interval, tcp without pings."""
+        rules = (
+            KeepAlive(ipaddress.ip_network("192.0.2.0/28"), "ws", 5000),
+            KeepAlive(ipaddress.ip_network("192.0.2.0/24"), "tcp", 60000),
+        )
+
+        def rule(host: str) -> KeepAlive | None:
+            for r in rules:
+                if ipaddress.ip_address(host) in r.network:
+                    return r
+            return None
+
+        self.world.factory.keepalive_rule = rule
+        _, fast, _pump, events = self.pair(host="192.0.2.1")
+        self.assertEqual((events[0].keepalive, events[0].interval_ms), ("ws", 5000))
+        _, tcp, _, events2 = self.pair(host="192.0.2.100", uri="tel:+4699")
+        self.assertEqual((events2[0].keepalive, events2[0].interval_ms), ("tcp", 60000))
+        self.assertIn(fast, self.world.factory.live)
+        self.assertNotIn(tcp, self.world.factory.live)
+        self.assertEqual(self.world.factory.keepalive("198.51.100.1")[0], "ws")
+
+
+class LimitTests(_Base):
+    """Unattached connections per source address and in all."""
+
+    limits = Limits(max_unattached_per_address=2, max_unattached=3)
+
+    def test_per_address(self) -> None:
+        """Beyond the per-address limit of unattached connections, new ones are closed."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.protocol import Protocol
+        from twisted.test import iosim
+
+        def half_open(host: str) -> Any:
+            silent = Protocol()
+            server = self.world.factory.buildProtocol(None)
+            pump = iosim.connect(
+                server,
+                iosim.FakeTransport(server, isServer=True, peerAddress=IPv4Address("TCP", host, 9)),
+                silent,
+                iosim.FakeTransport(silent, isServer=False),
+                clock=self.world.clock,
+            )
+            return server, pump
+
+        a1, _ = half_open("198.51.100.1")
+        a2, _ = half_open("198.51.100.1")
+        a3, _p3 = half_open("198.51.100.1")
+        self.assertFalse(a1.ending or a2.ending)
+        self.assertTrue(a3.ending)
+        b1, _ = half_open("198.51.100.2")
+        self.assertFalse(b1.ending)
+        c1, _ = half_open("198.51.100.3")
+        self.assertTrue(c1.ending)  # the global limit (3)
+        # Attached clients are not counted: another address still attaches.
+        for proto in (a1, a2, b1):
+            proto.transport.loseConnection()
+            proto.connectionLost()
+        _, _, _, events = self.pair(host="198.51.100.1")
+        self.assertIsInstance(events[0], Attached)
+        self.assertEqual(self.world.factory.unattached, {})
+
+
+class ConfigTests(SynchronousTestCase):
+    """The client listener's limits come from crs.conf."""
+
+    def test_directives(self) -> None:
+        """client-* directives set the limits, render back, and are range-checked."""
+        from cryptify.config.crs import parse_crs_config, render_crs_config
+
+        cfg = parse_crs_config(
+            "[GLOBAL]\nclient-max-message 4096\nclient-attach-timeout 3\n"
+            "client-max-unattached-per-address 5\nclient-max-unattached 100\n"
+        )
+        limits = Limits.from_config(cfg.global_)
+        self.assertEqual(
+            (
+                limits.max_message,
+                limits.attach_timeout,
+                limits.max_unattached_per_address,
+                limits.max_unattached,
+            ),
+            (4096, 3.0, 5, 100),
+        )
+        self.assertEqual(parse_crs_config(render_crs_config(cfg)), cfg)
+        self.assertEqual(Limits.from_config(parse_crs_config("").global_), Limits())
+        from cryptify.config._base import ConfigError
+
+        with self.assertRaises(ConfigError):
+            parse_crs_config("[GLOBAL]\nclient-max-message 10\n")
+
+
+class TicketTests(_Base):
+    """Attach tickets: a re-attach with a valid ticket skips the ECCSI proof."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from cryptify.crs.attach import TicketKey
+
+        self.world.core.tickets = TicketKey.derive("pool-key")
+        self.verified: list[bytes] = []
+        real = self.world.core.verify
+
+        def counting(kpak: bytes, identity: bytes, message: bytes, signature: bytes) -> None:
+            self.verified.append(identity)
+            real(kpak, identity, message, signature)
+
+        self.world.core.verify = counting
+
+    def first_attach(self, uri: str = "tel:+4612345") -> Any:
+        client, server, pump, events = self.pair(uri=uri)
+        del client, server
+        return pump, events
+
+    def reattach(self, ticket: bytes | None, uri: str = "tel:+4612345") -> list[Any]:
+        from cryptify.client.connection import UmsgClientProtocol
+
+        events: list[Any] = []
+        client = UmsgClientProtocol(
+            self.world.client_session(uri), self.world.clock, events.append, "crs.test"
+        )
+        client.session.ticket = ticket
+        self._connect(client, events)
+        return events
+
+    _connect = AttachTests._connect
+
+    def test_resume(self) -> None:
+        """The ticket from attached lets the next attach skip the signature; a
+        restarted CRS with the same pool key accepts it too."""
+        _, events = self.first_attach()
+        first = events[0]
+        self.assertIsNotNone(first.ticket)
+        self.assertFalse(first.resumed)
+        self.assertEqual(len(self.verified), 1)
+        from cryptify.crs.attach import TicketKey
+
+        self.world.core.tickets = TicketKey.derive("pool-key")  # a restart
+        events = self.reattach(first.ticket)
+        self.assertTrue(events[0].resumed)
+        self.assertEqual(len(self.verified), 1)
+        self.assertNotEqual(events[0].ticket, None)
+
+    def test_invalid_tickets_fall_back(self) -> None:
+        """An expired ticket, another URI's, or another pool's: the usual challenge."""
+        from cryptify.crs.attach import TicketKey
+
+        _, events = self.first_attach()
+        ticket = events[0].ticket
+        other = TicketKey.derive("other-pool").issue("acme", "tel:+4612345", "2026-11", 0)
+        for bad, uri in ((ticket, "tel:+4699"), (other, "tel:+4612345"), (b"\x01" * 21, None)):
+            got = self.reattach(bad, uri or "tel:+4612345")
+            self.assertFalse(got[0].resumed)
+        self.world.clock.advance(24 * 3600 + 1)
+        self.assertFalse(
+            self.world.core.tickets.valid(
+                ticket, "acme", "tel:+4612345", "2026-11", self.world.clock.seconds()
+            )
+        )
+
+    def test_blacklist_still_applies(self) -> None:
+        """A ticket does not get a blacklisted URI in."""
+        _, events = self.first_attach()
+        self.world.accounts.get("acme").black.add("tel:+4612345")  # type: ignore[union-attr]
+        got = self.reattach(events[0].ticket)
+        self.assertEqual([e.code for e in got if isinstance(e, Refused)], ["blacklisted"])
+
+
+class AdapterFuzzTests(SynchronousTestCase):
+    """The server adapter fed arbitrary octets, before and after the handshake."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.binary(max_size=300), st.booleans())
+    def test_fuzz(self, data: bytes, handshake: bool) -> None:
+        """Any octets: the connection answers or closes; nothing raises, nothing leaks."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        world = World.make()
+        server = world.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 9))
+        server.makeConnection(transport)
+        if handshake:
+            ws = UmsgWebSocket.connect("crs.test")
+            server.dataReceived(ws.outgoing())
+        for piece in (data[:11], data[11:]):
+            server.dataReceived(piece)
+        server.connectionLost()
+        self.assertEqual(world.factory.pending, set())
+        self.assertEqual(world.registry.rows(), [])
+        for call in world.clock.getDelayedCalls():
+            call.cancel()
+
+
+class ListenServiceTests(SynchronousTestCase):
+    """UmsgListenService: stop listening, then tell attached clients 'shutdown'."""
+
+    def test_stop(self) -> None:
+        """Stopping the service closes the port and disconnects attached clients."""
+        from cryptify.crs.umsg_server import UmsgListenService
+
+        world = World.make()
+        stopped: list[bool] = []
+
+        class Port:
+            def stopListening(self) -> None:
+                stopped.append(True)
+
+        _, _, pump, events = world.pair()
+        service = UmsgListenService("127.0.0.1:1", Port, world.factory, world.clock, grace=0.5)
+        service.startService()
+        done = service.stopService()
+        pump.flush()
+        self.assertEqual(stopped, [True])
+        self.assertIn(Disconnected("shutdown", "shutdown"), events)
+        self.assertNoResult(done)
+        world.clock.advance(0.5)
+        self.successResultOf(done)
+        self.assertEqual(world.registry.rows(), [])
+
+
+class FeatureHookTests(_Base):
+    """Features (sessions, messages) plug into attached connections."""
+
+    def test_handlers_and_detach(self) -> None:
+        """A registered handler gets its type instead of not-implemented; every way an
+        attached connection ends is reported to on_detach exactly once."""
+        seen: list[Any] = []
+        detached: list[str] = []
+
+        def on_invite(session: Any, msg: Any) -> None:
+            seen.append(msg.type)
+            session.send(Message("error", {"id": msg.id, "code": "not-found"}))
+
+        self.world.core.handlers["invite"] = on_invite
+        self.world.core.on_detach.append(lambda s, reason: detached.append(reason))
+        client, _, pump, events = self.pair()
+        client.session.request("invite", to="tel:+4699", mikey=b"m")
+        pump.flush()
+        self.assertEqual(seen, ["invite"])
+        self.assertEqual(events[-1].message["code"], "not-found")
+        client.close("bye")
+        pump.flush()
+        _, _, pump2, _ = self.pair(uri="tel:+4698")
+        self.world.registry.disconnect(self.world.registry.matching(), "purged")
+        pump2.flush()
+        _, _, pump3, _ = self.pair(uri="tel:+4697")
+        self.pair(uri="tel:+4697", port=2)
+        pump3.flush()
+        self.assertEqual(detached, ["client detached", "purged", "replaced"])

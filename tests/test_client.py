@@ -1,0 +1,254 @@
+"""The reference client: session, reconnecting loop, command line."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.client import cli
+from cryptify.client.connection import MAX_MOVES, AttachingClient, ConnectionEnded
+from cryptify.client.session import Attached, ClientSession, Moved, Refused
+from cryptify.crs.slots import SlotMap, slot_of
+from cryptify.protocols.umsg import Message
+from tests.umsg_support import World, signer
+
+
+class SessionTests(SynchronousTestCase):
+    """ClientSession on its own."""
+
+    def setUp(self) -> None:
+        self.sent: list[Message] = []
+        self.session = ClientSession(
+            "acme", "tel:+4612345", lambda p: signer("acme", "tel:+4612345", p), self.sent.append
+        )
+
+    def test_attach_and_prove(self) -> None:
+        """start sends attach; a challenge is answered with a prove signed for its period."""
+        self.session.start()
+        self.assertEqual(self.sent[0].type, "attach")
+        self.assertEqual(self.sent[0]["versions"], [1])
+        events = self.session.received(
+            Message("challenge", {"id": 1, "nonce": bytes(32), "period": "2026-11", "version": 1})
+        )
+        self.assertEqual(events, [])
+        self.assertEqual(self.sent[1].type, "prove")
+        self.assertEqual(len(self.sent[1]["signature"]), 129)
+
+    def test_no_key_for_period(self) -> None:
+        """A challenge for a period without keys: the client gives up (a local refusal)."""
+
+        def no_keys(period: str) -> Any:
+            raise KeyError(period)
+
+        self.session.signer_for = no_keys
+        self.session.start()
+        events = self.session.received(
+            Message("challenge", {"id": 1, "nonce": bytes(32), "period": "2030-01", "version": 1})
+        )
+        self.assertEqual(len(events), 1)
+        self.assertIsInstance(events[0], Refused)
+        self.assertTrue(events[0].local)
+        self.assertEqual(events[0].code, "no-key-period")
+
+    def test_out_of_order(self) -> None:
+        """attached without a prove, or a challenge outside an attach, is a local refusal."""
+        events = self.session.received(Message("challenge", {"id": 1}))
+        self.assertEqual(events[0].code, "unexpected")
+        events = self.session.received(Message("attached", {}))
+        self.assertEqual(events[0].code, "unexpected")
+
+    def test_ids_wrap(self) -> None:
+        """Request ids count up and wrap before 2**32."""
+        self.session.next_id = 2**32 - 1
+        self.assertEqual(self.session.request("fetch"), 2**32 - 1)
+        self.assertEqual(self.session.request("fetch"), 1)
+
+
+class _Connector:
+    """A connector that links each connection to a World's server in memory."""
+
+    def __init__(self, world: World, fail: int = 0) -> None:
+        self.world = world
+        self.fail = fail
+        self.calls: list[tuple[str, int]] = []
+        self.pumps: list[iosim.IOPump] = []
+
+    def __call__(self, host: str, port: int, factory: Factory[Any]) -> defer.Deferred[Any]:
+        self.calls.append((host, port))
+        if self.fail:
+            self.fail -= 1
+            return defer.fail(ConnectionRefusedError("refused"))
+        client = factory.buildProtocol(IPv4Address("TCP", host, port))
+        server = self.world.factory.buildProtocol(None)
+        pump = iosim.connect(
+            server,
+            iosim.FakeTransport(
+                server, isServer=True, peerAddress=IPv4Address("TCP", "192.0.2.5", 7)
+            ),
+            client,
+            iosim.FakeTransport(client, isServer=False),
+            clock=self.world.clock,
+        )
+        pump.flush()
+        self.pumps.append(pump)
+        return defer.succeed(client)
+
+    def flush(self) -> None:
+        for pump in self.pumps:
+            pump.flush()
+
+
+class AttachingClientTests(SynchronousTestCase):
+    """AttachingClient: stays attached, backs off with jitter, follows moves."""
+
+    def setUp(self) -> None:
+        self.world = World.make()
+        self.events: list[Any] = []
+
+    def client(self, connector: _Connector, uri: str = "tel:+4612345") -> AttachingClient:
+        client = AttachingClient(
+            self.world.clock,
+            connector,
+            self.world.client_session(uri),
+            "crs.test",
+            5223,
+            self.events.append,
+            rng=random.Random(7),
+        )
+        self.addCleanup(self._stop, client, connector)
+        return client
+
+    def _stop(self, client: AttachingClient, connector: _Connector) -> None:
+        done = client.stop()
+        connector.flush()
+        self.successResultOf(done)
+        self.assertEqual(self.world.clock.getDelayedCalls(), [])
+
+    def test_backoff_then_attach(self) -> None:
+        """Failed connects are retried after growing, jittered delays; success resets."""
+        connector = _Connector(self.world, fail=3)
+        client = self.client(connector)
+        client.start()
+        delays = []
+        while len(connector.calls) < 4:
+            (call,) = self.world.clock.getDelayedCalls()
+            delays.append(call.getTime() - self.world.clock.seconds())
+            self.world.clock.advance(delays[-1])
+        for attempt, delay in enumerate(delays):
+            self.assertTrue(0 <= delay <= 2**attempt, (attempt, delay))
+        self.assertIsInstance(self.events[-1], Attached)
+        self.assertEqual(client.attempt, 0)
+
+    def test_reconnects_after_loss(self) -> None:
+        """When the CRS drops the connection, the client attaches again."""
+        connector = _Connector(self.world)
+        client = self.client(connector)
+        client.start()
+        self.world.factory.disconnect_all("shutdown")
+        connector.flush()
+        self.assertIsInstance(self.events[-1], ConnectionEnded)
+        self.world.clock.advance(2)
+        self.assertIsInstance(self.events[-1], Attached)
+        self.assertEqual(len(connector.calls), 2)
+
+    def test_delay_window(self) -> None:
+        """The delay window doubles per attempt up to the cap; draws spread over it."""
+        client = self.client(_Connector(self.world))
+        client.attempt = 20
+        draws = [client.delay() for _ in range(200)]
+        self.assertTrue(all(0 <= d <= client.max_delay for d in draws))
+        self.assertGreater(max(draws) - min(draws), client.max_delay / 2)
+
+    def test_moved(self) -> None:
+        """moved: reconnect at once to the named host, at most MAX_MOVES times in a row."""
+        uri = "tel:+4612345"
+        hosts = ("crs2", "crs1") if slot_of(uri) < 8192 else ("crs1", "crs2")
+        self.world.core.slots = SlotMap(hosts, "crs1", {"crs2": "192.0.2.7"})
+        connector = _Connector(self.world)
+        client = self.client(connector)
+        client.start()
+        self.world.clock.advance(0)
+        self.assertEqual(connector.calls[:2], [("crs.test", 5223), ("192.0.2.7", 5223)])
+        self.assertIsInstance(self.events[0], Moved)
+        for _ in range(MAX_MOVES + 2):
+            self.world.clock.advance(0)
+        self.assertEqual(len(connector.calls), MAX_MOVES + 1)
+
+
+class CliTests(SynchronousTestCase):
+    """cryptify-client's command line (without running a reactor)."""
+
+    def run_cli(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.run(list(argv), out, err)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_help(self) -> None:
+        """help lists the attach action."""
+        status, out, _ = self.run_cli("help")
+        self.assertEqual(status, 0)
+        self.assertIn("attach --keys FILE --server HOST:PORT", out)
+
+    def test_unknown_action(self) -> None:
+        """An unknown action is a usage error (2)."""
+        status, _, err = self.run_cli("dance")
+        self.assertEqual(status, 2)
+        self.assertIn("unknown action", err)
+
+    def test_bad_server(self) -> None:
+        """--server must be HOST:PORT."""
+        status, _, _ = self.run_cli("attach", "--keys", "k", "--server", "nohost")
+        self.assertEqual(status, 2)
+
+    def test_missing_keys(self) -> None:
+        """A key file that cannot be read is refused with exit 1 and its name."""
+        path = os.path.join(self.mktemp(), "nope.json")
+        status, _, err = self.run_cli("attach", "--keys", path, "--server", "h:1", "--insecure")
+        self.assertEqual(status, 1)
+        self.assertIn(path, err)
+
+    def test_describe(self) -> None:
+        """Events print as one readable line each."""
+        line = cli.describe(Attached("tel:+1", "crs1", 5, "ws", 1000, 0))
+        self.assertEqual(line, "attached tel:+1 to crs1 (slot 5, keep-alive ws 1000 ms)")
+        self.assertEqual(cli.describe(Refused("blacklisted", "x")), "refused: blacklisted (x)")
+        self.assertEqual(cli.describe(ConnectionEnded("bye")), "connection ended: bye")
+
+
+class TicketReuseTests(SynchronousTestCase):
+    """AttachingClient presents the last ticket when it reconnects."""
+
+    def test_reconnect_resumes(self) -> None:
+        """After the CRS drops it, the client re-attaches with its ticket (no signature)."""
+        from cryptify.crs.attach import TicketKey
+
+        world = World.make()
+        world.core.tickets = TicketKey.derive("k")
+        events: list[Any] = []
+        connector = _Connector(world)
+        client = AttachingClient(
+            world.clock,
+            connector,
+            world.client_session(),
+            "crs.test",
+            5223,
+            events.append,
+            rng=random.Random(1),
+        )
+        client.start()
+        world.factory.disconnect_all("shutdown")
+        connector.flush()
+        world.clock.advance(2)
+        attached = [e for e in events if isinstance(e, Attached)]
+        self.assertEqual([a.resumed for a in attached], [False, True])
+        done = client.stop()
+        connector.flush()
+        self.successResultOf(done)

@@ -1,0 +1,232 @@
+"""Shared fixtures for the UMSG, attach and client tests: accounts with real
+ECCSI keys, a server factory on a Clock, in-memory client/server pairs."""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.task import Clock
+from twisted.test import iosim
+
+from cryptify.client.connection import Event, UmsgClientProtocol
+from cryptify.client.session import ClientSession
+from cryptify.crs.attach import AttachCore
+from cryptify.crs.attached import AttachRegistry
+from cryptify.crs.slots import SlotMap
+from cryptify.crs.umsg_server import Limits, UmsgServerFactory, UmsgServerProtocol
+from cryptify.crypto.eccsi import EccsiKms, EccsiSigner
+from cryptify.crypto.identity import tel_identifier
+from cryptify.protocols.umsg import Message
+
+#: Tests run in this month (the clock starts on its 15th).
+PERIOD = "2026-11"
+START = float(calendar.timegm((2026, 11, 15, 12, 0, 0)))
+
+_KMS: dict[str, EccsiKms] = {}
+_SIGNERS: dict[tuple[str, str, str], EccsiSigner] = {}
+
+
+def kms(account: str) -> EccsiKms:
+    """One ECCSI KMS per account name, for the whole test run."""
+    if account not in _KMS:
+        _KMS[account] = EccsiKms.generate()
+    return _KMS[account]
+
+
+def signer(account: str, uri: str, period: str = PERIOD) -> EccsiSigner:
+    """A user's ECCSI signing key (cached)."""
+    key = (account, uri, period)
+    if key not in _SIGNERS:
+        identity = tel_identifier(uri, period)
+        ssk, pvt = kms(account).issue(identity)
+        _SIGNERS[key] = EccsiSigner(kms(account).kpak, identity, ssk, pvt)
+    return _SIGNERS[key]
+
+
+@attrs.define
+class FakeAccount:
+    """An account with KPAKs for some periods and a blacklist."""
+
+    id: str
+    periods: tuple[str, ...] = (PERIOD,)
+    black: set[str] = attrs.field(factory=set)
+
+    def kpak_for(self, period: str) -> bytes | None:
+        return kms(self.id).kpak if period in self.periods else None
+
+    def blacklisted(self, uri: str, period: str) -> bool:
+        return uri in self.black
+
+
+@attrs.define
+class FakeAccounts:
+    by_id: dict[str, FakeAccount] = attrs.field(factory=dict)
+
+    def add(self, account: FakeAccount) -> FakeAccount:
+        self.by_id[account.id] = account
+        return account
+
+    def get(self, account_id: str) -> FakeAccount | None:
+        return self.by_id.get(account_id)
+
+
+@attrs.define
+class FakeObjects:
+    """Records client objects; ``fail`` makes the next store fail."""
+
+    stored: list[tuple[Any, ...]] = attrs.field(factory=list)
+    fail: bool = False
+
+    async def set_push_token(self, account: str, uri: str, token: str, kind: str) -> None:
+        if self.fail:
+            raise RuntimeError("redis down")
+        self.stored.append(("push", account, uri, token, kind))
+
+    async def set_client_info(self, account: str, uri: str, info: dict[str, str]) -> None:
+        if self.fail:
+            raise RuntimeError("redis down")
+        self.stored.append(("info", account, uri, info))
+
+
+@attrs.define
+class World:
+    """A CRS core and factory on a Clock, with one account ``acme``."""
+
+    clock: Clock
+    accounts: FakeAccounts
+    registry: AttachRegistry
+    core: AttachCore
+    factory: UmsgServerFactory
+    objects: FakeObjects
+
+    @classmethod
+    def make(
+        cls,
+        limits: Limits | None = None,
+        slots: SlotMap | None = None,
+        keepalive_rule: Callable[[str], Any] = lambda host: None,
+    ) -> World:
+        clock = Clock()
+        clock.advance(START)
+        accounts = FakeAccounts()
+        accounts.add(FakeAccount("acme"))
+        registry = AttachRegistry("crs1", clock.seconds)
+        objects = FakeObjects()
+        core = AttachCore("crs1", accounts, registry, clock.seconds, slots=slots, objects=objects)
+        factory = UmsgServerFactory(core, clock, limits, keepalive_rule)
+        return cls(clock, accounts, registry, core, factory, objects)
+
+    def client_session(
+        self, uri: str = "tel:+4612345", account: str = "acme", events: list[Any] | None = None
+    ) -> Callable[[Callable[[Message], None]], ClientSession]:
+        def make(send: Callable[[Message], None]) -> ClientSession:
+            return ClientSession(account, uri, lambda p: signer(account, uri, p), send)
+
+        return make
+
+    def pair(
+        self,
+        uri: str = "tel:+4612345",
+        account: str = "acme",
+        host: str = "192.0.2.1",
+        port: int = 40000,
+    ) -> tuple[UmsgClientProtocol, UmsgServerProtocol, iosim.IOPump, list[Event]]:
+        """A connected client/server pair in memory (no TLS), pumped."""
+        events: list[Event] = []
+        client = UmsgClientProtocol(
+            self.client_session(uri, account), self.clock, events.append, "crs.test"
+        )
+        server = self.factory.buildProtocol(None)
+        assert isinstance(server, UmsgServerProtocol)
+        server_t = iosim.FakeTransport(server, isServer=True, peerAddress=_addr(host, port))
+        client_t = iosim.FakeTransport(client, isServer=False)
+        pump = iosim.connect(server, server_t, client, client_t, greet=True, clock=self.clock)
+        pump.flush()
+        return client, server, pump, events
+
+
+def _addr(host: str, port: int) -> Any:
+    from twisted.internet.address import IPv4Address
+
+    return IPv4Address("TCP", host, port)
+
+
+#: A valid example of every client -> CRS message type.
+FROM_CLIENT_SAMPLES: dict[str, dict[str, Any]] = {
+    "attach": {
+        "id": 1,
+        "account": "acme",
+        "uri": "tel:+4612345",
+        "versions": [1],
+        "app": "test/1",
+        "device": {"os": "linux"},
+    },
+    "prove": {"id": 2, "signature": bytes(129)},
+    "detach": {"id": 3},
+    "push-token": {"id": 4, "kind": "apns", "token": "abc123"},
+    "client-info": {
+        "id": 5,
+        "os": "android",
+        "os-version": "14",
+        "cca-version": "3.1",
+        "client-time": -1500,
+        "scan-time": 1794744000,
+    },
+    "invite": {"id": 6, "to": "tel:+8888;101", "mikey": b"\x01" * 300},
+    "ringing": {"session": "s-1"},
+    "talk": {"session": "s-1"},
+    "hangup": {"session": "s-1", "code": "normal", "reason": "bye"},
+    "post": {"id": 7, "to": "tel:+4654321", "content": b"sealed"},
+    "fetch": {"id": 8},
+    "delivered": {"message": "m-1"},
+}
+
+#: A valid example of every CRS -> client message type.
+FROM_SERVER_SAMPLES: dict[str, dict[str, Any]] = {
+    "challenge": {"id": 1, "nonce": bytes(32), "period": "2026-11", "version": 1},
+    "attached": {
+        "id": 2,
+        "uri": "tel:+4612345",
+        "crs": "crs1",
+        "slot": 6843,
+        "time": 1794744000000,
+        "keepalive": "ws",
+        "interval": 1230000,
+    },
+    "moved": {"id": 1, "crs": "crs2", "host": "192.0.2.7", "port": 5223},
+    "refused": {"id": 1, "code": "unknown-account", "reason": "no such account"},
+    "disconnect": {"code": "replaced", "reason": "replaced"},
+    "ok": {"id": 4},
+    "error": {"id": 6, "code": "not-implemented", "reason": "later"},
+    "invite": {
+        "session": "s-1",
+        "from": "tel:+4612345",
+        "to": "tel:+8888;101",
+        "mikey": b"\x01" * 300,
+        "relay-host": "192.0.2.9",
+        "relay-port": 146,
+        "relay-tag": b"\x00" * 8,
+    },
+    "session": {
+        "id": 6,
+        "session": "s-1",
+        "relay-host": "192.0.2.9",
+        "relay-port": 146,
+        "relay-tag": b"\x00" * 8,
+    },
+    "ringing": {"session": "s-1"},
+    "talk": {"session": "s-1"},
+    "hangup": {"session": "s-1", "code": "normal", "reason": "bye", "who": "callee"},
+    "posted": {"id": 7, "message": "m-1"},
+    "message": {
+        "message": "m-1",
+        "from": "tel:+4654321",
+        "to": "tel:+4612345",
+        "time": 1794744000000,
+        "content": b"sealed",
+    },
+    "delivered": {"message": "m-1"},
+}
