@@ -31,6 +31,7 @@ log = Logger(namespace="cryptify.crs.admin")
 
 SERVICES_COLUMNS = ["Server", "Service", "Status"]
 ATTACH_COLUMNS = ["URI", "ACCOUNT", "TIME", "VERSION", "IP:PORT", "CRS"]
+SESSION_COLUMNS = ["CALLER", "CALLEE", "TIME", "STATE"]
 UPDATES_COLUMNS = ["Account", "Current Month", "Next Month"]
 SYSTEM_COLUMNS = ["SERVER", "PROCESS", "PID", "SLOTS"]
 ACCOUNT_COLUMNS = ["SERVER", "MODULE", "PID", "LOADED ACCOUNTS"]
@@ -244,6 +245,11 @@ class CrsAdmin(amp.CommandLocator):
     @crs_admin.ShowAttach.responder
     def show_attach(self) -> dict[str, Any]:
         return {"table": table(ATTACH_COLUMNS, self.registry.rows())}
+
+    @crs_admin.ShowSession.responder
+    def show_session(self) -> dict[str, Any]:
+        rows = self.state.sessions.rows() if self.state.sessions is not None else []
+        return {"table": table(SESSION_COLUMNS, rows)}
 
     @crs_admin.CheckSlot.responder
     def check_slot(self, uri: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ detached, moved), and answers the operator's ``show attach`` and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 from twisted.logger import Logger
@@ -20,6 +20,9 @@ from twisted.logger import Logger
 from cryptify.crs.trace import TraceHub
 
 log = Logger(namespace="cryptify.crs.attach")
+
+#: URIs remembered in ``seen`` at most.
+MAX_SEEN = 1_000_000
 
 ATTACHED = "attached"
 DETACHED = "detached"
@@ -31,6 +34,9 @@ class Connection(Protocol):
 
     def disconnect(self, reason: str) -> None:
         """Tell the client why, then close."""
+
+    def send(self, msg: Any) -> None:
+        """Deliver a UMSG message to the client."""
 
 
 @attrs.define(eq=False)
@@ -59,6 +65,9 @@ class AttachRegistry:
         self.clock = clock
         self.trace = trace or TraceHub(clock)
         self.by_uri: dict[str, Attachment] = {}
+        #: URIs that attached to this process since it started (callees that
+        #: are known but offline get not-connected rather than not-found).
+        self.seen: set[str] = set()
         #: Called with every new attachment (e.g. to remember observed clients).
         self.on_attach: list[Callable[[Attachment], object]] = []
 
@@ -77,6 +86,8 @@ class AttachRegistry:
         """Record an attach; an earlier attachment of the URI is replaced and closed."""
         previous = self.by_uri.get(attachment.uri)
         self.by_uri[attachment.uri] = attachment
+        if len(self.seen) < MAX_SEEN:
+            self.seen.add(attachment.uri)
         if previous is not None and previous.conn is not attachment.conn:
             log.info(
                 "{uri} attached again from {host}:{port}; closing the earlier connection",

@@ -47,7 +47,7 @@ Cryptify Rendezvous Server command line: crs-cli ACTION [options]
   version                               version of crs-cli
   check-config [FILE]                   validate crs.conf (default /opt/crs/crs.conf)
   apply FILE                            apply a protected monthly update file
-  show version|services|attach|updates|system|account|relay
+  show version|services|attach|session|updates|system|account|relay
   show blacklist ACCOUNT
   show client-info ACCOUNT
   show push-token ACCOUNT URI
@@ -68,7 +68,16 @@ options:
                     or /run/crs/crs.sock)
 """
 
-SHOW_SIMPLE = ("version", "services", "attach", "updates", "system", "account", "relay")
+SHOW_SIMPLE = (
+    "version",
+    "services",
+    "attach",
+    "session",
+    "updates",
+    "system",
+    "account",
+    "relay",
+)
 TRACE_ELEMENTS = ("attach", "session", "message", "object", "event")
 
 
@@ -199,6 +208,7 @@ def remote_action(args: argparse.Namespace, out: IO[str], err: IO[str]) -> Any:
             commands: dict[str, tuple[type[Any], dict[str, str]]] = {
                 "services": (crs_admin.ShowServices, {}),
                 "attach": (crs_admin.ShowAttach, {}),
+                "session": (crs_admin.ShowSession, {}),
                 "updates": (crs_admin.ShowUpdates, {}),
                 "system": (crs_admin.ShowSystem, {}),
                 "account": (crs_admin.ShowAccount, {}),

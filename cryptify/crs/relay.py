@@ -1,102 +1,296 @@
-"""The CRS media relay process (``crs_relay``): UDP media and its control.
+"""The CRS media relay process (``crs_relay``): adapters around the core.
 
-This module holds the relay's counters, the UDP adapter and the control
-responders the CRS talks to.  Packets are counted with exactly the meanings
-``crs-cli show relay`` prints:
+- :class:`RelayDatagram` feeds the media port's datagrams to the
+  :class:`~cryptify.crs.relay_core.RelayCore` and writes what it answers.
+- :class:`RelayService` owns the core, the reactor's clock and the expiry
+  sweep; :class:`RelayControl` answers the CRS's control commands (Poll,
+  RelayStats, Add, Remove, List, Reclaim) on its behalf.
+- :class:`RelayControlProtocol` logs CONNECTION, CLOSE and the commands
+  the way crs_relay.log lists them.
 
-RX          media packets received
-TXB         media packets transmitted
-TXERROR     packets the kernel refused to send
-ERRNODEST   packets with no destination (unknown session or leg)
-ERRTOSHORT  packets too short to carry a relay header and RTP
-ERRTOLONG   packets longer than the largest media packet relayed
-ENTRIES     relay sessions in the table
+The counters keep exactly the meanings ``crs-cli show relay`` prints
+(see :class:`~cryptify.crs.relay_core.RelayCounters`).
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
-import attrs
+from twisted.application import service
+from twisted.internet.interfaces import IReactorFDSet, IReactorTime, IReadDescriptor
 from twisted.internet.protocol import DatagramProtocol, Factory, connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from cryptify import __version__
-from cryptify.protocols.relay_control import Poll, RelayStats
+from cryptify.crs.relay_core import Link, RelayCore, RelayCounters
+from cryptify.protocols.relay_control import (
+    Add,
+    ListSessions,
+    Poll,
+    Reclaim,
+    RelayStats,
+    Remove,
+)
+from cryptify.protocols.relay_packet import MAX_PACKET, MIN_PACKET
+
+__all__ = [
+    "MAX_PACKET",
+    "MIN_PACKET",
+    "RelayControl",
+    "RelayControlProtocol",
+    "RelayCounters",
+    "RelayDatagram",
+    "RelayService",
+    "control_factory",
+]
 
 log = Logger(namespace="cryptify.crs.relay")
 
-#: Shortest datagram that can be a relayed packet: 8-byte tag + 12-byte RTP header.
-MIN_PACKET = 8 + 12
-#: Longest datagram relayed (an Ethernet MTU's worth of UDP payload).
-MAX_PACKET = 1472
-
-
-@attrs.define
-class RelayCounters:
-    """The relay's statistics, as ``show relay`` prints them."""
-
-    rx: int = 0
-    txb: int = 0
-    txerror: int = 0
-    errnodest: int = 0
-    errtoshort: int = 0
-    errtolong: int = 0
-
-    def as_dict(self, entries: int) -> dict[str, int]:
-        return {
-            "RX": self.rx,
-            "TXB": self.txb,
-            "TXERROR": self.txerror,
-            "ERRNODEST": self.errnodest,
-            "ERRTOSHORT": self.errtoshort,
-            "ERRTOLONG": self.errtolong,
-            "ENTRIES": entries,
-        }
+#: Seconds between expiry sweeps.
+SWEEP_INTERVAL = 5.0
+#: Datagrams read per readiness event before the reactor gets a turn.
+READ_BUDGET = 512
+#: Receive buffer asked of the kernel for the media socket (bursts of a
+#: thousand sessions' packets fit; capped by net.core.rmem_max).
+RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 class RelayDatagram(DatagramProtocol):
-    """UDP adapter: counts and classifies every packet.
+    """UDP adapter: each datagram to the core, each answer to the socket."""
 
-    Sessions arrive with the relay issue; until then every well-sized
-    packet has no destination.
-    """
-
-    def __init__(self, counters: RelayCounters) -> None:
-        self.counters = counters
+    def __init__(self, core: RelayCore, clock: IReactorTime) -> None:
+        self.core = core
+        self.clock = clock
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        counters = self.counters
-        counters.rx += 1
-        size = len(datagram)
-        if size < MIN_PACKET:
-            counters.errtoshort += 1
-        elif size > MAX_PACKET:
-            counters.errtolong += 1
-        else:
-            counters.errnodest += 1
+        result = self.core.packet(datagram, addr, self.clock.seconds())
+        if type(result) is tuple:
+            try:
+                self.transport.write(result[1], result[0])  # type: ignore[union-attr, arg-type]
+            except OSError:
+                self.core.counters.txerror += 1
+            else:
+                self.core.counters.txb += 1
+
+
+@implementer(IReadDescriptor)
+class RelayReader:
+    """The fast UDP adapter: reads the socket itself, up to a budget per wakeup.
+
+    Twisted's UDP port wraps each datagram in several calls and checks
+    before it reaches ``datagramReceived`` and again on ``write``; this
+    reader calls ``recvfrom``, the core and ``sendto`` and nothing else,
+    and takes the clock once per wakeup.
+    """
+
+    def __init__(
+        self, core: RelayCore, clock: IReactorTime, sock: socket.socket, budget: int = READ_BUDGET
+    ) -> None:
+        self.core = core
+        self.clock = clock
+        self.sock = sock
+        self.budget = budget
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "crs_relay media"
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.sock.close()
+
+    def doRead(self) -> None:
+        recvfrom = self.sock.recvfrom
+        sendto = self.sock.sendto
+        packet = self.core.packet
+        counters = self.core.counters
+        now = self.clock.seconds()
+        for _ in range(self.budget):
+            try:
+                datagram, source = recvfrom(2048)
+            except BlockingIOError:
+                return
+            except OSError:
+                # An ICMP error queued on the socket: nothing to forward.
+                continue
+            result = packet(datagram, source, now)
+            if type(result) is tuple:
+                try:
+                    sendto(result[1], result[0])  # type: ignore[call-overload]
+                except OSError:
+                    counters.txerror += 1
+                else:
+                    counters.txb += 1
+
+
+class ReaderPort:
+    """A bound media socket served by a :class:`RelayReader` while listening."""
+
+    def __init__(self, reactor: IReactorFDSet, reader: RelayReader) -> None:
+        self.reactor = reactor
+        self.reader = reader
+        reactor.addReader(reader)
+
+    def getHost(self) -> tuple[str, int]:
+        host, port = self.reader.sock.getsockname()[:2]
+        return host, port
+
+    def stopListening(self) -> None:
+        self.reactor.removeReader(self.reader)
+        self.reader.sock.close()
+
+
+def media_socket(host: str, port: int, receive_buffer: int = RECEIVE_BUFFER) -> socket.socket:
+    """A non-blocking UDP socket bound to the media port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, receive_buffer)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class RelayService(service.Service):
+    """The relay's state while it runs: core, clock, expiry sweep.
+
+    ``host`` and ``port`` are the media address Add answers with.
+    """
+
+    def __init__(
+        self,
+        core: RelayCore,
+        clock: IReactorTime,
+        host: str,
+        port: int,
+        sweep_interval: float = SWEEP_INTERVAL,
+    ) -> None:
+        self.core = core
+        self.clock = clock
+        self.host = host
+        self.port = port
+        self._sweep = LoopingCall(self.sweep)
+        self._sweep.clock = clock
+        self.sweep_interval = sweep_interval
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self._sweep.start(self.sweep_interval, now=False)
+
+    def stopService(self) -> None:
+        service.Service.stopService(self)
+        if self._sweep.running:
+            self._sweep.stop()
+
+    def sweep(self) -> None:
+        """Expire idle and orphaned sessions, one log line each."""
+        for gone in self.core.expire(self.clock.seconds()):
+            log.info(
+                "session {session} ({label}) of {server} expired: {reason}",
+                session=gone.session.ident,
+                label=gone.session.label,
+                server=gone.session.owner.server,
+                reason=gone.reason,
+            )
+
+    def datagram_protocol(self) -> RelayDatagram:
+        """The media port's protocol (for ``reactor.listenUDP``)."""
+        return RelayDatagram(self.core, self.clock)
+
+    def listen(self, reactor: IReactorFDSet, media_io: str = "mmsg") -> Any:
+        """Bind the media port and serve it with the batched reader
+        (``mmsg``, where the platform has it) or the plain one (``reader``)."""
+        from cryptify.crs import relay_mmsg
+
+        sock = media_socket(self.host, self.port)
+        if media_io == "mmsg" and relay_mmsg.available():
+            batch = relay_mmsg.BatchReader(self.core, self.clock, sock, self.core.map_address)
+            return relay_mmsg.BatchPort(reactor, batch)
+        return ReaderPort(reactor, RelayReader(self.core, self.clock, sock))
 
 
 class RelayControl(amp.CommandLocator):
-    """Responders for the CRS's control connection."""
+    """Responders for one control connection (one CRS link)."""
 
-    def __init__(self, counters: RelayCounters) -> None:
-        self.counters = counters
+    def __init__(self, relay: RelayService) -> None:
+        self.relay = relay
+        self.link: Link = relay.core.open_link("?", relay.clock.seconds())
+
+    def _heard(self, server: str) -> None:
+        self.relay.core.heard(self.link, server, self.relay.clock.seconds())
 
     @Poll.responder
     def poll(self, server: str) -> dict[str, Any]:
+        self._heard(server)
         log.info("Command poll from {server}", server=server)
-        return {"sessions": 0, "version": __version__}
+        return {"sessions": self.relay.core.entries, "version": __version__}
 
     @RelayStats.responder
     def stats(self) -> dict[str, Any]:
-        return {"stats": self.counters.as_dict(entries=0)}
+        return {"stats": self.relay.core.stats()}
+
+    @Add.responder
+    def add(self, server: str, label: str | None = None) -> dict[str, Any]:
+        self._heard(server)
+        session = self.relay.core.add(self.link, self.relay.clock.seconds(), label or "")
+        log.info(
+            "Command add: session {session} ({label}) for {server}",
+            session=session.ident,
+            label=session.label,
+            server=server,
+        )
+        return {
+            "session": session.ident,
+            "tag_a": session.a.tag,
+            "tag_b": session.b.tag,
+            "host": self.relay.host,
+            "port": self.relay.port,
+        }
+
+    @Remove.responder
+    def remove(self, server: str, session: int) -> dict[str, Any]:
+        self._heard(server)
+        removed = self.relay.core.remove(session) is not None
+        log.info("Command remove: session {session} from {server}", session=session, server=server)
+        return {"removed": removed}
+
+    @ListSessions.responder
+    def list_sessions(self, server: str) -> dict[str, Any]:
+        self._heard(server)
+        return {"sessions": [s.describe() for s in self.relay.core.owned_by(server)]}
+
+    @Reclaim.responder
+    def reclaim(self, server: str, sessions: list[int]) -> dict[str, Any]:
+        self._heard(server)
+        taken = self.relay.core.reclaim(self.link, sessions, self.relay.clock.seconds())
+        log.info(
+            "Command reclaim: {count} of {asked} sessions for {server}",
+            count=len(taken),
+            asked=len(sessions),
+            server=server,
+        )
+        return {"reclaimed": taken}
+
+    def closed(self) -> None:
+        self.relay.core.close_link(self.link, self.relay.clock.seconds())
 
 
 class RelayControlProtocol(amp.AMP):
     """One control connection; logs CONNECTION and CLOSE."""
+
+    def __init__(self, locator: RelayControl) -> None:
+        super().__init__(locator=locator)  # type: ignore[no-untyped-call]
+        self.control = locator
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[no-untyped-call]
@@ -104,11 +298,12 @@ class RelayControlProtocol(amp.AMP):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        self.control.closed()
         log.info("CLOSE of the CRS connection")
 
 
-def control_factory(counters: RelayCounters) -> Factory[RelayControlProtocol]:
-    """Factory of control connections sharing one set of counters."""
-    factory = Factory.forProtocol(lambda: RelayControlProtocol(locator=RelayControl(counters)))  # type: ignore[no-untyped-call]
+def control_factory(relay: RelayService) -> Factory[RelayControlProtocol]:
+    """Factory of control connections to one relay."""
+    factory = Factory.forProtocol(lambda: RelayControlProtocol(RelayControl(relay)))
     factory.noisy = False
     return factory

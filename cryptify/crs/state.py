@@ -36,6 +36,8 @@ class CrsState:
     slots: SlotMap | None = None
     objects: Any = None
     relay: Any = None
+    #: The live calls (a ``SessionTable``), once calls are wired in.
+    sessions: Any = None
     pid: int = attrs.field(factory=os.getpid)
     #: ``notify(unit, event)``: tells notify.sh about system events.
     notify: Callable[[str, str], None] = lambda unit, event: None

@@ -39,8 +39,11 @@ from cryptify.config.crs import Endpoint
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.admin import CrsAdmin
 from cryptify.crs.attach import AttachCore, TicketKey
+from cryptify.crs.calls import LinkRelayAllocator, RegistryParties
+from cryptify.crs.calls import install as install_calls
 from cryptify.crs.objects import ClientObjects
 from cryptify.crs.redis import RedisInstance, RedisSupervisor, ReplicaOf, load_password
+from cryptify.crs.sessions import SessionTable
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.state import CrsState
 from cryptify.crs.store import RedisStore
@@ -142,6 +145,17 @@ class Options(usage.Options):
                     f"POOL section ({', '.join(names)})"
                 )
         self["local"] = local
+
+
+def media_host(cfg: CrsConfig, name: str) -> str:
+    """The address clients send relayed media to."""
+    relay_host = cfg.global_.relay.host
+    if relay_host not in ("0.0.0.0", "::"):
+        return relay_host
+    for host in cfg.pool.hosts:
+        if host.name == name:
+            return host.ip
+    return cfg.global_.listen.host
 
 
 def instance_name(cfg: CrsConfig, local: CrsLocalConfig) -> str:
@@ -363,6 +377,14 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         move_port=g.listen.port,
         tickets=TicketKey.derive(g.key),
     )
+    sessions = SessionTable(
+        RegistryParties(state.registry),
+        LinkRelayAllocator(relay, media_host(cfg, name)),
+        reactor,
+        trace,
+    )
+    install_calls(core, sessions)
+    state.sessions = sessions
     clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
     where = f"{g.listen.host}:{g.listen.port}"
     attach(root, UmsgListenService(where, listen_clients, clients, reactor))

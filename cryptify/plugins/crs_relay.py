@@ -1,13 +1,16 @@
 """The ``crs-relay`` twistd plugin: the CRS media relay process.
 
 Reads the same crs.conf as the CRS for its UDP port, its control socket
-and its log directory.  Service tree: crs_relay.log, lifecycle
-(Start/Stop lines and ``notify.sh crs_relay start|stop``), the media port,
-the control socket.
+and its log directory (``addr-map`` applies to forwarded media).  Service
+tree: crs_relay.log, lifecycle (Start/Stop lines and ``notify.sh crs_relay
+start|stop``), the relay state (sessions and their expiry sweep), the media
+port, the control socket.  Session expiry is set on the command line
+(``--idle-timeout``, ``--grace``, ``--rebind-after``).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -15,12 +18,14 @@ import attrs
 from twisted.python import usage
 
 from cryptify.config import CrsConfig, load_crs_config
-from cryptify.crs.relay import RelayCounters, RelayDatagram, control_factory
+from cryptify.crs.relay import RelayService, control_factory
+from cryptify.crs.relay_core import IDLE_TIMEOUT, OWNER_GRACE, REBIND_AFTER, RelayCore
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
 from cryptify.plugins._common import lifecycle, load_or_usage
 from cryptify.plugins.crs import DEV_DIR, dev_crs_config
 from cryptify.service import (
+    CallbackService,
     ListenService,
     ProgramService,
     attach,
@@ -39,6 +44,22 @@ class Options(usage.Options):
         ["log-dir", None, None, "log directory (overrides crs.conf)"],
         ["control", None, None, "control socket (overrides crs.conf relay-control)"],
         ["notify", None, None, "notify script (overrides crs.conf; empty: none)"],
+        [
+            "idle-timeout",
+            None,
+            IDLE_TIMEOUT,
+            "seconds without media before a session expires",
+            float,
+        ],
+        ["grace", None, OWNER_GRACE, "seconds sessions outlive a silent or gone CRS", float],
+        ["rebind-after", None, REBIND_AFTER, "seconds of silence before a leg may move", float],
+        [
+            "media-io",
+            None,
+            "mmsg",
+            "media socket adapter: mmsg (batched, Linux), reader or twisted",
+            str,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -55,31 +76,63 @@ class Options(usage.Options):
             if self[option] is not None:
                 overrides[field] = os.path.abspath(self[option]) if self[option] else ""
         self["crs"] = attrs.evolve(cfg, global_=attrs.evolve(cfg.global_, **overrides))
+        if self["media-io"] not in ("mmsg", "reader", "twisted"):
+            raise usage.UsageError("--media-io is mmsg, reader or twisted")
+        for option in ("idle-timeout", "grace", "rebind-after"):
+            if self[option] <= 0:
+                raise usage.UsageError(f"--{option} must be a positive number of seconds")
 
 
-def make_relay_service(cfg: CrsConfig, reactor: Any) -> ProgramService:
+def make_relay_service(
+    cfg: CrsConfig,
+    reactor: Any,
+    idle_timeout: float = IDLE_TIMEOUT,
+    grace: float = OWNER_GRACE,
+    rebind_after: float = REBIND_AFTER,
+    media_io: str = "mmsg",
+) -> ProgramService:
     """Build the relay's service tree."""
     g = cfg.global_
     root = ProgramService("crs_relay")
     notifier = Notifier(reactor, g.notify or None, g.notify_timeout)
     attach(root, LogFileService(g.log_dir, "crs_relay.log", "crs"))
-    counters = RelayCounters()
-    describe = [f"media {g.relay.host}:{g.relay.port}/udp, control {g.relay_control}"]
-    attach(root, lifecycle("crs_relay", notifier, describe))
-    media = ListenService(
-        "media relay",
-        f"{g.relay.host}:{g.relay.port}/udp",
-        lambda: reactor.listenUDP(g.relay.port, RelayDatagram(counters), interface=g.relay.host),
+    core = RelayCore(
+        idle_timeout=idle_timeout,
+        owner_grace=grace,
+        rebind_after=rebind_after,
+        map_address=g.map_address,
     )
+    relay = RelayService(core, reactor, g.relay.host, g.relay.port)
+    describe = [
+        f"media {g.relay.host}:{g.relay.port}/udp, control {g.relay_control}",
+        f"idle timeout {idle_timeout:g} s, CRS grace {grace:g} s, rebind after {rebind_after:g} s",
+    ]
+    attach(root, lifecycle("crs_relay", notifier, describe), relay)
+    if media_io == "twisted":
+
+        def listen_media() -> Any:
+            return reactor.listenUDP(
+                g.relay.port, relay.datagram_protocol(), interface=g.relay.host
+            )
+    else:
+
+        def listen_media() -> Any:
+            return relay.listen(reactor, media_io)
+
+    media = ListenService("media relay", f"{g.relay.host}:{g.relay.port}/udp", listen_media)
     attach(root, media)
 
     def listen_control() -> Any:
         prepare_socket_path(g.relay_control)
-        port = reactor.listenUNIX(g.relay_control, control_factory(counters), mode=0o660)
+        port = reactor.listenUNIX(g.relay_control, control_factory(relay), mode=0o660)
         restrict_socket(g.relay_control, g.management_group)
         return port
 
     attach(root, ListenService("relay control", g.relay_control, listen_control))
+    # Everything built so far lives as long as the process: keep it out of
+    # the collector's full passes (tens of milliseconds each otherwise,
+    # every one of them a hole in the media).
+    attach(root, CallbackService(gc.freeze))
     return root
 
 
@@ -87,4 +140,11 @@ def makeService(options: Options) -> ProgramService:
     """IServiceMaker entry point."""
     from twisted.internet import reactor
 
-    return make_relay_service(options["crs"], reactor)
+    return make_relay_service(
+        options["crs"],
+        reactor,
+        idle_timeout=options["idle-timeout"],
+        grace=options["grace"],
+        rebind_after=options["rebind-after"],
+        media_io=options["media-io"],
+    )

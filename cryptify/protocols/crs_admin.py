@@ -31,6 +31,7 @@ __all__ = [
     "ShowPushToken",
     "ShowRelay",
     "ShowServices",
+    "ShowSession",
     "ShowSystem",
     "ShowUpdates",
     "Trace",
@@ -48,6 +49,10 @@ class ShowServices(_Table):
 
 class ShowAttach(_Table):
     """``show attach``: URI ACCOUNT TIME VERSION IP:PORT CRS."""
+
+
+class ShowSession(_Table):
+    """``show session``: CALLER CALLEE TIME STATE."""
 
 
 class ShowUpdates(_Table):

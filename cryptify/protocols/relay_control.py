@@ -4,14 +4,19 @@ The CRS drives its ``crs_relay`` and the CIG its ``cig-relay`` over AMP on a
 UNIX socket.  The signaling side keeps one connection open
 (:class:`RelayLink`, reconnecting with backoff) and polls it as a heartbeat;
 the relay side answers with :class:`Poll` and reports counters with
-:class:`RelayStats`.  Later commands (add, remove, list sessions) extend the
-same channel.
+:class:`RelayStats`.  The CRS relay also takes :class:`Add` (a relay
+session with two leg tags), :class:`Remove`, :class:`ListSessions` and
+:class:`Reclaim` (a restarted CRS adopting its live sessions); every
+command names the calling ``server``, which keeps its sessions alive.
+``docs/relay.md`` describes the commands and the :class:`RelayLink` API.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+import attrs
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
@@ -45,6 +50,54 @@ class RelayStats(amp.Command):
 
     arguments = []
     response = [(b"stats", JsonValue())]
+
+
+class Add(amp.Command):
+    """Create a relay session; answers its number, the two legs' tags and
+    the relay's media address (``host`` may be ``0.0.0.0``: any address of
+    the relay's machine)."""
+
+    arguments = [(b"server", amp.Unicode()), (b"label", amp.Unicode(optional=True))]
+    response = [
+        (b"session", amp.Integer()),
+        (b"tag_a", amp.String()),
+        (b"tag_b", amp.String()),
+        (b"host", amp.Unicode()),
+        (b"port", amp.Integer()),
+    ]
+
+
+class Remove(amp.Command):
+    """Delete a relay session; ``removed`` is false when it did not exist."""
+
+    arguments = [(b"server", amp.Unicode()), (b"session", amp.Integer())]
+    response = [(b"removed", amp.Boolean())]
+
+
+class ListSessions(amp.Command):
+    """The live relay sessions owned by ``server`` (a JSON list of objects)."""
+
+    commandName = b"List"
+    arguments = [(b"server", amp.Unicode())]
+    response = [(b"sessions", JsonValue())]
+
+
+class Reclaim(amp.Command):
+    """Adopt live sessions (after a CRS restart); answers those that were live."""
+
+    arguments = [(b"server", amp.Unicode()), (b"sessions", amp.ListOf(amp.Integer()))]
+    response = [(b"reclaimed", amp.ListOf(amp.Integer()))]
+
+
+@attrs.frozen
+class RelayAllocation:
+    """What :meth:`RelayLink.add_session` gives the call code."""
+
+    session: int
+    tag_a: bytes
+    tag_b: bytes
+    host: str
+    port: int
 
 
 class RelayLink(service.MultiService):
@@ -96,6 +149,34 @@ class RelayLink(service.MultiService):
         proto: Any = await self.client.whenConnected(failAfterFailures=1)
         result: dict[str, Any] = await proto.callRemote(command, **kwargs)
         return result
+
+    async def add_session(self, label: str = "") -> RelayAllocation:
+        """Create a relay session: its number, leg tags and media address."""
+        answer = await self.call(Add, server=self.server_name, label=label)
+        return RelayAllocation(
+            answer["session"], answer["tag_a"], answer["tag_b"], answer["host"], answer["port"]
+        )
+
+    async def remove_session(self, session: int) -> bool:
+        """Delete a relay session; False when the relay did not have it."""
+        answer = await self.call(Remove, server=self.server_name, session=session)
+        return bool(answer["removed"])
+
+    async def stats(self) -> dict[str, int]:
+        """The relay's counters: RX, TXB, TXERROR, ERRNODEST, ERRTOSHORT,
+        ERRTOLONG, ENTRIES."""
+        answer = await self.call(RelayStats)
+        return dict(answer["stats"])
+
+    async def list_sessions(self) -> list[dict[str, Any]]:
+        """This server's live relay sessions (see docs/relay.md for the keys)."""
+        answer = await self.call(ListSessions, server=self.server_name)
+        return list(answer["sessions"])
+
+    async def reclaim(self, sessions: Iterable[int]) -> list[int]:
+        """Adopt live sessions (after a restart); returns those still live."""
+        answer = await self.call(Reclaim, server=self.server_name, sessions=list(sessions))
+        return list(answer["reclaimed"])
 
     def poll(self) -> defer.Deferred[None]:
         """One heartbeat; its failure only marks the relay stale."""

@@ -1,0 +1,226 @@
+"""A call through a real CRS and relay: signaling, MIKEY-SAKKE keys, media by UDP.
+
+Both parties are `websockets` clients (an independent WebSocket library)
+speaking UMSG to `twistd crs`; the caller's I_MESSAGE is built with the
+project's crypto for the callee, who verifies and decapsulates it; media
+goes through `twistd crs-relay` with each leg's tag.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import time
+from typing import Any
+
+import cbor2
+from twisted.internet import threads
+from twisted.trial.unittest import SkipTest, TestCase
+
+from cryptify.crypto import mikey
+from cryptify.crypto.identity import period_of, tel_identifier
+from cryptify.crypto.keymaterial import load_key_material
+from cryptify.protocols.relay_packet import encode as relay_packet
+from cryptify.protocols.umsg import attach_signed_octets
+from tests.interop._procs import (
+    Twistd,
+    free_port,
+    run_cli,
+    short_tempdir,
+    unix_answers,
+    wait_for,
+)
+
+try:
+    from websockets.sync.client import connect as ws_connect
+except ImportError:  # pragma: no cover
+    ws_connect = None
+
+CALLER = "tel:+46700000001"
+CALLEE = "tel:+46700000002"
+
+
+class CallTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        if ws_connect is None:
+            raise SkipTest("websockets is not installed")
+        if shutil.which("redis-server") is None:
+            raise SkipTest("redis-server is not installed")
+        self.dir = d = short_tempdir(self)
+        self.client_port = free_port()
+        self.relay_port = free_port(socket.SOCK_DGRAM)
+        self.conf = os.path.join(d, "crs.conf")
+        with open(self.conf, "w") as f:
+            f.write(
+                f"""[GLOBAL]
+key callpoolkey
+features
+listen 127.0.0.1 {self.client_port}
+relay 127.0.0.1 {self.relay_port}
+relay-control {d}/relay.sock
+management {d}/crs.sock
+data-dir {d}/data
+accounts-dir {d}/accounts
+log-dir {d}/log
+redis managed
+redis-high 127.0.0.1 {free_port()}
+redis-low 127.0.0.1 {free_port()}
+redis-backup 127.0.0.1 {free_port()}
+[POOL]
+host crs1
+ip crs1 127.0.0.1
+"""
+            )
+        self.socket = os.path.join(d, "crs.sock")
+        self.procs = [Twistd(d, "crs-relay", "--config", self.conf)]
+        wait_for(lambda: unix_answers(os.path.join(d, "relay.sock")), "relay control")
+        self.procs.append(Twistd(d, "crs", "--config", self.conf))
+        self.addCleanup(lambda: [p.stop() for p in reversed(self.procs)])
+        wait_for(lambda: unix_answers(self.socket), "CRS management socket")
+        self.period = period_of(time.time())
+        status, out, err = self.cli("create", "account", "acme", "-B", "16")
+        assert status == 0, err
+        secret = out.split("shared secret ")[1].strip()
+        kms = ("--store", os.path.join(d, "kms"))
+        run_cli("cryptify-kms", *kms, "init", "acme")
+        self.keys = {}
+        for uri in (CALLER, CALLEE):
+            path = os.path.join(d, f"{uri[-1]}.keys")
+            status, _, err = run_cli(
+                "cryptify-kms", *kms, "issue", "acme", uri, "--period", self.period, "-o", path
+            )
+            assert status == 0, err
+            self.keys[uri] = load_key_material(path).for_period(self.period)
+        update = os.path.join(d, "acme.upd")
+        run_cli(
+            "cryptify-kms",
+            *kms,
+            "update",
+            "acme",
+            "--secret",
+            secret,
+            "--period",
+            self.period,
+            "-o",
+            update,
+        )
+        status, _, err = self.cli("apply", update)
+        assert status == 0, err
+        wait_for(lambda: "crs_relay   active" in self.cli("show", "services")[1], "relay link")
+
+    def cli(self, *args: str) -> tuple[int, str, str]:
+        return run_cli("crs-cli", "--socket", self.socket, *args)
+
+    def attach(self, uri: str) -> Any:
+        cafile = os.path.join(self.dir, "data", "tls", "crs.crt")
+        tls = ssl.create_default_context(cafile=cafile)
+        ws = ws_connect(f"wss://127.0.0.1:{self.client_port}/", ssl=tls, subprotocols=["umsg.1"])
+        send(ws, type="attach", id=1, account="acme", uri=uri, versions=[1], app="test")
+        challenge = recv(ws, "challenge")
+        octets = attach_signed_octets(challenge["nonce"], "acme", uri, challenge["period"])
+        send(ws, type="prove", id=2, signature=self.keys[uri].signer().sign(octets))
+        recv(ws, "attached")
+        return ws
+
+    def call(self) -> dict[str, Any]:
+        caller, callee = self.attach(CALLER), self.attach(CALLEE)
+        results: dict[str, Any] = {}
+        try:
+            send(caller, type="invite", id=10, to="tel:+46700000099", mikey=b"\x01")
+            results["unknown"] = recv(caller, "error")
+            keys = self.keys[CALLER]
+            built = mikey.build_i_message(
+                keys.signer(),
+                keys.public_key(),
+                tel_identifier(CALLEE, self.period),
+                now=time.time(),
+                idrs=mikey.tel_idrs(CALLER, CALLEE),
+            )
+            send(caller, type="invite", id=11, to=CALLEE, mikey=built.data)
+            offer = recv(caller, "session")
+            invite = recv(callee, "invite")
+            received = mikey.receive_i_message(
+                invite["mikey"],
+                kpak=self.keys[CALLEE].kpak,
+                receiver=self.keys[CALLEE].receiver(),
+                now=time.time(),
+            )
+            results["ssv_match"] = received.ssv == built.ssv
+            results["invite"] = invite
+            results["sessions_during"] = self.cli("show", "session")[1]
+            send(callee, type="ringing", session=invite["session"])
+            results["ringing"] = recv(caller, "ringing")
+            send(callee, type="talk", session=invite["session"])
+            results["talk"] = recv(caller, "talk")
+            results["media"] = self.media(offer, invite)
+            send(caller, type="hangup", session=offer["session"], code="normal")
+            results["hangup"] = recv(callee, "hangup")
+        finally:
+            caller.close()
+            callee.close()
+        return results
+
+    def media(self, offer: dict[str, Any], invite: dict[str, Any]) -> list[bytes]:
+        relay = (offer["relay-host"], offer["relay-port"])
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        a.settimeout(5)
+        b.settimeout(5)
+        try:
+            rtp = b"\x80\x00" + bytes(10) + b"caller audio"
+            back = b"\x80\x00" + bytes(10) + b"callee audio"
+            got = []
+            # both legs speak first, so both are latched
+            b.sendto(relay_packet(invite["relay-tag"], back), relay)
+            for _ in range(3):
+                a.sendto(relay_packet(offer["relay-tag"], rtp), relay)
+            got.append(b.recvfrom(2048)[0])
+            b.sendto(relay_packet(invite["relay-tag"], back), relay)
+            got.append(a.recvfrom(2048)[0])
+            return got
+        finally:
+            a.close()
+            b.close()
+
+    async def test_call(self) -> None:
+        """Invite, ringing, talk, media both ways, hangup: each party sees each step."""
+        results = await threads.deferToThread(self.call)
+        self.assertEqual(results["unknown"]["code"], "not-found")
+        self.assertTrue(results["ssv_match"])
+        self.assertEqual(results["invite"]["from"], CALLER)
+        self.assertIn("invite", results["sessions_during"])
+        self.assertEqual(results["hangup"]["who"], "caller")
+        self.assertEqual(results["hangup"]["code"], "normal")
+        self.assertTrue(results["media"][0].endswith(b"caller audio"))
+        self.assertTrue(results["media"][1].endswith(b"callee audio"))
+        self.assertEqual(
+            self.cli("show", "session")[1].split(), ["CALLER", "CALLEE", "TIME", "STATE"]
+        )
+
+        def relay_empty() -> bool:
+            rows = self.cli("show", "relay")[1].splitlines()
+            return len(rows) == 2 and rows[1].split()[-1] == "0"
+
+        wait_for(relay_empty, "relay session removed")
+
+
+def send(ws: Any, **fields: Any) -> None:
+    ws.send(cbor2.dumps(fields))
+
+
+def recv(ws: Any, kind: str) -> dict[str, Any]:
+    """The next message of type ``kind`` (others are skipped)."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        msg: dict[str, Any] = cbor2.loads(ws.recv(timeout=15))
+        if msg.get("type") == kind:
+            return msg
+        if msg.get("type") in ("error", "refused", "disconnect") and kind != "error":
+            raise AssertionError(f"wanted {kind}, got {msg}")
+    raise AssertionError(f"no {kind} message")

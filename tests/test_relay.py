@@ -1,0 +1,326 @@
+"""The relay's adapters, control channel and service, in memory (Clock, fakes, iosim)."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.python import usage
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from cryptify.crs.relay import (
+    RelayDatagram,
+    RelayReader,
+    RelayService,
+    control_factory,
+)
+from cryptify.crs.relay_core import RelayCore
+from cryptify.plugins.crs_relay import Options
+from cryptify.protocols.relay_control import RelayAllocation, RelayLink
+
+ALICE = ("198.51.100.10", 40000)
+BOB = ("203.0.113.20", 50000)
+RTP = b"\x80\x00" + bytes(170)
+
+
+def counting_random() -> Callable[[int], bytes]:
+    counter = itertools.count(1)
+    return lambda n: next(counter).to_bytes(n, "big")
+
+
+class FakeDatagramTransport:
+    """Records writes; raises ``error`` instead when it is set."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, Any]] = []
+        self.error: OSError | None = None
+
+    def write(self, data: bytes, addr: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.written.append((data, addr))
+
+
+class FakeSocket:
+    """A non-blocking UDP socket stand-in: queued datagrams in, sends recorded."""
+
+    def __init__(self, incoming: list[tuple[bytes, Any]]) -> None:
+        self.incoming = list(incoming)
+        self.sent: list[tuple[bytes, Any]] = []
+        self.error: OSError | None = None
+        self.closed = False
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        if not self.incoming:
+            raise BlockingIOError(errno.EAGAIN, "would block")
+        return self.incoming.pop(0)
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        if self.error is not None:
+            raise self.error
+        self.sent.append((data, addr))
+        return len(data)
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def relay_with_session() -> tuple[RelayService, Clock, Any]:
+    clock = Clock()
+    core = RelayCore(random=counting_random())
+    relay = RelayService(core, clock, "0.0.0.0", 146)
+    link = core.open_link("crs1", 0.0)
+    session = core.add(link, 0.0)
+    return relay, clock, session
+
+
+class DatagramAdapterTests(SynchronousTestCase):
+    def test_forwards_and_counts_txb(self) -> None:
+        """The Twisted adapter writes what the core answers and counts TXB."""
+        relay, _clock, session = relay_with_session()
+        proto = relay.datagram_protocol()
+        transport = FakeDatagramTransport()
+        proto.transport = transport  # type: ignore[assignment]
+        proto.datagramReceived(session.a.tag + RTP, ALICE)
+        proto.datagramReceived(session.b.tag + RTP, BOB)
+        proto.datagramReceived(session.a.tag + RTP, ALICE)
+        self.assertEqual(transport.written, [(RTP, ALICE), (RTP, BOB)])
+        stats = relay.core.stats()
+        self.assertEqual((stats["RX"], stats["TXB"], stats["ERRNODEST"]), (3, 2, 1))
+
+    def test_send_failure_is_txerror(self) -> None:
+        """A packet the kernel refuses is counted in TXERROR, not TXB."""
+        relay, clock, session = relay_with_session()
+        proto = RelayDatagram(relay.core, clock)
+        transport = FakeDatagramTransport()
+        proto.transport = transport  # type: ignore[assignment]
+        proto.datagramReceived(session.a.tag + RTP, ALICE)
+        transport.error = OSError(errno.ENOBUFS, "no buffer space")
+        proto.datagramReceived(session.b.tag + RTP, BOB)
+        stats = relay.core.stats()
+        self.assertEqual((stats["TXB"], stats["TXERROR"]), (0, 1))
+
+    def test_time_comes_from_the_clock(self) -> None:
+        """Latching and rebinding use the injected clock's time."""
+        relay, clock, session = relay_with_session()
+        proto = relay.datagram_protocol()
+        proto.transport = FakeDatagramTransport()  # type: ignore[assignment]
+        clock.advance(100)
+        proto.datagramReceived(session.a.tag + RTP, ALICE)
+        self.assertEqual(session.a.seen, 100.0)
+
+
+class ReaderTests(SynchronousTestCase):
+    def test_reads_until_the_socket_is_empty(self) -> None:
+        """One wakeup drains the socket: every datagram is routed, forwards are sent."""
+        relay, clock, session = relay_with_session()
+        sock = FakeSocket(
+            [
+                (session.a.tag + RTP, ALICE),
+                (b"runt", ALICE),
+                (session.b.tag + RTP, BOB),
+                (session.a.tag + RTP, ALICE),
+            ]
+        )
+        reader = RelayReader(relay.core, clock, sock)  # type: ignore[arg-type]
+        reader.doRead()
+        self.assertEqual(sock.sent, [(RTP, ALICE), (RTP, BOB)])
+        self.assertEqual(relay.core.stats()["ERRTOSHORT"], 1)
+        self.assertEqual(relay.core.stats()["TXB"], 2)
+
+    def test_budget_bounds_one_wakeup(self) -> None:
+        """A flood is read at most ``budget`` datagrams per wakeup, so timers still run."""
+        relay, clock, _session = relay_with_session()
+        sock = FakeSocket([(b"x" * 30, ALICE)] * 10)
+        reader = RelayReader(relay.core, clock, sock, budget=4)  # type: ignore[arg-type]
+        reader.doRead()
+        self.assertEqual(len(sock.incoming), 6)
+        self.assertEqual(relay.core.stats()["ERRNODEST"], 4)
+
+    def test_send_failure_is_txerror(self) -> None:
+        """sendto errors are TXERROR and do not stop the reader."""
+        relay, clock, session = relay_with_session()
+        sock = FakeSocket([(session.a.tag + RTP, ALICE), (session.b.tag + RTP, BOB)] * 2)
+        sock.error = OSError(errno.EAGAIN, "full")
+        reader = RelayReader(relay.core, clock, sock)  # type: ignore[arg-type]
+        reader.doRead()
+        self.assertEqual(relay.core.stats()["TXERROR"], 3)
+        self.assertEqual(sock.incoming, [])
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_sweep_expires_and_logs(self) -> None:
+        """The running service sweeps on the clock, logs each expiry, and leaves no timer behind."""
+        clock = Clock()
+        core = RelayCore(idle_timeout=10.0, owner_grace=1000.0)
+        relay = RelayService(core, clock, "0.0.0.0", 146)
+        relay.startService()
+        link = core.open_link("crs1", 0.0)
+        core.add(link, 0.0, "call 7")
+        with capturedLogs() as events:
+            clock.pump([1.0] * 16)
+        self.assertEqual(core.entries, 0)
+        self.assertIn("inactivity", " ".join(e["reason"] for e in events if "reason" in e))
+        relay.stopService()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+@implementer(IStreamClientEndpoint)
+class PumpedEndpoint:
+    """Connects each client to a new server protocol through an iosim pump."""
+
+    def __init__(self, server_factory: Factory[Any], clock: Clock) -> None:
+        self.server_factory = server_factory
+        self.clock = clock
+        self.pumps: list[iosim.IOPump] = []
+
+    def connect(self, factory: Factory[Any]) -> defer.Deferred[Protocol]:
+        client = factory.buildProtocol(None)
+        server = self.server_factory.buildProtocol(None)
+        assert client is not None and server is not None
+        pump = iosim.connect(
+            server,
+            iosim.FakeTransport(server, isServer=True),
+            client,
+            iosim.FakeTransport(client, isServer=False),
+            clock=self.clock,
+        )
+        self.pumps.append(pump)
+        return defer.succeed(client)
+
+    def flush(self) -> None:
+        for pump in self.pumps:
+            pump.flush()
+
+
+class ControlTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.core = RelayCore(owner_grace=60.0, idle_timeout=1000.0)
+        self.relay = RelayService(self.core, self.clock, "0.0.0.0", 15146)
+        self.endpoint = PumpedEndpoint(control_factory(self.relay), self.clock)
+        self.links: list[RelayLink] = []
+
+    def tearDown(self) -> None:
+        for link in self.links:
+            if link.running:
+                link.stopService()
+        self.endpoint.flush()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def link(self, name: str = "crs1") -> RelayLink:
+        link = RelayLink(self.clock, self.endpoint, name)
+        link.startService()
+        self.links.append(link)
+        self.endpoint.flush()
+        return link
+
+    def drive(self, coroutine: Any) -> Any:
+        d = defer.ensureDeferred(coroutine)
+        self.endpoint.flush()
+        return self.successResultOf(d)
+
+    def test_add_gives_tags_and_relay_address_and_logs(self) -> None:
+        """add_session answers two distinct 8-byte tags and the media address; the relay logs
+        CONNECTION, Command poll and Command add (without the tags)."""
+        with capturedLogs() as events:
+            link = self.link()
+            got = self.drive(link.add_session("call 1"))
+        self.assertIsInstance(got, RelayAllocation)
+        self.assertEqual((got.host, got.port), ("0.0.0.0", 15146))
+        self.assertEqual({len(got.tag_a), len(got.tag_b)}, {8})
+        self.assertNotEqual(got.tag_a, got.tag_b)
+        self.assertEqual(self.core.sessions[got.session].a.tag, got.tag_a)
+        text = [e.get("log_format", "") for e in events]
+        for expected in ("CONNECTION from the CRS", "Command poll from {server}", "Command add"):
+            self.assertTrue(any(t.startswith(expected) for t in text), expected)
+        for e in events:
+            self.assertNotIn(got.tag_a, repr(e).encode())
+
+    def test_stats_has_exactly_the_show_relay_counters(self) -> None:
+        """stats() answers RX, TXB, TXERROR, ERRNODEST, ERRTOSHORT, ERRTOLONG, ENTRIES."""
+        link = self.link()
+        self.drive(link.add_session())
+        self.core.packet(b"x", ALICE, 0.0)
+        stats = self.drive(link.stats())
+        self.assertEqual(
+            stats,
+            {
+                "RX": 1,
+                "TXB": 0,
+                "TXERROR": 0,
+                "ERRNODEST": 0,
+                "ERRTOSHORT": 1,
+                "ERRTOLONG": 0,
+                "ENTRIES": 1,
+            },
+        )
+
+    def test_remove(self) -> None:
+        """remove_session deletes a session and says False for an unknown one."""
+        link = self.link()
+        got = self.drive(link.add_session())
+        self.assertTrue(self.drive(link.remove_session(got.session)))
+        self.assertFalse(self.drive(link.remove_session(got.session)))
+        self.assertEqual(self.core.entries, 0)
+
+    def test_restart_lists_and_reclaims(self) -> None:
+        """A CRS that reconnects lists its live sessions and reclaims them; unreclaimed ones
+        expire after the grace period, reclaimed ones stay."""
+        first = self.link()
+        keep = self.drive(first.add_session("a")).session
+        lose = self.drive(first.add_session("b")).session
+        with capturedLogs() as events:
+            first.stopService()
+            self.endpoint.flush()
+        self.assertTrue(any("CLOSE" in e.get("log_format", "") for e in events))
+        self.clock.advance(30)
+        second = self.link()
+        listed = self.drive(second.list_sessions())
+        self.assertEqual({s["session"] for s in listed}, {keep, lose})
+        self.assertEqual(self.drive(second.reclaim([keep, 12345])), [keep])
+        self.clock.advance(31)
+        self.drive(second.poll())
+        self.relay.sweep()
+        self.assertEqual(list(self.core.sessions), [keep])
+
+    def test_silent_crs_sessions_expire(self) -> None:
+        """A connected CRS that stops polling loses its sessions after the grace period."""
+        link = self.link()
+        self.drive(link.add_session())
+        link._loop.stop()  # the CRS hangs: no more polls
+        self.clock.advance(61)
+        self.relay.sweep()
+        self.assertEqual(self.core.entries, 0)
+
+    def test_polls_keep_sessions(self) -> None:
+        """A polling CRS keeps its sessions past the grace period."""
+        link = self.link()
+        self.drive(link.add_session())
+        for _ in range(10):
+            self.clock.advance(10)
+            self.endpoint.flush()
+        self.relay.sweep()
+        self.assertEqual(self.core.entries, 1)
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_expiry_options(self) -> None:
+        """--idle-timeout, --grace and --rebind-after are seconds, positive."""
+        options = Options()
+        options.parseOptions(["--idle-timeout", "30", "--grace", "90"])
+        self.assertEqual((options["idle-timeout"], options["grace"]), (30.0, 90.0))
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--grace", "0"])
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--media-io", "magic"])
