@@ -123,7 +123,7 @@ class Notifier:
         if self.deadline is not None and self.deadline.active():
             self.deadline.cancel()
         self.deadline = None
-        if reason.check(error.ProcessDone):  # type: ignore[no-untyped-call]
+        if reason.check(error.ProcessDone):
             self.delivered += 1
         else:
             self.failed += 1

@@ -32,6 +32,7 @@ log = Logger(namespace="cryptify.crs.admin")
 SERVICES_COLUMNS = ["Server", "Service", "Status"]
 ATTACH_COLUMNS = ["URI", "ACCOUNT", "TIME", "VERSION", "IP:PORT", "CRS"]
 SESSION_COLUMNS = ["CALLER", "CALLEE", "TIME", "STATE"]
+MESSAGE_COLUMNS = ["URI", "POST", "DELIV", "READ", "ACCOUNT"]
 UPDATES_COLUMNS = ["Account", "Current Month", "Next Month"]
 SYSTEM_COLUMNS = ["SERVER", "PROCESS", "PID", "SLOTS"]
 ACCOUNT_COLUMNS = ["SERVER", "MODULE", "PID", "LOADED ACCOUNTS"]
@@ -250,6 +251,17 @@ class CrsAdmin(amp.CommandLocator):
     def show_session(self) -> dict[str, Any]:
         rows = self.state.sessions.rows() if self.state.sessions is not None else []
         return {"table": table(SESSION_COLUMNS, rows)}
+
+    @crs_admin.ShowMessage.responder
+    @deferred
+    async def show_message(self) -> dict[str, Any]:
+        if self.state.messaging is None:
+            return {"table": table(MESSAGE_COLUMNS, [])}
+        try:
+            rows = await self.state.messaging.rows()
+        except Exception as exc:
+            raise CommandFailed(f"the message store does not answer: {exc}") from exc
+        return {"table": table(MESSAGE_COLUMNS, rows)}
 
     @crs_admin.CheckSlot.responder
     def check_slot(self, uri: str) -> dict[str, Any]:

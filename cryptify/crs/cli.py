@@ -47,7 +47,7 @@ Cryptify Rendezvous Server command line: crs-cli ACTION [options]
   version                               version of crs-cli
   check-config [FILE]                   validate crs.conf (default /opt/crs/crs.conf)
   apply FILE                            apply a protected monthly update file
-  show version|services|attach|session|updates|system|account|relay
+  show version|services|attach|session|message|updates|system|account|relay
   show blacklist ACCOUNT
   show client-info ACCOUNT
   show push-token ACCOUNT URI
@@ -73,6 +73,7 @@ SHOW_SIMPLE = (
     "services",
     "attach",
     "session",
+    "message",
     "updates",
     "system",
     "account",
@@ -209,6 +210,7 @@ def remote_action(args: argparse.Namespace, out: IO[str], err: IO[str]) -> Any:
                 "services": (crs_admin.ShowServices, {}),
                 "attach": (crs_admin.ShowAttach, {}),
                 "session": (crs_admin.ShowSession, {}),
+                "message": (crs_admin.ShowMessage, {}),
                 "updates": (crs_admin.ShowUpdates, {}),
                 "system": (crs_admin.ShowSystem, {}),
                 "account": (crs_admin.ShowAccount, {}),

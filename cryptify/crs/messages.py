@@ -29,6 +29,12 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger(namespace="cryptify.crs.message")
 
 #: Messages one recipient may have waiting.
 MAX_INBOX = 1000
@@ -36,6 +42,8 @@ MAX_INBOX = 1000
 MAX_CONTENT = 48 * 1024
 #: Undelivered messages are dropped after this many seconds (7 days).
 EXPIRE_AFTER = 7 * 24 * 3600.0
+#: Seconds between sweeps for expired messages.
+EXPIRY_SWEEP = 60.0
 #: Kinds of stored messages.
 KINDS = ("content", "ack", "system")
 
@@ -168,26 +176,29 @@ class MessageStore:
             raise MessageRefused("inbox-full", f"{recipient} has {self.max_inbox} messages waiting")
         return Posted(str(stored_id), duplicate=int(status) == 0)
 
+    async def get(self, message_id: str) -> Stored | None:
+        """One stored message, or None when it is gone."""
+        fields = await self._client().hgetall(f"msg:{message_id}")
+        if not fields:
+            return None
+        return Stored(
+            str(message_id),
+            fields["from"],
+            fields["to"],
+            fields["account"],
+            fields["kind"],
+            int(fields["time"]),
+            base64.b64decode(fields["data"]),
+        )
+
     async def waiting(self, recipient: str, limit: int = 100) -> list[Stored]:
         """The recipient's messages, oldest first."""
-        client = self._client()
-        ids = await client.lrange(f"inbox:{recipient}", 0, limit - 1)
+        ids = await self._client().lrange(f"inbox:{recipient}", 0, limit - 1)
         result = []
         for message_id in ids:
-            fields = await client.hgetall(f"msg:{message_id}")
-            if not fields:
-                continue
-            result.append(
-                Stored(
-                    str(message_id),
-                    fields["from"],
-                    fields["to"],
-                    fields["account"],
-                    fields["kind"],
-                    int(fields["time"]),
-                    base64.b64decode(fields["data"]),
-                )
-            )
+            stored = await self.get(str(message_id))
+            if stored is not None:
+                result.append(stored)
         return result
 
     async def delivered(self, recipient: str, message_id: str) -> tuple[str, str] | None:
@@ -210,3 +221,33 @@ class MessageStore:
         dropped = int(await self._client().eval(_EXPIRE, ["msg-expiry"], [str(cutoff), str(batch)]))
         self.expired += dropped
         return dropped
+
+
+class MessageExpiry(service.Service):
+    """Drop expired messages every :data:`EXPIRY_SWEEP` seconds while running."""
+
+    def __init__(self, store: MessageStore, clock: Any) -> None:
+        self.store = store
+        self.loop = LoopingCall(self.sweep)
+        self.loop.clock = clock
+
+    def sweep(self) -> defer.Deferred[None]:
+        async def run() -> None:
+            try:
+                dropped = await self.store.expire()
+            except Exception as exc:
+                log.debug("message expiry skipped: {why}", why=str(exc))
+                return
+            if dropped:
+                log.info("{count} undelivered messages expired", count=dropped)
+
+        return defer.ensureDeferred(run())
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.loop.start(EXPIRY_SWEEP, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self.loop.running:
+            self.loop.stop()

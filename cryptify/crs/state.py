@@ -38,6 +38,8 @@ class CrsState:
     relay: Any = None
     #: The live calls (a ``SessionTable``), once calls are wired in.
     sessions: Any = None
+    #: Store-and-forward messaging (``show message``), once wired in.
+    messaging: Any = None
     pid: int = attrs.field(factory=os.getpid)
     #: ``notify(unit, event)``: tells notify.sh about system events.
     notify: Callable[[str, str], None] = lambda unit, event: None

@@ -80,7 +80,9 @@ class _StoreFactory(Factory):
             charset="utf-8",
             password=self._store.password,
             dbid=self._store.dbid,
-            convertNumbers=True,
+            # Values stay the strings they were stored as: a base64 payload
+            # or a token that happens to be all digits must not turn into int.
+            convertNumbers=False,
         )
         p.factory = self
         # its class default is the global reactor's

@@ -41,6 +41,9 @@ from cryptify.crs.admin import CrsAdmin
 from cryptify.crs.attach import AttachCore, TicketKey
 from cryptify.crs.calls import LinkRelayAllocator, RegistryParties
 from cryptify.crs.calls import install as install_calls
+from cryptify.crs.messages import MessageExpiry, MessageStore
+from cryptify.crs.messaging import Messaging
+from cryptify.crs.messaging import install as install_messaging
 from cryptify.crs.objects import ClientObjects
 from cryptify.crs.redis import RedisInstance, RedisSupervisor, ReplicaOf, load_password
 from cryptify.crs.sessions import SessionTable
@@ -385,6 +388,13 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
     )
     install_calls(core, sessions)
     state.sessions = sessions
+    store = MessageStore(lambda: redis.store("redis_low"), reactor.seconds)
+    messaging = Messaging(
+        store, state.registry, trace, lambda: redis.store("redis_low"), reactor.seconds
+    )
+    install_messaging(core, messaging)
+    state.messaging = messaging
+    attach(root, MessageExpiry(store, reactor))
     clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
     where = f"{g.listen.host}:{g.listen.port}"
     attach(root, UmsgListenService(where, listen_clients, clients, reactor))

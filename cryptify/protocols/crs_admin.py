@@ -28,6 +28,7 @@ __all__ = [
     "ShowAttach",
     "ShowBlacklist",
     "ShowClientInfo",
+    "ShowMessage",
     "ShowPushToken",
     "ShowRelay",
     "ShowServices",
@@ -53,6 +54,10 @@ class ShowAttach(_Table):
 
 class ShowSession(_Table):
     """``show session``: CALLER CALLEE TIME STATE."""
+
+
+class ShowMessage(_Table):
+    """``show message``: URI POST DELIV READ ACCOUNT."""
 
 
 class ShowUpdates(_Table):

@@ -42,7 +42,9 @@ CALLER = "tel:+46700000001"
 CALLEE = "tel:+46700000002"
 
 
-class CallTests(TestCase):
+class _CrsFixture(TestCase):
+    """A real CRS and relay with one account and two users' keys."""
+
     timeout = 120
 
     def setUp(self) -> None:
@@ -188,6 +190,8 @@ ip crs1 127.0.0.1
             a.close()
             b.close()
 
+
+class CallTests(_CrsFixture):
     async def test_call(self) -> None:
         """Invite, ringing, talk, media both ways, hangup: each party sees each step."""
         results = await threads.deferToThread(self.call)
@@ -208,6 +212,60 @@ ip crs1 127.0.0.1
             return len(rows) == 2 and rows[1].split()[-1] == "0"
 
         wait_for(relay_empty, "relay session removed")
+
+
+class MessageTests(_CrsFixture):
+    """Store-and-forward messages through the same real CRS."""
+
+    def messages(self) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        sender, recipient = self.attach(CALLER), self.attach(CALLEE)
+        send(sender, type="post", id=20, to="tel:+46700000099", content=b"nobody")
+        results["unknown"] = recv(sender, "error")
+        send(sender, type="post", id=21, to=CALLEE, content=b"\x00hello")
+        posted = recv(sender, "posted")
+        got = recv(recipient, "message")
+        results["live"] = (posted["message"], got)
+        send(recipient, type="delivered", message=got["message"])
+        results["receipt"] = recv(sender, "delivered")
+        recipient.close()
+        send(sender, type="post", id=22, to=CALLEE, content=b"while away")
+        results["away"] = recv(sender, "posted")["message"]
+        send(sender, type="post", id=22, to=CALLEE, content=b"while away")
+        results["again"] = recv(sender, "posted")["message"]
+        sender.close()
+        return results
+
+    def back(self) -> list[dict[str, Any]]:
+        recipient = self.attach(CALLEE)
+        try:
+            first = recv(recipient, "message")
+            send(recipient, type="delivered", message=first["message"])
+            send(recipient, type="fetch", id=30)
+            recv(recipient, "ok")
+            return [first]
+        finally:
+            recipient.close()
+
+    async def test_messages(self) -> None:
+        """Posted, delivered live, kept across a CRS restart, delivered once."""
+        results = await threads.deferToThread(self.messages)
+        self.assertEqual(results["unknown"]["code"], "not-found")
+        message_id, got = results["live"]
+        self.assertEqual((got["message"], got["content"]), (message_id, b"\x00hello"))
+        self.assertEqual(results["receipt"]["message"], message_id)
+        self.assertEqual(results["again"], results["away"])
+        crs = self.procs.pop()
+        crs.stop()
+        self.procs.append(Twistd(self.dir, "crs", "--config", self.conf))
+        wait_for(lambda: unix_answers(self.socket), "CRS back")
+        [first] = await threads.deferToThread(self.back)
+        self.assertEqual((first["message"], first["content"]), (results["away"], b"while away"))
+        status, out, err = self.cli("show", "message")
+        self.assertEqual(status, 0, err)
+        rows = out.splitlines()
+        self.assertEqual(rows[0].split(), ["URI", "POST", "DELIV", "READ", "ACCOUNT"])
+        self.assertEqual(rows[1].split()[:3], [CALLER, "2", "2"])
 
 
 def send(ws: Any, **fields: Any) -> None:
