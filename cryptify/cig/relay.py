@@ -1,7 +1,11 @@
-"""The CIG relay process (``cig-relay``): media bridge and its control.
+"""The CIG relay process (``cig-relay``): the media bridge's control.
 
-The bridge itself (SRTP <-> RTP with G.711) arrives with the CIG media
-issue; this module holds the control responders the CIG server polls.
+:class:`BridgeControl` answers the CIG server's control connection: the
+heartbeat and counters every relay answers (:class:`Poll`,
+:class:`RelayStats`) and the bridge commands of
+:mod:`cryptify.protocols.bridge_control`, each carried out by the
+:class:`~cryptify.cig.bridge_io.BridgeService`.  ``docs/bridge.md``
+describes the contract.
 """
 
 from __future__ import annotations
@@ -14,22 +18,120 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from cryptify import __version__
+from cryptify.cig import g711
+from cryptify.cig.bridge import PbxSide, SecureSide
+from cryptify.cig.bridge_io import BridgeRefused, BridgeService
+from cryptify.protocols.bridge_control import (
+    BridgeAdd,
+    BridgeError,
+    BridgeRemove,
+    BridgeStats,
+    BridgeUpdate,
+)
 from cryptify.protocols.relay_control import Poll, RelayStats
 
 log = Logger(namespace="cryptify.cig.relay")
+
+#: The telephone-event payload type when a command does not name one.
+DEFAULT_DTMF_PT = 101
+
+
+def _dtmf(pt: int | None) -> int | None:
+    """A payload type from a command: absent means the default, negative means none."""
+    if pt is None:
+        return DEFAULT_DTMF_PT
+    return None if pt < 0 else pt
 
 
 class BridgeControl(amp.CommandLocator):
     """Responders for the CIG server's control connection."""
 
+    def __init__(self, bridges: BridgeService) -> None:
+        super().__init__()
+        self.bridges = bridges
+
     @Poll.responder
     def poll(self, server: str) -> dict[str, Any]:
         log.debug("poll from {server}", server=server)
-        return {"sessions": 0, "version": __version__}
+        return {"sessions": len(self.bridges.calls), "version": __version__}
 
     @RelayStats.responder
     def stats(self) -> dict[str, Any]:
-        return {"stats": {"sessions": 0}}
+        totals = self.bridges.stats()
+        assert totals is not None
+        return {"stats": dict(totals, sessions=totals["calls"])}
+
+    @BridgeAdd.responder
+    def bridge_add(
+        self,
+        call: str,
+        relay_host: str,
+        relay_port: int,
+        tag: bytes,
+        srtp_tx_key: bytes,
+        srtp_rx_key: bytes,
+        secure_codec: str | None = None,
+        secure_dtmf_pt: int | None = None,
+        srtp_profile: str | None = None,
+        pbx_port: int | None = None,
+        pbx_host: str | None = None,
+        pbx_remote_port: int | None = None,
+        pbx_codec: str | None = None,
+        pbx_dtmf_pt: int | None = None,
+    ) -> dict[str, Any]:
+        secure = SecureSide(
+            relay_host,
+            relay_port,
+            tag,
+            srtp_tx_key,
+            srtp_rx_key,
+            codec=secure_codec or g711.PCMU,
+            dtmf_pt=_dtmf(secure_dtmf_pt),
+            profile=srtp_profile or "AES_CM_128_HMAC_SHA1_80",
+        )
+        pbx = PbxSide(pbx_host, pbx_remote_port, pbx_codec or g711.PCMU, _dtmf(pbx_dtmf_pt))
+        try:
+            ports = self.bridges.add(call, secure, pbx, pbx_port or 0)
+        except BridgeRefused as exc:
+            log.warn("Bridge {call} refused: {why}", call=call, why=str(exc))
+            raise BridgeError(str(exc)) from None
+        return {"secure_port": ports[0], "pbx_port": ports[1]}
+
+    @BridgeUpdate.responder
+    def bridge_update(
+        self,
+        call: str,
+        pbx_host: str | None = None,
+        pbx_remote_port: int | None = None,
+        pbx_codec: str | None = None,
+        pbx_dtmf_pt: int | None = None,
+    ) -> dict[str, Any]:
+        bridged = self.bridges.calls.get(call)
+        if bridged is None:
+            return {"updated": False}
+        old = bridged.core.pbx
+        pbx = PbxSide(
+            pbx_host if pbx_host is not None else old.remote_host,
+            pbx_remote_port if pbx_remote_port is not None else old.remote_port,
+            pbx_codec or old.codec,
+            old.dtmf_pt if pbx_dtmf_pt is None else _dtmf(pbx_dtmf_pt),
+        )
+        try:
+            return {"updated": self.bridges.update(call, pbx)}
+        except BridgeRefused as exc:
+            raise BridgeError(str(exc)) from None
+
+    @BridgeRemove.responder
+    def bridge_remove(self, call: str) -> dict[str, Any]:
+        stats = self.bridges.remove(call)
+        return {"removed": stats is not None, "stats": stats or {}}
+
+    @BridgeStats.responder
+    def bridge_stats(self, call: str | None = None) -> dict[str, Any]:
+        stats = self.bridges.stats(call)
+        if stats is None:
+            raise BridgeError(f"call {call} is not bridged")
+        return {"stats": stats}
 
 
 class BridgeControlProtocol(amp.AMP):
@@ -44,8 +146,9 @@ class BridgeControlProtocol(amp.AMP):
         log.info("CIG server disconnected")
 
 
-def control_factory() -> Factory[BridgeControlProtocol]:
-    """Factory of control connections."""
-    factory = Factory.forProtocol(lambda: BridgeControlProtocol(locator=BridgeControl()))  # type: ignore[no-untyped-call]
+def control_factory(bridges: BridgeService) -> Factory[BridgeControlProtocol]:
+    """Factory of control connections, all driving ``bridges``."""
+    locator = BridgeControl(bridges)
+    factory = Factory.forProtocol(lambda: BridgeControlProtocol(locator=locator))  # type: ignore[no-untyped-call]
     factory.noisy = False
     return factory

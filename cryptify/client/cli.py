@@ -4,12 +4,19 @@
 attaches the URI of a key file (from ``cryptify-kms issue``) to a CRS, stays
 attached, reconnects with backoff when the connection ends, and prints one
 line per event until Ctrl-C or SIGTERM (then it detaches).
+
+``call URI`` places a call (a real MIKEY-SAKKE I_MESSAGE, SRTP through the
+relay) playing and recording WAV files; ``answer`` takes the next call;
+``listen`` prints incoming messages and calls (and answers them with
+``--auto-answer``); ``send URI TEXT`` posts a message.  ``docs/client.md``
+describes them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +27,11 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
 
 from cryptify import __version__
+from cryptify.client.audio import AudioError, read_wav, tone, write_wav
+from cryptify.client.calls import END, INCOMING, TALK, Call, CallError, CallEvent
 from cryptify.client.connection import AttachingClient, ConnectionEnded, Event
+from cryptify.client.messages import Posted, Receipt, Received
+from cryptify.client.phone import Phone, PhoneEvent
 from cryptify.client.session import (
     Answered,
     Attached,
@@ -35,7 +46,9 @@ from cryptify.crypto.keymaterial import KeyMaterial, load_key_material
 from cryptify.protocols.tls import TLSConfigError, client_context_factory
 from cryptify.protocols.umsg import Message
 
-HELP = """\
+ACTIONS = ("attach", "call", "answer", "listen", "send")
+COMMON = "--keys FILE --server HOST:PORT [--ca FILE | --insecure]"
+HELP = f"""\
 usage: cryptify-client ACTION [options]
 
 The reference secure client of the Cryptify system.
@@ -43,11 +56,28 @@ The reference secure client of the Cryptify system.
 actions:
   attach --keys FILE --server HOST:PORT [--ca FILE | --insecure] [--app VERSION]
                 attach to a CRS and stay attached (Ctrl-C or SIGTERM detaches)
+  call URI {COMMON}
+       [--play F.wav | --tone HZ] [--record F.wav] [--duration S]
+                call URI, talk for S seconds (default: the --play file's
+                length, else 10), hang up; exits when either side hangs up
+  answer {COMMON}
+       [--play F.wav | --tone HZ] [--record F.wav] [--duration S]
+                wait for the next call, answer it, stay until it ends
+                (or hang up after S seconds)
+  listen {COMMON}
+       [--auto-answer] [--play F.wav | --tone HZ] [--record F.wav]
+                print incoming messages and calls until Ctrl-C; answer calls
+                with --auto-answer (recordings: F.wav, F-2.wav, ...)
+  send URI TEXT {COMMON} [--wait]
+                post a message (--wait: until the recipient confirms it)
   help          show this help
 """
 
+#: Seconds to wait for the attach before giving up (call, answer, send).
+ATTACH_WAIT = 30.0
 
-def describe(event: Event) -> str:
+
+def describe(event: PhoneEvent) -> str:
     """One line for an event."""
     if isinstance(event, Attached):
         resumed = ", with ticket" if event.resumed else ""
@@ -66,6 +96,24 @@ def describe(event: Event) -> str:
         return f"answer to {event.id}: {event.message.type} {dict(event.message.fields)}"
     if isinstance(event, Incoming):
         return f"incoming {event.message.type}: {dict(event.message.fields)}"
+    if isinstance(event, CallEvent):
+        call = event.call
+        where = f"call {call.session or '?'} {'to' if call.outgoing else 'from'} {call.peer}"
+        if event.kind == END:
+            reason = f" ({call.reason})" if call.reason else ""
+            return f"{where} ended: {call.code} by {call.who}{reason}"
+        return f"{where}: {event.kind}"
+    if isinstance(event, Posted):
+        if event.error is not None:
+            return f"message {event.request_id} refused: {event.error}"
+        return f"posted message {event.message}"
+    if isinstance(event, Received):
+        if event.content is not None:
+            text = event.content.decode("utf-8", "replace")
+            return f"message {event.message} from {event.sender}: {text}"
+        return f"message {event.message} from {event.sender}: ack of {event.ack}"
+    if isinstance(event, Receipt):
+        return f"delivered message {event.message}"
     return f"connection ended: {event.why}"
 
 
@@ -139,17 +187,219 @@ def attach_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> defer.D
     return finished
 
 
+def _printer(out: IO[str]) -> Callable[[PhoneEvent], None]:
+    def show(event: PhoneEvent) -> None:
+        if isinstance(event, Answered | Incoming):
+            return  # the call and message events say it better
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        out.write(f"{stamp} {describe(event)}\n")
+        out.flush()
+
+    return show
+
+
+def make_phone(reactor: Any, args: argparse.Namespace, out: IO[str], **kw: Any) -> Phone:
+    host, port = args.server
+    return Phone(
+        reactor,
+        args.material,
+        tls_connector(reactor, args.ca, args.insecure),
+        session_maker(args.material, args.app),
+        host,
+        port,
+        _printer(out),
+        play=args.samples,
+        loop_play=args.loop,
+        **kw,
+    )
+
+
+def _within(reactor: Any, d: defer.Deferred[Any], seconds: float | None) -> defer.Deferred[Any]:
+    """``d``, or ``None`` after ``seconds``."""
+    if seconds is None:
+        return d
+    return d.addTimeout(seconds, reactor, onTimeoutCancel=lambda result, timeout: None)
+
+
+def _ended(call: Call) -> Callable[[PhoneEvent], bool]:
+    return lambda e: isinstance(e, CallEvent) and e.call is call and e.kind == END
+
+
+def _save(args: argparse.Namespace, phone: Phone, call: Call, out: IO[str], n: int = 1) -> None:
+    if not args.record:
+        return
+    path = args.record
+    if n > 1:
+        stem, ext = os.path.splitext(path)
+        path = f"{stem}-{n}{ext or '.wav'}"
+    samples = phone.recording(call).samples()
+    write_wav(path, samples)
+    out.write(f"recorded {len(samples) / 8000:.2f} s to {path}\n")
+    out.flush()
+
+
+async def _attach(reactor: Any, phone: Phone) -> bool:
+    attached = await _within(reactor, phone.start(), ATTACH_WAIT)
+    return attached is not None
+
+
+async def call_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
+    phone = make_phone(reactor, args, out)
+    try:
+        if not await _attach(reactor, phone):
+            out.write("not attached in time\n")
+            return 1
+        try:
+            call = phone.place(args.uri)
+        except CallError as exc:
+            out.write(f"cannot call: {exc}\n")
+            return 1
+        ended = phone.until(_ended(call))
+        answered = phone.until(
+            lambda e: isinstance(e, CallEvent) and e.call is call and e.kind in (TALK, END)
+        )
+        first = await answered
+        if first.kind == END:
+            return 1
+        if await _within(reactor, ended, args.duration) is None:
+            phone.hangup(call)
+        _save(args, phone, call, out)
+        return 0
+    finally:
+        await phone.stop()
+
+
+async def answer_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
+    phone = make_phone(reactor, args, out)
+    try:
+        if not await _attach(reactor, phone):
+            out.write("not attached in time\n")
+            return 1
+        event = await phone.until(lambda e: isinstance(e, CallEvent) and e.kind == INCOMING)
+        call = event.call
+        ended = phone.until(_ended(call))
+        phone.answer(call)
+        if await _within(reactor, ended, args.duration) is None:
+            phone.hangup(call)
+        _save(args, phone, call, out)
+        return 0
+    finally:
+        await phone.stop()
+
+
+async def listen_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
+    phone: Phone | None = None
+    count = 0
+
+    def on_event(event: PhoneEvent) -> None:
+        nonlocal count
+        assert phone is not None
+        if not isinstance(event, CallEvent):
+            return
+        if event.kind == INCOMING and args.auto_answer:
+            reactor.callLater(0, lambda: phone.answer(event.call))
+        elif event.kind == END and phone.recording(event.call).frames:
+            count += 1
+            _save(args, phone, event.call, out, count)
+
+    phone = make_phone(reactor, args, out, fetch_on_attach=True)
+    printer = phone.on_event
+
+    def both(event: PhoneEvent) -> None:
+        if printer is not None:
+            printer(event)
+        on_event(event)
+
+    phone.on_event = both
+    phone.start()
+    finished: defer.Deferred[int] = defer.Deferred()
+
+    def shutdown() -> defer.Deferred[None]:
+        d = phone.stop()
+        d.addBoth(lambda _: finished.callback(0) if not finished.called else None)
+        return d
+
+    reactor.addSystemEventTrigger("before", "shutdown", shutdown)
+    return await finished
+
+
+async def send_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
+    phone = make_phone(reactor, args, out)
+    try:
+        if not await _attach(reactor, phone):
+            out.write("not attached in time\n")
+            return 1
+        request = phone.post(args.uri, args.text.encode("utf-8"))
+        posted = await phone.until(lambda e: isinstance(e, Posted) and e.request_id == request)
+        if posted.error is not None:
+            return 1
+        if args.wait:
+            await phone.until(lambda e: isinstance(e, Receipt) and e.message == posted.message)
+        return 0
+    finally:
+        await phone.stop()
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keys", required=True, help="key material file (cryptify-kms issue)")
+    parser.add_argument("--server", required=True, type=parse_server, help="CRS HOST:PORT")
+    trust = parser.add_mutually_exclusive_group()
+    trust.add_argument("--ca", help="PEM file of the CA (or self-signed certificate) to trust")
+    trust.add_argument("--insecure", action="store_true", help="accept any certificate (dev)")
+    parser.add_argument("--app", default=f"cryptify-client/{__version__}", help="version shown")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"seconds out of range: {text!r}")
+    return value
+
+
+def _hertz(text: str) -> float:
+    value = _seconds(text)
+    if not 20 <= value <= 3900:
+        raise argparse.ArgumentTypeError("a tone of 20..3900 Hz")
+    return value
+
+
+def _audio(parser: argparse.ArgumentParser, duration: bool = True) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--play", metavar="F.wav", help="WAV file to send (then silence)")
+    source.add_argument("--tone", metavar="HZ", type=_hertz, help="send a sine tone")
+    parser.add_argument("--record", metavar="F.wav", help="write what the other side sends")
+    if duration:
+        parser.add_argument("--duration", metavar="S", type=_seconds, help="hang up after S s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryptify-client", add_help=False)
     sub = parser.add_subparsers(dest="action")
     attach = sub.add_parser("attach", help="attach and stay attached")
-    attach.add_argument("--keys", required=True, help="key material file (cryptify-kms issue)")
-    attach.add_argument("--server", required=True, type=parse_server, help="CRS HOST:PORT")
-    trust = attach.add_mutually_exclusive_group()
-    trust.add_argument("--ca", help="PEM file of the CA (or self-signed certificate) to trust")
-    trust.add_argument("--insecure", action="store_true", help="accept any certificate (dev)")
-    attach.add_argument("--app", default=f"cryptify-client/{__version__}", help="version shown")
+    _common(attach)
+    call = sub.add_parser("call", help="place a call")
+    call.add_argument("uri", help="tel:+NUMBER to call")
+    _common(call)
+    _audio(call)
+    answer = sub.add_parser("answer", help="answer the next call")
+    _common(answer)
+    _audio(answer)
+    listen = sub.add_parser("listen", help="print messages and calls")
+    _common(listen)
+    _audio(listen, duration=False)
+    listen.add_argument("--auto-answer", action="store_true", help="answer every call")
+    send = sub.add_parser("send", help="post a message")
+    send.add_argument("uri", help="tel:+NUMBER to send to")
+    send.add_argument("text", help="the message")
+    _common(send)
+    send.add_argument("--wait", action="store_true", help="wait for the delivery receipt")
     return parser
+
+
+MAINS = {"call": call_main, "answer": answer_main, "listen": listen_main, "send": send_main}
 
 
 def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
@@ -157,7 +407,7 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
     if not argv or argv[0] in ("help", "-h", "--help"):
         out.write(HELP)
         return 0
-    if argv[0] != "attach":
+    if argv[0] not in ACTIONS:
         err.write(HELP)
         err.write(f"cryptify-client: error: unknown action {argv[0]!r}\n")
         return 2
@@ -177,10 +427,33 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
     except TLSConfigError as exc:
         err.write(f"cryptify-client: {exc}\n")
         return 1
+    args.samples, args.loop = (), False
+    if getattr(args, "play", None):
+        try:
+            args.samples = read_wav(args.play)
+        except (OSError, AudioError) as exc:
+            err.write(f"cryptify-client: cannot play {args.play}: {exc}\n")
+            return 1
+        if getattr(args, "duration", 0) is None and args.action == "call":
+            args.duration = max(len(args.samples) / 8000, 0.1)
+    elif getattr(args, "tone", None):
+        args.samples, args.loop = tone(args.tone, 1.0), True
+    if getattr(args, "duration", 0) is None and args.action == "call":
+        args.duration = 10.0
     from twisted.internet import reactor, task
 
     del reactor
-    task.react(lambda r: attach_main(r, args, out))
+    if args.action == "attach":
+        task.react(lambda r: attach_main(r, args, out))
+        return 0  # pragma: no cover  (react exits)
+    main_of = MAINS[args.action]
+
+    async def main(r: Any) -> None:
+        status = await main_of(r, args, out)
+        if status:
+            raise SystemExit(status)
+
+    task.react(lambda r: defer.ensureDeferred(main(r)))
     return 0  # pragma: no cover  (react exits)
 
 

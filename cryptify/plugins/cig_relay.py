@@ -1,8 +1,10 @@
 """The ``cig-relay`` twistd plugin: the CIG media bridge process.
 
 Reads the same cig.conf as the CIG for its control socket and log
-directory.  Service tree: relay.log, lifecycle (``notify.sh cig-relay
-start|stop``), the control socket; the media bridge joins it in its issue.
+directory, interfaces (``rtp_port_range``, ``rtp_remote_addr_override``).
+Service tree: relay.log, lifecycle (INIT lines with the configuration,
+``notify.sh cig-relay start|stop``), the media bridge (its calls and 20 ms
+clock) and the control socket.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 from twisted.python import usage
 
+from cryptify.cig.bridge_io import BridgeService
 from cryptify.cig.relay import control_factory
 from cryptify.config import CigConfig, load_cig_config
 from cryptify.events import Notifier
@@ -46,16 +49,32 @@ class Options(usage.Options):
         self["cig"] = apply_overrides(cfg, self)
 
 
+def describe(cfg: CigConfig) -> list[str]:
+    """The configuration lines relay.log starts with."""
+    lines = [f"control {cfg.relay.control}"]
+    for name, iface in (("tel", cfg.tel), ("sip", cfg.sip)):
+        ports = iface.rtp_port_range
+        span = f"{ports.low}-{ports.high}" if ports else "any"
+        overrides = ", ".join(
+            f"{o.original} -> {o.replacement}" for o in iface.rtp_remote_addr_overrides
+        )
+        lines.append(f"{name} rtp_port_range {span}; rtp_remote_addr_override {overrides or '-'}")
+    lines.append(f"sip media bind {cfg.sip.bind}")
+    return lines
+
+
 def make_cig_relay_service(cfg: CigConfig, reactor: Any) -> ProgramService:
     """Build the CIG relay's service tree."""
     root = ProgramService("cig-relay")
     notifier = Notifier(reactor, cfg.notify or None)
     attach(root, LogFileService(cfg.logging.dir, "relay.log", "cig"))
-    attach(root, lifecycle("cig-relay", notifier, [f"control {cfg.relay.control}"]))
+    attach(root, lifecycle("cig-relay", notifier, describe(cfg)))
+    bridges = BridgeService(reactor, cfg.tel, cfg.sip)
+    attach(root, bridges)
 
     def listen_control() -> Any:
         prepare_socket_path(cfg.relay.control)
-        port = reactor.listenUNIX(cfg.relay.control, control_factory(), mode=0o660)
+        port = reactor.listenUNIX(cfg.relay.control, control_factory(bridges), mode=0o660)
         restrict_socket(cfg.relay.control, MANAGEMENT_GROUP)
         return port
 

@@ -22,7 +22,8 @@ WAIT = 30.0
 def short_tempdir(case: Any) -> str:
     """A fresh directory with a short path (UNIX socket paths max out at 107 bytes)."""
     path = tempfile.mkdtemp(prefix="cry-", dir="/tmp")
-    case.addCleanup(shutil.rmtree, path, True)
+    if not os.environ.get("CRYPTIFY_KEEP_TMP"):
+        case.addCleanup(shutil.rmtree, path, True)
     return path
 
 

@@ -32,11 +32,8 @@ from tests.interop._procs import (
     unix_answers,
     wait_for,
 )
-
-try:
-    from websockets.sync.client import connect as ws_connect
-except ImportError:  # pragma: no cover
-    ws_connect = None
+from tests.interop._ws import available as websockets_available
+from tests.interop._ws import ws_connect
 
 CALLER = "tel:+46700000001"
 CALLEE = "tel:+46700000002"
@@ -48,7 +45,7 @@ class _CrsFixture(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        if ws_connect is None:
+        if not websockets_available():
             raise SkipTest("websockets is not installed")
         if shutil.which("redis-server") is None:
             raise SkipTest("redis-server is not installed")
@@ -120,7 +117,11 @@ ip crs1 127.0.0.1
     def attach(self, uri: str) -> Any:
         cafile = os.path.join(self.dir, "data", "tls", "crs.crt")
         tls = ssl.create_default_context(cafile=cafile)
-        ws = ws_connect(f"wss://127.0.0.1:{self.client_port}/", ssl=tls, subprotocols=["umsg.1"])
+        ws = ws_connect(
+            f"wss://127.0.0.1:{self.client_port}/",
+            ssl=tls,
+            subprotocols=["umsg.1"],
+        )
         send(ws, type="attach", id=1, account="acme", uri=uri, versions=[1], app="test")
         challenge = recv(ws, "challenge")
         octets = attach_signed_octets(challenge["nonce"], "acme", uri, challenge["period"])
@@ -274,9 +275,9 @@ def send(ws: Any, **fields: Any) -> None:
 
 def recv(ws: Any, kind: str) -> dict[str, Any]:
     """The next message of type ``kind`` (others are skipped)."""
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        msg: dict[str, Any] = cbor2.loads(ws.recv(timeout=15))
+        msg: dict[str, Any] = cbor2.loads(ws.recv(timeout=30))
         if msg.get("type") == kind:
             return msg
         if msg.get("type") in ("error", "refused", "disconnect") and kind != "error":

@@ -23,13 +23,14 @@ from cryptify.crs.umsg_server import BACKLOG, Limits, UmsgServerFactory
 from cryptify.crypto.identity import period_of
 from cryptify.protocols.tls import generate_self_signed, server_context_factory
 from cryptify.protocols.umsg import attach_signed_octets
+from tests.interop._ws import available as websockets_available
+from tests.interop._ws import ws_connect
 from tests.umsg_support import FakeAccount, FakeAccounts, FakeObjects, signer
 
 try:
     from websockets.exceptions import InvalidStatus
-    from websockets.sync.client import connect as ws_connect
 except ImportError:  # pragma: no cover
-    ws_connect = None
+    InvalidStatus = None
 
 
 class _Server:
@@ -61,7 +62,7 @@ class WebsocketsClientTests(TestCase):
     """The `websockets` library, written by others from RFC 6455, speaks to our CRS."""
 
     def setUp(self) -> None:
-        if ws_connect is None:
+        if not websockets_available():
             self.skipTest("websockets is not installed")
         self.server = _Server(self)
 

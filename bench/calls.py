@@ -1,0 +1,314 @@
+"""Call-setup benchmark: invite -> ringing -> talk -> hangup, signaling only.
+
+    .venv/bin/python bench/calls.py [--pairs 100] [--workers 2] [--seconds 10]
+
+Starts a real `twistd crs-relay` and `twistd crs` (managed Redis, one
+account), issues keys for ``2 * pairs`` users, and runs ``--workers``
+generator processes.  Each generator attaches its share of the pairs over
+real TLS + WebSocket + ECCSI (the reference client's
+:class:`~cryptify.client.session.ClientSession`), then each pair calls in
+a loop: the caller sends ``invite`` (a real I_MESSAGE, built once per
+caller: the CRS does not read it and the callee does not verify it here),
+the callee answers ``ringing`` and ``talk`` as soon as the invite arrives,
+and the caller sends ``hangup`` as soon as ``talk`` arrives; the next
+invite goes when the callee has the ``hangup``.  Every call gets a real
+relay session (``Add`` / ``Remove``).  No media.
+
+One JSON line:
+
+- ``setups_per_second``: completed calls (callee saw the hangup) / wall
+  time of the measured window (after a warm-up second);
+- ``crs_cpu_per_setup_ms`` / ``relay_cpu_per_setup_ms``: CPU the CRS and
+  the relay spent per call in the window;
+- ``setups_per_crs_cpu_second``: the CRS's per-core rate;
+- ``generator_ceiling``: calls per generator CPU second, summed over the
+  generators (what the load generator could drive if the CRS were free;
+  it shares the machine's cores with the CRS, so it bounds the measure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+BIN = os.path.dirname(sys.executable)
+
+
+def proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(pred: Any, what: str, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def unix_answers(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------- worker
+
+
+def worker(spec: dict[str, Any]) -> None:
+    """One generator process: attach the pairs, call in a loop, report."""
+    from twisted.internet import defer, reactor, task
+
+    from cryptify.client.cli import session_maker, tls_connector
+    from cryptify.client.connection import UmsgClientProtocol
+    from cryptify.client.session import Answered, Attached, Incoming
+    from cryptify.crypto import mikey
+    from cryptify.crypto.identity import tel_identifier
+    from cryptify.crypto.keymaterial import KeyMaterial
+
+    connect = tls_connector(reactor, spec["ca"], False)
+    done = {"calls": 0, "measuring": False, "stop": False}
+    protos: dict[str, UmsgClientProtocol] = {}
+    attached: defer.Deferred[None] = defer.Deferred()
+    waiting = {"n": 2 * len(spec["pairs"])}
+    mikeys: dict[str, bytes] = {}
+    peer_of: dict[str, str] = {}
+
+    def invite(caller: str) -> None:
+        if not done["stop"]:
+            protos[caller].session.request("invite", to=peer_of[caller], mikey=mikeys[caller])
+
+    def on_event(uri: str, event: Any) -> None:
+        if isinstance(event, Attached):
+            waiting["n"] -= 1
+            if waiting["n"] == 0:
+                attached.callback(None)
+            return
+        session = protos[uri].session
+        if isinstance(event, Incoming):
+            msg = event.message
+            if msg.type == "invite":
+                session.notify("ringing", session=msg["session"])
+                session.notify("talk", session=msg["session"])
+            elif msg.type == "talk":
+                session.notify("hangup", session=msg["session"], code="normal")
+            elif msg.type == "hangup":
+                if done["measuring"]:
+                    done["calls"] += 1
+                invite(uri if uri in mikeys else peer_of[uri])
+        elif isinstance(event, Answered) and event.message.type == "error":
+            print(f"error: {dict(event.message.fields)}", file=sys.stderr)
+            reactor.callLater(0.1, invite, uri)
+
+    async def run() -> None:
+        for caller, callee, caller_keys, callee_keys in spec["pairs"]:
+            peer_of[caller], peer_of[callee] = callee, caller
+            for uri, blob in ((caller, caller_keys), (callee, callee_keys)):
+                material = KeyMaterial.from_blob(blob)
+                if uri == caller:
+                    keys = material.for_period(spec["period"])
+                    mikeys[uri] = mikey.build_i_message(
+                        keys.signer(),
+                        keys.public_key(),
+                        tel_identifier(callee, spec["period"]),
+                        now=time.time(),
+                        idrs=mikey.tel_idrs(caller, callee),
+                    ).data
+                make = session_maker(material, "bench-calls")
+                proto = UmsgClientProtocol(
+                    make, reactor, lambda e, u=uri: on_event(u, e), "127.0.0.1"
+                )
+                protos[uri] = proto
+                from twisted.internet.protocol import Factory
+
+                factory = Factory.forProtocol(lambda p=proto: p)  # type: ignore[misc]
+                await connect("127.0.0.1", spec["port"], factory)
+        await attached
+        for caller, *_ in spec["pairs"]:
+            invite(caller)
+        await task.deferLater(reactor, spec["warmup"], lambda: None)
+        cpu0, t0 = time.process_time(), time.monotonic()
+        done["measuring"] = True
+        with open(spec["started"], "w") as f:
+            f.write("started")
+        await task.deferLater(reactor, spec["seconds"], lambda: None)
+        done["measuring"] = False
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
+        done["stop"] = True
+        print(json.dumps({"calls": done["calls"], "cpu": cpu, "wall": wall}), flush=True)
+        for proto in protos.values():
+            proto.close("done")
+
+    task.react(lambda _: defer.ensureDeferred(run()))
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        with open(args.worker) as f:
+            worker(json.load(f))
+        return
+
+    import attrs
+
+    from cryptify.crypto.identity import period_of
+    from cryptify.crypto.updatefile import seal_update_file
+    from cryptify.kms.store import KmsAccount
+
+    d = tempfile.mkdtemp(prefix="callsbench-", dir="/tmp")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        port, relay_port = free_port(), free_port(socket.SOCK_DGRAM)
+        conf = os.path.join(d, "crs.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f"[GLOBAL]\nkey benchkey\nfeatures\nlisten 127.0.0.1 {port}\n"
+                f"relay 127.0.0.1 {relay_port}\nrelay-control {d}/relay.sock\n"
+                f"management {d}/crs.sock\ndata-dir {d}/data\naccounts-dir {d}/accounts\n"
+                f"log-dir {d}/log\nredis managed\nredis-high 127.0.0.1 {free_port()}\n"
+                f"redis-low 127.0.0.1 {free_port()}\nredis-backup 127.0.0.1 {free_port()}\n"
+                "[POOL]\nhost crs1\nip crs1 127.0.0.1\n"
+            )
+
+        def twistd(plugin: str) -> subprocess.Popen[bytes]:
+            argv = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", f"--logfile={d}/{plugin}.log"]
+            proc = subprocess.Popen([*argv, plugin, "--config", conf], cwd=d)
+            procs.append(proc)
+            return proc
+
+        def cli(*a: str) -> str:
+            return subprocess.run(
+                [os.path.join(BIN, "crs-cli"), "--socket", f"{d}/crs.sock", *a],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+
+        relay = twistd("crs-relay")
+        wait_for(lambda: unix_answers(f"{d}/relay.sock"), "relay")
+        crs = twistd("crs")
+        wait_for(lambda: unix_answers(f"{d}/crs.sock"), "CRS")
+        out = cli("create", "account", "acme", "-B", "16")
+        secret = out.split("shared secret ")[1].strip()
+        period = period_of(time.time())
+        kms = KmsAccount.generate("acme")
+        kms = attrs.evolve(kms, revision=1)
+        update = seal_update_file(kms.update(period), secret)
+        upd = os.path.join(d, "acme.upd")
+        with open(upd, "wb") as f:
+            f.write(update)
+        cli("apply", upd)
+        wait_for(lambda: "crs_relay   active" in cli("show", "services"), "relay link")
+        pairs = []
+        for n in range(args.pairs):
+            caller, callee = f"tel:+4680{n:06d}", f"tel:+4681{n:06d}"
+            pairs.append(
+                [
+                    caller,
+                    callee,
+                    kms.issue(caller, period).to_blob(),
+                    kms.issue(callee, period).to_blob(),
+                ]
+            )
+        workers = []
+        for w in range(args.workers):
+            spec = {
+                "ca": f"{d}/data/tls/crs.crt",
+                "port": port,
+                "period": period,
+                "pairs": pairs[w :: args.workers],
+                "seconds": args.seconds,
+                "warmup": args.warmup,
+                "started": os.path.join(d, f"worker{w}.started"),
+            }
+            path = os.path.join(d, f"worker{w}.json")
+            with open(path, "w") as f:
+                json.dump(spec, f)
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, "--worker", path],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        # the window starts after attach + warm-up in each worker; sample CPU
+        # around the same window from the outside (approximately).
+        results = []
+        started = [os.path.join(d, f"worker{w}.started") for w in range(args.workers)]
+        wait_for(lambda: all(os.path.exists(p) for p in started), "generators", 600)
+        crs_cpu0, relay_cpu0, t0 = proc_cpu(crs.pid), proc_cpu(relay.pid), time.monotonic()
+        time.sleep(args.seconds * 0.9)
+        crs_cpu1, relay_cpu1, t1 = proc_cpu(crs.pid), proc_cpu(relay.pid), time.monotonic()
+        for p in workers:
+            out_text = p.stdout.read() if p.stdout else ""
+            results.append(json.loads(out_text.strip().splitlines()[-1]))
+        calls = sum(r["calls"] for r in results)
+        wall = max(r["wall"] for r in results)
+        rate = calls / wall
+        window = t1 - t0
+        crs_cpu, relay_cpu = crs_cpu1 - crs_cpu0, relay_cpu1 - relay_cpu0
+        calls_in_window = rate * window
+        print(
+            json.dumps(
+                {
+                    "bench": "calls",
+                    "pairs": args.pairs,
+                    "workers": args.workers,
+                    "seconds": round(wall, 2),
+                    "calls": calls,
+                    "setups_per_second": round(rate, 1),
+                    "crs_cpu_per_setup_ms": round(1000 * crs_cpu / calls_in_window, 3),
+                    "relay_cpu_per_setup_ms": round(1000 * relay_cpu / calls_in_window, 3),
+                    "setups_per_crs_cpu_second": round(calls_in_window / crs_cpu, 1)
+                    if crs_cpu
+                    else None,
+                    "generator_ceiling": round(sum(r["calls"] / r["cpu"] for r in results), 1),
+                    "generator_cpu_seconds": round(sum(r["cpu"] for r in results), 2),
+                    "target": 1000,
+                }
+            )
+        )
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,474 @@
+"""The CIG media bridge's sans-IO core: one :class:`CallBridge` per call.
+
+The secure side speaks SRTP through the CRS relay (every datagram we send
+is the leg tag then an SRTP packet; what the relay sends us is bare SRTP),
+the PBX side plain RTP.  Both carry G.711 (PCMU or PCMA, transcoded where
+the two sides differ) and RFC 4733 telephone-events.  Nothing here opens
+a socket or reads a clock; the adapters in :mod:`cryptify.cig.bridge_io`
+feed datagrams in and send what comes back.
+
+Secure -> PBX is pass-through: each packet is unprotected, transcoded and
+sent at once with its sequence number and timestamp shifted into our own
+stream (so the PBX's jitter buffer still sees reordering and gaps as they
+were); a new SSRC from the client continues our stream seamlessly.
+
+PBX -> secure is clocked: the CRS relay and the secure clients expect a
+constant rate both ways, so :meth:`CallBridge.tick` (every 20 ms) sends one
+SRTP packet of 160 samples whatever the PBX did.  PBX audio goes through a
+:class:`Playout` buffer that orders packets by timestamp, fills gaps and
+underruns with silence, drops what comes too late and resynchronises on
+jumps; a telephone-event from the PBX replaces the audio of the ticks it
+lasts.  See ``docs/bridge.md``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+from pylibsrtp import Error as SrtpError
+from pylibsrtp import Policy, Session
+
+from cryptify.cig import g711
+from cryptify.protocols import relay_packet
+from cryptify.protocols.rtp import (
+    RtpError,
+    TelephoneEvent,
+    encode_rtp,
+    parse_event,
+    parse_rtp,
+)
+
+#: Samples per tick (20 ms of 8 kHz audio) and the tick period.
+FRAME_SAMPLES = 160
+TICK_SECONDS = 0.020
+#: Playout delay of PBX audio (samples buffered ahead of the cursor).
+PLAYOUT_DELAY = 2 * FRAME_SAMPLES
+#: A packet starting further ahead than this resynchronises the playout.
+PLAYOUT_MAX_AHEAD = 10 * FRAME_SAMPLES
+#: Packets held in the playout buffer at most.
+PLAYOUT_MAX_PACKETS = 32
+#: Times an event's end packet is sent (RFC 4733 2.5.1.4).
+EVENT_END_REPEATS = 3
+#: Ticks without an update after which a PBX event is ended by us.
+EVENT_TIMEOUT_TICKS = 10
+#: SRTP master key || master salt (AES-CM-128: 16 + 14 bytes).
+POLICY_KEY_SIZE = 30
+#: SRTP profiles by their SDES names.
+SRTP_PROFILES = {
+    "AES_CM_128_HMAC_SHA1_80": Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+    "AES_CM_128_HMAC_SHA1_32": Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
+}
+
+_U32 = 1 << 32
+_HALF32 = 1 << 31
+
+
+class BridgeSpecError(ValueError):
+    """A bridge request that cannot be carried out as given."""
+
+
+def _random32() -> int:
+    return int.from_bytes(os.urandom(4), "big")
+
+
+@attrs.frozen
+class SecureSide:
+    """The secure leg: the CRS relay's address, our leg tag, SRTP, payload types.
+
+    ``tx_key``/``rx_key`` are pylibsrtp policy keys (master key || salt,
+    ``SrtpKeying.policy_key``) for what we send and what we receive; they
+    may be equal (one MIKEY crypto session for both directions).
+    """
+
+    relay_host: str
+    relay_port: int
+    tag: bytes = attrs.field(repr=False)
+    tx_key: bytes = attrs.field(repr=False)
+    rx_key: bytes = attrs.field(repr=False)
+    codec: str = g711.PCMU
+    dtmf_pt: int | None = 101
+    profile: str = "AES_CM_128_HMAC_SHA1_80"
+
+    @property
+    def payload_type(self) -> int:
+        return g711.STATIC_PAYLOAD_TYPES[self.codec]
+
+
+@attrs.frozen
+class PbxSide:
+    """The PBX leg: where to send RTP (None until known), codec, DTMF type."""
+
+    remote_host: str | None
+    remote_port: int | None
+    codec: str = g711.PCMU
+    dtmf_pt: int | None = 101
+
+    @property
+    def payload_type(self) -> int:
+        return g711.STATIC_PAYLOAD_TYPES[self.codec]
+
+    @property
+    def remote(self) -> tuple[str, int] | None:
+        if self.remote_host is None or not self.remote_port:
+            return None
+        return (self.remote_host, self.remote_port)
+
+
+def check_spec(secure: SecureSide, pbx: PbxSide) -> None:
+    """Raise :class:`BridgeSpecError` for anything the bridge cannot use."""
+    if len(secure.tag) != relay_packet.TAG_SIZE:
+        raise BridgeSpecError(f"the leg tag is {relay_packet.TAG_SIZE} bytes")
+    for name, key in (("tx", secure.tx_key), ("rx", secure.rx_key)):
+        if len(key) != POLICY_KEY_SIZE:
+            raise BridgeSpecError(f"the SRTP {name} key is {POLICY_KEY_SIZE} bytes (key || salt)")
+    if secure.profile not in SRTP_PROFILES:
+        raise BridgeSpecError(f"unknown SRTP profile {secure.profile!r}")
+    for side, codec in (("secure", secure.codec), ("pbx", pbx.codec)):
+        if codec not in g711.STATIC_PAYLOAD_TYPES:
+            raise BridgeSpecError(f"{side} codec must be PCMU or PCMA, not {codec!r}")
+    for side, pt in (("secure", secure.dtmf_pt), ("pbx", pbx.dtmf_pt)):
+        if pt is not None and not 96 <= pt <= 127:
+            raise BridgeSpecError(f"{side} telephone-event payload type must be 96-127")
+    if not 0 < secure.relay_port < 65536:
+        raise BridgeSpecError("relay port out of range")
+
+
+@attrs.define
+class BridgeCounters:
+    """What happened to a call's media (also summed over calls)."""
+
+    secure_rx: int = 0  # SRTP packets received from the relay
+    secure_tx: int = 0  # SRTP packets sent to the relay (one per tick)
+    pbx_rx: int = 0  # RTP packets received from the PBX
+    pbx_tx: int = 0  # RTP packets sent to the PBX
+    srtp_errors: int = 0  # failed authentication or replay check
+    malformed: int = 0  # not RTP, RTCP, or a bad telephone-event
+    unknown_pt: int = 0  # payload type not negotiated (or no DTMF on the other side)
+    no_destination: int = 0  # PBX packets with no PBX address yet
+    late: int = 0  # PBX audio that came after its playout time
+    concealed: int = 0  # ticks with a gap filled by silence
+    underruns: int = 0  # ticks with no PBX audio at all
+    resyncs: int = 0  # playout jumps (timestamp jump or drift)
+    transcoded: int = 0  # audio frames converted between u-law and a-law
+    events_to_pbx: int = 0  # telephone-event packets sent to the PBX
+    events_to_secure: int = 0  # telephone-event packets sent to the relay
+    tx_errors: int = 0  # sends the kernel refused (counted by the adapter)
+
+    def as_dict(self) -> dict[str, int]:
+        return attrs.asdict(self)
+
+    def add(self, other: BridgeCounters) -> None:
+        """Add ``other``'s counts to these."""
+        for field in attrs.fields(BridgeCounters):
+            name = field.name
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@attrs.define
+class Playout:
+    """A playout buffer over RTP timestamps, pulled one frame per tick.
+
+    Frames (already in the output codec) are kept by unwrapped timestamp.
+    :meth:`pull` returns the next ``n`` samples: gaps are filled with
+    ``silence``; when nothing at all has arrived for the window and
+    nothing newer is buffered, the cursor holds (the sender is late, not
+    lost) and :meth:`pull` returns None.
+    """
+
+    silence: int
+    delay: int = PLAYOUT_DELAY
+    max_ahead: int = PLAYOUT_MAX_AHEAD
+    frames: dict[int, bytes] = attrs.field(factory=dict)
+    cursor: int | None = None
+    newest_end: int = 0
+    last_ts: int = 0
+    late: int = 0
+    concealed: int = 0
+    underruns: int = 0
+    resyncs: int = 0
+    started: bool = False
+
+    def _unwrap(self, timestamp: int) -> int:
+        if self.cursor is None:
+            self.last_ts = timestamp
+            return timestamp
+        delta = (timestamp - self.last_ts) % _U32
+        if delta >= _HALF32:
+            delta -= _U32
+        extended: int = self.last_ts + delta
+        if delta > 0:
+            self.last_ts = extended
+        return extended
+
+    def push(self, timestamp: int, frame: bytes) -> None:
+        """Take one frame that starts at RTP ``timestamp``."""
+        if not frame:
+            return
+        at = self._unwrap(timestamp)
+        end = at + len(frame)
+        if self.cursor is None:
+            self.cursor = at - self.delay
+        elif at - self.cursor > self.max_ahead:
+            self.cursor = at - self.delay
+            self.resyncs += 1
+            self.frames = {t: f for t, f in self.frames.items() if t + len(f) > self.cursor}
+        elif end <= self.cursor:
+            self.late += 1
+            return
+        if len(self.frames) >= PLAYOUT_MAX_PACKETS:
+            del self.frames[min(self.frames)]
+        self.frames[at] = frame
+        self.newest_end = max(self.newest_end, end)
+
+    def pull(self, n: int = FRAME_SAMPLES) -> bytes | None:
+        """The next ``n`` samples, or None (no audio yet, or an underrun)."""
+        cursor = self.cursor
+        if cursor is None:
+            return None
+        frame = self.frames.pop(cursor, None)
+        if frame is not None and len(frame) == n:
+            self.cursor = cursor + n
+            self.started = True
+            return frame
+        if frame is not None:
+            self.frames[cursor] = frame
+        stop = cursor + n
+        wanted = sorted(t for t, f in self.frames.items() if t < stop and t + len(f) > cursor)
+        if not wanted:
+            if self.newest_end <= cursor:
+                self.underruns += 1
+                return None
+            self.concealed += self.started
+            self.cursor = stop
+            self._forget(stop)
+            return bytes([self.silence]) * n
+        out = bytearray([self.silence]) * n
+        covered = 0
+        for t in wanted:
+            f = self.frames[t]
+            lo, hi = max(t, cursor), min(t + len(f), stop)
+            out[lo - cursor : hi - cursor] = f[lo - t : hi - t]
+            covered += hi - lo
+        if covered < n and self.started:
+            self.concealed += 1
+        self.started = True
+        self.cursor = stop
+        self._forget(stop)
+        return bytes(out)
+
+    def _forget(self, before: int) -> None:
+        """Drop what lies before ``before``; keep the rest of split frames."""
+        for t in [t for t in self.frames if t < before]:
+            f = self.frames.pop(t)
+            if t + len(f) > before:
+                self.frames[before] = f[before - t :]
+
+
+@attrs.define
+class _EventState:
+    """A telephone-event from the PBX being replayed towards the secure side."""
+
+    pbx_timestamp: int
+    event: TelephoneEvent
+    secure_timestamp: int | None = None
+    quiet_ticks: int = 0
+    ends_sent: int = 0
+
+
+def _session(key: bytes, profile: str, outbound: bool) -> Session:
+    kind = Policy.SSRC_ANY_OUTBOUND if outbound else Policy.SSRC_ANY_INBOUND
+    return Session(Policy(key=key, ssrc_type=kind, srtp_profile=SRTP_PROFILES[profile]))
+
+
+@attrs.define(eq=False)
+class CallBridge:
+    """One call's media: SRTP from the relay <-> RTP to the PBX."""
+
+    call: str
+    secure: SecureSide
+    pbx: PbxSide
+    counters: BridgeCounters = attrs.field(factory=BridgeCounters)
+    # what we send to the PBX
+    _pbx_ssrc: int = attrs.field(factory=_random32)
+    _pbx_seq_base: int = attrs.field(factory=lambda: _random32() & 0xFFFF)
+    _pbx_ts_base: int = attrs.field(factory=_random32)
+    _client_ssrc: int | None = None
+    _seq_offset: int = 0
+    _ts_offset: int = 0
+    _last_out_seq: int = 0
+    _last_out_ts: int = 0
+    # what we send to the relay
+    _secure_ssrc: int = attrs.field(factory=_random32)
+    _secure_seq: int = attrs.field(factory=lambda: _random32() & 0xFFFF)
+    _secure_ts: int = attrs.field(factory=_random32)
+    _marker_next: bool = True
+    _event: _EventState | None = None
+    _last_pbx_event: tuple[int, int] | None = None
+    # derived
+    _tx: Session = attrs.field(init=False)
+    _rx: Session = attrs.field(init=False)
+    _to_pbx: bytes | None = attrs.field(init=False)
+    _to_secure: bytes | None = attrs.field(init=False)
+    _playout: Playout = attrs.field(init=False)
+    _silence_frame: bytes = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        check_spec(self.secure, self.pbx)
+        self._tx = _session(self.secure.tx_key, self.secure.profile, outbound=True)
+        self._rx = _session(self.secure.rx_key, self.secure.profile, outbound=False)
+        self._configure_pbx()
+        self._playout = Playout(silence=g711.SILENCE[self.secure.codec])
+        self._silence_frame = bytes([g711.SILENCE[self.secure.codec]]) * FRAME_SAMPLES
+
+    def _configure_pbx(self) -> None:
+        self._to_pbx = g711.translation(self.secure.codec, self.pbx.codec)
+        self._to_secure = g711.translation(self.pbx.codec, self.secure.codec)
+
+    @property
+    def relay_address(self) -> tuple[str, int]:
+        return (self.secure.relay_host, self.secure.relay_port)
+
+    def update_pbx(self, pbx: PbxSide) -> None:
+        """The PBX leg changed (its answer arrived, or a re-INVITE)."""
+        check_spec(self.secure, pbx)
+        self.pbx = pbx
+        self._configure_pbx()
+
+    # -- secure -> PBX -------------------------------------------------------
+
+    def from_secure(self, srtp: bytes) -> bytes | None:
+        """An SRTP packet from the relay; the RTP packet for the PBX, if any."""
+        c = self.counters
+        c.secure_rx += 1
+        try:
+            rtp = self._rx.unprotect(srtp)
+        except SrtpError:
+            c.srtp_errors += 1
+            return None
+        packet = parse_rtp(rtp)
+        if isinstance(packet, RtpError):
+            c.malformed += 1
+            return None
+        pt = packet.payload_type
+        payload = packet.payload
+        if pt == self.secure.payload_type:
+            out_pt = self.pbx.payload_type
+            if self._to_pbx is not None:
+                payload = payload.translate(self._to_pbx)
+                c.transcoded += 1
+        elif pt == self.secure.dtmf_pt and self.pbx.dtmf_pt is not None:
+            if isinstance(parse_event(payload), RtpError):
+                c.malformed += 1
+                return None
+            out_pt = self.pbx.dtmf_pt
+            c.events_to_pbx += 1
+        else:
+            c.unknown_pt += 1
+            return None
+        marker = packet.marker
+        if packet.ssrc != self._client_ssrc:
+            if self._client_ssrc is None:
+                self._seq_offset = self._pbx_seq_base - packet.sequence
+                self._ts_offset = self._pbx_ts_base - packet.timestamp
+            else:
+                step = len(payload) if out_pt == self.pbx.payload_type else FRAME_SAMPLES
+                self._seq_offset = self._last_out_seq + 1 - packet.sequence
+                self._ts_offset = self._last_out_ts + step - packet.timestamp
+            self._client_ssrc = packet.ssrc
+            marker = True
+        seq = (packet.sequence + self._seq_offset) & 0xFFFF
+        ts = (packet.timestamp + self._ts_offset) % _U32
+        self._last_out_seq, self._last_out_ts = seq, ts
+        if self.pbx.remote is None:
+            c.no_destination += 1
+            return None
+        c.pbx_tx += 1
+        return encode_rtp(out_pt, seq, ts, self._pbx_ssrc, payload, marker)
+
+    # -- PBX -> secure -------------------------------------------------------
+
+    def from_pbx(self, data: bytes) -> None:
+        """An RTP packet from the PBX: buffered for the next ticks."""
+        c = self.counters
+        c.pbx_rx += 1
+        packet = parse_rtp(data)
+        if isinstance(packet, RtpError):
+            c.malformed += 1
+            return
+        pt = packet.payload_type
+        if pt == self.pbx.payload_type:
+            payload = packet.payload
+            if self._to_secure is not None:
+                payload = payload.translate(self._to_secure)
+                c.transcoded += 1
+            self._playout.push(packet.timestamp, payload)
+        elif pt == self.pbx.dtmf_pt and self.secure.dtmf_pt is not None:
+            event = parse_event(packet.payload)
+            if isinstance(event, RtpError):
+                c.malformed += 1
+                return
+            self._pbx_event(packet.timestamp, event)
+        else:
+            c.unknown_pt += 1
+
+    def _pbx_event(self, timestamp: int, event: TelephoneEvent) -> None:
+        key = (timestamp, event.event)
+        state = self._event
+        if state is not None and (state.pbx_timestamp, state.event.event) == key:
+            if state.event.end:
+                return
+            if event.end or event.duration >= state.event.duration:
+                state.event = event
+                state.quiet_ticks = 0
+            return
+        if key == self._last_pbx_event:
+            return  # a late repeat of an event already ended
+        self._last_pbx_event = key
+        self._event = _EventState(timestamp, event)
+
+    def tick(self) -> bytes:
+        """The datagram for the relay this tick (tag + SRTP), always one."""
+        c = self.counters
+        audio = self._playout.pull(FRAME_SAMPLES)
+        ts = self._secure_ts
+        marker = self._marker_next
+        self._marker_next = False
+        state = self._event
+        if state is not None:
+            if state.secure_timestamp is None:
+                state.secure_timestamp = ts
+                marker = True
+            event = state.event
+            if not event.end:
+                state.quiet_ticks += 1
+                if state.quiet_ticks > EVENT_TIMEOUT_TICKS:
+                    event = state.event = attrs.evolve(event, end=True)
+            if event.end:
+                state.ends_sent += 1
+                if state.ends_sent >= EVENT_END_REPEATS:
+                    self._last_pbx_event = (state.pbx_timestamp, event.event)
+                    self._event = None
+            pt = self.secure.dtmf_pt
+            assert pt is not None
+            rtp = encode_rtp(
+                pt, self._secure_seq, state.secure_timestamp, self._secure_ssrc,
+                event.encode(), marker,
+            )  # fmt: skip
+            c.events_to_secure += 1
+        else:
+            payload = self._silence_frame if audio is None else audio
+            rtp = encode_rtp(
+                self.secure.payload_type, self._secure_seq, ts, self._secure_ssrc, payload, marker
+            )
+        self._secure_seq = (self._secure_seq + 1) & 0xFFFF
+        self._secure_ts = (ts + FRAME_SAMPLES) % _U32
+        c.secure_tx += 1
+        return self.secure.tag + self._tx.protect(rtp)
+
+    def snapshot(self) -> dict[str, int]:
+        """The call's counters, the playout's included."""
+        p = self._playout
+        c = self.counters
+        c.late, c.concealed, c.underruns, c.resyncs = p.late, p.concealed, p.underruns, p.resyncs
+        return c.as_dict()

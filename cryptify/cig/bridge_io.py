@@ -1,0 +1,280 @@
+"""The media bridge's Twisted adapters: UDP legs, the 20 ms clock, the table.
+
+:class:`BridgeService` owns every bridged call: two UDP ports per call (the
+secure leg, talking to the CRS relay, and the PBX leg), the
+:class:`~cryptify.cig.bridge.CallBridge` core between them, and one
+``LoopingCall`` that ticks every core every 20 ms (catching up, up to
+:data:`MAX_CATCH_UP` ticks, when the reactor was late).  ``cig.conf``
+applies here: ``rtp_remote_addr_override`` of the tel interface rewrites
+the relay address the CIG server names, that of the sip interface the
+PBX's; ``rtp_port_range`` of each interface is where the leg's local port
+comes from when the caller does not name one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from cryptify.cig.bridge import (
+    TICK_SECONDS,
+    BridgeCounters,
+    BridgeSpecError,
+    CallBridge,
+    PbxSide,
+    SecureSide,
+)
+from cryptify.config.cig_model import PortRange, SipInterface, TelInterface
+
+log = Logger(namespace="cryptify.cig.bridge")
+
+#: Ticks one late wakeup may make up for (100 ms); beyond that the rate drops.
+MAX_CATCH_UP = 5
+
+
+class BridgeRefused(Exception):
+    """A bridge request the service cannot carry out (message says why)."""
+
+
+class SecureLeg(DatagramProtocol):
+    """SRTP from the CRS relay into the core; RTP out of the PBX leg."""
+
+    def __init__(self, bridged: BridgedCall) -> None:
+        self.bridged = bridged
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        out = self.bridged.core.from_secure(datagram)
+        if out is not None:
+            self.bridged.send_pbx(out)
+
+
+class PbxLeg(DatagramProtocol):
+    """RTP from the PBX into the core's playout buffer."""
+
+    def __init__(self, bridged: BridgedCall) -> None:
+        self.bridged = bridged
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.bridged.core.from_pbx(datagram)
+
+
+@attrs.define(eq=False)
+class BridgedCall:
+    """One call's core and its two listening ports."""
+
+    core: CallBridge
+    relay_address: tuple[str, int]
+    pbx_address: tuple[str, int] | None
+    secure_port: Any = None
+    pbx_port: Any = None
+
+    def send_pbx(self, packet: bytes) -> None:
+        if self.pbx_address is None:
+            return
+        try:
+            self.pbx_port.write(packet, self.pbx_address)
+        except OSError:
+            self.core.counters.tx_errors += 1
+
+    def tick(self) -> None:
+        datagram = self.core.tick()
+        try:
+            self.secure_port.write(datagram, self.relay_address)
+        except OSError:
+            self.core.counters.tx_errors += 1
+
+    def close(self) -> None:
+        for port in (self.secure_port, self.pbx_port):
+            if port is not None:
+                port.stopListening()
+
+
+def _check_address(what: str, host: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        raise BridgeRefused(f"{what} must be an IPv4 address, not {host!r}") from None
+
+
+@attrs.define(eq=False)
+class _Ports:
+    """Round-robin over a port range (even ports only for RTP)."""
+
+    low: int
+    high: int
+    step: int
+    next: int = 0
+
+    def candidates(self) -> list[int]:
+        first = self.low + (self.low % self.step)
+        count = max(0, (self.high - first) // self.step + 1)
+        start = self.next
+        self.next = (self.next + 1) % max(count, 1)
+        return [first + self.step * ((start + i) % count) for i in range(count)]
+
+
+class BridgeService(service.Service):
+    """Every bridged call of this relay, and the clock that paces them."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        tel: TelInterface | None = None,
+        sip: SipInterface | None = None,
+        tick: float = TICK_SECONDS,
+    ) -> None:
+        self.reactor = reactor
+        self.tel = tel or TelInterface()
+        self.sip = sip or SipInterface()
+        self.calls: dict[str, BridgedCall] = {}
+        self.ended = BridgeCounters()
+        self._secure_ports = self._range(self.tel.rtp_port_range, 1)
+        self._pbx_ports = self._range(self.sip.rtp_port_range, 2)
+        self._loop = LoopingCall.withCount(self._tick)
+        self._loop.clock = reactor
+        self._interval = tick
+
+    @staticmethod
+    def _range(ports: PortRange | None, step: int) -> _Ports | None:
+        return None if ports is None else _Ports(ports.low, ports.high, step)
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._loop.start(self._interval, now=False).addErrback(
+            lambda f: log.failure("bridge clock stopped", f)
+        )
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._loop.running:
+            self._loop.stop()
+        for call in list(self.calls):
+            self.remove(call)
+
+    def _tick(self, count: int) -> None:
+        for _ in range(min(count, MAX_CATCH_UP)):
+            for bridged in self.calls.values():
+                bridged.tick()
+
+    def _listen(
+        self, protocol: DatagramProtocol, wanted: int, ports: _Ports | None, interface: str
+    ) -> Any:
+        if wanted or ports is None:
+            try:
+                return self.reactor.listenUDP(wanted, protocol, interface=interface)
+            except CannotListenError as exc:
+                raise BridgeRefused(
+                    f"cannot listen on {interface}:{wanted}: {exc.socketError}"
+                ) from None
+        for port in ports.candidates():
+            try:
+                return self.reactor.listenUDP(port, protocol, interface=interface)
+            except CannotListenError:
+                continue
+        raise BridgeRefused(f"no free port in {ports.low}-{ports.high}")
+
+    def add(
+        self, call: str, secure: SecureSide, pbx: PbxSide, pbx_port: int = 0
+    ) -> tuple[int, int]:
+        """Bridge ``call``; answers (secure leg port, PBX leg port)."""
+        if call in self.calls:
+            raise BridgeRefused(f"call {call} is already bridged")
+        relay_host = _check_address("relay_host", self.tel.override(secure.relay_host))
+        secure = attrs.evolve(secure, relay_host=relay_host)
+        pbx = self._pbx(pbx)
+        try:
+            core = CallBridge(call, secure, pbx)
+        except BridgeSpecError as exc:
+            raise BridgeRefused(str(exc)) from None
+        bridged = BridgedCall(core, core.relay_address, pbx.remote)
+        bridged.secure_port = self._listen(SecureLeg(bridged), 0, self._secure_ports, "")
+        try:
+            bridged.pbx_port = self._listen(
+                PbxLeg(bridged), pbx_port, self._pbx_ports, self.sip.bind
+            )
+        except BridgeRefused:
+            bridged.close()
+            raise
+        self.calls[call] = bridged
+        ports = (bridged.secure_port.getHost().port, bridged.pbx_port.getHost().port)
+        log.info(
+            "Bridge {call} added: secure port {secure_port} <-> relay {relay} ({scodec}, "
+            "telephone-event {sdtmf}); PBX port {pbx_port} <-> {pbx} ({pcodec}, "
+            "telephone-event {pdtmf}){transcode}",
+            call=call,
+            secure_port=ports[0],
+            relay=_where(bridged.relay_address),
+            scodec=secure.codec,
+            sdtmf=secure.dtmf_pt if secure.dtmf_pt is not None else "-",
+            pbx_port=ports[1],
+            pbx=_where(pbx.remote),
+            pcodec=pbx.codec,
+            pdtmf=pbx.dtmf_pt if pbx.dtmf_pt is not None else "-",
+            transcode=", transcoding" if secure.codec != pbx.codec else "",
+        )
+        return ports
+
+    def _pbx(self, pbx: PbxSide) -> PbxSide:
+        if pbx.remote_host is None:
+            return pbx
+        host = _check_address("pbx_host", self.sip.override(pbx.remote_host))
+        return attrs.evolve(pbx, remote_host=host)
+
+    def update(self, call: str, pbx: PbxSide) -> bool:
+        """Change a call's PBX leg; False when the call is not bridged."""
+        bridged = self.calls.get(call)
+        if bridged is None:
+            return False
+        pbx = self._pbx(pbx)
+        try:
+            bridged.core.update_pbx(pbx)
+        except BridgeSpecError as exc:
+            raise BridgeRefused(str(exc)) from None
+        bridged.pbx_address = pbx.remote
+        log.info(
+            "Bridge {call} updated: PBX {pbx} ({codec}, telephone-event {dtmf})",
+            call=call,
+            pbx=_where(pbx.remote),
+            codec=pbx.codec,
+            dtmf=pbx.dtmf_pt if pbx.dtmf_pt is not None else "-",
+        )
+        return True
+
+    def remove(self, call: str) -> dict[str, int] | None:
+        """Stop bridging ``call``; its final counters, or None if unknown."""
+        bridged = self.calls.pop(call, None)
+        if bridged is None:
+            return None
+        bridged.close()
+        stats = bridged.core.snapshot()
+        self.ended.add(bridged.core.counters)
+        log.info(
+            "Bridge {call} removed: secure rx {secure_rx} tx {secure_tx}, PBX rx {pbx_rx} "
+            "tx {pbx_tx}, SRTP errors {srtp_errors}, late {late}, concealed {concealed}",
+            call=call,
+            **stats,
+        )
+        return stats
+
+    def stats(self, call: str | None = None) -> dict[str, int] | None:
+        """One call's counters (None if unknown), or all calls' summed with ``calls``."""
+        if call is not None:
+            bridged = self.calls.get(call)
+            return None if bridged is None else bridged.core.snapshot()
+        total = BridgeCounters()
+        total.add(self.ended)
+        for bridged in self.calls.values():
+            bridged.core.snapshot()
+            total.add(bridged.core.counters)
+        return dict(total.as_dict(), calls=len(self.calls))
+
+
+def _where(address: tuple[str, int] | None) -> str:
+    return "-" if address is None else f"{address[0]}:{address[1]}"

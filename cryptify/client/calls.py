@@ -1,0 +1,265 @@
+"""Calls on the client side (sans-IO): invite, answer, hangup, with MIKEY-SAKKE.
+
+:class:`CallAgent` is fed the events of a
+:class:`~cryptify.client.session.ClientSession` and returns
+:class:`CallEvent` values; what it sends goes through the session.
+
+Placing a call builds a real I_MESSAGE (RFC 6509) for the callee's
+identifier of the current key period (``period 00 uri 00``; for a URI
+with an extension, the base number's), signed with our ECCSI key, and
+sends ``invite {to, mikey}``.  The CRS answers ``session`` with the
+relay's address and our leg's tag: media may start (:data:`MEDIA`).
+
+An incoming ``invite`` is verified and decapsulated with our keys (the
+signature must be the ``from`` party's, for the month of the message's
+T payload; RANDs are remembered for the replay window).  A good one is
+answered ``ringing`` and reported (:data:`INCOMING`); a bad one is hung
+up with code ``bad-keys``.  :meth:`CallAgent.answer` sends ``talk`` and
+starts media; :meth:`CallAgent.hangup` sends ``hangup``.  Both parties
+derive the same SRTP master key and salt from the SSV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+from cryptify.client.session import Answered, ClientEvent, ClientSession, Incoming
+from cryptify.crypto import mikey
+from cryptify.crypto.errors import CryptoError
+from cryptify.crypto.identity import period_of, split_tel_identifier, tel_identifier
+from cryptify.crypto.keymaterial import KeyMaterial, PeriodKeys
+from cryptify.crypto.replay import ReplayGuard
+from cryptify.protocols.umsg import Message
+
+#: Call states.
+INVITING = "inviting"
+CALLING = "calling"
+RINGING = "ringing"
+TALKING = "talking"
+ENDED = "ended"
+
+#: Call event kinds.
+INCOMING = "incoming"
+MEDIA = "media"
+RING = "ringing"
+TALK = "talk"
+END = "ended"
+
+
+class CallError(Exception):
+    """A call cannot be placed or answered now."""
+
+
+@attrs.define(eq=False)
+class Call:
+    """One call, outgoing or incoming."""
+
+    peer: str
+    outgoing: bool
+    state: str
+    policy_key: bytes = attrs.field(repr=False)
+    request_id: int | None = None
+    session: str | None = None
+    relay_host: str | None = None
+    relay_port: int | None = None
+    relay_tag: bytes | None = attrs.field(default=None, repr=False)
+    code: str | None = None
+    reason: str | None = None
+    who: str | None = None
+
+    @property
+    def relay(self) -> tuple[str, int] | None:
+        if self.relay_host is None or self.relay_port is None:
+            return None
+        return self.relay_host, self.relay_port
+
+
+@attrs.frozen
+class CallEvent:
+    """Something happened to a call: ``kind`` is one of the kinds above."""
+
+    kind: str
+    call: Call
+
+
+def base_uri(uri: str) -> str:
+    """A URI without its extension (``tel:+8888;101`` -> ``tel:+8888``)."""
+    return uri.split(";", 1)[0]
+
+
+@attrs.define(eq=False)
+class CallAgent:
+    """A client's calls: one agent per key material, any number of calls."""
+
+    material: KeyMaterial = attrs.field(repr=False)
+    now: Callable[[], float]
+    session: ClientSession | None = None
+    replay: ReplayGuard = attrs.field(factory=lambda: ReplayGuard(window=300))
+    calls: dict[str, Call] = attrs.field(factory=dict)
+    pending: dict[int, Call] = attrs.field(factory=dict)
+    _keys: dict[str, tuple[PeriodKeys, object, object, object]] = attrs.field(
+        factory=dict, repr=False
+    )
+
+    @property
+    def uri(self) -> str:
+        return self.material.uri
+
+    def _period_keys(self, period: str) -> tuple[PeriodKeys, object, object, object]:
+        """(keys, signer, Z, receiver) of a period, built once."""
+        if period not in self._keys:
+            keys = self.material.for_period(period)
+            z = keys.public_key()
+            self._keys[period] = (keys, keys.signer(), z, keys.receiver(z))
+        return self._keys[period]
+
+    def _attached(self) -> ClientSession:
+        if self.session is None or self.session.state != "attached":
+            raise CallError("not attached")
+        return self.session
+
+    # ------------------------------------------------------------ outgoing
+
+    def place(self, to: str) -> Call:
+        """Invite ``to``; the call is :data:`INVITING` until the CRS answers."""
+        session = self._attached()
+        now = self.now()
+        period = period_of(now)
+        try:
+            _, signer, z, _ = self._period_keys(period)
+            built = mikey.build_i_message(
+                signer,  # type: ignore[arg-type]
+                z,  # type: ignore[arg-type]
+                tel_identifier(base_uri(to), period),
+                now=now,
+                idrs=mikey.tel_idrs(self.uri, base_uri(to)),
+            )
+        except CryptoError as exc:
+            raise CallError(f"cannot key a call to {to}: {exc}") from exc
+        call = Call(to, True, INVITING, built.srtp().policy_key)
+        call.request_id = session.request("invite", to=to, mikey=built.data)
+        self.pending[call.request_id] = call
+        return call
+
+    # ------------------------------------------------------------ actions
+
+    def answer(self, call: Call) -> list[CallEvent]:
+        """Take an incoming call: ``talk``, and media starts."""
+        if call.outgoing or call.state != RINGING or call.session is None:
+            raise CallError(f"cannot answer a call that is {call.state}")
+        self._attached().notify("talk", session=call.session)
+        call.state = TALKING
+        return [CallEvent(MEDIA, call), CallEvent(TALK, call)]
+
+    def hangup(
+        self, call: Call, code: str = "normal", reason: str | None = None
+    ) -> list[CallEvent]:
+        """End a call from this side."""
+        if call.state == ENDED:
+            return []
+        if call.session is not None and self.session is not None:
+            if self.session.state == "attached":
+                self.session.notify("hangup", session=call.session, code=code, reason=reason)
+        elif call.request_id is not None:
+            # No session id yet: end it as soon as the CRS names the session.
+            call.code = code
+            return []
+        return self._ended(call, code, reason, "caller" if call.outgoing else "callee")
+
+    def _ended(self, call: Call, code: str, reason: str | None, who: str) -> list[CallEvent]:
+        call.state = ENDED
+        call.code, call.reason, call.who = code, reason, who
+        if call.session is not None:
+            self.calls.pop(call.session, None)
+        if call.request_id is not None:
+            self.pending.pop(call.request_id, None)
+        return [CallEvent(END, call)]
+
+    def detached(self) -> list[CallEvent]:
+        """The connection ended: every call is over (the CRS ends them too)."""
+        events: list[CallEvent] = []
+        for call in [*self.calls.values(), *self.pending.values()]:
+            if call.state != ENDED:
+                events += self._ended(call, "detached", "the connection ended", "crs")
+        self.calls.clear()
+        self.pending.clear()
+        return events
+
+    # ------------------------------------------------------------ events
+
+    def handle(self, event: ClientEvent) -> list[CallEvent]:
+        """Feed one session event; call events come back."""
+        if isinstance(event, Answered) and event.id in self.pending:
+            return self._answered(self.pending.pop(event.id), event.message)
+        if isinstance(event, Incoming):
+            msg = event.message
+            if msg.type == "invite":
+                return self._invite(msg)
+            call = self.calls.get(msg.get("session", ""))
+            if call is None:
+                return []
+            if msg.type == "ringing" and call.outgoing and call.state == CALLING:
+                call.state = RINGING
+                return [CallEvent(RING, call)]
+            if msg.type == "talk" and call.outgoing and call.state in (CALLING, RINGING):
+                call.state = TALKING
+                return [CallEvent(TALK, call)]
+            if msg.type == "hangup":
+                return self._ended(call, msg["code"], msg.get("reason"), msg["who"])
+        return []
+
+    def _answered(self, call: Call, msg: Message) -> list[CallEvent]:
+        if msg.type != "session":
+            call.request_id = None
+            return self._ended(call, msg.get("code", msg.type), msg.get("reason"), "crs")
+        call.session = msg["session"]
+        call.relay_host, call.relay_port = msg["relay-host"], msg["relay-port"]
+        call.relay_tag = msg["relay-tag"]
+        self.calls[msg["session"]] = call
+        if call.code is not None:  # hung up while inviting
+            return self.hangup(call, call.code)
+        call.state = CALLING
+        return [CallEvent(MEDIA, call)]
+
+    def _receiver(self, identifier: bytes) -> object:
+        period, uri = split_tel_identifier(identifier)
+        if uri != self.uri:
+            raise CallError("the I_MESSAGE is for someone else")
+        return self._period_keys(period)[3]
+
+    def _invite(self, msg: Message) -> list[CallEvent]:
+        session = self._attached()
+        now = self.now()
+        try:
+            keys = self._period_keys(period_of(now))[0]
+            got = mikey.receive_i_message(
+                msg["mikey"],
+                kpak=keys.kpak,
+                receiver=self._receiver,  # type: ignore[arg-type]
+                now=now,
+                replay=self.replay,
+            )
+            _, initiator = split_tel_identifier(got.initiator_id)
+            if initiator != msg["from"]:
+                raise CallError("the I_MESSAGE is signed by someone else")
+        except (CryptoError, CallError) as exc:
+            reason = f"MIKEY-SAKKE: {exc}"[:200]
+            session.notify("hangup", session=msg["session"], code="bad-keys", reason=reason)
+            call = Call(msg["from"], False, ENDED, b"", session=msg["session"])
+            call.code, call.reason, call.who = "bad-keys", reason, "callee"
+            return [CallEvent(END, call)]
+        call = Call(
+            msg["from"],
+            False,
+            RINGING,
+            got.srtp().policy_key,
+            session=msg["session"],
+            relay_host=msg["relay-host"],
+            relay_port=msg["relay-port"],
+            relay_tag=msg["relay-tag"],
+        )
+        self.calls[call.session] = call  # type: ignore[index]
+        session.notify("ringing", session=msg["session"])
+        return [CallEvent(INCOMING, call)]

@@ -1,0 +1,266 @@
+"""Call media: RTP/SRTP G.711 u-law through the CRS relay.
+
+Each party sends one 20 ms frame every 20 ms for the whole call (silence
+when it has nothing to play), as ``docs/relay.md`` asks: constant-rate
+media leaks nothing through packet sizes or timing, keeps the leg latched
+and keeps the relay's credit up.
+
+A frame is 160 u-law octets in an RTP packet (payload type 0, 12-octet
+header: 172 octets), protected with SRTP (AES_CM_128_HMAC_SHA1_80, so 182
+octets) and sent to the relay behind the leg's 8-octet tag (190 octets).
+
+Keys: both parties derive the same SRTP master key and salt from the
+MIKEY-SAKKE SSV (``docs/crypto.md``: ``BuiltIMessage.srtp()`` on the
+caller, ``ReceivedIMessage.srtp()`` on the callee, crypto session 1).
+One master key then protects both directions, so the two streams must
+never share an SSRC (the SSRC is part of the AES-CM counter): the
+caller's SSRC has its top bit clear and the callee's set
+(:func:`pick_ssrc`).
+
+:class:`MediaStream` is sans-IO (frames in, datagrams out, datagrams in,
+frames recorded); :class:`MediaLeg` is its Twisted UDP adapter, paced by
+a :class:`~twisted.internet.task.LoopingCall` on the reactor's clock.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from array import array
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from pylibsrtp import Error as SrtpError
+from pylibsrtp import Policy, Session
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
+
+from cryptify.client.audio import ULAW_SILENCE, ulaw_decode, ulaw_encode
+from cryptify.protocols import relay_packet
+
+#: Samples (and u-law octets) in one 20 ms frame.
+FRAME_SAMPLES = 160
+#: Seconds between frames.
+FRAME_INTERVAL = 0.020
+#: RTP payload type of G.711 u-law (PCMU).
+PT_PCMU = 0
+#: Octets of an RTP packet carrying one frame.
+RTP_PACKET_SIZE = 12 + FRAME_SAMPLES
+#: Most frames sent at once to catch up after the reactor was late.
+MAX_CATCH_UP = 5
+#: Most frames a recording keeps (one hour).
+MAX_RECORDED_FRAMES = 3600 * 50
+_SILENT_FRAME = bytes([ULAW_SILENCE]) * FRAME_SAMPLES
+_HEADER = struct.Struct("!BBHII")
+
+
+def pick_ssrc(caller: bool) -> int:
+    """A random SSRC, top bit clear for the caller and set for the callee."""
+    value = secrets.randbits(31)
+    return value if caller else value | 0x8000_0000
+
+
+@attrs.frozen
+class RtpPacket:
+    """The fields of an RTP packet this client uses."""
+
+    payload_type: int
+    sequence: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
+    marker: bool = False
+
+
+def rtp_encode(packet: RtpPacket) -> bytes:
+    """An RTP packet (version 2, no CSRC, no extension, no padding)."""
+    second = (0x80 if packet.marker else 0) | (packet.payload_type & 0x7F)
+    head = _HEADER.pack(0x80, second, packet.sequence, packet.timestamp, packet.ssrc)
+    return head + packet.payload
+
+
+def rtp_decode(data: bytes) -> RtpPacket | None:
+    """Parse an RTP packet; ``None`` when it is not one (RFC 3550 5.1)."""
+    if len(data) < 12:
+        return None
+    first, second, seq, ts, ssrc = _HEADER.unpack_from(data)
+    if first >> 6 != 2:
+        return None
+    start = 12 + 4 * (first & 0x0F)
+    if first & 0x10:
+        if len(data) < start + 4:
+            return None
+        (words,) = struct.unpack_from("!H", data, start + 2)
+        start += 4 + 4 * words
+    end = len(data)
+    if first & 0x20:
+        if end == 0 or data[-1] == 0:
+            return None
+        end -= data[-1]
+    if end < start:
+        return None
+    return RtpPacket(second & 0x7F, seq, ts, ssrc, bytes(data[start:end]), bool(second & 0x80))
+
+
+def srtp_sessions(policy_key: bytes) -> tuple[Session, Session]:
+    """(outbound, inbound) SRTP sessions for a MIKEY policy key (key || salt)."""
+    profile = Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    tx = Session(Policy(key=policy_key, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile))
+    rx = Session(Policy(key=policy_key, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile))
+    return tx, rx
+
+
+@attrs.define(eq=False)
+class FrameSource:
+    """20 ms u-law frames of some samples, then silence for ever."""
+
+    samples: Sequence[int] = ()
+    position: int = 0
+    #: Play the samples again and again instead of going silent.
+    loop: bool = False
+
+    def next_frame(self) -> bytes:
+        n = len(self.samples)
+        if self.loop and n and self.position >= n:
+            self.position = 0
+        if self.position >= n:
+            return _SILENT_FRAME
+        chunk = list(self.samples[self.position : self.position + FRAME_SAMPLES])
+        self.position += FRAME_SAMPLES
+        chunk.extend([0] * (FRAME_SAMPLES - len(chunk)))
+        return ulaw_encode(chunk)
+
+
+@attrs.define(eq=False)
+class Recorder:
+    """Received frames, placed by RTP timestamp (lost frames become silence)."""
+
+    frames: dict[int, bytes] = attrs.field(factory=dict)
+    first: int | None = None
+    ssrc: int | None = None
+
+    def add(self, packet: RtpPacket) -> bool:
+        if self.first is None or packet.ssrc != self.ssrc:
+            if self.first is not None:
+                return False  # a second stream: keep the first one's
+            self.first, self.ssrc = packet.timestamp, packet.ssrc
+        offset = (packet.timestamp - self.first) & 0xFFFF_FFFF
+        if offset >= 0x8000_0000:
+            return False  # older than the first frame kept
+        index = offset // FRAME_SAMPLES
+        if index >= MAX_RECORDED_FRAMES:
+            return False
+        self.frames[index] = packet.payload
+        return True
+
+    def samples(self) -> array[int]:
+        """Everything received as 8 kHz 16-bit samples, from the first frame."""
+        if not self.frames:
+            return array("h")
+        last = max(self.frames)
+        octets = b"".join(self.frames.get(i, _SILENT_FRAME) for i in range(last + 1))
+        return ulaw_decode(octets)
+
+
+@attrs.define(eq=False)
+class MediaStream:
+    """One party's media of one call, sans-IO."""
+
+    policy_key: bytes = attrs.field(repr=False)
+    tag: bytes
+    ssrc: int
+    source: FrameSource = attrs.field(factory=FrameSource)
+    recorder: Recorder = attrs.field(factory=Recorder)
+    sequence: int = attrs.field(factory=lambda: secrets.randbits(16))
+    timestamp: int = attrs.field(factory=lambda: secrets.randbits(32))
+    sent: int = 0
+    received: int = 0
+    rejected: int = 0
+    _tx: Any = None
+    _rx: Any = None
+
+    def __attrs_post_init__(self) -> None:
+        self._tx, self._rx = srtp_sessions(self.policy_key)
+
+    def next_datagram(self) -> bytes:
+        """The next frame as a relay datagram (tag + SRTP)."""
+        rtp = rtp_encode(
+            RtpPacket(
+                PT_PCMU,
+                self.sequence,
+                self.timestamp,
+                self.ssrc,
+                self.source.next_frame(),
+                marker=self.sent == 0,
+            )
+        )
+        self.sequence = (self.sequence + 1) & 0xFFFF
+        self.timestamp = (self.timestamp + FRAME_SAMPLES) & 0xFFFF_FFFF
+        self.sent += 1
+        return relay_packet.encode(self.tag, self._tx.protect(rtp))
+
+    def datagram_received(self, data: bytes) -> bool:
+        """An SRTP packet from the relay: authenticate, decrypt, record."""
+        try:
+            rtp = self._rx.unprotect(data)
+        except SrtpError:
+            self.rejected += 1
+            return False
+        packet = rtp_decode(rtp)
+        if packet is None or packet.payload_type != PT_PCMU or packet.ssrc == self.ssrc:
+            self.rejected += 1
+            return False
+        self.received += 1
+        self.recorder.add(packet)
+        return True
+
+
+class MediaLeg(DatagramProtocol):
+    """A :class:`MediaStream` on a UDP socket, one frame every 20 ms to the relay."""
+
+    def __init__(
+        self,
+        stream: MediaStream,
+        relay: tuple[str, int],
+        clock: IReactorTime,
+        on_packet: Callable[[MediaLeg], None] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.relay = relay
+        self.clock = clock
+        self.on_packet = on_packet
+        self.loop: LoopingCall | None = None
+
+    def startProtocol(self) -> None:
+        self.loop = LoopingCall.withCount(self._tick)
+        self.loop.clock = self.clock
+        self.loop.start(FRAME_INTERVAL, now=True)
+
+    def _tick(self, count: int) -> None:
+        if self.transport is None:
+            return
+        for _ in range(min(count, MAX_CATCH_UP)):
+            self.transport.write(self.stream.next_datagram(), self.relay)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if (addr[0], addr[1]) != self.relay:
+            return
+        if self.stream.datagram_received(datagram) and self.on_packet is not None:
+            self.on_packet(self)
+
+    def stop(self) -> None:
+        """Stop sending and close the socket."""
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        self.loop = None
+        if self.transport is not None:
+            port = self.transport
+            self.transport = None
+            port.stopListening()
+
+    def stopProtocol(self) -> None:
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        self.loop = None

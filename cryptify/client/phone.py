@@ -1,0 +1,176 @@
+"""The client put together on Twisted: attach, calls with media, messages.
+
+:class:`Phone` keeps one URI attached (:class:`~cryptify.client.connection.AttachingClient`),
+feeds every session event to a :class:`~cryptify.client.calls.CallAgent`
+and a :class:`~cryptify.client.messages.Messenger`, runs a
+:class:`~cryptify.client.media.MediaLeg` for each call that has media,
+and reports every event to ``on_event``.  :meth:`Phone.until` waits for
+an event (the command line and the tests use it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+
+from cryptify.client.calls import END, MEDIA, Call, CallAgent, CallEvent
+from cryptify.client.connection import AttachingClient, ConnectionEnded, Connector, Event
+from cryptify.client.media import FrameSource, MediaLeg, MediaStream, Recorder, pick_ssrc
+from cryptify.client.messages import MessageEvent, Messenger
+from cryptify.client.session import Attached, ClientSession
+from cryptify.crypto.keymaterial import KeyMaterial
+from cryptify.protocols.umsg import Message
+
+PhoneEvent = Event | CallEvent | MessageEvent
+
+
+class Phone:
+    """One attached URI that places and takes calls and sends messages."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        material: KeyMaterial,
+        connect: Connector,
+        make_session: Callable[[Callable[[Message], None]], ClientSession],
+        host: str,
+        port: int,
+        on_event: Callable[[PhoneEvent], None] | None = None,
+        play: Sequence[int] = (),
+        loop_play: bool = False,
+        fetch_on_attach: bool = False,
+        media_interface: str = "",
+    ) -> None:
+        self.reactor = reactor
+        self.material = material
+        self.on_event = on_event
+        self.play = play
+        self.loop_play = loop_play
+        self.fetch_on_attach = fetch_on_attach
+        self.media_interface = media_interface
+        self.agent = CallAgent(material, reactor.seconds)
+        self.messenger = Messenger()
+        self.legs: dict[Call, MediaLeg] = {}
+        #: The recording of every call that had media, by call.
+        self.recordings: dict[Call, Recorder] = {}
+        self._waiters: list[tuple[Callable[[PhoneEvent], bool], defer.Deferred[Any]]] = []
+
+        def session(send: Callable[[Message], None]) -> ClientSession:
+            made = make_session(send)
+            self.agent.session = made
+            self.messenger.session = made
+            return made
+
+        self.client = AttachingClient(reactor, connect, session, host, port, self._event)
+
+    # ------------------------------------------------------------ control
+
+    def start(self) -> defer.Deferred[Any]:
+        """Connect; fires with the first :class:`Attached`."""
+        d = self.until(lambda e: isinstance(e, Attached))
+        self.client.start()
+        return d
+
+    def stop(self) -> defer.Deferred[None]:
+        """Hang up every call, stop media, detach."""
+        for call in list(self.agent.calls.values()):
+            self._call_events(self.agent.hangup(call))
+        for leg in self.legs.values():
+            leg.stop()
+        self.legs.clear()
+        return self.client.stop()
+
+    def place(self, to: str) -> Call:
+        """Call ``to`` (raises :class:`~cryptify.client.calls.CallError` when not attached)."""
+        return self.agent.place(to)
+
+    def answer(self, call: Call) -> None:
+        self._call_events(self.agent.answer(call))
+
+    def hangup(self, call: Call, code: str = "normal") -> None:
+        self._call_events(self.agent.hangup(call, code))
+
+    def post(self, to: str, content: bytes) -> int:
+        return self.messenger.post(to, content)
+
+    def until(self, predicate: Callable[[PhoneEvent], bool]) -> defer.Deferred[Any]:
+        """Fires with the next event for which ``predicate`` is true."""
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._waiters.append((predicate, d))
+        return d
+
+    def recording(self, call: Call) -> Recorder:
+        return self.recordings.get(call) or Recorder()
+
+    def stream(self, call: Call) -> MediaStream | None:
+        leg = self.legs.get(call)
+        return leg.stream if leg is not None else None
+
+    # ------------------------------------------------------------ events
+
+    def _emit(self, event: PhoneEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+        for waiter in list(self._waiters):
+            predicate, d = waiter
+            if predicate(event):
+                self._waiters.remove(waiter)
+                d.callback(event)
+
+    def _event(self, event: Event) -> None:
+        self._emit(event)
+        if isinstance(event, ConnectionEnded):
+            self._call_events(self.agent.detached())
+            return
+        if isinstance(event, Attached) and self.fetch_on_attach:
+            self.messenger.fetch()
+        if not isinstance(event, ConnectionEnded):
+            self._call_events(self.agent.handle(event))
+            for got in self.messenger.handle(event):
+                self._emit(got)
+
+    def _call_events(self, events: list[CallEvent]) -> None:
+        for event in events:
+            if event.kind == MEDIA:
+                self._start_media(event.call)
+            elif event.kind == END:
+                self._stop_media(event.call)
+            self._emit(event)
+
+    # ------------------------------------------------------------ media
+
+    def _start_media(self, call: Call) -> None:
+        relay, tag = call.relay, call.relay_tag
+        if relay is None or tag is None or call in self.legs:
+            return
+        stream = MediaStream(
+            call.policy_key,
+            tag,
+            pick_ssrc(call.outgoing),
+            source=FrameSource(self.play, loop=self.loop_play),
+        )
+        self.recordings[call] = stream.recorder
+        host, port = relay
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            d = self.reactor.resolve(host)
+            d.addCallback(lambda ip: self._listen(call, stream, (ip, port)))
+            d.addErrback(lambda f: self.hangup(call, "media-failed"))
+            return
+        self._listen(call, stream, (host, port))
+
+    def _listen(self, call: Call, stream: MediaStream, relay: tuple[str, int]) -> None:
+        if call.state == "ended":
+            return
+        leg = MediaLeg(stream, relay, self.reactor)
+        self.legs[call] = leg
+        self.reactor.listenUDP(0, leg, interface=self.media_interface)
+
+    def _stop_media(self, call: Call) -> None:
+        leg = self.legs.pop(call, None)
+        if leg is not None:
+            leg.stop()

@@ -1,0 +1,309 @@
+"""Tests for the bridge's adapters and control: BridgeService, BridgeControl over AMP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from pylibsrtp import Policy, Session
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+from twisted.protocols import amp
+from twisted.test.iosim import connectedServerAndClient
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.cig import g711
+from cryptify.cig.bridge import TICK_SECONDS, PbxSide, SecureSide
+from cryptify.cig.bridge_io import BridgeRefused, BridgeService
+from cryptify.cig.relay import control_factory
+from cryptify.config.cig_model import AddressOverride, PortRange, SipInterface, TelInterface
+from cryptify.protocols.bridge_control import (
+    BridgeAdd,
+    BridgeError,
+    BridgeRemove,
+    BridgeStats,
+    BridgeUpdate,
+)
+from cryptify.protocols.relay_control import Poll, RelayStats
+from cryptify.protocols.rtp import RtpPacket, TelephoneEvent, encode_rtp, parse_rtp
+
+TAG = b"tagtag01"
+KEY_OUT = bytes(range(30))
+KEY_IN = bytes(range(30, 60))
+
+
+@attrs.define(eq=False)
+class FakePort:
+    """A listening UDP port that records what is written to it."""
+
+    reactor: FakeReactor
+    port: int
+    protocol: DatagramProtocol
+    interface: str
+    sent: list[tuple[bytes, tuple[str, int]]] = attrs.field(factory=list)
+    open: bool = True
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.reactor.refuse_writes:
+            raise OSError("refused")
+        self.sent.append((data, addr))
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", self.interface or "0.0.0.0", self.port)
+
+    def stopListening(self) -> None:
+        self.open = False
+
+
+class FakeReactor(Clock):
+    """A Clock whose listenUDP hands out FakePorts (refusing the ``busy`` ones)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: dict[int, FakePort] = {}
+        self.busy: set[int] = set()
+        self.next_ephemeral = 40000
+        self.refuse_writes = False
+
+    def listenUDP(self, port: int, protocol: DatagramProtocol, interface: str = "") -> FakePort:
+        if port in self.busy or (port and port in self.ports and self.ports[port].open):
+            raise CannotListenError(interface, port, OSError("in use"))
+        if port == 0:
+            self.next_ephemeral += 1
+            port = self.next_ephemeral
+        fake = FakePort(self, port, protocol, interface)
+        self.ports[port] = fake
+        return fake
+
+
+def client_sessions() -> tuple[Session, Session]:
+    tx = Session(Policy(key=KEY_IN, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    rx = Session(Policy(key=KEY_OUT, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    return tx, rx
+
+
+def secure(host: str = "192.0.2.1") -> SecureSide:
+    return SecureSide(host, 146, TAG, KEY_OUT, KEY_IN)
+
+
+class BridgeServiceTests(SynchronousTestCase):
+    """The service's ports, clock, overrides and counters, with a fake reactor."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeReactor()
+        tel = TelInterface(
+            rtp_port_range=PortRange(20000, 20003),
+            rtp_remote_addr_overrides=(AddressOverride("192.0.2.1", "10.0.0.15"),),
+        )
+        sip = SipInterface(
+            bind="127.0.0.1",
+            rtp_port_range=PortRange(30000, 30005),
+            rtp_remote_addr_overrides=(AddressOverride("198.51.100.9", "10.1.1.9"),),
+        )
+        self.service = BridgeService(self.reactor, tel, sip)
+        self.service.startService()
+        self.addCleanup(self.check_clean)
+        self.client_tx, self.client_rx = client_sessions()
+
+    def check_clean(self) -> None:
+        self.service.stopService()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertFalse(any(p.open for p in self.reactor.ports.values()))
+
+    def test_add_listens_and_overrides(self) -> None:
+        """Ports come from the ranges; the tel and sip overrides rewrite the addresses."""
+        ports = self.service.add("c1", secure(), PbxSide("198.51.100.9", 4000), 0)
+        self.assertEqual(ports, (20000, 30000))
+        bridged = self.service.calls["c1"]
+        self.assertEqual(bridged.relay_address, ("10.0.0.15", 146))
+        self.assertEqual(bridged.pbx_address, ("10.1.1.9", 4000))
+        self.assertEqual(self.reactor.ports[30000].interface, "127.0.0.1")
+
+    def test_named_port_and_busy_ports(self) -> None:
+        """A named PBX port is used as is; busy range ports are skipped; busy named ones refused."""
+        self.reactor.busy.add(20000)
+        ports = self.service.add("c1", secure(), PbxSide(None, None), 30004)
+        self.assertEqual(ports, (20001, 30004))
+        self.reactor.busy.add(30002)
+        self.assertRaises(
+            BridgeRefused, self.service.add, "c2", secure(), PbxSide(None, None), 30002
+        )
+        self.assertNotIn("c2", self.service.calls)
+        self.assertFalse(self.reactor.ports[20002].open)
+
+    def test_range_exhausted(self) -> None:
+        """With every port of the range taken the bridge is refused."""
+        for call in ("a", "b", "c"):
+            self.service.add(call, secure(), PbxSide(None, None))
+        self.assertRaises(BridgeRefused, self.service.add, "d", secure(), PbxSide(None, None))
+
+    def test_refusals(self) -> None:
+        """A duplicate call, a host name and a bad key are refused with a reason."""
+        self.service.add("c1", secure(), PbxSide(None, None))
+        self.assertRaises(BridgeRefused, self.service.add, "c1", secure(), PbxSide(None, None))
+        self.assertRaises(
+            BridgeRefused, self.service.add, "c2", secure("relay.example"), PbxSide(None, None)
+        )
+        bad = attrs.evolve(secure(), tx_key=b"short")
+        self.assertRaises(BridgeRefused, self.service.add, "c3", bad, PbxSide(None, None))
+
+    def test_clock_sends_constant_rate(self) -> None:
+        """Every 20 ms each call sends one datagram to the relay, catching up when late."""
+        self.service.add("c1", secure(), PbxSide(None, None))
+        self.reactor.advance(TICK_SECONDS)
+        self.reactor.advance(TICK_SECONDS)
+        self.reactor.advance(3 * TICK_SECONDS)
+        sent = self.reactor.ports[20000].sent
+        self.assertEqual(len(sent), 5)
+        self.assertEqual({addr for _, addr in sent}, {("10.0.0.15", 146)})
+        self.assertTrue(all(d.startswith(TAG) for d, _ in sent))
+        self.reactor.advance(10.0)
+        self.assertEqual(len(sent), 10)
+
+    def test_media_both_ways(self) -> None:
+        """SRTP in on the secure port goes out as RTP to the PBX; PBX RTP comes back as SRTP."""
+        self.service.add("c1", secure(), PbxSide("198.51.100.9", 4000, g711.PCMA))
+        frame = g711.encode(g711.PCMU, [1000] * 160)
+        srtp = self.client_tx.protect(encode_rtp(0, 1, 160, 5, frame, False))
+        self.reactor.ports[20000].protocol.datagramReceived(srtp, ("10.0.0.15", 146))
+        ((rtp, addr),) = self.reactor.ports[30000].sent
+        self.assertEqual(addr, ("10.1.1.9", 4000))
+        packet = parse_rtp(rtp)
+        assert isinstance(packet, RtpPacket)
+        self.assertEqual(packet.payload, frame.translate(g711.ULAW_TO_ALAW))
+        alaw = g711.encode(g711.PCMA, [-2000] * 160)
+        for i in range(3):
+            self.reactor.ports[30000].protocol.datagramReceived(
+                encode_rtp(8, i, i * 160, 9, alaw, False), ("10.1.1.9", 4000)
+            )
+        self.reactor.pump([TICK_SECONDS] * 3)
+        last = self.reactor.ports[20000].sent[-1][0]
+        heard = parse_rtp(self.client_rx.unprotect(last[8:]))
+        assert isinstance(heard, RtpPacket)
+        self.assertEqual(heard.payload, alaw.translate(g711.ALAW_TO_ULAW))
+
+    def test_send_errors_counted(self) -> None:
+        """A send the kernel refuses is counted, not raised."""
+        self.service.add("c1", secure(), PbxSide(None, None))
+        self.reactor.refuse_writes = True
+        self.reactor.advance(TICK_SECONDS)
+        stats = self.service.stats("c1")
+        assert stats is not None
+        self.assertEqual(stats["tx_errors"], 1)
+
+    def test_update_and_remove(self) -> None:
+        """The PBX leg can be named later; removal closes the ports and keeps the totals."""
+        self.service.add("c1", secure(), PbxSide(None, None))
+        self.assertTrue(self.service.update("c1", PbxSide("198.51.100.9", 5000, g711.PCMA)))
+        self.assertEqual(self.service.calls["c1"].pbx_address, ("10.1.1.9", 5000))
+        self.assertFalse(self.service.update("nope", PbxSide(None, None)))
+        self.reactor.advance(TICK_SECONDS)
+        stats = self.service.remove("c1")
+        assert stats is not None
+        self.assertEqual(stats["secure_tx"], 1)
+        self.assertIsNone(self.service.remove("c1"))
+        self.assertFalse(self.reactor.ports[20000].open)
+        totals = self.service.stats()
+        assert totals is not None
+        self.assertEqual((totals["secure_tx"], totals["calls"]), (1, 0))
+
+
+class ControlTests(SynchronousTestCase):
+    """The AMP commands, pumped over iosim to the real locator."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeReactor()
+        self.service = BridgeService(self.reactor, sip=SipInterface(bind="127.0.0.1"))
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        client, _server, self.pump = connectedServerAndClient(
+            lambda: control_factory(self.service).buildProtocol(None),
+            amp.AMP,
+        )
+        self.client = client
+
+    def call(self, command: type[amp.Command], **kwargs: Any) -> Any:
+        results: list[Any] = []
+        self.client.callRemote(command, **kwargs).addBoth(results.append)
+        self.pump.flush()
+        return results[0]  # the answer, or the Failure
+
+    def add(self, **extra: Any) -> Any:
+        args: dict[str, Any] = dict(
+            call="c1",
+            relay_host="192.0.2.1",
+            relay_port=146,
+            tag=TAG,
+            srtp_tx_key=KEY_OUT,
+            srtp_rx_key=KEY_IN,
+        )
+        args.update(extra)
+        return self.call(BridgeAdd, **args)
+
+    def test_add_defaults(self) -> None:
+        """BridgeAdd with only the secure side: PCMU both sides, DTMF 101, ports answered."""
+        answer = self.add()
+        self.assertEqual(answer, {"secure_port": 40001, "pbx_port": 40002})
+        core = self.service.calls["c1"].core
+        self.assertEqual((core.secure.codec, core.pbx.codec), ("PCMU", "PCMU"))
+        self.assertEqual((core.secure.dtmf_pt, core.pbx.dtmf_pt), (101, 101))
+        self.assertEqual(self.call(Poll, server="cig"), {"sessions": 1, "version": _version()})
+
+    def test_add_full_and_update(self) -> None:
+        """Every BridgeAdd argument lands in the core; BridgeUpdate changes the PBX leg."""
+        self.add(
+            secure_codec="PCMA",
+            secure_dtmf_pt=-1,
+            srtp_profile="AES_CM_128_HMAC_SHA1_32",
+            pbx_port=31000,
+            pbx_host="198.51.100.9",
+            pbx_remote_port=4000,
+            pbx_codec="PCMU",
+            pbx_dtmf_pt=96,
+        )
+        core = self.service.calls["c1"].core
+        self.assertEqual((core.secure.codec, core.secure.dtmf_pt), ("PCMA", None))
+        self.assertEqual(core.pbx, PbxSide("198.51.100.9", 4000, "PCMU", 96))
+        self.assertEqual(self.call(BridgeUpdate, call="c1", pbx_codec="PCMA"), {"updated": True})
+        self.assertEqual(core.pbx, PbxSide("198.51.100.9", 4000, "PCMA", 96))
+        self.assertEqual(self.call(BridgeUpdate, call="zz"), {"updated": False})
+
+    def test_refused_add_is_an_error(self) -> None:
+        """A refused BridgeAdd fails with BridgeError and its reason."""
+        self.add()
+        failure = self.add()
+        failure.trap(BridgeError)
+        self.assertIn("already bridged", failure.getErrorMessage())
+        self.add(call="c2", tag=b"x").trap(BridgeError)
+
+    def test_stats_and_remove(self) -> None:
+        """BridgeStats per call and summed; BridgeRemove answers the final counters."""
+        self.add()
+        self.reactor.advance(TICK_SECONDS)
+        self.assertEqual(self.call(BridgeStats, call="c1")["stats"]["secure_tx"], 1)
+        self.call(BridgeStats, call="zz").trap(BridgeError)
+        self.assertEqual(self.call(BridgeStats)["stats"]["calls"], 1)
+        self.assertEqual(self.call(RelayStats)["stats"]["sessions"], 1)
+        answer = self.call(BridgeRemove, call="c1")
+        self.assertEqual((answer["removed"], answer["stats"]["secure_tx"]), (True, 1))
+        self.assertEqual(self.call(BridgeRemove, call="c1"), {"removed": False, "stats": {}})
+
+    def test_dtmf_event_over_control_added_call(self) -> None:
+        """A call added over AMP carries a client telephone-event to the PBX."""
+        self.add(pbx_host="198.51.100.9", pbx_remote_port=4000, pbx_dtmf_pt=96)
+        tx, _ = client_sessions()
+        event = TelephoneEvent(11, True, 10, 800).encode()
+        port = self.reactor.ports[40001]
+        port.protocol.datagramReceived(tx.protect(encode_rtp(101, 1, 0, 3, event, True)), None)
+        ((rtp, _),) = self.reactor.ports[40002].sent
+        packet = parse_rtp(rtp)
+        assert isinstance(packet, RtpPacket)
+        self.assertEqual((packet.payload_type, packet.payload), (96, event))
+
+
+def _version() -> str:
+    from cryptify import __version__
+
+    return __version__
