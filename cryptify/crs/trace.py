@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import ILogObserver, formatEvent
+from zope.interface import implementer
 
 from cryptify.logs import utc_timestamp
 
@@ -69,3 +73,25 @@ class TraceHub:
         line = ", ".join([_field(module), kind, utc_timestamp(self.clock()), _field(information)])
         for subscriber in list(subscribers):
             subscriber(line)
+
+
+@implementer(ILogObserver)
+class EventTraceObserver:
+    """Feeds this process's log events to ``trace event`` while someone traces.
+
+    A log observer (add it to the global log publisher): each event from our
+    own modules becomes ``Module, dbg, Time, Information``.  It costs one
+    dictionary lookup per event when nobody is tracing.
+    """
+
+    def __init__(self, hub: TraceHub) -> None:
+        self.hub = hub
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if not self.hub.subscribers["event"]:
+            return
+        namespace = str(event.get("log_namespace") or "")
+        if not namespace.startswith("cryptify") or event.get("log_file") is not None:
+            return
+        module = str(event.get("log_module") or namespace.rsplit(".", 1)[-1])
+        self.hub.event(module, formatEvent(event))

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from cryptify.config import (
@@ -50,7 +50,7 @@ from cryptify.crs.sessions import SessionTable
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.state import CrsState
 from cryptify.crs.store import RedisStore
-from cryptify.crs.trace import TraceHub
+from cryptify.crs.trace import EventTraceObserver, TraceHub
 from cryptify.crs.umsg_server import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
@@ -346,6 +346,14 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
     assert state.registry is not None
     state.registry.on_attach.append(observe)
     attach(root, CallbackService(on_start=accounts.reload))
+    events = EventTraceObserver(trace)
+    attach(
+        root,
+        CallbackService(
+            lambda: globalLogPublisher.addObserver(events),
+            lambda: globalLogPublisher.removeObserver(events),
+        ),
+    )
     attach(root, relay)
 
     def listen_clients() -> Any:
