@@ -148,3 +148,77 @@ def pids_of(pattern: str) -> list[int]:
         if pattern in cmdline:
             found.append(int(entry))
     return found
+
+
+def write_crs_conf(directory: str, client_port: int, relay_port: int, extra: str = "") -> str:
+    """A crs.conf for one loopback instance keeping every file in ``directory``.
+
+    Redis ports are fresh; ``extra`` lines go at the end of the GLOBAL section.
+    """
+    d = directory
+    path = os.path.join(d, "crs.conf")
+    with open(path, "w") as f:
+        f.write(
+            f"""[GLOBAL]
+key testpoolkey
+features
+listen 127.0.0.1 {client_port}
+relay 127.0.0.1 {relay_port}
+relay-control {d}/relay.sock
+management {d}/crs.sock
+data-dir {d}/data
+accounts-dir {d}/accounts
+log-dir {d}/log
+redis managed
+redis-high 127.0.0.1 {free_port()}
+redis-low 127.0.0.1 {free_port()}
+redis-backup 127.0.0.1 {free_port()}
+{extra}
+[POOL]
+host crs1
+ip crs1 127.0.0.1
+"""
+        )
+    return path
+
+
+def provision(
+    directory: str, socket_path: str, account: str, uris: list[str], period: str
+) -> dict[str, str]:
+    """Create ``account`` on the CRS, keys for ``uris`` and its applied update file.
+
+    Returns each URI's key material file.
+    """
+    status, out, err = run_cli(
+        "crs-cli", "--socket", socket_path, "create", "account", account, "-B", "16"
+    )
+    assert status == 0, err
+    secret = out.split("shared secret ")[1].strip()
+    kms = ("--store", os.path.join(directory, "kms"))
+    status, _, err = run_cli("cryptify-kms", *kms, "init", account)
+    assert status == 0, err
+    keys = {}
+    for uri in uris:
+        path = os.path.join(directory, uri.replace(":", "_").replace("+", "") + ".keys")
+        status, _, err = run_cli(
+            "cryptify-kms", *kms, "issue", account, uri, "--period", period, "-o", path
+        )
+        assert status == 0, err
+        keys[uri] = path
+    update = os.path.join(directory, f"{account}.upd")
+    status, _, err = run_cli(
+        "cryptify-kms",
+        *kms,
+        "update",
+        account,
+        "--secret",
+        secret,
+        "--period",
+        period,
+        "-o",
+        update,
+    )
+    assert status == 0, err
+    status, _, err = run_cli("crs-cli", "--socket", socket_path, "apply", update)
+    assert status == 0, err
+    return keys

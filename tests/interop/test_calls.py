@@ -27,10 +27,12 @@ from cryptify.protocols.umsg import attach_signed_octets
 from tests.interop._procs import (
     Twistd,
     free_port,
+    provision,
     run_cli,
     short_tempdir,
     unix_answers,
     wait_for,
+    write_crs_conf,
 )
 from tests.interop._ws import available as websockets_available
 from tests.interop._ws import ws_connect
@@ -52,28 +54,7 @@ class _CrsFixture(TestCase):
         self.dir = d = short_tempdir(self)
         self.client_port = free_port()
         self.relay_port = free_port(socket.SOCK_DGRAM)
-        self.conf = os.path.join(d, "crs.conf")
-        with open(self.conf, "w") as f:
-            f.write(
-                f"""[GLOBAL]
-key callpoolkey
-features
-listen 127.0.0.1 {self.client_port}
-relay 127.0.0.1 {self.relay_port}
-relay-control {d}/relay.sock
-management {d}/crs.sock
-data-dir {d}/data
-accounts-dir {d}/accounts
-log-dir {d}/log
-redis managed
-redis-high 127.0.0.1 {free_port()}
-redis-low 127.0.0.1 {free_port()}
-redis-backup 127.0.0.1 {free_port()}
-[POOL]
-host crs1
-ip crs1 127.0.0.1
-"""
-            )
+        self.conf = write_crs_conf(d, self.client_port, self.relay_port)
         self.socket = os.path.join(d, "crs.sock")
         self.procs = [Twistd(d, "crs-relay", "--config", self.conf)]
         wait_for(lambda: unix_answers(os.path.join(d, "relay.sock")), "relay control")
@@ -81,34 +62,10 @@ ip crs1 127.0.0.1
         self.addCleanup(lambda: [p.stop() for p in reversed(self.procs)])
         wait_for(lambda: unix_answers(self.socket), "CRS management socket")
         self.period = period_of(time.time())
-        status, out, err = self.cli("create", "account", "acme", "-B", "16")
-        assert status == 0, err
-        secret = out.split("shared secret ")[1].strip()
-        kms = ("--store", os.path.join(d, "kms"))
-        run_cli("cryptify-kms", *kms, "init", "acme")
-        self.keys = {}
-        for uri in (CALLER, CALLEE):
-            path = os.path.join(d, f"{uri[-1]}.keys")
-            status, _, err = run_cli(
-                "cryptify-kms", *kms, "issue", "acme", uri, "--period", self.period, "-o", path
-            )
-            assert status == 0, err
-            self.keys[uri] = load_key_material(path).for_period(self.period)
-        update = os.path.join(d, "acme.upd")
-        run_cli(
-            "cryptify-kms",
-            *kms,
-            "update",
-            "acme",
-            "--secret",
-            secret,
-            "--period",
-            self.period,
-            "-o",
-            update,
-        )
-        status, _, err = self.cli("apply", update)
-        assert status == 0, err
+        files = provision(d, self.socket, "acme", [CALLER, CALLEE], self.period)
+        self.keys = {
+            uri: load_key_material(path).for_period(self.period) for uri, path in files.items()
+        }
         wait_for(lambda: "crs_relay   active" in self.cli("show", "services")[1], "relay link")
 
     def cli(self, *args: str) -> tuple[int, str, str]:

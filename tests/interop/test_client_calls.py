@@ -27,7 +27,16 @@ from cryptify.client.messages import Posted, Receipt, Received
 from cryptify.client.phone import Phone, PhoneEvent
 from cryptify.crypto.identity import period_of
 from cryptify.crypto.keymaterial import load_key_material
-from tests.interop._procs import BIN, Twistd, free_port, run_cli, short_tempdir, unix_answers
+from tests.interop._procs import (
+    BIN,
+    Twistd,
+    free_port,
+    provision,
+    run_cli,
+    short_tempdir,
+    unix_answers,
+    write_crs_conf,
+)
 from tests.interop._procs import wait_for as _wait_for
 
 CALLER = "tel:+46700000011"
@@ -49,55 +58,14 @@ class _ClientCrs(TestCase):
         self.dir = d = short_tempdir(self)
         self.client_port = free_port()
         self.relay_port = free_port(socket.SOCK_DGRAM)
-        conf = os.path.join(d, "crs.conf")
-        with open(conf, "w") as f:
-            f.write(
-                f"""[GLOBAL]
-key clientcallkey
-features
-listen 127.0.0.1 {self.client_port}
-relay 127.0.0.1 {self.relay_port}
-relay-control {d}/relay.sock
-management {d}/crs.sock
-data-dir {d}/data
-accounts-dir {d}/accounts
-log-dir {d}/log
-redis managed
-redis-high 127.0.0.1 {free_port()}
-redis-low 127.0.0.1 {free_port()}
-redis-backup 127.0.0.1 {free_port()}
-[POOL]
-host crs1
-ip crs1 127.0.0.1
-"""
-            )
+        conf = write_crs_conf(d, self.client_port, self.relay_port)
         self.socket = os.path.join(d, "crs.sock")
         self.procs = [Twistd(d, "crs-relay", "--config", conf)]
         wait_for(lambda: unix_answers(os.path.join(d, "relay.sock")), "relay control")
         self.procs.append(Twistd(d, "crs", "--config", conf))
         self.addCleanup(lambda: [p.stop() for p in reversed(self.procs)])
         wait_for(lambda: unix_answers(self.socket), "CRS management socket")
-        period = period_of(time.time())
-        status, out, err = self.cli("create", "account", "acme", "-B", "16")
-        assert status == 0, err
-        secret = out.split("shared secret ")[1].strip()
-        kms = ("--store", os.path.join(d, "kms"))
-        run_cli("cryptify-kms", *kms, "init", "acme")
-        self.key_files = {}
-        for uri in (CALLER, CALLEE):
-            path = os.path.join(d, f"{uri[-2:]}.keys")
-            status, _, err = run_cli(
-                "cryptify-kms", *kms, "issue", "acme", uri, "--period", period, "-o", path
-            )
-            assert status == 0, err
-            self.key_files[uri] = path
-        update = os.path.join(d, "acme.upd")
-        run_cli(
-            "cryptify-kms", *kms, "update", "acme", "--secret", secret, "--period", period,
-            "-o", update,
-        )  # fmt: skip
-        status, _, err = self.cli("apply", update)
-        assert status == 0, err
+        self.key_files = provision(d, self.socket, "acme", [CALLER, CALLEE], period_of(time.time()))
         wait_for(lambda: "crs_relay   active" in self.cli("show", "services")[1], "relay link")
         self.ca = os.path.join(d, "data", "tls", "crs.crt")
 

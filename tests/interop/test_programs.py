@@ -22,6 +22,7 @@ from tests.interop._procs import (
     tcp_answers,
     unix_answers,
     wait_for,
+    write_crs_conf,
 )
 
 NOTIFY = """#!/bin/sh
@@ -54,28 +55,8 @@ class CrsTests(SynchronousTestCase):
         self.relay_port = free_port(socket.SOCK_DGRAM)
         d = self.dir
         write(os.path.join(d, "notify.sh"), NOTIFY.format(events=self.events), 0o755)
-        self.conf = write(
-            os.path.join(d, "crs.conf"),
-            f"""[GLOBAL]
-key testpoolkey
-features
-listen 127.0.0.1 {self.client_port}
-relay 127.0.0.1 {self.relay_port}
-relay-control {d}/relay.sock
-management {d}/crs.sock
-data-dir {d}/data
-accounts-dir {d}/accounts
-log-dir {d}/log
-notify {d}/notify.sh
-notify-timeout 5
-redis managed
-redis-high 127.0.0.1 {free_port()}
-redis-low 127.0.0.1 {free_port()}
-redis-backup 127.0.0.1 {free_port()}
-[POOL]
-host crs1
-ip crs1 127.0.0.1
-""",
+        self.conf = write_crs_conf(
+            d, self.client_port, self.relay_port, f"notify {d}/notify.sh\nnotify-timeout 5"
         )
         self.socket = os.path.join(d, "crs.sock")
         self.procs: list[Twistd] = []

@@ -20,6 +20,7 @@ from tests.interop._procs import (
     short_tempdir,
     unix_answers,
     wait_for,
+    write_crs_conf,
 )
 
 
@@ -29,29 +30,7 @@ class ClientProgramTests(SynchronousTestCase):
             raise SkipTest("redis-server is not installed")
         d = self.dir = short_tempdir(self)
         self.port = free_port()
-        self.conf = os.path.join(d, "crs.conf")
-        with open(self.conf, "w") as f:
-            f.write(
-                f"""[GLOBAL]
-key testpoolkey
-features
-listen 127.0.0.1 {self.port}
-relay 127.0.0.1 {free_port(socket.SOCK_DGRAM)}
-relay-control {d}/relay.sock
-management {d}/crs.sock
-data-dir {d}/data
-accounts-dir {d}/accounts
-log-dir {d}/log
-notify /bin/true
-redis managed
-redis-high 127.0.0.1 {free_port()}
-redis-low 127.0.0.1 {free_port()}
-redis-backup 127.0.0.1 {free_port()}
-[POOL]
-host crs1
-ip crs1 127.0.0.1
-"""
-            )
+        self.conf = write_crs_conf(d, self.port, free_port(socket.SOCK_DGRAM), "notify /bin/true")
         self.socket = os.path.join(d, "crs.sock")
         self.clients: list[subprocess.Popen[bytes]] = []
         self.crs = Twistd(d, "crs", "--config", self.conf)
