@@ -10,6 +10,8 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import DNSLookupError
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,9 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from cryptify.cig.calls import CALL_LINGER, CallTable, StubTelSide, session_line
 from cryptify.cig.sif import Sif
 from cryptify.config import load_cig_config
-from cryptify.protocols.sip.message import Request, Response, parse_datagram
+from cryptify.protocols.sip.message import Request, Response, parse_datagram, response_to
 from cryptify.protocols.sip.sdp import parse_sdp
-from cryptify.protocols.sip.transaction import T1
+from cryptify.protocols.sip.transaction import T1, Channel
 from cryptify.protocols.sip.transport import SipDatagramProtocol
 from tests.test_sip_transaction import FakeChannel
 
@@ -29,6 +31,9 @@ OFFER = (
     "v=0\r\no=pbx 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
     "m=audio 6000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
 )
+
+
+CONTACT = (("Content-Type", "application/sdp"), ("Contact", "<sip:101@192.0.2.50:5070>"))
 
 
 def invite(
@@ -435,10 +440,8 @@ class RecordingLeg:
         self.events.append("hung up")
 
 
-class OutgoingCallTests(SifCase):
-    """
-    Calls the tel side places towards the PBX through the SIF.
-    """
+class OutgoingCase(SifCase):
+    """A SIF placing calls on a fake channel, reporting to a L{RecordingLeg}."""
 
     def setUp(self) -> None:
         super().setUp()
@@ -467,6 +470,12 @@ class OutgoingCallTests(SifCase):
             extra += (("Content-Type", "application/sdp"),)
         response = response_to(invite.headers, status, to_tag=tag, extra=extra, body=body)
         self.sif.message_received(response, self.channel)
+
+
+class OutgoingCallTests(OutgoingCase):
+    """
+    Calls the tel side places towards the PBX through the SIF.
+    """
 
     def test_answered_then_bye_from_pbx(self) -> None:
         """
@@ -565,8 +574,106 @@ class OutgoingCallTests(SifCase):
 
     def test_unreachable_uris(self) -> None:
         """
-        A TEL URI is refused with 484, a host name with 502 (no DNS yet).
+        A TEL URI is refused with 484, a host name with 502 when the SIF
+        has no resolver.
         """
         self.assertIsNone(self.place("tel:+101"))
         self.assertIsNone(self.place("sip:101@pbx.com"))
         self.assertEqual(self.leg.events, ["rejected 484", "rejected 502"])
+
+
+class FakeResolver:
+    """A resolver the test answers by hand: C{pending[name]} per lookup."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Deferred[str]] = {}
+
+    def __call__(self, name: str) -> Deferred[str]:
+        self.pending[name] = Deferred()
+        return self.pending[name]
+
+
+class LocatedCallTests(OutgoingCase):
+    """
+    Calls to host names (looked up with the resolver) and over TCP.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.resolver = FakeResolver()
+        self.sif.resolve = self.resolver
+        self.udp_to: list[tuple[str, int]] = []
+        self.tcp_to: list[tuple[str, int]] = []
+        self.tcp = FakeChannel(reliable=True)
+
+        def udp(address: tuple[str, int]) -> FakeChannel:
+            self.udp_to.append(address)
+            return self.channel
+
+        def tcp(address: tuple[str, int]) -> Deferred[Channel]:
+            self.tcp_to.append(address)
+            return succeed(self.tcp)
+
+        self.sif.channel_to = udp
+        self.sif.tcp_channel = tcp
+
+    def test_name_resolved(self) -> None:
+        """
+        A host name is looked up; the INVITE goes to its address on the
+        default port 5060, keeping the name in the request-URI.
+        """
+        self.assertIsNone(self.place("sip:101@pbx.com"))
+        self.assertEqual(self.channel.sent, [])
+        self.resolver.pending["pbx.com"].callback("192.0.2.60")
+        self.assertEqual(self.udp_to, [("192.0.2.60", 5060)])
+        invite = self.channel.messages()[-1]
+        assert isinstance(invite, Request)
+        self.assertEqual(invite.uri, "sip:101@pbx.com")
+        self.answer(invite, 486)
+        self.assertEqual(self.leg.events, ["rejected 486"])
+        self.clock.advance(64 * T1)
+        self.clock.advance(CALL_LINGER)
+
+    def test_lookup_fails(self) -> None:
+        """A name that does not resolve is refused with 502; the RTP port comes back."""
+        self.place("sip:101@nowhere.example:5070")
+        self.assertEqual(len(self.sif.rtp_ports.used), 1)
+        self.resolver.pending["nowhere.example"].errback(DNSLookupError("nowhere.example"))
+        self.assertEqual(self.leg.events, ["rejected 502"])
+        self.assertEqual(self.sif.rtp_ports.used, set())
+
+    def test_hang_up_while_resolving(self) -> None:
+        """Hanging up before the lookup ends sends nothing and reports nothing."""
+        self.place("sip:101@pbx.com")
+        self.sif.hang_up(self.call)
+        self.resolver.pending["pbx.com"].callback("192.0.2.60")
+        self.assertEqual((self.channel.sent, self.leg.events), ([], []))
+
+    def test_tcp(self) -> None:
+        """
+        C{;transport=tcp} sends on the TCP channel with a TCP Via and a
+        Contact asking for TCP; nothing is retransmitted on it.
+        """
+        self.place("sip:101@192.0.2.50:5070;transport=tcp")
+        self.assertEqual(self.tcp_to, [("192.0.2.50", 5070)])
+        invite = self.tcp.messages()[-1]
+        assert isinstance(invite, Request)
+        self.assertEqual(invite.vias[0].transport, "TCP")
+        self.assertIn(";transport=tcp", invite.headers.get("Contact") or "")
+        self.clock.advance(10 * T1)
+        self.assertEqual(len(self.tcp.sent), 1)
+        self.sif.message_received(
+            response_to(invite.headers, 200, to_tag="t", extra=CONTACT, body=OFFER.encode()),
+            self.tcp,
+        )
+        self.assertEqual(self.leg.events, ["answered"])
+        self.assertEqual(getattr(self.tcp.messages()[-1], "method", None), "ACK")
+        self.sif.hang_up(self.call)
+        self.clock.advance(64 * T1)
+        self.clock.advance(CALL_LINGER)
+
+    def test_no_tcp(self) -> None:
+        """Without a TCP transport a C{;transport=tcp} URI is refused with 503."""
+        self.sif.tcp_channel = None
+        self.place("sip:101@192.0.2.50;transport=tcp")
+        self.assertEqual(self.leg.events, ["rejected 503"])

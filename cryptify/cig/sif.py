@@ -17,17 +17,20 @@ C{session.log}; see L{cryptify.cig.calls}.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 
 import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cryptify.config.cig_model import CigConfig
 from cryptify.protocols.sip.address import parse_name_addr, parse_uri
 from cryptify.protocols.sip.dialog import Dialog, DialogId, dialog_id_of, new_branch, new_tag
 from cryptify.protocols.sip.errors import SipParseError
+from cryptify.protocols.sip.locate import LocateError, Target, locate
 from cryptify.protocols.sip.message import Headers, Request, Response, response_to
 from cryptify.protocols.sip.sdp import SdpError, make_answer, make_offer, parse_sdp, render_sdp
 from cryptify.protocols.sip.transaction import (
@@ -257,12 +260,8 @@ class OutCall:
         self.sif.layer.request(cancel, self.channel, lambda response: None, lambda: None)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+class NoTransport(Exception):
+    """No channel to the target: no transport of that kind, or no connection."""
 
 
 @attrs.define(eq=False)
@@ -280,6 +279,11 @@ class Sif:
     layer: TransactionLayer = attrs.field(init=False)
     rtp_ports: PortPool = attrs.field(init=False)
     channel_to: Callable[[Address], Channel | None] | None = None
+    #: A host name's IPv4 address (C{reactor.resolve}); None: names fail.
+    resolve: Callable[[str], Deferred[str]] | None = None
+    #: A TCP channel to an address (L{TcpConnector.channel}); None: no TCP.
+    tcp_channel: Callable[[Address], Deferred[Channel]] | None = None
+    placing: dict[int, Call] = attrs.field(factory=dict, init=False)
     dialogs: dict[DialogId, SipCall | OutCall] = attrs.field(factory=dict, init=False)
     outgoing: dict[int, OutCall] = attrs.field(factory=dict, init=False)
     invites: dict[tuple[str, ...], SipCall] = attrs.field(factory=dict, init=False)
@@ -509,37 +513,86 @@ class Sif:
         transport = "TCP" if channel.reliable else "UDP"
         return f"SIP/2.0/{transport} {host}:{self.config.sip.port};branch={new_branch()};rport"
 
+    # --- where requests to the PBX go ---------------------------------------
+    def channel_for(self, target: Target) -> Deferred[Channel]:
+        """
+        A channel to C{target}: its host looked up (A record) unless it is
+        an address, over UDP or a (reused) TCP connection. Fails with
+        L{DNSLookupError} or L{NoTransport}.
+        """
+        if target.numeric:
+            found: Deferred[str] = succeed(target.host)
+        elif self.resolve is not None:
+            found = self.resolve(target.host)
+        else:
+            found = fail(DNSLookupError(target.host))
+
+        def connect(address: str) -> Channel | Deferred[Channel]:
+            where = (address, target.port)
+            if target.transport == "tcp":
+                if self.tcp_channel is None:
+                    raise NoTransport("no TCP transport")
+                return self.tcp_channel(where)
+            channel = self.channel_to(where) if self.channel_to is not None else None
+            if channel is None:
+                raise NoTransport("no UDP transport")
+            return channel
+
+        return found.addCallback(connect)
+
     # --- calls to the PBX (the SIF as the tel side's outgoing leg) ----------
     def place_call(self, call: Call, leg: TelLeg) -> OutCall | None:
         """
-        Call C{call.out_to} (a SIP URI with an IP address) from
-        C{call.out_from}, offering PCMU, PCMA and telephone-event; report
-        on C{leg}. Refusals are reported at once: 484 for a URI that is
-        not SIP, 502 for a host that is not an address, 503 when no RTP
-        port or no transport is free.
+        Call C{call.out_to} (a SIP URI) from C{call.out_from}, offering
+        PCMU, PCMA and telephone-event; report on C{leg}. The host is
+        looked up when it is a name; C{;transport=tcp} sends over TCP.
+        Refusals: 484 for a URI that is not SIP, 502 for a name that does
+        not resolve, 503 when no RTP port, transport or connection is
+        available. Returns the call once the INVITE is sent (at once when
+        no lookup or connection is needed).
         """
         try:
-            uri = parse_uri(call.out_to)
-        except SipParseError:
-            uri = None
-        if uri is None or uri.scheme != "sip":
+            target = locate(call.out_to)
+        except LocateError:
             leg.rejected(484)
             return None
-        host = uri.host.strip("[]")
-        if not _is_ip(host):
-            leg.rejected(502)
-            return None
         port = self.rtp_ports.take()
-        channel = self.channel_to((host, uri.port or 5060)) if self.channel_to else None
-        if port is None or channel is None:
-            self.rtp_ports.give_back(port)
+        if port is None:
             leg.rejected(503)
             return None
+        self.placing[id(call)] = call
+
+        def send(channel: Channel) -> None:
+            if self.placing.pop(id(call), None) is None:
+                self.rtp_ports.give_back(port)  # hung up meanwhile
+                return
+            self._send_invite(call, leg, port, channel)
+
+        def failed(failure: Failure) -> None:
+            self.rtp_ports.give_back(port)
+            if self.placing.pop(id(call), None) is None:
+                return
+            status = 502 if failure.check(DNSLookupError) else 503
+            log.info(
+                "cannot reach {target} for call to {to}: {why}",
+                target=str(target),
+                to=call.out_to,
+                why=failure.getErrorMessage(),
+            )
+            leg.rejected(status)
+
+        self.channel_for(target).addCallbacks(send, failed)
+        return self.outgoing.get(id(call))
+
+    def _send_invite(self, call: Call, leg: TelLeg, port: int, channel: Channel) -> None:
         local = (
             self.config.sip.bind if self.config.sip.bind not in ("0.0.0.0", "::") else "127.0.0.1"
         )
         offer = render_sdp(make_offer(local, port, str(int(self.clock.seconds()))))
         call_id = f"{new_tag()}{new_tag()}@{local}"
+        contact = f"sip:{local}:{self.config.sip.port}" + (
+            ";transport=tcp" if channel.reliable else ""
+        )
         headers = Headers(
             (
                 ("Via", self.via(channel, local)),
@@ -548,7 +601,7 @@ class Sif:
                 ("To", f"<{call.out_to}>"),
                 ("Call-ID", call_id),
                 ("CSeq", "1 INVITE"),
-                ("Contact", f"<sip:{local}:{self.config.sip.port}>"),
+                ("Contact", f"<{contact}>"),
                 ("Allow", self.allow()),
                 ("Content-Type", SDP),
             )
@@ -562,10 +615,11 @@ class Sif:
         out = OutCall(self, call, leg, invite, channel, local, offer, port)
         self.outgoing[id(call)] = out
         self.layer.request(invite, channel, out.response, out.timeout)
-        return out
 
     def hang_up(self, call: Call) -> None:
         """The tel side ends an outgoing call: BYE, or CANCEL if not answered."""
+        if self.placing.pop(id(call), None) is not None:
+            return  # still looking up or connecting: nothing sent yet
         out = self.outgoing.get(id(call))
         if out is not None:
             out.hang_up()

@@ -24,6 +24,8 @@ class CigState:
     crypto_periods: tuple[str, ...] = ()
     crypto_engines: tuple[int, int] = (0, 0)
     call_rows: Callable[[], list[list[str]]] = lambda: []
+    #: (PBX server, UP/DOWN/UNKNOWN) from the OPTIONS keep-alive.
+    sip_peers: Callable[[], list[tuple[str, str]]] = lambda: []
 
     def status(self, version: str) -> dict[str, object]:
         """The status report as ordered sections of (label, value) pairs."""
@@ -53,6 +55,12 @@ class CigState:
                     ],
                 ],
                 ["UMSG status:", umsg],
-                ["SIP status:", [("SIP Bind address", self.sip_bind)]],
+                [
+                    "SIP status:",
+                    [
+                        ("SIP Bind address", self.sip_bind),
+                        *((f"PBX {peer}", state) for peer, state in self.sip_peers()),
+                    ],
+                ],
             ],
         }

@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from cryptify.cig.admin import CigAdmin
 from cryptify.cig.calls import CallTable, StubTelSide
+from cryptify.cig.keepalive import DEFAULT_INTERVAL, KeepAlive, keepalive_targets
 from cryptify.cig.sif import Sif
 from cryptify.cig.state import CigState
 from cryptify.config import CigConfig, load_cig_config
@@ -28,7 +29,12 @@ from cryptify.logs import LogFileService
 from cryptify.plugins._common import lifecycle, load_or_usage
 from cryptify.protocols.mgmt import CookieError, ManagementFactory, ensure_cookie
 from cryptify.protocols.relay_control import RelayLink
-from cryptify.protocols.sip.transport import SipDatagramProtocol, SipStreamFactory, UdpChannel
+from cryptify.protocols.sip.transport import (
+    SipDatagramProtocol,
+    SipStreamFactory,
+    TcpConnector,
+    UdpChannel,
+)
 from cryptify.service import (
     CallbackService,
     ListenService,
@@ -89,6 +95,13 @@ class Options(usage.Options):
         ["relay-control", None, None, "relay control socket (overrides cig.conf)"],
         ["notify", None, None, "notify script (overrides cig.conf; empty: none)"],
         [
+            "sip-keepalive",
+            None,
+            DEFAULT_INTERVAL,
+            "seconds between OPTIONS to each PBX server (0: none)",
+            float,
+        ],
+        [
             "tel-stub",
             None,
             "unavailable",
@@ -134,7 +147,12 @@ def apply_overrides(cfg: CigConfig, options: Any) -> CigConfig:
     return cfg
 
 
-def make_cig_service(cfg: CigConfig, reactor: Any, tel_stub: str = "unavailable") -> ProgramService:
+def make_cig_service(
+    cfg: CigConfig,
+    reactor: Any,
+    tel_stub: str = "unavailable",
+    keepalive: float = DEFAULT_INTERVAL,
+) -> ProgramService:
     """Build the CIG's service tree; nothing is opened until it starts."""
     root = ProgramService("cig")
     notifier = Notifier(reactor, cfg.notify or None)
@@ -156,7 +174,17 @@ def make_cig_service(cfg: CigConfig, reactor: Any, tel_stub: str = "unavailable"
     attach(root, relay)
     calls = CallTable(reactor)
     sif = Sif(cfg, reactor, StubTelSide(tel_stub), calls)
-    attach(root, CallbackService(on_stop=sif.stop))
+    tcp = TcpConnector(reactor, sif)
+    sif.resolve = reactor.resolve
+    sif.tcp_channel = tcp.channel
+    pbx = KeepAlive(sif, keepalive_targets(sif.router), keepalive, notifier.notify)
+
+    def stop_sip() -> None:
+        pbx.stop()
+        sif.stop()
+        tcp.close()
+
+    attach(root, CallbackService(on_stop=stop_sip))
     where = f"{sip.bind}:{sip.port}"
 
     def listen_udp() -> Any:
@@ -174,12 +202,14 @@ def make_cig_service(cfg: CigConfig, reactor: Any, tel_stub: str = "unavailable"
             f"tcp {where}",
             lambda: reactor.listenTCP(sip.port, SipStreamFactory(sif), interface=sip.bind),
         ),
+        CallbackService(on_start=pbx.start),
     )
     state = CigState(
         crs_address=cfg.crs.address.host,
         sip_bind=sip.bind,
         relay_connected=lambda: relay.active,
         call_rows=calls.rows,
+        sip_peers=pbx.rows,
     )
 
     def listen_tcp() -> Any:
@@ -208,4 +238,4 @@ def makeService(options: Options) -> ProgramService:
     """IServiceMaker entry point."""
     from twisted.internet import reactor
 
-    return make_cig_service(options["cig"], reactor, options["tel-stub"])
+    return make_cig_service(options["cig"], reactor, options["tel-stub"], options["sip-keepalive"])

@@ -534,18 +534,40 @@ class InProcessSifTests(TestCase):
         sipp; the leg hears ringing and answered; the tel side's hang-up
         sends BYE, which sipp answers, ending its scenario successfully.
         """
+        await self.uas_call("127.0.0.1", "udp")
+
+    async def test_host_name(self) -> None:
+        """
+        A to-URI naming its host (C{localhost}) is looked up with the
+        reactor's resolver and the call goes through as with an address.
+        """
+        await self.uas_call("localhost", "udp")
+
+    async def test_tcp(self) -> None:
+        """
+        C{;transport=tcp}: the CIG connects to sipp (C{-t t1}) and runs
+        the INVITE, ACK and BYE over that one connection.
+        """
+        await self.uas_call("localhost", "tcp")
+
+    async def uas_call(self, host: str, transport: str) -> None:
         from twisted.internet import reactor, task
 
         from cryptify.cig.calls import Call, CallTable
         from cryptify.cig.sif import Sif
         from cryptify.config import CigConfig, SipInterface
-        from cryptify.protocols.sip.transport import SipDatagramProtocol, UdpChannel
+        from cryptify.protocols.sip.transport import (
+            SipDatagramProtocol,
+            TcpConnector,
+            UdpChannel,
+        )
 
         sipp = shutil.which("sipp")
         if sipp is None:
             raise SkipTest("sipp (Debian sip-tester) is not installed")
         workdir = short_tempdir(self)
-        uas_port = free_port(socket.SOCK_DGRAM)
+        tcp = transport == "tcp"
+        uas_port = free_port(socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
         proc = subprocess.Popen(
             [
                 sipp,
@@ -555,6 +577,7 @@ class InProcessSifTests(TestCase):
                 "127.0.0.1",
                 "-p",
                 str(uas_port),
+                *(["-t", "t1"] if tcp else []),
                 "-m",
                 "1",
                 "-mp",
@@ -575,21 +598,27 @@ class InProcessSifTests(TestCase):
         calls = CallTable(reactor)  # type: ignore[arg-type]
         sif = Sif(cfg, reactor, None, calls)  # type: ignore[arg-type]
         port = reactor.listenUDP(sip_port, SipDatagramProtocol(sif), interface="127.0.0.1")  # type: ignore[attr-defined]
+        connector = TcpConnector(reactor, sif)
         self.addCleanup(port.stopListening)
+        self.addCleanup(connector.close)
         self.addCleanup(sif.stop)
         sif.channel_to = lambda address: UdpChannel(port, address)
+        sif.resolve = reactor.resolve  # type: ignore[attr-defined]
+        sif.tcp_channel = connector.channel
         await task.deferLater(reactor, 0.5, lambda: None)  # type: ignore[arg-type]
         leg = UasLeg()
         call = Call(
             "tel:+4670123456",
             "tel:+8888;101",
             "sip:4670123456@secure.com",
-            f"sip:service@127.0.0.1:{uas_port}",
+            f"sip:service@{host}:{uas_port}" + (";transport=tcp" if tcp else ""),
         )
-        self.assertIsNotNone(sif.place_call(call, leg))
+        sif.place_call(call, leg)
         await leg.answered_d
         self.assertEqual(leg.events, ["ringing", "answered"])
         self.assertEqual(calls.rows()[0][4], "ANSWER")
+        if tcp:
+            self.assertEqual(list(connector.connections), [("127.0.0.1", uas_port)])
         sif.hang_up(call)
         for _ in range(200):
             if proc.poll() is not None:

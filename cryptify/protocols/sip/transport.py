@@ -6,15 +6,22 @@ L{Channel} to answer on to a L{MessageSink}; parse errors go to the sink
 too (it decides between a 4xx and silence). A sink that raises is logged
 and the adapter goes on serving. A TCP connection that sends a message it
 cannot frame is closed after the sink has seen the error.
+
+L{TcpConnector} opens the outbound TCP connections client transactions
+use (C{;transport=tcp}), one per peer address, reused while it is open.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
 from twisted.internet import protocol
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .errors import SipParseError
 from .message import Request, Response, StreamParser, parse_datagram
@@ -71,14 +78,24 @@ class SipStreamProtocol(protocol.Protocol):
 
     reliable = True
 
-    def __init__(self, sink: MessageSink) -> None:
+    def __init__(
+        self, sink: MessageSink, on_lost: Callable[[SipStreamProtocol], None] | None = None
+    ) -> None:
         self.sink = sink
         self.parser = StreamParser()
         self.address: Address = ("", 0)
+        self.on_lost = on_lost
+        self.open = False
 
     def connectionMade(self) -> None:
+        self.open = True
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.address = (str(getattr(peer, "host", "")), int(getattr(peer, "port", 0)))
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.open = False
+        if self.on_lost is not None:
+            self.on_lost(self)
 
     def send(self, data: bytes) -> None:
         if self.transport is not None:
@@ -107,3 +124,62 @@ class SipStreamFactory(protocol.Factory):
 
     def buildProtocol(self, addr: Any) -> SipStreamProtocol:
         return SipStreamProtocol(self.sink)
+
+
+class TcpConnector:
+    """
+    Outbound SIP over TCP: one connection per peer address, opened on
+    first use and reused until it closes. What arrives on it goes to the
+    sink like any other SIP.
+    """
+
+    def __init__(self, reactor: Any, sink: MessageSink, timeout: float = 5.0) -> None:
+        self.reactor = reactor
+        self.sink = sink
+        self.timeout = timeout
+        self.connections: dict[Address, SipStreamProtocol] = {}
+        self.waiting: dict[Address, list[Deferred[Channel]]] = {}
+
+    def channel(self, address: Address) -> Deferred[Channel]:
+        """A connected channel to C{address} (fails if it cannot connect)."""
+        existing = self.connections.get(address)
+        if existing is not None and existing.open:
+            return succeed(existing)
+        waiter: Deferred[Channel] = Deferred()
+        if address in self.waiting:
+            self.waiting[address].append(waiter)
+            return waiter
+        self.waiting[address] = [waiter]
+        host, port = address
+        endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        endpoint = endpoint_type(self.reactor, host, port, timeout=self.timeout)
+        connecting = connectProtocol(endpoint, SipStreamProtocol(self.sink, self._lost))
+        connecting.addCallbacks(
+            lambda proto: self._done(address, proto), lambda failure: self._done(address, failure)
+        )
+        return waiter
+
+    def _done(self, address: Address, result: SipStreamProtocol | Failure) -> None:
+        waiters = self.waiting.pop(address, [])
+        if isinstance(result, SipStreamProtocol):
+            self.connections[address] = result
+            result.address = address
+        else:
+            log.warn("cannot connect to SIP peer {peer}: {why}", peer=address, why=result.value)
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    def _lost(self, proto: SipStreamProtocol) -> None:
+        for address, known in list(self.connections.items()):
+            if known is proto:
+                del self.connections[address]
+
+    def close(self) -> None:
+        """Close every connection (at shutdown)."""
+        for proto in list(self.connections.values()):
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+        self.connections.clear()
