@@ -21,6 +21,7 @@ from cryptify import __version__
 from cryptify.crs.accounts import AccountError, check_account_id, check_uri
 from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.crs.state import ATTACH_MODULE, CrsState
+from cryptify.crs.stats import COLUMNS as STATS_COLUMNS
 from cryptify.crs.trace import ELEMENTS
 from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin
@@ -326,6 +327,48 @@ class CrsAdmin(amp.CommandLocator):
         found = await self._objects().push_token(account, uri)
         rows = [[uri, found.get("token", "-"), found.get("type", "-")]] if found else []
         return {"table": table(["Uri", "Token", "Type"], rows)}
+
+    # -- statistics ------------------------------------------------------------
+
+    def _stats(self, account: str) -> Any:
+        self._account(account)
+        if self.state.stats is None:
+            raise CommandFailed("statistics are not available")
+        return self.state.stats
+
+    async def _stats_call(self, account: str, action: str) -> Any:
+        stats = self._stats(account)
+        try:
+            return await getattr(stats, action)(account)
+        except Exception as exc:
+            raise CommandFailed(f"the statistics store does not answer: {exc}") from exc
+
+    @crs_admin.StatsEnable.responder
+    @deferred
+    async def stats_enable(self, account: str) -> dict[str, Any]:
+        await self._stats_call(account, "enable")
+        log.info("statistics enabled for {account}", account=account)
+        return {}
+
+    @crs_admin.StatsDisable.responder
+    @deferred
+    async def stats_disable(self, account: str) -> dict[str, Any]:
+        await self._stats_call(account, "disable")
+        log.info("statistics disabled for {account}", account=account)
+        return {}
+
+    @crs_admin.StatsClear.responder
+    @deferred
+    async def stats_clear(self, account: str) -> dict[str, Any]:
+        cleared = await self._stats_call(account, "clear")
+        log.info("statistics cleared for {account}", account=account)
+        return {"cleared": cleared}
+
+    @crs_admin.StatsExport.responder
+    @deferred
+    async def stats_export(self, account: str) -> dict[str, Any]:
+        rows = await self._stats_call(account, "export")
+        return {"table": table(list(STATS_COLUMNS), rows)}
 
     # -- traces ----------------------------------------------------------------
 

@@ -339,7 +339,9 @@ class AttachSession:
         self.state = ATTACHED
         self.nonce = b""
         core.registry.attach(
-            Attachment(self.uri, self.account, now, self.app, self.host, self.port, self)
+            Attachment(
+                self.uri, self.account, now, self.app, self.host, self.port, self, self.period
+            )
         )
         if self.state != ATTACHED:
             return  # a registry listener closed us already

@@ -50,6 +50,8 @@ class Attachment:
     host: str
     port: int
     conn: Connection
+    #: The key period the client proved itself with (``YYYY-MM``).
+    period: str = ""
 
 
 class AttachRegistry:

@@ -61,6 +61,8 @@ Cryptify Rendezvous Server command line: crs-cli ACTION [options]
   purge clients ACCOUNT
   purge observed ACCOUNT
   check slot URI
+  stats enable|disable|clear ACCOUNT
+  stats export ACCOUNT                  tab-separated statistics, header first
   trace attach|session|message|object|event   (Ctrl-C stops)
 
 options:
@@ -79,6 +81,7 @@ SHOW_SIMPLE = (
     "account",
     "relay",
 )
+STATS_OPS = ("enable", "disable", "clear", "export")
 TRACE_ELEMENTS = ("attach", "session", "message", "object", "event")
 
 
@@ -157,6 +160,10 @@ def build_parser(err: IO[str]) -> CliParser:
 
     checks = elements(sub(actions, "check", "check slot URI"))
     sub(checks, "slot", "check slot URI").add_argument("uri")
+
+    stats = elements(sub(actions, "stats", "stats enable|disable|clear|export ACCOUNT"), "op")
+    for op in STATS_OPS:
+        sub(stats, op, f"stats {op} ACCOUNT").add_argument("account")
 
     trace = elements(sub(actions, "trace", "trace ELEMENT"))
     for name in TRACE_ELEMENTS:
@@ -282,6 +289,21 @@ def remote_action(args: argparse.Namespace, out: IO[str], err: IO[str]) -> Any:
         if action == "check":
             answer = await client.call(crs_admin.CheckSlot, uri=args.uri)
             out.write(f"{args.uri} slot {answer['slot']} ({answer['owner']})\n")
+            return EXIT_OK
+        if action == "stats":
+            if args.op == "export":
+                answer = await client.call(crs_admin.StatsExport, account=args.account)
+                found = answer["table"]
+                for line in [found["columns"], *found["rows"]]:
+                    out.write("\t".join(str(cell) for cell in line) + "\n")
+                return EXIT_OK
+            if args.op == "clear":
+                answer = await client.call(crs_admin.StatsClear, account=args.account)
+                out.write(f"statistics of {args.account} cleared ({answer['cleared']} URIs)\n")
+                return EXIT_OK
+            command = crs_admin.StatsEnable if args.op == "enable" else crs_admin.StatsDisable
+            await client.call(command, account=args.account)
+            out.write(f"statistics {args.op}d for {args.account}\n")
             return EXIT_OK
         if action == "trace":
             await client.call(crs_admin.Trace, element=element)

@@ -1,10 +1,13 @@
 """Wiring store-and-forward messages into the CRS (UMSG ``post``/``fetch``/``delivered``).
 
-- ``post {id, to, content | ack}``: the recipient must be known to this CRS
+- ``post {id, to, content | ack, system?}``: the recipient must be known to this CRS
   (it has attached at some time, under any account), else ``error
   not-found``.  The message is stored durably (:mod:`cryptify.crs.messages`)
   and only then answered ``posted {id, message}``; an attached recipient
   gets it at once as ``message``.  A repeated post answers the first ID.
+  ``system: true`` with ``content`` marks a system message (group invites
+  and updates): stored with kind ``system``, delivered with ``system:
+  true``, traced as ``posted system`` and counted apart from content.
 - ``delivered {message}`` from the recipient removes it; the sender of a
   content message is told ``delivered {message}`` when attached.
 - ``fetch {id}`` sends every waiting message, then ``ok {id}``; waiting
@@ -30,6 +33,7 @@ from cryptify.crs.attach import AttachCore, AttachSession
 from cryptify.crs.attached import Attachment, AttachRegistry
 from cryptify.crs.messages import MessageRefused, MessageStore, Stored
 from cryptify.crs.sessions import base_uri
+from cryptify.crs.stats import Statistics
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import message
 
@@ -54,8 +58,10 @@ class Messaging:
         trace: TraceHub,
         redis: Callable[[], Any],
         clock: Callable[[], float] = time.time,
+        stats: Statistics | None = None,
     ) -> None:
         self.store = store
+        self.stats = stats
         self.registry = registry
         self.trace = trace
         self.redis = redis
@@ -89,7 +95,10 @@ class Messaging:
         content, ack = msg.get("content"), msg.get("ack")
         if (content is None) == (ack is None):
             raise MessageRefused("malformed", "a post carries content or ack, not both")
-        kind = "content" if content is not None else "ack"
+        system = bool(msg.get("system"))
+        if system and content is None:
+            raise MessageRefused("malformed", "a system message carries content")
+        kind = ("system" if system else "content") if content is not None else "ack"
         data = content if content is not None else ack.encode("ascii")
         client = self._client()
         if not await client.sismember(KNOWN_URIS, recipient):
@@ -102,6 +111,8 @@ class Messaging:
         self.counters["posted"] += 1
         await client.hincrby(_stat_key(sender), "post", 1)
         await client.hset(_stat_key(sender), "account", account)
+        if self.stats is not None:
+            await self.stats.message_posted(account, sender, kind)
         target = self.registry.get(recipient)
         self.trace.emit(
             "message",
@@ -137,8 +148,10 @@ class Messaging:
             sender, kind = found
             self.counters["delivered"] += 1
             await self._client().hincrby(_stat_key(sender), "deliv", 1)
+            if self.stats is not None:
+                await self.stats.message_delivered(session.account or "", uri, kind)
             self.trace.emit("message", sender, uri, "delivered", session.account, msg["message"])
-            if kind == "content":
+            if kind != "ack":
                 origin = self.registry.get(sender)
                 if origin is not None:
                     origin.conn.send(message("delivered", message=msg["message"]))
@@ -158,6 +171,8 @@ class Messaging:
             fields["ack"] = stored.data.decode("ascii", "replace")
         else:
             fields["content"] = stored.data
+            if stored.kind == "system":
+                fields["system"] = True
         attachment.conn.send(message("message", **fields))
 
     def attached(self, attachment: Attachment) -> None:

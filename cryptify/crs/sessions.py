@@ -136,6 +136,7 @@ class SessionTable:
         trace: TraceHub,
         new_id: Callable[[], str] = lambda: secrets.token_hex(12),
         answer_timeout: float = ANSWER_TIMEOUT,
+        on_invite: Callable[[Any, Any], object] | None = None,
     ) -> None:
         self.parties = parties
         self.relay = relay
@@ -146,6 +147,9 @@ class SessionTable:
         self.sessions: dict[str, Session] = {}
         self.by_uri: dict[str, set[str]] = {}
         self.counters = {"invites": 0, "talks": 0, "hangups": 0}
+        #: Called with (caller, callee) attachments for every call placed
+        #: (statistics); it must not raise and does its I/O elsewhere.
+        self.on_invite = on_invite
 
     # -- bookkeeping -----------------------------------------------------------
 
@@ -217,6 +221,11 @@ class SessionTable:
         )
         self._add(session)
         self.counters["invites"] += 1
+        if self.on_invite is not None:
+            try:
+                self.on_invite(caller, callee)
+            except Exception:
+                log.failure("invite listener failed")
         allocation = self.relay.allocate(session.id)
         allocation.addCallbacks(
             lambda legs: self._allocated(session, request_id, mikey, legs),

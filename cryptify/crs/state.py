@@ -40,6 +40,8 @@ class CrsState:
     sessions: Any = None
     #: Store-and-forward messaging (``show message``), once wired in.
     messaging: Any = None
+    #: Per-account statistics (``stats``), a ``Statistics``, once wired in.
+    stats: Any = None
     pid: int = attrs.field(factory=os.getpid)
     #: ``notify(unit, event)``: tells notify.sh about system events.
     notify: Callable[[str, str], None] = lambda unit, event: None

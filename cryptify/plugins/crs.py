@@ -49,6 +49,7 @@ from cryptify.crs.redis import RedisInstance, RedisSupervisor, ReplicaOf, load_p
 from cryptify.crs.sessions import SessionTable
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.state import CrsState
+from cryptify.crs.stats import Statistics
 from cryptify.crs.store import RedisStore
 from cryptify.crs.trace import EventTraceObserver, TraceHub
 from cryptify.crs.umsg_server import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
@@ -388,17 +389,26 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         move_port=g.listen.port,
         tickets=TicketKey.derive(g.key),
     )
+    stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
+    state.stats = stats
+    state.registry.on_attach.append(stats.on_attach)
     sessions = SessionTable(
         RegistryParties(state.registry),
         LinkRelayAllocator(relay, media_host(cfg, name)),
         reactor,
         trace,
+        on_invite=stats.on_invite,
     )
     install_calls(core, sessions)
     state.sessions = sessions
     store = MessageStore(lambda: redis.store("redis_low"), reactor.seconds)
     messaging = Messaging(
-        store, state.registry, trace, lambda: redis.store("redis_low"), reactor.seconds
+        store,
+        state.registry,
+        trace,
+        lambda: redis.store("redis_low"),
+        reactor.seconds,
+        stats=stats,
     )
     install_messaging(core, messaging)
     state.messaging = messaging

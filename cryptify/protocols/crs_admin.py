@@ -35,6 +35,10 @@ __all__ = [
     "ShowSession",
     "ShowSystem",
     "ShowUpdates",
+    "StatsClear",
+    "StatsDisable",
+    "StatsEnable",
+    "StatsExport",
     "Trace",
 ]
 
@@ -175,3 +179,28 @@ class Trace(MgmtCommand):
 
     arguments = [(b"element", amp.Unicode())]
     response = []
+
+
+class StatsEnable(MgmtCommand):
+    """``stats enable ACCOUNT``: start counting the account's clients."""
+
+    arguments = [(b"account", amp.Unicode())]
+    response = []
+
+
+class StatsDisable(MgmtCommand):
+    """``stats disable ACCOUNT``: stop counting (what was counted stays)."""
+
+    arguments = [(b"account", amp.Unicode())]
+    response = []
+
+
+class StatsClear(MgmtCommand):
+    """``stats clear ACCOUNT``: forget the account's statistics."""
+
+    arguments = [(b"account", amp.Unicode())]
+    response = [(b"cleared", amp.Integer())]
+
+
+class StatsExport(_AccountTable):
+    """``stats export ACCOUNT``: tel-uri, session-/message-/system-outgoing/incoming, updated."""

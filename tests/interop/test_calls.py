@@ -226,6 +226,74 @@ class MessageTests(_CrsFixture):
         self.assertEqual(rows[1].split()[:3], [CALLER, "2", "2"])
 
 
+class StatsTests(_CrsFixture):
+    """``crs-cli stats`` counts a call, a message and a system message on a real CRS."""
+
+    def traffic(self) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        caller, callee = self.attach(CALLER), self.attach(CALLEE)
+        try:
+            send(caller, type="invite", id=10, to=CALLEE, mikey=b"\x01")
+            offer = recv(caller, "session")
+            recv(callee, "invite")
+            send(caller, type="hangup", session=offer["session"], code="normal")
+            recv(callee, "hangup")
+            send(caller, type="post", id=11, to=CALLEE, content=b"hello")
+            send(caller, type="post", id=12, to=CALLEE, content=b"group", system=True)
+            results["got"] = [recv(callee, "message"), recv(callee, "message")]
+            for got in results["got"]:
+                send(callee, type="delivered", message=got["message"])
+            recv(caller, "delivered")
+            recv(caller, "delivered")
+        finally:
+            caller.close()
+            callee.close()
+
+        want = {
+            CALLER: ["1", "0", "1", "0", "1", "0", "yes"],
+            CALLEE: ["0", "1", "0", "1", "0", "1", "yes"],
+        }
+
+        def complete() -> str | None:
+            status, out, _ = self.cli("stats", "export", "acme")
+            if status != 0:
+                return None
+            rows = {line.split("\t")[0]: line.split("\t")[1:] for line in out.splitlines()[1:]}
+            return out if rows == want else None
+
+        results["export"] = wait_for(complete, "statistics counted", timeout=10)
+        return results
+
+    async def test_stats_export(self) -> None:
+        """Disabled by default; once enabled, one call and two kinds of message are counted."""
+        self.assertEqual(self.cli("stats", "export", "acme")[1].count("\n"), 1)
+        status, _, err = self.cli("stats", "enable", "acme")
+        self.assertEqual(status, 0, err)
+        results = await threads.deferToThread(self.traffic)
+        content, system = results["got"]
+        self.assertNotIn("system", content)
+        self.assertIs(system["system"], True)
+        lines = str(results["export"]).splitlines()
+        self.assertEqual(
+            lines[0].split("\t"),
+            [
+                "tel-uri",
+                "session-outgoing",
+                "session-incoming",
+                "message-outgoing",
+                "message-incoming",
+                "system-outgoing",
+                "system-incoming",
+                "updated",
+            ],
+        )
+        status, out, err = self.cli("stats", "clear", "acme")
+        self.assertEqual(status, 0, err)
+        self.assertIn("cleared (2 URIs)", out)
+        self.assertEqual(self.cli("stats", "export", "acme")[1].count("\n"), 1)
+        self.assertEqual(self.cli("stats", "disable", "acme")[0], 0)
+
+
 def send(ws: Any, **fields: Any) -> None:
     ws.send(cbor2.dumps(fields))
 

@@ -1,0 +1,324 @@
+"""Message benchmark: messages per second end to end (post -> delivered), with latency.
+
+    .venv/bin/python bench/messages.py [--pairs 100] [--workers 2] [--depth 20] [--seconds 10]
+
+Starts a real `twistd crs-relay` and `twistd crs` (managed Redis, one
+account), issues keys for ``2 * pairs`` users, and runs ``--workers``
+generator processes.  Each generator attaches its share of the pairs over
+real TLS + WebSocket + ECCSI (the reference client's
+:class:`~cryptify.client.session.ClientSession`).  Each sender keeps
+``--depth`` posts in flight to its recipient: the CRS stores each one
+durably in ``redis_low`` (AOF), answers ``posted`` and sends it to the
+recipient as ``message``; the recipient confirms with ``delivered`` (the
+CRS drops it and tells the sender) and, at that moment, the sender posts
+the next one.  A message's latency is from the sender's ``post`` to the
+recipient's ``message`` (both ends live in the same generator process, so
+one monotonic clock times both).
+
+One JSON line:
+
+- ``messages_per_second``: messages the recipients received in the
+  measured window (after a warm-up) / wall time of the window;
+- ``p50_ms`` / ``p99_ms``: post -> message latency in that window;
+- ``crs_cpu_per_message_ms``: CPU the CRS spent per message (its Redis
+  children not included);
+- ``generator_ceiling``: messages per generator CPU second, summed (the
+  generators share the machine's cores with the CRS, so this bounds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+BIN = os.path.dirname(sys.executable)
+
+
+def proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(pred: Any, what: str, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def unix_answers(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------- worker
+
+
+def worker(spec: dict[str, Any]) -> None:
+    """One generator process: attach the pairs, keep posts in flight, report."""
+    from twisted.internet import defer, reactor, task
+    from twisted.internet.protocol import Factory
+
+    from cryptify.client.cli import session_maker, tls_connector
+    from cryptify.client.connection import UmsgClientProtocol
+    from cryptify.client.session import Answered, Attached, Incoming
+    from cryptify.crypto.keymaterial import KeyMaterial
+
+    connect = tls_connector(reactor, spec["ca"], False)
+    done: dict[str, Any] = {"messages": 0, "measuring": False, "stop": False, "errors": 0}
+    latencies: list[float] = []
+    protos: dict[str, UmsgClientProtocol] = {}
+    attached: defer.Deferred[None] = defer.Deferred()
+    waiting = {"n": 2 * len(spec["pairs"])}
+    sender_of: dict[str, str] = {}
+    padding = b"\x00" * max(0, spec["size"] - 8)
+
+    def post(sender: str, recipient: str) -> None:
+        if not done["stop"]:
+            content = struct.pack(">d", time.monotonic()) + padding
+            protos[sender].session.request("post", to=recipient, content=content)
+
+    def on_event(uri: str, event: Any) -> None:
+        if isinstance(event, Attached):
+            waiting["n"] -= 1
+            if waiting["n"] == 0:
+                attached.callback(None)
+            return
+        if isinstance(event, Incoming) and event.message.type == "message":
+            msg = event.message
+            protos[uri].session.notify("delivered", message=msg["message"])
+            if done["measuring"]:
+                done["messages"] += 1
+                (sent,) = struct.unpack(">d", msg["content"][:8])
+                latencies.append(time.monotonic() - sent)
+            post(sender_of[uri], uri)
+        elif isinstance(event, Answered) and event.message.type == "error":
+            done["errors"] += 1
+            if done["errors"] <= 5:
+                print(f"error: {dict(event.message.fields)}", file=sys.stderr)
+
+    async def run() -> None:
+        for sender, recipient, sender_keys, recipient_keys in spec["pairs"]:
+            sender_of[recipient] = sender
+            for uri, blob in ((sender, sender_keys), (recipient, recipient_keys)):
+                make = session_maker(KeyMaterial.from_blob(blob), "bench-messages")
+                proto = UmsgClientProtocol(
+                    make, reactor, lambda e, u=uri: on_event(u, e), "127.0.0.1"
+                )
+                protos[uri] = proto
+                factory = Factory.forProtocol(lambda p=proto: p)  # type: ignore[misc]
+                await connect("127.0.0.1", spec["port"], factory)
+        await attached
+        for sender, recipient, *_ in spec["pairs"]:
+            for _ in range(spec["depth"]):
+                post(sender, recipient)
+        await task.deferLater(reactor, spec["warmup"], lambda: None)
+        cpu0, t0 = time.process_time(), time.monotonic()
+        done["measuring"] = True
+        with open(spec["started"], "w") as f:
+            f.write("started")
+        await task.deferLater(reactor, spec["seconds"], lambda: None)
+        done["measuring"] = False
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
+        done["stop"] = True
+        report = {
+            "messages": done["messages"],
+            "cpu": cpu,
+            "wall": wall,
+            "errors": done["errors"],
+            "latencies": latencies,
+        }
+        print(json.dumps(report), flush=True)
+        for proto in protos.values():
+            proto.close("done")
+
+    task.react(lambda _: defer.ensureDeferred(run()))
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--depth", type=int, default=20)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        with open(args.worker) as f:
+            worker(json.load(f))
+        return
+
+    import attrs
+
+    from cryptify.crypto.identity import period_of
+    from cryptify.crypto.updatefile import seal_update_file
+    from cryptify.kms.store import KmsAccount
+
+    d = tempfile.mkdtemp(prefix="msgbench-", dir="/tmp")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        port, relay_port = free_port(), free_port(socket.SOCK_DGRAM)
+        conf = os.path.join(d, "crs.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f"[GLOBAL]\nkey benchkey\nfeatures\nlisten 127.0.0.1 {port}\n"
+                f"relay 127.0.0.1 {relay_port}\nrelay-control {d}/relay.sock\n"
+                f"management {d}/crs.sock\ndata-dir {d}/data\naccounts-dir {d}/accounts\n"
+                f"log-dir {d}/log\nredis managed\nredis-high 127.0.0.1 {free_port()}\n"
+                f"redis-low 127.0.0.1 {free_port()}\nredis-backup 127.0.0.1 {free_port()}\n"
+                "[POOL]\nhost crs1\nip crs1 127.0.0.1\n"
+            )
+
+        def twistd(plugin: str) -> subprocess.Popen[bytes]:
+            argv = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", f"--logfile={d}/{plugin}.log"]
+            proc = subprocess.Popen([*argv, plugin, "--config", conf], cwd=d)
+            procs.append(proc)
+            return proc
+
+        def cli(*a: str) -> str:
+            return subprocess.run(
+                [os.path.join(BIN, "crs-cli"), "--socket", f"{d}/crs.sock", *a],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+
+        twistd("crs-relay")
+        wait_for(lambda: unix_answers(f"{d}/relay.sock"), "relay")
+        crs = twistd("crs")
+        wait_for(lambda: unix_answers(f"{d}/crs.sock"), "CRS")
+        out = cli("create", "account", "acme", "-B", "16")
+        secret = out.split("shared secret ")[1].strip()
+        period = period_of(time.time())
+        kms = KmsAccount.generate("acme")
+        kms = attrs.evolve(kms, revision=1)
+        update = seal_update_file(kms.update(period), secret)
+        upd = os.path.join(d, "acme.upd")
+        with open(upd, "wb") as f:
+            f.write(update)
+        cli("apply", upd)
+        pairs = []
+        for n in range(args.pairs):
+            sender, recipient = f"tel:+4682{n:06d}", f"tel:+4683{n:06d}"
+            pairs.append(
+                [
+                    sender,
+                    recipient,
+                    kms.issue(sender, period).to_blob(),
+                    kms.issue(recipient, period).to_blob(),
+                ]
+            )
+        workers = []
+        for w in range(args.workers):
+            spec = {
+                "ca": f"{d}/data/tls/crs.crt",
+                "port": port,
+                "period": period,
+                "pairs": pairs[w :: args.workers],
+                "seconds": args.seconds,
+                "warmup": args.warmup,
+                "depth": args.depth,
+                "size": args.size,
+                "started": os.path.join(d, f"worker{w}.started"),
+            }
+            path = os.path.join(d, f"worker{w}.json")
+            with open(path, "w") as f:
+                json.dump(spec, f)
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, "--worker", path],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        # the window starts after attach + warm-up in each worker; sample CPU
+        # around the same window from the outside (approximately).
+        results = []
+        started = [os.path.join(d, f"worker{w}.started") for w in range(args.workers)]
+        wait_for(lambda: all(os.path.exists(p) for p in started), "generators", 600)
+        crs_cpu0, t0 = proc_cpu(crs.pid), time.monotonic()
+        time.sleep(args.seconds * 0.9)
+        crs_cpu1, t1 = proc_cpu(crs.pid), time.monotonic()
+        for p in workers:
+            out_text = p.stdout.read() if p.stdout else ""
+            results.append(json.loads(out_text.strip().splitlines()[-1]))
+        messages = sum(r["messages"] for r in results)
+        wall = max(r["wall"] for r in results)
+        rate = messages / wall
+        window = t1 - t0
+        crs_cpu = crs_cpu1 - crs_cpu0
+        in_window = rate * window
+        latencies = [x for r in results for x in r["latencies"]]
+        print(
+            json.dumps(
+                {
+                    "bench": "messages",
+                    "pairs": args.pairs,
+                    "workers": args.workers,
+                    "depth": args.depth,
+                    "size": args.size,
+                    "seconds": round(wall, 2),
+                    "messages": messages,
+                    "messages_per_second": round(rate, 1),
+                    "p50_ms": round(1000 * percentile(latencies, 0.50), 2),
+                    "p99_ms": round(1000 * percentile(latencies, 0.99), 2),
+                    "errors": sum(r["errors"] for r in results),
+                    "crs_cpu_per_message_ms": round(1000 * crs_cpu / in_window, 3)
+                    if in_window
+                    else None,
+                    "generator_ceiling": round(
+                        sum(r["messages"] / r["cpu"] for r in results if r["cpu"]), 1
+                    ),
+                    "target": {"messages_per_second": 10000, "p99_ms": 50},
+                }
+            )
+        )
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Per-account statistics (``crs-cli stats enable|disable|clear|export ACCOUNT``).
+
+Disabled by default.  Everything lives in ``redis_low``::
+
+    stats-enabled          set of account IDs whose clients are counted
+    stats-uris:{ACCOUNT}   set of the account's URIs that have statistics
+    stats:{ACCOUNT}:{URI}  hash: session-outgoing, session-incoming,
+                           message-outgoing, message-incoming,
+                           system-outgoing, system-incoming, period
+
+Counted only while the account is enabled:
+
+- ``session-outgoing`` / ``session-incoming``: a call invited (the
+  :class:`~cryptify.crs.sessions.SessionTable` placed it: the callee is
+  attached, the invite was not refused), caller and callee;
+- ``message-outgoing`` / ``system-outgoing``: a content / system message
+  the CRS stored for its sender (a repeated post is not counted again;
+  acks are not counted);
+- ``message-incoming`` / ``system-incoming``: such a message when its
+  recipient confirms delivery (``delivered``), which happens exactly once;
+- ``period``: the key period a client attached with; ``updated`` in the
+  export says whether it is the current month's (``yes``/``no``).
+
+``disable`` stops counting and keeps what was counted; ``clear`` forgets it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from cryptify.crypto.identity import period_of
+
+log = Logger(namespace="cryptify.crs.stats")
+
+ENABLED = "stats-enabled"
+COUNTERS = (
+    "session-outgoing",
+    "session-incoming",
+    "message-outgoing",
+    "message-incoming",
+    "system-outgoing",
+    "system-incoming",
+)
+#: ``stats export`` columns, in the manual's order.
+COLUMNS = ("tel-uri", *COUNTERS, "updated")
+#: Message kinds counted, and the counter prefix of each.
+_MESSAGE_COUNTERS = {"content": "message", "system": "system"}
+
+
+def stats_key(account: str, uri: str) -> str:
+    return f"stats:{account}:{uri}"
+
+
+def index_key(account: str) -> str:
+    return f"stats-uris:{account}"
+
+
+class Statistics:
+    """Counters of enabled accounts, in Redis; ``store`` returns the ``redis_low`` store."""
+
+    def __init__(self, store: Callable[[], Any], clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    def _client(self) -> Any:
+        return self.store().client
+
+    # -- operator actions --------------------------------------------------------
+
+    async def enabled(self, account: str) -> bool:
+        return bool(await self._client().sismember(ENABLED, account))
+
+    async def enable(self, account: str) -> None:
+        await self._client().sadd(ENABLED, account)
+
+    async def disable(self, account: str) -> None:
+        await self._client().srem(ENABLED, account)
+
+    async def clear(self, account: str) -> int:
+        """Forget the account's statistics; return how many URIs had some."""
+        client = self._client()
+        uris = sorted(await client.smembers(index_key(account)))
+        keys = [stats_key(account, uri) for uri in uris] + [index_key(account)]
+        await client.delete(*keys)
+        return len(uris)
+
+    async def export(self, account: str) -> list[list[str]]:
+        """Rows of :data:`COLUMNS`, one per URI, sorted by URI."""
+        client = self._client()
+        current = period_of(self.clock())
+        rows = []
+        for uri in sorted(await client.smembers(index_key(account))):
+            fields = await client.hgetall(stats_key(account, uri))
+            updated = "yes" if fields.get("period") == current else "no"
+            rows.append([uri, *(str(fields.get(c, "0")) for c in COUNTERS), updated])
+        return rows
+
+    # -- counting ----------------------------------------------------------------
+
+    async def count(self, account: str, uri: str, counter: str) -> bool:
+        """Add one to ``counter`` of ``uri`` if ``account`` is enabled; say whether."""
+        if not account or not await self.enabled(account):
+            return False
+        client = self._client()
+        await client.sadd(index_key(account), uri)
+        await client.hincrby(stats_key(account, uri), counter, 1)
+        return True
+
+    async def attached(self, account: str, uri: str, period: str) -> None:
+        """Record the key period a client of an enabled account attached with."""
+        if not period or not await self.enabled(account):
+            return
+        client = self._client()
+        await client.sadd(index_key(account), uri)
+        await client.hset(stats_key(account, uri), "period", period)
+
+    async def message_posted(self, account: str, uri: str, kind: str) -> None:
+        prefix = _MESSAGE_COUNTERS.get(kind)
+        if prefix is not None:
+            await self.count(account, uri, f"{prefix}-outgoing")
+
+    async def message_delivered(self, account: str, uri: str, kind: str) -> None:
+        prefix = _MESSAGE_COUNTERS.get(kind)
+        if prefix is not None:
+            await self.count(account, uri, f"{prefix}-incoming")
+
+    # -- hooks (fire and forget) ---------------------------------------------------
+
+    def _background(self, work: Any) -> None:
+        defer.ensureDeferred(work).addErrback(
+            lambda f: log.debug("statistics not recorded: {why}", why=f.getErrorMessage())
+        )
+
+    def on_attach(self, attachment: Any) -> None:
+        """An :class:`~cryptify.crs.attached.AttachRegistry` ``on_attach`` listener."""
+        period = getattr(attachment, "period", "") or period_of(attachment.since)
+        self._background(self.attached(attachment.account, attachment.uri, period))
+
+    def on_invite(self, caller: Any, callee: Any) -> None:
+        """A :class:`~cryptify.crs.sessions.SessionTable` ``on_invite`` hook."""
+
+        async def run() -> None:
+            await self.count(caller.account, caller.uri, "session-outgoing")
+            await self.count(callee.account, callee.uri, "session-incoming")
+
+        self._background(run())
