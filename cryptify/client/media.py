@@ -25,7 +25,6 @@ a :class:`~twisted.internet.task.LoopingCall` on the reactor's clock.
 from __future__ import annotations
 
 import secrets
-import struct
 from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,6 +38,7 @@ from twisted.internet.task import LoopingCall
 
 from cryptify.client.audio import ULAW_SILENCE, ulaw_decode, ulaw_encode
 from cryptify.protocols import relay_packet
+from cryptify.protocols.rtp import RtpPacket, parse_rtp
 
 #: Samples (and u-law octets) in one 20 ms frame.
 FRAME_SAMPLES = 160
@@ -53,7 +53,6 @@ MAX_CATCH_UP = 5
 #: Most frames a recording keeps (one hour).
 MAX_RECORDED_FRAMES = 3600 * 50
 _SILENT_FRAME = bytes([ULAW_SILENCE]) * FRAME_SAMPLES
-_HEADER = struct.Struct("!BBHII")
 
 
 def pick_ssrc(caller: bool) -> int:
@@ -62,46 +61,15 @@ def pick_ssrc(caller: bool) -> int:
     return value if caller else value | 0x8000_0000
 
 
-@attrs.frozen
-class RtpPacket:
-    """The fields of an RTP packet this client uses."""
-
-    payload_type: int
-    sequence: int
-    timestamp: int
-    ssrc: int
-    payload: bytes
-    marker: bool = False
-
-
 def rtp_encode(packet: RtpPacket) -> bytes:
     """An RTP packet (version 2, no CSRC, no extension, no padding)."""
-    second = (0x80 if packet.marker else 0) | (packet.payload_type & 0x7F)
-    head = _HEADER.pack(0x80, second, packet.sequence, packet.timestamp, packet.ssrc)
-    return head + packet.payload
+    return packet.encode()
 
 
 def rtp_decode(data: bytes) -> RtpPacket | None:
     """Parse an RTP packet; ``None`` when it is not one (RFC 3550 5.1)."""
-    if len(data) < 12:
-        return None
-    first, second, seq, ts, ssrc = _HEADER.unpack_from(data)
-    if first >> 6 != 2:
-        return None
-    start = 12 + 4 * (first & 0x0F)
-    if first & 0x10:
-        if len(data) < start + 4:
-            return None
-        (words,) = struct.unpack_from("!H", data, start + 2)
-        start += 4 + 4 * words
-    end = len(data)
-    if first & 0x20:
-        if end == 0 or data[-1] == 0:
-            return None
-        end -= data[-1]
-    if end < start:
-        return None
-    return RtpPacket(second & 0x7F, seq, ts, ssrc, bytes(data[start:end]), bool(second & 0x80))
+    parsed = parse_rtp(data)
+    return parsed if isinstance(parsed, RtpPacket) else None
 
 
 def srtp_sessions(policy_key: bytes) -> tuple[Session, Session]:
