@@ -77,13 +77,20 @@ class FakeMessageStore:
         self.ids = (f"m{i}" for i in itertools.count(1))
 
     async def post(
-        self, sender: str, client_id: int, recipient: str, account: str, kind: str, data: bytes
+        self,
+        sender: str,
+        client_id: int,
+        recipient: str,
+        account: str,
+        kind: str,
+        data: bytes,
+        known: str | None = None,
+        counters: str | None = None,
     ) -> Posted:
         message_id = next(self.ids)
-        self.messages[message_id] = Stored(
-            message_id, sender, recipient, account, kind, int(NOW * 1000), data
-        )
-        return Posted(message_id, duplicate=False)
+        stored = Stored(message_id, sender, recipient, account, kind, int(NOW * 1000), data)
+        self.messages[message_id] = stored
+        return Posted(message_id, duplicate=False, stored=stored)
 
     async def get(self, message_id: str) -> Stored | None:
         return self.messages.get(message_id)
@@ -91,7 +98,9 @@ class FakeMessageStore:
     async def waiting(self, recipient: str, limit: int = 100) -> list[Stored]:
         return [m for m in self.messages.values() if m.recipient == recipient][:limit]
 
-    async def delivered(self, recipient: str, message_id: str) -> tuple[str, str] | None:
+    async def delivered(
+        self, recipient: str, message_id: str, counters_prefix: str = ""
+    ) -> tuple[str, str] | None:
         found = self.messages.pop(message_id, None)
         return None if found is None else (found.sender, found.kind)
 

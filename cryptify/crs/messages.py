@@ -48,9 +48,14 @@ EXPIRY_SWEEP = 60.0
 KINDS = ("content", "ack", "system")
 
 _POST = """
+if KEYS[5] ~= '' and redis.call('SISMEMBER', KEYS[5], ARGV[2]) == 0 then return {-2, ''} end
 local existing = redis.call('GET', KEYS[3])
 if existing then return {0, existing} end
 if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[7]) then return {-1, ''} end
+if KEYS[6] ~= '' then
+  redis.call('HINCRBY', KEYS[6], 'post', 1)
+  redis.call('HSET', KEYS[6], 'account', ARGV[3])
+end
 redis.call('HSET', KEYS[1], 'from', ARGV[1], 'to', ARGV[2], 'account', ARGV[3],
            'kind', ARGV[4], 'time', ARGV[5], 'data', ARGV[6], 'dedup', KEYS[3])
 redis.call('RPUSH', KEYS[2], ARGV[9])
@@ -63,6 +68,9 @@ _DELIVERED = """
 local removed = redis.call('LREM', KEYS[2], 1, ARGV[1])
 if removed == 0 then return {} end
 local fields = redis.call('HMGET', KEYS[1], 'from', 'kind', 'dedup')
+if ARGV[2] ~= '' and fields[1] then
+  redis.call('HINCRBY', ARGV[2] .. fields[1], 'deliv', 1)
+end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return fields
@@ -106,10 +114,12 @@ class Stored:
 
 @attrs.frozen
 class Posted:
-    """The answer to a post: the stored ID, and whether it was a repeat."""
+    """The answer to a post: the stored ID, whether it was a repeat, and
+    (for a new message) the message as stored."""
 
     id: str
     duplicate: bool
+    stored: Stored | None = None
 
 
 def new_message_id() -> str:
@@ -146,8 +156,15 @@ class MessageStore:
         account: str,
         kind: str,
         data: bytes,
+        known: str | None = None,
+        counters: str | None = None,
     ) -> Posted:
-        """Store a message once; a repeat of the same post answers the first ID."""
+        """Store a message once; a repeat of the same post answers the first ID.
+
+        ``known``: a set the recipient must be in (else ``not-found``);
+        ``counters``: a hash whose ``post`` field counts new posts -- both
+        in the same atomic script as the store, so a post is one round trip.
+        """
         if kind not in KINDS:
             raise MessageRefused("malformed", f"unknown message kind {kind!r}")
         if len(data) > MAX_CONTENT:
@@ -159,6 +176,8 @@ class MessageStore:
             f"inbox:{recipient}",
             f"dedup:{sender}:{client_id}",
             "msg-expiry",
+            known or "",
+            counters or "",
         ]
         args = [
             sender,
@@ -172,9 +191,14 @@ class MessageStore:
             message_id,
         ]
         status, stored_id = await self._client().eval(_POST, keys, args)
+        if int(status) == -2:
+            raise MessageRefused("not-found", f"{recipient} is not known to this CRS")
         if int(status) == -1:
             raise MessageRefused("inbox-full", f"{recipient} has {self.max_inbox} messages waiting")
-        return Posted(str(stored_id), duplicate=int(status) == 0)
+        if int(status) == 0:
+            return Posted(str(stored_id), duplicate=True)
+        stored = Stored(message_id, sender, recipient, account, kind, now_ms, data)
+        return Posted(message_id, duplicate=False, stored=stored)
 
     async def get(self, message_id: str) -> Stored | None:
         """One stored message, or None when it is gone."""
@@ -201,10 +225,16 @@ class MessageStore:
                 result.append(stored)
         return result
 
-    async def delivered(self, recipient: str, message_id: str) -> tuple[str, str] | None:
-        """The recipient has the message: drop it; return (sender, kind) or None if unknown."""
+    async def delivered(
+        self, recipient: str, message_id: str, counters_prefix: str = ""
+    ) -> tuple[str, str] | None:
+        """The recipient has the message: drop it; return (sender, kind) or None if unknown.
+
+        With ``counters_prefix``, the hash ``PREFIX + sender`` counts it in
+        its ``deliv`` field, in the same script.
+        """
         keys = [f"msg:{message_id}", f"inbox:{recipient}", "msg-expiry"]
-        fields = await self._client().eval(_DELIVERED, keys, [message_id])
+        fields = await self._client().eval(_DELIVERED, keys, [message_id, counters_prefix])
         if not fields:
             return None
         # The de-duplication key stays until it expires: a sender repeating

@@ -100,20 +100,28 @@ class Messaging:
             raise MessageRefused("malformed", "a system message carries content")
         kind = ("system" if system else "content") if content is not None else "ack"
         data = content if content is not None else ack.encode("ascii")
-        client = self._client()
-        if not await client.sismember(KNOWN_URIS, recipient):
-            self.trace.emit("message", sender, to, "not-found", account, "-")
-            raise MessageRefused("not-found", f"{recipient} is not known to this CRS")
-        posted = await self.store.post(sender, msg.id, recipient, account, kind, data)
+        try:
+            posted = await self.store.post(
+                sender,
+                msg.id,
+                recipient,
+                account,
+                kind,
+                data,
+                known=KNOWN_URIS,
+                counters=_stat_key(sender),
+            )
+        except MessageRefused as refused:
+            if refused.code == "not-found":
+                self.trace.emit("message", sender, to, "not-found", account, "-")
+            raise
         session.send(message("posted", id=msg.id, message=posted.id))
-        if posted.duplicate:
+        if posted.duplicate or posted.stored is None:
             return
         self.counters["posted"] += 1
-        await client.hincrby(_stat_key(sender), "post", 1)
-        await client.hset(_stat_key(sender), "account", account)
-        if self.stats is not None:
-            await self.stats.message_posted(account, sender, kind)
         target = self.registry.get(recipient)
+        if target is not None:
+            self._deliver(target, posted.stored)
         self.trace.emit(
             "message",
             sender,
@@ -122,10 +130,8 @@ class Messaging:
             target.account if target else account,
             posted.id,
         )
-        if target is not None:
-            stored = await self.store.get(posted.id)
-            if stored is not None:
-                self._deliver(target, stored)
+        if self.stats is not None:
+            await self.stats.message_posted(account, sender, kind)
 
     def fetch(self, session: AttachSession, msg: Any) -> None:
         async def run() -> None:
@@ -142,12 +148,11 @@ class Messaging:
     def delivered(self, session: AttachSession, msg: Any) -> None:
         async def run() -> None:
             uri = session.uri or ""
-            found = await self.store.delivered(uri, msg["message"])
+            found = await self.store.delivered(uri, msg["message"], _stat_key(""))
             if found is None:
                 return
             sender, kind = found
             self.counters["delivered"] += 1
-            await self._client().hincrby(_stat_key(sender), "deliv", 1)
             if self.stats is not None:
                 await self.stats.message_delivered(session.account or "", uri, kind)
             self.trace.emit("message", sender, uri, "delivered", session.account, msg["message"])
