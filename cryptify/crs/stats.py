@@ -52,6 +52,10 @@ COLUMNS = ("tel-uri", *COUNTERS, "updated")
 _MESSAGE_COUNTERS = {"content": "message", "system": "system"}
 
 
+#: Seconds the set of enabled accounts is trusted before it is read again.
+ENABLED_TTL = 5.0
+
+
 def stats_key(account: str, uri: str) -> str:
     return f"stats:{account}:{uri}"
 
@@ -66,6 +70,10 @@ class Statistics:
     def __init__(self, store: Callable[[], Any], clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
+        # Which accounts count, re-read at most every ENABLED_TTL seconds: a
+        # message of an account without statistics then costs no round trip.
+        self._enabled: frozenset[str] = frozenset()
+        self._enabled_at: float | None = None
 
     def _client(self) -> Any:
         return self.store().client
@@ -73,13 +81,20 @@ class Statistics:
     # -- operator actions --------------------------------------------------------
 
     async def enabled(self, account: str) -> bool:
-        return bool(await self._client().sismember(ENABLED, account))
+        now = self.clock()
+        if self._enabled_at is None or now - self._enabled_at >= ENABLED_TTL:
+            members = await self._client().smembers(ENABLED)
+            self._enabled = frozenset(str(m) for m in members)
+            self._enabled_at = now
+        return account in self._enabled
 
     async def enable(self, account: str) -> None:
         await self._client().sadd(ENABLED, account)
+        self._enabled_at = None
 
     async def disable(self, account: str) -> None:
         await self._client().srem(ENABLED, account)
+        self._enabled_at = None
 
     async def clear(self, account: str) -> int:
         """Forget the account's statistics; return how many URIs had some."""
