@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.protocols import amp
 
 from cryptify import __version__
 from cryptify.cig.state import CigState
+from cryptify.crypto.errors import CryptoError
+from cryptify.crypto.keymaterial import KeyMaterial
 from cryptify.protocols import cig_admin
-from cryptify.protocols.mgmt import table
+from cryptify.protocols.mgmt import CommandFailed, table
 
 CALL_COLUMNS = ["IN-FROM", "IN-TO", "OUT-FROM", "OUT-TO", "STATE"]
 UMSG_COLUMNS = ["FROM", "TO", "STATE", "TIME", "ID"]
@@ -18,8 +21,11 @@ UMSG_COLUMNS = ["FROM", "TO", "STATE", "TIME", "ID"]
 class CigAdmin(amp.CommandLocator):
     """Answers management commands from the running CIG's state."""
 
-    def __init__(self, state: CigState) -> None:
+    def __init__(
+        self, state: CigState, set_key: Callable[[str], KeyMaterial] | None = None
+    ) -> None:
         self.state = state
+        self.set_key_into = set_key
 
     @cig_admin.ServerVersion.responder
     def server_version(self) -> dict[str, Any]:
@@ -40,3 +46,13 @@ class CigAdmin(amp.CommandLocator):
     @cig_admin.ShowUmsg.responder
     def show_umsg(self) -> dict[str, Any]:
         return {"table": table(UMSG_COLUMNS, [])}
+
+    @cig_admin.SetKey.responder
+    def set_key(self, blob: str) -> dict[str, Any]:
+        if self.set_key_into is None:
+            raise CommandFailed("this CIG has no UMSG interface to take key material")
+        try:
+            material = self.set_key_into(blob)
+        except CryptoError as exc:
+            raise CommandFailed(f"key material refused: {exc}") from None
+        return {"public_id": material.uri, "domain": material.account}

@@ -45,14 +45,17 @@ PROG = "cig-cli"
 PROMPT = "cig-cli$ "
 DEFAULT_ADDRESS = "127.0.0.1:8083"
 DEFAULT_COOKIE = "/opt/cig/mgmt.cookie"
-#: Longest interactive input line accepted.
-MAX_LINE = 4096
+#: Longest interactive input line accepted (a key material blob fits).
+MAX_LINE = 65536
+#: What set-key asks for.
+SET_KEY_PROMPT = "Paste the CIG key material (the line cryptify-kms cig-keys printed): "
 
 HELP = """\
 Cryptify Interconnect Gateway
   echo <anything>      echo test functionality
   show call/umsg       show active calls or umsg sessions
   read <FILE>          test read a configuration file
+  set-key              set the key material (paste what cryptify-kms cig-keys prints)
   status               show an overview of the gateway
   help                 shows this help
 """
@@ -95,7 +98,7 @@ def check_action(words: Sequence[str]) -> None:
     if not words:
         raise UsageError("no action given")
     action, rest = words[0], list(words[1:])
-    if action in ("help", "status", "quit", "exit"):
+    if action in ("help", "status", "quit", "exit", "set-key"):
         if rest:
             raise UsageError(f"{action} takes no arguments")
     elif action == "echo":
@@ -139,9 +142,19 @@ def render_status(status: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def remote_action(words: Sequence[str], out: IO[str]) -> Any:
-    """The coroutine function of a remote action (None if it is local)."""
+def remote_action(words: Sequence[str], out: IO[str], blob: str | None = None) -> Any:
+    """The coroutine function of a remote action (None if it is local).
+
+    ``blob`` is the key material ``set-key`` sends.
+    """
     action = words[0]
+
+    async def set_key(client: ManagementClient) -> int:
+        answer = await client.call(cig_admin.SetKey, blob=blob or "")
+        out.write(f"key material set for {answer['public_id']} ({answer['domain']})\n")
+        out.write(f"keystore .ks.{answer['public_id']} written; the CIG attaches with it\n")
+        out.write("OK\n")
+        return EXIT_OK
 
     async def echo(client: ManagementClient) -> int:
         answer = await client.call(cig_admin.Echo, text=" ".join(words[1:]))
@@ -160,7 +173,7 @@ def remote_action(words: Sequence[str], out: IO[str]) -> Any:
         out.write("OK\n")
         return EXIT_OK
 
-    return {"echo": echo, "status": status, "show": show}.get(action)
+    return {"echo": echo, "status": status, "show": show, "set-key": set_key}.get(action)
 
 
 class Session:
@@ -182,7 +195,7 @@ class Session:
             return None
         return read_cookie(self.args.cookie)
 
-    async def run_words(self, reactor: Any, words: Sequence[str]) -> int:
+    async def run_words(self, reactor: Any, words: Sequence[str], blob: str | None = None) -> int:
         try:
             check_action(words)
         except UsageError as exc:
@@ -193,7 +206,10 @@ class Session:
             return EXIT_OK
         if words[0] == "read":
             return read_config(words[1], self.out, self.err)
-        action = remote_action(words, self.out)
+        if words[0] == "set-key" and not (blob or "").strip():
+            self.err.write(f"{PROG}: set-key: no key material given\n")
+            return EXIT_FAILED
+        action = remote_action(words, self.out, blob)
         endpoint, where = self.endpoint(reactor)
         return await execute(endpoint, where, "CIG", action, self.err, PROG, self.cookie, None)
 
@@ -238,12 +254,38 @@ async def interactive(session: Session, reactor: Any, out: IO[str]) -> int:
             continue
         if words[0] in ("quit", "exit"):
             return status
-        status = await session.run_words(reactor, words)
+        blob = None
+        if words[0] == "set-key" and len(words) == 1:
+            out.write(SET_KEY_PROMPT)
+            out.flush()
+            blob = await lines.queue.get()
+            if blob is None:
+                out.write("\n")
+                return status
+        status = await session.run_words(reactor, words, blob)
         out.flush()
 
 
-def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
-    """Run cig-cli with ``argv`` (without the program name); return the exit status."""
+def read_blob(inp: IO[str], out: IO[str]) -> str:
+    """Prompt for the key material and read it from ``inp`` (one line)."""
+    out.write(SET_KEY_PROMPT)
+    out.flush()
+    line = inp.readline(MAX_LINE + 1)
+    if not inp.isatty():
+        out.write("\n")
+    return line.strip()
+
+
+def run(
+    argv: Sequence[str],
+    out: IO[str] = sys.stdout,
+    err: IO[str] = sys.stderr,
+    inp: IO[str] | None = None,
+) -> int:
+    """Run cig-cli with ``argv`` (without the program name); return the exit status.
+
+    ``set-key`` reads the key material from ``inp`` (default: stdin).
+    """
     parser = build_parser(err)
     try:
         args = parser.parse_args(list(argv))
@@ -264,7 +306,13 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
         return EXIT_OK
     if words[0] == "read":
         return read_config(words[1], out, err)
-    return run_on_reactor(lambda reactor: session.run_words(reactor, words), err, PROG)
+    blob = None
+    if words[0] == "set-key":
+        blob = read_blob(inp or sys.stdin, out)
+        if not blob:
+            err.write(f"{PROG}: set-key: no key material given\n")
+            return EXIT_FAILED
+    return run_on_reactor(lambda reactor: session.run_words(reactor, words, blob), err, PROG)
 
 
 def main() -> None:

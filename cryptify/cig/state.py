@@ -23,20 +23,27 @@ class CigState:
     crypto_state: str = "NO KEYS"
     crypto_periods: tuple[str, ...] = ()
     crypto_engines: tuple[int, int] = (0, 0)
+    #: (public ID, security domain, crypto state, crypto periods) from the UIF.
+    umsg_info: Callable[[], tuple[str, str, str, tuple[str, ...]]] | None = None
     call_rows: Callable[[], list[list[str]]] = lambda: []
     #: (PBX server, UP/DOWN/UNKNOWN) from the OPTIONS keep-alive.
     sip_peers: Callable[[], list[tuple[str, str]]] = lambda: []
 
     def status(self, version: str) -> dict[str, object]:
         """The status report as ordered sections of (label, value) pairs."""
+        public_id, domain, crypto_state, periods = (
+            self.umsg_info()
+            if self.umsg_info is not None
+            else (self.public_id, self.security_domain, self.crypto_state, self.crypto_periods)
+        )
         umsg: list[tuple[str, str]] = [
-            ("Public ID", self.public_id),
-            ("Security Domain", self.security_domain),
+            ("Public ID", public_id),
+            ("Security Domain", domain),
             ("CRS Address", self.crs_address),
             ("Connection state", CONNECTED if self.crs_connected() else DISCONNECTED),
-            ("Crypto state", self.crypto_state),
+            ("Crypto state", crypto_state),
         ]
-        for index, period in enumerate(self.crypto_periods, 1):
+        for index, period in enumerate(periods, 1):
             umsg.append((f"Crypto period {index}", period))
         return {
             "title": f"Cryptify Interconnect Gateway v{version}",

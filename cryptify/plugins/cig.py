@@ -4,9 +4,11 @@ Start order (stop order is the reverse): cig.log and session.log, the
 lifecycle (INIT lines with the loaded configuration, ``notify.sh cig-server
 start|stop``), the control link to ``cig-relay``, the SIP interface (UDP
 and TCP on ``sip { bind }``), the management listeners (127.0.0.1:8083
-with the cookie, and the UNIX socket).  The UMSG interface and the
-mailboxes join this tree in their issues; until then the tel side is a
-stub (``--tel-stub``) that refuses calls, or answers them for tests.
+with the cookie, and the UNIX socket).  The UIF (``cryptify.cig.uif``)
+keeps the CIG's number attached to the CRS once it has a keystore; calls
+over it and the mailboxes join this tree in their issues; until then the
+tel side is a stub (``--tel-stub``) that refuses calls, or answers them
+for tests.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from cryptify.cig.calls import CallTable, StubTelSide
 from cryptify.cig.keepalive import DEFAULT_INTERVAL, KeepAlive, keepalive_targets
 from cryptify.cig.sif import Sif
 from cryptify.cig.state import CigState
+from cryptify.cig.uif import Uif, app_name
+from cryptify.client.cli import session_maker, tls_connector
 from cryptify.config import CigConfig, load_cig_config
 from cryptify.config.crs import Endpoint
 from cryptify.events import Notifier
@@ -204,10 +208,21 @@ def make_cig_service(
         ),
         CallbackService(on_start=pbx.start),
     )
+    uif = Uif(
+        reactor,
+        cfg.crs.keystore,
+        cfg.crs.address.host,
+        cfg.crs.address.port,
+        tls_connector(reactor, cfg.crs.ca, insecure=False),
+        lambda material: session_maker(material, app_name()),
+    )
+    attach(root, uif)
     state = CigState(
         crs_address=cfg.crs.address.host,
         sip_bind=sip.bind,
         relay_connected=lambda: relay.active,
+        crs_connected=lambda: uif.connected,
+        umsg_info=lambda: uif.info().as_tuple(),
         call_rows=calls.rows,
         sip_peers=pbx.rows,
     )
@@ -217,7 +232,7 @@ def make_cig_service(
             cookie = ensure_cookie(mgmt.cookie, MANAGEMENT_GROUP)
         except (CookieError, OSError) as exc:
             raise StartupError(f"management cookie: {exc}") from exc
-        factory = ManagementFactory(lambda proto: CigAdmin(state), cookie=cookie)
+        factory = ManagementFactory(lambda proto: CigAdmin(state, uif.set_key), cookie=cookie)
         return reactor.listenTCP(mgmt.bind.port, factory, interface=mgmt.bind.host)
 
     attach(root, ListenService("management", f"{mgmt.bind.host}:{mgmt.bind.port}", listen_tcp))
@@ -225,7 +240,7 @@ def make_cig_service(
     def listen_unix() -> Any:
         prepare_socket_path(mgmt.socket)
         port = reactor.listenUNIX(
-            mgmt.socket, ManagementFactory(lambda proto: CigAdmin(state)), mode=0o660
+            mgmt.socket, ManagementFactory(lambda proto: CigAdmin(state, uif.set_key)), mode=0o660
         )
         restrict_socket(mgmt.socket, MANAGEMENT_GROUP)
         return port

@@ -5,9 +5,11 @@ Shared by the server (``cryptify.cig.admin``) and ``cig-cli``.
 
 from __future__ import annotations
 
+from twisted.protocols import amp
+
 from cryptify.protocols.mgmt import Echo, JsonValue, MgmtCommand, ServerVersion
 
-__all__ = ["Echo", "ServerVersion", "ShowCall", "ShowUmsg", "Status"]
+__all__ = ["Echo", "ServerVersion", "SetKey", "ShowCall", "ShowUmsg", "Status"]
 
 
 class Status(MgmtCommand):
@@ -29,3 +31,14 @@ class ShowUmsg(MgmtCommand):
 
     arguments = []
     response = [(b"table", JsonValue())]
+
+
+class SetKey(MgmtCommand):
+    """``set-key``: new key material (the ``cryptify-kms cig-keys`` blob).
+
+    The CIG validates it, writes its keystore and re-attaches; it answers
+    with the public ID and security domain of the key material.
+    """
+
+    arguments = [(b"blob", amp.Unicode())]
+    response = [(b"public_id", amp.Unicode()), (b"domain", amp.Unicode())]
