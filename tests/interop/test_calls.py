@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import ssl
 import time
@@ -292,6 +293,60 @@ class StatsTests(_CrsFixture):
         self.assertIn("cleared (2 URIs)", out)
         self.assertEqual(self.cli("stats", "export", "acme")[1].count("\n"), 1)
         self.assertEqual(self.cli("stats", "disable", "acme")[0], 0)
+
+
+class BurstTests(_CrsFixture):
+    """A burst of posts across a redis_low restart: each message once, in order."""
+
+    COUNT = 40
+
+    def burst(self) -> list[str]:
+        self.attach(CALLEE).close()  # the recipient is known, then offline
+        sender = self.attach(CALLER)
+        pid_file = os.path.join(self.dir, "data", "redis", "redis_low", "redis.pid")
+        try:
+            for n in range(self.COUNT):
+                if n == self.COUNT // 2:
+                    with open(pid_file) as f:
+                        self.old_pid = int(f.read().strip())
+                    os.kill(self.old_pid, signal.SIGTERM)
+                for _attempt in range(200):
+                    # a post the CRS could not store is repeated with the same id
+                    send(sender, type="post", id=100 + n, to=CALLEE, content=f"m{n}".encode())
+                    answer = cbor2.loads(sender.recv(timeout=30))
+                    if answer.get("type") == "posted":
+                        break
+                    assert answer.get("code") == "internal", answer
+                    time.sleep(0.05)
+                else:
+                    raise AssertionError(f"post {n} never stored")
+        finally:
+            sender.close()
+        recipient = self.attach(CALLEE)
+        seen: list[str] = []
+        try:
+            send(recipient, type="fetch", id=1)
+            while True:
+                msg = cbor2.loads(recipient.recv(timeout=30))
+                if msg.get("type") == "message":
+                    if msg["message"] not in [s.split("|")[0] for s in seen]:
+                        seen.append(f"{msg['message']}|{msg['content'].decode()}")
+                    send(recipient, type="delivered", message=msg["message"])
+                elif msg.get("type") == "ok":
+                    if len(seen) >= self.COUNT:
+                        break
+                    send(recipient, type="fetch", id=1)
+        finally:
+            recipient.close()
+        return [s.split("|")[1] for s in seen]
+
+    async def test_burst_across_redis_restart(self) -> None:
+        """40 posts with redis_low restarted halfway arrive once each and in order."""
+        contents = await threads.deferToThread(self.burst)
+        self.assertEqual(contents, [f"m{n}" for n in range(self.COUNT)])
+        pid_file = os.path.join(self.dir, "data", "redis", "redis_low", "redis.pid")
+        with open(pid_file) as f:
+            self.assertNotEqual(int(f.read().strip()), self.old_pid)  # it did restart
 
 
 def send(ws: Any, **fields: Any) -> None:
