@@ -310,6 +310,9 @@ class BurstTests(_CrsFixture):
                     with open(pid_file) as f:
                         self.old_pid = int(f.read().strip())
                     os.kill(self.old_pid, signal.SIGTERM)
+                    # Redis acts on SIGTERM at its next cron tick: wait until it
+                    # is really gone, so the rest of the burst meets the restart
+                    wait_for(lambda: not os.path.exists(f"/proc/{self.old_pid}"), "old redis")
                 for _attempt in range(200):
                     # a post the CRS could not store is repeated with the same id
                     send(sender, type="post", id=100 + n, to=CALLEE, content=f"m{n}".encode())
