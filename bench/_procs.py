@@ -7,6 +7,7 @@ The port and waiting helpers are the interop tests' own
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,7 +16,9 @@ if ROOT not in sys.path:
 
 from tests.interop._procs import free_port, unix_answers, wait_for  # noqa: E402
 
-__all__ = ["free_port", "proc_cpu", "unix_answers", "wait_for"]
+BIN = os.path.dirname(sys.executable)
+
+__all__ = ["BenchCrs", "free_port", "proc_cpu", "unix_answers", "wait_for"]
 
 
 def proc_cpu(pid: int) -> float:
@@ -23,3 +26,71 @@ def proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class BenchCrs:
+    """A real ``twistd crs-relay`` + ``twistd crs`` with one account, for a benchmark.
+
+    ``kms`` issues users' keys for ``period``; ``stop()`` ends both and removes
+    the scratch directory.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        import socket
+        import tempfile
+        import time
+
+        import attrs
+
+        from cryptify.crypto.identity import period_of
+        from cryptify.crypto.updatefile import seal_update_file
+        from cryptify.kms.store import KmsAccount
+        from tests.interop._procs import write_crs_conf
+
+        self.dir = d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.port, relay_port = free_port(), free_port(socket.SOCK_DGRAM)
+        self.conf = write_crs_conf(d, self.port, relay_port)
+        self.ca = f"{d}/data/tls/crs.crt"
+        self.relay = self.twistd("crs-relay")
+        wait_for(lambda: unix_answers(f"{d}/relay.sock"), "relay")
+        self.crs = self.twistd("crs")
+        wait_for(lambda: unix_answers(f"{d}/crs.sock"), "CRS")
+        secret = self.cli("create", "account", "acme", "-B", "16").split("shared secret ")[1]
+        self.period = period_of(time.time())
+        self.kms = attrs.evolve(KmsAccount.generate("acme"), revision=1)
+        update = os.path.join(d, "acme.upd")
+        with open(update, "wb") as f:
+            f.write(seal_update_file(self.kms.update(self.period), secret.strip()))
+        self.cli("apply", update)
+        wait_for(lambda: "crs_relay   active" in self.cli("show", "services"), "relay link")
+
+    def twistd(self, plugin: str) -> subprocess.Popen[bytes]:
+        argv = [
+            os.path.join(BIN, "twistd"),
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.dir}/{plugin}.log",
+        ]
+        proc = subprocess.Popen([*argv, plugin, "--config", self.conf], cwd=self.dir)
+        self.procs.append(proc)
+        return proc
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(
+            [os.path.join(BIN, "crs-cli"), "--socket", f"{self.dir}/crs.sock", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    def stop(self) -> None:
+        import shutil
+
+        for proc in reversed(self.procs):
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -31,12 +31,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -44,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 BIN = os.path.dirname(sys.executable)
 
-from bench._procs import free_port, proc_cpu, unix_answers, wait_for  # noqa: E402
+from bench._procs import BenchCrs, proc_cpu, wait_for  # noqa: E402
 
 # ---------------------------------------------------------------- worker
 
@@ -155,55 +152,10 @@ def main() -> None:
             worker(json.load(f))
         return
 
-    import attrs
-
-    from cryptify.crypto.identity import period_of
-    from cryptify.crypto.updatefile import seal_update_file
-    from cryptify.kms.store import KmsAccount
-
-    d = tempfile.mkdtemp(prefix="msgbench-", dir="/tmp")
-    procs: list[subprocess.Popen[bytes]] = []
+    bench = BenchCrs("msgbench-")
+    d, port, period, kms = bench.dir, bench.port, bench.period, bench.kms
+    crs = bench.crs
     try:
-        port, relay_port = free_port(), free_port(socket.SOCK_DGRAM)
-        conf = os.path.join(d, "crs.conf")
-        with open(conf, "w") as f:
-            f.write(
-                f"[GLOBAL]\nkey benchkey\nfeatures\nlisten 127.0.0.1 {port}\n"
-                f"relay 127.0.0.1 {relay_port}\nrelay-control {d}/relay.sock\n"
-                f"management {d}/crs.sock\ndata-dir {d}/data\naccounts-dir {d}/accounts\n"
-                f"log-dir {d}/log\nredis managed\nredis-high 127.0.0.1 {free_port()}\n"
-                f"redis-low 127.0.0.1 {free_port()}\nredis-backup 127.0.0.1 {free_port()}\n"
-                "[POOL]\nhost crs1\nip crs1 127.0.0.1\n"
-            )
-
-        def twistd(plugin: str) -> subprocess.Popen[bytes]:
-            argv = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", f"--logfile={d}/{plugin}.log"]
-            proc = subprocess.Popen([*argv, plugin, "--config", conf], cwd=d)
-            procs.append(proc)
-            return proc
-
-        def cli(*a: str) -> str:
-            return subprocess.run(
-                [os.path.join(BIN, "crs-cli"), "--socket", f"{d}/crs.sock", *a],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-
-        twistd("crs-relay")
-        wait_for(lambda: unix_answers(f"{d}/relay.sock"), "relay")
-        crs = twistd("crs")
-        wait_for(lambda: unix_answers(f"{d}/crs.sock"), "CRS")
-        out = cli("create", "account", "acme", "-B", "16")
-        secret = out.split("shared secret ")[1].strip()
-        period = period_of(time.time())
-        kms = KmsAccount.generate("acme")
-        kms = attrs.evolve(kms, revision=1)
-        update = seal_update_file(kms.update(period), secret)
-        upd = os.path.join(d, "acme.upd")
-        with open(upd, "wb") as f:
-            f.write(update)
-        cli("apply", upd)
         pairs = []
         for n in range(args.pairs):
             sender, recipient = f"tel:+4682{n:06d}", f"tel:+4683{n:06d}"
@@ -281,13 +233,7 @@ def main() -> None:
             )
         )
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(d, ignore_errors=True)
+        bench.stop()
 
 
 if __name__ == "__main__":
