@@ -171,6 +171,8 @@ class OutCall:
     provisional: bool = False
     cancel_pending: bool = False
     ended: bool = False
+    #: The SDP answer of the PBX's first 2xx (the PBX leg's media).
+    remote_sdp: bytes = b""
 
     def response(self, response: Response) -> None:
         """A response to our INVITE (including repeated 2xx)."""
@@ -204,6 +206,7 @@ class OutCall:
         self._ack(self.dialog)
         if not first:
             return
+        self.remote_sdp = response.body
         if self.ended:
             self.sif.send_bye(self.dialog, self.channel, self.host)
             return
@@ -615,6 +618,16 @@ class Sif:
         out = OutCall(self, call, leg, invite, channel, local, offer, port)
         self.outgoing[id(call)] = out
         self.layer.request(invite, channel, out.response, out.timeout)
+
+    def media_of(self, call: Call) -> tuple[int | None, bytes] | None:
+        """A call's local RTP port and the PBX's SDP (answer, or offer for calls from the PBX)."""
+        out = self.outgoing.get(id(call))
+        if out is not None:
+            return out.rtp_port, out.remote_sdp
+        for incoming in self.invites.values():
+            if incoming.call is call:
+                return incoming.rtp_port, incoming.invite.request.body
+        return None
 
     def hang_up(self, call: Call) -> None:
         """The tel side ends an outgoing call: BYE, or CANCEL if not answered."""

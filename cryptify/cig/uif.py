@@ -151,6 +151,8 @@ class Uif(service.Service):
         self.material: KeyMaterial | None = None
         self.client: AttachingClient | None = None
         self.connected = False
+        #: Every event of the attached session, for the calls (:mod:`cryptify.cig.tel`).
+        self.on_call_event: Callable[[Event], None] | None = None
 
     # status
 
@@ -163,6 +165,13 @@ class Uif(service.Service):
         current = period_of(self.clock.seconds())
         state = OK if any(p >= current for p in periods) else EXPIRED
         return UmsgInfo(material.uri, material.account, state, periods)
+
+    def session(self) -> ClientSession | None:
+        """The current connection's UMSG session (None while not connected)."""
+        client = self.client
+        if client is None or client.proto is None:
+            return None
+        return client.proto.session
 
     # lifecycle
 
@@ -278,6 +287,8 @@ class Uif(service.Service):
             if self.connected:
                 log.warn("connection to the CRS ended: {why}", why=event.why)
             self.connected = False
+        if self.on_call_event is not None:
+            self.on_call_event(event)
 
 
 def app_name() -> str:

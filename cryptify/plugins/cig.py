@@ -5,10 +5,12 @@ lifecycle (INIT lines with the loaded configuration, ``notify.sh cig-server
 start|stop``), the control link to ``cig-relay``, the SIP interface (UDP
 and TCP on ``sip { bind }``), the management listeners (127.0.0.1:8083
 with the cookie, and the UNIX socket).  The UIF (``cryptify.cig.uif``)
-keeps the CIG's number attached to the CRS once it has a keystore; calls
-over it and the mailboxes join this tree in their issues; until then the
-tel side is a stub (``--tel-stub``) that refuses calls, or answers them
-for tests.
+keeps the CIG's number attached to the CRS once it has a keystore, and
+hands its events to :class:`~cryptify.cig.tel.UifCalls`: calls between
+secure users and the PBX, bridged by cig-relay.  Until the UIF has key
+material (and has heard from the CRS), calls from the PBX go to a stub
+tel side (``--tel-stub``) that refuses them, or answers them for tests;
+the mailboxes join this tree in their issue.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from cryptify.cig.calls import CallTable, StubTelSide
 from cryptify.cig.keepalive import DEFAULT_INTERVAL, KeepAlive, keepalive_targets
 from cryptify.cig.sif import Sif
 from cryptify.cig.state import CigState
+from cryptify.cig.tel import TelSwitch, UifCalls
 from cryptify.cig.uif import Uif, app_name
 from cryptify.client.cli import session_maker, tls_connector
 from cryptify.config import CigConfig, load_cig_config
@@ -109,8 +112,8 @@ class Options(usage.Options):
             "tel-stub",
             None,
             "unavailable",
-            "until the UMSG interface exists, the tel side refuses every routed "
-            "call (unavailable), or answers, rings or rejects it (for tests)",
+            "until the UIF has key material, the stand-in tel side refuses every "
+            "routed call (unavailable), or answers, rings or rejects it (for tests)",
         ],
     ]
 
@@ -177,7 +180,8 @@ def make_cig_service(
     relay = RelayLink(reactor, unix_endpoint(reactor, cfg.relay.control, 5), "cig")
     attach(root, relay)
     calls = CallTable(reactor)
-    sif = Sif(cfg, reactor, StubTelSide(tel_stub), calls)
+    tel_side = TelSwitch(StubTelSide(tel_stub))
+    sif = Sif(cfg, reactor, tel_side, calls)
     tcp = TcpConnector(reactor, sif)
     sif.resolve = reactor.resolve
     sif.tcp_channel = tcp.channel
@@ -216,6 +220,8 @@ def make_cig_service(
         tls_connector(reactor, cfg.crs.ca, insecure=False),
         lambda material: session_maker(material, app_name()),
     )
+    tel_side.uif_calls = UifCalls(reactor, uif, sif, calls, sif.router, relay)
+    uif.on_call_event = tel_side.uif_calls.handle
     attach(root, uif)
     state = CigState(
         crs_address=cfg.crs.address.host,

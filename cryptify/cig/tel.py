@@ -1,0 +1,609 @@
+"""The CIG's tel side over UMSG: secure calls to the PBX, bridged by cig-relay.
+
+:class:`UmsgTel` is fed the UIF session's events (:meth:`UmsgTel.handle`).
+An incoming ``invite`` for ``tel:+NUMBER;EXT`` is verified and
+decapsulated with the CIG's keys (MIKEY-SAKKE, as
+:mod:`cryptify.client.calls` does it); a bad one is hung up ``bad-keys``.
+A good one is routed from ``tel`` (:class:`~cryptify.cig.route.Router`)
+and placed on the SIP side (:meth:`~cryptify.cig.sif.Sif.place_call`),
+whose progress comes back through :class:`TelCall` (a
+:class:`~cryptify.cig.calls.TelLeg`):
+
+- SIP 18x -> UMSG ``ringing``;
+- SIP 200 -> ``BridgeAdd`` on cig-relay (secure leg: the invite's relay
+  host, port and tag, the SSV's SRTP policy key both ways, as the client
+  uses it; PBX leg: our RTP port and the PBX's SDP answer), then UMSG
+  ``talk``; a refused bridge hangs both legs up;
+- a SIP rejection -> UMSG ``hangup`` with a code for the status;
+- BYE from the PBX, or ``hangup`` from the secure side, ends the other leg
+  and removes the bridge.
+
+The SIF keeps the call's row in ``show call`` and its ``session.log``
+lines; a call that never reaches the SIF (refused keys or route) is
+logged here.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from cryptify.client.calls import base_uri
+from cryptify.client.connection import ConnectionEnded, Event
+from cryptify.client.session import Answered, ClientSession, Disconnected, Incoming
+from cryptify.crypto import mikey
+from cryptify.crypto.errors import CryptoError
+from cryptify.crypto.identity import period_of, split_tel_identifier, tel_identifier
+from cryptify.crypto.keymaterial import KeyMaterial
+from cryptify.crypto.replay import ReplayGuard
+from cryptify.protocols.bridge_control import BridgeAdd, BridgeRemove
+from cryptify.protocols.sip.sdp import SdpError, chosen_codec, parse_sdp
+from cryptify.protocols.umsg import Message
+
+from .calls import ENDED, Call, CallState, CallTable, TelLeg, TelSide
+from .route import TEL, Router, RouteRefused
+
+log = Logger(namespace="cryptify.cig.tel")
+
+#: UMSG hangup codes for SIP final statuses (others: ``unavailable``).
+SIP_CODES = {
+    404: "not-found",
+    484: "not-found",
+    408: "no-answer",
+    480: "no-answer",
+    486: "busy",
+    600: "busy",
+    603: "rejected",
+}
+
+
+class BadKeys(Exception):
+    """The invite's I_MESSAGE cannot be used."""
+
+
+class BridgeLink(Protocol):
+    """The cig-relay control link (:class:`~cryptify.protocols.relay_control.RelayLink`)."""
+
+    def call(self, command: type[amp.Command], **kwargs: Any) -> Awaitable[dict[str, Any]]: ...
+
+
+class SipSide(Protocol):
+    """What the tel side needs of the SIF."""
+
+    def place_call(self, call: Call, leg: TelLeg) -> object: ...
+
+    def hang_up(self, call: Call) -> None: ...
+
+    def media_of(self, call: Call) -> tuple[int | None, bytes] | None: ...
+
+
+@attrs.frozen
+class PbxMedia:
+    """The PBX leg of a bridge, from the SDP answer."""
+
+    host: str
+    port: int
+    codec: str
+    dtmf_pt: int
+
+
+def pbx_media(sdp: bytes) -> PbxMedia | None:
+    """The PBX's media address, codec and telephone-event type (None: unusable)."""
+    try:
+        parsed = parse_sdp(sdp)
+    except SdpError:
+        return None
+    audio = parsed.audio()
+    codec = chosen_codec(parsed)
+    host = (audio.address if audio is not None else None) or parsed.address
+    if audio is None or codec is None or host is None or audio.port == 0:
+        return None
+    dtmf = -1
+    for pt, value in audio.rtpmap:
+        if value.lower().startswith("telephone-event/") and pt in audio.formats:
+            dtmf = int(pt)
+            break
+    return PbxMedia(host, audio.port, codec, dtmf)
+
+
+@attrs.define(eq=False)
+class Decapsulator:
+    """Verifies and decapsulates invites with the CIG's key material."""
+
+    material: KeyMaterial = attrs.field(repr=False)
+    replay: ReplayGuard = attrs.field(factory=lambda: ReplayGuard(window=300))
+    _keys: dict[str, tuple[Any, Any]] = attrs.field(factory=dict, repr=False)
+
+    def _period(self, period: str) -> tuple[Any, Any]:
+        if period not in self._keys:
+            keys = self.material.for_period(period)
+            self._keys[period] = (keys, keys.receiver(keys.public_key()))
+        return self._keys[period]
+
+    def _receiver(self, identifier: bytes) -> Any:
+        period, uri = split_tel_identifier(identifier)
+        if uri != base_uri(self.material.uri):
+            raise BadKeys("the I_MESSAGE is for someone else")
+        return self._period(period)[1]
+
+    def policy_key(self, msg: Message, now: float) -> bytes:
+        """The SRTP policy key of an invite.
+
+        @raise BadKeys: if the I_MESSAGE does not verify, is not for us, is
+            a replay or is signed by someone other than C{from}.
+        """
+        try:
+            keys = self._period(period_of(now))[0]
+            got = mikey.receive_i_message(
+                msg["mikey"], kpak=keys.kpak, receiver=self._receiver, now=now, replay=self.replay
+            )
+            _, initiator = split_tel_identifier(got.initiator_id)
+        except CryptoError as exc:
+            raise BadKeys(str(exc)) from exc
+        if initiator != msg["from"]:
+            raise BadKeys("the I_MESSAGE is signed by someone else")
+        key: bytes = got.srtp().policy_key
+        return key
+
+
+@attrs.define(eq=False)
+class TelCall:
+    """One secure call to the PBX: the UMSG session and the SIP leg's reports."""
+
+    tel: UmsgTel
+    call: Call
+    session: str
+    relay_host: str
+    relay_port: int
+    relay_tag: bytes = attrs.field(repr=False)
+    policy_key: bytes = attrs.field(repr=False)
+    bridged: bool = False
+    ended: bool = False
+
+    # TelLeg
+    def trying(self) -> None:
+        pass
+
+    def ringing(self) -> None:
+        if not self.ended:
+            self.tel.notify("ringing", session=self.session)
+
+    def answered(self) -> None:
+        if self.ended:
+            return
+        defer.ensureDeferred(self._bridge()).addErrback(self._bridge_failed)
+
+    def rejected(self, status: int = 480) -> None:
+        if self.ended:
+            return
+        if self.call.state not in ENDED:  # refused before the SIF sent anything
+            self.tel.calls.set_state(self.call, CallState.REJECT)
+            self.tel.calls.event(self.call, "failed")
+        self._end(SIP_CODES.get(status, "unavailable"), f"SIP {status}")
+
+    def hung_up(self) -> None:
+        if not self.ended:
+            self._end("normal", None)
+
+    # bridge
+    async def _bridge(self) -> None:
+        media = self.tel.sip.media_of(self.call)
+        pbx = pbx_media(media[1]) if media is not None else None
+        if media is None or pbx is None:
+            raise BadKeys("no usable SDP answer from the PBX")
+        await self.tel.bridge.call(
+            BridgeAdd,
+            call=self.session,
+            relay_host=self.relay_host,
+            relay_port=self.relay_port,
+            tag=self.relay_tag,
+            srtp_tx_key=self.policy_key,
+            srtp_rx_key=self.policy_key,
+            pbx_port=media[0] or 0,
+            pbx_host=pbx.host,
+            pbx_remote_port=pbx.port,
+            pbx_codec=pbx.codec,
+            pbx_dtmf_pt=pbx.dtmf_pt,
+        )
+        self.bridged = True
+        if self.ended:  # hung up while the bridge was being set up
+            self._remove_bridge()
+            return
+        self.tel.notify("talk", session=self.session)
+
+    def _bridge_failed(self, failure: Failure) -> None:
+        log.warn(
+            "no media bridge for session {session}: {why}",
+            session=self.session,
+            why=failure.getErrorMessage(),
+        )
+        if not self.ended:
+            self.tel.sip.hang_up(self.call)
+            self._end("bridge-failed", "no media bridge")
+
+    def _remove_bridge(self) -> None:
+        if not self.bridged:
+            return
+        self.bridged = False
+        defer.ensureDeferred(self._remove()).addErrback(
+            lambda f: log.warn(
+                "cannot remove bridge {session}: {why}",
+                session=self.session,
+                why=f.getErrorMessage(),
+            )
+        )
+
+    async def _remove(self) -> None:
+        await self.tel.bridge.call(BridgeRemove, call=self.session)
+
+    # ending
+    def _end(self, code: str, reason: str | None) -> None:
+        """The SIP side ended: hang up the secure side."""
+        self.ended = True
+        self.tel.active.pop(self.session, None)
+        self._remove_bridge()
+        fields: dict[str, Any] = {"session": self.session, "code": code}
+        if reason is not None:
+            fields["reason"] = reason
+        self.tel.notify("hangup", **fields)
+
+    def end_from_tel(self) -> None:
+        """The secure side hung up (or went away): end the SIP leg."""
+        if self.ended:
+            return
+        self.ended = True
+        self.tel.active.pop(self.session, None)
+        self._remove_bridge()
+        self.tel.sip.hang_up(self.call)
+        if self.call.state not in ENDED:  # nothing sent to the PBX yet
+            self.tel.calls.set_state(self.call, CallState.HANGUP)
+            self.tel.calls.event(self.call, "hangup")
+
+
+#: SIP statuses for UMSG error and hangup codes of calls to secure users.
+UMSG_STATUS = {
+    "not-found": 404,
+    "not-connected": 480,
+    "no-answer": 480,
+    "busy": 486,
+    "rejected": 603,
+    "glare": 486,
+}
+
+
+@attrs.define(eq=False)
+class OutLeg:
+    """A call from the PBX to a secure user: the UMSG side of the SIF's call."""
+
+    tel: UmsgTel
+    call: Call
+    leg: TelLeg
+    policy_key: bytes = attrs.field(repr=False)
+    request_id: int | None = None
+    session: str | None = None
+    relay_host: str = ""
+    relay_port: int = 0
+    relay_tag: bytes = attrs.field(default=b"", repr=False)
+    bridged: bool = False
+    answered: bool = False
+    ended: bool = False
+
+    def session_answer(self, msg: Message) -> None:
+        """The CRS answered our invite: ``session``, or an error."""
+        self.request_id = None
+        if msg.type != "session":
+            self.ended = True
+            self.tel.outgoing.pop(id(self.call), None)
+            self.leg.rejected(UMSG_STATUS.get(msg.get("code", ""), 480))
+            return
+        self.session = msg["session"]
+        self.call.callee_if_id = msg["session"]
+        self.relay_host, self.relay_port = msg["relay-host"], msg["relay-port"]
+        self.relay_tag = msg["relay-tag"]
+        if self.ended:  # the PBX hung up meanwhile
+            self.tel.notify("hangup", session=self.session, code="normal")
+            return
+        self.tel.active[msg["session"]] = self
+        self.leg.trying()
+
+    def incoming(self, msg: Message) -> None:
+        """``ringing``, ``talk`` or ``hangup`` from the secure user."""
+        if self.ended:
+            return
+        if msg.type == "ringing":
+            self.leg.ringing()
+        elif msg.type == "talk" and not self.answered:
+            self.answered = True
+            defer.ensureDeferred(self._bridge()).addErrback(self._bridge_failed)
+        elif msg.type == "hangup":
+            self.end_from_tel(msg.get("code", "normal"))
+
+    async def _bridge(self) -> None:
+        assert self.session is not None
+        media = self.tel.sip.media_of(self.call)
+        pbx = pbx_media(media[1]) if media is not None else None
+        if media is None or pbx is None:
+            raise BadKeys("no usable SDP from the PBX")
+        await self.tel.bridge.call(
+            BridgeAdd,
+            call=self.session,
+            relay_host=self.relay_host,
+            relay_port=self.relay_port,
+            tag=self.relay_tag,
+            srtp_tx_key=self.policy_key,
+            srtp_rx_key=self.policy_key,
+            pbx_port=media[0] or 0,
+            pbx_host=pbx.host,
+            pbx_remote_port=pbx.port,
+            pbx_codec=pbx.codec,
+            pbx_dtmf_pt=pbx.dtmf_pt,
+        )
+        self.bridged = True
+        if self.ended:
+            self._remove_bridge()
+            return
+        self.leg.answered()
+
+    def _bridge_failed(self, failure: Failure) -> None:
+        log.warn(
+            "no media bridge for session {session}: {why}",
+            session=self.session,
+            why=failure.getErrorMessage(),
+        )
+        if not self.ended:
+            self.hang_up("bridge-failed")
+            self.leg.rejected(503)
+
+    def _remove_bridge(self) -> None:
+        if not self.bridged or self.session is None:
+            return
+        self.bridged = False
+        session = self.session
+
+        async def remove() -> None:
+            await self.tel.bridge.call(BridgeRemove, call=session)
+
+        defer.ensureDeferred(remove()).addErrback(
+            lambda f: log.warn("cannot remove bridge {session}: {why}", session=session, why=f)
+        )
+
+    def end_from_tel(self, code: str = "normal") -> None:
+        """The secure user hung up (or the UIF went away): end the SIP leg."""
+        if self.ended:
+            return
+        self.ended = True
+        self.tel.outgoing.pop(id(self.call), None)
+        self._remove_bridge()
+        if self.session is not None:
+            self.tel.active.pop(self.session, None)
+        if self.answered:
+            self.leg.hung_up()
+        else:
+            self.leg.rejected(UMSG_STATUS.get(code, 480))
+
+    def hang_up(self, code: str = "normal") -> None:
+        """The PBX ended the call: hang up the secure side."""
+        if self.ended:
+            return
+        self.ended = True
+        self.tel.outgoing.pop(id(self.call), None)
+        self._remove_bridge()
+        if self.session is not None:
+            self.tel.active.pop(self.session, None)
+            self.tel.notify("hangup", session=self.session, code=code)
+
+
+@attrs.define(eq=False)
+class UmsgTel:
+    """The tel side of the CIG over its UIF session."""
+
+    material: KeyMaterial = attrs.field(repr=False)
+    clock: IReactorTime
+    session: Callable[[], ClientSession | None]
+    sip: SipSide
+    calls: CallTable
+    router: Router
+    bridge: BridgeLink
+    keys: Decapsulator = attrs.field()
+    active: dict[str, TelCall | OutLeg] = attrs.field(factory=dict)
+    pending: dict[int, OutLeg] = attrs.field(factory=dict)
+    outgoing: dict[int, OutLeg] = attrs.field(factory=dict)
+
+    @keys.default
+    def _keys(self) -> Decapsulator:
+        return Decapsulator(self.material)
+
+    def notify(self, type_: str, **fields: Any) -> None:
+        """Send a UMSG notification if attached (a detached session's calls are over)."""
+        session = self.session()
+        if session is not None and session.state == "attached":
+            session.notify(type_, **fields)
+
+    def handle(self, event: Event) -> None:
+        """One event of the UIF session."""
+        if isinstance(event, Answered) and event.id in self.pending:
+            self.pending.pop(event.id).session_answer(event.message)
+            return
+        if not isinstance(event, Incoming):
+            return
+        msg = event.message
+        if msg.type == "invite":
+            self._invite(msg)
+            return
+        found = self.active.get(msg.get("session", ""))
+        if isinstance(found, OutLeg):
+            found.incoming(msg)
+        elif found is not None and msg.type == "hangup":
+            found.end_from_tel()
+
+    def detached(self) -> None:
+        """The UIF connection ended: every call is over."""
+        for found in [*self.active.values(), *self.pending.values()]:
+            found.end_from_tel()
+        self.pending.clear()
+
+    # TelSide: calls from the PBX
+    def place_call(self, call: Call, leg: TelLeg) -> None:
+        """Invite C{call.out_to} with the CIG's own I_MESSAGE; the SIF hears on C{leg}."""
+        session = self.session()
+        if session is None or session.state != "attached":
+            leg.rejected(480)
+            return
+        to = base_uri(call.out_to)
+        now = self.clock.seconds()
+        period = period_of(now)
+        try:
+            keys = self.material.for_period(period)
+            built = mikey.build_i_message(
+                keys.signer(),
+                keys.public_key(),
+                tel_identifier(to, period),
+                now=now,
+                idrs=mikey.tel_idrs(self.material.uri, to),
+            )
+        except CryptoError as exc:
+            log.warn("cannot key a call to {to}: {why}", to=call.out_to, why=str(exc))
+            leg.rejected(500)
+            return
+        out = OutLeg(self, call, leg, built.srtp().policy_key)
+        out.request_id = session.request("invite", to=call.out_to, mikey=built.data)
+        self.pending[out.request_id] = out
+        self.outgoing[id(call)] = out
+
+    def hang_up(self, call: Call) -> None:
+        """The PBX ended a call to a secure user."""
+        out = self.outgoing.get(id(call))
+        if out is not None:
+            out.hang_up()
+
+    def send_message(self, call: Call, content_type: str, body: bytes) -> bool:
+        """SIP MESSAGE to secure users is not carried yet."""
+        return False
+
+    def _invite(self, msg: Message) -> None:
+        session = msg["session"]
+        call = Call(in_from=msg["from"], in_to=msg["to"], caller_if_id=session)
+        self.calls.event(call, "routing")
+        try:
+            policy_key = self.keys.policy_key(msg, self.clock.seconds())
+        except BadKeys as exc:
+            reason = f"MIKEY-SAKKE: {exc}"[:200]
+            log.warn("invite {session} refused: {why}", session=session, why=reason)
+            self._refuse(call, "bad-keys", reason)
+            return
+        try:
+            routed = self.router.route(TEL, call.in_from, call.in_to)
+        except RouteRefused as exc:
+            log.info("invite {session} not routed: {why}", session=session, why=exc.reason)
+            self._refuse(call, "not-found", exc.reason[:200])
+            return
+        call.out_from, call.out_to = routed.out_from, routed.out_to
+        self.calls.add(call)
+        self.calls.set_state(call, CallState.ROUTED)
+        self.calls.event(call, "routed")
+        leg = TelCall(
+            self,
+            call,
+            session,
+            msg["relay-host"],
+            msg["relay-port"],
+            msg["relay-tag"],
+            policy_key,
+        )
+        self.active[session] = leg
+        self.sip.place_call(call, leg)
+
+    def _refuse(self, call: Call, code: str, reason: str) -> None:
+        self.calls.add(call)
+        self.calls.set_state(call, CallState.REJECT)
+        self.calls.event(call, "failed")
+        self.notify("hangup", session=call.caller_if_id, code=code, reason=reason)
+
+
+class UifLike(Protocol):
+    """What :class:`UifCalls` needs of the :class:`~cryptify.cig.uif.Uif`."""
+
+    material: KeyMaterial | None
+
+    def session(self) -> ClientSession | None: ...
+
+
+@attrs.define(eq=False)
+class UifCalls:
+    """
+    The UIF's events to a :class:`UmsgTel` for its current key material
+    (``Uif.on_call_event``): a new keystore starts a new one, and the
+    connection ending ends every call.
+    """
+
+    clock: IReactorTime
+    uif: UifLike
+    sip: SipSide
+    calls: CallTable
+    router: Router
+    bridge: BridgeLink
+    tel: UmsgTel | None = None
+
+    def handle(self, event: Event) -> None:
+        """One event of the UIF's client."""
+        if isinstance(event, (ConnectionEnded, Disconnected)):
+            if self.tel is not None:
+                self.tel.detached()
+            return
+        material = self.uif.material
+        if material is None:
+            return
+        if self.tel is None or self.tel.material is not material:
+            if self.tel is not None:
+                self.tel.detached()
+            self.tel = UmsgTel(
+                material,
+                self.clock,
+                self.uif.session,
+                self.sip,
+                self.calls,
+                self.router,
+                self.bridge,
+            )
+        self.tel.handle(event)
+
+
+@attrs.define(eq=False)
+class TelSwitch:
+    """
+    The SIF's tel side: the UIF's :class:`UmsgTel` once it has one (key
+    material and an event from the CRS), else the stand-in ``stub``
+    (``--tel-stub``). A call is hung up on the side that placed it.
+    """
+
+    stub: TelSide
+    uif_calls: UifCalls | None = None
+    placed: weakref.WeakKeyDictionary[Call, TelSide] = attrs.field(
+        factory=weakref.WeakKeyDictionary
+    )
+
+    def side(self) -> TelSide:
+        """Where a new call goes."""
+        tel = self.uif_calls.tel if self.uif_calls is not None else None
+        return tel if tel is not None else self.stub
+
+    def place_call(self, call: Call, leg: TelLeg) -> None:
+        side = self.side()
+        self.placed[call] = side
+        side.place_call(call, leg)
+
+    def hang_up(self, call: Call) -> None:
+        side = self.placed.pop(call, None)
+        if side is not None:
+            side.hang_up(call)
+
+    def send_message(self, call: Call, content_type: str, body: bytes) -> bool:
+        return self.side().send_message(call, content_type, body)

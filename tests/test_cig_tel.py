@@ -1,0 +1,574 @@
+"""cryptify.cig.tel: secure calls into the PBX, with fakes for the SIF and cig-relay.
+
+A real client CallAgent (KMS-issued keys) places the call, so the CIG's
+side verifies and decapsulates a real I_MESSAGE; the SIF, the relay
+control link and the UIF session are in-memory doubles.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import attrs
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.protocols import amp
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.cig.calls import Call, CallState, CallTable, StubTelSide, TelLeg
+from cryptify.cig.route import Router
+from cryptify.cig.tel import PbxMedia, TelSwitch, UifCalls, UmsgTel, pbx_media
+from cryptify.client.calls import CallAgent
+from cryptify.client.connection import ConnectionEnded
+from cryptify.client.session import Answered, Attached, Incoming
+from cryptify.config import load_cig_config
+from cryptify.crypto.keymaterial import KIND_CIG
+from cryptify.protocols.bridge_control import BridgeAdd, BridgeError, BridgeRemove
+from cryptify.protocols.sip.message import Request, Response, parse_datagram, response_to
+from cryptify.protocols.sip.sdp import parse_sdp
+from cryptify.protocols.umsg import Message, message
+from tests.test_client_calls import _MATERIAL, attached, material
+from tests.test_sip_sif import RecordingLeg
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "config")
+CALLER, CIG, CALLEE = "tel:+461111", "tel:+8888", "tel:+8888;101"
+ANSWER = (
+    b"v=0\r\no=pbx 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\n"
+    b"m=audio 6000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+)
+
+_INVITES: dict[tuple[str, str], tuple[Message, bytes]] = {}
+
+
+def cig_material() -> Any:
+    """The CIG's key material, issued by the caller's KMS."""
+    material(CALLER)
+    if CIG not in _MATERIAL:
+        from cryptify.crypto.identity import period_of
+
+        _MATERIAL[CIG] = _MATERIAL["acme"].issue(CIG, period_of(time.time()), kind=KIND_CIG)
+    return _MATERIAL[CIG]
+
+
+class FakeSif:
+    """The SIF as the tel side sees it: records legs and hangups."""
+
+    def __init__(self) -> None:
+        self.legs: list[tuple[Call, TelLeg]] = []
+        self.hung_up: list[Call] = []
+        self.sdp = ANSWER
+
+    def place_call(self, call: Call, leg: TelLeg) -> None:
+        self.legs.append((call, leg))
+
+    def hang_up(self, call: Call) -> None:
+        self.hung_up.append(call)
+
+    def media_of(self, call: Call) -> tuple[int | None, bytes] | None:
+        return 1024, self.sdp
+
+
+class FakeBridge:
+    """The cig-relay control link: records commands, refuses BridgeAdd when told."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[type[amp.Command], dict[str, Any]]] = []
+        self.refuse = False
+
+    async def call(self, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]:
+        self.sent.append((command, kwargs))
+        if command is BridgeAdd and self.refuse:
+            raise BridgeError("port busy")
+        return {}
+
+
+class TelCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(time.time())
+        self.session, self.out = attached(CIG)
+        self.sif = FakeSif()
+        self.bridge = FakeBridge()
+        self.calls = CallTable(self.clock)
+        config = load_cig_config(os.path.join(FIXTURES, "cig-simple.conf"))
+        self.tel = UmsgTel(
+            cig_material(),
+            self.clock,
+            lambda: self.session,
+            self.sif,
+            self.calls,
+            Router(config),
+            self.bridge,
+        )
+        self.caller_session, self.caller_out = attached(CALLER)
+        self.caller = CallAgent(material(CALLER), time.time, self.caller_session)
+
+    def tearDown(self) -> None:
+        self.calls.stop()
+
+    def invite(self, to: str = CALLEE, frm: str = CALLER) -> Message:
+        """The invite the CRS would send the CIG for the caller's call to ``to``.
+
+        The I_MESSAGE of the usual call is built once per run (each test's
+        tel side has its own replay guard); its SRTP key is in L{_INVITES}.
+        """
+        if (to, frm) not in _INVITES:
+            call = self.caller.place(to)
+            sent = self.caller_out[-1]
+            invite = message(
+                "invite", session="s1", to=to, mikey=sent["mikey"],
+                **{"from": frm, "relay-host": "192.0.2.99", "relay-port": 146,
+                   "relay-tag": b"T" * 8},
+            )  # fmt: skip
+            _INVITES[to, frm] = (invite, call.policy_key)
+        return _INVITES[to, frm][0]
+
+    def types(self) -> list[str]:
+        return [m.type for m in self.out]
+
+
+class IncomingTests(TelCase):
+    """Invites from secure clients to the PBX."""
+
+    def test_full_call(self) -> None:
+        """invite -> SIP leg; ringing; 200 -> BridgeAdd with the SSV key, talk; BYE -> hangup."""
+        self.tel.handle(Incoming(self.invite()))
+        [(call, leg)] = self.sif.legs
+        self.assertEqual(
+            (call.in_from, call.in_to, call.out_from, call.out_to, call.state),
+            (CALLER, CALLEE, "sip:461111@secure.com", "sip:101@pbx.com", CallState.ROUTED),
+        )
+        self.assertEqual(call.caller_if_id, "s1")
+        leg.trying()
+        leg.ringing()
+        self.assertEqual(self.types(), ["ringing"])
+        leg.answered()
+        [(command, args)] = self.bridge.sent
+        self.assertIs(command, BridgeAdd)
+        key = _INVITES[CALLEE, CALLER][1]
+        self.assertEqual(
+            args,
+            {
+                "call": "s1",
+                "relay_host": "192.0.2.99",
+                "relay_port": 146,
+                "tag": b"T" * 8,
+                "srtp_tx_key": key,
+                "srtp_rx_key": key,
+                "pbx_port": 1024,
+                "pbx_host": "192.0.2.7",
+                "pbx_remote_port": 6000,
+                "pbx_codec": "PCMA",
+                "pbx_dtmf_pt": 101,
+            },
+        )
+        self.assertEqual(self.types(), ["ringing", "talk"])
+        leg.hung_up()
+        self.assertEqual(self.types(), ["ringing", "talk", "hangup"])
+        self.assertEqual((self.out[-1]["session"], self.out[-1]["code"]), ("s1", "normal"))
+        self.assertIs(self.bridge.sent[-1][0], BridgeRemove)
+        self.assertEqual(self.tel.active, {})
+
+    def test_hangup_from_secure_side(self) -> None:
+        """A UMSG hangup while talking ends the SIP leg and removes the bridge."""
+        self.tel.handle(Incoming(self.invite()))
+        [(call, leg)] = self.sif.legs
+        leg.answered()
+        self.tel.handle(Incoming(message("hangup", session="s1", code="normal", who="caller")))
+        self.assertEqual(self.sif.hung_up, [call])
+        self.assertEqual([c for c, _ in self.bridge.sent], [BridgeAdd, BridgeRemove])
+        leg.hung_up()  # the SIF's late report changes nothing
+        self.assertEqual(self.types(), ["talk"])
+
+    def test_hangup_before_answer(self) -> None:
+        """A UMSG hangup while ringing ends the SIP leg; no bridge was made."""
+        self.tel.handle(Incoming(self.invite()))
+        [(call, leg)] = self.sif.legs
+        leg.ringing()
+        self.tel.detached()
+        self.assertEqual(self.sif.hung_up, [call])
+        self.assertEqual(call.state, CallState.HANGUP)  # the fake SIF sent nothing
+        leg.answered()
+        self.assertEqual(self.bridge.sent, [])
+
+    def test_rejected_by_pbx(self) -> None:
+        """A SIP 486 becomes hangup busy; no bridge."""
+        self.tel.handle(Incoming(self.invite()))
+        [(call, leg)] = self.sif.legs
+        leg.rejected(486)
+        self.assertEqual((self.out[-1].type, self.out[-1]["code"]), ("hangup", "busy"))
+        self.assertEqual(call.state, CallState.REJECT)
+        self.assertEqual(self.bridge.sent, [])
+
+    def test_bridge_refused(self) -> None:
+        """A refused BridgeAdd hangs up both legs instead of talking."""
+        self.bridge.refuse = True
+        self.tel.handle(Incoming(self.invite()))
+        [(call, leg)] = self.sif.legs
+        leg.answered()
+        self.assertEqual(self.sif.hung_up, [call])
+        self.assertEqual((self.out[-1].type, self.out[-1]["code"]), ("hangup", "bridge-failed"))
+        self.assertEqual(len(self.bridge.sent), 1)
+        self.flushLoggedErrors()
+
+    def test_unusable_sdp_answer(self) -> None:
+        """A 200 without a usable SDP answer is hung up on both sides."""
+        self.sif.sdp = b"garbage"
+        self.tel.handle(Incoming(self.invite()))
+        [(call, leg)] = self.sif.legs
+        leg.answered()
+        self.assertEqual(self.sif.hung_up, [call])
+        self.assertEqual(self.bridge.sent, [])
+
+    def test_bad_keys(self) -> None:
+        """An I_MESSAGE signed by someone other than ``from`` is hung up bad-keys."""
+        self.tel.handle(Incoming(self.invite(frm="tel:+469999")))
+        self.assertEqual(self.sif.legs, [])
+        self.assertEqual((self.out[-1].type, self.out[-1]["code"]), ("hangup", "bad-keys"))
+        self.assertEqual(self.calls.calls[0].state, CallState.REJECT)
+
+    def test_replay(self) -> None:
+        """The same I_MESSAGE twice: the second is refused as a replay."""
+        msg = self.invite()
+        self.tel.handle(Incoming(msg))
+        self.tel.handle(Incoming(message("invite", **{**dict(msg.fields), "session": "s2"})))
+        self.assertEqual(len(self.sif.legs), 1)
+        self.assertEqual((self.out[-1].type, self.out[-1]["code"]), ("hangup", "bad-keys"))
+
+    def test_not_routed(self) -> None:
+        """An invite no extension map matches is hung up not-found and logged failed."""
+        self.tel.handle(Incoming(self.invite(to="tel:+8888")))
+        self.assertEqual(self.sif.legs, [])
+        self.assertEqual((self.out[-1].type, self.out[-1]["code"]), ("hangup", "not-found"))
+
+    def test_other_events_ignored(self) -> None:
+        """Non-invite events and hangups for unknown sessions do nothing."""
+        self.tel.handle(Attached(CIG, "crs", 0, "ping", 1000, 0))
+        self.tel.handle(Incoming(message("hangup", session="nope", code="normal", who="crs")))
+        self.assertEqual((self.out, self.sif.legs), ([], []))
+
+    def test_detached_session_sends_nothing(self) -> None:
+        """With the UIF session gone, the SIP leg's reports send nothing."""
+        self.tel.handle(Incoming(self.invite()))
+        [(_, leg)] = self.sif.legs
+        self.session.state = "closed"
+        leg.ringing()
+        self.assertEqual(self.out, [])
+
+
+class SdpTests(SynchronousTestCase):
+    """The PBX leg read from the SDP answer."""
+
+    def test_media(self) -> None:
+        """Address from c=, port, first G.711 codec and telephone-event type."""
+        self.assertEqual(pbx_media(ANSWER), PbxMedia("192.0.2.7", 6000, "PCMA", 101))
+
+    def test_unusable(self) -> None:
+        """Garbage, no audio or a refused stream give None."""
+        self.assertIsNone(pbx_media(b"x"))
+        self.assertIsNone(pbx_media(ANSWER.replace(b"audio 6000", b"audio 0")))
+
+
+class ThroughSifTests(TelCase):
+    """The tel side over the real SIF (fake channel): SIP messages, show call, session.log."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from cryptify.cig.calls import StubTelSide
+        from cryptify.cig.sif import Sif
+        from tests.test_sip_transaction import FakeChannel
+
+        config = load_cig_config(os.path.join(FIXTURES, "cig-simple.conf"))
+        self.real = Sif(config, self.clock, StubTelSide(), self.calls)
+        self.channel = FakeChannel()
+        self.real.channel_to = lambda address: self.channel
+        self.real.resolve = lambda host: succeed("192.0.2.50")
+        self.tel.sip = self.real
+        self.lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_file") == "session.log":
+                self.lines.append(event["line"].split(", ")[6])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def test_call_through_sif(self) -> None:
+        """INVITE to the PBX, 180 -> ringing, 200 -> BridgeAdd and talk, UMSG hangup -> BYE."""
+        self.tel.handle(Incoming(self.invite()))
+        invite = self.channel.messages()[-1]
+        assert isinstance(invite, Request)
+        self.assertEqual((invite.method, invite.uri), ("INVITE", "sip:101@pbx.com"))
+        offer = parse_sdp(invite.body).audio()
+        assert offer is not None
+        for status in (100, 180, 200):
+            extra: tuple[tuple[str, str], ...] = (("Contact", "<sip:101@192.0.2.50:5070>"),)
+            body = ANSWER if status == 200 else b""
+            if body:
+                extra += (("Content-Type", "application/sdp"),)
+            response = response_to(invite.headers, status, to_tag="pbx1", extra=extra, body=body)
+            self.real.message_received(response, self.channel)
+        self.assertEqual(self.types(), ["ringing", "talk"])
+        add = self.bridge.sent[0][1]
+        self.assertEqual(
+            (add["pbx_port"], add["pbx_host"], add["pbx_remote_port"], add["pbx_codec"]),
+            (offer.port, "192.0.2.7", 6000, "PCMA"),
+        )
+        self.assertEqual(self.calls.rows()[0][4], "ANSWER")
+        self.tel.handle(Incoming(message("hangup", session="s1", code="normal", who="caller")))
+        bye = self.channel.messages()[-1]
+        assert isinstance(bye, Request)
+        self.assertEqual(bye.method, "BYE")
+        self.assertIs(self.bridge.sent[-1][0], BridgeRemove)
+        self.assertEqual(self.calls.rows()[0][4], "HANGUP")
+        self.assertEqual(self.lines, ["routing", "routed", "trying", "ringing", "talk", "hangup"])
+        self.real.stop()
+
+    def test_call_from_pbx_through_sif(self) -> None:
+        """PBX INVITE -> UMSG invite; talk -> BridgeAdd from the PBX's offer, then 200."""
+        from tests.test_sip_sif import invite as sip_invite
+
+        self.real.tel = TelSwitch(StubTelSide(), self.tel_calls())
+        self.real.message_received(parse_datagram(sip_invite()), self.channel)
+        sent = self.out[-1]
+        self.assertEqual((sent.type, sent["to"]), ("invite", "tel:+4670123456"))
+        relay = {"relay-host": "192.0.2.99", "relay-port": 146, "relay-tag": b"C" * 8}
+        self.tel.handle(
+            Answered(sent["id"], message("session", id=sent["id"], session="s9", **relay))
+        )
+        self.tel.handle(Incoming(message("ringing", session="s9")))
+        self.tel.handle(Incoming(message("talk", session="s9")))
+        statuses = [m.status for m in self.channel.messages() if isinstance(m, Response)]
+        self.assertEqual(statuses, [100, 180, 200])
+        answer = parse_sdp(self.channel.messages()[-1].body).audio()
+        assert answer is not None
+        add = self.bridge.sent[0][1]
+        self.assertEqual(
+            (add["pbx_port"], add["pbx_host"], add["pbx_remote_port"], add["pbx_codec"]),
+            (answer.port, "192.0.2.1", 6000, "PCMA"),
+        )
+        self.assertEqual(self.calls.rows()[0][4], "ANSWER")
+        self.tel.handle(Incoming(message("hangup", session="s9", code="normal", who="callee")))
+        self.assertEqual(self.channel.messages()[-1].method, "BYE")  # type: ignore[union-attr]
+        self.assertIs(self.bridge.sent[-1][0], BridgeRemove)
+        self.real.stop()
+
+    def tel_calls(self) -> UifCalls:
+        """A UifCalls whose current UmsgTel is this test's."""
+        config = load_cig_config(os.path.join(FIXTURES, "cig-simple.conf"))
+        found = UifCalls(
+            self.clock, FakeUif(self.session), self.real, self.calls, Router(config), self.bridge
+        )
+        found.tel = self.tel
+        return found
+
+
+class FakeUif:
+    """The UIF as UifCalls sees it: key material and a session."""
+
+    def __init__(self, session: Any) -> None:
+        self.material: Any = None
+        self._session = session
+
+    def session(self) -> Any:
+        return self._session
+
+
+class UifCallsTests(TelCase):
+    """UifCalls: the UIF's events to a UmsgTel for the current key material."""
+
+    def make(self) -> tuple[UifCalls, FakeUif]:
+        uif = FakeUif(self.session)
+        config = load_cig_config(os.path.join(FIXTURES, "cig-simple.conf"))
+        return UifCalls(self.clock, uif, self.sif, self.calls, Router(config), self.bridge), uif
+
+    def test_without_keys_ignored(self) -> None:
+        """Without key material invites are not answered at all."""
+        calls, _ = self.make()
+        calls.handle(Incoming(self.invite()))
+        self.assertEqual((calls.tel, self.sif.legs, self.out), (None, [], []))
+
+    def test_invite_then_connection_ends(self) -> None:
+        """An invite reaches the SIF; the connection ending hangs the SIP leg up."""
+        calls, uif = self.make()
+        uif.material = cig_material()
+        calls.handle(Incoming(self.invite()))
+        [(call, _)] = self.sif.legs
+        calls.handle(ConnectionEnded("lost"))
+        self.assertEqual(self.sif.hung_up, [call])
+
+    def test_new_keys_new_tel(self) -> None:
+        """New key material replaces the UmsgTel, ending the old one's calls."""
+        calls, uif = self.make()
+        uif.material = cig_material()
+        calls.handle(Incoming(self.invite()))
+        first = calls.tel
+        uif.material = attrs.evolve(cig_material())
+        calls.handle(Attached(CIG, "crs", 0, "ping", 1000, 0))
+        self.assertIsNot(calls.tel, first)
+        self.assertEqual(len(self.sif.hung_up), 1)
+
+
+class WiringTests(SynchronousTestCase):
+    """The UIF forwards its events, and the cig plugin wires them to UifCalls."""
+
+    def test_uif_forwards_events(self) -> None:
+        """Uif.on_call_event gets the client's events; session() is the live session."""
+        from cryptify.cig.uif import Uif, store_blob
+        from tests.test_client import _Connector
+        from tests.umsg_support import World
+
+        world = World.make()
+        keystore = os.path.join(self.mktemp(), "userdata")
+        store_blob(keystore, cig_material().to_blob())
+        connector = _Connector(world)
+        uif = Uif(
+            world.clock,
+            keystore,
+            "crs.test",
+            5223,
+            connector,
+            lambda m: world.client_session(m.uri),
+        )
+        self.assertIsNone(uif.session())
+        events: list[Any] = []
+        uif.on_call_event = events.append
+        uif.startService()
+        self.assertIsInstance(events[0], Attached)
+        session = uif.session()
+        assert session is not None
+        self.assertEqual(session.state, "attached")
+        done = uif.stopService()
+        connector.flush()
+        self.successResultOf(done)
+
+    def test_plugin_wires_uif_calls(self) -> None:
+        """make_cig_service points the UIF's call events at a UifCalls on the real SIF."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from cryptify.cig.uif import Uif
+        from cryptify.plugins.cig import dev_cig_config, make_cig_service
+
+        root = make_cig_service(dev_cig_config(self.mktemp()), MemoryReactorClock())
+        [uif] = [s for s in root if isinstance(s, Uif)]
+        handler = uif.on_call_event
+        self.assertIsNotNone(handler)
+        uif_calls = getattr(handler, "__self__", None)
+        self.assertIsInstance(uif_calls, UifCalls)
+        switch = uif_calls.sip.tel  # type: ignore[union-attr]
+        self.assertIsInstance(switch, TelSwitch)
+        self.assertIs(switch.uif_calls, uif_calls)
+
+
+class FromPbxTests(TelCase):
+    """Calls from the PBX to secure users: the CIG's own I_MESSAGE, UMSG invite."""
+
+    def place(self) -> tuple[Call, RecordingLeg, Message]:
+        """The SIF hands the tel side a routed call to the caller's number."""
+        call = Call("sip:101@pbx.com", "sip:9461111@secure.com", "tel:+101", CALLER)
+        leg = RecordingLeg()
+        self.tel.place_call(call, leg)
+        return call, leg, self.out[-1]
+
+    def session_answer(self, sent: Message) -> None:
+        """The CRS answers the invite with a relay session."""
+        relay = {"relay-host": "192.0.2.99", "relay-port": 146, "relay-tag": b"C" * 8}
+        answer = message("session", id=sent["id"], session="s9", **relay)
+        self.tel.handle(Answered(sent["id"], answer))
+
+    def test_full_call(self) -> None:
+        """invite (the client decapsulates it) -> session, ringing, talk -> BridgeAdd; BYE."""
+        call, leg, sent = self.place()
+        self.assertEqual((sent.type, sent["to"]), ("invite", CALLER))
+        incoming = message(
+            "invite", session="s9", to=CALLER, mikey=sent["mikey"],
+            **{"from": CIG, "relay-host": "192.0.2.99", "relay-port": 146,
+               "relay-tag": b"B" * 8},
+        )  # fmt: skip
+        [event] = self.caller.handle(Incoming(incoming))
+        self.assertEqual(event.kind, "incoming")
+        self.session_answer(sent)
+        self.assertEqual(call.callee_if_id, "s9")
+        self.tel.handle(Incoming(message("ringing", session="s9")))
+        self.tel.handle(Incoming(message("talk", session="s9")))
+        self.assertEqual(leg.events, ["trying", "ringing", "answered"])
+        [(command, args)] = self.bridge.sent
+        self.assertIs(command, BridgeAdd)
+        self.assertEqual(args["srtp_tx_key"], event.call.policy_key)
+        self.assertEqual(
+            (args["call"], args["tag"], args["pbx_host"]), ("s9", b"C" * 8, "192.0.2.7")
+        )
+        self.tel.hang_up(call)
+        self.assertEqual((self.out[-1].type, self.out[-1]["session"]), ("hangup", "s9"))
+        self.assertIs(self.bridge.sent[-1][0], BridgeRemove)
+        self.assertEqual((self.tel.active, self.tel.outgoing), ({}, {}))
+
+    def test_not_attached(self) -> None:
+        """Without an attached session the call is refused 480 at once."""
+        self.session.state = "closed"
+        call = Call("sip:101@pbx.com", "sip:9461111@secure.com", "tel:+101", CALLER)
+        leg = RecordingLeg()
+        self.tel.place_call(call, leg)
+        self.assertEqual(leg.events, ["rejected 480"])
+
+    def test_crs_error(self) -> None:
+        """An error answer to the invite rejects the SIP call with a matching status."""
+        _, leg, sent = self.place()
+        self.tel.handle(Answered(sent["id"], message("error", id=sent["id"], code="not-found")))
+        self.assertEqual(leg.events, ["rejected 404"])
+
+    def test_declined_by_user(self) -> None:
+        """A hangup ``rejected`` while ringing rejects the SIP call 603."""
+        _, leg, sent = self.place()
+        self.session_answer(sent)
+        self.tel.handle(Incoming(message("hangup", session="s9", code="rejected", who="callee")))
+        self.assertEqual(leg.events, ["trying", "rejected 603"])
+
+    def test_pbx_hangs_up_before_session(self) -> None:
+        """A CANCEL before the CRS answers: the session is hung up when it arrives."""
+        call, leg, sent = self.place()
+        self.tel.hang_up(call)
+        self.session_answer(sent)
+        self.assertEqual((self.out[-1].type, self.out[-1]["session"]), ("hangup", "s9"))
+        self.assertEqual(leg.events, [])
+
+    def test_connection_lost(self) -> None:
+        """The UIF connection ending hangs up answered calls and rejects pending ones."""
+        _, leg, sent = self.place()
+        self.session_answer(sent)
+        self.tel.handle(Incoming(message("talk", session="s9")))
+        _, leg2, _ = self.place()
+        self.tel.detached()
+        self.assertEqual(leg.events[-1], "hung up")
+        self.assertEqual(leg2.events, ["rejected 480"])
+        self.assertEqual(self.tel.send_message(Call("a", "b"), "text/plain", b"x"), False)
+
+
+class TelSwitchTests(SynchronousTestCase):
+    """TelSwitch: the stub until the UIF has a UmsgTel; hangups go where the call went."""
+
+    def test_stub_then_uif(self) -> None:
+        """Without a UmsgTel calls go to the stub, and are hung up there."""
+        stub = StubTelSide("ring")
+        switch = TelSwitch(stub)
+        call = Call("sip:a@b", "sip:c@d")
+        switch.place_call(call, RecordingLeg())
+        switch.hang_up(call)
+        switch.hang_up(call)
+        self.assertEqual((len(stub.legs), stub.hung_up), (1, [call]))
+        self.assertTrue(switch.send_message(call, "text/plain", b"x"))
+        self.assertEqual(stub.messages, [(call, "text/plain", b"x")])
+        holder = FakeUifCalls()
+        switch.uif_calls = holder  # type: ignore[assignment]
+        self.assertIs(switch.side(), stub)
+        holder.tel = other = StubTelSide("answer")
+        self.assertIs(switch.side(), other)
+
+
+class FakeUifCalls:
+    """A UifCalls stand-in: only its current tel side."""
+
+    tel: Any = None
