@@ -114,6 +114,30 @@ def pbx_media(sdp: bytes) -> PbxMedia | None:
     return PbxMedia(host, audio.port, codec, dtmf)
 
 
+async def add_bridge(leg: Any) -> None:
+    """Ask cig-relay to bridge a call: the secure leg through the CRS relay
+    (its host, port and tag, the SRTP key from the SSV) and the PBX leg from
+    the PBX's SDP.  ``leg`` is a :class:`TelCall` or an :class:`OutLeg`."""
+    media = leg.tel.sip.media_of(leg.call)
+    pbx = pbx_media(media[1]) if media is not None else None
+    if media is None or pbx is None:
+        raise BadKeys("no usable SDP from the PBX")
+    await leg.tel.bridge.call(
+        BridgeAdd,
+        call=leg.session,
+        relay_host=leg.relay_host,
+        relay_port=leg.relay_port,
+        tag=leg.relay_tag,
+        srtp_tx_key=leg.policy_key,
+        srtp_rx_key=leg.policy_key,
+        pbx_port=media[0] or 0,
+        pbx_host=pbx.host,
+        pbx_remote_port=pbx.port,
+        pbx_codec=pbx.codec,
+        pbx_dtmf_pt=pbx.dtmf_pt,
+    )
+
+
 @attrs.define(eq=False)
 class Decapsulator:
     """Verifies and decapsulates invites with the CIG's key material."""
@@ -195,24 +219,7 @@ class TelCall:
 
     # bridge
     async def _bridge(self) -> None:
-        media = self.tel.sip.media_of(self.call)
-        pbx = pbx_media(media[1]) if media is not None else None
-        if media is None or pbx is None:
-            raise BadKeys("no usable SDP answer from the PBX")
-        await self.tel.bridge.call(
-            BridgeAdd,
-            call=self.session,
-            relay_host=self.relay_host,
-            relay_port=self.relay_port,
-            tag=self.relay_tag,
-            srtp_tx_key=self.policy_key,
-            srtp_rx_key=self.policy_key,
-            pbx_port=media[0] or 0,
-            pbx_host=pbx.host,
-            pbx_remote_port=pbx.port,
-            pbx_codec=pbx.codec,
-            pbx_dtmf_pt=pbx.dtmf_pt,
-        )
+        await add_bridge(self)
         self.bridged = True
         if self.ended:  # hung up while the bridge was being set up
             self._remove_bridge()
@@ -328,24 +335,7 @@ class OutLeg:
 
     async def _bridge(self) -> None:
         assert self.session is not None
-        media = self.tel.sip.media_of(self.call)
-        pbx = pbx_media(media[1]) if media is not None else None
-        if media is None or pbx is None:
-            raise BadKeys("no usable SDP from the PBX")
-        await self.tel.bridge.call(
-            BridgeAdd,
-            call=self.session,
-            relay_host=self.relay_host,
-            relay_port=self.relay_port,
-            tag=self.relay_tag,
-            srtp_tx_key=self.policy_key,
-            srtp_rx_key=self.policy_key,
-            pbx_port=media[0] or 0,
-            pbx_host=pbx.host,
-            pbx_remote_port=pbx.port,
-            pbx_codec=pbx.codec,
-            pbx_dtmf_pt=pbx.dtmf_pt,
-        )
+        await add_bridge(self)
         self.bridged = True
         if self.ended:
             self._remove_bridge()
