@@ -84,6 +84,50 @@ class BenchCrs:
             check=True,
         ).stdout
 
+    def pairs(self, count: int, first: str, second: str) -> list[list[str]]:
+        """``count`` pairs of users (numbers ``first`` and ``second`` + n), with key blobs."""
+        result = []
+        for n in range(count):
+            a, b = f"tel:+{first}{n:06d}", f"tel:+{second}{n:06d}"
+            result.append(
+                [
+                    a,
+                    b,
+                    self.kms.issue(a, self.period).to_blob(),
+                    self.kms.issue(b, self.period).to_blob(),
+                ]
+            )
+        return result
+
+    def spawn_workers(
+        self, script: str, count: int, pairs: list[list[str]], settings: dict[str, object]
+    ) -> list[subprocess.Popen[str]]:
+        """Start ``count`` generator processes (``script --worker SPEC``) sharing
+        ``pairs``; return once every one has attached and warmed up."""
+        import json
+
+        workers = []
+        for w in range(count):
+            spec = {
+                "ca": self.ca,
+                "port": self.port,
+                "period": self.period,
+                "pairs": pairs[w::count],
+                "started": os.path.join(self.dir, f"worker{w}.started"),
+                **settings,
+            }
+            path = os.path.join(self.dir, f"worker{w}.json")
+            with open(path, "w") as f:
+                json.dump(spec, f)
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, script, "--worker", path], stdout=subprocess.PIPE, text=True
+                )
+            )
+        started = [os.path.join(self.dir, f"worker{w}.started") for w in range(count)]
+        wait_for(lambda: all(os.path.exists(p) for p in started), "generators", 600)
+        return workers
+
     def stop(self) -> None:
         import shutil
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any
@@ -40,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 BIN = os.path.dirname(sys.executable)
 
-from bench._procs import BenchCrs, proc_cpu, wait_for  # noqa: E402
+from bench._procs import BenchCrs, proc_cpu  # noqa: E402
 
 # ---------------------------------------------------------------- worker
 
@@ -149,46 +148,15 @@ def main() -> None:
         return
 
     bench = BenchCrs("callsbench-")
-    d, port, period, kms = bench.dir, bench.port, bench.period, bench.kms
     crs = bench.crs
     try:
-        pairs = []
-        for n in range(args.pairs):
-            caller, callee = f"tel:+4680{n:06d}", f"tel:+4681{n:06d}"
-            pairs.append(
-                [
-                    caller,
-                    callee,
-                    kms.issue(caller, period).to_blob(),
-                    kms.issue(callee, period).to_blob(),
-                ]
-            )
-        workers = []
-        for w in range(args.workers):
-            spec = {
-                "ca": f"{d}/data/tls/crs.crt",
-                "port": port,
-                "period": period,
-                "pairs": pairs[w :: args.workers],
-                "seconds": args.seconds,
-                "warmup": args.warmup,
-                "started": os.path.join(d, f"worker{w}.started"),
-            }
-            path = os.path.join(d, f"worker{w}.json")
-            with open(path, "w") as f:
-                json.dump(spec, f)
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, __file__, "--worker", path],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
+        pairs = bench.pairs(args.pairs, "4680", "4681")
         # the window starts after attach + warm-up in each worker; sample CPU
         # around the same window from the outside (approximately).
+        workers = bench.spawn_workers(
+            __file__, args.workers, pairs, {"seconds": args.seconds, "warmup": args.warmup}
+        )
         results = []
-        started = [os.path.join(d, f"worker{w}.started") for w in range(args.workers)]
-        wait_for(lambda: all(os.path.exists(p) for p in started), "generators", 600)
         crs_cpu0, relay_cpu0, t0 = proc_cpu(crs.pid), proc_cpu(bench.relay.pid), time.monotonic()
         time.sleep(args.seconds * 0.9)
         crs_cpu1, relay_cpu1, t1 = proc_cpu(crs.pid), proc_cpu(bench.relay.pid), time.monotonic()

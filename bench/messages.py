@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import struct
-import subprocess
 import sys
 import time
 from typing import Any
@@ -41,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 BIN = os.path.dirname(sys.executable)
 
-from bench._procs import BenchCrs, proc_cpu, wait_for  # noqa: E402
+from bench._procs import BenchCrs, proc_cpu  # noqa: E402
 
 # ---------------------------------------------------------------- worker
 
@@ -153,48 +152,23 @@ def main() -> None:
         return
 
     bench = BenchCrs("msgbench-")
-    d, port, period, kms = bench.dir, bench.port, bench.period, bench.kms
     crs = bench.crs
     try:
-        pairs = []
-        for n in range(args.pairs):
-            sender, recipient = f"tel:+4682{n:06d}", f"tel:+4683{n:06d}"
-            pairs.append(
-                [
-                    sender,
-                    recipient,
-                    kms.issue(sender, period).to_blob(),
-                    kms.issue(recipient, period).to_blob(),
-                ]
-            )
-        workers = []
-        for w in range(args.workers):
-            spec = {
-                "ca": f"{d}/data/tls/crs.crt",
-                "port": port,
-                "period": period,
-                "pairs": pairs[w :: args.workers],
+        pairs = bench.pairs(args.pairs, "4682", "4683")
+        # the window starts after attach + warm-up in each worker; sample CPU
+        # around the same window from the outside (approximately).
+        workers = bench.spawn_workers(
+            __file__,
+            args.workers,
+            pairs,
+            {
                 "seconds": args.seconds,
                 "warmup": args.warmup,
                 "depth": args.depth,
                 "size": args.size,
-                "started": os.path.join(d, f"worker{w}.started"),
-            }
-            path = os.path.join(d, f"worker{w}.json")
-            with open(path, "w") as f:
-                json.dump(spec, f)
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, __file__, "--worker", path],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
-        # the window starts after attach + warm-up in each worker; sample CPU
-        # around the same window from the outside (approximately).
+            },
+        )
         results = []
-        started = [os.path.join(d, f"worker{w}.started") for w in range(args.workers)]
-        wait_for(lambda: all(os.path.exists(p) for p in started), "generators", 600)
         crs_cpu0, t0 = proc_cpu(crs.pid), time.monotonic()
         time.sleep(args.seconds * 0.9)
         crs_cpu1, t1 = proc_cpu(crs.pid), time.monotonic()
