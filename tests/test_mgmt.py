@@ -27,7 +27,7 @@ from cryptify.protocols.mgmt import (
     ensure_cookie,
     read_cookie,
 )
-from cryptify.protocols.mgmtcli import render_table
+from cryptify.protocols.mgmtcli import printable, render_table
 
 
 def pair(locator: amp.CommandLocator, cookie: str | None = None) -> tuple[Any, Any, Any]:
@@ -119,8 +119,9 @@ class TableTests(SynchronousTestCase):
         self.assertTrue(all(line.isprintable() for line in lines))
         offset = lines[0].index("B")
         for line, row in zip(lines[1:], rows, strict=True):
-            if row[1] and len(line) > offset:
-                self.assertNotEqual(line[offset - 1], "?" if False else "\n")
+            # the first cell, padded, then two spaces: B starts where the header's does
+            expected = printable(row[0]).ljust(offset - 2) + "  "
+            self.assertEqual(line.ljust(offset)[:offset], expected)
 
 
 class CigAdminTests(SynchronousTestCase):
