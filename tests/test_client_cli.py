@@ -30,7 +30,7 @@ class ArgumentTests(SynchronousTestCase):
             self.assertIn(action, out)
 
     def test_usage_errors(self) -> None:
-        """Missing URI or --keys, bad --duration/--tone, --play with --tone: usage, exit 2."""
+        """Missing URI or --keys, bad --duration/--tone/--dtmf, --play with --tone: usage, exit 2."""
         common = ("--keys", "k", "--server", "h:1", "--insecure")
         for argv in (
             ("call", *common),
@@ -43,6 +43,9 @@ class ArgumentTests(SynchronousTestCase):
             ("send", "tel:+1", *common),
             ("send", "tel:+1", "hi", "--keys", "k", "--server", "nohost"),
             ("call", "tel:+1", *common, "--ca", "x"),
+            ("call", "tel:+1", *common, "--dtmf", "12x"),
+            ("call", "tel:+1", *common, "--dtmf", ""),
+            ("answer", *common, "--dtmf", "1"),
         ):
             status, _, err = self.run_cli(*argv)
             self.assertEqual(status, 2, argv)

@@ -138,6 +138,59 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(media.Recorder().samples().tolist(), [])
 
 
+class DtmfTests(SynchronousTestCase):
+    """RFC 4733 digits sent in place of audio frames, and received once each."""
+
+    def test_digits_cross(self) -> None:
+        """Two digits: 5 event packets each (the end one three times), one timestamp
+        per digit, durations growing; sequence numbers run on; the far side
+        counts each digit once and records the audio between them."""
+        caller, callee = pair()
+        caller.send_dtmf("1#")
+        sent: list[media.RtpPacket] = []
+        for _ in range(20):
+            for datagram in caller.next_datagrams():
+                callee.datagram_received(relayed(datagram))
+                sent.append(self._clear(datagram))
+        events = [p for p in sent if p.payload_type == media.PT_TELEPHONE_EVENT]
+        self.assertEqual(len(events), 2 * (media.DTMF_FRAMES - 1 + media.DTMF_END_REPEATS))
+        self.assertEqual(len({p.timestamp for p in events}), 2)
+        first = events[: media.DTMF_FRAMES - 1 + media.DTMF_END_REPEATS]
+        parsed = [media.parse_event(p.payload) for p in first]
+        self.assertEqual([e.duration for e in parsed], [160, 320, 480, 640, 800, 800, 800])
+        self.assertEqual([e.end for e in parsed], [False] * 4 + [True] * 3)
+        self.assertEqual([p.marker for p in first], [True] + [False] * 6)
+        self.assertEqual({e.digit for e in parsed}, {"1"})
+        seqs = [p.sequence for p in sent]
+        self.assertEqual(seqs, [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))])
+        self.assertEqual(callee.dtmf_received.digits, ["1", "#"])
+        audio_frames = [p for p in sent if p.payload_type == media.PT_PCMU]
+        self.assertEqual(len(audio_frames), 20 - 2 * media.DTMF_FRAMES)
+
+    def _clear(self, datagram: bytes) -> media.RtpPacket:
+        rx = media.srtp_sessions(KEY)[1]
+        packet = media.rtp_decode(rx.unprotect(relayed(datagram)))
+        assert packet is not None
+        return packet
+
+    def test_refused_digits(self) -> None:
+        """Not a digit, or too many waiting: ValueError, nothing queued."""
+        caller, _ = pair()
+        with self.assertRaises(ValueError):
+            caller.send_dtmf("12x")
+        with self.assertRaises(ValueError):
+            caller.send_dtmf("1" * (media.MAX_DTMF_QUEUE + 1))
+        self.assertEqual(caller.dtmf.queue, [])
+
+    @given(st.binary(max_size=8), st.integers(0, 2**32 - 1))
+    def test_any_event_payload(self, payload: bytes, timestamp: int) -> None:
+        """Any telephone-event payload is taken or refused, never raises."""
+        receiver = media.DtmfReceiver()
+        packet = media.RtpPacket(media.PT_TELEPHONE_EVENT, 0, timestamp, 1, payload)
+        if receiver.add(packet):
+            self.assertEqual(len(receiver.digits), 1)
+
+
 class _Port:
     """A fake UDP port: records writes."""
 

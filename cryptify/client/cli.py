@@ -8,7 +8,8 @@ line per event until Ctrl-C or SIGTERM (then it detaches).
 ``call URI`` places a call (a real MIKEY-SAKKE I_MESSAGE, SRTP through the
 relay) playing and recording WAV files; ``answer`` takes the next call;
 ``listen`` prints incoming messages and calls (and answers them with
-``--auto-answer``); ``send URI TEXT`` posts a message.  ``docs/client.md``
+``--auto-answer``); ``send URI TEXT`` posts a message.  Digits the other
+side sends as telephone-events are printed when a call ends.  ``docs/client.md``
 describes them.
 """
 
@@ -30,6 +31,7 @@ from cryptify import __version__
 from cryptify.client.audio import AudioError, read_wav, tone, write_wav
 from cryptify.client.calls import END, INCOMING, TALK, Call, CallError, CallEvent
 from cryptify.client.connection import AttachingClient, ConnectionEnded, Event
+from cryptify.client.media import MAX_DTMF_QUEUE
 from cryptify.client.messages import Posted, Receipt, Received
 from cryptify.client.phone import Phone, PhoneEvent
 from cryptify.client.session import (
@@ -43,6 +45,7 @@ from cryptify.client.session import (
 )
 from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.keymaterial import KeyMaterial, load_key_material
+from cryptify.protocols.rtp import DTMF_DIGITS
 from cryptify.protocols.tls import TLSConfigError, client_context_factory
 from cryptify.protocols.umsg import Message
 
@@ -57,9 +60,10 @@ actions:
   attach --keys FILE --server HOST:PORT [--ca FILE | --insecure] [--app VERSION]
                 attach to a CRS and stay attached (Ctrl-C or SIGTERM detaches)
   call URI {COMMON}
-       [--play F.wav | --tone HZ] [--record F.wav] [--duration S]
+       [--play F.wav | --tone HZ] [--record F.wav] [--duration S] [--dtmf DIGITS]
                 call URI, talk for S seconds (default: the --play file's
-                length, else 10), hang up; exits when either side hangs up
+                length, else 10), hang up; exits when either side hangs up;
+                --dtmf sends the digits (RFC 4733) half a second into the call
   answer {COMMON}
        [--play F.wav | --tone HZ] [--record F.wav] [--duration S]
                 wait for the next call, answer it, stay until it ends
@@ -226,6 +230,10 @@ def _ended(call: Call) -> Callable[[PhoneEvent], bool]:
 
 
 def _save(args: argparse.Namespace, phone: Phone, call: Call, out: IO[str], n: int = 1) -> None:
+    digits = phone.dtmf_received(call)
+    if digits:
+        out.write(f"dtmf received: {digits}\n")
+        out.flush()
     if not args.record:
         return
     path = args.record
@@ -261,12 +269,26 @@ async def call_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int
         first = await answered
         if first.kind == END:
             return 1
+        if args.dtmf:
+            reactor.callLater(DTMF_DELAY, _send_dtmf, phone, call, args.dtmf, out)
         if await _within(reactor, ended, args.duration) is None:
             phone.hangup(call)
         _save(args, phone, call, out)
         return 0
     finally:
         await phone.stop()
+
+
+#: Seconds after talk before ``call --dtmf`` sends its digits.
+DTMF_DELAY = 0.5
+
+
+def _send_dtmf(phone: Phone, call: Call, digits: str, out: IO[str]) -> None:
+    if call.state != "talk":
+        return
+    phone.send_dtmf(call, digits)
+    out.write(f"dtmf sent: {digits}\n")
+    out.flush()
 
 
 async def answer_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
@@ -366,6 +388,15 @@ def _hertz(text: str) -> float:
     return value
 
 
+def _digits(text: str) -> str:
+    text = text.upper()
+    if not text or len(text) > MAX_DTMF_QUEUE or any(c not in DTMF_DIGITS for c in text):
+        raise argparse.ArgumentTypeError(
+            f"expected 1-{MAX_DTMF_QUEUE} DTMF digits (0-9 * # A-D), got {text!r}"
+        )
+    return text
+
+
 def _audio(parser: argparse.ArgumentParser, duration: bool = True) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--play", metavar="F.wav", help="WAV file to send (then silence)")
@@ -384,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("uri", help="tel:+NUMBER to call")
     _common(call)
     _audio(call)
+    call.add_argument("--dtmf", metavar="DIGITS", type=_digits, help="send DTMF once talking")
     answer = sub.add_parser("answer", help="answer the next call")
     _common(answer)
     _audio(answer)

@@ -38,7 +38,7 @@ from twisted.internet.task import LoopingCall
 
 from cryptify.client.audio import ULAW_SILENCE, ulaw_decode, ulaw_encode
 from cryptify.protocols import relay_packet
-from cryptify.protocols.rtp import RtpPacket, parse_rtp
+from cryptify.protocols.rtp import DTMF_DIGITS, RtpPacket, TelephoneEvent, parse_event, parse_rtp
 
 #: Samples (and u-law octets) in one 20 ms frame.
 FRAME_SAMPLES = 160
@@ -52,6 +52,18 @@ RTP_PACKET_SIZE = 12 + FRAME_SAMPLES
 MAX_CATCH_UP = 5
 #: Most frames a recording keeps (one hour).
 MAX_RECORDED_FRAMES = 3600 * 50
+#: RTP payload type of RFC 4733 telephone-events (the CIG bridge's default).
+PT_TELEPHONE_EVENT = 101
+#: Frames one DTMF digit lasts (100 ms), then frames of audio before the next.
+DTMF_FRAMES = 5
+DTMF_GAP_FRAMES = 3
+#: Times the end packet of a digit is sent (RFC 4733 2.5.1.4).
+DTMF_END_REPEATS = 3
+#: Volume of the digits we send (-10 dBm0).
+DTMF_VOLUME = 10
+#: Most digits waiting to be sent, and most received digits kept.
+MAX_DTMF_QUEUE = 64
+MAX_DTMF_RECEIVED = 1024
 _SILENT_FRAME = bytes([ULAW_SILENCE]) * FRAME_SAMPLES
 
 
@@ -133,6 +145,69 @@ class Recorder:
 
 
 @attrs.define(eq=False)
+class DtmfSender:
+    """Digits to send as RFC 4733 events, each replacing 100 ms of audio.
+
+    A digit's packets all carry the timestamp of its first frame and a
+    growing duration; the last one has the end bit and goes out
+    :data:`DTMF_END_REPEATS` times.  :data:`DTMF_GAP_FRAMES` frames of
+    audio separate two digits.
+    """
+
+    queue: list[int] = attrs.field(factory=list)
+    _frame: int = 0
+    _start: int = 0
+    _gap: int = 0
+
+    def add(self, digits: str) -> None:
+        """Queue ``digits`` (0-9, *, #, A-D); raises ValueError on anything else."""
+        codes = []
+        for digit in digits.upper():
+            if digit not in DTMF_DIGITS:
+                raise ValueError(f"not a DTMF digit: {digit!r}")
+            codes.append(DTMF_DIGITS.index(digit))
+        if len(self.queue) + len(codes) > MAX_DTMF_QUEUE:
+            raise ValueError(f"more than {MAX_DTMF_QUEUE} DTMF digits waiting")
+        self.queue.extend(codes)
+
+    def next_payloads(self, timestamp: int) -> tuple[int, list[bytes]] | None:
+        """The event payloads for this frame and their timestamp, or None for audio."""
+        if self._gap:
+            self._gap -= 1
+            return None
+        if not self.queue:
+            return None
+        if self._frame == 0:
+            self._start = timestamp
+        self._frame += 1
+        end = self._frame == DTMF_FRAMES
+        event = TelephoneEvent(self.queue[0], end, DTMF_VOLUME, self._frame * FRAME_SAMPLES)
+        if not end:
+            return self._start, [event.encode()]
+        self.queue.pop(0)
+        self._frame = 0
+        self._gap = DTMF_GAP_FRAMES
+        return self._start, [event.encode()] * DTMF_END_REPEATS
+
+
+@attrs.define(eq=False)
+class DtmfReceiver:
+    """Digits received as RFC 4733 events, each counted once (by its timestamp)."""
+
+    digits: list[str] = attrs.field(factory=list)
+    _last: int | None = None
+
+    def add(self, packet: RtpPacket) -> bool:
+        event = parse_event(packet.payload)
+        if not isinstance(event, TelephoneEvent) or event.digit is None:
+            return False
+        if packet.timestamp != self._last and len(self.digits) < MAX_DTMF_RECEIVED:
+            self._last = packet.timestamp
+            self.digits.append(event.digit)
+        return True
+
+
+@attrs.define(eq=False)
 class MediaStream:
     """One party's media of one call, sans-IO."""
 
@@ -143,6 +218,8 @@ class MediaStream:
     recorder: Recorder = attrs.field(factory=Recorder)
     sequence: int = attrs.field(factory=lambda: secrets.randbits(16))
     timestamp: int = attrs.field(factory=lambda: secrets.randbits(32))
+    dtmf: DtmfSender = attrs.field(factory=DtmfSender)
+    dtmf_received: DtmfReceiver = attrs.field(factory=DtmfReceiver)
     sent: int = 0
     received: int = 0
     rejected: int = 0
@@ -154,20 +231,33 @@ class MediaStream:
 
     def next_datagram(self) -> bytes:
         """The next frame as a relay datagram (tag + SRTP)."""
-        rtp = rtp_encode(
-            RtpPacket(
-                PT_PCMU,
-                self.sequence,
-                self.timestamp,
-                self.ssrc,
-                self.source.next_frame(),
-                marker=self.sent == 0,
-            )
-        )
-        self.sequence = (self.sequence + 1) & 0xFFFF
+        return self.next_datagrams()[0]
+
+    def next_datagrams(self) -> list[bytes]:
+        """The next 20 ms as relay datagrams (tag + SRTP): one audio frame, or
+        the packets of a DTMF event (the audio of that frame is skipped)."""
+        audio = self.source.next_frame()
+        event = self.dtmf.next_payloads(self.timestamp)
+        if event is None:
+            frames = [(PT_PCMU, self.timestamp, audio, self.sent == 0)]
+        else:
+            start, payloads = event
+            first = start == self.timestamp
+            frames = [
+                (PT_TELEPHONE_EVENT, start, p, first and i == 0) for i, p in enumerate(payloads)
+            ]
+        out = []
+        for pt, timestamp, payload, marker in frames:
+            rtp = rtp_encode(RtpPacket(pt, self.sequence, timestamp, self.ssrc, payload, marker))
+            self.sequence = (self.sequence + 1) & 0xFFFF
+            out.append(relay_packet.encode(self.tag, self._tx.protect(rtp)))
         self.timestamp = (self.timestamp + FRAME_SAMPLES) & 0xFFFF_FFFF
         self.sent += 1
-        return relay_packet.encode(self.tag, self._tx.protect(rtp))
+        return out
+
+    def send_dtmf(self, digits: str) -> None:
+        """Queue DTMF digits; raises ValueError for a character that is not one."""
+        self.dtmf.add(digits)
 
     def datagram_received(self, data: bytes) -> bool:
         """An SRTP packet from the relay: authenticate, decrypt, record."""
@@ -177,7 +267,16 @@ class MediaStream:
             self.rejected += 1
             return False
         packet = rtp_decode(rtp)
-        if packet is None or packet.payload_type != PT_PCMU or packet.ssrc == self.ssrc:
+        if packet is None or packet.ssrc == self.ssrc:
+            self.rejected += 1
+            return False
+        if packet.payload_type == PT_TELEPHONE_EVENT:
+            if not self.dtmf_received.add(packet):
+                self.rejected += 1
+                return False
+            self.received += 1
+            return True
+        if packet.payload_type != PT_PCMU:
             self.rejected += 1
             return False
         self.received += 1
@@ -210,7 +309,8 @@ class MediaLeg(DatagramProtocol):
         if self.transport is None:
             return
         for _ in range(min(count, MAX_CATCH_UP)):
-            self.transport.write(self.stream.next_datagram(), self.relay)
+            for datagram in self.stream.next_datagrams():
+                self.transport.write(datagram, self.relay)
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         if (addr[0], addr[1]) != self.relay:

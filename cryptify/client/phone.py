@@ -56,6 +56,7 @@ class Phone:
         self.legs: dict[Call, MediaLeg] = {}
         #: The recording of every call that had media, by call.
         self.recordings: dict[Call, Recorder] = {}
+        self._ended_streams: dict[Call, MediaStream] = {}
         self._waiters: list[tuple[Callable[[PhoneEvent], bool], defer.Deferred[Any]]] = []
 
         def session(send: Callable[[Message], None]) -> ClientSession:
@@ -92,6 +93,19 @@ class Phone:
 
     def hangup(self, call: Call, code: str = "normal") -> None:
         self._call_events(self.agent.hangup(call, code))
+
+    def send_dtmf(self, call: Call, digits: str) -> None:
+        """Send DTMF digits in the call's media (ValueError: not digits, or no media yet)."""
+        leg = self.legs.get(call)
+        if leg is None:
+            raise ValueError("the call has no media")
+        leg.stream.send_dtmf(digits)
+
+    def dtmf_received(self, call: Call) -> str:
+        """The DTMF digits the other side has sent in this call."""
+        leg = self.legs.get(call)
+        stream = leg.stream if leg is not None else self._ended_streams.get(call)
+        return "".join(stream.dtmf_received.digits) if stream is not None else ""
 
     def post(self, to: str, content: bytes) -> int:
         return self.messenger.post(to, content)
@@ -174,3 +188,4 @@ class Phone:
         leg = self.legs.pop(call, None)
         if leg is not None:
             leg.stop()
+            self._ended_streams[call] = leg.stream
