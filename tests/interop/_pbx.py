@@ -129,6 +129,29 @@ class Pbx:
         )  # fmt: skip
         os.makedirs(f"{d}/baresip")
         os.makedirs(f"{d}/snd")
+        with open(f"{d}/baresip/accounts", "w") as f:
+            f.write(f"<sip:101@127.0.0.1:{self.kam_port}>;regint=600;answermode=auto\n")
+        await sleep(0.5)
+        # free_port() can race with other programs on a busy machine: a port
+        # taken meanwhile makes baresip exit at once, so try a fresh one
+        for attempt in range(3):
+            self.write_baresip_config()
+            log = f"baresip-{attempt}.log" if attempt else "baresip.log"
+            proc = self.spawn(log, ["baresip", "-v", "-s", "-f", f"{d}/baresip"])
+            await until(
+                lambda: "200 OK" in self.log(log) or proc.poll() is not None,
+                "baresip registered" + self.context(),
+            )
+            if proc.poll() is None:
+                if attempt:
+                    os.replace(os.path.join(d, log), os.path.join(d, "baresip.log"))
+                return
+            self.bs_port = free_port(socket.SOCK_DGRAM)
+            self.ctrl_port = free_port()
+        raise AssertionError("baresip did not start" + self.context())
+
+    def write_baresip_config(self) -> None:
+        d = self.dir
         source = f"aufile,{self.audio}" if self.audio else "aubridge,cig"
         sndfile = f"module sndfile.so\nsnd_path {d}/snd\n" if self.audio else ""
         with open(f"{d}/baresip/config", "w") as f:
@@ -141,11 +164,6 @@ class Pbx:
                     modules=BARESIP_MODULES,
                 )
             )
-        with open(f"{d}/baresip/accounts", "w") as f:
-            f.write(f"<sip:101@127.0.0.1:{self.kam_port}>;regint=600;answermode=auto\n")
-        await sleep(0.5)
-        self.spawn("baresip.log", ["baresip", "-v", "-s", "-f", f"{d}/baresip"])
-        await until(lambda: "200 OK" in self.log("baresip.log"), "baresip registered")
 
     def spawn(self, log: str, argv: list[str]) -> subprocess.Popen[bytes]:
         out = open(os.path.join(self.dir, log), "wb")
@@ -184,6 +202,10 @@ class Pbx:
         """Whether baresip's log shows a call ended."""
         text = self.log("baresip.log").lower()
         return "terminated" in text or "closed" in text
+
+    def byes_received(self) -> int:
+        """How many calls the other side has hung up on baresip."""
+        return self.log("baresip.log").count("session closed")
 
     def dtmf_received(self) -> list[str]:
         """The DTMF digits baresip received as telephone-events (its -v log

@@ -15,9 +15,11 @@ playing 1,000 Hz, or a `cryptify-client listen --auto-answer` process.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from typing import Any
 
@@ -28,10 +30,12 @@ from cryptify.client.audio import peak_frequency, read_wav, tone, write_wav
 from cryptify.client.calls import END, TALK, Call, CallEvent
 from cryptify.client.cli import session_maker, tls_connector
 from cryptify.client.phone import Phone
+from cryptify.client.session import Attached
 from cryptify.crypto.identity import period_of
 from cryptify.crypto.keymaterial import load_key_material
 from tests.interop._pbx import Pbx, require_pbx, sleep, until
 from tests.interop._procs import (
+    BIN,
     Twistd,
     free_port,
     provision,
@@ -285,3 +289,67 @@ class SecurePbxTests(TestCase):
         log = self.session_log()
         for step in ("routed", "talk", "hangup"):
             self.assertIn(step, log.lower(), log)
+
+    async def test_pbx_phone_calls_listening_client(self) -> None:
+        """
+        baresip dials 9 + the client's number: the CIG sends its own
+        I_MESSAGE to `cryptify-client listen --auto-answer`, which answers;
+        tones cross; baresip's hangup ends the client's call and the CRS
+        session.
+        """
+        wav = os.path.join(self.dir, "client.wav")
+        log = os.path.join(self.dir, "listen.out")
+        argv = [os.path.join(BIN, "cryptify-client"), "listen", "--auto-answer"]
+        argv += ["--tone", str(CLIENT_TONE), "--record", wav, "--keys", self.keys[CLIENT]]
+        argv += ["--server", f"127.0.0.1:{self.crs_port}", "--ca", self.ca]
+        with open(log, "wb") as out:
+            listen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        self.addCleanup(lambda: listen.poll() is None and listen.kill())
+
+        def said(text: str) -> bool:
+            with open(log) as f:
+                return text in f.read()
+
+        await until(lambda: said("attached"), "the client attached", 30)
+        self.pbx.command("dial", f"sip:{DIAL_CLIENT}@127.0.0.1:{self.pbx.kam_port}")
+        await until(lambda: said(": talk"), "the client talking" + self.context(), 30)
+        self.assertIn(CIG_URI, await self.in_thread(self.crs_cli, "show", "session"))
+        self.assertEqual(await self.in_thread(self.call_states), ["ANSWER"])
+        await sleep(2.5)
+        self.pbx.command("hangup")
+        await until(lambda: said("recorded"), "the client to see the hangup" + self.context())
+        listen.send_signal(signal.SIGTERM)
+        self.assertEqual(await threads.deferToThread(listen.wait, 30), 0)
+        with open(log) as f:
+            out = f.read()
+        self.assertRegex(out, "call [0-9a-f]+ from " + re.escape(CIG_URI) + ": incoming")
+        self.assertIn("ended: normal by caller", out)
+        self.assert_tone(read_wav(wav), PBX_TONE, "the client's recording")
+        await until(lambda: self.pbx.recordings(), "baresip's recording")
+        self.assert_tone(self.pbx_recording(), CLIENT_TONE, "baresip's recording")
+        self.assertTrue(await self.in_thread(self.sessions_empty))
+        await self.until_states(["HANGUP"])
+
+    async def test_crs_restart_mid_call(self) -> None:
+        """
+        The CRS stops during a call: the client's call ends, the CIG hangs
+        up the SIP leg and removes the bridge.  Once the CRS is back and the
+        UIF and the client have re-attached, a new call goes through.
+        """
+        phone = self.phone()
+        await phone.start()
+        call = await self.talk(phone)
+        ended = phone.until(lambda e: isinstance(e, CallEvent) and e.call is call and e.kind == END)
+        await threads.deferToThread(self.procs["crs"].stop)
+        await ended
+        await until(self.pbx.call_ended, "baresip to see the BYE" + self.context())
+        await self.until_states(["HANGUP"])
+        attached = phone.until(lambda e: isinstance(e, Attached))
+        await threads.deferToThread(self.start_crs)
+        await attached
+        await until(self.cig_connected, "the CIG re-attached", 60)
+        again = await self.talk(phone)
+        await sleep(1.5)
+        phone.hangup(again)
+        await until(lambda: self.pbx.byes_received() == 2, "the second BYE" + self.context())
+        self.assert_tone(phone.recording(again).samples(), PBX_TONE, "the second call")
