@@ -26,7 +26,7 @@ from cryptify.client.connection import ConnectionEnded
 from cryptify.client.session import Answered, Attached, Incoming
 from cryptify.config import load_cig_config
 from cryptify.crypto.keymaterial import KIND_CIG
-from cryptify.protocols.bridge_control import BridgeAdd, BridgeError, BridgeRemove
+from cryptify.protocols.bridge_control import BridgeAdd, BridgeError, BridgeRemove, BridgeUpdate
 from cryptify.protocols.sip.message import Request, Response, parse_datagram, response_to
 from cryptify.protocols.sip.sdp import parse_sdp
 from cryptify.protocols.umsg import Message, message
@@ -171,6 +171,33 @@ class IncomingTests(TelCase):
         self.assertEqual((self.out[-1]["session"], self.out[-1]["code"]), ("s1", "normal"))
         self.assertIs(self.bridge.sent[-1][0], BridgeRemove)
         self.assertEqual(self.tel.active, {})
+
+    def test_media_moved(self) -> None:
+        """A re-INVITE's new media (media_changed) sends BridgeUpdate with the
+        new PBX address, codec and DTMF type; on hold (c=0.0.0.0), or before
+        the bridge exists, nothing is sent."""
+        self.tel.handle(Incoming(self.invite()))
+        [(call, leg)] = self.sif.legs
+        self.tel.media_changed(call)  # not bridged yet
+        self.assertEqual(self.bridge.sent, [])
+        leg.answered()
+        self.sif.sdp = ANSWER.replace(b"192.0.2.7", b"192.0.2.8").replace(
+            b"6000 RTP/AVP 8", b"6002 RTP/AVP 0"
+        )
+        self.tel.media_changed(call)
+        command, args = self.bridge.sent[-1]
+        self.assertIs(command, BridgeUpdate)
+        self.assertEqual(
+            args,
+            {"call": "s1", "pbx_host": "192.0.2.8", "pbx_remote_port": 6002, "pbx_codec": "PCMU",
+             "pbx_dtmf_pt": 101},
+        )  # fmt: skip
+        self.sif.sdp = ANSWER.replace(b"192.0.2.7", b"0.0.0.0")
+        self.tel.media_changed(call)
+        self.assertEqual(len(self.bridge.sent), 2)
+        leg.hung_up()
+        self.tel.media_changed(call)
+        self.assertIs(self.bridge.sent[-1][0], BridgeRemove)
 
     def test_hangup_from_secure_side(self) -> None:
         """A UMSG hangup while talking ends the SIP leg and removes the bridge."""
@@ -566,6 +593,11 @@ class TelSwitchTests(SynchronousTestCase):
         self.assertIs(switch.side(), stub)
         holder.tel = other = StubTelSide("answer")
         self.assertIs(switch.side(), other)
+        # media changes go to the side that placed the call, else the current one
+        switch.place_call(call, RecordingLeg())
+        switch.media_changed(call)
+        switch.media_changed(Call("sip:e@f", "sip:g@h"))
+        self.assertEqual((len(other.media_changes), stub.media_changes), (2, []))
 
 
 class FakeUifCalls:

@@ -30,7 +30,7 @@ class ArgumentTests(SynchronousTestCase):
             self.assertIn(action, out)
 
     def test_usage_errors(self) -> None:
-        """Missing URI or --keys, bad --duration/--tone/--dtmf, --play with --tone: usage, exit 2."""
+        """Missing URI or --keys, bad --duration/--tone/--dtmf, --play and --tone: exit 2."""
         common = ("--keys", "k", "--server", "h:1", "--insecure")
         for argv in (
             ("call", *common),

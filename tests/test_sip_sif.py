@@ -148,6 +148,59 @@ class CallTests(SifCase):
         self.clock.advance(CALL_LINGER)
         self.assertEqual(self.calls.rows(), [])
 
+    def reinvite(self, ok: Response, cseq: int, body: str) -> Response:
+        to = ok.headers.get("To")
+        data = (
+            f"INVITE sip:192.0.2.9:5060 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKre{cseq}\r\n"
+            f"From: {ok.headers.get('From')}\r\nTo: {to}\r\nCall-ID: {ok.call_id}\r\n"
+            f"CSeq: {cseq} INVITE\r\nContact: <sip:101@192.0.2.1:5060>\r\n"
+            f"Max-Forwards: 70\r\nContent-Type: application/sdp\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}"
+        ).encode()
+        out = self.send(data)
+        self.assertEqual(len(out), 1)
+        response = out[0]
+        assert isinstance(response, Response)
+        return response
+
+    def test_reinvite_moves_media(self) -> None:
+        """
+        A re-INVITE with a new offer (another address and port, PCMU only)
+        is answered from the same RTP port with PCMU and a newer SDP
+        version; the tel side hears of it and media_of gives the new offer.
+        Without a body the last answer is repeated; with no codec in common
+        it is refused with 488 and nothing changes.
+        """
+        out = self.send(invite())
+        ok = out[-1]
+        assert isinstance(ok, Response)
+        call, _ = self.tel.legs[0]
+        first = parse_sdp(ok.body)
+        moved = OFFER.replace("192.0.2.1", "192.0.2.7").replace(
+            "6000 RTP/AVP 8 0", "7000 RTP/AVP 0"
+        )
+        response = self.reinvite(ok, 2, moved)
+        self.assertEqual(response.status, 200)
+        answer = parse_sdp(response.body)
+        audio, first_audio = answer.audio(), first.audio()
+        assert audio is not None and first_audio is not None
+        self.assertEqual(audio.port, first_audio.port)
+        self.assertEqual(audio.formats, ("0", "101"))
+        self.assertEqual(answer.session_id, first.session_id)
+        self.assertEqual(int(answer.version), int(first.version) + 1)
+        self.assertEqual(self.tel.media_changes, [call])
+        media = self.sif.media_of(call)
+        assert media is not None
+        self.assertEqual(media, (first_audio.port, moved.encode()))
+        again = self.reinvite(ok, 3, "")
+        self.assertEqual((again.status, again.body), (200, response.body))
+        refused = self.reinvite(ok, 4, OFFER.replace("RTP/AVP 8 0 101", "RTP/AVP 18"))
+        self.assertEqual(refused.status, 488)
+        self.assertEqual(self.tel.media_changes, [call])
+        self.assertEqual(self.sif.media_of(call), media)
+        self.send(in_dialog("BYE", ok, cseq=5))
+
     def test_route_refused(self) -> None:
         """
         An INVITE no extension map takes is answered 404 and listed as

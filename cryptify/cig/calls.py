@@ -162,6 +162,9 @@ class TelSide(Protocol):
 
     def send_message(self, call: Call, content_type: str, body: bytes) -> bool: ...
 
+    def media_changed(self, call: Call) -> None:
+        """The PBX sent new media for a call (a re-INVITE's offer)."""
+
 
 @attrs.define
 class PortPool:
@@ -200,6 +203,7 @@ class StubTelSide:
     legs: list[tuple[Call, TelLeg]] = attrs.field(factory=list)
     hung_up: list[Call] = attrs.field(factory=list)
     messages: list[tuple[Call, str, bytes]] = attrs.field(factory=list)
+    media_changes: list[Call] = attrs.field(factory=list)
 
     def place_call(self, call: Call, leg: TelLeg) -> None:
         self.legs.append((call, leg))
@@ -221,3 +225,6 @@ class StubTelSide:
     def send_message(self, call: Call, content_type: str, body: bytes) -> bool:
         self.messages.append((call, content_type, body))
         return self.mode != "unavailable"
+
+    def media_changed(self, call: Call) -> None:
+        self.media_changes.append(call)

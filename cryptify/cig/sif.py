@@ -76,6 +76,8 @@ class SipCall:
     dialog: Dialog | None = None
     ended: bool = False
     no_answer: IDelayedCall | None = None
+    #: The PBX's latest SDP offer (a re-INVITE's), if it sent one after the INVITE.
+    remote_sdp: bytes | None = None
 
     def start(self) -> None:
         """Hand the leg to the tel side; give up if it is not answered in time."""
@@ -456,6 +458,8 @@ class Sif:
         return render_sdp(answer), port
 
     def _reinvite(self, tx: ServerTransaction) -> None:
+        """A re-INVITE: answer from our same RTP port; a new offer (the PBX's
+        media moved, or changed codec) goes to the tel side's bridge."""
         request = tx.request
         found = self._in_dialog(tx)
         if found is None:
@@ -463,7 +467,29 @@ class Sif:
         if found.dialog is not None and not found.dialog.accept_remote_cseq(request):
             tx.respond(response_to(request.headers, 500))
             return
+        if not request.body or found.rtp_port is None:
+            tx.respond(self.reply(request, 200, body=found.answer))
+            return
+        try:
+            offer = parse_sdp(request.body)
+            previous = parse_sdp(found.answer)
+            answer = make_answer(
+                offer,
+                self.local_host(request),
+                found.rtp_port,
+                previous.session_id,
+                int(previous.version) + 1 if previous.version.isdigit() else 2,
+            )
+        except SdpError:
+            answer = None
+        if answer is None:
+            tx.respond(response_to(request.headers, 488))
+            return
+        found.answer = render_sdp(answer)
+        found.remote_sdp = request.body
+        log.info("re-INVITE: new PBX media for {call}", call=found.call.in_from)
         tx.respond(self.reply(request, 200, body=found.answer))
+        self.tel.media_changed(found.call)
 
     def _in_dialog(self, tx: ServerTransaction) -> SipCall | OutCall | None:
         dialog_id = dialog_id_of(tx.request)
@@ -626,7 +652,7 @@ class Sif:
             return out.rtp_port, out.remote_sdp
         for incoming in self.invites.values():
             if incoming.call is call:
-                return incoming.rtp_port, incoming.invite.request.body
+                return incoming.rtp_port, incoming.remote_sdp or incoming.invite.request.body
         return None
 
     def hang_up(self, call: Call) -> None:

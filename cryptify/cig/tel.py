@@ -44,7 +44,7 @@ from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.identity import period_of, split_tel_identifier, tel_identifier
 from cryptify.crypto.keymaterial import KeyMaterial
 from cryptify.crypto.replay import ReplayGuard
-from cryptify.protocols.bridge_control import BridgeAdd, BridgeRemove
+from cryptify.protocols.bridge_control import BridgeAdd, BridgeRemove, BridgeUpdate
 from cryptify.protocols.sip.sdp import SdpError, chosen_codec, parse_sdp
 from cryptify.protocols.umsg import Message
 
@@ -131,6 +131,26 @@ async def add_bridge(leg: Any) -> None:
         srtp_tx_key=leg.policy_key,
         srtp_rx_key=leg.policy_key,
         pbx_port=media[0] or 0,
+        pbx_host=pbx.host,
+        pbx_remote_port=pbx.port,
+        pbx_codec=pbx.codec,
+        pbx_dtmf_pt=pbx.dtmf_pt,
+    )
+
+
+async def update_bridge(leg: Any) -> None:
+    """Tell cig-relay where the PBX leg of a bridged call now is (after a
+    re-INVITE).  An offer on hold (``c=0.0.0.0``) leaves the bridge as it is."""
+    media = leg.tel.sip.media_of(leg.call)
+    pbx = pbx_media(media[1]) if media is not None else None
+    if pbx is None:
+        raise BadKeys("no usable SDP from the PBX")
+    if pbx.host in ("0.0.0.0", "::"):
+        log.info("session {session}: PBX media on hold", session=leg.session)
+        return
+    await leg.tel.bridge.call(
+        BridgeUpdate,
+        call=leg.session,
         pbx_host=pbx.host,
         pbx_remote_port=pbx.port,
         pbx_codec=pbx.codec,
@@ -478,6 +498,20 @@ class UmsgTel:
         """SIP MESSAGE to secure users is not carried yet."""
         return False
 
+    def media_changed(self, call: Call) -> None:
+        """A re-INVITE moved the PBX's media: update the call's bridge."""
+        found: TelCall | OutLeg | None = self.outgoing.get(id(call))
+        if found is None:
+            found = next((c for c in self.active.values() if c.call is call), None)
+        if found is None or not found.bridged or found.ended:
+            return
+        session = found.session
+        defer.ensureDeferred(update_bridge(found)).addErrback(
+            lambda f: log.warn(
+                "cannot update bridge {session}: {why}", session=session, why=f.getErrorMessage()
+            )
+        )
+
     def _invite(self, msg: Message) -> None:
         session = msg["session"]
         call = Call(in_from=msg["from"], in_to=msg["to"], caller_if_id=session)
@@ -597,3 +631,6 @@ class TelSwitch:
 
     def send_message(self, call: Call, content_type: str, body: bytes) -> bool:
         return self.side().send_message(call, content_type, body)
+
+    def media_changed(self, call: Call) -> None:
+        (self.placed.get(call) or self.side()).media_changed(call)
