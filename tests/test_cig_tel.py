@@ -533,6 +533,22 @@ class FromPbxTests(TelCase):
         self.assertIs(self.bridge.sent[-1][0], BridgeRemove)
         self.assertEqual((self.tel.active, self.tel.outgoing), ({}, {}))
 
+    def test_pbx_user_shown(self) -> None:
+        """A source mapped to an extension of the CIG's number goes in the
+        invite's ``from``; the client shown it accepts the CIG's signature."""
+        self.assertNotIn("from", self.place()[2].fields)
+        call = Call("sip:101@pbx.com", "sip:9461111@secure.com", f"{CIG};101", CALLER)
+        self.tel.place_call(call, RecordingLeg())
+        sent = self.out[-1]
+        self.assertEqual(sent["from"], f"{CIG};101")
+        incoming = message(
+            "invite", session="s9", to=CALLER, mikey=sent["mikey"],
+            **{"from": f"{CIG};101", "relay-host": "192.0.2.99", "relay-port": 146,
+               "relay-tag": b"B" * 8},
+        )  # fmt: skip
+        [event] = self.caller.handle(Incoming(incoming))
+        self.assertEqual((event.kind, event.call.peer), ("incoming", f"{CIG};101"))
+
     def test_not_attached(self) -> None:
         """Without an attached session the call is refused 480 at once."""
         self.session.state = "closed"

@@ -128,6 +128,19 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(self.table.rows()[0][1], "tel:+8888;101")
         self.table.hangup("tel:+1", "s1", "normal")
 
+    def test_caller_extension_shown(self) -> None:
+        """A CIG may name its PBX user as ``from`` (its own URI with an
+        extension): the callee is shown it; any other base is refused."""
+        self.table.invite(Att("tel:+8888"), 1, "tel:+1", b"m", "tel:+8888;101")
+        sent = self.parties.take()
+        self.assertEqual((sent[1][0], sent[1][2]["from"]), ("tel:+1", "tel:+8888;101"))
+        self.table.hangup("tel:+1", "s1", "normal")
+        self.parties.take()
+        self.table.invite(Att("tel:+8888"), 2, "tel:+1", b"m", "tel:+2;101")
+        [(uri, kind, fields)] = self.parties.take()
+        self.assertEqual((uri, kind, fields["code"]), ("tel:+8888", "error", "rejected"))
+        self.assertEqual(self.table.sessions, {})
+
     def test_unanswered_times_out(self) -> None:
         """An invite nobody answers ends with no-answer from the CRS to both sides."""
         self.table.invite(Att("tel:+1"), 1, "tel:+2", b"m")

@@ -192,7 +192,7 @@ class Decapsulator:
             _, initiator = split_tel_identifier(got.initiator_id)
         except CryptoError as exc:
             raise BadKeys(str(exc)) from exc
-        if initiator != msg["from"]:
+        if initiator != base_uri(msg["from"]):
             raise BadKeys("the I_MESSAGE is signed by someone else")
         key: bytes = got.srtp().policy_key
         return key
@@ -484,7 +484,10 @@ class UmsgTel:
             leg.rejected(500)
             return
         out = OutLeg(self, call, leg, built.srtp().policy_key)
-        out.request_id = session.request("invite", to=call.out_to, mikey=built.data)
+        fields: dict[str, Any] = {"to": call.out_to, "mikey": built.data}
+        if call.out_from != self.material.uri and base_uri(call.out_from) == self.material.uri:
+            fields["from"] = call.out_from  # the PBX user, as an extension of our number
+        out.request_id = session.request("invite", **fields)
         self.pending[out.request_id] = out
         self.outgoing[id(call)] = out
 

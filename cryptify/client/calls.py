@@ -242,7 +242,7 @@ class CallAgent:
                 replay=self.replay,
             )
             _, initiator = split_tel_identifier(got.initiator_id)
-            if initiator != msg["from"]:
+            if initiator != base_uri(msg["from"]):
                 raise CallError("the I_MESSAGE is signed by someone else")
         except (CryptoError, CallError) as exc:
             reason = f"MIKEY-SAKKE: {exc}"[:200]

@@ -113,6 +113,9 @@ class Session:
     relayed: bool = False
     #: Whether both parties were told of the session (after the relay answered).
     offered: bool = False
+    #: What the callee is shown as the caller: ``caller``, or the caller's
+    #: URI with an extension (a CIG naming the PBX user who called).
+    shown_caller: str = ""
 
     def role_of(self, uri: str) -> str | None:
         if uri == self.caller:
@@ -189,10 +192,16 @@ class SessionTable:
 
     # -- from the caller ---------------------------------------------------------
 
-    def invite(self, caller: Any, request_id: int, to: str, mikey: bytes) -> None:
-        """``invite`` from an attached client (``caller`` is its attachment)."""
+    def invite(
+        self, caller: Any, request_id: int, to: str, mikey: bytes, shown: str | None = None
+    ) -> None:
+        """``invite`` from an attached client (``caller`` is its attachment);
+        ``shown`` is the ``from`` it asked for: its own URI, with an extension."""
         callee_uri = base_uri(to)
         account = caller.account
+        if shown is not None and base_uri(shown) != caller.uri:
+            self._error(caller.uri, request_id, "rejected", "from is not the caller's own URI")
+            return
         if callee_uri == caller.uri:
             self._error(caller.uri, request_id, "rejected", "cannot call yourself")
             return
@@ -218,6 +227,7 @@ class SessionTable:
             account,
             self.clock.seconds(),
             request_id=request_id,
+            shown_caller=shown or caller.uri,
         )
         self._add(session)
         self.counters["invites"] += 1
@@ -266,7 +276,7 @@ class SessionTable:
             message(
                 "invite",
                 session=session.id,
-                **{"from": session.caller},
+                **{"from": session.shown_caller or session.caller},
                 to=session.to,
                 mikey=mikey,
                 relay_host=legs.host,

@@ -144,12 +144,45 @@ _SIZES = {24: 1, 25: 2, 26: 4, 27: 8}
 
 
 def cbor_decode(data: bytes) -> Any:
-    """Decode one complete item of the UMSG CBOR subset; raise UmsgError."""
+    """Decode one complete item of the UMSG CBOR subset; raise UmsgError.
+
+    cbor2's C decoder goes first: when what it decoded is made of the
+    subset's types only and encodes back to exactly ``data`` (so ``data``
+    was minimal, definite, without duplicate keys, tags, floats or trailing
+    octets), that is the answer.  Anything else goes through the strict
+    decoder below, which says what is wrong.
+    """
     view = bytes(data)
+    try:
+        value = cbor2.loads(view)
+    except Exception:
+        pass
+    else:
+        if _plain(value, 0) and cbor2.dumps(value) == view:
+            return value
     value, end = _decode_at(view, 0, 0)
     if end != len(view):
         raise UmsgError("malformed", "trailing octets after the CBOR item")
     return value
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """Whether ``value`` holds only what :func:`_decode_at` can produce."""
+    if depth > MAX_DEPTH:
+        return False
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bool or value is None:
+        return True
+    if kind is int:
+        return -(2**64) <= value < 2**64
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _plain(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        return all(_plain(item, depth + 1) for item in value)
+    return False
 
 
 def _decode_at(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
@@ -256,12 +289,19 @@ class Field:
         return self.kind
 
 
+#: Compiled field patterns (a field's check runs for every message).
+_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
 def _check_text(f: Field, v: Any) -> bool:
-    return (
-        isinstance(v, str)
-        and f.lo <= len(v) <= f.hi
-        and (f.pattern is None or re.fullmatch(f.pattern, v) is not None)
-    )
+    if not isinstance(v, str) or not f.lo <= len(v) <= f.hi:
+        return False
+    if f.pattern is None:
+        return True
+    pattern = _PATTERNS.get(f.pattern)
+    if pattern is None:
+        pattern = _PATTERNS[f.pattern] = re.compile(f.pattern)
+    return pattern.fullmatch(v) is not None
 
 
 def _check_int(f: Field, v: Any) -> bool:
@@ -365,7 +405,12 @@ FROM_CLIENT: dict[str, tuple[Field, ...]] = _schema(
     ),
     (
         "invite",
-        [_id(), _text("to", 40, pattern=TEL_EXT), Field("mikey", "bytes", 1, MAX_MIKEY)],
+        [
+            _id(),
+            _text("to", 40, pattern=TEL_EXT),
+            Field("mikey", "bytes", 1, MAX_MIKEY),
+            _text("from", 40, pattern=TEL_EXT, req=False),
+        ],
     ),
     ("ringing", [_SESSION]),
     ("talk", [_SESSION]),
@@ -421,7 +466,7 @@ FROM_SERVER: dict[str, tuple[Field, ...]] = _schema(
         "invite",
         [
             _SESSION,
-            _text("from", 20, pattern=TEL),
+            _text("from", 40, pattern=TEL_EXT),
             _text("to", 40, pattern=TEL_EXT),
             Field("mikey", "bytes", 1, MAX_MIKEY),
             _text("relay-host", 255),
@@ -498,6 +543,18 @@ def _validate(
             raise UmsgError("malformed", f"{msg_type}: field {field.name!r} is missing")
 
 
+_NAMES: dict[int, tuple[tuple[Field, ...], frozenset[str]]] = {}
+
+
+def _names(fields: tuple[Field, ...]) -> frozenset[str]:
+    """The field names of one message type (kept per schema tuple, which the
+    cache holds on to, so an ID is never reused for another tuple)."""
+    entry = _NAMES.get(id(fields))
+    if entry is None or entry[0] is not fields:
+        entry = _NAMES[id(fields)] = (fields, frozenset(f.name for f in fields))
+    return entry[1]
+
+
 def encode(msg: Message, schema: Mapping[str, tuple[Field, ...]]) -> bytes:
     """Validate ``msg`` against ``schema`` and encode it as one CBOR map.
 
@@ -505,7 +562,7 @@ def encode(msg: Message, schema: Mapping[str, tuple[Field, ...]]) -> bytes:
     cbor2 writes the same octets as :func:`cbor_encode`, faster.
     """
     _validate(schema, msg.type, msg.fields)
-    unknown = set(msg.fields) - {f.name for f in schema[msg.type]}
+    unknown = msg.fields.keys() - _names(schema[msg.type])
     if unknown:
         raise UmsgError("malformed", f"{msg.type}: unknown fields {sorted(unknown)}")
     return bytes(cbor2.dumps({"type": msg.type, **msg.fields}))
@@ -524,7 +581,7 @@ def decode(
         raise UmsgError("malformed", f"more than {MAX_KEYS} fields")
     msg_type = body.pop("type", None)
     _validate(schema, msg_type, body)
-    known = {f.name for f in schema[msg_type]}
+    known = _names(schema[msg_type])
     return Message(msg_type, {k: v for k, v in body.items() if k in known})
 
 

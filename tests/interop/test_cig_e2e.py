@@ -322,7 +322,7 @@ class SecurePbxTests(TestCase):
         self.assertEqual(await threads.deferToThread(listen.wait, 30), 0)
         with open(log) as f:
             out = f.read()
-        self.assertRegex(out, "call [0-9a-f]+ from " + re.escape(CIG_URI) + ": incoming")
+        self.assertRegex(out, "call [0-9a-f]+ from " + re.escape(f"{CIG_URI};101") + ": incoming")
         self.assertIn("ended: normal by caller", out)
         self.assert_tone(read_wav(wav), PBX_TONE, "the client's recording")
         await until(lambda: self.pbx.recordings(), "baresip's recording")
