@@ -262,9 +262,10 @@ class SecurePbxTests(TestCase):
     async def test_secure_client_calls_pbx_phone(self) -> None:
         """
         The client dials tel:+8888;101: baresip answers; each side hears the
-        other's tone; the digits 1 2 3 # reach baresip as telephone-events;
-        the client's hangup ends the SIP leg, the CRS session and the
-        bridge; `cig-cli show call` and session.log followed it.
+        other's tone; the digits 1 2 3 # reach baresip as telephone-events
+        and baresip's 7 reaches the client; baresip's re-INVITE is answered
+        and the audio goes on; the client's hangup ends the SIP leg, the CRS
+        session and the bridge; `cig-cli show call` and session.log followed.
         """
         phone = self.phone()
         await phone.start()
@@ -273,7 +274,20 @@ class SecurePbxTests(TestCase):
         self.assertIn(CLIENT, await self.in_thread(self.crs_cli, "show", "session"))
         await sleep(1.0)
         phone.send_dtmf(call, "123#")
-        await sleep(2.0)
+        self.pbx.command("sndcode", "7")
+        await sleep(1.0)
+        # baresip re-INVITEs with its (same) offer: answered, the bridge updated
+        self.pbx.command("reinvite")
+        await until(
+            lambda: "re-INVITE: new PBX media" in self.procs["cig"].output(),
+            "the CIG to take the re-INVITE" + self.context(),
+        )
+        await until(
+            lambda: "updated: PBX" in self.procs["cig-relay"].output(),
+            "BridgeUpdate" + self.context(),
+        )
+        await sleep(1.5)
+        self.assertEqual(phone.dtmf_received(call), "7", self.context())
         ended = phone.until(lambda e: isinstance(e, CallEvent) and e.call is call and e.kind == END)
         phone.hangup(call)
         await ended
