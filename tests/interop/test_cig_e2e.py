@@ -204,6 +204,10 @@ class SecurePbxTests(TestCase):
         except OSError:
             return ""
 
+    def session_states(self) -> list[str]:
+        """The State column of session.log, line by line."""
+        return [line.split(", ")[6] for line in self.session_log().splitlines() if line]
+
     def sessions_empty(self) -> bool:
         return self.crs_cli("show", "session").split() == ["CALLER", "CALLEE", "TIME", "STATE"]
 
@@ -300,9 +304,11 @@ class SecurePbxTests(TestCase):
         self.assertTrue(await self.in_thread(self.sessions_empty))
         stats = await self.in_thread(self.cig_cli, "status")
         self.assertIn("Connection state          CONNECTED", stats)
-        log = self.session_log()
-        for step in ("routed", "talk", "hangup"):
-            self.assertIn(step, log.lower(), log)
+        self.assertEqual(
+            self.session_states(),
+            ["routing", "routed", "trying", "ringing", "talk", "hangup"],
+            self.session_log(),
+        )
 
     async def test_pbx_phone_calls_listening_client(self) -> None:
         """
@@ -343,6 +349,17 @@ class SecurePbxTests(TestCase):
         self.assert_tone(self.pbx_recording(), CLIENT_TONE, "baresip's recording")
         self.assertTrue(await self.in_thread(self.sessions_empty))
         await self.until_states(["HANGUP"])
+        self.assertEqual(
+            self.session_states(),
+            ["routing", "routed", "trying", "ringing", "talk", "hangup"],
+            self.session_log(),
+        )
+        fields = self.session_log().splitlines()[-1].split(", ")
+        self.assertEqual(
+            fields[2:6],
+            [f"sip:101@127.0.0.1:{self.pbx.kam_port}", f"sip:{DIAL_CLIENT}@127.0.0.1:"
+             f"{self.pbx.kam_port}", f"{CIG_URI};101", CLIENT],
+        )  # fmt: skip
 
     async def test_crs_restart_mid_call(self) -> None:
         """
