@@ -155,11 +155,10 @@ def cbor_decode(data: bytes) -> Any:
     view = bytes(data)
     try:
         value = cbor2.loads(view)
-    except Exception:
-        pass
-    else:
         if _plain(value, 0) and cbor2.dumps(value) == view:
             return value
+    except Exception:  # noqa: S110 -- the strict decoder below says what is wrong
+        pass
     value, end = _decode_at(view, 0, 0)
     if end != len(view):
         raise UmsgError("malformed", "trailing octets after the CBOR item")
@@ -174,7 +173,7 @@ def _plain(value: Any, depth: int) -> bool:
     if kind is str or kind is bytes or kind is bool or value is None:
         return True
     if kind is int:
-        return -(2**64) <= value < 2**64
+        return bool(-(2**64) <= value < 2**64)
     if kind is dict:
         for key, item in value.items():
             if type(key) is not str or not _plain(item, depth + 1):
