@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import attrs
 from pylibsrtp import Policy, Session
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from cryptify.cig import g711
 from cryptify.cig.bridge import TICK_SECONDS, PbxSide, SecureSide
-from cryptify.cig.bridge_io import BridgeRefused, BridgeService
+from cryptify.cig.bridge_io import BridgeRefused, BridgeService, MediaPoller, SocketPort
 from cryptify.cig.relay import control_factory
 from cryptify.config.cig_model import AddressOverride, PortRange, SipInterface, TelInterface
 from cryptify.protocols.bridge_control import (
@@ -301,6 +304,115 @@ class ControlTests(SynchronousTestCase):
         packet = parse_rtp(rtp)
         assert isinstance(packet, RtpPacket)
         self.assertEqual((packet.payload_type, packet.payload), (96, event))
+
+
+@implementer(IReactorFDSet)
+class FdReactor(Clock):
+    """A Clock with the reader registration of a real reactor (readers recorded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readers: list[Any] = []
+
+    def addReader(self, reader: Any) -> None:
+        self.readers.append(reader)
+
+    def removeReader(self, reader: Any) -> None:
+        self.readers.remove(reader)
+
+
+class MediaPollerTests(SynchronousTestCase):
+    """The fast path: leg sockets in one epoll set, real UDP on loopback."""
+
+    def setUp(self) -> None:
+        self.reactor = FdReactor()
+        self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.peer.bind(("127.0.0.1", 0))
+        self.peer.settimeout(2)
+        self.addCleanup(self.peer.close)
+
+    def poll_until(self, poller: MediaPoller, done: Any) -> None:
+        for _ in range(200):
+            poller.doRead()
+            if done():
+                return
+            self.peer.settimeout(0.005)
+            try:
+                self.peer.recv(1)
+            except OSError:
+                pass
+            self.peer.settimeout(2)
+        self.fail("nothing arrived")
+
+    def test_poller_reads_every_leg_and_unregisters(self) -> None:
+        """One reader for all legs; each datagram reaches its leg; the last close unregisters."""
+        poller = MediaPoller(self.reactor)
+        got: list[tuple[int, bytes]] = []
+        ports = []
+        for i in range(3):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.bind(("127.0.0.1", 0))
+            ports.append(SocketPort(poller, sock, lambda d, i=i: got.append((i, d))))
+        self.assertEqual(self.reactor.readers, [poller])
+        for i, port in enumerate(ports):
+            self.peer.sendto(b"to %d" % i, ("127.0.0.1", port.getHost().port))
+        self.poll_until(poller, lambda: len(got) == 3)
+        self.assertEqual(sorted(got), [(0, b"to 0"), (1, b"to 1"), (2, b"to 2")])
+        ports[1].write(b"back", self.peer.getsockname())
+        self.assertEqual(self.peer.recvfrom(100), (b"back", ("127.0.0.1", ports[1].getHost().port)))
+        for port in ports:
+            port.stopListening()
+            port.stopListening()  # twice is harmless
+        self.assertEqual(self.reactor.readers, [])
+
+    def test_handler_error_logged_not_raised(self) -> None:
+        """A leg whose handler raises is logged; the poller keeps serving."""
+        poller = MediaPoller(self.reactor)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+        seen: list[bytes] = []
+
+        def handler(data: bytes) -> None:
+            seen.append(data)
+            raise ValueError("boom")
+
+        port = SocketPort(poller, sock, handler)
+        self.addCleanup(port.stopListening)
+        self.peer.sendto(b"x", ("127.0.0.1", port.getHost().port))
+        self.poll_until(poller, lambda: seen)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_service_bridges_real_sockets(self) -> None:
+        """On a reactor with file descriptors the service's legs are real sockets."""
+        service = BridgeService(self.reactor, sip=SipInterface(bind="127.0.0.1"))
+        service.startService()
+        self.addCleanup(service.stopService)
+        relay = SecureSide("127.0.0.1", self.peer.getsockname()[1], TAG, KEY_OUT, KEY_IN)
+        pbx = PbxSide("127.0.0.1", self.peer.getsockname()[1])
+        secure_port, pbx_port = service.add("c1", relay, pbx)
+        (poller,) = self.reactor.readers
+        tx, rx = client_sessions()
+        frame = bytes(range(160))
+        self.peer.sendto(
+            tx.protect(encode_rtp(0, 7, 1120, 5, frame, False)), ("127.0.0.1", secure_port)
+        )
+        self.poll_until(poller, lambda: service.calls["c1"].core.counters.pbx_tx)
+        rtp, source = self.peer.recvfrom(2048)
+        self.assertEqual(source, ("127.0.0.1", pbx_port))
+        packet = parse_rtp(rtp)
+        assert isinstance(packet, RtpPacket)
+        self.assertEqual(packet.payload, frame)
+        self.peer.sendto(encode_rtp(0, 1, 160, 9, frame, False), ("127.0.0.1", pbx_port))
+        self.poll_until(poller, lambda: service.calls["c1"].core.counters.pbx_rx)
+        self.reactor.advance(TICK_SECONDS)
+        datagram, source = self.peer.recvfrom(2048)
+        self.assertEqual(source, ("127.0.0.1", secure_port))
+        self.assertTrue(datagram.startswith(TAG))
+        self.assertIsInstance(parse_rtp(rx.unprotect(datagram[8:])), RtpPacket)
+        service.remove("c1")
+        self.assertEqual(self.reactor.readers, [])
 
 
 def _version() -> str:

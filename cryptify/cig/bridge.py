@@ -23,7 +23,10 @@ lasts.  See ``docs/bridge.md``.
 
 from __future__ import annotations
 
+import importlib
 import os
+import struct
+from typing import Any
 
 import attrs
 from pylibsrtp import Error as SrtpError
@@ -62,6 +65,11 @@ SRTP_PROFILES = {
 
 _U32 = 1 << 32
 _HALF32 = 1 << 31
+#: The RTP fixed header, and its sequence/timestamp/SSRC part.
+_HEADER = struct.Struct("!BBHII")
+_SEQ_TS_SSRC = struct.Struct("!HII")
+#: Room pylibsrtp's buffer keeps for the SRTP trailer (auth tag, MKI).
+_SRTP_TRAILER = 144
 
 
 class BridgeSpecError(ValueError):
@@ -281,6 +289,72 @@ def _session(key: bytes, profile: str, outbound: bool) -> Session:
     return Session(Policy(key=key, ssrc_type=kind, srtp_profile=SRTP_PROFILES[profile]))
 
 
+def _libsrtp() -> Any:
+    try:
+        return importlib.import_module("pylibsrtp._binding")
+    except ImportError:  # pragma: no cover - pylibsrtp always has it today
+        return None
+
+
+_BINDING = _libsrtp()
+
+
+class _Srtp:
+    """One pylibsrtp :class:`Session`, called without its per-packet overhead.
+
+    ``Session.protect``/``unprotect`` allocate a length cell and check the
+    argument's type on every packet; this keeps one cell and calls
+    libsrtp on the session's own buffer directly (falling back to the
+    public methods if pylibsrtp's internals ever differ).
+    ``unprotect`` answers None for a packet that fails authentication or
+    the replay check instead of raising.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._fast = False
+        binding = _BINDING
+        try:
+            self._ctx = session._srtp[0]
+            self._cdata = session._cdata
+            self._buffer = session._buffer
+            self._room = len(self._buffer) - _SRTP_TRAILER
+            self._length = binding.ffi.new("int *")
+            self._protect = binding.lib.srtp_protect
+            self._unprotect = binding.lib.srtp_unprotect
+            self._fast = True
+        except AttributeError:  # pragma: no cover - other pylibsrtp internals
+            pass
+
+    def protect(self, rtp: bytes) -> bytes:
+        size = len(rtp)
+        if not self._fast or size > self._room:
+            return self.session.protect(rtp)
+        buffer, length = self._buffer, self._length
+        buffer[0:size] = rtp
+        length[0] = size
+        status = self._protect(self._ctx, self._cdata, length)
+        if status:
+            raise SrtpError(f"srtp_protect failed: {status}")
+        out: bytes = buffer[0 : length[0]]
+        return out
+
+    def unprotect(self, srtp: bytes) -> bytes | None:
+        size = len(srtp)
+        if not self._fast or size > self._room:
+            try:
+                return self.session.unprotect(srtp)
+            except (SrtpError, ValueError):
+                return None
+        buffer, length = self._buffer, self._length
+        buffer[0:size] = srtp
+        length[0] = size
+        if self._unprotect(self._ctx, self._cdata, length):
+            return None
+        out: bytes = buffer[0 : length[0]]
+        return out
+
+
 @attrs.define(eq=False)
 class CallBridge:
     """One call's media: SRTP from the relay <-> RTP to the PBX."""
@@ -306,24 +380,34 @@ class CallBridge:
     _event: _EventState | None = None
     _last_pbx_event: tuple[int, int] | None = None
     # derived
-    _tx: Session = attrs.field(init=False)
-    _rx: Session = attrs.field(init=False)
+    _tx: _Srtp = attrs.field(init=False)
+    _rx: _Srtp = attrs.field(init=False)
     _to_pbx: bytes | None = attrs.field(init=False)
     _to_secure: bytes | None = attrs.field(init=False)
     _playout: Playout = attrs.field(init=False)
     _silence_frame: bytes = attrs.field(init=False)
+    _tag: bytes = attrs.field(init=False, repr=False)
+    _secure_pt: int = attrs.field(init=False)
+    _pbx_pt: int = attrs.field(init=False)
+    _pbx_known: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         check_spec(self.secure, self.pbx)
-        self._tx = _session(self.secure.tx_key, self.secure.profile, outbound=True)
-        self._rx = _session(self.secure.rx_key, self.secure.profile, outbound=False)
+        self._tx = _Srtp(_session(self.secure.tx_key, self.secure.profile, outbound=True))
+        self._rx = _Srtp(_session(self.secure.rx_key, self.secure.profile, outbound=False))
         self._configure_pbx()
         self._playout = Playout(silence=g711.SILENCE[self.secure.codec])
         self._silence_frame = bytes([g711.SILENCE[self.secure.codec]]) * FRAME_SAMPLES
+        self._tag = self.secure.tag
 
     def _configure_pbx(self) -> None:
         self._to_pbx = g711.translation(self.secure.codec, self.pbx.codec)
         self._to_secure = g711.translation(self.pbx.codec, self.secure.codec)
+        # The hot paths compare payload types and read the PBX address
+        # without going through the frozen specs' properties.
+        self._secure_pt = self.secure.payload_type
+        self._pbx_pt = self.pbx.payload_type
+        self._pbx_known = self.pbx.remote is not None
 
     @property
     def relay_address(self) -> tuple[str, int]:
@@ -341,11 +425,25 @@ class CallBridge:
         """An SRTP packet from the relay; the RTP packet for the PBX, if any."""
         c = self.counters
         c.secure_rx += 1
-        try:
-            rtp = self._rx.unprotect(srtp)
-        except SrtpError:
+        rtp = self._rx.unprotect(srtp)
+        if rtp is None:
             c.srtp_errors += 1
             return None
+        # Fast path: audio of the current client stream, a plain fixed
+        # header (no CSRC, extension or padding), a PBX to send to.
+        if rtp[0] == 0x80 and len(rtp) > 12 and (rtp[1] & 0x7F) == self._secure_pt:
+            seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(rtp, 2)
+            if ssrc == self._client_ssrc and self._pbx_known:
+                seq = (seq + self._seq_offset) & 0xFFFF
+                ts = (ts + self._ts_offset) % _U32
+                self._last_out_seq, self._last_out_ts = seq, ts
+                payload = rtp[12:]
+                if self._to_pbx is not None:
+                    payload = payload.translate(self._to_pbx)
+                    c.transcoded += 1
+                c.pbx_tx += 1
+                second = (rtp[1] & 0x80) | self._pbx_pt
+                return _HEADER.pack(0x80, second, seq, ts, self._pbx_ssrc) + payload
         packet = parse_rtp(rtp)
         if isinstance(packet, RtpError):
             c.malformed += 1
@@ -392,6 +490,14 @@ class CallBridge:
         """An RTP packet from the PBX: buffered for the next ticks."""
         c = self.counters
         c.pbx_rx += 1
+        # Fast path: audio with a plain fixed header.
+        if data[0:1] == b"\x80" and len(data) > 12 and (data[1] & 0x7F) == self._pbx_pt:
+            payload = data[12:]
+            if self._to_secure is not None:
+                payload = payload.translate(self._to_secure)
+                c.transcoded += 1
+            self._playout.push(int.from_bytes(data[4:8], "big"), payload)
+            return
         packet = parse_rtp(data)
         if isinstance(packet, RtpError):
             c.malformed += 1
@@ -458,13 +564,12 @@ class CallBridge:
             c.events_to_secure += 1
         else:
             payload = self._silence_frame if audio is None else audio
-            rtp = encode_rtp(
-                self.secure.payload_type, self._secure_seq, ts, self._secure_ssrc, payload, marker
-            )
+            second = self._secure_pt | 0x80 if marker else self._secure_pt
+            rtp = _HEADER.pack(0x80, second, self._secure_seq, ts, self._secure_ssrc) + payload
         self._secure_seq = (self._secure_seq + 1) & 0xFFFF
         self._secure_ts = (ts + FRAME_SAMPLES) % _U32
         c.secure_tx += 1
-        return self.secure.tag + self._tx.protect(rtp)
+        return self._tag + self._tx.protect(rtp)
 
     def snapshot(self) -> dict[str, int]:
         """The call's counters, the playout's included."""

@@ -9,19 +9,33 @@ applies here: ``rtp_remote_addr_override`` of the tel interface rewrites
 the relay address the CIG server names, that of the sip interface the
 PBX's; ``rtp_port_range`` of each interface is where the leg's local port
 comes from when the caller does not name one.
+
+On a real reactor (one with file descriptors) the legs are plain
+non-blocking sockets in one epoll set of our own, which the reactor sees as
+a single reader (:class:`MediaPoller`): one wakeup serves every leg that
+has a datagram, with one ``recv`` each and no per-packet reactor dispatch,
+and sends are ``sendto`` straight on the leg's socket.  Any other reactor
+(the tests' fake one) gets ``listenUDP`` ports.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import select
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 from twisted.application import service
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from cryptify.cig.bridge import (
     TICK_SECONDS,
@@ -37,6 +51,110 @@ log = Logger(namespace="cryptify.cig.bridge")
 
 #: Ticks one late wakeup may make up for (100 ms); beyond that the rate drops.
 MAX_CATCH_UP = 5
+#: Bytes read per datagram (the longest RTP/SRTP packet we expect fits).
+DATAGRAM_MAX = 2048
+#: epoll rounds per reactor wakeup, and events per round, of the poller.
+POLL_ROUNDS = 4
+POLL_EVENTS = 4096
+#: Receive buffer of each leg's socket.
+LEG_RCVBUF = 1 << 18
+
+
+@implementer(IReadDescriptor)
+class MediaPoller:
+    """Every leg socket in one epoll set, read by the reactor as one descriptor.
+
+    Level-triggered: a wakeup polls (without waiting) up to
+    :data:`POLL_ROUNDS` times and reads one datagram from each ready
+    socket per round; what is left makes the set readable again at once.
+    """
+
+    def __init__(self, reactor: IReactorFDSet) -> None:
+        self.reactor = reactor
+        self._ep = select.epoll()
+        self._legs: dict[int, tuple[Callable[[int], bytes], Callable[[bytes], None]]] = {}
+        self._reading = False
+
+    def fileno(self) -> int:
+        return self._ep.fileno()
+
+    def logPrefix(self) -> str:
+        return "cig_relay media"
+
+    def add(self, sock: socket.socket, receive: Callable[[bytes], None]) -> None:
+        fd = sock.fileno()
+        self._legs[fd] = (sock.recv, receive)
+        self._ep.register(fd, select.EPOLLIN)
+        if not self._reading:
+            self._reading = True
+            self.reactor.addReader(self)
+
+    def remove(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if self._legs.pop(fd, None) is not None:
+            self._ep.unregister(fd)
+        if not self._legs and self._reading:
+            self._reading = False
+            self.reactor.removeReader(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._reading = False
+
+    def doRead(self) -> None:
+        poll, legs = self._ep.poll, self._legs
+        for _ in range(POLL_ROUNDS):
+            events = poll(0, POLL_EVENTS)
+            if not events:
+                return
+            for fd, _mask in events:
+                leg = legs.get(fd)
+                if leg is None:
+                    continue
+                try:
+                    data = leg[0](DATAGRAM_MAX)
+                except OSError:
+                    continue  # nothing after all, or an ICMP error report
+                try:
+                    leg[1](data)
+                except Exception:
+                    log.failure("bridge media: datagram handling failed")
+
+
+class SocketPort:
+    """A leg's bound UDP socket in a :class:`MediaPoller` (the parts of a
+    Twisted UDP port the bridge uses: ``write``, ``getHost``,
+    ``stopListening``)."""
+
+    def __init__(
+        self, poller: MediaPoller, sock: socket.socket, receive: Callable[[bytes], None]
+    ) -> None:
+        self.poller = poller
+        self.socket = sock
+        #: ``write(datagram, (host, port))``: a plain ``sendto``.
+        self.write: Callable[[bytes, tuple[str, int]], int] = sock.sendto
+        self._host = sock.getsockname()
+        poller.add(sock, receive)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("UDP", self._host[0], self._host[1])
+
+    def stopListening(self) -> None:
+        if self.socket.fileno() >= 0:
+            self.poller.remove(self.socket)
+            self.socket.close()
+
+
+def bind_udp(port: int, interface: str) -> socket.socket:
+    """A non-blocking UDP socket bound to (interface, port); CannotListenError if not."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LEG_RCVBUF)
+        sock.bind((interface, port))
+    except OSError as exc:
+        sock.close()
+        raise CannotListenError(interface, port, exc) from None  # type: ignore[no-untyped-call]
+    return sock
 
 
 class BridgeRefused(Exception):
@@ -48,11 +166,11 @@ class SecureLeg(DatagramProtocol):
 
     def __init__(self, bridged: BridgedCall) -> None:
         self.bridged = bridged
+        #: What a :class:`MediaPoller` calls with each datagram.
+        self.receive: Callable[[bytes], None] = bridged.from_secure
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        out = self.bridged.core.from_secure(datagram)
-        if out is not None:
-            self.bridged.send_pbx(out)
+        self.bridged.from_secure(datagram)
 
 
 class PbxLeg(DatagramProtocol):
@@ -60,6 +178,7 @@ class PbxLeg(DatagramProtocol):
 
     def __init__(self, bridged: BridgedCall) -> None:
         self.bridged = bridged
+        self.receive: Callable[[bytes], None] = bridged.core.from_pbx
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         self.bridged.core.from_pbx(datagram)
@@ -74,6 +193,16 @@ class BridgedCall:
     pbx_address: tuple[str, int] | None
     secure_port: Any = None
     pbx_port: Any = None
+
+    def from_secure(self, datagram: bytes) -> None:
+        """A datagram from the relay: through the core, out to the PBX."""
+        out = self.core.from_secure(datagram)
+        if out is None or self.pbx_address is None:
+            return
+        try:
+            self.pbx_port.write(out, self.pbx_address)
+        except OSError:
+            self.core.counters.tx_errors += 1
 
     def send_pbx(self, packet: bytes) -> None:
         if self.pbx_address is None:
@@ -135,11 +264,14 @@ class BridgeService(service.Service):
         self.sip = sip or SipInterface()
         self.calls: dict[str, BridgedCall] = {}
         self.ended = BridgeCounters()
+        #: Call ticks the clock dropped, beyond :data:`MAX_CATCH_UP` late ones.
+        self.ticks_skipped = 0
         self._secure_ports = self._range(self.tel.rtp_port_range, 1)
         self._pbx_ports = self._range(self.sip.rtp_port_range, 2)
         self._loop = LoopingCall.withCount(self._tick)
         self._loop.clock = reactor
         self._interval = tick
+        self._poller = MediaPoller(reactor) if IReactorFDSet.providedBy(reactor) else None
 
     @staticmethod
     def _range(ports: PortRange | None, step: int) -> _Ports | None:
@@ -159,23 +291,30 @@ class BridgeService(service.Service):
             self.remove(call)
 
     def _tick(self, count: int) -> None:
+        if count > MAX_CATCH_UP:
+            self.ticks_skipped += (count - MAX_CATCH_UP) * len(self.calls)
         for _ in range(min(count, MAX_CATCH_UP)):
             for bridged in self.calls.values():
                 bridged.tick()
 
+    def _bind(self, port: int, protocol: SecureLeg | PbxLeg, interface: str) -> Any:
+        if self._poller is None:
+            return self.reactor.listenUDP(port, protocol, interface=interface)
+        return SocketPort(self._poller, bind_udp(port, interface), protocol.receive)
+
     def _listen(
-        self, protocol: DatagramProtocol, wanted: int, ports: _Ports | None, interface: str
+        self, protocol: SecureLeg | PbxLeg, wanted: int, ports: _Ports | None, interface: str
     ) -> Any:
         if wanted or ports is None:
             try:
-                return self.reactor.listenUDP(wanted, protocol, interface=interface)
+                return self._bind(wanted, protocol, interface)
             except CannotListenError as exc:
                 raise BridgeRefused(
                     f"cannot listen on {interface}:{wanted}: {exc.socketError}"
                 ) from None
         for port in ports.candidates():
             try:
-                return self.reactor.listenUDP(port, protocol, interface=interface)
+                return self._bind(port, protocol, interface)
             except CannotListenError:
                 continue
         raise BridgeRefused(f"no free port in {ports.low}-{ports.high}")
@@ -273,7 +412,7 @@ class BridgeService(service.Service):
         for bridged in self.calls.values():
             bridged.core.snapshot()
             total.add(bridged.core.counters)
-        return dict(total.as_dict(), calls=len(self.calls))
+        return dict(total.as_dict(), calls=len(self.calls), ticks_skipped=self.ticks_skipped)
 
 
 def _where(address: tuple[str, int] | None) -> str:
