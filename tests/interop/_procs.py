@@ -134,6 +134,25 @@ def run_cli(
     return done.returncode, done.stdout, done.stderr
 
 
+def kill_managed_redis(directory: str) -> None:
+    """SIGKILL the redis_high and redis_low a CRS with ``data-dir DIR/data`` left behind."""
+    for name in ("redis_high", "redis_low"):
+        try:
+            with open(os.path.join(directory, "data", "redis", name, "redis.pid")) as f:
+                pid = f.read().strip()
+        except OSError:
+            continue
+        if pid and os.path.exists(f"/proc/{pid}"):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def cli_ok(case: Any, program: str, *args: str, stdin: str | None = None) -> str:
+    """Run a console script that must succeed (``case`` fails otherwise); its stdout."""
+    status, out, err = run_cli(program, *args, stdin=stdin)
+    case.assertEqual(status, 0, f"{program} {args}: {out}{err}")
+    return out
+
+
 def pids_of(pattern: str) -> list[int]:
     """PIDs whose command line contains ``pattern``."""
     found = []

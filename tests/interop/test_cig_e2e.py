@@ -37,9 +37,10 @@ from tests.interop._pbx import Pbx, require_pbx, sleep, until
 from tests.interop._procs import (
     BIN,
     Twistd,
+    cli_ok,
     free_port,
+    kill_managed_redis,
     provision,
-    run_cli,
     short_tempdir,
     tcp_answers,
     unix_answers,
@@ -152,19 +153,10 @@ class SecurePbxTests(TestCase):
         for name in ("cig", "cig-relay", "crs", "crs-relay"):
             if name in self.procs:
                 self.procs[name].stop()
-        for name in ("redis_high", "redis_low"):
-            try:
-                with open(os.path.join(self.dir, "data", "redis", name, "redis.pid")) as f:
-                    pid = f.read().strip()
-            except OSError:
-                continue
-            if pid and os.path.exists(f"/proc/{pid}"):
-                os.kill(int(pid), signal.SIGKILL)
+        kill_managed_redis(self.dir)
 
     def ok(self, program: str, *args: str, stdin: str | None = None) -> str:
-        status, out, err = run_cli(program, *args, stdin=stdin)
-        self.assertEqual(status, 0, f"{program} {args}: {out}{err}")
-        return out
+        return cli_ok(self, program, *args, stdin=stdin)
 
     def crs_cli(self, *args: str) -> str:
         return self.ok("crs-cli", "--socket", self.crs_socket, *args)

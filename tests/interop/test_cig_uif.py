@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import time
 
@@ -12,8 +11,9 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.interop._procs import (
     Twistd,
+    cli_ok,
     free_port,
-    run_cli,
+    kill_managed_redis,
     short_tempdir,
     tcp_answers,
     unix_answers,
@@ -69,19 +69,10 @@ notify "/bin/true";
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
-        for name in ("redis_high", "redis_low"):
-            try:
-                with open(os.path.join(self.dir, "data", "redis", name, "redis.pid")) as f:
-                    pid = f.read().strip()
-            except OSError:
-                continue
-            if pid and os.path.exists(f"/proc/{pid}"):
-                os.kill(int(pid), signal.SIGKILL)
+        kill_managed_redis(self.dir)
 
     def ok(self, program: str, *args: str, stdin: str | None = None) -> str:
-        status, out, err = run_cli(program, *args, stdin=stdin)
-        self.assertEqual(status, 0, f"{program} {args}: {out}{err}")
-        return out
+        return cli_ok(self, program, *args, stdin=stdin)
 
     def cig_cli(self, *args: str, stdin: str | None = None) -> str:
         where = ("--address", f"127.0.0.1:{self.mgmt_port}", "--cookie", self.cookie)

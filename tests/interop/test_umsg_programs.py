@@ -16,6 +16,7 @@ from tests.interop._procs import (
     BIN,
     Twistd,
     free_port,
+    kill_managed_redis,
     run_cli,
     short_tempdir,
     unix_answers,
@@ -43,14 +44,7 @@ class ClientProgramTests(SynchronousTestCase):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.crs.stop()
-        for name in ("redis_high", "redis_low"):
-            try:
-                with open(os.path.join(self.dir, "data", "redis", name, "redis.pid")) as f:
-                    pid = f.read().strip()
-            except OSError:
-                continue
-            if pid and os.path.exists(f"/proc/{pid}"):
-                os.kill(int(pid), signal.SIGKILL)
+        kill_managed_redis(self.dir)
 
     def cli(self, *args: str) -> tuple[int, str, str]:
         return run_cli("crs-cli", "--socket", self.socket, *args)
