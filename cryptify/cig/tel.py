@@ -114,14 +114,20 @@ def pbx_media(sdp: bytes) -> PbxMedia | None:
     return PbxMedia(host, audio.port, codec, dtmf)
 
 
-async def add_bridge(leg: Any) -> None:
-    """Ask cig-relay to bridge a call: the secure leg through the CRS relay
-    (its host, port and tag, the SRTP key from the SSV) and the PBX leg from
-    the PBX's SDP.  ``leg`` is a :class:`TelCall` or an :class:`OutLeg`."""
+def _pbx_leg(leg: Any) -> tuple[int | None, PbxMedia]:
+    """A call's local RTP port and the PBX's media (BadKeys: no usable SDP)."""
     media = leg.tel.sip.media_of(leg.call)
     pbx = pbx_media(media[1]) if media is not None else None
     if media is None or pbx is None:
         raise BadKeys("no usable SDP from the PBX")
+    return media[0], pbx
+
+
+async def add_bridge(leg: Any) -> None:
+    """Ask cig-relay to bridge a call: the secure leg through the CRS relay
+    (its host, port and tag, the SRTP key from the SSV) and the PBX leg from
+    the PBX's SDP.  ``leg`` is a :class:`TelCall` or an :class:`OutLeg`."""
+    port, pbx = _pbx_leg(leg)
     await leg.tel.bridge.call(
         BridgeAdd,
         call=leg.session,
@@ -130,7 +136,7 @@ async def add_bridge(leg: Any) -> None:
         tag=leg.relay_tag,
         srtp_tx_key=leg.policy_key,
         srtp_rx_key=leg.policy_key,
-        pbx_port=media[0] or 0,
+        pbx_port=port or 0,
         pbx_host=pbx.host,
         pbx_remote_port=pbx.port,
         pbx_codec=pbx.codec,
@@ -141,10 +147,7 @@ async def add_bridge(leg: Any) -> None:
 async def update_bridge(leg: Any) -> None:
     """Tell cig-relay where the PBX leg of a bridged call now is (after a
     re-INVITE).  An offer on hold (``c=0.0.0.0``) leaves the bridge as it is."""
-    media = leg.tel.sip.media_of(leg.call)
-    pbx = pbx_media(media[1]) if media is not None else None
-    if pbx is None:
-        raise BadKeys("no usable SDP from the PBX")
+    _, pbx = _pbx_leg(leg)
     if pbx.host in ("0.0.0.0", "::"):
         log.info("session {session}: PBX media on hold", session=leg.session)
         return
