@@ -199,6 +199,30 @@ class IncomingTests(TelCase):
         self.tel.media_changed(call)
         self.assertIs(self.bridge.sent[-1][0], BridgeRemove)
 
+    def test_umsg_rows(self) -> None:
+        """show umsg: BANG on the invite, GROWL once ringing, TALK, then HANGUP
+        for 30 s; TIME counts seconds from the invite; ID is the session."""
+        self.tel.handle(Incoming(self.invite()))
+        [(_, leg)] = self.sif.legs
+        self.assertEqual(self.tel.umsg_rows(), [[CALLER, CALLEE, "BANG", "0", "s1"]])
+        leg.ringing()
+        self.clock.advance(3)
+        self.assertEqual(self.tel.umsg_rows()[0][2:4], ["GROWL", "3"])
+        leg.answered()
+        self.clock.advance(2)
+        self.assertEqual(self.tel.umsg_rows()[0][2:4], ["TALK", "5"])
+        leg.hung_up()
+        self.assertEqual(self.tel.umsg_rows(), [[CALLER, CALLEE, "HANGUP", "5", "s1"]])
+        self.clock.advance(31)
+        self.assertEqual(self.tel.umsg_rows(), [])
+
+    def test_own_messages_discarded(self) -> None:
+        """A message to the CIG's own number is confirmed (the CRS drops it) and counted."""
+        msg = message("message", message="m1", to=CIG, time=1, content=b"hi", **{"from": CALLER})
+        self.tel.handle(Incoming(msg))
+        self.assertEqual((self.out[-1].type, self.out[-1]["message"]), ("delivered", "m1"))
+        self.assertEqual(self.tel.discarded, 1)
+
     def test_hangup_from_secure_side(self) -> None:
         """A UMSG hangup while talking ends the SIP leg and removes the bridge."""
         self.tel.handle(Incoming(self.invite()))
@@ -427,6 +451,19 @@ class UifCallsTests(TelCase):
         calls.handle(ConnectionEnded("lost"))
         self.assertEqual(self.sif.hung_up, [call])
 
+    def test_umsg_rows_with_descriptor(self) -> None:
+        """While attached, show umsg ends with the message descriptor row,
+        its TIME counted from the CIG's start; detached, no descriptor."""
+        calls, uif = self.make()
+        self.clock.advance(7)
+        uif.material = cig_material()
+        calls.handle(Incoming(self.invite()))
+        rows = calls.umsg_rows()
+        self.assertEqual([r[2] for r in rows], ["BANG", "ZERO"])
+        self.assertEqual(rows[-1], ["ZERO", "ZERO", "ZERO", "7", "umsg"])
+        uif._session = None
+        self.assertEqual([r[2] for r in calls.umsg_rows()], ["BANG"])
+
     def test_new_keys_new_tel(self) -> None:
         """New key material replaces the UmsgTel, ending the old one's calls."""
         calls, uif = self.make()
@@ -548,6 +585,19 @@ class FromPbxTests(TelCase):
         )  # fmt: skip
         [event] = self.caller.handle(Incoming(incoming))
         self.assertEqual((event.kind, event.call.peer), ("incoming", f"{CIG};101"))
+
+    def test_umsg_rows(self) -> None:
+        """show umsg for a call from the PBX: BANG (no session yet: ID -), the
+        session's ID once the CRS answers, GROWL, TALK, then HANGUP."""
+        call, _, sent = self.place()
+        self.assertEqual(self.tel.umsg_rows(), [["tel:+101", CALLER, "BANG", "0", "-"]])
+        self.session_answer(sent)
+        self.tel.handle(Incoming(message("ringing", session="s9")))
+        self.assertEqual(self.tel.umsg_rows()[0][2:], ["GROWL", "0", "s9"])
+        self.tel.handle(Incoming(message("talk", session="s9")))
+        self.assertEqual(self.tel.umsg_rows()[0][2], "TALK")
+        self.tel.hang_up(call)
+        self.assertEqual([r[2] for r in self.tel.umsg_rows()], ["HANGUP"])
 
     def test_not_attached(self) -> None:
         """Without an attached session the call is refused 480 at once."""

@@ -45,7 +45,7 @@ class CigAdmin(amp.CommandLocator):
 
     @cig_admin.ShowUmsg.responder
     def show_umsg(self) -> dict[str, Any]:
-        return {"table": table(UMSG_COLUMNS, [])}
+        return {"table": table(UMSG_COLUMNS, self.state.umsg_rows())}
 
     @cig_admin.SetKey.responder
     def set_key(self, blob: str) -> dict[str, Any]:

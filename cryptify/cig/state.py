@@ -26,6 +26,7 @@ class CigState:
     #: (public ID, security domain, crypto state, crypto periods) from the UIF.
     umsg_info: Callable[[], tuple[str, str, str, tuple[str, ...]]] | None = None
     call_rows: Callable[[], list[list[str]]] = lambda: []
+    umsg_rows: Callable[[], list[list[str]]] = lambda: []
     #: (PBX server, UP/DOWN/UNKNOWN) from the OPTIONS keep-alive.
     sip_peers: Callable[[], list[tuple[str, str]]] = lambda: []
 

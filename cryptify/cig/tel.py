@@ -25,6 +25,7 @@ logged here.
 
 from __future__ import annotations
 
+import collections
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -83,6 +84,17 @@ class SipSide(Protocol):
     def hang_up(self, call: Call) -> None: ...
 
     def media_of(self, call: Call) -> tuple[int | None, bytes] | None: ...
+
+
+#: ``show umsg`` states: being created, invite sent, ringing, talking, ended.
+CREATE, BANG, GROWL, TALK, HANGUP = "CREATE", "BANG", "GROWL", "TALK", "HANGUP"
+#: Seconds an ended call stays in ``show umsg``, and how many such rows are kept.
+UMSG_LINGER = 30.0
+MAX_ENDED_ROWS = 1000
+
+
+def _age(created: float, now: float) -> str:
+    return str(max(0, int(now - created)))
 
 
 @attrs.frozen
@@ -214,6 +226,14 @@ class TelCall:
     policy_key: bytes = attrs.field(repr=False)
     bridged: bool = False
     ended: bool = False
+    rang: bool = False
+    talking: bool = False
+    created: float = 0.0
+
+    def umsg_row(self, now: float) -> list[str]:
+        """This call's ``show umsg`` row."""
+        state = HANGUP if self.ended else TALK if self.talking else GROWL if self.rang else BANG
+        return [self.call.in_from, self.call.in_to, state, _age(self.created, now), self.session]
 
     # TelLeg
     def trying(self) -> None:
@@ -221,6 +241,7 @@ class TelCall:
 
     def ringing(self) -> None:
         if not self.ended:
+            self.rang = True
             self.tel.notify("ringing", session=self.session)
 
     def answered(self) -> None:
@@ -247,6 +268,7 @@ class TelCall:
         if self.ended:  # hung up while the bridge was being set up
             self._remove_bridge()
             return
+        self.talking = True
         self.tel.notify("talk", session=self.session)
 
     def _bridge_failed(self, failure: Failure) -> None:
@@ -279,6 +301,7 @@ class TelCall:
         """The SIP side ended: hang up the secure side."""
         self.ended = True
         self.tel.active.pop(self.session, None)
+        self.tel.retire(self)
         self._remove_bridge()
         fields: dict[str, Any] = {"session": self.session, "code": code}
         if reason is not None:
@@ -291,6 +314,7 @@ class TelCall:
             return
         self.ended = True
         self.tel.active.pop(self.session, None)
+        self.tel.retire(self)
         self._remove_bridge()
         self.tel.sip.hang_up(self.call)
         if self.call.state not in ENDED:  # nothing sent to the PBX yet
@@ -325,6 +349,21 @@ class OutLeg:
     bridged: bool = False
     answered: bool = False
     ended: bool = False
+    rang: bool = False
+    created: float = 0.0
+
+    def umsg_row(self, now: float) -> list[str]:
+        """This call's ``show umsg`` row."""
+        if self.ended:
+            state = HANGUP
+        elif self.answered:
+            state = TALK
+        elif self.rang:
+            state = GROWL
+        else:
+            state = BANG if self.request_id is not None or self.session else CREATE
+        shown = [self.call.out_from, self.call.out_to, state, _age(self.created, now)]
+        return [*shown, self.session or "-"]
 
     def session_answer(self, msg: Message) -> None:
         """The CRS answered our invite: ``session``, or an error."""
@@ -332,6 +371,7 @@ class OutLeg:
         if msg.type != "session":
             self.ended = True
             self.tel.outgoing.pop(id(self.call), None)
+            self.tel.retire(self)
             self.leg.rejected(UMSG_STATUS.get(msg.get("code", ""), 480))
             return
         self.session = msg["session"]
@@ -349,6 +389,7 @@ class OutLeg:
         if self.ended:
             return
         if msg.type == "ringing":
+            self.rang = True
             self.leg.ringing()
         elif msg.type == "talk" and not self.answered:
             self.answered = True
@@ -394,6 +435,7 @@ class OutLeg:
             return
         self.ended = True
         self.tel.outgoing.pop(id(self.call), None)
+        self.tel.retire(self)
         self._remove_bridge()
         if self.session is not None:
             self.tel.active.pop(self.session, None)
@@ -408,6 +450,7 @@ class OutLeg:
             return
         self.ended = True
         self.tel.outgoing.pop(id(self.call), None)
+        self.tel.retire(self)
         self._remove_bridge()
         if self.session is not None:
             self.tel.active.pop(self.session, None)
@@ -429,6 +472,29 @@ class UmsgTel:
     active: dict[str, TelCall | OutLeg] = attrs.field(factory=dict)
     pending: dict[int, OutLeg] = attrs.field(factory=dict)
     outgoing: dict[int, OutLeg] = attrs.field(factory=dict)
+    #: Calls that ended lately (``show umsg`` lists them as HANGUP for a while).
+    ended: collections.deque[tuple[float, TelCall | OutLeg]] = attrs.field(
+        factory=lambda: collections.deque(maxlen=MAX_ENDED_ROWS)
+    )
+    #: Messages sent to the CIG's own number, fetched and discarded.
+    discarded: int = 0
+
+    def retire(self, leg: TelCall | OutLeg) -> None:
+        """A call ended: keep its row for ``UMSG_LINGER`` seconds."""
+        self.ended.append((self.clock.seconds(), leg))
+
+    def umsg_rows(self) -> list[list[str]]:
+        """``show umsg``: every call on the UMSG side, oldest first, then the
+        ones that ended in the last ``UMSG_LINGER`` seconds."""
+        now = self.clock.seconds()
+        while self.ended and now - self.ended[0][0] > UMSG_LINGER:
+            self.ended.popleft()
+        live: dict[int, TelCall | OutLeg] = {}
+        for leg in [*self.active.values(), *self.outgoing.values()]:
+            if not leg.ended:
+                live[id(leg)] = leg
+        rows = [leg.umsg_row(now) for leg in sorted(live.values(), key=lambda x: x.created)]
+        return rows + [leg.umsg_row(now) for _, leg in self.ended]
 
     @keys.default
     def _keys(self) -> Decapsulator:
@@ -450,6 +516,12 @@ class UmsgTel:
         msg = event.message
         if msg.type == "invite":
             self._invite(msg)
+            return
+        if msg.type == "message":
+            # nobody reads the CIG's own inbox: confirm (the CRS drops it)
+            self.discarded += 1
+            log.info("message {message} to the CIG discarded", message=msg["message"])
+            self.notify("delivered", message=msg["message"])
             return
         found = self.active.get(msg.get("session", ""))
         if isinstance(found, OutLeg):
@@ -486,7 +558,7 @@ class UmsgTel:
             log.warn("cannot key a call to {to}: {why}", to=call.out_to, why=str(exc))
             leg.rejected(500)
             return
-        out = OutLeg(self, call, leg, built.srtp().policy_key)
+        out = OutLeg(self, call, leg, built.srtp().policy_key, created=now)
         fields: dict[str, Any] = {"to": call.out_to, "mikey": built.data}
         if call.out_from != self.material.uri and base_uri(call.out_from) == self.material.uri:
             fields["from"] = call.out_from  # the PBX user, as an extension of our number
@@ -547,6 +619,7 @@ class UmsgTel:
             msg["relay-port"],
             msg["relay-tag"],
             policy_key,
+            created=self.clock.seconds(),
         )
         self.active[session] = leg
         self.sip.place_call(call, leg)
@@ -581,6 +654,21 @@ class UifCalls:
     router: Router
     bridge: BridgeLink
     tel: UmsgTel | None = None
+    #: When the CIG started (the message descriptor's TIME counts from it).
+    started: float = attrs.field()
+
+    @started.default
+    def _now(self) -> float:
+        return self.clock.seconds()
+
+    def umsg_rows(self) -> list[list[str]]:
+        """``show umsg``: the calls, then, while attached, the message descriptor."""
+        rows = self.tel.umsg_rows() if self.tel is not None else []
+        session = self.uif.session()
+        if session is not None and session.state == "attached":
+            age = _age(self.started, self.clock.seconds())
+            rows.append(["ZERO", "ZERO", "ZERO", age, "umsg"])
+        return rows
 
     def handle(self, event: Event) -> None:
         """One event of the UIF's client."""

@@ -230,6 +230,7 @@ def make_cig_service(
         crs_connected=lambda: uif.connected,
         umsg_info=lambda: uif.info().as_tuple(),
         call_rows=calls.rows,
+        umsg_rows=tel_side.uif_calls.umsg_rows,
         sip_peers=pbx.rows,
     )
 

@@ -267,6 +267,10 @@ class SecurePbxTests(TestCase):
         await phone.start()
         call = await self.talk(phone)
         self.assertIn("ANSWER", await self.in_thread(self.call_states))
+        umsg = (await self.in_thread(self.cig_cli, "show", "umsg")).splitlines()
+        self.assertEqual(umsg[0].split(), ["FROM", "TO", "STATE", "TIME", "ID"])
+        self.assertEqual([row.split()[:3] for row in umsg[1:-1]],
+                         [[CLIENT, PBX_PHONE, "TALK"], ["ZERO", "ZERO", "ZERO"]])  # fmt: skip
         self.assertIn(CLIENT, await self.in_thread(self.crs_cli, "show", "session"))
         await sleep(1.0)
         phone.send_dtmf(call, "123#")
