@@ -137,6 +137,7 @@ class CigAdminTests(SynchronousTestCase):
 
         text = render_status(status)
         self.assertIn("Relay connection state    CONNECTED", text)
+        self.assertIn("Crypto engines available  0/1", text)
         self.assertIn("CRS Address               192.0.2.1:5223", text)
         self.assertIn("Connection state          DISCONNECTED", text)
         self.assertIn("SIP Bind address          192.0.2.2", text)

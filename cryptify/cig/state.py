@@ -22,7 +22,9 @@ class CigState:
     security_domain: str = "-"
     crypto_state: str = "NO KEYS"
     crypto_periods: tuple[str, ...] = ()
-    crypto_engines: tuple[int, int] = (0, 0)
+    #: (available, total) media crypto engines: the cig-relay processes that
+    #: do the SRTP work, available while their control link is up.
+    crypto_engines: Callable[[], tuple[int, int]] = lambda: (0, 1)
     #: (public ID, security domain, crypto state, crypto periods) from the UIF.
     umsg_info: Callable[[], tuple[str, str, str, tuple[str, ...]]] | None = None
     call_rows: Callable[[], list[list[str]]] = lambda: []
@@ -58,7 +60,7 @@ class CigState:
                         ),
                         (
                             "Crypto engines available",
-                            f"{self.crypto_engines[0]}/{self.crypto_engines[1]}",
+                            "{}/{}".format(*self.crypto_engines()),
                         ),
                     ],
                 ],

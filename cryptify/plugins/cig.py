@@ -227,6 +227,7 @@ def make_cig_service(
         crs_address=cfg.crs.address.host,
         sip_bind=sip.bind,
         relay_connected=lambda: relay.active,
+        crypto_engines=lambda: (1 if relay.active else 0, 1),
         crs_connected=lambda: uif.connected,
         umsg_info=lambda: uif.info().as_tuple(),
         call_rows=calls.rows,

@@ -390,6 +390,7 @@ notify "{d}/notify.sh";
         self.assertTrue(out.startswith("Cryptify Interconnect Gateway v"))
         self.assertIn("CRS Address               192.0.2.10", out)
         self.assertIn("SIP Bind address          127.0.0.1", out)
+        self.assertIn("Crypto engines available  1/1", out)
         status, out, _ = self.cli("show", "call")
         self.assertEqual(status, 0)
         self.assertEqual(
