@@ -83,6 +83,9 @@ def programs() -> list[tuple[str, list[str], str]]:
         path("cig", "cig.sock"),
         "--cookie",
         path("cig", "mgmt.cookie"),
+        # the CRS's development certificate, written when it starts
+        "--crs-ca",
+        path("crs", "data", "tls", "crs.crt"),
     ]
     cig_relay = ["cig-relay", *cig_common]
     return [
@@ -171,7 +174,7 @@ Cryptify is running on loopback (scratch files in {RUN}):
   CRS        client TLS {crs_conf.listen.host}:{crs_conf.listen.port}
              management {path("crs", "crs.sock")}   logs {path("crs", "log")}
   CRS relay  media {crs_conf.relay.host}:{crs_conf.relay.port}/udp
-  CIG        SIP {sip.bind}:{sip.port} (later), management {mgmt.host}:{mgmt.port}
+  CIG        SIP {sip.bind}:{sip.port}, management {mgmt.host}:{mgmt.port}
              logs {path("cig", "log")}
   CIG relay  control {path("cig", "relay.sock")}
   events     {path("events.log")} (what notify.sh was told)

@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig import cli as cig_cli
@@ -205,10 +206,22 @@ class UifTests(SynchronousTestCase):
 
         self.uif.connect = broken
         store_blob(self.dir, cig_material(self.period).to_blob())
+        warnings: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "cryptify.cig.uif":
+                warnings.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         self.uif.startService()
         self.assertFalse(self.uif.connected)
         self.world.clock.advance(2)
         self.assertEqual(len(calls), 2)
+        # the reason is logged once, not at every retry
+        failures = [w for w in warnings if w.startswith("cannot attach to the CRS")]
+        self.assertEqual(len(failures), 1, warnings)
+        self.assertIn("no CA file", failures[0])
 
 
 class SetKeyCommandTests(SynchronousTestCase):

@@ -151,6 +151,7 @@ class Uif(service.Service):
         self.material: KeyMaterial | None = None
         self.client: AttachingClient | None = None
         self.connected = False
+        self._last_failure: str | None = None
         #: Every event of the attached session, for the calls (:mod:`cryptify.cig.tel`).
         self.on_call_event: Callable[[Event], None] | None = None
 
@@ -276,6 +277,7 @@ class Uif(service.Service):
             return
         if isinstance(event, Attached):
             self.connected = True
+            self._last_failure = None
             log.info("attached {uri} to {crs}", uri=event.uri, crs=event.crs)
         elif isinstance(event, Refused):
             self.connected = False
@@ -286,6 +288,10 @@ class Uif(service.Service):
         elif isinstance(event, ConnectionEnded):
             if self.connected:
                 log.warn("connection to the CRS ended: {why}", why=event.why)
+            elif event.why != self._last_failure:
+                # each new reason once, not every retry
+                log.warn("cannot attach to the CRS: {why}", why=event.why)
+            self._last_failure = event.why
             self.connected = False
         if self.on_call_event is not None:
             self.on_call_event(event)

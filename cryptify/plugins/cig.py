@@ -101,6 +101,7 @@ class Options(usage.Options):
         ["cookie", None, None, "management cookie file (overrides cig.conf)"],
         ["relay-control", None, None, "relay control socket (overrides cig.conf)"],
         ["notify", None, None, "notify script (overrides cig.conf; empty: none)"],
+        ["crs-ca", None, None, "PEM file trusted for the CRS (overrides cig.conf crs { ca })"],
         [
             "sip-keepalive",
             None,
@@ -151,6 +152,8 @@ def apply_overrides(cfg: CigConfig, options: Any) -> CigConfig:
         )
     if options.get("notify") is not None:
         cfg = attrs.evolve(cfg, notify=_path(options["notify"]))
+    if options.get("crs-ca") is not None:
+        cfg = attrs.evolve(cfg, crs=attrs.evolve(cfg.crs, ca=_path(options["crs-ca"])))
     return cfg
 
 
