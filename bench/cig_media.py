@@ -27,7 +27,8 @@ Loss of a step: packets sent (warm-up included) that never arrived; for
 ours' secure side, which is clocked and sends a packet every tick whatever
 it got, the PBX packets it never read (``pbx_rx``) or dropped as late, the
 ticks its clock skipped (``ticks_skipped``) and the gaps in the sequence
-numbers that arrived.  Ladder: concurrent calls rising, fresh
+numbers that arrived (``ticks_caught_up``, ticks made up after a late
+wakeup, are shown but are not loss).  Ladder: concurrent calls rising, fresh
 process and sessions at each step, the two taking turns; a step with more
 than 0.1% loss is run once more, and a relay stops climbing at its second
 lossy result.  CPU per call is the relay process's CPU time over the step
@@ -614,7 +615,8 @@ def measure(exe: str, packets: Packets, start: Any, calls: int, secs: float) -> 
             gaps = max(0, counts["span_secure"] - counts["recv_secure"])
             lost_secure = unread + delta["late"] + delta.get("ticks_skipped", 0) + gaps
             shown = ("secure_rx", "secure_tx", "pbx_rx", "srtp_errors", "late", "concealed")
-            got["bridge"] = {k: delta.get(k, 0) for k in (*shown, "tx_errors", "ticks_skipped")}
+            kept = (*shown, "tx_errors", "ticks_skipped", "ticks_caught_up")
+            got["bridge"] = {k: delta.get(k, 0) for k in kept}
             got["bridge"].update(pbx_unread=unread, tick_gaps=gaps)
         expected = sent_secure + sent_pbx
         got["loss"] = round((lost_pbx + lost_secure) / expected, 5) if expected else 1.0

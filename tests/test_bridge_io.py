@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 from typing import Any
 
@@ -19,7 +20,13 @@ from zope.interface import implementer
 
 from cryptify.cig import g711
 from cryptify.cig.bridge import TICK_SECONDS, PbxSide, SecureSide
-from cryptify.cig.bridge_io import BridgeRefused, BridgeService, MediaPoller, SocketPort
+from cryptify.cig.bridge_io import (
+    MAX_CATCH_UP,
+    BridgeRefused,
+    BridgeService,
+    MediaPoller,
+    SocketPort,
+)
 from cryptify.cig.relay import control_factory
 from cryptify.config.cig_model import AddressOverride, PortRange, SipInterface, TelInterface
 from cryptify.protocols.bridge_control import (
@@ -163,7 +170,82 @@ class BridgeServiceTests(SynchronousTestCase):
         self.assertEqual({addr for _, addr in sent}, {("10.0.0.15", 146)})
         self.assertTrue(all(d.startswith(TAG) for d, _ in sent))
         self.reactor.advance(10.0)
-        self.assertEqual(len(sent), 10)
+        self.assertEqual(len(sent), 5 + MAX_CATCH_UP)
+
+    def test_late_clock_catches_up_to_the_bound(self) -> None:
+        """A late wakeup makes up every missed tick up to 500 ms; beyond that ticks drop."""
+        self.assertEqual(MAX_CATCH_UP * TICK_SECONDS, 0.5)
+        self.service.add("c1", secure(), PbxSide(None, None))
+        self.service.add("c2", secure(), PbxSide(None, None))
+        self.reactor.advance(MAX_CATCH_UP * TICK_SECONDS)
+        sent = self.reactor.ports[20000].sent
+        self.assertEqual(len(sent), MAX_CATCH_UP)
+        self.assertEqual(len(self.reactor.ports[20001].sent), MAX_CATCH_UP)
+        totals = self.service.stats()
+        assert totals is not None
+        self.assertEqual((totals["ticks_caught_up"], totals["ticks_skipped"]), (48, 0))
+        self.reactor.advance((MAX_CATCH_UP + 3) * TICK_SECONDS)
+        self.assertEqual(len(sent), 2 * MAX_CATCH_UP)
+        totals = self.service.stats()
+        assert totals is not None
+        self.assertEqual((totals["ticks_caught_up"], totals["ticks_skipped"]), (96, 6))
+        self.assertEqual(totals["secure_tx"], 4 * MAX_CATCH_UP)
+        # The caught-up datagrams are consecutive packets of one stream.
+        seqs = [self.rtp_to_relay(d).sequence for d, _ in sent]
+        self.assertEqual([(s - seqs[0]) & 0xFFFF for s in seqs], list(range(len(seqs))))
+
+    def rtp_to_relay(self, datagram: bytes) -> RtpPacket:
+        packet = parse_rtp(self.client_rx.unprotect(datagram[len(TAG) :]))
+        assert isinstance(packet, RtpPacket)
+        return packet
+
+    def stalled_pbx(self, read_pending: bool) -> tuple[list[bytes], list[int], dict[str, int]]:
+        """Frames 0-4 on time, then a 200 ms stall with frames 5-14 queued on the PBX leg.
+
+        Answers the payloads the relay got, the rounds read_pending was asked
+        for, and the call's counters.
+        """
+        self.service.add("c1", secure(), PbxSide("198.51.100.9", 4000))
+        pbx = self.reactor.ports[30000].protocol
+        frames = [bytes([0x10 + i]) * 160 for i in range(15)]
+        rtp = [encode_rtp(0, i, i * 160, 9, f, False) for i, f in enumerate(frames)]
+        queued = rtp[5:]
+        rounds: list[int] = []
+
+        def pending(n: int) -> None:
+            rounds.append(n)
+            for _ in range(min(n, len(queued))):
+                pbx.datagramReceived(queued.pop(0), ("10.1.1.9", 4000))
+
+        self.service.read_pending = pending if read_pending else None
+        for packet in rtp[:5]:
+            pbx.datagramReceived(packet, ("10.1.1.9", 4000))
+            self.reactor.advance(TICK_SECONDS)
+        self.reactor.advance(10 * TICK_SECONDS)
+        for packet in queued:  # what the reactor reads after the late timer
+            pbx.datagramReceived(packet, ("10.1.1.9", 4000))
+        heard = [self.rtp_to_relay(d).payload for d, _ in self.reactor.ports[20000].sent]
+        stats = self.service.stats("c1")
+        assert stats is not None
+        return heard, rounds, stats
+
+    def test_catch_up_plays_the_queued_audio(self) -> None:
+        """Each late tick reads the legs first: the queued PBX frames play in order."""
+        heard, rounds, stats = self.stalled_pbx(read_pending=True)
+        silence = bytes([g711.SILENCE[g711.PCMU]]) * 160
+        # Two ticks of playout delay, then every frame once and in order.
+        self.assertEqual(heard, [silence] * 2 + [bytes([0x10 + i]) * 160 for i in range(13)])
+        self.assertEqual(rounds, [1] * 10)
+        self.assertEqual((stats["underruns"], stats["late"], stats["concealed"]), (0, 0, 0))
+
+    def test_catch_up_without_reading_first(self) -> None:
+        """Without read_pending the missed ticks underrun: silence, and the playout waits."""
+        heard, _, stats = self.stalled_pbx(read_pending=False)
+        self.assertEqual(len(heard), 15)
+        # Frames 3 and 4 were buffered; the other 8 caught-up ticks had nothing.
+        self.assertEqual(heard[5:7], [bytes([0x13]) * 160, bytes([0x14]) * 160])
+        self.assertEqual(stats["underruns"], 8)
+        self.assertEqual(stats["late"], 0)
 
     def test_media_both_ways(self) -> None:
         """SRTP in on the secure port goes out as RTP to the PBX; PBX RTP comes back as SRTP."""
@@ -365,6 +447,23 @@ class MediaPollerTests(SynchronousTestCase):
             port.stopListening()
             port.stopListening()  # twice is harmless
         self.assertEqual(self.reactor.readers, [])
+
+    def test_drain_reads_a_bounded_number_of_rounds(self) -> None:
+        """drain(n) reads at most n datagrams per leg; more rounds read the rest."""
+        poller = MediaPoller(self.reactor)
+        got: list[bytes] = []
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(("127.0.0.1", 0))
+        port = SocketPort(poller, sock, got.append)
+        self.addCleanup(port.stopListening)
+        for i in range(3):
+            self.peer.sendto(b"d%d" % i, ("127.0.0.1", port.getHost().port))
+        select.select([sock], [], [], 2)
+        poller.drain(1)
+        self.assertEqual(got, [b"d0"])
+        self.poll_until(poller, lambda: len(got) == 3)
+        self.assertEqual(got, [b"d0", b"d1", b"d2"])
 
     def test_handler_error_logged_not_raised(self) -> None:
         """A leg whose handler raises is logged; the poller keeps serving."""

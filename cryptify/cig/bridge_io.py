@@ -3,8 +3,12 @@
 :class:`BridgeService` owns every bridged call: two UDP ports per call (the
 secure leg, talking to the CRS relay, and the PBX leg), the
 :class:`~cryptify.cig.bridge.CallBridge` core between them, and one
-``LoopingCall`` that ticks every core every 20 ms (catching up, up to
-:data:`MAX_CATCH_UP` ticks, when the reactor was late).  ``cig.conf``
+``LoopingCall`` that ticks every core every 20 ms.  When the process was
+late (descheduled on a busy machine, or a long reactor turn) the clock
+makes up the missed ticks, up to :data:`MAX_CATCH_UP` (500 ms), reading
+one datagram per leg of what waited before each, so that each call's
+playout buffer has the PBX audio of those ticks and the catch-up sends it
+in order, as rtpengine would have forwarded it from its socket queue.  ``cig.conf``
 applies here: ``rtp_remote_addr_override`` of the tel interface rewrites
 the relay address the CIG server names, that of the sip interface the
 PBX's; ``rtp_port_range`` of each interface is where the leg's local port
@@ -49,8 +53,11 @@ from cryptify.config.cig_model import PortRange, SipInterface, TelInterface
 
 log = Logger(namespace="cryptify.cig.bridge")
 
-#: Ticks one late wakeup may make up for (100 ms); beyond that the rate drops.
-MAX_CATCH_UP = 5
+#: Ticks one late wakeup may make up for (500 ms); beyond that the rate drops.
+#: Each made-up tick sends what the playout buffer holds for it (the PBX
+#: datagrams of that tick are read first), so a catch-up is the queued audio
+#: in order, at most 500 ms of it, never a replay.
+MAX_CATCH_UP = 25
 #: Bytes read per datagram (the longest RTP/SRTP packet we expect fits).
 DATAGRAM_MAX = 2048
 #: epoll rounds per reactor wakeup, and events per round, of the poller.
@@ -101,8 +108,12 @@ class MediaPoller:
         self._reading = False
 
     def doRead(self) -> None:
+        self.drain(POLL_ROUNDS)
+
+    def drain(self, rounds: int) -> None:
+        """Poll (without waiting) up to ``rounds`` times, one datagram per ready leg a round."""
         poll, legs = self._ep.poll, self._legs
-        for _ in range(POLL_ROUNDS):
+        for _ in range(rounds):
             events = poll(0, POLL_EVENTS)
             if not events:
                 return
@@ -213,9 +224,9 @@ class BridgedCall:
             self.core.counters.tx_errors += 1
 
     def tick(self) -> None:
-        datagram = self.core.tick()
+        """Send the relay this call's datagram of one tick."""
         try:
-            self.secure_port.write(datagram, self.relay_address)
+            self.secure_port.write(self.core.tick(), self.relay_address)
         except OSError:
             self.core.counters.tx_errors += 1
 
@@ -266,12 +277,20 @@ class BridgeService(service.Service):
         self.ended = BridgeCounters()
         #: Call ticks the clock dropped, beyond :data:`MAX_CATCH_UP` late ones.
         self.ticks_skipped = 0
+        #: Call ticks the clock made up for after a late wakeup.
+        self.ticks_caught_up = 0
         self._secure_ports = self._range(self.tel.rtp_port_range, 1)
         self._pbx_ports = self._range(self.sip.rtp_port_range, 2)
         self._loop = LoopingCall.withCount(self._tick)
         self._loop.clock = reactor
         self._interval = tick
         self._poller = MediaPoller(reactor) if IReactorFDSet.providedBy(reactor) else None
+        #: Reads what waits on the legs (``read_pending(rounds)``, one datagram
+        #: per leg a round) before each tick a late clock makes up; None where
+        #: the reactor delivers datagrams itself.
+        self.read_pending: Callable[[int], None] | None = (
+            None if self._poller is None else self._poller.drain
+        )
 
     @staticmethod
     def _range(ports: PortRange | None, step: int) -> _Ports | None:
@@ -291,10 +310,35 @@ class BridgeService(service.Service):
             self.remove(call)
 
     def _tick(self, count: int) -> None:
-        if count > MAX_CATCH_UP:
-            self.ticks_skipped += (count - MAX_CATCH_UP) * len(self.calls)
-        for _ in range(min(count, MAX_CATCH_UP)):
-            for bridged in self.calls.values():
+        if count > 1:
+            self._catch_up(count)
+            return
+        # On time (the hot path): one datagram per call.
+        for bridged in self.calls.values():
+            core = bridged.core
+            try:
+                bridged.secure_port.write(core.tick(), bridged.relay_address)
+            except OSError:
+                core.counters.tx_errors += 1
+
+    def _catch_up(self, count: int) -> None:
+        """``count`` ticks are due at once: make up to :data:`MAX_CATCH_UP` of them.
+
+        The reactor runs timers before I/O, so what the legs received while
+        the process was late is still queued.  Before each made-up tick one
+        datagram per leg is read: every call's playout buffer then has the
+        PBX audio of that tick (not silence, and not all of the backlog at
+        once, which would run ahead of the playout window and resynchronise).
+        """
+        calls = self.calls
+        ticks = min(count, MAX_CATCH_UP)
+        self.ticks_skipped += (count - ticks) * len(calls)
+        self.ticks_caught_up += (ticks - 1) * len(calls)
+        read = self.read_pending
+        for _ in range(ticks):
+            if read is not None:
+                read(1)
+            for bridged in calls.values():
                 bridged.tick()
 
     def _bind(self, port: int, protocol: SecureLeg | PbxLeg, interface: str) -> Any:
@@ -412,7 +456,12 @@ class BridgeService(service.Service):
         for bridged in self.calls.values():
             bridged.core.snapshot()
             total.add(bridged.core.counters)
-        return dict(total.as_dict(), calls=len(self.calls), ticks_skipped=self.ticks_skipped)
+        return dict(
+            total.as_dict(),
+            calls=len(self.calls),
+            ticks_skipped=self.ticks_skipped,
+            ticks_caught_up=self.ticks_caught_up,
+        )
 
 
 def _where(address: tuple[str, int] | None) -> str:
