@@ -18,7 +18,7 @@ from tests.interop._procs import free_port, unix_answers, wait_for  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 
-__all__ = ["BenchCrs", "free_port", "proc_cpu", "unix_answers", "wait_for"]
+__all__ = ["BenchCrs", "cpu_budget", "free_port", "proc_cpu", "unix_answers", "wait_for"]
 
 
 def proc_cpu(pid: int) -> float:
@@ -26,6 +26,11 @@ def proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_budget() -> int:
+    """CPUs this process may run on (the machine's ceiling for CPU-bound work)."""
+    return len(os.sched_getaffinity(0))
 
 
 class BenchCrs:
@@ -75,6 +80,23 @@ class BenchCrs:
         proc = subprocess.Popen([*argv, plugin, "--config", self.conf], cwd=self.dir)
         self.procs.append(proc)
         return proc
+
+    def redis_pids(self) -> dict[str, int]:
+        """The CRS's Redis children, by instance name (Redis runs in ``DATA/NAME``)."""
+        found = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if not f.read().startswith("redis-server"):
+                        continue
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+            except OSError:
+                continue
+            if cwd.startswith(self.dir + os.sep):
+                found[os.path.basename(cwd)] = int(entry)
+        return found
 
     def cli(self, *args: str) -> str:
         return subprocess.run(

@@ -1,6 +1,6 @@
 """Call-setup benchmark: invite -> ringing -> talk -> hangup, signaling only.
 
-    .venv/bin/python bench/calls.py [--pairs 100] [--workers 2] [--seconds 10]
+    .venv/bin/python bench/calls.py [--pairs 200] [--workers 2] [--seconds 10]
 
 Starts a real `twistd crs-relay` and `twistd crs` (managed Redis, one
 account), issues keys for ``2 * pairs`` users, and runs ``--workers``
@@ -23,7 +23,11 @@ One JSON line:
 - ``setups_per_crs_cpu_second``: the CRS's per-core rate;
 - ``generator_ceiling``: calls per generator CPU second, summed over the
   generators (what the load generator could drive if the CRS were free;
-  it shares the machine's cores with the CRS, so it bounds the measure).
+  it shares the machine's cores with the CRS, so it bounds the measure);
+- ``redis_cpu_per_setup_ms``: ``redis_low`` and ``redis_high`` together;
+- ``machine_ceiling``: CPUs available / (CRS + relay + Redis + generator
+  CPU per call): what this machine could reach with every process
+  CPU-bound and nothing else running.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 BIN = os.path.dirname(sys.executable)
 
-from bench._procs import BenchCrs, proc_cpu  # noqa: E402
+from bench._procs import BenchCrs, cpu_budget, proc_cpu  # noqa: E402
 
 # ---------------------------------------------------------------- worker
 
@@ -136,7 +140,9 @@ def worker(spec: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", type=int, default=100)
+    # Each pair has one call in progress at a time: throughput needs pairs
+    # (and the CRS batches what arrives together, so more pairs cost less each).
+    parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0)
@@ -157,9 +163,16 @@ def main() -> None:
             __file__, args.workers, pairs, {"seconds": args.seconds, "warmup": args.warmup}
         )
         results = []
+        redis = list(bench.redis_pids().values())
+
+        def redis_cpu() -> float:
+            return sum(proc_cpu(pid) for pid in redis)
+
         crs_cpu0, relay_cpu0, t0 = proc_cpu(crs.pid), proc_cpu(bench.relay.pid), time.monotonic()
+        redis_cpu0 = redis_cpu()
         time.sleep(args.seconds * 0.9)
         crs_cpu1, relay_cpu1, t1 = proc_cpu(crs.pid), proc_cpu(bench.relay.pid), time.monotonic()
+        redis_cpu1 = redis_cpu()
         for p in workers:
             out_text = p.stdout.read() if p.stdout else ""
             results.append(json.loads(out_text.strip().splitlines()[-1]))
@@ -169,6 +182,13 @@ def main() -> None:
         window = t1 - t0
         crs_cpu, relay_cpu = crs_cpu1 - crs_cpu0, relay_cpu1 - relay_cpu0
         calls_in_window = rate * window
+        generator_cpu = sum(r["cpu"] for r in results)
+        per_call = (
+            (crs_cpu + relay_cpu + redis_cpu1 - redis_cpu0) / calls_in_window
+            + generator_cpu / calls
+            if calls
+            else 0.0
+        )
         print(
             json.dumps(
                 {
@@ -180,11 +200,18 @@ def main() -> None:
                     "setups_per_second": round(rate, 1),
                     "crs_cpu_per_setup_ms": round(1000 * crs_cpu / calls_in_window, 3),
                     "relay_cpu_per_setup_ms": round(1000 * relay_cpu / calls_in_window, 3),
+                    "redis_cpu_per_setup_ms": round(
+                        1000 * (redis_cpu1 - redis_cpu0) / calls_in_window, 3
+                    ),
                     "setups_per_crs_cpu_second": round(calls_in_window / crs_cpu, 1)
                     if crs_cpu
                     else None,
                     "generator_ceiling": round(sum(r["calls"] / r["cpu"] for r in results), 1),
-                    "generator_cpu_seconds": round(sum(r["cpu"] for r in results), 2),
+                    "generator_cpu_seconds": round(generator_cpu, 2),
+                    "generator_cpu_per_setup_ms": round(1000 * generator_cpu / calls, 3)
+                    if calls
+                    else None,
+                    "machine_ceiling": round(cpu_budget() / per_call, 1) if per_call else None,
                     "target": 1000,
                 }
             )

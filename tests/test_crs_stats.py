@@ -206,6 +206,18 @@ class StatsTests(_World):
         self.assertEqual(self.export(), [])
         self.assertEqual([k for k in self.redis.hashes if k.startswith("stats:")], [])
 
+    def test_may_count_without_round_trip(self) -> None:
+        """``may_count`` says no only while the cached enabled set is fresh and lacks
+        the account; an enable, or the cache growing stale, makes it ask again."""
+        self.assertTrue(self.stats.may_count("acme"))  # nothing cached yet
+        self.assertFalse(self.successResultOf(ensureDeferred(self.stats.enabled("acme"))))
+        self.assertFalse(self.stats.may_count("acme"))
+        self.assertFalse(self.stats.may_count(""))
+        self.clock.advance(5)
+        self.assertTrue(self.stats.may_count("acme"))
+        self.call(crs_admin.StatsEnable, account="acme")
+        self.assertTrue(self.stats.may_count("acme"))
+
     def test_counts_and_export(self) -> None:
         """Calls, messages and system messages are counted per URI; acks are not."""
         self.assertEqual(self.call(crs_admin.StatsEnable, account="acme"), {})

@@ -8,15 +8,18 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
+from twisted.protocols import amp
 from twisted.python import usage
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from cryptify.crs.calls import LinkRelayAllocator
 from cryptify.crs.relay import (
     RelayDatagram,
     RelayReader,
@@ -314,6 +317,135 @@ class ControlTests(SynchronousTestCase):
             self.endpoint.flush()
         self.relay.sweep()
         self.assertEqual(self.core.entries, 1)
+
+    def test_batched_add_and_remove(self) -> None:
+        """AddMany creates one session per label, in order, with distinct tags;
+        RemoveMany answers the sessions that existed."""
+        link = self.link()
+        with capturedLogs() as events:
+            got = self.drive(link.add_sessions(["a", "b", "c"]))
+        self.assertEqual([self.core.sessions[g.session].label for g in got], ["a", "b", "c"])
+        self.assertEqual({(g.host, g.port) for g in got}, {("0.0.0.0", 15146)})
+        self.assertEqual(len({g.tag_a for g in got} | {g.tag_b for g in got}), 6)
+        adds = [e for e in events if e.get("log_format", "").startswith("Command add")]
+        self.assertEqual(len(adds), 3)
+        first = got[0].session
+        self.assertEqual(self.drive(link.remove_sessions([first, 999999])), [first])
+        self.assertEqual(self.core.entries, 2)
+
+    def test_allocator_batches_one_turn(self) -> None:
+        """The calls of one reactor turn get their relay sessions with one AddMany and
+        give them back with one RemoveMany."""
+        link = self.link()
+        allocator = LinkRelayAllocator(link, "192.0.2.5")
+        sent: list[str] = []
+        original = link.call
+
+        async def counting(command: Any, **kwargs: Any) -> Any:
+            sent.append(command.__name__)
+            return await original(command, **kwargs)
+
+        link.call = counting  # type: ignore[method-assign]
+        pending = [allocator.allocate(f"s{n}") for n in range(3)]
+        self.clock.advance(0)
+        self.endpoint.flush()
+        legs = [self.successResultOf(d) for d in pending]
+        self.assertEqual(sent, ["AddSessions"])
+        self.assertEqual({leg.host for leg in legs}, {"192.0.2.5"})
+        self.assertEqual(self.core.entries, 3)
+        for n in range(3):
+            allocator.release(f"s{n}")
+        allocator.release("unknown")
+        self.clock.advance(0)
+        self.endpoint.flush()
+        self.assertEqual(sent, ["AddSessions", "RemoveSessions"])
+        self.assertEqual(self.core.entries, 0)
+
+
+class FakeLink:
+    """A RelayLink whose answers the test gives; ``batched`` False: an older relay."""
+
+    def __init__(self, clock: Clock, batched: bool = True) -> None:
+        self.reactor = clock
+        self.batched = batched
+        self.numbers = itertools.count(1)
+        self.adds: list[Any] = []
+        self.removes: list[Any] = []
+
+    def _allocation(self, label: str) -> RelayAllocation:
+        n = next(self.numbers)
+        return RelayAllocation(n, bytes([n]) * 8, bytes([n + 100]) * 8, "198.51.100.1", 146)
+
+    async def add_sessions(self, labels: list[str]) -> list[RelayAllocation]:
+        if not self.batched:
+            raise amp.UnhandledCommand("AddMany")
+        d: defer.Deferred[list[RelayAllocation]] = defer.Deferred()
+        self.adds.append((labels, d))
+        return await d
+
+    async def add_session(self, label: str = "") -> RelayAllocation:
+        self.adds.append(label)
+        return self._allocation(label)
+
+    async def remove_sessions(self, sessions: list[int]) -> list[int]:
+        self.removes.append(sessions)
+        return sessions
+
+    async def remove_session(self, session: int) -> bool:
+        self.removes.append(session)
+        return True
+
+
+class AllocatorTests(SynchronousTestCase):
+    """LinkRelayAllocator's batching and its failures, on a Clock with a fake link."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
+
+    def test_failed_batch_fails_its_calls_only(self) -> None:
+        """When AddMany fails, each allocation of that batch fails; the next batch is served."""
+        link = FakeLink(self.clock)
+        allocator = LinkRelayAllocator(link, "192.0.2.5")
+        first = [allocator.allocate("a"), allocator.allocate("b")]
+        self.assertEqual(link.adds, [])  # not before the turn ends
+        self.clock.advance(0)
+        second = allocator.allocate("c")
+        self.clock.advance(0)
+        (labels1, d1), (labels2, d2) = link.adds
+        self.assertEqual((labels1, labels2), (["a", "b"], ["c"]))
+        d1.errback(ConnectionDone("relay went away"))
+        d2.callback([link._allocation("c")])
+        for d in first:
+            self.failureResultOf(d, ConnectionDone)
+        self.assertEqual(self.successResultOf(second).port, 146)
+        self.assertEqual(list(allocator.numbers), ["c"])
+
+    def test_full_batch_goes_at_once(self) -> None:
+        """``max_batch`` allocations are sent without waiting for the turn to end."""
+        link = FakeLink(self.clock)
+        allocator = LinkRelayAllocator(link, "192.0.2.5", max_batch=2)
+        allocator.allocate("a")
+        allocator.allocate("b")
+        self.assertEqual([labels for labels, _ in link.adds], [["a", "b"]])
+        allocator.allocate("c")
+        self.clock.advance(0)
+        self.assertEqual([labels for labels, _ in link.adds], [["a", "b"], ["c"]])
+
+    def test_older_relay_gets_one_command_per_session(self) -> None:
+        """A relay without AddMany gets Add per session, and Remove per session after."""
+        link = FakeLink(self.clock, batched=False)
+        allocator = LinkRelayAllocator(link, "192.0.2.5")
+        pending = [allocator.allocate("a"), allocator.allocate("b")]
+        self.clock.advance(0)
+        legs = [self.successResultOf(d) for d in pending]
+        self.assertFalse(allocator.batched)
+        self.assertEqual(link.adds, ["a", "b"])
+        self.assertNotEqual(legs[0].caller_tag, legs[1].caller_tag)
+        allocator.release("a")
+        allocator.release("b")
+        self.clock.advance(0)
+        self.assertEqual(link.removes, [1, 2])
 
 
 class OptionsTests(SynchronousTestCase):

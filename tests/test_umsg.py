@@ -32,6 +32,7 @@ from cryptify.protocols.umsg_ws import (
     PongReceived,
     Received,
     UmsgWebSocket,
+    server_frame,
 )
 from tests.umsg_support import FROM_CLIENT_SAMPLES, FROM_SERVER_SAMPLES
 
@@ -207,6 +208,20 @@ class WebSocketTests(SynchronousTestCase):
         self.assertEqual(server.receive(client.outgoing()), [Received(b"hello")])
         server.send(b"x" * 60000)
         self.assertEqual(client.receive(server.outgoing()), [Received(b"x" * 60000)])
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.sampled_from([0, 1, 125, 126, 127, 65535, 65536, 70000]), st.binary(max_size=8))
+    def test_server_frames_as_wsproto(self, size: int, head: bytes) -> None:
+        """The CRS's own frame writer writes what wsproto would, at every length boundary."""
+        from wsproto import Connection, ConnectionType
+        from wsproto.events import BytesMessage
+
+        data = (head + b"z" * size)[:size]
+        expected = bytes(Connection(ConnectionType.SERVER).send(BytesMessage(data=data)))
+        self.assertEqual(server_frame(data), expected)
+        client, server = opened_pair(max_message=1 << 17)
+        server.send(data)
+        self.assertEqual(client.receive(server.outgoing()), [Received(data)])
 
     def test_no_subprotocol(self) -> None:
         """A handshake without umsg.1 is answered 400 and closed."""

@@ -5,7 +5,7 @@ attached-state ``invite``, ``ringing``, ``talk`` and ``hangup`` messages and
 as a listener of detaches; :class:`RegistryParties` finds callees among the
 attached clients; :class:`LinkRelayAllocator` makes one relay session per
 call through the ``crs_relay`` control link and removes it when the call
-ends.
+ends (the sessions of one reactor turn in one command).
 """
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from cryptify.crs.attach import AttachCore, AttachSession
 from cryptify.crs.attached import AttachRegistry
 from cryptify.crs.sessions import RelayLegs, SessionTable
+from cryptify.protocols.relay_control import MAX_BATCH, RelayAllocation
 from cryptify.protocols.umsg import Message
 
 log = Logger(namespace="cryptify.crs.session")
@@ -46,35 +50,117 @@ class LinkRelayAllocator:
 
     ``public_host`` is the address clients send media to when the relay
     listens on every address (``0.0.0.0``); ``addr_map`` is applied to it.
+
+    The sessions asked for (and released) in one reactor turn go to the
+    relay as one ``AddMany`` (``RemoveMany``) at the end of the turn, on
+    ``scheduler`` (by default the link's reactor).  If that command fails,
+    every allocation of that batch fails, and no other.  A relay that does
+    not know the batched commands gets one ``Add`` / ``Remove`` per session.
     """
 
-    def __init__(self, link: Any, public_host: str, addr_map: Any = None) -> None:
+    def __init__(
+        self,
+        link: Any,
+        public_host: str,
+        addr_map: Any = None,
+        scheduler: IReactorTime | None = None,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
         self.link = link
         self.public_host = public_host
         self.addr_map = addr_map
+        self.scheduler = scheduler
+        self.max_batch = max_batch
         self.numbers: dict[str, int] = {}
+        #: False once the relay answered that it does not know AddMany.
+        self.batched = True
+        self._adds: list[tuple[str, defer.Deferred[RelayLegs]]] = []
+        self._removes: list[int] = []
+        self._call: IDelayedCall | None = None
 
     def allocate(self, session: str) -> defer.Deferred[RelayLegs]:
-        async def run() -> RelayLegs:
-            allocation = await self.link.add_session(label=session)
-            self.numbers[session] = allocation.session
-            host = allocation.host
-            if host in ("0.0.0.0", "::", ""):
-                host = self.public_host
-            return RelayLegs(host, allocation.port, allocation.tag_a, allocation.tag_b)
-
-        return defer.ensureDeferred(run())
+        legs: defer.Deferred[RelayLegs] = defer.Deferred()
+        self._adds.append((session, legs))
+        self._later()
+        return legs
 
     def release(self, session: str) -> None:
         number = self.numbers.pop(session, None)
         if number is None:
             return
-        d = defer.ensureDeferred(self.link.remove_session(number))
-        d.addErrback(
-            lambda f: log.warn(
-                "relay session {n} not removed: {why}", n=number, why=f.getErrorMessage()
+        self._removes.append(number)
+        self._later()
+
+    def _later(self) -> None:
+        if len(self._adds) >= self.max_batch or len(self._removes) >= self.max_batch:
+            self.flush()
+        elif self._call is None:
+            clock: IReactorTime = self.scheduler or self.link.reactor
+            self._call = clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send the queued adds and removes now."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        adds, self._adds = self._adds, []
+        removes, self._removes = self._removes, []
+        for start in range(0, len(adds), self.max_batch):
+            self._add(adds[start : start + self.max_batch])
+        for start in range(0, len(removes), self.max_batch):
+            self._remove(removes[start : start + self.max_batch])
+
+    def _legs_of(self, allocation: RelayAllocation, session: str) -> RelayLegs:
+        return self._legs(session, allocation)
+
+    def _legs(self, session: str, allocation: RelayAllocation) -> RelayLegs:
+        self.numbers[session] = allocation.session
+        host = allocation.host
+        if host in ("0.0.0.0", "::", ""):
+            host = self.public_host
+        return RelayLegs(host, allocation.port, allocation.tag_a, allocation.tag_b)
+
+    def _add(self, adds: list[tuple[str, defer.Deferred[RelayLegs]]]) -> None:
+        if not self.batched:
+            for session, legs in adds:
+                one: defer.Deferred[RelayAllocation] = defer.ensureDeferred(
+                    self.link.add_session(label=session)
+                )
+                one.addCallback(self._legs_of, session).chainDeferred(legs)
+            return
+
+        def added(allocations: list[RelayAllocation]) -> None:
+            if len(allocations) != len(adds):
+                failed(Failure(RuntimeError(f"{len(allocations)} relay sessions for {len(adds)}")))
+                return
+            for (session, legs), allocation in zip(adds, allocations, strict=True):
+                legs.callback(self._legs(session, allocation))
+
+        def failed(failure: Failure) -> None:
+            if failure.check(amp.UnhandledCommand):
+                log.info("crs_relay does not know AddMany: one Add per session")
+                self.batched = False
+                self._add(adds)
+                return
+            for _, legs in adds:
+                legs.errback(failure)
+
+        labels = [session for session, _ in adds]
+        defer.ensureDeferred(self.link.add_sessions(labels)).addCallbacks(added, failed)
+
+    def _remove(self, numbers: list[int]) -> None:
+        def failed(failure: Failure) -> None:
+            log.warn(
+                "relay sessions {numbers} not removed: {why}",
+                numbers=numbers,
+                why=failure.getErrorMessage(),
             )
-        )
+
+        if not self.batched:
+            for number in numbers:
+                defer.ensureDeferred(self.link.remove_session(number)).addErrback(failed)
+            return
+        defer.ensureDeferred(self.link.remove_sessions(numbers)).addErrback(failed)
 
 
 def install(core: AttachCore, table: SessionTable) -> None:

@@ -8,12 +8,15 @@ were posted, which keeps every sender's order)::
     dedup:{SENDER}:{N}  the ID a client's post N became (expires with the message)
     msg-expiry          sorted set: message ID by time stored
 
-A post is one Lua script, so it is all or nothing: a repeated post (same
+A post is one Lua function, so it is all or nothing: a repeated post (same
 sender, same client id) answers the ID stored the first time instead of
 storing the message twice, a full inbox refuses the post, and the message,
-its index and its de-duplication key are written together.  The CRS
-acknowledges a post (``posted``) only after the script has run; with
-``redis_low``'s append-only file a Redis restart keeps it.  A message leaves
+its index and its de-duplication key are written together.  The posts (and
+the deliveries) that arrive in one reactor turn go to Redis as one script
+call (:mod:`cryptify.crs.redis_batch`); a post Redis fails is refused
+(``internal``) on its own.  The CRS acknowledges a post (``posted``) only
+after the script has run; with ``redis_low``'s append-only file a Redis
+restart keeps it.  A message leaves
 the store when its recipient confirms delivery (``delivered``) or when it
 expires (:meth:`MessageStore.expire`, counted).
 
@@ -31,8 +34,12 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cryptify.crs.redis_batch import BatchFailed, ScriptBatch
 
 log = Logger(namespace="cryptify.crs.message")
 
@@ -47,33 +54,53 @@ EXPIRY_SWEEP = 60.0
 #: Kinds of stored messages.
 KINDS = ("content", "ack", "system")
 
+#: A batch of posts (:class:`~cryptify.crs.redis_batch.ScriptBatch`).  ARGV:
+#: inbox limit, de-duplication seconds, then per post: ID, sender, client
+#: id, recipient, account, kind, time (ms), data, known set or '', counters
+#: hash or ''.  Answers per post: 1 stored, -1 inbox full, -2 recipient
+#: unknown, "0 ID" a repeat.  The expiry index is written first, so a post
+#: that fails half way is still swept away; the de-duplication key and the
+#: counters last, so a repeat of it is stored anew and it is not counted.
 _POST = """
-if KEYS[5] ~= '' and redis.call('SISMEMBER', KEYS[5], ARGV[2]) == 0 then return {-2, ''} end
-local existing = redis.call('GET', KEYS[3])
-if existing then return {0, existing} end
-if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[7]) then return {-1, ''} end
-if KEYS[6] ~= '' then
-  redis.call('HINCRBY', KEYS[6], 'post', 1)
-  redis.call('HSET', KEYS[6], 'account', ARGV[3])
+local HEADER, STRIDE = 2, 10
+local function item(i)
+  local id, sender, to, account = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4]
+  local time, known, counters = ARGV[i + 6], ARGV[i + 8], ARGV[i + 9]
+  if known ~= '' and redis.call('SISMEMBER', known, to) == 0 then return '-2' end
+  local dedup = 'dedup:' .. sender .. ':' .. ARGV[i + 2]
+  local existing = redis.call('GET', dedup)
+  if existing then return '0 ' .. existing end
+  local inbox = 'inbox:' .. to
+  if redis.call('LLEN', inbox) >= tonumber(ARGV[1]) then return '-1' end
+  redis.call('ZADD', 'msg-expiry', time, id)
+  redis.call('HSET', 'msg:' .. id, 'from', sender, 'to', to, 'account', account,
+             'kind', ARGV[i + 5], 'time', time, 'data', ARGV[i + 7], 'dedup', dedup)
+  redis.call('RPUSH', inbox, id)
+  redis.call('SET', dedup, id, 'EX', ARGV[2])
+  if counters ~= '' then
+    redis.call('HINCRBY', counters, 'post', 1)
+    redis.call('HSET', counters, 'account', account)
+  end
+  return '1'
 end
-redis.call('HSET', KEYS[1], 'from', ARGV[1], 'to', ARGV[2], 'account', ARGV[3],
-           'kind', ARGV[4], 'time', ARGV[5], 'data', ARGV[6], 'dedup', KEYS[3])
-redis.call('RPUSH', KEYS[2], ARGV[9])
-redis.call('SET', KEYS[3], ARGV[9], 'EX', ARGV[8])
-redis.call('ZADD', KEYS[4], ARGV[5], ARGV[9])
-return {1, ARGV[9]}
 """
 
+#: A batch of deliveries.  ARGV: per delivery: recipient, message ID,
+#: counters prefix or ''.  Answers per delivery: '' when the message is not
+#: (or no longer) in the recipient's inbox, else "SENDER KIND".
 _DELIVERED = """
-local removed = redis.call('LREM', KEYS[2], 1, ARGV[1])
-if removed == 0 then return {} end
-local fields = redis.call('HMGET', KEYS[1], 'from', 'kind', 'dedup')
-if ARGV[2] ~= '' and fields[1] then
-  redis.call('HINCRBY', ARGV[2] .. fields[1], 'deliv', 1)
+local HEADER, STRIDE = 0, 3
+local function item(i)
+  local id, prefix = ARGV[i + 1], ARGV[i + 2]
+  if redis.call('LREM', 'inbox:' .. ARGV[i], 1, id) == 0 then return '' end
+  local key = 'msg:' .. id
+  local fields = redis.call('HMGET', key, 'from', 'kind')
+  redis.call('DEL', key)
+  redis.call('ZREM', 'msg-expiry', id)
+  if not fields[1] then return '' end
+  if prefix ~= '' then redis.call('HINCRBY', prefix .. fields[1], 'deliv', 1) end
+  return fields[1] .. ' ' .. (fields[2] or 'content')
 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return fields
 """
 
 _EXPIRE = """
@@ -128,7 +155,11 @@ def new_message_id() -> str:
 
 
 class MessageStore:
-    """Durable inboxes in Redis.  ``store`` returns the ``redis_low`` store."""
+    """Durable inboxes in Redis.  ``store`` returns the ``redis_low`` store.
+
+    Posts and deliveries are batched per reactor turn on ``scheduler``
+    (by default the store's own clock, :attr:`RedisStore.clock`).
+    """
 
     def __init__(
         self,
@@ -137,18 +168,37 @@ class MessageStore:
         max_inbox: int = MAX_INBOX,
         expire_after: float = EXPIRE_AFTER,
         new_id: Callable[[], str] = new_message_id,
+        scheduler: IReactorTime | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.max_inbox = max_inbox
         self.expire_after = expire_after
         self.new_id = new_id
+        self.scheduler = scheduler
         self.expired = 0
+        self.posts = ScriptBatch(
+            "message posts",
+            _POST,
+            10,
+            self._client,
+            self._scheduler,
+            lambda: (str(self.max_inbox), str(int(self.expire_after) + 1)),
+        )
+        self.deliveries = ScriptBatch(
+            "message deliveries", _DELIVERED, 3, self._client, self._scheduler
+        )
 
     def _client(self) -> Any:
         return self.store().client
 
-    async def post(
+    def _scheduler(self) -> IReactorTime:
+        if self.scheduler is not None:
+            return self.scheduler
+        clock: IReactorTime = self.store().clock
+        return clock
+
+    def post(
         self,
         sender: str,
         client_id: int,
@@ -158,47 +208,49 @@ class MessageStore:
         data: bytes,
         known: str | None = None,
         counters: str | None = None,
-    ) -> Posted:
+    ) -> defer.Deferred[Posted]:
         """Store a message once; a repeat of the same post answers the first ID.
 
         ``known``: a set the recipient must be in (else ``not-found``);
         ``counters``: a hash whose ``post`` field counts new posts -- both
-        in the same atomic script as the store, so a post is one round trip.
+        in the same atomic step as the store, so a post costs no round trip
+        of its own.  Fails with :class:`MessageRefused` (``internal`` when
+        Redis did not store it).
         """
         if kind not in KINDS:
-            raise MessageRefused("malformed", f"unknown message kind {kind!r}")
+            return defer.fail(MessageRefused("malformed", f"unknown message kind {kind!r}"))
         if len(data) > MAX_CONTENT:
-            raise MessageRefused("too-large", f"content over {MAX_CONTENT} octets")
+            return defer.fail(MessageRefused("too-large", f"content over {MAX_CONTENT} octets"))
         message_id = self.new_id()
         now_ms = int(self.clock() * 1000)
-        keys = [
-            f"msg:{message_id}",
-            f"inbox:{recipient}",
-            f"dedup:{sender}:{client_id}",
-            "msg-expiry",
-            known or "",
-            counters or "",
-        ]
-        args = [
+        args = (
+            message_id,
             sender,
+            str(client_id),
             recipient,
             account,
             kind,
             str(now_ms),
             base64.b64encode(data).decode("ascii"),
-            str(self.max_inbox),
-            str(int(self.expire_after) + 1),
-            message_id,
-        ]
-        status, stored_id = await self._client().eval(_POST, keys, args)
-        if int(status) == -2:
-            raise MessageRefused("not-found", f"{recipient} is not known to this CRS")
-        if int(status) == -1:
-            raise MessageRefused("inbox-full", f"{recipient} has {self.max_inbox} messages waiting")
-        if int(status) == 0:
-            return Posted(str(stored_id), duplicate=True)
-        stored = Stored(message_id, sender, recipient, account, kind, now_ms, data)
-        return Posted(message_id, duplicate=False, stored=stored)
+            known or "",
+            counters or "",
+        )
+
+        def answered(line: str) -> Posted:
+            if line == "1":
+                stored = Stored(message_id, sender, recipient, account, kind, now_ms, data)
+                return Posted(message_id, duplicate=False, stored=stored)
+            if line.startswith("0 "):
+                return Posted(line[2:], duplicate=True)
+            if line == "-2":
+                raise MessageRefused("not-found", f"{recipient} is not known to this CRS")
+            if line == "-1":
+                raise MessageRefused(
+                    "inbox-full", f"{recipient} has {self.max_inbox} messages waiting"
+                )
+            raise MessageRefused("internal", f"message not stored: unexpected answer {line[:40]!r}")
+
+        return self.posts.add(args).addCallbacks(answered, _not_stored)
 
     async def get(self, message_id: str) -> Stored | None:
         """One stored message, or None when it is gone."""
@@ -225,22 +277,26 @@ class MessageStore:
                 result.append(stored)
         return result
 
-    async def delivered(
+    def delivered(
         self, recipient: str, message_id: str, counters_prefix: str = ""
-    ) -> tuple[str, str] | None:
+    ) -> defer.Deferred[tuple[str, str] | None]:
         """The recipient has the message: drop it; return (sender, kind) or None if unknown.
 
         With ``counters_prefix``, the hash ``PREFIX + sender`` counts it in
-        its ``deliv`` field, in the same script.
+        its ``deliv`` field, in the same step.  The de-duplication key stays
+        until it expires: a sender repeating the post now gets the same ID
+        back, not a second delivery.
         """
-        keys = [f"msg:{message_id}", f"inbox:{recipient}", "msg-expiry"]
-        fields = await self._client().eval(_DELIVERED, keys, [message_id, counters_prefix])
-        if not fields:
-            return None
-        # The de-duplication key stays until it expires: a sender repeating
-        # the post now gets the same ID back, not a second delivery.
-        sender, kind, _dedup = fields
-        return str(sender), str(kind)
+
+        def answered(line: str) -> tuple[str, str] | None:
+            if not line:
+                return None
+            sender, _, kind = line.rpartition(" ")
+            return sender, kind
+
+        return self.deliveries.add((recipient, message_id, counters_prefix)).addCallbacks(
+            answered, _not_stored
+        )
 
     async def count(self, recipient: str) -> int:
         return int(await self._client().llen(f"inbox:{recipient}"))
@@ -251,6 +307,13 @@ class MessageStore:
         dropped = int(await self._client().eval(_EXPIRE, ["msg-expiry"], [str(cutoff), str(batch)]))
         self.expired += dropped
         return dropped
+
+
+def _not_stored(failure: Failure) -> Failure:
+    """A batch item Redis did not do becomes a refusal with the reason."""
+    if failure.check(BatchFailed):
+        raise MessageRefused("internal", f"message not stored ({failure.getErrorMessage()})")
+    return failure
 
 
 class MessageExpiry(service.Service):

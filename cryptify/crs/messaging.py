@@ -26,12 +26,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.crs.attach import AttachCore, AttachSession
 from cryptify.crs.attached import Attachment, AttachRegistry
-from cryptify.crs.messages import MessageRefused, MessageStore, Stored
+from cryptify.crs.messages import MessageRefused, MessageStore, Posted, Stored
 from cryptify.crs.sessions import base_uri
 from cryptify.crs.stats import Statistics
 from cryptify.crs.trace import TraceHub
@@ -71,37 +72,36 @@ class Messaging:
     def _client(self) -> Any:
         return self.redis().client
 
-    def _run(self, work: Any, session: AttachSession, msg_id: int | None) -> None:
-        def failed(failure: Failure) -> None:
-            if failure.check(MessageRefused):
-                refused: Any = failure.value
-                self.counters["refused"] += 1
-                session.send(message("error", id=msg_id, code=refused.code, reason=str(refused)))
-                return
-            log.failure("message handling failed", failure)
-            session.send(message("error", id=msg_id, code="internal", reason="message not stored"))
+    def _refuse(self, failure: Failure, session: AttachSession, msg_id: int | None) -> None:
+        if failure.check(MessageRefused):
+            refused: Any = failure.value
+            self.counters["refused"] += 1
+            session.send(message("error", id=msg_id, code=refused.code, reason=str(refused)))
+            return
+        log.failure("message handling failed", failure)
+        session.send(message("error", id=msg_id, code="internal", reason="message not stored"))
 
-        defer.ensureDeferred(work).addErrback(failed)
+    def _run(self, work: Any, session: AttachSession, msg_id: int | None) -> None:
+        defer.ensureDeferred(work).addErrback(self._refuse, session, msg_id)
 
     # -- requests ----------------------------------------------------------------
+    # post and delivered run once per message: plain callbacks, no coroutine.
 
     def post(self, session: AttachSession, msg: Any) -> None:
-        self._run(self._post(session, msg), session, msg.id)
-
-    async def _post(self, session: AttachSession, msg: Any) -> None:
         sender, account = session.uri or "", session.account or ""
         to = msg["to"]
         recipient = base_uri(to)
         content, ack = msg.get("content"), msg.get("ack")
-        if (content is None) == (ack is None):
-            raise MessageRefused("malformed", "a post carries content or ack, not both")
-        system = bool(msg.get("system"))
-        if system and content is None:
-            raise MessageRefused("malformed", "a system message carries content")
-        kind = ("system" if system else "content") if content is not None else "ack"
-        data = content if content is not None else ack.encode("ascii")
         try:
-            posted = await self.store.post(
+            if (content is None) == (ack is None):
+                raise MessageRefused("malformed", "a post carries content or ack, not both")
+            system = bool(msg.get("system"))
+            if system and content is None:
+                raise MessageRefused("malformed", "a system message carries content")
+            kind = ("system" if system else "content") if content is not None else "ack"
+            data = content if content is not None else ack.encode("ascii")
+            stored: Deferred[Posted] = defer.maybeDeferred(
+                self.store.post,
                 sender,
                 msg.id,
                 recipient,
@@ -111,27 +111,37 @@ class Messaging:
                 known=KNOWN_URIS,
                 counters=_stat_key(sender),
             )
-        except MessageRefused as refused:
-            if refused.code == "not-found":
-                self.trace.emit("message", sender, to, "not-found", account, "-")
-            raise
-        session.send(message("posted", id=msg.id, message=posted.id))
-        if posted.duplicate or posted.stored is None:
+        except Exception:
+            self._refuse(Failure(), session, msg.id)
             return
-        self.counters["posted"] += 1
-        target = self.registry.get(recipient)
-        if target is not None:
-            self._deliver(target, posted.stored)
-        self.trace.emit(
-            "message",
-            sender,
-            to,
-            f"posted {kind}",
-            target.account if target else account,
-            posted.id,
-        )
-        if self.stats is not None:
-            await self.stats.message_posted(account, sender, kind)
+
+        def posted(posted: Posted) -> Any:
+            session.send(message("posted", id=msg.id, message=posted.id))
+            if posted.duplicate or posted.stored is None:
+                return None
+            self.counters["posted"] += 1
+            target = self.registry.get(recipient)
+            if target is not None:
+                self._deliver(target, posted.stored)
+            if self.trace.active("message"):
+                self.trace.emit(
+                    "message",
+                    sender,
+                    to,
+                    f"posted {kind}",
+                    target.account if target else account,
+                    posted.id,
+                )
+            if self.stats is not None and self.stats.may_count(account):
+                return defer.ensureDeferred(self.stats.message_posted(account, sender, kind))
+            return None
+
+        def not_found(failure: Failure) -> Failure:
+            if failure.check(MessageRefused) and failure.value.code == "not-found":  # type: ignore[union-attr]
+                self.trace.emit("message", sender, to, "not-found", account, "-")
+            return failure
+
+        stored.addCallbacks(posted, not_found).addErrback(self._refuse, session, msg.id)
 
     def fetch(self, session: AttachSession, msg: Any) -> None:
         async def run() -> None:
@@ -146,22 +156,25 @@ class Messaging:
         self._run(run(), session, msg.id)
 
     def delivered(self, session: AttachSession, msg: Any) -> None:
-        async def run() -> None:
-            uri = session.uri or ""
-            found = await self.store.delivered(uri, msg["message"], _stat_key(""))
+        uri, account, message_id = session.uri or "", session.account or "", msg["message"]
+
+        def found(found: tuple[str, str] | None) -> Any:
             if found is None:
-                return
+                return None
             sender, kind = found
             self.counters["delivered"] += 1
-            if self.stats is not None:
-                await self.stats.message_delivered(session.account or "", uri, kind)
-            self.trace.emit("message", sender, uri, "delivered", session.account, msg["message"])
+            self.trace.emit("message", sender, uri, "delivered", account, message_id)
             if kind != "ack":
                 origin = self.registry.get(sender)
                 if origin is not None:
-                    origin.conn.send(message("delivered", message=msg["message"]))
+                    origin.conn.send(message("delivered", message=message_id))
+            if self.stats is not None and self.stats.may_count(account):
+                return defer.ensureDeferred(self.stats.message_delivered(account, uri, kind))
+            return None
 
-        self._run(run(), session, None)
+        defer.maybeDeferred(self.store.delivered, uri, message_id, _stat_key("")).addCallback(
+            found
+        ).addErrback(self._refuse, session, None)
 
     # -- delivery ----------------------------------------------------------------
 

@@ -4,7 +4,7 @@
   :class:`~cryptify.crs.relay_core.RelayCore` and writes what it answers.
 - :class:`RelayService` owns the core, the reactor's clock and the expiry
   sweep; :class:`RelayControl` answers the CRS's control commands (Poll,
-  RelayStats, Add, Remove, List, Reclaim) on its behalf.
+  RelayStats, Add, Remove, AddMany, RemoveMany, List, Reclaim) on its behalf.
 - :class:`RelayControlProtocol` logs CONNECTION, CLOSE and the commands
   the way crs_relay.log lists them.
 
@@ -29,12 +29,15 @@ from zope.interface import implementer
 from cryptify import __version__
 from cryptify.crs.relay_core import Link, RelayCore, RelayCounters
 from cryptify.protocols.relay_control import (
+    MAX_BATCH,
     Add,
+    AddSessions,
     ListSessions,
     Poll,
     Reclaim,
     RelayStats,
     Remove,
+    RemoveSessions,
 )
 from cryptify.protocols.relay_packet import MAX_PACKET, MIN_PACKET
 
@@ -242,27 +245,40 @@ class RelayControl(amp.CommandLocator):
     @Add.responder
     def add(self, server: str, label: str | None = None) -> dict[str, Any]:
         self._heard(server)
-        session = self.relay.core.add(self.link, self.relay.clock.seconds(), label or "")
+        return {**self._add(server, label or ""), "host": self.relay.host, "port": self.relay.port}
+
+    def _add(self, server: str, label: str) -> dict[str, Any]:
+        session = self.relay.core.add(self.link, self.relay.clock.seconds(), label)
         log.info(
             "Command add: session {session} ({label}) for {server}",
             session=session.ident,
             label=session.label,
             server=server,
         )
-        return {
-            "session": session.ident,
-            "tag_a": session.a.tag,
-            "tag_b": session.b.tag,
-            "host": self.relay.host,
-            "port": self.relay.port,
-        }
+        return {"session": session.ident, "tag_a": session.a.tag, "tag_b": session.b.tag}
+
+    @AddSessions.responder
+    def add_many(self, server: str, labels: list[str]) -> dict[str, Any]:
+        if len(labels) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} sessions per AddMany")
+        self._heard(server)
+        sessions = [self._add(server, label) for label in labels]
+        return {"sessions": sessions, "host": self.relay.host, "port": self.relay.port}
 
     @Remove.responder
     def remove(self, server: str, session: int) -> dict[str, Any]:
         self._heard(server)
+        return {"removed": self._remove(server, session)}
+
+    def _remove(self, server: str, session: int) -> bool:
         removed = self.relay.core.remove(session) is not None
         log.info("Command remove: session {session} from {server}", session=session, server=server)
-        return {"removed": removed}
+        return removed
+
+    @RemoveSessions.responder
+    def remove_many(self, server: str, sessions: list[int]) -> dict[str, Any]:
+        self._heard(server)
+        return {"removed": [n for n in sessions if self._remove(server, n)]}
 
     @ListSessions.responder
     def list_sessions(self, server: str) -> dict[str, Any]:

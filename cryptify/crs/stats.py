@@ -88,6 +88,16 @@ class Statistics:
             self._enabled_at = now
         return account in self._enabled
 
+    def may_count(self, account: str) -> bool:
+        """Whether counting for ``account`` may do anything, without a round trip:
+        False only while the cached set of enabled accounts is fresh and
+        lacks it (so callers skip the counting coroutine per message)."""
+        if not account:
+            return False
+        if self._enabled_at is None or self.clock() - self._enabled_at >= ENABLED_TTL:
+            return True
+        return account in self._enabled
+
     async def enable(self, account: str) -> None:
         await self._client().sadd(ENABLED, account)
         self._enabled_at = None

@@ -5,7 +5,8 @@ UNIX socket.  The signaling side keeps one connection open
 (:class:`RelayLink`, reconnecting with backoff) and polls it as a heartbeat;
 the relay side answers with :class:`Poll` and reports counters with
 :class:`RelayStats`.  The CRS relay also takes :class:`Add` (a relay
-session with two leg tags), :class:`Remove`, :class:`ListSessions` and
+session with two leg tags), :class:`Remove`, their batched forms
+:class:`AddSessions` and :class:`RemoveSessions`, :class:`ListSessions` and
 :class:`Reclaim` (a restarted CRS adopting its live sessions); every
 command names the calling ``server``, which keeps its sessions alive.
 ``docs/relay.md`` describes the commands and the :class:`RelayLink` API.
@@ -72,6 +73,36 @@ class Remove(amp.Command):
 
     arguments = [(b"server", amp.Unicode()), (b"session", amp.Integer())]
     response = [(b"removed", amp.Boolean())]
+
+
+class AddSessions(amp.Command):
+    """:class:`Add` for many sessions at once (one per label, in order): the
+    calls a CRS sets up in one reactor turn cost one command."""
+
+    commandName = b"AddMany"
+    arguments = [(b"server", amp.Unicode()), (b"labels", amp.ListOf(amp.Unicode()))]
+    response = [
+        (
+            b"sessions",
+            amp.AmpList(
+                [(b"session", amp.Integer()), (b"tag_a", amp.String()), (b"tag_b", amp.String())]
+            ),
+        ),
+        (b"host", amp.Unicode()),
+        (b"port", amp.Integer()),
+    ]
+
+
+class RemoveSessions(amp.Command):
+    """:class:`Remove` for many sessions at once; answers those that existed."""
+
+    commandName = b"RemoveMany"
+    arguments = [(b"server", amp.Unicode()), (b"sessions", amp.ListOf(amp.Integer()))]
+    response = [(b"removed", amp.ListOf(amp.Integer()))]
+
+
+#: Sessions per AddMany / RemoveMany at most (an AMP value holds 64 KiB).
+MAX_BATCH = 256
 
 
 class ListSessions(amp.Command):
@@ -161,6 +192,20 @@ class RelayLink(service.MultiService):
         """Delete a relay session; False when the relay did not have it."""
         answer = await self.call(Remove, server=self.server_name, session=session)
         return bool(answer["removed"])
+
+    async def add_sessions(self, labels: list[str]) -> list[RelayAllocation]:
+        """Create one relay session per label with one command, in order."""
+        answer = await self.call(AddSessions, server=self.server_name, labels=labels)
+        host, port = answer["host"], answer["port"]
+        return [
+            RelayAllocation(s["session"], s["tag_a"], s["tag_b"], host, port)
+            for s in answer["sessions"]
+        ]
+
+    async def remove_sessions(self, sessions: list[int]) -> list[int]:
+        """Delete relay sessions with one command; answers those the relay had."""
+        answer = await self.call(RemoveSessions, server=self.server_name, sessions=sessions)
+        return list(answer["removed"])
 
     async def stats(self) -> dict[str, int]:
         """The relay's counters: RX, TXB, TXERROR, ERRNODEST, ERRTOSHORT,

@@ -87,6 +87,16 @@ class Closed:
 WsEvent = Opened | Received | PongReceived | Failed | Closed
 
 
+def server_frame(data: bytes) -> bytes:
+    """One unmasked, final binary frame carrying ``data`` (RFC 6455 section 5.2)."""
+    size = len(data)
+    if size < 126:
+        return bytes((0x82, size)) + data
+    if size < 1 << 16:
+        return b"\x82\x7e" + size.to_bytes(2, "big") + data
+    return b"\x82\x7f" + size.to_bytes(8, "big") + data
+
+
 @attrs.define(slots=True)
 class UmsgWebSocket:
     """One WebSocket end carrying UMSG: the handshake, then frames."""
@@ -141,7 +151,13 @@ class UmsgWebSocket:
         """Queue one binary message (no-op once closing)."""
         if self.open:
             assert self._conn is not None
-            self._out.append(bytes(self._conn.send(BytesMessage(data=data))))
+            if self.client:
+                self._out.append(bytes(self._conn.send(BytesMessage(data=data))))
+            else:
+                # The server's frames are unmasked and no extension is ever
+                # accepted (see _accept), so one frame is a header and the
+                # octets: what wsproto writes, without its per-frame work.
+                self._out.append(server_frame(data))
 
     def ping(self, payload: bytes = b"") -> None:
         """Queue a ping."""

@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from cryptify.crs.messages import MessageRefused, MessageStore
+from cryptify.crs.messages import MessageRefused, MessageStore, Posted
 from cryptify.crs.store import RedisStore
 from tests.interop._procs import free_port, short_tempdir
 
@@ -96,6 +96,54 @@ class MessageStoreTests(TestCase):
         with self.assertRaises(MessageRefused) as caught:
             await self.store.post("tel:+1", 99, "tel:+2", "acme", "content", b"x")
         self.assertEqual(caught.exception.code, "inbox-full")
+
+    async def test_one_batch(self) -> None:
+        """Posts of one turn share a script call: each stored once, in order, a repeat
+        inside the batch answers the first ID; deliveries of one turn likewise."""
+        posts = [
+            self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"a"),
+            self.store.post("tel:+3", 1, "tel:+2", "acme", "content", b"b"),
+            self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"a"),
+            self.store.post("tel:+1", 2, "tel:+2", "acme", "ack", b"x"),
+        ]
+        first, second, repeat, ack = [await p for p in posts]
+        self.assertEqual(self.store.posts.calls, 1)
+        self.assertEqual((repeat.id, repeat.duplicate), (first.id, True))
+        waiting = await self.store.waiting("tel:+2")
+        self.assertEqual([m.id for m in waiting], [first.id, second.id, ack.id])
+        done = [
+            self.store.delivered("tel:+2", first.id, "stat:"),
+            self.store.delivered("tel:+2", "no-such-id"),
+            self.store.delivered("tel:+2", ack.id),
+        ]
+        self.assertEqual([await d for d in done], [("tel:+1", "content"), None, ("tel:+1", "ack")])
+        self.assertEqual(self.store.deliveries.calls, 1)
+        self.assertEqual(await self.redis.client.hget("stat:tel:+1", "deliv"), "1")
+        self.assertEqual(await self.store.count("tel:+2"), 1)
+
+    async def test_redis_error_fails_one_post(self) -> None:
+        """A post Redis fails (its inbox key holds the wrong type) is refused ``internal``;
+        the others of its batch are stored, and nothing of it is left behind."""
+        await self.redis.client.set("inbox:tel:+9", "not a list")
+        posts = [
+            self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"a"),
+            self.store.post("tel:+1", 2, "tel:+9", "acme", "content", b"b"),
+            self.store.post("tel:+1", 3, "tel:+2", "acme", "content", b"c"),
+        ]
+        results = []
+        for p in posts:
+            try:
+                results.append(await p)
+            except MessageRefused as refused:
+                results.append(refused)
+        self.assertEqual(self.store.posts.calls, 1)
+        self.assertEqual([type(r) for r in results], [Posted, MessageRefused, Posted])
+        bad = results[1]
+        assert isinstance(bad, MessageRefused)
+        self.assertEqual(bad.code, "internal")
+        self.assertIn("WRONGTYPE", str(bad))
+        self.assertEqual([m.data for m in await self.store.waiting("tel:+2")], [b"a", b"c"])
+        self.assertIsNone(await self.redis.client.get("dedup:tel:+1:2"))
 
     async def test_survives_redis_restart(self) -> None:
         """Posted messages are still there after redis-server restarts."""
