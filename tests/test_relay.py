@@ -28,7 +28,12 @@ from cryptify.crs.relay import (
 )
 from cryptify.crs.relay_core import RelayCore
 from cryptify.plugins.crs_relay import Options
-from cryptify.protocols.relay_control import RelayAllocation, RelayLink
+from cryptify.protocols.relay_control import (
+    MAX_BATCH,
+    BatchTooLarge,
+    RelayAllocation,
+    RelayLink,
+)
 
 ALICE = ("198.51.100.10", 40000)
 BOB = ("203.0.113.20", 50000)
@@ -331,6 +336,15 @@ class ControlTests(SynchronousTestCase):
         self.assertEqual(len(adds), 3)
         first = got[0].session
         self.assertEqual(self.drive(link.remove_sessions([first, 999999])), [first])
+        self.assertEqual(self.core.entries, 2)
+        # more than MAX_BATCH at once: a clear refusal, nothing created or removed
+        for call in (
+            link.add_sessions(["x"] * (MAX_BATCH + 1)),
+            link.remove_sessions([got[1].session] * (MAX_BATCH + 1)),
+        ):
+            d = defer.ensureDeferred(call)
+            self.endpoint.flush()
+            self.failureResultOf(d).trap(BatchTooLarge)
         self.assertEqual(self.core.entries, 2)
 
     def test_allocator_batches_one_turn(self) -> None:

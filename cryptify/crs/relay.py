@@ -32,6 +32,7 @@ from cryptify.protocols.relay_control import (
     MAX_BATCH,
     Add,
     AddSessions,
+    BatchTooLarge,
     ListSessions,
     Poll,
     Reclaim,
@@ -260,7 +261,7 @@ class RelayControl(amp.CommandLocator):
     @AddSessions.responder
     def add_many(self, server: str, labels: list[str]) -> dict[str, Any]:
         if len(labels) > MAX_BATCH:
-            raise ValueError(f"at most {MAX_BATCH} sessions per AddMany")
+            raise BatchTooLarge(f"at most {MAX_BATCH} sessions per AddMany")
         self._heard(server)
         sessions = [self._add(server, label) for label in labels]
         return {"sessions": sessions, "host": self.relay.host, "port": self.relay.port}
@@ -277,6 +278,8 @@ class RelayControl(amp.CommandLocator):
 
     @RemoveSessions.responder
     def remove_many(self, server: str, sessions: list[int]) -> dict[str, Any]:
+        if len(sessions) > MAX_BATCH:
+            raise BatchTooLarge(f"at most {MAX_BATCH} sessions per RemoveMany")
         self._heard(server)
         return {"removed": [n for n in sessions if self._remove(server, n)]}
 

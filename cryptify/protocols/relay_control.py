@@ -75,6 +75,10 @@ class Remove(amp.Command):
     response = [(b"removed", amp.Boolean())]
 
 
+class BatchTooLarge(Exception):
+    """More than :data:`MAX_BATCH` sessions in one AddMany or RemoveMany."""
+
+
 class AddSessions(amp.Command):
     """:class:`Add` for many sessions at once (one per label, in order): the
     calls a CRS sets up in one reactor turn cost one command."""
@@ -91,6 +95,7 @@ class AddSessions(amp.Command):
         (b"host", amp.Unicode()),
         (b"port", amp.Integer()),
     ]
+    errors = {BatchTooLarge: b"BATCH_TOO_LARGE"}
 
 
 class RemoveSessions(amp.Command):
@@ -99,6 +104,7 @@ class RemoveSessions(amp.Command):
     commandName = b"RemoveMany"
     arguments = [(b"server", amp.Unicode()), (b"sessions", amp.ListOf(amp.Integer()))]
     response = [(b"removed", amp.ListOf(amp.Integer()))]
+    errors = {BatchTooLarge: b"BATCH_TOO_LARGE"}
 
 
 #: Sessions per AddMany / RemoveMany at most (an AMP value holds 64 KiB).
