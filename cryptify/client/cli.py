@@ -320,9 +320,11 @@ async def listen_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> i
             return
         if event.kind == INCOMING and args.auto_answer:
             reactor.callLater(0, lambda: phone.answer(event.call))
-        elif event.kind == END and phone.recording(event.call).frames:
-            count += 1
-            _save(args, phone, event.call, out, count)
+        elif event.kind == END:
+            if phone.recording(event.call).frames:
+                count += 1
+                _save(args, phone, event.call, out, count)
+            phone.forget(event.call)  # listen runs for days: keep nothing per call
 
     phone = make_phone(reactor, args, out, fetch_on_attach=True)
     printer = phone.on_event

@@ -107,6 +107,11 @@ class Phone:
         stream = leg.stream if leg is not None else self._ended_streams.get(call)
         return "".join(stream.dtmf_received.digits) if stream is not None else ""
 
+    def forget(self, call: Call) -> None:
+        """Drop what is kept of an ended call (its recording and digits)."""
+        self.recordings.pop(call, None)
+        self._ended_streams.pop(call, None)
+
     def post(self, to: str, content: bytes) -> int:
         return self.messenger.post(to, content)
 
