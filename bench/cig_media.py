@@ -43,7 +43,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -57,7 +56,6 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bench.relay import (  # noqa: E402
-    BIN,
     GEN_CPU,
     RELAY_CPU,
     Rtpengine,
@@ -66,6 +64,7 @@ from bench.relay import (  # noqa: E402
     pinned,
     read_box,
     sdp_port,
+    start_pinned_twistd,
     stop_process,
 )
 
@@ -389,36 +388,9 @@ class OurBridge:
             f'relay {{ control "{self.dir}/relay.sock"; }}\n'
             f'logging {{ dir "{self.dir}/log"; }}\n'
         )
-        self.proc = subprocess.Popen(
-            pinned(
-                RELAY_CPU,
-                [
-                    str(BIN / "twistd"),
-                    "-n",
-                    "--pidfile=",
-                    f"--logfile={self.dir}/twistd.log",
-                    *extra,
-                    "cig-relay",
-                    "--config",
-                    conf,
-                    "--notify",
-                    "",
-                ],
-            ),
-            cwd=self.dir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.proc, self.control = start_pinned_twistd(
+            self.dir, extra, ["cig-relay", "--config", conf, "--notify", ""]
         )
-        self.control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.control.connect(f"{self.dir}/relay.sock")
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(Path(f"{self.dir}/twistd.log").read_text()) from None
-                time.sleep(0.05)
         self.buffer = bytearray()
         self.asks = 0
 

@@ -323,6 +323,39 @@ def read_box(sock: socket.socket, buffer: bytearray) -> dict[str, bytes]:
         del buffer[: 4 + klen + vlen]
 
 
+def start_pinned_twistd(
+    workdir: str, extra: list[str], plugin_args: list[str], wait: float = 30.0
+) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """``twistd -n PLUGIN ...`` pinned to the relay's core, and a connection
+    to its control socket ``workdir/relay.sock`` once it answers."""
+    proc = subprocess.Popen(
+        pinned(
+            RELAY_CPU,
+            [
+                str(BIN / "twistd"),
+                "-n",
+                "--pidfile=",
+                f"--logfile={workdir}/twistd.log",
+                *extra,
+                *plugin_args,
+            ],
+        ),
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            control.connect(f"{workdir}/relay.sock")
+            return proc, control
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(Path(f"{workdir}/twistd.log").read_text()) from None
+            time.sleep(0.05)
+
+
 class OurRelay:
     """``twistd -n crs-relay`` on loopback, sessions added over its control socket."""
 
@@ -335,38 +368,9 @@ class OurRelay:
             f"relay-control {self.dir}/relay.sock\nlog-dir {self.dir}\n"
             "[POOL]\nhost crs1\nip crs1 127.0.0.1\n"
         )
-        self.proc = subprocess.Popen(
-            pinned(
-                RELAY_CPU,
-                [
-                    str(BIN / "twistd"),
-                    "-n",
-                    "--pidfile=",
-                    f"--logfile={self.dir}/twistd.log",
-                    *extra,
-                    "crs-relay",
-                    "--config",
-                    conf,
-                    "--notify",
-                    "",
-                    "--media-io",
-                    media_io,
-                ],
-            ),
-            cwd=self.dir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.proc, self.control = start_pinned_twistd(
+            self.dir, extra, ["crs-relay", "--config", conf, "--notify", "", "--media-io", media_io]
         )
-        self.control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                self.control.connect(f"{self.dir}/relay.sock")
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(Path(f"{self.dir}/twistd.log").read_text()) from None
-                time.sleep(0.05)
         self.buffer = bytearray()
         self.asks = 0
 
