@@ -80,6 +80,22 @@ ctrl_tcp_listen 127.0.0.1:{ctrl_port}
 """
 
 
+#: The CIG's maps for this PBX (a str.format template: kam_port, cig_port,
+#: rtp_range): secure users dial tel:+8888;EXT for extension EXT, PBX users
+#: dial 9 + a secure number, each shown to the other side accordingly.
+CIG_TRUNK = """
+map maptel2sip {{ entry pbx tel "tel:+8888;{{ext}}" sip "sip:{{ext}}@127.0.0.1:{kam_port}"; }}
+map mapsip2tel {{ entry nine sip "sip:9{{n}}@{{host}}" tel "tel:+{{n}}"; }}
+map srcsip2tel {{ entry all sip "sip:{{user}}@{{host}}" tel "tel:+8888;{{user}}"; }}
+map srctel2sip {{ entry all tel "tel:+{{n}}" sip "sip:9{{n}}@secure.example"; }}
+interfaces {{
+    tel {{ extension map maptel2sip; source map srcsip2tel; }}
+    sip {{ extension map mapsip2tel; source map srctel2sip;
+           bind 127.0.0.1 {cig_port}; rtp_port_range {rtp_range}; }}
+}}
+"""
+
+
 async def sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds, lambda: None)  # type: ignore[arg-type]
 

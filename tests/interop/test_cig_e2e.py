@@ -33,7 +33,7 @@ from cryptify.client.phone import Phone
 from cryptify.client.session import Attached
 from cryptify.crypto.identity import period_of
 from cryptify.crypto.keymaterial import load_key_material
-from tests.interop._pbx import Pbx, require_pbx, sleep, until
+from tests.interop._pbx import CIG_TRUNK, Pbx, require_pbx, sleep, until
 from tests.interop._procs import (
     BIN,
     Twistd,
@@ -56,15 +56,6 @@ DIAL_CLIENT = "946700000031"
 CLIENT_TONE, PBX_TONE = 1000, 1500
 
 CIG_CONF = """
-map maptel2sip {{ entry pbx tel "tel:+8888;{{ext}}" sip "sip:{{ext}}@127.0.0.1:{kam_port}"; }}
-map mapsip2tel {{ entry nine sip "sip:9{{n}}@{{host}}" tel "tel:+{{n}}"; }}
-map srcsip2tel {{ entry all sip "sip:{{user}}@{{host}}" tel "tel:+8888;{{user}}"; }}
-map srctel2sip {{ entry all tel "tel:+{{n}}" sip "sip:9{{n}}@secure.example"; }}
-interfaces {{
-    tel {{ extension map maptel2sip; source map srcsip2tel; }}
-    sip {{ extension map mapsip2tel; source map srctel2sip;
-           bind 127.0.0.1 {cig_port}; rtp_port_range {rtp_low} {rtp_high}; }}
-}}
 crs {{
     address 127.0.0.1 {crs_port};
     keystore "{d}/userdata";
@@ -121,15 +112,10 @@ class SecurePbxTests(TestCase):
         low, high = rtp_range()
         with open(os.path.join(d, "cig.conf"), "w") as f:
             f.write(
-                CIG_CONF.format(
-                    d=d,
-                    kam_port=self.pbx.kam_port,
-                    cig_port=self.cig_port,
-                    crs_port=self.crs_port,
-                    mgmt_port=self.mgmt_port,
-                    rtp_low=low,
-                    rtp_high=high,
+                CIG_TRUNK.format(
+                    kam_port=self.pbx.kam_port, cig_port=self.cig_port, rtp_range=f"{low} {high}"
                 )
+                + CIG_CONF.format(d=d, crs_port=self.crs_port, mgmt_port=self.mgmt_port)
             )
         self.start("cig-relay", "--config", os.path.join(d, "cig.conf"))
         wait_for(lambda: unix_answers(os.path.join(d, "cig-relay.sock")), "cig-relay control")

@@ -19,20 +19,8 @@ from cryptify.cig.calls import Call, CallTable, StubTelSide
 from cryptify.cig.sif import Sif
 from cryptify.config import parse_cig_config
 from cryptify.protocols.sip.transport import SipDatagramProtocol, UdpChannel
-from tests.interop._pbx import Pbx, require_pbx, sleep, until
+from tests.interop._pbx import CIG_TRUNK, Pbx, require_pbx, sleep, until
 from tests.interop._procs import free_port, short_tempdir
-
-CIG_CONF = """
-map maptel2sip {{ entry pbx tel "tel:+8888;{{ext}}" sip "sip:{{ext}}@127.0.0.1:{kam_port}"; }}
-map mapsip2tel {{ entry nine sip "sip:9{{n}}@{{host}}" tel "tel:+{{n}}"; }}
-map srcsip2tel {{ entry all sip "sip:{{user}}@{{host}}" tel "tel:+8888;{{user}}"; }}
-map srctel2sip {{ entry all tel "tel:+{{n}}" sip "sip:9{{n}}@secure.example"; }}
-interfaces {{
-    tel {{ extension map maptel2sip; source map srcsip2tel; }}
-    sip {{ extension map mapsip2tel; source map srctel2sip;
-           bind 127.0.0.1 {cig_port}; rtp_port_range 31000 31100; }}
-}}
-"""
 
 
 class Leg:
@@ -74,7 +62,10 @@ class KamailioBaresipTests(TestCase):
         self.cig_port = free_port(socket.SOCK_DGRAM)
         self.pbx = Pbx(self, d, self.cig_port)
         self.kam_port = self.pbx.kam_port
-        cfg = parse_cig_config(CIG_CONF.format(kam_port=self.kam_port, cig_port=self.cig_port))
+        trunk = CIG_TRUNK.format(
+            kam_port=self.kam_port, cig_port=self.cig_port, rtp_range="31000 31100"
+        )
+        cfg = parse_cig_config(trunk)
         self.tel = StubTelSide("answer")
         self.calls = CallTable(reactor)  # type: ignore[arg-type]
         self.sif = Sif(cfg, reactor, self.tel, self.calls)  # type: ignore[arg-type]
