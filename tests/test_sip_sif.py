@@ -148,16 +148,17 @@ class CallTests(SifCase):
         self.clock.advance(CALL_LINGER)
         self.assertEqual(self.calls.rows(), [])
 
-    def reinvite(self, ok: Response, cseq: int, body: str) -> Response:
+    def reinvite(self, ok: Response, cseq: int, body: str | bytes) -> Response:
         to = ok.headers.get("To")
+        octets = body.encode() if isinstance(body, str) else body
         data = (
             f"INVITE sip:192.0.2.9:5060 SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKre{cseq}\r\n"
             f"From: {ok.headers.get('From')}\r\nTo: {to}\r\nCall-ID: {ok.call_id}\r\n"
             f"CSeq: {cseq} INVITE\r\nContact: <sip:101@192.0.2.1:5060>\r\n"
             f"Max-Forwards: 70\r\nContent-Type: application/sdp\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n{body}"
-        ).encode()
+            f"Content-Length: {len(octets)}\r\n\r\n"
+        ).encode() + octets
         out = self.send(data)
         self.assertEqual(len(out), 1)
         response = out[0]
@@ -200,6 +201,37 @@ class CallTests(SifCase):
         self.assertEqual(self.tel.media_changes, [call])
         self.assertEqual(self.sif.media_of(call), media)
         self.send(in_dialog("BYE", ok, cseq=5))
+
+    @settings(max_examples=60, deadline=None)
+    @given(body=st.one_of(
+        st.binary(max_size=300),
+        st.tuples(st.integers(0, len(OFFER)), st.binary(max_size=12), st.integers(0, 12)).map(
+            lambda t: OFFER.encode()[: t[0]] + t[1] + OFFER.encode()[t[0] + t[2] :]
+        ),
+    ))  # fmt: skip
+    def test_fuzzed_reinvite_offers(self, body: bytes) -> None:
+        """
+        Any body in a re-INVITE gets an answer, never an exception: the tel
+        side hears of new media only with a 200, and when it does not, the
+        call's media stay as they were; the call goes on to its BYE.
+        """
+        self.fuzz_count = getattr(self, "fuzz_count", 0) + 1
+        n = self.fuzz_count
+        out = self.send(invite(call_id=f"re{n}", branch=f"z9hG4bKre{n}"))
+        ok = out[-1]
+        assert isinstance(ok, Response) and ok.status == 200
+        call = self.tel.legs[-1][0]
+        before = self.sif.media_of(call)
+        changes = len(self.tel.media_changes)
+        response = self.reinvite(ok, 2, body)
+        self.assertIn(response.status, (200, 400, 488))
+        if len(self.tel.media_changes) > changes:
+            self.assertEqual(response.status, 200)
+            self.assertEqual(len(self.tel.media_changes), changes + 1)
+        else:
+            self.assertEqual(self.sif.media_of(call), before)
+        bye = self.send(in_dialog("BYE", ok, cseq=3))
+        self.assertEqual(self.statuses(bye), [200])
 
     def test_route_refused(self) -> None:
         """
