@@ -429,16 +429,22 @@ class OutLeg:
             lambda f: log.warn("cannot remove bridge {session}: {why}", session=session, why=f)
         )
 
-    def end_from_tel(self, code: str = "normal") -> None:
-        """The secure user hung up (or the UIF went away): end the SIP leg."""
+    def _finish(self) -> bool:
+        """Mark the call ended and let go of it (False: it already was)."""
         if self.ended:
-            return
+            return False
         self.ended = True
         self.tel.outgoing.pop(id(self.call), None)
         self.tel.retire(self)
         self._remove_bridge()
         if self.session is not None:
             self.tel.active.pop(self.session, None)
+        return True
+
+    def end_from_tel(self, code: str = "normal") -> None:
+        """The secure user hung up (or the UIF went away): end the SIP leg."""
+        if not self._finish():
+            return
         if self.answered:
             self.leg.hung_up()
         else:
@@ -446,14 +452,7 @@ class OutLeg:
 
     def hang_up(self, code: str = "normal") -> None:
         """The PBX ended the call: hang up the secure side."""
-        if self.ended:
-            return
-        self.ended = True
-        self.tel.outgoing.pop(id(self.call), None)
-        self.tel.retire(self)
-        self._remove_bridge()
-        if self.session is not None:
-            self.tel.active.pop(self.session, None)
+        if self._finish() and self.session is not None:
             self.tel.notify("hangup", session=self.session, code=code)
 
 
