@@ -297,12 +297,16 @@ class TelCall:
         await self.tel.bridge.call(BridgeRemove, call=self.session)
 
     # ending
-    def _end(self, code: str, reason: str | None) -> None:
-        """The SIP side ended: hang up the secure side."""
+    def _finish(self) -> None:
+        """Mark the call ended and let go of it."""
         self.ended = True
         self.tel.active.pop(self.session, None)
         self.tel.retire(self)
         self._remove_bridge()
+
+    def _end(self, code: str, reason: str | None) -> None:
+        """The SIP side ended: hang up the secure side."""
+        self._finish()
         fields: dict[str, Any] = {"session": self.session, "code": code}
         if reason is not None:
             fields["reason"] = reason
@@ -312,10 +316,7 @@ class TelCall:
         """The secure side hung up (or went away): end the SIP leg."""
         if self.ended:
             return
-        self.ended = True
-        self.tel.active.pop(self.session, None)
-        self.tel.retire(self)
-        self._remove_bridge()
+        self._finish()
         self.tel.sip.hang_up(self.call)
         if self.call.state not in ENDED:  # nothing sent to the PBX yet
             self.tel.calls.set_state(self.call, CallState.HANGUP)
