@@ -15,7 +15,8 @@ from cryptify.crs.attached import AttachRegistry
 from cryptify.crs.messages import MessageRefused, MessageStore, Posted, Stored
 from cryptify.crs.messaging import Messaging
 from cryptify.crs.trace import TraceHub
-from cryptify.protocols.umsg import Message, message
+from cryptify.protocols.umsg import message
+from tests.test_crs_stats import FakeSession
 from tests.test_redis_batch import FakeScripts
 
 NOW = 1_800_000_000.0
@@ -25,15 +26,6 @@ class FakeRedisStore:
     def __init__(self, clock: Clock) -> None:
         self.client = FakeScripts()
         self.clock = clock
-
-
-class FakeSession:
-    def __init__(self, uri: str, account: str = "acme") -> None:
-        self.uri, self.account = uri, account
-        self.sent: list[Message] = []
-
-    def send(self, msg: Message) -> None:
-        self.sent.append(msg)
 
 
 class _Store(SynchronousTestCase):

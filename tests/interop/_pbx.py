@@ -21,7 +21,7 @@ import socket
 import subprocess
 from typing import Any
 
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SkipTest
 
 from tests.interop._procs import free_port
@@ -94,6 +94,33 @@ interfaces {{
            bind 127.0.0.1 {cig_port}; rtp_port_range {rtp_range}; }}
 }}
 """
+
+
+class AnsweringLeg:
+    """The test as the tel side of a call the CIG places: records the SIF's
+    reports; ``answered_d`` fires on the answer, fails on a rejection."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.answered_d: defer.Deferred[None] = defer.Deferred()
+
+    def trying(self) -> None:
+        self.events.append("trying")
+
+    def ringing(self) -> None:
+        self.events.append("ringing")
+
+    def answered(self) -> None:
+        self.events.append("answered")
+        self.answered_d.callback(None)
+
+    def rejected(self, status: int = 480) -> None:
+        self.events.append(f"rejected {status}")
+        if not self.answered_d.called:
+            self.answered_d.errback(AssertionError(f"call rejected with {status}"))
+
+    def hung_up(self) -> None:
+        self.events.append("hung up")
 
 
 async def sleep(seconds: float) -> None:

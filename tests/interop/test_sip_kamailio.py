@@ -12,41 +12,15 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from cryptify.cig.calls import Call, CallTable, StubTelSide
 from cryptify.cig.sif import Sif
 from cryptify.config import parse_cig_config
 from cryptify.protocols.sip.transport import SipDatagramProtocol, UdpChannel
-from tests.interop._pbx import CIG_TRUNK, Pbx, require_pbx, sleep, until
+from tests.interop._pbx import CIG_TRUNK, AnsweringLeg, Pbx, require_pbx, sleep, until
 from tests.interop._procs import free_port, short_tempdir
-
-
-class Leg:
-    """The test as the tel side of a call the CIG places."""
-
-    def __init__(self) -> None:
-        self.events: list[str] = []
-        self.answered_d: defer.Deferred[None] = defer.Deferred()
-
-    def trying(self) -> None:
-        self.events.append("trying")
-
-    def ringing(self) -> None:
-        self.events.append("ringing")
-
-    def answered(self) -> None:
-        self.events.append("answered")
-        self.answered_d.callback(None)
-
-    def rejected(self, status: int = 480) -> None:
-        self.events.append(f"rejected {status}")
-        if not self.answered_d.called:
-            self.answered_d.errback(AssertionError(f"call rejected with {status}"))
-
-    def hung_up(self) -> None:
-        self.events.append("hung up")
 
 
 class KamailioBaresipTests(TestCase):
@@ -116,7 +90,7 @@ class KamailioBaresipTests(TestCase):
         location lookup to baresip, which answers; hanging up sends BYE
         along the route set.
         """
-        leg = Leg()
+        leg = AnsweringLeg()
         call = Call("tel:+4670123456", "tel:+8888;101")
         routed = self.sif.router.route("tel", call.in_from, call.in_to)
         call.out_from, call.out_to = routed.out_from, routed.out_to

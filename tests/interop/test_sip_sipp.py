@@ -16,6 +16,7 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from cryptify.protocols.sip.message import Response, parse_datagram
+from tests.interop._pbx import AnsweringLeg
 from tests.interop._procs import (
     Twistd,
     free_port,
@@ -492,33 +493,6 @@ class MalformedTests(SippCase):
         self.assertEqual(self.client.options(), 200)
 
 
-class UasLeg:
-    """A tel-side leg for a call the CIG places; fires when it ends up answered."""
-
-    def __init__(self) -> None:
-        from twisted.internet import defer
-
-        self.events: list[str] = []
-        self.answered_d: defer.Deferred[None] = defer.Deferred()
-
-    def trying(self) -> None:
-        self.events.append("trying")
-
-    def ringing(self) -> None:
-        self.events.append("ringing")
-
-    def answered(self) -> None:
-        self.events.append("answered")
-        self.answered_d.callback(None)
-
-    def rejected(self, status: int = 480) -> None:
-        self.events.append(f"rejected {status}")
-        self.answered_d.errback(AssertionError(f"call rejected with {status}"))
-
-    def hung_up(self) -> None:
-        self.events.append("hung up")
-
-
 class InProcessSifTests(TestCase):
     """
     The SIF in this process on the real reactor, the tel side driven by
@@ -606,7 +580,7 @@ class InProcessSifTests(TestCase):
         sif.resolve = reactor.resolve  # type: ignore[attr-defined]
         sif.tcp_channel = connector.channel
         await task.deferLater(reactor, 0.5, lambda: None)  # type: ignore[arg-type]
-        leg = UasLeg()
+        leg = AnsweringLeg()
         call = Call(
             "tel:+4670123456",
             "tel:+8888;101",
