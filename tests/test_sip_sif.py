@@ -24,7 +24,7 @@ from cryptify.protocols.sip.sdp import parse_sdp
 from cryptify.protocols.sip.transaction import T1, Channel
 from cryptify.protocols.sip.transport import SipDatagramProtocol
 from tests.test_sip_transaction import FakeChannel
-from tests.torture import TORTURE_MAPS, TREATMENTS, read_torture
+from tests.torture import TORTURE_MAPS, TREATMENTS, call_id_of, read_torture
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "config")
 
@@ -581,6 +581,10 @@ class TortureTreatmentTests(SynchronousTestCase):
     source = ("127.0.0.1", 40000)
 
     def setUp(self) -> None:
+        self.fresh()
+
+    def fresh(self) -> None:
+        """A new SIF, with no transaction from an earlier message."""
         self.clock = Clock()
         self.tel = StubTelSide("answer")
         config = parse_cig_config(
@@ -601,7 +605,7 @@ class TortureTreatmentTests(SynchronousTestCase):
         """
         for name, treatment in sorted(TREATMENTS.items()):
             with self.subTest(name=name, section=treatment.section):
-                self.transport.written.clear()
+                self.fresh()
                 self.protocol.datagramReceived(read_torture(name), self.source)
                 answers = [(parse_datagram(d), a) for d, a in self.transport.written]
                 if treatment.final is None:
@@ -612,7 +616,7 @@ class TortureTreatmentTests(SynchronousTestCase):
                 self.assertLessEqual(set(statuses[:-1]), {100, 180}, name)
                 port = self.source[1] if treatment.where == "source" else int(treatment.where)
                 self.assertEqual({a for _, a in answers}, {("127.0.0.1", port)}, name)
-        self.clock.advance(64 * T1)
+                self.assertEqual({m.call_id for m, _ in answers}, {call_id_of(name)}, name)
 
     def test_bext01_unsupported(self) -> None:
         """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import attrs
 
@@ -130,3 +131,18 @@ map tel2sip {
         sip "sip:{ext}@127.0.0.1";
 }
 """
+
+
+_CALL_ID = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
+
+
+def call_id_of(name: str) -> str:
+    """The first Call-ID of message C{name} as written ('' if it has none)."""
+    m = _CALL_ID.search(read_torture(name).split(b"\r\n\r\n", 1)[0])
+    return m.group(1).decode("utf-8", "replace") if m else ""
+
+
+#: Messages that share their top Via's branch and sent-by, and method, with
+#: an earlier one (escnull, cparam01): RFC 3261 17.2.3 would match them to
+#: that one's transaction as retransmissions, so they go to a fresh CIG.
+SAME_TRANSACTION_AS_EARLIER = ("regescrt", "cparam02")
