@@ -69,9 +69,9 @@ class NetNamespace:
                 f.write(hosts)
             self.run("mount", "--bind", path, "/etc/hosts")
 
-    def prefix(self) -> list[str]:
-        """The command prefix that runs a program inside the namespace."""
-        return [self.nsenter, f"--target={self.holder.pid}", "--net", "--mount"]
+    def prefix(self, cwd: str = "/") -> list[str]:
+        """The command prefix that runs a program inside the namespace, in C{cwd}."""
+        return [self.nsenter, f"--target={self.holder.pid}", "--net", "--mount", f"--wd={cwd}"]
 
     def run(self, *argv: str) -> None:
         subprocess.run([*self.prefix(), *argv], check=True, timeout=30)
@@ -91,6 +91,16 @@ class NetNamespace:
             os.close(target)
 
     def stop(self) -> None:
+        """Kill whatever still runs in the namespace (all of it ours), then the holder."""
         if self.holder.poll() is None:
+            mine = os.readlink(f"/proc/{self.holder.pid}/ns/net")
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit() or int(entry) == self.holder.pid:
+                    continue
+                try:
+                    if os.readlink(f"/proc/{entry}/ns/net") == mine:
+                        os.kill(int(entry), signal.SIGKILL)
+                except OSError:
+                    pass
             self.holder.send_signal(signal.SIGKILL)
             self.holder.wait()

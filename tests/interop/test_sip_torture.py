@@ -110,7 +110,7 @@ class TortureTests(SynchronousTestCase):
             "",
             "--tel-stub",
             "answer",
-            prefix=tuple(self.ns.prefix()),
+            prefix=tuple(self.ns.prefix(workdir)),
         )
         self.addCleanup(self.cig.stop)
         wait_for(self.options_answered, "the CIG answering OPTIONS")
