@@ -8,8 +8,10 @@ reporting the leg's progress back to the PBX as 180 and 200 (with an SDP
 answer for PCMU/PCMA/telephone-event on a port of C{rtp_port_range});
 handles ACK, CANCEL and BYE, and BYE from the tel side; takes MESSAGE
 when C{messaging true}. Other methods get 405 (known to SIP, not ours) or
-501 (unknown). Malformed requests get the 4xx the parser chose when they
-can be answered, otherwise nothing.
+501 (unknown); any request but CANCEL with C{Require} gets 420 (no option
+is supported). Malformed requests get the 4xx the parser chose when they
+can be answered, otherwise nothing. Where answers go (RFC 3261 18.2.2,
+RFC 3581) is the transport's business (L{cryptify.protocols.sip.transport}).
 
 Each call is listed in the L{CallTable} (C{show call}) and logged to
 C{session.log}; see L{cryptify.cig.calls}.
