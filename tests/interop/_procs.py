@@ -68,11 +68,12 @@ def tcp_answers(port: int) -> bool:
 class Twistd:
     """One ``twistd -n PLUGIN ...`` child, stopped (and reaped) at cleanup."""
 
-    def __init__(self, workdir: str, plugin: str, *args: str) -> None:
+    def __init__(self, workdir: str, plugin: str, *args: str, prefix: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.name = plugin
         self.log = os.path.join(workdir, f"{plugin}.twistd.log")
         argv = [
+            *prefix,
             os.path.join(BIN, "twistd"),
             "-n",
             "--pidfile=",

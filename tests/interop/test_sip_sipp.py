@@ -304,7 +304,7 @@ class AnsweredCallTests(SippCase):
         tel:+8888;sipp and answered; while it lasts C{show call} lists it
         as ANSWER; sipp's BYE ends it (HANGUP); session.log has every state.
         """
-        proc = self.run_sipp("-s", "94670123456", "-m", "1", "-d", "6000", wait=False)
+        proc = self.run_sipp("-s", "94670123456", "-m", "1", "-d", "10000", wait=False)
         shown: list[str] = []
 
         def answered() -> bool:
