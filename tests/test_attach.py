@@ -17,7 +17,7 @@ from cryptify.config.crs import KeepAlive
 from cryptify.crs.slots import SlotMap, slot_of
 from cryptify.crs.umsg_server import PING_AFTER, Limits
 from cryptify.protocols.umsg import ERROR_CODES, Message
-from cryptify.protocols.umsg_ws import UmsgWebSocket
+from cryptify.protocols.umsg_ws import UmsgWebSocket, mask
 from tests.umsg_support import FakeAccount, World, kms
 
 
@@ -424,6 +424,80 @@ class LimitTests(_Base):
         _, _, _, events = self.pair(host="198.51.100.1")
         self.assertIsInstance(events[0], Attached)
         self.assertEqual(self.world.factory.unattached, {})
+
+
+class CloseCodeTests(SynchronousTestCase):
+    """The close frame after a broken frame carries RFC 6455 section 7.4.1's code."""
+
+    KEY = b"\x01\x02\x03\x04"
+
+    def _close_after(self, raw: bytes, attached: bool = False) -> tuple[int, list[str]]:
+        """Feed ``raw`` after the handshake (and an attach); return the close code
+        and the UMSG messages the CRS sent before it."""
+        from cryptify.protocols.umsg import decode_from_server
+        from cryptify.protocols.umsg_ws import Closed, Received
+
+        world = World.make(Limits(max_message=1000))
+        if attached:
+            _client, server, pump, events = world.pair()
+            self.assertIsInstance(events[0], Attached)
+            pump.flush()
+            transport = server.transport
+            client_ws = UmsgWebSocket.connect("crs.test")
+            client_ws._opened = True  # read the server's frames from here on
+            transport.stream = []
+            server.dataReceived(raw)
+            out = b"".join(transport.stream)
+        else:
+            from twisted.internet.address import IPv4Address
+            from twisted.internet.testing import StringTransport
+
+            server = world.factory.buildProtocol(None)
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 9))
+            server.makeConnection(transport)
+            client_ws = UmsgWebSocket.connect("crs.test")
+            server.dataReceived(client_ws.outgoing())
+            server.dataReceived(raw)
+            out = transport.value()
+        events = client_ws.receive(out)
+        closes = [e for e in events if isinstance(e, Closed)]
+        self.assertEqual(len(closes), 1, events)
+        self.assertTrue(server.ending)
+        for call in world.clock.getDelayedCalls():
+            call.cancel()
+        sent = [decode_from_server(e.data).type for e in events if isinstance(e, Received)]
+        return closes[0].code, sent
+
+    def test_framing_errors_1002(self) -> None:
+        """An unmasked client frame, a reserved opcode and a fragmented control
+        frame close with 1002 (protocol error), not 1008."""
+        for raw in (b"\x82\x02hi", b"\x83\x80" + self.KEY, b"\x09\x80" + self.KEY):
+            with self.subTest(raw=raw):
+                self.assertEqual(self._close_after(raw), (1002, ["refused"]))
+                self.assertEqual(self._close_after(raw, attached=True)[0], 1002)
+
+    def test_text_1003(self) -> None:
+        """A text frame on this binary-only protocol closes with 1003."""
+        raw = b"\x81\x82" + self.KEY + mask(b"hi", self.KEY)
+        self.assertEqual(self._close_after(raw), (1003, ["refused"]))
+
+    def test_bad_utf8_1007(self) -> None:
+        """A text frame that is not even UTF-8 closes with 1007."""
+        raw = b"\x81\x81" + self.KEY + mask(b"\xff", self.KEY)
+        self.assertEqual(self._close_after(raw)[0], 1007)
+
+    def test_header_too_big_1009(self) -> None:
+        """A frame header announcing more than the limit gets refused too-large and
+        a close frame 1009 at once, with no payload octet sent."""
+        raw = b"\x82\xff" + (1 << 40).to_bytes(8, "big") + self.KEY
+        self.assertEqual(self._close_after(raw), (1009, ["refused"]))
+        raw = b"\x82\xfe" + (1001).to_bytes(2, "big") + self.KEY
+        self.assertEqual(self._close_after(raw, attached=True)[0], 1009)
+
+    def test_bad_umsg_1008(self) -> None:
+        """A well-framed binary message that is not UMSG is a policy matter: 1008."""
+        raw = b"\x82\x83" + self.KEY + mask(b"\xff\x00x", self.KEY)
+        self.assertEqual(self._close_after(raw), (1008, ["refused"]))
 
 
 class ConfigTests(SynchronousTestCase):

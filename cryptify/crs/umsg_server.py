@@ -121,6 +121,8 @@ class UmsgServerProtocol(Protocol):
     interval = PING_AFTER
     ending = False
     abort_call: Any = None
+    #: The WebSocket close code of a framing failure (0: from the UMSG code).
+    ws_close = 0
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -156,6 +158,9 @@ class UmsgServerProtocol(Protocol):
                     if self.session.attached:
                         factory.promote(self)
             elif isinstance(event, Failed):
+                # The close carries the WebSocket's own code (RFC 6455
+                # section 7.4.1: 1002 framing, 1003 text, 1007, 1009).
+                self.ws_close = event.code
                 code = "too-large" if event.code == TOO_BIG else "malformed"
                 self.session.protocol_error(UmsgError(code, event.reason))
                 self.end(code)
@@ -184,7 +189,7 @@ class UmsgServerProtocol(Protocol):
             return
         self.ending = True
         self.factory.forget(self)
-        ws_code = _WS_CLOSE.get(code, NORMAL if code in _WS_NORMAL else POLICY)
+        ws_code = self.ws_close or _WS_CLOSE.get(code, NORMAL if code in _WS_NORMAL else POLICY)
         self.ws.close(ws_code, code)
         self.flush()
         if self.transport is not None:

@@ -15,9 +15,9 @@ are read and written here (:class:`UmsgWebSocket` ``_parse``,
 order, with the same close codes and reasons as wsproto 1.x without
 extensions (none is ever negotiated), which the tests check against
 wsproto byte for byte.  The one deliberate difference: a frame that would
-take a message past ``max_message`` fails (1009) as soon as its header and
-first payload octet are in, instead of once the excess has arrived, so an
-oversized message is never buffered.
+take a message past ``max_message`` fails (1009) as soon as its header is
+in (a text frame: its first payload octet), instead of once the excess has
+arrived, so an oversized message is never buffered or waited for.
 """
 
 from __future__ import annotations
@@ -443,11 +443,20 @@ class UmsgWebSocket:
                 if self._control_frame(opcode, payload, events):
                     return pos
                 continue
+            partial = self._partial
+            # A binary or continuation frame (in sequence) whose header
+            # announces more than the limit fails (1009) at once: no payload
+            # octet is waited for, none is buffered.
+            if (
+                opcode != _TEXT
+                and (partial is None) == (opcode != _CONTINUATION)
+                and length + (0 if partial is None else len(partial)) > self.max_message
+            ):
+                raise _ProtocolFailure(f"message larger than {self.max_message} octets", TOO_BIG)
             # A data frame: wsproto checks it once the first payload octet is in.
             if length and avail == head:
                 self._need = head + 1
                 return pos
-            partial = self._partial
             if partial is None:
                 if opcode == _CONTINUATION:
                     raise _ProtocolFailure("unexpected CONTINUATION")

@@ -232,3 +232,58 @@ class FloodTests(TestCase):
         self.assertEqual(len(closed), 300)
         self.assertEqual(server.factory.pending, set())
         self.assertEqual(len(server.registry.rows()), 6)
+
+
+class WebsocketsCloseCodeTests(TestCase):
+    """Broken frames from an independent client (`websockets`) get the close code
+    RFC 6455 section 7.4.1 gives them, from the real listener over TLS."""
+
+    KEY = b"\x01\x02\x03\x04"
+
+    def setUp(self) -> None:
+        if not websockets_available():
+            self.skipTest("websockets is not installed")
+        self.server = _Server(self)
+
+    def _close_code(self, send: Any) -> tuple[list[str], int | None]:
+        """Open a WebSocket, call ``send(ws)``, and read until the CRS closes:
+        (the UMSG types received, the close code received)."""
+        from websockets.exceptions import ConnectionClosed
+
+        url = f"wss://127.0.0.1:{self.server.number}/"
+        tls = ssl.create_default_context(cafile=self.server.cert)
+        received: list[str] = []
+        with ws_connect(url, ssl=tls, subprotocols=["umsg.1"], max_size=None) as ws:
+            send(ws)
+            try:
+                while True:
+                    received.append(cbor2.loads(ws.recv(timeout=10))["type"])
+            except ConnectionClosed as exc:
+                return received, exc.rcvd.code if exc.rcvd is not None else None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raw(self, data: bytes) -> Any:
+        return lambda ws: ws.socket.sendall(data)
+
+    @defer.inlineCallbacks
+    def test_framing_errors(self) -> Any:
+        """An unmasked frame, a reserved opcode and a fragmented control frame: 1002."""
+        for raw in (b"\x82\x02hi", b"\x83\x80" + self.KEY, b"\x09\x80" + self.KEY):
+            got = yield threads.deferToThread(self._close_code, self._raw(raw))
+            self.assertEqual(got, (["refused"], 1002), raw)
+
+    @defer.inlineCallbacks
+    def test_text(self) -> Any:
+        """A text message on the binary-only umsg.1: 1003."""
+        got = yield threads.deferToThread(self._close_code, lambda ws: ws.send("hello"))
+        self.assertEqual(got, (["refused"], 1003))
+
+    @defer.inlineCallbacks
+    def test_too_big(self) -> Any:
+        """A message over the limit, and a bare frame header announcing one: 1009,
+        with a close frame the client reads (not a dropped connection)."""
+        got = yield threads.deferToThread(self._close_code, lambda ws: ws.send(b"x" * 70000))
+        self.assertEqual(got, (["refused"], 1009))
+        header = b"\x82\xff" + (1 << 30).to_bytes(8, "big") + self.KEY
+        got = yield threads.deferToThread(self._close_code, self._raw(header))
+        self.assertEqual(got, (["refused"], 1009))
