@@ -15,7 +15,7 @@ from cryptify.client.connection import ConnectionEnded
 from cryptify.client.session import Attached, Disconnected, Moved, Refused
 from cryptify.config.crs import KeepAlive
 from cryptify.crs.slots import SlotMap, slot_of
-from cryptify.crs.umsg_server import PING_AFTER, Limits
+from cryptify.crs.umsg_server import CLOSE_GRACE, PING_AFTER, Limits
 from cryptify.protocols.umsg import ERROR_CODES, Message
 from cryptify.protocols.umsg_ws import UmsgWebSocket, mask
 from tests.umsg_support import FakeAccount, World, kms
@@ -50,6 +50,27 @@ class _Base(SynchronousTestCase):
         """The State column of the attach trace lines so far."""
         text = [" ".join(str(f) for f in fields) for fields in self.trace]
         return text
+
+    def half_open(self, host: str) -> Any:
+        """A connection from ``host`` that says nothing."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.protocol import Protocol
+        from twisted.test import iosim
+
+        silent = Protocol()
+        server = self.world.factory.buildProtocol(None)
+        iosim.connect(
+            server,
+            iosim.FakeTransport(server, isServer=True, peerAddress=IPv4Address("TCP", host, 9)),
+            silent,
+            iosim.FakeTransport(silent, isServer=False),
+            clock=self.world.clock,
+        )
+        return server
+
+    def talk(self, server: Any) -> None:
+        """The connection starts its WebSocket handshake (no longer silent)."""
+        server.dataReceived(UmsgWebSocket.connect("crs.test").outgoing()[:20])
 
 
 class AttachTests(_Base):
@@ -391,39 +412,103 @@ class LimitTests(_Base):
     limits = Limits(max_unattached_per_address=2, max_unattached=3)
 
     def test_per_address(self) -> None:
-        """Beyond the per-address limit of unattached connections, new ones are closed."""
-        from twisted.internet.address import IPv4Address
-        from twisted.internet.protocol import Protocol
-        from twisted.test import iosim
-
-        def half_open(host: str) -> Any:
-            silent = Protocol()
-            server = self.world.factory.buildProtocol(None)
-            pump = iosim.connect(
-                server,
-                iosim.FakeTransport(server, isServer=True, peerAddress=IPv4Address("TCP", host, 9)),
-                silent,
-                iosim.FakeTransport(silent, isServer=False),
-                clock=self.world.clock,
-            )
-            return server, pump
-
-        a1, _ = half_open("198.51.100.1")
-        a2, _ = half_open("198.51.100.1")
-        a3, _p3 = half_open("198.51.100.1")
-        self.assertFalse(a1.ending or a2.ending)
-        self.assertTrue(a3.ending)
-        b1, _ = half_open("198.51.100.2")
+        """Over the per-address quota the oldest silent connection of that address
+        makes room; when all of them talk, the new one is closed instead."""
+        a1 = self.half_open("198.51.100.1")
+        a2 = self.half_open("198.51.100.1")
+        a3 = self.half_open("198.51.100.1")
+        self.assertEqual((a1.ending, a2.ending, a3.ending), (True, False, False))
+        self.assertEqual(self.world.factory.evicted, 1)
+        self.talk(a2)
+        self.talk(a3)
+        a4 = self.half_open("198.51.100.1")
+        self.assertTrue(a4.ending)
+        self.assertEqual(self.world.factory.refused_early, 1)
+        b1 = self.half_open("198.51.100.2")
         self.assertFalse(b1.ending)
-        c1, _ = half_open("198.51.100.3")
-        self.assertTrue(c1.ending)  # the global limit (3)
+        # The global quota (3): the oldest silent connection of any address goes.
+        c1 = self.half_open("198.51.100.3")
+        self.assertEqual((b1.ending, c1.ending), (True, False))
+        self.assertEqual(self.world.factory.evicted, 2)
         # Attached clients are not counted: another address still attaches.
-        for proto in (a1, a2, b1):
+        for proto in (a2, a3, c1):
             proto.transport.loseConnection()
             proto.connectionLost()
         _, _, _, events = self.pair(host="198.51.100.1")
         self.assertIsInstance(events[0], Attached)
         self.assertEqual(self.world.factory.unattached, {})
+        self.assertEqual(self.world.factory.pending, set())
+
+
+class BusyAddressTests(_Base):
+    """A real client behind an address full of idle sockets (a carrier NAT)."""
+
+    def _attach_beside_idle(self, idle: int) -> tuple[list[Any], int]:
+        """``idle`` silent connections from one address fill its quota; a client
+        from the same address attaches.  Return its events and how many times
+        the idle connections were touched (attribute reads) meanwhile."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from cryptify.crs.umsg_server import UmsgServerProtocol
+
+        touched = [0]
+        watching = [False]
+
+        class Idle(UmsgServerProtocol):
+            def __getattribute__(self, name: str) -> Any:
+                if watching[0]:
+                    touched[0] += 1
+                return object.__getattribute__(self, name)
+
+        self.world = World.make(Limits(max_unattached_per_address=idle))
+        factory = self.world.factory
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        factory.protocol = Idle  # type: ignore[assignment]
+        for port in range(idle):
+            proto = factory.buildProtocol(None)
+            proto.makeConnection(
+                StringTransport(peerAddress=IPv4Address("TCP", "203.0.113.7", 1024 + port))
+            )
+        factory.protocol = UmsgServerProtocol  # type: ignore[assignment]
+        self.world.clock.advance(1)
+        watching[0] = True
+        _client, _server, pump, events = self.pair(host="203.0.113.7")
+        self.world.clock.advance(1)  # an attach-timeout sweep runs meanwhile
+        pump.flush()
+        watching[0] = False
+        return events, touched[0]
+
+    def test_attach_beside_idle_sockets(self) -> None:
+        """The client is admitted at once (the oldest idle socket makes room), and the
+        work of its attach does not grow with the idle connections of its address."""
+        events_small, work_small = self._attach_beside_idle(50)
+        self.assertIsInstance(events_small[0], Attached)
+        self.assertEqual(self.world.factory.evicted, 1)
+        events_big, work_big = self._attach_beside_idle(2000)
+        self.assertIsInstance(events_big[0], Attached)
+        self.assertEqual(self.world.factory.evicted, 1)
+        self.assertEqual(work_big, work_small)
+        self.assertLess(work_big, 30)
+        self.assertEqual(len(self.world.factory.pending), 1999)
+
+    def test_idle_closed_after_attach_timeout(self) -> None:
+        """Idle unauthenticated connections are closed once the attach timeout passes."""
+        self.world = World.make(Limits(attach_timeout=10))
+        factory = self.world.factory
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        old = [self.half_open("203.0.113.8") for _ in range(5)]
+        self.world.clock.advance(5)
+        young = [self.half_open("203.0.113.8") for _ in range(5)]
+        self.world.clock.advance(5)
+        self.assertTrue(all(p.ending for p in old))
+        self.assertFalse(any(p.ending for p in young))
+        self.world.clock.advance(5)
+        self.assertTrue(all(p.ending for p in young))
+        self.assertEqual(factory.pending, set())
+        self.world.clock.advance(CLOSE_GRACE)  # the closing connections are aborted
 
 
 class CloseCodeTests(SynchronousTestCase):
