@@ -209,14 +209,29 @@ class AttachTests(_Base):
         pump.flush()
         return raw, server, pump, []
 
-    def _refusal(self, pump: Any) -> str:
+    def _refused(self, pump: Any) -> Message:
         pump.flush()
         from cryptify.protocols.umsg import decode_from_server
         from cryptify.protocols.umsg_ws import Received
 
         messages = [decode_from_server(e.data) for e in self.received if isinstance(e, Received)]
         self.assertEqual(messages[-1].type, "refused", messages)
-        return str(messages[-1]["code"])
+        return messages[-1]
+
+    def _refusal(self, pump: Any) -> str:
+        return str(self._refused(pump)["code"])
+
+    def test_refused_names_the_request(self) -> None:
+        """A refusal caused by a request carries that request's id, even when the
+        request was malformed but its id readable; one with no readable id, none."""
+        _, _, pump, _ = self._raw_attach({"id": 41, "uri": 5})
+        refused = self._refused(pump)
+        self.assertEqual((refused.id, refused["code"]), (41, "malformed"))
+        _, _, pump, _ = self._raw_attach({"id": 42, "versions": [9]})
+        refused = self._refused(pump)
+        self.assertEqual((refused.id, refused["code"]), (42, "version"))
+        _, _, pump, _ = self._raw_attach({"id": "x"})
+        self.assertIsNone(self._refused(pump).id)
 
     def test_malformed(self) -> None:
         """A message that is not valid UMSG is refused with 'malformed' and closed."""
