@@ -268,6 +268,40 @@ def wsproto_end(client: bool) -> Any:
 class WebSocketTests(SynchronousTestCase):
     """UmsgWebSocket: handshake, messages, pings, limits, errors."""
 
+    def test_upgrade_limit(self) -> None:
+        """An upgrade request of up to 32 KiB opens; one octet more is answered 400
+        and closed, however it is cut (TLS records, one chunk, small pieces)."""
+        from cryptify.protocols.umsg_ws import MAX_UPGRADE
+
+        self.assertEqual(MAX_UPGRADE, 32 * 1024)
+        head = (
+            b"GET / HTTP/1.1\r\nHost: crs.test\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: umsg.1\r\nX-Pad: "
+        )
+
+        def request(size: int) -> bytes:
+            return head + b"a" * (size - len(head) - 4) + b"\r\n\r\n"
+
+        for piece in (1000, 16384, 1 << 20):
+            for size, opens in ((MAX_UPGRADE, True), (MAX_UPGRADE + 1, False)):
+                with self.subTest(piece=piece, size=size):
+                    data = request(size)
+                    self.assertEqual(len(data), size)
+                    server = UmsgWebSocket.server()
+                    events: list[Any] = []
+                    for start in range(0, size, piece):
+                        events += server.receive(data[start : start + piece])
+                    out = server.outgoing()
+                    if opens:
+                        self.assertEqual(events, [Opened("/")])
+                        self.assertTrue(out.startswith(b"HTTP/1.1 101 "))
+                    else:
+                        self.assertEqual(len(events), 1)
+                        self.assertIsInstance(events[0], Closed)
+                        self.assertTrue(out.startswith(b"HTTP/1.1 400 "), out)
+                        self.assertTrue(server.closed)
+
     def test_handshake_and_messages(self) -> None:
         """After the umsg.1 handshake, binary messages flow both ways."""
         client, server = opened_pair()
