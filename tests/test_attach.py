@@ -594,6 +594,33 @@ class CloseCodeTests(SynchronousTestCase):
         raw = b"\x82\xfe" + (1001).to_bytes(2, "big") + self.KEY
         self.assertEqual(self._close_after(raw, attached=True)[0], 1009)
 
+    def test_client_closes_with_the_code(self) -> None:
+        """The reference client, too, closes a broken server stream with its code:
+        1002 for a masked server frame, 1003 for text, 1009 for a header over the limit."""
+        from cryptify.protocols.umsg_ws import Closed
+
+        for raw, code in (
+            (b"\x82\x82" + self.KEY + b"hi", 1002),
+            (b"\x81\x02hi", 1003),
+            (b"\x82\x7f" + (1 << 40).to_bytes(8, "big"), 1009),
+        ):
+            with self.subTest(code=code):
+                world = World.make()
+                client, _server, pump, events = world.pair()
+                self.assertIsInstance(events[0], Attached)
+                pump.flush()
+                client.transport.stream = []
+                client.dataReceived(raw)
+                reader = UmsgWebSocket.server()
+                reader._opened = True  # read the client's frames from here on
+                seen = reader.receive(b"".join(client.transport.stream))
+                closes = [e for e in seen if isinstance(e, Closed)]
+                self.assertEqual([c.code for c in closes], [code])
+                pump.flush()
+                self.assertIsInstance(events[-1], ConnectionEnded)
+                for call in world.clock.getDelayedCalls():
+                    call.cancel()
+
     def test_bad_umsg_1008(self) -> None:
         """A well-framed binary message that is not UMSG is a policy matter: 1008."""
         raw = b"\x82\x83" + self.KEY + mask(b"\xff\x00x", self.KEY)
