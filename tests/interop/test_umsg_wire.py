@@ -192,11 +192,13 @@ class FloodTests(TestCase):
                 )
             )
         self.addCleanup(lambda: [c.disconnect() for c in flood])
-        yield task.deferLater(reactor, 0.5, lambda: None)
-        self.assertLessEqual(len(server.factory.pending), 50)
         # 200 silent flood connections, 50 fit: over the quota the oldest
         # silent one made room for each newer one (or the newer was closed).
-        self.assertGreaterEqual(server.factory.refused_early + server.factory.evicted, 150)
+        # Wait for the accepts (a loaded machine takes its time), not a fixed time.
+        while server.factory.refused_early + server.factory.evicted < 150:
+            self.assertLessEqual(len(server.factory.pending), 50)
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertLessEqual(len(server.factory.pending), 50)
 
         # Attached clients still get answers, promptly, during the flood.
         started = time.monotonic()
