@@ -117,6 +117,7 @@ class CrsOperatorTests(SynchronousTestCase):
 
         status, out, err = self.cli("reload", "account")
         self.assertEqual(status, 1, out + err)
+        self.assertEqual(out, "accounts reloaded, except for the 2 problem(s) above\n")
         self.assertNotIn("UNKNOWN", err)
         self.assertNotIn("Traceback", err)
         problems = err.splitlines()
