@@ -19,7 +19,6 @@ from typing import Any
 import attrs
 
 from ._base import (
-    ConfigError,
     Context,
     Tok,
     check_host,
@@ -29,6 +28,7 @@ from ._base import (
     check_port,
     decode,
     quote,
+    read_config_file,
 )
 from ._lines import Args, Line, LineGrammar, parse_lines
 
@@ -547,14 +547,6 @@ def load_crs_config(path: str | Path) -> CrsConfig:
     Read and parse a C{crs.conf} file.
     """
     return parse_crs_config(read_config_file(path), str(path))
-
-
-def read_config_file(path: str | Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror}", str(path)) from None
 
 
 def value(text: str) -> str:
