@@ -449,3 +449,50 @@ notify "{d}/notify.sh";
         status, _, err = run_cli("cig-cli", "read", broken)
         self.assertEqual(status, 1)
         self.assertIn(f"broken.conf:{index + 1}:", err)
+
+
+class ConfigErrorTests(SynchronousTestCase):
+    """A broken configuration file, for real: one error line, never a usage text."""
+
+    def setUp(self) -> None:
+        self.dir = short_tempdir(self)
+
+    def test_twistd_one_error_line(self) -> None:
+        """
+        twistd crs, crs-relay, cig and cig-relay on a broken file print just
+        FILE:LINE:COLUMN and the problem, and exit 1.
+        """
+        crs_conf = write(os.path.join(self.dir, "crs.conf"), "[GLOBAL]\nlisen 127.0.0.1 5223\n")
+        cig_conf = write(
+            os.path.join(self.dir, "cig.conf"), "interfaces {\n  sip { bind 999.0.0.1; }\n}\n"
+        )
+        for plugin, conf, where in (
+            ("crs", crs_conf, "2:1"),
+            ("crs-relay", crs_conf, "2:1"),
+            ("cig", cig_conf, "2:14"),
+            ("cig-relay", cig_conf, "2:14"),
+        ):
+            status, err = Twistd(self.dir, plugin, "--config", conf).wait_exit()
+            self.assertEqual(status, 1, err)
+            self.assertNotIn("Usage", err)
+            self.assertEqual(len(err.splitlines()), 1, err)
+            self.assertTrue(err.startswith(f"{conf}:{where}: "), err)
+
+    def test_twistd_unreadable_config(self) -> None:
+        """
+        A configuration file that cannot be read is one line naming it.
+        """
+        missing = os.path.join(self.dir, "missing.conf")
+        status, err = Twistd(self.dir, "crs", "--config", missing).wait_exit()
+        self.assertEqual((status, err), (1, f"{missing}: cannot read: No such file or directory\n"))
+
+    def test_endless_input(self) -> None:
+        """
+        crs-cli check-config and cig-cli read refuse /dev/zero at its first
+        line instead of reading it until memory runs out.
+        """
+        for argv in (("crs-cli", "check-config"), ("cig-cli", "read")):
+            status, out, err = run_cli(*argv, "/dev/zero")
+            self.assertEqual(status, 1, err)
+            self.assertEqual(err, "/dev/zero:1: line is longer than 8192 bytes\n")
+            self.assertEqual(out, "")
