@@ -496,3 +496,39 @@ class ConfigErrorTests(SynchronousTestCase):
             self.assertEqual(status, 1, err)
             self.assertEqual(err, "/dev/zero:1: line is longer than 8192 bytes\n")
             self.assertEqual(out, "")
+
+
+class ClosedPipeTests(SynchronousTestCase):
+    """Every command behaves like a Unix tool when its reader goes away."""
+
+    def run_into_closed_pipe(self, *argv: str) -> tuple[int, str]:
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            done = subprocess.run(
+                [os.path.join(BIN, argv[0]), *argv[1:]],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                timeout=60,
+                text=True,
+            )
+        finally:
+            os.close(write_end)
+        return done.returncode, done.stderr
+
+    def test_quiet_exit(self) -> None:
+        """
+        crs-cli, cig-cli, cryptify-client and cryptify-kms writing into a
+        pipe nobody reads end quietly with status 141 (128 + SIGPIPE), as
+        ``| head -1`` expects, instead of a BrokenPipeError traceback.
+        """
+        store = os.path.join(short_tempdir(self), "store")
+        for argv in (
+            ("crs-cli", "help"),
+            ("cig-cli", "help"),
+            ("cryptify-client", "help"),
+            ("cryptify-kms", "--store", store, "init", "acme"),
+        ):
+            status, err = self.run_into_closed_pipe(*argv)
+            self.assertEqual((status, err), (141, ""), argv)
