@@ -412,6 +412,27 @@ notify "{d}/notify.sh";
         self.assertIn("hi\n", out)
         self.assertIn("FROM", out)
 
+    def test_set_key_bad_input(self) -> None:
+        """
+        cig-cli set-key on input that is not key material says what is
+        wrong with it, never a bare "internal error".
+        """
+        self.start_both()
+        for blob, reason in (
+            ("A" * 70000, "too long"),
+            ("not key material", "not base64"),
+            ("QUJD", "not a JSON document"),
+            ("é" * 10, "not base64"),
+        ):
+            status, _, err = self.cli("set-key", stdin=blob + "\n")
+            self.assertEqual(status, 1, err)
+            self.assertNotIn("internal error", err)
+            self.assertIn(reason, err)
+            self.assertEqual(len(err.splitlines()), 1, err)
+        status, _, err = self.cli("set-key", stdin="A" * 70000)
+        self.assertEqual(status, 1, err)
+        self.assertIn("too long", err)
+
     def test_wrong_cookie_refused(self) -> None:
         """A wrong cookie gets nothing but a refusal."""
         self.start_both()
