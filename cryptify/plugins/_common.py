@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -59,13 +60,18 @@ class ConfigOptions(usage.Options):
             raise SystemExit(EXIT_CONFIG) from None
 
 
-def lifecycle(unit: str, notifier: Notifier, describe: list[str]) -> CallbackService:
-    """Log the start (INIT lines) and stop of a program and tell notify.sh."""
+def lifecycle(
+    unit: str, notifier: Notifier, describe: list[str], warnings: Sequence[str] = ()
+) -> CallbackService:
+    """Log the start (INIT lines, then the configuration's warnings) and
+    stop of a program and tell notify.sh."""
 
     def started() -> None:
         log.info("Start {unit} (pid {pid})", unit=unit, pid=os.getpid(), log_type="INIT")
         for line in describe:
             log.info("{line}", line=line, log_type="INIT")
+        for warning in warnings:
+            log.warn("{config_warning}", config_warning=warning, log_type="INIT")
         notifier.notify(unit, "start")
 
     def stopped() -> defer.Deferred[None]:

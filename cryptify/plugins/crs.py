@@ -321,7 +321,7 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         f"client listener {g.listen.host}:{g.listen.port}, management {g.management}",
         f"relay control {g.relay_control}, redis {g.redis.mode}, db-backup {local.db_backup}",
     ]
-    attach(root, lifecycle("crs", notifier, describe))
+    attach(root, lifecycle("crs", notifier, describe, cfg.warnings))
 
     probes: dict[str, Any] = {"crs": lambda: True}
     relay = RelayLink(reactor, unix_endpoint(reactor, g.relay_control, 5), name)
