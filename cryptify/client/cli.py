@@ -504,7 +504,9 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
 
 def main() -> None:
     """Console script entry point."""
-    sys.exit(run(sys.argv[1:]))
+    from cryptify.console import console_main
+
+    console_main(lambda out: run(sys.argv[1:], out))
 
 
 __all__ = ["ConnectionEnded", "main", "run"]

@@ -185,13 +185,14 @@ def check_config(path: str, out: IO[str], err: IO[str]) -> int:
     from cryptify.config import ConfigError, load_crs_config
 
     try:
-        load_crs_config(path)
+        cfg = load_crs_config(path)
     except ConfigError as exc:
         err.write(f"{exc}\n")
         return EXIT_FAILED
     except OSError as exc:
         err.write(f"{PROG}: cannot read {path}: {exc.strerror}\n")
         return EXIT_FAILED
+    err.writelines(f"{warning}\n" for warning in cfg.warnings)
     out.write("OK\n")
     return EXIT_OK
 
@@ -395,4 +396,6 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
 
 def main() -> None:
     """Console script entry point."""
-    sys.exit(run(sys.argv[1:]))
+    from cryptify.console import console_main
+
+    console_main(lambda out: run(sys.argv[1:], out))
