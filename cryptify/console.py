@@ -26,6 +26,9 @@ from typing import IO, Any, NoReturn
 EXIT_SIGPIPE = 128 + signal.SIGPIPE
 """The exit status when standard output's reader has gone away."""
 
+EXIT_SIGINT = 128 + signal.SIGINT
+"""The exit status after Ctrl-C that the command did not handle itself."""
+
 
 def reader_gone() -> NoReturn:
     """
@@ -81,12 +84,16 @@ def console_main(run: Callable[[IO[str]], int]) -> NoReturn:
 
     C{sys.stdout} and the stream handed to C{run} are both wrapped in
     L{QuietStdout}; what is still buffered is flushed before the exit, even
-    when C{run} exits by itself (C{SystemExit}).
+    when C{run} exits by itself (C{SystemExit}). Ctrl-C that the command
+    does not handle itself (during start-up, say) ends it quietly with
+    status 130, as the shell reports for a program SIGINT ended.
     """
     out: Any = QuietStdout(sys.stdout)
     sys.stdout = out
     try:
         status = run(out)
+    except KeyboardInterrupt:
+        status = EXIT_SIGINT
     finally:
         out.flush()
     sys.exit(status)
