@@ -208,7 +208,7 @@ class Refusals:
     timer: IDelayedCall | None = attrs.field(default=None, init=False)
 
     def refused(self, source: str, what: str) -> None:
-        """One more refusal from C{source} (an address); C{what} was refused."""
+        """One more refusal from C{source} (an address); C{what} says why."""
         self.total += 1
         if source in self.counts:
             self.counts[source] += 1
@@ -218,8 +218,8 @@ class Refusals:
             self.counts[source] = 0
             self.lines += 1
             log.warn(
-                "refusing SIP from {source}: not the PBX nor a trusted_peer ({what});"
-                " more from it are summed up every {interval:.0f} s",
+                "refusing SIP from {source}: {what}; more from it are summed up"
+                " every {interval:.0f} s",
                 source=source,
                 what=what,
                 interval=self.interval,

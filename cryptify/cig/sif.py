@@ -324,7 +324,9 @@ class Sif:
 
     def parse_failed(self, error: SipParseError, channel: Channel) -> None:
         if not self.trusted(channel):
-            self.refusals.refused(channel.address[0], f"{_transport(channel)} malformed")
+            self.refusals.refused(
+                channel.address[0], f"not a SIP peer ({_transport(channel)} malformed)"
+            )
             return
         self.bad_message(error, channel)
 
@@ -335,7 +337,9 @@ class Sif:
 
     def _refuse(self, request: Request, channel: Channel) -> None:
         """A request from a stranger: 403 (stateless) or nothing, counted."""
-        self.refusals.refused(channel.address[0], f"{_transport(channel)} {request.method}")
+        self.refusals.refused(
+            channel.address[0], f"not a SIP peer ({_transport(channel)} {request.method})"
+        )
         if self.config.sip.untrusted_answer != "403" or request.method == "ACK":
             return
         try:
