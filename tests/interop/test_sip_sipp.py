@@ -314,7 +314,8 @@ class AnsweredCallTests(SippCase):
         tel:+8888;sipp and answered; while it lasts C{show call} lists it
         as ANSWER; sipp's BYE ends it (HANGUP); session.log has every state.
         """
-        proc = self.run_sipp("-s", "94670123456", "-m", "1", "-d", "3000", wait=False)
+        # long enough for two cig-cli runs on a loaded machine
+        proc = self.run_sipp("-s", "94670123456", "-m", "1", "-d", "15000", wait=False)
         wait_for(lambda: "ANSWER" in self.show_call(), "the call in show call")
         row = next(line for line in self.show_call().splitlines() if "ANSWER" in line)
         self.assertEqual(
