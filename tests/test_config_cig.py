@@ -275,10 +275,12 @@ class ManualExampleTests(SynchronousTestCase):
 
     def test_sample(self) -> None:
         """
-        C{etc/cig.conf} parses, listening on loopback only.
+        C{etc/cig.conf} parses, listening on loopback only and taking SIP
+        from loopback.
         """
         cfg = load_cig_config(ETC / "cig.conf")
         self.assertEqual((cfg.sip.bind, cfg.sip.port), ("127.0.0.1", 15060))
+        self.assertEqual(cfg.sip.trusted_peers, ("127.0.0.1/32",))
         self.assertEqual(cfg.management.bind, Endpoint("127.0.0.1", 18083))
         self.assertEqual(cfg.crs.address, Endpoint("127.0.0.1", 15223))
 
