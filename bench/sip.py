@@ -33,7 +33,8 @@ map sip2tel {{ entry nine sip "sip:9{{n}}@{{host}}" tel "tel:+{{n}}"; }}
 map telsrc {{ entry all sip "sip:{{user}}@{{host}}" tel "tel:+8888;{{user}}"; }}
 interfaces {{
     tel {{ source map telsrc; }}
-    sip {{ extension map sip2tel; bind 127.0.0.1 {sip_port}; rtp_port_range 20000 60000; }}
+    sip {{ extension map sip2tel; bind 127.0.0.1 {sip_port}; rtp_port_range 20000 60000;
+           trusted_peer 127.0.0.1; }}
 }}
 relay {{ control "{d}/relay.sock"; }}
 management {{ bind 127.0.0.1 {mgmt_port}; cookie "{d}/mgmt.cookie"; socket "{d}/cig.sock"; }}

@@ -2,6 +2,7 @@
 Tests for C{cig.conf}: L{cryptify.config.parse_cig_config} and friends.
 """
 
+import ipaddress
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -274,10 +275,12 @@ class ManualExampleTests(SynchronousTestCase):
 
     def test_sample(self) -> None:
         """
-        C{etc/cig.conf} parses, listening on loopback only.
+        C{etc/cig.conf} parses, listening on loopback only and taking SIP
+        from loopback.
         """
         cfg = load_cig_config(ETC / "cig.conf")
         self.assertEqual((cfg.sip.bind, cfg.sip.port), ("127.0.0.1", 15060))
+        self.assertEqual(cfg.sip.trusted_peers, ("127.0.0.1/32",))
         self.assertEqual(cfg.management.bind, Endpoint("127.0.0.1", 18083))
         self.assertEqual(cfg.crs.address, Endpoint("127.0.0.1", 15223))
 
@@ -324,6 +327,45 @@ class DefaultsAndSettingsTests(SynchronousTestCase):
         self.assertEqual(cfg.notify, "/n")
         self.assertEqual(cfg.get_map("sip").entries, (MapEntry("tel", "tel:{x}", "sip:{x}"),))
 
+    def test_sip_peers_and_tcp(self) -> None:
+        """
+        C{trusted_peer} (an address or a CIDR range, repeatable),
+        C{untrusted_answer} and C{tcp_idle_timeout} in the sip interface;
+        defaults: no extra peers, 403, 300 seconds.
+        """
+        cfg = parse_cig_config("")
+        self.assertEqual(cfg.sip.trusted_peers, ())
+        self.assertEqual((cfg.sip.untrusted_answer, cfg.sip.tcp_idle_timeout), ("403", 300))
+        cfg = parse_cig_config(
+            "interfaces { sip { trusted_peer 192.0.2.7; trusted_peer 10.0.0.0/8;\n"
+            "trusted_peer fd00::/8; untrusted_answer silence; tcp_idle_timeout 45; } }"
+        )
+        self.assertEqual(cfg.sip.trusted_peers, ("192.0.2.7/32", "10.0.0.0/8", "fd00::/8"))
+        self.assertEqual((cfg.sip.untrusted_answer, cfg.sip.tcp_idle_timeout), ("silence", 45))
+
+    def test_sip_peer_errors(self) -> None:
+        """
+        Bad peers, answers and timeouts are refused with the place and
+        what was expected.
+        """
+        cases = {
+            "trusted_peer 10.0.0.1/8;": "1:33: bad CIDR range: '10.0.0.1/8' (expected"
+            " ADDRESS/PREFIX, e.g. 10.0.0.0/8; 10.0.0.1/8 has host bits set)",
+            "trusted_peer pbx;": "1:33: bad IP address: 'pbx' (expected an IPv4 or IPv6 address)",
+            "trusted_peer 10.0.0.1; trusted_peer 10.0.0.1;": "1:56: peer listed twice"
+            " (first on line 1): '10.0.0.1'",
+            "untrusted_answer 404;": "1:37: bad untrusted_answer: '404' (expected 403 or silence)",
+            "tcp_idle_timeout 0;": "1:37: timeout out of range: '0' (expected a number from 1"
+            " to 86400)",
+        }
+        for text, message in cases.items():
+            with self.assertRaises(ConfigError) as raised:
+                parse_cig_config("interfaces { sip { " + text + " } }")
+            self.assertEqual(str(raised.exception), f"<string>:{message}", text)
+        with self.assertRaises(ConfigError) as raised:
+            parse_cig_config("interfaces { tel { trusted_peer 10.0.0.1; } }")
+        self.assertIn("'trusted_peer' belongs in the sip interface", str(raised.exception))
+
     def test_escapes(self) -> None:
         """
         C{\\"} and C{\\\\} in strings.
@@ -341,7 +383,8 @@ BROKEN = {
     "cig-bad-ip.conf": "3:10: bad IP address: '192.168.1.256' (expected an IPv4 or IPv6 address)",
     "cig-override-one-address.conf": "3:41: unexpected: ';' (expected a name or value)",
     "cig-unknown-keyword.conf": "3:5: unknown keyword: 'mesaging' (expected 'extension',"
-    " 'source', 'bind', 'messaging', 'rtp_port_range', 'rtp_remote_addr_override' or '}')",
+    " 'source', 'bind', 'messaging', 'rtp_port_range', 'rtp_remote_addr_override',"
+    " 'trusted_peer', 'untrusted_answer', 'tcp_idle_timeout' or '}')",
     "cig-bad-pattern.conf": "2:21: '{' without a closing '}': 'tel:+{x'"
     " (expected {name} parameters)",
     "cig-unterminated-comment.conf": "1:1: unterminated comment: '/' (expected '*/')",
@@ -458,6 +501,17 @@ def unique_by_name(items: list, key=lambda x: x.name) -> tuple:  # type: ignore[
     return tuple(seen.values())
 
 
+networks = st.builds(
+    lambda address, prefix: str(ipaddress.ip_network(f"{address}/{prefix}", strict=False)),
+    st.ip_addresses(v=4),
+    st.integers(0, 32),
+) | st.builds(
+    lambda address, prefix: str(ipaddress.ip_network(f"{address}/{prefix}", strict=False)),
+    st.ip_addresses(v=6),
+    st.integers(0, 128),
+)
+
+
 @st.composite
 def cig_configs(draw: st.DrawFn) -> CigConfig:
     maps = unique_by_name(
@@ -505,6 +559,9 @@ def cig_configs(draw: st.DrawFn) -> CigConfig:
         draw(st.booleans()),
         draw(ranges),
         draw(overrides),
+        draw(st.lists(networks, unique=True, max_size=3).map(tuple)),
+        draw(st.sampled_from(["403", "silence"])),
+        draw(st.integers(1, 86400)),
     )
     boxes = Mailboxes()
     if tmaps:

@@ -8,7 +8,13 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,10 +24,15 @@ from cryptify.crs.admin import CrsAdmin
 from cryptify.crs.state import CrsState
 from cryptify.protocols import cig_admin, crs_admin
 from cryptify.protocols.mgmt import (
+    AUTH_TIMEOUT,
+    LOG_EVERY,
+    MAX_PER_SOURCE,
+    Authenticate,
     BadCookie,
     CookieError,
     JsonValue,
     ManagementClient,
+    ManagementFactory,
     ManagementProtocol,
     NotAuthenticated,
     ensure_cookie,
@@ -89,6 +100,82 @@ class GateTests(SynchronousTestCase):
         self.assertTrue(client.lost.called)
 
 
+class LimitTests(SynchronousTestCase):
+    """
+    TCP management connections: a deadline to authenticate, a cap per
+    source address.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.factory = ManagementFactory(
+            lambda proto: CigAdmin(CigState("127.0.0.1", "0.0.0.0")), "s3cret", self.clock
+        )
+
+    def connect(self, host: str = "127.0.0.1") -> tuple[Any, StringTransport]:
+        address = IPv4Address("TCP", host, 40000)
+        proto = self.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        if proto is not None:
+            proto.makeConnection(transport)
+        return proto, transport
+
+    def test_unauthenticated_closed(self) -> None:
+        """
+        A TCP connection that has not presented the cookie within
+        AUTH_TIMEOUT seconds is closed; one that has is kept however long
+        it stays quiet (a running trace).
+        """
+        idle, idle_transport = self.connect()
+        _, client, pump = pair_with(self.factory)
+        self.assertEqual(call(client, pump, Authenticate, cookie="s3cret"), {})
+        self.clock.advance(AUTH_TIMEOUT - 0.1)
+        self.assertFalse(idle_transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(idle_transport.disconnecting)
+        self.clock.advance(3600)
+        pump.flush()
+        self.assertFalse(client.lost.called)
+        self.assertEqual(call(client, pump, cig_admin.Echo, text="hi")["text"], "hi")
+        idle.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cap_per_source(self) -> None:
+        """
+        MAX_PER_SOURCE connections from one address are taken, the next is
+        refused as it is accepted; another address is not affected; a
+        closed connection makes room.
+        """
+        protos = [self.connect()[0] for _ in range(MAX_PER_SOURCE)]
+        self.assertNotIn(None, protos)
+        self.assertIsNone(self.connect()[0])
+        self.assertIsNotNone(self.connect("127.0.0.2")[0])
+        protos[0].connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(self.connect()[0])
+        self.assertIsNone(self.connect()[0])
+        self.clock.advance(AUTH_TIMEOUT)
+
+    def test_refusals_logged_once_a_minute(self) -> None:
+        """Refusals are logged once per kind per minute, with a count."""
+        lines: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(lines.append)
+        self.addCleanup(globalLogPublisher.removeObserver, lines.append)
+        for _ in range(MAX_PER_SOURCE + 50):
+            self.connect()
+        self.clock.advance(LOG_EVERY)
+        self.connect()
+        mine = [e for e in lines if str(e.get("why", "")).startswith("more than")]
+        self.assertEqual([e["since"] for e in mine], [0, 49])
+        self.clock.advance(AUTH_TIMEOUT)
+
+
+def pair_with(factory: ManagementFactory) -> tuple[Any, Any, Any]:
+    server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+    client = ManagementClient()
+    pump = iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client))
+    return server, client, pump
+
+
 class TableTests(SynchronousTestCase):
     def test_large_table_round_trips(self) -> None:
         """A table far over AMP's 64 KiB value limit travels intact."""
@@ -143,13 +230,13 @@ class CigAdminTests(SynchronousTestCase):
         self.assertIn("SIP Bind address          192.0.2.2", text)
 
     def test_show_call_header(self) -> None:
-        """show call has the manual's columns."""
+        """show call has the manual's columns, then SOURCE (where each call came from)."""
         _, client, pump = pair(CigAdmin(CigState("a", "b")))
         d = client.callRemote(cig_admin.ShowCall)
         pump.flush()
         self.assertEqual(
             self.successResultOf(d)["table"]["columns"],
-            ["IN-FROM", "IN-TO", "OUT-FROM", "OUT-TO", "STATE"],
+            ["IN-FROM", "IN-TO", "OUT-FROM", "OUT-TO", "STATE", "SOURCE"],
         )
 
 

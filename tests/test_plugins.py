@@ -97,11 +97,15 @@ class RelayAndCigOptionsTests(SynchronousTestCase):
         self.assertEqual(relay["crs"].global_.relay_control, server["crs"].global_.relay_control)
 
     def test_cig_defaults_and_overrides(self) -> None:
-        """The CIG runs on loopback by default; options override cig.conf paths."""
+        """
+        The CIG runs on loopback by default, taking SIP from loopback only;
+        options override cig.conf paths.
+        """
         options = cig.Options()
         options.parseOptions(["--cookie", "/srv/cookie", "--log-dir", "/srv/log"])
         cfg = options["cig"]
         self.assertEqual((cfg.management.bind.host, cfg.management.bind.port), ("127.0.0.1", 18083))
+        self.assertEqual(cfg.sip.trusted_peers, ("127.0.0.0/8", "::1/128"))
         self.assertEqual(cfg.management.cookie, "/srv/cookie")
         self.assertEqual(cfg.logging.dir, "/srv/log")
         relay = cig_relay.Options()

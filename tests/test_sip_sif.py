@@ -131,11 +131,12 @@ class CallTests(SifCase):
                     "tel:+8888;101",
                     "tel:+4670123456",
                     "ANSWER",
+                    "udp:192.0.2.1:5060",
                 ]
             ],
         )
         self.assertEqual(self.states(), ["routing", "routed", "trying", "ringing", "talk"])
-        self.assertEqual(self.session[-1].split(", ")[7:], ["c1", "stub-1"])
+        self.assertEqual(self.session[-1].split(", ")[7:], ["c1", "stub-1", "udp:192.0.2.1:5060"])
         # the ACK stops the 2xx retransmissions
         ack = in_dialog("ACK", ok, cseq=1, branch="z9hG4bKack")
         self.send(ack)
@@ -676,18 +677,20 @@ class SessionLineTests(SynchronousTestCase):
 
     def test_format(self) -> None:
         """
-        Nine comma-separated fields, UTC time second.
+        The manual's nine comma-separated fields, UTC time second, then
+        the call's source.
         """
         from cryptify.cig.calls import Call
 
         call = Call(
             "sip:101@pbx.com", "sip:9467@secure.com", "tel:+8888;101", "tel:+467", None, "c1"
         )
+        call.source = "tcp:[2001:db8::1]:5060"
         line = session_line(call, "routed", 0.0)
         self.assertEqual(
             line,
             "event, 1970-01-01 00:00:00.000, sip:101@pbx.com, sip:9467@secure.com, "
-            "tel:+8888;101, tel:+467, routed, c1, -",
+            "tel:+8888;101, tel:+467, routed, c1, -, tcp:[2001:db8::1]:5060",
         )
 
 

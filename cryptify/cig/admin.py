@@ -14,7 +14,8 @@ from cryptify.crypto.keymaterial import KeyMaterial
 from cryptify.protocols import cig_admin
 from cryptify.protocols.mgmt import CommandFailed, table
 
-CALL_COLUMNS = ["IN-FROM", "IN-TO", "OUT-FROM", "OUT-TO", "STATE"]
+#: The manual's five columns, then where the call came from (issue 13).
+CALL_COLUMNS = ["IN-FROM", "IN-TO", "OUT-FROM", "OUT-TO", "STATE", "SOURCE"]
 UMSG_COLUMNS = ["FROM", "TO", "STATE", "TIME", "ID"]
 
 

@@ -8,10 +8,13 @@ L{CALL_LINGER} seconds, so that the operator can see how it ended.
 
 C{session.log} lines, one per session event, comma-separated:
 C{Header, Time, Caller, Callee, Routed-Caller, Routed-Callee, State,
-Caller-if-ID, Callee-if-ID}, the header being C{event}, the time UTC, and
-the state one of routing, routed, failed, trying, ringing, talk, hangup.
-Caller-if-ID and Callee-if-ID identify the call on its two interfaces
-(for SIP the Call-ID); C{-} where there is none yet.
+Caller-if-ID, Callee-if-ID, Source}, the header being C{event}, the time
+UTC, and the state one of routing, routed, failed, trying, ringing, talk,
+hangup. Caller-if-ID and Callee-if-ID identify the call on its two
+interfaces (for SIP the Call-ID); C{-} where there is none yet. Source,
+after the manual's nine fields (and the last column of C{show call}), is
+where the call came from: C{udp:ADDR:PORT} or C{tcp:ADDR:PORT} for calls
+from the PBX, C{umsg} for calls from the secure side.
 
 The contract between the two interfaces is here too: a leg is placed with
 L{TelSide.place_call} (the tel side, or the SIF for calls going to the
@@ -68,11 +71,20 @@ class Call:
     state: CallState | None = None
     caller_if_id: str = "-"
     callee_if_id: str = "-"
+    #: Where the call came from: C{udp:ADDR:PORT}, C{tcp:ADDR:PORT}, C{umsg}.
+    source: str = "-"
 
     def row(self) -> list[str]:
         """The C{show call} row."""
         state = self.state.value if self.state is not None else "-"
-        return [self.in_from, self.in_to, self.out_from, self.out_to, state]
+        return [self.in_from, self.in_to, self.out_from, self.out_to, state, self.source]
+
+
+def source_of(transport: str, address: tuple[str, int]) -> str:
+    """C{udp:192.0.2.1:5060}, C{tcp:[2001:db8::1]:5060}: a call's Source."""
+    host, port = address
+    host = f"[{host}]" if ":" in host else host
+    return f"{transport}:{host}:{port}"
 
 
 def session_line(call: Call, state: str, when: float) -> str:
@@ -87,6 +99,7 @@ def session_line(call: Call, state: str, when: float) -> str:
         state,
         call.caller_if_id,
         call.callee_if_id,
+        call.source,
     ]
     return ", ".join(f.replace(",", "%2C") for f in fields)
 

@@ -14,7 +14,11 @@ can be answered, otherwise nothing. Where answers go (RFC 3261 18.2.2,
 RFC 3581) is the transport's business (L{cryptify.protocols.sip.transport}).
 
 Each call is listed in the L{CallTable} (C{show call}) and logged to
-C{session.log}; see L{cryptify.cig.calls}.
+C{session.log} with where it came from; see L{cryptify.cig.calls}.
+
+With L{SipPeers} set, requests from addresses that are not trusted peers
+get 403 or nothing (C{untrusted_answer}) before anything else looks at
+them, and are only counted (L{Refusals}); see L{cryptify.cig.peers}.
 """
 
 from __future__ import annotations
@@ -50,7 +54,9 @@ from .calls import (
     PortPool,
     TelLeg,
     TelSide,
+    source_of,
 )
+from .peers import Refusals, SipPeers
 from .route import SIP, Router, RouteRefused
 
 log = Logger(namespace="cryptify.cig.sif")
@@ -290,6 +296,9 @@ class Sif:
     resolve: Callable[[str], Deferred[str]] | None = None
     #: A TCP channel to an address (L{TcpConnector.channel}); None: no TCP.
     tcp_channel: Callable[[Address], Deferred[Channel]] | None = None
+    #: Who may send requests; None: anyone (tests, in-process tools).
+    peers: SipPeers | None = None
+    refusals: Refusals = attrs.field(init=False)
     placing: dict[int, Call] = attrs.field(factory=dict, init=False)
     dialogs: dict[DialogId, SipCall | OutCall] = attrs.field(factory=dict, init=False)
     outgoing: dict[int, OutCall] = attrs.field(factory=dict, init=False)
@@ -304,13 +313,42 @@ class Sif:
         ports = self.config.sip.rtp_port_range
         low, high = (ports.low, ports.high) if ports else DEFAULT_RTP_PORTS
         self.rtp_ports = PortPool(low, high)
+        self.refusals = Refusals(self.clock)
 
     # --- MessageSink -------------------------------------------------------
     def message_received(self, message: Request | Response, channel: Channel) -> None:
+        # Responses pass: the transaction layer takes only those matching
+        # a branch we sent.
+        if isinstance(message, Request) and not self.trusted(channel):
+            self._refuse(message, channel)
+            return
         self.layer.receive(message, channel)
 
     def parse_failed(self, error: SipParseError, channel: Channel) -> None:
+        if not self.trusted(channel):
+            self.refusals.refused(
+                channel.address[0], f"not a SIP peer ({_transport(channel)} malformed)"
+            )
+            return
         self.bad_message(error, channel)
+
+    # --- who may send ------------------------------------------------------
+    def trusted(self, channel: Channel) -> bool:
+        """Whether requests on C{channel} come from a trusted peer."""
+        return self.peers is None or self.peers.trusted(channel.address[0])
+
+    def _refuse(self, request: Request, channel: Channel) -> None:
+        """A request from a stranger: 403 (stateless) or nothing, counted."""
+        self.refusals.refused(
+            channel.address[0], f"not a SIP peer ({_transport(channel)} {request.method})"
+        )
+        if self.config.sip.untrusted_answer != "403" or request.method == "ACK":
+            return
+        try:
+            response = response_to(request.headers, 403, to_tag=new_tag())
+        except SipParseError:
+            return
+        channel.send(response.to_bytes())
 
     # --- TransactionUser ---------------------------------------------------
     def bad_message(self, error: SipParseError, channel: Channel) -> None:
@@ -412,6 +450,7 @@ class Sif:
         body, port = answer
         call = Call(in_from=request.from_.uri, in_to=request.to.uri)
         call.caller_if_id = request.call_id
+        call.source = source_of(_transport(tx.channel), tx.channel.address)
         self.calls.event(call, "routing")
         try:
             routed = self.router.route(SIP, call.in_from, call.in_to)
@@ -679,6 +718,13 @@ class Sif:
             call._stop_timer()
         self.layer.stop()
         self.calls.stop()
+        self.refusals.stop()
+        if self.peers is not None:
+            self.peers.stop()
+
+
+def _transport(channel: Channel) -> str:
+    return "tcp" if channel.reliable else "udp"
 
 
 def _accepts_sdp(accept: list[str]) -> bool:

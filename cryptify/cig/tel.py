@@ -592,7 +592,7 @@ class UmsgTel:
 
     def _invite(self, msg: Message) -> None:
         session = msg["session"]
-        call = Call(in_from=msg["from"], in_to=msg["to"], caller_if_id=session)
+        call = Call(in_from=msg["from"], in_to=msg["to"], caller_if_id=session, source="umsg")
         self.calls.event(call, "routing")
         try:
             policy_key = self.keys.policy_key(msg, self.clock.seconds())

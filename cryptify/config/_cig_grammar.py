@@ -25,7 +25,7 @@ KEYWORDS = (
     "map entry tel sip interfaces extension source bind messaging rtp_port_range "
     "rtp_remote_addr_override translate_map rule match translation mailboxes read write "
     "path map_from map_to crs address keystore ca relay control management cookie socket "
-    "logging dir notify true false"
+    "logging dir notify true false trusted_peer untrusted_answer tcp_idle_timeout"
 ).split()
 RESERVED = {k: k.upper() for k in KEYWORDS}
 KEYWORD_TOKENS = frozenset(RESERVED.values()) - {"TRUE", "FALSE"}
@@ -88,7 +88,7 @@ class CigGrammar(Grammar):
         t.value = self.ctx.tok(unquote(t.value), t.lexpos, quoted=True, type="STRING")
         return t
 
-    @token_rule(r"[A-Za-z0-9_.:\-]+")
+    @token_rule(r"[A-Za-z0-9_.:\-]+(?:/[0-9]+)?")
     def t_WORD(self, t: Any) -> Any:
         t.type = RESERVED.get(t.value, "WORD")
         t.value = self.ctx.tok(t.value, t.lexpos, type=t.type)
@@ -254,7 +254,10 @@ class CigGrammar(Grammar):
     def p_istmt_map(self, p: Any) -> None:
         p[0] = Stmt(p[1], (p[3],))
 
-    @grammar("istmt : BIND WORD semi\n| MESSAGING TRUE semi\n| MESSAGING FALSE semi")
+    @grammar(
+        "istmt : BIND WORD semi\n| MESSAGING TRUE semi\n| MESSAGING FALSE semi"
+        "\n| TRUSTED_PEER WORD semi\n| UNTRUSTED_ANSWER WORD semi\n| TCP_IDLE_TIMEOUT WORD semi"
+    )
     def p_istmt_one(self, p: Any) -> None:
         p[0] = Stmt(p[1], (p[2],))
 

@@ -11,6 +11,7 @@ may be any word, keywords included; patterns and paths are double-quoted.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,14 @@ from ._base import (
     check_host,
     check_int,
     check_ip,
+    check_network,
     check_port,
     decode,
     read_config_file,
 )
 from ._cig_grammar import NAME_RE, Block, CigGrammar, Stmt
 from .cig_model import (
+    UNTRUSTED_ANSWERS,
     AddressOverride,
     CigConfig,
     CrsLink,
@@ -50,6 +53,11 @@ from .crs import Endpoint
 from .patterns import PatternError, check_pattern
 
 _grammar = CigGrammar()
+#: Longest C{tcp_idle_timeout}, in seconds (a day).
+MAX_TCP_IDLE_TIMEOUT = 86400
+#: Most C{trusted_peer} lines in the sip interface.
+MAX_TRUSTED_PEERS = 1000
+_SIP_ONLY = ("bind", "messaging", "trusted_peer", "untrusted_answer", "tcp_idle_timeout")
 _ONCE = frozenset({"interfaces", "mailboxes", "crs", "relay", "management", "logging", "notify"})
 
 
@@ -174,6 +182,7 @@ class _Builder:
         ext: dict[str, Tok] = {}
         src: dict[str, Tok] = {}
         overrides: dict[str, AddressOverride] = {}
+        peers: dict[str, Tok] = {}
         seen: dict[str, Tok] = {}
         for stmt in block.body:
             assert isinstance(stmt, Stmt)
@@ -189,8 +198,17 @@ class _Builder:
                     raise self.error("address already overridden", args[0])
                 overrides[o.original] = o
                 continue
-            if kw.value in ("bind", "messaging") and not sip:
+            if kw.value in _SIP_ONLY and not sip:
                 raise self.error(f"'{kw.value}' belongs in the sip interface", kw)
+            if kw.value == "trusted_peer":
+                peer = self.peer(args[0])
+                if peer in peers:
+                    first = peers[peer].line
+                    raise self.error(f"peer listed twice (first on line {first})", args[0])
+                if len(peers) >= MAX_TRUSTED_PEERS:
+                    raise self.error("too many trusted peers", args[0], expected="CIDR ranges")
+                peers[peer] = args[0]
+                continue
             self.once(seen, kw)
             if kw.value == "bind":
                 fields["bind"] = check_ip(ctx, args[0])
@@ -198,6 +216,14 @@ class _Builder:
                     fields["port"] = check_port(ctx, args[1], listening=True)
             elif kw.value == "messaging":
                 fields["messaging"] = args[0].value == "true"
+            elif kw.value == "untrusted_answer":
+                if args[0].value not in UNTRUSTED_ANSWERS:
+                    raise self.error("bad untrusted_answer", args[0], expected="403 or silence")
+                fields["untrusted_answer"] = args[0].value
+            elif kw.value == "tcp_idle_timeout":
+                fields["tcp_idle_timeout"] = check_int(
+                    ctx, args[0], "timeout", 1, MAX_TCP_IDLE_TIMEOUT
+                )
             else:
                 low = check_int(ctx, args[0], "port", 1, 65535)
                 high = check_int(ctx, args[1], "port", 1, 65535)
@@ -207,7 +233,16 @@ class _Builder:
         fields["extension_maps"] = tuple(ext)
         fields["source_maps"] = tuple(src)
         fields["rtp_remote_addr_overrides"] = tuple(overrides.values())
+        if sip:
+            fields["trusted_peers"] = tuple(peers)
         return fields
+
+    def peer(self, tok: Tok) -> str:
+        """A C{trusted_peer}: an address (a /32 or /128) or a CIDR range."""
+        if "/" in tok.value:
+            return str(check_network(self.ctx, tok))
+        address = check_ip(self.ctx, tok)
+        return str(ipaddress.ip_network(address))
 
     def b_mailboxes(self, block: Block) -> Mailboxes:
         read: list[Mailbox] = []

@@ -11,6 +11,10 @@ from .crs import Endpoint
 from .patterns import expand_pattern, match_pattern, translate
 
 SIP_PORT = 5060
+#: Seconds a SIP TCP connection may stay silent before the CIG closes it.
+DEFAULT_TCP_IDLE_TIMEOUT = 300
+#: What a SIP request from an address that is not a trusted peer gets.
+UNTRUSTED_ANSWERS = ("403", "silence")
 
 
 @attrs.frozen
@@ -135,7 +139,10 @@ class SipInterface:
 
     C{bind}/C{port} are where the SIP trunk listens (UDP and TCP) and
     the address RTP uses; C{messaging} turns the text message interface
-    (mailboxes) on.
+    (mailboxes) on. C{trusted_peers} are the networks (C{ADDR/PREFIX})
+    taken as SIP peers besides the PBX servers the maps name;
+    C{untrusted_answer} is what others get (C{403} or C{silence});
+    C{tcp_idle_timeout} closes silent SIP TCP connections (seconds).
     """
 
     extension_maps: tuple[str, ...] = ()
@@ -145,6 +152,9 @@ class SipInterface:
     messaging: bool = False
     rtp_port_range: PortRange | None = None
     rtp_remote_addr_overrides: tuple[AddressOverride, ...] = ()
+    trusted_peers: tuple[str, ...] = ()
+    untrusted_answer: str = "403"
+    tcp_idle_timeout: int = DEFAULT_TCP_IDLE_TIMEOUT
 
     def override(self, address: str) -> str:
         """
@@ -281,6 +291,9 @@ def _interface_lines(i: TelInterface | SipInterface) -> list[str]:
     if isinstance(i, SipInterface):
         out.append(f"bind {i.bind} {i.port};")
         out.append(f"messaging {'true' if i.messaging else 'false'};")
+        out += [f"trusted_peer {peer};" for peer in i.trusted_peers]
+        out.append(f"untrusted_answer {i.untrusted_answer};")
+        out.append(f"tcp_idle_timeout {i.tcp_idle_timeout};")
     if i.rtp_port_range is not None:
         out.append(f"rtp_port_range {i.rtp_port_range.low} {i.rtp_port_range.high};")
     out += [

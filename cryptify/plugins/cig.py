@@ -3,7 +3,9 @@
 Start order (stop order is the reverse): cig.log and session.log, the
 lifecycle (INIT lines with the loaded configuration, ``notify.sh cig-server
 start|stop``), the control link to ``cig-relay``, the SIP interface (UDP
-and TCP on ``sip { bind }``), the management listeners (127.0.0.1:8083
+and TCP on ``sip { bind }``, taking requests only from its peers: the PBX
+hosts of the maps, looked up at start and every 5 minutes, and
+``trusted_peer`` networks), the management listeners (127.0.0.1:8083
 with the cookie, and the UNIX socket).  The UIF (``cryptify.cig.uif``)
 keeps the CIG's number attached to the CRS once it has a keystore, and
 hands its events to :class:`~cryptify.cig.tel.UifCalls`: calls between
@@ -16,14 +18,20 @@ the mailboxes join this tree in their issue.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHostResolution, IResolutionReceiver
 from twisted.python import usage
+from zope.interface import implementer
 
 from cryptify.cig.admin import CigAdmin
 from cryptify.cig.calls import CallTable, StubTelSide
 from cryptify.cig.keepalive import DEFAULT_INTERVAL, KeepAlive, keepalive_targets
+from cryptify.cig.peers import SipPeers, pbx_hosts
 from cryptify.cig.sif import Sif
 from cryptify.cig.state import CigState
 from cryptify.cig.tel import TelSwitch, UifCalls
@@ -68,7 +76,13 @@ def dev_cig_config(base: str) -> CigConfig:
     return attrs.evolve(
         cfg,
         interfaces=attrs.evolve(
-            cfg.interfaces, sip=attrs.evolve(cfg.interfaces.sip, bind="127.0.0.1", port=15060)
+            cfg.interfaces,
+            sip=attrs.evolve(
+                cfg.interfaces.sip,
+                bind="127.0.0.1",
+                port=15060,
+                trusted_peers=("127.0.0.0/8", "::1/128"),
+            ),
         ),
         crs=attrs.evolve(
             cfg.crs, address=Endpoint("127.0.0.1", 15223), keystore=os.path.join(base, "userdata")
@@ -157,6 +171,35 @@ def apply_overrides(cfg: CigConfig, options: Any) -> CigConfig:
     return cfg
 
 
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """Collects every address a host name resolves to."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+        self.done: Deferred[Sequence[str]] = Deferred()
+
+    def resolutionBegan(self, resolution: IHostResolution) -> None:
+        pass
+
+    def addressResolved(self, address: Any) -> None:
+        self.found.append(str(address.host))
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.found)
+
+
+def resolve_all(reactor: Any) -> Any:
+    """Every IPv4 and IPv6 address of a name, with the reactor's resolver."""
+
+    def lookup(name: str) -> Deferred[Sequence[str]]:
+        receiver = _Addresses()
+        reactor.nameResolver.resolveHostName(receiver, name, 0, [IPv4Address, IPv6Address], "TCP")
+        return receiver.done
+
+    return lookup
+
+
 def make_cig_service(
     cfg: CigConfig,
     reactor: Any,
@@ -173,6 +216,9 @@ def make_cig_service(
     describe = [
         f"CRS {cfg.crs.address.host}:{cfg.crs.address.port}, keystore {cfg.crs.keystore}",
         f"SIP {sip.bind}:{sip.port}, messaging {'true' if sip.messaging else 'false'}",
+        f"SIP peers: PBX {', '.join(pbx_hosts(cfg)) or '-'}; "
+        f"trusted_peer {', '.join(sip.trusted_peers) or '-'}; "
+        f"others get {sip.untrusted_answer}; TCP idle timeout {sip.tcp_idle_timeout} s",
         f"maps {', '.join(m.name for m in cfg.maps) or '-'}; "
         f"translate maps {', '.join(m.name for m in cfg.translate_maps) or '-'}",
         f"mailboxes: {len(cfg.mailboxes.read)} read, {len(cfg.mailboxes.write)} write",
@@ -184,7 +230,8 @@ def make_cig_service(
     attach(root, relay)
     calls = CallTable(reactor)
     tel_side = TelSwitch(StubTelSide(tel_stub))
-    sif = Sif(cfg, reactor, tel_side, calls)
+    peers = SipPeers.from_config(cfg, reactor, resolve_all(reactor))
+    sif = Sif(cfg, reactor, tel_side, calls, peers=peers)
     tcp = TcpConnector(reactor, sif)
     sif.resolve = reactor.resolve
     sif.tcp_channel = tcp.channel
@@ -195,7 +242,7 @@ def make_cig_service(
         sif.stop()
         tcp.close()
 
-    attach(root, CallbackService(on_stop=stop_sip))
+    attach(root, CallbackService(on_start=peers.start, on_stop=stop_sip))
     where = f"{sip.bind}:{sip.port}"
 
     def listen_udp() -> Any:
@@ -211,7 +258,17 @@ def make_cig_service(
         ListenService(
             "SIP",
             f"tcp {where}",
-            lambda: reactor.listenTCP(sip.port, SipStreamFactory(sif), interface=sip.bind),
+            lambda: reactor.listenTCP(
+                sip.port,
+                SipStreamFactory(
+                    sif,
+                    reactor,
+                    idle_timeout=sip.tcp_idle_timeout,
+                    allowed=peers.trusted,
+                    refused=sif.refusals.refused,
+                ),
+                interface=sip.bind,
+            ),
         ),
         CallbackService(on_start=pbx.start),
     )
@@ -243,7 +300,9 @@ def make_cig_service(
             cookie = ensure_cookie(mgmt.cookie, MANAGEMENT_GROUP)
         except (CookieError, OSError) as exc:
             raise StartupError(f"management cookie: {exc}") from exc
-        factory = ManagementFactory(lambda proto: CigAdmin(state, uif.set_key), cookie=cookie)
+        factory = ManagementFactory(
+            lambda proto: CigAdmin(state, uif.set_key), cookie=cookie, clock=reactor
+        )
         return reactor.listenTCP(mgmt.bind.port, factory, interface=mgmt.bind.host)
 
     attach(root, ListenService("management", f"{mgmt.bind.host}:{mgmt.bind.port}", listen_tcp))

@@ -13,7 +13,10 @@ Who may connect:
   the connection must first send :class:`Authenticate` with the cookie
   read from a file that only root and the service group can read.  Every
   other command is refused until then, and a wrong cookie closes the
-  connection.
+  connection.  A connection that has not authenticated within
+  :data:`AUTH_TIMEOUT` seconds is closed, and one address may hold at most
+  :data:`MAX_PER_SOURCE` connections (more are closed as they are
+  accepted); both are logged at most once a minute, with a count.
 
 Tables travel as JSON in a :class:`~twisted.protocols.amp.BigUnicode`
 argument, so a long ``show attach`` is not bound by AMP's 64 KiB value
@@ -32,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -44,6 +47,12 @@ log = Logger(namespace="cryptify.mgmt")
 COOKIE_BYTES = 32
 #: Longest cookie accepted on the wire.
 MAX_COOKIE_CHARS = 256
+#: Seconds a TCP management connection has to present the cookie.
+AUTH_TIMEOUT = 5.0
+#: Open TCP management connections one source address may hold.
+MAX_PER_SOURCE = 16
+#: At most one log line per kind of refusal this often, in seconds.
+LOG_EVERY = 60.0
 
 
 class CommandFailed(Exception):
@@ -177,6 +186,30 @@ class ManagementProtocol(amp.AMP):
         self.authenticated = cookie is None
         self.close_after_reply = False
         self._auth = _AuthLocator(self)
+        self.auth_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[no-untyped-call]
+        factory = getattr(self, "factory", None)
+        if not self.authenticated and isinstance(factory, ManagementFactory):
+            clock = factory.clock
+            if clock is not None:
+                self.auth_timer = clock.callLater(factory.auth_timeout, self._auth_timeout)
+
+    def _auth_timeout(self) -> None:
+        self.auth_timer = None
+        factory = getattr(self, "factory", None)
+        if isinstance(factory, ManagementFactory):
+            factory.note("did not authenticate in time")
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def authenticated_now(self) -> None:
+        """The cookie matched: stop the clock."""
+        self.authenticated = True
+        if self.auth_timer is not None and self.auth_timer.active():
+            self.auth_timer.cancel()
+        self.auth_timer = None
 
     def push_trace(self, line: str) -> None:
         """Send one trace line to the CLI (no answer expected)."""
@@ -184,6 +217,9 @@ class ManagementProtocol(amp.AMP):
             self.callRemote(TraceEvent, line=line)  # type: ignore[no-untyped-call]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.auth_timer is not None and self.auth_timer.active():
+            self.auth_timer.cancel()
+        self.auth_timer = None
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
         callbacks, self.on_lost = self.on_lost, []
         for callback in callbacks:
@@ -217,12 +253,17 @@ class _AuthLocator(amp.CommandLocator):
             log.warn("management connection presented a wrong cookie; closing it")
             self.proto.close_after_reply = True
             raise BadCookie("wrong management cookie")
-        self.proto.authenticated = True
+        self.proto.authenticated_now()
         return {}
 
 
 class ManagementFactory(Factory):
-    """Builds a :class:`ManagementProtocol` per connection around one locator."""
+    """Builds a :class:`ManagementProtocol` per connection around one locator.
+
+    With a ``cookie`` and a ``clock`` (TCP listeners), connections that do
+    not authenticate within ``auth_timeout`` seconds are closed; addresses
+    with ``max_per_source`` open connections get no more.
+    """
 
     noisy = False
 
@@ -230,14 +271,52 @@ class ManagementFactory(Factory):
         self,
         make_locator: Callable[[ManagementProtocol], amp.CommandLocator],
         cookie: str | None = None,
+        clock: IReactorTime | None = None,
+        auth_timeout: float = AUTH_TIMEOUT,
+        max_per_source: int = MAX_PER_SOURCE,
     ) -> None:
         self.make_locator = make_locator
         self.cookie = cookie
+        self.clock = clock
+        self.auth_timeout = auth_timeout
+        self.max_per_source = max_per_source
+        self.open: dict[str, int] = {}
+        #: Per kind of refusal: when it was last logged, and how many since.
+        self._logged: dict[str, tuple[float, int]] = {}
 
-    def buildProtocol(self, addr: Any) -> ManagementProtocol:
+    def buildProtocol(self, addr: Any) -> ManagementProtocol | None:
+        host = getattr(addr, "host", None)
+        if host is not None:
+            if self.open.get(host, 0) >= self.max_per_source:
+                self.note(f"more than {self.max_per_source} connections from one address")
+                return None
+            self.open[host] = self.open.get(host, 0) + 1
         proto = ManagementProtocol(self.make_locator, self.cookie)
         proto.factory = self
+        if host is not None:
+            proto.on_lost.append(lambda: self._lost(host))
         return proto
+
+    def _lost(self, host: str) -> None:
+        left = self.open.get(host, 0) - 1
+        if left > 0:
+            self.open[host] = left
+        else:
+            self.open.pop(host, None)
+
+    def note(self, why: str) -> None:
+        """Log a refused or timed-out connection, at most once per LOG_EVERY."""
+        now = self.clock.seconds() if self.clock is not None else 0.0
+        last, since = self._logged.get(why, (None, 0))
+        if last is not None and now - last < LOG_EVERY:
+            self._logged[why] = (last, since + 1)
+            return
+        self._logged[why] = (now, 0)
+        log.warn(
+            "management connection closed: {why} ({since} more since the last such line)",
+            why=why,
+            since=since,
+        )
 
 
 class ManagementClient(amp.AMP):

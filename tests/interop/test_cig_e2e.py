@@ -161,7 +161,7 @@ class SecurePbxTests(TestCase):
         """The STATE column of `cig-cli show call` (which ends with OK)."""
         rows = self.cig_cli("show", "call").splitlines()
         self.assertEqual(rows[-1], "OK")
-        return [row.split()[-1] for row in rows[1:-1] if row.strip()]
+        return [row.split()[4] for row in rows[1:-1] if row.strip()]
 
     async def until_states(self, states: list[str]) -> None:
         seen: list[list[str]] = []

@@ -396,7 +396,8 @@ notify "{d}/notify.sh";
         status, out, _ = self.cli("show", "call")
         self.assertEqual(status, 0)
         self.assertEqual(
-            out.splitlines()[0].split(), ["IN-FROM", "IN-TO", "OUT-FROM", "OUT-TO", "STATE"]
+            out.splitlines()[0].split(),
+            ["IN-FROM", "IN-TO", "OUT-FROM", "OUT-TO", "STATE", "SOURCE"],
         )
         self.assertEqual(out.splitlines()[-1], "OK")
         self.assertEqual(stat.S_IMODE(os.stat(self.cookie).st_mode), 0o640)

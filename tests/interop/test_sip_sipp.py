@@ -47,6 +47,7 @@ interfaces {{
         bind 127.0.0.1 {sip_port};
         rtp_port_range 30000 30100;
         messaging true;
+        trusted_peer 127.0.0.1;{sip_extra}
     }}
 }}
 crs {{
@@ -212,6 +213,8 @@ class SipUdpClient:
 
 class SippCase(SynchronousTestCase):
     tel_stub = "answer"
+    #: More statements for the sip interface.
+    sip_extra = ""
 
     def setUp(self) -> None:
         self.sipp = shutil.which("sipp")
@@ -222,7 +225,14 @@ class SippCase(SynchronousTestCase):
         self.mgmt_port = free_port()
         self.conf = os.path.join(self.dir, "cig.conf")
         with open(self.conf, "w") as f:
-            f.write(CONF.format(d=self.dir, sip_port=self.sip_port, mgmt_port=self.mgmt_port))
+            f.write(
+                CONF.format(
+                    d=self.dir,
+                    sip_port=self.sip_port,
+                    mgmt_port=self.mgmt_port,
+                    sip_extra=self.sip_extra,
+                )
+            )
         self.cig = Twistd(
             self.dir, "cig", "--config", self.conf, "--notify", "", "--tel-stub", self.tel_stub
         )
@@ -630,7 +640,7 @@ class InProcessSifTests(TestCase):
         workdir = short_tempdir(self)
         sip_port = free_port(socket.SOCK_DGRAM)
         cfg = parse_cig_config(
-            CONF.format(d=workdir, sip_port=sip_port, mgmt_port=1).split("crs {")[0]
+            CONF.format(d=workdir, sip_port=sip_port, mgmt_port=1, sip_extra="").split("crs {")[0]
         )
         cfg = attrs_evolve_sip(cfg, attrs_evolve(cfg.sip, bind="127.0.0.1", port=sip_port))
         tel = StubTelSide("answer")

@@ -15,6 +15,11 @@ the sent-by port (or 5060) otherwise. C{channel.address} stays the source.
 
 L{TcpConnector} opens the outbound TCP connections client transactions
 use (C{;transport=tcp}), one per peer address, reused while it is open.
+
+L{SipStreamFactory} bounds what inbound TCP may hold: a connection from
+an address C{allowed} refuses, or beyond C{max_per_source} open ones from
+that address, is closed as it is accepted (and reported to C{refused});
+one that sends nothing for C{idle_timeout} seconds is closed.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import attrs
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -34,6 +40,9 @@ from .message import Request, Response, StreamParser, parse_datagram, stamp_rece
 from .transaction import Address, Channel
 
 log = Logger(namespace="cryptify.protocols.sip")
+
+#: Inbound SIP TCP connections one source address may hold open.
+MAX_TCP_PER_SOURCE = 64
 
 
 class MessageSink(Protocol):
@@ -98,21 +107,50 @@ class SipStreamProtocol(protocol.Protocol):
     reliable = True
 
     def __init__(
-        self, sink: MessageSink, on_lost: Callable[[SipStreamProtocol], None] | None = None
+        self,
+        sink: MessageSink,
+        on_lost: Callable[[SipStreamProtocol], None] | None = None,
+        clock: IReactorTime | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.sink = sink
         self.parser = StreamParser()
         self.address: Address = ("", 0)
         self.on_lost = on_lost
         self.open = False
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.idle: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self.open = True
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.address = (str(getattr(peer, "host", "")), int(getattr(peer, "port", 0)))
+        self._rearm()
+
+    def _rearm(self) -> None:
+        if self.clock is None or self.idle_timeout is None or not self.open:
+            return
+        if self.idle is not None and self.idle.active():
+            self.idle.reset(self.idle_timeout)
+        else:
+            self.idle = self.clock.callLater(self.idle_timeout, self._idle)
+
+    def _idle(self) -> None:
+        self.idle = None
+        log.debug(
+            "SIP TCP connection from {peer} idle for {seconds:.0f} s; closing it",
+            peer=self.address,
+            seconds=self.idle_timeout,
+        )
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.open = False
+        if self.idle is not None and self.idle.active():
+            self.idle.cancel()
+        self.idle = None
         if self.on_lost is not None:
             self.on_lost(self)
 
@@ -121,6 +159,7 @@ class SipStreamProtocol(protocol.Protocol):
             self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
+        self._rearm()
         try:
             try:
                 messages = self.parser.feed(data)
@@ -139,13 +178,56 @@ class SipStreamProtocol(protocol.Protocol):
 
 
 class SipStreamFactory(protocol.Factory):
-    """Builds a L{SipStreamProtocol} per TCP connection."""
+    """
+    Builds a L{SipStreamProtocol} per inbound TCP connection, within the
+    limits: C{allowed} source addresses only, at most C{max_per_source}
+    open per address, closed after C{idle_timeout} silent seconds.
+    Refused connections are closed at once and reported to C{refused}
+    (source address, why).
+    """
 
-    def __init__(self, sink: MessageSink) -> None:
+    noisy = False
+
+    def __init__(
+        self,
+        sink: MessageSink,
+        clock: IReactorTime | None = None,
+        idle_timeout: float | None = None,
+        max_per_source: int = MAX_TCP_PER_SOURCE,
+        allowed: Callable[[str], bool] | None = None,
+        refused: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.sink = sink
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.max_per_source = max_per_source
+        self.allowed = allowed
+        self.refused = refused
+        self.open: dict[str, int] = {}
 
-    def buildProtocol(self, addr: Any) -> SipStreamProtocol:
-        return SipStreamProtocol(self.sink)
+    def buildProtocol(self, addr: Any) -> SipStreamProtocol | None:
+        host = str(getattr(addr, "host", ""))
+        if self.allowed is not None and not self.allowed(host):
+            self._refuse(host, "tcp connection, not a SIP peer")
+            return None
+        if self.open.get(host, 0) >= self.max_per_source:
+            self._refuse(host, f"more than {self.max_per_source} tcp connections")
+            return None
+        self.open[host] = self.open.get(host, 0) + 1
+        return SipStreamProtocol(
+            self.sink, lambda proto: self._lost(host), self.clock, self.idle_timeout
+        )
+
+    def _refuse(self, host: str, why: str) -> None:
+        if self.refused is not None:
+            self.refused(host, why)
+
+    def _lost(self, host: str) -> None:
+        left = self.open.get(host, 0) - 1
+        if left > 0:
+            self.open[host] = left
+        else:
+            self.open.pop(host, None)
 
 
 class TcpConnector:
