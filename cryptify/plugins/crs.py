@@ -304,6 +304,14 @@ class ManagedRedis(service.MultiService):
         return defer.ensureDeferred(stop())
 
 
+def stores_ready(redis: ManagedRedis | ExternalRedis) -> bool:
+    """Whether both Redis stores are connected (clients may attach)."""
+    try:
+        return all(redis.store(name).connected for name in ("redis_high", "redis_low"))
+    except KeyError:
+        return False
+
+
 def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> ProgramService:
     """Build the CRS's service tree; nothing is opened until it starts."""
     g = cfg.global_
@@ -388,6 +396,7 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         objects=objects,
         move_port=g.listen.port,
         tickets=TicketKey.derive(g.key),
+        ready=lambda: stores_ready(redis),
     )
     stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
     state.stats = stats
@@ -409,6 +418,7 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         lambda: redis.store("redis_low"),
         reactor.seconds,
         stats=stats,
+        scheduler=reactor,
     )
     install_messaging(core, messaging)
     state.messaging = messaging
