@@ -86,6 +86,22 @@ class AttachTests(_Base):
         _, _, pump, events = self.pair(account="nobody")
         self.assertRefused("unknown-account", events, pump)
 
+    def test_stores_not_ready(self) -> None:
+        """While the stores are out of reach (just after a restart) an attach is refused
+        ``unavailable`` with a retry hint; once they are back the same client attaches."""
+        ready = [False]
+        self.world.core.ready = lambda: ready[0]
+        sent: list[Any] = []
+        self.world.core.registry.on_attach.append(sent.append)
+        _, _, pump, events = self.pair()
+        self.assertRefused("unavailable", events, pump)
+        [refused] = [e for e in events if isinstance(e, Refused)]
+        self.assertGreater(refused.retry_after, 0)
+        self.assertEqual(sent, [])
+        ready[0] = True
+        _, _, _, events = self.pair()
+        self.assertIsInstance(events[0], Attached)
+
     def test_no_key_period(self) -> None:
         """An account without keys for the current month is refused."""
         self.world.accounts.add(FakeAccount("old", periods=("2026-10",)))

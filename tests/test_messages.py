@@ -8,12 +8,13 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from txredisapi import ResponseError
 
-from cryptify.crs.attached import AttachRegistry
+from cryptify.crs.attached import Attachment, AttachRegistry
 from cryptify.crs.messages import (
     MessageRefused,
     MessageStore,
@@ -22,10 +23,10 @@ from cryptify.crs.messages import (
     post_digest,
     retry_scope,
 )
-from cryptify.crs.messaging import Messaging
+from cryptify.crs.messaging import DELIVERY_RETRY, DELIVERY_WINDOW, Messaging
 from cryptify.crs.store import RedisNotConnected
 from cryptify.crs.trace import TraceHub
-from cryptify.protocols.umsg import message
+from cryptify.protocols.umsg import encode_from_server, message
 from tests.test_crs_stats import FakeSession
 from tests.test_redis_batch import FakeScripts
 
@@ -261,3 +262,276 @@ class MessagingTests(_Store):
         self.clock.advance(0)
         self.answer("tel:+1 content")
         self.assertEqual(self.messaging.counters["delivered"], 1)
+
+
+class MemoryMessages:
+    """MessageStore's interface in memory, with its retry scopes and inboxes (the
+    Lua is tested against redis-server); ``down`` makes every call fail as when
+    redis_low is out of reach."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, Stored] = {}
+        self.scopes: dict[str, tuple[str, str]] = {}
+        self.ids = (f"m{n:04}" for n in itertools.count(1))
+        self.down = False
+
+    def _reachable(self) -> None:
+        if self.down:
+            raise RedisNotConnected("redis_low: not connected")
+
+    async def post(
+        self,
+        sender: str,
+        scope: str,
+        recipient: str,
+        account: str,
+        kind: str,
+        data: bytes,
+        known: str | None = None,
+        counters: str | None = None,
+    ) -> Posted:
+        if self.down:
+            raise MessageRefused("unavailable", "message not stored (redis_low: not connected)")
+        digest = post_digest(recipient, kind, data)
+        first = self.scopes.get(f"{sender} {scope}")
+        if first is not None:
+            if first[1] != digest:
+                raise MessageRefused("key-reused", "used for another message")
+            return Posted(first[0], duplicate=True)
+        message_id = next(self.ids)
+        stored = Stored(message_id, sender, recipient, account, kind, int(NOW * 1000), data)
+        self.messages[message_id] = stored
+        self.scopes[f"{sender} {scope}"] = (message_id, digest)
+        return Posted(message_id, duplicate=False, stored=stored)
+
+    def add(self, recipient: str, count: int) -> list[str]:
+        """``count`` messages waiting for ``recipient``; their IDs."""
+        ids = []
+        for n in range(count):
+            message_id = next(self.ids)
+            self.messages[message_id] = Stored(
+                message_id, "tel:+1", recipient, "acme", "content", 0, b"%d" % n
+            )
+            ids.append(message_id)
+        return ids
+
+    async def get(self, message_id: str) -> Stored | None:
+        self._reachable()
+        return self.messages.get(message_id)
+
+    async def waiting_ids(self, recipient: str, limit: int) -> list[str]:
+        self._reachable()
+        mine = [m.id for m in self.messages.values() if m.recipient.split(";")[0] == recipient]
+        return mine[:limit]
+
+    async def delivered(
+        self, recipient: str, message_id: str, counters_prefix: str = ""
+    ) -> tuple[str, str] | None:
+        self._reachable()
+        found = self.messages.pop(message_id, None)
+        return None if found is None else (found.sender, found.kind)
+
+
+class Conn:
+    """An attached client's connection: records what the CRS sends it."""
+
+    def __init__(self, uri: str, conn_id: str = "c1") -> None:
+        self.uri, self.account, self.conn_id = uri, "acme", conn_id
+        self.sent: list[Any] = []
+
+    def send(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+    def disconnect(self, reason: str) -> None:
+        pass
+
+    def of(self, kind: str) -> list[Any]:
+        return [m for m in self.sent if m.type == kind]
+
+
+class _Delivery(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.store = MemoryMessages()
+        self.redis = FakeRedisStore(self.clock)
+        self.redis.client.sadd = lambda *a: defer.succeed(1)  # type: ignore[attr-defined]
+        self.redis.client.hset = lambda *a: defer.succeed(1)  # type: ignore[attr-defined]
+        self.redis.when_connected = lambda: defer.succeed(self.redis.client)  # type: ignore[attr-defined]
+        trace = TraceHub(self.clock.seconds)
+        self.registry = AttachRegistry("crs1", self.clock.seconds, trace)
+        self.messaging = Messaging(
+            self.store,  # type: ignore[arg-type]
+            self.registry,
+            trace,
+            lambda: self.redis,
+            self.clock.seconds,
+            scheduler=self.clock,
+        )
+        self.registry.on_attach.append(self.messaging.attached)
+        self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
+
+    def attach(self, uri: str, conn_id: str = "c1") -> Conn:
+        conn = Conn(uri, conn_id)
+        self.registry.attach(Attachment(uri, "acme", NOW, "1", "192.0.2.1", 1, conn))
+        return conn
+
+    def confirm(self, conn: Conn, upto: int | None = None) -> int:
+        """Confirm every message sent (again as more arrive); how many were confirmed."""
+        done = 0
+        while upto is None or done < upto:
+            messages = conn.of("message")
+            if done >= len(messages):
+                break
+            self.messaging.delivered(conn, message("delivered", message=messages[done]["message"]))  # type: ignore[arg-type]
+            done += 1
+        return done
+
+    def post(self, conn: Conn, msg_id: int, to: str, content: bytes, **more: Any) -> None:
+        self.messaging.post(conn, message("post", id=msg_id, to=to, content=content, **more))  # type: ignore[arg-type]
+
+
+class DeliveryTests(_Delivery):
+    """Every waiting message is sent, at the pace the client confirms them."""
+
+    def test_every_waiting_message_arrives(self) -> None:
+        """199 messages waiting all arrive in one attach, once each and in order,
+        to a client that confirms each."""
+        ids = self.store.add("tel:+2", 199)
+        conn = self.attach("tel:+2")
+        self.assertEqual(self.confirm(conn), 199)
+        self.assertEqual([m["message"] for m in conn.of("message")], ids)
+        self.assertEqual(self.store.messages, {})
+
+    def test_slow_client_not_flooded(self) -> None:
+        """A client that does not confirm gets one window of messages, then one more
+        per confirmation."""
+        self.store.add("tel:+2", 199)
+        conn = self.attach("tel:+2")
+        self.assertEqual(len(conn.of("message")), DELIVERY_WINDOW)
+        self.confirm(conn, upto=3)
+        self.assertEqual(len(conn.of("message")), DELIVERY_WINDOW + 3)
+
+    def test_fetch_ok_once_everything_was_sent(self) -> None:
+        """``fetch`` is answered ``ok`` only once every waiting message has been sent."""
+        conn = self.attach("tel:+2")
+        self.store.add("tel:+2", 100)
+        self.messaging.fetch(conn, message("fetch", id=7))  # type: ignore[arg-type]
+        self.assertEqual((len(conn.of("message")), conn.of("ok")), (DELIVERY_WINDOW, []))
+        self.confirm(conn)
+        self.assertEqual([m.id for m in conn.of("ok")], [7])
+        self.assertEqual(len(conn.of("message")), 100)
+
+    def test_live_post_takes_its_turn(self) -> None:
+        """A message posted while older ones wait is sent after them, not before."""
+        older = self.store.add("tel:+2", DELIVERY_WINDOW + 1)
+        conn = self.attach("tel:+2")
+        sender = self.attach("tel:+1")
+        self.post(sender, 1, "tel:+2", b"new")
+        [posted] = sender.of("posted")
+        self.assertEqual(len(conn.of("message")), DELIVERY_WINDOW)
+        self.confirm(conn)
+        self.assertEqual([m["message"] for m in conn.of("message")], [*older, posted["message"]])
+
+    def test_live_post_sent_at_once(self) -> None:
+        """With nothing waiting, a post reaches the attached recipient at once."""
+        conn = self.attach("tel:+2")
+        sender = self.attach("tel:+1")
+        self.post(sender, 1, "tel:+2", b"hi")
+        [got] = conn.of("message")
+        self.assertEqual((got["content"], got["from"]), (b"hi", "tel:+1"))
+
+    def test_extension_kept(self) -> None:
+        """A post to ``tel:+8888;101`` reaches the CIG attached as ``tel:+8888`` with
+        ``to: tel:+8888;101``, as invites do."""
+        cig = self.attach("tel:+8888")
+        sender = self.attach("tel:+1")
+        self.post(sender, 1, "tel:+8888;101", b"for 101")
+        [got] = cig.of("message")
+        self.assertEqual((got["to"], got["content"]), ("tel:+8888;101", b"for 101"))
+        encode_from_server(got)
+
+    def test_unsent_messages_go_again_after_reattach(self) -> None:
+        """Messages sent and not confirmed are sent again on the next connection."""
+        self.store.add("tel:+2", 3)
+        first = self.attach("tel:+2")
+        self.assertEqual(len(first.of("message")), 3)
+        second = self.attach("tel:+2", "c2")
+        self.assertEqual(len(second.of("message")), 3)
+        self.confirm(second)
+        self.assertEqual(self.store.messages, {})
+
+
+class RetryScopeTests(_Delivery):
+    """Posts through Messaging: which repeats are the same message."""
+
+    def test_ids_restart_on_each_connection(self) -> None:
+        """Request id 1 on a new connection is a new message (the lost-message bug)."""
+        self.attach("tel:+2")
+        for n in range(20):
+            sender = Conn("tel:+1", f"conn{n}")
+            self.post(sender, 1, "tel:+2", b"message %d" % n)
+            self.assertEqual([m.type for m in sender.sent], ["posted"])
+        self.assertEqual(len(self.store.scopes), 20)
+
+    def test_key_retry_from_another_connection(self) -> None:
+        """The same key from another connection answers the first ID; the same key
+        with other content is refused ``key-reused`` and nothing is stored."""
+        key = bytes(range(16))
+        a, b, c = Conn("tel:+1", "a"), Conn("tel:+1", "b"), Conn("tel:+1", "c")
+        self.post(a, 1, "tel:+2", b"hello", key=key)
+        self.post(b, 9, "tel:+2", b"hello", key=key)
+        self.assertEqual(a.of("posted")[0]["message"], b.of("posted")[0]["message"])
+        self.post(c, 1, "tel:+2", b"other", key=key)
+        [error] = c.of("error")
+        self.assertEqual((error.id, error["code"]), (1, "key-reused"))
+        self.assertEqual(len(self.store.messages), 1)
+
+    def test_same_connection_id_reused_for_other_message(self) -> None:
+        """Without a key, one connection reusing an id for another message is refused."""
+        a = Conn("tel:+1", "a")
+        self.post(a, 1, "tel:+2", b"one")
+        self.post(a, 1, "tel:+2", b"one")
+        self.post(a, 1, "tel:+2", b"two")
+        self.assertEqual([m.type for m in a.sent], ["posted", "posted", "error"])
+        self.assertEqual(a.sent[2]["code"], "key-reused")
+        self.assertEqual(len(self.store.messages), 1)
+
+
+class UnavailableTests(_Delivery):
+    """A store out of reach is answered with a retryable code, without a traceback."""
+
+    def test_post_and_fetch_unavailable(self) -> None:
+        """Post and fetch while redis_low is down: ``error unavailable`` with a
+        ``retry-after`` hint, no traceback logged; delivery resumes by itself."""
+        conn = self.attach("tel:+2")
+        self.store.down = True
+        self.store.add("tel:+2", 2)
+        self.post(conn, 1, "tel:+3", b"x")
+        self.messaging.fetch(conn, message("fetch", id=2))  # type: ignore[arg-type]
+        errors = conn.of("error")
+        self.assertEqual(
+            [(e.id, e["code"]) for e in errors], [(1, "unavailable"), (2, "unavailable")]
+        )
+        for error in errors:
+            self.assertGreater(error["retry-after"], 0)
+            encode_from_server(error)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.store.down = False
+        self.clock.advance(DELIVERY_RETRY)
+        self.assertEqual(len(conn.of("message")), 2)
+
+    def test_unreachable_redis_object(self) -> None:
+        """When the Redis store itself raises (not connected), the answer is the same."""
+        conn = self.attach("tel:+2")
+
+        def gone() -> Any:
+            raise RedisNotConnected("redis_low: not connected")
+
+        self.messaging.redis = gone
+        self.store.down = True
+        self.messaging.fetch(conn, message("fetch", id=3))  # type: ignore[arg-type]
+        self.assertEqual([e["code"] for e in conn.of("error")], ["unavailable"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.store.down = False
+        self.clock.advance(DELIVERY_RETRY)

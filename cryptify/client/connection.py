@@ -202,6 +202,8 @@ class AttachingClient:
     ticket: bytes | None = attrs.field(default=None, repr=False)
     timer: IDelayedCall | None = None
     running: bool = False
+    #: The CRS's ``retry-after`` (ms) of the last refusal: wait at least this long.
+    hint_ms: int | None = None
     _stopped: defer.Deferred[None] | None = None
 
     def start(self) -> None:
@@ -244,6 +246,7 @@ class AttachingClient:
             self.ticket = None
         elif isinstance(event, Refused):
             self.ticket = None
+            self.hint_ms = event.retry_after
         self.on_event(event)
         if isinstance(event, ConnectionEnded) and self.proto is not None:
             self.proto = None
@@ -260,6 +263,9 @@ class AttachingClient:
         else:
             delay = self.delay()
             self.attempt += 1
+        if self.hint_ms is not None:
+            delay = max(delay, self.hint_ms / 1000)
+            self.hint_ms = None
         self.timer = self.clock.callLater(delay, self._connect)
 
     def stop(self) -> defer.Deferred[None]:

@@ -64,7 +64,9 @@ class MessageStoreTests(TestCase):
 
     async def test_post_deliver(self) -> None:
         """A posted message waits for its recipient, then leaves on delivered."""
-        posted = await self.store.post("tel:+1", 7, "tel:+2", "acme", "content", b"\x00secret")
+        posted = await self.store.post(
+            "tel:+1", "conn:c:7", "tel:+2", "acme", "content", b"\x00secret"
+        )
         self.assertFalse(posted.duplicate)
         [stored] = await self.store.waiting("tel:+2")
         self.assertEqual(
@@ -78,33 +80,74 @@ class MessageStoreTests(TestCase):
 
     async def test_exactly_once(self) -> None:
         """Repeating a post (same sender and id) stores it once, even after delivery."""
-        first = await self.store.post("tel:+1", 9, "tel:+2", "acme", "content", b"a")
-        again = await self.store.post("tel:+1", 9, "tel:+2", "acme", "content", b"a")
+        first = await self.store.post("tel:+1", "conn:c:9", "tel:+2", "acme", "content", b"a")
+        again = await self.store.post("tel:+1", "conn:c:9", "tel:+2", "acme", "content", b"a")
         self.assertEqual((again.id, again.duplicate), (first.id, True))
         self.assertEqual(await self.store.count("tel:+2"), 1)
         await self.store.delivered("tel:+2", first.id)
-        late = await self.store.post("tel:+1", 9, "tel:+2", "acme", "content", b"a")
+        late = await self.store.post("tel:+1", "conn:c:9", "tel:+2", "acme", "content", b"a")
         self.assertEqual(late.id, first.id)
         self.assertEqual(await self.store.count("tel:+2"), 0)
+
+    async def test_key_scopes_one_message(self) -> None:
+        """With a key, a retry from any connection answers the first ID; the same key
+        for another content or recipient is refused ``key-reused`` and stores nothing;
+        without a key, request id 1 on a new connection is a new message."""
+        key = "key:" + bytes(range(16)).hex()
+        first = await self.store.post("tel:+1", key, "tel:+2", "acme", "content", b"hello")
+        retry = await self.store.post("tel:+1", key, "tel:+2", "acme", "content", b"hello")
+        self.assertEqual((retry.id, retry.duplicate), (first.id, True))
+        for recipient, content in (("tel:+2", b"other"), ("tel:+3", b"hello")):
+            with self.assertRaises(MessageRefused) as caught:
+                await self.store.post("tel:+1", key, recipient, "acme", "content", content)
+            self.assertEqual(caught.exception.code, "key-reused")
+        other_sender = await self.store.post("tel:+5", key, "tel:+2", "acme", "content", b"x")
+        self.assertFalse(other_sender.duplicate)
+        one = await self.store.post("tel:+1", "conn:a:1", "tel:+4", "acme", "content", b"one")
+        two = await self.store.post("tel:+1", "conn:b:1", "tel:+4", "acme", "content", b"two")
+        self.assertNotEqual(one.id, two.id)
+        with self.assertRaises(MessageRefused) as caught:
+            await self.store.post("tel:+1", "conn:a:1", "tel:+4", "acme", "content", b"three")
+        self.assertEqual(caught.exception.code, "key-reused")
+        self.assertEqual([m.data for m in await self.store.waiting("tel:+2")], [b"hello", b"x"])
+        self.assertEqual([m.data for m in await self.store.waiting("tel:+4")], [b"one", b"two"])
+
+    async def test_extension_kept(self) -> None:
+        """A post to ``tel:+8888;101`` waits in ``tel:+8888``'s inbox and keeps its
+        extension as recipient; expiry empties that inbox too."""
+        await self.redis.client.sadd("known", "tel:+8888")
+        posted = await self.store.post(
+            "tel:+1", "conn:c:1", "tel:+8888;101", "acme", "content", b"hi", known="known"
+        )
+        [stored] = await self.store.waiting("tel:+8888")
+        self.assertEqual((stored.id, stored.recipient), (posted.id, "tel:+8888;101"))
+        with self.assertRaises(MessageRefused) as caught:
+            await self.store.post(
+                "tel:+1", "conn:c:2", "tel:+9999;101", "acme", "content", b"hi", known="known"
+            )
+        self.assertEqual(caught.exception.code, "not-found")
+        self.now += self.store.expire_after + 1
+        self.assertEqual(await self.store.expire(), 1)
+        self.assertEqual(await self.store.count("tel:+8888"), 0)
 
     async def test_order_and_limit(self) -> None:
         """Messages come out in posting order; a full inbox refuses more."""
         for n, sender in enumerate(("tel:+1", "tel:+3", "tel:+1")):
-            await self.store.post(sender, n, "tel:+2", "acme", "content", bytes([n]))
+            await self.store.post(sender, f"conn:c:{n}", "tel:+2", "acme", "content", bytes([n]))
         waiting = await self.store.waiting("tel:+2")
         self.assertEqual([m.data for m in waiting], [b"\x00", b"\x01", b"\x02"])
         with self.assertRaises(MessageRefused) as caught:
-            await self.store.post("tel:+1", 99, "tel:+2", "acme", "content", b"x")
+            await self.store.post("tel:+1", "conn:c:99", "tel:+2", "acme", "content", b"x")
         self.assertEqual(caught.exception.code, "inbox-full")
 
     async def test_one_batch(self) -> None:
         """Posts of one turn share a script call: each stored once, in order, a repeat
         inside the batch answers the first ID; deliveries of one turn likewise."""
         posts = [
-            self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"a"),
-            self.store.post("tel:+3", 1, "tel:+2", "acme", "content", b"b"),
-            self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"a"),
-            self.store.post("tel:+1", 2, "tel:+2", "acme", "ack", b"x"),
+            self.store.post("tel:+1", "conn:c:1", "tel:+2", "acme", "content", b"a"),
+            self.store.post("tel:+3", "conn:c:1", "tel:+2", "acme", "content", b"b"),
+            self.store.post("tel:+1", "conn:c:1", "tel:+2", "acme", "content", b"a"),
+            self.store.post("tel:+1", "conn:c:2", "tel:+2", "acme", "ack", b"x"),
         ]
         first, second, repeat, ack = [await p for p in posts]
         self.assertEqual(self.store.posts.calls, 1)
@@ -126,9 +169,9 @@ class MessageStoreTests(TestCase):
         the others of its batch are stored, and nothing of it is left behind."""
         await self.redis.client.set("inbox:tel:+9", "not a list")
         posts = [
-            self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"a"),
-            self.store.post("tel:+1", 2, "tel:+9", "acme", "content", b"b"),
-            self.store.post("tel:+1", 3, "tel:+2", "acme", "content", b"c"),
+            self.store.post("tel:+1", "conn:c:1", "tel:+2", "acme", "content", b"a"),
+            self.store.post("tel:+1", "conn:c:2", "tel:+9", "acme", "content", b"b"),
+            self.store.post("tel:+1", "conn:c:3", "tel:+2", "acme", "content", b"c"),
         ]
         results = []
         for p in posts:
@@ -143,11 +186,11 @@ class MessageStoreTests(TestCase):
         self.assertEqual(bad.code, "internal")
         self.assertIn("WRONGTYPE", str(bad))
         self.assertEqual([m.data for m in await self.store.waiting("tel:+2")], [b"a", b"c"])
-        self.assertIsNone(await self.redis.client.get("dedup:tel:+1:2"))
+        self.assertIsNone(await self.redis.client.get("dedup:tel:+1:conn:c:2"))
 
     async def test_survives_redis_restart(self) -> None:
         """Posted messages are still there after redis-server restarts."""
-        posted = await self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"kept")
+        posted = await self.store.post("tel:+1", "conn:c:1", "tel:+2", "acme", "content", b"kept")
         self.stop_redis()
         self.start_redis()
 
@@ -168,9 +211,9 @@ class MessageStoreTests(TestCase):
 
     async def test_expiry(self) -> None:
         """Undelivered messages expire after their time, counted."""
-        await self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"old")
+        await self.store.post("tel:+1", "conn:c:1", "tel:+2", "acme", "content", b"old")
         self.now += self.store.expire_after - 10
-        await self.store.post("tel:+1", 2, "tel:+2", "acme", "content", b"new")
+        await self.store.post("tel:+1", "conn:c:2", "tel:+2", "acme", "content", b"new")
         self.now += 20
         self.assertEqual(await self.store.expire(), 1)
         self.assertEqual([m.data for m in await self.store.waiting("tel:+2")], [b"new"])
@@ -181,8 +224,10 @@ class MessageStoreTests(TestCase):
 
         async def run() -> None:
             with self.assertRaises(MessageRefused):
-                await self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"x" * 50000)
+                await self.store.post(
+                    "tel:+1", "conn:c:1", "tel:+2", "acme", "content", b"x" * 50000
+                )
             with self.assertRaises(MessageRefused):
-                await self.store.post("tel:+1", 1, "tel:+2", "acme", "weird", b"x")
+                await self.store.post("tel:+1", "conn:c:1", "tel:+2", "acme", "weird", b"x")
 
         return defer.ensureDeferred(run())
