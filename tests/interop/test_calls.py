@@ -63,7 +63,7 @@ class _CrsFixture(TestCase):
         self.addCleanup(lambda: [p.stop() for p in reversed(self.procs)])
         wait_for(lambda: unix_answers(self.socket), "CRS management socket")
         self.period = period_of(time.time())
-        files = provision(d, self.socket, "acme", [CALLER, CALLEE], self.period)
+        files = self.key_files = provision(d, self.socket, "acme", [CALLER, CALLEE], self.period)
         self.keys = {
             uri: load_key_material(path).for_period(self.period) for uri, path in files.items()
         }

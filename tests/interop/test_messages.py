@@ -1,19 +1,23 @@
-"""The durable message store against a real redis-server with its append-only file."""
+"""The durable message store against a real redis-server with its append-only file,
+and `cryptify-client send` processes through a real `twistd crs`."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
 from typing import Any
 
-from twisted.internet import defer, reactor
+import cbor2
+from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from cryptify.crs.messages import MessageRefused, MessageStore, Posted
 from cryptify.crs.store import RedisStore
-from tests.interop._procs import free_port, short_tempdir
+from tests.interop._procs import BIN, free_port, short_tempdir
+from tests.interop.test_calls import CALLEE, CALLER, _CrsFixture, send
 
 PASSWORD = "interop-secret"
 
@@ -231,3 +235,64 @@ class MessageStoreTests(TestCase):
                 await self.store.post("tel:+1", "conn:c:1", "tel:+2", "acme", "weird", b"x")
 
         return defer.ensureDeferred(run())
+
+
+class ClientSendTests(_CrsFixture):
+    """`cryptify-client send`, each a fresh process, through a real `twistd crs`."""
+
+    COUNT = 20
+
+    def send_one(self, n: int) -> tuple[int, str]:
+        cert = os.path.join(self.dir, "data", "tls", "crs.crt")
+        done = subprocess.run(
+            [
+                os.path.join(BIN, "cryptify-client"),
+                "send",
+                CALLEE,
+                f"message {n}",
+                "--keys",
+                self.key_files[CALLER],
+                "--server",
+                f"127.0.0.1:{self.client_port}",
+                "--ca",
+                cert,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return done.returncode, done.stdout + done.stderr
+
+    def collect(self) -> list[str]:
+        """Attach as the recipient and take every waiting message, confirming each."""
+        recipient = self.attach(CALLEE)
+        got: dict[str, str] = {}
+        arrivals: list[str] = []
+        try:
+            send(recipient, type="fetch", id=1)
+            while True:
+                msg = cbor2.loads(recipient.recv(timeout=30))
+                if msg.get("type") == "message":
+                    arrivals.append(msg["message"])
+                    got[msg["message"]] = msg["content"].decode()
+                    send(recipient, type="delivered", message=msg["message"])
+                elif msg.get("type") == "ok":
+                    break
+        finally:
+            recipient.close()
+        self.assertEqual(len(arrivals), len(got))  # none sent twice
+        return sorted(got.values())
+
+    async def test_twenty_processes_one_sender(self) -> None:
+        """20 sends from 20 fresh client processes of one sender (each starting its
+        request ids at 1) are all stored and arrive once each."""
+        self.attach(CALLEE).close()  # known to the CRS, then offline
+        posted = []
+        for n in range(self.COUNT):
+            status, out = await threads.deferToThread(self.send_one, n)
+            self.assertEqual(status, 0, out)
+            [line] = [line for line in out.splitlines() if " posted message " in line]
+            posted.append(line.split()[-1])
+        self.assertEqual(len(set(posted)), self.COUNT)
+        contents = await threads.deferToThread(self.collect)
+        self.assertEqual(contents, sorted(f"message {n}" for n in range(self.COUNT)))
