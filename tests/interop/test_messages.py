@@ -296,3 +296,52 @@ class ClientSendTests(_CrsFixture):
         self.assertEqual(len(set(posted)), self.COUNT)
         contents = await threads.deferToThread(self.collect)
         self.assertEqual(contents, sorted(f"message {n}" for n in range(self.COUNT)))
+
+
+class WaitingMessagesTests(_CrsFixture):
+    """Every waiting message arrives after an attach, through a real `twistd crs`."""
+
+    COUNT = 199
+
+    def post_all(self) -> None:
+        self.attach(CALLEE).close()  # known to the CRS, then offline
+        sender = self.attach(CALLER)
+        try:
+            for n in range(self.COUNT):
+                send(
+                    sender,
+                    type="post",
+                    id=n + 10,
+                    to=CALLEE,
+                    content=b"w%d" % n,
+                    key=os.urandom(16),
+                )
+            answers = [cbor2.loads(sender.recv(timeout=30)) for _ in range(self.COUNT)]
+        finally:
+            sender.close()
+        assert [a["type"] for a in answers] == ["posted"] * self.COUNT, answers[:3]
+
+    def receive_all(self) -> list[bytes]:
+        """Attach (no fetch) and confirm each message as it comes, until all came."""
+        recipient = self.attach(CALLEE)
+        got: list[bytes] = []
+        try:
+            while len(got) < self.COUNT:
+                msg = cbor2.loads(recipient.recv(timeout=30))
+                if msg.get("type") == "message":
+                    got.append(msg["content"])
+                    send(recipient, type="delivered", message=msg["message"])
+        finally:
+            recipient.close()
+        return got
+
+    async def test_all_waiting_arrive_in_one_attach(self) -> None:
+        """199 waiting messages all arrive, in order and once each, in one attach of
+        a client that confirms each (not only the first 100)."""
+        await threads.deferToThread(self.post_all)
+        got = await threads.deferToThread(self.receive_all)
+        self.assertEqual(got, [b"w%d" % n for n in range(self.COUNT)])
+        status, out, err = self.cli("show", "message")
+        self.assertEqual(status, 0, err)
+        [row] = [line.split() for line in out.splitlines() if line.startswith(CALLER)]
+        self.assertEqual(row[1:3], [str(self.COUNT), str(self.COUNT)])
