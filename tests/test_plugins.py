@@ -10,6 +10,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from cryptify.crs.umsg_server import UmsgListenService
 from cryptify.logs import LogFileService
 from cryptify.plugins import cig, cig_relay, crs, crs_relay
 from cryptify.service import CallbackService, ListenService
@@ -86,6 +87,29 @@ class CrsOptionsTests(SynchronousTestCase):
         self.assertEqual([s.what for s in listeners], ["client TLS", "management"])
         self.assertIs(children[-1], listeners[-1])
         self.assertFalse(os.path.exists(options["crs"].global_.data_dir))
+
+    def test_attach_waits_for_both_stores(self) -> None:
+        """The client listener's attaches are accepted only while redis_high and
+        redis_low are both connected (not before the stores exist either)."""
+        options = crs.Options()
+        options.parseOptions(["--data-dir", self.mktemp()])
+        root = crs.make_crs_service(options["crs"], options["local"], Clock())
+        [listener] = [c for c in root if isinstance(c, UmsgListenService)]
+        [managed] = [c for c in root if isinstance(c, crs.ManagedRedis)]
+        ready = listener.factory.core.ready
+        self.assertFalse(ready())
+        high, low = _Store("redis_high", True), _Store("redis_low", False)
+        managed.stores = [high, low]  # type: ignore[list-item]
+        self.assertFalse(ready())
+        low.connected = True
+        self.assertTrue(ready())
+        high.connected = False
+        self.assertFalse(ready())
+
+
+class _Store:
+    def __init__(self, name: str, connected: bool) -> None:
+        self.name, self.connected = name, connected
 
 
 class RelayAndCigOptionsTests(SynchronousTestCase):
