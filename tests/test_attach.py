@@ -15,6 +15,7 @@ from cryptify.client.connection import ConnectionEnded
 from cryptify.client.session import Attached, Disconnected, Moved, Refused
 from cryptify.config.crs import KeepAlive
 from cryptify.crs.slots import SlotMap, slot_of
+from cryptify.crs.store import RedisNotConnected
 from cryptify.crs.umsg_server import PING_AFTER, Limits
 from cryptify.protocols.umsg import ERROR_CODES, Message
 from cryptify.protocols.umsg_ws import UmsgWebSocket
@@ -337,6 +338,18 @@ class ObjectTests(_Base):
         self.assertEqual(events[-1].message["code"], "internal")
         self.assertEqual(len(self.world.registry.rows()), 1)
         self.flushLoggedErrors(RuntimeError)
+
+    def test_store_out_of_reach(self) -> None:
+        """Redis out of reach is answered ``unavailable`` with a retry hint, and logged
+        without a traceback."""
+        self.world.objects.fail = True
+        self.world.objects.error = lambda: RedisNotConnected("redis_low: not connected")
+        client, _, pump, events = self.pair()
+        client.session.request("push-token", kind="apns", token="t0k")
+        pump.flush()
+        answer = events[-1].message
+        self.assertEqual((answer["code"], answer["retry-after"]), ("unavailable", 2000))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class KeepAliveTests(_Base):

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.crs.attached import Attachment, AttachRegistry
+from cryptify.crs.redis_batch import transient
 from cryptify.crs.slots import SlotMap, slot_of
 from cryptify.crypto import eccsi
 from cryptify.crypto.errors import CryptoError
@@ -431,10 +432,19 @@ class AttachSession:
                 self.peer.send(message("ok", id=msg_id))
 
         def failed(failure: Failure) -> None:
-            log.failure("storing a client object failed", failure)
-            if self.state == ATTACHED:
-                self.peer.send(
-                    message("error", id=msg_id, code="internal", reason="could not store")
+            if transient(failure):
+                log.warn("client object not stored: {why}", why=failure.getErrorMessage())
+                answer = message(
+                    "error",
+                    id=msg_id,
+                    code="unavailable",
+                    reason="store out of reach",
+                    retry_after=UNAVAILABLE_RETRY_MS,
                 )
+            else:
+                log.failure("storing a client object failed", failure)
+                answer = message("error", id=msg_id, code="internal", reason="could not store")
+            if self.state == ATTACHED:
+                self.peer.send(answer)
 
         defer.ensureDeferred(run()).addCallbacks(done, failed)
