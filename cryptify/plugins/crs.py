@@ -28,6 +28,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from cryptify.config import (
     CrsConfig,
@@ -46,6 +47,7 @@ from cryptify.crs.messaging import Messaging
 from cryptify.crs.messaging import install as install_messaging
 from cryptify.crs.objects import ClientObjects
 from cryptify.crs.redis import RedisInstance, RedisSupervisor, ReplicaOf, load_password
+from cryptify.crs.redis_batch import transient
 from cryptify.crs.sessions import SessionTable
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.state import CrsState
@@ -350,7 +352,13 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
 
     def observe(attachment: Any) -> None:
         d = defer.ensureDeferred(objects.observe(attachment.account, attachment.uri))
-        d.addErrback(lambda f: log.failure("cannot record observed client", f))
+        d.addErrback(not_observed)
+
+    def not_observed(failure: Failure) -> None:
+        if transient(failure):
+            log.warn("observed client not recorded: {why}", why=failure.getErrorMessage())
+        else:
+            log.failure("cannot record observed client", failure)
 
     assert state.registry is not None
     state.registry.on_attach.append(observe)
