@@ -16,9 +16,9 @@ from cryptify.client.session import Attached, Disconnected, Moved, Refused
 from cryptify.config.crs import KeepAlive
 from cryptify.crs.slots import SlotMap, slot_of
 from cryptify.crs.store import RedisNotConnected
-from cryptify.crs.umsg_server import PING_AFTER, Limits
+from cryptify.crs.umsg_server import CLOSE_GRACE, PING_AFTER, Limits
 from cryptify.protocols.umsg import ERROR_CODES, Message
-from cryptify.protocols.umsg_ws import UmsgWebSocket
+from cryptify.protocols.umsg_ws import UmsgWebSocket, mask
 from tests.umsg_support import FakeAccount, World, kms
 
 
@@ -51,6 +51,27 @@ class _Base(SynchronousTestCase):
         """The State column of the attach trace lines so far."""
         text = [" ".join(str(f) for f in fields) for fields in self.trace]
         return text
+
+    def half_open(self, host: str) -> Any:
+        """A connection from ``host`` that says nothing."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.protocol import Protocol
+        from twisted.test import iosim
+
+        silent = Protocol()
+        server = self.world.factory.buildProtocol(None)
+        iosim.connect(
+            server,
+            iosim.FakeTransport(server, isServer=True, peerAddress=IPv4Address("TCP", host, 9)),
+            silent,
+            iosim.FakeTransport(silent, isServer=False),
+            clock=self.world.clock,
+        )
+        return server
+
+    def talk(self, server: Any) -> None:
+        """The connection starts its WebSocket handshake (no longer silent)."""
+        server.dataReceived(UmsgWebSocket.connect("crs.test").outgoing()[:20])
 
 
 class AttachTests(_Base):
@@ -205,14 +226,29 @@ class AttachTests(_Base):
         pump.flush()
         return raw, server, pump, []
 
-    def _refusal(self, pump: Any) -> str:
+    def _refused(self, pump: Any) -> Message:
         pump.flush()
         from cryptify.protocols.umsg import decode_from_server
         from cryptify.protocols.umsg_ws import Received
 
         messages = [decode_from_server(e.data) for e in self.received if isinstance(e, Received)]
         self.assertEqual(messages[-1].type, "refused", messages)
-        return str(messages[-1]["code"])
+        return messages[-1]
+
+    def _refusal(self, pump: Any) -> str:
+        return str(self._refused(pump)["code"])
+
+    def test_refused_names_the_request(self) -> None:
+        """A refusal caused by a request carries that request's id, even when the
+        request was malformed but its id readable; one with no readable id, none."""
+        _, _, pump, _ = self._raw_attach({"id": 41, "uri": 5})
+        refused = self._refused(pump)
+        self.assertEqual((refused.id, refused["code"]), (41, "malformed"))
+        _, _, pump, _ = self._raw_attach({"id": 42, "versions": [9]})
+        refused = self._refused(pump)
+        self.assertEqual((refused.id, refused["code"]), (42, "version"))
+        _, _, pump, _ = self._raw_attach({"id": "x"})
+        self.assertIsNone(self._refused(pump).id)
 
     def test_malformed(self) -> None:
         """A message that is not valid UMSG is refused with 'malformed' and closed."""
@@ -420,39 +456,204 @@ class LimitTests(_Base):
     limits = Limits(max_unattached_per_address=2, max_unattached=3)
 
     def test_per_address(self) -> None:
-        """Beyond the per-address limit of unattached connections, new ones are closed."""
-        from twisted.internet.address import IPv4Address
-        from twisted.internet.protocol import Protocol
-        from twisted.test import iosim
-
-        def half_open(host: str) -> Any:
-            silent = Protocol()
-            server = self.world.factory.buildProtocol(None)
-            pump = iosim.connect(
-                server,
-                iosim.FakeTransport(server, isServer=True, peerAddress=IPv4Address("TCP", host, 9)),
-                silent,
-                iosim.FakeTransport(silent, isServer=False),
-                clock=self.world.clock,
-            )
-            return server, pump
-
-        a1, _ = half_open("198.51.100.1")
-        a2, _ = half_open("198.51.100.1")
-        a3, _p3 = half_open("198.51.100.1")
-        self.assertFalse(a1.ending or a2.ending)
-        self.assertTrue(a3.ending)
-        b1, _ = half_open("198.51.100.2")
+        """Over the per-address quota the oldest silent connection of that address
+        makes room; when all of them talk, the new one is closed instead."""
+        a1 = self.half_open("198.51.100.1")
+        a2 = self.half_open("198.51.100.1")
+        a3 = self.half_open("198.51.100.1")
+        self.assertEqual((a1.ending, a2.ending, a3.ending), (True, False, False))
+        self.assertEqual(self.world.factory.evicted, 1)
+        self.talk(a2)
+        self.talk(a3)
+        a4 = self.half_open("198.51.100.1")
+        self.assertTrue(a4.ending)
+        self.assertEqual(self.world.factory.refused_early, 1)
+        b1 = self.half_open("198.51.100.2")
         self.assertFalse(b1.ending)
-        c1, _ = half_open("198.51.100.3")
-        self.assertTrue(c1.ending)  # the global limit (3)
+        # The global quota (3): the oldest silent connection of any address goes.
+        c1 = self.half_open("198.51.100.3")
+        self.assertEqual((b1.ending, c1.ending), (True, False))
+        self.assertEqual(self.world.factory.evicted, 2)
         # Attached clients are not counted: another address still attaches.
-        for proto in (a1, a2, b1):
+        for proto in (a2, a3, c1):
             proto.transport.loseConnection()
             proto.connectionLost()
         _, _, _, events = self.pair(host="198.51.100.1")
         self.assertIsInstance(events[0], Attached)
         self.assertEqual(self.world.factory.unattached, {})
+        self.assertEqual(self.world.factory.pending, set())
+
+
+class BusyAddressTests(_Base):
+    """A real client behind an address full of idle sockets (a carrier NAT)."""
+
+    def _attach_beside_idle(self, idle: int) -> tuple[list[Any], int]:
+        """``idle`` silent connections from one address fill its quota; a client
+        from the same address attaches.  Return its events and how many times
+        the idle connections were touched (attribute reads) meanwhile."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from cryptify.crs.umsg_server import UmsgServerProtocol
+
+        touched = [0]
+        watching = [False]
+
+        class Idle(UmsgServerProtocol):
+            def __getattribute__(self, name: str) -> Any:
+                if watching[0]:
+                    touched[0] += 1
+                return object.__getattribute__(self, name)
+
+        self.world = World.make(Limits(max_unattached_per_address=idle))
+        factory = self.world.factory
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        factory.protocol = Idle  # type: ignore[assignment]
+        for port in range(idle):
+            proto = factory.buildProtocol(None)
+            proto.makeConnection(
+                StringTransport(peerAddress=IPv4Address("TCP", "203.0.113.7", 1024 + port))
+            )
+        factory.protocol = UmsgServerProtocol  # type: ignore[assignment]
+        self.world.clock.advance(1)
+        watching[0] = True
+        _client, _server, pump, events = self.pair(host="203.0.113.7")
+        self.world.clock.advance(1)  # an attach-timeout sweep runs meanwhile
+        pump.flush()
+        watching[0] = False
+        return events, touched[0]
+
+    def test_attach_beside_idle_sockets(self) -> None:
+        """The client is admitted at once (the oldest idle socket makes room), and the
+        work of its attach does not grow with the idle connections of its address."""
+        events_small, work_small = self._attach_beside_idle(50)
+        self.assertIsInstance(events_small[0], Attached)
+        self.assertEqual(self.world.factory.evicted, 1)
+        events_big, work_big = self._attach_beside_idle(2000)
+        self.assertIsInstance(events_big[0], Attached)
+        self.assertEqual(self.world.factory.evicted, 1)
+        self.assertEqual(work_big, work_small)
+        self.assertLess(work_big, 30)
+        self.assertEqual(len(self.world.factory.pending), 1999)
+
+    def test_idle_closed_after_attach_timeout(self) -> None:
+        """Idle unauthenticated connections are closed once the attach timeout passes."""
+        self.world = World.make(Limits(attach_timeout=10))
+        factory = self.world.factory
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        old = [self.half_open("203.0.113.8") for _ in range(5)]
+        self.world.clock.advance(5)
+        young = [self.half_open("203.0.113.8") for _ in range(5)]
+        self.world.clock.advance(5)
+        self.assertTrue(all(p.ending for p in old))
+        self.assertFalse(any(p.ending for p in young))
+        self.world.clock.advance(5)
+        self.assertTrue(all(p.ending for p in young))
+        self.assertEqual(factory.pending, set())
+        self.world.clock.advance(CLOSE_GRACE)  # the closing connections are aborted
+
+
+class CloseCodeTests(SynchronousTestCase):
+    """The close frame after a broken frame carries RFC 6455 section 7.4.1's code."""
+
+    KEY = b"\x01\x02\x03\x04"
+
+    def _close_after(self, raw: bytes, attached: bool = False) -> tuple[int, list[str]]:
+        """Feed ``raw`` after the handshake (and an attach); return the close code
+        and the UMSG messages the CRS sent before it."""
+        from cryptify.protocols.umsg import decode_from_server
+        from cryptify.protocols.umsg_ws import Closed, Received
+
+        world = World.make(Limits(max_message=1000))
+        if attached:
+            _client, server, pump, events = world.pair()
+            self.assertIsInstance(events[0], Attached)
+            pump.flush()
+            transport = server.transport
+            client_ws = UmsgWebSocket.connect("crs.test")
+            client_ws._opened = True  # read the server's frames from here on
+            transport.stream = []
+            server.dataReceived(raw)
+            out = b"".join(transport.stream)
+        else:
+            from twisted.internet.address import IPv4Address
+            from twisted.internet.testing import StringTransport
+
+            server = world.factory.buildProtocol(None)
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 9))
+            server.makeConnection(transport)
+            client_ws = UmsgWebSocket.connect("crs.test")
+            server.dataReceived(client_ws.outgoing())
+            server.dataReceived(raw)
+            out = transport.value()
+        events = client_ws.receive(out)
+        closes = [e for e in events if isinstance(e, Closed)]
+        self.assertEqual(len(closes), 1, events)
+        self.assertTrue(server.ending)
+        for call in world.clock.getDelayedCalls():
+            call.cancel()
+        sent = [decode_from_server(e.data).type for e in events if isinstance(e, Received)]
+        return closes[0].code, sent
+
+    def test_framing_errors_1002(self) -> None:
+        """An unmasked client frame, a reserved opcode and a fragmented control
+        frame close with 1002 (protocol error), not 1008."""
+        for raw in (b"\x82\x02hi", b"\x83\x80" + self.KEY, b"\x09\x80" + self.KEY):
+            with self.subTest(raw=raw):
+                self.assertEqual(self._close_after(raw), (1002, ["refused"]))
+                self.assertEqual(self._close_after(raw, attached=True)[0], 1002)
+
+    def test_text_1003(self) -> None:
+        """A text frame on this binary-only protocol closes with 1003."""
+        raw = b"\x81\x82" + self.KEY + mask(b"hi", self.KEY)
+        self.assertEqual(self._close_after(raw), (1003, ["refused"]))
+
+    def test_bad_utf8_1007(self) -> None:
+        """A text frame that is not even UTF-8 closes with 1007."""
+        raw = b"\x81\x81" + self.KEY + mask(b"\xff", self.KEY)
+        self.assertEqual(self._close_after(raw)[0], 1007)
+
+    def test_header_too_big_1009(self) -> None:
+        """A frame header announcing more than the limit gets refused too-large and
+        a close frame 1009 at once, with no payload octet sent."""
+        raw = b"\x82\xff" + (1 << 40).to_bytes(8, "big") + self.KEY
+        self.assertEqual(self._close_after(raw), (1009, ["refused"]))
+        raw = b"\x82\xfe" + (1001).to_bytes(2, "big") + self.KEY
+        self.assertEqual(self._close_after(raw, attached=True)[0], 1009)
+
+    def test_client_closes_with_the_code(self) -> None:
+        """The reference client, too, closes a broken server stream with its code:
+        1002 for a masked server frame, 1003 for text, 1009 for a header over the limit."""
+        from cryptify.protocols.umsg_ws import Closed
+
+        for raw, code in (
+            (b"\x82\x82" + self.KEY + b"hi", 1002),
+            (b"\x81\x02hi", 1003),
+            (b"\x82\x7f" + (1 << 40).to_bytes(8, "big"), 1009),
+        ):
+            with self.subTest(code=code):
+                world = World.make()
+                client, _server, pump, events = world.pair()
+                self.assertIsInstance(events[0], Attached)
+                pump.flush()
+                client.transport.stream = []
+                client.dataReceived(raw)
+                reader = UmsgWebSocket.server()
+                reader._opened = True  # read the client's frames from here on
+                seen = reader.receive(b"".join(client.transport.stream))
+                closes = [e for e in seen if isinstance(e, Closed)]
+                self.assertEqual([c.code for c in closes], [code])
+                pump.flush()
+                self.assertIsInstance(events[-1], ConnectionEnded)
+                for call in world.clock.getDelayedCalls():
+                    call.cancel()
+
+    def test_bad_umsg_1008(self) -> None:
+        """A well-framed binary message that is not UMSG is a policy matter: 1008."""
+        raw = b"\x82\x83" + self.KEY + mask(b"\xff\x00x", self.KEY)
+        self.assertEqual(self._close_after(raw), (1008, ["refused"]))
 
 
 class ConfigTests(SynchronousTestCase):

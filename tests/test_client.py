@@ -14,8 +14,14 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.client import cli
-from cryptify.client.connection import MAX_MOVES, AttachingClient, ConnectionEnded
-from cryptify.client.session import Attached, ClientSession, Moved, Refused
+from cryptify.client.connection import (
+    MAX_MOVES,
+    REPLACED,
+    AttachingClient,
+    ConnectionEnded,
+    GaveUp,
+)
+from cryptify.client.session import Attached, ClientSession, Disconnected, Moved, Refused
 from cryptify.crs.slots import SlotMap, slot_of
 from cryptify.protocols.umsg import Message
 from tests.umsg_support import World, signer
@@ -178,6 +184,60 @@ class AttachingClientTests(SynchronousTestCase):
         self.world.clock.advance(2)
         self.assertIsInstance(self.events[-1], Attached)
         self.assertEqual(len(connector.calls), 2)
+
+    def test_replaced_stops(self) -> None:
+        """Replaced by another client of the same URI, the client stops and says why:
+        the two do not take the URI from each other in turn."""
+        connector = _Connector(self.world)
+        first = self.client(connector)
+        first.start()
+        other_events: list[Any] = []
+        other = AttachingClient(
+            self.world.clock,
+            connector,
+            self.world.client_session("tel:+4612345"),
+            "crs.test",
+            5223,
+            other_events.append,
+        )
+        self.addCleanup(self._stop, other, connector)
+        other.start()
+        connector.flush()
+        self.assertIsInstance(other_events[-1], Attached)
+        self.assertIn(Disconnected("replaced", "replaced"), self.events)
+        self.assertEqual(self.events[-1], GaveUp(REPLACED))
+        self.assertFalse(first.running)
+        self.world.clock.advance(600)
+        connector.flush()
+        self.assertEqual(len(connector.calls), 2)
+        self.assertEqual(len(self.world.registry.rows()), 1)
+        self.assertIsInstance(other_events[-1], Attached)
+
+    def test_replaced_holds_off(self) -> None:
+        """An unattended client (stop_on_replaced=False) waits the whole max_delay."""
+        connector = _Connector(self.world)
+        first = self.client(connector)
+        first.stop_on_replaced = False
+        first.start()
+        replacing = AttachingClient(
+            self.world.clock,
+            connector,
+            self.world.client_session("tel:+4612345"),
+            "crs.test",
+            5223,
+            lambda event: None,
+        )
+        replacing.start()
+        connector.flush()
+        self.assertIsInstance(self.events[-1], ConnectionEnded)
+        assert first.timer is not None
+        self.assertEqual(first.timer.getTime() - self.world.clock.seconds(), first.max_delay)
+        stopped = replacing.stop()
+        connector.flush()
+        self.successResultOf(stopped)
+        self.world.clock.advance(first.max_delay)
+        connector.flush()
+        self.assertIsInstance(self.events[-1], Attached)
 
     def test_delay_window(self) -> None:
         """The delay window doubles per attempt up to the cap; draws spread over it."""

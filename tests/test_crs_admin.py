@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import time
 from typing import Any
 
@@ -143,6 +144,20 @@ class AdminTests(SynchronousTestCase):
         self.assertIn("not an update file", result.getErrorMessage())
         result = self.call(crs_admin.Apply, data="***")
         self.assertTrue(result.check(CommandFailed))
+
+    def test_reload_names_broken_file(self) -> None:
+        """reload account with a corrupt secret: the answer names the file; others reload."""
+        self.create_and_apply()
+        self.call(crs_admin.CreateAccount, account="other", secret=SECRET)
+        before = self.state.accounts.get("acme")
+        path = os.path.join(self.state.accounts.directory, "acme", "secret")
+        with open(path, "wb") as f:
+            f.write(b"\x8f\x00\xff random")
+        answer = self.call(crs_admin.ReloadAccounts)
+        self.assertIsInstance(answer, dict, answer)
+        self.assertEqual(answer["problems"], [f"{path}: the shared secret is not base64 text"])
+        self.assertEqual(self.state.accounts.get("acme"), before)
+        self.assertEqual(self.rows(crs_admin.ShowAccount)[0][3], "acme,other")
 
     def test_blacklist_disconnects(self) -> None:
         """blacklist add disconnects the attached client at once; show blacklist lists it."""

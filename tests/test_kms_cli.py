@@ -14,7 +14,7 @@ from cryptify.crypto import mikey
 from cryptify.crypto.errors import InsecurePermissions
 from cryptify.crypto.keymaterial import KeyMaterial, load_key_material
 from cryptify.crypto.updatefile import load_update_file
-from cryptify.kms.cli import main
+from cryptify.kms.cli import run
 from cryptify.kms.store import KmsStore
 from tests.fixtures.crypto import fixture
 
@@ -29,7 +29,7 @@ class _CliCase(SynchronousTestCase):
 
     def run_kms(self, *argv: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
-        code = main(["--store", self.store, *argv], stdout=out, stderr=err)
+        code = run(["--store", self.store, *argv], stdout=out, stderr=err)
         return code, out.getvalue(), err.getvalue()
 
     def path(self, name: str) -> str:

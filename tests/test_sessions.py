@@ -10,7 +10,13 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs.sessions import ANSWER_TIMEOUT, RelayLegs, SessionTable
+from cryptify.crs.sessions import (
+    ANSWER_TIMEOUT,
+    ENDED_SHOWN_FOR,
+    MAX_ENDED_SHOWN,
+    RelayLegs,
+    SessionTable,
+)
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import Message
 
@@ -221,3 +227,56 @@ class SessionTests(SynchronousTestCase):
         """Calling yourself is rejected."""
         self.table.invite(Att("tel:+1"), 1, "tel:+1", b"m")
         self.assertEqual(self.parties.take()[0][2]["code"], "rejected")
+
+    # -- show session keeps ended sessions for a while, with the manual's final states
+
+    def test_final_states_listed_then_forgotten(self) -> None:
+        """hangup(reason, who), responder not found / not connected; gone after the retention."""
+        self.parties.known_uris.add("tel:+3")
+        self.table.invite(Att("tel:+1"), 1, "tel:+2", b"m")
+        self.table.talk("tel:+2", "s1")
+        self.clock.advance(42)
+        self.table.hangup("tel:+2", "s1", "normal")
+        self.table.invite(Att("tel:+1"), 2, "tel:+3", b"m")
+        self.table.invite(Att("tel:+1"), 3, "tel:+4", b"m")
+        self.clock.advance(5)
+        self.table.invite(Att("tel:+2"), 4, "tel:+8888;101", b"m")
+        self.clock.advance(3)
+        self.assertEqual(
+            self.table.rows(),
+            [
+                ["tel:+2", "tel:+8888;101", "3", "invite"],
+                ["tel:+1", "tel:+2", "42", "hangup(normal, callee)"],
+                ["tel:+1", "tel:+3", "0", "responder not connected"],
+                ["tel:+1", "tel:+4", "0", "responder not found"],
+            ],
+        )
+        self.clock.advance(ENDED_SHOWN_FOR - 8 - 0.5)
+        self.assertEqual(len(self.table.rows()), 4)
+        self.clock.advance(0.5)
+        self.assertEqual(self.table.rows(), [["tel:+2", "tel:+8888;101", "55", "invite"]])
+        self.clock.advance(ANSWER_TIMEOUT - 55)
+        self.assertEqual(
+            self.table.rows(), [["tel:+2", "tel:+8888;101", "60", "hangup(no-answer, crs)"]]
+        )
+        self.clock.advance(ENDED_SHOWN_FOR)
+        self.assertEqual(self.table.rows(), [])
+
+    def test_detach_and_shutdown_states(self) -> None:
+        """A party going away and the CRS stopping end with who = the party, then crs."""
+        self.table.invite(Att("tel:+1"), 1, "tel:+2", b"m")
+        self.table.detached("tel:+2")
+        self.table.invite(Att("tel:+1"), 2, "tel:+2", b"m")
+        self.table.stop()
+        self.assertEqual(
+            [row[3] for row in self.table.rows()],
+            ["hangup(detached, callee)", "hangup(shutdown, crs)"],
+        )
+
+    def test_ended_sessions_bounded(self) -> None:
+        """Failed invites cannot grow the list past its bound."""
+        for i in range(MAX_ENDED_SHOWN + 10):
+            self.table.invite(Att("tel:+1"), i, f"tel:+9{i}", b"m")
+        rows = self.table.rows()
+        self.assertEqual(len(rows), MAX_ENDED_SHOWN)
+        self.assertEqual(rows[-1][1], f"tel:+9{MAX_ENDED_SHOWN + 9}")

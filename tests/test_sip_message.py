@@ -28,6 +28,7 @@ from cryptify.protocols.sip.message import (
     check_response,
     parse_datagram,
     response_to,
+    stamp_received,
 )
 from tests.torture import TORTURE
 
@@ -449,3 +450,65 @@ class FuzzTests(SynchronousTestCase):
         assert isinstance(parsed, Request)
         self.assertEqual(parsed.body, body)
         self.assertEqual(parsed.headers.without("Content-Length"), message.headers)
+
+
+class ReceivedTests(SynchronousTestCase):
+    """
+    L{stamp_received}: the top Via of a request as the server transport
+    records it (RFC 3261 18.2.1, RFC 3581) and where its answer goes.
+    """
+
+    def test_rules(self) -> None:
+        """
+        C{received} only when the sent-by is not the source address (an
+        IPv6 address compares by value); with C{rport} both, always; the
+        answer goes to the source port with rport, else the sent-by port
+        or 5060, always at the source address.
+        """
+        v6 = ("2001:db8::1", 5999)
+        cases = [
+            ("SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKa", ("192.0.2.1", 4000), "", 5070),
+            ("SIP/2.0/UDP [2001:DB8:0::1];branch=z9hG4bKa", v6, "", 5060),
+            ("SIP/2.0/UDP a.example;branch=z9hG4bKa", v6, ";received=2001:db8::1", 5060),
+            (
+                "SIP/2.0/UDP 192.0.2.1;rport;branch=z9hG4bKa",
+                ("192.0.2.1", 4000),
+                ";branch=z9hG4bKa;received=192.0.2.1;rport=4000",
+                4000,
+            ),
+            (
+                "SIP/2.0/UDP 192.0.2.1;rport=1;received=x",
+                ("192.0.2.9", 4000),
+                ";received=192.0.2.9;rport=4000",
+                4000,
+            ),
+        ]
+        for via, source, added, port in cases:
+            with self.subTest(via=via):
+                headers = Headers((("Via", via + ", SIP/2.0/TCP lower"), ("To", "<sip:a@b>")))
+                stamped, where = stamp_received(headers, source)
+                top = stamped.values("Via")[0]
+                self.assertEqual(where, (source[0], port))
+                if added:
+                    self.assertTrue(top.endswith(added), top)
+                else:
+                    self.assertNotIn("received", top)
+                self.assertEqual(stamped.values("Via")[1], "SIP/2.0/TCP lower")
+                self.assertEqual(stamped.get("To"), "<sip:a@b>")
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        via=st.text(max_size=80),
+        port=st.integers(1, 65535),
+    )
+    def test_any_via(self, via: str, port: int) -> None:
+        """
+        Any Via text: no exception; the answer goes to the source address;
+        an unreadable Via is left as it was and answered at the source.
+        """
+        headers = Headers((("Via", via),))
+        stamped, where = stamp_received(headers, ("192.0.2.5", port))
+        self.assertEqual(where[0], "192.0.2.5")
+        if stamped == headers:
+            return
+        self.assertIn("received=192.0.2.5", stamped.items[0][1])

@@ -17,13 +17,14 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.calls import CALL_LINGER, CallTable, StubTelSide, session_line
-from cryptify.cig.sif import Sif
-from cryptify.config import load_cig_config
+from cryptify.cig.sif import Sif, SipCall
+from cryptify.config import load_cig_config, parse_cig_config
 from cryptify.protocols.sip.message import Request, Response, parse_datagram, response_to
 from cryptify.protocols.sip.sdp import parse_sdp
 from cryptify.protocols.sip.transaction import T1, Channel
 from cryptify.protocols.sip.transport import SipDatagramProtocol
 from tests.test_sip_transaction import FakeChannel
+from tests.torture import TORTURE_MAPS, TREATMENTS, call_id_of, read_torture
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "config")
 
@@ -478,6 +479,193 @@ class AdapterTests(SifCase):
         self.assertFalse(transport.disconnecting)
         proto.dataReceived(b"INVITE sip:a@b SIP/2.0\r\nContent-Length: x\r\n\r\n")
         self.assertTrue(transport.disconnecting)
+        self.clock.advance(64 * T1)
+
+
+class ResponseRoutingTests(SifCase):
+    """
+    Where responses over UDP go (RFC 3261 18.2.2, RFC 3581) and what the
+    top Via of each response says about the request's source.
+    """
+
+    def options(self, via: str, call_id: str) -> bytes:
+        return (
+            "OPTIONS sip:cig@192.0.2.9 SIP/2.0\r\n"
+            f"Via: {via}\r\nVia: SIP/2.0/UDP 192.0.2.99;branch=z9hG4bKlower\r\n"
+            "From: <sip:101@pbx.com>;tag=x\r\nTo: <sip:cig@192.0.2.9>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+
+    def test_destinations(self) -> None:
+        """
+        With C{rport} the answer goes to the source address and port, and
+        the Via gets C{received} and C{rport=PORT}; without it, to the
+        source address at the sent-by port (or 5060), C{received} added
+        only when the sent-by is a name or another address. C{maddr} is not
+        followed. Lower Vias are copied unchanged, and a request that cannot
+        be parsed is answered the same way.
+        """
+        transport = FakeUdpTransport()
+        self.protocol.transport = transport  # type: ignore[assignment]
+        source = ("192.0.2.7", 40123)
+        cases = [
+            ("SIP/2.0/UDP 192.0.2.7:5080;branch=z9hG4bK1", ("192.0.2.7", 5080), ""),
+            ("SIP/2.0/UDP 192.0.2.7;branch=z9hG4bK2", ("192.0.2.7", 5060), ""),
+            (
+                "SIP/2.0/UDP pbx.example.com:5070;branch=z9hG4bK3",
+                ("192.0.2.7", 5070),
+                ";received=192.0.2.7",
+            ),
+            (
+                "SIP/2.0/UDP 198.51.100.1;branch=z9hG4bK4;maddr=203.0.113.9",
+                ("192.0.2.7", 5060),
+                ";received=192.0.2.7",
+            ),
+            (
+                "SIP/2.0/UDP 192.0.2.7:5080;rport;branch=z9hG4bK5",
+                source,
+                ";received=192.0.2.7;rport=40123",
+            ),
+            (
+                "SIP/2.0/UDP nat.example.com;branch=z9hG4bK6;rport",
+                source,
+                ";received=192.0.2.7;rport=40123",
+            ),
+        ]
+        for i, (via, where, added) in enumerate(cases):
+            with self.subTest(via=via):
+                transport.written.clear()
+                self.protocol.datagramReceived(self.options(via, f"r{i}"), source)
+                [(data, addr)] = transport.written
+                self.assertEqual(addr, where)
+                response = parse_datagram(data)
+                assert isinstance(response, Response)
+                vias = response.headers.values("Via")
+                top = vias[0]
+                self.assertIn(added or ";branch", top)
+                if not added:
+                    self.assertNotIn("received", top)
+                self.assertEqual(vias[1], "SIP/2.0/UDP 192.0.2.99;branch=z9hG4bKlower")
+        transport.written.clear()
+        bad = self.options("SIP/2.0/UDP pbx.example.com;rport;branch=z9hG4bK7", "r9")
+        self.protocol.datagramReceived(bad.replace(b"1 OPTIONS", b"1 INVITE"), source)
+        [(data, addr)] = transport.written
+        self.assertEqual(addr, source)
+        self.assertIn(";received=192.0.2.7;rport=40123", data.decode())
+        self.clock.advance(64 * T1)
+
+    def test_tcp_stamped(self) -> None:
+        """
+        Over TCP the answer goes back on the connection, its Via stamped too.
+        """
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from cryptify.protocols.sip.transport import SipStreamFactory
+
+        proto = SipStreamFactory(self.sif).buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+        proto.makeConnection(transport)
+        proto.dataReceived(self.options("SIP/2.0/TCP pbx.example.com;rport;branch=z9hG4bK8", "t"))
+        self.assertIn(b";received=192.0.2.7;rport=40000", transport.value())
+        self.clock.advance(64 * T1)
+
+
+class TortureTreatmentTests(SynchronousTestCase):
+    """
+    Every RFC 4475 message through the UDP adapter and the SIF, in memory:
+    the answer RFC 4475 asks for, sent where RFC 3261 18.2.2 and RFC 3581
+    say. (tests/interop/test_sip_torture.py does the same over real UDP.)
+    """
+
+    source = ("127.0.0.1", 40000)
+
+    def setUp(self) -> None:
+        self.fresh()
+
+    def fresh(self) -> None:
+        """A new SIF, with no transaction from an earlier message."""
+        self.clock = Clock()
+        self.tel = StubTelSide("answer")
+        config = parse_cig_config(
+            TORTURE_MAPS + "interfaces { tel { extension map tel2sip; source map telsrc; }"
+            " sip { extension map sip2tel; bind 127.0.0.1 5999; messaging true; } }"
+        )
+        self.sif = Sif(config, self.clock, self.tel, CallTable(self.clock))
+        self.transport = FakeUdpTransport()
+        self.protocol = SipDatagramProtocol(self.sif)
+        self.protocol.transport = self.transport  # type: ignore[assignment]
+        self.addCleanup(self.sif.stop)
+
+    def test_every_message(self) -> None:
+        """
+        Each message, sent alone from 127.0.0.1:40000, gets its final
+        status (after at most a 100) at the address its Via says, or,
+        for a response, nothing.
+        """
+        for name, treatment in sorted(TREATMENTS.items()):
+            with self.subTest(name=name, section=treatment.section):
+                self.fresh()
+                self.protocol.datagramReceived(read_torture(name), self.source)
+                answers = [(parse_datagram(d), a) for d, a in self.transport.written]
+                if treatment.final is None:
+                    self.assertEqual(answers, [], name)
+                    continue
+                statuses = [m.status for m, _ in answers if isinstance(m, Response)]
+                self.assertEqual(statuses[-1:], [treatment.final], f"{name}: {treatment.why}")
+                self.assertLessEqual(set(statuses[:-1]), {100, 180}, name)
+                port = self.source[1] if treatment.where == "source" else int(treatment.where)
+                self.assertEqual({a for _, a in answers}, {("127.0.0.1", port)}, name)
+                self.assertEqual({m.call_id for m, _ in answers}, {call_id_of(name)}, name)
+
+    def test_bext01_unsupported(self) -> None:
+        """
+        C{bext01}: the 420 lists the Require options, not the Proxy-Require ones.
+        """
+        self.protocol.datagramReceived(read_torture("bext01"), self.source)
+        [(data, _)] = self.transport.written
+        response = parse_datagram(data)
+        assert isinstance(response, Response)
+        self.assertEqual(
+            response.headers.get("Unsupported"), "nothingSupportsThis, nothingSupportsThisEither"
+        )
+        self.clock.advance(64 * T1)
+
+    def test_rfc2543_call(self) -> None:
+        """
+        C{inv2543}: the RFC 2543 INVITE (no From tag, no branch, no Contact,
+        no Max-Forwards) is answered 200; its ACK stops the 200 and its BYE
+        ends the call. The CIG's own BYE would go to the caller's From URI.
+        """
+        self.protocol.datagramReceived(read_torture("inv2543"), self.source)
+        ok = parse_datagram(self.transport.written[-1][0])
+        assert isinstance(ok, Response) and ok.status == 200
+        call = self.sif.dialogs[(ok.call_id, ok.to.tag or "", "")]
+        assert isinstance(call, SipCall) and call.dialog is not None
+        self.assertEqual(
+            call.dialog.remote_target, "sip:+13035551111@ift.client.example.net;user=phone"
+        )
+        head = (
+            "Via: SIP/2.0/UDP iftgw.example.com\r\n"
+            "From: <sip:+13035551111@ift.client.example.net;user=phone>\r\n"
+            f"To: {ok.headers.get('To')}\r\nCall-ID: {ok.call_id}\r\n"
+        )
+        self.transport.written.clear()
+        self.protocol.datagramReceived(
+            f"ACK sip:UserB@example.com SIP/2.0\r\n{head}CSeq: 56 ACK\r\n\r\n".encode(),
+            self.source,
+        )
+        self.clock.advance(10)
+        self.assertEqual(self.transport.written, [])
+        self.protocol.datagramReceived(
+            f"BYE sip:UserB@example.com SIP/2.0\r\n{head}CSeq: 57 BYE\r\n\r\n".encode(),
+            self.source,
+        )
+        [(data, addr)] = self.transport.written
+        bye_ok = parse_datagram(data)
+        assert isinstance(bye_ok, Response)
+        self.assertEqual((bye_ok.status, addr), (200, ("127.0.0.1", 5060)))
+        self.assertTrue(call.ended)
         self.clock.advance(64 * T1)
 
 

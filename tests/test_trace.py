@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
+from typing import Any
+
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from cryptify.crs import cli
 from cryptify.crs.trace import EventTraceObserver, TraceHub
 
 
@@ -53,3 +58,29 @@ class EventTraceTests(SynchronousTestCase):
             "record", log_file="session.log"
         )
         self.assertEqual(lines, ["attach, dbg, 1970-01-01 00:00:00.000, hello 2"])
+
+
+class TraceCliTests(SynchronousTestCase):
+    """``crs-cli trace``: how the trace action ends."""
+
+    def run_trace(self, interrupted: bool) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        args = cli.build_parser(err).parse_args(["trace", "session"])
+
+        class Client:
+            lost: defer.Deferred[None] = defer.succeed(None)
+
+            async def call(self, command: Any, **kwargs: Any) -> dict[str, Any]:
+                return {}
+
+        action = cli.remote_action(args, out, err, lambda: interrupted)
+        status = self.successResultOf(defer.ensureDeferred(action(Client())))
+        return status, err.getvalue()
+
+    def test_ctrl_c_ends_quietly(self) -> None:
+        """Stopped by the operator, the trace exits 0 without blaming the CRS."""
+        self.assertEqual(self.run_trace(True), (0, ""))
+
+    def test_server_closing_is_reported(self) -> None:
+        """Closed by the CRS, the trace says so and exits 1."""
+        self.assertEqual(self.run_trace(False), (1, "crs-cli: the CRS closed the trace\n"))

@@ -106,6 +106,66 @@ class CodecTests(SynchronousTestCase):
             with self.subTest(what):
                 self.assertCode(data)
 
+    def test_refusal_names_the_id(self) -> None:
+        """A malformed map with a valid id gives that id with the error; other ids none."""
+        attach = dict(FROM_CLIENT_SAMPLES["attach"], type="attach", id=77)
+        self.assertEqual(self.assertCode(raw(dict(attach, uri=5))).id, 77)
+        self.assertEqual(self.assertCode(raw({"type": "nope", "id": 9})).id, 9)
+        for bad_id in (True, -1, 2**32, "7", None):
+            with self.subTest(bad_id=bad_id):
+                self.assertIsNone(self.assertCode(raw(dict(attach, id=bad_id, uri=5))).id)
+        self.assertIsNone(self.assertCode(b"\xff").id)
+
+    def test_non_minimal_refused(self) -> None:
+        """An integer or a length in a longer head than needed is malformed."""
+        fetch = b"\xa2\x64type\x65fetch\x62id"
+        self.assertEqual(decode_from_client(fetch + b"\x17").id, 23)
+        self.assertEqual(decode_from_client(fetch + b"\x18\x18").id, 24)
+        for wide in (b"\x18\x17", b"\x19\x00\x01", b"\x1a\x00\x00\xff\xff", b"\x1b" + bytes(8)):
+            with self.subTest(wide=wide):
+                self.assertCode(fetch + wide)
+        # A wide map length and a wide text length too.
+        self.assertCode(b"\xb8\x02\x64type\x65fetch\x62id\x01")
+        self.assertCode(b"\xa2\x78\x04type\x65fetch\x62id\x01")
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from(sorted(FROM_CLIENT_SAMPLES)), st.data())
+    def test_non_minimal_fuzz(self, name: str, data: st.DataObject) -> None:
+        """Any message with any of its heads widened is refused; unwidened it decodes."""
+        body = {"type": name, **FROM_CLIENT_SAMPLES[name]}
+        widened = [False]
+
+        def head(major: int, arg: int) -> bytes:
+            sizes = [n for n in (0, 1, 2, 4, 8) if (arg < 24 if n == 0 else arg < 1 << (8 * n))]
+            size = data.draw(st.sampled_from(sizes))
+            widened[0] |= size != sizes[0]
+            if size == 0:
+                return bytes([major << 5 | arg])
+            info = {1: 24, 2: 25, 4: 26, 8: 27}[size]
+            return bytes([major << 5 | info]) + arg.to_bytes(size, "big")
+
+        def enc(value: Any) -> bytes:
+            if isinstance(value, bool) or value is None:
+                return cbor2.dumps(value)
+            if isinstance(value, int):
+                return head(0, value) if value >= 0 else head(1, -1 - value)
+            if isinstance(value, bytes):
+                return head(2, len(value)) + value
+            if isinstance(value, str):
+                return head(3, len(value.encode())) + value.encode()
+            if isinstance(value, list):
+                return head(4, len(value)) + b"".join(enc(v) for v in value)
+            assert isinstance(value, dict)
+            return head(5, len(value)) + b"".join(enc(k) + enc(v) for k, v in value.items())
+
+        encoded = enc(body)
+        if widened[0]:
+            error = self.assertCode(encoded)
+            self.assertIn("shortest form", error.detail)
+        else:
+            self.assertEqual(encoded, raw(body))
+            self.assertEqual(decode_from_client(encoded).type, name)
+
     def test_too_large(self) -> None:
         """A message above the size limit is refused with 'too-large' before parsing."""
         self.assertCode(b"\x00" * (umsg.MAX_MESSAGE + 1), "too-large")
@@ -207,6 +267,40 @@ def wsproto_end(client: bool) -> Any:
 
 class WebSocketTests(SynchronousTestCase):
     """UmsgWebSocket: handshake, messages, pings, limits, errors."""
+
+    def test_upgrade_limit(self) -> None:
+        """An upgrade request of up to 32 KiB opens; one octet more is answered 400
+        and closed, however it is cut (TLS records, one chunk, small pieces)."""
+        from cryptify.protocols.umsg_ws import MAX_UPGRADE
+
+        self.assertEqual(MAX_UPGRADE, 32 * 1024)
+        head = (
+            b"GET / HTTP/1.1\r\nHost: crs.test\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: umsg.1\r\nX-Pad: "
+        )
+
+        def request(size: int) -> bytes:
+            return head + b"a" * (size - len(head) - 4) + b"\r\n\r\n"
+
+        for piece in (1000, 16384, 1 << 20):
+            for size, opens in ((MAX_UPGRADE, True), (MAX_UPGRADE + 1, False)):
+                with self.subTest(piece=piece, size=size):
+                    data = request(size)
+                    self.assertEqual(len(data), size)
+                    server = UmsgWebSocket.server()
+                    events: list[Any] = []
+                    for start in range(0, size, piece):
+                        events += server.receive(data[start : start + piece])
+                    out = server.outgoing()
+                    if opens:
+                        self.assertEqual(events, [Opened("/")])
+                        self.assertTrue(out.startswith(b"HTTP/1.1 101 "))
+                    else:
+                        self.assertEqual(len(events), 1)
+                        self.assertIsInstance(events[0], Closed)
+                        self.assertTrue(out.startswith(b"HTTP/1.1 400 "), out)
+                        self.assertTrue(server.closed)
 
     def test_handshake_and_messages(self) -> None:
         """After the umsg.1 handshake, binary messages flow both ways."""

@@ -40,10 +40,48 @@ def doc_types() -> dict[str, dict[str, dict[str, bool]]]:
 
 
 def doc_codes() -> set[str]:
+    return set(doc_code_rows())
+
+
+def doc_code_rows() -> dict[str, set[str]]:
+    """{code: the message types of its "sent in" cell} from section 7's table."""
     with open(DOC) as f:
         text = f.read()
     section = text[text.index("## 7. Codes") : text.index("## 8.")]
-    return set(re.findall(r"^\| `([a-z-]+)` \|", section, re.M))
+    rows = {}
+    for line in section.splitlines():
+        if match := re.match(r"^\| `([a-z-]+)` \|", line):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[match.group(1)] = set(re.findall(r"[a-z]+", cells[-2]))
+    return rows
+
+
+CRS = os.path.join(os.path.dirname(DOC), os.pardir, "cryptify", "crs")
+
+#: How the CRS's code sends a code, and in which message type.
+_SENDS = (
+    (re.compile(r'message\(\s*"(error|refused|disconnect)",[^()]*?code="([a-z-]+)"', re.S), None),
+    (re.compile(r'\.refuse\(\s*"([a-z-]+)"'), "refused"),
+    (re.compile(r'\._error\(\s*[^,()]+,\s*[^,()]+,\s*"([a-z-]+)"'), "error"),
+    (re.compile(r'MessageRefused\(\s*"([a-z-]+)"'), "error"),
+)
+
+
+def code_sends() -> set[tuple[str, str]]:
+    """(message type, code) for every literal code the CRS sends."""
+    found = set()
+    for name in sorted(os.listdir(CRS)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(CRS, name)) as f:
+            source = f.read()
+        for pattern, kind in _SENDS:
+            for match in pattern.finditer(source):
+                if kind is None:
+                    found.add((match.group(1), match.group(2)))
+                else:
+                    found.add((kind, match.group(1)))
+    return found
 
 
 class _Peer:
@@ -73,6 +111,18 @@ class DocTests(SynchronousTestCase):
     def test_codes(self) -> None:
         """Every error code the codec knows is explained in the doc."""
         self.assertEqual(doc_codes(), set(ERROR_CODES))
+
+    def test_codes_sent_where_documented(self) -> None:
+        """Every code of the table that the CRS's code sends literally, in refused,
+        disconnect or error, has that message type in its "sent in" cell."""
+        rows = doc_code_rows()
+        sends = code_sends()
+        self.assertIn(("error", "unexpected"), sends)
+        self.assertIn(("error", "not-found"), sends)
+        for kind, code in sorted(sends):
+            if code in ERROR_CODES:
+                with self.subTest(code=code, kind=kind):
+                    self.assertIn(kind, rows[code])
 
     def test_server_handles_every_client_type(self) -> None:
         """Each client -> CRS type from the doc is handled by the CRS in its state:

@@ -5,8 +5,8 @@ Before, both ends read (and the client wrote) frames with wsproto's
 of octets, well formed or hostile, cut anywhere, must give the same events
 and the same octets back (pongs, closes) from :class:`UmsgWebSocket` as
 from it.  One difference is intended: a frame that takes a message past
-``max_message`` fails (1009) once its first payload octet is in, where
-wsproto waited for the excess to arrive.
+``max_message`` fails (1009) once its header is in (a text frame: its
+first payload octet), where wsproto waited for the excess to arrive.
 """
 
 from __future__ import annotations
@@ -355,15 +355,22 @@ class FrameReaderTests(SynchronousTestCase):
         )
 
     def test_oversize_not_buffered(self) -> None:
-        """A frame declaring more than max_message fails on its first payload octet."""
+        """A frame whose header declares more than max_message fails on its header
+        alone: no payload octet is waited for (a peer that sends only the header
+        still gets its 1009)."""
+        too_big = [Failed(TOO_BIG, "message larger than 1000 octets")]
         ws = end_under_test(False, 1000)
         header = b"\x82\xff" + (1 << 40).to_bytes(8, "big") + b"abcd"
-        self.assertEqual(ws.receive(header), [])
-        self.assertEqual(ws.receive(b"x"), [Failed(TOO_BIG, "message larger than 1000 octets")])
+        self.assertEqual(ws.receive(header), too_big)
+        ws = end_under_test(True, 1000)
+        self.assertEqual(ws.receive(b"\x82\x7e\x03\xe9"), too_big)
         ws = end_under_test(False, 1000)
         self.assertEqual(ws.receive(b"\x02\xfe\x01\xf4abcd" + b"x" * 500), [])
-        events = ws.receive(b"\x80\xfe\x01\xf5abcd" + b"x")
-        self.assertEqual(events, [Failed(TOO_BIG, "message larger than 1000 octets")])
+        self.assertEqual(ws.receive(b"\x80\xfe\x01\xf5abcd"), too_big)
+        # Out of sequence or text, the frame's own error comes first, as before.
+        ws = end_under_test(False, 1000)
+        self.assertEqual(ws.receive(b"\x80\xfe\x03\xe9abcd"), [])
+        self.assertEqual(ws.receive(b"x"), [Failed(PROTOCOL_ERROR, "unexpected CONTINUATION")])
 
 
 class FrameWriterTests(SynchronousTestCase):

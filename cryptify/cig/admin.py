@@ -55,4 +55,6 @@ class CigAdmin(amp.CommandLocator):
             material = self.set_key_into(blob)
         except CryptoError as exc:
             raise CommandFailed(f"key material refused: {exc}") from None
+        except OSError as exc:
+            raise CommandFailed(f"cannot store the key material: {exc.strerror}") from None
         return {"public_id": material.uri, "domain": material.account}

@@ -47,6 +47,8 @@ DEFAULT_ADDRESS = "127.0.0.1:8083"
 DEFAULT_COOKIE = "/opt/cig/mgmt.cookie"
 #: Longest interactive input line accepted (a key material blob fits).
 MAX_LINE = 65536
+#: Longest key material blob, in bytes: what one AMP value can carry.
+MAX_BLOB = 65535
 #: What set-key asks for.
 SET_KEY_PROMPT = "Paste the CIG key material (the line cryptify-kms cig-keys printed): "
 
@@ -65,6 +67,31 @@ USAGE = f"{PROG} [--address HOST:PORT --cookie FILE | --socket PATH] [ACTION [AR
 
 class UsageError(Exception):
     """An action line that does not parse."""
+
+
+class _TooLong:
+    """An input line longer than L{MAX_LINE}."""
+
+
+TOO_LONG = _TooLong()
+
+
+def blob_problem(blob: str | _TooLong | None) -> str | None:
+    """What makes ``blob`` unfit to send as key material, or None.
+
+    The CIG checks the material itself; this catches what could not even
+    reach it, so the operator reads why instead of a bare failure.
+    """
+    if isinstance(blob, _TooLong):
+        return f"key material is too long (more than {MAX_LINE} characters on its line)"
+    if blob is None or not blob.strip():
+        return "no key material given"
+    size = len(blob.encode("utf-8", "surrogatepass"))
+    if size > MAX_BLOB:
+        return f"key material is too long ({size} bytes, at most {MAX_BLOB})"
+    if not blob.isascii():
+        return "key material blob is not base64 (it holds non-ASCII characters)"
+    return None
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -206,9 +233,11 @@ class Session:
             return EXIT_OK
         if words[0] == "read":
             return read_config(words[1], self.out, self.err)
-        if words[0] == "set-key" and not (blob or "").strip():
-            self.err.write(f"{PROG}: set-key: no key material given\n")
-            return EXIT_FAILED
+        if words[0] == "set-key":
+            problem = blob_problem(blob)
+            if problem is not None:
+                self.err.write(f"{PROG}: set-key: {problem}\n")
+                return EXIT_FAILED
         action = remote_action(words, self.out, blob)
         endpoint, where = self.endpoint(reactor)
         return await execute(endpoint, where, "CIG", action, self.err, PROG, self.cookie, None)
@@ -219,13 +248,13 @@ class _Lines(LineOnlyReceiver):
     MAX_LENGTH = MAX_LINE
 
     def __init__(self) -> None:
-        self.queue: defer.DeferredQueue[str | None] = defer.DeferredQueue()
+        self.queue: defer.DeferredQueue[str | _TooLong | None] = defer.DeferredQueue()
 
     def lineReceived(self, line: bytes) -> None:
         self.queue.put(line.decode("utf-8", "replace"))
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self.queue.put("")
+        self.queue.put(TOO_LONG)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.queue.put(None)
@@ -245,6 +274,9 @@ async def interactive(session: Session, reactor: Any, out: IO[str]) -> int:
         if line is None:
             out.write("\n")
             return status
+        if isinstance(line, _TooLong):
+            session.err.write(f"{PROG}: line longer than {MAX_LINE} characters, ignored\n")
+            continue
         try:
             words = shlex.split(line)
         except ValueError as exc:
@@ -258,21 +290,31 @@ async def interactive(session: Session, reactor: Any, out: IO[str]) -> int:
         if words[0] == "set-key" and len(words) == 1:
             out.write(SET_KEY_PROMPT)
             out.flush()
-            blob = await lines.queue.get()
-            if blob is None:
+            answer = await lines.queue.get()
+            if answer is None:
                 out.write("\n")
                 return status
+            if isinstance(answer, _TooLong):
+                session.err.write(f"{PROG}: set-key: {blob_problem(answer)}\n")
+                status = EXIT_FAILED
+                continue
+            blob = answer
         status = await session.run_words(reactor, words, blob)
         out.flush()
 
 
-def read_blob(inp: IO[str], out: IO[str]) -> str:
-    """Prompt for the key material and read it from ``inp`` (one line)."""
+def read_blob(inp: IO[str], out: IO[str]) -> str | _TooLong:
+    """Prompt for the key material and read it from ``inp`` (one line).
+
+    @raise UnicodeDecodeError: if the input is not text.
+    """
     out.write(SET_KEY_PROMPT)
     out.flush()
-    line = inp.readline(MAX_LINE + 1)
+    line = inp.readline(MAX_LINE + 2)
     if not inp.isatty():
         out.write("\n")
+    if len(line.rstrip("\r\n")) > MAX_LINE:
+        return TOO_LONG
     return line.strip()
 
 
@@ -308,13 +350,21 @@ def run(
         return read_config(words[1], out, err)
     blob = None
     if words[0] == "set-key":
-        blob = read_blob(inp or sys.stdin, out)
-        if not blob:
-            err.write(f"{PROG}: set-key: no key material given\n")
+        try:
+            answer = read_blob(inp or sys.stdin, out)
+        except UnicodeDecodeError:
+            err.write(f"{PROG}: set-key: key material blob is not base64 (the input is not text)\n")
             return EXIT_FAILED
+        problem = blob_problem(answer)
+        if problem is not None or isinstance(answer, _TooLong):
+            err.write(f"{PROG}: set-key: {problem}\n")
+            return EXIT_FAILED
+        blob = answer
     return run_on_reactor(lambda reactor: session.run_words(reactor, words, blob), err, PROG)
 
 
 def main() -> None:
     """Console script entry point."""
-    sys.exit(run(sys.argv[1:]))
+    from cryptify.console import console_main
+
+    console_main(lambda out: run(sys.argv[1:], out))

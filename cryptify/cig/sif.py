@@ -8,8 +8,10 @@ reporting the leg's progress back to the PBX as 180 and 200 (with an SDP
 answer for PCMU/PCMA/telephone-event on a port of C{rtp_port_range});
 handles ACK, CANCEL and BYE, and BYE from the tel side; takes MESSAGE
 when C{messaging true}. Other methods get 405 (known to SIP, not ours) or
-501 (unknown). Malformed requests get the 4xx the parser chose when they
-can be answered, otherwise nothing.
+501 (unknown); any request but CANCEL with C{Require} gets 420 (no option
+is supported). Malformed requests get the 4xx the parser chose when they
+can be answered, otherwise nothing. Where answers go (RFC 3261 18.2.2,
+RFC 3581) is the transport's business (L{cryptify.protocols.sip.transport}).
 
 Each call is listed in the L{CallTable} (C{show call}) and logged to
 C{session.log}; see L{cryptify.cig.calls}.
@@ -324,6 +326,12 @@ class Sif:
     def request_received(self, tx: ServerTransaction) -> None:
         request = tx.request
         method = request.method
+        required = request.headers.values("Require")
+        if required and method != "CANCEL":
+            # No option tag is supported (RFC 3261 8.2.2.3); CANCEL is never refused for it.
+            unsupported = (("Unsupported", ", ".join(required)),)
+            tx.respond(response_to(request.headers, 420, to_tag=new_tag(), extra=unsupported))
+            return
         if method == "INVITE":
             self._invite(tx)
         elif method == "OPTIONS":
@@ -426,15 +434,17 @@ class Sif:
     def _check_invite(self, request: Request) -> tuple[int, tuple[tuple[str, str], ...]] | None:
         if (request.headers.get("Max-Forwards") or "70").strip() in ("0", "00", "000"):
             return 483, ()
-        required = request.headers.values("Require")
-        if required:
-            return 420, (("Unsupported", ", ".join(required)),)
         content_type = (request.headers.get("Content-Type") or SDP).split(";")[0].strip()
         if request.body and content_type.lower() != SDP:
             return 415, (("Accept", SDP),)
+        if not _accepts_sdp(request.headers.values("Accept")):
+            return 406, (("Warning", '399 cig "answers carry application/sdp only"'),)
+        # An RFC 2543 caller may leave out Contact (RFC 4475 3.4.1); one
+        # that is there must be readable.
         contacts = request.headers.values("Contact")
         try:
-            parse_name_addr(contacts[0] if contacts else "")
+            if contacts:
+                parse_name_addr(contacts[0])
         except SipParseError:
             return 400, (("Warning", '399 cig "INVITE without a usable Contact"'),)
         return None
@@ -669,6 +679,17 @@ class Sif:
             call._stop_timer()
         self.layer.stop()
         self.calls.stop()
+
+
+def _accepts_sdp(accept: list[str]) -> bool:
+    """Whether an Accept header's values (none: no Accept header) allow SDP."""
+    if not accept:
+        return True
+    for value in accept:
+        media = value.split(";")[0].strip().lower()
+        if media in (SDP, "application/*", "*/*"):
+            return True
+    return False
 
 
 def _warning(error: SipParseError) -> str:

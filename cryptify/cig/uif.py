@@ -254,6 +254,9 @@ class Uif(service.Service):
             self.port,
             lambda event: None,
             max_delay=MAX_RECONNECT_DELAY,
+            # A gateway runs unattended: after "replaced" it waits the whole
+            # MAX_RECONNECT_DELAY rather than stopping (docs/umsg.md, section 4).
+            stop_on_replaced=False,
         )
         client.on_event = lambda event: self._event(client, event)
         self.client = client

@@ -31,7 +31,7 @@ from twisted.internet.task import deferLater
 from cryptify import __version__
 from cryptify.client.audio import AudioError, read_wav, tone, write_wav
 from cryptify.client.calls import END, INCOMING, TALK, Call, CallError, CallEvent
-from cryptify.client.connection import AttachingClient, ConnectionEnded, Event
+from cryptify.client.connection import AttachingClient, ConnectionEnded, Event, GaveUp
 from cryptify.client.media import MAX_DTMF_QUEUE
 from cryptify.client.messages import Posted, Receipt, Received, new_message_key
 from cryptify.client.phone import Phone, PhoneEvent
@@ -119,6 +119,8 @@ def describe(event: PhoneEvent) -> str:
         return f"message {event.message} from {event.sender}: ack of {event.ack}"
     if isinstance(event, Receipt):
         return f"delivered message {event.message}"
+    if isinstance(event, GaveUp):
+        return f"stopped: {event.why}"
     return f"connection ended: {event.why}"
 
 
@@ -166,10 +168,14 @@ def attach_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> defer.D
     material: KeyMaterial = args.material
     host, port = args.server
 
+    finished: defer.Deferred[None] = defer.Deferred()
+
     def show(event: Event) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         out.write(f"{stamp} {describe(event)}\n")
         out.flush()
+        if isinstance(event, GaveUp) and not finished.called:
+            finished.errback(SystemExit(1))  # exit status 1: the URI is in use elsewhere
 
     client = AttachingClient(
         reactor,
@@ -181,7 +187,6 @@ def attach_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> defer.D
     )
     out.write(f"attaching {material.uri} ({material.account}) to {host}:{port}\n")
     client.start()
-    finished: defer.Deferred[None] = defer.Deferred()
 
     def shutdown() -> defer.Deferred[None]:
         d = client.stop()
@@ -298,7 +303,11 @@ async def answer_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> i
         if not await _attach(reactor, phone):
             out.write("not attached in time\n")
             return 1
-        event = await phone.until(lambda e: isinstance(e, CallEvent) and e.kind == INCOMING)
+        event = await phone.until(
+            lambda e: isinstance(e, GaveUp) or (isinstance(e, CallEvent) and e.kind == INCOMING)
+        )
+        if isinstance(event, GaveUp):
+            return 1
         call = event.call
         ended = phone.until(_ended(call))
         phone.answer(call)
@@ -334,6 +343,8 @@ async def listen_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> i
         if printer is not None:
             printer(event)
         on_event(event)
+        if isinstance(event, GaveUp) and not finished.called:
+            finished.callback(1)
 
     phone.on_event = both
     phone.start()
@@ -529,7 +540,9 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
 
 def main() -> None:
     """Console script entry point."""
-    sys.exit(run(sys.argv[1:]))
+    from cryptify.console import console_main
+
+    console_main(lambda out: run(sys.argv[1:], out))
 
 
 __all__ = ["ConnectionEnded", "main", "run"]

@@ -13,6 +13,13 @@ dropped at once (a CRS restart) come back spread out rather than as a
 storm; ``attempt`` goes back to 0 once an attach succeeds.  ``moved``
 reconnects at once to the named instance (at most :data:`MAX_MOVES` in a
 row).
+
+``disconnect replaced`` means another client attached the same URI.
+Reconnecting at once would take the URI back, that client would do the
+same, and the two would replace each other every second for ever.  So
+the client stops (:class:`GaveUp`), or, with ``stop_on_replaced=False``
+(an unattended gateway), waits the whole ``max_delay`` before it tries
+again.
 """
 
 from __future__ import annotations
@@ -61,7 +68,20 @@ class ConnectionEnded:
     why: str
 
 
-Event = ClientEvent | ConnectionEnded
+@attrs.frozen
+class GaveUp:
+    """The client stopped for good and will not reconnect; ``why`` says why."""
+
+    why: str
+
+
+Event = ClientEvent | ConnectionEnded | GaveUp
+
+#: What :class:`GaveUp` says after ``disconnect replaced``.
+REPLACED = (
+    "another client attached the same URI and replaced this one; "
+    "not reconnecting, so that the two do not replace each other in turn"
+)
 
 
 class UmsgClientProtocol(Protocol):
@@ -204,6 +224,12 @@ class AttachingClient:
     running: bool = False
     #: The CRS's ``retry-after`` (ms) of the last refusal: wait at least this long.
     hint_ms: int | None = None
+    #: After ``disconnect replaced``: stop (True) or wait ``max_delay`` (False).
+    stop_on_replaced: bool = True
+    #: Why the client gave up for good, once it has.
+    gave_up: str | None = None
+    #: Reconnect after exactly this long next time (``replaced``, not stopping).
+    _hold_off: float | None = None
     _stopped: defer.Deferred[None] | None = None
 
     def start(self) -> None:
@@ -247,6 +273,13 @@ class AttachingClient:
         elif isinstance(event, Refused):
             self.ticket = None
             self.hint_ms = event.retry_after
+        elif isinstance(event, Disconnected) and event.code == "replaced":
+            self.ticket = None
+            if self.stop_on_replaced:
+                self.running = False
+                self.gave_up = REPLACED
+            else:
+                self._hold_off = self.max_delay
         self.on_event(event)
         if isinstance(event, ConnectionEnded) and self.proto is not None:
             self.proto = None
@@ -254,11 +287,15 @@ class AttachingClient:
 
     def _retry(self, moved: bool = False) -> None:
         if not self.running:
+            if self.gave_up is not None:
+                self.on_event(GaveUp(self.gave_up))
             if self._stopped is not None:
                 done, self._stopped = self._stopped, None
                 done.callback(None)
             return
-        if moved and self.moves <= MAX_MOVES:
+        if self._hold_off is not None:
+            delay, self._hold_off = self._hold_off, None
+        elif moved and self.moves <= MAX_MOVES:
             delay = 0.0
         else:
             delay = self.delay()

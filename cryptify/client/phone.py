@@ -17,7 +17,13 @@ from typing import Any
 from twisted.internet import defer
 
 from cryptify.client.calls import END, MEDIA, Call, CallAgent, CallEvent
-from cryptify.client.connection import AttachingClient, ConnectionEnded, Connector, Event
+from cryptify.client.connection import (
+    AttachingClient,
+    ConnectionEnded,
+    Connector,
+    Event,
+    GaveUp,
+)
 from cryptify.client.media import FrameSource, MediaLeg, MediaStream, Recorder, pick_ssrc
 from cryptify.client.messages import MessageEvent, Messenger
 from cryptify.client.session import Attached, ClientSession
@@ -144,6 +150,8 @@ class Phone:
         self._emit(event)
         if isinstance(event, ConnectionEnded):
             self._call_events(self.agent.detached())
+            return
+        if isinstance(event, GaveUp):
             return
         if isinstance(event, Attached) and self.fetch_on_attach:
             self.messenger.fetch()

@@ -10,8 +10,11 @@ serves the whole process.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 import threading
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -20,13 +23,25 @@ from ply import lex, yacc
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+MAX_CONFIG_BYTES = 1024 * 1024
+"""Largest configuration file read (1 MiB); a longer file is refused."""
+MAX_LINE_BYTES = 8192
+"""Longest line of a configuration file, without its line break."""
+QUOTE_CHARS = 60
+"""Most characters of the file an error message quotes."""
+MESSAGE_CHARS = 200
+"""Most characters of an error's message and of its "expected" part."""
+READ_CHUNK = 64 * 1024
+
 
 class ConfigError(Exception):
     """
     A configuration file is not valid.
 
     Reads as ``FILE:LINE:COL: message: 'text' (expected ...)``; line and
-    column are 1-based, and missing parts are left out.
+    column are 1-based, and missing parts are left out. The quoted text is
+    cut to L{QUOTE_CHARS} and the message and "expected" parts to
+    L{MESSAGE_CHARS}, so an error is one short line whatever the file holds.
     """
 
     def __init__(
@@ -52,21 +67,83 @@ class ConfigError(Exception):
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
-        out = f"{where}: {self.message}"
+        out = f"{where}: {printable(self.message, MESSAGE_CHARS)}"
         if self.text is not None:
             out += f": '{printable(self.text)}'"
         if self.expected:
-            out += f" (expected {self.expected})"
+            out += f" (expected {printable(self.expected, MESSAGE_CHARS)})"
         return out
 
 
-def printable(text: str) -> str:
+def printable(text: str, limit: int = QUOTE_CHARS) -> str:
     """
-    Show control characters in C{text} as escapes, for error messages.
+    The first C{limit} characters of C{text}, control characters shown as
+    escapes, with C{...} when some were left out: for error messages.
     """
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text[:80]) + (
-        "..." if len(text) > 80 else ""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text[:limit]) + (
+        "..." if len(text) > limit else ""
     )
+
+
+class _LineCounter:
+    """
+    Counts lines of a file read in pieces, refusing one that is too long.
+    """
+
+    def __init__(self, filename: str, limit: int, unit: str) -> None:
+        self.filename = filename
+        self.limit = limit
+        self.unit = unit
+        self.line = 1
+        self.length = 0
+
+    def feed(self, data: str | bytes) -> None:
+        newline: Any = b"\n" if isinstance(data, bytes) else "\n"
+        start = 0
+        while True:
+            end = data.find(newline, start)
+            self.length += (len(data) if end < 0 else end) - start
+            if self.length > self.limit:
+                raise ConfigError(
+                    f"line is longer than {self.limit} {self.unit}", self.filename, self.line
+                )
+            if end < 0:
+                return
+            self.line += 1
+            self.length = 0
+            start = end + 1
+
+
+def _too_large(filename: str) -> ConfigError:
+    return ConfigError(f"file is larger than {MAX_CONFIG_BYTES} bytes", filename)
+
+
+def read_config_file(path: str | os.PathLike[str]) -> bytes:
+    """
+    Read a configuration file in bounded pieces: never more than
+    L{MAX_CONFIG_BYTES}, and stop at the first line longer than
+    L{MAX_LINE_BYTES} (so a device such as C{/dev/zero} is refused quickly).
+
+    @raise ConfigError: if it cannot be read or breaks a limit.
+    """
+    filename = str(path)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            info = os.fstat(f.fileno())
+            if stat.S_ISREG(info.st_mode) and info.st_size > MAX_CONFIG_BYTES:
+                raise _too_large(filename)
+            lines = _LineCounter(filename, MAX_LINE_BYTES, "bytes")
+            chunks: list[bytes] = []
+            total = 0
+            while chunk := f.read(READ_CHUNK):
+                total += len(chunk)
+                if total > MAX_CONFIG_BYTES:
+                    raise _too_large(filename)
+                lines.feed(chunk)
+                chunks.append(chunk)
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", filename) from None
+    return b"".join(chunks)
 
 
 @attrs.frozen
@@ -116,8 +193,11 @@ def token_rule(regex: str) -> Callable[[_F], _F]:
 
 def decode(data: str | bytes, filename: str) -> str:
     """
-    Turn file contents into text, or say where the bad UTF-8 is.
+    Turn file contents into text, or say where the bad UTF-8 is; refuse
+    text that breaks the size or line-length limit.
     """
+    if len(data) > MAX_CONFIG_BYTES:
+        raise _too_large(filename)
     if isinstance(data, str):
         text = data
     else:
@@ -134,6 +214,7 @@ def decode(data: str | bytes, filename: str) -> str:
                 column,
                 data[e.start : e.start + 1].decode("latin-1"),
             ) from None
+    _LineCounter(filename, MAX_LINE_BYTES, "characters").feed(text)
     return text.removeprefix("\ufeff")
 
 
@@ -150,16 +231,21 @@ def expected_list(names: Iterable[str]) -> str:
 class Context:
     """
     What one parse is working on: the file's name and text.
+
+    Positions come from an index of line starts built once, so placing
+    every token of a file costs time linear in its size.
     """
 
     def __init__(self, filename: str, text: str) -> None:
         self.filename = filename
         self.text = text
+        self._starts: list[int] | None = None
 
     def position(self, lexpos: int) -> tuple[int, int]:
-        line = self.text.count("\n", 0, lexpos) + 1
-        column = lexpos - (self.text.rfind("\n", 0, lexpos) + 1) + 1
-        return line, column
+        if self._starts is None:
+            self._starts = [0, *(m.end() for m in re.finditer("\n", self.text))]
+        index = bisect_right(self._starts, lexpos) - 1
+        return index + 1, lexpos - self._starts[index] + 1
 
     def tok(self, value: str, lexpos: int, quoted: bool = False, type: str = "") -> Tok:
         line, column = self.position(lexpos)

@@ -25,6 +25,7 @@ from ._base import (
     check_ip,
     check_port,
     decode,
+    read_config_file,
 )
 from ._cig_grammar import NAME_RE, Block, CigGrammar, Stmt
 from .cig_model import (
@@ -45,7 +46,7 @@ from .cig_model import (
     TranslateRule,
     UriMap,
 )
-from .crs import Endpoint, read_config_file
+from .crs import Endpoint
 from .patterns import PatternError, check_pattern
 
 _grammar = CigGrammar()

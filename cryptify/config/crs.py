@@ -19,7 +19,6 @@ from typing import Any
 import attrs
 
 from ._base import (
-    ConfigError,
     Context,
     Tok,
     check_host,
@@ -29,6 +28,7 @@ from ._base import (
     check_port,
     decode,
     quote,
+    read_config_file,
 )
 from ._lines import Args, Line, LineGrammar, parse_lines
 
@@ -216,6 +216,11 @@ class CrsConfig:
 
     global_: CrsGlobal = CrsGlobal()
     pool: Pool = Pool()
+    warnings: tuple[str, ...] = attrs.field(default=(), eq=False)
+    """
+    What the file holds that is accepted but not needed, one
+    C{FILE:LINE:COLUMN: warning: ...} line each (not part of equality).
+    """
 
 
 # Directive -> usage, per section.
@@ -252,8 +257,8 @@ GLOBAL_USAGE = {
     "redis-backup": "HOST PORT",
     "redis-password-file": "PATH",
 }
-POOL_USAGE = {"host": "NAME", "ip": "NAME ADDR"}
-REPEATABLE = frozenset({"keep-alive", "addr-map", "host", "ip"})
+POOL_USAGE = {"host": "NAME", "ip": "NAME ADDR", "app": "MODULE"}
+REPEATABLE = frozenset({"keep-alive", "addr-map", "host", "ip", "app"})
 PATH_FIELDS = {
     "tls-certificate": "tls_certificate",
     "tls-key": "tls_key",
@@ -300,6 +305,7 @@ class _Builder:
         self.ips: dict[str, tuple[Tok, str]] = {}
         self.ip_owner: dict[str, str] = {}
         self.features_tok: Tok | None = None
+        self.warnings: list[str] = []
 
     def line(self, line: Line) -> None:
         ctx = self.ctx
@@ -479,6 +485,19 @@ class _Builder:
             raise self.ctx.error(f"duplicate host (first on line {first.line})", tok)
         self.hosts[host] = tok
 
+    def d_app(self, a: Args, name: str) -> None:
+        """
+        C{app MODULE} lines of a host section, from before 4.11.0: no longer
+        needed (every instance runs every module), accepted with a warning.
+        """
+        (module,) = a.between(1, None, ["MODULE"])[:1]
+        warning = self.ctx.error(
+            "warning: 'app' lines are no longer needed since CRS 4.11.0; ignored",
+            a.line.keyword,
+            text=f"app {module.value}",
+        )
+        self.warnings.append(str(warning))
+
     def d_ip(self, a: Args, name: str) -> None:
         tok, addr = a.exactly(["NAME", "ADDR"])
         host = check_name(self.ctx, tok, "host name")
@@ -525,7 +544,7 @@ class _Builder:
                 expected="cps HOST PORT ID SECRET",
             )
         pool = Pool(tuple(PoolHost(h, self.ips[h][1]) for h in self.hosts))
-        return CrsConfig(glob, pool)
+        return CrsConfig(glob, pool, tuple(self.warnings))
 
 
 def parse_crs_config(text: str | bytes, filename: str = "<string>") -> CrsConfig:
@@ -547,14 +566,6 @@ def load_crs_config(path: str | Path) -> CrsConfig:
     Read and parse a C{crs.conf} file.
     """
     return parse_crs_config(read_config_file(path), str(path))
-
-
-def read_config_file(path: str | Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror}", str(path)) from None
 
 
 def value(text: str) -> str:

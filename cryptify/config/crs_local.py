@@ -11,9 +11,9 @@ from pathlib import Path
 
 import attrs
 
-from ._base import ConfigError, Context, decode
+from ._base import ConfigError, Context, decode, read_config_file
 from ._lines import Args, LineGrammar, parse_lines
-from .crs import CrsConfig, PoolHost, check_name, read_config_file
+from .crs import CrsConfig, PoolHost, check_name
 
 DB_BACKUP_MODES = ("none", "replicate-from-peer", "read-from")
 USAGE = {"crsname": "NAME", "db-backup": "none|replicate-from-peer|read-from"}

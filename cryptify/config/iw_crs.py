@@ -13,9 +13,9 @@ from pathlib import Path
 
 import attrs
 
-from ._base import Context, check_ip, decode
+from ._base import Context, check_ip, decode, read_config_file
 from ._lines import Args, LineGrammar, parse_lines
-from .crs import read_config_file, value
+from .crs import value
 
 USAGE = {"iw-crs": 'IP SECRET [comment "TEXT"]'}
 _SECRET = re.compile(r"[A-Za-z0-9]+\Z")

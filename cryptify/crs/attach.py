@@ -210,8 +210,12 @@ class AttachSession:
         handler(msg)
 
     def protocol_error(self, error: UmsgError) -> None:
-        """A message could not be decoded (or was too large)."""
-        self._fail(error.code, error.detail)
+        """A message could not be decoded (or was too large): fatal.
+
+        Before ``attached`` the refusal names the request's ``id`` when the
+        message had a readable one.
+        """
+        self._fail(error.code, error.detail, error.id)
 
     def timed_out(self) -> None:
         """The attach took longer than allowed."""
@@ -263,12 +267,12 @@ class AttachSession:
         )
         self.peer.end(code)
 
-    def _fail(self, code: str, reason: str) -> None:
+    def _fail(self, code: str, reason: str, msg_id: int | None = None) -> None:
         if self.state == ATTACHED and self.uri is not None:
             self.core.registry.detach(self.uri, self, code)
             self.disconnect(code)
         else:
-            self.refuse(code, reason)
+            self.refuse(code, reason, msg_id)
 
     # ------------------------------------------------------------ states
 

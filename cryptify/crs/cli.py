@@ -13,7 +13,7 @@ import base64
 import os
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from cryptify import __version__
@@ -185,13 +185,14 @@ def check_config(path: str, out: IO[str], err: IO[str]) -> int:
     from cryptify.config import ConfigError, load_crs_config
 
     try:
-        load_crs_config(path)
+        cfg = load_crs_config(path)
     except ConfigError as exc:
         err.write(f"{exc}\n")
         return EXIT_FAILED
     except OSError as exc:
         err.write(f"{PROG}: cannot read {path}: {exc.strerror}\n")
         return EXIT_FAILED
+    err.writelines(f"{warning}\n" for warning in cfg.warnings)
     out.write("OK\n")
     return EXIT_OK
 
@@ -202,8 +203,18 @@ def _table(out: IO[str], answer: dict[str, Any]) -> int:
     return EXIT_OK
 
 
-def remote_action(args: argparse.Namespace, out: IO[str], err: IO[str]) -> Any:
-    """The coroutine function for an action that needs the server."""
+def remote_action(
+    args: argparse.Namespace,
+    out: IO[str],
+    err: IO[str],
+    interrupted: Callable[[], bool] = lambda: False,
+) -> Any:
+    """The coroutine function for an action that needs the server.
+
+    ``interrupted()`` says whether the operator stopped the program
+    (Ctrl-C): a trace then ends quietly instead of reporting that the CRS
+    closed it.
+    """
     action = args.action
     element = getattr(args, "element", None)
 
@@ -253,10 +264,15 @@ def remote_action(args: argparse.Namespace, out: IO[str], err: IO[str]) -> Any:
             return EXIT_OK
         if action == "reload":
             answer = await client.call(crs_admin.ReloadAccounts)
-            for problem in answer["problems"]:
+            problems = answer["problems"]
+            for problem in problems:
                 err.write(f"{PROG}: {problem}\n")
+            if problems:
+                # the others were reloaded; the broken ones keep what they had
+                out.write(f"accounts reloaded, except for the {len(problems)} problem(s) above\n")
+                return EXIT_FAILED
             out.write("accounts reloaded\n")
-            return EXIT_FAILED if answer["problems"] else EXIT_OK
+            return EXIT_OK
         if action == "apply":
             answer = await client.call(crs_admin.Apply, data=args.data)
             result = answer["result"]
@@ -308,6 +324,8 @@ def remote_action(args: argparse.Namespace, out: IO[str], err: IO[str]) -> Any:
         if action == "trace":
             await client.call(crs_admin.Trace, element=element)
             await client.lost
+            if interrupted():
+                return EXIT_OK
             err.write(f"{PROG}: the CRS closed the trace\n")
             return EXIT_FAILED
         raise AssertionError(action)
@@ -355,7 +373,8 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
             err.write(f"{PROG}: {args.file} is too large to be an update file\n")
             return EXIT_FAILED
         args.data = base64.b64encode(raw).decode("ascii")
-    action = remote_action(args, out, err)
+    stopped: list[bool] = []
+    action = remote_action(args, out, err, lambda: bool(stopped))
     path = args.socket
 
     def show(line: str) -> None:
@@ -371,9 +390,12 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
         PROG,
         on_trace=show,
         interrupted=EXIT_OK if args.action == "trace" else EXIT_FAILED,
+        on_interrupt=lambda: stopped.append(True),
     )
 
 
 def main() -> None:
     """Console script entry point."""
-    sys.exit(run(sys.argv[1:]))
+    from cryptify.console import console_main
+
+    console_main(lambda out: run(sys.argv[1:], out))

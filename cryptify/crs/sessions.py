@@ -16,6 +16,12 @@ The CRS never reads the MIKEY-SAKKE I_MESSAGE (``mikey``): it is passed
 to the callee as it came.  A ``to`` with an extension (``tel:+8888;101``)
 reaches the client attached as its base number, with the full URI.
 
+``show session`` lists the live sessions and, for :data:`ENDED_SHOWN_FOR`
+after they ended, the ended ones with their final state as the manual's
+state list writes it: ``hangup(reason, who)``, ``responder not found``,
+``responder not connected`` (at most :data:`MAX_ENDED_SHOWN` of them, the
+most recent).
+
 Ends the CRS decides itself carry ``who = crs``: an invite not answered
 within :data:`ANSWER_TIMEOUT` (``no-answer``), a party that detaches
 mid-call (``detached``, ``who`` naming that party), and glare: when two
@@ -32,6 +38,7 @@ traces go to the :class:`~cryptify.crs.trace.TraceHub` as the manual's
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -45,10 +52,20 @@ from cryptify.protocols.umsg import Message, message
 
 log = Logger(namespace="cryptify.crs.session")
 
+SECOND = 1.0
 #: Seconds an invite may ring unanswered.
-ANSWER_TIMEOUT = 60.0
+ANSWER_TIMEOUT = 60 * SECOND
 #: Sessions one URI may take part in at once.
 MAX_SESSIONS_PER_URI = 8
+#: How long ``show session`` keeps listing a session after it ended.
+ENDED_SHOWN_FOR = 60 * SECOND
+#: Most ended sessions kept for ``show session`` (clients control how many fail).
+MAX_ENDED_SHOWN = 1000
+#: Longest hangup reason (a client's code) shown, in characters.
+MAX_CODE_SHOWN = 64
+#: The final states of ``show session`` for invites that found nobody.
+NOT_FOUND_STATE = "responder not found"
+NOT_CONNECTED_STATE = "responder not connected"
 
 INVITE = "invite"
 RINGING = "ringing"
@@ -128,6 +145,22 @@ class Session:
         return self.callee if uri == self.caller else self.caller
 
 
+@attrs.frozen
+class EndedSession:
+    """A session ``show session`` still lists after it ended."""
+
+    caller: str
+    to: str
+    started: float
+    ended: float
+    state: str
+
+
+def hangup_state(code: str, who: str) -> str:
+    """The final state ``show session`` shows: ``hangup(reason, who)``."""
+    return f"hangup({code[:MAX_CODE_SHOWN]}, {who})"
+
+
 class SessionTable:
     """Every live call of this instance."""
 
@@ -140,6 +173,7 @@ class SessionTable:
         new_id: Callable[[], str] = lambda: secrets.token_hex(12),
         answer_timeout: float = ANSWER_TIMEOUT,
         on_invite: Callable[[Any, Any], object] | None = None,
+        ended_shown_for: float = ENDED_SHOWN_FOR,
     ) -> None:
         self.parties = parties
         self.relay = relay
@@ -147,7 +181,10 @@ class SessionTable:
         self.trace = trace
         self.new_id = new_id
         self.answer_timeout = answer_timeout
+        self.ended_shown_for = ended_shown_for
         self.sessions: dict[str, Session] = {}
+        #: Ended sessions, oldest first, for ``show session``.
+        self.ended: deque[EndedSession] = deque(maxlen=MAX_ENDED_SHOWN)
         self.by_uri: dict[str, set[str]] = {}
         self.counters = {"invites": 0, "talks": 0, "hangups": 0}
         #: Called with (caller, callee) attachments for every call placed
@@ -182,13 +219,30 @@ class SessionTable:
     def sessions_of(self, uri: str) -> list[Session]:
         return [self.sessions[i] for i in sorted(self.by_uri.get(uri, ()))]
 
-    def rows(self) -> list[list[str]]:
-        """``show session`` rows: CALLER CALLEE TIME STATE."""
+    def _ended(self, caller: str, to: str, started: float, state: str) -> None:
+        """Remember a session's final state for ``show session``."""
         now = self.clock.seconds()
-        return [
+        self._forget_ended(now)
+        self.ended.append(EndedSession(caller, to, started, now, state))
+
+    def _forget_ended(self, now: float) -> None:
+        while self.ended and now - self.ended[0].ended >= self.ended_shown_for:
+            self.ended.popleft()
+
+    def rows(self) -> list[list[str]]:
+        """``show session`` rows: CALLER CALLEE TIME STATE.
+
+        Live sessions first (TIME so far), then those that ended less than
+        :data:`ENDED_SHOWN_FOR` ago (TIME: their whole length), oldest first.
+        """
+        now = self.clock.seconds()
+        self._forget_ended(now)
+        live = [
             [s.caller, s.to, str(int(now - s.started)), s.state]
             for s in sorted(self.sessions.values(), key=lambda s: s.started)
         ]
+        ended = [[e.caller, e.to, str(int(e.ended - e.started)), e.state] for e in self.ended]
+        return live + ended
 
     # -- from the caller ---------------------------------------------------------
 
@@ -211,10 +265,11 @@ class SessionTable:
         callee = self.parties.attached(callee_uri)
         if callee is None:
             if self.parties.known(callee_uri):
-                code, state = "not-connected", "responder not connected"
+                code, state = "not-connected", NOT_CONNECTED_STATE
             else:
-                code, state = "not-found", "responder not found"
+                code, state = "not-found", NOT_FOUND_STATE
             self.trace.emit("session", caller.uri, to, state, account, "-")
+            self._ended(caller.uri, to, self.clock.seconds(), state)
             self._error(caller.uri, request_id, code, state)
             return
         if not self._resolve_glare(caller.uri, callee_uri, request_id):
@@ -249,6 +304,7 @@ class SessionTable:
                 if callee < caller:
                     self._error(caller, request_id, "glare", f"{callee} is calling you")
                     self.trace.emit("session", caller, callee, "hangup(glare; crs)", "-", "-")
+                    self._ended(caller, callee, self.clock.seconds(), hangup_state("glare", CRS))
                     return False
                 self._end(session, "glare", CRS, f"{caller} called at the same time")
         return True
@@ -295,6 +351,7 @@ class SessionTable:
             why=failure.getErrorMessage(),
         )
         self._remove(session)
+        self._ended(session.caller, session.to, session.started, hangup_state("internal", CRS))
         self._error(session.caller, request_id, "internal", "no media relay available")
 
     def _error(self, uri: str, request_id: int, code: str, reason: str) -> None:
@@ -353,6 +410,7 @@ class SessionTable:
     ) -> None:
         self._remove(session)
         self.counters["hangups"] += 1
+        self._ended(session.caller, session.to, session.started, hangup_state(code, who))
         if not session.offered:
             # Nobody has heard of this session yet: the caller's invite fails.
             if session.caller != skip:

@@ -9,8 +9,15 @@ The factory enforces the limits (:class:`Limits`) that keep a flood of
 half-open, slow or garbage connections from starving attached clients:
 
 - at most ``max_unattached_per_address`` connections from one source
-  address, and ``max_unattached`` in all, may be waiting to attach; more
-  are closed at once, before their TLS handshake costs anything;
+  address, and ``max_unattached`` in all, may be waiting to attach.  When
+  a new connection would exceed a quota, the oldest waiting connection
+  of that address (or, for the global quota, of all) that has not sent a
+  single octet of WebSocket yet is closed to make room; only when every
+  waiting connection has started talking is the new one closed instead,
+  at once, before its TLS handshake costs anything.  Idle sockets from a
+  busy address (a carrier NAT) thus cannot lock out the real clients
+  behind the same address, and admitting a connection costs the same
+  however many idle ones there are (ordered dicts, no scan);
 - a connection must attach within ``attach_timeout`` seconds;
 - a message (and the HTTP upgrade request) may not exceed ``max_message``.
 
@@ -27,7 +34,7 @@ every second for attach timeouts), not one delayed call per connection.
 from __future__ import annotations
 
 import socket
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -121,6 +128,10 @@ class UmsgServerProtocol(Protocol):
     interval = PING_AFTER
     ending = False
     abort_call: Any = None
+    #: The WebSocket close code of a framing failure (0: from the UMSG code).
+    ws_close = 0
+    #: Nothing received yet (above TLS): the first to go when the quota is full.
+    silent = True
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -145,6 +156,9 @@ class UmsgServerProtocol(Protocol):
         factory = self.factory
         self.last_seen = factory.clock.seconds()
         self.ping_at = None
+        if self.silent:
+            self.silent = False
+            factory.heard(self)
         for event in self.ws.receive(data):
             if isinstance(event, Received):
                 try:
@@ -156,6 +170,9 @@ class UmsgServerProtocol(Protocol):
                     if self.session.attached:
                         factory.promote(self)
             elif isinstance(event, Failed):
+                # The close carries the WebSocket's own code (RFC 6455
+                # section 7.4.1: 1002 framing, 1003 text, 1007, 1009).
+                self.ws_close = event.code
                 code = "too-large" if event.code == TOO_BIG else "malformed"
                 self.session.protocol_error(UmsgError(code, event.reason))
                 self.end(code)
@@ -184,13 +201,21 @@ class UmsgServerProtocol(Protocol):
             return
         self.ending = True
         self.factory.forget(self)
-        ws_code = _WS_CLOSE.get(code, NORMAL if code in _WS_NORMAL else POLICY)
+        ws_code = self.ws_close or _WS_CLOSE.get(code, NORMAL if code in _WS_NORMAL else POLICY)
         self.ws.close(ws_code, code)
         self.flush()
         if self.transport is not None:
             self.transport.loseConnection()
             # A peer that does not read would keep a closing connection forever.
             self.abort_call = self.factory.clock.callLater(CLOSE_GRACE, self.abort)
+
+    def evict(self) -> None:
+        """Closed to make room for a newer connection (it never said a word)."""
+        self.ending = True
+        self.factory.forget(self)
+        self.session.lost("evicted")
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def abort(self) -> None:
         self.abort_call = None
@@ -258,7 +283,16 @@ class UmsgServerFactory(Factory):
         self.keepalive_rule = keepalive_rule
         #: Connections that have not attached yet.
         self.pending: set[UmsgServerProtocol] = set()
+        #: The same, oldest first (the attach-timeout sweep stops at the first
+        #: one not due) ...
+        self._arrivals: OrderedDict[UmsgServerProtocol, None] = OrderedDict()
+        #: ... and those of them that have sent nothing yet, oldest first,
+        #: in all and per source address (the ones closed to make room).
+        self._silent: OrderedDict[UmsgServerProtocol, None] = OrderedDict()
+        self._silent_from: dict[str, OrderedDict[UmsgServerProtocol, None]] = {}
         self.unattached: Counter[str] = Counter()
+        #: Silent connections closed to make room for a newer one.
+        self.evicted = 0
         #: Attached connections kept alive with WebSocket pings.
         self.live: set[UmsgServerProtocol] = set()
         self.refused_early = 0
@@ -275,23 +309,61 @@ class UmsgServerFactory(Factory):
         return rule.method, rule.interval_ms
 
     def admit(self, proto: UmsgServerProtocol) -> bool:
-        """Count a new connection as unattached, or refuse it (too many)."""
+        """Count a new connection as unattached, making room if needed, or refuse it.
+
+        Over a quota, the oldest silent connection in it (per address, then in
+        all) is closed for the new one; with none silent the new one is refused.
+        """
         limits = self.limits
-        if (
-            self.unattached[proto.host] >= limits.max_unattached_per_address
-            or len(self.pending) >= limits.max_unattached
-        ):
+        host = proto.host
+        if self.unattached[host] >= limits.max_unattached_per_address:
+            if not self._make_room(self._silent_from.get(host), host):
+                return False
+        if len(self.pending) >= limits.max_unattached:
+            if not self._make_room(self._silent, host):
+                return False
+        self.pending.add(proto)
+        self._arrivals[proto] = None
+        self._silent[proto] = None
+        self._silent_from.setdefault(host, OrderedDict())[proto] = None
+        self.unattached[host] += 1
+        return True
+
+    def _make_room(self, silent: OrderedDict[UmsgServerProtocol, None] | None, host: str) -> bool:
+        """Close the oldest connection of ``silent``; False (refuse) if there is none."""
+        if not silent:
             self.refused_early += 1
             if self.refused_early % 1000 == 1:
                 log.warn(
-                    "too many unattached connections ({count} from {host}); closing new ones",
-                    count=self.unattached[proto.host],
-                    host=proto.host,
+                    "too many unattached connections ({count} from {host}), all of them "
+                    "talking; closing new ones",
+                    count=self.unattached[host],
+                    host=host,
                 )
             return False
-        self.pending.add(proto)
-        self.unattached[proto.host] += 1
+        victim = next(iter(silent))
+        self.evicted += 1
+        if self.evicted % 1000 == 1:
+            log.warn(
+                "too many unattached connections ({count} from {host}); closing the "
+                "oldest silent ones to make room ({evicted} so far)",
+                count=self.unattached[host],
+                host=host,
+                evicted=self.evicted,
+            )
+        victim.evict()
         return True
+
+    def heard(self, proto: UmsgServerProtocol) -> None:
+        """The connection sent its first octets: no longer the first to go."""
+        self._not_silent(proto)
+
+    def _not_silent(self, proto: UmsgServerProtocol) -> None:
+        if self._silent.pop(proto, 0) is None:
+            per_host = self._silent_from[proto.host]
+            del per_host[proto]
+            if not per_host:
+                del self._silent_from[proto.host]
 
     def promote(self, proto: UmsgServerProtocol) -> None:
         """The connection attached: it no longer counts as unattached."""
@@ -307,6 +379,8 @@ class UmsgServerFactory(Factory):
 
     def _unpend(self, proto: UmsgServerProtocol) -> None:
         self.pending.discard(proto)
+        del self._arrivals[proto]
+        self._not_silent(proto)
         self.unattached[proto.host] -= 1
         if self.unattached[proto.host] <= 0:
             del self.unattached[proto.host]
@@ -316,7 +390,12 @@ class UmsgServerFactory(Factory):
     def sweep_attach(self) -> None:
         """Refuse connections that did not attach in time."""
         deadline = self.clock.seconds() - self.limits.attach_timeout
-        for proto in [p for p in self.pending if p.started <= deadline]:
+        due = []
+        for proto in self._arrivals:
+            if proto.started > deadline:
+                break
+            due.append(proto)
+        for proto in due:
             if hasattr(proto, "session"):
                 proto.session.timed_out()
             proto.end("attach-timeout")

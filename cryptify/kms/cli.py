@@ -285,7 +285,14 @@ _COMMANDS = {
 }
 
 
-def main(
+def main() -> None:
+    """Console script entry point."""
+    from cryptify.console import console_main
+
+    console_main(lambda out: run(sys.argv[1:], out))
+
+
+def run(
     argv: list[str] | None = None, stdout: IO[str] | None = None, stderr: IO[str] | None = None
 ) -> int:
     """Run the tool; returns the exit status."""
@@ -304,4 +311,4 @@ def main(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

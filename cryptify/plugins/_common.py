@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -17,25 +18,60 @@ from cryptify.service import CallbackService
 log = Logger(namespace="cryptify.service")
 
 
+#: Exit status of ``twistd PLUGIN`` when a configuration file is not valid.
+EXIT_CONFIG = 1
+
+
+class ConfigUsageError(usage.UsageError):
+    """A configuration file (not the command line) is not valid."""
+
+
 def load_or_usage(loader: Any, path: str) -> Any:
-    """Parse a config file; any problem becomes a UsageError naming the place."""
+    """Parse a config file; any problem becomes a ConfigUsageError naming the place."""
     from cryptify.config import ConfigError
 
     try:
         return loader(path)
     except ConfigError as exc:
-        raise usage.UsageError(str(exc)) from exc
+        raise ConfigUsageError(str(exc)) from exc
     except OSError as exc:
-        raise usage.UsageError(f"cannot read {path}: {exc.strerror}") from exc
+        raise ConfigUsageError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def lifecycle(unit: str, notifier: Notifier, describe: list[str]) -> CallbackService:
-    """Log the start (INIT lines) and stop of a program and tell notify.sh."""
+class ConfigOptions(usage.Options):
+    """Options of a twistd plugin that reads configuration files.
+
+    twistd answers a UsageError with its whole usage text; a broken
+    configuration file is not a misuse of the command line, so under twistd
+    (when these options have a parent) it is one line on stderr,
+    ``FILE:LINE:COLUMN: problem``, and exit status 1.  Used on their own
+    (tests, other programs) the options still raise the UsageError.
+    """
+
+    parent: usage.Options | None = None
+
+    def parseOptions(self, options: Any = None) -> None:
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except ConfigUsageError as exc:
+            if self.parent is None:
+                raise
+            print(exc, file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_CONFIG) from None
+
+
+def lifecycle(
+    unit: str, notifier: Notifier, describe: list[str], warnings: Sequence[str] = ()
+) -> CallbackService:
+    """Log the start (INIT lines, then the configuration's warnings) and
+    stop of a program and tell notify.sh."""
 
     def started() -> None:
         log.info("Start {unit} (pid {pid})", unit=unit, pid=os.getpid(), log_type="INIT")
         for line in describe:
             log.info("{line}", line=line, log_type="INIT")
+        for warning in warnings:
+            log.warn("{config_warning}", config_warning=warning, log_type="INIT")
         notifier.notify(unit, "start")
 
     def stopped() -> defer.Deferred[None]:

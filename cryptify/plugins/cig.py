@@ -33,7 +33,7 @@ from cryptify.config import CigConfig, load_cig_config
 from cryptify.config.crs import Endpoint
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
-from cryptify.plugins._common import lifecycle, load_or_usage
+from cryptify.plugins._common import ConfigOptions, lifecycle, load_or_usage
 from cryptify.protocols.mgmt import CookieError, ManagementFactory, ensure_cookie
 from cryptify.protocols.relay_control import RelayLink
 from cryptify.protocols.sip.transport import (
@@ -85,7 +85,7 @@ def dev_cig_config(base: str) -> CigConfig:
     )
 
 
-class Options(usage.Options):
+class Options(ConfigOptions):
     """Command-line options of ``twistd cig``."""
 
     synopsis = "[options]"

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.python import usage
-
 from cryptify.cig.bridge_io import BridgeService
 from cryptify.cig.relay import control_factory
 from cryptify.config import CigConfig, load_cig_config
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
-from cryptify.plugins._common import lifecycle, load_or_usage
+from cryptify.plugins._common import ConfigOptions, lifecycle, load_or_usage
 from cryptify.plugins.cig import DEV_DIR, MANAGEMENT_GROUP, apply_overrides, dev_cig_config
 from cryptify.service import (
     ListenService,
@@ -29,7 +27,7 @@ from cryptify.service import (
 )
 
 
-class Options(usage.Options):
+class Options(ConfigOptions):
     """Command-line options of ``twistd cig-relay``."""
 
     synopsis = "[options]"

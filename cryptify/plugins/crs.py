@@ -27,7 +27,6 @@ import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger, globalLogPublisher
-from twisted.python import usage
 from twisted.python.failure import Failure
 
 from cryptify.config import (
@@ -57,7 +56,13 @@ from cryptify.crs.trace import EventTraceObserver, TraceHub
 from cryptify.crs.umsg_server import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
-from cryptify.plugins._common import fatal, lifecycle, load_or_usage
+from cryptify.plugins._common import (
+    ConfigOptions,
+    ConfigUsageError,
+    fatal,
+    lifecycle,
+    load_or_usage,
+)
 from cryptify.protocols.mgmt import ManagementFactory
 from cryptify.protocols.relay_control import RelayLink
 from cryptify.protocols.tls import TLSConfigError, ensure_self_signed, server_context_factory
@@ -103,7 +108,7 @@ def dev_crs_config(base: str) -> CrsConfig:
     return attrs.evolve(CrsConfig(), global_=g)
 
 
-class Options(usage.Options):
+class Options(ConfigOptions):
     """Command-line options of ``twistd crs``."""
 
     synopsis = "[options]"
@@ -146,7 +151,7 @@ class Options(usage.Options):
         if local.crsname is not None and cfg.pool.hosts:
             names = [h.name for h in cfg.pool.hosts]
             if local.crsname not in names:
-                raise usage.UsageError(
+                raise ConfigUsageError(
                     f"{self['local-config']}: crsname {local.crsname} is not a host of the "
                     f"POOL section ({', '.join(names)})"
                 )
@@ -326,7 +331,7 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         f"client listener {g.listen.host}:{g.listen.port}, management {g.management}",
         f"relay control {g.relay_control}, redis {g.redis.mode}, db-backup {local.db_backup}",
     ]
-    attach(root, lifecycle("crs", notifier, describe))
+    attach(root, lifecycle("crs", notifier, describe, cfg.warnings))
 
     probes: dict[str, Any] = {"crs": lambda: True}
     relay = RelayLink(reactor, unix_endpoint(reactor, g.relay_control, 5), name)

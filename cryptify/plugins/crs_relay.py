@@ -22,7 +22,7 @@ from cryptify.crs.relay import RelayService, control_factory
 from cryptify.crs.relay_core import IDLE_TIMEOUT, OWNER_GRACE, REBIND_AFTER, RelayCore
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
-from cryptify.plugins._common import lifecycle, load_or_usage
+from cryptify.plugins._common import ConfigOptions, lifecycle, load_or_usage
 from cryptify.plugins.crs import DEV_DIR, dev_crs_config
 from cryptify.service import (
     CallbackService,
@@ -34,7 +34,7 @@ from cryptify.service import (
 )
 
 
-class Options(usage.Options):
+class Options(ConfigOptions):
     """Command-line options of ``twistd crs-relay``."""
 
     synopsis = "[options]"

@@ -142,11 +142,14 @@ def run_on_reactor(
     err: IO[str],
     prog: str,
     interrupted: int = EXIT_FAILED,
+    on_interrupt: Callable[[], None] | None = None,
 ) -> int:
     """Run ``main(reactor)`` on the global reactor; return its exit status.
 
     ``interrupted`` is the status when Ctrl-C stops the reactor first (a
-    trace ends that way on purpose).
+    trace ends that way on purpose); ``on_interrupt`` is called then,
+    before the reactor closes the connections, so that the action can
+    tell its connection ending from the server closing it.
     """
     from twisted.internet import reactor as _reactor
 
@@ -173,6 +176,8 @@ def run_on_reactor(
         # Ctrl-C (or SIGTERM) before the action finished
         if not status:
             stopped_early.append(True)
+            if on_interrupt is not None:
+                on_interrupt()
 
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
     reactor.callWhenRunning(go)
@@ -192,6 +197,7 @@ def run_remote(
     cookie: Callable[[], str | None] = lambda: None,
     on_trace: Callable[[str], None] | None = None,
     interrupted: int = EXIT_FAILED,
+    on_interrupt: Callable[[], None] | None = None,
 ) -> int:
     """Connect, run one remote action on the global reactor; return the exit status."""
 
@@ -200,4 +206,4 @@ def run_remote(
             make_endpoint(reactor), where, server, action, err, prog, cookie, on_trace
         )
 
-    return run_on_reactor(main, err, prog, interrupted)
+    return run_on_reactor(main, err, prog, interrupted, on_interrupt)

@@ -16,7 +16,9 @@ exception -- with an error code from :data:`ERROR_CODES`.
 The CBOR subset: unsigned and negative integers (up to 64 bits), byte
 strings, UTF-8 text strings, arrays, maps with text keys (no duplicates),
 ``true``, ``false`` and ``null``; definite lengths only; no tags, no floats;
-nesting at most :data:`MAX_DEPTH` deep.  Encoding uses the same subset.
+nesting at most :data:`MAX_DEPTH` deep; every integer and length in its
+shortest form (RFC 8949 section 4.2.1), so that one message has one
+encoding.  Encoding uses the same subset.
 """
 
 from __future__ import annotations
@@ -77,12 +79,17 @@ ERROR_CODES: dict[str, str] = {
 
 
 class UmsgError(Exception):
-    """A message that cannot be accepted; ``code`` is one of :data:`ERROR_CODES`."""
+    """A message that cannot be accepted; ``code`` is one of :data:`ERROR_CODES`.
 
-    def __init__(self, code: str, detail: str) -> None:
+    ``id`` is the request's ``id`` when the message was a CBOR map with a
+    valid one (so that the refusal can name the request), else None.
+    """
+
+    def __init__(self, code: str, detail: str, id: int | None = None) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.id = id
 
 
 # ---------------------------------------------------------------- CBOR subset
@@ -147,6 +154,10 @@ def _encode_into(value: Any, out: list[bytes], depth: int) -> None:
 
 
 _SIZES = {24: 1, 25: 2, 26: 4, 27: 8}
+#: The smallest argument each additional-information size may carry: a
+#: smaller one had a shorter head (RFC 8949 section 4.2.1, preferred
+#: serialization), and is refused.
+_SMALLEST = {24: 24, 25: 1 << 8, 26: 1 << 16, 27: 1 << 32}
 
 
 def cbor_decode(data: bytes) -> Any:
@@ -211,6 +222,8 @@ def _decode_at(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
             raise UmsgError("malformed", "truncated CBOR")
         arg = int.from_bytes(data[pos : pos + size], "big")
         pos += size
+        if arg < _SMALLEST[info]:
+            raise UmsgError("malformed", "integers and lengths must use their shortest form")
     else:
         raise UmsgError("malformed", "indefinite lengths are not allowed")
     if major == 0:
@@ -590,7 +603,13 @@ def decode(
     if len(body) > MAX_KEYS:
         raise UmsgError("malformed", f"more than {MAX_KEYS} fields")
     msg_type = body.pop("type", None)
-    _validate(schema, msg_type, body)
+    try:
+        _validate(schema, msg_type, body)
+    except UmsgError as exc:
+        request_id = body.get("id")
+        if type(request_id) is int and 0 <= request_id <= MAX_ID:
+            exc.id = request_id
+        raise
     known = _names(schema[msg_type])
     return Message(msg_type, {k: v for k, v in body.items() if k in known})
 

@@ -15,9 +15,9 @@ are read and written here (:class:`UmsgWebSocket` ``_parse``,
 order, with the same close codes and reasons as wsproto 1.x without
 extensions (none is ever negotiated), which the tests check against
 wsproto byte for byte.  The one deliberate difference: a frame that would
-take a message past ``max_message`` fails (1009) as soon as its header and
-first payload octet are in, instead of once the excess has arrived, so an
-oversized message is never buffered.
+take a message past ``max_message`` fails (1009) as soon as its header is
+in (a text frame: its first payload octet), instead of once the excess has
+arrived, so an oversized message is never buffered or waited for.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from codecs import getincrementaldecoder
 from typing import Any
 
 import attrs
+import h11
 from wsproto.connection import ConnectionType
 from wsproto.events import (
     AcceptConnection,
@@ -39,6 +40,10 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from cryptify.protocols.umsg import MAX_MESSAGE, SUBPROTOCOL
+
+#: Largest opening handshake request the server reads, octets (request line
+#: and headers): a larger one is answered 400 and closed, however it arrives.
+MAX_UPGRADE = 32 * 1024
 
 #: Close codes used (RFC 6455 section 7.4.1).
 NORMAL = 1000
@@ -198,12 +203,20 @@ class UmsgWebSocket:
     _need: int = 0
     _closed: bool = False
     _failed: bool = False
+    #: Octets fed to the handshake so far (the server checks MAX_UPGRADE).
+    _fed: int = 0
 
     @classmethod
     def server(cls, max_message: int = MAX_MESSAGE) -> UmsgWebSocket:
         """The CRS end: waits for the client's upgrade request."""
         ws = cls(client=False, max_message=max_message)
         ws._handshake = H11Handshake(ConnectionType.SERVER)
+        # h11's own bound (16 KiB by default) applies only to what is still
+        # incomplete, so its effect depended on how the request was cut:
+        # bound the incomplete request here, the complete one in _accept.
+        ws._handshake._h11_connection = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=MAX_UPGRADE
+        )
         return ws
 
     @classmethod
@@ -308,6 +321,7 @@ class UmsgWebSocket:
     def _handshake_data(self, data: bytes, events: list[WsEvent]) -> None:
         hs = self._handshake
         assert hs is not None
+        self._fed += len(data)
         hs.receive_data(data)
         for event in hs.events():
             if isinstance(event, Request):
@@ -327,22 +341,26 @@ class UmsgWebSocket:
                 return
 
     def _accept(self, hs: H11Handshake, request: Request, events: list[WsEvent]) -> None:
+        size = self._fed - len(hs._h11_connection.trailing_data[0])
+        if size > MAX_UPGRADE:
+            self._reject(hs, events, b"upgrade request larger than 32 KiB\n", "request too large")
+            return
         if SUBPROTOCOL not in request.subprotocols:
-            reject = RejectConnection(
-                status_code=400,
-                headers=[(b"content-type", b"text/plain")],
-                has_body=True,
-            )
-            self._out.append(hs.send(reject))
-            self._out.append(
-                hs.send(RejectData(data=b"subprotocol umsg.1 required\n", body_finished=True))
-            )
-            self._handshake = None
-            self._closed = True
-            events.append(Closed(PROTOCOL_ERROR, "no umsg.1 subprotocol"))
+            self._reject(hs, events, b"subprotocol umsg.1 required\n", "no umsg.1 subprotocol")
             return
         self._out.append(hs.send(AcceptConnection(subprotocol=SUBPROTOCOL)))
         self._open(hs, events, request)
+
+    def _reject(self, hs: H11Handshake, events: list[WsEvent], body: bytes, reason: str) -> None:
+        """Answer the upgrade request 400 with ``body`` and close."""
+        reject = RejectConnection(
+            status_code=400, headers=[(b"content-type", b"text/plain")], has_body=True
+        )
+        self._out.append(hs.send(reject))
+        self._out.append(hs.send(RejectData(data=body, body_finished=True)))
+        self._handshake = None
+        self._closed = True
+        events.append(Closed(PROTOCOL_ERROR, reason))
 
     def _open(self, hs: H11Handshake, events: list[WsEvent], event: Event) -> None:
         # Octets the peer sent right behind the handshake belong to frames.
@@ -443,11 +461,20 @@ class UmsgWebSocket:
                 if self._control_frame(opcode, payload, events):
                     return pos
                 continue
+            partial = self._partial
+            # A binary or continuation frame (in sequence) whose header
+            # announces more than the limit fails (1009) at once: no payload
+            # octet is waited for, none is buffered.
+            if (
+                opcode != _TEXT
+                and (partial is None) == (opcode != _CONTINUATION)
+                and length + (0 if partial is None else len(partial)) > self.max_message
+            ):
+                raise _ProtocolFailure(f"message larger than {self.max_message} octets", TOO_BIG)
             # A data frame: wsproto checks it once the first payload octet is in.
             if length and avail == head:
                 self._need = head + 1
                 return pos
-            partial = self._partial
             if partial is None:
                 if opcode == _CONTINUATION:
                     raise _ProtocolFailure("unexpected CONTINUATION")

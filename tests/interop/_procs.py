@@ -68,11 +68,12 @@ def tcp_answers(port: int) -> bool:
 class Twistd:
     """One ``twistd -n PLUGIN ...`` child, stopped (and reaped) at cleanup."""
 
-    def __init__(self, workdir: str, plugin: str, *args: str) -> None:
+    def __init__(self, workdir: str, plugin: str, *args: str, prefix: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.name = plugin
         self.log = os.path.join(workdir, f"{plugin}.twistd.log")
         argv = [
+            *prefix,
             os.path.join(BIN, "twistd"),
             "-n",
             "--pidfile=",
@@ -114,15 +115,10 @@ def run_cli(
     program: str,
     *args: str,
     env: dict[str, str] | None = None,
-    user: str | None = None,
     stdin: str | None = None,
 ) -> tuple[int, str, str]:
     """Run a console script; return (status, stdout, stderr)."""
     argv = [os.path.join(BIN, program), *args]
-    if user is not None:
-        setpriv = shutil.which("setpriv")
-        assert setpriv is not None
-        argv = [setpriv, f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
     done = subprocess.run(
         argv,
         env=dict(os.environ, **(env or {})),
@@ -132,6 +128,39 @@ def run_cli(
         input=stdin,
     )
     return done.returncode, done.stdout, done.stderr
+
+
+def as_user(uid: int, action: Callable[[], str]) -> str:
+    """Run ``action`` in a forked child that has become ``uid`` (and its
+    group), with no supplementary groups; return what it returned, or the
+    text of what it raised.
+
+    The child never executes a program, so this works wherever the checkout
+    and its virtualenv live (a clone under ``/root`` that other users cannot
+    enter included); it runs no reactor and leaves with ``os._exit``.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        text = ""
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            text = action()
+        except BaseException as exc:
+            text = f"{exc.__class__.__name__}: {exc}"
+        finally:
+            os.write(write_end, text.encode("utf-8", "replace"))
+            os._exit(0)
+    os.close(write_end)
+    chunks = []
+    with os.fdopen(read_end, "rb") as pipe:
+        while chunk := pipe.read(4096):
+            chunks.append(chunk)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode("utf-8", "replace")
 
 
 def kill_managed_redis(directory: str) -> None:

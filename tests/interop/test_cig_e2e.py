@@ -187,7 +187,10 @@ class SecurePbxTests(TestCase):
         return [line.split(", ")[6] for line in self.session_log().splitlines() if line]
 
     def sessions_empty(self) -> bool:
-        return self.crs_cli("show", "session").split() == ["CALLER", "CALLEE", "TIME", "STATE"]
+        """No live session (ended ones stay listed for a while with their final state)."""
+        lines = self.crs_cli("show", "session").splitlines()
+        live = [line for line in lines[1:] if line.split()[-1] in ("invite", "ringing", "talk")]
+        return lines[0].split() == ["CALLER", "CALLEE", "TIME", "STATE"] and not live
 
     def context(self) -> str:
         return (

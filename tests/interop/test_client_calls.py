@@ -73,7 +73,10 @@ class _ClientCrs(TestCase):
         return run_cli("crs-cli", "--socket", self.socket, *args)
 
     def sessions_empty(self) -> bool:
-        return self.cli("show", "session")[1].split() == ["CALLER", "CALLEE", "TIME", "STATE"]
+        """No live session (ended ones stay listed for a while with their final state)."""
+        lines = self.cli("show", "session")[1].splitlines()
+        live = [line for line in lines[1:] if line.split()[-1] in ("invite", "ringing", "talk")]
+        return lines[0].split() == ["CALLER", "CALLEE", "TIME", "STATE"] and not live
 
     def assert_tone(self, path_or_samples: Any, freq: float) -> None:
         samples = read_wav(path_or_samples) if isinstance(path_or_samples, str) else path_or_samples

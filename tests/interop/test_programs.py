@@ -12,10 +12,12 @@ import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from cryptify.protocols.mgmt import CookieError, read_cookie
 from tests.interop._procs import (
     BIN,
     REPO,
     Twistd,
+    as_user,
     free_port,
     run_cli,
     short_tempdir,
@@ -412,6 +414,27 @@ notify "{d}/notify.sh";
         self.assertIn("hi\n", out)
         self.assertIn("FROM", out)
 
+    def test_set_key_bad_input(self) -> None:
+        """
+        cig-cli set-key on input that is not key material says what is
+        wrong with it, never a bare "internal error".
+        """
+        self.start_both()
+        for blob, reason in (
+            ("A" * 70000, "too long"),
+            ("not key material", "not base64"),
+            ("QUJD", "not a JSON document"),
+            ("é" * 10, "not base64"),
+        ):
+            status, _, err = self.cli("set-key", stdin=blob + "\n")
+            self.assertEqual(status, 1, err)
+            self.assertNotIn("internal error", err)
+            self.assertIn(reason, err)
+            self.assertEqual(len(err.splitlines()), 1, err)
+        status, _, err = self.cli("set-key", stdin="A" * 70000)
+        self.assertEqual(status, 1, err)
+        self.assertIn("too long", err)
+
     def test_wrong_cookie_refused(self) -> None:
         """A wrong cookie gets nothing but a refusal."""
         self.start_both()
@@ -424,18 +447,39 @@ notify "{d}/notify.sh";
         self.assertIn("refused", err)
 
     def test_unprivileged_user_gets_nowhere(self) -> None:
-        """A local user outside the service group can neither read the cookie nor use the socket."""
-        if os.geteuid() != 0 or shutil.which("setpriv") is None:
-            raise SkipTest("needs root and setpriv to act as another user")
+        """A local user outside the service group can neither read the cookie nor use the socket.
+
+        The directory is opened to everyone, so only the modes the CIG gave
+        the cookie (0640) and the socket (0660) stand in the way; the user's
+        attempts run in a forked child, so the test does not depend on where
+        the checkout lives.
+        """
+        if os.geteuid() != 0:
+            raise SkipTest("needs root to act as another user")
+        os.chmod(self.dir, 0o755)
         self.start_both()
-        for args in (
-            ("--address", f"127.0.0.1:{self.port}", "--cookie", self.cookie, "status"),
-            ("--socket", self.socket, "status"),
-        ):
-            status, out, err = run_cli("cig-cli", *args, user="65534")
-            self.assertEqual(status, 1, err)
-            self.assertEqual(out, "")
-            self.assertTrue("permission denied" in err.lower(), err)
+        nobody = 65534
+
+        def read() -> str:
+            try:
+                read_cookie(self.cookie)
+            except CookieError as exc:
+                return str(exc)
+            return "read"
+
+        def use_socket() -> str:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                try:
+                    s.connect(self.socket)
+                except OSError as exc:
+                    return os.strerror(exc.errno or 0)
+            return "connected"
+
+        self.assertIn("permission denied", as_user(nobody, read))
+        self.assertEqual(as_user(nobody, use_socket), "Permission denied")
+        # Control: nobody can enter the directory, so the modes of the two
+        # files, not the directory, are what keeps it out.
+        self.assertEqual(as_user(nobody, lambda: str(os.access(self.dir, os.X_OK))), "True")
 
     def test_read_config(self) -> None:
         """read says OK for the sample config and names the line of a broken copy."""
@@ -449,3 +493,86 @@ notify "{d}/notify.sh";
         status, _, err = run_cli("cig-cli", "read", broken)
         self.assertEqual(status, 1)
         self.assertIn(f"broken.conf:{index + 1}:", err)
+
+
+class ConfigErrorTests(SynchronousTestCase):
+    """A broken configuration file, for real: one error line, never a usage text."""
+
+    def setUp(self) -> None:
+        self.dir = short_tempdir(self)
+
+    def test_twistd_one_error_line(self) -> None:
+        """
+        twistd crs, crs-relay, cig and cig-relay on a broken file print just
+        FILE:LINE:COLUMN and the problem, and exit 1.
+        """
+        crs_conf = write(os.path.join(self.dir, "crs.conf"), "[GLOBAL]\nlisen 127.0.0.1 5223\n")
+        cig_conf = write(
+            os.path.join(self.dir, "cig.conf"), "interfaces {\n  sip { bind 999.0.0.1; }\n}\n"
+        )
+        for plugin, conf, where in (
+            ("crs", crs_conf, "2:1"),
+            ("crs-relay", crs_conf, "2:1"),
+            ("cig", cig_conf, "2:14"),
+            ("cig-relay", cig_conf, "2:14"),
+        ):
+            status, err = Twistd(self.dir, plugin, "--config", conf).wait_exit()
+            self.assertEqual(status, 1, err)
+            self.assertNotIn("Usage", err)
+            self.assertEqual(len(err.splitlines()), 1, err)
+            self.assertTrue(err.startswith(f"{conf}:{where}: "), err)
+
+    def test_twistd_unreadable_config(self) -> None:
+        """
+        A configuration file that cannot be read is one line naming it.
+        """
+        missing = os.path.join(self.dir, "missing.conf")
+        status, err = Twistd(self.dir, "crs", "--config", missing).wait_exit()
+        self.assertEqual((status, err), (1, f"{missing}: cannot read: No such file or directory\n"))
+
+    def test_endless_input(self) -> None:
+        """
+        crs-cli check-config and cig-cli read refuse /dev/zero at its first
+        line instead of reading it until memory runs out.
+        """
+        for argv in (("crs-cli", "check-config"), ("cig-cli", "read")):
+            status, out, err = run_cli(*argv, "/dev/zero")
+            self.assertEqual(status, 1, err)
+            self.assertEqual(err, "/dev/zero:1: line is longer than 8192 bytes\n")
+            self.assertEqual(out, "")
+
+
+class ClosedPipeTests(SynchronousTestCase):
+    """Every command behaves like a Unix tool when its reader goes away."""
+
+    def run_into_closed_pipe(self, *argv: str) -> tuple[int, str]:
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            done = subprocess.run(
+                [os.path.join(BIN, argv[0]), *argv[1:]],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                timeout=60,
+                text=True,
+            )
+        finally:
+            os.close(write_end)
+        return done.returncode, done.stderr
+
+    def test_quiet_exit(self) -> None:
+        """
+        crs-cli, cig-cli, cryptify-client and cryptify-kms writing into a
+        pipe nobody reads end quietly with status 141 (128 + SIGPIPE), as
+        ``| head -1`` expects, instead of a BrokenPipeError traceback.
+        """
+        store = os.path.join(short_tempdir(self), "store")
+        for argv in (
+            ("crs-cli", "help"),
+            ("cig-cli", "help"),
+            ("cryptify-client", "help"),
+            ("cryptify-kms", "--store", store, "init", "acme"),
+        ):
+            status, err = self.run_into_closed_pipe(*argv)
+            self.assertEqual((status, err), (141, ""), argv)

@@ -139,3 +139,43 @@ class ClientProgramTests(SynchronousTestCase):
         )
         self.assertIn("tel:+4622222", self.cli("show", "attach")[1])
         del second, black
+
+    def test_replaced_client_stops(self) -> None:
+        """Two cryptify-client processes with one identity: the one replaced stops
+        with a clear message and exit status 1, and the other stays attached (they
+        do not replace each other in turn)."""
+        status, out, err = self.cli("create", "account", "acme", "-B", "32")
+        self.assertEqual(status, 0, err)
+        secret = out.split("shared secret ")[1].strip()
+        period = time.strftime("%Y-%m", time.gmtime())
+        kms = ("--store", os.path.join(self.dir, "kms"))
+        self.assertEqual(run_cli("cryptify-kms", *kms, "init", "acme")[0], 0)
+        keys = os.path.join(self.dir, "same.keys")
+        status, _, err = run_cli(
+            "cryptify-kms", *kms, "issue", "acme", "tel:+4655555", "--period", period, "-o", keys
+        )
+        self.assertEqual(status, 0, err)
+        update = os.path.join(self.dir, "acme.upd")
+        status, _, err = run_cli(
+            "cryptify-kms", *kms, "update", "acme", "--secret", secret, "--period", period,
+            "-o", update,
+        )  # fmt: skip
+        self.assertEqual(status, 0, err)
+        self.assertEqual(self.cli("apply", update)[0], 0)
+
+        def text(path: str) -> str:
+            with open(path) as f:
+                return f.read()
+
+        first, out1 = self.client(keys, "first")
+        wait_for(lambda: "attached tel:+4655555" in text(out1), "first client attached")
+        second, out2 = self.client(keys, "second")
+        wait_for(lambda: first.poll() is not None, "the replaced client exits")
+        self.assertEqual(first.returncode, 1)
+        self.assertIn("disconnected: replaced", text(out1))
+        self.assertIn("stopped: another client attached the same URI", text(out1))
+        self.assertEqual(text(out1).count("attached tel:+4655555"), 1)
+        self.assertIn("attached tel:+4655555", text(out2))
+        self.assertIsNone(second.poll())
+        rows = self.cli("show", "attach")[1]
+        self.assertEqual(rows.count("tel:+4655555"), 1)

@@ -9,6 +9,7 @@ space RFC 3261 allows around C{/ ; = : ,} and keep unknown parameters.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 import attrs
@@ -297,6 +298,49 @@ def parse_via(value: str) -> Via:
         raise SipParseError("Via port out of range")
     params = parse_params((m.group(4) or ";")[1:])
     return Via(m.group(1).upper(), m.group(2).lower(), port, params)
+
+
+#: Where a response goes when the Via names no port (RFC 3261 18.2.2).
+DEFAULT_SIP_PORT = 5060
+
+
+def _same_address(host: str, ip: str) -> bool:
+    """Whether the Via host C{host} is the address C{ip} (not a name, not another)."""
+    bare = host[1:-1] if host.startswith("[") else host
+    try:
+        return ipaddress.ip_address(bare) == ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+
+
+def received_via(via: Via, source: tuple[str, int]) -> Via:
+    """
+    The top Via of a request that came from C{source}, as the server
+    transport records it: C{received} set to the source address when the
+    sent-by host is a name or another address (RFC 3261 18.2.1), and, when
+    the client asked with an empty C{rport}, C{rport} filled in with the
+    source port and C{received} set in any case (RFC 3581 section 4).
+    """
+    ip, port = source
+    if param(via.params, "rport") is not None:
+        return via.with_params(received=ip, rport=str(port))
+    if not _same_address(via.host, ip):
+        return via.with_params(received=ip)
+    return via
+
+
+def response_address(via: Via, source: tuple[str, int]) -> tuple[str, int]:
+    """
+    Where a response to a request that came over UDP from C{source} with
+    top Via C{via} (as received, before L{received_via}) is sent: with
+    C{rport}, back to the source address and port (RFC 3581 section 4);
+    otherwise to the C{received} address, which is the source address, at
+    the sent-by port or 5060 (RFC 3261 18.2.2). C{maddr} is not followed:
+    the gateway answers only where the request came from.
+    """
+    if param(via.params, "rport") is not None:
+        return source
+    return (source[0], via.port or DEFAULT_SIP_PORT)
 
 
 @attrs.frozen

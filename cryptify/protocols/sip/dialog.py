@@ -64,12 +64,15 @@ class Dialog:
         """
         The dialog a UAS creates by answering C{invite} with C{local_tag}
         (12.1.1): route set from Record-Route in order, remote target from
-        Contact.
+        Contact. An RFC 2543 caller may send no Contact: then requests in
+        the dialog go to its From URI, as RFC 2543 had it.
 
         @raise SipParseError: if the INVITE lacks what a dialog needs.
         """
         remote = invite.from_
         target = _contact_uri(invite)
+        if target is None and not invite.headers.values("Contact"):
+            target = remote.uri
         if target is None:
             raise SipParseError("INVITE without a usable Contact")
         return cls(

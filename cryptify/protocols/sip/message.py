@@ -39,6 +39,8 @@ from .address import (
     parse_name_addr,
     parse_uri,
     parse_via,
+    received_via,
+    response_address,
     split_top,
 )
 from .errors import SipParseError
@@ -543,6 +545,29 @@ def check_response(response: Response) -> None:
         response.cseq  # noqa: B018
     except SipParseError as exc:
         raise SipParseError(exc.reason, exc.status, response.headers, False) from None
+
+
+def stamp_received(headers: Headers, source: tuple[str, int]) -> tuple[Headers, tuple[str, int]]:
+    """
+    The header fields of a request that came from C{source}, with the top
+    Via stamped with C{received} and C{rport} (L{received_via}), and where
+    a response over UDP goes (L{response_address}). Responses copy the
+    Vias, so they carry what was stamped. Without a readable top Via the
+    headers are unchanged and the answer goes back to the source.
+    """
+    for i, (name, value) in enumerate(headers.items):
+        if name != "Via":
+            continue
+        try:
+            parts = split_top(value, ",")
+            via = parse_via(parts[0])
+        except SipParseError:
+            return headers, source
+        parts[0] = str(received_via(via, source))
+        items = list(headers.items)
+        items[i] = (name, ",".join(parts))
+        return Headers(tuple(items)), response_address(via, source)
+    return headers, source
 
 
 REASONS = {

@@ -7,6 +7,12 @@ too (it decides between a 4xx and silence). A sink that raises is logged
 and the adapter goes on serving. A TCP connection that sends a message it
 cannot frame is closed after the sink has seen the error.
 
+A request's top Via is stamped with C{received} and C{rport} on arrival
+(RFC 3261 18.2.1, RFC 3581), so that every response copies them; over
+UDP its channel sends responses where RFC 3261 18.2.2 and RFC 3581 say:
+the source address, at the source port when the Via has C{rport} and at
+the sent-by port (or 5060) otherwise. C{channel.address} stays the source.
+
 L{TcpConnector} opens the outbound TCP connections client transactions
 use (C{;transport=tcp}), one per peer address, reused while it is open.
 """
@@ -24,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .errors import SipParseError
-from .message import Request, Response, StreamParser, parse_datagram
+from .message import Request, Response, StreamParser, parse_datagram, stamp_received
 from .transaction import Address, Channel
 
 log = Logger(namespace="cryptify.protocols.sip")
@@ -40,17 +46,22 @@ class MessageSink(Protocol):
 
 @attrs.frozen
 class UdpChannel:
-    """The way back to a UDP peer: the listening port and its address."""
+    """
+    The way back to a UDP peer: the listening port, the peer's address,
+    and where what is sent goes (C{reply_to}, the address itself if unset).
+    """
 
     transport: Any
     address: Address
     reliable: bool = False
+    reply_to: Address | None = None
 
     def send(self, data: bytes) -> None:
+        where = self.reply_to or self.address
         try:
-            self.transport.write(data, self.address)
+            self.transport.write(data, where)
         except OSError as exc:
-            log.warn("cannot send to {peer}: {why}", peer=self.address, why=exc)
+            log.warn("cannot send to {peer}: {why}", peer=where, why=exc)
 
 
 class SipDatagramProtocol(protocol.DatagramProtocol):
@@ -60,13 +71,21 @@ class SipDatagramProtocol(protocol.DatagramProtocol):
         self.sink = sink
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
-        channel = UdpChannel(self.transport, (str(addr[0]), int(addr[1])))
+        source = (str(addr[0]), int(addr[1]))
+        channel = UdpChannel(self.transport, source)
         try:
             try:
                 message = parse_datagram(data)
             except SipParseError as exc:
+                if exc.is_request and exc.headers is not None:
+                    exc.headers, reply_to = stamp_received(exc.headers, source)
+                    channel = UdpChannel(self.transport, source, reply_to=reply_to)
                 self.sink.parse_failed(exc, channel)
                 return
+            if isinstance(message, Request):
+                headers, reply_to = stamp_received(message.headers, source)
+                message = attrs.evolve(message, headers=headers)
+                channel = UdpChannel(self.transport, source, reply_to=reply_to)
             if message is not None:
                 self.sink.message_received(message, channel)
         except Exception:
@@ -111,6 +130,9 @@ class SipStreamProtocol(protocol.Protocol):
                     self.transport.loseConnection()
                 return
             for message in messages:
+                if isinstance(message, Request):
+                    headers, _ = stamp_received(message.headers, self.address)
+                    message = attrs.evolve(message, headers=headers)
                 self.sink.message_received(message, self)
         except Exception:
             log.failure("error handling SIP from {peer}", peer=self.address)
