@@ -15,6 +15,7 @@ from cryptify.client.connection import ConnectionEnded
 from cryptify.client.session import Attached, Disconnected, Moved, Refused
 from cryptify.config.crs import KeepAlive
 from cryptify.crs.slots import SlotMap, slot_of
+from cryptify.crs.store import RedisNotConnected
 from cryptify.crs.umsg_server import CLOSE_GRACE, PING_AFTER, Limits
 from cryptify.protocols.umsg import ERROR_CODES, Message
 from cryptify.protocols.umsg_ws import UmsgWebSocket, mask
@@ -106,6 +107,22 @@ class AttachTests(_Base):
         """An account the CRS does not serve is refused."""
         _, _, pump, events = self.pair(account="nobody")
         self.assertRefused("unknown-account", events, pump)
+
+    def test_stores_not_ready(self) -> None:
+        """While the stores are out of reach (just after a restart) an attach is refused
+        ``unavailable`` with a retry hint; once they are back the same client attaches."""
+        ready = [False]
+        self.world.core.ready = lambda: ready[0]
+        sent: list[Any] = []
+        self.world.core.registry.on_attach.append(sent.append)
+        _, _, pump, events = self.pair()
+        self.assertRefused("unavailable", events, pump)
+        [refused] = [e for e in events if isinstance(e, Refused)]
+        self.assertGreater(refused.retry_after, 0)
+        self.assertEqual(sent, [])
+        ready[0] = True
+        _, _, _, events = self.pair()
+        self.assertIsInstance(events[0], Attached)
 
     def test_no_key_period(self) -> None:
         """An account without keys for the current month is refused."""
@@ -357,6 +374,18 @@ class ObjectTests(_Base):
         self.assertEqual(events[-1].message["code"], "internal")
         self.assertEqual(len(self.world.registry.rows()), 1)
         self.flushLoggedErrors(RuntimeError)
+
+    def test_store_out_of_reach(self) -> None:
+        """Redis out of reach is answered ``unavailable`` with a retry hint, and logged
+        without a traceback."""
+        self.world.objects.fail = True
+        self.world.objects.error = lambda: RedisNotConnected("redis_low: not connected")
+        client, _, pump, events = self.pair()
+        client.session.request("push-token", kind="apns", token="t0k")
+        pump.flush()
+        answer = events[-1].message
+        self.assertEqual((answer["code"], answer["retry-after"]), ("unavailable", 2000))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class KeepAliveTests(_Base):

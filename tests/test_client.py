@@ -153,6 +153,26 @@ class AttachingClientTests(SynchronousTestCase):
         self.assertIsInstance(self.events[-1], Attached)
         self.assertEqual(client.attempt, 0)
 
+    def test_unavailable_waits_the_hint(self) -> None:
+        """Refused ``unavailable`` (stores not ready), the client comes back no sooner
+        than the CRS's ``retry-after``, then attaches."""
+        ready = [False]
+        self.world.core.ready = lambda: ready[0]
+        connector = _Connector(self.world)
+        client = self.client(connector)
+        client.start()
+        connector.flush()
+        [refused] = [e for e in self.events if isinstance(e, Refused)]
+        self.assertEqual(refused.code, "unavailable")
+        (call,) = self.world.clock.getDelayedCalls()
+        self.assertGreaterEqual(
+            call.getTime() - self.world.clock.seconds(), refused.retry_after / 1000
+        )
+        ready[0] = True
+        self.world.clock.advance(call.getTime() - self.world.clock.seconds())
+        connector.flush()
+        self.assertIsInstance(self.events[-1], Attached)
+
     def test_reconnects_after_loss(self) -> None:
         """When the CRS drops the connection, the client attaches again."""
         connector = _Connector(self.world)

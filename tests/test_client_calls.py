@@ -221,17 +221,36 @@ class MessengerTests(SynchronousTestCase):
         self.messenger = Messenger(self.session)
 
     def test_post_and_posted(self) -> None:
-        """post sends content; posted and error answers are reported by request id."""
+        """post sends content with a fresh key; posted and error answers are reported
+        by request id, with the key to retry with."""
         first = self.messenger.post(B, b"hi")
-        self.assertEqual(self.sent[-1], message("post", id=first, to=B, content=b"hi"))
+        key1 = self.sent[-1]["key"]
+        self.assertEqual(self.sent[-1], message("post", id=first, to=B, content=b"hi", key=key1))
         second = self.messenger.post(B, b"again")
+        key2 = self.sent[-1]["key"]
         events = self.messenger.handle(Answered(first, message("posted", id=first, message="m1")))
-        self.assertEqual(events, [Posted(first, "m1")])
+        self.assertEqual(events, [Posted(first, "m1", key=key1)])
         error = message("error", id=second, code="not-found")
         self.assertEqual(
-            self.messenger.handle(Answered(second, error)), [Posted(second, None, "not-found")]
+            self.messenger.handle(Answered(second, error)),
+            [Posted(second, None, "not-found", key=key2)],
         )
         self.assertEqual(self.messenger.handle(Answered(first, error)), [])
+
+    def test_keys_unique_per_message_kept_on_retry(self) -> None:
+        """Each new message gets its own 16-octet random key; a retry sends the same
+        key again; ``unavailable`` is retryable and carries the CRS's hint."""
+        for _ in range(50):
+            self.messenger.post(B, b"x")
+        keys = [m["key"] for m in self.sent]
+        self.assertEqual(len(set(keys)), 50)
+        self.assertEqual({len(k) for k in keys}, {16})
+        retry = self.messenger.post(B, b"x", keys[0])
+        self.assertEqual(self.sent[-1]["key"], keys[0])
+        busy = message("error", id=retry, code="unavailable", **{"retry-after": 2000})
+        [answer] = self.messenger.handle(Answered(retry, busy))
+        self.assertEqual((answer.retryable, answer.retry_after, answer.key), (True, 2000, keys[0]))
+        self.assertFalse(Posted(1, None, "key-reused").retryable)
 
     def test_receive_once_confirm_always(self) -> None:
         """Every message is confirmed with delivered; a repeated id is reported once."""

@@ -79,7 +79,7 @@ class FakeMessageStore:
     async def post(
         self,
         sender: str,
-        client_id: int,
+        scope: str,
         recipient: str,
         account: str,
         kind: str,
@@ -95,8 +95,8 @@ class FakeMessageStore:
     async def get(self, message_id: str) -> Stored | None:
         return self.messages.get(message_id)
 
-    async def waiting(self, recipient: str, limit: int = 100) -> list[Stored]:
-        return [m for m in self.messages.values() if m.recipient == recipient][:limit]
+    async def waiting_ids(self, recipient: str, limit: int) -> list[str]:
+        return [m.id for m in self.messages.values() if m.recipient == recipient][:limit]
 
     async def delivered(
         self, recipient: str, message_id: str, counters_prefix: str = ""
@@ -106,8 +106,8 @@ class FakeMessageStore:
 
 
 class FakeSession:
-    def __init__(self, uri: str, account: str = "acme") -> None:
-        self.uri, self.account = uri, account
+    def __init__(self, uri: str, account: str = "acme", conn_id: str = "c1") -> None:
+        self.uri, self.account, self.conn_id = uri, account, conn_id
         self.sent: list[Message] = []
 
     def send(self, msg: Message) -> None:

@@ -6,16 +6,27 @@ The Lua itself runs against a real redis-server in ``tests.interop.test_messages
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from txredisapi import ResponseError
 
-from cryptify.crs.attached import AttachRegistry
-from cryptify.crs.messages import MessageRefused, MessageStore, Posted, Stored
-from cryptify.crs.messaging import Messaging
+from cryptify.crs.attached import Attachment, AttachRegistry
+from cryptify.crs.messages import (
+    MessageRefused,
+    MessageStore,
+    Posted,
+    Stored,
+    post_digest,
+    retry_scope,
+)
+from cryptify.crs.messaging import DELIVERY_RETRY, DELIVERY_WINDOW, Messaging
+from cryptify.crs.store import RedisNotConnected
 from cryptify.crs.trace import TraceHub
-from cryptify.protocols.umsg import message
+from cryptify.protocols.umsg import encode_from_server, message
 from tests.test_crs_stats import FakeSession
 from tests.test_redis_batch import FakeScripts
 
@@ -44,30 +55,48 @@ class _Store(SynchronousTestCase):
 class MessageStoreTests(_Store):
     def test_posts_of_one_turn_are_one_call(self) -> None:
         """Two posts in one turn are one script call carrying both, in order."""
-        first = self.store.post("tel:+1", 7, "tel:+2", "acme", "content", b"\x00a", "known", "c:1")
-        second = self.store.post("tel:+3", 8, "tel:+2", "acme", "ack", b"id9")
+        first = self.store.post(
+            "tel:+1", "key:ab", "tel:+2", "acme", "content", b"\x00a", "known", "c:1"
+        )
+        second = self.store.post("tel:+3", "conn:c9:8", "tel:+2;101", "acme", "ack", b"id9")
         self.clock.advance(0)
         [(_, keys, args, _)] = self.redis.client.calls
         self.assertEqual(keys, [])
         self.assertEqual(args[:2], ["1000", str(7 * 24 * 3600 + 1)])
+        now = str(int(NOW * 1000))
         self.assertEqual(
-            args[2:12],
+            args[2:14],
             [
                 "id1",
                 "tel:+1",
-                "7",
+                "dedup:tel:+1:key:ab",
+                "tel:+2",
                 "tel:+2",
                 "acme",
                 "content",
-                str(int(NOW * 1000)),
+                now,
                 "AGE=",
                 "known",
                 "c:1",
+                post_digest("tel:+2", "content", b"\x00a"),
             ],
         )
         self.assertEqual(
-            args[12:],
-            ["id2", "tel:+3", "8", "tel:+2", "acme", "ack", str(int(NOW * 1000)), "aWQ5", "", ""],
+            args[14:],
+            [
+                "id2",
+                "tel:+3",
+                "dedup:tel:+3:conn:c9:8",
+                "tel:+2;101",
+                "tel:+2",
+                "acme",
+                "ack",
+                now,
+                "aWQ5",
+                "",
+                "",
+                post_digest("tel:+2;101", "ack", b"id9"),
+            ],
         )
         self.assertNoResult(first)
         self.answer("1\n0 id0")
@@ -76,18 +105,67 @@ class MessageStoreTests(_Store):
         self.assertEqual(self.successResultOf(second), Posted("id0", duplicate=True))
 
     def test_refusals(self) -> None:
-        """Full inbox and unknown recipient are refused with their codes."""
-        full = self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"a")
-        unknown = self.store.post("tel:+1", 2, "tel:+9", "acme", "content", b"a")
+        """Full inbox, unknown recipient and a reused retry key are refused with their codes."""
+        full = self.store.post("tel:+1", "k1", "tel:+2", "acme", "content", b"a")
+        unknown = self.store.post("tel:+1", "k2", "tel:+9", "acme", "content", b"a")
+        reused = self.store.post("tel:+1", "k1", "tel:+2", "acme", "content", b"b")
         self.clock.advance(0)
-        self.answer("-1\n-2")
+        self.answer("-1\n-2\n-3")
         self.assertEqual(self.failureResultOf(full, MessageRefused).value.code, "inbox-full")
         self.assertEqual(self.failureResultOf(unknown, MessageRefused).value.code, "not-found")
+        self.assertEqual(self.failureResultOf(reused, MessageRefused).value.code, "key-reused")
+
+    def test_digest_covers_recipient_kind_and_content(self) -> None:
+        """The digest a repeat must match changes with each of recipient, kind and content."""
+        base = post_digest("tel:+2", "content", b"a")
+        self.assertEqual(base, post_digest("tel:+2", "content", b"a"))
+        others = {
+            post_digest("tel:+2;101", "content", b"a"),
+            post_digest("tel:+2", "system", b"a"),
+            post_digest("tel:+2", "content", b"b"),
+            post_digest("tel:+2", "content", b""),
+        }
+        self.assertNotIn(base, others)
+        self.assertEqual(len(others), 4)
+
+    def test_retry_scopes(self) -> None:
+        """A key is its own scope; without one the request id counts on its connection only."""
+        self.assertEqual(retry_scope(bytes(range(16)), "c1", 1), "key:" + bytes(range(16)).hex())
+        self.assertEqual(
+            retry_scope(bytes(range(16)), "c2", 9), retry_scope(bytes(range(16)), "c1", 1)
+        )
+        self.assertNotEqual(retry_scope(None, "c1", 1), retry_scope(None, "c2", 1))
+        self.assertEqual(retry_scope(None, "c1", 1), "conn:c1:1")
+
+    def test_unreachable_redis_is_unavailable(self) -> None:
+        """A batch Redis could not be reached for is refused ``unavailable`` (retryable),
+        not ``internal``; so is a post made while the store has no connection."""
+        lost = self.store.post("tel:+1", "k1", "tel:+2", "acme", "content", b"a")
+        self.clock.advance(0)
+        self.redis.client.calls[0][3].errback(ConnectionLost("redis_low went away"))
+        self.assertEqual(self.failureResultOf(lost, MessageRefused).value.code, "unavailable")
+
+        def down() -> Any:
+            raise RedisNotConnected("redis_low: not connected")
+
+        self.redis.client.eval = lambda *a: down()  # type: ignore[method-assign]
+        refused = self.store.post("tel:+1", "k2", "tel:+2", "acme", "content", b"a")
+        self.clock.advance(0)
+        self.assertEqual(self.failureResultOf(refused, MessageRefused).value.code, "unavailable")
+
+    def test_loading_redis_is_unavailable(self) -> None:
+        """A restarted Redis still loading its data answers LOADING: ``unavailable``."""
+        post = self.store.post("tel:+1", "k1", "tel:+2", "acme", "content", b"a")
+        self.clock.advance(0)
+        self.redis.client.calls[0][3].errback(
+            ResponseError("LOADING Redis is loading the dataset in memory")
+        )
+        self.assertEqual(self.failureResultOf(post, MessageRefused).value.code, "unavailable")
 
     def test_redis_error_fails_that_post_only(self) -> None:
         """A post Redis failed is refused ``internal`` with the reason; the rest are stored."""
-        ok = self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"a")
-        bad = self.store.post("tel:+1", 2, "tel:+3", "acme", "content", b"b")
+        ok = self.store.post("tel:+1", "k1", "tel:+2", "acme", "content", b"a")
+        bad = self.store.post("tel:+1", "k2", "tel:+3", "acme", "content", b"b")
         self.clock.advance(0)
         self.answer("1\n!WRONGTYPE Operation against a key holding the wrong kind of value")
         self.assertEqual(self.successResultOf(ok).id, "id1")
@@ -97,18 +175,20 @@ class MessageStoreTests(_Store):
 
     def test_lost_connection_fails_the_batch(self) -> None:
         """A script call that fails refuses each of its posts, none is acknowledged."""
-        posts = [self.store.post("tel:+1", n, "tel:+2", "acme", "content", b"a") for n in range(3)]
+        posts = [
+            self.store.post("tel:+1", f"k{n}", "tel:+2", "acme", "content", b"a") for n in range(3)
+        ]
         self.clock.advance(0)
         self.redis.client.calls[0][3].errback(ConnectionLost("redis_low went away"))
         for post in posts:
             refused = self.failureResultOf(post, MessageRefused).value
-            self.assertEqual(refused.code, "internal")
+            self.assertEqual(refused.code, "unavailable")
             self.assertIn("redis_low went away", str(refused))
 
     def test_bad_posts_never_reach_redis(self) -> None:
         """Unknown kinds and oversized content are refused at once, without a call."""
-        weird = self.store.post("tel:+1", 1, "tel:+2", "acme", "weird", b"a")
-        big = self.store.post("tel:+1", 1, "tel:+2", "acme", "content", b"x" * 50000)
+        weird = self.store.post("tel:+1", "k1", "tel:+2", "acme", "weird", b"a")
+        big = self.store.post("tel:+1", "k1", "tel:+2", "acme", "content", b"x" * 50000)
         self.assertEqual(self.failureResultOf(weird, MessageRefused).value.code, "malformed")
         self.assertEqual(self.failureResultOf(big, MessageRefused).value.code, "too-large")
         self.clock.advance(0)
@@ -172,7 +252,7 @@ class MessagingTests(_Store):
         self.clock.advance(0)
         self.redis.client.calls[0][3].errback(ConnectionLost("gone"))
         for s in sessions:
-            self.assertEqual([(m.type, m["code"]) for m in s.sent], [("error", "internal")])
+            self.assertEqual([(m.type, m["code"]) for m in s.sent], [("error", "unavailable")])
         self.assertEqual(self.messaging.counters["posted"], 0)
 
     def test_delivered_tells_sender(self) -> None:
@@ -182,3 +262,276 @@ class MessagingTests(_Store):
         self.clock.advance(0)
         self.answer("tel:+1 content")
         self.assertEqual(self.messaging.counters["delivered"], 1)
+
+
+class MemoryMessages:
+    """MessageStore's interface in memory, with its retry scopes and inboxes (the
+    Lua is tested against redis-server); ``down`` makes every call fail as when
+    redis_low is out of reach."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, Stored] = {}
+        self.scopes: dict[str, tuple[str, str]] = {}
+        self.ids = (f"m{n:04}" for n in itertools.count(1))
+        self.down = False
+
+    def _reachable(self) -> None:
+        if self.down:
+            raise RedisNotConnected("redis_low: not connected")
+
+    async def post(
+        self,
+        sender: str,
+        scope: str,
+        recipient: str,
+        account: str,
+        kind: str,
+        data: bytes,
+        known: str | None = None,
+        counters: str | None = None,
+    ) -> Posted:
+        if self.down:
+            raise MessageRefused("unavailable", "message not stored (redis_low: not connected)")
+        digest = post_digest(recipient, kind, data)
+        first = self.scopes.get(f"{sender} {scope}")
+        if first is not None:
+            if first[1] != digest:
+                raise MessageRefused("key-reused", "used for another message")
+            return Posted(first[0], duplicate=True)
+        message_id = next(self.ids)
+        stored = Stored(message_id, sender, recipient, account, kind, int(NOW * 1000), data)
+        self.messages[message_id] = stored
+        self.scopes[f"{sender} {scope}"] = (message_id, digest)
+        return Posted(message_id, duplicate=False, stored=stored)
+
+    def add(self, recipient: str, count: int) -> list[str]:
+        """``count`` messages waiting for ``recipient``; their IDs."""
+        ids = []
+        for n in range(count):
+            message_id = next(self.ids)
+            self.messages[message_id] = Stored(
+                message_id, "tel:+1", recipient, "acme", "content", 0, b"%d" % n
+            )
+            ids.append(message_id)
+        return ids
+
+    async def get(self, message_id: str) -> Stored | None:
+        self._reachable()
+        return self.messages.get(message_id)
+
+    async def waiting_ids(self, recipient: str, limit: int) -> list[str]:
+        self._reachable()
+        mine = [m.id for m in self.messages.values() if m.recipient.split(";")[0] == recipient]
+        return mine[:limit]
+
+    async def delivered(
+        self, recipient: str, message_id: str, counters_prefix: str = ""
+    ) -> tuple[str, str] | None:
+        self._reachable()
+        found = self.messages.pop(message_id, None)
+        return None if found is None else (found.sender, found.kind)
+
+
+class Conn:
+    """An attached client's connection: records what the CRS sends it."""
+
+    def __init__(self, uri: str, conn_id: str = "c1") -> None:
+        self.uri, self.account, self.conn_id = uri, "acme", conn_id
+        self.sent: list[Any] = []
+
+    def send(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+    def disconnect(self, reason: str) -> None:
+        pass
+
+    def of(self, kind: str) -> list[Any]:
+        return [m for m in self.sent if m.type == kind]
+
+
+class _Delivery(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.store = MemoryMessages()
+        self.redis = FakeRedisStore(self.clock)
+        self.redis.client.sadd = lambda *a: defer.succeed(1)  # type: ignore[attr-defined]
+        self.redis.client.hset = lambda *a: defer.succeed(1)  # type: ignore[attr-defined]
+        self.redis.when_connected = lambda: defer.succeed(self.redis.client)  # type: ignore[attr-defined]
+        trace = TraceHub(self.clock.seconds)
+        self.registry = AttachRegistry("crs1", self.clock.seconds, trace)
+        self.messaging = Messaging(
+            self.store,  # type: ignore[arg-type]
+            self.registry,
+            trace,
+            lambda: self.redis,
+            self.clock.seconds,
+            scheduler=self.clock,
+        )
+        self.registry.on_attach.append(self.messaging.attached)
+        self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
+
+    def attach(self, uri: str, conn_id: str = "c1") -> Conn:
+        conn = Conn(uri, conn_id)
+        self.registry.attach(Attachment(uri, "acme", NOW, "1", "192.0.2.1", 1, conn))
+        return conn
+
+    def confirm(self, conn: Conn, upto: int | None = None) -> int:
+        """Confirm every message sent (again as more arrive); how many were confirmed."""
+        done = 0
+        while upto is None or done < upto:
+            messages = conn.of("message")
+            if done >= len(messages):
+                break
+            self.messaging.delivered(conn, message("delivered", message=messages[done]["message"]))  # type: ignore[arg-type]
+            done += 1
+        return done
+
+    def post(self, conn: Conn, msg_id: int, to: str, content: bytes, **more: Any) -> None:
+        self.messaging.post(conn, message("post", id=msg_id, to=to, content=content, **more))  # type: ignore[arg-type]
+
+
+class DeliveryTests(_Delivery):
+    """Every waiting message is sent, at the pace the client confirms them."""
+
+    def test_every_waiting_message_arrives(self) -> None:
+        """199 messages waiting all arrive in one attach, once each and in order,
+        to a client that confirms each."""
+        ids = self.store.add("tel:+2", 199)
+        conn = self.attach("tel:+2")
+        self.assertEqual(self.confirm(conn), 199)
+        self.assertEqual([m["message"] for m in conn.of("message")], ids)
+        self.assertEqual(self.store.messages, {})
+
+    def test_slow_client_not_flooded(self) -> None:
+        """A client that does not confirm gets one window of messages, then one more
+        per confirmation."""
+        self.store.add("tel:+2", 199)
+        conn = self.attach("tel:+2")
+        self.assertEqual(len(conn.of("message")), DELIVERY_WINDOW)
+        self.confirm(conn, upto=3)
+        self.assertEqual(len(conn.of("message")), DELIVERY_WINDOW + 3)
+
+    def test_fetch_ok_once_everything_was_sent(self) -> None:
+        """``fetch`` is answered ``ok`` only once every waiting message has been sent."""
+        conn = self.attach("tel:+2")
+        self.store.add("tel:+2", 100)
+        self.messaging.fetch(conn, message("fetch", id=7))  # type: ignore[arg-type]
+        self.assertEqual((len(conn.of("message")), conn.of("ok")), (DELIVERY_WINDOW, []))
+        self.confirm(conn)
+        self.assertEqual([m.id for m in conn.of("ok")], [7])
+        self.assertEqual(len(conn.of("message")), 100)
+
+    def test_live_post_takes_its_turn(self) -> None:
+        """A message posted while older ones wait is sent after them, not before."""
+        older = self.store.add("tel:+2", DELIVERY_WINDOW + 1)
+        conn = self.attach("tel:+2")
+        sender = self.attach("tel:+1")
+        self.post(sender, 1, "tel:+2", b"new")
+        [posted] = sender.of("posted")
+        self.assertEqual(len(conn.of("message")), DELIVERY_WINDOW)
+        self.confirm(conn)
+        self.assertEqual([m["message"] for m in conn.of("message")], [*older, posted["message"]])
+
+    def test_live_post_sent_at_once(self) -> None:
+        """With nothing waiting, a post reaches the attached recipient at once."""
+        conn = self.attach("tel:+2")
+        sender = self.attach("tel:+1")
+        self.post(sender, 1, "tel:+2", b"hi")
+        [got] = conn.of("message")
+        self.assertEqual((got["content"], got["from"]), (b"hi", "tel:+1"))
+
+    def test_extension_kept(self) -> None:
+        """A post to ``tel:+8888;101`` reaches the CIG attached as ``tel:+8888`` with
+        ``to: tel:+8888;101``, as invites do."""
+        cig = self.attach("tel:+8888")
+        sender = self.attach("tel:+1")
+        self.post(sender, 1, "tel:+8888;101", b"for 101")
+        [got] = cig.of("message")
+        self.assertEqual((got["to"], got["content"]), ("tel:+8888;101", b"for 101"))
+        encode_from_server(got)
+
+    def test_unsent_messages_go_again_after_reattach(self) -> None:
+        """Messages sent and not confirmed are sent again on the next connection."""
+        self.store.add("tel:+2", 3)
+        first = self.attach("tel:+2")
+        self.assertEqual(len(first.of("message")), 3)
+        second = self.attach("tel:+2", "c2")
+        self.assertEqual(len(second.of("message")), 3)
+        self.confirm(second)
+        self.assertEqual(self.store.messages, {})
+
+
+class RetryScopeTests(_Delivery):
+    """Posts through Messaging: which repeats are the same message."""
+
+    def test_ids_restart_on_each_connection(self) -> None:
+        """Request id 1 on a new connection is a new message (the lost-message bug)."""
+        self.attach("tel:+2")
+        for n in range(20):
+            sender = Conn("tel:+1", f"conn{n}")
+            self.post(sender, 1, "tel:+2", b"message %d" % n)
+            self.assertEqual([m.type for m in sender.sent], ["posted"])
+        self.assertEqual(len(self.store.scopes), 20)
+
+    def test_key_retry_from_another_connection(self) -> None:
+        """The same key from another connection answers the first ID; the same key
+        with other content is refused ``key-reused`` and nothing is stored."""
+        key = bytes(range(16))
+        a, b, c = Conn("tel:+1", "a"), Conn("tel:+1", "b"), Conn("tel:+1", "c")
+        self.post(a, 1, "tel:+2", b"hello", key=key)
+        self.post(b, 9, "tel:+2", b"hello", key=key)
+        self.assertEqual(a.of("posted")[0]["message"], b.of("posted")[0]["message"])
+        self.post(c, 1, "tel:+2", b"other", key=key)
+        [error] = c.of("error")
+        self.assertEqual((error.id, error["code"]), (1, "key-reused"))
+        self.assertEqual(len(self.store.messages), 1)
+
+    def test_same_connection_id_reused_for_other_message(self) -> None:
+        """Without a key, one connection reusing an id for another message is refused."""
+        a = Conn("tel:+1", "a")
+        self.post(a, 1, "tel:+2", b"one")
+        self.post(a, 1, "tel:+2", b"one")
+        self.post(a, 1, "tel:+2", b"two")
+        self.assertEqual([m.type for m in a.sent], ["posted", "posted", "error"])
+        self.assertEqual(a.sent[2]["code"], "key-reused")
+        self.assertEqual(len(self.store.messages), 1)
+
+
+class UnavailableTests(_Delivery):
+    """A store out of reach is answered with a retryable code, without a traceback."""
+
+    def test_post_and_fetch_unavailable(self) -> None:
+        """Post and fetch while redis_low is down: ``error unavailable`` with a
+        ``retry-after`` hint, no traceback logged; delivery resumes by itself."""
+        conn = self.attach("tel:+2")
+        self.store.down = True
+        self.store.add("tel:+2", 2)
+        self.post(conn, 1, "tel:+3", b"x")
+        self.messaging.fetch(conn, message("fetch", id=2))  # type: ignore[arg-type]
+        errors = conn.of("error")
+        self.assertEqual(
+            [(e.id, e["code"]) for e in errors], [(1, "unavailable"), (2, "unavailable")]
+        )
+        for error in errors:
+            self.assertGreater(error["retry-after"], 0)
+            encode_from_server(error)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.store.down = False
+        self.clock.advance(DELIVERY_RETRY)
+        self.assertEqual(len(conn.of("message")), 2)
+
+    def test_unreachable_redis_object(self) -> None:
+        """When the Redis store itself raises (not connected), the answer is the same."""
+        conn = self.attach("tel:+2")
+
+        def gone() -> Any:
+            raise RedisNotConnected("redis_low: not connected")
+
+        self.messaging.redis = gone
+        self.store.down = True
+        self.messaging.fetch(conn, message("fetch", id=3))  # type: ignore[arg-type]
+        self.assertEqual([e["code"] for e in conn.of("error")], ["unavailable"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.store.down = False
+        self.clock.advance(DELIVERY_RETRY)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from twisted.application.service import IServiceMaker
+from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from cryptify.crs.attached import Attachment
+from cryptify.crs.store import RedisNotConnected
+from cryptify.crs.umsg_server import UmsgListenService
 from cryptify.logs import LogFileService
 from cryptify.plugins import cig, cig_relay, crs, crs_relay
 from cryptify.service import CallbackService, ListenService
@@ -86,6 +92,64 @@ class CrsOptionsTests(SynchronousTestCase):
         self.assertEqual([s.what for s in listeners], ["client TLS", "management"])
         self.assertIs(children[-1], listeners[-1])
         self.assertFalse(os.path.exists(options["crs"].global_.data_dir))
+
+    def test_attach_waits_for_both_stores(self) -> None:
+        """The client listener's attaches are accepted only while redis_high and
+        redis_low are both connected (not before the stores exist either)."""
+        options = crs.Options()
+        options.parseOptions(["--data-dir", self.mktemp()])
+        root = crs.make_crs_service(options["crs"], options["local"], Clock())
+        [listener] = [c for c in root if isinstance(c, UmsgListenService)]
+        [managed] = [c for c in root if isinstance(c, crs.ManagedRedis)]
+        ready = listener.factory.core.ready
+        self.assertFalse(ready())
+        high, low = _Store("redis_high", True), _Store("redis_low", False)
+        managed.stores = [high, low]  # type: ignore[list-item]
+        self.assertFalse(ready())
+        low.connected = True
+        self.assertTrue(ready())
+        high.connected = False
+        self.assertFalse(ready())
+
+    def test_attach_listeners_without_redis_log_no_traceback(self) -> None:
+        """When redis_low drops right after an attach, the attach listeners log a
+        warning line, not a traceback."""
+        options = crs.Options()
+        options.parseOptions(["--data-dir", self.mktemp()])
+        root = crs.make_crs_service(options["crs"], options["local"], Clock())
+        [listener] = [c for c in root if isinstance(c, UmsgListenService)]
+        [managed] = [c for c in root if isinstance(c, crs.ManagedRedis)]
+        managed.stores = [_Store("redis_high", True), _Store("redis_low", False)]  # type: ignore[list-item]
+        registry = listener.factory.core.registry
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        registry.attach(Attachment("tel:+4612345", "acme", 0.0, "t", "192.0.2.1", 1, _Conn()))
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual([e for e in seen if "log_failure" in e], [])
+        self.assertTrue(any("not recorded" in e.get("log_format", "") for e in seen))
+
+
+class _Conn:
+    def send(self, msg: Any) -> None:
+        pass
+
+    def disconnect(self, reason: str) -> None:
+        pass
+
+
+class _Store:
+    def __init__(self, name: str, connected: bool) -> None:
+        self.name, self.connected = name, connected
+
+    @property
+    def client(self) -> Any:
+        if not self.connected:
+            raise RedisNotConnected(f"{self.name}: not connected")
+        raise AssertionError("not used")
+
+    def when_connected(self) -> Any:
+        return defer.fail(RedisNotConnected(f"{self.name}: not connected"))
 
 
 class RelayAndCigOptionsTests(SynchronousTestCase):

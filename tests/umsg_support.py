@@ -79,10 +79,12 @@ class FakeObjects:
 
     stored: list[tuple[Any, ...]] = attrs.field(factory=list)
     fail: bool = False
+    #: What a store failure raises (``fail``).
+    error: Callable[[], Exception] = lambda: RuntimeError("redis down")
 
     async def set_push_token(self, account: str, uri: str, token: str, kind: str) -> None:
         if self.fail:
-            raise RuntimeError("redis down")
+            raise self.error()
         self.stored.append(("push", account, uri, token, kind))
 
     async def set_client_info(self, account: str, uri: str, info: dict[str, str]) -> None:

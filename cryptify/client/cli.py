@@ -26,13 +26,14 @@ from typing import IO, Any
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 
 from cryptify import __version__
 from cryptify.client.audio import AudioError, read_wav, tone, write_wav
 from cryptify.client.calls import END, INCOMING, TALK, Call, CallError, CallEvent
 from cryptify.client.connection import AttachingClient, ConnectionEnded, Event, GaveUp
 from cryptify.client.media import MAX_DTMF_QUEUE
-from cryptify.client.messages import Posted, Receipt, Received
+from cryptify.client.messages import Posted, Receipt, Received, new_message_key
 from cryptify.client.phone import Phone, PhoneEvent
 from cryptify.client.session import (
     Answered,
@@ -360,19 +361,54 @@ async def listen_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> i
 
 async def send_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
     phone = make_phone(reactor, args, out)
+    key = new_message_key()
     try:
         if not await _attach(reactor, phone):
             out.write("not attached in time\n")
             return 1
-        request = phone.post(args.uri, args.text.encode("utf-8"))
-        posted = await phone.until(lambda e: isinstance(e, Posted) and e.request_id == request)
-        if posted.error is not None:
+        posted = await _post(reactor, phone, args.uri, args.text.encode("utf-8"), key)
+        if posted is None or posted.error is not None:
             return 1
         if args.wait:
             await phone.until(lambda e: isinstance(e, Receipt) and e.message == posted.message)
         return 0
     finally:
         await phone.stop()
+
+
+#: Attempts of one post (the same message, the same key) before ``send`` gives up.
+SEND_ATTEMPTS = 8
+#: Longest pause between two attempts, seconds.
+SEND_PAUSE_MAX = 10.0
+
+
+async def _post(reactor: Any, phone: Phone, to: str, content: bytes, key: bytes) -> Posted | None:
+    """Post one message until the CRS stores it: retried with the same key after
+    ``error unavailable`` (or ``internal``) and after a lost connection."""
+    answer: Any = None
+    for _attempt in range(SEND_ATTEMPTS):
+        if not phone.messenger.attached:
+            if await _within(reactor, phone.until(_is_attached), ATTACH_WAIT) is None:
+                break
+        request = phone.post(to, content, key)
+        answer = await phone.until(_answer_to(request))
+        if isinstance(answer, Posted) and not answer.retryable:
+            return answer
+        if isinstance(answer, Posted):
+            pause = min((answer.retry_after or 1000) / 1000, SEND_PAUSE_MAX)
+            await deferLater(reactor, pause, lambda: None)
+    return answer if isinstance(answer, Posted) else None
+
+
+def _answer_to(request: int) -> Callable[[PhoneEvent], bool]:
+    """The post's answer, or the end of the connection it went on."""
+    return lambda e: (
+        (isinstance(e, Posted) and e.request_id == request) or isinstance(e, ConnectionEnded)
+    )
+
+
+def _is_attached(event: PhoneEvent) -> bool:
+    return isinstance(event, Attached)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -222,6 +222,8 @@ class AttachingClient:
     ticket: bytes | None = attrs.field(default=None, repr=False)
     timer: IDelayedCall | None = None
     running: bool = False
+    #: The CRS's ``retry-after`` (ms) of the last refusal: wait at least this long.
+    hint_ms: int | None = None
     #: After ``disconnect replaced``: stop (True) or wait ``max_delay`` (False).
     stop_on_replaced: bool = True
     #: Why the client gave up for good, once it has.
@@ -270,6 +272,7 @@ class AttachingClient:
             self.ticket = None
         elif isinstance(event, Refused):
             self.ticket = None
+            self.hint_ms = event.retry_after
         elif isinstance(event, Disconnected) and event.code == "replaced":
             self.ticket = None
             if self.stop_on_replaced:
@@ -297,6 +300,9 @@ class AttachingClient:
         else:
             delay = self.delay()
             self.attempt += 1
+        if self.hint_ms is not None:
+            delay = max(delay, self.hint_ms / 1000)
+            self.hint_ms = None
         self.timer = self.clock.callLater(delay, self._connect)
 
     def stop(self) -> defer.Deferred[None]:

@@ -118,8 +118,9 @@ class Phone:
         self.recordings.pop(call, None)
         self._ended_streams.pop(call, None)
 
-    def post(self, to: str, content: bytes) -> int:
-        return self.messenger.post(to, content)
+    def post(self, to: str, content: bytes, key: bytes | None = None) -> int:
+        """Post a message (``key``: the key of an earlier attempt, to retry it)."""
+        return self.messenger.post(to, content, key)
 
     def until(self, predicate: Callable[[PhoneEvent], bool]) -> defer.Deferred[Any]:
         """Fires with the next event for which ``predicate`` is true."""

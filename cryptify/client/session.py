@@ -53,6 +53,8 @@ class Refused:
     code: str
     reason: str
     local: bool = False
+    #: The CRS's hint (ms) with ``unavailable``: try again after this long.
+    retry_after: int | None = None
 
 
 @attrs.frozen
@@ -193,7 +195,7 @@ class ClientSession:
 
     def _refused(self, msg: Message) -> list[ClientEvent]:
         self.state = CLOSED
-        return [Refused(msg["code"], msg.get("reason", ""))]
+        return [Refused(msg["code"], msg.get("reason", ""), retry_after=msg.get("retry-after"))]
 
     def _disconnect(self, msg: Message) -> list[ClientEvent]:
         self.state = CLOSED

@@ -14,17 +14,20 @@ States (docs/umsg.md draws them)::
      +-- moved --> closed
 
 Checks, in order: a UMSG revision in common; the account exists; the
-URI's slot is this instance's (else ``moved``); the account has keys for
-the current month (``no-key-period``); then, after the challenge, the
-ECCSI signature over :func:`~cryptify.protocols.umsg.attach_signed_octets`
-with the month's KPAK (``bad-signature``) and the blacklist
-(``blacklisted``, checked only once the client proved who it is).
+stores are ready (``unavailable`` while ``redis_low`` or ``redis_high``
+is out of reach, e.g. just after a restart); the URI's slot is this
+instance's (else ``moved``); the account has keys for the current month
+(``no-key-period``); then, after the challenge, the ECCSI signature over
+:func:`~cryptify.protocols.umsg.attach_signed_octets` with the month's
+KPAK (``bad-signature``) and the blacklist (``blacklisted``, checked
+only once the client proved who it is).
 """
 
 from __future__ import annotations
 
 import hmac
 import os
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -34,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.crs.attached import Attachment, AttachRegistry
+from cryptify.crs.redis_batch import transient
 from cryptify.crs.slots import SlotMap, slot_of
 from cryptify.crypto import eccsi
 from cryptify.crypto.errors import CryptoError
@@ -88,6 +92,9 @@ class Objects(Protocol):
 
 
 Verify = Callable[[bytes, bytes, bytes, bytes], None]
+
+#: ``retry-after`` of an attach refused ``unavailable``, ms.
+UNAVAILABLE_RETRY_MS = 2000
 
 #: How long an attach ticket stays valid (it also dies with its key period).
 TICKET_LIFETIME = 24 * 3600
@@ -156,6 +163,9 @@ class AttachCore:
     handlers: dict[str, Callable[[AttachSession, Message], None]] = attrs.field(factory=dict)
     #: Called with (session, reason) when an attached connection ends.
     on_detach: list[Callable[[AttachSession, str], None]] = attrs.field(factory=list)
+    #: Whether the stores attached clients need are reachable; while not,
+    #: attaches are refused ``unavailable`` (the client retries later).
+    ready: Callable[[], bool] = lambda: True
 
     def session(
         self, peer: Peer, host: str, port: int, keepalive: tuple[str, int]
@@ -181,6 +191,9 @@ class AttachSession:
     app: str = ""
     nonce: bytes = b""
     slot: int = 0
+    #: Names this connection, unique across connections and CRS restarts
+    #: (scopes the request ids of posts that carry no message key).
+    conn_id: str = attrs.field(factory=lambda: secrets.token_hex(12))
 
     @property
     def attached(self) -> bool:
@@ -241,13 +254,17 @@ class AttachSession:
 
     # ------------------------------------------------------------ outputs
 
-    def refuse(self, code: str, reason: str, msg_id: int | None = None) -> None:
+    def refuse(
+        self, code: str, reason: str, msg_id: int | None = None, retry_after: int | None = None
+    ) -> None:
         """Refuse the attach with ``code`` and close."""
         if self.state == CLOSED:
             return
         self.state = CLOSED
         self.core.registry.refused(self.uri, self.account, self.host, self.port, code)
-        self.peer.send(message("refused", id=msg_id, code=code, reason=reason))
+        self.peer.send(
+            message("refused", id=msg_id, code=code, reason=reason, retry_after=retry_after)
+        )
         self.peer.end(code)
 
     def _fail(self, code: str, reason: str, msg_id: int | None = None) -> None:
@@ -273,6 +290,11 @@ class AttachSession:
         account = core.accounts.get(msg["account"])
         if account is None:
             self.refuse("unknown-account", f"account {msg['account']} is not served", msg.id)
+            return
+        if not core.ready():
+            self.refuse(
+                "unavailable", "the CRS is not ready yet", msg.id, retry_after=UNAVAILABLE_RETRY_MS
+            )
             return
         self.slot = slot_of(msg["uri"])
         if core.slots is not None and not core.slots.mine(self.slot):
@@ -414,10 +436,19 @@ class AttachSession:
                 self.peer.send(message("ok", id=msg_id))
 
         def failed(failure: Failure) -> None:
-            log.failure("storing a client object failed", failure)
-            if self.state == ATTACHED:
-                self.peer.send(
-                    message("error", id=msg_id, code="internal", reason="could not store")
+            if transient(failure):
+                log.warn("client object not stored: {why}", why=failure.getErrorMessage())
+                answer = message(
+                    "error",
+                    id=msg_id,
+                    code="unavailable",
+                    reason="store out of reach",
+                    retry_after=UNAVAILABLE_RETRY_MS,
                 )
+            else:
+                log.failure("storing a client object failed", failure)
+                answer = message("error", id=msg_id, code="internal", reason="could not store")
+            if self.state == ATTACHED:
+                self.peer.send(answer)
 
         defer.ensureDeferred(run()).addCallbacks(done, failed)

@@ -3,22 +3,33 @@
 Keys (one recipient's inbox is a list, so messages leave in the order they
 were posted, which keeps every sender's order)::
 
-    msg:{ID}            hash: from, to, account, kind, time (ms), data (base64)
-    inbox:{URI}         list of message IDs, oldest first
-    dedup:{SENDER}:{N}  the ID a client's post N became (expires with the message)
-    msg-expiry          sorted set: message ID by time stored
+    msg:{ID}              hash: from, to, inbox, account, kind, time (ms), data (base64), dedup
+    inbox:{URI}           list of message IDs, oldest first (URI without extension)
+    dedup:{SENDER}:{SCOPE}  "ID DIGEST": what a post became (expires with the message)
+    msg-expiry            sorted set: message ID by time stored
 
-A post is one Lua function, so it is all or nothing: a repeated post (same
-sender, same client id) answers the ID stored the first time instead of
-storing the message twice, a full inbox refuses the post, and the message,
-its index and its de-duplication key are written together.  The posts (and
-the deliveries) that arrive in one reactor turn go to Redis as one script
-call (:mod:`cryptify.crs.redis_batch`); a post Redis fails is refused
-(``internal``) on its own.  The CRS acknowledges a post (``posted``) only
-after the script has run; with ``redis_low``'s append-only file a Redis
-restart keeps it.  A message leaves
-the store when its recipient confirms delivery (``delivered``) or when it
-expires (:meth:`MessageStore.expire`, counted).
+A post is one Lua function, so it is all or nothing.  Its retry scope
+(:func:`retry_scope`) says which posts are the same message: the
+client's 128-bit message ``key`` when the post has one (unique across
+connections, processes and devices), else the request id *on the
+connection it came on* -- never a request id alone, which every new
+connection starts again from 1.  A repeat in the same scope with the
+same recipient, kind and content (the digest) answers the ID stored the
+first time instead of storing the message twice; a repeat with anything
+else different is refused ``key-reused`` and stores nothing.  A full
+inbox refuses the post, and the message, its index and its
+de-duplication key are written together.  The posts (and the
+deliveries) that arrive in one reactor turn go to Redis as one script
+call (:mod:`cryptify.crs.redis_batch`); a post Redis fails is refused on
+its own: ``unavailable`` (retry later, same key) when Redis could not
+be reached, ``internal`` otherwise.  The CRS acknowledges a post
+(``posted``) only after the script has run; with ``redis_low``'s
+append-only file a Redis restart keeps it.  A message leaves the store
+when its recipient confirms delivery (``delivered``) or when it expires
+(:meth:`MessageStore.expire`, counted).
+
+The recipient is kept as posted (``tel:+8888;101`` keeps its extension,
+which a CIG needs to route it); the inbox is the base number's.
 
 Content is opaque: the CRS stores the octets it received.
 """
@@ -26,6 +37,7 @@ Content is opaque: the CRS stores the octets it received.
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 import time
 from collections.abc import Callable
@@ -40,6 +52,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.crs.redis_batch import BatchFailed, ScriptBatch
+from cryptify.crs.sessions import base_uri
 
 log = Logger(namespace="cryptify.crs.message")
 
@@ -55,28 +68,35 @@ EXPIRY_SWEEP = 60.0
 KINDS = ("content", "ack", "system")
 
 #: A batch of posts (:class:`~cryptify.crs.redis_batch.ScriptBatch`).  ARGV:
-#: inbox limit, de-duplication seconds, then per post: ID, sender, client
-#: id, recipient, account, kind, time (ms), data, known set or '', counters
-#: hash or ''.  Answers per post: 1 stored, -1 inbox full, -2 recipient
-#: unknown, "0 ID" a repeat.  The expiry index is written first, so a post
-#: that fails half way is still swept away; the de-duplication key and the
-#: counters last, so a repeat of it is stored anew and it is not counted.
+#: inbox limit, de-duplication seconds, then per post: ID, sender,
+#: de-duplication key, recipient (as posted), inbox owner (its base
+#: number), account, kind, time (ms), data, known set or '', counters hash
+#: or '', digest.  Answers per post: 1 stored, -1 inbox full, -2 recipient
+#: unknown, -3 the retry key was used for another message, "0 ID" a
+#: repeat.  The expiry index is written first, so a post that fails half
+#: way is still swept away; the de-duplication key and the counters last,
+#: so a repeat of it is stored anew and it is not counted.
 _POST = """
-local HEADER, STRIDE = 2, 10
+local HEADER, STRIDE = 2, 12
 local function item(i)
-  local id, sender, to, account = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4]
-  local time, known, counters = ARGV[i + 6], ARGV[i + 8], ARGV[i + 9]
-  if known ~= '' and redis.call('SISMEMBER', known, to) == 0 then return '-2' end
-  local dedup = 'dedup:' .. sender .. ':' .. ARGV[i + 2]
+  local id, sender, dedup, to, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local account, kind, time = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local known, counters, digest = ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
   local existing = redis.call('GET', dedup)
-  if existing then return '0 ' .. existing end
-  local inbox = 'inbox:' .. to
+  if existing then
+    local first, kept = string.match(existing, '^(%S+) (%S+)$')
+    if first == nil or kept ~= digest then return '-3' end
+    return '0 ' .. first
+  end
+  if known ~= '' and redis.call('SISMEMBER', known, owner) == 0 then return '-2' end
+  local inbox = 'inbox:' .. owner
   if redis.call('LLEN', inbox) >= tonumber(ARGV[1]) then return '-1' end
   redis.call('ZADD', 'msg-expiry', time, id)
-  redis.call('HSET', 'msg:' .. id, 'from', sender, 'to', to, 'account', account,
-             'kind', ARGV[i + 5], 'time', time, 'data', ARGV[i + 7], 'dedup', dedup)
+  redis.call('HSET', 'msg:' .. id, 'from', sender, 'to', to, 'inbox', owner,
+             'account', account, 'kind', kind, 'time', time, 'data', ARGV[i + 8],
+             'dedup', dedup)
   redis.call('RPUSH', inbox, id)
-  redis.call('SET', dedup, id, 'EX', ARGV[2])
+  redis.call('SET', dedup, id .. ' ' .. digest, 'EX', ARGV[2])
   if counters ~= '' then
     redis.call('HINCRBY', counters, 'post', 1)
     redis.call('HSET', counters, 'account', account)
@@ -107,9 +127,9 @@ _EXPIRE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(ids) do
   local key = 'msg:' .. id
-  local to = redis.call('HGET', key, 'to')
-  local dedup = redis.call('HGET', key, 'dedup')
-  if to then redis.call('LREM', 'inbox:' .. to, 1, id) end
+  local fields = redis.call('HMGET', key, 'inbox', 'to', 'dedup')
+  local owner, dedup = fields[1] or fields[2], fields[3]
+  if owner then redis.call('LREM', 'inbox:' .. owner, 1, id) end
   if dedup then redis.call('DEL', dedup) end
   redis.call('DEL', key)
   redis.call('ZREM', KEYS[1], id)
@@ -154,6 +174,30 @@ def new_message_id() -> str:
     return f"{int(time.time() * 1000):x}-{secrets.token_hex(8)}"
 
 
+def retry_scope(key: bytes | None, connection: str, request_id: int | None) -> str:
+    """Which posts of one sender are the same message.
+
+    With a message ``key`` (16 octets the client chose at random for this
+    message), the key alone: a retry from another connection, process or
+    device is recognised.  Without one, the request id on this connection
+    (``connection`` is unique to it, across restarts): a repeat on the same
+    connection is recognised, and a later connection that starts its ids
+    again from 1 is never mistaken for a repeat.
+    """
+    if key is not None:
+        return "key:" + key.hex()
+    return f"conn:{connection}:{request_id}"
+
+
+def post_digest(to: str, kind: str, data: bytes) -> str:
+    """What a repeat must match: recipient (as posted), kind and content."""
+    h = hashlib.sha256()
+    for part in (to.encode("utf-8"), kind.encode("ascii"), data):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()[:32]
+
+
 class MessageStore:
     """Durable inboxes in Redis.  ``store`` returns the ``redis_low`` store.
 
@@ -180,7 +224,7 @@ class MessageStore:
         self.posts = ScriptBatch(
             "message posts",
             _POST,
-            10,
+            12,
             self._client,
             self._scheduler,
             lambda: (str(self.max_inbox), str(int(self.expire_after) + 1)),
@@ -201,7 +245,7 @@ class MessageStore:
     def post(
         self,
         sender: str,
-        client_id: int,
+        scope: str,
         recipient: str,
         account: str,
         kind: str,
@@ -209,13 +253,17 @@ class MessageStore:
         known: str | None = None,
         counters: str | None = None,
     ) -> defer.Deferred[Posted]:
-        """Store a message once; a repeat of the same post answers the first ID.
+        """Store a message once; a repeat in the same ``scope`` answers the first ID.
 
-        ``known``: a set the recipient must be in (else ``not-found``);
-        ``counters``: a hash whose ``post`` field counts new posts -- both
-        in the same atomic step as the store, so a post costs no round trip
-        of its own.  Fails with :class:`MessageRefused` (``internal`` when
-        Redis did not store it).
+        ``scope``: the post's retry scope (:func:`retry_scope`);
+        ``recipient``: the URI as posted (an extension is kept; the inbox
+        is its base number's); ``known``: a set the recipient must be in
+        (else ``not-found``); ``counters``: a hash whose ``post`` field
+        counts new posts -- both in the same atomic step as the store, so a
+        post costs no round trip of its own.  Fails with
+        :class:`MessageRefused`: ``key-reused`` when the scope was used for
+        another message, ``unavailable`` when Redis could not be reached,
+        ``internal`` when Redis did not store it for another reason.
         """
         if kind not in KINDS:
             return defer.fail(MessageRefused("malformed", f"unknown message kind {kind!r}"))
@@ -223,17 +271,20 @@ class MessageStore:
             return defer.fail(MessageRefused("too-large", f"content over {MAX_CONTENT} octets"))
         message_id = self.new_id()
         now_ms = int(self.clock() * 1000)
+        owner = base_uri(recipient)
         args = (
             message_id,
             sender,
-            str(client_id),
+            f"dedup:{sender}:{scope}",
             recipient,
+            owner,
             account,
             kind,
             str(now_ms),
             base64.b64encode(data).decode("ascii"),
             known or "",
             counters or "",
+            post_digest(recipient, kind, data),
         )
 
         def answered(line: str) -> Posted:
@@ -242,12 +293,14 @@ class MessageStore:
                 return Posted(message_id, duplicate=False, stored=stored)
             if line.startswith("0 "):
                 return Posted(line[2:], duplicate=True)
-            if line == "-2":
-                raise MessageRefused("not-found", f"{recipient} is not known to this CRS")
-            if line == "-1":
+            if line == "-3":
                 raise MessageRefused(
-                    "inbox-full", f"{recipient} has {self.max_inbox} messages waiting"
+                    "key-reused", "this retry key was used for a different message"
                 )
+            if line == "-2":
+                raise MessageRefused("not-found", f"{owner} is not known to this CRS")
+            if line == "-1":
+                raise MessageRefused("inbox-full", f"{owner} has {self.max_inbox} messages waiting")
             raise MessageRefused("internal", f"message not stored: unexpected answer {line[:40]!r}")
 
         return self.posts.add(args).addCallbacks(answered, _not_stored)
@@ -267,12 +320,18 @@ class MessageStore:
             base64.b64decode(fields["data"]),
         )
 
-    async def waiting(self, recipient: str, limit: int = 100) -> list[Stored]:
-        """The recipient's messages, oldest first."""
+    async def waiting_ids(self, recipient: str, limit: int) -> list[str]:
+        """The IDs of the first ``limit`` messages waiting for ``recipient``, oldest first."""
+        if limit <= 0:
+            return []
         ids = await self._client().lrange(f"inbox:{recipient}", 0, limit - 1)
+        return [str(i) for i in ids]
+
+    async def waiting(self, recipient: str, limit: int = MAX_INBOX) -> list[Stored]:
+        """The recipient's messages, oldest first."""
         result = []
-        for message_id in ids:
-            stored = await self.get(str(message_id))
+        for message_id in await self.waiting_ids(recipient, limit):
+            stored = await self.get(message_id)
             if stored is not None:
                 result.append(stored)
         return result
@@ -312,7 +371,9 @@ class MessageStore:
 def _not_stored(failure: Failure) -> Failure:
     """A batch item Redis did not do becomes a refusal with the reason."""
     if failure.check(BatchFailed):
-        raise MessageRefused("internal", f"message not stored ({failure.getErrorMessage()})")
+        failed: Any = failure.value
+        code = "unavailable" if failed.transient else "internal"
+        raise MessageRefused(code, f"message not stored ({failure.getErrorMessage()})")
     return failure
 
 

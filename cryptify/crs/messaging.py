@@ -1,17 +1,27 @@
 """Wiring store-and-forward messages into the CRS (UMSG ``post``/``fetch``/``delivered``).
 
-- ``post {id, to, content | ack, system?}``: the recipient must be known to this CRS
-  (it has attached at some time, under any account), else ``error
-  not-found``.  The message is stored durably (:mod:`cryptify.crs.messages`)
-  and only then answered ``posted {id, message}``; an attached recipient
-  gets it at once as ``message``.  A repeated post answers the first ID.
-  ``system: true`` with ``content`` marks a system message (group invites
-  and updates): stored with kind ``system``, delivered with ``system:
-  true``, traced as ``posted system`` and counted apart from content.
+- ``post {id, to, content | ack, system?, key?}``: the recipient must be
+  known to this CRS (it has attached at some time, under any account),
+  else ``error not-found``.  The message is stored durably
+  (:mod:`cryptify.crs.messages`) and only then answered ``posted {id,
+  message}``; an attached recipient gets it at once as ``message``.  A
+  repeat of a post -- same message ``key``, or, without a key, the same
+  request id on the same connection -- answers the first ID; the same key
+  with another recipient or content is refused ``key-reused``.  ``system:
+  true`` with ``content`` marks a system message (group invites and
+  updates): stored with kind ``system``, delivered with ``system: true``,
+  traced as ``posted system`` and counted apart from content.  ``to``
+  keeps its extension (``tel:+8888;101``) in the delivered ``message``.
 - ``delivered {message}`` from the recipient removes it; the sender of a
   content message is told ``delivered {message}`` when attached.
-- ``fetch {id}`` sends every waiting message, then ``ok {id}``; waiting
-  messages are also sent right after each attach.
+- Delivery to one connection is flow controlled (:class:`Outbox`): at
+  most :data:`DELIVERY_WINDOW` messages are out and unconfirmed; the next
+  ones go as ``delivered`` confirmations come back, until every waiting
+  message has been sent.  Waiting messages start to go right after each
+  attach; ``fetch {id}`` starts them again and is answered ``ok {id}``
+  once every message waiting has been sent.
+- A store out of reach is answered ``error unavailable`` with a
+  ``retry-after`` hint, logged as one warning line without a traceback.
 
 ``trace message`` lines (Header, Time, From, To, State, Account,
 Message-ID) use the manual's states: not-found, posted content, posted
@@ -22,17 +32,21 @@ READ ACCOUNT) live in Redis next to the messages.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.crs.attach import AttachCore, AttachSession
 from cryptify.crs.attached import Attachment, AttachRegistry
-from cryptify.crs.messages import MessageRefused, MessageStore, Posted, Stored
+from cryptify.crs.messages import MessageRefused, MessageStore, Posted, Stored, retry_scope
+from cryptify.crs.redis_batch import transient
 from cryptify.crs.sessions import base_uri
 from cryptify.crs.stats import Statistics
 from cryptify.crs.trace import TraceHub
@@ -40,13 +54,38 @@ from cryptify.protocols.umsg import message
 
 log = Logger(namespace="cryptify.crs.message")
 
-#: Messages sent per fetch (the rest follow on the next fetch or delivery).
-FETCH_BATCH = 100
+#: Messages sent to one connection and not yet confirmed, at most.
+DELIVERY_WINDOW = 64
+#: Seconds before delivery that failed for want of Redis is tried again.
+DELIVERY_RETRY = 2.0
+#: ``retry-after`` of ``error unavailable``, ms.
+UNAVAILABLE_RETRY_MS = 2000
+#: Longest ``reason`` in an answer (the codec's limit).
+MAX_REASON = 200
 KNOWN_URIS = "known-uris"
 
 
 def _stat_key(uri: str) -> str:
     return f"msgstat:{uri}"
+
+
+@attrs.define(eq=False)
+class Outbox:
+    """Delivery to one attached connection.
+
+    ``inflight``: messages sent and not yet confirmed (oldest first);
+    ``backlog``: messages may be waiting that were not sent yet (true from
+    the attach until a pass over the inbox found nothing more to send);
+    ``fetches``: request ids of ``fetch`` to answer ``ok`` once the backlog
+    is sent.
+    """
+
+    inflight: dict[str, None] = attrs.field(factory=dict)
+    backlog: bool = True
+    pumping: bool = False
+    again: bool = False
+    fetches: list[int | None] = attrs.field(factory=list)
+    retry: IDelayedCall | None = None
 
 
 class Messaging:
@@ -60,6 +99,8 @@ class Messaging:
         redis: Callable[[], Any],
         clock: Callable[[], float] = time.time,
         stats: Statistics | None = None,
+        window: int = DELIVERY_WINDOW,
+        scheduler: IReactorTime | None = None,
     ) -> None:
         self.store = store
         self.stats = stats
@@ -67,22 +108,46 @@ class Messaging:
         self.trace = trace
         self.redis = redis
         self.clock = clock
+        self.window = window
+        self.scheduler = scheduler
         self.counters = {"posted": 0, "delivered": 0, "refused": 0}
+        self.outboxes: weakref.WeakKeyDictionary[Attachment, Outbox] = weakref.WeakKeyDictionary()
 
     def _client(self) -> Any:
         return self.redis().client
 
     def _refuse(self, failure: Failure, session: AttachSession, msg_id: int | None) -> None:
+        retry_after = None
         if failure.check(MessageRefused):
             refused: Any = failure.value
+            code, reason = refused.code, str(refused)
             self.counters["refused"] += 1
-            session.send(message("error", id=msg_id, code=refused.code, reason=str(refused)))
-            return
-        log.failure("message handling failed", failure)
-        session.send(message("error", id=msg_id, code="internal", reason="message not stored"))
+        elif transient(failure):
+            code, reason = "unavailable", f"message store out of reach: {failure.getErrorMessage()}"
+            log.warn("message request not done: {why}", why=failure.getErrorMessage())
+        else:
+            log.failure("message handling failed", failure)
+            code, reason = "internal", "message not stored"
+        if code == "unavailable":
+            retry_after = UNAVAILABLE_RETRY_MS
+        session.send(
+            message(
+                "error", id=msg_id, code=code, reason=reason[:MAX_REASON], retry_after=retry_after
+            )
+        )
 
-    def _run(self, work: Any, session: AttachSession, msg_id: int | None) -> None:
-        defer.ensureDeferred(work).addErrback(self._refuse, session, msg_id)
+    def _current(self, session: Any) -> Attachment | None:
+        """The attachment whose connection is ``session``, while it is attached."""
+        attachment = self.registry.get(session.uri or "")
+        if attachment is None or attachment.conn is not session:
+            return None
+        return attachment
+
+    def _outbox(self, attachment: Attachment) -> Outbox:
+        box = self.outboxes.get(attachment)
+        if box is None:
+            box = self.outboxes[attachment] = Outbox()
+        return box
 
     # -- requests ----------------------------------------------------------------
     # post and delivered run once per message: plain callbacks, no coroutine.
@@ -100,11 +165,12 @@ class Messaging:
                 raise MessageRefused("malformed", "a system message carries content")
             kind = ("system" if system else "content") if content is not None else "ack"
             data = content if content is not None else ack.encode("ascii")
+            scope = retry_scope(msg.get("key"), session.conn_id, msg.id)
             stored: Deferred[Posted] = defer.maybeDeferred(
                 self.store.post,
                 sender,
-                msg.id,
-                recipient,
+                scope,
+                to,
                 account,
                 kind,
                 data,
@@ -122,7 +188,7 @@ class Messaging:
             self.counters["posted"] += 1
             target = self.registry.get(recipient)
             if target is not None:
-                self._deliver(target, posted.stored)
+                self._offer(target, posted.stored)
             if self.trace.active("message"):
                 self.trace.emit(
                     "message",
@@ -144,19 +210,35 @@ class Messaging:
         stored.addCallbacks(posted, not_found).addErrback(self._refuse, session, msg.id)
 
     def fetch(self, session: AttachSession, msg: Any) -> None:
-        async def run() -> None:
-            uri = session.uri or ""
-            await self._client().hset(_stat_key(uri), "read", str(int(self.clock())))
-            attachment = self.registry.get(uri)
-            if attachment is not None:
-                for stored in await self.store.waiting(uri, FETCH_BATCH):
-                    self._deliver(attachment, stored)
+        uri = session.uri or ""
+        attachment = self._current(session)
+        if attachment is None:
             session.send(message("ok", id=msg.id))
-
-        self._run(run(), session, msg.id)
+            return
+        read = defer.maybeDeferred(
+            lambda: self._client().hset(_stat_key(uri), "read", str(int(self.clock())))
+        )
+        read.addErrback(
+            lambda f: log.debug("read time not recorded: {why}", why=f.getErrorMessage())
+        )
+        box = self._outbox(attachment)
+        box.fetches.append(msg.id)
+        box.backlog = True
+        self._pump(attachment)
 
     def delivered(self, session: AttachSession, msg: Any) -> None:
         uri, account, message_id = session.uri or "", session.account or "", msg["message"]
+
+        def settled(result: Any) -> Any:
+            # the next message may go now (also when this one was not removed:
+            # it is then sent again and confirmed again)
+            attachment = self._current(session)
+            box = self.outboxes.get(attachment) if attachment is not None else None
+            if attachment is not None and box is not None:
+                box.inflight.pop(message_id, None)
+                if box.backlog:
+                    self._pump(attachment)
+            return result
 
         def found(found: tuple[str, str] | None) -> Any:
             if found is None:
@@ -172,13 +254,13 @@ class Messaging:
                 return defer.ensureDeferred(self.stats.message_delivered(account, uri, kind))
             return None
 
-        defer.maybeDeferred(self.store.delivered, uri, message_id, _stat_key("")).addCallback(
-            found
-        ).addErrback(self._refuse, session, None)
+        defer.maybeDeferred(self.store.delivered, uri, message_id, _stat_key("")).addBoth(
+            settled
+        ).addCallback(found).addErrback(self._refuse, session, None)
 
     # -- delivery ----------------------------------------------------------------
 
-    def _deliver(self, attachment: Attachment, stored: Stored) -> None:
+    def _send(self, attachment: Attachment, box: Outbox, stored: Stored) -> None:
         fields: dict[str, Any] = {
             "message": stored.id,
             "from": stored.sender,
@@ -191,21 +273,114 @@ class Messaging:
             fields["content"] = stored.data
             if stored.kind == "system":
                 fields["system"] = True
+        box.inflight[stored.id] = None
         attachment.conn.send(message("message", **fields))
+
+    def _offer(self, attachment: Attachment, stored: Stored) -> None:
+        """A new message for an attached recipient: send it now if nothing older
+        waits and the window has room, else let the outbox take it in turn."""
+        box = self._outbox(attachment)
+        if not box.backlog and not box.pumping and len(box.inflight) < self.window:
+            self._send(attachment, box, stored)
+            return
+        box.backlog = True
+        self._pump(attachment)
+
+    def _pump(self, attachment: Attachment) -> None:
+        """Send waiting messages while the window has room (one pass at a time)."""
+        box = self._outbox(attachment)
+        if box.pumping:
+            box.again = True
+            return
+        box.pumping = True
+        defer.ensureDeferred(self._drain(attachment, box)).addErrback(
+            self._drain_failed, attachment, box
+        )
+
+    async def _drain(self, attachment: Attachment, box: Outbox) -> None:
+        try:
+            while self.registry.get(attachment.uri) is attachment:
+                box.again = False
+                room = self.window - len(box.inflight)
+                if room <= 0:
+                    return
+                want = len(box.inflight) + room
+                ids = await self.store.waiting_ids(attachment.uri, want)
+                fresh = [i for i in ids if i not in box.inflight][:room]
+                gets = [defer.ensureDeferred(self.store.get(i)) for i in fresh]
+                got: list[tuple[bool, Any]] = await defer.DeferredList(gets, consumeErrors=True)
+                for ok, result in got:
+                    if not ok:
+                        result.raiseException()
+                    if self.registry.get(attachment.uri) is not attachment:
+                        return
+                    if result is not None and result.id not in box.inflight:
+                        self._send(attachment, box, result)
+                if len(ids) < want:
+                    # the whole inbox was read: what is out and no longer
+                    # waiting was confirmed (or expired)
+                    present = set(ids)
+                    for gone in [i for i in box.inflight if i not in present]:
+                        del box.inflight[gone]
+                    if not box.again:
+                        box.backlog = False
+                        fetches, box.fetches = box.fetches, []
+                        for fetch_id in fetches:
+                            attachment.conn.send(message("ok", id=fetch_id))
+                        return
+        finally:
+            box.pumping = False
+
+    def _drain_failed(self, failure: Failure, attachment: Attachment, box: Outbox) -> None:
+        passing = transient(failure)
+        if passing:
+            log.warn(
+                "waiting messages for {uri} not sent now: {why}",
+                uri=attachment.uri,
+                why=failure.getErrorMessage(),
+            )
+        else:
+            log.failure("cannot deliver waiting messages", failure)
+        code = "unavailable" if passing else "internal"
+        fetches, box.fetches = box.fetches, []
+        for fetch_id in fetches:
+            attachment.conn.send(
+                message(
+                    "error",
+                    id=fetch_id,
+                    code=code,
+                    reason="waiting messages not read",
+                    retry_after=UNAVAILABLE_RETRY_MS if passing else None,
+                )
+            )
+        if self.scheduler is not None and box.retry is None:
+
+            def again() -> None:
+                box.retry = None
+                if self.registry.get(attachment.uri) is attachment and box.backlog:
+                    self._pump(attachment)
+
+            box.retry = self.scheduler.callLater(DELIVERY_RETRY, again)
 
     def attached(self, attachment: Attachment) -> None:
         """A client attached: remember its URI, send what waits for it."""
 
-        async def run() -> None:
-            # clients may attach before Redis is back after a restart
+        async def remember() -> None:
             await self.redis().when_connected()
             await self._client().sadd(KNOWN_URIS, attachment.uri)
-            for stored in await self.store.waiting(attachment.uri, FETCH_BATCH):
-                self._deliver(attachment, stored)
 
-        defer.ensureDeferred(run()).addErrback(
-            lambda f: log.failure("cannot deliver waiting messages", f)
-        )
+        def not_remembered(failure: Failure) -> None:
+            if transient(failure):
+                log.warn(
+                    "{uri} not recorded as known: {why}",
+                    uri=attachment.uri,
+                    why=failure.getErrorMessage(),
+                )
+            else:
+                log.failure("cannot record {uri} as known", failure, uri=attachment.uri)
+
+        defer.ensureDeferred(remember()).addErrback(not_remembered)
+        self._pump(attachment)
 
     async def rows(self) -> list[list[str]]:
         """``show message`` rows: URI POST DELIV READ ACCOUNT."""

@@ -28,10 +28,14 @@ from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
 
+from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from txredisapi import ConnectionError as RedisConnectionError
+
+from cryptify.crs.store import RedisNotConnected
 
 log = Logger(namespace="cryptify.crs.redis")
 
@@ -57,8 +61,36 @@ return table.concat(out, '\\n')
 """
 
 
+#: Redis error replies that say "not now" rather than "never" (a restarted
+#: server loading its data, a busy script, a replica without its master).
+TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN")
+
+
 class BatchFailed(Exception):
-    """Redis did not do this request (its item failed, or the whole call)."""
+    """Redis did not do this request (its item failed, or the whole call).
+
+    ``transient``: Redis could not be reached or answered "not now"; the
+    same request may well succeed in a moment.
+    """
+
+    def __init__(self, reason: str, transient: bool = False) -> None:
+        super().__init__(reason)
+        self.transient = transient
+
+
+def transient(failure: Failure) -> bool:
+    """Whether a failed Redis call failed for want of a usable connection."""
+    if failure.check(
+        RedisNotConnected,
+        RedisConnectionError,
+        error.ConnectionLost,
+        error.ConnectionDone,
+        error.ConnectionClosed,
+        error.ConnectError,
+        error.TimeoutError,
+    ):
+        return True
+    return failure.getErrorMessage().startswith(TRANSIENT_REPLIES)
 
 
 class ScriptBatch:
@@ -140,12 +172,16 @@ class ScriptBatch:
             return
         for (_, answer), line in zip(items, lines, strict=True):
             if line.startswith("!"):
-                answer.errback(BatchFailed(f"{self.name}: {line[1:]}"))
+                why = line[1:]
+                answer.errback(
+                    BatchFailed(f"{self.name}: {why}", why.startswith(TRANSIENT_REPLIES))
+                )
             else:
                 answer.callback(line)
 
     def _failed(self, failure: Failure, items: list[tuple[Sequence[str], Deferred[str]]]) -> None:
         why = failure.getErrorMessage()
+        passing = transient(failure)
         log.warn(
             "{name}: {count} requests not done: {why}",
             name=self.name,
@@ -153,4 +189,4 @@ class ScriptBatch:
             why=why,
         )
         for _, answer in items:
-            answer.errback(BatchFailed(f"{self.name}: {why}"))
+            answer.errback(BatchFailed(f"{self.name}: {why}", passing))

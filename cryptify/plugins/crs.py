@@ -27,6 +27,7 @@ import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger, globalLogPublisher
+from twisted.python.failure import Failure
 
 from cryptify.config import (
     CrsConfig,
@@ -45,6 +46,7 @@ from cryptify.crs.messaging import Messaging
 from cryptify.crs.messaging import install as install_messaging
 from cryptify.crs.objects import ClientObjects
 from cryptify.crs.redis import RedisInstance, RedisSupervisor, ReplicaOf, load_password
+from cryptify.crs.redis_batch import transient
 from cryptify.crs.sessions import SessionTable
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.state import CrsState
@@ -309,6 +311,14 @@ class ManagedRedis(service.MultiService):
         return defer.ensureDeferred(stop())
 
 
+def stores_ready(redis: ManagedRedis | ExternalRedis) -> bool:
+    """Whether both Redis stores are connected (clients may attach)."""
+    try:
+        return all(redis.store(name).connected for name in ("redis_high", "redis_low"))
+    except KeyError:
+        return False
+
+
 def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> ProgramService:
     """Build the CRS's service tree; nothing is opened until it starts."""
     g = cfg.global_
@@ -347,7 +357,13 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
 
     def observe(attachment: Any) -> None:
         d = defer.ensureDeferred(objects.observe(attachment.account, attachment.uri))
-        d.addErrback(lambda f: log.failure("cannot record observed client", f))
+        d.addErrback(not_observed)
+
+    def not_observed(failure: Failure) -> None:
+        if transient(failure):
+            log.warn("observed client not recorded: {why}", why=failure.getErrorMessage())
+        else:
+            log.failure("cannot record observed client", failure)
 
     assert state.registry is not None
     state.registry.on_attach.append(observe)
@@ -393,6 +409,7 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         objects=objects,
         move_port=g.listen.port,
         tickets=TicketKey.derive(g.key),
+        ready=lambda: stores_ready(redis),
     )
     stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
     state.stats = stats
@@ -414,6 +431,7 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         lambda: redis.store("redis_low"),
         reactor.seconds,
         stats=stats,
+        scheduler=reactor,
     )
     install_messaging(core, messaging)
     state.messaging = messaging

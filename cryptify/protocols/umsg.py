@@ -47,6 +47,10 @@ MAX_ID = 2**32 - 1
 MAX_CONTENT = 48 * 1024
 #: Largest MIKEY I_MESSAGE carried by ``invite``, octets.
 MAX_MIKEY = 4096
+#: Octets of a post's message key (its retry key).
+KEY_OCTETS = 16
+#: Longest ``retry-after`` hint, ms.
+MAX_RETRY_AFTER = 3_600_000
 
 #: Error and refusal codes, with what each means (docs/umsg.md lists them).
 ERROR_CODES: dict[str, str] = {
@@ -69,6 +73,8 @@ ERROR_CODES: dict[str, str] = {
     "not-connected": "the responder is not attached",
     "internal": "the CRS could not handle the request",
     "disconnected": "the CRS closed the connection (the reason says why)",
+    "unavailable": "a store is briefly out of reach: retry the same request later",
+    "key-reused": "the post's retry key was used before for a different message",
 }
 
 
@@ -376,6 +382,10 @@ def _reason() -> Field:
     return _text("reason", 200, 0, req=False)
 
 
+def _retry_after() -> Field:
+    return Field("retry-after", "uint", 0, MAX_RETRY_AFTER, False)
+
+
 _SESSION = _text("session", 64, pattern=r"[0-9A-Za-z_.:-]{1,64}")
 _MESSAGE = _text("message", 64, pattern=r"[0-9A-Za-z_.:-]{1,64}")
 
@@ -435,6 +445,7 @@ FROM_CLIENT: dict[str, tuple[Field, ...]] = _schema(
             Field("content", "bytes", 0, MAX_CONTENT, False),
             attrs.evolve(_MESSAGE, name="ack", required=False),
             Field("system", "bool", required=False),
+            Field("key", "bytes", KEY_OCTETS, KEY_OCTETS, False),
         ],
     ),
     ("fetch", [_id()]),
@@ -470,10 +481,10 @@ FROM_SERVER: dict[str, tuple[Field, ...]] = _schema(
         "moved",
         [_id(), _text("crs", 64), _text("host", 255), Field("port", "uint", 1, 65535)],
     ),
-    ("refused", [_id(False), _code(), _reason()]),
+    ("refused", [_id(False), _code(), _reason(), _retry_after()]),
     ("disconnect", [_code(), _reason()]),
     ("ok", [_id()]),
-    ("error", [_id(False), _code(), _reason()]),
+    ("error", [_id(False), _code(), _reason(), _retry_after()]),
     (
         "invite",
         [
