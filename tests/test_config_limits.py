@@ -315,3 +315,12 @@ class ShortErrorTests(SynchronousTestCase):
         e = self.assertRaises(ConfigError, parse_crs_config, text, "crs.conf")
         self.assertLess(len(str(e)), 500)
         self.assertTrue(str(e).startswith("crs.conf:2:"))
+
+    def test_escaped_characters_cut(self) -> None:
+        """
+        Control characters are shown escaped (several characters each); the
+        cut applies to what is shown, so such an error stays short too.
+        """
+        e = ConfigError("\x01" * 300, "c.conf", 1, 1, "\x02" * 300, "\x03" * 300)
+        self.assertLess(len(str(e)), 500, str(e))
+        self.assertIn("\\x01", str(e))

@@ -80,9 +80,9 @@ def printable(text: str, limit: int = QUOTE_CHARS) -> str:
     The first C{limit} characters of C{text}, control characters shown as
     escapes, with C{...} when some were left out: for error messages.
     """
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text[:limit]) + (
-        "..." if len(text) > limit else ""
-    )
+    shown = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text[: limit + 1])
+    # Escapes make a character several long: cut what is shown, not the input.
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 class _LineCounter:
