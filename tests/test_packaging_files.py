@@ -11,6 +11,7 @@ Building and installing the packages is `make test-packages`
 
 from __future__ import annotations
 
+import configparser
 import grp
 import os
 import pwd
@@ -160,6 +161,24 @@ class UnitTests(SynchronousTestCase):
             else:
                 self.assertNotIn("AmbientCapabilities", settings, name)
                 self.assertEqual(settings["CapabilityBoundingSet"], "", name)
+
+
+class WheelContentsTests(SynchronousTestCase):
+    def test_every_package_is_listed(self) -> None:
+        """
+        Every package of cryptify/ is in setup.cfg's packages, so the wheel
+        the packages install has it (an editable install hides a missing
+        one; the installed CIG failed to import cryptify.protocols.sip).
+        """
+        parser = configparser.ConfigParser()
+        parser.read(os.path.join(TOP, "setup.cfg"))
+        listed = set(parser["options"]["packages"].split())
+        found = set()
+        for directory, _dirs, files in os.walk(os.path.join(TOP, "cryptify")):
+            if "__init__.py" in files:
+                found.add(os.path.relpath(directory, TOP).replace(os.sep, "."))
+        self.assertEqual(found - listed, set())
+        self.assertIn("twisted.plugins", listed)
 
 
 class CreateCigMaildirTests(SynchronousTestCase):
