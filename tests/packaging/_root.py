@@ -79,11 +79,17 @@ def packages(version: str) -> str:
     """
     The directory holding crs and cig .deb and .rpm files of C{version},
     built once per test run with C{packaging/build.sh} (C{PKG_VERSION}
-    gives versions other than the project's).
+    gives versions other than the project's). With
+    C{CRYPTIFY_REUSE_PACKAGES=1}, packages an earlier run left are used
+    as they are (for working on the tests, not on the packages).
     """
     if version in _built:
         return _built[version]
     out = os.path.join(TOP, "build", "packaging-tests", version)
+    if os.environ.get("CRYPTIFY_REUSE_PACKAGES") and glob.glob(os.path.join(out, "*.deb")):
+        log(f"reusing the packages in {out}")
+        _built[version] = out
+        return out
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ)
     if version != project_version():
