@@ -50,6 +50,10 @@ step() { echo "== $1 ($SECONDS s)"; }
 step venv
 (cd "$src" && PYTHON=/usr/bin/python3.11 packaging/stage.sh venv "$venv")
 
+# Manual pages: a generator run here (with "$venv/bin/python", which has
+# the CLIs) writes them into "$src/build/man"; packaging/stage.sh installs
+# what it finds there.
+
 step deb
 (cd "$src" && CRYPTIFY_VENV="$venv" dpkg-buildpackage -b -us -uc --no-sign)
 mkdir -p "$out"
