@@ -52,10 +52,11 @@ relocate_venv() {
     find "$dest$to" -name __pycache__ -prune -exec rm -rf {} +
     # Twisted writes dropin.cache next to the plugins on first use; the
     # units' read-only /opt would refuse it, so it ships ready.
-    "$dest$to/bin/python" -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
+    PYTHONDONTWRITEBYTECODE=1 "$dest$to/bin/python" \
+        -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
     # Hash-checked byte code stays valid whatever mtimes dpkg/rpm give the
     # sources, and names the final paths in tracebacks.
-    "$dest$to/bin/python" -m compileall -q -j0 --invalidation-mode checked-hash \
+    "$dest$to/bin/python" -m compileall -q -f -j0 --invalidation-mode checked-hash \
         -s "$dest" -p / "$dest$to/lib"
     if grep -rlI -F -- "$from" "$dest$to" >/dev/null; then
         die "build path $from still named in $dest$to"
