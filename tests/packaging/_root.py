@@ -171,6 +171,30 @@ class Unit:
         return shlex.split(self.get("ExecStart"))
 
 
+def sweep_stale_roots() -> None:
+    """
+    Unmount and delete what an interrupted run left: the roots and network
+    namespaces named after a test process that no longer exists.
+    """
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    for line in listing.stdout.splitlines():
+        match = re.match(r"(cryptify-pkg-(\d+)-(root-\S+))", line)
+        if not match or os.path.exists(f"/proc/{match.group(2)}"):
+            continue
+        for root_path in glob.glob(f"/tmp/cryptify-packaging-*/{match.group(3)}"):
+            stale = DebianRoot(root_path)
+            stale.netns = match.group(1)
+            with open("/proc/mounts") as f:
+                stale.mounts = sorted(
+                    {fields.split()[1] for fields in f if fields.split()[1].startswith(root_path)},
+                    key=len,
+                )
+            log(f"removing a root left by process {match.group(2)}: {root_path}")
+            stale.close()
+            shutil.rmtree(os.path.dirname(root_path), ignore_errors=True)
+        subprocess.run(["ip", "netns", "delete", match.group(1)], check=False, capture_output=True)
+
+
 class DebianRoot:
     """A Debian root unpacked from the cached tarball, with its own network."""
 
@@ -182,6 +206,7 @@ class DebianRoot:
 
     @classmethod
     def create(cls, parent: str) -> DebianRoot:
+        sweep_stale_roots()
         tarball = cached_tarball()
         path = tempfile.mkdtemp(prefix="root-", dir=parent)
         root = cls(path)
@@ -194,16 +219,22 @@ class DebianRoot:
         return root
 
     def _prepare(self) -> None:
+        # The root is a private mount of its own, and so is its /dev: no
+        # mount made inside (devpts above all) may propagate to the host's
+        # mounts, as it would under a shared / (systemd's default).
         for fs, where, opts in (
+            (self.path, "", ["--bind"]),
             ("proc", "proc", ["-t", "proc"]),
             ("/dev", "dev", ["--bind"]),
-            ("devpts", "dev/pts", ["-t", "devpts"]),
+            ("devpts", "dev/pts", ["-t", "devpts", "-o", "newinstance,ptmxmode=0666"]),
             ("sysfs", "sys", ["-t", "sysfs"]),
         ):
-            target = os.path.join(self.path, where)
+            target = os.path.join(self.path, where).rstrip("/")
             os.makedirs(target, exist_ok=True)
             run(["mount", *opts, fs, target])
             self.mounts.append(target)
+            if "--bind" in opts:
+                run(["mount", "--make-private", target])
         shutil.copy("/etc/resolv.conf", os.path.join(self.path, "etc", "resolv.conf"))
         # Like a freshly installed system without a running init: package
         # scripts must not try to start daemons.
@@ -374,4 +405,9 @@ class DebianRoot:
             subprocess.run(["umount", "-l", target], check=False)
         self.mounts.clear()
         subprocess.run(["ip", "netns", "delete", self.netns], check=False, capture_output=True)
+        with open("/proc/mounts") as f:
+            left = [line.split()[1] for line in f if line.split()[1].startswith(self.path)]
+        # Never delete through a mount still in place (the host's /dev).
+        if left:
+            raise AssertionError(f"still mounted in {self.path}: {left}; not deleting it")
         shutil.rmtree(self.path, ignore_errors=True)
