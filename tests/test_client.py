@@ -308,7 +308,7 @@ class TicketReuseTests(SynchronousTestCase):
 
     def test_reconnect_resumes(self) -> None:
         """After the CRS drops it, the client re-attaches with its ticket (no signature)."""
-        from cryptify.crs.attach import TicketKey
+        from cryptify.crs.attach.core import TicketKey
 
         world = World.make()
         world.core.tickets = TicketKey.derive("k")

@@ -13,10 +13,10 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.crs.accounts import AccountStore
-from cryptify.crs.admin import CrsAdmin
-from cryptify.crs.attached import Attachment
-from cryptify.crs.objects import ClientObjects
-from cryptify.crs.state import CrsState
+from cryptify.crs.attach.registry import Attachment
+from cryptify.crs.objects.store import ClientObjects
+from cryptify.crs.operator.admin import CrsAdmin
+from cryptify.crs.operator.state import CrsState
 from cryptify.crs.trace import TraceHub
 from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin

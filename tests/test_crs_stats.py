@@ -13,15 +13,15 @@ from twisted.protocols import amp
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs import cli
 from cryptify.crs.accounts import AccountStore
-from cryptify.crs.admin import CrsAdmin
-from cryptify.crs.attached import Attachment
-from cryptify.crs.messages import Posted, Stored
-from cryptify.crs.messaging import Messaging
-from cryptify.crs.sessions import SessionTable
-from cryptify.crs.state import CrsState
-from cryptify.crs.stats import COLUMNS, Statistics, stats_key
+from cryptify.crs.attach.registry import Attachment
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.messages.store import Posted, Stored
+from cryptify.crs.messages.wiring import Messaging
+from cryptify.crs.operator import cli
+from cryptify.crs.operator.admin import CrsAdmin
+from cryptify.crs.operator.state import CrsState
+from cryptify.crs.operator.stats import COLUMNS, Statistics, stats_key
 from cryptify.crs.trace import TraceHub
 from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin

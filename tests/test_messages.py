@@ -14,8 +14,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from txredisapi import ResponseError
 
-from cryptify.crs.attached import Attachment, AttachRegistry
-from cryptify.crs.messages import (
+from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.messages.store import (
     MessageRefused,
     MessageStore,
     Posted,
@@ -23,8 +23,8 @@ from cryptify.crs.messages import (
     post_digest,
     retry_scope,
 )
-from cryptify.crs.messaging import DELIVERY_RETRY, DELIVERY_WINDOW, Messaging
-from cryptify.crs.store import RedisNotConnected
+from cryptify.crs.messages.wiring import DELIVERY_RETRY, DELIVERY_WINDOW, Messaging
+from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import encode_from_server, message
 from tests.test_crs_stats import FakeSession

@@ -1,4 +1,4 @@
-"""Tests for one Lua script call per reactor turn (:mod:`cryptify.crs.redis_batch`), in memory."""
+"""Tests for one Lua script call per reactor turn (:mod:`cryptify.crs.redis.batch`), in memory."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs.redis_batch import BatchFailed, ScriptBatch
-from cryptify.crs.store import RedisNotConnected
+from cryptify.crs.redis.batch import BatchFailed, ScriptBatch
+from cryptify.crs.redis.store import RedisNotConnected
 
 
 class FakeScripts:

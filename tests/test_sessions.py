@@ -1,4 +1,4 @@
-"""Tests for cryptify.crs.sessions: the call state machine, in memory."""
+"""Tests for cryptify.crs.calls.core: the call state machine, in memory."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs.sessions import (
+from cryptify.crs.calls.core import (
     ANSWER_TIMEOUT,
     ENDED_SHOWN_FOR,
     MAX_ENDED_SHOWN,

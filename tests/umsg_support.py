@@ -13,10 +13,10 @@ from twisted.test import iosim
 
 from cryptify.client.connection import Event, UmsgClientProtocol
 from cryptify.client.session import ClientSession
-from cryptify.crs.attach import AttachCore
-from cryptify.crs.attached import AttachRegistry
+from cryptify.crs.attach.core import AttachCore
+from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.attach.wiring import Limits, UmsgServerFactory, UmsgServerProtocol
 from cryptify.crs.slots import SlotMap
-from cryptify.crs.umsg_server import Limits, UmsgServerFactory, UmsgServerProtocol
 from cryptify.crypto.eccsi import EccsiKms, EccsiSigner
 from cryptify.crypto.identity import tel_identifier
 from cryptify.protocols.umsg import Message

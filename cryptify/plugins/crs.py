@@ -19,12 +19,9 @@ before the log closes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
@@ -37,23 +34,22 @@ from cryptify.config import (
 )
 from cryptify.config.crs import Endpoint
 from cryptify.crs.accounts import AccountStore
-from cryptify.crs.admin import CrsAdmin
-from cryptify.crs.attach import AttachCore, TicketKey
-from cryptify.crs.calls import LinkRelayAllocator, RegistryParties
-from cryptify.crs.calls import install as install_calls
-from cryptify.crs.messages import MessageExpiry, MessageStore
-from cryptify.crs.messaging import Messaging
-from cryptify.crs.messaging import install as install_messaging
-from cryptify.crs.objects import ClientObjects
-from cryptify.crs.redis import RedisInstance, RedisSupervisor, ReplicaOf, load_password
-from cryptify.crs.redis_batch import transient
-from cryptify.crs.sessions import SessionTable
+from cryptify.crs.attach.core import AttachCore, TicketKey
+from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.calls.wiring import LinkRelayAllocator, RegistryParties
+from cryptify.crs.calls.wiring import install as install_calls
+from cryptify.crs.messages.store import MessageExpiry, MessageStore
+from cryptify.crs.messages.wiring import Messaging
+from cryptify.crs.messages.wiring import install as install_messaging
+from cryptify.crs.objects.store import ClientObjects
+from cryptify.crs.operator.admin import CrsAdmin
+from cryptify.crs.operator.state import CrsState
+from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.redis.batch import transient
+from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
 from cryptify.crs.slots import SlotMap
-from cryptify.crs.state import CrsState
-from cryptify.crs.stats import Statistics
-from cryptify.crs.store import RedisStore
 from cryptify.crs.trace import EventTraceObserver, TraceHub
-from cryptify.crs.umsg_server import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
 from cryptify.plugins._common import (
@@ -178,147 +174,6 @@ def instance_name(cfg: CrsConfig, local: CrsLocalConfig) -> str:
     return "crs1"
 
 
-def wanted_redis(local: CrsLocalConfig) -> list[tuple[str, str]]:
-    """(name, config field) of the Redis servers this instance uses."""
-    wanted = [("redis_high", "high"), ("redis_low", "low")]
-    if local.db_backup == "replicate-from-peer":
-        wanted.append(("redis_backup", "backup"))
-    return wanted
-
-
-def redis_instances(cfg: CrsConfig, local: CrsLocalConfig) -> list[RedisInstance]:
-    """The Redis children this instance supervises (reads or makes passwords)."""
-    g = cfg.global_
-    data, logs = Path(g.data_dir) / "redis", Path(g.log_dir)
-    instances = []
-    for name, field in wanted_redis(local):
-        where: Endpoint = getattr(g.redis, field)
-        # redis_backup replicates the pool peer's redis_low once the pool
-        # synchronization link exists; until then it runs as an empty store.
-        replica: ReplicaOf | None = None
-        instances.append(
-            RedisInstance(
-                name=name,
-                password=load_password(data, name),
-                data_dir=data,
-                log_dir=logs,
-                host=where.host,
-                port=where.port,
-                replica_of=replica,
-            )
-        )
-    return instances
-
-
-def external_password(cfg: CrsConfig) -> str | None:
-    """The password of external Redis servers, from redis-password-file."""
-    path = cfg.global_.redis.password_file
-    if not path:
-        return None
-    try:
-        with open(path) as f:
-            text: str = f.read().strip()
-    except OSError as exc:
-        raise StartupError(f"cannot read redis-password-file {path}: {exc.strerror}") from exc
-    return text or None
-
-
-class ExternalRedis(service.MultiService):
-    """Stores connected to Redis servers someone else runs."""
-
-    def __init__(self, cfg: CrsConfig, reactor: Any, probes: dict[str, Any]) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.cfg = cfg
-        self.reactor = reactor
-        for name in ("redis_high", "redis_low"):
-            probes[name] = lambda n=name: any(s.connected for s in self if s.name == n)
-
-    def store(self, name: str) -> RedisStore:
-        """The store connected to Redis ``name`` (after start)."""
-        for store in self:
-            if isinstance(store, RedisStore) and store.name == name:
-                return store
-        raise KeyError(name)
-
-    def startService(self) -> None:
-        g = self.cfg.global_
-        password = external_password(self.cfg)
-        for name, where in (("redis_high", g.redis.high), ("redis_low", g.redis.low)):
-            attach(self, RedisStore.tcp(self.reactor, where.host, where.port, password, name))
-        super().startService()  # type: ignore[no-untyped-call]
-
-
-class ManagedRedis(service.MultiService):
-    """The supervised Redis children and the stores connected to them.
-
-    The instances (and their password files) are made when the service
-    starts, not when the tree is built.  The supervisor starts first; a
-    failure to start stops the CRS with its reason.  On stop the stores
-    close before the children are stopped.
-    """
-
-    def __init__(
-        self,
-        cfg: CrsConfig,
-        local: CrsLocalConfig,
-        reactor: Any,
-        notify: Callable[[str, str], None],
-    ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.cfg = cfg
-        self.local = local
-        self.reactor = reactor
-        self.notify = notify
-        self.supervisor: RedisSupervisor | None = None
-        self.stores: list[RedisStore] = []
-        self.names = [name for name, _ in wanted_redis(local)]
-
-    def store(self, name: str) -> RedisStore:
-        """The store connected to Redis ``name`` (after start)."""
-        for store in self.stores:
-            if store.name == name:
-                return store
-        raise KeyError(name)
-
-    def status(self, name: str) -> bool:
-        return self.supervisor is not None and self.supervisor.status().get(name) == "active"
-
-    def startService(self) -> None:
-        g = self.cfg.global_
-        try:
-            instances = redis_instances(self.cfg, self.local)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"redis: {exc}") from exc
-        self.supervisor = RedisSupervisor.with_reactor(
-            self.reactor, instances, self.notify, executable=g.redis.binary
-        )
-        self.stores = [RedisStore.for_instance(self.reactor, i) for i in instances]
-        attach(self, *self.stores)
-        service.Service.startService(self)
-        self.supervisor.startService().addErrback(fatal("crs", self.reactor))
-        for store in self.stores:
-            store.startService()
-
-    def stopService(self) -> Any:
-        service.Service.stopService(self)
-
-        async def stop() -> None:
-            for store in self.stores:
-                await defer.maybeDeferred(store.stopService)
-            if self.supervisor is not None:
-                await self.supervisor.stopService()
-
-        return defer.ensureDeferred(stop())
-
-
-def stores_ready(redis: ManagedRedis | ExternalRedis) -> bool:
-    """Whether both Redis stores are connected (clients may attach)."""
-    try:
-        return all(redis.store(name).connected for name in ("redis_high", "redis_low"))
-    except KeyError:
-        return False
-
-
 def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> ProgramService:
     """Build the CRS's service tree; nothing is opened until it starts."""
     g = cfg.global_
@@ -344,13 +199,13 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         name, probes, accounts, trace, slots=slots, relay=relay, notify=notifier.notify
     )
 
-    redis: ManagedRedis | ExternalRedis
+    redis: Redis
     if g.redis.mode == "managed":
-        redis = managed = ManagedRedis(cfg, local, reactor, notifier.notify)
-        for redis_name in managed.names:
-            probes[redis_name] = lambda n=redis_name: managed.status(n)
+        redis = ManagedRedis(cfg, local, reactor, notifier.notify, fatal("crs", reactor))
     else:
-        redis = ExternalRedis(cfg, reactor, probes)
+        redis = ExternalRedis(cfg, reactor)
+    for redis_name in redis.names:
+        probes[redis_name] = lambda n=redis_name: redis.status(n)
     attach(root, redis)
     objects = ClientObjects(lambda: redis.store("redis_low"), trace, reactor.seconds)
     state.objects = objects

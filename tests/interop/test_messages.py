@@ -14,8 +14,8 @@ from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from cryptify.crs.messages import MessageRefused, MessageStore, Posted
-from cryptify.crs.store import RedisStore
+from cryptify.crs.messages.store import MessageRefused, MessageStore, Posted
+from cryptify.crs.redis.store import RedisStore
 from tests.interop._procs import BIN, free_port, short_tempdir
 from tests.interop.test_calls import CALLEE, CALLER, _CrsFixture, send
 

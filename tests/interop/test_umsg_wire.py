@@ -17,9 +17,9 @@ from twisted.trial.unittest import TestCase
 from cryptify.client.cli import tls_connector
 from cryptify.client.connection import AttachingClient
 from cryptify.client.session import Answered, Attached, ClientSession
-from cryptify.crs.attach import AttachCore
-from cryptify.crs.attached import AttachRegistry
-from cryptify.crs.umsg_server import BACKLOG, Limits, UmsgServerFactory
+from cryptify.crs.attach.core import AttachCore
+from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgServerFactory
 from cryptify.crypto.identity import period_of
 from cryptify.protocols.tls import generate_self_signed, server_context_factory
 from cryptify.protocols.umsg import attach_signed_octets

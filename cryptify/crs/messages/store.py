@@ -20,7 +20,7 @@ else different is refused ``key-reused`` and stores nothing.  A full
 inbox refuses the post, and the message, its index and its
 de-duplication key are written together.  The posts (and the
 deliveries) that arrive in one reactor turn go to Redis as one script
-call (:mod:`cryptify.crs.redis_batch`); a post Redis fails is refused on
+call (:mod:`cryptify.crs.redis.batch`); a post Redis fails is refused on
 its own: ``unavailable`` (retry later, same key) when Redis could not
 be reached, ``internal`` otherwise.  The CRS acknowledges a post
 (``posted``) only after the script has run; with ``redis_low``'s
@@ -51,8 +51,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cryptify.crs.redis_batch import BatchFailed, ScriptBatch
-from cryptify.crs.sessions import base_uri
+from cryptify.crs.calls.core import base_uri
+from cryptify.crs.redis.batch import BatchFailed, ScriptBatch
 
 log = Logger(namespace="cryptify.crs.message")
 
@@ -67,7 +67,7 @@ EXPIRY_SWEEP = 60.0
 #: Kinds of stored messages.
 KINDS = ("content", "ack", "system")
 
-#: A batch of posts (:class:`~cryptify.crs.redis_batch.ScriptBatch`).  ARGV:
+#: A batch of posts (:class:`~cryptify.crs.redis.batch.ScriptBatch`).  ARGV:
 #: inbox limit, de-duplication seconds, then per post: ID, sender,
 #: de-duplication key, recipient (as posted), inbox owner (its base
 #: number), account, kind, time (ms), data, known set or '', counters hash

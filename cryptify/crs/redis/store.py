@@ -25,7 +25,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from txredisapi import RedisProtocol
 
-from cryptify.crs.redis import RedisInstance, TimeSource
+from cryptify.crs.redis.instance import RedisInstance
+from cryptify.crs.redis.supervisor import TimeSource
 
 #: first reconnection delay, doubled per failed attempt
 RECONNECT_FIRST_DELAY = 0.5
@@ -34,7 +35,7 @@ RECONNECT_MAX_DELAY = 30.0
 #: seconds a TCP connect may take
 CONNECT_TIMEOUT = 5
 
-log = Logger()
+log = Logger(namespace="cryptify.crs.store")
 
 #: replies to AUTH/SELECT that no reconnection will change
 _AUTH_ERRORS = (

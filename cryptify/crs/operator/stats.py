@@ -11,7 +11,7 @@ Disabled by default.  Everything lives in ``redis_low``::
 Counted only while the account is enabled:
 
 - ``session-outgoing`` / ``session-incoming``: a call invited (the
-  :class:`~cryptify.crs.sessions.SessionTable` placed it: the callee is
+  :class:`~cryptify.crs.calls.core.SessionTable` placed it: the callee is
   attached, the invite was not refused), caller and callee;
 - ``message-outgoing`` / ``system-outgoing``: a content / system message
   the CRS stored for its sender (a repeated post is not counted again;
@@ -162,12 +162,12 @@ class Statistics:
         )
 
     def on_attach(self, attachment: Any) -> None:
-        """An :class:`~cryptify.crs.attached.AttachRegistry` ``on_attach`` listener."""
+        """An :class:`~cryptify.crs.attach.registry.AttachRegistry` ``on_attach`` listener."""
         period = getattr(attachment, "period", "") or period_of(attachment.since)
         self._background(self.attached(attachment.account, attachment.uri, period))
 
     def on_invite(self, caller: Any, callee: Any) -> None:
-        """A :class:`~cryptify.crs.sessions.SessionTable` ``on_invite`` hook."""
+        """A :class:`~cryptify.crs.calls.core.SessionTable` ``on_invite`` hook."""
 
         async def run() -> None:
             await self.count(caller.account, caller.uri, "session-outgoing")

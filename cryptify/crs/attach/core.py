@@ -36,8 +36,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cryptify.crs.attached import Attachment, AttachRegistry
-from cryptify.crs.redis_batch import transient
+from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.redis.batch import transient
 from cryptify.crs.slots import SlotMap, slot_of
 from cryptify.crypto import eccsi
 from cryptify.crypto.errors import CryptoError

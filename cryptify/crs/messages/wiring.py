@@ -3,7 +3,7 @@
 - ``post {id, to, content | ack, system?, key?}``: the recipient must be
   known to this CRS (it has attached at some time, under any account),
   else ``error not-found``.  The message is stored durably
-  (:mod:`cryptify.crs.messages`) and only then answered ``posted {id,
+  (:mod:`cryptify.crs.messages.store`) and only then answered ``posted {id,
   message}``; an attached recipient gets it at once as ``message``.  A
   repeat of a post -- same message ``key``, or, without a key, the same
   request id on the same connection -- answers the first ID; the same key
@@ -43,12 +43,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cryptify.crs.attach import AttachCore, AttachSession
-from cryptify.crs.attached import Attachment, AttachRegistry
-from cryptify.crs.messages import MessageRefused, MessageStore, Posted, Stored, retry_scope
-from cryptify.crs.redis_batch import transient
-from cryptify.crs.sessions import base_uri
-from cryptify.crs.stats import Statistics
+from cryptify.crs.attach.core import AttachCore, AttachSession
+from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.calls.core import base_uri
+from cryptify.crs.messages.store import MessageRefused, MessageStore, Posted, Stored, retry_scope
+from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.redis.batch import transient
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import message
 

@@ -1,7 +1,7 @@
 """The CRS's management responders (the server side of ``crs-cli``).
 
 One locator per management connection, holding the running CRS's state
-(:class:`~cryptify.crs.state.CrsState`) and the connection, so that a
+(:class:`~cryptify.crs.operator.state.CrsState`) and the connection, so that a
 ``trace`` can stream to it and stop when it goes away.
 """
 
@@ -19,9 +19,9 @@ from twisted.protocols import amp
 
 from cryptify import __version__
 from cryptify.crs.accounts import AccountError, check_account_id, check_uri
+from cryptify.crs.operator.state import ATTACH_MODULE, CrsState
+from cryptify.crs.operator.stats import COLUMNS as STATS_COLUMNS
 from cryptify.crs.slots import SLOTS, slot_of
-from cryptify.crs.state import ATTACH_MODULE, CrsState
-from cryptify.crs.stats import COLUMNS as STATS_COLUMNS
 from cryptify.crs.trace import ELEMENTS
 from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from cryptify.crs.accounts import AccountStore
-from cryptify.crs.attached import AttachRegistry
+from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import TraceHub
 
