@@ -18,7 +18,9 @@ before the log closes.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -35,6 +37,7 @@ from cryptify.config import (
 from cryptify.config.crs import Endpoint
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.core import AttachCore, TicketKey
+from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.calls.wiring import LinkRelayAllocator, RegistryParties
@@ -174,43 +177,65 @@ def instance_name(cfg: CrsConfig, local: CrsLocalConfig) -> str:
     return "crs1"
 
 
-def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> ProgramService:
-    """Build the CRS's service tree; nothing is opened until it starts."""
+@attrs.frozen
+class Basics:
+    """What every part of the CRS shares; built first, opens nothing."""
+
+    name: str
+    reactor: Any
+    notifier: Notifier
+    trace: TraceHub
+    accounts: AccountStore
+    slots: SlotMap
+    registry: AttachRegistry
+    #: ``show services`` probes, in the order it prints them.
+    probes: dict[str, Callable[[], bool]]
+
+
+def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Basics:
+    """The instance's name, notifier, traces, accounts, slot map and registry."""
     g = cfg.global_
     name = instance_name(cfg, local)
-    root = ProgramService("crs")
-    notifier = Notifier(reactor, g.notify or None, g.notify_timeout)
-    attach(root, LogFileService(g.log_dir, "crs.log", "crs"))
-    describe = [
-        f"instance {name}, data {g.data_dir}, accounts {g.accounts_dir}, logs {g.log_dir}",
-        f"client listener {g.listen.host}:{g.listen.port}, management {g.management}",
-        f"relay control {g.relay_control}, redis {g.redis.mode}, db-backup {local.db_backup}",
-    ]
-    attach(root, lifecycle("crs", notifier, describe, cfg.warnings))
-
-    probes: dict[str, Any] = {"crs": lambda: True}
-    relay = RelayLink(reactor, unix_endpoint(reactor, g.relay_control, 5), name)
-    probes["crs_relay"] = lambda: relay.active
     trace = TraceHub(reactor.seconds)
-    accounts = AccountStore(g.accounts_dir)
     hosts = tuple(h.name for h in cfg.pool.hosts) or (name,)
-    slots = SlotMap(hosts, name, {h.name: h.ip for h in cfg.pool.hosts})
-    state = CrsState(
-        name, probes, accounts, trace, slots=slots, relay=relay, notify=notifier.notify
+    return Basics(
+        name=name,
+        reactor=reactor,
+        notifier=Notifier(reactor, g.notify or None, g.notify_timeout),
+        trace=trace,
+        accounts=AccountStore(g.accounts_dir),
+        slots=SlotMap(hosts, name, {h.name: h.ip for h in cfg.pool.hosts}),
+        registry=AttachRegistry(name, reactor.seconds, trace),
+        probes={"crs": lambda: True},
     )
 
-    redis: Redis
-    if g.redis.mode == "managed":
-        redis = ManagedRedis(cfg, local, reactor, notifier.notify, fatal("crs", reactor))
-    else:
-        redis = ExternalRedis(cfg, reactor)
-    for redis_name in redis.names:
-        probes[redis_name] = lambda n=redis_name: redis.status(n)
-    attach(root, redis)
-    objects = ClientObjects(lambda: redis.store("redis_low"), trace, reactor.seconds)
-    state.objects = objects
 
-    def observe(attachment: Any) -> None:
+def build_relay_link(cfg: CrsConfig, basics: Basics) -> RelayLink:
+    """The control link to ``crs_relay`` (connects when started)."""
+    reactor = basics.reactor
+    relay = RelayLink(reactor, unix_endpoint(reactor, cfg.global_.relay_control, 5), basics.name)
+    basics.probes["crs_relay"] = lambda: relay.active
+    return relay
+
+
+def build_redis(cfg: CrsConfig, local: CrsLocalConfig, basics: Basics) -> Redis:
+    """Supervised Redis children or external servers, with their stores."""
+    redis: Redis
+    if cfg.global_.redis.mode == "managed":
+        reactor = basics.reactor
+        redis = ManagedRedis(cfg, local, reactor, basics.notifier.notify, fatal("crs", reactor))
+    else:
+        redis = ExternalRedis(cfg, basics.reactor)
+    for redis_name in redis.names:
+        basics.probes[redis_name] = functools.partial(redis.status, redis_name)
+    return redis
+
+
+def build_objects(basics: Basics, redis: Redis) -> ClientObjects:
+    """Push tokens, client info and observed clients in ``redis_low``."""
+    objects = ClientObjects(lambda: redis.store("redis_low"), basics.trace, basics.reactor.seconds)
+
+    def observe(attachment: Attachment) -> None:
         d = defer.ensureDeferred(objects.observe(attachment.account, attachment.uri))
         d.addErrback(not_observed)
 
@@ -220,18 +245,72 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         else:
             log.failure("cannot record observed client", failure)
 
-    assert state.registry is not None
-    state.registry.on_attach.append(observe)
-    attach(root, CallbackService(on_start=accounts.reload))
-    events = EventTraceObserver(trace)
-    attach(
-        root,
-        CallbackService(
-            lambda: globalLogPublisher.addObserver(events),
-            lambda: globalLogPublisher.removeObserver(events),
-        ),
+    basics.registry.on_attach.append(observe)
+    return objects
+
+
+def build_attach(
+    cfg: CrsConfig, basics: Basics, redis: Redis, objects: ClientObjects
+) -> AttachCore:
+    """What every client connection shares: the attach checks and their stores."""
+    return AttachCore(
+        basics.name,
+        basics.accounts,
+        basics.registry,
+        basics.reactor.seconds,
+        slots=basics.slots,
+        objects=objects,
+        move_port=cfg.global_.listen.port,
+        tickets=TicketKey.derive(cfg.global_.key),
+        ready=lambda: stores_ready(redis),
     )
-    attach(root, relay)
+
+
+def build_calls(
+    cfg: CrsConfig, basics: Basics, core: AttachCore, relay: RelayLink, stats: Statistics
+) -> SessionTable:
+    """Calls between attached clients, with relay sessions from ``crs_relay``."""
+    sessions = SessionTable(
+        RegistryParties(basics.registry),
+        LinkRelayAllocator(relay, media_host(cfg, basics.name)),
+        basics.reactor,
+        basics.trace,
+        on_invite=stats.on_invite,
+    )
+    install_calls(core, sessions)
+    return sessions
+
+
+@attrs.frozen
+class Messages:
+    """Store-and-forward messaging: the store, its rules and its expiry sweep."""
+
+    store: MessageStore
+    messaging: Messaging
+    expiry: MessageExpiry
+
+
+def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statistics) -> Messages:
+    """Post, fetch and delivered for attached clients, kept in ``redis_low``."""
+    reactor = basics.reactor
+    store = MessageStore(lambda: redis.store("redis_low"), reactor.seconds)
+    messaging = Messaging(
+        store,
+        basics.registry,
+        basics.trace,
+        lambda: redis.store("redis_low"),
+        reactor.seconds,
+        stats=stats,
+        scheduler=reactor,
+    )
+    install_messaging(core, messaging)
+    return Messages(store, messaging, MessageExpiry(store, reactor))
+
+
+def client_listener(cfg: CrsConfig, reactor: Any, core: AttachCore) -> UmsgListenService:
+    """The TLS client port (5223); a self-signed certificate without tls-certificate."""
+    g = cfg.global_
+    clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
 
     def listen_clients() -> Any:
         if g.tls_certificate:
@@ -255,45 +334,13 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
             g.listen.port, clients, context, backlog=BACKLOG, interface=g.listen.host
         )
 
-    core = AttachCore(
-        name,
-        accounts,
-        state.registry,
-        reactor.seconds,
-        slots=slots,
-        objects=objects,
-        move_port=g.listen.port,
-        tickets=TicketKey.derive(g.key),
-        ready=lambda: stores_ready(redis),
-    )
-    stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
-    state.stats = stats
-    state.registry.on_attach.append(stats.on_attach)
-    sessions = SessionTable(
-        RegistryParties(state.registry),
-        LinkRelayAllocator(relay, media_host(cfg, name)),
-        reactor,
-        trace,
-        on_invite=stats.on_invite,
-    )
-    install_calls(core, sessions)
-    state.sessions = sessions
-    store = MessageStore(lambda: redis.store("redis_low"), reactor.seconds)
-    messaging = Messaging(
-        store,
-        state.registry,
-        trace,
-        lambda: redis.store("redis_low"),
-        reactor.seconds,
-        stats=stats,
-        scheduler=reactor,
-    )
-    install_messaging(core, messaging)
-    state.messaging = messaging
-    attach(root, MessageExpiry(store, reactor))
-    clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
     where = f"{g.listen.host}:{g.listen.port}"
-    attach(root, UmsgListenService(where, listen_clients, clients, reactor))
+    return UmsgListenService(where, listen_clients, clients, reactor)
+
+
+def management_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> ListenService:
+    """The management socket ``crs-cli`` talks to (mode 0660)."""
+    g = cfg.global_
 
     def listen_management() -> Any:
         prepare_socket_path(g.management)
@@ -302,7 +349,59 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         restrict_socket(g.management, g.management_group)
         return port
 
-    attach(root, ListenService("management", g.management, listen_management))
+    return ListenService("management", g.management, listen_management)
+
+
+def trace_events(trace: TraceHub) -> CallbackService:
+    """Feeds this process's log events to ``trace event`` while it runs."""
+    events = EventTraceObserver(trace)
+    return CallbackService(
+        lambda: globalLogPublisher.addObserver(events),
+        lambda: globalLogPublisher.removeObserver(events),
+    )
+
+
+def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> ProgramService:
+    """Build the CRS's service tree; nothing is opened until it starts."""
+    g = cfg.global_
+    basics = build_basics(cfg, local, reactor)
+    root = ProgramService("crs")
+    attach(root, LogFileService(g.log_dir, "crs.log", "crs"))
+    describe = [
+        f"instance {basics.name}, data {g.data_dir}, accounts {g.accounts_dir}, logs {g.log_dir}",
+        f"client listener {g.listen.host}:{g.listen.port}, management {g.management}",
+        f"relay control {g.relay_control}, redis {g.redis.mode}, db-backup {local.db_backup}",
+    ]
+    attach(root, lifecycle("crs", basics.notifier, describe, cfg.warnings))
+    relay = build_relay_link(cfg, basics)
+    redis = build_redis(cfg, local, basics)
+    objects = build_objects(basics, redis)
+    core = build_attach(cfg, basics, redis, objects)
+    stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
+    basics.registry.on_attach.append(stats.on_attach)
+    sessions = build_calls(cfg, basics, core, relay, stats)
+    messages = build_messages(basics, core, redis, stats)
+    state = CrsState(
+        basics.name,
+        basics.probes,
+        basics.accounts,
+        basics.trace,
+        registry=basics.registry,
+        slots=basics.slots,
+        objects=objects,
+        relay=relay,
+        sessions=sessions,
+        messaging=messages.messaging,
+        stats=stats,
+        notify=basics.notifier.notify,
+    )
+    attach(root, redis)
+    attach(root, CallbackService(on_start=basics.accounts.reload))
+    attach(root, trace_events(basics.trace))
+    attach(root, relay)
+    attach(root, messages.expiry)
+    attach(root, client_listener(cfg, reactor, core))
+    attach(root, management_listener(cfg, reactor, state))
     return root
 
 
