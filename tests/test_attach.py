@@ -19,7 +19,8 @@ from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crs.slots import SlotMap, slot_of
 from cryptify.protocols.umsg import ERROR_CODES, Message
 from cryptify.protocols.umsg_ws import UmsgWebSocket, mask
-from tests.umsg_support import FakeAccount, World, kms
+from tests.fakes import FakeAccount, kms
+from tests.umsg_support import World
 
 
 class _Base(SynchronousTestCase):
@@ -146,7 +147,7 @@ class AttachTests(_Base):
         events: list[Any] = []
         from cryptify.client.connection import UmsgClientProtocol
         from cryptify.client.session import ClientSession
-        from tests.umsg_support import signer
+        from tests.fakes import signer
 
         def make(send: Any) -> ClientSession:
             return ClientSession(

@@ -24,7 +24,8 @@ from cryptify.client.connection import (
 from cryptify.client.session import Attached, ClientSession, Disconnected, Moved, Refused
 from cryptify.crs.slots import SlotMap, slot_of
 from cryptify.protocols.umsg import Message
-from tests.umsg_support import World, signer
+from tests.fakes import signer
+from tests.umsg_support import World
 
 
 class SessionTests(SynchronousTestCase):

@@ -21,48 +21,7 @@ from cryptify.crs.trace import TraceHub
 from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import CommandFailed, ManagementClient, ManagementProtocol
-from tests.test_crs_accounts import SECRET, update_bytes
-
-
-class FakeConnection:
-    def __init__(self) -> None:
-        self.reasons: list[str] = []
-
-    def disconnect(self, reason: str) -> None:
-        self.reasons.append(reason)
-
-
-class FakeRedis:
-    """The few Redis commands ClientObjects uses, in memory (pure-logic tests only)."""
-
-    def __init__(self) -> None:
-        self.hashes: dict[str, dict[str, str]] = {}
-        self.sets: dict[str, set[str]] = {}
-
-    async def hmset(self, key: str, mapping: dict[str, str]) -> None:
-        self.hashes.setdefault(key, {}).update(mapping)
-
-    async def sadd(self, key: str, member: str) -> None:
-        self.sets.setdefault(key, set()).add(member)
-
-    async def hgetall(self, key: str) -> dict[str, str]:
-        return dict(self.hashes.get(key, {}))
-
-    async def smembers(self, key: str) -> set[str]:
-        return set(self.sets.get(key, set()))
-
-    async def scard(self, key: str) -> int:
-        return len(self.sets.get(key, set()))
-
-    async def delete(self, *keys: str) -> None:
-        for key in keys:
-            self.hashes.pop(key, None)
-            self.sets.pop(key, None)
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.client = FakeRedis()
+from tests.fakes import SECRET, FakeConnection, FakeStore, update_bytes
 
 
 class AdminTests(SynchronousTestCase):

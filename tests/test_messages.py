@@ -27,23 +27,16 @@ from cryptify.crs.messages.wiring import DELIVERY_RETRY, DELIVERY_WINDOW, Messag
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import encode_from_server, message
-from tests.test_crs_stats import FakeSession
-from tests.test_redis_batch import FakeScripts
+from tests.fakes import FakeScripts, FakeSession, FakeStore, MemoryMessageStore
 
 NOW = 1_800_000_000.0
-
-
-class FakeRedisStore:
-    def __init__(self, clock: Clock) -> None:
-        self.client = FakeScripts()
-        self.clock = clock
 
 
 class _Store(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.redis = FakeRedisStore(self.clock)
+        self.redis = FakeStore(FakeScripts(), self.clock)
         ids = (f"id{n}" for n in itertools.count(1))
         self.store = MessageStore(lambda: self.redis, self.clock.seconds, new_id=lambda: next(ids))
         self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
@@ -264,74 +257,6 @@ class MessagingTests(_Store):
         self.assertEqual(self.messaging.counters["delivered"], 1)
 
 
-class MemoryMessages:
-    """MessageStore's interface in memory, with its retry scopes and inboxes (the
-    Lua is tested against redis-server); ``down`` makes every call fail as when
-    redis_low is out of reach."""
-
-    def __init__(self) -> None:
-        self.messages: dict[str, Stored] = {}
-        self.scopes: dict[str, tuple[str, str]] = {}
-        self.ids = (f"m{n:04}" for n in itertools.count(1))
-        self.down = False
-
-    def _reachable(self) -> None:
-        if self.down:
-            raise RedisNotConnected("redis_low: not connected")
-
-    async def post(
-        self,
-        sender: str,
-        scope: str,
-        recipient: str,
-        account: str,
-        kind: str,
-        data: bytes,
-        known: str | None = None,
-        counters: str | None = None,
-    ) -> Posted:
-        if self.down:
-            raise MessageRefused("unavailable", "message not stored (redis_low: not connected)")
-        digest = post_digest(recipient, kind, data)
-        first = self.scopes.get(f"{sender} {scope}")
-        if first is not None:
-            if first[1] != digest:
-                raise MessageRefused("key-reused", "used for another message")
-            return Posted(first[0], duplicate=True)
-        message_id = next(self.ids)
-        stored = Stored(message_id, sender, recipient, account, kind, int(NOW * 1000), data)
-        self.messages[message_id] = stored
-        self.scopes[f"{sender} {scope}"] = (message_id, digest)
-        return Posted(message_id, duplicate=False, stored=stored)
-
-    def add(self, recipient: str, count: int) -> list[str]:
-        """``count`` messages waiting for ``recipient``; their IDs."""
-        ids = []
-        for n in range(count):
-            message_id = next(self.ids)
-            self.messages[message_id] = Stored(
-                message_id, "tel:+1", recipient, "acme", "content", 0, b"%d" % n
-            )
-            ids.append(message_id)
-        return ids
-
-    async def get(self, message_id: str) -> Stored | None:
-        self._reachable()
-        return self.messages.get(message_id)
-
-    async def waiting_ids(self, recipient: str, limit: int) -> list[str]:
-        self._reachable()
-        mine = [m.id for m in self.messages.values() if m.recipient.split(";")[0] == recipient]
-        return mine[:limit]
-
-    async def delivered(
-        self, recipient: str, message_id: str, counters_prefix: str = ""
-    ) -> tuple[str, str] | None:
-        self._reachable()
-        found = self.messages.pop(message_id, None)
-        return None if found is None else (found.sender, found.kind)
-
-
 class Conn:
     """An attached client's connection: records what the CRS sends it."""
 
@@ -353,8 +278,8 @@ class _Delivery(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.store = MemoryMessages()
-        self.redis = FakeRedisStore(self.clock)
+        self.store = MemoryMessageStore(lambda: NOW)
+        self.redis = FakeStore(FakeScripts(), self.clock)
         self.redis.client.sadd = lambda *a: defer.succeed(1)  # type: ignore[attr-defined]
         self.redis.client.hset = lambda *a: defer.succeed(1)  # type: ignore[attr-defined]
         self.redis.when_connected = lambda: defer.succeed(self.redis.client)  # type: ignore[attr-defined]

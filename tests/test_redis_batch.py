@@ -11,18 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.crs.redis.batch import BatchFailed, ScriptBatch
 from cryptify.crs.redis.store import RedisNotConnected
-
-
-class FakeScripts:
-    """A txredisapi connection's ``eval``: records each call, answers when told."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, list[str], list[str], Deferred[Any]]] = []
-
-    def eval(self, script: str, keys: list[str], args: list[str]) -> Deferred[Any]:
-        answer: Deferred[Any] = Deferred()
-        self.calls.append((script, keys, args, answer))
-        return answer
+from tests.fakes import FakeScripts
 
 
 class Results:

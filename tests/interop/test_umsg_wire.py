@@ -23,9 +23,9 @@ from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgServerFactory
 from cryptify.crypto.identity import period_of
 from cryptify.protocols.tls import generate_self_signed, server_context_factory
 from cryptify.protocols.umsg import attach_signed_octets
+from tests.fakes import FakeAccount, FakeAccounts, FakeObjects, signer
 from tests.interop._ws import available as websockets_available
 from tests.interop._ws import ws_connect
-from tests.umsg_support import FakeAccount, FakeAccounts, FakeObjects, signer
 
 try:
     from websockets.exceptions import InvalidStatus
