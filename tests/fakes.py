@@ -23,11 +23,17 @@ from twisted.internet.task import Clock
 
 from cryptify.crs.calls.core import RelayLegs
 from cryptify.crs.messages.store import (
+    KINDS,
+    KNOWN_URIS,
+    MAX_CONTENT,
     MAX_INBOX,
+    STAT_PREFIX,
     MessageRefused,
     Posted,
     Stored,
+    UriCounters,
     post_digest,
+    stat_key,
 )
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crypto.eccsi import EccsiKms, EccsiSigner
@@ -246,6 +252,8 @@ class MemoryMessageStore:
         self.messages: dict[str, Stored] = {}
         self.scopes: dict[str, tuple[str, str]] = {}
         self.known: set[str] = set()
+        #: The counters hashes, by key, as Redis keeps them.
+        self.stats: dict[str, dict[str, str]] = {}
         self.ids = (f"m{n:04}" for n in itertools.count(1))
         self.down = False
 
@@ -267,6 +275,10 @@ class MemoryMessageStore:
         known: str | None = None,
         counters: str | None = None,
     ) -> Posted:
+        if kind not in KINDS:
+            raise MessageRefused("malformed", f"unknown message kind {kind!r}")
+        if len(data) > MAX_CONTENT:
+            raise MessageRefused("too-large", f"content over {MAX_CONTENT} octets")
         if self.down:
             raise MessageRefused("unavailable", "message not stored (redis_low: not connected)")
         owner = recipient.split(";")[0]
@@ -276,6 +288,8 @@ class MemoryMessageStore:
             if first[1] != digest:
                 raise MessageRefused("key-reused", "used for another message")
             return Posted(first[0], duplicate=True)
+        if known is not None and owner not in self.known:
+            raise MessageRefused("not-found", f"{owner} is not known to this CRS")
         if len(self._inbox(owner)) >= self.max_inbox:
             raise MessageRefused("inbox-full", f"{owner} has {self.max_inbox} messages waiting")
         message_id = next(self.ids)
@@ -284,7 +298,47 @@ class MemoryMessageStore:
         )
         self.messages[message_id] = stored
         self.scopes[f"{sender} {scope}"] = (message_id, digest)
+        if counters is not None:
+            row = self.stats.setdefault(counters, {})
+            row["post"] = str(int(row.get("post", "0")) + 1)
+            row["account"] = account
         return Posted(message_id, duplicate=False, stored=stored)
+
+    async def submit(
+        self, sender: str, scope: str, recipient: str, account: str, kind: str, data: bytes
+    ) -> Posted:
+        return await self.post(
+            sender, scope, recipient, account, kind, data, KNOWN_URIS, stat_key(sender)
+        )
+
+    async def confirm(self, recipient: str, message_id: str) -> tuple[str, str] | None:
+        return await self.delivered(recipient, message_id, STAT_PREFIX)
+
+    async def remember(self, uri: str) -> None:
+        self._reachable()
+        self.known.add(uri)
+
+    async def mark_read(self, uri: str) -> None:
+        self._reachable()
+        self.stats.setdefault(stat_key(uri), {})["read"] = str(int(self.clock()))
+
+    async def counters(self) -> list[UriCounters]:
+        self._reachable()
+        rows = []
+        for uri in sorted(self.known):
+            found = self.stats.get(stat_key(uri))
+            if found:
+                read = found.get("read", "")
+                rows.append(
+                    UriCounters(
+                        uri,
+                        int(found.get("post", "0")),
+                        int(found.get("deliv", "0")),
+                        int(read) if read.isdigit() else None,
+                        found.get("account"),
+                    )
+                )
+        return rows
 
     def add(self, recipient: str, count: int) -> list[str]:
         """``count`` messages waiting for ``recipient``; their IDs."""
@@ -316,6 +370,9 @@ class MemoryMessageStore:
         if found is None or found.recipient.split(";")[0] != recipient:
             return None
         del self.messages[message_id]
+        if counters_prefix:
+            row = self.stats.setdefault(counters_prefix + found.sender, {})
+            row["deliv"] = str(int(row.get("deliv", "0")) + 1)
         return found.sender, found.kind
 
     async def count(self, recipient: str) -> int:

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.logger import formatEvent, globalLogPublisher
@@ -23,6 +24,7 @@ from cryptify.crs.accounts import (
     read_month,
     read_secret,
 )
+from cryptify.crypto.updatefile import seal_update_file
 from tests.fakes import SECRET, cms_account, update_bytes
 
 
@@ -61,6 +63,17 @@ class StoreTests(SynchronousTestCase):
         found = fresh.get("acme")
         assert found is not None
         self.assertEqual(found.secret, SECRET)
+
+    def test_undated_update_stamped_by_the_clock(self) -> None:
+        """A month from an update file without a creation time is stamped with the
+        store's clock (the reactor's in the CRS), not the wall clock."""
+        store = AccountStore(self.dir, clock=lambda: 1_700_000_000.5)
+        store.create("acme", SECRET)
+        undated = attrs.evolve(cms_account("acme").update("2026-11", True, ()), created=0)
+        store.apply(seal_update_file(undated, SECRET))
+        account = store.get("acme")
+        assert account is not None
+        self.assertEqual(account.months["2026-11"].created, 1_700_000_000)
 
     def test_create_refusals(self) -> None:
         """Duplicate accounts, bad IDs and non-base64 secrets are refused."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -69,7 +68,7 @@ class AdminTests(SynchronousTestCase):
 
     def create_and_apply(self, blacklist: tuple[str, ...] = ()) -> None:
         self.call(crs_admin.CreateAccount, account="acme", secret=SECRET)
-        period = period_of(time.time())
+        period = period_of(self.clock.seconds())
         data = update_bytes(revision=1, blacklist=blacklist, period=period, with_next=True)
         self.call(crs_admin.Apply, data=base64.b64encode(data).decode("ascii"))
 

@@ -61,11 +61,9 @@ class _World(SynchronousTestCase):
             self.messages,  # type: ignore[arg-type]
             registry,
             trace,
-            lambda: store,
-            self.clock.seconds,
             stats=self.stats,
         )
-        self.redis.sets["known-uris"] = {"tel:+1", "tel:+2"}
+        self.messages.known = {"tel:+1", "tel:+2"}
         server = ManagementProtocol(lambda proto: CrsAdmin(self.state, proto))
         self.client = ManagementClient(lambda line: None)
         self.pump = iosim.connect(

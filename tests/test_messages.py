@@ -6,6 +6,7 @@ The Lua itself runs against a real redis-server in ``tests.interop.test_messages
 from __future__ import annotations
 
 import itertools
+from collections.abc import Coroutine
 from typing import Any
 
 from twisted.internet import defer
@@ -27,6 +28,7 @@ from cryptify.crs.messages.wiring import DELIVERY_RETRY, DELIVERY_WINDOW, Messag
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import encode_from_server, message
+from tests.contracts import CONTRACT_INBOX, MessageStoreContract
 from tests.fakes import FakeScripts, FakeSession, FakeStore, MemoryMessageStore
 
 NOW = 1_800_000_000.0
@@ -206,9 +208,7 @@ class MessagingTests(_Store):
         super().setUp()
         trace = TraceHub(self.clock.seconds)
         registry = AttachRegistry("crs1", self.clock.seconds, trace)
-        self.messaging = Messaging(
-            self.store, registry, trace, lambda: self.redis, self.clock.seconds
-        )
+        self.messaging = Messaging(self.store, registry, trace)
 
     def post(self, session: FakeSession, msg_id: int) -> None:
         self.messaging.post(session, message("post", id=msg_id, to="tel:+2", content=b"x"))  # type: ignore[arg-type]
@@ -279,18 +279,13 @@ class _Delivery(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(NOW)
         self.store = MemoryMessageStore(lambda: NOW)
-        self.redis = FakeStore(FakeScripts(), self.clock)
-        self.redis.client.sadd = lambda *a: defer.succeed(1)  # type: ignore[attr-defined]
-        self.redis.client.hset = lambda *a: defer.succeed(1)  # type: ignore[attr-defined]
-        self.redis.when_connected = lambda: defer.succeed(self.redis.client)  # type: ignore[attr-defined]
+        self.store.known.add("tel:+2")  # attached at some time before
         trace = TraceHub(self.clock.seconds)
         self.registry = AttachRegistry("crs1", self.clock.seconds, trace)
         self.messaging = Messaging(
             self.store,  # type: ignore[arg-type]
             self.registry,
             trace,
-            lambda: self.redis,
-            self.clock.seconds,
             scheduler=self.clock,
         )
         self.registry.on_attach.append(self.messaging.attached)
@@ -447,16 +442,24 @@ class UnavailableTests(_Delivery):
         self.assertEqual(len(conn.of("message")), 2)
 
     def test_unreachable_redis_object(self) -> None:
-        """When the Redis store itself raises (not connected), the answer is the same."""
+        """When the store cannot even record the read time (not connected), the answer
+        is the same."""
         conn = self.attach("tel:+2")
-
-        def gone() -> Any:
-            raise RedisNotConnected("redis_low: not connected")
-
-        self.messaging.redis = gone
         self.store.down = True
         self.messaging.fetch(conn, message("fetch", id=3))  # type: ignore[arg-type]
         self.assertEqual([e["code"] for e in conn.of("error")], ["unavailable"])
         self.assertEqual(self.flushLoggedErrors(), [])
         self.store.down = False
         self.clock.advance(DELIVERY_RETRY)
+
+
+class MemoryMessageStoreContractTests(MessageStoreContract, SynchronousTestCase):
+    """The fake message store keeps the contract the Lua scripts keep (the same
+    suite runs against redis-server in ``tests.interop.test_messages``)."""
+
+    def setUp(self) -> None:
+        self.now = NOW
+        self.store = MemoryMessageStore(lambda: self.now, max_inbox=CONTRACT_INBOX)
+
+    def drive(self, work: Coroutine[Any, Any, None]) -> None:
+        self.successResultOf(defer.ensureDeferred(work))

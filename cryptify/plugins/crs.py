@@ -203,7 +203,7 @@ def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Basics:
         reactor=reactor,
         notifier=Notifier(reactor, g.notify or None, g.notify_timeout),
         trace=trace,
-        accounts=AccountStore(g.accounts_dir),
+        accounts=AccountStore(g.accounts_dir, clock=reactor.seconds),
         slots=SlotMap(hosts, name, {h.name: h.ip for h in cfg.pool.hosts}),
         registry=AttachRegistry(name, reactor.seconds, trace),
         probes={"crs": lambda: True},
@@ -294,15 +294,7 @@ def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statis
     """Post, fetch and delivered for attached clients, kept in ``redis_low``."""
     reactor = basics.reactor
     store = MessageStore(lambda: redis.store("redis_low"), reactor.seconds)
-    messaging = Messaging(
-        store,
-        basics.registry,
-        basics.trace,
-        lambda: redis.store("redis_low"),
-        reactor.seconds,
-        stats=stats,
-        scheduler=reactor,
-    )
+    messaging = Messaging(store, basics.registry, basics.trace, stats=stats, scheduler=reactor)
     install_messaging(core, messaging)
     return Messages(store, messaging, MessageExpiry(store, reactor))
 
@@ -391,7 +383,7 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         objects=objects,
         relay=relay,
         sessions=sessions,
-        messaging=messages.messaging,
+        messages=messages.store,
         stats=stats,
         notify=basics.notifier.notify,
     )

@@ -49,8 +49,8 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.trial.unittest import SkipTest, TestCase
 
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
-from cryptify.crs.messages.store import MessageStore
-from cryptify.crs.messages.wiring import KNOWN_URIS, Messaging
+from cryptify.crs.messages.store import KNOWN_URIS, MessageStore
+from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.redis.store import RedisStore
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import Message, message
@@ -160,9 +160,7 @@ class Crs:
         trace = TraceHub(time.time)
         self.registry = AttachRegistry("crs1", time.time, trace)
         self.store = MessageStore(lambda: self.redis, time.time)
-        self.messaging = Messaging(
-            self.store, self.registry, trace, lambda: self.redis, time.time, window=WINDOW
-        )
+        self.messaging = Messaging(self.store, self.registry, trace, window=WINDOW)
         self.registry.on_attach.append(self.messaging.attached)
 
     def stop(self) -> defer.Deferred[None]:

@@ -26,7 +26,6 @@ Counted only while the account is enabled:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +66,7 @@ def index_key(account: str) -> str:
 class Statistics:
     """Counters of enabled accounts, in Redis; ``store`` returns the ``redis_low`` store."""
 
-    def __init__(self, store: Callable[[], Any], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Callable[[], Any], clock: Callable[[], float]) -> None:
         self.store = store
         self.clock = clock
         # Which accounts count, re-read at most every ENABLED_TTL seconds: a
