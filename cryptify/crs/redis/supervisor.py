@@ -13,8 +13,7 @@ from __future__ import annotations
 import enum
 import os
 import shutil
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,12 @@ from twisted.application import service
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProcessTransport,
+    IReactorProcess,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -47,48 +52,6 @@ PROBE_TIMEOUT = 1 * SECOND
 #: how long a child has to exit after SIGTERM before it gets SIGKILL
 STOP_TIMEOUT = 10 * SECOND
 log = Logger(namespace="cryptify.crs.redis")
-
-
-# Structural stand-ins for IReactorTime, IDelayedCall, IReactorProcess and
-# IProcessTransport: without the mypy-zope plugin mypy cannot call methods
-# through zope interfaces.  Any reactor, Clock or fake that has these fits.
-class DelayedCall(typing.Protocol):
-    def active(self) -> bool: ...
-    def cancel(self) -> None: ...
-
-
-class TimeSource(typing.Protocol):
-    """What this module uses of C{IReactorTime}."""
-
-    def seconds(self) -> float: ...
-    def callLater(
-        self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any
-    ) -> DelayedCall: ...
-
-
-class ProcessHandle(typing.Protocol):
-    """What this module uses of C{IProcessTransport}."""
-
-    @property
-    def pid(self) -> int | None: ...
-    def signalProcess(self, signalID: str | int) -> None: ...
-
-
-class ProcessSpawner(typing.Protocol):
-    """What this module uses of C{IReactorProcess}."""
-
-    def spawnProcess(
-        self,
-        processProtocol: Any,
-        executable: str,
-        args: Sequence[str],
-        env: Mapping[str, str] | None = None,
-        path: str | None = None,
-        uid: int | None = None,
-        gid: int | None = None,
-        usePTY: bool = False,
-        childFDs: Mapping[int, str | int] | None = None,
-    ) -> ProcessHandle: ...
 
 
 Notify = Callable[[str, str], None]
@@ -218,8 +181,8 @@ class RedisChild:
 
     instance: RedisInstance
     argv: list[str]
-    process_reactor: ProcessSpawner
-    clock: TimeSource
+    process_reactor: IReactorProcess
+    clock: IReactorTime
     probe: Probe
     notify: Notify
     start_timeout: float = START_TIMEOUT
@@ -227,13 +190,13 @@ class RedisChild:
 
     state: ChildState = ChildState.STOPPED
     failures: int = 0
-    _transport: ProcessHandle | None = None
+    _transport: IProcessTransport | None = None
     _protocol: _ChildProtocol | None = None
     _started: Deferred[None] | None = None
     _stopped: list[Deferred[None]] = attrs.Factory(list)
-    _timer: DelayedCall | None = None
-    _stable: DelayedCall | None = None
-    _kill: DelayedCall | None = None
+    _timer: IDelayedCall | None = None
+    _stable: IDelayedCall | None = None
+    _kill: IDelayedCall | None = None
     _probing: Deferred[None] | None = None
     _deadline: float = 0.0
     _spawned_pid: int | None = None
@@ -247,7 +210,8 @@ class RedisChild:
     def pid(self) -> int | None:
         if self._transport is None:
             return None
-        return self._transport.pid
+        pid: int | None = self._transport.pid
+        return pid
 
     def start(self) -> Deferred[None]:
         """Spawn the child; fires once it answers PING, fails with L{RedisStartError}."""
@@ -448,8 +412,8 @@ class RedisSupervisor(service.Service):
     def __init__(
         self,
         instances: Sequence[RedisInstance],
-        process_reactor: ProcessSpawner,
-        clock: TimeSource,
+        process_reactor: IReactorProcess,
+        clock: IReactorTime,
         probe: Probe,
         notify: Notify,
         executable: str = "redis-server",
