@@ -691,7 +691,7 @@ class TicketTests(_Base):
 
     def setUp(self) -> None:
         super().setUp()
-        from cryptify.crs.attach.core import TicketKey
+        from cryptify.crs.attach.tickets import TicketKey
 
         self.world.core.tickets = TicketKey.derive("pool-key")
         self.verified: list[bytes] = []
@@ -729,7 +729,7 @@ class TicketTests(_Base):
         self.assertIsNotNone(first.ticket)
         self.assertFalse(first.resumed)
         self.assertEqual(len(self.verified), 1)
-        from cryptify.crs.attach.core import TicketKey
+        from cryptify.crs.attach.tickets import TicketKey
 
         self.world.core.tickets = TicketKey.derive("pool-key")  # a restart
         events = self.reattach(first.ticket)
@@ -739,7 +739,7 @@ class TicketTests(_Base):
 
     def test_invalid_tickets_fall_back(self) -> None:
         """An expired ticket, another URI's, or another pool's: the usual challenge."""
-        from cryptify.crs.attach.core import TicketKey
+        from cryptify.crs.attach.tickets import TicketKey
 
         _, events = self.first_attach()
         ticket = events[0].ticket

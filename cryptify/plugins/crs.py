@@ -36,8 +36,9 @@ from cryptify.config import (
 )
 from cryptify.config.crs import Endpoint
 from cryptify.crs.accounts import AccountStore
-from cryptify.crs.attach.core import AttachCore, TicketKey
+from cryptify.crs.attach.core import AttachCore
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.attach.tickets import TicketKey
 from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.calls.wiring import LinkRelayAllocator, RegistryParties
