@@ -15,6 +15,7 @@ from cryptify.client.session import ClientSession
 from cryptify.crs.attach.core import AttachCore
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.attach.wiring import Limits, UmsgServerFactory, UmsgServerProtocol
+from cryptify.crs.objects.wiring import install as install_objects
 from cryptify.crs.slots import SlotMap
 from cryptify.protocols.umsg import Message
 from tests.fakes import START, FakeAccount, FakeAccounts, FakeObjects, signer
@@ -44,7 +45,8 @@ class World:
         accounts.add(FakeAccount("acme"))
         registry = AttachRegistry("crs1", clock.seconds)
         objects = FakeObjects()
-        core = AttachCore("crs1", accounts, registry, clock.seconds, slots=slots, objects=objects)
+        core = AttachCore("crs1", accounts, registry, clock.seconds, slots=slots)
+        install_objects(core, objects)
         factory = UmsgServerFactory(core, clock, limits, keepalive_rule)
         return cls(clock, accounts, registry, core, factory, objects)
 

@@ -24,9 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet import defer
 from twisted.logger import Logger, globalLogPublisher
-from twisted.python.failure import Failure
 
 from cryptify.config import (
     CrsConfig,
@@ -37,7 +35,7 @@ from cryptify.config import (
 from cryptify.config.crs import Endpoint
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.core import AttachCore
-from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.attach.tickets import TicketKey
 from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.crs.calls.core import SessionTable
@@ -47,10 +45,11 @@ from cryptify.crs.messages.store import MessageExpiry, MessageStore
 from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.messages.wiring import install as install_messaging
 from cryptify.crs.objects.store import ClientObjects
+from cryptify.crs.objects.wiring import install as install_objects
+from cryptify.crs.objects.wiring import observe_attaches
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
-from cryptify.crs.redis.batch import transient
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
@@ -235,36 +234,26 @@ def build_redis(cfg: CrsConfig, local: CrsLocalConfig, basics: Basics) -> Redis:
 def build_objects(basics: Basics, redis: Redis) -> ClientObjects:
     """Push tokens, client info and observed clients in ``redis_low``."""
     objects = ClientObjects(lambda: redis.store("redis_low"), basics.trace, basics.reactor.seconds)
-
-    def observe(attachment: Attachment) -> None:
-        d = defer.ensureDeferred(objects.observe(attachment.account, attachment.uri))
-        d.addErrback(not_observed)
-
-    def not_observed(failure: Failure) -> None:
-        if transient(failure):
-            log.warn("observed client not recorded: {why}", why=failure.getErrorMessage())
-        else:
-            log.failure("cannot record observed client", failure)
-
-    basics.registry.on_attach.append(observe)
+    observe_attaches(basics.registry, objects)
     return objects
 
 
 def build_attach(
     cfg: CrsConfig, basics: Basics, redis: Redis, objects: ClientObjects
 ) -> AttachCore:
-    """What every client connection shares: the attach checks and their stores."""
-    return AttachCore(
+    """What every client connection shares: the attach checks, and client objects."""
+    core = AttachCore(
         basics.name,
         basics.accounts,
         basics.registry,
         basics.reactor.seconds,
         slots=basics.slots,
-        objects=objects,
         move_port=cfg.global_.listen.port,
         tickets=TicketKey.derive(cfg.global_.key),
         ready=lambda: stores_ready(redis),
     )
+    install_objects(core, objects)
+    return core
 
 
 def build_calls(
@@ -381,7 +370,6 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         basics.trace,
         registry=basics.registry,
         slots=basics.slots,
-        objects=objects,
         relay=relay,
         sessions=sessions,
         messages=messages.store,

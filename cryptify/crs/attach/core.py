@@ -1,8 +1,9 @@
 """The attach flow of one client connection (sans-IO).
 
 :class:`AttachCore` holds what every connection shares (the accounts, the
-slot map, the registry of attached clients, the client-object store, the
-clock); :class:`AttachSession` is one connection's state machine, fed
+slot map, the registry of attached clients, the clock, and the handlers
+that features -- calls, messages, client objects -- register for the
+attached state); :class:`AttachSession` is one connection's state machine, fed
 decoded UMSG messages and reporting its effects through :class:`Peer`
 (send a message; end the connection with a UMSG code).
 
@@ -28,17 +29,14 @@ from __future__ import annotations
 import enum
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
-from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.attach.tickets import TicketKey
-from cryptify.crs.redis.batch import transient
 from cryptify.crs.slots import SlotMap, slot_of
 from cryptify.crypto import eccsi
 from cryptify.crypto.errors import CryptoError
@@ -93,12 +91,6 @@ class Accounts(Protocol):
     def get(self, account_id: str) -> Any: ...
 
 
-class Objects(Protocol):
-    def set_push_token(self, account: str, uri: str, token: str, kind: str) -> Awaitable[None]: ...
-
-    def set_client_info(self, account: str, uri: str, info: dict[str, str]) -> Awaitable[None]: ...
-
-
 Verify = Callable[[bytes, bytes, bytes, bytes], None]
 
 #: ``retry-after`` of an attach refused ``unavailable``, ms.
@@ -114,7 +106,6 @@ class AttachCore:
     registry: AttachRegistry
     clock: Callable[[], float]
     slots: SlotMap | None = None
-    objects: Objects | None = None
     verify: Verify = eccsi.verify
     nonce: Callable[[], bytes] = lambda: os.urandom(32)
     revisions: tuple[int, ...] = REVISIONS
@@ -360,7 +351,6 @@ class AttachSession:
 
     def _attached(self, msg: Message) -> None:
         assert self.account is not None and self.uri is not None
-        account, uri = self.account, self.uri
         if msg.type == "detach":
             self.core.registry.detach(self.uri, self, "client detached")
             self._detached("client detached")
@@ -368,14 +358,6 @@ class AttachSession:
             if msg.id is not None:
                 self.peer.send(message("ok", id=msg.id))
             self.peer.end("detach")
-        elif msg.type == "push-token":
-            self._store(
-                msg.id,
-                lambda o: o.set_push_token(account, uri, msg["token"], msg["kind"]),
-            )
-        elif msg.type == "client-info":
-            info = {k: str(v) for k, v in msg.fields.items() if k != "id"}
-            self._store(msg.id, lambda o: o.set_client_info(account, uri, info))
         elif msg.type in self.core.handlers:
             self.core.handlers[msg.type](self, msg)
         elif msg.type in LATER:
@@ -389,34 +371,3 @@ class AttachSession:
             )
         else:
             self._fail("unexpected", f"{msg.type} after attach")
-
-    def _store(self, msg_id: int | None, call: Callable[[Objects], Awaitable[None]]) -> None:
-        objects = self.core.objects
-        if objects is None:
-            self.peer.send(message("ok", id=msg_id))
-            return
-
-        async def run() -> None:
-            await call(objects)
-
-        def done(_: object) -> None:
-            if self.state is ATTACHED:
-                self.peer.send(message("ok", id=msg_id))
-
-        def failed(failure: Failure) -> None:
-            if transient(failure):
-                log.warn("client object not stored: {why}", why=failure.getErrorMessage())
-                answer = message(
-                    "error",
-                    id=msg_id,
-                    code="unavailable",
-                    reason="store out of reach",
-                    retry_after=UNAVAILABLE_RETRY_MS,
-                )
-            else:
-                log.failure("storing a client object failed", failure)
-                answer = message("error", id=msg_id, code="internal", reason="could not store")
-            if self.state is ATTACHED:
-                self.peer.send(answer)
-
-        defer.ensureDeferred(run()).addCallbacks(done, failed)
