@@ -61,9 +61,10 @@ def proc_cpu(pid: int) -> float:
 def serve(args: argparse.Namespace) -> None:
     from twisted.internet import reactor
 
-    from cryptify.crs.attach import AttachCore, TicketKey
-    from cryptify.crs.attached import AttachRegistry
-    from cryptify.crs.umsg_server import BACKLOG, Limits, UmsgServerFactory
+    from cryptify.crs.attach.core import AttachCore
+    from cryptify.crs.attach.registry import AttachRegistry
+    from cryptify.crs.attach.tickets import TicketKey
+    from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgServerFactory
     from cryptify.protocols.tls import server_context_factory
 
     kpak = bytes.fromhex(args.kpak)

@@ -1,5 +1,5 @@
-"""Attach: the sans-IO core (cryptify.crs.attach) through the server adapter
-(cryptify.crs.umsg_server) and the client protocol, in memory, on a Clock."""
+"""Attach: the sans-IO core (cryptify.crs.attach.core) through the server adapter
+(cryptify.crs.attach.wiring) and the client protocol, in memory, on a Clock."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from cryptify.client.connection import ConnectionEnded
 from cryptify.client.session import Attached, Disconnected, Moved, Refused
 from cryptify.config.crs import KeepAlive
+from cryptify.crs.attach.wiring import CLOSE_GRACE, PING_AFTER, Limits
+from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crs.slots import SlotMap, slot_of
-from cryptify.crs.store import RedisNotConnected
-from cryptify.crs.umsg_server import CLOSE_GRACE, PING_AFTER, Limits
 from cryptify.protocols.umsg import ERROR_CODES, Message
 from cryptify.protocols.umsg_ws import UmsgWebSocket, mask
-from tests.umsg_support import FakeAccount, World, kms
+from tests.fakes import FakeAccount, kms
+from tests.umsg_support import World
 
 
 class _Base(SynchronousTestCase):
@@ -146,7 +147,7 @@ class AttachTests(_Base):
         events: list[Any] = []
         from cryptify.client.connection import UmsgClientProtocol
         from cryptify.client.session import ClientSession
-        from tests.umsg_support import signer
+        from tests.fakes import signer
 
         def make(send: Any) -> ClientSession:
             return ClientSession(
@@ -494,7 +495,7 @@ class BusyAddressTests(_Base):
         from twisted.internet.address import IPv4Address
         from twisted.internet.testing import StringTransport
 
-        from cryptify.crs.umsg_server import UmsgServerProtocol
+        from cryptify.crs.attach.wiring import UmsgServerProtocol
 
         touched = [0]
         watching = [False]
@@ -690,7 +691,7 @@ class TicketTests(_Base):
 
     def setUp(self) -> None:
         super().setUp()
-        from cryptify.crs.attach import TicketKey
+        from cryptify.crs.attach.tickets import TicketKey
 
         self.world.core.tickets = TicketKey.derive("pool-key")
         self.verified: list[bytes] = []
@@ -728,7 +729,7 @@ class TicketTests(_Base):
         self.assertIsNotNone(first.ticket)
         self.assertFalse(first.resumed)
         self.assertEqual(len(self.verified), 1)
-        from cryptify.crs.attach import TicketKey
+        from cryptify.crs.attach.tickets import TicketKey
 
         self.world.core.tickets = TicketKey.derive("pool-key")  # a restart
         events = self.reattach(first.ticket)
@@ -738,7 +739,7 @@ class TicketTests(_Base):
 
     def test_invalid_tickets_fall_back(self) -> None:
         """An expired ticket, another URI's, or another pool's: the usual challenge."""
-        from cryptify.crs.attach import TicketKey
+        from cryptify.crs.attach.tickets import TicketKey
 
         _, events = self.first_attach()
         ticket = events[0].ticket
@@ -792,7 +793,7 @@ class ListenServiceTests(SynchronousTestCase):
 
     def test_stop(self) -> None:
         """Stopping the service closes the port and disconnects attached clients."""
-        from cryptify.crs.umsg_server import UmsgListenService
+        from cryptify.crs.attach.wiring import UmsgListenService
 
         world = World.make()
         stopped: list[bool] = []

@@ -24,7 +24,8 @@ from cryptify.client.connection import (
 from cryptify.client.session import Attached, ClientSession, Disconnected, Moved, Refused
 from cryptify.crs.slots import SlotMap, slot_of
 from cryptify.protocols.umsg import Message
-from tests.umsg_support import World, signer
+from tests.fakes import signer
+from tests.umsg_support import World
 
 
 class SessionTests(SynchronousTestCase):
@@ -308,7 +309,7 @@ class TicketReuseTests(SynchronousTestCase):
 
     def test_reconnect_resumes(self) -> None:
         """After the CRS drops it, the client re-attaches with its ticket (no signature)."""
-        from cryptify.crs.attach import TicketKey
+        from cryptify.crs.attach.core import TicketKey
 
         world = World.make()
         world.core.tickets = TicketKey.derive("k")

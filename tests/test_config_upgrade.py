@@ -15,7 +15,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.config import ConfigError, load_crs_config, parse_crs_config
-from cryptify.crs import cli as crs_cli
+from cryptify.crs.operator import cli as crs_cli
 from cryptify.events import Notifier
 from cryptify.plugins import crs
 from cryptify.plugins._common import lifecycle

@@ -7,7 +7,6 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable
-from functools import cache
 from typing import Any
 
 import attrs
@@ -26,26 +25,7 @@ from cryptify.crs.accounts import (
     read_secret,
 )
 from cryptify.crypto.updatefile import seal_update_file
-from cryptify.kms.store import KmsAccount
-
-SECRET = "c2VjcmV0LXNoYXJlZC13aXRoLWNtcw=="
-
-
-@cache
-def kms(account: str = "acme") -> KmsAccount:
-    return KmsAccount.generate(account)
-
-
-def update_bytes(
-    account: str = "acme",
-    secret: str = SECRET,
-    revision: int = 1,
-    blacklist: tuple[str, ...] = (),
-    period: str = "2026-11",
-    with_next: bool = True,
-) -> bytes:
-    domain = attrs.evolve(kms(account), revision=revision)
-    return seal_update_file(domain.update(period, with_next, blacklist), secret)
+from tests.fakes import SECRET, cms_account, update_bytes
 
 
 class AccountIdTests(SynchronousTestCase):
@@ -84,6 +64,17 @@ class StoreTests(SynchronousTestCase):
         assert found is not None
         self.assertEqual(found.secret, SECRET)
 
+    def test_undated_update_stamped_by_the_clock(self) -> None:
+        """A month from an update file without a creation time is stamped with the
+        store's clock (the reactor's in the CRS), not the wall clock."""
+        store = AccountStore(self.dir, clock=lambda: 1_700_000_000.5)
+        store.create("acme", SECRET)
+        undated = attrs.evolve(cms_account("acme").update("2026-11", True, ()), created=0)
+        store.apply(seal_update_file(undated, SECRET))
+        account = store.get("acme")
+        assert account is not None
+        self.assertEqual(account.months["2026-11"].created, 1_700_000_000)
+
     def test_create_refusals(self) -> None:
         """Duplicate accounts, bad IDs and non-base64 secrets are refused."""
         self.store.create("acme", SECRET)
@@ -98,7 +89,7 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(applied.periods, ("2026-11", "2026-12"))
         account = self.store.get("acme")
         assert account is not None
-        self.assertEqual(account.kpak_for("2026-11"), kms("acme").kpak)
+        self.assertEqual(account.kpak_for("2026-11"), cms_account("acme").kpak)
         self.assertIsNone(account.kpak_for("2027-01"))
         self.assertTrue(account.blacklisted("tel:+4670000001", "2026-11"))
         self.assertFalse(account.blacklisted("tel:+4670000002", "2026-11"))
@@ -467,7 +458,7 @@ class DroppedUpdateTests(SynchronousTestCase):
         account = self.store.get("acme")
         assert account is not None
         self.assertEqual(sorted(account.months), ["2026-11", "2026-12"])
-        self.assertEqual(account.kpak_for("2026-11"), kms("acme").kpak)
+        self.assertEqual(account.kpak_for("2026-11"), cms_account("acme").kpak)
         self.assertTrue(account.blacklisted("tel:+7", "2026-11"))
         self.assertFalse(os.path.exists(path))
         self.assertTrue(os.path.exists(path + ".applied"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -13,56 +12,15 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.crs.accounts import AccountStore
-from cryptify.crs.admin import CrsAdmin
-from cryptify.crs.attached import Attachment
-from cryptify.crs.objects import ClientObjects
-from cryptify.crs.state import CrsState
+from cryptify.crs.attach.registry import Attachment
+from cryptify.crs.objects.store import ClientObjects
+from cryptify.crs.operator.admin import CrsAdmin
+from cryptify.crs.operator.state import CrsState
 from cryptify.crs.trace import TraceHub
 from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import CommandFailed, ManagementClient, ManagementProtocol
-from tests.test_crs_accounts import SECRET, update_bytes
-
-
-class FakeConnection:
-    def __init__(self) -> None:
-        self.reasons: list[str] = []
-
-    def disconnect(self, reason: str) -> None:
-        self.reasons.append(reason)
-
-
-class FakeRedis:
-    """The few Redis commands ClientObjects uses, in memory (pure-logic tests only)."""
-
-    def __init__(self) -> None:
-        self.hashes: dict[str, dict[str, str]] = {}
-        self.sets: dict[str, set[str]] = {}
-
-    async def hmset(self, key: str, mapping: dict[str, str]) -> None:
-        self.hashes.setdefault(key, {}).update(mapping)
-
-    async def sadd(self, key: str, member: str) -> None:
-        self.sets.setdefault(key, set()).add(member)
-
-    async def hgetall(self, key: str) -> dict[str, str]:
-        return dict(self.hashes.get(key, {}))
-
-    async def smembers(self, key: str) -> set[str]:
-        return set(self.sets.get(key, set()))
-
-    async def scard(self, key: str) -> int:
-        return len(self.sets.get(key, set()))
-
-    async def delete(self, *keys: str) -> None:
-        for key in keys:
-            self.hashes.pop(key, None)
-            self.sets.pop(key, None)
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.client = FakeRedis()
+from tests.fakes import SECRET, FakeConnection, FakeStore, update_bytes
 
 
 class AdminTests(SynchronousTestCase):
@@ -110,7 +68,7 @@ class AdminTests(SynchronousTestCase):
 
     def create_and_apply(self, blacklist: tuple[str, ...] = ()) -> None:
         self.call(crs_admin.CreateAccount, account="acme", secret=SECRET)
-        period = period_of(time.time())
+        period = period_of(self.clock.seconds())
         data = update_bytes(revision=1, blacklist=blacklist, period=period, with_next=True)
         self.call(crs_admin.Apply, data=base64.b64encode(data).decode("ascii"))
 

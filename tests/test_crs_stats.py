@@ -13,105 +13,32 @@ from twisted.protocols import amp
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs import cli
 from cryptify.crs.accounts import AccountStore
-from cryptify.crs.admin import CrsAdmin
-from cryptify.crs.attached import Attachment
-from cryptify.crs.messages import Posted, Stored
-from cryptify.crs.messaging import Messaging
-from cryptify.crs.sessions import SessionTable
-from cryptify.crs.state import CrsState
-from cryptify.crs.stats import COLUMNS, Statistics, stats_key
+from cryptify.crs.attach.registry import Attachment
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.messages.wiring import Messaging
+from cryptify.crs.operator import cli
+from cryptify.crs.operator.admin import CrsAdmin
+from cryptify.crs.operator.state import CrsState
+from cryptify.crs.operator.stats import COLUMNS, Statistics, stats_key
 from cryptify.crs.trace import TraceHub
 from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import CommandFailed, ManagementClient, ManagementProtocol
-from cryptify.protocols.umsg import Message, message
-from tests.test_crs_accounts import SECRET
-from tests.test_crs_admin import FakeRedis
-from tests.test_sessions import Att, FakeParties, FakeRelay
+from cryptify.protocols.umsg import message
+from tests.fakes import (
+    SECRET,
+    Att,
+    FakeConnection,
+    FakeParties,
+    FakeRelay,
+    FakeSession,
+    FakeStore,
+    MemoryMessageStore,
+)
 
 #: 2027-01-15, so the current period is 2027-01.
 NOW = 1_800_000_000.0
-
-
-class StatsRedis(FakeRedis):
-    """FakeRedis with the commands statistics and messaging use."""
-
-    async def sismember(self, key: str, member: str) -> bool:
-        return member in self.sets.get(key, set())
-
-    async def srem(self, key: str, member: str) -> None:
-        self.sets.get(key, set()).discard(member)
-
-    async def hincrby(self, key: str, field: str, amount: int) -> int:
-        fields = self.hashes.setdefault(key, {})
-        fields[field] = str(int(fields.get(field, "0")) + amount)
-        return int(fields[field])
-
-    async def hset(self, key: str, field: str, value: str) -> None:
-        self.hashes.setdefault(key, {})[field] = value
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.client = StatsRedis()
-
-
-class FakeConn:
-    def __init__(self) -> None:
-        self.sent: list[Message] = []
-
-    def send(self, msg: Any) -> None:
-        self.sent.append(msg)
-
-    def disconnect(self, reason: str) -> None:
-        pass
-
-
-class FakeMessageStore:
-    """MessageStore's interface in memory (the real one is tested against redis-server)."""
-
-    def __init__(self) -> None:
-        self.messages: dict[str, Stored] = {}
-        self.ids = (f"m{i}" for i in itertools.count(1))
-
-    async def post(
-        self,
-        sender: str,
-        scope: str,
-        recipient: str,
-        account: str,
-        kind: str,
-        data: bytes,
-        known: str | None = None,
-        counters: str | None = None,
-    ) -> Posted:
-        message_id = next(self.ids)
-        stored = Stored(message_id, sender, recipient, account, kind, int(NOW * 1000), data)
-        self.messages[message_id] = stored
-        return Posted(message_id, duplicate=False, stored=stored)
-
-    async def get(self, message_id: str) -> Stored | None:
-        return self.messages.get(message_id)
-
-    async def waiting_ids(self, recipient: str, limit: int) -> list[str]:
-        return [m.id for m in self.messages.values() if m.recipient == recipient][:limit]
-
-    async def delivered(
-        self, recipient: str, message_id: str, counters_prefix: str = ""
-    ) -> tuple[str, str] | None:
-        found = self.messages.pop(message_id, None)
-        return None if found is None else (found.sender, found.kind)
-
-
-class FakeSession:
-    def __init__(self, uri: str, account: str = "acme", conn_id: str = "c1") -> None:
-        self.uri, self.account, self.conn_id = uri, account, conn_id
-        self.sent: list[Message] = []
-
-    def send(self, msg: Message) -> None:
-        self.sent.append(msg)
 
 
 class _World(SynchronousTestCase):
@@ -129,16 +56,14 @@ class _World(SynchronousTestCase):
         assert registry is not None
         self.registry = registry
         registry.on_attach.append(self.stats.on_attach)
-        self.messages = FakeMessageStore()
+        self.messages = MemoryMessageStore(lambda: NOW)
         self.messaging = Messaging(
             self.messages,  # type: ignore[arg-type]
             registry,
             trace,
-            lambda: store,
-            self.clock.seconds,
             stats=self.stats,
         )
-        self.redis.sets["known-uris"] = {"tel:+1", "tel:+2"}
+        self.messages.known = {"tel:+1", "tel:+2"}
         server = ManagementProtocol(lambda proto: CrsAdmin(self.state, proto))
         self.client = ManagementClient(lambda line: None)
         self.pump = iosim.connect(
@@ -159,8 +84,8 @@ class _World(SynchronousTestCase):
         rows: list[list[str]] = answer["table"]["rows"]
         return rows
 
-    def attach(self, uri: str, period: str = "", account: str = "acme") -> FakeConn:
-        conn = FakeConn()
+    def attach(self, uri: str, period: str = "", account: str = "acme") -> FakeConnection:
+        conn = FakeConnection()
         self.registry.attach(
             Attachment(uri, account, self.clock.seconds(), "1", "192.0.2.1", 1, conn, period)
         )
@@ -171,7 +96,7 @@ class _World(SynchronousTestCase):
         self.messaging.post(session, message("post", id=msg_id, to=to, **fields))  # type: ignore[arg-type]
         return session
 
-    def deliver(self, uri: str, conn: FakeConn) -> None:
+    def deliver(self, uri: str, conn: FakeConnection) -> None:
         session = FakeSession(uri)
         for sent in list(conn.sent):
             if sent.type == "message":

@@ -6,6 +6,7 @@ The Lua itself runs against a real redis-server in ``tests.interop.test_messages
 from __future__ import annotations
 
 import itertools
+from collections.abc import Coroutine
 from typing import Any
 
 from twisted.internet import defer
@@ -14,8 +15,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from txredisapi import ResponseError
 
-from cryptify.crs.attached import Attachment, AttachRegistry
-from cryptify.crs.messages import (
+from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.messages.store import (
     MessageRefused,
     MessageStore,
     Posted,
@@ -23,27 +24,21 @@ from cryptify.crs.messages import (
     post_digest,
     retry_scope,
 )
-from cryptify.crs.messaging import DELIVERY_RETRY, DELIVERY_WINDOW, Messaging
-from cryptify.crs.store import RedisNotConnected
+from cryptify.crs.messages.wiring import DELIVERY_RETRY, DELIVERY_WINDOW, Messaging
+from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import encode_from_server, message
-from tests.test_crs_stats import FakeSession
-from tests.test_redis_batch import FakeScripts
+from tests.contracts import CONTRACT_INBOX, MessageStoreContract
+from tests.fakes import FakeScripts, FakeSession, FakeStore, MemoryMessageStore
 
 NOW = 1_800_000_000.0
-
-
-class FakeRedisStore:
-    def __init__(self, clock: Clock) -> None:
-        self.client = FakeScripts()
-        self.clock = clock
 
 
 class _Store(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.redis = FakeRedisStore(self.clock)
+        self.redis = FakeStore(FakeScripts(), self.clock)
         ids = (f"id{n}" for n in itertools.count(1))
         self.store = MessageStore(lambda: self.redis, self.clock.seconds, new_id=lambda: next(ids))
         self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
@@ -213,9 +208,7 @@ class MessagingTests(_Store):
         super().setUp()
         trace = TraceHub(self.clock.seconds)
         registry = AttachRegistry("crs1", self.clock.seconds, trace)
-        self.messaging = Messaging(
-            self.store, registry, trace, lambda: self.redis, self.clock.seconds
-        )
+        self.messaging = Messaging(self.store, registry, trace)
 
     def post(self, session: FakeSession, msg_id: int) -> None:
         self.messaging.post(session, message("post", id=msg_id, to="tel:+2", content=b"x"))  # type: ignore[arg-type]
@@ -264,74 +257,6 @@ class MessagingTests(_Store):
         self.assertEqual(self.messaging.counters["delivered"], 1)
 
 
-class MemoryMessages:
-    """MessageStore's interface in memory, with its retry scopes and inboxes (the
-    Lua is tested against redis-server); ``down`` makes every call fail as when
-    redis_low is out of reach."""
-
-    def __init__(self) -> None:
-        self.messages: dict[str, Stored] = {}
-        self.scopes: dict[str, tuple[str, str]] = {}
-        self.ids = (f"m{n:04}" for n in itertools.count(1))
-        self.down = False
-
-    def _reachable(self) -> None:
-        if self.down:
-            raise RedisNotConnected("redis_low: not connected")
-
-    async def post(
-        self,
-        sender: str,
-        scope: str,
-        recipient: str,
-        account: str,
-        kind: str,
-        data: bytes,
-        known: str | None = None,
-        counters: str | None = None,
-    ) -> Posted:
-        if self.down:
-            raise MessageRefused("unavailable", "message not stored (redis_low: not connected)")
-        digest = post_digest(recipient, kind, data)
-        first = self.scopes.get(f"{sender} {scope}")
-        if first is not None:
-            if first[1] != digest:
-                raise MessageRefused("key-reused", "used for another message")
-            return Posted(first[0], duplicate=True)
-        message_id = next(self.ids)
-        stored = Stored(message_id, sender, recipient, account, kind, int(NOW * 1000), data)
-        self.messages[message_id] = stored
-        self.scopes[f"{sender} {scope}"] = (message_id, digest)
-        return Posted(message_id, duplicate=False, stored=stored)
-
-    def add(self, recipient: str, count: int) -> list[str]:
-        """``count`` messages waiting for ``recipient``; their IDs."""
-        ids = []
-        for n in range(count):
-            message_id = next(self.ids)
-            self.messages[message_id] = Stored(
-                message_id, "tel:+1", recipient, "acme", "content", 0, b"%d" % n
-            )
-            ids.append(message_id)
-        return ids
-
-    async def get(self, message_id: str) -> Stored | None:
-        self._reachable()
-        return self.messages.get(message_id)
-
-    async def waiting_ids(self, recipient: str, limit: int) -> list[str]:
-        self._reachable()
-        mine = [m.id for m in self.messages.values() if m.recipient.split(";")[0] == recipient]
-        return mine[:limit]
-
-    async def delivered(
-        self, recipient: str, message_id: str, counters_prefix: str = ""
-    ) -> tuple[str, str] | None:
-        self._reachable()
-        found = self.messages.pop(message_id, None)
-        return None if found is None else (found.sender, found.kind)
-
-
 class Conn:
     """An attached client's connection: records what the CRS sends it."""
 
@@ -353,19 +278,14 @@ class _Delivery(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.store = MemoryMessages()
-        self.redis = FakeRedisStore(self.clock)
-        self.redis.client.sadd = lambda *a: defer.succeed(1)  # type: ignore[attr-defined]
-        self.redis.client.hset = lambda *a: defer.succeed(1)  # type: ignore[attr-defined]
-        self.redis.when_connected = lambda: defer.succeed(self.redis.client)  # type: ignore[attr-defined]
+        self.store = MemoryMessageStore(lambda: NOW)
+        self.store.known.add("tel:+2")  # attached at some time before
         trace = TraceHub(self.clock.seconds)
         self.registry = AttachRegistry("crs1", self.clock.seconds, trace)
         self.messaging = Messaging(
             self.store,  # type: ignore[arg-type]
             self.registry,
             trace,
-            lambda: self.redis,
-            self.clock.seconds,
             scheduler=self.clock,
         )
         self.registry.on_attach.append(self.messaging.attached)
@@ -522,16 +442,24 @@ class UnavailableTests(_Delivery):
         self.assertEqual(len(conn.of("message")), 2)
 
     def test_unreachable_redis_object(self) -> None:
-        """When the Redis store itself raises (not connected), the answer is the same."""
+        """When the store cannot even record the read time (not connected), the answer
+        is the same."""
         conn = self.attach("tel:+2")
-
-        def gone() -> Any:
-            raise RedisNotConnected("redis_low: not connected")
-
-        self.messaging.redis = gone
         self.store.down = True
         self.messaging.fetch(conn, message("fetch", id=3))  # type: ignore[arg-type]
         self.assertEqual([e["code"] for e in conn.of("error")], ["unavailable"])
         self.assertEqual(self.flushLoggedErrors(), [])
         self.store.down = False
         self.clock.advance(DELIVERY_RETRY)
+
+
+class MemoryMessageStoreContractTests(MessageStoreContract, SynchronousTestCase):
+    """The fake message store keeps the contract the Lua scripts keep (the same
+    suite runs against redis-server in ``tests.interop.test_messages``)."""
+
+    def setUp(self) -> None:
+        self.now = NOW
+        self.store = MemoryMessageStore(lambda: self.now, max_inbox=CONTRACT_INBOX)
+
+    def drive(self, work: Coroutine[Any, Any, None]) -> None:
+        self.successResultOf(defer.ensureDeferred(work))

@@ -20,8 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.admin import CigAdmin
 from cryptify.cig.state import CigState
-from cryptify.crs.admin import CrsAdmin
-from cryptify.crs.state import CrsState
+from cryptify.crs.operator.admin import CrsAdmin
+from cryptify.crs.operator.state import CrsState
 from cryptify.protocols import cig_admin, crs_admin
 from cryptify.protocols.mgmt import (
     AUTH_TIMEOUT,
@@ -264,7 +264,7 @@ class CookieTests(SynchronousTestCase):
 
 class CliTests(SynchronousTestCase):
     def run_crs(self, *argv: str) -> tuple[int, str, str]:
-        from cryptify.crs.cli import run
+        from cryptify.crs.operator.cli import run
 
         out, err = io.StringIO(), io.StringIO()
         return run(list(argv), out, err), out.getvalue(), err.getvalue()

@@ -13,9 +13,10 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs.attached import Attachment
-from cryptify.crs.store import RedisNotConnected
-from cryptify.crs.umsg_server import UmsgListenService
+from cryptify.crs.attach.registry import Attachment
+from cryptify.crs.attach.wiring import UmsgListenService
+from cryptify.crs.redis.services import ManagedRedis
+from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.logs import LogFileService
 from cryptify.plugins import cig, cig_relay, crs, crs_relay
 from cryptify.service import CallbackService, ListenService
@@ -87,7 +88,7 @@ class CrsOptionsTests(SynchronousTestCase):
         children = list(root)
         self.assertIsInstance(children[0], LogFileService)
         self.assertIsInstance(children[1], CallbackService)
-        self.assertIsInstance(children[2], crs.ManagedRedis)
+        self.assertIsInstance(children[2], ManagedRedis)
         listeners = [c for c in children if isinstance(c, ListenService)]
         self.assertEqual([s.what for s in listeners], ["client TLS", "management"])
         self.assertIs(children[-1], listeners[-1])
@@ -100,7 +101,7 @@ class CrsOptionsTests(SynchronousTestCase):
         options.parseOptions(["--data-dir", self.mktemp()])
         root = crs.make_crs_service(options["crs"], options["local"], Clock())
         [listener] = [c for c in root if isinstance(c, UmsgListenService)]
-        [managed] = [c for c in root if isinstance(c, crs.ManagedRedis)]
+        [managed] = [c for c in root if isinstance(c, ManagedRedis)]
         ready = listener.factory.core.ready
         self.assertFalse(ready())
         high, low = _Store("redis_high", True), _Store("redis_low", False)
@@ -118,7 +119,7 @@ class CrsOptionsTests(SynchronousTestCase):
         options.parseOptions(["--data-dir", self.mktemp()])
         root = crs.make_crs_service(options["crs"], options["local"], Clock())
         [listener] = [c for c in root if isinstance(c, UmsgListenService)]
-        [managed] = [c for c in root if isinstance(c, crs.ManagedRedis)]
+        [managed] = [c for c in root if isinstance(c, ManagedRedis)]
         managed.stores = [_Store("redis_high", True), _Store("redis_low", False)]  # type: ignore[list-item]
         registry = listener.factory.core.registry
         seen: list[dict[str, Any]] = []

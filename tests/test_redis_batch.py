@@ -1,4 +1,4 @@
-"""Tests for one Lua script call per reactor turn (:mod:`cryptify.crs.redis_batch`), in memory."""
+"""Tests for one Lua script call per reactor turn (:mod:`cryptify.crs.redis.batch`), in memory."""
 
 from __future__ import annotations
 
@@ -9,20 +9,9 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs.redis_batch import BatchFailed, ScriptBatch
-from cryptify.crs.store import RedisNotConnected
-
-
-class FakeScripts:
-    """A txredisapi connection's ``eval``: records each call, answers when told."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, list[str], list[str], Deferred[Any]]] = []
-
-    def eval(self, script: str, keys: list[str], args: list[str]) -> Deferred[Any]:
-        answer: Deferred[Any] = Deferred()
-        self.calls.append((script, keys, args, answer))
-        return answer
+from cryptify.crs.redis.batch import BatchFailed, ScriptBatch
+from cryptify.crs.redis.store import RedisNotConnected
+from tests.fakes import FakeScripts
 
 
 class Results:

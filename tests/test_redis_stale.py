@@ -1,4 +1,4 @@
-"""Tests for cryptify.crs.redis_stale: leftover Redis children are found and stopped."""
+"""Tests for cryptify.crs.redis.stale: leftover Redis children are found and stopped."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs.redis import RedisInstance
-from cryptify.crs.redis_stale import STALE_STOP_TIMEOUT, reap_stale, stale_pid
+from cryptify.crs.redis.instance import RedisInstance
+from cryptify.crs.redis.stale import STALE_STOP_TIMEOUT, reap_stale, stale_pid
 
 
 def instance(port: int = 6391) -> RedisInstance:

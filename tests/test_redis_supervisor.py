@@ -1,6 +1,6 @@
 """
-Unit tests for cryptify.crs.redis (config, backoff, supervision) and
-cryptify.crs.store (reconnect, auth), in memory: a Clock, a fake process
+Unit tests for cryptify.crs.redis.instance and .supervisor (config, backoff, supervision) and
+cryptify.crs.redis.store (reconnect, auth), in memory: a Clock, a fake process
 reactor, a fake PING probe and fake endpoints.  Only config files touch disk.
 """
 
@@ -17,19 +17,20 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs import redis
-from cryptify.crs.redis import (
+from cryptify.crs.redis import supervisor
+from cryptify.crs.redis.instance import (
+    BACKUP,
+    HIGH,
+    LOW,
     RedisInstance,
-    RedisStartError,
-    RedisSupervisor,
     ReplicaOf,
     Role,
     load_password,
     render_conf,
-    restart_delay,
     write_conf,
 )
-from cryptify.crs.store import RedisAuthError, RedisNotConnected, RedisStore
+from cryptify.crs.redis.store import RedisAuthError, RedisNotConnected, RedisStore
+from cryptify.crs.redis.supervisor import RedisStartError, RedisSupervisor, restart_delay
 
 
 class FakeProcess:
@@ -96,7 +97,7 @@ class FakeProbe:
 
 
 class InstanceMixin:
-    def instance(self, name=redis.LOW, **kw):
+    def instance(self, name=LOW, **kw):
         base = Path(self.mktemp())
         kw.setdefault("port", 6390)
         kw.setdefault("password", "s3cret")
@@ -109,7 +110,7 @@ class ConfTests(InstanceMixin, SynchronousTestCase):
 
     def test_volatile_high(self):
         """redis_high binds loopback, needs a password and persists nothing."""
-        i = self.instance(redis.HIGH, port=6391)
+        i = self.instance(HIGH, port=6391)
         lines = self.lines(i)
         self.assertIs(i.role, Role.VOLATILE)
         for expected in [
@@ -128,7 +129,7 @@ class ConfTests(InstanceMixin, SynchronousTestCase):
 
     def test_durable_low(self):
         """redis_low keeps an append-only file fsynced every second."""
-        lines = self.lines(self.instance(redis.LOW))
+        lines = self.lines(self.instance(LOW))
         self.assertIn("appendonly yes", lines)
         self.assertIn("appendfsync everysec", lines)
         self.assertNotIn("appendonly no", lines)
@@ -143,7 +144,7 @@ class ConfTests(InstanceMixin, SynchronousTestCase):
 
     def test_backup_replicates(self):
         """redis_backup replicates the peer with the peer's password and is durable."""
-        i = self.instance(redis.BACKUP, replica_of=ReplicaOf("127.0.0.1", 8091, "peerpw"))
+        i = self.instance(BACKUP, replica_of=ReplicaOf("127.0.0.1", 8091, "peerpw"))
         lines = self.lines(i)
         self.assertIn("replicaof 127.0.0.1 8091", lines)
         self.assertIn('masterauth "peerpw"', lines)
@@ -166,12 +167,12 @@ class ConfTests(InstanceMixin, SynchronousTestCase):
     def test_password_file(self):
         """The password is generated once, kept 0600 and reused."""
         data = Path(self.mktemp())
-        first = load_password(data, redis.LOW)
+        first = load_password(data, LOW)
         self.assertGreaterEqual(len(first), 40)
-        path = data / redis.LOW / "password"
+        path = data / LOW / "password"
         self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
-        self.assertEqual(load_password(data, redis.LOW), first)
-        self.assertNotEqual(load_password(data, redis.HIGH), first)
+        self.assertEqual(load_password(data, LOW), first)
+        self.assertNotEqual(load_password(data, HIGH), first)
 
     def test_write_conf(self):
         """The config file is written 0600 into a 0700 directory."""
@@ -197,7 +198,7 @@ class SupervisorTests(InstanceMixin, SynchronousTestCase):
         self.events = []
         self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
 
-    def supervisor(self, names=(redis.HIGH, redis.LOW), **kw):
+    def supervisor(self, names=(HIGH, LOW), **kw):
         base = Path(self.mktemp())
         instances = [
             RedisInstance(
@@ -215,11 +216,11 @@ class SupervisorTests(InstanceMixin, SynchronousTestCase):
             **kw,
         )
 
-    def started(self, names=(redis.HIGH, redis.LOW)):
+    def started(self, names=(HIGH, LOW)):
         s = self.supervisor(names)
         d = s.startService()
         self.probe.answering.update(names)
-        self.clock.advance(redis.PROBE_INTERVAL)
+        self.clock.advance(supervisor.PROBE_INTERVAL)
         self.successResultOf(d)
         return s
 
@@ -236,16 +237,16 @@ class SupervisorTests(InstanceMixin, SynchronousTestCase):
         d = s.startService()
         self.assertNoResult(d)
         self.assertEqual(len(self.reactor.processes), 2)
-        self.assertEqual(s.status(), {redis.HIGH: "inactive", redis.LOW: "inactive"})
-        self.probe.answering.add(redis.HIGH)
-        self.clock.advance(redis.PROBE_INTERVAL)
+        self.assertEqual(s.status(), {HIGH: "inactive", LOW: "inactive"})
+        self.probe.answering.add(HIGH)
+        self.clock.advance(supervisor.PROBE_INTERVAL)
         self.assertNoResult(d)
-        self.probe.answering.add(redis.LOW)
-        self.clock.advance(redis.PROBE_INTERVAL)
+        self.probe.answering.add(LOW)
+        self.clock.advance(supervisor.PROBE_INTERVAL)
         self.successResultOf(d)
-        self.assertEqual(s.status(), {redis.HIGH: "active", redis.LOW: "active"})
-        low = self.reactor.by_name(redis.LOW)[0]
-        self.assertEqual(s.pid(redis.LOW), low.pid)
+        self.assertEqual(s.status(), {HIGH: "active", LOW: "active"})
+        low = self.reactor.by_name(LOW)[0]
+        self.assertEqual(s.pid(LOW), low.pid)
         self.assertEqual(low.args[-2], sys.executable)
         self.assertTrue(Path(low.args[-1]).exists())
         self.assertEqual(self.events, [])
@@ -255,9 +256,9 @@ class SupervisorTests(InstanceMixin, SynchronousTestCase):
         """A child that dies at start fails startService naming the address; the rest stop."""
         s = self.supervisor()
         d = s.startService()
-        low = self.reactor.by_name(redis.LOW)[0]
-        high = self.reactor.by_name(redis.HIGH)[0]
-        log_path = s.instance(redis.LOW).log_path
+        low = self.reactor.by_name(LOW)[0]
+        high = self.reactor.by_name(HIGH)[0]
+        log_path = s.instance(LOW).log_path
         log_path.write_text(
             f"{low.pid}:C 01 Jan 2026 00:00:00.000 * oO0OoO0OoO0Oo Redis is starting\n"
             f"{low.pid}:M 01 Jan 2026 00:00:00.001 # Warning: Could not create server TCP "
@@ -285,16 +286,17 @@ class SupervisorTests(InstanceMixin, SynchronousTestCase):
     def test_spawn_error(self):
         """An OSError from spawnProcess fails startService."""
         self.reactor.fail_with = OSError("no fork")
-        s = self.supervisor(names=(redis.LOW,))
+        s = self.supervisor(names=(LOW,))
         err = self.failureResultOf(s.startService(), RedisStartError)
         self.assertIn("no fork", err.getErrorMessage())
 
     def test_start_timeout(self):
         """A child that never answers is killed and the start fails after the timeout."""
-        s = self.supervisor(names=(redis.LOW,))
+        s = self.supervisor(names=(LOW,))
         d = s.startService()
         self.clock.pump(
-            [redis.PROBE_INTERVAL] * int(redis.START_TIMEOUT / redis.PROBE_INTERVAL + 1)
+            [supervisor.PROBE_INTERVAL]
+            * int(supervisor.START_TIMEOUT / supervisor.PROBE_INTERVAL + 1)
         )
         low = self.reactor.processes[0]
         self.assertEqual(low.signals, ["KILL"])
@@ -307,41 +309,41 @@ class SupervisorTests(InstanceMixin, SynchronousTestCase):
         """A dying child is reported down, restarted after 1s, 2s, 4s..., reported up."""
         s = self.started()
         for n, delay in enumerate([1, 2, 4, 8]):
-            current = self.reactor.by_name(redis.LOW)[-1]
+            current = self.reactor.by_name(LOW)[-1]
             current.exit(None, 9)
-            self.assertEqual(self.events[-1], (redis.LOW, "down"))
-            self.assertEqual(s.status()[redis.LOW], "inactive")
-            self.assertEqual(s.status()[redis.HIGH], "active")
-            self.assertIsNone(s.pid(redis.LOW))
+            self.assertEqual(self.events[-1], (LOW, "down"))
+            self.assertEqual(s.status()[LOW], "inactive")
+            self.assertEqual(s.status()[HIGH], "active")
+            self.assertIsNone(s.pid(LOW))
             self.clock.advance(delay - 0.25)
-            self.assertEqual(len(self.reactor.by_name(redis.LOW)), n + 1)
+            self.assertEqual(len(self.reactor.by_name(LOW)), n + 1)
             self.clock.advance(0.5)
-            self.assertEqual(len(self.reactor.by_name(redis.LOW)), n + 2)
-            self.assertEqual(self.events[-1], (redis.LOW, "up"))
-            self.assertEqual(s.status()[redis.LOW], "active")
-            self.assertEqual(s.pid(redis.LOW), self.reactor.by_name(redis.LOW)[-1].pid)
+            self.assertEqual(len(self.reactor.by_name(LOW)), n + 2)
+            self.assertEqual(self.events[-1], (LOW, "up"))
+            self.assertEqual(s.status()[LOW], "active")
+            self.assertEqual(s.pid(LOW), self.reactor.by_name(LOW)[-1].pid)
         self.assertEqual(len(self.events), 8)
         # up for a while: the backoff starts over at 1s
-        self.clock.advance(redis.STABLE_AFTER)
-        self.reactor.by_name(redis.LOW)[-1].exit(1)
+        self.clock.advance(supervisor.STABLE_AFTER)
+        self.reactor.by_name(LOW)[-1].exit(1)
         self.clock.advance(1.25)
-        self.assertEqual(s.status()[redis.LOW], "active")
+        self.assertEqual(s.status()[LOW], "active")
         self.stop(s)
 
     def test_failed_restart(self):
         """A restart that dies before answering backs off further without a second 'down'."""
         s = self.started()
-        self.reactor.by_name(redis.LOW)[-1].exit(1)
-        self.probe.answering.discard(redis.LOW)
+        self.reactor.by_name(LOW)[-1].exit(1)
+        self.probe.answering.discard(LOW)
         self.clock.advance(1)
-        self.reactor.by_name(redis.LOW)[-1].exit(1)
-        self.assertEqual(self.events, [(redis.LOW, "down")])
+        self.reactor.by_name(LOW)[-1].exit(1)
+        self.assertEqual(self.events, [(LOW, "down")])
         self.clock.advance(1.75)
-        self.assertEqual(len(self.reactor.by_name(redis.LOW)), 2)
-        self.probe.answering.add(redis.LOW)
+        self.assertEqual(len(self.reactor.by_name(LOW)), 2)
+        self.probe.answering.add(LOW)
         self.clock.advance(0.5)
-        self.assertEqual(len(self.reactor.by_name(redis.LOW)), 3)
-        self.assertEqual(self.events, [(redis.LOW, "down"), (redis.LOW, "up")])
+        self.assertEqual(len(self.reactor.by_name(LOW)), 3)
+        self.assertEqual(self.events, [(LOW, "down"), (LOW, "up")])
         self.stop(s)
 
     def test_notify_failure_is_contained(self):
@@ -350,11 +352,11 @@ class SupervisorTests(InstanceMixin, SynchronousTestCase):
         def broken(unit, event):
             raise RuntimeError("notify.sh missing")
 
-        s = self.started(names=(redis.LOW,))
-        s.children[redis.LOW].notify = broken
+        s = self.started(names=(LOW,))
+        s.children[LOW].notify = broken
         self.reactor.processes[0].exit(1)
         self.clock.advance(1)
-        self.assertEqual(s.status(), {redis.LOW: "active"})
+        self.assertEqual(s.status(), {LOW: "active"})
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
         self.stop(s)
 
@@ -362,22 +364,22 @@ class SupervisorTests(InstanceMixin, SynchronousTestCase):
         """stopService sends SIGTERM, SIGKILL after the timeout, fires when all exited."""
         s = self.started()
         d = s.stopService()
-        high, low = self.reactor.by_name(redis.HIGH)[0], self.reactor.by_name(redis.LOW)[0]
+        high, low = self.reactor.by_name(HIGH)[0], self.reactor.by_name(LOW)[0]
         self.assertEqual((high.signals, low.signals), (["TERM"], ["TERM"]))
         high.exit(0)
         self.assertNoResult(d)
-        self.clock.advance(redis.STOP_TIMEOUT)
+        self.clock.advance(supervisor.STOP_TIMEOUT)
         self.assertEqual(low.signals, ["TERM", "KILL"])
         self.assertNoResult(d)
         low.exit(None, 9)
         self.successResultOf(d)
-        self.assertEqual(s.status(), {redis.HIGH: "inactive", redis.LOW: "inactive"})
+        self.assertEqual(s.status(), {HIGH: "inactive", LOW: "inactive"})
         self.assertEqual(self.events, [])
         self.assertFalse(s.running)
 
     def test_stop_during_backoff(self):
         """Stopping while a restart is pending cancels it and fires at once."""
-        s = self.started(names=(redis.LOW,))
+        s = self.started(names=(LOW,))
         self.reactor.processes[0].exit(1)
         self.successResultOf(s.stopService())
         self.clock.advance(60)
@@ -385,7 +387,7 @@ class SupervisorTests(InstanceMixin, SynchronousTestCase):
 
     def test_stop_while_starting(self):
         """Stopping during start fails the start and stops the child."""
-        s = self.supervisor(names=(redis.LOW,))
+        s = self.supervisor(names=(LOW,))
         d = s.startService()
         stopped = s.stopService()
         self.reactor.processes[0].exit(0)
@@ -415,7 +417,7 @@ class RedisStoreTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.endpoint = FakeEndpoint()
-        self.store = RedisStore(self.endpoint, self.clock, "pw", name=redis.LOW)
+        self.store = RedisStore(self.endpoint, self.clock, "pw", name=LOW)
         self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
 
     def test_reconnect_backoff(self):

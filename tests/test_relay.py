@@ -19,14 +19,14 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from cryptify.crs.calls import LinkRelayAllocator
-from cryptify.crs.relay import (
+from cryptify.crs.calls.wiring import LinkRelayAllocator
+from cryptify.crs.relay.core import RelayCore
+from cryptify.crs.relay.wiring import (
     RelayDatagram,
     RelayReader,
     RelayService,
     control_factory,
 )
-from cryptify.crs.relay_core import RelayCore
 from cryptify.plugins.crs_relay import Options
 from cryptify.protocols.relay_control import (
     MAX_BATCH,

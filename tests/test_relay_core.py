@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs.relay_core import CREDIT_CAP, Drop, RelayCore, RelaySession
+from cryptify.crs.relay.core import CREDIT_CAP, Drop, RelayCore, RelaySession
 from cryptify.protocols import relay_packet
 from cryptify.protocols.relay_packet import MAX_PACKET, MIN_PACKET, TAG_SIZE, PacketError
 

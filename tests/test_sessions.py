@@ -1,16 +1,13 @@
-"""Tests for cryptify.crs.sessions: the call state machine, in memory."""
+"""Tests for cryptify.crs.calls.core: the call state machine, in memory."""
 
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
-import attrs
-from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs.sessions import (
+from cryptify.crs.calls.core import (
     ANSWER_TIMEOUT,
     ENDED_SHOWN_FOR,
     MAX_ENDED_SHOWN,
@@ -18,51 +15,7 @@ from cryptify.crs.sessions import (
     SessionTable,
 )
 from cryptify.crs.trace import TraceHub
-from cryptify.protocols.umsg import Message
-
-
-@attrs.define
-class Att:
-    uri: str
-    account: str = "acme"
-
-
-class FakeParties:
-    def __init__(self) -> None:
-        self.online: dict[str, Att] = {}
-        self.known_uris: set[str] = set()
-        self.sent: list[tuple[str, Message]] = []
-
-    def attached(self, uri: str) -> Att | None:
-        return self.online.get(uri)
-
-    def known(self, uri: str) -> bool:
-        return uri in self.known_uris
-
-    def send(self, uri: str, msg: Message) -> None:
-        self.sent.append((uri, msg))
-
-    def take(self) -> list[tuple[str, str, dict[str, Any]]]:
-        out = [(uri, m.type, dict(m.fields)) for uri, m in self.sent]
-        self.sent.clear()
-        return out
-
-
-class FakeRelay:
-    def __init__(self) -> None:
-        self.pending: dict[str, defer.Deferred[RelayLegs]] = {}
-        self.released: list[str] = []
-        self.auto = True
-
-    def allocate(self, session: str) -> defer.Deferred[RelayLegs]:
-        if self.auto:
-            return defer.succeed(RelayLegs("198.51.100.1", 146, b"A" * 8, b"B" * 8))
-        d: defer.Deferred[RelayLegs] = defer.Deferred()
-        self.pending[session] = d
-        return d
-
-    def release(self, session: str) -> None:
-        self.released.append(session)
+from tests.fakes import Att, FakeParties, FakeRelay
 
 
 class SessionTests(SynchronousTestCase):

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs import cli
+from cryptify.crs.operator import cli
 from cryptify.crs.trace import EventTraceObserver, TraceHub
 
 

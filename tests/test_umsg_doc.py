@@ -10,7 +10,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.client.session import HANDLERS, ClientSession
-from cryptify.crs.attach import ATTACHED, CHALLENGED, NEW, AttachSession
+from cryptify.crs.attach.core import ATTACHED, CHALLENGED, NEW, AttachSession
 from cryptify.protocols.umsg import ERROR_CODES, FROM_CLIENT, FROM_SERVER, Message
 from tests.umsg_support import FROM_CLIENT_SAMPLES, FROM_SERVER_SAMPLES, World
 
@@ -70,10 +70,14 @@ _SENDS = (
 def code_sends() -> set[tuple[str, str]]:
     """(message type, code) for every literal code the CRS sends."""
     found = set()
-    for name in sorted(os.listdir(CRS)):
-        if not name.endswith(".py"):
-            continue
-        with open(os.path.join(CRS, name)) as f:
+    paths = sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(CRS)
+        for name in names
+        if name.endswith(".py")
+    )
+    for path in paths:
+        with open(path) as f:
             source = f.read()
         for pattern, kind in _SENDS:
             for match in pattern.finditer(source):

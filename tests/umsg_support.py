@@ -1,9 +1,8 @@
-"""Shared fixtures for the UMSG, attach and client tests: accounts with real
-ECCSI keys, a server factory on a Clock, in-memory client/server pairs."""
+"""Shared fixtures for the UMSG, attach and client tests: a server factory on
+a Clock, in-memory client/server pairs, a sample of every message type."""
 
 from __future__ import annotations
 
-import calendar
 from collections.abc import Callable
 from typing import Any
 
@@ -13,84 +12,13 @@ from twisted.test import iosim
 
 from cryptify.client.connection import Event, UmsgClientProtocol
 from cryptify.client.session import ClientSession
-from cryptify.crs.attach import AttachCore
-from cryptify.crs.attached import AttachRegistry
+from cryptify.crs.attach.core import AttachCore
+from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.attach.wiring import Limits, UmsgServerFactory, UmsgServerProtocol
+from cryptify.crs.objects.wiring import install as install_objects
 from cryptify.crs.slots import SlotMap
-from cryptify.crs.umsg_server import Limits, UmsgServerFactory, UmsgServerProtocol
-from cryptify.crypto.eccsi import EccsiKms, EccsiSigner
-from cryptify.crypto.identity import tel_identifier
 from cryptify.protocols.umsg import Message
-
-#: Tests run in this month (the clock starts on its 15th).
-PERIOD = "2026-11"
-START = float(calendar.timegm((2026, 11, 15, 12, 0, 0)))
-
-_KMS: dict[str, EccsiKms] = {}
-_SIGNERS: dict[tuple[str, str, str], EccsiSigner] = {}
-
-
-def kms(account: str) -> EccsiKms:
-    """One ECCSI KMS per account name, for the whole test run."""
-    if account not in _KMS:
-        _KMS[account] = EccsiKms.generate()
-    return _KMS[account]
-
-
-def signer(account: str, uri: str, period: str = PERIOD) -> EccsiSigner:
-    """A user's ECCSI signing key (cached)."""
-    key = (account, uri, period)
-    if key not in _SIGNERS:
-        identity = tel_identifier(uri, period)
-        ssk, pvt = kms(account).issue(identity)
-        _SIGNERS[key] = EccsiSigner(kms(account).kpak, identity, ssk, pvt)
-    return _SIGNERS[key]
-
-
-@attrs.define
-class FakeAccount:
-    """An account with KPAKs for some periods and a blacklist."""
-
-    id: str
-    periods: tuple[str, ...] = (PERIOD,)
-    black: set[str] = attrs.field(factory=set)
-
-    def kpak_for(self, period: str) -> bytes | None:
-        return kms(self.id).kpak if period in self.periods else None
-
-    def blacklisted(self, uri: str, period: str) -> bool:
-        return uri in self.black
-
-
-@attrs.define
-class FakeAccounts:
-    by_id: dict[str, FakeAccount] = attrs.field(factory=dict)
-
-    def add(self, account: FakeAccount) -> FakeAccount:
-        self.by_id[account.id] = account
-        return account
-
-    def get(self, account_id: str) -> FakeAccount | None:
-        return self.by_id.get(account_id)
-
-
-@attrs.define
-class FakeObjects:
-    """Records client objects; ``fail`` makes the next store fail."""
-
-    stored: list[tuple[Any, ...]] = attrs.field(factory=list)
-    fail: bool = False
-    #: What a store failure raises (``fail``).
-    error: Callable[[], Exception] = lambda: RuntimeError("redis down")
-
-    async def set_push_token(self, account: str, uri: str, token: str, kind: str) -> None:
-        if self.fail:
-            raise self.error()
-        self.stored.append(("push", account, uri, token, kind))
-
-    async def set_client_info(self, account: str, uri: str, info: dict[str, str]) -> None:
-        if self.fail:
-            raise RuntimeError("redis down")
-        self.stored.append(("info", account, uri, info))
+from tests.fakes import START, FakeAccount, FakeAccounts, FakeObjects, signer
 
 
 @attrs.define
@@ -117,7 +45,8 @@ class World:
         accounts.add(FakeAccount("acme"))
         registry = AttachRegistry("crs1", clock.seconds)
         objects = FakeObjects()
-        core = AttachCore("crs1", accounts, registry, clock.seconds, slots=slots, objects=objects)
+        core = AttachCore("crs1", accounts, registry, clock.seconds, slots=slots)
+        install_objects(core, objects)
         factory = UmsgServerFactory(core, clock, limits, keepalive_rule)
         return cls(clock, accounts, registry, core, factory, objects)
 

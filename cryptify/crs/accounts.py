@@ -41,7 +41,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeGuard
 
 import attrs
@@ -348,12 +348,20 @@ class AccountStore:
     """The accounts directory and the accounts loaded from it.
 
     ``owner`` is the uid of the CRS's user, whose files may have their
-    permissions repaired (default: this process's effective uid).
+    permissions repaired (default: this process's effective uid);
+    ``clock`` stamps a month applied from an update file that carries no
+    creation time.
     """
 
-    def __init__(self, directory: str, owner: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: str,
+        owner: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.directory = directory
         self.owner = os.geteuid() if owner is None else owner
+        self.clock = clock
         self.accounts: dict[str, Account] = {}
 
     def get(self, account_id: str) -> Account | None:
@@ -512,7 +520,7 @@ class AccountStore:
 
     def _store_months(self, account: Account, update: UpdateFile) -> Account:
         """Write each month of a checked update file; the account with them applied."""
-        created = update.created or int(time.time())
+        created = update.created or int(self.clock())
         months = dict(account.months)
         for month in update.months:
             entry = Month(

@@ -18,16 +18,13 @@ before the log closes.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.application import service
-from twisted.internet import defer
 from twisted.logger import Logger, globalLogPublisher
-from twisted.python.failure import Failure
 
 from cryptify.config import (
     CrsConfig,
@@ -37,23 +34,25 @@ from cryptify.config import (
 )
 from cryptify.config.crs import Endpoint
 from cryptify.crs.accounts import AccountStore
-from cryptify.crs.admin import CrsAdmin
-from cryptify.crs.attach import AttachCore, TicketKey
-from cryptify.crs.calls import LinkRelayAllocator, RegistryParties
-from cryptify.crs.calls import install as install_calls
-from cryptify.crs.messages import MessageExpiry, MessageStore
-from cryptify.crs.messaging import Messaging
-from cryptify.crs.messaging import install as install_messaging
-from cryptify.crs.objects import ClientObjects
-from cryptify.crs.redis import RedisInstance, RedisSupervisor, ReplicaOf, load_password
-from cryptify.crs.redis_batch import transient
-from cryptify.crs.sessions import SessionTable
+from cryptify.crs.attach.core import AttachCore
+from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.attach.tickets import TicketKey
+from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.calls.wiring import LinkRelayAllocator, RegistryParties
+from cryptify.crs.calls.wiring import install as install_calls
+from cryptify.crs.messages.store import MessageExpiry, MessageStore
+from cryptify.crs.messages.wiring import Messaging
+from cryptify.crs.messages.wiring import install as install_messaging
+from cryptify.crs.objects.store import ClientObjects
+from cryptify.crs.objects.wiring import install as install_objects
+from cryptify.crs.objects.wiring import observe_attaches
+from cryptify.crs.operator.admin import CrsAdmin
+from cryptify.crs.operator.state import CrsState
+from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
 from cryptify.crs.slots import SlotMap
-from cryptify.crs.state import CrsState
-from cryptify.crs.stats import Statistics
-from cryptify.crs.store import RedisStore
 from cryptify.crs.trace import EventTraceObserver, TraceHub
-from cryptify.crs.umsg_server import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
 from cryptify.plugins._common import (
@@ -178,205 +177,122 @@ def instance_name(cfg: CrsConfig, local: CrsLocalConfig) -> str:
     return "crs1"
 
 
-def wanted_redis(local: CrsLocalConfig) -> list[tuple[str, str]]:
-    """(name, config field) of the Redis servers this instance uses."""
-    wanted = [("redis_high", "high"), ("redis_low", "low")]
-    if local.db_backup == "replicate-from-peer":
-        wanted.append(("redis_backup", "backup"))
-    return wanted
+@attrs.frozen
+class Basics:
+    """What every part of the CRS shares; built first, opens nothing."""
+
+    name: str
+    reactor: Any
+    notifier: Notifier
+    trace: TraceHub
+    accounts: AccountStore
+    slots: SlotMap
+    registry: AttachRegistry
+    #: ``show services`` probes, in the order it prints them.
+    probes: dict[str, Callable[[], bool]]
 
 
-def redis_instances(cfg: CrsConfig, local: CrsLocalConfig) -> list[RedisInstance]:
-    """The Redis children this instance supervises (reads or makes passwords)."""
-    g = cfg.global_
-    data, logs = Path(g.data_dir) / "redis", Path(g.log_dir)
-    instances = []
-    for name, field in wanted_redis(local):
-        where: Endpoint = getattr(g.redis, field)
-        # redis_backup replicates the pool peer's redis_low once the pool
-        # synchronization link exists; until then it runs as an empty store.
-        replica: ReplicaOf | None = None
-        instances.append(
-            RedisInstance(
-                name=name,
-                password=load_password(data, name),
-                data_dir=data,
-                log_dir=logs,
-                host=where.host,
-                port=where.port,
-                replica_of=replica,
-            )
-        )
-    return instances
-
-
-def external_password(cfg: CrsConfig) -> str | None:
-    """The password of external Redis servers, from redis-password-file."""
-    path = cfg.global_.redis.password_file
-    if not path:
-        return None
-    try:
-        with open(path) as f:
-            text: str = f.read().strip()
-    except OSError as exc:
-        raise StartupError(f"cannot read redis-password-file {path}: {exc.strerror}") from exc
-    return text or None
-
-
-class ExternalRedis(service.MultiService):
-    """Stores connected to Redis servers someone else runs."""
-
-    def __init__(self, cfg: CrsConfig, reactor: Any, probes: dict[str, Any]) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.cfg = cfg
-        self.reactor = reactor
-        for name in ("redis_high", "redis_low"):
-            probes[name] = lambda n=name: any(s.connected for s in self if s.name == n)
-
-    def store(self, name: str) -> RedisStore:
-        """The store connected to Redis ``name`` (after start)."""
-        for store in self:
-            if isinstance(store, RedisStore) and store.name == name:
-                return store
-        raise KeyError(name)
-
-    def startService(self) -> None:
-        g = self.cfg.global_
-        password = external_password(self.cfg)
-        for name, where in (("redis_high", g.redis.high), ("redis_low", g.redis.low)):
-            attach(self, RedisStore.tcp(self.reactor, where.host, where.port, password, name))
-        super().startService()  # type: ignore[no-untyped-call]
-
-
-class ManagedRedis(service.MultiService):
-    """The supervised Redis children and the stores connected to them.
-
-    The instances (and their password files) are made when the service
-    starts, not when the tree is built.  The supervisor starts first; a
-    failure to start stops the CRS with its reason.  On stop the stores
-    close before the children are stopped.
-    """
-
-    def __init__(
-        self,
-        cfg: CrsConfig,
-        local: CrsLocalConfig,
-        reactor: Any,
-        notify: Callable[[str, str], None],
-    ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.cfg = cfg
-        self.local = local
-        self.reactor = reactor
-        self.notify = notify
-        self.supervisor: RedisSupervisor | None = None
-        self.stores: list[RedisStore] = []
-        self.names = [name for name, _ in wanted_redis(local)]
-
-    def store(self, name: str) -> RedisStore:
-        """The store connected to Redis ``name`` (after start)."""
-        for store in self.stores:
-            if store.name == name:
-                return store
-        raise KeyError(name)
-
-    def status(self, name: str) -> bool:
-        return self.supervisor is not None and self.supervisor.status().get(name) == "active"
-
-    def startService(self) -> None:
-        g = self.cfg.global_
-        try:
-            instances = redis_instances(self.cfg, self.local)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"redis: {exc}") from exc
-        self.supervisor = RedisSupervisor.with_reactor(
-            self.reactor, instances, self.notify, executable=g.redis.binary
-        )
-        self.stores = [RedisStore.for_instance(self.reactor, i) for i in instances]
-        attach(self, *self.stores)
-        service.Service.startService(self)
-        self.supervisor.startService().addErrback(fatal("crs", self.reactor))
-        for store in self.stores:
-            store.startService()
-
-    def stopService(self) -> Any:
-        service.Service.stopService(self)
-
-        async def stop() -> None:
-            for store in self.stores:
-                await defer.maybeDeferred(store.stopService)
-            if self.supervisor is not None:
-                await self.supervisor.stopService()
-
-        return defer.ensureDeferred(stop())
-
-
-def stores_ready(redis: ManagedRedis | ExternalRedis) -> bool:
-    """Whether both Redis stores are connected (clients may attach)."""
-    try:
-        return all(redis.store(name).connected for name in ("redis_high", "redis_low"))
-    except KeyError:
-        return False
-
-
-def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> ProgramService:
-    """Build the CRS's service tree; nothing is opened until it starts."""
+def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Basics:
+    """The instance's name, notifier, traces, accounts, slot map and registry."""
     g = cfg.global_
     name = instance_name(cfg, local)
-    root = ProgramService("crs")
-    notifier = Notifier(reactor, g.notify or None, g.notify_timeout)
-    attach(root, LogFileService(g.log_dir, "crs.log", "crs"))
-    describe = [
-        f"instance {name}, data {g.data_dir}, accounts {g.accounts_dir}, logs {g.log_dir}",
-        f"client listener {g.listen.host}:{g.listen.port}, management {g.management}",
-        f"relay control {g.relay_control}, redis {g.redis.mode}, db-backup {local.db_backup}",
-    ]
-    attach(root, lifecycle("crs", notifier, describe, cfg.warnings))
-
-    probes: dict[str, Any] = {"crs": lambda: True}
-    relay = RelayLink(reactor, unix_endpoint(reactor, g.relay_control, 5), name)
-    probes["crs_relay"] = lambda: relay.active
     trace = TraceHub(reactor.seconds)
-    accounts = AccountStore(g.accounts_dir)
     hosts = tuple(h.name for h in cfg.pool.hosts) or (name,)
-    slots = SlotMap(hosts, name, {h.name: h.ip for h in cfg.pool.hosts})
-    state = CrsState(
-        name, probes, accounts, trace, slots=slots, relay=relay, notify=notifier.notify
+    return Basics(
+        name=name,
+        reactor=reactor,
+        notifier=Notifier(reactor, g.notify or None, g.notify_timeout),
+        trace=trace,
+        accounts=AccountStore(g.accounts_dir, clock=reactor.seconds),
+        slots=SlotMap(hosts, name, {h.name: h.ip for h in cfg.pool.hosts}),
+        registry=AttachRegistry(name, reactor.seconds, trace),
+        probes={"crs": lambda: True},
     )
 
-    redis: ManagedRedis | ExternalRedis
-    if g.redis.mode == "managed":
-        redis = managed = ManagedRedis(cfg, local, reactor, notifier.notify)
-        for redis_name in managed.names:
-            probes[redis_name] = lambda n=redis_name: managed.status(n)
+
+def build_relay_link(cfg: CrsConfig, basics: Basics) -> RelayLink:
+    """The control link to ``crs_relay`` (connects when started)."""
+    reactor = basics.reactor
+    relay = RelayLink(reactor, unix_endpoint(reactor, cfg.global_.relay_control, 5), basics.name)
+    basics.probes["crs_relay"] = lambda: relay.active
+    return relay
+
+
+def build_redis(cfg: CrsConfig, local: CrsLocalConfig, basics: Basics) -> Redis:
+    """Supervised Redis children or external servers, with their stores."""
+    redis: Redis
+    if cfg.global_.redis.mode == "managed":
+        reactor = basics.reactor
+        redis = ManagedRedis(cfg, local, reactor, basics.notifier.notify, fatal("crs", reactor))
     else:
-        redis = ExternalRedis(cfg, reactor, probes)
-    attach(root, redis)
-    objects = ClientObjects(lambda: redis.store("redis_low"), trace, reactor.seconds)
-    state.objects = objects
+        redis = ExternalRedis(cfg, basics.reactor)
+    for redis_name in redis.names:
+        basics.probes[redis_name] = functools.partial(redis.status, redis_name)
+    return redis
 
-    def observe(attachment: Any) -> None:
-        d = defer.ensureDeferred(objects.observe(attachment.account, attachment.uri))
-        d.addErrback(not_observed)
 
-    def not_observed(failure: Failure) -> None:
-        if transient(failure):
-            log.warn("observed client not recorded: {why}", why=failure.getErrorMessage())
-        else:
-            log.failure("cannot record observed client", failure)
+def build_objects(basics: Basics, redis: Redis) -> ClientObjects:
+    """Push tokens, client info and observed clients in ``redis_low``."""
+    objects = ClientObjects(lambda: redis.store("redis_low"), basics.trace, basics.reactor.seconds)
+    observe_attaches(basics.registry, objects)
+    return objects
 
-    assert state.registry is not None
-    state.registry.on_attach.append(observe)
-    attach(root, CallbackService(on_start=accounts.reload))
-    events = EventTraceObserver(trace)
-    attach(
-        root,
-        CallbackService(
-            lambda: globalLogPublisher.addObserver(events),
-            lambda: globalLogPublisher.removeObserver(events),
-        ),
+
+def build_attach(
+    cfg: CrsConfig, basics: Basics, redis: Redis, objects: ClientObjects
+) -> AttachCore:
+    """What every client connection shares: the attach checks, and client objects."""
+    core = AttachCore(
+        basics.name,
+        basics.accounts,
+        basics.registry,
+        basics.reactor.seconds,
+        slots=basics.slots,
+        move_port=cfg.global_.listen.port,
+        tickets=TicketKey.derive(cfg.global_.key),
+        ready=lambda: stores_ready(redis),
     )
-    attach(root, relay)
+    install_objects(core, objects)
+    return core
+
+
+def build_calls(
+    cfg: CrsConfig, basics: Basics, core: AttachCore, relay: RelayLink, stats: Statistics
+) -> SessionTable:
+    """Calls between attached clients, with relay sessions from ``crs_relay``."""
+    sessions = SessionTable(
+        RegistryParties(basics.registry),
+        LinkRelayAllocator(relay, media_host(cfg, basics.name)),
+        basics.reactor,
+        basics.trace,
+        on_invite=stats.on_invite,
+    )
+    install_calls(core, sessions)
+    return sessions
+
+
+@attrs.frozen
+class Messages:
+    """Store-and-forward messaging: the store, its rules and its expiry sweep."""
+
+    store: MessageStore
+    messaging: Messaging
+    expiry: MessageExpiry
+
+
+def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statistics) -> Messages:
+    """Post, fetch and delivered for attached clients, kept in ``redis_low``."""
+    reactor = basics.reactor
+    store = MessageStore(lambda: redis.store("redis_low"), reactor.seconds)
+    messaging = Messaging(store, basics.registry, basics.trace, stats=stats, scheduler=reactor)
+    install_messaging(core, messaging)
+    return Messages(store, messaging, MessageExpiry(store, reactor))
+
+
+def client_listener(cfg: CrsConfig, reactor: Any, core: AttachCore) -> UmsgListenService:
+    """The TLS client port (5223); a self-signed certificate without tls-certificate."""
+    g = cfg.global_
+    clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
 
     def listen_clients() -> Any:
         if g.tls_certificate:
@@ -400,45 +316,13 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
             g.listen.port, clients, context, backlog=BACKLOG, interface=g.listen.host
         )
 
-    core = AttachCore(
-        name,
-        accounts,
-        state.registry,
-        reactor.seconds,
-        slots=slots,
-        objects=objects,
-        move_port=g.listen.port,
-        tickets=TicketKey.derive(g.key),
-        ready=lambda: stores_ready(redis),
-    )
-    stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
-    state.stats = stats
-    state.registry.on_attach.append(stats.on_attach)
-    sessions = SessionTable(
-        RegistryParties(state.registry),
-        LinkRelayAllocator(relay, media_host(cfg, name)),
-        reactor,
-        trace,
-        on_invite=stats.on_invite,
-    )
-    install_calls(core, sessions)
-    state.sessions = sessions
-    store = MessageStore(lambda: redis.store("redis_low"), reactor.seconds)
-    messaging = Messaging(
-        store,
-        state.registry,
-        trace,
-        lambda: redis.store("redis_low"),
-        reactor.seconds,
-        stats=stats,
-        scheduler=reactor,
-    )
-    install_messaging(core, messaging)
-    state.messaging = messaging
-    attach(root, MessageExpiry(store, reactor))
-    clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
     where = f"{g.listen.host}:{g.listen.port}"
-    attach(root, UmsgListenService(where, listen_clients, clients, reactor))
+    return UmsgListenService(where, listen_clients, clients, reactor)
+
+
+def management_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> ListenService:
+    """The management socket ``crs-cli`` talks to (mode 0660)."""
+    g = cfg.global_
 
     def listen_management() -> Any:
         prepare_socket_path(g.management)
@@ -447,7 +331,58 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         restrict_socket(g.management, g.management_group)
         return port
 
-    attach(root, ListenService("management", g.management, listen_management))
+    return ListenService("management", g.management, listen_management)
+
+
+def trace_events(trace: TraceHub) -> CallbackService:
+    """Feeds this process's log events to ``trace event`` while it runs."""
+    events = EventTraceObserver(trace)
+    return CallbackService(
+        lambda: globalLogPublisher.addObserver(events),
+        lambda: globalLogPublisher.removeObserver(events),
+    )
+
+
+def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> ProgramService:
+    """Build the CRS's service tree; nothing is opened until it starts."""
+    g = cfg.global_
+    basics = build_basics(cfg, local, reactor)
+    root = ProgramService("crs")
+    attach(root, LogFileService(g.log_dir, "crs.log", "crs"))
+    describe = [
+        f"instance {basics.name}, data {g.data_dir}, accounts {g.accounts_dir}, logs {g.log_dir}",
+        f"client listener {g.listen.host}:{g.listen.port}, management {g.management}",
+        f"relay control {g.relay_control}, redis {g.redis.mode}, db-backup {local.db_backup}",
+    ]
+    attach(root, lifecycle("crs", basics.notifier, describe, cfg.warnings))
+    relay = build_relay_link(cfg, basics)
+    redis = build_redis(cfg, local, basics)
+    objects = build_objects(basics, redis)
+    core = build_attach(cfg, basics, redis, objects)
+    stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
+    basics.registry.on_attach.append(stats.on_attach)
+    sessions = build_calls(cfg, basics, core, relay, stats)
+    messages = build_messages(basics, core, redis, stats)
+    state = CrsState(
+        basics.name,
+        basics.probes,
+        basics.accounts,
+        basics.trace,
+        registry=basics.registry,
+        slots=basics.slots,
+        relay=relay,
+        sessions=sessions,
+        messages=messages.store,
+        stats=stats,
+        notify=basics.notifier.notify,
+    )
+    attach(root, redis)
+    attach(root, CallbackService(on_start=basics.accounts.reload))
+    attach(root, trace_events(basics.trace))
+    attach(root, relay)
+    attach(root, messages.expiry)
+    attach(root, client_listener(cfg, reactor, core))
+    attach(root, management_listener(cfg, reactor, state))
     return root
 
 

@@ -18,8 +18,8 @@ import attrs
 from twisted.python import usage
 
 from cryptify.config import CrsConfig, load_crs_config
-from cryptify.crs.relay import RelayService, control_factory
-from cryptify.crs.relay_core import IDLE_TIMEOUT, OWNER_GRACE, REBIND_AFTER, RelayCore
+from cryptify.crs.relay.core import IDLE_TIMEOUT, OWNER_GRACE, REBIND_AFTER, RelayCore
+from cryptify.crs.relay.wiring import RelayService, control_factory
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
 from cryptify.plugins._common import ConfigOptions, lifecycle, load_or_usage

@@ -1,6 +1,6 @@
 """Management commands of the CRS (one per ``crs-cli`` action).
 
-Shared by the server (``cryptify.crs.admin``) and ``crs-cli``.  Tables and
+Shared by the server (``cryptify.crs.operator.admin``) and ``crs-cli``.  Tables and
 other variable-size answers travel as :class:`JsonValue`.
 """
 

@@ -48,10 +48,10 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import blockingCallFromThread
 from twisted.trial.unittest import SkipTest, TestCase
 
-from cryptify.crs.attached import Attachment, AttachRegistry
-from cryptify.crs.messages import MessageStore
-from cryptify.crs.messaging import KNOWN_URIS, Messaging
-from cryptify.crs.store import RedisStore
+from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.messages.store import KNOWN_URIS, MessageStore
+from cryptify.crs.messages.wiring import Messaging
+from cryptify.crs.redis.store import RedisStore
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import Message, message
 from tests.interop._procs import free_port, short_tempdir, tcp_answers, wait_for
@@ -160,9 +160,7 @@ class Crs:
         trace = TraceHub(time.time)
         self.registry = AttachRegistry("crs1", time.time, trace)
         self.store = MessageStore(lambda: self.redis, time.time)
-        self.messaging = Messaging(
-            self.store, self.registry, trace, lambda: self.redis, time.time, window=WINDOW
-        )
+        self.messaging = Messaging(self.store, self.registry, trace, window=WINDOW)
         self.registry.on_attach.append(self.messaging.attached)
 
     def stop(self) -> defer.Deferred[None]:

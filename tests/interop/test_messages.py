@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Coroutine
 from typing import Any
 
 import cbor2
@@ -14,15 +15,18 @@ from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from cryptify.crs.messages import MessageRefused, MessageStore, Posted
-from cryptify.crs.store import RedisStore
+from cryptify.crs.messages.store import MessageRefused, MessageStore, Posted
+from cryptify.crs.redis.store import RedisStore
+from tests.contracts import CONTRACT_INBOX, MessageStoreContract
 from tests.interop._procs import BIN, free_port, short_tempdir
 from tests.interop.test_calls import CALLEE, CALLER, _CrsFixture, send
 
 PASSWORD = "interop-secret"
 
 
-class MessageStoreTests(TestCase):
+class _RedisCase(TestCase):
+    """A MessageStore (inbox limit 3) on a real redis-server with its append-only file."""
+
     timeout = 60
 
     def setUp(self) -> Any:
@@ -35,7 +39,9 @@ class MessageStoreTests(TestCase):
         self.redis = RedisStore.tcp(reactor, "127.0.0.1", self.port, PASSWORD, "redis_low")
         self.redis.startService()
         self.addCleanup(self.redis.stopService)
-        self.store = MessageStore(lambda: self.redis, clock=lambda: self.now, max_inbox=3)
+        self.store = MessageStore(
+            lambda: self.redis, clock=lambda: self.now, max_inbox=CONTRACT_INBOX
+        )
         return self.redis.when_connected()
 
     def start_redis(self) -> None:
@@ -66,6 +72,15 @@ class MessageStoreTests(TestCase):
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=10)
 
+
+class MessageStoreContractTests(MessageStoreContract, _RedisCase):
+    """The Lua scripts keep the contract the unit tests' fake keeps."""
+
+    def drive(self, work: Coroutine[Any, Any, None]) -> defer.Deferred[None]:
+        return defer.ensureDeferred(work)
+
+
+class MessageStoreTests(_RedisCase):
     async def test_post_deliver(self) -> None:
         """A posted message waits for its recipient, then leaves on delivered."""
         posted = await self.store.post(

@@ -14,9 +14,9 @@ from pathlib import Path
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from cryptify.crs import redis
-from cryptify.crs.redis import RedisInstance, RedisStartError, RedisSupervisor, load_password
-from cryptify.crs.store import RedisAuthError, RedisStore
+from cryptify.crs.redis.instance import HIGH, LOW, RedisInstance, load_password
+from cryptify.crs.redis.store import RedisAuthError, RedisStore
+from cryptify.crs.redis.supervisor import RedisStartError, RedisSupervisor
 
 TIMEOUT = 20.0
 
@@ -117,10 +117,10 @@ class SupervisedRedisTests(TestCase):
         Both instances start and need the password; redis_low killed with -9 is
         restarted (notify down, up) with its data; stop leaves no process.
         """
-        high, low = self.instance(redis.HIGH), self.instance(redis.LOW)
+        high, low = self.instance(HIGH), self.instance(LOW)
         supervisor = await self.start(high, low)
-        self.assertEqual(supervisor.status(), {redis.HIGH: "active", redis.LOW: "active"})
-        pid = supervisor.pid(redis.LOW)
+        self.assertEqual(supervisor.status(), {HIGH: "active", LOW: "active"})
+        pid = supervisor.pid(LOW)
         self.assertEqual(Path(f"/proc/{pid}/comm").read_text().strip(), "redis-server")
         for path in (low.conf_path, low.dir / "password"):
             self.assertEqual(path.stat().st_mode & 0o777, 0o600)
@@ -137,23 +137,23 @@ class SupervisedRedisTests(TestCase):
             await self.store(high, "wrong")
 
         os.kill(pid, signal.SIGKILL)
-        await until(lambda: (redis.LOW, "up") in self.events)
-        self.assertEqual(self.events, [(redis.LOW, "down"), (redis.LOW, "up")])
-        self.assertEqual(supervisor.status()[redis.LOW], "active")
-        new_pid = supervisor.pid(redis.LOW)
+        await until(lambda: (LOW, "up") in self.events)
+        self.assertEqual(self.events, [(LOW, "down"), (LOW, "up")])
+        self.assertEqual(supervisor.status()[LOW], "active")
+        new_pid = supervisor.pid(LOW)
         self.assertNotEqual(new_pid, pid)
         self.assertFalse(alive(pid))
 
         await until(lambda: store.connected)
         self.assertEqual(await store.client.get("msg:1"), "stored before the crash")
 
-        high_pid = supervisor.pid(redis.HIGH)
+        high_pid = supervisor.pid(HIGH)
         d = supervisor.stopService()
         d.addTimeout(TIMEOUT, reactor)
         await d
         self.assertFalse(alive(new_pid))
         self.assertFalse(alive(high_pid))
-        self.assertEqual(supervisor.status(), {redis.HIGH: "inactive", redis.LOW: "inactive"})
+        self.assertEqual(supervisor.status(), {HIGH: "inactive", LOW: "inactive"})
 
     async def test_port_in_use(self):
         """A port already taken fails startService with an error naming it."""
@@ -163,7 +163,7 @@ class SupervisedRedisTests(TestCase):
         taken.listen()
         port = taken.getsockname()[1]
         with self.assertRaises(RedisStartError) as caught:
-            await self.start(self.instance(redis.HIGH), self.instance(redis.LOW, port))
+            await self.start(self.instance(HIGH), self.instance(LOW, port))
         self.assertIn(f"127.0.0.1:{port} is already in use", str(caught.exception))
 
     async def test_unix_socket(self):
@@ -171,8 +171,8 @@ class SupervisedRedisTests(TestCase):
         sock = Path("/tmp") / f"crs-test-{os.getpid()}-{id(self)}.sock"
         self.addCleanup(lambda: sock.unlink(missing_ok=True))
         instance = RedisInstance(
-            name=redis.HIGH,
-            password=load_password(self.data, redis.HIGH),
+            name=HIGH,
+            password=load_password(self.data, HIGH),
             data_dir=self.data,
             log_dir=self.logs,
             unix_socket=sock,

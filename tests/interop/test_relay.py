@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from cryptify.crs import relay_mmsg
-from cryptify.crs.relay import RelayReader, media_socket
-from cryptify.crs.relay_core import RelayCore
+from cryptify.crs.relay import mmsg as relay_mmsg
+from cryptify.crs.relay.core import RelayCore
+from cryptify.crs.relay.wiring import RelayReader, media_socket
 from cryptify.protocols.relay_packet import MAX_PACKET
 from tests.interop._procs import Twistd, free_port, short_tempdir, unix_answers, wait_for
 

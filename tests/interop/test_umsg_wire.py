@@ -17,15 +17,16 @@ from twisted.trial.unittest import TestCase
 from cryptify.client.cli import tls_connector
 from cryptify.client.connection import AttachingClient
 from cryptify.client.session import Answered, Attached, ClientSession
-from cryptify.crs.attach import AttachCore
-from cryptify.crs.attached import AttachRegistry
-from cryptify.crs.umsg_server import BACKLOG, Limits, UmsgServerFactory
+from cryptify.crs.attach.core import AttachCore
+from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgServerFactory
+from cryptify.crs.objects.wiring import install as install_objects
 from cryptify.crypto.identity import period_of
 from cryptify.protocols.tls import generate_self_signed, server_context_factory
 from cryptify.protocols.umsg import attach_signed_octets
+from tests.fakes import FakeAccount, FakeAccounts, FakeObjects, signer
 from tests.interop._ws import available as websockets_available
 from tests.interop._ws import ws_connect
-from tests.umsg_support import FakeAccount, FakeAccounts, FakeObjects, signer
 
 try:
     from websockets.exceptions import InvalidStatus
@@ -45,7 +46,8 @@ class _Server:
         accounts.add(FakeAccount("acme", periods=(self.period,)))
         self.registry = AttachRegistry("crs1", reactor.seconds)
         self.objects = FakeObjects()
-        core = AttachCore("crs1", accounts, self.registry, reactor.seconds, objects=self.objects)
+        core = AttachCore("crs1", accounts, self.registry, reactor.seconds)
+        install_objects(core, self.objects)
         self.factory = UmsgServerFactory(core, reactor, limits)
         self.port = reactor.listenSSL(
             0,

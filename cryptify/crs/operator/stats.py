@@ -11,7 +11,7 @@ Disabled by default.  Everything lives in ``redis_low``::
 Counted only while the account is enabled:
 
 - ``session-outgoing`` / ``session-incoming``: a call invited (the
-  :class:`~cryptify.crs.sessions.SessionTable` placed it: the callee is
+  :class:`~cryptify.crs.calls.core.SessionTable` placed it: the callee is
   attached, the invite was not refused), caller and callee;
 - ``message-outgoing`` / ``system-outgoing``: a content / system message
   the CRS stored for its sender (a repeated post is not counted again;
@@ -26,7 +26,6 @@ Counted only while the account is enabled:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +66,7 @@ def index_key(account: str) -> str:
 class Statistics:
     """Counters of enabled accounts, in Redis; ``store`` returns the ``redis_low`` store."""
 
-    def __init__(self, store: Callable[[], Any], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Callable[[], Any], clock: Callable[[], float]) -> None:
         self.store = store
         self.clock = clock
         # Which accounts count, re-read at most every ENABLED_TTL seconds: a
@@ -162,12 +161,12 @@ class Statistics:
         )
 
     def on_attach(self, attachment: Any) -> None:
-        """An :class:`~cryptify.crs.attached.AttachRegistry` ``on_attach`` listener."""
+        """An :class:`~cryptify.crs.attach.registry.AttachRegistry` ``on_attach`` listener."""
         period = getattr(attachment, "period", "") or period_of(attachment.since)
         self._background(self.attached(attachment.account, attachment.uri, period))
 
     def on_invite(self, caller: Any, callee: Any) -> None:
-        """A :class:`~cryptify.crs.sessions.SessionTable` ``on_invite`` hook."""
+        """A :class:`~cryptify.crs.calls.core.SessionTable` ``on_invite`` hook."""
 
         async def run() -> None:
             await self.count(caller.account, caller.uri, "session-outgoing")

@@ -11,7 +11,7 @@ destination is a preallocated ``sockaddr`` (after addr-map), so the hot
 loop builds no Python tuples.
 
 Linux only; :func:`available` tells whether it can be used, and the relay
-falls back to :class:`cryptify.crs.relay.RelayReader` otherwise.
+falls back to :class:`cryptify.crs.relay.wiring.RelayReader` otherwise.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IReactorFDSet, IReactorTime, IReadDescri
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cryptify.crs.relay_core import Address, Drop, RelayCore
+from cryptify.crs.relay.core import Address, Drop, RelayCore
 from cryptify.protocols.relay_packet import TAG_SIZE
 
 #: Datagrams per recvmmsg/sendmmsg call.

@@ -4,7 +4,7 @@ Sans-IO: the core knows no sockets and no clock.  It is fed datagrams with
 their source address and the current time, and answers where to send what
 (or why not); control operations (add, remove, heartbeat, list, reclaim)
 and the periodic :meth:`RelayCore.expire` sweep take ``now`` too.  The
-adapters in :mod:`cryptify.crs.relay` feed it from a UDP socket, an AMP
+adapters in :mod:`cryptify.crs.relay.wiring` feed it from a UDP socket, an AMP
 connection and the reactor's clock.
 
 Latching rule (``docs/relay.md`` explains why it is safe):

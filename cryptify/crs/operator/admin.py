@@ -1,7 +1,7 @@
 """The CRS's management responders (the server side of ``crs-cli``).
 
 One locator per management connection, holding the running CRS's state
-(:class:`~cryptify.crs.state.CrsState`) and the connection, so that a
+(:class:`~cryptify.crs.operator.state.CrsState`) and the connection, so that a
 ``trace`` can stream to it and stop when it goes away.
 """
 
@@ -18,10 +18,13 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from cryptify import __version__
-from cryptify.crs.accounts import AccountError, check_account_id, check_uri
+from cryptify.crs.accounts import Account, AccountError, check_account_id, check_uri
+from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.objects.store import ClientObjects
+from cryptify.crs.operator.state import ATTACH_MODULE, CrsState
+from cryptify.crs.operator.stats import COLUMNS as STATS_COLUMNS
+from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.slots import SLOTS, slot_of
-from cryptify.crs.state import ATTACH_MODULE, CrsState
-from cryptify.crs.stats import COLUMNS as STATS_COLUMNS
 from cryptify.crs.trace import ELEMENTS
 from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin
@@ -70,6 +73,13 @@ def _utc(seconds: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
+def _read_time(seconds: int | None) -> str:
+    """When a URI last fetched, for ``show message``."""
+    if seconds is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
 def _next_period(period: str) -> str:
     year, month = (int(x) for x in period.split("-"))
     return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
@@ -83,10 +93,10 @@ class CrsAdmin(amp.CommandLocator):
         self.proto = proto
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> AttachRegistry:
         return self.state.registry
 
-    def _account(self, account: str) -> Any:
+    def _account(self, account: str) -> Account:
         try:
             check_account_id(account)
         except AccountError as exc:
@@ -96,7 +106,7 @@ class CrsAdmin(amp.CommandLocator):
             raise CommandFailed(f"no account {account}")
         return found
 
-    def _objects(self) -> Any:
+    def _objects(self) -> ClientObjects:
         if self.state.objects is None:
             raise CommandFailed("the client object store is not available")
         return self.state.objects
@@ -172,7 +182,7 @@ class CrsAdmin(amp.CommandLocator):
 
     @crs_admin.ShowUpdates.responder
     def show_updates(self) -> dict[str, Any]:
-        current = period_of(time.time())
+        current = period_of(self.state.clock())
         following = _next_period(current)
         rows = []
         for account in self.state.accounts:
@@ -186,7 +196,7 @@ class CrsAdmin(amp.CommandLocator):
     # -- blacklist and purge ---------------------------------------------------
 
     def _enforce_blacklists(self) -> int:
-        period = period_of(time.time())
+        period = period_of(self.state.clock())
         listed = []
         for attachment in self.registry.matching():
             account = self.state.accounts.get(attachment.account)
@@ -217,7 +227,7 @@ class CrsAdmin(amp.CommandLocator):
     @crs_admin.ShowBlacklist.responder
     def show_blacklist(self, account: str) -> dict[str, Any]:
         found = self._account(account)
-        rows = [[uri] for uri in found.effective_blacklist(period_of(time.time()))]
+        rows = [[uri] for uri in found.effective_blacklist(period_of(self.state.clock()))]
         return {"table": table(["URI"], rows)}
 
     @crs_admin.PurgeClient.responder
@@ -256,12 +266,16 @@ class CrsAdmin(amp.CommandLocator):
     @crs_admin.ShowMessage.responder
     @deferred
     async def show_message(self) -> dict[str, Any]:
-        if self.state.messaging is None:
+        if self.state.messages is None:
             return {"table": table(MESSAGE_COLUMNS, [])}
         try:
-            rows = await self.state.messaging.rows()
+            counters = await self.state.messages.counters()
         except Exception as exc:
             raise CommandFailed(f"the message store does not answer: {exc}") from exc
+        rows = [
+            [c.uri, str(c.posted), str(c.delivered), _read_time(c.read), c.account or "-"]
+            for c in counters
+        ]
         return {"table": table(MESSAGE_COLUMNS, rows)}
 
     @crs_admin.CheckSlot.responder
@@ -271,13 +285,11 @@ class CrsAdmin(amp.CommandLocator):
         except AccountError as exc:
             raise _failing(exc) from exc
         slot = slot_of(uri.split(";", 1)[0])
-        assert self.state.slots is not None
         return {"slot": slot, "owner": self.state.slots.owner(slot)}
 
     @crs_admin.ShowSystem.responder
     def show_system(self) -> dict[str, Any]:
         slots = self.state.slots
-        assert slots is not None
         rows = [
             [self.state.name, ATTACH_MODULE, str(self.state.pid), slots.describe(self.state.name)]
         ]
@@ -330,7 +342,7 @@ class CrsAdmin(amp.CommandLocator):
 
     # -- statistics ------------------------------------------------------------
 
-    def _stats(self, account: str) -> Any:
+    def _stats(self, account: str) -> Statistics:
         self._account(account)
         if self.state.stats is None:
             raise CommandFailed("statistics are not available")

@@ -20,7 +20,7 @@ else different is refused ``key-reused`` and stores nothing.  A full
 inbox refuses the post, and the message, its index and its
 de-duplication key are written together.  The posts (and the
 deliveries) that arrive in one reactor turn go to Redis as one script
-call (:mod:`cryptify.crs.redis_batch`); a post Redis fails is refused on
+call (:mod:`cryptify.crs.redis.batch`); a post Redis fails is refused on
 its own: ``unavailable`` (retry later, same key) when Redis could not
 be reached, ``internal`` otherwise.  The CRS acknowledges a post
 (``posted``) only after the script has run; with ``redis_low``'s
@@ -39,7 +39,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,8 +50,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cryptify.crs.redis_batch import BatchFailed, ScriptBatch
-from cryptify.crs.sessions import base_uri
+from cryptify.crs.calls.core import base_uri
+from cryptify.crs.redis.batch import BatchFailed, ScriptBatch
 
 log = Logger(namespace="cryptify.crs.message")
 
@@ -66,8 +65,20 @@ EXPIRE_AFTER = 7 * 24 * 3600.0
 EXPIRY_SWEEP = 60.0
 #: Kinds of stored messages.
 KINDS = ("content", "ack", "system")
+#: The set of URIs that have attached to this CRS at some time (a post to
+#: any other is refused ``not-found``).
+KNOWN_URIS = "known-uris"
+#: Per-URI counters for ``show message``: ``msgstat:{URI}`` is a hash of
+#: ``post``, ``deliv``, ``read`` (Unix seconds) and ``account``.
+STAT_PREFIX = "msgstat:"
 
-#: A batch of posts (:class:`~cryptify.crs.redis_batch.ScriptBatch`).  ARGV:
+
+def stat_key(uri: str) -> str:
+    """The counters hash of ``uri``."""
+    return STAT_PREFIX + uri
+
+
+#: A batch of posts (:class:`~cryptify.crs.redis.batch.ScriptBatch`).  ARGV:
 #: inbox limit, de-duplication seconds, then per post: ID, sender,
 #: de-duplication key, recipient (as posted), inbox owner (its base
 #: number), account, kind, time (ms), data, known set or '', counters hash
@@ -160,6 +171,22 @@ class Stored:
 
 
 @attrs.frozen
+class UriCounters:
+    """One URI's message counters (a row of ``show message``)."""
+
+    uri: str
+    posted: int
+    delivered: int
+    #: When it last fetched (Unix seconds), None if never.
+    read: int | None
+    account: str | None
+
+
+def _count(value: str | None) -> int:
+    return int(value) if value is not None and value.isdigit() else 0
+
+
+@attrs.frozen
 class Posted:
     """The answer to a post: the stored ID, whether it was a repeat, and
     (for a new message) the message as stored."""
@@ -169,9 +196,9 @@ class Posted:
     stored: Stored | None = None
 
 
-def new_message_id() -> str:
-    """A fresh message ID (time-ordered prefix, random tail)."""
-    return f"{int(time.time() * 1000):x}-{secrets.token_hex(8)}"
+def new_message_id(now: float) -> str:
+    """A fresh message ID at ``now`` (time-ordered prefix, random tail)."""
+    return f"{int(now * 1000):x}-{secrets.token_hex(8)}"
 
 
 def retry_scope(key: bytes | None, connection: str, request_id: int | None) -> str:
@@ -208,17 +235,17 @@ class MessageStore:
     def __init__(
         self,
         store: Callable[[], Any],
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float],
         max_inbox: int = MAX_INBOX,
         expire_after: float = EXPIRE_AFTER,
-        new_id: Callable[[], str] = new_message_id,
+        new_id: Callable[[], str] | None = None,
         scheduler: IReactorTime | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.max_inbox = max_inbox
         self.expire_after = expire_after
-        self.new_id = new_id
+        self.new_id = new_id or (lambda: new_message_id(self.clock()))
         self.scheduler = scheduler
         self.expired = 0
         self.posts = ScriptBatch(
@@ -304,6 +331,47 @@ class MessageStore:
             raise MessageRefused("internal", f"message not stored: unexpected answer {line[:40]!r}")
 
         return self.posts.add(args).addCallbacks(answered, _not_stored)
+
+    def submit(
+        self, sender: str, scope: str, recipient: str, account: str, kind: str, data: bytes
+    ) -> defer.Deferred[Posted]:
+        """A client's post: only to a known recipient, counted in the sender's counters."""
+        return self.post(
+            sender, scope, recipient, account, kind, data, KNOWN_URIS, stat_key(sender)
+        )
+
+    def confirm(self, recipient: str, message_id: str) -> defer.Deferred[tuple[str, str] | None]:
+        """A client's ``delivered``: drop the message, count it for its sender."""
+        return self.delivered(recipient, message_id, STAT_PREFIX)
+
+    async def remember(self, uri: str) -> None:
+        """``uri`` attached: it may receive posts from now on (waits for Redis)."""
+        await self.store().when_connected()
+        await self._client().sadd(KNOWN_URIS, uri)
+
+    async def mark_read(self, uri: str) -> None:
+        """``uri`` fetched its messages now."""
+        await self._client().hset(stat_key(uri), "read", str(int(self.clock())))
+
+    async def counters(self) -> list[UriCounters]:
+        """The counters of every known URI that has any, by URI."""
+        client = self._client()
+        rows = []
+        for uri in sorted(await client.smembers(KNOWN_URIS)):
+            found = await client.hgetall(stat_key(uri))
+            if not found:
+                continue
+            read = found.get("read", "")
+            rows.append(
+                UriCounters(
+                    uri,
+                    _count(found.get("post")),
+                    _count(found.get("deliv")),
+                    int(read) if read.isdigit() else None,
+                    found.get("account"),
+                )
+            )
+        return rows
 
     async def get(self, message_id: str) -> Stored | None:
         """One stored message, or None when it is gone."""

@@ -21,11 +21,12 @@ from twisted.application.internet import ClientService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from txredisapi import RedisProtocol
 
-from cryptify.crs.redis import RedisInstance, TimeSource
+from cryptify.crs.redis.instance import RedisInstance
 
 #: first reconnection delay, doubled per failed attempt
 RECONNECT_FIRST_DELAY = 0.5
@@ -34,7 +35,7 @@ RECONNECT_MAX_DELAY = 30.0
 #: seconds a TCP connect may take
 CONNECT_TIMEOUT = 5
 
-log = Logger()
+log = Logger(namespace="cryptify.crs.store")
 
 #: replies to AUTH/SELECT that no reconnection will change
 _AUTH_ERRORS = (
@@ -108,8 +109,8 @@ class RedisStore(service.Service):
 
     def __init__(
         self,
-        endpoint: Any,
-        clock: TimeSource,
+        endpoint: IStreamClientEndpoint,
+        clock: IReactorTime,
         password: str | None,
         dbid: int = 0,
         name: str = "redis",
@@ -158,7 +159,7 @@ class RedisStore(service.Service):
             self.endpoint,
             _StoreFactory(self),
             retryPolicy=self.retry_delay,
-            clock=self.clock,  # type: ignore[arg-type]
+            clock=self.clock,
         )
         self._service.startService()
 

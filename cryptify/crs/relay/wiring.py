@@ -1,7 +1,7 @@
 """The CRS media relay process (``crs_relay``): adapters around the core.
 
 - :class:`RelayDatagram` feeds the media port's datagrams to the
-  :class:`~cryptify.crs.relay_core.RelayCore` and writes what it answers.
+  :class:`~cryptify.crs.relay.core.RelayCore` and writes what it answers.
 - :class:`RelayService` owns the core, the reactor's clock and the expiry
   sweep; :class:`RelayControl` answers the CRS's control commands (Poll,
   RelayStats, Add, Remove, AddMany, RemoveMany, List, Reclaim) on its behalf.
@@ -9,7 +9,7 @@
   the way crs_relay.log lists them.
 
 The counters keep exactly the meanings ``crs-cli show relay`` prints
-(see :class:`~cryptify.crs.relay_core.RelayCounters`).
+(see :class:`~cryptify.crs.relay.core.RelayCounters`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cryptify import __version__
-from cryptify.crs.relay_core import Link, RelayCore, RelayCounters
+from cryptify.crs.relay.core import Link, RelayCore, RelayCounters
 from cryptify.protocols.relay_control import (
     MAX_BATCH,
     Add,
@@ -214,7 +214,7 @@ class RelayService(service.Service):
     def listen(self, reactor: IReactorFDSet, media_io: str = "mmsg") -> Any:
         """Bind the media port and serve it with the batched reader
         (``mmsg``, where the platform has it) or the plain one (``reader``)."""
-        from cryptify.crs import relay_mmsg
+        from cryptify.crs.relay import mmsg as relay_mmsg
 
         sock = media_socket(self.host, self.port)
         if media_io == "mmsg" and relay_mmsg.available():

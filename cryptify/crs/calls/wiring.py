@@ -18,9 +18,9 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from cryptify.crs.attach import AttachCore, AttachSession
-from cryptify.crs.attached import AttachRegistry
-from cryptify.crs.sessions import RelayLegs, SessionTable
+from cryptify.crs.attach.core import AttachCore, AttachSession
+from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.calls.core import RelayLegs, SessionTable
 from cryptify.protocols.relay_control import MAX_BATCH, RelayAllocation
 from cryptify.protocols.umsg import Message
 

@@ -1,28 +1,19 @@
 """
-The CRS's own Redis servers: their configuration and their supervision.
+The Redis supervisor: runs the CRS's Redis servers as its children.
 
-By default the CRS runs ``redis_high`` (volatile state, no persistence),
-``redis_low`` (durable state, append-only file fsynced every second) and, with
-``db-backup replicate-from-peer``, ``redis_backup`` (a replica of the pool
-peer's durable store) as child processes.  Each gets a ``redis.conf`` written
-into its own directory under the data dir, listens on loopback or a UNIX
-socket only and requires a password generated once and kept next to it.
-
-L{render_conf} is pure; L{write_conf} and L{load_password} do the file I/O.
-L{RedisSupervisor} starts the children, waits until each answers PING,
-restarts one that dies (with backoff, reporting ``down``/``up`` through the
-injected C{notify}) and stops them all on C{stopService}.
+L{RedisSupervisor} writes each instance's redis.conf
+(:mod:`cryptify.crs.redis.instance`), starts the children, waits until
+each answers PING, restarts one that dies (with backoff, reporting
+``down``/``up`` through the injected C{notify}) and stops them all on
+C{stopService}.
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
 import os
-import secrets
 import shutil
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +22,20 @@ from twisted.application import service
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProcessTransport,
+    IReactorProcess,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cryptify.crs.redis.instance import RedisInstance, write_conf
+
 SECOND = 1.0
 MINUTE = 60 * SECOND
-
-HIGH = "redis_high"
-LOW = "redis_low"
-BACKUP = "redis_backup"
-NAMES = (HIGH, LOW, BACKUP)
 
 #: first restart delay; doubles with each failed restart
 RESTART_FIRST_DELAY = 1 * SECOND
@@ -57,228 +51,14 @@ PROBE_INTERVAL = 0.1 * SECOND
 PROBE_TIMEOUT = 1 * SECOND
 #: how long a child has to exit after SIGTERM before it gets SIGKILL
 STOP_TIMEOUT = 10 * SECOND
-#: UNIX socket paths longer than this do not fit in sockaddr_un
-MAX_SOCKET_PATH = 107
-
-PASSWORD_FILE = "password"  # noqa: S105 (a file name)
-CONF_FILE = "redis.conf"
-PID_FILE = "redis.pid"
-
-log = Logger()
-
-
-# Structural stand-ins for IReactorTime, IDelayedCall, IReactorProcess and
-# IProcessTransport: without the mypy-zope plugin mypy cannot call methods
-# through zope interfaces.  Any reactor, Clock or fake that has these fits.
-class DelayedCall(typing.Protocol):
-    def active(self) -> bool: ...
-    def cancel(self) -> None: ...
-
-
-class TimeSource(typing.Protocol):
-    """What this module uses of C{IReactorTime}."""
-
-    def seconds(self) -> float: ...
-    def callLater(
-        self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any
-    ) -> DelayedCall: ...
-
-
-class ProcessHandle(typing.Protocol):
-    """What this module uses of C{IProcessTransport}."""
-
-    @property
-    def pid(self) -> int | None: ...
-    def signalProcess(self, signalID: str | int) -> None: ...
-
-
-class ProcessSpawner(typing.Protocol):
-    """What this module uses of C{IReactorProcess}."""
-
-    def spawnProcess(
-        self,
-        processProtocol: Any,
-        executable: str,
-        args: Sequence[str],
-        env: Mapping[str, str] | None = None,
-        path: str | None = None,
-        uid: int | None = None,
-        gid: int | None = None,
-        usePTY: bool = False,
-        childFDs: Mapping[int, str | int] | None = None,
-    ) -> ProcessHandle: ...
+log = Logger(namespace="cryptify.crs.redis")
 
 
 Notify = Callable[[str, str], None]
 
 
-class Role(enum.Enum):
-    """What a Redis instance keeps across restarts."""
-
-    #: nothing: live state that is rebuilt when clients come back
-    VOLATILE = "volatile"
-    #: everything: append-only file, fsynced every second
-    DURABLE = "durable"
-
-
 class RedisStartError(Exception):
     """A supervised Redis server could not be started."""
-
-
-@attrs.frozen
-class ReplicaOf:
-    """The master a replica (``redis_backup``) copies, and its password."""
-
-    host: str
-    port: int
-    password: str
-
-
-def _default_role(instance: RedisInstance) -> Role:
-    return Role.VOLATILE if instance.name == HIGH else Role.DURABLE
-
-
-def _check_loopback(instance: RedisInstance, attribute: attrs.Attribute[str], value: str) -> None:
-    if not ipaddress.ip_address(value).is_loopback:
-        raise ValueError(f"{instance.name}: host {value} is not a loopback address")
-
-
-@attrs.frozen
-class RedisInstance:
-    """
-    One supervised Redis server: where it listens, its password, its role.
-
-    Exactly one of C{port} (TCP on C{host}, a loopback address) and
-    C{unix_socket} is set.  Its files live in C{data_dir}/C{name}/, its log
-    is C{log_dir}/C{name}.log.
-    """
-
-    name: str = attrs.field(validator=attrs.validators.in_(NAMES))
-    password: str = attrs.field(repr=False)
-    data_dir: Path = attrs.field(converter=Path)
-    log_dir: Path = attrs.field(converter=Path)
-    host: str = attrs.field(default="127.0.0.1", validator=_check_loopback)
-    port: int | None = None
-    unix_socket: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
-    role: Role = attrs.field(default=attrs.Factory(_default_role, takes_self=True))
-    replica_of: ReplicaOf | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if (self.port is None) == (self.unix_socket is None):
-            raise ValueError(f"{self.name}: give either a port or a unix socket path")
-        if self.port is not None and not 0 < self.port < 65536:
-            raise ValueError(f"{self.name}: port {self.port} out of range")
-        if self.unix_socket is not None and len(bytes(self.unix_socket)) > MAX_SOCKET_PATH:
-            raise ValueError(f"{self.name}: unix socket path too long: {self.unix_socket}")
-        if not self.password:
-            raise ValueError(f"{self.name}: empty password")
-
-    @property
-    def dir(self) -> Path:
-        return self.data_dir / self.name
-
-    @property
-    def conf_path(self) -> Path:
-        return self.dir / CONF_FILE
-
-    @property
-    def log_path(self) -> Path:
-        return self.log_dir / f"{self.name}.log"
-
-    @property
-    def pid_path(self) -> Path:
-        return self.dir / PID_FILE
-
-    @property
-    def address(self) -> str:
-        """Where it listens, for humans."""
-        if self.unix_socket is not None:
-            return f"unix:{self.unix_socket}"
-        return f"{self.host}:{self.port}"
-
-
-def _quote(value: str | Path) -> str:
-    text = str(value)
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r")
-    return f'"{escaped}"'
-
-
-def render_conf(instance: RedisInstance) -> str:
-    """The redis.conf text for C{instance}.  Pure: no I/O."""
-    lines = [
-        f"# {instance.name}: written by the CRS at each start; edits are overwritten",
-        "daemonize no",
-        "supervised no",
-        "protected-mode yes",
-    ]
-    if instance.unix_socket is not None:
-        lines += [
-            "port 0",
-            f"unixsocket {_quote(instance.unix_socket)}",
-            "unixsocketperm 700",
-        ]
-    else:
-        lines += [f"bind {instance.host}", f"port {instance.port}"]
-    lines += [
-        f"requirepass {_quote(instance.password)}",
-        f"dir {_quote(instance.dir)}",
-        f"logfile {_quote(instance.log_path)}",
-        f"pidfile {_quote(instance.pid_path)}",
-        "databases 16",
-    ]
-    if instance.role is Role.DURABLE:
-        lines += [
-            "appendonly yes",
-            "appendfsync everysec",
-            "save 3600 1 300 100 60 10000",
-        ]
-    else:
-        lines += ["appendonly no", 'save ""']
-    if instance.replica_of is not None:
-        master = instance.replica_of
-        lines += [
-            f"replicaof {master.host} {master.port}",
-            f"masterauth {_quote(master.password)}",
-            "replica-read-only yes",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write C{text} to C{path} atomically, readable by the owner only."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def load_password(data_dir: Path | str, name: str) -> str:
-    """
-    The password of instance C{name}: read from its directory under
-    C{data_dir}, or generated there (mode 0600) on first use.
-    """
-    directory = Path(data_dir) / name
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = directory / PASSWORD_FILE
-    try:
-        password = path.read_text().strip()
-    except FileNotFoundError:
-        password = ""
-    if not password:
-        password = secrets.token_urlsafe(32)
-        _write_private(path, password + "\n")
-    return password
-
-
-def write_conf(instance: RedisInstance) -> Path:
-    """Write C{instance}'s redis.conf (mode 0600) and create its directories."""
-    instance.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    instance.log_dir.mkdir(parents=True, exist_ok=True)
-    _write_private(instance.conf_path, render_conf(instance))
-    return instance.conf_path
 
 
 def restart_delay(failures: int) -> float:
@@ -401,8 +181,8 @@ class RedisChild:
 
     instance: RedisInstance
     argv: list[str]
-    process_reactor: ProcessSpawner
-    clock: TimeSource
+    process_reactor: IReactorProcess
+    clock: IReactorTime
     probe: Probe
     notify: Notify
     start_timeout: float = START_TIMEOUT
@@ -410,13 +190,13 @@ class RedisChild:
 
     state: ChildState = ChildState.STOPPED
     failures: int = 0
-    _transport: ProcessHandle | None = None
+    _transport: IProcessTransport | None = None
     _protocol: _ChildProtocol | None = None
     _started: Deferred[None] | None = None
     _stopped: list[Deferred[None]] = attrs.Factory(list)
-    _timer: DelayedCall | None = None
-    _stable: DelayedCall | None = None
-    _kill: DelayedCall | None = None
+    _timer: IDelayedCall | None = None
+    _stable: IDelayedCall | None = None
+    _kill: IDelayedCall | None = None
     _probing: Deferred[None] | None = None
     _deadline: float = 0.0
     _spawned_pid: int | None = None
@@ -430,7 +210,8 @@ class RedisChild:
     def pid(self) -> int | None:
         if self._transport is None:
             return None
-        return self._transport.pid
+        pid: int | None = self._transport.pid
+        return pid
 
     def start(self) -> Deferred[None]:
         """Spawn the child; fires once it answers PING, fails with L{RedisStartError}."""
@@ -631,8 +412,8 @@ class RedisSupervisor(service.Service):
     def __init__(
         self,
         instances: Sequence[RedisInstance],
-        process_reactor: ProcessSpawner,
-        clock: TimeSource,
+        process_reactor: IReactorProcess,
+        clock: IReactorTime,
         probe: Probe,
         notify: Notify,
         executable: str = "redis-server",
@@ -662,7 +443,7 @@ class RedisSupervisor(service.Service):
         """A supervisor that spawns, times and probes with one real reactor.
 
         It also stops leftover children of an earlier CRS that was killed
-        (see ``cryptify.crs.redis_stale``).
+        (see ``cryptify.crs.redis.stale``).
         """
         return cls(
             instances, reactor, reactor, ping_probe(reactor), notify, executable, reap_stale=True
@@ -686,7 +467,7 @@ class RedisSupervisor(service.Service):
             return defer.fail(e)
         if not self._reap_stale:
             return self._start_children(argv)
-        from cryptify.crs.redis_stale import reap_stale
+        from cryptify.crs.redis.stale import reap_stale
 
         reaped = defer.ensureDeferred(reap_stale(self._instances, self._clock))
         return reaped.addCallback(lambda _: self._start_children(argv))

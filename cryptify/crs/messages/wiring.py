@@ -3,7 +3,7 @@
 - ``post {id, to, content | ack, system?, key?}``: the recipient must be
   known to this CRS (it has attached at some time, under any account),
   else ``error not-found``.  The message is stored durably
-  (:mod:`cryptify.crs.messages`) and only then answered ``posted {id,
+  (:mod:`cryptify.crs.messages.store`) and only then answered ``posted {id,
   message}``; an attached recipient gets it at once as ``message``.  A
   repeat of a post -- same message ``key``, or, without a key, the same
   request id on the same connection -- answers the first ID; the same key
@@ -25,15 +25,14 @@
 
 ``trace message`` lines (Header, Time, From, To, State, Account,
 Message-ID) use the manual's states: not-found, posted content, posted
-ack, delivered.  Per-user counters for ``show message`` (URI POST DELIV
-READ ACCOUNT) live in Redis next to the messages.
+ack, delivered.  Which URIs are known and the per-user counters of
+``show message`` are kept by the message store, next to the messages;
+this module holds the rules only.
 """
 
 from __future__ import annotations
 
-import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -43,12 +42,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cryptify.crs.attach import AttachCore, AttachSession
-from cryptify.crs.attached import Attachment, AttachRegistry
-from cryptify.crs.messages import MessageRefused, MessageStore, Posted, Stored, retry_scope
-from cryptify.crs.redis_batch import transient
-from cryptify.crs.sessions import base_uri
-from cryptify.crs.stats import Statistics
+from cryptify.crs.attach.core import AttachCore, AttachSession
+from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.calls.core import base_uri
+from cryptify.crs.messages.store import MessageRefused, MessageStore, Posted, Stored, retry_scope
+from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.redis.batch import transient
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import message
 
@@ -62,11 +61,6 @@ DELIVERY_RETRY = 2.0
 UNAVAILABLE_RETRY_MS = 2000
 #: Longest ``reason`` in an answer (the codec's limit).
 MAX_REASON = 200
-KNOWN_URIS = "known-uris"
-
-
-def _stat_key(uri: str) -> str:
-    return f"msgstat:{uri}"
 
 
 @attrs.define(eq=False)
@@ -96,8 +90,6 @@ class Messaging:
         store: MessageStore,
         registry: AttachRegistry,
         trace: TraceHub,
-        redis: Callable[[], Any],
-        clock: Callable[[], float] = time.time,
         stats: Statistics | None = None,
         window: int = DELIVERY_WINDOW,
         scheduler: IReactorTime | None = None,
@@ -106,15 +98,10 @@ class Messaging:
         self.stats = stats
         self.registry = registry
         self.trace = trace
-        self.redis = redis
-        self.clock = clock
         self.window = window
         self.scheduler = scheduler
         self.counters = {"posted": 0, "delivered": 0, "refused": 0}
         self.outboxes: weakref.WeakKeyDictionary[Attachment, Outbox] = weakref.WeakKeyDictionary()
-
-    def _client(self) -> Any:
-        return self.redis().client
 
     def _refuse(self, failure: Failure, session: AttachSession, msg_id: int | None) -> None:
         retry_after = None
@@ -167,15 +154,7 @@ class Messaging:
             data = content if content is not None else ack.encode("ascii")
             scope = retry_scope(msg.get("key"), session.conn_id, msg.id)
             stored: Deferred[Posted] = defer.maybeDeferred(
-                self.store.post,
-                sender,
-                scope,
-                to,
-                account,
-                kind,
-                data,
-                known=KNOWN_URIS,
-                counters=_stat_key(sender),
+                self.store.submit, sender, scope, to, account, kind, data
             )
         except Exception:
             self._refuse(Failure(), session, msg.id)
@@ -215,9 +194,7 @@ class Messaging:
         if attachment is None:
             session.send(message("ok", id=msg.id))
             return
-        read = defer.maybeDeferred(
-            lambda: self._client().hset(_stat_key(uri), "read", str(int(self.clock())))
-        )
+        read = defer.ensureDeferred(self.store.mark_read(uri))
         read.addErrback(
             lambda f: log.debug("read time not recorded: {why}", why=f.getErrorMessage())
         )
@@ -254,9 +231,9 @@ class Messaging:
                 return defer.ensureDeferred(self.stats.message_delivered(account, uri, kind))
             return None
 
-        defer.maybeDeferred(self.store.delivered, uri, message_id, _stat_key("")).addBoth(
-            settled
-        ).addCallback(found).addErrback(self._refuse, session, None)
+        defer.maybeDeferred(self.store.confirm, uri, message_id).addBoth(settled).addCallback(
+            found
+        ).addErrback(self._refuse, session, None)
 
     # -- delivery ----------------------------------------------------------------
 
@@ -365,10 +342,6 @@ class Messaging:
     def attached(self, attachment: Attachment) -> None:
         """A client attached: remember its URI, send what waits for it."""
 
-        async def remember() -> None:
-            await self.redis().when_connected()
-            await self._client().sadd(KNOWN_URIS, attachment.uri)
-
         def not_remembered(failure: Failure) -> None:
             if transient(failure):
                 log.warn(
@@ -379,33 +352,8 @@ class Messaging:
             else:
                 log.failure("cannot record {uri} as known", failure, uri=attachment.uri)
 
-        defer.ensureDeferred(remember()).addErrback(not_remembered)
+        defer.ensureDeferred(self.store.remember(attachment.uri)).addErrback(not_remembered)
         self._pump(attachment)
-
-    async def rows(self) -> list[list[str]]:
-        """``show message`` rows: URI POST DELIV READ ACCOUNT."""
-        client = self._client()
-        rows = []
-        for uri in sorted(await client.smembers(KNOWN_URIS)):
-            stats = await client.hgetall(_stat_key(uri))
-            if not stats:
-                continue
-            read = stats.get("read", "")
-            when = (
-                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(read)))
-                if read.isdigit()
-                else "-"
-            )
-            rows.append(
-                [
-                    uri,
-                    stats.get("post", "0"),
-                    stats.get("deliv", "0"),
-                    when,
-                    stats.get("account", "-"),
-                ]
-            )
-        return rows
 
 
 def install(core: AttachCore, messaging: Messaging) -> None:

@@ -1,8 +1,9 @@
 """The attach flow of one client connection (sans-IO).
 
 :class:`AttachCore` holds what every connection shares (the accounts, the
-slot map, the registry of attached clients, the client-object store, the
-clock); :class:`AttachSession` is one connection's state machine, fed
+slot map, the registry of attached clients, the clock, and the handlers
+that features -- calls, messages, client objects -- register for the
+attached state); :class:`AttachSession` is one connection's state machine, fed
 decoded UMSG messages and reporting its effects through :class:`Peer`
 (send a message; end the connection with a UMSG code).
 
@@ -25,19 +26,17 @@ only once the client proved who it is).
 
 from __future__ import annotations
 
-import hmac
+import enum
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
-from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from cryptify.crs.attached import Attachment, AttachRegistry
-from cryptify.crs.redis_batch import transient
+from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.attach.tickets import TicketKey
 from cryptify.crs.slots import SlotMap, slot_of
 from cryptify.crypto import eccsi
 from cryptify.crypto.errors import CryptoError
@@ -53,10 +52,17 @@ from cryptify.protocols.umsg import (
 
 log = Logger(namespace="cryptify.crs.attach")
 
-NEW = "new"
-CHALLENGED = "challenged"
-ATTACHED = "attached"
-CLOSED = "closed"
+
+class State(enum.Enum):
+    """Where one connection is in the attach flow."""
+
+    NEW = "new"
+    CHALLENGED = "challenged"
+    ATTACHED = "attached"
+    CLOSED = "closed"
+
+
+NEW, CHALLENGED, ATTACHED, CLOSED = State.NEW, State.CHALLENGED, State.ATTACHED, State.CLOSED
 
 #: Types handled once attached that a later issue implements (sessions, messages).
 LATER = frozenset(("invite", "ringing", "talk", "hangup", "post", "fetch", "delivered"))
@@ -85,59 +91,10 @@ class Accounts(Protocol):
     def get(self, account_id: str) -> Any: ...
 
 
-class Objects(Protocol):
-    def set_push_token(self, account: str, uri: str, token: str, kind: str) -> Awaitable[None]: ...
-
-    def set_client_info(self, account: str, uri: str, info: dict[str, str]) -> Awaitable[None]: ...
-
-
 Verify = Callable[[bytes, bytes, bytes, bytes], None]
 
 #: ``retry-after`` of an attach refused ``unavailable``, ms.
 UNAVAILABLE_RETRY_MS = 2000
-
-#: How long an attach ticket stays valid (it also dies with its key period).
-TICKET_LIFETIME = 24 * 3600
-
-
-@attrs.frozen
-class TicketKey:
-    """Attach tickets: a re-attach with a valid ticket skips the ECCSI proof.
-
-    A ticket is ``01 || expiry (4 octets, Unix seconds) || tag (16 octets)``,
-    the tag being HMAC-SHA-256 under this key of ``"umsg.1 ticket" 00
-    account 00 uri 00 period 00 expiry``.  It binds the account, the URI and
-    the key period, so it dies at the month change, and the blacklist is
-    checked again on every use.  The key is derived from the pool key when
-    there is one, so every instance of the pool, and a restarted one,
-    accepts the tickets of the others.
-    """
-
-    key: bytes = attrs.field(repr=False)
-
-    @classmethod
-    def derive(cls, pool_key: str | None) -> TicketKey:
-        if not pool_key:
-            return cls(os.urandom(32))
-        return cls(hmac.new(pool_key.encode(), b"umsg.1 attach ticket key", "sha256").digest())
-
-    def _tag(self, account: str, uri: str, period: str, expiry: int) -> bytes:
-        data = b"\0".join(
-            (b"umsg.1 ticket", account.encode(), uri.encode(), period.encode(), b"%d" % expiry)
-        )
-        return hmac.new(self.key, data, "sha256").digest()[:16]
-
-    def issue(self, account: str, uri: str, period: str, now: float) -> bytes:
-        expiry = int(now) + TICKET_LIFETIME
-        return b"\x01" + expiry.to_bytes(4, "big") + self._tag(account, uri, period, expiry)
-
-    def valid(self, ticket: bytes, account: str, uri: str, period: str, now: float) -> bool:
-        if len(ticket) != 21 or ticket[0] != 1:
-            return False
-        expiry = int.from_bytes(ticket[1:5], "big")
-        if expiry < now:
-            return False
-        return hmac.compare_digest(ticket[5:], self._tag(account, uri, period, expiry))
 
 
 @attrs.define
@@ -149,7 +106,6 @@ class AttachCore:
     registry: AttachRegistry
     clock: Callable[[], float]
     slots: SlotMap | None = None
-    objects: Objects | None = None
     verify: Verify = eccsi.verify
     nonce: Callable[[], bytes] = lambda: os.urandom(32)
     revisions: tuple[int, ...] = REVISIONS
@@ -183,7 +139,7 @@ class AttachSession:
     host: str
     port: int
     keepalive: tuple[str, int]
-    state: str = NEW
+    state: State = NEW
     account: str | None = None
     uri: str | None = None
     period: str = ""
@@ -197,17 +153,20 @@ class AttachSession:
 
     @property
     def attached(self) -> bool:
-        return self.state == ATTACHED
+        return self.state is ATTACHED
 
     # ------------------------------------------------------------ inputs
 
     def received(self, msg: Message) -> None:
         """Handle one decoded message from the client."""
-        if self.state == CLOSED:
+        if self.state is CLOSED:
             return
-        handler = getattr(self, f"_{self.state}", None)
-        assert handler is not None
-        handler(msg)
+        if self.state is NEW:
+            self._new(msg)
+        elif self.state is CHALLENGED:
+            self._challenged(msg)
+        else:
+            self._attached(msg)
 
     def protocol_error(self, error: UmsgError) -> None:
         """A message could not be decoded (or was too large): fatal.
@@ -224,14 +183,14 @@ class AttachSession:
 
     def lost(self, reason: str) -> None:
         """The connection ended (either side)."""
-        if self.state == ATTACHED and self.uri is not None:
+        if self.state is ATTACHED and self.uri is not None:
             self.core.registry.detach(self.uri, self, reason)
             self._detached(reason)
         self.state = CLOSED
 
     def send(self, msg: Message) -> None:
         """Send a message to this client if it is attached (for features)."""
-        if self.state == ATTACHED:
+        if self.state is ATTACHED:
             self.peer.send(msg)
 
     def _detached(self, reason: str) -> None:
@@ -243,10 +202,10 @@ class AttachSession:
 
     def disconnect(self, reason: str) -> None:
         """Close an attached client, telling it why (the registry's Connection)."""
-        if self.state == CLOSED:
+        if self.state is CLOSED:
             return
         code = reason if reason in ERROR_CODES else "disconnected"
-        if self.state == ATTACHED:
+        if self.state is ATTACHED:
             self._detached(reason)
         self.state = CLOSED
         self.peer.send(message("disconnect", code=code, reason=reason))
@@ -258,7 +217,7 @@ class AttachSession:
         self, code: str, reason: str, msg_id: int | None = None, retry_after: int | None = None
     ) -> None:
         """Refuse the attach with ``code`` and close."""
-        if self.state == CLOSED:
+        if self.state is CLOSED:
             return
         self.state = CLOSED
         self.core.registry.refused(self.uri, self.account, self.host, self.port, code)
@@ -268,7 +227,7 @@ class AttachSession:
         self.peer.end(code)
 
     def _fail(self, code: str, reason: str, msg_id: int | None = None) -> None:
-        if self.state == ATTACHED and self.uri is not None:
+        if self.state is ATTACHED and self.uri is not None:
             self.core.registry.detach(self.uri, self, code)
             self.disconnect(code)
         else:
@@ -369,7 +328,7 @@ class AttachSession:
                 self.uri, self.account, now, self.app, self.host, self.port, self, self.period
             )
         )
-        if self.state != ATTACHED:
+        if self.state is not ATTACHED:
             return  # a registry listener closed us already
         method, interval = self.keepalive
         ticket = None
@@ -392,7 +351,6 @@ class AttachSession:
 
     def _attached(self, msg: Message) -> None:
         assert self.account is not None and self.uri is not None
-        account, uri = self.account, self.uri
         if msg.type == "detach":
             self.core.registry.detach(self.uri, self, "client detached")
             self._detached("client detached")
@@ -400,14 +358,6 @@ class AttachSession:
             if msg.id is not None:
                 self.peer.send(message("ok", id=msg.id))
             self.peer.end("detach")
-        elif msg.type == "push-token":
-            self._store(
-                msg.id,
-                lambda o: o.set_push_token(account, uri, msg["token"], msg["kind"]),
-            )
-        elif msg.type == "client-info":
-            info = {k: str(v) for k, v in msg.fields.items() if k != "id"}
-            self._store(msg.id, lambda o: o.set_client_info(account, uri, info))
         elif msg.type in self.core.handlers:
             self.core.handlers[msg.type](self, msg)
         elif msg.type in LATER:
@@ -421,34 +371,3 @@ class AttachSession:
             )
         else:
             self._fail("unexpected", f"{msg.type} after attach")
-
-    def _store(self, msg_id: int | None, call: Callable[[Objects], Awaitable[None]]) -> None:
-        objects = self.core.objects
-        if objects is None:
-            self.peer.send(message("ok", id=msg_id))
-            return
-
-        async def run() -> None:
-            await call(objects)
-
-        def done(_: object) -> None:
-            if self.state == ATTACHED:
-                self.peer.send(message("ok", id=msg_id))
-
-        def failed(failure: Failure) -> None:
-            if transient(failure):
-                log.warn("client object not stored: {why}", why=failure.getErrorMessage())
-                answer = message(
-                    "error",
-                    id=msg_id,
-                    code="unavailable",
-                    reason="store out of reach",
-                    retry_after=UNAVAILABLE_RETRY_MS,
-                )
-            else:
-                log.failure("storing a client object failed", failure)
-                answer = message("error", id=msg_id, code="internal", reason="could not store")
-            if self.state == ATTACHED:
-                self.peer.send(answer)
-
-        defer.ensureDeferred(run()).addCallbacks(done, failed)

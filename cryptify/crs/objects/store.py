@@ -11,7 +11,6 @@ and an index set per account and kind (``obj:{ACCOUNT}:info``,
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +36,8 @@ class ClientObjects:
     def __init__(
         self,
         store: Callable[[], Any],
-        trace: TraceHub | None = None,
-        clock: Callable[[], float] = time.time,
+        trace: TraceHub | None,
+        clock: Callable[[], float],
     ) -> None:
         self.store = store
         self.trace = trace

@@ -3,7 +3,7 @@
 One :class:`UmsgServerProtocol` per client connection (TLS is done by the
 port underneath): octets go to :class:`~cryptify.protocols.umsg_ws.UmsgWebSocket`,
 complete messages are decoded and handed to the connection's
-:class:`~cryptify.crs.attach.AttachSession`.
+:class:`~cryptify.crs.attach.core.AttachSession`.
 
 The factory enforces the limits (:class:`Limits`) that keep a flood of
 half-open, slow or garbage connections from starving attached clients:
@@ -47,7 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.config.crs import CrsGlobal, KeepAlive
-from cryptify.crs.attach import AttachCore, AttachSession
+from cryptify.crs.attach.core import AttachCore, AttachSession
 from cryptify.protocols.umsg import (
     MAX_MESSAGE,
     Message,

@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 
-from cryptify.crs.store import RedisNotConnected
+from cryptify.crs.redis.store import RedisNotConnected
 
 log = Logger(namespace="cryptify.crs.redis")
 

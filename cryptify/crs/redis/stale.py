@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Sequence
-from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+
+from cryptify.crs.redis.instance import RedisInstance
 
 log = Logger(namespace="cryptify.crs.redis")
 
@@ -46,7 +48,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def stale_pid(instance: Any, read: Callable[[str], str | None] = _read) -> int | None:
+def stale_pid(instance: RedisInstance, read: Callable[[str], str | None] = _read) -> int | None:
     """The PID of a leftover ``redis-server`` of ``instance``, if there is one."""
     text = read(str(instance.pid_path))
     if text is None or not text.strip().isdigit():
@@ -67,8 +69,8 @@ def stale_pid(instance: Any, read: Callable[[str], str | None] = _read) -> int |
 
 
 async def reap_stale(
-    instances: Sequence[Any],
-    clock: Any,
+    instances: Sequence[RedisInstance],
+    clock: IReactorTime,
     kill: Callable[[int, int], None] = os.kill,
     alive: Callable[[int], bool] = _alive,
     read: Callable[[str], str | None] = _read,

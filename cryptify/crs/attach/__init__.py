@@ -1,0 +1,1 @@
+"""Attach: client connections, their attach state machine and who is attached."""

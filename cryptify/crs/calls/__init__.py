@@ -1,0 +1,1 @@
+"""Calls: relay sessions between attached clients (invite, ringing, talk, hangup)."""

@@ -1,0 +1,1 @@
+"""Store-and-forward messages: the Redis store and the post/fetch/delivered rules."""

@@ -1,0 +1,1 @@
+"""Client objects: push tokens, client information and observed clients."""

@@ -1,0 +1,1 @@
+"""The operator side: management responders, ``crs-cli``, statistics, the CRS state."""

@@ -1,0 +1,85 @@
+"""What the running CRS knows about itself: the context of its operator views."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+from twisted.protocols import amp
+
+from cryptify.crs.accounts import AccountStore
+from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.messages.store import MessageStore
+from cryptify.crs.objects.store import ClientObjects
+from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.slots import SlotMap
+from cryptify.crs.trace import TraceHub
+
+ACTIVE = "active"
+INACTIVE = "inactive"
+#: The module that handles client connections (``show system``, ``show account``).
+ATTACH_MODULE = "app:attach"
+
+
+class RelayControl(Protocol):
+    """What ``show relay`` needs of the control link to ``crs_relay``."""
+
+    async def call(self, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]: ...
+
+
+def _registry(state: CrsState) -> AttachRegistry:
+    return AttachRegistry(state.name, state.clock, state.trace)
+
+
+def _slots(state: CrsState) -> SlotMap:
+    return SlotMap((state.name,), state.name)
+
+
+def _clock(state: CrsState) -> Callable[[], float]:
+    return state.trace.clock
+
+
+@attrs.define
+class CrsState:
+    """The instance, its accounts, attachments and traces, and service probes.
+
+    Built once, with every part it shows; a part that is None is not
+    running in this process (``show`` then answers that it is not
+    available).  ``probes`` maps a service name (crs, crs_relay,
+    redis_high, ...) to a function answering whether it is active right
+    now; the order is the order ``show services`` prints.
+    """
+
+    name: str
+    probes: dict[str, Callable[[], bool]] = attrs.field(factory=dict)
+    accounts: AccountStore = attrs.field(factory=lambda: AccountStore(os.devnull))
+    trace: TraceHub = attrs.field(factory=TraceHub)
+    #: The one clock of the operator views (the reactor's, as the traces').
+    clock: Callable[[], float] = attrs.field(default=attrs.Factory(_clock, takes_self=True))
+    registry: AttachRegistry = attrs.field(default=attrs.Factory(_registry, takes_self=True))
+    slots: SlotMap = attrs.field(default=attrs.Factory(_slots, takes_self=True))
+    objects: ClientObjects | None = None
+    relay: RelayControl | None = None
+    #: The live calls (``show session``).
+    sessions: SessionTable | None = None
+    #: The message store (``show message``).
+    messages: MessageStore | None = None
+    #: Per-account statistics (``stats``).
+    stats: Statistics | None = None
+    pid: int = attrs.field(factory=os.getpid)
+    #: ``notify(unit, event)``: tells notify.sh about system events.
+    notify: Callable[[str, str], None] = lambda unit, event: None
+
+    def services(self) -> list[tuple[str, str]]:
+        """(service, active|inactive) for every service, in order."""
+        result = []
+        for service_name, probe in self.probes.items():
+            try:
+                up = probe()
+            except Exception:
+                up = False
+            result.append((service_name, ACTIVE if up else INACTIVE))
+        return result

@@ -1,0 +1,1 @@
+"""The ``crs_relay`` program: the media relay process and its control socket."""

@@ -1,0 +1,166 @@
+"""Contract suites: one set of tests run against a fake and against the real thing.
+
+:class:`MessageStoreContract` runs against
+:class:`~tests.fakes.MemoryMessageStore` in ``tests.test_messages`` and
+against :class:`~cryptify.crs.messages.store.MessageStore` on a real
+redis-server in ``tests.interop.test_messages``, so the fake the unit tests
+rely on and the Lua scripts agree.
+
+A test case using a contract sets ``self.store`` (inbox limit 3) and
+``self.now`` (the store's clock) in ``setUp`` and says how to run a
+coroutine (:meth:`drive`): to completion at once, or as a Deferred.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any
+
+from cryptify.crs.messages.store import MAX_CONTENT, MessageRefused, UriCounters
+
+#: The inbox limit the store under test is built with.
+CONTRACT_INBOX = 3
+
+
+class MessageStoreContract:
+    """What every message store does, seen through its interface."""
+
+    store: Any
+    now: float
+
+    def drive(self, work: Coroutine[Any, Any, None]) -> Any:
+        raise NotImplementedError
+
+    async def refused(self, work: Any) -> str:
+        """The code ``work`` (an awaitable post) was refused with."""
+        try:
+            await work
+        except MessageRefused as refused:
+            return refused.code
+        raise AssertionError("not refused")
+
+    # -- post, waiting, delivered ----------------------------------------------------
+
+    async def _post_wait_deliver(self) -> None:
+        t: Any = self
+        posted = await self.store.post("tel:+1", "conn:c:1", "tel:+2", "acme", "content", b"\0a")
+        t.assertFalse(posted.duplicate)
+        t.assertEqual(posted.stored.id, posted.id)
+        [stored] = await self.store.waiting("tel:+2")
+        t.assertEqual(stored, posted.stored)
+        t.assertEqual(
+            (stored.sender, stored.recipient, stored.account, stored.kind, stored.data),
+            ("tel:+1", "tel:+2", "acme", "content", b"\0a"),
+        )
+        t.assertEqual(stored.time_ms, int(self.now * 1000))
+        t.assertEqual(await self.store.get(posted.id), stored)
+        t.assertIsNone(await self.store.delivered("tel:+3", posted.id))
+        t.assertEqual(await self.store.delivered("tel:+2", posted.id), ("tel:+1", "content"))
+        t.assertIsNone(await self.store.delivered("tel:+2", posted.id))
+        t.assertEqual(await self.store.waiting("tel:+2"), [])
+        t.assertIsNone(await self.store.get(posted.id))
+
+    def test_post_wait_deliver(self) -> Any:
+        """A post waits for its recipient as stored; only the recipient's delivered
+        removes it, once."""
+        return self.drive(self._post_wait_deliver())
+
+    async def _order_and_limit(self) -> None:
+        t: Any = self
+        ids = []
+        for n in range(CONTRACT_INBOX):
+            posted = await self.store.post("tel:+1", f"conn:c:{n}", "tel:+2", "a", "ack", b"%d" % n)
+            ids.append(posted.id)
+        t.assertEqual(await self.store.waiting_ids("tel:+2", 10), ids)
+        t.assertEqual(await self.store.waiting_ids("tel:+2", 2), ids[:2])
+        t.assertEqual(await self.store.waiting_ids("tel:+2", 0), [])
+        t.assertEqual(await self.store.count("tel:+2"), CONTRACT_INBOX)
+        code = await self.refused(self.store.post("tel:+1", "conn:c:9", "tel:+2", "a", "ack", b"x"))
+        t.assertEqual(code, "inbox-full")
+        t.assertEqual(await self.store.count("tel:+2"), CONTRACT_INBOX)
+
+    def test_order_and_limit(self) -> Any:
+        """Messages wait in posting order; a full inbox refuses the next post."""
+        return self.drive(self._order_and_limit())
+
+    async def _repeats(self) -> None:
+        t: Any = self
+        first = await self.store.post("tel:+1", "key:ab", "tel:+2", "acme", "content", b"hi")
+        again = await self.store.post("tel:+1", "key:ab", "tel:+2", "acme", "content", b"hi")
+        t.assertEqual((again.id, again.duplicate, again.stored), (first.id, True, None))
+        for recipient, kind, data in (
+            ("tel:+2", "content", b"other"),
+            ("tel:+3", "content", b"hi"),
+            ("tel:+2", "system", b"hi"),
+        ):
+            code = await self.refused(
+                self.store.post("tel:+1", "key:ab", recipient, "acme", kind, data)
+            )
+            t.assertEqual(code, "key-reused")
+        other = await self.store.post("tel:+5", "key:ab", "tel:+2", "acme", "content", b"hi")
+        t.assertFalse(other.duplicate)
+        await self.store.delivered("tel:+2", first.id)
+        late = await self.store.post("tel:+1", "key:ab", "tel:+2", "acme", "content", b"hi")
+        t.assertEqual((late.id, late.duplicate), (first.id, True))
+        t.assertEqual(await self.store.waiting_ids("tel:+2", 10), [other.id])
+
+    def test_repeats(self) -> Any:
+        """A repeat in the same scope answers the first ID (also after delivery);
+        the scope used for another message is refused; another sender is another scope."""
+        return self.drive(self._repeats())
+
+    async def _extension(self) -> None:
+        t: Any = self
+        posted = await self.store.post("tel:+1", "conn:c:1", "tel:+8888;101", "a", "content", b"x")
+        [stored] = await self.store.waiting("tel:+8888")
+        t.assertEqual((stored.id, stored.recipient), (posted.id, "tel:+8888;101"))
+        t.assertEqual(await self.store.waiting("tel:+8888;101"), [])
+        t.assertEqual(await self.store.delivered("tel:+8888", posted.id), ("tel:+1", "content"))
+
+    def test_extension(self) -> Any:
+        """A post to an extension waits in its base number's inbox, keeping the extension."""
+        return self.drive(self._extension())
+
+    async def _bad_posts(self) -> None:
+        t: Any = self
+        post = self.store.post
+        code = await self.refused(post("tel:+1", "conn:c:1", "tel:+2", "a", "voice", b"x"))
+        t.assertEqual(code, "malformed")
+        big = b"x" * (MAX_CONTENT + 1)
+        code = await self.refused(post("tel:+1", "conn:c:2", "tel:+2", "a", "content", big))
+        t.assertEqual(code, "too-large")
+        t.assertEqual(await self.store.count("tel:+2"), 0)
+
+    def test_bad_posts(self) -> Any:
+        """An unknown kind and content over the limit are refused and store nothing."""
+        return self.drive(self._bad_posts())
+
+    # -- what messaging keeps in the store -------------------------------------------
+
+    async def _known_and_counters(self) -> None:
+        t: Any = self
+        code = await self.refused(
+            self.store.submit("tel:+1", "conn:c:1", "tel:+2", "acme", "content", b"x")
+        )
+        t.assertEqual(code, "not-found")
+        await self.store.remember("tel:+1")
+        await self.store.remember("tel:+2")
+        first = await self.store.submit("tel:+1", "conn:c:1", "tel:+2;7", "acme", "content", b"x")
+        await self.store.submit("tel:+1", "conn:c:2", "tel:+2", "acme", "ack", b"y")
+        await self.store.submit("tel:+1", "conn:c:2", "tel:+2", "acme", "ack", b"y")  # repeat
+        t.assertEqual(await self.store.confirm("tel:+2", first.id), ("tel:+1", "content"))
+        t.assertIsNone(await self.store.confirm("tel:+2", first.id))
+        await self.store.mark_read("tel:+2")
+        t.assertEqual(
+            await self.store.counters(),
+            [
+                UriCounters("tel:+1", 2, 1, None, "acme"),
+                UriCounters("tel:+2", 0, 0, int(self.now), None),
+            ],
+        )
+
+    def test_known_and_counters(self) -> Any:
+        """Clients post only to URIs that attached; each new post and each delivery
+        counts in the sender's row, a fetch stamps the reader's; only known URIs are
+        listed."""
+        return self.drive(self._known_and_counters())
