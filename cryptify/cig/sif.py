@@ -44,6 +44,7 @@ from cryptify.protocols.sip.transaction import (
     Channel,
     ServerTransaction,
     TransactionLayer,
+    TxState,
 )
 
 from .calls import (
@@ -104,14 +105,14 @@ class SipCall:
             self.sif.calls.event(self.call, "trying")
 
     def ringing(self) -> None:
-        if self.ended or self.invite.state != "proceeding":
+        if self.ended or self.invite.state is not TxState.PROCEEDING:
             return
         self.sif.calls.set_state(self.call, CallState.RING)
         self.sif.calls.event(self.call, "ringing")
         self.invite.respond(self.sif.reply(self.invite.request, 180, self.local_tag))
 
     def answered(self) -> None:
-        if self.ended or self.invite.state != "proceeding":
+        if self.ended or self.invite.state is not TxState.PROCEEDING:
             return
         request = self.invite.request
         self._stop_timer()
@@ -127,7 +128,7 @@ class SipCall:
         self.invite.respond(self.sif.reply(request, 200, self.local_tag, body=self.answer))
 
     def rejected(self, status: int = 480) -> None:
-        if self.ended or self.invite.state != "proceeding":
+        if self.ended or self.invite.state is not TxState.PROCEEDING:
             return
         self._end(CallState.REJECT)
         status = status if 300 <= status <= 699 else 480
@@ -561,7 +562,7 @@ class Sif:
             return
         tx.respond(response_to(tx.request.headers, 200))
         call = self.invites.get(invite.key)
-        if invite.state == "proceeding":
+        if invite.state is TxState.PROCEEDING:
             tag = call.local_tag if call is not None else new_tag()
             invite.respond(self.reply(invite.request, 487, tag))
             if call is not None:
