@@ -38,7 +38,7 @@ from cryptify.protocols.mgmt import (
     ensure_cookie,
     read_cookie,
 )
-from cryptify.protocols.mgmtcli import printable, render_table
+from cryptify.tools.mgmtcli import printable, render_table
 
 
 def pair(locator: amp.CommandLocator, cookie: str | None = None) -> tuple[Any, Any, Any]:

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from cryptify.protocols import cig_admin
 from cryptify.protocols.mgmt import ManagementClient, read_cookie
-from cryptify.protocols.mgmtcli import (
+from cryptify.tools.mgmtcli import (
     CONNECT_TIMEOUT,
     EXIT_FAILED,
     EXIT_OK,

@@ -71,7 +71,7 @@ class BadKeys(Exception):
 
 
 class BridgeLink(Protocol):
-    """The cig-relay control link (:class:`~cryptify.protocols.relay_control.RelayLink`)."""
+    """The cig-relay control link (:class:`~cryptify.links.relay_link.RelayLink`)."""
 
     def call(self, command: type[amp.Command], **kwargs: Any) -> Awaitable[dict[str, Any]]: ...
 

@@ -19,7 +19,8 @@ from typing import IO, Any
 from cryptify import __version__
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import ManagementClient
-from cryptify.protocols.mgmtcli import (
+from cryptify.service import unix_endpoint
+from cryptify.tools.mgmtcli import (
     CONNECT_TIMEOUT,
     EXIT_FAILED,
     EXIT_OK,
@@ -28,7 +29,6 @@ from cryptify.protocols.mgmtcli import (
     render_table,
     run_remote,
 )
-from cryptify.service import unix_endpoint
 
 PROG = "crs-cli"
 DEFAULT_SOCKET = "/run/crs/crs.sock"

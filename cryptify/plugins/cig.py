@@ -40,10 +40,10 @@ from cryptify.client.cli import session_maker, tls_connector
 from cryptify.config import CigConfig, load_cig_config
 from cryptify.config.crs import Endpoint
 from cryptify.events import Notifier
+from cryptify.links.relay_link import RelayLink
 from cryptify.logs import LogFileService
 from cryptify.plugins._common import ConfigOptions, lifecycle, load_or_usage
 from cryptify.protocols.mgmt import CookieError, ManagementFactory, ensure_cookie
-from cryptify.protocols.relay_control import RelayLink
 from cryptify.protocols.sip.transport import (
     SipDatagramProtocol,
     SipStreamFactory,

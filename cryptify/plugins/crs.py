@@ -55,6 +55,7 @@ from cryptify.crs.store import RedisStore
 from cryptify.crs.trace import EventTraceObserver, TraceHub
 from cryptify.crs.umsg_server import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.events import Notifier
+from cryptify.links.relay_link import RelayLink
 from cryptify.logs import LogFileService
 from cryptify.plugins._common import (
     ConfigOptions,
@@ -64,8 +65,7 @@ from cryptify.plugins._common import (
     load_or_usage,
 )
 from cryptify.protocols.mgmt import ManagementFactory
-from cryptify.protocols.relay_control import RelayLink
-from cryptify.protocols.tls import TLSConfigError, ensure_self_signed, server_context_factory
+from cryptify.protocols.tls import TLSConfigError, server_context_factory
 from cryptify.service import (
     CallbackService,
     ListenService,
@@ -76,6 +76,7 @@ from cryptify.service import (
     restrict_socket,
     unix_endpoint,
 )
+from cryptify.tools.certs import ensure_self_signed
 
 log = Logger(namespace="cryptify.crs")
 

@@ -21,8 +21,9 @@ from cryptify.crs.attach import AttachCore
 from cryptify.crs.attached import AttachRegistry
 from cryptify.crs.umsg_server import BACKLOG, Limits, UmsgServerFactory
 from cryptify.crypto.identity import period_of
-from cryptify.protocols.tls import generate_self_signed, server_context_factory
+from cryptify.protocols.tls import server_context_factory
 from cryptify.protocols.umsg import attach_signed_octets
+from cryptify.tools.certs import generate_self_signed
 from tests.interop._ws import available as websockets_available
 from tests.interop._ws import ws_connect
 from tests.umsg_support import FakeAccount, FakeAccounts, FakeObjects, signer
