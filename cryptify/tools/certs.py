@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 
 from cryptography import x509
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import Logger
 
+from cryptify.files import write_atomically
 from cryptify.protocols.tls import TLSConfigError, load_pair
 
 log = Logger()
@@ -30,28 +30,6 @@ SELF_SIGNED_VALIDITY = 825 * DAY
 
 #: L{ensure_self_signed} replaces a pair that expires sooner than this.
 RENEW_BEFORE = 30 * DAY
-
-
-def _write_atomically(path: str | os.PathLike[str], data: bytes, mode: int) -> None:
-    """
-    Write C{data} to C{path} so that readers see the old file or the whole new
-    one, never a partial one; the file has C{mode} from its creation on.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pem")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def generate_self_signed(
@@ -116,8 +94,8 @@ def generate_self_signed(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomically(key_path, key_pem, 0o600)
-    _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomically(key_path, key_pem, 0o600)
+    write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     log.info(
         "TLS: wrote self-signed certificate {cert_path} for {names}",
         cert_path=os.fspath(cert_path),
