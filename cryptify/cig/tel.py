@@ -37,7 +37,6 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from cryptify.client.calls import base_uri
 from cryptify.client.connection import ConnectionEnded, Event
 from cryptify.client.session import Answered, ClientSession, Disconnected, Incoming
 from cryptify.crypto import mikey
@@ -47,7 +46,7 @@ from cryptify.crypto.keymaterial import KeyMaterial
 from cryptify.crypto.replay import ReplayGuard
 from cryptify.protocols.bridge_control import BridgeAdd, BridgeRemove, BridgeUpdate
 from cryptify.protocols.sip.sdp import SdpError, chosen_codec, parse_sdp
-from cryptify.protocols.umsg import Message
+from cryptify.protocols.umsg import Message, base_uri
 
 from .calls import ENDED, Call, CallState, CallTable, TelLeg, TelSide
 from .route import TEL, Router, RouteRefused

@@ -52,7 +52,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.crs.redis_batch import BatchFailed, ScriptBatch
-from cryptify.crs.sessions import base_uri
+from cryptify.protocols.umsg import base_uri
 
 log = Logger(namespace="cryptify.crs.message")
 

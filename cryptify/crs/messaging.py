@@ -47,10 +47,9 @@ from cryptify.crs.attach import AttachCore, AttachSession
 from cryptify.crs.attached import Attachment, AttachRegistry
 from cryptify.crs.messages import MessageRefused, MessageStore, Posted, Stored, retry_scope
 from cryptify.crs.redis_batch import transient
-from cryptify.crs.sessions import base_uri
 from cryptify.crs.stats import Statistics
 from cryptify.crs.trace import TraceHub
-from cryptify.protocols.umsg import message
+from cryptify.protocols.umsg import base_uri, message
 
 log = Logger(namespace="cryptify.crs.message")
 

@@ -213,6 +213,15 @@ ACCOUNT = r"[A-Za-z0-9_-]{1,20}"
 PERIOD = r"[0-9]{4}-(0[1-9]|1[0-2])"
 
 
+def base_uri(uri: str) -> str:
+    """A URI without its extension: ``tel:+8888;101`` -> ``tel:+8888``.
+
+    Extensions route with their base number: the CRS delivers to, and the
+    client and the CIG answer for, the base URI.
+    """
+    return uri.split(";", 1)[0]
+
+
 def _id(required: bool = True) -> Field:
     return Field("id", "uint", 0, MAX_ID, required)
 
