@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cryptify.addresses import is_wildcard
 from cryptify.config.cig_model import CigConfig
 from cryptify.protocols.sip.address import parse_name_addr, parse_uri
 from cryptify.protocols.sip.dialog import Dialog, DialogId, dialog_id_of, new_branch, new_tag
@@ -424,7 +425,7 @@ class Sif:
     def local_host(self, request: Request) -> str:
         """The address we advertise: C{bind}, or the one the PBX used."""
         bind = self.config.sip.bind
-        if bind not in ("0.0.0.0", "::"):
+        if not is_wildcard(bind):
             return bind
         try:
             return parse_uri(request.uri).host or "127.0.0.1"
@@ -664,9 +665,7 @@ class Sif:
         return self.outgoing.get(id(call))
 
     def _send_invite(self, call: Call, leg: TelLeg, port: int, channel: Channel) -> None:
-        local = (
-            self.config.sip.bind if self.config.sip.bind not in ("0.0.0.0", "::") else "127.0.0.1"
-        )
+        local = "127.0.0.1" if is_wildcard(self.config.sip.bind) else self.config.sip.bind
         offer = render_sdp(make_offer(local, port, str(int(self.clock.seconds()))))
         call_id = f"{new_tag()}{new_tag()}@{local}"
         contact = f"sip:{local}:{self.config.sip.port}" + (

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from cryptify.addresses import is_wildcard
 from cryptify.client.connection import ConnectionEnded, Event
 from cryptify.client.session import Answered, ClientSession, Disconnected, Incoming
 from cryptify.crypto import mikey
@@ -159,7 +160,7 @@ async def update_bridge(leg: Any) -> None:
     """Tell cig-relay where the PBX leg of a bridged call now is (after a
     re-INVITE).  An offer on hold (``c=0.0.0.0``) leaves the bridge as it is."""
     _, pbx = _pbx_leg(leg)
-    if pbx.host in ("0.0.0.0", "::"):
+    if is_wildcard(pbx.host):
         log.info("session {session}: PBX media on hold", session=leg.session)
         return
     await leg.tel.bridge.call(

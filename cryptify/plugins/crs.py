@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
+from cryptify.addresses import is_wildcard
 from cryptify.config import (
     CrsConfig,
     CrsLocalConfig,
@@ -162,7 +163,7 @@ class Options(ConfigOptions):
 def media_host(cfg: CrsConfig, name: str) -> str:
     """The address clients send relayed media to."""
     relay_host = cfg.global_.relay.host
-    if relay_host not in ("0.0.0.0", "::"):
+    if not is_wildcard(relay_host):
         return relay_host
     for host in cfg.pool.hosts:
         if host.name == name:
