@@ -61,9 +61,13 @@ from cryptify.logs import LogFileService
 from cryptify.plugins._common import (
     ConfigOptions,
     ConfigUsageError,
+    Override,
+    config_option,
     fatal,
     lifecycle,
     load_or_usage,
+    log_dir_option,
+    notify_option,
 )
 from cryptify.protocols.mgmt import ManagementFactory
 from cryptify.protocols.tls import TLSConfigError, server_context_factory
@@ -110,6 +114,19 @@ def dev_crs_config(base: str) -> CrsConfig:
     return attrs.evolve(CrsConfig(), global_=g)
 
 
+#: The paths the command line of ``twistd crs`` and ``twistd crs-relay``
+#: may replace in crs.conf.
+CRS_OVERRIDES: tuple[Override, ...] = (
+    ("data-dir", ("global_", "data_dir")),
+    ("log-dir", ("global_", "log_dir")),
+    ("accounts-dir", ("global_", "accounts_dir")),
+    ("socket", ("global_", "management")),
+    ("relay-control", ("global_", "relay_control")),
+    ("control", ("global_", "relay_control")),
+    ("notify", ("global_", "notify")),
+)
+
+
 class Options(ConfigOptions):
     """Command-line options of ``twistd crs``."""
 
@@ -119,33 +136,19 @@ class Options(ConfigOptions):
         f"with built-in development settings, keeping its files under ./{DEV_DIR}."
     )
     optParameters = [
-        ["config", "c", None, "crs.conf (default: built-in development settings)"],
+        config_option("crs.conf"),
         ["local-config", "l", None, "crs-local.conf: instance name and db-backup"],
         ["data-dir", "d", None, "data directory (overrides crs.conf)"],
-        ["log-dir", None, None, "log directory (overrides crs.conf)"],
+        log_dir_option("crs.conf"),
         ["accounts-dir", None, None, "accounts directory (overrides crs.conf)"],
         ["socket", "s", None, "management socket (overrides crs.conf)"],
         ["relay-control", None, None, "relay control socket (overrides crs.conf)"],
-        ["notify", None, None, "notify script (overrides crs.conf; empty: none)"],
+        notify_option("crs.conf"),
     ]
 
     def postOptions(self) -> None:
-        if self["config"]:
-            cfg: CrsConfig = load_or_usage(load_crs_config, self["config"])
-        else:
-            cfg = dev_crs_config(DEV_DIR)
-        overrides: dict[str, Any] = {}
-        for option, field in (
-            ("data-dir", "data_dir"),
-            ("log-dir", "log_dir"),
-            ("accounts-dir", "accounts_dir"),
-            ("socket", "management"),
-            ("relay-control", "relay_control"),
-            ("notify", "notify"),
-        ):
-            if self[option] is not None:
-                overrides[field] = os.path.abspath(self[option]) if self[option] else ""
-        self["crs"] = attrs.evolve(cfg, global_=attrs.evolve(cfg.global_, **overrides))
+        cfg = self.load_config(load_crs_config, lambda: dev_crs_config(DEV_DIR))
+        self["crs"] = self.with_overrides(cfg, CRS_OVERRIDES)
         if self["local-config"]:
             local: CrsLocalConfig = load_or_usage(load_crs_local_config, self["local-config"])
         else:
