@@ -13,7 +13,7 @@ and the target is left as it was.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 
 #: What every temporary file's name starts with, so directory scanners can
@@ -38,9 +38,12 @@ def write_atomically(
         then untouched and no temporary file is left.
     """
     target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    name = os.path.basename(target)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{TEMP_PREFIX}{name}.", suffix=TEMP_SUFFIX)
+    directory, name = os.path.split(target)
+    # The temporary file is named relative to the target, never made
+    # absolute: inside another mount namespace an absolute path can reach
+    # the same directory through another mount, and rename(2) across mounts
+    # fails (EXDEV).
+    fd, tmp = _create_temporary(directory, name)
     try:
         try:
             os.fchmod(fd, mode)
@@ -60,3 +63,15 @@ def write_atomically(
         except FileNotFoundError:
             pass
         raise
+
+
+def _create_temporary(directory: str, name: str) -> tuple[int, str]:
+    """A new, empty, private file next to C{name} in C{directory}."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {os.path.join(directory, name)}")

@@ -91,3 +91,32 @@ class WriteAtomicallyTests(SynchronousTestCase):
         path = os.path.join(self.dir, "nowhere", "file")
         self.assertRaises(OSError, write_atomically, path, b"x", 0o600)
         self.assertEqual(os.listdir(self.dir), [])
+
+    def test_relative_target_relative_temporary(self) -> None:
+        """
+        A relative target gets a temporary file named relative to the same
+        directory, never an absolute path: in another mount namespace an
+        absolute path may reach the directory through another mount, where
+        the rename would fail with EXDEV.
+        """
+        renames: list[tuple[str, str]] = []
+        real_replace = os.replace
+
+        def replace(src: str, dst: str) -> None:
+            renames.append((src, dst))
+            real_replace(src, dst)
+
+        self.patch(os, "replace", replace)
+        old = os.getcwd()
+        os.chdir(self.dir)
+        try:
+            write_atomically("plain", b"p", 0o600)
+            os.mkdir("sub")
+            write_atomically(os.path.join("sub", "inner"), b"i", 0o600)
+        finally:
+            os.chdir(old)
+        [(src1, dst1), (src2, dst2)] = renames
+        self.assertEqual((os.path.dirname(src1), dst1), ("", "plain"))
+        self.assertEqual((os.path.dirname(src2), dst2), ("sub", os.path.join("sub", "inner")))
+        with open(os.path.join(self.dir, "sub", "inner"), "rb") as f:
+            self.assertEqual(f.read(), b"i")
