@@ -5,8 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DEBS := redis-server openssl
 TEST_DEBS := $(RUN_DEBS) sip-tester baresip kamailio rtpengine-daemon
+# Building the crs and cig packages, and proving them in a Debian root.
+PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv rpm rpmlint debootstrap iproute2
+# tests/packaging is slow (package builds, a debootstrap root): its own target.
+UNIT_TESTS = $(filter-out tests.packaging,$(subst /,.,$(patsubst %.py,%,$(patsubst %/__init__.py,%,$(wildcard tests/test_*.py tests/*/__init__.py)))))
 
-.PHONY: run test lint typecheck unit debs-run debs-test venv clean
+.PHONY: run test lint typecheck unit debs-run debs-test debs-packages packages test-packages venv clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +27,9 @@ debs-run:
 debs-test:
 	scripts/ensure-debs.sh $(TEST_DEBS)
 
+debs-packages:
+	scripts/ensure-debs.sh $(PACKAGE_DEBS)
+
 run: debs-run $(STAMP)
 	$(BIN)/python scripts/devrun.py
 
@@ -34,12 +41,20 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict cryptify
 
 unit: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/trial -j2 tests
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/trial -j2 $(UNIT_TESTS)
 
 test: debs-test $(STAMP)
 	$(MAKE) lint
 	$(MAKE) typecheck
 	$(MAKE) unit
+
+# crs and cig as .deb and .rpm in build/packages (docs/packaging.md).
+packages: debs-packages
+	packaging/build.sh build/packages
+
+# Build, install into a fresh Debian 12 root, run, upgrade (as root; slow).
+test-packages: debs-packages $(STAMP)
+	$(BIN)/trial tests.packaging
 
 clean:
 	rm -rf $(VENV) _trial_temp* run *.egg-info

@@ -27,6 +27,19 @@ SECRET_RISK = 0o077
 DATA_RISK = 0o022
 
 
+def read_at_most(fd: int, limit: int) -> bytes:
+    """Read from ``fd`` until its end or ``limit`` octets, in bounded pieces."""
+    chunks = []
+    remaining = limit
+    while remaining > 0:
+        chunk = os.read(fd, min(65536, remaining))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
 def write_secret_file(path: str | os.PathLike[str], data: bytes) -> None:
     """Write C{data} to C{path} with mode 0600, replacing it atomically."""
     try:
@@ -58,15 +71,7 @@ def read_secret_file(path: str | os.PathLike[str], max_size: int = MAX_SECRET_FI
             )
         if st.st_size > max_size:
             raise KeyFileError(f"{target} is too large to be a key file")
-        chunks = []
-        remaining = max_size + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(65536, remaining))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        data = b"".join(chunks)
+        data = read_at_most(fd, max_size + 1)
         if len(data) > max_size:
             raise KeyFileError(f"{target} is too large to be a key file")
         return data
@@ -129,15 +134,7 @@ def read_owned_file(
             new_mode = 0o600 if private else mode & ~DATA_RISK
             os.fchmod(fd, new_mode)
             repaired = Repaired(str(target), mode, new_mode)
-        chunks = []
-        remaining = max_size + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(65536, remaining))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        data = b"".join(chunks)
+        data = read_at_most(fd, max_size + 1)
         if len(data) > max_size:
             raise KeyFileError(f"{target} is too large (at most {max_size} octets)")
         return data, repaired

@@ -1,0 +1,1 @@
+"""Package builds proven on a fresh Debian root (`make test-packages`)."""
