@@ -286,7 +286,7 @@ def split(total: int, parts: int) -> list[int]:
 def run(args: argparse.Namespace) -> None:
     from cryptify.crypto.eccsi import EccsiKms
     from cryptify.crypto.identity import period_of
-    from cryptify.protocols.tls import generate_self_signed
+    from cryptify.tools.certs import generate_self_signed
 
     tmp = tempfile.mkdtemp(prefix="attach-bench-")
     cert, key = os.path.join(tmp, "crs.crt"), os.path.join(tmp, "crs.key")

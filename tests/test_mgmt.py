@@ -38,7 +38,7 @@ from cryptify.protocols.mgmt import (
     ensure_cookie,
     read_cookie,
 )
-from cryptify.protocols.mgmtcli import printable, render_table
+from cryptify.tools.mgmtcli import printable, render_table, write_table
 
 
 def pair(locator: amp.CommandLocator, cookie: str | None = None) -> tuple[Any, Any, Any]:
@@ -317,3 +317,44 @@ class CliTests(SynchronousTestCase):
         self.assertEqual(self.run_cig("frobnicate")[0], 2)
         self.assertEqual(self.run_cig("show", "calls")[0], 2)
         self.assertEqual(self.run_cig("read")[0], 2)
+
+    def test_both_clis_check_config_alike(self) -> None:
+        """
+        crs-cli check-config and cig-cli read check a file the same way: OK
+        and status 0 for a good one; for a broken one the FILE:LINE place on
+        stderr and status 1; a missing one is named, with status 1.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+
+        def write(name: str, text: str) -> str:
+            path = os.path.join(directory, name)
+            with open(path, "w") as f:
+                f.write(text)
+            return path
+
+        cases = (
+            (self.run_crs, "crs-cli", "check-config", "[GLOBAL]\nkey k\n", "[GLOBAL]\nlisten x\n"),
+            (self.run_cig, "cig-cli", "read", 'notify "/x";\n', "interfaces {\n  bogus;\n}\n"),
+        )
+        for run, prog, action, good, bad in cases:
+            self.assertEqual(run(action, write(f"{prog}-good", good)), (0, "OK\n", ""))
+            bad_path = write(f"{prog}-bad", bad)
+            status, out, err = run(action, bad_path)
+            self.assertEqual((status, out), (1, ""), prog)
+            self.assertTrue(err.startswith(f"{bad_path}:2:"), err)
+            missing = os.path.join(directory, "missing.conf")
+            status, out, err = run(action, missing)
+            self.assertEqual((status, out), (1, ""), prog)
+            self.assertIn(f"{missing}", err)
+            self.assertIn("No such file or directory", err)
+
+    def test_write_table(self) -> None:
+        """
+        Both CLIs print a management answer's table through write_table: the
+        rendered columns and rows, status 0.
+        """
+        out = io.StringIO()
+        answer = {"table": {"columns": ["A", "B"], "rows": [["1", "two"]]}}
+        self.assertEqual(write_table(out, answer), 0)
+        self.assertEqual(out.getvalue(), render_table(["A", "B"], [["1", "two"]]))

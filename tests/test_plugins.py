@@ -19,6 +19,7 @@ from cryptify.crs.redis.services import ManagedRedis
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.logs import LogFileService
 from cryptify.plugins import cig, cig_relay, crs, crs_relay
+from cryptify.plugins._common import evolve_at
 from cryptify.service import CallbackService, ListenService
 
 
@@ -182,3 +183,61 @@ class RelayAndCigOptionsTests(SynchronousTestCase):
         conf = write(self.mktemp(), "interfaces {\n  tel {\n    extension mop x;\n  }\n}\n")
         exc = self.assertRaises(usage.UsageError, cig.Options().parseOptions, ["--config", conf])
         self.assertIn(f"{conf}:3:", str(exc))
+
+
+class SharedOptionsTests(SynchronousTestCase):
+    """
+    The four programs read their file and take path overrides the same way
+    (L{cryptify.plugins._common.ConfigOptions}).
+    """
+
+    PROGRAMS = (
+        (crs.Options, "crs", ("global_", "log_dir"), ("global_", "notify")),
+        (crs_relay.Options, "crs", ("global_", "log_dir"), ("global_", "notify")),
+        (cig.Options, "cig", ("logging", "dir"), ("notify",)),
+        (cig_relay.Options, "cig", ("logging", "dir"), ("notify",)),
+    )
+
+    def test_same_paths_same_answers(self) -> None:
+        """
+        In every program a relative --log-dir becomes absolute and an empty
+        --notify means no script; an option left out keeps the file's value.
+        """
+        for make, key, log_dir, notify in self.PROGRAMS:
+            options = make()
+            options.parseOptions(["--log-dir", "logs", "--notify", ""])
+            cfg = options[key]
+            self.assertEqual(attrs_at(cfg, log_dir), os.path.abspath("logs"), make)
+            self.assertEqual(attrs_at(cfg, notify), "", make)
+            plain = make()
+            plain.parseOptions([])
+            self.assertEqual(attrs_at(plain[key], notify), "", make)
+            self.assertNotEqual(attrs_at(plain[key], log_dir), os.path.abspath("logs"), make)
+
+    def test_missing_file_in_every_program(self) -> None:
+        """
+        Every program answers a --config that cannot be read with a usage
+        error naming the file.
+        """
+        for make, _, _, _ in self.PROGRAMS:
+            exc = self.assertRaises(
+                usage.UsageError, make().parseOptions, ["--config", "/nonexistent/x.conf"]
+            )
+            self.assertIn("/nonexistent/x.conf", str(exc))
+
+    def test_evolve_at(self) -> None:
+        """
+        evolve_at replaces one nested attribute and leaves the rest, and
+        the original, as they were.
+        """
+        cfg = cig.dev_cig_config("base")
+        changed = evolve_at(cfg, ("management", "cookie"), "/c")
+        self.assertEqual(changed.management.cookie, "/c")
+        self.assertEqual(changed.management.socket, cfg.management.socket)
+        self.assertNotEqual(cfg.management.cookie, "/c")
+
+
+def attrs_at(obj: Any, where: tuple[str, ...]) -> Any:
+    for name in where:
+        obj = getattr(obj, name)
+    return obj

@@ -27,12 +27,12 @@ from cryptify.crs.relay.wiring import (
     RelayService,
     control_factory,
 )
+from cryptify.links.relay_link import RelayLink
 from cryptify.plugins.crs_relay import Options
 from cryptify.protocols.relay_control import (
     MAX_BATCH,
     BatchTooLarge,
     RelayAllocation,
-    RelayLink,
 )
 
 ALICE = ("198.51.100.10", 40000)

@@ -9,7 +9,7 @@ import os
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import FailTest, SynchronousTestCase
 
 from cryptify.protocols.sip.address import (
     parse_cseq,
@@ -30,7 +30,8 @@ from cryptify.protocols.sip.message import (
     response_to,
     stamp_received,
 )
-from tests.torture import TORTURE
+from tests import torture as torture_module
+from tests.torture import read_torture, torture_files
 
 #: RFC 4475 messages a UAS must accept (3.1.1, and those of 3.2-3.4 whose
 #: syntax is fine; their semantics are for the application).
@@ -90,11 +91,7 @@ INVALID = {
 
 
 def torture(name: str) -> bytes:
-    path = os.path.join(TORTURE, name + ".dat")
-    if not os.path.isdir(TORTURE):
-        raise SkipTest(f"RFC 4475 torture messages not found at {TORTURE}")
-    with open(path, "rb") as f:
-        return f.read()
+    return read_torture(name)
 
 
 def parse_and_check(data: bytes) -> Request | Response | None:
@@ -124,7 +121,6 @@ class TortureTests(SynchronousTestCase):
         Every invalid one raises L{SipParseError} with the right status; a
         request that can be answered carries its headers for the answer.
         """
-        torture(next(iter(INVALID)))  # skips clearly when the messages are absent
         for name, status in INVALID.items():
             with self.subTest(name=name):
                 with self.assertRaises(SipParseError) as caught:
@@ -135,17 +131,39 @@ class TortureTests(SynchronousTestCase):
                 parse_and_check(torture(name))
             self.assertIsNotNone(caught.exception.headers, name)
 
+    def test_missing_corpus_fails(self) -> None:
+        """
+        Without the corpus next to the checkout, a torture test fails with a
+        message naming the directory; it is not skipped.
+        """
+        missing = os.path.join(self.mktemp(), "rfc4475")
+        self.patch(torture_module, "TORTURE", missing)
+        with self.assertRaises(FailTest) as caught:
+            torture("wsinv")
+        self.assertIn(f"RFC 4475 torture messages not found at {missing}", str(caught.exception))
+        self.assertIn("../shared/sip-torture/rfc4475", str(caught.exception))
+        self.assertRaises(FailTest, torture_files)
+
+    def test_corpus_beside_checkout(self) -> None:
+        """
+        The corpus is looked for only in ../shared/sip-torture/rfc4475
+        relative to the checkout.
+        """
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.assertEqual(
+            torture_module.TORTURE,
+            os.path.join(os.path.dirname(checkout), "shared", "sip-torture", "rfc4475"),
+        )
+
     def test_every_file_only_parse_errors(self) -> None:
         """
         No torture message makes the parser raise anything else.
         """
-        torture("wsinv")
-        for name in sorted(os.listdir(TORTURE)):
-            with open(os.path.join(TORTURE, name), "rb") as f:
-                try:
-                    parse_and_check(f.read())
-                except SipParseError:
-                    pass
+        for _, data in torture_files():
+            try:
+                parse_and_check(data)
+            except SipParseError:
+                pass
 
     def test_wsinv_values(self) -> None:
         """

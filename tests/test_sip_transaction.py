@@ -5,7 +5,11 @@ L{cryptify.protocols.sip.dialog}, with time driven by a L{Clock}.
 
 from __future__ import annotations
 
+import itertools
+
 import attrs
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -13,11 +17,18 @@ from cryptify.protocols.sip.dialog import Dialog, dialog_id_of
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.message import Request, Response, parse_datagram, response_to
 from cryptify.protocols.sip.transaction import (
+    INVITE_CLIENT,
+    INVITE_SERVER,
+    NON_INVITE_CLIENT,
+    NON_INVITE_SERVER,
     T1,
     T2,
     T4,
+    IllegalTransition,
     ServerTransaction,
     TransactionLayer,
+    TxState,
+    advance,
     server_key,
 )
 
@@ -297,6 +308,164 @@ class ClientTransactionTests(LayerCase):
         self.clock.advance(T4)
         self.assertEqual(([r.status for r in responses], timeouts), ([200], []))
         self.assertEqual(self.layer.clients, {})
+
+
+class TransactionStateTests(LayerCase):
+    """
+    The transaction states are L{TxState} members that move only along the
+    RFC 3261 17.1/17.2 tables; anything else is refused.
+    """
+
+    TABLES = {
+        "INVITE server": INVITE_SERVER,
+        "non-INVITE server": NON_INVITE_SERVER,
+        "INVITE client": INVITE_CLIENT,
+        "non-INVITE client": NON_INVITE_CLIENT,
+    }
+
+    def test_every_state_can_end(self) -> None:
+        """
+        Every state of every kind can go to terminated (shutdown, transport
+        error), and terminated goes nowhere.
+        """
+        for kind, table in self.TABLES.items():
+            for state, targets in table.items():
+                if state is TxState.TERMINATED:
+                    self.assertEqual(targets, frozenset(), kind)
+                else:
+                    self.assertIn(TxState.TERMINATED, targets, (kind, state))
+
+    def test_illegal_moves_refused(self) -> None:
+        """
+        A move that is not in a table raises L{IllegalTransition} naming
+        the kind and both states: no way back from a final response, no
+        calling state on a server, no confirmed state on a client.
+        """
+        refused = [
+            ("INVITE server", TxState.COMPLETED, TxState.PROCEEDING),
+            ("INVITE server", TxState.ACCEPTED, TxState.COMPLETED),
+            ("INVITE server", TxState.PROCEEDING, TxState.CONFIRMED),
+            ("INVITE server", TxState.TERMINATED, TxState.PROCEEDING),
+            ("non-INVITE server", TxState.TRYING, TxState.ACCEPTED),
+            ("non-INVITE server", TxState.COMPLETED, TxState.CONFIRMED),
+            ("INVITE client", TxState.CALLING, TxState.CONFIRMED),
+            ("INVITE client", TxState.COMPLETED, TxState.ACCEPTED),
+            ("non-INVITE client", TxState.COMPLETED, TxState.PROCEEDING),
+            ("non-INVITE client", TxState.TRYING, TxState.CALLING),
+        ]
+        for kind, old, new in refused:
+            with self.assertRaises(IllegalTransition) as caught:
+                advance(kind, self.TABLES[kind], old, new)
+            self.assertEqual(
+                str(caught.exception), f"{kind} transaction cannot go from {old} to {new}"
+            )
+
+    def test_transaction_refuses_illegal_move(self) -> None:
+        """
+        A transaction asked to leave terminated raises and stays where it
+        was; its state is typed, not a bare string.
+        """
+        invite = request()
+        self.layer.receive(invite, self.channel)
+        tx = self.user.requests[0]
+        self.assertIs(tx.state, TxState.PROCEEDING)
+        tx.respond(response_to(invite.headers, 486, to_tag="b"))
+        self.assertIs(tx.state, TxState.COMPLETED)
+        self.assertRaises(IllegalTransition, tx._move, TxState.ACCEPTED)
+        self.assertIs(tx.state, TxState.COMPLETED)
+        self.clock.advance(64 * T1)
+        self.assertIs(tx.state, TxState.TERMINATED)
+        self.assertRaises(IllegalTransition, tx._move, TxState.PROCEEDING)
+        self.assertIs(tx.state, TxState.TERMINATED)
+
+    @given(
+        method=st.sampled_from(["INVITE", "OPTIONS"]),
+        reliable=st.booleans(),
+        events=st.lists(
+            st.one_of(
+                st.tuples(st.just("respond"), st.sampled_from([100, 180, 200, 302, 486, 503])),
+                st.tuples(st.just("ack"), st.just(0)),
+                st.tuples(st.just("again"), st.just(0)),
+                st.tuples(st.just("advance"), st.sampled_from([0, 1, 4, 16, 40])),
+            ),
+            max_size=12,
+        ),
+    )
+    def test_server_moves_stay_in_table(
+        self, method: str, reliable: bool, events: list[tuple[str, int]]
+    ) -> None:
+        """
+        Whatever order responses, ACKs, retransmissions and timers come in,
+        a server transaction only takes moves its table allows.
+        """
+        clock = Clock()
+        user = RecordingUser()
+        layer = TransactionLayer(clock, user)
+        channel = FakeChannel(reliable=reliable)
+        incoming = request(method)
+        layer.receive(incoming, channel)
+        tx = user.requests[0]
+        seen = [tx.state]
+        for event, value in events:
+            if event == "respond":
+                tx.respond(response_to(incoming.headers, value, to_tag="b"))
+            elif event == "ack":
+                ack = Request("ACK", incoming.uri, incoming.headers.set("CSeq", "1 ACK"))
+                layer.receive(ack, channel)
+            elif event == "again":
+                layer.receive(incoming, channel)
+            else:
+                clock.advance(value)
+            if tx.state is not seen[-1]:
+                seen.append(tx.state)
+        layer.stop()
+        self.assertIs(tx.state, TxState.TERMINATED)
+        seen.append(tx.state)
+        for old, new in itertools.pairwise(seen):
+            if old is new:
+                continue
+            self.assertIn(new, tx.transitions[old])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    @given(
+        method=st.sampled_from(["INVITE", "BYE"]),
+        reliable=st.booleans(),
+        events=st.lists(
+            st.one_of(
+                st.tuples(st.just("response"), st.sampled_from([100, 180, 200, 302, 486])),
+                st.tuples(st.just("advance"), st.sampled_from([0, 1, 4, 16, 40])),
+            ),
+            max_size=12,
+        ),
+    )
+    def test_client_moves_stay_in_table(
+        self, method: str, reliable: bool, events: list[tuple[str, int]]
+    ) -> None:
+        """
+        Whatever order responses and timers come in, a client transaction
+        only takes moves its table allows.
+        """
+        clock = Clock()
+        layer = TransactionLayer(clock, RecordingUser())
+        channel = FakeChannel(reliable=reliable)
+        outgoing = request(method, branch="z9hG4bKout")
+        tx = layer.request(outgoing, channel, lambda r: None, lambda: None)
+        seen = [tx.state]
+        for event, value in events:
+            if event == "response":
+                layer.receive(response(outgoing, value), channel)
+            else:
+                clock.advance(value)
+            if tx.state is not seen[-1]:
+                seen.append(tx.state)
+        layer.stop()
+        self.assertIs(tx.state, TxState.TERMINATED)
+        seen.append(tx.state)
+        for old, new in itertools.pairwise(seen):
+            if old is new:
+                continue
+            self.assertIn(new, tx.transitions[old])
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class DialogTests(SynchronousTestCase):

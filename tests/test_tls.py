@@ -1,5 +1,6 @@
 """
-Tests for L{cryptify.protocols.tls} and L{cryptify.protocols.tls_psk}.
+Tests for L{cryptify.protocols.tls}, L{cryptify.protocols.tls_psk} and
+L{cryptify.tools.certs}.
 
 Handshakes run in memory: two C{TLSMemoryBIOProtocol}s joined by an
 C{iosim} pump with a L{Clock}; no sockets, no global reactor.
@@ -29,8 +30,6 @@ from zope.interface import implementer
 from cryptify.protocols.tls import (
     TLSConfigError,
     client_context_factory,
-    ensure_self_signed,
-    generate_self_signed,
     server_context_factory,
 )
 from cryptify.protocols.tls_psk import (
@@ -38,6 +37,7 @@ from cryptify.protocols.tls_psk import (
     PskServerContextFactory,
     psk_supported,
 )
+from cryptify.tools.certs import ensure_self_signed, generate_self_signed
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))

@@ -188,6 +188,12 @@ class CodecTests(SynchronousTestCase):
             self.assertEqual(cbor_decode(cbor_encode(value)), value)
             self.assertEqual(cbor2.loads(cbor_encode(value)), value)
 
+    def test_base_uri(self) -> None:
+        """The one base_uri: an extension is cut off, a base URI stays as it is."""
+        self.assertEqual(umsg.base_uri("tel:+8888;101"), "tel:+8888")
+        self.assertEqual(umsg.base_uri("tel:+8888;1;2"), "tel:+8888")
+        self.assertEqual(umsg.base_uri("tel:+8888"), "tel:+8888")
+
     def test_signed_octets(self) -> None:
         """The attach signature covers a label, the nonce, account, URI and period."""
         self.assertEqual(

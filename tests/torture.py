@@ -1,4 +1,9 @@
-"""Where RFC 4475's SIP torture messages are (read in place, never copied)."""
+"""
+Where RFC 4475's SIP torture messages are: C{../shared/sip-torture/rfc4475}
+next to the checkout, read in place and never copied.  There is no other
+place to look: a test that needs them and does not find them fails, naming
+the directory, rather than being skipped.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +11,32 @@ import os
 import re
 
 import attrs
+from twisted.trial.unittest import FailTest
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CANDIDATES = (
-    os.environ.get("CRYPTIFY_SIP_TORTURE", ""),
-    os.path.join(os.path.dirname(_REPO), "shared", "sip-torture", "rfc4475"),
-    "/work/shared/sip-torture/rfc4475",
-)
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: The corpus, relative to the checkout.
+TORTURE = os.path.join(os.path.dirname(_CHECKOUT), "shared", "sip-torture", "rfc4475")
 
 
 def torture_dir() -> str:
-    """The first directory that holds them (the first candidate if none does)."""
-    for candidate in _CANDIDATES:
-        if candidate and os.path.isdir(candidate):
-            return candidate
-    return _CANDIDATES[1]
+    """L{TORTURE} if it is there; otherwise the test fails and says where to put it."""
+    if not os.path.isdir(TORTURE):
+        raise FailTest(
+            f"RFC 4475 torture messages not found at {TORTURE}: they belong in"
+            " ../shared/sip-torture/rfc4475 next to the checkout"
+        )
+    return TORTURE
 
 
-TORTURE = torture_dir()
+def torture_files() -> list[tuple[str, bytes]]:
+    """Every file of the corpus, by name, with its bytes."""
+    directory = torture_dir()
+    files = []
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name), "rb") as f:
+            files.append((name, f.read()))
+    return files
 
 
 #: Where an answer must arrive (RFC 3261 18.2.2, RFC 3581): "5060" and
@@ -105,7 +118,7 @@ TREATMENTS = {
 
 def read_torture(name: str) -> bytes:
     """The message C{name} (file name without .dat), as bytes."""
-    with open(os.path.join(TORTURE, name + ".dat"), "rb") as f:
+    with open(os.path.join(torture_dir(), name + ".dat"), "rb") as f:
         return f.read()
 
 

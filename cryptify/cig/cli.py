@@ -30,15 +30,16 @@ from twisted.python.failure import Failure
 
 from cryptify.protocols import cig_admin
 from cryptify.protocols.mgmt import ManagementClient, read_cookie
-from cryptify.protocols.mgmtcli import (
+from cryptify.tools.mgmtcli import (
     CONNECT_TIMEOUT,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     CliParser,
+    check_config_file,
     execute,
-    render_table,
     run_on_reactor,
+    write_table,
 )
 
 PROG = "cig-cli"
@@ -142,18 +143,9 @@ def check_action(words: Sequence[str]) -> None:
 
 def read_config(path: str, out: IO[str], err: IO[str]) -> int:
     """Validate a cig.conf without applying it: print OK or the error."""
-    from cryptify.config import ConfigError, load_cig_config
+    from cryptify.config import load_cig_config
 
-    try:
-        load_cig_config(path)
-    except ConfigError as exc:
-        err.write(f"{exc}\n")
-        return EXIT_FAILED
-    except OSError as exc:
-        err.write(f"{PROG}: cannot read {path}: {exc.strerror}\n")
-        return EXIT_FAILED
-    out.write("OK\n")
-    return EXIT_OK
+    return check_config_file(load_cig_config, path, out, err, PROG)
 
 
 def render_status(status: dict[str, Any]) -> str:
@@ -195,8 +187,7 @@ def remote_action(words: Sequence[str], out: IO[str], blob: str | None = None) -
 
     async def show(client: ManagementClient) -> int:
         command = cig_admin.ShowCall if words[1] == "call" else cig_admin.ShowUmsg
-        answer = await client.call(command)
-        out.write(render_table(answer["table"]["columns"], answer["table"]["rows"]))
+        write_table(out, await client.call(command))
         out.write("OK\n")
         return EXIT_OK
 

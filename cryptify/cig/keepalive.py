@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cryptify.addresses import is_wildcard
 from cryptify.protocols.sip.dialog import new_branch, new_tag
 from cryptify.protocols.sip.locate import Target, literal_target
 from cryptify.protocols.sip.message import Headers, Request, Response
@@ -102,7 +103,7 @@ class KeepAlive:
     def options(self, target: Target, channel: Channel) -> Request:
         """An OPTIONS request to C{target}'s server."""
         local = self.sif.config.sip.bind
-        local = local if local not in ("0.0.0.0", "::") else "127.0.0.1"
+        local = "127.0.0.1" if is_wildcard(local) else local
         headers = Headers(
             (
                 ("Via", self.sif.via(channel, local)),

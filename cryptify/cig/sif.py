@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cryptify.addresses import is_wildcard
 from cryptify.config.cig_model import CigConfig
 from cryptify.protocols.sip.address import parse_name_addr, parse_uri
 from cryptify.protocols.sip.dialog import Dialog, DialogId, dialog_id_of, new_branch, new_tag
@@ -44,6 +45,7 @@ from cryptify.protocols.sip.transaction import (
     Channel,
     ServerTransaction,
     TransactionLayer,
+    TxState,
 )
 
 from .calls import (
@@ -104,14 +106,14 @@ class SipCall:
             self.sif.calls.event(self.call, "trying")
 
     def ringing(self) -> None:
-        if self.ended or self.invite.state != "proceeding":
+        if self.ended or self.invite.state is not TxState.PROCEEDING:
             return
         self.sif.calls.set_state(self.call, CallState.RING)
         self.sif.calls.event(self.call, "ringing")
         self.invite.respond(self.sif.reply(self.invite.request, 180, self.local_tag))
 
     def answered(self) -> None:
-        if self.ended or self.invite.state != "proceeding":
+        if self.ended or self.invite.state is not TxState.PROCEEDING:
             return
         request = self.invite.request
         self._stop_timer()
@@ -127,7 +129,7 @@ class SipCall:
         self.invite.respond(self.sif.reply(request, 200, self.local_tag, body=self.answer))
 
     def rejected(self, status: int = 480) -> None:
-        if self.ended or self.invite.state != "proceeding":
+        if self.ended or self.invite.state is not TxState.PROCEEDING:
             return
         self._end(CallState.REJECT)
         status = status if 300 <= status <= 699 else 480
@@ -423,7 +425,7 @@ class Sif:
     def local_host(self, request: Request) -> str:
         """The address we advertise: C{bind}, or the one the PBX used."""
         bind = self.config.sip.bind
-        if bind not in ("0.0.0.0", "::"):
+        if not is_wildcard(bind):
             return bind
         try:
             return parse_uri(request.uri).host or "127.0.0.1"
@@ -561,7 +563,7 @@ class Sif:
             return
         tx.respond(response_to(tx.request.headers, 200))
         call = self.invites.get(invite.key)
-        if invite.state == "proceeding":
+        if invite.state is TxState.PROCEEDING:
             tag = call.local_tag if call is not None else new_tag()
             invite.respond(self.reply(invite.request, 487, tag))
             if call is not None:
@@ -663,9 +665,7 @@ class Sif:
         return self.outgoing.get(id(call))
 
     def _send_invite(self, call: Call, leg: TelLeg, port: int, channel: Channel) -> None:
-        local = (
-            self.config.sip.bind if self.config.sip.bind not in ("0.0.0.0", "::") else "127.0.0.1"
-        )
+        local = "127.0.0.1" if is_wildcard(self.config.sip.bind) else self.config.sip.bind
         offer = render_sdp(make_offer(local, port, str(int(self.clock.seconds()))))
         call_id = f"{new_tag()}{new_tag()}@{local}"
         contact = f"sip:{local}:{self.config.sip.port}" + (

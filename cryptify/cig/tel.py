@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from cryptify.client.calls import base_uri
+from cryptify.addresses import is_wildcard
 from cryptify.client.connection import ConnectionEnded, Event
 from cryptify.client.session import Answered, ClientSession, Disconnected, Incoming
 from cryptify.crypto import mikey
@@ -47,7 +47,7 @@ from cryptify.crypto.keymaterial import KeyMaterial
 from cryptify.crypto.replay import ReplayGuard
 from cryptify.protocols.bridge_control import BridgeAdd, BridgeRemove, BridgeUpdate
 from cryptify.protocols.sip.sdp import SdpError, chosen_codec, parse_sdp
-from cryptify.protocols.umsg import Message
+from cryptify.protocols.umsg import Message, base_uri
 
 from .calls import ENDED, Call, CallState, CallTable, TelLeg, TelSide
 from .route import TEL, Router, RouteRefused
@@ -71,7 +71,7 @@ class BadKeys(Exception):
 
 
 class BridgeLink(Protocol):
-    """The cig-relay control link (:class:`~cryptify.protocols.relay_control.RelayLink`)."""
+    """The cig-relay control link (:class:`~cryptify.links.relay_link.RelayLink`)."""
 
     def call(self, command: type[amp.Command], **kwargs: Any) -> Awaitable[dict[str, Any]]: ...
 
@@ -160,7 +160,7 @@ async def update_bridge(leg: Any) -> None:
     """Tell cig-relay where the PBX leg of a bridged call now is (after a
     re-INVITE).  An offer on hold (``c=0.0.0.0``) leaves the bridge as it is."""
     _, pbx = _pbx_leg(leg)
-    if pbx.host in ("0.0.0.0", "::"):
+    if is_wildcard(pbx.host):
         log.info("session {session}: PBX media on hold", session=leg.session)
         return
     await leg.tel.bridge.call(

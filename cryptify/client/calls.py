@@ -31,7 +31,7 @@ from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.identity import period_of, split_tel_identifier, tel_identifier
 from cryptify.crypto.keymaterial import KeyMaterial, PeriodKeys
 from cryptify.crypto.replay import ReplayGuard
-from cryptify.protocols.umsg import Message
+from cryptify.protocols.umsg import Message, base_uri
 
 #: Call states.
 INVITING = "inviting"
@@ -82,11 +82,6 @@ class CallEvent:
 
     kind: str
     call: Call
-
-
-def base_uri(uri: str) -> str:
-    """A URI without its extension (``tel:+8888;101`` -> ``tel:+8888``)."""
-    return uri.split(";", 1)[0]
 
 
 @attrs.define(eq=False)

@@ -27,7 +27,15 @@ from .cig_model import (
     UriMap,
     render_cig_config,
 )
-from .crs import (
+from .crs import load_crs_config, parse_crs_config, render_crs_config
+from .crs_local import (
+    CrsLocalConfig,
+    load_crs_local_config,
+    parse_crs_local_config,
+    pool_host_for,
+    render_crs_local_config,
+)
+from .crs_model import (
     AddressMap,
     Cps,
     CrsConfig,
@@ -37,16 +45,6 @@ from .crs import (
     Pool,
     PoolHost,
     RedisSettings,
-    load_crs_config,
-    parse_crs_config,
-    render_crs_config,
-)
-from .crs_local import (
-    CrsLocalConfig,
-    load_crs_local_config,
-    parse_crs_local_config,
-    pool_host_for,
-    render_crs_local_config,
 )
 from .iw_crs import (
     IwCrs,

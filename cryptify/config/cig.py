@@ -49,7 +49,7 @@ from .cig_model import (
     TranslateRule,
     UriMap,
 )
-from .crs import Endpoint
+from .crs_model import Endpoint
 from .patterns import PatternError, check_pattern
 
 _grammar = CigGrammar()

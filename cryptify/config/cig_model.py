@@ -7,7 +7,7 @@ from __future__ import annotations
 import attrs
 
 from ._base import quote
-from .crs import Endpoint
+from .crs_model import Endpoint
 from .patterns import expand_pattern, match_pattern, translate
 
 SIP_PORT = 5060

@@ -13,7 +13,8 @@ import attrs
 
 from ._base import ConfigError, Context, decode, read_config_file
 from ._lines import Args, LineGrammar, parse_lines
-from .crs import CrsConfig, PoolHost, check_name
+from .crs import check_name
+from .crs_model import CrsConfig, PoolHost
 
 DB_BACKUP_MODES = ("none", "replicate-from-peer", "read-from")
 USAGE = {"crsname": "NAME", "db-backup": "none|replicate-from-peer|read-from"}

@@ -50,6 +50,7 @@ from twisted.logger import Logger
 from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.securefile import DATA_RISK, Repaired, read_owned_file
 from cryptify.crypto.updatefile import UpdateFile, open_update_file, peek_account
+from cryptify.files import write_atomically
 
 log = Logger(namespace="cryptify.crs.accounts")
 
@@ -198,18 +199,6 @@ class Account:
         month = self.months.get(period)
         merged = set(self.blacklist) | (set(month.blacklist) if month else set())
         return sorted(merged)
-
-
-def _write_atomically(path: str, data: bytes, mode: int) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _log_repair(repaired: Repaired) -> None:
@@ -469,7 +458,7 @@ class AccountStore:
             raise AccountError(f"account {account_id} already exists")
         os.makedirs(self.directory, mode=0o750, exist_ok=True)
         os.mkdir(path, 0o750)
-        _write_atomically(os.path.join(path, SECRET_FILE), secret.encode("ascii") + b"\n", 0o600)
+        write_atomically(os.path.join(path, SECRET_FILE), secret.encode("ascii") + b"\n", 0o600)
         account = Account(account_id, path, secret)
         self.accounts[account_id] = account
         log.info("account {account} created", account=account_id)
@@ -533,7 +522,7 @@ class AccountStore:
             )
             doc = json.dumps(entry.to_json(account.id), indent=1, sort_keys=True)
             path = os.path.join(account.path, f"{month.period}.json")
-            _write_atomically(path, doc.encode("utf-8") + b"\n", 0o640)
+            write_atomically(path, doc.encode("utf-8") + b"\n", 0o640)
             months[month.period] = entry
         return attrs.evolve(account, months=months)
 
@@ -564,7 +553,7 @@ class AccountStore:
         else:
             raise AccountError(f"{uri} is not on the blacklist of {account_id}")
         text = "".join(f"{u}\n" for u in sorted(entries))
-        _write_atomically(os.path.join(account.path, BLACKLIST_FILE), text.encode(), 0o640)
+        write_atomically(os.path.join(account.path, BLACKLIST_FILE), text.encode(), 0o640)
         updated = attrs.evolve(account, blacklist=frozenset(entries))
         self.accounts[account_id] = updated
         return updated

@@ -18,6 +18,7 @@ from pathlib import Path
 import attrs
 
 from cryptify.crypto.errors import InsecurePermissions, KeyFileError
+from cryptify.files import write_atomically
 
 MAX_SECRET_FILE = 4 * 1024 * 1024
 #: Mode bits that must be clear on a file holding a secret: any group or other access.
@@ -41,26 +42,10 @@ def read_at_most(fd: int, limit: int) -> bytes:
 
 def write_secret_file(path: str | os.PathLike[str], data: bytes) -> None:
     """Write C{data} to C{path} with mode 0600, replacing it atomically."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
+        write_atomically(path, data, 0o600)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise KeyFileError(f"cannot write {target}: {e.strerror}") from None
+        raise KeyFileError(f"cannot write {Path(path)}: {e.strerror}") from None
 
 
 def read_secret_file(path: str | os.PathLike[str], max_size: int = MAX_SECRET_FILE) -> bytes:

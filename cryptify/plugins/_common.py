@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
@@ -20,6 +21,12 @@ log = Logger(namespace="cryptify.service")
 
 #: Exit status of ``twistd PLUGIN`` when a configuration file is not valid.
 EXIT_CONFIG = 1
+
+T = TypeVar("T")
+
+#: A command-line option that names a path, and where in the configuration
+#: object that path goes (attribute names, outermost first).
+Override = tuple[str, tuple[str, ...]]
 
 
 class ConfigUsageError(usage.UsageError):
@@ -38,6 +45,28 @@ def load_or_usage(loader: Any, path: str) -> Any:
         raise ConfigUsageError(f"cannot read {path}: {exc.strerror}") from exc
 
 
+def config_option(filename: str) -> list[Any]:
+    """The ``--config`` option of a program that reads C{filename}."""
+    return ["config", "c", None, f"{filename} (default: built-in development settings)"]
+
+
+def log_dir_option(filename: str) -> list[Any]:
+    """The ``--log-dir`` option."""
+    return ["log-dir", None, None, f"log directory (overrides {filename})"]
+
+
+def notify_option(filename: str) -> list[Any]:
+    """The ``--notify`` option."""
+    return ["notify", None, None, f"notify script (overrides {filename}; empty: none)"]
+
+
+def evolve_at(obj: T, where: Sequence[str], value: Any) -> T:
+    """C{obj} (a frozen attrs object) with the attribute at path C{where} replaced."""
+    head, *rest = where
+    new = value if not rest else evolve_at(getattr(obj, head), rest, value)
+    return attrs.evolve(obj, **{head: new})  # type: ignore[misc]
+
+
 class ConfigOptions(usage.Options):
     """Options of a twistd plugin that reads configuration files.
 
@@ -46,9 +75,32 @@ class ConfigOptions(usage.Options):
     (when these options have a parent) it is one line on stderr,
     ``FILE:LINE:COLUMN: problem``, and exit status 1.  Used on their own
     (tests, other programs) the options still raise the UsageError.
+
+    Every program reads its file the same way (L{load_config}) and lets the
+    command line replace the paths in it the same way (L{with_overrides}).
     """
 
     parent: usage.Options | None = None
+
+    def load_config(self, loader: Callable[[str], T], development: Callable[[], T]) -> T:
+        """The file ``--config`` names, parsed (any problem is a
+        L{ConfigUsageError} naming the place), or the development settings."""
+        if self["config"]:
+            loaded: T = load_or_usage(loader, self["config"])
+            return loaded
+        return development()
+
+    def with_overrides(self, cfg: T, overrides: Sequence[Override]) -> T:
+        """
+        C{cfg} with the path of every override option given on the command
+        line, made absolute; an empty value stays empty (none).  Options
+        this program does not have are skipped.
+        """
+        for option, where in overrides:
+            value = self.get(option)
+            if value is not None:
+                cfg = evolve_at(cfg, where, os.path.abspath(value) if value else "")
+        return cfg
 
     def parseOptions(self, options: Any = None) -> None:
         try:

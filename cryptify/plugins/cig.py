@@ -40,10 +40,17 @@ from cryptify.client.cli import session_maker, tls_connector
 from cryptify.config import CigConfig, load_cig_config
 from cryptify.config.crs import Endpoint
 from cryptify.events import Notifier
+from cryptify.links.relay_link import RelayLink
 from cryptify.logs import LogFileService
-from cryptify.plugins._common import ConfigOptions, lifecycle, load_or_usage
+from cryptify.plugins._common import (
+    ConfigOptions,
+    Override,
+    config_option,
+    lifecycle,
+    log_dir_option,
+    notify_option,
+)
 from cryptify.protocols.mgmt import CookieError, ManagementFactory, ensure_cookie
-from cryptify.protocols.relay_control import RelayLink
 from cryptify.protocols.sip.transport import (
     SipDatagramProtocol,
     SipStreamFactory,
@@ -99,6 +106,19 @@ def dev_cig_config(base: str) -> CigConfig:
     )
 
 
+#: The paths the command line of ``twistd cig`` and ``twistd cig-relay``
+#: may replace in cig.conf.
+CIG_OVERRIDES: tuple[Override, ...] = (
+    ("data-dir", ("crs", "keystore")),
+    ("log-dir", ("logging", "dir")),
+    ("socket", ("management", "socket")),
+    ("cookie", ("management", "cookie")),
+    ("relay-control", ("relay", "control")),
+    ("notify", ("notify",)),
+    ("crs-ca", ("crs", "ca")),
+)
+
+
 class Options(ConfigOptions):
     """Command-line options of ``twistd cig``."""
 
@@ -108,13 +128,13 @@ class Options(ConfigOptions):
         f"with built-in development settings, keeping its files under ./{DEV_DIR}."
     )
     optParameters = [
-        ["config", "c", None, "cig.conf (default: built-in development settings)"],
+        config_option("cig.conf"),
         ["data-dir", "d", None, "keystore directory (overrides cig.conf crs { keystore })"],
-        ["log-dir", None, None, "log directory (overrides cig.conf)"],
+        log_dir_option("cig.conf"),
         ["socket", "s", None, "management UNIX socket (overrides cig.conf)"],
         ["cookie", None, None, "management cookie file (overrides cig.conf)"],
         ["relay-control", None, None, "relay control socket (overrides cig.conf)"],
-        ["notify", None, None, "notify script (overrides cig.conf; empty: none)"],
+        notify_option("cig.conf"),
         ["crs-ca", None, None, "PEM file trusted for the CRS (overrides cig.conf crs { ca })"],
         [
             "sip-keepalive",
@@ -133,42 +153,10 @@ class Options(ConfigOptions):
     ]
 
     def postOptions(self) -> None:
-        if self["config"]:
-            cfg: CigConfig = load_or_usage(load_cig_config, self["config"])
-        else:
-            cfg = dev_cig_config(DEV_DIR)
-        self["cig"] = apply_overrides(cfg, self)
+        cfg = self.load_config(load_cig_config, lambda: dev_cig_config(DEV_DIR))
+        self["cig"] = self.with_overrides(cfg, CIG_OVERRIDES)
         if self["tel-stub"] not in TEL_STUB_MODES:
             raise usage.UsageError(f"--tel-stub: one of {', '.join(TEL_STUB_MODES)}")
-
-
-def _path(value: str) -> str:
-    return os.path.abspath(value) if value else ""
-
-
-def apply_overrides(cfg: CigConfig, options: Any) -> CigConfig:
-    """Command-line options win over cig.conf."""
-    if options.get("data-dir") is not None:
-        cfg = attrs.evolve(cfg, crs=attrs.evolve(cfg.crs, keystore=_path(options["data-dir"])))
-    if options.get("log-dir") is not None:
-        cfg = attrs.evolve(cfg, logging=attrs.evolve(cfg.logging, dir=_path(options["log-dir"])))
-    if options.get("socket") is not None:
-        cfg = attrs.evolve(
-            cfg, management=attrs.evolve(cfg.management, socket=_path(options["socket"]))
-        )
-    if options.get("cookie") is not None:
-        cfg = attrs.evolve(
-            cfg, management=attrs.evolve(cfg.management, cookie=_path(options["cookie"]))
-        )
-    if options.get("relay-control") is not None:
-        cfg = attrs.evolve(
-            cfg, relay=attrs.evolve(cfg.relay, control=_path(options["relay-control"]))
-        )
-    if options.get("notify") is not None:
-        cfg = attrs.evolve(cfg, notify=_path(options["notify"]))
-    if options.get("crs-ca") is not None:
-        cfg = attrs.evolve(cfg, crs=attrs.evolve(cfg.crs, ca=_path(options["crs-ca"])))
-    return cfg
 
 
 @implementer(IResolutionReceiver)

@@ -16,8 +16,14 @@ from cryptify.cig.relay import control_factory
 from cryptify.config import CigConfig, load_cig_config
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
-from cryptify.plugins._common import ConfigOptions, lifecycle, load_or_usage
-from cryptify.plugins.cig import DEV_DIR, MANAGEMENT_GROUP, apply_overrides, dev_cig_config
+from cryptify.plugins._common import (
+    ConfigOptions,
+    config_option,
+    lifecycle,
+    log_dir_option,
+    notify_option,
+)
+from cryptify.plugins.cig import CIG_OVERRIDES, DEV_DIR, MANAGEMENT_GROUP, dev_cig_config
 from cryptify.service import (
     ListenService,
     ProgramService,
@@ -33,18 +39,15 @@ class Options(ConfigOptions):
     synopsis = "[options]"
     longdesc = "Cryptify CIG media relay (cig-relay)."
     optParameters = [
-        ["config", "c", None, "cig.conf (default: built-in development settings)"],
-        ["log-dir", None, None, "log directory (overrides cig.conf)"],
+        config_option("cig.conf"),
+        log_dir_option("cig.conf"),
         ["relay-control", None, None, "control socket (overrides cig.conf)"],
-        ["notify", None, None, "notify script (overrides cig.conf; empty: none)"],
+        notify_option("cig.conf"),
     ]
 
     def postOptions(self) -> None:
-        if self["config"]:
-            cfg: CigConfig = load_or_usage(load_cig_config, self["config"])
-        else:
-            cfg = dev_cig_config(DEV_DIR)
-        self["cig"] = apply_overrides(cfg, self)
+        cfg = self.load_config(load_cig_config, lambda: dev_cig_config(DEV_DIR))
+        self["cig"] = self.with_overrides(cfg, CIG_OVERRIDES)
 
 
 def describe(cfg: CigConfig) -> list[str]:

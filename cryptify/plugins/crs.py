@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 from twisted.logger import Logger, globalLogPublisher
 
+from cryptify.addresses import is_wildcard
 from cryptify.config import (
     CrsConfig,
     CrsLocalConfig,
@@ -54,17 +55,21 @@ from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stor
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
 from cryptify.events import Notifier
+from cryptify.links.relay_link import RelayLink
 from cryptify.logs import LogFileService
 from cryptify.plugins._common import (
     ConfigOptions,
     ConfigUsageError,
+    Override,
+    config_option,
     fatal,
     lifecycle,
     load_or_usage,
+    log_dir_option,
+    notify_option,
 )
 from cryptify.protocols.mgmt import ManagementFactory
-from cryptify.protocols.relay_control import RelayLink
-from cryptify.protocols.tls import TLSConfigError, ensure_self_signed, server_context_factory
+from cryptify.protocols.tls import TLSConfigError, server_context_factory
 from cryptify.service import (
     CallbackService,
     ListenService,
@@ -75,6 +80,7 @@ from cryptify.service import (
     restrict_socket,
     unix_endpoint,
 )
+from cryptify.tools.certs import ensure_self_signed
 
 log = Logger(namespace="cryptify.crs")
 
@@ -107,6 +113,19 @@ def dev_crs_config(base: str) -> CrsConfig:
     return attrs.evolve(CrsConfig(), global_=g)
 
 
+#: The paths the command line of ``twistd crs`` and ``twistd crs-relay``
+#: may replace in crs.conf.
+CRS_OVERRIDES: tuple[Override, ...] = (
+    ("data-dir", ("global_", "data_dir")),
+    ("log-dir", ("global_", "log_dir")),
+    ("accounts-dir", ("global_", "accounts_dir")),
+    ("socket", ("global_", "management")),
+    ("relay-control", ("global_", "relay_control")),
+    ("control", ("global_", "relay_control")),
+    ("notify", ("global_", "notify")),
+)
+
+
 class Options(ConfigOptions):
     """Command-line options of ``twistd crs``."""
 
@@ -116,33 +135,19 @@ class Options(ConfigOptions):
         f"with built-in development settings, keeping its files under ./{DEV_DIR}."
     )
     optParameters = [
-        ["config", "c", None, "crs.conf (default: built-in development settings)"],
+        config_option("crs.conf"),
         ["local-config", "l", None, "crs-local.conf: instance name and db-backup"],
         ["data-dir", "d", None, "data directory (overrides crs.conf)"],
-        ["log-dir", None, None, "log directory (overrides crs.conf)"],
+        log_dir_option("crs.conf"),
         ["accounts-dir", None, None, "accounts directory (overrides crs.conf)"],
         ["socket", "s", None, "management socket (overrides crs.conf)"],
         ["relay-control", None, None, "relay control socket (overrides crs.conf)"],
-        ["notify", None, None, "notify script (overrides crs.conf; empty: none)"],
+        notify_option("crs.conf"),
     ]
 
     def postOptions(self) -> None:
-        if self["config"]:
-            cfg: CrsConfig = load_or_usage(load_crs_config, self["config"])
-        else:
-            cfg = dev_crs_config(DEV_DIR)
-        overrides: dict[str, Any] = {}
-        for option, field in (
-            ("data-dir", "data_dir"),
-            ("log-dir", "log_dir"),
-            ("accounts-dir", "accounts_dir"),
-            ("socket", "management"),
-            ("relay-control", "relay_control"),
-            ("notify", "notify"),
-        ):
-            if self[option] is not None:
-                overrides[field] = os.path.abspath(self[option]) if self[option] else ""
-        self["crs"] = attrs.evolve(cfg, global_=attrs.evolve(cfg.global_, **overrides))
+        cfg = self.load_config(load_crs_config, lambda: dev_crs_config(DEV_DIR))
+        self["crs"] = self.with_overrides(cfg, CRS_OVERRIDES)
         if self["local-config"]:
             local: CrsLocalConfig = load_or_usage(load_crs_local_config, self["local-config"])
         else:
@@ -160,7 +165,7 @@ class Options(ConfigOptions):
 def media_host(cfg: CrsConfig, name: str) -> str:
     """The address clients send relayed media to."""
     relay_host = cfg.global_.relay.host
-    if relay_host not in ("0.0.0.0", "::"):
+    if not is_wildcard(relay_host):
         return relay_host
     for host in cfg.pool.hosts:
         if host.name == name:

@@ -11,10 +11,8 @@ port, the control socket.  Session expiry is set on the command line
 from __future__ import annotations
 
 import gc
-import os
 from typing import Any
 
-import attrs
 from twisted.python import usage
 
 from cryptify.config import CrsConfig, load_crs_config
@@ -22,8 +20,14 @@ from cryptify.crs.relay.core import IDLE_TIMEOUT, OWNER_GRACE, REBIND_AFTER, Rel
 from cryptify.crs.relay.wiring import RelayService, control_factory
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
-from cryptify.plugins._common import ConfigOptions, lifecycle, load_or_usage
-from cryptify.plugins.crs import DEV_DIR, dev_crs_config
+from cryptify.plugins._common import (
+    ConfigOptions,
+    config_option,
+    lifecycle,
+    log_dir_option,
+    notify_option,
+)
+from cryptify.plugins.crs import CRS_OVERRIDES, DEV_DIR, dev_crs_config
 from cryptify.service import (
     CallbackService,
     ListenService,
@@ -40,10 +44,10 @@ class Options(ConfigOptions):
     synopsis = "[options]"
     longdesc = "Cryptify CRS media relay (crs_relay)."
     optParameters = [
-        ["config", "c", None, "crs.conf (default: built-in development settings)"],
-        ["log-dir", None, None, "log directory (overrides crs.conf)"],
+        config_option("crs.conf"),
+        log_dir_option("crs.conf"),
         ["control", None, None, "control socket (overrides crs.conf relay-control)"],
-        ["notify", None, None, "notify script (overrides crs.conf; empty: none)"],
+        notify_option("crs.conf"),
         [
             "idle-timeout",
             None,
@@ -63,19 +67,8 @@ class Options(ConfigOptions):
     ]
 
     def postOptions(self) -> None:
-        if self["config"]:
-            cfg: CrsConfig = load_or_usage(load_crs_config, self["config"])
-        else:
-            cfg = dev_crs_config(DEV_DIR)
-        overrides: dict[str, Any] = {}
-        for option, field in (
-            ("log-dir", "log_dir"),
-            ("control", "relay_control"),
-            ("notify", "notify"),
-        ):
-            if self[option] is not None:
-                overrides[field] = os.path.abspath(self[option]) if self[option] else ""
-        self["crs"] = attrs.evolve(cfg, global_=attrs.evolve(cfg.global_, **overrides))
+        cfg = self.load_config(load_crs_config, lambda: dev_crs_config(DEV_DIR))
+        self["crs"] = self.with_overrides(cfg, CRS_OVERRIDES)
         if self["media-io"] not in ("mmsg", "reader", "twisted"):
             raise usage.UsageError("--media-io is mmsg, reader or twisted")
         for option in ("idle-timeout", "grace", "rebind-after"):

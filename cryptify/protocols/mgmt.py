@@ -41,6 +41,8 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from cryptify.files import write_atomically
+
 log = Logger(namespace="cryptify.mgmt")
 
 #: Size of a generated management cookie, in bytes of randomness.
@@ -394,19 +396,15 @@ def ensure_cookie(path: str, group: str | None = None) -> str:
             raise
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o750, exist_ok=True)
     cookie = secrets.token_hex(COOKIE_BYTES)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    try:
-        os.write(fd, cookie.encode("ascii") + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if group:
-        import grp
 
-        try:
-            os.chown(tmp, -1, grp.getgrnam(group).gr_gid)
-        except (KeyError, PermissionError):
-            log.info("cookie {path} keeps the service's own group", path=path)
-    os.replace(tmp, path)
+    def give_to_group(fd: int) -> None:
+        if group:
+            import grp
+
+            try:
+                os.fchown(fd, -1, grp.getgrnam(group).gr_gid)
+            except (KeyError, PermissionError):
+                log.info("cookie {path} keeps the service's own group", path=path)
+
+    write_atomically(path, cookie.encode("ascii") + b"\n", 0o640, prepare=give_to_group)
     return cookie

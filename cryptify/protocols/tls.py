@@ -1,6 +1,7 @@
 """
 TLS with certificates: context factories for the client listener and the
-reference client, and a self-signed certificate for development.
+reference client.  The development certificate is made by
+L{cryptify.tools.certs}.
 
 The client listener (5223 by default) serves TLS 1.2 and 1.3 only, with
 forward-secret AEAD cipher suites.  Everything here reads files at
@@ -14,18 +15,14 @@ L{cryptify.protocols.tls_psk}.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import os
-import tempfile
-from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, cast
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
@@ -53,8 +50,6 @@ __all__ = [
     "CertificateServerContextFactory",
     "TLSConfigError",
     "client_context_factory",
-    "ensure_self_signed",
-    "generate_self_signed",
     "server_context_factory",
 ]
 
@@ -65,18 +60,10 @@ SigningKey = (
     | ed448.Ed448PrivateKey
 )
 
-DAY = datetime.timedelta(days=1)
-
 #: TLS 1.2 suites we accept: ECDHE key exchange with an AEAD cipher only (no
 #: CBC, no static RSA, no SHA-1 MACs).  TLS 1.3 suites are all AEAD and keep
 #: OpenSSL's defaults.
 MODERN_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!PSK:!SRP:!DSS"
-
-#: Validity of a generated development certificate.
-SELF_SIGNED_VALIDITY = 825 * DAY
-
-#: L{ensure_self_signed} replaces a pair that expires sooner than this.
-RENEW_BEFORE = 30 * DAY
 
 _SERVER_OPTIONS = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
 
@@ -130,7 +117,7 @@ def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
     )
 
 
-def _load_pair(
+def load_pair(
     cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]
 ) -> tuple[list[x509.Certificate], SigningKey]:
     """
@@ -186,7 +173,7 @@ def server_context_factory(
     @raise TLSConfigError: a file is missing, unreadable or not PEM, or the
         key does not match the certificate.
     """
-    chain, key = _load_pair(cert_path, key_path)
+    chain, key = load_pair(cert_path, key_path)
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(_SERVER_OPTIONS)
@@ -286,147 +273,3 @@ def client_context_factory(
             ),
         },
     )
-
-
-# -- self-signed pair ---------------------------------------------------------
-
-
-def _write_atomically(path: str | os.PathLike[str], data: bytes, mode: int) -> None:
-    """
-    Write C{data} to C{path} so that readers see the old file or the whole new
-    one, never a partial one; the file has C{mode} from its creation on.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pem")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def generate_self_signed(
-    cert_path: str | os.PathLike[str],
-    key_path: str | os.PathLike[str],
-    hostnames: Sequence[str] = ("localhost",),
-    ips: Sequence[str] = ("127.0.0.1",),
-    *,
-    now: datetime.datetime | None = None,
-    validity: datetime.timedelta = SELF_SIGNED_VALIDITY,
-) -> None:
-    """
-    Write a new self-signed certificate (EC P-256, ECDSA-SHA256) for
-    C{hostnames} and C{ips} as subject alternative names.
-
-    The key file is written first, mode 0600, then the certificate (0644),
-    each by atomic rename.
-    """
-    if not hostnames and not ips:
-        raise ValueError("a certificate needs at least one host name or IP address")
-    when = now if now is not None else datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    common_name = hostnames[0] if hostnames else ips[0]
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cryptify development"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-    san: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
-    san += [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(when - datetime.timedelta(minutes=5))
-        .not_valid_after(when + validity)
-        .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    _write_atomically(key_path, key_pem, 0o600)
-    _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    log.info(
-        "TLS: wrote self-signed certificate {cert_path} for {names}",
-        cert_path=os.fspath(cert_path),
-        names=", ".join([*hostnames, *ips]),
-    )
-
-
-def _covers(cert: x509.Certificate, hostnames: Iterable[str], ips: Iterable[str]) -> bool:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
-    dns = set(san.get_values_for_type(x509.DNSName))
-    addresses = set(san.get_values_for_type(x509.IPAddress))
-    return set(hostnames) <= dns and {ipaddress.ip_address(a) for a in ips} <= addresses
-
-
-def ensure_self_signed(
-    cert_path: str | os.PathLike[str],
-    key_path: str | os.PathLike[str],
-    hostnames: Sequence[str] = ("localhost",),
-    ips: Sequence[str] = ("127.0.0.1",),
-    *,
-    now: datetime.datetime | None = None,
-) -> bool:
-    """
-    Keep an existing usable pair, otherwise generate one.
-
-    A pair is kept when both files load, belong together, the certificate
-    names every host and address asked for, and it is valid now and for at
-    least L{RENEW_BEFORE} more.
-
-    @return: L{True} if a new pair was written.
-    """
-    when = now if now is not None else datetime.datetime.now(datetime.UTC)
-    try:
-        chain, _ = _load_pair(cert_path, key_path)
-    except TLSConfigError as e:
-        log.info("TLS: generating a development certificate: {reason}", reason=str(e))
-    else:
-        leaf = chain[0]
-        if (
-            leaf.not_valid_before_utc <= when
-            and when + RENEW_BEFORE < leaf.not_valid_after_utc
-            and _covers(leaf, hostnames, ips)
-        ):
-            return False
-        log.info(
-            "TLS: replacing development certificate {cert_path}: expiring or names changed",
-            cert_path=os.fspath(cert_path),
-        )
-    generate_self_signed(cert_path, key_path, hostnames, ips, now=when)
-    return True

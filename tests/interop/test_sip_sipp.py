@@ -25,7 +25,7 @@ from tests.interop._procs import (
     tcp_answers,
     wait_for,
 )
-from tests.torture import TORTURE
+from tests.torture import torture_files
 
 CONF = """
 map sip2tel {{
@@ -471,11 +471,9 @@ class MalformedTests(SippCase):
             statuses = [m.status for m in map(parse_datagram, replies) if isinstance(m, Response)]
             expected = EXPECTED[name]
             self.assertEqual(statuses, [expected] if expected else [], name)
-        if os.path.isdir(TORTURE):
-            for name in sorted(os.listdir(TORTURE)):
-                with open(os.path.join(TORTURE, name), "rb") as f:
-                    self.client.send(f.read())
-            self.client.replies(0.5)
+        for _, data in torture_files():
+            self.client.send(data)
+        self.client.replies(0.5)
         for i in range(300):
             self.client.send(
                 malformed(self.client.port)[0][1].replace(b"mal0", f"flood{i}".encode())
@@ -500,13 +498,10 @@ class MalformedTests(SippCase):
         Each RFC 4475 message (read from the shared directory) sent alone
         gets an answer that is a provisional, a 200, an error, or nothing.
         """
-        if not os.path.isdir(TORTURE):
-            raise SkipTest(f"RFC 4475 torture messages not found at {TORTURE}")
-        for name in sorted(os.listdir(TORTURE)):
-            with open(os.path.join(TORTURE, name), "rb") as f:
-                self.client.send(f.read())
-            for data in self.client.replies(0.15):
-                message = parse_datagram(data)
+        for name, data in torture_files():
+            self.client.send(data)
+            for reply in self.client.replies(0.15):
+                message = parse_datagram(reply)
                 self.assertIsInstance(message, Response, name)
         self.assertEqual(self.client.options(), 200)
 

@@ -19,7 +19,7 @@ import select
 import socket
 import time
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.message import Request, Response, parse_datagram
@@ -28,11 +28,11 @@ from tests.interop._netns import NetNamespace
 from tests.interop._procs import Twistd, short_tempdir, wait_for
 from tests.torture import (
     SAME_TRANSACTION_AS_EARLIER,
-    TORTURE,
     TORTURE_MAPS,
     TREATMENTS,
     call_id_of,
     read_torture,
+    torture_dir,
 )
 
 SIP_PORT = 15060
@@ -77,8 +77,7 @@ class TortureTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        if not os.path.isdir(TORTURE):
-            raise SkipTest(f"RFC 4475 torture messages not found at {TORTURE}")
+        torture_dir()
         self.dir = short_tempdir(self)
         self.ns = NetNamespace(self, self.dir)
         self.sockets: dict[str, socket.socket] = {}

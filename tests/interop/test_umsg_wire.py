@@ -22,8 +22,9 @@ from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgServerFactory
 from cryptify.crs.objects.wiring import install as install_objects
 from cryptify.crypto.identity import period_of
-from cryptify.protocols.tls import generate_self_signed, server_context_factory
+from cryptify.protocols.tls import server_context_factory
 from cryptify.protocols.umsg import attach_signed_octets
+from cryptify.tools.certs import generate_self_signed
 from tests.fakes import FakeAccount, FakeAccounts, FakeObjects, signer
 from tests.interop._ws import available as websockets_available
 from tests.interop._ws import ws_connect

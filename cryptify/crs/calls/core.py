@@ -48,7 +48,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from cryptify.crs.trace import TraceHub
-from cryptify.protocols.umsg import Message, message
+from cryptify.protocols.umsg import Message, base_uri, message
 
 log = Logger(namespace="cryptify.crs.session")
 
@@ -74,11 +74,6 @@ TALK = "talk"
 CALLER = "caller"
 CALLEE = "callee"
 CRS = "crs"
-
-
-def base_uri(uri: str) -> str:
-    """``tel:+8888;101`` -> ``tel:+8888`` (extensions route with their base)."""
-    return uri.split(";", 1)[0]
 
 
 @attrs.frozen

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from cryptify.addresses import is_wildcard
 from cryptify.crs.attach.core import AttachCore, AttachSession
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.calls.core import RelayLegs, SessionTable
@@ -116,7 +117,7 @@ class LinkRelayAllocator:
     def _legs(self, session: str, allocation: RelayAllocation) -> RelayLegs:
         self.numbers[session] = allocation.session
         host = allocation.host
-        if host in ("0.0.0.0", "::", ""):
+        if not host or is_wildcard(host):
             host = self.public_host
         return RelayLegs(host, allocation.port, allocation.tag_a, allocation.tag_b)
 

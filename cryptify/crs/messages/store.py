@@ -50,8 +50,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cryptify.crs.calls.core import base_uri
 from cryptify.crs.redis.batch import BatchFailed, ScriptBatch
+from cryptify.protocols.umsg import base_uri
 
 log = Logger(namespace="cryptify.crs.message")
 

@@ -44,12 +44,11 @@ from twisted.python.failure import Failure
 
 from cryptify.crs.attach.core import AttachCore, AttachSession
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
-from cryptify.crs.calls.core import base_uri
 from cryptify.crs.messages.store import MessageRefused, MessageStore, Posted, Stored, retry_scope
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.redis.batch import transient
 from cryptify.crs.trace import TraceHub
-from cryptify.protocols.umsg import message
+from cryptify.protocols.umsg import base_uri, message
 
 log = Logger(namespace="cryptify.crs.message")
 

@@ -19,16 +19,17 @@ from typing import IO, Any
 from cryptify import __version__
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import ManagementClient
-from cryptify.protocols.mgmtcli import (
+from cryptify.service import unix_endpoint
+from cryptify.tools.mgmtcli import (
     CONNECT_TIMEOUT,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     CliParser,
-    render_table,
+    check_config_file,
     run_remote,
+    write_table,
 )
-from cryptify.service import unix_endpoint
 
 PROG = "crs-cli"
 DEFAULT_SOCKET = "/run/crs/crs.sock"
@@ -182,25 +183,9 @@ def shared_secret(bits: int | None = None, nbytes: int | None = None) -> str:
 
 def check_config(path: str, out: IO[str], err: IO[str]) -> int:
     """Validate a crs.conf without applying it: print OK or the error."""
-    from cryptify.config import ConfigError, load_crs_config
+    from cryptify.config import load_crs_config
 
-    try:
-        cfg = load_crs_config(path)
-    except ConfigError as exc:
-        err.write(f"{exc}\n")
-        return EXIT_FAILED
-    except OSError as exc:
-        err.write(f"{PROG}: cannot read {path}: {exc.strerror}\n")
-        return EXIT_FAILED
-    err.writelines(f"{warning}\n" for warning in cfg.warnings)
-    out.write("OK\n")
-    return EXIT_OK
-
-
-def _table(out: IO[str], answer: dict[str, Any]) -> int:
-    table = answer["table"]
-    out.write(render_table(table["columns"], table["rows"]))
-    return EXIT_OK
+    return check_config_file(load_crs_config, path, out, err, PROG)
 
 
 def remote_action(
@@ -244,7 +229,7 @@ def remote_action(
                 ),
             }
             command, kwargs = commands[str(element)]
-            return _table(out, await client.call(command, **kwargs))
+            return write_table(out, await client.call(command, **kwargs))
         if action == "create":
             secret = args.secret or shared_secret(args.bits, args.bytes)
             answer = await client.call(crs_admin.CreateAccount, account=args.id, secret=secret)

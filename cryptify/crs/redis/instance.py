@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import os
 import secrets
 from pathlib import Path
 
 import attrs
+
+from cryptify.files import write_atomically
 
 HIGH = "redis_high"
 LOW = "redis_low"
@@ -164,16 +165,6 @@ def render_conf(instance: RedisInstance) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write C{text} to C{path} atomically, readable by the owner only."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def load_password(data_dir: Path | str, name: str) -> str:
     """
     The password of instance C{name}: read from its directory under
@@ -188,7 +179,7 @@ def load_password(data_dir: Path | str, name: str) -> str:
         password = ""
     if not password:
         password = secrets.token_urlsafe(32)
-        _write_private(path, password + "\n")
+        write_atomically(path, (password + "\n").encode(), 0o600)
     return password
 
 
@@ -196,5 +187,5 @@ def write_conf(instance: RedisInstance) -> Path:
     """Write C{instance}'s redis.conf (mode 0600) and create its directories."""
     instance.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     instance.log_dir.mkdir(parents=True, exist_ok=True)
-    _write_private(instance.conf_path, render_conf(instance))
+    write_atomically(instance.conf_path, render_conf(instance).encode(), 0o600)
     return instance.conf_path

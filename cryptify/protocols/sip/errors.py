@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .message import Headers
+    from .headers import Headers
 
 
 class SipParseError(ValueError):

@@ -11,7 +11,8 @@ What the parser accepts:
  - header names in any case and compact form (C{v}, C{f}, C{t}, C{i},
    C{m}, C{l}, C{c}, C{k}, C{s}, C{e}, ...), white space before the colon,
    values folded over several lines (unfolded to one space);
- - several values per line in the list-valued headers (L{Headers.values});
+ - several values per line in the list-valued headers (L{Headers.values},
+   in L{cryptify.protocols.sip.headers});
  - Content-Length: a single non-negative integer. On UDP a missing one
    means "the rest of the datagram", a shorter body is an error and extra
    octets are dropped (RFC 3261 18.3); on a stream it frames the message.
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
 
 import attrs
 
@@ -44,6 +44,26 @@ from .address import (
     split_top,
 )
 from .errors import SipParseError
+from .headers import SINGLE_HEADERS, Headers, canonical
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_HEADER_FIELDS",
+    "MAX_MESSAGE_BYTES",
+    "REASONS",
+    "SIP_VERSION",
+    "Headers",
+    "Message",
+    "Request",
+    "Response",
+    "StreamParser",
+    "check_request",
+    "check_response",
+    "parse_datagram",
+    "reason_phrase",
+    "response_to",
+    "stamp_received",
+]
 
 SIP_VERSION = "SIP/2.0"
 #: Largest message (head and body) accepted, in bytes.
@@ -53,181 +73,8 @@ MAX_HEADER_FIELDS = 128
 #: Largest Content-Length accepted.
 MAX_BODY_BYTES = MAX_MESSAGE_BYTES
 
-COMPACT = {
-    "a": "Accept-Contact",
-    "b": "Referred-By",
-    "c": "Content-Type",
-    "d": "Request-Disposition",
-    "e": "Content-Encoding",
-    "f": "From",
-    "i": "Call-ID",
-    "j": "Reject-Contact",
-    "k": "Supported",
-    "l": "Content-Length",
-    "m": "Contact",
-    "n": "Identity-Info",
-    "o": "Event",
-    "r": "Refer-To",
-    "s": "Subject",
-    "t": "To",
-    "u": "Allow-Events",
-    "v": "Via",
-    "x": "Session-Expires",
-    "y": "Identity",
-}
-_KNOWN = [
-    "Accept",
-    "Accept-Encoding",
-    "Accept-Language",
-    "Alert-Info",
-    "Allow",
-    "Authorization",
-    "Call-ID",
-    "Call-Info",
-    "Contact",
-    "Content-Disposition",
-    "Content-Encoding",
-    "Content-Language",
-    "Content-Length",
-    "Content-Type",
-    "CSeq",
-    "Date",
-    "Error-Info",
-    "Expires",
-    "From",
-    "In-Reply-To",
-    "Max-Forwards",
-    "MIME-Version",
-    "Min-Expires",
-    "Organization",
-    "Priority",
-    "Proxy-Authenticate",
-    "Proxy-Authorization",
-    "Proxy-Require",
-    "Record-Route",
-    "Reply-To",
-    "Require",
-    "Retry-After",
-    "Route",
-    "Server",
-    "Subject",
-    "Supported",
-    "Timestamp",
-    "To",
-    "Unsupported",
-    "User-Agent",
-    "Via",
-    "Warning",
-    "WWW-Authenticate",
-    *COMPACT.values(),
-]
-CANONICAL = {name.lower(): name for name in _KNOWN}
-#: Headers whose values may be listed with commas on one line.
-LIST_HEADERS = frozenset(
-    name.lower()
-    for name in (
-        "Accept",
-        "Accept-Encoding",
-        "Accept-Language",
-        "Alert-Info",
-        "Allow",
-        "Allow-Events",
-        "Call-Info",
-        "Contact",
-        "Content-Encoding",
-        "Content-Language",
-        "Error-Info",
-        "In-Reply-To",
-        "Proxy-Require",
-        "Record-Route",
-        "Require",
-        "Route",
-        "Supported",
-        "Unsupported",
-        "Via",
-        "Warning",
-    )
-)
-#: Headers a message may carry only once.
-SINGLE_HEADERS = ("To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Type")
 _VERSION = re.compile(r"SIP/([0-9]+)\.([0-9]+)", re.IGNORECASE)
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
-
-
-def canonical(name: str) -> str:
-    """The usual spelling of a header name (compact forms expanded)."""
-    lower = name.lower()
-    if lower in COMPACT:
-        return COMPACT[lower]
-    return CANONICAL.get(lower, name)
-
-
-@attrs.frozen
-class Headers:
-    """
-    Header fields in order, names in their usual spelling. Lookups ignore
-    case; list-valued headers split on top-level commas in L{values}.
-    """
-
-    items: tuple[tuple[str, str], ...] = ()
-    _index: dict[str, list[str]] = attrs.field(init=False, eq=False, repr=False)
-
-    def __attrs_post_init__(self) -> None:
-        index: dict[str, list[str]] = {}
-        for n, v in self.items:
-            index.setdefault(n.lower(), []).append(v)
-        object.__setattr__(self, "_index", index)
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self.items)
-
-    def get_all(self, name: str) -> list[str]:
-        """Every field value of C{name}, one per header line."""
-        return list(self._index.get(canonical(name).lower(), ()))
-
-    def get(self, name: str) -> str | None:
-        """The first field value of C{name}."""
-        found = self.get_all(name)
-        return found[0] if found else None
-
-    def values(self, name: str) -> list[str]:
-        """Every value of C{name}, splitting comma lists of list headers."""
-        out: list[str] = []
-        split = canonical(name).lower() in LIST_HEADERS
-        for value in self.get_all(name):
-            parts = split_top(value, ",") if split else [value]
-            out.extend(p.strip(" \t") for p in parts if p.strip(" \t"))
-        return out
-
-    def count(self, name: str) -> int:
-        """How many header lines C{name} has."""
-        return len(self.get_all(name))
-
-    def without(self, name: str) -> Headers:
-        """These headers without C{name}."""
-        key = canonical(name).lower()
-        return Headers(tuple((n, v) for n, v in self.items if n.lower() != key))
-
-    def add(self, name: str, value: str, first: bool = False) -> Headers:
-        """These headers with one more line, at the end or at the top."""
-        item = (canonical(name), value)
-        return Headers((item, *self.items) if first else (*self.items, item))
-
-    def set(self, name: str, value: str) -> Headers:
-        """These headers with C{name} replaced (in place of its first line)."""
-        key = canonical(name).lower()
-        out: list[tuple[str, str]] = []
-        done = False
-        for n, v in self.items:
-            if n.lower() == key:
-                if not done:
-                    out.append((canonical(name), value))
-                    done = True
-                continue
-            out.append((n, v))
-        if not done:
-            out.append((canonical(name), value))
-        return Headers(tuple(out))
 
 
 # Header values repeat over a call's messages and are read several times
@@ -276,7 +123,7 @@ class Request(_Common):
 
     method: str
     uri: str
-    headers: Headers = Headers()
+    headers: Headers = attrs.field(factory=Headers)
     body: bytes = b""
 
     def to_bytes(self) -> bytes:
@@ -291,7 +138,7 @@ class Response(_Common):
 
     status: int
     reason: str
-    headers: Headers = Headers()
+    headers: Headers = attrs.field(factory=Headers)
     body: bytes = b""
 
     def to_bytes(self) -> bytes:

@@ -26,11 +26,18 @@ Client transactions (a request we send):
 
 On reliable transports (TCP) nothing is resent and the waiting timers
 (D, I, J, K) are zero.
+
+Every transaction may also end at once (shutdown, transport error; RFC
+3261 17.1.4, 17.2.4).  The states are L{TxState} members; each kind of
+transaction moves only along its table (L{INVITE_SERVER},
+L{NON_INVITE_SERVER}, L{INVITE_CLIENT}, L{NON_INVITE_CLIENT}), and any other
+move raises L{IllegalTransition}.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import enum
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -47,6 +54,81 @@ T4 = 5.0
 MAGIC_COOKIE = "z9hG4bK"
 
 Address = tuple[str, int]
+
+
+class TxState(enum.StrEnum):
+    """
+    The states of a transaction (RFC 3261 17.1, 17.2; RFC 6026's
+    "Accepted").  C{ACKNOWLEDGED} is an accepted INVITE server transaction
+    whose 2xx has been acknowledged: it stops resending and waits for
+    timer L.  The value is the name shown to operators.
+    """
+
+    CALLING = "calling"
+    TRYING = "trying"
+    PROCEEDING = "proceeding"
+    ACCEPTED = "accepted"
+    ACKNOWLEDGED = "acknowledged"
+    COMPLETED = "completed"
+    CONFIRMED = "confirmed"
+    TERMINATED = "terminated"
+
+
+Transitions = Mapping[TxState, frozenset[TxState]]
+
+_S = TxState
+
+#: INVITE server transaction (RFC 3261 17.2.1, RFC 6026 7.1).
+INVITE_SERVER: Transitions = {
+    _S.PROCEEDING: frozenset({_S.PROCEEDING, _S.ACCEPTED, _S.COMPLETED, _S.TERMINATED}),
+    _S.ACCEPTED: frozenset({_S.ACKNOWLEDGED, _S.TERMINATED}),
+    _S.ACKNOWLEDGED: frozenset({_S.TERMINATED}),
+    _S.COMPLETED: frozenset({_S.CONFIRMED, _S.TERMINATED}),
+    _S.CONFIRMED: frozenset({_S.TERMINATED}),
+    _S.TERMINATED: frozenset(),
+}
+
+#: non-INVITE server transaction (RFC 3261 17.2.2).
+NON_INVITE_SERVER: Transitions = {
+    _S.TRYING: frozenset({_S.PROCEEDING, _S.COMPLETED, _S.TERMINATED}),
+    _S.PROCEEDING: frozenset({_S.PROCEEDING, _S.COMPLETED, _S.TERMINATED}),
+    _S.COMPLETED: frozenset({_S.TERMINATED}),
+    _S.TERMINATED: frozenset(),
+}
+
+#: INVITE client transaction (RFC 3261 17.1.1, RFC 6026 7.2).
+INVITE_CLIENT: Transitions = {
+    _S.CALLING: frozenset({_S.PROCEEDING, _S.ACCEPTED, _S.COMPLETED, _S.TERMINATED}),
+    _S.PROCEEDING: frozenset({_S.PROCEEDING, _S.ACCEPTED, _S.COMPLETED, _S.TERMINATED}),
+    _S.ACCEPTED: frozenset({_S.TERMINATED}),
+    _S.COMPLETED: frozenset({_S.TERMINATED}),
+    _S.TERMINATED: frozenset(),
+}
+
+#: non-INVITE client transaction (RFC 3261 17.1.2).
+NON_INVITE_CLIENT: Transitions = {
+    _S.TRYING: frozenset({_S.PROCEEDING, _S.COMPLETED, _S.TERMINATED}),
+    _S.PROCEEDING: frozenset({_S.PROCEEDING, _S.COMPLETED, _S.TERMINATED}),
+    _S.COMPLETED: frozenset({_S.TERMINATED}),
+    _S.TERMINATED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    """A transaction was asked to move where its table does not go."""
+
+    def __init__(self, kind: str, old: TxState, new: TxState) -> None:
+        super().__init__(f"{kind} transaction cannot go from {old} to {new}")
+        self.kind = kind
+        self.old = old
+        self.new = new
+
+
+def advance(kind: str, table: Transitions, old: TxState, new: TxState) -> TxState:
+    """C{new} if C{table} allows C{old} to move there, else L{IllegalTransition}."""
+    if new not in table.get(old, frozenset()):
+        raise IllegalTransition(kind, old, new)
+    return new
 
 
 class Channel(Protocol):
@@ -143,19 +225,31 @@ class ServerTransaction:
     request: Request
     channel: Channel
     key: tuple[str, ...]
-    state: str = "proceeding"
     last_response: Response | None = None
     _timers: _Timers | None = None
     _interval: float = T1
+    _state: TxState = attrs.field(init=False, default=TxState.PROCEEDING)
 
     def __attrs_post_init__(self) -> None:
         self._timers = _Timers(self.layer.clock)
-        if self.request.method != "INVITE":
-            self.state = "trying"
+        if not self.is_invite:
+            self._state = TxState.TRYING
+
+    @property
+    def state(self) -> TxState:
+        return self._state
 
     @property
     def is_invite(self) -> bool:
         return self.request.method == "INVITE"
+
+    @property
+    def transitions(self) -> Transitions:
+        return INVITE_SERVER if self.is_invite else NON_INVITE_SERVER
+
+    def _move(self, new: TxState) -> None:
+        kind = "INVITE server" if self.is_invite else "non-INVITE server"
+        self._state = advance(kind, self.transitions, self._state, new)
 
     @property
     def dialog_key(self) -> tuple[str, int]:
@@ -164,7 +258,7 @@ class ServerTransaction:
 
     def respond(self, response: Response) -> None:
         """Send C{response}; finals move the transaction on."""
-        if self.state not in ("trying", "proceeding"):
+        if self._state not in (TxState.TRYING, TxState.PROCEEDING):
             return
         self.last_response = response
         self._send()
@@ -172,22 +266,22 @@ class ServerTransaction:
         assert timers is not None
         reliable = self.channel.reliable
         if response.status < 200:
-            self.state = "proceeding"
+            self._move(TxState.PROCEEDING)
         elif self.is_invite and response.status < 300:
-            self.state = "accepted"
+            self._move(TxState.ACCEPTED)
             self.layer.accepted[self.dialog_key] = self
             if not reliable:
                 self._interval = T1
                 timers.start("G", T1, self._resend_2xx)
             timers.start("L", 64 * T1, self._timer_l)
         elif self.is_invite:
-            self.state = "completed"
+            self._move(TxState.COMPLETED)
             if not reliable:
                 self._interval = T1
                 timers.start("G", T1, self._resend_final)
             timers.start("H", 64 * T1, self._terminate)
         else:
-            self.state = "completed"
+            self._move(TxState.COMPLETED)
             timers.start("J", 0 if reliable else 64 * T1, self._terminate)
 
     def _send(self) -> None:
@@ -207,14 +301,14 @@ class ServerTransaction:
         self._timers.start("G", self._interval, self._resend_2xx)
 
     def _timer_l(self) -> None:
-        acked = self.state == "acknowledged"
+        acked = self._state is TxState.ACKNOWLEDGED
         self._terminate()
         if not acked:
             self.layer.user.no_ack(self)
 
     def retransmitted(self) -> None:
         """The same request came again: answer it as before."""
-        if self.state in ("proceeding", "completed", "accepted"):
+        if self._state in (TxState.PROCEEDING, TxState.COMPLETED, TxState.ACCEPTED):
             self._send()
 
     def ack(self, request: Request) -> bool:
@@ -223,23 +317,23 @@ class ServerTransaction:
         (absorbed here), C{False} if the user should see it.
         """
         assert self._timers is not None
-        if self.state == "completed":
-            self.state = "confirmed"
+        if self._state is TxState.COMPLETED:
+            self._move(TxState.CONFIRMED)
             self._timers.stop("G")
             self._timers.stop("H")
             self._timers.start("I", 0 if self.channel.reliable else T4, self._terminate)
             return True
-        if self.state == "accepted":
-            self.state = "acknowledged"
+        if self._state is TxState.ACCEPTED:
+            self._move(TxState.ACKNOWLEDGED)
             self._timers.stop("G")
             return False
-        return self.state == "confirmed"
+        return self._state is TxState.CONFIRMED
 
     def _terminate(self) -> None:
         assert self._timers is not None
         self._timers.stop_all()
-        if self.state != "terminated":
-            self.state = "terminated"
+        if self._state is not TxState.TERMINATED:
+            self._move(TxState.TERMINATED)
             self.layer.forget_server(self)
 
 
@@ -255,19 +349,31 @@ class ClientTransaction:
     on_response: Callable[[Response], None]
     on_timeout: Callable[[], None]
     key: tuple[str, str]
-    state: str = "calling"
     _ack: bytes | None = None
     _timers: _Timers | None = None
     _interval: float = T1
+    _state: TxState = attrs.field(init=False, default=TxState.CALLING)
 
     def __attrs_post_init__(self) -> None:
         self._timers = _Timers(self.layer.clock)
-        if self.request.method != "INVITE":
-            self.state = "trying"
+        if not self.is_invite:
+            self._state = TxState.TRYING
+
+    @property
+    def state(self) -> TxState:
+        return self._state
 
     @property
     def is_invite(self) -> bool:
         return self.request.method == "INVITE"
+
+    @property
+    def transitions(self) -> Transitions:
+        return INVITE_CLIENT if self.is_invite else NON_INVITE_CLIENT
+
+    def _move(self, new: TxState) -> None:
+        kind = "INVITE client" if self.is_invite else "non-INVITE client"
+        self._state = advance(kind, self.transitions, self._state, new)
 
     def start(self) -> None:
         assert self._timers is not None
@@ -278,13 +384,15 @@ class ClientTransaction:
 
     def _resend(self) -> None:
         assert self._timers is not None
-        if self.state not in ("calling", "trying", "proceeding"):
+        if self._state not in (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING):
             return
         self.channel.send(self.request.to_bytes())
         if self.is_invite:
             self._interval = 2 * self._interval
         else:
-            self._interval = T2 if self.state == "proceeding" else min(2 * self._interval, T2)
+            self._interval = (
+                T2 if self._state is TxState.PROCEEDING else min(2 * self._interval, T2)
+            )
         self._timers.start("A", self._interval, self._resend)
 
     def _timed_out(self) -> None:
@@ -296,11 +404,11 @@ class ClientTransaction:
         assert self._timers is not None
         timers = self._timers
         status = response.status
-        if self.state in ("completed", "terminated"):
+        if self._state in (TxState.COMPLETED, TxState.TERMINATED):
             if self._ack is not None and status >= 300:
                 self.channel.send(self._ack)
             return
-        if self.state == "accepted":
+        if self._state is TxState.ACCEPTED:
             if 200 <= status < 300:
                 self.on_response(response)
             return
@@ -308,30 +416,30 @@ class ClientTransaction:
             if self.is_invite:
                 timers.stop("A")
                 timers.stop("B")
-            self.state = "proceeding"
+            self._move(TxState.PROCEEDING)
             self.on_response(response)
             return
         timers.stop("A")
         timers.stop("B")
         reliable = self.channel.reliable
         if self.is_invite and status < 300:
-            self.state = "accepted"
+            self._move(TxState.ACCEPTED)
             timers.start("M", 64 * T1, self._terminate)
         elif self.is_invite:
-            self.state = "completed"
+            self._move(TxState.COMPLETED)
             self._ack = ack_for(self.request, response).to_bytes()
             self.channel.send(self._ack)
             timers.start("D", 0 if reliable else 32.0, self._terminate)
         else:
-            self.state = "completed"
+            self._move(TxState.COMPLETED)
             timers.start("K", 0 if reliable else T4, self._terminate)
         self.on_response(response)
 
     def _terminate(self) -> None:
         assert self._timers is not None
         self._timers.stop_all()
-        if self.state != "terminated":
-            self.state = "terminated"
+        if self._state is not TxState.TERMINATED:
+            self._move(TxState.TERMINATED)
             self.layer.forget_client(self)
 
 

@@ -81,6 +81,38 @@ def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_table(out: IO[str], answer: dict[str, Any]) -> int:
+    """Print the table of a management answer (``{"table": {columns, rows}}``)."""
+    table = answer["table"]
+    out.write(render_table(table["columns"], table["rows"]))
+    return EXIT_OK
+
+
+def check_config_file(
+    load: Callable[[str], object], path: str, out: IO[str], err: IO[str], prog: str
+) -> int:
+    """
+    The ``check-config`` action of both CLIs: validate a configuration file
+    without applying it.  The problem (``FILE:LINE:COLUMN: ...``) goes to
+    C{err} with status 1; otherwise its warnings, if the kind of file has
+    any, go to C{err} and ``OK`` to C{out}.
+    """
+    from cryptify.config import ConfigError
+
+    try:
+        cfg = load(path)
+    except ConfigError as exc:
+        err.write(f"{exc}\n")
+        return EXIT_FAILED
+    except OSError as exc:
+        err.write(f"{prog}: cannot read {path}: {exc.strerror}\n")
+        return EXIT_FAILED
+    warnings: Sequence[str] = getattr(cfg, "warnings", ())
+    err.writelines(f"{warning}\n" for warning in warnings)
+    out.write("OK\n")
+    return EXIT_OK
+
+
 def describe_connect_error(exc: BaseException) -> str:
     """A short reason for a failed management connection."""
     if isinstance(exc, error.ConnectionRefusedError):

@@ -1,0 +1,152 @@
+"""
+The signaling side of a relay's control channel: L{RelayLink} keeps one AMP
+connection to the relay open (reconnecting with backoff), polls it as a
+heartbeat and sends the commands of L{cryptify.protocols.relay_control}.
+The CRS runs one towards ``crs_relay``, the CIG one towards ``cig-relay``;
+``docs/relay.md`` describes the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from cryptify.protocols.relay_control import (
+    Add,
+    AddSessions,
+    ListSessions,
+    Poll,
+    Reclaim,
+    RelayAllocation,
+    RelayStats,
+    Remove,
+    RemoveSessions,
+)
+
+log = Logger(namespace="cryptify.relaylink")
+
+#: Seconds between heartbeats.
+POLL_INTERVAL = 10.0
+#: A relay whose last answer is older than this is reported inactive.
+POLL_STALE = 3 * POLL_INTERVAL
+#: Seconds a poll may take before it counts as failed.
+POLL_TIMEOUT = 5.0
+
+
+class RelayLink(service.MultiService):
+    """Keep a control connection to a relay and poll it as a heartbeat."""
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        endpoint: IStreamClientEndpoint,
+        server_name: str,
+        interval: float = POLL_INTERVAL,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.reactor = reactor
+        self.server_name = server_name
+        self.interval = interval
+        self.last_answer: float | None = None
+        self.client = ClientService(
+            endpoint,
+            Factory.forProtocol(amp.AMP),
+            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=10.0),
+            clock=reactor,
+        )
+        self.addService(self.client)  # type: ignore[no-untyped-call]
+        self._loop = LoopingCall(self.poll)
+        self._loop.clock = reactor
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._loop.start(self.interval, now=True).addErrback(
+            lambda f: log.failure("relay poll loop stopped", f)
+        )
+
+    def stopService(self) -> defer.Deferred[None]:
+        if self._loop.running:
+            self._loop.stop()
+        result: defer.Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
+        return result
+
+    @property
+    def active(self) -> bool:
+        """Whether the relay answered a poll recently."""
+        if self.last_answer is None:
+            return False
+        return self.reactor.seconds() - self.last_answer <= POLL_STALE
+
+    async def call(self, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]:
+        """Send one command on the current connection (fails when down)."""
+        proto: Any = await self.client.whenConnected(failAfterFailures=1)
+        result: dict[str, Any] = await proto.callRemote(command, **kwargs)
+        return result
+
+    async def add_session(self, label: str = "") -> RelayAllocation:
+        """Create a relay session: its number, leg tags and media address."""
+        answer = await self.call(Add, server=self.server_name, label=label)
+        return RelayAllocation(
+            answer["session"], answer["tag_a"], answer["tag_b"], answer["host"], answer["port"]
+        )
+
+    async def remove_session(self, session: int) -> bool:
+        """Delete a relay session; False when the relay did not have it."""
+        answer = await self.call(Remove, server=self.server_name, session=session)
+        return bool(answer["removed"])
+
+    async def add_sessions(self, labels: list[str]) -> list[RelayAllocation]:
+        """Create one relay session per label with one command, in order."""
+        answer = await self.call(AddSessions, server=self.server_name, labels=labels)
+        host, port = answer["host"], answer["port"]
+        return [
+            RelayAllocation(s["session"], s["tag_a"], s["tag_b"], host, port)
+            for s in answer["sessions"]
+        ]
+
+    async def remove_sessions(self, sessions: list[int]) -> list[int]:
+        """Delete relay sessions with one command; answers those the relay had."""
+        answer = await self.call(RemoveSessions, server=self.server_name, sessions=sessions)
+        return list(answer["removed"])
+
+    async def stats(self) -> dict[str, int]:
+        """The relay's counters: RX, TXB, TXERROR, ERRNODEST, ERRTOSHORT,
+        ERRTOLONG, ENTRIES."""
+        answer = await self.call(RelayStats)
+        return dict(answer["stats"])
+
+    async def list_sessions(self) -> list[dict[str, Any]]:
+        """This server's live relay sessions (see docs/relay.md for the keys)."""
+        answer = await self.call(ListSessions, server=self.server_name)
+        return list(answer["sessions"])
+
+    async def reclaim(self, sessions: Iterable[int]) -> list[int]:
+        """Adopt live sessions (after a restart); returns those still live."""
+        answer = await self.call(Reclaim, server=self.server_name, sessions=list(sessions))
+        return list(answer["reclaimed"])
+
+    def poll(self) -> defer.Deferred[None]:
+        """One heartbeat; its failure only marks the relay stale."""
+
+        async def once() -> None:
+            try:
+                answer = await self.call(Poll, server=self.server_name)
+            except Exception as exc:
+                log.debug("relay poll failed: {why}", why=str(exc))
+                return
+            self.last_answer = self.reactor.seconds()
+            log.debug("relay poll: {sessions} sessions", sessions=answer["sessions"])
+
+        d = defer.ensureDeferred(once())
+        d.addTimeout(POLL_TIMEOUT, self.reactor)
+        d.addErrback(lambda f: None)
+        return d

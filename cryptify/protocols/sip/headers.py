@@ -1,0 +1,188 @@
+"""
+SIP header fields (RFC 3261 section 7.3): names in their usual spelling
+(compact forms expanded by L{canonical}), and L{Headers}, the ordered,
+immutable list of fields a message carries, with case-blind lookups and
+the comma lists of list-valued headers split by L{Headers.values}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import attrs
+
+from .address import split_top
+
+COMPACT = {
+    "a": "Accept-Contact",
+    "b": "Referred-By",
+    "c": "Content-Type",
+    "d": "Request-Disposition",
+    "e": "Content-Encoding",
+    "f": "From",
+    "i": "Call-ID",
+    "j": "Reject-Contact",
+    "k": "Supported",
+    "l": "Content-Length",
+    "m": "Contact",
+    "n": "Identity-Info",
+    "o": "Event",
+    "r": "Refer-To",
+    "s": "Subject",
+    "t": "To",
+    "u": "Allow-Events",
+    "v": "Via",
+    "x": "Session-Expires",
+    "y": "Identity",
+}
+_KNOWN = [
+    "Accept",
+    "Accept-Encoding",
+    "Accept-Language",
+    "Alert-Info",
+    "Allow",
+    "Authorization",
+    "Call-ID",
+    "Call-Info",
+    "Contact",
+    "Content-Disposition",
+    "Content-Encoding",
+    "Content-Language",
+    "Content-Length",
+    "Content-Type",
+    "CSeq",
+    "Date",
+    "Error-Info",
+    "Expires",
+    "From",
+    "In-Reply-To",
+    "Max-Forwards",
+    "MIME-Version",
+    "Min-Expires",
+    "Organization",
+    "Priority",
+    "Proxy-Authenticate",
+    "Proxy-Authorization",
+    "Proxy-Require",
+    "Record-Route",
+    "Reply-To",
+    "Require",
+    "Retry-After",
+    "Route",
+    "Server",
+    "Subject",
+    "Supported",
+    "Timestamp",
+    "To",
+    "Unsupported",
+    "User-Agent",
+    "Via",
+    "Warning",
+    "WWW-Authenticate",
+    *COMPACT.values(),
+]
+CANONICAL = {name.lower(): name for name in _KNOWN}
+#: Headers whose values may be listed with commas on one line.
+LIST_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Allow-Events",
+        "Call-Info",
+        "Contact",
+        "Content-Encoding",
+        "Content-Language",
+        "Error-Info",
+        "In-Reply-To",
+        "Proxy-Require",
+        "Record-Route",
+        "Require",
+        "Route",
+        "Supported",
+        "Unsupported",
+        "Via",
+        "Warning",
+    )
+)
+#: Headers a message may carry only once.
+SINGLE_HEADERS = ("To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Type")
+
+
+def canonical(name: str) -> str:
+    """The usual spelling of a header name (compact forms expanded)."""
+    lower = name.lower()
+    if lower in COMPACT:
+        return COMPACT[lower]
+    return CANONICAL.get(lower, name)
+
+
+@attrs.frozen
+class Headers:
+    """
+    Header fields in order, names in their usual spelling. Lookups ignore
+    case; list-valued headers split on top-level commas in L{values}.
+    """
+
+    items: tuple[tuple[str, str], ...] = ()
+    _index: dict[str, list[str]] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        index: dict[str, list[str]] = {}
+        for n, v in self.items:
+            index.setdefault(n.lower(), []).append(v)
+        object.__setattr__(self, "_index", index)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self.items)
+
+    def get_all(self, name: str) -> list[str]:
+        """Every field value of C{name}, one per header line."""
+        return list(self._index.get(canonical(name).lower(), ()))
+
+    def get(self, name: str) -> str | None:
+        """The first field value of C{name}."""
+        found = self.get_all(name)
+        return found[0] if found else None
+
+    def values(self, name: str) -> list[str]:
+        """Every value of C{name}, splitting comma lists of list headers."""
+        out: list[str] = []
+        split = canonical(name).lower() in LIST_HEADERS
+        for value in self.get_all(name):
+            parts = split_top(value, ",") if split else [value]
+            out.extend(p.strip(" \t") for p in parts if p.strip(" \t"))
+        return out
+
+    def count(self, name: str) -> int:
+        """How many header lines C{name} has."""
+        return len(self.get_all(name))
+
+    def without(self, name: str) -> Headers:
+        """These headers without C{name}."""
+        key = canonical(name).lower()
+        return Headers(tuple((n, v) for n, v in self.items if n.lower() != key))
+
+    def add(self, name: str, value: str, first: bool = False) -> Headers:
+        """These headers with one more line, at the end or at the top."""
+        item = (canonical(name), value)
+        return Headers((item, *self.items) if first else (*self.items, item))
+
+    def set(self, name: str, value: str) -> Headers:
+        """These headers with C{name} replaced (in place of its first line)."""
+        key = canonical(name).lower()
+        out: list[tuple[str, str]] = []
+        done = False
+        for n, v in self.items:
+            if n.lower() == key:
+                if not done:
+                    out.append((canonical(name), value))
+                    done = True
+                continue
+            out.append((n, v))
+        if not done:
+            out.append((canonical(name), value))
+        return Headers(tuple(out))
