@@ -6,9 +6,9 @@ start|stop``), the control link to ``cig-relay``, the SIP interface (UDP
 and TCP on ``sip { bind }``, taking requests only from its peers: the PBX
 hosts of the maps, looked up at start and every 5 minutes, and
 ``trusted_peer`` networks), the management listeners (127.0.0.1:8083
-with the cookie, and the UNIX socket).  The UIF (``cryptify.cig.uif``)
+with the cookie, and the UNIX socket).  The UIF (``cryptify.cig.tel.uif``)
 keeps the CIG's number attached to the CRS once it has a keystore, and
-hands its events to :class:`~cryptify.cig.tel.UifCalls`: calls between
+hands its events to :class:`~cryptify.cig.tel.switch.UifCalls`: calls between
 secure users and the PBX, bridged by cig-relay.  Until the UIF has key
 material (and has heard from the CRS), calls from the PBX go to a stub
 tel side (``--tel-stub``) that refuses them, or answers them for tests;
@@ -28,14 +28,14 @@ from twisted.internet.interfaces import IHostResolution, IResolutionReceiver
 from twisted.python import usage
 from zope.interface import implementer
 
-from cryptify.cig.admin import CigAdmin
 from cryptify.cig.calls import CallTable, StubTelSide
-from cryptify.cig.keepalive import DEFAULT_INTERVAL, KeepAlive, keepalive_targets
-from cryptify.cig.peers import SipPeers, pbx_hosts
-from cryptify.cig.sif import Sif
-from cryptify.cig.state import CigState
-from cryptify.cig.tel import TelSwitch, UifCalls
-from cryptify.cig.uif import Uif, app_name
+from cryptify.cig.operator.admin import CigAdmin
+from cryptify.cig.operator.state import CigState
+from cryptify.cig.sif.core import Sif
+from cryptify.cig.sif.keepalive import DEFAULT_INTERVAL, KeepAlive, keepalive_targets
+from cryptify.cig.sif.peers import SipPeers, pbx_hosts
+from cryptify.cig.tel.switch import TelSwitch, UifCalls
+from cryptify.cig.tel.uif import Uif, app_name
 from cryptify.client.cli import session_maker, tls_connector
 from cryptify.config import CigConfig, load_cig_config
 from cryptify.config.crs import Endpoint
