@@ -113,7 +113,7 @@ class CallTable:
 
     clock: IReactorTime
     calls: list[Call] = attrs.field(factory=list)
-    _linger: dict[int, IDelayedCall] = attrs.field(factory=dict)
+    _linger: dict[Call, IDelayedCall] = attrs.field(factory=dict)
 
     def add(self, call: Call) -> None:
         """Start listing C{call}."""
@@ -128,11 +128,17 @@ class CallTable:
     def set_state(self, call: Call, state: CallState) -> None:
         """Record C{call}'s last completed event; ended calls linger."""
         call.state = state
-        if state in ENDED and id(call) not in self._linger:
-            self._linger[id(call)] = self.clock.callLater(CALL_LINGER, self._drop, call)
+        if state in ENDED and call not in self._linger:
+            self._linger[call] = self.clock.callLater(CALL_LINGER, self._drop, call)
+
+    def close(self, call: Call, state: CallState, event: str) -> None:
+        """End C{call}'s row with C{state} unless it has ended (a call no leg took)."""
+        if call.state not in ENDED:
+            self.set_state(call, state)
+            self.event(call, event)
 
     def _drop(self, call: Call) -> None:
-        self._linger.pop(id(call), None)
+        self._linger.pop(call, None)
         if call in self.calls:
             self.calls.remove(call)
 

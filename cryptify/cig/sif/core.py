@@ -97,9 +97,9 @@ class Sif:
     #: Who may send requests; None: anyone (tests, in-process tools).
     peers: SipPeers | None = None
     refusals: Refusals = attrs.field(init=False)
-    placing: dict[int, Call] = attrs.field(factory=dict, init=False)
+    placing: set[Call] = attrs.field(factory=set, init=False)
     dialogs: dict[DialogId, SipCall | OutCall] = attrs.field(factory=dict, init=False)
-    outgoing: dict[int, OutCall] = attrs.field(factory=dict, init=False)
+    outgoing: dict[Call, OutCall] = attrs.field(factory=dict, init=False)
     invites: dict[tuple[str, ...], SipCall] = attrs.field(factory=dict, init=False)
 
     @router.default
@@ -191,7 +191,7 @@ class Sif:
         call = self.invites.get(tx.key)
         if call is not None and not call.ended:
             log.info("no ACK for call {call_id}; hanging up", call_id=tx.request.call_id)
-            call.end_from_sip(CallState.HANGUP)
+            call.end_from_sip()
             if call.dialog is not None:
                 self.send_bye(call.dialog, tx.channel, self.local_host(tx.request))
 
@@ -350,7 +350,7 @@ class Sif:
         if found is None:
             return
         tx.respond(response_to(tx.request.headers, 200))
-        found.end_from_sip(CallState.HANGUP)
+        found.end_from_sip()
 
     def _cancel(self, tx: ServerTransaction) -> None:
         invite = self.layer.invite_for(tx.request)
@@ -359,11 +359,9 @@ class Sif:
             return
         tx.respond(response_to(tx.request.headers, 200))
         call = self.invites.get(invite.key)
-        if invite.state == "proceeding":
-            tag = call.local_tag if call is not None else new_tag()
-            invite.respond(self.reply(invite.request, 487, tag))
-            if call is not None:
-                call.end_from_sip(CallState.HANGUP)
+        if call is not None and call.unanswered:  # a final response ends the CANCEL's use
+            invite.respond(self.reply(invite.request, 487, call.local_tag))
+            call.end_from_sip()
 
     def _message(self, tx: ServerTransaction) -> None:
         request = tx.request
@@ -436,18 +434,20 @@ class Sif:
         if port is None:
             leg.rejected(503)
             return None
-        self.placing[id(call)] = call
+        self.placing.add(call)
 
         def send(channel: Channel) -> None:
-            if self.placing.pop(id(call), None) is None:
+            if call not in self.placing:
                 self.rtp_ports.give_back(port)  # hung up meanwhile
                 return
+            self.placing.discard(call)
             self._send_invite(call, leg, port, channel)
 
         def failed(failure: Failure) -> None:
             self.rtp_ports.give_back(port)
-            if self.placing.pop(id(call), None) is None:
+            if call not in self.placing:
                 return
+            self.placing.discard(call)
             status = 502 if failure.check(DNSLookupError) else 503
             log.info(
                 "cannot reach {target} for call to {to}: {why}",
@@ -458,7 +458,7 @@ class Sif:
             leg.rejected(status)
 
         self.channel_for(target).addCallbacks(send, failed)
-        return self.outgoing.get(id(call))
+        return self.outgoing.get(call)
 
     def _send_invite(self, call: Call, leg: TelLeg, port: int, channel: Channel) -> None:
         local = (
@@ -489,12 +489,12 @@ class Sif:
         if call.state is None:
             self.calls.set_state(call, CallState.ROUTED)
         out = OutCall(self, call, leg, invite, channel, local, offer, port)
-        self.outgoing[id(call)] = out
+        self.outgoing[call] = out
         self.layer.request(invite, channel, out.response, out.timeout)
 
     def media_of(self, call: Call) -> tuple[int | None, bytes] | None:
         """A call's local RTP port and the PBX's SDP (answer, or offer for calls from the PBX)."""
-        out = self.outgoing.get(id(call))
+        out = self.outgoing.get(call)
         if out is not None:
             return out.rtp_port, out.remote_sdp
         for incoming in self.invites.values():
@@ -504,9 +504,10 @@ class Sif:
 
     def hang_up(self, call: Call) -> None:
         """The tel side ends an outgoing call: BYE, or CANCEL if not answered."""
-        if self.placing.pop(id(call), None) is not None:
+        if call in self.placing:
+            self.placing.discard(call)
             return  # still looking up or connecting: nothing sent yet
-        out = self.outgoing.get(id(call))
+        out = self.outgoing.get(call)
         if out is not None:
             out.hang_up()
 
