@@ -13,17 +13,36 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.protocols import amp
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from cryptify.cig.calls import Call
 from cryptify.cig.lifecycle import IllegalTransition, Lifecycle, check_table
 from cryptify.cig.sif.legs import IN_MOVES, OUT_MOVES, SHOWN_IN, SHOWN_OUT, InState, OutState
+from cryptify.cig.tel.bridge import BRIDGE_MOVES, Bridge, BridgeState
+from cryptify.cig.tel.legs import (
+    OUT_LEG_MOVES,
+    SHOWN_OUT_LEG,
+    SHOWN_TEL,
+    TEL_MOVES,
+    OutLegState,
+    TelState,
+)
+from cryptify.protocols.bridge_control import BridgeAdd, BridgeError, BridgeRemove, BridgeUpdate
 from cryptify.protocols.sip.transaction import T1
-from tests.test_sip_sif import OutgoingCase, SifCase, invite
+from cryptify.protocols.umsg import Message, message
+from tests.test_cig_tel import ANSWER, CALLER, TelCase
+from tests.test_sip_sif import OutgoingCase, RecordingLeg, SifCase, invite
 
 #: Every machine: its table, where it starts, and how its states are shown.
 MACHINES: list[tuple[Mapping[Any, frozenset[Any]], enum.Enum, Mapping[Any, object] | None]] = [
     (IN_MOVES, InState.PLACED, SHOWN_IN),
     (OUT_MOVES, OutState.CALLING, SHOWN_OUT),
+    (TEL_MOVES, TelState.PLACED, SHOWN_TEL),
+    (OUT_LEG_MOVES, OutLegState.CREATED, SHOWN_OUT_LEG),
+    (BRIDGE_MOVES, BridgeState.NONE, None),
 ]
 
 
@@ -193,3 +212,174 @@ class OutCallMachineTests(OutgoingCase):
         self.assertNotIn(self.call, self.sif.outgoing)
         self.clock.advance(64 * T1)
         self.clock.advance(60)
+
+
+class FakeLink:
+    """cig-relay's control link: each command's answer fired by the test."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[type[amp.Command], dict[str, Any]]] = []
+        self.answers: list[Deferred[dict[str, Any]]] = []
+
+    def call(self, command: type[amp.Command], **kwargs: Any) -> Deferred[dict[str, Any]]:
+        self.sent.append((command, kwargs))
+        self.answers.append(Deferred())
+        return self.answers[-1]
+
+    def commands(self) -> list[type[amp.Command]]:
+        return [command for command, _ in self.sent]
+
+
+class FakeMedia:
+    def media_of(self, call: Call) -> tuple[int | None, bytes] | None:
+        return 1024, ANSWER
+
+
+class FakeLeg:
+    """A secure leg as the bridge reads it."""
+
+    call = Call(CALLER, "tel:+8888;101")
+    session: str | None = "s1"
+    relay_host = "192.0.2.99"
+    relay_port = 146
+    relay_tag = b"T" * 8
+    policy_key = b"K" * 30
+
+
+class BridgeHandleTests(SynchronousTestCase):
+    """One bridge handle per call: each command once, removal after a pending add."""
+
+    def setUp(self) -> None:
+        self.link = FakeLink()
+        self.bridge = Bridge(self.link, FakeMedia(), FakeLeg())
+
+    def results(self, d: Deferred[bool]) -> list[bool]:
+        got: list[bool] = []
+        d.addCallback(got.append)
+        return got
+
+    def test_add_once(self) -> None:
+        """A second add while the first is on its way sends nothing and fires False."""
+        first = self.results(self.bridge.add())
+        second = self.results(self.bridge.add())
+        self.assertEqual((self.link.commands(), second), ([BridgeAdd], [False]))
+        self.link.answers[0].callback({})
+        self.assertEqual(first, [True])
+        self.assertTrue(self.bridge.up)
+        self.assertEqual(self.results(self.bridge.add()), [False])
+        self.assertEqual(self.link.commands(), [BridgeAdd])
+
+    def test_removed_while_adding(self) -> None:
+        """A removal while BridgeAdd is on its way waits for its answer, then
+        sends BridgeRemove once; the add fires False."""
+        added = self.results(self.bridge.add())
+        self.bridge.remove()
+        self.bridge.remove()
+        self.assertIs(self.bridge.lifecycle.state, BridgeState.UNWANTED)
+        self.assertEqual(self.link.commands(), [BridgeAdd])
+        self.link.answers[0].callback({})
+        self.assertEqual(added, [False])
+        self.assertEqual(self.link.commands(), [BridgeAdd, BridgeRemove])
+        self.bridge.remove()
+        self.assertEqual(self.link.commands(), [BridgeAdd, BridgeRemove])
+        self.assertIs(self.bridge.lifecycle.state, BridgeState.GONE)
+
+    def test_update_only_while_up(self) -> None:
+        """BridgeUpdate goes out only for a bridge that is up."""
+        self.bridge.update()
+        self.bridge.add()
+        self.bridge.update()
+        self.assertEqual(self.link.commands(), [BridgeAdd])
+        self.link.answers[0].callback({})
+        self.bridge.update()
+        self.assertEqual(self.link.commands(), [BridgeAdd, BridgeUpdate])
+        self.bridge.remove()
+        self.bridge.update()
+        self.assertEqual(self.link.commands(), [BridgeAdd, BridgeUpdate, BridgeRemove])
+
+    def test_refused(self) -> None:
+        """A refused BridgeAdd fails the add and leaves nothing to remove."""
+        failures: list[Failure] = []
+        self.bridge.add().addErrback(failures.append)
+        self.link.answers[0].errback(BridgeError("port busy"))
+        self.assertEqual(len(failures), 1)
+        self.bridge.remove()
+        self.assertEqual(self.link.commands(), [BridgeAdd])
+        self.assertIs(self.bridge.lifecycle.state, BridgeState.GONE)
+
+    def test_never_added(self) -> None:
+        """Removing a bridge never asked for sends nothing, and it cannot be added after."""
+        self.bridge.remove()
+        self.assertEqual(self.results(self.bridge.add()), [False])
+        self.assertEqual(self.link.commands(), [])
+
+
+class TelCallMachineTests(TelCase):
+    """A secure user's call to the PBX (TelCall) on its machine."""
+
+    def test_states(self) -> None:
+        """PLACED -> RINGING -> TALKING (bridge up) -> ENDED; a late ringing
+        is ignored and forcing a move out of ENDED is refused."""
+        from cryptify.client.session import Incoming
+
+        self.tel.handle(Incoming(self.invite()))
+        tel_call = self.tel.active["s1"]
+        [(_, leg)] = self.sif.legs
+        self.assertIs(tel_call.lifecycle.state, TelState.PLACED)
+        leg.ringing()
+        self.assertIs(tel_call.lifecycle.state, TelState.RINGING)
+        leg.answered()
+        self.assertIs(tel_call.lifecycle.state, TelState.TALKING)
+        leg.answered()  # a second answer does not add a second bridge
+        self.assertEqual([c for c, _ in self.bridge.sent], [BridgeAdd])
+        leg.hung_up()
+        self.assertIs(tel_call.lifecycle.state, TelState.ENDED)
+        leg.ringing()
+        self.assertEqual(self.types(), ["ringing", "talk", "hangup"])
+        self.assertRaises(IllegalTransition, tel_call.lifecycle.move, TelState.RINGING)
+
+
+class OutLegMachineTests(TelCase):
+    """The UMSG side of a call from the PBX (OutLeg) on its machine."""
+
+    def place(self) -> tuple[Call, RecordingLeg, Message]:
+        call = Call("sip:101@pbx.com", "sip:9461111@secure.com", "tel:+101", CALLER)
+        leg = RecordingLeg()
+        self.tel.place_call(call, leg)
+        return call, leg, self.out[-1]
+
+    def answer(self, sent: Message, type_: str = "session") -> None:
+        from cryptify.client.session import Answered
+
+        relay = {"relay-host": "192.0.2.99", "relay-port": 146, "relay-tag": b"C" * 8}
+        fields = relay if type_ == "session" else {"code": "busy"}
+        self.tel.handle(Answered(sent["id"], message(type_, id=sent["id"], session="s9", **fields)))
+
+    def test_states(self) -> None:
+        """INVITING -> TRYING -> RINGING -> TALKING -> ENDED, keyed by the call."""
+        from cryptify.client.session import Incoming
+
+        call, leg, sent = self.place()
+        out = self.tel.outgoing[call]
+        self.assertIs(out.lifecycle.state, OutLegState.INVITING)
+        self.answer(sent)
+        self.assertIs(out.lifecycle.state, OutLegState.TRYING)
+        self.tel.handle(Incoming(message("ringing", session="s9")))
+        self.assertIs(out.lifecycle.state, OutLegState.RINGING)
+        self.tel.handle(Incoming(message("talk", session="s9")))
+        self.tel.handle(Incoming(message("talk", session="s9")))
+        self.assertIs(out.lifecycle.state, OutLegState.TALKING)
+        self.assertEqual([c for c, _ in self.bridge.sent], [BridgeAdd])
+        self.tel.hang_up(call)
+        self.assertIs(out.lifecycle.state, OutLegState.ENDED)
+        self.assertEqual(leg.events, ["trying", "ringing", "answered"])
+        self.assertRaises(IllegalTransition, out.lifecycle.move, OutLegState.TALKING)
+
+    def test_error_after_hangup_ignored(self) -> None:
+        """An error answer for an invite the PBX already hung up moves
+        nothing and lists the call once in show umsg."""
+        call, leg, sent = self.place()
+        self.tel.hang_up(call)
+        self.answer(sent, "error")
+        self.assertEqual(leg.events, [])
+        self.assertEqual([r[2] for r in self.tel.umsg_rows()], ["HANGUP"])

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -45,7 +44,7 @@ from cryptify.protocols.umsg import Message
 
 from ..calls import Call, CallState, CallTable, TelLeg
 from ..route import TEL, Router, RouteRefused
-from .bridge import BridgeLink, update_bridge
+from .bridge import BridgeLink
 from .keys import BadKeys, Decapsulator
 from .legs import OutLeg, TelCall
 
@@ -81,7 +80,7 @@ class UmsgTel:
     keys: Decapsulator = attrs.field()
     active: dict[str, TelCall | OutLeg] = attrs.field(factory=dict)
     pending: dict[int, OutLeg] = attrs.field(factory=dict)
-    outgoing: dict[int, OutLeg] = attrs.field(factory=dict)
+    outgoing: dict[Call, OutLeg] = attrs.field(factory=dict)
     #: Calls that ended lately (``show umsg`` lists them as HANGUP for a while).
     ended: collections.deque[tuple[float, TelCall | OutLeg]] = attrs.field(
         factory=lambda: collections.deque(maxlen=MAX_ENDED_ROWS)
@@ -99,11 +98,11 @@ class UmsgTel:
         now = self.clock.seconds()
         while self.ended and now - self.ended[0][0] > UMSG_LINGER:
             self.ended.popleft()
-        live: dict[int, TelCall | OutLeg] = {}
+        live: dict[TelCall | OutLeg, None] = {}
         for leg in [*self.active.values(), *self.outgoing.values()]:
             if not leg.ended:
-                live[id(leg)] = leg
-        rows = [leg.umsg_row(now) for leg in sorted(live.values(), key=lambda x: x.created)]
+                live[leg] = None
+        rows = [leg.umsg_row(now) for leg in sorted(live, key=lambda x: x.created)]
         return rows + [leg.umsg_row(now) for _, leg in self.ended]
 
     @keys.default
@@ -172,13 +171,14 @@ class UmsgTel:
         fields: dict[str, Any] = {"to": call.out_to, "mikey": built.data}
         if call.out_from != self.material.uri and base_uri(call.out_from) == self.material.uri:
             fields["from"] = call.out_from  # the PBX user, as an extension of our number
-        out.request_id = session.request("invite", **fields)
-        self.pending[out.request_id] = out
-        self.outgoing[id(call)] = out
+        request_id = session.request("invite", **fields)
+        out.invited(request_id)
+        self.pending[request_id] = out
+        self.outgoing[call] = out
 
     def hang_up(self, call: Call) -> None:
         """The PBX ended a call to a secure user."""
-        out = self.outgoing.get(id(call))
+        out = self.outgoing.get(call)
         if out is not None:
             out.hang_up()
 
@@ -188,17 +188,11 @@ class UmsgTel:
 
     def media_changed(self, call: Call) -> None:
         """A re-INVITE moved the PBX's media: update the call's bridge."""
-        found: TelCall | OutLeg | None = self.outgoing.get(id(call))
+        found: TelCall | OutLeg | None = self.outgoing.get(call)
         if found is None:
             found = next((c for c in self.active.values() if c.call is call), None)
-        if found is None or not found.bridged or found.ended:
-            return
-        session = found.session
-        defer.ensureDeferred(update_bridge(found)).addErrback(
-            lambda f: log.warn(
-                "cannot update bridge {session}: {why}", session=session, why=f.getErrorMessage()
-            )
-        )
+        if found is not None:
+            found.bridge.update()
 
     def _invite(self, msg: Message) -> None:
         session = msg["session"]

@@ -3,23 +3,29 @@
 :class:`TelCall` is a call from a secure user to the PBX (the SIF places
 its SIP leg and reports on it); :class:`OutLeg` is the UMSG side of a call
 from the PBX to a secure user (it reports on the SIF's leg).  Both bridge
-their media on cig-relay once answered (:mod:`cryptify.cig.tel.bridge`).
+their media on cig-relay once answered, through one
+:class:`~cryptify.cig.tel.bridge.Bridge` handle each.
+
+Each leg's lifecycle is one :class:`~cryptify.cig.lifecycle.Lifecycle`
+(:class:`TelState`, :class:`OutLegState`); its ``show umsg`` state follows
+from it (:data:`SHOWN_TEL`, :data:`SHOWN_OUT_LEG`).  ``docs/cig-calls.md``
+draws both machines.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cryptify.protocols.bridge_control import BridgeRemove
 from cryptify.protocols.umsg import Message
 
-from ..calls import ENDED, Call, CallState, TelLeg
-from .bridge import add_bridge
+from ..calls import Call, CallState, TelLeg
+from ..lifecycle import Lifecycle, check_table
+from .bridge import Bridge
 
 if TYPE_CHECKING:
     from .core import UmsgTel
@@ -38,6 +44,16 @@ SIP_CODES = {
     603: "rejected",
 }
 
+#: SIP statuses for UMSG error and hangup codes of calls to secure users.
+UMSG_STATUS = {
+    "not-found": 404,
+    "not-connected": 480,
+    "no-answer": 480,
+    "busy": 486,
+    "rejected": 603,
+    "glare": 486,
+}
+
 
 #: ``show umsg`` states: being created, invite sent, ringing, talking, ended.
 CREATE, BANG, GROWL, TALK, HANGUP = "CREATE", "BANG", "GROWL", "TALK", "HANGUP"
@@ -45,6 +61,36 @@ CREATE, BANG, GROWL, TALK, HANGUP = "CREATE", "BANG", "GROWL", "TALK", "HANGUP"
 
 def umsg_age(created: float, now: float) -> str:
     return str(max(0, int(now - created)))
+
+
+class TelState(enum.Enum):
+    """A secure user's call to the PBX (:class:`TelCall`)."""
+
+    #: Invite taken, the SIP leg placed (and, once the PBX answered, the bridge asked for).
+    PLACED = "placed"
+    #: ``ringing`` sent.
+    RINGING = "ringing"
+    #: The bridge is up, ``talk`` sent.
+    TALKING = "talking"
+    #: Hung up, either side.
+    ENDED = "ended"
+
+
+TEL_MOVES = check_table(
+    TelState,
+    {
+        TelState.PLACED: frozenset({TelState.RINGING, TelState.TALKING, TelState.ENDED}),
+        TelState.RINGING: frozenset({TelState.RINGING, TelState.TALKING, TelState.ENDED}),
+        TelState.TALKING: frozenset({TelState.ENDED}),
+        TelState.ENDED: frozenset(),
+    },
+)
+SHOWN_TEL = {
+    TelState.PLACED: BANG,
+    TelState.RINGING: GROWL,
+    TelState.TALKING: TALK,
+    TelState.ENDED: HANGUP,
+}
 
 
 @attrs.define(eq=False)
@@ -58,15 +104,22 @@ class TelCall:
     relay_port: int
     relay_tag: bytes = attrs.field(repr=False)
     policy_key: bytes = attrs.field(repr=False)
-    bridged: bool = False
-    ended: bool = False
-    rang: bool = False
-    talking: bool = False
     created: float = 0.0
+    lifecycle: Lifecycle[TelState] = attrs.field(
+        factory=lambda: Lifecycle("TelCall", TEL_MOVES, TelState.PLACED)
+    )
+    bridge: Bridge = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.bridge = Bridge(self.tel.bridge, self.tel.sip, self)
+
+    @property
+    def ended(self) -> bool:
+        return self.lifecycle.final
 
     def umsg_row(self, now: float) -> list[str]:
         """This call's ``show umsg`` row."""
-        state = HANGUP if self.ended else TALK if self.talking else GROWL if self.rang else BANG
+        state = SHOWN_TEL[self.lifecycle.state]
         return [
             self.call.in_from,
             self.call.in_to,
@@ -80,21 +133,18 @@ class TelCall:
         pass
 
     def ringing(self) -> None:
-        if not self.ended:
-            self.rang = True
+        if self.lifecycle.can(TelState.RINGING):
+            self.lifecycle.move(TelState.RINGING)
             self.tel.notify("ringing", session=self.session)
 
     def answered(self) -> None:
-        if self.ended:
-            return
-        defer.ensureDeferred(self._bridge()).addErrback(self._bridge_failed)
+        if not self.ended:
+            self.bridge.add().addCallbacks(self._bridged, self._bridge_failed)
 
     def rejected(self, status: int = 480) -> None:
         if self.ended:
             return
-        if self.call.state not in ENDED:  # refused before the SIF sent anything
-            self.tel.calls.set_state(self.call, CallState.REJECT)
-            self.tel.calls.event(self.call, "failed")
+        self.tel.calls.close(self.call, CallState.REJECT, "failed")  # if the SIF sent nothing
         self._end(SIP_CODES.get(status, "unavailable"), f"SIP {status}")
 
     def hung_up(self) -> None:
@@ -102,14 +152,10 @@ class TelCall:
             self._end("normal", None)
 
     # bridge
-    async def _bridge(self) -> None:
-        await add_bridge(self)
-        self.bridged = True
-        if self.ended:  # hung up while the bridge was being set up
-            self._remove_bridge()
-            return
-        self.talking = True
-        self.tel.notify("talk", session=self.session)
+    def _bridged(self, up: bool) -> None:
+        if up:
+            self.lifecycle.move(TelState.TALKING)
+            self.tel.notify("talk", session=self.session)
 
     def _bridge_failed(self, failure: Failure) -> None:
         log.warn(
@@ -121,28 +167,13 @@ class TelCall:
             self.tel.sip.hang_up(self.call)
             self._end("bridge-failed", "no media bridge")
 
-    def _remove_bridge(self) -> None:
-        if not self.bridged:
-            return
-        self.bridged = False
-        defer.ensureDeferred(self._remove()).addErrback(
-            lambda f: log.warn(
-                "cannot remove bridge {session}: {why}",
-                session=self.session,
-                why=f.getErrorMessage(),
-            )
-        )
-
-    async def _remove(self) -> None:
-        await self.tel.bridge.call(BridgeRemove, call=self.session)
-
     # ending
     def _finish(self) -> None:
         """Mark the call ended and let go of it."""
-        self.ended = True
+        self.lifecycle.move(TelState.ENDED)
         self.tel.active.pop(self.session, None)
         self.tel.retire(self)
-        self._remove_bridge()
+        self.bridge.remove()
 
     def _end(self, code: str, reason: str | None) -> None:
         """The SIP side ended: hang up the secure side."""
@@ -158,19 +189,48 @@ class TelCall:
             return
         self._finish()
         self.tel.sip.hang_up(self.call)
-        if self.call.state not in ENDED:  # nothing sent to the PBX yet
-            self.tel.calls.set_state(self.call, CallState.HANGUP)
-            self.tel.calls.event(self.call, "hangup")
+        self.tel.calls.close(self.call, CallState.HANGUP, "hangup")  # if the SIF sent nothing
 
 
-#: SIP statuses for UMSG error and hangup codes of calls to secure users.
-UMSG_STATUS = {
-    "not-found": 404,
-    "not-connected": 480,
-    "no-answer": 480,
-    "busy": 486,
-    "rejected": 603,
-    "glare": 486,
+class OutLegState(enum.Enum):
+    """The UMSG side of a call from the PBX to a secure user (:class:`OutLeg`)."""
+
+    #: Keyed, no invite sent yet.
+    CREATED = "created"
+    #: ``invite`` sent, the CRS has not answered it.
+    INVITING = "inviting"
+    #: The CRS answered ``session``: the callee's client is being alerted.
+    TRYING = "trying"
+    #: ``ringing`` from the callee.
+    RINGING = "ringing"
+    #: ``talk`` from the callee (the bridge is asked for, then the SIF answers).
+    TALKING = "talking"
+    #: Hung up, refused, or the CRS answered ``error``.
+    ENDED = "ended"
+
+
+OUT_LEG_MOVES = check_table(
+    OutLegState,
+    {
+        OutLegState.CREATED: frozenset({OutLegState.INVITING, OutLegState.ENDED}),
+        OutLegState.INVITING: frozenset({OutLegState.TRYING, OutLegState.ENDED}),
+        OutLegState.TRYING: frozenset(
+            {OutLegState.RINGING, OutLegState.TALKING, OutLegState.ENDED}
+        ),
+        OutLegState.RINGING: frozenset(
+            {OutLegState.RINGING, OutLegState.TALKING, OutLegState.ENDED}
+        ),
+        OutLegState.TALKING: frozenset({OutLegState.ENDED}),
+        OutLegState.ENDED: frozenset(),
+    },
+)
+SHOWN_OUT_LEG = {
+    OutLegState.CREATED: CREATE,
+    OutLegState.INVITING: BANG,
+    OutLegState.TRYING: BANG,
+    OutLegState.RINGING: GROWL,
+    OutLegState.TALKING: TALK,
+    OutLegState.ENDED: HANGUP,
 }
 
 
@@ -187,33 +247,36 @@ class OutLeg:
     relay_host: str = ""
     relay_port: int = 0
     relay_tag: bytes = attrs.field(default=b"", repr=False)
-    bridged: bool = False
-    answered: bool = False
-    ended: bool = False
-    rang: bool = False
     created: float = 0.0
+    lifecycle: Lifecycle[OutLegState] = attrs.field(
+        factory=lambda: Lifecycle("OutLeg", OUT_LEG_MOVES, OutLegState.CREATED)
+    )
+    bridge: Bridge = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.bridge = Bridge(self.tel.bridge, self.tel.sip, self)
+
+    @property
+    def ended(self) -> bool:
+        return self.lifecycle.final
 
     def umsg_row(self, now: float) -> list[str]:
         """This call's ``show umsg`` row."""
-        if self.ended:
-            state = HANGUP
-        elif self.answered:
-            state = TALK
-        elif self.rang:
-            state = GROWL
-        else:
-            state = BANG if self.request_id is not None or self.session else CREATE
+        state = SHOWN_OUT_LEG[self.lifecycle.state]
         shown = [self.call.out_from, self.call.out_to, state, umsg_age(self.created, now)]
         return [*shown, self.session or "-"]
+
+    def invited(self, request_id: int) -> None:
+        """The ``invite`` went out as request ``request_id``."""
+        self.request_id = request_id
+        self.lifecycle.move(OutLegState.INVITING)
 
     def session_answer(self, msg: Message) -> None:
         """The CRS answered our invite: ``session``, or an error."""
         self.request_id = None
         if msg.type != "session":
-            self.ended = True
-            self.tel.outgoing.pop(id(self.call), None)
-            self.tel.retire(self)
-            self.leg.rejected(UMSG_STATUS.get(msg.get("code", ""), 480))
+            if self._finish():
+                self.leg.rejected(UMSG_STATUS.get(msg.get("code", ""), 480))
             return
         self.session = msg["session"]
         self.call.callee_if_id = msg["session"]
@@ -222,6 +285,7 @@ class OutLeg:
         if self.ended:  # the PBX hung up meanwhile
             self.tel.notify("hangup", session=self.session, code="normal")
             return
+        self.lifecycle.move(OutLegState.TRYING)
         self.tel.active[msg["session"]] = self
         self.leg.trying()
 
@@ -229,23 +293,18 @@ class OutLeg:
         """``ringing``, ``talk`` or ``hangup`` from the secure user."""
         if self.ended:
             return
-        if msg.type == "ringing":
-            self.rang = True
+        if msg.type == "ringing" and self.lifecycle.can(OutLegState.RINGING):
+            self.lifecycle.move(OutLegState.RINGING)
             self.leg.ringing()
-        elif msg.type == "talk" and not self.answered:
-            self.answered = True
-            defer.ensureDeferred(self._bridge()).addErrback(self._bridge_failed)
+        elif msg.type == "talk" and self.lifecycle.can(OutLegState.TALKING):
+            self.lifecycle.move(OutLegState.TALKING)
+            self.bridge.add().addCallbacks(self._bridged, self._bridge_failed)
         elif msg.type == "hangup":
             self.end_from_tel(msg.get("code", "normal"))
 
-    async def _bridge(self) -> None:
-        assert self.session is not None
-        await add_bridge(self)
-        self.bridged = True
-        if self.ended:
-            self._remove_bridge()
-            return
-        self.leg.answered()
+    def _bridged(self, up: bool) -> None:
+        if up:
+            self.leg.answered()
 
     def _bridge_failed(self, failure: Failure) -> None:
         log.warn(
@@ -257,36 +316,24 @@ class OutLeg:
             self.hang_up("bridge-failed")
             self.leg.rejected(503)
 
-    def _remove_bridge(self) -> None:
-        if not self.bridged or self.session is None:
-            return
-        self.bridged = False
-        session = self.session
-
-        async def remove() -> None:
-            await self.tel.bridge.call(BridgeRemove, call=session)
-
-        defer.ensureDeferred(remove()).addErrback(
-            lambda f: log.warn("cannot remove bridge {session}: {why}", session=session, why=f)
-        )
-
     def _finish(self) -> bool:
         """Mark the call ended and let go of it (False: it already was)."""
         if self.ended:
             return False
-        self.ended = True
-        self.tel.outgoing.pop(id(self.call), None)
+        self.lifecycle.move(OutLegState.ENDED)
+        self.tel.outgoing.pop(self.call, None)
         self.tel.retire(self)
-        self._remove_bridge()
+        self.bridge.remove()
         if self.session is not None:
             self.tel.active.pop(self.session, None)
         return True
 
     def end_from_tel(self, code: str = "normal") -> None:
         """The secure user hung up (or the UIF went away): end the SIP leg."""
+        talking = self.lifecycle.state is OutLegState.TALKING
         if not self._finish():
             return
-        if self.answered:
+        if talking:
             self.leg.hung_up()
         else:
             self.leg.rejected(UMSG_STATUS.get(code, 480))
