@@ -47,19 +47,11 @@ from cryptify.protocols.sip.transaction import (
     TransactionLayer,
 )
 
-from ..calls import (
-    DEFAULT_RTP_PORTS,
-    Call,
-    CallState,
-    CallTable,
-    PortPool,
-    TelLeg,
-    TelSide,
-    source_of,
-)
+from ..calls import Call, CallState, CallTable, TelLeg, TelSide, source_of
 from ..route import SIP, Router, RouteRefused
 from .legs import OutCall, SipCall
 from .peers import Refusals, SipPeers
+from .ports import DEFAULT_RTP_PORTS, PortPool
 
 log = Logger(namespace="cryptify.cig.sif")
 
