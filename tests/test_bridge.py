@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from pylibsrtp import Policy, Session
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.cig import g711
-from cryptify.cig.bridge import (
+from cryptify.cig.relay import g711
+from cryptify.cig.relay.bridge_core import (
     EVENT_END_REPEATS,
     FRAME_SAMPLES,
     BridgeSpecError,

@@ -18,16 +18,16 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from cryptify.cig import g711
-from cryptify.cig.bridge import TICK_SECONDS, PbxSide, SecureSide
-from cryptify.cig.bridge_io import (
+from cryptify.cig.relay import g711
+from cryptify.cig.relay.bridge_core import TICK_SECONDS, PbxSide, SecureSide
+from cryptify.cig.relay.bridge_wiring import (
     MAX_CATCH_UP,
     BridgeRefused,
     BridgeService,
     MediaPoller,
     SocketPort,
 )
-from cryptify.cig.relay import control_factory
+from cryptify.cig.relay.control import control_factory
 from cryptify.config.cig_model import AddressOverride, PortRange, SipInterface, TelInterface
 from cryptify.protocols.bridge_control import (
     BridgeAdd,

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.cig import cli as cig_cli
-from cryptify.cig.admin import CigAdmin
-from cryptify.cig.state import CigState
-from cryptify.cig.uif import store_blob
+from cryptify.cig.operator import cli as cig_cli
+from cryptify.cig.operator.admin import CigAdmin
+from cryptify.cig.operator.state import CigState
+from cryptify.cig.tel.uif import store_blob
 from cryptify.crypto.keymaterial import KeyMaterial
 from cryptify.protocols import cig_admin
 from cryptify.protocols.mgmt import CommandFailed

@@ -20,7 +20,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.calls import Call, CallState, CallTable, StubTelSide, TelLeg
 from cryptify.cig.route import Router
-from cryptify.cig.tel import PbxMedia, TelSwitch, UifCalls, UmsgTel, pbx_media
+from cryptify.cig.tel.bridge import PbxMedia, pbx_media
+from cryptify.cig.tel.core import UmsgTel
+from cryptify.cig.tel.switch import TelSwitch, UifCalls
 from cryptify.client.calls import CallAgent
 from cryptify.client.connection import ConnectionEnded
 from cryptify.client.session import Answered, Attached, Incoming
@@ -329,7 +331,7 @@ class ThroughSifTests(TelCase):
     def setUp(self) -> None:
         super().setUp()
         from cryptify.cig.calls import StubTelSide
-        from cryptify.cig.sif import Sif
+        from cryptify.cig.sif.core import Sif
         from tests.test_sip_transaction import FakeChannel
 
         config = load_cig_config(os.path.join(FIXTURES, "cig-simple.conf"))
@@ -481,7 +483,7 @@ class WiringTests(SynchronousTestCase):
 
     def test_uif_forwards_events(self) -> None:
         """Uif.on_call_event gets the client's events; session() is the live session."""
-        from cryptify.cig.uif import Uif, store_blob
+        from cryptify.cig.tel.uif import Uif, store_blob
         from tests.test_client import _Connector
         from tests.umsg_support import World
 
@@ -513,7 +515,7 @@ class WiringTests(SynchronousTestCase):
         """make_cig_service points the UIF's call events at a UifCalls on the real SIF."""
         from twisted.internet.testing import MemoryReactorClock
 
-        from cryptify.cig.uif import Uif
+        from cryptify.cig.tel.uif import Uif
         from cryptify.plugins.cig import dev_cig_config, make_cig_service
 
         root = make_cig_service(dev_cig_config(self.mktemp()), MemoryReactorClock())

@@ -13,11 +13,11 @@ from twisted.internet.protocol import Factory
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.cig import cli as cig_cli
-from cryptify.cig.admin import CigAdmin
-from cryptify.cig.cli import render_status
-from cryptify.cig.state import CigState
-from cryptify.cig.uif import (
+from cryptify.cig.operator import cli as cig_cli
+from cryptify.cig.operator.admin import CigAdmin
+from cryptify.cig.operator.cli import render_status
+from cryptify.cig.operator.state import CigState
+from cryptify.cig.tel.uif import (
     EXPIRED,
     LEGACY_FILE,
     NO_KEYS,

@@ -18,8 +18,8 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.cig.admin import CigAdmin
-from cryptify.cig.state import CigState
+from cryptify.cig.operator.admin import CigAdmin
+from cryptify.cig.operator.state import CigState
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.protocols import cig_admin, crs_admin
@@ -220,7 +220,7 @@ class CigAdminTests(SynchronousTestCase):
         d = client.callRemote(cig_admin.Status)
         pump.flush()
         status = self.successResultOf(d)["status"]
-        from cryptify.cig.cli import render_status
+        from cryptify.cig.operator.cli import render_status
 
         text = render_status(status)
         self.assertIn("Relay connection state    CONNECTED", text)
@@ -270,7 +270,7 @@ class CliTests(SynchronousTestCase):
         return run(list(argv), out, err), out.getvalue(), err.getvalue()
 
     def run_cig(self, *argv: str) -> tuple[int, str, str]:
-        from cryptify.cig.cli import run
+        from cryptify.cig.operator.cli import run
 
         out, err = io.StringIO(), io.StringIO()
         return run(list(argv), out, err), out.getvalue(), err.getvalue()

@@ -1,5 +1,5 @@
 """
-Tests for L{cryptify.cig.keepalive}: OPTIONS towards the PBX servers of
+Tests for L{cryptify.cig.sif.keepalive}: OPTIONS towards the PBX servers of
 the tel interface's extension maps, on a L{Clock}, with fake channels.
 """
 
@@ -13,9 +13,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.calls import CallTable, StubTelSide
-from cryptify.cig.keepalive import DOWN, UNKNOWN, UP, KeepAlive, keepalive_targets
-from cryptify.cig.sif import Sif
-from cryptify.cig.state import CigState
+from cryptify.cig.operator.state import CigState
+from cryptify.cig.sif.core import Sif
+from cryptify.cig.sif.keepalive import DOWN, UNKNOWN, UP, KeepAlive, keepalive_targets
 from cryptify.config import load_cig_config, parse_cig_config
 from cryptify.protocols.sip.locate import Target
 from cryptify.protocols.sip.message import Request, response_to

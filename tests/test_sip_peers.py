@@ -1,5 +1,5 @@
 """
-Tests for L{cryptify.cig.peers} and the SIF's access control: only the
+Tests for L{cryptify.cig.sif.peers} and the SIF's access control: only the
 PBX's addresses and C{trusted_peer} networks get in; strangers get 403
 or nothing, never a call, a C{show call} row or a session.log line, and
 their refusals are logged once per source and summed up per interval.
@@ -20,8 +20,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.calls import CALL_LINGER, CallTable, StubTelSide, source_of
-from cryptify.cig.peers import REFRESH_EVERY, SUMMARY_EVERY, Refusals, SipPeers, pbx_hosts
-from cryptify.cig.sif import Sif
+from cryptify.cig.sif.core import Sif
+from cryptify.cig.sif.peers import REFRESH_EVERY, SUMMARY_EVERY, Refusals, SipPeers, pbx_hosts
 from cryptify.config import load_cig_config, parse_cig_config
 from cryptify.config.cig_model import CigConfig
 from cryptify.protocols.sip.errors import SipParseError

@@ -1,5 +1,5 @@
 """
-Tests for L{cryptify.cig.sif}: the SIP interface core, driven in memory
+Tests for L{cryptify.cig.sif.core}: the SIP interface core, driven in memory
 with a fake channel, a L{Clock} and a tel-side double.
 """
 
@@ -17,7 +17,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.calls import CALL_LINGER, CallTable, StubTelSide, session_line
-from cryptify.cig.sif import Sif, SipCall
+from cryptify.cig.sif.core import Sif
+from cryptify.cig.sif.legs import SipCall
 from cryptify.config import load_cig_config, parse_cig_config
 from cryptify.protocols.sip.message import Request, Response, parse_datagram, response_to
 from cryptify.protocols.sip.sdp import parse_sdp

@@ -1,1 +1,1 @@
-"""cig."""
+"""The CIG (interconnect gateway): ``twistd cig`` and ``twistd cig-relay``."""

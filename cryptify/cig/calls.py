@@ -37,8 +37,6 @@ from cryptify.logs import utc_timestamp
 CALL_LINGER = 30.0
 SESSION_LOG = "session.log"
 SESSION_HEADER = "event"
-#: RTP ports used when the sip interface has no C{rtp_port_range}.
-DEFAULT_RTP_PORTS = (16384, 32766)
 
 session_log = Logger(namespace="cryptify.cig.session")
 
@@ -113,7 +111,7 @@ class CallTable:
 
     clock: IReactorTime
     calls: list[Call] = attrs.field(factory=list)
-    _linger: dict[int, IDelayedCall] = attrs.field(factory=dict)
+    _linger: dict[Call, IDelayedCall] = attrs.field(factory=dict)
 
     def add(self, call: Call) -> None:
         """Start listing C{call}."""
@@ -128,11 +126,17 @@ class CallTable:
     def set_state(self, call: Call, state: CallState) -> None:
         """Record C{call}'s last completed event; ended calls linger."""
         call.state = state
-        if state in ENDED and id(call) not in self._linger:
-            self._linger[id(call)] = self.clock.callLater(CALL_LINGER, self._drop, call)
+        if state in ENDED and call not in self._linger:
+            self._linger[call] = self.clock.callLater(CALL_LINGER, self._drop, call)
+
+    def close(self, call: Call, state: CallState, event: str) -> None:
+        """End C{call}'s row with C{state} unless it has ended (a call no leg took)."""
+        if call.state not in ENDED:
+            self.set_state(call, state)
+            self.event(call, event)
 
     def _drop(self, call: Call) -> None:
-        self._linger.pop(id(call), None)
+        self._linger.pop(call, None)
         if call in self.calls:
             self.calls.remove(call)
 
@@ -177,30 +181,6 @@ class TelSide(Protocol):
 
     def media_changed(self, call: Call) -> None:
         """The PBX sent new media for a call (a re-INVITE's offer)."""
-
-
-@attrs.define
-class PortPool:
-    """Even RTP ports from a range, handed out and taken back."""
-
-    low: int
-    high: int
-    used: set[int] = attrs.field(factory=set)
-    _next: int = 0
-
-    def take(self) -> int | None:
-        first = self.low + (self.low % 2)
-        count = max(0, (self.high - first) // 2 + 1)
-        for i in range(count):
-            port = first + 2 * ((self._next + i) % count)
-            if port not in self.used:
-                self.used.add(port)
-                self._next = (self._next + i + 1) % count
-                return port
-        return None
-
-    def give_back(self, port: int | None) -> None:
-        self.used.discard(port or -1)
 
 
 @attrs.define(eq=False)

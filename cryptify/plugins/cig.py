@@ -6,13 +6,18 @@ start|stop``), the control link to ``cig-relay``, the SIP interface (UDP
 and TCP on ``sip { bind }``, taking requests only from its peers: the PBX
 hosts of the maps, looked up at start and every 5 minutes, and
 ``trusted_peer`` networks), the management listeners (127.0.0.1:8083
-with the cookie, and the UNIX socket).  The UIF (``cryptify.cig.uif``)
+with the cookie, and the UNIX socket).  The UIF (``cryptify.cig.tel.uif``)
 keeps the CIG's number attached to the CRS once it has a keystore, and
-hands its events to :class:`~cryptify.cig.tel.UifCalls`: calls between
+hands its events to :class:`~cryptify.cig.tel.switch.UifCalls`: calls between
 secure users and the PBX, bridged by cig-relay.  Until the UIF has key
 material (and has heard from the CRS), calls from the PBX go to a stub
 tel side (``--tel-stub``) that refuses them, or answers them for tests;
 the mailboxes join this tree in their issue.
+
+:func:`make_cig_service` builds the tree in steps, each a typed function:
+:func:`build_sip` (the SIF, its peers, keep-alive and listeners),
+:func:`build_uif` (the UIF and the secure calls), :func:`cig_state` (what
+``status`` and ``show`` read) and :func:`build_management`.
 """
 
 from __future__ import annotations
@@ -28,14 +33,14 @@ from twisted.internet.interfaces import IHostResolution, IResolutionReceiver
 from twisted.python import usage
 from zope.interface import implementer
 
-from cryptify.cig.admin import CigAdmin
 from cryptify.cig.calls import CallTable, StubTelSide
-from cryptify.cig.keepalive import DEFAULT_INTERVAL, KeepAlive, keepalive_targets
-from cryptify.cig.peers import SipPeers, pbx_hosts
-from cryptify.cig.sif import Sif
-from cryptify.cig.state import CigState
-from cryptify.cig.tel import TelSwitch, UifCalls
-from cryptify.cig.uif import Uif, app_name
+from cryptify.cig.operator.admin import CigAdmin
+from cryptify.cig.operator.state import CigState
+from cryptify.cig.sif.core import Sif
+from cryptify.cig.sif.keepalive import DEFAULT_INTERVAL, KeepAlive, keepalive_targets
+from cryptify.cig.sif.peers import SipPeers, pbx_hosts
+from cryptify.cig.tel.switch import TelSwitch, UifCalls
+from cryptify.cig.tel.uif import Uif, app_name
 from cryptify.client.cli import session_maker, tls_connector
 from cryptify.config import CigConfig, load_cig_config
 from cryptify.config.crs import Endpoint
@@ -188,20 +193,11 @@ def resolve_all(reactor: Any) -> Any:
     return lookup
 
 
-def make_cig_service(
-    cfg: CigConfig,
-    reactor: Any,
-    tel_stub: str = "unavailable",
-    keepalive: float = DEFAULT_INTERVAL,
-) -> ProgramService:
-    """Build the CIG's service tree; nothing is opened until it starts."""
-    root = ProgramService("cig")
-    notifier = Notifier(reactor, cfg.notify or None)
-    attach(root, LogFileService(cfg.logging.dir, "cig.log", "cig"))
-    attach(root, LogFileService(cfg.logging.dir, "session.log", "plain", main=False))
+def describe(cfg: CigConfig) -> list[str]:
+    """The INIT lines: what this CIG was configured with."""
     sip = cfg.interfaces.sip
     mgmt = cfg.management
-    describe = [
+    return [
         f"CRS {cfg.crs.address.host}:{cfg.crs.address.port}, keystore {cfg.crs.keystore}",
         f"SIP {sip.bind}:{sip.port}, messaging {'true' if sip.messaging else 'false'}",
         f"SIP peers: PBX {', '.join(pbx_hosts(cfg)) or '-'}; "
@@ -213,9 +209,28 @@ def make_cig_service(
         f"management {mgmt.bind.host}:{mgmt.bind.port} and {mgmt.socket}",
         f"relay control {cfg.relay.control}",
     ]
-    attach(root, lifecycle("cig-server", notifier, describe))
-    relay = RelayLink(reactor, unix_endpoint(reactor, cfg.relay.control, 5), "cig")
-    attach(root, relay)
+
+
+@attrs.frozen
+class SipParts:
+    """The SIP interface's parts that the rest of the tree uses."""
+
+    sif: Sif
+    calls: CallTable
+    tel_side: TelSwitch
+    keepalive: KeepAlive
+
+
+def build_sip(
+    root: ProgramService,
+    cfg: CigConfig,
+    reactor: Any,
+    notifier: Notifier,
+    tel_stub: str,
+    keepalive: float,
+) -> SipParts:
+    """The SIF with its peers and keep-alive; UDP and TCP listeners on ``sip { bind }``."""
+    sip = cfg.interfaces.sip
     calls = CallTable(reactor)
     tel_side = TelSwitch(StubTelSide(tel_stub))
     peers = SipPeers.from_config(cfg, reactor, resolve_all(reactor))
@@ -240,26 +255,29 @@ def make_cig_service(
         sif.channel_to = lambda address: UdpChannel(port, address)
         return port
 
+    def listen_tcp() -> Any:
+        factory = SipStreamFactory(
+            sif,
+            reactor,
+            idle_timeout=sip.tcp_idle_timeout,
+            allowed=peers.trusted,
+            refused=sif.refusals.refused,
+        )
+        return reactor.listenTCP(sip.port, factory, interface=sip.bind)
+
     attach(
         root,
         ListenService("SIP", f"udp {where}", listen_udp),
-        ListenService(
-            "SIP",
-            f"tcp {where}",
-            lambda: reactor.listenTCP(
-                sip.port,
-                SipStreamFactory(
-                    sif,
-                    reactor,
-                    idle_timeout=sip.tcp_idle_timeout,
-                    allowed=peers.trusted,
-                    refused=sif.refusals.refused,
-                ),
-                interface=sip.bind,
-            ),
-        ),
+        ListenService("SIP", f"tcp {where}", listen_tcp),
         CallbackService(on_start=pbx.start),
     )
+    return SipParts(sif, calls, tel_side, pbx)
+
+
+def build_uif(
+    root: ProgramService, cfg: CigConfig, reactor: Any, sip: SipParts, relay: RelayLink
+) -> Uif:
+    """The UIF attached to the CRS; its events drive the secure calls (the SIF's tel side)."""
     uif = Uif(
         reactor,
         cfg.crs.keystore,
@@ -268,20 +286,35 @@ def make_cig_service(
         tls_connector(reactor, cfg.crs.ca, insecure=False),
         lambda material: session_maker(material, app_name()),
     )
-    tel_side.uif_calls = UifCalls(reactor, uif, sif, calls, sif.router, relay)
-    uif.on_call_event = tel_side.uif_calls.handle
+    uif_calls = UifCalls(reactor, uif, sip.sif, sip.calls, sip.sif.router, relay)
+    sip.tel_side.uif_calls = uif_calls
+    uif.on_call_event = uif_calls.handle
     attach(root, uif)
-    state = CigState(
+    return uif
+
+
+def cig_state(cfg: CigConfig, relay: RelayLink, uif: Uif, sip: SipParts) -> CigState:
+    """What ``status`` and ``show`` read."""
+    uif_calls = sip.tel_side.uif_calls
+    assert uif_calls is not None
+    return CigState(
         crs_address=cfg.crs.address.host,
-        sip_bind=sip.bind,
+        sip_bind=cfg.interfaces.sip.bind,
         relay_connected=lambda: relay.active,
         crypto_engines=lambda: (1 if relay.active else 0, 1),
         crs_connected=lambda: uif.connected,
         umsg_info=lambda: uif.info().as_tuple(),
-        call_rows=calls.rows,
-        umsg_rows=tel_side.uif_calls.umsg_rows,
-        sip_peers=pbx.rows,
+        call_rows=sip.calls.rows,
+        umsg_rows=uif_calls.umsg_rows,
+        sip_peers=sip.keepalive.rows,
     )
+
+
+def build_management(
+    root: ProgramService, cfg: CigConfig, reactor: Any, state: CigState, uif: Uif
+) -> None:
+    """The management listeners: TCP with the cookie, and the UNIX socket."""
+    mgmt = cfg.management
 
     def listen_tcp() -> Any:
         try:
@@ -293,8 +326,6 @@ def make_cig_service(
         )
         return reactor.listenTCP(mgmt.bind.port, factory, interface=mgmt.bind.host)
 
-    attach(root, ListenService("management", f"{mgmt.bind.host}:{mgmt.bind.port}", listen_tcp))
-
     def listen_unix() -> Any:
         prepare_socket_path(mgmt.socket)
         port = reactor.listenUNIX(
@@ -303,7 +334,33 @@ def make_cig_service(
         restrict_socket(mgmt.socket, MANAGEMENT_GROUP)
         return port
 
-    attach(root, ListenService("management", mgmt.socket, listen_unix))
+    attach(
+        root,
+        ListenService("management", f"{mgmt.bind.host}:{mgmt.bind.port}", listen_tcp),
+        ListenService("management", mgmt.socket, listen_unix),
+    )
+
+
+def make_cig_service(
+    cfg: CigConfig,
+    reactor: Any,
+    tel_stub: str = "unavailable",
+    keepalive: float = DEFAULT_INTERVAL,
+) -> ProgramService:
+    """Build the CIG's service tree; nothing is opened until it starts."""
+    root = ProgramService("cig")
+    notifier = Notifier(reactor, cfg.notify or None)
+    attach(
+        root,
+        LogFileService(cfg.logging.dir, "cig.log", "cig"),
+        LogFileService(cfg.logging.dir, "session.log", "plain", main=False),
+        lifecycle("cig-server", notifier, describe(cfg)),
+    )
+    relay = RelayLink(reactor, unix_endpoint(reactor, cfg.relay.control, 5), "cig")
+    attach(root, relay)
+    sip = build_sip(root, cfg, reactor, notifier, tel_stub, keepalive)
+    uif = build_uif(root, cfg, reactor, sip, relay)
+    build_management(root, cfg, reactor, cig_state(cfg, relay, uif, sip), uif)
     return root
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryptify.cig.bridge_io import BridgeService
-from cryptify.cig.relay import control_factory
+from cryptify.cig.relay.bridge_wiring import BridgeService
+from cryptify.cig.relay.control import control_factory
 from cryptify.config import CigConfig, load_cig_config
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService

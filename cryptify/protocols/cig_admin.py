@@ -1,6 +1,6 @@
 """Management commands of the CIG (one per ``cig-cli`` action).
 
-Shared by the server (``cryptify.cig.admin``) and ``cig-cli``.
+Shared by the server (``cryptify.cig.operator.admin``) and ``cig-cli``.
 """
 
 from __future__ import annotations

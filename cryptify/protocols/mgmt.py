@@ -3,7 +3,7 @@
 One :class:`MgmtCommand` subclass per CLI action, defined once in
 ``crs_admin``/``cig_admin`` and used by both ends.  The server's responders
 live on a locator object that holds the service (``cryptify.crs.operator.admin``,
-``cryptify.cig.admin``); :class:`ManagementProtocol` only adds the gate.
+``cryptify.cig.operator.admin``); :class:`ManagementProtocol` only adds the gate.
 
 Who may connect:
 

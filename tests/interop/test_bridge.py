@@ -17,7 +17,7 @@ import time
 from pylibsrtp import Policy, Session
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.cig import g711
+from cryptify.cig.relay import g711
 from cryptify.protocols.rtp import RtpPacket, TelephoneEvent, encode_rtp, parse_event, parse_rtp
 from tests.interop._procs import Twistd, short_tempdir, unix_answers, wait_for
 from tests.interop.test_relay import AmpClient

@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from cryptify.cig.calls import Call, CallTable, StubTelSide
-from cryptify.cig.sif import Sif
+from cryptify.cig.sif.core import Sif
 from cryptify.config import parse_cig_config
 from cryptify.protocols.sip.transport import SipDatagramProtocol, UdpChannel
 from tests.interop._pbx import CIG_TRUNK, AnsweringLeg, Pbx, require_pbx, sleep, until

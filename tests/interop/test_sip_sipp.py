@@ -541,7 +541,7 @@ class InProcessSifTests(TestCase):
         from twisted.internet import reactor, task
 
         from cryptify.cig.calls import Call, CallTable
-        from cryptify.cig.sif import Sif
+        from cryptify.cig.sif.core import Sif
         from cryptify.config import CigConfig, SipInterface
         from cryptify.protocols.sip.transport import (
             SipDatagramProtocol,
@@ -625,7 +625,7 @@ class InProcessSifTests(TestCase):
         from twisted.internet import reactor, task
 
         from cryptify.cig.calls import CallTable, StubTelSide
-        from cryptify.cig.sif import Sif
+        from cryptify.cig.sif.core import Sif
         from cryptify.config import parse_cig_config
         from cryptify.protocols.sip.transport import SipDatagramProtocol
 

@@ -4,7 +4,7 @@ The secure side speaks SRTP through the CRS relay (every datagram we send
 is the leg tag then an SRTP packet; what the relay sends us is bare SRTP),
 the PBX side plain RTP.  Both carry G.711 (PCMU or PCMA, transcoded where
 the two sides differ) and RFC 4733 telephone-events.  Nothing here opens
-a socket or reads a clock; the adapters in :mod:`cryptify.cig.bridge_io`
+a socket or reads a clock; the adapters in :mod:`cryptify.cig.relay.bridge_wiring`
 feed datagrams in and send what comes back.
 
 Secure -> PBX is pass-through: each packet is unprotected, transcoded and
@@ -32,7 +32,7 @@ import attrs
 from pylibsrtp import Error as SrtpError
 from pylibsrtp import Policy, Session
 
-from cryptify.cig import g711
+from cryptify.cig.relay import g711
 from cryptify.protocols import relay_packet
 from cryptify.protocols.rtp import (
     RtpError,

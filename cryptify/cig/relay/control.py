@@ -4,7 +4,7 @@
 heartbeat and counters every relay answers (:class:`Poll`,
 :class:`RelayStats`) and the bridge commands of
 :mod:`cryptify.protocols.bridge_control`, each carried out by the
-:class:`~cryptify.cig.bridge_io.BridgeService`.  ``docs/bridge.md``
+:class:`~cryptify.cig.relay.bridge_wiring.BridgeService`.  ``docs/bridge.md``
 describes the contract.
 """
 
@@ -18,9 +18,9 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from cryptify import __version__
-from cryptify.cig import g711
-from cryptify.cig.bridge import PbxSide, SecureSide
-from cryptify.cig.bridge_io import BridgeRefused, BridgeService
+from cryptify.cig.relay import g711
+from cryptify.cig.relay.bridge_core import PbxSide, SecureSide
+from cryptify.cig.relay.bridge_wiring import BridgeRefused, BridgeService
 from cryptify.protocols.bridge_control import (
     BridgeAdd,
     BridgeError,

@@ -1,11 +1,12 @@
 """
 SIF: the CIG's SIP interface, a trunk towards the PBX.
 
-L{Sif} is the user agent core on top of the transaction layer. It answers
-OPTIONS; takes INVITEs from the PBX, routes them with L{Router} from the
-sip interface and hands the outgoing leg to the tel side (L{TelSide}),
-reporting the leg's progress back to the PBX as 180 and 200 (with an SDP
-answer for PCMU/PCMA/telephone-event on a port of C{rtp_port_range});
+L{Sif} is the user agent core on top of the transaction layer (its call
+legs are in L{cryptify.cig.sif.legs}). It answers OPTIONS; takes INVITEs
+from the PBX, routes them with L{Router} from the sip interface and hands
+the outgoing leg to the tel side (L{TelSide}), reporting the leg's
+progress back to the PBX as 180 and 200 (with an SDP answer for
+PCMU/PCMA/telephone-event on a port of C{rtp_port_range});
 handles ACK, CANCEL and BYE, and BYE from the tel side; takes MESSAGE
 when C{messaging true}. Other methods get 405 (known to SIP, not ours) or
 501 (unknown); any request but CANCEL with C{Require} gets 420 (no option
@@ -18,7 +19,7 @@ C{session.log} with where it came from; see L{cryptify.cig.calls}.
 
 With L{SipPeers} set, requests from addresses that are not trusted peers
 get 403 or nothing (C{untrusted_answer}) before anything else looks at
-them, and are only counted (L{Refusals}); see L{cryptify.cig.peers}.
+them, and are only counted (L{Refusals}); see L{cryptify.cig.sif.peers}.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Callable
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import DNSLookupError
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -45,21 +46,13 @@ from cryptify.protocols.sip.transaction import (
     Channel,
     ServerTransaction,
     TransactionLayer,
-    TxState,
 )
 
-from .calls import (
-    DEFAULT_RTP_PORTS,
-    Call,
-    CallState,
-    CallTable,
-    PortPool,
-    TelLeg,
-    TelSide,
-    source_of,
-)
+from ..calls import Call, CallState, CallTable, TelLeg, TelSide, source_of
+from ..route import SIP, Router, RouteRefused
+from .legs import OutCall, SipCall
 from .peers import Refusals, SipPeers
-from .route import SIP, Router, RouteRefused
+from .ports import DEFAULT_RTP_PORTS, PortPool
 
 log = Logger(namespace="cryptify.cig.sif")
 
@@ -69,210 +62,6 @@ KNOWN_METHODS = frozenset(
     {"REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "UPDATE", "MESSAGE"}
 )
 SDP = "application/sdp"
-#: A call from the PBX the tel side has not answered by then gets 480.
-NO_ANSWER_AFTER = 180.0
-
-
-@attrs.define(eq=False)
-class SipCall:
-    """A call from the PBX: its SIP side, and the tel leg's reports."""
-
-    sif: Sif
-    call: Call
-    invite: ServerTransaction
-    local_tag: str
-    answer: bytes
-    rtp_port: int | None
-    dialog: Dialog | None = None
-    ended: bool = False
-    no_answer: IDelayedCall | None = None
-    #: The PBX's latest SDP offer (a re-INVITE's), if it sent one after the INVITE.
-    remote_sdp: bytes | None = None
-
-    def start(self) -> None:
-        """Hand the leg to the tel side; give up if it is not answered in time."""
-        self.no_answer = self.sif.clock.callLater(NO_ANSWER_AFTER, self.rejected, 480)
-        self.sif.tel.place_call(self.call, self)
-
-    def _stop_timer(self) -> None:
-        if self.no_answer is not None and self.no_answer.active():
-            self.no_answer.cancel()
-        self.no_answer = None
-
-    # TelLeg
-    def trying(self) -> None:
-        if not self.ended and self.call.state == CallState.ROUTED:
-            self.sif.calls.set_state(self.call, CallState.TRY)
-            self.sif.calls.event(self.call, "trying")
-
-    def ringing(self) -> None:
-        if self.ended or self.invite.state is not TxState.PROCEEDING:
-            return
-        self.sif.calls.set_state(self.call, CallState.RING)
-        self.sif.calls.event(self.call, "ringing")
-        self.invite.respond(self.sif.reply(self.invite.request, 180, self.local_tag))
-
-    def answered(self) -> None:
-        if self.ended or self.invite.state is not TxState.PROCEEDING:
-            return
-        request = self.invite.request
-        self._stop_timer()
-        try:
-            self.dialog = Dialog.as_uas(request, self.local_tag)
-        except SipParseError:
-            self.rejected(500)
-            self.sif.tel.hang_up(self.call)
-            return
-        self.sif.dialogs[self.dialog.id] = self
-        self.sif.calls.set_state(self.call, CallState.ANSWER)
-        self.sif.calls.event(self.call, "talk")
-        self.invite.respond(self.sif.reply(request, 200, self.local_tag, body=self.answer))
-
-    def rejected(self, status: int = 480) -> None:
-        if self.ended or self.invite.state is not TxState.PROCEEDING:
-            return
-        self._end(CallState.REJECT)
-        status = status if 300 <= status <= 699 else 480
-        self.invite.respond(self.sif.reply(self.invite.request, status, self.local_tag))
-
-    def hung_up(self) -> None:
-        if self.ended:
-            return
-        if self.dialog is None:
-            self.rejected(480)
-            return
-        self._end(CallState.HANGUP)
-        self.sif.send_bye(
-            self.dialog, self.invite.channel, self.sif.local_host(self.invite.request)
-        )
-
-    def _end(self, state: CallState) -> None:
-        self.ended = True
-        self._stop_timer()
-        self.sif.calls.set_state(self.call, state)
-        self.sif.calls.event(self.call, "hangup")
-        self.sif.rtp_ports.give_back(self.rtp_port)
-        self.sif.invites.pop(self.invite.key, None)
-        if self.dialog is not None:
-            self.sif.dialogs.pop(self.dialog.id, None)
-
-    def end_from_sip(self, state: CallState) -> None:
-        """The PBX ended the call (BYE or CANCEL): tell the tel side."""
-        if self.ended:
-            return
-        self._end(state)
-        self.sif.tel.hang_up(self.call)
-
-
-@attrs.define(eq=False)
-class OutCall:
-    """
-    A call to the PBX that the tel side placed: the SIF is its leg, and
-    reports the PBX's answers to the tel side's L{TelLeg}.
-    """
-
-    sif: Sif
-    call: Call
-    leg: TelLeg
-    invite: Request
-    channel: Channel
-    host: str
-    answer: bytes
-    rtp_port: int | None
-    dialog: Dialog | None = None
-    provisional: bool = False
-    cancel_pending: bool = False
-    ended: bool = False
-    #: The SDP answer of the PBX's first 2xx (the PBX leg's media).
-    remote_sdp: bytes = b""
-
-    def response(self, response: Response) -> None:
-        """A response to our INVITE (including repeated 2xx)."""
-        status = response.status
-        if status < 200:
-            self.provisional = True
-            if self.cancel_pending:
-                self.cancel_pending = False
-                self._send_cancel()
-            if self.ended:
-                return
-            if status == 100 and self.call.state == CallState.ROUTED:
-                self._state(CallState.TRY, "trying")
-                self.leg.trying()
-            elif status > 100 and self.call.state != CallState.RING:
-                self._state(CallState.RING, "ringing")
-                self.leg.ringing()
-            return
-        if status >= 300:
-            if not self.ended:
-                self._end(CallState.REJECT)
-                self.leg.rejected(status)
-            return
-        first = self.dialog is None
-        if self.dialog is None:
-            try:
-                self.dialog = Dialog.as_uac(self.invite, response)
-            except SipParseError:
-                log.warn("unusable 2xx for call {call_id}", call_id=self.invite.call_id)
-                return
-        self._ack(self.dialog)
-        if not first:
-            return
-        self.remote_sdp = response.body
-        if self.ended:
-            self.sif.send_bye(self.dialog, self.channel, self.host)
-            return
-        self.sif.dialogs[self.dialog.id] = self
-        self._state(CallState.ANSWER, "talk")
-        self.leg.answered()
-
-    def timeout(self) -> None:
-        """No final response in time (timer B)."""
-        if not self.ended:
-            self._end(CallState.REJECT)
-            self.leg.rejected(408)
-
-    def hang_up(self) -> None:
-        """The tel side hung up."""
-        if self.ended:
-            return
-        self._end(CallState.HANGUP)
-        if self.dialog is not None:
-            self.sif.send_bye(self.dialog, self.channel, self.host)
-        elif self.provisional:
-            self._send_cancel()
-        else:
-            self.cancel_pending = True
-
-    def end_from_sip(self, state: CallState) -> None:
-        """The PBX sent BYE: tell the tel side."""
-        if not self.ended:
-            self._end(state)
-            self.leg.hung_up()
-
-    def _state(self, state: CallState, event: str) -> None:
-        self.sif.calls.set_state(self.call, state)
-        self.sif.calls.event(self.call, event)
-
-    def _end(self, state: CallState) -> None:
-        self.ended = True
-        self._state(state, "hangup")
-        self.sif.rtp_ports.give_back(self.rtp_port)
-        self.sif.outgoing.pop(id(self.call), None)
-        if self.dialog is not None:
-            self.sif.dialogs.pop(self.dialog.id, None)
-
-    def _ack(self, dialog: Dialog) -> None:
-        ack = dialog.request("ACK", self.sif.via(self.channel, self.host), cseq=1)
-        self.channel.send(ack.to_bytes())
-
-    def _send_cancel(self) -> None:
-        headers = Headers()
-        for name in ("Via", "Max-Forwards", "From", "To", "Call-ID"):
-            headers = headers.add(name, self.invite.headers.get(name) or "")
-        headers = headers.add("CSeq", f"{self.invite.cseq.number} CANCEL")
-        cancel = Request("CANCEL", self.invite.uri, headers)
-        self.sif.layer.request(cancel, self.channel, lambda response: None, lambda: None)
 
 
 class NoTransport(Exception):
@@ -301,9 +90,9 @@ class Sif:
     #: Who may send requests; None: anyone (tests, in-process tools).
     peers: SipPeers | None = None
     refusals: Refusals = attrs.field(init=False)
-    placing: dict[int, Call] = attrs.field(factory=dict, init=False)
+    placing: set[Call] = attrs.field(factory=set, init=False)
     dialogs: dict[DialogId, SipCall | OutCall] = attrs.field(factory=dict, init=False)
-    outgoing: dict[int, OutCall] = attrs.field(factory=dict, init=False)
+    outgoing: dict[Call, OutCall] = attrs.field(factory=dict, init=False)
     invites: dict[tuple[str, ...], SipCall] = attrs.field(factory=dict, init=False)
 
     @router.default
@@ -395,7 +184,7 @@ class Sif:
         call = self.invites.get(tx.key)
         if call is not None and not call.ended:
             log.info("no ACK for call {call_id}; hanging up", call_id=tx.request.call_id)
-            call.end_from_sip(CallState.HANGUP)
+            call.end_from_sip()
             if call.dialog is not None:
                 self.send_bye(call.dialog, tx.channel, self.local_host(tx.request))
 
@@ -554,7 +343,7 @@ class Sif:
         if found is None:
             return
         tx.respond(response_to(tx.request.headers, 200))
-        found.end_from_sip(CallState.HANGUP)
+        found.end_from_sip()
 
     def _cancel(self, tx: ServerTransaction) -> None:
         invite = self.layer.invite_for(tx.request)
@@ -563,11 +352,9 @@ class Sif:
             return
         tx.respond(response_to(tx.request.headers, 200))
         call = self.invites.get(invite.key)
-        if invite.state is TxState.PROCEEDING:
-            tag = call.local_tag if call is not None else new_tag()
-            invite.respond(self.reply(invite.request, 487, tag))
-            if call is not None:
-                call.end_from_sip(CallState.HANGUP)
+        if call is not None and call.unanswered:  # a final response ends the CANCEL's use
+            invite.respond(self.reply(invite.request, 487, call.local_tag))
+            call.end_from_sip()
 
     def _message(self, tx: ServerTransaction) -> None:
         request = tx.request
@@ -640,18 +427,20 @@ class Sif:
         if port is None:
             leg.rejected(503)
             return None
-        self.placing[id(call)] = call
+        self.placing.add(call)
 
         def send(channel: Channel) -> None:
-            if self.placing.pop(id(call), None) is None:
+            if call not in self.placing:
                 self.rtp_ports.give_back(port)  # hung up meanwhile
                 return
+            self.placing.discard(call)
             self._send_invite(call, leg, port, channel)
 
         def failed(failure: Failure) -> None:
             self.rtp_ports.give_back(port)
-            if self.placing.pop(id(call), None) is None:
+            if call not in self.placing:
                 return
+            self.placing.discard(call)
             status = 502 if failure.check(DNSLookupError) else 503
             log.info(
                 "cannot reach {target} for call to {to}: {why}",
@@ -662,7 +451,7 @@ class Sif:
             leg.rejected(status)
 
         self.channel_for(target).addCallbacks(send, failed)
-        return self.outgoing.get(id(call))
+        return self.outgoing.get(call)
 
     def _send_invite(self, call: Call, leg: TelLeg, port: int, channel: Channel) -> None:
         local = "127.0.0.1" if is_wildcard(self.config.sip.bind) else self.config.sip.bind
@@ -691,12 +480,12 @@ class Sif:
         if call.state is None:
             self.calls.set_state(call, CallState.ROUTED)
         out = OutCall(self, call, leg, invite, channel, local, offer, port)
-        self.outgoing[id(call)] = out
+        self.outgoing[call] = out
         self.layer.request(invite, channel, out.response, out.timeout)
 
     def media_of(self, call: Call) -> tuple[int | None, bytes] | None:
         """A call's local RTP port and the PBX's SDP (answer, or offer for calls from the PBX)."""
-        out = self.outgoing.get(id(call))
+        out = self.outgoing.get(call)
         if out is not None:
             return out.rtp_port, out.remote_sdp
         for incoming in self.invites.values():
@@ -706,9 +495,10 @@ class Sif:
 
     def hang_up(self, call: Call) -> None:
         """The tel side ends an outgoing call: BYE, or CANCEL if not answered."""
-        if self.placing.pop(id(call), None) is not None:
+        if call in self.placing:
+            self.placing.discard(call)
             return  # still looking up or connecting: nothing sent yet
-        out = self.outgoing.get(id(call))
+        out = self.outgoing.get(call)
         if out is not None:
             out.hang_up()
 

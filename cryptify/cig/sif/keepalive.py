@@ -26,8 +26,8 @@ from cryptify.protocols.sip.locate import Target, literal_target
 from cryptify.protocols.sip.message import Headers, Request, Response
 from cryptify.protocols.sip.transaction import Channel
 
-from .route import TEL, Router
-from .sif import Sif
+from ..route import TEL, Router
+from .core import Sif
 
 log = Logger(namespace="cryptify.cig.keepalive")
 

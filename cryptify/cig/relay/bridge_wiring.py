@@ -2,7 +2,7 @@
 
 :class:`BridgeService` owns every bridged call: two UDP ports per call (the
 secure leg, talking to the CRS relay, and the PBX leg), the
-:class:`~cryptify.cig.bridge.CallBridge` core between them, and one
+:class:`~cryptify.cig.relay.bridge_core.CallBridge` core between them, and one
 ``LoopingCall`` that ticks every core every 20 ms.  When the process was
 late (descheduled on a busy machine, or a long reactor turn) the clock
 makes up the missed ticks, up to :data:`MAX_CATCH_UP` (500 ms), reading
@@ -41,7 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cryptify.cig.bridge import (
+from cryptify.cig.relay.bridge_core import (
     TICK_SECONDS,
     BridgeCounters,
     BridgeSpecError,

@@ -8,7 +8,7 @@ from typing import Any
 from twisted.protocols import amp
 
 from cryptify import __version__
-from cryptify.cig.state import CigState
+from cryptify.cig.operator.state import CigState
 from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.keymaterial import KeyMaterial
 from cryptify.protocols import cig_admin

@@ -152,7 +152,7 @@ class Uif(service.Service):
         self.client: AttachingClient | None = None
         self.connected = False
         self._last_failure: str | None = None
-        #: Every event of the attached session, for the calls (:mod:`cryptify.cig.tel`).
+        #: Every event of the attached session, for the calls (:mod:`cryptify.cig.tel.core`).
         self.on_call_event: Callable[[Event], None] | None = None
 
     # status

@@ -1,0 +1,1 @@
+"""The CIG's operator side: ``status``/``show`` state, the management responders, ``cig-cli``."""

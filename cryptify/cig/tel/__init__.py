@@ -1,0 +1,1 @@
+"""The CIG's secure (tel) side, run by ``twistd cig``: the UIF and the secure calls."""
