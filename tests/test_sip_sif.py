@@ -405,6 +405,34 @@ class MethodTests(SifCase):
         assert message is not None
         self.sif.message_received(message, self.channel)
 
+    def test_contact_with_unbalanced_quote(self) -> None:
+        """
+        A Contact whose quotes do not balance (hypothesis found one) is
+        answered 400 like any unusable Contact, instead of an exception.
+        """
+        data = invite(call_id="uq", branch="z9hG4bKuq").replace(
+            b"Contact: <sip:101@192.0.2.1:5060>", b'Contact: "101 <sip:101@192.0.2.1:5060>'
+        )
+        self.send_raw(data)
+        statuses = [m.status for m in self.channel.messages() if isinstance(m, Response)]
+        self.assertEqual(statuses, [400])
+
+    def test_list_headers_with_unbalanced_quote(self) -> None:
+        """
+        Require and Accept, read as comma lists, with quotes that do not
+        balance: the INVITE gets one final answer, never an exception.
+        """
+        for n, header in enumerate((b'Require: "x\r\n', b'Accept: "x\r\n')):
+            self.channel.sent.clear()
+            self.send_raw(invite(call_id=f"lq{n}", branch=f"z9hG4bKlq{n}", extra=header.decode()))
+            finals = [
+                m.status
+                for m in self.channel.messages()
+                if isinstance(m, Response) and m.status >= 200
+            ]
+            self.assertEqual(len(finals), 1, header)
+            self.assertTrue(400 <= finals[0] < 500, finals)
+
     @settings(max_examples=100, deadline=None)
     @given(cut=st.integers(0, 700), insert=st.binary(max_size=8), drop=st.integers(0, 8))
     def test_fuzzed_invites(self, cut: int, insert: bytes, drop: int) -> None:

@@ -46,6 +46,7 @@ from cryptify.protocols.sip.transaction import (
     Channel,
     ServerTransaction,
     TransactionLayer,
+    TxState,
 )
 
 from ..calls import Call, CallState, CallTable, TelLeg, TelSide, source_of
@@ -153,6 +154,16 @@ class Sif:
         channel.send(response.to_bytes())
 
     def request_received(self, tx: ServerTransaction) -> None:
+        # A header that only fails when read (a list header whose quotes do
+        # not balance, say) ends in 400 for the request, never an exception.
+        try:
+            self._dispatch(tx)
+        except SipParseError as error:
+            if tx.state in (TxState.TRYING, TxState.PROCEEDING):
+                extra = (("Warning", _warning(error)),)
+                tx.respond(response_to(tx.request.headers, 400, to_tag=new_tag(), extra=extra))
+
+    def _dispatch(self, tx: ServerTransaction) -> None:
         request = tx.request
         method = request.method
         required = request.headers.values("Require")
@@ -271,8 +282,8 @@ class Sif:
             return 406, (("Warning", '399 cig "answers carry application/sdp only"'),)
         # An RFC 2543 caller may leave out Contact (RFC 4475 3.4.1); one
         # that is there must be readable.
-        contacts = request.headers.values("Contact")
         try:
+            contacts = request.headers.values("Contact")
             if contacts:
                 parse_name_addr(contacts[0])
         except SipParseError:
