@@ -159,6 +159,15 @@ class RoundTripTests(_PayloadTestCase):
         second = cbor_subset.decode(cbor_subset.decode(sealed())[0])["sakke"]
         self.assertNotEqual(first, second)
 
+    def test_fingerprint(self) -> None:
+        """Copies of one payload share a fingerprint; two seals of the same body do not."""
+        content = sealed()
+        first = open_payload(content, me=B, keys_for=keys_for(B)).fingerprint
+        again = open_payload(content, me=B, keys_for=keys_for(B)).fingerprint
+        other = open_payload(sealed(), me=B, keys_for=keys_for(B)).fingerprint
+        self.assertEqual((len(first), first), (32, again))
+        self.assertNotEqual(first, other)
+
     def test_largest_fits(self) -> None:
         """A body just under the limit seals into at most MAX_CONTENT octets and opens."""
         body = MessageBody("", (Attachment("a.bin", "application/octet-stream", bytes(47000)),))

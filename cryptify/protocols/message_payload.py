@@ -33,6 +33,7 @@ is one of :data:`REASONS`; nothing else escapes :func:`open_payload`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, get_args
@@ -159,6 +160,10 @@ class OpenedMessage:
     ``sender`` and ``recipient`` are the header's URIs (extension kept);
     ``period`` the key period both identities were taken in; ``time`` the
     sender's clock when it sealed the message (Unix seconds).
+    ``fingerprint`` is SHA-256 of the signed octets: the same for every copy
+    of one sealed message, different for any two seals (each has its own
+    random message key), so a recipient can spot a message delivered again
+    under another id.
     """
 
     sender: str
@@ -166,6 +171,7 @@ class OpenedMessage:
     period: str
     time: int
     body: MessageBody
+    fingerprint: bytes
 
 
 def _derive(ssv: bytes) -> tuple[bytes, bytes]:
@@ -381,5 +387,10 @@ def open_payload(
     except InvalidTag:
         raise PayloadError("undecryptable", "the sealed body failed authentication") from None
     return OpenedMessage(
-        header.sender, header.recipient, header.period, header.time, _parse_body(plaintext)
+        header.sender,
+        header.recipient,
+        header.period,
+        header.time,
+        _parse_body(plaintext),
+        hashlib.sha256(signed).digest(),
     )
