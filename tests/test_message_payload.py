@@ -10,6 +10,7 @@ answers any octets with a PayloadError and nothing else.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -197,6 +198,32 @@ class RoundTripTests(_PayloadTestCase):
         one = Attachment("a", "text/plain", b"")
         error = self.assertRaises(PayloadError, MessageBody, "", (one,) * (mp.MAX_ATTACHMENTS + 1))
         self.assertEqual(error.reason, "too-large")
+
+    def test_time_out_of_range(self) -> None:
+        """seal() refuses a clock before 1970 or past 9999 instead of failing inside."""
+        for now in (-1, mp.MAX_TIME + 1, 1e30):
+            error = self.assertRaises(
+                PayloadError,
+                seal,
+                MessageBody("x"),
+                sender=A,
+                recipient=B,
+                signer=signer(A),
+                z=z(),
+                now=now,
+            )
+            self.assertEqual(error.reason, "malformed")
+
+    def test_surrogate_text(self) -> None:
+        """seal() refuses text that is not UTF-8 (a lone surrogate) with a PayloadError."""
+        error = self.assertRaises(PayloadError, sealed, MessageBody("\udc80"))
+        self.assertEqual(error.reason, "malformed")
+
+    def test_documented_reasons(self) -> None:
+        """docs/messages.md names every reason a payload can be refused with."""
+        doc = (Path(__file__).parent.parent / "docs" / "messages.md").read_text("utf-8")
+        for reason in mp.REASONS:
+            self.assertIn(f"`{reason}`", doc)
 
     def test_signer_must_be_sender(self) -> None:
         """seal() refuses a signing key that is not the sender's."""

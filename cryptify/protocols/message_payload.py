@@ -219,11 +219,11 @@ def seal(
     """
     _check_uri(sender, "sender")
     _check_uri(recipient, "recipient")
+    if not 0 <= now <= MAX_TIME:
+        raise PayloadError("malformed", f"time must be 0..{MAX_TIME}")
     period = period_of(now)
     if signer.identity != tel_identifier(base_uri(sender), period):
         raise PayloadError("malformed", "the signing key is not the sender's for this key period")
-    if not 0 <= now <= MAX_TIME:
-        raise PayloadError("malformed", f"time must be 0..{MAX_TIME}")
     try:
         plaintext = _encode_body(body)
     except (cbor_subset.CborError, UnicodeEncodeError):
