@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -192,6 +192,8 @@ class RoundTripTests(_PayloadTestCase):
             error = self.assertRaises(PayloadError, Attachment, name, "text/plain", b"")
             self.assertEqual(error.reason, "malformed")
         self.assertRaises(PayloadError, Attachment, "a", "text", b"")
+        self.assertRaises(PayloadError, Attachment, "a", "text/plain", 5)
+        self.assertRaises(PayloadError, MessageBody, b"not text")
 
     def test_too_many_attachments(self) -> None:
         """More than MAX_ATTACHMENTS attachments is refused."""
@@ -302,6 +304,14 @@ class RefusalTests(_PayloadTestCase):
         # and with the next period's keys it opens:
         self.assertEqual(open_payload(content, me=B, keys_for=keys_for(B)).period, NEXT_MONTH_P)
 
+    def test_keys_lookup_fails(self) -> None:
+        """A keys_for that fails with a CryptoError (no such period in the file) is wrong-period."""
+
+        def failing(period: str) -> Any:
+            return material(B).for_period("1999-01")
+
+        self.assertRefused("wrong-period", sealed(), keys_for=failing)
+
     def test_period_not_month_of_time(self) -> None:
         """A header whose period is not the month of its time is refused."""
         self.assertRefused("wrong-period", forge(header(time=NEXT_MONTH), BODY))
@@ -388,6 +398,7 @@ class DecoderPropertyTests(SynchronousTestCase):
                 content.insert(index, data.draw(st.integers(0, 255)))
             else:
                 del content[index]
+        assume(bytes(content) != _payload())  # later steps may undo earlier ones
         self._only_payload_error(bytes(content))
 
     @given(

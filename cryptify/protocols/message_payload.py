@@ -125,13 +125,23 @@ def _check_type(media_type: object) -> str:
     return media_type
 
 
+def _check_octets(data: object) -> None:
+    if not isinstance(data, bytes):
+        raise PayloadError("malformed", "attachment data must be octets")
+
+
+def _check_text(text: object) -> None:
+    if not isinstance(text, str):
+        raise PayloadError("malformed", "the message text must be text")
+
+
 @attrs.frozen
 class Attachment:
     """One attached file: a plain file name, its media type, its octets."""
 
     name: str = attrs.field(validator=lambda _i, _a, v: _check_name(v))
     media_type: str = attrs.field(validator=lambda _i, _a, v: _check_type(v))
-    data: bytes = attrs.field(converter=bytes)
+    data: bytes = attrs.field(validator=lambda _i, _a, v: _check_octets(v))
 
 
 def _attachments(value: Iterable[Attachment]) -> tuple[Attachment, ...]:
@@ -147,7 +157,7 @@ def _check_attachments(_i: object, _a: object, value: tuple[Attachment, ...]) ->
 class MessageBody:
     """What the sender wrote: the text (may be empty) and the attachments."""
 
-    text: str
+    text: str = attrs.field(validator=lambda _i, _a, v: _check_text(v))
     attachments: tuple[Attachment, ...] = attrs.field(
         default=(), converter=_attachments, validator=_check_attachments
     )
@@ -298,15 +308,13 @@ def _parse_body(plaintext: bytes) -> MessageBody:
         raise PayloadError("malformed", f"body: {e}") from None
     fields = _map(value, _BODY_KEYS, "the body")
     text, items = fields["text"], fields["attachments"]
-    if not isinstance(text, str) or not isinstance(items, list):
-        raise PayloadError("malformed", "body text must be text and attachments an array")
+    if not isinstance(items, list):
+        raise PayloadError("malformed", "body attachments must be an array")
     if len(items) > MAX_ATTACHMENTS:
         raise PayloadError("too-large", f"more than {MAX_ATTACHMENTS} attachments")
     attachments = []
     for item in items:
         part = _map(item, _ATTACHMENT_KEYS, "an attachment")
-        if not isinstance(part["data"], bytes):
-            raise PayloadError("malformed", "attachment data must be octets")
         attachments.append(
             Attachment(_check_name(part["name"]), _check_type(part["type"]), part["data"])
         )
@@ -330,7 +338,8 @@ def open_payload(
 
     Checks, in this order: size; strict CBOR and shape; version; the
     header's ``to`` is ``me`` (an extension is allowed); ``period`` is the
-    UTC month of ``time`` and ``keys_for`` has keys for it; when ``sender``
+    UTC month of ``time`` and ``keys_for`` has keys for it (a
+    :class:`CryptoError` out of ``keys_for`` counts as none); when ``sender``
     (the ``from`` the CRS vouches for) is given, the header's ``from`` is
     it; the ECCSI signature by ``from`` for that period; SAKKE
     decapsulation; AES-GCM; the body's shape and limits.
@@ -362,7 +371,10 @@ def open_payload(
         raise PayloadError("mis-addressed", f"addressed to {header.recipient}, not to {me}")
     if period_of(header.time) != header.period:
         raise PayloadError("wrong-period", "the key period is not the month of the message time")
-    keys = keys_for(header.period)
+    try:
+        keys = keys_for(header.period)
+    except CryptoError:
+        keys = None
     if keys is None:
         raise PayloadError("wrong-period", f"no keys for key period {header.period}")
     kpak, receiver = keys
