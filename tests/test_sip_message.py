@@ -133,27 +133,48 @@ class TortureTests(SynchronousTestCase):
 
     def test_missing_corpus_fails(self) -> None:
         """
-        Without the corpus next to the checkout, a torture test fails with a
-        message naming the directory; it is not skipped.
+        Without the corpus next to the checkout or next to its origin, a
+        torture test fails with a message naming both; it is not skipped.
         """
         missing = os.path.join(self.mktemp(), "rfc4475")
-        self.patch(torture_module, "TORTURE", missing)
+        self.patch(torture_module, "torture_places", lambda: [missing, missing + "-origin"])
         with self.assertRaises(FailTest) as caught:
             torture("wsinv")
-        self.assertIn(f"RFC 4475 torture messages not found at {missing}", str(caught.exception))
+        self.assertIn(
+            f"RFC 4475 torture messages not found at {missing} or {missing}-origin",
+            str(caught.exception),
+        )
         self.assertIn("../shared/sip-torture/rfc4475", str(caught.exception))
         self.assertRaises(FailTest, torture_files)
 
     def test_corpus_beside_checkout(self) -> None:
         """
-        The corpus is looked for only in ../shared/sip-torture/rfc4475
-        relative to the checkout.
+        The corpus is looked for in ../shared/sip-torture/rfc4475 relative
+        to the checkout first, then relative to the repository the checkout
+        was cloned from (its origin remote), and nowhere else.
         """
         checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        places = torture_module.torture_places()
         self.assertEqual(
-            torture_module.TORTURE,
-            os.path.join(os.path.dirname(checkout), "shared", "sip-torture", "rfc4475"),
+            places[0], os.path.join(os.path.dirname(checkout), "shared", "sip-torture", "rfc4475")
         )
+        self.assertLessEqual(len(places), 2)
+        for place in places:
+            self.assertTrue(place.endswith(os.path.join("shared", "sip-torture", "rfc4475")))
+
+    def test_origin_clone_finds_corpus(self) -> None:
+        """
+        A clone of a checkout that has the corpus beside it finds it through
+        its origin remote, wherever the clone itself lives.
+        """
+        top = os.path.abspath(self.mktemp())
+        corpus = os.path.join(top, "shared", "sip-torture", "rfc4475")
+        os.makedirs(corpus)
+        origin = os.path.join(top, "main")
+        os.makedirs(origin)
+        self.patch(torture_module, "_origin", lambda: origin)
+        self.patch(torture_module, "TORTURE", os.path.join(self.mktemp(), "absent"))
+        self.assertEqual(torture_module.torture_dir(), corpus)
 
     def test_every_file_only_parse_errors(self) -> None:
         """

@@ -1,32 +1,68 @@
 """
 Where RFC 4475's SIP torture messages are: C{../shared/sip-torture/rfc4475}
-next to the checkout, read in place and never copied.  There is no other
-place to look: a test that needs them and does not find them fails, naming
-the directory, rather than being skipped.
+next to the checkout, read in place and never copied.  A clone made from
+such a checkout (C{git clone /work/main /root/x}, as CI and reviewers do)
+looks next to the repository it was cloned from as well, found through its
+own C{origin} remote, so the corpus follows the checkout, not a machine
+path.  A test that needs it and finds it in neither place fails, naming
+both, rather than being skipped.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 
 import attrs
 from twisted.trial.unittest import FailTest
 
 _CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: The corpus, relative to the checkout.
-TORTURE = os.path.join(os.path.dirname(_CHECKOUT), "shared", "sip-torture", "rfc4475")
+#: The corpus, relative to a checkout.
+_RELATIVE = os.path.join("shared", "sip-torture", "rfc4475")
+#: The corpus next to this checkout.
+TORTURE = os.path.join(os.path.dirname(_CHECKOUT), _RELATIVE)
+
+
+def _origin() -> str | None:
+    """The local directory this checkout was cloned from, if it was."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", _CHECKOUT, "config", "--get", "remote.origin.url"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    url = done.stdout.strip()
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    return url if url.startswith("/") and os.path.isdir(url) else None
+
+
+def torture_places() -> list[str]:
+    """Where the corpus is looked for, in order."""
+    places = [TORTURE]
+    origin = _origin()
+    if origin is not None:
+        places.append(os.path.join(os.path.dirname(os.path.abspath(origin)), _RELATIVE))
+    return places
 
 
 def torture_dir() -> str:
-    """L{TORTURE} if it is there; otherwise the test fails and says where to put it."""
-    if not os.path.isdir(TORTURE):
-        raise FailTest(
-            f"RFC 4475 torture messages not found at {TORTURE}: they belong in"
-            " ../shared/sip-torture/rfc4475 next to the checkout"
-        )
-    return TORTURE
+    """The corpus directory; if it is nowhere, the test fails and says where it belongs."""
+    places = torture_places()
+    for place in places:
+        if os.path.isdir(place):
+            return place
+    raise FailTest(
+        f"RFC 4475 torture messages not found at {' or '.join(places)}: they belong in"
+        " ../shared/sip-torture/rfc4475 next to the checkout (or next to the repository"
+        " it was cloned from)"
+    )
 
 
 def torture_files() -> list[tuple[str, bytes]]:
