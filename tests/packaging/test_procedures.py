@@ -19,6 +19,8 @@ from tests.packaging._root import DebianRoot, log
 
 #: The CIG's number in these tests (the packaged cig.conf's maps use it).
 CIG_URI = "tel:+8888"
+#: Where the CIG's configuration step puts the CRS's certificate.
+CRS_CA = "/opt/cig/crs-ca.pem"
 SENDER, RECIPIENT = "tel:+4611111", "tel:+4622222"
 KMS = ("/opt/crs/venv/bin/cryptify-kms", "--store", "/root/kms")
 
@@ -105,6 +107,30 @@ class ProceduresTestCase(SynchronousTestCase):
         )
         self.crs_cli(root, "apply", "/root/acme.upd")
 
+    def trust_crs(self, root: DebianRoot) -> None:
+        """
+        The CIG's configuration step for a CRS with its own certificate:
+        the CRS's certificate as the CA file cig.conf names.
+        """
+        shutil.copy(root.file("/opt/crs/data/tls/crs.crt"), root.file(CRS_CA))
+        os.chmod(root.file(CRS_CA), 0o644)
+        conf = root.read("/opt/cig/cig.conf")
+        self.assertIn(f'// ca "{CRS_CA}";', conf)
+        with open(root.file("/opt/cig/cig.conf"), "w") as f:
+            f.write(conf.replace(f'// ca "{CRS_CA}";', f'ca "{CRS_CA}";'))
+
+    def wait_attached(self, root: DebianRoot, what: str) -> str:
+        """cig-cli status once it shows the CIG attached (cig.log if never)."""
+        try:
+            result: str = root.wait_for(lambda: self.cig_connected(root), what)
+        except AssertionError as exc:
+            logs = ""
+            for name in ("/var/log/cig/cig.log", "/var/log/cig/twistd.log"):
+                if os.path.exists(root.file(name)):
+                    logs += f"\n{name}:\n" + root.read(name)[-3000:]
+            raise AssertionError(f"{exc}{logs}") from None
+        return result
+
     def cig_connected(self, root: DebianRoot) -> str:
         status = self.cig_status(root)
         for line in status.splitlines():
@@ -134,6 +160,9 @@ class ProceduresTestCase(SynchronousTestCase):
         old = self.new_root()
         self.install(old, self.version)
         self.start_all(old)
+        self.trust_crs(old)
+        old.stop_unit("cig-server")  # systemctl restart cig-server
+        old.start_unit("cig-server")
         out = self.crs_cli(old, "create", "account", "acme", "-B", "32")
         self.keys(old, out.split("shared secret ")[1].split()[0])
         # The CRS stores messages for users it knows: the recipient
@@ -146,8 +175,9 @@ class ProceduresTestCase(SynchronousTestCase):
         )  # fmt: skip
         self.assertEqual(posted.returncode, 0, posted.stdout)
         # The CIG gets its key material the CMS 3.6.0 way and attaches.
+        old.wait_for(lambda: self.cig_status(old), "cig-cli status")
         self.sh(old, "cig-cli set-key < /root/cig.keys")
-        old.wait_for(lambda: self.cig_connected(old), "the CIG attached")
+        self.wait_attached(old, "the CIG attached")
         # Operator's edits, and a message waiting in a mailbox.
         for path, comment in (
             ("/opt/crs/crs.conf", "#"),
@@ -170,7 +200,8 @@ class ProceduresTestCase(SynchronousTestCase):
             " /opt/crs/iw-crs.conf /opt/crs/accounts /opt/crs/data",
         )
         self.sh(
-            old, f"cd /root && tar cfv {cig_tar} /opt/cig/cig.conf /opt/cig/userdata /opt/cig/mail"
+            old,
+            f"cd /root && tar cfv {cig_tar} /opt/cig/cig.conf /opt/cig/userdata /opt/cig/mail {CRS_CA}",
         )
         media = os.path.join(self.work, "media")
         os.mkdir(media)
@@ -227,7 +258,7 @@ class ProceduresTestCase(SynchronousTestCase):
             "stored before the back-up",
         )
 
-        status = new.wait_for(lambda: self.cig_connected(new), "the restored CIG attached")
+        status = self.wait_attached(new, "the restored CIG attached")
         self.assertIn(CIG_URI, status)
         self.assertEqual(self.mode(new, keystore), 0o600)
         self.assertIn("operator's edit of /opt/cig/cig.conf", new.read("/opt/cig/cig.conf"))
@@ -253,6 +284,7 @@ class ProceduresTestCase(SynchronousTestCase):
         # recommends them), and two to make a PDF with a QR code in it.
         root.apt_install("poppler-utils", "zbar-tools", "qrencode", "img2pdf")
         self.start_all(root)
+        self.trust_crs(root)
         out = self.crs_cli(root, "create", "account", "acme", "-B", "32")
         self.keys(root, out.split("shared secret ")[1].split()[0])
         # What an older CMS handed over: the key material as a QR code in a PDF.
@@ -265,7 +297,7 @@ class ProceduresTestCase(SynchronousTestCase):
         self.sh(root, "chown ciguser:ciguser /opt/cig/userdata/cig.raw")
         root.stop_unit("cig-server")  # systemctl restart cig-server
         root.start_unit("cig-server")
-        status = root.wait_for(lambda: self.cig_connected(root), "the CIG attached with cig.raw")
+        status = self.wait_attached(root, "the CIG attached with cig.raw")
         self.assertIn(CIG_URI, status)
         self.assertFalse(os.path.exists(root.file("/opt/cig/userdata/cig.raw")))
         self.assertEqual(self.mode(root, f"/opt/cig/userdata/.ks.{CIG_URI}"), 0o600)
@@ -296,7 +328,7 @@ class ProceduresTestCase(SynchronousTestCase):
 
         root.stop_unit("cig-server")
         root.start_unit("cig-server")
-        root.wait_for(lambda: self.cig_connected(root), "the CIG attached after the migration")
+        self.wait_attached(root, "the CIG attached after the migration")
         cig_log = root.wait_for(
             lambda: (
                 "mailboxes: 1 read, 1 write" in root.read("/var/log/cig/cig.log")
