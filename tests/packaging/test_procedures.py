@@ -201,7 +201,8 @@ class ProceduresTestCase(SynchronousTestCase):
         )
         self.sh(
             old,
-            f"cd /root && tar cfv {cig_tar} /opt/cig/cig.conf /opt/cig/userdata /opt/cig/mail {CRS_CA}",
+            f"cd /root && tar cfv {cig_tar} /opt/cig/cig.conf /opt/cig/userdata"
+            f" /opt/cig/mail {CRS_CA}",
         )
         media = os.path.join(self.work, "media")
         os.mkdir(media)
