@@ -135,10 +135,11 @@ install_pkg() {
         put 0644 packaging/cig.conf /opt/cig/cig.conf config
         mkdir_noted /opt/cig/bin
         put 0755 packaging/create_cig_maildir /opt/cig/bin/create_cig_maildir
+        put 0755 packaging/pdftoraw /usr/bin/pdftoraw
         mkdir_noted /opt/cig/userdata ciguser 0750
         mkdir_noted /opt/cig/mail
         units="cig-server.service cig-relay.service"
-        clis="cig-cli"
+        clis="cig-cli cig-migrate-maps"
         install_man cig-cli.8
         ;;
     *)
