@@ -131,7 +131,7 @@ class ConfTests(InstanceMixin, SynchronousTestCase):
         """redis_low keeps an append-only file fsynced every second."""
         lines = self.lines(self.instance(LOW))
         self.assertIn("appendonly yes", lines)
-        self.assertIn("appendfsync everysec", lines)
+        self.assertIn("appendfsync always", lines)
         self.assertNotIn("appendonly no", lines)
 
     def test_unix_socket(self):

@@ -61,7 +61,7 @@ class _RedisCase(TestCase):
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "everysec",
+                "always",
             ],
             stdout=subprocess.DEVNULL,
         )

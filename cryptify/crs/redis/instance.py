@@ -150,7 +150,7 @@ def render_conf(instance: RedisInstance) -> str:
     if instance.role is Role.DURABLE:
         lines += [
             "appendonly yes",
-            "appendfsync everysec",
+            "appendfsync always",
             "save 3600 1 300 100 60 10000",
         ]
     else:
