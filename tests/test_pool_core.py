@@ -254,6 +254,36 @@ class FailoverTests(SynchronousTestCase):
                 steps += bool(given)
             self.assertGreaterEqual(steps, (SLOTS // 2) // TRICKLE_SLOTS)
 
+    def test_hand_back_waits_for_giver(self) -> None:
+        """The coordinator gives released slots only after the giver has
+        reported holding the map that released them."""
+        net = Net(2)
+        net.settle()
+        net.silent = {"crs1"}
+        net.settle(rounds=5)
+        net.silent = set()
+        net.start("crs1")
+        crs1, crs2 = net.members["crs1"], net.members["crs2"]
+        assert crs1 is not None and crs2 is not None
+        crs1.receive(crs2.heartbeat(), net.now)
+        crs2.receive(crs1.heartbeat(), net.now)
+        net.now += HEARTBEAT_INTERVAL
+        release = crs1.tick(net.now)
+        assert release is not None and crs1.map is not None
+        self.assertEqual(release.reason, Reason.HAND_BACK)
+        released = crs1.map.owners.count(None)
+        self.assertEqual(released, TRICKLE_SLOTS)
+        self.assertEqual(crs1.map.owners.count("crs1"), 0)
+        crs1.receive(crs2.heartbeat(), net.now)
+        net.now += HEARTBEAT_INTERVAL
+        self.assertIsNone(crs1.tick(net.now))
+        self.assertEqual(crs1.map.owners.count("crs1"), 0)
+        crs2.receive(crs1.heartbeat(), net.now)
+        crs1.receive(crs2.heartbeat(), net.now)
+        net.now += HEARTBEAT_INTERVAL
+        self.assertIsNotNone(crs1.tick(net.now))
+        self.assertEqual(crs1.map.owners.count("crs1"), TRICKLE_SLOTS)
+
 
 class PoolMachine(RuleBasedStateMachine):
     """2 or 3 members over a network that delays, drops, cuts and heals,
