@@ -46,21 +46,17 @@ class Net:
         self.now = 0.0
         self.incarnations = 0
         self.members: dict[str, PoolMember | None] = {}
-        for name in self.config.names:
-            self.start(name)
         self.silent: set[str] = set()
         self.maps: list[SlotMap] = []
+        for name in self.config.names:
+            self.start(name)
 
     def start(self, name: str) -> None:
         self.incarnations += 1
         self.members[name] = PoolMember(self.config, name, self.incarnations, self.now)
 
     def up(self) -> list[PoolMember]:
-        return [
-            m
-            for m in self.members.values()
-            if m is not None and m.me not in getattr(self, "silent", ())
-        ]
+        return [m for m in self.members.values() if m is not None and m.me not in self.silent]
 
     def round(self) -> None:
         """Everyone up sends to everyone up, then a heartbeat interval
