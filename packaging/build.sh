@@ -50,9 +50,10 @@ step() { echo "== $1 ($SECONDS s)"; }
 step venv
 (cd "$src" && PYTHON=/usr/bin/python3.11 packaging/stage.sh venv "$venv")
 
-# Manual pages: a generator run here (with "$venv/bin/python", which has
-# the CLIs) writes them into "$src/build/man"; packaging/stage.sh installs
-# what it finds there.
+# Manual pages, generated from the CLIs' own definitions (what `make man`
+# does) into "$src/build/man"; packaging/stage.sh installs what it finds there.
+step man
+(cd "$src" && "$venv/bin/python" -m cryptify.tools.manpage build/man)
 
 step deb
 (cd "$src" && CRYPTIFY_VENV="$venv" dpkg-buildpackage -b -us -uc --no-sign)
