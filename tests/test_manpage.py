@@ -184,6 +184,33 @@ class HelpEqualsDashHelp(SynchronousTestCase):
         self.assertIn("show the blacklist of ACCOUNT", page_of("crs-cli"))
         self.assertIn(crs.ACCOUNT_HELP, out)
 
+    def test_crs_overview_names_every_action(self) -> None:
+        """The hand-laid overview (crs-cli help) cannot leave an action out."""
+        lines = crs.HELP.splitlines()
+        for path in leaf_paths(crs.build_parser(io.StringIO())):
+            self.assertTrue(
+                any(
+                    line.split()[:1] == [path[0]] and all(w in line for w in path)
+                    for line in lines
+                    if line.strip()
+                ),
+                f"{' '.join(path)} is not in crs-cli help",
+            )
+
+    def test_cig_overview_names_every_action(self) -> None:
+        lines = cig.HELP.splitlines()
+        for action in cig.ACTIONS:
+            if action.words[0] == "quit":
+                continue
+            self.assertTrue(
+                any(
+                    line.split()[:1] == [action.words[0]] and all(w in line for w in action.words)
+                    for line in lines
+                    if line.strip()
+                ),
+                f"{' '.join(action.words)} is not in cig-cli help",
+            )
+
     def test_crs_overview_and_unknown(self) -> None:
         self.assertEqual(run_cli(crs.run, ["help"]), (0, crs.HELP, ""))
         self.assertEqual(run_cli(crs.run, ["--help"]), (0, crs.HELP, ""))

@@ -62,6 +62,7 @@ Cryptify Interconnect Gateway
   set-key              set the key material (paste what cryptify-kms cig-keys prints)
   status               show an overview of the gateway
   help                 shows this help
+  help <ACTION>        shows the help of ACTION (also: ACTION --help)
 """
 
 USAGE = f"{PROG} [--address HOST:PORT --cookie FILE | --socket PATH] [ACTION [ARGS]]"

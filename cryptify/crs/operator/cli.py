@@ -54,7 +54,8 @@ MAX_UPDATE_FILE = 16 * 1024 * 1024
 HELP = """\
 Cryptify Rendezvous Server command line: crs-cli ACTION [options]
 
-  help                                  show this help
+  help [ACTION]                         this help, or the help of ACTION
+                                        (also: crs-cli ACTION --help)
   version                               version of crs-cli
   check-config [FILE]                   validate crs.conf (default /opt/crs/crs.conf)
   apply FILE                            apply a protected monthly update file
