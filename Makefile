@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DEBS := redis-server openssl
 TEST_DEBS := $(RUN_DEBS) sip-tester baresip kamailio rtpengine-daemon \
-	poppler-utils zbar-tools qrencode img2pdf
+	poppler-utils zbar-tools qrencode img2pdf groff-base
 # Building the crs and cig packages, and proving them in a Debian root.
 PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv rpm rpmlint debootstrap iproute2
 # tests/packaging is slow (package builds, a debootstrap root): its own target.
 UNIT_TESTS = $(filter-out tests.packaging,$(subst /,.,$(patsubst %.py,%,$(patsubst %/__init__.py,%,$(wildcard tests/test_*.py tests/*/__init__.py)))))
 
-.PHONY: run test lint typecheck unit debs-run debs-test debs-packages packages test-packages venv clean
+.PHONY: run test lint typecheck unit debs-run debs-test debs-packages packages test-packages venv clean man
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ test: debs-test $(STAMP)
 	$(MAKE) lint
 	$(MAKE) typecheck
 	$(MAKE) unit
+
+# Manual pages from the CLIs' own definitions (docs/packaging.md).
+man: $(STAMP)
+	$(BIN)/python -m cryptify.tools.manpage build/man
 
 # crs and cig as .deb and .rpm in build/packages (docs/packaging.md).
 packages: debs-packages

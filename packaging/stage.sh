@@ -5,6 +5,9 @@
 #   stage.sh venv VENV
 #       Build the virtualenv (the project's wheel and every Python
 #       dependency, from the package index: at build time only) in VENV.
+#   stage.sh man VENV
+#       Generate the manual pages into build/man from the CLIs' own
+#       definitions, with the venv's Python (`make man` does the same).
 #   stage.sh install PKG DESTDIR VENV [RPM_FILELIST]
 #       Install package PKG (crs or cig) under DESTDIR, with a copy of VENV
 #       moved to /opt/PKG/venv. With RPM_FILELIST, also write the rpm
@@ -92,19 +95,17 @@ mkdir_noted() {
     fi
 }
 
-# Manual pages written into build/man (PAGE.SECTION) before staging, e.g.
-# generated from the CLIs' own definitions by a step of packaging/build.sh.
-# Compressed here, so the deb (dh_compress leaves .gz alone) and the rpm
+# Manual pages written into build/man (PAGE.SECTION) by `stage.sh man`
+# before staging (a missing one fails the build). Compressed here, so the deb (dh_compress leaves .gz alone) and the rpm
 # list the same names.
 install_man() {
     for page in "$@"; do
         section="${page##*.}"
-        if [ -f "$SRC/build/man/$page" ]; then
-            install -d "$DEST/usr/share/man/man$section"
-            gzip -9n <"$SRC/build/man/$page" >"$DEST/usr/share/man/man$section/$page.gz"
-            chmod 0644 "$DEST/usr/share/man/man$section/$page.gz"
-            note "/usr/share/man/man$section/$page.gz"
-        fi
+        [ -f "$SRC/build/man/$page" ] || die "no manual page build/man/$page (run: stage.sh man VENV)"
+        install -d "$DEST/usr/share/man/man$section"
+        gzip -9n <"$SRC/build/man/$page" >"$DEST/usr/share/man/man$section/$page.gz"
+        chmod 0644 "$DEST/usr/share/man/man$section/$page.gz"
+        note "/usr/share/man/man$section/$page.gz"
     done
 }
 
@@ -161,11 +162,15 @@ venv)
     [ $# -eq 2 ] || die "usage: stage.sh venv VENV"
     build_venv "$2"
     ;;
+man)
+    [ $# -eq 2 ] || die "usage: stage.sh man VENV"
+    "$2/bin/python" -m cryptify.tools.manpage "$SRC/build/man"
+    ;;
 install)
     [ $# -ge 4 ] || die "usage: stage.sh install PKG DESTDIR VENV [RPM_FILELIST]"
     install_pkg "$2" "$3" "$4" "${5:-}"
     ;;
 *)
-    die "usage: stage.sh venv VENV | install PKG DESTDIR VENV [RPM_FILELIST]"
+    die "usage: stage.sh venv VENV | man VENV | install PKG DESTDIR VENV [RPM_FILELIST]"
     ;;
 esac

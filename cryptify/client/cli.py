@@ -49,6 +49,7 @@ from cryptify.crypto.keymaterial import KeyMaterial, load_key_material
 from cryptify.protocols.rtp import DTMF_DIGITS
 from cryptify.protocols.tls import TLSConfigError, client_context_factory
 from cryptify.protocols.umsg import Message
+from cryptify.tools.manpage import Page, actions_from_parser
 
 ACTIONS = ("attach", "call", "answer", "listen", "send")
 COMMON = "--keys FILE --server HOST:PORT [--ca FILE | --insecure]"
@@ -412,12 +413,20 @@ def _is_attached(event: PhoneEvent) -> bool:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keys", required=True, help="key material file (cryptify-kms issue)")
-    parser.add_argument("--server", required=True, type=parse_server, help="CRS HOST:PORT")
+    parser.add_argument(
+        "--keys", required=True, metavar="FILE", help="key material file (cryptify-kms issue)"
+    )
+    parser.add_argument(
+        "--server", required=True, type=parse_server, metavar="HOST:PORT", help="CRS HOST:PORT"
+    )
     trust = parser.add_mutually_exclusive_group()
-    trust.add_argument("--ca", help="PEM file of the CA (or self-signed certificate) to trust")
+    trust.add_argument(
+        "--ca", metavar="FILE", help="PEM file of the CA (or self-signed certificate) to trust"
+    )
     trust.add_argument("--insecure", action="store_true", help="accept any certificate (dev)")
-    parser.add_argument("--app", default=f"cryptify-client/{__version__}", help="version shown")
+    parser.add_argument(
+        "--app", default=f"cryptify-client/{__version__}", metavar="VERSION", help="version shown"
+    )
 
 
 def _seconds(text: str) -> float:
@@ -461,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     attach = sub.add_parser("attach", help="attach and stay attached")
     _common(attach)
     call = sub.add_parser("call", help="place a call")
-    call.add_argument("uri", help="tel:+NUMBER to call")
+    call.add_argument("uri", metavar="URI", help="tel:+NUMBER to call")
     _common(call)
     _audio(call)
     call.add_argument("--dtmf", metavar="DIGITS", type=_digits, help="send DTMF once talking")
@@ -473,11 +482,36 @@ def build_parser() -> argparse.ArgumentParser:
     _audio(listen, duration=False)
     listen.add_argument("--auto-answer", action="store_true", help="answer every call")
     send = sub.add_parser("send", help="post a message")
-    send.add_argument("uri", help="tel:+NUMBER to send to")
-    send.add_argument("text", help="the message")
+    send.add_argument("uri", metavar="URI", help="tel:+NUMBER to send to")
+    send.add_argument("text", metavar="TEXT", help="the message")
     _common(send)
     send.add_argument("--wait", action="store_true", help="wait for the delivery receipt")
     return parser
+
+
+def manual_page() -> Page:
+    """cryptify-client(1), from the parser."""
+    return Page(
+        name="cryptify-client",
+        section=1,
+        summary="the reference secure client of the Cryptify system",
+        synopsis=("ACTION [ARGUMENTS] --keys FILE --server HOST:PORT [--ca FILE | --insecure]",),
+        description=(
+            "cryptify-client attaches the URI of a key material file (cryptify-kms issue) "
+            "to a CRS and places and answers secure calls (MIKEY-SAKKE keys, SRTP media "
+            "through the CRS relay), playing and recording WAV files, and posts and "
+            "receives messages. It prints one line per event.\n\n"
+            "attach stays attached, reconnecting with backoff when the connection ends, "
+            "until Ctrl-C or SIGTERM (then it detaches)."
+        ),
+        actions=actions_from_parser(build_parser()),
+        exit_status=(
+            ("0", "done"),
+            ("1", "a key file, audio file or TLS setting cannot be used, or the action failed"),
+            ("2", "bad arguments"),
+        ),
+        see_also=("cryptify-kms(1)", "crs-cli(8)"),
+    )
 
 
 MAINS = {"call": call_main, "answer": answer_main, "listen": listen_main, "send": send_main}

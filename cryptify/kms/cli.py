@@ -37,6 +37,7 @@ from cryptify.crypto.sakke import SakkePublicKey, SakkeReceiver
 from cryptify.crypto.securefile import write_secret_file
 from cryptify.crypto.updatefile import seal_update_file
 from cryptify.kms.store import KmsAccount, KmsStore, check_account
+from cryptify.tools.manpage import Arg, Page, actions_from_parser, arguments
 
 DEFAULT_STORE = "~/.cryptify-kms"
 
@@ -81,6 +82,11 @@ def _tel(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+ACCOUNT_HELP = "the account name"
+URI_HELP = "the user's URI, tel:+NUMBER"
+PERIOD_HELP = "the month the keys are for"
+
+
 def build_parser(err: IO[str]) -> argparse.ArgumentParser:
     """The command line grammar."""
     parser = _Parser(prog="cryptify-kms", description="Cryptify key management stand-in", err=err)
@@ -93,41 +99,57 @@ def build_parser(err: IO[str]) -> argparse.ArgumentParser:
     kw: dict[str, Any] = {"err": err}
 
     p = sub.add_parser("init", help="create an account's master secrets", **kw)
-    p.add_argument("account", type=_account)
+    p.add_argument("account", type=_account, metavar="ACCOUNT", help=ACCOUNT_HELP)
     p.add_argument("--force", action="store_true", help="replace existing secrets")
 
     p = sub.add_parser("issue", help="write a user key material file", **kw)
-    p.add_argument("account", type=_account)
-    p.add_argument("uri", type=_tel)
-    p.add_argument("--period", type=_period, required=True)
+    p.add_argument("account", type=_account, metavar="ACCOUNT", help=ACCOUNT_HELP)
+    p.add_argument("uri", type=_tel, metavar="URI", help=URI_HELP)
+    p.add_argument("--period", type=_period, required=True, metavar="YYYY-MM", help=PERIOD_HELP)
     p.add_argument("--next", action="store_true", help="also issue the next month")
-    p.add_argument("-o", "--output", help="file to write (default URI.keys)")
+    p.add_argument("-o", "--output", metavar="FILE", help="file to write (default URI.keys)")
 
     p = sub.add_parser("update", help="write the monthly update file", **kw)
-    p.add_argument("account", type=_account)
-    p.add_argument("--secret", required=True, help="the account's CRS shared secret")
-    p.add_argument("--period", type=_period, required=True)
+    p.add_argument("account", type=_account, metavar="ACCOUNT", help=ACCOUNT_HELP)
+    p.add_argument(
+        "--secret", required=True, metavar="SECRET", help="the account's CRS shared secret"
+    )
+    p.add_argument("--period", type=_period, required=True, metavar="YYYY-MM", help=PERIOD_HELP)
     p.add_argument("--next", action="store_true", help="also carry the next month")
-    p.add_argument("--blacklist", nargs="*", default=[], type=_tel, metavar="URI")
-    p.add_argument("-o", "--output", help="file to write (default YYYY-MM.upd)")
+    p.add_argument(
+        "--blacklist", nargs="*", default=[], type=_tel, metavar="URI", help="URIs to blacklist"
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="file to write (default YYYY-MM.upd)")
 
     p = sub.add_parser("cig-keys", help="key material for cig-cli set-key", **kw)
-    p.add_argument("account", type=_account)
-    p.add_argument("uri", type=_tel)
-    p.add_argument("--period", type=_period, default=None, help="default: this month")
+    p.add_argument("account", type=_account, metavar="ACCOUNT", help=ACCOUNT_HELP)
+    p.add_argument("uri", type=_tel, metavar="URI", help=URI_HELP)
+    p.add_argument(
+        "--period",
+        type=_period,
+        default=None,
+        metavar="YYYY-MM",
+        help="the month (default: this month)",
+    )
     p.add_argument("--next", action="store_true", help="also issue the next month")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--reveal", action="store_true", help="print the secret blob")
-    out.add_argument("-o", "--output", help="write the blob to this 0600 file")
+    out.add_argument("-o", "--output", metavar="FILE", help="write the blob to this 0600 file")
 
     p = sub.add_parser("inspect", help="decode, verify and decapsulate an I_MESSAGE", **kw)
-    p.add_argument("--kpak", type=_hex, required=True)
-    p.add_argument("--z", type=_hex, required=True)
-    p.add_argument("--rsk", type=_hex, required=True)
-    p.add_argument("--id", type=_hex, required=True, help="responder identifier octets")
-    p.add_argument("--initiator-id", type=_hex, default=None)
-    p.add_argument("--sign-compat", action="store_true")
-    p.add_argument("file", help="I_MESSAGE file (binary, hex or base64), or - for stdin")
+    p.add_argument("--kpak", type=_hex, required=True, metavar="HEX", help="the KMS public key")
+    p.add_argument("--z", type=_hex, required=True, metavar="HEX", help="the SAKKE public key")
+    p.add_argument("--rsk", type=_hex, required=True, metavar="HEX", help="the receiver secret key")
+    p.add_argument(
+        "--id", type=_hex, required=True, metavar="HEX", help="responder identifier octets"
+    )
+    p.add_argument(
+        "--initiator-id", type=_hex, default=None, metavar="HEX", help="initiator identifier octets"
+    )
+    p.add_argument("--sign-compat", action="store_true", help="accept the older signature layout")
+    p.add_argument(
+        "file", metavar="FILE", help="I_MESSAGE file (binary, hex or base64), or - for stdin"
+    )
     return parser
 
 
@@ -290,6 +312,34 @@ def main() -> None:
     from cryptify.console import console_main
 
     console_main(lambda out: run(sys.argv[1:], out))
+
+
+def manual_page() -> Page:
+    """cryptify-kms(1), from the parser."""
+    parser = build_parser(sys.stderr)
+    return Page(
+        name="cryptify-kms",
+        section=1,
+        summary="stand-in key management: account secrets, key material, update files",
+        synopsis=("[--store DIR] ACTION [ARGUMENTS]", "ACTION --help"),
+        description=(
+            "cryptify-kms stands in for the management server of the Cryptify system: it "
+            "keeps each account's master secrets in a directory, issues the key material "
+            "files of users and of a CIG, writes the protected monthly update files that "
+            "crs-cli apply loads, and decodes I_MESSAGEs for diagnosis.\n\n"
+            "Secret key material is written to 0600 files and printed only with --reveal."
+        ),
+        actions=actions_from_parser(parser),
+        options=tuple(a for a in arguments(parser)),
+        exit_status=(
+            ("0", "done"),
+            ("1", "the operation was refused (one line on standard error says why)"),
+            ("2", "bad arguments"),
+        ),
+        environment=(Arg("CRYPTIFY_KMS_STORE", "the store directory, when --store is not given"),),
+        files=(Arg(DEFAULT_STORE, "the default store of account master secrets"),),
+        see_also=("crs-cli(8)", "cig-cli(8)", "cryptify-client(1)"),
+    )
 
 
 def run(

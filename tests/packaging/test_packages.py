@@ -35,6 +35,9 @@ CRS_FILES = (
     "/opt/crs/scripts/notify.sh",
     "/opt/crs/venv/bin/twistd",
     "/usr/bin/crs-cli",
+    "/usr/share/man/man8/crs-cli.8.gz",
+    "/usr/share/man/man1/cryptify-kms.1.gz",
+    "/usr/share/man/man1/cryptify-client.1.gz",
     "/lib/systemd/system/crs.service",
     "/lib/systemd/system/crs_relay.service",
 )
@@ -45,6 +48,7 @@ CIG_FILES = (
     "/opt/cig/scripts/notify.sh",
     "/opt/cig/venv/bin/twistd",
     "/usr/bin/cig-cli",
+    "/usr/share/man/man8/cig-cli.8.gz",
     "/lib/systemd/system/cig-server.service",
     "/lib/systemd/system/cig-relay.service",
 )

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from cryptify.protocols import cig_admin
 from cryptify.protocols.mgmt import ManagementClient, read_cookie
+from cryptify.tools.manpage import ActionDoc, Arg, Page, action_help, arguments, help_words, select
 from cryptify.tools.mgmtcli import (
     CONNECT_TIMEOUT,
     EXIT_FAILED,
@@ -61,6 +62,7 @@ Cryptify Interconnect Gateway
   set-key              set the key material (paste what cryptify-kms cig-keys prints)
   status               show an overview of the gateway
   help                 shows this help
+  help <ACTION>        shows the help of ACTION (also: ACTION --help)
 """
 
 USAGE = f"{PROG} [--address HOST:PORT --cookie FILE | --socket PATH] [ACTION [ARGS]]"
@@ -114,11 +116,57 @@ def build_parser(err: IO[str]) -> CliParser:
         "--address",
         type=parse_address,
         default=parse_address(os.environ.get("CIG_CLI_ADDRESS", DEFAULT_ADDRESS)),
+        metavar="HOST:PORT",
+        help=f"management address of the CIG (default $CIG_CLI_ADDRESS, else {DEFAULT_ADDRESS})",
     )
-    parser.add_argument("--cookie", default=os.environ.get("CIG_CLI_COOKIE", DEFAULT_COOKIE))
-    parser.add_argument("--socket", default=os.environ.get("CIG_CLI_SOCKET"))
+    parser.add_argument(
+        "--cookie",
+        default=os.environ.get("CIG_CLI_COOKIE", DEFAULT_COOKIE),
+        metavar="FILE",
+        help=f"the management cookie (default $CIG_CLI_COOKIE, else {DEFAULT_COOKIE})",
+    )
+    parser.add_argument(
+        "--socket",
+        default=os.environ.get("CIG_CLI_SOCKET"),
+        metavar="PATH",
+        help="use the CIG's UNIX management socket instead (no cookie; default $CIG_CLI_SOCKET)",
+    )
     parser.add_argument("words", nargs=argparse.REMAINDER)
     return parser
+
+
+#: The one description of cig-cli's actions: help ACTION, ACTION --help,
+#: the manual page.
+ACTIONS = (
+    ActionDoc(
+        ("echo",),
+        f"{PROG} echo TEXT...",
+        "echo test functionality: the CIG answers with TEXT",
+        (Arg("TEXT", "any words"),),
+    ),
+    ActionDoc(("show", "call"), f"{PROG} show call", "show the active calls"),
+    ActionDoc(("show", "umsg"), f"{PROG} show umsg", "show the active umsg sessions"),
+    ActionDoc(
+        ("read",),
+        f"{PROG} read FILE",
+        "test read a configuration file: OK, or the problem as FILE:LINE:COLUMN",
+        (Arg("FILE", "a cig.conf"),),
+    ),
+    ActionDoc(
+        ("set-key",),
+        f"{PROG} set-key",
+        "set the key material: paste the line cryptify-kms cig-keys printed when asked"
+        " (it is read from the terminal or standard input, never from the command line)",
+    ),
+    ActionDoc(("status",), f"{PROG} status", "show an overview of the gateway"),
+    ActionDoc(
+        ("help",),
+        f"{PROG} help [ACTION]",
+        "show the list of actions, or the help of ACTION",
+        (Arg("ACTION", "an action, e.g. show call"),),
+    ),
+    ActionDoc(("quit",), "quit", "leave the interactive mode (also exit, or end of input)"),
+)
 
 
 def check_action(words: Sequence[str]) -> None:
@@ -126,9 +174,12 @@ def check_action(words: Sequence[str]) -> None:
     if not words:
         raise UsageError("no action given")
     action, rest = words[0], list(words[1:])
-    if action in ("help", "status", "quit", "exit", "set-key"):
+    if action in ("status", "quit", "exit", "set-key"):
         if rest:
             raise UsageError(f"{action} takes no arguments")
+    elif action == "help":
+        if rest and not select(ACTIONS, rest):
+            raise UsageError(f"no action {' '.join(rest)!r}; try help")
     elif action == "echo":
         pass
     elif action == "show":
@@ -139,6 +190,59 @@ def check_action(words: Sequence[str]) -> None:
             raise UsageError("usage: read FILE")
     else:
         raise UsageError(f"unknown action {action!r}; try help")
+
+
+def help_text(words: Sequence[str]) -> str:
+    """``help [ACTION]`` and ``ACTION --help``: the list, or one action's help."""
+    return action_help(ACTIONS, words) or HELP
+
+
+def wants_help(words: Sequence[str]) -> list[str] | None:
+    """The action words of ``ACTION --help`` (``[]``: no action), or None."""
+    if "--help" in words or "-h" in words:
+        return help_words(words, ACTIONS, ())
+    return None
+
+
+def manual_page() -> Page:
+    """cig-cli(8), from the parser and ACTIONS."""
+    options = tuple(a for a in arguments(build_parser(sys.stderr)) if a.term != "WORDS")
+    return Page(
+        name=PROG,
+        section=8,
+        summary="operate a running Cryptify Interconnect Gateway",
+        synopsis=(
+            "[--address HOST:PORT --cookie FILE | --socket PATH] [ACTION [ARGUMENTS]]",
+            "help [ACTION]",
+            "ACTION --help",
+        ),
+        description=(
+            "cig-cli is the operator's command line for the CIG. Given an action it runs "
+            "it and exits; without one it is interactive, reading actions after a cig-cli$ "
+            "prompt until quit or the end of input.\n\n"
+            "The CIG listens for management on 127.0.0.1:8083, where a connection first "
+            "presents the cookie kept in a file only root and the service group can read; "
+            "or on its UNIX socket, where the file permissions are the gate.\n\n"
+            "cig-cli help ACTION and cig-cli ACTION --help print the help of one action."
+        ),
+        actions=ACTIONS,
+        options=options,
+        exit_status=(
+            ("0", "done"),
+            ("1", "the CIG answered with an error, cannot be reached, or a file cannot be read"),
+            ("2", "bad arguments"),
+        ),
+        environment=(
+            Arg("CIG_CLI_ADDRESS", "the management address, when --address is not given"),
+            Arg("CIG_CLI_COOKIE", "the cookie file, when --cookie is not given"),
+            Arg("CIG_CLI_SOCKET", "the management socket, when --socket is not given"),
+        ),
+        files=(
+            Arg(DEFAULT_COOKIE, "the management cookie (root:ciguser 0640)"),
+            Arg("/opt/cig/cig.conf", "the CIG configuration (read)"),
+        ),
+        see_also=("cryptify-kms(1)", "crs-cli(8)", "systemctl(1)"),
+    )
 
 
 def read_config(path: str, out: IO[str], err: IO[str]) -> int:
@@ -214,13 +318,17 @@ class Session:
         return read_cookie(self.args.cookie)
 
     async def run_words(self, reactor: Any, words: Sequence[str], blob: str | None = None) -> int:
+        asked = wants_help(words)
+        if asked is not None:
+            self.out.write(help_text(asked))
+            return EXIT_OK
         try:
             check_action(words)
         except UsageError as exc:
             self.err.write(f"{PROG}: {exc}\n")
             return EXIT_USAGE
         if words[0] == "help":
-            self.out.write(HELP)
+            self.out.write(help_text(words[1:]))
             return EXIT_OK
         if words[0] == "read":
             return read_config(words[1], self.out, self.err)
@@ -328,6 +436,10 @@ def run(
     words = list(args.words)
     if not words:
         return run_on_reactor(lambda reactor: interactive(session, reactor, out), err, PROG)
+    asked = wants_help(words)
+    if asked is not None:
+        out.write(help_text(asked))
+        return EXIT_OK
     try:
         check_action(words)
     except UsageError as exc:
@@ -335,7 +447,7 @@ def run(
         err.write(f"{PROG}: {exc}\n")
         return EXIT_USAGE
     if words[0] == "help":
-        out.write(HELP)
+        out.write(help_text(words[1:]))
         return EXIT_OK
     if words[0] == "read":
         return read_config(words[1], out, err)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import os
 import secrets
 import sys
@@ -20,6 +21,15 @@ from cryptify import __version__
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import ManagementClient
 from cryptify.service import unix_endpoint
+from cryptify.tools.manpage import (
+    ActionDoc,
+    Arg,
+    Page,
+    action_help,
+    actions_from_parser,
+    arguments,
+    help_words,
+)
 from cryptify.tools.mgmtcli import (
     CONNECT_TIMEOUT,
     EXIT_FAILED,
@@ -44,7 +54,8 @@ MAX_UPDATE_FILE = 16 * 1024 * 1024
 HELP = """\
 Cryptify Rendezvous Server command line: crs-cli ACTION [options]
 
-  help                                  show this help
+  help [ACTION]                         this help, or the help of ACTION
+                                        (also: crs-cli ACTION --help)
   version                               version of crs-cli
   check-config [FILE]                   validate crs.conf (default /opt/crs/crs.conf)
   apply FILE                            apply a protected monthly update file
@@ -96,15 +107,47 @@ def _positive(text: str) -> int:
     return value
 
 
+ACCOUNT_HELP = "the account ID (the name of its file in accounts-dir)"
+URI_HELP = "a client URI, tel:+NUMBER"
+SHOW_HELP = {
+    "version": "the version of the running CRS",
+    "services": "the services and their state",
+    "attach": "the attached clients",
+    "session": "the calls in progress",
+    "message": "the stored messages waiting for delivery",
+    "updates": "the monthly update files applied, per account",
+    "system": "the CRS hosts of the system and their links",
+    "account": "the accounts and their counters",
+    "relay": "the media relay and its sessions",
+}
+TRACE_HELP = {
+    "attach": "attaches and detaches",
+    "session": "call signalling",
+    "message": "messages posted and delivered",
+    "object": "every protocol object received and sent",
+    "event": "server events",
+}
+SIZE_HELP = {
+    "bits": "size in bits, rounded up to whole bytes (default 128)",
+    "bytes": f"size in bytes (at most {MAX_SECRET_BYTES})",
+}
+
+
 def build_parser(err: IO[str]) -> CliParser:
+    """The grammar of crs-cli, and the one description of its actions."""
     parser = CliParser(prog=PROG, add_help=False, err=err, usage=f"{PROG} ACTION [options]")
     parser.add_argument(
-        "--socket", default=os.environ.get("CRS_CLI_SOCKET", DEFAULT_SOCKET), help="socket"
+        "--socket",
+        default=os.environ.get("CRS_CLI_SOCKET", DEFAULT_SOCKET),
+        metavar="PATH",
+        help=f"management socket of the CRS (default $CRS_CLI_SOCKET, else {DEFAULT_SOCKET})",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=CliParser)
 
-    def sub(parent: Any, name: str, usage: str) -> CliParser:
-        made: CliParser = parent.add_parser(name, add_help=False, err=err, usage=f"{PROG} {usage}")
+    def sub(parent: Any, name: str, usage: str, text: str = "") -> CliParser:
+        made: CliParser = parent.add_parser(
+            name, add_help=False, err=err, usage=f"{PROG} {usage}", help=text
+        )
         return made
 
     def elements(parser: CliParser, dest: str = "element") -> Any:
@@ -112,64 +155,149 @@ def build_parser(err: IO[str]) -> CliParser:
         group.required = True
         return group
 
-    sub(actions, "help", "help")
-    sub(actions, "version", "version")
-    check = sub(actions, "check-config", "check-config [FILE]")
-    check.add_argument("file", nargs="?", default=DEFAULT_CONFIG)
-    sub(actions, "apply", "apply FILE").add_argument("file")
+    def account_arg(parser: CliParser) -> None:
+        parser.add_argument("account", metavar="ACCOUNT", help=ACCOUNT_HELP)
+
+    def uri_arg(parser: CliParser) -> None:
+        parser.add_argument("uri", metavar="URI", help=URI_HELP)
+
+    helper = sub(actions, "help", "help [ACTION]", "this overview, or the help of ACTION")
+    helper.add_argument("words", nargs="*", metavar="ACTION", help="an action, e.g. show blacklist")
+    sub(actions, "version", "version", "the version of crs-cli")
+    check = sub(
+        actions,
+        "check-config",
+        "check-config [FILE]",
+        "validate a crs.conf without applying it: OK, or the problem as FILE:LINE:COLUMN",
+    )
+    check.add_argument(
+        "file", nargs="?", default=DEFAULT_CONFIG, metavar="FILE", help=f"default {DEFAULT_CONFIG}"
+    )
+    sub(
+        actions,
+        "apply",
+        "apply FILE",
+        "apply a protected monthly update file (cryptify-kms update)",
+    ).add_argument("file", metavar="FILE", help="the update file")
 
     show = elements(sub(actions, "show", "show ELEMENT"))
     for name in SHOW_SIMPLE:
-        sub(show, name, f"show {name}")
-    sub(show, "blacklist", "show blacklist ACCOUNT").add_argument("account")
-    sub(show, "client-info", "show client-info ACCOUNT").add_argument("account")
-    token = sub(show, "push-token", "show push-token ACCOUNT URI")
-    token.add_argument("account")
-    token.add_argument("uri")
+        sub(show, name, f"show {name}", f"show {SHOW_HELP[name]}")
+    account_arg(sub(show, "blacklist", "show blacklist ACCOUNT", "show the blacklist of ACCOUNT"))
+    account_arg(
+        sub(show, "client-info", "show client-info ACCOUNT", "show the clients seen of ACCOUNT")
+    )
+    token = sub(
+        show, "push-token", "show push-token ACCOUNT URI", "show the push token a client left"
+    )
+    account_arg(token)
+    uri_arg(token)
 
     create = elements(sub(actions, "create", "create ELEMENT"))
-    secret = sub(create, "sharedSecret", "create sharedSecret [-b BITS | -B BYTES]")
+    secret = sub(
+        create,
+        "sharedSecret",
+        "create sharedSecret [-b BITS | -B BYTES]",
+        "print a new random shared secret, base64 (no server needed)",
+    )
     size = secret.add_mutually_exclusive_group()
-    size.add_argument("-b", dest="bits", type=_positive)
-    size.add_argument("-B", dest="bytes", type=_positive)
-    account = sub(create, "account", "create account ID [-s SECRET | -b BITS | -B BYTES]")
-    account.add_argument("id")
+    size.add_argument("-b", dest="bits", type=_positive, metavar="BITS", help=SIZE_HELP["bits"])
+    size.add_argument("-B", dest="bytes", type=_positive, metavar="BYTES", help=SIZE_HELP["bytes"])
+    account = sub(
+        create,
+        "account",
+        "create account ID [-s SECRET | -b BITS | -B BYTES]",
+        "create an account with the given or a new random shared secret (printed)",
+    )
+    account.add_argument("id", metavar="ID", help="the new account ID")
     given = account.add_mutually_exclusive_group()
-    given.add_argument("-s", dest="secret")
-    given.add_argument("-b", dest="bits", type=_positive)
-    given.add_argument("-B", dest="bytes", type=_positive)
+    given.add_argument("-s", dest="secret", metavar="SECRET", help="the shared secret to use")
+    given.add_argument("-b", dest="bits", type=_positive, metavar="BITS", help=SIZE_HELP["bits"])
+    given.add_argument("-B", dest="bytes", type=_positive, metavar="BYTES", help=SIZE_HELP["bytes"])
 
     listing = elements(sub(actions, "list", "list account"))
-    sub(listing, "account", "list account")
+    sub(listing, "account", "list account", "list the accounts with their files and secrets")
     delete = elements(sub(actions, "delete", "delete account ID"))
-    sub(delete, "account", "delete account ID").add_argument("id")
+    sub(
+        delete, "account", "delete account ID", "delete an account and disconnect its clients"
+    ).add_argument("id", metavar="ID", help="the account ID")
     reload = elements(sub(actions, "reload", "reload account"))
-    sub(reload, "account", "reload account")
+    sub(reload, "account", "reload account", "re-read the account files in accounts-dir")
 
     blacklist = elements(sub(actions, "blacklist", "blacklist add|remove ACCOUNT URI"), "op")
-    for op in ("add", "remove"):
-        entry = sub(blacklist, op, f"blacklist {op} ACCOUNT URI")
-        entry.add_argument("account")
-        entry.add_argument("uri")
+    for op, text in (
+        ("add", "blacklist URI in ACCOUNT and disconnect it"),
+        ("remove", "take URI off the blacklist of ACCOUNT"),
+    ):
+        entry = sub(blacklist, op, f"blacklist {op} ACCOUNT URI", text)
+        account_arg(entry)
+        uri_arg(entry)
 
     purge = elements(sub(actions, "purge", "purge client|clients|observed ACCOUNT [URI]"))
-    one = sub(purge, "client", "purge client ACCOUNT URI")
-    one.add_argument("account")
-    one.add_argument("uri")
-    sub(purge, "clients", "purge clients ACCOUNT").add_argument("account")
-    sub(purge, "observed", "purge observed ACCOUNT").add_argument("account")
+    one = sub(purge, "client", "purge client ACCOUNT URI", "forget one client of ACCOUNT")
+    account_arg(one)
+    uri_arg(one)
+    account_arg(sub(purge, "clients", "purge clients ACCOUNT", "forget every client of ACCOUNT"))
+    account_arg(
+        sub(purge, "observed", "purge observed ACCOUNT", "forget the clients observed in ACCOUNT")
+    )
 
     checks = elements(sub(actions, "check", "check slot URI"))
-    sub(checks, "slot", "check slot URI").add_argument("uri")
+    uri_arg(sub(checks, "slot", "check slot URI", "which CRS of the system serves URI"))
 
     stats = elements(sub(actions, "stats", "stats enable|disable|clear|export ACCOUNT"), "op")
+    stats_help = {
+        "enable": "start keeping per-URI statistics for ACCOUNT",
+        "disable": "stop keeping statistics for ACCOUNT",
+        "clear": "clear the statistics of ACCOUNT",
+        "export": "print the statistics of ACCOUNT, tab-separated, header first",
+    }
     for op in STATS_OPS:
-        sub(stats, op, f"stats {op} ACCOUNT").add_argument("account")
+        account_arg(sub(stats, op, f"stats {op} ACCOUNT", stats_help[op]))
 
     trace = elements(sub(actions, "trace", "trace ELEMENT"))
     for name in TRACE_ELEMENTS:
-        sub(trace, name, f"trace {name}")
+        sub(trace, name, f"trace {name}", f"print {TRACE_HELP[name]} as they happen (Ctrl-C stops)")
     return parser
+
+
+@functools.cache
+def actions() -> tuple[ActionDoc, ...]:
+    """Every action of crs-cli, from its parser (made once: argparse is slow)."""
+    return actions_from_parser(build_parser(sys.stderr))
+
+
+def manual_page() -> Page:
+    """crs-cli(8), from the parser."""
+    parser = build_parser(sys.stderr)
+    return Page(
+        name=PROG,
+        section=8,
+        summary="operate a running Cryptify Rendezvous Server",
+        synopsis=("[--socket PATH] ACTION [ARGUMENTS]", "help [ACTION]", "ACTION --help"),
+        description=(
+            "crs-cli is the operator's command line for the CRS. Actions that only read "
+            "local files (check-config, create sharedSecret, version, help) work without a "
+            "running server; the others talk to the CRS over its management socket, which "
+            "only root and the service user can open.\n\n"
+            "crs-cli help ACTION and crs-cli ACTION --help print the help of one action "
+            "(or of every action under a word, such as show)."
+        ),
+        actions=actions_from_parser(parser),
+        options=arguments(parser),
+        exit_status=(
+            ("0", "done"),
+            ("1", "the CRS answered with an error, cannot be reached, or a file cannot be read"),
+            ("2", "bad arguments"),
+        ),
+        environment=(Arg("CRS_CLI_SOCKET", "the management socket, when --socket is not given"),),
+        files=(
+            Arg(DEFAULT_SOCKET, "the management socket of the CRS"),
+            Arg(DEFAULT_CONFIG, "the CRS configuration (check-config)"),
+            Arg("/opt/crs/accounts", "the account files (create, delete, reload account)"),
+        ),
+        see_also=("cryptify-kms(1)", "cryptify-client(1)", "cig-cli(8)", "systemctl(1)"),
+    )
 
 
 def shared_secret(bits: int | None = None, nbytes: int | None = None) -> str:
@@ -318,16 +446,33 @@ def remote_action(
     return run
 
 
+def print_help(words: Sequence[str], out: IO[str], err: IO[str]) -> int:
+    """``help [ACTION]`` and ``[ACTION] --help``: the overview or one action's help."""
+    if not words:
+        out.write(HELP)
+        return EXIT_OK
+    text = action_help(actions(), words)
+    if text is None:
+        err.write(f"{PROG}: no action {' '.join(words)!r}; crs-cli help lists them\n")
+        return EXIT_USAGE
+    out.write(text)
+    return EXIT_OK
+
+
 def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
     """Run crs-cli with ``argv`` (without the program name); return the exit status."""
+    if "--help" in argv or "-h" in argv:
+        return print_help(help_words(argv, actions(), ("--socket",)), out, err)
     parser = build_parser(err)
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    if args.action in (None, "help"):
-        (out if args.action == "help" else err).write(HELP)
-        return EXIT_OK if args.action == "help" else EXIT_USAGE
+    if args.action == "help":
+        return print_help(args.words, out, err)
+    if args.action is None:
+        err.write(HELP)
+        return EXIT_USAGE
     if args.action == "version":
         out.write(f"{PROG} {__version__}\n")
         return EXIT_OK
