@@ -163,6 +163,20 @@ def as_user(uid: int, action: Callable[[], str]) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
+def durable_redis(port: int, password: str, directory: str) -> subprocess.Popen[bytes]:
+    """A redis-server on 127.0.0.1:``port`` configured as ``redis_low`` is:
+    append-only, synced before every reply, no snapshots."""
+    return subprocess.Popen(
+        [
+            "redis-server",
+            *("--port", str(port), "--bind", "127.0.0.1", "--requirepass", password),
+            *("--dir", directory, "--save", "", "--appendonly", "yes"),
+            *("--appendfsync", "always"),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def kill_managed_redis(directory: str) -> None:
     """SIGKILL the redis_high and redis_low a CRS with ``data-dir DIR/data`` left behind."""
     for name in ("redis_high", "redis_low"):

@@ -54,7 +54,7 @@ from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.redis.store import RedisStore
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import Message, message
-from tests.interop._procs import free_port, short_tempdir, tcp_answers, wait_for
+from tests.interop._procs import durable_redis, free_port, short_tempdir, tcp_answers, wait_for
 
 PASSWORD = "machine-secret"
 SENDER = "tel:+4610"
@@ -88,26 +88,7 @@ class RedisProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--requirepass",
-                PASSWORD,
-                "--dir",
-                self.dir,
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        self.proc = durable_redis(self.port, PASSWORD, self.dir)
         wait_for(lambda: tcp_answers(self.port), "redis-server")
 
     def kill(self) -> None:

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from cryptify.crs.messages.store import MessageRefused, MessageStore, Posted
 from cryptify.crs.redis.store import RedisStore
 from tests.contracts import CONTRACT_INBOX, MessageStoreContract
-from tests.interop._procs import BIN, free_port, short_tempdir
+from tests.interop._procs import BIN, durable_redis, free_port, short_tempdir
 from tests.interop.test_calls import CALLEE, CALLER, _CrsFixture, send
 
 PASSWORD = "interop-secret"
@@ -45,26 +45,7 @@ class _RedisCase(TestCase):
         return self.redis.when_connected()
 
     def start_redis(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--requirepass",
-                PASSWORD,
-                "--dir",
-                self.dir,
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        self.proc = durable_redis(self.port, PASSWORD, self.dir)
         self.addCleanup(self.stop_redis)
 
     def stop_redis(self) -> None:
