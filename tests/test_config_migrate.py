@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import tempfile
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,31 +29,9 @@ from cryptify.config.cig_model import TranslateMap, TranslateRule
 from cryptify.config.patterns import expand_pattern
 
 #: The CIG manual's "Example maps" (Migration chapter), as printed.
-MANUAL_MAPS = """\
-map telmap {
-    entry asterisk
-        tel "tel:+8888;{series}"
-        sip "sip:{series}@pbx.com";
-}
-
-map telsrc {
-    entry all
-        sip "sip:{series}@{discard}"
-        tel "tel:+8888;{series}";
-}
-
-map sipsrc {
-    entry all
-        sip "tel:+{series}"
-        tel "sip:{series}@{discard}" ;
-}
-
-map sipmap {
-    entry all
-        tel "sip:{series}@secure.com"
-        sip "tel:+{series}" ;
-}
-"""
+MANUAL_MAPS = (
+    Path(__file__).parent / "fixtures" / "config" / "manual-migration-maps.conf"
+).read_text()
 
 #: The translate maps the manual says reproduce them, as printed (without
 #: the example's mailboxes block and its stray closing brace).

@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import time
+from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,31 +26,9 @@ SENDER, RECIPIENT = "tel:+4611111", "tel:+4622222"
 KMS = ("/opt/crs/venv/bin/cryptify-kms", "--store", "/root/kms")
 
 #: The CIG manual's Migration example maps, as the operator's old cig.conf has them.
-OLD_MAPS = """
-map telmap {
-    entry asterisk
-        tel "tel:+8888;{series}"
-        sip "sip:{series}@pbx.com";
-}
-
-map telsrc {
-    entry all
-        sip "sip:{series}@{discard}"
-        tel "tel:+8888;{series}";
-}
-
-map sipsrc {
-    entry all
-        sip "tel:+{series}"
-        tel "sip:{series}@{discard}" ;
-}
-
-map sipmap {
-    entry all
-        tel "sip:{series}@secure.com"
-        sip "tel:+{series}" ;
-}
-"""
+OLD_MAPS = (
+    Path(__file__).parent.parent / "fixtures" / "config" / "manual-migration-maps.conf"
+).read_text()
 
 #: The manual's mailboxes block, with mailboxes where the package's unit may write.
 MAILBOXES = """
