@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.protocols import amp
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,6 +22,7 @@ from cryptify.crs.operator import cli
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import COLUMNS, Statistics, stats_key
+from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crs.trace import TraceHub
 from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin
@@ -130,6 +132,26 @@ class StatsTests(_World):
         self.invite()
         self.assertEqual(self.export(), [])
         self.assertEqual([k for k in self.redis.hashes if k.startswith("stats:")], [])
+
+    def test_failed_count_answers_nothing_more(self) -> None:
+        """
+        A count that fails after a post was stored (or a delivery settled)
+        is logged; the sender gets its one ``posted`` and no error after it.
+        """
+        self.call(crs_admin.StatsEnable, account="acme")
+        conn = self.attach("tel:+2", period_of(NOW))
+
+        async def broken(*args: Any) -> None:
+            raise RedisNotConnected("redis_low: not connected")
+
+        self.patch(self.stats, "message_posted", broken)
+        self.patch(self.stats, "message_delivered", broken)
+        with capturedLogs() as events:
+            session = self.post("tel:+1", 7, "tel:+2", content=b"hi")
+            self.deliver("tel:+2", conn)
+        self.assertEqual([m.type for m in session.sent], ["posted"])
+        self.assertEqual(self.messages.messages, {})
+        self.assertEqual(sum("was not counted" in (e.get("log_format") or "") for e in events), 2)
 
     def test_may_count_without_round_trip(self) -> None:
         """``may_count`` says no only while the cached enabled set is fresh and lacks

@@ -122,6 +122,12 @@ class Messaging:
             )
         )
 
+    def _not_counted(self, failure: Failure, what: str) -> None:
+        """Statistics are best effort: a failed count is logged, never answered."""
+        log.warn(
+            "statistics: a {what} was not counted: {why}", what=what, why=failure.getErrorMessage()
+        )
+
     def _current(self, session: Any) -> Attachment | None:
         """The attachment whose connection is ``session``, while it is attached."""
         attachment = self.registry.get(session.uri or "")
@@ -177,15 +183,22 @@ class Messaging:
                     posted.id,
                 )
             if self.stats is not None and self.stats.may_count(account):
-                return defer.ensureDeferred(self.stats.message_posted(account, sender, kind))
+                counted = defer.ensureDeferred(self.stats.message_posted(account, sender, kind))
+                counted.addErrback(self._not_counted, "post")
             return None
 
-        def not_found(failure: Failure) -> Failure:
-            if failure.check(MessageRefused) and failure.value.code == "not-found":  # type: ignore[union-attr]
+        def refused(failure: Failure) -> None:
+            if (
+                failure.check(MessageRefused)
+                and failure.value.code == "not-found"  # type: ignore[union-attr]
+                and self.trace.active("message")
+            ):
                 self.trace.emit("message", sender, to, "not-found", account, "-")
-            return failure
+            self._refuse(failure, session, msg.id)
 
-        stored.addCallbacks(posted, not_found).addErrback(self._refuse, session, msg.id)
+        # Only the store's own failure is a refusal: once `posted` went out,
+        # nothing after it may answer the same request again.
+        stored.addCallbacks(posted, refused)
 
     def fetch(self, session: AttachSession, msg: Any) -> None:
         uri = session.uri or ""
@@ -227,7 +240,8 @@ class Messaging:
                 if origin is not None:
                     origin.conn.send(message("delivered", message=message_id))
             if self.stats is not None and self.stats.may_count(account):
-                return defer.ensureDeferred(self.stats.message_delivered(account, uri, kind))
+                counted = defer.ensureDeferred(self.stats.message_delivered(account, uri, kind))
+                counted.addErrback(self._not_counted, "delivery")
             return None
 
         defer.maybeDeferred(self.store.confirm, uri, message_id).addBoth(settled).addCallback(
