@@ -44,11 +44,23 @@ def _origin() -> str | None:
 
 
 def torture_places() -> list[str]:
-    """Where the corpus is looked for, in order."""
-    places = [TORTURE]
+    """Where the corpus is looked for, in order: beside the checkout, beside
+    the origin it was cloned from, then beside each directory above them (a
+    bare origin a level deeper, say)."""
+    bases = [_CHECKOUT]
     origin = _origin()
     if origin is not None:
-        places.append(os.path.join(os.path.dirname(os.path.abspath(origin)), _RELATIVE))
+        bases.append(os.path.abspath(origin))
+    parents = [os.path.dirname(base) for base in bases]
+    for parent in list(parents):
+        while os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)
+            parents.append(parent)
+    places: list[str] = []
+    for parent in parents:
+        place = os.path.join(parent, _RELATIVE)
+        if place not in places:
+            places.append(place)
     return places
 
 
@@ -59,7 +71,7 @@ def torture_dir() -> str:
         if os.path.isdir(place):
             return place
     raise FailTest(
-        f"RFC 4475 torture messages not found at {' or '.join(places)}: they belong in"
+        f"RFC 4475 torture messages not found at {' or '.join(places[:3])}: they belong in"
         " ../shared/sip-torture/rfc4475 next to the checkout (or next to the repository"
         " it was cloned from)"
     )
