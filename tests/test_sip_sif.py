@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.calls import CALL_LINGER, CallTable, StubTelSide, session_line
 from cryptify.cig.sif.core import Sif
-from cryptify.cig.sif.legs import SipCall
+from cryptify.cig.sif.legs import NO_ANSWER_AFTER, SipCall
 from cryptify.config import load_cig_config, parse_cig_config
 from cryptify.protocols.sip.message import Request, Response, parse_datagram, response_to
 from cryptify.protocols.sip.sdp import parse_sdp
@@ -329,6 +329,23 @@ class CallTests(SifCase):
         body = invite(call_id="c", branch="z9hG4bKc").replace(b"application/sdp", b"text/plain")
         self.assertEqual(self.statuses(self.send(body)), [415])
         self.clock.advance(64 * T1)
+
+
+class NoAnswerTests(SifCase):
+    def test_unanswered_call_ends_on_both_sides(self) -> None:
+        """
+        A call the secure side leaves ringing past NO_ANSWER_AFTER gets 480
+        towards the PBX, and the tel side is told to stop ringing.
+        """
+        self.tel.mode = "ring"
+        got = self.send(invite(call_id="na", branch="z9hG4bKna"))
+        self.assertIn(180, self.statuses(got))
+        self.assertEqual(self.tel.hung_up, [])
+        before = len(self.channel.sent)
+        self.clock.advance(NO_ANSWER_AFTER)
+        self.assertEqual(self.statuses(self.channel.messages()[before:]), [480])
+        self.assertEqual([call for call, _ in self.tel.legs], self.tel.hung_up)
+        self.assertEqual(len(self.tel.hung_up), 1)
 
 
 class MethodTests(SifCase):

@@ -111,8 +111,15 @@ class SipCall:
 
     def start(self) -> None:
         """Hand the leg to the tel side; give up if it is not answered in time."""
-        self.no_answer = self.sif.clock.callLater(NO_ANSWER_AFTER, self.rejected, 480)
+        self.no_answer = self.sif.clock.callLater(NO_ANSWER_AFTER, self._unanswered_too_long)
         self.sif.tel.place_call(self.call, self)
+
+    def _unanswered_too_long(self) -> None:
+        """The PBX gets 480 and the tel side stops ringing the secure user."""
+        self.no_answer = None
+        if self.unanswered:
+            self.rejected(480)
+            self.sif.tel.hang_up(self.call)
 
     def _stop_timer(self) -> None:
         if self.no_answer is not None and self.no_answer.active():
