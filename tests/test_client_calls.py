@@ -237,6 +237,18 @@ class MessengerTests(SynchronousTestCase):
         )
         self.assertEqual(self.messenger.handle(Answered(first, error)), [])
 
+    def test_connection_lost_reports_unanswered_posts(self) -> None:
+        """Posts unanswered when the connection ends are reported retryable with
+        their keys, and an answer with the same request id later (a new
+        connection counts ids afresh) is not taken for one of them."""
+        first = self.messenger.post(B, b"one")
+        key = self.sent[-1]["key"]
+        lost = self.messenger.connection_lost()
+        self.assertEqual(lost, [Posted(first, None, "unavailable", key=key)])
+        self.assertTrue(all(isinstance(p, Posted) and p.retryable for p in lost))
+        self.assertEqual(self.messenger.handle(Answered(first, message("ok", id=first))), [])
+        self.assertEqual(self.messenger.connection_lost(), [])
+
     def test_keys_unique_per_message_kept_on_retry(self) -> None:
         """Each new message gets its own 16-octet random key; a retry sends the same
         key again; ``unavailable`` is retryable and carries the CRS's hint."""

@@ -100,7 +100,7 @@ class Messenger:
         ``key``: the message key of an earlier attempt of this same message
         (a retry); a new message gets a fresh one.
         """
-        if self.session is None or self.session.state != "attached":
+        if self.session is None or not self.attached:
             raise RuntimeError("not attached")
         key = new_message_key() if key is None else key
         request_id = self.session.request("post", to=to, content=content, key=key)
@@ -109,9 +109,21 @@ class Messenger:
 
     def fetch(self) -> int | None:
         """Ask for every stored message (after an attach)."""
-        if self.session is None or self.session.state != "attached":
+        if self.session is None or not self.attached:
             return None
         return self.session.request("fetch")
+
+    def connection_lost(self) -> list[MessageEvent]:
+        """The connection ended: every post still unanswered is reported
+        ``unavailable`` with its key, so it is retried with the same key (the
+        CRS may or may not have stored it), and no later answer on a new
+        connection is taken for one of these."""
+        lost: list[MessageEvent] = [
+            Posted(request_id, None, "unavailable", key=key)
+            for request_id, key in self.pending.items()
+        ]
+        self.pending.clear()
+        return lost
 
     def handle(self, event: ClientEvent) -> list[MessageEvent]:
         if isinstance(event, Answered) and event.id in self.pending:

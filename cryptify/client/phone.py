@@ -150,6 +150,8 @@ class Phone:
         self._emit(event)
         if isinstance(event, ConnectionEnded):
             self._call_events(self.agent.detached())
+            for lost in self.messenger.connection_lost():
+                self._emit(lost)
             return
         if isinstance(event, GaveUp):
             return
