@@ -157,6 +157,14 @@ class SilentTests(SippCase):
             method = ("INVITE", "OPTIONS", "REGISTER")[n % 3]
             sock.sendto(probe(method, "94670123456", port, n), ("127.0.0.1", self.sip_port))
         self.assertEqual(answers(sock), [])
+        # The probes did reach the CIG: it counted and logged the stranger.
+        log_path = os.path.join(self.dir, "log", "cig.log")
+
+        def logged() -> bool:
+            with open(log_path) as f:
+                return f"refusing SIP from {STRANGER}" in f.read()
+
+        wait_for(logged, "the refusal in cig.log")
         self.assertEqual(self.client.options(), 200)
 
 

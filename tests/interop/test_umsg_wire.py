@@ -263,7 +263,13 @@ class BusyAddressTests(TestCase):
                 )
             )
         self.addCleanup(lambda: [c.disconnect() for c in idle])
+        deadline = time.monotonic() + 30.0
         while len(closed) < 150:  # those over the quota were closed for newer ones
+            self.assertLess(
+                time.monotonic(),
+                deadline,
+                f"closed={len(closed)} pending={len(server.factory.pending)}",
+            )
             yield task.deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(len(server.factory.pending), 50)
         events: list[Any] = []
