@@ -42,6 +42,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from cryptify.files import write_atomically
+from cryptify.protocols.source_limit import SourceCounts
 
 log = Logger(namespace="cryptify.mgmt")
 
@@ -282,29 +283,21 @@ class ManagementFactory(Factory):
         self.clock = clock
         self.auth_timeout = auth_timeout
         self.max_per_source = max_per_source
-        self.open: dict[str, int] = {}
+        self.open = SourceCounts()
         #: Per kind of refusal: when it was last logged, and how many since.
         self._logged: dict[str, tuple[float, int]] = {}
 
     def buildProtocol(self, addr: Any) -> ManagementProtocol | None:
         host = getattr(addr, "host", None)
         if host is not None:
-            if self.open.get(host, 0) >= self.max_per_source:
+            if not self.open.admit(host, self.max_per_source):
                 self.note(f"more than {self.max_per_source} connections from one address")
                 return None
-            self.open[host] = self.open.get(host, 0) + 1
         proto = ManagementProtocol(self.make_locator, self.cookie)
         proto.factory = self
         if host is not None:
-            proto.on_lost.append(lambda: self._lost(host))
+            proto.on_lost.append(lambda: self.open.release(host))
         return proto
-
-    def _lost(self, host: str) -> None:
-        left = self.open.get(host, 0) - 1
-        if left > 0:
-            self.open[host] = left
-        else:
-            self.open.pop(host, None)
 
     def note(self, why: str) -> None:
         """Log a refused or timed-out connection, at most once per LOG_EVERY."""

@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..source_limit import SourceCounts
 from .errors import SipParseError
 from .message import Request, Response, StreamParser, parse_datagram, stamp_received
 from .transaction import Address, Channel
@@ -203,31 +204,23 @@ class SipStreamFactory(protocol.Factory):
         self.max_per_source = max_per_source
         self.allowed = allowed
         self.refused = refused
-        self.open: dict[str, int] = {}
+        self.open = SourceCounts()
 
     def buildProtocol(self, addr: Any) -> SipStreamProtocol | None:
         host = str(getattr(addr, "host", ""))
         if self.allowed is not None and not self.allowed(host):
             self._refuse(host, "tcp connection, not a SIP peer")
             return None
-        if self.open.get(host, 0) >= self.max_per_source:
+        if not self.open.admit(host, self.max_per_source):
             self._refuse(host, f"more than {self.max_per_source} tcp connections")
             return None
-        self.open[host] = self.open.get(host, 0) + 1
         return SipStreamProtocol(
-            self.sink, lambda proto: self._lost(host), self.clock, self.idle_timeout
+            self.sink, lambda proto: self.open.release(host), self.clock, self.idle_timeout
         )
 
     def _refuse(self, host: str, why: str) -> None:
         if self.refused is not None:
             self.refused(host, why)
-
-    def _lost(self, host: str) -> None:
-        left = self.open.get(host, 0) - 1
-        if left > 0:
-            self.open[host] = left
-        else:
-            self.open.pop(host, None)
 
 
 class TcpConnector:
