@@ -125,3 +125,30 @@ class SetKeyCliTests(SynchronousTestCase):
         if problem is not None:
             self.assertTrue(problem)
             self.assertNotIn("\n", problem)
+
+
+class PromptLinesTests(SynchronousTestCase):
+    def drained(self, lines: cig_cli._Lines) -> list[object]:
+        got: list[object] = []
+        while lines.queue.pending:
+            lines.queue.get().addCallback(got.append)
+        return got
+
+    def test_over_long_line_reported_once(self) -> None:
+        """
+        A line over the limit that arrives in several pieces is reported
+        once, and the lines after it (in the same piece as its end) are
+        still read.
+        """
+        lines = cig_cli._Lines()
+        piece = b"x" * (cig_cli.MAX_LINE // 2 + 10)
+        for _ in range(4):
+            lines.dataReceived(piece)
+        lines.dataReceived(b"tail\nstatus\nshow call\n")
+        self.assertEqual(self.drained(lines), [cig_cli.TOO_LONG, "status", "show call"])
+
+    def test_over_long_complete_line(self) -> None:
+        """An over-long line that arrives whole is reported and the next is read."""
+        lines = cig_cli._Lines()
+        lines.dataReceived(b"y" * (cig_cli.MAX_LINE + 1) + b"\nstatus\n")
+        self.assertEqual(self.drained(lines), [cig_cli.TOO_LONG, "status"])

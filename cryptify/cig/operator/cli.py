@@ -348,12 +348,29 @@ class _Lines(LineOnlyReceiver):
 
     def __init__(self) -> None:
         self.queue: defer.DeferredQueue[str | _TooLong | None] = defer.DeferredQueue()
+        #: An over-long line was reported and its rest is being thrown away.
+        self.skipping = False
+
+    def dataReceived(self, data: bytes) -> None:
+        # LineOnlyReceiver stops at an over-long line (it would close the
+        # connection); here it is reported once and the lines after it go on.
+        lines = (self._buffer + data).split(self.delimiter)
+        self._buffer = lines.pop()
+        for line in lines:
+            if self.skipping:
+                self.skipping = False  # the end of the line already reported
+            elif len(line) > self.MAX_LENGTH:
+                self.queue.put(TOO_LONG)
+            else:
+                self.lineReceived(line)
+        if len(self._buffer) > self.MAX_LENGTH:
+            if not self.skipping:
+                self.queue.put(TOO_LONG)
+                self.skipping = True
+            self._buffer = b""
 
     def lineReceived(self, line: bytes) -> None:
         self.queue.put(line.decode("utf-8", "replace"))
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self.queue.put(TOO_LONG)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.queue.put(None)
