@@ -441,6 +441,18 @@ class UnavailableTests(_Delivery):
         self.clock.advance(DELIVERY_RETRY)
         self.assertEqual(len(conn.of("message")), 2)
 
+    def test_known_recorded_once_redis_is_back(self) -> None:
+        """An attach while redis_low is out of reach records the URI as known
+        once it is back (posts to it are then taken), without waiting for the
+        client's next attach."""
+        self.store.down = True
+        self.attach("tel:+5")
+        self.assertNotIn("tel:+5", self.store.known)
+        self.store.down = False
+        self.clock.advance(DELIVERY_RETRY)
+        self.assertIn("tel:+5", self.store.known)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_unreachable_redis_object(self) -> None:
         """When the store cannot even record the read time (not connected), the answer
         is the same."""

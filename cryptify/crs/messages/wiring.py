@@ -354,19 +354,32 @@ class Messaging:
 
     def attached(self, attachment: Attachment) -> None:
         """A client attached: remember its URI, send what waits for it."""
+        self._remember(attachment)
+        self._pump(attachment)
+
+    def _remember(self, attachment: Attachment) -> None:
+        """Record the URI as known (posts to it are taken); while Redis is
+        briefly out of reach, try again as long as the client stays attached,
+        so posts to it are not refused ``not-found`` until its next attach."""
 
         def not_remembered(failure: Failure) -> None:
-            if transient(failure):
-                log.warn(
-                    "{uri} not recorded as known: {why}",
-                    uri=attachment.uri,
-                    why=failure.getErrorMessage(),
-                )
-            else:
+            if not transient(failure):
                 log.failure("cannot record {uri} as known", failure, uri=attachment.uri)
+                return
+            log.warn(
+                "{uri} not recorded as known: {why}",
+                uri=attachment.uri,
+                why=failure.getErrorMessage(),
+            )
+            if self.scheduler is not None:
+
+                def again() -> None:
+                    if self.registry.get(attachment.uri) is attachment:
+                        self._remember(attachment)
+
+                self.scheduler.callLater(DELIVERY_RETRY, again)
 
         defer.ensureDeferred(self.store.remember(attachment.uri)).addErrback(not_remembered)
-        self._pump(attachment)
 
 
 def install(core: AttachCore, messaging: Messaging) -> None:
