@@ -3,9 +3,10 @@ Where RFC 4475's SIP torture messages are: C{../shared/sip-torture/rfc4475}
 next to the checkout, read in place and never copied.  A clone made from
 such a checkout (C{git clone /work/main /root/x}, as CI and reviewers do)
 looks next to the repository it was cloned from as well, found through its
-own C{origin} remote, so the corpus follows the checkout, not a machine
-path.  A test that needs it and finds it in neither place fails, naming
-both, rather than being skipped.
+own C{origin} remote, and then beside each directory above the two (a bare
+origin sits a level deeper), so the corpus follows the checkout, not a
+machine path.  A test that needs it and finds it nowhere fails, naming
+where it looked first, rather than being skipped.
 """
 
 from __future__ import annotations
