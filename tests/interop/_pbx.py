@@ -29,10 +29,12 @@ from tests.interop._procs import free_port
 KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 BARESIP_MODULES = "/usr/lib/baresip/modules"
 
+# One UDP worker: with two, a 180 and the 200 right behind it could be
+# forwarded out of order, and the CIG would (rightly) never show RING.
 KAMAILIO_CFG = """#!KAMAILIO
 debug=2
 log_stderror=yes
-children=2
+children=1
 listen=udp:127.0.0.1:{kam_port}
 mpath="{modules}"
 loadmodule "kex.so"
