@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from cryptify.lifecycle import IllegalTransition, Lifecycle
 from cryptify.protocols.sip.dialog import Dialog, dialog_id_of
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.message import Request, Response, parse_datagram, response_to
@@ -24,11 +25,9 @@ from cryptify.protocols.sip.transaction import (
     T1,
     T2,
     T4,
-    IllegalTransition,
     ServerTransaction,
     TransactionLayer,
     TxState,
-    advance,
     server_key,
 )
 
@@ -354,11 +353,14 @@ class TransactionStateTests(LayerCase):
             ("non-INVITE client", TxState.TRYING, TxState.CALLING),
         ]
         for kind, old, new in refused:
+            machine = Lifecycle(f"{kind} transaction", self.TABLES[kind], old)
             with self.assertRaises(IllegalTransition) as caught:
-                advance(kind, self.TABLES[kind], old, new)
+                machine.move(new)
             self.assertEqual(
-                str(caught.exception), f"{kind} transaction cannot go from {old} to {new}"
+                str(caught.exception),
+                f"{kind} transaction: {old.name} -> {new.name} is not allowed",
             )
+            self.assertIs(machine.state, old)
 
     def test_transaction_refuses_illegal_move(self) -> None:
         """

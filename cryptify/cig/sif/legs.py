@@ -19,13 +19,13 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from cryptify.lifecycle import Lifecycle, check_table
 from cryptify.protocols.sip.dialog import Dialog
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.message import Headers, Request, Response
 from cryptify.protocols.sip.transaction import Channel, ServerTransaction
 
 from ..calls import Call, CallState, TelLeg
-from ..lifecycle import Lifecycle, check_table
 
 if TYPE_CHECKING:
     from .core import Sif
