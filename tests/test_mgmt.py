@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.operator.admin import CigAdmin
 from cryptify.cig.operator.state import CigState
+from cryptify.cookie import CookieError, ensure_cookie, read_cookie
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.protocols import cig_admin, crs_admin
@@ -29,14 +30,11 @@ from cryptify.protocols.mgmt import (
     MAX_PER_SOURCE,
     Authenticate,
     BadCookie,
-    CookieError,
     JsonValue,
     ManagementClient,
     ManagementFactory,
     ManagementProtocol,
     NotAuthenticated,
-    ensure_cookie,
-    read_cookie,
 )
 from cryptify.tools.mgmtcli import printable, render_table, write_table
 

@@ -44,6 +44,7 @@ from cryptify.cig.tel.uif import Uif, app_name
 from cryptify.client.cli import session_maker, tls_connector
 from cryptify.config import CigConfig, load_cig_config
 from cryptify.config.crs import Endpoint
+from cryptify.cookie import CookieError, ensure_cookie
 from cryptify.events import Notifier
 from cryptify.links.relay_link import RelayLink
 from cryptify.logs import LogFileService
@@ -55,7 +56,7 @@ from cryptify.plugins._common import (
     log_dir_option,
     notify_option,
 )
-from cryptify.protocols.mgmt import CookieError, ManagementFactory, ensure_cookie
+from cryptify.protocols.mgmt import ManagementFactory
 from cryptify.protocols.sip.transport import (
     SipDatagramProtocol,
     SipStreamFactory,
