@@ -33,8 +33,9 @@ from cryptify.lifecycle import IllegalTransition, Lifecycle, check_table
 from cryptify.protocols.bridge_control import BridgeAdd, BridgeError, BridgeRemove, BridgeUpdate
 from cryptify.protocols.sip.transaction import T1
 from cryptify.protocols.umsg import Message, message
-from tests.test_cig_tel import ANSWER, CALLER, TelCase
-from tests.test_sip_sif import OutgoingCase, RecordingLeg, SifCase, invite
+from tests.cig_support import ANSWER, CALLER, TelCase
+from tests.fakes import RecordingLeg
+from tests.sip_support import OutgoingCase, SifCase, invite
 
 #: Every machine: its table, where it starts, and how its states are shown.
 MACHINES: list[tuple[Mapping[Any, frozenset[Any]], enum.Enum, Mapping[Any, object] | None]] = [

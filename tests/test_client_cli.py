@@ -11,7 +11,7 @@ from cryptify.client import cli
 from cryptify.client.calls import END, INCOMING, Call, CallEvent
 from cryptify.client.messages import Posted, Receipt, Received
 from cryptify.crypto.keymaterial import write_key_material
-from tests.test_client_calls import material
+from tests.fakes import material
 
 
 class ArgumentTests(SynchronousTestCase):

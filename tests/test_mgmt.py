@@ -33,30 +33,10 @@ from cryptify.protocols.mgmt import (
     JsonValue,
     ManagementClient,
     ManagementFactory,
-    ManagementProtocol,
     NotAuthenticated,
 )
 from cryptify.tools.mgmtcli import printable, render_table, write_table
-
-
-def pair(locator: amp.CommandLocator, cookie: str | None = None) -> tuple[Any, Any, Any]:
-    server = ManagementProtocol(lambda proto: locator, cookie)
-    client = ManagementClient()
-    pump = iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client))
-    return server, client, pump
-
-
-def call(client: Any, pump: Any, command: type[amp.Command], **kwargs: Any) -> Any:
-    """Send a command, pump, and return its result (a Failure on error).
-
-    The result is captured before pumping: AMP drops the connection when an
-    error answer finds no errback on the call's Deferred.
-    """
-    results: list[Any] = []
-    client.callRemote(command, **kwargs).addBoth(results.append)
-    pump.flush()
-    assert len(results) == 1
-    return results[0]
+from tests.fakes import call, pair
 
 
 class GateTests(SynchronousTestCase):

@@ -30,26 +30,7 @@ from cryptify.protocols.sip.transaction import (
     TxState,
     server_key,
 )
-
-
-@attrs.define
-class FakeChannel:
-    """A channel that records what is sent on it."""
-
-    reliable: bool = False
-    address: tuple[str, int] = ("192.0.2.1", 5060)
-    sent: list[bytes] = attrs.field(factory=list)
-
-    def send(self, data: bytes) -> None:
-        self.sent.append(data)
-
-    def messages(self) -> list[Request | Response]:
-        out = []
-        for data in self.sent:
-            message = parse_datagram(data)
-            assert message is not None
-            out.append(message)
-        return out
+from tests.fakes import FakeChannel
 
 
 @attrs.define

@@ -18,8 +18,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from cryptify.crs.messages.store import MessageRefused, MessageStore, Posted
 from cryptify.crs.redis.store import RedisStore
 from tests.contracts import CONTRACT_INBOX, MessageStoreContract
+from tests.interop._crs import CALLEE, CALLER, CrsFixture, send
 from tests.interop._procs import BIN, durable_redis, free_port, short_tempdir
-from tests.interop.test_calls import CALLEE, CALLER, _CrsFixture, send
 
 PASSWORD = "interop-secret"
 
@@ -233,7 +233,7 @@ class MessageStoreTests(_RedisCase):
         return defer.ensureDeferred(run())
 
 
-class ClientSendTests(_CrsFixture):
+class ClientSendTests(CrsFixture):
     """`cryptify-client send`, each a fresh process, through a real `twistd crs`."""
 
     COUNT = 20
@@ -294,7 +294,7 @@ class ClientSendTests(_CrsFixture):
         self.assertEqual(contents, sorted(f"message {n}" for n in range(self.COUNT)))
 
 
-class WaitingMessagesTests(_CrsFixture):
+class WaitingMessagesTests(CrsFixture):
     """Every waiting message arrives after an attach, through a real `twistd crs`."""
 
     COUNT = 199
