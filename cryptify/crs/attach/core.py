@@ -64,6 +64,7 @@ class State(enum.Enum):
 
 NEW, CHALLENGED, ATTACHED, CLOSED = State.NEW, State.CHALLENGED, State.ATTACHED, State.CLOSED
 
+
 class Peer(Protocol):
     """What a session needs of its connection."""
 
