@@ -59,7 +59,7 @@ class ProgramService(SequentialMultiService):
     """Root service of a program: start-up failures end the process clearly."""
 
     def __init__(self, program: str, exit_on_error: bool = True) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        service.MultiService.__init__(self)
         self.program = program
         self.exit_on_error = exit_on_error
 
@@ -76,13 +76,13 @@ class ProgramService(SequentialMultiService):
 
     def privilegedStartService(self) -> None:
         try:
-            super().privilegedStartService()  # type: ignore[no-untyped-call]
+            service.MultiService.privilegedStartService(self)
         except StartupError as exc:
             self._fail(exc)
 
     def startService(self) -> None:
         try:
-            super().startService()  # type: ignore[no-untyped-call]
+            service.MultiService.startService(self)
         except StartupError as exc:
             self._fail(exc)
 

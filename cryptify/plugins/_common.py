@@ -104,7 +104,7 @@ class ConfigOptions(usage.Options):
 
     def parseOptions(self, options: Any = None) -> None:
         try:
-            super().parseOptions(options)  # type: ignore[no-untyped-call]
+            usage.Options.parseOptions(self, options)
         except ConfigUsageError as exc:
             if self.parent is None:
                 raise

@@ -95,7 +95,7 @@ class JsonValue(amp.Argument):
     """
 
     def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        amp.Argument.__init__(self)
 
     def toBox(
         self, name: bytes, strings: dict[bytes, Any], objects: dict[str, Any], proto: Any
@@ -178,7 +178,7 @@ class ManagementProtocol(amp.AMP):
         make_locator: Callable[[ManagementProtocol], amp.CommandLocator],
         cookie: str | None = None,
     ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        amp.AMP.__init__(self)
         self.on_lost: list[Callable[[], None]] = []
         self.inner = make_locator(self)
         self.cookie = cookie
@@ -188,7 +188,7 @@ class ManagementProtocol(amp.AMP):
         self.auth_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        super().connectionMade()  # type: ignore[no-untyped-call]
+        amp.AMP.connectionMade(self)
         factory = getattr(self, "factory", None)
         if not self.authenticated and isinstance(factory, ManagementFactory):
             clock = factory.clock
@@ -219,13 +219,13 @@ class ManagementProtocol(amp.AMP):
         if self.auth_timer is not None and self.auth_timer.active():
             self.auth_timer.cancel()
         self.auth_timer = None
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        amp.AMP.connectionLost(self, reason)
         callbacks, self.on_lost = self.on_lost, []
         for callback in callbacks:
             callback()
 
     def sendBox(self, box: amp.AmpBox) -> None:
-        super().sendBox(box)  # type: ignore[no-untyped-call]
+        amp.AMP.sendBox(self, box)
         if self.close_after_reply and self.transport is not None:
             self.transport.loseConnection()
 
@@ -314,7 +314,7 @@ class ManagementClient(amp.AMP):
     """CLI side: receives trace lines pushed by the server."""
 
     def __init__(self, on_trace: Callable[[str], None] | None = None) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        amp.AMP.__init__(self)
         self.on_trace = on_trace
         self.lost: defer.Deferred[None] = defer.Deferred()
 
@@ -330,7 +330,7 @@ class ManagementClient(amp.AMP):
         return answer
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        amp.AMP.connectionLost(self, reason)
         if not self.lost.called:
             self.lost.callback(None)
 

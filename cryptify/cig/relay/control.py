@@ -138,11 +138,11 @@ class BridgeControlProtocol(amp.AMP):
     """One control connection from the CIG server."""
 
     def connectionMade(self) -> None:
-        super().connectionMade()  # type: ignore[no-untyped-call]
+        amp.AMP.connectionMade(self)
         log.info("CIG server connected")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        amp.AMP.connectionLost(self, reason)
         log.info("CIG server disconnected")
 
 

@@ -466,10 +466,10 @@ class MessageExpiry(service.Service):
         return defer.ensureDeferred(run())
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        service.Service.startService(self)
         self.loop.start(EXPIRY_SWEEP, now=False)
 
     def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]
+        service.Service.stopService(self)
         if self.loop.running:
             self.loop.stop()

@@ -81,7 +81,7 @@ class ExternalRedis(service.MultiService):
     names = (HIGH, LOW)
 
     def __init__(self, cfg: CrsConfig, reactor: Any) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        service.MultiService.__init__(self)
         self.cfg = cfg
         self.reactor = reactor
 
@@ -101,7 +101,7 @@ class ExternalRedis(service.MultiService):
         password = external_password(self.cfg)
         for name, where in ((HIGH, g.redis.high), (LOW, g.redis.low)):
             attach(self, RedisStore.tcp(self.reactor, where.host, where.port, password, name))
-        super().startService()  # type: ignore[no-untyped-call]
+        service.MultiService.startService(self)
 
 
 class ManagedRedis(service.MultiService):
@@ -121,7 +121,7 @@ class ManagedRedis(service.MultiService):
         notify: Notify,
         start_failed: StartFailed,
     ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        service.MultiService.__init__(self)
         self.cfg = cfg
         self.local = local
         self.reactor = reactor

@@ -308,15 +308,15 @@ class RelayControlProtocol(amp.AMP):
     """One control connection; logs CONNECTION and CLOSE."""
 
     def __init__(self, locator: RelayControl) -> None:
-        super().__init__(locator=locator)  # type: ignore[no-untyped-call]
+        amp.AMP.__init__(self, locator=locator)
         self.control = locator
 
     def connectionMade(self) -> None:
-        super().connectionMade()  # type: ignore[no-untyped-call]
+        amp.AMP.connectionMade(self)
         log.info("CONNECTION from the CRS")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        amp.AMP.connectionLost(self, reason)
         self.control.closed()
         log.info("CLOSE of the CRS connection")
 
