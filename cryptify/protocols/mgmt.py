@@ -39,6 +39,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from cryptify.protocols.source_limit import SourceCounts
+from cryptify.protocols.streams import abort
 
 log = Logger(namespace="cryptify.mgmt")
 
@@ -200,8 +201,7 @@ class ManagementProtocol(amp.AMP):
         factory = getattr(self, "factory", None)
         if isinstance(factory, ManagementFactory):
             factory.note("did not authenticate in time")
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        abort(self.transport)
 
     def authenticated_now(self) -> None:
         """The cookie matched: stop the clock."""

@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 
 from cryptify.config.crs import CrsGlobal, KeepAlive
 from cryptify.crs.attach.core import AttachCore, AttachSession
+from cryptify.protocols.streams import abort
 from cryptify.protocols.umsg import (
     MAX_MESSAGE,
     Message,
@@ -141,7 +142,7 @@ class UmsgServerProtocol(Protocol):
         self.started = self.last_seen = factory.clock.seconds()
         if not factory.admit(self):
             self.ending = True
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            abort(self.transport)
             return
         method, interval = factory.keepalive(self.host)
         self.interval = interval / 1000
@@ -214,13 +215,11 @@ class UmsgServerProtocol(Protocol):
         self.ending = True
         self.factory.forget(self)
         self.session.lost("evicted")
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        abort(self.transport)
 
     def abort(self) -> None:
         self.abort_call = None
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        abort(self.transport)
 
     # timers (called by the factory's sweeps)
 

@@ -35,6 +35,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cryptify.protocols.streams import abort
+
 from ..source_limit import SourceCounts
 from .errors import SipParseError
 from .message import Request, Response, StreamParser, parse_datagram, stamp_received
@@ -144,8 +146,7 @@ class SipStreamProtocol(protocol.Protocol):
             peer=self.address,
             seconds=self.idle_timeout,
         )
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        abort(self.transport)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.open = False
