@@ -128,7 +128,7 @@ class JsonValue(amp.Argument):
 Table = JsonValue
 
 
-def table(columns: list[str], rows: list[list[str]]) -> dict[str, Any]:
+def table(columns: list[str], rows: list[list[str]]) -> dict[str, object]:
     """The value of a :class:`Table` argument."""
     return {"columns": columns, "rows": rows}
 
@@ -242,7 +242,7 @@ class _AuthLocator(amp.CommandLocator):
         self.proto = proto
 
     @Authenticate.responder
-    def authenticate(self, cookie: str) -> dict[str, Any]:
+    def authenticate(self, cookie: str) -> dict[str, object]:
         expected = self.proto.cookie
         if expected is None:
             return {}
@@ -319,7 +319,7 @@ class ManagementClient(amp.AMP):
         self.lost: defer.Deferred[None] = defer.Deferred()
 
     @TraceEvent.responder
-    def trace_event(self, line: str) -> dict[str, Any]:
+    def trace_event(self, line: str) -> dict[str, object]:
         if self.on_trace is not None:
             self.on_trace(line)
         return {}
