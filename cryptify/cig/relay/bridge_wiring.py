@@ -180,7 +180,7 @@ class SecureLeg(DatagramProtocol):
         #: What a :class:`MediaPoller` calls with each datagram.
         self.receive: Callable[[bytes], None] = bridged.from_secure
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.bridged.from_secure(datagram)
 
 
@@ -191,7 +191,7 @@ class PbxLeg(DatagramProtocol):
         self.bridged = bridged
         self.receive: Callable[[bytes], None] = bridged.core.from_pbx
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.bridged.core.from_pbx(datagram)
 
 

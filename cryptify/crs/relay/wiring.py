@@ -71,7 +71,7 @@ class RelayDatagram(DatagramProtocol):
         self.core = core
         self.clock = clock
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         result = self.core.packet(datagram, addr, self.clock.seconds())
         if type(result) is tuple:
             try:
