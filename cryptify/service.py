@@ -126,12 +126,12 @@ class ListenService(service.Service):
                 ) from exc
             log.info("{what} listening on {where}", what=self.what, where=self.where)
 
-    def stopService(self) -> defer.Deferred[Any] | None:
+    def stopService(self) -> defer.Deferred[object] | None:
         service.Service.stopService(self)
         port, self.port = self.port, None
         if port is None:
             return None
-        stopped: defer.Deferred[Any] = defer.maybeDeferred(port.stopListening)
+        stopped: defer.Deferred[object] = defer.maybeDeferred(port.stopListening)
         return stopped
 
 
@@ -151,7 +151,7 @@ class CallbackService(service.Service):
         if self.on_start is not None:
             self.on_start()
 
-    def stopService(self) -> defer.Deferred[Any]:
+    def stopService(self) -> defer.Deferred[object]:
         service.Service.stopService(self)
         if self.on_stop is None:
             return defer.succeed(None)

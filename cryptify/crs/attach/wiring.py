@@ -41,7 +41,7 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -128,7 +128,7 @@ class UmsgServerProtocol(Protocol):
     ping_at: float | None = None
     interval = PING_AFTER
     ending = False
-    abort_call: Any = None
+    abort_call: IDelayedCall | None = None
     #: The WebSocket close code of a framing failure (0: from the UMSG code).
     ws_close = 0
     #: Nothing received yet (above TLS): the first to go when the quota is full.
@@ -446,7 +446,7 @@ class UmsgListenService(ListenService):
         self.clock = clock
         self.grace = grace
 
-    def stopService(self) -> defer.Deferred[Any]:
+    def stopService(self) -> defer.Deferred[object]:
         service.Service.stopService(self)
         port, self.port = self.port, None
 
