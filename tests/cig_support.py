@@ -24,6 +24,11 @@ from tests.sip_support import FIXTURES
 
 CALLER, CIG, CALLEE = "tel:+461111", "tel:+8888", "tel:+8888;101"
 
+#: The time every TelCase starts at, and the caller's clock: the invites
+#: cached in L{_INVITES} are built once per run, so a tel side set up much
+#: later (a slow or reordered run) must not see them as stale.
+NOW = time.time()
+
 
 ANSWER = (
     b"v=0\r\no=pbx 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\n"
@@ -34,7 +39,7 @@ ANSWER = (
 class TelCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.clock.advance(time.time())
+        self.clock.advance(NOW)
         self.session, self.out = attached(CIG)
         self.sif = FakeSif()
         self.bridge = FakeBridge()
@@ -50,7 +55,7 @@ class TelCase(SynchronousTestCase):
             self.bridge,
         )
         self.caller_session, self.caller_out = attached(CALLER)
-        self.caller = CallAgent(material(CALLER), time.time, self.caller_session)
+        self.caller = CallAgent(material(CALLER), lambda: NOW, self.caller_session)
 
     def tearDown(self) -> None:
         self.calls.stop()
