@@ -122,7 +122,7 @@ class _Instance:
     def redis_cli(self, redis: str, *args: str) -> str:
         env = dict(os.environ, REDISCLI_AUTH=self.password(redis))
         done = subprocess.run(
-            ["redis-cli", "-p", str(self.redis_port(redis)), "--no-raw", *args],
+            ["redis-cli", "-p", str(self.redis_port(redis)), *args],
             capture_output=True,
             text=True,
             env=env,
@@ -266,3 +266,51 @@ class PoolSyncTests(TestCase):
         self.assertEqual(line, b"")
         self.assertIn("not a replication command", self.crs1.log())
         self.assertIn("unknown identity", self.crs1.log())
+
+    async def test_read_from(self) -> None:
+        """crs1 gone for good: crs2 restarted with db-backup read-from imports
+        the messages its redis_backup kept into its own store, each once, in
+        order, even when the import runs again and when a run was cut between
+        storing a message and recording it as imported."""
+        wait_for(
+            lambda: self.crs2.service("db-backup").startswith("active (replica of crs1: link up"),
+            "replica link up",
+            timeout=60,
+        )
+        ids = [
+            await self.post_on_crs1("tel:+4670002", b"one", "key:01"),
+            await self.post_on_crs1("tel:+4670003", b"two", "key:02"),
+            await self.post_on_crs1("tel:+4670002", b"three", "key:03"),
+        ]
+        wait_for(lambda: all(self.replicated(i) for i in ids), "messages in redis_backup")
+        self.crs1.kill()
+        self.crs2.stop()
+        with open(self.crs2.local, "w") as f:
+            f.write("crsname crs2\ndb-backup read-from\n")
+
+        self.crs2.start()
+        wait_for(
+            lambda: "read-from crs1: 3 messages imported" in self.crs2.log(), "the first import"
+        )
+        self.assert_inboxes(ids)
+
+        # as if the CRS had died after storing the first message, before
+        # recording it: the next run finds it stored and does not store it twice
+        self.crs2.redis_cli("redis_low", "SREM", "pool-import:crs1", ids[0])
+        self.crs2.stop()
+        self.crs2.start()
+        wait_for(
+            lambda: "read-from crs1: 0 messages imported, 3 already there" in self.crs2.log(),
+            "the second import",
+        )
+        self.assert_inboxes(ids)
+        self.assertIn("db-backup read-from", self.crs2.log())
+
+    def assert_inboxes(self, ids: list[str]) -> None:
+        """crs2's redis_low holds each message once, in its recipient's inbox, whole."""
+        inbox2 = self.crs2.redis_cli("redis_low", "LRANGE", "inbox:tel:+4670002", "0", "-1")
+        inbox3 = self.crs2.redis_cli("redis_low", "LRANGE", "inbox:tel:+4670003", "0", "-1")
+        self.assertEqual(inbox2.split(), [ids[0], ids[2]])
+        self.assertEqual(inbox3.split(), [ids[1]])
+        data = self.crs2.redis_cli("redis_low", "HGET", f"msg:{ids[2]}", "data")
+        self.assertEqual(data.strip(), "dGhyZWU=")  # base64 of b"three"
