@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -12,6 +13,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from cryptify.config import CrsLocalConfig
+from cryptify.config.crs_model import AddressMap, CrsConfig, CrsGlobal, Pool, PoolHost
 from cryptify.crs.pool.sync import (
     HANDSHAKE_TIMEOUT,
     MAX_CONNECTIONS,
@@ -20,9 +23,12 @@ from cryptify.crs.pool.sync import (
     ReplicaMonitor,
     SyncServerFactory,
     SyncTunnel,
+    build_sync,
     psk_lookup,
 )
 from cryptify.crs.pool.sync_core import sync_psk
+from cryptify.crs.redis.instance import ReplicaOf
+from cryptify.crs.redis.services import redis_instances
 from tests.test_pool_sync_core import INFO_DOWN, INFO_UP, resp
 
 PING = resp(b"PING")
@@ -321,3 +327,74 @@ class ReplicaMonitorTests(SynchronousTestCase):
         self.assertEqual(events, ["up", "down", "up"])
         monitor.stopService()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+def pool_config(key: str | None = "k" * 20) -> Any:
+    g = CrsGlobal(
+        key=key,
+        addr_map=(AddressMap("192.0.2.1", "127.0.0.2"),),
+        sync_port=18091,
+        data_dir="/nonexistent",
+    )
+    pool = Pool((PoolHost("crs1", "192.0.2.1"), PoolHost("crs2", "192.0.2.2")))
+    return CrsConfig(global_=g, pool=pool)
+
+
+class BuildSyncTests(SynchronousTestCase):
+    """What each db-backup mode runs (nothing is opened while building)."""
+
+    def build(self, mode: str, cfg: Any = None, me: str = "crs2") -> Any:
+        local = CrsLocalConfig(me, mode)
+        return build_sync(
+            cfg or pool_config(), local, me, Clock(), lambda n: None, lambda u, e: None
+        )
+
+    def test_replicate(self) -> None:
+        """replicate-from-peer: a tunnel before Redis, the server and the
+        monitor after it, both shown in show services; redis_backup's master
+        is the tunnel's loopback port."""
+        sync = self.build("replicate-from-peer")
+        self.assertEqual(sync.before_redis, [sync.tunnel])
+        self.assertIn(sync.monitor, sync.after_redis)
+        self.assertEqual(list(sync.probes), ["db-backup", "sync"])
+        assert sync.tunnel is not None
+        self.assertEqual(sync.tunnel.peer, "crs1")
+        sync.tunnel.listening = _Port()
+        master = sync.backup_master()
+        self.assertEqual((master.host, master.port, master.password), ("127.0.0.1", 40123, None))
+
+    def test_none_and_read_from(self) -> None:
+        """none: only the server end; read-from: the server end and the import."""
+        none = self.build("none")
+        self.assertEqual((none.before_redis, none.tunnel, none.importer), ([], None, None))
+        self.assertIsNone(none.backup_master())
+        self.assertEqual(list(none.probes), ["sync"])
+        read = self.build("read-from")
+        self.assertIsNotNone(read.importer)
+        self.assertIn(read.importer, read.after_redis)
+        self.assertIsNone(read.backup_master())
+
+    def test_alone_or_keyless(self) -> None:
+        """Outside a pool, or without a key, nothing runs."""
+        for sync in (
+            self.build("replicate-from-peer", CrsConfig(), "crs1"),
+            self.build("replicate-from-peer", pool_config(key=None)),
+        ):
+            self.assertEqual((sync.before_redis, sync.after_redis, sync.probes), ([], [], {}))
+
+
+class RedisInstancesTests(SynchronousTestCase):
+    def test_backup_modes(self) -> None:
+        """redis_backup runs with replicate-from-peer (replicating the given
+        master) and with read-from (replicating nobody), not with none."""
+        cfg = pool_config()
+        cfg = attrs.evolve(cfg, global_=attrs.evolve(cfg.global_, data_dir=self.mktemp()))
+        master = ReplicaOf("127.0.0.1", 40123)
+        by_mode = {
+            mode: {i.name: i for i in redis_instances(cfg, CrsLocalConfig("crs2", mode), master)}
+            for mode in ("none", "replicate-from-peer", "read-from")
+        }
+        self.assertNotIn("redis_backup", by_mode["none"])
+        self.assertEqual(by_mode["replicate-from-peer"]["redis_backup"].replica_of, master)
+        self.assertIsNone(by_mode["read-from"]["redis_backup"].replica_of)
+        self.assertIsNone(by_mode["replicate-from-peer"]["redis_low"].replica_of)

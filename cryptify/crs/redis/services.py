@@ -59,7 +59,8 @@ def redis_instances(
     instances = []
     for name, field in wanted_redis(local):
         where: Endpoint = getattr(g.redis, field)
-        replica = backup_master if name == BACKUP else None
+        follows = name == BACKUP and local.db_backup == "replicate-from-peer"
+        replica = backup_master if follows else None
         instances.append(
             RedisInstance(
                 name=name,
