@@ -645,11 +645,14 @@ class BackupImport(service.Service):
         while True:
             cursor, keys = await backup.scan(cursor, "inbox:*", 500)
             for inbox in sorted(str(k) for k in keys):
-                ids = [str(i) for i in await backup.lrange(inbox, 0, -1)]
-                for start in range(0, len(ids), IMPORT_CHUNK):
-                    await self._chunk(
-                        ids[start : start + IMPORT_CHUNK], store, imported_key, counts
-                    )
+                # a page at a time: the backup is only read, so pages are stable
+                start = 0
+                while True:
+                    page = await backup.lrange(inbox, start, start + IMPORT_CHUNK - 1)
+                    if not page:
+                        break
+                    await self._chunk([str(i) for i in page], store, imported_key, counts)
+                    start += len(page)
             if str(cursor) == "0":
                 break
         log.info(
