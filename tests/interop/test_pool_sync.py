@@ -20,10 +20,14 @@ from twisted.trial.unittest import SkipTest, TestCase
 from cryptify.crs.messages.store import MessageStore
 from cryptify.crs.pool.sync_core import sync_psk
 from cryptify.crs.redis.store import RedisStore
+from cryptify.crs.slots import SLOTS, slot_of
+from cryptify.crypto.identity import period_of
 from tests.interop._procs import (
+    BIN,
     WAIT,
     Twistd,
     free_port,
+    provision,
     run_cli,
     short_tempdir,
     unix_answers,
@@ -220,6 +224,26 @@ class PoolSyncTests(TestCase):
         finally:
             await defer.maybeDeferred(store.stopService)
 
+    def client(self, action: str, keys: str, *args: str) -> subprocess.Popen[bytes]:
+        """A ``cryptify-client ACTION`` process against crs1's client port."""
+        with open(self.crs1.conf) as f:
+            port = next(line.split()[2] for line in f if line.startswith("listen "))
+        proc = subprocess.Popen(
+            [
+                os.path.join(BIN, "cryptify-client"),
+                action,
+                *args,
+                *("--keys", keys, "--server", f"{ADDRESSES['crs1']}:{port}"),
+                # crs1's development certificate names 127.0.0.1 only
+                "--insecure",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.addCleanup(lambda: proc.poll() is not None or (proc.kill(), proc.wait()))
+        return proc
+
     def replicated(self, message_id: str) -> bool:
         return "content" in self.crs2.redis_cli("redis_backup", "HGET", f"msg:{message_id}", "kind")
 
@@ -266,6 +290,39 @@ class PoolSyncTests(TestCase):
         self.assertEqual(line, b"")
         self.assertIn("not a replication command", self.crs1.log())
         self.assertIn("unknown identity", self.crs1.log())
+
+    def test_client_post_replicated(self) -> None:
+        """A message a client posts on crs1 for an offline client is acknowledged,
+        and then is in crs2's redis_backup, in the recipient's inbox."""
+        # two URIs in crs1's half of the slots, so crs1 serves them
+        sender, recipient = [
+            uri for uri in (f"tel:+4670{n:04d}" for n in range(100)) if slot_of(uri) < SLOTS // 2
+        ][:2]
+        keys = provision(
+            self.crs1.dir, self.crs1.socket, "acme", [sender, recipient], period_of(time.time())
+        )
+        listener = self.client("attach", keys[recipient])
+
+        def attached() -> bool:
+            _, out, _ = run_cli("crs-cli", "--socket", self.crs1.socket, "show", "attach")
+            return recipient in out
+
+        wait_for(attached, "the recipient attached once (known to crs1)")
+        listener.terminate()
+        listener.wait(timeout=WAIT)
+        wait_for(lambda: not attached(), "the recipient offline")
+        post = self.client("send", keys[sender], recipient, "kept on both hosts")
+        out, _ = post.communicate(timeout=WAIT)
+        self.assertEqual(post.returncode, 0, out)
+        self.assertEqual(
+            self.crs1.redis_cli("redis_low", "LLEN", f"inbox:{recipient}").strip(), "1"
+        )
+        wait_for(
+            lambda: (
+                self.crs2.redis_cli("redis_backup", "LLEN", f"inbox:{recipient}").strip() == "1"
+            ),
+            "the message in crs2's redis_backup",
+        )
 
     async def test_read_from(self) -> None:
         """crs1 gone for good: crs2 restarted with db-backup read-from imports
