@@ -339,7 +339,17 @@ class PoolSyncTests(TestCase):
             await self.post_on_crs1("tel:+4670003", b"two", "key:02"),
             await self.post_on_crs1("tel:+4670002", b"three", "key:03"),
         ]
+        # an entry no CRS writes: skipped and counted, never stored
+        self.crs1.redis_cli("redis_low", "HSET", "msg:../evil", "kind", "content", "from", "x")
+        self.crs1.redis_cli("redis_low", "RPUSH", "inbox:tel:+4670002", "../evil")
         wait_for(lambda: all(self.replicated(i) for i in ids), "messages in redis_backup")
+        wait_for(
+            lambda: (
+                "../evil"
+                in self.crs2.redis_cli("redis_backup", "LRANGE", "inbox:tel:+4670002", "0", "-1")
+            ),
+            "the odd entry in redis_backup",
+        )
         self.crs1.kill()
         self.crs2.stop()
         with open(self.crs2.local, "w") as f:
@@ -347,7 +357,11 @@ class PoolSyncTests(TestCase):
 
         self.crs2.start()
         wait_for(
-            lambda: "read-from crs1: 3 messages imported" in self.crs2.log(), "the first import"
+            lambda: (
+                "read-from crs1: 3 messages imported, 0 already there, 1 unusable skipped"
+                in self.crs2.log()
+            ),
+            "the first import",
         )
         self.assert_inboxes(ids)
 
@@ -357,7 +371,10 @@ class PoolSyncTests(TestCase):
         self.crs2.stop()
         self.crs2.start()
         wait_for(
-            lambda: "read-from crs1: 0 messages imported, 3 already there" in self.crs2.log(),
+            lambda: (
+                "read-from crs1: 0 messages imported, 3 already there, 1 unusable"
+                in self.crs2.log()
+            ),
             "the second import",
         )
         self.assert_inboxes(ids)
