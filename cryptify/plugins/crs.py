@@ -4,12 +4,15 @@ Start order (stop order is the reverse, one service at a time):
 
 1. crs.log
 2. lifecycle (INIT lines, ``notify.sh crs start|stop``)
-3. supervised Redis (redis_high, redis_low, [redis_backup]) — or nothing
-   when ``redis external``
-4. the Redis stores
-5. the control link to ``crs_relay``
-6. the client listener (TLS, 5223)
-7. the management socket
+3. the sync tunnel (``db-backup replicate-from-peer``: its port goes into
+   redis_backup's ``replicaof``)
+4. supervised Redis (redis_high, redis_low, [redis_backup]) — or nothing
+   when ``redis external``, with the Redis stores
+5. the sync link's server (8091), the replica monitor or the
+   ``read-from`` import
+6. the control link to ``crs_relay``
+7. the client listener (TLS, 5223)
+8. the management socket
 
 so on shutdown the management socket and the client listener close first,
 then the relay link and the stores, and the Redis children stop last,
@@ -51,6 +54,8 @@ from cryptify.crs.objects.wiring import observe_attaches
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.pool.sync import build_sync
+from cryptify.crs.redis.instance import ReplicaOf
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
@@ -193,8 +198,9 @@ class Basics:
     accounts: AccountStore
     slots: SlotMap
     registry: AttachRegistry
-    #: ``show services`` probes, in the order it prints them.
-    probes: dict[str, Callable[[], bool]]
+    #: ``show services`` probes, in the order it prints them (a string is
+    #: printed as the status).
+    probes: dict[str, Callable[[], bool | str]]
 
 
 def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Basics:
@@ -223,12 +229,19 @@ def build_relay_link(cfg: CrsConfig, basics: Basics) -> RelayLink:
     return relay
 
 
-def build_redis(cfg: CrsConfig, local: CrsLocalConfig, basics: Basics) -> Redis:
+def build_redis(
+    cfg: CrsConfig,
+    local: CrsLocalConfig,
+    basics: Basics,
+    backup_master: Callable[[], ReplicaOf | None] = lambda: None,
+) -> Redis:
     """Supervised Redis children or external servers, with their stores."""
     redis: Redis
     if cfg.global_.redis.mode == "managed":
         reactor = basics.reactor
-        redis = ManagedRedis(cfg, local, reactor, basics.notifier.notify, fatal("crs", reactor))
+        redis = ManagedRedis(
+            cfg, local, reactor, basics.notifier.notify, fatal("crs", reactor), backup_master
+        )
     else:
         redis = ExternalRedis(cfg, basics.reactor)
     for redis_name in redis.names:
@@ -361,7 +374,11 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
     ]
     attach(root, lifecycle("crs", basics.notifier, describe, cfg.warnings))
     relay = build_relay_link(cfg, basics)
-    redis = build_redis(cfg, local, basics)
+    sync = build_sync(
+        cfg, local, basics.name, reactor, lambda name: redis.store(name), basics.notifier.notify
+    )
+    redis = build_redis(cfg, local, basics, sync.backup_master)
+    basics.probes.update(sync.probes)
     objects = build_objects(basics, redis)
     core = build_attach(cfg, basics, redis, objects)
     stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
@@ -381,7 +398,9 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         stats=stats,
         notify=basics.notifier.notify,
     )
+    attach(root, *sync.before_redis)
     attach(root, redis)
+    attach(root, *sync.after_redis)
     attach(root, CallbackService(on_start=basics.accounts.reload))
     attach(root, trace_events(basics.trace))
     attach(root, relay)

@@ -50,11 +50,12 @@ class CrsState:
     running in this process (``show`` then answers that it is not
     available).  ``probes`` maps a service name (crs, crs_relay,
     redis_high, ...) to a function answering whether it is active right
-    now; the order is the order ``show services`` prints.
+    now, or a status line of its own (``active (...)``); the order is the
+    order ``show services`` prints.
     """
 
     name: str
-    probes: dict[str, Callable[[], bool]] = attrs.field(factory=dict)
+    probes: dict[str, Callable[[], bool | str]] = attrs.field(factory=dict)
     accounts: AccountStore = attrs.field(factory=lambda: AccountStore(os.devnull))
     trace: TraceHub = attrs.field(factory=TraceHub)
     #: The one clock of the operator views (the reactor's, as the traces').
@@ -81,5 +82,8 @@ class CrsState:
                 up = probe()
             except Exception:
                 up = False
+            if isinstance(up, str):
+                result.append((service_name, up))
+                continue
             result.append((service_name, ACTIVE if up else INACTIVE))
         return result
