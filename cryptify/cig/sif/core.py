@@ -37,6 +37,7 @@ from cryptify.addresses import is_wildcard
 from cryptify.config.cig_model import CigConfig
 from cryptify.protocols.sip.address import parse_name_addr, parse_uri
 from cryptify.protocols.sip.dialog import Dialog, DialogId, dialog_id_of, new_branch, new_tag
+from cryptify.protocols.sip.digest import Credentials
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.locate import LocateError, Target, locate
 from cryptify.protocols.sip.message import Headers, Request, Response, response_to
@@ -51,6 +52,7 @@ from cryptify.protocols.sip.transaction import (
 
 from ..calls import Call, CallState, CallTable, TelLeg, TelSide, source_of
 from ..route import SIP, Router, RouteRefused
+from .auth import ChallengedRequest, Keyring
 from .legs import OutCall, SipCall
 from .peers import Refusals, SipPeers
 from .ports import DEFAULT_RTP_PORTS, PortPool
@@ -90,6 +92,8 @@ class Sif:
     tcp_channel: Callable[[Address], Deferred[Channel]] | None = None
     #: Who may send requests; None: anyone (tests, in-process tools).
     peers: SipPeers | None = None
+    #: Credentials for the PBXs' 401/407 challenges (C{pbx_account}).
+    keyring: Keyring = attrs.field(factory=Keyring)
     refusals: Refusals = attrs.field(init=False)
     placing: set[Call] = attrs.field(factory=set, init=False)
     dialogs: dict[DialogId, SipCall | OutCall] = attrs.field(factory=dict, init=False)
@@ -380,11 +384,40 @@ class Sif:
         status = 200 if self.tel.send_message(call, content_type, request.body) else 480
         tx.respond(response_to(request.headers, status, to_tag=new_tag()))
 
-    def send_bye(self, dialog: Dialog, channel: Channel, host: str) -> None:
-        """Hang up towards the PBX: BYE in C{dialog}."""
+    def send_bye(
+        self, dialog: Dialog, channel: Channel, host: str, credentials: Credentials | None = None
+    ) -> None:
+        """
+        Hang up towards the PBX: BYE in C{dialog}, sent again with
+        C{credentials} (by default those of the PBX at the channel's
+        address) if challenged.
+        """
         self.dialogs.pop(dialog.id, None)
         bye = dialog.request("BYE", self.via(channel, host))
-        self.layer.request(bye, channel, lambda response: None, lambda: None)
+        if credentials is None:
+            credentials = self.keyring.for_address(channel.address[0])
+
+        def resent(request: Request) -> None:
+            dialog.local_cseq = request.cseq.number
+
+        self.send_request(bye, channel, credentials, lambda response: None, lambda: None, resent)
+
+    def send_request(
+        self,
+        request: Request,
+        channel: Channel,
+        credentials: Credentials | None,
+        on_response: Callable[[Response], None],
+        on_timeout: Callable[[], None],
+        on_resend: Callable[[Request], None] = lambda request: None,
+    ) -> None:
+        """
+        Send C{request} in a client transaction; a 401/407 is answered
+        once with C{credentials} (L{ChallengedRequest}).
+        """
+        ChallengedRequest(
+            self.layer, channel, request, credentials, on_response, on_timeout, on_resend
+        ).send()
 
     def via(self, channel: Channel, host: str) -> str:
         """A Via value for a request we send on C{channel}, fresh branch."""
@@ -407,6 +440,10 @@ class Sif:
 
         def connect(address: str) -> Channel | Deferred[Channel]:
             where = (address, target.port)
+            if not target.numeric:
+                credentials = self.keyring.for_target(target)
+                if credentials is not None:
+                    self.keyring.learn(address, credentials)
             if target.transport == "tcp":
                 if self.tcp_channel is None:
                     raise NoTransport("no TCP transport")
@@ -490,9 +527,10 @@ class Sif:
             self.calls.add(call)
         if call.state is None:
             self.calls.set_state(call, CallState.ROUTED)
-        out = OutCall(self, call, leg, invite, channel, local, offer, port)
+        credentials = self.keyring.for_target(locate(call.out_to))
+        out = OutCall(self, call, leg, invite, channel, local, offer, port, credentials)
         self.outgoing[call] = out
-        self.layer.request(invite, channel, out.response, out.timeout)
+        self.send_request(invite, channel, credentials, out.response, out.timeout, out.resent)
 
     def media_of(self, call: Call) -> tuple[int | None, bytes] | None:
         """A call's local RTP port and the PBX's SDP (answer, or offer for calls from the PBX)."""
