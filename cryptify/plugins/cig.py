@@ -39,6 +39,7 @@ from cryptify.cig.operator.state import CigState
 from cryptify.cig.sif.core import Sif
 from cryptify.cig.sif.keepalive import DEFAULT_INTERVAL, KeepAlive, keepalive_targets
 from cryptify.cig.sif.peers import SipPeers, pbx_hosts
+from cryptify.cig.sif.register import Registrations, TrunkService
 from cryptify.cig.tel.switch import TelSwitch, UifCalls
 from cryptify.cig.tel.uif import Uif, app_name
 from cryptify.client.cli import session_maker, tls_connector
@@ -205,6 +206,15 @@ def describe(cfg: CigConfig) -> list[str]:
         f"others get {sip.untrusted_answer}; TCP idle timeout {sip.tcp_idle_timeout} s",
         f"maps {', '.join(m.name for m in cfg.maps) or '-'}; "
         f"translate maps {', '.join(m.name for m in cfg.translate_maps) or '-'}",
+        "PBX accounts: "
+        + (
+            ", ".join(
+                f"{a.username} at {a.server}"
+                + (f" (register {a.register} s)" if a.register is not None else "")
+                for a in sip.pbx_accounts
+            )
+            or "-"
+        ),
         f"mailboxes: {len(cfg.mailboxes.read)} read, {len(cfg.mailboxes.write)} write",
         f"management {mgmt.bind.host}:{mgmt.bind.port} and {mgmt.socket}",
         f"relay control {cfg.relay.control}",
@@ -219,6 +229,7 @@ class SipParts:
     calls: CallTable
     tel_side: TelSwitch
     keepalive: KeepAlive
+    registrations: Registrations
 
 
 def build_sip(
@@ -239,6 +250,7 @@ def build_sip(
     sif.resolve = reactor.resolve
     sif.tcp_channel = tcp.channel
     pbx = KeepAlive(sif, keepalive_targets(sif.router), keepalive, notifier.notify)
+    registrations = Registrations(sif, notifier.notify)
 
     def stop_sip() -> None:
         pbx.stop()
@@ -270,8 +282,9 @@ def build_sip(
         ListenService("SIP", f"udp {where}", listen_udp),
         ListenService("SIP", f"tcp {where}", listen_tcp),
         CallbackService(on_start=pbx.start),
+        TrunkService(sif, registrations),
     )
-    return SipParts(sif, calls, tel_side, pbx)
+    return SipParts(sif, calls, tel_side, pbx, registrations)
 
 
 def build_uif(
@@ -307,6 +320,7 @@ def cig_state(cfg: CigConfig, relay: RelayLink, uif: Uif, sip: SipParts) -> CigS
         call_rows=sip.calls.rows,
         umsg_rows=uif_calls.umsg_rows,
         sip_peers=sip.keepalive.rows,
+        sip_registrations=sip.registrations.rows,
     )
 
 
