@@ -26,7 +26,8 @@ KEYWORDS = (
     "rtp_remote_addr_override translate_map rule match translation mailboxes read write "
     "path map_from map_to crs address keystore ca relay control management cookie socket "
     "logging dir notify true false trusted_peer untrusted_answer tcp_idle_timeout "
-    "pbx_account username password password_file register aor"
+    "pbx_account username password password_file register aor "
+    "tls_certificate tls_key tls_ca tls_port"
 ).split()
 RESERVED = {k: k.upper() for k in KEYWORDS}
 KEYWORD_TOKENS = frozenset(RESERVED.values()) - {"TRUE", "FALSE"}
@@ -258,6 +259,8 @@ class CigGrammar(Grammar):
     @grammar(
         "istmt : BIND WORD semi\n| MESSAGING TRUE semi\n| MESSAGING FALSE semi"
         "\n| TRUSTED_PEER WORD semi\n| UNTRUSTED_ANSWER WORD semi\n| TCP_IDLE_TIMEOUT WORD semi"
+        "\n| TLS_CERTIFICATE STRING semi\n| TLS_KEY STRING semi\n| TLS_CA STRING semi"
+        "\n| TLS_PORT WORD semi"
     )
     def p_istmt_one(self, p: Any) -> None:
         p[0] = Stmt(p[1], (p[2],))

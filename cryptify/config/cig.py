@@ -80,6 +80,10 @@ _SIP_ONLY = (
     "untrusted_answer",
     "tcp_idle_timeout",
     "pbx_account",
+    "tls_certificate",
+    "tls_key",
+    "tls_ca",
+    "tls_port",
 )
 _ONCE = frozenset({"interfaces", "mailboxes", "crs", "relay", "management", "logging", "notify"})
 
@@ -261,6 +265,10 @@ class _Builder:
                 fields["tcp_idle_timeout"] = check_int(
                     ctx, args[0], "timeout", 1, MAX_TCP_IDLE_TIMEOUT
                 )
+            elif kw.value in ("tls_certificate", "tls_key", "tls_ca"):
+                fields[kw.value] = self.path(args[0])
+            elif kw.value == "tls_port":
+                fields["tls_port"] = check_port(ctx, args[0], listening=True)
             else:
                 low = check_int(ctx, args[0], "port", 1, 65535)
                 high = check_int(ctx, args[1], "port", 1, 65535)
@@ -273,6 +281,13 @@ class _Builder:
         if sip:
             fields["trusted_peers"] = tuple(peers)
             fields["pbx_accounts"] = tuple(pbx)
+            if ("tls_certificate" in seen) != ("tls_key" in seen):
+                given = seen.get("tls_certificate") or seen["tls_key"]
+                raise self.error(
+                    "tls_certificate and tls_key go together",
+                    given,
+                    expected="both, or neither",
+                )
         return fields
 
     def pbx_account(self, block: Block) -> PbxAccount:

@@ -11,6 +11,7 @@ from .crs_model import Endpoint
 from .patterns import expand_pattern, match_pattern, translate
 
 SIP_PORT = 5060
+SIP_TLS_PORT = 5061
 #: Seconds a SIP TCP connection may stay silent before the CIG closes it.
 DEFAULT_TCP_IDLE_TIMEOUT = 300
 #: What a SIP request from an address that is not a trusted peer gets.
@@ -180,6 +181,15 @@ class SipInterface:
     untrusted_answer: str = "403"
     tcp_idle_timeout: int = DEFAULT_TCP_IDLE_TIMEOUT
     pbx_accounts: tuple[PbxAccount, ...] = ()
+    #: The CIG's own certificate (chain) and private key, PEM files: SIP
+    #: over TLS is listened for on C{tls_port} when they are given, and
+    #: presented to PBXs that ask for a client certificate.
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+    #: CA certificates (PEM) trusted for the PBXs' certificates; None:
+    #: the system's trust store.
+    tls_ca: str | None = None
+    tls_port: int = SIP_TLS_PORT
 
     def override(self, address: str) -> str:
         """
@@ -321,6 +331,12 @@ def _interface_lines(i: TelInterface | SipInterface) -> list[str]:
         out.append(f"tcp_idle_timeout {i.tcp_idle_timeout};")
         for account in i.pbx_accounts:
             out += _block(f"pbx_account {quote(account.server)}", _account_lines(account))
+        for name in ("tls_certificate", "tls_key", "tls_ca"):
+            value = getattr(i, name)
+            if value is not None:
+                out.append(f"{name} {quote(value)};")
+        if i.tls_port != SIP_TLS_PORT:
+            out.append(f"tls_port {i.tls_port};")
     if i.rtp_port_range is not None:
         out.append(f"rtp_port_range {i.rtp_port_range.low} {i.rtp_port_range.high};")
     out += [

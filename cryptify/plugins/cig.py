@@ -200,7 +200,9 @@ def describe(cfg: CigConfig) -> list[str]:
     mgmt = cfg.management
     return [
         f"CRS {cfg.crs.address.host}:{cfg.crs.address.port}, keystore {cfg.crs.keystore}",
-        f"SIP {sip.bind}:{sip.port}, messaging {'true' if sip.messaging else 'false'}",
+        f"SIP {sip.bind}:{sip.port}, messaging {'true' if sip.messaging else 'false'}, TLS "
+        + (f"{sip.bind}:{sip.tls_port}" if sip.tls_certificate else "outbound only")
+        + f" (PBX certificates checked against {sip.tls_ca or 'the system CAs'})",
         f"SIP peers: PBX {', '.join(pbx_hosts(cfg)) or '-'}; "
         f"trusted_peer {', '.join(sip.trusted_peers) or '-'}; "
         f"others get {sip.untrusted_answer}; TCP idle timeout {sip.tcp_idle_timeout} s",
@@ -251,11 +253,15 @@ def build_sip(
     sif.tcp_channel = tcp.channel
     pbx = KeepAlive(sif, keepalive_targets(sif.router), keepalive, notifier.notify)
     registrations = Registrations(sif, notifier.notify)
+    trunk = TrunkService(sif, registrations)
+    tls = TcpConnector(reactor, sif, tls=lambda name: trunk.tls.client(name))
+    sif.tls_channel = tls.channel
 
     def stop_sip() -> None:
         pbx.stop()
         sif.stop()
         tcp.close()
+        tls.close()
 
     attach(root, CallbackService(on_start=peers.start, on_stop=stop_sip))
     where = f"{sip.bind}:{sip.port}"
@@ -277,13 +283,26 @@ def build_sip(
         )
         return reactor.listenTCP(sip.port, factory, interface=sip.bind)
 
+    def listen_tls() -> Any:
+        trunk.load()  # the certificate and key, read while privileged
+        factory = SipStreamFactory(
+            sif,
+            reactor,
+            idle_timeout=sip.tcp_idle_timeout,
+            allowed=peers.trusted,
+            refused=sif.refusals.refused,
+            secure=True,
+        )
+        return reactor.listenSSL(sip.tls_port, factory, trunk.tls.server(), interface=sip.bind)
+
     attach(
         root,
         ListenService("SIP", f"udp {where}", listen_udp),
         ListenService("SIP", f"tcp {where}", listen_tcp),
-        CallbackService(on_start=pbx.start),
-        TrunkService(sif, registrations),
     )
+    if sip.tls_certificate is not None:
+        attach(root, ListenService("SIP", f"tls {sip.bind}:{sip.tls_port}", listen_tls))
+    attach(root, CallbackService(on_start=pbx.start), trunk)
     return SipParts(sif, calls, tel_side, pbx, registrations)
 
 

@@ -188,16 +188,10 @@ class TrunkAuthCase(TestCase):
         require_pbx()
         self.dir = d = short_tempdir(self)
         self.cig_port = free_port(socket.SOCK_DGRAM)
-        self.pbx = AuthPbx(self, d, self.cig_port, self.algorithm)
+        self.pbx = self.make_pbx(d, self.cig_port)
         self.kam_port = self.pbx.kam_port
-        trunk = CIG_TRUNK.format(
-            kam_port=self.kam_port, cig_port=self.cig_port, rtp_range="31100 31200"
-        )
-        trunk = AOR_ENTRY.format() + trunk.replace(
-            "extension map mapsip2tel;", "extension map mapsip2tel; extension map aor;"
-        )
         self.server = f"sip:127.0.0.1:{self.kam_port}"
-        cfg = parse_cig_config(trunk)
+        cfg = parse_cig_config(self.sip_config())
         self.tel = StubTelSide("answer")
         self.calls = CallTable(reactor)  # type: ignore[arg-type]
         self.sif = Sif(cfg, reactor, self.tel, self.calls)  # type: ignore[arg-type]
@@ -210,6 +204,18 @@ class TrunkAuthCase(TestCase):
         self.addCleanup(self.sif.stop)
         self.events: list[str] = []
         await self.pbx.start()
+
+    def make_pbx(self, directory: str, cig_port: int) -> AuthPbx:
+        return AuthPbx(self, directory, cig_port, self.algorithm)
+
+    def sip_config(self) -> str:
+        """The trunk's cig.conf: the PBX's maps and one for calls to the CIG's AOR."""
+        trunk = CIG_TRUNK.format(
+            kam_port=self.kam_port, cig_port=self.cig_port, rtp_range="31100 31200"
+        )
+        return AOR_ENTRY.format() + trunk.replace(
+            "extension map mapsip2tel;", "extension map mapsip2tel; extension map aor;"
+        )
 
     def keyring(self, password: str = PASSWORD) -> Keyring:
         account = PbxAccount(self.server, "cig", password=password, register=10)

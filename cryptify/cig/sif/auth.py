@@ -55,6 +55,35 @@ class CredentialsError(Exception):
     """A password file that cannot be used; the message says why (never its content)."""
 
 
+def read_private_file(path: str, what: str, limit: int) -> bytes:
+    """
+    The content of a secret file (a password, a private key): a regular
+    file, not a symbolic link, that no one but its owner may read or
+    write, of at most C{limit} bytes.
+
+    @raise CredentialsError: naming C{what} and the path, never the content.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise CredentialsError(f"{what} {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CredentialsError(f"{what} {path}: not a regular file")
+        if info.st_mode & 0o077:
+            raise CredentialsError(
+                f"{what} {path}: readable or writable by others"
+                f" (mode {stat.S_IMODE(info.st_mode):04o}; chmod 600 it)"
+            )
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise CredentialsError(f"{what} {path}: longer than {limit} bytes")
+    return data
+
+
 def load_credentials(account: PbxAccount) -> Credentials:
     """
     The account's user name and password: from C{password} in cig.conf,
@@ -67,24 +96,7 @@ def load_credentials(account: PbxAccount) -> Credentials:
         return Credentials(account.username, account.password)
     path = account.password_file
     assert path is not None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise CredentialsError(f"password_file {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise CredentialsError(f"password_file {path}: not a regular file")
-        if info.st_mode & 0o077:
-            raise CredentialsError(
-                f"password_file {path}: readable or writable by others"
-                f" (mode {stat.S_IMODE(info.st_mode):04o}; chmod 600 it)"
-            )
-        data = os.read(fd, MAX_PASSWORD_FILE + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_PASSWORD_FILE:
-        raise CredentialsError(f"password_file {path}: longer than {MAX_PASSWORD_FILE} bytes")
+    data = read_private_file(path, "password_file", MAX_PASSWORD_FILE)
     try:
         password = data.decode("utf-8").splitlines()[0] if data.strip() else ""
     except UnicodeDecodeError:

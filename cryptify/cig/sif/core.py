@@ -90,6 +90,9 @@ class Sif:
     resolve: Callable[[str], Deferred[str]] | None = None
     #: A TCP channel to an address (L{TcpConnector.channel}); None: no TCP.
     tcp_channel: Callable[[Address], Deferred[Channel]] | None = None
+    #: A TLS channel to an address whose certificate must name the given
+    #: host (a L{TcpConnector} with C{tls}); None: no TLS.
+    tls_channel: Callable[[Address, str], Deferred[Channel]] | None = None
     #: Who may send requests; None: anyone (tests, in-process tools).
     peers: SipPeers | None = None
     #: Credentials for the PBXs' 401/407 challenges (C{pbx_account}).
@@ -237,6 +240,13 @@ class Sif:
             return "127.0.0.1"
 
     def contact_uri(self, request: Request) -> str:
+        """Our Contact in answers to C{request}: over TLS, the TLS port and C{;transport=tls}."""
+        try:
+            tls = request.vias[0].transport == "TLS"
+        except (SipParseError, IndexError):
+            tls = False
+        if tls:
+            return f"sip:{self.local_host(request)}:{self.config.sip.tls_port};transport=tls"
         return f"sip:{self.local_host(request)}:{self.config.sip.port}"
 
     def _invite(self, tx: ServerTransaction) -> None:
@@ -419,10 +429,16 @@ class Sif:
             self.layer, channel, request, credentials, on_response, on_timeout, on_resend
         ).send()
 
+    def contact_port(self, channel: Channel) -> int:
+        """Where we listen for what comes over C{channel}'s transport."""
+        return self.config.sip.tls_port if _transport(channel) == "tls" else self.config.sip.port
+
     def via(self, channel: Channel, host: str) -> str:
         """A Via value for a request we send on C{channel}, fresh branch."""
-        transport = "TCP" if channel.reliable else "UDP"
-        return f"SIP/2.0/{transport} {host}:{self.config.sip.port};branch={new_branch()};rport"
+        transport = _transport(channel).upper()
+        return (
+            f"SIP/2.0/{transport} {host}:{self.contact_port(channel)};branch={new_branch()};rport"
+        )
 
     # --- where requests to the PBX go ---------------------------------------
     def channel_for(self, target: Target) -> Deferred[Channel]:
@@ -444,6 +460,10 @@ class Sif:
                 credentials = self.keyring.for_target(target)
                 if credentials is not None:
                     self.keyring.learn(address, credentials)
+            if target.transport == "tls":
+                if self.tls_channel is None:
+                    raise NoTransport("no TLS transport")
+                return self.tls_channel(where, target.host)
             if target.transport == "tcp":
                 if self.tcp_channel is None:
                     raise NoTransport("no TCP transport")
@@ -505,9 +525,7 @@ class Sif:
         local = "127.0.0.1" if is_wildcard(self.config.sip.bind) else self.config.sip.bind
         offer = render_sdp(make_offer(local, port, str(int(self.clock.seconds()))))
         call_id = f"{new_tag()}{new_tag()}@{local}"
-        contact = f"sip:{local}:{self.config.sip.port}" + (
-            ";transport=tcp" if channel.reliable else ""
-        )
+        contact = f"sip:{local}:{self.contact_port(channel)}" + contact_transport(channel)
         headers = Headers(
             (
                 ("Via", self.via(channel, local)),
@@ -563,7 +581,16 @@ class Sif:
 
 
 def _transport(channel: Channel) -> str:
+    """C{udp}, C{tcp} or C{tls}: what C{channel} runs over."""
+    if getattr(channel, "secure", False):
+        return "tls"
     return "tcp" if channel.reliable else "udp"
+
+
+def contact_transport(channel: Channel) -> str:
+    """The Contact URI parameter for requests sent on C{channel}."""
+    transport = _transport(channel)
+    return "" if transport == "udp" else f";transport={transport}"
 
 
 def _accepts_sdp(accept: list[str]) -> bool:

@@ -24,9 +24,9 @@ configured expiry, answering 401/407 with the account's credentials
    success logs and runs C{registration-regained}. C{cig-cli status}
    shows each registration and its state (L{Registrations.rows}).
 
-L{TrunkService} reads the accounts' passwords (while still privileged,
-so a root-owned 0600 file works; an unusable file stops start-up) and
-starts and stops the registrations.
+L{TrunkService} reads the accounts' passwords and the TLS files (while
+still privileged, so root-owned 0600 files work; an unusable file stops
+start-up) and starts and stops the registrations.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ from cryptify.service import StartupError
 
 from ..lifecycle import Lifecycle, check_table
 from .auth import CredentialsError, Keyring
-from .core import Sif
+from .core import Sif, contact_transport
+from .tls import TlsMaterial, load_tls
 
 log = Logger(namespace="cryptify.cig.sif.register")
 
@@ -174,8 +175,8 @@ class Registration:
     def contact(self, channel: Channel) -> str:
         """Our contact URI (where the PBX sends calls for the AOR)."""
         user = parse_uri(self.aor).user or self.account.username
-        uri = f"sip:{user}@{self.local_host()}:{self.sif.config.sip.port}"
-        return uri + (";transport=tcp" if channel.reliable else "")
+        uri = f"sip:{user}@{self.local_host()}:{self.sif.contact_port(channel)}"
+        return uri + contact_transport(channel)
 
     def start(self) -> None:
         """Register now."""
@@ -362,20 +363,24 @@ class Registrations:
 
 class TrunkService(service.Service):
     """
-    Reads the C{pbx_account} passwords into the SIF's keyring (while
-    privileged), then keeps the registrations up while running.
+    Reads the C{pbx_account} passwords into the SIF's keyring and the TLS
+    files (while privileged), then keeps the registrations up while
+    running.
     """
 
     def __init__(self, sif: Sif, registrations: Registrations) -> None:
         self.sif = sif
         self.registrations = registrations
         self.loaded = False
+        self.tls = TlsMaterial()
 
-    def _load(self) -> None:
+    def load(self) -> None:
+        """Read the secrets once; L{StartupError} if one cannot be used."""
         if self.loaded:
             return
         try:
             keyring = Keyring.load(self.sif.config.sip.pbx_accounts)
+            self.tls = load_tls(self.sif.config.sip)
         except CredentialsError as exc:
             raise StartupError(str(exc)) from exc
         self.sif.keyring = keyring
@@ -383,11 +388,11 @@ class TrunkService(service.Service):
         self.loaded = True
 
     def privilegedStartService(self) -> None:
-        self._load()
+        self.load()
         service.Service.privilegedStartService(self)
 
     def startService(self) -> None:
-        self._load()
+        self.load()
         service.Service.startService(self)
         self.registrations.start()
 
