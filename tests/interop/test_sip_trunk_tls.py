@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from typing import Any
 
 from twisted.internet import reactor
@@ -31,8 +32,8 @@ from cryptify.protocols.sip.locate import locate
 from cryptify.protocols.sip.message import Request, Response
 from cryptify.protocols.sip.transaction import Channel
 from cryptify.protocols.sip.transport import SipStreamFactory, TcpConnector
-from tests.interop._pbx import KAMAILIO_MODULES, AnsweringLeg, sleep, until
-from tests.interop._procs import WAIT, free_port, short_tempdir
+from tests.interop._pbx import KAMAILIO_MODULES, AnsweringLeg, require_pbx, sleep, until
+from tests.interop._procs import WAIT, Twistd, free_port, run_cli, short_tempdir, tcp_answers
 from tests.interop._tls_certs import make_ca, make_leaf
 from tests.interop.test_sip_trunk_auth import AUTH_CFG, PASSWORD, AuthPbx, TrunkAuthCase
 
@@ -322,3 +323,108 @@ class KamailioTlsTests(TrunkAuthCase):
         _, tel_leg = self.tel.legs[-1]
         tel_leg.hung_up()
         await sleep(0.5)
+
+
+TWISTD_TLS_CONF = """
+map mapsip2tel {{ entry nine sip "sip:9{{n}}@{{host}}" tel "tel:+{{n}}"; }}
+interfaces {{
+    sip {{
+        extension map mapsip2tel;
+        bind 127.0.0.1 {cig_port};
+        rtp_port_range 31500 31600;
+        trusted_peer 127.0.0.1;
+        tls_certificate "{cert}";
+        tls_key "{key}";
+        tls_ca "{ca}";
+        tls_port {cig_tls};
+        pbx_account "sip:127.0.0.1:{kam_tls};transport=tls" {{
+            username "cig";
+            password_file "{d}/pbx.secret";
+            register 60;
+        }}
+    }}
+}}
+crs {{ address 192.0.2.10 5223; keystore "{d}/userdata"; }}
+relay {{ control "{d}/relay.sock"; }}
+management {{ bind 127.0.0.1 {mgmt_port}; cookie "{d}/mgmt.cookie"; socket "{d}/cig.sock"; }}
+logging {{ dir "{d}/log"; }}
+"""
+
+
+class TwistdTlsTests(TestCase):
+    """C{twistd cig} registering over TLS, its TLS listener taking calls from kamailio."""
+
+    timeout = 120
+
+    async def test_registered_and_called_over_tls(self) -> None:
+        """
+        With tls_certificate/tls_key/tls_ca and a pbx_account over TLS,
+        twistd cig registers at kamailio over TLS (status REGISTERED), and
+        kamailio's TLS connection to the CIG's TLS port is accepted: an
+        call from baresip reaches the CIG over TLS (session.log SOURCE tls:).
+        """
+        require_pbx_tls()
+        d = short_tempdir(self)
+        cig_port = free_port(socket.SOCK_DGRAM)
+        cig_tls = free_port()
+        mgmt_port = free_port()
+        pbx = TlsPbx(self, d, cig_port, cig_tls)
+        await pbx.start()
+        secret = os.path.join(d, "pbx.secret")
+        with open(secret, "w") as f:
+            f.write(PASSWORD + "\n")
+        os.chmod(secret, 0o600)
+        conf = os.path.join(d, "cig.conf")
+        with open(conf, "w") as f:
+            f.write(
+                TWISTD_TLS_CONF.format(
+                    d=d,
+                    cig_port=cig_port,
+                    cig_tls=cig_tls,
+                    kam_tls=pbx.kam_tls,
+                    mgmt_port=mgmt_port,
+                    cert=pbx.certs.cig,
+                    key=pbx.certs.cig_key,
+                    ca=pbx.certs.ca,
+                )
+            )
+        cig = Twistd(d, "cig", "--config", conf, "--notify", "", "--tel-stub", "answer")
+        self.addCleanup(cig.stop)
+        await until(lambda: tcp_answers(mgmt_port), "CIG management port" + cig.output())
+        await until(
+            lambda: re.search(r"SAVED sip:cig@\S+ cseq \d+ proto tls", pbx.log("kamailio.log")),
+            "the binding saved over TLS" + pbx.context() + cig.output()[-3000:],
+            timeout=WAIT,
+        )
+
+        def status() -> str:
+            return run_cli(
+                "cig-cli",
+                "--address",
+                f"127.0.0.1:{mgmt_port}",
+                "--cookie",
+                os.path.join(d, "mgmt.cookie"),
+                "status",
+            )[1]
+
+        await until(lambda: "REGISTERED" in status(), "REGISTERED in status", timeout=WAIT)
+        pbx.command("dial", f"sip:94670123456@127.0.0.1:{pbx.kam_port}")
+        await until(
+            lambda: "tls:127.0.0.1" in _session_log(d),
+            "the call over TLS in session.log" + pbx.context() + cig.output()[-3000:],
+            timeout=WAIT,
+        )
+        self.assertNotIn(PASSWORD, cig.output())
+
+
+def _session_log(directory: str) -> str:
+    try:
+        with open(os.path.join(directory, "log", "session.log")) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def require_pbx_tls() -> None:
+    require_pbx()
+    require_tls_module()
