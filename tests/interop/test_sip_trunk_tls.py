@@ -360,7 +360,7 @@ class TwistdTlsTests(TestCase):
         """
         With tls_certificate/tls_key/tls_ca and a pbx_account over TLS,
         twistd cig registers at kamailio over TLS (status REGISTERED), and
-        kamailio's TLS connection to the CIG's TLS port is accepted: an
+        kamailio's TLS connection to the CIG's TLS port is accepted: a
         call from baresip reaches the CIG over TLS (session.log SOURCE tls:).
         """
         require_pbx_tls()
