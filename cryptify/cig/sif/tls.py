@@ -47,7 +47,12 @@ class TlsMaterial:
             if self.cas
             else ssl.platformTrust()  # type: ignore[no-untyped-call]
         )
-        return ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=self.own)
+        return ssl.optionsForClientTLS(
+            name,
+            trustRoot=trust,
+            clientCertificate=self.own,
+            extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
+        )
 
     def server(self) -> Any:
         """The listener's options (only with the CIG's own certificate)."""
