@@ -83,6 +83,15 @@ class PbxAccountTests(SynchronousTestCase):
                 parse_cig_config(sip(body))
             self.assertIn(message, str(caught.exception), body)
 
+    def test_bad_password_not_echoed(self) -> None:
+        """A password refused (too long, a control character) is not quoted in the error."""
+        for password in ("s3cr" * 80, "s3cr\tet"):
+            text = sip('pbx_account "sip:a" { username "u"; password "' + password + '"; }')
+            with self.assertRaises(ConfigError) as caught:
+                parse_cig_config(text)
+            self.assertIn("bad password", str(caught.exception))
+            self.assertNotIn("s3cr", str(caught.exception))
+
     def test_tel_interface_refused(self) -> None:
         """Credentials belong to the PBX side."""
         text = 'interfaces { tel { pbx_account "sip:a" { username "u"; password "x"; } } }'

@@ -333,11 +333,15 @@ class _Builder:
         return PbxAccount(server=server, **fields)
 
     def credential(self, tok: Tok, what: str) -> str:
-        """A user name, password or URI: printable, one line, not too long."""
+        """
+        A user name, password or URI: printable, one line, not too long.
+        A bad password is reported by its position only, never its text.
+        """
         value = tok.value
         if not value or len(value) > MAX_CREDENTIAL_LENGTH or not value.isprintable():
+            shown = Tok("(hidden)", tok.line, tok.column) if what == "password" else tok
             raise self.error(
-                f"bad {what}", tok, expected=f"1 to {MAX_CREDENTIAL_LENGTH} printable characters"
+                f"bad {what}", shown, expected=f"1 to {MAX_CREDENTIAL_LENGTH} printable characters"
             )
         return value
 
