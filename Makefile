@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DEBS := redis-server openssl
-TEST_DEBS := $(RUN_DEBS) sip-tester baresip kamailio rtpengine-daemon \
+TEST_DEBS := $(RUN_DEBS) sip-tester baresip kamailio kamailio-tls-modules rtpengine-daemon \
 	poppler-utils zbar-tools qrencode img2pdf groff-base
 # Building the crs and cig packages, and proving them in a Debian root.
 PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv rpm rpmlint debootstrap iproute2

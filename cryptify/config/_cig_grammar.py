@@ -26,7 +26,9 @@ KEYWORDS = (
     "map entry tel sip interfaces extension source bind messaging rtp_port_range "
     "rtp_remote_addr_override translate_map rule match translation mailboxes read write "
     "path map_from map_to crs address keystore ca relay control management cookie socket "
-    "logging dir notify true false trusted_peer untrusted_answer tcp_idle_timeout"
+    "logging dir notify true false trusted_peer untrusted_answer tcp_idle_timeout "
+    "pbx_account username password password_file register aor "
+    "tls_certificate tls_key tls_ca tls_port"
 ).split()
 RESERVED = {k: k.upper() for k in KEYWORDS}
 KEYWORD_TOKENS = frozenset(RESERVED.values()) - {"TRUE", "FALSE"}
@@ -263,6 +265,8 @@ class CigGrammar(Grammar):
     @grammar(
         "istmt : BIND WORD semi\n| MESSAGING TRUE semi\n| MESSAGING FALSE semi"
         "\n| TRUSTED_PEER WORD semi\n| UNTRUSTED_ANSWER WORD semi\n| TCP_IDLE_TIMEOUT WORD semi"
+        "\n| TLS_CERTIFICATE STRING semi\n| TLS_KEY STRING semi\n| TLS_CA STRING semi"
+        "\n| TLS_PORT WORD semi"
     )
     def p_istmt_one(self, p: Production) -> None:
         p[0] = Stmt(p[1], (p[2],))
@@ -273,6 +277,28 @@ class CigGrammar(Grammar):
     )
     def p_istmt_two(self, p: Production) -> None:
         p[0] = Stmt(p[1], (p[2], p[3]))
+
+    # pbx_account "SIP-URI" { username "U"; password_file "PATH"; register SECONDS; }
+
+    @grammar("istmt : PBX_ACCOUNT STRING LBRACE pbx_stmts RBRACE block_end")
+    def p_istmt_pbx(self, p: Any) -> None:
+        p[0] = Block(p[1], p[2], tuple(p[4]))
+
+    @grammar("pbx_stmts : pbx_stmts pbx_stmt")
+    def p_pbx_stmts(self, p: Any) -> None:
+        p[0] = p[1]
+        p[0].append(p[2])
+
+    @grammar("pbx_stmts : ")
+    def p_pbx_stmts_empty(self, p: Any) -> None:
+        p[0] = []
+
+    @grammar(
+        "pbx_stmt : USERNAME STRING semi\n| PASSWORD STRING semi\n| PASSWORD_FILE STRING semi"
+        "\n| REGISTER WORD semi\n| AOR STRING semi"
+    )
+    def p_pbx_stmt(self, p: Any) -> None:
+        p[0] = Stmt(p[1], (p[2],))
 
     # mailboxes { read { ... } write { ... } }
 

@@ -39,6 +39,7 @@ from cryptify.cig.operator.state import CigState
 from cryptify.cig.sif.core import Sif
 from cryptify.cig.sif.keepalive import DEFAULT_INTERVAL, KeepAlive, keepalive_targets
 from cryptify.cig.sif.peers import SipPeers, pbx_hosts
+from cryptify.cig.sif.register import Registrations, TrunkService
 from cryptify.cig.tel.switch import TelSwitch, UifCalls
 from cryptify.cig.tel.uif import Uif, app_name
 from cryptify.client.cli import session_maker, tls_connector
@@ -200,12 +201,23 @@ def describe(cfg: CigConfig) -> list[str]:
     mgmt = cfg.management
     return [
         f"CRS {cfg.crs.address.host}:{cfg.crs.address.port}, keystore {cfg.crs.keystore}",
-        f"SIP {sip.bind}:{sip.port}, messaging {'true' if sip.messaging else 'false'}",
+        f"SIP {sip.bind}:{sip.port}, messaging {'true' if sip.messaging else 'false'}, TLS "
+        + (f"{sip.bind}:{sip.tls_port}" if sip.tls_certificate else "outbound only")
+        + f" (PBX certificates checked against {sip.tls_ca or 'the system CAs'})",
         f"SIP peers: PBX {', '.join(pbx_hosts(cfg)) or '-'}; "
         f"trusted_peer {', '.join(sip.trusted_peers) or '-'}; "
         f"others get {sip.untrusted_answer}; TCP idle timeout {sip.tcp_idle_timeout} s",
         f"maps {', '.join(m.name for m in cfg.maps) or '-'}; "
         f"translate maps {', '.join(m.name for m in cfg.translate_maps) or '-'}",
+        "PBX accounts: "
+        + (
+            ", ".join(
+                f"{a.username} at {a.server}"
+                + (f" (register {a.register} s)" if a.register is not None else "")
+                for a in sip.pbx_accounts
+            )
+            or "-"
+        ),
         f"mailboxes: {len(cfg.mailboxes.read)} read, {len(cfg.mailboxes.write)} write",
         f"management {mgmt.bind.host}:{mgmt.bind.port} and {mgmt.socket}",
         f"relay control {cfg.relay.control}",
@@ -220,6 +232,7 @@ class SipParts:
     calls: CallTable
     tel_side: TelSwitch
     keepalive: KeepAlive
+    registrations: Registrations
 
 
 def build_sip(
@@ -240,11 +253,16 @@ def build_sip(
     sif.resolve = reactor.resolve
     sif.tcp_channel = tcp.channel
     pbx = KeepAlive(sif, keepalive_targets(sif.router), keepalive, notifier.notify)
+    registrations = Registrations(sif, notifier.notify)
+    trunk = TrunkService(sif, registrations)
+    tls = TcpConnector(reactor, sif, tls=lambda name: trunk.tls.client(name))
+    sif.tls_channel = tls.channel
 
     def stop_sip() -> None:
         pbx.stop()
         sif.stop()
         tcp.close()
+        tls.close()
 
     attach(root, CallbackService(on_start=peers.start, on_stop=stop_sip))
     where = f"{sip.bind}:{sip.port}"
@@ -266,13 +284,27 @@ def build_sip(
         )
         return reactor.listenTCP(sip.port, factory, interface=sip.bind)
 
+    def listen_tls() -> Any:
+        trunk.load()  # the certificate and key, read while privileged
+        factory = SipStreamFactory(
+            sif,
+            reactor,
+            idle_timeout=sip.tcp_idle_timeout,
+            allowed=peers.trusted,
+            refused=sif.refusals.refused,
+            secure=True,
+        )
+        return reactor.listenSSL(sip.tls_port, factory, trunk.tls.server(), interface=sip.bind)
+
     attach(
         root,
         ListenService("SIP", f"udp {where}", listen_udp),
         ListenService("SIP", f"tcp {where}", listen_tcp),
-        CallbackService(on_start=pbx.start),
     )
-    return SipParts(sif, calls, tel_side, pbx)
+    if sip.tls_certificate is not None:
+        attach(root, ListenService("SIP", f"tls {sip.bind}:{sip.tls_port}", listen_tls))
+    attach(root, CallbackService(on_start=pbx.start), trunk)
+    return SipParts(sif, calls, tel_side, pbx, registrations)
 
 
 def build_uif(
@@ -308,6 +340,7 @@ def cig_state(cfg: CigConfig, relay: RelayLink, uif: Uif, sip: SipParts) -> CigS
         call_rows=sip.calls.rows,
         umsg_rows=uif_calls.umsg_rows,
         sip_peers=sip.keepalive.rows,
+        sip_registrations=sip.registrations.rows,
     )
 
 
