@@ -55,7 +55,11 @@ from cryptify.protocols.mgmt import (
     ManagementClient,
     ManagementProtocol,
 )
+from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.message import Request, Response, parse_datagram
+from cryptify.protocols.sip.transaction import (
+    ServerTransaction,
+)
 from cryptify.protocols.umsg import (
     Message,
 )
@@ -544,3 +548,25 @@ def opened_pair(max_message: int = umsg.MAX_MESSAGE) -> tuple[UmsgWebSocket, Ums
     events = client.receive(server.outgoing())
     assert events == [Opened("/")], events
     return client, server
+
+
+@attrs.define
+class RecordingUser:
+    """A transaction user that records what it is told."""
+
+    requests: list[ServerTransaction] = attrs.field(factory=list)
+    acks: list[Request] = attrs.field(factory=list)
+    unacknowledged: list[ServerTransaction] = attrs.field(factory=list)
+    errors: list[SipParseError] = attrs.field(factory=list)
+
+    def request_received(self, transaction: ServerTransaction) -> None:
+        self.requests.append(transaction)
+
+    def ack_received(self, request: Request, channel: object) -> None:
+        self.acks.append(request)
+
+    def no_ack(self, transaction: ServerTransaction) -> None:
+        self.unacknowledged.append(transaction)
+
+    def bad_message(self, error: SipParseError, channel: object) -> None:
+        self.errors.append(error)

@@ -29,7 +29,7 @@ from cryptify.crs.pool.sync import (
 from cryptify.crs.pool.sync_core import sync_psk
 from cryptify.crs.redis.instance import ReplicaOf
 from cryptify.crs.redis.services import redis_instances
-from tests.test_pool_sync_core import INFO_DOWN, INFO_UP, resp
+from tests.pool_support import INFO_DOWN, INFO_UP, resp
 
 PING = resp(b"PING")
 PASSWORD = "redis-low-password"

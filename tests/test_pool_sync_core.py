@@ -21,11 +21,7 @@ from cryptify.crs.pool.sync_core import (
     parse_replication_info,
     sync_psk,
 )
-
-
-def resp(*words: bytes) -> bytes:
-    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
-
+from tests.pool_support import INFO_DOWN, INFO_UP, resp
 
 #: What redis-server 7 sends its master when it starts replicating.
 REPLICA_HELLO = (
@@ -138,29 +134,6 @@ class ReplicationFilterTests(SynchronousTestCase):
         """Any sequence of allowed commands within the limits passes whole."""
         data = b"".join(resp(name, *args) for name, args in commands)
         self.assertEqual(ReplicationFilter().feed(data), data)
-
-
-INFO_UP = """# Replication\r
-role:slave\r
-master_host:127.0.0.1\r
-master_port:40123\r
-master_link_status:up\r
-master_last_io_seconds_ago:2\r
-master_sync_in_progress:0\r
-slave_read_repl_offset:4470\r
-slave_repl_offset:4470\r
-slave_priority:100\r
-connected_slaves:0\r
-"""
-
-INFO_DOWN = """# Replication\r
-role:slave\r
-master_link_status:down\r
-master_last_io_seconds_ago:-1\r
-master_sync_in_progress:0\r
-slave_repl_offset:4470\r
-master_link_down_since_seconds:17\r
-"""
 
 
 class ReplicationInfoTests(SynchronousTestCase):

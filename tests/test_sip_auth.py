@@ -21,58 +21,13 @@ from cryptify.cig.sif.auth import (
 )
 from cryptify.config.cig_model import PbxAccount
 from cryptify.protocols.sip.digest import (
-    Challenge,
     Credentials,
-    parse_params,
-    response_digest,
 )
 from cryptify.protocols.sip.locate import locate
-from cryptify.protocols.sip.message import Headers, Request, Response, response_to
+from cryptify.protocols.sip.message import Headers, Request, response_to
 from cryptify.protocols.sip.transaction import T1, TransactionLayer
-from tests.test_sip_sif import OutgoingCase
-from tests.test_sip_transaction import FakeChannel, RecordingUser
-
-CREDENTIALS = Credentials("cig", "trunk-secret")
-
-
-def challenge(
-    request: Request,
-    status: int = 407,
-    realm: str = "pbx.example",
-    nonce: str = "n1",
-    stale: bool = False,
-    algorithm: str = "MD5",
-) -> Response:
-    """A 401/407 to C{request} with one Digest challenge."""
-    header = "Proxy-Authenticate" if status == 407 else "WWW-Authenticate"
-    value = f'Digest realm="{realm}", nonce="{nonce}", qop="auth", algorithm={algorithm}'
-    if stale:
-        value += ", stale=TRUE"
-    return response_to(request.headers, status, to_tag="pbx1", extra=((header, value),))
-
-
-def verify(request: Request, header: str, credentials: Credentials = CREDENTIALS) -> bool:
-    """What the PBX would do: recompute the response from the request and the password."""
-    value = request.headers.get(header)
-    assert value is not None, f"no {header}"
-    params = parse_params(value.partition(" ")[2])
-    found = Challenge(
-        "WWW-Authenticate",
-        realm=params["realm"],
-        nonce=params["nonce"],
-        algorithm=params["algorithm"].upper(),
-        qop=(params["qop"],) if "qop" in params else (),
-    )
-    expected, _ = response_digest(
-        found,
-        credentials,
-        request.method,
-        params["uri"],
-        params.get("cnonce", ""),
-        int(params.get("nc", "1"), 16),
-        request.body,
-    )
-    return params["response"] == expected and params["uri"] == request.uri
+from tests.fakes import FakeChannel, RecordingUser
+from tests.sip_support import CREDENTIALS, OutgoingCase, challenge, verify
 
 
 class ChallengedCallTests(OutgoingCase):

@@ -34,8 +34,8 @@ from cryptify.protocols.sip.locate import locate
 from cryptify.protocols.sip.message import Headers, Request, Response, response_to
 from cryptify.protocols.sip.transaction import T1
 from cryptify.service import StartupError
-from tests.test_sip_auth import challenge, verify
-from tests.test_sip_transaction import FakeChannel
+from tests.fakes import FakeChannel
+from tests.sip_support import challenge, verify
 
 CONFIG = """
 interfaces { sip { bind 192.0.2.9 5070;

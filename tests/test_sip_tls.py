@@ -24,8 +24,7 @@ from cryptify.config import ConfigError, parse_cig_config
 from cryptify.config.cig_model import SipInterface, render_cig_config
 from cryptify.protocols.sip.message import Request, parse_datagram
 from cryptify.protocols.sip.transaction import T1, Address, Channel
-from tests.test_sip_sif import RecordingLeg
-from tests.test_sip_transaction import FakeChannel
+from tests.fakes import FakeChannel, RecordingLeg
 
 
 @attrs.define

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 
-import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
@@ -15,7 +14,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.lifecycle import IllegalTransition, Lifecycle
 from cryptify.protocols.sip.dialog import Dialog, dialog_id_of
-from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.message import Request, Response, parse_datagram, response_to
 from cryptify.protocols.sip.transaction import (
     INVITE_CLIENT,
@@ -25,34 +23,11 @@ from cryptify.protocols.sip.transaction import (
     T1,
     T2,
     T4,
-    ServerTransaction,
     TransactionLayer,
     TxState,
     server_key,
 )
-from tests.fakes import FakeChannel
-
-
-@attrs.define
-class RecordingUser:
-    """A transaction user that records what it is told."""
-
-    requests: list[ServerTransaction] = attrs.field(factory=list)
-    acks: list[Request] = attrs.field(factory=list)
-    unacknowledged: list[ServerTransaction] = attrs.field(factory=list)
-    errors: list[SipParseError] = attrs.field(factory=list)
-
-    def request_received(self, transaction: ServerTransaction) -> None:
-        self.requests.append(transaction)
-
-    def ack_received(self, request: Request, channel: object) -> None:
-        self.acks.append(request)
-
-    def no_ack(self, transaction: ServerTransaction) -> None:
-        self.unacknowledged.append(transaction)
-
-    def bad_message(self, error: SipParseError, channel: object) -> None:
-        self.errors.append(error)
+from tests.fakes import FakeChannel, RecordingUser
 
 
 def request(

@@ -281,23 +281,23 @@ class CigGrammar(Grammar):
     # pbx_account "SIP-URI" { username "U"; password_file "PATH"; register SECONDS; }
 
     @grammar("istmt : PBX_ACCOUNT STRING LBRACE pbx_stmts RBRACE block_end")
-    def p_istmt_pbx(self, p: Any) -> None:
+    def p_istmt_pbx(self, p: Production) -> None:
         p[0] = Block(p[1], p[2], tuple(p[4]))
 
     @grammar("pbx_stmts : pbx_stmts pbx_stmt")
-    def p_pbx_stmts(self, p: Any) -> None:
+    def p_pbx_stmts(self, p: Production) -> None:
         p[0] = p[1]
         p[0].append(p[2])
 
     @grammar("pbx_stmts : ")
-    def p_pbx_stmts_empty(self, p: Any) -> None:
+    def p_pbx_stmts_empty(self, p: Production) -> None:
         p[0] = []
 
     @grammar(
         "pbx_stmt : USERNAME STRING semi\n| PASSWORD STRING semi\n| PASSWORD_FILE STRING semi"
         "\n| REGISTER WORD semi\n| AOR STRING semi"
     )
-    def p_pbx_stmt(self, p: Any) -> None:
+    def p_pbx_stmt(self, p: Production) -> None:
         p[0] = Stmt(p[1], (p[2],))
 
     # mailboxes { read { ... } write { ... } }

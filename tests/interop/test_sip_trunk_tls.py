@@ -35,7 +35,7 @@ from cryptify.protocols.sip.transport import SipStreamFactory, TcpConnector
 from tests.interop._pbx import KAMAILIO_MODULES, AnsweringLeg, require_pbx, sleep, until
 from tests.interop._procs import WAIT, Twistd, free_port, run_cli, short_tempdir, tcp_answers
 from tests.interop._tls_certs import make_ca, make_leaf
-from tests.interop.test_sip_trunk_auth import AUTH_CFG, PASSWORD, AuthPbx, TrunkAuthCase
+from tests.interop._trunk import AUTH_CFG, PASSWORD, AuthPbx, TrunkAuthCase
 
 OPTIONS = (
     b"OPTIONS sip:pbx.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5061;branch=z9hG4bKtls1\r\n"

@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 
 from cryptify.addresses import is_wildcard
 from cryptify.config.cig_model import PbxAccount
+from cryptify.lifecycle import Lifecycle, check_table
 from cryptify.protocols.sip.address import param, parse_name_addr, parse_uri
 from cryptify.protocols.sip.dialog import new_branch, new_tag
 from cryptify.protocols.sip.digest import Credentials
@@ -51,7 +52,6 @@ from cryptify.protocols.sip.message import Headers, Request, Response
 from cryptify.protocols.sip.transaction import Channel
 from cryptify.service import StartupError
 
-from ..lifecycle import Lifecycle, check_table
 from .auth import CredentialsError, Keyring
 from .core import Sif, contact_transport
 from .tls import TlsMaterial, load_tls
