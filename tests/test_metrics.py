@@ -16,6 +16,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from cryptify.config import ConfigError, parse_cig_config, parse_crs_config
 from cryptify.config.crs_model import METRICS_HOST, Endpoint
 from cryptify.crs.attach.wiring import UmsgServerFactory
+from cryptify.ops.cig import CigMetrics
 from cryptify.ops.crs import CrsMetrics
 from cryptify.ops.metrics import (
     MAX_COUNTERS,
@@ -267,3 +268,50 @@ class MetricsDirectiveTests(SynchronousTestCase):
             parse_cig_config(f"metrics {{ {rest} }}\n")
         except ConfigError:
             pass
+
+
+class FakeCall:
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+
+class FakeCalls:
+    def __init__(self) -> None:
+        from cryptify.cig.calls import CallState
+
+        self.calls = [FakeCall(CallState.REJECT), FakeCall(CallState.HANGUP), FakeCall(None)]
+
+
+class FakeKeepAlive:
+    probes = 12
+
+    def rows(self) -> list[tuple[str, str]]:
+        return [("192.0.2.10:5060/udp", "UP"), ("192.0.2.11:5060/udp", "DOWN")]
+
+
+class CigMetricsTests(SynchronousTestCase):
+    def test_families_read_running_state(self) -> None:
+        """The CIG's calls in progress (ended calls that linger are not counted),
+        links, PBX servers and the bridge's counters."""
+        queries = Queries(Clock(), {})
+        queries.values = {"bridge": {"calls": 1, "packets_in": 40}}
+        queries.ok = {"bridge": True}
+        metrics = CigMetrics(
+            FakeCalls(),  # type: ignore[arg-type]
+            {"crs": lambda: True, "cig_relay": lambda: False},
+            FakeKeepAlive(),  # type: ignore[arg-type]
+            queries,
+        )
+        got = scrape(registry_for(metrics.families))
+        expected = {
+            "cryptify_cig_calls": 1,
+            "cryptify_cig_link_up{link=crs}": 1,
+            "cryptify_cig_link_up{link=cig_relay}": 0,
+            "cryptify_cig_sip_peer_up{peer=192.0.2.10:5060/udp}": 1,
+            "cryptify_cig_sip_peer_up{peer=192.0.2.11:5060/udp}": 0,
+            "cryptify_cig_sip_keepalive_probes_total": 12,
+            "cryptify_cig_bridge_calls": 1,
+            "cryptify_cig_bridge_packets_in_total": 40,
+            "cryptify_cig_query_ok{query=bridge}": 1,
+        }
+        self.assertEqual({k: got.get(k) for k in expected}, expected)

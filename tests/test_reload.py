@@ -11,9 +11,11 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.config import CrsConfig, CrsLocalConfig, parse_crs_config
+from cryptify.config import CrsConfig, CrsLocalConfig, parse_cig_config, parse_crs_config
 from cryptify.crs.attach.wiring import Limits, UmsgServerFactory
 from cryptify.events import Notifier
+from cryptify.ops.cig import DIRECTIVES as CIG_DIRECTIVES
+from cryptify.ops.cig import CigLive
 from cryptify.ops.crs import DIRECTIVES, NOT_DIRECTIVES, CrsFiles, CrsLive
 from cryptify.ops.reload import (
     Directive,
@@ -26,6 +28,7 @@ from cryptify.ops.reload import (
     value_at,
 )
 from cryptify.plugins import crs
+from cryptify.plugins.cig import dev_cig_config
 
 BASE = """[GLOBAL]
 key oldpoolkey
@@ -282,3 +285,72 @@ class DirectiveTests(SynchronousTestCase):
         names = [d.name for d in DIRECTIVES]
         self.assertEqual(len(names), len(set(names)))
         self.assertIsInstance(DIRECTIVES[0], Directive)
+
+
+CIG_BASE = """
+map pbx { entry e tel "tel:+4670{n}" sip "sip:{n}@192.0.2.10"; }
+interfaces {
+    tel { extension map pbx; }
+    sip { bind 127.0.0.1 15060; trusted_peer 198.51.100.0/24; }
+}
+notify "/old/notify.sh";
+"""
+
+
+class CigReloadTests(SynchronousTestCase):
+    def test_every_setting_has_a_directive(self) -> None:
+        """Every value of cig.conf belongs to a directive of the CIG's reload table."""
+        cfg = parse_cig_config(CIG_BASE)
+        self.assertEqual(uncovered(cfg, CIG_DIRECTIVES), [])
+        names = [d.name for d in CIG_DIRECTIVES]
+        self.assertEqual(len(names), len(set(names)))
+
+    def tree(self, loaded: str) -> tuple[Any, Any]:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from cryptify.plugins.cig import make_cig_service
+
+        base = attrs.evolve(dev_cig_config(self.mktemp()), **_cig_fields(CIG_BASE))
+        new = attrs.evolve(dev_cig_config(self.mktemp()), **_cig_fields(loaded))
+        new = attrs.evolve(new, crs=base.crs, management=base.management, logging=base.logging)
+        new = attrs.evolve(new, relay=base.relay)
+        root = make_cig_service(base, MemoryReactorClock(), reread=lambda: new)
+        hup = list(root)[-1]
+        assert isinstance(hup, SighupService)
+        reloader = hup.on_hup.__self__  # type: ignore[attr-defined]
+        return hup, reloader.apply.__self__
+
+    def test_maps_and_peers_change_live(self) -> None:
+        """A reload of cig.conf routes new calls with the new map, takes the new
+        PBX host and trusted_peer as SIP peers (the old ones no longer), probes
+        the new PBX, and names a changed sip bind for a restart."""
+        loaded = (
+            CIG_BASE.replace("192.0.2.10", "192.0.2.20")
+            .replace("198.51.100.0/24", "203.0.113.0/24")
+            .replace("15060", "25060")
+            .replace("/old/", "/new/")
+        )
+        log = Captured(self)
+        hup, live = self.tree(loaded)
+        self.assertIsInstance(live, CigLive)
+        self.assertTrue(live.peers.trusted("192.0.2.10"))
+        hup.on_hup()
+        [pbx] = live.sif.router.extension_maps("tel")
+        self.assertEqual(pbx.to_sip("tel:+46701234"), "sip:1234@192.0.2.20")
+        self.assertIs(live.uif_calls.router, live.sif.router)
+        self.assertTrue(live.peers.trusted("192.0.2.20"))
+        self.assertTrue(live.peers.trusted("203.0.113.9"))
+        self.assertFalse(live.peers.trusted("192.0.2.10"))
+        self.assertFalse(live.peers.trusted("198.51.100.9"))
+        self.assertEqual([str(t) for t in live.keepalive.targets], ["192.0.2.20:5060/udp"])
+        self.assertEqual(live.notifier.script, "/new/notify.sh")
+        self.assertEqual(live.sif.config.sip.port, 15060)
+        lines = log.lines()
+        self.assertTrue(any("interfaces sip bind (port) changed" in x for x in lines), lines)
+        self.assertTrue(any("map changed: applied" in x for x in lines), lines)
+
+
+def _cig_fields(text: str) -> dict[str, Any]:
+    """The fields of a parsed cig.conf that the test files set."""
+    cfg = parse_cig_config(text)
+    return {"maps": cfg.maps, "interfaces": cfg.interfaces, "notify": cfg.notify}
