@@ -354,3 +354,16 @@ def _cig_fields(text: str) -> dict[str, Any]:
     """The fields of a parsed cig.conf that the test files set."""
     cfg = parse_cig_config(text)
     return {"maps": cfg.maps, "interfaces": cfg.interfaces, "notify": cfg.notify}
+
+
+class UnitTests(SynchronousTestCase):
+    def test_reload_units(self) -> None:
+        """``systemctl reload crs`` and ``cig-server`` send SIGHUP to the main
+        process; the relays, which take no SIGHUP (it would end them), have no
+        ExecReload."""
+        from tests.test_packaging_files import service_settings
+
+        for name in ("crs", "cig-server"):
+            self.assertEqual(service_settings(name)["ExecReload"], "/bin/kill -HUP $MAINPID")
+        for name in ("crs_relay", "cig-relay"):
+            self.assertNotIn("ExecReload", service_settings(name))
