@@ -81,10 +81,14 @@ def rtp_range() -> tuple[int, int]:
     raise AssertionError("no port range")
 
 
-class SecurePbxTests(TestCase):
-    """cryptify-client <-> CRS <-> CIG <-> kamailio <-> baresip, with tones and DTMF."""
+class SecurePbxFixture(TestCase):
+    """cryptify-client <-> CRS <-> CIG <-> kamailio <-> baresip, all started."""
 
     timeout = 180
+
+    def cig_conf_extra(self) -> str:
+        """Text added at the end of cig.conf."""
+        return ""
 
     async def setUp(self) -> None:  # type: ignore[override]
         if shutil.which("redis-server") is None:
@@ -116,6 +120,7 @@ class SecurePbxTests(TestCase):
                     kam_port=self.pbx.kam_port, cig_port=self.cig_port, rtp_range=f"{low} {high}"
                 )
                 + CIG_CONF.format(d=d, crs_port=self.crs_port, mgmt_port=self.mgmt_port)
+                + self.cig_conf_extra()
             )
         self.start("cig-relay", "--config", os.path.join(d, "cig.conf"))
         wait_for(lambda: unix_answers(os.path.join(d, "cig-relay.sock")), "cig-relay control")
@@ -242,7 +247,9 @@ class SecurePbxTests(TestCase):
         self.assertEqual(event.kind, TALK, f"{call.code} {call.reason}" + self.context())
         return call
 
-    # ---------------------------------------------------------------- tests
+
+class SecurePbxTests(SecurePbxFixture):
+    """cryptify-client <-> CRS <-> CIG <-> kamailio <-> baresip, with tones and DTMF."""
 
     async def test_secure_client_calls_pbx_phone(self) -> None:
         """

@@ -7,29 +7,13 @@ scrape, parsed with ``prometheus_client.parser``, shows each of these.
 
 from __future__ import annotations
 
-import urllib.request
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import threads
 
-from tests.interop._procs import WAIT, free_port, tcp_answers, wait_for
+from tests.interop._metrics import scrape
+from tests.interop._procs import free_port, tcp_answers, wait_for
 from tests.interop.test_calls import CALLEE, CALLER, _CrsFixture, recv, send
-
-
-def scrape(port: int, path: str = "/metrics") -> tuple[int, dict[str, float]]:
-    """GET the page: its status and each sample (``name{label=value}``)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=WAIT) as answer:
-            status, body = answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, {}
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(body):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            samples[s.name + (f"{{{labels}}}" if labels else "")] = s.value
-    return status, samples
 
 
 class CrsMetricsTests(_CrsFixture):

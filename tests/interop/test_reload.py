@@ -6,21 +6,30 @@ the next connection, the change that needs a restart is named in the log
 and not applied, both clients and the call are still there (the call is
 then hung up through the CRS), and a file that no longer parses is
 refused with the running configuration kept.
+
+The same for a real ``twistd cig`` with a call up between a secure
+client and a PBX phone (kamailio and baresip), its metrics scraped
+while the call runs.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import ssl
 from typing import Any
 
 import cbor2
 from twisted.internet import threads
 
+from cryptify.client.calls import END, CallEvent
+from tests.interop._metrics import scrape
+from tests.interop._pbx import until
 from tests.interop._procs import free_port, wait_for
 from tests.interop._ws import ws_connect
 from tests.interop.test_calls import CALLEE, CALLER, _CrsFixture, recv, send
+from tests.interop.test_cig_e2e import SecurePbxFixture
 
 try:
     from websockets.exceptions import ConnectionClosed
@@ -119,3 +128,66 @@ class CrsReloadTests(_CrsFixture):
         self.assertIn("listen changed: it takes effect only after a restart", log)
         self.assertIn("unexpected value", log)
         self.assertNotIn("testpoolkey", log)
+
+
+class CigReloadTests(SecurePbxFixture):
+    """SIGHUP on a real ``twistd cig`` with a call up to a PBX phone."""
+
+    def cig_conf_extra(self) -> str:
+        self.metrics_port = free_port()
+        return f"metrics {{ bind {self.metrics_port}; }}\n"
+
+    def cig_log(self) -> str:
+        try:
+            with open(os.path.join(self.dir, "cig-log", "cig.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def edit_cig_conf(self) -> None:
+        """Add a PBX server to the tel extension map (live) and move the SIP
+        port (needs a restart)."""
+        path = os.path.join(self.dir, "cig.conf")
+        with open(path) as f:
+            text = f.read()
+        trunk = f'@127.0.0.1:{self.pbx.kam_port}"; }}'
+        bind = f"bind 127.0.0.1 {self.cig_port};"
+        assert trunk in text and bind in text, text
+        other = 'entry other tel "tel:+8888;77{ext}" sip "sip:{ext}@127.0.0.2:5999"; }'
+        text = text.replace(trunk, trunk[:-1] + other)
+        text = text.replace(bind, f"bind 127.0.0.1 {free_port(socket.SOCK_DGRAM)};")
+        with open(path, "w") as f:
+            f.write(text)
+
+    async def test_reload_keeps_pbx_call(self) -> None:
+        """With a secure client talking to the PBX phone through the CIG, SIGHUP
+        after editing cig.conf adds the new PBX server to the SIP peers, names
+        the moved SIP port for a restart, keeps the call (the metrics still
+        count it, bridged) and the client's hangup still reaches the phone."""
+        phone = self.phone()
+        await phone.start()
+        call = await self.talk(phone)
+        self.edit_cig_conf()
+        self.procs["cig"].proc.send_signal(signal.SIGHUP)
+        await until(lambda: "configuration reloaded" in self.cig_log(), "the reload", 30)
+        status = await self.in_thread(self.cig_cli, "status")
+        self.assertIn("PBX 127.0.0.2:5999/udp", status)
+        self.assertIn("ANSWER", await self.in_thread(self.call_states))
+        code, metrics = await self.in_thread(scrape, self.metrics_port)
+        self.assertEqual(code, 200)
+        self.assertEqual(metrics["cryptify_cig_calls"], 1)
+        self.assertEqual(metrics["cryptify_cig_link_up{link=crs}"], 1)
+        self.assertEqual(metrics["cryptify_cig_link_up{link=cig_relay}"], 1)
+        self.assertEqual(metrics["cryptify_cig_bridge_calls"], 1)
+        self.assertEqual(metrics["cryptify_cig_query_ok{query=bridge}"], 1)
+        self.assertEqual(metrics["cryptify_cig_reloads_total"], 1)
+        self.assertIn("cryptify_cig_sip_peer_up{peer=127.0.0.2:5999/udp}", metrics)
+        ended = phone.until(lambda e: isinstance(e, CallEvent) and e.call is call and e.kind == END)
+        phone.hangup(call)
+        await ended
+        await until(self.pbx.call_ended, "baresip to see the BYE" + self.context())
+        log = self.cig_log()
+        self.assertIn("map changed: applied", log)
+        self.assertIn(
+            "interfaces sip bind (port) changed: it takes effect only after a restart", log
+        )
