@@ -176,9 +176,9 @@ class FakeAccounts:
     def __init__(self) -> None:
         self.reloads = 0
 
-    def reload(self) -> list[str]:
+    def reload(self) -> dict[str, Any]:
         self.reloads += 1
-        return []
+        return {"problems": []}
 
 
 class CrsLiveTests(SynchronousTestCase):
@@ -187,7 +187,7 @@ class CrsLiveTests(SynchronousTestCase):
         self.factory = UmsgServerFactory(Any, self.clock, Limits.from_config(files().crs.global_))
         self.notifier = Notifier(self.clock, "/old/notify.sh")
         self.accounts = FakeAccounts()
-        self.live = CrsLive(self.factory, self.notifier, self.accounts)  # type: ignore[arg-type]
+        self.live = CrsLive(self.factory, self.notifier, self.accounts.reload)
 
     def test_limits_keepalive_notify_applied(self) -> None:
         """New client limits, keep-alive rules and notify settings reach the running
@@ -211,7 +211,8 @@ class CrsLiveTests(SynchronousTestCase):
         self.assertEqual(self.notifier.timeout, 3)
 
     def test_accounts_reread_on_every_reload(self) -> None:
-        """Every reload re-reads the accounts directory, even with no change in the files."""
+        """Every reload re-reads the accounts directory (as ``crs-cli reload account``),
+        even with no change in the files."""
         self.live.apply(plan(files(), files(), DIRECTIVES))
         self.assertEqual(self.accounts.reloads, 1)
 

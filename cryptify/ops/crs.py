@@ -8,7 +8,9 @@ What a reload (SIGHUP) changes in the running CRS (:data:`DIRECTIVES`):
   ``client-max-unattached``) for connections that arrive from then on;
   ``keep-alive`` rules for clients that connect from then on;
   ``notify`` and ``notify-timeout``; and every reload re-reads the
-  accounts directory (new accounts, secrets, key periods, blacklists);
+  accounts directory as ``crs-cli reload account`` does (new accounts,
+  secrets, key periods, blacklists: a client now blacklisted is
+  disconnected);
 - after a restart only: everything that opens a socket or a file, names
   this instance or its pool, or is read once at start (listen and relay
   addresses, certificates, paths, ``key``, push settings, Redis,
@@ -30,7 +32,6 @@ from prometheus_client.metrics_core import Metric
 from twisted.logger import Logger
 
 from cryptify.config import CrsConfig, CrsLocalConfig
-from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.attach.wiring import UmsgServerFactory
 from cryptify.crs.calls.core import SessionTable
@@ -109,7 +110,9 @@ class CrsLive:
 
     clients: UmsgServerFactory
     notifier: Notifier
-    accounts: AccountStore
+    #: ``crs-cli reload account``: re-read the accounts, tell notify.sh,
+    #: disconnect clients now blacklisted; answers ``{"problems": [...]}``.
+    reload_accounts: Callable[[], dict[str, Any]]
 
     def apply(self, plan: Plan[CrsFiles]) -> None:
         """Put the live directives' new values in place; re-read the accounts."""
@@ -128,7 +131,7 @@ class CrsLive:
             self.notifier.script = g.notify or None
         if plan.changed("notify-timeout"):
             self.notifier.timeout = g.notify_timeout
-        problems = self.accounts.reload()
+        problems = self.reload_accounts()["problems"]
         if problems:
             log.warn(
                 "accounts reloaded with {count} problems (see the lines above)",

@@ -453,7 +453,7 @@ def make_crs_service(
         root,
         CrsFiles(cfg, local),
         reread,
-        CrsLive(clients.factory, basics.notifier, basics.accounts),
+        CrsLive(clients.factory, basics.notifier, CrsAdmin(state).reload_accounts),
         CrsMetrics(
             basics.registry,
             clients.factory,
