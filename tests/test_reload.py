@@ -360,11 +360,33 @@ def _cig_fields(text: str) -> dict[str, Any]:
 class UnitTests(SynchronousTestCase):
     def test_reload_units(self) -> None:
         """``systemctl reload crs`` and ``cig-server`` send SIGHUP to the main
-        process; the relays, which take no SIGHUP (it would end them), have no
-        ExecReload."""
+        process; the relays, which do not reload, have no ExecReload."""
         from tests.test_packaging_files import service_settings
 
         for name in ("crs", "cig-server"):
             self.assertEqual(service_settings(name)["ExecReload"], "/bin/kill -HUP $MAINPID")
         for name in ("crs_relay", "cig-relay"):
             self.assertNotIn("ExecReload", service_settings(name))
+
+
+class RelayTests(SynchronousTestCase):
+    def test_relays_survive_sighup(self) -> None:
+        """The relays do not reload, but a SIGHUP sent to them by mistake is
+        logged instead of ending them (and their calls' media)."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from cryptify.plugins.cig_relay import make_cig_relay_service
+        from cryptify.plugins.crs_relay import make_relay_service
+
+        log = Captured(self)
+        for root in (
+            make_relay_service(crs.dev_crs_config(self.mktemp()), MemoryReactorClock()),
+            make_cig_relay_service(dev_cig_config(self.mktemp()), MemoryReactorClock()),
+        ):
+            hup = list(root)[-1]
+            assert isinstance(hup, SighupService)
+            hup.on_hup()
+        self.assertEqual(
+            [line.split(":")[0] for line in log.lines() if "SIGHUP ignored" in line],
+            ["crs_relay", "cig-relay"],
+        )

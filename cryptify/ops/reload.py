@@ -202,3 +202,16 @@ class SighupService(service.Service):
         signal.signal(self.signum, previous)
         self.previous = None
         super().stopService()  # type: ignore[no-untyped-call]
+
+
+def no_reload(program: str, reactor: Any) -> SighupService:
+    """For a program that does not reload (the relays): SIGHUP is logged, not fatal."""
+
+    def hup() -> None:
+        log.warn(
+            "{program}: SIGHUP ignored: this program does not reload its configuration; "
+            "restart it to change the configuration",
+            program=program,
+        )
+
+    return SighupService(reactor, hup)
