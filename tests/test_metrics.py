@@ -13,7 +13,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from cryptify.config import ConfigError, parse_cig_config, parse_crs_config
+from cryptify.config import (
+    ConfigError,
+    parse_cig_config,
+    parse_crs_config,
+    parse_crs_local_config,
+)
 from cryptify.config.crs_model import METRICS_HOST, Endpoint
 from cryptify.crs.attach.wiring import UmsgServerFactory
 from cryptify.ops.cig import CigMetrics
@@ -315,3 +320,32 @@ class CigMetricsTests(SynchronousTestCase):
             "cryptify_cig_query_ok{query=bridge}": 1,
         }
         self.assertEqual({k: got.get(k) for k in expected}, expected)
+
+
+class CrsLocalMetricsTests(SynchronousTestCase):
+    def test_local_metrics_replaces_crs_conf(self) -> None:
+        """crs-local.conf's ``metrics`` (this instance's address) is used in place
+        of crs.conf's; without either there is no metrics listener."""
+        import attrs
+
+        from cryptify.plugins import crs
+
+        cfg = crs.dev_crs_config(self.mktemp())
+        cfg = attrs.evolve(cfg, global_=attrs.evolve(cfg.global_, metrics=Endpoint("::1", 9100)))
+        local = parse_crs_local_config("metrics 10.0.0.7 9200\n")
+
+        def listeners(cfg: Any, local: Any) -> list[str]:
+            root = crs.make_crs_service(cfg, local, Clock())
+            return [s.where for s in root if getattr(s, "what", "") == "metrics"]
+
+        self.assertEqual(listeners(cfg, local), ["10.0.0.7:9200"])
+        self.assertEqual(listeners(cfg, parse_crs_local_config("")), ["::1:9100"])
+        self.assertEqual(listeners(crs.dev_crs_config(self.mktemp()), local.__class__()), [])
+
+    @given(st.text(max_size=40))
+    def test_local_metrics_hostile(self, rest: str) -> None:
+        """Any text after ``metrics`` in crs-local.conf parses or is a ConfigError."""
+        try:
+            parse_crs_local_config(f"metrics {rest}\n")
+        except ConfigError:
+            pass

@@ -93,6 +93,7 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("[POOL] host and ip", ("crs", "pool"), False),
     Directive("crsname (crs-local.conf)", ("local", "crsname"), False),
     Directive("db-backup (crs-local.conf)", ("local", "db_backup"), False),
+    Directive("metrics (crs-local.conf)", ("local", "metrics"), False),
 )
 #: Not directives: what the file holds besides settings.
 NOT_DIRECTIVES = (("crs", "warnings"),)

@@ -390,7 +390,7 @@ def ops_services(
     reactor = live.notifier.reactor
     reloader = Reloader("crs", files, DIRECTIVES, read, live.apply)
     metrics.reloader = reloader
-    where = files.crs.global_.metrics
+    where = files.local.metrics or files.crs.global_.metrics
     if where is not None:
         registry = registry_for(metrics.families)
         attach(root, metrics_listener(reactor, where, registry, metrics.queries))
