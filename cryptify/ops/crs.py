@@ -185,7 +185,7 @@ class CrsMetrics:
         for key, doc in (
             ("posted", "Messages posted and stored"),
             ("delivered", "Messages confirmed delivered"),
-            ("refused", "Message posts refused"),
+            ("refused", "Message requests refused by a rule (unknown recipient, full inbox, ...)"),
         ):
             yield _counter(p + "messages_" + key, doc, self.messaging.counters.get(key, 0))
         yield _counter(p + "messages_expired", "Messages dropped undelivered", self.store.expired)
