@@ -24,9 +24,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.config import load_cig_config, load_crs_config
 from cryptify.plugins import cig, cig_relay, crs, crs_relay
+from tests.unit_files import service_settings
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-UNITS = os.path.join(TOP, "etc", "systemd")
 PRIVILEGED_BELOW = 1024
 
 #: Where each installed path comes from in this tree.
@@ -42,20 +42,6 @@ PROGRAMS = {
     "cig": cig.Options,
     "cig-relay": cig_relay.Options,
 }
-
-
-def service_settings(name: str) -> dict[str, str]:
-    settings: dict[str, str] = {}
-    section = ""
-    with open(os.path.join(UNITS, name + ".service")) as f:
-        for raw in f:
-            line = raw.strip()
-            if line.startswith("["):
-                section = line
-            elif section == "[Service]" and "=" in line and not line.startswith("#"):
-                key, value = line.split("=", 1)
-                settings[key] = value
-    return settings
 
 
 def program_args(settings: dict[str, str]) -> tuple[str, list[str]]:

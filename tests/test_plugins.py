@@ -18,6 +18,7 @@ from cryptify.crs.attach.wiring import UmsgListenService
 from cryptify.crs.redis.services import ManagedRedis
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.logs import LogFileService
+from cryptify.ops.reload import SighupService
 from cryptify.plugins import cig, cig_relay, crs, crs_relay
 from cryptify.plugins._common import evolve_at
 from cryptify.service import CallbackService, ListenService
@@ -92,7 +93,9 @@ class CrsOptionsTests(SynchronousTestCase):
         self.assertIsInstance(children[2], ManagedRedis)
         listeners = [c for c in children if isinstance(c, ListenService)]
         self.assertEqual([s.what for s in listeners], ["client TLS", "management"])
-        self.assertIs(children[-1], listeners[-1])
+        # the SIGHUP reload comes last, so it stops first
+        self.assertIsInstance(children[-1], SighupService)
+        self.assertIs(children[-2], listeners[-1])
         self.assertFalse(os.path.exists(options["crs"].global_.data_dir))
 
     def test_attach_waits_for_both_stores(self) -> None:

@@ -36,6 +36,7 @@ from .crs_model import (
     KEEP_ALIVE_METHODS,
     MAX_KEEP_ALIVE_MS,
     MAX_NOTIFY_TIMEOUT_SECONDS,
+    METRICS_HOST,
     REDIS_MODES,
     AddressMap,
     Cps,
@@ -109,6 +110,7 @@ GLOBAL_USAGE = {
     "redis-low": "HOST PORT",
     "redis-backup": "HOST PORT",
     "redis-password-file": "PATH",
+    "metrics": "[ADDR] PORT",
 }
 POOL_USAGE = {"host": "NAME", "ip": "NAME ADDR", "app": "MODULE"}
 REPEATABLE = frozenset({"keep-alive", "addr-map", "host", "ip", "app"})
@@ -279,6 +281,11 @@ class _Builder:
 
     def d_relay(self, a: Args, name: str) -> None:
         self.fields["relay"] = self._endpoint(a, listening=True)
+
+    def d_metrics(self, a: Args, name: str) -> None:
+        toks = a.between(1, 2, ["PORT"])
+        host = check_ip(self.ctx, toks[0]) if len(toks) == 2 else METRICS_HOST
+        self.fields["metrics"] = Endpoint(host, check_port(self.ctx, toks[-1], listening=True))
 
     def d_path(self, a: Args, name: str) -> None:
         (path,) = a.exactly(["PATH"])
@@ -486,6 +493,8 @@ def render_crs_config(cfg: CrsConfig) -> str:
     out.append(f"redis-backup {r.backup.host} {r.backup.port}")
     if r.password_file is not None:
         out.append(f"redis-password-file {value(r.password_file)}")
+    if g.metrics is not None:
+        out.append(f"metrics {g.metrics.host} {g.metrics.port}")
     out.append("")
     out.append("[POOL]")
     out.extend(f"host {h.name}" for h in cfg.pool.hosts)

@@ -18,6 +18,8 @@ APNS_TYPES = ("cps", "direct")
 REDIS_MODES = ("managed", "external")
 MAX_KEEP_ALIVE_MS = 24 * 60 * 60 * 1000
 MAX_NOTIFY_TIMEOUT_SECONDS = 3600.0
+#: Where C{metrics PORT} (no address) serves: loopback only.
+METRICS_HOST = "127.0.0.1"
 
 
 @attrs.frozen
@@ -118,6 +120,8 @@ class CrsGlobal:
     notify: str = "/opt/crs/scripts/notify.sh"
     notify_timeout: float = 10.0
     redis: RedisSettings = RedisSettings()
+    #: C{metrics [ADDR] PORT}: the Prometheus endpoint (C{None}: off).
+    metrics: Endpoint | None = None
 
     def tls_paths(self) -> tuple[str, str]:
         """

@@ -13,8 +13,11 @@ Start order (stop order is the reverse, one service at a time):
 6. the control link to ``crs_relay``
 7. the client listener (TLS, 5223)
 8. the management socket
+9. the metrics endpoint (``metrics`` in crs.conf) and the SIGHUP reload
+   (:mod:`cryptify.ops`)
 
-so on shutdown the management socket and the client listener close first,
+so on shutdown reload and metrics stop, the management socket and the
+client listener close first,
 then the relay link and the stores, and the Redis children stop last,
 before the log closes.
 """
@@ -62,6 +65,9 @@ from cryptify.crs.trace import EventTraceObserver, TraceHub
 from cryptify.events import Notifier
 from cryptify.links.relay_link import RelayLink
 from cryptify.logs import LogFileService
+from cryptify.ops.crs import DIRECTIVES, CrsFiles, CrsLive, CrsMetrics
+from cryptify.ops.metrics import Queries, metrics_listener, registry_for
+from cryptify.ops.reload import Reloader, ReloadError, SighupService
 from cryptify.plugins._common import (
     ConfigOptions,
     ConfigUsageError,
@@ -151,8 +157,16 @@ class Options(ConfigOptions):
     ]
 
     def postOptions(self) -> None:
+        files = self.read_files()
+        self["crs"], self["local"] = files.crs, files.local
+
+    def read_files(self) -> CrsFiles:
+        """crs.conf (with the command line's overrides) and crs-local.conf.
+
+        @raise ConfigUsageError: naming the file, line and problem.
+        """
         cfg = self.load_config(load_crs_config, lambda: dev_crs_config(DEV_DIR))
-        self["crs"] = self.with_overrides(cfg, CRS_OVERRIDES)
+        cfg = self.with_overrides(cfg, CRS_OVERRIDES)
         if self["local-config"]:
             local: CrsLocalConfig = load_or_usage(load_crs_local_config, self["local-config"])
         else:
@@ -164,7 +178,20 @@ class Options(ConfigOptions):
                     f"{self['local-config']}: crsname {local.crsname} is not a host of the "
                     f"POOL section ({', '.join(names)})"
                 )
-        self["local"] = local
+        return CrsFiles(cfg, local)
+
+    def reread(self) -> CrsFiles:
+        """What L{read_files} reads, for a reload (SIGHUP).
+
+        @raise ReloadError: naming the file, line and problem.
+        """
+        try:
+            files = self.read_files()
+        except ConfigUsageError as exc:
+            raise ReloadError(str(exc)) from None
+        for warning in files.crs.warnings:
+            log.warn("{config_warning}", config_warning=warning)
+        return files
 
 
 def media_host(cfg: CrsConfig, name: str) -> str:
@@ -361,8 +388,40 @@ def trace_events(trace: TraceHub) -> CallbackService:
     )
 
 
-def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> ProgramService:
-    """Build the CRS's service tree; nothing is opened until it starts."""
+def ops_services(
+    root: ProgramService,
+    files: CrsFiles,
+    reread: Callable[[], CrsFiles] | None,
+    live: CrsLive,
+    metrics: CrsMetrics,
+) -> Reloader[CrsFiles]:
+    """SIGHUP reload (re-reads the files when there are files) and the metrics endpoint."""
+
+    def read() -> CrsFiles:
+        return files if reread is None else reread()
+
+    reactor = live.notifier.reactor
+    reloader = Reloader("crs", files, DIRECTIVES, read, live.apply)
+    metrics.reloader = reloader
+    where = files.local.metrics or files.crs.global_.metrics
+    if where is not None:
+        registry = registry_for(metrics.families)
+        attach(root, metrics_listener(reactor, where, registry, metrics.queries))
+    attach(root, SighupService(reactor, reloader.reload))
+    return reloader
+
+
+def make_crs_service(
+    cfg: CrsConfig,
+    local: CrsLocalConfig,
+    reactor: Any,
+    reread: Callable[[], CrsFiles] | None = None,
+) -> ProgramService:
+    """Build the CRS's service tree; nothing is opened until it starts.
+
+    C{reread} reads the configuration again for a reload (SIGHUP); without
+    it a reload re-reads the accounts only.
+    """
     g = cfg.global_
     basics = build_basics(cfg, local, reactor)
     root = ProgramService("crs")
@@ -405,8 +464,25 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
     attach(root, trace_events(basics.trace))
     attach(root, relay)
     attach(root, messages.expiry)
-    attach(root, client_listener(cfg, reactor, core))
+    clients = client_listener(cfg, reactor, core)
+    attach(root, clients)
     attach(root, management_listener(cfg, reactor, state))
+    queries = Queries(reactor, {"waiting": messages.store.stored, "relay": relay.stats})
+    ops_services(
+        root,
+        CrsFiles(cfg, local),
+        reread,
+        CrsLive(clients.factory, basics.notifier, CrsAdmin(state).reload_accounts),
+        CrsMetrics(
+            basics.registry,
+            clients.factory,
+            sessions,
+            messages.messaging,
+            messages.store,
+            basics.probes,
+            queries,
+        ),
+    )
     return root
 
 
@@ -414,4 +490,5 @@ def makeService(options: Options) -> ProgramService:
     """IServiceMaker entry point."""
     from twisted.internet import reactor
 
-    return make_crs_service(options["crs"], options["local"], reactor)
+    reread = options.reread if options["config"] else None
+    return make_crs_service(options["crs"], options["local"], reactor, reread)

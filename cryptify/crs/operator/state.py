@@ -24,6 +24,14 @@ INACTIVE = "inactive"
 ATTACH_MODULE = "app:attach"
 
 
+def probe_up(answer: bool | str) -> bool:
+    """Whether a service probe's answer means the service is up: C{True},
+    or a description that starts C{active} (e.g. the db-backup replica)."""
+    if isinstance(answer, str):
+        return answer.split(" ", 1)[0] == ACTIVE
+    return answer
+
+
 class RelayControl(Protocol):
     """What ``show relay`` needs of the control link to ``crs_relay``."""
 
