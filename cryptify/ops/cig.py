@@ -10,7 +10,8 @@ What a reload (SIGHUP) changes in the running CIG (:data:`DIRECTIVES`):
   ``untrusted_answer``, ``messaging`` and ``notify``;
 - after a restart only: what opens a socket or a file or is read once
   at start (``sip { bind }``, ``rtp_port_range``,
-  ``tcp_idle_timeout``, the ``crs``, ``relay``, ``management``,
+  ``tcp_idle_timeout``, ``pbx_account`` blocks (registrations and
+  credentials), the ``tls_*`` settings, the ``crs``, ``relay``, ``management``,
   ``logging``, ``mailboxes`` and ``metrics`` blocks).
   ``rtp_remote_addr_override`` is used by ``cig-relay``, which reads it
   when it starts.
@@ -62,6 +63,11 @@ DIRECTIVES: tuple[Directive, ...] = (
     _iface("sip trusted_peer", ("sip", "trusted_peers"), live=True),
     _iface("sip untrusted_answer", ("sip", "untrusted_answer"), live=True),
     _iface("sip tcp_idle_timeout", ("sip", "tcp_idle_timeout")),
+    _iface("sip pbx_account", ("sip", "pbx_accounts")),
+    _iface("sip tls_certificate", ("sip", "tls_certificate")),
+    _iface("sip tls_key", ("sip", "tls_key")),
+    _iface("sip tls_ca", ("sip", "tls_ca")),
+    _iface("sip tls_port", ("sip", "tls_port")),
     Directive("mailboxes", ("mailboxes",), False),
     Directive("crs address", ("crs", "address"), False),
     Directive("crs keystore", ("crs", "keystore"), False),
