@@ -15,8 +15,10 @@ from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
+from cryptify.client.messages import MessageCrypto
 from cryptify.crs.messages.store import MessageRefused, MessageStore, Posted
 from cryptify.crs.redis.store import RedisStore
+from cryptify.crypto.keymaterial import load_key_material
 from tests.contracts import CONTRACT_INBOX, MessageStoreContract
 from tests.interop._procs import BIN, durable_redis, free_port, short_tempdir
 from tests.interop.test_calls import CALLEE, CALLER, _CrsFixture, send
@@ -261,6 +263,7 @@ class ClientSendTests(_CrsFixture):
 
     def collect(self) -> list[str]:
         """Attach as the recipient and take every waiting message, confirming each."""
+        self.opener = MessageCrypto(load_key_material(self.key_files[CALLEE]))
         recipient = self.attach(CALLEE)
         got: dict[str, str] = {}
         arrivals: list[str] = []
@@ -270,7 +273,8 @@ class ClientSendTests(_CrsFixture):
                 msg = cbor2.loads(recipient.recv(timeout=30))
                 if msg.get("type") == "message":
                     arrivals.append(msg["message"])
-                    got[msg["message"]] = msg["content"].decode()
+                    opened = self.opener.open(msg["content"], msg["from"])
+                    got[msg["message"]] = opened.body.text
                     send(recipient, type="delivered", message=msg["message"])
                 elif msg.get("type") == "ok":
                     break
