@@ -1,0 +1,477 @@
+"""The CIG's mailboxes: the manual's message format (build and parse, with
+hypothesis), the translate maps both ways, and MailDesk writing messages
+to write mailboxes and posting files of read mailboxes.
+
+In memory but for the Maildirs, which are real directories in the test's
+temporary directory; time is a Clock; the CRS is a list of what the
+session sent and answers the test feeds back.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.cig.mail import core, wiring
+from cryptify.cig.mail.core import MailError, MailMessage, build, parse
+from cryptify.cig.mail.wiring import MailDesk
+from cryptify.client.messages import MessageCrypto
+from cryptify.client.session import Answered, Incoming
+from cryptify.config.cig_model import Mailbox, Mailboxes, TranslateMap, TranslateRule
+from cryptify.protocols.message_payload import Attachment, MessageBody
+from cryptify.protocols.umsg import Message, message
+from tests.test_client_calls import attached, material
+
+A = "tel:+461111"
+CIG = "tel:+468888"
+#: 2015-11-26 17:15:44 UTC, the manual's example date.
+MANUAL_DATE = 1448558144
+PNG = Attachment("filename.png", "image/png", bytes(range(200)))
+
+MAPS = (
+    TranslateMap("secure", (TranslateRule("tel:+{n}", "sip:{n}@secure.example"),)),
+    TranslateMap("pbx", (TranslateRule("tel:+468888;{ext}", "sip:{ext}@pbx.example"),)),
+    TranslateMap("pbx9", (TranslateRule("tel:+468888;9{ext}", "sip:{ext}@nine.example"),)),
+    TranslateMap("pbxsrc", (TranslateRule("sip:{ext}@pbx.example", "tel:+468888;{ext}"),)),
+    TranslateMap("securedst", (TranslateRule("sip:{n}@secure.example", "tel:+{n}"),)),
+)
+
+
+def crypto(uri: str) -> MessageCrypto:
+    return MessageCrypto(material(uri))
+
+
+def maildir(base: str, name: str) -> str:
+    path = os.path.join(base, name)
+    for sub in ("new", "cur", "tmp"):
+        os.makedirs(os.path.join(path, sub))
+    return path
+
+
+# ---------------------------------------------------------------- the format
+
+
+class FormatTests(SynchronousTestCase):
+    """build() writes the manual's format; parse() reads it."""
+
+    def test_text_plain_exactly(self) -> None:
+        """Headers in the issue's order, the manual's Date form, LF endings,
+        the text with one final LF (trailing newlines of the text dropped)."""
+        mail = MailMessage(
+            "sip:124@example.com", "sip:456@example.net", MANUAL_DATE, MessageBody("Hi\nthere\n\n"),
+            sender_uri="tel:+12345", sender_domain="Example Domain",
+        )  # fmt: skip
+        self.assertEqual(
+            build(mail, "unused"),
+            b"To: <sip:124@example.com>\n"
+            b"From: <sip:456@example.net>\n"
+            b"Date: 26 Nov 2015 17:15:44 +0000\n"
+            b'Content-Type: text/plain; charset="UTF-8"\n'
+            b"Content-Transfer-Encoding: 8bit\n"
+            b"Auto-Submitted: no\n"
+            b"X-Responder-Type: tel-uri\n"
+            b"X-Sender-URI: tel:+12345\n"
+            b"X-Sender-Domain: Example Domain\n"
+            b"\n"
+            b"Hi\nthere\n",
+        )
+
+    def test_multipart(self) -> None:
+        """With attachments: multipart/mixed, the text first, each attachment
+        base64 with its Content-Disposition filename; it reads back."""
+        body = MessageBody("héllo", (PNG, Attachment('a "q".txt', "text/plain", b"x\n")))
+        data = build(MailMessage("t@x", "f@y", MANUAL_DATE, body), "BOUNDARY42")
+        text = data.decode("utf-8")
+        self.assertIn('Content-Type: multipart/mixed; boundary="BOUNDARY42"\n', text)
+        first, second, third = text.split("--BOUNDARY42\n")[1:]
+        self.assertTrue(first.startswith('Content-Type: text/plain; charset="UTF-8"\n'))
+        self.assertIn(
+            "Content-Transfer-Encoding: base64\n"
+            'Content-Disposition: attachment; filename="filename.png"\n',
+            second,
+        )
+        self.assertIn('filename="a \\"q\\".txt"', third)
+        self.assertTrue(text.endswith("--BOUNDARY42--\n"))
+        self.assertEqual(parse(data).body, body)
+
+    def test_long_lines_become_base64(self) -> None:
+        """A text line over 998 octets (or a CR) is sent base64: no line is over 1,000."""
+        for text in ("é" * 2000, "a\rb"):
+            data = build(MailMessage("t", "f", 0, MessageBody(text)), "b")
+            self.assertIn(b"Content-Transfer-Encoding: base64\n", data)
+            self.assertTrue(all(len(line) <= 998 for line in data.split(b"\n")))
+            self.assertEqual(parse(data).body.text, text)
+
+    def test_header_injection_refused(self) -> None:
+        """A translated address with a line break cannot be written."""
+        mail = MailMessage("a>\nBcc: <x", "f", 0, MessageBody("x"))
+        self.assertEqual(self.assertRaises(MailError, build, mail, "b").reason, "malformed")
+
+    def test_manual_examples_parse(self) -> None:
+        """Both of the manual's examples, its multipart header folded without
+        indentation as printed there."""
+        plain = (
+            b"To: <sip:124@example.com>\nFrom: <sip:456@example.net>\n"
+            b"Date: 26 Nov 2015 17:15:44 +0000\nAuto-Submitted: no\nX-Sender-URI: tel:+12345\n"
+            b'X-Sender-Domain: Example Domain\nContent-Type: text/plain; charset="UTF-8"\n'
+            b"Content-Transfer-Encoding: 8bit\n\nThis is the text message in plaintext.\n\n"
+        )
+        got = parse(plain)
+        self.assertEqual((got.to, got.sender), ("sip:124@example.com", "sip:456@example.net"))
+        self.assertEqual(got.body, MessageBody("This is the text message in plaintext."))
+        multi = (
+            b"To: <sip:124@example.com>\nFrom: <sip:456@example.net>\n"
+            b"Content-Transfer-Encoding: 8bit\nContent-Type: multipart/mixed;\n"
+            b"boundary=e9lafbk45d361b43c2f051a6b732e44n\n\n"
+            b'--e9lafbk45d361b43c2f051a6b732e44n\nContent-Type: text/plain; charset="UTF-8"\n\n'
+            b"This is the text message in plaintext.\n"
+            b"--e9lafbk45d361b43c2f051a6b732e44n\nContent-Type: image/png\n"
+            b"Content-Transfer-Encoding: base64\n"
+            b'Content-Disposition: attachment; filename="filename.png"\n\n'
+            b"YwF6Iq1GI8fUeBNAVJIIJez4e8pLu3jzENEMGLrtVyTC5QVMJ/yr5xDC6n\n"
+            b"jPVB4NXqxT+mWhR+N3YygRNIN4okh5sYx9h7N1H0nm0lp2F2n0fvfkWmQ\n"
+            b"CD1kvLyiwPAsTkNJpdQ7MBZlc2n/0U9VaG7i/GAk1Mz09rAgIeCBvDwM=\n"
+            b"--e9lafbk45d361b43c2f051a6b732e44n--\n"
+        )
+        got = parse(multi)
+        self.assertEqual(got.body.text, "This is the text message in plaintext.")
+        [png] = got.body.attachments
+        self.assertEqual(
+            (png.name, png.media_type, len(png.data)), ("filename.png", "image/png", 128)
+        )
+
+    def test_refusals(self) -> None:
+        """Each way a file can be wrong has its reason."""
+        head = b"To: <a>\nFrom: <b>\n"
+        for data, reason in (
+            (b"x" * (core.MAX_FILE + 1), "oversized"),
+            (head + b"\n\xff\xfe", "charset"),
+            (head + b"\n" + b"y" * 1001 + b"\n", "long-line"),
+            (b"From: <b>\n\nhi", "malformed"),
+            (head + b"hi", "malformed"),
+            (head + b"Content-Type: text/html\n\n<p>", "content-type"),
+            (head + b"Content-Type: text/plain; charset=latin1\n\nhi", "charset"),
+            (head + b"Content-Transfer-Encoding: base64\n\n!!!", "encoding"),
+            (head + b"Content-Transfer-Encoding: x-uuencode\n\nhi", "encoding"),
+            (head + b"Content-Type: multipart/mixed; boundary=B\n\n--B\n\nhi\n", "malformed"),
+            (
+                head + b"Content-Type: multipart/mixed; boundary=B\n\n--B\n\nhi\n--B\n"
+                b"Content-Type: image/png\n\nAAAA\n--B--\n",
+                "attachment",
+            ),
+            (
+                head + b"Content-Type: multipart/mixed; boundary=B\n\n--B\n\nhi\n--B\n"
+                b"Content-Transfer-Encoding: base64\n"
+                b'Content-Disposition: attachment; filename="../etc/passwd"\n\nAAAA\n--B--\n',
+                "attachment",
+            ),
+        ):
+            self.assertEqual(self.assertRaises(MailError, parse, data).reason, reason, data[:80])
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=2000))
+    def test_parse_random_octets(self, data: bytes) -> None:
+        """Random octets: a MailMessage or a MailError, nothing else."""
+        try:
+            parse(data)
+        except MailError as exc:
+            self.assertIn(exc.reason, core.REASONS)
+
+    @settings(max_examples=100, deadline=None)
+    @given(
+        st.text(max_size=300),
+        st.lists(
+            st.tuples(
+                st.text(
+                    st.characters(
+                        blacklist_characters="/\\",
+                        blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Cf", "Co", "Cn", "Zs"),
+                    ),
+                    min_size=1,
+                    max_size=20,
+                ),
+                st.binary(max_size=300),
+            ),
+            max_size=3,
+        ),
+        st.data(),
+    )
+    def test_round_trip_and_mutations(self, text: str, files: Any, data: Any) -> None:
+        """What build() writes, parse() reads back (text without trailing
+        newlines); any one octet changed or cut gives a message or a MailError."""
+        text = text.replace("\r", "").rstrip("\n")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return
+        attachments = []
+        for name, octets in files:
+            if name in (".", ".."):
+                continue
+            attachments.append(Attachment(name, "application/octet-stream", octets))
+        body = MessageBody(text, tuple(attachments))
+        octets = build(MailMessage("t@x", "f@y", 0, body), "b0undary-" + "7" * 20)
+        self.assertEqual(parse(octets).body, body)
+        position = data.draw(st.integers(0, len(octets) - 1))
+        for mutated in (
+            octets[:position]
+            + bytes([octets[position] ^ data.draw(st.integers(1, 255))])
+            + octets[position + 1 :],
+            octets[:position],
+        ):
+            try:
+                parse(mutated)
+            except MailError:
+                pass
+
+
+class MapTests(SynchronousTestCase):
+    """The translate maps, write and read direction."""
+
+    def test_write_targets(self) -> None:
+        """Every write mailbox whose two maps both match, in order."""
+        boxes = (
+            Mailbox("/m/one", "secure", "pbx"),
+            Mailbox("/m/nine", "secure", "pbx9"),
+            Mailbox("/m/two", "secure", "pbx"),
+        )
+        got = core.write_targets(boxes, MAPS, A, CIG + ";101")
+        self.assertEqual(
+            [(t.mailbox.path, t.sender, t.to) for t in got],
+            [("/m/one", "sip:461111@secure.example", "sip:101@pbx.example"),
+             ("/m/two", "sip:461111@secure.example", "sip:101@pbx.example")],
+        )  # fmt: skip
+        self.assertEqual(core.write_targets(boxes, MAPS, A, "tel:+469999;1"), [])
+
+    def test_read_route(self) -> None:
+        """From must map to the CIG's own number (an extension allowed), To to a tel URI."""
+        box = Mailbox("/m/r", "pbxsrc", "securedst")
+        mail = MailMessage("sip:461111@secure.example", "sip:101@pbx.example", 0, MessageBody(""))
+        self.assertEqual(core.read_route(box, MAPS, mail, CIG), core.ReadRoute(CIG + ";101", A))
+        other = Mailbox("/m/r", "securedst", "securedst")  # From maps to a user, not the CIG
+        bad = MailMessage("sip:461111@secure.example", "sip:462222@secure.example", 0, mail.body)
+        self.assertEqual(
+            self.assertRaises(MailError, core.read_route, other, MAPS, bad, CIG).reason, "no-route"
+        )
+        nowhere = MailMessage("someone@else", "sip:101@pbx.example", 0, mail.body)
+        self.assertEqual(
+            self.assertRaises(MailError, core.read_route, box, MAPS, nowhere, CIG).reason,
+            "no-route",
+        )
+
+    def test_migration_example(self) -> None:
+        """The manual's migration maps (its stray brace removed) give what the old maps gave."""
+        from cryptify.config import cig_migrate
+
+        text = (
+            'map telmap { entry asterisk tel "tel:+8888;{series}" sip "sip:{series}@pbx.com"; }\n'
+            'map telsrc { entry all sip "sip:{series}@{discard}" tel "tel:+8888;{series}"; }\n'
+            'map sipsrc { entry all sip "tel:+{series}" tel "sip:{series}@{discard}" ; }\n'
+            'map sipmap { entry all tel "sip:{series}@secure.com" sip "tel:+{series}" ; }\n'
+        )
+        made = {m.name: m for m in cig_migrate.migrate_maps(text).maps}
+        read = Mailbox("/r", "telsrc", "sipmap")
+        write = Mailbox("/w", "sipsrc", "telmap")
+        mail = MailMessage("sip:4612@secure.com", "sip:101@pbx.com", 0, MessageBody(""))
+        self.assertEqual(
+            core.read_route(read, tuple(made.values()), mail, "tel:+8888"),
+            core.ReadRoute("tel:+8888;101", "tel:+4612"),
+        )
+        [target] = core.write_targets((write,), tuple(made.values()), "tel:+4612", "tel:+8888;7")
+        self.assertEqual((target.sender, target.to), ("sip:4612@", "sip:7@pbx.com"))
+
+
+# ---------------------------------------------------------------- the desk
+
+
+class _Desk(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.base = self.mktemp()
+        os.makedirs(self.base)
+        self.clock = Clock()
+        self.clock.advance(time.time())
+        self.session, self.sent = attached(CIG)
+        self.logged: list[LogEvent] = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    def desk(
+        self, read: tuple[Mailbox, ...] = (), write: tuple[Mailbox, ...] = (), **kw: Any
+    ) -> MailDesk:
+        desk = MailDesk(
+            self.clock, Mailboxes(read, write), MAPS, lambda: material(CIG), lambda: self.session,
+            gid=lambda: None, **kw,
+        )  # fmt: skip
+        desk.startService()
+        self.addCleanup(desk.stopService)
+        return desk
+
+    def log_text(self) -> str:
+        from twisted.logger import formatEvent
+
+        return "\n".join(formatEvent(e) for e in self.logged)
+
+    def answer(self, desk: MailDesk, sent: Message, type_: str = "posted", **fields: Any) -> None:
+        if type_ == "posted":
+            fields.setdefault("message", "m-answer")
+        self.assertTrue(desk.handle(Answered(sent["id"], message(type_, id=sent["id"], **fields))))
+
+
+def incoming(
+    content: bytes, to: str = CIG + ";101", message_id: str = "m1", sender: str = A
+) -> Incoming:
+    return Incoming(
+        message("message", message=message_id, to=to, time=5, content=content, **{"from": sender})
+    )
+
+
+class WriteMailboxTests(_Desk):
+    """Messages to the CIG go to every matching write mailbox, then are confirmed."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.one = maildir(self.base, "one")
+        self.two = maildir(self.base, "two")
+        self.nine = maildir(self.base, "nine")
+        self.boxes = (
+            Mailbox(self.one, "secure", "pbx"),
+            Mailbox(self.nine, "secure", "pbx9"),
+            Mailbox(self.two, "secure", "pbx"),
+        )
+
+    def files(self, box: str, sub: str = "new") -> list[str]:
+        return sorted(os.listdir(os.path.join(box, sub)))
+
+    def test_written_to_every_match_then_delivered(self) -> None:
+        """Both matching mailboxes get the file in new/ (tmp/ empty, mode 0660),
+        the other none; delivered only afterwards."""
+        desk = self.desk(write=self.boxes)
+        body = MessageBody("to the PBX", (PNG,))
+        content = crypto(A).seal(CIG + ";101", body, self.clock.seconds())
+        self.assertTrue(desk.handle(incoming(content)))
+        for box in (self.one, self.two):
+            [name] = self.files(box)
+            self.assertEqual(self.files(box, "tmp"), [])
+            path = os.path.join(box, "new", name)
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o660)
+            with open(path, "rb") as f:
+                data = f.read()
+            got = parse(data)
+            self.assertEqual(
+                (got.to, got.sender, got.body),
+                ("sip:101@pbx.example", "sip:461111@secure.example", body),
+            )
+            self.assertIn(b"X-Sender-URI: tel:+461111\nX-Sender-Domain: acme\n", data)
+        self.assertEqual(self.files(self.nine), [])
+        self.assertEqual(self.sent, [message("delivered", message="m1")])
+
+    def test_the_same_message_again_is_one_file(self) -> None:
+        """The CRS sending a message again (under its id) replaces its own file."""
+        desk = self.desk(write=self.boxes[:1])
+        content = crypto(A).seal(CIG + ";101", MessageBody("x"), self.clock.seconds())
+        desk.handle(incoming(content))
+        desk.handle(incoming(content))
+        self.assertEqual(len(self.files(self.one)), 1)
+        self.assertEqual(len(self.sent), 2)
+
+    def test_group_set(self) -> None:
+        """The file takes the mail group (injected here)."""
+        desk = self.desk(write=self.boxes[:1])
+        desk.gid = lambda: 4242
+        desk.handle(incoming(crypto(A).seal(CIG + ";101", MessageBody("x"), self.clock.seconds())))
+        [name] = self.files(self.one)
+        self.assertEqual(os.stat(os.path.join(self.one, "new", name)).st_gid, 4242)
+
+    def test_no_match_refused_to_sender(self) -> None:
+        """No write mailbox takes it: logged, a sealed 'Not delivered' reply from the
+        address written to goes to the sender, and only once that is stored is
+        the message confirmed."""
+        desk = self.desk(write=self.boxes)
+        content = crypto(A).seal(CIG, MessageBody("nobody"), self.clock.seconds())
+        desk.handle(incoming(content, to=CIG))
+        [post] = self.sent
+        self.assertEqual((post.type, post["to"]), ("post", A))
+        reply = crypto(A).open(post["content"], CIG)
+        self.assertEqual(reply.sender, CIG)
+        self.assertTrue(reply.body.text.startswith("Not delivered: no mailbox takes messages"))
+        self.assertIn("no write mailbox takes it", self.log_text())
+        self.answer(desk, post)
+        self.assertEqual(self.sent[1:], [message("delivered", message="m1")])
+        for box in (self.one, self.two, self.nine):
+            self.assertEqual(self.files(box), [])
+
+    def test_refusal_repeated_unchanged(self) -> None:
+        """A refusal whose post did not get through goes again with the same key and octets."""
+        desk = self.desk(write=self.boxes)
+        content = crypto(A).seal(CIG, MessageBody("x"), self.clock.seconds())
+        desk.handle(incoming(content, to=CIG))
+        self.answer(desk, self.sent[0], "error", code="unavailable")
+        self.clock.advance(wiring.RETRY_FIRST)
+        first, second = self.sent
+        self.assertEqual((first["key"], first["content"]), (second["key"], second["content"]))
+        self.answer(desk, second)
+        self.assertEqual(self.sent[-1], message("delivered", message="m1"))
+
+    def test_failed_to_verify_refused(self) -> None:
+        """Content that does not verify is never written; the sender is told."""
+        desk = self.desk(write=self.boxes)
+        desk.handle(incoming(b"not a payload"))
+        [post] = self.sent
+        self.assertIn(
+            "failed to verify (malformed)", crypto(A).open(post["content"], CIG).body.text
+        )
+        self.assertEqual(self.files(self.one), [])
+
+    def test_write_failure_not_confirmed(self) -> None:
+        """A mailbox that cannot be written: not confirmed, tried again with backoff,
+        confirmed once it works."""
+        broken = os.path.join(self.base, "broken")
+        os.makedirs(os.path.join(broken, "new"))
+        desk = self.desk(write=(Mailbox(broken, "secure", "pbx"),))
+        desk.handle(incoming(crypto(A).seal(CIG + ";101", MessageBody("x"), self.clock.seconds())))
+        self.assertEqual(self.sent, [])
+        self.assertIn("not written to", self.log_text())
+        self.clock.advance(wiring.RETRY_FIRST)
+        self.assertEqual(self.sent, [])
+        os.makedirs(os.path.join(broken, "tmp"))
+        self.clock.advance(wiring.RETRY_FIRST * 2)
+        self.assertEqual(self.sent, [message("delivered", message="m1")])
+        self.assertEqual(len(self.files(broken)), 1)
+
+    def test_other_events_pass(self) -> None:
+        """Invites and answers to others' requests are not the desk's."""
+        desk = self.desk(write=self.boxes)
+        self.assertFalse(desk.handle(Incoming(message("talk", session="s"))))
+        self.assertFalse(desk.handle(Answered(99, message("ok", id=99))))
+
+
+class WiringTests(SynchronousTestCase):
+    """The desk sits in the CIG's tree and sees the UIF's events before the calls."""
+
+    def test_in_the_tree_and_first(self) -> None:
+        """make_cig_service has a 'mail' service; the UIF's events reach it
+        first, and a message event it takes goes no further."""
+        from twisted.internet import reactor
+
+        from cryptify.plugins.cig import dev_cig_config, make_cig_service
+
+        root = make_cig_service(dev_cig_config(self.mktemp()), reactor)
+        desk = root.getServiceNamed("mail")
+        self.assertIsInstance(desk, MailDesk)
+        uif = root.getServiceNamed("uif")
+        uif_calls = uif.on_call_event.__self__  # type: ignore[union-attr]
+        self.assertEqual(uif_calls.mail, desk.handle)
+        seen: list[Any] = []
+        desk.handle = lambda event: seen.append(event) or True  # type: ignore[method-assign]
+        uif_calls.mail = desk.handle
+        event = incoming(b"x")
+        uif.on_call_event(event)  # type: ignore[misc]
+        self.assertEqual(seen, [event])
