@@ -23,8 +23,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from cryptify.cig.mail import core, wiring
 from cryptify.cig.mail.core import MailError, MailMessage, build, parse
 from cryptify.cig.mail.wiring import MailDesk
+from cryptify.client.connection import ConnectionEnded
 from cryptify.client.messages import MessageCrypto
-from cryptify.client.session import Answered, Incoming
+from cryptify.client.session import Answered, Attached, Incoming
 from cryptify.config.cig_model import Mailbox, Mailboxes, TranslateMap, TranslateRule
 from cryptify.protocols.message_payload import Attachment, MessageBody
 from cryptify.protocols.umsg import Message, message
@@ -475,3 +476,216 @@ class WiringTests(SynchronousTestCase):
         event = incoming(b"x")
         uif.on_call_event(event)  # type: ignore[misc]
         self.assertEqual(seen, [event])
+
+
+def mail_file(
+    text: str = "from the PBX",
+    to: str = "sip:461111@secure.example",
+    sender: str = "sip:101@pbx.example",
+    attachments: tuple[Attachment, ...] = (),
+) -> bytes:
+    return build(MailMessage(to, sender, MANUAL_DATE, MessageBody(text, attachments)), "B" * 32)
+
+
+class ReadMailboxTests(_Desk):
+    """Files in a read mailbox's new/ are posted, and deleted only once posted."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.box = maildir(self.base, "out")
+        self.mailbox = Mailbox(self.box, "pbxsrc", "securedst")
+
+    def put(self, name: str, data: bytes) -> str:
+        path = os.path.join(self.box, "new", name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def posts(self) -> list[Message]:
+        return [m for m in self.sent if m.type == "post"]
+
+    def quarantine(self) -> list[str]:
+        folder = self.box + wiring.QUARANTINE_SUFFIX
+        return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+    def test_posted_then_deleted(self) -> None:
+        """At start the file is parsed, routed, sealed as tel:+8888;EXT and posted;
+        it stays until posted, then is deleted."""
+        path = self.put("1.a.host", mail_file(attachments=(PNG,)))
+        desk = self.desk(read=(self.mailbox,))
+        self.clock.advance(0)
+        [post] = self.posts()
+        self.assertEqual(post["to"], A)
+        opened = crypto(A).open(post["content"], CIG)
+        self.assertEqual(opened.sender, CIG + ";101")
+        self.assertEqual(opened.body, MessageBody("from the PBX", (PNG,)))
+        self.assertTrue(os.path.exists(path))
+        self.answer(desk, post)
+        self.assertFalse(os.path.exists(path))
+        self.assertEqual((desk.posted, desk.quarantined), (1, 0))
+
+    def test_not_attached_waits_for_attach(self) -> None:
+        """Without an attached session nothing is posted; the attach scans again."""
+        self.session.state = "closed"
+        path = self.put("1.a.host", mail_file())
+        desk = self.desk(read=(self.mailbox,))
+        self.clock.advance(0)
+        self.assertEqual(self.posts(), [])
+        self.session.state = "attached"
+        self.assertFalse(desk.handle(Attached(CIG, "crs1", 1, "ping", 1000, 0)))
+        self.clock.advance(0)
+        self.assertEqual(len(self.posts()), 1)
+        self.assertTrue(os.path.exists(path))
+
+    def test_unavailable_backoff_same_post(self) -> None:
+        """A CRS that answers unavailable, or a connection that ends: the file stays,
+        and the same post (key and octets) goes again later, each time later."""
+        path = self.put("1.a.host", mail_file())
+        desk = self.desk(read=(self.mailbox,))
+        self.clock.advance(0)
+        self.answer(desk, self.posts()[0], "error", code="unavailable")
+        self.clock.advance(wiring.RETRY_FIRST - 0.1)
+        self.assertEqual(len(self.posts()), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.posts()), 2)
+        desk.handle(ConnectionEnded("lost"))
+        self.clock.advance(wiring.RETRY_FIRST * 2 - 0.1)
+        self.assertEqual(len(self.posts()), 2)
+        self.clock.advance(0.1)
+        first, second, third = self.posts()
+        self.assertEqual(
+            {(p["key"], p["content"]) for p in (first, second, third)},
+            {(first["key"], first["content"])},
+        )
+        self.assertTrue(os.path.exists(path))
+        self.answer(desk, third)
+        self.assertFalse(os.path.exists(path))
+
+    def test_restart_no_loss_no_duplicate(self) -> None:
+        """A CIG that stopped after the CRS stored the post but before deleting the
+        file: the next one posts it with the same key; key-reused (new octets, same
+        scope) means stored, and the file goes; nothing was lost meanwhile."""
+        path = self.put("1.a.host", mail_file())
+        first = self.desk(read=(self.mailbox,))
+        self.clock.advance(0)
+        [post] = self.posts()
+        first.stopService()
+        self.assertTrue(os.path.exists(path))
+        second = self.desk(read=(self.mailbox,))
+        self.clock.advance(0)
+        again = self.posts()[-1]
+        self.assertEqual(again["key"], post["key"])
+        self.assertNotEqual(again["content"], post["content"])
+        self.answer(second, again, "error", code="key-reused")
+        self.assertFalse(os.path.exists(path))
+        self.assertEqual(self.quarantine(), [])
+
+    def test_other_files_other_keys(self) -> None:
+        """Two files, even with the same octets, get different keys."""
+        self.put("1.a.host", mail_file())
+        self.put("2.a.host", mail_file())
+        self.desk(read=(self.mailbox,))
+        self.clock.advance(0)
+        first, second = self.posts()
+        self.assertNotEqual(first["key"], second["key"])
+
+    def test_quarantined_with_reason(self) -> None:
+        """Each undeliverable file is moved beside the mailbox, its reason logged,
+        its octets kept; the CIG goes on with the next one."""
+        cases = {
+            "bad-format": (b"no header at all", "malformed"),
+            "charset": (mail_file().replace(b"from the PBX", b"\xff\xfe"), "charset"),
+            "long-line": (
+                mail_file("x").replace(b"\nx\n", b"\n" + b"x" * 1200 + b"\n"),
+                "long-line",
+            ),
+            "no-route": (mail_file(to="somebody@elsewhere"), "no-route"),
+            "from-not-cig": (mail_file(sender="sip:461111@secure.example"), "no-route"),
+            "oversized": (b"x" * (core.MAX_FILE + 1), "oversized"),
+        }
+        for name, (data, _) in cases.items():
+            self.put(name, data)
+        os.symlink("/etc/passwd", os.path.join(self.box, "new", "symlink"))
+        os.mkfifo(os.path.join(self.box, "new", "fifo"))
+        os.mkdir(os.path.join(self.box, "new", "directory"))
+        self.put("good", mail_file())
+        desk = self.desk(read=(self.mailbox,))
+        self.clock.advance(0)
+        self.assertEqual(len(self.posts()), 1)
+        self.assertEqual(self.quarantine(), sorted([*cases, "symlink", "fifo", "directory"]))
+        self.assertEqual(sorted(os.listdir(os.path.join(self.box, "new"))), ["good"])
+        folder = self.box + wiring.QUARANTINE_SUFFIX
+        for name, (data, reason) in cases.items():
+            with open(os.path.join(folder, name), "rb") as f:
+                self.assertEqual(f.read(), data)
+            self.assertIn(f"new/{name} moved to {folder}: {reason}", self.log_text())
+        self.assertIn("symlink moved to", self.log_text())
+        self.assertIn("a symbolic link", self.log_text())
+        self.assertIn("not a regular file", self.log_text())
+        self.assertTrue(os.path.islink(os.path.join(folder, "symlink")))
+        self.assertEqual(desk.quarantined, 9)
+
+    def test_quarantine_keeps_earlier(self) -> None:
+        """A name already in quarantine is not replaced."""
+        self.put("x", b"bad one")
+        self.desk(read=(self.mailbox,))
+        self.clock.advance(0)
+        self.put("x", b"bad two")
+        self.clock.advance(wiring.SCAN_INTERVAL)
+        self.assertEqual(self.quarantine(), ["x", "x.2"])
+
+    def test_refused_by_crs_quarantined(self) -> None:
+        """A recipient the CRS does not know: the file is quarantined."""
+        self.put("1.a.host", mail_file())
+        desk = self.desk(read=(self.mailbox,))
+        self.clock.advance(0)
+        self.answer(desk, self.posts()[0], "error", code="not-found")
+        self.assertEqual(self.quarantine(), ["1.a.host"])
+        self.assertIn("refused by the CRS: not-found", self.log_text())
+
+    def test_periodic_scan(self) -> None:
+        """A file that no notification announced is found by the periodic scan."""
+        self.desk(read=(self.mailbox,))
+        self.clock.advance(0)
+        self.put("late", mail_file())
+        self.clock.advance(wiring.SCAN_INTERVAL - 1)
+        self.assertEqual(self.posts(), [])
+        self.clock.advance(1)
+        self.assertEqual(len(self.posts()), 1)
+
+    def test_inotify_scans_at_once(self) -> None:
+        """The watch on new/ (IN_MOVED_TO, IN_CLOSE_WRITE) starts a scan right away."""
+        from twisted.internet import inotify
+
+        watches: list[tuple[Any, int, Any]] = []
+
+        class FakeNotifier:
+            def startReading(self) -> None:
+                pass
+
+            def loseConnection(self) -> None:
+                pass
+
+            def watch(self, path: Any, mask: int, callbacks: Any) -> None:
+                watches.append((path, mask, callbacks))
+
+        self.desk(read=(self.mailbox,), inotify=FakeNotifier)
+        self.clock.advance(0)
+        [(path, mask, [callback])] = watches
+        self.assertEqual(path.path, os.path.abspath(os.path.join(self.box, "new")))
+        self.assertEqual(mask, inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE)
+        self.put("now", mail_file())
+        callback(None, path, inotify.IN_MOVED_TO)
+        self.clock.advance(0)
+        self.assertEqual(len(self.posts()), 1)
+
+    def test_in_flight_bounded(self) -> None:
+        """At most MAX_IN_FLIGHT posts wait at once; each answer lets the next go."""
+        for n in range(wiring.MAX_IN_FLIGHT + 3):
+            self.put(f"{n:03d}", mail_file(str(n)))
+        desk = self.desk(read=(self.mailbox,))
+        self.clock.advance(0)
+        self.assertEqual(len(self.posts()), wiring.MAX_IN_FLIGHT)
+        self.answer(desk, self.posts()[0])
+        self.clock.advance(0)
+        self.assertEqual(len(self.posts()), wiring.MAX_IN_FLIGHT + 1)

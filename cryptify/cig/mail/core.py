@@ -11,7 +11,7 @@ secure user's message, the header names in this order::
 ``To`` and ``From`` are the translated addresses in ``<`` ``>``; ``Date``
 is RFC 5322 ``date-time`` (``26 Nov 2015 17:15:44 +0000``); the body is
 ``text/plain; charset="UTF-8"`` (``8bit``, or ``base64`` when the text has
-a line too long for the format or a carriage return), or, with
+a line too long for the format, a carriage return or a NUL), or, with
 attachments, ``multipart/mixed`` with the text first and each attachment
 in ``base64`` with ``Content-Disposition: attachment; filename="..."``.
 
@@ -123,7 +123,11 @@ def _base64_lines(data: bytes) -> str:
 def _text_part(text: str) -> tuple[str, str]:
     """(Content-Transfer-Encoding, encoded text with a final LF)."""
     lines = text.split("\n")
-    if "\r" in text or any(len(line.encode("utf-8")) > WRITE_LINE for line in lines):
+    if (
+        "\r" in text
+        or "\x00" in text
+        or any(len(line.encode("utf-8")) > WRITE_LINE for line in lines)
+    ):
         return "base64", _base64_lines(text.encode("utf-8"))
     return "8bit", text + "\n"
 
