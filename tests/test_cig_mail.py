@@ -689,3 +689,26 @@ class ReadMailboxTests(_Desk):
         self.answer(desk, self.posts()[0])
         self.clock.advance(0)
         self.assertEqual(len(self.posts()), wiring.MAX_IN_FLIGHT + 1)
+
+
+class SampleConfigTests(SynchronousTestCase):
+    """The README's mailbox example holds for etc/cig.conf's maps."""
+
+    def test_readme_addresses(self) -> None:
+        """A secure user's message to tel:+8888;101 is written with the README's
+        headers; the README's file reaches tel:+4622222 from tel:+8888;101."""
+        from cryptify.config import load_cig_config
+
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        cfg = load_cig_config(os.path.join(here, "etc", "cig.conf"))
+        [target] = core.write_targets(
+            cfg.mailboxes.write, cfg.translate_maps, "tel:+4611111", "tel:+8888;101"
+        )
+        self.assertEqual(
+            (target.to, target.sender), ("sip:101@pbx.local", "sip:94611111@pbx.local")
+        )
+        mail = parse(
+            b"To: <sip:94622222@pbx.local>\nFrom: <sip:101@pbx.local>\n\nhello from the PBX\n"
+        )
+        route = core.read_route(cfg.mailboxes.read[0], cfg.translate_maps, mail, "tel:+8888")
+        self.assertEqual(route, core.ReadRoute("tel:+8888;101", "tel:+4622222"))
