@@ -42,7 +42,13 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 SLOW = 90.0
 
 
-class CigMailboxTests(SynchronousTestCase):
+class _CigMailCase(SynchronousTestCase):
+    """A real CRS with two users, and a real CIG attached with a write and a read mailbox."""
+
+    #: Owner and group of the mailboxes (create_cig_maildir's CIG_MAILDIR_*).
+    mailbox_owner = "root"
+    mailbox_group = "root"
+
     def setUp(self) -> None:
         if shutil.which("redis-server") is None:
             raise SkipTest("redis-server is not installed")
@@ -64,7 +70,9 @@ class CigMailboxTests(SynchronousTestCase):
 
         self.inbox = os.path.join(d, "mail", "in")
         self.outbox = os.path.join(d, "mail", "out")
-        env = dict(os.environ, CIG_MAILDIR_OWNER="root", CIG_MAILDIR_GROUP="root")
+        env = dict(
+            os.environ, CIG_MAILDIR_OWNER=self.mailbox_owner, CIG_MAILDIR_GROUP=self.mailbox_group
+        )
         for box in (self.inbox, self.outbox):
             subprocess.run(
                 [os.path.join(TOP, "packaging", "create_cig_maildir"), box],
@@ -142,6 +150,17 @@ mailboxes {{
     def cig_log(self) -> str:
         return self.read(os.path.join(self.dir, "cig-log", "cig.log"))
 
+    def send(self, to: str, text: str, *extra: str) -> None:
+        """cryptify-client send ... --wait, which must succeed."""
+        done = subprocess.run(
+            [os.path.join(BIN, "cryptify-client"), "send", to, text,
+             *self.client_args(SENDER), *extra, "--wait"],
+            capture_output=True, text=True, timeout=SLOW * 2,
+        )  # fmt: skip
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr + self.cig_log())
+
+
+class CigMailboxTests(_CigMailCase):
     def test_secure_user_to_write_mailbox(self) -> None:
         """send with an attachment to tel:+8888;101 --wait: the delivered receipt
         comes only once the file is in the write mailbox's new/, in the
@@ -149,12 +168,7 @@ mailboxes {{
         picture = os.path.join(self.dir, "photo.png")
         with open(picture, "wb") as f:
             f.write(b"\x89PNG\r\n\x1a\n" + os.urandom(3000))
-        done = subprocess.run(
-            [os.path.join(BIN, "cryptify-client"), "send", f"{CIG_URI};101", "hej PBX",
-             *self.client_args(SENDER), "--attach", picture, "--wait"],
-            capture_output=True, text=True, timeout=SLOW * 2,
-        )  # fmt: skip
-        self.assertEqual(done.returncode, 0, done.stdout + done.stderr + self.cig_log())
+        self.send(f"{CIG_URI};101", "hej PBX", "--attach", picture)
         [name] = os.listdir(os.path.join(self.inbox, "new"))
         self.assertEqual(os.listdir(os.path.join(self.inbox, "tmp")), [])
         path = os.path.join(self.inbox, "new", name)
@@ -205,3 +219,114 @@ mailboxes {{
         )
         self.assertEqual(os.listdir(self.outbox + ".quarantine"), ["2.ext.host"])
         self.assertIn("2.ext.host moved to", self.cig_log())
+
+
+class DovecotImapTests(_CigMailCase):
+    """Dovecot serves the write mailbox over IMAP (its own configuration, loopback,
+    the mailbox shared through the group as the manual's cigmail would be)."""
+
+    mailbox_owner = "dovecot"
+    mailbox_group = "dovecot"
+
+    def setUp(self) -> None:
+        if shutil.which("dovecot") is None:
+            raise SkipTest("dovecot is not installed (Debian dovecot-imapd)")
+        super().setUp()
+        self.imap_port = free_port()
+        state = os.path.join(self.dir, "dovecot")
+        for sub in ("run", "state", "home", "index"):
+            os.makedirs(os.path.join(state, sub))
+        for sub in ("home", "index"):
+            shutil.chown(os.path.join(state, sub), "dovecot", "dovecot")
+        # dovecot's mail processes run as the dovecot user: the way to the mailbox
+        for where in (self.dir, os.path.dirname(self.inbox)):
+            os.chmod(where, 0o755)
+        conf = os.path.join(state, "dovecot.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f"""base_dir = {state}/run
+state_dir = {state}/state
+log_path = {state}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = 1
+passdb {{
+  driver = static
+  args = password=interop
+}}
+userdb {{
+  driver = static
+  args = uid=dovecot gid=dovecot home={state}/home
+}}
+mail_location = maildir:{self.inbox}:INDEX={state}/index:CONTROL={state}/index
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.imap_port}
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"""
+            )
+        self.dovecot_log = os.path.join(state, "dovecot.log")
+        self.dovecot = subprocess.Popen(
+            ["dovecot", "-F", "-c", conf],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.addCleanup(self.stop_dovecot)
+        wait_for(lambda: tcp_answers(self.imap_port), "dovecot's IMAP port", SLOW)
+
+    def stop_dovecot(self) -> None:
+        if self.dovecot.poll() is None:
+            self.dovecot.send_signal(signal.SIGTERM)
+            try:
+                self.dovecot.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.dovecot.pid, signal.SIGKILL)
+                self.dovecot.wait()
+
+    def test_imap_fetch(self) -> None:
+        """A secure user's message with an attachment, fetched over IMAP: the
+        manual's headers, the decrypted text and the attachment's octets."""
+        import email
+        import email.policy
+        import imaplib
+
+        report = os.path.join(self.dir, "report.pdf")
+        with open(report, "wb") as f:
+            f.write(b"%PDF-1.4\n" + os.urandom(2000))
+        self.send(f"{CIG_URI};4711", "Mötet är flyttat.", "--attach", report)
+        imap = imaplib.IMAP4("127.0.0.1", self.imap_port)
+        try:
+            imap.login("cig", "interop")
+            status, count = imap.select("INBOX")
+            self.assertEqual((status, count), ("OK", [b"1"]), self.read(self.dovecot_log))
+            status, data = imap.fetch("1", "(RFC822)")
+            self.assertEqual(status, "OK")
+            raw = data[0][1]
+            assert isinstance(raw, bytes)
+        finally:
+            imap.logout()
+        headers = email.message_from_bytes(raw, policy=email.policy.compat32)
+        self.assertEqual(
+            [(name, headers[name]) for name in ("To", "From", "X-Sender-URI", "X-Sender-Domain")],
+            [("To", "<sip:4711@pbx.example>"), ("From", "<sip:4611111@secure.example>"),
+             ("X-Sender-URI", SENDER), ("X-Sender-Domain", "acme")],
+        )  # fmt: skip
+        self.assertEqual(headers["Auto-Submitted"], "no")
+        got = email.message_from_bytes(raw, policy=email.policy.default)
+        self.assertEqual(got.get_content_type(), "multipart/mixed")
+        text, attachment = list(got.iter_parts())
+        self.assertEqual(text.get_content().rstrip("\n"), "Mötet är flyttat.")
+        self.assertEqual(attachment.get_filename(), "report.pdf")
+        self.assertEqual(attachment.get_content_type(), "application/pdf")
+        with open(report, "rb") as f:
+            self.assertEqual(attachment.get_content(), f.read())
