@@ -712,3 +712,20 @@ class SampleConfigTests(SynchronousTestCase):
         )
         route = core.read_route(cfg.mailboxes.read[0], cfg.translate_maps, mail, "tel:+8888")
         self.assertEqual(route, core.ReadRoute("tel:+8888;101", "tel:+4622222"))
+
+
+class LogSafetyTests(_Desk):
+    """A file name cannot forge cig.log lines."""
+
+    def test_control_characters_escaped(self) -> None:
+        """A name with a line break is logged with it escaped, and still quarantined."""
+        box = maildir(self.base, "out")
+        name = "x\n[2026-12-02] mail[INFO]: forged"
+        with open(os.path.join(box, "new", name), "wb") as f:
+            f.write(b"junk")
+        self.desk(read=(Mailbox(box, "pbxsrc", "securedst"),))
+        self.clock.advance(0)
+        self.assertEqual(os.listdir(box + wiring.QUARANTINE_SUFFIX), [name])
+        text = self.log_text()
+        self.assertIn("x\\x0a[2026-12-02] mail[INFO]: forged moved to", text)
+        self.assertNotIn("\n[2026-12-02] mail[INFO]: forged", text)

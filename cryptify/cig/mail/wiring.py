@@ -83,6 +83,12 @@ MAX_REFUSALS = 1000
 REFUSAL_PREFIX = "Not delivered: "
 
 
+def shown(path: str) -> str:
+    """``path`` for a log line: a file name is the external program's, so its
+    control characters are escaped (no forged log lines)."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in path)
+
+
 def mail_group() -> int | None:
     """The gid of :data:`MAIL_GROUP`, or None where there is no such group."""
     try:
@@ -486,6 +492,7 @@ class MailDesk(service.Service):
             return
         now = self.clock.seconds()
         next_due: float | None = None
+        in_flight = sum(f.in_flight for f in self.files.values())
         for box in self.mailboxes.read:
             new = os.path.join(box.path, "new")
             try:
@@ -498,7 +505,7 @@ class MailDesk(service.Service):
                 if not self.files[key].in_flight:
                     del self.files[key]
             for name in names:
-                if sum(f.in_flight for f in self.files.values()) >= MAX_IN_FLIGHT:
+                if in_flight >= MAX_IN_FLIGHT:
                     return  # the next answer scans again
                 state = self.files.get((box.path, name))
                 if state is not None and (state.in_flight or state.not_before > now):
@@ -506,22 +513,24 @@ class MailDesk(service.Service):
                         due = state.not_before
                         next_due = due if next_due is None else min(next_due, due)
                     continue
-                self._take(box, name, state)
+                in_flight += self._take(box, name, state)
         if next_due is not None:
             self._scan_soon(max(next_due - now, 0))
 
-    def _take(self, box: Mailbox, name: str, state: _ReadFile | None) -> None:
+    def _take(self, box: Mailbox, name: str, state: _ReadFile | None) -> bool:
+        """Post one file (prepared first if new); whether a post went out."""
         if state is None:
             state = self._prepare(box, name)
             if state is None:
-                return
+                return False
             self.files[box.path, name] = state
         if not self._post(
             state.recipient, state.content, state.key, lambda a: self._answered(state, a)
         ):
-            return  # not attached: the next attach scans again
+            return False  # not attached: the next attach scans again
         state.in_flight = True
         state.attempts += 1
+        return True
 
     def _prepare(self, box: Mailbox, name: str) -> _ReadFile | None:
         path = os.path.join(box.path, "new", name)
@@ -530,7 +539,7 @@ class MailDesk(service.Service):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warn("cannot look at {path}: {why}", path=path, why=str(exc))
+            log.warn("cannot look at {path}: {why}", path=shown(path), why=str(exc))
             return None
         if stat.S_ISLNK(info.st_mode):
             self._quarantine(box, name, "a symbolic link")
@@ -553,7 +562,7 @@ class MailDesk(service.Service):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warn("cannot read {path}: {why}", path=path, why=str(exc))
+            log.warn("cannot read {path}: {why}", path=shown(path), why=str(exc))
             return None
         crypto = self.crypto()
         if crypto is None:
@@ -568,7 +577,7 @@ class MailDesk(service.Service):
             content = crypto.seal(route.recipient, mail.body, self.clock.seconds(), route.sender)
         except PayloadError as exc:
             if exc.reason == "wrong-period":
-                log.error("cannot seal {path}: {why}; kept", path=path, why=str(exc))
+                log.error("cannot seal {path}: {why}; kept", path=shown(path), why=str(exc))
                 return None
             self._quarantine(box, name, f"cannot be sent: {exc}")
             return None
@@ -597,7 +606,7 @@ class MailDesk(service.Service):
             log.warn(
                 "{path}/new/{name} not posted ({why}); tried again in {delay:.0f} s",
                 path=state.box.path,
-                name=state.name,
+                name=shown(state.name),
                 why=code or "the connection ended",
                 delay=delay,
             )
@@ -613,12 +622,12 @@ class MailDesk(service.Service):
         except FileNotFoundError:
             pass
         except OSError as exc:
-            log.error("posted {path} but cannot delete it: {why}", path=path, why=str(exc))
+            log.error("posted {path} but cannot delete it: {why}", path=shown(path), why=str(exc))
         self.files.pop((state.box.path, state.name), None)
         self.posted += 1
         log.info(
             "{path} posted to {to} as message {message}; deleted",
-            path=path,
+            path=shown(path),
             to=state.recipient,
             message=stored,
         )
@@ -637,8 +646,11 @@ class MailDesk(service.Service):
             os.rename(source, target)
         except OSError as exc:
             log.error(
-                "cannot quarantine {path} ({why}): {error}", path=source, why=why, error=str(exc)
+                "cannot quarantine {path} ({why}): {error}",
+                path=shown(source),
+                why=why,
+                error=str(exc),
             )
             return
         self.quarantined += 1
-        log.warn("{path} moved to {folder}: {why}", path=source, folder=folder, why=why)
+        log.warn("{path} moved to {folder}: {why}", path=shown(source), folder=folder, why=why)
