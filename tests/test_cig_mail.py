@@ -375,13 +375,21 @@ class WriteMailboxTests(_Desk):
         self.assertEqual(self.sent, [message("delivered", message="m1")])
 
     def test_the_same_message_again_is_one_file(self) -> None:
-        """The CRS sending a message again (under its id) replaces its own file."""
+        """The CRS sending a message again (our confirmation was lost) is confirmed
+        again and not written twice, also after the reader took the first copy;
+        a CIG that forgot it (a restart) replaces its own file in new/."""
         desk = self.desk(write=self.boxes[:1])
         content = crypto(A).seal(CIG + ";101", MessageBody("x"), self.clock.seconds())
         desk.handle(incoming(content))
+        [name] = self.files(self.one)
+        os.rename(os.path.join(self.one, "new", name), os.path.join(self.one, "cur", name))
         desk.handle(incoming(content))
-        self.assertEqual(len(self.files(self.one)), 1)
-        self.assertEqual(len(self.sent), 2)
+        self.assertEqual(self.files(self.one), [])
+        self.assertEqual(self.sent, [message("delivered", message="m1")] * 2)
+        os.rename(os.path.join(self.one, "cur", name), os.path.join(self.one, "new", name))
+        desk.done.clear()
+        desk.handle(incoming(content))
+        self.assertEqual(self.files(self.one), [name])
 
     def test_group_set(self) -> None:
         """The file takes the mail group (injected here)."""

@@ -39,6 +39,7 @@ import hashlib
 import os
 import secrets
 import stat
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -72,6 +73,8 @@ RETRY_FIRST = 2.0
 RETRY_MAX = 300.0
 #: Posts from read mailboxes waiting for their answer at once, at most.
 MAX_IN_FLIGHT = 16
+#: Messages written that are remembered, so that one sent again is not written twice.
+MAX_DONE = 10_000
 #: Refused messages whose sealed reply is kept to repeat it unchanged.
 MAX_REFUSALS = 1000
 #: The refusal's text starts with this.
@@ -129,6 +132,8 @@ class MailDesk(service.Service):
         #: Messages whose write failed, waiting to be tried again: id -> timer.
         self.retrying: dict[str, IDelayedCall] = {}
         self.refusals: dict[str, _Refusal] = {}
+        #: Fingerprints of the messages written lately (a repeat is confirmed, not rewritten).
+        self.done: OrderedDict[bytes, None] = OrderedDict()
         self.files: dict[tuple[str, str], _ReadFile] = {}
         self._scan_call: IDelayedCall | None = None
         self._soon: IDelayedCall | None = None
@@ -276,6 +281,11 @@ class MailDesk(service.Service):
 
     def _write(self, msg: Message, opened: OpenedMessage, domain: str) -> None:
         message_id = msg["message"]
+        if opened.fingerprint in self.done:
+            # sent again because our confirmation was lost: the mailboxes have it
+            log.info("message {message} was written before; confirmed", message=message_id)
+            self._notify("delivered", message=message_id)
+            return
         targets = write_targets(
             self.mailboxes.write, self.translate_maps, opened.sender, opened.recipient
         )
@@ -328,6 +338,9 @@ class MailDesk(service.Service):
             self._refuse(msg, "no mailbox could take the message")
             return
         self.written += 1
+        self.done[opened.fingerprint] = None
+        while len(self.done) > MAX_DONE:
+            self.done.popitem(last=False)
         log.info(
             "message {message} from {sender} to {to} written to {paths}",
             message=message_id,
