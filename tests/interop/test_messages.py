@@ -239,6 +239,9 @@ class ClientSendTests(_CrsFixture):
     """`cryptify-client send`, each a fresh process, through a real `twistd crs`."""
 
     COUNT = 20
+    #: Each send seals its message (a SAKKE encapsulation, seconds of CPU on a
+    #: busy shared machine): twenty in a row need more than the fixture's 120 s.
+    timeout = 900
 
     def send_one(self, n: int) -> tuple[int, str]:
         cert = os.path.join(self.dir, "data", "tls", "crs.crt")
