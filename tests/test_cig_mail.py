@@ -737,3 +737,22 @@ class LogSafetyTests(_Desk):
         text = self.log_text()
         self.assertIn("x\\x0a[2026-12-02] mail[INFO]: forged moved to", text)
         self.assertNotIn("\n[2026-12-02] mail[INFO]: forged", text)
+
+
+class MissingMailboxTests(_Desk):
+    """A read mailbox that is not there is reported once, and used once it is."""
+
+    def test_reported_once_then_used(self) -> None:
+        """One log line while new/ cannot be read, however many scans; once it
+        exists, its files are posted."""
+        box = os.path.join(self.base, "later")
+        self.desk(read=(Mailbox(box, "pbxsrc", "securedst"),))
+        for _ in range(3):
+            self.clock.advance(wiring.SCAN_INTERVAL)
+        self.assertEqual(self.log_text().count("cannot read"), 1)
+        maildir(self.base, "later")
+        with open(os.path.join(box, "new", "1"), "wb") as f:
+            f.write(mail_file())
+        self.clock.advance(wiring.SCAN_INTERVAL)
+        self.assertIn("can be read again", self.log_text())
+        self.assertEqual([m.type for m in self.sent], ["post"])

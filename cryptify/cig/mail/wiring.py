@@ -135,6 +135,8 @@ class MailDesk(service.Service):
         #: Fingerprints of the messages written lately (a repeat is confirmed, not rewritten).
         self.done: OrderedDict[bytes, None] = OrderedDict()
         self.files: dict[tuple[str, str], _ReadFile] = {}
+        #: Read mailboxes whose new/ could not be listed at the last scan.
+        self.unreadable: set[str] = set()
         self._scan_call: IDelayedCall | None = None
         self._soon: IDelayedCall | None = None
         self._notifier: Any = None
@@ -441,8 +443,13 @@ class MailDesk(service.Service):
             try:
                 names = sorted(e.name for e in os.scandir(new))
             except OSError as exc:
-                log.warn("cannot read {path}: {why}", path=new, why=str(exc))
+                if box.path not in self.unreadable:  # once, not every scan
+                    self.unreadable.add(box.path)
+                    log.warn("cannot read {path}: {why}", path=new, why=str(exc))
                 continue
+            if box.path in self.unreadable:
+                self.unreadable.discard(box.path)
+                log.info("{path} can be read again", path=new)
             present = set(names)
             for key in [k for k in self.files if k[0] == box.path and k[1] not in present]:
                 if not self.files[key].in_flight:
