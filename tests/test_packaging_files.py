@@ -201,6 +201,29 @@ class CreateCigMaildirTests(SynchronousTestCase):
         self.assertIn("not an absolute path", result.stderr)
         self.assertFalse(os.path.exists("mail"))
 
+    def test_refuses_an_existing_non_maildir(self) -> None:
+        """A file, a symbolic link, or a directory of other things at PATH is
+        refused and left untouched; an empty directory becomes the mailbox."""
+        base = tempfile.mkdtemp()
+        self.addCleanup(subprocess.run, ["rm", "-rf", base], check=False)
+        afile = os.path.join(base, "file")
+        with open(afile, "w") as f:
+            f.write("x")
+        os.symlink(base, os.path.join(base, "link"))
+        other = os.path.join(base, "other")
+        os.makedirs(os.path.join(other, "new"))
+        with open(os.path.join(other, "notes.txt"), "w") as f:
+            f.write("mine")
+        for path in (afile, os.path.join(base, "link"), other):
+            result = self.run_script(path)
+            self.assertEqual(result.returncode, 1, path)
+            self.assertIn("exists and is not a", result.stderr)
+        self.assertEqual(sorted(os.listdir(other)), ["new", "notes.txt"])
+        empty = os.path.join(base, "empty")
+        os.mkdir(empty)
+        self.assertEqual(self.run_script(empty).returncode, 0)
+        self.assertEqual(sorted(os.listdir(empty)), ["cur", "new", "tmp"])
+
     def test_refuses_a_missing_group(self) -> None:
         """Without the cigmail group (no cig package) it says so and does nothing."""
         env = dict(os.environ, CIG_MAILDIR_GROUP="no-such-group-cigmail")

@@ -11,8 +11,10 @@ keeps the CIG's number attached to the CRS once it has a keystore, and
 hands its events to :class:`~cryptify.cig.tel.switch.UifCalls`: calls between
 secure users and the PBX, bridged by cig-relay.  Until the UIF has key
 material (and has heard from the CRS), calls from the PBX go to a stub
-tel side (``--tel-stub``) that refuses them, or answers them for tests;
-the mailboxes join this tree in their issue.
+tel side (``--tel-stub``) that refuses them, or answers them for tests.
+The mailboxes (:class:`~cryptify.cig.mail.wiring.MailDesk`) take the
+UIF's message events first: messages to the CIG are written to the write
+mailboxes, files in the read mailboxes are posted to secure users.
 
 :func:`make_cig_service` builds the tree in steps, each a typed function:
 :func:`build_sip` (the SIF, its peers, keep-alive and listeners),
@@ -36,6 +38,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from cryptify.cig.calls import CallTable, StubTelSide
+from cryptify.cig.mail.wiring import MailDesk
 from cryptify.cig.operator.admin import CigAdmin
 from cryptify.cig.operator.state import CigState
 from cryptify.cig.sif.core import Sif
@@ -341,8 +344,24 @@ def build_uif(
     uif_calls = UifCalls(reactor, uif, sip.sif, sip.calls, sip.sif.router, relay)
     sip.tel_side.uif_calls = uif_calls
     uif.on_call_event = uif_calls.handle
-    attach(root, uif)
+    desk = MailDesk(
+        reactor,
+        cfg.mailboxes,
+        cfg.translate_maps,
+        lambda: uif.material,
+        uif.session,
+        inotify=make_inotify,
+    )
+    uif_calls.mail = desk.handle
+    attach(root, desk, uif)
     return uif
+
+
+def make_inotify() -> Any:
+    """An INotify reader (Linux); the mailboxes are scanned only without it."""
+    from twisted.internet import inotify
+
+    return inotify.INotify()  # type: ignore[no-untyped-call]
 
 
 def cig_state(cfg: CigConfig, relay: RelayLink, uif: Uif, sip: SipParts) -> CigState:
