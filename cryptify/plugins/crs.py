@@ -52,6 +52,7 @@ from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
+from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
 from cryptify.events import Notifier
@@ -366,6 +367,7 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
     core = build_attach(cfg, basics, redis, objects)
     stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
     basics.registry.on_attach.append(stats.on_attach)
+    admins = AdminStore(os.path.join(g.data_dir, ADMINS_FILE), clock=reactor.seconds)
     sessions = build_calls(cfg, basics, core, relay, stats)
     messages = build_messages(basics, core, redis, stats)
     state = CrsState(
@@ -379,10 +381,12 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         sessions=sessions,
         messages=messages.store,
         stats=stats,
+        admins=admins,
         notify=basics.notifier.notify,
     )
     attach(root, redis)
     attach(root, CallbackService(on_start=basics.accounts.reload))
+    attach(root, CallbackService(on_start=admins.load))
     attach(root, trace_events(basics.trace))
     attach(root, relay)
     attach(root, messages.expiry)
