@@ -8,6 +8,7 @@ expired or logged-out session.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 from typing import Any
@@ -42,8 +43,9 @@ from cryptify.crs.remote_admin.server import (
     AdminService,
     AdminSite,
 )
-from cryptify.crs.remote_admin.store import AdminStore, new_secret
+from cryptify.crs.remote_admin.store import AdminStore, fingerprint, new_secret
 from cryptify.crs.trace import TraceHub
+from cryptify.tools import admin_cli
 from tests.fakes import SECRET, FakeStore, update_bytes
 
 
@@ -290,8 +292,8 @@ def http(site: AdminSite, raw: bytes) -> tuple[int, dict[bytes, bytes], bytes, S
     return status, headers, body, transport
 
 
-class ApiTests(SynchronousTestCase, Rights):
-    """The HTTP API, in memory: every action and every refusal, logged."""
+class Interface(SynchronousTestCase, Rights):
+    """The admin interface of a CRS with accounts acme and beta, in memory."""
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -352,6 +354,10 @@ class ApiTests(SynchronousTestCase, Rights):
             for e in self.logged
             if "refused" in str(e.get("log_format", ""))
         ]
+
+
+class ApiTests(Interface):
+    """The HTTP API, in memory: every action and every refusal, logged."""
 
     def test_statistics_through_operator_path(self) -> None:
         """An authorized admin enables, exports and clears its account's statistics."""
@@ -474,3 +480,100 @@ class ApiTests(SynchronousTestCase, Rights):
         status, _, _, transport = http(self.site, raw + b"x" * 1000)
         self.assertEqual(status, 413)
         self.assertTrue(transport.disconnecting)
+
+
+class AdminCliTests(Interface):
+    """cryptify-admin against the interface (HTTP over StringTransports)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.files = {}
+        for name, secret in self.secrets.items():
+            path = os.path.join(directory, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.write(fd, secret.encode() + b"\n")
+            os.close(fd)
+            self.files[name] = path
+        self.sent: list[tuple[str, str]] = []
+
+    def connect(self, url: str, ca: str) -> admin_cli.Exchange:
+        self.assertEqual((url, ca), ("https://crs.example:8443", "ca.pem"))
+
+        def exchange(
+            method: str, path: str, body: bytes, headers: dict[str, str]
+        ) -> tuple[int, bytes]:
+            self.sent.append((method, path))
+            lines = [f"{method} {path} HTTP/1.0", f"Content-Length: {len(body)}"]
+            lines += [f"{k}: {v}" for k, v in headers.items()]
+            raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+            status, _, answer, _ = http(self.site, raw)
+            return status, answer
+
+        return exchange
+
+    def cli(self, name: str, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        options = ["--url", "https://crs.example:8443", "--ca", "ca.pem"]
+        options += ["--admin", name, "--secret-file", self.files[name]]
+        status = admin_cli.run([*options, *argv], out, err, self.connect)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_stats_and_accounts(self) -> None:
+        """Each run logs in, acts and logs out; the session is closed afterwards."""
+        self.assertEqual(
+            self.cli("alice", "stats", "enable", "acme"), (0, "statistics enabled for acme\n", "")
+        )
+        self.assertEqual(
+            [p for _, p in self.sent],
+            ["/api/challenge", "/api/login", "/api/accounts/acme/stats/enable", "/api/logout"],
+        )
+        self.assertEqual(self.gate.sessions, {})
+        status, text, _ = self.cli("alice", "stats", "export", "acme")
+        self.assertEqual(status, 0)
+        self.assertEqual(text.splitlines()[0].split("\t")[0], "tel-uri")
+        status, text, _ = self.cli("bob", "accounts")
+        self.assertEqual(
+            [line.split() for line in text.splitlines()],
+            [["Account", "Authorizations"], ["beta", "statistics"]],
+        )
+
+    def test_apply_and_blacklist(self) -> None:
+        """apply sends the file's octets; blacklist shows the account's merged blacklist."""
+        update = os.path.join(self.mktemp())
+        with open(update, "wb") as f:
+            f.write(update_bytes("acme", period="2026-09", blacklist=("tel:+4670",)))
+        status, text, err = self.cli("alice", "apply", "acme", update)
+        self.assertEqual(status, 0, err)
+        self.assertIn("account acme, revision 1", text)
+        status, text, _ = self.cli("alice", "blacklist", "acme")
+        self.assertEqual(text.split(), ["URI", "tel:+4670"])
+
+    def test_refusal_reported(self) -> None:
+        """A refusal is printed with its reason and status 1."""
+        status, out, err = self.cli("bob", "stats", "clear", "acme")
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, "cryptify-admin: refused (403 not-your-account)\n")
+
+    def test_wrong_secret(self) -> None:
+        """bob's secret does not log in as alice."""
+        self.files["alice"] = self.files["bob"]
+        status, _, err = self.cli("alice", "accounts")
+        self.assertEqual(status, 1)
+        self.assertIn("401 bad-credential", err)
+
+    def test_secret_file_must_be_private(self) -> None:
+        """A secret file others can read is refused before anything is sent."""
+        os.chmod(self.files["alice"], 0o644)
+        status, _, err = self.cli("alice", "accounts")
+        self.assertEqual(status, 1)
+        self.assertIn(self.files["alice"], err)
+        self.assertEqual(self.sent, [])
+
+    def test_fingerprint_matches_show_admin(self) -> None:
+        """cryptify-admin fingerprint prints what crs-cli show admin prints."""
+        out = io.StringIO()
+        status = admin_cli.run(["--secret-file", self.files["alice"], "fingerprint"], out)
+        self.assertEqual(status, 0)
+        self.assertEqual(out.getvalue(), fingerprint(self.admins.admin("alice").key) + "\n")

@@ -10,6 +10,7 @@ Start order (stop order is the reverse, one service at a time):
 5. the control link to ``crs_relay``
 6. the client listener (TLS, 5223)
 7. the management socket
+8. the remote admin interface (HTTPS), when ``admin-listen`` is set
 
 so on shutdown the management socket and the client listener close first,
 then the relay link and the stores, and the Redis children stop last,
@@ -52,6 +53,8 @@ from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
+from cryptify.crs.remote_admin.auth import Gate
+from cryptify.crs.remote_admin.server import AdminRoot, AdminService, AdminSite
 from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
@@ -295,29 +298,35 @@ def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statis
     return Messages(store, messaging, MessageExpiry(store, reactor))
 
 
+def server_tls(cfg: CrsConfig, what: str) -> Any:
+    """The CRS's TLS context: tls-certificate, or a self-signed development one."""
+    g = cfg.global_
+    if g.tls_certificate:
+        cert, key = g.tls_paths()
+    else:
+        cert = os.path.join(g.data_dir, "tls", "crs.crt")
+        key = os.path.join(g.data_dir, "tls", "crs.key")
+    try:
+        if not g.tls_certificate:
+            log.warn(
+                "no tls-certificate configured: serving a self-signed development "
+                "certificate from {cert}; clients must be told to trust it",
+                cert=cert,
+            )
+            os.makedirs(os.path.dirname(cert), mode=0o700, exist_ok=True)
+            ensure_self_signed(cert, key)
+        return server_context_factory(cert, key)
+    except TLSConfigError as exc:
+        raise StartupError(f"{what} TLS: {exc}") from exc
+
+
 def client_listener(cfg: CrsConfig, reactor: Any, core: AttachCore) -> UmsgListenService:
     """The TLS client port (5223); a self-signed certificate without tls-certificate."""
     g = cfg.global_
     clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
 
     def listen_clients() -> Any:
-        if g.tls_certificate:
-            cert, key = g.tls_paths()
-        else:
-            cert = os.path.join(g.data_dir, "tls", "crs.crt")
-            key = os.path.join(g.data_dir, "tls", "crs.key")
-        try:
-            if not g.tls_certificate:
-                log.warn(
-                    "no tls-certificate configured: serving a self-signed development "
-                    "certificate from {cert}; clients must be told to trust it",
-                    cert=cert,
-                )
-                os.makedirs(os.path.dirname(cert), mode=0o700, exist_ok=True)
-                ensure_self_signed(cert, key)
-            context = server_context_factory(cert, key)
-        except TLSConfigError as exc:
-            raise StartupError(f"client TLS: {exc}") from exc
+        context = server_tls(cfg, "client")
         return reactor.listenSSL(
             g.listen.port, clients, context, backlog=BACKLOG, interface=g.listen.host
         )
@@ -340,6 +349,23 @@ def management_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> Listen
     return ListenService("management", g.management, listen_management)
 
 
+def admin_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> ListenService | None:
+    """The remote admin interface (HTTPS, docs/admin.md), or None when off."""
+    where = cfg.global_.admin_listen
+    if where is None or state.admins is None:
+        return None
+    gate = Gate(state.admins)
+    site = AdminSite(
+        AdminRoot(AdminService(state, gate, reactor.seconds), console=None), reactor=reactor
+    )
+
+    def listen_admin() -> Any:
+        context = server_tls(cfg, "admin interface")
+        return reactor.listenSSL(where.port, site, context, interface=where.host)
+
+    return ListenService("admin interface", f"{where.host}:{where.port}", listen_admin)
+
+
 def trace_events(trace: TraceHub) -> CallbackService:
     """Feeds this process's log events to ``trace event`` while it runs."""
     events = EventTraceObserver(trace)
@@ -359,6 +385,8 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         f"instance {basics.name}, data {g.data_dir}, accounts {g.accounts_dir}, logs {g.log_dir}",
         f"client listener {g.listen.host}:{g.listen.port}, management {g.management}",
         f"relay control {g.relay_control}, redis {g.redis.mode}, db-backup {local.db_backup}",
+        "admin interface "
+        + (f"{g.admin_listen.host}:{g.admin_listen.port}" if g.admin_listen else "off"),
     ]
     attach(root, lifecycle("crs", basics.notifier, describe, cfg.warnings))
     relay = build_relay_link(cfg, basics)
@@ -392,6 +420,9 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
     attach(root, messages.expiry)
     attach(root, client_listener(cfg, reactor, core))
     attach(root, management_listener(cfg, reactor, state))
+    admin = admin_listener(cfg, reactor, state)
+    if admin is not None:
+        attach(root, admin)
     return root
 
 
