@@ -17,9 +17,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.crs.accounts import AccountStore
@@ -288,7 +290,7 @@ def http(site: AdminSite, raw: bytes) -> tuple[int, dict[bytes, bytes], bytes, S
     for line in lines[1:]:
         name, _, value = line.partition(b": ")
         headers[name.lower()] = value
-    proto.connectionLost(None)  # type: ignore[arg-type]
+    proto.connectionLost(Failure(ConnectionDone()))
     return status, headers, body, transport
 
 

@@ -54,6 +54,7 @@ from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
 from cryptify.crs.remote_admin.auth import Gate
+from cryptify.crs.remote_admin.console import Console
 from cryptify.crs.remote_admin.server import AdminRoot, AdminService, AdminSite
 from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
@@ -354,10 +355,8 @@ def admin_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> ListenServi
     where = cfg.global_.admin_listen
     if where is None or state.admins is None:
         return None
-    gate = Gate(state.admins)
-    site = AdminSite(
-        AdminRoot(AdminService(state, gate, reactor.seconds), console=None), reactor=reactor
-    )
+    service = AdminService(state, Gate(state.admins), reactor.seconds)
+    site = AdminSite(AdminRoot(service, console=Console(service)), reactor=reactor)
 
     def listen_admin() -> Any:
         context = server_tls(cfg, "admin interface")

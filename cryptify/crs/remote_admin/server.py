@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -179,12 +179,18 @@ class AdminService:
             raise Denied(Refused.NOT_YOUR_ACCOUNT, admin)
 
 
+class Pages(Protocol):
+    """What serves the paths outside ``/api`` (the console)."""
+
+    def render(self, request: server.Request) -> Any: ...
+
+
 class AdminRoot(resource.Resource):
     """``/api/...`` (JSON, bearer token) and the console (``/``, cookie + CSRF)."""
 
     isLeaf = True
 
-    def __init__(self, service: AdminService, console: resource.Resource | None = None) -> None:
+    def __init__(self, service: AdminService, console: Pages | None = None) -> None:
         super().__init__()
         self.service = service
         self.console = console
