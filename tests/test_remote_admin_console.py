@@ -117,6 +117,38 @@ class ConsoleTests(Interface):
         self.assertNotIn(SESSION_COOKIE.decode(), self.cookies)
         self.assertEqual(self.refusals(), ["bad-csrf-token"])
 
+    def test_login_token_kept_across_pages(self) -> None:
+        """A second login page (another tab, a redirect) keeps the first form valid."""
+        _, _, first = self.request("GET", "/")
+        self.request("GET", "/accounts/acme/stats")  # redirected to the login form
+        _, _, second = self.request("GET", "/")
+        self.assertEqual(self.csrf(first), self.csrf(second))
+        status, _, _ = self.request(
+            "POST",
+            "/login",
+            {"csrf": self.csrf(first), "admin": "alice", "secret": self.secrets["alice"]},
+        )
+        self.assertEqual(status, 303)
+
+    def test_null_origin_refused(self) -> None:
+        """A form posted from an opaque origin (Origin: null, e.g. a sandboxed frame) is refused."""
+        csrf = self.login()
+        status, _, _ = self.request(
+            "POST", "/accounts/acme/stats/enable", {"csrf": csrf}, origin="null"
+        )
+        self.assertEqual(status, 403)
+        self.assertEqual(
+            SECURITY_HEADERS[b"Referrer-Policy"],
+            b"same-origin",
+            "no-referrer makes browsers send Origin: null with the console's own forms",
+        )
+
+    def test_favicon_not_logged(self) -> None:
+        """The favicon every browser asks for is a quiet 404, not a logged refusal."""
+        status, _, _ = self.request("GET", "/favicon.ico")
+        self.assertEqual(status, 404)
+        self.assertEqual(self.refusals(), [])
+
     def test_wrong_secret(self) -> None:
         """A wrong secret shows the form again with a message, and is logged."""
         _, _, text = self.request("GET", "/")

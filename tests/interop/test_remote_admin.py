@@ -23,7 +23,9 @@ from tests.interop._procs import (
 )
 
 
-class RemoteAdminTests(SynchronousTestCase):
+class CrsWithAdmin(SynchronousTestCase):
+    """A ``twistd crs`` with its admin interface on a free loopback port."""
+
     def setUp(self) -> None:
         if shutil.which("redis-server") is None:
             raise SkipTest("redis-server is not installed")
@@ -78,6 +80,8 @@ class RemoteAdminTests(SynchronousTestCase):
         os.write(fd, secret.encode() + b"\n")
         os.close(fd)
 
+
+class RemoteAdminTests(CrsWithAdmin):
     def test_manual_procedure_and_boundaries(self) -> None:
         """Section 4.9's three steps, then what the admin may and may not do over TLS."""
         self.crs_cli("create", "account", "acme", "-s", SECRET)

@@ -28,6 +28,7 @@ import base64
 import hmac
 import html
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,8 @@ log = Logger(namespace="cryptify.crs.remote_admin")
 SESSION_COOKIE = b"__Host-cra-session"
 LOGIN_COOKIE = b"__Host-cra-login"
 STATS_OPS = ("enable", "disable", "clear")
+#: What a login form token looks like (24 random octets, base64url).
+LOGIN_TOKEN = re.compile(rb"[A-Za-z0-9_-]{32}\Z")
 
 STYLE = b"""body{font-family:sans-serif;margin:2em;max-width:60em}
 table{border-collapse:collapse}td,th{border:1px solid #999;padding:.2em .6em;text-align:left}
@@ -105,6 +108,10 @@ class Console:
         if method == b"GET" and segments == ["style.css"]:
             request.setHeader(b"Content-Type", b"text/css; charset=utf-8")
             return STYLE
+        if method == b"GET" and segments == ["favicon.ico"]:
+            # asked for by every browser on its own: not a refusal worth a log line
+            request.setResponseCode(404)
+            return b""
         finished = [False]
         request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
 
@@ -191,10 +198,21 @@ class Console:
     # -- pages ---------------------------------------------------------------------
 
     def _login_page(self, request: server.Request, error: str = "") -> bytes:
-        nonce = base64.urlsafe_b64encode(self.random(24)).decode("ascii")
-        request.addCookie(
-            LOGIN_COOKIE, nonce.encode(), path=b"/", secure=True, httpOnly=True, sameSite="strict"
-        )
+        # One login token per browser: a second tab (or the redirect of a
+        # favicon request) keeps the first form valid.
+        kept = request.getCookie(LOGIN_COOKIE) or b""
+        if LOGIN_TOKEN.match(kept):
+            nonce = kept.decode("ascii")
+        else:
+            nonce = base64.urlsafe_b64encode(self.random(24)).decode("ascii")
+            request.addCookie(
+                LOGIN_COOKIE,
+                nonce.encode(),
+                path=b"/",
+                secure=True,
+                httpOnly=True,
+                sameSite="strict",
+            )
         message = f'<p class="error" id="error">{_esc(error)}</p>' if error else ""
         form = (
             f'{message}<form method="post" action="/login" id="login">'

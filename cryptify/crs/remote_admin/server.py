@@ -50,7 +50,8 @@ SECURITY_HEADERS = {
     b"X-Content-Type-Options": b"nosniff",
     b"X-Frame-Options": b"DENY",
     b"Strict-Transport-Security": b"max-age=31536000",
-    b"Referrer-Policy": b"no-referrer",
+    # not no-referrer: browsers then send "Origin: null" with forms, which the console refuses
+    b"Referrer-Policy": b"same-origin",
     b"Cache-Control": b"no-store",
     b"Cross-Origin-Opener-Policy": b"same-origin",
     b"Cross-Origin-Resource-Policy": b"same-origin",
