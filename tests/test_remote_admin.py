@@ -44,6 +44,7 @@ from cryptify.crs.remote_admin.server import (
     AdminRoot,
     AdminService,
     AdminSite,
+    SourceLimit,
 )
 from cryptify.crs.remote_admin.store import AdminStore, fingerprint, new_secret
 from cryptify.crs.trace import TraceHub
@@ -579,3 +580,45 @@ class AdminCliTests(Interface):
         status = admin_cli.run(["--secret-file", self.files["alice"], "fingerprint"], out)
         self.assertEqual(status, 0)
         self.assertEqual(out.getvalue(), fingerprint(self.admins.admin("alice").key) + "\n")
+
+
+class SourceLimitTests(SynchronousTestCase):
+    """One address may hold a bounded number of connections to the interface."""
+
+    def test_limit_per_source(self) -> None:
+        """Past the limit an address is refused (logged once); others are not; a close frees one."""
+        clock = Clock()
+        site = AdminSite(
+            AdminRoot(
+                AdminService(CrsState("crs1"), Gate(AdminStore("/nonexistent")), clock.seconds)
+            ),
+            reactor=clock,
+        )
+        limit = SourceLimit(site, limit=2)
+        logged: list[LogEvent] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        mallory = IPv4Address("TCP", "192.0.2.66", 1)
+        opened = []
+        for _ in range(2):
+            proto = limit.buildProtocol(mallory)
+            assert proto is not None
+            proto.makeConnection(StringTransport(peerAddress=mallory))
+            opened.append(proto)
+        self.assertIsNone(limit.buildProtocol(mallory))
+        self.assertIsNone(limit.buildProtocol(mallory))
+        other = IPv4Address("TCP", "192.0.2.1", 1)
+        proto = limit.buildProtocol(other)
+        assert proto is not None
+        proto.makeConnection(StringTransport(peerAddress=other))
+        opened.append(proto)
+        self.assertEqual(sum("further ones refused" in e.get("log_format", "") for e in logged), 1)
+        opened.pop(0).connectionLost(Failure(ConnectionDone()))
+        proto = limit.buildProtocol(mallory)
+        assert proto is not None
+        proto.makeConnection(StringTransport(peerAddress=mallory))
+        opened.append(proto)
+        for proto in opened:
+            proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(limit.open, {})
+        self.assertEqual(clock.getDelayedCalls(), [])

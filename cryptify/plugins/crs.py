@@ -55,7 +55,7 @@ from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
 from cryptify.crs.remote_admin.auth import Gate
 from cryptify.crs.remote_admin.console import Console
-from cryptify.crs.remote_admin.server import AdminRoot, AdminService, AdminSite
+from cryptify.crs.remote_admin.server import AdminRoot, AdminService, AdminSite, SourceLimit
 from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
@@ -356,7 +356,7 @@ def admin_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> ListenServi
     if where is None or state.admins is None:
         return None
     service = AdminService(state, Gate(state.admins), reactor.seconds)
-    site = AdminSite(AdminRoot(service, console=Console(service)), reactor=reactor)
+    site = SourceLimit(AdminSite(AdminRoot(service, console=Console(service)), reactor=reactor))
 
     def listen_admin() -> Any:
         context = server_tls(cfg, "admin interface")

@@ -12,7 +12,9 @@ address, the admin (when known) and the request line, never with a token
 or a secret.  The web console (:mod:`.console`) shares the port.
 
 Limits: a body larger than :data:`MAX_BODY` closes the connection before
-it is read; an idle connection is closed after :data:`IDLE_TIMEOUT`.
+it is read; an idle connection is closed after :data:`IDLE_TIMEOUT`; one
+source address may hold :data:`MAX_CONNECTIONS_PER_SOURCE` connections
+(:class:`SourceLimit`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.protocols import policies
 from twisted.web import resource, server
 
 from cryptify.crs.accounts import MAX_UPDATE_BYTES, excerpt
@@ -34,6 +37,7 @@ from cryptify.crs.remote_admin.auth import Denied, Gate, Refused
 from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.updatefile import peek_account
 from cryptify.protocols.mgmt import CommandFailed
+from cryptify.protocols.source_limit import SourceCounts
 
 log = Logger(namespace="cryptify.crs.remote_admin")
 
@@ -41,6 +45,8 @@ log = Logger(namespace="cryptify.crs.remote_admin")
 MAX_BODY = MAX_UPDATE_BYTES + 4096
 #: Seconds a connection may stay idle.
 IDLE_TIMEOUT = 60
+#: Open connections one source address may hold.
+MAX_CONNECTIONS_PER_SOURCE = 16
 #: Sent with every answer (docs/admin.md says why each is there).
 SECURITY_HEADERS = {
     b"Content-Security-Policy": (
@@ -296,3 +302,41 @@ class AdminSite(server.Site):
 
     def log(self, request: Any) -> None:
         """No access log of its own: the interface logs what matters (refusals, actions)."""
+
+
+class SourceLimit(policies.WrappingFactory):
+    """Refuse a connection from an address that already holds ``limit`` open ones.
+
+    The first refusal of an address is logged; it is logged again only
+    after one of its connections has ended.
+    """
+
+    def __init__(self, site: server.Site, limit: int = MAX_CONNECTIONS_PER_SOURCE) -> None:
+        super().__init__(site)
+        self.limit = limit
+        self.open = SourceCounts()
+        self.noted: set[str] = set()
+        self.sources: dict[Any, str] = {}
+
+    def buildProtocol(self, addr: Any) -> Any:
+        host = str(getattr(addr, "host", "?"))
+        if not self.open.admit(host, self.limit):
+            if host not in self.noted:
+                self.noted.add(host)
+                log.warn(
+                    "admin interface: {host} already holds {limit} connections; "
+                    "further ones refused",
+                    host=host,
+                    limit=self.limit,
+                )
+            return None
+        wrapper = super().buildProtocol(addr)
+        self.sources[wrapper] = host
+        return wrapper
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        host = self.sources.pop(p, None)
+        if host is not None:
+            self.open.release(host)
+            self.noted.discard(host)
