@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import re
 import stat
 from typing import Any
 
@@ -227,6 +228,28 @@ class ParserTests(SynchronousTestCase):
                 continue
             for admin in parsed.values():
                 self.assertEqual(len(admin.key), KEY_BYTES)
+
+    @given(st.text(max_size=40), st.text(max_size=40), st.text(max_size=20))
+    @settings(max_examples=300, deadline=None)
+    def test_names_from_the_command_line(self, name: str, account: str, auth: str) -> None:
+        """Whatever crs-cli passes on, the store takes exactly the manual's names and rights."""
+        store = AdminStore(os.path.join(self.mktemp(), "admins.json"))
+        valid = re.fullmatch(r"[A-Za-z0-9_-]{1,20}", name) is not None
+        try:
+            store.create(name, KEY)
+        except AdminError:
+            self.assertFalse(valid)
+            return
+        self.assertTrue(valid)
+        try:
+            store.add_account(name, account)
+            store.add_authorization(name, account, auth)
+        except AdminError:
+            pass
+        else:
+            self.assertIn(auth, ("statistics", "update"))
+            self.assertRegex(account, r"\A[A-Za-z0-9_-]{1,20}\Z")
+        self.assertEqual(parse_admins(render_admins(store.admins)), store.admins)
 
     def test_deep_nesting(self) -> None:
         """JSON nested past the recursion limit is an AdminError, not a crash."""
