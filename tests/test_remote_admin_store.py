@@ -372,6 +372,24 @@ class CliActionTests(SynchronousTestCase):
         self.assertEqual(self.crs_cli("delete", "account", "acme")[0], 0)
         self.assertEqual(self.admins.admin("alice").accounts, {})
 
+    def test_reload_rereads_admins(self) -> None:
+        """reload account reports a broken admins file, and takes it back once repaired."""
+        self.crs_cli("create", "admin", "alice")
+        with open(self.admins.path, "rb") as f:
+            good = f.read()
+        with open(self.admins.path, "wb") as f:
+            f.write(b"{")
+        status, text = self.crs_cli("reload", "account")
+        self.assertEqual(
+            (status, text), (1, "accounts reloaded, except for the 1 problem(s) above\n")
+        )
+        self.assertEqual(list(self.admins), [])
+        self.assertEqual(self.crs_cli("create", "admin", "bob")[0], 1)
+        with open(self.admins.path, "wb") as f:
+            f.write(good)
+        self.assertEqual(self.crs_cli("reload", "account"), (0, "accounts reloaded\n"))
+        self.assertEqual([a.name for a in self.admins], ["alice"])
+
     def test_public_key_checked(self) -> None:
         """A CreateAdmin whose key is not 32 octets of base64 is refused."""
         for key in ("not base64!", base64.b64encode(b"short").decode()):

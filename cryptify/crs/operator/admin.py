@@ -172,6 +172,11 @@ class CrsAdmin(amp.CommandLocator):
     @crs_admin.ReloadAccounts.responder
     def reload_accounts(self) -> dict[str, Any]:
         problems = self.state.accounts.reload()
+        if self.state.admins is not None:
+            # the admins file too, once an operator has repaired it
+            admins_problem = self.state.admins.load()
+            if admins_problem is not None:
+                problems.append(admins_problem)
         self.state.notify("crs", "reload")
         self._enforce_blacklists()
         return {"problems": problems}
