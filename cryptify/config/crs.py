@@ -92,6 +92,7 @@ GLOBAL_USAGE = {
     "listen": "ADDR PORT",
     "tls-certificate": "PATH",
     "tls-key": "PATH",
+    "admin-listen": "ADDR PORT",
     "relay": "ADDR PORT",
     "relay-control": "PATH",
     "pool-port": "PORT",
@@ -278,6 +279,9 @@ class _Builder:
 
     def d_listen(self, a: Args, name: str) -> None:
         self.fields["listen"] = self._endpoint(a, listening=True)
+
+    def d_admin_listen(self, a: Args, name: str) -> None:
+        self.fields["admin_listen"] = self._endpoint(a, listening=True)
 
     def d_relay(self, a: Args, name: str) -> None:
         self.fields["relay"] = self._endpoint(a, listening=True)
@@ -472,6 +476,8 @@ def render_crs_config(cfg: CrsConfig) -> str:
         out.append(f"tls-certificate {value(g.tls_certificate)}")
     if g.tls_key is not None:
         out.append(f"tls-key {value(g.tls_key)}")
+    if g.admin_listen is not None:
+        out.append(f"admin-listen {g.admin_listen.host} {g.admin_listen.port}")
     out.append(f"relay {g.relay.host} {g.relay.port}")
     out.append(f"relay-control {value(g.relay_control)}")
     out.append(f"pool-port {g.pool_port}")

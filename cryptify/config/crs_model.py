@@ -107,6 +107,8 @@ class CrsGlobal:
     listen: Endpoint = Endpoint("0.0.0.0", 5223)
     tls_certificate: str | None = None
     tls_key: str | None = None
+    #: The remote admin interface (HTTPS); None: off (docs/admin.md).
+    admin_listen: Endpoint | None = None
     relay: Endpoint = Endpoint("0.0.0.0", 146)
     relay_control: str = "/run/crs/relay.sock"
     pool_port: int = 8090

@@ -15,9 +15,10 @@ Start order (stop order is the reverse, one service at a time):
 8. the management socket
 9. the metrics endpoint (``metrics`` in crs.conf) and the SIGHUP reload
    (:mod:`cryptify.ops`)
+10. the remote admin interface (HTTPS), when ``admin-listen`` is set
 
-so on shutdown reload and metrics stop, the management socket and the
-client listener close first,
+so on shutdown the admin interface, reload and metrics stop, the
+management socket and the client listener close first,
 then the relay link and the stores, and the Redis children stop last,
 before the log closes.
 """
@@ -60,6 +61,10 @@ from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.pool.sync import build_sync
 from cryptify.crs.redis.instance import ReplicaOf
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
+from cryptify.crs.remote_admin.auth import Gate
+from cryptify.crs.remote_admin.console import Console
+from cryptify.crs.remote_admin.server import AdminRoot, AdminService, AdminSite, SourceLimit
+from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
 from cryptify.events import Notifier
@@ -334,29 +339,35 @@ def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statis
     return Messages(store, messaging, MessageExpiry(store, reactor))
 
 
+def server_tls(cfg: CrsConfig, what: str) -> Any:
+    """The CRS's TLS context: tls-certificate, or a self-signed development one."""
+    g = cfg.global_
+    if g.tls_certificate:
+        cert, key = g.tls_paths()
+    else:
+        cert = os.path.join(g.data_dir, "tls", "crs.crt")
+        key = os.path.join(g.data_dir, "tls", "crs.key")
+    try:
+        if not g.tls_certificate:
+            log.warn(
+                "no tls-certificate configured: serving a self-signed development "
+                "certificate from {cert}; clients must be told to trust it",
+                cert=cert,
+            )
+            os.makedirs(os.path.dirname(cert), mode=0o700, exist_ok=True)
+            ensure_self_signed(cert, key)
+        return server_context_factory(cert, key)
+    except TLSConfigError as exc:
+        raise StartupError(f"{what} TLS: {exc}") from exc
+
+
 def client_listener(cfg: CrsConfig, reactor: Any, core: AttachCore) -> UmsgListenService:
     """The TLS client port (5223); a self-signed certificate without tls-certificate."""
     g = cfg.global_
     clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
 
     def listen_clients() -> Any:
-        if g.tls_certificate:
-            cert, key = g.tls_paths()
-        else:
-            cert = os.path.join(g.data_dir, "tls", "crs.crt")
-            key = os.path.join(g.data_dir, "tls", "crs.key")
-        try:
-            if not g.tls_certificate:
-                log.warn(
-                    "no tls-certificate configured: serving a self-signed development "
-                    "certificate from {cert}; clients must be told to trust it",
-                    cert=cert,
-                )
-                os.makedirs(os.path.dirname(cert), mode=0o700, exist_ok=True)
-                ensure_self_signed(cert, key)
-            context = server_context_factory(cert, key)
-        except TLSConfigError as exc:
-            raise StartupError(f"client TLS: {exc}") from exc
+        context = server_tls(cfg, "client")
         return reactor.listenSSL(
             g.listen.port, clients, context, backlog=BACKLOG, interface=g.listen.host
         )
@@ -377,6 +388,21 @@ def management_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> Listen
         return port
 
     return ListenService("management", g.management, listen_management)
+
+
+def admin_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> ListenService | None:
+    """The remote admin interface (HTTPS, docs/admin.md), or None when off."""
+    where = cfg.global_.admin_listen
+    if where is None or state.admins is None:
+        return None
+    service = AdminService(state, Gate(state.admins), reactor.seconds)
+    site = SourceLimit(AdminSite(AdminRoot(service, console=Console(service)), reactor=reactor))
+
+    def listen_admin() -> Any:
+        context = server_tls(cfg, "admin interface")
+        return reactor.listenSSL(where.port, site, context, interface=where.host)
+
+    return ListenService("admin interface", f"{where.host}:{where.port}", listen_admin)
 
 
 def trace_events(trace: TraceHub) -> CallbackService:
@@ -430,6 +456,8 @@ def make_crs_service(
         f"instance {basics.name}, data {g.data_dir}, accounts {g.accounts_dir}, logs {g.log_dir}",
         f"client listener {g.listen.host}:{g.listen.port}, management {g.management}",
         f"relay control {g.relay_control}, redis {g.redis.mode}, db-backup {local.db_backup}",
+        "admin interface "
+        + (f"{g.admin_listen.host}:{g.admin_listen.port}" if g.admin_listen else "off"),
     ]
     attach(root, lifecycle("crs", basics.notifier, describe, cfg.warnings))
     relay = build_relay_link(cfg, basics)
@@ -442,6 +470,7 @@ def make_crs_service(
     core = build_attach(cfg, basics, redis, objects)
     stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
     basics.registry.on_attach.append(stats.on_attach)
+    admins = AdminStore(os.path.join(g.data_dir, ADMINS_FILE), clock=reactor.seconds)
     sessions = build_calls(cfg, basics, core, relay, stats)
     messages = build_messages(basics, core, redis, stats)
     state = CrsState(
@@ -455,12 +484,14 @@ def make_crs_service(
         sessions=sessions,
         messages=messages.store,
         stats=stats,
+        admins=admins,
         notify=basics.notifier.notify,
     )
     attach(root, *sync.before_redis)
     attach(root, redis)
     attach(root, *sync.after_redis)
     attach(root, CallbackService(on_start=basics.accounts.reload))
+    attach(root, CallbackService(on_start=admins.load))
     attach(root, trace_events(basics.trace))
     attach(root, relay)
     attach(root, messages.expiry)
@@ -483,6 +514,9 @@ def make_crs_service(
             queries,
         ),
     )
+    admin = admin_listener(cfg, reactor, state)
+    if admin is not None:
+        attach(root, admin)
     return root
 
 

@@ -15,6 +15,7 @@ from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.messages.store import MessageStore
 from cryptify.crs.objects.store import ClientObjects
 from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.remote_admin.store import AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import TraceHub
 
@@ -78,6 +79,8 @@ class CrsState:
     messages: MessageStore | None = None
     #: Per-account statistics (``stats``).
     stats: Statistics | None = None
+    #: The remote admins (``create admin`` ..., the admin interface).
+    admins: AdminStore | None = None
     pid: int = attrs.field(factory=os.getpid)
     #: ``notify(unit, event)``: tells notify.sh about system events.
     notify: Callable[[str, str], None] = lambda unit, event: None
