@@ -91,6 +91,7 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("redis-backup", ("crs", "global_", "redis", "backup"), False),
     Directive("redis-password-file", ("crs", "global_", "redis", "password_file"), False),
     _global("metrics", "metrics"),
+    _global("admin-listen", "admin_listen"),
     Directive("[POOL] host and ip", ("crs", "pool"), False),
     Directive("crsname (crs-local.conf)", ("local", "crsname"), False),
     Directive("db-backup (crs-local.conf)", ("local", "db_backup"), False),
