@@ -168,7 +168,7 @@ class MetricsPage(resource.Resource):
     isLeaf = True
 
     def __init__(self, registry: CollectorRegistry, queries: Queries | None = None) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        resource.Resource.__init__(self)  # type: ignore[no-untyped-call]
         self.registry = registry
         self.queries = queries
 

@@ -194,14 +194,14 @@ class SighupService(service.Service):
         self.reactor.callFromThread(self.on_hup)
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        service.Service.startService(self)
         self.previous = signal.signal(self.signum, self._handler)
 
     def stopService(self) -> None:
         previous = signal.SIG_DFL if self.previous is None else self.previous
         signal.signal(self.signum, previous)
         self.previous = None
-        super().stopService()  # type: ignore[no-untyped-call]
+        service.Service.stopService(self)
 
 
 def no_reload(program: str, reactor: Any) -> SighupService:

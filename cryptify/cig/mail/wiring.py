@@ -149,7 +149,7 @@ class MailDesk(service.Service):
     # ------------------------------------------------------------ lifecycle
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        service.Service.startService(self)
         for box in self.mailboxes.read:
             log.info("watching read mailbox {path}", path=box.path)
         for box in self.mailboxes.write:
@@ -159,7 +159,7 @@ class MailDesk(service.Service):
             self._scan_later(0)
 
     def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]
+        service.Service.stopService(self)
         for call in [self._scan_call, self._soon, *self.retrying.values()]:
             if call is not None and call.active():
                 call.cancel()
