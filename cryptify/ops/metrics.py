@@ -168,7 +168,7 @@ class MetricsPage(resource.Resource):
     isLeaf = True
 
     def __init__(self, registry: CollectorRegistry, queries: Queries | None = None) -> None:
-        resource.Resource.__init__(self)  # type: ignore[no-untyped-call]
+        resource.Resource.__init__(self)
         self.registry = registry
         self.queries = queries
 
@@ -207,7 +207,7 @@ class QuietSite(server.Site):
 
 def metrics_site(registry: CollectorRegistry, queries: Queries | None = None) -> server.Site:
     """The site answering ``/metrics`` (and 404 for anything else)."""
-    root = resource.Resource()  # type: ignore[no-untyped-call]
+    root = resource.Resource()
     root.putChild(b"metrics", MetricsPage(registry, queries))
     site = QuietSite(root, timeout=IDLE_TIMEOUT)  # type: ignore[no-untyped-call]
     site.displayTracebacks = False
@@ -224,7 +224,7 @@ def metrics_listener(
 
     def listen() -> Any:
         site = metrics_site(registry, queries)
-        factory = ThrottlingFactory(site, MAX_CONNECTIONS)  # type: ignore[no-untyped-call]
+        factory = ThrottlingFactory(site, MAX_CONNECTIONS)
         return reactor.listenTCP(where.port, factory, interface=where.host)
 
     return ListenService("metrics", f"{where.host}:{where.port}", listen)

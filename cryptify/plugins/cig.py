@@ -361,7 +361,7 @@ def make_inotify() -> Any:
     """An INotify reader (Linux); the mailboxes are scanned only without it."""
     from twisted.internet import inotify
 
-    return inotify.INotify()  # type: ignore[no-untyped-call]
+    return inotify.INotify()
 
 
 def cig_state(cfg: CigConfig, relay: RelayLink, uif: Uif, sip: SipParts) -> CigState:

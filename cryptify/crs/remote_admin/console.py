@@ -1,5 +1,3 @@
-# twisted.web's Request methods carry no annotations:
-# mypy: disable-error-code="no-untyped-call"
 """The web console of the admin interface: server-rendered HTML forms, no script.
 
 Pages (the API's actions, for a browser)::
