@@ -277,3 +277,54 @@ class IncarnationTests(SynchronousTestCase):
             f.write(b"garbage" * 100)
         self.assertEqual(next_incarnation(data, now=2000), 2000)
         self.assertEqual(next_incarnation(data, now=10), 2001)
+
+
+class _Conn:
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def disconnect(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+    def send(self, msg: object) -> None:
+        pass
+
+
+class ClientMoverTests(SynchronousTestCase):
+    def test_clients_of_slots_moved_away_told_to_move(self) -> None:
+        """After a map change, attached clients of slots this member no
+        longer claims are disconnected, except one in a call, who goes at
+        the first heartbeat after the call ends."""
+        from cryptify.crs.attach.registry import Attachment, AttachRegistry
+        from cryptify.crs.pool.wiring import MOVED_AWAY, client_mover
+        from cryptify.crs.slots import slot_of
+
+        reactor = MemoryReactorClock()
+        a = Member("crs1", reactor)
+        self.addCleanup(a.link.stopService)
+        registry = AttachRegistry("crs1", reactor.seconds)
+        uris = [f"tel:+46{n}" for n in range(40)]
+        conns = {uri: _Conn() for uri in uris}
+        for uri in uris:
+            registry.attach(Attachment(uri, "acme", 0.0, "1", "192.0.2.9", 1, conns[uri]))
+        busy = set([u for u in uris if slot_of(u) >= SLOTS // 2][:2])
+        a.link.watch(client_mover(registry, a.link, lambda uri: uri in busy))
+        reactor.advance(JOIN_WAIT + HEARTBEAT_INTERVAL)  # alone: owns every slot
+        self.assertEqual([u for u in uris if conns[u].reasons], [])
+        b = Member("crs2", reactor)
+        self.addCleanup(b.link.stopService)
+        wires = [Wire(a, b), Wire(b, a)]
+        for _ in range(300):
+            reactor.advance(HEARTBEAT_INTERVAL / 2)
+            for w in wires:
+                w.pump()
+        away = {u for u in uris if not a.link.mine(slot_of(u))}
+        self.assertTrue(away and away != set(uris))
+        self.assertEqual(len(busy & away), 2)
+        moved = {u for u in uris if conns[u].reasons == [MOVED_AWAY]}
+        self.assertEqual(moved, away - busy)
+        busy.clear()
+        reactor.advance(HEARTBEAT_INTERVAL)
+        moved = {u for u in uris if conns[u].reasons == [MOVED_AWAY]}
+        self.assertEqual(moved, away)
+        self.assertEqual({a.uri for a in registry.matching()}, set(uris) - away)

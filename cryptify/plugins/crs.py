@@ -8,8 +8,9 @@ Start order (stop order is the reverse, one service at a time):
    when ``redis external``
 4. the Redis stores
 5. the control link to ``crs_relay``
-6. the client listener (TLS, 5223)
-7. the management socket
+6. the pool link (TLS-PSK, 8090), in a pool of 2+ with a ``crsname``
+7. the client listener (TLS, 5223)
+8. the management socket
 
 so on shutdown the management socket and the client listener close first,
 then the relay link and the stores, and the Redis children stop last,
@@ -51,6 +52,7 @@ from cryptify.crs.objects.wiring import observe_attaches
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.pool.wiring import PoolLink, client_mover
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
@@ -159,6 +161,11 @@ class Options(ConfigOptions):
                     f"{self['local-config']}: crsname {local.crsname} is not a host of the "
                     f"POOL section ({', '.join(names)})"
                 )
+            if len(names) >= 2 and not cfg.global_.key:
+                raise ConfigUsageError(
+                    f"{self['config']}: a pool of {len(names)} instances needs the GLOBAL key "
+                    "(the pool link's shared secret)"
+                )
         self["local"] = local
 
 
@@ -195,6 +202,9 @@ class Basics:
     registry: AttachRegistry
     #: ``show services`` probes, in the order it prints them.
     probes: dict[str, Callable[[], bool]]
+    #: The pool link, when ``crsname`` names this instance in a pool of 2+;
+    #: then its map, not ``slots``, says who serves which slot.
+    pool: PoolLink | None = None
 
 
 def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Basics:
@@ -203,15 +213,23 @@ def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Basics:
     name = instance_name(cfg, local)
     trace = TraceHub(reactor.seconds)
     hosts = tuple(h.name for h in cfg.pool.hosts) or (name,)
+    notifier = Notifier(reactor, g.notify or None, g.notify_timeout)
+    probes: dict[str, Callable[[], bool]] = {"crs": lambda: True}
+    pool = None
+    if local.crsname is not None and len(hosts) >= 2:
+        pool = PoolLink(cfg, name, reactor, notifier.notify)
+        for peer in pool.peers:
+            probes[f"pool_link_{peer}"] = functools.partial(pool.link_up, peer)
     return Basics(
         name=name,
         reactor=reactor,
-        notifier=Notifier(reactor, g.notify or None, g.notify_timeout),
+        notifier=notifier,
         trace=trace,
         accounts=AccountStore(g.accounts_dir, clock=reactor.seconds),
         slots=SlotMap(hosts, name, {h.name: h.ip for h in cfg.pool.hosts}),
         registry=AttachRegistry(name, reactor.seconds, trace),
-        probes={"crs": lambda: True},
+        probes=probes,
+        pool=pool,
     )
 
 
@@ -252,7 +270,7 @@ def build_attach(
         basics.accounts,
         basics.registry,
         basics.reactor.seconds,
-        slots=basics.slots,
+        slots=basics.slots if basics.pool is None else basics.pool,
         move_port=cfg.global_.listen.port,
         tickets=TicketKey.derive(cfg.global_.key),
         ready=lambda: stores_ready(redis),
@@ -375,6 +393,7 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         basics.trace,
         registry=basics.registry,
         slots=basics.slots,
+        pool=basics.pool,
         relay=relay,
         sessions=sessions,
         messages=messages.store,
@@ -386,6 +405,11 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
     attach(root, trace_events(basics.trace))
     attach(root, relay)
     attach(root, messages.expiry)
+    if basics.pool is not None:
+        basics.pool.watch(
+            client_mover(basics.registry, basics.pool, lambda uri: bool(sessions.sessions_of(uri)))
+        )
+        attach(root, basics.pool)
     attach(root, client_listener(cfg, reactor, core))
     attach(root, management_listener(cfg, reactor, state))
     return root

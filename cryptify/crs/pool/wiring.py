@@ -18,6 +18,9 @@
 - writes each map change to crs.log with its reason, and tells ``notify.sh``
   of link down/up (unit ``pool_link_NAME``), takeovers and hand-backs (unit
   ``pool``);
+- after each map change calls its *watchers* (:meth:`PoolLink.watch`),
+  e.g. :func:`client_mover`, which tells attached clients of slots this
+  member no longer claims to come back (they are then moved to the owner);
 - persists the member's *incarnation* in ``data-dir/pool-incarnation``
   (:func:`next_incarnation`).
 
@@ -44,6 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.config.crs_model import CrsConfig
+from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.pool.core import (
     DOWN_AFTER,
     HEARTBEAT_INTERVAL,
@@ -54,6 +58,7 @@ from cryptify.crs.pool.core import (
     Reason,
 )
 from cryptify.crs.pool.wire import FrameReader, WireError, decode_frame, encode_heartbeat
+from cryptify.crs.slots import slot_of
 from cryptify.files import write_atomically
 from cryptify.protocols.tls_psk import PskClientContextFactory, PskServerContextFactory
 from cryptify.service import ListenService
@@ -250,6 +255,8 @@ class PoolLink(service.MultiService):
         self._out: dict[str, _LinkProtocol] = {}
         self._up: set[str] = set()
         self._handing_back = False
+        self._watchers: list[Callable[[], bool]] = []
+        self._again: list[Callable[[], bool]] = []
         port = g.pool_port
         make = endpoint or (lambda host, p: _tcp_endpoint(reactor, host, p))
         client_tls = PskClientContextFactory(me.encode("ascii"), self._psk)
@@ -308,6 +315,22 @@ class PoolLink(service.MultiService):
             self._loop.stop()
         result: defer.Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
         return result
+
+    def watch(self, watcher: Callable[[], bool]) -> None:
+        """Call ``watcher()`` after every map change; when it returns True
+        (work left, e.g. a client busy in a call), again at the next
+        heartbeat until it returns False."""
+        self._watchers.append(watcher)
+
+    def _run_watchers(self, watchers: list[Callable[[], bool]]) -> None:
+        again = []
+        for watcher in watchers:
+            try:
+                if watcher():
+                    again.append(watcher)
+            except Exception:
+                log.failure("pool map watcher failed")
+        self._again = again
 
     # -- what the CRS asks -----------------------------------------------
 
@@ -374,6 +397,8 @@ class PoolLink(service.MultiService):
         self._links()
         if change is not None:
             self._changed(change)
+        elif self._again:
+            self._run_watchers(self._again)
         frame = encode_heartbeat(self.member.heartbeat(), self.pid)
         for proto in list(self._out.values()):
             proto.send(frame)
@@ -424,6 +449,35 @@ class PoolLink(service.MultiService):
         if self._handing_back and released == 0 and change.reason is Reason.HAND_BACK:
             self._handing_back = False
             self.notify("pool", "hand-back done")
+        self._run_watchers(self._watchers)
 
 
-__all__ = ["PoolLink", "next_incarnation", "pool_psk"]
+#: The reason attached clients of a slot that moved away are given.
+MOVED_AWAY = "slot moved to another pool instance"
+
+
+def client_mover(
+    registry: AttachRegistry, link: PoolLink, busy: Callable[[str], bool]
+) -> Callable[[], bool]:
+    """A watcher that disconnects (``disconnected``, reason
+    :data:`MOVED_AWAY`) every attached client whose slot ``link`` no longer
+    claims, unless ``busy(uri)`` (in a call): those stay until their call
+    ends, and the watcher asks to run again.  A disconnected client
+    attaches again and is moved to the owner (or told to retry while the
+    slot is being handed over)."""
+
+    def move() -> bool:
+        away = [a for a in registry.matching() if not link.mine(slot_of(a.uri))]
+        idle = [a for a in away if not busy(a.uri)]
+        if idle:
+            count = registry.disconnect(idle, MOVED_AWAY)
+            log.info(
+                "pool: {count} clients of slots now served elsewhere told to move",
+                count=count,
+            )
+        return len(idle) < len(away)
+
+    return move
+
+
+__all__ = ["PoolLink", "client_mover", "next_incarnation", "pool_psk"]
