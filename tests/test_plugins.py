@@ -114,6 +114,10 @@ class CrsOptionsTests(SynchronousTestCase):
         self.assertIs(listener.factory.core.slots, link)
         self.assertEqual(link.me, "crs2")
         self.assertEqual(link.peers, ("crs1",))
+        basics = crs.build_basics(options["crs"], options["local"], Clock())
+        assert basics.pool is not None
+        self.assertEqual(list(basics.probes), ["crs", "pool_link_crs1"])
+        self.assertFalse(basics.probes["pool_link_crs1"]())
         single = self.pool_options("[GLOBAL]\nkey k\n" + self.POOL2, None)
         root = crs.make_crs_service(single["crs"], single["local"], Clock())
         self.assertEqual([c for c in root if isinstance(c, PoolLink)], [])

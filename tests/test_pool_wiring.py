@@ -259,6 +259,17 @@ class LinkTests(SynchronousTestCase):
 
 
 class IncarnationTests(SynchronousTestCase):
+    def test_unwritable_data_dir_stops_startup(self) -> None:
+        """An incarnation that cannot be stored stops start-up with one clear line."""
+        from cryptify.service import StartupError
+
+        def fail() -> int:
+            raise PermissionError(13, "Permission denied")
+
+        link = PoolLink(config(), "crs1", MemoryReactorClock(), print, incarnation=fail)
+        exc = self.assertRaises(StartupError, link.startService)
+        self.assertIn("cannot store the incarnation", str(exc))
+
     def test_grows_and_is_private(self) -> None:
         """Each start's incarnation is above the last, stored 0600."""
         data = self.mktemp()

@@ -391,8 +391,12 @@ class _PoolCase(TestCase):
             self.attach(client, [address(i) for i in survivors])
         took_over = time.monotonic() - began
         for client in orphans:
-            self.assertNotEqual(client.at, address(victim))
-            self.assertEqual(client.moves, [], f"{client.uri} was moved after the takeover")
+            # The survivor tried first either owns the slot now (no moved),
+            # or, in a pool of 3+, moves the client to the survivor that does;
+            # never to the dead instance.
+            owner = self.cli(survivors[0], "check", "slot", client.uri).split("(")[1].rstrip(")\n")
+            self.assertEqual(client.at, address(int(owner[3:])))
+            self.assertIn(client.moves, ([], [client.at]))
         for index in survivors:
             view = self.system(index)
             self.assertEqual(view[f"crs{victim}"][1], "-")

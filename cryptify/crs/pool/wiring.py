@@ -61,7 +61,7 @@ from cryptify.crs.pool.wire import FrameReader, WireError, decode_frame, encode_
 from cryptify.crs.slots import slot_of
 from cryptify.files import write_atomically
 from cryptify.protocols.tls_psk import PskClientContextFactory, PskServerContextFactory
-from cryptify.service import ListenService
+from cryptify.service import ListenService, StartupError
 
 log = Logger(namespace="cryptify.crs.pool")
 
@@ -293,7 +293,11 @@ class PoolLink(service.MultiService):
 
     def startService(self) -> None:
         if self.member is None:
-            self.start(self._incarnation())
+            try:
+                incarnation = self._incarnation()
+            except OSError as exc:
+                raise StartupError(f"pool link: cannot store the incarnation: {exc}") from exc
+            self.start(incarnation)
         super().startService()  # type: ignore[no-untyped-call]
         self._loop.start(HEARTBEAT_INTERVAL, now=True).addErrback(
             lambda f: log.failure("pool heartbeat loop stopped", f)
