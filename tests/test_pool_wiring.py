@@ -71,10 +71,16 @@ class Wire:
         self.into, self.into_t = b.inbound()
 
     def pump(self) -> None:
+        """Carry what each end wrote to the other (heartbeats go both ways)."""
         data = self.out_t.value()
         self.out_t.clear()
         if data:
             self.into.dataReceived(data)
+        back = self.into_t.value()
+        self.into_t.clear()
+        if back:
+            self.out.dataReceived(back)
+        assert not self.out_t.disconnecting and not self.into_t.disconnecting
 
 
 class LinkTests(SynchronousTestCase):
@@ -136,6 +142,22 @@ class LinkTests(SynchronousTestCase):
         self.assertEqual(len(frames), 3)
         self.assertEqual({f.beat.sender for f in frames}, {"crs1"})
         self.assertEqual({f.pid for f in frames}, {1001})
+
+    def test_heartbeats_both_ways_keep_connections(self) -> None:
+        """An incoming connection gets heartbeats once its first frame named
+        the peer; connections that hear every second stay past
+        IDLE_TIMEOUT, and one whose peer went silent is dropped."""
+        a = self.member("crs1")
+        inbound, in_t = a.inbound()
+        self.assertEqual(in_t.value(), b"")
+        inbound.dataReceived(encode_heartbeat(Heartbeat("crs2", None)))
+        self.assertEqual(decode_frame(in_t.value()[4:]).beat.sender, "crs1")
+        _outgoing, out_t = a.outgoing("crs2")
+        for _ in range(int(IDLE_TIMEOUT * 2)):
+            self.reactor.advance(HEARTBEAT_INTERVAL)
+            inbound.dataReceived(encode_heartbeat(Heartbeat("crs2", None)))
+        self.assertFalse(in_t.disconnecting)
+        self.assertTrue(out_t.disconnecting)  # crs2 sent nothing on it
 
     def test_two_members_form_and_report(self) -> None:
         """Two members over the link agree on the home split; each says

@@ -7,10 +7,12 @@
   the ``[GLOBAL]`` ``key`` (:func:`pool_psk`); a handshake with any other
   key or an identity that is not a peer fails and the connection closes;
 - keeps one outgoing TLS-PSK connection to every other member (its
-  ``[POOL]`` ``ip`` through ``addr-map``), reconnecting with backoff, and
-  sends the member's :meth:`~PoolMember.heartbeat` on it every
-  :data:`~cryptify.crs.pool.core.HEARTBEAT_INTERVAL`, after
-  :meth:`~PoolMember.tick`;
+  ``[POOL]`` ``ip`` through ``addr-map``), reconnecting with backoff;
+- every :data:`~cryptify.crs.pool.core.HEARTBEAT_INTERVAL` calls
+  :meth:`~PoolMember.tick` and sends the member's
+  :meth:`~PoolMember.heartbeat` on every connection to a peer, outgoing
+  and incoming (once the incoming one has named its peer), so that each
+  connection hears from its other end every second;
 - feeds every heartbeat received (on any connection) to
   :meth:`~PoolMember.receive`; a connection that sends a frame that does not
   decode, a sender that is not a peer, or a second sender, or stays silent
@@ -24,8 +26,11 @@
 - persists the member's *incarnation* in ``data-dir/pool-incarnation``
   (:func:`next_incarnation`).
 
-The outgoing connection only sends and the incoming one only receives, so
-each pair of members has two connections, one each way.
+Each pair of members has two connections (each connects out to the
+other), and heartbeats go both ways on both.  A connection that has
+carried no frame for :data:`IDLE_TIMEOUT` (a peer gone silent, a link cut
+without a reset) is dropped, so the outgoing side connects again rather
+than write into a dead connection until TCP gives up.
 """
 
 from __future__ import annotations
@@ -132,18 +137,20 @@ class _LinkProtocol(Protocol):
     def connectionMade(self) -> None:
         self._set_idle(IDLE_TIMEOUT)
         if self.outgoing:
-            assert self.peer is not None
-            self.link._outgoing_made(self.peer, self)
+            self.link._connected(self)
 
     def dataReceived(self, data: bytes) -> None:
         try:
             for payload in self.reader.feed(data):
                 frame = decode_frame(payload)
-                if self.peer is None:
+                first = self.peer is None
+                if first:
                     self.peer = frame.beat.sender
                 elif frame.beat.sender != self.peer:
                     raise WireError(f"sender {frame.beat.sender!r} on {self.peer!r}'s connection")
                 self.link._received(frame.beat, frame.pid)
+                if first:
+                    self.link._connected(self)
                 self._set_idle(IDLE_TIMEOUT)
         except (WireError, PoolError) as exc:
             log.warn(
@@ -165,10 +172,8 @@ class _LinkProtocol(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._set_idle(None)
-        if self.outgoing:
-            assert self.peer is not None
-            self.link._outgoing_lost(self.peer, self)
-        else:
+        self.link._conns.discard(self)
+        if not self.outgoing:
             self.link._inbound -= 1
 
     def send(self, frame: bytes) -> None:
@@ -252,7 +257,8 @@ class PoolLink(service.MultiService):
         self.member: PoolMember | None = None
         self.pids: dict[str, int] = {}
         self._inbound = 0
-        self._out: dict[str, _LinkProtocol] = {}
+        #: Connections to a known peer, both directions: heartbeats go on each.
+        self._conns: set[_LinkProtocol] = set()
         self._up: set[str] = set()
         self._handing_back = False
         self._watchers: list[Callable[[], bool]] = []
@@ -376,14 +382,12 @@ class PoolLink(service.MultiService):
             return None
         return self._psk if name in self.peers else None
 
-    def _outgoing_made(self, peer: str, proto: _LinkProtocol) -> None:
-        self._out[peer] = proto
+    def _connected(self, proto: _LinkProtocol) -> None:
+        """A connection to a known peer: it gets a heartbeat now and every
+        interval."""
+        self._conns.add(proto)
         if self.member is not None:
             proto.send(encode_heartbeat(self.member.heartbeat(), self.pid))
-
-    def _outgoing_lost(self, peer: str, proto: _LinkProtocol) -> None:
-        if self._out.get(peer) is proto:
-            del self._out[peer]
 
     def _received(self, beat: Any, pid: int) -> None:
         assert self.member is not None
@@ -404,7 +408,7 @@ class PoolLink(service.MultiService):
         elif self._again:
             self._run_watchers(self._again)
         frame = encode_heartbeat(self.member.heartbeat(), self.pid)
-        for proto in list(self._out.values()):
+        for proto in list(self._conns):
             proto.send(frame)
 
     def _links(self) -> None:
