@@ -47,12 +47,22 @@ class Member:
             pid=1000 + int(name[-1]),
         )
         self.link.startService()
+        self.protos: list[_LinkProtocol] = []
+
+    def stop(self) -> None:
+        """Close every connection made, then stop the service."""
+        for proto in self.protos:
+            if proto.transport is not None and not getattr(proto, "_lost", False):
+                proto._lost = True  # type: ignore[attr-defined]
+                proto.connectionLost(None)
+        self.link.stopService()
 
     def outgoing(self, peer: str) -> tuple[_LinkProtocol, StringTransport]:
         """An outgoing connection to ``peer``, made now."""
         proto = _LinkProtocol(self.link, peer)
         transport = StringTransport()
         proto.makeConnection(transport)
+        self.protos.append(proto)
         return proto, transport
 
     def inbound(self) -> tuple[_LinkProtocol, StringTransport]:
@@ -60,6 +70,7 @@ class Member:
         assert isinstance(proto, _LinkProtocol)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 4000))
         proto.makeConnection(transport)
+        self.protos.append(proto)
         return proto, transport
 
 
@@ -90,8 +101,10 @@ class LinkTests(SynchronousTestCase):
         self.members: list[Member] = []
 
     def stop_all(self) -> None:
+        """Stop everything; no timer may be left behind."""
         for m in self.members:
-            m.link.stopService()
+            m.stop()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def member(self, name: str, count: int = 2) -> Member:
         m = Member(name, self.reactor, count)
