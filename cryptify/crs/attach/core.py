@@ -279,7 +279,7 @@ class AttachSession:
             if owner is None:
                 self.refuse(
                     "unavailable",
-                    "the URI's slot is being handed over in the pool",
+                    "the URI's slot has no owner in the pool right now (starting or handing over)",
                     msg.id,
                     retry_after=HANDOVER_RETRY_MS,
                 )
