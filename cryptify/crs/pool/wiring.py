@@ -187,6 +187,8 @@ class _LinkProtocol(Protocol):
 
 
 class _InboundFactory(Factory):
+    noisy = False
+
     def __init__(self, link: PoolLink) -> None:
         self.link = link
 
@@ -200,6 +202,9 @@ class _InboundFactory(Factory):
 
 
 class _OutboundFactory(Factory):
+    #: Not "Starting factory" in crs.log at every reconnect to a peer that is down.
+    noisy = False
+
     def __init__(self, link: PoolLink, peer: str) -> None:
         self.link = link
         self.peer = peer
