@@ -253,6 +253,14 @@ class LinkTests(SynchronousTestCase):
         self.reactor.advance(1)
         self.assertTrue(transport.disconnecting)
 
+    def test_stop_closes_connections(self) -> None:
+        """Stopping the link closes every pool connection it holds."""
+        a = self.member("crs1")
+        _, in_t = a.inbound()
+        _, out_t = a.outgoing("crs2")
+        a.link.stopService()
+        self.assertTrue(in_t.disconnecting and out_t.disconnecting)
+
     def test_inbound_limit(self) -> None:
         """At most INBOUND_PER_PEER connections per peer are held; closing
         one makes room."""

@@ -135,6 +135,7 @@ class _LinkProtocol(Protocol):
             self._idle = self.link.reactor.callLater(seconds, self.timeoutConnection)
 
     def connectionMade(self) -> None:
+        self.link._open.add(self)
         self._set_idle(IDLE_TIMEOUT)
         if self.outgoing:
             self.link._connected(self)
@@ -172,6 +173,7 @@ class _LinkProtocol(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._set_idle(None)
+        self.link._open.discard(self)
         self.link._conns.discard(self)
         if not self.outgoing:
             self.link._inbound -= 1
@@ -264,6 +266,8 @@ class PoolLink(service.MultiService):
         self._inbound = 0
         #: Connections to a known peer, both directions: heartbeats go on each.
         self._conns: set[_LinkProtocol] = set()
+        #: Every open connection, to close at stop.
+        self._open: set[_LinkProtocol] = set()
         self._up: set[str] = set()
         self._handing_back = False
         self._watchers: list[Callable[[], bool]] = []
@@ -329,6 +333,9 @@ class PoolLink(service.MultiService):
         if self._loop.running:
             self._loop.stop()
         result: defer.Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
+        for proto in list(self._open):
+            if proto.transport is not None:
+                proto.transport.abortConnection()  # type: ignore[attr-defined]
         return result
 
     def watch(self, watcher: Callable[[], bool]) -> None:
