@@ -28,18 +28,21 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO
 
 import attrs
 from twisted.application import service
 from twisted.logger import (
     FileLogObserver,
     ILogObserver,
+    LogEvent,
     LogLevel,
+    LogPublisher,
     formatEvent,
     globalLogPublisher,
 )
 from twisted.python.logfile import LogFile
+from zope.interface import implementer
 
 _LEVEL_TYPES = {
     LogLevel.debug: "DEBUG",
@@ -62,7 +65,7 @@ def utc_timestamp(when: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole)) + f".{millis:03d}"
 
 
-def event_type(event: dict[str, Any]) -> str:
+def event_type(event: LogEvent) -> str:
     """The manuals' type word for an event (DEBUG, INFO, WARN, INIT)."""
     explicit = event.get("log_type")
     if isinstance(explicit, str):
@@ -71,7 +74,7 @@ def event_type(event: dict[str, Any]) -> str:
     return _LEVEL_TYPES.get(level, "INFO")
 
 
-def event_module(event: dict[str, Any]) -> str:
+def event_module(event: LogEvent) -> str:
     """The module name shown on a line."""
     module = event.get("log_module")
     if isinstance(module, str):
@@ -80,7 +83,7 @@ def event_module(event: dict[str, Any]) -> str:
     return str(namespace).rsplit(".", 1)[-1]
 
 
-def _text(event: dict[str, Any]) -> str:
+def _text(event: LogEvent) -> str:
     text = formatEvent(event)
     failure = event.get("log_failure")
     if failure is not None:
@@ -92,32 +95,32 @@ def _text(event: dict[str, Any]) -> str:
     return text
 
 
-def format_crs(event: dict[str, Any], pid: int | None = None) -> str:
+def format_crs(event: LogEvent, pid: int | None = None) -> str:
     """Render one event as a crs.log line (with trailing newline)."""
     pid = os.getpid() if pid is None else pid
     stamp = utc_timestamp(event.get("log_time", time.time()))
     return f"[{stamp} | {event_type(event)} | {event_module(event)}({pid}) ] {_text(event)}\n"
 
 
-def format_cig(event: dict[str, Any]) -> str:
+def format_cig(event: LogEvent) -> str:
     """Render one event as a cig.log / relay.log line (with trailing newline)."""
     stamp = utc_timestamp(event.get("log_time", time.time()))
     return f"[{stamp}] {event_module(event)}[{event_type(event)}]: {_text(event)}\n"
 
 
-def format_plain(event: dict[str, Any]) -> str:
+def format_plain(event: LogEvent) -> str:
     """Render an event as its message alone (session.log style records)."""
     return formatEvent(event) + "\n"
 
 
-FORMATS: dict[str, Callable[[dict[str, Any]], str]] = {
+FORMATS: dict[str, Callable[[LogEvent], str]] = {
     "crs": format_crs,
     "cig": format_cig,
     "plain": format_plain,
 }
 
 
-def wants_event(event: dict[str, Any], file_name: str, main: bool) -> bool:
+def wants_event(event: LogEvent, file_name: str, main: bool) -> bool:
     """Whether the observer of ``file_name`` writes ``event``.
 
     A main log writes our own events and anyone's warnings and errors,
@@ -135,13 +138,14 @@ def wants_event(event: dict[str, Any], file_name: str, main: bool) -> bool:
     return bool(level >= LogLevel.warn)
 
 
+@implementer(ILogObserver)
 @attrs.define
 class _FilteringObserver:
     file_name: str
     main: bool
     inner: ILogObserver
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: LogEvent) -> None:
         if wants_event(event, self.file_name, self.main):
             self.inner(event)
 
@@ -173,7 +177,7 @@ class LogFileService(service.Service):
         name: str,
         style: str = "crs",
         main: bool = True,
-        publisher: Any = globalLogPublisher,
+        publisher: LogPublisher = globalLogPublisher,
     ) -> None:
         self.directory = directory
         self.file_name = name

@@ -59,7 +59,7 @@ class ProgramService(SequentialMultiService):
     """Root service of a program: start-up failures end the process clearly."""
 
     def __init__(self, program: str, exit_on_error: bool = True) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        service.MultiService.__init__(self)
         self.program = program
         self.exit_on_error = exit_on_error
 
@@ -76,13 +76,13 @@ class ProgramService(SequentialMultiService):
 
     def privilegedStartService(self) -> None:
         try:
-            super().privilegedStartService()  # type: ignore[no-untyped-call]
+            service.MultiService.privilegedStartService(self)
         except StartupError as exc:
             self._fail(exc)
 
     def startService(self) -> None:
         try:
-            super().startService()  # type: ignore[no-untyped-call]
+            service.MultiService.startService(self)
         except StartupError as exc:
             self._fail(exc)
 
@@ -126,12 +126,12 @@ class ListenService(service.Service):
                 ) from exc
             log.info("{what} listening on {where}", what=self.what, where=self.where)
 
-    def stopService(self) -> defer.Deferred[Any] | None:
+    def stopService(self) -> defer.Deferred[object] | None:
         service.Service.stopService(self)
         port, self.port = self.port, None
         if port is None:
             return None
-        stopped: defer.Deferred[Any] = defer.maybeDeferred(port.stopListening)
+        stopped: defer.Deferred[object] = defer.maybeDeferred(port.stopListening)
         return stopped
 
 
@@ -151,7 +151,7 @@ class CallbackService(service.Service):
         if self.on_start is not None:
             self.on_start()
 
-    def stopService(self) -> defer.Deferred[Any]:
+    def stopService(self) -> defer.Deferred[object]:
         service.Service.stopService(self)
         if self.on_stop is None:
             return defer.succeed(None)

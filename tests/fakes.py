@@ -1,6 +1,10 @@
-"""The fakes that the CRS and client tests share: accounts with real ECCSI
-keys, client objects, Redis connections, the message store, relay and call
-parties.  Test modules import these from here, never from each other.
+"""The fakes that the tests share: accounts with real ECCSI keys, client
+objects, Redis connections, the message store, relay and call parties, a
+recording SIP channel and SIP leg, a management connection pair, a client
+session's key material, and a WebSocket pair.  Test modules import these
+(and the fixtures in ``sip_support``, ``cig_support``, ``umsg_support``,
+``interop/_crs``, ``interop/_sipp``, ``interop/_amp``) from here, never from
+each other.
 
 :class:`MemoryMessageStore` stands in for
 :class:`~cryptify.crs.messages.store.MessageStore`; ``tests.test_messages``
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import calendar
 import itertools
+import time
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -20,7 +25,12 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.protocols import amp
+from twisted.test import iosim
 
+from cryptify.client.session import (
+    ClientSession,
+)
 from cryptify.crs.calls.core import RelayLegs
 from cryptify.crs.messages.store import (
     KINDS,
@@ -37,10 +47,26 @@ from cryptify.crs.messages.store import (
 )
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crypto.eccsi import EccsiKms, EccsiSigner
-from cryptify.crypto.identity import tel_identifier
+from cryptify.crypto.identity import period_of, tel_identifier
 from cryptify.crypto.updatefile import seal_update_file
 from cryptify.kms.store import KmsAccount
-from cryptify.protocols.umsg import Message
+from cryptify.protocols import umsg
+from cryptify.protocols.mgmt import (
+    ManagementClient,
+    ManagementProtocol,
+)
+from cryptify.protocols.sip.errors import SipParseError
+from cryptify.protocols.sip.message import Request, Response, parse_datagram
+from cryptify.protocols.sip.transaction import (
+    ServerTransaction,
+)
+from cryptify.protocols.umsg import (
+    Message,
+)
+from cryptify.protocols.umsg_ws import (
+    Opened,
+    UmsgWebSocket,
+)
 
 #: Tests run in this month (the clock starts on its 15th).
 PERIOD = "2026-11"
@@ -431,3 +457,116 @@ class FakeRelay:
 
     def release(self, session: str) -> None:
         self.released.append(session)
+
+
+@attrs.define
+class FakeChannel:
+    """A channel that records what is sent on it."""
+
+    reliable: bool = False
+    address: tuple[str, int] = ("192.0.2.1", 5060)
+    sent: list[bytes] = attrs.field(factory=list)
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def messages(self) -> list[Request | Response]:
+        out = []
+        for data in self.sent:
+            message = parse_datagram(data)
+            assert message is not None
+            out.append(message)
+        return out
+
+
+class RecordingLeg:
+    """A tel-side leg that records what the SIF reports."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def trying(self) -> None:
+        self.events.append("trying")
+
+    def ringing(self) -> None:
+        self.events.append("ringing")
+
+    def answered(self) -> None:
+        self.events.append("answered")
+
+    def rejected(self, status: int = 480) -> None:
+        self.events.append(f"rejected {status}")
+
+    def hung_up(self) -> None:
+        self.events.append("hung up")
+
+
+def pair(locator: amp.CommandLocator, cookie: str | None = None) -> tuple[Any, Any, Any]:
+    server = ManagementProtocol(lambda proto: locator, cookie)
+    client = ManagementClient()
+    pump = iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client))
+    return server, client, pump
+
+
+def call(client: Any, pump: Any, command: type[amp.Command], **kwargs: Any) -> Any:
+    """Send a command, pump, and return its result (a Failure on error).
+
+    The result is captured before pumping: AMP drops the connection when an
+    error answer finds no errback on the call's Deferred.
+    """
+    results: list[Any] = []
+    client.callRemote(command, **kwargs).addBoth(results.append)
+    pump.flush()
+    assert len(results) == 1
+    return results[0]
+
+
+_MATERIAL: dict[str, Any] = {}
+
+
+def material(uri: str, account: str = "acme") -> Any:
+    """Key material for ``uri`` in ``account`` (one KMS per account, per run)."""
+    if account not in _MATERIAL:
+        _MATERIAL[account] = KmsAccount.generate(account)
+    if (uri, account) not in _MATERIAL:
+        _MATERIAL[uri, account] = _MATERIAL[account].issue(uri, period_of(time.time()))
+    return _MATERIAL[uri, account]
+
+
+def attached(uri: str) -> tuple[ClientSession, list[Message]]:
+    sent: list[Message] = []
+    session = ClientSession("acme", uri, lambda p: None, sent.append)
+    session.state = "attached"
+    return session, sent
+
+
+def opened_pair(max_message: int = umsg.MAX_MESSAGE) -> tuple[UmsgWebSocket, UmsgWebSocket]:
+    client = UmsgWebSocket.connect("crs.test", max_message=max_message)
+    server = UmsgWebSocket.server(max_message)
+    events = server.receive(client.outgoing())
+    assert events == [Opened("/")], events
+    events = client.receive(server.outgoing())
+    assert events == [Opened("/")], events
+    return client, server
+
+
+@attrs.define
+class RecordingUser:
+    """A transaction user that records what it is told."""
+
+    requests: list[ServerTransaction] = attrs.field(factory=list)
+    acks: list[Request] = attrs.field(factory=list)
+    unacknowledged: list[ServerTransaction] = attrs.field(factory=list)
+    errors: list[SipParseError] = attrs.field(factory=list)
+
+    def request_received(self, transaction: ServerTransaction) -> None:
+        self.requests.append(transaction)
+
+    def ack_received(self, request: Request, channel: object) -> None:
+        self.acks.append(request)
+
+    def no_ack(self, transaction: ServerTransaction) -> None:
+        self.unacknowledged.append(transaction)
+
+    def bad_message(self, error: SipParseError, channel: object) -> None:
+        self.errors.append(error)

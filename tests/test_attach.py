@@ -840,7 +840,7 @@ class FeatureHookTests(_Base):
     """Features (sessions, messages) plug into attached connections."""
 
     def test_handlers_and_detach(self) -> None:
-        """A registered handler gets its type instead of not-implemented; every way an
+        """A registered handler gets its type; every way an
         attached connection ends is reported to on_detach exactly once."""
         seen: list[Any] = []
         detached: list[str] = []

@@ -1,6 +1,6 @@
 """
 The CIG's call legs and media bridges on explicit machines
-(L{cryptify.cig.lifecycle}): every move is checked against its table,
+(L{cryptify.lifecycle}): every move is checked against its table,
 events a state does not take are ignored, and the bridge handle sends
 each command once.
 """
@@ -19,7 +19,6 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.calls import Call
-from cryptify.cig.lifecycle import IllegalTransition, Lifecycle, check_table
 from cryptify.cig.sif.legs import IN_MOVES, OUT_MOVES, SHOWN_IN, SHOWN_OUT, InState, OutState
 from cryptify.cig.tel.bridge import BRIDGE_MOVES, Bridge, BridgeState
 from cryptify.cig.tel.legs import (
@@ -30,11 +29,13 @@ from cryptify.cig.tel.legs import (
     OutLegState,
     TelState,
 )
+from cryptify.lifecycle import IllegalTransition, Lifecycle, check_table
 from cryptify.protocols.bridge_control import BridgeAdd, BridgeError, BridgeRemove, BridgeUpdate
 from cryptify.protocols.sip.transaction import T1
 from cryptify.protocols.umsg import Message, message
-from tests.test_cig_tel import ANSWER, CALLER, TelCase
-from tests.test_sip_sif import OutgoingCase, RecordingLeg, SifCase, invite
+from tests.cig_support import ANSWER, CALLER, TelCase
+from tests.fakes import RecordingLeg
+from tests.sip_support import OutgoingCase, SifCase, invite
 
 #: Every machine: its table, where it starts, and how its states are shown.
 MACHINES: list[tuple[Mapping[Any, frozenset[Any]], enum.Enum, Mapping[Any, object] | None]] = [

@@ -18,7 +18,7 @@ from cryptify.cig.tel.uif import store_blob
 from cryptify.crypto.keymaterial import KeyMaterial
 from cryptify.protocols import cig_admin
 from cryptify.protocols.mgmt import CommandFailed
-from tests.test_mgmt import call, pair
+from tests.fakes import call, pair
 
 #: Blobs that look a little like key material, and some that do not.
 blobs = st.one_of(

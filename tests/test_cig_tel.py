@@ -8,128 +8,35 @@ control link and the UIF session are in-memory doubles.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import attrs
 from twisted.internet.defer import succeed
-from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
-from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.cig.calls import Call, CallState, CallTable, StubTelSide, TelLeg
+from cryptify.cig.calls import Call, CallState, StubTelSide
 from cryptify.cig.route import Router
 from cryptify.cig.tel.bridge import PbxMedia, pbx_media
-from cryptify.cig.tel.core import UmsgTel
 from cryptify.cig.tel.switch import TelSwitch, UifCalls
-from cryptify.client.calls import CallAgent
 from cryptify.client.connection import ConnectionEnded
 from cryptify.client.session import Answered, Attached, Incoming
 from cryptify.config import load_cig_config
-from cryptify.crypto.keymaterial import KIND_CIG
-from cryptify.protocols.bridge_control import BridgeAdd, BridgeError, BridgeRemove, BridgeUpdate
+from cryptify.protocols.bridge_control import BridgeAdd, BridgeRemove, BridgeUpdate
 from cryptify.protocols.sip.message import Request, Response, parse_datagram, response_to
 from cryptify.protocols.sip.sdp import parse_sdp
 from cryptify.protocols.umsg import Message, message
-from tests.test_client_calls import _MATERIAL, attached, material
-from tests.test_sip_sif import RecordingLeg
-
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "config")
-CALLER, CIG, CALLEE = "tel:+461111", "tel:+8888", "tel:+8888;101"
-ANSWER = (
-    b"v=0\r\no=pbx 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\n"
-    b"m=audio 6000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+from tests.cig_support import (
+    _INVITES,
+    ANSWER,
+    CALLEE,
+    CALLER,
+    CIG,
+    FIXTURES,
+    TelCase,
+    cig_material,
 )
-
-_INVITES: dict[tuple[str, str], tuple[Message, bytes]] = {}
-
-
-def cig_material() -> Any:
-    """The CIG's key material, issued by the caller's KMS."""
-    material(CALLER)
-    if CIG not in _MATERIAL:
-        from cryptify.crypto.identity import period_of
-
-        _MATERIAL[CIG] = _MATERIAL["acme"].issue(CIG, period_of(time.time()), kind=KIND_CIG)
-    return _MATERIAL[CIG]
-
-
-class FakeSif:
-    """The SIF as the tel side sees it: records legs and hangups."""
-
-    def __init__(self) -> None:
-        self.legs: list[tuple[Call, TelLeg]] = []
-        self.hung_up: list[Call] = []
-        self.sdp = ANSWER
-
-    def place_call(self, call: Call, leg: TelLeg) -> None:
-        self.legs.append((call, leg))
-
-    def hang_up(self, call: Call) -> None:
-        self.hung_up.append(call)
-
-    def media_of(self, call: Call) -> tuple[int | None, bytes] | None:
-        return 1024, self.sdp
-
-
-class FakeBridge:
-    """The cig-relay control link: records commands, refuses BridgeAdd when told."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[type[amp.Command], dict[str, Any]]] = []
-        self.refuse = False
-
-    async def call(self, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]:
-        self.sent.append((command, kwargs))
-        if command is BridgeAdd and self.refuse:
-            raise BridgeError("port busy")
-        return {}
-
-
-class TelCase(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(time.time())
-        self.session, self.out = attached(CIG)
-        self.sif = FakeSif()
-        self.bridge = FakeBridge()
-        self.calls = CallTable(self.clock)
-        config = load_cig_config(os.path.join(FIXTURES, "cig-simple.conf"))
-        self.tel = UmsgTel(
-            cig_material(),
-            self.clock,
-            lambda: self.session,
-            self.sif,
-            self.calls,
-            Router(config),
-            self.bridge,
-        )
-        self.caller_session, self.caller_out = attached(CALLER)
-        self.caller = CallAgent(material(CALLER), time.time, self.caller_session)
-
-    def tearDown(self) -> None:
-        self.calls.stop()
-
-    def invite(self, to: str = CALLEE, frm: str = CALLER) -> Message:
-        """The invite the CRS would send the CIG for the caller's call to ``to``.
-
-        The I_MESSAGE of the usual call is built once per run (each test's
-        tel side has its own replay guard); its SRTP key is in L{_INVITES}.
-        """
-        if (to, frm) not in _INVITES:
-            call = self.caller.place(to)
-            sent = self.caller_out[-1]
-            invite = message(
-                "invite", session="s1", to=to, mikey=sent["mikey"],
-                **{"from": frm, "relay-host": "192.0.2.99", "relay-port": 146,
-                   "relay-tag": b"T" * 8},
-            )  # fmt: skip
-            _INVITES[to, frm] = (invite, call.policy_key)
-        return _INVITES[to, frm][0]
-
-    def types(self) -> list[str]:
-        return [m.type for m in self.out]
+from tests.fakes import RecordingLeg
 
 
 class IncomingTests(TelCase):
@@ -332,7 +239,7 @@ class ThroughSifTests(TelCase):
         super().setUp()
         from cryptify.cig.calls import StubTelSide
         from cryptify.cig.sif.core import Sif
-        from tests.test_sip_transaction import FakeChannel
+        from tests.fakes import FakeChannel
 
         config = load_cig_config(os.path.join(FIXTURES, "cig-simple.conf"))
         self.real = Sif(config, self.clock, StubTelSide(), self.calls)
@@ -382,7 +289,7 @@ class ThroughSifTests(TelCase):
 
     def test_call_from_pbx_through_sif(self) -> None:
         """PBX INVITE -> UMSG invite; talk -> BridgeAdd from the PBX's offer, then 200."""
-        from tests.test_sip_sif import invite as sip_invite
+        from tests.sip_support import invite as sip_invite
 
         self.real.tel = TelSwitch(StubTelSide(), self.tel_calls())
         self.real.message_received(parse_datagram(sip_invite()), self.channel)
@@ -484,13 +391,12 @@ class WiringTests(SynchronousTestCase):
     def test_uif_forwards_events(self) -> None:
         """Uif.on_call_event gets the client's events; session() is the live session."""
         from cryptify.cig.tel.uif import Uif, store_blob
-        from tests.test_client import _Connector
-        from tests.umsg_support import World
+        from tests.umsg_support import World, WorldConnector
 
         world = World.make()
         keystore = os.path.join(self.mktemp(), "userdata")
         store_blob(keystore, cig_material().to_blob())
-        connector = _Connector(world)
+        connector = WorldConnector(world)
         uif = Uif(
             world.clock,
             keystore,

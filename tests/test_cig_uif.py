@@ -33,9 +33,8 @@ from cryptify.crypto.keymaterial import KIND_CIG, KeyMaterial, load_keystore
 from cryptify.kms.store import KmsAccount
 from cryptify.protocols import cig_admin
 from cryptify.protocols.mgmt import CommandFailed
-from tests.test_client import _Connector
-from tests.test_mgmt import call, pair
-from tests.umsg_support import World
+from tests.fakes import call, pair
+from tests.umsg_support import World, WorldConnector
 
 URI = "tel:+8888"
 _KMS: list[KmsAccount] = []
@@ -99,7 +98,7 @@ class UifTests(SynchronousTestCase):
         self.world = World.make()
         self.dir = os.path.join(self.mktemp(), "userdata")
         self.period = period_of(self.world.clock.seconds())
-        self.connector = _Connector(self.world)
+        self.connector = WorldConnector(self.world)
         self.uif = Uif(
             self.world.clock,
             self.dir,

@@ -7,10 +7,6 @@ import os
 import random
 from typing import Any
 
-from twisted.internet import defer
-from twisted.internet.address import IPv4Address
-from twisted.internet.protocol import Factory
-from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.client import cli
@@ -25,7 +21,7 @@ from cryptify.client.session import Attached, ClientSession, Disconnected, Moved
 from cryptify.crs.slots import SlotMap, slot_of
 from cryptify.protocols.umsg import Message
 from tests.fakes import signer
-from tests.umsg_support import World
+from tests.umsg_support import World, WorldConnector
 
 
 class SessionTests(SynchronousTestCase):
@@ -79,40 +75,6 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(self.session.request("fetch"), 1)
 
 
-class _Connector:
-    """A connector that links each connection to a World's server in memory."""
-
-    def __init__(self, world: World, fail: int = 0) -> None:
-        self.world = world
-        self.fail = fail
-        self.calls: list[tuple[str, int]] = []
-        self.pumps: list[iosim.IOPump] = []
-
-    def __call__(self, host: str, port: int, factory: Factory[Any]) -> defer.Deferred[Any]:
-        self.calls.append((host, port))
-        if self.fail:
-            self.fail -= 1
-            return defer.fail(ConnectionRefusedError("refused"))
-        client = factory.buildProtocol(IPv4Address("TCP", host, port))
-        server = self.world.factory.buildProtocol(None)
-        pump = iosim.connect(
-            server,
-            iosim.FakeTransport(
-                server, isServer=True, peerAddress=IPv4Address("TCP", "192.0.2.5", 7)
-            ),
-            client,
-            iosim.FakeTransport(client, isServer=False),
-            clock=self.world.clock,
-        )
-        pump.flush()
-        self.pumps.append(pump)
-        return defer.succeed(client)
-
-    def flush(self) -> None:
-        for pump in self.pumps:
-            pump.flush()
-
-
 class AttachingClientTests(SynchronousTestCase):
     """AttachingClient: stays attached, backs off with jitter, follows moves."""
 
@@ -120,7 +82,7 @@ class AttachingClientTests(SynchronousTestCase):
         self.world = World.make()
         self.events: list[Any] = []
 
-    def client(self, connector: _Connector, uri: str = "tel:+4612345") -> AttachingClient:
+    def client(self, connector: WorldConnector, uri: str = "tel:+4612345") -> AttachingClient:
         client = AttachingClient(
             self.world.clock,
             connector,
@@ -133,7 +95,7 @@ class AttachingClientTests(SynchronousTestCase):
         self.addCleanup(self._stop, client, connector)
         return client
 
-    def _stop(self, client: AttachingClient, connector: _Connector) -> None:
+    def _stop(self, client: AttachingClient, connector: WorldConnector) -> None:
         done = client.stop()
         connector.flush()
         self.successResultOf(done)
@@ -141,7 +103,7 @@ class AttachingClientTests(SynchronousTestCase):
 
     def test_backoff_then_attach(self) -> None:
         """Failed connects are retried after growing, jittered delays; success resets."""
-        connector = _Connector(self.world, fail=3)
+        connector = WorldConnector(self.world, fail=3)
         client = self.client(connector)
         client.start()
         delays = []
@@ -159,7 +121,7 @@ class AttachingClientTests(SynchronousTestCase):
         than the CRS's ``retry-after``, then attaches."""
         ready = [False]
         self.world.core.ready = lambda: ready[0]
-        connector = _Connector(self.world)
+        connector = WorldConnector(self.world)
         client = self.client(connector)
         client.start()
         connector.flush()
@@ -176,7 +138,7 @@ class AttachingClientTests(SynchronousTestCase):
 
     def test_reconnects_after_loss(self) -> None:
         """When the CRS drops the connection, the client attaches again."""
-        connector = _Connector(self.world)
+        connector = WorldConnector(self.world)
         client = self.client(connector)
         client.start()
         self.world.factory.disconnect_all("shutdown")
@@ -189,7 +151,7 @@ class AttachingClientTests(SynchronousTestCase):
     def test_replaced_stops(self) -> None:
         """Replaced by another client of the same URI, the client stops and says why:
         the two do not take the URI from each other in turn."""
-        connector = _Connector(self.world)
+        connector = WorldConnector(self.world)
         first = self.client(connector)
         first.start()
         other_events: list[Any] = []
@@ -216,7 +178,7 @@ class AttachingClientTests(SynchronousTestCase):
 
     def test_replaced_holds_off(self) -> None:
         """An unattended client (stop_on_replaced=False) waits the whole max_delay."""
-        connector = _Connector(self.world)
+        connector = WorldConnector(self.world)
         first = self.client(connector)
         first.stop_on_replaced = False
         first.start()
@@ -242,7 +204,7 @@ class AttachingClientTests(SynchronousTestCase):
 
     def test_delay_window(self) -> None:
         """The delay window doubles per attempt up to the cap; draws spread over it."""
-        client = self.client(_Connector(self.world))
+        client = self.client(WorldConnector(self.world))
         client.attempt = 20
         draws = [client.delay() for _ in range(200)]
         self.assertTrue(all(0 <= d <= client.max_delay for d in draws))
@@ -253,7 +215,7 @@ class AttachingClientTests(SynchronousTestCase):
         uri = "tel:+4612345"
         hosts = ("crs2", "crs1") if slot_of(uri) < 8192 else ("crs1", "crs2")
         self.world.core.slots = SlotMap(hosts, "crs1", {"crs2": "192.0.2.7"})
-        connector = _Connector(self.world)
+        connector = WorldConnector(self.world)
         client = self.client(connector)
         client.start()
         self.world.clock.advance(0)
@@ -314,7 +276,7 @@ class TicketReuseTests(SynchronousTestCase):
         world = World.make()
         world.core.tickets = TicketKey.derive("k")
         events: list[Any] = []
-        connector = _Connector(world)
+        connector = WorldConnector(world)
         client = AttachingClient(
             world.clock,
             connector,

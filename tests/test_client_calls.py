@@ -8,36 +8,17 @@ into what the CRS would send the other.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.client import calls
 from cryptify.client.calls import CallAgent, CallError, CallEvent
 from cryptify.client.messages import Messenger, Posted, Receipt, Received
-from cryptify.client.session import Answered, ClientSession, Incoming
-from cryptify.crypto.identity import period_of
-from cryptify.kms.store import KmsAccount
+from cryptify.client.session import Answered, Incoming
 from cryptify.protocols.umsg import Message, message
+from tests.fakes import attached, material
 
 A, B = "tel:+461111", "tel:+462222"
-_MATERIAL: dict[str, Any] = {}
-
-
-def material(uri: str, account: str = "acme") -> Any:
-    """Key material for ``uri`` in ``account`` (one KMS per account, per run)."""
-    if account not in _MATERIAL:
-        _MATERIAL[account] = KmsAccount.generate(account)
-    if (uri, account) not in _MATERIAL:
-        _MATERIAL[uri, account] = _MATERIAL[account].issue(uri, period_of(time.time()))
-    return _MATERIAL[uri, account]
-
-
-def attached(uri: str) -> tuple[ClientSession, list[Message]]:
-    sent: list[Message] = []
-    session = ClientSession("acme", uri, lambda p: None, sent.append)
-    session.state = "attached"
-    return session, sent
 
 
 class _Pair(SynchronousTestCase):

@@ -11,7 +11,7 @@ from cryptify.client import cli
 from cryptify.client.calls import END, INCOMING, Call, CallEvent
 from cryptify.client.messages import Posted, Receipt, Received
 from cryptify.crypto.keymaterial import write_key_material
-from tests.test_client_calls import material
+from tests.fakes import material
 
 
 class ArgumentTests(SynchronousTestCase):
@@ -92,7 +92,7 @@ class DescribeTests(SynchronousTestCase):
         self.assertEqual(cli.describe(Posted(3, "m1")), "posted message m1")
         self.assertEqual(cli.describe(Posted(3, None, "not-found")), "message 3 refused: not-found")
         got = Received("m2", "tel:+1", "tel:+2", 0, "héllo".encode(), None)
-        self.assertEqual(cli.describe(got), "message m2 from tel:+1: héllo")
+        self.assertEqual(cli.describe(got), "message m2 from tel:+1: not opened (6 octets)")
         ack = Received("m3", "tel:+1", "tel:+2", 0, None, "m2")
         self.assertEqual(cli.describe(ack), "message m3 from tel:+1: ack of m2")
         self.assertEqual(cli.describe(Receipt("m1")), "delivered message m1")

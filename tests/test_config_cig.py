@@ -384,7 +384,8 @@ BROKEN = {
     "cig-override-one-address.conf": "3:41: unexpected: ';' (expected a name or value)",
     "cig-unknown-keyword.conf": "3:5: unknown keyword: 'mesaging' (expected 'extension',"
     " 'source', 'bind', 'messaging', 'rtp_port_range', 'rtp_remote_addr_override',"
-    " 'trusted_peer', 'untrusted_answer', 'tcp_idle_timeout' or '}')",
+    " 'trusted_peer', 'untrusted_answer', 'tcp_idle_timeout',"
+    " 'pbx_account', 'tls_certificate', 'tls_key', 'tls_ca',...)",
     "cig-bad-pattern.conf": "2:21: '{' without a closing '}': 'tel:+{x'"
     " (expected {name} parameters)",
     "cig-unterminated-comment.conf": "1:1: unterminated comment: '/' (expected '*/')",

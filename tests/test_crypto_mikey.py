@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import calendar
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,39 +22,13 @@ from cryptify.crypto.identity import (
     KeyPeriods,
     mikey_sakke_uid,
     split_tel_identifier,
-    tel_identifier,
 )
 from cryptify.crypto.replay import ReplayGuard
-from tests.fixtures.crypto import fixture, h
+from tests.fixtures.crypto import ALICE, DOMAIN, NOW, fixture, h
 
 MCX = fixture("mcx-streamwide.json")
-NOW = calendar.timegm((2025, 10, 15, 12, 0, 0))
-ALICE, BOB = "tel:+46701234567", "tel:+46709876543"
 
 
-class _Domain:
-    """One KMS with two users, ID scheme 1, month of NOW."""
-
-    def __init__(self) -> None:
-        self.eccsi = eccsi.EccsiKms(0x1234567)
-        self.sakke = sakke.SakkeKms(0x7654321)
-        self.z = self.sakke.public_key()
-        self.kpak = self.eccsi.kpak
-        self.alice_id = tel_identifier(ALICE, "2025-10")
-        self.bob_id = tel_identifier(BOB, "2025-10")
-        ssk, pvt = self.eccsi.issue(self.alice_id)
-        self.alice = eccsi.EccsiSigner(self.kpak, self.alice_id, ssk, pvt)
-        self.bob = sakke.SakkeReceiver(self.z, self.bob_id, self.sakke.issue_rsk(self.bob_id))
-
-    def build(self, **kw: object) -> mikey.BuiltIMessage:
-        kw.setdefault("idrs", mikey.tel_idrs(ALICE, BOB))
-        return mikey.build_i_message(self.alice, self.z, self.bob_id, now=NOW, **kw)  # type: ignore[arg-type]
-
-    def receive(self, data: bytes, **kw: object) -> mikey.ReceivedIMessage:
-        return mikey.receive_i_message(data, kpak=self.kpak, receiver=self.bob, now=NOW, **kw)  # type: ignore[arg-type]
-
-
-DOMAIN = _Domain()
 SAMPLE = DOMAIN.build()
 
 

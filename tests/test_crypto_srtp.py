@@ -13,8 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cryptify.crypto import mikey_payloads as mp
 from cryptify.crypto import prf
 from cryptify.crypto.errors import MikeyError
-from tests.fixtures.crypto import fixture, h, n
-from tests.test_crypto_mikey import DOMAIN
+from tests.fixtures.crypto import DOMAIN, fixture, h, n
 
 K = fixture("mikey_prf.json")
 S = fixture("srtp.json")

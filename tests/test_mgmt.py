@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.operator.admin import CigAdmin
 from cryptify.cig.operator.state import CigState
+from cryptify.cookie import CookieError, ensure_cookie, read_cookie
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.protocols import cig_admin, crs_admin
@@ -29,36 +30,13 @@ from cryptify.protocols.mgmt import (
     MAX_PER_SOURCE,
     Authenticate,
     BadCookie,
-    CookieError,
     JsonValue,
     ManagementClient,
     ManagementFactory,
-    ManagementProtocol,
     NotAuthenticated,
-    ensure_cookie,
-    read_cookie,
 )
 from cryptify.tools.mgmtcli import printable, render_table, write_table
-
-
-def pair(locator: amp.CommandLocator, cookie: str | None = None) -> tuple[Any, Any, Any]:
-    server = ManagementProtocol(lambda proto: locator, cookie)
-    client = ManagementClient()
-    pump = iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client))
-    return server, client, pump
-
-
-def call(client: Any, pump: Any, command: type[amp.Command], **kwargs: Any) -> Any:
-    """Send a command, pump, and return its result (a Failure on error).
-
-    The result is captured before pumping: AMP drops the connection when an
-    error answer finds no errback on the call's Deferred.
-    """
-    results: list[Any] = []
-    client.callRemote(command, **kwargs).addBoth(results.append)
-    pump.flush()
-    assert len(results) == 1
-    return results[0]
+from tests.fakes import call, pair
 
 
 class GateTests(SynchronousTestCase):

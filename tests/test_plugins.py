@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import attrs
 from twisted.application.service import IServiceMaker
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -13,11 +14,13 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from cryptify.config.crs import Endpoint
 from cryptify.crs.attach.registry import Attachment
 from cryptify.crs.attach.wiring import UmsgListenService
 from cryptify.crs.redis.services import ManagedRedis
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.logs import LogFileService
+from cryptify.ops.reload import SighupService
 from cryptify.plugins import cig, cig_relay, crs, crs_relay
 from cryptify.plugins._common import evolve_at
 from cryptify.service import CallbackService, ListenService
@@ -133,8 +136,25 @@ class CrsOptionsTests(SynchronousTestCase):
         self.assertIsInstance(children[2], ManagedRedis)
         listeners = [c for c in children if isinstance(c, ListenService)]
         self.assertEqual([s.what for s in listeners], ["client TLS", "management"])
-        self.assertIs(children[-1], listeners[-1])
+        # the SIGHUP reload comes last, so it stops first
+        self.assertIsInstance(children[-1], SighupService)
+        self.assertIs(children[-2], listeners[-1])
         self.assertFalse(os.path.exists(options["crs"].global_.data_dir))
+
+    def test_admin_interface_only_when_configured(self) -> None:
+        """The admin interface is off by default; admin-listen adds it last, opening nothing."""
+        options = crs.Options()
+        options.parseOptions(["--data-dir", self.mktemp()])
+        cfg = options["crs"]
+        root = crs.make_crs_service(cfg, options["local"], Clock())
+        self.assertNotIn("admin interface", [getattr(c, "what", None) for c in root])
+        g = attrs.evolve(cfg.global_, admin_listen=Endpoint("127.0.0.1", 18443))
+        root = crs.make_crs_service(attrs.evolve(cfg, global_=g), options["local"], Clock())
+        children = list(root)
+        self.assertIsInstance(children[-1], ListenService)
+        self.assertEqual(children[-1].what, "admin interface")
+        self.assertEqual(children[-1].where, "127.0.0.1:18443")
+        self.assertFalse(os.path.exists(cfg.global_.data_dir))
 
     def test_attach_waits_for_both_stores(self) -> None:
         """The client listener's attaches are accepted only while redis_high and

@@ -150,6 +150,14 @@ class ConfTests(InstanceMixin, SynchronousTestCase):
         self.assertIn('masterauth "peerpw"', lines)
         self.assertIn("appendonly yes", lines)
 
+    def test_backup_through_tunnel(self):
+        """Without a master password (the sync tunnel logs in at the far end)
+        redis_backup gets no masterauth."""
+        i = self.instance(BACKUP, replica_of=ReplicaOf("127.0.0.1", 40123))
+        lines = self.lines(i)
+        self.assertIn("replicaof 127.0.0.1 40123", lines)
+        self.assertFalse([line for line in lines if line.startswith("masterauth")])
+
     def test_quoting(self):
         """Quotes and backslashes in values cannot break out of the directive."""
         i = self.instance(password='a"b\\c')

@@ -20,7 +20,7 @@ from cryptify.config import load_cig_config, parse_cig_config
 from cryptify.protocols.sip.locate import Target
 from cryptify.protocols.sip.message import Request, response_to
 from cryptify.protocols.sip.transaction import T1, Channel
-from tests.test_sip_transaction import FakeChannel
+from tests.fakes import FakeChannel
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "config")
 

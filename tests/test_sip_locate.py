@@ -37,9 +37,25 @@ class LocateTests(SynchronousTestCase):
         self.assertEqual(Target("::1", 5062, "tcp").uri, "sip:[::1]:5062;transport=tcp")
         self.assertEqual(str(Target("pbx.com")), "pbx.com:5060/udp")
 
+    def test_tls(self) -> None:
+        """
+        C{;transport=tls} and C{sips:} mean TLS, by default on port 5061;
+        the server's own URI says so.
+        """
+        self.assertEqual(locate("sip:1@pbx.com;transport=TLS"), Target("pbx.com", 5061, "tls"))
+        self.assertEqual(locate("sips:1@pbx.com:5071"), Target("pbx.com", 5071, "tls"))
+        self.assertEqual(locate("sips:1@pbx.com;transport=tcp"), Target("pbx.com", 5061, "tls"))
+        self.assertEqual(Target("pbx.com", 5061, "tls").uri, "sip:pbx.com:5061;transport=tls")
+
     def test_refused(self) -> None:
-        """sips, tel, other transports and unparsable URIs are refused."""
-        for uri in ("sips:1@pbx.com", "tel:+4670", "sip:1@h;transport=sctp", "sip:", "x"):
+        """sips over UDP, tel, other transports and unparsable URIs are refused."""
+        for uri in (
+            "sips:1@pbx.com;transport=udp",
+            "tel:+4670",
+            "sip:1@h;transport=sctp",
+            "sip:",
+            "x",
+        ):
             with self.assertRaises(LocateError, msg=uri):
                 locate(uri)
 

@@ -26,8 +26,8 @@ from cryptify.config import load_cig_config, parse_cig_config
 from cryptify.config.cig_model import CigConfig
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.message import Response, parse_datagram
-from tests.test_sip_sif import FIXTURES, OFFER, invite
-from tests.test_sip_transaction import FakeChannel
+from tests.fakes import FakeChannel
+from tests.sip_support import FIXTURES, OFFER, invite
 
 PBX = "192.0.2.1"
 STRANGER = "203.0.113.9"

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import itertools
 
-import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from cryptify.lifecycle import IllegalTransition, Lifecycle
 from cryptify.protocols.sip.dialog import Dialog, dialog_id_of
-from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.message import Request, Response, parse_datagram, response_to
 from cryptify.protocols.sip.transaction import (
     INVITE_CLIENT,
@@ -24,55 +23,11 @@ from cryptify.protocols.sip.transaction import (
     T1,
     T2,
     T4,
-    IllegalTransition,
-    ServerTransaction,
     TransactionLayer,
     TxState,
-    advance,
     server_key,
 )
-
-
-@attrs.define
-class FakeChannel:
-    """A channel that records what is sent on it."""
-
-    reliable: bool = False
-    address: tuple[str, int] = ("192.0.2.1", 5060)
-    sent: list[bytes] = attrs.field(factory=list)
-
-    def send(self, data: bytes) -> None:
-        self.sent.append(data)
-
-    def messages(self) -> list[Request | Response]:
-        out = []
-        for data in self.sent:
-            message = parse_datagram(data)
-            assert message is not None
-            out.append(message)
-        return out
-
-
-@attrs.define
-class RecordingUser:
-    """A transaction user that records what it is told."""
-
-    requests: list[ServerTransaction] = attrs.field(factory=list)
-    acks: list[Request] = attrs.field(factory=list)
-    unacknowledged: list[ServerTransaction] = attrs.field(factory=list)
-    errors: list[SipParseError] = attrs.field(factory=list)
-
-    def request_received(self, transaction: ServerTransaction) -> None:
-        self.requests.append(transaction)
-
-    def ack_received(self, request: Request, channel: object) -> None:
-        self.acks.append(request)
-
-    def no_ack(self, transaction: ServerTransaction) -> None:
-        self.unacknowledged.append(transaction)
-
-    def bad_message(self, error: SipParseError, channel: object) -> None:
-        self.errors.append(error)
+from tests.fakes import FakeChannel, RecordingUser
 
 
 def request(
@@ -354,11 +309,14 @@ class TransactionStateTests(LayerCase):
             ("non-INVITE client", TxState.TRYING, TxState.CALLING),
         ]
         for kind, old, new in refused:
+            machine = Lifecycle(f"{kind} transaction", self.TABLES[kind], old)
             with self.assertRaises(IllegalTransition) as caught:
-                advance(kind, self.TABLES[kind], old, new)
+                machine.move(new)
             self.assertEqual(
-                str(caught.exception), f"{kind} transaction cannot go from {old} to {new}"
+                str(caught.exception),
+                f"{kind} transaction: {old.name} -> {new.name} is not allowed",
             )
+            self.assertIs(machine.state, old)
 
     def test_transaction_refuses_illegal_move(self) -> None:
         """

@@ -34,6 +34,7 @@ from cryptify.protocols.umsg_ws import (
     UmsgWebSocket,
     server_frame,
 )
+from tests.fakes import opened_pair
 from tests.umsg_support import FROM_CLIENT_SAMPLES, FROM_SERVER_SAMPLES
 
 
@@ -252,16 +253,6 @@ class CodecTests(SynchronousTestCase):
             decode_from_client(data)
         except UmsgError:
             pass
-
-
-def opened_pair(max_message: int = umsg.MAX_MESSAGE) -> tuple[UmsgWebSocket, UmsgWebSocket]:
-    client = UmsgWebSocket.connect("crs.test", max_message=max_message)
-    server = UmsgWebSocket.server(max_message)
-    events = server.receive(client.outgoing())
-    assert events == [Opened("/")], events
-    events = client.receive(server.outgoing())
-    assert events == [Opened("/")], events
-    return client, server
 
 
 def wsproto_end(client: bool) -> Any:

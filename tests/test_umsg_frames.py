@@ -43,7 +43,7 @@ from cryptify.protocols.umsg_ws import (
     mask,
     server_frame,
 )
-from tests.test_umsg import opened_pair
+from tests.fakes import opened_pair
 
 BOUNDARIES = [0, 1, 4, 125, 126, 127, 65535, 65536]
 

@@ -7,6 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
@@ -161,3 +164,37 @@ FROM_SERVER_SAMPLES: dict[str, dict[str, Any]] = {
     },
     "delivered": {"message": "m-1"},
 }
+
+
+class WorldConnector:
+    """A connector that links each connection to a World's server in memory."""
+
+    def __init__(self, world: World, fail: int = 0) -> None:
+        self.world = world
+        self.fail = fail
+        self.calls: list[tuple[str, int]] = []
+        self.pumps: list[iosim.IOPump] = []
+
+    def __call__(self, host: str, port: int, factory: Factory[Any]) -> defer.Deferred[Any]:
+        self.calls.append((host, port))
+        if self.fail:
+            self.fail -= 1
+            return defer.fail(ConnectionRefusedError("refused"))
+        client = factory.buildProtocol(IPv4Address("TCP", host, port))
+        server = self.world.factory.buildProtocol(None)
+        pump = iosim.connect(
+            server,
+            iosim.FakeTransport(
+                server, isServer=True, peerAddress=IPv4Address("TCP", "192.0.2.5", 7)
+            ),
+            client,
+            iosim.FakeTransport(client, isServer=False),
+            clock=self.world.clock,
+        )
+        pump.flush()
+        self.pumps.append(pump)
+        return defer.succeed(client)
+
+    def flush(self) -> None:
+        for pump in self.pumps:
+            pump.flush()

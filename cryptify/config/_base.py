@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import attrs
 from ply import lex, yacc
 
+from cryptify.config._ply import Lexer, LexToken
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -285,14 +287,14 @@ class Grammar:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._lexer: Any = None
+        self._lexer: Lexer | None = None
         self._parser: Any = None
         self.ctx = Context("<string>", "")
-        self.last: Any = None
-        self.prev: Any = None
+        self.last: LexToken | None = None
+        self.prev: LexToken | None = None
 
-    def _build(self) -> None:
-        if self._parser is None:
+    def _build(self) -> Lexer:
+        if self._lexer is None or self._parser is None:
             self._lexer = lex.lex(module=self, optimize=False, errorlog=lex.NullLogger())
             self._parser = yacc.yacc(
                 module=self,
@@ -301,8 +303,9 @@ class Grammar:
                 debug=False,
                 errorlog=yacc.NullLogger(),
             )
+        return self._lexer
 
-    def prepare_lexer(self, lexer: Any) -> None:
+    def prepare_lexer(self, lexer: Lexer) -> None:
         """
         Reset any per-parse lexer state.
         """
@@ -312,15 +315,14 @@ class Grammar:
         Run lexer and parser over C{text}, returning the start rule's value.
         """
         with self._lock:
-            self._build()
+            lexer = self._build().clone()
             self.ctx = Context(filename, text)
-            lexer = self._lexer.clone()
             lexer.lineno = 1
             self.prepare_lexer(lexer)
             lexer.input(self.lexer_input(text))
             self.last = self.prev = None
 
-            def token() -> Any:
+            def token() -> LexToken | None:
                 tok = lexer.token()
                 self.prev, self.last = self.last, tok
                 return tok
@@ -349,11 +351,11 @@ class Grammar:
         order = [*self.tokens, "$end"]
         return order.index(token_type) if token_type in order else len(order)
 
-    def p_error(self, t: Any) -> None:
+    def p_error(self, t: LexToken | None) -> None:
         expected = self.expected_now()
         raise self.syntax_error(t, expected)
 
-    def syntax_error(self, t: Any, expected: list[str]) -> ConfigError:
+    def syntax_error(self, t: LexToken | None, expected: list[str]) -> ConfigError:
         names = expected_list(self.name_of(e) for e in expected)
         if t is None:
             return self.ctx.error("unexpected end of file", expected=names)

@@ -14,9 +14,10 @@ their values and their number after parsing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import attrs
+
+from cryptify.config._ply import Lexer, LexToken, Production
 
 from ._base import STRING_REGEX, ConfigError, Context, Grammar, Tok, grammar, token_rule, unquote
 
@@ -54,18 +55,18 @@ class LineGrammar(Grammar):
         self.directives = directives
         self.has_sections = has_sections
 
-    def prepare_lexer(self, lexer: Any) -> None:
+    def prepare_lexer(self, lexer: Lexer) -> None:
         lexer.at_line_start = True
 
     def lexer_input(self, text: str) -> str:
         return text + "\n"
 
     @token_rule(r"\#[^\n]*")
-    def t_COMMENT(self, t: Any) -> None:
+    def t_COMMENT(self, t: LexToken) -> None:
         return None
 
     @token_rule(r"\n+")
-    def t_NEWLINE(self, t: Any) -> Any:
+    def t_NEWLINE(self, t: LexToken) -> LexToken | None:
         t.lexer.lineno += len(t.value)
         if t.lexer.at_line_start:
             return None
@@ -74,20 +75,20 @@ class LineGrammar(Grammar):
         return t
 
     @token_rule(r"\[[^\]\s\#\"]*\]")
-    def t_SECTION(self, t: Any) -> Any:
+    def t_SECTION(self, t: LexToken) -> LexToken | None:
         return self._word(t)
 
     @token_rule(STRING_REGEX)
-    def t_STRING(self, t: Any) -> Any:
+    def t_STRING(self, t: LexToken) -> LexToken | None:
         t.lexer.at_line_start = False
         t.value = self.ctx.tok(unquote(t.value), t.lexpos, quoted=True, type="STRING")
         return t
 
     @token_rule(r"[^\s\"\#\x00-\x1f\x7f]+")
-    def t_WORD(self, t: Any) -> Any:
+    def t_WORD(self, t: LexToken) -> LexToken | None:
         return self._word(t)
 
-    def _word(self, t: Any) -> Any:
+    def _word(self, t: LexToken) -> LexToken | None:
         if t.type == "WORD" and t.lexer.at_line_start:
             if t.value in self.directives:
                 t.type = "DIRECTIVE"
@@ -95,7 +96,7 @@ class LineGrammar(Grammar):
         t.value = self.ctx.tok(t.value, t.lexpos, type=t.type)
         return t
 
-    def t_error(self, t: Any) -> None:
+    def t_error(self, t: LexToken) -> None:
         char = t.value[0]
         tok = self.ctx.tok(char, t.lexpos)
         if char == '"':
@@ -103,40 +104,40 @@ class LineGrammar(Grammar):
         raise self.ctx.error("unexpected character", tok)
 
     @grammar("config : lines")
-    def p_config(self, p: Any) -> None:
+    def p_config(self, p: Production) -> None:
         p[0] = p[1]
 
     @grammar("lines : lines line")
-    def p_lines(self, p: Any) -> None:
+    def p_lines(self, p: Production) -> None:
         p[0] = p[1]
         p[0].append(p[2])
 
     @grammar("lines : ")
-    def p_lines_empty(self, p: Any) -> None:
+    def p_lines_empty(self, p: Production) -> None:
         p[0] = []
 
     @grammar("line : SECTION NEWLINE")
-    def p_line_section(self, p: Any) -> None:
+    def p_line_section(self, p: Production) -> None:
         p[0] = Line(p[1], (), section=True)
 
     @grammar("line : DIRECTIVE args NEWLINE")
-    def p_line_directive(self, p: Any) -> None:
+    def p_line_directive(self, p: Production) -> None:
         p[0] = Line(p[1], tuple(p[2]))
 
     @grammar("args : args arg")
-    def p_args(self, p: Any) -> None:
+    def p_args(self, p: Production) -> None:
         p[0] = p[1]
         p[0].append(p[2])
 
     @grammar("args : ")
-    def p_args_empty(self, p: Any) -> None:
+    def p_args_empty(self, p: Production) -> None:
         p[0] = []
 
     @grammar("arg : WORD\n| STRING")
-    def p_arg(self, p: Any) -> None:
+    def p_arg(self, p: Production) -> None:
         p[0] = p[1]
 
-    def syntax_error(self, t: Any, expected: list[str]) -> ConfigError:
+    def syntax_error(self, t: LexToken | None, expected: list[str]) -> ConfigError:
         known = ", ".join(sorted(self.directives))
         if t is not None and t.type == "WORD" and "DIRECTIVE" in expected:
             return self.ctx.error("unknown directive", t.value, expected=f"one of {known}")

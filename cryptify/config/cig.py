@@ -12,6 +12,7 @@ may be any word, keywords included; patterns and paths are double-quoted.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from .cig_model import (
     Mailboxes,
     Management,
     MapEntry,
+    PbxAccount,
     PortRange,
     RelayLink,
     SipInterface,
@@ -49,7 +51,7 @@ from .cig_model import (
     TranslateRule,
     UriMap,
 )
-from .crs_model import Endpoint
+from .crs_model import METRICS_HOST, Endpoint
 from .patterns import PatternError, check_pattern
 
 _grammar = CigGrammar()
@@ -57,8 +59,35 @@ _grammar = CigGrammar()
 MAX_TCP_IDLE_TIMEOUT = 86400
 #: Most C{trusted_peer} lines in the sip interface.
 MAX_TRUSTED_PEERS = 1000
-_SIP_ONLY = ("bind", "messaging", "trusted_peer", "untrusted_answer", "tcp_idle_timeout")
-_ONCE = frozenset({"interfaces", "mailboxes", "crs", "relay", "management", "logging", "notify"})
+#: Most C{pbx_account} blocks in the sip interface.
+MAX_PBX_ACCOUNTS = 64
+#: Longest C{register} expiry, in seconds (a day).
+MAX_REGISTER_EXPIRES = 86400
+#: Shortest C{register} expiry, in seconds.
+MIN_REGISTER_EXPIRES = 10
+#: Longest user name, password or URI in a C{pbx_account} block.
+MAX_CREDENTIAL_LENGTH = 256
+#: What a C{pbx_account} server URI or C{aor} looks like (the SIF's locator reads it at start).
+_SIP_URI = re.compile(
+    r"sip:(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+@)?"
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::[0-9]{1,5})?"
+    r"(?:;[A-Za-z0-9\-_.!~*'()%]+(?:=[A-Za-z0-9\-_.!~*'()%]+)?)*"
+)
+_SIP_ONLY = (
+    "bind",
+    "messaging",
+    "trusted_peer",
+    "untrusted_answer",
+    "tcp_idle_timeout",
+    "pbx_account",
+    "tls_certificate",
+    "tls_key",
+    "tls_ca",
+    "tls_port",
+)
+_ONCE = frozenset(
+    {"interfaces", "mailboxes", "crs", "relay", "management", "logging", "notify", "metrics"}
+)
 
 
 class _Builder:
@@ -184,8 +213,22 @@ class _Builder:
         overrides: dict[str, AddressOverride] = {}
         peers: dict[str, Tok] = {}
         seen: dict[str, Tok] = {}
+        accounts: dict[str, Tok] = {}
+        pbx: list[PbxAccount] = []
         for stmt in block.body:
-            assert isinstance(stmt, Stmt)
+            if isinstance(stmt, Block):
+                if not sip:
+                    raise self.error(f"'{stmt.kw.value}' belongs in the sip interface", stmt.kw)
+                account = self.pbx_account(stmt)
+                assert stmt.name is not None
+                if account.server in accounts:
+                    first = accounts[account.server].line
+                    raise self.error(f"pbx_account listed twice (first on line {first})", stmt.name)
+                if len(pbx) >= MAX_PBX_ACCOUNTS:
+                    raise self.error("too many pbx_account blocks", stmt.kw)
+                accounts[account.server] = stmt.name
+                pbx.append(account)
+                continue
             kw, args = stmt.kw, stmt.args
             if kw.value in ("extension", "source"):
                 names = ext if kw.value == "extension" else src
@@ -224,6 +267,10 @@ class _Builder:
                 fields["tcp_idle_timeout"] = check_int(
                     ctx, args[0], "timeout", 1, MAX_TCP_IDLE_TIMEOUT
                 )
+            elif kw.value in ("tls_certificate", "tls_key", "tls_ca"):
+                fields[kw.value] = self.path(args[0])
+            elif kw.value == "tls_port":
+                fields["tls_port"] = check_port(ctx, args[0], listening=True)
             else:
                 low = check_int(ctx, args[0], "port", 1, 65535)
                 high = check_int(ctx, args[1], "port", 1, 65535)
@@ -235,7 +282,70 @@ class _Builder:
         fields["rtp_remote_addr_overrides"] = tuple(overrides.values())
         if sip:
             fields["trusted_peers"] = tuple(peers)
+            fields["pbx_accounts"] = tuple(pbx)
+            if ("tls_certificate" in seen) != ("tls_key" in seen):
+                given = seen.get("tls_certificate") or seen["tls_key"]
+                raise self.error(
+                    "tls_certificate and tls_key go together",
+                    given,
+                    expected="both, or neither",
+                )
         return fields
+
+    def pbx_account(self, block: Block) -> PbxAccount:
+        """
+        C{pbx_account "SIP-URI" { ... }}: a SIP URI the locator can read, a user
+        name, exactly one of C{password} and C{password_file}.
+        """
+        assert block.name is not None
+        server = self.credential(block.name, "server URI")
+        if not _SIP_URI.fullmatch(server) or "@" in server:
+            raise self.error(
+                "bad pbx_account URI", block.name, expected='"sip:HOST[:PORT][;transport=tcp]"'
+            )
+        seen: dict[str, Tok] = {}
+        fields: dict[str, Any] = {}
+        for stmt in block.body:
+            assert isinstance(stmt, Stmt)
+            self.once(seen, stmt.kw, " in pbx_account")
+            kw, arg = stmt.kw.value, stmt.args[0]
+            if kw == "register":
+                fields["register"] = check_int(
+                    self.ctx, arg, "expiry", MIN_REGISTER_EXPIRES, MAX_REGISTER_EXPIRES
+                )
+            elif kw == "password_file":
+                fields[kw] = self.path(arg)
+            elif kw == "aor":
+                aor = self.credential(arg, "aor")
+                if not _SIP_URI.fullmatch(aor):
+                    raise self.error("bad aor", arg, expected='"sip:USER@HOST"')
+                fields[kw] = aor
+            else:
+                fields[kw] = self.credential(arg, kw)
+        if "username" not in fields:
+            raise self.error(
+                "pbx_account block has no 'username'", block.kw, expected='username "NAME"'
+            )
+        if ("password" in fields) == ("password_file" in fields):
+            raise self.error(
+                "pbx_account block needs one of 'password' and 'password_file'",
+                block.kw,
+                expected='password_file "PATH" (a 0600 file)',
+            )
+        return PbxAccount(server=server, **fields)
+
+    def credential(self, tok: Tok, what: str) -> str:
+        """
+        A user name, password or URI: printable, one line, not too long.
+        A bad password is reported by its position only, never its text.
+        """
+        value = tok.value
+        if not value or len(value) > MAX_CREDENTIAL_LENGTH or not value.isprintable():
+            shown = Tok("(hidden)", tok.line, tok.column) if what == "password" else tok
+            raise self.error(
+                f"bad {what}", shown, expected=f"1 to {MAX_CREDENTIAL_LENGTH} printable characters"
+            )
+        return value
 
     def peer(self, tok: Tok) -> str:
         """A C{trusted_peer}: an address (a /32 or /128) or a CIDR range."""
@@ -309,6 +419,18 @@ class _Builder:
                 )
         fields.update(self.paths(block, skip="bind"))
         return Management(**fields)
+
+    def b_metrics(self, block: Block) -> Endpoint | None:
+        found: Endpoint | None = None
+        for stmt in block.body:
+            assert isinstance(stmt, Stmt)
+            if found is not None:
+                raise self.error("duplicate 'bind'", stmt.kw)
+            host = check_ip(self.ctx, stmt.args[0]) if len(stmt.args) == 2 else METRICS_HOST
+            found = Endpoint(host, check_port(self.ctx, stmt.args[-1], listening=True))
+        if found is None:
+            raise self.error("metrics needs a bind line", block.kw, expected="bind [ADDR] PORT;")
+        return found
 
     def paths(self, block: Block, skip: str = "") -> dict[str, str]:
         seen: dict[str, Tok] = {}

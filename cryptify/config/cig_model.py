@@ -11,6 +11,7 @@ from .crs_model import Endpoint
 from .patterns import expand_pattern, match_pattern, translate
 
 SIP_PORT = 5060
+SIP_TLS_PORT = 5061
 #: Seconds a SIP TCP connection may stay silent before the CIG closes it.
 DEFAULT_TCP_IDLE_TIMEOUT = 300
 #: What a SIP request from an address that is not a trusted peer gets.
@@ -132,6 +133,30 @@ class TelInterface:
         return address
 
 
+#: REGISTER expiry the CIG asks for when C{register} gives none (seconds).
+DEFAULT_REGISTER_EXPIRES = 3600
+
+
+@attrs.frozen
+class PbxAccount:
+    """
+    C{pbx_account "SIP-URI" { username "U"; password_file "PATH"; register SECONDS; }}
+    in the sip interface: the CIG's credentials at one PBX server (the
+    URI's host, port and transport, as L{cryptify.protocols.sip.locate}
+    reads it), answered to its 401/407 challenges, and, with C{register},
+    a registration of C{aor} (default C{sip:USERNAME@HOST}) kept up with
+    that expiry. The password comes from C{password_file} (0600) or, in
+    the file itself, from C{password}; it is never shown in a repr.
+    """
+
+    server: str
+    username: str
+    password: str | None = attrs.field(default=None, repr=False)
+    password_file: str | None = None
+    register: int | None = None
+    aor: str | None = None
+
+
 @attrs.frozen
 class SipInterface:
     """
@@ -155,6 +180,16 @@ class SipInterface:
     trusted_peers: tuple[str, ...] = ()
     untrusted_answer: str = "403"
     tcp_idle_timeout: int = DEFAULT_TCP_IDLE_TIMEOUT
+    pbx_accounts: tuple[PbxAccount, ...] = ()
+    #: The CIG's own certificate (chain) and private key, PEM files: SIP
+    #: over TLS is listened for on C{tls_port} when they are given, and
+    #: presented to PBXs that ask for a client certificate.
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+    #: CA certificates (PEM) trusted for the PBXs' certificates; None:
+    #: the system's trust store.
+    tls_ca: str | None = None
+    tls_port: int = SIP_TLS_PORT
 
     def override(self, address: str) -> str:
         """
@@ -256,6 +291,8 @@ class CigConfig:
     relay: RelayLink = RelayLink()
     management: Management = Management()
     logging: Logging = Logging()
+    #: C{metrics { bind [ADDR] PORT; }}: the Prometheus endpoint (C{None}: off).
+    metrics: Endpoint | None = None
     notify: str = "/opt/cig/scripts/notify.sh"
 
     @property
@@ -294,12 +331,33 @@ def _interface_lines(i: TelInterface | SipInterface) -> list[str]:
         out += [f"trusted_peer {peer};" for peer in i.trusted_peers]
         out.append(f"untrusted_answer {i.untrusted_answer};")
         out.append(f"tcp_idle_timeout {i.tcp_idle_timeout};")
+        for account in i.pbx_accounts:
+            out += _block(f"pbx_account {quote(account.server)}", _account_lines(account))
+        for name in ("tls_certificate", "tls_key", "tls_ca"):
+            value = getattr(i, name)
+            if value is not None:
+                out.append(f"{name} {quote(value)};")
+        if i.tls_port != SIP_TLS_PORT:
+            out.append(f"tls_port {i.tls_port};")
     if i.rtp_port_range is not None:
         out.append(f"rtp_port_range {i.rtp_port_range.low} {i.rtp_port_range.high};")
     out += [
         f"rtp_remote_addr_override {o.original} {o.replacement};"
         for o in i.rtp_remote_addr_overrides
     ]
+    return out
+
+
+def _account_lines(account: PbxAccount) -> list[str]:
+    out = [f"username {quote(account.username)};"]
+    if account.password_file is not None:
+        out.append(f"password_file {quote(account.password_file)};")
+    if account.password is not None:
+        out.append(f"password {quote(account.password)};")
+    if account.register is not None:
+        out.append(f"register {account.register};")
+    if account.aor is not None:
+        out.append(f"aor {quote(account.aor)};")
     return out
 
 
@@ -366,5 +424,7 @@ def render_cig_config(cfg: CigConfig) -> str:
         ],
     )
     _section(out, "logging", [f"dir {quote(cfg.logging.dir)};"])
+    if cfg.metrics is not None:
+        _section(out, "metrics", [f"bind {cfg.metrics.host} {cfg.metrics.port};"])
     out.append(f"notify {quote(cfg.notify)};")
     return "\n".join(out) + "\n"

@@ -135,7 +135,7 @@ class Month:
     created: int
     blacklist: frozenset[str] = frozenset()
 
-    def to_json(self, account: str) -> dict[str, Any]:
+    def to_json(self, account: str) -> dict[str, object]:
         return {
             "account": account,
             "period": self.period,

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
-from twisted.logger import ILogObserver, formatEvent
+from twisted.logger import ILogObserver, LogEvent, formatEvent
 from zope.interface import implementer
 
 from cryptify.logs import utc_timestamp
@@ -87,7 +86,7 @@ class EventTraceObserver:
     def __init__(self, hub: TraceHub) -> None:
         self.hub = hub
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: LogEvent) -> None:
         if not self.hub.subscribers["event"]:
             return
         namespace = str(event.get("log_namespace") or "")

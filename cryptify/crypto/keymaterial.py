@@ -102,7 +102,7 @@ class KeyMaterial:
         for keys in self.periods:
             keys.validate()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """The JSON document (contains secrets)."""
         return {
             "format": FORMAT,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from typing import Any
 
 import attrs
 from cryptography.exceptions import InvalidTag
@@ -83,7 +82,7 @@ class UpdateFile:
         """The following month, when the file carries it."""
         return self.months[1] if len(self.months) > 1 else None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """The plaintext document."""
         return {
             "format": FORMAT,

@@ -224,7 +224,7 @@ def _read_message(name: str) -> bytes:
     return data
 
 
-def _describe(payload: mp.Payload) -> dict[str, Any]:
+def _describe(payload: mp.Payload) -> dict[str, object]:
     name = type(payload).__name__
     out: dict[str, Any] = {"type": mp.payload_type(payload), "name": name}
     if isinstance(payload, mp.Timestamp):

@@ -11,7 +11,6 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import attrs
 
@@ -93,7 +92,7 @@ class KmsAccount:
         months = tuple(MonthKeys(p, self.kpak, self.z, blacklist) for p in periods)
         return UpdateFile(self.account, self.revision, months, int(time.time()))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """The store document (contains the master secrets)."""
         return {
             "format": FORMAT,

@@ -52,7 +52,7 @@ class RelayLink(service.MultiService):
         server_name: str,
         interval: float = POLL_INTERVAL,
     ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        service.MultiService.__init__(self)
         self.reactor = reactor
         self.server_name = server_name
         self.interval = interval
@@ -68,7 +68,7 @@ class RelayLink(service.MultiService):
         self._loop.clock = reactor
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        service.MultiService.startService(self)
         self._loop.start(self.interval, now=True).addErrback(
             lambda f: log.failure("relay poll loop stopped", f)
         )
@@ -76,7 +76,7 @@ class RelayLink(service.MultiService):
     def stopService(self) -> defer.Deferred[None]:
         if self._loop.running:
             self._loop.stop()
-        result: defer.Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
+        result: defer.Deferred[None] = service.MultiService.stopService(self)
         return result
 
     @property

@@ -45,17 +45,17 @@ def load_or_usage(loader: Any, path: str) -> Any:
         raise ConfigUsageError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def config_option(filename: str) -> list[Any]:
+def config_option(filename: str) -> list[str | None]:
     """The ``--config`` option of a program that reads C{filename}."""
     return ["config", "c", None, f"{filename} (default: built-in development settings)"]
 
 
-def log_dir_option(filename: str) -> list[Any]:
+def log_dir_option(filename: str) -> list[str | None]:
     """The ``--log-dir`` option."""
     return ["log-dir", None, None, f"log directory (overrides {filename})"]
 
 
-def notify_option(filename: str) -> list[Any]:
+def notify_option(filename: str) -> list[str | None]:
     """The ``--notify`` option."""
     return ["notify", None, None, f"notify script (overrides {filename}; empty: none)"]
 
@@ -104,7 +104,7 @@ class ConfigOptions(usage.Options):
 
     def parseOptions(self, options: Any = None) -> None:
         try:
-            super().parseOptions(options)  # type: ignore[no-untyped-call]
+            usage.Options.parseOptions(self, options)
         except ConfigUsageError as exc:
             if self.parent is None:
                 raise

@@ -4,15 +4,22 @@ Start order (stop order is the reverse, one service at a time):
 
 1. crs.log
 2. lifecycle (INIT lines, ``notify.sh crs start|stop``)
-3. supervised Redis (redis_high, redis_low, [redis_backup]) — or nothing
-   when ``redis external``
-4. the Redis stores
-5. the control link to ``crs_relay``
-6. the pool link (TLS-PSK, 8090), in a pool of 2+ with a ``crsname``
-7. the client listener (TLS, 5223)
-8. the management socket
+3. the sync tunnel (``db-backup replicate-from-peer``: its port goes into
+   redis_backup's ``replicaof``)
+4. supervised Redis (redis_high, redis_low, [redis_backup]) — or nothing
+   when ``redis external``, with the Redis stores
+5. the sync link's server (8091), the replica monitor or the
+   ``read-from`` import
+6. the control link to ``crs_relay``
+7. the pool link (TLS-PSK, 8090), in a pool of 2+ with a ``crsname``
+8. the client listener (TLS, 5223)
+9. the management socket
+10. the metrics endpoint (``metrics`` in crs.conf) and the SIGHUP reload
+    (:mod:`cryptify.ops`)
+11. the remote admin interface (HTTPS), when ``admin-listen`` is set
 
-so on shutdown the management socket and the client listener close first,
+so on shutdown the admin interface, reload and metrics stop, the
+management socket and the client listener close first,
 then the relay link and the stores, and the Redis children stop last,
 before the log closes.
 """
@@ -52,13 +59,22 @@ from cryptify.crs.objects.wiring import observe_attaches
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.pool.sync import build_sync
 from cryptify.crs.pool.wiring import PoolLink, client_mover
+from cryptify.crs.redis.instance import ReplicaOf
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
+from cryptify.crs.remote_admin.auth import Gate
+from cryptify.crs.remote_admin.console import Console
+from cryptify.crs.remote_admin.server import AdminRoot, AdminService, AdminSite, SourceLimit
+from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
 from cryptify.events import Notifier
 from cryptify.links.relay_link import RelayLink
 from cryptify.logs import LogFileService
+from cryptify.ops.crs import DIRECTIVES, CrsFiles, CrsLive, CrsMetrics
+from cryptify.ops.metrics import Queries, metrics_listener, registry_for
+from cryptify.ops.reload import Reloader, ReloadError, SighupService
 from cryptify.plugins._common import (
     ConfigOptions,
     ConfigUsageError,
@@ -148,8 +164,16 @@ class Options(ConfigOptions):
     ]
 
     def postOptions(self) -> None:
+        files = self.read_files()
+        self["crs"], self["local"] = files.crs, files.local
+
+    def read_files(self) -> CrsFiles:
+        """crs.conf (with the command line's overrides) and crs-local.conf.
+
+        @raise ConfigUsageError: naming the file, line and problem.
+        """
         cfg = self.load_config(load_crs_config, lambda: dev_crs_config(DEV_DIR))
-        self["crs"] = self.with_overrides(cfg, CRS_OVERRIDES)
+        cfg = self.with_overrides(cfg, CRS_OVERRIDES)
         if self["local-config"]:
             local: CrsLocalConfig = load_or_usage(load_crs_local_config, self["local-config"])
         else:
@@ -166,7 +190,20 @@ class Options(ConfigOptions):
                     f"{self['config']}: a pool of {len(names)} instances needs the GLOBAL key "
                     "(the pool link's shared secret)"
                 )
-        self["local"] = local
+        return CrsFiles(cfg, local)
+
+    def reread(self) -> CrsFiles:
+        """What L{read_files} reads, for a reload (SIGHUP).
+
+        @raise ReloadError: naming the file, line and problem.
+        """
+        try:
+            files = self.read_files()
+        except ConfigUsageError as exc:
+            raise ReloadError(str(exc)) from None
+        for warning in files.crs.warnings:
+            log.warn("{config_warning}", config_warning=warning)
+        return files
 
 
 def media_host(cfg: CrsConfig, name: str) -> str:
@@ -200,8 +237,9 @@ class Basics:
     accounts: AccountStore
     slots: SlotMap
     registry: AttachRegistry
-    #: ``show services`` probes, in the order it prints them.
-    probes: dict[str, Callable[[], bool]]
+    #: ``show services`` probes, in the order it prints them (a string is
+    #: printed as the status).
+    probes: dict[str, Callable[[], bool | str]]
     #: The pool link, when ``crsname`` names this instance in a pool of 2+;
     #: then its map, not ``slots``, says who serves which slot.
     pool: PoolLink | None = None
@@ -214,7 +252,7 @@ def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Basics:
     trace = TraceHub(reactor.seconds)
     hosts = tuple(h.name for h in cfg.pool.hosts) or (name,)
     notifier = Notifier(reactor, g.notify or None, g.notify_timeout)
-    probes: dict[str, Callable[[], bool]] = {"crs": lambda: True}
+    probes: dict[str, Callable[[], bool | str]] = {"crs": lambda: True}
     pool = None
     if local.crsname is not None and len(hosts) >= 2:
         pool = PoolLink(cfg, name, reactor, notifier.notify)
@@ -241,12 +279,19 @@ def build_relay_link(cfg: CrsConfig, basics: Basics) -> RelayLink:
     return relay
 
 
-def build_redis(cfg: CrsConfig, local: CrsLocalConfig, basics: Basics) -> Redis:
+def build_redis(
+    cfg: CrsConfig,
+    local: CrsLocalConfig,
+    basics: Basics,
+    backup_master: Callable[[], ReplicaOf | None] = lambda: None,
+) -> Redis:
     """Supervised Redis children or external servers, with their stores."""
     redis: Redis
     if cfg.global_.redis.mode == "managed":
         reactor = basics.reactor
-        redis = ManagedRedis(cfg, local, reactor, basics.notifier.notify, fatal("crs", reactor))
+        redis = ManagedRedis(
+            cfg, local, reactor, basics.notifier.notify, fatal("crs", reactor), backup_master
+        )
     else:
         redis = ExternalRedis(cfg, basics.reactor)
     for redis_name in redis.names:
@@ -312,29 +357,35 @@ def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statis
     return Messages(store, messaging, MessageExpiry(store, reactor))
 
 
+def server_tls(cfg: CrsConfig, what: str) -> Any:
+    """The CRS's TLS context: tls-certificate, or a self-signed development one."""
+    g = cfg.global_
+    if g.tls_certificate:
+        cert, key = g.tls_paths()
+    else:
+        cert = os.path.join(g.data_dir, "tls", "crs.crt")
+        key = os.path.join(g.data_dir, "tls", "crs.key")
+    try:
+        if not g.tls_certificate:
+            log.warn(
+                "no tls-certificate configured: serving a self-signed development "
+                "certificate from {cert}; clients must be told to trust it",
+                cert=cert,
+            )
+            os.makedirs(os.path.dirname(cert), mode=0o700, exist_ok=True)
+            ensure_self_signed(cert, key)
+        return server_context_factory(cert, key)
+    except TLSConfigError as exc:
+        raise StartupError(f"{what} TLS: {exc}") from exc
+
+
 def client_listener(cfg: CrsConfig, reactor: Any, core: AttachCore) -> UmsgListenService:
     """The TLS client port (5223); a self-signed certificate without tls-certificate."""
     g = cfg.global_
     clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
 
     def listen_clients() -> Any:
-        if g.tls_certificate:
-            cert, key = g.tls_paths()
-        else:
-            cert = os.path.join(g.data_dir, "tls", "crs.crt")
-            key = os.path.join(g.data_dir, "tls", "crs.key")
-        try:
-            if not g.tls_certificate:
-                log.warn(
-                    "no tls-certificate configured: serving a self-signed development "
-                    "certificate from {cert}; clients must be told to trust it",
-                    cert=cert,
-                )
-                os.makedirs(os.path.dirname(cert), mode=0o700, exist_ok=True)
-                ensure_self_signed(cert, key)
-            context = server_context_factory(cert, key)
-        except TLSConfigError as exc:
-            raise StartupError(f"client TLS: {exc}") from exc
+        context = server_tls(cfg, "client")
         return reactor.listenSSL(
             g.listen.port, clients, context, backlog=BACKLOG, interface=g.listen.host
         )
@@ -357,6 +408,21 @@ def management_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> Listen
     return ListenService("management", g.management, listen_management)
 
 
+def admin_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> ListenService | None:
+    """The remote admin interface (HTTPS, docs/admin.md), or None when off."""
+    where = cfg.global_.admin_listen
+    if where is None or state.admins is None:
+        return None
+    service = AdminService(state, Gate(state.admins), reactor.seconds)
+    site = SourceLimit(AdminSite(AdminRoot(service, console=Console(service)), reactor=reactor))
+
+    def listen_admin() -> Any:
+        context = server_tls(cfg, "admin interface")
+        return reactor.listenSSL(where.port, site, context, interface=where.host)
+
+    return ListenService("admin interface", f"{where.host}:{where.port}", listen_admin)
+
+
 def trace_events(trace: TraceHub) -> CallbackService:
     """Feeds this process's log events to ``trace event`` while it runs."""
     events = EventTraceObserver(trace)
@@ -366,8 +432,40 @@ def trace_events(trace: TraceHub) -> CallbackService:
     )
 
 
-def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> ProgramService:
-    """Build the CRS's service tree; nothing is opened until it starts."""
+def ops_services(
+    root: ProgramService,
+    files: CrsFiles,
+    reread: Callable[[], CrsFiles] | None,
+    live: CrsLive,
+    metrics: CrsMetrics,
+) -> Reloader[CrsFiles]:
+    """SIGHUP reload (re-reads the files when there are files) and the metrics endpoint."""
+
+    def read() -> CrsFiles:
+        return files if reread is None else reread()
+
+    reactor = live.notifier.reactor
+    reloader = Reloader("crs", files, DIRECTIVES, read, live.apply)
+    metrics.reloader = reloader
+    where = files.local.metrics or files.crs.global_.metrics
+    if where is not None:
+        registry = registry_for(metrics.families)
+        attach(root, metrics_listener(reactor, where, registry, metrics.queries))
+    attach(root, SighupService(reactor, reloader.reload))
+    return reloader
+
+
+def make_crs_service(
+    cfg: CrsConfig,
+    local: CrsLocalConfig,
+    reactor: Any,
+    reread: Callable[[], CrsFiles] | None = None,
+) -> ProgramService:
+    """Build the CRS's service tree; nothing is opened until it starts.
+
+    C{reread} reads the configuration again for a reload (SIGHUP); without
+    it a reload re-reads the accounts only.
+    """
     g = cfg.global_
     basics = build_basics(cfg, local, reactor)
     root = ProgramService("crs")
@@ -376,14 +474,21 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         f"instance {basics.name}, data {g.data_dir}, accounts {g.accounts_dir}, logs {g.log_dir}",
         f"client listener {g.listen.host}:{g.listen.port}, management {g.management}",
         f"relay control {g.relay_control}, redis {g.redis.mode}, db-backup {local.db_backup}",
+        "admin interface "
+        + (f"{g.admin_listen.host}:{g.admin_listen.port}" if g.admin_listen else "off"),
     ]
     attach(root, lifecycle("crs", basics.notifier, describe, cfg.warnings))
     relay = build_relay_link(cfg, basics)
-    redis = build_redis(cfg, local, basics)
+    sync = build_sync(
+        cfg, local, basics.name, reactor, lambda name: redis.store(name), basics.notifier.notify
+    )
+    redis = build_redis(cfg, local, basics, sync.backup_master)
+    basics.probes.update(sync.probes)
     objects = build_objects(basics, redis)
     core = build_attach(cfg, basics, redis, objects)
     stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
     basics.registry.on_attach.append(stats.on_attach)
+    admins = AdminStore(os.path.join(g.data_dir, ADMINS_FILE), clock=reactor.seconds)
     sessions = build_calls(cfg, basics, core, relay, stats)
     messages = build_messages(basics, core, redis, stats)
     state = CrsState(
@@ -398,10 +503,14 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         sessions=sessions,
         messages=messages.store,
         stats=stats,
+        admins=admins,
         notify=basics.notifier.notify,
     )
+    attach(root, *sync.before_redis)
     attach(root, redis)
+    attach(root, *sync.after_redis)
     attach(root, CallbackService(on_start=basics.accounts.reload))
+    attach(root, CallbackService(on_start=admins.load))
     attach(root, trace_events(basics.trace))
     attach(root, relay)
     attach(root, messages.expiry)
@@ -410,8 +519,28 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
             client_mover(basics.registry, basics.pool, lambda uri: bool(sessions.sessions_of(uri)))
         )
         attach(root, basics.pool)
-    attach(root, client_listener(cfg, reactor, core))
+    clients = client_listener(cfg, reactor, core)
+    attach(root, clients)
     attach(root, management_listener(cfg, reactor, state))
+    queries = Queries(reactor, {"waiting": messages.store.stored, "relay": relay.stats})
+    ops_services(
+        root,
+        CrsFiles(cfg, local),
+        reread,
+        CrsLive(clients.factory, basics.notifier, CrsAdmin(state).reload_accounts),
+        CrsMetrics(
+            basics.registry,
+            clients.factory,
+            sessions,
+            messages.messaging,
+            messages.store,
+            basics.probes,
+            queries,
+        ),
+    )
+    admin = admin_listener(cfg, reactor, state)
+    if admin is not None:
+        attach(root, admin)
     return root
 
 
@@ -419,4 +548,5 @@ def makeService(options: Options) -> ProgramService:
     """IServiceMaker entry point."""
     from twisted.internet import reactor
 
-    return make_crs_service(options["crs"], options["local"], reactor)
+    reread = options.reread if options["config"] else None
+    return make_crs_service(options["crs"], options["local"], reactor, reread)

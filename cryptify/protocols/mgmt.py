@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
-import secrets
-import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -41,8 +38,8 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from cryptify.files import write_atomically
 from cryptify.protocols.source_limit import SourceCounts
+from cryptify.protocols.streams import abort
 
 log = Logger(namespace="cryptify.mgmt")
 
@@ -99,7 +96,7 @@ class JsonValue(amp.Argument):
     """
 
     def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        amp.Argument.__init__(self)
 
     def toBox(
         self, name: bytes, strings: dict[bytes, Any], objects: dict[str, Any], proto: Any
@@ -131,7 +128,7 @@ class JsonValue(amp.Argument):
 Table = JsonValue
 
 
-def table(columns: list[str], rows: list[list[str]]) -> dict[str, Any]:
+def table(columns: list[str], rows: list[list[str]]) -> dict[str, object]:
     """The value of a :class:`Table` argument."""
     return {"columns": columns, "rows": rows}
 
@@ -182,7 +179,7 @@ class ManagementProtocol(amp.AMP):
         make_locator: Callable[[ManagementProtocol], amp.CommandLocator],
         cookie: str | None = None,
     ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        amp.AMP.__init__(self)
         self.on_lost: list[Callable[[], None]] = []
         self.inner = make_locator(self)
         self.cookie = cookie
@@ -192,7 +189,7 @@ class ManagementProtocol(amp.AMP):
         self.auth_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        super().connectionMade()  # type: ignore[no-untyped-call]
+        amp.AMP.connectionMade(self)
         factory = getattr(self, "factory", None)
         if not self.authenticated and isinstance(factory, ManagementFactory):
             clock = factory.clock
@@ -204,8 +201,7 @@ class ManagementProtocol(amp.AMP):
         factory = getattr(self, "factory", None)
         if isinstance(factory, ManagementFactory):
             factory.note("did not authenticate in time")
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        abort(self.transport)
 
     def authenticated_now(self) -> None:
         """The cookie matched: stop the clock."""
@@ -223,13 +219,13 @@ class ManagementProtocol(amp.AMP):
         if self.auth_timer is not None and self.auth_timer.active():
             self.auth_timer.cancel()
         self.auth_timer = None
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        amp.AMP.connectionLost(self, reason)
         callbacks, self.on_lost = self.on_lost, []
         for callback in callbacks:
             callback()
 
     def sendBox(self, box: amp.AmpBox) -> None:
-        super().sendBox(box)  # type: ignore[no-untyped-call]
+        amp.AMP.sendBox(self, box)
         if self.close_after_reply and self.transport is not None:
             self.transport.loseConnection()
 
@@ -246,7 +242,7 @@ class _AuthLocator(amp.CommandLocator):
         self.proto = proto
 
     @Authenticate.responder
-    def authenticate(self, cookie: str) -> dict[str, Any]:
+    def authenticate(self, cookie: str) -> dict[str, object]:
         expected = self.proto.cookie
         if expected is None:
             return {}
@@ -318,12 +314,12 @@ class ManagementClient(amp.AMP):
     """CLI side: receives trace lines pushed by the server."""
 
     def __init__(self, on_trace: Callable[[str], None] | None = None) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        amp.AMP.__init__(self)
         self.on_trace = on_trace
         self.lost: defer.Deferred[None] = defer.Deferred()
 
     @TraceEvent.responder
-    def trace_event(self, line: str) -> dict[str, Any]:
+    def trace_event(self, line: str) -> dict[str, object]:
         if self.on_trace is not None:
             self.on_trace(line)
         return {}
@@ -334,7 +330,7 @@ class ManagementClient(amp.AMP):
         return answer
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        amp.AMP.connectionLost(self, reason)
         if not self.lost.called:
             self.lost.callback(None)
 
@@ -351,53 +347,3 @@ async def connect(
     if cookie is not None:
         await proto.call(Authenticate, cookie=cookie)
     return proto
-
-
-class CookieError(Exception):
-    """The cookie file is missing, unreadable or unsafe."""
-
-
-def read_cookie(path: str) -> str:
-    """Read a management cookie; refuse a file anyone may read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError as exc:
-        raise CookieError(f"cookie file {path} does not exist") from exc
-    except PermissionError as exc:
-        raise CookieError(f"cannot read cookie file {path}: permission denied") from exc
-    except OSError as exc:
-        raise CookieError(f"cannot read cookie file {path}: {exc.strerror}") from exc
-    try:
-        st = os.fstat(fd)
-        if st.st_mode & stat.S_IROTH or st.st_mode & stat.S_IWOTH:
-            raise CookieError(f"cookie file {path} is world-accessible; chmod 0640 it")
-        data = os.read(fd, MAX_COOKIE_CHARS + 1)
-    finally:
-        os.close(fd)
-    text = data.decode("ascii", "replace").strip()
-    if not text or len(text) > MAX_COOKIE_CHARS:
-        raise CookieError(f"cookie file {path} does not hold a cookie")
-    return text
-
-
-def ensure_cookie(path: str, group: str | None = None) -> str:
-    """Return the cookie in ``path``, creating it (mode 0640) if missing."""
-    try:
-        return read_cookie(path)
-    except CookieError:
-        if os.path.lexists(path):
-            raise
-    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o750, exist_ok=True)
-    cookie = secrets.token_hex(COOKIE_BYTES)
-
-    def give_to_group(fd: int) -> None:
-        if group:
-            import grp
-
-            try:
-                os.fchown(fd, -1, grp.getgrnam(group).gr_gid)
-            except (KeyError, PermissionError):
-                log.info("cookie {path} keeps the service's own group", path=path)
-
-    write_atomically(path, cookie.encode("ascii") + b"\n", 0o640, prepare=give_to_group)
-    return cookie

@@ -22,10 +22,10 @@ from twisted.internet import defer, error
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.protocols import amp
 
+from cryptify.cookie import CookieError
 from cryptify.protocols.mgmt import (
     BadCookie,
     CommandFailed,
-    CookieError,
     ManagementClient,
     NotAuthenticated,
     connect,

@@ -162,11 +162,7 @@ class Pbx:
     async def start(self) -> None:
         d = self.dir
         with open(os.path.join(d, "kamailio.cfg"), "w") as f:
-            f.write(
-                KAMAILIO_CFG.format(
-                    kam_port=self.kam_port, cig_port=self.cig_port, modules=KAMAILIO_MODULES
-                )
-            )
+            f.write(self.kamailio_config())
         self.spawn(
             "kamailio.log",
             ["kamailio", "-f", f"{d}/kamailio.cfg", "-DD", "-E", "-m", "32", "-M", "4",
@@ -194,6 +190,12 @@ class Pbx:
             self.bs_port = free_port(socket.SOCK_DGRAM)
             self.ctrl_port = free_port()
         raise AssertionError("baresip did not start" + self.context())
+
+    def kamailio_config(self) -> str:
+        """kamailio.cfg's text (subclasses add authentication)."""
+        return KAMAILIO_CFG.format(
+            kam_port=self.kam_port, cig_port=self.cig_port, modules=KAMAILIO_MODULES
+        )
 
     def write_baresip_config(self) -> None:
         d = self.dir

@@ -19,8 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.relay import g711
 from cryptify.protocols.rtp import RtpPacket, TelephoneEvent, encode_rtp, parse_event, parse_rtp
+from tests.interop._amp import AmpClient
 from tests.interop._procs import Twistd, short_tempdir, unix_answers, wait_for
-from tests.interop.test_relay import AmpClient
 
 TAG = b"leg-tag1"
 KEY_OUT = os.urandom(30)  # the bridge sends with it

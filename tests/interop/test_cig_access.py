@@ -17,7 +17,7 @@ from cryptify.protocols.mgmt import MAX_PER_SOURCE
 from cryptify.protocols.sip.message import Response, parse_datagram
 from cryptify.protocols.sip.transport import MAX_TCP_PER_SOURCE
 from tests.interop._procs import wait_for
-from tests.interop.test_sip_sipp import INVITE_MSG, SippCase, failure_ack
+from tests.interop._sipp import INVITE_MSG, SippCase, failure_ack
 
 STRANGER = "127.0.0.2"
 

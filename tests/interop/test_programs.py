@@ -12,7 +12,7 @@ import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from cryptify.protocols.mgmt import CookieError, read_cookie
+from cryptify.cookie import CookieError, read_cookie
 from tests.interop._procs import (
     BIN,
     REPO,

@@ -28,8 +28,9 @@ from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
+from cryptify.cookie import read_cookie
 from cryptify.protocols import cig_admin
-from cryptify.protocols.mgmt import ManagementClient, read_cookie
+from cryptify.protocols.mgmt import ManagementClient
 from cryptify.tools.manpage import ActionDoc, Arg, Page, action_help, arguments, help_words, select
 from cryptify.tools.mgmtcli import (
     CONNECT_TIMEOUT,

@@ -31,6 +31,8 @@ class CigState:
     umsg_rows: Callable[[], list[list[str]]] = lambda: []
     #: (PBX server, UP/DOWN/UNKNOWN) from the OPTIONS keep-alive.
     sip_peers: Callable[[], list[tuple[str, str]]] = lambda: []
+    #: (C{REG} address of record, state) of each C{pbx_account} registration.
+    sip_registrations: Callable[[], list[tuple[str, str]]] = lambda: []
 
     def status(self, version: str) -> dict[str, object]:
         """The status report as ordered sections of (label, value) pairs."""
@@ -70,6 +72,7 @@ class CigState:
                     [
                         ("SIP Bind address", self.sip_bind),
                         *((f"PBX {peer}", state) for peer, state in self.sip_peers()),
+                        *self.sip_registrations(),
                     ],
                 ],
             ],

@@ -180,7 +180,7 @@ class SecureLeg(DatagramProtocol):
         #: What a :class:`MediaPoller` calls with each datagram.
         self.receive: Callable[[bytes], None] = bridged.from_secure
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.bridged.from_secure(datagram)
 
 
@@ -191,7 +191,7 @@ class PbxLeg(DatagramProtocol):
         self.bridged = bridged
         self.receive: Callable[[bytes], None] = bridged.core.from_pbx
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.bridged.core.from_pbx(datagram)
 
 
@@ -297,13 +297,13 @@ class BridgeService(service.Service):
         return None if ports is None else _Ports(ports.low, ports.high, step)
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        service.Service.startService(self)
         self._loop.start(self._interval, now=False).addErrback(
             lambda f: log.failure("bridge clock stopped", f)
         )
 
     def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]
+        service.Service.stopService(self)
         if self._loop.running:
             self._loop.stop()
         for call in list(self.calls):

@@ -10,8 +10,6 @@ describes the contract.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -51,12 +49,12 @@ class BridgeControl(amp.CommandLocator):
         self.bridges = bridges
 
     @Poll.responder
-    def poll(self, server: str) -> dict[str, Any]:
+    def poll(self, server: str) -> dict[str, object]:
         log.debug("poll from {server}", server=server)
         return {"sessions": len(self.bridges.calls), "version": __version__}
 
     @RelayStats.responder
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, object]:
         totals = self.bridges.stats()
         assert totals is not None
         return {"stats": dict(totals, sessions=totals["calls"])}
@@ -78,7 +76,7 @@ class BridgeControl(amp.CommandLocator):
         pbx_remote_port: int | None = None,
         pbx_codec: str | None = None,
         pbx_dtmf_pt: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> dict[str, object]:
         secure = SecureSide(
             relay_host,
             relay_port,
@@ -105,7 +103,7 @@ class BridgeControl(amp.CommandLocator):
         pbx_remote_port: int | None = None,
         pbx_codec: str | None = None,
         pbx_dtmf_pt: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> dict[str, object]:
         bridged = self.bridges.calls.get(call)
         if bridged is None:
             return {"updated": False}
@@ -122,12 +120,12 @@ class BridgeControl(amp.CommandLocator):
             raise BridgeError(str(exc)) from None
 
     @BridgeRemove.responder
-    def bridge_remove(self, call: str) -> dict[str, Any]:
+    def bridge_remove(self, call: str) -> dict[str, object]:
         stats = self.bridges.remove(call)
         return {"removed": stats is not None, "stats": stats or {}}
 
     @BridgeStats.responder
-    def bridge_stats(self, call: str | None = None) -> dict[str, Any]:
+    def bridge_stats(self, call: str | None = None) -> dict[str, object]:
         stats = self.bridges.stats(call)
         if stats is None:
             raise BridgeError(f"call {call} is not bridged")
@@ -138,11 +136,11 @@ class BridgeControlProtocol(amp.AMP):
     """One control connection from the CIG server."""
 
     def connectionMade(self) -> None:
-        super().connectionMade()  # type: ignore[no-untyped-call]
+        amp.AMP.connectionMade(self)
         log.info("CIG server connected")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        amp.AMP.connectionLost(self, reason)
         log.info("CIG server disconnected")
 
 

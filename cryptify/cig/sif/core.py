@@ -37,6 +37,7 @@ from cryptify.addresses import is_wildcard
 from cryptify.config.cig_model import CigConfig
 from cryptify.protocols.sip.address import parse_name_addr, parse_uri
 from cryptify.protocols.sip.dialog import Dialog, DialogId, dialog_id_of, new_branch, new_tag
+from cryptify.protocols.sip.digest import Credentials
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.locate import LocateError, Target, locate
 from cryptify.protocols.sip.message import Headers, Request, Response, response_to
@@ -51,6 +52,7 @@ from cryptify.protocols.sip.transaction import (
 
 from ..calls import Call, CallState, CallTable, TelLeg, TelSide, source_of
 from ..route import SIP, Router, RouteRefused
+from .auth import ChallengedRequest, Keyring
 from .legs import OutCall, SipCall
 from .peers import Refusals, SipPeers
 from .ports import DEFAULT_RTP_PORTS, PortPool
@@ -88,8 +90,13 @@ class Sif:
     resolve: Callable[[str], Deferred[str]] | None = None
     #: A TCP channel to an address (L{TcpConnector.channel}); None: no TCP.
     tcp_channel: Callable[[Address], Deferred[Channel]] | None = None
+    #: A TLS channel to an address whose certificate must name the given
+    #: host (a L{TcpConnector} with C{tls}); None: no TLS.
+    tls_channel: Callable[[Address, str], Deferred[Channel]] | None = None
     #: Who may send requests; None: anyone (tests, in-process tools).
     peers: SipPeers | None = None
+    #: Credentials for the PBXs' 401/407 challenges (C{pbx_account}).
+    keyring: Keyring = attrs.field(factory=Keyring)
     refusals: Refusals = attrs.field(init=False)
     placing: set[Call] = attrs.field(factory=set, init=False)
     dialogs: dict[DialogId, SipCall | OutCall] = attrs.field(factory=dict, init=False)
@@ -233,6 +240,13 @@ class Sif:
             return "127.0.0.1"
 
     def contact_uri(self, request: Request) -> str:
+        """Our Contact in answers to C{request}: over TLS, the TLS port and C{;transport=tls}."""
+        try:
+            tls = request.vias[0].transport == "TLS"
+        except (SipParseError, IndexError):
+            tls = False
+        if tls:
+            return f"sip:{self.local_host(request)}:{self.config.sip.tls_port};transport=tls"
         return f"sip:{self.local_host(request)}:{self.config.sip.port}"
 
     def _invite(self, tx: ServerTransaction) -> None:
@@ -380,16 +394,51 @@ class Sif:
         status = 200 if self.tel.send_message(call, content_type, request.body) else 480
         tx.respond(response_to(request.headers, status, to_tag=new_tag()))
 
-    def send_bye(self, dialog: Dialog, channel: Channel, host: str) -> None:
-        """Hang up towards the PBX: BYE in C{dialog}."""
+    def send_bye(
+        self, dialog: Dialog, channel: Channel, host: str, credentials: Credentials | None = None
+    ) -> None:
+        """
+        Hang up towards the PBX: BYE in C{dialog}, sent again with
+        C{credentials} (by default those of the PBX at the channel's
+        address) if challenged.
+        """
         self.dialogs.pop(dialog.id, None)
         bye = dialog.request("BYE", self.via(channel, host))
-        self.layer.request(bye, channel, lambda response: None, lambda: None)
+        if credentials is None:
+            credentials = self.keyring.for_address(channel.address[0])
+
+        def resent(request: Request) -> None:
+            dialog.local_cseq = request.cseq.number
+
+        self.send_request(bye, channel, credentials, lambda response: None, lambda: None, resent)
+
+    def send_request(
+        self,
+        request: Request,
+        channel: Channel,
+        credentials: Credentials | None,
+        on_response: Callable[[Response], None],
+        on_timeout: Callable[[], None],
+        on_resend: Callable[[Request], None] = lambda request: None,
+    ) -> None:
+        """
+        Send C{request} in a client transaction; a 401/407 is answered
+        once with C{credentials} (L{ChallengedRequest}).
+        """
+        ChallengedRequest(
+            self.layer, channel, request, credentials, on_response, on_timeout, on_resend
+        ).send()
+
+    def contact_port(self, channel: Channel) -> int:
+        """Where we listen for what comes over C{channel}'s transport."""
+        return self.config.sip.tls_port if _transport(channel) == "tls" else self.config.sip.port
 
     def via(self, channel: Channel, host: str) -> str:
         """A Via value for a request we send on C{channel}, fresh branch."""
-        transport = "TCP" if channel.reliable else "UDP"
-        return f"SIP/2.0/{transport} {host}:{self.config.sip.port};branch={new_branch()};rport"
+        transport = _transport(channel).upper()
+        return (
+            f"SIP/2.0/{transport} {host}:{self.contact_port(channel)};branch={new_branch()};rport"
+        )
 
     # --- where requests to the PBX go ---------------------------------------
     def channel_for(self, target: Target) -> Deferred[Channel]:
@@ -407,6 +456,14 @@ class Sif:
 
         def connect(address: str) -> Channel | Deferred[Channel]:
             where = (address, target.port)
+            if not target.numeric:
+                credentials = self.keyring.for_target(target)
+                if credentials is not None:
+                    self.keyring.learn(address, credentials)
+            if target.transport == "tls":
+                if self.tls_channel is None:
+                    raise NoTransport("no TLS transport")
+                return self.tls_channel(where, target.host)
             if target.transport == "tcp":
                 if self.tcp_channel is None:
                     raise NoTransport("no TCP transport")
@@ -468,9 +525,7 @@ class Sif:
         local = "127.0.0.1" if is_wildcard(self.config.sip.bind) else self.config.sip.bind
         offer = render_sdp(make_offer(local, port, str(int(self.clock.seconds()))))
         call_id = f"{new_tag()}{new_tag()}@{local}"
-        contact = f"sip:{local}:{self.config.sip.port}" + (
-            ";transport=tcp" if channel.reliable else ""
-        )
+        contact = f"sip:{local}:{self.contact_port(channel)}" + contact_transport(channel)
         headers = Headers(
             (
                 ("Via", self.via(channel, local)),
@@ -490,9 +545,10 @@ class Sif:
             self.calls.add(call)
         if call.state is None:
             self.calls.set_state(call, CallState.ROUTED)
-        out = OutCall(self, call, leg, invite, channel, local, offer, port)
+        credentials = self.keyring.for_target(locate(call.out_to))
+        out = OutCall(self, call, leg, invite, channel, local, offer, port, credentials)
         self.outgoing[call] = out
-        self.layer.request(invite, channel, out.response, out.timeout)
+        self.send_request(invite, channel, credentials, out.response, out.timeout, out.resent)
 
     def media_of(self, call: Call) -> tuple[int | None, bytes] | None:
         """A call's local RTP port and the PBX's SDP (answer, or offer for calls from the PBX)."""
@@ -525,7 +581,16 @@ class Sif:
 
 
 def _transport(channel: Channel) -> str:
+    """C{udp}, C{tcp} or C{tls}: what C{channel} runs over."""
+    if getattr(channel, "secure", False):
+        return "tls"
     return "tcp" if channel.reliable else "udp"
+
+
+def contact_transport(channel: Channel) -> str:
+    """The Contact URI parameter for requests sent on C{channel}."""
+    transport = _transport(channel)
+    return "" if transport == "udp" else f";transport={transport}"
 
 
 def _accepts_sdp(accept: list[str]) -> bool:

@@ -19,13 +19,14 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from cryptify.lifecycle import Lifecycle, check_table
 from cryptify.protocols.sip.dialog import Dialog
+from cryptify.protocols.sip.digest import Credentials
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.message import Headers, Request, Response
 from cryptify.protocols.sip.transaction import Channel, ServerTransaction
 
 from ..calls import Call, CallState, TelLeg
-from ..lifecycle import Lifecycle, check_table
 
 if TYPE_CHECKING:
     from .core import Sif
@@ -270,6 +271,8 @@ class OutCall:
     host: str
     answer: bytes
     rtp_port: int | None
+    #: Our credentials at the PBX, for its 401/407 challenges.
+    credentials: Credentials | None = attrs.field(default=None, repr=False)
     dialog: Dialog | None = None
     #: The SDP answer of the PBX's first 2xx (the PBX leg's media).
     remote_sdp: bytes = b""
@@ -314,11 +317,18 @@ class OutCall:
             return
         self.remote_sdp = response.body
         if self.ended:  # answered after we hung up: end it at once
-            self.sif.send_bye(self.dialog, self.channel, self.host)
+            self.sif.send_bye(self.dialog, self.channel, self.host, self.credentials)
             return
         self.sif.dialogs[self.dialog.id] = self
         self._move(OutState.ANSWERED, "talk")
         self.leg.answered()
+
+    def resent(self, invite: Request) -> None:
+        """
+        The INVITE went again with credentials (next CSeq, same Call-ID):
+        CANCEL, ACK and the dialog follow the new one.
+        """
+        self.invite = invite
 
     def timeout(self) -> None:
         """No final response in time (timer B)."""
@@ -334,7 +344,7 @@ class OutCall:
         if state is OutState.ANSWERED:
             self._end(OutState.HUNG_UP)
             assert self.dialog is not None
-            self.sif.send_bye(self.dialog, self.channel, self.host)
+            self.sif.send_bye(self.dialog, self.channel, self.host, self.credentials)
         elif state in _HEARD:
             self._end(OutState.CANCELLED)
             self._send_cancel()
@@ -361,7 +371,12 @@ class OutCall:
             self.sif.dialogs.pop(self.dialog.id, None)
 
     def _ack(self, dialog: Dialog) -> None:
-        ack = dialog.request("ACK", self.sif.via(self.channel, self.host), cseq=1)
+        """The 2xx's ACK: the INVITE's CSeq number and credentials (RFC 3261 13.2.2.4)."""
+        via = self.sif.via(self.channel, self.host)
+        ack = dialog.request("ACK", via, cseq=self.invite.cseq.number)
+        for name in ("Authorization", "Proxy-Authorization"):
+            for value in self.invite.headers.get_all(name):
+                ack = attrs.evolve(ack, headers=ack.headers.add(name, value))
         self.channel.send(ack.to_bytes())
 
     def _send_cancel(self) -> None:

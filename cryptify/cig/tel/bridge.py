@@ -31,11 +31,11 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from cryptify.addresses import is_wildcard
+from cryptify.lifecycle import Lifecycle, check_table
 from cryptify.protocols.bridge_control import BridgeAdd, BridgeRemove, BridgeUpdate
 from cryptify.protocols.sip.sdp import SdpError, chosen_codec, parse_sdp
 
 from ..calls import Call
-from ..lifecycle import Lifecycle, check_table
 from .keys import BadKeys
 
 log = Logger(namespace="cryptify.cig.tel")

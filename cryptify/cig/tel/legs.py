@@ -6,7 +6,7 @@ from the PBX to a secure user (it reports on the SIF's leg).  Both bridge
 their media on cig-relay once answered, through one
 :class:`~cryptify.cig.tel.bridge.Bridge` handle each.
 
-Each leg's lifecycle is one :class:`~cryptify.cig.lifecycle.Lifecycle`
+Each leg's lifecycle is one :class:`~cryptify.lifecycle.Lifecycle`
 (:class:`TelState`, :class:`OutLegState`); its ``show umsg`` state follows
 from it (:data:`SHOWN_TEL`, :data:`SHOWN_OUT_LEG`).  ``docs/cig-calls.md``
 draws both machines.
@@ -21,10 +21,10 @@ import attrs
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cryptify.lifecycle import Lifecycle, check_table
 from cryptify.protocols.umsg import Message
 
 from ..calls import Call, CallState, TelLeg
-from ..lifecycle import Lifecycle, check_table
 from .bridge import Bridge
 
 if TYPE_CHECKING:

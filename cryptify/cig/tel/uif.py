@@ -177,7 +177,7 @@ class Uif(service.Service):
     # lifecycle
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        service.Service.startService(self)
         try:
             material = consume_legacy(self.keystore)
         except CryptoError as exc:
@@ -206,7 +206,7 @@ class Uif(service.Service):
             return None
 
     def stopService(self) -> defer.Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
+        service.Service.stopService(self)
         client, self.client = self.client, None
         self.connected = False
         if client is None:

@@ -65,9 +65,6 @@ class State(enum.Enum):
 
 NEW, CHALLENGED, ATTACHED, CLOSED = State.NEW, State.CHALLENGED, State.ATTACHED, State.CLOSED
 
-#: Types handled once attached that a later issue implements (sessions, messages).
-LATER = frozenset(("invite", "ringing", "talk", "hangup", "post", "fetch", "delivered"))
-
 
 class Peer(Protocol):
     """What a session needs of its connection."""
@@ -131,9 +128,9 @@ class AttachCore:
     move_port: int = 5223
     #: Attach tickets (None: no tickets issued or accepted).
     tickets: TicketKey | None = None
-    #: Handlers that features register for attached-state types of
-    #: :data:`LATER` (sessions, messages); without one the CRS answers
-    #: ``not-implemented``.
+    #: Handlers that features (calls, messages, client objects) register
+    #: for attached-state types; a type nobody handles ends the connection
+    #: ``unexpected``.
     handlers: dict[str, Callable[[AttachSession, Message], None]] = attrs.field(factory=dict)
     #: Called with (session, reason) when an attached connection ends.
     on_detach: list[Callable[[AttachSession, str], None]] = attrs.field(factory=list)
@@ -386,14 +383,5 @@ class AttachSession:
             self.peer.end("detach")
         elif msg.type in self.core.handlers:
             self.core.handlers[msg.type](self, msg)
-        elif msg.type in LATER:
-            self.peer.send(
-                message(
-                    "error",
-                    id=msg.id,
-                    code="not-implemented",
-                    reason=f"{msg.type} is not handled by this CRS yet",
-                )
-            )
         else:
             self._fail("unexpected", f"{msg.type} after attach")

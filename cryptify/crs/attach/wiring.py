@@ -41,13 +41,14 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.config.crs import CrsGlobal, KeepAlive
 from cryptify.crs.attach.core import AttachCore, AttachSession
+from cryptify.protocols.streams import abort
 from cryptify.protocols.umsg import (
     MAX_MESSAGE,
     Message,
@@ -127,7 +128,7 @@ class UmsgServerProtocol(Protocol):
     ping_at: float | None = None
     interval = PING_AFTER
     ending = False
-    abort_call: Any = None
+    abort_call: IDelayedCall | None = None
     #: The WebSocket close code of a framing failure (0: from the UMSG code).
     ws_close = 0
     #: Nothing received yet (above TLS): the first to go when the quota is full.
@@ -141,7 +142,7 @@ class UmsgServerProtocol(Protocol):
         self.started = self.last_seen = factory.clock.seconds()
         if not factory.admit(self):
             self.ending = True
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            abort(self.transport)
             return
         method, interval = factory.keepalive(self.host)
         self.interval = interval / 1000
@@ -214,13 +215,11 @@ class UmsgServerProtocol(Protocol):
         self.ending = True
         self.factory.forget(self)
         self.session.lost("evicted")
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        abort(self.transport)
 
     def abort(self) -> None:
         self.abort_call = None
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        abort(self.transport)
 
     # timers (called by the factory's sweeps)
 
@@ -447,7 +446,7 @@ class UmsgListenService(ListenService):
         self.clock = clock
         self.grace = grace
 
-    def stopService(self) -> defer.Deferred[Any]:
+    def stopService(self) -> defer.Deferred[object]:
         service.Service.stopService(self)
         port, self.port = self.port, None
 

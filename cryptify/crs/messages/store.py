@@ -428,6 +428,10 @@ class MessageStore:
     async def count(self, recipient: str) -> int:
         return int(await self._client().llen(f"inbox:{recipient}"))
 
+    async def stored(self) -> int:
+        """How many messages are stored, waiting for delivery (every one is in ``msg-expiry``)."""
+        return int(await self._client().zcard("msg-expiry"))
+
     async def expire(self, batch: int = 1000) -> int:
         """Drop messages older than ``expire_after``; return (and count) how many."""
         cutoff = int((self.clock() - self.expire_after) * 1000)
@@ -466,10 +470,10 @@ class MessageExpiry(service.Service):
         return defer.ensureDeferred(run())
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        service.Service.startService(self)
         self.loop.start(EXPIRY_SWEEP, now=False)
 
     def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]
+        service.Service.stopService(self)
         if self.loop.running:
             self.loop.stop()

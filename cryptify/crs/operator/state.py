@@ -15,6 +15,7 @@ from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.messages.store import MessageStore
 from cryptify.crs.objects.store import ClientObjects
 from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.remote_admin.store import AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import TraceHub
 
@@ -22,6 +23,14 @@ ACTIVE = "active"
 INACTIVE = "inactive"
 #: The module that handles client connections (``show system``, ``show account``).
 ATTACH_MODULE = "app:attach"
+
+
+def probe_up(answer: bool | str) -> bool:
+    """Whether a service probe's answer means the service is up: C{True},
+    or a description that starts C{active} (e.g. the db-backup replica)."""
+    if isinstance(answer, str):
+        return answer.split(" ", 1)[0] == ACTIVE
+    return answer
 
 
 class RelayControl(Protocol):
@@ -61,11 +70,12 @@ class CrsState:
     running in this process (``show`` then answers that it is not
     available).  ``probes`` maps a service name (crs, crs_relay,
     redis_high, ...) to a function answering whether it is active right
-    now; the order is the order ``show services`` prints.
+    now, or a status line of its own (``active (...)``); the order is the
+    order ``show services`` prints.
     """
 
     name: str
-    probes: dict[str, Callable[[], bool]] = attrs.field(factory=dict)
+    probes: dict[str, Callable[[], bool | str]] = attrs.field(factory=dict)
     accounts: AccountStore = attrs.field(factory=lambda: AccountStore(os.devnull))
     trace: TraceHub = attrs.field(factory=TraceHub)
     #: The one clock of the operator views (the reactor's, as the traces').
@@ -83,6 +93,8 @@ class CrsState:
     messages: MessageStore | None = None
     #: Per-account statistics (``stats``).
     stats: Statistics | None = None
+    #: The remote admins (``create admin`` ..., the admin interface).
+    admins: AdminStore | None = None
     pid: int = attrs.field(factory=os.getpid)
     #: ``notify(unit, event)``: tells notify.sh about system events.
     notify: Callable[[str, str], None] = lambda unit, event: None
@@ -95,5 +107,8 @@ class CrsState:
                 up = probe()
             except Exception:
                 up = False
+            if isinstance(up, str):
+                result.append((service_name, up))
+                continue
             result.append((service_name, ACTIVE if up else INACTIVE))
         return result

@@ -1,5 +1,6 @@
-"""The CRS pool: membership, slot ownership and (later) the pool links.
+"""The CRS pool: membership, slot ownership and the pool links.
 
-``core`` is the sans-IO membership and slot-ownership logic; see
-``docs/pool.md``.  Nothing here is wired into the running CRS yet.
+``core`` is the sans-IO membership and slot-ownership logic; ``sync_core``
+and ``sync`` are the synchronization link (8091) and ``db-backup``, which
+the CRS runs in a pool of two or more; see ``docs/pool.md``.
 """

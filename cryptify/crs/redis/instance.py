@@ -47,11 +47,12 @@ class Role(enum.Enum):
 
 @attrs.frozen
 class ReplicaOf:
-    """The master a replica (``redis_backup``) copies, and its password."""
+    """The master a replica (``redis_backup``) copies, and its password
+    (None: the master needs none, e.g. the sync tunnel logs in itself)."""
 
     host: str
     port: int
-    password: str
+    password: str | None = attrs.field(default=None, repr=False)
 
 
 def _default_role(instance: RedisInstance) -> Role:
@@ -157,11 +158,10 @@ def render_conf(instance: RedisInstance) -> str:
         lines += ["appendonly no", 'save ""']
     if instance.replica_of is not None:
         master = instance.replica_of
-        lines += [
-            f"replicaof {master.host} {master.port}",
-            f"masterauth {_quote(master.password)}",
-            "replica-read-only yes",
-        ]
+        lines += [f"replicaof {master.host} {master.port}"]
+        if master.password is not None:
+            lines += [f"masterauth {_quote(master.password)}"]
+        lines += ["replica-read-only yes"]
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,14 @@ from twisted.python.failure import Failure
 
 from cryptify.config import CrsConfig, CrsLocalConfig
 from cryptify.config.crs import Endpoint
-from cryptify.crs.redis.instance import HIGH, LOW, RedisInstance, ReplicaOf, load_password
+from cryptify.crs.redis.instance import (
+    BACKUP,
+    HIGH,
+    LOW,
+    RedisInstance,
+    ReplicaOf,
+    load_password,
+)
 from cryptify.crs.redis.store import RedisStore
 from cryptify.crs.redis.supervisor import Notify, RedisSupervisor
 from cryptify.service import StartupError, attach
@@ -33,21 +40,27 @@ StartFailed = Callable[[Failure], None]
 def wanted_redis(local: CrsLocalConfig) -> list[tuple[str, str]]:
     """(name, config field) of the Redis servers this instance uses."""
     wanted = [(HIGH, "high"), (LOW, "low")]
-    if local.db_backup == "replicate-from-peer":
+    if local.db_backup in ("replicate-from-peer", "read-from"):
         wanted.append(("redis_backup", "backup"))
     return wanted
 
 
-def redis_instances(cfg: CrsConfig, local: CrsLocalConfig) -> list[RedisInstance]:
-    """The Redis children this instance supervises (reads or makes passwords)."""
+def redis_instances(
+    cfg: CrsConfig, local: CrsLocalConfig, backup_master: ReplicaOf | None = None
+) -> list[RedisInstance]:
+    """The Redis children this instance supervises (reads or makes passwords).
+
+    ``backup_master``: what ``redis_backup`` replicates (the sync tunnel,
+    with ``replicate-from-peer``); with ``read-from`` it runs on its own,
+    serving what it kept.
+    """
     g = cfg.global_
     data, logs = Path(g.data_dir) / "redis", Path(g.log_dir)
     instances = []
     for name, field in wanted_redis(local):
         where: Endpoint = getattr(g.redis, field)
-        # redis_backup replicates the pool peer's redis_low once the pool
-        # synchronization link exists; until then it runs as an empty store.
-        replica: ReplicaOf | None = None
+        follows = name == BACKUP and local.db_backup == "replicate-from-peer"
+        replica = backup_master if follows else None
         instances.append(
             RedisInstance(
                 name=name,
@@ -81,7 +94,7 @@ class ExternalRedis(service.MultiService):
     names = (HIGH, LOW)
 
     def __init__(self, cfg: CrsConfig, reactor: Any) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        service.MultiService.__init__(self)
         self.cfg = cfg
         self.reactor = reactor
 
@@ -101,7 +114,7 @@ class ExternalRedis(service.MultiService):
         password = external_password(self.cfg)
         for name, where in ((HIGH, g.redis.high), (LOW, g.redis.low)):
             attach(self, RedisStore.tcp(self.reactor, where.host, where.port, password, name))
-        super().startService()  # type: ignore[no-untyped-call]
+        service.MultiService.startService(self)
 
 
 class ManagedRedis(service.MultiService):
@@ -120,8 +133,10 @@ class ManagedRedis(service.MultiService):
         reactor: Any,
         notify: Notify,
         start_failed: StartFailed,
+        backup_master: Callable[[], ReplicaOf | None] = lambda: None,
     ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        service.MultiService.__init__(self)
+        self.backup_master = backup_master
         self.cfg = cfg
         self.local = local
         self.reactor = reactor
@@ -145,7 +160,7 @@ class ManagedRedis(service.MultiService):
     def startService(self) -> None:
         g = self.cfg.global_
         try:
-            instances = redis_instances(self.cfg, self.local)
+            instances = redis_instances(self.cfg, self.local, self.backup_master())
         except (OSError, ValueError) as exc:
             raise StartupError(f"redis: {exc}") from exc
         self.supervisor = RedisSupervisor.with_reactor(

@@ -29,7 +29,6 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any
 
 import attrs
 
@@ -121,7 +120,7 @@ class Leg:
     rebinds: int = 0
     peer: Leg = attrs.field(init=False)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {
             "latched": self.source is not None,
             "packets": self.packets,
@@ -153,7 +152,7 @@ class RelaySession:
     def last_activity(self) -> float:
         return max(self.created, self.a.seen, self.b.seen)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {
             "session": self.ident,
             "label": self.label,

@@ -71,7 +71,7 @@ class RelayDatagram(DatagramProtocol):
         self.core = core
         self.clock = clock
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         result = self.core.packet(datagram, addr, self.clock.seconds())
         if type(result) is tuple:
             try:
@@ -234,21 +234,21 @@ class RelayControl(amp.CommandLocator):
         self.relay.core.heard(self.link, server, self.relay.clock.seconds())
 
     @Poll.responder
-    def poll(self, server: str) -> dict[str, Any]:
+    def poll(self, server: str) -> dict[str, object]:
         self._heard(server)
         log.info("Command poll from {server}", server=server)
         return {"sessions": self.relay.core.entries, "version": __version__}
 
     @RelayStats.responder
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, object]:
         return {"stats": self.relay.core.stats()}
 
     @Add.responder
-    def add(self, server: str, label: str | None = None) -> dict[str, Any]:
+    def add(self, server: str, label: str | None = None) -> dict[str, object]:
         self._heard(server)
         return {**self._add(server, label or ""), "host": self.relay.host, "port": self.relay.port}
 
-    def _add(self, server: str, label: str) -> dict[str, Any]:
+    def _add(self, server: str, label: str) -> dict[str, object]:
         session = self.relay.core.add(self.link, self.relay.clock.seconds(), label)
         log.info(
             "Command add: session {session} ({label}) for {server}",
@@ -259,7 +259,7 @@ class RelayControl(amp.CommandLocator):
         return {"session": session.ident, "tag_a": session.a.tag, "tag_b": session.b.tag}
 
     @AddSessions.responder
-    def add_many(self, server: str, labels: list[str]) -> dict[str, Any]:
+    def add_many(self, server: str, labels: list[str]) -> dict[str, object]:
         if len(labels) > MAX_BATCH:
             raise BatchTooLarge(f"at most {MAX_BATCH} sessions per AddMany")
         self._heard(server)
@@ -267,7 +267,7 @@ class RelayControl(amp.CommandLocator):
         return {"sessions": sessions, "host": self.relay.host, "port": self.relay.port}
 
     @Remove.responder
-    def remove(self, server: str, session: int) -> dict[str, Any]:
+    def remove(self, server: str, session: int) -> dict[str, object]:
         self._heard(server)
         return {"removed": self._remove(server, session)}
 
@@ -277,19 +277,19 @@ class RelayControl(amp.CommandLocator):
         return removed
 
     @RemoveSessions.responder
-    def remove_many(self, server: str, sessions: list[int]) -> dict[str, Any]:
+    def remove_many(self, server: str, sessions: list[int]) -> dict[str, object]:
         if len(sessions) > MAX_BATCH:
             raise BatchTooLarge(f"at most {MAX_BATCH} sessions per RemoveMany")
         self._heard(server)
         return {"removed": [n for n in sessions if self._remove(server, n)]}
 
     @ListSessions.responder
-    def list_sessions(self, server: str) -> dict[str, Any]:
+    def list_sessions(self, server: str) -> dict[str, object]:
         self._heard(server)
         return {"sessions": [s.describe() for s in self.relay.core.owned_by(server)]}
 
     @Reclaim.responder
-    def reclaim(self, server: str, sessions: list[int]) -> dict[str, Any]:
+    def reclaim(self, server: str, sessions: list[int]) -> dict[str, object]:
         self._heard(server)
         taken = self.relay.core.reclaim(self.link, sessions, self.relay.clock.seconds())
         log.info(
@@ -308,15 +308,15 @@ class RelayControlProtocol(amp.AMP):
     """One control connection; logs CONNECTION and CLOSE."""
 
     def __init__(self, locator: RelayControl) -> None:
-        super().__init__(locator=locator)  # type: ignore[no-untyped-call]
+        amp.AMP.__init__(self, locator=locator)
         self.control = locator
 
     def connectionMade(self) -> None:
-        super().connectionMade()  # type: ignore[no-untyped-call]
+        amp.AMP.connectionMade(self)
         log.info("CONNECTION from the CRS")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        amp.AMP.connectionLost(self, reason)
         self.control.closed()
         log.info("CLOSE of the CRS connection")
 

@@ -31,7 +31,7 @@ Every transaction may also end at once (shutdown, transport error; RFC
 3261 17.1.4, 17.2.4).  The states are L{TxState} members; each kind of
 transaction moves only along its table (L{INVITE_SERVER},
 L{NON_INVITE_SERVER}, L{INVITE_CLIENT}, L{NON_INVITE_CLIENT}), and any other
-move raises L{IllegalTransition}.
+move raises L{cryptify.lifecycle.IllegalTransition}.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from typing import Any, Protocol
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from cryptify.lifecycle import Lifecycle
 
 from .address import parse_name_addr
 from .errors import SipParseError
@@ -112,23 +114,6 @@ NON_INVITE_CLIENT: Transitions = {
     _S.COMPLETED: frozenset({_S.TERMINATED}),
     _S.TERMINATED: frozenset(),
 }
-
-
-class IllegalTransition(Exception):
-    """A transaction was asked to move where its table does not go."""
-
-    def __init__(self, kind: str, old: TxState, new: TxState) -> None:
-        super().__init__(f"{kind} transaction cannot go from {old} to {new}")
-        self.kind = kind
-        self.old = old
-        self.new = new
-
-
-def advance(kind: str, table: Transitions, old: TxState, new: TxState) -> TxState:
-    """C{new} if C{table} allows C{old} to move there, else L{IllegalTransition}."""
-    if new not in table.get(old, frozenset()):
-        raise IllegalTransition(kind, old, new)
-    return new
 
 
 class Channel(Protocol):
@@ -228,16 +213,17 @@ class ServerTransaction:
     last_response: Response | None = None
     _timers: _Timers | None = None
     _interval: float = T1
-    _state: TxState = attrs.field(init=False, default=TxState.PROCEEDING)
+    _life: Lifecycle[TxState] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._timers = _Timers(self.layer.clock)
-        if not self.is_invite:
-            self._state = TxState.TRYING
+        kind = "INVITE server" if self.is_invite else "non-INVITE server"
+        first = TxState.PROCEEDING if self.is_invite else TxState.TRYING
+        self._life = Lifecycle(f"{kind} transaction", self.transitions, first)
 
     @property
     def state(self) -> TxState:
-        return self._state
+        return self._life.state
 
     @property
     def is_invite(self) -> bool:
@@ -248,8 +234,7 @@ class ServerTransaction:
         return INVITE_SERVER if self.is_invite else NON_INVITE_SERVER
 
     def _move(self, new: TxState) -> None:
-        kind = "INVITE server" if self.is_invite else "non-INVITE server"
-        self._state = advance(kind, self.transitions, self._state, new)
+        self._life.move(new)
 
     @property
     def dialog_key(self) -> tuple[str, int]:
@@ -258,7 +243,7 @@ class ServerTransaction:
 
     def respond(self, response: Response) -> None:
         """Send C{response}; finals move the transaction on."""
-        if self._state not in (TxState.TRYING, TxState.PROCEEDING):
+        if self.state not in (TxState.TRYING, TxState.PROCEEDING):
             return
         self.last_response = response
         self._send()
@@ -301,14 +286,14 @@ class ServerTransaction:
         self._timers.start("G", self._interval, self._resend_2xx)
 
     def _timer_l(self) -> None:
-        acked = self._state is TxState.ACKNOWLEDGED
+        acked = self.state is TxState.ACKNOWLEDGED
         self._terminate()
         if not acked:
             self.layer.user.no_ack(self)
 
     def retransmitted(self) -> None:
         """The same request came again: answer it as before."""
-        if self._state in (TxState.PROCEEDING, TxState.COMPLETED, TxState.ACCEPTED):
+        if self.state in (TxState.PROCEEDING, TxState.COMPLETED, TxState.ACCEPTED):
             self._send()
 
     def ack(self, request: Request) -> bool:
@@ -317,22 +302,22 @@ class ServerTransaction:
         (absorbed here), C{False} if the user should see it.
         """
         assert self._timers is not None
-        if self._state is TxState.COMPLETED:
+        if self.state is TxState.COMPLETED:
             self._move(TxState.CONFIRMED)
             self._timers.stop("G")
             self._timers.stop("H")
             self._timers.start("I", 0 if self.channel.reliable else T4, self._terminate)
             return True
-        if self._state is TxState.ACCEPTED:
+        if self.state is TxState.ACCEPTED:
             self._move(TxState.ACKNOWLEDGED)
             self._timers.stop("G")
             return False
-        return self._state is TxState.CONFIRMED
+        return self.state is TxState.CONFIRMED
 
     def _terminate(self) -> None:
         assert self._timers is not None
         self._timers.stop_all()
-        if self._state is not TxState.TERMINATED:
+        if self.state is not TxState.TERMINATED:
             self._move(TxState.TERMINATED)
             self.layer.forget_server(self)
 
@@ -352,16 +337,17 @@ class ClientTransaction:
     _ack: bytes | None = None
     _timers: _Timers | None = None
     _interval: float = T1
-    _state: TxState = attrs.field(init=False, default=TxState.CALLING)
+    _life: Lifecycle[TxState] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._timers = _Timers(self.layer.clock)
-        if not self.is_invite:
-            self._state = TxState.TRYING
+        kind = "INVITE client" if self.is_invite else "non-INVITE client"
+        first = TxState.CALLING if self.is_invite else TxState.TRYING
+        self._life = Lifecycle(f"{kind} transaction", self.transitions, first)
 
     @property
     def state(self) -> TxState:
-        return self._state
+        return self._life.state
 
     @property
     def is_invite(self) -> bool:
@@ -372,8 +358,7 @@ class ClientTransaction:
         return INVITE_CLIENT if self.is_invite else NON_INVITE_CLIENT
 
     def _move(self, new: TxState) -> None:
-        kind = "INVITE client" if self.is_invite else "non-INVITE client"
-        self._state = advance(kind, self.transitions, self._state, new)
+        self._life.move(new)
 
     def start(self) -> None:
         assert self._timers is not None
@@ -384,15 +369,13 @@ class ClientTransaction:
 
     def _resend(self) -> None:
         assert self._timers is not None
-        if self._state not in (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING):
+        if self.state not in (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING):
             return
         self.channel.send(self.request.to_bytes())
         if self.is_invite:
             self._interval = 2 * self._interval
         else:
-            self._interval = (
-                T2 if self._state is TxState.PROCEEDING else min(2 * self._interval, T2)
-            )
+            self._interval = T2 if self.state is TxState.PROCEEDING else min(2 * self._interval, T2)
         self._timers.start("A", self._interval, self._resend)
 
     def _timed_out(self) -> None:
@@ -404,11 +387,11 @@ class ClientTransaction:
         assert self._timers is not None
         timers = self._timers
         status = response.status
-        if self._state in (TxState.COMPLETED, TxState.TERMINATED):
+        if self.state in (TxState.COMPLETED, TxState.TERMINATED):
             if self._ack is not None and status >= 300:
                 self.channel.send(self._ack)
             return
-        if self._state is TxState.ACCEPTED:
+        if self.state is TxState.ACCEPTED:
             if 200 <= status < 300:
                 self.on_response(response)
             return
@@ -438,7 +421,7 @@ class ClientTransaction:
     def _terminate(self) -> None:
         assert self._timers is not None
         self._timers.stop_all()
-        if self._state is not TxState.TERMINATED:
+        if self.state is not TxState.TERMINATED:
             self._move(TxState.TERMINATED)
             self.layer.forget_client(self)
 

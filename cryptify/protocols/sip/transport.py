@@ -14,7 +14,12 @@ the source address, at the source port when the Via has C{rport} and at
 the sent-by port (or 5060) otherwise. C{channel.address} stays the source.
 
 L{TcpConnector} opens the outbound TCP connections client transactions
-use (C{;transport=tcp}), one per peer address, reused while it is open.
+use (C{;transport=tcp}), one per peer address, reused while it is open;
+given C{tls}, it opens TLS connections instead (C{;transport=tls},
+C{sips:}), the server's certificate checked against the name C{tls}
+is called with (service_identity, through Twisted's
+C{optionsForClientTLS}). A channel on TLS says so in C{secure}, for the
+Via and Contact the SIF writes.
 
 L{SipStreamFactory} bounds what inbound TCP may hold: a connection from
 an address C{allowed} refuses, or beyond C{max_per_source} open ones from
@@ -30,10 +35,18 @@ from typing import Any, Protocol
 import attrs
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cryptify.protocols.streams import abort
 
 from ..source_limit import SourceCounts
 from .errors import SipParseError
@@ -113,7 +126,10 @@ class SipStreamProtocol(protocol.Protocol):
         on_lost: Callable[[SipStreamProtocol], None] | None = None,
         clock: IReactorTime | None = None,
         idle_timeout: float | None = None,
+        secure: bool = False,
     ) -> None:
+        #: Whether the connection is TLS.
+        self.secure = secure
         self.sink = sink
         self.parser = StreamParser()
         self.address: Address = ("", 0)
@@ -144,8 +160,7 @@ class SipStreamProtocol(protocol.Protocol):
             peer=self.address,
             seconds=self.idle_timeout,
         )
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        abort(self.transport)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.open = False
@@ -178,6 +193,28 @@ class SipStreamProtocol(protocol.Protocol):
             log.failure("error handling SIP from {peer}", peer=self.address)
 
 
+@implementer(IHandshakeListener)
+class SipTlsStreamProtocol(SipStreamProtocol):
+    """
+    An outbound TLS connection: C{ready} fires once the handshake (the
+    server's certificate checked) is done, or fails if the connection is
+    lost before.
+    """
+
+    def __init__(self, sink: MessageSink, on_lost: Callable[[SipStreamProtocol], None]) -> None:
+        super().__init__(sink, on_lost, secure=True)
+        self.ready: Deferred[SipStreamProtocol] = Deferred()
+
+    def handshakeCompleted(self) -> None:
+        if not self.ready.called:
+            self.ready.callback(self)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        super().connectionLost(reason)
+        if not self.ready.called:
+            self.ready.errback(reason)
+
+
 class SipStreamFactory(protocol.Factory):
     """
     Builds a L{SipStreamProtocol} per inbound TCP connection, within the
@@ -197,7 +234,9 @@ class SipStreamFactory(protocol.Factory):
         max_per_source: int = MAX_TCP_PER_SOURCE,
         allowed: Callable[[str], bool] | None = None,
         refused: Callable[[str, str], None] | None = None,
+        secure: bool = False,
     ) -> None:
+        self.secure = secure
         self.sink = sink
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -215,7 +254,11 @@ class SipStreamFactory(protocol.Factory):
             self._refuse(host, f"more than {self.max_per_source} tcp connections")
             return None
         return SipStreamProtocol(
-            self.sink, lambda proto: self.open.release(host), self.clock, self.idle_timeout
+            self.sink,
+            lambda proto: self.open.release(host),
+            self.clock,
+            self.idle_timeout,
+            self.secure,
         )
 
     def _refuse(self, host: str, why: str) -> None:
@@ -230,15 +273,27 @@ class TcpConnector:
     sink like any other SIP.
     """
 
-    def __init__(self, reactor: Any, sink: MessageSink, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        sink: MessageSink,
+        timeout: float = 5.0,
+        tls: Callable[[str], Any] | None = None,
+    ) -> None:
         self.reactor = reactor
         self.sink = sink
         self.timeout = timeout
+        #: The TLS client options for a server name; None: plain TCP.
+        self.tls = tls
         self.connections: dict[Address, SipStreamProtocol] = {}
         self.waiting: dict[Address, list[Deferred[Channel]]] = {}
 
-    def channel(self, address: Address) -> Deferred[Channel]:
-        """A connected channel to C{address} (fails if it cannot connect)."""
+    def channel(self, address: Address, name: str | None = None) -> Deferred[Channel]:
+        """
+        A connected channel to C{address} (fails if it cannot connect);
+        over TLS the certificate must be valid for C{name} (the address
+        itself if None).
+        """
         existing = self.connections.get(address)
         if existing is not None and existing.open:
             return succeed(existing)
@@ -249,8 +304,17 @@ class TcpConnector:
         self.waiting[address] = [waiter]
         host, port = address
         endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-        endpoint = endpoint_type(self.reactor, host, port, timeout=self.timeout)
-        connecting = connectProtocol(endpoint, SipStreamProtocol(self.sink, self._lost))
+        endpoint: Any = endpoint_type(self.reactor, host, port, timeout=self.timeout)
+        if self.tls is not None:
+            endpoint = wrapClientTLS(self.tls(name or host), endpoint)
+        connecting: Deferred[SipStreamProtocol]
+        if self.tls is not None:
+            tls_proto = SipTlsStreamProtocol(self.sink, self._lost)
+            connecting = connectProtocol(endpoint, tls_proto).addCallback(
+                lambda connected: tls_proto.ready
+            )
+        else:
+            connecting = connectProtocol(endpoint, SipStreamProtocol(self.sink, self._lost))
         connecting.addCallbacks(
             lambda proto: self._done(address, proto), lambda failure: self._done(address, failure)
         )

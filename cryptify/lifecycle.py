@@ -1,13 +1,14 @@
 """Lifecycles as explicit machines: an enum of states and the moves allowed.
 
-Each CIG call leg (:mod:`cryptify.cig.sif.legs`, :mod:`cryptify.cig.tel.legs`)
-and each media bridge (:mod:`cryptify.cig.tel.bridge`) keeps its lifecycle
-in one :class:`Lifecycle`: its state, and a table naming every state and
-the states it may move to (none: the state is final).  Every change goes
+Each CIG call leg (:mod:`cryptify.cig.sif.legs`, :mod:`cryptify.cig.tel.legs`),
+each media bridge (:mod:`cryptify.cig.tel.bridge`) and each SIP transaction
+(:mod:`cryptify.protocols.sip.transaction`) keeps its lifecycle in one
+:class:`Lifecycle`: its state, and a table naming every state it can be in
+and the states it may move to (none: the state is final).  Every change goes
 through :meth:`Lifecycle.move`, which refuses a move the table does not
 list with :class:`IllegalTransition`.
 
-A refused move is a bug in the CIG, never a peer's doing: a leg first asks
+A refused move is a bug in our code, never a peer's doing: a leg first asks
 :meth:`Lifecycle.can` and ignores an event its state does not take (a late
 180, a second hangup), as SIP and UMSG expect.  ``docs/cig-calls.md``
 draws the machines.

@@ -1,0 +1,126 @@
+"""What the CIG secure-side tests share: a UmsgTel attached in memory with
+fake SIP and bridge sides (L{TelCase}), and its numbers."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.protocols import amp
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.cig.calls import Call, CallTable, TelLeg
+from cryptify.cig.route import Router
+from cryptify.cig.tel.core import UmsgTel
+from cryptify.client.calls import CallAgent
+from cryptify.config import load_cig_config
+from cryptify.crypto.keymaterial import KIND_CIG
+from cryptify.protocols.bridge_control import BridgeAdd, BridgeError
+from cryptify.protocols.umsg import Message, message
+from tests.fakes import _MATERIAL, attached, material
+from tests.sip_support import FIXTURES
+
+CALLER, CIG, CALLEE = "tel:+461111", "tel:+8888", "tel:+8888;101"
+
+#: The time every TelCase starts at, and the caller's clock: the invites
+#: cached in L{_INVITES} are built once per run, so a tel side set up much
+#: later (a slow or reordered run) must not see them as stale.
+NOW = time.time()
+
+
+ANSWER = (
+    b"v=0\r\no=pbx 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\n"
+    b"m=audio 6000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+)
+
+
+class TelCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.session, self.out = attached(CIG)
+        self.sif = FakeSif()
+        self.bridge = FakeBridge()
+        self.calls = CallTable(self.clock)
+        config = load_cig_config(os.path.join(FIXTURES, "cig-simple.conf"))
+        self.tel = UmsgTel(
+            cig_material(),
+            self.clock,
+            lambda: self.session,
+            self.sif,
+            self.calls,
+            Router(config),
+            self.bridge,
+        )
+        self.caller_session, self.caller_out = attached(CALLER)
+        self.caller = CallAgent(material(CALLER), lambda: NOW, self.caller_session)
+
+    def tearDown(self) -> None:
+        self.calls.stop()
+
+    def invite(self, to: str = CALLEE, frm: str = CALLER) -> Message:
+        """The invite the CRS would send the CIG for the caller's call to ``to``.
+
+        The I_MESSAGE of the usual call is built once per run (each test's
+        tel side has its own replay guard); its SRTP key is in L{_INVITES}.
+        """
+        if (to, frm) not in _INVITES:
+            call = self.caller.place(to)
+            sent = self.caller_out[-1]
+            invite = message(
+                "invite", session="s1", to=to, mikey=sent["mikey"],
+                **{"from": frm, "relay-host": "192.0.2.99", "relay-port": 146,
+                   "relay-tag": b"T" * 8},
+            )  # fmt: skip
+            _INVITES[to, frm] = (invite, call.policy_key)
+        return _INVITES[to, frm][0]
+
+    def types(self) -> list[str]:
+        return [m.type for m in self.out]
+
+
+def cig_material() -> Any:
+    """The CIG's key material, issued by the caller's KMS."""
+    material(CALLER)
+    if CIG not in _MATERIAL:
+        from cryptify.crypto.identity import period_of
+
+        _MATERIAL[CIG] = _MATERIAL["acme"].issue(CIG, period_of(time.time()), kind=KIND_CIG)
+    return _MATERIAL[CIG]
+
+
+class FakeSif:
+    """The SIF as the tel side sees it: records legs and hangups."""
+
+    def __init__(self) -> None:
+        self.legs: list[tuple[Call, TelLeg]] = []
+        self.hung_up: list[Call] = []
+        self.sdp = ANSWER
+
+    def place_call(self, call: Call, leg: TelLeg) -> None:
+        self.legs.append((call, leg))
+
+    def hang_up(self, call: Call) -> None:
+        self.hung_up.append(call)
+
+    def media_of(self, call: Call) -> tuple[int | None, bytes] | None:
+        return 1024, self.sdp
+
+
+class FakeBridge:
+    """The cig-relay control link: records commands, refuses BridgeAdd when told."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[type[amp.Command], dict[str, Any]]] = []
+        self.refuse = False
+
+    async def call(self, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]:
+        self.sent.append((command, kwargs))
+        if command is BridgeAdd and self.refuse:
+            raise BridgeError("port busy")
+        return {}
+
+
+_INVITES: dict[tuple[str, str], tuple[Message, bytes]] = {}
