@@ -84,6 +84,47 @@ class CrsOptionsTests(SynchronousTestCase):
         )
         self.assertIn("crs9", str(exc))
 
+    POOL2 = "[POOL]\nhost crs1\nhost crs2\nip crs1 192.0.2.1\nip crs2 192.0.2.2\n"
+
+    def pool_options(self, conf_text: str, crsname: str | None) -> crs.Options:
+        conf = write(self.mktemp(), conf_text)
+        args = ["--config", conf, "--data-dir", self.mktemp()]
+        if crsname is not None:
+            args += ["--local-config", write(self.mktemp(), f"crsname {crsname}\n")]
+        options = crs.Options()
+        options.parseOptions(args)
+        return options
+
+    def test_pool_needs_key(self) -> None:
+        """A crsname in a pool of two without the GLOBAL key is refused."""
+        exc = self.assertRaises(
+            usage.UsageError, self.pool_options, "[GLOBAL]\n" + self.POOL2, "crs2"
+        )
+        self.assertIn("key", str(exc))
+
+    def test_pool_link_in_tree(self) -> None:
+        """With a crsname in a pool of two the tree has the pool link before
+        the client listener, attach asks the link who owns a slot and show
+        services probes the link to the peer; without a crsname it has none."""
+        from cryptify.crs.pool.wiring import PoolLink
+
+        options = self.pool_options("[GLOBAL]\nkey k\n" + self.POOL2, "crs2")
+        root = crs.make_crs_service(options["crs"], options["local"], Clock())
+        children = list(root)
+        [link] = [c for c in children if isinstance(c, PoolLink)]
+        [listener] = [c for c in children if isinstance(c, UmsgListenService)]
+        self.assertLess(children.index(link), children.index(listener))
+        self.assertIs(listener.factory.core.slots, link)
+        self.assertEqual(link.me, "crs2")
+        self.assertEqual(link.peers, ("crs1",))
+        basics = crs.build_basics(options["crs"], options["local"], Clock())
+        assert basics.pool is not None
+        self.assertEqual(list(basics.probes), ["crs", "pool_link_crs1"])
+        self.assertFalse(basics.probes["pool_link_crs1"]())
+        single = self.pool_options("[GLOBAL]\nkey k\n" + self.POOL2, None)
+        root = crs.make_crs_service(single["crs"], single["local"], Clock())
+        self.assertEqual([c for c in root if isinstance(c, PoolLink)], [])
+
     def test_tree_order(self) -> None:
         """The CRS tree starts its log first and its listeners last, without opening anything."""
         options = crs.Options()

@@ -11,11 +11,12 @@ Start order (stop order is the reverse, one service at a time):
 5. the sync link's server (8091), the replica monitor or the
    ``read-from`` import
 6. the control link to ``crs_relay``
-7. the client listener (TLS, 5223)
-8. the management socket
-9. the metrics endpoint (``metrics`` in crs.conf) and the SIGHUP reload
-   (:mod:`cryptify.ops`)
-10. the remote admin interface (HTTPS), when ``admin-listen`` is set
+7. the pool link (TLS-PSK, 8090), in a pool of 2+ with a ``crsname``
+8. the client listener (TLS, 5223)
+9. the management socket
+10. the metrics endpoint (``metrics`` in crs.conf) and the SIGHUP reload
+    (:mod:`cryptify.ops`)
+11. the remote admin interface (HTTPS), when ``admin-listen`` is set
 
 so on shutdown the admin interface, reload and metrics stop, the
 management socket and the client listener close first,
@@ -59,6 +60,7 @@ from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.pool.sync import build_sync
+from cryptify.crs.pool.wiring import PoolLink, client_mover
 from cryptify.crs.redis.instance import ReplicaOf
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
 from cryptify.crs.remote_admin.auth import Gate
@@ -183,6 +185,11 @@ class Options(ConfigOptions):
                     f"{self['local-config']}: crsname {local.crsname} is not a host of the "
                     f"POOL section ({', '.join(names)})"
                 )
+            if len(names) >= 2 and not cfg.global_.key:
+                raise ConfigUsageError(
+                    f"{self['config']}: a pool of {len(names)} instances needs the GLOBAL key "
+                    "(the pool link's shared secret)"
+                )
         return CrsFiles(cfg, local)
 
     def reread(self) -> CrsFiles:
@@ -233,6 +240,9 @@ class Basics:
     #: ``show services`` probes, in the order it prints them (a string is
     #: printed as the status).
     probes: dict[str, Callable[[], bool | str]]
+    #: The pool link, when ``crsname`` names this instance in a pool of 2+;
+    #: then its map, not ``slots``, says who serves which slot.
+    pool: PoolLink | None = None
 
 
 def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Basics:
@@ -241,15 +251,23 @@ def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Basics:
     name = instance_name(cfg, local)
     trace = TraceHub(reactor.seconds)
     hosts = tuple(h.name for h in cfg.pool.hosts) or (name,)
+    notifier = Notifier(reactor, g.notify or None, g.notify_timeout)
+    probes: dict[str, Callable[[], bool | str]] = {"crs": lambda: True}
+    pool = None
+    if local.crsname is not None and len(hosts) >= 2:
+        pool = PoolLink(cfg, name, reactor, notifier.notify)
+        for peer in pool.peers:
+            probes[f"pool_link_{peer}"] = functools.partial(pool.link_up, peer)
     return Basics(
         name=name,
         reactor=reactor,
-        notifier=Notifier(reactor, g.notify or None, g.notify_timeout),
+        notifier=notifier,
         trace=trace,
         accounts=AccountStore(g.accounts_dir, clock=reactor.seconds),
         slots=SlotMap(hosts, name, {h.name: h.ip for h in cfg.pool.hosts}),
         registry=AttachRegistry(name, reactor.seconds, trace),
-        probes={"crs": lambda: True},
+        probes=probes,
+        pool=pool,
     )
 
 
@@ -297,7 +315,7 @@ def build_attach(
         basics.accounts,
         basics.registry,
         basics.reactor.seconds,
-        slots=basics.slots,
+        slots=basics.slots if basics.pool is None else basics.pool,
         move_port=cfg.global_.listen.port,
         tickets=TicketKey.derive(cfg.global_.key),
         ready=lambda: stores_ready(redis),
@@ -480,6 +498,7 @@ def make_crs_service(
         basics.trace,
         registry=basics.registry,
         slots=basics.slots,
+        pool=basics.pool,
         relay=relay,
         sessions=sessions,
         messages=messages.store,
@@ -495,6 +514,11 @@ def make_crs_service(
     attach(root, trace_events(basics.trace))
     attach(root, relay)
     attach(root, messages.expiry)
+    if basics.pool is not None:
+        basics.pool.watch(
+            client_mover(basics.registry, basics.pool, lambda uri: bool(sessions.sessions_of(uri)))
+        )
+        attach(root, basics.pool)
     clients = client_listener(cfg, reactor, core)
     attach(root, clients)
     attach(root, management_listener(cfg, reactor, state))

@@ -306,10 +306,15 @@ class CrsAdmin(amp.CommandLocator):
         except AccountError as exc:
             raise _failing(exc) from exc
         slot = slot_of(uri.split(";", 1)[0])
+        if self.state.pool is not None:
+            return {"slot": slot, "owner": self.state.pool.owner(slot) or "-"}
         return {"slot": slot, "owner": self.state.slots.owner(slot)}
 
     @crs_admin.ShowSystem.responder
     def show_system(self) -> dict[str, Any]:
+        if self.state.pool is not None:
+            members = [[n, ATTACH_MODULE, pid, ranges] for n, pid, ranges in self.state.pool.rows()]
+            return {"table": table(SYSTEM_COLUMNS, members)}
         slots = self.state.slots
         rows = [
             [self.state.name, ATTACH_MODULE, str(self.state.pid), slots.describe(self.state.name)]

@@ -39,6 +39,17 @@ class RelayControl(Protocol):
     async def call(self, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]: ...
 
 
+class PoolView(Protocol):
+    """What ``show system`` and ``check slot`` need of a pool member
+    (:class:`cryptify.crs.pool.wiring.PoolLink`)."""
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(instance, pid or ``-``, slots) for every instance of the pool."""
+
+    def owner(self, slot: int) -> str | None:
+        """The instance owning ``slot`` now, or None while it has none."""
+
+
 def _registry(state: CrsState) -> AttachRegistry:
     return AttachRegistry(state.name, state.clock, state.trace)
 
@@ -71,6 +82,9 @@ class CrsState:
     clock: Callable[[], float] = attrs.field(default=attrs.Factory(_clock, takes_self=True))
     registry: AttachRegistry = attrs.field(default=attrs.Factory(_registry, takes_self=True))
     slots: SlotMap = attrs.field(default=attrs.Factory(_slots, takes_self=True))
+    #: The pool member, when this instance is in a pool of 2+ with a
+    #: ``crsname``: then its map, not ``slots``, says who owns what.
+    pool: PoolView | None = None
     objects: ClientObjects | None = None
     relay: RelayControl | None = None
     #: The live calls (``show session``).
