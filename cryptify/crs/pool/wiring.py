@@ -245,7 +245,7 @@ class PoolLink(service.MultiService):
         endpoint: Callable[[str, int], IStreamClientEndpoint] | None = None,
         listen: Callable[[Factory, PskServerContextFactory], Any] | None = None,
     ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        service.MultiService.__init__(self)
         g = config.global_
         if not g.key:
             raise PoolError("a pool needs the [GLOBAL] key")
@@ -313,7 +313,7 @@ class PoolLink(service.MultiService):
             except OSError as exc:
                 raise StartupError(f"pool link: cannot store the incarnation: {exc}") from exc
             self.start(incarnation)
-        super().startService()  # type: ignore[no-untyped-call]
+        service.MultiService.startService(self)
         self._loop.start(HEARTBEAT_INTERVAL, now=True).addErrback(
             lambda f: log.failure("pool heartbeat loop stopped", f)
         )
@@ -332,7 +332,7 @@ class PoolLink(service.MultiService):
     def stopService(self) -> defer.Deferred[None]:
         if self._loop.running:
             self._loop.stop()
-        result: defer.Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
+        result: defer.Deferred[None] = service.MultiService.stopService(self)
         for proto in list(self._open):
             if proto.transport is not None:
                 proto.transport.abortConnection()  # type: ignore[attr-defined]
