@@ -81,8 +81,9 @@ class Wake(amp.Command):
 
 
 class ProviderToken(amp.Command):
-    """An APNs provider token for direct APNs: the JWT, its ``iat`` and the
-    APNs base URL and topic it is for."""
+    """An APNs provider token for direct APNs: the JWT, its ``iat``, the
+    APNs base URL and topic it is for, and the server's clock (``time``,
+    Unix seconds) so the CRS can see its own clock's skew."""
 
     arguments = []
     response = [
@@ -90,6 +91,7 @@ class ProviderToken(amp.Command):
         (b"issued", amp.Integer()),
         (b"endpoint", amp.Unicode()),
         (b"topic", amp.Unicode()),
+        (b"time", amp.Float()),
     ]
     errors = _ERRORS
     fatalErrors = _FATAL

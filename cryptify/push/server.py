@@ -192,6 +192,7 @@ class PushLocator(amp.CommandLocator):
             "issued": issued,
             "endpoint": self.server.providers.apns_endpoint,
             "topic": self.server.providers.apns.topic,
+            "time": self.server.reactor.seconds(),
         }
 
     @push_link.Ping.responder

@@ -1,0 +1,189 @@
+"""The CRS's wake path, in memory: token lookup, rules, link answers, back-off."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.protocols import amp
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.crs.push.core import WAKE_INTERVAL, Counter
+from cryptify.crs.push.wiring import MAX_SKEW, DirectApns, LinkDown, Pusher
+from cryptify.protocols import push_link
+
+ACCOUNT = "acme"
+ALICE = "tel:+4611"
+APNS_TOKEN = "ab" * 32
+
+
+class FakeLink:
+    """The link as the pusher sees it; answers from a script (default sent)."""
+
+    def __init__(self) -> None:
+        self.active = True
+        self.skew: float | None = 0.0
+        self.on_login: list[Callable[[], None]] = []
+        self.calls: list[tuple[type[amp.Command], dict[str, Any]]] = []
+        self.answers: list[Any] = []
+
+    def call(self, command: type[amp.Command], **kwargs: Any) -> defer.Deferred[dict[str, Any]]:
+        if not self.active:
+            return defer.fail(LinkDown("down"))
+        self.calls.append((command, kwargs))
+        answer = self.answers.pop(0) if self.answers else {"outcome": push_link.SENT}
+        if isinstance(answer, Exception):
+            return defer.fail(answer)
+        return defer.succeed(answer)
+
+    def login(self) -> None:
+        self.active = True
+        for callback in self.on_login:
+            callback()
+
+    def wakes(self) -> list[dict[str, Any]]:
+        return [kw for command, kw in self.calls if command is push_link.Wake]
+
+
+class FakeTokens:
+    def __init__(self) -> None:
+        self.tokens: dict[tuple[str, str], dict[str, str]] = {}
+
+    async def push_token(self, account: str, uri: str) -> dict[str, str] | None:
+        return self.tokens.get((account, uri))
+
+    async def forget_push_token(self, account: str, uri: str, token: str) -> bool:
+        if self.tokens.get((account, uri), {}).get("token") == token:
+            del self.tokens[(account, uri)]
+            return True
+        return False
+
+
+class PusherTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.link = FakeLink()
+        self.tokens = FakeTokens()
+        self.tokens.tokens[(ACCOUNT, ALICE)] = {"token": APNS_TOKEN, "type": "apns"}
+        self.pusher = Pusher(self.clock, self.tokens, self.link)
+        self.addCleanup(self.no_timers_left)
+
+    def no_timers_left(self) -> None:
+        self.pusher.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def wake(self) -> str:
+        return str(self.successResultOf(defer.ensureDeferred(self.pusher.wake(ACCOUNT, ALICE))))
+
+    def test_absent_client_with_token_is_woken_once(self) -> None:
+        """A client with a token gets one Wake with its kind and token, and
+        nothing else about it (no URI, no account) goes over the link."""
+        self.pusher.absent(ACCOUNT, ALICE)
+        self.assertEqual(self.link.wakes(), [{"kind": "apns", "token": APNS_TOKEN}])
+        self.assertEqual(self.pusher.rules.counters[Counter.SENT], 1)
+
+    def test_no_token_no_push(self) -> None:
+        """A client that left no token is not pushed."""
+        self.assertEqual(
+            self.successResultOf(defer.ensureDeferred(self.pusher.wake(ACCOUNT, "tel:+4699"))),
+            "no push token",
+        )
+        self.assertEqual(self.link.calls, [])
+
+    def test_rate_limited_per_client(self) -> None:
+        """A second wake within the interval is not sent; after it, it is."""
+        self.assertEqual(self.wake(), "sent")
+        self.assertTrue(self.wake().startswith("limited"))
+        self.assertEqual(len(self.link.wakes()), 1)
+        self.clock.advance(WAKE_INTERVAL)
+        self.assertEqual(self.wake(), "sent")
+
+    def test_unregistered_token_is_removed(self) -> None:
+        """A token the provider calls dead is removed from the store."""
+        self.link.answers = [{"outcome": push_link.UNREGISTERED, "reason": "Unregistered"}]
+        self.assertTrue(self.wake().startswith("unregistered"))
+        self.assertEqual(self.tokens.tokens, {})
+
+    def test_later_backs_off_then_sends_again(self) -> None:
+        """A "later" answer holds the wake for its retry-after and then sends it again."""
+        self.link.answers = [{"outcome": push_link.LATER, "retry_after": 10.0, "reason": "busy"}]
+        self.assertTrue(self.wake().startswith("deferred"))
+        self.clock.advance(9)
+        self.assertEqual(len(self.link.wakes()), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(self.link.wakes()), 2)
+        self.assertEqual(self.pusher.rules.counters[Counter.SENT], 1)
+
+    def test_link_down_defers_until_login(self) -> None:
+        """Wakes asked while the link is down are sent when it logs in."""
+        self.link.active = False
+        self.assertTrue(self.wake().startswith("deferred"))
+        self.assertEqual(self.link.calls, [])
+        self.link.login()
+        self.clock.advance(0)
+        self.assertEqual(self.link.wakes(), [{"kind": "apns", "token": APNS_TOKEN}])
+
+    def test_link_lost_during_wake_is_later(self) -> None:
+        """A link that breaks under a wake backs off rather than losing it."""
+        self.link.answers = [ConnectionError("lost")]
+        self.assertTrue(self.wake().startswith("deferred"))
+        self.clock.advance(1)
+        self.assertEqual(len(self.link.wakes()), 2)
+
+    def test_refused(self) -> None:
+        """A refusal is reported and not retried."""
+        self.link.answers = [{"outcome": push_link.REFUSED, "reason": "BadTopic"}]
+        self.assertEqual(self.wake(), "refused: BadTopic")
+        self.clock.advance(600)
+        self.assertEqual(len(self.link.wakes()), 1)
+
+    def test_unknown_kind_is_not_pushed(self) -> None:
+        """A kind we have no provider for is not sent."""
+        self.tokens.tokens[(ACCOUNT, ALICE)] = {"token": "x" * 20, "type": "webpush"}
+        self.assertIn("not supported", self.wake())
+        self.assertEqual(self.link.calls, [])
+
+    def test_fcm_goes_over_the_link(self) -> None:
+        """An fcm token is sent to the push server as kind fcm."""
+        self.tokens.tokens[(ACCOUNT, ALICE)] = {"token": "f" * 40, "type": "fcm"}
+        self.assertEqual(self.wake(), "sent")
+        self.assertEqual(self.link.wakes(), [{"kind": "fcm", "token": "f" * 40}])
+
+    def test_status(self) -> None:
+        """show services: active/inactive and the counters."""
+        self.wake()
+        self.assertTrue(self.pusher.status().startswith("active ("))
+        self.assertIn("sent 1", self.pusher.status())
+        self.link.active = False
+        self.assertTrue(self.pusher.status().startswith("inactive"))
+
+
+class DirectSkewTests(SynchronousTestCase):
+    def test_clock_skew_reported_in_log_and_status(self) -> None:
+        """With direct APNs, a clock more than 10 minutes off the push server's
+        is logged once as a warning and shown by show services."""
+        clock = Clock()
+        link = FakeLink()
+        pusher = Pusher(clock, FakeTokens(), link, direct=DirectApns(clock, link))
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        link.skew = MAX_SKEW + 120
+        link.login()
+        link.login()
+        warnings = [e for e in events if "clock" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("clock skew 720 s", pusher.status())
+        self.assertIn("direct", pusher.status())
+
+    def test_small_skew_is_quiet(self) -> None:
+        """A clock within 10 minutes is not reported."""
+        clock = Clock()
+        link = FakeLink()
+        link.skew = MAX_SKEW - 1
+        pusher = Pusher(clock, FakeTokens(), link, direct=DirectApns(clock, link))
+        link.login()
+        self.assertNotIn("skew", pusher.status())
