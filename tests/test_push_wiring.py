@@ -11,9 +11,15 @@ from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase
 
+from cryptify.config import ConfigError
+from cryptify.config.crs import parse_crs_config, render_crs_config
+from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.push.core import WAKE_INTERVAL, Counter
 from cryptify.crs.push.wiring import MAX_SKEW, DirectApns, LinkDown, Pusher
+from cryptify.crs.trace import TraceHub
 from cryptify.protocols import push_link
+from tests.fakes import Att, FakeParties, FakeRelay
+from tests.test_messages import _Delivery
 
 ACCOUNT = "acme"
 ALICE = "tel:+4611"
@@ -187,3 +193,69 @@ class DirectSkewTests(SynchronousTestCase):
         pusher = Pusher(clock, FakeTokens(), link, direct=DirectApns(clock, link))
         link.login()
         self.assertNotIn("skew", pusher.status())
+
+
+class PushConfigLineTests(SynchronousTestCase):
+    def test_trust_files(self) -> None:
+        """push-config cps|apns trust FILE name CA files; they survive a
+        render and parse round trip."""
+        text = (
+            "[GLOBAL]\nfeatures push\ncps 127.0.0.1 5230 crs1 s3cret\n"
+            "push-config apns type direct\n"
+            "push-config cps trust /etc/crs/cps-ca.pem\n"
+            "push-config apns trust /etc/crs/apns-ca.pem\n"
+        )
+        cfg = parse_crs_config(text)
+        self.assertEqual(cfg.global_.cps_trust, "/etc/crs/cps-ca.pem")
+        self.assertEqual(cfg.global_.apns_trust, "/etc/crs/apns-ca.pem")
+        self.assertEqual(parse_crs_config(render_crs_config(cfg)), cfg)
+
+    def test_unknown_option(self) -> None:
+        """Another option is refused with its place."""
+        with self.assertRaises(ConfigError) as caught:
+            parse_crs_config("[GLOBAL]\npush-config cps type direct\n", "crs.conf")
+        self.assertIn("crs.conf:2:", str(caught.exception))
+
+
+class MessageHookTests(_Delivery):
+    def setUp(self) -> None:
+        super().setUp()
+        self.absent: list[tuple[str, str]] = []
+        self.messaging.on_absent = lambda account, uri: self.absent.append((account, uri))
+
+    def test_message_to_absent_client_asks_for_a_wake(self) -> None:
+        """A content message stored for a recipient that is not attached asks
+        for one wake-up of the base URI, after it was posted."""
+        sender = self.attach("tel:+1")
+        self.post(sender, 1, "tel:+2;101", b"hello")
+        self.assertEqual(len(sender.of("posted")), 1)
+        self.assertEqual(self.absent, [("acme", "tel:+2")])
+
+    def test_attached_recipient_needs_no_wake(self) -> None:
+        """An attached recipient gets the message, no wake-up."""
+        sender = self.attach("tel:+1")
+        self.attach("tel:+2", "c2")
+        self.post(sender, 1, "tel:+2", b"hello")
+        self.assertEqual(self.absent, [])
+
+    def test_refused_post_needs_no_wake(self) -> None:
+        """A post refused (unknown recipient) wakes nobody."""
+        sender = self.attach("tel:+1")
+        self.post(sender, 1, "tel:+3", b"hello")
+        self.assertEqual(self.absent, [])
+
+
+class CallHookTests(SynchronousTestCase):
+    def test_invite_to_absent_callee_asks_for_a_wake(self) -> None:
+        """An invite whose callee is not attached asks for its wake-up (the
+        caller is still told not-connected)."""
+        clock = Clock()
+        parties = FakeParties()
+        parties.online["tel:+1"] = Att("tel:+1")
+        table = SessionTable(parties, FakeRelay(), clock, TraceHub(clock.seconds))
+        absent: list[tuple[str, str]] = []
+        table.on_absent = lambda account, uri: absent.append((account, uri))
+        table.invite(Att("tel:+1"), 7, "tel:+2", b"mikey")
+        self.assertEqual(absent, [("acme", "tel:+2")])
+        table.invite(Att("tel:+2"), 8, "tel:+1", b"mikey")
+        self.assertEqual(len(absent), 1)
