@@ -9,16 +9,22 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.config import ConfigError
 from cryptify.config.crs import parse_crs_config, render_crs_config
+from cryptify.crs.accounts import AccountStore
 from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.objects.store import ClientObjects
+from cryptify.crs.operator.admin import CrsAdmin
+from cryptify.crs.operator.state import CrsState
 from cryptify.crs.push.core import WAKE_INTERVAL, Counter
 from cryptify.crs.push.wiring import MAX_SKEW, DirectApns, LinkDown, Pusher
 from cryptify.crs.trace import TraceHub
-from cryptify.protocols import push_link
-from tests.fakes import Att, FakeParties, FakeRelay
+from cryptify.protocols import crs_admin, push_link
+from cryptify.protocols.mgmt import CommandFailed, ManagementClient, ManagementProtocol
+from tests.fakes import SECRET, Att, FakeParties, FakeRelay, FakeStore
 from tests.test_messages import _Delivery
 
 ACCOUNT = "acme"
@@ -259,3 +265,88 @@ class CallHookTests(SynchronousTestCase):
         self.assertEqual(absent, [("acme", "tel:+2")])
         table.invite(Att("tel:+2"), 8, "tel:+1", b"mikey")
         self.assertEqual(len(absent), 1)
+
+
+class WakeupClientTests(SynchronousTestCase):
+    """``crs-cli wakeup client account ACCOUNT URI`` over the management AMP, with
+    the real client object store (in memory) and a fake push link."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        trace = TraceHub(self.clock.seconds)
+        store = FakeStore()
+        self.objects = ClientObjects(lambda: store, trace, self.clock.seconds)
+        self.link = FakeLink()
+        self.pusher = Pusher(self.clock, self.objects, self.link)
+        accounts = AccountStore(self.mktemp())
+        accounts.create("acme", SECRET)
+        self.state = CrsState("crs1", {"crs": lambda: True}, accounts, trace, push=self.pusher)
+        server = ManagementProtocol(lambda proto: CrsAdmin(self.state, proto))
+        self.client = ManagementClient(lambda line: None)
+        self.pump = iosim.connect(
+            server, iosim.makeFakeServer(server), self.client, iosim.makeFakeClient(self.client)
+        )
+
+    def wakeup(self, uri: str = ALICE) -> Any:
+        results: list[Any] = []
+        self.client.callRemote(crs_admin.WakeupClient, account="acme", uri=uri).addBoth(
+            results.append
+        )
+        self.pump.flush()
+        return results[0]
+
+    def store_token(self, token: str = APNS_TOKEN, kind: str = "apns") -> None:
+        self.successResultOf(
+            defer.ensureDeferred(self.objects.set_push_token("acme", ALICE, token, kind))
+        )
+
+    def test_sent(self) -> None:
+        """A client with a token is woken and the operator told so."""
+        self.store_token()
+        self.assertEqual(self.wakeup(), {"result": "sent"})
+        self.assertEqual(self.link.wakes(), [{"kind": "apns", "token": APNS_TOKEN}])
+
+    def test_no_token(self) -> None:
+        """Without a token the action fails and says why."""
+        failure = self.wakeup()
+        failure.trap(CommandFailed)
+        self.assertIn("no push token", failure.getErrorMessage())
+
+    def test_rate_limited(self) -> None:
+        """The operator's wake-up is rate-limited like the others, and says so."""
+        self.store_token()
+        self.wakeup()
+        failure = self.wakeup()
+        failure.trap(CommandFailed)
+        self.assertIn("limited", failure.getErrorMessage())
+
+    def test_dead_token_removed_from_the_store(self) -> None:
+        """A token the provider calls dead is gone from show push-token."""
+        self.store_token()
+        self.link.answers = [{"outcome": push_link.UNREGISTERED, "reason": "Unregistered"}]
+        self.wakeup().trap(CommandFailed)
+        found = self.successResultOf(defer.ensureDeferred(self.objects.push_token("acme", ALICE)))
+        self.assertIsNone(found)
+
+    def test_replaced_token_is_kept(self) -> None:
+        """A token the client replaced meanwhile is not removed."""
+        self.store_token("cd" * 32)
+        removed = self.successResultOf(
+            defer.ensureDeferred(self.objects.forget_push_token("acme", ALICE, APNS_TOKEN))
+        )
+        self.assertFalse(removed)
+        found = self.successResultOf(defer.ensureDeferred(self.objects.push_token("acme", ALICE)))
+        self.assertEqual(found["token"], "cd" * 32)  # type: ignore[index]
+
+    def test_push_off(self) -> None:
+        """Without features push the action says push is off."""
+        self.state.push = None
+        failure = self.wakeup()
+        failure.trap(CommandFailed)
+        self.assertIn("push notifications are off", failure.getErrorMessage())
+
+    def test_services_row(self) -> None:
+        """show services has the push row with its state."""
+        self.state.probes["push"] = self.pusher.status
+        rows = dict(self.state.services())
+        self.assertTrue(rows["push"].startswith("active ("))

@@ -51,6 +51,7 @@ from cryptify.crs.objects.wiring import observe_attaches
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
@@ -194,7 +195,7 @@ class Basics:
     slots: SlotMap
     registry: AttachRegistry
     #: ``show services`` probes, in the order it prints them.
-    probes: dict[str, Callable[[], bool]]
+    probes: dict[str, Callable[[], bool | str]]
 
 
 def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Basics:
@@ -294,6 +295,27 @@ def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statis
     return Messages(store, messaging, MessageExpiry(store, reactor))
 
 
+def build_push(
+    cfg: CrsConfig,
+    basics: Basics,
+    objects: ClientObjects,
+    sessions: SessionTable,
+    messages: Messages,
+) -> tuple[CpsLink, Pusher] | None:
+    """With ``features push``: the push server link and the wake path (docs/push.md)."""
+    g = cfg.global_
+    if not g.push or g.cps is None:
+        return None
+    reactor = basics.reactor
+    link = CpsLink(reactor, g.cps.host, g.cps.port, g.cps.id, g.cps.secret, g.cps_trust)
+    direct = DirectApns(reactor, link, g.apns_trust) if g.apns_type == "direct" else None
+    pusher = Pusher(reactor, objects, link, direct)
+    sessions.on_absent = pusher.absent
+    messages.messaging.on_absent = pusher.absent
+    basics.probes["push"] = pusher.status
+    return link, pusher
+
+
 def client_listener(cfg: CrsConfig, reactor: Any, core: AttachCore) -> UmsgListenService:
     """The TLS client port (5223); a self-signed certificate without tls-certificate."""
     g = cfg.global_
@@ -368,6 +390,7 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
     basics.registry.on_attach.append(stats.on_attach)
     sessions = build_calls(cfg, basics, core, relay, stats)
     messages = build_messages(basics, core, redis, stats)
+    push = build_push(cfg, basics, objects, sessions, messages)
     state = CrsState(
         basics.name,
         basics.probes,
@@ -380,12 +403,17 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         messages=messages.store,
         stats=stats,
         notify=basics.notifier.notify,
+        push=push[1] if push is not None else None,
     )
     attach(root, redis)
     attach(root, CallbackService(on_start=basics.accounts.reload))
     attach(root, trace_events(basics.trace))
     attach(root, relay)
     attach(root, messages.expiry)
+    if push is not None:
+        link, pusher = push
+        attach(root, link)
+        attach(root, CallbackService(on_stop=pusher.stop))
     attach(root, client_listener(cfg, reactor, core))
     attach(root, management_listener(cfg, reactor, state))
     return root

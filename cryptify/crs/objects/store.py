@@ -75,7 +75,8 @@ class ClientObjects:
         stored another one since; return whether it was removed."""
         client = self._client()
         key = f"obj:{account}:push:{uri}"
-        if await client.hget(key, "token") != _clean(token):
+        found = await client.hgetall(key)
+        if not found or found.get("token") != _clean(token):
             return False
         await client.delete(key)
         await client.srem(f"obj:{account}:push", uri)

@@ -54,7 +54,7 @@ class CrsState:
     """
 
     name: str
-    probes: dict[str, Callable[[], bool]] = attrs.field(factory=dict)
+    probes: dict[str, Callable[[], bool | str]] = attrs.field(factory=dict)
     accounts: AccountStore = attrs.field(factory=lambda: AccountStore(os.devnull))
     trace: TraceHub = attrs.field(factory=TraceHub)
     #: The one clock of the operator views (the reactor's, as the traces').
@@ -70,6 +70,8 @@ class CrsState:
     #: Per-account statistics (``stats``).
     stats: Statistics | None = None
     pid: int = attrs.field(factory=os.getpid)
+    #: Push wake-ups (``wakeup client``; docs/push.md), when ``features push``.
+    push: Any | None = None
     #: ``notify(unit, event)``: tells notify.sh about system events.
     notify: Callable[[str, str], None] = lambda unit, event: None
 
@@ -81,5 +83,7 @@ class CrsState:
                 up = probe()
             except Exception:
                 up = False
-            result.append((service_name, ACTIVE if up else INACTIVE))
+            # a probe may describe its state (``push``: "active (direct, ...)")
+            state = up if isinstance(up, str) else ACTIVE if up else INACTIVE
+            result.append((service_name, state))
         return result

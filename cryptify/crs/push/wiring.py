@@ -191,9 +191,11 @@ class CpsLink(service.Service):
 class LinkCalls(Protocol):
     """What the push path needs of the link (a :class:`CpsLink` or a test double)."""
 
-    active: bool
     skew: float | None
     on_login: list[Callable[[], None]]
+
+    @property
+    def active(self) -> bool: ...
 
     def call(self, command: type[amp.Command], **kwargs: Any) -> Deferred[dict[str, Any]]: ...
 
@@ -427,11 +429,13 @@ class Pusher:
         for route in list(self.rules.routes):
             self._schedule(route)
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
+        """Cancel the back-off timers and close the direct APNs connection."""
         for timer in self.timers.values():
             if timer.active():
                 timer.cancel()
         self.timers.clear()
+        return self.direct.close() if self.direct is not None else defer.succeed(None)
 
     # -- show services -----------------------------------------------------------
 
