@@ -401,6 +401,7 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         relay=relay,
         sessions=sessions,
         messages=messages.store,
+        objects=objects,
         stats=stats,
         notify=basics.notifier.notify,
         push=push[1] if push is not None else None,
