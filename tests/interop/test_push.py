@@ -114,7 +114,11 @@ class _PushChain(TestCase):
         wait_for(lambda: tcp_answers(self.cps_port), "cryptify-push listening")
 
         self.client_port = free_port()
-        extra = f"cps localhost {self.cps_port} crs1 {SECRET}\npush-config cps trust {cps_cert}\n"
+        extra = (
+            f"cps localhost {self.cps_port} crs1 {SECRET}\n"
+            f"push-config cps trust {cps_cert}\n"
+            "notify /bin/true\n"
+        )
         if self.DIRECT:
             extra += f"push-config apns type direct\npush-config apns trust {provider_cert}\n"
         self.conf = write_crs_conf(d, self.client_port, free_port(socket.SOCK_DGRAM), extra)
