@@ -20,7 +20,7 @@ from cryptify.crs.objects.store import ClientObjects
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.push.core import WAKE_INTERVAL, Counter
-from cryptify.crs.push.wiring import MAX_SKEW, DirectApns, LinkDown, Pusher
+from cryptify.crs.push.wiring import MAX_SKEW, CpsLink, DirectApns, LinkDown, Pusher
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols import crs_admin, push_link
 from cryptify.protocols.mgmt import CommandFailed, ManagementClient, ManagementProtocol
@@ -350,3 +350,37 @@ class WakeupClientTests(SynchronousTestCase):
         self.state.probes["push"] = self.pusher.status
         rows = dict(self.state.services())
         self.assertTrue(rows["push"].startswith("active ("))
+
+
+class LinkBackoffTests(SynchronousTestCase):
+    def test_retries_back_off_and_stop_cleanly(self) -> None:
+        """Failed attempts in a row wait longer each time (the retry policy's
+        delays), the secret never reaches the log, and stopping leaves no timer."""
+
+        class Refusing:
+            attempts = 0
+
+            def connect(self, factory: Any) -> defer.Deferred[Any]:
+                Refusing.attempts += 1
+                return defer.fail(ConnectionRefusedError("refused"))
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        link = CpsLink(clock, "localhost", 1, "crs1", "the-link-secret", retry=lambda n: 10.0 * n)
+        link._endpoint = Refusing  # type: ignore[method-assign]
+        link.startService()
+        self.assertEqual((Refusing.attempts, link.state), (1, "waiting"))
+        clock.advance(9)
+        self.assertEqual(Refusing.attempts, 1)
+        clock.advance(1)
+        self.assertEqual(Refusing.attempts, 2)
+        clock.advance(19)
+        self.assertEqual(Refusing.attempts, 2)
+        clock.advance(1)
+        self.assertEqual(Refusing.attempts, 3)
+        self.assertFalse(link.active)
+        self.successResultOf(link.stopService())
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertNotIn("the-link-secret", " ".join(str(e) for e in events))

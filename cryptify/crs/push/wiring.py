@@ -1,8 +1,8 @@
 """Push wake-ups in the CRS: the link to the push server and the wake path.
 
 - :class:`CpsLink`: TLS + AMP to ``cps HOST PORT``, logged in with the
-  configured id and secret, kept up by Twisted's ``ClientService``
-  (exponential back-off with jitter, 1 s up to 60 s), pinged every
+  configured id and secret, reconnected with exponential back-off and
+  jitter (1 s up to 60 s; Twisted's ``backoffPolicy``), pinged every
   :data:`PING_EVERY`.
 - :class:`Pusher`: a call or message waits for a client that is not
   attached -> read its push token -> ask the rules
@@ -18,10 +18,10 @@ device token is never written to a log.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from twisted.application import service
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -65,14 +65,29 @@ class _LinkProtocol(amp.AMP):
     def __init__(self, link: CpsLink) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.link = link
+        self.gone: Deferred[None] = Deferred()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
         self.link.lost(self)
+        self.gone.callback(None)
+
+
+#: The link's states: ``IDLE`` (not started), ``CONNECTING`` (TCP + TLS +
+#: login under way), ``UP`` (logged in), ``WAITING`` (for the next attempt),
+#: ``STOPPED``.
+LinkState = Literal["idle", "connecting", "up", "waiting", "stopped"]
 
 
 class CpsLink(service.Service):
-    """The CRS's end of the push link (``docs/push.md``)."""
+    """The CRS's end of the push link (``docs/push.md``).
+
+    Transitions: idle -start-> connecting; connecting -logged in-> up;
+    connecting -connect or login failed-> waiting (back-off grows with each
+    failure in a row); up -lost-> waiting (first delay); waiting -delay
+    over-> connecting; any -stop-> stopped.  A refused login closes the
+    connection, so a wrong secret is retried slowly, not hammered.
+    """
 
     def __init__(
         self,
@@ -82,6 +97,7 @@ class CpsLink(service.Service):
         client_id: str,
         secret: str,
         trust: str | None = None,
+        retry: Callable[[int], float] | None = None,
     ) -> None:
         self.reactor = reactor
         self.host = host
@@ -89,13 +105,19 @@ class CpsLink(service.Service):
         self.client_id = client_id
         self.secret = secret
         self.trust = trust
+        self.retry = retry or backoffPolicy(initialDelay=1.0, maxDelay=60.0)
+        self.state: LinkState = "idle"
+        self.failures = 0
         self.proto: _LinkProtocol | None = None
         self.server = ""
         #: our clock minus the push server's, seconds, from the last answer that had it
         self.skew: float | None = None
-        #: called each time the link has logged in
+        #: called each time the link has logged in, and each time it is lost
         self.on_login: list[Callable[[], None]] = []
-        self._service: ClientService | None = None
+        self.on_lost: list[Callable[[], None]] = []
+        self._attempt: Deferred[Any] | None = None
+        self._conn: _LinkProtocol | None = None
+        self._timer: IDelayedCall | None = None
         self._ping: LoopingCall | None = None
 
     @property
@@ -108,64 +130,99 @@ class CpsLink(service.Service):
 
     def startService(self) -> None:
         service.Service.startService(self)
-        self._service = ClientService(
-            self._endpoint(),
-            Factory.forProtocol(lambda: _LinkProtocol(self)),
-            retryPolicy=backoffPolicy(initialDelay=1.0, maxDelay=60.0),
-            clock=self.reactor,
-            prepareConnection=self._login,
-        )
-        self._service.startService()
+        self._connect()
         self._ping = LoopingCall(self._ping_once)
         self._ping.clock = self.reactor
         self._ping.start(PING_EVERY, now=False)
 
     def stopService(self) -> Deferred[None]:
         service.Service.stopService(self)
+        self.state = "stopped"
         if self._ping is not None and self._ping.running:
             self._ping.stop()
-        if self._service is None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        conn = self._conn
+        if conn is None or conn.transport is None or conn.gone.called:
             return defer.succeed(None)
-        stopped: Deferred[None] = self._service.stopService()
-        return stopped
+        conn.transport.loseConnection()
+        return conn.gone
 
-    def _login(self, proto: Any) -> Deferred[None]:
-        d: Deferred[Any] = proto.callRemote(push_link.Login, id=self.client_id, secret=self.secret)
+    def _connect(self) -> None:
+        self._timer = None
+        if self.state == "stopped":
+            return
+        self.state = "connecting"
+        factory = Factory.forProtocol(lambda: _LinkProtocol(self))
+        self._attempt = self._endpoint().connect(factory)
+        self._attempt.addCallback(self._login)
+        self._attempt.addErrback(self._failed)
 
-        def logged_in(answer: dict[str, Any]) -> None:
-            self.proto = proto
-            self.server = clean(answer["server"])
-            self.skew = self.reactor.seconds() - answer["time"]
-            log.info(
-                "push link: logged in to {server} at {host}:{port}",
-                server=self.server,
-                host=self.host,
-                port=self.port,
-            )
-            for callback in list(self.on_login):
-                try:
-                    callback()
-                except Exception:
-                    log.failure("push link: login listener failed")
+    async def _login_coroutine(self, proto: _LinkProtocol) -> None:
+        self._conn = proto
+        d: Deferred[Any] = proto.callRemote(  # type: ignore[no-untyped-call]
+            push_link.Login, id=self.client_id, secret=self.secret
+        )
+        answer = await d.addTimeout(CALL_TIMEOUT, self.reactor)
+        if self.state != "connecting" or proto.gone.called:
+            raise LinkDown("the connection ended during the login")
+        self.state, self.failures, self.proto = "up", 0, proto
+        self.server = clean(answer["server"])
+        self.skew = self.reactor.seconds() - answer["time"]
+        log.info(
+            "push link: logged in to {server} at {host}:{port}",
+            server=self.server,
+            host=self.host,
+            port=self.port,
+        )
+        for callback in list(self.on_login):
+            try:
+                callback()
+            except Exception:
+                log.failure("push link: login listener failed")
 
-        def refused(failure: Failure) -> Failure:
-            log.warn(
-                "push link: {host}:{port} refused the login of {id}: {why}",
-                host=self.host,
-                port=self.port,
-                id=self.client_id,
-                why=failure.getErrorMessage(),
-            )
-            return failure
+    def _login(self, proto: _LinkProtocol) -> Deferred[None]:
+        return defer.ensureDeferred(self._login_coroutine(proto))
 
-        d.addTimeout(CALL_TIMEOUT, self.reactor)
-        done: Deferred[None] = d.addCallbacks(logged_in, refused)
-        return done
+    def _failed(self, failure: Failure) -> None:
+        self._attempt = None
+        if self.state == "stopped":
+            return
+        log.warn(
+            "push link: no login at {host}:{port} as {id}: {why}",
+            host=self.host,
+            port=self.port,
+            id=self.client_id,
+            why=failure.getErrorMessage(),
+        )
+        conn, self._conn = self._conn, None
+        if conn is not None and conn.transport is not None and not conn.gone.called:
+            conn.transport.loseConnection()
+        self._wait()
+
+    def _wait(self) -> None:
+        self.failures += 1
+        self.state = "waiting"
+        self._timer = self.reactor.callLater(self.retry(self.failures), self._connect)
 
     def lost(self, proto: _LinkProtocol) -> None:
-        if self.proto is proto:
-            self.proto = None
-            log.warn("push link: connection to {host}:{port} lost", host=self.host, port=self.port)
+        if self._conn is proto:
+            self._conn = None
+        if self.proto is not proto:
+            return  # not logged in yet: the login's failure handles it
+        self.proto = None
+        log.warn("push link: connection to {host}:{port} lost", host=self.host, port=self.port)
+        for callback in list(self.on_lost):
+            try:
+                callback()
+            except Exception:
+                log.failure("push link: loss listener failed")
+        if self.state == "up":
+            self.failures = 0
+            self._wait()
 
     def call(self, command: type[amp.Command], **kwargs: Any) -> Deferred[dict[str, Any]]:
         """Send a command over the logged-in link (LinkDown when it is not)."""
