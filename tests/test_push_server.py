@@ -155,6 +155,22 @@ class LinkTests(SynchronousTestCase):
         failure = self.failureResultOf(self.call(push_link.ProviderToken))
         failure.trap(push_link.NotAvailable)
 
+    @settings(max_examples=100, deadline=None)
+    @given(st.text(max_size=40), st.text(max_size=700))
+    def test_any_wake_fields(self, kind: str, token: str) -> None:
+        """Whatever kind and token a logged-in client sends, the answer is an
+        outcome or MALFORMED / UNSUPPORTED, and the link stays up."""
+        if self.server.commands.client is None:
+            self.login()
+        result = self.call(push_link.Wake, kind=kind, token=token)
+        outcome: list[Any] = []
+        result.addCallbacks(
+            outcome.append,
+            lambda f: outcome.append(f.trap(push_link.Malformed, push_link.Unsupported)),
+        )
+        self.assertEqual(len(outcome), 1)
+        self.assertFalse(self.closed())
+
     def test_silent_connection_is_closed(self) -> None:
         """A connection that does not log in within LOGIN_WITHIN is closed,
         and its timer does not outlive it."""
