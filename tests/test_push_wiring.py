@@ -20,7 +20,15 @@ from cryptify.crs.objects.store import ClientObjects
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.push.core import WAKE_INTERVAL, Counter
-from cryptify.crs.push.wiring import MAX_SKEW, CpsLink, DirectApns, LinkDown, Pusher
+from cryptify.crs.push.wiring import (
+    MAX_SKEW,
+    PROVIDER_TOKEN_REUSE,
+    CpsLink,
+    CpsProviderTokens,
+    DirectApns,
+    LinkDown,
+    Pusher,
+)
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols import crs_admin, push_link
 from cryptify.protocols.mgmt import CommandFailed, ManagementClient, ManagementProtocol
@@ -384,3 +392,46 @@ class LinkBackoffTests(SynchronousTestCase):
         self.successResultOf(link.stopService())
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertNotIn("the-link-secret", " ".join(str(e) for e in events))
+
+
+class ProviderTokenReuseTests(SynchronousTestCase):
+    def test_token_reused_then_fetched_again(self) -> None:
+        """Direct APNs asks the push server for a provider token at most once
+        per PROVIDER_TOKEN_REUSE, again after renew(), and notes the skew of
+        the server's clock each time."""
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        link = FakeLink()
+        link.answers = [
+            {
+                "token": f"jwt-{n}",
+                "issued": 0,
+                "endpoint": "https://a",
+                "topic": "t",
+                "time": clock.seconds() - 5,
+            }
+            for n in range(3)
+        ]
+        tokens = CpsProviderTokens(link, clock.seconds)
+
+        def token() -> str:
+            return str(self.successResultOf(defer.ensureDeferred(tokens.token())))
+
+        self.assertEqual(token(), "jwt-0")
+        clock.advance(PROVIDER_TOKEN_REUSE - 1)
+        self.assertEqual(token(), "jwt-0")
+        clock.advance(1)
+        self.assertEqual(token(), "jwt-1")
+        tokens.renew()
+        self.assertEqual(token(), "jwt-2")
+        self.assertEqual(len(link.calls), 3)
+        self.assertEqual((tokens.endpoint, tokens.topic), ("https://a", "t"))
+        self.assertIsNotNone(tokens.skew)
+
+    def test_link_down_is_unreachable(self) -> None:
+        """Without the link there is no token: the wake is later, not lost."""
+        link = FakeLink()
+        link.active = False
+        direct = DirectApns(Clock(), link)
+        answer = self.successResultOf(defer.ensureDeferred(direct.wake("ab" * 32, voip=False)))
+        self.assertEqual(answer.outcome.value, "later")
