@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from txredisapi import ResponseError
 
-from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.messages.store import (
     MessageRefused,
     MessageStore,
@@ -30,8 +30,7 @@ from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import encode_from_server, message
 from tests.contracts import CONTRACT_INBOX, MessageStoreContract
 from tests.fakes import FakeScripts, FakeSession, FakeStore, MemoryMessageStore
-
-NOW = 1_800_000_000.0
+from tests.messages_support import NOW, Conn, DeliveryCase
 
 
 class _Store(SynchronousTestCase):
@@ -257,61 +256,7 @@ class MessagingTests(_Store):
         self.assertEqual(self.messaging.counters["delivered"], 1)
 
 
-class Conn:
-    """An attached client's connection: records what the CRS sends it."""
-
-    def __init__(self, uri: str, conn_id: str = "c1") -> None:
-        self.uri, self.account, self.conn_id = uri, "acme", conn_id
-        self.sent: list[Any] = []
-
-    def send(self, msg: Any) -> None:
-        self.sent.append(msg)
-
-    def disconnect(self, reason: str) -> None:
-        pass
-
-    def of(self, kind: str) -> list[Any]:
-        return [m for m in self.sent if m.type == kind]
-
-
-class _Delivery(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(NOW)
-        self.store = MemoryMessageStore(lambda: NOW)
-        self.store.known.add("tel:+2")  # attached at some time before
-        trace = TraceHub(self.clock.seconds)
-        self.registry = AttachRegistry("crs1", self.clock.seconds, trace)
-        self.messaging = Messaging(
-            self.store,  # type: ignore[arg-type]
-            self.registry,
-            trace,
-            scheduler=self.clock,
-        )
-        self.registry.on_attach.append(self.messaging.attached)
-        self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
-
-    def attach(self, uri: str, conn_id: str = "c1") -> Conn:
-        conn = Conn(uri, conn_id)
-        self.registry.attach(Attachment(uri, "acme", NOW, "1", "192.0.2.1", 1, conn))
-        return conn
-
-    def confirm(self, conn: Conn, upto: int | None = None) -> int:
-        """Confirm every message sent (again as more arrive); how many were confirmed."""
-        done = 0
-        while upto is None or done < upto:
-            messages = conn.of("message")
-            if done >= len(messages):
-                break
-            self.messaging.delivered(conn, message("delivered", message=messages[done]["message"]))  # type: ignore[arg-type]
-            done += 1
-        return done
-
-    def post(self, conn: Conn, msg_id: int, to: str, content: bytes, **more: Any) -> None:
-        self.messaging.post(conn, message("post", id=msg_id, to=to, content=content, **more))  # type: ignore[arg-type]
-
-
-class DeliveryTests(_Delivery):
+class DeliveryTests(DeliveryCase):
     """Every waiting message is sent, at the pace the client confirms them."""
 
     def test_every_waiting_message_arrives(self) -> None:
@@ -382,7 +327,7 @@ class DeliveryTests(_Delivery):
         self.assertEqual(self.store.messages, {})
 
 
-class RetryScopeTests(_Delivery):
+class RetryScopeTests(DeliveryCase):
     """Posts through Messaging: which repeats are the same message."""
 
     def test_ids_restart_on_each_connection(self) -> None:
@@ -418,7 +363,7 @@ class RetryScopeTests(_Delivery):
         self.assertEqual(len(self.store.messages), 1)
 
 
-class UnavailableTests(_Delivery):
+class UnavailableTests(DeliveryCase):
     """A store out of reach is answered with a retryable code, without a traceback."""
 
     def test_post_and_fetch_unavailable(self) -> None:

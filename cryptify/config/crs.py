@@ -82,7 +82,7 @@ GLOBAL_USAGE = {
     "key": "SECRET",
     "features": "[push]",
     "cps": "HOST PORT ID SECRET",
-    "push-config": "apns type direct|cps",
+    "push-config": "apns type direct|cps | apns|cps trust CA-FILE",
     "keep-alive": "CIDR tcp|ws MS",
     "client-max-message": "BYTES",
     "client-attach-timeout": "SECONDS",
@@ -114,7 +114,7 @@ GLOBAL_USAGE = {
     "metrics": "[ADDR] PORT",
 }
 POOL_USAGE = {"host": "NAME", "ip": "NAME ADDR", "app": "MODULE"}
-REPEATABLE = frozenset({"keep-alive", "addr-map", "host", "ip", "app"})
+REPEATABLE = frozenset({"keep-alive", "addr-map", "host", "ip", "app", "push-config"})
 PATH_FIELDS = {
     "tls-certificate": "tls_certificate",
     "tls-key": "tls_key",
@@ -227,10 +227,21 @@ class _Builder:
 
     def d_push_config(self, a: Args, name: str) -> None:
         service, option, value = a.exactly(["SERVICE", "OPTION", "VALUE"])
-        if service.value != "apns":
-            raise self.ctx.error("unknown push service", service, expected="apns")
-        if option.value != "type":
-            raise self.ctx.error("unknown push option", option, expected="type")
+        if service.value not in ("apns", "cps"):
+            raise self.ctx.error("unknown push service", service, expected="apns or cps")
+        if option.value not in ("trust", "type") or (service.value, option.value) == (
+            "cps",
+            "type",
+        ):
+            raise self.ctx.error("unknown push option", option, expected="type or trust")
+        # one line per service and option (the directive itself may repeat)
+        field = f"{service.value}_{option.value}"
+        if field in self.fields:
+            raise self.ctx.error("duplicate push-config line", option)
+        if option.value == "trust":
+            # a CA file for the push server's or APNs' certificate (docs/push.md)
+            self.fields[field] = value.value
+            return
         if value.value not in APNS_TYPES:
             raise self.ctx.error("unknown apns type", value, expected=" or ".join(APNS_TYPES))
         self.fields["apns_type"] = value.value
@@ -460,6 +471,9 @@ def render_crs_config(cfg: CrsConfig) -> str:
         out.append(f"cps {c.host} {c.port} {c.id} {value(c.secret)}")
     if g.apns_type != d.apns_type:
         out.append(f"push-config apns type {g.apns_type}")
+    for service, trust in (("cps", g.cps_trust), ("apns", g.apns_trust)):
+        if trust is not None:
+            out.append(f"push-config {service} trust {value(trust)}")
     out.extend(f"keep-alive {k.network} {k.method} {k.interval_ms}" for k in g.keep_alive)
     for directive in (
         "client-max-message",

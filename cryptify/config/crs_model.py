@@ -97,6 +97,10 @@ class CrsGlobal:
     features: tuple[str, ...] = ()
     cps: Cps | None = None
     apns_type: str = "cps"
+    #: CA files trusted for the push server's and APNs' certificates
+    #: (C{push-config cps|apns trust FILE}); None: the platform's CAs.
+    cps_trust: str | None = None
+    apns_trust: str | None = None
     keep_alive: tuple[KeepAlive, ...] = ()
     #: Client listener limits (docs/umsg.md, "Limits").
     client_max_message: int = 64 * 1024

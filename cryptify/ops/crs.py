@@ -63,6 +63,8 @@ DIRECTIVES: tuple[Directive, ...] = (
     _global("features", "features"),
     _global("cps", "cps"),
     _global("push-config", "apns_type"),
+    _global("push-config cps trust", "cps_trust"),
+    _global("push-config apns trust", "apns_trust"),
     _global("keep-alive", "keep_alive", live=True),
     _global("client-max-message", "client_max_message", live=True),
     _global("client-attach-timeout", "client_attach_timeout", live=True),

@@ -61,6 +61,7 @@ from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.pool.sync import build_sync
 from cryptify.crs.pool.wiring import PoolLink, client_mover
+from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher
 from cryptify.crs.redis.instance import ReplicaOf
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
 from cryptify.crs.remote_admin.auth import Gate
@@ -379,6 +380,27 @@ def server_tls(cfg: CrsConfig, what: str) -> Any:
         raise StartupError(f"{what} TLS: {exc}") from exc
 
 
+def build_push(
+    cfg: CrsConfig,
+    basics: Basics,
+    objects: ClientObjects,
+    sessions: SessionTable,
+    messages: Messages,
+) -> tuple[CpsLink, Pusher] | None:
+    """With ``features push``: the push server link and the wake path (docs/push.md)."""
+    g = cfg.global_
+    if not g.push or g.cps is None:
+        return None
+    reactor = basics.reactor
+    link = CpsLink(reactor, g.cps.host, g.cps.port, g.cps.id, g.cps.secret, g.cps_trust)
+    direct = DirectApns(reactor, link, g.apns_trust) if g.apns_type == "direct" else None
+    pusher = Pusher(reactor, objects, link, direct)
+    sessions.on_absent = pusher.absent
+    messages.messaging.on_absent = pusher.absent
+    basics.probes["push"] = pusher.status
+    return link, pusher
+
+
 def client_listener(cfg: CrsConfig, reactor: Any, core: AttachCore) -> UmsgListenService:
     """The TLS client port (5223); a self-signed certificate without tls-certificate."""
     g = cfg.global_
@@ -491,6 +513,7 @@ def make_crs_service(
     admins = AdminStore(os.path.join(g.data_dir, ADMINS_FILE), clock=reactor.seconds)
     sessions = build_calls(cfg, basics, core, relay, stats)
     messages = build_messages(basics, core, redis, stats)
+    push = build_push(cfg, basics, objects, sessions, messages)
     state = CrsState(
         basics.name,
         basics.probes,
@@ -502,9 +525,11 @@ def make_crs_service(
         relay=relay,
         sessions=sessions,
         messages=messages.store,
+        objects=objects,
         stats=stats,
         admins=admins,
         notify=basics.notifier.notify,
+        push=push[1] if push is not None else None,
     )
     attach(root, *sync.before_redis)
     attach(root, redis)
@@ -519,6 +544,10 @@ def make_crs_service(
             client_mover(basics.registry, basics.pool, lambda uri: bool(sessions.sessions_of(uri)))
         )
         attach(root, basics.pool)
+    if push is not None:
+        link, pusher = push
+        attach(root, link)
+        attach(root, CallbackService(on_stop=pusher.stop))
     clients = client_listener(cfg, reactor, core)
     attach(root, clients)
     attach(root, management_listener(cfg, reactor, state))

@@ -49,6 +49,7 @@ __all__ = [
     "StatsEnable",
     "StatsExport",
     "Trace",
+    "WakeupClient",
 ]
 
 
@@ -153,6 +154,13 @@ class RemoveBlacklist(MgmtCommand):
 
     arguments = [(b"account", amp.Unicode()), (b"uri", amp.Unicode())]
     response = []
+
+
+class WakeupClient(MgmtCommand):
+    """``wakeup client account ACCOUNT URI``: push a wake-up to the client now."""
+
+    arguments = [(b"account", amp.Unicode()), (b"uri", amp.Unicode())]
+    response = [(b"result", amp.Unicode())]
 
 
 class PurgeClient(MgmtCommand):

@@ -185,6 +185,9 @@ class SessionTable:
         #: Called with (caller, callee) attachments for every call placed
         #: (statistics); it must not raise and does its I/O elsewhere.
         self.on_invite = on_invite
+        #: Called with (account, callee URI) when an invite finds its callee
+        #: not attached (push wake-ups); it must not raise.
+        self.on_absent: Callable[[str, str], object] | None = None
 
     # -- bookkeeping -----------------------------------------------------------
 
@@ -259,6 +262,8 @@ class SessionTable:
             return
         callee = self.parties.attached(callee_uri)
         if callee is None:
+            if self.on_absent is not None:
+                self.on_absent(account, callee_uri)
             if self.parties.known(callee_uri):
                 code, state = "not-connected", NOT_CONNECTED_STATE
             else:

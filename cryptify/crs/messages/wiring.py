@@ -33,6 +33,7 @@ this module holds the rules only.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -101,6 +102,9 @@ class Messaging:
         self.scheduler = scheduler
         self.counters = {"posted": 0, "delivered": 0, "refused": 0}
         self.outboxes: weakref.WeakKeyDictionary[Attachment, Outbox] = weakref.WeakKeyDictionary()
+        #: ``on_absent(account, uri)``: a content or system message was stored
+        #: for a recipient that is not attached (push wake-ups, docs/push.md)
+        self.on_absent: Callable[[str, str], None] | None = None
 
     def _refuse(self, failure: Failure, session: AttachSession, msg_id: int | None) -> None:
         retry_after = None
@@ -173,6 +177,8 @@ class Messaging:
             target = self.registry.get(recipient)
             if target is not None:
                 self._offer(target, posted.stored)
+            elif kind != "ack" and self.on_absent is not None:
+                self.on_absent(account, recipient)
             if self.trace.active("message"):
                 self.trace.emit(
                     "message",

@@ -70,6 +70,20 @@ class ClientObjects:
         found = await self._client().hgetall(f"obj:{account}:push:{uri}")
         return dict(found) if found else None
 
+    async def forget_push_token(self, account: str, uri: str, token: str) -> bool:
+        """Remove a push token the provider called dead, unless the client has
+        stored another one since; return whether it was removed."""
+        client = self._client()
+        key = f"obj:{account}:push:{uri}"
+        found = await client.hgetall(key)
+        if not found or found.get("token") != _clean(token):
+            return False
+        await client.delete(key)
+        await client.srem(f"obj:{account}:push", uri)
+        if self.trace is not None:
+            self.trace.emit("object", uri, "remove client_token")
+        return True
+
     async def client_info(self, account: str) -> list[tuple[str, dict[str, str]]]:
         client = self._client()
         uris = sorted(await client.smembers(f"obj:{account}:info"))

@@ -366,6 +366,28 @@ class CrsAdmin(amp.CommandLocator):
         rows = [[uri, found.get("token", "-"), found.get("type", "-")]] if found else []
         return {"table": table(["Uri", "Token", "Type"], rows)}
 
+    @crs_admin.WakeupClient.responder
+    @deferred
+    async def wakeup_client(self, account: str, uri: str) -> dict[str, Any]:
+        self._account(account)
+        try:
+            check_uri(uri)
+        except AccountError as exc:
+            raise _failing(exc) from exc
+        if self.state.push is None:
+            raise CommandFailed("push notifications are off (crs.conf: features push, cps ...)")
+        try:
+            result = str(await self.state.push.wake(account, uri))
+        except Exception as exc:
+            raise CommandFailed(f"the push token store does not answer: {exc}") from exc
+        log.info(
+            "wakeup client {uri} of {account}: {result}", uri=uri, account=account, result=result
+        )
+        if result != "sent":
+            # never say sent before the provider took it
+            raise CommandFailed(f"not sent: {result}")
+        return {"result": result}
+
     # -- statistics ------------------------------------------------------------
 
     def _stats(self, account: str) -> Statistics:

@@ -86,6 +86,7 @@ Cryptify Rendezvous Server command line: crs-cli ACTION [options]
   stats enable|disable|clear ACCOUNT
   stats export ACCOUNT                  tab-separated statistics, header first
   trace attach|session|message|object|event   (Ctrl-C stops)
+  wakeup client account ACCOUNT URI     push a wake-up to a client now
 
 options:
   --socket PATH     management socket of the CRS (default $CRS_CLI_SOCKET
@@ -335,6 +336,17 @@ def build_parser(err: IO[str]) -> CliParser:
     for op in STATS_OPS:
         account_arg(sub(stats, op, f"stats {op} ACCOUNT", stats_help[op]))
 
+    wakeup = elements(sub(actions, "wakeup", "wakeup client account ACCOUNT URI"))
+    woken = sub(
+        wakeup,
+        "client",
+        "wakeup client account ACCOUNT URI",
+        "push a wake-up to a client that left a push token (features push)",
+    )
+    woken.add_argument("keyword", choices=["account"], metavar="account", help="the word account")
+    account_arg(woken)
+    uri_arg(woken)
+
     trace = elements(sub(actions, "trace", "trace ELEMENT"))
     for name in TRACE_ELEMENTS:
         sub(trace, name, f"trace {name}", f"print {TRACE_HELP[name]} as they happen (Ctrl-C stops)")
@@ -534,6 +546,10 @@ def remote_action(
             command = crs_admin.StatsEnable if args.op == "enable" else crs_admin.StatsDisable
             await client.call(command, account=args.account)
             out.write(f"statistics {args.op}d for {args.account}\n")
+            return EXIT_OK
+        if action == "wakeup":
+            await client.call(crs_admin.WakeupClient, account=args.account, uri=args.uri)
+            out.write(f"wake-up sent to {args.uri}\n")
             return EXIT_OK
         if action == "trace":
             await client.call(crs_admin.Trace, element=element)

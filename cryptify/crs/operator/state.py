@@ -96,6 +96,8 @@ class CrsState:
     #: The remote admins (``create admin`` ..., the admin interface).
     admins: AdminStore | None = None
     pid: int = attrs.field(factory=os.getpid)
+    #: Push wake-ups (``wakeup client``; docs/push.md), when ``features push``.
+    push: Any | None = None
     #: ``notify(unit, event)``: tells notify.sh about system events.
     notify: Callable[[str, str], None] = lambda unit, event: None
 
