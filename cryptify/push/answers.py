@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Any
 
 import attrs
 
@@ -44,7 +43,7 @@ def retry_after(headers: dict[str, str]) -> float | None:
     return None
 
 
-def json_body(body: bytes) -> dict[str, Any]:
+def json_body(body: bytes) -> dict[str, object]:
     """The answer's JSON object, or an empty one when it is not one."""
     try:
         value = json.loads(body.decode("utf-8")) if body else {}

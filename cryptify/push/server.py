@@ -131,7 +131,7 @@ class PushLocator(amp.CommandLocator):
         return self.client
 
     @push_link.Login.responder
-    def login(self, id: str, secret: str) -> dict[str, Any]:
+    def login(self, id: str, secret: str) -> dict[str, object]:
         if self.client is not None:
             raise Malformed("already logged in")
         given = secret.encode("utf-8")[:MAX_SECRET]
@@ -158,7 +158,7 @@ class PushLocator(amp.CommandLocator):
         self.in_flight += 1
         done = defer.ensureDeferred(self.server.providers.wake(kind, token))
 
-        def answered(answer: Answer) -> dict[str, Any]:
+        def answered(answer: Answer) -> dict[str, object]:
             self.server.counters[answer.outcome.value] += 1
             if answer.outcome is Outcome.SENT:
                 return {"outcome": push_link.SENT}
@@ -181,7 +181,7 @@ class PushLocator(amp.CommandLocator):
         return done.addCallback(answered).addBoth(settled)
 
     @push_link.ProviderToken.responder
-    def provider_token(self) -> dict[str, Any]:
+    def provider_token(self) -> dict[str, object]:
         self._need_login()
         signed = self.server.providers.signed
         if signed is None or self.server.providers.apns is None:
@@ -196,7 +196,7 @@ class PushLocator(amp.CommandLocator):
         }
 
     @push_link.Ping.responder
-    def ping(self) -> dict[str, Any]:
+    def ping(self) -> dict[str, object]:
         self._need_login()
         return {}
 

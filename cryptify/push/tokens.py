@@ -58,7 +58,7 @@ def rs256_jwt(key: Any, claims: dict[str, Any], key_id: str | None = None) -> st
     return f"{signing_input}.{b64url(signature)}"
 
 
-def unverified_claims(token: str) -> dict[str, Any]:
+def unverified_claims(token: str) -> dict[str, object]:
     """The claims of a compact JWT, not verified (raises ValueError)."""
     parts = token.split(".")
     if len(parts) != 3:

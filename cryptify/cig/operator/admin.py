@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.protocols import amp
 
@@ -29,27 +28,27 @@ class CigAdmin(amp.CommandLocator):
         self.set_key_into = set_key
 
     @cig_admin.ServerVersion.responder
-    def server_version(self) -> dict[str, Any]:
+    def server_version(self) -> dict[str, object]:
         return {"program": "cig", "version": __version__}
 
     @cig_admin.Echo.responder
-    def echo(self, text: str) -> dict[str, Any]:
+    def echo(self, text: str) -> dict[str, object]:
         return {"text": text}
 
     @cig_admin.Status.responder
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         return {"status": self.state.status(__version__)}
 
     @cig_admin.ShowCall.responder
-    def show_call(self) -> dict[str, Any]:
+    def show_call(self) -> dict[str, object]:
         return {"table": table(CALL_COLUMNS, self.state.call_rows())}
 
     @cig_admin.ShowUmsg.responder
-    def show_umsg(self) -> dict[str, Any]:
+    def show_umsg(self) -> dict[str, object]:
         return {"table": table(UMSG_COLUMNS, self.state.umsg_rows())}
 
     @cig_admin.SetKey.responder
-    def set_key(self, blob: str) -> dict[str, Any]:
+    def set_key(self, blob: str) -> dict[str, object]:
         if self.set_key_into is None:
             raise CommandFailed("this CIG has no UMSG interface to take key material")
         try:

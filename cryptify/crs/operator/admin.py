@@ -116,22 +116,22 @@ class CrsAdmin(amp.CommandLocator):
         return self.state.objects
 
     @crs_admin.ServerVersion.responder
-    def server_version(self) -> dict[str, Any]:
+    def server_version(self) -> dict[str, object]:
         return {"program": "crs", "version": __version__}
 
     @crs_admin.Echo.responder
-    def echo(self, text: str) -> dict[str, Any]:
+    def echo(self, text: str) -> dict[str, object]:
         return {"text": text}
 
     @crs_admin.ShowServices.responder
-    def show_services(self) -> dict[str, Any]:
+    def show_services(self) -> dict[str, object]:
         rows = [[self.state.name, name, status] for name, status in self.state.services()]
         return {"table": table(SERVICES_COLUMNS, rows)}
 
     # -- accounts --------------------------------------------------------------
 
     @crs_admin.CreateAccount.responder
-    def create_account(self, account: str, secret: str) -> dict[str, Any]:
+    def create_account(self, account: str, secret: str) -> dict[str, object]:
         try:
             created = self.state.accounts.create(account, secret)
         except (AccountError, OSError) as exc:
@@ -139,13 +139,13 @@ class CrsAdmin(amp.CommandLocator):
         return {"path": created.path}
 
     @crs_admin.ListAccounts.responder
-    def list_accounts(self) -> dict[str, Any]:
+    def list_accounts(self) -> dict[str, object]:
         rows = [[a.id, a.path, a.secret] for a in self.state.accounts]
         return {"table": table(["ID", "path", "shared secret"], rows)}
 
     @crs_admin.DeleteAccount.responder
     @deferred
-    async def delete_account(self, account: str) -> dict[str, Any]:
+    async def delete_account(self, account: str) -> dict[str, object]:
         self._account(account)
         gone = self.registry.disconnect(self.registry.matching(account=account), "account deleted")
         if self.state.objects is not None:
@@ -170,7 +170,7 @@ class CrsAdmin(amp.CommandLocator):
         return {"disconnected": gone}
 
     @crs_admin.ReloadAccounts.responder
-    def reload_accounts(self) -> dict[str, Any]:
+    def reload_accounts(self) -> dict[str, object]:
         problems = self.state.accounts.reload()
         if self.state.admins is not None:
             # the admins file too, once an operator has repaired it
@@ -202,7 +202,7 @@ class CrsAdmin(amp.CommandLocator):
         }
 
     @crs_admin.ShowUpdates.responder
-    def show_updates(self) -> dict[str, Any]:
+    def show_updates(self) -> dict[str, object]:
         current = period_of(self.state.clock())
         following = _next_period(current)
         rows = []
@@ -226,7 +226,7 @@ class CrsAdmin(amp.CommandLocator):
         return int(self.registry.disconnect(listed, "blacklisted"))
 
     @crs_admin.AddBlacklist.responder
-    def add_blacklist(self, account: str, uri: str) -> dict[str, Any]:
+    def add_blacklist(self, account: str, uri: str) -> dict[str, object]:
         self._account(account)
         try:
             self.state.accounts.set_blacklisted(account, uri, True)
@@ -236,7 +236,7 @@ class CrsAdmin(amp.CommandLocator):
         return {"disconnected": self._enforce_blacklists()}
 
     @crs_admin.RemoveBlacklist.responder
-    def remove_blacklist(self, account: str, uri: str) -> dict[str, Any]:
+    def remove_blacklist(self, account: str, uri: str) -> dict[str, object]:
         self._account(account)
         try:
             self.state.accounts.set_blacklisted(account, uri, False)
@@ -252,7 +252,7 @@ class CrsAdmin(amp.CommandLocator):
         return {"table": table(["URI"], rows)}
 
     @crs_admin.PurgeClient.responder
-    def purge_client(self, account: str, uri: str) -> dict[str, Any]:
+    def purge_client(self, account: str, uri: str) -> dict[str, object]:
         self._account(account)
         try:
             check_uri(uri)
@@ -262,31 +262,31 @@ class CrsAdmin(amp.CommandLocator):
         return {"purged": self.registry.disconnect(matches, "purged")}
 
     @crs_admin.PurgeClients.responder
-    def purge_clients(self, account: str) -> dict[str, Any]:
+    def purge_clients(self, account: str) -> dict[str, object]:
         self._account(account)
         matches = self.registry.matching(account=account)
         return {"purged": self.registry.disconnect(matches, "purged")}
 
     @crs_admin.PurgeObserved.responder
     @deferred
-    async def purge_observed(self, account: str) -> dict[str, Any]:
+    async def purge_observed(self, account: str) -> dict[str, object]:
         self._account(account)
         return {"purged": await self._objects().purge_observed(account)}
 
     # -- views -----------------------------------------------------------------
 
     @crs_admin.ShowAttach.responder
-    def show_attach(self) -> dict[str, Any]:
+    def show_attach(self) -> dict[str, object]:
         return {"table": table(ATTACH_COLUMNS, self.registry.rows())}
 
     @crs_admin.ShowSession.responder
-    def show_session(self) -> dict[str, Any]:
+    def show_session(self) -> dict[str, object]:
         rows = self.state.sessions.rows() if self.state.sessions is not None else []
         return {"table": table(SESSION_COLUMNS, rows)}
 
     @crs_admin.ShowMessage.responder
     @deferred
-    async def show_message(self) -> dict[str, Any]:
+    async def show_message(self) -> dict[str, object]:
         if self.state.messages is None:
             return {"table": table(MESSAGE_COLUMNS, [])}
         try:
@@ -300,7 +300,7 @@ class CrsAdmin(amp.CommandLocator):
         return {"table": table(MESSAGE_COLUMNS, rows)}
 
     @crs_admin.CheckSlot.responder
-    def check_slot(self, uri: str) -> dict[str, Any]:
+    def check_slot(self, uri: str) -> dict[str, object]:
         try:
             check_uri(uri.split(";", 1)[0])
         except AccountError as exc:
@@ -311,7 +311,7 @@ class CrsAdmin(amp.CommandLocator):
         return {"slot": slot, "owner": self.state.slots.owner(slot)}
 
     @crs_admin.ShowSystem.responder
-    def show_system(self) -> dict[str, Any]:
+    def show_system(self) -> dict[str, object]:
         if self.state.pool is not None:
             members = [[n, ATTACH_MODULE, pid, ranges] for n, pid, ranges in self.state.pool.rows()]
             return {"table": table(SYSTEM_COLUMNS, members)}
@@ -324,14 +324,14 @@ class CrsAdmin(amp.CommandLocator):
         return {"table": table(SYSTEM_COLUMNS, rows)}
 
     @crs_admin.ShowAccount.responder
-    def show_account(self) -> dict[str, Any]:
+    def show_account(self) -> dict[str, object]:
         loaded = ",".join(a.id for a in self.state.accounts) or "-"
         rows = [[self.state.name, ATTACH_MODULE, str(self.state.pid), loaded]]
         return {"table": table(ACCOUNT_COLUMNS, rows)}
 
     @crs_admin.ShowRelay.responder
     @deferred
-    async def show_relay(self) -> dict[str, Any]:
+    async def show_relay(self) -> dict[str, object]:
         if self.state.relay is None:
             raise CommandFailed("this CRS has no relay configured")
         try:
@@ -343,7 +343,7 @@ class CrsAdmin(amp.CommandLocator):
 
     @crs_admin.ShowClientInfo.responder
     @deferred
-    async def show_client_info(self, account: str) -> dict[str, Any]:
+    async def show_client_info(self, account: str) -> dict[str, object]:
         self._account(account)
         rows = []
         for uri, info in await self._objects().client_info(account):
@@ -360,7 +360,7 @@ class CrsAdmin(amp.CommandLocator):
 
     @crs_admin.ShowPushToken.responder
     @deferred
-    async def show_push_token(self, account: str, uri: str) -> dict[str, Any]:
+    async def show_push_token(self, account: str, uri: str) -> dict[str, object]:
         self._account(account)
         found = await self._objects().push_token(account, uri)
         rows = [[uri, found.get("token", "-"), found.get("type", "-")]] if found else []
@@ -368,7 +368,7 @@ class CrsAdmin(amp.CommandLocator):
 
     @crs_admin.WakeupClient.responder
     @deferred
-    async def wakeup_client(self, account: str, uri: str) -> dict[str, Any]:
+    async def wakeup_client(self, account: str, uri: str) -> dict[str, object]:
         self._account(account)
         try:
             check_uri(uri)
@@ -405,21 +405,21 @@ class CrsAdmin(amp.CommandLocator):
 
     @crs_admin.StatsEnable.responder
     @deferred
-    async def stats_enable(self, account: str) -> dict[str, Any]:
+    async def stats_enable(self, account: str) -> dict[str, object]:
         await self._stats_call(account, "enable")
         log.info("statistics enabled for {account}", account=account)
         return {}
 
     @crs_admin.StatsDisable.responder
     @deferred
-    async def stats_disable(self, account: str) -> dict[str, Any]:
+    async def stats_disable(self, account: str) -> dict[str, object]:
         await self._stats_call(account, "disable")
         log.info("statistics disabled for {account}", account=account)
         return {}
 
     @crs_admin.StatsClear.responder
     @deferred
-    async def stats_clear(self, account: str) -> dict[str, Any]:
+    async def stats_clear(self, account: str) -> dict[str, object]:
         cleared = await self._stats_call(account, "clear")
         log.info("statistics cleared for {account}", account=account)
         return {"cleared": cleared}
@@ -437,7 +437,7 @@ class CrsAdmin(amp.CommandLocator):
             raise CommandFailed("remote admins are not available")
         return self.state.admins
 
-    def _admin_change(self, change: Callable[[], object]) -> dict[str, Any]:
+    def _admin_change(self, change: Callable[[], object]) -> dict[str, object]:
         try:
             change()
         except AdminError as exc:
@@ -445,7 +445,7 @@ class CrsAdmin(amp.CommandLocator):
         return {}
 
     @crs_admin.CreateAdmin.responder
-    def create_admin(self, name: str, key: str) -> dict[str, Any]:
+    def create_admin(self, name: str, key: str) -> dict[str, object]:
         try:
             raw = base64.b64decode(key.encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
@@ -455,29 +455,29 @@ class CrsAdmin(amp.CommandLocator):
         return self._admin_change(lambda: self._admins().create(name, raw))
 
     @crs_admin.DeleteAdmin.responder
-    def delete_admin(self, name: str) -> dict[str, Any]:
+    def delete_admin(self, name: str) -> dict[str, object]:
         return self._admin_change(lambda: self._admins().delete(name))
 
     @crs_admin.AddAdminAccount.responder
-    def add_admin_account(self, name: str, account: str) -> dict[str, Any]:
+    def add_admin_account(self, name: str, account: str) -> dict[str, object]:
         self._account(account)
         return self._admin_change(lambda: self._admins().add_account(name, account))
 
     @crs_admin.DeleteAdminAccount.responder
-    def delete_admin_account(self, name: str, account: str) -> dict[str, Any]:
+    def delete_admin_account(self, name: str, account: str) -> dict[str, object]:
         return self._admin_change(lambda: self._admins().delete_account(name, account))
 
     @crs_admin.AddAdminAuthorization.responder
     def add_admin_authorization(
         self, name: str, account: str, authorization: str
-    ) -> dict[str, Any]:
+    ) -> dict[str, object]:
         admins = self._admins()
         return self._admin_change(lambda: admins.add_authorization(name, account, authorization))
 
     @crs_admin.DeleteAdminAuthorization.responder
     def delete_admin_authorization(
         self, name: str, account: str, authorization: str
-    ) -> dict[str, Any]:
+    ) -> dict[str, object]:
         admins = self._admins()
         return self._admin_change(lambda: admins.delete_authorization(name, account, authorization))
 
@@ -489,17 +489,17 @@ class CrsAdmin(amp.CommandLocator):
             raise _failing(exc) from exc
 
     @crs_admin.ShowAdmins.responder
-    def show_admins(self) -> dict[str, Any]:
+    def show_admins(self) -> dict[str, object]:
         rows = [[a.name, ",".join(sorted(a.accounts)) or "-"] for a in self._admins()]
         return {"table": table(ADMINS_COLUMNS, rows)}
 
     @crs_admin.ShowAdmin.responder
-    def show_admin(self, name: str) -> dict[str, Any]:
+    def show_admin(self, name: str) -> dict[str, object]:
         found = self._one_admin(name)
         return {"table": table(ADMIN_COLUMNS, [[found.name, fingerprint(found.key)]])}
 
     @crs_admin.ShowAdminAccounts.responder
-    def show_admin_accounts(self, name: str) -> dict[str, Any]:
+    def show_admin_accounts(self, name: str) -> dict[str, object]:
         found = self._one_admin(name)
         rows = [
             [account, ",".join(sorted(found.accounts[account])) or "-"]
@@ -510,7 +510,7 @@ class CrsAdmin(amp.CommandLocator):
     # -- traces ----------------------------------------------------------------
 
     @crs_admin.Trace.responder
-    def trace(self, element: str) -> dict[str, Any]:
+    def trace(self, element: str) -> dict[str, object]:
         if element not in ELEMENTS:
             raise CommandFailed(f"unknown trace element {element!r}: one of {', '.join(ELEMENTS)}")
         proto = self.proto

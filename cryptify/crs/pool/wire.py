@@ -54,7 +54,7 @@ class WireError(ValueError):
 # -- encoding -------------------------------------------------------------
 
 
-def encode_map(slot_map: SlotMap) -> dict[str, Any]:
+def encode_map(slot_map: SlotMap) -> dict[str, object]:
     """A slot map as the canonical ``MAP`` value (owner runs)."""
     members: list[str] = []
     runs: list[int | None] = []
@@ -109,7 +109,7 @@ def encode_heartbeat(beat: Heartbeat, pid: int = 0) -> bytes:
 # -- decoding -------------------------------------------------------------
 
 
-def _fields(value: Any, what: str, keys: set[str]) -> dict[str, Any]:
+def _fields(value: Any, what: str, keys: set[str]) -> dict[str, object]:
     if not isinstance(value, dict):
         raise WireError(f"{what} is not a map")
     if set(value) != keys:

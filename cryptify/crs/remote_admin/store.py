@@ -131,7 +131,7 @@ class Admin:
         """Whether this admin holds ``authorization`` on ``account``."""
         return authorization in self.accounts.get(account, frozenset())
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "created": self.created,
             "key": base64.b64encode(self.key).decode("ascii"),
