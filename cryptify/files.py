@@ -44,6 +44,25 @@ def write_atomically(
     # the same directory through another mount, and rename(2) across mounts
     # fails (EXDEV).
     fd, tmp = _create_temporary(directory, name)
+    write_then_rename(fd, tmp, target, data, mode, prepare=prepare)
+
+
+def write_then_rename(
+    fd: int,
+    tmp: str,
+    target: str,
+    data: bytes,
+    mode: int,
+    *,
+    prepare: Callable[[int], None] | None = None,
+) -> None:
+    """
+    Fill the new file C{fd} (open at C{tmp}) with C{data}, give it C{mode},
+    call C{prepare(fd)}, flush it to disk, close it and rename it over
+    C{target}.  On any failure C{tmp} is removed and C{target} untouched.
+    L{write_atomically} and the CIG's Maildir writer (whose temporary file
+    must be C{tmp/NAME}) both end this way.
+    """
     try:
         try:
             os.fchmod(fd, mode)
@@ -60,7 +79,7 @@ def write_atomically(
     except BaseException:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
         raise
 

@@ -11,6 +11,7 @@ import grp
 import os
 import socket
 
+from cryptify.files import write_then_rename
 from cryptify.protocols.message_payload import OpenedMessage
 
 #: The group that shares the mailboxes with the external mail system.
@@ -51,24 +52,12 @@ def write_maildir(path: str, name: str, data: bytes, gid: int | None) -> str:
     tmp = os.path.join(path, "tmp", name)
     new = os.path.join(path, "new", name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
-    try:
-        try:
-            if gid is not None and os.fstat(fd).st_gid != gid:
-                os.fchown(fd, -1, gid)
-            os.fchmod(fd, FILE_MODE)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, new)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    def give_to_group(fd: int) -> None:
+        if gid is not None and os.fstat(fd).st_gid != gid:
+            os.fchown(fd, -1, gid)
+
+    write_then_rename(fd, tmp, new, data, FILE_MODE, prepare=give_to_group)
     fsync_dir(os.path.join(path, "new"))
     return new
 
