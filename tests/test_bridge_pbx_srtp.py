@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import math
 import os
+from typing import Any, cast
 
+import attrs
 from pylibsrtp import Policy, Session
+from twisted.protocols import amp
+from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.relay import g711
 from cryptify.cig.relay.bridge_core import (
+    FRAME_SAMPLES,
     BridgeSpecError,
     CallBridge,
     PbxSide,
     PbxSrtp,
     SecureSide,
 )
+from cryptify.cig.relay.bridge_wiring import BridgeService
+from cryptify.cig.relay.control import control_factory
+from cryptify.protocols.bridge_control import BridgeAdd, BridgeError, BridgeUpdate
 from cryptify.protocols.rtp import RtpPacket, encode_rtp, parse_rtp
 
-from .test_bridge import KEY_IN, KEY_OUT, TAG, client_sessions, tone
-
+TAG = b"T" * 8
+KEY_OUT = bytes(range(30))  # the secure leg: what the bridge sends with
+KEY_IN = bytes(range(30, 60))  # what the secure client sends with
 #: Our key towards the PBX and the PBX's key (SDES inline keys).
 OURS = bytes(range(100, 130))
 THEIRS = bytes(range(130, 160))
@@ -26,6 +36,20 @@ SUITES = {
     "AES_CM_128_HMAC_SHA1_80": Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
     "AES_CM_128_HMAC_SHA1_32": Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
 }
+
+
+def tone(frame: int) -> list[int]:
+    """A 1 kHz tone, frame ``frame`` of it."""
+    n = FRAME_SAMPLES
+    return [int(8000 * math.sin(2 * math.pi * 1000 * (frame * n + i) / 8000)) for i in range(n)]
+
+
+def client_sessions() -> tuple[Session, Session]:
+    """The secure client's (sender, receiver) SRTP sessions."""
+    profile = Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    tx = Session(Policy(key=KEY_IN, ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile))
+    rx = Session(Policy(key=KEY_OUT, ssrc_type=Policy.SSRC_ANY_INBOUND, srtp_profile=profile))
+    return tx, rx
 
 
 def pbx_sessions(suite: str, ours: bytes = OURS, theirs: bytes = THEIRS) -> tuple[Session, Session]:
@@ -173,3 +197,90 @@ class PbxSrtpTests(SynchronousTestCase):
         for text in (repr(srtp), repr(bridge.pbx), repr(bridge)):
             self.assertNotIn(repr(OURS), text)
             self.assertNotIn(repr(THEIRS), text)
+
+
+@attrs.define
+class RecordingBridges:
+    """The bridge service as the control locator uses it: builds the cores, no sockets."""
+
+    calls: dict[str, Any] = attrs.field(factory=dict)
+
+    def add(
+        self, call: str, secure: SecureSide, pbx: PbxSide, pbx_port: int = 0
+    ) -> tuple[int, int]:
+        self.calls[call] = _Bridged(CallBridge(call, secure, pbx))
+        return (40001, 40002)
+
+    def update(self, call: str, pbx: PbxSide) -> bool:
+        self.calls[call].core.update_pbx(pbx)
+        return True
+
+
+@attrs.define
+class _Bridged:
+    core: CallBridge
+
+
+class ControlTests(SynchronousTestCase):
+    """BridgeAdd/BridgeUpdate carry the PBX leg's keys over AMP."""
+
+    def setUp(self) -> None:
+        self.bridges = RecordingBridges()
+        service = cast(BridgeService, self.bridges)
+        client, _server, self.pump = connectedServerAndClient(
+            lambda: control_factory(service).buildProtocol(None), amp.AMP
+        )
+        self.client = client
+
+    def call(self, command: type[amp.Command], **kwargs: Any) -> Any:
+        results: list[Any] = []
+        self.client.callRemote(command, **kwargs).addBoth(results.append)
+        self.pump.flush()
+        return results[0]
+
+    def add(self, **extra: Any) -> Any:
+        args: dict[str, Any] = dict(
+            call="c1",
+            relay_host="192.0.2.1",
+            relay_port=146,
+            tag=TAG,
+            srtp_tx_key=KEY_OUT,
+            srtp_rx_key=KEY_IN,
+            pbx_host="198.51.100.9",
+            pbx_remote_port=4000,
+        )
+        args.update(extra)
+        return self.call(BridgeAdd, **args)
+
+    def test_add_and_update_carry_keys(self) -> None:
+        """BridgeAdd's keys reach the core; BridgeUpdate without SRTP arguments keeps
+        them, with new ones replaces them, with an empty profile turns SRTP off."""
+        suite = "AES_CM_128_HMAC_SHA1_32"
+        self.add(pbx_srtp_profile=suite, pbx_srtp_tx_key=OURS, pbx_srtp_rx_key=THEIRS)
+        core = self.bridges.calls["c1"].core
+        self.assertEqual(core.pbx.srtp, PbxSrtp(suite, OURS, THEIRS))
+        self.call(BridgeUpdate, call="c1", pbx_remote_port=4002)
+        self.assertEqual(
+            (core.pbx.remote_port, core.pbx.srtp), (4002, PbxSrtp(suite, OURS, THEIRS))
+        )
+        self.call(
+            BridgeUpdate,
+            call="c1",
+            pbx_srtp_profile="AES_CM_128_HMAC_SHA1_80",
+            pbx_srtp_tx_key=THEIRS,
+            pbx_srtp_rx_key=OURS,
+        )
+        self.assertEqual(core.pbx.srtp, PbxSrtp("AES_CM_128_HMAC_SHA1_80", THEIRS, OURS))
+        self.call(BridgeUpdate, call="c1", pbx_srtp_profile="")
+        self.assertIsNone(core.pbx.srtp)
+
+    def test_plain_add_has_no_keys(self) -> None:
+        """Without the SRTP arguments the PBX leg is plain RTP."""
+        self.add()
+        self.assertIsNone(self.bridges.calls["c1"].core.pbx.srtp)
+
+    def test_half_given_keys_refused(self) -> None:
+        """A profile without both keys, or keys without a profile, is a BridgeError."""
+        self.add(pbx_srtp_profile="AES_CM_128_HMAC_SHA1_80", pbx_srtp_tx_key=OURS).trap(BridgeError)
+        self.add(call="c2", pbx_srtp_tx_key=OURS, pbx_srtp_rx_key=THEIRS).trap(BridgeError)
+        self.assertEqual(self.bridges.calls, {})
