@@ -85,6 +85,10 @@ class SecurePbxTests(TestCase):
     """cryptify-client <-> CRS <-> CIG <-> kamailio <-> baresip, with tones and DTMF."""
 
     timeout = 180
+    #: The CIG's ``srtp`` mode and baresip's ``mediaenc`` (None: plain RTP);
+    #: ``test_cig_srtp`` runs these tests again with SRTP on the PBX leg.
+    SRTP: str | None = None
+    MEDIAENC: str | None = None
 
     async def setUp(self) -> None:  # type: ignore[override]
         if shutil.which("redis-server") is None:
@@ -107,16 +111,18 @@ class SecurePbxTests(TestCase):
         # the CIG
         self.cig_port = free_port(socket.SOCK_DGRAM)
         write_wav(os.path.join(d, "tone.wav"), tone(PBX_TONE, 60.0))
-        self.pbx = Pbx(self, d, self.cig_port, audio=os.path.join(d, "tone.wav"))
+        self.pbx = Pbx(
+            self, d, self.cig_port, audio=os.path.join(d, "tone.wav"), mediaenc=self.MEDIAENC
+        )
         self.mgmt_port = free_port()
         low, high = rtp_range()
+        trunk = CIG_TRUNK.format(
+            kam_port=self.pbx.kam_port, cig_port=self.cig_port, rtp_range=f"{low} {high}"
+        )
+        if self.SRTP is not None:
+            trunk = trunk.replace("rtp_port_range", f"srtp {self.SRTP}; rtp_port_range")
         with open(os.path.join(d, "cig.conf"), "w") as f:
-            f.write(
-                CIG_TRUNK.format(
-                    kam_port=self.pbx.kam_port, cig_port=self.cig_port, rtp_range=f"{low} {high}"
-                )
-                + CIG_CONF.format(d=d, crs_port=self.crs_port, mgmt_port=self.mgmt_port)
-            )
+            f.write(trunk + CIG_CONF.format(d=d, crs_port=self.crs_port, mgmt_port=self.mgmt_port))
         self.start("cig-relay", "--config", os.path.join(d, "cig.conf"))
         wait_for(lambda: unix_answers(os.path.join(d, "cig-relay.sock")), "cig-relay control")
         self.start("cig", "--config", os.path.join(d, "cig.conf"))
