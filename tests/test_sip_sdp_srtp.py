@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.config import ConfigError, parse_cig_config
+from cryptify.plugins.cig import describe
 from cryptify.protocols.sip.message import Headers, Request, Response
 from cryptify.protocols.sip.sdes import SUITES, parse_crypto
 from cryptify.protocols.sip.sdp import (
@@ -252,6 +253,13 @@ class ConfigTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as raised:
                 parse_cig_config(text)
             self.assertIn(message, str(raised.exception), text)
+
+    def test_init_line(self) -> None:
+        """The CIG's INIT lines say the mode (the SIP line), whatever it is."""
+        for mode in ("off", "require"):
+            cfg = parse_cig_config("interfaces { sip { srtp " + mode + "; } }")
+            line = next(x for x in describe(cfg) if x.startswith("SIP "))
+            self.assertTrue(line.endswith(f", SRTP towards the PBX {mode}"), line)
 
 
 class MessageReprTests(SynchronousTestCase):
