@@ -111,16 +111,10 @@ class SecurePbxTests(TestCase):
         # the CIG
         self.cig_port = free_port(socket.SOCK_DGRAM)
         write_wav(os.path.join(d, "tone.wav"), tone(PBX_TONE, 60.0))
-        self.pbx = Pbx(
-            self, d, self.cig_port, audio=os.path.join(d, "tone.wav"), mediaenc=self.MEDIAENC
-        )
+        self.pbx = self.make_pbx(os.path.join(d, "tone.wav"))
         self.mgmt_port = free_port()
         low, high = rtp_range()
-        trunk = CIG_TRUNK.format(
-            kam_port=self.pbx.kam_port, cig_port=self.cig_port, rtp_range=f"{low} {high}"
-        )
-        if self.SRTP is not None:
-            trunk = trunk.replace("rtp_port_range", f"srtp {self.SRTP}; rtp_port_range")
+        trunk = self.trunk_config(f"{low} {high}")
         with open(os.path.join(d, "cig.conf"), "w") as f:
             f.write(trunk + CIG_CONF.format(d=d, crs_port=self.crs_port, mgmt_port=self.mgmt_port))
         self.start("cig-relay", "--config", os.path.join(d, "cig.conf"))
@@ -130,6 +124,19 @@ class SecurePbxTests(TestCase):
         self.cig_cli("set-key", stdin=blob)
         wait_for(lambda: self.cig_connected(), "the CIG attached")
         await self.pbx.start()
+
+    def make_pbx(self, audio: str) -> Pbx:
+        """kamailio and baresip (``test_cig_srtp`` makes them speak TLS)."""
+        return Pbx(self, self.dir, self.cig_port, audio=audio, mediaenc=self.MEDIAENC)
+
+    def trunk_config(self, rtp_range: str) -> str:
+        """cig.conf's maps and interfaces for the PBX."""
+        trunk = CIG_TRUNK.format(
+            kam_port=self.pbx.kam_port, cig_port=self.cig_port, rtp_range=rtp_range
+        )
+        if self.SRTP is not None:
+            trunk = trunk.replace("rtp_port_range", f"srtp {self.SRTP}; rtp_port_range")
+        return trunk
 
     # ---------------------------------------------------------------- processes
 
