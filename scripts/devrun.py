@@ -106,7 +106,10 @@ def start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
         *args,
     ]
     env = dict(os.environ, CRYPTIFY_EVENTS_FILE=path("events.log"))
-    return subprocess.Popen(argv, cwd=HERE, env=env, start_new_session=True)
+    # The CIG runs in run/cig, so that etc/cig.conf's relative mailbox
+    # paths (mail/outgoing, mail/incoming) are Maildirs in there.
+    cwd = path("cig") if name.startswith("cig") else HERE
+    return subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True)
 
 
 def socket_answers(where: str) -> bool:
@@ -146,6 +149,13 @@ def main() -> int:
     cig_conf = load_cig_config(os.path.join(ETC, "cig.conf"))
     for sub in ("crs", "cig"):
         os.makedirs(path(sub), mode=0o750, exist_ok=True)
+    mailboxes = [
+        os.path.join(path("cig"), box.path)
+        for box in (*cig_conf.mailboxes.write, *cig_conf.mailboxes.read)
+    ]
+    for box in mailboxes:
+        for sub in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(box, sub), mode=0o2770, exist_ok=True)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = False
 
@@ -177,6 +187,7 @@ Cryptify is running on loopback (scratch files in {RUN}):
   CIG        SIP {sip.bind}:{sip.port}, management {mgmt.host}:{mgmt.port}
              logs {path("cig", "log")}
   CIG relay  control {path("cig", "relay.sock")}
+  mailboxes  {", ".join(mailboxes) or "-"} (Maildirs; docs/cig-mail.md)
   events     {path("events.log")} (what notify.sh was told)
 
 In another terminal:

@@ -320,6 +320,27 @@ class AttachTests(_Base):
         self.assertTrue(any("moved" in line for line in self.states()))
         self.assertEqual(self.world.registry.rows(), [])
 
+    def test_slot_being_handed_over(self) -> None:
+        """While a pool hands the URI's slot over (no owner) the attach is
+        refused ``unavailable`` with a retry hint, not moved."""
+        from cryptify.crs.attach.core import HANDOVER_RETRY_MS
+
+        class Released:
+            def owner(self, slot: int) -> str | None:
+                return None
+
+            def mine(self, slot: int) -> bool:
+                return False
+
+            def address(self, host: str) -> str:
+                raise AssertionError("no owner to move to")
+
+        self.world.core.slots = Released()
+        _, _, pump, events = self.pair()
+        self.assertRefused("unavailable", events, pump)
+        [refused] = [e for e in events if isinstance(e, Refused)]
+        self.assertEqual(refused.retry_after, HANDOVER_RETRY_MS)
+
     def test_detach(self) -> None:
         """A client that detaches is removed at once and the trace says detached."""
         client, _, pump, _events = self.pair()

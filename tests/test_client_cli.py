@@ -92,7 +92,7 @@ class DescribeTests(SynchronousTestCase):
         self.assertEqual(cli.describe(Posted(3, "m1")), "posted message m1")
         self.assertEqual(cli.describe(Posted(3, None, "not-found")), "message 3 refused: not-found")
         got = Received("m2", "tel:+1", "tel:+2", 0, "héllo".encode(), None)
-        self.assertEqual(cli.describe(got), "message m2 from tel:+1: héllo")
+        self.assertEqual(cli.describe(got), "message m2 from tel:+1: not opened (6 octets)")
         ack = Received("m3", "tel:+1", "tel:+2", 0, None, "m2")
         self.assertEqual(cli.describe(ack), "message m3 from tel:+1: ack of m2")
         self.assertEqual(cli.describe(Receipt("m1")), "delivered message m1")

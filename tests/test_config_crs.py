@@ -489,6 +489,7 @@ def crs_configs(draw: st.DrawFn) -> CrsConfig:
         listen=draw(endpoints),
         tls_certificate=draw(st.none() | paths),
         tls_key=draw(st.none() | paths),
+        admin_listen=draw(st.none() | endpoints),
         relay=draw(endpoints),
         relay_control=draw(paths),
         pool_port=draw(ports),

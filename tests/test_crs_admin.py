@@ -203,6 +203,30 @@ class AdminTests(SynchronousTestCase):
         [account] = self.rows(crs_admin.ShowAccount)
         self.assertEqual(account[3], "acme")
 
+    def test_pool_slot_and_system(self) -> None:
+        """In a pool, check slot names the pool map's owner (``-`` while the
+        slot is handed over) and show system has a row per instance."""
+
+        class Pool:
+            owners: dict[int, str | None] = {}
+
+            def rows(self) -> list[tuple[str, str, str]]:
+                return [("crs1", "11", "0-8191"), ("crs2", "-", "8192-16383")]
+
+            def owner(self, slot: int) -> str | None:
+                return self.owners.get(slot, "crs2")
+
+        pool = Pool()
+        self.state.pool = pool
+        answer = self.call(crs_admin.CheckSlot, uri="tel:+4670123456")
+        self.assertEqual(answer["owner"], "crs2")
+        pool.owners[answer["slot"]] = None
+        self.assertEqual(self.call(crs_admin.CheckSlot, uri="tel:+4670123456")["owner"], "-")
+        self.assertEqual(
+            self.rows(crs_admin.ShowSystem),
+            [["crs1", "app:attach", "11", "0-8191"], ["crs2", "app:attach", "-", "8192-16383"]],
+        )
+
     def test_client_objects(self) -> None:
         """Push tokens and client info are stored and shown; trace object sees updates."""
         self.call(crs_admin.CreateAccount, account="acme", secret=SECRET)

@@ -24,9 +24,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.config import load_cig_config, load_crs_config
 from cryptify.plugins import cig, cig_relay, crs, crs_relay
+from tests.unit_files import service_settings
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-UNITS = os.path.join(TOP, "etc", "systemd")
 PRIVILEGED_BELOW = 1024
 
 #: Where each installed path comes from in this tree.
@@ -42,20 +42,6 @@ PROGRAMS = {
     "cig": cig.Options,
     "cig-relay": cig_relay.Options,
 }
-
-
-def service_settings(name: str) -> dict[str, str]:
-    settings: dict[str, str] = {}
-    section = ""
-    with open(os.path.join(UNITS, name + ".service")) as f:
-        for raw in f:
-            line = raw.strip()
-            if line.startswith("["):
-                section = line
-            elif section == "[Service]" and "=" in line and not line.startswith("#"):
-                key, value = line.split("=", 1)
-                settings[key] = value
-    return settings
 
 
 def program_args(settings: dict[str, str]) -> tuple[str, list[str]]:
@@ -214,6 +200,29 @@ class CreateCigMaildirTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 2)
         self.assertIn("not an absolute path", result.stderr)
         self.assertFalse(os.path.exists("mail"))
+
+    def test_refuses_an_existing_non_maildir(self) -> None:
+        """A file, a symbolic link, or a directory of other things at PATH is
+        refused and left untouched; an empty directory becomes the mailbox."""
+        base = tempfile.mkdtemp()
+        self.addCleanup(subprocess.run, ["rm", "-rf", base], check=False)
+        afile = os.path.join(base, "file")
+        with open(afile, "w") as f:
+            f.write("x")
+        os.symlink(base, os.path.join(base, "link"))
+        other = os.path.join(base, "other")
+        os.makedirs(os.path.join(other, "new"))
+        with open(os.path.join(other, "notes.txt"), "w") as f:
+            f.write("mine")
+        for path in (afile, os.path.join(base, "link"), other):
+            result = self.run_script(path)
+            self.assertEqual(result.returncode, 1, path)
+            self.assertIn("exists and is not a", result.stderr)
+        self.assertEqual(sorted(os.listdir(other)), ["new", "notes.txt"])
+        empty = os.path.join(base, "empty")
+        os.mkdir(empty)
+        self.assertEqual(self.run_script(empty).returncode, 0)
+        self.assertEqual(sorted(os.listdir(empty)), ["cur", "new", "tmp"])
 
     def test_refuses_a_missing_group(self) -> None:
         """Without the cigmail group (no cig package) it says so and does nothing."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import attrs
 from twisted.application.service import IServiceMaker
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -13,11 +14,13 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from cryptify.config.crs import Endpoint
 from cryptify.crs.attach.registry import Attachment
 from cryptify.crs.attach.wiring import UmsgListenService
 from cryptify.crs.redis.services import ManagedRedis
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.logs import LogFileService
+from cryptify.ops.reload import SighupService
 from cryptify.plugins import cig, cig_relay, crs, crs_relay
 from cryptify.plugins._common import evolve_at
 from cryptify.service import CallbackService, ListenService
@@ -81,6 +84,47 @@ class CrsOptionsTests(SynchronousTestCase):
         )
         self.assertIn("crs9", str(exc))
 
+    POOL2 = "[POOL]\nhost crs1\nhost crs2\nip crs1 192.0.2.1\nip crs2 192.0.2.2\n"
+
+    def pool_options(self, conf_text: str, crsname: str | None) -> crs.Options:
+        conf = write(self.mktemp(), conf_text)
+        args = ["--config", conf, "--data-dir", self.mktemp()]
+        if crsname is not None:
+            args += ["--local-config", write(self.mktemp(), f"crsname {crsname}\n")]
+        options = crs.Options()
+        options.parseOptions(args)
+        return options
+
+    def test_pool_needs_key(self) -> None:
+        """A crsname in a pool of two without the GLOBAL key is refused."""
+        exc = self.assertRaises(
+            usage.UsageError, self.pool_options, "[GLOBAL]\n" + self.POOL2, "crs2"
+        )
+        self.assertIn("key", str(exc))
+
+    def test_pool_link_in_tree(self) -> None:
+        """With a crsname in a pool of two the tree has the pool link before
+        the client listener, attach asks the link who owns a slot and show
+        services probes the link to the peer; without a crsname it has none."""
+        from cryptify.crs.pool.wiring import PoolLink
+
+        options = self.pool_options("[GLOBAL]\nkey k\n" + self.POOL2, "crs2")
+        root = crs.make_crs_service(options["crs"], options["local"], Clock())
+        children = list(root)
+        [link] = [c for c in children if isinstance(c, PoolLink)]
+        [listener] = [c for c in children if isinstance(c, UmsgListenService)]
+        self.assertLess(children.index(link), children.index(listener))
+        self.assertIs(listener.factory.core.slots, link)
+        self.assertEqual(link.me, "crs2")
+        self.assertEqual(link.peers, ("crs1",))
+        basics = crs.build_basics(options["crs"], options["local"], Clock())
+        assert basics.pool is not None
+        self.assertEqual(list(basics.probes), ["crs", "pool_link_crs1"])
+        self.assertFalse(basics.probes["pool_link_crs1"]())
+        single = self.pool_options("[GLOBAL]\nkey k\n" + self.POOL2, None)
+        root = crs.make_crs_service(single["crs"], single["local"], Clock())
+        self.assertEqual([c for c in root if isinstance(c, PoolLink)], [])
+
     def test_tree_order(self) -> None:
         """The CRS tree starts its log first and its listeners last, without opening anything."""
         options = crs.Options()
@@ -92,8 +136,25 @@ class CrsOptionsTests(SynchronousTestCase):
         self.assertIsInstance(children[2], ManagedRedis)
         listeners = [c for c in children if isinstance(c, ListenService)]
         self.assertEqual([s.what for s in listeners], ["client TLS", "management"])
-        self.assertIs(children[-1], listeners[-1])
+        # the SIGHUP reload comes last, so it stops first
+        self.assertIsInstance(children[-1], SighupService)
+        self.assertIs(children[-2], listeners[-1])
         self.assertFalse(os.path.exists(options["crs"].global_.data_dir))
+
+    def test_admin_interface_only_when_configured(self) -> None:
+        """The admin interface is off by default; admin-listen adds it last, opening nothing."""
+        options = crs.Options()
+        options.parseOptions(["--data-dir", self.mktemp()])
+        cfg = options["crs"]
+        root = crs.make_crs_service(cfg, options["local"], Clock())
+        self.assertNotIn("admin interface", [getattr(c, "what", None) for c in root])
+        g = attrs.evolve(cfg.global_, admin_listen=Endpoint("127.0.0.1", 18443))
+        root = crs.make_crs_service(attrs.evolve(cfg, global_=g), options["local"], Clock())
+        children = list(root)
+        self.assertIsInstance(children[-1], ListenService)
+        self.assertEqual(children[-1].what, "admin interface")
+        self.assertEqual(children[-1].where, "127.0.0.1:18443")
+        self.assertFalse(os.path.exists(cfg.global_.data_dir))
 
     def test_attach_waits_for_both_stores(self) -> None:
         """The client listener's attaches are accepted only while redis_high and

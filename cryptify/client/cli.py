@@ -8,7 +8,9 @@ line per event until Ctrl-C or SIGTERM (then it detaches).
 ``call URI`` places a call (a real MIKEY-SAKKE I_MESSAGE, SRTP through the
 relay) playing and recording WAV files; ``answer`` takes the next call;
 ``listen`` prints incoming messages and calls (and answers them with
-``--auto-answer``); ``send URI TEXT`` posts a message.  Digits the other
+``--auto-answer``); ``send URI TEXT [--attach FILE]...`` posts a message,
+sealed end to end (docs/messages.md); ``listen`` shows each one verified
+and decrypted, or says FAILED TO VERIFY.  Digits the other
 side sends as telephone-events are printed when a call ends.  ``docs/client.md``
 describes them.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import mimetypes
 import os
 import sys
 import time
@@ -46,9 +49,10 @@ from cryptify.client.session import (
 )
 from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.keymaterial import KeyMaterial, load_key_material
+from cryptify.protocols.message_payload import Attachment, MessageBody, PayloadError
 from cryptify.protocols.rtp import DTMF_DIGITS
 from cryptify.protocols.tls import TLSConfigError, client_context_factory
-from cryptify.protocols.umsg import Message
+from cryptify.protocols.umsg import MAX_CONTENT, Message
 from cryptify.tools.manpage import Page, actions_from_parser
 
 ACTIONS = ("attach", "call", "answer", "listen", "send")
@@ -74,8 +78,9 @@ actions:
        [--auto-answer] [--play F.wav | --tone HZ] [--record F.wav]
                 print incoming messages and calls until Ctrl-C; answer calls
                 with --auto-answer (recordings: F.wav, F-2.wav, ...)
-  send URI TEXT {COMMON} [--wait]
-                post a message (--wait: until the recipient confirms it)
+  send URI TEXT {COMMON} [--attach FILE]... [--wait]
+                post a message, sealed end to end, with the files attached
+                (--wait: until the recipient confirms it)
   help          show this help
 """
 
@@ -114,15 +119,55 @@ def describe(event: PhoneEvent) -> str:
             return f"message {event.request_id} refused: {event.error}"
         return f"posted message {event.message}"
     if isinstance(event, Received):
-        if event.content is not None:
-            text = event.content.decode("utf-8", "replace")
-            return f"message {event.message} from {event.sender}: {text}"
-        return f"message {event.message} from {event.sender}: ack of {event.ack}"
+        return describe_received(event)
     if isinstance(event, Receipt):
         return f"delivered message {event.message}"
     if isinstance(event, GaveUp):
         return f"stopped: {event.why}"
     return f"connection ended: {event.why}"
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (but line feed and
+    tab) shown as ``\\uXXXX`` escapes, so a message cannot drive the terminal."""
+    return "".join(c if c.isprintable() or c in "\n\t" else f"\\u{ord(c):04x}" for c in text)
+
+
+def describe_received(event: Received) -> str:
+    """A received message: its text and attachments once it verified, never
+    the text of one that did not (FAILED TO VERIFY and why)."""
+    where = f"message {event.message} from {event.sender}"
+    if event.content is None:
+        return f"{where}: ack of {event.ack}"
+    if event.refused is not None:
+        return f"{where}: FAILED TO VERIFY ({printable(str(event.refused))}); not shown"
+    opened = event.opened
+    if opened is None:
+        return f"{where}: not opened ({len(event.content)} octets)"
+    if event.repeat_of is not None:
+        return f"{where}: repeat of message {event.repeat_of}, not shown again"
+    lines = [f"message {event.message} from {opened.sender}: {printable(opened.body.text)}"]
+    for item in opened.body.attachments:
+        lines.append(
+            f"  attachment {printable(item.name)} ({item.media_type}, {len(item.data)} octets)"
+        )
+    return "\n".join(lines)
+
+
+def read_attachment(path: str) -> Attachment:
+    """An attachment from a file: its base name, a media type guessed from it
+    (else application/octet-stream), its octets (at most MAX_CONTENT).
+
+    @raise OSError: unreadable. @raise PayloadError: too large, or a name
+        that cannot be an attachment's.
+    """
+    with open(path, "rb") as f:
+        data = f.read(MAX_CONTENT + 1)
+    if len(data) > MAX_CONTENT:
+        raise PayloadError("too-large", f"{path} is over {MAX_CONTENT} octets")
+    name = os.path.basename(path)
+    media_type = mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+    return Attachment(name, media_type, data)
 
 
 def parse_server(text: str) -> tuple[str, int]:
@@ -363,11 +408,18 @@ async def listen_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> i
 async def send_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
     phone = make_phone(reactor, args, out)
     key = new_message_key()
+    # Sealed once: every attempt posts the same octets with the same key.
+    body = MessageBody(args.text, args.attachments)
+    try:
+        content = phone.crypto.seal(args.uri, body, reactor.seconds())
+    except PayloadError as exc:
+        out.write(f"cannot send: {exc}\n")
+        return 1
     try:
         if not await _attach(reactor, phone):
             out.write("not attached in time\n")
             return 1
-        posted = await _post(reactor, phone, args.uri, args.text.encode("utf-8"), key)
+        posted = await _post(reactor, phone, args.uri, content, key)
         if posted is None or posted.error is not None:
             return 1
         if args.wait:
@@ -485,6 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("uri", metavar="URI", help="tel:+NUMBER to send to")
     send.add_argument("text", metavar="TEXT", help="the message")
     _common(send)
+    send.add_argument(
+        "--attach",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="attach a file (repeatable; all within the 48 KiB of a message)",
+    )
     send.add_argument("--wait", action="store_true", help="wait for the delivery receipt")
     return parser
 
@@ -542,6 +601,13 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
     except TLSConfigError as exc:
         err.write(f"cryptify-client: {exc}\n")
         return 1
+    args.attachments = ()
+    if getattr(args, "attach", None):
+        try:
+            args.attachments = tuple(read_attachment(path) for path in args.attach)
+        except (OSError, PayloadError) as exc:
+            err.write(f"cryptify-client: cannot attach: {exc}\n")
+            return 1
     args.samples, args.loop = (), False
     if getattr(args, "play", None):
         try:

@@ -13,8 +13,13 @@ reported to the application only once: ids already seen are remembered
 (the last :data:`SEEN_LIMIT`).  After each attach the client sends
 ``fetch`` to get whatever was stored while it was away.
 
-The reference client posts the text's UTF-8 octets as ``content``; the
-CRS does not read it.
+``content`` is the end-to-end payload of :mod:`cryptify.protocols.message_payload`
+(docs/messages.md): :class:`MessageCrypto` seals a message once, before the
+first attempt (every retry carries the same octets, as the retry scope
+requires), and opens each one received.  A :class:`Messenger` given a
+``crypto`` reports every received ``content`` opened (:attr:`Received.opened`)
+or refused (:attr:`Received.refused`, never its text), and marks a sealed
+message seen before under another id as a repeat (:attr:`Received.repeat_of`).
 """
 
 from __future__ import annotations
@@ -25,11 +30,26 @@ from collections import OrderedDict
 import attrs
 
 from cryptify.client.session import Answered, ClientEvent, ClientSession, Incoming
+from cryptify.crypto.eccsi import EccsiSigner
+from cryptify.crypto.errors import CryptoError
+from cryptify.crypto.identity import period_of
+from cryptify.crypto.keymaterial import KeyMaterial, PeriodKeys
+from cryptify.crypto.sakke import SakkePublicKey, SakkeReceiver
+from cryptify.protocols.message_payload import (
+    MessageBody,
+    OpenedMessage,
+    PayloadError,
+    open_payload,
+    seal,
+)
+from cryptify.protocols.umsg import base_uri
 
 #: Message ids remembered for de-duplication.
 SEEN_LIMIT = 100_000
 #: Octets of a message key.
 KEY_OCTETS = 16
+#: Fingerprints of opened messages remembered to recognise repeats.
+FINGERPRINT_LIMIT = 10_000
 #: Refusals after which the same post (same key) may be sent again.
 RETRYABLE = frozenset(("unavailable", "internal"))
 
@@ -61,7 +81,13 @@ class Posted:
 
 @attrs.frozen
 class Received:
-    """A message for us, reported once."""
+    """A message for us, reported once.
+
+    With a :class:`MessageCrypto`, a ``content`` is reported either
+    ``opened`` (it verified and decrypted) or ``refused`` (why it did not;
+    its octets must never be shown as a message), and ``repeat_of`` names
+    the earlier message id of the same sealed message, if it came before.
+    """
 
     message: str
     sender: str
@@ -69,6 +95,9 @@ class Received:
     time_ms: int
     content: bytes | None
     ack: str | None
+    opened: OpenedMessage | None = None
+    refused: PayloadError | None = None
+    repeat_of: str | None = None
 
 
 @attrs.frozen
@@ -80,15 +109,83 @@ class Receipt:
 
 MessageEvent = Posted | Received | Receipt
 
+_Keys = tuple[PeriodKeys, EccsiSigner, SakkePublicKey, SakkeReceiver]
+
+
+@attrs.define(eq=False)
+class MessageCrypto:
+    """Seals our messages and opens those for us, with our key material.
+
+    The keys of each period are built once (signer, Z, receiver) and kept.
+    """
+
+    material: KeyMaterial = attrs.field(repr=False)
+    _keys: dict[str, _Keys] = attrs.field(factory=dict, repr=False)
+
+    @property
+    def uri(self) -> str:
+        return self.material.uri
+
+    def period_keys(self, period: str) -> _Keys:
+        """(keys, signer, Z, receiver) of ``period``.
+
+        @raise CryptoError: no keys for that period.
+        """
+        if period not in self._keys:
+            keys = self.material.for_period(period)
+            z = keys.public_key()
+            self._keys[period] = (keys, keys.signer(), z, keys.receiver(z))
+        return self._keys[period]
+
+    def seal(self, to: str, body: MessageBody, now: float, sender: str | None = None) -> bytes:
+        """The ``content`` of a post of ``body`` to ``to``, sealed at ``now``.
+
+        ``sender`` (default: our URI) may carry an extension of our number.
+
+        @raise PayloadError: a bad URI, no keys for the period of ``now``
+            (``wrong-period``), or a message too large for a post.
+        """
+        try:
+            _, signer, z, _ = self.period_keys(period_of(now))
+        except CryptoError as exc:
+            raise PayloadError("wrong-period", str(exc)) from None
+        return seal(body, sender=sender or self.uri, recipient=to, signer=signer, z=z, now=now)
+
+    def _keys_for(self, period: str) -> tuple[bytes, SakkeReceiver] | None:
+        try:
+            keys, _, _, receiver = self.period_keys(period)
+        except CryptoError:
+            return None
+        return keys.kpak, receiver
+
+    def open(self, content: bytes, sender: str) -> OpenedMessage:
+        """Check and open ``content`` delivered from ``sender`` (the CRS's ``from``).
+
+        The header's ``from`` may carry an extension (a CIG writes for a
+        PBX user as ``tel:+8888;101``); its number must be ``sender``'s.
+
+        @raise PayloadError: the first check that failed (docs/messages.md).
+        """
+        opened = open_payload(content, me=base_uri(self.uri), keys_for=self._keys_for)
+        if base_uri(opened.sender) != base_uri(sender):
+            raise PayloadError(
+                "sender-mismatch", f"signed as {opened.sender}, delivered from {sender}"
+            )
+        return opened
+
 
 @attrs.define(eq=False)
 class Messenger:
     """Posting, receiving and confirming messages over a session."""
 
     session: ClientSession | None = None
+    #: Opens received content (None: content is reported as it came).
+    crypto: MessageCrypto | None = None
     #: Posts not answered yet: request id -> message key.
     pending: dict[int, bytes] = attrs.field(factory=dict)
     seen: OrderedDict[str, None] = attrs.field(factory=OrderedDict)
+    #: Fingerprint of each opened message -> the id it first came with.
+    fingerprints: OrderedDict[bytes, str] = attrs.field(factory=OrderedDict)
 
     @property
     def attached(self) -> bool:
@@ -155,13 +252,25 @@ class Messenger:
         self.seen[message_id] = None
         if len(self.seen) > SEEN_LIMIT:
             self.seen.popitem(last=False)
-        return [
-            Received(
-                message_id,
-                msg["from"],
-                msg["to"],
-                msg["time"],
-                msg.get("content"),
-                msg.get("ack"),
-            )
-        ]
+        received = Received(
+            message_id,
+            msg["from"],
+            msg["to"],
+            msg["time"],
+            msg.get("content"),
+            msg.get("ack"),
+        )
+        return [self._open(received)]
+
+    def _open(self, received: Received) -> Received:
+        if self.crypto is None or received.content is None:
+            return received
+        try:
+            opened = self.crypto.open(received.content, received.sender)
+        except PayloadError as exc:
+            return attrs.evolve(received, refused=exc)
+        first = self.fingerprints.setdefault(opened.fingerprint, received.message)
+        if len(self.fingerprints) > FINGERPRINT_LIMIT:
+            self.fingerprints.popitem(last=False)
+        repeat_of = first if first != received.message else None
+        return attrs.evolve(received, opened=opened, repeat_of=repeat_of)

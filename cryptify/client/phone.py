@@ -25,7 +25,7 @@ from cryptify.client.connection import (
     GaveUp,
 )
 from cryptify.client.media import FrameSource, MediaLeg, MediaStream, Recorder, pick_ssrc
-from cryptify.client.messages import MessageEvent, Messenger
+from cryptify.client.messages import MessageCrypto, MessageEvent, Messenger
 from cryptify.client.session import Attached, ClientSession
 from cryptify.crypto.keymaterial import KeyMaterial
 from cryptify.protocols.umsg import Message
@@ -58,7 +58,8 @@ class Phone:
         self.fetch_on_attach = fetch_on_attach
         self.media_interface = media_interface
         self.agent = CallAgent(material, reactor.seconds)
-        self.messenger = Messenger()
+        self.crypto = MessageCrypto(material)
+        self.messenger = Messenger(crypto=self.crypto)
         self.legs: dict[Call, MediaLeg] = {}
         #: The recording of every call that had media, by call.
         self.recordings: dict[Call, Recorder] = {}

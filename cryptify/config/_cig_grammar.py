@@ -28,7 +28,7 @@ KEYWORDS = (
     "path map_from map_to crs address keystore ca relay control management cookie socket "
     "logging dir notify true false trusted_peer untrusted_answer tcp_idle_timeout "
     "pbx_account username password password_file register aor "
-    "tls_certificate tls_key tls_ca tls_port srtp"
+    "tls_certificate tls_key tls_ca tls_port metrics srtp"
 ).split()
 RESERVED = {k: k.upper() for k in KEYWORDS}
 KEYWORD_TOKENS = frozenset(RESERVED.values()) - {"TRUE", "FALSE"}
@@ -343,6 +343,7 @@ class CigGrammar(Grammar):
         "\n| RELAY LBRACE relay_stmts RBRACE block_end"
         "\n| MANAGEMENT LBRACE mgmt_stmts RBRACE block_end"
         "\n| LOGGING LBRACE log_stmts RBRACE block_end"
+        "\n| METRICS LBRACE metrics_stmts RBRACE block_end"
     )
     def p_setting_block(self, p: Production) -> None:
         p[0] = Block(p[1], None, tuple(p[3]))
@@ -351,17 +352,21 @@ class CigGrammar(Grammar):
         "crs_stmts : crs_stmts crs_stmt\n"
         "relay_stmts : relay_stmts relay_stmt\n"
         "mgmt_stmts : mgmt_stmts mgmt_stmt\n"
-        "log_stmts : log_stmts log_stmt"
+        "log_stmts : log_stmts log_stmt\n"
+        "metrics_stmts : metrics_stmts metrics_stmt"
     )
     def p_setting_stmts(self, p: Production) -> None:
         p[0] = p[1]
         p[0].append(p[2])
 
-    @grammar("crs_stmts : \nrelay_stmts : \nmgmt_stmts : \nlog_stmts : ")
+    @grammar("crs_stmts : \nrelay_stmts : \nmgmt_stmts : \nlog_stmts : \nmetrics_stmts : ")
     def p_setting_stmts_empty(self, p: Production) -> None:
         p[0] = []
 
-    @grammar("crs_stmt : ADDRESS WORD WORD semi\nmgmt_stmt : BIND WORD WORD semi")
+    @grammar(
+        "crs_stmt : ADDRESS WORD WORD semi\nmgmt_stmt : BIND WORD WORD semi\n"
+        "metrics_stmt : BIND WORD WORD semi"
+    )
     def p_setting_two(self, p: Production) -> None:
         p[0] = Stmt(p[1], (p[2], p[3]))
 
@@ -369,7 +374,8 @@ class CigGrammar(Grammar):
         "crs_stmt : KEYSTORE STRING semi\n| CA STRING semi\n"
         "relay_stmt : CONTROL STRING semi\n"
         "mgmt_stmt : COOKIE STRING semi\n| SOCKET STRING semi\n"
-        "log_stmt : DIR STRING semi"
+        "log_stmt : DIR STRING semi\n"
+        "metrics_stmt : BIND WORD semi"
     )
     def p_setting_one(self, p: Production) -> None:
         p[0] = Stmt(p[1], (p[2],))

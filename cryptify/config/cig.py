@@ -52,7 +52,7 @@ from .cig_model import (
     TranslateRule,
     UriMap,
 )
-from .crs_model import Endpoint
+from .crs_model import METRICS_HOST, Endpoint
 from .patterns import PatternError, check_pattern
 
 _grammar = CigGrammar()
@@ -87,7 +87,9 @@ _SIP_ONLY = (
     "tls_port",
     "srtp",
 )
-_ONCE = frozenset({"interfaces", "mailboxes", "crs", "relay", "management", "logging", "notify"})
+_ONCE = frozenset(
+    {"interfaces", "mailboxes", "crs", "relay", "management", "logging", "notify", "metrics"}
+)
 
 
 class _Builder:
@@ -423,6 +425,18 @@ class _Builder:
                 )
         fields.update(self.paths(block, skip="bind"))
         return Management(**fields)
+
+    def b_metrics(self, block: Block) -> Endpoint | None:
+        found: Endpoint | None = None
+        for stmt in block.body:
+            assert isinstance(stmt, Stmt)
+            if found is not None:
+                raise self.error("duplicate 'bind'", stmt.kw)
+            host = check_ip(self.ctx, stmt.args[0]) if len(stmt.args) == 2 else METRICS_HOST
+            found = Endpoint(host, check_port(self.ctx, stmt.args[-1], listening=True))
+        if found is None:
+            raise self.error("metrics needs a bind line", block.kw, expected="bind [ADDR] PORT;")
+        return found
 
     def paths(self, block: Block, skip: str = "") -> dict[str, str]:
         seen: dict[str, Tok] = {}

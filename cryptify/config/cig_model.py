@@ -298,6 +298,8 @@ class CigConfig:
     relay: RelayLink = RelayLink()
     management: Management = Management()
     logging: Logging = Logging()
+    #: C{metrics { bind [ADDR] PORT; }}: the Prometheus endpoint (C{None}: off).
+    metrics: Endpoint | None = None
     notify: str = "/opt/cig/scripts/notify.sh"
 
     @property
@@ -429,5 +431,7 @@ def render_cig_config(cfg: CigConfig) -> str:
         ],
     )
     _section(out, "logging", [f"dir {quote(cfg.logging.dir)};"])
+    if cfg.metrics is not None:
+        _section(out, "metrics", [f"bind {cfg.metrics.host} {cfg.metrics.port};"])
     out.append(f"notify {quote(cfg.notify)};")
     return "\n".join(out) + "\n"

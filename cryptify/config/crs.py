@@ -36,6 +36,7 @@ from .crs_model import (
     KEEP_ALIVE_METHODS,
     MAX_KEEP_ALIVE_MS,
     MAX_NOTIFY_TIMEOUT_SECONDS,
+    METRICS_HOST,
     REDIS_MODES,
     AddressMap,
     Cps,
@@ -91,6 +92,7 @@ GLOBAL_USAGE = {
     "listen": "ADDR PORT",
     "tls-certificate": "PATH",
     "tls-key": "PATH",
+    "admin-listen": "ADDR PORT",
     "relay": "ADDR PORT",
     "relay-control": "PATH",
     "pool-port": "PORT",
@@ -109,6 +111,7 @@ GLOBAL_USAGE = {
     "redis-low": "HOST PORT",
     "redis-backup": "HOST PORT",
     "redis-password-file": "PATH",
+    "metrics": "[ADDR] PORT",
 }
 POOL_USAGE = {"host": "NAME", "ip": "NAME ADDR", "app": "MODULE"}
 REPEATABLE = frozenset({"keep-alive", "addr-map", "host", "ip", "app"})
@@ -277,8 +280,16 @@ class _Builder:
     def d_listen(self, a: Args, name: str) -> None:
         self.fields["listen"] = self._endpoint(a, listening=True)
 
+    def d_admin_listen(self, a: Args, name: str) -> None:
+        self.fields["admin_listen"] = self._endpoint(a, listening=True)
+
     def d_relay(self, a: Args, name: str) -> None:
         self.fields["relay"] = self._endpoint(a, listening=True)
+
+    def d_metrics(self, a: Args, name: str) -> None:
+        toks = a.between(1, 2, ["PORT"])
+        host = check_ip(self.ctx, toks[0]) if len(toks) == 2 else METRICS_HOST
+        self.fields["metrics"] = Endpoint(host, check_port(self.ctx, toks[-1], listening=True))
 
     def d_path(self, a: Args, name: str) -> None:
         (path,) = a.exactly(["PATH"])
@@ -465,6 +476,8 @@ def render_crs_config(cfg: CrsConfig) -> str:
         out.append(f"tls-certificate {value(g.tls_certificate)}")
     if g.tls_key is not None:
         out.append(f"tls-key {value(g.tls_key)}")
+    if g.admin_listen is not None:
+        out.append(f"admin-listen {g.admin_listen.host} {g.admin_listen.port}")
     out.append(f"relay {g.relay.host} {g.relay.port}")
     out.append(f"relay-control {value(g.relay_control)}")
     out.append(f"pool-port {g.pool_port}")
@@ -486,6 +499,8 @@ def render_crs_config(cfg: CrsConfig) -> str:
     out.append(f"redis-backup {r.backup.host} {r.backup.port}")
     if r.password_file is not None:
         out.append(f"redis-password-file {value(r.password_file)}")
+    if g.metrics is not None:
+        out.append(f"metrics {g.metrics.host} {g.metrics.port}")
     out.append("")
     out.append("[POOL]")
     out.extend(f"host {h.name}" for h in cfg.pool.hosts)

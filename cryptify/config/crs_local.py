@@ -11,13 +11,17 @@ from pathlib import Path
 
 import attrs
 
-from ._base import ConfigError, Context, decode, read_config_file
+from ._base import ConfigError, Context, check_ip, check_port, decode, read_config_file
 from ._lines import Args, LineGrammar, parse_lines
 from .crs import check_name
-from .crs_model import CrsConfig, PoolHost
+from .crs_model import METRICS_HOST, CrsConfig, Endpoint, PoolHost
 
 DB_BACKUP_MODES = ("none", "replicate-from-peer", "read-from")
-USAGE = {"crsname": "NAME", "db-backup": "none|replicate-from-peer|read-from"}
+USAGE = {
+    "crsname": "NAME",
+    "db-backup": "none|replicate-from-peer|read-from",
+    "metrics": "[ADDR] PORT",
+}
 
 _grammar = LineGrammar(frozenset(USAGE), has_sections=False)
 
@@ -31,10 +35,13 @@ class CrsLocalConfig:
     C{db_backup}: C{none}, C{replicate-from-peer} (keep a replica of the
     peer's durable store) or C{read-from} (serve the peer's stored
     messages from that replica, the peer being gone for good).
+    C{metrics}: this instance's Prometheus endpoint, in place of
+    C{crs.conf}'s (for an address that differs between instances).
     """
 
     crsname: str | None = None
     db_backup: str = "none"
+    metrics: Endpoint | None = None
 
 
 def parse_crs_local_config(text: str | bytes, filename: str = "<string>") -> CrsLocalConfig:
@@ -45,7 +52,7 @@ def parse_crs_local_config(text: str | bytes, filename: str = "<string>") -> Crs
     """
     text = decode(text, filename)
     ctx = Context(filename, text)
-    fields: dict[str, str] = {}
+    fields: dict[str, object] = {}
     seen: dict[str, int] = {}
     for line in parse_lines(_grammar, text, filename):
         kw = line.keyword
@@ -56,12 +63,16 @@ def parse_crs_local_config(text: str | bytes, filename: str = "<string>") -> Crs
         if kw.value == "crsname":
             (name,) = args.exactly(["NAME"])
             fields["crsname"] = check_name(ctx, name, "instance name")
+        elif kw.value == "metrics":
+            toks = args.between(1, 2, ["PORT"])
+            host = check_ip(ctx, toks[0]) if len(toks) == 2 else METRICS_HOST
+            fields["metrics"] = Endpoint(host, check_port(ctx, toks[-1], listening=True))
         else:
             (mode,) = args.exactly(["MODE"])
             if mode.value not in DB_BACKUP_MODES:
                 raise ctx.error("unknown db-backup mode", mode, expected=", ".join(DB_BACKUP_MODES))
             fields["db_backup"] = mode.value
-    return CrsLocalConfig(**fields)
+    return CrsLocalConfig(**fields)  # type: ignore[arg-type]
 
 
 def load_crs_local_config(path: str | Path) -> CrsLocalConfig:
@@ -79,6 +90,8 @@ def render_crs_local_config(cfg: CrsLocalConfig) -> str:
     if cfg.crsname is not None:
         out.append(f"crsname {cfg.crsname}")
     out.append(f"db-backup {cfg.db_backup}")
+    if cfg.metrics is not None:
+        out.append(f"metrics {cfg.metrics.host} {cfg.metrics.port}")
     return "\n".join(out) + "\n"
 
 

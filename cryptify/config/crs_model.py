@@ -18,6 +18,8 @@ APNS_TYPES = ("cps", "direct")
 REDIS_MODES = ("managed", "external")
 MAX_KEEP_ALIVE_MS = 24 * 60 * 60 * 1000
 MAX_NOTIFY_TIMEOUT_SECONDS = 3600.0
+#: Where C{metrics PORT} (no address) serves: loopback only.
+METRICS_HOST = "127.0.0.1"
 
 
 @attrs.frozen
@@ -105,6 +107,8 @@ class CrsGlobal:
     listen: Endpoint = Endpoint("0.0.0.0", 5223)
     tls_certificate: str | None = None
     tls_key: str | None = None
+    #: The remote admin interface (HTTPS); None: off (docs/admin.md).
+    admin_listen: Endpoint | None = None
     relay: Endpoint = Endpoint("0.0.0.0", 146)
     relay_control: str = "/run/crs/relay.sock"
     pool_port: int = 8090
@@ -118,6 +122,8 @@ class CrsGlobal:
     notify: str = "/opt/crs/scripts/notify.sh"
     notify_timeout: float = 10.0
     redis: RedisSettings = RedisSettings()
+    #: C{metrics [ADDR] PORT}: the Prometheus endpoint (C{None}: off).
+    metrics: Endpoint | None = None
 
     def tls_paths(self) -> tuple[str, str]:
         """

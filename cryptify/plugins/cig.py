@@ -11,19 +11,23 @@ keeps the CIG's number attached to the CRS once it has a keystore, and
 hands its events to :class:`~cryptify.cig.tel.switch.UifCalls`: calls between
 secure users and the PBX, bridged by cig-relay.  Until the UIF has key
 material (and has heard from the CRS), calls from the PBX go to a stub
-tel side (``--tel-stub``) that refuses them, or answers them for tests;
-the mailboxes join this tree in their issue.
+tel side (``--tel-stub``) that refuses them, or answers them for tests.
+The mailboxes (:class:`~cryptify.cig.mail.wiring.MailDesk`) take the
+UIF's message events first: messages to the CIG are written to the write
+mailboxes, files in the read mailboxes are posted to secure users.
 
 :func:`make_cig_service` builds the tree in steps, each a typed function:
 :func:`build_sip` (the SIF, its peers, keep-alive and listeners),
 :func:`build_uif` (the UIF and the secure calls), :func:`cig_state` (what
-``status`` and ``show`` read) and :func:`build_management`.
+``status`` and ``show`` read) and :func:`build_management`; last come
+the metrics endpoint (``metrics { bind ... }``) and the SIGHUP reload
+(:func:`build_ops`, :mod:`cryptify.ops`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -34,6 +38,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from cryptify.cig.calls import CallTable, StubTelSide
+from cryptify.cig.mail.wiring import MailDesk
 from cryptify.cig.operator.admin import CigAdmin
 from cryptify.cig.operator.state import CigState
 from cryptify.cig.sif.core import Sif
@@ -49,14 +54,19 @@ from cryptify.cookie import CookieError, ensure_cookie
 from cryptify.events import Notifier
 from cryptify.links.relay_link import RelayLink
 from cryptify.logs import LogFileService
+from cryptify.ops.cig import DIRECTIVES, CigLive, CigMetrics
+from cryptify.ops.metrics import Queries, metrics_listener, registry_for
+from cryptify.ops.reload import Reloader, ReloadError, SighupService
 from cryptify.plugins._common import (
     ConfigOptions,
+    ConfigUsageError,
     Override,
     config_option,
     lifecycle,
     log_dir_option,
     notify_option,
 )
+from cryptify.protocols.bridge_control import BridgeStats
 from cryptify.protocols.mgmt import ManagementFactory
 from cryptify.protocols.sip.transport import (
     SipDatagramProtocol,
@@ -160,10 +170,21 @@ class Options(ConfigOptions):
     ]
 
     def postOptions(self) -> None:
-        cfg = self.load_config(load_cig_config, lambda: dev_cig_config(DEV_DIR))
-        self["cig"] = self.with_overrides(cfg, CIG_OVERRIDES)
+        self["cig"] = self.read_config()
         if self["tel-stub"] not in TEL_STUB_MODES:
             raise usage.UsageError(f"--tel-stub: one of {', '.join(TEL_STUB_MODES)}")
+
+    def read_config(self) -> CigConfig:
+        """cig.conf with the command line's overrides (ConfigUsageError if not valid)."""
+        cfg = self.load_config(load_cig_config, lambda: dev_cig_config(DEV_DIR))
+        return self.with_overrides(cfg, CIG_OVERRIDES)
+
+    def reread(self) -> CigConfig:
+        """What L{read_config} reads, for a reload (SIGHUP); ReloadError if not valid."""
+        try:
+            return self.read_config()
+        except ConfigUsageError as exc:
+            raise ReloadError(str(exc)) from None
 
 
 @implementer(IResolutionReceiver)
@@ -234,6 +255,7 @@ class SipParts:
     tel_side: TelSwitch
     keepalive: KeepAlive
     registrations: Registrations
+    peers: SipPeers
 
 
 def build_sip(
@@ -305,7 +327,7 @@ def build_sip(
     if sip.tls_certificate is not None:
         attach(root, ListenService("SIP", f"tls {sip.bind}:{sip.tls_port}", listen_tls))
     attach(root, CallbackService(on_start=pbx.start), trunk)
-    return SipParts(sif, calls, tel_side, pbx, registrations)
+    return SipParts(sif, calls, tel_side, pbx, registrations, peers)
 
 
 def build_uif(
@@ -323,8 +345,24 @@ def build_uif(
     uif_calls = UifCalls(reactor, uif, sip.sif, sip.calls, sip.sif.router, relay)
     sip.tel_side.uif_calls = uif_calls
     uif.on_call_event = uif_calls.handle
-    attach(root, uif)
+    desk = MailDesk(
+        reactor,
+        cfg.mailboxes,
+        cfg.translate_maps,
+        lambda: uif.material,
+        uif.session,
+        inotify=make_inotify,
+    )
+    uif_calls.mail = desk.handle
+    attach(root, desk, uif)
     return uif
+
+
+def make_inotify() -> Any:
+    """An INotify reader (Linux); the mailboxes are scanned only without it."""
+    from twisted.internet import inotify
+
+    return inotify.INotify()
 
 
 def cig_state(cfg: CigConfig, relay: RelayLink, uif: Uif, sip: SipParts) -> CigState:
@@ -376,13 +414,36 @@ def build_management(
     )
 
 
+def build_ops(
+    root: ProgramService,
+    cfg: CigConfig,
+    reread: Callable[[], CigConfig] | None,
+    live: CigLive,
+    metrics: CigMetrics,
+) -> Reloader[CigConfig]:
+    """SIGHUP reload (re-reads cig.conf when there is one) and the metrics endpoint."""
+    reactor = live.notifier.reactor
+    reloader = Reloader("cig", cfg, DIRECTIVES, reread or (lambda: cfg), live.apply)
+    metrics.reloader = reloader
+    if cfg.metrics is not None:
+        registry = registry_for(metrics.families)
+        attach(root, metrics_listener(reactor, cfg.metrics, registry, metrics.queries))
+    attach(root, SighupService(reactor, reloader.reload))
+    return reloader
+
+
 def make_cig_service(
     cfg: CigConfig,
     reactor: Any,
     tel_stub: str = "unavailable",
     keepalive: float = DEFAULT_INTERVAL,
+    reread: Callable[[], CigConfig] | None = None,
 ) -> ProgramService:
-    """Build the CIG's service tree; nothing is opened until it starts."""
+    """Build the CIG's service tree; nothing is opened until it starts.
+
+    C{reread} reads cig.conf again for a reload (SIGHUP); without it a
+    reload changes nothing.
+    """
     root = ProgramService("cig")
     notifier = Notifier(reactor, cfg.notify or None)
     attach(
@@ -396,6 +457,24 @@ def make_cig_service(
     sip = build_sip(root, cfg, reactor, notifier, tel_stub, keepalive)
     uif = build_uif(root, cfg, reactor, sip, relay)
     build_management(root, cfg, reactor, cig_state(cfg, relay, uif, sip), uif)
+    uif_calls = sip.tel_side.uif_calls
+    assert uif_calls is not None
+
+    async def bridge_stats() -> Any:
+        return (await relay.call(BridgeStats))["stats"]
+
+    build_ops(
+        root,
+        cfg,
+        reread,
+        CigLive(sip.sif, sip.peers, sip.keepalive, uif_calls, notifier),
+        CigMetrics(
+            sip.calls,
+            {"crs": lambda: uif.connected, "cig_relay": lambda: relay.active},
+            sip.keepalive,
+            Queries(reactor, {"bridge": bridge_stats}),
+        ),
+    )
     return root
 
 
@@ -403,4 +482,10 @@ def makeService(options: Options) -> ProgramService:
     """IServiceMaker entry point."""
     from twisted.internet import reactor
 
-    return make_cig_service(options["cig"], reactor, options["tel-stub"], options["sip-keepalive"])
+    return make_cig_service(
+        options["cig"],
+        reactor,
+        options["tel-stub"],
+        options["sip-keepalive"],
+        options.reread if options["config"] else None,
+    )

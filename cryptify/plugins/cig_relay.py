@@ -16,6 +16,7 @@ from cryptify.cig.relay.control import control_factory
 from cryptify.config import CigConfig, load_cig_config
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
+from cryptify.ops.reload import no_reload
 from cryptify.plugins._common import (
     ConfigOptions,
     config_option,
@@ -80,6 +81,7 @@ def make_cig_relay_service(cfg: CigConfig, reactor: Any) -> ProgramService:
         return port
 
     attach(root, ListenService("relay control", cfg.relay.control, listen_control))
+    attach(root, no_reload("cig-relay", reactor))
     return root
 
 

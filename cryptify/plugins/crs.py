@@ -11,10 +11,15 @@ Start order (stop order is the reverse, one service at a time):
 5. the sync link's server (8091), the replica monitor or the
    ``read-from`` import
 6. the control link to ``crs_relay``
-7. the client listener (TLS, 5223)
-8. the management socket
+7. the pool link (TLS-PSK, 8090), in a pool of 2+ with a ``crsname``
+8. the client listener (TLS, 5223)
+9. the management socket
+10. the metrics endpoint (``metrics`` in crs.conf) and the SIGHUP reload
+    (:mod:`cryptify.ops`)
+11. the remote admin interface (HTTPS), when ``admin-listen`` is set
 
-so on shutdown the management socket and the client listener close first,
+so on shutdown the admin interface, reload and metrics stop, the
+management socket and the client listener close first,
 then the relay link and the stores, and the Redis children stop last,
 before the log closes.
 """
@@ -55,13 +60,21 @@ from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.pool.sync import build_sync
+from cryptify.crs.pool.wiring import PoolLink, client_mover
 from cryptify.crs.redis.instance import ReplicaOf
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
+from cryptify.crs.remote_admin.auth import Gate
+from cryptify.crs.remote_admin.console import Console
+from cryptify.crs.remote_admin.server import AdminRoot, AdminService, AdminSite, SourceLimit
+from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
 from cryptify.events import Notifier
 from cryptify.links.relay_link import RelayLink
 from cryptify.logs import LogFileService
+from cryptify.ops.crs import DIRECTIVES, CrsFiles, CrsLive, CrsMetrics
+from cryptify.ops.metrics import Queries, metrics_listener, registry_for
+from cryptify.ops.reload import Reloader, ReloadError, SighupService
 from cryptify.plugins._common import (
     ConfigOptions,
     ConfigUsageError,
@@ -151,8 +164,16 @@ class Options(ConfigOptions):
     ]
 
     def postOptions(self) -> None:
+        files = self.read_files()
+        self["crs"], self["local"] = files.crs, files.local
+
+    def read_files(self) -> CrsFiles:
+        """crs.conf (with the command line's overrides) and crs-local.conf.
+
+        @raise ConfigUsageError: naming the file, line and problem.
+        """
         cfg = self.load_config(load_crs_config, lambda: dev_crs_config(DEV_DIR))
-        self["crs"] = self.with_overrides(cfg, CRS_OVERRIDES)
+        cfg = self.with_overrides(cfg, CRS_OVERRIDES)
         if self["local-config"]:
             local: CrsLocalConfig = load_or_usage(load_crs_local_config, self["local-config"])
         else:
@@ -164,7 +185,25 @@ class Options(ConfigOptions):
                     f"{self['local-config']}: crsname {local.crsname} is not a host of the "
                     f"POOL section ({', '.join(names)})"
                 )
-        self["local"] = local
+            if len(names) >= 2 and not cfg.global_.key:
+                raise ConfigUsageError(
+                    f"{self['config']}: a pool of {len(names)} instances needs the GLOBAL key "
+                    "(the pool link's shared secret)"
+                )
+        return CrsFiles(cfg, local)
+
+    def reread(self) -> CrsFiles:
+        """What L{read_files} reads, for a reload (SIGHUP).
+
+        @raise ReloadError: naming the file, line and problem.
+        """
+        try:
+            files = self.read_files()
+        except ConfigUsageError as exc:
+            raise ReloadError(str(exc)) from None
+        for warning in files.crs.warnings:
+            log.warn("{config_warning}", config_warning=warning)
+        return files
 
 
 def media_host(cfg: CrsConfig, name: str) -> str:
@@ -201,6 +240,9 @@ class Basics:
     #: ``show services`` probes, in the order it prints them (a string is
     #: printed as the status).
     probes: dict[str, Callable[[], bool | str]]
+    #: The pool link, when ``crsname`` names this instance in a pool of 2+;
+    #: then its map, not ``slots``, says who serves which slot.
+    pool: PoolLink | None = None
 
 
 def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Basics:
@@ -209,15 +251,23 @@ def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Basics:
     name = instance_name(cfg, local)
     trace = TraceHub(reactor.seconds)
     hosts = tuple(h.name for h in cfg.pool.hosts) or (name,)
+    notifier = Notifier(reactor, g.notify or None, g.notify_timeout)
+    probes: dict[str, Callable[[], bool | str]] = {"crs": lambda: True}
+    pool = None
+    if local.crsname is not None and len(hosts) >= 2:
+        pool = PoolLink(cfg, name, reactor, notifier.notify)
+        for peer in pool.peers:
+            probes[f"pool_link_{peer}"] = functools.partial(pool.link_up, peer)
     return Basics(
         name=name,
         reactor=reactor,
-        notifier=Notifier(reactor, g.notify or None, g.notify_timeout),
+        notifier=notifier,
         trace=trace,
         accounts=AccountStore(g.accounts_dir, clock=reactor.seconds),
         slots=SlotMap(hosts, name, {h.name: h.ip for h in cfg.pool.hosts}),
         registry=AttachRegistry(name, reactor.seconds, trace),
-        probes={"crs": lambda: True},
+        probes=probes,
+        pool=pool,
     )
 
 
@@ -265,7 +315,7 @@ def build_attach(
         basics.accounts,
         basics.registry,
         basics.reactor.seconds,
-        slots=basics.slots,
+        slots=basics.slots if basics.pool is None else basics.pool,
         move_port=cfg.global_.listen.port,
         tickets=TicketKey.derive(cfg.global_.key),
         ready=lambda: stores_ready(redis),
@@ -307,29 +357,35 @@ def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statis
     return Messages(store, messaging, MessageExpiry(store, reactor))
 
 
+def server_tls(cfg: CrsConfig, what: str) -> Any:
+    """The CRS's TLS context: tls-certificate, or a self-signed development one."""
+    g = cfg.global_
+    if g.tls_certificate:
+        cert, key = g.tls_paths()
+    else:
+        cert = os.path.join(g.data_dir, "tls", "crs.crt")
+        key = os.path.join(g.data_dir, "tls", "crs.key")
+    try:
+        if not g.tls_certificate:
+            log.warn(
+                "no tls-certificate configured: serving a self-signed development "
+                "certificate from {cert}; clients must be told to trust it",
+                cert=cert,
+            )
+            os.makedirs(os.path.dirname(cert), mode=0o700, exist_ok=True)
+            ensure_self_signed(cert, key)
+        return server_context_factory(cert, key)
+    except TLSConfigError as exc:
+        raise StartupError(f"{what} TLS: {exc}") from exc
+
+
 def client_listener(cfg: CrsConfig, reactor: Any, core: AttachCore) -> UmsgListenService:
     """The TLS client port (5223); a self-signed certificate without tls-certificate."""
     g = cfg.global_
     clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
 
     def listen_clients() -> Any:
-        if g.tls_certificate:
-            cert, key = g.tls_paths()
-        else:
-            cert = os.path.join(g.data_dir, "tls", "crs.crt")
-            key = os.path.join(g.data_dir, "tls", "crs.key")
-        try:
-            if not g.tls_certificate:
-                log.warn(
-                    "no tls-certificate configured: serving a self-signed development "
-                    "certificate from {cert}; clients must be told to trust it",
-                    cert=cert,
-                )
-                os.makedirs(os.path.dirname(cert), mode=0o700, exist_ok=True)
-                ensure_self_signed(cert, key)
-            context = server_context_factory(cert, key)
-        except TLSConfigError as exc:
-            raise StartupError(f"client TLS: {exc}") from exc
+        context = server_tls(cfg, "client")
         return reactor.listenSSL(
             g.listen.port, clients, context, backlog=BACKLOG, interface=g.listen.host
         )
@@ -352,6 +408,21 @@ def management_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> Listen
     return ListenService("management", g.management, listen_management)
 
 
+def admin_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> ListenService | None:
+    """The remote admin interface (HTTPS, docs/admin.md), or None when off."""
+    where = cfg.global_.admin_listen
+    if where is None or state.admins is None:
+        return None
+    service = AdminService(state, Gate(state.admins), reactor.seconds)
+    site = SourceLimit(AdminSite(AdminRoot(service, console=Console(service)), reactor=reactor))
+
+    def listen_admin() -> Any:
+        context = server_tls(cfg, "admin interface")
+        return reactor.listenSSL(where.port, site, context, interface=where.host)
+
+    return ListenService("admin interface", f"{where.host}:{where.port}", listen_admin)
+
+
 def trace_events(trace: TraceHub) -> CallbackService:
     """Feeds this process's log events to ``trace event`` while it runs."""
     events = EventTraceObserver(trace)
@@ -361,8 +432,40 @@ def trace_events(trace: TraceHub) -> CallbackService:
     )
 
 
-def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> ProgramService:
-    """Build the CRS's service tree; nothing is opened until it starts."""
+def ops_services(
+    root: ProgramService,
+    files: CrsFiles,
+    reread: Callable[[], CrsFiles] | None,
+    live: CrsLive,
+    metrics: CrsMetrics,
+) -> Reloader[CrsFiles]:
+    """SIGHUP reload (re-reads the files when there are files) and the metrics endpoint."""
+
+    def read() -> CrsFiles:
+        return files if reread is None else reread()
+
+    reactor = live.notifier.reactor
+    reloader = Reloader("crs", files, DIRECTIVES, read, live.apply)
+    metrics.reloader = reloader
+    where = files.local.metrics or files.crs.global_.metrics
+    if where is not None:
+        registry = registry_for(metrics.families)
+        attach(root, metrics_listener(reactor, where, registry, metrics.queries))
+    attach(root, SighupService(reactor, reloader.reload))
+    return reloader
+
+
+def make_crs_service(
+    cfg: CrsConfig,
+    local: CrsLocalConfig,
+    reactor: Any,
+    reread: Callable[[], CrsFiles] | None = None,
+) -> ProgramService:
+    """Build the CRS's service tree; nothing is opened until it starts.
+
+    C{reread} reads the configuration again for a reload (SIGHUP); without
+    it a reload re-reads the accounts only.
+    """
     g = cfg.global_
     basics = build_basics(cfg, local, reactor)
     root = ProgramService("crs")
@@ -371,6 +474,8 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         f"instance {basics.name}, data {g.data_dir}, accounts {g.accounts_dir}, logs {g.log_dir}",
         f"client listener {g.listen.host}:{g.listen.port}, management {g.management}",
         f"relay control {g.relay_control}, redis {g.redis.mode}, db-backup {local.db_backup}",
+        "admin interface "
+        + (f"{g.admin_listen.host}:{g.admin_listen.port}" if g.admin_listen else "off"),
     ]
     attach(root, lifecycle("crs", basics.notifier, describe, cfg.warnings))
     relay = build_relay_link(cfg, basics)
@@ -383,6 +488,7 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
     core = build_attach(cfg, basics, redis, objects)
     stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
     basics.registry.on_attach.append(stats.on_attach)
+    admins = AdminStore(os.path.join(g.data_dir, ADMINS_FILE), clock=reactor.seconds)
     sessions = build_calls(cfg, basics, core, relay, stats)
     messages = build_messages(basics, core, redis, stats)
     state = CrsState(
@@ -392,21 +498,49 @@ def make_crs_service(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Pro
         basics.trace,
         registry=basics.registry,
         slots=basics.slots,
+        pool=basics.pool,
         relay=relay,
         sessions=sessions,
         messages=messages.store,
         stats=stats,
+        admins=admins,
         notify=basics.notifier.notify,
     )
     attach(root, *sync.before_redis)
     attach(root, redis)
     attach(root, *sync.after_redis)
     attach(root, CallbackService(on_start=basics.accounts.reload))
+    attach(root, CallbackService(on_start=admins.load))
     attach(root, trace_events(basics.trace))
     attach(root, relay)
     attach(root, messages.expiry)
-    attach(root, client_listener(cfg, reactor, core))
+    if basics.pool is not None:
+        basics.pool.watch(
+            client_mover(basics.registry, basics.pool, lambda uri: bool(sessions.sessions_of(uri)))
+        )
+        attach(root, basics.pool)
+    clients = client_listener(cfg, reactor, core)
+    attach(root, clients)
     attach(root, management_listener(cfg, reactor, state))
+    queries = Queries(reactor, {"waiting": messages.store.stored, "relay": relay.stats})
+    ops_services(
+        root,
+        CrsFiles(cfg, local),
+        reread,
+        CrsLive(clients.factory, basics.notifier, CrsAdmin(state).reload_accounts),
+        CrsMetrics(
+            basics.registry,
+            clients.factory,
+            sessions,
+            messages.messaging,
+            messages.store,
+            basics.probes,
+            queries,
+        ),
+    )
+    admin = admin_listener(cfg, reactor, state)
+    if admin is not None:
+        attach(root, admin)
     return root
 
 
@@ -414,4 +548,5 @@ def makeService(options: Options) -> ProgramService:
     """IServiceMaker entry point."""
     from twisted.internet import reactor
 
-    return make_crs_service(options["crs"], options["local"], reactor)
+    reread = options.reread if options["config"] else None
+    return make_crs_service(options["crs"], options["local"], reactor, reread)

@@ -20,6 +20,7 @@ from cryptify.crs.relay.core import IDLE_TIMEOUT, OWNER_GRACE, REBIND_AFTER, Rel
 from cryptify.crs.relay.wiring import RelayService, control_factory
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
+from cryptify.ops.reload import no_reload
 from cryptify.plugins._common import (
     ConfigOptions,
     config_option,
@@ -126,6 +127,7 @@ def make_relay_service(
     # the collector's full passes (tens of milliseconds each otherwise,
     # every one of them a hole in the media).
     attach(root, CallbackService(gc.freeze))
+    attach(root, no_reload("crs_relay", reactor))
     return root
 
 

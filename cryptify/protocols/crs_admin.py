@@ -11,11 +11,17 @@ from twisted.protocols import amp
 from cryptify.protocols.mgmt import Echo, JsonValue, MgmtCommand, ServerVersion
 
 __all__ = [
+    "AddAdminAccount",
+    "AddAdminAuthorization",
     "AddBlacklist",
     "Apply",
     "CheckSlot",
     "CreateAccount",
+    "CreateAdmin",
     "DeleteAccount",
+    "DeleteAdmin",
+    "DeleteAdminAccount",
+    "DeleteAdminAuthorization",
     "Echo",
     "ListAccounts",
     "PurgeClient",
@@ -25,6 +31,9 @@ __all__ = [
     "RemoveBlacklist",
     "ServerVersion",
     "ShowAccount",
+    "ShowAdmin",
+    "ShowAdminAccounts",
+    "ShowAdmins",
     "ShowAttach",
     "ShowBlacklist",
     "ShowClientInfo",
@@ -204,3 +213,61 @@ class StatsClear(MgmtCommand):
 
 class StatsExport(_AccountTable):
     """``stats export ACCOUNT``: tel-uri, session-/message-/system-outgoing/incoming, updated."""
+
+
+# -- remote admins ----------------------------------------------------------------
+
+
+class CreateAdmin(MgmtCommand):
+    """``create admin NAME``: the CLI made the secret; only its public key travels."""
+
+    arguments = [(b"name", amp.Unicode()), (b"key", amp.Unicode())]
+    response = []
+
+
+class DeleteAdmin(MgmtCommand):
+    """``delete admin NAME``."""
+
+    arguments = [(b"name", amp.Unicode())]
+    response = []
+
+
+class AddAdminAccount(MgmtCommand):
+    """``add admin-account NAME ACCOUNT``."""
+
+    arguments = [(b"name", amp.Unicode()), (b"account", amp.Unicode())]
+    response = []
+
+
+class DeleteAdminAccount(AddAdminAccount):
+    """``delete admin-account NAME ACCOUNT``."""
+
+
+class AddAdminAuthorization(MgmtCommand):
+    """``add admin-account-authorization NAME ACCOUNT AUTHORIZATION``."""
+
+    arguments = [
+        (b"name", amp.Unicode()),
+        (b"account", amp.Unicode()),
+        (b"authorization", amp.Unicode()),
+    ]
+    response = []
+
+
+class DeleteAdminAuthorization(AddAdminAuthorization):
+    """``delete admin-account-authorization NAME ACCOUNT AUTHORIZATION``."""
+
+
+class ShowAdmins(_Table):
+    """``show admins``: Admin, Accounts."""
+
+
+class ShowAdmin(MgmtCommand):
+    """``show admin NAME``: Name, Secret (the fingerprint of its verifier)."""
+
+    arguments = [(b"name", amp.Unicode())]
+    response = [(b"table", JsonValue())]
+
+
+class ShowAdminAccounts(ShowAdmin):
+    """``show admin-accounts NAME``: Account, Authorizations."""

@@ -257,19 +257,17 @@ def client_context_factory(
         )
         return cast(IOpenSSLClientConnectionCreator, _UnverifiedClientCreator(hostname))
     if ca_path is None:
-        trust_root = platformTrust()  # type: ignore[no-untyped-call]
+        trust_root = platformTrust()
     else:
         certs = _load_certificates(ca_path, "CA certificate")
-        trust_root = trustRootFromCertificates(  # type: ignore[no-untyped-call]
-            [Certificate(crypto.X509.from_cryptography(c)) for c in certs]  # type: ignore[no-untyped-call]
+        trust_root = trustRootFromCertificates(
+            [Certificate(crypto.X509.from_cryptography(c)) for c in certs]
         )
     return optionsForClientTLS(
         hostname,
         trustRoot=trust_root,
         extraCertificateOptions={
             "raiseMinimumTo": TLSVersion.TLSv1_2,
-            "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(  # type: ignore[no-untyped-call]
-                MODERN_TLS12_CIPHERS
-            ),
+            "acceptableCiphers": AcceptableCiphers.fromOpenSSLCipherString(MODERN_TLS12_CIPHERS),
         },
     )

@@ -50,7 +50,7 @@ class CrsFixture(TestCase):
         self.dir = d = short_tempdir(self)
         self.client_port = free_port()
         self.relay_port = free_port(socket.SOCK_DGRAM)
-        self.conf = write_crs_conf(d, self.client_port, self.relay_port)
+        self.conf = write_crs_conf(d, self.client_port, self.relay_port, self.conf_extra())
         self.socket = os.path.join(d, "crs.sock")
         self.procs = [Twistd(d, "crs-relay", "--config", self.conf)]
         wait_for(lambda: unix_answers(os.path.join(d, "relay.sock")), "relay control")
@@ -63,6 +63,10 @@ class CrsFixture(TestCase):
             uri: load_key_material(path).for_period(self.period) for uri, path in files.items()
         }
         wait_for(lambda: "crs_relay   active" in self.cli("show", "services")[1], "relay link")
+
+    def conf_extra(self) -> str:
+        """Lines added to crs.conf's GLOBAL section."""
+        return ""
 
     def cli(self, *args: str) -> tuple[int, str, str]:
         return run_cli("crs-cli", "--socket", self.socket, *args)

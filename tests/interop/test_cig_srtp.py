@@ -1,6 +1,6 @@
 """The secure client and baresip talk through the CIG with SRTP on the PBX leg.
 
-The end-to-end tests of ``test_cig_e2e`` run again with the CIG's sip
+The end-to-end tests of ``test_cig_e2e`` (on ``_cig.SecurePbxFixture``) run again with the CIG's sip
 interface set to ``srtp require`` and baresip's account to
 ``mediaenc=srtp-mand`` (its ``srtp`` module: SDES, RTP/SAVP with
 ``a=crypto``), so every call's PBX leg is SRTP both ways: the tones cross

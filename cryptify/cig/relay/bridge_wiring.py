@@ -164,7 +164,7 @@ def bind_udp(port: int, interface: str) -> socket.socket:
         sock.bind((interface, port))
     except OSError as exc:
         sock.close()
-        raise CannotListenError(interface, port, exc) from None  # type: ignore[no-untyped-call]
+        raise CannotListenError(interface, port, exc) from None
     return sock
 
 

@@ -122,6 +122,23 @@ class SipPeers:
         networks = tuple(ipaddress.ip_network(peer) for peer in config.sip.trusted_peers)
         return cls(clock, networks, pbx_hosts(config), resolve_all)
 
+    def reconfigure(self, config: CigConfig) -> None:
+        """Take the peers a reloaded C{config} names (SIGHUP).
+
+        Names no longer named are forgotten; names that are new are looked
+        up now (and every C{refresh_every} seconds, with the others).
+        """
+        fresh = SipPeers.from_config(config, self.clock)
+        new_names = set(fresh.names) - set(self.names)
+        self.networks, self.hosts = fresh.networks, fresh.hosts
+        self.literal, self.names = fresh.literal, fresh.names
+        for gone in set(self.resolved) - set(self.names):
+            del self.resolved[gone]
+        if new_names and self.resolve_all is not None:
+            self.stop()
+            self._refresh()
+        log.info("SIP peers now: {peers}", peers=", ".join(self.addresses()) or "none")
+
     def trusted(self, host: str) -> bool:
         """Whether SIP from address C{host} is taken."""
         address = _address(host)

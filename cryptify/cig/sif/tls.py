@@ -42,11 +42,7 @@ class TlsMaterial:
 
     def client(self, name: str) -> Any:
         """Client options for a PBX that must be C{name} (a host name or address)."""
-        trust = (
-            ssl.trustRootFromCertificates(list(self.cas))  # type: ignore[no-untyped-call]
-            if self.cas
-            else ssl.platformTrust()  # type: ignore[no-untyped-call]
-        )
+        trust = ssl.trustRootFromCertificates(list(self.cas)) if self.cas else ssl.platformTrust()
         return ssl.optionsForClientTLS(
             name,
             trustRoot=trust,
@@ -105,7 +101,7 @@ def load_tls(sip: SipInterface) -> TlsMaterial:
         key = read_private_file(sip.tls_key, "tls_key", MAX_PEM_FILE)
         try:
             # The first certificate with the key; loading checks they match.
-            own = ssl.PrivateCertificate.loadPEM(pem + b"\n" + key)  # type: ignore[no-untyped-call]
+            own = ssl.PrivateCertificate.loadPEM(pem + b"\n" + key)
         except (SSL.Error, crypto.Error, ValueError, VerifyError):
             raise CredentialsError(
                 f"tls_key {sip.tls_key}: not a PEM private key for tls_certificate"

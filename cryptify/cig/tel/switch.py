@@ -8,6 +8,7 @@ call to that ``UmsgTel`` once there is one, else to the stand-in.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -52,6 +53,8 @@ class UifCalls:
     tel: UmsgTel | None = None
     #: When the CIG started (the message descriptor's TIME counts from it).
     started: float = attrs.field()
+    #: Takes the events that are the mailboxes' (``MailDesk.handle``) first.
+    mail: Callable[[Event], bool] | None = None
 
     @started.default
     def _now(self) -> float:
@@ -67,7 +70,9 @@ class UifCalls:
         return rows
 
     def handle(self, event: Event) -> None:
-        """One event of the UIF's client."""
+        """One event of the UIF's client (the mailboxes' own go to them only)."""
+        if self.mail is not None and self.mail(event):
+            return
         if isinstance(event, (ConnectionEnded, Disconnected)):
             if self.tel is not None:
                 self.tel.detached()

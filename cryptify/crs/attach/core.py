@@ -17,7 +17,8 @@ States (docs/umsg.md draws them)::
 Checks, in order: a UMSG revision in common; the account exists; the
 stores are ready (``unavailable`` while ``redis_low`` or ``redis_high``
 is out of reach, e.g. just after a restart); the URI's slot is this
-instance's (else ``moved``); the account has keys for the current month
+instance's (else ``moved``, or ``unavailable`` while the slot has no owner
+because a pool is handing it over); the account has keys for the current month
 (``no-key-period``); then, after the challenge, the ECCSI signature over
 :func:`~cryptify.protocols.umsg.attach_signed_octets` with the month's
 KPAK (``bad-signature``) and the blacklist (``blacklisted``, checked
@@ -37,7 +38,7 @@ from twisted.logger import Logger
 
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.attach.tickets import TicketKey
-from cryptify.crs.slots import SlotMap, slot_of
+from cryptify.crs.slots import slot_of
 from cryptify.crypto import eccsi
 from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.identity import period_of, tel_identifier
@@ -92,6 +93,23 @@ Verify = Callable[[bytes, bytes, bytes, bytes], None]
 
 #: ``retry-after`` of an attach refused ``unavailable``, ms.
 UNAVAILABLE_RETRY_MS = 2000
+#: ``retry-after`` of an attach refused ``unavailable`` because its slot is
+#: being handed over between pool instances (a hand-back step lasts ~1 s), ms.
+HANDOVER_RETRY_MS = 1000
+
+
+class SlotOwners(Protocol):
+    """Who serves which slot: the fixed split (:class:`cryptify.crs.slots.SlotMap`)
+    or a pool member's current map (:class:`cryptify.crs.pool.wiring.PoolLink`)."""
+
+    def owner(self, slot: int) -> str | None:
+        """The instance owning ``slot``, or None while it has no owner."""
+
+    def mine(self, slot: int) -> bool:
+        """Whether this instance serves ``slot`` now."""
+
+    def address(self, host: str) -> str:
+        """Where clients reach instance ``host``."""
 
 
 @attrs.define
@@ -102,7 +120,7 @@ class AttachCore:
     accounts: Accounts
     registry: AttachRegistry
     clock: Callable[[], float]
-    slots: SlotMap | None = None
+    slots: SlotOwners | None = None
     verify: Verify = eccsi.verify
     nonce: Callable[[], bytes] = lambda: os.urandom(32)
     revisions: tuple[int, ...] = REVISIONS
@@ -255,6 +273,14 @@ class AttachSession:
         self.slot = slot_of(msg["uri"])
         if core.slots is not None and not core.slots.mine(self.slot):
             owner = core.slots.owner(self.slot)
+            if owner is None:
+                self.refuse(
+                    "unavailable",
+                    "the URI's slot has no owner in the pool right now (starting or handing over)",
+                    msg.id,
+                    retry_after=HANDOVER_RETRY_MS,
+                )
+                return
             self.state = CLOSED
             core.registry.moved(msg["uri"], msg["account"], self.host, self.port, owner)
             self.peer.send(
@@ -262,7 +288,7 @@ class AttachSession:
                     "moved",
                     id=msg.id,
                     crs=owner,
-                    host=core.slots.addresses.get(owner, owner),
+                    host=core.slots.address(owner),
                     port=core.move_port,
                 )
             )

@@ -428,6 +428,10 @@ class MessageStore:
     async def count(self, recipient: str) -> int:
         return int(await self._client().llen(f"inbox:{recipient}"))
 
+    async def stored(self) -> int:
+        """How many messages are stored, waiting for delivery (every one is in ``msg-expiry``)."""
+        return int(await self._client().zcard("msg-expiry"))
+
     async def expire(self, batch: int = 1000) -> int:
         """Drop messages older than ``expire_after``; return (and count) how many."""
         cutoff = int((self.clock() - self.expire_after) * 1000)

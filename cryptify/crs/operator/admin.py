@@ -24,6 +24,7 @@ from cryptify.crs.objects.store import ClientObjects
 from cryptify.crs.operator.state import ATTACH_MODULE, CrsState
 from cryptify.crs.operator.stats import COLUMNS as STATS_COLUMNS
 from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.remote_admin.store import KEY_BYTES, AdminError, AdminStore, fingerprint
 from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.crs.trace import ELEMENTS
 from cryptify.crypto.identity import period_of
@@ -51,6 +52,9 @@ CLIENT_INFO_COLUMNS = [
     "CCA Version",
 ]
 NOT_AVAILABLE = "Not Available"
+ADMINS_COLUMNS = ["Admin", "Accounts"]
+ADMIN_COLUMNS = ["Name", "Secret"]
+ADMIN_ACCOUNTS_COLUMNS = ["Account", "Authorizations"]
 
 T = TypeVar("T")
 
@@ -151,11 +155,28 @@ class CrsAdmin(amp.CommandLocator):
             self.state.accounts.delete(account)
         except (AccountError, OSError) as exc:
             raise _failing(exc) from exc
+        if self.state.admins is not None:
+            # a later account of the same ID must not inherit these rights
+            try:
+                holders = self.state.admins.forget_account(account)
+            except AdminError as exc:
+                raise CommandFailed(f"account {account} deleted, but: {exc}") from exc
+            for name in holders:
+                log.info(
+                    "remote admin {admin} lost deleted account {account}",
+                    admin=name,
+                    account=account,
+                )
         return {"disconnected": gone}
 
     @crs_admin.ReloadAccounts.responder
     def reload_accounts(self) -> dict[str, Any]:
         problems = self.state.accounts.reload()
+        if self.state.admins is not None:
+            # the admins file too, once an operator has repaired it
+            admins_problem = self.state.admins.load()
+            if admins_problem is not None:
+                problems.append(admins_problem)
         self.state.notify("crs", "reload")
         self._enforce_blacklists()
         return {"problems": problems}
@@ -285,10 +306,15 @@ class CrsAdmin(amp.CommandLocator):
         except AccountError as exc:
             raise _failing(exc) from exc
         slot = slot_of(uri.split(";", 1)[0])
+        if self.state.pool is not None:
+            return {"slot": slot, "owner": self.state.pool.owner(slot) or "-"}
         return {"slot": slot, "owner": self.state.slots.owner(slot)}
 
     @crs_admin.ShowSystem.responder
     def show_system(self) -> dict[str, Any]:
+        if self.state.pool is not None:
+            members = [[n, ATTACH_MODULE, pid, ranges] for n, pid, ranges in self.state.pool.rows()]
+            return {"table": table(SYSTEM_COLUMNS, members)}
         slots = self.state.slots
         rows = [
             [self.state.name, ATTACH_MODULE, str(self.state.pid), slots.describe(self.state.name)]
@@ -381,6 +407,83 @@ class CrsAdmin(amp.CommandLocator):
     async def stats_export(self, account: str) -> dict[str, Any]:
         rows = await self._stats_call(account, "export")
         return {"table": table(list(STATS_COLUMNS), rows)}
+
+    # -- remote admins -----------------------------------------------------------
+
+    def _admins(self) -> AdminStore:
+        if self.state.admins is None:
+            raise CommandFailed("remote admins are not available")
+        return self.state.admins
+
+    def _admin_change(self, change: Callable[[], object]) -> dict[str, Any]:
+        try:
+            change()
+        except AdminError as exc:
+            raise _failing(exc) from exc
+        return {}
+
+    @crs_admin.CreateAdmin.responder
+    def create_admin(self, name: str, key: str) -> dict[str, Any]:
+        try:
+            raw = base64.b64decode(key.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+            raise CommandFailed("the admin's public key did not arrive intact") from exc
+        if len(raw) != KEY_BYTES:
+            raise CommandFailed("the admin's public key did not arrive intact")
+        return self._admin_change(lambda: self._admins().create(name, raw))
+
+    @crs_admin.DeleteAdmin.responder
+    def delete_admin(self, name: str) -> dict[str, Any]:
+        return self._admin_change(lambda: self._admins().delete(name))
+
+    @crs_admin.AddAdminAccount.responder
+    def add_admin_account(self, name: str, account: str) -> dict[str, Any]:
+        self._account(account)
+        return self._admin_change(lambda: self._admins().add_account(name, account))
+
+    @crs_admin.DeleteAdminAccount.responder
+    def delete_admin_account(self, name: str, account: str) -> dict[str, Any]:
+        return self._admin_change(lambda: self._admins().delete_account(name, account))
+
+    @crs_admin.AddAdminAuthorization.responder
+    def add_admin_authorization(
+        self, name: str, account: str, authorization: str
+    ) -> dict[str, Any]:
+        admins = self._admins()
+        return self._admin_change(lambda: admins.add_authorization(name, account, authorization))
+
+    @crs_admin.DeleteAdminAuthorization.responder
+    def delete_admin_authorization(
+        self, name: str, account: str, authorization: str
+    ) -> dict[str, Any]:
+        admins = self._admins()
+        return self._admin_change(lambda: admins.delete_authorization(name, account, authorization))
+
+    def _one_admin(self, name: str) -> Any:
+        admins = self._admins()
+        try:
+            return admins.admin(name)
+        except AdminError as exc:
+            raise _failing(exc) from exc
+
+    @crs_admin.ShowAdmins.responder
+    def show_admins(self) -> dict[str, Any]:
+        rows = [[a.name, ",".join(sorted(a.accounts)) or "-"] for a in self._admins()]
+        return {"table": table(ADMINS_COLUMNS, rows)}
+
+    @crs_admin.ShowAdmin.responder
+    def show_admin(self, name: str) -> dict[str, Any]:
+        found = self._one_admin(name)
+        return {"table": table(ADMIN_COLUMNS, [[found.name, fingerprint(found.key)]])}
+
+    @crs_admin.ShowAdminAccounts.responder
+    def show_admin_accounts(self, name: str) -> dict[str, Any]:
+        found = self._one_admin(name)
+        rows = [
+            [account, ",".join(sorted(found.accounts[account])) or "-"]
+            for account in sorted(found.accounts)
+        ]
+        return {"table": table(ADMIN_ACCOUNTS_COLUMNS, rows)}
 
     # -- traces ----------------------------------------------------------------
 

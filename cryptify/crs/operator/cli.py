@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from cryptify import __version__
+from cryptify.crs.remote_admin.store import AUTHORIZATIONS, new_secret
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import ManagementClient
 from cryptify.service import unix_endpoint
@@ -63,10 +64,19 @@ Cryptify Rendezvous Server command line: crs-cli ACTION [options]
   show blacklist ACCOUNT
   show client-info ACCOUNT
   show push-token ACCOUNT URI
+  show admins
+  show admin NAME
+  show admin-accounts NAME
   create sharedSecret [-b BITS | -B BYTES]
   create account ID [-s SECRET | -b BITS | -B BYTES]
+  create admin NAME                     a remote admin; its secret is printed once
   list account
   delete account ID
+  delete admin NAME
+  delete admin-account NAME ACCOUNT
+  delete admin-account-authorization NAME ACCOUNT statistics|update
+  add admin-account NAME ACCOUNT        let admin NAME manage ACCOUNT
+  add admin-account-authorization NAME ACCOUNT statistics|update
   reload account
   blacklist add|remove ACCOUNT URI
   purge client ACCOUNT URI
@@ -127,6 +137,10 @@ TRACE_HELP = {
     "object": "every protocol object received and sent",
     "event": "server events",
 }
+ADMIN_HELP = "a remote admin's name (letters, digits, '-' and '_', at most 20)"
+AUTHORIZATION_HELP = (
+    "statistics (read and manage the account's statistics) or update (apply its monthly updates)"
+)
 SIZE_HELP = {
     "bits": "size in bits, rounded up to whole bytes (default 128)",
     "bytes": f"size in bytes (at most {MAX_SECRET_BYTES})",
@@ -161,6 +175,35 @@ def build_parser(err: IO[str]) -> CliParser:
     def uri_arg(parser: CliParser) -> None:
         parser.add_argument("uri", metavar="URI", help=URI_HELP)
 
+    def admin_name_arg(parser: CliParser) -> None:
+        parser.add_argument("name", metavar="NAME", help=ADMIN_HELP)
+
+    def admin_rights(parent: Any, verb: str, texts: tuple[str, str]) -> None:
+        account_arg(
+            admin_name_arg_of(
+                sub(parent, "admin-account", f"{verb} admin-account NAME ACCOUNT", texts[0])
+            )
+        )
+        entry = admin_name_arg_of(
+            sub(
+                parent,
+                "admin-account-authorization",
+                f"{verb} admin-account-authorization NAME ACCOUNT AUTHORIZATION",
+                texts[1],
+            )
+        )
+        account_arg(entry)
+        entry.add_argument(
+            "authorization",
+            metavar="AUTHORIZATION",
+            choices=AUTHORIZATIONS,
+            help=AUTHORIZATION_HELP,
+        )
+
+    def admin_name_arg_of(parser: CliParser) -> CliParser:
+        admin_name_arg(parser)
+        return parser
+
     helper = sub(actions, "help", "help [ACTION]", "this overview, or the help of ACTION")
     helper.add_argument("words", nargs="*", metavar="ACTION", help="an action, e.g. show blacklist")
     sub(actions, "version", "version", "the version of crs-cli")
@@ -186,6 +229,16 @@ def build_parser(err: IO[str]) -> CliParser:
     account_arg(sub(show, "blacklist", "show blacklist ACCOUNT", "show the blacklist of ACCOUNT"))
     account_arg(
         sub(show, "client-info", "show client-info ACCOUNT", "show the clients seen of ACCOUNT")
+    )
+    sub(show, "admins", "show admins", "show the remote admins and their accounts")
+    admin_name_arg(sub(show, "admin", "show admin NAME", "show a remote admin"))
+    admin_name_arg(
+        sub(
+            show,
+            "admin-accounts",
+            "show admin-accounts NAME",
+            "show the accounts a remote admin manages, with its authorizations on each",
+        )
     )
     token = sub(
         show, "push-token", "show push-token ACCOUNT URI", "show the push token a client left"
@@ -215,12 +268,39 @@ def build_parser(err: IO[str]) -> CliParser:
     given.add_argument("-b", dest="bits", type=_positive, metavar="BITS", help=SIZE_HELP["bits"])
     given.add_argument("-B", dest="bytes", type=_positive, metavar="BYTES", help=SIZE_HELP["bytes"])
 
+    admin_name_arg(
+        sub(
+            create,
+            "admin",
+            "create admin NAME",
+            "create a remote admin; its secret is printed once, the CRS keeps only a verifier",
+        )
+    )
+
     listing = elements(sub(actions, "list", "list account"))
     sub(listing, "account", "list account", "list the accounts with their files and secrets")
-    delete = elements(sub(actions, "delete", "delete account ID"))
+    delete = elements(sub(actions, "delete", "delete ELEMENT"))
     sub(
         delete, "account", "delete account ID", "delete an account and disconnect its clients"
     ).add_argument("id", metavar="ID", help="the account ID")
+    admin_name_arg(sub(delete, "admin", "delete admin NAME", "delete a remote admin"))
+    admin_rights(
+        delete,
+        "delete",
+        (
+            "take ACCOUNT from the accounts a remote admin manages",
+            "take an authorization on ACCOUNT from a remote admin",
+        ),
+    )
+    add = elements(sub(actions, "add", "add ELEMENT"))
+    admin_rights(
+        add,
+        "add",
+        (
+            "let a remote admin manage ACCOUNT (with no authorization yet)",
+            "give a remote admin an authorization on one of its accounts",
+        ),
+    )
     reload = elements(sub(actions, "reload", "reload account"))
     sub(reload, "account", "reload account", "re-read the account files in accounts-dir")
 
@@ -355,9 +435,30 @@ def remote_action(
                     crs_admin.ShowPushToken,
                     {"account": getattr(args, "account", ""), "uri": getattr(args, "uri", "")},
                 ),
+                "admins": (crs_admin.ShowAdmins, {}),
+                "admin": (crs_admin.ShowAdmin, {"name": getattr(args, "name", "")}),
+                "admin-accounts": (
+                    crs_admin.ShowAdminAccounts,
+                    {"name": getattr(args, "name", "")},
+                ),
             }
             command, kwargs = commands[str(element)]
             return write_table(out, await client.call(command, **kwargs))
+        if action in ("add", "delete") and element and element.startswith("admin"):
+            return await admin_change(client, args, out)
+        if action == "create" and element == "admin":
+            secret, key = new_secret()
+            await client.call(
+                crs_admin.CreateAdmin,
+                name=args.name,
+                key=base64.b64encode(key).decode("ascii"),
+            )
+            out.write(f"admin {args.name} created\nsecret {secret}\n")
+            out.write(
+                "The secret is shown only now: hand it to the admin. "
+                "The CRS keeps only its public key.\n"
+            )
+            return EXIT_OK
         if action == "create":
             secret = args.secret or shared_secret(args.bits, args.bytes)
             answer = await client.call(crs_admin.CreateAccount, account=args.id, secret=secret)
@@ -446,6 +547,27 @@ def remote_action(
     return run
 
 
+async def admin_change(client: ManagementClient, args: argparse.Namespace, out: IO[str]) -> int:
+    """``add|delete admin-account[-authorization] ...`` and ``delete admin NAME``."""
+    adding = args.action == "add"
+    if args.element == "admin":
+        await client.call(crs_admin.DeleteAdmin, name=args.name)
+        out.write(f"admin {args.name} deleted\n")
+    elif args.element == "admin-account":
+        command = crs_admin.AddAdminAccount if adding else crs_admin.DeleteAdminAccount
+        await client.call(command, name=args.name, account=args.account)
+        change = "may now manage" if adding else "no longer manages"
+        out.write(f"admin {args.name} {change} account {args.account}\n")
+    else:
+        rights = crs_admin.AddAdminAuthorization if adding else crs_admin.DeleteAdminAuthorization
+        await client.call(
+            rights, name=args.name, account=args.account, authorization=args.authorization
+        )
+        change = "now has" if adding else "no longer has"
+        out.write(f"admin {args.name} {change} {args.authorization} on {args.account}\n")
+    return EXIT_OK
+
+
 def print_help(words: Sequence[str], out: IO[str], err: IO[str]) -> int:
     """``help [ACTION]`` and ``[ACTION] --help``: the overview or one action's help."""
     if not words:
@@ -485,7 +607,7 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
             err.write(f"{PROG}: {exc}\n")
             return EXIT_USAGE
         return EXIT_OK
-    if args.action == "create":
+    if args.action == "create" and args.element == "account":
         try:
             if args.secret is None:
                 shared_secret(args.bits, args.bytes)

@@ -15,6 +15,7 @@ from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.messages.store import MessageStore
 from cryptify.crs.objects.store import ClientObjects
 from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.remote_admin.store import AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import TraceHub
 
@@ -24,10 +25,29 @@ INACTIVE = "inactive"
 ATTACH_MODULE = "app:attach"
 
 
+def probe_up(answer: bool | str) -> bool:
+    """Whether a service probe's answer means the service is up: C{True},
+    or a description that starts C{active} (e.g. the db-backup replica)."""
+    if isinstance(answer, str):
+        return answer.split(" ", 1)[0] == ACTIVE
+    return answer
+
+
 class RelayControl(Protocol):
     """What ``show relay`` needs of the control link to ``crs_relay``."""
 
     async def call(self, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]: ...
+
+
+class PoolView(Protocol):
+    """What ``show system`` and ``check slot`` need of a pool member
+    (:class:`cryptify.crs.pool.wiring.PoolLink`)."""
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(instance, pid or ``-``, slots) for every instance of the pool."""
+
+    def owner(self, slot: int) -> str | None:
+        """The instance owning ``slot`` now, or None while it has none."""
 
 
 def _registry(state: CrsState) -> AttachRegistry:
@@ -62,6 +82,9 @@ class CrsState:
     clock: Callable[[], float] = attrs.field(default=attrs.Factory(_clock, takes_self=True))
     registry: AttachRegistry = attrs.field(default=attrs.Factory(_registry, takes_self=True))
     slots: SlotMap = attrs.field(default=attrs.Factory(_slots, takes_self=True))
+    #: The pool member, when this instance is in a pool of 2+ with a
+    #: ``crsname``: then its map, not ``slots``, says who owns what.
+    pool: PoolView | None = None
     objects: ClientObjects | None = None
     relay: RelayControl | None = None
     #: The live calls (``show session``).
@@ -70,6 +93,8 @@ class CrsState:
     messages: MessageStore | None = None
     #: Per-account statistics (``stats``).
     stats: Statistics | None = None
+    #: The remote admins (``create admin`` ..., the admin interface).
+    admins: AdminStore | None = None
     pid: int = attrs.field(factory=os.getpid)
     #: ``notify(unit, event)``: tells notify.sh about system events.
     notify: Callable[[str, str], None] = lambda unit, event: None

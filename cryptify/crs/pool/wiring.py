@@ -1,0 +1,503 @@
+"""The pool link (port 8090): the Twisted side of :mod:`cryptify.crs.pool.core`.
+
+:class:`PoolLink` is a service that
+
+- listens on ``pool-port`` (the client listener's interface) with TLS-PSK:
+  the PSK identity is the connecting member's name, the key is derived from
+  the ``[GLOBAL]`` ``key`` (:func:`pool_psk`); a handshake with any other
+  key or an identity that is not a peer fails and the connection closes;
+- keeps one outgoing TLS-PSK connection to every other member (its
+  ``[POOL]`` ``ip`` through ``addr-map``), reconnecting with backoff;
+- every :data:`~cryptify.crs.pool.core.HEARTBEAT_INTERVAL` calls
+  :meth:`~PoolMember.tick` and sends the member's
+  :meth:`~PoolMember.heartbeat` on every connection to a peer, outgoing
+  and incoming (once the incoming one has named its peer), so that each
+  connection hears from its other end every second;
+- feeds every heartbeat received (on any connection) to
+  :meth:`~PoolMember.receive`; a connection that sends a frame that does not
+  decode, a sender that is not a peer, or a second sender, or stays silent
+  for :data:`IDLE_TIMEOUT`, is dropped, and nothing of it reaches the core;
+- writes each map change to crs.log with its reason, and tells ``notify.sh``
+  of link down/up (unit ``pool_link_NAME``), takeovers and hand-backs (unit
+  ``pool``);
+- after each map change calls its *watchers* (:meth:`PoolLink.watch`),
+  e.g. :func:`client_mover`, which tells attached clients of slots this
+  member no longer claims to come back (they are then moved to the owner);
+- persists the member's *incarnation* in ``data-dir/pool-incarnation``
+  (:func:`next_incarnation`).
+
+Each pair of members has two connections (each connects out to the
+other), and heartbeats go both ways on both.  A connection that has
+carried no frame for :data:`IDLE_TIMEOUT` (a peer gone silent, a link cut
+without a reset) is dropped, so the outgoing side connects again rather
+than write into a dead connection until TCP gives up.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IAddress, IDelayedCall, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cryptify.config.crs_model import CrsConfig
+from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.pool.core import (
+    DOWN_AFTER,
+    HEARTBEAT_INTERVAL,
+    Change,
+    PoolConfig,
+    PoolError,
+    PoolMember,
+    Reason,
+)
+from cryptify.crs.pool.wire import FrameReader, WireError, decode_frame, encode_heartbeat
+from cryptify.crs.slots import slot_of
+from cryptify.files import write_atomically
+from cryptify.protocols.tls_psk import PskClientContextFactory, PskServerContextFactory
+from cryptify.service import ListenService, StartupError
+
+log = Logger(namespace="cryptify.crs.pool")
+
+#: A pool-link connection that delivers no frame for this long is dropped
+#: (this also bounds a TLS handshake that never finishes).
+IDLE_TIMEOUT = 3 * DOWN_AFTER
+#: Incoming pool-link connections held at once, per other member.
+INBOUND_PER_PEER = 4
+#: Where the incarnation is kept, under ``data-dir``.
+INCARNATION_FILE = "pool-incarnation"
+#: Longest incarnation file read (a decimal number).
+MAX_INCARNATION_FILE = 32
+#: What the derivation of the pool link's PSK from the pool key mixes in.
+PSK_LABEL = b"crs pool link psk"
+
+
+def pool_psk(key: str) -> bytes:
+    """The pool link's TLS-PSK key: HMAC-SHA-256 of :data:`PSK_LABEL`
+    under the ``[GLOBAL]`` ``key`` (32 octets, whatever the key's length)."""
+    return hmac.new(key.encode("utf-8"), PSK_LABEL, "sha256").digest()
+
+
+def next_incarnation(data_dir: str, now: float | None = None) -> int:
+    """This start's incarnation, stored before it is used.
+
+    It is one more than the stored one, and at least the current Unix time
+    in seconds, so it grows across restarts even when the file was lost
+    (the clock) or the clock went back (the file).  An unreadable file
+    counts as absent.
+    """
+    path = os.path.join(data_dir, INCARNATION_FILE)
+    stored = 0
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_INCARNATION_FILE + 1)
+        if len(text) <= MAX_INCARNATION_FILE and text.strip().isdigit():
+            stored = int(text)
+        else:
+            log.warn("ignoring the unreadable {path}", path=path)
+    except FileNotFoundError:
+        pass
+    wall = int(time.time() if now is None else now)
+    incarnation = max(stored + 1, wall)
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    write_atomically(path, b"%d\n" % incarnation, 0o600)
+    return incarnation
+
+
+class _LinkProtocol(Protocol):
+    """One pool-link connection (either direction): frames in, heartbeats out."""
+
+    def __init__(self, link: PoolLink, peer: str | None) -> None:
+        self.link = link
+        #: The member on the other end: known for outgoing connections,
+        #: learnt from the first frame for incoming ones.
+        self.peer = peer
+        self.reader = FrameReader()
+        self.outgoing = peer is not None
+        self._idle: IDelayedCall | None = None
+
+    def _set_idle(self, seconds: float | None) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        if seconds is not None:
+            self._idle = self.link.reactor.callLater(seconds, self.timeoutConnection)
+
+    def connectionMade(self) -> None:
+        self.link._open.add(self)
+        self._set_idle(IDLE_TIMEOUT)
+        if self.outgoing:
+            self.link._connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            for payload in self.reader.feed(data):
+                frame = decode_frame(payload)
+                first = self.peer is None
+                if first:
+                    self.peer = frame.beat.sender
+                elif frame.beat.sender != self.peer:
+                    raise WireError(f"sender {frame.beat.sender!r} on {self.peer!r}'s connection")
+                self.link._received(frame.beat, frame.pid)
+                if first:
+                    self.link._connected(self)
+                self._set_idle(IDLE_TIMEOUT)
+        except (WireError, PoolError) as exc:
+            log.warn(
+                "pool link: dropping the connection from {address}: {why}",
+                address=self._address(),
+                why=str(exc),
+            )
+            self._set_idle(None)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def timeoutConnection(self) -> None:
+        self._idle = None
+        log.info(
+            "pool link: dropping the connection from {address}: silent for {idle}s",
+            address=self._address(),
+            idle=IDLE_TIMEOUT,
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._set_idle(None)
+        self.link._open.discard(self)
+        self.link._conns.discard(self)
+        if not self.outgoing:
+            self.link._inbound -= 1
+
+    def send(self, frame: bytes) -> None:
+        self.transport.write(frame)  # type: ignore[union-attr]
+
+    def _address(self) -> str:
+        if self.transport is None:
+            return "?"
+        peer: IAddress = self.transport.getPeer()
+        return str(getattr(peer, "host", peer))
+
+
+class _InboundFactory(Factory):
+    noisy = False
+
+    def __init__(self, link: PoolLink) -> None:
+        self.link = link
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        link = self.link
+        if link._inbound >= link.max_inbound:
+            log.warn("pool link: refusing {addr}: too many connections", addr=addr)
+            return None
+        link._inbound += 1
+        return _LinkProtocol(link, None)
+
+
+class _OutboundFactory(Factory):
+    #: Not "Starting factory" in crs.log at every reconnect to a peer that is down.
+    noisy = False
+
+    def __init__(self, link: PoolLink, peer: str) -> None:
+        self.link = link
+        self.peer = peer
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return _LinkProtocol(self.link, self.peer)
+
+
+def _tcp_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:
+    if ":" in host:
+        return TCP6ClientEndpoint(reactor, host, port, timeout=int(DOWN_AFTER) + 2)
+    return TCP4ClientEndpoint(reactor, host, port, timeout=int(DOWN_AFTER) + 2)
+
+
+class PoolLink(service.MultiService):
+    """The pool link of one member (see the module docstring).
+
+    @param incarnation: returns this start's incarnation (default:
+        :func:`next_incarnation` in ``data-dir``).
+    @param endpoint: makes the plain TCP endpoint to a member's
+        ``(address, port)``; the default connects with TCP.
+    @param listen: binds the TLS listener: called with the factory and the
+        server context factory (the default: ``listenSSL`` on
+        ``pool-port`` of the client listener's interface).
+    """
+
+    def __init__(
+        self,
+        config: CrsConfig,
+        me: str,
+        reactor: Any,
+        notify: Callable[[str, str], None],
+        *,
+        incarnation: Callable[[], int] | None = None,
+        pid: int | None = None,
+        endpoint: Callable[[str, int], IStreamClientEndpoint] | None = None,
+        listen: Callable[[Factory, PskServerContextFactory], Any] | None = None,
+    ) -> None:
+        service.MultiService.__init__(self)
+        g = config.global_
+        if not g.key:
+            raise PoolError("a pool needs the [GLOBAL] key")
+        self.config = config
+        self.pool = PoolConfig.from_crs(config)
+        self.me = me
+        self.pool.member(me)
+        self.peers = tuple(n for n in self.pool.names if n != me)
+        self.reactor = reactor
+        self.notify = notify
+        self.pid = os.getpid() if pid is None else pid
+        data_dir = g.data_dir
+        self._incarnation = incarnation or (lambda: next_incarnation(data_dir))
+        self.max_inbound = INBOUND_PER_PEER * len(self.peers)
+        self._psk = pool_psk(g.key)
+        self.member: PoolMember | None = None
+        self.pids: dict[str, int] = {}
+        self._inbound = 0
+        #: Connections to a known peer, both directions: heartbeats go on each.
+        self._conns: set[_LinkProtocol] = set()
+        #: Every open connection, to close at stop.
+        self._open: set[_LinkProtocol] = set()
+        self._up: set[str] = set()
+        self._handing_back = False
+        self._watchers: list[Callable[[], bool]] = []
+        self._again: list[Callable[[], bool]] = []
+        port = g.pool_port
+        make = endpoint or (lambda host, p: _tcp_endpoint(reactor, host, p))
+        client_tls = PskClientContextFactory(me.encode("ascii"), self._psk)
+        for name in self.peers:
+            address = g.map_address(self.pool.member(name).address)
+            client = ClientService(
+                wrapClientTLS(client_tls, make(address, port)),
+                _OutboundFactory(self, name),
+                retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=10.0),
+                clock=reactor,
+            )
+            self.addService(client)  # type: ignore[no-untyped-call]
+        server_tls = PskServerContextFactory(self._lookup)
+        factory = _InboundFactory(self)
+        where = f"{g.listen.host}:{port}"
+        if listen is None:
+            host = g.listen.host
+
+            def listen_default() -> Any:
+                return reactor.listenSSL(port, factory, server_tls, interface=host)
+
+            bind: Callable[[], Any] = listen_default
+        else:
+
+            def bind() -> Any:
+                return listen(factory, server_tls)
+
+        self.listener = ListenService("pool link", where, bind)
+        self.addService(self.listener)  # type: ignore[no-untyped-call]
+        self._loop = LoopingCall(self._beat)
+        self._loop.clock = reactor
+
+    # -- lifecycle -------------------------------------------------------
+
+    def startService(self) -> None:
+        if self.member is None:
+            try:
+                incarnation = self._incarnation()
+            except OSError as exc:
+                raise StartupError(f"pool link: cannot store the incarnation: {exc}") from exc
+            self.start(incarnation)
+        service.MultiService.startService(self)
+        self._loop.start(HEARTBEAT_INTERVAL, now=True).addErrback(
+            lambda f: log.failure("pool heartbeat loop stopped", f)
+        )
+
+    def start(self, incarnation: int) -> None:
+        """Create the member with this start's incarnation (done by
+        :meth:`startService` with the stored one)."""
+        self.member = PoolMember(self.pool, self.me, incarnation, self.reactor.seconds())
+        log.info(
+            "pool member {me} of {members}, incarnation {incarnation}",
+            me=self.me,
+            members=",".join(self.pool.names),
+            incarnation=incarnation,
+        )
+
+    def stopService(self) -> defer.Deferred[None]:
+        if self._loop.running:
+            self._loop.stop()
+        result: defer.Deferred[None] = service.MultiService.stopService(self)
+        for proto in list(self._open):
+            if proto.transport is not None:
+                proto.transport.abortConnection()  # type: ignore[attr-defined]
+        return result
+
+    def watch(self, watcher: Callable[[], bool]) -> None:
+        """Call ``watcher()`` after every map change; when it returns True
+        (work left, e.g. a client busy in a call), again at the next
+        heartbeat until it returns False."""
+        self._watchers.append(watcher)
+
+    def _run_watchers(self, watchers: list[Callable[[], bool]]) -> None:
+        again = []
+        for watcher in watchers:
+            try:
+                if watcher():
+                    again.append(watcher)
+            except Exception:
+                log.failure("pool map watcher failed")
+        self._again = again
+
+    # -- what the CRS asks -----------------------------------------------
+
+    def owner(self, slot: int) -> str | None:
+        """The member owning ``slot`` now, or None (no map yet, or handed over)."""
+        if self.member is None or self.member.map is None:
+            return None
+        return self.member.map.owner(slot)
+
+    def mine(self, slot: int) -> bool:
+        return self.member is not None and self.member.claims(slot)
+
+    def address(self, host: str) -> str:
+        """Where clients reach ``host`` (its ``[POOL]`` ip)."""
+        return self.pool.member(host).address
+
+    def link_up(self, peer: str) -> bool:
+        """Whether ``peer``'s heartbeats arrive (``show services``)."""
+        return peer in self._up
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(member, pid, slots) for every member, for ``show system``."""
+        slot_map = None if self.member is None else self.member.map
+        result = []
+        for name in self.pool.names:
+            if name == self.me:
+                pid = str(self.pid)
+            else:
+                pid = str(self.pids[name]) if name in self._up and name in self.pids else "-"
+            result.append((name, pid, "-" if slot_map is None else slot_map.describe(name)))
+        return result
+
+    # -- the link --------------------------------------------------------
+
+    def _lookup(self, identity: bytes, peer: IAddress | None) -> bytes | None:
+        try:
+            name = identity.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return self._psk if name in self.peers else None
+
+    def _connected(self, proto: _LinkProtocol) -> None:
+        """A connection to a known peer: it gets a heartbeat now and every
+        interval."""
+        self._conns.add(proto)
+        if self.member is not None:
+            proto.send(encode_heartbeat(self.member.heartbeat(), self.pid))
+
+    def _received(self, beat: Any, pid: int) -> None:
+        assert self.member is not None
+        if beat.sender not in self.peers:
+            raise PoolError(f"{beat.sender!r} is not a peer")
+        change = self.member.receive(beat, self.reactor.seconds())
+        self.pids[beat.sender] = pid
+        self._links()
+        if change is not None:
+            self._changed(change)
+
+    def _beat(self) -> None:
+        assert self.member is not None
+        change = self.member.tick(self.reactor.seconds())
+        self._links()
+        if change is not None:
+            self._changed(change)
+        elif self._again:
+            self._run_watchers(self._again)
+        frame = encode_heartbeat(self.member.heartbeat(), self.pid)
+        for proto in list(self._conns):
+            proto.send(frame)
+
+    def _links(self) -> None:
+        assert self.member is not None
+        live = self.member.live(self.reactor.seconds()) - {self.me}
+        for peer in self.peers:
+            if peer in live and peer not in self._up:
+                self._up.add(peer)
+                log.info("pool link to {peer} up", peer=peer)
+                self.notify(f"pool_link_{peer}", "up")
+            elif peer not in live and peer in self._up:
+                self._up.discard(peer)
+                log.warn(
+                    "pool link to {peer} down: no heartbeat for {after}s",
+                    peer=peer,
+                    after=DOWN_AFTER,
+                )
+                self.notify(f"pool_link_{peer}", "down")
+
+    def _changed(self, change: Change) -> None:
+        assert self.member is not None and self.member.map is not None
+        slot_map = self.member.map
+        mine = slot_map.describe(self.me)
+        count = sum(1 for o in slot_map.owners if o == self.me)
+        released = sum(1 for o in slot_map.owners if o is None)
+        log.info(
+            "pool map {epoch}/{author}/{incarnation}: {reason}{down}; {me} owns {count} slots"
+            " ({slots}), {released} being handed over",
+            epoch=change.key.epoch,
+            author=change.key.author,
+            incarnation=change.key.incarnation,
+            reason=change.reason.value,
+            down=f" ({','.join(change.down)})" if change.down else "",
+            me=self.me,
+            count=count,
+            slots=mine,
+            released=released,
+        )
+        if change.reason is Reason.TAKEOVER:
+            self.notify("pool", f"takeover {','.join(change.down)}")
+        elif change.reason is Reason.HAND_BACK and not self._handing_back:
+            self._handing_back = True
+            self.notify("pool", "hand-back start")
+        elif change.reason is Reason.FORMED:
+            self.notify("pool", "formed")
+        if self._handing_back and released == 0 and change.reason is Reason.HAND_BACK:
+            self._handing_back = False
+            self.notify("pool", "hand-back done")
+        self._run_watchers(self._watchers)
+
+
+#: The reason attached clients of a slot that moved away are given.
+MOVED_AWAY = "slot moved to another pool instance"
+
+
+def client_mover(
+    registry: AttachRegistry, link: PoolLink, busy: Callable[[str], bool]
+) -> Callable[[], bool]:
+    """A watcher that disconnects (``disconnected``, reason
+    :data:`MOVED_AWAY`) every attached client whose slot ``link`` no longer
+    claims, unless ``busy(uri)`` (in a call): those stay until their call
+    ends, and the watcher asks to run again.  A disconnected client
+    attaches again and is moved to the owner (or told to retry while the
+    slot is being handed over)."""
+
+    def move() -> bool:
+        away = [a for a in registry.matching() if not link.mine(slot_of(a.uri))]
+        idle = [a for a in away if not busy(a.uri)]
+        if idle:
+            count = registry.disconnect(idle, MOVED_AWAY)
+            log.info(
+                "pool: {count} clients of slots now served elsewhere told to move",
+                count=count,
+            )
+        return len(idle) < len(away)
+
+    return move
+
+
+__all__ = ["PoolLink", "client_mover", "next_incarnation", "pool_psk"]

@@ -1,0 +1,384 @@
+"""The pool link service in memory: heartbeats on a clock, link events,
+hostile peers dropped, the incarnation file."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.config.crs_model import CrsConfig, CrsGlobal, Pool, PoolHost
+from cryptify.crs.pool.core import DOWN_AFTER, HEARTBEAT_INTERVAL, JOIN_WAIT, Heartbeat, Reason
+from cryptify.crs.pool.wire import MAX_FRAME, decode_frame, encode_heartbeat
+from cryptify.crs.pool.wiring import (
+    IDLE_TIMEOUT,
+    INCARNATION_FILE,
+    PoolLink,
+    _InboundFactory,
+    _LinkProtocol,
+    next_incarnation,
+    pool_psk,
+)
+from cryptify.crs.slots import SLOTS
+
+KEY = "the-pool-shared-secret"
+
+
+def config(count: int = 2, key: str | None = KEY) -> CrsConfig:
+    hosts = tuple(PoolHost(f"crs{i}", f"192.0.2.{i}") for i in range(1, count + 1))
+    return CrsConfig(global_=CrsGlobal(key=key), pool=Pool(hosts))
+
+
+class Member:
+    """One PoolLink on a memory reactor, with what it told notify.sh."""
+
+    def __init__(self, name: str, reactor: MemoryReactorClock, count: int = 2) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.link = PoolLink(
+            config(count),
+            name,
+            reactor,
+            lambda unit, event: self.events.append((unit, event)),
+            incarnation=lambda: 100,
+            pid=1000 + int(name[-1]),
+        )
+        self.link.startService()
+        self.protos: list[_LinkProtocol] = []
+
+    def stop(self) -> None:
+        """Close every connection made, then stop the service."""
+        for proto in self.protos:
+            if proto.transport is not None and not getattr(proto, "_lost", False):
+                proto._lost = True  # type: ignore[attr-defined]
+                proto.connectionLost(None)
+        self.link.stopService()
+
+    def outgoing(self, peer: str) -> tuple[_LinkProtocol, StringTransport]:
+        """An outgoing connection to ``peer``, made now."""
+        proto = _LinkProtocol(self.link, peer)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        self.protos.append(proto)
+        return proto, transport
+
+    def inbound(self) -> tuple[_LinkProtocol, StringTransport]:
+        proto = _InboundFactory(self.link).buildProtocol(IPv4Address("TCP", "192.0.2.9", 4000))
+        assert isinstance(proto, _LinkProtocol)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 4000))
+        proto.makeConnection(transport)
+        self.protos.append(proto)
+        return proto, transport
+
+
+class Wire:
+    """A's outgoing connection to B carried into B's inbound connection."""
+
+    def __init__(self, a: Member, b: Member) -> None:
+        self.out, self.out_t = a.outgoing(b.link.me)
+        self.into, self.into_t = b.inbound()
+
+    def pump(self) -> None:
+        """Carry what each end wrote to the other (heartbeats go both ways)."""
+        data = self.out_t.value()
+        self.out_t.clear()
+        if data:
+            self.into.dataReceived(data)
+        back = self.into_t.value()
+        self.into_t.clear()
+        if back:
+            self.out.dataReceived(back)
+        assert not self.out_t.disconnecting and not self.into_t.disconnecting
+
+
+class LinkTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.addCleanup(self.stop_all)
+        self.members: list[Member] = []
+
+    def stop_all(self) -> None:
+        """Stop everything; no timer may be left behind."""
+        for m in self.members:
+            m.stop()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def member(self, name: str, count: int = 2) -> Member:
+        m = Member(name, self.reactor, count)
+        self.members.append(m)
+        return m
+
+    def flow(self, seconds: float, wires: list[Wire]) -> None:
+        steps = int(seconds / (HEARTBEAT_INTERVAL / 2))
+        for _ in range(steps):
+            self.reactor.advance(HEARTBEAT_INTERVAL / 2)
+            for w in wires:
+                w.pump()
+
+    def test_listens_and_connects_out(self) -> None:
+        """On start the link listens on pool-port with TLS and connects to
+        every peer at its [POOL] address."""
+        self.member("crs1", 3)
+        self.assertEqual([p[0] for p in self.reactor.sslServers], [8090])
+        targets = sorted((host, port) for host, port, *_ in self.reactor.tcpClients)
+        self.assertEqual(targets, [("192.0.2.2", 8090), ("192.0.2.3", 8090)])
+
+    def test_addr_map_applies_to_outgoing(self) -> None:
+        """addr-map rewrites a peer's address for the outgoing connection."""
+        from cryptify.config.crs_model import AddressMap
+
+        cfg = config()
+        cfg = CrsConfig(
+            global_=CrsGlobal(key=KEY, addr_map=(AddressMap("192.0.2.2", "10.0.0.2"),)),
+            pool=cfg.pool,
+        )
+        link = PoolLink(cfg, "crs1", self.reactor, lambda u, e: None, incarnation=lambda: 1)
+        link.startService()
+        self.addCleanup(link.stopService)
+        self.assertEqual([c[0] for c in self.reactor.tcpClients], ["10.0.0.2"])
+
+    def test_heartbeat_every_interval(self) -> None:
+        """A heartbeat goes out on connect and then every HEARTBEAT_INTERVAL."""
+        a = self.member("crs1")
+        _, transport = a.outgoing("crs2")
+        self.reactor.advance(HEARTBEAT_INTERVAL)
+        self.reactor.advance(HEARTBEAT_INTERVAL)
+        data = transport.value()
+        frames = []
+        while data:
+            (length,) = struct.unpack(">I", data[:4])
+            frames.append(decode_frame(data[4 : 4 + length]))
+            data = data[4 + length :]
+        self.assertEqual(len(frames), 3)
+        self.assertEqual({f.beat.sender for f in frames}, {"crs1"})
+        self.assertEqual({f.pid for f in frames}, {1001})
+
+    def test_heartbeats_both_ways_keep_connections(self) -> None:
+        """An incoming connection gets heartbeats once its first frame named
+        the peer; connections that hear every second stay past
+        IDLE_TIMEOUT, and one whose peer went silent is dropped."""
+        a = self.member("crs1")
+        inbound, in_t = a.inbound()
+        self.assertEqual(in_t.value(), b"")
+        inbound.dataReceived(encode_heartbeat(Heartbeat("crs2", None)))
+        self.assertEqual(decode_frame(in_t.value()[4:]).beat.sender, "crs1")
+        _outgoing, out_t = a.outgoing("crs2")
+        for _ in range(int(IDLE_TIMEOUT * 2)):
+            self.reactor.advance(HEARTBEAT_INTERVAL)
+            inbound.dataReceived(encode_heartbeat(Heartbeat("crs2", None)))
+        self.assertFalse(in_t.disconnecting)
+        self.assertTrue(out_t.disconnecting)  # crs2 sent nothing on it
+
+    def test_two_members_form_and_report(self) -> None:
+        """Two members over the link agree on the home split; each says
+        link up to notify.sh; show system rows name both pids and ranges."""
+        a, b = self.member("crs1"), self.member("crs2")
+        wires = [Wire(a, b), Wire(b, a)]
+        self.flow(JOIN_WAIT + 3 * HEARTBEAT_INTERVAL, wires)
+        assert a.link.member is not None and b.link.member is not None
+        self.assertEqual(a.link.member.map, b.link.member.map)
+        half = SLOTS // 2
+        self.assertEqual(
+            a.link.rows(),
+            [("crs1", "1001", f"0-{half - 1}"), ("crs2", "1002", f"{half}-{SLOTS - 1}")],
+        )
+        self.assertIn(("pool_link_crs2", "up"), a.events)
+        self.assertIn(("pool_link_crs1", "up"), b.events)
+        self.assertIn(("pool", "formed"), a.events)
+        self.assertTrue(a.link.mine(0))
+        self.assertFalse(a.link.mine(SLOTS - 1))
+        self.assertEqual(a.link.owner(SLOTS - 1), "crs2")
+        self.assertEqual(a.link.address("crs2"), "192.0.2.2")
+
+    def test_takeover_and_hand_back(self) -> None:
+        """When crs2 goes silent crs1 says link down and takeover, owns every
+        slot; when crs2 comes back the slots trickle back and crs1 says so."""
+        a, b = self.member("crs1"), self.member("crs2")
+        wires = [Wire(a, b), Wire(b, a)]
+        self.flow(JOIN_WAIT + 3 * HEARTBEAT_INTERVAL, wires)
+        self.flow(DOWN_AFTER + 2 * HEARTBEAT_INTERVAL, [])
+        self.assertIn(("pool_link_crs2", "down"), a.events)
+        self.assertIn(("pool", "takeover crs2"), a.events)
+        self.assertTrue(all(a.link.mine(s) for s in range(SLOTS)))
+        self.assertFalse(a.link.link_up("crs2"))
+        a.events.clear()
+        wires = [Wire(a, b), Wire(b, a)]
+        self.flow(150 * HEARTBEAT_INTERVAL, wires)
+        self.assertEqual(a.events[0], ("pool_link_crs2", "up"))
+        self.assertIn(("pool", "hand-back start"), a.events)
+        self.assertEqual(a.events[-1], ("pool", "hand-back done"))
+        self.assertEqual(b.link.rows()[1][2], f"{SLOTS // 2}-{SLOTS - 1}")
+
+    def test_hostile_octets_drop_the_connection(self) -> None:
+        """A frame that does not decode drops the connection; the member
+        learns nothing from it."""
+        a = self.member("crs1")
+        proto, transport = a.inbound()
+        proto.dataReceived(struct.pack(">I", 3) + b"\xff\xff\xff")
+        self.assertTrue(transport.disconnecting)
+        assert a.link.member is not None
+        self.assertEqual(a.link.member.live(self.reactor.seconds()), frozenset({"crs1"}))
+
+    def test_oversized_frame_dropped(self) -> None:
+        """A length prefix above MAX_FRAME drops the connection at once."""
+        a = self.member("crs1")
+        proto, transport = a.inbound()
+        proto.dataReceived(struct.pack(">I", MAX_FRAME + 1))
+        self.assertTrue(transport.disconnecting)
+
+    def test_stranger_and_impostor_dropped(self) -> None:
+        """A heartbeat from a name outside the pool, or claiming to be this
+        member, or a second sender on one connection, drops the connection."""
+        a = self.member("crs1", 3)
+        for frames in (
+            [Heartbeat("crs9", None)],
+            [Heartbeat("crs1", None)],
+            [Heartbeat("crs2", None), Heartbeat("crs3", None)],
+        ):
+            proto, transport = a.inbound()
+            proto.dataReceived(b"".join(encode_heartbeat(f) for f in frames))
+            self.assertTrue(transport.disconnecting, frames)
+        assert a.link.member is not None
+        self.assertNotIn("crs3", a.link.member.live(self.reactor.seconds()))
+
+    def test_silent_connection_dropped(self) -> None:
+        """A connection that sends nothing is dropped after IDLE_TIMEOUT."""
+        a = self.member("crs1")
+        _, transport = a.inbound()
+        self.reactor.advance(IDLE_TIMEOUT - 0.5)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_stop_closes_connections(self) -> None:
+        """Stopping the link closes every pool connection it holds."""
+        a = self.member("crs1")
+        _, in_t = a.inbound()
+        _, out_t = a.outgoing("crs2")
+        a.link.stopService()
+        self.assertTrue(in_t.disconnecting and out_t.disconnecting)
+
+    def test_inbound_limit(self) -> None:
+        """At most INBOUND_PER_PEER connections per peer are held; closing
+        one makes room."""
+        a = self.member("crs1")
+        held = [a.inbound() for _ in range(a.link.max_inbound)]
+        factory = _InboundFactory(a.link)
+        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1)))
+        held[0][0].connectionLost(None)
+        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1)))
+
+    def test_psk_lookup(self) -> None:
+        """Only a peer's name as PSK identity gets the key (not this member's
+        own name, not a stranger's)."""
+        a = self.member("crs1", 3)
+        self.assertEqual(a.link._lookup(b"crs2", None), pool_psk(KEY))
+        self.assertEqual(a.link._lookup(b"crs3", None), pool_psk(KEY))
+        self.assertIsNone(a.link._lookup(b"crs1", None))
+        self.assertIsNone(a.link._lookup(b"mallory", None))
+        self.assertIsNone(a.link._lookup(b"\xff", None))
+        self.assertNotEqual(pool_psk(KEY), pool_psk(KEY + "x"))
+
+    def test_needs_key(self) -> None:
+        """A pool without the [GLOBAL] key is refused when built."""
+        from cryptify.crs.pool.core import PoolError
+
+        self.assertRaises(PoolError, PoolLink, config(key=None), "crs1", self.reactor, print)
+
+    def test_changes_logged_with_reason(self) -> None:
+        """Each map change is logged with its reason."""
+        from twisted.logger import LogEvent, globalLogPublisher
+
+        seen: list[LogEvent] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        self.member("crs1")
+        self.flow(JOIN_WAIT + HEARTBEAT_INTERVAL, [])
+        reasons = [e["reason"] for e in seen if "reason" in e and "epoch" in e]
+        self.assertEqual(reasons, [Reason.FORMED.value])
+
+
+class IncarnationTests(SynchronousTestCase):
+    def test_unwritable_data_dir_stops_startup(self) -> None:
+        """An incarnation that cannot be stored stops start-up with one clear line."""
+        from cryptify.service import StartupError
+
+        def fail() -> int:
+            raise PermissionError(13, "Permission denied")
+
+        link = PoolLink(config(), "crs1", MemoryReactorClock(), print, incarnation=fail)
+        exc = self.assertRaises(StartupError, link.startService)
+        self.assertIn("cannot store the incarnation", str(exc))
+
+    def test_grows_and_is_private(self) -> None:
+        """Each start's incarnation is above the last, stored 0600."""
+        data = self.mktemp()
+        first = next_incarnation(data, now=1000)
+        second = next_incarnation(data, now=1000)
+        third = next_incarnation(data, now=500)
+        self.assertEqual((first, second, third), (1000, 1001, 1002))
+        mode = stat.S_IMODE(os.stat(os.path.join(data, INCARNATION_FILE)).st_mode)
+        self.assertEqual(mode, 0o600)
+
+    def test_lost_or_garbled_file_uses_clock(self) -> None:
+        """Without a readable file the clock gives the incarnation."""
+        data = self.mktemp()
+        os.makedirs(data)
+        with open(os.path.join(data, INCARNATION_FILE), "wb") as f:
+            f.write(b"garbage" * 100)
+        self.assertEqual(next_incarnation(data, now=2000), 2000)
+        self.assertEqual(next_incarnation(data, now=10), 2001)
+
+
+class _Conn:
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def disconnect(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+    def send(self, msg: object) -> None:
+        pass
+
+
+class ClientMoverTests(SynchronousTestCase):
+    def test_clients_of_slots_moved_away_told_to_move(self) -> None:
+        """After a map change, attached clients of slots this member no
+        longer claims are disconnected, except one in a call, who goes at
+        the first heartbeat after the call ends."""
+        from cryptify.crs.attach.registry import Attachment, AttachRegistry
+        from cryptify.crs.pool.wiring import MOVED_AWAY, client_mover
+        from cryptify.crs.slots import slot_of
+
+        reactor = MemoryReactorClock()
+        a = Member("crs1", reactor)
+        self.addCleanup(a.link.stopService)
+        registry = AttachRegistry("crs1", reactor.seconds)
+        uris = [f"tel:+46{n}" for n in range(40)]
+        conns = {uri: _Conn() for uri in uris}
+        for uri in uris:
+            registry.attach(Attachment(uri, "acme", 0.0, "1", "192.0.2.9", 1, conns[uri]))
+        busy = set([u for u in uris if slot_of(u) >= SLOTS // 2][:2])
+        a.link.watch(client_mover(registry, a.link, lambda uri: uri in busy))
+        reactor.advance(JOIN_WAIT + HEARTBEAT_INTERVAL)  # alone: owns every slot
+        self.assertEqual([u for u in uris if conns[u].reasons], [])
+        b = Member("crs2", reactor)
+        self.addCleanup(b.link.stopService)
+        wires = [Wire(a, b), Wire(b, a)]
+        for _ in range(300):
+            reactor.advance(HEARTBEAT_INTERVAL / 2)
+            for w in wires:
+                w.pump()
+        away = {u for u in uris if not a.link.mine(slot_of(u))}
+        self.assertTrue(away and away != set(uris))
+        self.assertEqual(len(busy & away), 2)
+        moved = {u for u in uris if conns[u].reasons == [MOVED_AWAY]}
+        self.assertEqual(moved, away - busy)
+        busy.clear()
+        reactor.advance(HEARTBEAT_INTERVAL)
+        moved = {u for u in uris if conns[u].reasons == [MOVED_AWAY]}
+        self.assertEqual(moved, away)
+        self.assertEqual({a.uri for a in registry.matching()}, set(uris) - away)
