@@ -246,3 +246,23 @@ class RecordingLink:
     async def call(self, command: object, **kwargs: object) -> dict[str, object]:
         self.sent.append((command, kwargs))
         return {"secure_port": 1, "pbx_port": 2, "updated": True}
+
+
+class ReloadTests(SifCase):
+    """C{srtp} changes with a reload (SIGHUP): the SIF reads it for each call."""
+
+    def test_srtp_is_live(self) -> None:
+        """The reload plan takes a changed srtp at once (a live directive), and
+        the SIF answers the next SAVP offer instead of refusing it."""
+        from cryptify.ops.cig import DIRECTIVES
+        from cryptify.ops.reload import plan
+
+        running = self.sif.config
+        sip = attrs.evolve(running.sip, srtp="offer")
+        loaded = attrs.evolve(running, interfaces=attrs.evolve(running.interfaces, sip=sip))
+        result = plan(running, loaded, DIRECTIVES)
+        self.assertEqual(result.config.sip.srtp, "offer")
+        self.assertEqual(self.statuses(self.send(invite(body=SAVP_OFFER))), [100, 488])
+        self.sif.config = result.config
+        out = self.send(invite(body=SAVP_OFFER, call_id="c2", branch="z9hG4bKc2"))
+        self.assertEqual(self.statuses(out), [100, 180, 200])
