@@ -18,6 +18,7 @@ from cryptify.client.calls import CallAgent
 from cryptify.config import load_cig_config
 from cryptify.crypto.keymaterial import KIND_CIG
 from cryptify.protocols.bridge_control import BridgeAdd, BridgeError
+from cryptify.protocols.sip.sdp import SrtpKeys
 from cryptify.protocols.umsg import Message, message
 from tests.fakes import _MATERIAL, attached, material
 from tests.sip_support import FIXTURES
@@ -98,6 +99,7 @@ class FakeSif:
         self.legs: list[tuple[Call, TelLeg]] = []
         self.hung_up: list[Call] = []
         self.sdp = ANSWER
+        self.srtp: SrtpKeys | None = None
 
     def place_call(self, call: Call, leg: TelLeg) -> None:
         self.legs.append((call, leg))
@@ -107,6 +109,9 @@ class FakeSif:
 
     def media_of(self, call: Call) -> tuple[int | None, bytes] | None:
         return 1024, self.sdp
+
+    def srtp_of(self, call: Call) -> SrtpKeys | None:
+        return self.srtp
 
 
 class FakeBridge:

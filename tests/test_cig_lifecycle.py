@@ -31,6 +31,7 @@ from cryptify.cig.tel.legs import (
 )
 from cryptify.lifecycle import IllegalTransition, Lifecycle, check_table
 from cryptify.protocols.bridge_control import BridgeAdd, BridgeError, BridgeRemove, BridgeUpdate
+from cryptify.protocols.sip.sdp import SrtpKeys
 from cryptify.protocols.sip.transaction import T1
 from cryptify.protocols.umsg import Message, message
 from tests.cig_support import ANSWER, CALLER, TelCase
@@ -234,6 +235,9 @@ class FakeLink:
 class FakeMedia:
     def media_of(self, call: Call) -> tuple[int | None, bytes] | None:
         return 1024, ANSWER
+
+    def srtp_of(self, call: Call) -> SrtpKeys | None:
+        return None
 
 
 class FakeLeg:

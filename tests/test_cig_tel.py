@@ -99,7 +99,7 @@ class IncomingTests(TelCase):
         self.assertEqual(
             args,
             {"call": "s1", "pbx_host": "192.0.2.8", "pbx_remote_port": 6002, "pbx_codec": "PCMU",
-             "pbx_dtmf_pt": 101},
+             "pbx_dtmf_pt": 101, "pbx_srtp_profile": ""},  # "": plain RTP now
         )  # fmt: skip
         self.sif.sdp = ANSWER.replace(b"192.0.2.7", b"0.0.0.0")
         self.tel.media_changed(call)

@@ -28,7 +28,7 @@ KEYWORDS = (
     "path map_from map_to crs address keystore ca relay control management cookie socket "
     "logging dir notify true false trusted_peer untrusted_answer tcp_idle_timeout "
     "pbx_account username password password_file register aor "
-    "tls_certificate tls_key tls_ca tls_port metrics"
+    "tls_certificate tls_key tls_ca tls_port metrics srtp"
 ).split()
 RESERVED = {k: k.upper() for k in KEYWORDS}
 KEYWORD_TOKENS = frozenset(RESERVED.values()) - {"TRUE", "FALSE"}
@@ -266,7 +266,7 @@ class CigGrammar(Grammar):
         "istmt : BIND WORD semi\n| MESSAGING TRUE semi\n| MESSAGING FALSE semi"
         "\n| TRUSTED_PEER WORD semi\n| UNTRUSTED_ANSWER WORD semi\n| TCP_IDLE_TIMEOUT WORD semi"
         "\n| TLS_CERTIFICATE STRING semi\n| TLS_KEY STRING semi\n| TLS_CA STRING semi"
-        "\n| TLS_PORT WORD semi"
+        "\n| TLS_PORT WORD semi\n| SRTP WORD semi"
     )
     def p_istmt_one(self, p: Production) -> None:
         p[0] = Stmt(p[1], (p[2],))

@@ -32,6 +32,7 @@ from ._base import (
 )
 from ._cig_grammar import NAME_RE, Block, CigGrammar, Stmt
 from .cig_model import (
+    SRTP_MODES,
     UNTRUSTED_ANSWERS,
     AddressOverride,
     CigConfig,
@@ -84,6 +85,7 @@ _SIP_ONLY = (
     "tls_key",
     "tls_ca",
     "tls_port",
+    "srtp",
 )
 _ONCE = frozenset(
     {"interfaces", "mailboxes", "crs", "relay", "management", "logging", "notify", "metrics"}
@@ -271,6 +273,10 @@ class _Builder:
                 fields[kw.value] = self.path(args[0])
             elif kw.value == "tls_port":
                 fields["tls_port"] = check_port(ctx, args[0], listening=True)
+            elif kw.value == "srtp":
+                if args[0].value not in SRTP_MODES:
+                    raise self.error("bad srtp mode", args[0], expected="off, offer or require")
+                fields["srtp"] = args[0].value
             else:
                 low = check_int(ctx, args[0], "port", 1, 65535)
                 high = check_int(ctx, args[1], "port", 1, 65535)

@@ -16,6 +16,8 @@ SIP_TLS_PORT = 5061
 DEFAULT_TCP_IDLE_TIMEOUT = 300
 #: What a SIP request from an address that is not a trusted peer gets.
 UNTRUSTED_ANSWERS = ("403", "silence")
+#: C{srtp} modes of the sip interface (SDES SRTP on the PBX leg).
+SRTP_MODES = ("off", "offer", "require")
 
 
 @attrs.frozen
@@ -190,6 +192,11 @@ class SipInterface:
     #: the system's trust store.
     tls_ca: str | None = None
     tls_port: int = SIP_TLS_PORT
+    #: SDES SRTP on the PBX leg: C{off} (plain RTP only, a C{RTP/SAVP}
+    #: offer gets 488), C{offer} (our offers are C{RTP/SAVP} with
+    #: C{a=crypto}; either kind of offer is answered) or C{require} (only
+    #: C{RTP/SAVP} offers are answered, ours are C{RTP/SAVP}).
+    srtp: str = "off"
 
     def override(self, address: str) -> str:
         """

@@ -7,7 +7,8 @@ What a reload (SIGHUP) changes in the running CIG (:data:`DIRECTIVES`):
   and ``source map`` lines (calls routed from then on; a call in
   progress keeps its route), the SIP peers (``trusted_peer`` and the PBX
   hosts the maps name, with the PBX keep-alive targets),
-  ``untrusted_answer``, ``messaging`` and ``notify``;
+  ``untrusted_answer``, ``messaging``, ``srtp`` (calls offered or
+  answered from then on) and ``notify``;
 - after a restart only: what opens a socket or a file or is read once
   at start (``sip { bind }``, ``rtp_port_range``,
   ``tcp_idle_timeout``, ``pbx_account`` blocks (registrations and
@@ -68,6 +69,7 @@ DIRECTIVES: tuple[Directive, ...] = (
     _iface("sip tls_key", ("sip", "tls_key")),
     _iface("sip tls_ca", ("sip", "tls_ca")),
     _iface("sip tls_port", ("sip", "tls_port")),
+    _iface("sip srtp", ("sip", "srtp"), live=True),
     Directive("mailboxes", ("mailboxes",), False),
     Directive("crs address", ("crs", "address"), False),
     Directive("crs keystore", ("crs", "keystore"), False),

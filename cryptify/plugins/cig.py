@@ -224,7 +224,8 @@ def describe(cfg: CigConfig) -> list[str]:
         f"CRS {cfg.crs.address.host}:{cfg.crs.address.port}, keystore {cfg.crs.keystore}",
         f"SIP {sip.bind}:{sip.port}, messaging {'true' if sip.messaging else 'false'}, TLS "
         + (f"{sip.bind}:{sip.tls_port}" if sip.tls_certificate else "outbound only")
-        + f" (PBX certificates checked against {sip.tls_ca or 'the system CAs'})",
+        + f" (PBX certificates checked against {sip.tls_ca or 'the system CAs'})"
+        + f", SRTP towards the PBX {sip.srtp}",
         f"SIP peers: PBX {', '.join(pbx_hosts(cfg)) or '-'}; "
         f"trusted_peer {', '.join(sip.trusted_peers) or '-'}; "
         f"others get {sip.untrusted_answer}; TCP idle timeout {sip.tcp_idle_timeout} s",

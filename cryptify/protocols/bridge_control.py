@@ -18,6 +18,13 @@ class BridgeError(Exception):
 
 _ERRORS: dict[type[Exception], bytes] = {BridgeError: b"BRIDGE_ERROR"}
 
+#: SRTP on the PBX leg (SDES): the suite, our key and the PBX's.
+_PBX_SRTP = [
+    (b"pbx_srtp_profile", amp.Unicode(optional=True)),
+    (b"pbx_srtp_tx_key", amp.String(optional=True)),
+    (b"pbx_srtp_rx_key", amp.String(optional=True)),
+]
+
 
 class BridgeAdd(amp.Command):
     """Start bridging one call; answers the two local UDP ports.
@@ -27,7 +34,10 @@ class BridgeAdd(amp.Command):
     telephone-event payload type.  PBX side: the local port the SDP named
     (0: the relay picks one from ``rtp_port_range``), the PBX's media
     address (may come later with :class:`BridgeUpdate`), codec and
-    telephone-event payload type.
+    telephone-event payload type; when the PBX leg is SRTP (SDES), its
+    suite and two keys (master key || salt): ``pbx_srtp_tx_key`` ours, to
+    protect what we send the PBX, ``pbx_srtp_rx_key`` the PBX's.  Key
+    arguments are never logged.
     """
 
     arguments = [
@@ -45,13 +55,19 @@ class BridgeAdd(amp.Command):
         (b"pbx_remote_port", amp.Integer(optional=True)),
         (b"pbx_codec", amp.Unicode(optional=True)),
         (b"pbx_dtmf_pt", amp.Integer(optional=True)),
+        *_PBX_SRTP,
     ]
     response = [(b"secure_port", amp.Integer()), (b"pbx_port", amp.Integer())]
     errors = _ERRORS
 
 
 class BridgeUpdate(amp.Command):
-    """Change a bridged call's PBX leg (its address, codec or DTMF type)."""
+    """Change a bridged call's PBX leg (its address, codec, DTMF type or SRTP).
+
+    The SRTP arguments go together: given, they replace the leg's keys
+    (the same keys keep the leg's SRTP state); ``pbx_srtp_profile`` empty
+    turns SRTP off; absent, SRTP stays as it was.
+    """
 
     arguments = [
         (b"call", amp.Unicode()),
@@ -59,6 +75,7 @@ class BridgeUpdate(amp.Command):
         (b"pbx_remote_port", amp.Integer(optional=True)),
         (b"pbx_codec", amp.Unicode(optional=True)),
         (b"pbx_dtmf_pt", amp.Integer(optional=True)),
+        *_PBX_SRTP,
     ]
     response = [(b"updated", amp.Boolean())]
     errors = _ERRORS

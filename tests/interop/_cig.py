@@ -37,6 +37,23 @@ class SecurePbxFixture(TestCase):
     """cryptify-client <-> CRS <-> CIG <-> kamailio <-> baresip, all started."""
 
     timeout = 180
+    #: The CIG's ``srtp`` mode and baresip's ``mediaenc`` (None: plain RTP);
+    #: ``test_cig_srtp`` runs the e2e tests again with SRTP on the PBX leg.
+    SRTP: str | None = None
+    MEDIAENC: str | None = None
+
+    def make_pbx(self, audio: str) -> Pbx:
+        """kamailio and baresip (``test_cig_srtp`` makes them speak TLS)."""
+        return Pbx(self, self.dir, self.cig_port, audio=audio, mediaenc=self.MEDIAENC)
+
+    def trunk_config(self, rtp_range: str) -> str:
+        """cig.conf's maps and interfaces for the PBX."""
+        trunk = CIG_TRUNK.format(
+            kam_port=self.pbx.kam_port, cig_port=self.cig_port, rtp_range=rtp_range
+        )
+        if self.SRTP is not None:
+            trunk = trunk.replace("rtp_port_range", f"srtp {self.SRTP}; rtp_port_range")
+        return trunk
 
     def cig_conf_extra(self) -> str:
         """Text added at the end of cig.conf."""
@@ -63,14 +80,12 @@ class SecurePbxFixture(TestCase):
         # the CIG
         self.cig_port = free_port(socket.SOCK_DGRAM)
         write_wav(os.path.join(d, "tone.wav"), tone(PBX_TONE, 60.0))
-        self.pbx = Pbx(self, d, self.cig_port, audio=os.path.join(d, "tone.wav"))
+        self.pbx = self.make_pbx(os.path.join(d, "tone.wav"))
         self.mgmt_port = free_port()
         low, high = rtp_range()
         with open(os.path.join(d, "cig.conf"), "w") as f:
             f.write(
-                CIG_TRUNK.format(
-                    kam_port=self.pbx.kam_port, cig_port=self.cig_port, rtp_range=f"{low} {high}"
-                )
+                self.trunk_config(f"{low} {high}")
                 + CIG_CONF.format(d=d, crs_port=self.crs_port, mgmt_port=self.mgmt_port)
                 + self.cig_conf_extra()
             )

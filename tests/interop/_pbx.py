@@ -7,7 +7,8 @@ registers as 101 and answers every call by itself; it is driven over its
 ``ctrl_tcp`` module and logs verbosely (``-v`` shows the telephone-events
 it receives).  With ``audio`` set, baresip plays that WAV file (8 kHz mono)
 into every call and its ``sndfile`` module records what it receives into
-``snd/``.
+``snd/``.  With ``mediaenc`` set (``srtp`` or ``srtp-mand``), baresip
+loads its ``srtp`` module and offers (or insists on) SDES SRTP.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ audio_source {source}
 audio_alert aubridge,alert
 module_path {modules}
 module g711.so
-module aubridge.so
+{srtp}module aubridge.so
 module aufile.so
 {sndfile}module_app account.so
 module_app menu.so
@@ -150,8 +151,16 @@ def require_pbx() -> None:
 class Pbx:
     """kamailio on ``kam_port`` trunking 9... to the CIG, baresip registered as 101."""
 
-    def __init__(self, case: Any, directory: str, cig_port: int, audio: str | None = None):
+    def __init__(
+        self,
+        case: Any,
+        directory: str,
+        cig_port: int,
+        audio: str | None = None,
+        mediaenc: str | None = None,
+    ):
         self.case = case
+        self.mediaenc = mediaenc
         self.dir = directory
         self.cig_port = cig_port
         self.audio = audio
@@ -171,7 +180,8 @@ class Pbx:
         os.makedirs(f"{d}/baresip")
         os.makedirs(f"{d}/snd")
         with open(f"{d}/baresip/accounts", "w") as f:
-            f.write(f"<sip:101@127.0.0.1:{self.kam_port}>;regint=600;answermode=auto\n")
+            enc = f";mediaenc={self.mediaenc}" if self.mediaenc else ""
+            f.write(f"<sip:101@127.0.0.1:{self.kam_port}>;regint=600;answermode=auto{enc}\n")
         await sleep(0.5)
         # free_port() can race with other programs on a busy machine: a port
         # taken meanwhile makes baresip exit at once, so try a fresh one
@@ -208,6 +218,7 @@ class Pbx:
                     ctrl_port=self.ctrl_port,
                     source=source,
                     sndfile=sndfile,
+                    srtp="module srtp.so\n" if self.mediaenc else "",
                     modules=BARESIP_MODULES,
                 )
             )

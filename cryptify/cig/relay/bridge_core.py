@@ -2,10 +2,14 @@
 
 The secure side speaks SRTP through the CRS relay (every datagram we send
 is the leg tag then an SRTP packet; what the relay sends us is bare SRTP),
-the PBX side plain RTP.  Both carry G.711 (PCMU or PCMA, transcoded where
-the two sides differ) and RFC 4733 telephone-events.  Nothing here opens
-a socket or reads a clock; the adapters in :mod:`cryptify.cig.relay.bridge_wiring`
-feed datagrams in and send what comes back.
+the PBX side plain RTP, or SRTP when the SIP side agreed SDES keys with
+the PBX (:class:`PbxSrtp`: ours protects what we send, the PBX's
+unprotects what it sends; a packet that fails authentication or the
+replay check is dropped and counted in ``pbx_srtp_errors``).  Both
+carry G.711 (PCMU or PCMA, transcoded where the two sides differ) and
+RFC 4733 telephone-events.  Nothing here opens a socket or reads a
+clock; the adapters in :mod:`cryptify.cig.relay.bridge_wiring` feed
+datagrams in and send what comes back.
 
 Secure -> PBX is pass-through: each packet is unprotected, transcoded and
 sent at once with its sequence number and timestamp shifted into our own
@@ -104,13 +108,28 @@ class SecureSide:
 
 
 @attrs.frozen
+class PbxSrtp:
+    """SRTP on the PBX leg: the SDES suite, our key (``tx``) and the PBX's (``rx``).
+
+    Each key is the SDES ``inline:`` key, master key || salt (30 bytes);
+    neither is ever in a repr.
+    """
+
+    profile: str
+    tx_key: bytes = attrs.field(repr=False)
+    rx_key: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen
 class PbxSide:
-    """The PBX leg: where to send RTP (None until known), codec, DTMF type."""
+    """The PBX leg: where to send RTP (None until known), codec, DTMF type, SRTP keys."""
 
     remote_host: str | None
     remote_port: int | None
     codec: str = g711.PCMU
     dtmf_pt: int | None = 101
+    #: None: plain RTP.
+    srtp: PbxSrtp | None = None
 
     @property
     def payload_type(self) -> int:
@@ -132,6 +151,14 @@ def check_spec(secure: SecureSide, pbx: PbxSide) -> None:
             raise BridgeSpecError(f"the SRTP {name} key is {POLICY_KEY_SIZE} bytes (key || salt)")
     if secure.profile not in SRTP_PROFILES:
         raise BridgeSpecError(f"unknown SRTP profile {secure.profile!r}")
+    if pbx.srtp is not None:
+        for name, key in (("tx", pbx.srtp.tx_key), ("rx", pbx.srtp.rx_key)):
+            if len(key) != POLICY_KEY_SIZE:
+                raise BridgeSpecError(
+                    f"the PBX SRTP {name} key is {POLICY_KEY_SIZE} bytes (key || salt)"
+                )
+        if pbx.srtp.profile not in SRTP_PROFILES:
+            raise BridgeSpecError(f"unknown PBX SRTP profile {pbx.srtp.profile!r}")
     for side, codec in (("secure", secure.codec), ("pbx", pbx.codec)):
         if codec not in g711.STATIC_PAYLOAD_TYPES:
             raise BridgeSpecError(f"{side} codec must be PCMU or PCMA, not {codec!r}")
@@ -151,6 +178,7 @@ class BridgeCounters:
     pbx_rx: int = 0  # RTP packets received from the PBX
     pbx_tx: int = 0  # RTP packets sent to the PBX
     srtp_errors: int = 0  # failed authentication or replay check
+    pbx_srtp_errors: int = 0  # the same on the PBX leg (SRTP towards the PBX)
     malformed: int = 0  # not RTP, RTCP, or a bad telephone-event
     unknown_pt: int = 0  # payload type not negotiated (or no DTMF on the other side)
     no_destination: int = 0  # PBX packets with no PBX address yet
@@ -390,6 +418,9 @@ class CallBridge:
     _secure_pt: int = attrs.field(init=False)
     _pbx_pt: int = attrs.field(init=False)
     _pbx_known: bool = attrs.field(init=False)
+    _pbx_srtp: PbxSrtp | None = attrs.field(init=False, default=None, repr=False)
+    _pbx_tx: _Srtp | None = attrs.field(init=False, default=None)
+    _pbx_rx: _Srtp | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         check_spec(self.secure, self.pbx)
@@ -408,6 +439,16 @@ class CallBridge:
         self._secure_pt = self.secure.payload_type
         self._pbx_pt = self.pbx.payload_type
         self._pbx_known = self.pbx.remote is not None
+        srtp = self.pbx.srtp
+        if srtp != self._pbx_srtp:
+            # New keys (or none): new sessions.  The same keys keep theirs,
+            # so a re-INVITE neither reuses a keystream nor resets replay.
+            self._pbx_srtp = srtp
+            if srtp is None:
+                self._pbx_tx = self._pbx_rx = None
+            else:
+                self._pbx_tx = _Srtp(_session(srtp.tx_key, srtp.profile, outbound=True))
+                self._pbx_rx = _Srtp(_session(srtp.rx_key, srtp.profile, outbound=False))
 
     @property
     def relay_address(self) -> tuple[str, int]:
@@ -422,7 +463,13 @@ class CallBridge:
     # -- secure -> PBX -------------------------------------------------------
 
     def from_secure(self, srtp: bytes) -> bytes | None:
-        """An SRTP packet from the relay; the RTP packet for the PBX, if any."""
+        """An SRTP packet from the relay; the (S)RTP packet for the PBX, if any."""
+        rtp = self._secure_to_pbx(srtp)
+        if rtp is None or self._pbx_tx is None:
+            return rtp
+        return self._pbx_tx.protect(rtp)
+
+    def _secure_to_pbx(self, srtp: bytes) -> bytes | None:
         c = self.counters
         c.secure_rx += 1
         rtp = self._rx.unprotect(srtp)
@@ -487,9 +534,15 @@ class CallBridge:
     # -- PBX -> secure -------------------------------------------------------
 
     def from_pbx(self, data: bytes) -> None:
-        """An RTP packet from the PBX: buffered for the next ticks."""
+        """An (S)RTP packet from the PBX: buffered for the next ticks."""
         c = self.counters
         c.pbx_rx += 1
+        if self._pbx_rx is not None:
+            rtp = self._pbx_rx.unprotect(data)
+            if rtp is None:
+                c.pbx_srtp_errors += 1
+                return
+            data = rtp
         # Fast path: audio with a plain fixed header.
         if data[0:1] == b"\x80" and len(data) > 12 and (data[1] & 0x7F) == self._pbx_pt:
             payload = data[12:]

@@ -390,7 +390,7 @@ class BridgeService(service.Service):
         log.info(
             "Bridge {call} added: secure port {secure_port} <-> relay {relay} ({scodec}, "
             "telephone-event {sdtmf}); PBX port {pbx_port} <-> {pbx} ({pcodec}, "
-            "telephone-event {pdtmf}){transcode}",
+            "telephone-event {pdtmf}, {pmedia}){transcode}",
             call=call,
             secure_port=ports[0],
             relay=_where(bridged.relay_address),
@@ -400,6 +400,7 @@ class BridgeService(service.Service):
             pbx=_where(pbx.remote),
             pcodec=pbx.codec,
             pdtmf=pbx.dtmf_pt if pbx.dtmf_pt is not None else "-",
+            pmedia=_media(pbx),
             transcode=", transcoding" if secure.codec != pbx.codec else "",
         )
         return ports
@@ -422,11 +423,12 @@ class BridgeService(service.Service):
             raise BridgeRefused(str(exc)) from None
         bridged.pbx_address = pbx.remote
         log.info(
-            "Bridge {call} updated: PBX {pbx} ({codec}, telephone-event {dtmf})",
+            "Bridge {call} updated: PBX {pbx} ({codec}, telephone-event {dtmf}, {media})",
             call=call,
             pbx=_where(pbx.remote),
             codec=pbx.codec,
             dtmf=pbx.dtmf_pt if pbx.dtmf_pt is not None else "-",
+            media=_media(pbx),
         )
         return True
 
@@ -440,7 +442,8 @@ class BridgeService(service.Service):
         self.ended.add(bridged.core.counters)
         log.info(
             "Bridge {call} removed: secure rx {secure_rx} tx {secure_tx}, PBX rx {pbx_rx} "
-            "tx {pbx_tx}, SRTP errors {srtp_errors}, late {late}, concealed {concealed}",
+            "tx {pbx_tx}, SRTP errors {srtp_errors} (PBX {pbx_srtp_errors}), late {late}, "
+            "concealed {concealed}",
             call=call,
             **stats,
         )
@@ -462,6 +465,11 @@ class BridgeService(service.Service):
             ticks_skipped=self.ticks_skipped,
             ticks_caught_up=self.ticks_caught_up,
         )
+
+
+def _media(pbx: PbxSide) -> str:
+    """How the PBX leg's media travel: the SRTP suite (never a key) or plain RTP."""
+    return "RTP" if pbx.srtp is None else f"SRTP {pbx.srtp.profile}"
 
 
 def _where(address: tuple[str, int] | None) -> str:

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from cryptify import __version__
 from cryptify.cig.relay import g711
-from cryptify.cig.relay.bridge_core import PbxSide, SecureSide
+from cryptify.cig.relay.bridge_core import PbxSide, PbxSrtp, SecureSide
 from cryptify.cig.relay.bridge_wiring import BridgeRefused, BridgeService
 from cryptify.protocols.bridge_control import (
     BridgeAdd,
@@ -39,6 +39,17 @@ def _dtmf(pt: int | None) -> int | None:
     if pt is None:
         return DEFAULT_DTMF_PT
     return None if pt < 0 else pt
+
+
+def _pbx_srtp(profile: str | None, tx_key: bytes | None, rx_key: bytes | None) -> PbxSrtp | None:
+    """The PBX leg's SRTP from a command's arguments (None: plain RTP)."""
+    if not profile:
+        if tx_key or rx_key:
+            raise BridgeError("PBX SRTP keys without a profile")
+        return None
+    if tx_key is None or rx_key is None:
+        raise BridgeError("PBX SRTP needs both keys")
+    return PbxSrtp(profile, tx_key, rx_key)
 
 
 class BridgeControl(amp.CommandLocator):
@@ -76,7 +87,11 @@ class BridgeControl(amp.CommandLocator):
         pbx_remote_port: int | None = None,
         pbx_codec: str | None = None,
         pbx_dtmf_pt: int | None = None,
+        pbx_srtp_profile: str | None = None,
+        pbx_srtp_tx_key: bytes | None = None,
+        pbx_srtp_rx_key: bytes | None = None,
     ) -> dict[str, object]:
+        srtp = _pbx_srtp(pbx_srtp_profile, pbx_srtp_tx_key, pbx_srtp_rx_key)
         secure = SecureSide(
             relay_host,
             relay_port,
@@ -87,7 +102,7 @@ class BridgeControl(amp.CommandLocator):
             dtmf_pt=_dtmf(secure_dtmf_pt),
             profile=srtp_profile or "AES_CM_128_HMAC_SHA1_80",
         )
-        pbx = PbxSide(pbx_host, pbx_remote_port, pbx_codec or g711.PCMU, _dtmf(pbx_dtmf_pt))
+        pbx = PbxSide(pbx_host, pbx_remote_port, pbx_codec or g711.PCMU, _dtmf(pbx_dtmf_pt), srtp)
         try:
             ports = self.bridges.add(call, secure, pbx, pbx_port or 0)
         except BridgeRefused as exc:
@@ -103,16 +118,23 @@ class BridgeControl(amp.CommandLocator):
         pbx_remote_port: int | None = None,
         pbx_codec: str | None = None,
         pbx_dtmf_pt: int | None = None,
+        pbx_srtp_profile: str | None = None,
+        pbx_srtp_tx_key: bytes | None = None,
+        pbx_srtp_rx_key: bytes | None = None,
     ) -> dict[str, object]:
         bridged = self.bridges.calls.get(call)
         if bridged is None:
             return {"updated": False}
         old = bridged.core.pbx
+        srtp = old.srtp
+        if pbx_srtp_profile is not None:
+            srtp = _pbx_srtp(pbx_srtp_profile, pbx_srtp_tx_key, pbx_srtp_rx_key)
         pbx = PbxSide(
             pbx_host if pbx_host is not None else old.remote_host,
             pbx_remote_port if pbx_remote_port is not None else old.remote_port,
             pbx_codec or old.codec,
             old.dtmf_pt if pbx_dtmf_pt is None else _dtmf(pbx_dtmf_pt),
+            srtp,
         )
         try:
             return {"updated": self.bridges.update(call, pbx)}

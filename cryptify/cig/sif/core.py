@@ -41,7 +41,18 @@ from cryptify.protocols.sip.digest import Credentials
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.locate import LocateError, Target, locate
 from cryptify.protocols.sip.message import Headers, Request, Response, response_to
-from cryptify.protocols.sip.sdp import SdpError, make_answer, make_offer, parse_sdp, render_sdp
+from cryptify.protocols.sip.sdes import CryptoAttribute
+from cryptify.protocols.sip.sdp import (
+    SdpError,
+    SrtpKeys,
+    make_answer,
+    make_offer,
+    offer_crypto,
+    our_line,
+    parse_sdp,
+    render_sdp,
+    srtp_keys,
+)
 from cryptify.protocols.sip.transaction import (
     Address,
     Channel,
@@ -311,10 +322,11 @@ class Sif:
             return None
         host = self.local_host(request)
         session_id = str(int(self.clock.seconds()))
+        srtp = self.config.sip.srtp
         if not request.body:
-            return render_sdp(make_offer(host, port, session_id)), port
+            return render_sdp(make_offer(host, port, session_id, crypto=self._crypto())), port
         try:
-            answer = make_answer(parse_sdp(request.body), host, port, session_id)
+            answer = make_answer(parse_sdp(request.body), host, port, session_id, srtp=srtp)
         except SdpError:
             answer = None
         if answer is None:
@@ -344,6 +356,8 @@ class Sif:
                 found.rtp_port,
                 previous.session_id,
                 int(previous.version) + 1 if previous.version.isdigit() else 2,
+                srtp=self.config.sip.srtp,
+                keep=our_line(previous),
             )
         except SdpError:
             answer = None
@@ -523,7 +537,9 @@ class Sif:
 
     def _send_invite(self, call: Call, leg: TelLeg, port: int, channel: Channel) -> None:
         local = "127.0.0.1" if is_wildcard(self.config.sip.bind) else self.config.sip.bind
-        offer = render_sdp(make_offer(local, port, str(int(self.clock.seconds()))))
+        offer = render_sdp(
+            make_offer(local, port, str(int(self.clock.seconds())), crypto=self._crypto())
+        )
         call_id = f"{new_tag()}{new_tag()}@{local}"
         contact = f"sip:{local}:{self.contact_port(channel)}" + contact_transport(channel)
         headers = Headers(
@@ -559,6 +575,31 @@ class Sif:
             if incoming.call is call:
                 return incoming.rtp_port, incoming.remote_sdp or incoming.invite.request.body
         return None
+
+    def _crypto(self) -> tuple[CryptoAttribute, ...]:
+        """Our C{a=crypto} lines for an offer (none: C{srtp off}), fresh keys each time."""
+        return offer_crypto() if self.config.sip.srtp != "off" else ()
+
+    def srtp_of(self, call: Call) -> SrtpKeys | None:
+        """
+        The SRTP keys of a call's PBX leg (ours and the PBX's), None for
+        plain RTP or an unknown call.
+
+        @raise SdpError: our SDP and the PBX's do not agree (the bridge
+            cannot be made).
+        """
+        out = self.outgoing.get(call)
+        if out is not None:
+            local, remote = out.answer, out.remote_sdp
+        else:
+            for incoming in self.invites.values():
+                if incoming.call is call:
+                    local = incoming.answer
+                    remote = incoming.remote_sdp or incoming.invite.request.body
+                    break
+            else:
+                return None
+        return srtp_keys(parse_sdp(local), parse_sdp(remote))
 
     def hang_up(self, call: Call) -> None:
         """The tel side ends an outgoing call: BYE, or CANCEL if not answered."""

@@ -90,12 +90,13 @@ class SipCall:
     call: Call
     invite: ServerTransaction
     local_tag: str
-    answer: bytes
+    #: Our SDP (its C{a=crypto} holds our key: not in the repr).
+    answer: bytes = attrs.field(repr=False)
     rtp_port: int | None
     dialog: Dialog | None = None
     no_answer: IDelayedCall | None = None
     #: The PBX's latest SDP offer (a re-INVITE's), if it sent one after the INVITE.
-    remote_sdp: bytes | None = None
+    remote_sdp: bytes | None = attrs.field(default=None, repr=False)
     lifecycle: Lifecycle[InState] = attrs.field(
         factory=lambda: Lifecycle("SipCall", IN_MOVES, InState.PLACED)
     )
@@ -269,13 +270,14 @@ class OutCall:
     invite: Request
     channel: Channel
     host: str
-    answer: bytes
+    #: Our SDP offer (its C{a=crypto} lines hold our keys: not in the repr).
+    answer: bytes = attrs.field(repr=False)
     rtp_port: int | None
     #: Our credentials at the PBX, for its 401/407 challenges.
     credentials: Credentials | None = attrs.field(default=None, repr=False)
     dialog: Dialog | None = None
     #: The SDP answer of the PBX's first 2xx (the PBX leg's media).
-    remote_sdp: bytes = b""
+    remote_sdp: bytes = attrs.field(default=b"", repr=False)
     lifecycle: Lifecycle[OutState] = attrs.field(
         factory=lambda: Lifecycle("OutCall", OUT_MOVES, OutState.CALLING)
     )

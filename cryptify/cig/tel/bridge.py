@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from cryptify.addresses import is_wildcard
 from cryptify.lifecycle import Lifecycle, check_table
 from cryptify.protocols.bridge_control import BridgeAdd, BridgeRemove, BridgeUpdate
-from cryptify.protocols.sip.sdp import SdpError, chosen_codec, parse_sdp
+from cryptify.protocols.sip.sdp import SdpError, SrtpKeys, chosen_codec, parse_sdp
 
 from ..calls import Call
 from .keys import BadKeys
@@ -51,6 +51,8 @@ class MediaSource(Protocol):
     """What a bridge needs of the SIF: a call's RTP port and the PBX's SDP."""
 
     def media_of(self, call: Call) -> tuple[int | None, bytes] | None: ...
+
+    def srtp_of(self, call: Call) -> SrtpKeys | None: ...
 
 
 class SecureLeg(Protocol):
@@ -83,6 +85,18 @@ class PbxMedia:
     port: int
     codec: str
     dtmf_pt: int
+    #: SDES keys of the PBX leg (None: plain RTP).
+    srtp: SrtpKeys | None = None
+
+    def srtp_arguments(self) -> dict[str, object]:
+        """BridgeAdd/BridgeUpdate's SRTP arguments (none: plain RTP)."""
+        if self.srtp is None:
+            return {}
+        return {
+            "pbx_srtp_profile": self.srtp.suite,
+            "pbx_srtp_tx_key": self.srtp.tx,
+            "pbx_srtp_rx_key": self.srtp.rx,
+        }
 
 
 def pbx_media(sdp: bytes) -> PbxMedia | None:
@@ -176,6 +190,7 @@ class Bridge:
                 pbx_remote_port=pbx.port,
                 pbx_codec=pbx.codec,
                 pbx_dtmf_pt=pbx.dtmf_pt,
+                **pbx.srtp_arguments(),
             )
         except Exception:
             self.lifecycle.move(BridgeState.GONE)
@@ -213,6 +228,7 @@ class Bridge:
             pbx_remote_port=pbx.port,
             pbx_codec=pbx.codec,
             pbx_dtmf_pt=pbx.dtmf_pt,
+            **(pbx.srtp_arguments() or {"pbx_srtp_profile": ""}),
         )
 
     def remove(self) -> None:
@@ -247,4 +263,8 @@ class Bridge:
         pbx = pbx_media(media[1]) if media is not None else None
         if media is None or pbx is None:
             raise BadKeys("no usable SDP from the PBX")
-        return media[0], pbx
+        try:
+            srtp = self.media.srtp_of(self.leg.call)
+        except SdpError as exc:
+            raise BadKeys(f"no SRTP keys agreed with the PBX: {exc}") from None
+        return media[0], attrs.evolve(pbx, srtp=srtp)

@@ -39,6 +39,7 @@ from cryptify.crypto import mikey
 from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.identity import period_of, tel_identifier
 from cryptify.crypto.keymaterial import KeyMaterial
+from cryptify.protocols.sip.sdp import SrtpKeys
 from cryptify.protocols.umsg import Message, base_uri
 
 from ..calls import Call, CallState, CallTable, TelLeg
@@ -58,6 +59,8 @@ class SipSide(Protocol):
     def hang_up(self, call: Call) -> None: ...
 
     def media_of(self, call: Call) -> tuple[int | None, bytes] | None: ...
+
+    def srtp_of(self, call: Call) -> SrtpKeys | None: ...
 
 
 #: Seconds an ended call stays in ``show umsg``, and how many such rows are kept.

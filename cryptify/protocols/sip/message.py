@@ -124,7 +124,8 @@ class Request(_Common):
     method: str
     uri: str
     headers: Headers = attrs.field(factory=Headers)
-    body: bytes = b""
+    #: Not in the repr: an SDP body may carry SRTP keys (C{a=crypto}).
+    body: bytes = attrs.field(default=b"", repr=False)
 
     def to_bytes(self) -> bytes:
         """The request on the wire; Content-Length always matches the body."""
@@ -139,7 +140,8 @@ class Response(_Common):
     status: int
     reason: str
     headers: Headers = attrs.field(factory=Headers)
-    body: bytes = b""
+    #: Not in the repr: an SDP body may carry SRTP keys (C{a=crypto}).
+    body: bytes = attrs.field(default=b"", repr=False)
 
     def to_bytes(self) -> bytes:
         """The response on the wire; Content-Length always matches the body."""

@@ -1,10 +1,11 @@
 """
 SDES: SRTP keys in SDP (RFC 4568 C{a=crypto}), sans-IO.
 
-The ground work for SRTP on the PBX leg (not wired into the SIF's offers
-and answers yet: docs/sip.md "Not yet"). L{parse_crypto} reads one
-C{a=crypto} value, L{choose_crypto} picks the offered line to accept,
-L{our_crypto} makes the line we send with a fresh key.
+The keys of SRTP on the PBX leg (L{cryptify.protocols.sip.sdp} puts
+them in offers and answers; docs/sip.md "SRTP towards the PBX").
+L{parse_crypto} reads one C{a=crypto} value, L{choose_crypto} picks the
+offered line to accept, L{our_crypto} makes the line we send with a
+fresh key.
 
 Rules:
  - Suites: C{AES_CM_128_HMAC_SHA1_80} and C{AES_CM_128_HMAC_SHA1_32}

@@ -8,11 +8,31 @@ L{make_answer} answers an offer: the first audio stream with a codec in
 common is accepted with the common codecs in the offerer's order (and
 telephone-event if offered), every other stream is refused with port 0,
 and the direction is mirrored.
+
+SRTP with SDES keys (RFC 4568): a C{RTP/SAVP} stream carries C{a=crypto}
+lines (L{Media.crypto}, never in a repr). L{make_offer} offers
+C{RTP/SAVP} when given our lines; L{make_answer} answers a C{RTP/SAVP}
+stream, when its C{srtp} mode allows, with the first offered line we can
+honour and our own fresh key under the same tag (a stream with none is
+refused). L{srtp_keys} pairs our line and the peer's by tag: the keys
+the PBX leg's media is protected with.
 """
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable
+
 import attrs
+
+from .sdes import (
+    SUITES,
+    CryptoAttribute,
+    SdesError,
+    choose_crypto,
+    our_crypto,
+    parse_crypto,
+)
 
 #: Codecs we carry, by encoding name (upper case) and their static type.
 STATIC = {"PCMU": 0, "PCMA": 8}
@@ -21,6 +41,12 @@ TELEPHONE_EVENT = "TELEPHONE-EVENT"
 TELEPHONE_EVENT_PT = 101
 MAX_SDP_BYTES = 8192
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+#: Most C{a=crypto} lines read from one media section.
+MAX_CRYPTO_LINES = 16
+AVP = "RTP/AVP"
+SAVP = "RTP/SAVP"
+#: Which media protocols each C{srtp} mode answers.
+_ANSWERS = {"off": (AVP,), "offer": (AVP, SAVP), "require": (SAVP,)}
 _MIRROR = {"sendonly": "recvonly", "recvonly": "sendonly"}
 
 
@@ -45,6 +71,8 @@ class Media:
     direction: str = "sendrecv"
     address: str | None = None
     ptime: int | None = None
+    #: The C{a=crypto} values (after the colon), in order; they hold keys.
+    crypto: tuple[str, ...] = attrs.field(default=(), repr=False)
 
     def encoding(self, pt: str) -> str | None:
         """The encoding name of payload type C{pt} (upper case), if known."""
@@ -160,6 +188,10 @@ def _attribute(media: Media, value: str) -> Media:
         if attr == "rtpmap":
             return attrs.evolve(media, rtpmap=(*media.rtpmap, (pt, spec.strip())))
         return attrs.evolve(media, fmtp=(*media.fmtp, (pt, spec.strip())))
+    if attr == "crypto":
+        if len(media.crypto) >= MAX_CRYPTO_LINES:
+            raise SdpError("too many crypto attributes")
+        return attrs.evolve(media, crypto=(*media.crypto, rest.strip()))
     if attr == "ptime" and rest.strip().isdigit() and len(rest.strip()) < 5:
         return attrs.evolve(media, ptime=int(rest.strip()))
     return media
@@ -186,6 +218,7 @@ def render_sdp(sdp: SessionDescription) -> bytes:
             lines.append(f"c=IN {_ip_kind(m.address)} {m.address}")
         lines += [f"a=rtpmap:{pt} {spec}" for pt, spec in m.rtpmap]
         lines += [f"a=fmtp:{pt} {spec}" for pt, spec in m.fmtp]
+        lines += [f"a=crypto:{value}" for value in m.crypto]
         if m.ptime is not None:
             lines.append(f"a=ptime:{m.ptime}")
         if m.port:
@@ -194,9 +227,17 @@ def render_sdp(sdp: SessionDescription) -> bytes:
 
 
 def make_offer(
-    address: str, port: int, session_id: str, version: int = 1, codecs: tuple[str, ...] = ()
+    address: str,
+    port: int,
+    session_id: str,
+    version: int = 1,
+    codecs: tuple[str, ...] = (),
+    crypto: tuple[CryptoAttribute, ...] = (),
 ) -> SessionDescription:
-    """Our offer: one audio stream with PCMU, PCMA and telephone-event."""
+    """
+    Our offer: one audio stream with PCMU, PCMA and telephone-event;
+    C{RTP/SAVP} with C{crypto}'s lines when there are any (L{offer_crypto}).
+    """
     names = codecs or ("PCMU", "PCMA")
     formats = (*tuple(str(STATIC[n]) for n in names), str(TELEPHONE_EVENT_PT))
     rtpmap = tuple((str(STATIC[n]), f"{n}/8000") for n in names)
@@ -204,29 +245,67 @@ def make_offer(
     media = Media(
         "audio",
         port,
-        "RTP/AVP",
+        SAVP if crypto else AVP,
         formats,
         rtpmap=rtpmap,
         fmtp=((str(TELEPHONE_EVENT_PT), "0-16"),),
         ptime=20,
+        crypto=tuple(c.render() for c in crypto),
     )
     return SessionDescription("cig", session_id, str(version), address, address, (media,))
 
 
+def offer_crypto(
+    new_key: Callable[[int], bytes] = secrets.token_bytes,
+) -> tuple[CryptoAttribute, ...]:
+    """Our C{a=crypto} lines for an offer: each suite we take, its own fresh key."""
+    return tuple(our_crypto(tag, suite, new_key) for tag, suite in enumerate(SUITES, 1))
+
+
+def crypto_lines(media: Media) -> list[CryptoAttribute]:
+    """The readable C{a=crypto} lines of C{media} (unreadable ones are skipped)."""
+    lines = []
+    for value in media.crypto:
+        try:
+            lines.append(parse_crypto(value))
+        except SdesError:
+            continue
+    return lines
+
+
 def make_answer(
-    offer: SessionDescription, address: str, port: int, session_id: str, version: int = 1
+    offer: SessionDescription,
+    address: str,
+    port: int,
+    session_id: str,
+    version: int = 1,
+    srtp: str = "off",
+    new_key: Callable[[int], bytes] = secrets.token_bytes,
+    keep: CryptoAttribute | None = None,
 ) -> SessionDescription | None:
     """
     Answer C{offer} with our audio on C{address}:C{port}, or C{None} if no
-    audio stream has a codec in common (the caller answers 488).
+    audio stream has a codec in common, or none has a protocol C{srtp}
+    allows (and, for C{RTP/SAVP}, an C{a=crypto} line we can honour): the
+    caller answers 488. Our key is fresh (C{new_key}) unless C{keep}, our
+    previous line, has the chosen suite (a re-INVITE keeps the stream's key).
     """
     chosen = False
     media: list[Media] = []
     for m in offer.media:
-        if chosen or m.kind != "audio" or m.port == 0 or m.proto != "RTP/AVP":
+        if chosen or m.kind != "audio" or m.port == 0 or m.proto not in _ANSWERS[srtp]:
             media.append(Media(m.kind, 0, m.proto, m.formats[:1]))
             continue
         codecs = [pt for pt in m.formats if m.encoding(pt) in STATIC]
+        ours: tuple[str, ...] = ()
+        if m.proto == SAVP:
+            theirs = choose_crypto(crypto_lines(m))
+            if theirs is None:
+                codecs = []
+            elif keep is not None and keep.suite == theirs.suite:
+                ours = (CryptoAttribute(theirs.tag, keep.suite, keep.keys).render(),)
+            else:
+                ours = (our_crypto(theirs.tag, theirs.suite, new_key).render(),)
         if not codecs:
             media.append(Media(m.kind, 0, m.proto, m.formats[:1]))
             continue
@@ -237,12 +316,13 @@ def make_answer(
             Media(
                 "audio",
                 port,
-                "RTP/AVP",
+                m.proto,
                 tuple(formats),
                 rtpmap=tuple((pt, spec) for pt, spec in _rtpmaps(m) if pt in formats),
                 fmtp=tuple((pt, spec) for pt, spec in m.fmtp if pt in events),
                 direction=_MIRROR.get(m.direction, m.direction),
                 ptime=m.ptime,
+                crypto=ours,
             )
         )
     if not chosen:
@@ -272,3 +352,47 @@ def chosen_codec(sdp: SessionDescription) -> str | None:
         if name in STATIC:
             return name
     return None
+
+
+@attrs.frozen
+class SrtpKeys:
+    """
+    The SRTP keys of a media stream (master key || salt each): C{tx} ours,
+    to protect what we send, C{rx} the peer's, to unprotect what it sends.
+    """
+
+    suite: str
+    tx: bytes = attrs.field(repr=False)
+    rx: bytes = attrs.field(repr=False)
+
+
+def our_line(sdp: SessionDescription) -> CryptoAttribute | None:
+    """Our usable C{a=crypto} line of C{sdp}'s audio stream (a re-INVITE keeps its key)."""
+    audio = sdp.audio()
+    if audio is None or audio.proto != SAVP:
+        return None
+    return choose_crypto(crypto_lines(audio))
+
+
+def srtp_keys(local: SessionDescription, remote: SessionDescription) -> SrtpKeys | None:
+    """
+    The keys of the audio stream our SDP C{local} and the peer's C{remote}
+    agreed on (offer and answer, either way round): None for plain
+    C{RTP/AVP}. The answer's line names the offer's by its tag.
+
+    @raise SdpError: if one side is C{RTP/SAVP} and the other is not, or no
+        usable line of one has the same tag and suite as one of the other.
+    """
+    ours, theirs = local.audio(), remote.audio()
+    if ours is None or theirs is None:
+        raise SdpError("no audio stream")
+    if ours.proto != theirs.proto:
+        raise SdpError(f"media protocols differ ({ours.proto} and {theirs.proto})")
+    if theirs.proto != SAVP:
+        return None
+    mine = {(c.tag, c.suite): c for c in crypto_lines(ours) if c.usable}
+    for line in crypto_lines(theirs):
+        match = mine.get((line.tag, line.suite))
+        if line.usable and match is not None:
+            return SrtpKeys(line.suite, match.key, line.key)
+    raise SdpError("no crypto attribute in common")
