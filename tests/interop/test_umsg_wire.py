@@ -305,7 +305,10 @@ class WebsocketsCloseCodeTests(TestCase):
     def setUp(self) -> None:
         if not websockets_available():
             self.skipTest("websockets is not installed")
-        self.server = _Server(self)
+        # The client runs in a thread of this process: on a loaded machine its
+        # handshake may take longer than the usual attach timeout, and the
+        # CRS would then close for that reason instead of the frame's.
+        self.server = _Server(self, Limits(attach_timeout=120))
 
     def _close_code(self, send: Any) -> tuple[list[str], int | None]:
         """Open a WebSocket, call ``send(ws)``, and read until the CRS closes:
