@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 from gmpy2 import mpz
 from hypothesis import given, settings
@@ -218,3 +219,68 @@ class RoundTripTests(SynchronousTestCase):
     def test_fixed_base_matches_generic(self, k: int) -> None:
         """The fixed-base table gives the same [k]P as the generic ladder."""
         self.assertEqual(sakke.multiply_base(k), curve.multiply(k % int(curve.Q), curve.BASE))
+
+
+class FastDecapsulationTests(SynchronousTestCase):
+    """
+    The fast decapsulation (NAF Miller loop with precomputed lines, a
+    fixed-base table for [b]P + Z, Jacobian comparison) gives the same
+    answer as the RFC's literal algorithm, for good and altered data.
+    """
+
+    def test_rfc_vector_reference(self) -> None:
+        """The literal reference recovers the RFC's SSV too."""
+        self.assertEqual(RECEIVER.decapsulate_reference(ENCAPSULATED), SSV)
+
+    @settings(max_examples=5, deadline=None)
+    @given(
+        st.binary(min_size=16, max_size=16),
+        st.integers(0, sakke.ENCAPSULATED_LENGTH - 1),
+        st.integers(0, 255),
+    )
+    def test_fast_equals_reference(self, ssv: bytes, index: int, delta: int) -> None:
+        """With one octet perhaps changed, both paths give the same SSV or error."""
+        data = bytearray(sakke.encapsulate(Z, B, ssv)[0])
+        data[index] ^= delta
+        outcomes: list[object] = []
+        for decapsulate in (RECEIVER.decapsulate, RECEIVER.decapsulate_reference):
+            try:
+                outcomes.append(decapsulate(bytes(data)))
+            except CryptoError as e:
+                outcomes.append(type(e))
+        self.assertEqual(outcomes[0], outcomes[1])
+        if delta == 0:
+            self.assertEqual(outcomes[0], ssv)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(1, 2**1100))
+    def test_naf(self, k: int) -> None:
+        """The NAF adds up to k, uses digits -1, 0, 1, never two non-zero in a row."""
+        digits = sakke.naf(k)
+        self.assertEqual(sum(d << i for i, d in enumerate(reversed(digits))), k)
+        self.assertEqual(digits[0], 1)
+        self.assertTrue(set(digits) <= {-1, 0, 1})
+        self.assertFalse(any(a and b for a, b in itertools.pairwise(digits)))
+
+    def test_fewer_addition_lines(self) -> None:
+        """The NAF loop has about a third fewer addition lines than binary."""
+        lines = sakke.PairingPrecomputation(curve.point_from_bytes(RSK))
+        self.assertEqual(lines.doublings, int(curve.Q - 1).bit_length() - 1)
+        self.assertLess(lines.additions, bin(int(curve.Q - 1)).count("1") - 1 - 150)
+
+    @settings(max_examples=20, deadline=None)
+    @given(st.integers(0, int(curve.Q) - 1), st.integers(1, int(curve.Q) - 1))
+    def test_jacobian_equals(self, a: int, b: int) -> None:
+        """A Jacobian [a]P equals affine [b]P exactly when a = b; [0]P equals nothing."""
+        table = sakke._base_table()
+        point = sakke.multiply_base(b)
+        assert point is not None
+        self.assertEqual(curve.jacobian_equals(table.multiply_jacobian(a), point), a == b)
+        self.assertTrue(curve.jacobian_equals(table.multiply_jacobian(b), point))
+        self.assertFalse(curve.jacobian_equals(table.multiply_jacobian(0), point))
+
+    def test_identity_table(self) -> None:
+        """The receiver's table multiplies [b]P + Z: [1] of it is that point."""
+        table = RECEIVER.identity_table()
+        self.assertIs(table, RECEIVER.identity_table())
+        self.assertEqual(table.multiply(1), Z.identity_point(B))

@@ -96,10 +96,30 @@ def pairing(r_point: tuple[mpz, mpz], q_point: tuple[mpz, mpz]) -> mpz:
     return v1 * gmpy2.invert(v0, p) % p
 
 
+def naf(k: int) -> list[int]:
+    """The non-adjacent form of C{k > 0}, most significant digit first."""
+    digits = []
+    while k:
+        if k & 1:
+            digit = 2 - (k & 3)
+            k -= digit
+        else:
+            digit = 0
+        digits.append(digit)
+        k >>= 1
+    return digits[::-1]
+
+
 class PairingPrecomputation:
     """
     The Miller loop lines of one fixed point K, so that C{<K, X>} (which
     equals C{<X, K>}) costs only the accumulation for each new X.
+
+    The loop walks the non-adjacent form of C{q - 1} rather than its binary
+    digits: a digit -1 adds C{-K}, and the vertical lines that this changes
+    evaluate into F_p at the distorted point, where the b/a representation
+    ignores them.  About a third of the digits are non-zero instead of half,
+    which removes some 170 line multiplications per pairing.
     """
 
     def __init__(self, k_point: tuple[mpz, mpz]) -> None:
@@ -107,20 +127,33 @@ class PairingPrecomputation:
         kx, ky = k_point
         cx, cy = kx, ky
         steps: list[tuple[mpz, mpz, mpz | None, mpz | None]] = []
-        for bit in bin(Q - 1)[3:]:
+        digits = naf(int(Q - 1))
+        for digit in digits[1:]:
             slope = 3 * (cx * cx - 1) * gmpy2.invert(2 * cy, p) % p
             d_a, d_b = slope, (slope * cx - cy) % p
             nx = (slope * slope - 2 * cx) % p
             cx, cy = nx, (slope * (cx - nx) - cy) % p
             a_a: mpz | None = None
             a_b: mpz | None = None
-            if bit == "1":
-                slope = (cy - ky) * gmpy2.invert(cx - kx, p) % p
+            if digit:
+                # The line through C and digit*K = (kx, digit*ky).
+                addend_y = ky if digit == 1 else (-ky) % p
+                slope = (cy - addend_y) * gmpy2.invert(cx - kx, p) % p
                 a_a, a_b = slope, (slope * cx - cy) % p
                 nx = (slope * slope - cx - kx) % p
                 cx, cy = nx, (slope * (cx - nx) - cy) % p
             steps.append((d_a, d_b, a_a, a_b))
         self._steps = steps
+
+    @property
+    def doublings(self) -> int:
+        """Doubling lines (one squaring and one line multiplication each)."""
+        return len(self._steps)
+
+    @property
+    def additions(self) -> int:
+        """Addition lines (one line multiplication each)."""
+        return sum(1 for step in self._steps if step[2] is not None)
 
     def evaluate(self, x_point: tuple[mpz, mpz]) -> mpz:
         """C{<K, X>} as its representative in F_p."""
@@ -299,12 +332,26 @@ class SakkeReceiver:
         self.identity = bytes(identity)
         self._k_point = curve.point_from_bytes(rsk, "RSK")
         self._lines = PairingPrecomputation(self._k_point)
-        check = self._lines.evaluate(z.identity_point(self.identity))
+        self._identity_point = z.identity_point(self.identity)
+        check = self._lines.evaluate(self._identity_point)
         if check != curve.G:
             raise KeyValidationError("RSK does not validate for this identifier and KMS key")
+        self._table: curve.FixedBase | None = None
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<SakkeReceiver identity={self.identity!r}>"
+
+    def identity_table(self) -> curve.FixedBase:
+        """
+        The fixed-base table of C{[b]P + Z}, built on first use (a few
+        hundred milliseconds and about 3.5 MB, once per key period), so that
+        the integrity check is one fixed-base multiplication, not two.
+        """
+        with self._lock:
+            if self._table is None:
+                self._table = curve.FixedBase(self._identity_point)
+            return self._table
 
     def decapsulate(self, data: bytes) -> bytes:
         """
@@ -318,7 +365,23 @@ class SakkeReceiver:
         mask = hash_to_integer_range(int(w).to_bytes(curve.L, "big"), _TWO_128)
         ssv = (os2ip(hint) ^ mask).to_bytes(SSV_LENGTH, "big")
         r = hash_to_integer_range(ssv + self.identity, int(Q))
-        if self.z.r_point(r, self.identity) != r_point:
+        # R == [r]([b]P + Z), compared in Jacobian coordinates.
+        expected = self.identity_table().multiply_jacobian(r)
+        if not curve.jacobian_equals(expected, r_point):
+            raise DecapsulationFailed("SAKKE Encapsulated Data failed the integrity check")
+        return ssv
+
+    def decapsulate_reference(self, data: bytes) -> bytes:
+        """
+        L{decapsulate} as the RFC writes it: the literal pairing C{<R, K_b>}
+        and C{[r]([b]P + Z)} by a generic multiplication.  For the tests.
+        """
+        r_point, hint = split_encapsulated(data)
+        w = pairing(r_point, self._k_point)
+        mask = hash_to_integer_range(int(w).to_bytes(curve.L, "big"), _TWO_128)
+        ssv = (os2ip(hint) ^ mask).to_bytes(SSV_LENGTH, "big")
+        r = hash_to_integer_range(ssv + self.identity, int(Q))
+        if curve.multiply(r, self._identity_point) != r_point:
             raise DecapsulationFailed("SAKKE Encapsulated Data failed the integrity check")
         return ssv
 

@@ -241,6 +241,10 @@ class FixedBase:
 
     def multiply(self, k: int) -> Affine:
         """C{[k]B} for 0 <= k < 2^bits."""
+        return to_affine(self.multiply_jacobian(k))
+
+    def multiply_jacobian(self, k: int) -> Jacobian:
+        """C{[k]B} in Jacobian coordinates (no inversion), 0 <= k < 2^bits."""
         mask = self.mask
         step = mask
         window = self.window
@@ -254,7 +258,16 @@ class FixedBase:
                 acc = jadd_affine(*acc, x, y)
             k >>= window
             offset += step
-        return to_affine(acc)
+        return acc
+
+
+def jacobian_equals(point: Jacobian, affine: tuple[mpz, mpz]) -> bool:
+    """Whether a Jacobian point equals an affine one, without an inversion."""
+    x, y, z = point
+    if not z:
+        return False
+    z2 = z * z % _P
+    return bool((affine[0] * z2 - x) % _P == 0 and (affine[1] * z2 * z - y) % _P == 0)
 
 
 # PF_p arithmetic.  F_p^2 = F_p[i], i^2 = -1; an element a + i*b of F_p^2
