@@ -22,8 +22,6 @@ from typing import Any
 
 import cffi
 
-from cryptify.crypto.errors import CryptoError, InvalidPoint
-
 _CDEF = """
 typedef struct ec_group_st EC_GROUP;
 typedef struct ec_point_st EC_POINT;
@@ -45,7 +43,6 @@ BIGNUM *BN_new(void);
 void BN_free(BIGNUM *a);
 BIGNUM *BN_bin2bn(const unsigned char *s, int len, BIGNUM *ret);
 int BN_bn2binpad(const BIGNUM *a, unsigned char *to, int tolen);
-void ERR_clear_error(void);
 """
 
 #: OpenSSL's NID for prime256v1 (secp256r1, NIST P-256).
@@ -85,8 +82,7 @@ class P256:
             self._group, point, self._bn(xy[0]), self._bn(xy[1]), self._ffi.NULL
         )
         if ok != 1:
-            self._lib.ERR_clear_error()  # the reason is known; keep the queue empty
-            raise InvalidPoint("point is not on P-256")
+            raise ValueError("point is not on P-256")
         return point
 
     def _affine(self, point: Any) -> Affine:
@@ -96,7 +92,7 @@ class P256:
         x = self._ffi.gc(lib.BN_new(), lib.BN_free)
         y = self._ffi.gc(lib.BN_new(), lib.BN_free)
         if lib.EC_POINT_get_affine_coordinates(self._group, point, x, y, self._ffi.NULL) != 1:
-            raise CryptoError("EC_POINT_get_affine_coordinates failed")
+            raise ValueError("EC_POINT_get_affine_coordinates failed")
         buf = self._ffi.new("unsigned char[]", 2 * _N)
         lib.BN_bn2binpad(x, buf, _N)
         lib.BN_bn2binpad(y, buf + _N, _N)
@@ -118,10 +114,10 @@ class P256:
             )
             != 1
         ):
-            raise CryptoError("EC_POINT_mul failed")
+            raise ValueError("EC_POINT_mul failed")
         total = self._new_point()
         if lib.EC_POINT_add(self._group, total, product, self._point(addend), self._ffi.NULL) != 1:
-            raise CryptoError("EC_POINT_add failed")
+            raise ValueError("EC_POINT_add failed")
         return self._affine(total)
 
     def base_mul_add(self, n: int, k: int, point: tuple[int, int]) -> Affine:
@@ -131,7 +127,7 @@ class P256:
             self._group, result, self._bn(n), self._point(point), self._bn(k), self._ffi.NULL
         )
         if ok != 1:
-            raise CryptoError("EC_POINT_mul failed")
+            raise ValueError("EC_POINT_mul failed")
         return self._affine(result)
 
 
