@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crypto import eccsi, p256_openssl
+from cryptify.crypto import eccsi
 from cryptify.crypto.errors import (
     CryptoError,
     InvalidPoint,
@@ -183,77 +183,3 @@ class YPointTests(SynchronousTestCase):
         self.assertIsNone(eccsi._y_by_ecdh(eccsi._G, 0))
         self.assertIsNone(eccsi._y_by_ecdh(eccsi._G, eccsi.Q - 1))
         self.assertIsNone(eccsi._y_by_ecdh(eccsi._G, 1))
-
-
-class OpenSSLPathTests(SynchronousTestCase):
-    """
-    The libcrypto path (EC_POINT_mul through cffi) gives the same answers as
-    the cryptography-only reference path, on the RFC vector and at random.
-    """
-
-    def test_loaded(self) -> None:
-        """On this platform libcrypto.so.3 loads, so verify() takes the fast path."""
-        self.assertIsNotNone(eccsi._OPENSSL)
-
-    def test_missing_library(self) -> None:
-        """A library that cannot be loaded gives None, and callers fall back."""
-        self.assertIsNone(p256_openssl.load("libcrypto-does-not-exist.so.0"))
-
-    def test_rfc_vector_both_paths(self) -> None:
-        """The RFC signature verifies on both paths; Y is the RFC's on both."""
-        eccsi.verify(KMS.kpak, ID, MESSAGE, SIGNATURE)
-        eccsi.verify_reference(KMS.kpak, ID, MESSAGE, SIGNATURE)
-        expected = eccsi.decode_point(h(V["y"]), "Y")
-        for backend in (eccsi._OPENSSL, None):
-            self.assertEqual(eccsi._y_compute(KMS.kpak, ID, PVT, backend), (expected.x, expected.y))
-
-    def test_r_is_not_reduced_mod_q(self) -> None:
-        """The multi-scalar check compares Jx with r modulo p, not modulo q."""
-        backend = eccsi._OPENSSL
-        assert backend is not None
-        r, s, pvt = eccsi.split_signature(SIGNATURE)
-        yx, yy = eccsi._y_point(KMS.kpak, ID, pvt)
-        he = eccsi.hash_he(eccsi.hash_hs(KMS.kpak, ID, pvt), r, MESSAGE)
-        self.assertTrue(eccsi._j_matches_openssl(backend, yx, yy, r, s, he))
-        self.assertFalse(eccsi._j_matches_openssl(backend, yx, yy, r + eccsi.Q, s, he))
-        self.assertFalse(eccsi._j_matches_openssl(backend, yx, yy, r, s, he + 1))
-
-    @settings(max_examples=40, deadline=None)
-    @given(st.binary(max_size=32), st.integers(0, 128), st.integers(0, 255))
-    def test_fast_equals_reference(self, message: bytes, index: int, delta: int) -> None:
-        """For a fresh signer, with one signature byte perhaps changed, both paths agree."""
-        kms = eccsi.EccsiKms.generate()
-        ssk, pvt = kms.issue(b"alice")
-        signature = bytearray(eccsi.EccsiSigner(kms.kpak, b"alice", ssk, pvt).sign(message))
-        signature[index] ^= delta
-        outcomes = []
-        for check in (eccsi.verify, eccsi.verify_reference):
-            try:
-                check(kms.kpak, b"alice", message, bytes(signature))
-            except CryptoError as e:
-                outcomes.append(type(e).__name__)
-            else:
-                outcomes.append("ok")
-        self.assertEqual(outcomes[0], outcomes[1])
-        self.assertEqual(outcomes[0] == "ok", delta == 0)
-
-    @settings(max_examples=40, deadline=None)
-    @given(st.integers(1, eccsi.Q - 1), st.integers(0, eccsi.Q - 1), st.integers(1, eccsi.Q - 1))
-    def test_mul_add_matches_fastecdsa(self, v: int, k: int, w: int) -> None:
-        """[k]V + W and [k]G + [w]V from libcrypto equal fastecdsa's points."""
-        backend = eccsi._OPENSSL
-        assert backend is not None
-        point, addend = eccsi._G * v, eccsi._G * w
-        expected = point * k + addend
-        got = backend.mul_add(k, (point.x, point.y), (addend.x, addend.y))
-        self.assertEqual(got, None if eccsi._is_infinity(expected) else (expected.x, expected.y))
-        both = eccsi._G * k + point * w
-        got = backend.base_mul_add(k, w, (point.x, point.y))
-        self.assertEqual(got, None if eccsi._is_infinity(both) else (both.x, both.y))
-
-    def test_infinity(self) -> None:
-        """[1]V + (-V) is the point at infinity, reported as None."""
-        backend = eccsi._OPENSSL
-        assert backend is not None
-        v = eccsi._G * 7
-        self.assertIsNone(backend.mul_add(1, (v.x, v.y), (v.x, eccsi.P - v.y)))

@@ -2,20 +2,15 @@
 ECCSI signatures (RFC 6507) on NIST P-256 with SHA-256, as MIKEY-SAKKE
 (RFC 6509) requires.
 
-Point arithmetic is done by C code.  Verification uses OpenSSL's
-C{EC_POINT_mul} through L{cryptify.crypto.p256_openssl}: one call for the
-signer's C{Y = [HS]PVT + KPAK} (cached per signer, who keeps the same PVT all
-month) and one multi-scalar call for C{J = [s*HE]G + [s*r]Y}, whose x is
-compared with r modulo p exactly as the RFC says.
-
-Where C{libcrypto} cannot be loaded, L{verify_reference} is the path (and
-the tests' reference): OpenSSL through C{cryptography} for fixed-base
-multiplication, ECDH x-coordinates for C{[HS]PVT}, and the final step as an
-ECDSA verification: with C{u1 = HE*s} and C{u2 = r*s}, ECDSA's C{[u1]G +
-[u2]Y} is exactly ECCSI's C{J}; ECDSA compares C{Jx mod q} with C{r mod q},
-which equals the RFC's check C{Jx = r (mod p)} whenever C{p - q <= r < q}.
-The few values of C{r} outside that range are checked exactly with
-fastecdsa's point arithmetic.
+Point arithmetic is done by C code: OpenSSL (through C{cryptography}) for
+fixed-base multiplication and for the final two-scalar verification step,
+and fastecdsa for variable-base multiplication.  The verifier's last step is
+computed as an ECDSA verification: with C{u1 = HE*s} and C{u2 = r*s}, ECDSA's
+C{[u1]G + [u2]Y} is exactly ECCSI's C{J = [s]([HE]G + [r]Y)}; ECDSA compares
+C{Jx mod q} with C{r mod q}, which equals the RFC's check C{Jx = r (mod p)}
+whenever C{p - q <= r < q}.  The few values of C{r} outside that range (none
+that an honest signer can produce with probability above 2^-120) are checked
+exactly with explicit point arithmetic.
 
 Encodings are fixed-length throughout (RFC 6507 section 3): points are
 C{04 || x || y} with 32-octet coordinates, C{r} and C{s} are 32 octets, and a
@@ -28,14 +23,12 @@ import hashlib
 from functools import lru_cache
 
 import attrs
-import gmpy2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from fastecdsa.curve import P256 as _CURVE
 from fastecdsa.point import Point  # type: ignore[attr-defined]
 
-from cryptify.crypto import p256_openssl
 from cryptify.crypto._util import i2osp, os2ip, random_below
 from cryptify.crypto.errors import (
     InvalidPoint,
@@ -43,7 +36,6 @@ from cryptify.crypto.errors import (
     MalformedInput,
     SignatureInvalid,
 )
-from cryptify.crypto.p256_openssl import P256
 
 #: Field prime, group order, curve coefficient and base point of P-256.
 P = _CURVE.p
@@ -58,8 +50,6 @@ _INFINITY = _G * 0
 G_OCTETS = b"\x04" + i2osp(_G.x, N) + i2osp(_G.y, N)
 _SECP256R1 = ec.SECP256R1()
 _PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
-_OPENSSL = p256_openssl.load()
-_SQRT_EXPONENT = (P + 1) // 4  # p = 3 (mod 4): a square root is a power
 
 
 def _is_infinity(point: Point) -> bool:
@@ -230,27 +220,21 @@ def _y_by_ecdh(pvt_point: Point, hs: int) -> Point | None:
     cx = _x_of_multiple(hs, public)
     if cx == pvt_point.x:
         return None
-    # gmpy2 (GMP) does the 256-bit modular power and inverse about ten
-    # times faster than Python's int.
-    cy = int(gmpy2.powmod((cx * cx * cx - 3 * cx + B) % P, _SQRT_EXPONENT, P))
+    cy = pow((cx * cx * cx - 3 * cx + B) % P, (P + 1) // 4, P)
     # x(C + PVT) for C = (cx, cy); the other root gives x(-C + PVT).
-    slope = (cy - pvt_point.y) * int(gmpy2.invert(cx - pvt_point.x, P)) % P
+    slope = (cy - pvt_point.y) * pow(cx - pvt_point.x, -1, P) % P
     sum_x = (slope * slope - cx - pvt_point.x) % P
     if sum_x != _x_of_multiple(hs + 1, public):
         cy = P - cy
     return Point(cx, cy, curve=_CURVE)
 
 
-def _y_compute(kpak: bytes, identity: bytes, pvt: bytes, backend: P256 | None) -> tuple[int, int]:
-    """C{Y = [HS]PVT + KPAK}, with OpenSSL's C{EC_POINT_mul} when C{backend} is given."""
+@lru_cache(maxsize=1024)
+def _y_point(kpak: bytes, identity: bytes, pvt: bytes) -> tuple[int, int]:
+    """C{Y = [HS]PVT + KPAK} for one signer; signers reuse their PVT all month."""
     kpak_point = decode_point(kpak, "KPAK")
     pvt_point = decode_point(pvt, "PVT in the signature")
     hs = hash_hs(kpak, identity, pvt) % Q
-    if backend is not None:
-        y_affine = backend.mul_add(hs, (pvt_point.x, pvt_point.y), (kpak_point.x, kpak_point.y))
-        if y_affine is None:
-            raise SignatureInvalid("ECCSI signature does not verify (Y is the point at infinity)")
-        return y_affine
     multiple = _y_by_ecdh(pvt_point, hs)
     if multiple is None:
         multiple = pvt_point * hs
@@ -258,12 +242,6 @@ def _y_compute(kpak: bytes, identity: bytes, pvt: bytes, backend: P256 | None) -
     if _is_infinity(y):
         raise SignatureInvalid("ECCSI signature does not verify (Y is the point at infinity)")
     return y.x, y.y
-
-
-@lru_cache(maxsize=1024)
-def _y_point(kpak: bytes, identity: bytes, pvt: bytes) -> tuple[int, int]:
-    """C{Y = [HS]PVT + KPAK} for one signer; signers reuse their PVT all month."""
-    return _y_compute(kpak, identity, pvt, _OPENSSL)
 
 
 def _j_matches_ecdsa(yx: int, yy: int, r: int, s: int, he: int) -> bool:
@@ -283,55 +261,21 @@ def _j_matches_exact(yx: int, yy: int, r: int, s: int, he: int) -> bool:
     return not _is_infinity(j) and j.x % P != 0 and j.x == r % P
 
 
-def _j_matches_openssl(backend: P256, yx: int, yy: int, r: int, s: int, he: int) -> bool:
-    """C{J = [s*HE]G + [s*r]Y} in one multi-scalar multiplication; C{Jx = r mod p}."""
-    j = backend.base_mul_add((s * he) % Q, (s * r) % Q, (yx, yy))
-    return j is not None and j[0] != 0 and j[0] == r % P
+def verify(kpak: bytes, identity: bytes, message: bytes, signature: bytes) -> None:
+    """
+    Verify an ECCSI signature by C{identity} under C{kpak} (RFC 6507 5.2.2).
 
-
-def _verify(
-    kpak: bytes,
-    identity: bytes,
-    message: bytes,
-    signature: bytes,
-    backend: P256 | None,
-    cached: bool,
-) -> None:
+    @raise SignatureInvalid: if it does not verify.
+    @raise MalformedInput: if the signature, KPAK or PVT are malformed.
+    """
     r, s, pvt = split_signature(signature)
     if not 0 < s < Q or r % P == 0:
         raise SignatureInvalid("ECCSI signature does not verify (r or s out of range)")
-    kpak, identity = bytes(kpak), bytes(identity)
-    if cached:
-        yx, yy = _y_point(kpak, identity, pvt)
-    else:
-        yx, yy = _y_compute(kpak, identity, pvt, backend)
+    yx, yy = _y_point(bytes(kpak), bytes(identity), pvt)
     he = hash_he(hash_hs(kpak, identity, pvt), r, message)
-    if backend is not None:
-        ok = _j_matches_openssl(backend, yx, yy, r, s, he)
-    elif P - Q <= r < Q:
+    if P - Q <= r < Q:
         ok = _j_matches_ecdsa(yx, yy, r, s, he)
     else:
         ok = _j_matches_exact(yx, yy, r, s, he)
     if not ok:
         raise SignatureInvalid("ECCSI signature does not verify")
-
-
-def verify(kpak: bytes, identity: bytes, message: bytes, signature: bytes) -> None:
-    """
-    Verify an ECCSI signature by C{identity} under C{kpak} (RFC 6507 5.2.2).
-
-    Uses OpenSSL's C{EC_POINT_mul} (L{cryptify.crypto.p256_openssl}) when
-    C{libcrypto} loads, and keeps each signer's C{Y} in a small cache.
-
-    @raise SignatureInvalid: if it does not verify.
-    @raise MalformedInput: if the signature, KPAK or PVT are malformed.
-    """
-    _verify(kpak, identity, message, signature, _OPENSSL, cached=True)
-
-
-def verify_reference(kpak: bytes, identity: bytes, message: bytes, signature: bytes) -> None:
-    """
-    L{verify} without C{libcrypto} and without the cache: ECDH, ECDSA and
-    fastecdsa only.  The fallback, and the reference the tests compare with.
-    """
-    _verify(kpak, identity, message, signature, None, cached=False)
