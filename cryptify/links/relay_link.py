@@ -63,7 +63,7 @@ class RelayLink(service.MultiService):
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=10.0),
             clock=reactor,
         )
-        self.addService(self.client)  # type: ignore[no-untyped-call]
+        service.MultiService.addService(self, self.client)
         self._loop = LoopingCall(self.poll)
         self._loop.clock = reactor
 

@@ -65,6 +65,7 @@ from cryptify.crs.pool.core import (
 from cryptify.crs.pool.wire import FrameReader, WireError, decode_frame, encode_heartbeat
 from cryptify.crs.slots import slot_of
 from cryptify.files import write_atomically
+from cryptify.protocols.streams import abort
 from cryptify.protocols.tls_psk import PskClientContextFactory, PskServerContextFactory
 from cryptify.service import ListenService, StartupError
 
@@ -160,7 +161,7 @@ class _LinkProtocol(Protocol):
                 why=str(exc),
             )
             self._set_idle(None)
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            abort(self.transport)
 
     def timeoutConnection(self) -> None:
         self._idle = None
@@ -169,7 +170,7 @@ class _LinkProtocol(Protocol):
             address=self._address(),
             idle=IDLE_TIMEOUT,
         )
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        abort(self.transport)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._set_idle(None)
@@ -283,7 +284,7 @@ class PoolLink(service.MultiService):
                 retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=10.0),
                 clock=reactor,
             )
-            self.addService(client)  # type: ignore[no-untyped-call]
+            service.MultiService.addService(self, client)
         server_tls = PskServerContextFactory(self._lookup)
         factory = _InboundFactory(self)
         where = f"{g.listen.host}:{port}"
@@ -300,7 +301,7 @@ class PoolLink(service.MultiService):
                 return listen(factory, server_tls)
 
         self.listener = ListenService("pool link", where, bind)
-        self.addService(self.listener)  # type: ignore[no-untyped-call]
+        service.MultiService.addService(self, self.listener)
         self._loop = LoopingCall(self._beat)
         self._loop.clock = reactor
 
@@ -334,8 +335,7 @@ class PoolLink(service.MultiService):
             self._loop.stop()
         result: defer.Deferred[None] = service.MultiService.stopService(self)
         for proto in list(self._open):
-            if proto.transport is not None:
-                proto.transport.abortConnection()  # type: ignore[attr-defined]
+            abort(proto.transport)
         return result
 
     def watch(self, watcher: Callable[[], bool]) -> None:
