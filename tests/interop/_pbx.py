@@ -27,12 +27,18 @@ from twisted.trial.unittest import SkipTest
 
 from tests.interop._procs import free_port
 
-KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+#: Debian's kamailio module directory for this machine's architecture.
+KAMAILIO_MODULES = next(
+    iter(sorted(glob.glob("/usr/lib/*/kamailio/modules/"))),
+    "/usr/lib/x86_64-linux-gnu/kamailio/modules/",
+)
 BARESIP_MODULES = "/usr/lib/baresip/modules"
 
 # One UDP worker: with two, a 180 and the 200 right behind it could be
 # forwarded out of order, and the CIG would (rightly) never show RING.
-KAMAILIO_CFG = """#!KAMAILIO
+#: What every kamailio of the tests loads (one UDP worker, in-memory usrloc);
+#: the proxies below add their route (and _trunk its auth modules).
+KAMAILIO_HEAD = """#!KAMAILIO
 debug=2
 log_stderror=yes
 children=1
@@ -51,7 +57,11 @@ loadmodule "xlog.so"
 loadmodule "usrloc.so"
 loadmodule "registrar.so"
 modparam("usrloc", "db_mode", 0)
-request_route {{
+"""
+
+KAMAILIO_CFG = (
+    KAMAILIO_HEAD
+    + """request_route {{
   if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
   if (has_totag()) {{
     if (loose_route()) {{ t_relay(); exit; }}
@@ -66,6 +76,7 @@ request_route {{
   t_relay();
 }}
 """
+)
 
 BARESIP_CONFIG = """poll_method epoll
 sip_listen 127.0.0.1:{bs_port}

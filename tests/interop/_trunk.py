@@ -23,6 +23,7 @@ from cryptify.protocols.sip.locate import locate
 from cryptify.protocols.sip.transport import SipDatagramProtocol, UdpChannel
 from tests.interop._pbx import (
     CIG_TRUNK,
+    KAMAILIO_HEAD,
     KAMAILIO_MODULES,
     Pbx,
     require_pbx,
@@ -35,26 +36,9 @@ PASSWORD = "trunk-Secret-7"
 #: kamailio asking for credentials: a REGISTER for the CIG's user needs
 #: them (401), so does every INVITE from the CIG's port (407); each saved
 #: binding and each accepted INVITE is logged for the test to read.
-AUTH_CFG = """#!KAMAILIO
-debug=2
-log_stderror=yes
-children=1
-listen=udp:127.0.0.1:{kam_port}
-mpath="{modules}"
-loadmodule "kex.so"
-loadmodule "corex.so"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "rr.so"
-loadmodule "pv.so"
-loadmodule "maxfwd.so"
-loadmodule "textops.so"
-loadmodule "siputils.so"
-loadmodule "xlog.so"
-loadmodule "usrloc.so"
-loadmodule "registrar.so"
-loadmodule "auth.so"
-modparam("usrloc", "db_mode", 0)
+AUTH_CFG = (
+    KAMAILIO_HEAD
+    + """loadmodule "auth.so"
 modparam("registrar", "min_expires", 5)
 modparam("auth", "algorithm", "{algorithm}")
 request_route {{
@@ -97,6 +81,7 @@ request_route {{
   t_relay();
 }}
 """
+)
 
 
 class AuthPbx(Pbx):
