@@ -28,6 +28,7 @@ import attrs
 from twisted.logger import Logger
 
 from cryptify.config.cig_model import PbxAccount
+from cryptify.crypto.securefile import read_at_most
 from cryptify.protocols.sip.address import parse_via
 from cryptify.protocols.sip.dialog import new_branch
 from cryptify.protocols.sip.digest import (
@@ -76,7 +77,7 @@ def read_private_file(path: str, what: str, limit: int) -> bytes:
                 f"{what} {path}: readable or writable by others"
                 f" (mode {stat.S_IMODE(info.st_mode):04o}; chmod 600 it)"
             )
-        data = os.read(fd, limit + 1)
+        data = read_at_most(fd, limit + 1)
     finally:
         os.close(fd)
     if len(data) > limit:
