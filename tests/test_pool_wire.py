@@ -12,10 +12,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from cryptify.crs.pool.core import Heartbeat, MapKey, SlotMap
 from cryptify.crs.pool.wire import (
     MAX_FRAME,
+    Envelope,
     Frame,
     FrameReader,
     WireError,
     decode_frame,
+    encode_frame,
     encode_heartbeat,
     encode_map,
 )
@@ -60,7 +62,16 @@ beats = st.builds(Heartbeat, st.sampled_from(NAMES), st.none() | slot_maps())
 
 
 def beat_of(data: bytes) -> Heartbeat:
-    return decode_frame(data).beat
+    frame = decode_frame(data)
+    assert isinstance(frame, Frame)
+    return frame.beat
+
+
+def reencode(frame: Frame | Envelope) -> bytes:
+    """The payload that encodes ``frame`` again."""
+    if isinstance(frame, Frame):
+        return payload(frame.beat, frame.pid)
+    return encode_frame(frame.type, frame.fields)[4:]
 
 
 class HeartbeatTests(SynchronousTestCase):
@@ -107,7 +118,8 @@ class HeartbeatTests(SynchronousTestCase):
 
     def test_refusals_say_why(self) -> None:
         """Each hostile shape is refused with a reason naming the fault."""
-        self.refused({"t": "gossip"}, "unknown frame type")
+        self.refused({"t": "Gossip"}, "frame type")
+        self.refused({"from": "crs2"}, "frame type")
         self.refused(["beat"], "frame is not a map")
         self.refused({**self.good(), "extra": 1}, "unexpected ['extra']")
         self.refused({**self.good(), "from": ""}, "sender is not a name")
@@ -138,13 +150,14 @@ class HeartbeatTests(SynchronousTestCase):
     @given(st.binary(max_size=300))
     @settings(max_examples=500)
     def test_hostile_bytes(self, data: bytes) -> None:
-        """Arbitrary octets give a heartbeat or a WireError, nothing else."""
+        """Arbitrary octets give a heartbeat, an envelope or a WireError,
+        nothing else, and what decodes encodes back to the same octets."""
         try:
             frame = decode_frame(data)
         except WireError as exc:
             self.assertTrue(str(exc))
         else:
-            self.assertEqual(payload(frame.beat, frame.pid), data)
+            self.assertEqual(reencode(frame), data)
 
     @given(beats, st.data())
     @settings(max_examples=200)
@@ -158,7 +171,30 @@ class HeartbeatTests(SynchronousTestCase):
             decoded = decode_frame(bytes(raw))
         except WireError:
             return
-        self.assertEqual(payload(decoded.beat, decoded.pid), bytes(raw))
+        self.assertEqual(reencode(decoded), bytes(raw))
+
+
+class EnvelopeTests(SynchronousTestCase):
+    def test_round_trip(self) -> None:
+        """A frame of another type comes back as its type and fields."""
+        data = encode_frame("fwd-post", {"id": 7, "to": "sip:a@b"})
+        (body,) = FrameReader().feed(data)
+        self.assertEqual(decode_frame(body), Envelope("fwd-post", {"id": 7, "to": "sip:a@b"}))
+
+    def test_bad_types_refused(self) -> None:
+        """The type must be a short a-z0-9- name, not the heartbeat's."""
+        for bad in ("", "Fwd", "a b", "x" * 33, "beat", "é"):
+            with self.assertRaises(WireError):
+                encode_frame(bad, {})
+        with self.assertRaises(WireError):
+            encode_frame("fwd", {"t": "other"})
+        for value in ({"t": 3}, {"t": "UP"}, [1], {"x": 1}):
+            with self.assertRaises(WireError):
+                decode_frame(cbor_subset.encode(value))
+
+    def test_oversized_refused(self) -> None:
+        with self.assertRaises(WireError):
+            encode_frame("big", {"b": b"x" * MAX_FRAME})
 
 
 class FrameReaderTests(SynchronousTestCase):

@@ -13,7 +13,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.config.crs_model import CrsConfig, CrsGlobal, Pool, PoolHost
 from cryptify.crs.pool.core import DOWN_AFTER, HEARTBEAT_INTERVAL, JOIN_WAIT, Heartbeat, Reason
-from cryptify.crs.pool.wire import MAX_FRAME, decode_frame, encode_heartbeat
+from cryptify.crs.pool.wire import (
+    MAX_FRAME,
+    Frame,
+    WireError,
+    decode_frame,
+    encode_frame,
+    encode_heartbeat,
+)
 from cryptify.crs.pool.wiring import (
     IDLE_TIMEOUT,
     INCARNATION_FILE,
@@ -150,7 +157,9 @@ class LinkTests(SynchronousTestCase):
         frames = []
         while data:
             (length,) = struct.unpack(">I", data[:4])
-            frames.append(decode_frame(data[4 : 4 + length]))
+            frame = decode_frame(data[4 : 4 + length])
+            assert isinstance(frame, Frame)
+            frames.append(frame)
             data = data[4 + length :]
         self.assertEqual(len(frames), 3)
         self.assertEqual({f.beat.sender for f in frames}, {"crs1"})
@@ -164,7 +173,9 @@ class LinkTests(SynchronousTestCase):
         inbound, in_t = a.inbound()
         self.assertEqual(in_t.value(), b"")
         inbound.dataReceived(encode_heartbeat(Heartbeat("crs2", None)))
-        self.assertEqual(decode_frame(in_t.value()[4:]).beat.sender, "crs1")
+        first = decode_frame(in_t.value()[4:])
+        assert isinstance(first, Frame)
+        self.assertEqual(first.beat.sender, "crs1")
         _outgoing, out_t = a.outgoing("crs2")
         for _ in range(int(IDLE_TIMEOUT * 2)):
             self.reactor.advance(HEARTBEAT_INTERVAL)
@@ -211,6 +222,44 @@ class LinkTests(SynchronousTestCase):
         self.assertIn(("pool", "hand-back start"), a.events)
         self.assertEqual(a.events[-1], ("pool", "hand-back done"))
         self.assertEqual(b.link.rows()[1][2], f"{SLOTS // 2}-{SLOTS - 1}")
+
+    def test_frames_of_other_types(self) -> None:
+        """A module's frames go to the peer's handler for their type, with
+        the sender's name; link up and down reach on_link listeners; a
+        frame nobody handles is ignored, and one before the first
+        heartbeat, or one its handler refuses, drops the connection."""
+        a, b = self.member("crs1"), self.member("crs2")
+        got: list[tuple[str, dict[str, object]]] = []
+        links: list[tuple[str, bool]] = []
+
+        def handler(peer: str, fields: dict[str, object]) -> None:
+            if "bad" in fields:
+                raise WireError("bad field")
+            got.append((peer, fields))
+
+        b.link.handle("echo", handler)
+        with self.assertRaises(ValueError):
+            b.link.handle("echo", handler)
+        a.link.on_link(lambda peer, up: links.append((peer, up)))
+        self.assertFalse(a.link.send("crs2", "echo", {"n": 0}))
+        wires = [Wire(a, b), Wire(b, a)]
+        self.flow(JOIN_WAIT + 3 * HEARTBEAT_INTERVAL, wires)
+        self.assertEqual(links, [("crs2", True)])
+        self.assertTrue(a.link.send("crs2", "echo", {"n": 1}))
+        self.assertTrue(a.link.send("crs2", "other", {"n": 2}))
+        self.flow(HEARTBEAT_INTERVAL, wires)
+        self.assertEqual(got, [("crs1", {"n": 1})])
+        self.flow(DOWN_AFTER + 2 * HEARTBEAT_INTERVAL, [])
+        self.assertEqual(links, [("crs2", True), ("crs2", False)])
+        proto, transport = b.inbound()
+        proto.dataReceived(encode_frame("echo", {"n": 3}))
+        self.assertTrue(transport.disconnecting)
+        proto, transport = b.inbound()
+        proto.dataReceived(
+            encode_heartbeat(Heartbeat("crs1", None)) + encode_frame("echo", {"bad": 1})
+        )
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(got, [("crs1", {"n": 1})])
 
     def test_hostile_octets_drop_the_connection(self) -> None:
         """A frame that does not decode drops the connection; the member

@@ -3,7 +3,7 @@
 A link carries *frames*: a 4-octet big-endian length, then that many
 octets of one item of the strict CBOR subset
 (:mod:`cryptify.protocols.cbor_subset`), a map whose ``"t"`` names the
-frame type.  The only type today is the heartbeat::
+frame type.  The link itself knows the heartbeat::
 
     {"t": "beat", "from": NAME, "pid": INT, "map": null | MAP}
 
@@ -24,11 +24,18 @@ names of at most :data:`MAX_NAME` octets, integers in range.  Anything else
 raises :class:`WireError` with what is wrong; nothing else escapes.
 Whether the names are members of *this* pool is the core's check
 (:meth:`~cryptify.crs.pool.core.PoolMember.receive`).
+
+Any other frame type (forwarded messages, calls, operator changes) is an
+:class:`Envelope`: the type (a short lower-case name) and the map's other
+fields, which the module registered for that type checks
+(:meth:`cryptify.crs.pool.wiring.PoolLink.handle`).  Those frames carry no
+``from``: the connection's peer is known from its first heartbeat.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -43,6 +50,10 @@ MAX_FRAME = 128 * 1024
 MAX_NAME = 64
 #: Largest epoch or incarnation accepted (an unsigned 63-bit number).
 MAX_NUMBER = 2**63 - 1
+#: Longest frame type name (ASCII lower case, digits and ``-``).
+MAX_TYPE = 32
+#: The heartbeat's frame type.
+BEAT = "beat"
 
 _LENGTH = struct.Struct(">I")
 
@@ -90,6 +101,39 @@ class Frame:
 
     beat: Heartbeat
     pid: int = 0
+
+
+@attrs.frozen
+class Envelope:
+    """A decoded frame of another type than the heartbeat: its ``type``
+    and its other ``fields``, not yet checked (the handler of the type
+    does that, raising :class:`WireError`)."""
+
+    type: str
+    fields: dict[str, object]
+
+
+def _frame_type(value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_TYPE
+        or not all(c.isascii() and (c.islower() or c.isdigit() or c == "-") for c in value)
+    ):
+        raise WireError(f"frame type {value!r} is not a name of 1 to {MAX_TYPE} a-z0-9-")
+    return value
+
+
+def encode_frame(frame_type: str, fields: Mapping[str, object]) -> bytes:
+    """A frame of ``frame_type`` (not the heartbeat) with ``fields``, as a
+    whole frame (length prefix included); raises :class:`WireError` when
+    the type is not a valid name, a field is named ``t``, or the frame is
+    over :data:`MAX_FRAME`."""
+    if _frame_type(frame_type) == BEAT or "t" in fields:
+        raise WireError("not a frame of its own type")
+    payload = cbor_subset.encode({"t": frame_type, **fields})
+    if len(payload) > MAX_FRAME:
+        raise WireError(f"frame of {len(payload)} octets exceeds {MAX_FRAME}")
+    return _LENGTH.pack(len(payload)) + payload
 
 
 def encode_heartbeat(beat: Heartbeat, pid: int = 0) -> bytes:
@@ -179,16 +223,20 @@ def decode_map(value: Any) -> SlotMap:
         raise WireError(str(exc)) from exc
 
 
-def decode_frame(payload: bytes) -> Frame:
-    """The heartbeat in one frame's payload (without the length prefix)."""
+def decode_frame(payload: bytes) -> Frame | Envelope:
+    """The heartbeat, or the :class:`Envelope` of another type, in one
+    frame's payload (without the length prefix)."""
     if len(payload) > MAX_FRAME:
         raise WireError(f"frame of {len(payload)} octets exceeds {MAX_FRAME}")
     try:
         value = cbor_subset.decode(payload)
     except cbor_subset.CborError as exc:
         raise WireError(f"not canonical CBOR: {exc}") from None
-    if isinstance(value, dict) and value.get("t") != "beat":
-        raise WireError(f"unknown frame type {value.get('t')!r}")
+    if not isinstance(value, dict):
+        raise WireError("frame is not a map")
+    frame_type = _frame_type(value.get("t"))
+    if frame_type != BEAT:
+        return Envelope(frame_type, {k: v for k, v in value.items() if k != "t"})
     fields = _fields(value, "frame", {"t", "from", "pid", "map"})
     sender = _name(fields["from"], "sender")
     pid = _number(fields["pid"], "pid")

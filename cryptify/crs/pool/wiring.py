@@ -23,6 +23,13 @@
 - after each map change calls its *watchers* (:meth:`PoolLink.watch`),
   e.g. :func:`client_mover`, which tells attached clients of slots this
   member no longer claims to come back (they are then moved to the owner);
+- carries the frames of other modules (forwarded messages, calls, operator
+  changes): a module registers a handler for its frame type
+  (:meth:`PoolLink.handle`), sends with :meth:`PoolLink.send`, and hears of
+  peers coming and going with :meth:`PoolLink.on_link`.  A frame of a type
+  nobody handles is logged once per type and ignored (a newer peer), and a
+  handler that raises :class:`~cryptify.crs.pool.wire.WireError` drops the
+  connection as a bad heartbeat does;
 - persists the member's *incarnation* in ``data-dir/pool-incarnation``
   (:func:`next_incarnation`).
 
@@ -62,7 +69,14 @@ from cryptify.crs.pool.core import (
     PoolMember,
     Reason,
 )
-from cryptify.crs.pool.wire import FrameReader, WireError, decode_frame, encode_heartbeat
+from cryptify.crs.pool.wire import (
+    Envelope,
+    FrameReader,
+    WireError,
+    decode_frame,
+    encode_frame,
+    encode_heartbeat,
+)
 from cryptify.crs.slots import slot_of
 from cryptify.files import write_atomically
 from cryptify.protocols.streams import abort
@@ -145,6 +159,12 @@ class _LinkProtocol(Protocol):
         try:
             for payload in self.reader.feed(data):
                 frame = decode_frame(payload)
+                if isinstance(frame, Envelope):
+                    if self.peer is None or self not in self.link._conns:
+                        raise WireError(f"a {frame.type!r} frame before the first heartbeat")
+                    self.link._dispatch(self.peer, frame)
+                    self._set_idle(IDLE_TIMEOUT)
+                    continue
                 first = self.peer is None
                 if first:
                     self.peer = frame.beat.sender
@@ -273,6 +293,9 @@ class PoolLink(service.MultiService):
         self._handing_back = False
         self._watchers: list[Callable[[], bool]] = []
         self._again: list[Callable[[], bool]] = []
+        self._handlers: dict[str, Callable[[str, dict[str, object]], None]] = {}
+        self._unhandled: set[str] = set()
+        self._link_listeners: list[Callable[[str, bool], None]] = []
         port = g.pool_port
         make = endpoint or (lambda host, p: _tcp_endpoint(reactor, host, p))
         client_tls = PskClientContextFactory(me.encode("ascii"), self._psk)
@@ -354,6 +377,47 @@ class PoolLink(service.MultiService):
                 log.failure("pool map watcher failed")
         self._again = again
 
+    def handle(self, frame_type: str, handler: Callable[[str, dict[str, object]], None]) -> None:
+        """Call ``handler(peer, fields)`` for every frame of ``frame_type``
+        a peer sends; it checks the fields and raises
+        :class:`~cryptify.crs.pool.wire.WireError` on bad ones (the
+        connection is then dropped)."""
+        if frame_type in self._handlers:
+            raise ValueError(f"pool frame type {frame_type!r} already has a handler")
+        self._handlers[frame_type] = handler
+
+    def on_link(self, listener: Callable[[str, bool], None]) -> None:
+        """Call ``listener(peer, up)`` when a peer's heartbeats start or
+        stop arriving (as ``show services`` and ``notify.sh`` see it)."""
+        self._link_listeners.append(listener)
+
+    def send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
+        """Send one frame to ``peer`` on a connection to it (its outgoing
+        one when open); False when no connection to it is open (nothing is
+        queued: the caller keeps what must not be lost and sends it again
+        when :meth:`on_link` says the peer is up).  A frame sent is not yet
+        received: the protocol on top confirms what it needs."""
+        frame = encode_frame(frame_type, fields)
+        conns = [c for c in self._conns if c.peer == peer]
+        if not conns:
+            return False
+        conns.sort(key=lambda c: not c.outgoing)
+        conns[0].send(frame)
+        return True
+
+    def _dispatch(self, peer: str, envelope: Envelope) -> None:
+        handler = self._handlers.get(envelope.type)
+        if handler is None:
+            if envelope.type not in self._unhandled:
+                self._unhandled.add(envelope.type)
+                log.warn(
+                    "pool link: ignoring frames of type {type} from {peer} (not known here)",
+                    type=envelope.type,
+                    peer=peer,
+                )
+            return
+        handler(peer, envelope.fields)
+
     # -- what the CRS asks -----------------------------------------------
 
     def owner(self, slot: int) -> str | None:
@@ -431,6 +495,7 @@ class PoolLink(service.MultiService):
                 self._up.add(peer)
                 log.info("pool link to {peer} up", peer=peer)
                 self.notify(f"pool_link_{peer}", "up")
+                self._tell_link(peer, True)
             elif peer not in live and peer in self._up:
                 self._up.discard(peer)
                 log.warn(
@@ -439,6 +504,14 @@ class PoolLink(service.MultiService):
                     after=DOWN_AFTER,
                 )
                 self.notify(f"pool_link_{peer}", "down")
+                self._tell_link(peer, False)
+
+    def _tell_link(self, peer: str, up: bool) -> None:
+        for listener in self._link_listeners:
+            try:
+                listener(peer, up)
+            except Exception:
+                log.failure("pool link listener failed")
 
     def _changed(self, change: Change) -> None:
         assert self.member is not None and self.member.map is not None
