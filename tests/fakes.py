@@ -300,6 +300,8 @@ class MemoryMessageStore:
         data: bytes,
         known: str | None = None,
         counters: str | None = None,
+        message_id: str | None = None,
+        time_ms: int | None = None,
     ) -> Posted:
         if kind not in KINDS:
             raise MessageRefused("malformed", f"unknown message kind {kind!r}")
@@ -318,10 +320,11 @@ class MemoryMessageStore:
             raise MessageRefused("not-found", f"{owner} is not known to this CRS")
         if len(self._inbox(owner)) >= self.max_inbox:
             raise MessageRefused("inbox-full", f"{owner} has {self.max_inbox} messages waiting")
-        message_id = next(self.ids)
-        stored = Stored(
-            message_id, sender, recipient, account, kind, int(self.clock() * 1000), data
-        )
+        if message_id is None:
+            message_id = next(self.ids)
+        if time_ms is None:
+            time_ms = int(self.clock() * 1000)
+        stored = Stored(message_id, sender, recipient, account, kind, time_ms, data, scope)
         self.messages[message_id] = stored
         self.scopes[f"{sender} {scope}"] = (message_id, digest)
         if counters is not None:
@@ -404,6 +407,10 @@ class MemoryMessageStore:
     async def count(self, recipient: str) -> int:
         self._reachable()
         return len(self._inbox(recipient))
+
+    async def inboxes(self) -> list[str]:
+        self._reachable()
+        return sorted({m.recipient.split(";")[0] for m in self.messages.values()})
 
 
 # -- calls --------------------------------------------------------------------------

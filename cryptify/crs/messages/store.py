@@ -168,6 +168,10 @@ class Stored:
     kind: str
     time_ms: int
     data: bytes
+    #: The retry scope it was posted in (:func:`retry_scope`), when known:
+    #: a copy handed to another pool instance carries it, so that the copy
+    #: and a retry of the post made there are recognised as one message.
+    scope: str | None = None
 
 
 @attrs.frozen
@@ -279,6 +283,8 @@ class MessageStore:
         data: bytes,
         known: str | None = None,
         counters: str | None = None,
+        message_id: str | None = None,
+        time_ms: int | None = None,
     ) -> defer.Deferred[Posted]:
         """Store a message once; a repeat in the same ``scope`` answers the first ID.
 
@@ -287,7 +293,10 @@ class MessageStore:
         is its base number's); ``known``: a set the recipient must be in
         (else ``not-found``); ``counters``: a hash whose ``post`` field
         counts new posts -- both in the same atomic step as the store, so a
-        post costs no round trip of its own.  Fails with
+        post costs no round trip of its own.  ``message_id`` and ``time_ms``
+        keep the ID and time a message was given where it was first posted
+        (a message forwarded or handed over by another pool instance);
+        by default a new ID and now.  Fails with
         :class:`MessageRefused`: ``key-reused`` when the scope was used for
         another message, ``unavailable`` when Redis could not be reached,
         ``internal`` when Redis did not store it for another reason.
@@ -296,8 +305,9 @@ class MessageStore:
             return defer.fail(MessageRefused("malformed", f"unknown message kind {kind!r}"))
         if len(data) > MAX_CONTENT:
             return defer.fail(MessageRefused("too-large", f"content over {MAX_CONTENT} octets"))
-        message_id = self.new_id()
-        now_ms = int(self.clock() * 1000)
+        if message_id is None:
+            message_id = self.new_id()
+        now_ms = int(self.clock() * 1000) if time_ms is None else time_ms
         owner = base_uri(recipient)
         args = (
             message_id,
@@ -316,7 +326,7 @@ class MessageStore:
 
         def answered(line: str) -> Posted:
             if line == "1":
-                stored = Stored(message_id, sender, recipient, account, kind, now_ms, data)
+                stored = Stored(message_id, sender, recipient, account, kind, now_ms, data, scope)
                 return Posted(message_id, duplicate=False, stored=stored)
             if line.startswith("0 "):
                 return Posted(line[2:], duplicate=True)
@@ -378,15 +388,30 @@ class MessageStore:
         fields = await self._client().hgetall(f"msg:{message_id}")
         if not fields:
             return None
+        sender = fields["from"]
+        dedup = fields.get("dedup", "")
+        prefix = f"dedup:{sender}:"
         return Stored(
             str(message_id),
-            fields["from"],
+            sender,
             fields["to"],
             fields["account"],
             fields["kind"],
             int(fields["time"]),
             base64.b64decode(fields["data"]),
+            dedup[len(prefix) :] if dedup.startswith(prefix) else None,
         )
+
+    async def inboxes(self, batch: int = 500) -> list[str]:
+        """Every URI that has messages waiting (a ``SCAN`` of the inboxes)."""
+        client = self._client()
+        found: set[str] = set()
+        cursor: object = "0"
+        while True:
+            cursor, keys = await client.scan(cursor, "inbox:*", batch)
+            found.update(str(k)[len("inbox:") :] for k in keys)
+            if str(cursor) == "0":
+                return sorted(found)
 
     async def waiting_ids(self, recipient: str, limit: int) -> list[str]:
         """The IDs of the first ``limit`` messages waiting for ``recipient``, oldest first."""
