@@ -59,6 +59,7 @@ from cryptify.crs.objects.wiring import observe_attaches
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.pool.forward import Forwarder
 from cryptify.crs.pool.sync import build_sync
 from cryptify.crs.pool.wiring import PoolLink, client_mover
 from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher
@@ -347,6 +348,9 @@ class Messages:
     store: MessageStore
     messaging: Messaging
     expiry: MessageExpiry
+    #: In a pool: forwarding to the owner of a recipient's slot, hinted
+    #: hand-off and the sweep (docs/pool.md).
+    forwarder: Forwarder | None = None
 
 
 def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statistics) -> Messages:
@@ -355,7 +359,10 @@ def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statis
     store = MessageStore(lambda: redis.store("redis_low"), reactor.seconds)
     messaging = Messaging(store, basics.registry, basics.trace, stats=stats, scheduler=reactor)
     install_messaging(core, messaging)
-    return Messages(store, messaging, MessageExpiry(store, reactor))
+    forwarder = None
+    if basics.pool is not None:
+        forwarder = Forwarder(basics.pool, store, messaging, reactor)
+    return Messages(store, messaging, MessageExpiry(store, reactor), forwarder)
 
 
 def server_tls(cfg: CrsConfig, what: str) -> Any:
@@ -544,6 +551,8 @@ def make_crs_service(
             client_mover(basics.registry, basics.pool, lambda uri: bool(sessions.sessions_of(uri)))
         )
         attach(root, basics.pool)
+    if messages.forwarder is not None:
+        attach(root, messages.forwarder)
     if push is not None:
         link, pusher = push
         attach(root, link)

@@ -5,7 +5,8 @@ were posted, which keeps every sender's order)::
 
     msg:{ID}              hash: from, to, inbox, account, kind, time (ms), data (base64), dedup
     inbox:{URI}           list of message IDs, oldest first (URI without extension)
-    dedup:{SENDER}:{SCOPE}  "ID DIGEST": what a post became (expires with the message)
+    dedup:{SENDER}:{SCOPE}  "ID DIGEST": what a post became (expires with the message);
+                          "ID DIGEST handed" once handed to another pool member
     msg-expiry            sorted set: message ID by time stored
 
 A post is one Lua function, so it is all or nothing.  Its retry scope
@@ -95,9 +96,11 @@ local function item(i)
   local known, counters, digest = ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
   local existing = redis.call('GET', dedup)
   if existing then
-    local first, kept = string.match(existing, '^(%S+) (%S+)$')
-    if first == nil or kept ~= digest then return '-3' end
-    return '0 ' .. first
+    local first, kept, state = string.match(existing, '^(%S+) (%S+)( ?%S*)$')
+    if state ~= ' handed' then
+      if first == nil or kept ~= digest then return '-3' end
+      return '0 ' .. first
+    end
   end
   if known ~= '' and redis.call('SISMEMBER', known, owner) == 0 then return '-2' end
   local inbox = 'inbox:' .. owner
@@ -132,6 +135,27 @@ local function item(i)
   if prefix ~= '' then redis.call('HINCRBY', prefix .. fields[1], 'deliv', 1) end
   return fields[1] .. ' ' .. (fields[2] or 'content')
 end
+"""
+
+#: A message handed to another pool member: drop it here like a delivery,
+#: and mark its de-duplication key ``handed`` (same expiry): a copy of it
+#: coming back (the slot moved back) is stored again, while a copy of a
+#: message delivered here, or still here, is answered as a repeat.  KEYS:
+#: the inbox; ARGV: the message ID.  Answers 1 when it was there.
+_HANDED = """
+local id = ARGV[1]
+if redis.call('LREM', KEYS[1], 1, id) == 0 then return 0 end
+local key = 'msg:' .. id
+local dedup = redis.call('HGET', key, 'dedup')
+redis.call('DEL', key)
+redis.call('ZREM', 'msg-expiry', id)
+if dedup then
+  local existing = redis.call('GET', dedup)
+  if existing and string.match(existing, '^%S+ %S+$') then
+    redis.call('SET', dedup, existing .. ' handed', 'KEEPTTL')
+  end
+end
+return 1
 """
 
 _EXPIRE = """
@@ -452,6 +476,12 @@ class MessageStore:
 
     async def count(self, recipient: str) -> int:
         return int(await self._client().llen(f"inbox:{recipient}"))
+
+    async def handed(self, recipient: str, message_id: str) -> bool:
+        """Another pool member stored the message for us: drop it here, and
+        let a copy of it that comes back later be stored again."""
+        client = self._client()
+        return bool(int(await client.eval(_HANDED, [f"inbox:{recipient}"], [message_id])))
 
     async def stored(self) -> int:
         """How many messages are stored, waiting for delivery (every one is in ``msg-expiry``)."""
