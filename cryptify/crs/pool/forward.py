@@ -9,7 +9,10 @@ a pool member's :class:`~cryptify.crs.messages.wiring.Messaging`:
   The owner stores it durably in its own ``redis_low`` with the same rules
   as a post made there (the recipient must be known there, the inbox
   limit, the sender's retry scope) and answers ``msg-stored`` (or
-  ``msg-refused`` with a UMSG code, passed on to the sender).  Only then
+  ``msg-refused`` with a UMSG code, passed on to the sender).  A member
+  stores a forwarded message only for a slot it owns in its own map (else
+  ``unavailable``: the maps differ for a moment), so two members never
+  each take the other's copy of one message as a repeat and drop both.  Only then
   is the sender answered ``posted``; this member traces ``forward
   content`` (or ``forward ack``) with Account ``internal``, the owner
   ``posted ...`` as for a local post, and delivers it.
@@ -312,6 +315,16 @@ class Forwarder(service.Service):
     def _on_post(self, peer: str, fields: dict[str, object]) -> None:
         request = decode_post(fields)
         message = request.message
+        if self.elsewhere(message.recipient):
+            # Not ours in this member's map (the maps differ for a moment,
+            # or it is handing the same message the other way): the peer
+            # keeps it and tries again once the maps agree.
+            self.link.send(
+                peer,
+                REFUSED,
+                encode_refused(request.n, UNAVAILABLE, "this member does not own the slot"),
+            )
+            return
         live = not request.hand
         stored: Deferred[Posted] = defer.maybeDeferred(
             self.store.post,
