@@ -15,13 +15,17 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from cryptify.config.crs_model import CrsConfig, CrsGlobal, Pool, PoolHost
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.messages.store import Stored
 from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.pool.forward import Forwarder
 from cryptify.crs.pool.wire import Envelope, decode_frame, encode_frame
+from cryptify.crs.pool.wiring import PoolLink, _InboundFactory, _LinkProtocol
 from cryptify.crs.slots import slot_of
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import message
@@ -151,24 +155,27 @@ class RecordingStore(MemoryMessageStore):
 
 
 class Node:
-    """One pool member's messaging over a :class:`FakeLink`."""
+    """One pool member's messaging over a :class:`FakeLink` (or the real
+    ``PoolLink`` given as ``link``)."""
 
     def __init__(
         self,
-        net: Net,
+        net: Net | None,
         name: str,
         clock: Clock,
         confirmed: list[Stored],
         store: RecordingStore | None = None,
+        link: Any = None,
     ) -> None:
         self.net, self.name, self.clock = net, name, clock
         self.store = store or RecordingStore(clock.seconds, confirmed, name)
         self.traces: list[str] = []
         self.ids = 0
-        self.start()
+        self.start(link)
 
-    def start(self) -> None:
-        self.link = self.net.link(self.name)
+    def start(self, link: Any = None) -> None:
+        assert self.net is not None or link is not None
+        self.link = link if link is not None else self.net.link(self.name)  # type: ignore[union-attr]
         trace = TraceHub(self.clock.seconds)
         trace.subscribe("message", self.traces.append)
         self.registry = AttachRegistry(self.name, self.clock.seconds, trace)
@@ -206,6 +213,7 @@ class Node:
                 box.retry.cancel()
         for attachment in self.registry.matching():
             attachment.conn.disconnect("crash")
+        assert self.net is not None
         del self.net.links[self.name]
         self.net.queue = [q for q in self.net.queue if self.name not in q[:2]]
 
@@ -247,3 +255,81 @@ class Node:
                     conn,  # type: ignore[arg-type]
                     message("delivered", message=got["message"]),
                 )
+
+
+class LinkPair:
+    """Two real :class:`PoolLink` s (crs1, crs2) on a memory reactor, joined
+    by memory transports both ways, each with a :class:`Node` on it.
+    ``cut`` makes the wires carry nothing (and the links then drop the
+    silent connections and connect again)."""
+
+    KEY = "the-pool-shared-secret"
+
+    def __init__(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1_800_000_000.0)
+        hosts = (PoolHost("crs1", "192.0.2.1"), PoolHost("crs2", "192.0.2.2"))
+        config = CrsConfig(global_=CrsGlobal(key=self.KEY), pool=Pool(hosts))
+        self.links = [
+            PoolLink(config, name, self.reactor, lambda u, e: None, incarnation=lambda: 100)
+            for name in ("crs1", "crs2")
+        ]
+        self.confirmed: list[Stored] = []
+        self.nodes = [
+            Node(None, link.me, self.reactor, self.confirmed, link=link)  # type: ignore[arg-type]
+            for link in self.links
+        ]
+        for link in self.links:
+            link.startService()
+        self.cut = False
+        self.wires: list[list[Any]] = []
+        self.protos: list[_LinkProtocol] = []
+
+    def connect(self) -> None:
+        """Open the outgoing connections that are not open (as ClientService would)."""
+        for a, b in ((0, 1), (1, 0)):
+            if any(w[0] == (a, b) and not w[5] for w in self.wires):
+                continue
+            out = _LinkProtocol(self.links[a], self.links[b].me)
+            out_t = StringTransport()
+            into = _InboundFactory(self.links[b]).buildProtocol(IPv4Address("TCP", "192.0.2.9", 1))
+            assert isinstance(into, _LinkProtocol)
+            into_t = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 1))
+            out.makeConnection(out_t)
+            into.makeConnection(into_t)
+            self.protos += [out, into]
+            self.wires.append([(a, b), out, out_t, into, into_t, False])
+
+    def pump(self) -> None:
+        for wire in self.wires:
+            _, out, out_t, into, into_t, dead = wire
+            if dead:
+                continue
+            if out_t.disconnecting or into_t.disconnecting:
+                wire[5] = True
+                for proto in (out, into):
+                    proto.connectionLost(None)
+                continue
+            for src_t, dst in ((out_t, into), (into_t, out)):
+                data = src_t.value()
+                src_t.clear()
+                if data and not self.cut:
+                    dst.dataReceived(data)
+
+    def flow(self, seconds: float) -> None:
+        for _ in range(int(seconds / 0.5)):
+            self.connect()
+            self.reactor.advance(0.5)
+            for _ in range(3):
+                self.pump()
+
+    def stop(self) -> None:
+        for wire in self.wires:
+            if not wire[5]:
+                wire[5] = True
+                wire[1].connectionLost(None)
+                wire[3].connectionLost(None)
+        for node in self.nodes:
+            node.forwarder.stopService()
+        for link in self.links:
+            link.stopService()

@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.crs.messages.store import Stored
+from cryptify.crs.pool.core import DOWN_AFTER, HEARTBEAT_INTERVAL, JOIN_WAIT
 from cryptify.crs.pool.forward import FORWARD_TIMEOUT, SWEEP_INTERVAL
 from cryptify.crs.pool.forward_core import (
     DELIVERED,
@@ -33,9 +34,9 @@ from cryptify.crs.pool.forward_core import (
     encode_post,
 )
 from cryptify.crs.pool.wire import WireError
-from cryptify.crs.slots import slot_of
+from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.protocols.umsg import message
-from tests.forward_support import Conn, Net, Node
+from tests.forward_support import Conn, LinkPair, Net, Node
 
 NOW = 1_800_000_000.0
 SENDER = "tel:+100"
@@ -512,4 +513,44 @@ class PoolMessagesTests(SynchronousTestCase):
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow],
             ),
+        )
+
+
+# -- over two real pool links -------------------------------------------------
+
+
+class OverPoolLinkTests(SynchronousTestCase):
+    def test_post_across_real_links(self) -> None:
+        """Two PoolLinks over memory transports, each with its Messaging and
+        Forwarder: a post at crs1 for a client of crs2's slots is stored at
+        crs2 and answered; cut, it is kept at crs1 and handed over once the
+        link is back."""
+        pair = LinkPair()
+        self.addCleanup(pair.stop)
+        pair.flow(JOIN_WAIT + 3 * HEARTBEAT_INTERVAL)
+        a, b = pair.nodes
+        to = next(f"tel:+3{n}" for n in range(100) if slot_of(f"tel:+3{n}") >= SLOTS // 2)
+        b.store.known.add(to)
+        sender, recipient = a.attach(SENDER), b.attach(to)
+        a.post(sender, 1, to, b"across", b"a" * 16)
+        pair.flow(HEARTBEAT_INTERVAL)
+        [posted] = sender.of("posted")
+        self.assertEqual([m["message"] for m in recipient.of("message")], [posted["message"]])
+        self.assertEqual(states(a), ["forward content"])
+        pair.cut = True
+        a.post(sender, 2, to, b"kept", b"b" * 16)
+        self.assertEqual(len(sender.of("posted")), 1)  # waits for crs2's answer
+        pair.flow(FORWARD_TIMEOUT)
+        [_, kept] = sender.of("posted")
+        self.assertIn(kept["message"], a.store.messages)
+        pair.flow(DOWN_AFTER + 2 * HEARTBEAT_INTERVAL)  # crs1 takes crs2's slots over
+        self.assertEqual(a.link.owner(slot_of(to)), "crs1")
+        pair.cut = False
+        # crs2's slots trickle back; then crs1 hands the message over
+        pair.flow(150.0)
+        self.assertEqual(a.link.owner(slot_of(to)), "crs2")
+        self.assertEqual(a.store.messages, {})
+        self.assertEqual(
+            [m["message"] for m in recipient.of("message")],
+            [posted["message"], kept["message"]],
         )

@@ -203,8 +203,8 @@ class Forwarder(service.Service):
         now_ms = int(self.reactor.seconds() * 1000)
         message = Stored(self.new_id(), sender, to, account, kind, now_ms, data, scope)
         owner = self.owner(to)
-        if owner is None or owner == self.link.me:
-            return self._hold(message)
+        if owner is None or owner == self.link.me or not self.link.link_up(owner):
+            return self._hold(message)  # no owner now, or its heartbeats stopped
         peer: str = owner
 
         def stored(posted: Posted) -> Relayed:
