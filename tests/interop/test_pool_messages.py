@@ -186,48 +186,75 @@ class PoolMessagesTests(PoolCase):
         self.assertEqual(self.ledger.acks, [message_id])
 
     def test_kill_owner_under_load(self) -> None:
-        """kill -9 of crs2 while the sender posts: nothing acknowledged is
-        lost or delivered twice once crs2 is back."""
+        """kill -9 of crs2 while the sender posts: what crs1 cannot forward
+        it keeps; the recipient attaches at crs1 once it has the slots;
+        offline, its messages wait at crs1; crs2 comes back, the slots
+        trickle back and crs1 hands the waiting messages over.  Nothing
+        acknowledged is lost or delivered twice."""
         self.load(10, 0.1, b"before")
         self.drain(self.recipient)
         self.kill(2)
-        began = time.monotonic()
+        killed = time.monotonic()
         self.load(15, 0.3, b"during")
         held = [i for c, i in self.ledger.acked.items() if c.startswith(b"during")]
         # the recipient, cut off, attaches at crs1 once it has the slots
         self.recipient.close()
         self.attach(self.recipient, [address(2), address(1)])
         self.assertEqual(self.recipient.at, address(1))
+        took_over = time.monotonic() - killed
         self.load(5, 0.1, b"taken over")
         self.drain(self.recipient)
+        self.recipient.close()  # offline: the next ones wait at crs1
+        self.load(10, 0.1, b"offline")
         self.start(2)
-        self.load(10, 0.5, b"returning")
-        took = self.collect([address(1), address(2)])
+        restarted = time.monotonic()
         wait_for(lambda: self.formed([1, 2]), "the slots to come back", CEILING * 2)
+        formed = time.monotonic() - restarted
         self.collect([address(1), address(2)])
+        delivered = time.monotonic() - restarted
+        self.assertEqual(self.recipient.at, address(2))
         self.check_once()
         log.info(
-            "convergence: kill -9 of crs2: {acked} posts acknowledged ({held} while it was"
-            " away), {refused} refused ({codes}); all delivered {took:.1f}s after its"
-            " restart, {total:.1f}s after the kill",
+            "convergence: kill -9 of crs2: {acked} posts acknowledged ({held} kept at crs1"
+            " while crs2 was away), {refused} refused ({codes}); the recipient attached at"
+            " crs1 {took_over:.1f}s after the kill; crs2 restarted: slots back after"
+            " {formed:.1f}s, every message delivered at crs2 after {delivered:.1f}s",
             acked=len(self.ledger.acked),
             held=len(held),
             refused=len(self.ledger.refused),
             codes=",".join(sorted(set(self.ledger.refused))) or "-",
-            took=took,
-            total=time.monotonic() - began,
+            took_over=took_over,
+            formed=formed,
+            delivered=delivered,
         )
 
     def test_partition_heals(self) -> None:
-        """Both instances alive and serving, the link between them cut both
-        ways; when it heals every acknowledged post is delivered once."""
+        """Both instances alive and reachable from the client host, the link
+        between them cut both ways: each takes the other's slots.  The
+        recipient (known to both) stays at crs2 while the sender's posts
+        are stored at crs1; when the cut heals, every acknowledged post is
+        delivered once."""
         self.load(5, 0.1, b"before")
         self.drain(self.recipient)
+        self.cut = True
         self.blackhole(True)
         self.addCleanup(lambda: self.blackhole(False) if self.cut else None)
-        self.cut = True
         began = time.monotonic()
-        self.load(20, 0.3, b"cut")
+        self.load(5, 0.3, b"cutting")
+        # crs1 takes the recipient's slot: it attaches there once (so crs1
+        # knows it), then back at crs2, which serves it as well
+        wait_for(
+            lambda: "(crs1)" in self.cli(1, "check", "slot", self.recipient.uri),
+            "crs1 to take the recipient's slot",
+            CEILING,
+        )
+        self.recipient.close()
+        self.attach(self.recipient, [address(1)])
+        self.assertEqual(self.recipient.at, address(1))
+        self.recipient.close()
+        self.attach(self.recipient, [address(2)])
+        self.assertEqual(self.recipient.at, address(2))
+        self.load(20, 0.2, b"cut")
         self.drain(self.recipient)
         self.blackhole(False)
         self.cut = False
@@ -238,10 +265,12 @@ class PoolMessagesTests(PoolCase):
         self.check_once()
         log.info(
             "convergence: partition of {cut:.1f}s: {acked} posts acknowledged, {refused}"
-            " refused ({codes}); all delivered {took:.1f}s after it healed",
+            " refused ({codes}); all delivered {took:.1f}s after it healed, map settled"
+            " after {settled:.1f}s",
             cut=healed - began,
             acked=len(self.ledger.acked),
             refused=len(self.ledger.refused),
             codes=",".join(sorted(set(self.ledger.refused))) or "-",
             took=took,
+            settled=time.monotonic() - healed,
         )
