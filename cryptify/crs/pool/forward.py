@@ -158,6 +158,8 @@ class Forwarder(service.Service):
         self.counters = {"forwarded": 0, "held": 0, "handed": 0, "taken": 0}
         self._numbers = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
+        #: Peers whose messages are being kept here (logged once each).
+        self._keeping: set[str] = set()
         #: Something may sit here for another member: sweep at the next tick.
         self.dirty = True
         self._sweeping = False
@@ -209,17 +211,20 @@ class Forwarder(service.Service):
 
         def stored(posted: Posted) -> Relayed:
             self.counters["forwarded"] += 1
+            if peer in self._keeping:
+                self._keeping.discard(peer)
+                log.info("messages for {peer} are forwarded to it again", peer=peer)
             return Relayed(posted, peer)
 
         def not_taken(failure: Failure) -> Deferred[Relayed] | Failure:
             if failure.check(Unreachable):
-                log.info(
-                    "message {id} for {to} kept for {peer}: {why}",
-                    id=message.id,
-                    to=to,
-                    peer=peer,
-                    why=failure.getErrorMessage(),
-                )
+                if peer not in self._keeping:  # once, not for every message
+                    self._keeping.add(peer)
+                    log.info(
+                        "messages for {peer} are kept here until it takes them: {why}",
+                        peer=peer,
+                        why=failure.getErrorMessage(),
+                    )
                 return self._hold(message)
             return failure
 
@@ -406,6 +411,7 @@ class Forwarder(service.Service):
         """Hand every message stored here for another member's slot to it."""
         self.dirty = False
         left = False
+        before = self.counters["handed"]
         for uri in await self.store.inboxes():
             owner = self.owner(uri)
             if owner == self.link.me:
@@ -419,6 +425,13 @@ class Forwarder(service.Service):
                 left = True
         if left:
             self.dirty = True
+        handed = self.counters["handed"] - before
+        if handed:
+            log.info(
+                "{count} stored messages handed to the members owning their slots{left}",
+                count=handed,
+                left=" (some left for later)" if left else "",
+            )
 
     async def _hand_inbox(self, uri: str, owner: str) -> bool:
         """Hand ``uri``'s messages to ``owner``; True when none is left."""
@@ -439,7 +452,7 @@ class Forwarder(service.Service):
             done = 0
             for m, (ok, result) in zip(messages, results, strict=True):
                 if not ok:
-                    log.info(
+                    log.debug(
                         "message {id} for {uri} still kept for {owner}: {why}",
                         id=m.id,
                         uri=uri,
