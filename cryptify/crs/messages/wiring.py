@@ -23,9 +23,17 @@
 - A store out of reach is answered ``error unavailable`` with a
   ``retry-after`` hint, logged as one warning line without a traceback.
 
+- In a pool, a post for a recipient whose slot another member serves
+  goes to the :class:`Router` (:class:`cryptify.crs.pool.forward.Forwarder`),
+  which stores it at that member (or keeps it here for it) before the
+  ``posted``; a ``delivered`` for a sender attached elsewhere goes to it
+  there, and messages the pool brings here arrive through
+  :meth:`Messaging.arrived`.
+
 ``trace message`` lines (Header, Time, From, To, State, Account,
 Message-ID) use the manual's states: not-found, posted content, posted
-ack, delivered.  Which URIs are known and the per-user counters of
+ack, delivered, and forward content / forward ack (Account ``internal``)
+for a post stored at another pool member.  Which URIs are known and the per-user counters of
 ``show message`` are kept by the message store, next to the messages;
 this module holds the rules only.
 """
