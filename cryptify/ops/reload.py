@@ -34,9 +34,11 @@ import attrs
 from twisted.application import service
 from twisted.logger import Logger
 
+from cryptify.config._base import evolve_at
+
 log = Logger(namespace="cryptify.reload")
 
-T = TypeVar("T")
+T = TypeVar("T", bound=attrs.AttrsInstance)
 
 
 class ReloadError(Exception):
@@ -57,13 +59,6 @@ def value_at(obj: Any, path: Sequence[str]) -> Any:
     for name in path:
         obj = getattr(obj, name)
     return obj
-
-
-def evolve_at(obj: T, path: Sequence[str], value: Any) -> T:
-    """C{obj} (frozen attrs) with the value at C{path} replaced."""
-    head, *rest = path
-    new = value if not rest else evolve_at(getattr(obj, head), rest, value)
-    return attrs.evolve(obj, **{head: new})  # type: ignore[misc]
 
 
 def leaves(obj: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
