@@ -187,7 +187,7 @@ def token_rule(regex: str) -> Callable[[_F], _F]:
     """
 
     def attach(f: _F) -> _F:
-        f.regex = regex  # type: ignore[attr-defined]
+        f.__dict__["regex"] = regex  # PLY reads the rule from the function
         return f
 
     return attach
