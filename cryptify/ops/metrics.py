@@ -86,9 +86,7 @@ class Queries:
 
     def _run_all(self) -> defer.Deferred[None]:
         runs = [self._run(name, query) for name, query in self.queries.items()]
-        done = defer.gatherResults(runs, consumeErrors=True)
-        done.addBoth(self._finished)
-        return done  # type: ignore[return-value]
+        return defer.gatherResults(runs, consumeErrors=True).addBoth(self._finished)
 
     def _run(self, name: str, query: Callable[[], Awaitable[Any]]) -> defer.Deferred[None]:
         async def once() -> Any:
