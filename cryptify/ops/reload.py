@@ -35,6 +35,7 @@ from twisted.application import service
 from twisted.logger import Logger
 
 from cryptify.config._base import evolve_at
+from cryptify.reactor import IReactor
 
 log = Logger(namespace="cryptify.reload")
 
@@ -179,7 +180,9 @@ class SighupService(service.Service):
     previous handler is put back when the service stops.
     """
 
-    def __init__(self, reactor: Any, on_hup: Callable[[], object], signum: int = signal.SIGHUP):
+    def __init__(
+        self, reactor: IReactor, on_hup: Callable[[], object], signum: int = signal.SIGHUP
+    ):
         self.reactor = reactor
         self.on_hup = on_hup
         self.signum = signum
@@ -199,7 +202,7 @@ class SighupService(service.Service):
         service.Service.stopService(self)
 
 
-def no_reload(program: str, reactor: Any) -> SighupService:
+def no_reload(program: str, reactor: IReactor) -> SighupService:
     """For a program that does not reload (the relays): SIGHUP is logged, not fatal."""
 
     def hup() -> None:
