@@ -59,7 +59,7 @@ from cryptify.crs.objects.wiring import observe_attaches
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
-from cryptify.crs.pool.sync import build_sync
+from cryptify.crs.pool.backup import build_sync
 from cryptify.crs.pool.wiring import PoolLink, client_mover
 from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher
 from cryptify.crs.redis.instance import ReplicaOf
