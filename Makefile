@@ -11,7 +11,7 @@ PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv rpm rpmlint debootst
 # tests/packaging is slow (package builds, a debootstrap root): its own target.
 UNIT_TESTS = $(filter-out tests.packaging,$(subst /,.,$(patsubst %.py,%,$(patsubst %/__init__.py,%,$(wildcard tests/test_*.py tests/*/__init__.py)))))
 
-.PHONY: run test lint typecheck unit debs-run debs-test debs-packages packages test-packages venv clean man
+.PHONY: run run-pool test lint typecheck unit debs-run debs-test debs-packages packages test-packages venv clean man
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ debs-packages:
 
 run: debs-run $(STAMP)
 	$(BIN)/python scripts/devrun.py
+
+# A two-instance pool, each instance in a network namespace of its own (root).
+run-pool: debs-run $(STAMP)
+	scripts/ensure-debs.sh iproute2
+	$(BIN)/python scripts/devpool.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check cryptify tests bench scripts twisted
