@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+from types import ModuleType
 from typing import Any
 
 import attrs
@@ -46,10 +47,15 @@ from cryptify.crypto.errors import (
 )
 from cryptify.crypto.sakke_curve import P, Q
 
-try:  # the C Miller loop, compiled when the package is built (setup.py)
-    from cryptify.crypto import _pairing as _native
+#: The C Miller loop (``sakke_miller.c``), compiled when the package is
+#: built (setup.py); None in a tree where it was not.
+_native: ModuleType | None = None
+try:
+    from cryptify.crypto import _pairing
+
+    _native = _pairing
 except ImportError:  # pragma: no cover - a build without a C compiler
-    _native = None  # type: ignore[assignment]
+    pass
 
 #: Octets of SSV and Hint (n = 128 bits), and of the Encapsulated Data.
 SSV_LENGTH = 16
