@@ -254,6 +254,7 @@ class PoolChangesTests(SynchronousTestCase):
             one.admin.add_blacklist("nobody", "tel:+1"),
             one.admin.remove_blacklist("acme", "tel:+1"),
             one.admin.add_blacklist("acme", "not-a-uri"),
+            one.admin.create_account("big", "QUFB" * 1200),  # over a change's limit
         ):
             self.failureResultOf(d, CommandFailed)
         assert one.changes.replica is not None
@@ -338,6 +339,19 @@ class PoolChangesTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d)["pool"], "applied on crs1 crs2")
         self.assertIsNone(two.accounts.get("acme"))
         self.assertEqual(conns[1].reasons, ["purged", "account deleted"])
+
+    def test_reload_everywhere(self) -> None:
+        """reload account re-reads each instance's own directory; problems
+        found here are returned as before."""
+        one, two = self.pool(2)
+        os.makedirs(os.path.join(two.root, "accounts", "byhand"))
+        with open(os.path.join(two.root, "accounts", "byhand", "secret"), "w") as f:
+            f.write(SECRET)
+        os.chmod(os.path.join(two.root, "accounts", "byhand", "secret"), 0o600)
+        answer = self.done(one.admin.reload_accounts())
+        self.assertEqual((answer["problems"], answer["pool"]), ([], "reloaded on crs1 crs2"))
+        self.assertIsNotNone(two.accounts.get("byhand"))
+        self.assertIsNone(one.accounts.get("byhand"))
 
     def test_apply_update_file_everywhere(self) -> None:
         """apply: the update file's months are stored on every instance."""

@@ -32,6 +32,7 @@ from cryptify.crs.operator.state import ATTACH_MODULE, CrsState
 from cryptify.crs.operator.stats import COLUMNS as STATS_COLUMNS
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.pool.changes_core import Kind, Report
+from cryptify.crs.pool.wire import WireError
 from cryptify.crs.remote_admin.store import KEY_BYTES, AdminError, AdminStore, fingerprint
 from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.crs.trace import ELEMENTS
@@ -134,6 +135,8 @@ class CrsAdmin(amp.CommandLocator):
             return await changes.submit(kind, args, done_here=done_here)
         except OSError as exc:
             raise CommandFailed(f"not done: the pool change log cannot be written: {exc}") from exc
+        except WireError as exc:
+            raise CommandFailed(f"not done: {exc}") from exc
 
     @crs_admin.ServerVersion.responder
     def server_version(self) -> dict[str, object]:

@@ -134,6 +134,13 @@ class ChangeLog:
         records, used = decode_records(data)
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
         if not records:
+            if data:
+                log.warn(
+                    "{path}: no whole record in its {size} octets (a crash while it was"
+                    " made): starting a new change log",
+                    path=self.path,
+                    size=len(data),
+                )
             log_id = int(now * 1_000_000)
             self._fd = os.open(
                 self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600
