@@ -4,19 +4,23 @@ directories, the crs-cli responders; peers down, back, restarted."""
 
 from __future__ import annotations
 
+import argparse
 import base64
+import io
 import os
 import stat
 import struct
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.config.crs_model import CrsConfig, CrsGlobal, Pool, PoolHost
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.operator import cli
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.pool.changes import (
@@ -468,3 +472,36 @@ class PoolChangesTests(SynchronousTestCase):
         applier = StateApplier(CrsState("crs1"))
         changes = PoolChanges(link, os.path.dirname(path), self.reactor, applier)
         self.assertRaises(StartupError, changes.startService)
+
+
+class CliTests(SynchronousTestCase):
+    """crs-cli prints where a pool-wide command is done, after its usual line."""
+
+    def run_action(self, argv: list[str], answer: dict[str, Any]) -> str:
+        out, err = io.StringIO(), io.StringIO()
+        args: argparse.Namespace = cli.build_parser(err).parse_args(argv)
+
+        class Client:
+            async def call(self, command: Any, **kwargs: Any) -> dict[str, Any]:
+                return answer
+
+        status = self.successResultOf(ensureDeferred(cli.remote_action(args, out, err)(Client())))
+        self.assertEqual(status, 0)
+        return out.getvalue()
+
+    def test_pool_line(self) -> None:
+        where = "applied on crs1 crs2; pending on crs3 (down)"
+        for argv, answer, first in (
+            (["blacklist", "add", "acme", "tel:+1"], {"disconnected": 0}, "tel:+1 blacklisted"),
+            (["blacklist", "remove", "acme", "tel:+1"], {}, "tel:+1 removed"),
+            (["create", "account", "acme", "-s", SECRET], {"path": "/a/acme"}, "account acme"),
+            (["delete", "account", "acme"], {"disconnected": 1}, "account acme deleted"),
+            (["purge", "clients", "acme"], {"purged": 2}, "2 purged"),
+            (["delete", "admin", "alice"], {}, "admin alice deleted"),
+        ):
+            with self.subTest(argv=argv):
+                text = self.run_action(argv, {**answer, "pool": where})
+                self.assertTrue(text.startswith(first), text)
+                self.assertTrue(text.endswith(where + "\n"), text)
+                # a single instance says nothing more
+                self.assertNotIn("applied on", self.run_action(argv, answer))
