@@ -183,7 +183,9 @@ class Wire:
         drop(self.into)
 
 
-class PoolChangesTests(SynchronousTestCase):
+class _PoolBase(SynchronousTestCase):
+    """Instances over memory links, cleaned up after each test."""
+
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.root = self.mktemp()
@@ -228,6 +230,13 @@ class PoolChangesTests(SynchronousTestCase):
         self.flow(HEARTBEAT_INTERVAL)
         return self.successResultOf(d)
 
+    def done_failing(self, d: Any) -> Any:
+        """A command expected to fail, once the pool had a moment to answer."""
+        self.flow(HEARTBEAT_INTERVAL)
+        return d
+
+
+class PoolChangesTests(_PoolBase):
     def test_create_account_reaches_every_instance(self) -> None:
         """create account on crs1: crs2 and crs3 have it, with the secret
         in a 0600 file, and crs-cli is told all three applied it; every
@@ -505,3 +514,38 @@ class CliTests(SynchronousTestCase):
                 self.assertTrue(text.endswith(where + "\n"), text)
                 # a single instance says nothing more
                 self.assertNotIn("applied on", self.run_action(argv, answer))
+
+
+class _Push:
+    """A member's push wake-ups: the answer it gives, and what it was asked."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.asked: list[tuple[str, str]] = []
+
+    async def wake(self, account: str, uri: str) -> str:
+        self.asked.append((account, uri))
+        return self.answer
+
+
+class WakeupTests(_PoolBase):
+    def test_wakeup_by_the_member_with_the_token(self) -> None:
+        """wakeup client on a member without the client's token asks the
+        others; the answer names the one that sent it."""
+        one, two, three = self.pool(3)
+        self.done(one.admin.create_account("acme", SECRET))
+        pushes = [_Push("no push token"), _Push("no push token"), _Push("sent")]
+        for node, push in zip((one, two, three), pushes, strict=True):
+            node.state.push = push
+        answer = self.done(one.admin.wakeup_client("acme", "tel:+1"))
+        self.assertEqual(answer, {"result": "sent", "pool": "sent by crs3"})
+        self.assertEqual([p.asked for p in pushes], [[("acme", "tel:+1")]] * 3)
+        pushes[2].answer = "limited: this client was woken a moment ago"
+        failure = self.failureResultOf(
+            self.done_failing(one.admin.wakeup_client("acme", "tel:+1")), CommandFailed
+        )
+        self.assertEqual(
+            str(failure.value),
+            "not sent: no push token here; crs2: no push token;"
+            " crs3: limited: this client was woken a moment ago",
+        )

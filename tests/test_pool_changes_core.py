@@ -32,6 +32,8 @@ from cryptify.crs.pool.changes_core import (
     check_part,
     check_purge,
     check_purged,
+    check_wakeup,
+    check_woken,
     decode_records,
     encode_record,
     outcome,
@@ -135,7 +137,9 @@ class ChangeEncodingTests(SynchronousTestCase):
 
     @given(
         st.dictionaries(
-            st.sampled_from(["o", "s", "part", "parts", "data", "hw", "again", "id", "account"]),
+            st.sampled_from(
+                ["o", "s", "part", "parts", "data", "hw", "again", "id", "account", "uri", "result"]
+            ),
             st.one_of(
                 st.integers(-5, 2**64),
                 st.text(max_size=10),
@@ -148,7 +152,8 @@ class ChangeEncodingTests(SynchronousTestCase):
     )
     def test_hostile_frames(self, fields: dict[str, object]) -> None:
         """The frames' checkers answer any fields with a value or WireError."""
-        for check in (check_part, check_marks_frame, check_purge, check_purged):
+        checks = (check_part, check_marks_frame, check_purge, check_purged)
+        for check in (*checks, check_wakeup, check_woken):
             try:
                 check(fields)
             except WireError:

@@ -160,7 +160,7 @@ class WakeupClient(MgmtCommand):
     """``wakeup client account ACCOUNT URI``: push a wake-up to the client now."""
 
     arguments = [(b"account", amp.Unicode()), (b"uri", amp.Unicode())]
-    response = [(b"result", amp.Unicode())]
+    response = [(b"result", amp.Unicode()), (b"pool", amp.Unicode(optional=True))]
 
 
 class PurgeClient(MgmtCommand):

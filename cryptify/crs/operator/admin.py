@@ -61,6 +61,8 @@ CLIENT_INFO_COLUMNS = [
     "CCA Version",
 ]
 NOT_AVAILABLE = "Not Available"
+#: What a wake-up answers for a client without a token here.
+NO_TOKEN = "no push token"  # noqa: S105 (an answer, not a secret)
 ADMINS_COLUMNS = ["Admin", "Accounts"]
 ADMIN_COLUMNS = ["Name", "Secret"]
 ADMIN_ACCOUNTS_COLUMNS = ["Account", "Authorizations"]
@@ -477,6 +479,14 @@ class CrsAdmin(amp.CommandLocator):
         log.info(
             "wakeup client {uri} of {account}: {result}", uri=uri, account=account, result=result
         )
+        if result == NO_TOKEN and self.state.changes is not None:
+            # in a pool the member serving the client's slot keeps its token
+            answers = await self.state.changes.wake(account, uri)
+            for peer, answer in answers:
+                if answer == "sent":
+                    return {"result": answer, "pool": f"sent by {peer}"}
+            elsewhere = "; ".join(f"{peer}: {answer}" for peer, answer in answers)
+            raise CommandFailed(f"not sent: {result} here; {elsewhere}")
         if result != "sent":
             # never say sent before the provider took it
             raise CommandFailed(f"not sent: {result}")

@@ -558,8 +558,9 @@ def remote_action(
             out.write(f"statistics {args.op}d for {args.account}\n")
             return EXIT_OK
         if action == "wakeup":
-            await client.call(crs_admin.WakeupClient, account=args.account, uri=args.uri)
+            answer = await client.call(crs_admin.WakeupClient, account=args.account, uri=args.uri)
             out.write(f"wake-up sent to {args.uri}\n")
+            pool_line(out, answer)
             return EXIT_OK
         if action == "trace":
             await client.call(crs_admin.Trace, element=element)

@@ -63,6 +63,9 @@ class PoolOps(Protocol):
     async def purge(self, account: str, uri: str | None, here: int) -> tuple[int, Report]:
         """Purge on every live peer too; the total and who did it."""
 
+    async def wake(self, account: str, uri: str) -> list[tuple[str, str]]:
+        """Ask every live peer to wake ``uri``; (peer, what happened) for each."""
+
 
 def _registry(state: CrsState) -> AttachRegistry:
     return AttachRegistry(state.name, state.clock, state.trace)

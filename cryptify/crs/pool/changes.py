@@ -20,7 +20,9 @@ fsync'ed before the change is applied, confirmed or answered), and
   peer that was down or cut off converges;
 - ``purge client|clients`` is not logged (an instance that is down has no
   clients: they are attached elsewhere): :meth:`PoolChanges.purge` asks
-  the live peers (``pool-purge``) and adds up their answers.
+  the live peers (``pool-purge``) and adds up their answers; likewise
+  ``wakeup client`` for a client whose push token another member keeps
+  (:meth:`PoolChanges.wake`, ``pool-wakeup``).
 
 What a change does to this instance (its accounts, blacklists, admins) is
 the :class:`Applier`'s job; :class:`StateApplier` does it on the running
@@ -47,8 +49,11 @@ from cryptify.crs.operator.state import CrsState
 from cryptify.crs.pool.changes_core import (
     CHANGE_FRAME,
     MARKS_FRAME,
+    MAX_RESULT,
     PURGE_FRAME,
     PURGED_FRAME,
+    WAKEUP_FRAME,
+    WOKEN_FRAME,
     Assembly,
     Change,
     Kind,
@@ -61,6 +66,8 @@ from cryptify.crs.pool.changes_core import (
     check_part,
     check_purge,
     check_purged,
+    check_wakeup,
+    check_woken,
     decode_records,
     encode_record,
     outcome,
@@ -80,6 +87,8 @@ CONFIRM_WAIT = 3.0
 #: How often marks are exchanged with every live peer (and what was sent
 #: but not confirmed is sent again), in seconds.
 RESYNC_INTERVAL = 5.0
+#: How long ``wakeup client`` waits for the peers (a push goes to the provider).
+WAKE_WAIT = 10.0
 #: Largest change log read at start.
 MAX_LOG_BYTES = 1024 * 1024 * 1024
 
@@ -110,6 +119,9 @@ class Applier(Protocol):
 
     def purge(self, account: str, uri: str | None) -> int:
         """Disconnect the account's clients here (one URI's or all); how many."""
+
+    async def wake(self, account: str, uri: str) -> str:
+        """Send a wake-up to ``uri`` from here; what happened."""
 
 
 class ChangeLog:
@@ -220,14 +232,17 @@ class PoolChanges(service.Service):
         self.peers: Peers | None = None
         self._assembly: dict[str, Assembly] = {p: Assembly() for p in link.peers}
         self._waiters: list[_Waiter] = []
-        self._purges: dict[int, tuple[dict[str, int], defer.Deferred[None], set[str]]] = {}
-        self._next_purge = 1
+        #: Requests to the live peers (purge, wakeup): id -> (answers, done, asked).
+        self._requests: dict[int, tuple[dict[str, object], defer.Deferred[None], set[str]]] = {}
+        self._next_request = 1
         self._loop = LoopingCall(self._resync)
         self._loop.clock = reactor
         link.handle(CHANGE_FRAME, self._on_change)
         link.handle(MARKS_FRAME, self._on_marks)
         link.handle(PURGE_FRAME, self._on_purge)
         link.handle(PURGED_FRAME, self._on_purged)
+        link.handle(WAKEUP_FRAME, self._on_wakeup)
+        link.handle(WOKEN_FRAME, self._on_woken)
         link.on_link(self._on_link)
 
     # -- lifecycle -------------------------------------------------------
@@ -260,8 +275,8 @@ class PoolChanges(service.Service):
             self._loop.stop()
         for waiter in list(self._waiters):
             self._finish(waiter)
-        for request in list(self._purges):
-            self._end_purge(request)
+        for request in list(self._requests):
+            self._end_request(request)
         self.file.close()
         service.Service.stopService(self)
         return None
@@ -290,32 +305,68 @@ class PoolChanges(service.Service):
             await waiter.done
         return self._report(change.id, problems)
 
-    async def purge(self, account: str, uri: str | None, here: int) -> tuple[int, Report]:
-        """Ask every live peer to purge too (``here`` were purged here);
-        the total and who did it, waiting at most :data:`CONFIRM_WAIT`."""
-        request = self._next_purge
-        self._next_purge += 1
-        answers: dict[str, int] = {}
+    async def _ask(
+        self, frame_type: str, fields: dict[str, object], wait: float
+    ) -> tuple[dict[str, object], set[str]]:
+        """Send a request to every live peer; their answers (peer ->
+        answer) once all answered or ``wait`` passed, and who was asked."""
+        request = self._next_request
+        self._next_request += 1
+        answers: dict[str, object] = {}
         asked = set()
         for peer in self.link.peers:
-            if self.link_up(peer) and self.link.send(
-                peer, PURGE_FRAME, {"id": request, "account": account, "uri": uri}
-            ):
+            if self.link_up(peer) and self.link.send(peer, frame_type, {"id": request, **fields}):
                 asked.add(peer)
         if asked:
             done: defer.Deferred[None] = defer.Deferred()
-            self._purges[request] = (answers, done, asked)
-            timer = self.reactor.callLater(CONFIRM_WAIT, self._end_purge, request)
+            self._requests[request] = (answers, done, asked)
+            timer = self.reactor.callLater(wait, self._end_request, request)
             await done
             if timer.active():
                 timer.cancel()
+        return answers, asked
+
+    def _answered(self, peer: str, request: int, answer: object) -> None:
+        found = self._requests.get(request)
+        if found is None or peer not in found[2] or peer in found[0]:
+            return
+        answers, _, asked = found
+        answers[peer] = answer
+        if set(answers) >= asked:
+            self._end_request(request)
+
+    def _end_request(self, request: int) -> None:
+        found = self._requests.pop(request, None)
+        if found is not None:
+            found[1].callback(None)
+
+    async def purge(self, account: str, uri: str | None, here: int) -> tuple[int, Report]:
+        """Ask every live peer to purge too (``here`` were purged here);
+        the total and who did it, waiting at most :data:`CONFIRM_WAIT`."""
+        fields: dict[str, object] = {"account": account, "uri": uri}
+        answers, asked = await self._ask(PURGE_FRAME, fields, CONFIRM_WAIT)
         applied = [self.me] + [p for p in self.link.peers if p in answers]
         pending = tuple(
             (p, "down" if p not in asked else "no answer")
             for p in self.link.peers
             if p not in answers
         )
-        return here + sum(answers.values()), Report(tuple(applied), pending)
+        total = here + sum(n for n in answers.values() if isinstance(n, int))
+        return total, Report(tuple(applied), pending)
+
+    async def wake(self, account: str, uri: str) -> list[tuple[str, str]]:
+        """Ask every live peer to wake ``uri`` (this instance has no push
+        token for it: the member serving its slot keeps it); each peer's
+        answer, waiting at most :data:`WAKE_WAIT`."""
+        fields: dict[str, object] = {"account": account, "uri": uri}
+        answers, asked = await self._ask(WAKEUP_FRAME, fields, WAKE_WAIT)
+        result = []
+        for peer in self.link.peers:
+            if peer in answers:
+                result.append((peer, str(answers[peer])))
+            else:
+                result.append((peer, "down" if peer not in asked else "no answer"))
+        return result
 
     def link_up(self, peer: str) -> bool:
         """Whether ``peer`` is live as far as changes go."""
@@ -374,13 +425,21 @@ class PoolChanges(service.Service):
 
     def _on_purged(self, peer: str, fields: dict[str, object]) -> None:
         request, purged = check_purged(fields)
-        found = self._purges.get(request)
-        if found is None or peer not in found[2]:
-            return
-        answers, _, asked = found
-        answers[peer] = purged
-        if set(answers) >= asked:
-            self._end_purge(request)
+        self._answered(peer, request, purged)
+
+    def _on_wakeup(self, peer: str, fields: dict[str, object]) -> None:
+        request = check_wakeup(fields)
+
+        def answer(result: str) -> None:
+            self.link.send(peer, WOKEN_FRAME, {"id": request.id, "result": result[:MAX_RESULT]})
+
+        d = defer.ensureDeferred(self.applier.wake(request.account, request.uri))
+        d.addCallback(answer)
+        d.addErrback(lambda f: log.failure("pool wakeup for {peer} failed", f, peer=peer))
+
+    def _on_woken(self, peer: str, fields: dict[str, object]) -> None:
+        request, result = check_woken(fields)
+        self._answered(peer, request, result)
 
     def _on_link(self, peer: str, up: bool) -> None:
         if self.peers is None:
@@ -442,11 +501,6 @@ class PoolChanges(service.Service):
         if waiter.timer.active():
             waiter.timer.cancel()
         waiter.done.callback(None)
-
-    def _end_purge(self, request: int) -> None:
-        found = self._purges.pop(request, None)
-        if found is not None:
-            found[1].callback(None)
 
 
 class StateApplier:
@@ -594,6 +648,15 @@ class StateApplier:
             if found is not None and found.blacklisted(attachment.uri, period):
                 listed.append(attachment)
         return int(state.registry.disconnect(listed, "blacklisted")) if listed else 0
+
+    async def wake(self, account: str, uri: str) -> str:
+        push = self.state.push
+        if push is None:
+            return "push notifications are off"
+        try:
+            return str(await push.wake(account, uri))
+        except Exception as exc:
+            return f"the push token store does not answer: {type(exc).__name__}"
 
     def purge(self, account: str, uri: str | None) -> int:
         registry = self.state.registry

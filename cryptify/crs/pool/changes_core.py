@@ -473,6 +473,10 @@ CHANGE_FRAME = "pool-change"
 MARKS_FRAME = "pool-marks"
 PURGE_FRAME = "pool-purge"
 PURGED_FRAME = "pool-purged"
+WAKEUP_FRAME = "pool-wakeup"
+WOKEN_FRAME = "pool-woken"
+#: Longest answer to a wakeup request, in characters.
+MAX_RESULT = 512
 #: Octets of a change per ``pool-change`` frame (a frame is at most 128 KiB).
 CHUNK = 96 * 1024
 #: Most parts one change is cut into.
@@ -593,6 +597,35 @@ def check_purged(fields: Mapping[str, object]) -> tuple[int, int]:
     """A ``pool-purged`` answer: request id and how many were disconnected."""
     _fields(fields, {"id", "purged"}, PURGED_FRAME)
     return _number(fields["id"], "id"), _number(fields["purged"], "purged")
+
+
+@attrs.frozen
+class Wakeup:
+    """A ``pool-wakeup`` request: wake this client if its token is here."""
+
+    id: int
+    account: str
+    uri: str
+
+
+def check_wakeup(fields: Mapping[str, object]) -> Wakeup:
+    _fields(fields, {"id", "account", "uri"}, WAKEUP_FRAME)
+    request = _number(fields["id"], "id")
+    account, uri = fields["account"], fields["uri"]
+    if not isinstance(account, str) or not 1 <= len(account) <= MAX_TEXT:
+        raise WireError("account is not text")
+    if not isinstance(uri, str) or not 1 <= len(uri) <= MAX_TEXT:
+        raise WireError("uri is not text")
+    return Wakeup(request, account, uri)
+
+
+def check_woken(fields: Mapping[str, object]) -> tuple[int, str]:
+    """A ``pool-woken`` answer: request id and what happened there."""
+    _fields(fields, {"id", "result"}, WOKEN_FRAME)
+    result = fields["result"]
+    if not isinstance(result, str) or len(result) > MAX_RESULT:
+        raise WireError(f"result is not text of at most {MAX_RESULT} characters")
+    return _number(fields["id"], "id"), result
 
 
 # -- what the CLI is told ----------------------------------------------------
