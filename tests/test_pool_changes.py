@@ -284,6 +284,9 @@ class PoolChangesTests(_PoolBase):
         self.flow(HEARTBEAT_INTERVAL)
         answer = self.successResultOf(d)
         self.assertEqual(answer["pool"], "applied on crs1 crs2; pending on crs3 (down)")
+        self.assertEqual(
+            one.changes.status(), "active (2 changes; crs2 has all; crs3 lacks 1 (down))"
+        )
         self.done(two.admin.create_account("other", OTHER))
         self.flow(HEARTBEAT_INTERVAL)
         found = three.accounts.get("acme")

@@ -546,6 +546,7 @@ def make_crs_service(
         )
         changes = PoolChanges(basics.pool, g.data_dir, reactor, StateApplier(state))
         state.changes = changes
+        basics.probes["pool_changes"] = changes.status
         # the change log is open before the link hears of any peer
         attach(root, changes)
         attach(root, basics.pool)

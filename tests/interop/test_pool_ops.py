@@ -60,6 +60,8 @@ class PoolOpsTests(PoolCase):
         out = self.cli(1, "blacklist", "add", "acme", victim)
         self.assertIn("applied on crs1; pending on crs2 (down)", out)
         log.info("pool ops: crs1 said {out!r}", out=out)
+        services = self.cli(1, "show", "services")
+        self.assertIn("crs2 lacks 1 (down)", services)
 
         back = time.monotonic()
         self.start(2)
@@ -77,3 +79,4 @@ class PoolOpsTests(PoolCase):
         out = self.cli(2, "blacklist", "remove", "acme", victim)
         self.assertIn("applied on crs2 crs1", out)
         self.assertFalse(self.blacklisted(1, victim))
+        self.assertIn("crs1 has all", self.cli(2, "show", "services"))

@@ -368,6 +368,22 @@ class PoolChanges(service.Service):
                 result.append((peer, "down" if peer not in asked else "no answer"))
         return result
 
+    def status(self) -> str:
+        """The ``show services`` row ``pool_changes``: how many changes the
+        log holds and, per peer, whether it has them all (as it last said)."""
+        if self.replica is None or self.peers is None:
+            return "inactive"
+        parts = [f"{len(self.replica.log)} changes"]
+        for peer in self.link.peers:
+            state = "up" if self.link_up(peer) else "down"
+            reported = self.peers.reported.get(peer)
+            if reported is None:
+                parts.append(f"{peer} not heard from ({state})")
+                continue
+            lacking = len(self.replica.missing(reported))
+            parts.append(f"{peer} has all" if not lacking else f"{peer} lacks {lacking} ({state})")
+        return f"active ({'; '.join(parts)})"
+
     def link_up(self, peer: str) -> bool:
         """Whether ``peer`` is live as far as changes go."""
         return self.peers is not None and peer in self.peers.live
