@@ -60,6 +60,7 @@ from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.pool.backup import build_sync
+from cryptify.crs.pool.changes import PoolChanges, StateApplier
 from cryptify.crs.pool.wiring import PoolLink, client_mover
 from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher
 from cryptify.crs.redis.instance import ReplicaOf
@@ -543,6 +544,11 @@ def make_crs_service(
         basics.pool.watch(
             client_mover(basics.registry, basics.pool, lambda uri: bool(sessions.sessions_of(uri)))
         )
+        changes = PoolChanges(basics.pool, g.data_dir, reactor, StateApplier(state))
+        state.changes = changes
+        basics.probes["pool_changes"] = changes.status
+        # the change log is open before the link hears of any peer
+        attach(root, changes)
         attach(root, basics.pool)
     if push is not None:
         link, pusher = push
@@ -556,7 +562,7 @@ def make_crs_service(
         root,
         CrsFiles(cfg, local),
         reread,
-        CrsLive(clients.factory, basics.notifier, CrsAdmin(state).reload_accounts),
+        CrsLive(clients.factory, basics.notifier, CrsAdmin(state).reload_here),
         CrsMetrics(
             basics.registry,
             clients.factory,

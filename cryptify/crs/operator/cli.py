@@ -14,7 +14,7 @@ import functools
 import os
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 from cryptify import __version__
@@ -460,12 +460,14 @@ def remote_action(
             return await admin_change(client, args, out)
         if action == "create" and element == "admin":
             secret, key = new_secret()
-            await client.call(
+            answer = await client.call(
                 crs_admin.CreateAdmin,
                 name=args.name,
                 key=base64.b64encode(key).decode("ascii"),
             )
-            out.write(f"admin {args.name} created\nsecret {secret}\n")
+            out.write(f"admin {args.name} created\n")
+            pool_line(out, answer)
+            out.write(f"secret {secret}\n")
             out.write(
                 "The secret is shown only now: hand it to the admin. "
                 "The CRS keeps only its public key.\n"
@@ -475,6 +477,7 @@ def remote_action(
             secret = args.secret or shared_secret(args.bits, args.bytes)
             answer = await client.call(crs_admin.CreateAccount, account=args.id, secret=secret)
             out.write(f"account {args.id} created in {answer['path']}\n")
+            pool_line(out, answer)
             if not args.secret:
                 out.write(f"shared secret {secret}\n")
             return EXIT_OK
@@ -487,12 +490,14 @@ def remote_action(
         if action == "delete":
             answer = await client.call(crs_admin.DeleteAccount, account=args.id)
             out.write(f"account {args.id} deleted; {answer['disconnected']} clients disconnected\n")
+            pool_line(out, answer)
             return EXIT_OK
         if action == "reload":
             answer = await client.call(crs_admin.ReloadAccounts)
             problems = answer["problems"]
             for problem in problems:
                 err.write(f"{PROG}: {problem}\n")
+            pool_line(out, answer)
             if problems:
                 # the others were reloaded; the broken ones keep what they had
                 out.write(f"accounts reloaded, except for the {len(problems)} problem(s) above\n")
@@ -506,6 +511,7 @@ def remote_action(
                 f"update applied: account {result['account']}, revision {result['revision']}, "
                 f"months {', '.join(result['periods'])}\n"
             )
+            pool_line(out, answer)
             return EXIT_OK
         if action == "blacklist":
             if args.op == "add":
@@ -514,8 +520,11 @@ def remote_action(
                 )
                 out.write(f"{args.uri} blacklisted; {answer['disconnected']} disconnected\n")
             else:
-                await client.call(crs_admin.RemoveBlacklist, account=args.account, uri=args.uri)
+                answer = await client.call(
+                    crs_admin.RemoveBlacklist, account=args.account, uri=args.uri
+                )
                 out.write(f"{args.uri} removed from the blacklist\n")
+            pool_line(out, answer)
             return EXIT_OK
         if action == "purge":
             if element == "client":
@@ -527,6 +536,7 @@ def remote_action(
             else:
                 answer = await client.call(crs_admin.PurgeObserved, account=args.account)
             out.write(f"{answer['purged']} purged\n")
+            pool_line(out, answer)
             return EXIT_OK
         if action == "check":
             answer = await client.call(crs_admin.CheckSlot, uri=args.uri)
@@ -548,8 +558,9 @@ def remote_action(
             out.write(f"statistics {args.op}d for {args.account}\n")
             return EXIT_OK
         if action == "wakeup":
-            await client.call(crs_admin.WakeupClient, account=args.account, uri=args.uri)
+            answer = await client.call(crs_admin.WakeupClient, account=args.account, uri=args.uri)
             out.write(f"wake-up sent to {args.uri}\n")
+            pool_line(out, answer)
             return EXIT_OK
         if action == "trace":
             await client.call(crs_admin.Trace, element=element)
@@ -567,21 +578,29 @@ async def admin_change(client: ManagementClient, args: argparse.Namespace, out: 
     """``add|delete admin-account[-authorization] ...`` and ``delete admin NAME``."""
     adding = args.action == "add"
     if args.element == "admin":
-        await client.call(crs_admin.DeleteAdmin, name=args.name)
+        answer = await client.call(crs_admin.DeleteAdmin, name=args.name)
         out.write(f"admin {args.name} deleted\n")
     elif args.element == "admin-account":
         command = crs_admin.AddAdminAccount if adding else crs_admin.DeleteAdminAccount
-        await client.call(command, name=args.name, account=args.account)
+        answer = await client.call(command, name=args.name, account=args.account)
         change = "may now manage" if adding else "no longer manages"
         out.write(f"admin {args.name} {change} account {args.account}\n")
     else:
         rights = crs_admin.AddAdminAuthorization if adding else crs_admin.DeleteAdminAuthorization
-        await client.call(
+        answer = await client.call(
             rights, name=args.name, account=args.account, authorization=args.authorization
         )
         change = "now has" if adding else "no longer has"
         out.write(f"admin {args.name} {change} {args.authorization} on {args.account}\n")
+    pool_line(out, answer)
     return EXIT_OK
+
+
+def pool_line(out: IO[str], answer: Mapping[str, Any]) -> None:
+    """In a pool, which instances have applied the command (docs/pool.md)."""
+    where = answer.get("pool")
+    if where:
+        out.write(f"{where}\n")
 
 
 def print_help(words: Sequence[str], out: IO[str], err: IO[str]) -> int:

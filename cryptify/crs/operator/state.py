@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -15,6 +15,7 @@ from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.messages.store import MessageStore
 from cryptify.crs.objects.store import ClientObjects
 from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.pool.changes_core import Kind, Report
 from cryptify.crs.remote_admin.store import AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import TraceHub
@@ -48,6 +49,22 @@ class PoolView(Protocol):
 
     def owner(self, slot: int) -> str | None:
         """The instance owning ``slot`` now, or None while it has none."""
+
+
+class PoolOps(Protocol):
+    """What the pool-wide operator commands need of
+    :class:`cryptify.crs.pool.changes.PoolChanges`."""
+
+    async def submit(
+        self, kind: Kind, args: Mapping[str, str | bytes], *, done_here: bool = False
+    ) -> Report:
+        """Apply a change here and on every peer; who has applied it."""
+
+    async def purge(self, account: str, uri: str | None, here: int) -> tuple[int, Report]:
+        """Purge on every live peer too; the total and who did it."""
+
+    async def wake(self, account: str, uri: str) -> list[tuple[str, str]]:
+        """Ask every live peer to wake ``uri``; (peer, what happened) for each."""
 
 
 def _registry(state: CrsState) -> AttachRegistry:
@@ -85,6 +102,8 @@ class CrsState:
     #: The pool member, when this instance is in a pool of 2+ with a
     #: ``crsname``: then its map, not ``slots``, says who owns what.
     pool: PoolView | None = None
+    #: The pool-wide operator changes, with :attr:`pool` (docs/pool.md).
+    changes: PoolOps | None = None
     objects: ClientObjects | None = None
     relay: RelayControl | None = None
     #: The live calls (``show session``).

@@ -165,7 +165,7 @@ class AdminService:
         elif action == "blacklist":
             answer = ops.show_blacklist(account)
         elif action == "update":
-            answer = ops.apply(base64.b64encode(body).decode("ascii"))
+            answer = await ops.apply(base64.b64encode(body).decode("ascii"))
         else:  # pragma: no cover - routes name only the actions above
             raise AssertionError(action)
         if action not in ("stats-export", "blacklist"):
