@@ -192,3 +192,20 @@ class HostileTests(SynchronousTestCase):
         assert isinstance(proto, _IwProtocol)
         proto.makeConnection(StringTransport())
         proto.dataReceived(encode_frame("iw-hello", {"version": "1"}) + data)
+
+
+class ListenerTests(SynchronousTestCase):
+    def test_port_open_only_with_peers(self) -> None:
+        """With no peer nothing listens; the first peer added opens the
+        port, removing the last closes it."""
+        reactor = MemoryReactorClock()
+        link = IwLink(config(), IwCrsConfig(), reactor, "1")
+        link.startService()
+        self.addCleanup(link.stopService)
+        self.assertEqual(reactor.tcpServers, [])
+        link.update(IwCrsConfig((PEER,)))
+        self.assertEqual([p[0] for p in reactor.tcpServers], [8080])
+        self.assertTrue(link.listener.running)
+        link.update(IwCrsConfig())
+        self.assertFalse(link.listener.running)
+        self.assertIsNone(link.listener.port)

@@ -14,6 +14,7 @@ __all__ = [
     "AddAdminAccount",
     "AddAdminAuthorization",
     "AddBlacklist",
+    "AddIwCrs",
     "Apply",
     "CheckSlot",
     "CreateAccount",
@@ -22,8 +23,10 @@ __all__ = [
     "DeleteAdmin",
     "DeleteAdminAccount",
     "DeleteAdminAuthorization",
+    "DeleteIwCrs",
     "Echo",
     "ListAccounts",
+    "ListIwCrs",
     "PurgeClient",
     "PurgeClients",
     "PurgeObserved",
@@ -37,6 +40,7 @@ __all__ = [
     "ShowAttach",
     "ShowBlacklist",
     "ShowClientInfo",
+    "ShowIwCrs",
     "ShowMessage",
     "ShowPushToken",
     "ShowRelay",
@@ -279,3 +283,31 @@ class ShowAdmin(MgmtCommand):
 
 class ShowAdminAccounts(ShowAdmin):
     """``show admin-accounts NAME``: Account, Authorizations."""
+
+
+class AddIwCrs(MgmtCommand):
+    """``add iw-crs IP SECRET [-c COMMENT]``: trust an inter-working CRS instance."""
+
+    arguments = [
+        (b"ip", amp.Unicode()),
+        (b"secret", amp.Unicode()),
+        (b"comment", amp.Unicode(optional=True)),
+    ]
+    response = [(b"pool", amp.Unicode(optional=True))]
+
+
+class DeleteIwCrs(MgmtCommand):
+    """``delete iw-crs IP``."""
+
+    arguments = [(b"ip", amp.Unicode())]
+    response = [(b"pool", amp.Unicode(optional=True))]
+
+
+class ListIwCrs(_Table):
+    """``list iw-crs``: IP, shared secret, comment per instance."""
+
+
+class ShowIwCrs(_Table):
+    """``show iw-crs``: IW-CRS SIGNAL-LINK SIGNAL-OUTGOING SIGNAL-INCOMING
+    DATA-LINK DATA-OUTGOING DATA-INCOMING VERSION."""
+

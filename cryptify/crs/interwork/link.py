@@ -22,7 +22,8 @@ nothing for :data:`IDLE_TIMEOUT` is dropped.  Frames are the pool link's
 (:mod:`cryptify.crs.pool.wire`: a length, then strict CBOR); a frame of a
 type nobody here handles is ignored, so a newer peer can talk to an older
 one.  :meth:`IwLink.update` applies a changed ``iw-crs.conf`` without a
-restart: new peers are connected, removed ones disconnected.
+restart: new peers are connected, removed ones disconnected.  The port is
+open only while there is at least one peer.
 
 ``show iw-crs`` (:meth:`IwLink.rows`) gives each peer's signal link: up
 when a connection either way has exchanged hellos and is alive, with the
@@ -52,7 +53,7 @@ from cryptify.crs.pool.wire import Envelope, FrameReader, WireError, decode_fram
 from cryptify.protocols.streams import abort
 from cryptify.protocols.tls_psk import PskClientContextFactory, PskServerContextFactory
 from cryptify.reactor import IReactor
-from cryptify.service import ListenService
+from cryptify.service import ListenService, StartupError
 
 log = Logger(namespace="cryptify.crs.interwork")
 
@@ -262,8 +263,9 @@ class IwLink(service.MultiService):
             def bind() -> object:
                 return listen(gate)
 
+        #: Listening only while there are peers (the port stays closed on a
+        #: CRS that inter-works with nobody); :meth:`update` opens and closes it.
         self.listener = ListenService("inter-working link", f"{g.listen.host}:{port}", bind)
-        service.MultiService.addService(self, self.listener)
         self._loop = LoopingCall(self._beat)
         self._loop.clock = reactor
         self.update(peers)
@@ -299,6 +301,21 @@ class IwLink(service.MultiService):
             else:
                 self.peers[ip] = peer
         self._refused.clear()
+        self._listen(bool(self.peers))
+
+    def _listen(self, wanted: bool) -> None:
+        listening = self.listener in self.services
+        if wanted and not listening:
+            try:
+                service.MultiService.addService(self, self.listener)
+            except StartupError as exc:
+                if not self.running:
+                    raise
+                # Asked at run time (add iw-crs): say so; the next change retries.
+                service.MultiService.removeService(self, self.listener)
+                log.error("inter-working link: {why}", why=str(exc))
+        elif listening and not wanted:
+            service.MultiService.removeService(self, self.listener)
 
     def _add(self, peer: IwCrs) -> None:
         g = self.config.global_

@@ -27,6 +27,7 @@ from cryptify.crs.accounts import (
     check_uri,
 )
 from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.interwork.peers import IwPeerError, IwPeers, check_peer
 from cryptify.crs.objects.store import ClientObjects
 from cryptify.crs.operator.state import ATTACH_MODULE, CrsState
 from cryptify.crs.operator.stats import COLUMNS as STATS_COLUMNS
@@ -64,6 +65,16 @@ NOT_AVAILABLE = "Not Available"
 #: What a wake-up answers for a client without a token here.
 NO_TOKEN = "no push token"  # noqa: S105 (an answer, not a secret)
 ADMINS_COLUMNS = ["Admin", "Accounts"]
+IW_COLUMNS = [
+    "IW-CRS",
+    "SIGNAL-LINK",
+    "SIGNAL-OUTGOING",
+    "SIGNAL-INCOMING",
+    "DATA-LINK",
+    "DATA-OUTGOING",
+    "DATA-INCOMING",
+    "VERSION",
+]
 ADMIN_COLUMNS = ["Name", "Secret"]
 ADMIN_ACCOUNTS_COLUMNS = ["Account", "Authorizations"]
 
@@ -332,6 +343,68 @@ class CrsAdmin(amp.CommandLocator):
             raise _failing(exc) from exc
         log.info("{uri} removed from the blacklist of {account}", uri=uri, account=account)
         return {}
+
+    # -- inter-working CRS instances -------------------------------------------
+
+    def _iw(self) -> IwPeers:
+        if self.state.iw is None:
+            raise CommandFailed("inter-working is not available on this CRS")
+        return self.state.iw
+
+    @crs_admin.AddIwCrs.responder
+    @deferred
+    async def add_iw_crs(
+        self, ip: str, secret: str, comment: str | None = None
+    ) -> dict[str, object]:
+        peers = self._iw()
+        try:
+            # Checked here first, so that a bad address or secret is refused
+            # before it becomes a pool change.
+            check_peer(ip, secret, comment)
+        except IwPeerError as exc:
+            raise CommandFailed(str(exc)) from exc
+        if self.state.changes is not None:
+            report = await self._pool(
+                Kind.IW_ADD, {"ip": ip, "secret": secret, "comment": comment or ""}
+            )
+            if report.problems:
+                raise CommandFailed(f"{ip}: {report.text()}")
+            return {"pool": report.text()}
+        try:
+            peers.add(ip, secret, comment)
+        except (IwPeerError, OSError) as exc:
+            raise _failing(exc) from exc
+        log.info("inter-working CRS {ip} added", ip=ip)
+        return {}
+
+    @crs_admin.DeleteIwCrs.responder
+    @deferred
+    async def delete_iw_crs(self, ip: str) -> dict[str, object]:
+        peers = self._iw()
+        if peers.config.get(ip) is None:
+            raise CommandFailed(f"no inter-working CRS {ip}")
+        if self.state.changes is not None:
+            report = await self._pool(Kind.IW_DELETE, {"ip": ip})
+            if report.problems:
+                raise CommandFailed(f"{ip}: {report.text()}")
+            return {"pool": report.text()}
+        try:
+            peers.delete(ip)
+        except OSError as exc:
+            raise _failing(exc) from exc
+        log.info("inter-working CRS {ip} deleted", ip=ip)
+        return {}
+
+    @crs_admin.ListIwCrs.responder
+    def list_iw_crs(self) -> dict[str, object]:
+        rows = [[p.ip, p.secret, p.comment or ""] for p in self._iw().config.instances]
+        return {"table": table(["IP", "shared secret", "comment"], rows)}
+
+    @crs_admin.ShowIwCrs.responder
+    def show_iw_crs(self) -> dict[str, object]:
+        self._iw()
+        rows = [list(r) for r in self.state.iw_link.rows()] if self.state.iw_link else []
+        return {"table": table(IW_COLUMNS, rows)}
 
     @crs_admin.ShowBlacklist.responder
     def show_blacklist(self, account: str) -> dict[str, Any]:

@@ -60,7 +60,7 @@ Cryptify Rendezvous Server command line: crs-cli ACTION [options]
   version                               version of crs-cli
   check-config [FILE]                   validate crs.conf (default /opt/crs/crs.conf)
   apply FILE                            apply a protected monthly update file
-  show version|services|attach|session|message|updates|system|account|relay
+  show version|services|attach|session|message|updates|system|account|relay|iw-crs
   show blacklist ACCOUNT
   show client-info ACCOUNT
   show push-token ACCOUNT URI
@@ -71,10 +71,13 @@ Cryptify Rendezvous Server command line: crs-cli ACTION [options]
   create account ID [-s SECRET | -b BITS | -B BYTES]
   create admin NAME                     a remote admin; its secret is printed once
   list account
+  list iw-crs                           the inter-working CRS instances and secrets
   delete account ID
+  delete iw-crs IP
   delete admin NAME
   delete admin-account NAME ACCOUNT
   delete admin-account-authorization NAME ACCOUNT statistics|update
+  add iw-crs IP SECRET [-c COMMENT]     trust the inter-working CRS at IP
   add admin-account NAME ACCOUNT        let admin NAME manage ACCOUNT
   add admin-account-authorization NAME ACCOUNT statistics|update
   reload account
@@ -103,6 +106,7 @@ SHOW_SIMPLE = (
     "system",
     "account",
     "relay",
+    "iw-crs",
 )
 STATS_OPS = ("enable", "disable", "clear", "export")
 TRACE_ELEMENTS = ("attach", "session", "message", "object", "event")
@@ -130,6 +134,7 @@ SHOW_HELP = {
     "system": "the CRS hosts of the system and their links",
     "account": "the accounts and their counters",
     "relay": "the media relay and its sessions",
+    "iw-crs": "the links to the inter-working CRS instances",
 }
 TRACE_HELP = {
     "attach": "attaches and detaches",
@@ -278,13 +283,17 @@ def build_parser(err: IO[str]) -> CliParser:
         )
     )
 
-    listing = elements(sub(actions, "list", "list account"))
+    listing = elements(sub(actions, "list", "list account|iw-crs"))
     sub(listing, "account", "list account", "list the accounts with their files and secrets")
+    sub(listing, "iw-crs", "list iw-crs", "list the inter-working CRS instances and secrets")
     delete = elements(sub(actions, "delete", "delete ELEMENT"))
     sub(
         delete, "account", "delete account ID", "delete an account and disconnect its clients"
     ).add_argument("id", metavar="ID", help="the account ID")
     admin_name_arg(sub(delete, "admin", "delete admin NAME", "delete a remote admin"))
+    sub(
+        delete, "iw-crs", "delete iw-crs IP", "stop trusting an inter-working CRS instance"
+    ).add_argument("ip", metavar="IP", help="its address, as added")
     admin_rights(
         delete,
         "delete",
@@ -294,6 +303,15 @@ def build_parser(err: IO[str]) -> CliParser:
         ),
     )
     add = elements(sub(actions, "add", "add ELEMENT"))
+    peer = sub(
+        add,
+        "iw-crs",
+        "add iw-crs IP SECRET [-c COMMENT]",
+        "trust the inter-working CRS instance at IP (TLS-PSK with SECRET, on every instance)",
+    )
+    peer.add_argument("ip", metavar="IP", help="its address; its connections must come from it")
+    peer.add_argument("secret", metavar="SECRET", help="the shared secret, letters and digits")
+    peer.add_argument("-c", dest="comment", metavar="COMMENT", help="a comment")
     admin_rights(
         add,
         "add",
@@ -453,9 +471,12 @@ def remote_action(
                     crs_admin.ShowAdminAccounts,
                     {"name": getattr(args, "name", "")},
                 ),
+                "iw-crs": (crs_admin.ShowIwCrs, {}),
             }
             command, kwargs = commands[str(element)]
             return write_table(out, await client.call(command, **kwargs))
+        if element == "iw-crs":
+            return await iw_crs(client, args, out)
         if action in ("add", "delete") and element and element.startswith("admin"):
             return await admin_change(client, args, out)
         if action == "create" and element == "admin":
@@ -572,6 +593,27 @@ def remote_action(
         raise AssertionError(action)
 
     return run
+
+
+async def iw_crs(client: ManagementClient, args: argparse.Namespace, out: IO[str]) -> int:
+    """``add|delete|list iw-crs ...`` (``show iw-crs`` is a table)."""
+    if args.action == "add":
+        kwargs = {"ip": args.ip, "secret": args.secret}
+        if args.comment:
+            kwargs["comment"] = args.comment
+        answer = await client.call(crs_admin.AddIwCrs, **kwargs)
+        out.write(f"inter-working CRS {args.ip} added\n")
+    elif args.action == "delete":
+        answer = await client.call(crs_admin.DeleteIwCrs, ip=args.ip)
+        out.write(f"inter-working CRS {args.ip} deleted\n")
+    else:
+        answer = await client.call(crs_admin.ListIwCrs)
+        for ip, secret, comment in answer["table"]["rows"]:
+            out.write(f"IP             {ip}\nshared secret  {secret}\n")
+            out.write(f"comment        {comment}\n\n" if comment else "\n")
+        return EXIT_OK
+    pool_line(out, answer)
+    return EXIT_OK
 
 
 async def admin_change(client: ManagementClient, args: argparse.Namespace, out: IO[str]) -> int:

@@ -12,6 +12,7 @@ from twisted.protocols import amp
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.interwork.peers import IwPeers
 from cryptify.crs.messages.store import MessageStore
 from cryptify.crs.objects.store import ClientObjects
 from cryptify.crs.operator.stats import Statistics
@@ -67,6 +68,13 @@ class PoolOps(Protocol):
         """Ask every live peer to wake ``uri``; (peer, what happened) for each."""
 
 
+class IwView(Protocol):
+    """What ``show iw-crs`` needs of :class:`cryptify.crs.interwork.link.IwLink`."""
+
+    def rows(self) -> list[tuple[str, str, str, str, str, str, str, str]]:
+        """One row per peer with the manual's eight columns."""
+
+
 def _registry(state: CrsState) -> AttachRegistry:
     return AttachRegistry(state.name, state.clock, state.trace)
 
@@ -117,6 +125,9 @@ class CrsState:
     pid: int = attrs.field(factory=os.getpid)
     #: Push wake-ups (``wakeup client``; docs/push.md), when ``features push``.
     push: Any | None = None
+    #: The inter-working peers (``iw-crs.conf``) and their link (``show iw-crs``).
+    iw: IwPeers | None = None
+    iw_link: IwView | None = None
     #: ``notify(unit, event)``: tells notify.sh about system events.
     notify: Callable[[str, str], None] = lambda unit, event: None
 

@@ -45,6 +45,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from cryptify.crs.accounts import AccountError
+from cryptify.crs.interwork.peers import IwPeerError
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.pool.changes_core import (
     CHANGE_FRAME,
@@ -563,7 +564,23 @@ class StateApplier:
             self.state.notify("crs", "reload")
             self.enforce_blacklists()
             return problems
+        if kind in (Kind.IW_ADD, Kind.IW_DELETE):
+            return self._iw(change)
         return self._admin(change)
+
+    def _iw(self, change: Change) -> list[str]:
+        """``add|delete iw-crs``: this member's iw-crs.conf, and its link."""
+        peers = self.state.iw
+        if peers is None:
+            return ["inter-working is not available here"]
+        try:
+            if change.kind is Kind.IW_ADD:
+                peers.add(change.text("ip"), change.text("secret"), change.text("comment"))
+            else:
+                peers.delete(change.text("ip"))
+        except (IwPeerError, OSError) as exc:
+            return [str(exc)]
+        return []
 
     def _admin(self, change: Change) -> list[str]:
         admins = self.state.admins

@@ -83,6 +83,8 @@ class Kind(enum.Enum):
     ADMIN_ACCOUNT_DELETE = "admin-account-delete"
     ADMIN_AUTH_ADD = "admin-auth-add"
     ADMIN_AUTH_DELETE = "admin-auth-delete"
+    IW_ADD = "iw-add"
+    IW_DELETE = "iw-delete"
 
 
 #: The arguments of each kind: name to type (text or octets).
@@ -99,6 +101,8 @@ ARGS: dict[Kind, dict[str, type]] = {
     Kind.ADMIN_ACCOUNT_DELETE: {"name": str, "account": str},
     Kind.ADMIN_AUTH_ADD: {"name": str, "account": str, "authorization": str},
     Kind.ADMIN_AUTH_DELETE: {"name": str, "account": str, "authorization": str},
+    Kind.IW_ADD: {"ip": str, "secret": str, "comment": str},
+    Kind.IW_DELETE: {"ip": str},
 }
 #: Arguments never written to crs.log.
 SECRET_ARGS = frozenset({"secret", "data", "key"})
