@@ -179,6 +179,20 @@ class PoolCallTests(PoolCase):
         self.assertIn("ended: not-connected by crs", self.output("call"))
         self.nothing_left([1])
 
+    def test_caller_instance_killed(self) -> None:
+        """kill -9 of crs1 (the caller's instance, holding the session and
+        the relay) during the call: crs2 hangs its callee up (not-connected,
+        by crs) once the link is down, and keeps nothing of the call."""
+        keys = self.key_files
+        answer = self.client("answer", 2, "answer", "--tone", "1500", keys=keys[self.callee])
+        self.callee_ready("answer")
+        self.client("call", 1, "call", self.callee, "--tone", "1000", keys=keys[self.caller])
+        wait_for(lambda: ": talk" in self.output("answer"), "the call answered", CEILING)
+        self.kill(1)
+        self.assertEqual(answer.wait(CEILING), 0, self.output("answer"))
+        self.assertIn("ended: not-connected by crs", self.output("answer"))
+        wait_for(lambda: not self.live_sessions(2), "crs2's sessions end")
+
     def test_absent_callee(self) -> None:
         """A callee of crs2 that is not attached anywhere: the caller at crs1
         gets the answer it gets for an absent callee of its own instance."""
