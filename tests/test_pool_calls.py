@@ -370,6 +370,57 @@ class CrossCallTests(SynchronousTestCase):
         self.a.detach("tel:+1")
         self.link.flush()
 
+    def test_glare_at_once(self) -> None:
+        """tel:+1 (crs1) and tel:+2 (crs2) invite each other at the same
+        time: on both instances the smaller URI's invite wins."""
+        self.a.table.invite(Att("tel:+1"), 1, "tel:+2", b"m")
+        self.b.table.invite(Att("tel:+2"), 2, "tel:+1", b"m")
+        self.link.flush()
+        a, b = self.a.parties.take(), self.b.parties.take()
+        self.assertEqual(kinds(a), [("tel:+1", "session")])
+        self.assertEqual(kinds(b), [("tel:+2", "error"), ("tel:+2", "invite")])
+        self.assertEqual((b[0][2]["id"], b[0][2]["code"]), (2, "glare"))
+        self.assertEqual(b[1][2]["from"], "tel:+1")
+        self.assertEqual(len(self.a.table.sessions), 1)
+        self.assertEqual((self.b.table.sessions, len(self.b.calls.forwarded)), ({}, 1))
+        self.assertEqual(self.b.relay.live, set())
+        self.a.hangup("tel:+1", a[0][2]["session"])
+        self.link.flush()
+
+    def test_glare_after_offer(self) -> None:
+        """tel:+2's invite already rings at tel:+1 when tel:+1 calls tel:+2:
+        the smaller URI (tel:+1) wins, tel:+2's call ends with glare."""
+        self.b.table.invite(Att("tel:+2"), 2, "tel:+1", b"m")
+        self.link.flush()
+        self.assertEqual(kinds(self.a.parties.take()), [("tel:+1", "invite")])
+        self.b.parties.take()
+        self.a.table.invite(Att("tel:+1"), 1, "tel:+2", b"m")
+        self.link.flush()
+        a, b = self.a.parties.take(), self.b.parties.take()
+        self.assertEqual(kinds(b), [("tel:+2", "hangup"), ("tel:+2", "invite")])
+        self.assertEqual((b[0][2]["code"], b[0][2]["who"]), ("glare", "crs"))
+        self.assertEqual(kinds(a), [("tel:+1", "hangup"), ("tel:+1", "session")])
+        self.assertEqual(a[0][2]["code"], "glare")
+        self.assertEqual((self.a.calls.forwarded, self.b.table.sessions), ({}, {}))
+        self.a.detach("tel:+1")
+        self.link.flush()
+
+    def test_glare_bigger_uri_loses(self) -> None:
+        """tel:+3 (crs1) calls tel:+2 (crs2) while tel:+2's invite rings at
+        tel:+3: tel:+2 is the smaller URI, so tel:+3's invite fails with glare."""
+        self.b.table.invite(Att("tel:+2"), 2, "tel:+3", b"m")
+        self.link.flush()
+        self.a.parties.take()
+        self.b.parties.take()
+        self.a.table.invite(Att("tel:+3"), 3, "tel:+2", b"m")
+        self.link.flush()
+        [(uri, kind, error)] = self.a.parties.take()
+        self.assertEqual((uri, kind, error["code"], error["id"]), ("tel:+3", "error", "glare", 3))
+        self.assertEqual(self.b.parties.take(), [])
+        self.assertEqual(self.a.table.rows()[1][3], "hangup(glare, crs)")
+        self.b.detach("tel:+2")
+        self.link.flush()
+
     def test_step_before_offered(self) -> None:
         """A ringing that overtakes the offer still gives the caller its
         session first, then ringing."""

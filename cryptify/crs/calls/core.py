@@ -555,7 +555,7 @@ class SessionTable:
             self.remote.hangup(session, code, None, CRS)
         state = {"not-connected": NOT_CONNECTED_STATE, "not-found": NOT_FOUND_STATE}.get(code)
         if state is None:
-            state = hangup_state(code, CALLEE)
+            state = hangup_state(code, CRS)
         self.trace.emit("session", session.caller, session.to, state, session.account, session.id)
         self._ended(session.caller, session.to, session.started, state)
         self._error(session.caller, session.request_id, code, state)
@@ -628,6 +628,15 @@ class SessionTable:
             # callee hung up at once; the caller is told it was placed first
             self._confirmed(session)
         self._end(session, code, who, reason, skip=session.callee)
+
+    def glare_lost(self, session_id: str, winner: str) -> None:
+        """``winner`` (a client of another instance) invited the caller of
+        ``session_id`` while that invite was not answered, and its URI is
+        the smaller: this session ends with ``glare``, as between two
+        clients of this instance."""
+        session = self.sessions.get(session_id)
+        if session is not None and session.state == INVITE:
+            self._end(session, "glare", CRS, f"{winner} called at the same time")
 
     def peer_lost(self, peer: str) -> None:
         """The pool link to ``peer`` is down: its callees' calls end here."""

@@ -24,7 +24,9 @@ frames go over the pool link (:mod:`cryptify.crs.pool.wire` envelopes)::
 and the other way round for a hangup from the callee (``call-hangup``
 from B).  B answers ``call-refused{session,code}`` instead of
 ``call-offered`` when its callee is not attached (``not-connected``),
-not known there (``not-found``), or when the caller's instance has
+not known there (``not-found``), when the callee is calling the caller
+at the same time with the smaller URI (``glare``: the smaller URI's
+invite wins, as on one instance), or when the caller's instance has
 :data:`MAX_FORWARDED` calls there already (``busy``): the
 caller gets the same ``error`` as for a callee of its own instance.  If
 B does not confirm within :data:`OFFER_TIMEOUT`, or the link to B is not
@@ -99,7 +101,7 @@ FRAME_TYPES = (
     HANGUP_FRAME,
 )
 #: The codes a ``call-refused`` may carry (the caller's ``error`` code).
-REFUSE_CODES = frozenset({"not-connected", "not-found", "busy"})
+REFUSE_CODES = frozenset({"not-connected", "not-found", "busy", "glare"})
 
 _SESSION_ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
 _ACCOUNT = re.compile(ACCOUNT)
@@ -414,6 +416,8 @@ class PoolCalls:
                 peer, invite, "not-connected" if self.parties.known(callee) else "not-found"
             )
             return
+        if not self._glare(peer, invite):
+            return
         if self._per_peer.get(peer, 0) >= self.max_forwarded:
             log.warn(
                 "{peer} forwards more than {count} calls at once: busy",
@@ -429,6 +433,19 @@ class PoolCalls:
         self._send(peer, OFFERED_FRAME, CallStep(OFFERED_FRAME, invite.session).fields())
         self.parties.send(callee, invite.umsg())
         self._trace(forwarded, INVITE)
+
+    def _glare(self, peer: str, invite: CallInvite) -> bool:
+        """Two clients of different instances invited each other: the
+        invite of the smaller URI wins, on both instances alike (each checks
+        the other's invite when it arrives).  False if ``invite`` lost."""
+        caller, callee = base_uri(invite.shown), invite.callee
+        for session in self.table.sessions_of(callee):
+            if session.caller == callee and session.callee == caller and session.state == INVITE:
+                if callee < caller:
+                    self._refuse(peer, invite, "glare")
+                    return False
+                self.table.glare_lost(session.id, caller)
+        return True
 
     def _drop(self, session_id: str) -> Forwarded | None:
         forwarded = self.forwarded.pop(session_id, None)
