@@ -318,6 +318,30 @@ class CrossCallTests(SynchronousTestCase):
         self.assertEqual((a["code"], a["who"], b["code"], b["who"]), ("no-answer", "crs") * 2)
         self.assertEqual(self.b.calls.forwarded, {})
 
+    def test_caller_instance_forgets(self) -> None:
+        """crs1 neither ends nor sees answered a call it forwarded (it
+        restarted, say): crs2 ends it after crs1's answer timeout and some."""
+        sid = self.place()
+        del self.a.table.sessions[sid]  # crs1 lost it without a trace
+        self.a.table.by_uri.clear()
+        self.pair.clock.advance(ANSWER_TIMEOUT + OFFER_TIMEOUT)
+        [(_, kind, hangup)] = self.b.parties.take()
+        self.assertEqual((kind, hangup["code"], hangup["who"]), ("hangup", "no-answer", "crs"))
+        self.assertEqual(self.b.calls.forwarded, {})
+        self.link.flush()  # crs1 ignores the hangup of a session it does not know
+        self.assertEqual(self.a.parties.take(), [])
+        for call in self.pair.clock.getDelayedCalls():
+            call.cancel()  # crs1's own timer of the forgotten session
+
+    def test_answered_call_not_timed_out(self) -> None:
+        sid = self.place()
+        self.b.talk("tel:+2", sid)
+        self.link.flush()
+        self.pair.clock.advance(ANSWER_TIMEOUT * 3)
+        self.assertEqual(self.b.table.rows()[0][3], "talk")
+        self.a.hangup("tel:+1", sid)
+        self.link.flush()
+
     def test_link_lost_mid_call(self) -> None:
         """The link to the other instance goes down during a call: both
         clients are hung up, the relay session is removed, nothing is left."""

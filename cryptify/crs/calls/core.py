@@ -592,7 +592,7 @@ class SessionTable:
 
     def remote_refused(self, peer: str, session_id: str, code: str) -> None:
         """``peer`` could not offer the call (``not-connected``, ``not-found``,
-        ``busy``): the caller's invite fails with that code."""
+        ``glare``, ``busy``): the caller's invite fails with that code."""
         session = self._remote_session(peer, session_id)
         if session is not None and not session.offered:
             self._unreachable(session, tell=False, code=code)

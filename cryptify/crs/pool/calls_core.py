@@ -53,7 +53,7 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from cryptify.crs.calls.core import (
@@ -294,6 +294,9 @@ class Forwarded:
     invite: CallInvite
     started: float
     state: str = INVITE
+    #: Ends the call here if it is neither answered nor ended by the
+    #: caller's instance in time (that instance's answer timeout, and some).
+    timer: IDelayedCall | None = None
 
 
 class PoolCalls:
@@ -427,6 +430,9 @@ class PoolCalls:
             self._refuse(peer, invite, "busy")
             return
         forwarded = Forwarded(peer, invite, self.clock.seconds())
+        forwarded.timer = self.clock.callLater(
+            self.table.answer_timeout + self.offer_timeout, self._unanswered, invite.session
+        )
         self.forwarded[invite.session] = forwarded
         self._by_uri.setdefault(callee, set()).add(invite.session)
         self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
@@ -447,10 +453,29 @@ class PoolCalls:
                 self.table.glare_lost(session.id, caller)
         return True
 
+    def _unanswered(self, session_id: str) -> None:
+        """A call offered here that its caller's instance neither ended nor
+        saw answered long after its own answer timeout (that instance
+        restarted, say): it ends on both sides."""
+        forwarded = self.forwarded.get(session_id)
+        if forwarded is None:
+            return
+        forwarded.timer = None
+        self._drop(session_id)
+        hangup = CallHangup(session_id, "no-answer", "not answered in time", CRS)
+        self._send(forwarded.peer, HANGUP_FRAME, hangup.fields())
+        self._tell_callee(forwarded, "no-answer", "not answered in time", CRS)
+
+    def _stop_timer(self, forwarded: Forwarded) -> None:
+        if forwarded.timer is not None and forwarded.timer.active():
+            forwarded.timer.cancel()
+        forwarded.timer = None
+
     def _drop(self, session_id: str) -> Forwarded | None:
         forwarded = self.forwarded.pop(session_id, None)
         if forwarded is None:
             return None
+        self._stop_timer(forwarded)
         callee = forwarded.invite.callee
         ids = self._by_uri.get(callee)
         if ids is not None:
@@ -509,6 +534,7 @@ class PoolCalls:
             self.parties.send(uri, message("error", code="unexpected", reason="cannot answer now"))
             return True
         forwarded.state = TALK
+        self._stop_timer(forwarded)
         self._send(forwarded.peer, TALK_FRAME, CallStep(TALK_FRAME, session_id).fields())
         self._trace(forwarded, TALK)
         return True
