@@ -64,6 +64,9 @@ from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.pool.backup import build_sync
+from cryptify.crs.pool.calls import install as install_pool_calls
+from cryptify.crs.pool.calls import pool_calls
+from cryptify.crs.pool.calls_core import PoolCalls
 from cryptify.crs.pool.changes import PoolChanges, StateApplier
 from cryptify.crs.pool.wiring import PoolLink, client_mover
 from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher
@@ -353,15 +356,21 @@ def build_attach(
 def build_calls(
     cfg: CrsConfig, basics: Basics, core: AttachCore, relay: RelayLink, stats: Statistics
 ) -> SessionTable:
-    """Calls between attached clients, with relay sessions from ``crs_relay``."""
+    """Calls between attached clients, with relay sessions from ``crs_relay``;
+    in a pool, also with clients attached at the other instances (the
+    caller's instance keeps the session and its relay)."""
+    parties = RegistryParties(basics.registry)
     sessions = SessionTable(
-        RegistryParties(basics.registry),
+        parties,
         LinkRelayAllocator(relay, media_host(cfg, basics.name)),
         basics.reactor,
         basics.trace,
         on_invite=stats.on_invite,
     )
     install_calls(core, sessions)
+    if basics.pool is not None:
+        calls = pool_calls(basics.pool, sessions, parties, basics.reactor)
+        install_pool_calls(core, basics.pool, calls)
     return sessions
 
 
@@ -568,9 +577,9 @@ def make_crs_service(
     attach(root, relay)
     attach(root, messages.expiry)
     if basics.pool is not None:
-        basics.pool.watch(
-            client_mover(basics.registry, basics.pool, lambda uri: bool(sessions.sessions_of(uri)))
-        )
+        remote = sessions.remote
+        busy = remote.busy if isinstance(remote, PoolCalls) else sessions.sessions_of
+        basics.pool.watch(client_mover(basics.registry, basics.pool, lambda uri: bool(busy(uri))))
         changes = PoolChanges(basics.pool, g.data_dir, reactor, StateApplier(state))
         state.changes = changes
         basics.probes["pool_changes"] = changes.status

@@ -182,7 +182,7 @@ class PoolCase(TestCase):
             wait_for(lambda i=index: unix_answers(self.socket(i)), f"crs{index}'s socket", CEILING)
         self.period = period_of(time.time())
         self.uris = self.pick_uris()
-        files = provision(self.dir, self.socket(1), "acme", self.uris, self.period)
+        files = self.key_files = provision(self.dir, self.socket(1), "acme", self.uris, self.period)
         for index in range(2, self.COUNT + 1):
             if self.SHARED_ACCOUNTS:
                 self.cli(index, "reload", "account")
