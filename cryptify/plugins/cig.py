@@ -14,7 +14,9 @@ material (and has heard from the CRS), calls from the PBX go to a stub
 tel side (``--tel-stub``) that refuses them, or answers them for tests.
 The mailboxes (:class:`~cryptify.cig.mail.wiring.MailDesk`) take the
 UIF's message events first: messages to the CIG are written to the write
-mailboxes, files in the read mailboxes are posted to secure users.
+mailboxes (or, with ``sip { messaging true; }``, sent to the PBX as SIP
+MESSAGEs), files in the read mailboxes are posted to secure users, and
+the PBX's SIP MESSAGEs are posted to secure users too.
 
 :func:`make_cig_service` builds the tree in steps, each a typed function:
 :func:`build_sip` (the SIF, its peers, keep-alive and listeners),
@@ -352,8 +354,12 @@ def build_uif(
         lambda: uif.material,
         uif.session,
         inotify=make_inotify,
+        router=lambda: sip.sif.router,
+        sip=sip.sif,
+        messaging=lambda: sip.sif.config.sip.messaging,
     )
     uif_calls.mail = desk.handle
+    sip.sif.messages = desk
     attach(root, desk, uif)
     return uif
 
