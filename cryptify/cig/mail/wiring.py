@@ -17,7 +17,8 @@ that fails (disk full, permissions) is not confirmed and is tried again
 with backoff.
 
 Read mailboxes (Maildir -> secure user): each read mailbox's ``new/`` is
-watched with inotify and scanned at start, after each attach and every
+watched with inotify (a file renamed or linked in, or closed after
+writing) and scanned at start, after each attach and every
 :data:`SCAN_INTERVAL`.  A file is parsed (:func:`~cryptify.cig.mail.core.parse`),
 routed (:func:`~cryptify.cig.mail.core.read_route`), sealed and posted,
 and deleted only after ``posted``.  Its post's key is derived from the
@@ -219,7 +220,9 @@ class MailDesk(service.Service):
             try:
                 notifier.watch(
                     filepath.FilePath(os.path.join(box.path, "new")),
-                    mask=inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE,
+                    # IN_CREATE: a delivery agent that link()s the finished file from
+                    # tmp/ into new/ (Postfix's virtual and local) makes no other event
+                    mask=inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE | inotify.IN_CREATE,
                     callbacks=[lambda *_: self._scan_soon()],
                 )
             except Exception as exc:
