@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DEBS := redis-server openssl
 TEST_DEBS := $(RUN_DEBS) sip-tester baresip kamailio kamailio-tls-modules rtpengine-daemon \
-	poppler-utils zbar-tools qrencode img2pdf groff-base dovecot-imapd chromium chromium-driver
+	poppler-utils zbar-tools qrencode img2pdf groff-base dovecot-imapd postfix chromium chromium-driver
 # Building the crs and cig packages, and proving them in a Debian root.
 PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv rpm rpmlint debootstrap iproute2
 # tests/packaging is slow (package builds, a debootstrap root): its own target.
