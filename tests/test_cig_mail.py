@@ -478,6 +478,12 @@ class WiringTests(SynchronousTestCase):
         uif = root.getServiceNamed("uif")
         uif_calls = uif.on_call_event.__self__  # type: ignore[union-attr]
         self.assertEqual(uif_calls.mail, desk.handle)
+        # SIP MESSAGE both ways: the SIF posts through the desk, the desk sends through the SIF
+        sif = uif_calls.sip
+        self.assertIs(sif.messages, desk)
+        self.assertIs(desk.sip, sif)
+        self.assertIs(desk.router(), sif.router)
+        self.assertFalse(desk.messaging())  # the development configuration: messaging false
         seen: list[Any] = []
         desk.handle = lambda event: seen.append(event) or True  # type: ignore[method-assign]
         uif_calls.mail = desk.handle

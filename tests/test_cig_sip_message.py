@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -520,3 +521,196 @@ class DeskToSipTests(_Desk):
         self.desk.handle(incoming(content, to=CIG, message_id="m2"))
         self.assertEqual(self.sip.sent, [])
         self.assertIn("no mailbox takes messages", self.refusal_text())
+
+
+# ---------------------------------------------------------------- never acknowledged early
+
+
+class ToSipMachine(RuleBasedStateMachine):
+    """Secure user -> PBX under any order of PBX answers, CRS answers, repeats by
+    the CRS, lost connections and time: a message is confirmed ``delivered`` only
+    after the PBX's 2xx for it or once its refusal is stored; after a 2xx it is
+    never sent to the PBX again; it is never on its way to the PBX twice at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        self.clock.advance(time.time())
+        self.session, self.sent = attached(CIG)
+        self.sip = FakeSip()
+        config = load_cig_config(os.path.join(FIXTURES, "cig-simple.conf"))
+        self.desk = MailDesk(
+            self.clock, Mailboxes((), ()), (), lambda: material(CIG), lambda: self.session,
+            gid=lambda: None, router=lambda: Router(config), sip=self.sip,
+            messaging=lambda: True,
+        )  # fmt: skip
+        self.desk.startService()
+        self.contents: dict[str, bytes] = {}
+        self.accepted: set[str] = set()
+        self.refusal_stored: set[str] = set()
+        self.answered_sends: set[int] = set()
+        self.answered_posts: set[int] = set()
+        self.sends_after_accept = 0
+
+    def teardown(self) -> None:
+        self.desk.stopService()
+
+    def _mid(self, text: str) -> str:
+        return text.rsplit(" ", 1)[-1]
+
+    @rule(n=st.integers(0, 2))
+    def message_arrives(self, n: int) -> None:
+        """A new message, or the CRS sending one again (same octets, same id)."""
+        mid = f"m{n}"
+        if mid not in self.contents:
+            body = MessageBody(f"text {mid}")
+            self.contents[mid] = crypto(USER).seal(CIG + ";101", body, self.clock.seconds())
+        before = len(self.sip.sent)
+        self.desk.handle(incoming(self.contents[mid], message_id=mid))
+        if mid in self.accepted:
+            self.sends_after_accept += len(self.sip.sent) - before
+
+    @rule(data=st.data(), status=st.sampled_from([200, 202, 404, 486, 408, 480, 503]))
+    def pbx_answers(self, data: st.DataObject, status: int) -> None:
+        waiting = [i for i in range(len(self.sip.sent)) if i not in self.answered_sends]
+        if not waiting:
+            return
+        i = data.draw(st.sampled_from(waiting))
+        self.answered_sends.add(i)
+        _, _, text, done = self.sip.sent[i]
+        if 200 <= status < 300:
+            self.accepted.add(self._mid(text))
+        done.callback(status)
+
+    @rule(data=st.data(), kind=st.sampled_from(["posted", "unavailable"]))
+    def crs_answers_refusal(self, data: st.DataObject, kind: str) -> None:
+        posts = [i for i, m in enumerate(self.sent) if m.type == "post"]
+        waiting = [i for i in posts if i not in self.answered_posts]
+        if not waiting:
+            return
+        i = data.draw(st.sampled_from(waiting))
+        self.answered_posts.add(i)
+        post = self.sent[i]
+        if post["id"] not in self.desk.pending:
+            return  # the connection ended meanwhile: nobody waits for it
+        if kind == "posted":
+            refused = [m for m, r in self.desk.refusals.items() if r.content == post["content"]]
+            self.refusal_stored.update(refused)
+            answer = message("posted", id=post["id"], message="r")
+        else:
+            answer = message("error", id=post["id"], code="unavailable")
+        self.desk.handle(Answered(post["id"], answer))
+
+    @rule()
+    def connection_ends(self) -> None:
+        from cryptify.client.connection import ConnectionEnded
+
+        self.desk.handle(ConnectionEnded("gone"))
+
+    @rule(seconds=st.sampled_from([1.0, 2.0, 5.0, 30.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @invariant()
+    def confirmed_only_when_done(self) -> None:
+        for m in self.sent:
+            if m.type == "delivered":
+                mid = m["message"]
+                assert mid in self.accepted or mid in self.refusal_stored, mid
+
+    @invariant()
+    def never_sent_again_after_2xx(self) -> None:
+        assert self.sends_after_accept == 0
+
+    @invariant()
+    def one_send_at_a_time(self) -> None:
+        waiting = [
+            self._mid(text)
+            for i, (_, _, text, _) in enumerate(self.sip.sent)
+            if i not in self.answered_sends
+        ]
+        assert len(waiting) == len(set(waiting)), waiting
+
+
+class FromSipMachine(RuleBasedStateMachine):
+    """PBX -> secure user: whatever the CRS answers, when, and whether the connection
+    lasts, the PBX gets 202 only for a post the CRS answered ``posted`` (or
+    ``key-reused``: stored before), and every MESSAGE gets exactly one answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        self.clock.advance(time.time())
+        self.session, self.sent = attached(CIG)
+        self.desk = MailDesk(
+            self.clock, Mailboxes((), ()), (), lambda: material(CIG), lambda: self.session,
+            gid=lambda: None, messaging=lambda: True,
+        )  # fmt: skip
+        self.desk.startService()
+        self.answers: list[list[SipAnswer]] = []
+        self.stored_keys: set[bytes] = set()
+        self.keys: list[bytes] = []
+        self.answered_posts: set[int] = set()
+
+    def teardown(self) -> None:
+        # a MESSAGE the CRS never answers is answered 503 in time: each gets one answer
+        self.clock.advance(wiring.SIP_ANSWER_WITHIN)
+        assert all(len(got) == 1 for got in self.answers), self.answers
+        self.desk.stopService()
+
+    @rule(n=st.integers(0, 3))
+    def pbx_sends(self, n: int) -> None:
+        got: list[SipAnswer] = []
+        key = bytes([n]) * 16
+        self.keys.append(key)
+        self.answers.append(got)
+        self.desk.from_sip("tel:+8888;101", USER, f"text {n}", key).addCallback(got.append)
+
+    @rule(data=st.data(), kind=st.sampled_from(["posted", "key-reused", "unavailable"]))
+    def crs_answers(self, data: st.DataObject, kind: str) -> None:
+        waiting = [i for i in range(len(self.sent)) if i not in self.answered_posts]
+        if not waiting:
+            return
+        i = data.draw(st.sampled_from(waiting))
+        self.answered_posts.add(i)
+        post = self.sent[i]
+        if kind == "posted":
+            self.stored_keys.add(post["key"])
+            answer = message("posted", id=post["id"], message="s")
+        elif kind == "key-reused":
+            if post["key"] not in self.stored_keys:
+                return  # the CRS says so only for a key it stored
+            answer = message("error", id=post["id"], code="key-reused")
+        else:
+            answer = message("error", id=post["id"], code="unavailable")
+        self.desk.handle(Answered(post["id"], answer))
+
+    @rule()
+    def connection_ends(self) -> None:
+        from cryptify.client.connection import ConnectionEnded
+
+        self.desk.handle(ConnectionEnded("gone"))
+
+    @rule(seconds=st.sampled_from([1.0, wiring.SIP_ANSWER_WITHIN]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @invariant()
+    def accepted_only_when_stored(self) -> None:
+        for key, got in zip(self.keys, self.answers):
+            assert len(got) <= 1, got
+            if got and got[0].status == 202:
+                assert key in self.stored_keys, key
+
+
+class StateMachineTests(SynchronousTestCase):
+    def test_to_sip(self) -> None:
+        run_state_machine_as_test(
+            ToSipMachine, settings=settings(max_examples=30, stateful_step_count=25, deadline=None)
+        )
+
+    def test_from_sip(self) -> None:
+        run_state_machine_as_test(
+            FromSipMachine,
+            settings=settings(max_examples=30, stateful_step_count=25, deadline=None),
+        )
