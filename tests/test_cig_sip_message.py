@@ -24,7 +24,7 @@ import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -51,7 +51,7 @@ from cryptify.protocols.sip.locate import locate
 from cryptify.protocols.sip.message import Request, Response, response_to
 from cryptify.protocols.sip.transaction import T1
 from cryptify.protocols.umsg import Message, message
-from tests.fakes import attached, material
+from tests.fakes import FakeChannel, attached, material
 from tests.sip_support import CREDENTIALS, FIXTURES, OutgoingCase, SifCase, challenge, verify
 
 CIG = "tel:+8888"
@@ -318,6 +318,29 @@ class SifOutboundTests(OutgoingCase):
         self.assertEqual(self.heard, [484, 513])
         self.assertEqual(len(self.channel.sent), before)
 
+    def test_over_tls(self) -> None:
+        """A ;transport=tls URI: the name looked up, a TLS channel whose certificate
+        must name it, a TLS Via; over a reliable transport the UDP limit does not apply."""
+        tls = TlsChannel(reliable=True)
+        asked: list[tuple[Any, str]] = []
+
+        def tls_channel(address: Any, host: str) -> Deferred[Any]:
+            asked.append((address, host))
+            return succeed(tls)
+
+        self.sif.resolve = lambda name: succeed("192.0.2.60")
+        self.sif.tls_channel = tls_channel
+        self.sif.send_message(
+            "sip:4670123456@secure.com", "sip:101@pbx.example;transport=tls", "x" * 2000
+        ).addCallback(self.heard.append)
+        self.assertEqual(asked, [(("192.0.2.60", 5061), "pbx.example")])
+        [request] = tls.messages()
+        assert isinstance(request, Request)
+        self.assertTrue((request.headers.get("Via") or "").startswith("SIP/2.0/TLS "))
+        self.assertEqual(len(request.body), 2000)
+        self.sif.message_received(response_to(request.headers, 200, to_tag="p"), tls)
+        self.assertEqual(self.heard, [200])
+
     def test_no_transport(self) -> None:
         self.sif.channel_to = lambda address: None
         self.send_text()
@@ -325,6 +348,12 @@ class SifOutboundTests(OutgoingCase):
 
 
 # ---------------------------------------------------------------- the mailboxes' half
+
+
+class TlsChannel(FakeChannel):
+    """A recording channel that says it is TLS."""
+
+    secure = True
 
 
 @attrs.define

@@ -25,7 +25,7 @@ import time
 
 from twisted.trial.unittest import SkipTest
 
-from tests.interop._cigmail import CIG_URI, LISTENER, SENDER, SLOW, CigMailCase
+from tests.interop._cigmail import CIG_URI, LISTENER, SENDER, SLOW, TOP, CigMailCase
 from tests.interop._procs import BIN, free_port, wait_for
 
 TEXT_IN = "hello from sipp"
@@ -198,6 +198,23 @@ map sipsrc {{ entry users tel "tel:+{{n}}" sip "sip:{{n}}@secure.example"; }}
         wait_for(
             lambda: f"from {CIG_URI};101: {TEXT_IN}" in self.read(out),
             "the MESSAGE at the listener",
+            SLOW,
+        )
+        # the README's stand-in PBX user does the same
+        with open(os.path.join(TOP, "etc", "pbx-message-sipp.xml")) as f:
+            readme = f.read()
+        proc = self.sipp_run(
+            readme,
+            "-s",
+            "94622222",
+            f"127.0.0.1:{self.sip_port}",
+            "-p",
+            str(free_port(socket.SOCK_DGRAM)),
+        )
+        self.sipp_ok(proc)
+        wait_for(
+            lambda: f"from {CIG_URI};101: hello from the PBX" in self.read(out),
+            "the README's MESSAGE",
             SLOW,
         )
         self.assertNotIn("FAILED TO VERIFY", self.read(out))
