@@ -340,6 +340,10 @@ class SifOutboundTests(OutgoingCase):
         self.assertEqual(len(request.body), 2000)
         self.sif.message_received(response_to(request.headers, 200, to_tag="p"), tls)
         self.assertEqual(self.heard, [200])
+        self.sif.send_message(
+            "sip:4670123456@secure.com", "sip:101@pbx.example;transport=tls", "x" * 16384
+        ).addCallback(self.heard.append)
+        self.assertEqual((self.heard, len(tls.sent)), ([200, 513], 1))
 
     def test_no_transport(self) -> None:
         self.sif.channel_to = lambda address: None

@@ -447,6 +447,8 @@ class MailDesk(service.Service):
             attempts = self.sip_attempts.get(fingerprint, 0) + 1
             if status in SIP_PASSING and attempts < SIP_ATTEMPTS and self.running:
                 self.sip_attempts[fingerprint] = attempts
+                while len(self.sip_attempts) > MAX_DONE:  # ones the CRS never sent again
+                    self.sip_attempts.pop(next(iter(self.sip_attempts)))
                 delay = min(RETRY_FIRST * 2 ** (attempts - 1), RETRY_MAX)
                 log.warn(
                     "message {message} to {to} by SIP failed ({status}); "

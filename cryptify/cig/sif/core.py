@@ -41,7 +41,13 @@ from cryptify.protocols.sip.dialog import Dialog, DialogId, dialog_id_of, new_br
 from cryptify.protocols.sip.digest import Credentials
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.locate import LocateError, Target, locate
-from cryptify.protocols.sip.message import Headers, Request, Response, response_to
+from cryptify.protocols.sip.message import (
+    MAX_MESSAGE_BYTES,
+    Headers,
+    Request,
+    Response,
+    response_to,
+)
 from cryptify.protocols.sip.sdes import CryptoAttribute
 from cryptify.protocols.sip.sdp import (
     SdpError,
@@ -478,7 +484,8 @@ class Sif:
         credentials. Fires with the final status: the PBX's, 408 when it
         did not answer, 484 for a URI that is not SIP, 502 for a name that
         does not resolve, 503 without a transport or connection, 513 for a
-        text too long for a MESSAGE over UDP.
+        MESSAGE over 1300 octets over UDP (RFC 3428) or over the largest SIP
+        message the CIG itself reads (16 KiB) over TCP or TLS.
         """
         try:
             target = locate(to)
@@ -504,11 +511,13 @@ class Sif:
                 )
             )
             request = Request("MESSAGE", to, headers, text.encode("utf-8"))
-            if not channel.reliable and len(request.to_bytes()) > MAX_UDP_MESSAGE:
+            limit = MAX_MESSAGE_BYTES if channel.reliable else MAX_UDP_MESSAGE
+            if len(request.to_bytes()) > limit:
                 log.info(
-                    "MESSAGE to {to}: over {limit} octets, not sent over UDP",
+                    "MESSAGE to {to}: over {limit} octets over {transport}, not sent",
                     to=to,
-                    limit=MAX_UDP_MESSAGE,
+                    limit=limit,
+                    transport=_transport(channel).upper(),
                 )
                 finish(513)
                 return
