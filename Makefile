@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # gcc and libgmp-dev build the C Miller loop of SAKKE when the package installs.
 RUN_DEBS := redis-server openssl gcc libgmp-dev
 TEST_DEBS := $(RUN_DEBS) sip-tester baresip kamailio kamailio-tls-modules rtpengine-daemon \
-	poppler-utils zbar-tools qrencode img2pdf groff-base dovecot-imapd chromium chromium-driver
+	poppler-utils zbar-tools qrencode img2pdf groff-base dovecot-imapd postfix chromium chromium-driver
 # Building the crs and cig packages, and proving them in a Debian root.
 PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv python3.11-dev gcc libgmp-dev rpm rpmlint debootstrap iproute2
 # tests/packaging is slow (package builds, a debootstrap root): its own target.
