@@ -310,4 +310,3 @@ class ListIwCrs(_Table):
 class ShowIwCrs(_Table):
     """``show iw-crs``: IW-CRS SIGNAL-LINK SIGNAL-OUTGOING SIGNAL-INCOMING
     DATA-LINK DATA-OUTGOING DATA-INCOMING VERSION."""
-
