@@ -329,6 +329,19 @@ class SeveralServersTests(SynchronousTestCase):
         self.assertIsInstance(self.events[-1], Attached)
         self.assertEqual(connector.calls[-1], self.SERVERS[0])
 
+    def test_ticket_survives_moved(self) -> None:
+        """A ``moved`` keeps the client's ticket: every instance of the pool
+        accepts it, so following the move costs no new signature."""
+        uri = "tel:+4612345"
+        hosts = ("crs2", "crs1") if slot_of(uri) < 8192 else ("crs1", "crs2")
+        self.world.core.slots = SlotMap(hosts, "crs1", {"crs2": "192.0.2.7"})
+        connector = _Unreachable(self.world, {"192.0.2.7"})
+        client = self.client(connector)
+        client.ticket = b"\x01" + bytes(20)
+        client.start()
+        self.assertIsInstance(self.events[0], Moved)
+        self.assertEqual(client.ticket, b"\x01" + bytes(20))
+
     def test_one_server_comes_back_to_it(self) -> None:
         """With one address, a chain of moves that led nowhere starts again
         at that address (not at the unreachable one) and follows moves anew."""

@@ -298,7 +298,8 @@ class AttachingClient:
         elif isinstance(event, Moved):
             self.host, self.port = event.host, event.port
             self.moves += 1
-            self.ticket = None
+            # The ticket is kept: every instance of the pool accepts it
+            # (docs/umsg.md 4.1), so the move costs no new signature.
         elif isinstance(event, Refused):
             self.ticket = None
             self.hint_ms = event.retry_after
