@@ -169,6 +169,20 @@ class BenchPool:
                     seen.append(float(match.group(2)))
         return max(seen) if seen else None
 
+    def pool_events(self, victim: int) -> dict[str, int]:
+        """From the living instances' crs.log: how often one declared a peer
+        other than ``victim`` down (a live instance whose heartbeats were
+        late: a false failover), and how many maps they wrote or adopted."""
+        false_downs = maps = 0
+        for index in self.procs:
+            for line in self.crs_log(index).splitlines():
+                match = DOWN_LINE.search(line)
+                if match and match.group(1) != f"crs{victim}":
+                    false_downs += 1
+                elif "] pool map " in line:
+                    maps += 1
+        return {"live_peer_declared_down": false_downs, "map_changes_seen": maps}
+
     # -- the pool --------------------------------------------------------
 
     def home(self, index: int) -> str:
