@@ -137,6 +137,20 @@ class AttachingClientTests(SynchronousTestCase):
         connector.flush()
         self.assertIsInstance(self.events[-1], Attached)
 
+    def test_busy_refusal_keeps_the_ticket(self) -> None:
+        """``refused unavailable`` (the CRS is busy) keeps the client's ticket,
+        so the next try needs no signature; another refusal drops it."""
+        self.world.core.ready = lambda: False
+        connector = WorldConnector(self.world)
+        client = self.client(connector)
+        client.ticket = b"\x01" + bytes(20)
+        client.start()
+        connector.flush()
+        self.assertEqual([e.code for e in self.events if isinstance(e, Refused)], ["unavailable"])
+        self.assertEqual(client.ticket, b"\x01" + bytes(20))
+        client._event(Refused("blacklisted", "x"))
+        self.assertIsNone(client.ticket)
+
     def test_reconnects_after_loss(self) -> None:
         """When the CRS drops the connection, the client attaches again."""
         connector = WorldConnector(self.world)

@@ -67,6 +67,11 @@ PONG_TIMEOUT = 60.0
 ATTACH_TIMEOUT = 30.0
 #: Most ``moved`` answers followed in a row.
 MAX_MOVES = 3
+#: Refusals that say the CRS was busy, not that the ticket is bad: the
+#: client keeps its ticket, so that the next try costs no signature (a
+#: pool's survivors refusing under a failover storm would otherwise get a
+#: full ECCSI attach for every client they refused).
+LOAD_REFUSALS = frozenset({"unavailable", "attach-timeout"})
 
 
 @attrs.frozen
@@ -301,7 +306,8 @@ class AttachingClient:
             # The ticket is kept: every instance of the pool accepts it
             # (docs/umsg.md 4.1), so the move costs no new signature.
         elif isinstance(event, Refused):
-            self.ticket = None
+            if event.code not in LOAD_REFUSALS:
+                self.ticket = None
             self.hint_ms = event.retry_after
         elif isinstance(event, Disconnected) and event.code == "replaced":
             self.ticket = None
