@@ -43,6 +43,10 @@ was attached at a survivor.  One JSON line:
   its owner; the single-instance rate now, the cross-instance rate and the
   ratio once forwarding is on main (``--cross``).
 
+``POOL_BENCH_TRACE=1`` prints every event of the dead instance's clients
+to stderr (one line each, with the time), to see where a slow failover
+spends its time.
+
 Issue 15's target: under 10 s for 20,000 clients.  One process may hold
 20,000 open files here, so a survivor cannot hold 20,000 clients: by
 default the bench takes the fewest instances whose survivors can hold all
