@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import mimetypes
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -177,15 +178,56 @@ def parse_server(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+#: Most addresses taken from the ``--server`` options and their names.
+MAX_SERVERS = 64
+
+Resolver = Callable[[str, int], Sequence[str]]
+
+
+def resolve_ipv4(host: str, port: int) -> list[str]:
+    """The IPv4 addresses of ``host`` (``getaddrinfo``), in the order given;
+    none when it does not resolve now (it is then tried by name)."""
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def expand_servers(
+    servers: Sequence[tuple[str, int]], resolve: Resolver = resolve_ipv4
+) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    """Every address to try, in turn: each ``--server`` in the order given,
+    a name that resolves to several addresses as each of them (as a pool's
+    DNS name gives every instance's address).  Also the name each address
+    came from, which TLS checks the certificate against."""
+    found: list[tuple[str, int]] = []
+    names: dict[str, str] = {}
+    for host, port in servers:
+        addresses = resolve(host, port) or [host]
+        for address in addresses:
+            if (address, port) not in found and len(found) < MAX_SERVERS:
+                found.append((address, port))
+                if address != host:
+                    names.setdefault(address, host)
+    return found, names
+
+
 def tls_connector(
-    reactor: Any, ca: str | None, insecure: bool, bind: str | None = None
+    reactor: Any,
+    ca: str | None,
+    insecure: bool,
+    bind: str | None = None,
+    names: dict[str, str] | None = None,
 ) -> Callable[[str, int, Factory[Any]], defer.Deferred[Any]]:
-    """A connector for AttachingClient: TLS to HOST:PORT (per-host context)."""
+    """A connector for AttachingClient: TLS to HOST:PORT (per-host context);
+    the certificate of an address in ``names`` is checked against its name."""
     creators: dict[str, Any] = {}
+    names = names or {}
 
     def connect(host: str, port: int, factory: Factory[Any]) -> defer.Deferred[Any]:
         if host not in creators:
-            creators[host] = client_context_factory(host, ca, verify=not insecure)
+            creators[host] = client_context_factory(names.get(host, host), ca, verify=not insecure)
         bind_address = (bind, 0) if bind else None
         tcp = TCP4ClientEndpoint(reactor, host, port, timeout=10, bindAddress=bind_address)
         return wrapClientTLS(creators[host], tcp).connect(factory)
@@ -212,7 +254,8 @@ def session_maker(
 
 def attach_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> defer.Deferred[None]:
     material: KeyMaterial = args.material
-    host, port = args.server
+    servers, names = expand_servers(args.server)
+    host, port = servers[0]
 
     finished: defer.Deferred[None] = defer.Deferred()
 
@@ -225,13 +268,15 @@ def attach_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> defer.D
 
     client = AttachingClient(
         reactor,
-        tls_connector(reactor, args.ca, args.insecure),
+        tls_connector(reactor, args.ca, args.insecure, names=names),
         session_maker(material, args.app),
         host,
         port,
         show,
+        servers=tuple(servers),
     )
-    out.write(f"attaching {material.uri} ({material.account}) to {host}:{port}\n")
+    where = ", ".join(f"{h}:{p}" for h, p in servers)
+    out.write(f"attaching {material.uri} ({material.account}) to {where}\n")
     client.start()
 
     def shutdown() -> defer.Deferred[None]:
@@ -255,15 +300,17 @@ def _printer(out: IO[str]) -> Callable[[PhoneEvent], None]:
 
 
 def make_phone(reactor: Any, args: argparse.Namespace, out: IO[str], **kw: Any) -> Phone:
-    host, port = args.server
+    servers, names = expand_servers(args.server)
+    host, port = servers[0]
     return Phone(
         reactor,
         args.material,
-        tls_connector(reactor, args.ca, args.insecure),
+        tls_connector(reactor, args.ca, args.insecure, names=names),
         session_maker(args.material, args.app),
         host,
         port,
         _printer(out),
+        servers=servers,
         play=args.samples,
         loop_play=args.loop,
         **kw,
@@ -469,7 +516,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--keys", required=True, metavar="FILE", help="key material file (cryptify-kms issue)"
     )
     parser.add_argument(
-        "--server", required=True, type=parse_server, metavar="HOST:PORT", help="CRS HOST:PORT"
+        "--server",
+        required=True,
+        action="append",
+        type=parse_server,
+        metavar="HOST:PORT",
+        help="CRS HOST:PORT; repeat it (or give a name with several addresses) for a pool:"
+        " after a lost connection the client tries the next one",
     )
     trust = parser.add_mutually_exclusive_group()
     trust.add_argument(
@@ -597,7 +650,8 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
         err.write(f"cryptify-client: cannot use key file {args.keys}: {exc}\n")
         return 1
     try:
-        client_context_factory(args.server[0], args.ca, verify=not args.insecure)
+        for host, _ in args.server:
+            client_context_factory(host, args.ca, verify=not args.insecure)
     except TLSConfigError as exc:
         err.write(f"cryptify-client: {exc}\n")
         return 1

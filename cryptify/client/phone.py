@@ -49,6 +49,7 @@ class Phone:
         loop_play: bool = False,
         fetch_on_attach: bool = False,
         media_interface: str = "",
+        servers: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.reactor = reactor
         self.material = material
@@ -72,7 +73,9 @@ class Phone:
             self.messenger.session = made
             return made
 
-        self.client = AttachingClient(reactor, connect, session, host, port, self._event)
+        self.client = AttachingClient(
+            reactor, connect, session, host, port, self._event, servers=tuple(servers)
+        )
 
     # ------------------------------------------------------------ control
 

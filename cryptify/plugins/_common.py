@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from cryptify.config._base import evolve_at
 from cryptify.events import Notifier
 from cryptify.service import CallbackService
 
@@ -22,7 +23,7 @@ log = Logger(namespace="cryptify.service")
 #: Exit status of ``twistd PLUGIN`` when a configuration file is not valid.
 EXIT_CONFIG = 1
 
-T = TypeVar("T")
+T = TypeVar("T", bound=attrs.AttrsInstance)
 
 #: A command-line option that names a path, and where in the configuration
 #: object that path goes (attribute names, outermost first).
@@ -58,13 +59,6 @@ def log_dir_option(filename: str) -> list[str | None]:
 def notify_option(filename: str) -> list[str | None]:
     """The ``--notify`` option."""
     return ["notify", None, None, f"notify script (overrides {filename}; empty: none)"]
-
-
-def evolve_at(obj: T, where: Sequence[str], value: Any) -> T:
-    """C{obj} (a frozen attrs object) with the attribute at path C{where} replaced."""
-    head, *rest = where
-    new = value if not rest else evolve_at(getattr(obj, head), rest, value)
-    return attrs.evolve(obj, **{head: new})  # type: ignore[misc]
 
 
 class ConfigOptions(usage.Options):
