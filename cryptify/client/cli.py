@@ -54,6 +54,7 @@ from cryptify.protocols.message_payload import Attachment, MessageBody, PayloadE
 from cryptify.protocols.rtp import DTMF_DIGITS
 from cryptify.protocols.tls import TLSConfigError, client_context_factory
 from cryptify.protocols.umsg import MAX_CONTENT, Message
+from cryptify.reactor import IReactor
 from cryptify.tools.manpage import Page, actions_from_parser
 
 ACTIONS = ("attach", "call", "answer", "listen", "send")
@@ -214,7 +215,7 @@ def expand_servers(
 
 
 def tls_connector(
-    reactor: Any,
+    reactor: IReactor,
     ca: str | None,
     insecure: bool,
     bind: str | None = None,
@@ -252,7 +253,7 @@ def session_maker(
     return make
 
 
-def attach_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> defer.Deferred[None]:
+def attach_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -> defer.Deferred[None]:
     material: KeyMaterial = args.material
     servers, names = expand_servers(args.server)
     host, port = servers[0]
@@ -299,7 +300,7 @@ def _printer(out: IO[str]) -> Callable[[PhoneEvent], None]:
     return show
 
 
-def make_phone(reactor: Any, args: argparse.Namespace, out: IO[str], **kw: Any) -> Phone:
+def make_phone(reactor: IReactor, args: argparse.Namespace, out: IO[str], **kw: Any) -> Phone:
     servers, names = expand_servers(args.server)
     host, port = servers[0]
     return Phone(
@@ -317,7 +318,9 @@ def make_phone(reactor: Any, args: argparse.Namespace, out: IO[str], **kw: Any) 
     )
 
 
-def _within(reactor: Any, d: defer.Deferred[Any], seconds: float | None) -> defer.Deferred[Any]:
+def _within(
+    reactor: IReactor, d: defer.Deferred[Any], seconds: float | None
+) -> defer.Deferred[Any]:
     """``d``, or ``None`` after ``seconds``."""
     if seconds is None:
         return d
@@ -345,12 +348,12 @@ def _save(args: argparse.Namespace, phone: Phone, call: Call, out: IO[str], n: i
     out.flush()
 
 
-async def _attach(reactor: Any, phone: Phone) -> bool:
+async def _attach(reactor: IReactor, phone: Phone) -> bool:
     attached = await _within(reactor, phone.start(), ATTACH_WAIT)
     return attached is not None
 
 
-async def call_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
+async def call_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -> int:
     phone = make_phone(reactor, args, out)
     try:
         if not await _attach(reactor, phone):
@@ -390,7 +393,7 @@ def _send_dtmf(phone: Phone, call: Call, digits: str, out: IO[str]) -> None:
     out.flush()
 
 
-async def answer_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
+async def answer_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -> int:
     phone = make_phone(reactor, args, out)
     try:
         if not await _attach(reactor, phone):
@@ -412,7 +415,7 @@ async def answer_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> i
         await phone.stop()
 
 
-async def listen_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
+async def listen_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -> int:
     phone: Phone | None = None
     count = 0
 
@@ -422,7 +425,7 @@ async def listen_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> i
         if not isinstance(event, CallEvent):
             return
         if event.kind == INCOMING and args.auto_answer:
-            reactor.callLater(0, lambda: phone.answer(event.call))
+            reactor.callLater(0, phone.answer, event.call)
         elif event.kind == END:
             if phone.recording(event.call).frames:
                 count += 1
@@ -452,7 +455,7 @@ async def listen_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> i
     return await finished
 
 
-async def send_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
+async def send_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -> int:
     phone = make_phone(reactor, args, out)
     key = new_message_key()
     # Sealed once: every attempt posts the same octets with the same key.
@@ -482,7 +485,9 @@ SEND_ATTEMPTS = 8
 SEND_PAUSE_MAX = 10.0
 
 
-async def _post(reactor: Any, phone: Phone, to: str, content: bytes, key: bytes) -> Posted | None:
+async def _post(
+    reactor: IReactor, phone: Phone, to: str, content: bytes, key: bytes
+) -> Posted | None:
     """Post one message until the CRS stores it: retried with the same key after
     ``error unavailable`` (or ``internal``) and after a lost connection."""
     answer: Any = None
@@ -683,7 +688,7 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
         return 0  # pragma: no cover  (react exits)
     main_of = MAINS[args.action]
 
-    async def main(r: Any) -> None:
+    async def main(r: IReactor) -> None:
         status = await main_of(r, args, out)
         if status:
             raise SystemExit(status)

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 
 from cryptify.config._base import evolve_at
 from cryptify.events import Notifier
+from cryptify.reactor import IReactor
 from cryptify.service import CallbackService
 
 log = Logger(namespace="cryptify.service")
@@ -146,7 +147,7 @@ def drain(notifier: Notifier, limit: float | None = None) -> defer.Deferred[None
     return done
 
 
-def fatal(program: str, reactor: Any) -> Any:
+def fatal(program: str, reactor: IReactor) -> Any:
     """An errback for start-up work that finishes after the reactor runs.
 
     It logs why, prints one line to stderr, stops the reactor and makes the

@@ -37,6 +37,7 @@ from cryptify.crs.pool.sync_core import (
     parse_replication_info,
 )
 from cryptify.crs.redis.instance import BACKUP, LOW, ReplicaOf
+from cryptify.reactor import IReactor
 
 log = Logger(namespace="cryptify.crs.pool.sync")
 
@@ -306,7 +307,7 @@ def build_sync(
     cfg: CrsConfig,
     local: CrsLocalConfig,
     me: str,
-    reactor: Any,
+    reactor: IReactor,
     store: Callable[[str], Any],
     notify: Callable[[str, str], None],
 ) -> Sync:
