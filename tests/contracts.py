@@ -65,6 +65,34 @@ class MessageStoreContract:
         removes it, once."""
         return self.drive(self._post_wait_deliver())
 
+    async def _pool_copy(self) -> None:
+        t: Any = self
+        post = self.store.post
+        first = await post("tel:+1", "key:aa", "tel:+2", "a", "content", b"x", None, None, "m-1", 5)
+        t.assertEqual((first.id, first.duplicate, first.stored.time_ms), ("m-1", False, 5))
+        t.assertEqual((await self.store.get("m-1")).scope, "key:aa")
+        t.assertEqual(await self.store.inboxes(), ["tel:+2"])
+        again = await post("tel:+1", "key:aa", "tel:+2", "a", "content", b"x", None, None, "m-9")
+        t.assertEqual((again.id, again.duplicate), ("m-1", True))
+        t.assertFalse(await self.store.handed("tel:+3", "m-1"))
+        t.assertTrue(await self.store.handed("tel:+2", "m-1"))
+        t.assertFalse(await self.store.handed("tel:+2", "m-1"))
+        t.assertEqual(
+            (await self.store.waiting_ids("tel:+2", 5), await self.store.inboxes()), ([], [])
+        )
+        back = await post("tel:+1", "key:aa", "tel:+2", "a", "content", b"x", None, None, "m-1", 5)
+        t.assertEqual((back.id, back.duplicate), ("m-1", False))
+        t.assertEqual(await self.store.delivered("tel:+2", "m-1"), ("tel:+1", "content"))
+        late = await post("tel:+1", "key:aa", "tel:+2", "a", "content", b"x", None, None, "m-2")
+        t.assertEqual((late.id, late.duplicate), ("m-1", True))
+        t.assertEqual(await self.store.waiting_ids("tel:+2", 5), [])
+
+    def test_pool_copy(self) -> Any:
+        """A copy from another pool member keeps its ID, time and scope; once
+        handed on it may come back and is stored again; once delivered, a
+        copy is a repeat."""
+        return self.drive(self._pool_copy())
+
     async def _order_and_limit(self) -> None:
         t: Any = self
         ids = []

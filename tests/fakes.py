@@ -282,6 +282,8 @@ class MemoryMessageStore:
         self.stats: dict[str, dict[str, str]] = {}
         self.ids = (f"m{n:04}" for n in itertools.count(1))
         self.down = False
+        #: Retry scopes whose message was handed to another pool member.
+        self.handed_scopes: set[str] = set()
 
     def _reachable(self) -> None:
         if self.down:
@@ -300,6 +302,8 @@ class MemoryMessageStore:
         data: bytes,
         known: str | None = None,
         counters: str | None = None,
+        message_id: str | None = None,
+        time_ms: int | None = None,
     ) -> Posted:
         if kind not in KINDS:
             raise MessageRefused("malformed", f"unknown message kind {kind!r}")
@@ -310,6 +314,8 @@ class MemoryMessageStore:
         owner = recipient.split(";")[0]
         digest = post_digest(recipient, kind, data)
         first = self.scopes.get(f"{sender} {scope}")
+        if f"{sender} {scope}" in self.handed_scopes:
+            first = None
         if first is not None:
             if first[1] != digest:
                 raise MessageRefused("key-reused", "used for another message")
@@ -318,12 +324,14 @@ class MemoryMessageStore:
             raise MessageRefused("not-found", f"{owner} is not known to this CRS")
         if len(self._inbox(owner)) >= self.max_inbox:
             raise MessageRefused("inbox-full", f"{owner} has {self.max_inbox} messages waiting")
-        message_id = next(self.ids)
-        stored = Stored(
-            message_id, sender, recipient, account, kind, int(self.clock() * 1000), data
-        )
+        if message_id is None:
+            message_id = next(self.ids)
+        if time_ms is None:
+            time_ms = int(self.clock() * 1000)
+        stored = Stored(message_id, sender, recipient, account, kind, time_ms, data, scope)
         self.messages[message_id] = stored
         self.scopes[f"{sender} {scope}"] = (message_id, digest)
+        self.handed_scopes.discard(f"{sender} {scope}")
         if counters is not None:
             row = self.stats.setdefault(counters, {})
             row["post"] = str(int(row.get("post", "0")) + 1)
@@ -404,6 +412,20 @@ class MemoryMessageStore:
     async def count(self, recipient: str) -> int:
         self._reachable()
         return len(self._inbox(recipient))
+
+    async def handed(self, recipient: str, message_id: str) -> bool:
+        self._reachable()
+        found = self.messages.get(message_id)
+        if found is None or found.recipient.split(";")[0] != recipient:
+            return False
+        del self.messages[message_id]
+        if found.scope is not None:
+            self.handed_scopes.add(f"{found.sender} {found.scope}")
+        return True
+
+    async def inboxes(self) -> list[str]:
+        self._reachable()
+        return sorted({m.recipient.split(";")[0] for m in self.messages.values()})
 
 
 # -- calls --------------------------------------------------------------------------

@@ -94,7 +94,9 @@ class MessageStoreTests(_Store):
         )
         self.assertNoResult(first)
         self.answer("1\n0 id0")
-        stored = Stored("id1", "tel:+1", "tel:+2", "acme", "content", int(NOW * 1000), b"\x00a")
+        stored = Stored(
+            "id1", "tel:+1", "tel:+2", "acme", "content", int(NOW * 1000), b"\x00a", "key:ab"
+        )
         self.assertEqual(self.successResultOf(first), Posted("id1", False, stored))
         self.assertEqual(self.successResultOf(second), Posted("id0", duplicate=True))
 

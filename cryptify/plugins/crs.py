@@ -68,6 +68,7 @@ from cryptify.crs.pool.calls import install as install_pool_calls
 from cryptify.crs.pool.calls import pool_calls
 from cryptify.crs.pool.calls_core import PoolCalls
 from cryptify.crs.pool.changes import PoolChanges, StateApplier
+from cryptify.crs.pool.forward import Forwarder
 from cryptify.crs.pool.wiring import PoolLink, client_mover
 from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher
 from cryptify.crs.redis.instance import ReplicaOf
@@ -381,6 +382,9 @@ class Messages:
     store: MessageStore
     messaging: Messaging
     expiry: MessageExpiry
+    #: In a pool: forwarding to the owner of a recipient's slot, hinted
+    #: hand-off and the sweep (docs/pool.md).
+    forwarder: Forwarder | None = None
 
 
 def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statistics) -> Messages:
@@ -389,7 +393,10 @@ def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statis
     store = MessageStore(lambda: redis.store("redis_low"), reactor.seconds)
     messaging = Messaging(store, basics.registry, basics.trace, stats=stats, scheduler=reactor)
     install_messaging(core, messaging)
-    return Messages(store, messaging, MessageExpiry(store, reactor))
+    forwarder = None
+    if basics.pool is not None:
+        forwarder = Forwarder(basics.pool, store, messaging, reactor)
+    return Messages(store, messaging, MessageExpiry(store, reactor), forwarder)
 
 
 def server_tls(cfg: CrsConfig, what: str) -> Any:
@@ -586,6 +593,8 @@ def make_crs_service(
         # the change log is open before the link hears of any peer
         attach(root, changes)
         attach(root, basics.pool)
+    if messages.forwarder is not None:
+        attach(root, messages.forwarder)
     if push is not None:
         link, pusher = push
         attach(root, link)

@@ -5,7 +5,8 @@ were posted, which keeps every sender's order)::
 
     msg:{ID}              hash: from, to, inbox, account, kind, time (ms), data (base64), dedup
     inbox:{URI}           list of message IDs, oldest first (URI without extension)
-    dedup:{SENDER}:{SCOPE}  "ID DIGEST": what a post became (expires with the message)
+    dedup:{SENDER}:{SCOPE}  "ID DIGEST": what a post became (expires with the message);
+                          "ID DIGEST handed" once handed to another pool member
     msg-expiry            sorted set: message ID by time stored
 
 A post is one Lua function, so it is all or nothing.  Its retry scope
@@ -95,9 +96,11 @@ local function item(i)
   local known, counters, digest = ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
   local existing = redis.call('GET', dedup)
   if existing then
-    local first, kept = string.match(existing, '^(%S+) (%S+)$')
-    if first == nil or kept ~= digest then return '-3' end
-    return '0 ' .. first
+    local first, kept, state = string.match(existing, '^(%S+) (%S+)( ?%S*)$')
+    if state ~= ' handed' then
+      if first == nil or kept ~= digest then return '-3' end
+      return '0 ' .. first
+    end
   end
   if known ~= '' and redis.call('SISMEMBER', known, owner) == 0 then return '-2' end
   local inbox = 'inbox:' .. owner
@@ -134,6 +137,27 @@ local function item(i)
 end
 """
 
+#: A message handed to another pool member: drop it here like a delivery,
+#: and mark its de-duplication key ``handed`` (same expiry): a copy of it
+#: coming back (the slot moved back) is stored again, while a copy of a
+#: message delivered here, or still here, is answered as a repeat.  KEYS:
+#: the inbox; ARGV: the message ID.  Answers 1 when it was there.
+_HANDED = """
+local id = ARGV[1]
+if redis.call('LREM', KEYS[1], 1, id) == 0 then return 0 end
+local key = 'msg:' .. id
+local dedup = redis.call('HGET', key, 'dedup')
+redis.call('DEL', key)
+redis.call('ZREM', 'msg-expiry', id)
+if dedup then
+  local existing = redis.call('GET', dedup)
+  if existing and string.match(existing, '^%S+ %S+$') then
+    redis.call('SET', dedup, existing .. ' handed', 'KEEPTTL')
+  end
+end
+return 1
+"""
+
 _EXPIRE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(ids) do
@@ -168,6 +192,10 @@ class Stored:
     kind: str
     time_ms: int
     data: bytes
+    #: The retry scope it was posted in (:func:`retry_scope`), when known:
+    #: a copy handed to another pool instance carries it, so that the copy
+    #: and a retry of the post made there are recognised as one message.
+    scope: str | None = None
 
 
 @attrs.frozen
@@ -279,6 +307,8 @@ class MessageStore:
         data: bytes,
         known: str | None = None,
         counters: str | None = None,
+        message_id: str | None = None,
+        time_ms: int | None = None,
     ) -> defer.Deferred[Posted]:
         """Store a message once; a repeat in the same ``scope`` answers the first ID.
 
@@ -287,7 +317,10 @@ class MessageStore:
         is its base number's); ``known``: a set the recipient must be in
         (else ``not-found``); ``counters``: a hash whose ``post`` field
         counts new posts -- both in the same atomic step as the store, so a
-        post costs no round trip of its own.  Fails with
+        post costs no round trip of its own.  ``message_id`` and ``time_ms``
+        keep the ID and time a message was given where it was first posted
+        (a message forwarded or handed over by another pool instance);
+        by default a new ID and now.  Fails with
         :class:`MessageRefused`: ``key-reused`` when the scope was used for
         another message, ``unavailable`` when Redis could not be reached,
         ``internal`` when Redis did not store it for another reason.
@@ -296,8 +329,9 @@ class MessageStore:
             return defer.fail(MessageRefused("malformed", f"unknown message kind {kind!r}"))
         if len(data) > MAX_CONTENT:
             return defer.fail(MessageRefused("too-large", f"content over {MAX_CONTENT} octets"))
-        message_id = self.new_id()
-        now_ms = int(self.clock() * 1000)
+        if message_id is None:
+            message_id = self.new_id()
+        now_ms = int(self.clock() * 1000) if time_ms is None else time_ms
         owner = base_uri(recipient)
         args = (
             message_id,
@@ -316,7 +350,7 @@ class MessageStore:
 
         def answered(line: str) -> Posted:
             if line == "1":
-                stored = Stored(message_id, sender, recipient, account, kind, now_ms, data)
+                stored = Stored(message_id, sender, recipient, account, kind, now_ms, data, scope)
                 return Posted(message_id, duplicate=False, stored=stored)
             if line.startswith("0 "):
                 return Posted(line[2:], duplicate=True)
@@ -378,15 +412,30 @@ class MessageStore:
         fields = await self._client().hgetall(f"msg:{message_id}")
         if not fields:
             return None
+        sender = fields["from"]
+        dedup = fields.get("dedup", "")
+        prefix = f"dedup:{sender}:"
         return Stored(
             str(message_id),
-            fields["from"],
+            sender,
             fields["to"],
             fields["account"],
             fields["kind"],
             int(fields["time"]),
             base64.b64decode(fields["data"]),
+            dedup[len(prefix) :] if dedup.startswith(prefix) else None,
         )
+
+    async def inboxes(self, batch: int = 500) -> list[str]:
+        """Every URI that has messages waiting (a ``SCAN`` of the inboxes)."""
+        client = self._client()
+        found: set[str] = set()
+        cursor: object = "0"
+        while True:
+            cursor, keys = await client.scan(cursor, "inbox:*", batch)
+            found.update(str(k)[len("inbox:") :] for k in keys)
+            if str(cursor) == "0":
+                return sorted(found)
 
     async def waiting_ids(self, recipient: str, limit: int) -> list[str]:
         """The IDs of the first ``limit`` messages waiting for ``recipient``, oldest first."""
@@ -427,6 +476,12 @@ class MessageStore:
 
     async def count(self, recipient: str) -> int:
         return int(await self._client().llen(f"inbox:{recipient}"))
+
+    async def handed(self, recipient: str, message_id: str) -> bool:
+        """Another pool member stored the message for us: drop it here, and
+        let a copy of it that comes back later be stored again."""
+        client = self._client()
+        return bool(int(await client.eval(_HANDED, [f"inbox:{recipient}"], [message_id])))
 
     async def stored(self) -> int:
         """How many messages are stored, waiting for delivery (every one is in ``msg-expiry``)."""

@@ -23,9 +23,17 @@
 - A store out of reach is answered ``error unavailable`` with a
   ``retry-after`` hint, logged as one warning line without a traceback.
 
+- In a pool, a post for a recipient whose slot another member serves
+  goes to the :class:`Router` (:class:`cryptify.crs.pool.forward.Forwarder`),
+  which stores it at that member (or keeps it here for it) before the
+  ``posted``; a ``delivered`` for a sender attached elsewhere goes to it
+  there, and messages the pool brings here arrive through
+  :meth:`Messaging.arrived`.
+
 ``trace message`` lines (Header, Time, From, To, State, Account,
 Message-ID) use the manual's states: not-found, posted content, posted
-ack, delivered.  Which URIs are known and the per-user counters of
+ack, delivered, and forward content / forward ack (Account ``internal``)
+for a post stored at another pool member.  Which URIs are known and the per-user counters of
 ``show message`` are kept by the message store, next to the messages;
 this module holds the rules only.
 """
@@ -34,7 +42,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet import defer
@@ -61,6 +69,36 @@ DELIVERY_RETRY = 2.0
 UNAVAILABLE_RETRY_MS = 2000
 #: Longest ``reason`` in an answer (the codec's limit).
 MAX_REASON = 200
+
+
+@attrs.frozen
+class Relayed:
+    """A post handled by the pool (:class:`Router`): the answer, and the
+    member that stored it (None: kept here until its owner takes it)."""
+
+    posted: Posted
+    peer: str | None
+
+
+class Router(Protocol):
+    """Where a pool sends posts for recipients served by another member
+    (:class:`cryptify.crs.pool.forward.Forwarder`)."""
+
+    def elsewhere(self, uri: str) -> bool:
+        """Whether ``uri``'s slot is not served here (another member owns
+        it, or no member does at this moment)."""
+        ...
+
+    def post(
+        self, sender: str, scope: str, to: str, account: str, kind: str, data: bytes
+    ) -> Deferred[Relayed]:
+        """Store a post where it will be delivered from (or keep it here
+        for the owner), durably, before the Deferred fires."""
+        ...
+
+    def tell_delivered(self, sender: str, message_id: str) -> None:
+        """Tell the member serving ``sender`` that its message was delivered."""
+        ...
 
 
 @attrs.define(eq=False)
@@ -105,6 +143,8 @@ class Messaging:
         #: ``on_absent(account, uri)``: a content or system message was stored
         #: for a recipient that is not attached (push wake-ups, docs/push.md)
         self.on_absent: Callable[[str, str], None] | None = None
+        #: In a pool: where posts for recipients served elsewhere go.
+        self.pool: Router | None = None
 
     def _refuse(self, failure: Failure, session: AttachSession, msg_id: int | None) -> None:
         retry_after = None
@@ -162,32 +202,28 @@ class Messaging:
             kind = ("system" if system else "content") if content is not None else "ack"
             data = content if content is not None else ack.encode("ascii")
             scope = retry_scope(msg.get("key"), session.conn_id, msg.id)
-            stored: Deferred[Posted] = defer.maybeDeferred(
-                self.store.submit, sender, scope, to, account, kind, data
-            )
+            stored: Deferred[Any]
+            if self.pool is not None and self.pool.elsewhere(recipient):
+                stored = self.pool.post(sender, scope, to, account, kind, data)
+            else:
+                stored = defer.maybeDeferred(
+                    self.store.submit, sender, scope, to, account, kind, data
+                )
         except Exception:
             self._refuse(Failure(), session, msg.id)
             return
 
-        def posted(posted: Posted) -> Any:
-            session.send(message("posted", id=msg.id, message=posted.id))
-            if posted.duplicate or posted.stored is None:
+        def posted(result: Posted | Relayed) -> Any:
+            relayed = result if isinstance(result, Relayed) else Relayed(result, None)
+            done = relayed.posted
+            session.send(message("posted", id=msg.id, message=done.id))
+            if done.duplicate:
                 return None
             self.counters["posted"] += 1
-            target = self.registry.get(recipient)
-            if target is not None:
-                self._offer(target, posted.stored)
-            elif kind != "ack" and self.on_absent is not None:
-                self.on_absent(account, recipient)
-            if self.trace.active("message"):
-                self.trace.emit(
-                    "message",
-                    sender,
-                    to,
-                    f"posted {kind}",
-                    target.account if target else account,
-                    posted.id,
-                )
+            if relayed.peer is not None:
+                self.trace.emit("message", sender, to, forward_state(kind), "internal", done.id)
+            elif done.stored is not None:
+                self.arrived(done.stored)
             if self.stats is not None and self.stats.may_count(account):
                 counted = defer.ensureDeferred(self.stats.message_posted(account, sender, kind))
                 counted.addErrback(self._not_counted, "post")
@@ -205,6 +241,33 @@ class Messaging:
         # Only the store's own failure is a refusal: once `posted` went out,
         # nothing after it may answer the same request again.
         stored.addCallbacks(posted, refused)
+
+    def arrived(self, stored: Stored) -> None:
+        """A new message is stored here (posted here, or taken from another
+        pool member): offer it to its recipient when attached, else ask
+        for a push wake-up; trace it."""
+        recipient = base_uri(stored.recipient)
+        target = self.registry.get(recipient)
+        if target is not None:
+            self._offer(target, stored)
+        elif stored.kind != "ack" and self.on_absent is not None:
+            self.on_absent(stored.account, recipient)
+        if self.trace.active("message"):
+            self.trace.emit(
+                "message",
+                stored.sender,
+                stored.recipient,
+                f"posted {stored.kind}",
+                target.account if target else stored.account,
+                stored.id,
+            )
+
+    def tell_sender(self, sender: str, message_id: str) -> None:
+        """``message_id`` from ``sender`` was delivered (here or on another
+        pool member): tell the sender when it is attached here."""
+        origin = self.registry.get(sender)
+        if origin is not None:
+            origin.conn.send(message("delivered", message=message_id))
 
     def fetch(self, session: AttachSession, msg: Any) -> None:
         uri = session.uri or ""
@@ -242,9 +305,10 @@ class Messaging:
             self.counters["delivered"] += 1
             self.trace.emit("message", sender, uri, "delivered", account, message_id)
             if kind != "ack":
-                origin = self.registry.get(sender)
-                if origin is not None:
-                    origin.conn.send(message("delivered", message=message_id))
+                if self.registry.get(sender) is not None or self.pool is None:
+                    self.tell_sender(sender, message_id)
+                else:
+                    self.pool.tell_delivered(sender, message_id)
             if self.stats is not None and self.stats.may_count(account):
                 counted = defer.ensureDeferred(self.stats.message_delivered(account, uri, kind))
                 counted.addErrback(self._not_counted, "delivery")
@@ -386,6 +450,11 @@ class Messaging:
                 self.scheduler.callLater(DELIVERY_RETRY, again)
 
         defer.ensureDeferred(self.store.remember(attachment.uri)).addErrback(not_remembered)
+
+
+def forward_state(kind: str) -> str:
+    """The trace state of a message forwarded to another pool member."""
+    return "forward ack" if kind == "ack" else "forward content"
 
 
 def install(core: AttachCore, messaging: Messaging) -> None:

@@ -1,0 +1,470 @@
+"""Messages across the pool: forwarding, hinted hand-off and the sweep.
+
+:class:`Forwarder` is the :class:`~cryptify.crs.messages.wiring.Router` of
+a pool member's :class:`~cryptify.crs.messages.wiring.Messaging`:
+
+- **Forwarding.** A post for a URI whose slot another member (the
+  *owner*) serves is given its pool-unique message ID and time here and
+  sent to the owner (``msg-post``, :mod:`cryptify.crs.pool.forward_core`).
+  The owner stores it durably in its own ``redis_low`` with the same rules
+  as a post made there (the recipient must be known there, the inbox
+  limit, the sender's retry scope) and answers ``msg-stored`` (or
+  ``msg-refused`` with a UMSG code, passed on to the sender).  A member
+  stores a forwarded message only for a slot it owns in its own map (else
+  ``unavailable``: the maps differ for a moment), so two members never
+  each take the other's copy of one message as a repeat and drop both.  Only then
+  is the sender answered ``posted``; this member traces ``forward
+  content`` (or ``forward ack``) with Account ``internal``, the owner
+  ``posted ...`` as for a local post, and delivers it.
+- **Hinted hand-off.** When the owner cannot be reached (no connection, no
+  answer within :data:`FORWARD_TIMEOUT`, its store out of reach), or no
+  member owns the slot at this moment (a hand-back step, a member that
+  has not heard the pool's map yet), the message is stored here, in the
+  recipient's inbox in this member's ``redis_low``, under the same ID and
+  retry scope, and only then answered ``posted``.
+- **The sweep.** Whatever sits in an inbox here whose slot another member
+  owns -- held for an unreachable owner, or stored here while this member
+  owned the slot before a hand-back or a partition's end -- is sent to the
+  owner (``msg-post`` with ``hand``: stored whether or not the owner knows
+  the recipient) and deleted here only once the owner has answered that
+  it stored it.  The sweep runs when a peer's link comes up, after every
+  map change, at start, and every :data:`SWEEP_INTERVAL` while something
+  was left behind.  Inboxes of clients attached here are left alone until
+  they move (the pool's client mover disconnects them), so a message out
+  for delivery here is never handed over at the same time.
+
+Exactly once: the owner stores a message in the sender's retry scope, and
+the de-duplication key of that scope stays for the lifetime of a message
+(:data:`~cryptify.crs.messages.store.EXPIRE_AFTER`) after it is
+delivered.  So a copy sent again (an answer lost, this member killed
+between the owner's answer and the delete here) or a sender's retry of
+the post through another path is answered with the first ID and stored
+nothing: that key is the tombstone of every forwarded or delivered
+message.
+
+``delivered`` confirmations for a sender attached at another member are
+sent to the member that owns the sender's slot (``msg-delivered``), which
+tells the sender when attached, as a member does for its own clients (a
+sender that is not attached is not told, here as on one instance).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cryptify.crs.messages.store import (
+    KNOWN_URIS,
+    MessageRefused,
+    MessageStore,
+    Posted,
+    Stored,
+    new_message_id,
+    stat_key,
+)
+from cryptify.crs.messages.wiring import Messaging, Relayed, forward_state
+from cryptify.crs.pool.forward_core import (
+    DELIVERED,
+    PASSED_ON,
+    POST,
+    REFUSED,
+    STORED,
+    UNAVAILABLE,
+    decode_delivered,
+    decode_post,
+    decode_refused,
+    decode_stored,
+    encode_delivered,
+    encode_post,
+    encode_refused,
+    encode_stored,
+)
+from cryptify.crs.slots import slot_of
+from cryptify.protocols.umsg import base_uri
+
+log = Logger(namespace="cryptify.crs.pool")
+
+#: Seconds a forwarded post waits for the owner's answer before it is kept
+#: here instead (hinted hand-off).
+FORWARD_TIMEOUT = 3.0
+#: Seconds between sweeps while messages are left for another member.
+SWEEP_INTERVAL = 2.0
+#: Messages of one inbox handed over at once.
+SWEEP_WINDOW = 64
+
+
+class PoolRoutes(Protocol):
+    """What the forwarder needs of the pool link
+    (:class:`~cryptify.crs.pool.wiring.PoolLink`)."""
+
+    me: str
+
+    def owner(self, slot: int) -> str | None: ...
+
+    def link_up(self, peer: str) -> bool: ...
+
+    def send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool: ...
+
+    def handle(
+        self, frame_type: str, handler: Callable[[str, dict[str, object]], None]
+    ) -> None: ...
+
+    def on_link(self, listener: Callable[[str, bool], None]) -> None: ...
+
+    def watch(self, watcher: Callable[[], bool]) -> None: ...
+
+
+class Unreachable(Exception):
+    """The owner did not take the message (no link, no answer, its store out
+    of reach): keep it here."""
+
+
+@attrs.define
+class _Pending:
+    peer: str
+    answer: Deferred[Posted]
+    timer: IDelayedCall
+
+
+class Forwarder(service.Service):
+    """Messages of recipients served by other pool members (module docstring)."""
+
+    def __init__(
+        self,
+        link: PoolRoutes,
+        store: MessageStore,
+        messaging: Messaging,
+        reactor: IReactorTime,
+        *,
+        timeout: float = FORWARD_TIMEOUT,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
+        self.link = link
+        self.store = store
+        self.messaging = messaging
+        self.reactor = reactor
+        self.timeout = timeout
+        self.new_id = new_id or (lambda: new_message_id(reactor.seconds()))
+        self.counters = {"forwarded": 0, "held": 0, "handed": 0, "taken": 0}
+        self._numbers = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        #: Peers whose messages are being kept here (logged once each).
+        self._keeping: set[str] = set()
+        #: Something may sit here for another member: sweep at the next tick.
+        self.dirty = True
+        self._sweeping = False
+        self._again = False
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = reactor
+        link.handle(POST, self._on_post)
+        link.handle(STORED, self._on_stored)
+        link.handle(REFUSED, self._on_refused)
+        link.handle(DELIVERED, self._on_delivered)
+        link.on_link(self._on_link)
+        link.watch(self._map_changed)
+        messaging.pool = self
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.dirty = True
+        self._loop.start(SWEEP_INTERVAL, now=False).addErrback(
+            lambda f: log.failure("message sweep loop stopped", f)
+        )
+
+    def stopService(self) -> None:
+        service.Service.stopService(self)
+        if self._loop.running:
+            self._loop.stop()
+        for n in list(self._pending):
+            self._fail(n, Unreachable("stopping"))
+
+    # -- the Router of Messaging -------------------------------------------
+
+    def owner(self, uri: str) -> str | None:
+        return self.link.owner(slot_of(base_uri(uri)))
+
+    def elsewhere(self, uri: str) -> bool:
+        return self.owner(uri) != self.link.me
+
+    def post(
+        self, sender: str, scope: str, to: str, account: str, kind: str, data: bytes
+    ) -> Deferred[Relayed]:
+        """Store at the owner, or keep here; fires once one of them has it."""
+        now_ms = int(self.reactor.seconds() * 1000)
+        message = Stored(self.new_id(), sender, to, account, kind, now_ms, data, scope)
+        owner = self.owner(to)
+        if owner is None or owner == self.link.me or not self.link.link_up(owner):
+            return self._hold(message)  # no owner now, or its heartbeats stopped
+        peer: str = owner
+
+        def stored(posted: Posted) -> Relayed:
+            self.counters["forwarded"] += 1
+            if peer in self._keeping:
+                self._keeping.discard(peer)
+                log.info("messages for {peer} are forwarded to it again", peer=peer)
+            return Relayed(posted, peer)
+
+        def not_taken(failure: Failure) -> Deferred[Relayed] | Failure:
+            if failure.check(Unreachable):
+                if peer not in self._keeping:  # once, not for every message
+                    self._keeping.add(peer)
+                    log.info(
+                        "messages for {peer} are kept here until it takes them: {why}",
+                        peer=peer,
+                        why=failure.getErrorMessage(),
+                    )
+                return self._hold(message)
+            return failure
+
+        return self._ask(peer, message, hand=False).addCallbacks(stored, not_taken)
+
+    def tell_delivered(self, sender: str, message_id: str) -> None:
+        owner = self.owner(sender)
+        if owner is None or owner == self.link.me:
+            return
+        # best effort, as for a sender attached here: not attached, not told
+        self.link.send(owner, DELIVERED, encode_delivered(sender, message_id))
+
+    def _hold(self, message: Stored) -> Deferred[Relayed]:
+        """Keep ``message`` here for its owner, durably, in its ID and scope."""
+        assert message.scope is not None
+        held: Deferred[Posted] = defer.maybeDeferred(
+            self.store.post,
+            message.sender,
+            message.scope,
+            message.recipient,
+            message.account,
+            message.kind,
+            message.data,
+            message_id=message.id,
+            time_ms=message.time_ms,
+        )
+
+        def kept(posted: Posted) -> Relayed:
+            self.counters["held"] += 1
+            self.dirty = True
+            return Relayed(posted, None)
+
+        return held.addCallback(kept)
+
+    # -- requests to a peer ------------------------------------------------
+
+    def _ask(self, peer: str, message: Stored, hand: bool) -> Deferred[Posted]:
+        n = next(self._numbers)
+        if not self.link.send(peer, POST, encode_post(n, message, hand)):
+            return defer.fail(Unreachable(f"no link to {peer}"))
+        answer: Deferred[Posted] = Deferred()
+        timer = self.reactor.callLater(
+            self.timeout, self._fail, n, Unreachable(f"no answer from {peer} in {self.timeout}s")
+        )
+        self._pending[n] = _Pending(peer, answer, timer)
+        return answer
+
+    def _take(self, n: int, peer: str) -> _Pending | None:
+        pending = self._pending.get(n)
+        if pending is None or pending.peer != peer:
+            return None  # late (already kept here) or not ours
+        del self._pending[n]
+        if pending.timer.active():
+            pending.timer.cancel()
+        return pending
+
+    def _fail(self, n: int, why: Exception) -> None:
+        pending = self._pending.pop(n, None)
+        if pending is None:
+            return
+        if pending.timer.active():
+            pending.timer.cancel()
+        pending.answer.errback(Failure(why))
+
+    def _on_stored(self, peer: str, fields: dict[str, object]) -> None:
+        reply = decode_stored(fields)
+        pending = self._take(reply.n, peer)
+        if pending is not None:
+            pending.answer.callback(Posted(reply.id, duplicate=reply.dup))
+
+    def _on_refused(self, peer: str, fields: dict[str, object]) -> None:
+        reply = decode_refused(fields)
+        pending = self._take(reply.n, peer)
+        if pending is None:
+            return
+        if reply.code == UNAVAILABLE:
+            pending.answer.errback(Failure(Unreachable(f"{peer}: {reply.reason}")))
+        else:
+            code = reply.code if reply.code in PASSED_ON else "internal"
+            pending.answer.errback(Failure(MessageRefused(code, reply.reason)))
+
+    def _on_link(self, peer: str, up: bool) -> None:
+        if up:
+            self.dirty = True
+            self.kick()
+            return
+        for n, pending in list(self._pending.items()):
+            if pending.peer == peer:
+                self._fail(n, Unreachable(f"link to {peer} down"))
+
+    # -- requests from a peer ----------------------------------------------
+
+    def _on_post(self, peer: str, fields: dict[str, object]) -> None:
+        request = decode_post(fields)
+        message = request.message
+        if self.elsewhere(message.recipient):
+            # Not ours in this member's map (the maps differ for a moment,
+            # or it is handing the same message the other way): the peer
+            # keeps it and tries again once the maps agree.
+            self.link.send(
+                peer,
+                REFUSED,
+                encode_refused(request.n, UNAVAILABLE, "this member does not own the slot"),
+            )
+            return
+        live = not request.hand
+        stored: Deferred[Posted] = defer.maybeDeferred(
+            self.store.post,
+            message.sender,
+            request.scope,
+            message.recipient,
+            message.account,
+            message.kind,
+            message.data,
+            KNOWN_URIS if live else None,
+            stat_key(message.sender) if live else None,
+            message_id=message.id,
+            time_ms=message.time_ms,
+        )
+
+        def answered(posted: Posted) -> None:
+            self.link.send(peer, STORED, encode_stored(request.n, posted.id, posted.duplicate))
+            if posted.duplicate or posted.stored is None:
+                return
+            self.counters["taken"] += 1
+            if self.elsewhere(message.recipient):
+                self.dirty = True  # the slot moved on meanwhile: hand it on
+            self.messaging.arrived(posted.stored)
+
+        def refused(failure: Failure) -> None:
+            if failure.check(MessageRefused):
+                refusal: Any = failure.value
+                code, reason = refusal.code, str(refusal)
+            else:
+                log.warn(
+                    "message {id} from {peer} not stored: {why}",
+                    id=message.id,
+                    peer=peer,
+                    why=failure.getErrorMessage(),
+                )
+                code, reason = UNAVAILABLE, "message store out of reach"
+            self.link.send(peer, REFUSED, encode_refused(request.n, code, reason))
+
+        stored.addCallbacks(answered, refused).addErrback(
+            lambda f: log.failure("forwarded message handling failed", f)
+        )
+
+    def _on_delivered(self, peer: str, fields: dict[str, object]) -> None:
+        note = decode_delivered(fields)
+        self.messaging.tell_sender(note.sender, note.message)
+
+    # -- the sweep ---------------------------------------------------------
+
+    def _map_changed(self) -> bool:
+        self.dirty = True
+        self.kick()
+        return False
+
+    def _tick(self) -> None:
+        if self.dirty:
+            self.kick()
+
+    def kick(self) -> None:
+        """Sweep now (or once more after the sweep under way)."""
+        if not self.running:
+            return
+        if self._sweeping:
+            self._again = True
+            return
+        self._sweeping = True
+        defer.ensureDeferred(self._sweep()).addErrback(self._sweep_failed).addBoth(self._swept)
+
+    def _swept(self, _: object) -> None:
+        self._sweeping = False
+        if self._again:
+            self._again = False
+            self.kick()
+
+    def _sweep_failed(self, failure: Failure) -> None:
+        self.dirty = True
+        log.warn("message sweep stopped: {why}", why=failure.getErrorMessage())
+
+    async def _sweep(self) -> None:
+        """Hand every message stored here for another member's slot to it."""
+        self.dirty = False
+        left = False
+        before = self.counters["handed"]
+        for uri in await self.store.inboxes():
+            owner = self.owner(uri)
+            if owner == self.link.me:
+                continue
+            if owner is None or self.messaging.registry.get(uri) is not None:
+                left = True  # no owner this moment, or its client still here
+                continue
+            if not self.link.link_up(owner):
+                continue  # swept again when the link comes up
+            if not await self._hand_inbox(uri, owner):
+                left = True
+        if left:
+            self.dirty = True
+        handed = self.counters["handed"] - before
+        if handed:
+            log.info(
+                "{count} stored messages handed to the members owning their slots{left}",
+                count=handed,
+                left=" (some left for later)" if left else "",
+            )
+
+    async def _hand_inbox(self, uri: str, owner: str) -> bool:
+        """Hand ``uri``'s messages to ``owner``; True when none is left."""
+        while True:
+            if self.owner(uri) != owner or self.messaging.registry.get(uri) is not None:
+                return False
+            ids = await self.store.waiting_ids(uri, SWEEP_WINDOW)
+            if not ids:
+                return True
+            found = [await self.store.get(i) for i in ids]
+            messages = [m for m in found if m is not None]
+            asks = []
+            for m in messages:
+                if m.scope is None:
+                    m = attrs.evolve(m, scope=f"id:{m.id}")
+                asks.append(self._ask(owner, m, hand=True))
+            results: list[tuple[bool, Any]] = await defer.DeferredList(asks, consumeErrors=True)
+            done = 0
+            for m, (ok, result) in zip(messages, results, strict=True):
+                if not ok:
+                    log.debug(
+                        "message {id} for {uri} still kept for {owner}: {why}",
+                        id=m.id,
+                        uri=uri,
+                        owner=owner,
+                        why=result.getErrorMessage(),
+                    )
+                    continue
+                await self.store.handed(uri, m.id)
+                done += 1
+                self.counters["handed"] += 1
+                self.messaging.trace.emit(
+                    "message", m.sender, m.recipient, forward_state(m.kind), "internal", m.id
+                )
+            if done == 0 or done < len(messages):
+                return False  # the owner did not take them all: later
