@@ -40,8 +40,8 @@ was attached at a survivor.  One JSON line:
   ``survivors_cpu_seconds`` and ``reattaches_per_survivor_cpu_second``;
 - ``messages``: the message phase, run first on the whole pool, see
   :func:`message_rates`: bench/messages.py's load, each URI attached at
-  its owner; the single-instance rate now, the cross-instance rate and the
-  ratio once forwarding is on main (``--cross``).
+  its owner; the single-instance rate, the cross-instance rate and their
+  ratio (``--no-cross`` leaves the cross-instance part out).
 
 ``POOL_BENCH_TRACE=1`` prints every event of the dead instance's clients
 to stderr (one line each, with the time), to see where a slow failover
@@ -356,13 +356,9 @@ def message_rates(pool: Any, args: argparse.Namespace) -> dict[str, Any]:
     and recipient at different instances against both at one, same run,
     same pool.  Target: ``cross_to_single`` at least 0.8.
 
-    The single-instance rate is measured now.  TO FILL IN ONCE FORWARDING
-    BETWEEN INSTANCES IS ON MAIN: the cross-instance part below runs only
-    with ``--cross`` (each sender attached at crs1 posting to a recipient
-    attached at crs2, the post forwarded over the 8090 link); until
-    forwarding lands such posts are not delivered, so it is off by default
-    and has never produced a figure.  Check it against a pool with
-    forwarding, then make it the default.
+    The cross-instance part has each sender attached at crs1 posting to a
+    recipient attached at crs2, every post forwarded over the 8090 link
+    (``--no-cross`` leaves it out).
     """
     if args.pairs <= 0:
         return {"measured": False, "why": "--pairs 0"}
@@ -589,9 +585,10 @@ def main() -> None:
         "--message-seconds", type=float, default=10.0, help="message phase: measured window"
     )
     parser.add_argument(
-        "--cross",
-        action="store_true",
-        help="also measure sender and recipient on different instances (needs forwarding)",
+        "--no-cross",
+        dest="cross",
+        action="store_false",
+        help="leave out the phase with sender and recipient on different instances",
     )
     parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
