@@ -14,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.config.iw_crs import IwCrsConfig, load_iw_crs_config
 from cryptify.crs.interwork.peers import MAX_PEERS, IwPeerError, IwPeers
-from cryptify.crs.operator.admin import IW_COLUMNS, CrsAdmin
+from cryptify.crs.operator.admin import CrsAdmin
+from cryptify.crs.operator.peers import IW_COLUMNS
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols import crs_admin

@@ -10,36 +10,29 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.protocols import amp
 
 from cryptify import __version__
 from cryptify.crs.accounts import (
-    Account,
     AccountError,
     check_account_id,
     check_secret,
     check_uri,
 )
-from cryptify.crs.attach.registry import AttachRegistry
-from cryptify.crs.interwork.peers import IwPeerError, IwPeers, check_peer
-from cryptify.crs.objects.store import ClientObjects
-from cryptify.crs.operator.state import ATTACH_MODULE, CrsState
+from cryptify.crs.operator.base import deferred, failing, next_period, read_time, utc
+from cryptify.crs.operator.peers import PeerCommands
+from cryptify.crs.operator.state import ATTACH_MODULE
 from cryptify.crs.operator.stats import COLUMNS as STATS_COLUMNS
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.pool.changes_core import Kind, Report
-from cryptify.crs.pool.wire import WireError
-from cryptify.crs.remote_admin.store import KEY_BYTES, AdminError, AdminStore, fingerprint
+from cryptify.crs.remote_admin.store import AdminError
 from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.crs.trace import ELEMENTS
 from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin
-from cryptify.protocols.mgmt import CommandFailed, ManagementProtocol, table
+from cryptify.protocols.mgmt import CommandFailed, table
 from cryptify.protocols.relay_control import RelayStats
 
 log = Logger(namespace="cryptify.crs.admin")
@@ -64,92 +57,11 @@ CLIENT_INFO_COLUMNS = [
 NOT_AVAILABLE = "Not Available"
 #: What a wake-up answers for a client without a token here.
 NO_TOKEN = "no push token"  # noqa: S105 (an answer, not a secret)
-ADMINS_COLUMNS = ["Admin", "Accounts"]
-IW_COLUMNS = [
-    "IW-CRS",
-    "SIGNAL-LINK",
-    "SIGNAL-OUTGOING",
-    "SIGNAL-INCOMING",
-    "DATA-LINK",
-    "DATA-OUTGOING",
-    "DATA-INCOMING",
-    "VERSION",
-]
-ADMIN_COLUMNS = ["Name", "Secret"]
-ADMIN_ACCOUNTS_COLUMNS = ["Account", "Authorizations"]
-
-T = TypeVar("T")
 
 
-def _failing(error: Exception) -> CommandFailed:
-    return CommandFailed(str(error))
-
-
-def deferred(fn: Callable[..., Awaitable[T]]) -> Callable[..., defer.Deferred[T]]:
-    """Let an ``async`` method serve as an AMP responder."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> defer.Deferred[T]:
-        return defer.ensureDeferred(fn(*args, **kwargs))  # type: ignore[arg-type]
-
-    wrapper.__name__ = fn.__name__
-    return wrapper
-
-
-def _utc(seconds: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
-
-
-def _read_time(seconds: int | None) -> str:
-    """When a URI last fetched, for ``show message``."""
-    if seconds is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
-
-
-def _next_period(period: str) -> str:
-    year, month = (int(x) for x in period.split("-"))
-    return f"{year + month // 12:04d}-{month % 12 + 1:02d}"
-
-
-class CrsAdmin(amp.CommandLocator):
-    """Answers management commands from the running CRS's state."""
-
-    def __init__(self, state: CrsState, proto: ManagementProtocol | None = None) -> None:
-        self.state = state
-        self.proto = proto
-
-    @property
-    def registry(self) -> AttachRegistry:
-        return self.state.registry
-
-    def _account(self, account: str) -> Account:
-        try:
-            check_account_id(account)
-        except AccountError as exc:
-            raise _failing(exc) from exc
-        found = self.state.accounts.get(account)
-        if found is None:
-            raise CommandFailed(f"no account {account}")
-        return found
-
-    def _objects(self) -> ClientObjects:
-        if self.state.objects is None:
-            raise CommandFailed("the client object store is not available")
-        return self.state.objects
-
-    async def _pool(
-        self, kind: Kind, args: dict[str, str | bytes], *, done_here: bool = False
-    ) -> Report:
-        """Make a pool-wide change (docs/pool.md): applied here, logged,
-        sent to every peer; who has applied it."""
-        changes = self.state.changes
-        assert changes is not None
-        try:
-            return await changes.submit(kind, args, done_here=done_here)
-        except OSError as exc:
-            raise CommandFailed(f"not done: the pool change log cannot be written: {exc}") from exc
-        except WireError as exc:
-            raise CommandFailed(f"not done: {exc}") from exc
+class CrsAdmin(PeerCommands):
+    """Answers management commands from the running CRS's state (the
+    remote-admin and inter-working commands are :class:`PeerCommands`')."""
 
     @crs_admin.ServerVersion.responder
     def server_version(self) -> dict[str, object]:
@@ -173,13 +85,13 @@ class CrsAdmin(amp.CommandLocator):
             try:
                 created = self.state.accounts.create(account, secret)
             except (AccountError, OSError) as exc:
-                raise _failing(exc) from exc
+                raise failing(exc) from exc
             return {"path": created.path}
         try:
             check_account_id(account)
             check_secret(secret)
         except AccountError as exc:
-            raise _failing(exc) from exc
+            raise failing(exc) from exc
         if self.state.accounts.get(account) is not None:
             raise CommandFailed(f"account {account} already exists")
         report = await self._pool(Kind.ACCOUNT_CREATE, {"account": account, "secret": secret})
@@ -208,7 +120,7 @@ class CrsAdmin(amp.CommandLocator):
         try:
             self.state.accounts.delete(account)
         except (AccountError, OSError) as exc:
-            raise _failing(exc) from exc
+            raise failing(exc) from exc
         if self.state.admins is not None:
             # a later account of the same ID must not inherit these rights
             try:
@@ -255,7 +167,7 @@ class CrsAdmin(amp.CommandLocator):
             try:
                 account, update = self.state.accounts.open_update(raw)
             except AccountError as exc:
-                raise _failing(exc) from exc
+                raise failing(exc) from exc
             report = await self._pool(Kind.APPLY, {"data": raw})
             if report.problems:
                 raise CommandFailed(f"update file: {report.text()}")
@@ -270,7 +182,7 @@ class CrsAdmin(amp.CommandLocator):
         try:
             applied = self.state.accounts.apply(raw)
         except (AccountError, OSError) as exc:
-            raise _failing(exc) from exc
+            raise failing(exc) from exc
         self.state.notify("crs", "reload")
         self._enforce_blacklists()
         return {
@@ -284,13 +196,13 @@ class CrsAdmin(amp.CommandLocator):
     @crs_admin.ShowUpdates.responder
     def show_updates(self) -> dict[str, object]:
         current = period_of(self.state.clock())
-        following = _next_period(current)
+        following = next_period(current)
         rows = []
         for account in self.state.accounts:
             cells = [account.id]
             for period in (current, following):
                 month = account.months.get(period)
-                cells.append(_utc(month.created) if month is not None else NOT_AVAILABLE)
+                cells.append(utc(month.created) if month is not None else NOT_AVAILABLE)
             rows.append(cells)
         return {"table": table(UPDATES_COLUMNS, rows)}
 
@@ -313,7 +225,7 @@ class CrsAdmin(amp.CommandLocator):
             try:
                 check_uri(uri)
             except AccountError as exc:
-                raise _failing(exc) from exc
+                raise failing(exc) from exc
             count = len(self.registry.matching(account=account, uri=uri))
             report = await self._pool(Kind.BLACKLIST_ADD, {"account": account, "uri": uri})
             if report.problems:
@@ -322,7 +234,7 @@ class CrsAdmin(amp.CommandLocator):
         try:
             self.state.accounts.set_blacklisted(account, uri, True)
         except (AccountError, OSError) as exc:
-            raise _failing(exc) from exc
+            raise failing(exc) from exc
         log.info("{uri} blacklisted in {account}", uri=uri, account=account)
         return {"disconnected": self._enforce_blacklists()}
 
@@ -340,71 +252,9 @@ class CrsAdmin(amp.CommandLocator):
         try:
             self.state.accounts.set_blacklisted(account, uri, False)
         except (AccountError, OSError) as exc:
-            raise _failing(exc) from exc
+            raise failing(exc) from exc
         log.info("{uri} removed from the blacklist of {account}", uri=uri, account=account)
         return {}
-
-    # -- inter-working CRS instances -------------------------------------------
-
-    def _iw(self) -> IwPeers:
-        if self.state.iw is None:
-            raise CommandFailed("inter-working is not available on this CRS")
-        return self.state.iw
-
-    @crs_admin.AddIwCrs.responder
-    @deferred
-    async def add_iw_crs(
-        self, ip: str, secret: str, comment: str | None = None
-    ) -> dict[str, object]:
-        peers = self._iw()
-        try:
-            # Checked here first, so that a bad address or secret is refused
-            # before it becomes a pool change.
-            check_peer(ip, secret, comment)
-        except IwPeerError as exc:
-            raise CommandFailed(str(exc)) from exc
-        if self.state.changes is not None:
-            report = await self._pool(
-                Kind.IW_ADD, {"ip": ip, "secret": secret, "comment": comment or ""}
-            )
-            if report.problems:
-                raise CommandFailed(f"{ip}: {report.text()}")
-            return {"pool": report.text()}
-        try:
-            peers.add(ip, secret, comment)
-        except (IwPeerError, OSError) as exc:
-            raise _failing(exc) from exc
-        log.info("inter-working CRS {ip} added", ip=ip)
-        return {}
-
-    @crs_admin.DeleteIwCrs.responder
-    @deferred
-    async def delete_iw_crs(self, ip: str) -> dict[str, object]:
-        peers = self._iw()
-        if peers.config.get(ip) is None:
-            raise CommandFailed(f"no inter-working CRS {ip}")
-        if self.state.changes is not None:
-            report = await self._pool(Kind.IW_DELETE, {"ip": ip})
-            if report.problems:
-                raise CommandFailed(f"{ip}: {report.text()}")
-            return {"pool": report.text()}
-        try:
-            peers.delete(ip)
-        except OSError as exc:
-            raise _failing(exc) from exc
-        log.info("inter-working CRS {ip} deleted", ip=ip)
-        return {}
-
-    @crs_admin.ListIwCrs.responder
-    def list_iw_crs(self) -> dict[str, object]:
-        rows = [[p.ip, p.secret, p.comment or ""] for p in self._iw().config.instances]
-        return {"table": table(["IP", "shared secret", "comment"], rows)}
-
-    @crs_admin.ShowIwCrs.responder
-    def show_iw_crs(self) -> dict[str, object]:
-        self._iw()
-        rows = [list(r) for r in self.state.iw_link.rows()] if self.state.iw_link else []
-        return {"table": table(IW_COLUMNS, rows)}
 
     @crs_admin.ShowBlacklist.responder
     def show_blacklist(self, account: str) -> dict[str, Any]:
@@ -427,7 +277,7 @@ class CrsAdmin(amp.CommandLocator):
         try:
             check_uri(uri)
         except AccountError as exc:
-            raise _failing(exc) from exc
+            raise failing(exc) from exc
         return await self._purge(account, uri)
 
     @crs_admin.PurgeClients.responder
@@ -463,7 +313,7 @@ class CrsAdmin(amp.CommandLocator):
         except Exception as exc:
             raise CommandFailed(f"the message store does not answer: {exc}") from exc
         rows = [
-            [c.uri, str(c.posted), str(c.delivered), _read_time(c.read), c.account or "-"]
+            [c.uri, str(c.posted), str(c.delivered), read_time(c.read), c.account or "-"]
             for c in counters
         ]
         return {"table": table(MESSAGE_COLUMNS, rows)}
@@ -473,7 +323,7 @@ class CrsAdmin(amp.CommandLocator):
         try:
             check_uri(uri.split(";", 1)[0])
         except AccountError as exc:
-            raise _failing(exc) from exc
+            raise failing(exc) from exc
         slot = slot_of(uri.split(";", 1)[0])
         if self.state.pool is not None:
             return {"slot": slot, "owner": self.state.pool.owner(slot) or "-"}
@@ -517,7 +367,7 @@ class CrsAdmin(amp.CommandLocator):
         rows = []
         for uri, info in await self._objects().client_info(account):
             updated = info.get("updated", "")
-            stamp = _utc(int(updated)) if updated.isdigit() else "-"
+            stamp = utc(int(updated)) if updated.isdigit() else "-"
             rows.append(
                 [uri, stamp]
                 + [
@@ -542,7 +392,7 @@ class CrsAdmin(amp.CommandLocator):
         try:
             check_uri(uri)
         except AccountError as exc:
-            raise _failing(exc) from exc
+            raise failing(exc) from exc
         if self.state.push is None:
             raise CommandFailed("push notifications are off (crs.conf: features push, cps ...)")
         try:
@@ -606,116 +456,6 @@ class CrsAdmin(amp.CommandLocator):
     async def stats_export(self, account: str) -> dict[str, Any]:
         rows = await self._stats_call(account, "export")
         return {"table": table(list(STATS_COLUMNS), rows)}
-
-    # -- remote admins -----------------------------------------------------------
-
-    def _admins(self) -> AdminStore:
-        if self.state.admins is None:
-            raise CommandFailed("remote admins are not available")
-        return self.state.admins
-
-    async def _admin_change(
-        self, change: Callable[[], object], kind: Kind, args: dict[str, str | bytes]
-    ) -> dict[str, object]:
-        """Change the admins here (the store checks it); in a pool, then
-        on every peer too."""
-        try:
-            change()
-        except AdminError as exc:
-            raise _failing(exc) from exc
-        if self.state.changes is None:
-            return {}
-        report = await self._pool(kind, args, done_here=True)
-        return {"pool": report.text()}
-
-    @crs_admin.CreateAdmin.responder
-    @deferred
-    async def create_admin(self, name: str, key: str) -> dict[str, object]:
-        try:
-            raw = base64.b64decode(key.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
-            raise CommandFailed("the admin's public key did not arrive intact") from exc
-        if len(raw) != KEY_BYTES:
-            raise CommandFailed("the admin's public key did not arrive intact")
-        return await self._admin_change(
-            lambda: self._admins().create(name, raw), Kind.ADMIN_CREATE, {"name": name, "key": raw}
-        )
-
-    @crs_admin.DeleteAdmin.responder
-    @deferred
-    async def delete_admin(self, name: str) -> dict[str, object]:
-        return await self._admin_change(
-            lambda: self._admins().delete(name), Kind.ADMIN_DELETE, {"name": name}
-        )
-
-    @crs_admin.AddAdminAccount.responder
-    @deferred
-    async def add_admin_account(self, name: str, account: str) -> dict[str, object]:
-        self._account(account)
-        return await self._admin_change(
-            lambda: self._admins().add_account(name, account),
-            Kind.ADMIN_ACCOUNT_ADD,
-            {"name": name, "account": account},
-        )
-
-    @crs_admin.DeleteAdminAccount.responder
-    @deferred
-    async def delete_admin_account(self, name: str, account: str) -> dict[str, object]:
-        return await self._admin_change(
-            lambda: self._admins().delete_account(name, account),
-            Kind.ADMIN_ACCOUNT_DELETE,
-            {"name": name, "account": account},
-        )
-
-    @crs_admin.AddAdminAuthorization.responder
-    @deferred
-    async def add_admin_authorization(
-        self, name: str, account: str, authorization: str
-    ) -> dict[str, object]:
-        admins = self._admins()
-        return await self._admin_change(
-            lambda: admins.add_authorization(name, account, authorization),
-            Kind.ADMIN_AUTH_ADD,
-            {"name": name, "account": account, "authorization": authorization},
-        )
-
-    @crs_admin.DeleteAdminAuthorization.responder
-    @deferred
-    async def delete_admin_authorization(
-        self, name: str, account: str, authorization: str
-    ) -> dict[str, object]:
-        admins = self._admins()
-        return await self._admin_change(
-            lambda: admins.delete_authorization(name, account, authorization),
-            Kind.ADMIN_AUTH_DELETE,
-            {"name": name, "account": account, "authorization": authorization},
-        )
-
-    def _one_admin(self, name: str) -> Any:
-        admins = self._admins()
-        try:
-            return admins.admin(name)
-        except AdminError as exc:
-            raise _failing(exc) from exc
-
-    @crs_admin.ShowAdmins.responder
-    def show_admins(self) -> dict[str, object]:
-        rows = [[a.name, ",".join(sorted(a.accounts)) or "-"] for a in self._admins()]
-        return {"table": table(ADMINS_COLUMNS, rows)}
-
-    @crs_admin.ShowAdmin.responder
-    def show_admin(self, name: str) -> dict[str, object]:
-        found = self._one_admin(name)
-        return {"table": table(ADMIN_COLUMNS, [[found.name, fingerprint(found.key)]])}
-
-    @crs_admin.ShowAdminAccounts.responder
-    def show_admin_accounts(self, name: str) -> dict[str, object]:
-        found = self._one_admin(name)
-        rows = [
-            [account, ",".join(sorted(found.accounts[account])) or "-"]
-            for account in sorted(found.accounts)
-        ]
-        return {"table": table(ADMIN_ACCOUNTS_COLUMNS, rows)}
 
     # -- traces ----------------------------------------------------------------
 
