@@ -14,10 +14,30 @@ import functools
 import os
 import secrets
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from cryptify import __version__
+from cryptify.crs.operator.cli_peers import admin_change, iw_crs, pool_line
+from cryptify.crs.operator.cli_text import (
+    ACCOUNT_HELP,
+    ADMIN_HELP,
+    AUTHORIZATION_HELP,
+    DEFAULT_CONFIG,
+    DEFAULT_SECRET_BITS,
+    DEFAULT_SOCKET,
+    HELP,
+    MAX_SECRET_BYTES,
+    MAX_UPDATE_FILE,
+    PROG,
+    SHOW_HELP,
+    SHOW_SIMPLE,
+    SIZE_HELP,
+    STATS_OPS,
+    TRACE_ELEMENTS,
+    TRACE_HELP,
+    URI_HELP,
+)
 from cryptify.crs.remote_admin.store import AUTHORIZATIONS, new_secret
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import ManagementClient
@@ -42,75 +62,6 @@ from cryptify.tools.mgmtcli import (
     write_table,
 )
 
-PROG = "crs-cli"
-DEFAULT_SOCKET = "/run/crs/crs.sock"
-DEFAULT_CONFIG = "/opt/crs/crs.conf"
-#: Default size of a generated shared secret.
-DEFAULT_SECRET_BITS = 128
-#: Largest shared secret we generate, in bytes.
-MAX_SECRET_BYTES = 1024
-#: Largest update file sent to the CRS.
-MAX_UPDATE_FILE = 16 * 1024 * 1024
-
-HELP = """\
-Cryptify Rendezvous Server command line: crs-cli ACTION [options]
-
-  help [ACTION]                         this help, or the help of ACTION
-                                        (also: crs-cli ACTION --help)
-  version                               version of crs-cli
-  check-config [FILE]                   validate crs.conf (default /opt/crs/crs.conf)
-  apply FILE                            apply a protected monthly update file
-  show version|services|attach|session|message|updates|system|account|relay|iw-crs
-  show blacklist ACCOUNT
-  show client-info ACCOUNT
-  show push-token ACCOUNT URI
-  show admins
-  show admin NAME
-  show admin-accounts NAME
-  create sharedSecret [-b BITS | -B BYTES]
-  create account ID [-s SECRET | -b BITS | -B BYTES]
-  create admin NAME                     a remote admin; its secret is printed once
-  list account
-  list iw-crs                           the inter-working CRS instances and secrets
-  delete account ID
-  delete iw-crs IP
-  delete admin NAME
-  delete admin-account NAME ACCOUNT
-  delete admin-account-authorization NAME ACCOUNT statistics|update
-  add iw-crs IP SECRET [-c COMMENT]     trust the inter-working CRS at IP
-  add admin-account NAME ACCOUNT        let admin NAME manage ACCOUNT
-  add admin-account-authorization NAME ACCOUNT statistics|update
-  reload account
-  blacklist add|remove ACCOUNT URI
-  purge client ACCOUNT URI
-  purge clients ACCOUNT
-  purge observed ACCOUNT
-  check slot URI
-  stats enable|disable|clear ACCOUNT
-  stats export ACCOUNT                  tab-separated statistics, header first
-  trace attach|session|message|object|event   (Ctrl-C stops)
-  wakeup client account ACCOUNT URI     push a wake-up to a client now
-
-options:
-  --socket PATH     management socket of the CRS (default $CRS_CLI_SOCKET
-                    or /run/crs/crs.sock)
-"""
-
-SHOW_SIMPLE = (
-    "version",
-    "services",
-    "attach",
-    "session",
-    "message",
-    "updates",
-    "system",
-    "account",
-    "relay",
-    "iw-crs",
-)
-STATS_OPS = ("enable", "disable", "clear", "export")
-TRACE_ELEMENTS = ("attach", "session", "message", "object", "event")
-
 
 def _positive(text: str) -> int:
     try:
@@ -120,37 +71,6 @@ def _positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
-
-
-ACCOUNT_HELP = "the account ID (the name of its file in accounts-dir)"
-URI_HELP = "a client URI, tel:+NUMBER"
-SHOW_HELP = {
-    "version": "the version of the running CRS",
-    "services": "the services and their state",
-    "attach": "the attached clients",
-    "session": "the calls in progress",
-    "message": "the stored messages waiting for delivery",
-    "updates": "the monthly update files applied, per account",
-    "system": "the CRS hosts of the system and their links",
-    "account": "the accounts and their counters",
-    "relay": "the media relay and its sessions",
-    "iw-crs": "the links to the inter-working CRS instances",
-}
-TRACE_HELP = {
-    "attach": "attaches and detaches",
-    "session": "call signalling",
-    "message": "messages posted and delivered",
-    "object": "every protocol object received and sent",
-    "event": "server events",
-}
-ADMIN_HELP = "a remote admin's name (letters, digits, '-' and '_', at most 20)"
-AUTHORIZATION_HELP = (
-    "statistics (read and manage the account's statistics) or update (apply its monthly updates)"
-)
-SIZE_HELP = {
-    "bits": "size in bits, rounded up to whole bytes (default 128)",
-    "bytes": f"size in bytes (at most {MAX_SECRET_BYTES})",
-}
 
 
 def build_parser(err: IO[str]) -> CliParser:
@@ -593,56 +513,6 @@ def remote_action(
         raise AssertionError(action)
 
     return run
-
-
-async def iw_crs(client: ManagementClient, args: argparse.Namespace, out: IO[str]) -> int:
-    """``add|delete|list iw-crs ...`` (``show iw-crs`` is a table)."""
-    if args.action == "add":
-        kwargs = {"ip": args.ip, "secret": args.secret}
-        if args.comment:
-            kwargs["comment"] = args.comment
-        answer = await client.call(crs_admin.AddIwCrs, **kwargs)
-        out.write(f"inter-working CRS {args.ip} added\n")
-    elif args.action == "delete":
-        answer = await client.call(crs_admin.DeleteIwCrs, ip=args.ip)
-        out.write(f"inter-working CRS {args.ip} deleted\n")
-    else:
-        answer = await client.call(crs_admin.ListIwCrs)
-        for ip, secret, comment in answer["table"]["rows"]:
-            out.write(f"IP             {ip}\nshared secret  {secret}\n")
-            out.write(f"comment        {comment}\n\n" if comment else "\n")
-        return EXIT_OK
-    pool_line(out, answer)
-    return EXIT_OK
-
-
-async def admin_change(client: ManagementClient, args: argparse.Namespace, out: IO[str]) -> int:
-    """``add|delete admin-account[-authorization] ...`` and ``delete admin NAME``."""
-    adding = args.action == "add"
-    if args.element == "admin":
-        answer = await client.call(crs_admin.DeleteAdmin, name=args.name)
-        out.write(f"admin {args.name} deleted\n")
-    elif args.element == "admin-account":
-        command = crs_admin.AddAdminAccount if adding else crs_admin.DeleteAdminAccount
-        answer = await client.call(command, name=args.name, account=args.account)
-        change = "may now manage" if adding else "no longer manages"
-        out.write(f"admin {args.name} {change} account {args.account}\n")
-    else:
-        rights = crs_admin.AddAdminAuthorization if adding else crs_admin.DeleteAdminAuthorization
-        answer = await client.call(
-            rights, name=args.name, account=args.account, authorization=args.authorization
-        )
-        change = "now has" if adding else "no longer has"
-        out.write(f"admin {args.name} {change} {args.authorization} on {args.account}\n")
-    pool_line(out, answer)
-    return EXIT_OK
-
-
-def pool_line(out: IO[str], answer: Mapping[str, Any]) -> None:
-    """In a pool, which instances have applied the command (docs/pool.md)."""
-    where = answer.get("pool")
-    if where:
-        out.write(f"{where}\n")
 
 
 def print_help(words: Sequence[str], out: IO[str], err: IO[str]) -> int:
