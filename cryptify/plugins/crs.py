@@ -48,7 +48,6 @@ from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.core import AttachCore
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.attach.tickets import TicketKey
-from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.calls.wiring import LinkRelayAllocator, RegistryParties
 from cryptify.crs.calls.wiring import install as install_calls
@@ -73,9 +72,6 @@ from cryptify.crs.pool.wiring import PoolLink, client_mover
 from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher
 from cryptify.crs.redis.instance import ReplicaOf
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
-from cryptify.crs.remote_admin.auth import Gate
-from cryptify.crs.remote_admin.console import Console
-from cryptify.crs.remote_admin.server import AdminRoot, AdminService, AdminSite, SourceLimit
 from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
@@ -96,19 +92,17 @@ from cryptify.plugins._common import (
     log_dir_option,
     notify_option,
 )
-from cryptify.protocols.mgmt import ManagementFactory
-from cryptify.protocols.tls import TLSConfigError, server_context_factory
+from cryptify.plugins._crs_listeners import (
+    admin_listener,
+    client_listener,
+    management_listener,
+)
 from cryptify.service import (
     CallbackService,
-    ListenService,
     ProgramService,
-    StartupError,
     attach,
-    prepare_socket_path,
-    restrict_socket,
     unix_endpoint,
 )
-from cryptify.tools.certs import ensure_self_signed
 
 log = Logger(namespace="cryptify.crs")
 
@@ -399,28 +393,6 @@ def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statis
     return Messages(store, messaging, MessageExpiry(store, reactor), forwarder)
 
 
-def server_tls(cfg: CrsConfig, what: str) -> Any:
-    """The CRS's TLS context: tls-certificate, or a self-signed development one."""
-    g = cfg.global_
-    if g.tls_certificate:
-        cert, key = g.tls_paths()
-    else:
-        cert = os.path.join(g.data_dir, "tls", "crs.crt")
-        key = os.path.join(g.data_dir, "tls", "crs.key")
-    try:
-        if not g.tls_certificate:
-            log.warn(
-                "no tls-certificate configured: serving a self-signed development "
-                "certificate from {cert}; clients must be told to trust it",
-                cert=cert,
-            )
-            os.makedirs(os.path.dirname(cert), mode=0o700, exist_ok=True)
-            ensure_self_signed(cert, key)
-        return server_context_factory(cert, key)
-    except TLSConfigError as exc:
-        raise StartupError(f"{what} TLS: {exc}") from exc
-
-
 def build_push(
     cfg: CrsConfig,
     basics: Basics,
@@ -440,50 +412,6 @@ def build_push(
     messages.messaging.on_absent = pusher.absent
     basics.probes["push"] = pusher.status
     return link, pusher
-
-
-def client_listener(cfg: CrsConfig, reactor: Any, core: AttachCore) -> UmsgListenService:
-    """The TLS client port (5223); a self-signed certificate without tls-certificate."""
-    g = cfg.global_
-    clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
-
-    def listen_clients() -> Any:
-        context = server_tls(cfg, "client")
-        return reactor.listenSSL(
-            g.listen.port, clients, context, backlog=BACKLOG, interface=g.listen.host
-        )
-
-    where = f"{g.listen.host}:{g.listen.port}"
-    return UmsgListenService(where, listen_clients, clients, reactor)
-
-
-def management_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> ListenService:
-    """The management socket ``crs-cli`` talks to (mode 0660)."""
-    g = cfg.global_
-
-    def listen_management() -> Any:
-        prepare_socket_path(g.management)
-        factory = ManagementFactory(lambda proto: CrsAdmin(state, proto))
-        port = reactor.listenUNIX(g.management, factory, mode=0o660)
-        restrict_socket(g.management, g.management_group)
-        return port
-
-    return ListenService("management", g.management, listen_management)
-
-
-def admin_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> ListenService | None:
-    """The remote admin interface (HTTPS, docs/admin.md), or None when off."""
-    where = cfg.global_.admin_listen
-    if where is None or state.admins is None:
-        return None
-    service = AdminService(state, Gate(state.admins), reactor.seconds)
-    site = SourceLimit(AdminSite(AdminRoot(service, console=Console(service)), reactor=reactor))
-
-    def listen_admin() -> Any:
-        context = server_tls(cfg, "admin interface")
-        return reactor.listenSSL(where.port, site, context, interface=where.host)
-
-    return ListenService("admin interface", f"{where.host}:{where.port}", listen_admin)
 
 
 def trace_events(trace: TraceHub) -> CallbackService:
