@@ -56,8 +56,8 @@ def worker(spec: dict[str, Any]) -> None:
     from twisted.internet import defer, reactor, task
     from twisted.internet.protocol import Factory
 
-    from cryptify.client.cli import session_maker, tls_connector
     from cryptify.client.connection import UmsgClientProtocol
+    from cryptify.client.servers import session_maker, tls_connector
     from cryptify.client.session import Answered, Attached, Incoming
     from cryptify.crypto.keymaterial import KeyMaterial
 

@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.client import cli
+from cryptify.client import servers as servers_mod
 from cryptify.client.connection import (
     MAX_MOVES,
     REPLACED,
@@ -387,7 +388,7 @@ class ExpandServersTests(SynchronousTestCase):
         the name for TLS; duplicates are tried once; a name that does not
         resolve now is kept as it is."""
         table = {"pool.test": ["192.0.2.1", "192.0.2.2"], "crs1.test": ["192.0.2.1"]}
-        servers, names = cli.expand_servers(
+        servers, names = servers_mod.expand_servers(
             [("pool.test", 5223), ("crs1.test", 5223), ("gone.test", 5223), ("pool.test", 443)],
             lambda host, port: table.get(host, []),
         )
@@ -405,15 +406,15 @@ class ExpandServersTests(SynchronousTestCase):
 
     def test_bounded(self) -> None:
         """A name with very many addresses gives at most MAX_SERVERS."""
-        servers, _ = cli.expand_servers(
+        servers, _ = servers_mod.expand_servers(
             [("big.test", 1)], lambda host, port: [f"10.0.{i // 256}.{i % 256}" for i in range(999)]
         )
-        self.assertEqual(len(servers), cli.MAX_SERVERS)
+        self.assertEqual(len(servers), servers_mod.MAX_SERVERS)
 
     def test_real_resolver(self) -> None:
         """An address resolves to itself; a name that cannot resolve to nothing."""
-        self.assertEqual(cli.resolve_ipv4("127.0.0.1", 5223), ["127.0.0.1"])
-        self.assertEqual(cli.resolve_ipv4("no such host.invalid", 5223), [])
+        self.assertEqual(servers_mod.resolve_ipv4("127.0.0.1", 5223), ["127.0.0.1"])
+        self.assertEqual(servers_mod.resolve_ipv4("no such host.invalid", 5223), [])
 
 
 class CliTests(SynchronousTestCase):

@@ -49,7 +49,7 @@ from cryptify.cig.sif.peers import SipPeers, pbx_hosts
 from cryptify.cig.sif.register import Registrations, TrunkService
 from cryptify.cig.tel.switch import TelSwitch, UifCalls
 from cryptify.cig.tel.uif import Uif, app_name
-from cryptify.client.cli import session_maker, tls_connector
+from cryptify.client.servers import session_maker, tls_connector
 from cryptify.config import CigConfig, load_cig_config
 from cryptify.config.cig_model import map_lines
 from cryptify.config.crs import Endpoint

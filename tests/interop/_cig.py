@@ -14,8 +14,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from cryptify.client.audio import peak_frequency, read_wav, tone, write_wav
 from cryptify.client.calls import END, TALK, Call, CallEvent
-from cryptify.client.cli import session_maker, tls_connector
 from cryptify.client.phone import Phone
+from cryptify.client.servers import session_maker, tls_connector
 from cryptify.crypto.identity import period_of
 from cryptify.crypto.keymaterial import load_key_material
 from tests.interop._pbx import CIG_TRUNK, Pbx, require_pbx, until

@@ -22,9 +22,9 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from cryptify.client.audio import peak_frequency, read_wav, tone
 from cryptify.client.calls import END, INCOMING, TALK, CallEvent
-from cryptify.client.cli import session_maker, tls_connector
 from cryptify.client.messages import Posted, Receipt, Received
 from cryptify.client.phone import Phone, PhoneEvent
+from cryptify.client.servers import session_maker, tls_connector
 from cryptify.crypto.identity import period_of
 from cryptify.crypto.keymaterial import load_key_material
 from tests.interop._procs import (

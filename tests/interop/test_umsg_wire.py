@@ -14,8 +14,8 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.trial.unittest import TestCase
 
-from cryptify.client.cli import tls_connector
 from cryptify.client.connection import AttachingClient
+from cryptify.client.servers import tls_connector
 from cryptify.client.session import Answered, Attached, ClientSession
 from cryptify.crs.attach.core import AttachCore
 from cryptify.crs.attach.registry import AttachRegistry
