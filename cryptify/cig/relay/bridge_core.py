@@ -190,6 +190,8 @@ class BridgeCounters:
     events_to_pbx: int = 0  # telephone-event packets sent to the PBX
     events_to_secure: int = 0  # telephone-event packets sent to the relay
     tx_errors: int = 0  # sends the kernel refused (counted by the adapter)
+    pbx_rx_octets: int = 0  # octets of the datagrams received from the PBX
+    pbx_tx_octets: int = 0  # octets of the datagrams sent to the PBX
 
     def as_dict(self) -> dict[str, int]:
         return attrs.asdict(self)
@@ -465,9 +467,11 @@ class CallBridge:
     def from_secure(self, srtp: bytes) -> bytes | None:
         """An SRTP packet from the relay; the (S)RTP packet for the PBX, if any."""
         rtp = self._secure_to_pbx(srtp)
-        if rtp is None or self._pbx_tx is None:
-            return rtp
-        return self._pbx_tx.protect(rtp)
+        if rtp is not None and self._pbx_tx is not None:
+            rtp = self._pbx_tx.protect(rtp)
+        if rtp is not None:
+            self.counters.pbx_tx_octets += len(rtp)
+        return rtp
 
     def _secure_to_pbx(self, srtp: bytes) -> bytes | None:
         c = self.counters
@@ -537,6 +541,7 @@ class CallBridge:
         """An (S)RTP packet from the PBX: buffered for the next ticks."""
         c = self.counters
         c.pbx_rx += 1
+        c.pbx_rx_octets += len(data)
         if self._pbx_rx is not None:
             rtp = self._pbx_rx.unprotect(data)
             if rtp is None:

@@ -213,7 +213,7 @@ class Sif:
         call = self.invites.get(tx.key)
         if call is not None and not call.ended:
             log.info("no ACK for call {call_id}; hanging up", call_id=tx.request.call_id)
-            call.end_from_sip()
+            call.end_from_sip("cig", "no ACK")
             if call.dialog is not None:
                 self.send_bye(call.dialog, tx.channel, self.local_host(tx.request))
 
@@ -284,6 +284,7 @@ class Sif:
         except RouteRefused as exc:
             log.info("call {call_id} not routed: {why}", call_id=request.call_id, why=exc.reason)
             self.rtp_ports.give_back(port)
+            call.note_end("cig", "not routed")
             self.calls.add(call)
             self.calls.set_state(call, CallState.REJECT)
             self.calls.event(call, "failed")
@@ -393,7 +394,7 @@ class Sif:
         call = self.invites.get(invite.key)
         if call is not None and call.unanswered:  # a final response ends the CANCEL's use
             invite.respond(self.reply(invite.request, 487, call.local_tag))
-            call.end_from_sip()
+            call.end_from_sip("pbx", "CANCEL")
 
     def _message(self, tx: ServerTransaction) -> None:
         request = tx.request
@@ -503,10 +504,12 @@ class Sif:
         try:
             target = locate(call.out_to)
         except LocateError:
+            call.note_end("cig", "SIP 484: not a SIP URI")
             leg.rejected(484)
             return None
         port = self.rtp_ports.take()
         if port is None:
+            call.note_end("cig", "SIP 503: no RTP port")
             leg.rejected(503)
             return None
         self.placing.add(call)
@@ -524,6 +527,7 @@ class Sif:
                 return
             self.placing.discard(call)
             status = 502 if failure.check(DNSLookupError) else 503
+            call.note_end("cig", f"SIP {status}: cannot reach {target}")
             log.info(
                 "cannot reach {target} for call to {to}: {why}",
                 target=str(target),

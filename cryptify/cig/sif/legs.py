@@ -120,6 +120,7 @@ class SipCall:
         """The PBX gets 480 and the tel side stops ringing the secure user."""
         self.no_answer = None
         if self.unanswered:
+            self.call.note_end("cig", f"not answered in {NO_ANSWER_AFTER:g} s")
             self.rejected(480)
             self.sif.tel.hang_up(self.call)
 
@@ -153,6 +154,7 @@ class SipCall:
         try:
             self.dialog = Dialog.as_uas(request, self.local_tag)
         except SipParseError:
+            self.call.note_end("cig", "INVITE unusable for a dialog")
             self.rejected(500)
             self.sif.tel.hang_up(self.call)
             return
@@ -163,8 +165,9 @@ class SipCall:
     def rejected(self, status: int = 480) -> None:
         if not self.unanswered:
             return
-        self._end(InState.REJECTED)
         status = status if 300 <= status <= 699 else 480
+        self.call.note_end("secure", f"SIP {status}")
+        self._end(InState.REJECTED)
         self.invite.respond(self.sif.reply(self.invite.request, status, self.local_tag))
 
     def hung_up(self) -> None:
@@ -173,6 +176,7 @@ class SipCall:
         if self.dialog is None:
             self.rejected(480)
             return
+        self.call.note_end("secure", "hangup")
         self._end(InState.HUNG_UP)
         self.sif.send_bye(
             self.dialog, self.invite.channel, self.sif.local_host(self.invite.request)
@@ -186,10 +190,11 @@ class SipCall:
         if self.dialog is not None:
             self.sif.dialogs.pop(self.dialog.id, None)
 
-    def end_from_sip(self) -> None:
+    def end_from_sip(self, by: str = "pbx", reason: str = "BYE") -> None:
         """The PBX ended the call (BYE, CANCEL, or no ACK): tell the tel side."""
         if self.ended:
             return
+        self.call.note_end(by, reason)
         self._end(InState.HUNG_UP)
         self.sif.tel.hang_up(self.call)
 
@@ -304,6 +309,7 @@ class OutCall:
             return
         if status >= 300:
             if not self.ended:
+                self.call.note_end("pbx", f"SIP {status}")
                 self._end(OutState.REJECTED)
                 self.leg.rejected(status)
             return
@@ -335,6 +341,7 @@ class OutCall:
     def timeout(self) -> None:
         """No final response in time (timer B)."""
         if not self.ended:
+            self.call.note_end("cig", "no final response from the PBX (SIP 408)")
             self._end(OutState.REJECTED)
             self.leg.rejected(408)
 
@@ -343,6 +350,7 @@ class OutCall:
         state = self.lifecycle.state
         if self.ended:
             return
+        self.call.note_end("secure", "hangup" if state is OutState.ANSWERED else "cancel")
         if state is OutState.ANSWERED:
             self._end(OutState.HUNG_UP)
             assert self.dialog is not None
@@ -353,9 +361,10 @@ class OutCall:
         else:
             self._end(OutState.CANCEL_PENDING)
 
-    def end_from_sip(self) -> None:
+    def end_from_sip(self, by: str = "pbx", reason: str = "BYE") -> None:
         """The PBX sent BYE: tell the tel side."""
         if not self.ended:
+            self.call.note_end(by, reason)
             self._end(OutState.HUNG_UP)
             self.leg.hung_up()
 

@@ -20,7 +20,7 @@ The handle's lifecycle (:class:`BridgeState`)::
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
@@ -152,6 +152,8 @@ class Bridge:
     link: BridgeLink
     media: MediaSource
     leg: SecureLeg
+    #: Told the bridge's last counters once removed (None: they did not come).
+    stats: Callable[[Call, dict[str, int] | None], None] | None = None
     lifecycle: Lifecycle[BridgeState] = attrs.field(
         factory=lambda: Lifecycle("Bridge", BRIDGE_MOVES, BridgeState.NONE)
     )
@@ -177,6 +179,7 @@ class Bridge:
     async def _add(self) -> bool:
         try:
             port, pbx = self._pbx()
+            self.leg.call.codec = pbx.codec
             await self.link.call(
                 BridgeAdd,
                 call=self.leg.session,
@@ -244,6 +247,8 @@ class Bridge:
 
     def _send_remove(self) -> None:
         session = self.leg.session
+        call = self.leg.call
+        call.media_pending = True
 
         def failed(failure: Failure) -> None:
             log.warn(
@@ -251,11 +256,20 @@ class Bridge:
                 session=session,
                 why=failure.getErrorMessage(),
             )
+            self._stats(None)
 
         defer.ensureDeferred(self._remove(session)).addErrback(failed)
 
     async def _remove(self, session: str | None) -> None:
-        await self.link.call(BridgeRemove, call=session)
+        answer = await self.link.call(BridgeRemove, call=session)
+        stats = answer.get("stats")
+        self._stats(stats if isinstance(stats, dict) else None)
+
+    def _stats(self, stats: dict[str, int] | None) -> None:
+        call = self.leg.call
+        call.media_pending = False
+        if self.stats is not None:
+            self.stats(call, stats)
 
     def _pbx(self) -> tuple[int | None, PbxMedia]:
         """The call's local RTP port and the PBX's media (BadKeys: no usable SDP)."""

@@ -138,11 +138,12 @@ class UmsgTel:
         if isinstance(found, OutLeg):
             found.incoming(msg)
         elif found is not None and msg.type == "hangup":
-            found.end_from_tel()
+            found.end_from_tel(str(msg.get("code", "normal")))
 
     def detached(self) -> None:
         """The UIF connection ended: every call is over."""
         for found in [*self.active.values(), *self.pending.values()]:
+            found.call.note_end("cig", "connection to the CRS lost")
             found.end_from_tel()
         self.pending.clear()
 
@@ -231,6 +232,7 @@ class UmsgTel:
         self.sip.place_call(call, leg)
 
     def _refuse(self, call: Call, code: str, reason: str) -> None:
+        call.note_end("cig", code)
         self.calls.add(call)
         self.calls.set_state(call, CallState.REJECT)
         self.calls.event(call, "failed")

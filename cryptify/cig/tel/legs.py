@@ -111,7 +111,7 @@ class TelCall:
     bridge: Bridge = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.bridge = Bridge(self.tel.bridge, self.tel.sip, self)
+        self.bridge = Bridge(self.tel.bridge, self.tel.sip, self, self.tel.calls.media_stats)
 
     @property
     def ended(self) -> bool:
@@ -164,6 +164,7 @@ class TelCall:
             why=failure.getErrorMessage(),
         )
         if not self.ended:
+            self.call.note_end("cig", "bridge-failed")
             self.tel.sip.hang_up(self.call)
             self._end("bridge-failed", "no media bridge")
 
@@ -183,10 +184,11 @@ class TelCall:
             fields["reason"] = reason
         self.tel.notify("hangup", **fields)
 
-    def end_from_tel(self) -> None:
+    def end_from_tel(self, code: str = "normal") -> None:
         """The secure side hung up (or went away): end the SIP leg."""
         if self.ended:
             return
+        self.call.note_end("secure", code)
         self._finish()
         self.tel.sip.hang_up(self.call)
         self.tel.calls.close(self.call, CallState.HANGUP, "hangup")  # if the SIF sent nothing
@@ -254,7 +256,7 @@ class OutLeg:
     bridge: Bridge = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.bridge = Bridge(self.tel.bridge, self.tel.sip, self)
+        self.bridge = Bridge(self.tel.bridge, self.tel.sip, self, self.tel.calls.media_stats)
 
     @property
     def ended(self) -> bool:
@@ -275,6 +277,7 @@ class OutLeg:
         """The CRS answered our invite: ``session``, or an error."""
         self.request_id = None
         if msg.type != "session":
+            self.call.note_end("secure", msg.get("code", "error"))
             if self._finish():
                 self.leg.rejected(UMSG_STATUS.get(msg.get("code", ""), 480))
             return
@@ -313,6 +316,7 @@ class OutLeg:
             why=failure.getErrorMessage(),
         )
         if not self.ended:
+            self.call.note_end("cig", "bridge-failed")
             self.hang_up("bridge-failed")
             self.leg.rejected(503)
 
@@ -330,6 +334,7 @@ class OutLeg:
 
     def end_from_tel(self, code: str = "normal") -> None:
         """The secure user hung up (or the UIF went away): end the SIP leg."""
+        self.call.note_end("secure", code)
         talking = self.lifecycle.state is OutLegState.TALKING
         if not self._finish():
             return
