@@ -101,6 +101,8 @@ class FakeSif:
         self.hung_up: list[Call] = []
         self.sdp = ANSWER
         self.srtp: SrtpKeys | None = None
+        self.direction = "sendrecv"
+        self.holds: list[tuple[Call, bool]] = []
 
     def place_call(self, call: Call, leg: TelLeg) -> None:
         self.legs.append((call, leg))
@@ -113,6 +115,13 @@ class FakeSif:
 
     def srtp_of(self, call: Call) -> SrtpKeys | None:
         return self.srtp
+
+    def direction_of(self, call: Call) -> str:
+        return self.direction
+
+    def hold(self, call: Call, held: bool) -> bool:
+        self.holds.append((call, held))
+        return True
 
 
 class FakeBridge:
@@ -170,6 +179,7 @@ class SifTelCase(TelCase):
         self.real.channel_to = lambda address: self.channel
         self.real.resolve = lambda host: succeed("192.0.2.50")
         self.tel.sip = self.real
+        self.real.tel = self.tel  # re-INVITEs reach the tel side's bridges
         self.addCleanup(self.real.stop)
 
     def answer_invite(

@@ -67,6 +67,9 @@ SRTP_PROFILES = {
     "AES_CM_128_HMAC_SHA1_32": Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
 }
 
+#: The RFC 3264 directions of the PBX leg.
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
 _U32 = 1 << 32
 _HALF32 = 1 << 31
 #: The RTP fixed header, and its sequence/timestamp/SSRC part.
@@ -130,10 +133,25 @@ class PbxSide:
     dtmf_pt: int | None = 101
     #: None: plain RTP.
     srtp: PbxSrtp | None = None
+    #: Our side of the PBX leg as the SDP says (RFC 3264): C{sendrecv};
+    #: C{recvonly} (the PBX holds the call: nothing is sent to it);
+    #: C{sendonly} (we hold it: what it sends is not played);
+    #: C{inactive} (neither).
+    direction: str = "sendrecv"
 
     @property
     def payload_type(self) -> int:
         return g711.STATIC_PAYLOAD_TYPES[self.codec]
+
+    @property
+    def sends(self) -> bool:
+        """Whether media goes to the PBX."""
+        return self.direction in ("sendrecv", "sendonly")
+
+    @property
+    def receives(self) -> bool:
+        """Whether the PBX's media is played to the secure side."""
+        return self.direction in ("sendrecv", "recvonly")
 
     @property
     def remote(self) -> tuple[str, int] | None:
@@ -167,6 +185,8 @@ def check_spec(secure: SecureSide, pbx: PbxSide) -> None:
             raise BridgeSpecError(f"{side} telephone-event payload type must be 96-127")
     if not 0 < secure.relay_port < 65536:
         raise BridgeSpecError("relay port out of range")
+    if pbx.direction not in DIRECTIONS:
+        raise BridgeSpecError("PBX direction must be sendrecv, sendonly, recvonly or inactive")
 
 
 @attrs.define
@@ -192,6 +212,7 @@ class BridgeCounters:
     tx_errors: int = 0  # sends the kernel refused (counted by the adapter)
     pbx_rx_octets: int = 0  # octets of the datagrams received from the PBX
     pbx_tx_octets: int = 0  # octets of the datagrams sent to the PBX
+    held: int = 0  # packets not passed on because that direction is on hold
 
     def as_dict(self) -> dict[str, int]:
         return attrs.asdict(self)
@@ -420,6 +441,8 @@ class CallBridge:
     _secure_pt: int = attrs.field(init=False)
     _pbx_pt: int = attrs.field(init=False)
     _pbx_known: bool = attrs.field(init=False)
+    _pbx_sends: bool = attrs.field(init=False)
+    _pbx_receives: bool = attrs.field(init=False)
     _pbx_srtp: PbxSrtp | None = attrs.field(init=False, default=None, repr=False)
     _pbx_tx: _Srtp | None = attrs.field(init=False, default=None)
     _pbx_rx: _Srtp | None = attrs.field(init=False, default=None)
@@ -441,6 +464,7 @@ class CallBridge:
         self._secure_pt = self.secure.payload_type
         self._pbx_pt = self.pbx.payload_type
         self._pbx_known = self.pbx.remote is not None
+        self._pbx_sends, self._pbx_receives = self.pbx.sends, self.pbx.receives
         srtp = self.pbx.srtp
         if srtp != self._pbx_srtp:
             # New keys (or none): new sessions.  The same keys keep theirs,
@@ -467,6 +491,11 @@ class CallBridge:
     def from_secure(self, srtp: bytes) -> bytes | None:
         """An SRTP packet from the relay; the (S)RTP packet for the PBX, if any."""
         rtp = self._secure_to_pbx(srtp)
+        if rtp is not None and not self._pbx_sends:
+            # Unprotected all the same, so the SRTP rollover count keeps up.
+            self.counters.held += 1
+            self.counters.pbx_tx -= 1
+            return None
         if rtp is not None and self._pbx_tx is not None:
             rtp = self._pbx_tx.protect(rtp)
         if rtp is not None:
@@ -542,6 +571,9 @@ class CallBridge:
         c = self.counters
         c.pbx_rx += 1
         c.pbx_rx_octets += len(data)
+        if not self._pbx_receives:
+            c.held += 1
+            return
         if self._pbx_rx is not None:
             rtp = self._pbx_rx.unprotect(data)
             if rtp is None:

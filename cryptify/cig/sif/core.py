@@ -47,11 +47,14 @@ from cryptify.protocols.sip.sdp import (
     SrtpKeys,
     make_answer,
     make_offer,
+    mirror,
     offer_crypto,
     our_line,
     parse_sdp,
     render_sdp,
     srtp_keys,
+    stream_direction,
+    with_direction,
 )
 from cryptify.protocols.sip.transaction import (
     Address,
@@ -345,6 +348,9 @@ class Sif:
         if found.dialog is not None and not found.dialog.accept_remote_cseq(request):
             tx.respond(response_to(request.headers, 500))
             return
+        if found.reinviting:  # ours is under way (RFC 3261 14.2)
+            tx.respond(response_to(request.headers, 491))
+            return
         if not request.body or found.rtp_port is None:
             tx.respond(self.reply(request, 200, body=found.answer))
             return
@@ -579,6 +585,107 @@ class Sif:
             if incoming.call is call:
                 return incoming.rtp_port, incoming.remote_sdp or incoming.invite.request.body
         return None
+
+    def _leg_of(self, call: Call) -> SipCall | OutCall | None:
+        out = self.outgoing.get(call)
+        if out is not None:
+            return out
+        return next((c for c in self.invites.values() if c.call is call), None)
+
+    def direction_of(self, call: Call) -> str:
+        """
+        Our side's direction on a call's PBX leg (RFC 3264): the PBX's
+        latest SDP mirrored; C{sendrecv} when unknown or unreadable.
+        """
+        media = self.media_of(call)
+        if media is None or not media[1]:
+            return "sendrecv"
+        try:
+            return mirror(stream_direction(parse_sdp(media[1])))
+        except SdpError:
+            return "sendrecv"
+
+    def hold(self, call: Call, held: bool) -> bool:
+        """
+        The secure side holds (C{held}) or resumes a call: a re-INVITE in
+        its dialog with our SDP, C{sendonly} or C{sendrecv}; the PBX's 2xx
+        is ACKed and its answer goes to the bridge (L{TelSide.media_changed}).
+        A refusal (491 when both sides re-INVITE at once, 488, ...) leaves
+        the media as it was (RFC 3261 14.1), and a later hold asks again.
+        Nothing is sent when our SDP already says so. False: no answered
+        SIP leg, or a re-INVITE of ours is still under way.
+        """
+        leg = self._leg_of(call)
+        if leg is None or leg.dialog is None or leg.ended or leg.reinviting:
+            return False
+        wanted = "sendonly" if held else "sendrecv"
+        try:
+            ours = parse_sdp(leg.answer)
+            if stream_direction(ours) == wanted:
+                return True  # already so: nothing to ask
+            offer = render_sdp(with_direction(ours, wanted))
+        except SdpError:
+            return False
+        dialog = leg.dialog
+        if isinstance(leg, OutCall):
+            channel, host, credentials = leg.channel, leg.host, leg.credentials
+        else:
+            channel, host = leg.invite.channel, self.local_host(leg.invite.request)
+            credentials = self.keyring.for_address(channel.address[0])
+        contact = f"<sip:{host}:{self.contact_port(channel)}{contact_transport(channel)}>"
+        request = dialog.request(
+            "INVITE",
+            self.via(channel, host),
+            contact=contact,
+            body=offer,
+            content_type=SDP,
+        )
+        sent = [request]
+        done = [False]
+        leg.reinviting = True
+        what = "hold" if held else "resume"
+
+        def resent(again: Request) -> None:
+            sent[0] = again
+            dialog.local_cseq = again.cseq.number
+
+        def answered(response: Response) -> None:
+            if response.status < 200:
+                return
+            if response.status >= 300:
+                done[0] = True
+                leg.reinviting = False
+                log.info(
+                    "{what} of {call} refused by the PBX: {status}",
+                    what=what,
+                    call=call.in_from,
+                    status=response.status,
+                )
+                return
+            ack = dialog.request("ACK", self.via(channel, host), cseq=sent[0].cseq.number)
+            for name in ("Authorization", "Proxy-Authorization"):
+                for value in sent[0].headers.get_all(name):
+                    ack = attrs.evolve(ack, headers=ack.headers.add(name, value))
+            channel.send(ack.to_bytes())
+            if done[0]:
+                return  # a retransmitted 2xx: ACKed again, nothing more
+            done[0] = True
+            leg.reinviting = False
+            if leg.ended:
+                return
+            leg.answer = offer
+            if response.body:
+                leg.remote_sdp = response.body
+            log.info("{what}: re-INVITE for {call} answered", what=what, call=call.in_from)
+            self.tel.media_changed(call)
+
+        def timeout() -> None:
+            if not done[0]:
+                done[0] = True
+                leg.reinviting = False
+
+        self.send_request(request, channel, credentials, answered, timeout, resent)
+        return True
 
     def _crypto(self) -> tuple[CryptoAttribute, ...]:
         """Our C{a=crypto} lines for an offer (none: C{srtp off}), fresh keys each time."""

@@ -95,8 +95,11 @@ class SipCall:
     rtp_port: int | None
     dialog: Dialog | None = None
     no_answer: IDelayedCall | None = None
-    #: The PBX's latest SDP offer (a re-INVITE's), if it sent one after the INVITE.
+    #: The PBX's latest SDP (a re-INVITE's offer, or its answer to ours),
+    #: if it sent one after the INVITE.
     remote_sdp: bytes | None = attrs.field(default=None, repr=False)
+    #: Our re-INVITE (hold or resume) waits for its final response.
+    reinviting: bool = False
     lifecycle: Lifecycle[InState] = attrs.field(
         factory=lambda: Lifecycle("SipCall", IN_MOVES, InState.PLACED)
     )
@@ -281,8 +284,11 @@ class OutCall:
     #: Our credentials at the PBX, for its 401/407 challenges.
     credentials: Credentials | None = attrs.field(default=None, repr=False)
     dialog: Dialog | None = None
-    #: The SDP answer of the PBX's first 2xx (the PBX leg's media).
+    #: The SDP answer of the PBX's first 2xx (the PBX leg's media), then
+    #: of the latest re-INVITE either side made.
     remote_sdp: bytes = attrs.field(default=b"", repr=False)
+    #: Our re-INVITE (hold or resume) waits for its final response.
+    reinviting: bool = False
     lifecycle: Lifecycle[OutState] = attrs.field(
         factory=lambda: Lifecycle("OutCall", OUT_MOVES, OutState.CALLING)
     )

@@ -54,6 +54,8 @@ class MediaSource(Protocol):
 
     def srtp_of(self, call: Call) -> SrtpKeys | None: ...
 
+    def direction_of(self, call: Call) -> str: ...
+
 
 class SecureLeg(Protocol):
     """What a bridge needs of a secure call leg: its UMSG session and relay."""
@@ -194,6 +196,7 @@ class Bridge:
                 pbx_codec=pbx.codec,
                 pbx_dtmf_pt=pbx.dtmf_pt,
                 **pbx.srtp_arguments(),
+                **self._direction(),
             )
         except Exception:
             self.lifecycle.move(BridgeState.GONE)
@@ -221,18 +224,27 @@ class Bridge:
 
     async def _update(self) -> None:
         _, pbx = self._pbx()
-        if is_wildcard(pbx.host):
-            log.info("session {session}: PBX media on hold", session=self.leg.session)
-            return
+        direction = self.media.direction_of(self.leg.call)
+        where: dict[str, object] = {"pbx_host": pbx.host, "pbx_remote_port": pbx.port}
+        if is_wildcard(pbx.host):  # RFC 2543 hold: the address stays as it was
+            where = {}
+        log.info(
+            "session {session}: PBX leg {direction}", session=self.leg.session, direction=direction
+        )
         await self.link.call(
             BridgeUpdate,
             call=self.leg.session,
-            pbx_host=pbx.host,
-            pbx_remote_port=pbx.port,
             pbx_codec=pbx.codec,
             pbx_dtmf_pt=pbx.dtmf_pt,
+            pbx_direction=direction,
+            **where,
             **(pbx.srtp_arguments() or {"pbx_srtp_profile": ""}),
         )
+
+    def _direction(self) -> dict[str, str]:
+        """BridgeAdd's direction argument: none for the usual sendrecv."""
+        direction = self.media.direction_of(self.leg.call)
+        return {} if direction == "sendrecv" else {"pbx_direction": direction}
 
     def remove(self) -> None:
         """The call ended: take the bridge down (at once, or once ``BridgeAdd`` is answered)."""

@@ -109,6 +109,9 @@ class TelCall:
         factory=lambda: Lifecycle("TelCall", TEL_MOVES, TelState.PLACED)
     )
     bridge: Bridge = attrs.field(init=False)
+    #: The secure party holds the call (its ``hold``), the PBX holds it (a re-INVITE).
+    secure_holding: bool = False
+    pbx_holding: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.bridge = Bridge(self.tel.bridge, self.tel.sip, self, self.tel.calls.media_stats)
@@ -116,6 +119,10 @@ class TelCall:
     @property
     def ended(self) -> bool:
         return self.lifecycle.final
+
+    @property
+    def talking(self) -> bool:
+        return self.lifecycle.state is TelState.TALKING
 
     def umsg_row(self, now: float) -> list[str]:
         """This call's ``show umsg`` row."""
@@ -194,6 +201,33 @@ class TelCall:
         self.tel.calls.close(self.call, CallState.HANGUP, "hangup")  # if the SIF sent nothing
 
 
+def hold_from_secure(leg: TelCall | OutLeg, held: bool) -> None:
+    """The secure party's ``hold``/``resume``: a re-INVITE towards the PBX."""
+    if leg.tel.sip.hold(leg.call, held):
+        leg.secure_holding = held
+    else:
+        log.info(
+            "session {session}: {what} not sent to the PBX now",
+            session=leg.session,
+            what="hold" if held else "resume",
+        )
+
+
+def pbx_hold_changed(leg: TelCall | OutLeg, direction: str) -> None:
+    """
+    The PBX leg's direction changed (our side's, RFC 3264): the PBX holds
+    the call when we may no longer send to it (``recvonly`` or
+    ``inactive``) without our having asked; the secure party hears of it
+    as ``hold``, and ``resume`` once it is back.
+    """
+    if leg.secure_holding or leg.session is None or leg.ended:
+        return
+    held = direction in ("recvonly", "inactive")
+    if held != leg.pbx_holding:
+        leg.pbx_holding = held
+        leg.tel.notify("hold" if held else "resume", session=leg.session)
+
+
 class OutLegState(enum.Enum):
     """The UMSG side of a call from the PBX to a secure user (:class:`OutLeg`)."""
 
@@ -254,6 +288,9 @@ class OutLeg:
         factory=lambda: Lifecycle("OutLeg", OUT_LEG_MOVES, OutLegState.CREATED)
     )
     bridge: Bridge = attrs.field(init=False)
+    #: The secure party holds the call (its ``hold``), the PBX holds it (a re-INVITE).
+    secure_holding: bool = False
+    pbx_holding: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.bridge = Bridge(self.tel.bridge, self.tel.sip, self, self.tel.calls.media_stats)
@@ -261,6 +298,10 @@ class OutLeg:
     @property
     def ended(self) -> bool:
         return self.lifecycle.final
+
+    @property
+    def talking(self) -> bool:
+        return self.lifecycle.state is OutLegState.TALKING
 
     def umsg_row(self, now: float) -> list[str]:
         """This call's ``show umsg`` row."""
@@ -302,6 +343,8 @@ class OutLeg:
         elif msg.type == "talk" and self.lifecycle.can(OutLegState.TALKING):
             self.lifecycle.move(OutLegState.TALKING)
             self.bridge.add().addCallbacks(self._bridged, self._bridge_failed)
+        elif msg.type in ("hold", "resume") and self.lifecycle.state is OutLegState.TALKING:
+            hold_from_secure(self, msg.type == "hold")
         elif msg.type == "hangup":
             self.end_from_tel(msg.get("code", "normal"))
 
