@@ -102,6 +102,7 @@ class FakeSif:
         self.sdp = ANSWER
         self.srtp: SrtpKeys | None = None
         self.direction = "sendrecv"
+        self.early = False
         self.holds: list[tuple[Call, bool]] = []
 
     def place_call(self, call: Call, leg: TelLeg) -> None:
@@ -118,6 +119,9 @@ class FakeSif:
 
     def direction_of(self, call: Call) -> str:
         return self.direction
+
+    def early_media(self, call: Call) -> bool:
+        return self.early
 
     def hold(self, call: Call, held: bool) -> bool:
         self.holds.append((call, held))
@@ -149,10 +153,15 @@ class StatsBridge(FakeBridge):
     def __init__(self) -> None:
         super().__init__()
         self.hold_answers = False
+        self.hold_adds = False
         self.held: list[Any] = []
 
     async def call(self, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]:
         await super().call(command, **kwargs)
+        if command is BridgeAdd and self.hold_adds:
+            added: Deferred[dict[str, Any]] = Deferred()
+            self.held.append(added)
+            return await added
         if command is BridgeRemove:
             if self.hold_answers:
                 done: Deferred[dict[str, Any]] = Deferred()
@@ -187,19 +196,24 @@ class SifTelCase(TelCase):
     ) -> Any:
         """The secure caller's call to the PBX, answered with C{statuses}; the INVITE."""
         from cryptify.client.session import Incoming
-        from cryptify.protocols.sip.message import Request, response_to
+        from cryptify.protocols.sip.message import Request
 
         self.tel.handle(Incoming(self.invite()))
         invite = self.channel.messages()[-1]
         assert isinstance(invite, Request)
         for status in statuses:
-            extra: tuple[tuple[str, str], ...] = (("Contact", "<sip:101@192.0.2.50:5070>"),)
-            sdp = body if status in (183, 200) else b""
-            if sdp:
-                extra += (("Content-Type", "application/sdp"),)
-            response = response_to(invite.headers, status, to_tag="pbx1", extra=extra, body=sdp)
-            self.real.message_received(response, self.channel)
+            self.pbx_responds(invite, status, body if status in (183, 200) else b"")
         return invite
+
+    def pbx_responds(self, invite: Any, status: int, sdp: bytes = b"") -> None:
+        """The PBX's response (To tag pbx1) to our INVITE, with C{sdp} if any."""
+        from cryptify.protocols.sip.message import response_to
+
+        extra: tuple[tuple[str, str], ...] = (("Contact", "<sip:101@192.0.2.50:5070>"),)
+        if sdp:
+            extra += (("Content-Type", "application/sdp"),)
+        response = response_to(invite.headers, status, to_tag="pbx1", extra=extra, body=sdp)
+        self.real.message_received(response, self.channel)
 
     def pbx_call(self) -> None:
         """A call from the PBX to the secure caller's number, answered by the secure side."""

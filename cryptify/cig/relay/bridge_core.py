@@ -83,6 +83,11 @@ class BridgeSpecError(ValueError):
     """A bridge request that cannot be carried out as given."""
 
 
+def _rtp_not_rtcp(data: bytes) -> bool:
+    """Whether C{data} looks like RTP (version 2, a fixed header) and not RTCP (RFC 5761)."""
+    return len(data) >= 12 and data[0] & 0xC0 == 0x80 and not 72 <= data[1] & 0x7F <= 76
+
+
 def _random32() -> int:
     return int.from_bytes(os.urandom(4), "big")
 
@@ -260,6 +265,14 @@ class Playout:
             self.last_ts = extended
         return extended
 
+    def restart(self) -> None:
+        """A new stream (another SSRC): forget the old timeline, keep the counts."""
+        self.frames = {}
+        self.cursor = None
+        self.newest_end = 0
+        self.last_ts = 0
+        self.resyncs += 1
+
     def push(self, timestamp: int, frame: bytes) -> None:
         """Take one frame that starts at RTP ``timestamp``."""
         if not frame:
@@ -430,6 +443,8 @@ class CallBridge:
     _marker_next: bool = True
     _event: _EventState | None = None
     _last_pbx_event: tuple[int, int] | None = None
+    #: The SSRC (4 octets) of the PBX stream being played out.
+    _pbx_rx_ssrc: bytes | None = None
     # derived
     _tx: _Srtp = attrs.field(init=False)
     _rx: _Srtp = attrs.field(init=False)
@@ -580,6 +595,13 @@ class CallBridge:
                 c.pbx_srtp_errors += 1
                 return
             data = rtp
+        ssrc = data[8:12]
+        if ssrc != self._pbx_rx_ssrc and _rtp_not_rtcp(data):
+            # Another stream (the answering phone after a PBX's early media,
+            # say): its timestamps have nothing to do with the last one's.
+            if self._pbx_rx_ssrc is not None:
+                self._playout.restart()
+            self._pbx_rx_ssrc = ssrc
         # Fast path: audio with a plain fixed header.
         if data[0:1] == b"\x80" and len(data) > 12 and (data[1] & 0x7F) == self._pbx_pt:
             payload = data[12:]

@@ -580,7 +580,7 @@ class Sif:
         """A call's local RTP port and the PBX's SDP (answer, or offer for calls from the PBX)."""
         out = self.outgoing.get(call)
         if out is not None:
-            return out.rtp_port, out.remote_sdp
+            return out.rtp_port, out.remote_sdp or out.early_sdp
         for incoming in self.invites.values():
             if incoming.call is call:
                 return incoming.rtp_port, incoming.remote_sdp or incoming.invite.request.body
@@ -591,6 +591,11 @@ class Sif:
         if out is not None:
             return out
         return next((c for c in self.invites.values() if c.call is call), None)
+
+    def early_media(self, call: Call) -> bool:
+        """Whether the PBX sent SDP in an 18x of a call to it, before any answer."""
+        out = self.outgoing.get(call)
+        return out is not None and bool(out.early_sdp) and not out.ended
 
     def direction_of(self, call: Call) -> str:
         """
@@ -701,7 +706,7 @@ class Sif:
         """
         out = self.outgoing.get(call)
         if out is not None:
-            local, remote = out.answer, out.remote_sdp
+            local, remote = out.answer, out.remote_sdp or out.early_sdp
         else:
             for incoming in self.invites.values():
                 if incoming.call is call:

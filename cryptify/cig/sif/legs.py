@@ -289,6 +289,8 @@ class OutCall:
     remote_sdp: bytes = attrs.field(default=b"", repr=False)
     #: Our re-INVITE (hold or resume) waits for its final response.
     reinviting: bool = False
+    #: The SDP of the PBX's first 18x that had one (early media, RFC 3960).
+    early_sdp: bytes = attrs.field(default=b"", repr=False)
     lifecycle: Lifecycle[OutState] = attrs.field(
         factory=lambda: Lifecycle("OutCall", OUT_MOVES, OutState.CALLING)
     )
@@ -309,9 +311,13 @@ class OutCall:
             elif status == 100 and state is OutState.CALLING:
                 self._move(OutState.TRYING, "trying")
                 self.leg.trying()
-            elif status > 100 and self.lifecycle.can(OutState.RINGING):
-                self._move(OutState.RINGING, "ringing")
-                self.leg.ringing()
+            elif status > 100:
+                early = self._early(response)
+                if self.lifecycle.can(OutState.RINGING):
+                    self._move(OutState.RINGING, "ringing")
+                    self.leg.ringing()
+                elif early:  # a 183 with SDP after a 180: the tel side bridges now
+                    self.leg.ringing()
             return
         if status >= 300:
             if not self.ended:
@@ -329,13 +335,32 @@ class OutCall:
         self._ack(self.dialog)
         if not first:
             return
-        self.remote_sdp = response.body
+        # Without SDP in the 2xx, the answer is the early one (RFC 3261 13.2.1).
+        self.remote_sdp = response.body or self.early_sdp
         if self.ended:  # answered after we hung up: end it at once
             self.sif.send_bye(self.dialog, self.channel, self.host, self.credentials)
             return
         self.sif.dialogs[self.dialog.id] = self
         self._move(OutState.ANSWERED, "talk")
         self.leg.answered()
+
+    def _early(self, response: Response) -> bool:
+        """
+        Keep the first SDP answer of an 18x (early media: the PBX's
+        ringback or announcements); True when this response brought it.
+        """
+        if self.early_sdp or not response.body or self.ended:
+            return False
+        content_type = (response.headers.get("Content-Type") or "").split(";")[0]
+        if content_type.strip().lower() != "application/sdp":
+            return False
+        self.early_sdp = response.body
+        log.info(
+            "early media from the PBX for call {call_id} ({status})",
+            call_id=self.invite.call_id,
+            status=response.status,
+        )
+        return True
 
     def resent(self, invite: Request) -> None:
         """

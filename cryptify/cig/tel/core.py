@@ -66,6 +66,8 @@ class SipSide(Protocol):
 
     def hold(self, call: Call, held: bool) -> bool: ...
 
+    def early_media(self, call: Call) -> bool: ...
+
 
 #: Seconds an ended call stays in ``show umsg``, and how many such rows are kept.
 UMSG_LINGER = 30.0

@@ -25,7 +25,7 @@ from cryptify.lifecycle import Lifecycle, check_table
 from cryptify.protocols.umsg import Message
 
 from ..calls import Call, CallState, TelLeg
-from .bridge import Bridge
+from .bridge import Bridge, BridgeState
 
 if TYPE_CHECKING:
     from .core import UmsgTel
@@ -112,6 +112,9 @@ class TelCall:
     #: The secure party holds the call (its ``hold``), the PBX holds it (a re-INVITE).
     secure_holding: bool = False
     pbx_holding: bool = False
+    #: Bridged at an 18x with SDP (early media); the answer came while that was under way.
+    early: bool = False
+    answer_waiting: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.bridge = Bridge(self.tel.bridge, self.tel.sip, self, self.tel.calls.media_stats)
@@ -140,12 +143,42 @@ class TelCall:
         pass
 
     def ringing(self) -> None:
-        if self.lifecycle.can(TelState.RINGING):
+        if self.lifecycle.can(TelState.RINGING) and self.lifecycle.state is not TelState.RINGING:
             self.lifecycle.move(TelState.RINGING)
             self.tel.notify("ringing", session=self.session)
+        if not self.early and not self.ended and self.tel.sip.early_media(self.call):
+            # Early media: bridged now, so the caller hears the PBX's ringback.
+            self.early = True
+            self.bridge.add().addCallbacks(self._early_bridged, self._early_failed)
 
     def answered(self) -> None:
-        if not self.ended:
+        if self.ended or self.lifecycle.state is TelState.TALKING:
+            return
+        state = self.bridge.lifecycle.state
+        if state is BridgeState.UP:  # early media: the answer's SDP, then talk
+            self.bridge.update()
+            self._bridged(True)
+        elif state is BridgeState.ADDING:
+            self.answer_waiting = self.early  # else the first answer's add is on its way
+        else:
+            self.bridge.add().addCallbacks(self._bridged, self._bridge_failed)
+
+    def _early_bridged(self, up: bool) -> None:
+        if up and self.answer_waiting:
+            self.answer_waiting = False
+            self.bridge.update()
+            self._bridged(True)
+
+    def _early_failed(self, failure: Failure) -> None:
+        """No early bridge (the 18x's SDP unusable, cig-relay refused): try at the answer."""
+        log.warn(
+            "no early media for session {session}: {why}",
+            session=self.session,
+            why=failure.getErrorMessage(),
+        )
+        self.bridge = Bridge(self.tel.bridge, self.tel.sip, self, self.tel.calls.media_stats)
+        if self.answer_waiting and not self.ended:
+            self.answer_waiting = False
             self.bridge.add().addCallbacks(self._bridged, self._bridge_failed)
 
     def rejected(self, status: int = 480) -> None:
