@@ -41,6 +41,7 @@ from cryptify.protocols.sip.digest import Credentials
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.locate import LocateError, Target, locate
 from cryptify.protocols.sip.message import Headers, Request, Response, response_to
+from cryptify.protocols.sip.refer import ReferError, parse_refer_to
 from cryptify.protocols.sip.sdes import CryptoAttribute
 from cryptify.protocols.sip.sdp import (
     SdpError,
@@ -70,10 +71,11 @@ from .auth import ChallengedRequest, Keyring
 from .legs import OutCall, SipCall
 from .peers import Refusals, SipPeers
 from .ports import DEFAULT_RTP_PORTS, PortPool
+from .transfer import Transfer
 
 log = Logger(namespace="cryptify.cig.sif")
 
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS"
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER"
 #: Methods SIP defines that the CIG does not take (405, not 501).
 KNOWN_METHODS = frozenset(
     {"REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "UPDATE", "MESSAGE"}
@@ -200,6 +202,8 @@ class Sif:
             tx.respond(response_to(request.headers, 200, to_tag=new_tag(), extra=extra))
         elif method == "BYE":
             self._bye(tx)
+        elif method == "REFER":
+            self._refer(tx)
         elif method == "CANCEL":
             self._cancel(tx)
         elif method == "MESSAGE" and self.config.sip.messaging:
@@ -389,7 +393,42 @@ class Sif:
         if found is None:
             return
         tx.respond(response_to(tx.request.headers, 200))
+        if found.transfer is not None:  # a transferor leaving: the call goes on
+            found.transfer.old_hung_up()
+            return
         found.end_from_sip()
+
+    def _refer(self, tx: ServerTransaction) -> None:
+        """
+        REFER in an answered call's dialog (RFC 3515): 202, then a
+        L{Transfer} to the Refer-To target (400 for a missing or unusable
+        one, 491 while a transfer or re-INVITE is under way).
+        """
+        request = tx.request
+        found = self._in_dialog(tx)
+        if found is None:
+            return
+        if found.dialog is not None and not found.dialog.accept_remote_cseq(request):
+            tx.respond(response_to(request.headers, 500))
+            return
+        values = request.headers.values("Refer-To")
+        try:
+            if len(values) != 1:
+                raise ReferError("one Refer-To is needed")
+            target = parse_refer_to(values[0])
+        except SipParseError as exc:
+            extra = (("Warning", _warning(exc)),)
+            tx.respond(response_to(request.headers, 400, extra=extra))
+            return
+        if found.ended or found.dialog is None:
+            tx.respond(response_to(request.headers, 481))
+            return
+        if found.transfer is not None or found.reinviting:
+            tx.respond(response_to(request.headers, 491))
+            return
+        tx.respond(response_to(request.headers, 202))
+        found.transfer = Transfer(self, found.call, found, target)
+        found.transfer.start()
 
     def _cancel(self, tx: ServerTransaction) -> None:
         invite = self.layer.invite_for(tx.request)
@@ -497,7 +536,13 @@ class Sif:
         return found.addCallback(connect)
 
     # --- calls to the PBX (the SIF as the tel side's outgoing leg) ----------
-    def place_call(self, call: Call, leg: TelLeg) -> OutCall | None:
+    def place_call(
+        self,
+        call: Call,
+        leg: TelLeg,
+        port: int | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> OutCall | None:
         """
         Call C{call.out_to} (a SIP URI) from C{call.out_from}, offering
         PCMU, PCMA and telephone-event; report on C{leg}. The host is
@@ -505,7 +550,9 @@ class Sif:
         Refusals: 484 for a URI that is not SIP, 502 for a name that does
         not resolve, 503 when no RTP port, transport or connection is
         available. Returns the call once the INVITE is sent (at once when
-        no lookup or connection is needed).
+        no lookup or connection is needed). A transfer gives C{port}, the
+        RTP port its call already has (borrowed: never given back here),
+        and C{extra} headers (C{Replaces}).
         """
         try:
             target = locate(call.out_to)
@@ -513,22 +560,31 @@ class Sif:
             call.note_end("cig", "SIP 484: not a SIP URI")
             leg.rejected(484)
             return None
-        port = self.rtp_ports.take()
+        borrowed = port is not None
+        if port is None:
+            port = self.rtp_ports.take()
         if port is None:
             call.note_end("cig", "SIP 503: no RTP port")
             leg.rejected(503)
             return None
+        rtp_port = port
         self.placing.add(call)
+
+        def give_back() -> None:
+            if not borrowed:
+                self.rtp_ports.give_back(rtp_port)
 
         def send(channel: Channel) -> None:
             if call not in self.placing:
-                self.rtp_ports.give_back(port)  # hung up meanwhile
+                give_back()  # hung up meanwhile
                 return
             self.placing.discard(call)
-            self._send_invite(call, leg, port, channel)
+            out = self._send_invite(call, leg, rtp_port, channel, extra)
+            if borrowed:
+                out.rtp_port = None
 
         def failed(failure: Failure) -> None:
-            self.rtp_ports.give_back(port)
+            give_back()
             if call not in self.placing:
                 return
             self.placing.discard(call)
@@ -545,7 +601,14 @@ class Sif:
         self.channel_for(target).addCallbacks(send, failed)
         return self.outgoing.get(call)
 
-    def _send_invite(self, call: Call, leg: TelLeg, port: int, channel: Channel) -> None:
+    def _send_invite(
+        self,
+        call: Call,
+        leg: TelLeg,
+        port: int,
+        channel: Channel,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> OutCall:
         local = "127.0.0.1" if is_wildcard(self.config.sip.bind) else self.config.sip.bind
         offer = render_sdp(
             make_offer(local, port, str(int(self.clock.seconds())), crypto=self._crypto())
@@ -562,6 +625,7 @@ class Sif:
                 ("CSeq", "1 INVITE"),
                 ("Contact", f"<{contact}>"),
                 ("Allow", self.allow()),
+                *extra,
                 ("Content-Type", SDP),
             )
         )
@@ -575,6 +639,7 @@ class Sif:
         out = OutCall(self, call, leg, invite, channel, local, offer, port, credentials)
         self.outgoing[call] = out
         self.send_request(invite, channel, credentials, out.response, out.timeout, out.resent)
+        return out
 
     def media_of(self, call: Call) -> tuple[int | None, bytes] | None:
         """A call's local RTP port and the PBX's SDP (answer, or offer for calls from the PBX)."""

@@ -30,6 +30,7 @@ from ..calls import Call, CallState, TelLeg
 
 if TYPE_CHECKING:
     from .core import Sif
+    from .transfer import Transfer
 
 log = Logger(namespace="cryptify.cig.sif")
 #: A call from the PBX the tel side has not answered by then gets 480.
@@ -100,6 +101,10 @@ class SipCall:
     remote_sdp: bytes | None = attrs.field(default=None, repr=False)
     #: Our re-INVITE (hold or resume) waits for its final response.
     reinviting: bool = False
+    #: A REFER from the PBX being carried out (RFC 3515).
+    transfer: Transfer | None = None
+    #: The call's SIP leg after a transfer (the secure side still reports here).
+    replaced_by: OutCall | None = None
     lifecycle: Lifecycle[InState] = attrs.field(
         factory=lambda: Lifecycle("SipCall", IN_MOVES, InState.PLACED)
     )
@@ -174,6 +179,9 @@ class SipCall:
         self.invite.respond(self.sif.reply(self.invite.request, status, self.local_tag))
 
     def hung_up(self) -> None:
+        if self.replaced_by is not None:
+            self.replaced_by.hang_up()
+            return
         if self.ended:
             return
         if self.dialog is None:
@@ -289,6 +297,8 @@ class OutCall:
     remote_sdp: bytes = attrs.field(default=b"", repr=False)
     #: Our re-INVITE (hold or resume) waits for its final response.
     reinviting: bool = False
+    #: A REFER from the PBX being carried out (RFC 3515).
+    transfer: Transfer | None = None
     #: The SDP of the PBX's first 18x that had one (early media, RFC 3960).
     early_sdp: bytes = attrs.field(default=b"", repr=False)
     lifecycle: Lifecycle[OutState] = attrs.field(
