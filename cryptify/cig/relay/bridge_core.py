@@ -586,15 +586,15 @@ class CallBridge:
         c = self.counters
         c.pbx_rx += 1
         c.pbx_rx_octets += len(data)
-        if not self._pbx_receives:
-            c.held += 1
-            return
         if self._pbx_rx is not None:
             rtp = self._pbx_rx.unprotect(data)
             if rtp is None:
                 c.pbx_srtp_errors += 1
                 return
             data = rtp
+        if not self._pbx_receives:  # unprotected all the same: the rollover count keeps up
+            c.held += 1
+            return
         ssrc = data[8:12]
         if ssrc != self._pbx_rx_ssrc and _rtp_not_rtcp(data):
             # Another stream (the answering phone after a PBX's early media,
