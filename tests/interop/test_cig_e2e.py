@@ -95,9 +95,11 @@ class SecurePbxTests(SecurePbxFixture):
         await until(lambda: self.call_records(), "the call record" + self.context())
         [record] = self.call_records()
         self.assertEqual(
-            [record[k] for k in ("direction", "from", "to", "routed_to", "source")],
-            ["to-pbx", CLIENT, PBX_PHONE, f"sip:101@127.0.0.1:{self.pbx.kam_port}", "umsg"],
+            [record[k] for k in ("direction", "from", "to", "source")],
+            ["to-pbx", CLIENT, PBX_PHONE, "umsg"],
         )
+        # the maps' URI (test_cig_srtp's TLS trunk routes to kamailio's TLS port)
+        self.assertTrue(record["routed_to"].startswith("sip:101@127.0.0.1:"), record)
         self.assertEqual((record["ended_by"], record["reason"]), ("secure", "normal"))
         self.assertEqual(record["result"], "answered")
         self.assertIn(record["codec"], ("PCMU", "PCMA"))

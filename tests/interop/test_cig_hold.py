@@ -139,3 +139,11 @@ class HoldTests(SecurePbxFixture):
         self.assert_tail_tone(recording, PBX_TONE, "the client's recording")
         await until(lambda: self.pbx.recordings(), "baresip's recording")
         self.assert_tail_tone(self.pbx_recording(), CLIENT_TONE, "baresip's recording")
+
+
+class SrtpHoldTests(HoldTests):
+    """The same with SDES SRTP required on the PBX leg: the re-INVITEs keep
+    the keys both ways, and the audio comes back after the hold."""
+
+    SRTP = "require"
+    MEDIAENC = "srtp-mand"
