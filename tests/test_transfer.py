@@ -236,6 +236,13 @@ class BlindTransferTests(TransferCase):
         self.assertEqual(self.refer(first, target).status, 202)
         self.assertEqual(self.target_invite().headers.get("Replaces"), "c2@pbx;to-tag=a;from-tag=b")
 
+    def test_attended_transfer_addr_spec(self) -> None:
+        """baresip's form: the Refer-To without angle brackets, its ? headers and all."""
+        first = self.answer_invite()
+        value = f"{TARGET}?Replaces=c2%40pbx%3Bto-tag%3Da%3Bfrom-tag%3Db"
+        self.assertEqual(self.pbx_request(first, "REFER", f"Refer-To: {value}\r\n").status, 202)
+        self.assertEqual(self.target_invite().headers.get("Replaces"), "c2@pbx;to-tag=a;from-tag=b")
+
     def test_bad_and_overlapping_refers(self) -> None:
         first = self.answer_invite()
         self.assertEqual(self.pbx_request(first, "REFER").status, 400)

@@ -108,10 +108,15 @@ class SippPbx:
         """What sipp's -trace_msg wrote."""
         text = ""
         for name in sorted(os.listdir(self.dir)):
-            if name.startswith("pbx_") and name.endswith("_messages.log"):
+            if name.startswith("pbx_") and name.endswith(("_messages.log", "_errors.log")):
                 with open(os.path.join(self.dir, name), errors="replace") as f:
                     text += f.read()
         return text
 
     def context(self) -> str:
-        return f"\nsipp messages:\n{self.messages()[-4000:]}"
+        try:
+            with open(os.path.join(self.dir, "sipp.out"), errors="replace") as f:
+                out = f.read()[-2000:]
+        except OSError:
+            out = ""
+        return f"\nsipp messages:\n{self.messages()[-4000:]}\nsipp output:\n{out}"

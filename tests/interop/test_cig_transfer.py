@@ -26,6 +26,13 @@ from tests.interop._sipp_pbx import SippPbx, response, tone_pcap
 
 TARGET_TONE = 700
 
+#: The target's INVITE check: none (blind), or a Replaces header (attended).
+REPLACES_CHECK = """<recv request="INVITE" crlf="true"><action>
+    <ereg regexp="c2@pbx;to-tag=a;from-tag=b" search_in="hdr" header="Replaces:"
+          check_it="true" assign_to="replaces"/>
+    <log message="Replaces [$replaces]"/>
+  </action></recv>"""
+
 TARGET_UAS = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="transfer target">
   <recv request="INVITE" crlf="true"/>
@@ -52,21 +59,36 @@ class TransferTests(SecurePbxFixture):
     async def test_blind_transfer_to_another_phone(self) -> None:
         """baresip transfers the client's call to sipp: the client's call goes
         on, now with sipp's tone; baresip's call ends; the record names sipp."""
+        await self.transfer(TARGET_UAS, "")
+
+    async def test_attended_transfer_carries_replaces(self) -> None:
+        """A Refer-To with ?Replaces= (an attended transfer's): the CIG's INVITE
+        to the target carries that Replaces header (sipp checks it: a call
+        without it fails), and the call moves as before."""
+        await self.transfer(
+            TARGET_UAS.replace('<recv request="INVITE" crlf="true"/>', REPLACES_CHECK),
+            "?Replaces=c2%40pbx%3Bto-tag%3Da%3Bfrom-tag%3Db",
+        )
+
+    async def transfer(self, scenario: str, headers: str) -> None:
         tone_pcap(os.path.join(self.dir, "target.pcap"), TARGET_TONE, 20.0, ssrc=0x7777)
-        target = SippPbx(self, self.dir, TARGET_UAS)
+        target = SippPbx(self, self.dir, scenario)
         await target.start()
         phone = self.phone()
         await phone.start()
         call = await self.talk(phone)
         await sleep(1.5)
         uri = f"sip:201@127.0.0.1:{target.kam_port}"
-        self.pbx.command("transfer", uri)
+        self.pbx.command("transfer", uri + headers)
         cig = self.procs["cig"]
-        await until(
-            lambda: "transfer of" in cig.output() and " done" in cig.output(),
-            "the transfer done" + self.context() + target.context(),
-            20,
-        )
+        try:
+            await until(
+                lambda: "transfer of" in cig.output() and " done" in cig.output(),
+                "the transfer done",
+                20,
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}{self.context()}{target.context()}") from None
         await until(self.pbx.call_ended, "baresip's call to end" + self.context())
         await sleep(2.5)
         self.assertEqual(call.state, "talking", self.context())
