@@ -3,15 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-RUN_DEBS := redis-server openssl
+# gcc and libgmp-dev build the C Miller loop of SAKKE when the package installs.
+RUN_DEBS := redis-server openssl gcc libgmp-dev
 TEST_DEBS := $(RUN_DEBS) sip-tester baresip kamailio kamailio-tls-modules rtpengine-daemon \
-	poppler-utils zbar-tools qrencode img2pdf groff-base dovecot-imapd chromium chromium-driver
+	poppler-utils zbar-tools qrencode img2pdf groff-base dovecot-imapd postfix chromium chromium-driver
 # Building the crs and cig packages, and proving them in a Debian root.
-PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv rpm rpmlint debootstrap iproute2
+PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv python3.11-dev gcc libgmp-dev rpm rpmlint debootstrap iproute2
 # tests/packaging is slow (package builds, a debootstrap root): its own target.
 UNIT_TESTS = $(filter-out tests.packaging,$(subst /,.,$(patsubst %.py,%,$(patsubst %/__init__.py,%,$(wildcard tests/test_*.py tests/*/__init__.py)))))
 
-.PHONY: run test lint typecheck unit debs-run debs-test debs-packages packages test-packages venv clean man
+.PHONY: run run-pool test lint typecheck unit debs-run debs-test debs-packages packages test-packages venv clean man
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,11 @@ debs-packages:
 
 run: debs-run $(STAMP)
 	$(BIN)/python scripts/devrun.py
+
+# A two-instance pool, each instance in a network namespace of its own (root).
+run-pool: debs-run $(STAMP)
+	scripts/ensure-debs.sh iproute2
+	$(BIN)/python scripts/devpool.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check cryptify tests bench scripts twisted

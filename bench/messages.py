@@ -61,7 +61,10 @@ def worker(spec: dict[str, Any]) -> None:
     from cryptify.client.session import Answered, Attached, Incoming
     from cryptify.crypto.keymaterial import KeyMaterial
 
-    connect = tls_connector(reactor, spec["ca"], False)
+    # bench/pool.py runs this worker against pool instances in namespaces:
+    # each URI at its owner's address (``host_of``), certificates unchecked.
+    connect = tls_connector(reactor, spec.get("ca"), spec.get("ca") is None)
+    host_of: dict[str, str] = spec.get("host_of", {})
     done: dict[str, Any] = {"messages": 0, "measuring": False, "stop": False, "errors": 0}
     latencies: list[float] = []
     protos: dict[str, UmsgClientProtocol] = {}
@@ -99,12 +102,11 @@ def worker(spec: dict[str, Any]) -> None:
             sender_of[recipient] = sender
             for uri, blob in ((sender, sender_keys), (recipient, recipient_keys)):
                 make = session_maker(KeyMaterial.from_blob(blob), "bench-messages")
-                proto = UmsgClientProtocol(
-                    make, reactor, lambda e, u=uri: on_event(u, e), "127.0.0.1"
-                )
+                host = host_of.get(uri, "127.0.0.1")
+                proto = UmsgClientProtocol(make, reactor, lambda e, u=uri: on_event(u, e), host)
                 protos[uri] = proto
                 factory = Factory.forProtocol(lambda p=proto: p)  # type: ignore[misc]
-                await connect("127.0.0.1", spec["port"], factory)
+                await connect(host, spec["port"], factory)
         await attached
         for sender, recipient, *_ in spec["pairs"]:
             for _ in range(spec["depth"]):

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Any
 
 from twisted.internet import error, protocol
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from cryptify.reactor import IReactor
 
 log = Logger(namespace="cryptify.notify")
 
@@ -51,7 +52,7 @@ class Notifier:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactor,
         script: str | None,
         timeout: float = NOTIFY_TIMEOUT,
         env: dict[str, str] | None = None,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import IO
+from typing import IO, cast
 
 import attrs
 from twisted.application import service
@@ -205,7 +205,8 @@ class LogFileService(service.Service):
             return
         self.file = open_log_file(self.directory, self.file_name)
         formatter = FORMATS[self.style]
-        inner = FileLogObserver(self.file, formatter)  # type: ignore[arg-type]
+        # FileLogObserver only writes and flushes, which LogFile does.
+        inner = FileLogObserver(cast(IO[str], self.file), formatter)
         self.observer = _FilteringObserver(self.file_name, self.main, inner)
         self.publisher.addObserver(self.observer)
 

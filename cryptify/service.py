@@ -29,6 +29,8 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cryptify.reactor import IReactor
+
 log = Logger(namespace="cryptify.service")
 
 
@@ -212,7 +214,7 @@ def attach(parent: service.MultiService, *children: service.Service) -> None:
         parent.addService(child)
 
 
-def unix_endpoint(reactor: Any, path: str, timeout: float = 5) -> IStreamClientEndpoint:
+def unix_endpoint(reactor: IReactor, path: str, timeout: float = 5) -> IStreamClientEndpoint:
     """A typed UNIX client endpoint."""
     endpoint: IStreamClientEndpoint = UNIXClientEndpoint(reactor, path, timeout)
     return endpoint

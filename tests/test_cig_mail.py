@@ -478,6 +478,12 @@ class WiringTests(SynchronousTestCase):
         uif = root.getServiceNamed("uif")
         uif_calls = uif.on_call_event.__self__  # type: ignore[union-attr]
         self.assertEqual(uif_calls.mail, desk.handle)
+        # SIP MESSAGE both ways: the SIF posts through the desk, the desk sends through the SIF
+        sif = uif_calls.sip
+        self.assertIs(sif.messages, desk)
+        self.assertIs(desk.sip, sif)
+        self.assertIs(desk.router(), sif.router)
+        self.assertFalse(desk.messaging())  # the development configuration: messaging false
         seen: list[Any] = []
         desk.handle = lambda event: seen.append(event) or True  # type: ignore[method-assign]
         uif_calls.mail = desk.handle
@@ -662,7 +668,8 @@ class ReadMailboxTests(_Desk):
         self.assertEqual(len(self.posts()), 1)
 
     def test_inotify_scans_at_once(self) -> None:
-        """The watch on new/ (IN_MOVED_TO, IN_CLOSE_WRITE) starts a scan right away."""
+        """The watch on new/ (IN_MOVED_TO, IN_CLOSE_WRITE, and IN_CREATE for the
+        link() of Postfix's delivery agents) starts a scan right away."""
         from twisted.internet import inotify
 
         watches: list[tuple[Any, int, Any]] = []
@@ -681,11 +688,15 @@ class ReadMailboxTests(_Desk):
         self.clock.advance(0)
         [(path, mask, [callback])] = watches
         self.assertEqual(path.path, os.path.abspath(os.path.join(self.box, "new")))
-        self.assertEqual(mask, inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE)
+        self.assertEqual(mask, inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE | inotify.IN_CREATE)
         self.put("now", mail_file())
         callback(None, path, inotify.IN_MOVED_TO)
         self.clock.advance(0)
         self.assertEqual(len(self.posts()), 1)
+        self.put("linked", mail_file("two"))
+        callback(None, path, inotify.IN_CREATE)
+        self.clock.advance(0)
+        self.assertEqual(len(self.posts()), 2)
 
     def test_in_flight_bounded(self) -> None:
         """At most MAX_IN_FLIGHT posts wait at once; each answer lets the next go."""

@@ -550,7 +550,6 @@ class FromPbxTests(TelCase):
         self.tel.detached()
         self.assertEqual(leg.events[-1], "hung up")
         self.assertEqual(leg2.events, ["rejected 480"])
-        self.assertEqual(self.tel.send_message(Call("a", "b"), "text/plain", b"x"), False)
 
 
 class TelSwitchTests(SynchronousTestCase):
@@ -565,8 +564,6 @@ class TelSwitchTests(SynchronousTestCase):
         switch.hang_up(call)
         switch.hang_up(call)
         self.assertEqual((len(stub.legs), stub.hung_up), (1, [call]))
-        self.assertTrue(switch.send_message(call, "text/plain", b"x"))
-        self.assertEqual(stub.messages, [(call, "text/plain", b"x")])
         holder = FakeUifCalls()
         switch.uif_calls = holder  # type: ignore[assignment]
         self.assertIs(switch.side(), stub)

@@ -8,6 +8,7 @@ import random
 import stat
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import formatEvent, globalLogPublisher
@@ -27,6 +28,7 @@ from cryptify.cig.tel.uif import (
     find_keystore,
     store_blob,
 )
+from cryptify.crypto._util import next_period
 from cryptify.crypto.errors import KeyFileError
 from cryptify.crypto.identity import period_of
 from cryptify.crypto.keymaterial import KIND_CIG, KeyMaterial, load_keystore
@@ -127,8 +129,11 @@ class UifTests(SynchronousTestCase):
         self.assertIn("Crypto state              NO KEYS", text)
 
     def test_attaches_with_keystore(self) -> None:
-        """With a keystore at start the UIF attaches its number and status shows it."""
-        store_blob(self.dir, cig_material(self.period).to_blob())
+        """With a keystore at start the UIF attaches its number and status shows it,
+        the crypto periods as the manual does (YYYY-MM-REVISION) under the version."""
+        cig_material(self.period)  # makes the run's KMS
+        kms = attrs.evolve(_KMS[0], revision=7)
+        store_blob(self.dir, kms.issue(URI, self.period, with_next=True, kind=KIND_CIG).to_blob())
         self.uif.startService()
         self.assertEqual(self.connector.calls, [("crs.test", 5223)])
         self.assertTrue(self.uif.connected)
@@ -143,7 +148,9 @@ class UifTests(SynchronousTestCase):
         self.assertIn("Security Domain           acme", text)
         self.assertIn("Connection state          CONNECTED", text)
         self.assertIn(f"Crypto state              {OK}", text)
-        self.assertIn(f"Crypto period 1           {self.period}", text)
+        self.assertIn(f"Crypto period 1           {self.period}-7\n", text)
+        self.assertIn(f"Crypto period 2           {next_period(self.period)}-7\n", text)
+        self.assertTrue(text.startswith("Cryptify Interconnect Gateway v1\n"), text)
 
     def test_expired_keys(self) -> None:
         """Key material only for past periods is shown as EXPIRED."""

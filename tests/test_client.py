@@ -7,6 +7,7 @@ import os
 import random
 from typing import Any
 
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.client import cli
@@ -136,6 +137,20 @@ class AttachingClientTests(SynchronousTestCase):
         connector.flush()
         self.assertIsInstance(self.events[-1], Attached)
 
+    def test_busy_refusal_keeps_the_ticket(self) -> None:
+        """``refused unavailable`` (the CRS is busy) keeps the client's ticket,
+        so the next try needs no signature; another refusal drops it."""
+        self.world.core.ready = lambda: False
+        connector = WorldConnector(self.world)
+        client = self.client(connector)
+        client.ticket = b"\x01" + bytes(20)
+        client.start()
+        connector.flush()
+        self.assertEqual([e.code for e in self.events if isinstance(e, Refused)], ["unavailable"])
+        self.assertEqual(client.ticket, b"\x01" + bytes(20))
+        client._event(Refused("blacklisted", "x"))
+        self.assertIsNone(client.ticket)
+
     def test_reconnects_after_loss(self) -> None:
         """When the CRS drops the connection, the client attaches again."""
         connector = WorldConnector(self.world)
@@ -226,6 +241,181 @@ class AttachingClientTests(SynchronousTestCase):
         self.assertEqual(len(connector.calls), MAX_MOVES + 1)
 
 
+class _Unreachable(WorldConnector):
+    """A WorldConnector whose ``dead`` hosts refuse every connection (an
+    instance that died), the others reaching the World's server."""
+
+    def __init__(self, world: World, dead: set[str]) -> None:
+        super().__init__(world)
+        self.dead = dead
+
+    def __call__(self, host: str, port: int, factory: Any) -> Any:
+        if host in self.dead:
+            self.calls.append((host, port))
+            return defer.fail(ConnectionRefusedError("refused"))
+        return super().__call__(host, port, factory)
+
+
+class SeveralServersTests(SynchronousTestCase):
+    """AttachingClient with every address of a pool: reconnects go to the
+    next one in turn, with the usual backoff, following ``moved``."""
+
+    SERVERS = (("crs1.test", 5223), ("crs2.test", 5223), ("crs3.test", 5223))
+
+    def setUp(self) -> None:
+        self.world = World.make()
+        self.events: list[Any] = []
+
+    def client(self, connector: WorldConnector, **kw: Any) -> AttachingClient:
+        client = AttachingClient(
+            self.world.clock,
+            connector,
+            self.world.client_session("tel:+4612345"),
+            *self.SERVERS[0],
+            self.events.append,
+            servers=self.SERVERS,
+            rng=random.Random(3),
+            **kw,
+        )
+        self.addCleanup(self._stop, client, connector)
+        return client
+
+    def _stop(self, client: AttachingClient, connector: WorldConnector) -> None:
+        done = client.stop()
+        connector.flush()
+        self.successResultOf(done)
+
+    def run_until(self, connector: WorldConnector, calls: int) -> list[float]:
+        """Advance the clock call by call until ``calls`` connects were
+        made; the delays waited before each retry."""
+        delays = []
+        while len(connector.calls) < calls:
+            (call,) = self.world.clock.getDelayedCalls()
+            delays.append(call.getTime() - self.world.clock.seconds())
+            self.world.clock.advance(delays[-1])
+        return delays
+
+    def test_in_turn_with_backoff(self) -> None:
+        """Failed connects go to the next address in turn, wrapping round,
+        each after a jittered delay whose window doubles per failure."""
+        connector = WorldConnector(self.world, fail=4)
+        client = self.client(connector)
+        client.start()
+        delays = self.run_until(connector, 5)
+        self.assertEqual(connector.calls, [*self.SERVERS, self.SERVERS[0], self.SERVERS[1]])
+        for attempt, delay in enumerate(delays):
+            self.assertTrue(0 <= delay <= 2**attempt, (attempt, delay))
+        self.assertIsInstance(self.events[-1], Attached)
+        self.assertEqual(client.attempt, 0)
+
+    def test_lost_connection_goes_to_the_next(self) -> None:
+        """Attached at one instance, the connection lost: the client comes
+        back through the next address, not the one that dropped it."""
+        connector = WorldConnector(self.world)
+        client = self.client(connector)
+        client.start()
+        self.assertIsInstance(self.events[-1], Attached)
+        self.world.factory.disconnect_all("shutdown")
+        connector.flush()
+        self.run_until(connector, 2)
+        self.assertEqual(connector.calls, [self.SERVERS[0], self.SERVERS[1]])
+        self.assertIsInstance(self.events[-1], Attached)
+
+    def test_moved_to_a_dead_instance(self) -> None:
+        """``moved`` to an instance that cannot be reached (it died, the
+        pool has not taken its slots over yet): the client goes on with
+        the next address after the one that moved it, with backoff; once
+        the slot is served where it asks, it attaches there."""
+        uri = "tel:+4612345"
+        hosts = ("crs2", "crs1") if slot_of(uri) < 8192 else ("crs1", "crs2")
+        self.world.core.slots = SlotMap(hosts, "crs1", {"crs2": "192.0.2.7"})
+        connector = _Unreachable(self.world, {"192.0.2.7"})
+        client = self.client(connector)
+        client.start()
+        self.run_until(connector, 5)
+        dead = ("192.0.2.7", 5223)
+        self.assertEqual(
+            connector.calls[:5], [self.SERVERS[0], dead, self.SERVERS[1], dead, self.SERVERS[2]]
+        )
+        self.assertFalse(any(isinstance(e, Attached) for e in self.events))
+        self.world.core.slots = SlotMap(("crs1",), "crs1")  # the takeover
+        self.run_until(connector, 7)
+        self.assertIsInstance(self.events[-1], Attached)
+        self.assertEqual(connector.calls[-1], self.SERVERS[0])
+
+    def test_ticket_survives_moved(self) -> None:
+        """A ``moved`` keeps the client's ticket: every instance of the pool
+        accepts it, so following the move costs no new signature."""
+        uri = "tel:+4612345"
+        hosts = ("crs2", "crs1") if slot_of(uri) < 8192 else ("crs1", "crs2")
+        self.world.core.slots = SlotMap(hosts, "crs1", {"crs2": "192.0.2.7"})
+        connector = _Unreachable(self.world, {"192.0.2.7"})
+        client = self.client(connector)
+        client.ticket = b"\x01" + bytes(20)
+        client.start()
+        self.assertIsInstance(self.events[0], Moved)
+        self.assertEqual(client.ticket, b"\x01" + bytes(20))
+
+    def test_one_server_comes_back_to_it(self) -> None:
+        """With one address, a chain of moves that led nowhere starts again
+        at that address (not at the unreachable one) and follows moves anew."""
+        uri = "tel:+4612345"
+        hosts = ("crs2", "crs1") if slot_of(uri) < 8192 else ("crs1", "crs2")
+        self.world.core.slots = SlotMap(hosts, "crs1", {"crs2": "192.0.2.7"})
+        connector = _Unreachable(self.world, {"192.0.2.7"})
+        client = AttachingClient(
+            self.world.clock,
+            connector,
+            self.world.client_session(uri),
+            "crs.test",
+            5223,
+            self.events.append,
+            rng=random.Random(3),
+        )
+        self.addCleanup(self._stop, client, connector)
+        client.start()
+        self.run_until(connector, 2 * (MAX_MOVES + 2))
+        dead = ("192.0.2.7", 5223)
+        self.assertEqual(connector.calls[:4], [("crs.test", 5223), dead, ("crs.test", 5223), dead])
+
+
+class ExpandServersTests(SynchronousTestCase):
+    """``--server`` options to the addresses the client tries in turn."""
+
+    def test_names_to_addresses(self) -> None:
+        """A name with several addresses gives each, in order, remembering
+        the name for TLS; duplicates are tried once; a name that does not
+        resolve now is kept as it is."""
+        table = {"pool.test": ["192.0.2.1", "192.0.2.2"], "crs1.test": ["192.0.2.1"]}
+        servers, names = cli.expand_servers(
+            [("pool.test", 5223), ("crs1.test", 5223), ("gone.test", 5223), ("pool.test", 443)],
+            lambda host, port: table.get(host, []),
+        )
+        self.assertEqual(
+            servers,
+            [
+                ("192.0.2.1", 5223),
+                ("192.0.2.2", 5223),
+                ("gone.test", 5223),
+                ("192.0.2.1", 443),
+                ("192.0.2.2", 443),
+            ],
+        )
+        self.assertEqual(names, {"192.0.2.1": "pool.test", "192.0.2.2": "pool.test"})
+
+    def test_bounded(self) -> None:
+        """A name with very many addresses gives at most MAX_SERVERS."""
+        servers, _ = cli.expand_servers(
+            [("big.test", 1)], lambda host, port: [f"10.0.{i // 256}.{i % 256}" for i in range(999)]
+        )
+        self.assertEqual(len(servers), cli.MAX_SERVERS)
+
+    def test_real_resolver(self) -> None:
+        """An address resolves to itself; a name that cannot resolve to nothing."""
+        self.assertEqual(cli.resolve_ipv4("127.0.0.1", 5223), ["127.0.0.1"])
+        self.assertEqual(cli.resolve_ipv4("no such host.invalid", 5223), [])
+
+
 class CliTests(SynchronousTestCase):
     """cryptify-client's command line (without running a reactor)."""
 
@@ -249,6 +439,17 @@ class CliTests(SynchronousTestCase):
     def test_bad_server(self) -> None:
         """--server must be HOST:PORT."""
         status, _, _ = self.run_cli("attach", "--keys", "k", "--server", "nohost")
+        self.assertEqual(status, 2)
+
+    def test_several_servers(self) -> None:
+        """--server may be given several times (the key file is what fails here)."""
+        path = os.path.join(self.mktemp(), "nope.json")
+        status, _, err = self.run_cli(
+            "attach", "--keys", path, "--server", "a:1", "--server", "b:2", "--insecure"
+        )
+        self.assertEqual(status, 1)
+        self.assertIn(path, err)
+        status, _, _ = self.run_cli("attach", "--keys", path, "--server", "a:1", "--server", "b")
         self.assertEqual(status, 2)
 
     def test_missing_keys(self) -> None:

@@ -5,6 +5,7 @@ Tests for C{cig.conf}: L{cryptify.config.parse_cig_config} and friends.
 import ipaddress
 from pathlib import Path
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -642,3 +643,40 @@ class PropertyTests(SynchronousTestCase):
             parse_cig_config(data)
         except ConfigError:
             pass
+
+
+class MapLinesTests(SynchronousTestCase):
+    """cig.log records every map entry, translate rule and mailbox at start (INIT lines)."""
+
+    def test_every_entry_in_order(self) -> None:
+        from cryptify.config.cig_model import map_lines
+        from cryptify.plugins.cig import describe
+
+        cfg = load_cig_config(FIXTURES / "cig-simple.conf")
+        mail = load_cig_config(FIXTURES / "cig-mailboxes.conf")
+        cfg = attrs.evolve(cfg, translate_maps=mail.translate_maps, mailboxes=mail.mailboxes)
+        lines = map_lines(cfg)
+        self.assertEqual(
+            lines[:3],
+            [
+                'map maptel2sip entry telext2sip: tel "tel:+8888;{TELEXT}" '
+                'sip "sip:{TELEXT}@pbx.com"',
+                'map mapsip2tel entry sipext2tel: tel "tel:+{SIPEXT}" '
+                'sip "sip:9{SIPEXT}@secure.com"',
+                'map srctel2sip entry tel2sipsrc: tel "tel:+{TELEXT}" '
+                'sip "sip:{TELEXT}@secure.com"',
+            ],
+        )
+        self.assertIn(
+            'translate_map example_map3 rule 2: match "tel:{any}" '
+            'translation "sip:unknown@secure.com"',
+            lines,
+        )
+        self.assertEqual(
+            lines[-1],
+            'mailbox write "/path/to/second/write/mailbox": '
+            "map_from translate_map example_map3, map_to translate_map example_map4",
+        )
+        self.assertEqual(len(lines), 3 + 5 + 3)
+        described = describe(cfg)
+        self.assertEqual(described[-len(lines) - 2 : -2], lines)

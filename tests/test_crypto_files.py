@@ -82,6 +82,24 @@ class KeyMaterialTests(SynchronousTestCase):
         self.assertNotIn("\n", blob)
         self.assertEqual(km.KeyMaterial.from_blob(blob), MATERIAL)
 
+    def test_revision(self) -> None:
+        """Each period keeps the KMS revision it was issued at; material from before
+        revisions were kept reads as revision 0; a junk revision is refused."""
+        import attrs
+
+        issued = attrs.evolve(ACCOUNT, revision=4).issue("tel:+4612", "2025-12", with_next=True)
+        self.assertEqual([k.shown for k in issued.periods], ["2025-12-4", "2026-01-4"])
+        self.assertEqual(km.KeyMaterial.from_blob(issued.to_blob()), issued)
+        doc = MATERIAL.to_json()
+        for period in doc["periods"]:  # type: ignore[attr-defined]
+            del period["revision"]
+        old = km.KeyMaterial.from_bytes(json.dumps(doc).encode())
+        self.assertEqual([k.revision for k in old.periods], [0, 0])
+        for junk in (-1, True, "3", 2**31, None, 1.5):
+            doc["periods"][0]["revision"] = junk  # type: ignore[index]
+            with self.assertRaises(KeyFileError):
+                km.KeyMaterial.from_bytes(json.dumps(doc).encode())
+
     def test_tampered_key_refused(self) -> None:
         """A changed SSK or RSK fails validation on load."""
         for field in ("ssk", "rsk"):

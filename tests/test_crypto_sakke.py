@@ -284,3 +284,28 @@ class FastDecapsulationTests(SynchronousTestCase):
         table = RECEIVER.identity_table()
         self.assertIs(table, RECEIVER.identity_table())
         self.assertEqual(table.multiply(1), Z.identity_point(B))
+
+
+class NativeLoopTests(SynchronousTestCase):
+    """The C Miller loop (sakke_miller.c) against the gmpy2 one."""
+
+    def setUp(self) -> None:
+        self.receiver = RECEIVER
+
+    def test_built(self) -> None:
+        """The package build compiled the C loop, and the receiver uses it."""
+        self.assertIsNotNone(sakke._native, "cryptify.crypto._pairing was not built")
+        self.assertIsNotNone(self.receiver._lines._native)
+
+    @given(st.integers(min_value=1, max_value=int(curve.Q) - 1))
+    @settings(max_examples=25, deadline=None)
+    def test_same_pairing(self, r: int) -> None:
+        """At any point of the group the C loop's value is the gmpy2 loop's
+        (up to the common factor R, which the final ratio removes)."""
+        lines = self.receiver._lines
+        assert lines._native is not None
+        point = sakke.multiply_base(r)
+        self.assertEqual(
+            sakke._final(*lines._native.accumulate(point)),
+            sakke._final(*lines.accumulate(point)),
+        )

@@ -14,6 +14,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from cryptify.config._base import evolve_at
 from cryptify.config.crs import Endpoint
 from cryptify.crs.attach.registry import Attachment
 from cryptify.crs.attach.wiring import UmsgListenService
@@ -22,7 +23,6 @@ from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.logs import LogFileService
 from cryptify.ops.reload import SighupService
 from cryptify.plugins import cig, cig_relay, crs, crs_relay
-from cryptify.plugins._common import evolve_at
 from cryptify.service import CallbackService, ListenService
 
 

@@ -15,15 +15,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.config import CrsLocalConfig
 from cryptify.config.crs_model import AddressMap, CrsConfig, CrsGlobal, Pool, PoolHost
+from cryptify.crs.pool.backup import REPLICA_POLL, ReplicaMonitor, build_sync
 from cryptify.crs.pool.sync import (
     HANDSHAKE_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_PENDING,
-    REPLICA_POLL,
-    ReplicaMonitor,
     SyncServerFactory,
     SyncTunnel,
-    build_sync,
     psk_lookup,
 )
 from cryptify.crs.pool.sync_core import sync_psk

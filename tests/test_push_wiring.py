@@ -311,7 +311,7 @@ class WakeupClientTests(SynchronousTestCase):
     def test_sent(self) -> None:
         """A client with a token is woken and the operator told so."""
         self.store_token()
-        self.assertEqual(self.wakeup(), {"result": "sent"})
+        self.assertEqual(self.wakeup()["result"], "sent")
         self.assertEqual(self.link.wakes(), [{"kind": "apns", "token": APNS_TOKEN}])
 
     def test_no_token(self) -> None:

@@ -349,12 +349,36 @@ class CigReloadTests(SynchronousTestCase):
         lines = log.lines()
         self.assertTrue(any("interfaces sip bind (port) changed" in x for x in lines), lines)
         self.assertTrue(any("map changed: applied" in x for x in lines), lines)
+        # cig.log records the maps' entries in force after the reload
+        self.assertIn(
+            'cig: reloaded map pbx entry e: tel "tel:+4670{n}" sip "sip:{n}@192.0.2.20"', lines
+        )
+
+    def test_translate_maps_reach_the_mailboxes(self) -> None:
+        """A reloaded translate_map is the one the mailboxes use, and it is logged rule by rule."""
+        rule = 'translate_map t { rule match "tel:+{n}" translation "sip:{n}@a.example"; }\n'
+        log = Captured(self)
+        hup, live = self.tree(CIG_BASE + rule)
+        self.assertEqual(live.mail.translate_maps, ())
+        hup.on_hup()
+        [loaded] = live.mail.translate_maps
+        self.assertEqual(loaded.translate("tel:+46"), "sip:46@a.example")
+        self.assertIn(
+            'cig: reloaded translate_map t rule 1: match "tel:+{n}" '
+            'translation "sip:{n}@a.example"',
+            log.lines(),
+        )
 
 
 def _cig_fields(text: str) -> dict[str, Any]:
     """The fields of a parsed cig.conf that the test files set."""
     cfg = parse_cig_config(text)
-    return {"maps": cfg.maps, "interfaces": cfg.interfaces, "notify": cfg.notify}
+    return {
+        "maps": cfg.maps,
+        "translate_maps": cfg.translate_maps,
+        "interfaces": cfg.interfaces,
+        "notify": cfg.notify,
+    }
 
 
 class UnitTests(SynchronousTestCase):

@@ -277,11 +277,11 @@ class PasswordFileTests(SynchronousTestCase):
         message never holds the content.
         """
         cases = [
-            (self.account(b"visible\n", 0o644), "readable or writable by others"),
-            (self.account(b"visible\n", 0o620), "readable or writable by others"),
+            (self.account(b"visible\n", 0o644), "accessible by group or others"),
+            (self.account(b"visible\n", 0o620), "accessible by group or others"),
             (self.account(None), "No such file"),
             (self.account(b"\n"), "empty"),
-            (self.account(b"x" * (MAX_PASSWORD_FILE + 1)), "longer than"),
+            (self.account(b"x" * (MAX_PASSWORD_FILE + 1)), "too large"),
             (self.account(b"\xff\xfe\n"), "not UTF-8"),
         ]
         for account, reason in cases:

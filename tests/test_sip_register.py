@@ -261,7 +261,7 @@ class TrunkServiceTests(SynchronousTestCase):
         _, trunk, _ = self.make(PbxAccount("sip:192.0.2.1", "cig", password_file=path))
         with self.assertRaises(StartupError) as caught:
             trunk.privilegedStartService()
-        self.assertIn("readable or writable by others", str(caught.exception))
+        self.assertIn("accessible by group or others", str(caught.exception))
         self.assertNotIn("s3cret", str(caught.exception))
 
     def test_start_and_stop(self) -> None:

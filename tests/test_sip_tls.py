@@ -126,7 +126,7 @@ class LoadTests(SynchronousTestCase):
                 SipInterface(
                     tls_certificate=self.write(self.cert), tls_key=self.write(self.key, 0o644)
                 ),
-                "readable or writable by others",
+                "accessible by group or others",
             ),
             (
                 SipInterface(

@@ -217,8 +217,6 @@ class TelSide(Protocol):
 
     def hang_up(self, call: Call) -> None: ...
 
-    def send_message(self, call: Call, content_type: str, body: bytes) -> bool: ...
-
     def media_changed(self, call: Call) -> None:
         """The PBX sent new media for a call (a re-INVITE's offer)."""
 
@@ -235,7 +233,6 @@ class StubTelSide:
     mode: str = "unavailable"
     legs: list[tuple[Call, TelLeg]] = attrs.field(factory=list)
     hung_up: list[Call] = attrs.field(factory=list)
-    messages: list[tuple[Call, str, bytes]] = attrs.field(factory=list)
     media_changes: list[Call] = attrs.field(factory=list)
 
     def place_call(self, call: Call, leg: TelLeg) -> None:
@@ -254,10 +251,6 @@ class StubTelSide:
 
     def hang_up(self, call: Call) -> None:
         self.hung_up.append(call)
-
-    def send_message(self, call: Call, content_type: str, body: bytes) -> bool:
-        self.messages.append((call, content_type, body))
-        return self.mode != "unavailable"
 
     def media_changed(self, call: Call) -> None:
         self.media_changes.append(call)

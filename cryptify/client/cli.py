@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import mimetypes
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +54,7 @@ from cryptify.protocols.message_payload import Attachment, MessageBody, PayloadE
 from cryptify.protocols.rtp import DTMF_DIGITS
 from cryptify.protocols.tls import TLSConfigError, client_context_factory
 from cryptify.protocols.umsg import MAX_CONTENT, Message
+from cryptify.reactor import IReactor
 from cryptify.tools.manpage import Page, actions_from_parser
 
 ACTIONS = ("attach", "call", "answer", "listen", "send")
@@ -177,15 +179,56 @@ def parse_server(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+#: Most addresses taken from the ``--server`` options and their names.
+MAX_SERVERS = 64
+
+Resolver = Callable[[str, int], Sequence[str]]
+
+
+def resolve_ipv4(host: str, port: int) -> list[str]:
+    """The IPv4 addresses of ``host`` (``getaddrinfo``), in the order given;
+    none when it does not resolve now (it is then tried by name)."""
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def expand_servers(
+    servers: Sequence[tuple[str, int]], resolve: Resolver = resolve_ipv4
+) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    """Every address to try, in turn: each ``--server`` in the order given,
+    a name that resolves to several addresses as each of them (as a pool's
+    DNS name gives every instance's address).  Also the name each address
+    came from, which TLS checks the certificate against."""
+    found: list[tuple[str, int]] = []
+    names: dict[str, str] = {}
+    for host, port in servers:
+        addresses = resolve(host, port) or [host]
+        for address in addresses:
+            if (address, port) not in found and len(found) < MAX_SERVERS:
+                found.append((address, port))
+                if address != host:
+                    names.setdefault(address, host)
+    return found, names
+
+
 def tls_connector(
-    reactor: Any, ca: str | None, insecure: bool, bind: str | None = None
+    reactor: IReactor,
+    ca: str | None,
+    insecure: bool,
+    bind: str | None = None,
+    names: dict[str, str] | None = None,
 ) -> Callable[[str, int, Factory[Any]], defer.Deferred[Any]]:
-    """A connector for AttachingClient: TLS to HOST:PORT (per-host context)."""
+    """A connector for AttachingClient: TLS to HOST:PORT (per-host context);
+    the certificate of an address in ``names`` is checked against its name."""
     creators: dict[str, Any] = {}
+    names = names or {}
 
     def connect(host: str, port: int, factory: Factory[Any]) -> defer.Deferred[Any]:
         if host not in creators:
-            creators[host] = client_context_factory(host, ca, verify=not insecure)
+            creators[host] = client_context_factory(names.get(host, host), ca, verify=not insecure)
         bind_address = (bind, 0) if bind else None
         tcp = TCP4ClientEndpoint(reactor, host, port, timeout=10, bindAddress=bind_address)
         return wrapClientTLS(creators[host], tcp).connect(factory)
@@ -210,9 +253,10 @@ def session_maker(
     return make
 
 
-def attach_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> defer.Deferred[None]:
+def attach_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -> defer.Deferred[None]:
     material: KeyMaterial = args.material
-    host, port = args.server
+    servers, names = expand_servers(args.server)
+    host, port = servers[0]
 
     finished: defer.Deferred[None] = defer.Deferred()
 
@@ -225,13 +269,15 @@ def attach_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> defer.D
 
     client = AttachingClient(
         reactor,
-        tls_connector(reactor, args.ca, args.insecure),
+        tls_connector(reactor, args.ca, args.insecure, names=names),
         session_maker(material, args.app),
         host,
         port,
         show,
+        servers=tuple(servers),
     )
-    out.write(f"attaching {material.uri} ({material.account}) to {host}:{port}\n")
+    where = ", ".join(f"{h}:{p}" for h, p in servers)
+    out.write(f"attaching {material.uri} ({material.account}) to {where}\n")
     client.start()
 
     def shutdown() -> defer.Deferred[None]:
@@ -254,23 +300,27 @@ def _printer(out: IO[str]) -> Callable[[PhoneEvent], None]:
     return show
 
 
-def make_phone(reactor: Any, args: argparse.Namespace, out: IO[str], **kw: Any) -> Phone:
-    host, port = args.server
+def make_phone(reactor: IReactor, args: argparse.Namespace, out: IO[str], **kw: Any) -> Phone:
+    servers, names = expand_servers(args.server)
+    host, port = servers[0]
     return Phone(
         reactor,
         args.material,
-        tls_connector(reactor, args.ca, args.insecure),
+        tls_connector(reactor, args.ca, args.insecure, names=names),
         session_maker(args.material, args.app),
         host,
         port,
         _printer(out),
+        servers=servers,
         play=args.samples,
         loop_play=args.loop,
         **kw,
     )
 
 
-def _within(reactor: Any, d: defer.Deferred[Any], seconds: float | None) -> defer.Deferred[Any]:
+def _within(
+    reactor: IReactor, d: defer.Deferred[Any], seconds: float | None
+) -> defer.Deferred[Any]:
     """``d``, or ``None`` after ``seconds``."""
     if seconds is None:
         return d
@@ -298,12 +348,12 @@ def _save(args: argparse.Namespace, phone: Phone, call: Call, out: IO[str], n: i
     out.flush()
 
 
-async def _attach(reactor: Any, phone: Phone) -> bool:
+async def _attach(reactor: IReactor, phone: Phone) -> bool:
     attached = await _within(reactor, phone.start(), ATTACH_WAIT)
     return attached is not None
 
 
-async def call_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
+async def call_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -> int:
     phone = make_phone(reactor, args, out)
     try:
         if not await _attach(reactor, phone):
@@ -343,7 +393,7 @@ def _send_dtmf(phone: Phone, call: Call, digits: str, out: IO[str]) -> None:
     out.flush()
 
 
-async def answer_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
+async def answer_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -> int:
     phone = make_phone(reactor, args, out)
     try:
         if not await _attach(reactor, phone):
@@ -365,7 +415,7 @@ async def answer_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> i
         await phone.stop()
 
 
-async def listen_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
+async def listen_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -> int:
     phone: Phone | None = None
     count = 0
 
@@ -375,7 +425,7 @@ async def listen_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> i
         if not isinstance(event, CallEvent):
             return
         if event.kind == INCOMING and args.auto_answer:
-            reactor.callLater(0, lambda: phone.answer(event.call))
+            reactor.callLater(0, phone.answer, event.call)
         elif event.kind == END:
             if phone.recording(event.call).frames:
                 count += 1
@@ -405,7 +455,7 @@ async def listen_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> i
     return await finished
 
 
-async def send_main(reactor: Any, args: argparse.Namespace, out: IO[str]) -> int:
+async def send_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -> int:
     phone = make_phone(reactor, args, out)
     key = new_message_key()
     # Sealed once: every attempt posts the same octets with the same key.
@@ -435,7 +485,9 @@ SEND_ATTEMPTS = 8
 SEND_PAUSE_MAX = 10.0
 
 
-async def _post(reactor: Any, phone: Phone, to: str, content: bytes, key: bytes) -> Posted | None:
+async def _post(
+    reactor: IReactor, phone: Phone, to: str, content: bytes, key: bytes
+) -> Posted | None:
     """Post one message until the CRS stores it: retried with the same key after
     ``error unavailable`` (or ``internal``) and after a lost connection."""
     answer: Any = None
@@ -469,7 +521,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--keys", required=True, metavar="FILE", help="key material file (cryptify-kms issue)"
     )
     parser.add_argument(
-        "--server", required=True, type=parse_server, metavar="HOST:PORT", help="CRS HOST:PORT"
+        "--server",
+        required=True,
+        action="append",
+        type=parse_server,
+        metavar="HOST:PORT",
+        help="CRS HOST:PORT; repeat it (or give a name with several addresses) for a pool:"
+        " after a lost connection the client tries the next one",
     )
     trust = parser.add_mutually_exclusive_group()
     trust.add_argument(
@@ -597,7 +655,8 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
         err.write(f"cryptify-client: cannot use key file {args.keys}: {exc}\n")
         return 1
     try:
-        client_context_factory(args.server[0], args.ca, verify=not args.insecure)
+        for host, _ in args.server:
+            client_context_factory(host, args.ca, verify=not args.insecure)
     except TLSConfigError as exc:
         err.write(f"cryptify-client: {exc}\n")
         return 1
@@ -629,7 +688,7 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
         return 0  # pragma: no cover  (react exits)
     main_of = MAINS[args.action]
 
-    async def main(r: Any) -> None:
+    async def main(r: IReactor) -> None:
         status = await main_of(r, args, out)
         if status:
             raise SystemExit(status)

@@ -14,6 +14,14 @@ storm; ``attempt`` goes back to 0 once an attach succeeds.  ``moved``
 reconnects at once to the named instance (at most :data:`MAX_MOVES` in a
 row).
 
+A pool gives its clients every instance's address (``servers``, e.g. the
+addresses DNS gives for one name).  Every reconnect that does not follow
+``moved`` goes to the next of them in turn, after the delay above: a
+client whose instance died (or whose ``moved`` names one that cannot be
+reached) reaches a survivor at its next try, and one that only lost its
+connection comes back through the next instance, which moves it on to
+the owner of its URI.
+
 ``disconnect replaced`` means another client attached the same URI.
 Reconnecting at once would take the URI back, that client would do the
 same, and the two would replace each other every second for ever.  So
@@ -59,6 +67,11 @@ PONG_TIMEOUT = 60.0
 ATTACH_TIMEOUT = 30.0
 #: Most ``moved`` answers followed in a row.
 MAX_MOVES = 3
+#: Refusals that say the CRS was busy, not that the ticket is bad: the
+#: client keeps its ticket, so that the next try costs no signature (a
+#: pool's survivors refusing under a failover storm would otherwise get a
+#: full ECCSI attach for every client they refused).
+LOAD_REFUSALS = frozenset({"unavailable", "attach-timeout"})
 
 
 @attrs.frozen
@@ -218,6 +231,11 @@ class AttachingClient:
     attempt: int = 0
     moves: int = 0
     proto: UmsgClientProtocol | None = None
+    #: Every address of the pool, tried in turn (``host``/``port`` is the
+    #: one tried now); empty means ``host``/``port`` alone.
+    servers: tuple[tuple[str, int], ...] = ()
+    #: Index in ``servers`` of the address the current chain of moves began at.
+    turn: int = 0
     #: The latest attach ticket, presented on the next attach.
     ticket: bytes | None = attrs.field(default=None, repr=False)
     timer: IDelayedCall | None = None
@@ -233,8 +251,24 @@ class AttachingClient:
     _stopped: defer.Deferred[None] | None = None
 
     def start(self) -> None:
+        if not self.servers:
+            self.servers = ((self.host, self.port),)
+        elif (self.host, self.port) in self.servers:
+            self.turn = self.servers.index((self.host, self.port))
         self.running = True
         self._connect()
+
+    def _next_server(self) -> None:
+        """Go on to the address after the one just tried (or after the one
+        the chain of moves began at, when a move led outside ``servers``)."""
+        self.moves = 0  # a new chain of moves starts
+        if not self.servers:
+            return
+        here = (self.host, self.port)
+        if here in self.servers:
+            self.turn = self.servers.index(here)
+        self.turn = (self.turn + 1) % len(self.servers)
+        self.host, self.port = self.servers[self.turn]
 
     def delay(self) -> float:
         """The next reconnect delay: full jitter over an exponential window."""
@@ -269,9 +303,11 @@ class AttachingClient:
         elif isinstance(event, Moved):
             self.host, self.port = event.host, event.port
             self.moves += 1
-            self.ticket = None
+            # The ticket is kept: every instance of the pool accepts it
+            # (docs/umsg.md 4.1), so the move costs no new signature.
         elif isinstance(event, Refused):
-            self.ticket = None
+            if event.code not in LOAD_REFUSALS:
+                self.ticket = None
             self.hint_ms = event.retry_after
         elif isinstance(event, Disconnected) and event.code == "replaced":
             self.ticket = None
@@ -300,6 +336,8 @@ class AttachingClient:
         else:
             delay = self.delay()
             self.attempt += 1
+        if not (moved and self.moves <= MAX_MOVES):
+            self._next_server()
         if self.hint_ms is not None:
             delay = max(delay, self.hint_ms / 1000)
             self.hint_ms = None

@@ -29,6 +29,7 @@ from cryptify.client.messages import MessageCrypto, MessageEvent, Messenger
 from cryptify.client.session import Attached, ClientSession
 from cryptify.crypto.keymaterial import KeyMaterial
 from cryptify.protocols.umsg import Message
+from cryptify.reactor import IReactor
 
 PhoneEvent = Event | CallEvent | MessageEvent
 
@@ -38,7 +39,7 @@ class Phone:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactor,
         material: KeyMaterial,
         connect: Connector,
         make_session: Callable[[Callable[[Message], None]], ClientSession],
@@ -49,6 +50,7 @@ class Phone:
         loop_play: bool = False,
         fetch_on_attach: bool = False,
         media_interface: str = "",
+        servers: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.reactor = reactor
         self.material = material
@@ -72,7 +74,9 @@ class Phone:
             self.messenger.session = made
             return made
 
-        self.client = AttachingClient(reactor, connect, session, host, port, self._event)
+        self.client = AttachingClient(
+            reactor, connect, session, host, port, self._event, servers=tuple(servers)
+        )
 
     # ------------------------------------------------------------ control
 
@@ -203,7 +207,7 @@ class Phone:
             return
         leg = MediaLeg(stream, relay, self.reactor)
         self.legs[call] = leg
-        self.reactor.listenUDP(0, leg, interface=self.media_interface)
+        self.reactor.listenUDP(0, leg, interface=self.media_interface, maxPacketSize=8192)
 
     def _stop_media(self, call: Call) -> None:
         leg = self.legs.pop(call, None)

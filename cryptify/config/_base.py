@@ -15,8 +15,8 @@ import re
 import stat
 import threading
 from bisect import bisect_right
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar, cast
 
 import attrs
 from ply import lex, yacc
@@ -187,7 +187,7 @@ def token_rule(regex: str) -> Callable[[_F], _F]:
     """
 
     def attach(f: _F) -> _F:
-        f.regex = regex  # type: ignore[attr-defined]
+        f.__dict__["regex"] = regex  # PLY reads the rule from the function
         return f
 
     return attach
@@ -444,3 +444,16 @@ def unquote(raw: str) -> str:
 
 
 STRING_REGEX = r'"([^"\\\n]|\\[^\n])*"'
+
+
+A = TypeVar("A", bound=attrs.AttrsInstance)
+
+
+def evolve_at(obj: A, path: Sequence[str], value: object) -> A:
+    """C{obj} (a frozen attrs object) with the value at attribute path
+    C{path} replaced; the objects on the way are evolved, the rest shared."""
+    head, *rest = path
+    new = value if not rest else evolve_at(getattr(obj, head), rest, value)
+    # The attrs plugin of mypy checks evolve() only on concrete classes.
+    changed: A = attrs.evolve(cast(Any, obj), **{head: new})
+    return changed

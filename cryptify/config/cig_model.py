@@ -372,6 +372,35 @@ def _account_lines(account: PbxAccount) -> list[str]:
     return out
 
 
+def map_lines(cfg: CigConfig) -> list[str]:
+    """
+    Every map entry, translate rule and mailbox of C{cfg}, one line each,
+    in the order they are tried: what C{cig.log} records at start and on
+    each reload, so the log says how messages and calls were routed.
+    """
+    out: list[str] = []
+    for m in cfg.maps:
+        if not m.entries:
+            out.append(f"map {m.name}: no entries")
+        for e in m.entries:
+            out.append(f"map {m.name} entry {e.name}: tel {quote(e.tel)} sip {quote(e.sip)}")
+    for t in cfg.translate_maps:
+        if not t.rules:
+            out.append(f"translate_map {t.name}: no rules")
+        for number, r in enumerate(t.rules, 1):
+            out.append(
+                f"translate_map {t.name} rule {number}: "
+                f"match {quote(r.match)} translation {quote(r.translation)}"
+            )
+    for kind, boxes in (("read", cfg.mailboxes.read), ("write", cfg.mailboxes.write)):
+        for box in boxes:
+            out.append(
+                f"mailbox {kind} {quote(box.path)}: "
+                f"map_from translate_map {box.map_from}, map_to translate_map {box.map_to}"
+            )
+    return out
+
+
 def _block(head: str, lines: list[str], indent: str = "") -> list[str]:
     return [f"{indent}{head} {{", *(f"{indent}    {x}" for x in lines), f"{indent}}}"]
 

@@ -52,7 +52,7 @@ def parse_crs_local_config(text: str | bytes, filename: str = "<string>") -> Crs
     """
     text = decode(text, filename)
     ctx = Context(filename, text)
-    fields: dict[str, object] = {}
+    config = CrsLocalConfig()
     seen: dict[str, int] = {}
     for line in parse_lines(_grammar, text, filename):
         kw = line.keyword
@@ -62,17 +62,19 @@ def parse_crs_local_config(text: str | bytes, filename: str = "<string>") -> Crs
         args = Args(ctx, line, USAGE[kw.value])
         if kw.value == "crsname":
             (name,) = args.exactly(["NAME"])
-            fields["crsname"] = check_name(ctx, name, "instance name")
+            config = attrs.evolve(config, crsname=check_name(ctx, name, "instance name"))
         elif kw.value == "metrics":
             toks = args.between(1, 2, ["PORT"])
             host = check_ip(ctx, toks[0]) if len(toks) == 2 else METRICS_HOST
-            fields["metrics"] = Endpoint(host, check_port(ctx, toks[-1], listening=True))
+            config = attrs.evolve(
+                config, metrics=Endpoint(host, check_port(ctx, toks[-1], listening=True))
+            )
         else:
             (mode,) = args.exactly(["MODE"])
             if mode.value not in DB_BACKUP_MODES:
                 raise ctx.error("unknown db-backup mode", mode, expected=", ".join(DB_BACKUP_MODES))
-            fields["db_backup"] = mode.value
-    return CrsLocalConfig(**fields)  # type: ignore[arg-type]
+            config = attrs.evolve(config, db_backup=mode.value)
+    return config
 
 
 def load_crs_local_config(path: str | Path) -> CrsLocalConfig:

@@ -464,6 +464,21 @@ class AccountStore:
         log.info("account {account} created", account=account_id)
         return account
 
+    def set_secret(self, account_id: str, secret: str) -> Account:
+        """Replace a loaded account's shared secret (the pool's conflict
+        rule: a later ``create account`` of the same ID wins)."""
+        account = self.accounts.get(account_id)
+        if account is None:
+            raise AccountError(f"no account {account_id}")
+        check_secret(secret)
+        write_atomically(
+            os.path.join(account.path, SECRET_FILE), secret.encode("ascii") + b"\n", 0o600
+        )
+        updated = attrs.evolve(account, secret=secret)
+        self.accounts[account_id] = updated
+        log.info("account {account}: shared secret replaced", account=account_id)
+        return updated
+
     def delete(self, account_id: str) -> None:
         """Remove an account and its files."""
         path = self._dir(account_id)

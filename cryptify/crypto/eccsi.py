@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from fastecdsa.curve import P256 as _CURVE
-from fastecdsa.point import Point  # type: ignore[attr-defined]
+from fastecdsa.rust import Point
 
 from cryptify.crypto._util import i2osp, os2ip, random_below
 from cryptify.crypto.errors import (

@@ -47,6 +47,13 @@ class PeriodKeys:
     ssk: int = attrs.field(repr=False)
     pvt: bytes
     rsk: bytes = attrs.field(repr=False)
+    #: The KMS account's update-file revision the keys were issued at (0: not known).
+    revision: int = 0
+
+    @property
+    def shown(self) -> str:
+        """``YYYY-MM-REVISION``, as ``cig-cli status`` shows a crypto period."""
+        return f"{self.period}-{self.revision}"
 
     def signer(self) -> eccsi.EccsiSigner:
         """The ECCSI signing key (validated)."""
@@ -121,6 +128,7 @@ class KeyMaterial:
                     "ssk": f"{k.ssk:064x}",
                     "pvt": k.pvt.hex(),
                     "rsk": k.rsk.hex(),
+                    "revision": k.revision,
                 }
                 for k in self.periods
             ],
@@ -171,6 +179,16 @@ def _field(doc: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+def _revision(entry: dict[str, Any]) -> int:
+    """A period's revision; key material written before revisions were kept has none (0)."""
+    if "revision" not in entry:
+        return 0
+    value = entry["revision"]
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+        raise KeyFileError("key material field 'revision' is mistyped")
+    return value
+
+
 def _from_json(doc: object) -> KeyMaterial:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise KeyFileError("not a cryptify key material document")
@@ -200,6 +218,7 @@ def _from_json(doc: object) -> KeyMaterial:
                 ssk=os2ip(unhex(ssk_text, "SSK")),
                 pvt=unhex(_field(entry, "pvt", str), "PVT"),
                 rsk=unhex(_field(entry, "rsk", str), "RSK"),
+                revision=_revision(entry),
             )
         )
     return KeyMaterial(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import attrs
 
@@ -40,6 +41,8 @@ from cryptify.crypto.sakke import (
 )
 
 RAND_LENGTH = 16
+
+_P = TypeVar("_P", bound=mp.Payload)
 
 #: The default SRTP policy: AES-CM-128, HMAC-SHA1-80 (RFC 3830 6.10.1 TLVs).
 DEFAULT_SRTP_POLICY = mp.SecurityPolicy(
@@ -158,7 +161,7 @@ class ReceivedIMessage:
     @property
     def rand(self) -> bytes:
         """The RAND payload's data."""
-        return _one(self.message, mp.Rand, "RAND").data  # type: ignore[union-attr]
+        return _one(self.message, mp.Rand, "RAND").data
 
     def srtp(self, cs_id: int = 1, salt_length: int = 14) -> SrtpKeying:
         """SRTP master key and salt for crypto session C{cs_id}."""
@@ -168,7 +171,7 @@ class ReceivedIMessage:
         )
 
 
-def _one(message: mp.MikeyMessage, kind: type[mp.Payload], name: str) -> mp.Payload:
+def _one(message: mp.MikeyMessage, kind: type[_P], name: str) -> _P:
     found = message.find(kind)
     if len(found) != 1:
         raise MikeyError(f"I_MESSAGE must carry exactly one {name} payload")

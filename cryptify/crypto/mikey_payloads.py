@@ -15,6 +15,7 @@ Every malformation raises L{MikeyError}.
 from __future__ import annotations
 
 import struct
+from typing import TypeVar
 
 import attrs
 
@@ -204,6 +205,7 @@ class SignPayload:
 
 
 Payload = Timestamp | Rand | IdR | SecurityPolicy | SakkePayload | GeneralExtension | OpaquePayload
+_P = TypeVar("_P", bound=Payload)
 
 
 def payload_type(payload: Payload) -> int:
@@ -237,7 +239,7 @@ class MikeyMessage:
     raw: bytes = attrs.field(default=b"", repr=False, eq=False)
     signed_length: int = attrs.field(default=0, eq=False)
 
-    def find(self, kind: type[Payload]) -> list[Payload]:
+    def find(self, kind: type[_P]) -> list[_P]:
         """The payloads of one class, in order."""
         return [p for p in self.payloads if isinstance(p, kind)]
 

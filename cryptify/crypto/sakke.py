@@ -30,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+from types import ModuleType
+from typing import Any
 
 import attrs
 import gmpy2
@@ -44,6 +46,16 @@ from cryptify.crypto.errors import (
     MalformedInput,
 )
 from cryptify.crypto.sakke_curve import P, Q
+
+#: The C Miller loop (``sakke_miller.c``), compiled when the package is
+#: built (setup.py); None in a tree where it was not.
+_native: ModuleType | None = None
+try:
+    from cryptify.crypto import _pairing
+
+    _native = _pairing
+except ImportError:  # pragma: no cover - a build without a C compiler
+    pass
 
 #: Octets of SSV and Hint (n = 128 bits), and of the Encapsulated Data.
 SSV_LENGTH = 16
@@ -144,6 +156,7 @@ class PairingPrecomputation:
                 cx, cy = nx, (slope * (cx - nx) - cy) % p
             steps.append((d_a, d_b, a_a, a_b))
         self._steps = steps
+        self._native = _NativeLoop(steps) if _native is not None else None
 
     @property
     def doublings(self) -> int:
@@ -156,7 +169,17 @@ class PairingPrecomputation:
         return sum(1 for step in self._steps if step[2] is not None)
 
     def evaluate(self, x_point: tuple[mpz, mpz]) -> mpz:
-        """C{<K, X>} as its representative in F_p."""
+        """C{<K, X>} as its representative in F_p (the C loop when it was
+        built, else the gmpy2 one)."""
+        if self._native is not None:
+            v0, v1 = self._native.accumulate(x_point)
+        else:
+            v0, v1 = self.accumulate(x_point)
+        return _final(v0, v1)
+
+    def accumulate(self, x_point: tuple[mpz, mpz]) -> tuple[mpz, mpz]:
+        """The Miller loop's C{(v0, v1)} at X with gmpy2 (the reference the
+        C loop is tested against)."""
         p = P
         qx, qy = x_point
         v0, v1 = mpz(1), mpz(0)
@@ -176,11 +199,66 @@ class PairingPrecomputation:
                 t1 = v1 * qy
                 v1 = ((v0 + v1) * (lr + qy) - t0 - t1) % p
                 v0 = (t0 - t1) % p
-        for _ in range(2):
-            v0, v1 = (v0 + v1) * (v0 - v1) % p, 2 * v0 * v1 % p
-        if not v0:
-            raise DecapsulationFailed("SAKKE pairing is degenerate")
-        return v1 * gmpy2.invert(v0, p) % p
+        return v0, v1
+
+
+def _final(v0: mpz, v1: mpz) -> mpz:
+    """The pairing's value from the loop's C{(v0, v1)}: the final
+    exponentiation (c = 4: two squarings) and the ratio v1/v0.  Any common
+    F_p factor of v0 and v1 (the C loop's Montgomery R) cancels."""
+    p = P
+    for _ in range(2):
+        v0, v1 = (v0 + v1) * (v0 - v1) % p, 2 * v0 * v1 % p
+    if not v0:
+        raise DecapsulationFailed("SAKKE pairing is degenerate")
+    return v1 * gmpy2.invert(v0, p) % p
+
+
+class _NativeLoop:
+    """The precomputed lines laid out for the C loop
+    (:mod:`cryptify.crypto._pairing`, built from ``sakke_miller.c``): every
+    number in Montgomery form (times R = 2^1024, mod p) as sixteen
+    little-endian 64-bit limbs."""
+
+    LIMBS = 16
+
+    def __init__(self, steps: list[tuple[mpz, mpz, mpz | None, mpz | None]]) -> None:
+        assert _native is not None
+        ffi, lib = _native.ffi, _native.lib
+        self._ffi, self._lib = ffi, lib
+        self._p = self._array([P], montgomery=False)
+        self._pinv = (-pow(int(P), -1, 1 << 64)) % (1 << 64)
+        self._one = self._array([mpz(1)])
+        flat: list[mpz] = []
+        for d_a, d_b, a_a, a_b in steps:
+            flat += [d_a, d_b, mpz(0) if a_a is None else a_a, mpz(0) if a_b is None else a_b]
+        self._steps = self._array(flat)
+        self._adds = ffi.new("uint8_t[]", [0 if step[2] is None else 1 for step in steps])
+        self._count = len(steps)
+
+    def _array(self, values: list[mpz], montgomery: bool = True) -> Any:
+        size = 8 * self.LIMBS
+        octets = b"".join(
+            int((v << 1024) % P if montgomery else v).to_bytes(size, "little") for v in values
+        )
+        array = self._ffi.new("uint64_t[]", self.LIMBS * len(values))
+        self._ffi.memmove(array, octets, len(octets))
+        return array
+
+    def _number(self, array: Any) -> mpz:
+        return mpz(int.from_bytes(bytes(self._ffi.buffer(array)), "little"))
+
+    def accumulate(self, x_point: tuple[mpz, mpz]) -> tuple[mpz, mpz]:
+        """The loop's C{(v0, v1)} at X, both times R mod p."""
+        qx, qy = self._array([x_point[0]]), self._array([x_point[1]])
+        v0 = self._ffi.new("uint64_t[]", self.LIMBS)
+        v1 = self._ffi.new("uint64_t[]", self.LIMBS)
+        status = self._lib.sakke_miller(
+            self._p, self._pinv, self._one, self._steps, self._adds, self._count, qx, qy, v0, v1
+        )
+        if status != 0:  # pragma: no cover - the precomputation always has steps
+            raise DecapsulationFailed("the C Miller loop refused its arguments")
+        return self._number(v0), self._number(v1)
 
 
 _tables_lock = threading.Lock()

@@ -70,6 +70,7 @@ class KmsAccount:
             ssk=ssk,
             pvt=pvt,
             rsk=self.sakke.issue_rsk(identifier),
+            revision=self.revision,
         )
 
     def issue(

@@ -31,8 +31,10 @@ from typing import Any
 import attrs
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from twisted.logger import Logger
 
 from cryptify.cig.calls import ENDED, CallTable
+from cryptify.cig.mail.wiring import MailDesk
 from cryptify.cig.records import CallRecords
 from cryptify.cig.route import Router
 from cryptify.cig.sif.core import Sif
@@ -40,6 +42,7 @@ from cryptify.cig.sif.keepalive import UP, KeepAlive, keepalive_targets
 from cryptify.cig.sif.peers import SipPeers
 from cryptify.cig.tel.switch import UifCalls
 from cryptify.config import CigConfig
+from cryptify.config.cig_model import map_lines
 from cryptify.events import Notifier
 from cryptify.ops.metrics import Queries, counter_families
 from cryptify.ops.reload import Directive, Plan, Reloader
@@ -87,6 +90,8 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("metrics", ("metrics",), False),
     Directive("notify", ("notify",), True),
 )
+log = Logger(namespace="cryptify.reload")
+
 #: Directives whose change re-makes the router.
 ROUTING = frozenset(
     {
@@ -112,6 +117,8 @@ class CigLive:
     keepalive: KeepAlive
     uif_calls: UifCalls
     notifier: Notifier
+    #: The mailboxes (their translate maps are live).
+    mail: MailDesk | None = None
     records: CallRecords | None = None
 
     def apply(self, plan: Plan[CigConfig]) -> None:
@@ -130,10 +137,14 @@ class CigLive:
             self.peers.reconfigure(cfg)
         if plan.changed("notify"):
             self.notifier.script = cfg.notify or None
+        if self.mail is not None and plan.changed("translate_map"):
+            self.mail.translate_maps = tuple(cfg.translate_maps)
         if self.records is not None and (
             plan.changed("logging call_records") or plan.changed("logging call_records_syslog")
         ):
             self.records.configure(cfg.logging.call_records, cfg.logging.call_records_syslog)
+        for line in map_lines(cfg):  # what routes from now on, as at start
+            log.info("cig: reloaded {line}", line=line)
 
 
 @attrs.define

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -39,6 +39,7 @@ from twisted.protocols.policies import ThrottlingFactory
 from twisted.web import resource, server
 
 from cryptify.config.crs_model import Endpoint
+from cryptify.reactor import IReactor
 from cryptify.service import ListenService
 
 log = Logger(namespace="cryptify.metrics")
@@ -86,9 +87,7 @@ class Queries:
 
     def _run_all(self) -> defer.Deferred[None]:
         runs = [self._run(name, query) for name, query in self.queries.items()]
-        done = defer.gatherResults(runs, consumeErrors=True)
-        done.addBoth(self._finished)
-        return done  # type: ignore[return-value]
+        return defer.gatherResults(runs, consumeErrors=True).addBoth(self._finished)
 
     def _run(self, name: str, query: Callable[[], Awaitable[Any]]) -> defer.Deferred[None]:
         async def once() -> Any:
@@ -215,7 +214,7 @@ def metrics_site(registry: CollectorRegistry, queries: Queries | None = None) ->
 
 
 def metrics_listener(
-    reactor: Any,
+    reactor: IReactor,
     where: Endpoint,
     registry: CollectorRegistry,
     queries: Queries | None = None,
@@ -225,6 +224,6 @@ def metrics_listener(
     def listen() -> Any:
         site = metrics_site(registry, queries)
         factory = ThrottlingFactory(site, MAX_CONNECTIONS)
-        return reactor.listenTCP(where.port, factory, interface=where.host)
+        return reactor.listenTCP(where.port, cast(Any, factory), interface=where.host)
 
     return ListenService("metrics", f"{where.host}:{where.port}", listen)

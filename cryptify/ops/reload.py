@@ -34,9 +34,12 @@ import attrs
 from twisted.application import service
 from twisted.logger import Logger
 
+from cryptify.config._base import evolve_at
+from cryptify.reactor import IReactor
+
 log = Logger(namespace="cryptify.reload")
 
-T = TypeVar("T")
+T = TypeVar("T", bound=attrs.AttrsInstance)
 
 
 class ReloadError(Exception):
@@ -57,13 +60,6 @@ def value_at(obj: Any, path: Sequence[str]) -> Any:
     for name in path:
         obj = getattr(obj, name)
     return obj
-
-
-def evolve_at(obj: T, path: Sequence[str], value: Any) -> T:
-    """C{obj} (frozen attrs) with the value at C{path} replaced."""
-    head, *rest = path
-    new = value if not rest else evolve_at(getattr(obj, head), rest, value)
-    return attrs.evolve(obj, **{head: new})  # type: ignore[misc]
 
 
 def leaves(obj: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -189,7 +185,9 @@ class SighupService(service.Service):
     previous handler is put back when the service stops.
     """
 
-    def __init__(self, reactor: Any, on_hup: Callable[[], object], signum: int = signal.SIGHUP):
+    def __init__(
+        self, reactor: IReactor, on_hup: Callable[[], object], signum: int = signal.SIGHUP
+    ):
         self.reactor = reactor
         self.on_hup = on_hup
         self.signum = signum
@@ -209,7 +207,7 @@ class SighupService(service.Service):
         service.Service.stopService(self)
 
 
-def no_reload(program: str, reactor: Any) -> SighupService:
+def no_reload(program: str, reactor: IReactor) -> SighupService:
     """For a program that does not reload (the relays): SIGHUP is logged, not fatal."""
 
     def hup() -> None:

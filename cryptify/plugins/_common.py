@@ -13,7 +13,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from cryptify.config._base import evolve_at
 from cryptify.events import Notifier
+from cryptify.reactor import IReactor
 from cryptify.service import CallbackService
 
 log = Logger(namespace="cryptify.service")
@@ -22,7 +24,7 @@ log = Logger(namespace="cryptify.service")
 #: Exit status of ``twistd PLUGIN`` when a configuration file is not valid.
 EXIT_CONFIG = 1
 
-T = TypeVar("T")
+T = TypeVar("T", bound=attrs.AttrsInstance)
 
 #: A command-line option that names a path, and where in the configuration
 #: object that path goes (attribute names, outermost first).
@@ -58,13 +60,6 @@ def log_dir_option(filename: str) -> list[str | None]:
 def notify_option(filename: str) -> list[str | None]:
     """The ``--notify`` option."""
     return ["notify", None, None, f"notify script (overrides {filename}; empty: none)"]
-
-
-def evolve_at(obj: T, where: Sequence[str], value: Any) -> T:
-    """C{obj} (a frozen attrs object) with the attribute at path C{where} replaced."""
-    head, *rest = where
-    new = value if not rest else evolve_at(getattr(obj, head), rest, value)
-    return attrs.evolve(obj, **{head: new})  # type: ignore[misc]
 
 
 class ConfigOptions(usage.Options):
@@ -152,7 +147,7 @@ def drain(notifier: Notifier, limit: float | None = None) -> defer.Deferred[None
     return done
 
 
-def fatal(program: str, reactor: Any) -> Any:
+def fatal(program: str, reactor: IReactor) -> Any:
     """An errback for start-up work that finishes after the reactor runs.
 
     It logs why, prints one line to stderr, stops the reactor and makes the

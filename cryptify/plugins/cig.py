@@ -14,7 +14,9 @@ material (and has heard from the CRS), calls from the PBX go to a stub
 tel side (``--tel-stub``) that refuses them, or answers them for tests.
 The mailboxes (:class:`~cryptify.cig.mail.wiring.MailDesk`) take the
 UIF's message events first: messages to the CIG are written to the write
-mailboxes, files in the read mailboxes are posted to secure users.
+mailboxes (or, with ``sip { messaging true; }``, sent to the PBX as SIP
+MESSAGEs), files in the read mailboxes are posted to secure users, and
+the PBX's SIP MESSAGEs are posted to secure users too.
 
 :func:`make_cig_service` builds the tree in steps, each a typed function:
 :func:`build_sip` (the SIF, its peers, keep-alive and listeners),
@@ -50,6 +52,7 @@ from cryptify.cig.tel.switch import TelSwitch, UifCalls
 from cryptify.cig.tel.uif import Uif, app_name
 from cryptify.client.cli import session_maker, tls_connector
 from cryptify.config import CigConfig, load_cig_config
+from cryptify.config.cig_model import map_lines
 from cryptify.config.crs import Endpoint
 from cryptify.cookie import CookieError, ensure_cookie
 from cryptify.events import Notifier
@@ -245,6 +248,7 @@ def describe(cfg: CigConfig) -> list[str]:
         + (cfg.logging.call_records or "-")
         + (" and syslog" if cfg.logging.call_records_syslog else ""),
         f"mailboxes: {len(cfg.mailboxes.read)} read, {len(cfg.mailboxes.write)} write",
+        *map_lines(cfg),
         f"management {mgmt.bind.host}:{mgmt.bind.port} and {mgmt.socket}",
         f"relay control {cfg.relay.control}",
     ]
@@ -340,8 +344,9 @@ def build_sip(
 
 def build_uif(
     root: ProgramService, cfg: CigConfig, reactor: Any, sip: SipParts, relay: RelayLink
-) -> Uif:
-    """The UIF attached to the CRS; its events drive the secure calls (the SIF's tel side)."""
+) -> tuple[Uif, MailDesk]:
+    """The UIF attached to the CRS and the mailboxes; the UIF's events drive the
+    secure calls (the SIF's tel side) and the messages."""
     uif = Uif(
         reactor,
         cfg.crs.keystore,
@@ -360,10 +365,14 @@ def build_uif(
         lambda: uif.material,
         uif.session,
         inotify=make_inotify,
+        router=lambda: sip.sif.router,
+        sip=sip.sif,
+        messaging=lambda: sip.sif.config.sip.messaging,
     )
     uif_calls.mail = desk.handle
+    sip.sif.messages = desk
     attach(root, desk, uif)
-    return uif
+    return uif, desk
 
 
 def make_inotify() -> Any:
@@ -465,7 +474,7 @@ def make_cig_service(
     relay = RelayLink(reactor, unix_endpoint(reactor, cfg.relay.control, 5), "cig")
     attach(root, relay)
     sip = build_sip(root, cfg, reactor, notifier, tel_stub, keepalive)
-    uif = build_uif(root, cfg, reactor, sip, relay)
+    uif, desk = build_uif(root, cfg, reactor, sip, relay)
     build_management(root, cfg, reactor, cig_state(cfg, relay, uif, sip), uif)
     uif_calls = sip.tel_side.uif_calls
     assert uif_calls is not None
@@ -477,7 +486,7 @@ def make_cig_service(
         root,
         cfg,
         reread,
-        CigLive(sip.sif, sip.peers, sip.keepalive, uif_calls, notifier, sip.records),
+        CigLive(sip.sif, sip.peers, sip.keepalive, uif_calls, notifier, desk, sip.records),
         CigMetrics(
             sip.calls,
             {"crs": lambda: uif.connected, "cig_relay": lambda: relay.active},

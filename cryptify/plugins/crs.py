@@ -34,8 +34,10 @@ from typing import Any
 import attrs
 from twisted.logger import Logger, globalLogPublisher
 
+from cryptify import __version__
 from cryptify.addresses import is_wildcard
 from cryptify.config import (
+    ConfigError,
     CrsConfig,
     CrsLocalConfig,
     load_crs_config,
@@ -50,6 +52,8 @@ from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgListenService, UmsgS
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.calls.wiring import LinkRelayAllocator, RegistryParties
 from cryptify.crs.calls.wiring import install as install_calls
+from cryptify.crs.interwork.link import IwLink
+from cryptify.crs.interwork.peers import IwPeers
 from cryptify.crs.messages.store import MessageExpiry, MessageStore
 from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.messages.wiring import install as install_messaging
@@ -59,7 +63,11 @@ from cryptify.crs.objects.wiring import observe_attaches
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.operator.stats import Statistics
-from cryptify.crs.pool.sync import build_sync
+from cryptify.crs.pool.backup import build_sync
+from cryptify.crs.pool.calls import install as install_pool_calls
+from cryptify.crs.pool.calls import pool_calls
+from cryptify.crs.pool.calls_core import PoolCalls
+from cryptify.crs.pool.changes import PoolChanges, StateApplier
 from cryptify.crs.pool.wiring import PoolLink, client_mover
 from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher
 from cryptify.crs.redis.instance import ReplicaOf
@@ -105,6 +113,8 @@ log = Logger(namespace="cryptify.crs")
 
 #: Where the development defaults keep their files (relative to the cwd).
 DEV_DIR = "crs-dev"
+#: The inter-working peers file, beside crs.conf unless --iw-config says.
+IW_FILE = "iw-crs.conf"
 
 
 def dev_crs_config(base: str) -> CrsConfig:
@@ -162,11 +172,29 @@ class Options(ConfigOptions):
         ["socket", "s", None, "management socket (overrides crs.conf)"],
         ["relay-control", None, None, "relay control socket (overrides crs.conf)"],
         notify_option("crs.conf"),
+        ["iw-config", None, None, "iw-crs.conf (default: iw-crs.conf beside crs.conf)"],
     ]
 
     def postOptions(self) -> None:
         files = self.read_files()
         self["crs"], self["local"] = files.crs, files.local
+        self["iw"] = self.read_iw()
+
+    def read_iw(self) -> IwPeers | None:
+        """The inter-working peers of ``iw-crs.conf`` (absent file: none);
+        with no crs.conf (development settings) there is no inter-working.
+
+        @raise ConfigUsageError: naming the file, line and problem.
+        """
+        path = self["iw-config"]
+        if path is None and self["config"]:
+            path = os.path.join(os.path.dirname(os.path.abspath(self["config"])), IW_FILE)
+        if path is None:
+            return None
+        try:
+            return IwPeers.load(path)
+        except (ConfigError, OSError) as exc:
+            raise ConfigUsageError(str(exc)) from None
 
     def read_files(self) -> CrsFiles:
         """crs.conf (with the command line's overrides) and crs-local.conf.
@@ -328,15 +356,21 @@ def build_attach(
 def build_calls(
     cfg: CrsConfig, basics: Basics, core: AttachCore, relay: RelayLink, stats: Statistics
 ) -> SessionTable:
-    """Calls between attached clients, with relay sessions from ``crs_relay``."""
+    """Calls between attached clients, with relay sessions from ``crs_relay``;
+    in a pool, also with clients attached at the other instances (the
+    caller's instance keeps the session and its relay)."""
+    parties = RegistryParties(basics.registry)
     sessions = SessionTable(
-        RegistryParties(basics.registry),
+        parties,
         LinkRelayAllocator(relay, media_host(cfg, basics.name)),
         basics.reactor,
         basics.trace,
         on_invite=stats.on_invite,
     )
     install_calls(core, sessions)
+    if basics.pool is not None:
+        calls = pool_calls(basics.pool, sessions, parties, basics.reactor)
+        install_pool_calls(core, basics.pool, calls)
     return sessions
 
 
@@ -482,11 +516,13 @@ def make_crs_service(
     local: CrsLocalConfig,
     reactor: Any,
     reread: Callable[[], CrsFiles] | None = None,
+    iw: IwPeers | None = None,
 ) -> ProgramService:
     """Build the CRS's service tree; nothing is opened until it starts.
 
     C{reread} reads the configuration again for a reload (SIGHUP); without
-    it a reload re-reads the accounts only.
+    it a reload re-reads the accounts only.  C{iw}: the inter-working peers
+    (``iw-crs.conf``); without it there is no inter-working link.
     """
     g = cfg.global_
     basics = build_basics(cfg, local, reactor)
@@ -530,6 +566,7 @@ def make_crs_service(
         admins=admins,
         notify=basics.notifier.notify,
         push=push[1] if push is not None else None,
+        iw=iw,
     )
     attach(root, *sync.before_redis)
     attach(root, redis)
@@ -540,14 +577,24 @@ def make_crs_service(
     attach(root, relay)
     attach(root, messages.expiry)
     if basics.pool is not None:
-        basics.pool.watch(
-            client_mover(basics.registry, basics.pool, lambda uri: bool(sessions.sessions_of(uri)))
-        )
+        remote = sessions.remote
+        busy = remote.busy if isinstance(remote, PoolCalls) else sessions.sessions_of
+        basics.pool.watch(client_mover(basics.registry, basics.pool, lambda uri: bool(busy(uri))))
+        changes = PoolChanges(basics.pool, g.data_dir, reactor, StateApplier(state))
+        state.changes = changes
+        basics.probes["pool_changes"] = changes.status
+        # the change log is open before the link hears of any peer
+        attach(root, changes)
         attach(root, basics.pool)
     if push is not None:
         link, pusher = push
         attach(root, link)
         attach(root, CallbackService(on_stop=pusher.stop))
+    if iw is not None:
+        iw_link = IwLink(cfg, iw.config, reactor, __version__)
+        iw.listeners.append(iw_link.update)
+        state.iw_link = iw_link
+        attach(root, iw_link)
     clients = client_listener(cfg, reactor, core)
     attach(root, clients)
     attach(root, management_listener(cfg, reactor, state))
@@ -556,7 +603,7 @@ def make_crs_service(
         root,
         CrsFiles(cfg, local),
         reread,
-        CrsLive(clients.factory, basics.notifier, CrsAdmin(state).reload_accounts),
+        CrsLive(clients.factory, basics.notifier, CrsAdmin(state).reload_here),
         CrsMetrics(
             basics.registry,
             clients.factory,
@@ -578,4 +625,4 @@ def makeService(options: Options) -> ProgramService:
     from twisted.internet import reactor
 
     reread = options.reread if options["config"] else None
-    return make_crs_service(options["crs"], options["local"], reactor, reread)
+    return make_crs_service(options["crs"], options["local"], reactor, reread, options["iw"])

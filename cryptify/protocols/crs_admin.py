@@ -14,6 +14,7 @@ __all__ = [
     "AddAdminAccount",
     "AddAdminAuthorization",
     "AddBlacklist",
+    "AddIwCrs",
     "Apply",
     "CheckSlot",
     "CreateAccount",
@@ -22,8 +23,10 @@ __all__ = [
     "DeleteAdmin",
     "DeleteAdminAccount",
     "DeleteAdminAuthorization",
+    "DeleteIwCrs",
     "Echo",
     "ListAccounts",
+    "ListIwCrs",
     "PurgeClient",
     "PurgeClients",
     "PurgeObserved",
@@ -37,6 +40,7 @@ __all__ = [
     "ShowAttach",
     "ShowBlacklist",
     "ShowClientInfo",
+    "ShowIwCrs",
     "ShowMessage",
     "ShowPushToken",
     "ShowRelay",
@@ -118,63 +122,63 @@ class CreateAccount(MgmtCommand):
     """``create account ID``: with the given base64 shared secret."""
 
     arguments = [(b"account", amp.Unicode()), (b"secret", amp.Unicode())]
-    response = [(b"path", amp.Unicode())]
+    response = [(b"path", amp.Unicode()), (b"pool", amp.Unicode(optional=True))]
 
 
 class DeleteAccount(MgmtCommand):
     """``delete account ID``: the account, its files and its users' state."""
 
     arguments = [(b"account", amp.Unicode())]
-    response = [(b"disconnected", amp.Integer())]
+    response = [(b"disconnected", amp.Integer()), (b"pool", amp.Unicode(optional=True))]
 
 
 class ReloadAccounts(MgmtCommand):
     """``reload account``: re-read every account; answers the problems found."""
 
     arguments = []
-    response = [(b"problems", JsonValue())]
+    response = [(b"problems", JsonValue()), (b"pool", amp.Unicode(optional=True))]
 
 
 class Apply(MgmtCommand):
     """``apply FILE``: the protected update file's bytes (base64 in JSON)."""
 
     arguments = [(b"data", JsonValue())]
-    response = [(b"result", JsonValue())]
+    response = [(b"result", JsonValue()), (b"pool", amp.Unicode(optional=True))]
 
 
 class AddBlacklist(MgmtCommand):
     """``blacklist add ACCOUNT URI``."""
 
     arguments = [(b"account", amp.Unicode()), (b"uri", amp.Unicode())]
-    response = [(b"disconnected", amp.Integer())]
+    response = [(b"disconnected", amp.Integer()), (b"pool", amp.Unicode(optional=True))]
 
 
 class RemoveBlacklist(MgmtCommand):
     """``blacklist remove ACCOUNT URI``."""
 
     arguments = [(b"account", amp.Unicode()), (b"uri", amp.Unicode())]
-    response = []
+    response = [(b"pool", amp.Unicode(optional=True))]
 
 
 class WakeupClient(MgmtCommand):
     """``wakeup client account ACCOUNT URI``: push a wake-up to the client now."""
 
     arguments = [(b"account", amp.Unicode()), (b"uri", amp.Unicode())]
-    response = [(b"result", amp.Unicode())]
+    response = [(b"result", amp.Unicode()), (b"pool", amp.Unicode(optional=True))]
 
 
 class PurgeClient(MgmtCommand):
     """``purge client ACCOUNT URI``: disconnect it; it will reconnect."""
 
     arguments = [(b"account", amp.Unicode()), (b"uri", amp.Unicode())]
-    response = [(b"purged", amp.Integer())]
+    response = [(b"purged", amp.Integer()), (b"pool", amp.Unicode(optional=True))]
 
 
 class PurgeClients(MgmtCommand):
     """``purge clients ACCOUNT``: disconnect every client of the account."""
 
     arguments = [(b"account", amp.Unicode())]
-    response = [(b"purged", amp.Integer())]
+    response = [(b"purged", amp.Integer()), (b"pool", amp.Unicode(optional=True))]
 
 
 class PurgeObserved(MgmtCommand):
@@ -230,21 +234,21 @@ class CreateAdmin(MgmtCommand):
     """``create admin NAME``: the CLI made the secret; only its public key travels."""
 
     arguments = [(b"name", amp.Unicode()), (b"key", amp.Unicode())]
-    response = []
+    response = [(b"pool", amp.Unicode(optional=True))]
 
 
 class DeleteAdmin(MgmtCommand):
     """``delete admin NAME``."""
 
     arguments = [(b"name", amp.Unicode())]
-    response = []
+    response = [(b"pool", amp.Unicode(optional=True))]
 
 
 class AddAdminAccount(MgmtCommand):
     """``add admin-account NAME ACCOUNT``."""
 
     arguments = [(b"name", amp.Unicode()), (b"account", amp.Unicode())]
-    response = []
+    response = [(b"pool", amp.Unicode(optional=True))]
 
 
 class DeleteAdminAccount(AddAdminAccount):
@@ -259,7 +263,7 @@ class AddAdminAuthorization(MgmtCommand):
         (b"account", amp.Unicode()),
         (b"authorization", amp.Unicode()),
     ]
-    response = []
+    response = [(b"pool", amp.Unicode(optional=True))]
 
 
 class DeleteAdminAuthorization(AddAdminAuthorization):
@@ -279,3 +283,30 @@ class ShowAdmin(MgmtCommand):
 
 class ShowAdminAccounts(ShowAdmin):
     """``show admin-accounts NAME``: Account, Authorizations."""
+
+
+class AddIwCrs(MgmtCommand):
+    """``add iw-crs IP SECRET [-c COMMENT]``: trust an inter-working CRS instance."""
+
+    arguments = [
+        (b"ip", amp.Unicode()),
+        (b"secret", amp.Unicode()),
+        (b"comment", amp.Unicode(optional=True)),
+    ]
+    response = [(b"pool", amp.Unicode(optional=True))]
+
+
+class DeleteIwCrs(MgmtCommand):
+    """``delete iw-crs IP``."""
+
+    arguments = [(b"ip", amp.Unicode())]
+    response = [(b"pool", amp.Unicode(optional=True))]
+
+
+class ListIwCrs(_Table):
+    """``list iw-crs``: IP, shared secret, comment per instance."""
+
+
+class ShowIwCrs(_Table):
+    """``show iw-crs``: IW-CRS SIGNAL-LINK SIGNAL-OUTGOING SIGNAL-INCOMING
+    DATA-LINK DATA-OUTGOING DATA-INCOMING VERSION."""

@@ -23,6 +23,7 @@ handshake itself (Finished / binder MACs); this module compares no keys.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,9 @@ MAX_IDENTITY_BYTES = 128
 _binding = Binding()
 _ffi: Any = _binding.ffi
 _lib: Any = _binding.lib
+#: OpenSSL holds only a raw pointer to a context's PSK callback: each
+#: context keeps its cffi callback alive here for as long as it lives.
+_CALLBACKS: weakref.WeakKeyDictionary[SSL.Context, object] = weakref.WeakKeyDictionary()
 
 _SERVER_CALLBACK = "unsigned int(*)(SSL *, char *, unsigned char *, unsigned int)"
 _CLIENT_CALLBACK = (
@@ -177,9 +181,9 @@ class PskServerContextFactory:
         self._lookup = lookup
         context = _base_context(tls13)
         # OpenSSL holds only a raw pointer to this callback: keep it alive for
-        # as long as the context, on the factory and on the context itself.
+        # as long as the context, on the factory and in _CALLBACKS.
         self._callback = _ffi.callback(_SERVER_CALLBACK, self._server_callback)
-        context._cryptify_psk_callback = self._callback  # type: ignore[attr-defined]
+        _CALLBACKS[context] = self._callback
         _lib.SSL_CTX_set_psk_server_callback(context._context, self._callback)
         if identity_hint is not None:
             _check_identity(identity_hint)
@@ -257,7 +261,7 @@ class PskClientContextFactory:
         # The store is empty, so verification of any certificate fails.
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
         self._callback = _ffi.callback(_CLIENT_CALLBACK, self._client_callback)
-        context._cryptify_psk_callback = self._callback  # type: ignore[attr-defined]
+        _CALLBACKS[context] = self._callback
         _lib.SSL_CTX_set_psk_client_callback(context._context, self._callback)
         self._context = context
 

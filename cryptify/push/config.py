@@ -86,7 +86,7 @@ def _port(value: str, where: str) -> int:
 
 def parse(text: str, path: str = "push.conf") -> PushConfig:
     """Parse a whole configuration text (raises PushConfigError)."""
-    fields: dict[str, object] = {}
+    config = PushConfig()
     clients: dict[str, str] = {}
     apns_endpoint = apns.PRODUCTION
     apns_words: list[str] | None = None
@@ -104,10 +104,10 @@ def parse(text: str, path: str = "push.conf") -> PushConfig:
 
         if head == "listen":
             want(2, "listen HOST PORT")
-            fields["host"], fields["port"] = args[0], _port(args[1], where)
+            config = attrs.evolve(config, host=args[0], port=_port(args[1], where))
         elif head == "tls-certificate":
             want(2, "tls-certificate CERT KEY")
-            fields["certificate"], fields["key"] = args
+            config = attrs.evolve(config, certificate=args[0], key=args[1])
         elif head == "client":
             want(2, "client ID SECRET-FILE")
             if not _ID.fullmatch(args[0]):
@@ -129,13 +129,13 @@ def parse(text: str, path: str = "push.conf") -> PushConfig:
             apns_words, apns_where = args, where
         elif head == "fcm" and args[:1] == ["service-account"]:
             want(2, "fcm service-account JSON-FILE")
-            fields["fcm_account"] = args[1]
+            config = attrs.evolve(config, fcm_account=args[1])
         elif head == "fcm" and args[:1] == ["endpoint"]:
             want(2, "fcm endpoint URL")
-            fields["fcm_endpoint"] = _url(args[1], where)
+            config = attrs.evolve(config, fcm_endpoint=_url(args[1], where))
         elif head == "trust":
             want(1, "trust CA-FILE")
-            fields["trust"] = args[0]
+            config = attrs.evolve(config, trust=args[0])
         else:
             raise PushConfigError(f"{where}: unknown setting {head!r}")
     if apns_words is not None:
@@ -147,10 +147,11 @@ def parse(text: str, path: str = "push.conf") -> PushConfig:
         ):
             if not pattern.fullmatch(value):
                 raise PushConfigError(f"{apns_where}: {what} {value!r} is not valid")
-        fields["apns"] = ApnsSettings(apns_words[1], key_id, team_id, topic, apns_endpoint)
+        apns_settings = ApnsSettings(apns_words[1], key_id, team_id, topic, apns_endpoint)
+        config = attrs.evolve(config, apns=apns_settings)
     if not clients:
         raise PushConfigError(f"{path}: no client line: nobody could log in")
-    return PushConfig(clients=clients, **fields)  # type: ignore[arg-type]
+    return attrs.evolve(config, clients=clients)
 
 
 def load(path: str) -> PushConfig:

@@ -43,6 +43,8 @@ from twisted.internet.ssl import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cryptify.reactor import IReactor
+
 log = Logger(namespace="cryptify.push.h2")
 
 #: Longest response body read (bigger answers are cut off as an error).
@@ -247,7 +249,7 @@ class H2Client:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactor,
         origin: str,
         ca_path: str | None = None,
         timeout: float = REQUEST_TIMEOUT,

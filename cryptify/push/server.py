@@ -39,6 +39,7 @@ from cryptify.push.apns import ApnsSender, SignedTokens
 from cryptify.push.config import PushConfig, PushConfigError, read_secret_file
 from cryptify.push.fcm import AccessTokens, FcmSender, ServiceAccount, ServiceAccountError
 from cryptify.push.h2client import H2Client
+from cryptify.reactor import IReactor
 
 log = Logger(namespace="cryptify.push")
 
@@ -57,7 +58,7 @@ class Providers:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactor,
         apns_sender: ApnsSender | None = None,
         signed: SignedTokens | None = None,
         apns_endpoint: str = "",
@@ -71,7 +72,7 @@ class Providers:
         self.clients: list[H2Client] = []
 
     @classmethod
-    def from_config(cls, cfg: PushConfig, reactor: Any) -> Providers:
+    def from_config(cls, cfg: PushConfig, reactor: IReactor) -> Providers:
         """Load keys and build senders (raises PushConfigError); opens nothing."""
         providers = cls(reactor)
         if cfg.apns is not None:
@@ -236,7 +237,7 @@ class PushServerFactory(Factory):
     """Accepts CRS connections for ``cryptify-push``."""
 
     def __init__(
-        self, reactor: Any, name: str, secrets: dict[str, bytes], providers: Providers
+        self, reactor: IReactor, name: str, secrets: dict[str, bytes], providers: Providers
     ) -> None:
         self.reactor = reactor
         self.name = name

@@ -30,6 +30,7 @@ from cryptify.protocols.mgmt import (
     NotAuthenticated,
     connect,
 )
+from cryptify.reactor import IReactor, global_reactor
 
 #: Seconds to wait for the management socket to accept.
 CONNECT_TIMEOUT = 5
@@ -183,9 +184,7 @@ def run_on_reactor(
     before the reactor closes the connections, so that the action can
     tell its connection ending from the server closing it.
     """
-    from twisted.internet import reactor as _reactor
-
-    reactor: Any = _reactor
+    reactor = global_reactor()
     status: list[int] = []
 
     def go() -> None:
@@ -233,7 +232,7 @@ def run_remote(
 ) -> int:
     """Connect, run one remote action on the global reactor; return the exit status."""
 
-    async def main(reactor: Any) -> int:
+    async def main(reactor: IReactor) -> int:
         return await execute(
             make_endpoint(reactor), where, server, action, err, prog, cookie, on_trace
         )

@@ -155,6 +155,9 @@ class PoolCase(TestCase):
 
     timeout = 900
     COUNT = 2
+    #: One accounts-dir for every instance; when False each has its own
+    #: (as on separate hosts) and the pool's operator commands fill them.
+    SHARED_ACCOUNTS = True
 
     def setUp(self) -> None:
         if not websockets_available():
@@ -168,7 +171,7 @@ class PoolCase(TestCase):
         for index in range(1, self.COUNT + 1):
             d = os.path.join(self.dir, f"crs{index}")
             os.makedirs(d)
-            crs_conf(d, self.COUNT, self.accounts)
+            crs_conf(d, self.COUNT, self.accounts if self.SHARED_ACCOUNTS else f"{d}/accounts")
             with open(os.path.join(d, "crs-local.conf"), "w") as f:
                 f.write(f"crsname crs{index}\ndb-backup none\n")
             self.dirs.append(d)
@@ -179,9 +182,14 @@ class PoolCase(TestCase):
             wait_for(lambda i=index: unix_answers(self.socket(i)), f"crs{index}'s socket", CEILING)
         self.period = period_of(time.time())
         self.uris = self.pick_uris()
-        files = provision(self.dir, self.socket(1), "acme", self.uris, self.period)
+        files = self.key_files = provision(self.dir, self.socket(1), "acme", self.uris, self.period)
         for index in range(2, self.COUNT + 1):
-            self.cli(index, "reload", "account")
+            if self.SHARED_ACCOUNTS:
+                self.cli(index, "reload", "account")
+            else:
+                wait_for(
+                    lambda i=index: self.has_update(i), f"acme's update on crs{index}", CEILING
+                )
         self.keys = {
             uri: load_key_material(path).for_period(self.period) for uri, path in files.items()
         }
@@ -189,6 +197,11 @@ class PoolCase(TestCase):
         self.addCleanup(lambda: [c.close() for c in self.clients])
 
     # -- the instances ---------------------------------------------------
+
+    def has_update(self, index: int) -> bool:
+        """Whether crs{index} has acme with this month's update applied."""
+        rows = self.cli(index, "show", "updates").splitlines()[1:]
+        return any(r.split()[:1] == ["acme"] and r.split()[1] != "Not" for r in rows)
 
     def socket(self, index: int) -> str:
         return os.path.join(self.dirs[index - 1], "crs.sock")

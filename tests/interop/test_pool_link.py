@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.python.failure import Failure
+from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -32,22 +29,10 @@ from cryptify.crs.pool.wire import encode_heartbeat
 from cryptify.crs.pool.wiring import PoolLink, pool_psk
 from cryptify.crs.slots import SLOTS
 from cryptify.protocols.tls_psk import PskServerContextFactory
+from tests.interop._openssl import OpensslProcess, until
 
 OPENSSL = shutil.which("openssl")
 KEY = "interop-pool-key-0123456789"
-#: Ceiling on every wait for an event (the machine is shared and slow).
-CEILING = 45.0
-
-
-async def until(check: Callable[[], bool], what: str, ceiling: float = CEILING) -> None:
-    """Wait until C{check()} holds (polled every 0.1 s); fail after C{ceiling}."""
-    deadline = reactor.seconds() + ceiling  # type: ignore[attr-defined]
-    while not check():
-        if reactor.seconds() > deadline:  # type: ignore[attr-defined]
-            raise AssertionError(f"timed out waiting for {what}")
-        d: defer.Deferred[None] = defer.Deferred()
-        reactor.callLater(0.1, d.callback, None)  # type: ignore[attr-defined]
-        await d
 
 
 @implementer(IStreamClientEndpoint)
@@ -74,32 +59,6 @@ ADDRESSES = {"crs1": "192.0.2.1", "crs2": "192.0.2.2", "crs3": "192.0.2.3"}
 def pool_config(count: int) -> CrsConfig:
     hosts = tuple(PoolHost(f"crs{i}", ADDRESSES[f"crs{i}"]) for i in range(1, count + 1))
     return CrsConfig(global_=CrsGlobal(key=KEY), pool=Pool(hosts))
-
-
-class _Process(ProcessProtocol):
-    def __init__(self, stdin: bytes) -> None:
-        self.stdin = stdin
-        self.output = b""
-        self.ended: defer.Deferred[int] = defer.Deferred()
-        self.running = True
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.stdin)  # type: ignore[union-attr]
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        self.running = False
-        value: Any = reason.value
-        if reason.check(ProcessDone):
-            self.ended.callback(0)
-        elif reason.check(ProcessTerminated):
-            self.ended.callback(value.exitCode if value.exitCode is not None else -1)
-        else:
-            self.ended.errback(reason)
 
 
 class PoolLinkTests(TestCase):
@@ -166,10 +125,10 @@ class PoolLinkTests(TestCase):
 
     # -- openssl as a peer ---------------------------------------------
 
-    async def s_client(self, key: bytes, identity: str, stdin: bytes) -> _Process:
+    async def s_client(self, key: bytes, identity: str, stdin: bytes) -> OpensslProcess:
         if OPENSSL is None:
             raise self.skipTest("the openssl command line tool is not installed")
-        process = _Process(stdin)
+        process = OpensslProcess(stdin)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
         args = [
             OPENSSL,

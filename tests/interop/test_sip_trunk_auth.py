@@ -274,5 +274,5 @@ class TwistdRegistrationTests(TestCase):
         cig = self.start_cig()
         status, err = cig.wait_exit()
         self.assertNotEqual(status, 0)
-        self.assertIn("readable or writable by others", err + cig.output())
+        self.assertIn("accessible by group or others", err + cig.output())
         self.assertNotIn(PASSWORD, err + cig.output())

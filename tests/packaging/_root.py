@@ -132,6 +132,9 @@ def cached_tarball() -> str:
     if os.path.exists(tarball):
         return tarball
     work = tempfile.mkdtemp(prefix=f"{SUITE}-", dir=CACHE_DIR)
+    # mkdtemp makes 0700; the root of a system must be 0755, or nobody but
+    # root can load a library in it (crsuser's services exit 127).
+    os.chmod(work, 0o755)
     mirror = debian_mirror()
     log(f"debootstrap {SUITE} from {mirror} (cached in {tarball})")
     started = time.monotonic()
@@ -211,6 +214,7 @@ class DebianRoot:
         path = tempfile.mkdtemp(prefix="root-", dir=parent)
         root = cls(path)
         run(["tar", "-C", path, "-xf", tarball])
+        os.chmod(path, 0o755)  # a tarball made with a 0700 top (see cached_tarball)
         try:
             root._prepare()
         except BaseException:

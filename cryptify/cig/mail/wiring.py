@@ -17,7 +17,8 @@ that fails (disk full, permissions) is not confirmed and is tried again
 with backoff.
 
 Read mailboxes (Maildir -> secure user): each read mailbox's ``new/`` is
-watched with inotify and scanned at start, after each attach and every
+watched with inotify (a file renamed or linked in, or closed after
+writing) and scanned at start, after each attach and every
 :data:`SCAN_INTERVAL`.  A file is parsed (:func:`~cryptify.cig.mail.core.parse`),
 routed (:func:`~cryptify.cig.mail.core.read_route`), sealed and posted,
 and deleted only after ``posted``.  Its post's key is derived from the
@@ -41,10 +42,11 @@ import secrets
 import stat
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 from twisted.application import service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python import filepath
@@ -57,8 +59,10 @@ from cryptify.crypto.keymaterial import KeyMaterial
 from cryptify.protocols.message_payload import MessageBody, OpenedMessage, PayloadError
 from cryptify.protocols.umsg import Message, base_uri
 
+from ..route import TEL, Routed, Router, RouteRefused
 from .core import MAX_FILE, MailError, MailMessage, build, parse, read_route, write_targets
 from .maildir import file_name, fsync_dir, mail_group, shown, write_maildir
+from .sip import RETRY_AFTER, SipAnswer, answer_for
 
 log = Logger(namespace="cryptify.cig.mail")
 
@@ -79,6 +83,24 @@ MAX_DONE = 10_000
 MAX_REFUSALS = 1000
 #: The refusal's text starts with this.
 REFUSAL_PREFIX = "Not delivered: "
+#: Seconds a MESSAGE from the PBX waits for the CRS's answer before it is answered 503.
+SIP_ANSWER_WITHIN = 8.0
+#: Attempts at a MESSAGE to the PBX that failed for a passing reason, before it is refused.
+SIP_ATTEMPTS = 5
+#: PBX statuses (and ours: 408 no answer, 502/503 not reachable) worth trying again.
+SIP_PASSING = frozenset({408, 480, 500, 502, 503, 504})
+
+
+class SipMessenger(Protocol):
+    """The SIF as the mailboxes use it: MESSAGEs to the PBX (``Sif.send_message``)."""
+
+    def send_message(self, sender: str, to: str, text: str) -> Deferred[int]: ...
+
+
+def _now(answer: SipAnswer) -> Deferred[SipAnswer]:
+    done: Deferred[SipAnswer] = Deferred()
+    done.callback(answer)
+    return done
 
 
 @attrs.define(eq=False)
@@ -118,6 +140,9 @@ class MailDesk(service.Service):
         session: Callable[[], ClientSession | None],
         inotify: Callable[[], Any] | None = None,
         gid: Callable[[], int | None] = mail_group,
+        router: Callable[[], Router] | None = None,
+        sip: SipMessenger | None = None,
+        messaging: Callable[[], bool] = lambda: False,
     ) -> None:
         self.clock = clock
         self.mailboxes = mailboxes
@@ -126,6 +151,14 @@ class MailDesk(service.Service):
         self.session = session
         self.make_inotify = inotify
         self.gid = gid
+        #: Messages to the CIG no write mailbox takes go out by SIP when ``messaging``
+        #: (the current router: a reload replaces it).
+        self.router = router
+        self.sip = sip
+        self.messaging = messaging
+        #: Messages on their way to the PBX (fingerprints), and attempts made at each.
+        self.sip_sending: set[bytes] = set()
+        self.sip_attempts: dict[bytes, int] = {}
         self._crypto: MessageCrypto | None = None
         #: Posts of ours waiting for their answer: request id -> what to do with it.
         self.pending: dict[int, Callable[[Message | None], None]] = {}
@@ -145,6 +178,8 @@ class MailDesk(service.Service):
         self.refused = 0
         self.posted = 0
         self.quarantined = 0
+        self.sip_sent = 0
+        self.sip_posted = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -185,7 +220,9 @@ class MailDesk(service.Service):
             try:
                 notifier.watch(
                     filepath.FilePath(os.path.join(box.path, "new")),
-                    mask=inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE,
+                    # IN_CREATE: a delivery agent that link()s the finished file from
+                    # tmp/ into new/ (Postfix's virtual and local) makes no other event
+                    mask=inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE | inotify.IN_CREATE,
                     callbacks=[lambda *_: self._scan_soon()],
                 )
             except Exception as exc:
@@ -291,6 +328,11 @@ class MailDesk(service.Service):
         targets = write_targets(
             self.mailboxes.write, self.translate_maps, opened.sender, opened.recipient
         )
+        if not targets and self.messaging() and self.sip is not None:
+            routed = self._sip_route(opened)
+            if routed is not None:
+                self._to_sip(msg, opened, routed)
+                return
         if not targets:
             log.info(
                 "message {message} from {sender} to {to}: no write mailbox takes it; refused",
@@ -351,6 +393,131 @@ class MailDesk(service.Service):
             paths=", ".join(written),
         )
         self._notify("delivered", message=message_id)
+
+    # ------------------------------------------------------------ SIP MESSAGE, both ways
+
+    def _sip_route(self, opened: OpenedMessage) -> Routed | None:
+        if self.router is None:
+            return None
+        try:
+            return self.router().route(TEL, opened.sender, opened.recipient)
+        except RouteRefused:
+            return None
+
+    def _to_sip(self, msg: Message, opened: OpenedMessage, routed: Routed) -> None:
+        """Send a message to the CIG on to the PBX as a SIP MESSAGE; confirm it on 2xx."""
+        message_id = msg["message"]
+        fingerprint = opened.fingerprint
+        if fingerprint in self.sip_sending:
+            return  # sent again by the CRS while on its way: its answer confirms it
+        if opened.body.attachments:
+            log.info(
+                "message {message} from {sender} to {to} has attachments; refused",
+                message=message_id,
+                sender=opened.sender,
+                to=routed.out_to,
+            )
+            self._refuse(
+                msg,
+                f"{routed.out_to} takes SIP text messages only, "
+                f"not {len(opened.body.attachments)} attachment(s)",
+            )
+            return
+        self.sip_sending.add(fingerprint)
+        assert self.sip is not None
+        sent = self.sip.send_message(routed.out_from, routed.out_to, opened.body.text)
+
+        def answered(status: int) -> None:
+            self.sip_sending.discard(fingerprint)
+            if 200 <= status < 300:
+                self.sip_attempts.pop(fingerprint, None)
+                self.sip_sent += 1
+                self.done[fingerprint] = None
+                while len(self.done) > MAX_DONE:
+                    self.done.popitem(last=False)
+                log.info(
+                    "message {message} from {sender} sent to {to} by SIP ({status})",
+                    message=message_id,
+                    sender=opened.sender,
+                    to=routed.out_to,
+                    status=status,
+                )
+                self._notify("delivered", message=message_id)
+                return
+            attempts = self.sip_attempts.get(fingerprint, 0) + 1
+            if status in SIP_PASSING and attempts < SIP_ATTEMPTS and self.running:
+                self.sip_attempts[fingerprint] = attempts
+                while len(self.sip_attempts) > MAX_DONE:  # ones the CRS never sent again
+                    self.sip_attempts.pop(next(iter(self.sip_attempts)))
+                delay = min(RETRY_FIRST * 2 ** (attempts - 1), RETRY_MAX)
+                log.warn(
+                    "message {message} to {to} by SIP failed ({status}); "
+                    "not confirmed, tried again in {delay:.0f} s",
+                    message=message_id,
+                    to=routed.out_to,
+                    status=status,
+                    delay=delay,
+                )
+                self._retry_write(msg, delay)
+                return
+            self.sip_attempts.pop(fingerprint, None)
+            log.info(
+                "message {message} to {to} by SIP refused ({status}); the sender is told",
+                message=message_id,
+                to=routed.out_to,
+                status=status,
+            )
+            self._refuse(msg, f"{routed.out_to} did not take it (SIP {status})")
+
+        sent.addCallback(answered)
+
+    def from_sip(self, sender: str, recipient: str, text: str, key: bytes) -> Deferred[SipAnswer]:
+        """A MESSAGE from the PBX, routed: sealed and posted to ``recipient``.
+
+        ``sender`` is the routed from-URI; the CIG signs as it when it is
+        one of its own (``tel:+CIGNUMBER;EXT``), else as itself.  Fires with
+        the answer for the PBX: 202 once the CRS stored it, 404 for a
+        recipient the CRS does not know, 413 for a text too large, 480
+        (Retry-After) while the CIG is not attached, 503 (Retry-After)
+        when the CRS refused for a while or did not answer within
+        :data:`SIP_ANSWER_WITHIN` seconds (the PBX sending it again falls
+        in the same retry scope: it is stored once).
+        """
+        crypto = self.crypto()
+        session = self.session()
+        if not self.messaging():
+            return _now(SipAnswer(405, why="messaging is off"))
+        if crypto is None or session is None or session.state != "attached":
+            return _now(SipAnswer(480, RETRY_AFTER, "not attached to the CRS"))
+        signer = sender if base_uri(sender) == base_uri(crypto.uri) else crypto.uri
+        try:
+            content = crypto.seal(recipient, MessageBody(text), self.clock.seconds(), signer)
+        except PayloadError as exc:
+            if exc.reason == "too-large":
+                return _now(SipAnswer(413, why=str(exc)))
+            if exc.reason == "wrong-period":
+                return _now(SipAnswer(503, RETRY_AFTER, str(exc)))
+            return _now(SipAnswer(404, why=f"cannot seal for {recipient}: {exc}"))
+        done: Deferred[SipAnswer] = Deferred()
+
+        def finish(answer: SipAnswer) -> None:
+            if not done.called:
+                done.callback(answer)
+
+        def answered(answer: Message | None) -> None:
+            if timer.active():
+                timer.cancel()
+            code = None if answer is None else answer.get("code", answer.type)
+            result = answer_for(code)
+            if result.status == 202:
+                self.sip_posted += 1
+            finish(result)
+
+        timer = self.clock.callLater(SIP_ANSWER_WITHIN, lambda: finish(answer_for(None)))
+        if not self._post(recipient, content, key, answered):
+            timer.cancel()
+            finish(SipAnswer(480, RETRY_AFTER, "not attached to the CRS"))
+        return done
 
     def _cancel_retry(self, message_id: str) -> None:
         call = self.retrying.pop(message_id, None)

@@ -20,15 +20,14 @@ At most L{MAX_RESENDS} resends per request.
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Callable
 
 import attrs
 from twisted.logger import Logger
 
 from cryptify.config.cig_model import PbxAccount
-from cryptify.crypto.securefile import read_at_most
+from cryptify.crypto.errors import KeyFileError
+from cryptify.crypto.securefile import read_secret_file
 from cryptify.protocols.sip.address import parse_via
 from cryptify.protocols.sip.dialog import new_branch
 from cryptify.protocols.sip.digest import (
@@ -58,31 +57,18 @@ class CredentialsError(Exception):
 
 def read_private_file(path: str, what: str, limit: int) -> bytes:
     """
-    The content of a secret file (a password, a private key): a regular
-    file, not a symbolic link, that no one but its owner may read or
-    write, of at most C{limit} bytes.
+    The content of a secret file (a password, a private key), read with
+    the project's one secret-file reader
+    (:func:`~cryptify.crypto.securefile.read_secret_file`: a regular file,
+    not a symbolic link, no access for group or others, at most C{limit}
+    bytes).
 
     @raise CredentialsError: naming C{what} and the path, never the content.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise CredentialsError(f"{what} {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise CredentialsError(f"{what} {path}: not a regular file")
-        if info.st_mode & 0o077:
-            raise CredentialsError(
-                f"{what} {path}: readable or writable by others"
-                f" (mode {stat.S_IMODE(info.st_mode):04o}; chmod 600 it)"
-            )
-        data = read_at_most(fd, limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise CredentialsError(f"{what} {path}: longer than {limit} bytes")
-    return data
+        return read_secret_file(path, limit)
+    except KeyFileError as exc:
+        raise CredentialsError(f"{what}: {exc}") from None
 
 
 def load_credentials(account: PbxAccount) -> Credentials:

@@ -25,6 +25,7 @@ them, and are only counted (L{Refusals}); see L{cryptify.cig.sif.peers}.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -40,7 +41,13 @@ from cryptify.protocols.sip.dialog import Dialog, DialogId, dialog_id_of, new_br
 from cryptify.protocols.sip.digest import Credentials
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.locate import LocateError, Target, locate
-from cryptify.protocols.sip.message import Headers, Request, Response, response_to
+from cryptify.protocols.sip.message import (
+    MAX_MESSAGE_BYTES,
+    Headers,
+    Request,
+    Response,
+    response_to,
+)
 from cryptify.protocols.sip.refer import ReferError, parse_refer_to
 from cryptify.protocols.sip.sdes import CryptoAttribute
 from cryptify.protocols.sip.sdp import (
@@ -66,6 +73,16 @@ from cryptify.protocols.sip.transaction import (
 )
 
 from ..calls import Call, CallState, CallTable, TelLeg, TelSide, source_of
+from ..mail.sip import (
+    MAX_UDP_MESSAGE,
+    OUR_CONTENT_TYPE,
+    RETRY_AFTER,
+    TEXT_PLAIN,
+    SipAnswer,
+    SipTextError,
+    post_key,
+    text_of,
+)
 from ..route import SIP, Router, RouteRefused
 from .auth import ChallengedRequest, Keyring
 from .legs import OutCall, SipCall
@@ -81,6 +98,13 @@ KNOWN_METHODS = frozenset(
     {"REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "UPDATE", "MESSAGE"}
 )
 SDP = "application/sdp"
+
+
+class MessageDesk(Protocol):
+    """Where MESSAGEs from the PBX go (the mailboxes' L{MailDesk.from_sip})."""
+
+    def from_sip(self, sender: str, recipient: str, text: str, key: bytes) -> Deferred[SipAnswer]:
+        """Post C{text} to C{recipient}; fires with the answer for the PBX."""
 
 
 class NoTransport(Exception):
@@ -113,6 +137,8 @@ class Sif:
     peers: SipPeers | None = None
     #: Credentials for the PBXs' 401/407 challenges (C{pbx_account}).
     keyring: Keyring = attrs.field(factory=Keyring)
+    #: Where MESSAGEs from the PBX go (C{messaging true}); None: answered 480.
+    messages: MessageDesk | None = None
     refusals: Refusals = attrs.field(init=False)
     placing: set[Call] = attrs.field(factory=set, init=False)
     dialogs: dict[DialogId, SipCall | OutCall] = attrs.field(factory=dict, init=False)
@@ -442,17 +468,124 @@ class Sif:
             call.end_from_sip("pbx", "CANCEL")
 
     def _message(self, tx: ServerTransaction) -> None:
+        """A MESSAGE from the PBX (RFC 3428): checked, routed, and posted to
+        the secure user by the mailboxes; answered once the CRS has it."""
         request = tx.request
-        call = Call(in_from=request.from_.uri, in_to=request.to.uri, caller_if_id=request.call_id)
         try:
-            routed = self.router.route(SIP, call.in_from, call.in_to)
-        except RouteRefused:
+            routed = self.router.route(SIP, request.from_.uri, request.to.uri)
+        except RouteRefused as exc:
+            log.info("MESSAGE {call_id} not routed: {why}", call_id=request.call_id, why=exc.reason)
             tx.respond(response_to(request.headers, 404, to_tag=new_tag()))
             return
-        call.out_from, call.out_to = routed.out_from, routed.out_to
-        content_type = request.headers.get("Content-Type") or "text/plain"
-        status = 200 if self.tel.send_message(call, content_type, request.body) else 480
-        tx.respond(response_to(request.headers, status, to_tag=new_tag()))
+        try:
+            text = text_of(request.headers.get("Content-Type"), request.body)
+        except SipTextError as exc:
+            shown = "".join(c if " " <= c <= "~" and c != '"' else "?" for c in exc.reason)
+            extra = [("Warning", f'399 cig "{shown[:100]}"')]
+            if exc.status == 415:
+                extra.append(("Accept", TEXT_PLAIN))
+            log.info(
+                "MESSAGE {call_id} refused ({status}): {why}",
+                call_id=request.call_id,
+                status=exc.status,
+                why=exc.reason,
+            )
+            tx.respond(
+                response_to(request.headers, exc.status, to_tag=new_tag(), extra=tuple(extra))
+            )
+            return
+        to_tag = new_tag()
+
+        def answered(answer: SipAnswer) -> None:
+            log.info(
+                "MESSAGE {call_id} from {sender} to {to}: {status}{why}",
+                call_id=request.call_id,
+                sender=routed.out_from,
+                to=routed.out_to,
+                status=answer.status,
+                why=f" ({answer.why})" if answer.why else "",
+            )
+            if tx.state not in (TxState.TRYING, TxState.PROCEEDING):
+                return  # the transaction ended meanwhile
+            extra: tuple[tuple[str, str], ...] = ()
+            if answer.retry_after is not None:
+                extra = (("Retry-After", str(answer.retry_after)),)
+            tx.respond(response_to(request.headers, answer.status, to_tag=to_tag, extra=extra))
+
+        if self.messages is None:
+            answered(SipAnswer(480, RETRY_AFTER, "no secure side yet"))
+            return
+        key = post_key(
+            request.call_id,
+            request.from_.tag or "",
+            request.headers.get("CSeq") or "",
+            request.body,
+        )
+        self.messages.from_sip(routed.out_from, routed.out_to, text, key).addCallback(answered)
+
+    def send_message(self, sender: str, to: str, text: str) -> Deferred[int]:
+        """
+        Send C{text} to C{to} (a SIP URI) from C{sender} as a MESSAGE
+        (RFC 3428), answering 401/407 challenges with the PBX's
+        credentials. Fires with the final status: the PBX's, 408 when it
+        did not answer, 484 for a URI that is not SIP, 502 for a name that
+        does not resolve, 503 without a transport or connection, 513 for a
+        MESSAGE over 1300 octets over UDP (RFC 3428) or over the largest SIP
+        message the CIG itself reads (16 KiB) over TCP or TLS.
+        """
+        try:
+            target = locate(to)
+        except LocateError:
+            return succeed(484)
+        done: Deferred[int] = Deferred()
+
+        def finish(status: int) -> None:
+            if not done.called:
+                done.callback(status)
+
+        def send(channel: Channel) -> None:
+            local = "127.0.0.1" if is_wildcard(self.config.sip.bind) else self.config.sip.bind
+            headers = Headers(
+                (
+                    ("Via", self.via(channel, local)),
+                    ("Max-Forwards", "70"),
+                    ("From", f"<{sender}>;tag={new_tag()}"),
+                    ("To", f"<{to}>"),
+                    ("Call-ID", f"{new_tag()}{new_tag()}@{local}"),
+                    ("CSeq", "1 MESSAGE"),
+                    ("Content-Type", OUR_CONTENT_TYPE),
+                )
+            )
+            request = Request("MESSAGE", to, headers, text.encode("utf-8"))
+            limit = MAX_MESSAGE_BYTES if channel.reliable else MAX_UDP_MESSAGE
+            if len(request.to_bytes()) > limit:
+                log.info(
+                    "MESSAGE to {to}: over {limit} octets over {transport}, not sent",
+                    to=to,
+                    limit=limit,
+                    transport=_transport(channel).upper(),
+                )
+                finish(513)
+                return
+
+            def response(answer: Response) -> None:
+                if answer.status >= 200:
+                    finish(answer.status)
+
+            credentials = self.keyring.for_target(target)
+            self.send_request(request, channel, credentials, response, lambda: finish(408))
+
+        def failed(failure: Failure) -> None:
+            log.info(
+                "cannot reach {target} for a MESSAGE to {to}: {why}",
+                target=str(target),
+                to=to,
+                why=failure.getErrorMessage(),
+            )
+            finish(502 if failure.check(DNSLookupError) else 503)
+
+        self.channel_for(target).addCallbacks(send, failed)
+        return done
 
     def send_bye(
         self, dialog: Dialog, channel: Channel, host: str, credentials: Credentials | None = None

@@ -193,10 +193,6 @@ class UmsgTel:
         if out is not None:
             out.hang_up()
 
-    def send_message(self, call: Call, content_type: str, body: bytes) -> bool:
-        """SIP MESSAGE to secure users is not carried yet."""
-        return False
-
     def media_changed(self, call: Call) -> None:
         """A re-INVITE moved the PBX's media: update the call's bridge."""
         found: TelCall | OutLeg | None = self.outgoing.get(call)

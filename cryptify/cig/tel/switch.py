@@ -124,8 +124,5 @@ class TelSwitch:
         if side is not None:
             side.hang_up(call)
 
-    def send_message(self, call: Call, content_type: str, body: bytes) -> bool:
-        return self.side().send_message(call, content_type, body)
-
     def media_changed(self, call: Call) -> None:
         (self.placed.get(call) or self.side()).media_changed(call)

@@ -162,9 +162,9 @@ class Uif(service.Service):
         material = self.material
         if material is None:
             return UmsgInfo()
-        periods = tuple(k.period for k in material.periods)
         current = period_of(self.clock.seconds())
-        state = OK if any(p >= current for p in periods) else EXPIRED
+        state = OK if any(k.period >= current for k in material.periods) else EXPIRED
+        periods = tuple(k.shown for k in material.periods)
         return UmsgInfo(material.uri, material.account, state, periods)
 
     def session(self) -> ClientSession | None:

@@ -33,6 +33,15 @@ The table reports its effects through a :class:`Parties` object (send a
 message to an attached URI, find who is attached) and a relay allocator;
 traces go to the :class:`~cryptify.crs.trace.TraceHub` as the manual's
 ``trace session`` lines.
+
+In a pool the callee may be attached at another instance: then
+:attr:`SessionTable.remote` (:class:`RemoteCallees`, the pool's calls in
+:mod:`cryptify.crs.pool.calls_core`) names that instance, the session is
+*remote*, and what the table would send the callee goes over the pool
+link instead.  The caller is sent ``session`` only once the callee's
+instance confirms it offered the call (:meth:`SessionTable.remote_offered`);
+until then a failure is the answer an unreachable callee gets here
+(``error not-connected``, ``responder not connected``).
 """
 
 from __future__ import annotations
@@ -99,6 +108,34 @@ class Parties(Protocol):
         """Deliver a message to the attached client ``uri`` (dropped if it is gone)."""
 
 
+class RemoteCallees(Protocol):
+    """Callees attached at other pool instances (the pool's calls)."""
+
+    #: Seconds the callee's instance has to confirm an offer.
+    offer_timeout: float
+
+    def locate(self, uri: str) -> str | None:
+        """The other instance serving ``uri``, or None (here, or nobody)."""
+
+    def offer(self, session: Session, mikey: bytes, legs: RelayLegs) -> bool:
+        """Forward the invite of a remote ``session``; False if its instance
+        cannot be reached now."""
+
+    def hangup(self, session: Session, code: str, reason: str | None, who: str) -> None:
+        """Tell the callee's instance that a remote ``session`` ended."""
+
+    def rows(self, now: float) -> list[list[str]]:
+        """``show session`` rows of the calls offered here for other instances."""
+
+
+@attrs.frozen
+class RemoteParty:
+    """The callee of a remote session as ``on_invite`` sees it."""
+
+    uri: str
+    account: str
+
+
 class RelayAllocator(Protocol):
     """The relay sessions of calls."""
 
@@ -128,6 +165,11 @@ class Session:
     #: What the callee is shown as the caller: ``caller``, or the caller's
     #: URI with an extension (a CIG naming the PBX user who called).
     shown_caller: str = ""
+    #: The pool instance the callee is attached at (None: here).
+    remote: str | None = None
+    #: The relay legs of a remote session, until its callee's instance
+    #: confirmed the offer (the caller is sent them then).
+    legs: RelayLegs | None = None
 
     def role_of(self, uri: str) -> str | None:
         if uri == self.caller:
@@ -188,6 +230,8 @@ class SessionTable:
         #: Called with (account, callee URI) when an invite finds its callee
         #: not attached (push wake-ups); it must not raise.
         self.on_absent: Callable[[str, str], object] | None = None
+        #: Callees attached at other pool instances (None: not in a pool).
+        self.remote: RemoteCallees | None = None
 
     # -- bookkeeping -----------------------------------------------------------
 
@@ -240,7 +284,8 @@ class SessionTable:
             for s in sorted(self.sessions.values(), key=lambda s: s.started)
         ]
         ended = [[e.caller, e.to, str(int(e.ended - e.started)), e.state] for e in self.ended]
-        return live + ended
+        offered = [] if self.remote is None else self.remote.rows(now)
+        return live + offered + ended
 
     # -- from the caller ---------------------------------------------------------
 
@@ -261,6 +306,11 @@ class SessionTable:
             self._error(caller.uri, request_id, "busy", "too many calls at once")
             return
         callee = self.parties.attached(callee_uri)
+        peer = None
+        if callee is None and self.remote is not None:
+            peer = self.remote.locate(callee_uri)
+            if peer is not None:
+                callee = RemoteParty(callee_uri, account)
         if callee is None:
             if self.on_absent is not None:
                 self.on_absent(account, callee_uri)
@@ -283,6 +333,7 @@ class SessionTable:
             self.clock.seconds(),
             request_id=request_id,
             shown_caller=shown or caller.uri,
+            remote=peer,
         )
         self._add(session)
         self.counters["invites"] += 1
@@ -315,18 +366,17 @@ class SessionTable:
             self.relay.release(session.id)
             return
         session.relayed = True
-        session.offered = True
-        self.parties.send(
-            session.caller,
-            message(
-                "session",
-                id=request_id,
-                session=session.id,
-                relay_host=legs.host,
-                relay_port=legs.port,
-                relay_tag=legs.caller_tag,
-            ),
-        )
+        if session.remote is not None:
+            assert self.remote is not None
+            session.legs = legs
+            if not self.remote.offer(session, mikey, legs):
+                self._unreachable(session, tell=False)
+                return
+            session.timer = self.clock.callLater(
+                self.remote.offer_timeout, self._offer_timeout, session.id
+            )
+            return
+        self._tell_caller(session, legs)
         self.parties.send(
             session.callee,
             message(
@@ -340,6 +390,25 @@ class SessionTable:
                 relay_tag=legs.callee_tag,
             ),
         )
+        self._ring(session)
+
+    def _tell_caller(self, session: Session, legs: RelayLegs) -> None:
+        """The caller's ``session``: the call is placed."""
+        session.offered = True
+        self.parties.send(
+            session.caller,
+            message(
+                "session",
+                id=session.request_id,
+                session=session.id,
+                relay_host=legs.host,
+                relay_port=legs.port,
+                relay_tag=legs.caller_tag,
+            ),
+        )
+
+    def _ring(self, session: Session) -> None:
+        """The callee was offered the call: it has the answer timeout to take it."""
         session.timer = self.clock.callLater(self.answer_timeout, self._no_answer, session.id)
         self._trace(session, INVITE)
 
@@ -373,9 +442,12 @@ class SessionTable:
         session = self._find(uri, session_id)
         if session is None:
             return
-        if session.role_of(uri) != CALLEE or session.state != INVITE:
+        if session.remote is not None or session.role_of(uri) != CALLEE or session.state != INVITE:
             self.parties.send(uri, message("error", code="unexpected", reason="not ringing now"))
             return
+        self._ringing(session)
+
+    def _ringing(self, session: Session) -> None:
         session.state = RINGING
         self.parties.send(session.caller, message("ringing", session=session.id))
         self._trace(session, RINGING)
@@ -385,9 +457,16 @@ class SessionTable:
         session = self._find(uri, session_id)
         if session is None:
             return
-        if session.role_of(uri) != CALLEE or session.state not in (INVITE, RINGING):
+        if (
+            session.remote is not None
+            or session.role_of(uri) != CALLEE
+            or session.state not in (INVITE, RINGING)
+        ):
             self.parties.send(uri, message("error", code="unexpected", reason="cannot answer now"))
             return
+        self._talk(session)
+
+    def _talk(self, session: Session) -> None:
         session.state = TALK
         if session.timer is not None and session.timer.active():
             session.timer.cancel()
@@ -404,6 +483,10 @@ class SessionTable:
         if session.state != TALK:
             self.parties.send(uri, message("error", code="unexpected", reason="not talking"))
             return
+        if session.remote is not None:  # not carried over the pool link (yet)
+            reason = "hold is not passed between pool instances"
+            self.parties.send(uri, message("error", code="unexpected", reason=reason))
+            return
         kind = "hold" if held else "resume"
         self.parties.send(session.other(uri), message(kind, session=session.id))
 
@@ -414,6 +497,12 @@ class SessionTable:
             return
         role = session.role_of(uri)
         assert role is not None
+        if session.remote is not None and role == CALLEE:
+            # the callee of a remote session is attached elsewhere, not as this client
+            self.parties.send(
+                uri, message("error", code="not-found", reason=f"no session {session_id[:64]}")
+            )
+            return
         self._end(session, code, role, reason, skip=uri)
 
     def _end(
@@ -422,6 +511,10 @@ class SessionTable:
         self._remove(session)
         self.counters["hangups"] += 1
         self._ended(session.caller, session.to, session.started, hangup_state(code, who))
+        if session.remote is not None and session.legs is not None and session.callee != skip:
+            # its instance was sent the invite: it ends there too
+            assert self.remote is not None
+            self.remote.hangup(session, code, reason, who)
         if not session.offered:
             # Nobody has heard of this session yet: the caller's invite fails.
             if session.caller != skip:
@@ -430,7 +523,7 @@ class SessionTable:
             self._trace(session, f"hangup({code}; {who})")
             return
         for party in (session.caller, session.callee):
-            if party != skip:
+            if party != skip and not (session.remote is not None and party == session.callee):
                 self.parties.send(
                     party,
                     message("hangup", session=session.id, code=code, reason=reason, who=who),
@@ -449,9 +542,127 @@ class SessionTable:
         for session in self.sessions_of(uri):
             role = session.role_of(uri)
             assert role is not None
+            if session.remote is not None and role == CALLEE:
+                continue  # that callee is attached at another instance
             self._end(session, "detached", role, f"the {role} went away", skip=uri)
 
     def stop(self) -> None:
         """Shutdown: end every call."""
         for session in list(self.sessions.values()):
             self._end(session, "shutdown", CRS, "the CRS is shutting down")
+
+    # -- callees at other pool instances ---------------------------------------
+
+    def _remote_session(self, peer: str, session_id: str) -> Session | None:
+        """The remote session ``session_id`` whose callee is at ``peer``."""
+        session = self.sessions.get(session_id)
+        if session is None or session.remote != peer:
+            return None
+        return session
+
+    def _unreachable(self, session: Session, tell: bool, code: str = "not-connected") -> None:
+        """A remote session whose callee's instance did not take it: the
+        caller's invite fails as for a callee that is not attached here
+        (``code``: ``not-connected``, or what that instance answered)."""
+        self._remove(session)
+        if tell:
+            assert self.remote is not None
+            self.remote.hangup(session, code, None, CRS)
+        state = {"not-connected": NOT_CONNECTED_STATE, "not-found": NOT_FOUND_STATE}.get(code)
+        if state is None:
+            state = hangup_state(code, CRS)
+        self.trace.emit("session", session.caller, session.to, state, session.account, session.id)
+        self._ended(session.caller, session.to, session.started, state)
+        self._error(session.caller, session.request_id, code, state)
+
+    def _offer_timeout(self, session_id: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is None or session.offered:
+            return
+        session.timer = None
+        log.warn(
+            "call {caller} -> {callee}: {peer} did not confirm the offer in time",
+            caller=session.caller,
+            callee=session.callee,
+            peer=session.remote,
+        )
+        self._unreachable(session, tell=True)
+
+    def _confirmed(self, session: Session) -> None:
+        """The callee's instance offered the call: the caller is told."""
+        if session.offered:
+            return
+        if session.timer is not None and session.timer.active():
+            session.timer.cancel()
+        session.timer = None
+        assert session.legs is not None
+        self._tell_caller(session, session.legs)
+        self._ring(session)
+
+    def remote_offered(self, peer: str, session_id: str) -> None:
+        """``peer`` offered the remote session to its attached callee."""
+        session = self._remote_session(peer, session_id)
+        if session is not None and session.legs is not None:
+            self._confirmed(session)
+
+    def remote_refused(self, peer: str, session_id: str, code: str) -> None:
+        """``peer`` could not offer the call (``not-connected``, ``not-found``,
+        ``glare``, ``busy``): the caller's invite fails with that code."""
+        session = self._remote_session(peer, session_id)
+        if session is not None and not session.offered:
+            self._unreachable(session, tell=False, code=code)
+
+    def remote_ringing(self, peer: str, session_id: str) -> None:
+        """``ringing`` from a remote session's callee."""
+        session = self._remote_session(peer, session_id)
+        if session is None or session.legs is None:
+            return
+        self._confirmed(session)
+        if session.state == INVITE:
+            self._ringing(session)
+
+    def remote_talk(self, peer: str, session_id: str) -> None:
+        """``talk`` from a remote session's callee."""
+        session = self._remote_session(peer, session_id)
+        if session is None or session.legs is None:
+            return
+        self._confirmed(session)
+        if session.state in (INVITE, RINGING):
+            self._talk(session)
+
+    def remote_hangup(
+        self, peer: str, session_id: str, code: str, reason: str | None, who: str
+    ) -> None:
+        """A remote session ended at its callee's instance (the callee hung
+        up or went away, or that instance ended it)."""
+        session = self._remote_session(peer, session_id)
+        if session is None:
+            return
+        if not session.offered and session.legs is not None:
+            # the callee's instance ended it before confirming: e.g. the
+            # callee hung up at once; the caller is told it was placed first
+            self._confirmed(session)
+        self._end(session, code, who, reason, skip=session.callee)
+
+    def glare_lost(self, session_id: str, winner: str) -> None:
+        """``winner`` (a client of another instance) invited the caller of
+        ``session_id`` while that invite was not answered, and its URI is
+        the smaller: this session ends with ``glare``, as between two
+        clients of this instance."""
+        session = self.sessions.get(session_id)
+        if session is not None and session.state == INVITE:
+            self._end(session, "glare", CRS, f"{winner} called at the same time")
+
+    def peer_lost(self, peer: str) -> None:
+        """The pool link to ``peer`` is down: its callees' calls end here."""
+        for session in [s for s in self.sessions.values() if s.remote == peer]:
+            if session.offered:
+                self._end(
+                    session,
+                    "not-connected",
+                    CRS,
+                    "the callee's CRS instance is unreachable",
+                    skip=session.callee,
+                )
+            else:
+                self._unreachable(session, tell=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,12 +19,21 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from cryptify import __version__
-from cryptify.crs.accounts import Account, AccountError, check_account_id, check_uri
+from cryptify.crs.accounts import (
+    Account,
+    AccountError,
+    check_account_id,
+    check_secret,
+    check_uri,
+)
 from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.interwork.peers import IwPeerError, IwPeers, check_peer
 from cryptify.crs.objects.store import ClientObjects
 from cryptify.crs.operator.state import ATTACH_MODULE, CrsState
 from cryptify.crs.operator.stats import COLUMNS as STATS_COLUMNS
 from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.pool.changes_core import Kind, Report
+from cryptify.crs.pool.wire import WireError
 from cryptify.crs.remote_admin.store import KEY_BYTES, AdminError, AdminStore, fingerprint
 from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.crs.trace import ELEMENTS
@@ -52,7 +62,19 @@ CLIENT_INFO_COLUMNS = [
     "CCA Version",
 ]
 NOT_AVAILABLE = "Not Available"
+#: What a wake-up answers for a client without a token here.
+NO_TOKEN = "no push token"  # noqa: S105 (an answer, not a secret)
 ADMINS_COLUMNS = ["Admin", "Accounts"]
+IW_COLUMNS = [
+    "IW-CRS",
+    "SIGNAL-LINK",
+    "SIGNAL-OUTGOING",
+    "SIGNAL-INCOMING",
+    "DATA-LINK",
+    "DATA-OUTGOING",
+    "DATA-INCOMING",
+    "VERSION",
+]
 ADMIN_COLUMNS = ["Name", "Secret"]
 ADMIN_ACCOUNTS_COLUMNS = ["Account", "Authorizations"]
 
@@ -115,6 +137,20 @@ class CrsAdmin(amp.CommandLocator):
             raise CommandFailed("the client object store is not available")
         return self.state.objects
 
+    async def _pool(
+        self, kind: Kind, args: dict[str, str | bytes], *, done_here: bool = False
+    ) -> Report:
+        """Make a pool-wide change (docs/pool.md): applied here, logged,
+        sent to every peer; who has applied it."""
+        changes = self.state.changes
+        assert changes is not None
+        try:
+            return await changes.submit(kind, args, done_here=done_here)
+        except OSError as exc:
+            raise CommandFailed(f"not done: the pool change log cannot be written: {exc}") from exc
+        except WireError as exc:
+            raise CommandFailed(f"not done: {exc}") from exc
+
     @crs_admin.ServerVersion.responder
     def server_version(self) -> dict[str, object]:
         return {"program": "crs", "version": __version__}
@@ -131,12 +167,26 @@ class CrsAdmin(amp.CommandLocator):
     # -- accounts --------------------------------------------------------------
 
     @crs_admin.CreateAccount.responder
-    def create_account(self, account: str, secret: str) -> dict[str, object]:
+    @deferred
+    async def create_account(self, account: str, secret: str) -> dict[str, object]:
+        if self.state.changes is None:
+            try:
+                created = self.state.accounts.create(account, secret)
+            except (AccountError, OSError) as exc:
+                raise _failing(exc) from exc
+            return {"path": created.path}
         try:
-            created = self.state.accounts.create(account, secret)
-        except (AccountError, OSError) as exc:
+            check_account_id(account)
+            check_secret(secret)
+        except AccountError as exc:
             raise _failing(exc) from exc
-        return {"path": created.path}
+        if self.state.accounts.get(account) is not None:
+            raise CommandFailed(f"account {account} already exists")
+        report = await self._pool(Kind.ACCOUNT_CREATE, {"account": account, "secret": secret})
+        if report.problems:
+            raise CommandFailed(f"account {account}: {report.text()}")
+        path = os.path.join(self.state.accounts.directory, account)
+        return {"path": path, "pool": report.text()}
 
     @crs_admin.ListAccounts.responder
     def list_accounts(self) -> dict[str, object]:
@@ -147,6 +197,10 @@ class CrsAdmin(amp.CommandLocator):
     @deferred
     async def delete_account(self, account: str) -> dict[str, object]:
         self._account(account)
+        if self.state.changes is not None:
+            count = len(self.registry.matching(account=account))
+            report = await self._pool(Kind.ACCOUNT_DELETE, {"account": account})
+            return {"disconnected": count, "pool": report.text()}
         gone = self.registry.disconnect(self.registry.matching(account=account), "account deleted")
         if self.state.objects is not None:
             await self.state.objects.purge_account(account)
@@ -170,7 +224,16 @@ class CrsAdmin(amp.CommandLocator):
         return {"disconnected": gone}
 
     @crs_admin.ReloadAccounts.responder
-    def reload_accounts(self) -> dict[str, object]:
+    @deferred
+    async def reload_accounts(self) -> dict[str, object]:
+        if self.state.changes is not None:
+            report = await self._pool(Kind.RELOAD, {})
+            who = Report(report.applied, report.pending)
+            return {"problems": list(report.problems), "pool": who.text("reloaded on")}
+        return self.reload_here()
+
+    def reload_here(self) -> dict[str, object]:
+        """Reload the accounts and admins of this instance only (SIGHUP)."""
         problems = self.state.accounts.reload()
         if self.state.admins is not None:
             # the admins file too, once an operator has repaired it
@@ -182,11 +245,28 @@ class CrsAdmin(amp.CommandLocator):
         return {"problems": problems}
 
     @crs_admin.Apply.responder
-    def apply(self, data: Any) -> dict[str, Any]:
+    @deferred
+    async def apply(self, data: Any) -> dict[str, Any]:
         try:
             raw = base64.b64decode(str(data), validate=True)
         except (binascii.Error, ValueError) as exc:
             raise CommandFailed("the update file did not arrive intact") from exc
+        if self.state.changes is not None:
+            try:
+                account, update = self.state.accounts.open_update(raw)
+            except AccountError as exc:
+                raise _failing(exc) from exc
+            report = await self._pool(Kind.APPLY, {"data": raw})
+            if report.problems:
+                raise CommandFailed(f"update file: {report.text()}")
+            return {
+                "result": {
+                    "account": account.id,
+                    "revision": update.revision,
+                    "periods": [m.period for m in update.months],
+                },
+                "pool": report.text(),
+            }
         try:
             applied = self.state.accounts.apply(raw)
         except (AccountError, OSError) as exc:
@@ -226,8 +306,19 @@ class CrsAdmin(amp.CommandLocator):
         return int(self.registry.disconnect(listed, "blacklisted"))
 
     @crs_admin.AddBlacklist.responder
-    def add_blacklist(self, account: str, uri: str) -> dict[str, object]:
+    @deferred
+    async def add_blacklist(self, account: str, uri: str) -> dict[str, object]:
         self._account(account)
+        if self.state.changes is not None:
+            try:
+                check_uri(uri)
+            except AccountError as exc:
+                raise _failing(exc) from exc
+            count = len(self.registry.matching(account=account, uri=uri))
+            report = await self._pool(Kind.BLACKLIST_ADD, {"account": account, "uri": uri})
+            if report.problems:
+                raise CommandFailed(f"{uri}: {report.text()}")
+            return {"disconnected": count, "pool": report.text()}
         try:
             self.state.accounts.set_blacklisted(account, uri, True)
         except (AccountError, OSError) as exc:
@@ -236,8 +327,16 @@ class CrsAdmin(amp.CommandLocator):
         return {"disconnected": self._enforce_blacklists()}
 
     @crs_admin.RemoveBlacklist.responder
-    def remove_blacklist(self, account: str, uri: str) -> dict[str, object]:
-        self._account(account)
+    @deferred
+    async def remove_blacklist(self, account: str, uri: str) -> dict[str, object]:
+        found = self._account(account)
+        if self.state.changes is not None:
+            if uri not in found.blacklist:
+                raise CommandFailed(f"{uri} is not on the blacklist of {account}")
+            report = await self._pool(Kind.BLACKLIST_REMOVE, {"account": account, "uri": uri})
+            if report.problems:
+                raise CommandFailed(f"{uri}: {report.text()}")
+            return {"pool": report.text()}
         try:
             self.state.accounts.set_blacklisted(account, uri, False)
         except (AccountError, OSError) as exc:
@@ -245,27 +344,97 @@ class CrsAdmin(amp.CommandLocator):
         log.info("{uri} removed from the blacklist of {account}", uri=uri, account=account)
         return {}
 
+    # -- inter-working CRS instances -------------------------------------------
+
+    def _iw(self) -> IwPeers:
+        if self.state.iw is None:
+            raise CommandFailed("inter-working is not available on this CRS")
+        return self.state.iw
+
+    @crs_admin.AddIwCrs.responder
+    @deferred
+    async def add_iw_crs(
+        self, ip: str, secret: str, comment: str | None = None
+    ) -> dict[str, object]:
+        peers = self._iw()
+        try:
+            # Checked here first, so that a bad address or secret is refused
+            # before it becomes a pool change.
+            check_peer(ip, secret, comment)
+        except IwPeerError as exc:
+            raise CommandFailed(str(exc)) from exc
+        if self.state.changes is not None:
+            report = await self._pool(
+                Kind.IW_ADD, {"ip": ip, "secret": secret, "comment": comment or ""}
+            )
+            if report.problems:
+                raise CommandFailed(f"{ip}: {report.text()}")
+            return {"pool": report.text()}
+        try:
+            peers.add(ip, secret, comment)
+        except (IwPeerError, OSError) as exc:
+            raise _failing(exc) from exc
+        log.info("inter-working CRS {ip} added", ip=ip)
+        return {}
+
+    @crs_admin.DeleteIwCrs.responder
+    @deferred
+    async def delete_iw_crs(self, ip: str) -> dict[str, object]:
+        peers = self._iw()
+        if peers.config.get(ip) is None:
+            raise CommandFailed(f"no inter-working CRS {ip}")
+        if self.state.changes is not None:
+            report = await self._pool(Kind.IW_DELETE, {"ip": ip})
+            if report.problems:
+                raise CommandFailed(f"{ip}: {report.text()}")
+            return {"pool": report.text()}
+        try:
+            peers.delete(ip)
+        except OSError as exc:
+            raise _failing(exc) from exc
+        log.info("inter-working CRS {ip} deleted", ip=ip)
+        return {}
+
+    @crs_admin.ListIwCrs.responder
+    def list_iw_crs(self) -> dict[str, object]:
+        rows = [[p.ip, p.secret, p.comment or ""] for p in self._iw().config.instances]
+        return {"table": table(["IP", "shared secret", "comment"], rows)}
+
+    @crs_admin.ShowIwCrs.responder
+    def show_iw_crs(self) -> dict[str, object]:
+        self._iw()
+        rows = [list(r) for r in self.state.iw_link.rows()] if self.state.iw_link else []
+        return {"table": table(IW_COLUMNS, rows)}
+
     @crs_admin.ShowBlacklist.responder
     def show_blacklist(self, account: str) -> dict[str, Any]:
         found = self._account(account)
         rows = [[uri] for uri in found.effective_blacklist(period_of(self.state.clock()))]
         return {"table": table(["URI"], rows)}
 
+    async def _purge(self, account: str, uri: str | None) -> dict[str, object]:
+        matches = self.registry.matching(account=account, uri=uri)
+        here = self.registry.disconnect(matches, "purged")
+        if self.state.changes is None:
+            return {"purged": here}
+        total, report = await self.state.changes.purge(account, uri, here)
+        return {"purged": total, "pool": report.text("purged on")}
+
     @crs_admin.PurgeClient.responder
-    def purge_client(self, account: str, uri: str) -> dict[str, object]:
+    @deferred
+    async def purge_client(self, account: str, uri: str) -> dict[str, object]:
         self._account(account)
         try:
             check_uri(uri)
         except AccountError as exc:
             raise _failing(exc) from exc
-        matches = self.registry.matching(account=account, uri=uri)
-        return {"purged": self.registry.disconnect(matches, "purged")}
+        return await self._purge(account, uri)
 
     @crs_admin.PurgeClients.responder
-    def purge_clients(self, account: str) -> dict[str, object]:
+    @deferred
+    async def purge_clients(self, account: str) -> dict[str, object]:
         self._account(account)
-        matches = self.registry.matching(account=account)
-        return {"purged": self.registry.disconnect(matches, "purged")}
+        return await self._purge(account, None)
 
     @crs_admin.PurgeObserved.responder
     @deferred
@@ -383,6 +552,14 @@ class CrsAdmin(amp.CommandLocator):
         log.info(
             "wakeup client {uri} of {account}: {result}", uri=uri, account=account, result=result
         )
+        if result == NO_TOKEN and self.state.changes is not None:
+            # in a pool the member serving the client's slot keeps its token
+            answers = await self.state.changes.wake(account, uri)
+            for peer, answer in answers:
+                if answer == "sent":
+                    return {"result": answer, "pool": f"sent by {peer}"}
+            elsewhere = "; ".join(f"{peer}: {answer}" for peer, answer in answers)
+            raise CommandFailed(f"not sent: {result} here; {elsewhere}")
         if result != "sent":
             # never say sent before the provider took it
             raise CommandFailed(f"not sent: {result}")
@@ -437,49 +614,82 @@ class CrsAdmin(amp.CommandLocator):
             raise CommandFailed("remote admins are not available")
         return self.state.admins
 
-    def _admin_change(self, change: Callable[[], object]) -> dict[str, object]:
+    async def _admin_change(
+        self, change: Callable[[], object], kind: Kind, args: dict[str, str | bytes]
+    ) -> dict[str, object]:
+        """Change the admins here (the store checks it); in a pool, then
+        on every peer too."""
         try:
             change()
         except AdminError as exc:
             raise _failing(exc) from exc
-        return {}
+        if self.state.changes is None:
+            return {}
+        report = await self._pool(kind, args, done_here=True)
+        return {"pool": report.text()}
 
     @crs_admin.CreateAdmin.responder
-    def create_admin(self, name: str, key: str) -> dict[str, object]:
+    @deferred
+    async def create_admin(self, name: str, key: str) -> dict[str, object]:
         try:
             raw = base64.b64decode(key.encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
             raise CommandFailed("the admin's public key did not arrive intact") from exc
         if len(raw) != KEY_BYTES:
             raise CommandFailed("the admin's public key did not arrive intact")
-        return self._admin_change(lambda: self._admins().create(name, raw))
+        return await self._admin_change(
+            lambda: self._admins().create(name, raw), Kind.ADMIN_CREATE, {"name": name, "key": raw}
+        )
 
     @crs_admin.DeleteAdmin.responder
-    def delete_admin(self, name: str) -> dict[str, object]:
-        return self._admin_change(lambda: self._admins().delete(name))
+    @deferred
+    async def delete_admin(self, name: str) -> dict[str, object]:
+        return await self._admin_change(
+            lambda: self._admins().delete(name), Kind.ADMIN_DELETE, {"name": name}
+        )
 
     @crs_admin.AddAdminAccount.responder
-    def add_admin_account(self, name: str, account: str) -> dict[str, object]:
+    @deferred
+    async def add_admin_account(self, name: str, account: str) -> dict[str, object]:
         self._account(account)
-        return self._admin_change(lambda: self._admins().add_account(name, account))
+        return await self._admin_change(
+            lambda: self._admins().add_account(name, account),
+            Kind.ADMIN_ACCOUNT_ADD,
+            {"name": name, "account": account},
+        )
 
     @crs_admin.DeleteAdminAccount.responder
-    def delete_admin_account(self, name: str, account: str) -> dict[str, object]:
-        return self._admin_change(lambda: self._admins().delete_account(name, account))
+    @deferred
+    async def delete_admin_account(self, name: str, account: str) -> dict[str, object]:
+        return await self._admin_change(
+            lambda: self._admins().delete_account(name, account),
+            Kind.ADMIN_ACCOUNT_DELETE,
+            {"name": name, "account": account},
+        )
 
     @crs_admin.AddAdminAuthorization.responder
-    def add_admin_authorization(
+    @deferred
+    async def add_admin_authorization(
         self, name: str, account: str, authorization: str
     ) -> dict[str, object]:
         admins = self._admins()
-        return self._admin_change(lambda: admins.add_authorization(name, account, authorization))
+        return await self._admin_change(
+            lambda: admins.add_authorization(name, account, authorization),
+            Kind.ADMIN_AUTH_ADD,
+            {"name": name, "account": account, "authorization": authorization},
+        )
 
     @crs_admin.DeleteAdminAuthorization.responder
-    def delete_admin_authorization(
+    @deferred
+    async def delete_admin_authorization(
         self, name: str, account: str, authorization: str
     ) -> dict[str, object]:
         admins = self._admins()
-        return self._admin_change(lambda: admins.delete_authorization(name, account, authorization))
+        return await self._admin_change(
+            lambda: admins.delete_authorization(name, account, authorization),
+            Kind.ADMIN_AUTH_DELETE,
+            {"name": name, "account": account, "authorization": authorization},
+        )
 
     def _one_admin(self, name: str) -> Any:
         admins = self._admins()

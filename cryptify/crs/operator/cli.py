@@ -14,7 +14,7 @@ import functools
 import os
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 from cryptify import __version__
@@ -60,7 +60,7 @@ Cryptify Rendezvous Server command line: crs-cli ACTION [options]
   version                               version of crs-cli
   check-config [FILE]                   validate crs.conf (default /opt/crs/crs.conf)
   apply FILE                            apply a protected monthly update file
-  show version|services|attach|session|message|updates|system|account|relay
+  show version|services|attach|session|message|updates|system|account|relay|iw-crs
   show blacklist ACCOUNT
   show client-info ACCOUNT
   show push-token ACCOUNT URI
@@ -71,10 +71,13 @@ Cryptify Rendezvous Server command line: crs-cli ACTION [options]
   create account ID [-s SECRET | -b BITS | -B BYTES]
   create admin NAME                     a remote admin; its secret is printed once
   list account
+  list iw-crs                           the inter-working CRS instances and secrets
   delete account ID
+  delete iw-crs IP
   delete admin NAME
   delete admin-account NAME ACCOUNT
   delete admin-account-authorization NAME ACCOUNT statistics|update
+  add iw-crs IP SECRET [-c COMMENT]     trust the inter-working CRS at IP
   add admin-account NAME ACCOUNT        let admin NAME manage ACCOUNT
   add admin-account-authorization NAME ACCOUNT statistics|update
   reload account
@@ -103,6 +106,7 @@ SHOW_SIMPLE = (
     "system",
     "account",
     "relay",
+    "iw-crs",
 )
 STATS_OPS = ("enable", "disable", "clear", "export")
 TRACE_ELEMENTS = ("attach", "session", "message", "object", "event")
@@ -130,6 +134,7 @@ SHOW_HELP = {
     "system": "the CRS hosts of the system and their links",
     "account": "the accounts and their counters",
     "relay": "the media relay and its sessions",
+    "iw-crs": "the links to the inter-working CRS instances",
 }
 TRACE_HELP = {
     "attach": "attaches and detaches",
@@ -278,13 +283,17 @@ def build_parser(err: IO[str]) -> CliParser:
         )
     )
 
-    listing = elements(sub(actions, "list", "list account"))
+    listing = elements(sub(actions, "list", "list account|iw-crs"))
     sub(listing, "account", "list account", "list the accounts with their files and secrets")
+    sub(listing, "iw-crs", "list iw-crs", "list the inter-working CRS instances and secrets")
     delete = elements(sub(actions, "delete", "delete ELEMENT"))
     sub(
         delete, "account", "delete account ID", "delete an account and disconnect its clients"
     ).add_argument("id", metavar="ID", help="the account ID")
     admin_name_arg(sub(delete, "admin", "delete admin NAME", "delete a remote admin"))
+    sub(
+        delete, "iw-crs", "delete iw-crs IP", "stop trusting an inter-working CRS instance"
+    ).add_argument("ip", metavar="IP", help="its address, as added")
     admin_rights(
         delete,
         "delete",
@@ -294,6 +303,15 @@ def build_parser(err: IO[str]) -> CliParser:
         ),
     )
     add = elements(sub(actions, "add", "add ELEMENT"))
+    peer = sub(
+        add,
+        "iw-crs",
+        "add iw-crs IP SECRET [-c COMMENT]",
+        "trust the inter-working CRS instance at IP (TLS-PSK with SECRET, on every instance)",
+    )
+    peer.add_argument("ip", metavar="IP", help="its address; its connections must come from it")
+    peer.add_argument("secret", metavar="SECRET", help="the shared secret, letters and digits")
+    peer.add_argument("-c", dest="comment", metavar="COMMENT", help="a comment")
     admin_rights(
         add,
         "add",
@@ -453,19 +471,24 @@ def remote_action(
                     crs_admin.ShowAdminAccounts,
                     {"name": getattr(args, "name", "")},
                 ),
+                "iw-crs": (crs_admin.ShowIwCrs, {}),
             }
             command, kwargs = commands[str(element)]
             return write_table(out, await client.call(command, **kwargs))
+        if element == "iw-crs":
+            return await iw_crs(client, args, out)
         if action in ("add", "delete") and element and element.startswith("admin"):
             return await admin_change(client, args, out)
         if action == "create" and element == "admin":
             secret, key = new_secret()
-            await client.call(
+            answer = await client.call(
                 crs_admin.CreateAdmin,
                 name=args.name,
                 key=base64.b64encode(key).decode("ascii"),
             )
-            out.write(f"admin {args.name} created\nsecret {secret}\n")
+            out.write(f"admin {args.name} created\n")
+            pool_line(out, answer)
+            out.write(f"secret {secret}\n")
             out.write(
                 "The secret is shown only now: hand it to the admin. "
                 "The CRS keeps only its public key.\n"
@@ -475,6 +498,7 @@ def remote_action(
             secret = args.secret or shared_secret(args.bits, args.bytes)
             answer = await client.call(crs_admin.CreateAccount, account=args.id, secret=secret)
             out.write(f"account {args.id} created in {answer['path']}\n")
+            pool_line(out, answer)
             if not args.secret:
                 out.write(f"shared secret {secret}\n")
             return EXIT_OK
@@ -487,12 +511,14 @@ def remote_action(
         if action == "delete":
             answer = await client.call(crs_admin.DeleteAccount, account=args.id)
             out.write(f"account {args.id} deleted; {answer['disconnected']} clients disconnected\n")
+            pool_line(out, answer)
             return EXIT_OK
         if action == "reload":
             answer = await client.call(crs_admin.ReloadAccounts)
             problems = answer["problems"]
             for problem in problems:
                 err.write(f"{PROG}: {problem}\n")
+            pool_line(out, answer)
             if problems:
                 # the others were reloaded; the broken ones keep what they had
                 out.write(f"accounts reloaded, except for the {len(problems)} problem(s) above\n")
@@ -506,6 +532,7 @@ def remote_action(
                 f"update applied: account {result['account']}, revision {result['revision']}, "
                 f"months {', '.join(result['periods'])}\n"
             )
+            pool_line(out, answer)
             return EXIT_OK
         if action == "blacklist":
             if args.op == "add":
@@ -514,8 +541,11 @@ def remote_action(
                 )
                 out.write(f"{args.uri} blacklisted; {answer['disconnected']} disconnected\n")
             else:
-                await client.call(crs_admin.RemoveBlacklist, account=args.account, uri=args.uri)
+                answer = await client.call(
+                    crs_admin.RemoveBlacklist, account=args.account, uri=args.uri
+                )
                 out.write(f"{args.uri} removed from the blacklist\n")
+            pool_line(out, answer)
             return EXIT_OK
         if action == "purge":
             if element == "client":
@@ -527,6 +557,7 @@ def remote_action(
             else:
                 answer = await client.call(crs_admin.PurgeObserved, account=args.account)
             out.write(f"{answer['purged']} purged\n")
+            pool_line(out, answer)
             return EXIT_OK
         if action == "check":
             answer = await client.call(crs_admin.CheckSlot, uri=args.uri)
@@ -548,8 +579,9 @@ def remote_action(
             out.write(f"statistics {args.op}d for {args.account}\n")
             return EXIT_OK
         if action == "wakeup":
-            await client.call(crs_admin.WakeupClient, account=args.account, uri=args.uri)
+            answer = await client.call(crs_admin.WakeupClient, account=args.account, uri=args.uri)
             out.write(f"wake-up sent to {args.uri}\n")
+            pool_line(out, answer)
             return EXIT_OK
         if action == "trace":
             await client.call(crs_admin.Trace, element=element)
@@ -563,25 +595,54 @@ def remote_action(
     return run
 
 
+async def iw_crs(client: ManagementClient, args: argparse.Namespace, out: IO[str]) -> int:
+    """``add|delete|list iw-crs ...`` (``show iw-crs`` is a table)."""
+    if args.action == "add":
+        kwargs = {"ip": args.ip, "secret": args.secret}
+        if args.comment:
+            kwargs["comment"] = args.comment
+        answer = await client.call(crs_admin.AddIwCrs, **kwargs)
+        out.write(f"inter-working CRS {args.ip} added\n")
+    elif args.action == "delete":
+        answer = await client.call(crs_admin.DeleteIwCrs, ip=args.ip)
+        out.write(f"inter-working CRS {args.ip} deleted\n")
+    else:
+        answer = await client.call(crs_admin.ListIwCrs)
+        for ip, secret, comment in answer["table"]["rows"]:
+            out.write(f"IP             {ip}\nshared secret  {secret}\n")
+            out.write(f"comment        {comment}\n\n" if comment else "\n")
+        return EXIT_OK
+    pool_line(out, answer)
+    return EXIT_OK
+
+
 async def admin_change(client: ManagementClient, args: argparse.Namespace, out: IO[str]) -> int:
     """``add|delete admin-account[-authorization] ...`` and ``delete admin NAME``."""
     adding = args.action == "add"
     if args.element == "admin":
-        await client.call(crs_admin.DeleteAdmin, name=args.name)
+        answer = await client.call(crs_admin.DeleteAdmin, name=args.name)
         out.write(f"admin {args.name} deleted\n")
     elif args.element == "admin-account":
         command = crs_admin.AddAdminAccount if adding else crs_admin.DeleteAdminAccount
-        await client.call(command, name=args.name, account=args.account)
+        answer = await client.call(command, name=args.name, account=args.account)
         change = "may now manage" if adding else "no longer manages"
         out.write(f"admin {args.name} {change} account {args.account}\n")
     else:
         rights = crs_admin.AddAdminAuthorization if adding else crs_admin.DeleteAdminAuthorization
-        await client.call(
+        answer = await client.call(
             rights, name=args.name, account=args.account, authorization=args.authorization
         )
         change = "now has" if adding else "no longer has"
         out.write(f"admin {args.name} {change} {args.authorization} on {args.account}\n")
+    pool_line(out, answer)
     return EXIT_OK
+
+
+def pool_line(out: IO[str], answer: Mapping[str, Any]) -> None:
+    """In a pool, which instances have applied the command (docs/pool.md)."""
+    where = answer.get("pool")
+    if where:
+        out.write(f"{where}\n")
 
 
 def print_help(words: Sequence[str], out: IO[str], err: IO[str]) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -12,9 +12,11 @@ from twisted.protocols import amp
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.interwork.peers import IwPeers
 from cryptify.crs.messages.store import MessageStore
 from cryptify.crs.objects.store import ClientObjects
 from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.pool.changes_core import Kind, Report
 from cryptify.crs.remote_admin.store import AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import TraceHub
@@ -48,6 +50,29 @@ class PoolView(Protocol):
 
     def owner(self, slot: int) -> str | None:
         """The instance owning ``slot`` now, or None while it has none."""
+
+
+class PoolOps(Protocol):
+    """What the pool-wide operator commands need of
+    :class:`cryptify.crs.pool.changes.PoolChanges`."""
+
+    async def submit(
+        self, kind: Kind, args: Mapping[str, str | bytes], *, done_here: bool = False
+    ) -> Report:
+        """Apply a change here and on every peer; who has applied it."""
+
+    async def purge(self, account: str, uri: str | None, here: int) -> tuple[int, Report]:
+        """Purge on every live peer too; the total and who did it."""
+
+    async def wake(self, account: str, uri: str) -> list[tuple[str, str]]:
+        """Ask every live peer to wake ``uri``; (peer, what happened) for each."""
+
+
+class IwView(Protocol):
+    """What ``show iw-crs`` needs of :class:`cryptify.crs.interwork.link.IwLink`."""
+
+    def rows(self) -> list[tuple[str, str, str, str, str, str, str, str]]:
+        """One row per peer with the manual's eight columns."""
 
 
 def _registry(state: CrsState) -> AttachRegistry:
@@ -85,6 +110,8 @@ class CrsState:
     #: The pool member, when this instance is in a pool of 2+ with a
     #: ``crsname``: then its map, not ``slots``, says who owns what.
     pool: PoolView | None = None
+    #: The pool-wide operator changes, with :attr:`pool` (docs/pool.md).
+    changes: PoolOps | None = None
     objects: ClientObjects | None = None
     relay: RelayControl | None = None
     #: The live calls (``show session``).
@@ -98,6 +125,9 @@ class CrsState:
     pid: int = attrs.field(factory=os.getpid)
     #: Push wake-ups (``wakeup client``; docs/push.md), when ``features push``.
     push: Any | None = None
+    #: The inter-working peers (``iw-crs.conf``) and their link (``show iw-crs``).
+    iw: IwPeers | None = None
+    iw_link: IwView | None = None
     #: ``notify(unit, event)``: tells notify.sh about system events.
     notify: Callable[[str, str], None] = lambda unit, event: None
 

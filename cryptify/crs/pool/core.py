@@ -292,6 +292,10 @@ class PoolMember:
         up = {n for n, at in self._heard.items() if now - at < DOWN_AFTER}
         return frozenset(up | {self.me})
 
+    def heard(self, peer: str) -> float | None:
+        """When ``peer``'s last heartbeat arrived (None: never)."""
+        return self._heard.get(peer)
+
     def coordinator(self, now: float) -> str:
         """The first live member in configuration order."""
         live = self.live(now)

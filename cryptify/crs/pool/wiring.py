@@ -498,10 +498,13 @@ class PoolLink(service.MultiService):
                 self._tell_link(peer, True)
             elif peer not in live and peer in self._up:
                 self._up.discard(peer)
+                last = self.member.heard(peer)
                 log.warn(
-                    "pool link to {peer} down: no heartbeat for {after}s",
+                    "pool link to {peer} down: no heartbeat for {age:.1f}s"
+                    " (the last arrived at {last:.3f})",
                     peer=peer,
-                    after=DOWN_AFTER,
+                    age=self.reactor.seconds() - last if last is not None else DOWN_AFTER,
+                    last=last if last is not None else 0.0,
                 )
                 self.notify(f"pool_link_{peer}", "down")
                 self._tell_link(peer, False)

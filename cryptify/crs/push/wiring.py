@@ -38,6 +38,7 @@ from cryptify.protocols.tls import client_context_factory
 from cryptify.push.answers import Answer, Outcome, clean
 from cryptify.push.apns import ApnsSender
 from cryptify.push.h2client import H2Client, Unreachable
+from cryptify.reactor import IReactor
 
 log = Logger(namespace="cryptify.crs.push")
 
@@ -91,7 +92,7 @@ class CpsLink(service.Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactor,
         host: str,
         port: int,
         client_id: str,
@@ -313,7 +314,7 @@ class CpsProviderTokens:
 class DirectApns:
     """``push-config apns type direct``: the CRS's own HTTP/2 client to APNs."""
 
-    def __init__(self, reactor: Any, link: LinkCalls, trust: str | None = None) -> None:
+    def __init__(self, reactor: IReactor, link: LinkCalls, trust: str | None = None) -> None:
         self.reactor = reactor
         self.tokens = CpsProviderTokens(link, reactor.seconds)
         self.trust = trust
@@ -358,7 +359,7 @@ class Pusher:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactor,
         tokens: TokenStore,
         link: LinkCalls,
         direct: DirectApns | None = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
@@ -30,6 +29,7 @@ from cryptify.crs.redis.instance import (
 )
 from cryptify.crs.redis.store import RedisStore
 from cryptify.crs.redis.supervisor import Notify, RedisSupervisor
+from cryptify.reactor import IReactor
 from cryptify.service import StartupError, attach
 
 #: Called with the failure when the supervised Redis cannot start after
@@ -93,7 +93,7 @@ class ExternalRedis(service.MultiService):
 
     names = (HIGH, LOW)
 
-    def __init__(self, cfg: CrsConfig, reactor: Any) -> None:
+    def __init__(self, cfg: CrsConfig, reactor: IReactor) -> None:
         service.MultiService.__init__(self)
         self.cfg = cfg
         self.reactor = reactor
@@ -130,7 +130,7 @@ class ManagedRedis(service.MultiService):
         self,
         cfg: CrsConfig,
         local: CrsLocalConfig,
-        reactor: Any,
+        reactor: IReactor,
         notify: Notify,
         start_failed: StartFailed,
         backup_master: Callable[[], ReplicaOf | None] = lambda: None,

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from txredisapi import RedisProtocol
 
 from cryptify.crs.redis.instance import RedisInstance
+from cryptify.reactor import IReactor
 
 #: first reconnection delay, doubled per failed attempt
 RECONNECT_FIRST_DELAY = 0.5
@@ -132,20 +133,22 @@ class RedisStore(service.Service):
 
     @classmethod
     def tcp(
-        cls, reactor: Any, host: str, port: int, password: str | None, name: str = "redis"
+        cls, reactor: IReactor, host: str, port: int, password: str | None, name: str = "redis"
     ) -> RedisStore:
         """A store for the server at C{host}:C{port} (external mode too)."""
         endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
         return cls(endpoint, reactor, password, name=name)
 
     @classmethod
-    def unix(cls, reactor: Any, path: str, password: str | None, name: str = "redis") -> RedisStore:
+    def unix(
+        cls, reactor: IReactor, path: str, password: str | None, name: str = "redis"
+    ) -> RedisStore:
         """A store for the server on the UNIX socket C{path}."""
         endpoint = UNIXClientEndpoint(reactor, path, timeout=CONNECT_TIMEOUT)
         return cls(endpoint, reactor, password, name=name)
 
     @classmethod
-    def for_instance(cls, reactor: Any, instance: RedisInstance) -> RedisStore:
+    def for_instance(cls, reactor: IReactor, instance: RedisInstance) -> RedisStore:
         """A store for a supervised instance."""
         if instance.unix_socket is not None:
             return cls.unix(reactor, str(instance.unix_socket), instance.password, instance.name)

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.crs.redis.instance import RedisInstance, write_conf
+from cryptify.reactor import IReactor
 
 SECOND = 1.0
 MINUTE = 60 * SECOND
@@ -112,7 +113,7 @@ class _PingProtocol(Protocol):
             self._done.errback(reason)
 
 
-def ping_probe(reactor: Any) -> Probe:
+def ping_probe(reactor: IReactor) -> Probe:
     """A L{Probe} connecting with C{reactor}, which must also do TCP and UNIX."""
 
     def probe(instance: RedisInstance) -> Deferred[None]:
@@ -435,7 +436,7 @@ class RedisSupervisor(service.Service):
     @classmethod
     def with_reactor(
         cls,
-        reactor: Any,
+        reactor: IReactor,
         instances: Sequence[RedisInstance],
         notify: Notify,
         executable: str = "redis-server",

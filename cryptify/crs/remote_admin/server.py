@@ -38,6 +38,7 @@ from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.updatefile import peek_account
 from cryptify.protocols.mgmt import CommandFailed
 from cryptify.protocols.source_limit import SourceCounts
+from cryptify.reactor import IReactor
 
 log = Logger(namespace="cryptify.crs.remote_admin")
 
@@ -164,7 +165,7 @@ class AdminService:
         elif action == "blacklist":
             answer = ops.show_blacklist(account)
         elif action == "update":
-            answer = ops.apply(base64.b64encode(body).decode("ascii"))
+            answer = await ops.apply(base64.b64encode(body).decode("ascii"))
         else:  # pragma: no cover - routes name only the actions above
             raise AssertionError(action)
         if action not in ("stats-export", "blacklist"):
@@ -297,7 +298,7 @@ class AdminSite(server.Site):
     requestFactory = AdminRequest
     displayTracebacks = False
 
-    def __init__(self, root: resource.Resource, reactor: Any = None) -> None:
+    def __init__(self, root: resource.Resource, reactor: IReactor | None = None) -> None:
         super().__init__(root, timeout=IDLE_TIMEOUT, reactor=reactor)
 
     def log(self, request: Any) -> None:

@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cryptify.protocols.streams import abort
+from cryptify.reactor import IReactor
 
 from ..source_limit import SourceCounts
 from .errors import SipParseError
@@ -275,7 +276,7 @@ class TcpConnector:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactor,
         sink: MessageSink,
         timeout: float = 5.0,
         tls: Callable[[str], Any] | None = None,
