@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,7 +18,7 @@ from cryptify.cig.tel.core import UmsgTel
 from cryptify.client.calls import CallAgent
 from cryptify.config import load_cig_config
 from cryptify.crypto.keymaterial import KIND_CIG
-from cryptify.protocols.bridge_control import BridgeAdd, BridgeError
+from cryptify.protocols.bridge_control import BridgeAdd, BridgeError, BridgeRemove
 from cryptify.protocols.sip.sdp import SrtpKeys
 from cryptify.protocols.umsg import Message, message
 from tests.fakes import _MATERIAL, attached, material
@@ -100,6 +101,9 @@ class FakeSif:
         self.hung_up: list[Call] = []
         self.sdp = ANSWER
         self.srtp: SrtpKeys | None = None
+        self.direction = "sendrecv"
+        self.early = False
+        self.holds: list[tuple[Call, bool]] = []
 
     def place_call(self, call: Call, leg: TelLeg) -> None:
         self.legs.append((call, leg))
@@ -112,6 +116,16 @@ class FakeSif:
 
     def srtp_of(self, call: Call) -> SrtpKeys | None:
         return self.srtp
+
+    def direction_of(self, call: Call) -> str:
+        return self.direction
+
+    def early_media(self, call: Call) -> bool:
+        return self.early
+
+    def hold(self, call: Call, held: bool) -> bool:
+        self.holds.append((call, held))
+        return True
 
 
 class FakeBridge:
@@ -129,3 +143,107 @@ class FakeBridge:
 
 
 _INVITES: dict[tuple[str, str], tuple[Message, bytes]] = {}
+
+
+class StatsBridge(FakeBridge):
+    """A cig-relay link whose BridgeRemove answers the call's last counters."""
+
+    STATS = {"pbx_tx_octets": 17200, "pbx_rx_octets": 17372, "pbx_tx": 100, "pbx_rx": 101}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold_answers = False
+        self.hold_adds = False
+        self.held: list[Any] = []
+
+    async def call(self, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]:
+        await super().call(command, **kwargs)
+        if command is BridgeAdd and self.hold_adds:
+            added: Deferred[dict[str, Any]] = Deferred()
+            self.held.append(added)
+            return await added
+        if command is BridgeRemove:
+            if self.hold_answers:
+                done: Deferred[dict[str, Any]] = Deferred()
+                self.held.append(done)
+                return await done
+            return {"removed": True, "stats": dict(self.STATS)}
+        return {}
+
+
+class SifTelCase(TelCase):
+    """The tel side over the real SIF (fake channel) and a L{StatsBridge}."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from cryptify.cig.calls import StubTelSide
+        from cryptify.cig.sif.core import Sif
+        from tests.fakes import FakeChannel
+
+        self.bridge = StatsBridge()
+        self.tel.bridge = self.bridge
+        config = load_cig_config(os.path.join(FIXTURES, "cig-simple.conf"))
+        self.real = Sif(config, self.clock, StubTelSide(), self.calls)
+        self.channel = FakeChannel()
+        self.real.channel_to = lambda address: self.channel
+        self.real.resolve = lambda host: succeed("192.0.2.50")
+        self.tel.sip = self.real
+        self.real.tel = self.tel  # re-INVITEs reach the tel side's bridges
+        self.addCleanup(self.real.stop)
+
+    def answer_invite(
+        self, statuses: tuple[int, ...] = (100, 180, 200), body: bytes = ANSWER
+    ) -> Any:
+        """The secure caller's call to the PBX, answered with C{statuses}; the INVITE."""
+        from cryptify.client.session import Incoming
+        from cryptify.protocols.sip.message import Request
+
+        self.tel.handle(Incoming(self.invite()))
+        invite = self.channel.messages()[-1]
+        assert isinstance(invite, Request)
+        for status in statuses:
+            self.pbx_responds(invite, status, body if status in (183, 200) else b"")
+        return invite
+
+    def pbx_responds(self, invite: Any, status: int, sdp: bytes = b"") -> None:
+        """The PBX's response (To tag pbx1) to our INVITE, with C{sdp} if any."""
+        from cryptify.protocols.sip.message import response_to
+
+        extra: tuple[tuple[str, str], ...] = (("Contact", "<sip:101@192.0.2.50:5070>"),)
+        if sdp:
+            extra += (("Content-Type", "application/sdp"),)
+        response = response_to(invite.headers, status, to_tag="pbx1", extra=extra, body=sdp)
+        self.real.message_received(response, self.channel)
+
+    def pbx_call(self) -> None:
+        """A call from the PBX to the secure caller's number, answered by the secure side."""
+        from cryptify.cig.calls import StubTelSide
+        from cryptify.cig.tel.switch import TelSwitch, UifCalls
+        from cryptify.client.session import Answered, Incoming
+        from cryptify.protocols.sip.message import parse_datagram
+        from tests.sip_support import invite as sip_invite
+
+        config = load_cig_config(os.path.join(FIXTURES, "cig-simple.conf"))
+        uif = _FakeUif(self.session)
+        calls = UifCalls(self.clock, uif, self.real, self.calls, Router(config), self.bridge)
+        calls.tel = self.tel
+        self.real.tel = TelSwitch(StubTelSide(), calls)
+        self.real.message_received(parse_datagram(sip_invite()), self.channel)
+        sent = self.out[-1]
+        relay = {"relay-host": "192.0.2.99", "relay-port": 146, "relay-tag": b"C" * 8}
+        self.tel.handle(
+            Answered(sent["id"], message("session", id=sent["id"], session="s9", **relay))
+        )
+        self.tel.handle(Incoming(message("ringing", session="s9")))
+        self.tel.handle(Incoming(message("talk", session="s9")))
+
+
+class _FakeUif:
+    """The UIF as UifCalls sees it: key material and a session."""
+
+    def __init__(self, session: Any) -> None:
+        self.material: Any = None
+        self._session = session
+
+    def session(self) -> Any:
+        return self._session

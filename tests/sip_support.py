@@ -170,3 +170,17 @@ def verify(request: Request, header: str, credentials: Credentials = CREDENTIALS
         request.body,
     )
     return params["response"] == expected and params["uri"] == request.uri
+
+
+def reinvite_request(ok: Response, cseq: int, body: str | bytes) -> bytes:
+    """The PBX's re-INVITE in the dialog of a call it placed (C{ok}: our 200)."""
+    octets = body.encode() if isinstance(body, str) else body
+    return (
+        f"INVITE sip:192.0.2.9:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKre{cseq}\r\n"
+        f"From: {ok.headers.get('From')}\r\nTo: {ok.headers.get('To')}\r\n"
+        f"Call-ID: {ok.call_id}\r\n"
+        f"CSeq: {cseq} INVITE\r\nContact: <sip:101@192.0.2.1:5060>\r\n"
+        f"Max-Forwards: 70\r\nContent-Type: application/sdp\r\n"
+        f"Content-Length: {len(octets)}\r\n\r\n"
+    ).encode() + octets

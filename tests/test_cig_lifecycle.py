@@ -239,6 +239,9 @@ class FakeMedia:
     def srtp_of(self, call: Call) -> SrtpKeys | None:
         return None
 
+    def direction_of(self, call: Call) -> str:
+        return "sendrecv"
+
 
 class FakeLeg:
     """A secure leg as the bridge reads it."""

@@ -83,8 +83,9 @@ class IncomingTests(TelCase):
 
     def test_media_moved(self) -> None:
         """A re-INVITE's new media (media_changed) sends BridgeUpdate with the
-        new PBX address, codec and DTMF type; on hold (c=0.0.0.0), or before
-        the bridge exists, nothing is sent."""
+        new PBX address, codec, DTMF type and direction; on hold (c=0.0.0.0)
+        the address stays and only the direction changes, and the secure
+        caller is told ``hold``; before the bridge exists nothing is sent."""
         self.tel.handle(Incoming(self.invite()))
         [(call, leg)] = self.sif.legs
         self.tel.media_changed(call)  # not bridged yet
@@ -99,11 +100,15 @@ class IncomingTests(TelCase):
         self.assertEqual(
             args,
             {"call": "s1", "pbx_host": "192.0.2.8", "pbx_remote_port": 6002, "pbx_codec": "PCMU",
-             "pbx_dtmf_pt": 101, "pbx_srtp_profile": ""},  # "": plain RTP now
+             "pbx_dtmf_pt": 101, "pbx_srtp_profile": "", "pbx_direction": "sendrecv"},  # "": RTP
         )  # fmt: skip
         self.sif.sdp = ANSWER.replace(b"192.0.2.7", b"0.0.0.0")
+        self.sif.direction = "recvonly"
         self.tel.media_changed(call)
-        self.assertEqual(len(self.bridge.sent), 2)
+        command, args = self.bridge.sent[-1]
+        self.assertEqual((command, args["pbx_direction"]), (BridgeUpdate, "recvonly"))
+        self.assertNotIn("pbx_host", args)
+        self.assertEqual((self.out[-1].type, self.out[-1]["session"]), ("hold", "s1"))
         leg.hung_up()
         self.tel.media_changed(call)
         self.assertIs(self.bridge.sent[-1][0], BridgeRemove)

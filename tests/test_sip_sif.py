@@ -292,7 +292,9 @@ class MethodTests(SifCase):
         """
         out = self.send(self.request("OPTIONS"))
         self.assertEqual(self.statuses(out), [200])
-        self.assertEqual(out[0].headers.get("Allow"), "INVITE, ACK, BYE, CANCEL, OPTIONS, MESSAGE")
+        self.assertEqual(
+            out[0].headers.get("Allow"), "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, MESSAGE"
+        )
         self.clock.advance(64 * T1)
 
     def test_unsupported(self) -> None:

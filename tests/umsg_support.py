@@ -112,6 +112,8 @@ FROM_CLIENT_SAMPLES: dict[str, dict[str, Any]] = {
     "invite": {"id": 6, "to": "tel:+8888;101", "mikey": b"\x01" * 300},
     "ringing": {"session": "s-1"},
     "talk": {"session": "s-1"},
+    "hold": {"session": "s-1"},
+    "resume": {"session": "s-1"},
     "hangup": {"session": "s-1", "code": "normal", "reason": "bye"},
     "post": {"id": 7, "to": "tel:+4654321", "content": b"sealed"},
     "fetch": {"id": 8},
@@ -153,6 +155,8 @@ FROM_SERVER_SAMPLES: dict[str, dict[str, Any]] = {
     },
     "ringing": {"session": "s-1"},
     "talk": {"session": "s-1"},
+    "hold": {"session": "s-1"},
+    "resume": {"session": "s-1"},
     "hangup": {"session": "s-1", "code": "normal", "reason": "bye", "who": "callee"},
     "posted": {"id": 7, "message": "m-1"},
     "message": {

@@ -25,13 +25,16 @@ UMSG interface until it exists, and is the tests' double.
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from cryptify.logs import utc_timestamp
+
+if TYPE_CHECKING:
+    from .records import CallRecords
 
 #: How long an ended call stays in C{show call}, in seconds.
 CALL_LINGER = 30.0
@@ -71,6 +74,25 @@ class Call:
     callee_if_id: str = "-"
     #: Where the call came from: C{udp:ADDR:PORT}, C{tcp:ADDR:PORT}, C{umsg}.
     source: str = "-"
+    #: For its call record (L{cryptify.cig.records}): when it was first
+    #: seen, answered and ended, who ended it (C{pbx}, C{secure}, C{cig})
+    #: and why, the PBX leg's codec, and the octets of its PBX leg's media.
+    started_at: float | None = None
+    answered_at: float | None = None
+    ended_at: float | None = None
+    ended_by: str | None = None
+    end_reason: str | None = None
+    codec: str | None = None
+    octets_to_pbx: int | None = None
+    octets_from_pbx: int | None = None
+    #: A bridge removal whose counters have not come back yet.
+    media_pending: bool = False
+    recorded: bool = False
+
+    def note_end(self, by: str, reason: str) -> None:
+        """Who ended the call and why (the first report counts)."""
+        if self.ended_by is None:
+            self.ended_by, self.end_reason = by, reason
 
     def row(self) -> list[str]:
         """The C{show call} row."""
@@ -112,16 +134,34 @@ class CallTable:
     clock: IReactorTime
     calls: list[Call] = attrs.field(factory=list)
     _linger: dict[Call, IDelayedCall] = attrs.field(factory=dict)
+    #: Where ended calls are recorded (None: no call records).
+    records: CallRecords | None = None
 
     def add(self, call: Call) -> None:
         """Start listing C{call}."""
         self.calls.append(call)
 
     def event(self, call: Call, state: str) -> None:
-        """Write a session.log line for C{call}."""
-        session_log.info(
-            "{line}", line=session_line(call, state, self.clock.seconds()), log_file=SESSION_LOG
-        )
+        """Write a session.log line for C{call}; an ended call is recorded."""
+        now = self.clock.seconds()
+        session_log.info("{line}", line=session_line(call, state, now), log_file=SESSION_LOG)
+        if call.started_at is None:
+            call.started_at = now
+        if state == "talk" and call.answered_at is None:
+            call.answered_at = now
+        elif state in ("hangup", "failed") and call.ended_at is None:
+            call.ended_at = now
+            if self.records is not None:
+                self.records.ended(call)
+
+    def media_stats(self, call: Call, stats: dict[str, int] | None) -> None:
+        """The counters of C{call}'s bridge came back (None: they will not)."""
+        if stats is not None:
+            call.octets_to_pbx = stats.get("pbx_tx_octets")
+            call.octets_from_pbx = stats.get("pbx_rx_octets")
+        call.media_pending = False
+        if self.records is not None:
+            self.records.media_done(call)
 
     def set_state(self, call: Call, state: CallState) -> None:
         """Record C{call}'s last completed event; ended calls linger."""

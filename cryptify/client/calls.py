@@ -46,6 +46,9 @@ MEDIA = "media"
 RING = "ringing"
 TALK = "talk"
 END = "ended"
+#: The other party put the call on hold, or took it off hold.
+HELD = "held"
+RESUMED = "resumed"
 
 
 class CallError(Exception):
@@ -68,6 +71,9 @@ class Call:
     code: str | None = None
     reason: str | None = None
     who: str | None = None
+    #: Whether this side holds the call, and whether the other side does.
+    holding: bool = False
+    held: bool = False
 
     @property
     def relay(self) -> tuple[str, int] | None:
@@ -148,6 +154,13 @@ class CallAgent:
         call.state = TALKING
         return [CallEvent(MEDIA, call), CallEvent(TALK, call)]
 
+    def hold(self, call: Call, held: bool = True) -> None:
+        """Put a call on hold (``hold``) or take it off (``resume``); media goes on."""
+        if call.state != TALKING or call.session is None:
+            raise CallError(f"cannot hold a call that is {call.state}")
+        self._attached().notify("hold" if held else "resume", session=call.session)
+        call.holding = held
+
     def hangup(
         self, call: Call, code: str = "normal", reason: str | None = None
     ) -> list[CallEvent]:
@@ -201,6 +214,9 @@ class CallAgent:
             if msg.type == "talk" and call.outgoing and call.state in (CALLING, RINGING):
                 call.state = TALKING
                 return [CallEvent(TALK, call)]
+            if msg.type in ("hold", "resume") and call.state == TALKING:
+                call.held = msg.type == "hold"
+                return [CallEvent(HELD if call.held else RESUMED, call)]
             if msg.type == "hangup":
                 return self._ended(call, msg["code"], msg.get("reason"), msg["who"])
         return []

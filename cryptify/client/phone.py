@@ -105,6 +105,10 @@ class Phone:
     def hangup(self, call: Call, code: str = "normal") -> None:
         self._call_events(self.agent.hangup(call, code))
 
+    def hold(self, call: Call, held: bool = True) -> None:
+        """Put the call on hold, or take it off (the media keeps flowing)."""
+        self.agent.hold(call, held)
+
     def send_dtmf(self, call: Call, digits: str) -> None:
         """Send DTMF digits in the call's media (ValueError: not digits, or no media yet)."""
         leg = self.legs.get(call)

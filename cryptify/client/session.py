@@ -222,6 +222,8 @@ HANDLERS: dict[str, Callable[[ClientSession, Message], list[ClientEvent]]] = {
     "invite": ClientSession._incoming,
     "ringing": ClientSession._incoming,
     "talk": ClientSession._incoming,
+    "hold": ClientSession._incoming,
+    "resume": ClientSession._incoming,
     "hangup": ClientSession._incoming,
     "message": ClientSession._incoming,
     "delivered": ClientSession._incoming,

@@ -28,7 +28,7 @@ KEYWORDS = (
     "path map_from map_to crs address keystore ca relay control management cookie socket "
     "logging dir notify true false trusted_peer untrusted_answer tcp_idle_timeout "
     "pbx_account username password password_file register aor "
-    "tls_certificate tls_key tls_ca tls_port metrics srtp"
+    "tls_certificate tls_key tls_ca tls_port metrics srtp call_records call_records_syslog"
 ).split()
 RESERVED = {k: k.upper() for k in KEYWORDS}
 KEYWORD_TOKENS = frozenset(RESERVED.values()) - {"TRUE", "FALSE"}
@@ -374,8 +374,12 @@ class CigGrammar(Grammar):
         "crs_stmt : KEYSTORE STRING semi\n| CA STRING semi\n"
         "relay_stmt : CONTROL STRING semi\n"
         "mgmt_stmt : COOKIE STRING semi\n| SOCKET STRING semi\n"
-        "log_stmt : DIR STRING semi\n"
+        "log_stmt : DIR STRING semi\n| CALL_RECORDS STRING semi\n"
         "metrics_stmt : BIND WORD semi"
     )
     def p_setting_one(self, p: Production) -> None:
+        p[0] = Stmt(p[1], (p[2],))
+
+    @grammar("log_stmt : CALL_RECORDS_SYSLOG TRUE semi\n| CALL_RECORDS_SYSLOG FALSE semi")
+    def p_log_syslog(self, p: Production) -> None:
         p[0] = Stmt(p[1], (p[2],))

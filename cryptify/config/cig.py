@@ -74,6 +74,8 @@ _SIP_URI = re.compile(
     r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::[0-9]{1,5})?"
     r"(?:;[A-Za-z0-9\-_.!~*'()%]+(?:=[A-Za-z0-9\-_.!~*'()%]+)?)*"
 )
+#: C{logging { call_records_syslog true; }}: call records to syslog too.
+SYSLOG_RECORDS = "call_records_syslog"
 _SIP_ONLY = (
     "bind",
     "messaging",
@@ -410,7 +412,14 @@ class _Builder:
         return RelayLink(**self.paths(block))
 
     def b_logging(self, block: Block) -> Logging:
-        return Logging(**self.paths(block))
+        syslog = [s for s in block.body if isinstance(s, Stmt) and s.kw.value == SYSLOG_RECORDS]
+        seen: dict[str, Tok] = {}
+        for stmt in syslog:
+            self.once(seen, stmt.kw)
+        fields: dict[str, Any] = dict(self.paths(block, skip=SYSLOG_RECORDS))
+        if syslog:
+            fields[SYSLOG_RECORDS] = syslog[0].args[0].value == "true"
+        return Logging(**fields)
 
     def b_management(self, block: Block) -> Management:
         fields: dict[str, Any] = {}

@@ -277,10 +277,14 @@ class Management:
 @attrs.frozen
 class Logging:
     """
-    C{logging { dir "PATH"; }}.
+    C{logging { dir "PATH"; call_records "PATH"; call_records_syslog true; }}:
+    the log directory, and where a JSON line is written for each call
+    (none by default), also to syslog with C{call_records_syslog true}.
     """
 
     dir: str = "/var/log/cig"
+    call_records: str | None = None
+    call_records_syslog: bool = False
 
 
 @attrs.frozen
@@ -459,7 +463,12 @@ def render_cig_config(cfg: CigConfig) -> str:
             f"socket {quote(mgmt.socket)};",
         ],
     )
-    _section(out, "logging", [f"dir {quote(cfg.logging.dir)};"])
+    logging = [f"dir {quote(cfg.logging.dir)};"]
+    if cfg.logging.call_records is not None:
+        logging.append(f"call_records {quote(cfg.logging.call_records)};")
+    if cfg.logging.call_records_syslog:
+        logging.append("call_records_syslog true;")
+    _section(out, "logging", logging)
     if cfg.metrics is not None:
         _section(out, "metrics", [f"bind {cfg.metrics.host} {cfg.metrics.port};"])
     out.append(f"notify {quote(cfg.notify)};")

@@ -8,7 +8,9 @@ What a reload (SIGHUP) changes in the running CIG (:data:`DIRECTIVES`):
   progress keeps its route), the SIP peers (``trusted_peer`` and the PBX
   hosts the maps name, with the PBX keep-alive targets),
   ``untrusted_answer``, ``messaging``, ``srtp`` (calls offered or
-  answered from then on) and ``notify``;
+  answered from then on), ``notify``, and ``logging { call_records;
+  call_records_syslog; }`` (records of calls ending from then on; the
+  records file is reopened at every SIGHUP, for logrotate);
 - after a restart only: what opens a socket or a file or is read once
   at start (``sip { bind }``, ``rtp_port_range``,
   ``tcp_idle_timeout``, ``pbx_account`` blocks (registrations and
@@ -33,6 +35,7 @@ from twisted.logger import Logger
 
 from cryptify.cig.calls import ENDED, CallTable
 from cryptify.cig.mail.wiring import MailDesk
+from cryptify.cig.records import CallRecords
 from cryptify.cig.route import Router
 from cryptify.cig.sif.core import Sif
 from cryptify.cig.sif.keepalive import UP, KeepAlive, keepalive_targets
@@ -82,6 +85,8 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("management cookie", ("management", "cookie"), False),
     Directive("management socket", ("management", "socket"), False),
     Directive("logging dir", ("logging", "dir"), False),
+    Directive("logging call_records", ("logging", "call_records"), True),
+    Directive("logging call_records_syslog", ("logging", "call_records_syslog"), True),
     Directive("metrics", ("metrics",), False),
     Directive("notify", ("notify",), True),
 )
@@ -114,6 +119,7 @@ class CigLive:
     notifier: Notifier
     #: The mailboxes (their translate maps are live).
     mail: MailDesk | None = None
+    records: CallRecords | None = None
 
     def apply(self, plan: Plan[CigConfig]) -> None:
         """Put the live directives' new values in place."""
@@ -133,6 +139,10 @@ class CigLive:
             self.notifier.script = cfg.notify or None
         if self.mail is not None and plan.changed("translate_map"):
             self.mail.translate_maps = tuple(cfg.translate_maps)
+        if self.records is not None and (
+            plan.changed("logging call_records") or plan.changed("logging call_records_syslog")
+        ):
+            self.records.configure(cfg.logging.call_records, cfg.logging.call_records_syslog)
         for line in map_lines(cfg):  # what routes from now on, as at start
             log.info("cig: reloaded {line}", line=line)
 

@@ -127,9 +127,14 @@ class Reloader(Generic[T]):
     #: Reloads done (the last one included), and reloads refused.
     reloads: int = 0
     failures: int = 0
+    #: Called first at every reload, whether the file is taken or not:
+    #: files reopened for logrotate (the CIG's call records).
+    reopen: list[Callable[[], object]] = attrs.field(factory=list)
 
     def reload(self) -> Plan[T] | None:
-        """Read, compare, apply and log; None when the file was refused."""
+        """Reopen, then read, compare, apply and log; None when the file was refused."""
+        for reopen in self.reopen:
+            reopen()
         log.info("{program}: reloading the configuration", program=self.program)
         try:
             loaded = self.read()

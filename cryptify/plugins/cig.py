@@ -43,6 +43,7 @@ from cryptify.cig.calls import CallTable, StubTelSide
 from cryptify.cig.mail.wiring import MailDesk
 from cryptify.cig.operator.admin import CigAdmin
 from cryptify.cig.operator.state import CigState
+from cryptify.cig.records import CallRecords, CallRecordsService
 from cryptify.cig.sif.core import Sif
 from cryptify.cig.sif.keepalive import DEFAULT_INTERVAL, KeepAlive, keepalive_targets
 from cryptify.cig.sif.peers import SipPeers, pbx_hosts
@@ -243,6 +244,9 @@ def describe(cfg: CigConfig) -> list[str]:
             )
             or "-"
         ),
+        "call records: "
+        + (cfg.logging.call_records or "-")
+        + (" and syslog" if cfg.logging.call_records_syslog else ""),
         f"mailboxes: {len(cfg.mailboxes.read)} read, {len(cfg.mailboxes.write)} write",
         *map_lines(cfg),
         f"management {mgmt.bind.host}:{mgmt.bind.port} and {mgmt.socket}",
@@ -260,6 +264,7 @@ class SipParts:
     keepalive: KeepAlive
     registrations: Registrations
     peers: SipPeers
+    records: CallRecords
 
 
 def build_sip(
@@ -273,6 +278,9 @@ def build_sip(
     """The SIF with its peers and keep-alive; UDP and TCP listeners on ``sip { bind }``."""
     sip = cfg.interfaces.sip
     calls = CallTable(reactor)
+    records = CallRecords(reactor, cfg.logging.call_records, cfg.logging.call_records_syslog)
+    calls.records = records
+    attach(root, CallRecordsService(records))
     tel_side = TelSwitch(StubTelSide(tel_stub))
     peers = SipPeers.from_config(cfg, reactor, resolve_all(reactor))
     sif = Sif(cfg, reactor, tel_side, calls, peers=peers)
@@ -331,7 +339,7 @@ def build_sip(
     if sip.tls_certificate is not None:
         attach(root, ListenService("SIP", f"tls {sip.bind}:{sip.tls_port}", listen_tls))
     attach(root, CallbackService(on_start=pbx.start), trunk)
-    return SipParts(sif, calls, tel_side, pbx, registrations, peers)
+    return SipParts(sif, calls, tel_side, pbx, registrations, peers, records)
 
 
 def build_uif(
@@ -433,6 +441,8 @@ def build_ops(
     """SIGHUP reload (re-reads cig.conf when there is one) and the metrics endpoint."""
     reactor = live.notifier.reactor
     reloader = Reloader("cig", cfg, DIRECTIVES, reread or (lambda: cfg), live.apply)
+    if live.records is not None:
+        reloader.reopen.append(live.records.reopen)
     metrics.reloader = reloader
     if cfg.metrics is not None:
         registry = registry_for(metrics.families)
@@ -476,7 +486,7 @@ def make_cig_service(
         root,
         cfg,
         reread,
-        CigLive(sip.sif, sip.peers, sip.keepalive, uif_calls, notifier, desk),
+        CigLive(sip.sif, sip.peers, sip.keepalive, uif_calls, notifier, desk, sip.records),
         CigMetrics(
             sip.calls,
             {"crs": lambda: uif.connected, "cig_relay": lambda: relay.active},

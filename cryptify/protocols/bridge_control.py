@@ -26,6 +26,11 @@ _PBX_SRTP = [
 ]
 
 
+#: The PBX leg's direction from our side (RFC 3264): sendrecv (the
+#: default), recvonly (held by the PBX), sendonly (held by us), inactive.
+_PBX_DIRECTION = (b"pbx_direction", amp.Unicode(optional=True))
+
+
 class BridgeAdd(amp.Command):
     """Start bridging one call; answers the two local UDP ports.
 
@@ -56,13 +61,14 @@ class BridgeAdd(amp.Command):
         (b"pbx_codec", amp.Unicode(optional=True)),
         (b"pbx_dtmf_pt", amp.Integer(optional=True)),
         *_PBX_SRTP,
+        _PBX_DIRECTION,
     ]
     response = [(b"secure_port", amp.Integer()), (b"pbx_port", amp.Integer())]
     errors = _ERRORS
 
 
 class BridgeUpdate(amp.Command):
-    """Change a bridged call's PBX leg (its address, codec, DTMF type or SRTP).
+    """Change a bridged call's PBX leg (its address, codec, DTMF type, SRTP or direction).
 
     The SRTP arguments go together: given, they replace the leg's keys
     (the same keys keep the leg's SRTP state); ``pbx_srtp_profile`` empty
@@ -76,6 +82,7 @@ class BridgeUpdate(amp.Command):
         (b"pbx_codec", amp.Unicode(optional=True)),
         (b"pbx_dtmf_pt", amp.Integer(optional=True)),
         *_PBX_SRTP,
+        _PBX_DIRECTION,
     ]
     response = [(b"updated", amp.Boolean())]
     errors = _ERRORS

@@ -294,6 +294,8 @@ FROM_CLIENT: dict[str, tuple[Field, ...]] = _schema(
     ),
     ("ringing", [_SESSION]),
     ("talk", [_SESSION]),
+    ("hold", [_SESSION]),
+    ("resume", [_SESSION]),
     ("hangup", [_SESSION, _code(), _reason()]),
     (
         "post",
@@ -367,6 +369,8 @@ FROM_SERVER: dict[str, tuple[Field, ...]] = _schema(
     ),
     ("ringing", [_SESSION]),
     ("talk", [_SESSION]),
+    ("hold", [_SESSION]),
+    ("resume", [_SESSION]),
     ("hangup", [_SESSION, _code(), _reason(), _text("who", 16, pattern="caller|callee|crs")]),
     ("posted", [_id(), _MESSAGE]),
     (

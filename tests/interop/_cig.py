@@ -3,6 +3,7 @@ cig-relay with kamailio and baresip as the PBX (L{SecurePbxFixture})."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -154,6 +155,14 @@ class SecurePbxFixture(TestCase):
         except OSError:
             return ""
 
+    def call_records(self) -> list[dict[str, Any]]:
+        """The lines of the CIG's call records file, read back."""
+        try:
+            with open(os.path.join(self.dir, "cig-log", "calls.json")) as f:
+                return [json.loads(line) for line in f]
+        except FileNotFoundError:
+            return []
+
     def session_states(self) -> list[str]:
         """The State column of session.log, line by line."""
         return [line.split(", ")[6] for line in self.session_log().splitlines() if line]
@@ -241,7 +250,7 @@ management {{
     cookie "{d}/mgmt.cookie";
     socket "{d}/cig.sock";
 }}
-logging {{ dir "{d}/cig-log"; }}
+logging {{ dir "{d}/cig-log"; call_records "{d}/cig-log/calls.json"; }}
 notify "/bin/true";
 """
 

@@ -92,6 +92,24 @@ class SecurePbxTests(SecurePbxFixture):
             ["routing", "routed", "trying", "ringing", "talk", "hangup"],
             self.session_log(),
         )
+        await until(lambda: self.call_records(), "the call record" + self.context())
+        [record] = self.call_records()
+        self.assertEqual(
+            [record[k] for k in ("direction", "from", "to", "source")],
+            ["to-pbx", CLIENT, PBX_PHONE, "umsg"],
+        )
+        # the maps' URI (test_cig_srtp's TLS trunk routes to kamailio's TLS port)
+        self.assertTrue(record["routed_to"].startswith("sip:101@127.0.0.1:"), record)
+        self.assertEqual((record["ended_by"], record["reason"]), ("secure", "normal"))
+        self.assertEqual(record["result"], "answered")
+        self.assertIn(record["codec"], ("PCMU", "PCMA"))
+        self.assertGreater(record["duration"], 3.0)
+        # 5 s of 20 ms G.711 packets at least, each way (172 octets each, more with SRTP)
+        self.assertGreater(record["octets_to_pbx"], 200 * 172, record)
+        self.assertGreater(record["octets_from_pbx"], 200 * 172, record)
+        self.assertIn("@", record["sip_call_id"])
+        mode = os.stat(os.path.join(self.dir, "cig-log", "calls.json")).st_mode & 0o777
+        self.assertEqual(mode, 0o640)
 
     async def test_pbx_phone_calls_listening_client(self) -> None:
         """

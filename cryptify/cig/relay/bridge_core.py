@@ -67,6 +67,9 @@ SRTP_PROFILES = {
     "AES_CM_128_HMAC_SHA1_32": Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
 }
 
+#: The RFC 3264 directions of the PBX leg.
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
 _U32 = 1 << 32
 _HALF32 = 1 << 31
 #: The RTP fixed header, and its sequence/timestamp/SSRC part.
@@ -78,6 +81,11 @@ _SRTP_TRAILER = 144
 
 class BridgeSpecError(ValueError):
     """A bridge request that cannot be carried out as given."""
+
+
+def _rtp_not_rtcp(data: bytes) -> bool:
+    """Whether C{data} looks like RTP (version 2, a fixed header) and not RTCP (RFC 5761)."""
+    return len(data) >= 12 and data[0] & 0xC0 == 0x80 and not 72 <= data[1] & 0x7F <= 76
 
 
 def _random32() -> int:
@@ -130,10 +138,25 @@ class PbxSide:
     dtmf_pt: int | None = 101
     #: None: plain RTP.
     srtp: PbxSrtp | None = None
+    #: Our side of the PBX leg as the SDP says (RFC 3264): C{sendrecv};
+    #: C{recvonly} (the PBX holds the call: nothing is sent to it);
+    #: C{sendonly} (we hold it: what it sends is not played);
+    #: C{inactive} (neither).
+    direction: str = "sendrecv"
 
     @property
     def payload_type(self) -> int:
         return g711.STATIC_PAYLOAD_TYPES[self.codec]
+
+    @property
+    def sends(self) -> bool:
+        """Whether media goes to the PBX."""
+        return self.direction in ("sendrecv", "sendonly")
+
+    @property
+    def receives(self) -> bool:
+        """Whether the PBX's media is played to the secure side."""
+        return self.direction in ("sendrecv", "recvonly")
 
     @property
     def remote(self) -> tuple[str, int] | None:
@@ -167,6 +190,8 @@ def check_spec(secure: SecureSide, pbx: PbxSide) -> None:
             raise BridgeSpecError(f"{side} telephone-event payload type must be 96-127")
     if not 0 < secure.relay_port < 65536:
         raise BridgeSpecError("relay port out of range")
+    if pbx.direction not in DIRECTIONS:
+        raise BridgeSpecError("PBX direction must be sendrecv, sendonly, recvonly or inactive")
 
 
 @attrs.define
@@ -190,6 +215,9 @@ class BridgeCounters:
     events_to_pbx: int = 0  # telephone-event packets sent to the PBX
     events_to_secure: int = 0  # telephone-event packets sent to the relay
     tx_errors: int = 0  # sends the kernel refused (counted by the adapter)
+    pbx_rx_octets: int = 0  # octets of the datagrams received from the PBX
+    pbx_tx_octets: int = 0  # octets of the datagrams sent to the PBX
+    held: int = 0  # packets not passed on because that direction is on hold
 
     def as_dict(self) -> dict[str, int]:
         return attrs.asdict(self)
@@ -236,6 +264,14 @@ class Playout:
         if delta > 0:
             self.last_ts = extended
         return extended
+
+    def restart(self) -> None:
+        """A new stream (another SSRC): forget the old timeline, keep the counts."""
+        self.frames = {}
+        self.cursor = None
+        self.newest_end = 0
+        self.last_ts = 0
+        self.resyncs += 1
 
     def push(self, timestamp: int, frame: bytes) -> None:
         """Take one frame that starts at RTP ``timestamp``."""
@@ -407,6 +443,8 @@ class CallBridge:
     _marker_next: bool = True
     _event: _EventState | None = None
     _last_pbx_event: tuple[int, int] | None = None
+    #: The SSRC (4 octets) of the PBX stream being played out.
+    _pbx_rx_ssrc: bytes | None = None
     # derived
     _tx: _Srtp = attrs.field(init=False)
     _rx: _Srtp = attrs.field(init=False)
@@ -418,6 +456,8 @@ class CallBridge:
     _secure_pt: int = attrs.field(init=False)
     _pbx_pt: int = attrs.field(init=False)
     _pbx_known: bool = attrs.field(init=False)
+    _pbx_sends: bool = attrs.field(init=False)
+    _pbx_receives: bool = attrs.field(init=False)
     _pbx_srtp: PbxSrtp | None = attrs.field(init=False, default=None, repr=False)
     _pbx_tx: _Srtp | None = attrs.field(init=False, default=None)
     _pbx_rx: _Srtp | None = attrs.field(init=False, default=None)
@@ -439,6 +479,7 @@ class CallBridge:
         self._secure_pt = self.secure.payload_type
         self._pbx_pt = self.pbx.payload_type
         self._pbx_known = self.pbx.remote is not None
+        self._pbx_sends, self._pbx_receives = self.pbx.sends, self.pbx.receives
         srtp = self.pbx.srtp
         if srtp != self._pbx_srtp:
             # New keys (or none): new sessions.  The same keys keep theirs,
@@ -465,9 +506,16 @@ class CallBridge:
     def from_secure(self, srtp: bytes) -> bytes | None:
         """An SRTP packet from the relay; the (S)RTP packet for the PBX, if any."""
         rtp = self._secure_to_pbx(srtp)
-        if rtp is None or self._pbx_tx is None:
-            return rtp
-        return self._pbx_tx.protect(rtp)
+        if rtp is not None and not self._pbx_sends:
+            # Unprotected all the same, so the SRTP rollover count keeps up.
+            self.counters.held += 1
+            self.counters.pbx_tx -= 1
+            return None
+        if rtp is not None and self._pbx_tx is not None:
+            rtp = self._pbx_tx.protect(rtp)
+        if rtp is not None:
+            self.counters.pbx_tx_octets += len(rtp)
+        return rtp
 
     def _secure_to_pbx(self, srtp: bytes) -> bytes | None:
         c = self.counters
@@ -537,12 +585,23 @@ class CallBridge:
         """An (S)RTP packet from the PBX: buffered for the next ticks."""
         c = self.counters
         c.pbx_rx += 1
+        c.pbx_rx_octets += len(data)
         if self._pbx_rx is not None:
             rtp = self._pbx_rx.unprotect(data)
             if rtp is None:
                 c.pbx_srtp_errors += 1
                 return
             data = rtp
+        if not self._pbx_receives:  # unprotected all the same: the rollover count keeps up
+            c.held += 1
+            return
+        ssrc = data[8:12]
+        if ssrc != self._pbx_rx_ssrc and _rtp_not_rtcp(data):
+            # Another stream (the answering phone after a PBX's early media,
+            # say): its timestamps have nothing to do with the last one's.
+            if self._pbx_rx_ssrc is not None:
+                self._playout.restart()
+            self._pbx_rx_ssrc = ssrc
         # Fast path: audio with a plain fixed header.
         if data[0:1] == b"\x80" and len(data) > 12 and (data[1] & 0x7F) == self._pbx_pt:
             payload = data[12:]

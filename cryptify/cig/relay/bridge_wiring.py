@@ -423,12 +423,14 @@ class BridgeService(service.Service):
             raise BridgeRefused(str(exc)) from None
         bridged.pbx_address = pbx.remote
         log.info(
-            "Bridge {call} updated: PBX {pbx} ({codec}, telephone-event {dtmf}, {media})",
+            "Bridge {call} updated: PBX {pbx} ({codec}, telephone-event {dtmf}, {media}, "
+            "{direction})",
             call=call,
             pbx=_where(pbx.remote),
             codec=pbx.codec,
             dtmf=pbx.dtmf_pt if pbx.dtmf_pt is not None else "-",
             media=_media(pbx),
+            direction=pbx.direction,
         )
         return True
 
@@ -443,7 +445,7 @@ class BridgeService(service.Service):
         log.info(
             "Bridge {call} removed: secure rx {secure_rx} tx {secure_tx}, PBX rx {pbx_rx} "
             "tx {pbx_tx}, SRTP errors {srtp_errors} (PBX {pbx_srtp_errors}), late {late}, "
-            "concealed {concealed}",
+            "concealed {concealed}, held {held}",
             call=call,
             **stats,
         )

@@ -90,6 +90,7 @@ class BridgeControl(amp.CommandLocator):
         pbx_srtp_profile: str | None = None,
         pbx_srtp_tx_key: bytes | None = None,
         pbx_srtp_rx_key: bytes | None = None,
+        pbx_direction: str | None = None,
     ) -> dict[str, object]:
         srtp = _pbx_srtp(pbx_srtp_profile, pbx_srtp_tx_key, pbx_srtp_rx_key)
         secure = SecureSide(
@@ -102,7 +103,14 @@ class BridgeControl(amp.CommandLocator):
             dtmf_pt=_dtmf(secure_dtmf_pt),
             profile=srtp_profile or "AES_CM_128_HMAC_SHA1_80",
         )
-        pbx = PbxSide(pbx_host, pbx_remote_port, pbx_codec or g711.PCMU, _dtmf(pbx_dtmf_pt), srtp)
+        pbx = PbxSide(
+            pbx_host,
+            pbx_remote_port,
+            pbx_codec or g711.PCMU,
+            _dtmf(pbx_dtmf_pt),
+            srtp,
+            pbx_direction or "sendrecv",
+        )
         try:
             ports = self.bridges.add(call, secure, pbx, pbx_port or 0)
         except BridgeRefused as exc:
@@ -121,6 +129,7 @@ class BridgeControl(amp.CommandLocator):
         pbx_srtp_profile: str | None = None,
         pbx_srtp_tx_key: bytes | None = None,
         pbx_srtp_rx_key: bytes | None = None,
+        pbx_direction: str | None = None,
     ) -> dict[str, object]:
         bridged = self.bridges.calls.get(call)
         if bridged is None:
@@ -135,6 +144,7 @@ class BridgeControl(amp.CommandLocator):
             pbx_codec or old.codec,
             old.dtmf_pt if pbx_dtmf_pt is None else _dtmf(pbx_dtmf_pt),
             srtp,
+            pbx_direction or old.direction,
         )
         try:
             return {"updated": self.bridges.update(call, pbx)}

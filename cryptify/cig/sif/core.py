@@ -48,17 +48,21 @@ from cryptify.protocols.sip.message import (
     Response,
     response_to,
 )
+from cryptify.protocols.sip.refer import ReferError, parse_refer_to
 from cryptify.protocols.sip.sdes import CryptoAttribute
 from cryptify.protocols.sip.sdp import (
     SdpError,
     SrtpKeys,
     make_answer,
     make_offer,
+    mirror,
     offer_crypto,
     our_line,
     parse_sdp,
     render_sdp,
     srtp_keys,
+    stream_direction,
+    with_direction,
 )
 from cryptify.protocols.sip.transaction import (
     Address,
@@ -84,10 +88,11 @@ from .auth import ChallengedRequest, Keyring
 from .legs import OutCall, SipCall
 from .peers import Refusals, SipPeers
 from .ports import DEFAULT_RTP_PORTS, PortPool
+from .transfer import Transfer
 
 log = Logger(namespace="cryptify.cig.sif")
 
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS"
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER"
 #: Methods SIP defines that the CIG does not take (405, not 501).
 KNOWN_METHODS = frozenset(
     {"REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "UPDATE", "MESSAGE"}
@@ -223,6 +228,8 @@ class Sif:
             tx.respond(response_to(request.headers, 200, to_tag=new_tag(), extra=extra))
         elif method == "BYE":
             self._bye(tx)
+        elif method == "REFER":
+            self._refer(tx)
         elif method == "CANCEL":
             self._cancel(tx)
         elif method == "MESSAGE" and self.config.sip.messaging:
@@ -239,7 +246,7 @@ class Sif:
         call = self.invites.get(tx.key)
         if call is not None and not call.ended:
             log.info("no ACK for call {call_id}; hanging up", call_id=tx.request.call_id)
-            call.end_from_sip()
+            call.end_from_sip("cig", "no ACK")
             if call.dialog is not None:
                 self.send_bye(call.dialog, tx.channel, self.local_host(tx.request))
 
@@ -310,6 +317,7 @@ class Sif:
         except RouteRefused as exc:
             log.info("call {call_id} not routed: {why}", call_id=request.call_id, why=exc.reason)
             self.rtp_ports.give_back(port)
+            call.note_end("cig", "not routed")
             self.calls.add(call)
             self.calls.set_state(call, CallState.REJECT)
             self.calls.event(call, "failed")
@@ -370,6 +378,9 @@ class Sif:
         if found.dialog is not None and not found.dialog.accept_remote_cseq(request):
             tx.respond(response_to(request.headers, 500))
             return
+        if found.reinviting:  # ours is under way (RFC 3261 14.2)
+            tx.respond(response_to(request.headers, 491))
+            return
         if not request.body or found.rtp_port is None:
             tx.respond(self.reply(request, 200, body=found.answer))
             return
@@ -408,7 +419,42 @@ class Sif:
         if found is None:
             return
         tx.respond(response_to(tx.request.headers, 200))
+        if found.transfer is not None:  # a transferor leaving: the call goes on
+            found.transfer.old_hung_up()
+            return
         found.end_from_sip()
+
+    def _refer(self, tx: ServerTransaction) -> None:
+        """
+        REFER in an answered call's dialog (RFC 3515): 202, then a
+        L{Transfer} to the Refer-To target (400 for a missing or unusable
+        one, 491 while a transfer or re-INVITE is under way).
+        """
+        request = tx.request
+        found = self._in_dialog(tx)
+        if found is None:
+            return
+        if found.dialog is not None and not found.dialog.accept_remote_cseq(request):
+            tx.respond(response_to(request.headers, 500))
+            return
+        values = request.headers.values("Refer-To")
+        try:
+            if len(values) != 1:
+                raise ReferError("one Refer-To is needed")
+            target = parse_refer_to(values[0])
+        except SipParseError as exc:
+            extra = (("Warning", _warning(exc)),)
+            tx.respond(response_to(request.headers, 400, extra=extra))
+            return
+        if found.ended or found.dialog is None:
+            tx.respond(response_to(request.headers, 481))
+            return
+        if found.transfer is not None or found.reinviting:
+            tx.respond(response_to(request.headers, 491))
+            return
+        tx.respond(response_to(request.headers, 202))
+        found.transfer = Transfer(self, found.call, found, target)
+        found.transfer.start()
 
     def _cancel(self, tx: ServerTransaction) -> None:
         invite = self.layer.invite_for(tx.request)
@@ -419,7 +465,7 @@ class Sif:
         call = self.invites.get(invite.key)
         if call is not None and call.unanswered:  # a final response ends the CANCEL's use
             invite.respond(self.reply(invite.request, 487, call.local_tag))
-            call.end_from_sip()
+            call.end_from_sip("pbx", "CANCEL")
 
     def _message(self, tx: ServerTransaction) -> None:
         """A MESSAGE from the PBX (RFC 3428): checked, routed, and posted to
@@ -623,7 +669,13 @@ class Sif:
         return found.addCallback(connect)
 
     # --- calls to the PBX (the SIF as the tel side's outgoing leg) ----------
-    def place_call(self, call: Call, leg: TelLeg) -> OutCall | None:
+    def place_call(
+        self,
+        call: Call,
+        leg: TelLeg,
+        port: int | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> OutCall | None:
         """
         Call C{call.out_to} (a SIP URI) from C{call.out_from}, offering
         PCMU, PCMA and telephone-event; report on C{leg}. The host is
@@ -631,32 +683,46 @@ class Sif:
         Refusals: 484 for a URI that is not SIP, 502 for a name that does
         not resolve, 503 when no RTP port, transport or connection is
         available. Returns the call once the INVITE is sent (at once when
-        no lookup or connection is needed).
+        no lookup or connection is needed). A transfer gives C{port}, the
+        RTP port its call already has (borrowed: never given back here),
+        and C{extra} headers (C{Replaces}).
         """
         try:
             target = locate(call.out_to)
         except LocateError:
+            call.note_end("cig", "SIP 484: not a SIP URI")
             leg.rejected(484)
             return None
-        port = self.rtp_ports.take()
+        borrowed = port is not None
         if port is None:
+            port = self.rtp_ports.take()
+        if port is None:
+            call.note_end("cig", "SIP 503: no RTP port")
             leg.rejected(503)
             return None
+        rtp_port = port
         self.placing.add(call)
+
+        def give_back() -> None:
+            if not borrowed:
+                self.rtp_ports.give_back(rtp_port)
 
         def send(channel: Channel) -> None:
             if call not in self.placing:
-                self.rtp_ports.give_back(port)  # hung up meanwhile
+                give_back()  # hung up meanwhile
                 return
             self.placing.discard(call)
-            self._send_invite(call, leg, port, channel)
+            out = self._send_invite(call, leg, rtp_port, channel, extra)
+            if borrowed:
+                out.rtp_port = None
 
         def failed(failure: Failure) -> None:
-            self.rtp_ports.give_back(port)
+            give_back()
             if call not in self.placing:
                 return
             self.placing.discard(call)
             status = 502 if failure.check(DNSLookupError) else 503
+            call.note_end("cig", f"SIP {status}: cannot reach {target}")
             log.info(
                 "cannot reach {target} for call to {to}: {why}",
                 target=str(target),
@@ -668,7 +734,14 @@ class Sif:
         self.channel_for(target).addCallbacks(send, failed)
         return self.outgoing.get(call)
 
-    def _send_invite(self, call: Call, leg: TelLeg, port: int, channel: Channel) -> None:
+    def _send_invite(
+        self,
+        call: Call,
+        leg: TelLeg,
+        port: int,
+        channel: Channel,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> OutCall:
         local = "127.0.0.1" if is_wildcard(self.config.sip.bind) else self.config.sip.bind
         offer = render_sdp(
             make_offer(local, port, str(int(self.clock.seconds())), crypto=self._crypto())
@@ -685,6 +758,7 @@ class Sif:
                 ("CSeq", "1 INVITE"),
                 ("Contact", f"<{contact}>"),
                 ("Allow", self.allow()),
+                *extra,
                 ("Content-Type", SDP),
             )
         )
@@ -698,16 +772,123 @@ class Sif:
         out = OutCall(self, call, leg, invite, channel, local, offer, port, credentials)
         self.outgoing[call] = out
         self.send_request(invite, channel, credentials, out.response, out.timeout, out.resent)
+        return out
 
     def media_of(self, call: Call) -> tuple[int | None, bytes] | None:
         """A call's local RTP port and the PBX's SDP (answer, or offer for calls from the PBX)."""
         out = self.outgoing.get(call)
         if out is not None:
-            return out.rtp_port, out.remote_sdp
+            return out.rtp_port, out.remote_sdp or out.early_sdp
         for incoming in self.invites.values():
             if incoming.call is call:
                 return incoming.rtp_port, incoming.remote_sdp or incoming.invite.request.body
         return None
+
+    def _leg_of(self, call: Call) -> SipCall | OutCall | None:
+        out = self.outgoing.get(call)
+        if out is not None:
+            return out
+        return next((c for c in self.invites.values() if c.call is call), None)
+
+    def early_media(self, call: Call) -> bool:
+        """Whether the PBX sent SDP in an 18x of a call to it, before any answer."""
+        out = self.outgoing.get(call)
+        return out is not None and bool(out.early_sdp) and not out.ended
+
+    def direction_of(self, call: Call) -> str:
+        """
+        Our side's direction on a call's PBX leg (RFC 3264): the PBX's
+        latest SDP mirrored; C{sendrecv} when unknown or unreadable.
+        """
+        media = self.media_of(call)
+        if media is None or not media[1]:
+            return "sendrecv"
+        try:
+            return mirror(stream_direction(parse_sdp(media[1])))
+        except SdpError:
+            return "sendrecv"
+
+    def hold(self, call: Call, held: bool) -> bool:
+        """
+        The secure side holds (C{held}) or resumes a call: a re-INVITE in
+        its dialog with our SDP, C{sendonly} or C{sendrecv}; the PBX's 2xx
+        is ACKed and its answer goes to the bridge (L{TelSide.media_changed}).
+        A refusal (491 when both sides re-INVITE at once, 488, ...) leaves
+        the media as it was (RFC 3261 14.1), and a later hold asks again.
+        Nothing is sent when our SDP already says so. False: no answered
+        SIP leg, or a re-INVITE of ours is still under way.
+        """
+        leg = self._leg_of(call)
+        if leg is None or leg.dialog is None or leg.ended or leg.reinviting:
+            return False
+        wanted = "sendonly" if held else "sendrecv"
+        try:
+            ours = parse_sdp(leg.answer)
+            if stream_direction(ours) == wanted:
+                return True  # already so: nothing to ask
+            offer = render_sdp(with_direction(ours, wanted))
+        except SdpError:
+            return False
+        dialog = leg.dialog
+        if isinstance(leg, OutCall):
+            channel, host, credentials = leg.channel, leg.host, leg.credentials
+        else:
+            channel, host = leg.invite.channel, self.local_host(leg.invite.request)
+            credentials = self.keyring.for_address(channel.address[0])
+        contact = f"<sip:{host}:{self.contact_port(channel)}{contact_transport(channel)}>"
+        request = dialog.request(
+            "INVITE",
+            self.via(channel, host),
+            contact=contact,
+            body=offer,
+            content_type=SDP,
+        )
+        sent = [request]
+        done = [False]
+        leg.reinviting = True
+        what = "hold" if held else "resume"
+
+        def resent(again: Request) -> None:
+            sent[0] = again
+            dialog.local_cseq = again.cseq.number
+
+        def answered(response: Response) -> None:
+            if response.status < 200:
+                return
+            if response.status >= 300:
+                done[0] = True
+                leg.reinviting = False
+                log.info(
+                    "{what} of {call} refused by the PBX: {status}",
+                    what=what,
+                    call=call.in_from,
+                    status=response.status,
+                )
+                return
+            ack = dialog.request("ACK", self.via(channel, host), cseq=sent[0].cseq.number)
+            for name in ("Authorization", "Proxy-Authorization"):
+                for value in sent[0].headers.get_all(name):
+                    ack = attrs.evolve(ack, headers=ack.headers.add(name, value))
+            channel.send(ack.to_bytes())
+            if done[0]:
+                return  # a retransmitted 2xx: ACKed again, nothing more
+            done[0] = True
+            leg.reinviting = False
+            if leg.ended:
+                return
+            leg.answer = offer
+            if response.body:
+                leg.remote_sdp = response.body
+            log.info("{what}: re-INVITE for {call} answered", what=what, call=call.in_from)
+            self.tel.media_changed(call)
+
+        def timeout() -> None:
+            if not done[0]:
+                done[0] = True
+                leg.reinviting = False
+
+        self.send_request(request, channel, credentials, answered, timeout, resent)
+        return True
 
     def _crypto(self) -> tuple[CryptoAttribute, ...]:
         """Our C{a=crypto} lines for an offer (none: C{srtp off}), fresh keys each time."""
@@ -723,7 +904,7 @@ class Sif:
         """
         out = self.outgoing.get(call)
         if out is not None:
-            local, remote = out.answer, out.remote_sdp
+            local, remote = out.answer, out.remote_sdp or out.early_sdp
         else:
             for incoming in self.invites.values():
                 if incoming.call is call:

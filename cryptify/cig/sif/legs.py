@@ -30,6 +30,7 @@ from ..calls import Call, CallState, TelLeg
 
 if TYPE_CHECKING:
     from .core import Sif
+    from .transfer import Transfer
 
 log = Logger(namespace="cryptify.cig.sif")
 #: A call from the PBX the tel side has not answered by then gets 480.
@@ -95,8 +96,15 @@ class SipCall:
     rtp_port: int | None
     dialog: Dialog | None = None
     no_answer: IDelayedCall | None = None
-    #: The PBX's latest SDP offer (a re-INVITE's), if it sent one after the INVITE.
+    #: The PBX's latest SDP (a re-INVITE's offer, or its answer to ours),
+    #: if it sent one after the INVITE.
     remote_sdp: bytes | None = attrs.field(default=None, repr=False)
+    #: Our re-INVITE (hold or resume) waits for its final response.
+    reinviting: bool = False
+    #: A REFER from the PBX being carried out (RFC 3515).
+    transfer: Transfer | None = None
+    #: The call's SIP leg after a transfer (the secure side still reports here).
+    replaced_by: OutCall | None = None
     lifecycle: Lifecycle[InState] = attrs.field(
         factory=lambda: Lifecycle("SipCall", IN_MOVES, InState.PLACED)
     )
@@ -120,6 +128,7 @@ class SipCall:
         """The PBX gets 480 and the tel side stops ringing the secure user."""
         self.no_answer = None
         if self.unanswered:
+            self.call.note_end("cig", f"not answered in {NO_ANSWER_AFTER:g} s")
             self.rejected(480)
             self.sif.tel.hang_up(self.call)
 
@@ -153,6 +162,7 @@ class SipCall:
         try:
             self.dialog = Dialog.as_uas(request, self.local_tag)
         except SipParseError:
+            self.call.note_end("cig", "INVITE unusable for a dialog")
             self.rejected(500)
             self.sif.tel.hang_up(self.call)
             return
@@ -163,16 +173,21 @@ class SipCall:
     def rejected(self, status: int = 480) -> None:
         if not self.unanswered:
             return
-        self._end(InState.REJECTED)
         status = status if 300 <= status <= 699 else 480
+        self.call.note_end("secure", f"SIP {status}")
+        self._end(InState.REJECTED)
         self.invite.respond(self.sif.reply(self.invite.request, status, self.local_tag))
 
     def hung_up(self) -> None:
+        if self.replaced_by is not None:
+            self.replaced_by.hang_up()
+            return
         if self.ended:
             return
         if self.dialog is None:
             self.rejected(480)
             return
+        self.call.note_end("secure", "hangup")
         self._end(InState.HUNG_UP)
         self.sif.send_bye(
             self.dialog, self.invite.channel, self.sif.local_host(self.invite.request)
@@ -186,10 +201,11 @@ class SipCall:
         if self.dialog is not None:
             self.sif.dialogs.pop(self.dialog.id, None)
 
-    def end_from_sip(self) -> None:
+    def end_from_sip(self, by: str = "pbx", reason: str = "BYE") -> None:
         """The PBX ended the call (BYE, CANCEL, or no ACK): tell the tel side."""
         if self.ended:
             return
+        self.call.note_end(by, reason)
         self._end(InState.HUNG_UP)
         self.sif.tel.hang_up(self.call)
 
@@ -276,8 +292,15 @@ class OutCall:
     #: Our credentials at the PBX, for its 401/407 challenges.
     credentials: Credentials | None = attrs.field(default=None, repr=False)
     dialog: Dialog | None = None
-    #: The SDP answer of the PBX's first 2xx (the PBX leg's media).
+    #: The SDP answer of the PBX's first 2xx (the PBX leg's media), then
+    #: of the latest re-INVITE either side made.
     remote_sdp: bytes = attrs.field(default=b"", repr=False)
+    #: Our re-INVITE (hold or resume) waits for its final response.
+    reinviting: bool = False
+    #: A REFER from the PBX being carried out (RFC 3515).
+    transfer: Transfer | None = None
+    #: The SDP of the PBX's first 18x that had one (early media, RFC 3960).
+    early_sdp: bytes = attrs.field(default=b"", repr=False)
     lifecycle: Lifecycle[OutState] = attrs.field(
         factory=lambda: Lifecycle("OutCall", OUT_MOVES, OutState.CALLING)
     )
@@ -298,12 +321,17 @@ class OutCall:
             elif status == 100 and state is OutState.CALLING:
                 self._move(OutState.TRYING, "trying")
                 self.leg.trying()
-            elif status > 100 and self.lifecycle.can(OutState.RINGING):
-                self._move(OutState.RINGING, "ringing")
-                self.leg.ringing()
+            elif status > 100:
+                early = self._early(response)
+                if self.lifecycle.can(OutState.RINGING):
+                    self._move(OutState.RINGING, "ringing")
+                    self.leg.ringing()
+                elif early:  # a 183 with SDP after a 180: the tel side bridges now
+                    self.leg.ringing()
             return
         if status >= 300:
             if not self.ended:
+                self.call.note_end("pbx", f"SIP {status}")
                 self._end(OutState.REJECTED)
                 self.leg.rejected(status)
             return
@@ -317,13 +345,32 @@ class OutCall:
         self._ack(self.dialog)
         if not first:
             return
-        self.remote_sdp = response.body
+        # Without SDP in the 2xx, the answer is the early one (RFC 3261 13.2.1).
+        self.remote_sdp = response.body or self.early_sdp
         if self.ended:  # answered after we hung up: end it at once
             self.sif.send_bye(self.dialog, self.channel, self.host, self.credentials)
             return
         self.sif.dialogs[self.dialog.id] = self
         self._move(OutState.ANSWERED, "talk")
         self.leg.answered()
+
+    def _early(self, response: Response) -> bool:
+        """
+        Keep the first SDP answer of an 18x (early media: the PBX's
+        ringback or announcements); True when this response brought it.
+        """
+        if self.early_sdp or not response.body or self.ended:
+            return False
+        content_type = (response.headers.get("Content-Type") or "").split(";")[0]
+        if content_type.strip().lower() != "application/sdp":
+            return False
+        self.early_sdp = response.body
+        log.info(
+            "early media from the PBX for call {call_id} ({status})",
+            call_id=self.invite.call_id,
+            status=response.status,
+        )
+        return True
 
     def resent(self, invite: Request) -> None:
         """
@@ -335,6 +382,7 @@ class OutCall:
     def timeout(self) -> None:
         """No final response in time (timer B)."""
         if not self.ended:
+            self.call.note_end("cig", "no final response from the PBX (SIP 408)")
             self._end(OutState.REJECTED)
             self.leg.rejected(408)
 
@@ -343,6 +391,7 @@ class OutCall:
         state = self.lifecycle.state
         if self.ended:
             return
+        self.call.note_end("secure", "hangup" if state is OutState.ANSWERED else "cancel")
         if state is OutState.ANSWERED:
             self._end(OutState.HUNG_UP)
             assert self.dialog is not None
@@ -353,9 +402,10 @@ class OutCall:
         else:
             self._end(OutState.CANCEL_PENDING)
 
-    def end_from_sip(self) -> None:
+    def end_from_sip(self, by: str = "pbx", reason: str = "BYE") -> None:
         """The PBX sent BYE: tell the tel side."""
         if not self.ended:
+            self.call.note_end(by, reason)
             self._end(OutState.HUNG_UP)
             self.leg.hung_up()
 

@@ -20,7 +20,7 @@ The handle's lifecycle (:class:`BridgeState`)::
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
@@ -53,6 +53,8 @@ class MediaSource(Protocol):
     def media_of(self, call: Call) -> tuple[int | None, bytes] | None: ...
 
     def srtp_of(self, call: Call) -> SrtpKeys | None: ...
+
+    def direction_of(self, call: Call) -> str: ...
 
 
 class SecureLeg(Protocol):
@@ -152,6 +154,8 @@ class Bridge:
     link: BridgeLink
     media: MediaSource
     leg: SecureLeg
+    #: Told the bridge's last counters once removed (None: they did not come).
+    stats: Callable[[Call, dict[str, int] | None], None] | None = None
     lifecycle: Lifecycle[BridgeState] = attrs.field(
         factory=lambda: Lifecycle("Bridge", BRIDGE_MOVES, BridgeState.NONE)
     )
@@ -177,6 +181,7 @@ class Bridge:
     async def _add(self) -> bool:
         try:
             port, pbx = self._pbx()
+            self.leg.call.codec = pbx.codec
             await self.link.call(
                 BridgeAdd,
                 call=self.leg.session,
@@ -191,6 +196,7 @@ class Bridge:
                 pbx_codec=pbx.codec,
                 pbx_dtmf_pt=pbx.dtmf_pt,
                 **pbx.srtp_arguments(),
+                **self._direction(),
             )
         except Exception:
             self.lifecycle.move(BridgeState.GONE)
@@ -218,18 +224,27 @@ class Bridge:
 
     async def _update(self) -> None:
         _, pbx = self._pbx()
-        if is_wildcard(pbx.host):
-            log.info("session {session}: PBX media on hold", session=self.leg.session)
-            return
+        direction = self.media.direction_of(self.leg.call)
+        where: dict[str, object] = {"pbx_host": pbx.host, "pbx_remote_port": pbx.port}
+        if is_wildcard(pbx.host):  # RFC 2543 hold: the address stays as it was
+            where = {}
+        log.info(
+            "session {session}: PBX leg {direction}", session=self.leg.session, direction=direction
+        )
         await self.link.call(
             BridgeUpdate,
             call=self.leg.session,
-            pbx_host=pbx.host,
-            pbx_remote_port=pbx.port,
             pbx_codec=pbx.codec,
             pbx_dtmf_pt=pbx.dtmf_pt,
+            pbx_direction=direction,
+            **where,
             **(pbx.srtp_arguments() or {"pbx_srtp_profile": ""}),
         )
+
+    def _direction(self) -> dict[str, str]:
+        """BridgeAdd's direction argument: none for the usual sendrecv."""
+        direction = self.media.direction_of(self.leg.call)
+        return {} if direction == "sendrecv" else {"pbx_direction": direction}
 
     def remove(self) -> None:
         """The call ended: take the bridge down (at once, or once ``BridgeAdd`` is answered)."""
@@ -244,6 +259,8 @@ class Bridge:
 
     def _send_remove(self) -> None:
         session = self.leg.session
+        call = self.leg.call
+        call.media_pending = True
 
         def failed(failure: Failure) -> None:
             log.warn(
@@ -251,11 +268,20 @@ class Bridge:
                 session=session,
                 why=failure.getErrorMessage(),
             )
+            self._stats(None)
 
         defer.ensureDeferred(self._remove(session)).addErrback(failed)
 
     async def _remove(self, session: str | None) -> None:
-        await self.link.call(BridgeRemove, call=session)
+        answer = await self.link.call(BridgeRemove, call=session)
+        stats = answer.get("stats")
+        self._stats(stats if isinstance(stats, dict) else None)
+
+    def _stats(self, stats: dict[str, int] | None) -> None:
+        call = self.leg.call
+        call.media_pending = False
+        if self.stats is not None:
+            self.stats(call, stats)
 
     def _pbx(self) -> tuple[int | None, PbxMedia]:
         """The call's local RTP port and the PBX's media (BadKeys: no usable SDP)."""

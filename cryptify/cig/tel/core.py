@@ -46,7 +46,7 @@ from ..calls import Call, CallState, CallTable, TelLeg
 from ..route import TEL, Router, RouteRefused
 from .bridge import BridgeLink
 from .keys import BadKeys, Decapsulator
-from .legs import OutLeg, TelCall
+from .legs import OutLeg, TelCall, hold_from_secure, pbx_hold_changed
 
 log = Logger(namespace="cryptify.cig.tel")
 
@@ -61,6 +61,12 @@ class SipSide(Protocol):
     def media_of(self, call: Call) -> tuple[int | None, bytes] | None: ...
 
     def srtp_of(self, call: Call) -> SrtpKeys | None: ...
+
+    def direction_of(self, call: Call) -> str: ...
+
+    def hold(self, call: Call, held: bool) -> bool: ...
+
+    def early_media(self, call: Call) -> bool: ...
 
 
 #: Seconds an ended call stays in ``show umsg``, and how many such rows are kept.
@@ -138,11 +144,14 @@ class UmsgTel:
         if isinstance(found, OutLeg):
             found.incoming(msg)
         elif found is not None and msg.type == "hangup":
-            found.end_from_tel()
+            found.end_from_tel(str(msg.get("code", "normal")))
+        elif found is not None and msg.type in ("hold", "resume") and found.talking:
+            hold_from_secure(found, msg.type == "hold")
 
     def detached(self) -> None:
         """The UIF connection ended: every call is over."""
         for found in [*self.active.values(), *self.pending.values()]:
+            found.call.note_end("cig", "connection to the CRS lost")
             found.end_from_tel()
         self.pending.clear()
 
@@ -191,6 +200,7 @@ class UmsgTel:
             found = next((c for c in self.active.values() if c.call is call), None)
         if found is not None:
             found.bridge.update()
+            pbx_hold_changed(found, self.sip.direction_of(call))
 
     def _invite(self, msg: Message) -> None:
         session = msg["session"]
@@ -227,6 +237,7 @@ class UmsgTel:
         self.sip.place_call(call, leg)
 
     def _refuse(self, call: Call, code: str, reason: str) -> None:
+        call.note_end("cig", code)
         self.calls.add(call)
         self.calls.set_state(call, CallState.REJECT)
         self.calls.event(call, "failed")

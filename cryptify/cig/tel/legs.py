@@ -25,7 +25,7 @@ from cryptify.lifecycle import Lifecycle, check_table
 from cryptify.protocols.umsg import Message
 
 from ..calls import Call, CallState, TelLeg
-from .bridge import Bridge
+from .bridge import Bridge, BridgeState
 
 if TYPE_CHECKING:
     from .core import UmsgTel
@@ -109,13 +109,23 @@ class TelCall:
         factory=lambda: Lifecycle("TelCall", TEL_MOVES, TelState.PLACED)
     )
     bridge: Bridge = attrs.field(init=False)
+    #: The secure party holds the call (its ``hold``), the PBX holds it (a re-INVITE).
+    secure_holding: bool = False
+    pbx_holding: bool = False
+    #: Bridged at an 18x with SDP (early media); the answer came while that was under way.
+    early: bool = False
+    answer_waiting: bool = False
 
     def __attrs_post_init__(self) -> None:
-        self.bridge = Bridge(self.tel.bridge, self.tel.sip, self)
+        self.bridge = Bridge(self.tel.bridge, self.tel.sip, self, self.tel.calls.media_stats)
 
     @property
     def ended(self) -> bool:
         return self.lifecycle.final
+
+    @property
+    def talking(self) -> bool:
+        return self.lifecycle.state is TelState.TALKING
 
     def umsg_row(self, now: float) -> list[str]:
         """This call's ``show umsg`` row."""
@@ -133,12 +143,42 @@ class TelCall:
         pass
 
     def ringing(self) -> None:
-        if self.lifecycle.can(TelState.RINGING):
+        if self.lifecycle.can(TelState.RINGING) and self.lifecycle.state is not TelState.RINGING:
             self.lifecycle.move(TelState.RINGING)
             self.tel.notify("ringing", session=self.session)
+        if not self.early and not self.ended and self.tel.sip.early_media(self.call):
+            # Early media: bridged now, so the caller hears the PBX's ringback.
+            self.early = True
+            self.bridge.add().addCallbacks(self._early_bridged, self._early_failed)
 
     def answered(self) -> None:
-        if not self.ended:
+        if self.ended or self.lifecycle.state is TelState.TALKING:
+            return
+        state = self.bridge.lifecycle.state
+        if state is BridgeState.UP:  # early media: the answer's SDP, then talk
+            self.bridge.update()
+            self._bridged(True)
+        elif state is BridgeState.ADDING:
+            self.answer_waiting = self.early  # else the first answer's add is on its way
+        else:
+            self.bridge.add().addCallbacks(self._bridged, self._bridge_failed)
+
+    def _early_bridged(self, up: bool) -> None:
+        if up and self.answer_waiting:
+            self.answer_waiting = False
+            self.bridge.update()
+            self._bridged(True)
+
+    def _early_failed(self, failure: Failure) -> None:
+        """No early bridge (the 18x's SDP unusable, cig-relay refused): try at the answer."""
+        log.warn(
+            "no early media for session {session}: {why}",
+            session=self.session,
+            why=failure.getErrorMessage(),
+        )
+        self.bridge = Bridge(self.tel.bridge, self.tel.sip, self, self.tel.calls.media_stats)
+        if self.answer_waiting and not self.ended:
+            self.answer_waiting = False
             self.bridge.add().addCallbacks(self._bridged, self._bridge_failed)
 
     def rejected(self, status: int = 480) -> None:
@@ -164,6 +204,7 @@ class TelCall:
             why=failure.getErrorMessage(),
         )
         if not self.ended:
+            self.call.note_end("cig", "bridge-failed")
             self.tel.sip.hang_up(self.call)
             self._end("bridge-failed", "no media bridge")
 
@@ -183,13 +224,41 @@ class TelCall:
             fields["reason"] = reason
         self.tel.notify("hangup", **fields)
 
-    def end_from_tel(self) -> None:
+    def end_from_tel(self, code: str = "normal") -> None:
         """The secure side hung up (or went away): end the SIP leg."""
         if self.ended:
             return
+        self.call.note_end("secure", code)
         self._finish()
         self.tel.sip.hang_up(self.call)
         self.tel.calls.close(self.call, CallState.HANGUP, "hangup")  # if the SIF sent nothing
+
+
+def hold_from_secure(leg: TelCall | OutLeg, held: bool) -> None:
+    """The secure party's ``hold``/``resume``: a re-INVITE towards the PBX."""
+    if leg.tel.sip.hold(leg.call, held):
+        leg.secure_holding = held
+    else:
+        log.info(
+            "session {session}: {what} not sent to the PBX now",
+            session=leg.session,
+            what="hold" if held else "resume",
+        )
+
+
+def pbx_hold_changed(leg: TelCall | OutLeg, direction: str) -> None:
+    """
+    The PBX leg's direction changed (our side's, RFC 3264): the PBX holds
+    the call when we may no longer send to it (``recvonly`` or
+    ``inactive``) without our having asked; the secure party hears of it
+    as ``hold``, and ``resume`` once it is back.
+    """
+    if leg.secure_holding or leg.session is None or leg.ended:
+        return
+    held = direction in ("recvonly", "inactive")
+    if held != leg.pbx_holding:
+        leg.pbx_holding = held
+        leg.tel.notify("hold" if held else "resume", session=leg.session)
 
 
 class OutLegState(enum.Enum):
@@ -252,13 +321,20 @@ class OutLeg:
         factory=lambda: Lifecycle("OutLeg", OUT_LEG_MOVES, OutLegState.CREATED)
     )
     bridge: Bridge = attrs.field(init=False)
+    #: The secure party holds the call (its ``hold``), the PBX holds it (a re-INVITE).
+    secure_holding: bool = False
+    pbx_holding: bool = False
 
     def __attrs_post_init__(self) -> None:
-        self.bridge = Bridge(self.tel.bridge, self.tel.sip, self)
+        self.bridge = Bridge(self.tel.bridge, self.tel.sip, self, self.tel.calls.media_stats)
 
     @property
     def ended(self) -> bool:
         return self.lifecycle.final
+
+    @property
+    def talking(self) -> bool:
+        return self.lifecycle.state is OutLegState.TALKING
 
     def umsg_row(self, now: float) -> list[str]:
         """This call's ``show umsg`` row."""
@@ -275,6 +351,7 @@ class OutLeg:
         """The CRS answered our invite: ``session``, or an error."""
         self.request_id = None
         if msg.type != "session":
+            self.call.note_end("secure", msg.get("code", "error"))
             if self._finish():
                 self.leg.rejected(UMSG_STATUS.get(msg.get("code", ""), 480))
             return
@@ -299,6 +376,8 @@ class OutLeg:
         elif msg.type == "talk" and self.lifecycle.can(OutLegState.TALKING):
             self.lifecycle.move(OutLegState.TALKING)
             self.bridge.add().addCallbacks(self._bridged, self._bridge_failed)
+        elif msg.type in ("hold", "resume") and self.lifecycle.state is OutLegState.TALKING:
+            hold_from_secure(self, msg.type == "hold")
         elif msg.type == "hangup":
             self.end_from_tel(msg.get("code", "normal"))
 
@@ -313,6 +392,7 @@ class OutLeg:
             why=failure.getErrorMessage(),
         )
         if not self.ended:
+            self.call.note_end("cig", "bridge-failed")
             self.hang_up("bridge-failed")
             self.leg.rejected(503)
 
@@ -330,6 +410,7 @@ class OutLeg:
 
     def end_from_tel(self, code: str = "normal") -> None:
         """The secure user hung up (or the UIF went away): end the SIP leg."""
+        self.call.note_end("secure", code)
         talking = self.lifecycle.state is OutLegState.TALKING
         if not self._finish():
             return

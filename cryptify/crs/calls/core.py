@@ -475,6 +475,21 @@ class SessionTable:
         self.parties.send(session.caller, message("talk", session=session.id))
         self._trace(session, TALK)
 
+    def hold(self, uri: str, session_id: str, held: bool) -> None:
+        """``hold`` or ``resume`` from either party while talking: passed to the other."""
+        session = self._find(uri, session_id)
+        if session is None:
+            return
+        if session.state != TALK:
+            self.parties.send(uri, message("error", code="unexpected", reason="not talking"))
+            return
+        if session.remote is not None:  # not carried over the pool link (yet)
+            reason = "hold is not passed between pool instances"
+            self.parties.send(uri, message("error", code="unexpected", reason=reason))
+            return
+        kind = "hold" if held else "resume"
+        self.parties.send(session.other(uri), message(kind, session=session.id))
+
     def hangup(self, uri: str, session_id: str, code: str, reason: str | None = None) -> None:
         """``hangup`` from either party."""
         session = self._find(uri, session_id)

@@ -182,9 +182,14 @@ def install(core: AttachCore, table: SessionTable) -> None:
     def hangup(session: AttachSession, msg: Message) -> None:
         table.hangup(session.uri or "", msg["session"], msg["code"], msg.get("reason"))
 
+    def hold(session: AttachSession, msg: Message) -> None:
+        table.hold(session.uri or "", msg["session"], msg.type == "hold")
+
     def detached(session: AttachSession, reason: str) -> None:
         if session.uri is not None:
             table.detached(session.uri)
 
-    core.handlers.update(invite=invite, ringing=ringing, talk=talk, hangup=hangup)
+    core.handlers.update(
+        invite=invite, ringing=ringing, talk=talk, hangup=hangup, hold=hold, resume=hold
+    )
     core.on_detach.append(detached)

@@ -143,8 +143,11 @@ def parse_sdp(body: bytes) -> SessionDescription:
         raise SdpError("no v=0 line first")
     origin: list[str] | None = None
     session_address: str | None = None
+    session_direction: str | None = None
     name = "-"
     media: list[Media] = []
+    #: Media sections with a direction attribute of their own.
+    directed: set[int] = set()
     for line in lines[1:]:
         kind, eq, value = line.partition("=")
         if not eq or len(kind) != 1:
@@ -164,8 +167,17 @@ def parse_sdp(body: bytes) -> SessionDescription:
             media.append(_media_line(value))
         elif kind == "a" and media:
             media[-1] = _attribute(media[-1], value)
+            if value in DIRECTIONS:
+                directed.add(len(media) - 1)
+        elif kind == "a" and value in DIRECTIONS:
+            session_direction = value  # RFC 8866 6.7: for every stream without its own
     if origin is None:
         raise SdpError("no origin line")
+    if session_direction is not None:
+        media = [
+            m if i in directed else attrs.evolve(m, direction=session_direction)
+            for i, m in enumerate(media)
+        ]
     return SessionDescription(
         username=origin[0],
         session_id=origin[1],
@@ -320,7 +332,7 @@ def make_answer(
                 tuple(formats),
                 rtpmap=tuple((pt, spec) for pt, spec in _rtpmaps(m) if pt in formats),
                 fmtp=tuple((pt, spec) for pt, spec in m.fmtp if pt in events),
-                direction=_MIRROR.get(m.direction, m.direction),
+                direction=mirror(_offered_direction(offer, m)),
                 ptime=m.ptime,
                 crypto=ours,
             )
@@ -328,6 +340,13 @@ def make_answer(
     if not chosen:
         return None
     return SessionDescription("cig", session_id, str(version), address, address, tuple(media))
+
+
+def _offered_direction(offer: SessionDescription, m: Media) -> str:
+    """An offered stream's direction, RFC 2543 hold (c=0.0.0.0) read as sendonly."""
+    if offer.media_address(m) in ("0.0.0.0", "::"):
+        return "sendonly" if m.direction in ("sendrecv", "sendonly") else "inactive"
+    return m.direction
 
 
 def _rtpmaps(m: Media) -> list[tuple[str, str]]:
@@ -340,6 +359,46 @@ def _rtpmaps(m: Media) -> list[tuple[str, str]]:
         elif m.encoding(pt) in STATIC:
             out.append((pt, f"{m.encoding(pt)}/8000"))
     return out
+
+
+def mirror(direction: str) -> str:
+    """The answer's direction for an offer's (RFC 3264 6.1), and back."""
+    return _MIRROR.get(direction, direction)
+
+
+def stream_direction(sdp: SessionDescription) -> str:
+    """
+    The direction of C{sdp}'s audio stream from its writer's side, with
+    RFC 2543 hold (a connection address of 0.0.0.0 or ::) read as
+    C{sendonly} (or C{inactive}, when the stream did not want to send
+    either): the writer will not receive. No audio stream: C{inactive}.
+    """
+    audio = sdp.audio()
+    if audio is None:
+        return "inactive"
+    return _offered_direction(sdp, audio)
+
+
+def sends(direction: str) -> bool:
+    """Whether a stream's writer sends media in C{direction}."""
+    return direction in ("sendrecv", "sendonly")
+
+
+def receives(direction: str) -> bool:
+    """Whether a stream's writer takes media in C{direction}."""
+    return direction in ("sendrecv", "recvonly")
+
+
+def with_direction(sdp: SessionDescription, direction: str) -> SessionDescription:
+    """C{sdp} with its audio stream's direction set and its version one up."""
+    if direction not in DIRECTIONS:
+        raise SdpError(f"no direction {direction[:20]!r}")
+    media = tuple(
+        attrs.evolve(m, direction=direction) if m.kind == "audio" and m.port else m
+        for m in sdp.media
+    )
+    version = str(int(sdp.version) + 1) if sdp.version.isdigit() else "2"
+    return attrs.evolve(sdp, media=media, version=version)
 
 
 def chosen_codec(sdp: SessionDescription) -> str | None:
