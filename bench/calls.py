@@ -52,7 +52,7 @@ def worker(spec: dict[str, Any]) -> None:
     """One generator process: attach the pairs, call in a loop, report."""
     from twisted.internet import defer, reactor, task
 
-    from cryptify.client.cli import session_maker, tls_connector
+    from cryptify.client.servers import session_maker, tls_connector
     from cryptify.client.connection import UmsgClientProtocol
     from cryptify.client.session import Answered, Attached, Incoming
     from cryptify.crypto import mikey
