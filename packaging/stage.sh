@@ -130,7 +130,7 @@ install_pkg() {
         mkdir_noted /opt/crs/data crsuser 0750
         units="crs.service crs_relay.service"
         clis="crs-cli"
-        install_man crs-cli.8 cryptify-kms.1 cryptify-client.1
+        install_man crs-cli.8 cryptify-kms.1 cryptify-client.1 cryptify-admin.1
         ;;
     cig)
         put 0644 packaging/cig.conf /opt/cig/cig.conf config

@@ -20,7 +20,7 @@ from cryptify.cig.operator import cli as cig
 from cryptify.client import cli as client
 from cryptify.crs.operator import cli as crs
 from cryptify.kms import cli as kms
-from cryptify.tools import manpage
+from cryptify.tools import admin_cli, manpage
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,6 +104,12 @@ class EveryActionOnItsPage(SynchronousTestCase):
         paths = list(leaf_paths(client.build_parser()))
         self.assertEqual(sorted(p[0] for p in paths), sorted(client.ACTIONS))
         self.assertActionsOnPage("cryptify-client", paths)
+
+    def test_admin(self) -> None:
+        paths = list(leaf_paths(admin_cli.build_parser(io.StringIO())))
+        self.assertIn(("apply",), paths)
+        self.assertActionsOnPage("cryptify-admin", paths)
+        self.assertIn("CRYPTIFY_ADMIN_SECRET_FILE", plain(page_of("cryptify-admin")))
 
     def test_options_and_arguments(self) -> None:
         """Each option's help text is on the page (--socket, -b BITS ...)."""

@@ -34,6 +34,7 @@ from cryptify.crs.remote_admin.store import (
 )
 from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.securefile import read_secret_file
+from cryptify.tools.manpage import Arg, Page, actions_from_parser, arguments
 from cryptify.tools.mgmtcli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliParser, render_table
 
 PROG = "cryptify-admin"
@@ -81,19 +82,31 @@ def build_parser(err: IO[str]) -> CliParser:
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=CliParser)
     actions.required = True
-    actions.add_parser("version", err=err, help="the version of cryptify-admin")
-    actions.add_parser(
-        "fingerprint", err=err, help="the fingerprint of your secret (as crs-cli show admin)"
+
+    def action(name: str, usage: str, text: str) -> CliParser:
+        made: CliParser = actions.add_parser(name, err=err, usage=f"{PROG} {usage}", help=text)
+        return made
+
+    def account_arg(parser: CliParser) -> None:
+        parser.add_argument("account", metavar="ACCOUNT", help="one of your accounts (its ID)")
+
+    action("version", "version", "the version of cryptify-admin")
+    action("fingerprint", "fingerprint", "the fingerprint of your secret (as crs-cli show admin)")
+    action("accounts", "accounts", "your accounts and authorizations")
+    stats = action(
+        "stats",
+        "stats export|enable|disable|clear ACCOUNT",
+        "an account's statistics (needs the statistics authorization)",
     )
-    actions.add_parser("accounts", err=err, help="your accounts and authorizations")
-    stats = actions.add_parser("stats", err=err, help="an account's statistics (statistics)")
-    stats.add_argument("op", choices=STATS_OPS)
-    stats.add_argument("account", metavar="ACCOUNT")
-    apply = actions.add_parser("apply", err=err, help="apply a monthly update file (update)")
-    apply.add_argument("account", metavar="ACCOUNT")
-    apply.add_argument("file", metavar="FILE")
-    blacklist = actions.add_parser("blacklist", err=err, help="an account's blacklist (update)")
-    blacklist.add_argument("account", metavar="ACCOUNT")
+    stats.add_argument(
+        "op", choices=STATS_OPS, metavar="OP", help="export, enable, disable or clear"
+    )
+    account_arg(stats)
+    apply = action("apply", "apply ACCOUNT FILE", "apply a monthly update file (needs update)")
+    account_arg(apply)
+    apply.add_argument("file", metavar="FILE", help="the update file (cryptify-kms update)")
+    blacklist = action("blacklist", "blacklist ACCOUNT", "an account's blacklist (needs update)")
+    account_arg(blacklist)
     return parser
 
 
@@ -254,6 +267,41 @@ def run(
         err.write(f"{PROG}: {exc}\n")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def manual_page() -> Page:
+    """cryptify-admin(1), from the parser."""
+    parser = build_parser(sys.stderr)
+    return Page(
+        name=PROG,
+        section=1,
+        summary="a remote admin's command line for the CRS admin interface",
+        synopsis=("[--url URL] [--admin NAME] [--secret-file FILE] [--ca FILE] ACTION",),
+        description=(
+            "cryptify-admin is for the administrator of a security domain (a CMS account) "
+            "whom the CRS operator made a remote admin with crs-cli create admin. Each run "
+            "logs in to the CRS's admin interface over TLS with a signed challenge (the "
+            "secret never leaves this process), does one action on the admin's own "
+            "accounts within its authorizations (statistics, update), and logs out.\n\n"
+            "The secret is read from a file that only its owner may read, never from the "
+            "command line. The same interface serves a web console (docs/admin.md)."
+        ),
+        actions=actions_from_parser(parser),
+        options=arguments(parser),
+        exit_status=(
+            ("0", "done"),
+            ("1", "refused by the CRS, the CRS cannot be reached, or a file cannot be read"),
+            ("2", "bad arguments"),
+        ),
+        environment=(
+            Arg("CRYPTIFY_ADMIN_URL", "the admin interface, when --url is not given"),
+            Arg("CRYPTIFY_ADMIN_NAME", "the admin name, when --admin is not given"),
+            Arg("CRYPTIFY_ADMIN_SECRET_FILE", "the secret file, when --secret-file is not given"),
+            Arg("CRYPTIFY_ADMIN_CA", "certificates to trust, when --ca is not given"),
+        ),
+        files=(),
+        see_also=("crs-cli(8)",),
+    )
 
 
 def main() -> None:

@@ -230,17 +230,19 @@ def _paragraphs(text: str) -> list[str]:
 
 
 def pages() -> tuple[Page, ...]:
-    """The four pages, from each CLI's own definitions."""
+    """The pages, from each CLI's own definitions."""
     from cryptify.cig.operator import cli as cig
     from cryptify.client import cli as client
     from cryptify.crs.operator import cli as crs
     from cryptify.kms import cli as kms
+    from cryptify.tools import admin_cli
 
     makers: Sequence[Callable[[], Page]] = (
         crs.manual_page,
         cig.manual_page,
         kms.manual_page,
         client.manual_page,
+        admin_cli.manual_page,
     )
     return tuple(make() for make in makers)
 
