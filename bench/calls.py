@@ -52,8 +52,8 @@ def worker(spec: dict[str, Any]) -> None:
     """One generator process: attach the pairs, call in a loop, report."""
     from twisted.internet import defer, reactor, task
 
-    from cryptify.client.servers import session_maker, tls_connector
     from cryptify.client.connection import UmsgClientProtocol
+    from cryptify.client.servers import session_maker, tls_connector
     from cryptify.client.session import Answered, Attached, Incoming
     from cryptify.crypto import mikey
     from cryptify.crypto.identity import tel_identifier
