@@ -316,9 +316,15 @@ class LinkTests(SynchronousTestCase):
         a = self.member("crs1")
         held = [a.inbound() for _ in range(a.link.max_inbound)]
         factory = _InboundFactory(a.link)
-        self.assertIsNone(factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1)))
+        refused = factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1))
+        self.assertNotIsInstance(refused, _LinkProtocol)
+        transport = StringTransport()
+        refused.makeConnection(transport)
+        self.assertTrue(transport.disconnecting)
         held[0][0].connectionLost(None)
-        self.assertIsNotNone(factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1)))
+        self.assertIsInstance(
+            factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1)), _LinkProtocol
+        )
 
     def test_psk_lookup(self) -> None:
         """Only a peer's name as PSK identity gets the key (not this member's

@@ -94,13 +94,14 @@ class CigMailCase(SynchronousTestCase):
                 check=True,
                 capture_output=True,
             )
-        self.mgmt_port = free_port()
-        self.sip_port = free_port(socket.SOCK_DGRAM)
-        self.cookie = os.path.join(d, "mgmt.cookie")
-        cig_conf = os.path.join(d, "cig.conf")
-        with open(cig_conf, "w") as f:
-            f.write(
-                f"""interfaces {{ {self.sip_interface()} }}
+        for attempt in (1, 2):
+            self.mgmt_port = free_port()
+            self.sip_port = free_port(socket.SOCK_DGRAM)
+            self.cookie = os.path.join(d, "mgmt.cookie")
+            cig_conf = os.path.join(d, "cig.conf")
+            with open(cig_conf, "w") as f:
+                f.write(
+                    f"""interfaces {{ {self.sip_interface()} }}
 crs {{ address 127.0.0.1 {self.crs_port}; keystore "{d}/userdata"; ca "{d}/data/tls/crs.crt"; }}
 relay {{ control "{d}/cig-relay.sock"; }}
 management {{ bind 127.0.0.1 {self.mgmt_port}; cookie "{self.cookie}"; socket "{d}/cig.sock"; }}
@@ -113,9 +114,20 @@ translate_map users {{ rule match "sip:{{n}}@secure.example" translation "tel:+{
 {self.mailboxes()}
 {self.cig_extra()}
 """
+                )
+            self.procs.append(Twistd(d, "cig", "--config", cig_conf, *self.cig_args))
+            cig = self.procs[-1]
+            wait_for(
+                lambda: tcp_answers(self.mgmt_port) or cig.proc.poll() is not None,
+                "CIG management port",
+                SLOW,
             )
-        self.procs.append(Twistd(d, "cig", "--config", cig_conf, *self.cig_args))
-        wait_for(lambda: tcp_answers(self.mgmt_port), "CIG management port", SLOW)
+            if cig.proc.poll() is None:
+                break
+            # a port free_port gave was taken by a test running beside this
+            # one before the CIG bound it: once more with new ports
+            self.procs.remove(cig)
+            self.assertEqual(attempt, 1, f"the CIG did not start:\n{cig.output()}")
         self.cig_cli("set-key", stdin=blob)
         wait_for(
             lambda: "Connection state          CONNECTED" in self.cig_cli("status"),

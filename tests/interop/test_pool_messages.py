@@ -12,6 +12,9 @@ goes the other way.  Then, under a stream of posts:
   forward are kept in crs1's Redis (hinted hand-off) and answered; once
   crs1 has taken crs2's slots the recipient attaches there; crs2 comes
   back, its slots trickle back, and what crs1 kept for it is handed over;
+- ``kill -9`` of crs2's ``redis_low`` with messages waiting in it: crs2
+  restarts it from its append-only file;
+- crs2 killed and started again with its ``redis_high`` wiped;
 - a partition: both instances alive and reachable from the client host,
   but each with a blackhole route to the other's address (no packet
   filter is installed on this machine; a blackhole drops silently as a
@@ -26,6 +29,7 @@ long the pool took to deliver everything after the fault ended
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -273,4 +277,83 @@ class PoolMessagesTests(PoolCase):
             codes=",".join(sorted(set(self.ledger.refused))) or "-",
             took=took,
             settled=time.monotonic() - healed,
+        )
+
+    def redis_pid(self, index: int, name: str) -> int:
+        path = os.path.join(self.dirs[index - 1], "data", "redis", name, "redis.pid")
+        with open(path) as f:
+            return int(f.read().strip())
+
+    def service_active(self, index: int, name: str) -> bool:
+        try:
+            rows = self.cli(index, "show", "services").splitlines()
+        except AssertionError:
+            return False
+        return any(r.split()[1:3] == [name, "active"] for r in rows if len(r.split()) >= 3)
+
+    def test_redis_low_killed_under_load(self) -> None:
+        """kill -9 of crs2's redis_low (the durable store) with messages
+        waiting in it and posts streaming: crs2 restarts it from its
+        append-only file; posts meanwhile are kept at crs1 or refused, never
+        answered and lost; every acknowledged post reaches the recipient
+        once."""
+        self.load(5, 0.1, b"before")
+        self.drain(self.recipient)
+        self.recipient.close()  # offline: the next ones wait in crs2's redis_low
+        self.load(5, 0.1, b"stored")
+        old = self.redis_pid(2, "redis_low")
+        os.kill(old, signal.SIGKILL)
+        killed = time.monotonic()
+        self.load(15, 0.2, b"during")
+        wait_for(
+            lambda: self.redis_pid(2, "redis_low") != old and self.service_active(2, "redis_low"),
+            "crs2 to restart its redis_low",
+            CEILING,
+        )
+        restarted = time.monotonic() - killed
+        self.load(5, 0.1, b"after")
+        took = self.collect([address(2), address(1)])
+        self.check_once()
+        log.info(
+            "convergence: redis_low of crs2 killed: restarted after {restarted:.1f}s;"
+            " {acked} posts acknowledged, {refused} refused ({codes}); all delivered"
+            " {took:.1f}s after the recipient came back",
+            restarted=restarted,
+            acked=len(self.ledger.acked),
+            refused=len(self.ledger.refused),
+            codes=",".join(sorted(set(self.ledger.refused))) or "-",
+            took=took,
+        )
+
+    def test_restart_with_empty_redis_high(self) -> None:
+        """crs2 killed with messages waiting for its offline recipient, its
+        redis_high (attachments, tickets: the volatile state) wiped, and
+        started again: the waiting messages (in redis_low) and those crs1
+        kept meanwhile all reach the recipient once."""
+        self.load(5, 0.1, b"before")
+        self.drain(self.recipient)
+        self.recipient.close()
+        self.load(5, 0.1, b"stored")
+        self.kill(2)
+        high = os.path.join(self.dirs[1], "data", "redis", "redis_high")
+        for entry in os.listdir(high) if os.path.isdir(high) else ():
+            path = os.path.join(high, entry)
+            if os.path.isfile(path):
+                os.unlink(path)
+        self.load(10, 0.3, b"while down")
+        self.start(2)
+        restarted = time.monotonic()
+        wait_for(lambda: self.formed([1, 2]), "the slots to come back", CEILING * 2)
+        took = self.collect([address(2), address(1)])
+        self.assertEqual(self.recipient.at, address(2))
+        self.check_once()
+        log.info(
+            "convergence: crs2 restarted with an empty redis_high: {acked} posts"
+            " acknowledged, {refused} refused ({codes}); all delivered {took:.1f}s after"
+            " the pool settled ({settled:.1f}s after the restart)",
+            acked=len(self.ledger.acked),
+            refused=len(self.ledger.refused),
+            codes=",".join(sorted(set(self.ledger.refused))) or "-",
+            took=took,
+            settled=time.monotonic() - restarted - took,
         )

@@ -209,17 +209,26 @@ class _LinkProtocol(Protocol):
         return str(getattr(peer, "host", peer))
 
 
+class _Refused(Protocol):
+    """A connection over the limit, closed as soon as it is made.  (The
+    listener is ``listenSSL``'s: its factory may not refuse by returning
+    None, or TLS would wrap nothing and fail when the connection ends.)"""
+
+    def connectionMade(self) -> None:
+        abort(self.transport)
+
+
 class _InboundFactory(Factory):
     noisy = False
 
     def __init__(self, link: PoolLink) -> None:
         self.link = link
 
-    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         link = self.link
         if link._inbound >= link.max_inbound:
             log.warn("pool link: refusing {addr}: too many connections", addr=addr)
-            return None
+            return _Refused()
         link._inbound += 1
         return _LinkProtocol(link, None)
 
