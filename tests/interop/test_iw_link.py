@@ -13,8 +13,6 @@ real peer still gets in afterwards.
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 from typing import Any
 
@@ -29,9 +27,8 @@ from cryptify.config.crs_model import CrsConfig, CrsGlobal, Endpoint
 from cryptify.config.iw_crs import IwCrs, IwCrsConfig
 from cryptify.crs.interwork.link import INBOUND_PER_PEER, IwLink, iw_psk
 from cryptify.crs.pool.wire import encode_frame
-from tests.interop._openssl import OpensslProcess, until
+from tests.interop._openssl import OpensslProcess, s_client, until
 
-OPENSSL = shutil.which("openssl")
 SECRET = "OperatorsAgreedThis42"
 
 
@@ -86,31 +83,7 @@ class IwLinkTests(TestCase):
             self.ports.pop(name, None)
 
     async def s_client(self, key: bytes, stdin: bytes) -> OpensslProcess:
-        if OPENSSL is None:
-            raise self.skipTest("the openssl command line tool is not installed")
-        process = OpensslProcess(stdin)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
-        args = [
-            OPENSSL,
-            "s_client",
-            "-connect",
-            f"127.0.0.1:{self.ports['a']}",
-            "-psk",
-            key.hex(),
-            "-psk_identity",
-            "whoever",
-            "-quiet",
-            "-no_ticket",
-        ]
-        transport = reactor.spawnProcess(process, OPENSSL, args, env=env)  # type: ignore[attr-defined]
-
-        async def cleanup() -> None:
-            if process.running:
-                transport.signalProcess("KILL")
-                await process.ended
-
-        self.addCleanup(lambda: defer.Deferred.fromCoroutine(cleanup()))
-        return process
+        return s_client(self, self.ports["a"], key, "whoever", stdin)
 
     async def test_two_operators_link_both_ways(self) -> None:
         """Each side's outgoing and incoming connections come up, with the

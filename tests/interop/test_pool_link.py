@@ -13,7 +13,6 @@ Skipped only when there is no C{openssl} binary (for the openssl tests).
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -29,9 +28,8 @@ from cryptify.crs.pool.wire import encode_heartbeat
 from cryptify.crs.pool.wiring import PoolLink, pool_psk
 from cryptify.crs.slots import SLOTS
 from cryptify.protocols.tls_psk import PskServerContextFactory
-from tests.interop._openssl import OpensslProcess, until
+from tests.interop._openssl import OpensslProcess, s_client, until
 
-OPENSSL = shutil.which("openssl")
 KEY = "interop-pool-key-0123456789"
 
 
@@ -126,31 +124,7 @@ class PoolLinkTests(TestCase):
     # -- openssl as a peer ---------------------------------------------
 
     async def s_client(self, key: bytes, identity: str, stdin: bytes) -> OpensslProcess:
-        if OPENSSL is None:
-            raise self.skipTest("the openssl command line tool is not installed")
-        process = OpensslProcess(stdin)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
-        args = [
-            OPENSSL,
-            "s_client",
-            "-connect",
-            f"127.0.0.1:{self.ports['crs1']}",
-            "-psk",
-            key.hex(),
-            "-psk_identity",
-            identity,
-            "-quiet",
-            "-no_ticket",
-        ]
-        transport = reactor.spawnProcess(process, OPENSSL, args, env=env)  # type: ignore[attr-defined]
-
-        async def cleanup() -> None:
-            if process.running:
-                transport.signalProcess("KILL")
-                await process.ended
-
-        self.addCleanup(lambda: defer.Deferred.fromCoroutine(cleanup()))
-        return process
+        return s_client(self, self.ports["crs1"], key, identity, stdin)
 
     async def test_openssl_with_the_key_is_a_peer(self) -> None:
         """s_client with the pool key and a member's name gets in: its
