@@ -21,10 +21,11 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+
+from _devprocs import last_lines, socket_answers, stop_in_order
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -133,40 +134,14 @@ def start(run: str, namespace: str, label: str, args: list[str]) -> subprocess.P
     return subprocess.Popen(argv, cwd=HERE, env=env, start_new_session=True)
 
 
-def socket_answers(where: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(where)
-    except OSError:
-        return False
-    finally:
-        s.close()
-    return True
-
-
 def stop_all(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
     """Stop the programs, the CRS instances first, the relays last."""
     ordered = [p for p in procs if not p[0].endswith("-relay")]
-    ordered += [p for p in procs if p[0].endswith("-relay")]
-    for name, proc in ordered:
-        if proc.poll() is None:
-            print(f"stopping {name} ...", flush=True)
-            proc.send_signal(signal.SIGTERM)
-    for name, proc in ordered:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            print(f"{name} did not stop in time; killing it", flush=True)
-            proc.kill()
-            proc.wait()
+    stop_in_order(ordered + [p for p in procs if p[0].endswith("-relay")])
 
 
 def tail(run: str, label: str) -> str:
-    try:
-        with open(os.path.join(run, label + ".twistd.log")) as f:
-            return "".join(f.readlines()[-15:])
-    except OSError:
-        return ""
+    return last_lines(os.path.join(run, label + ".twistd.log"))
 
 
 def banner(run: str, prefix: str) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
+
+from _devprocs import last_lines, socket_answers, stop_in_order  # noqa: E402
 
 from cryptify.config import load_cig_config, load_crs_config  # noqa: E402
 
@@ -112,36 +113,13 @@ def start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True)
 
 
-def socket_answers(where: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(where)
-    except OSError:
-        return False
-    finally:
-        s.close()
-    return True
-
-
 def stop_all(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
-    for name, proc in reversed(procs):
-        if proc.poll() is None:
-            print(f"stopping {name} ...", flush=True)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                print(f"{name} did not stop in time; killing it", flush=True)
-                proc.kill()
-                proc.wait()
+    """Stop the programs, last started first (the relays last)."""
+    stop_in_order(reversed(procs))
 
 
 def tail(name: str) -> str:
-    try:
-        with open(path(name + ".twistd.log")) as f:
-            return "".join(f.readlines()[-15:])
-    except OSError:
-        return ""
+    return last_lines(path(name + ".twistd.log"))
 
 
 def main() -> int:
