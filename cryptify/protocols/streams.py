@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
-from twisted.internet.interfaces import ITCPTransport, ITransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport, ITransport
 
 
 def abort(transport: ITransport | None) -> None:
@@ -18,3 +19,28 @@ def abort(transport: ITransport | None) -> None:
     """
     if transport is not None:
         cast(ITCPTransport, transport).abortConnection()
+
+
+class IdleTimer:
+    """Calls ``expired()`` once a connection has been silent for ``seconds``:
+    :meth:`reset` at connect and on every frame, :meth:`stop` when it ends
+    (or before it is dropped)."""
+
+    def __init__(self, clock: IReactorTime, seconds: float, expired: Callable[[], None]) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self.expired = expired
+        self._call: IDelayedCall | None = None
+
+    def reset(self) -> None:
+        self.stop()
+        self._call = self.clock.callLater(self.seconds, self._fire)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _fire(self) -> None:
+        self._call = None
+        self.expired()

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IAddress, IDelayedCall, IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -50,7 +50,7 @@ from twisted.python.failure import Failure
 from cryptify.config.crs_model import CrsConfig
 from cryptify.config.iw_crs import IwCrs, IwCrsConfig
 from cryptify.crs.pool.wire import Envelope, FrameReader, WireError, decode_frame, encode_frame
-from cryptify.protocols.streams import abort
+from cryptify.protocols.streams import IdleTimer, abort
 from cryptify.protocols.tls_psk import PskClientContextFactory, PskServerContextFactory
 from cryptify.reactor import IReactor
 from cryptify.service import ListenService, StartupError
@@ -98,18 +98,11 @@ class _IwProtocol(Protocol):
         self.reader = FrameReader()
         #: The peer's hello arrived (the link is up on this connection).
         self.ready = False
-        self._idle: IDelayedCall | None = None
-
-    def _set_idle(self, seconds: float | None) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
-        if seconds is not None:
-            self._idle = self.link.reactor.callLater(seconds, self._silent)
+        self.idle = IdleTimer(link.reactor, IDLE_TIMEOUT, self._silent)
 
     def connectionMade(self) -> None:
         self.link._open.add(self)
-        self._set_idle(IDLE_TIMEOUT)
+        self.idle.reset()
         self.send(HELLO, {"version": self.link.version})
 
     def dataReceived(self, data: bytes) -> None:
@@ -118,7 +111,7 @@ class _IwProtocol(Protocol):
                 frame = decode_frame(payload)
                 if not isinstance(frame, Envelope):
                     raise WireError("a pool heartbeat on an inter-working link")
-                self._set_idle(IDLE_TIMEOUT)
+                self.idle.reset()
                 if frame.type == HELLO:
                     self._hello(frame.fields)
                 elif not self.ready:
@@ -132,7 +125,7 @@ class _IwProtocol(Protocol):
                 peer=self.peer,
                 why=str(exc),
             )
-            self._set_idle(None)
+            self.idle.stop()
             abort(self.transport)
 
     def _hello(self, fields: dict[str, object]) -> None:
@@ -147,7 +140,6 @@ class _IwProtocol(Protocol):
         self.link._up(self, version)
 
     def _silent(self) -> None:
-        self._idle = None
         log.info(
             "inter-working link: dropping the {direction} connection of {peer}: silent for {idle}s",
             direction="outgoing" if self.outgoing else "incoming",
@@ -157,7 +149,7 @@ class _IwProtocol(Protocol):
         abort(self.transport)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._set_idle(None)
+        self.idle.stop()
         self.link._open.discard(self)
         self.link._lost(self)
 

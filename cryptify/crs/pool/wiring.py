@@ -52,7 +52,7 @@ from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IAddress, IDelayedCall, IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -79,7 +79,7 @@ from cryptify.crs.pool.wire import (
 )
 from cryptify.crs.slots import slot_of
 from cryptify.files import write_atomically
-from cryptify.protocols.streams import abort
+from cryptify.protocols.streams import IdleTimer, abort
 from cryptify.protocols.tls_psk import PskClientContextFactory, PskServerContextFactory
 from cryptify.service import ListenService, StartupError
 
@@ -140,18 +140,11 @@ class _LinkProtocol(Protocol):
         self.peer = peer
         self.reader = FrameReader()
         self.outgoing = peer is not None
-        self._idle: IDelayedCall | None = None
-
-    def _set_idle(self, seconds: float | None) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
-        if seconds is not None:
-            self._idle = self.link.reactor.callLater(seconds, self.timeoutConnection)
+        self.idle = IdleTimer(link.reactor, IDLE_TIMEOUT, self.timeoutConnection)
 
     def connectionMade(self) -> None:
         self.link._open.add(self)
-        self._set_idle(IDLE_TIMEOUT)
+        self.idle.reset()
         if self.outgoing:
             self.link._connected(self)
 
@@ -163,7 +156,7 @@ class _LinkProtocol(Protocol):
                     if self.peer is None or self not in self.link._conns:
                         raise WireError(f"a {frame.type!r} frame before the first heartbeat")
                     self.link._dispatch(self.peer, frame)
-                    self._set_idle(IDLE_TIMEOUT)
+                    self.idle.reset()
                     continue
                 first = self.peer is None
                 if first:
@@ -173,18 +166,17 @@ class _LinkProtocol(Protocol):
                 self.link._received(frame.beat, frame.pid)
                 if first:
                     self.link._connected(self)
-                self._set_idle(IDLE_TIMEOUT)
+                self.idle.reset()
         except (WireError, PoolError) as exc:
             log.warn(
                 "pool link: dropping the connection from {address}: {why}",
                 address=self._address(),
                 why=str(exc),
             )
-            self._set_idle(None)
+            self.idle.stop()
             abort(self.transport)
 
     def timeoutConnection(self) -> None:
-        self._idle = None
         log.info(
             "pool link: dropping the connection from {address}: silent for {idle}s",
             address=self._address(),
@@ -193,7 +185,7 @@ class _LinkProtocol(Protocol):
         abort(self.transport)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._set_idle(None)
+        self.idle.stop()
         self.link._open.discard(self)
         self.link._conns.discard(self)
         if not self.outgoing:
