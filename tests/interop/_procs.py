@@ -109,6 +109,40 @@ class Twistd:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.communicate()
+        if self.name == "crs":
+            kill_managed_redis(self.workdir)
+
+
+def kill_managed_redis(workdir: str) -> list[int]:
+    """SIGKILL every ``redis-server`` whose pid file lies under ``workdir``.
+
+    A CRS stops its Redis children itself; one that was killed outright (or
+    failed half-way through its start) leaves them running in their own
+    session, where nothing else would ever stop them.  Return their PIDs.
+    """
+    killed = []
+    for top, _dirs, files in os.walk(workdir):
+        for name in files:
+            if not name.endswith(".pid"):
+                continue
+            try:
+                with open(os.path.join(top, name)) as f:
+                    pid = int(f.read(32).strip())
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read(4096)
+                # Redis works in its data directory: this tells a stale pid
+                # file whose PID was reused by someone else's redis-server
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except (OSError, ValueError):
+                continue
+            inside = os.path.realpath(cwd).startswith(os.path.realpath(workdir) + os.sep)
+            if pid > 1 and b"redis-server" in cmdline and inside:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    continue
+                killed.append(pid)
+    return killed
 
 
 def run_cli(
@@ -175,18 +209,6 @@ def durable_redis(port: int, password: str, directory: str) -> subprocess.Popen[
         ],
         stdout=subprocess.DEVNULL,
     )
-
-
-def kill_managed_redis(directory: str) -> None:
-    """SIGKILL the redis_high and redis_low a CRS with ``data-dir DIR/data`` left behind."""
-    for name in ("redis_high", "redis_low"):
-        try:
-            with open(os.path.join(directory, "data", "redis", name, "redis.pid")) as f:
-                pid = f.read().strip()
-        except OSError:
-            continue
-        if pid and os.path.exists(f"/proc/{pid}"):
-            os.kill(int(pid), signal.SIGKILL)
 
 
 def cli_ok(case: Any, program: str, *args: str, stdin: str | None = None) -> str:
