@@ -20,7 +20,8 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.cig.mail import core, wiring
+from cryptify.cig.mail import core
+from cryptify.cig.mail import desk as deskbase
 from cryptify.cig.mail.core import MailError, MailMessage, build, parse
 from cryptify.cig.mail.wiring import MailDesk
 from cryptify.client.connection import ConnectionEnded
@@ -423,7 +424,7 @@ class WriteMailboxTests(_Desk):
         content = crypto(A).seal(CIG, MessageBody("x"), self.clock.seconds())
         desk.handle(incoming(content, to=CIG))
         self.answer(desk, self.sent[0], "error", code="unavailable")
-        self.clock.advance(wiring.RETRY_FIRST)
+        self.clock.advance(deskbase.RETRY_FIRST)
         first, second = self.sent
         self.assertEqual((first["key"], first["content"]), (second["key"], second["content"]))
         self.answer(desk, second)
@@ -448,10 +449,10 @@ class WriteMailboxTests(_Desk):
         desk.handle(incoming(crypto(A).seal(CIG + ";101", MessageBody("x"), self.clock.seconds())))
         self.assertEqual(self.sent, [])
         self.assertIn("not written to", self.log_text())
-        self.clock.advance(wiring.RETRY_FIRST)
+        self.clock.advance(deskbase.RETRY_FIRST)
         self.assertEqual(self.sent, [])
         os.makedirs(os.path.join(broken, "tmp"))
-        self.clock.advance(wiring.RETRY_FIRST * 2)
+        self.clock.advance(deskbase.RETRY_FIRST * 2)
         self.assertEqual(self.sent, [message("delivered", message="m1")])
         self.assertEqual(len(self.files(broken)), 1)
 
@@ -519,7 +520,7 @@ class ReadMailboxTests(_Desk):
         return [m for m in self.sent if m.type == "post"]
 
     def quarantine(self) -> list[str]:
-        folder = self.box + wiring.QUARANTINE_SUFFIX
+        folder = self.box + deskbase.QUARANTINE_SUFFIX
         return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
     def test_posted_then_deleted(self) -> None:
@@ -558,12 +559,12 @@ class ReadMailboxTests(_Desk):
         desk = self.desk(read=(self.mailbox,))
         self.clock.advance(0)
         self.answer(desk, self.posts()[0], "error", code="unavailable")
-        self.clock.advance(wiring.RETRY_FIRST - 0.1)
+        self.clock.advance(deskbase.RETRY_FIRST - 0.1)
         self.assertEqual(len(self.posts()), 1)
         self.clock.advance(0.1)
         self.assertEqual(len(self.posts()), 2)
         desk.handle(ConnectionEnded("lost"))
-        self.clock.advance(wiring.RETRY_FIRST * 2 - 0.1)
+        self.clock.advance(deskbase.RETRY_FIRST * 2 - 0.1)
         self.assertEqual(len(self.posts()), 2)
         self.clock.advance(0.1)
         first, second, third = self.posts()
@@ -628,7 +629,7 @@ class ReadMailboxTests(_Desk):
         self.assertEqual(len(self.posts()), 1)
         self.assertEqual(self.quarantine(), sorted([*cases, "symlink", "fifo", "directory"]))
         self.assertEqual(sorted(os.listdir(os.path.join(self.box, "new"))), ["good"])
-        folder = self.box + wiring.QUARANTINE_SUFFIX
+        folder = self.box + deskbase.QUARANTINE_SUFFIX
         for name, (data, reason) in cases.items():
             with open(os.path.join(folder, name), "rb") as f:
                 self.assertEqual(f.read(), data)
@@ -645,7 +646,7 @@ class ReadMailboxTests(_Desk):
         self.desk(read=(self.mailbox,))
         self.clock.advance(0)
         self.put("x", b"bad two")
-        self.clock.advance(wiring.SCAN_INTERVAL)
+        self.clock.advance(deskbase.SCAN_INTERVAL)
         self.assertEqual(self.quarantine(), ["x", "x.2"])
 
     def test_refused_by_crs_quarantined(self) -> None:
@@ -662,7 +663,7 @@ class ReadMailboxTests(_Desk):
         self.desk(read=(self.mailbox,))
         self.clock.advance(0)
         self.put("late", mail_file())
-        self.clock.advance(wiring.SCAN_INTERVAL - 1)
+        self.clock.advance(deskbase.SCAN_INTERVAL - 1)
         self.assertEqual(self.posts(), [])
         self.clock.advance(1)
         self.assertEqual(len(self.posts()), 1)
@@ -700,14 +701,14 @@ class ReadMailboxTests(_Desk):
 
     def test_in_flight_bounded(self) -> None:
         """At most MAX_IN_FLIGHT posts wait at once; each answer lets the next go."""
-        for n in range(wiring.MAX_IN_FLIGHT + 3):
+        for n in range(deskbase.MAX_IN_FLIGHT + 3):
             self.put(f"{n:03d}", mail_file(str(n)))
         desk = self.desk(read=(self.mailbox,))
         self.clock.advance(0)
-        self.assertEqual(len(self.posts()), wiring.MAX_IN_FLIGHT)
+        self.assertEqual(len(self.posts()), deskbase.MAX_IN_FLIGHT)
         self.answer(desk, self.posts()[0])
         self.clock.advance(0)
-        self.assertEqual(len(self.posts()), wiring.MAX_IN_FLIGHT + 1)
+        self.assertEqual(len(self.posts()), deskbase.MAX_IN_FLIGHT + 1)
 
 
 class SampleConfigTests(SynchronousTestCase):
@@ -744,7 +745,7 @@ class LogSafetyTests(_Desk):
             f.write(b"junk")
         self.desk(read=(Mailbox(box, "pbxsrc", "securedst"),))
         self.clock.advance(0)
-        self.assertEqual(os.listdir(box + wiring.QUARANTINE_SUFFIX), [name])
+        self.assertEqual(os.listdir(box + deskbase.QUARANTINE_SUFFIX), [name])
         text = self.log_text()
         self.assertIn("x\\x0a[2026-12-02] mail[INFO]: forged moved to", text)
         self.assertNotIn("\n[2026-12-02] mail[INFO]: forged", text)
@@ -759,11 +760,11 @@ class MissingMailboxTests(_Desk):
         box = os.path.join(self.base, "later")
         self.desk(read=(Mailbox(box, "pbxsrc", "securedst"),))
         for _ in range(3):
-            self.clock.advance(wiring.SCAN_INTERVAL)
+            self.clock.advance(deskbase.SCAN_INTERVAL)
         self.assertEqual(self.log_text().count("cannot read"), 1)
         maildir(self.base, "later")
         with open(os.path.join(box, "new", "1"), "wb") as f:
             f.write(mail_file())
-        self.clock.advance(wiring.SCAN_INTERVAL)
+        self.clock.advance(deskbase.SCAN_INTERVAL)
         self.assertIn("can be read again", self.log_text())
         self.assertEqual([m.type for m in self.sent], ["post"])

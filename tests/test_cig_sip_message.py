@@ -5,7 +5,7 @@
 - the SIF answering the PBX's MESSAGEs (202 once posted, 404, 405, 413,
   415, 480/503 with Retry-After), and sending MESSAGEs to the PBX (digest
   challenges, timeouts, the UDP size limit);
-- :class:`~cryptify.cig.mail.wiring.MailDesk` sealing and posting the
+- :class:`~cryptify.cig.mail.deskbase.MailDesk` sealing and posting the
   PBX's text, and sending secure users' messages on to the PBX, confirmed
   ``delivered`` only on a 2xx, retried on passing failures, refused back
   to the sender otherwise.
@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.cig.mail import wiring
+from cryptify.cig.mail import desk as deskbase
 from cryptify.cig.mail.sip import (
     MAX_SIP_TEXT,
     MAX_UDP_MESSAGE,
@@ -444,7 +444,7 @@ class DeskFromSipTests(_Desk):
     def test_no_answer_in_time(self) -> None:
         """The CRS silent: 503 with Retry-After; its late answer changes nothing."""
         got = self.post()
-        self.clock.advance(wiring.SIP_ANSWER_WITHIN)
+        self.clock.advance(deskbase.SIP_ANSWER_WITHIN)
         self.assertEqual([(a.status, a.retry_after) for a in got], [(503, RETRY_AFTER)])
         self.answer(self.sent[0])
         self.assertEqual(len(got), 1)
@@ -520,8 +520,8 @@ class DeskToSipTests(_Desk):
     def test_passing_failure_retried_then_refused(self) -> None:
         """408/503: not confirmed, sent again with backoff; after SIP_ATTEMPTS refused."""
         self.deliver()
-        delay = wiring.RETRY_FIRST
-        for attempt in range(1, wiring.SIP_ATTEMPTS):
+        delay = deskbase.RETRY_FIRST
+        for attempt in range(1, deskbase.SIP_ATTEMPTS):
             self.sip.sent[-1][3].callback(503 if attempt % 2 else 408)
             self.assertEqual(self.sent, [])
             self.clock.advance(delay)
@@ -533,7 +533,7 @@ class DeskToSipTests(_Desk):
     def test_retry_then_success(self) -> None:
         self.deliver()
         self.sip.sent[0][3].callback(408)
-        self.clock.advance(wiring.RETRY_FIRST)
+        self.clock.advance(deskbase.RETRY_FIRST)
         self.sip.sent[1][3].callback(200)
         self.assertEqual(self.sent, [message("delivered", message="m1")])
 
@@ -687,7 +687,7 @@ class FromSipMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         # a MESSAGE the CRS never answers is answered 503 in time: each gets one answer
-        self.clock.advance(wiring.SIP_ANSWER_WITHIN)
+        self.clock.advance(deskbase.SIP_ANSWER_WITHIN)
         assert all(len(got) == 1 for got in self.answers), self.answers
         self.desk.stopService()
 
@@ -724,7 +724,7 @@ class FromSipMachine(RuleBasedStateMachine):
 
         self.desk.handle(ConnectionEnded("gone"))
 
-    @rule(seconds=st.sampled_from([1.0, wiring.SIP_ANSWER_WITHIN]))
+    @rule(seconds=st.sampled_from([1.0, deskbase.SIP_ANSWER_WITHIN]))
     def time_passes(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
