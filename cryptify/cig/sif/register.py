@@ -53,7 +53,8 @@ from cryptify.protocols.sip.transaction import Channel
 from cryptify.service import StartupError
 
 from .auth import CredentialsError, Keyring
-from .core import Sif, contact_transport
+from .base import contact_transport
+from .core import Sif
 from .tls import TlsMaterial, load_tls
 
 log = Logger(namespace="cryptify.cig.sif.register")
@@ -111,10 +112,15 @@ def granted_expiry(response: Response, contact: str, asked: int) -> int:
             continue
         if ours is not None and (uri.host, uri.port, uri.user) == (ours.host, ours.port, ours.user):
             expires = param(found.params, "expires")
-            if expires is not None and expires.isdigit() and len(expires) <= 10:
+            if (
+                expires is not None
+                and expires.isascii()
+                and expires.isdigit()
+                and len(expires) <= 10
+            ):
                 return int(expires)
     header = (response.headers.get("Expires") or "").strip()
-    if header.isdigit() and len(header) <= 10:
+    if header.isascii() and header.isdigit() and len(header) <= 10:
         return int(header)
     return asked
 
@@ -264,7 +270,11 @@ class Registration:
             return
         if status == 423:
             minimum = (response.headers.get("Min-Expires") or "").strip()
-            if minimum.isdigit() and self.expires < int(minimum) <= MAX_EXPIRES:
+            if (
+                minimum.isascii()
+                and minimum.isdigit()
+                and self.expires < int(minimum) <= MAX_EXPIRES
+            ):
                 log.info(
                     "registrar for {aor} wants at least {seconds} s",
                     aor=self.aor,
