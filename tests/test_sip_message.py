@@ -357,6 +357,18 @@ class SyntaxTests(SynchronousTestCase):
         self.assertEqual(parsed.status, 200)
         self.assertEqual(parsed.call_id, "abc@192.0.2.1")
 
+    def test_status_code_of_other_digits(self) -> None:
+        """
+        Digits outside ASCII (superscripts, which str.isdigit accepts and
+        int() refuses) in the status code are a parse error, not a crash.
+        """
+        for code in ("\u00b9\u00b2\u00b3", "2\u00b900"):
+            data = (
+                f"SIP/2.0 {code} OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\n"
+                "Content-Length: 0\r\n\r\n"
+            ).encode()
+            self.assertRaises(SipParseError, parse_datagram, data)
+
 
 class StreamTests(SynchronousTestCase):
     """

@@ -38,7 +38,7 @@ class Answer:
 def retry_after(headers: dict[str, str]) -> float | None:
     """``Retry-After`` in seconds when it is a plain number, else None."""
     value = headers.get("retry-after", "").strip()
-    if value.isdigit() and len(value) <= 9:
+    if value.isascii() and value.isdigit() and len(value) <= 9:
         return float(value)
     return None
 

@@ -79,7 +79,7 @@ def _url(value: str, where: str) -> str:
 
 
 def _port(value: str, where: str) -> int:
-    if not value.isdigit() or not 0 < int(value) < 65536:
+    if not (value.isascii() and value.isdigit()) or not 0 < int(value) < 65536:
         raise PushConfigError(f"{where}: port {value!r} is not 1..65535")
     return int(value)
 

@@ -211,7 +211,7 @@ class UriCounters:
 
 
 def _count(value: str | None) -> int:
-    return int(value) if value is not None and value.isdigit() else 0
+    return int(value) if value is not None and value.isascii() and value.isdigit() else 0
 
 
 @attrs.frozen
@@ -401,7 +401,7 @@ class MessageStore:
                     uri,
                     _count(found.get("post")),
                     _count(found.get("deliv")),
-                    int(read) if read.isdigit() else None,
+                    int(read) if read.isascii() and read.isdigit() else None,
                     found.get("account"),
                 )
             )

@@ -367,7 +367,7 @@ class CrsAdmin(PeerCommands):
         rows = []
         for uri, info in await self._objects().client_info(account):
             updated = info.get("updated", "")
-            stamp = utc(int(updated)) if updated.isdigit() else "-"
+            stamp = utc(int(updated)) if updated.isascii() and updated.isdigit() else "-"
             rows.append(
                 [uri, stamp]
                 + [

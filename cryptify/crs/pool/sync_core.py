@@ -97,7 +97,7 @@ class ReplicationFilter:
         return self._buffer[start:end], end + 2
 
     def _number(self, line: bytes, prefix: bytes, low: int, high: int) -> int:
-        if not line.startswith(prefix) or not line[1:].isdigit():
+        if not line.startswith(prefix) or not (line[1:].isascii() and line[1:].isdigit()):
             raise FilterError(f"expected {prefix.decode()}N, got {line[:MAX_LINE]!r}")
         value = int(line[1:])
         if not low <= value <= high:
@@ -176,9 +176,9 @@ def _int(value: str | None) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    if value.startswith("-") and value[1:].isdigit():
+    if value.startswith("-") and value[1:].isascii() and value[1:].isdigit():
         return -int(value[1:])
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def parse_replication_info(text: str) -> ReplicaStatus:

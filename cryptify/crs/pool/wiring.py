@@ -117,7 +117,7 @@ def next_incarnation(data_dir: str, now: float | None = None) -> int:
     try:
         with open(path, "rb") as f:
             text = f.read(MAX_INCARNATION_FILE + 1)
-        if len(text) <= MAX_INCARNATION_FILE and text.strip().isdigit():
+        if len(text) <= MAX_INCARNATION_FILE and text.strip().isascii() and text.strip().isdigit():
             stored = int(text)
         else:
             log.warn("ignoring the unreadable {path}", path=path)

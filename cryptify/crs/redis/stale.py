@@ -51,7 +51,7 @@ def _alive(pid: int) -> bool:
 def stale_pid(instance: RedisInstance, read: Callable[[str], str | None] = _read) -> int | None:
     """The PID of a leftover ``redis-server`` of ``instance``, if there is one."""
     text = read(str(instance.pid_path))
-    if text is None or not text.strip().isdigit():
+    if text is None or not (text.strip().isascii() and text.strip().isdigit()):
         return None
     pid = int(text.strip())
     if pid <= 1 or pid == os.getpid():

@@ -199,7 +199,9 @@ def _start_line(start: str, headers: Headers) -> tuple[str, str, str] | tuple[in
         code, _, reason = rest.partition(" ")
         try:
             _check_version(version)
-            if not (len(code) == 3 and code.isdigit() and 100 <= int(code) <= 699):
+            if not (
+                len(code) == 3 and code.isascii() and code.isdigit() and 100 <= int(code) <= 699
+            ):
                 raise SipParseError(f"bad status code {code[:20]!r}")
         except SipParseError as exc:
             raise SipParseError(exc.reason, exc.status, headers, False) from None

@@ -121,7 +121,7 @@ def _media_line(value: str) -> Media:
     if len(parts) < 4:
         raise SdpError(f"bad media line {value[:60]!r}")
     port = parts[1].split("/", 1)[0]
-    if not port.isdigit() or int(port) > 65535:
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise SdpError("bad media port")
     return Media(parts[0], int(port), parts[2], tuple(parts[3:]))
 
@@ -195,7 +195,7 @@ def _attribute(media: Media, value: str) -> Media:
         return attrs.evolve(media, direction=attr)
     if attr in ("rtpmap", "fmtp"):
         pt, _, spec = rest.partition(" ")
-        if not pt.isdigit() or not spec.strip():
+        if not (pt.isascii() and pt.isdigit()) or not spec.strip():
             raise SdpError(f"bad {attr} attribute")
         if attr == "rtpmap":
             return attrs.evolve(media, rtpmap=(*media.rtpmap, (pt, spec.strip())))
@@ -204,7 +204,12 @@ def _attribute(media: Media, value: str) -> Media:
         if len(media.crypto) >= MAX_CRYPTO_LINES:
             raise SdpError("too many crypto attributes")
         return attrs.evolve(media, crypto=(*media.crypto, rest.strip()))
-    if attr == "ptime" and rest.strip().isdigit() and len(rest.strip()) < 5:
+    if (
+        attr == "ptime"
+        and rest.strip().isascii()
+        and rest.strip().isdigit()
+        and len(rest.strip()) < 5
+    ):
         return attrs.evolve(media, ptime=int(rest.strip()))
     return media
 
@@ -397,7 +402,7 @@ def with_direction(sdp: SessionDescription, direction: str) -> SessionDescriptio
         attrs.evolve(m, direction=direction) if m.kind == "audio" and m.port else m
         for m in sdp.media
     )
-    version = str(int(sdp.version) + 1) if sdp.version.isdigit() else "2"
+    version = str(int(sdp.version) + 1) if sdp.version.isascii() and sdp.version.isdigit() else "2"
     return attrs.evolve(sdp, media=media, version=version)
 
 
