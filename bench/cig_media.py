@@ -14,6 +14,17 @@ packet per 20 ms tick), its PBX leg plays the PBX.  The anchor is rtpengine
 (``RTP/SAVP`` with an SDES ``a=crypto``, ``transport-protocol: RTP/AVP``)
 and ``answer`` (plain ``RTP/AVP``), so it bridges SRTP <-> RTP the same way.
 
+``ours_opus`` is ours again with Opus on the secure leg (``secure_codec
+opus``, ``docs/bridge.md``): the secure party sends narrowband Opus at
+24 kbit/s (payload type 111, one 20 ms frame a packet, encoded once
+beforehand from a 1 kHz tone), which the bridge decodes to the PBX's
+G.711, and the bridge encodes what the PBX sends into Opus every tick.
+So that the generator's fixed-size records still fit, each Opus packet
+is padded with RTP padding to the G.711 packet's 172 octets (the bridge
+strips it); the packets it sends back are real-sized Opus.  Its
+``calls_per_core_by_cpu`` beside ours' is the Opus<->G.711 figure beside
+G.711<->G.711 (``calls_per_core`` in the JSON line).
+
 The load generator is a C program compiled here with gcc (``bench/relay.py``'s
 approach: one thread, one socket per leg, paced round-robin sending, epoll +
 ``recvmmsg``), pinned to one core, the relay under test to the other.  The
@@ -317,10 +328,12 @@ def payload(call: int) -> bytes:
 class Packets:
     """SRTP packets the secure legs send, encrypted once and grown as needed."""
 
+    name = "srtp.bin"
+
     def __init__(self, workdir: str, per_leg: int) -> None:
         from pylibsrtp import Policy, Session
 
-        self.path = os.path.join(workdir, "srtp.bin")
+        self.path = os.path.join(workdir, self.name)
         self.per_leg = per_leg
         self.calls = 0
         self.session = Session(
@@ -341,6 +354,43 @@ class Packets:
                 chunk = b"".join(
                     self.session.protect(header.pack(0x80, 0, k & 0xFFFF, k * 160, ssrc) + body)
                     for k in range(self.per_leg)
+                )
+                f.write(chunk)
+        self.calls = max(self.calls, calls)
+
+
+class OpusPackets(Packets):
+    """Opus packets (RTP-padded to 172 octets) for the secure legs of ``ours_opus``."""
+
+    name = "srtp-opus.bin"
+
+    def __init__(self, workdir: str, per_leg: int) -> None:
+        from cryptify.client.audio import tone
+        from cryptify.protocols import opus
+
+        super().__init__(workdir, per_leg)
+        encoder = opus.Encoder()
+        samples = tone(1000, per_leg * 0.02)
+        self.frames = []
+        for k in range(per_leg):
+            frame = encoder.encode(samples[k * 160 : (k + 1) * 160])
+            pad = RTP_BYTES - 12 - len(frame)
+            assert 0 < pad < 256, len(frame)
+            self.frames.append(frame + bytes(pad - 1) + bytes([pad]))
+        self.opus_bytes = round(sum(len(f) - f[-1] for f in self.frames) / per_leg, 1)
+
+    def ensure(self, calls: int) -> None:
+        from cryptify.protocols import opus
+
+        header = struct.Struct("!BBHII")
+        with open(self.path, "ab") as f:
+            for call in range(self.calls, calls):
+                ssrc = 0x5000 + call
+                chunk = b"".join(
+                    self.session.protect(
+                        header.pack(0xA0, opus.PAYLOAD_TYPE, k & 0xFFFF, k * 960, ssrc) + body
+                    )
+                    for k, body in enumerate(self.frames)
                 )
                 f.write(chunk)
         self.calls = max(self.calls, calls)
@@ -380,7 +430,8 @@ class OurBridge:
     roff_secure = 8  # the bridge sends tag || SRTP to the relay
     name = "ours"
 
-    def __init__(self, workdir: str, extra: list[str]) -> None:
+    def __init__(self, workdir: str, extra: list[str], codec: str = "PCMU") -> None:
+        self.codec = codec
         self.dir = tempfile.mkdtemp(prefix="cb-", dir=workdir)
         conf = os.path.join(self.dir, "cig.conf")
         Path(conf).write_text(
@@ -430,6 +481,7 @@ class OurBridge:
                 "srtp_profile": PROFILE.encode(),
                 "pbx_host": b"127.0.0.1",
                 "pbx_remote_port": str(ports[2 * i + 1]).encode(),
+                **({} if self.codec == "PCMU" else {"secure_codec": self.codec.encode()}),
             }
             for i in range(len(ports) // 2)
         ]
@@ -535,6 +587,7 @@ def check_samples(relay: Any, samples: list[bytes | None]) -> dict[str, bool]:
     ok: dict[str, bool] = {}
     secure, pbx = samples
     key = relay.secure_key()
+    codec = getattr(relay, "codec", "PCMU")
     if secure is not None and key is not None:
         rx = Session(
             Policy(
@@ -547,10 +600,20 @@ def check_samples(relay: Any, samples: list[bytes | None]) -> dict[str, bool]:
         tag_ok = relay.roff_secure == 0 or secure[:4] == b"tag-"
         try:
             rtp = rx.unprotect(body)
-            ok["secure_srtp_valid"] = tag_ok and len(rtp) == RTP_BYTES and rtp[1] & 0x7F == 0
+            if codec == "opus":
+                from cryptify.protocols import opus
+
+                heard = opus.Decoder().decode(rtp[12:])
+                ok["secure_srtp_valid"] = (
+                    tag_ok and rtp[1] & 0x7F == opus.PAYLOAD_TYPE and len(heard) == 160
+                )
+            else:
+                ok["secure_srtp_valid"] = tag_ok and len(rtp) == RTP_BYTES and rtp[1] & 0x7F == 0
         except Exception:
             ok["secure_srtp_valid"] = False
-    if pbx is not None:
+    if pbx is not None and codec == "opus":  # decoded Opus: G.711, not the bytes sent
+        ok["pbx_rtp_valid"] = len(pbx) == RTP_BYTES and pbx[1] & 0x7F == 0
+    elif pbx is not None:
         ok["pbx_rtp_valid"] = len(pbx) == RTP_BYTES and pbx[12:] == payload(0)
     return ok
 
@@ -608,6 +671,12 @@ def measure(exe: str, packets: Packets, start: Any, calls: int, secs: float) -> 
         relay.stop()
 
 
+def opus_available() -> bool:
+    from cryptify.protocols import opus
+
+    return opus.available()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs, coarse ladder")
@@ -615,6 +684,7 @@ def main() -> None:
     parser.add_argument("--ladder", help="concurrent calls per step, comma separated")
     parser.add_argument("--no-rtpengine", action="store_true", help="skip the anchor")
     parser.add_argument("--no-retry", action="store_true", help="a lossy step counts at once")
+    parser.add_argument("--no-opus", action="store_true", help="skip ours with Opus")
     parser.add_argument(
         "--relay-arg", action="append", default=[], help="extra twistd argument for ours"
     )
@@ -632,6 +702,11 @@ def main() -> None:
         per_leg = int((WARM_SECONDS + secs + 1) * CALL_PPS * 1.2) + 50
         packets = Packets(workdir, per_leg)
         relays: dict[str, Any] = {"ours": lambda: OurBridge(workdir, args.relay_arg)}
+        packets_of = {"ours": packets, "rtpengine": packets}
+        with_opus = not args.no_opus and opus_available()
+        if with_opus:
+            relays["ours_opus"] = lambda: OurBridge(workdir, args.relay_arg, "opus")
+            packets_of["ours_opus"] = OpusPackets(workdir, per_leg)
         if anchor:
             relays["rtpengine"] = lambda: RtpengineBridge(workdir)
         out: dict[str, Any] = {
@@ -654,12 +729,12 @@ def main() -> None:
                 break
             for name in climbing:
                 entry = result[name]
-                got = measure(exe, packets, relays[name], calls, secs)
+                got = measure(exe, packets_of[name], relays[name], calls, secs)
                 entry["steps"].append(got)
                 if got["loss"] > LOSS_LIMIT:
                     entry["lossy"] += 2 if args.no_retry else 1
                     if entry["lossy"] < 2:
-                        got = measure(exe, packets, relays[name], calls, secs)
+                        got = measure(exe, packets_of[name], relays[name], calls, secs)
                         got["attempt"] = 2
                         entry["steps"].append(got)
                         if got["loss"] > LOSS_LIMIT:
@@ -675,6 +750,20 @@ def main() -> None:
             del entry["lossy"]
         out["results"] = result
         out["max_calls"] = {name: entry["max_calls"] for name, entry in result.items()}
+        if with_opus:
+            # Calls one core bridges by CPU time: Opus<->G.711 beside G.711<->G.711,
+            # at the largest clean step (else at the first step, marked lossy:
+            # CPU per call moves far less than loss on a shared machine).
+            per_core: dict[str, Any] = {}
+            for key, name in (("g711_g711", "ours"), ("opus_g711", "ours_opus")):
+                entry = result[name]
+                if "calls_per_core_by_cpu" in entry:
+                    per_core[key] = entry["calls_per_core_by_cpu"]
+                elif entry["steps"] and entry["steps"][0].get("cpu_pct_per_call"):
+                    per_core[key] = round(100 / entry["steps"][0]["cpu_pct_per_call"])
+                    per_core[f"{key}_lossy"] = True
+            out["calls_per_core"] = per_core
+            out["opus_packet_bytes"] = packets_of["ours_opus"].opus_bytes  # type: ignore[attr-defined]
         if anchor:
             ours, theirs = result["ours"], result["rtpengine"]
             out["ratio_max_calls"] = (
