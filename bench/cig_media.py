@@ -23,7 +23,9 @@ So that the generator's fixed-size records still fit, each Opus packet
 is padded with RTP padding to the G.711 packet's 172 octets (the bridge
 strips it); the packets it sends back are real-sized Opus.  Its
 ``calls_per_core_by_cpu`` beside ours' is the Opus<->G.711 figure beside
-G.711<->G.711 (``calls_per_core`` in the JSON line).
+G.711<->G.711 (``calls_per_core`` in the JSON line).  ``core_only`` is the
+same comparison for the sans-IO bridge core alone, in this process (CPU
+time per 20 ms of a call: no sockets, no reactor, no AMP).
 
 The load generator is a C program compiled here with gcc (``bench/relay.py``'s
 approach: one thread, one socket per leg, paced round-robin sending, epoll +
@@ -671,6 +673,60 @@ def measure(exe: str, packets: Packets, start: Any, calls: int, secs: float) -> 
         relay.stop()
 
 
+def core_costs(frames: int = 1500) -> dict[str, Any]:
+    """CPU of the sans-IO bridge core alone (no sockets, no reactor), per call:
+    one secure packet in, one PBX packet in and one tick out per 20 ms, for
+    G.711 and for Opus on the secure leg.  Process CPU time, so a loaded
+    machine disturbs it far less than the ladder."""
+    from pylibsrtp import Policy, Session
+
+    from cryptify.cig.relay import g711
+    from cryptify.cig.relay.bridge_core import CallBridge, PbxSide, SecureSide
+    from cryptify.client.audio import tone
+    from cryptify.protocols import opus
+    from cryptify.protocols.rtp import encode_rtp
+
+    samples = tone(1000, frames * 0.02)
+    ulaw = g711.encode(g711.PCMU, list(samples))
+    out: dict[str, Any] = {}
+    codecs = ["PCMU", "opus"] if opus.available() else ["PCMU"]
+    for codec in codecs:
+        tx = Session(
+            Policy(
+                key=KEY_IN,
+                ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+            )
+        )
+        encoder = opus.Encoder() if codec == "opus" else None
+        secure_in, pbx_in = [], []
+        for k in range(frames):
+            frame = ulaw[k * 160 : (k + 1) * 160]
+            if encoder is None:
+                rtp = encode_rtp(0, k & 0xFFFF, k * 160, 7, frame, False)
+            else:
+                packet = encoder.encode(samples[k * 160 : (k + 1) * 160])
+                rtp = encode_rtp(opus.PAYLOAD_TYPE, k & 0xFFFF, k * 960, 7, packet, False)
+            secure_in.append(tx.protect(rtp))
+            pbx_in.append(encode_rtp(0, k & 0xFFFF, k * 160, 9, frame, False))
+        secure = SecureSide("127.0.0.1", 9, b"T" * 8, KEY_OUT, KEY_IN, codec=codec)
+        bridge = CallBridge("bench", secure, PbxSide("127.0.0.1", 9))
+        bridge.tick()  # the first tick builds the tables
+        t0 = time.process_time()
+        for k in range(frames):
+            bridge.from_secure(secure_in[k])
+            bridge.from_pbx(pbx_in[k])
+            bridge.tick()
+        us = (time.process_time() - t0) / frames * 1e6
+        key = "opus_g711" if codec == "opus" else "g711_g711"
+        out[key] = {
+            "us_per_frame": round(us, 1),
+            "cpu_pct_per_call": round(us * CALL_PPS / 1e4, 4),
+            "calls_per_core": round(1e6 / (us * CALL_PPS)),
+        }
+    return out
+
+
 def opus_available() -> bool:
     from cryptify.protocols import opus
 
@@ -717,6 +773,7 @@ def main() -> None:
             "loss_limit": LOSS_LIMIT,
             "cpus": {"generator": GEN_CPU, "relay": RELAY_CPU, "online": os.cpu_count()},
         }
+        out["core_only"] = core_costs()
         ceiling = measure(exe, packets, Direct, 250, secs)
         out["generator_ceiling_pps"] = ceiling["ceiling_pps"]
         out["generator_ceiling_calls"] = ceiling["ceiling_pps"] // (2 * CALL_PPS)
