@@ -65,6 +65,21 @@ class OpusTests(SynchronousTestCase):
         self.assertEqual(freq, 600)
         self.assertGreater(share, 0.9)
 
+    def test_quick_tables_agree(self) -> None:
+        """Tables built asking one sample in 4 (u-law) or 8 (a-law) equal the full ones."""
+        from cryptify.protocols.opus import _ffi
+
+        for law, shift in ((ULAW, 2), (ALAW, 3)):
+            funcs = (
+                (g711.ulaw_to_linear, g711.linear_to_ulaw)
+                if law.name == g711.PCMU
+                else (g711.alaw_to_linear, g711.linear_to_alaw)
+            )
+            quick = opus.LawTables.build(law.name, *funcs, shift)
+            self.assertEqual(
+                bytes(_ffi.buffer(quick.to_code, 65536)), bytes(_ffi.buffer(law.to_code, 65536))
+            )
+
     def test_concealment(self) -> None:
         """None conceals one lost 20 ms frame."""
         decoder = opus.Decoder()

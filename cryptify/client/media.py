@@ -90,7 +90,7 @@ def _ulaw_tables() -> opus.LawTables:
     if not _ULAW_TABLES:
         _ULAW_TABLES.append(
             opus.LawTables.build(
-                PCMU, lambda c: ulaw_decode(bytes([c]))[0], lambda s: ulaw_encode((s,))[0]
+                PCMU, lambda c: ulaw_decode(bytes([c]))[0], lambda s: ulaw_encode((s,))[0], 2
             )
         )
     return _ULAW_TABLES[0]

@@ -99,12 +99,23 @@ class LawTables:
 
     @classmethod
     def build(
-        cls, name: str, to_linear: Callable[[int], int], to_code: Callable[[int], int]
+        cls,
+        name: str,
+        to_linear: Callable[[int], int],
+        to_code: Callable[[int], int],
+        shift: int = 0,
     ) -> LawTables:
-        """Tables of the law whose one-sample conversions are ``to_linear``/``to_code``."""
+        """Tables of the law whose one-sample conversions are ``to_linear``/``to_code``.
+
+        ``shift``: the low bits ``to_code`` ignores (2 for u-law, 3 for a-law),
+        so only one sample in ``2**shift`` is asked (a quicker build).
+        """
         _need()
         decode = _ffi.new("int16_t[256]", [to_linear(c) for c in range(256)])
-        table = bytes(to_code(i - 65536 if i & 0x8000 else i) for i in range(65536))
+        step = 1 << shift
+        table = b"".join(
+            bytes([to_code(i - 65536 if i & 0x8000 else i)]) * step for i in range(0, 65536, step)
+        )
         return cls(name, decode, _ffi.new("unsigned char[65536]", table))
 
 

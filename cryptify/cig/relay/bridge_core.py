@@ -368,9 +368,17 @@ class _EventState:
 @functools.cache
 def _law(codec: str) -> opus.LawTables:
     """The C tables of a G.711 law for the Opus transcoder (built once)."""
-    if codec == g711.PCMU:
-        return opus.LawTables.build(codec, g711.ulaw_to_linear, g711.linear_to_ulaw)
-    return opus.LawTables.build(codec, g711.alaw_to_linear, g711.linear_to_alaw)
+    if codec == g711.PCMU:  # u-law ignores the 2 low bits, a-law the 3 low bits
+        return opus.LawTables.build(codec, g711.ulaw_to_linear, g711.linear_to_ulaw, 2)
+    return opus.LawTables.build(codec, g711.alaw_to_linear, g711.linear_to_alaw, 3)
+
+
+def prepare_opus() -> None:
+    """Build the transcoder's tables now (cig-relay's start), not in the first
+    Opus call's ``BridgeAdd``, where it would hold every call's clock."""
+    if opus.available():
+        _law(g711.PCMU)
+        _law(g711.PCMA)
 
 
 @attrs.define(eq=False)
