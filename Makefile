@@ -3,18 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# gcc and libgmp-dev build the C Miller loop of SAKKE when the package installs.
-RUN_DEBS := redis-server openssl gcc libgmp-dev
+# gcc and libgmp-dev build the C Miller loop of SAKKE when the package installs,
+# libopus-dev our Opus binding (cryptify/protocols/_opus_build.py).
+RUN_DEBS := redis-server openssl gcc libgmp-dev libopus-dev
 TEST_DEBS := $(RUN_DEBS) sip-tester baresip kamailio kamailio-tls-modules rtpengine-daemon \
 	poppler-utils zbar-tools qrencode img2pdf groff-base dovecot-imapd postfix chromium chromium-driver
 # Building the crs and cig packages, and proving them in a Debian root.
-PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv python3.11-dev gcc libgmp-dev rpm rpmlint debootstrap iproute2
+PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv python3.11-dev gcc libgmp-dev libopus-dev rpm rpmlint debootstrap iproute2
 # tests/packaging is slow (package builds, a debootstrap root): its own target.
 UNIT_TESTS = $(filter-out tests.packaging,$(subst /,.,$(patsubst %.py,%,$(patsubst %/__init__.py,%,$(wildcard tests/test_*.py tests/*/__init__.py)))))
 
 .PHONY: run run-pool test lint typecheck unit debs-run debs-test debs-packages packages test-packages venv clean man
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --config-settings editable_mode=compat -e '.[test]'

@@ -1,6 +1,12 @@
 """Everything about the package is in setup.cfg and pyproject.toml; this
-file only names the C extension cffi builds (the SAKKE Miller loop)."""
+file only names the C extensions cffi builds (the SAKKE Miller loop, our
+libopus binding)."""
 
 from setuptools import setup
 
-setup(cffi_modules=["cryptify/crypto/_pairing_build.py:ffibuilder"])
+setup(
+    cffi_modules=[
+        "cryptify/crypto/_pairing_build.py:ffibuilder",
+        "cryptify/protocols/_opus_build.py:ffibuilder",
+    ]
+)

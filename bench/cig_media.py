@@ -14,6 +14,21 @@ packet per 20 ms tick), its PBX leg plays the PBX.  The anchor is rtpengine
 (``RTP/SAVP`` with an SDES ``a=crypto``, ``transport-protocol: RTP/AVP``)
 and ``answer`` (plain ``RTP/AVP``), so it bridges SRTP <-> RTP the same way.
 
+``ours_opus`` is ours again with Opus on the secure leg (``secure_codec
+opus``, ``docs/bridge.md``): the secure party sends narrowband Opus at
+24 kbit/s (payload type 111, one 20 ms frame a packet, encoded once
+beforehand from a 1 kHz tone), which the bridge decodes to the PBX's
+G.711, and the bridge encodes what the PBX sends into Opus every tick.
+So that the generator's fixed-size records still fit, each Opus packet
+is padded with RTP padding to the G.711 packet's 172 octets (the bridge
+strips it); the packets it sends back are real-sized Opus.  Its
+``calls_per_core_by_cpu`` beside ours' is the Opus<->G.711 figure beside
+G.711<->G.711 (``calls_per_core`` in the JSON line; ``opus_g711_estimate``
+there is ours' CPU per call plus the extra CPU the core alone spends on
+Opus, for when the machine is too loaded for a clean Opus step).  ``core_only`` is the
+same comparison for the sans-IO bridge core alone, in this process (CPU
+time per 20 ms of a call: no sockets, no reactor, no AMP).
+
 The load generator is a C program compiled here with gcc (``bench/relay.py``'s
 approach: one thread, one socket per leg, paced round-robin sending, epoll +
 ``recvmmsg``), pinned to one core, the relay under test to the other.  The
@@ -317,10 +332,12 @@ def payload(call: int) -> bytes:
 class Packets:
     """SRTP packets the secure legs send, encrypted once and grown as needed."""
 
+    name = "srtp.bin"
+
     def __init__(self, workdir: str, per_leg: int) -> None:
         from pylibsrtp import Policy, Session
 
-        self.path = os.path.join(workdir, "srtp.bin")
+        self.path = os.path.join(workdir, self.name)
         self.per_leg = per_leg
         self.calls = 0
         self.session = Session(
@@ -341,6 +358,43 @@ class Packets:
                 chunk = b"".join(
                     self.session.protect(header.pack(0x80, 0, k & 0xFFFF, k * 160, ssrc) + body)
                     for k in range(self.per_leg)
+                )
+                f.write(chunk)
+        self.calls = max(self.calls, calls)
+
+
+class OpusPackets(Packets):
+    """Opus packets (RTP-padded to 172 octets) for the secure legs of ``ours_opus``."""
+
+    name = "srtp-opus.bin"
+
+    def __init__(self, workdir: str, per_leg: int) -> None:
+        from cryptify.client.audio import tone
+        from cryptify.protocols import opus
+
+        super().__init__(workdir, per_leg)
+        encoder = opus.Encoder()
+        samples = tone(1000, per_leg * 0.02)
+        self.frames = []
+        for k in range(per_leg):
+            frame = encoder.encode(samples[k * 160 : (k + 1) * 160])
+            pad = RTP_BYTES - 12 - len(frame)
+            assert 0 < pad < 256, len(frame)
+            self.frames.append(frame + bytes(pad - 1) + bytes([pad]))
+        self.opus_bytes = round(sum(len(f) - f[-1] for f in self.frames) / per_leg, 1)
+
+    def ensure(self, calls: int) -> None:
+        from cryptify.protocols import opus
+
+        header = struct.Struct("!BBHII")
+        with open(self.path, "ab") as f:
+            for call in range(self.calls, calls):
+                ssrc = 0x5000 + call
+                chunk = b"".join(
+                    self.session.protect(
+                        header.pack(0xA0, opus.PAYLOAD_TYPE, k & 0xFFFF, k * 960, ssrc) + body
+                    )
+                    for k, body in enumerate(self.frames)
                 )
                 f.write(chunk)
         self.calls = max(self.calls, calls)
@@ -380,7 +434,8 @@ class OurBridge:
     roff_secure = 8  # the bridge sends tag || SRTP to the relay
     name = "ours"
 
-    def __init__(self, workdir: str, extra: list[str]) -> None:
+    def __init__(self, workdir: str, extra: list[str], codec: str = "PCMU") -> None:
+        self.codec = codec
         self.dir = tempfile.mkdtemp(prefix="cb-", dir=workdir)
         conf = os.path.join(self.dir, "cig.conf")
         Path(conf).write_text(
@@ -430,6 +485,7 @@ class OurBridge:
                 "srtp_profile": PROFILE.encode(),
                 "pbx_host": b"127.0.0.1",
                 "pbx_remote_port": str(ports[2 * i + 1]).encode(),
+                **({} if self.codec == "PCMU" else {"secure_codec": self.codec.encode()}),
             }
             for i in range(len(ports) // 2)
         ]
@@ -535,6 +591,7 @@ def check_samples(relay: Any, samples: list[bytes | None]) -> dict[str, bool]:
     ok: dict[str, bool] = {}
     secure, pbx = samples
     key = relay.secure_key()
+    codec = getattr(relay, "codec", "PCMU")
     if secure is not None and key is not None:
         rx = Session(
             Policy(
@@ -547,10 +604,20 @@ def check_samples(relay: Any, samples: list[bytes | None]) -> dict[str, bool]:
         tag_ok = relay.roff_secure == 0 or secure[:4] == b"tag-"
         try:
             rtp = rx.unprotect(body)
-            ok["secure_srtp_valid"] = tag_ok and len(rtp) == RTP_BYTES and rtp[1] & 0x7F == 0
+            if codec == "opus":
+                from cryptify.protocols import opus
+
+                heard = opus.Decoder().decode(rtp[12:])
+                ok["secure_srtp_valid"] = (
+                    tag_ok and rtp[1] & 0x7F == opus.PAYLOAD_TYPE and len(heard) == 160
+                )
+            else:
+                ok["secure_srtp_valid"] = tag_ok and len(rtp) == RTP_BYTES and rtp[1] & 0x7F == 0
         except Exception:
             ok["secure_srtp_valid"] = False
-    if pbx is not None:
+    if pbx is not None and codec == "opus":  # decoded Opus: G.711, not the bytes sent
+        ok["pbx_rtp_valid"] = len(pbx) == RTP_BYTES and pbx[1] & 0x7F == 0
+    elif pbx is not None:
         ok["pbx_rtp_valid"] = len(pbx) == RTP_BYTES and pbx[12:] == payload(0)
     return ok
 
@@ -608,6 +675,66 @@ def measure(exe: str, packets: Packets, start: Any, calls: int, secs: float) -> 
         relay.stop()
 
 
+def core_costs(frames: int = 1500) -> dict[str, Any]:
+    """CPU of the sans-IO bridge core alone (no sockets, no reactor), per call:
+    one secure packet in, one PBX packet in and one tick out per 20 ms, for
+    G.711 and for Opus on the secure leg.  Process CPU time, so a loaded
+    machine disturbs it far less than the ladder."""
+    from pylibsrtp import Policy, Session
+
+    from cryptify.cig.relay import g711
+    from cryptify.cig.relay.bridge_core import CallBridge, PbxSide, SecureSide
+    from cryptify.client.audio import tone
+    from cryptify.protocols import opus
+    from cryptify.protocols.rtp import encode_rtp
+
+    samples = tone(1000, frames * 0.02)
+    ulaw = g711.encode(g711.PCMU, list(samples))
+    out: dict[str, Any] = {}
+    codecs = ["PCMU", "opus"] if opus.available() else ["PCMU"]
+    for codec in codecs:
+        tx = Session(
+            Policy(
+                key=KEY_IN,
+                ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+            )
+        )
+        encoder = opus.Encoder() if codec == "opus" else None
+        secure_in, pbx_in = [], []
+        for k in range(frames):
+            frame = ulaw[k * 160 : (k + 1) * 160]
+            if encoder is None:
+                rtp = encode_rtp(0, k & 0xFFFF, k * 160, 7, frame, False)
+            else:
+                packet = encoder.encode(samples[k * 160 : (k + 1) * 160])
+                rtp = encode_rtp(opus.PAYLOAD_TYPE, k & 0xFFFF, k * 960, 7, packet, False)
+            secure_in.append(tx.protect(rtp))
+            pbx_in.append(encode_rtp(0, k & 0xFFFF, k * 160, 9, frame, False))
+        secure = SecureSide("127.0.0.1", 9, b"T" * 8, KEY_OUT, KEY_IN, codec=codec)
+        bridge = CallBridge("bench", secure, PbxSide("127.0.0.1", 9))
+        bridge.tick()  # the first tick builds the tables
+        t0 = time.process_time()
+        for k in range(frames):
+            bridge.from_secure(secure_in[k])
+            bridge.from_pbx(pbx_in[k])
+            bridge.tick()
+        us = (time.process_time() - t0) / frames * 1e6
+        key = "opus_g711" if codec == "opus" else "g711_g711"
+        out[key] = {
+            "us_per_frame": round(us, 1),
+            "cpu_pct_per_call": round(us * CALL_PPS / 1e4, 4),
+            "calls_per_core": round(1e6 / (us * CALL_PPS)),
+        }
+    return out
+
+
+def opus_available() -> bool:
+    from cryptify.protocols import opus
+
+    return opus.available()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs, coarse ladder")
@@ -615,6 +742,7 @@ def main() -> None:
     parser.add_argument("--ladder", help="concurrent calls per step, comma separated")
     parser.add_argument("--no-rtpengine", action="store_true", help="skip the anchor")
     parser.add_argument("--no-retry", action="store_true", help="a lossy step counts at once")
+    parser.add_argument("--no-opus", action="store_true", help="skip ours with Opus")
     parser.add_argument(
         "--relay-arg", action="append", default=[], help="extra twistd argument for ours"
     )
@@ -632,6 +760,11 @@ def main() -> None:
         per_leg = int((WARM_SECONDS + secs + 1) * CALL_PPS * 1.2) + 50
         packets = Packets(workdir, per_leg)
         relays: dict[str, Any] = {"ours": lambda: OurBridge(workdir, args.relay_arg)}
+        packets_of = {"ours": packets, "rtpengine": packets}
+        with_opus = not args.no_opus and opus_available()
+        if with_opus:
+            relays["ours_opus"] = lambda: OurBridge(workdir, args.relay_arg, "opus")
+            packets_of["ours_opus"] = OpusPackets(workdir, per_leg)
         if anchor:
             relays["rtpengine"] = lambda: RtpengineBridge(workdir)
         out: dict[str, Any] = {
@@ -642,6 +775,7 @@ def main() -> None:
             "loss_limit": LOSS_LIMIT,
             "cpus": {"generator": GEN_CPU, "relay": RELAY_CPU, "online": os.cpu_count()},
         }
+        out["core_only"] = core_costs()
         ceiling = measure(exe, packets, Direct, 250, secs)
         out["generator_ceiling_pps"] = ceiling["ceiling_pps"]
         out["generator_ceiling_calls"] = ceiling["ceiling_pps"] // (2 * CALL_PPS)
@@ -654,12 +788,12 @@ def main() -> None:
                 break
             for name in climbing:
                 entry = result[name]
-                got = measure(exe, packets, relays[name], calls, secs)
+                got = measure(exe, packets_of[name], relays[name], calls, secs)
                 entry["steps"].append(got)
                 if got["loss"] > LOSS_LIMIT:
                     entry["lossy"] += 2 if args.no_retry else 1
                     if entry["lossy"] < 2:
-                        got = measure(exe, packets, relays[name], calls, secs)
+                        got = measure(exe, packets_of[name], relays[name], calls, secs)
                         got["attempt"] = 2
                         entry["steps"].append(got)
                         if got["loss"] > LOSS_LIMIT:
@@ -675,6 +809,24 @@ def main() -> None:
             del entry["lossy"]
         out["results"] = result
         out["max_calls"] = {name: entry["max_calls"] for name, entry in result.items()}
+        if with_opus:
+            # Calls one core bridges by CPU time, Opus<->G.711 beside
+            # G.711<->G.711, at each one's largest clean step; and, for a
+            # machine too loaded for a clean Opus step, an estimate: ours'
+            # CPU per call plus what the core alone spends more on Opus.
+            per_core: dict[str, Any] = {
+                "g711_g711": result["ours"].get("calls_per_core_by_cpu"),
+                "opus_g711": result["ours_opus"].get("calls_per_core_by_cpu"),
+            }
+            core = out["core_only"]
+            if "cpu_pct_per_call" in result["ours"] and "opus_g711" in core:
+                extra = (
+                    core["opus_g711"]["cpu_pct_per_call"] - core["g711_g711"]["cpu_pct_per_call"]
+                )
+                per_call = result["ours"]["cpu_pct_per_call"] + extra
+                per_core["opus_g711_estimate"] = round(100 / per_call)
+            out["calls_per_core"] = per_core
+            out["opus_packet_bytes"] = packets_of["ours_opus"].opus_bytes  # type: ignore[attr-defined]
         if anchor:
             ours, theirs = result["ours"], result["rtpengine"]
             out["ratio_max_calls"] = (

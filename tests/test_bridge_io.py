@@ -355,6 +355,15 @@ class ControlTests(SynchronousTestCase):
         self.assertEqual(core.pbx, PbxSide("198.51.100.9", 4000, "PCMA", 96))
         self.assertEqual(self.call(BridgeUpdate, call="zz"), {"updated": False})
 
+    def test_add_opus(self) -> None:
+        """``secure_codec opus`` over AMP: an Opus secure leg; an unknown codec is refused."""
+        self.add(secure_codec="opus", pbx_codec="PCMA")
+        core = self.service.calls["c1"].core
+        self.assertEqual((core.secure.codec, core.secure.payload_type), ("opus", 111))
+        failure = self.add(call="c2", secure_codec="G729")
+        failure.trap(BridgeError)
+        self.assertIn("PCMU, PCMA or opus", failure.getErrorMessage())
+
     def test_refused_add_is_an_error(self) -> None:
         """A refused BridgeAdd fails with BridgeError and its reason."""
         self.add()

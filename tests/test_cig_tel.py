@@ -81,6 +81,25 @@ class IncomingTests(TelCase):
         self.assertIs(self.bridge.sent[-1][0], BridgeRemove)
         self.assertEqual(self.tel.active, {})
 
+    def offered(self, codecs: list[str]) -> dict[str, Any]:
+        """Invite with ``codecs``, answer: the BridgeAdd arguments."""
+        invite = self.invite()
+        self.tel.handle(Incoming(attrs.evolve(invite, fields={**invite.fields, "codecs": codecs})))
+        [(_, leg)] = self.sif.legs
+        leg.answered()
+        [(_, args)] = self.bridge.sent
+        return args
+
+    def test_opus_offered(self) -> None:
+        """A caller offering opus first gets an Opus bridge and ``talk`` naming it."""
+        self.assertEqual(self.offered(["opus", "PCMU"])["secure_codec"], "opus")
+        self.assertEqual((self.out[-1].type, self.out[-1]["codec"]), ("talk", "opus"))
+
+    def test_unknown_codec_offered(self) -> None:
+        """A codec the CIG cannot bridge is passed over for the next one."""
+        self.assertEqual(self.offered(["G729", "PCMA"])["secure_codec"], "PCMA")
+        self.assertEqual(self.out[-1]["codec"], "PCMA")
+
     def test_media_moved(self) -> None:
         """A re-INVITE's new media (media_changed) sends BridgeUpdate with the
         new PBX address, codec, DTMF type and direction; on hold (c=0.0.0.0)
@@ -482,6 +501,20 @@ class FromPbxTests(TelCase):
         self.assertEqual((self.out[-1].type, self.out[-1]["session"]), ("hangup", "s9"))
         self.assertIs(self.bridge.sent[-1][0], BridgeRemove)
         self.assertEqual((self.tel.active, self.tel.outgoing), ({}, {}))
+
+    def test_codecs_offered_and_answered(self) -> None:
+        """The CIG offers PCMU then opus; the callee's ``codec`` sets the bridge's
+        secure codec; one it did not offer is taken as PCMU."""
+        for named, chosen in (("opus", "opus"), ("G729", "PCMU")):
+            call, _, sent = self.place()
+            self.assertEqual(sent["codecs"], ["PCMU", "opus"])
+            self.session_answer(sent)
+            self.bridge.sent.clear()
+            self.tel.handle(Incoming(message("talk", session="s9", codec=named)))
+            [(command, args)] = self.bridge.sent
+            self.assertIs(command, BridgeAdd)
+            self.assertEqual(args.get("secure_codec", "PCMU"), chosen)
+            self.tel.hang_up(call)
 
     def test_pbx_user_shown(self) -> None:
         """A source mapped to an extension of the CIG's number goes in the

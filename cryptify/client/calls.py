@@ -17,6 +17,12 @@ answered ``ringing`` and reported (:data:`INCOMING`); a bad one is hung
 up with code ``bad-keys``.  :meth:`CallAgent.answer` sends ``talk`` and
 starts media; :meth:`CallAgent.hangup` sends ``hangup``.  Both parties
 derive the same SRTP master key and salt from the SSV.
+
+Codecs (``docs/umsg.md`` section 8): an agent with ``codecs`` (say
+``("opus", "PCMU")``) offers them in ``invite``; answering, it takes the
+first of its own codecs that the caller offered and names it in ``talk``.
+Without an offer, or without ``codecs``, a call is G.711 u-law (``PCMU``),
+as it always was.
 """
 
 from __future__ import annotations
@@ -74,6 +80,10 @@ class Call:
     #: Whether this side holds the call, and whether the other side does.
     holding: bool = False
     held: bool = False
+    #: The caller's ``codecs`` of an incoming call (None: none offered).
+    offered: list[str] | None = None
+    #: The media codec agreed (``PCMU`` until ``talk`` says otherwise).
+    codec: str = "PCMU"
 
     @property
     def relay(self) -> tuple[str, int] | None:
@@ -100,6 +110,9 @@ class CallAgent:
     replay: ReplayGuard = attrs.field(factory=lambda: ReplayGuard(window=300))
     calls: dict[str, Call] = attrs.field(factory=dict)
     pending: dict[int, Call] = attrs.field(factory=dict)
+    #: Codecs to offer and accept, most preferred first (empty: G.711 u-law only,
+    #: nothing offered); ``PCMU`` is always the fallback.
+    codecs: tuple[str, ...] = ()
     _keys: dict[str, tuple[PeriodKeys, object, object, object]] = attrs.field(
         factory=dict, repr=False
     )
@@ -140,17 +153,33 @@ class CallAgent:
         except CryptoError as exc:
             raise CallError(f"cannot key a call to {to}: {exc}") from exc
         call = Call(to, True, INVITING, built.srtp().policy_key)
-        call.request_id = session.request("invite", to=to, mikey=built.data)
+        offer = self.offer()
+        call.request_id = session.request("invite", to=to, mikey=built.data, codecs=offer)
         self.pending[call.request_id] = call
         return call
+
+    def offer(self) -> list[str] | None:
+        """The ``codecs`` an invite offers: ours, then PCMU; None for PCMU only."""
+        if not self.codecs:
+            return None
+        return [*self.codecs, *([] if "PCMU" in self.codecs else ["PCMU"])]
+
+    def choose(self, offered: list[str] | None) -> str:
+        """The codec to answer an offer with: our first that the caller offered, else PCMU."""
+        for codec in self.codecs:
+            if offered is not None and codec in offered:
+                return codec
+        return "PCMU"
 
     # ------------------------------------------------------------ actions
 
     def answer(self, call: Call) -> list[CallEvent]:
-        """Take an incoming call: ``talk``, and media starts."""
+        """Take an incoming call: ``talk`` (naming the codec chosen), and media starts."""
         if call.outgoing or call.state != RINGING or call.session is None:
             raise CallError(f"cannot answer a call that is {call.state}")
-        self._attached().notify("talk", session=call.session)
+        call.codec = self.choose(call.offered)
+        chosen = None if call.offered is None else call.codec
+        self._attached().notify("talk", session=call.session, codec=chosen)
         call.state = TALKING
         return [CallEvent(MEDIA, call), CallEvent(TALK, call)]
 
@@ -213,6 +242,9 @@ class CallAgent:
                 return [CallEvent(RING, call)]
             if msg.type == "talk" and call.outgoing and call.state in (CALLING, RINGING):
                 call.state = TALKING
+                codec = msg.get("codec", "PCMU")
+                offered = self.offer() or ["PCMU"]
+                call.codec = codec if codec in offered else "PCMU"
                 return [CallEvent(TALK, call)]
             if msg.type in ("hold", "resume") and call.state == TALKING:
                 call.held = msg.type == "hold"
@@ -270,6 +302,7 @@ class CallAgent:
             relay_host=msg["relay-host"],
             relay_port=msg["relay-port"],
             relay_tag=msg["relay-tag"],
+            offered=msg.get("codecs"),
         )
         self.calls[call.session] = call  # type: ignore[index]
         session.notify("ringing", session=msg["session"])

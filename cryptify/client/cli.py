@@ -33,7 +33,7 @@ from cryptify import __version__
 from cryptify.client.audio import AudioError, read_wav, tone, write_wav
 from cryptify.client.calls import END, INCOMING, TALK, Call, CallError, CallEvent
 from cryptify.client.connection import AttachingClient, ConnectionEnded, Event, GaveUp
-from cryptify.client.media import MAX_DTMF_QUEUE
+from cryptify.client.media import MAX_DTMF_QUEUE, supported_codecs
 from cryptify.client.messages import Posted, Receipt, Received, new_message_key
 from cryptify.client.phone import Phone, PhoneEvent
 from cryptify.client.servers import (
@@ -235,6 +235,7 @@ def make_phone(reactor: IReactor, args: argparse.Namespace, out: IO[str], **kw: 
         servers=servers,
         play=args.samples,
         loop_play=args.loop,
+        codecs=getattr(args, "codecs", None) or (),
         **kw,
     )
 
@@ -486,11 +487,28 @@ def _digits(text: str) -> str:
     return text
 
 
+def _codecs(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    known = {c.lower(): c for c in supported_codecs()}
+    if not names or any(n.lower() not in known for n in names):
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(supported_codecs())}, got {text!r}"
+        )
+    return tuple(dict.fromkeys(known[n.lower()] for n in names))
+
+
 def _audio(parser: argparse.ArgumentParser, duration: bool = True) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--play", metavar="F.wav", help="WAV file to send (then silence)")
     source.add_argument("--tone", metavar="HZ", type=_hertz, help="send a sine tone")
     parser.add_argument("--record", metavar="F.wav", help="write what the other side sends")
+    parser.add_argument(
+        "--codecs",
+        metavar="LIST",
+        type=_codecs,
+        help="media codecs to offer and accept, most preferred first (opus,PCMU);"
+        " default G.711 u-law (PCMU) only",
+    )
     if duration:
         parser.add_argument("--duration", metavar="S", type=_seconds, help="hang up after S s")
 

@@ -1,4 +1,4 @@
-"""Call media: RTP/SRTP G.711 u-law through the CRS relay.
+"""Call media: RTP/SRTP G.711 u-law (or Opus) through the CRS relay.
 
 Each party sends one 20 ms frame every 20 ms for the whole call (silence
 when it has nothing to play), as ``docs/relay.md`` asks: constant-rate
@@ -8,6 +8,13 @@ and keeps the relay's credit up.
 A frame is 160 u-law octets in an RTP packet (payload type 0, 12-octet
 header: 172 octets), protected with SRTP (AES_CM_128_HMAC_SHA1_80, so 182
 octets) and sent to the relay behind the leg's 8-octet tag (190 octets).
+
+With Opus agreed (``codecs``/``codec`` in ``invite``/``talk``,
+``docs/umsg.md``), a frame is one narrowband Opus packet of the same 20 ms
+(payload type 111, the 48 kHz RTP clock of RFC 7587: 960 ticks a frame),
+encoded from and decoded to u-law by our libopus binding
+(:mod:`cryptify.protocols.opus`); a caller sends G.711 until ``talk``
+names the codec, then switches to a new SSRC.
 
 Keys: both parties derive the same SRTP master key and salt from the
 MIKEY-SAKKE SSV (``docs/crypto.md``: ``BuiltIMessage.srtp()`` on the
@@ -37,7 +44,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 
 from cryptify.client.audio import ULAW_SILENCE, ulaw_decode, ulaw_encode
-from cryptify.protocols import relay_packet
+from cryptify.protocols import opus, relay_packet
 from cryptify.protocols.rtp import DTMF_DIGITS, RtpPacket, TelephoneEvent, parse_event, parse_rtp
 
 #: Samples (and u-law octets) in one 20 ms frame.
@@ -65,6 +72,28 @@ DTMF_VOLUME = 10
 MAX_DTMF_QUEUE = 64
 MAX_DTMF_RECEIVED = 1024
 _SILENT_FRAME = bytes([ULAW_SILENCE]) * FRAME_SAMPLES
+#: Codec names of the UMSG ``codecs``/``codec`` fields this client speaks.
+PCMU = "PCMU"
+OPUS = opus.OPUS
+#: RTP clock ticks of one 20 ms frame, per codec.
+FRAME_TICKS = {PCMU: FRAME_SAMPLES, OPUS: opus.RTP_FRAME_TICKS}
+_ULAW_TABLES: list[opus.LawTables] = []
+
+
+def supported_codecs() -> tuple[str, ...]:
+    """The codecs this client can speak: Opus when the binding is built, and PCMU."""
+    return (OPUS, PCMU) if opus.available() else (PCMU,)
+
+
+def _ulaw_tables() -> opus.LawTables:
+    """u-law as the Opus binding's C helpers take it (built once)."""
+    if not _ULAW_TABLES:
+        _ULAW_TABLES.append(
+            opus.LawTables.build(
+                PCMU, lambda c: ulaw_decode(bytes([c]))[0], lambda s: ulaw_encode((s,))[0], 2
+            )
+        )
+    return _ULAW_TABLES[0]
 
 
 def pick_ssrc(caller: bool) -> int:
@@ -120,16 +149,23 @@ class Recorder:
     frames: dict[int, bytes] = attrs.field(factory=dict)
     first: int | None = None
     ssrc: int | None = None
+    #: RTP ticks of a frame of the stream kept (960 for Opus).
+    step: int = FRAME_SAMPLES
+    #: The frame index the stream kept starts at (a codec switch continues).
+    base: int = 0
 
-    def add(self, packet: RtpPacket) -> bool:
+    def add(self, packet: RtpPacket, step: int = FRAME_SAMPLES) -> bool:
+        """Keep one frame (``packet.payload``: u-law) placed by its timestamp."""
         if self.first is None or packet.ssrc != self.ssrc:
-            if self.first is not None:
+            if self.first is not None and step == self.step:
                 return False  # a second stream: keep the first one's
-            self.first, self.ssrc = packet.timestamp, packet.ssrc
+            if self.first is not None:  # the other party switched codecs
+                self.base = max(self.frames, default=-1) + 1
+            self.first, self.ssrc, self.step = packet.timestamp, packet.ssrc, step
         offset = (packet.timestamp - self.first) & 0xFFFF_FFFF
         if offset >= 0x8000_0000:
             return False  # older than the first frame kept
-        index = offset // FRAME_SAMPLES
+        index = self.base + offset // step
         if index >= MAX_RECORDED_FRAMES:
             return False
         self.frames[index] = packet.payload
@@ -170,8 +206,11 @@ class DtmfSender:
             raise ValueError(f"more than {MAX_DTMF_QUEUE} DTMF digits waiting")
         self.queue.extend(codes)
 
-    def next_payloads(self, timestamp: int) -> tuple[int, list[bytes]] | None:
-        """The event payloads for this frame and their timestamp, or None for audio."""
+    def next_payloads(
+        self, timestamp: int, step: int = FRAME_SAMPLES
+    ) -> tuple[int, list[bytes]] | None:
+        """The event payloads for this frame and their timestamp, or None for audio
+        (``step``: RTP ticks a frame, so durations count the audio's clock)."""
         if self._gap:
             self._gap -= 1
             return None
@@ -181,7 +220,7 @@ class DtmfSender:
             self._start = timestamp
         self._frame += 1
         end = self._frame == DTMF_FRAMES
-        event = TelephoneEvent(self.queue[0], end, DTMF_VOLUME, self._frame * FRAME_SAMPLES)
+        event = TelephoneEvent(self.queue[0], end, DTMF_VOLUME, self._frame * step)
         if not end:
             return self._start, [event.encode()]
         self.queue.pop(0)
@@ -220,14 +259,35 @@ class MediaStream:
     timestamp: int = attrs.field(factory=lambda: secrets.randbits(32))
     dtmf: DtmfSender = attrs.field(factory=DtmfSender)
     dtmf_received: DtmfReceiver = attrs.field(factory=DtmfReceiver)
+    #: What we send: ``PCMU`` or ``opus`` (:meth:`use_codec`).
+    codec: str = PCMU
     sent: int = 0
     received: int = 0
     rejected: int = 0
     _tx: Any = None
     _rx: Any = None
+    _encoder: opus.Encoder | None = None
+    _decoder: opus.Decoder | None = None
 
     def __attrs_post_init__(self) -> None:
         self._tx, self._rx = srtp_sessions(self.policy_key)
+        if self.codec != PCMU:
+            codec, self.codec = self.codec, PCMU
+            self.use_codec(codec, new_ssrc=False)
+
+    def use_codec(self, codec: str, new_ssrc: bool = True) -> None:
+        """Send ``codec`` from now on (a caller, once ``talk`` named it): a new
+        SSRC of the same half (:func:`pick_ssrc`), so the two clocks never mix."""
+        if codec not in FRAME_TICKS:
+            raise ValueError(f"codec {codec!r}: PCMU or opus")
+        if codec == self.codec:
+            return
+        if codec == OPUS:
+            self._encoder = opus.Encoder()
+        self.codec = codec
+        if new_ssrc:
+            self.ssrc = pick_ssrc(not self.ssrc & 0x8000_0000)
+            self.timestamp = secrets.randbits(32)
 
     def next_datagram(self) -> bytes:
         """The next frame as a relay datagram (tag + SRTP)."""
@@ -237,8 +297,12 @@ class MediaStream:
         """The next 20 ms as relay datagrams (tag + SRTP): one audio frame, or
         the packets of a DTMF event (the audio of that frame is skipped)."""
         audio = self.source.next_frame()
-        event = self.dtmf.next_payloads(self.timestamp)
-        if event is None:
+        step = FRAME_TICKS[self.codec]
+        event = self.dtmf.next_payloads(self.timestamp, step)
+        if event is None and self._encoder is not None and self.codec == OPUS:
+            packet = self._encoder.encode_law(audio, _ulaw_tables())
+            frames = [(opus.PAYLOAD_TYPE, self.timestamp, packet, self.sent == 0)]
+        elif event is None:
             frames = [(PT_PCMU, self.timestamp, audio, self.sent == 0)]
         else:
             start, payloads = event
@@ -251,7 +315,7 @@ class MediaStream:
             rtp = rtp_encode(RtpPacket(pt, self.sequence, timestamp, self.ssrc, payload, marker))
             self.sequence = (self.sequence + 1) & 0xFFFF
             out.append(relay_packet.encode(self.tag, self._tx.protect(rtp)))
-        self.timestamp = (self.timestamp + FRAME_SAMPLES) & 0xFFFF_FFFF
+        self.timestamp = (self.timestamp + step) & 0xFFFF_FFFF
         self.sent += 1
         return out
 
@@ -276,11 +340,26 @@ class MediaStream:
                 return False
             self.received += 1
             return True
+        if packet.payload_type == opus.PAYLOAD_TYPE and opus.available():
+            return self._opus_received(packet)
         if packet.payload_type != PT_PCMU:
             self.rejected += 1
             return False
         self.received += 1
         self.recorder.add(packet)
+        return True
+
+    def _opus_received(self, packet: RtpPacket) -> bool:
+        """An Opus frame: decoded to u-law and recorded on the 48 kHz clock."""
+        if self._decoder is None:
+            self._decoder = opus.Decoder()
+        try:
+            ulaw = self._decoder.decode_law(packet.payload, _ulaw_tables())
+        except opus.OpusError:
+            self.rejected += 1
+            return False
+        self.received += 1
+        self.recorder.add(attrs.evolve(packet, payload=ulaw), opus.RTP_FRAME_TICKS)
         return True
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from cryptify.client.calls import END, MEDIA, Call, CallAgent, CallEvent
+from cryptify.client.calls import END, MEDIA, TALK, Call, CallAgent, CallEvent
 from cryptify.client.connection import (
     AttachingClient,
     ConnectionEnded,
@@ -51,6 +51,7 @@ class Phone:
         fetch_on_attach: bool = False,
         media_interface: str = "",
         servers: Sequence[tuple[str, int]] = (),
+        codecs: Sequence[str] = (),
     ) -> None:
         self.reactor = reactor
         self.material = material
@@ -59,7 +60,7 @@ class Phone:
         self.loop_play = loop_play
         self.fetch_on_attach = fetch_on_attach
         self.media_interface = media_interface
-        self.agent = CallAgent(material, reactor.seconds)
+        self.agent = CallAgent(material, reactor.seconds, codecs=tuple(codecs))
         self.crypto = MessageCrypto(material)
         self.messenger = Messenger(crypto=self.crypto)
         self.legs: dict[Call, MediaLeg] = {}
@@ -175,6 +176,10 @@ class Phone:
         for event in events:
             if event.kind == MEDIA:
                 self._start_media(event.call)
+            elif event.kind == TALK and event.call.outgoing:
+                stream = self.stream(event.call)
+                if stream is not None:  # the callee named the codec
+                    stream.use_codec(event.call.codec)
             elif event.kind == END:
                 self._stop_media(event.call)
             self._emit(event)
@@ -190,6 +195,7 @@ class Phone:
             tag,
             pick_ssrc(call.outgoing),
             source=FrameSource(self.play, loop=self.loop_play),
+            codec=call.codec,
         )
         self.recordings[call] = stream.recorder
         host, port = relay

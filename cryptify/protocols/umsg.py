@@ -124,7 +124,8 @@ class Field:
     ``uint`` (``lo``..``hi``), ``int`` (``lo``..``hi``), ``bytes`` (length
     ``lo``..``hi``), ``bool``, ``uints`` (array of ``lo``..``hi`` unsigned
     integers below 2**16), ``texts`` (map of up to ``hi`` text keys to text
-    values of at most 128 characters).
+    values of at most 128 characters), ``names`` (array of ``lo``..``hi``
+    texts matching ``pattern``).
     """
 
     name: str
@@ -153,6 +154,8 @@ class Field:
             return f"array of {self.lo}..{self.hi} uint"
         if self.kind == "texts":
             return f"map of at most {self.hi} text -> text (128 characters)"
+        if self.kind == "names":
+            return f"array of {self.lo}..{self.hi} text matching {self.pattern}"
         return self.kind
 
 
@@ -195,6 +198,13 @@ def _check_texts(f: Field, v: Any) -> bool:
     )
 
 
+def _check_names(f: Field, v: Any) -> bool:
+    if not isinstance(v, list) or not f.lo <= len(v) <= f.hi:
+        return False
+    item = Field(f.name, "text", 1, 64, pattern=f.pattern)
+    return all(_check_text(item, x) for x in v)
+
+
 _CHECKS: dict[str, Callable[[Field, Any], bool]] = {
     "text": _check_text,
     "uint": _check_int,
@@ -203,6 +213,7 @@ _CHECKS: dict[str, Callable[[Field, Any], bool]] = {
     "bool": lambda f, v: isinstance(v, bool),
     "uints": _check_uints,
     "texts": _check_texts,
+    "names": _check_names,
 }
 
 #: A tel URI as clients attach with it (RFC 6509 form).
@@ -248,6 +259,16 @@ _SESSION = _text("session", 64, pattern=r"[0-9A-Za-z_.:-]{1,64}")
 _MESSAGE = _text("message", 64, pattern=r"[0-9A-Za-z_.:-]{1,64}")
 
 
+#: A media codec's name in ``codecs``/``codec`` (``opus``, ``PCMU``, ``PCMA``).
+CODEC = r"[A-Za-z0-9-]{1,16}"
+#: Most codecs one ``invite`` offers.
+MAX_CODECS = 8
+#: The caller's codecs in order of preference (absent: ``PCMU`` only).
+_CODECS = Field("codecs", "names", 1, MAX_CODECS, False, CODEC)
+#: The codec the callee chose from them (absent: ``PCMU``).
+_CODEC = _text("codec", 16, pattern=CODEC, req=False)
+
+
 def _schema(*types: tuple[str, Iterable[Field]]) -> dict[str, tuple[Field, ...]]:
     return {name: tuple(fields) for name, fields in types}
 
@@ -290,10 +311,11 @@ FROM_CLIENT: dict[str, tuple[Field, ...]] = _schema(
             _text("to", 40, pattern=TEL_EXT),
             Field("mikey", "bytes", 1, MAX_MIKEY),
             _text("from", 40, pattern=TEL_EXT, req=False),
+            _CODECS,
         ],
     ),
     ("ringing", [_SESSION]),
-    ("talk", [_SESSION]),
+    ("talk", [_SESSION, _CODEC]),
     ("hold", [_SESSION]),
     ("resume", [_SESSION]),
     ("hangup", [_SESSION, _code(), _reason()]),
@@ -355,6 +377,7 @@ FROM_SERVER: dict[str, tuple[Field, ...]] = _schema(
             _text("relay-host", 255),
             Field("relay-port", "uint", 1, 65535),
             Field("relay-tag", "bytes", 1, 16),
+            _CODECS,
         ],
     ),
     (
@@ -368,7 +391,7 @@ FROM_SERVER: dict[str, tuple[Field, ...]] = _schema(
         ],
     ),
     ("ringing", [_SESSION]),
-    ("talk", [_SESSION]),
+    ("talk", [_SESSION, _CODEC]),
     ("hold", [_SESSION]),
     ("resume", [_SESSION]),
     ("hangup", [_SESSION, _code(), _reason(), _text("who", 16, pattern="caller|callee|crs")]),

@@ -7,7 +7,10 @@ the PBX (:class:`PbxSrtp`: ours protects what we send, the PBX's
 unprotects what it sends; a packet that fails authentication or the
 replay check is dropped and counted in ``pbx_srtp_errors``).  Both
 carry G.711 (PCMU or PCMA, transcoded where the two sides differ) and
-RFC 4733 telephone-events.  Nothing here opens a socket or reads a
+RFC 4733 telephone-events; the secure side may instead carry Opus
+(``opus``: narrowband, 20 ms, payload type 111, 48 kHz RTP clock), which
+the bridge decodes to and encodes from the PBX's G.711 through our libopus
+binding (:mod:`cryptify.protocols.opus`).  Nothing here opens a socket or reads a
 clock; the adapters in :mod:`cryptify.cig.relay.bridge_wiring` feed
 datagrams in and send what comes back.
 
@@ -27,6 +30,7 @@ lasts.  See ``docs/bridge.md``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import struct
@@ -37,7 +41,7 @@ from pylibsrtp import Error as SrtpError
 from pylibsrtp import Policy, Session
 
 from cryptify.cig.relay import g711
-from cryptify.protocols import relay_packet
+from cryptify.protocols import opus, relay_packet
 from cryptify.protocols.rtp import (
     RtpError,
     TelephoneEvent,
@@ -66,6 +70,14 @@ SRTP_PROFILES = {
     "AES_CM_128_HMAC_SHA1_80": Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
     "AES_CM_128_HMAC_SHA1_32": Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
 }
+
+#: Codecs of the secure leg: G.711, or Opus (transcoded to the PBX's G.711).
+SECURE_CODECS = (g711.PCMU, g711.PCMA, opus.OPUS)
+#: The bridge's Opus encoder complexity (0..10): 3 costs about 3/4 of the
+#: default 5's CPU (``bench/cig_media.py``) for narrowband speech alike to the ear.
+OPUS_COMPLEXITY = 3
+#: RTP clock ticks of an Opus frame per tick of the PBX's 8 kHz clock.
+_OPUS_SCALE = opus.RTP_FRAME_TICKS // FRAME_SAMPLES
 
 #: The RFC 3264 directions of the PBX leg.
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
@@ -112,6 +124,8 @@ class SecureSide:
 
     @property
     def payload_type(self) -> int:
+        if self.codec == opus.OPUS:
+            return opus.PAYLOAD_TYPE
         return g711.STATIC_PAYLOAD_TYPES[self.codec]
 
 
@@ -182,9 +196,12 @@ def check_spec(secure: SecureSide, pbx: PbxSide) -> None:
                 )
         if pbx.srtp.profile not in SRTP_PROFILES:
             raise BridgeSpecError(f"unknown PBX SRTP profile {pbx.srtp.profile!r}")
-    for side, codec in (("secure", secure.codec), ("pbx", pbx.codec)):
-        if codec not in g711.STATIC_PAYLOAD_TYPES:
-            raise BridgeSpecError(f"{side} codec must be PCMU or PCMA, not {codec!r}")
+    if secure.codec not in SECURE_CODECS:
+        raise BridgeSpecError(f"secure codec must be PCMU, PCMA or opus, not {secure.codec!r}")
+    if secure.codec == opus.OPUS and not opus.available():
+        raise BridgeSpecError("secure codec opus: this cig-relay was built without libopus")
+    if pbx.codec not in g711.STATIC_PAYLOAD_TYPES:
+        raise BridgeSpecError(f"pbx codec must be PCMU or PCMA, not {pbx.codec!r}")
     for side, pt in (("secure", secure.dtmf_pt), ("pbx", pbx.dtmf_pt)):
         if pt is not None and not 96 <= pt <= 127:
             raise BridgeSpecError(f"{side} telephone-event payload type must be 96-127")
@@ -211,7 +228,7 @@ class BridgeCounters:
     concealed: int = 0  # ticks with a gap filled by silence
     underruns: int = 0  # ticks with no PBX audio at all
     resyncs: int = 0  # playout jumps (timestamp jump or drift)
-    transcoded: int = 0  # audio frames converted between u-law and a-law
+    transcoded: int = 0  # audio frames converted between u-law and a-law, or Opus and G.711
     events_to_pbx: int = 0  # telephone-event packets sent to the PBX
     events_to_secure: int = 0  # telephone-event packets sent to the relay
     tx_errors: int = 0  # sends the kernel refused (counted by the adapter)
@@ -348,6 +365,48 @@ class _EventState:
     ends_sent: int = 0
 
 
+@functools.cache
+def _law(codec: str) -> opus.LawTables:
+    """The C tables of a G.711 law for the Opus transcoder (built once)."""
+    if codec == g711.PCMU:  # u-law ignores the 2 low bits, a-law the 3 low bits
+        return opus.LawTables.build(codec, g711.ulaw_to_linear, g711.linear_to_ulaw, 2)
+    return opus.LawTables.build(codec, g711.alaw_to_linear, g711.linear_to_alaw, 3)
+
+
+def prepare_opus() -> None:
+    """Build the transcoder's tables now (cig-relay's start), not in the first
+    Opus call's ``BridgeAdd``, where it would hold every call's clock."""
+    if opus.available():
+        _law(g711.PCMU)
+        _law(g711.PCMA)
+
+
+@attrs.define(eq=False)
+class _OpusLeg:
+    """The Opus side of a call: one decoder and one encoder, both in the PBX's law.
+
+    Timestamps of what goes to the PBX follow the client's 48 kHz clock
+    scaled to 8 kHz: ``ref_in``/``ref_out`` are the newest client
+    timestamp and the PBX timestamp it became.
+    """
+
+    law: opus.LawTables
+    decoder: opus.Decoder = attrs.field(factory=opus.Decoder)
+    encoder: opus.Encoder = attrs.field(factory=lambda: opus.Encoder(complexity=OPUS_COMPLEXITY))
+    ref_in: int = 0
+    ref_out: int = 0
+
+    def pbx_timestamp(self, timestamp: int) -> int:
+        """The PBX timestamp of a client timestamp (reordering kept, wrap handled)."""
+        delta = (timestamp - self.ref_in) % _U32
+        if delta >= _HALF32:
+            delta -= _U32
+        out = (self.ref_out + delta // _OPUS_SCALE) % _U32
+        if delta > 0:
+            self.ref_in, self.ref_out = timestamp, out
+        return out
+
+
 def _session(key: bytes, profile: str, outbound: bool) -> Session:
     kind = Policy.SSRC_ANY_OUTBOUND if outbound else Policy.SSRC_ANY_INBOUND
     return Session(Policy(key=key, ssrc_type=kind, srtp_profile=SRTP_PROFILES[profile]))
@@ -461,19 +520,38 @@ class CallBridge:
     _pbx_srtp: PbxSrtp | None = attrs.field(init=False, default=None, repr=False)
     _pbx_tx: _Srtp | None = attrs.field(init=False, default=None)
     _pbx_rx: _Srtp | None = attrs.field(init=False, default=None)
+    #: The Opus transcoder when the secure side is Opus (else None).
+    _opus: _OpusLeg | None = attrs.field(init=False, default=None)
+    #: RTP clock ticks of one tick towards the secure side.
+    _secure_step: int = attrs.field(init=False, default=FRAME_SAMPLES)
 
     def __attrs_post_init__(self) -> None:
         check_spec(self.secure, self.pbx)
         self._tx = _Srtp(_session(self.secure.tx_key, self.secure.profile, outbound=True))
         self._rx = _Srtp(_session(self.secure.rx_key, self.secure.profile, outbound=False))
+        self._playout = Playout(silence=g711.SILENCE[self._frame_codec()])
         self._configure_pbx()
-        self._playout = Playout(silence=g711.SILENCE[self.secure.codec])
-        self._silence_frame = bytes([g711.SILENCE[self.secure.codec]]) * FRAME_SAMPLES
         self._tag = self.secure.tag
 
+    def _frame_codec(self) -> str:
+        """The G.711 law of the frames played out: the secure side's, or the PBX's under Opus."""
+        return self.pbx.codec if self.secure.codec == opus.OPUS else self.secure.codec
+
     def _configure_pbx(self) -> None:
-        self._to_pbx = g711.translation(self.secure.codec, self.pbx.codec)
-        self._to_secure = g711.translation(self.pbx.codec, self.secure.codec)
+        if self.secure.codec == opus.OPUS:
+            # Opus is decoded straight into the PBX's law and encoded from it.
+            law = _law(self.pbx.codec)
+            if self._opus is None:
+                self._opus = _OpusLeg(law)
+            self._opus.law = law
+            self._secure_step = opus.RTP_FRAME_TICKS
+            self._to_pbx = self._to_secure = None
+        else:
+            self._to_pbx = g711.translation(self.secure.codec, self.pbx.codec)
+            self._to_secure = g711.translation(self.pbx.codec, self.secure.codec)
+        silence = g711.SILENCE[self._frame_codec()]
+        self._playout.silence = silence
+        self._silence_frame = bytes([silence]) * FRAME_SAMPLES
         # The hot paths compare payload types and read the PBX address
         # without going through the frozen specs' properties.
         self._secure_pt = self.secure.payload_type
@@ -524,6 +602,8 @@ class CallBridge:
         if rtp is None:
             c.srtp_errors += 1
             return None
+        if self._opus is not None:
+            return self._opus_to_pbx(rtp, self._opus)
         # Fast path: audio of the current client stream, a plain fixed
         # header (no CSRC, extension or padding), a PBX to send to.
         if rtp[0] == 0x80 and len(rtp) > 12 and (rtp[1] & 0x7F) == self._secure_pt:
@@ -574,6 +654,55 @@ class CallBridge:
         ts = (packet.timestamp + self._ts_offset) % _U32
         self._last_out_seq, self._last_out_ts = seq, ts
         if self.pbx.remote is None:
+            c.no_destination += 1
+            return None
+        c.pbx_tx += 1
+        return encode_rtp(out_pt, seq, ts, self._pbx_ssrc, payload, marker)
+
+    def _opus_to_pbx(self, rtp: bytes, leg: _OpusLeg) -> bytes | None:
+        """An Opus (or telephone-event) packet from the client, as G.711 for the PBX."""
+        c = self.counters
+        packet = parse_rtp(rtp)
+        if isinstance(packet, RtpError):
+            c.malformed += 1
+            return None
+        pt = packet.payload_type
+        if pt == opus.PAYLOAD_TYPE:
+            try:
+                payload = leg.decoder.decode_law(packet.payload, leg.law)
+            except opus.OpusError:
+                c.malformed += 1
+                return None
+            out_pt = self._pbx_pt
+            c.transcoded += 1
+        elif pt == self.secure.dtmf_pt and self.pbx.dtmf_pt is not None:
+            event = parse_event(packet.payload)
+            if isinstance(event, RtpError):
+                c.malformed += 1
+                return None
+            # RFC 4733 durations count the audio's clock: 48 kHz here, 8 kHz there.
+            event = attrs.evolve(event, duration=event.duration // _OPUS_SCALE)
+            payload = event.encode()
+            out_pt = self.pbx.dtmf_pt
+            c.events_to_pbx += 1
+        else:
+            c.unknown_pt += 1
+            return None
+        marker = packet.marker
+        if packet.ssrc != self._client_ssrc:
+            if self._client_ssrc is None:
+                self._seq_offset = self._pbx_seq_base - packet.sequence
+                leg.ref_out = self._pbx_ts_base
+            else:
+                self._seq_offset = self._last_out_seq + 1 - packet.sequence
+                leg.ref_out = (self._last_out_ts + FRAME_SAMPLES) % _U32
+            leg.ref_in = packet.timestamp
+            self._client_ssrc = packet.ssrc
+            marker = True
+        seq = (packet.sequence + self._seq_offset) & 0xFFFF
+        ts = leg.pbx_timestamp(packet.timestamp)
+        self._last_out_seq, self._last_out_ts = seq, ts
+        if not self._pbx_known:
             c.no_destination += 1
             return None
         c.pbx_tx += 1
@@ -669,6 +798,9 @@ class CallBridge:
                     self._event = None
             pt = self.secure.dtmf_pt
             assert pt is not None
+            if self._opus is not None:
+                duration = min(0xFFFF, event.duration * _OPUS_SCALE)
+                event = attrs.evolve(event, duration=duration)
             rtp = encode_rtp(
                 pt, self._secure_seq, state.secure_timestamp, self._secure_ssrc,
                 event.encode(), marker,
@@ -676,10 +808,15 @@ class CallBridge:
             c.events_to_secure += 1
         else:
             payload = self._silence_frame if audio is None else audio
+            leg = self._opus
+            if leg is not None:
+                payload = leg.encoder.encode_law(payload, leg.law)
+                if audio is not None:
+                    c.transcoded += 1
             second = self._secure_pt | 0x80 if marker else self._secure_pt
             rtp = _HEADER.pack(0x80, second, self._secure_seq, ts, self._secure_ssrc) + payload
         self._secure_seq = (self._secure_seq + 1) & 0xFFFF
-        self._secure_ts = (ts + FRAME_SAMPLES) % _U32
+        self._secure_ts = (ts + self._secure_step) % _U32
         c.secure_tx += 1
         return self._tag + self._tx.protect(rtp)
 

@@ -48,6 +48,7 @@ from cryptify.cig.relay.bridge_core import (
     CallBridge,
     PbxSide,
     SecureSide,
+    prepare_opus,
 )
 from cryptify.config.cig_model import PortRange, SipInterface, TelInterface
 
@@ -298,6 +299,7 @@ class BridgeService(service.Service):
 
     def startService(self) -> None:
         service.Service.startService(self)
+        prepare_opus()
         self._loop.start(self._interval, now=False).addErrback(
             lambda f: log.failure("bridge clock stopped", f)
         )

@@ -78,6 +78,9 @@ class SecureLeg(Protocol):
     @property
     def policy_key(self) -> bytes: ...
 
+    @property
+    def secure_codec(self) -> str: ...
+
 
 @attrs.frozen
 class PbxMedia:
@@ -190,6 +193,7 @@ class Bridge:
                 tag=self.leg.relay_tag,
                 srtp_tx_key=self.leg.policy_key,
                 srtp_rx_key=self.leg.policy_key,
+                **self._secure_codec(),
                 pbx_port=port or 0,
                 pbx_host=pbx.host,
                 pbx_remote_port=pbx.port,
@@ -240,6 +244,11 @@ class Bridge:
             **where,
             **(pbx.srtp_arguments() or {"pbx_srtp_profile": ""}),
         )
+
+    def _secure_codec(self) -> dict[str, str]:
+        """BridgeAdd's secure codec argument: none for the usual PCMU."""
+        codec = self.leg.secure_codec
+        return {} if codec == "PCMU" else {"secure_codec": codec}
 
     def _direction(self) -> dict[str, str]:
         """BridgeAdd's direction argument: none for the usual sendrecv."""

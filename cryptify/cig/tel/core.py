@@ -39,6 +39,7 @@ from cryptify.crypto import mikey
 from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.identity import period_of, tel_identifier
 from cryptify.crypto.keymaterial import KeyMaterial
+from cryptify.protocols import opus
 from cryptify.protocols.sip.sdp import SrtpKeys
 from cryptify.protocols.umsg import Message, base_uri
 
@@ -49,6 +50,23 @@ from .keys import BadKeys, Decapsulator
 from .legs import OutLeg, TelCall, hold_from_secure, pbx_hold_changed
 
 log = Logger(namespace="cryptify.cig.tel")
+
+
+def bridgeable_codecs() -> tuple[str, ...]:
+    """The secure leg's codecs cig-relay can bridge to the PBX's G.711."""
+    return ("opus", "PCMU", "PCMA") if opus.available() else ("PCMU", "PCMA")
+
+
+def choose_codec(offered: list[str] | None) -> str:
+    """Answering a secure caller: its first offered codec we can bridge, else PCMU."""
+    bridgeable = bridgeable_codecs()
+    return next((c for c in offered or () if c in bridgeable), "PCMU")
+
+
+def offered_codecs() -> list[str] | None:
+    """What our invites offer a secure user: G.711 u-law first (the default), then
+    Opus for a client that prefers it (docs/umsg.md 8.2)."""
+    return ["PCMU", "opus"] if opus.available() else None
 
 
 class SipSide(Protocol):
@@ -179,7 +197,8 @@ class UmsgTel:
             leg.rejected(500)
             return
         out = OutLeg(self, call, leg, built.srtp().policy_key, created=now)
-        fields: dict[str, Any] = {"to": call.out_to, "mikey": built.data}
+        out.offered = offered_codecs()
+        fields: dict[str, Any] = {"to": call.out_to, "mikey": built.data, "codecs": out.offered}
         if call.out_from != self.material.uri and base_uri(call.out_from) == self.material.uri:
             fields["from"] = call.out_from  # the PBX user, as an extension of our number
         request_id = session.request("invite", **fields)
@@ -233,6 +252,8 @@ class UmsgTel:
             policy_key,
             created=self.clock.seconds(),
         )
+        leg.secure_codec = choose_codec(msg.get("codecs"))
+        leg.offered = msg.get("codecs") is not None
         self.active[session] = leg
         self.sip.place_call(call, leg)
 

@@ -115,6 +115,10 @@ class TelCall:
     #: Bridged at an 18x with SDP (early media); the answer came while that was under way.
     early: bool = False
     answer_waiting: bool = False
+    #: The secure leg's codec (chosen from the invite's ``codecs``), and
+    #: whether the caller offered any (then ``talk`` names it).
+    secure_codec: str = "PCMU"
+    offered: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.bridge = Bridge(self.tel.bridge, self.tel.sip, self, self.tel.calls.media_stats)
@@ -195,7 +199,8 @@ class TelCall:
     def _bridged(self, up: bool) -> None:
         if up:
             self.lifecycle.move(TelState.TALKING)
-            self.tel.notify("talk", session=self.session)
+            codec = self.secure_codec if self.offered else None
+            self.tel.notify("talk", session=self.session, codec=codec)
 
     def _bridge_failed(self, failure: Failure) -> None:
         log.warn(
@@ -324,6 +329,9 @@ class OutLeg:
     #: The secure party holds the call (its ``hold``), the PBX holds it (a re-INVITE).
     secure_holding: bool = False
     pbx_holding: bool = False
+    #: The codecs our invite offered (None: none), and the one ``talk`` named.
+    offered: list[str] | None = None
+    secure_codec: str = "PCMU"
 
     def __attrs_post_init__(self) -> None:
         self.bridge = Bridge(self.tel.bridge, self.tel.sip, self, self.tel.calls.media_stats)
@@ -375,6 +383,8 @@ class OutLeg:
             self.leg.ringing()
         elif msg.type == "talk" and self.lifecycle.can(OutLegState.TALKING):
             self.lifecycle.move(OutLegState.TALKING)
+            codec = msg.get("codec", "PCMU")
+            self.secure_codec = codec if codec in (self.offered or ()) else "PCMU"
             self.bridge.add().addCallbacks(self._bridged, self._bridge_failed)
         elif msg.type in ("hold", "resume") and self.lifecycle.state is OutLegState.TALKING:
             hold_from_secure(self, msg.type == "hold")

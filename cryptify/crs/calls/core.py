@@ -170,6 +170,9 @@ class Session:
     #: The relay legs of a remote session, until its callee's instance
     #: confirmed the offer (the caller is sent them then).
     legs: RelayLegs | None = None
+    #: The caller's ``codecs`` (None: it offered none, G.711 u-law only),
+    #: passed on to the callee unread.
+    codecs: list[str] | None = None
 
     def role_of(self, uri: str) -> str | None:
         if uri == self.caller:
@@ -290,10 +293,17 @@ class SessionTable:
     # -- from the caller ---------------------------------------------------------
 
     def invite(
-        self, caller: Any, request_id: int, to: str, mikey: bytes, shown: str | None = None
+        self,
+        caller: Any,
+        request_id: int,
+        to: str,
+        mikey: bytes,
+        shown: str | None = None,
+        codecs: list[str] | None = None,
     ) -> None:
         """``invite`` from an attached client (``caller`` is its attachment);
-        ``shown`` is the ``from`` it asked for: its own URI, with an extension."""
+        ``shown`` is the ``from`` it asked for: its own URI, with an extension;
+        ``codecs`` its media codecs, passed on to the callee unread."""
         callee_uri = base_uri(to)
         account = caller.account
         if shown is not None and base_uri(shown) != caller.uri:
@@ -334,6 +344,7 @@ class SessionTable:
             request_id=request_id,
             shown_caller=shown or caller.uri,
             remote=peer,
+            codecs=codecs,
         )
         self._add(session)
         self.counters["invites"] += 1
@@ -388,6 +399,7 @@ class SessionTable:
                 relay_host=legs.host,
                 relay_port=legs.port,
                 relay_tag=legs.callee_tag,
+                **({} if session.codecs is None else {"codecs": session.codecs}),
             ),
         )
         self._ring(session)
@@ -452,8 +464,9 @@ class SessionTable:
         self.parties.send(session.caller, message("ringing", session=session.id))
         self._trace(session, RINGING)
 
-    def talk(self, uri: str, session_id: str) -> None:
-        """``talk`` from the callee: the call is answered."""
+    def talk(self, uri: str, session_id: str, codec: str | None = None) -> None:
+        """``talk`` from the callee: the call is answered (``codec``: the one it
+        chose from the caller's ``codecs``, passed on unread)."""
         session = self._find(uri, session_id)
         if session is None:
             return
@@ -464,15 +477,16 @@ class SessionTable:
         ):
             self.parties.send(uri, message("error", code="unexpected", reason="cannot answer now"))
             return
-        self._talk(session)
+        self._talk(session, codec)
 
-    def _talk(self, session: Session) -> None:
+    def _talk(self, session: Session, codec: str | None = None) -> None:
         session.state = TALK
         if session.timer is not None and session.timer.active():
             session.timer.cancel()
         session.timer = None
         self.counters["talks"] += 1
-        self.parties.send(session.caller, message("talk", session=session.id))
+        chosen = {} if codec is None else {"codec": codec}
+        self.parties.send(session.caller, message("talk", session=session.id, **chosen))
         self._trace(session, TALK)
 
     def hold(self, uri: str, session_id: str, held: bool) -> None:

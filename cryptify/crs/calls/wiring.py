@@ -171,13 +171,13 @@ def install(core: AttachCore, table: SessionTable) -> None:
         caller = core.registry.get(session.uri or "")
         if caller is None or msg.id is None:
             return
-        table.invite(caller, msg.id, msg["to"], msg["mikey"], msg.get("from"))
+        table.invite(caller, msg.id, msg["to"], msg["mikey"], msg.get("from"), msg.get("codecs"))
 
     def ringing(session: AttachSession, msg: Message) -> None:
         table.ringing(session.uri or "", msg["session"])
 
     def talk(session: AttachSession, msg: Message) -> None:
-        table.talk(session.uri or "", msg["session"])
+        table.talk(session.uri or "", msg["session"], msg.get("codec"))
 
     def hangup(session: AttachSession, msg: Message) -> None:
         table.hangup(session.uri or "", msg["session"], msg["code"], msg.get("reason"))
