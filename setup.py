@@ -1,6 +1,12 @@
 """Everything about the package is in setup.cfg and pyproject.toml; this
-file only names the C extension cffi builds (the SAKKE Miller loop)."""
+file only names the C extensions cffi builds (SAKKE decapsulation and
+the P-256 multi-scalar multiplication of ECCSI verification)."""
 
 from setuptools import setup
 
-setup(cffi_modules=["cryptify/crypto/_pairing_build.py:ffibuilder"])
+setup(
+    cffi_modules=[
+        "cryptify/crypto/_pairing_build.py:ffibuilder",
+        "cryptify/crypto/_p256_build.py:ffibuilder",
+    ]
+)
