@@ -261,13 +261,24 @@ def _native_field() -> _NativeField:
 
 class _NativeLoop:
     """The precomputed lines laid out for the C Miller loop, every number
-    in Montgomery form."""
+    in Montgomery form: a step's doubling line, or, for a step with an
+    addition, the coefficients of the product of its two lines."""
 
     def __init__(self, steps: list[tuple[mpz, mpz, mpz | None, mpz | None]]) -> None:
         self._field = field = _native_field()
         flat: list[mpz] = []
         for d_a, d_b, a_a, a_b in steps:
-            flat += [d_a, d_b, mpz(0) if a_a is None else a_a, mpz(0) if a_b is None else a_b]
+            if a_a is None or a_b is None:
+                flat += [d_a, d_b]
+            else:
+                # The product of the two lines (see sakke_miller.c).
+                flat += [
+                    d_a * a_a % P,
+                    (d_a * a_b + d_b * a_a) % P,
+                    d_b * a_b % P,
+                    (d_a + a_a) % P,
+                    (d_b + a_b) % P,
+                ]
         self._steps = field.array(flat)
         self._adds = field.ffi.new("uint8_t[]", [0 if step[2] is None else 1 for step in steps])
         self._count = len(steps)

@@ -10,8 +10,9 @@
  *        v <- v^2 * (d_a*qx + d_b + i*qy)            every step
  *        v <- v   * (a_a*qx + a_b + i*qy)            steps with an addition
  *
- *    in F_p^2 = F_p[i]/(i^2 + 1), exactly as PairingPrecomputation.evaluate
- *    does with gmpy2.  The caller passes every number already in Montgomery
+ *    in F_p^2 = F_p[i]/(i^2 + 1), as PairingPrecomputation.accumulate does
+ *    with gmpy2 (the two lines of a step with an addition are multiplied
+ *    together first, which is cheaper: see sakke_miller).  The caller passes every number already in Montgomery
  *    form and gets v0, v1 back in it: the pairing's value is the ratio v1/v0
  *    (after the final squarings), which a common factor R does not change.
  *
@@ -39,17 +40,15 @@ static void sakke_field(mont_field *f, const uint64_t *p64, uint64_t pinv)
     f->n = SAKKE_N;
 }
 
-/* v <- v * ((la*qx + lb) + i*qy) */
-static void line(mp_limb_t *v0, mp_limb_t *v1, const mp_limb_t *la, const mp_limb_t *lb,
-                 const mp_limb_t *qx, const mp_limb_t *qy, const mont_field *f)
+/* v <- v * (re + i*im) (Karatsuba) */
+static void mul_fp2(mp_limb_t *v0, mp_limb_t *v1, const mp_limb_t *re, const mp_limb_t *im,
+                    const mont_field *f)
 {
-    mp_limb_t lr[SAKKE_N], t0[SAKKE_N], t1[SAKKE_N], s0[SAKKE_N], s1[SAKKE_N];
-    mont_mul(lr, la, qx, f);
-    mont_add(lr, lr, lb, f);
-    mont_mul(t0, v0, lr, f);
-    mont_mul(t1, v1, qy, f);
+    mp_limb_t t0[SAKKE_N], t1[SAKKE_N], s0[SAKKE_N], s1[SAKKE_N];
+    mont_mul(t0, v0, re, f);
+    mont_mul(t1, v1, im, f);
     mont_add(s0, v0, v1, f);
-    mont_add(s1, lr, qy, f);
+    mont_add(s1, re, im, f);
     mont_mul(s0, s0, s1, f);
     mont_sub(s0, s0, t0, f);
     mont_sub(v1, s0, t1, f);
@@ -57,9 +56,18 @@ static void line(mp_limb_t *v0, mp_limb_t *v1, const mp_limb_t *la, const mp_lim
 }
 
 /*
- * The loop.  steps holds nsteps records of 4*N limbs (d_a, d_b, a_a, a_b);
- * adds[k] says whether step k has an addition line (a_a, a_b; otherwise
- * those limbs are unused).  one is 1 in Montgomery form (R mod p).
+ * The loop.  steps holds, for each of the nsteps steps, the doubling line
+ * (d_a, d_b: 2 numbers of N limbs) or, when adds[k] says the step also has
+ * an addition line (a_a, a_b), the coefficients of the product of the two
+ * lines instead (5 numbers):
+ *
+ *     (d_a x + d_b + i y)(a_a x + a_b + i y)
+ *       = (alpha x^2 + beta x + gamma - y^2) + i (delta x y + epsilon y)
+ *
+ * with alpha = d_a a_a, beta = d_a a_b + d_b a_a, gamma = d_b a_b,
+ * delta = d_a + a_a, epsilon = d_b + a_b: four products and two
+ * reductions, where the two lines one after the other cost two products
+ * and two reductions more.  one is 1 in Montgomery form (R mod p).
  * Returns 0, or -1 when the arguments cannot be right (no steps).
  */
 int sakke_miller(const uint64_t *p64, uint64_t pinv, const uint64_t *one64,
@@ -69,24 +77,39 @@ int sakke_miller(const uint64_t *p64, uint64_t pinv, const uint64_t *one64,
 {
     mont_field f;
     sakke_field(&f, p64, pinv);
-    const mp_limb_t *steps = (const mp_limb_t *)steps64;
+    const mp_limb_t *step = (const mp_limb_t *)steps64;
     const mp_limb_t *qx = (const mp_limb_t *)qx64, *qy = (const mp_limb_t *)qy64;
     if (nsteps == 0)
         return -1;
     mp_limb_t v0[SAKKE_N], v1[SAKKE_N], t[SAKKE_N], s0[SAKKE_N], s1[SAKKE_N];
+    mp_limb_t qx2[SAKKE_N], qy2[SAKKE_N], qxy[SAKKE_N], re[SAKKE_N], im[SAKKE_N];
+    mont_sqr(qx2, qx, &f);
+    mont_sqr(qy2, qy, &f);
+    mont_mul(qxy, qx, qy, &f);
     memcpy(v0, one64, sizeof v0);
     memset(v1, 0, sizeof v1);
     for (size_t k = 0; k < nsteps; k++) {
-        const mp_limb_t *step = steps + k * 4 * SAKKE_N;
         /* v <- v^2 */
         mont_mul(t, v0, v1, &f);
         mont_add(s0, v0, v1, &f);
         mont_sub(s1, v0, v1, &f);
         mont_mul(v0, s0, s1, &f);
         mont_add(v1, t, t, &f);
-        line(v0, v1, step, step + SAKKE_N, qx, qy, &f);
-        if (adds[k]) /* a public digit of q - 1 */
-            line(v0, v1, step + 2 * SAKKE_N, step + 3 * SAKKE_N, qx, qy, &f);
+        if (adds[k]) { /* a public digit of q - 1 */
+            const mp_limb_t *alpha = step, *beta = step + SAKKE_N, *gamma = step + 2 * SAKKE_N,
+                            *delta = step + 3 * SAKKE_N, *epsilon = step + 4 * SAKKE_N;
+            mont_mul_sum(re, alpha, qx2, beta, qx, &f);
+            mont_add(re, re, gamma, &f);
+            mont_sub(re, re, qy2, &f);
+            mont_mul_sum(im, delta, qxy, epsilon, qy, &f);
+            step += 5 * SAKKE_N;
+        } else {
+            mont_mul(re, step, qx, &f);
+            mont_add(re, re, step + SAKKE_N, &f);
+            memcpy(im, qy, sizeof im);
+            step += 2 * SAKKE_N;
+        }
+        mul_fp2(v0, v1, re, im, &f);
     }
     memcpy(v0_out, v0, sizeof v0);
     memcpy(v1_out, v1, sizeof v1);
