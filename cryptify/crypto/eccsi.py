@@ -3,19 +3,22 @@ ECCSI signatures (RFC 6507) on NIST P-256 with SHA-256, as MIKEY-SAKKE
 (RFC 6509) requires.
 
 Point arithmetic is done by C code.  Signing and key issue use OpenSSL
-(through C{cryptography}) for fixed-base multiplication.  Verification uses
-the package's own multi-scalar multiplication (``p256.c``, built into
-:mod:`cryptify.crypto._p256` when the package is installed): C{Y =
-[HS]PVT + KPAK} and C{J = [s*HE]G + [s*r]Y} each in one Straus chain, and
-the RFC's check C{Jx = r (mod p)} made without an inversion as C{X = r*Z^2}
-on J's Jacobian coordinates.  Verification handles public values only, so
-that code need not be constant-time.
+(through C{cryptography}) for fixed-base multiplication.  Verification
+computes C{Y = [HS]PVT + KPAK} (once per signer: it is cached) with the
+package's own multi-scalar multiplication (``p256.c``, built into
+:mod:`cryptify.crypto._p256` when the package is installed), and the last
+step as an OpenSSL ECDSA verification: with C{u1 = HE*s} and C{u2 = r*s},
+ECDSA's C{[u1]G + [u2]Y} is exactly ECCSI's C{J = [s]([HE]G + [r]Y)};
+ECDSA compares C{Jx mod q} with C{r mod q}, which equals the RFC's check
+C{Jx = r (mod p)} whenever C{p - q <= r < q}.  The few values of C{r}
+outside that range (none that an honest signer can produce with
+probability above 2^-120) are checked exactly: J by the C code, and
+C{Jx = r (mod p)} as C{X = r*Z^2} on its Jacobian coordinates.
+Verification handles public values only, so the C code need not be
+constant-time.
 
-Without the extension, verification falls back to OpenSSL and fastecdsa:
-the last step as an ECDSA verification (with C{u1 = HE*s} and C{u2 = r*s},
-ECDSA's C{[u1]G + [u2]Y} is exactly ECCSI's J; ECDSA compares C{Jx mod q}
-with C{r mod q}, which equals the RFC's check whenever C{p - q <= r < q};
-other values of C{r} are checked exactly with explicit point arithmetic).
+Without the extension, Y comes from OpenSSL's ECDH and fastecdsa, and the
+exact check from fastecdsa.
 
 Encodings are fixed-length throughout (RFC 6507 section 3): points are
 C{04 || x || y} with 32-octet coordinates, C{r} and C{s} are 32 octets, and a
@@ -356,10 +359,10 @@ def verify(kpak: bytes, identity: bytes, message: bytes, signature: bytes) -> No
         raise SignatureInvalid("ECCSI signature does not verify (r or s out of range)")
     yx, yy = _y_point(bytes(kpak), bytes(identity), pvt)
     he = hash_he(hash_hs(kpak, identity, pvt), r, message)
-    if _native is not None:
-        ok = _j_matches_native(yx, yy, r, s, he)
-    elif P - Q <= r < Q:
+    if P - Q <= r < Q:
         ok = _j_matches_ecdsa(yx, yy, r, s, he)
+    elif _native is not None:
+        ok = _j_matches_native(yx, yy, r, s, he)
     else:
         ok = _j_matches_exact(yx, yy, r, s, he)
     if not ok:

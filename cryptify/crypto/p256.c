@@ -44,7 +44,13 @@ static void p256_reduce_once(uint64_t *r, const uint64_t *t, uint64_t hi)
         r[i] = (t[i] & keep) | (d[i] & ~keep);
 }
 
-/* r = a*b/R mod p (CIOS; -p^-1 mod 2^64 is 1 for this p). */
+/*
+ * r = a*b/R mod p (CIOS).  -p^-1 mod 2^64 is 1 for this p, so each
+ * step's multiplier m is the lowest limb itself, and t + m*p =
+ * t - m + m*(p + 1) where p + 1 = 2^96 + 0xffffffff00000001 * 2^192: the
+ * lowest limb cancels and the rest takes one shift and one limb product
+ * instead of three products.
+ */
 static void p256_mul(uint64_t *r, const uint64_t *a, const uint64_t *b)
 {
     uint64_t t[6] = {0};
@@ -59,14 +65,14 @@ static void p256_mul(uint64_t *r, const uint64_t *a, const uint64_t *b)
         t[4] = (uint64_t)c;
         t[5] = (uint64_t)(c >> 64);
         uint64_t m = t[0];
-        c = (p256_u128)m * P256_P[0] + t[0];
-        c >>= 64;
-        for (int j = 1; j < 4; j++) {
-            c += (p256_u128)m * P256_P[j] + t[j];
-            t[j - 1] = (uint64_t)c;
-            c >>= 64;
-        }
-        c += t[4];
+        p256_u128 mm = (p256_u128)m * 0xffffffff00000001ULL;
+        c = (p256_u128)t[1] + (m << 32);
+        t[0] = (uint64_t)c;
+        c = (c >> 64) + t[2] + (m >> 32);
+        t[1] = (uint64_t)c;
+        c = (c >> 64) + t[3] + (uint64_t)mm;
+        t[2] = (uint64_t)c;
+        c = (c >> 64) + t[4] + (uint64_t)(mm >> 64);
         t[3] = (uint64_t)c;
         t[4] = t[5] + (uint64_t)(c >> 64);
     }
