@@ -29,6 +29,7 @@ ffibuilder.cdef(
                      const uint64_t *steps, const uint8_t *adds, size_t nsteps,
                      const uint64_t *qx, const uint64_t *qy,
                      uint64_t *v0_out, uint64_t *v1_out);
+    int sakke_native_ok(void);
     int sakke_check(const uint64_t *p, uint64_t pinv, const uint64_t *r2,
                     const uint64_t *one, const uint64_t *q, const uint64_t *table,
                     size_t windows, unsigned w, const uint64_t *r,

@@ -18,8 +18,14 @@ Where the time goes, and what this module does about it:
    final exponentiation is C{(p+1)/q = 4}: two squarings.
  - Scalar multiplication.  C{[r]([b]P + Z) = [r*b]P + [r]Z}, so fixed-base
    tables for P (one per process) and for Z (one per KMS) serve every
-   identity.
+   identity when encapsulating.  The receiver's integrity check uses one
+   table of its own C{[b]P + Z} (L{NativeCheckTable}).
  - C{g^r} in PF_p: a fixed-base table of powers of g.
+ - C: the Miller loop and the integrity check run in C (``mont.c``,
+   ``sakke_miller.c``; GMP's mpn functions, Montgomery form) when the
+   package was built with it, gmpy2 otherwise.  Neither C function branches
+   on or indexes memory by the secret key's lines or by r; the final
+   inversion is blinded.
 
 L{pairing} is the RFC's algorithm done literally; the tests check the fast
 path against it.
@@ -53,7 +59,8 @@ _native: ModuleType | None = None
 try:
     from cryptify.crypto import _pairing
 
-    _native = _pairing
+    if _pairing.lib.sakke_native_ok():
+        _native = _pairing
 except ImportError:  # pragma: no cover - a build without a C compiler
     pass
 
@@ -211,7 +218,10 @@ def _final(v0: mpz, v1: mpz) -> mpz:
         v0, v1 = (v0 + v1) * (v0 - v1) % p, 2 * v0 * v1 % p
     if not v0:
         raise DecapsulationFailed("SAKKE pairing is degenerate")
-    return v1 * gmpy2.invert(v0, p) % p
+    # v0 comes from the receiver's secret key: invert it blinded by a random
+    # factor, so that the inversion's running time says nothing about it.
+    blind = mpz(secrets.randbelow(int(p) - 1) + 1)
+    return v1 * blind * gmpy2.invert(v0 * blind % p, p) % p
 
 
 class _NativeField:

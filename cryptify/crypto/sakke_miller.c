@@ -116,6 +116,14 @@ int sakke_miller(const uint64_t *p64, uint64_t pinv, const uint64_t *one64,
     return 0;
 }
 
+/* 1 when GMP's side-channel silent products fit the scratch space that
+ * mont.c gives them (they need none in the GMP versions known). */
+int sakke_native_ok(void)
+{
+    return mpn_sec_mul_itch(SAKKE_N, SAKKE_N) <= 2 * MONT_MAXN
+           && mpn_sec_sqr_itch(SAKKE_N) <= 2 * MONT_MAXN;
+}
+
 /* count (<= 63) bits of the n-limb k from bit pos on; positions are public. */
 static mp_limb_t bits_at(const mp_limb_t *k, size_t n, size_t pos, unsigned count)
 {
