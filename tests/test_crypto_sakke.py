@@ -297,6 +297,14 @@ class NativeLoopTests(SynchronousTestCase):
         self.assertIsNotNone(sakke._native, "cryptify.crypto._pairing was not built")
         self.assertIsNotNone(self.receiver._lines._native)
 
+    def test_adx_detected(self) -> None:
+        """The mulx/adcx/adox code runs exactly where the processor says it
+        has BMI2 and ADX (Linux's view of the flags)."""
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            flags = next((line.split() for line in cpuinfo if line.startswith("flags")), [])
+        expected = int("bmi2" in flags and "adx" in flags)
+        self.assertEqual(sakke._native_field().adx, expected)
+
     @given(st.integers(min_value=1, max_value=int(curve.Q) - 1))
     @settings(max_examples=25, deadline=None)
     def test_same_pairing(self, r: int) -> None:
@@ -308,6 +316,11 @@ class NativeLoopTests(SynchronousTestCase):
         self.assertEqual(
             sakke._final(*lines._native.accumulate(point)),
             sakke._final(*lines.accumulate(point)),
+        )
+        # GMP's multiplication and the mulx/adcx/adox code (where this
+        # processor has it) give the same limbs.
+        self.assertEqual(
+            lines._native.accumulate(point), lines._native.accumulate(point, adx=False)
         )
 
 
@@ -335,7 +348,9 @@ class NativeCheckTests(SynchronousTestCase):
         table = self.receiver.check_table()
         assert table is not None
         self.assertTrue(table.check(r, point))
+        self.assertTrue(table.check(r, point, adx=False))
         self.assertFalse(table.check((r + 1) % int(curve.Q), point))
+        self.assertFalse(table.check((r + 1) % int(curve.Q), point, adx=False))
         negated = curve.negate(point)
         assert negated is not None
         self.assertFalse(table.check(r, negated))

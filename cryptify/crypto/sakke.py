@@ -241,6 +241,9 @@ class _NativeField:
         self.one = self.array([mpz(1)])
         self.r2 = self.array([mpz(1 << 1024)])
         self.q = self.array([Q], montgomery=False)
+        #: 1 when the C code multiplies with mulx/adcx/adox (this processor
+        #: has them), else 0 (GMP's code).
+        self.adx = int(lib.sakke_cpu_adx())
 
     def array(self, values: list[mpz], montgomery: bool = True) -> Any:
         """A C array of the values, one after the other."""
@@ -293,14 +296,25 @@ class _NativeLoop:
         self._adds = field.ffi.new("uint8_t[]", [0 if step[2] is None else 1 for step in steps])
         self._count = len(steps)
 
-    def accumulate(self, x_point: tuple[mpz, mpz]) -> tuple[mpz, mpz]:
-        """The loop's C{(v0, v1)} at X, both times R mod p."""
+    def accumulate(self, x_point: tuple[mpz, mpz], adx: bool = True) -> tuple[mpz, mpz]:
+        """The loop's C{(v0, v1)} at X, both times R mod p (C{adx=False}:
+        with GMP's multiplication even where mulx/adcx/adox would run)."""
         field = self._field
         qx, qy = field.array([x_point[0]]), field.array([x_point[1]])
         v0 = field.ffi.new("uint64_t[]", field.LIMBS)
         v1 = field.ffi.new("uint64_t[]", field.LIMBS)
         status = field.lib.sakke_miller(
-            field.p, field.pinv, field.one, self._steps, self._adds, self._count, qx, qy, v0, v1
+            field.p,
+            field.pinv,
+            field.adx if adx else 0,
+            field.one,
+            self._steps,
+            self._adds,
+            self._count,
+            qx,
+            qy,
+            v0,
+            v1,
         )
         if status != 0:  # pragma: no cover - the precomputation always has steps
             raise DecapsulationFailed("the C Miller loop refused its arguments")
@@ -350,8 +364,9 @@ class NativeCheckTable:
             flat += [x * zi2 % P, y * zi2 * zi % P]
         self._table = field.array(flat)
 
-    def check(self, r: int, point: tuple[mpz, mpz]) -> bool:
-        """Whether C{[r]B == point} for C{0 <= r < q}."""
+    def check(self, r: int, point: tuple[mpz, mpz], adx: bool = True) -> bool:
+        """Whether C{[r]B == point} for C{0 <= r < q} (C{adx=False}: with
+        GMP's multiplication even where mulx/adcx/adox would run)."""
         field = self._field
         k = field.array([mpz(r)], montgomery=False)
         rx = field.array([point[0]], montgomery=False)
@@ -359,6 +374,7 @@ class NativeCheckTable:
         status = field.lib.sakke_check(
             field.p,
             field.pinv,
+            field.adx if adx else 0,
             field.r2,
             field.one,
             field.q,

@@ -33,11 +33,20 @@
 
 #define SAKKE_N 16
 
-static void sakke_field(mont_field *f, const uint64_t *p64, uint64_t pinv)
+/* use_adx: 1 to take the mulx/adcx/adox code when this processor has it
+ * (sakke_cpu_adx), 0 for GMP's code (the tests compare the two). */
+static void sakke_field(mont_field *f, const uint64_t *p64, uint64_t pinv, int use_adx)
 {
     f->p = (const mp_limb_t *)p64;
     f->pinv = pinv;
     f->n = SAKKE_N;
+    f->adx = use_adx && mont_cpu_adx();
+}
+
+/* 1 when the mulx/adcx/adox code was built and this processor runs it. */
+int sakke_cpu_adx(void)
+{
+    return mont_cpu_adx();
 }
 
 /* v <- v * (re + i*im) (Karatsuba) */
@@ -70,13 +79,13 @@ static void mul_fp2(mp_limb_t *v0, mp_limb_t *v1, const mp_limb_t *re, const mp_
  * and two reductions more.  one is 1 in Montgomery form (R mod p).
  * Returns 0, or -1 when the arguments cannot be right (no steps).
  */
-int sakke_miller(const uint64_t *p64, uint64_t pinv, const uint64_t *one64,
+int sakke_miller(const uint64_t *p64, uint64_t pinv, int use_adx, const uint64_t *one64,
                  const uint64_t *steps64, const uint8_t *adds, size_t nsteps,
                  const uint64_t *qx64, const uint64_t *qy64,
                  uint64_t *v0_out, uint64_t *v1_out)
 {
     mont_field f;
-    sakke_field(&f, p64, pinv);
+    sakke_field(&f, p64, pinv, use_adx);
     const mp_limb_t *step = (const mp_limb_t *)steps64;
     const mp_limb_t *qx = (const mp_limb_t *)qx64, *qy = (const mp_limb_t *)qy64;
     if (nsteps == 0)
@@ -218,13 +227,13 @@ static void madd(mp_limb_t *x1, mp_limb_t *y1, mp_limb_t *z1, const mp_limb_t *x
  *
  * Returns 1 when equal, 0 when not, -1 for impossible arguments.
  */
-int sakke_check(const uint64_t *p64, uint64_t pinv, const uint64_t *r2_64,
+int sakke_check(const uint64_t *p64, uint64_t pinv, int use_adx, const uint64_t *r2_64,
                 const uint64_t *one64, const uint64_t *q64, const uint64_t *table64,
                 size_t windows, unsigned w, const uint64_t *r64, const uint64_t *rx64,
                 const uint64_t *ry64)
 {
     mont_field f;
-    sakke_field(&f, p64, pinv);
+    sakke_field(&f, p64, pinv, use_adx);
     if (windows < 2 || w < 2 || w > 8 || windows * w < 64 * SAKKE_N - 1
         || windows * w > 64 * SAKKE_N + w)
         return -1;
