@@ -84,6 +84,9 @@ class RFC6507VectorTests(SynchronousTestCase):
         self.assertTrue(eccsi._j_matches_ecdsa(yx, yy, r + eccsi.Q, s, he))
         self.assertFalse(eccsi._j_matches_exact(yx, yy, r + eccsi.Q, s, he))
         self.assertFalse(eccsi.P - eccsi.Q <= r + eccsi.Q < eccsi.Q)
+        self.assertTrue(eccsi._j_matches_native(yx, yy, r, s, he))
+        self.assertFalse(eccsi._j_matches_native(yx, yy, r + eccsi.Q, s, he))
+        self.assertFalse(eccsi._j_matches_native(yx, yy, r, s, he + 1))
 
 
 class TamperTests(SynchronousTestCase):
@@ -183,3 +186,67 @@ class YPointTests(SynchronousTestCase):
         self.assertIsNone(eccsi._y_by_ecdh(eccsi._G, 0))
         self.assertIsNone(eccsi._y_by_ecdh(eccsi._G, eccsi.Q - 1))
         self.assertIsNone(eccsi._y_by_ecdh(eccsi._G, 1))
+
+
+def _reference(terms: list[tuple[int, tuple[int, int]]]) -> tuple[int, int] | None:
+    total = eccsi._INFINITY
+    for k, (x, y) in terms:
+        total = total + eccsi.Point(x, y, curve=eccsi._CURVE) * k
+    return None if eccsi._is_infinity(total) else (total.x, total.y)
+
+
+_SCALARS = st.one_of(
+    st.integers(0, 2**256 - 1),
+    st.integers(0, 20),
+    st.sampled_from([eccsi.Q - 1, eccsi.Q, eccsi.Q + 1, 2**256 - 1]),
+)
+
+
+class NativeLincombTests(SynchronousTestCase):
+    """The C multi-scalar multiplication (p256.c) against fastecdsa."""
+
+    def test_built(self) -> None:
+        """The package build compiled the C code, and verify() uses it."""
+        self.assertIsNotNone(eccsi._native, "cryptify.crypto._p256 was not built")
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(_SCALARS, st.integers(1, eccsi.Q - 1)), min_size=1, max_size=4))
+    def test_same_as_fastecdsa(self, terms: list[tuple[int, int]]) -> None:
+        """Any 1 to 4 terms, scalars anywhere below 2^256."""
+        points = [(k, ((eccsi._G * v).x, (eccsi._G * v).y)) for k, v in terms]
+        self.assertEqual(eccsi._affine(eccsi.lincomb(points)), _reference(points))
+
+    @settings(max_examples=20, deadline=None)
+    @given(_SCALARS, st.integers(1, eccsi.Q - 1))
+    def test_special_cases(self, k: int, v: int) -> None:
+        """Terms that meet: P + P (the addition doubles), P - P (infinity)."""
+        point = eccsi._G * v
+        xy = (point.x, point.y)
+        minus = (point.x, eccsi.P - point.y)
+        for terms in (
+            [(k, xy), (k, xy)],
+            [(k, xy), (k, minus)],
+            [(k, xy), (eccsi.Q - k % eccsi.Q, xy)],
+        ):
+            self.assertEqual(eccsi._affine(eccsi.lincomb(terms)), _reference(terms))
+
+    def test_too_many_terms(self) -> None:
+        """The C code takes at most four terms."""
+        g = (eccsi._G.x, eccsi._G.y)
+        self.assertRaises(ValueError, eccsi.lincomb, [(1, g)] * 5)
+
+
+class FallbackTests(SynchronousTestCase):
+    """Without the C extension, verification runs on OpenSSL and fastecdsa
+    and gives the same answers."""
+
+    def test_rfc_vector_without_native(self) -> None:
+        """The RFC signature verifies, and not for another message; Y is
+        the C code's Y."""
+        native_y = eccsi._y_point.__wrapped__(KMS.kpak, ID, PVT)
+        self.patch(eccsi, "_native", None)
+        eccsi._y_point.cache_clear()
+        self.addCleanup(eccsi._y_point.cache_clear)
+        self.assertEqual(eccsi._y_point(KMS.kpak, ID, PVT), native_y)
+        eccsi.verify(KMS.kpak, ID, MESSAGE, SIGNATURE)
+        self.assertRaises(SignatureInvalid, eccsi.verify, KMS.kpak, ID, b"messagf\0", SIGNATURE)

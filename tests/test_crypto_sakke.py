@@ -297,6 +297,14 @@ class NativeLoopTests(SynchronousTestCase):
         self.assertIsNotNone(sakke._native, "cryptify.crypto._pairing was not built")
         self.assertIsNotNone(self.receiver._lines._native)
 
+    def test_adx_detected(self) -> None:
+        """The mulx/adcx/adox code runs exactly where the processor says it
+        has BMI2 and ADX (Linux's view of the flags)."""
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            flags = next((line.split() for line in cpuinfo if line.startswith("flags")), [])
+        expected = int("bmi2" in flags and "adx" in flags)
+        self.assertEqual(sakke._native_field().adx, expected)
+
     @given(st.integers(min_value=1, max_value=int(curve.Q) - 1))
     @settings(max_examples=25, deadline=None)
     def test_same_pairing(self, r: int) -> None:
@@ -309,3 +317,72 @@ class NativeLoopTests(SynchronousTestCase):
             sakke._final(*lines._native.accumulate(point)),
             sakke._final(*lines.accumulate(point)),
         )
+        # GMP's multiplication and the mulx/adcx/adox code (where this
+        # processor has it) give the same limbs.
+        self.assertEqual(
+            lines._native.accumulate(point), lines._native.accumulate(point, adx=False)
+        )
+
+
+class NativeCheckTests(SynchronousTestCase):
+    """The C integrity check (sakke_check) against generic point arithmetic."""
+
+    def setUp(self) -> None:
+        self.receiver = RECEIVER
+        self.base = Z.identity_point(B)
+
+    def test_built(self) -> None:
+        """The receiver checks in C, with one table kept for its key."""
+        table = self.receiver.check_table()
+        self.assertIsNotNone(table)
+        self.assertIs(table, self.receiver.check_table())
+
+    @given(st.integers(min_value=1, max_value=int(curve.Q) - 1))
+    @settings(max_examples=40, deadline=None)
+    def test_same_as_generic(self, r: int) -> None:
+        """[r]B passes for that r only: not for r + 1, nor for -[r]B or
+        [r]B plus the point of order 2 (odd and even r take different
+        recodings)."""
+        point = curve.multiply(r, self.base)
+        assert point is not None
+        table = self.receiver.check_table()
+        assert table is not None
+        self.assertTrue(table.check(r, point))
+        self.assertTrue(table.check(r, point, adx=False))
+        self.assertFalse(table.check((r + 1) % int(curve.Q), point))
+        self.assertFalse(table.check((r + 1) % int(curve.Q), point, adx=False))
+        negated = curve.negate(point)
+        assert negated is not None
+        self.assertFalse(table.check(r, negated))
+        shifted = curve.add(point, (mpz(0), mpz(0)))
+        assert shifted is not None
+        self.assertFalse(table.check(r, shifted))
+
+    def test_edges(self) -> None:
+        """The smallest and largest r, and r = 0 (whose [r]B is infinity, so
+        no affine R matches it)."""
+        table = self.receiver.check_table()
+        assert table is not None
+        q = int(curve.Q)
+        for r in (1, 2, 3, q - 2, q - 1):
+            point = curve.multiply(r, self.base)
+            assert point is not None
+            self.assertTrue(table.check(r, point), r)
+        self.assertFalse(table.check(0, self.base))
+        self.assertFalse(table.check(q - 1, self.base))
+
+
+class FallbackTests(SynchronousTestCase):
+    """Without the C extension, decapsulation runs on gmpy2 and gives the
+    same answers."""
+
+    def test_rfc_vector_without_native(self) -> None:
+        """The RFC vector decapsulates and a tampered one fails."""
+        self.patch(sakke, "_native", None)
+        receiver = sakke.SakkeReceiver(Z, B, RSK)
+        self.assertIsNone(receiver._lines._native)
+        self.assertIsNone(receiver.check_table())
+        self.assertEqual(receiver.decapsulate(ENCAPSULATED), SSV)
+        bad = bytearray(ENCAPSULATED)
+        bad[-1] ^= 1
+        self.assertRaises(DecapsulationFailed, receiver.decapsulate, bytes(bad))

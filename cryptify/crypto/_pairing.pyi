@@ -1,4 +1,4 @@
-# The compiled C Miller loop (built by _pairing_build.py from sakke_miller.c).
+# SAKKE decapsulation in C (built by _pairing_build.py from mont.c and sakke_miller.c).
 from typing import Any
 
 import cffi

@@ -2,15 +2,23 @@
 ECCSI signatures (RFC 6507) on NIST P-256 with SHA-256, as MIKEY-SAKKE
 (RFC 6509) requires.
 
-Point arithmetic is done by C code: OpenSSL (through C{cryptography}) for
-fixed-base multiplication and for the final two-scalar verification step,
-and fastecdsa for variable-base multiplication.  The verifier's last step is
-computed as an ECDSA verification: with C{u1 = HE*s} and C{u2 = r*s}, ECDSA's
-C{[u1]G + [u2]Y} is exactly ECCSI's C{J = [s]([HE]G + [r]Y)}; ECDSA compares
-C{Jx mod q} with C{r mod q}, which equals the RFC's check C{Jx = r (mod p)}
-whenever C{p - q <= r < q}.  The few values of C{r} outside that range (none
-that an honest signer can produce with probability above 2^-120) are checked
-exactly with explicit point arithmetic.
+Point arithmetic is done by C code.  Signing and key issue use OpenSSL
+(through C{cryptography}) for fixed-base multiplication.  Verification
+computes C{Y = [HS]PVT + KPAK} (once per signer: it is cached) with the
+package's own multi-scalar multiplication (``p256.c``, built into
+:mod:`cryptify.crypto._p256` when the package is installed), and the last
+step as an OpenSSL ECDSA verification: with C{u1 = HE*s} and C{u2 = r*s},
+ECDSA's C{[u1]G + [u2]Y} is exactly ECCSI's C{J = [s]([HE]G + [r]Y)};
+ECDSA compares C{Jx mod q} with C{r mod q}, which equals the RFC's check
+C{Jx = r (mod p)} whenever C{p - q <= r < q}.  The few values of C{r}
+outside that range (none that an honest signer can produce with
+probability above 2^-120) are checked exactly: J by the C code, and
+C{Jx = r (mod p)} as C{X = r*Z^2} on its Jacobian coordinates.
+Verification handles public values only, so the C code need not be
+constant-time.
+
+Without the extension, Y comes from OpenSSL's ECDH and fastecdsa, and the
+exact check from fastecdsa.
 
 Encodings are fixed-length throughout (RFC 6507 section 3): points are
 C{04 || x || y} with 32-octet coordinates, C{r} and C{s} are 32 octets, and a
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
+from types import ModuleType
 
 import attrs
 from cryptography.exceptions import InvalidSignature
@@ -36,6 +45,16 @@ from cryptify.crypto.errors import (
     MalformedInput,
     SignatureInvalid,
 )
+
+#: The C multi-scalar multiplication (``p256.c``), compiled when the
+#: package is built (setup.py); None in a tree where it was not.
+_native: ModuleType | None = None
+try:
+    from cryptify.crypto import _p256
+
+    _native = _p256
+except ImportError:  # pragma: no cover - a build without a C compiler
+    pass
 
 #: Field prime, group order, curve coefficient and base point of P-256.
 P = _CURVE.p
@@ -56,9 +75,10 @@ def _is_infinity(point: Point) -> bool:
     return bool(point == _INFINITY)
 
 
-def decode_point(data: bytes, what: str = "point") -> Point:
+def decode_xy(data: bytes, what: str = "point") -> tuple[int, int]:
     """
-    Decode an uncompressed P-256 point, checking that it is on the curve.
+    Decode an uncompressed P-256 point to (x, y), checking that it is on
+    the curve.
 
     @raise InvalidPoint: for any other input.
     """
@@ -70,7 +90,58 @@ def decode_point(data: bytes, what: str = "point") -> Point:
     y = os2ip(data[1 + N :])
     if x >= P or y >= P or (y * y - (x * x * x - 3 * x + B)) % P:
         raise InvalidPoint(f"{what} is not on the P-256 curve")
+    return x, y
+
+
+def decode_point(data: bytes, what: str = "point") -> Point:
+    """
+    Decode an uncompressed P-256 point, checking that it is on the curve.
+
+    @raise InvalidPoint: for any other input.
+    """
+    x, y = decode_xy(data, what)
     return Point(x, y, curve=_CURVE)
+
+
+_G_XY = (_G.x, _G.y)
+
+
+def lincomb(terms: list[tuple[int, tuple[int, int]]]) -> tuple[int, int, int]:
+    """
+    C{[k1]P1 + ... + [kn]Pn} (1 <= n <= 4) in the C code, as Jacobian
+    (X, Y, Z) with C{Z == 0} for the point at infinity.  Every k below
+    2^256, every point affine and on the curve (the caller checks).  Public
+    values only: the C code is not constant-time.
+    """
+    assert _native is not None
+    ffi = _native.ffi
+    count = len(terms)
+    scalars = ffi.new("uint64_t[]", 4 * count)
+    points = ffi.new("uint64_t[]", 8 * count)
+    out = ffi.new("uint64_t[]", 12)
+    ffi.memmove(scalars, b"".join(k.to_bytes(32, "little") for k, _ in terms), 32 * count)
+    ffi.memmove(
+        points,
+        b"".join(x.to_bytes(32, "little") + y.to_bytes(32, "little") for _, (x, y) in terms),
+        64 * count,
+    )
+    if _native.lib.p256_lincomb(count, scalars, points, out) != 0:
+        raise ValueError("p256_lincomb takes 1 to 4 terms")
+    octets = bytes(ffi.buffer(out))
+    return (
+        int.from_bytes(octets[:32], "little"),
+        int.from_bytes(octets[32:64], "little"),
+        int.from_bytes(octets[64:], "little"),
+    )
+
+
+def _affine(point: tuple[int, int, int]) -> tuple[int, int] | None:
+    x, y, z = point
+    if z == 0:
+        return None
+    zi = pow(z, -1, P)
+    zi2 = zi * zi % P
+    return x * zi2 % P, y * zi2 * zi % P
 
 
 def encode_point(point: Point) -> bytes:
@@ -232,6 +303,14 @@ def _y_by_ecdh(pvt_point: Point, hs: int) -> Point | None:
 @lru_cache(maxsize=1024)
 def _y_point(kpak: bytes, identity: bytes, pvt: bytes) -> tuple[int, int]:
     """C{Y = [HS]PVT + KPAK} for one signer; signers reuse their PVT all month."""
+    if _native is not None:
+        kpak_xy = decode_xy(kpak, "KPAK")
+        pvt_xy = decode_xy(pvt, "PVT in the signature")
+        hs = hash_hs(kpak, identity, pvt)
+        y_xy = _affine(lincomb([(hs, pvt_xy), (1, kpak_xy)]))
+        if y_xy is None:
+            raise SignatureInvalid("ECCSI signature does not verify (Y is the point at infinity)")
+        return y_xy
     kpak_point = decode_point(kpak, "KPAK")
     pvt_point = decode_point(pvt, "PVT in the signature")
     hs = hash_hs(kpak, identity, pvt) % Q
@@ -242,6 +321,13 @@ def _y_point(kpak: bytes, identity: bytes, pvt: bytes) -> tuple[int, int]:
     if _is_infinity(y):
         raise SignatureInvalid("ECCSI signature does not verify (Y is the point at infinity)")
     return y.x, y.y
+
+
+def _j_matches_native(yx: int, yy: int, r: int, s: int, he: int) -> bool:
+    """The RFC's final check exactly, in the C code: C{J = [s*HE]G +
+    [s*r]Y}, then C{Jx = r (mod p)} as C{X = r*Z^2} (J not infinity)."""
+    x, _, z = lincomb([((s * he) % Q, _G_XY), ((s * r) % Q, (yx, yy))])
+    return z != 0 and (x - (r % P) * z * z) % P == 0
 
 
 def _j_matches_ecdsa(yx: int, yy: int, r: int, s: int, he: int) -> bool:
@@ -275,6 +361,8 @@ def verify(kpak: bytes, identity: bytes, message: bytes, signature: bytes) -> No
     he = hash_he(hash_hs(kpak, identity, pvt), r, message)
     if P - Q <= r < Q:
         ok = _j_matches_ecdsa(yx, yy, r, s, he)
+    elif _native is not None:
+        ok = _j_matches_native(yx, yy, r, s, he)
     else:
         ok = _j_matches_exact(yx, yy, r, s, he)
     if not ok:

@@ -18,8 +18,14 @@ Where the time goes, and what this module does about it:
    final exponentiation is C{(p+1)/q = 4}: two squarings.
  - Scalar multiplication.  C{[r]([b]P + Z) = [r*b]P + [r]Z}, so fixed-base
    tables for P (one per process) and for Z (one per KMS) serve every
-   identity.
+   identity when encapsulating.  The receiver's integrity check uses one
+   table of its own C{[b]P + Z} (L{NativeCheckTable}).
  - C{g^r} in PF_p: a fixed-base table of powers of g.
+ - C: the Miller loop and the integrity check run in C (``mont.c``,
+   ``sakke_miller.c``; GMP's mpn functions, Montgomery form) when the
+   package was built with it, gmpy2 otherwise.  Neither C function branches
+   on or indexes memory by the secret key's lines or by r; the final
+   inversion is blinded.
 
 L{pairing} is the RFC's algorithm done literally; the tests check the fast
 path against it.
@@ -53,7 +59,8 @@ _native: ModuleType | None = None
 try:
     from cryptify.crypto import _pairing
 
-    _native = _pairing
+    if _pairing.lib.sakke_native_ok():
+        _native = _pairing
 except ImportError:  # pragma: no cover - a build without a C compiler
     pass
 
@@ -211,54 +218,176 @@ def _final(v0: mpz, v1: mpz) -> mpz:
         v0, v1 = (v0 + v1) * (v0 - v1) % p, 2 * v0 * v1 % p
     if not v0:
         raise DecapsulationFailed("SAKKE pairing is degenerate")
-    return v1 * gmpy2.invert(v0, p) % p
+    # v0 comes from the receiver's secret key: invert it blinded by a random
+    # factor, so that the inversion's running time says nothing about it.
+    blind = mpz(secrets.randbelow(int(p) - 1) + 1)
+    return v1 * blind * gmpy2.invert(v0 * blind % p, p) % p
 
 
-class _NativeLoop:
-    """The precomputed lines laid out for the C loop
-    (:mod:`cryptify.crypto._pairing`, built from ``sakke_miller.c``): every
-    number in Montgomery form (times R = 2^1024, mod p) as sixteen
-    little-endian 64-bit limbs."""
+class _NativeField:
+    """The constants of F_p as the C code (:mod:`cryptify.crypto._pairing`,
+    built from ``mont.c`` and ``sakke_miller.c``) takes them: sixteen
+    little-endian 64-bit limbs per number, most in Montgomery form (times
+    R = 2^1024, mod p)."""
 
     LIMBS = 16
 
-    def __init__(self, steps: list[tuple[mpz, mpz, mpz | None, mpz | None]]) -> None:
+    def __init__(self) -> None:
         assert _native is not None
         ffi, lib = _native.ffi, _native.lib
-        self._ffi, self._lib = ffi, lib
-        self._p = self._array([P], montgomery=False)
-        self._pinv = (-pow(int(P), -1, 1 << 64)) % (1 << 64)
-        self._one = self._array([mpz(1)])
-        flat: list[mpz] = []
-        for d_a, d_b, a_a, a_b in steps:
-            flat += [d_a, d_b, mpz(0) if a_a is None else a_a, mpz(0) if a_b is None else a_b]
-        self._steps = self._array(flat)
-        self._adds = ffi.new("uint8_t[]", [0 if step[2] is None else 1 for step in steps])
-        self._count = len(steps)
+        self.ffi, self.lib = ffi, lib
+        self.p = self.array([P], montgomery=False)
+        self.pinv = (-pow(int(P), -1, 1 << 64)) % (1 << 64)
+        self.one = self.array([mpz(1)])
+        self.r2 = self.array([mpz(1 << 1024)])
+        self.q = self.array([Q], montgomery=False)
+        #: 1 when the C code multiplies with mulx/adcx/adox (this processor
+        #: has them), else 0 (GMP's code).
+        self.adx = int(lib.sakke_cpu_adx())
 
-    def _array(self, values: list[mpz], montgomery: bool = True) -> Any:
+    def array(self, values: list[mpz], montgomery: bool = True) -> Any:
+        """A C array of the values, one after the other."""
         size = 8 * self.LIMBS
         octets = b"".join(
             int((v << 1024) % P if montgomery else v).to_bytes(size, "little") for v in values
         )
-        array = self._ffi.new("uint64_t[]", self.LIMBS * len(values))
-        self._ffi.memmove(array, octets, len(octets))
+        array = self.ffi.new("uint64_t[]", self.LIMBS * len(values))
+        self.ffi.memmove(array, octets, len(octets))
         return array
 
-    def _number(self, array: Any) -> mpz:
-        return mpz(int.from_bytes(bytes(self._ffi.buffer(array)), "little"))
+    def number(self, array: Any) -> mpz:
+        """The number in a C array of sixteen limbs."""
+        return mpz(int.from_bytes(bytes(self.ffi.buffer(array)), "little"))
 
-    def accumulate(self, x_point: tuple[mpz, mpz]) -> tuple[mpz, mpz]:
-        """The loop's C{(v0, v1)} at X, both times R mod p."""
-        qx, qy = self._array([x_point[0]]), self._array([x_point[1]])
-        v0 = self._ffi.new("uint64_t[]", self.LIMBS)
-        v1 = self._ffi.new("uint64_t[]", self.LIMBS)
-        status = self._lib.sakke_miller(
-            self._p, self._pinv, self._one, self._steps, self._adds, self._count, qx, qy, v0, v1
+
+_field_lock = threading.Lock()
+_field: _NativeField | None = None
+
+
+def _native_field() -> _NativeField:
+    global _field
+    with _field_lock:
+        if _field is None:
+            _field = _NativeField()
+        return _field
+
+
+class _NativeLoop:
+    """The precomputed lines laid out for the C Miller loop, every number
+    in Montgomery form: a step's doubling line, or, for a step with an
+    addition, the coefficients of the product of its two lines."""
+
+    def __init__(self, steps: list[tuple[mpz, mpz, mpz | None, mpz | None]]) -> None:
+        self._field = field = _native_field()
+        flat: list[mpz] = []
+        for d_a, d_b, a_a, a_b in steps:
+            if a_a is None or a_b is None:
+                flat += [d_a, d_b]
+            else:
+                # The product of the two lines (see sakke_miller.c).
+                flat += [
+                    d_a * a_a % P,
+                    (d_a * a_b + d_b * a_a) % P,
+                    d_b * a_b % P,
+                    (d_a + a_a) % P,
+                    (d_b + a_b) % P,
+                ]
+        self._steps = field.array(flat)
+        self._adds = field.ffi.new("uint8_t[]", [0 if step[2] is None else 1 for step in steps])
+        self._count = len(steps)
+
+    def accumulate(self, x_point: tuple[mpz, mpz], adx: bool = True) -> tuple[mpz, mpz]:
+        """The loop's C{(v0, v1)} at X, both times R mod p (C{adx=False}:
+        with GMP's multiplication even where mulx/adcx/adox would run)."""
+        field = self._field
+        qx, qy = field.array([x_point[0]]), field.array([x_point[1]])
+        v0 = field.ffi.new("uint64_t[]", field.LIMBS)
+        v1 = field.ffi.new("uint64_t[]", field.LIMBS)
+        status = field.lib.sakke_miller(
+            field.p,
+            field.pinv,
+            field.adx if adx else 0,
+            field.one,
+            self._steps,
+            self._adds,
+            self._count,
+            qx,
+            qy,
+            v0,
+            v1,
         )
         if status != 0:  # pragma: no cover - the precomputation always has steps
             raise DecapsulationFailed("the C Miller loop refused its arguments")
-        return self._number(v0), self._number(v1)
+        return field.number(v0), field.number(v1)
+
+
+class NativeCheckTable:
+    """
+    The integrity check C{R == [r]B} for one fixed point B (the receiver's
+    C{[b]P + Z}) in C (``sakke_check`` in ``sakke_miller.c``): for every
+    window j of C{w} bits, the odd multiples C{[d * 2^(w*j)]B},
+    C{d = 1, 3, ..., 2^w - 1}, affine and in Montgomery form (171 windows of
+    32 points for w = 6: 1.4 MB).  The C code recodes r into odd signed
+    digits and reads every entry of a window, so that neither its branches
+    nor its memory accesses depend on r.
+    """
+
+    WINDOW = 6
+    BITS = 1023  # r + q < 2q < 2^1023
+
+    def __init__(self, base: tuple[mpz, mpz]) -> None:
+        self._field = field = _native_field()
+        w = self.WINDOW
+        self.windows = -(-self.BITS // w)
+        xs: list[mpz] = []
+        ys: list[mpz] = []
+        zs: list[mpz] = []
+        current = base
+        for _ in range(self.windows):
+            bx, by = current
+            twice = curve.to_affine(curve.jdouble(bx, by, mpz(1)))
+            assert twice is not None
+            acc: curve.Jacobian = (bx, by, mpz(1))
+            for _d in range(1 << (w - 1)):
+                xs.append(acc[0])
+                ys.append(acc[1])
+                zs.append(acc[2])
+                acc = curve.jadd_affine(*acc, *twice)
+            # acc is now [2^w + 1] times the window's base; minus it once.
+            following = curve.to_affine(curve.jadd_affine(*acc, bx, (-by) % P))
+            assert following is not None
+            current = following
+        inverses = curve.batch_invert(zs)
+        flat: list[mpz] = []
+        for x, y, zi in zip(xs, ys, inverses):
+            zi2 = zi * zi % P
+            flat += [x * zi2 % P, y * zi2 * zi % P]
+        self._table = field.array(flat)
+
+    def check(self, r: int, point: tuple[mpz, mpz], adx: bool = True) -> bool:
+        """Whether C{[r]B == point} for C{0 <= r < q} (C{adx=False}: with
+        GMP's multiplication even where mulx/adcx/adox would run)."""
+        field = self._field
+        k = field.array([mpz(r)], montgomery=False)
+        rx = field.array([point[0]], montgomery=False)
+        ry = field.array([point[1]], montgomery=False)
+        status = field.lib.sakke_check(
+            field.p,
+            field.pinv,
+            field.adx if adx else 0,
+            field.r2,
+            field.one,
+            field.q,
+            self._table,
+            self.windows,
+            self.WINDOW,
+            k,
+            rx,
+            ry,
+        )
+        if status < 0:  # pragma: no cover - the table's shape is fixed above
+            raise DecapsulationFailed("the C integrity check refused its arguments")
+        return bool(status)
 
 
 _tables_lock = threading.Lock()
@@ -415,6 +544,7 @@ class SakkeReceiver:
         if check != curve.G:
             raise KeyValidationError("RSK does not validate for this identifier and KMS key")
         self._table: curve.FixedBase | None = None
+        self._check_table: NativeCheckTable | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -422,14 +552,36 @@ class SakkeReceiver:
 
     def identity_table(self) -> curve.FixedBase:
         """
-        The fixed-base table of C{[b]P + Z}, built on first use (a few
-        hundred milliseconds and about 3.5 MB, once per key period), so that
-        the integrity check is one fixed-base multiplication, not two.
+        The gmpy2 fixed-base table of C{[b]P + Z} (used when the C code was
+        not built), built on first use (a few hundred milliseconds and about
+        3.5 MB, once per key period), so that the integrity check is one
+        fixed-base multiplication, not two.
         """
         with self._lock:
             if self._table is None:
                 self._table = curve.FixedBase(self._identity_point)
             return self._table
+
+    def check_table(self) -> NativeCheckTable | None:
+        """
+        The C integrity check's table of C{[b]P + Z} (L{NativeCheckTable}),
+        built on first use (about 0.2 s and 1.4 MB, once per key period);
+        None when the C code was not built.
+        """
+        if _native is None:
+            return None
+        with self._lock:
+            if self._check_table is None:
+                self._check_table = NativeCheckTable(self._identity_point)
+            return self._check_table
+
+    def integrity_check(self, r: int, r_point: tuple[mpz, mpz]) -> bool:
+        """Whether C{R == [r]([b]P + Z)} (RFC 6508 6.2.2 step 5)."""
+        native = self.check_table()
+        if native is not None:
+            return native.check(r, r_point)
+        # Compared in Jacobian coordinates: no inversion.
+        return curve.jacobian_equals(self.identity_table().multiply_jacobian(r), r_point)
 
     def decapsulate(self, data: bytes) -> bytes:
         """
@@ -443,9 +595,7 @@ class SakkeReceiver:
         mask = hash_to_integer_range(int(w).to_bytes(curve.L, "big"), _TWO_128)
         ssv = (os2ip(hint) ^ mask).to_bytes(SSV_LENGTH, "big")
         r = hash_to_integer_range(ssv + self.identity, int(Q))
-        # R == [r]([b]P + Z), compared in Jacobian coordinates.
-        expected = self.identity_table().multiply_jacobian(r)
-        if not curve.jacobian_equals(expected, r_point):
+        if not self.integrity_check(r, r_point):
             raise DecapsulationFailed("SAKKE Encapsulated Data failed the integrity check")
         return ssv
 
