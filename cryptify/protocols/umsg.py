@@ -306,6 +306,7 @@ FROM_CLIENT: dict[str, tuple[Field, ...]] = _schema(
             attrs.evolve(_MESSAGE, name="ack", required=False),
             Field("system", "bool", required=False),
             Field("key", "bytes", KEY_OCTETS, KEY_OCTETS, False),
+            _text("to-account", 20, pattern=ACCOUNT, req=False),
         ],
     ),
     ("fetch", [_id()]),

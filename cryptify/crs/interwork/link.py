@@ -240,6 +240,7 @@ class IwLink(service.MultiService):
         self._inbound: dict[str, int] = {}
         self._versions: dict[str, str] = {}
         self._handlers: dict[str, Callable[[str, dict[str, object]], None]] = {}
+        self._listeners: list[Callable[[str, bool], None]] = []
         self._unhandled: set[str] = set()
         g = config.global_
         gate = _Gate(self, PskServerContextFactory(self._lookup))
@@ -332,6 +333,7 @@ class IwLink(service.MultiService):
         for proto in [p for p in self._open if p.peer == ip]:
             abort(proto.transport)
         log.info("inter-working peer {ip} removed", ip=ip)
+        self._tell(ip, False)
 
     # -- what the CRS asks -----------------------------------------------
 
@@ -340,6 +342,31 @@ class IwLink(service.MultiService):
         if frame_type in self._handlers or frame_type in (HELLO, BEAT):
             raise ValueError(f"inter-working frame type {frame_type!r} already has a handler")
         self._handlers[frame_type] = handler
+
+    def on_link(self, listener: Callable[[str, bool], None]) -> None:
+        """Call ``listener(peer, up)`` when ``peer``'s signal link comes up
+        (a first connection exchanged hellos) or goes down (the last one
+        closed, or the peer was removed)."""
+        self._listeners.append(listener)
+
+    def operator(self, peer: str) -> str | None:
+        """Who runs ``peer``: instances configured with the same shared
+        secret are one operator's (an opaque name, never the secret); None
+        when ``peer`` is not configured."""
+        found = self.peers.get(peer)
+        if found is None:
+            return None
+        return hmac.new(iw_psk(found.secret), b"operator", "sha256").hexdigest()[:16]
+
+    def link_up(self, peer: str) -> bool:
+        return self.state(peer)[0] == "up"
+
+    def _tell(self, peer: str, up: bool) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(peer, up)
+            except Exception:
+                log.failure("inter-working link listener failed")
 
     def send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
         """Send a frame to ``peer`` on a ready connection (its outgoing one
@@ -413,21 +440,23 @@ class IwLink(service.MultiService):
         return None if peer is None else iw_psk(self.peers[peer].secret)
 
     def _up(self, proto: _IwProtocol, version: str) -> None:
-        before = self.state(proto.peer)[0]
         self._versions[proto.peer] = version
-        if before == "down":
+        if not any(p.ready for p in self._open if p.peer == proto.peer and p is not proto):
             log.info(
                 "inter-working link to {peer} up ({direction}), version {version}",
                 peer=proto.peer,
                 direction="outgoing" if proto.outgoing else "incoming",
                 version=version,
             )
+            self._tell(proto.peer, True)
 
     def _lost(self, proto: _IwProtocol) -> None:
         if not proto.outgoing and self._inbound.get(proto.peer, 0) > 0:
             self._inbound[proto.peer] -= 1
-        if proto.ready and proto.peer in self.peers and self.state(proto.peer)[0] == "down":
-            log.warn("inter-working link to {peer} down", peer=proto.peer)
+        if proto.ready and self.state(proto.peer)[0] == "down":
+            if proto.peer in self.peers:
+                log.warn("inter-working link to {peer} down", peer=proto.peer)
+            self._tell(proto.peer, False)
 
     def _dispatch(self, peer: str, envelope: Envelope) -> None:
         handler = self._handlers.get(envelope.type)
