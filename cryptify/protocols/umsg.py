@@ -290,6 +290,7 @@ FROM_CLIENT: dict[str, tuple[Field, ...]] = _schema(
             _text("to", 40, pattern=TEL_EXT),
             Field("mikey", "bytes", 1, MAX_MIKEY),
             _text("from", 40, pattern=TEL_EXT, req=False),
+            _text("to-account", 20, pattern=ACCOUNT, req=False),
         ],
     ),
     ("ringing", [_SESSION]),

@@ -171,7 +171,9 @@ def install(core: AttachCore, table: SessionTable) -> None:
         caller = core.registry.get(session.uri or "")
         if caller is None or msg.id is None:
             return
-        table.invite(caller, msg.id, msg["to"], msg["mikey"], msg.get("from"))
+        table.invite(
+            caller, msg.id, msg["to"], msg["mikey"], msg.get("from"), msg.get("to-account")
+        )
 
     def ringing(session: AttachSession, msg: Message) -> None:
         table.ringing(session.uri or "", msg["session"])

@@ -175,6 +175,10 @@ class IwForwarder(Forwarder):
     def remote(self, account: str) -> bool:
         return self.routes.remote(account)
 
+    def hosts(self, account: str) -> bool:
+        """Whether ``account`` is hosted here (as last advertised)."""
+        return account in self.routes.local
+
     def peer_for(self, account: str) -> str | None:
         """A peer of ``account``'s operator, one whose link is up first."""
         peers = self.routes.peers_for(account)

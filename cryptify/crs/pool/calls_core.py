@@ -333,13 +333,21 @@ class PoolCalls:
         self._by_uri: dict[str, set[str]] = {}
         self._per_peer: dict[str, int] = {}
         self.counters = {"forwarded": 0, "offered": 0, "refused": 0}
+        self._install(table)
+
+    def _install(self, table: SessionTable) -> None:
         table.remote = self
 
     # -- the caller's side (called by the session table) -------------------------
 
-    def locate(self, uri: str) -> str | None:
+    def locate(self, uri: str, account: str | None = None) -> str | None:
         owner = self.owner_of(uri)
         return None if owner is None or owner == self.me else owner
+
+    def _invite_account(self, session: Session) -> str:
+        """The ``account`` of a forwarded invite: the caller's (one pool
+        serves both); the inter-working calls send the callee's."""
+        return session.account
 
     def offer(self, session: Session, mikey: bytes, legs: RelayLegs) -> bool:
         assert session.remote is not None
@@ -347,7 +355,7 @@ class PoolCalls:
             session.id,
             session.shown_caller or session.caller,
             session.to,
-            session.account,
+            self._invite_account(session),
             mikey,
             legs.host,
             legs.port,

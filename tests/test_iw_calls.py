@@ -1,0 +1,254 @@
+"""Calls between two operators' clients in memory.
+
+Operator A (192.0.2.1) hosts account ``alpha`` with ``tel:+1`` attached;
+operator B (198.51.100.7) hosts ``beta`` with ``tel:+2`` attached.  Each
+has its own session table, relay and :class:`IwCalls`, joined by a fake
+inter-working link carrying the real frames in order, which can be cut.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections import deque
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.crs.calls.core import RelayLegs, SessionTable
+from cryptify.crs.interwork.calls import IwCalls
+from cryptify.crs.pool.calls_core import INVITE_FRAME, PoolCalls
+from cryptify.crs.pool.wire import Envelope, decode_frame, encode_frame
+from cryptify.crs.trace import TraceHub
+from tests.fakes import Att, FakeParties
+
+A, B = "192.0.2.1", "198.51.100.7"
+HOSTED = {A: "alpha", B: "beta"}
+
+
+class Relay:
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.live: set[str] = set()
+
+    def allocate(self, session: str) -> defer.Deferred[RelayLegs]:
+        self.live.add(session)
+        return defer.succeed(RelayLegs(self.host, 5146, b"A" * 8, b"B" * 8))
+
+    def release(self, session: str) -> None:
+        self.live.discard(session)
+
+
+class Accounts:
+    """What the forwarder knows of accounts, fixed."""
+
+    def __init__(self, me: str) -> None:
+        self.me = me
+
+    def remote(self, account: str) -> bool:
+        return account in HOSTED.values() and account != HOSTED[self.me]
+
+    def peer_for(self, account: str) -> str | None:
+        return next((ip for ip, acc in HOSTED.items() if acc == account), None)
+
+    def hosts(self, account: str) -> bool:
+        return account == HOSTED[self.me]
+
+
+class Link:
+    """Both ends of the inter-working link: frames encoded, queued in order."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.queue: deque[tuple[str, bytes]] = deque()
+        self.ends: dict[str, IwCalls] = {}
+        self.sent: list[tuple[str, str, dict[str, object]]] = []
+
+    def end(self, me: str) -> Any:
+        link = self
+
+        class End:
+            def send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
+                if not link.up:
+                    return False
+                link.sent.append((me, frame_type, dict(fields)))
+                link.queue.append((me, encode_frame(frame_type, fields)))
+                return True
+
+        return End()
+
+    def flush(self) -> None:
+        while self.queue:
+            sender, frame = self.queue.popleft()
+            (length,) = struct.unpack(">I", frame[:4])
+            envelope = decode_frame(frame[4 : 4 + length])
+            assert isinstance(envelope, Envelope)
+            receiver = B if sender == A else A
+            self.ends[receiver].receive(sender, envelope.type, envelope.fields)
+
+    def cut(self) -> None:
+        self.up = False
+        self.queue.clear()
+        self.ends[A].link_changed(B, False)
+        self.ends[B].link_changed(A, False)
+
+
+class Operator:
+    def __init__(self, me: str, clock: Clock, link: Link, ids: Any) -> None:
+        self.parties = FakeParties()
+        self.relay = Relay(f"relay.{HOSTED[me]}.example")
+        self.traced: list[str] = []
+        hub = TraceHub(clock.seconds)
+        hub.subscribe("session", self.traced.append)
+        self.table = SessionTable(self.parties, self.relay, clock, hub, lambda: next(ids))
+        self.calls = IwCalls(self.table, self.parties, link.end(me), Accounts(me), clock)
+        link.ends[me] = self.calls
+
+    def ringing(self, uri: str, session: str) -> None:
+        if not self.calls.client_ringing(uri, session):
+            self.table.ringing(uri, session)
+
+    def talk(self, uri: str, session: str) -> None:
+        if not self.calls.client_talk(uri, session):
+            self.table.talk(uri, session)
+
+    def hangup(self, uri: str, session: str, code: str = "normal") -> None:
+        if not self.calls.client_hangup(uri, session, code, None):
+            self.table.hangup(uri, session, code)
+
+
+def kinds(sent: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str]]:
+    return [(uri, kind) for uri, kind, _ in sent]
+
+
+ALICE = Att("tel:+1", "alpha")
+
+
+class IwCallTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.link = Link()
+        ids = (f"s{i}" for i in itertools.count(1))
+        self.a = Operator(A, self.clock, self.link, ids)
+        self.b = Operator(B, self.clock, self.link, ids)
+        self.a.parties.online["tel:+1"] = ALICE
+        self.b.parties.online["tel:+2"] = Att("tel:+2", "beta")
+        self.b.parties.known_uris.add("tel:+2")
+
+    def tearDown(self) -> None:
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def place(self) -> str:
+        self.a.table.invite(ALICE, 7, "tel:+2", b"mikey", None, "beta")
+        self.assertEqual(self.a.parties.take(), [], "no session before B offered it")
+        self.link.flush()
+        [(uri, kind, _)] = self.b.parties.take()
+        self.assertEqual((uri, kind), ("tel:+2", "invite"))
+        [(uri, kind, session)] = self.a.parties.take()
+        self.assertEqual((uri, kind, session["id"]), ("tel:+1", "session", 7))
+        return str(session["session"])
+
+    def test_full_call(self) -> None:
+        """invite with to-account beta goes to B with the callee's account;
+        ringing, talk and the caller's hangup cross; A's relay carries the
+        media and is freed at the end."""
+        sid = self.place()
+        sender, kind, invite = self.link.sent[0]
+        self.assertEqual((sender, kind, invite["account"]), (A, INVITE_FRAME, "beta"))
+        self.assertEqual(invite["relay-host"], "relay.alpha.example")
+        self.b.ringing("tel:+2", sid)
+        self.b.talk("tel:+2", sid)
+        self.link.flush()
+        self.assertEqual(kinds(self.a.parties.take()), [("tel:+1", "ringing"), ("tel:+1", "talk")])
+        self.a.hangup("tel:+1", sid)
+        self.link.flush()
+        [(_, kind, hangup)] = self.b.parties.take()
+        self.assertEqual((kind, hangup["who"]), ("hangup", "caller"))
+        self.assertEqual((self.a.table.sessions, self.b.calls.forwarded), ({}, {}))
+        self.assertEqual(self.a.relay.live, set())
+        self.assertEqual(
+            [line.split(", ")[4:6] for line in self.b.traced][:3],
+            [["invite", "beta"], ["ringing", "beta"], ["talk", "beta"]],
+        )
+
+    def test_callee_hangs_up(self) -> None:
+        sid = self.place()
+        self.b.talk("tel:+2", sid)
+        self.b.hangup("tel:+2", sid, "bye")
+        self.link.flush()
+        sent = self.a.parties.take()
+        self.assertEqual(kinds(sent), [("tel:+1", "talk"), ("tel:+1", "hangup")])
+        self.assertEqual((sent[1][2]["code"], sent[1][2]["who"]), ("bye", "callee"))
+        self.assertEqual(self.a.relay.live, set())
+
+    def test_without_to_account_stays_local(self) -> None:
+        """An invite without to-account is the old one: nobody here, not-found."""
+        self.a.table.invite(ALICE, 3, "tel:+2", b"m")
+        self.assertEqual(self.link.sent, [])
+        [(_, kind, error)] = self.a.parties.take()
+        self.assertEqual((kind, error["code"]), ("error", "not-found"))
+
+    def test_same_number_here_under_another_account(self) -> None:
+        """The number attached here too (in alpha): to-account beta still
+        reaches B's client, not the local one."""
+        self.a.parties.online["tel:+2"] = Att("tel:+2", "alpha")
+        sid = self.place()
+        self.a.hangup("tel:+1", sid)
+        self.link.flush()
+
+    def test_account_not_hosted_by_the_peer_refused(self) -> None:
+        """B refuses an invite for an account it does not host: not-found."""
+        self.b.calls.accounts = Accounts(A)  # B believes it hosts alpha only
+        self.a.table.invite(ALICE, 4, "tel:+2", b"m", None, "beta")
+        self.link.flush()
+        [(_, kind, error)] = self.a.parties.take()
+        self.assertEqual((kind, error["code"]), ("error", "not-found"))
+        self.assertEqual(self.b.parties.take(), [])
+        self.assertEqual(self.a.relay.live, set())
+
+    def test_callee_of_another_account_refused(self) -> None:
+        """The callee's number is attached at B under another account: not-found."""
+        self.b.parties.online["tel:+2"] = Att("tel:+2", "gamma")
+        self.a.table.invite(ALICE, 4, "tel:+2", b"m", None, "beta")
+        self.link.flush()
+        [(_, kind, error)] = self.a.parties.take()
+        self.assertEqual((kind, error["code"]), ("error", "not-found"))
+
+    def test_callee_not_attached(self) -> None:
+        del self.b.parties.online["tel:+2"]
+        self.a.table.invite(ALICE, 5, "tel:+2", b"m", None, "beta")
+        self.link.flush()
+        [(_, kind, error)] = self.a.parties.take()
+        self.assertEqual((kind, error["code"]), ("error", "not-connected"))
+
+    def test_link_down_at_invite(self) -> None:
+        self.link.up = False
+        self.a.table.invite(ALICE, 6, "tel:+2", b"m", None, "beta")
+        [(_, kind, error)] = self.a.parties.take()
+        self.assertEqual((kind, error["code"]), ("error", "not-connected"))
+        self.assertEqual(self.a.relay.live, set())
+
+    def test_link_cut_ends_calls_on_both_sides(self) -> None:
+        sid = self.place()
+        self.b.talk("tel:+2", sid)
+        self.link.flush()
+        self.a.parties.take()
+        self.link.cut()
+        [(_, kind, hangup)] = self.a.parties.take()
+        self.assertEqual((kind, hangup["code"], hangup["who"]), ("hangup", "not-connected", "crs"))
+        [(_, kind, hangup)] = self.b.parties.take()
+        self.assertEqual((kind, hangup["code"]), ("hangup", "not-connected"))
+        self.assertEqual(self.a.relay.live, set())
+
+    def test_pool_calls_kept_beside(self) -> None:
+        """In a pool the pool's calls stay the table's remote; the
+        inter-working calls are its external."""
+        clock = Clock()
+        parties = FakeParties()
+        table = SessionTable(parties, Relay("r"), clock, TraceHub(clock.seconds))
+        pool = PoolCalls("crs1", table, parties, self.link.end(A), lambda uri: None, clock)
+        iw = IwCalls(table, parties, self.link.end(A), Accounts(A), clock)
+        self.assertIs(table.remote, pool)
+        self.assertIs(table.external, iw)
