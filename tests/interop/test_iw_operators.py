@@ -1,5 +1,5 @@
 """
-Interop: messages between two operators over the inter-working link.
+Interop: messages and a call between two operators over the inter-working link.
 
 Two real ``twistd crs`` instances, each alone (no pool) in its own network
 namespace (the harness of tests/interop/_pool.py): operator A at
@@ -9,6 +9,10 @@ own KMS; each has the other in ``iw-crs.conf`` under one shared secret.
 One set-up, several checks in order:
 
 - ``show iw-crs`` shows the link up with the peer's version;
+- Alice calls Bob (``to-account beta``): the invite, ringing, talk and
+  Bob's hangup cross the link; media goes both ways through A's relay
+  (raw relay packets with each leg's tag: the clients' cross-domain
+  MIKEY-SAKKE keys are not part of this test);
 - Alice posts to Bob (``to-account beta``): posted, delivered, Alice told;
   Bob posts to Alice (``to-account alpha``) the other way;
 - the link cut (blackhole routes both ways) while Alice posts: each post
@@ -39,7 +43,7 @@ from tests.interop._pool import (
     crs_conf,
     send,
 )
-from tests.interop._procs import provision, short_tempdir, unix_answers, wait_for
+from tests.interop._procs import Twistd, provision, short_tempdir, unix_answers, wait_for
 from tests.interop._ws import available as websockets_available
 
 SECRET = "OperatorsAgreedThis42"
@@ -56,9 +60,11 @@ class Inbox:
         self.messages: list[tuple[str, bytes]] = []
         self.told: set[str] = set()
         self.answers: dict[int, dict[str, Any]] = {}
+        #: Other frames (call signalling), in order.
+        self.frames: list[dict[str, Any]] = []
 
 
-class IwMessagesTests(PoolCase):
+class IwOperatorsTests(PoolCase):
     COUNT = 2
 
     def setUp(self) -> None:
@@ -71,7 +77,11 @@ class IwMessagesTests(PoolCase):
         for index, peer in ((1, 2), (2, 1)):
             d = os.path.join(self.dir, f"op{index}")
             os.makedirs(d)
-            crs_conf(d, self.COUNT, f"{d}/accounts", pool=False)
+            conf = crs_conf(d, self.COUNT, f"{d}/accounts", pool=False)
+            with open(conf) as f:
+                text = f.read()
+            with open(conf, "w") as f:  # clients of the other operator reach it here
+                f.write(text.replace("relay 0.0.0.0 ", f"relay {address(index)} "))
             with open(os.path.join(d, "crs-local.conf"), "w") as f:
                 f.write("db-backup none\n")
             iw = os.path.join(d, "iw-crs.conf")
@@ -81,6 +91,15 @@ class IwMessagesTests(PoolCase):
         self.addCleanup(self.stop_all)
         for index in (1, 2):
             self.start(index)
+        d = self.dirs[0]  # A's relay: the calls are Alice's
+        relay = Twistd(
+            d,
+            "crs-relay",
+            "--config",
+            os.path.join(d, "crs.conf"),
+            prefix=tuple(self.net.hosts[0].prefix(d)),
+        )
+        self.addCleanup(relay.stop)
         for index in (1, 2):
             wait_for(lambda i=index: unix_answers(self.socket(i)), f"op{index}'s socket", CEILING)
         self.period = period_of(time.time())
@@ -111,9 +130,23 @@ class IwMessagesTests(PoolCase):
             send(client.ws, type="delivered", message=msg["message"])
         elif kind == "delivered":
             box.told.add(str(msg["message"]))
-        elif kind in ("posted", "error"):
+        elif kind in ("posted", "error") and "id" in msg:
             box.answers[msg["id"]] = msg
+        else:
+            box.frames.append(msg)
         return True
+
+    def expect(self, client: Client, kind: str) -> dict[str, Any]:
+        """The first frame of ``kind`` for ``client`` (waiting for it)."""
+        box = self.inbox[client.uri]
+
+        def found() -> bool:
+            return any(f.get("type") == kind for f in box.frames)
+
+        self.until(client, found, f"a {kind}")
+        frame = next(f for f in box.frames if f.get("type") == kind)
+        box.frames.remove(frame)
+        return frame
 
     def until(self, client: Client, done: Any, what: str) -> None:
         deadline = time.monotonic() + CEILING
@@ -168,8 +201,38 @@ class IwMessagesTests(PoolCase):
     def link_rows(self, index: int) -> list[list[str]]:
         return [r.split() for r in self.cli(index, "show", "iw-crs").splitlines()[1:] if r.strip()]
 
+    def relay_up(self, index: int) -> bool:
+        rows = [line.split() for line in self.cli(index, "show", "services").splitlines()]
+        return any(row[1:3] == ["crs_relay", "active"] for row in rows)
+
     def link_up(self, index: int) -> bool:
         return any(r[1] == "up" for r in self.link_rows(index))
+
+    def relayed_both_ways(self, alice: dict[str, Any], bob: dict[str, Any]) -> None:
+        """Raw relay packets (tag + an RTP-sized payload) from both clients'
+        hosts: each side gets the other's through A's relay."""
+        socks = {ALICE: self.net.switch.socket(), BOB: self.net.switch.socket()}
+        for sock in socks.values():
+            sock.setblocking(False)
+        self.addCleanup(lambda: [s.close() for s in socks.values()])
+        legs = {ALICE: alice, BOB: bob}
+        got: dict[str, bytes] = {}
+        deadline = time.monotonic() + CEILING
+        while len(got) < 2:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"media not relayed both ways: {got}")
+            for uri, leg in legs.items():
+                payload = b"\x80" + b"\x00" * 11 + uri.encode()
+                target = (leg["relay-host"], leg["relay-port"])
+                socks[uri].sendto(bytes(leg["relay-tag"]) + payload, target)
+            time.sleep(0.1)
+            for uri, sock in socks.items():
+                try:
+                    got[uri] = sock.recv(2048)
+                except BlockingIOError:
+                    pass
+        self.assertTrue(got[ALICE].endswith(BOB.encode()), got)
+        self.assertTrue(got[BOB].endswith(ALICE.encode()), got)
 
     def blackhole(self, add: bool) -> None:
         verb = "add" if add else "del"
@@ -194,6 +257,32 @@ class IwMessagesTests(PoolCase):
         self.until(self.alice, lambda: first in self.inbox[ALICE].told, "Alice told delivered")
         back = self.posted(self.bob, ALICE, "alpha", b"hello alpha")
         self.received_once(self.alice, {back})
+
+        # a call: signalling over the link, media through A's relay
+        wait_for(lambda: self.relay_up(1), "A's relay link", CEILING)
+        self.requests += 1
+        call = self.requests
+        send(
+            self.alice.ws,
+            type="invite",
+            id=call,
+            to=BOB,
+            mikey=b"opaque I_MESSAGE",
+            **{"to-account": "beta"},
+        )
+        invite = self.expect(self.bob, "invite")
+        self.assertEqual((invite["from"], invite["mikey"]), (ALICE, b"opaque I_MESSAGE"))
+        self.assertEqual(invite["relay-host"], address(1))
+        session = self.expect(self.alice, "session")
+        self.assertEqual((session["id"], session["session"]), (call, invite["session"]))
+        send(self.bob.ws, type="ringing", session=invite["session"])
+        send(self.bob.ws, type="talk", session=invite["session"])
+        self.expect(self.alice, "ringing")
+        self.expect(self.alice, "talk")
+        self.relayed_both_ways(session, invite)
+        send(self.bob.ws, type="hangup", session=invite["session"], code="normal")
+        hangup = self.expect(self.alice, "hangup")
+        self.assertEqual((hangup["code"], hangup["who"]), ("normal", "callee"))
 
         # the link cut while Alice posts: kept at A, delivered once after
         self.blackhole(True)
