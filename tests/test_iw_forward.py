@@ -38,7 +38,7 @@ from cryptify.crs.pool.forward import FORWARD_TIMEOUT, SWEEP_INTERVAL
 from cryptify.crs.pool.wire import WireError
 from cryptify.crs.trace import TraceHub
 from cryptify.protocols.umsg import message
-from tests.forward_support import Conn, FakeLink, Net, RecordingStore
+from tests.forward_support import Conn, FakeLink, Net, Node, RecordingStore
 
 NOW = 1_800_000_000.0
 A, B = "192.0.2.1", "198.51.100.7"
@@ -455,7 +455,14 @@ class TwoOperators(RuleBasedStateMachine):
 
     @rule()
     def lose_frames(self) -> None:
+        """The connection breaks with frames under way (over TCP, frames are
+        lost only with their connection): both sides hear the link go down,
+        and up again with the next connection."""
+        connected = self.two.net.connected(A, B)
         self.two.net.lose()
+        if connected:
+            self.two.net.set_link(A, B, False)
+            self.two.net.set_link(A, B, True)
 
     @rule(up=st.booleans())
     def link(self, up: bool) -> None:
@@ -573,3 +580,48 @@ class TwoOperatorsTests(SynchronousTestCase):
                 suppress_health_check=[HealthCheck.too_slow],
             ),
         )
+
+
+class WithPoolTests(SynchronousTestCase):
+    def test_pool_sweep_leaves_kept_messages_alone(self) -> None:
+        """A pool member's sweep hands clients' inboxes to their slots'
+        owners, never an inbox kept for another operator."""
+        clock = Clock()
+        clock.advance(NOW)
+        net = Net()
+        confirmed: list[Stored] = []
+        a = Node(net, "crs1", clock, confirmed)
+        Node(net, "crs2", clock, confirmed)
+        a.link.default = "crs2"  # every slot is crs2's
+        a.store.messages["x1"] = Stored(
+            "x1", ALICE, held_inbox("beta", BOB), "beta", "content", 0, b"kept", "s"
+        )
+        a.forwarder.kick()
+        net.deliver()
+        clock.advance(SWEEP_INTERVAL)
+        net.deliver()
+        self.assertEqual(list(a.store.messages), ["x1"])
+        a.forwarder.stopService()
+
+    def test_message_for_another_members_slot_handed_on(self) -> None:
+        """A message a peer brings to a pool member that does not own the
+        recipient's slot is stored there and the pool's sweep is kicked."""
+        two = Two()
+        self.addCleanup(two.stop)
+        kicked: list[str] = []
+
+        class Pool:
+            dirty = False
+
+            def elsewhere(self, uri: str) -> bool:
+                return True
+
+            def kick(self) -> None:
+                kicked.append("kick")
+
+        two.b.forwarder.pool = Pool()  # type: ignore[assignment]
+        alice = two.a.attach(ALICE)
+        two.a.post(alice, 1, BOB, b"hi", b"k" * 16, "beta")
+        two.net.deliver()
+        self.assertEqual(kicked, ["kick"])
+        self.assertEqual(len(two.b.store.messages), 1)
