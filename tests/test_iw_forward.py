@@ -56,6 +56,9 @@ class IwFakeLink(FakeLink):
     def operator(self, peer: str) -> str | None:
         return self.operators.get(peer)
 
+    def configured(self) -> list[str]:
+        return [p for p in self.operators if p != self.me]
+
 
 class Operator:
     """One operator's CRS (a single instance): its store (kept across
@@ -393,6 +396,29 @@ class ForwardTests(SynchronousTestCase):
         del self.a.operators[B]
         self.net.set_link(A, B, False)
         self.assertFalse(self.a.forwarder.remote("beta"))
+
+    def test_unknown_account_waits_for_silent_peers(self) -> None:
+        """After a restart, before the peer said which accounts it hosts, a
+        post naming an account not hosted here is answered unavailable
+        (retry later), not refused; once the peer told, it goes there; an
+        account nobody hosts is then an ordinary local post (not-found)."""
+        self.a.restart()
+        self.alice = self.a.attach(ALICE)
+        self.post()
+        [error] = self.alice.of("error")
+        self.assertEqual(error["code"], "unavailable")
+        self.assertIsNotNone(error["retry-after"])
+        for listener in self.a.link.listeners:
+            listener(B, True)
+        for listener in self.b.link.listeners:
+            listener(A, False)
+            listener(A, True)
+        self.net.deliver()
+        self.post(key=b"j" * 16)
+        self.net.deliver()
+        self.assertEqual(len(self.alice.of("posted")), 1)
+        self.post(to_account="nobody", key=b"n" * 16)
+        self.assertEqual([e["code"] for e in self.alice.of("error")], ["unavailable", "not-found"])
 
     def test_ack_traced_as_forward_ack(self) -> None:
         self.requests += 1

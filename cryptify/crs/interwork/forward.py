@@ -91,6 +91,8 @@ class IwRoutes(Protocol):
 
     def operator(self, peer: str) -> str | None: ...
 
+    def configured(self) -> list[str]: ...
+
 
 @attrs.define
 class _AsPoolRoutes:
@@ -174,6 +176,14 @@ class IwForwarder(Forwarder):
 
     def remote(self, account: str) -> bool:
         return self.routes.remote(account)
+
+    def unknown(self, account: str) -> bool:
+        """Whether ``account`` may be a peer's that has not told its
+        accounts yet (since this CRS started, or since it was added): not
+        hosted here, claimed by no peer, and some configured peer silent."""
+        if account in self.routes.local or self.routes.remote(account):
+            return False
+        return any(peer not in self.routes.claims for peer in self.iw.configured())
 
     def hosts(self, account: str) -> bool:
         """Whether ``account`` is hosted here (as last advertised)."""

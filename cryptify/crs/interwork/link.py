@@ -358,6 +358,10 @@ class IwLink(service.MultiService):
             return None
         return hmac.new(iw_psk(found.secret), b"operator", "sha256").hexdigest()[:16]
 
+    def configured(self) -> list[str]:
+        """The peers of ``iw-crs.conf``, by address."""
+        return list(self.peers)
+
     def link_up(self, peer: str) -> bool:
         return self.state(peer)[0] == "up"
 

@@ -126,6 +126,11 @@ class External(Protocol):
         here for it), durably, before the Deferred fires."""
         ...
 
+    def unknown(self, account: str) -> bool:
+        """Whether ``account`` may be hosted by a peer that has not said
+        which accounts it hosts yet (a post for it waits: ``unavailable``)."""
+        ...
+
     def knows(self, sender: str) -> bool:
         """Whether ``sender``'s messages came over the inter-working link."""
         ...
@@ -244,6 +249,10 @@ class Messaging:
             if to_account is not None and self.iw is not None and self.iw.remote(to_account):
                 router = self.iw
                 stored = self.iw.post(sender, scope, to, to_account, kind, data)
+            elif to_account is not None and self.iw is not None and self.iw.unknown(to_account):
+                raise MessageRefused(
+                    "unavailable", f"the operator hosting {to_account} is not known yet"
+                )
             elif self.pool is not None and self.pool.elsewhere(recipient):
                 router = self.pool
                 stored = self.pool.post(sender, scope, to, account, kind, data)
