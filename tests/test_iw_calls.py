@@ -252,3 +252,95 @@ class IwCallTests(SynchronousTestCase):
         iw = IwCalls(table, parties, self.link.end(A), Accounts(A), clock)
         self.assertIs(table.remote, pool)
         self.assertIs(table.external, iw)
+
+
+class BridgingRelay(Relay):
+    """A relay that can bridge legs; allocations at once, or held (``hold``)."""
+
+    def __init__(self, host: str, name: bytes) -> None:
+        super().__init__(host)
+        self.name = name
+        self.bridges: list[tuple[str, str, str, int, bytes]] = []
+        self.hold = False
+        self.pending: list[tuple[str, defer.Deferred[RelayLegs]]] = []
+
+    def allocate(self, session: str) -> defer.Deferred[RelayLegs]:
+        self.live.add(session)
+        legs = RelayLegs(self.host, 5146, self.name + b"-tag-a", self.name + b"-tag-b")
+        if not self.hold:
+            return defer.succeed(legs)
+        d: defer.Deferred[RelayLegs] = defer.Deferred()
+        self.pending.append((session, d))
+        return d
+
+    def bridge(
+        self, session: str, leg: str, host: str, port: int, tag: bytes
+    ) -> defer.Deferred[bool]:
+        self.bridges.append((session, leg, host, port, tag))
+        return defer.succeed(session in self.live)
+
+
+RELAY_A, RELAY_B = "192.0.2.10", "198.51.100.10"
+
+
+class RelayToRelayTests(SynchronousTestCase):
+    """Each operator relays its own client's leg; the relays are bridged."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.link = Link()
+        ids = (f"s{i}" for i in itertools.count(1))
+        self.a = Operator(A, self.clock, self.link, ids)
+        self.b = Operator(B, self.clock, self.link, ids)
+        for op, name, host in ((self.a, b"AA", RELAY_A), (self.b, b"BB", RELAY_B)):
+            op.relay = BridgingRelay(host, name)
+            op.table.relay = op.relay
+        self.a.parties.online["tel:+1"] = ALICE
+        self.b.parties.online["tel:+2"] = Att("tel:+2", "beta")
+
+    def tearDown(self) -> None:
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_each_relays_its_own_leg(self) -> None:
+        """B allocates its own relay session and bridges its leg a to A's
+        relay; Bob is given B's relay; the offer names B's leg a, which A
+        bridges its leg b to; the caller is given A's relay; B's relay
+        session is released when the call ends."""
+        self.a.table.invite(ALICE, 7, "tel:+2", b"mikey", None, "beta")
+        self.link.flush()
+        [(_, _, invite)] = self.b.parties.take()
+        sid = invite["session"]
+        self.assertEqual((invite["relay-host"], invite["relay-tag"]), (RELAY_B, b"BB-tag-b"))
+        self.assertEqual(self.b.relay.bridges, [(sid, "a", RELAY_A, 5146, b"AA-tag-b")])
+        offered = [f for _, kind, f in self.link.sent if kind == "call-offered"]
+        self.assertEqual(offered[0]["relay-tag"], b"BB-tag-a")
+        self.assertEqual(self.a.relay.bridges, [(sid, "b", RELAY_B, 5146, b"BB-tag-a")])
+        [(_, kind, session)] = self.a.parties.take()
+        self.assertEqual((kind, session["relay-host"]), ("session", RELAY_A))
+        self.b.talk("tel:+2", sid)
+        self.a.hangup("tel:+1", sid)
+        self.link.flush()
+        self.assertEqual((self.a.relay.live, self.b.relay.live), (set(), set()))
+
+    def test_caller_hangs_up_while_the_callee_relay_allocates(self) -> None:
+        """The caller gives up before B's relay answered: B releases its
+        relay session and never rings Bob."""
+        self.b.relay.hold = True
+        self.a.table.invite(ALICE, 8, "tel:+2", b"m", None, "beta")
+        self.link.flush()
+        [(sid, pending)] = self.b.relay.pending
+        self.a.table.hangup("tel:+1", sid, "normal")
+        self.link.flush()
+        pending.callback(RelayLegs(RELAY_B, 5146, b"BB-tag-a", b"BB-tag-b"))
+        self.assertEqual(self.b.parties.take(), [])
+        self.assertEqual(self.b.relay.live, set())
+        self.assertEqual(self.b.calls.forwarded, {})
+
+    def test_callee_refused_releases_the_relay(self) -> None:
+        """B refuses the offer (busy): its relay session is released."""
+        self.b.calls.max_forwarded = 0  # B takes no call from A: busy
+        self.a.table.invite(ALICE, 9, "tel:+2", b"m", None, "beta")
+        self.link.flush()
+        [(_, kind, error)] = self.a.parties.take()
+        self.assertEqual((kind, error["code"]), ("error", "busy"))
+        self.assertEqual(self.b.relay.live, set())

@@ -85,6 +85,17 @@ class LinkRelayAllocator:
         self._later()
         return legs
 
+    def bridge(
+        self, session: str, leg: str, host: str, port: int, tag: bytes
+    ) -> defer.Deferred[bool]:
+        """Send leg ``leg`` (``a``: the caller's, ``b``: the callee's) of
+        ``session``'s relay session to another operator's relay; False when
+        the session has no relay session (any more)."""
+        number = self.numbers.get(session)
+        if number is None:
+            return defer.succeed(False)
+        return defer.ensureDeferred(self.link.bridge_session(number, leg, host, port, tag))
+
     def release(self, session: str) -> None:
         number = self.numbers.pop(session, None)
         if number is None:

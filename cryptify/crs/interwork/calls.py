@@ -16,19 +16,47 @@ What differs from the pool: the ``account`` of a ``call-invite`` is the
 callee's, and the callee's CRS refuses (``not-found``) an invite for an
 account it does not host or for a callee attached under another account.
 
-Media: both legs go through the caller's operator's relay, whose public
-address the callee is given (as in the pool); the relay-to-relay leg
-(each operator relaying its own client) is not built yet.
+Media: each operator relays its own client's leg, and the two relays
+send to each other on the relay port::
+
+    Alice -> relay A (leg a) | relay A leg b <-> relay B leg a | (leg b) relay B <- Bob
+
+The caller's CRS allocates its relay session as for any call and puts its
+relay address and its leg b tag in ``call-invite``.  The callee's CRS
+allocates a relay session of its own (before offering the call), bridges
+its leg a to relay A (that address and tag: every packet relay B sends
+there carries A's tag), gives Bob its relay B address and leg b tag, and
+names relay B's address and leg a tag in ``call-offered``; the caller's
+CRS then bridges its leg b to relay B the same way.  ``addr-map`` applies
+to both bridged addresses (in each relay).  The callee's relay session is
+released when the call ends there.  A CRS whose relay allocator cannot
+bridge (or whose relay session failed) offers the call with the caller's
+relay for both legs, as in a pool.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
+import attrs
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from cryptify.crs.calls.core import Parties, Session, SessionTable
-from cryptify.crs.pool.calls_core import CallInvite, FrameLink, PoolCalls
+from cryptify.crs.calls.core import Parties, RelayLegs, Session, SessionTable
+from cryptify.crs.pool.calls_core import (
+    HANGUP_FRAME,
+    OFFERED_FRAME,
+    CallInvite,
+    CallStep,
+    FrameLink,
+    PoolCalls,
+    RelayLeg,
+    decode_call,
+)
+
+log = Logger(namespace="cryptify.crs.session")
 
 
 class Accounts(Protocol):
@@ -53,6 +81,10 @@ class IwCalls(PoolCalls):
         clock: IReactorTime,
     ) -> None:
         self.accounts = accounts
+        #: Invites whose relay session is being allocated here: session -> peer.
+        self._allocating: dict[str, str] = {}
+        #: This CRS's relay leg offered to the caller's relay, per session.
+        self._relayed: dict[str, RelayLeg] = {}
         super().__init__("", table, parties, link, lambda uri: None, clock)
 
     def _install(self, table: SessionTable) -> None:
@@ -66,6 +98,10 @@ class IwCalls(PoolCalls):
     def _invite_account(self, session: Session) -> str:
         return session.to_account or session.account
 
+    def _bridger(self) -> Any:
+        """The relay allocator's ``bridge``, when it has one."""
+        return getattr(self.table.relay, "bridge", None)
+
     def _invited(self, peer: str, invite: CallInvite) -> None:
         attachment = self.parties.attached(invite.callee)
         if not self.accounts.hosts(invite.account) or (
@@ -73,7 +109,84 @@ class IwCalls(PoolCalls):
         ):
             self._refuse(peer, invite, "not-found")
             return
-        super()._invited(peer, invite)
+        bridge = self._bridger()
+        busy = invite.session in self._allocating or invite.session in self.forwarded
+        if bridge is None or attachment is None or busy:
+            PoolCalls._invited(self, peer, invite)  # refused there, or no relay of ours
+            return
+        self._allocating[invite.session] = peer
+        allocated: defer.Deferred[RelayLegs] = self.table.relay.allocate(invite.session)
+        allocated.addCallbacks(
+            lambda legs: self._allocated(peer, invite, legs, bridge),
+            lambda failure: self._not_allocated(peer, invite, failure),
+        )
+
+    def _allocated(self, peer: str, invite: CallInvite, legs: RelayLegs, bridge: Any) -> None:
+        if self._allocating.pop(invite.session, None) != peer:
+            self.table.relay.release(invite.session)  # ended meanwhile
+            return
+        bridged: defer.Deferred[bool] = bridge(
+            invite.session, "a", invite.relay_host, invite.relay_port, invite.relay_tag
+        )
+        bridged.addErrback(self._bridge_failed, invite.session)
+        self._relayed[invite.session] = RelayLeg(legs.host, legs.port, legs.caller_tag)
+        ours = attrs.evolve(
+            invite, relay_host=legs.host, relay_port=legs.port, relay_tag=legs.callee_tag
+        )
+        PoolCalls._invited(self, peer, ours)
+        if invite.session not in self.forwarded:  # refused (glare, busy)
+            self._release(invite.session)
+
+    def _not_allocated(self, peer: str, invite: CallInvite, failure: Failure) -> None:
+        if self._allocating.pop(invite.session, None) != peer:
+            return
+        log.warn(
+            "no relay session for the call from {peer}: media through its relay ({why})",
+            peer=peer,
+            why=failure.getErrorMessage(),
+        )
+        PoolCalls._invited(self, peer, invite)
+
+    def _bridge_failed(self, failure: Failure, session: str) -> None:
+        log.warn(
+            "relay leg of call {session} not bridged: {why}",
+            session=session,
+            why=failure.getErrorMessage(),
+        )
+
+    def _release(self, session_id: str) -> None:
+        if self._relayed.pop(session_id, None) is not None:
+            self.table.relay.release(session_id)
+
+    def _offer_step(self, invite: CallInvite) -> CallStep:
+        return CallStep(OFFERED_FRAME, invite.session, self._relayed.get(invite.session))
+
+    def _drop(self, session_id: str) -> Any:
+        forwarded = super()._drop(session_id)
+        self._release(session_id)
+        return forwarded
+
+    def receive(self, peer: str, frame_type: str, fields: dict[str, object]) -> None:
+        frame = decode_call(frame_type, fields)
+        if frame_type == HANGUP_FRAME and self._allocating.get(frame.session) == peer:
+            del self._allocating[frame.session]  # released once allocated
+            return
+        if isinstance(frame, CallStep) and frame.relay is not None:
+            session = self.table.sessions.get(frame.session)
+            bridge = self._bridger()
+            if session is not None and session.remote == peer and bridge is not None:
+                relay = frame.relay
+                bridged: defer.Deferred[bool] = bridge(
+                    frame.session, "b", relay.host, relay.port, relay.tag
+                )
+                bridged.addErrback(self._bridge_failed, frame.session)
+        super().receive(peer, frame_type, fields)
+
+    def link_changed(self, peer: str, up: bool) -> None:
+        if not up:
+            for session_id in [s for s, p in self._allocating.items() if p == peer]:
+                del self._allocating[session_id]
+        super().link_changed(peer, up)
 
 
 __all__ = ["IwCalls"]
