@@ -10,7 +10,8 @@ One set-up, several checks in order:
 
 - ``show iw-crs`` shows the link up with the peer's version;
 - Alice calls Bob (``to-account beta``): the invite, ringing, talk and
-  Bob's hangup cross the link; media goes both ways through A's relay
+  Bob's hangup cross the link; media goes both ways, Alice's leg through
+  A's relay and Bob's through B's, the two relays bridged to each other
   (raw relay packets with each leg's tag: the clients' cross-domain
   MIKEY-SAKKE keys are not part of this test);
 - Alice posts to Bob (``to-account beta``): posted, delivered, Alice told;
@@ -91,15 +92,16 @@ class IwOperatorsTests(PoolCase):
         self.addCleanup(self.stop_all)
         for index in (1, 2):
             self.start(index)
-        d = self.dirs[0]  # A's relay: the calls are Alice's
-        relay = Twistd(
-            d,
-            "crs-relay",
-            "--config",
-            os.path.join(d, "crs.conf"),
-            prefix=tuple(self.net.hosts[0].prefix(d)),
-        )
-        self.addCleanup(relay.stop)
+        for index in (1, 2):  # each operator relays its own client's leg
+            d = self.dirs[index - 1]
+            relay = Twistd(
+                d,
+                "crs-relay",
+                "--config",
+                os.path.join(d, "crs.conf"),
+                prefix=tuple(self.net.hosts[index - 1].prefix(d)),
+            )
+            self.addCleanup(relay.stop)
         for index in (1, 2):
             wait_for(lambda i=index: unix_answers(self.socket(i)), f"op{index}'s socket", CEILING)
         self.period = period_of(time.time())
@@ -210,7 +212,8 @@ class IwOperatorsTests(PoolCase):
 
     def relayed_both_ways(self, alice: dict[str, Any], bob: dict[str, Any]) -> None:
         """Raw relay packets (tag + an RTP-sized payload) from both clients'
-        hosts: each side gets the other's through A's relay."""
+        hosts, each to its own operator's relay: each side gets the other's
+        through both relays."""
         socks = {ALICE: self.net.switch.socket(), BOB: self.net.switch.socket()}
         for sock in socks.values():
             sock.setblocking(False)
@@ -258,8 +261,8 @@ class IwOperatorsTests(PoolCase):
         back = self.posted(self.bob, ALICE, "alpha", b"hello alpha")
         self.received_once(self.alice, {back})
 
-        # a call: signalling over the link, media through A's relay
-        wait_for(lambda: self.relay_up(1), "A's relay link", CEILING)
+        # a call: signalling over the link, media through both relays
+        wait_for(lambda: self.relay_up(1) and self.relay_up(2), "the relay links", CEILING)
         self.requests += 1
         call = self.requests
         send(
@@ -272,8 +275,9 @@ class IwOperatorsTests(PoolCase):
         )
         invite = self.expect(self.bob, "invite")
         self.assertEqual((invite["from"], invite["mikey"]), (ALICE, b"opaque I_MESSAGE"))
-        self.assertEqual(invite["relay-host"], address(1))
+        self.assertEqual(invite["relay-host"], address(2))  # Bob's leg: B's relay
         session = self.expect(self.alice, "session")
+        self.assertEqual(session["relay-host"], address(1))  # Alice's leg: A's relay
         self.assertEqual((session["id"], session["session"]), (call, invite["session"]))
         send(self.bob.ws, type="ringing", session=invite["session"])
         send(self.bob.ws, type="talk", session=invite["session"])
