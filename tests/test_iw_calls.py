@@ -322,6 +322,20 @@ class RelayToRelayTests(SynchronousTestCase):
         self.link.flush()
         self.assertEqual((self.a.relay.live, self.b.relay.live), (set(), set()))
 
+    def test_data_link_states_follow_bridged_calls(self) -> None:
+        """show iw-crs's data columns: up in the call's direction on each
+        side while its legs are bridged, down once it ended."""
+        self.assertEqual(self.a.calls.data_state(B), ("down", "down", "down"))
+        self.a.table.invite(ALICE, 7, "tel:+2", b"m", None, "beta")
+        self.link.flush()
+        self.assertEqual(self.a.calls.data_state(B), ("up", "up", "down"))
+        self.assertEqual(self.b.calls.data_state(A), ("up", "down", "up"))
+        [(_, _, invite)] = self.b.parties.take()
+        self.b.hangup("tel:+2", invite["session"])
+        self.link.flush()
+        self.assertEqual(self.a.calls.data_state(B), ("down", "down", "down"))
+        self.assertEqual(self.b.calls.data_state(A), ("down", "down", "down"))
+
     def test_caller_hangs_up_while_the_callee_relay_allocates(self) -> None:
         """The caller gives up before B's relay answered: B releases its
         relay session and never rings Bob."""

@@ -197,6 +197,12 @@ class IwLinkTests(SynchronousTestCase):
         self.assertNotIn(PEER.secret, same)
         self.assertIsNone(self.link.operator("203.0.113.1"))
 
+    def test_data_columns_from_the_calls(self) -> None:
+        """The data columns come from data_state when the calls set it."""
+        self.assertEqual(self.link.rows()[0][4:7], ("-", "-", "-"))
+        self.link.data_state = lambda peer: ("up", "up", "down")
+        self.assertEqual(self.link.rows()[0][4:7], ("up", "up", "down"))
+
     def test_update_adds_and_removes_peers(self) -> None:
         """A changed iw-crs.conf applies at once: a new peer is connected,
         a removed one's connections closed, a changed secret reconnects."""

@@ -548,6 +548,7 @@ def make_crs_service(
             sessions, RegistryParties(basics.registry), iw_link, iw_forwarder, reactor
         )
         install_pool_calls(core, iw_link, iw_calls)
+        iw_link.data_state = iw_calls.data_state
     clients = client_listener(cfg, reactor, core)
     attach(root, clients)
     attach(root, management_listener(cfg, reactor, state))

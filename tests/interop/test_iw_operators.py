@@ -9,7 +9,8 @@ own KMS; each has the other in ``iw-crs.conf`` under one shared secret.
 One set-up, several checks in order:
 
 - ``show iw-crs`` shows the link up with the peer's version;
-- Alice calls Bob (``to-account beta``): the invite, ringing, talk and
+- Alice calls Bob (``to-account beta``) and ``show iw-crs`` shows the
+  data link up while it lasts (outgoing at A, incoming at B): the invite, ringing, talk and
   Bob's hangup cross the link; media goes both ways, Alice's leg through
   A's relay and Bob's through B's, the two relays bridged to each other
   (raw relay packets with each leg's tag: the clients' cross-domain
@@ -284,6 +285,9 @@ class IwOperatorsTests(PoolCase):
         self.expect(self.alice, "ringing")
         self.expect(self.alice, "talk")
         self.relayed_both_ways(session, invite)
+        # show iw-crs's data columns: A placed the call, B took it
+        self.assertEqual(self.link_rows(1)[0][4:7], ["up", "up", "down"])
+        self.assertEqual(self.link_rows(2)[0][4:7], ["up", "down", "up"])
         send(self.bob.ws, type="hangup", session=invite["session"], code="normal")
         hangup = self.expect(self.alice, "hangup")
         self.assertEqual((hangup["code"], hangup["who"]), ("normal", "callee"))

@@ -85,6 +85,10 @@ class IwCalls(PoolCalls):
         self._allocating: dict[str, str] = {}
         #: This CRS's relay leg offered to the caller's relay, per session.
         self._relayed: dict[str, RelayLeg] = {}
+        #: Calls whose relay leg the relay confirmed bridged to a peer's
+        #: relay: session -> (peer, "outgoing" for a call placed here,
+        #: "incoming" for one from the peer's client).
+        self.bridged: dict[str, tuple[str, str]] = {}
         super().__init__("", table, parties, link, lambda uri: None, clock)
 
     def _install(self, table: SessionTable) -> None:
@@ -128,6 +132,7 @@ class IwCalls(PoolCalls):
         bridged: defer.Deferred[bool] = bridge(
             invite.session, "a", invite.relay_host, invite.relay_port, invite.relay_tag
         )
+        bridged.addCallback(self._bridged, invite.session, peer, "incoming")
         bridged.addErrback(self._bridge_failed, invite.session)
         self._relayed[invite.session] = RelayLeg(legs.host, legs.port, legs.caller_tag)
         ours = attrs.evolve(
@@ -146,6 +151,24 @@ class IwCalls(PoolCalls):
             why=failure.getErrorMessage(),
         )
         PoolCalls._invited(self, peer, invite)
+
+    def _bridged(self, done: bool, session: str, peer: str, direction: str) -> None:
+        if done:
+            self.bridged[session] = (peer, direction)
+
+    def data_state(self, peer: str) -> tuple[str, str, str]:
+        """``show iw-crs``'s DATA-LINK, DATA-OUTGOING and DATA-INCOMING of
+        ``peer``: each ``up`` while a live call in that direction (placed
+        here, or from the peer's client) has its relay leg bridged to the
+        peer's relay, else ``down``."""
+        for session in list(self.bridged):
+            if session not in self.table.sessions and session not in self.forwarded:
+                del self.bridged[session]  # the call ended
+        directions = {d for p, d in self.bridged.values() if p == peer}
+        outgoing = "up" if "outgoing" in directions else "down"
+        incoming = "up" if "incoming" in directions else "down"
+        link = "up" if directions else "down"
+        return link, outgoing, incoming
 
     def _bridge_failed(self, failure: Failure, session: str) -> None:
         log.warn(
@@ -179,6 +202,7 @@ class IwCalls(PoolCalls):
                 bridged: defer.Deferred[bool] = bridge(
                     frame.session, "b", relay.host, relay.port, relay.tag
                 )
+                bridged.addCallback(self._bridged, frame.session, peer, "outgoing")
                 bridged.addErrback(self._bridge_failed, frame.session)
         super().receive(peer, frame_type, fields)
 

@@ -241,6 +241,9 @@ class IwLink(service.MultiService):
         self._versions: dict[str, str] = {}
         self._handlers: dict[str, Callable[[str, dict[str, object]], None]] = {}
         self._listeners: list[Callable[[str, bool], None]] = []
+        #: The data-link columns of a peer (the inter-working calls'
+        #: :meth:`~cryptify.crs.interwork.calls.IwCalls.data_state`).
+        self.data_state: Callable[[str], tuple[str, str, str]] | None = None
         self._unhandled: set[str] = set()
         g = config.global_
         gate = _Gate(self, PskServerContextFactory(self._lookup))
@@ -396,7 +399,8 @@ class IwLink(service.MultiService):
         rows = []
         for ip in self.peers:
             link, outgoing, incoming = self.state(ip)
-            rows.append((ip, link, outgoing, incoming, "-", "-", "-", self._versions.get(ip, "-")))
+            data = self.data_state(ip) if self.data_state is not None else ("-", "-", "-")
+            rows.append((ip, link, outgoing, incoming, *data, self._versions.get(ip, "-")))
         return rows
 
     # -- the link --------------------------------------------------------
