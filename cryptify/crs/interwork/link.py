@@ -28,8 +28,8 @@ open only while there is at least one peer.
 ``show iw-crs`` (:meth:`IwLink.rows`) gives each peer's signal link: up
 when a connection either way has exchanged hellos and is alive, with the
 outgoing and incoming connections' own states and the version the peer
-announced.  The data link (media between the two operators' relays, UDP
-``relay`` port) is shown ``-``: it comes with calls across operators.
+announced; the data link (media between the two operators' relays, UDP
+``relay`` port) comes from the calls (:attr:`IwLink.data_state`).
 """
 
 from __future__ import annotations
