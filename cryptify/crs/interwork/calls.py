@@ -113,9 +113,11 @@ class IwCalls(PoolCalls):
         ):
             self._refuse(peer, invite, "not-found")
             return
+        if invite.session in self._allocating:
+            self._refuse(peer, invite, "busy")  # that session is being set up already
+            return
         bridge = self._bridger()
-        busy = invite.session in self._allocating or invite.session in self.forwarded
-        if bridge is None or attachment is None or busy:
+        if bridge is None or attachment is None or invite.session in self.forwarded:
             PoolCalls._invited(self, peer, invite)  # refused there, or no relay of ours
             return
         self._allocating[invite.session] = peer
