@@ -103,6 +103,13 @@ class _IwProtocol(Protocol):
     def connectionMade(self) -> None:
         self.link._open.add(self)
         self.idle.reset()
+        # Requests and answers go on different connections (each side
+        # sends on its outgoing one first): without this, a frame written
+        # while the previous one is unacknowledged waits for the peer's
+        # delayed ACK (Nagle), tens of milliseconds per post or call step.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         self.send(HELLO, {"version": self.link.version})
 
     def dataReceived(self, data: bytes) -> None:
