@@ -358,3 +358,16 @@ class RelayToRelayTests(SynchronousTestCase):
         [(_, kind, error)] = self.a.parties.take()
         self.assertEqual((kind, error["code"]), ("error", "busy"))
         self.assertEqual(self.b.relay.live, set())
+
+    def test_ended_calls_do_not_pile_up(self) -> None:
+        """The record of bridged calls stays bounded without show iw-crs."""
+        for n in range(200):
+            self.a.table.invite(ALICE, n, "tel:+2", b"m", None, "beta")
+            self.link.flush()
+            [(_, _, invite)] = self.b.parties.take()
+            self.a.parties.take()
+            self.b.hangup("tel:+2", invite["session"])
+            self.link.flush()
+            self.a.parties.take()
+        self.assertLessEqual(len(self.a.calls.bridged), 65)
+        self.assertLessEqual(len(self.b.calls.bridged), 65)

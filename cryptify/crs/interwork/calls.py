@@ -131,11 +131,6 @@ class IwCalls(PoolCalls):
         if self._allocating.pop(invite.session, None) != peer:
             self.table.relay.release(invite.session)  # ended meanwhile
             return
-        bridged: defer.Deferred[bool] = bridge(
-            invite.session, "a", invite.relay_host, invite.relay_port, invite.relay_tag
-        )
-        bridged.addCallback(self._bridged, invite.session, peer, "incoming")
-        bridged.addErrback(self._bridge_failed, invite.session)
         self._relayed[invite.session] = RelayLeg(legs.host, legs.port, legs.caller_tag)
         ours = attrs.evolve(
             invite, relay_host=legs.host, relay_port=legs.port, relay_tag=legs.callee_tag
@@ -143,6 +138,12 @@ class IwCalls(PoolCalls):
         PoolCalls._invited(self, peer, ours)
         if invite.session not in self.forwarded:  # refused (glare, busy)
             self._release(invite.session)
+            return
+        bridged: defer.Deferred[bool] = bridge(
+            invite.session, "a", invite.relay_host, invite.relay_port, invite.relay_tag
+        )
+        bridged.addCallback(self._bridged, invite.session, peer, "incoming")
+        bridged.addErrback(self._bridge_failed, invite.session)
 
     def _not_allocated(self, peer: str, invite: CallInvite, failure: Failure) -> None:
         if self._allocating.pop(invite.session, None) != peer:
@@ -157,15 +158,20 @@ class IwCalls(PoolCalls):
     def _bridged(self, done: bool, session: str, peer: str, direction: str) -> None:
         if done:
             self.bridged[session] = (peer, direction)
+            if len(self.bridged) > 2 * (len(self.table.sessions) + len(self.forwarded)) + 64:
+                self._prune()  # amortised: ended calls do not pile up
+
+    def _prune(self) -> None:
+        for session in list(self.bridged):
+            if session not in self.table.sessions and session not in self.forwarded:
+                del self.bridged[session]  # the call ended
 
     def data_state(self, peer: str) -> tuple[str, str, str]:
         """``show iw-crs``'s DATA-LINK, DATA-OUTGOING and DATA-INCOMING of
         ``peer``: each ``up`` while a live call in that direction (placed
         here, or from the peer's client) has its relay leg bridged to the
         peer's relay, else ``down``."""
-        for session in list(self.bridged):
-            if session not in self.table.sessions and session not in self.forwarded:
-                del self.bridged[session]  # the call ended
+        self._prune()
         directions = {d for p, d in self.bridged.values() if p == peer}
         outgoing = "up" if "outgoing" in directions else "down"
         incoming = "up" if "incoming" in directions else "down"
