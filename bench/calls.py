@@ -59,7 +59,12 @@ def worker(spec: dict[str, Any]) -> None:
     from cryptify.crypto.identity import tel_identifier
     from cryptify.crypto.keymaterial import KeyMaterial
 
-    connect = tls_connector(reactor, spec["ca"], False)
+    # bench/iw.py runs this worker against two operators in namespaces:
+    # each URI at its operator's address (``host_of``), certificates
+    # unchecked, callees of the other operator named by ``to_account``.
+    connect = tls_connector(reactor, spec.get("ca"), spec.get("ca") is None)
+    host_of: dict[str, str] = spec.get("host_of", {})
+    to_account: dict[str, str] = spec.get("to_account", {})
     done = {"calls": 0, "measuring": False, "stop": False}
     protos: dict[str, UmsgClientProtocol] = {}
     attached: defer.Deferred[None] = defer.Deferred()
@@ -69,7 +74,9 @@ def worker(spec: dict[str, Any]) -> None:
 
     def invite(caller: str) -> None:
         if not done["stop"]:
-            protos[caller].session.request("invite", to=peer_of[caller], mikey=mikeys[caller])
+            callee = peer_of[caller]
+            extra = {"to_account": to_account[callee]} if callee in to_account else {}
+            protos[caller].session.request("invite", to=callee, mikey=mikeys[caller], **extra)
 
     def on_event(uri: str, event: Any) -> None:
         if isinstance(event, Attached):
@@ -108,14 +115,13 @@ def worker(spec: dict[str, Any]) -> None:
                         idrs=mikey.tel_idrs(caller, callee),
                     ).data
                 make = session_maker(material, "bench-calls")
-                proto = UmsgClientProtocol(
-                    make, reactor, lambda e, u=uri: on_event(u, e), "127.0.0.1"
-                )
+                host = host_of.get(uri, "127.0.0.1")
+                proto = UmsgClientProtocol(make, reactor, lambda e, u=uri: on_event(u, e), host)
                 protos[uri] = proto
                 from twisted.internet.protocol import Factory
 
                 factory = Factory.forProtocol(lambda p=proto: p)  # type: ignore[misc]
-                await connect("127.0.0.1", spec["port"], factory)
+                await connect(host, spec["port"], factory)
         await attached
         for caller, *_ in spec["pairs"]:
             invite(caller)

@@ -73,10 +73,14 @@ def worker(spec: dict[str, Any]) -> None:
     sender_of: dict[str, str] = {}
     padding = b"\x00" * max(0, spec["size"] - 8)
 
+    # bench/iw.py: recipients of another operator's account are named so
+    to_account: dict[str, str] = spec.get("to_account", {})
+
     def post(sender: str, recipient: str) -> None:
         if not done["stop"]:
             content = struct.pack(">d", time.monotonic()) + padding
-            protos[sender].session.request("post", to=recipient, content=content)
+            extra = {"to_account": to_account[recipient]} if recipient in to_account else {}
+            protos[sender].session.request("post", to=recipient, content=content, **extra)
 
     def on_event(uri: str, event: Any) -> None:
         if isinstance(event, Attached):

@@ -166,6 +166,43 @@ class IwLinkTests(SynchronousTestCase):
         self.assertTrue(self.link.send(PEER.ip, "iw-post", {"n": 3}))
         self.assertEqual(frames(transport), [("iw-post", {"n": 3})])
 
+    def test_link_listeners_hear_up_and_down(self) -> None:
+        """on_link hears a peer's link come up once (the first connection
+        with hellos, not the second) and go down when the last connection
+        closes or the peer is removed; link_up follows."""
+        heard: list[tuple[str, bool]] = []
+        self.link.on_link(lambda peer, up: heard.append((peer, up)))
+        first, _ = self.inbound(PEER.ip)
+        second, _ = self.inbound(PEER.ip)
+        assert first is not None and second is not None
+        first.dataReceived(encode_frame("iw-hello", {"version": "1"}))
+        second.dataReceived(encode_frame("iw-hello", {"version": "1"}))
+        self.assertEqual(heard, [(PEER.ip, True)])
+        self.assertTrue(self.link.link_up(PEER.ip))
+        first.connectionLost(None)
+        self.assertEqual(heard, [(PEER.ip, True)])
+        second.connectionLost(None)
+        self.assertEqual(heard, [(PEER.ip, True), (PEER.ip, False)])
+        self.assertFalse(self.link.link_up(PEER.ip))
+        self.link.update(IwCrsConfig())
+        self.assertEqual(heard[-1], (PEER.ip, False))
+
+    def test_operator_names_peers_by_secret(self) -> None:
+        """Peers with one secret are one operator; the name is not the secret."""
+        self.link.update(IwCrsConfig((PEER, IwCrs("198.51.100.9", PEER.secret), OTHER)))
+        same = self.link.operator(PEER.ip)
+        assert same is not None
+        self.assertEqual(self.link.operator("198.51.100.9"), same)
+        self.assertNotEqual(self.link.operator(OTHER.ip), same)
+        self.assertNotIn(PEER.secret, same)
+        self.assertIsNone(self.link.operator("203.0.113.1"))
+
+    def test_data_columns_from_the_calls(self) -> None:
+        """The data columns come from data_state when the calls set it."""
+        self.assertEqual(self.link.rows()[0][4:7], ("-", "-", "-"))
+        self.link.data_state = lambda peer: ("up", "up", "down")
+        self.assertEqual(self.link.rows()[0][4:7], ("up", "up", "down"))
+
     def test_update_adds_and_removes_peers(self) -> None:
         """A changed iw-crs.conf applies at once: a new peer is connected,
         a removed one's connections closed, a changed secret reconnects."""

@@ -351,3 +351,47 @@ class InvariantTests(SynchronousTestCase):
                 self.assertIn(key, sent_from)
                 delivered[key] = delivered.get(key, 0) + len(result[1])
                 self.assertLessEqual(delivered[key], 2 * sent_from[key])
+
+
+PEER_RELAY = ("192.0.2.200", 5146)
+PEER_TAG = b"peer-tag"
+
+
+class BridgeTests(SynchronousTestCase):
+    """A leg bridged to another operator's relay (calls across operators)."""
+
+    def test_bridged_leg_gets_the_peer_relays_tag_without_credit(self) -> None:
+        """Alice's packets go to the peer relay with its tag in front, before
+        that relay sent anything (no credit needed); its packets (with our
+        leg b tag) reach Alice once she latched."""
+        call = Call()
+        self.assertTrue(call.core.bridge(call.session.ident, "b", *PEER_RELAY, PEER_TAG))
+        for _ in range(20):
+            self.assertEqual(call.from_a(), (PEER_RELAY, PEER_TAG + RTP))
+        self.assertEqual(call.from_b(source=PEER_RELAY), (ALICE, RTP))
+        self.assertEqual(call.from_a(), (PEER_RELAY, PEER_TAG + RTP))
+
+    def test_bridge_keeps_its_destination_and_addr_map_applies(self) -> None:
+        """The bridged destination is the configured (mapped) address, not
+        where the peer relay's packets come from."""
+        call = Call(map_address=lambda ip: "10.0.0.9" if ip == PEER_RELAY[0] else ip)
+        call.core.bridge(call.session.ident, "b", *PEER_RELAY, PEER_TAG)
+        call.from_b(source=("192.0.2.201", 7000))
+        self.assertEqual(call.from_a(), (("10.0.0.9", 5146), PEER_TAG + RTP))
+
+    def test_unbridged_packets_have_no_tag(self) -> None:
+        """After a bridged packet, another session's packet goes out bare."""
+        call = Call()
+        core = call.core
+        core.bridge(call.session.ident, "b", *PEER_RELAY, PEER_TAG)
+        plain = core.add(call.link, 0.0)
+        core.packet(plain.a.tag + RTP, MALLORY, 0.0)
+        core.packet(plain.b.tag + RTP, BOB, 0.0)
+        self.assertEqual(call.from_a(), (PEER_RELAY, PEER_TAG + RTP))
+        self.assertEqual(core.packet(plain.a.tag + RTP, MALLORY, 0.0), (BOB, RTP))
+
+    def test_bridge_refused_for_unknown_session_leg_or_tag(self) -> None:
+        call = Call()
+        self.assertFalse(call.core.bridge(12345, "a", *PEER_RELAY, PEER_TAG))
+        self.assertFalse(call.core.bridge(call.session.ident, "c", *PEER_RELAY, PEER_TAG))
+        self.assertFalse(call.core.bridge(call.session.ident, "a", *PEER_RELAY, b"short"))

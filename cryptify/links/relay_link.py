@@ -23,6 +23,7 @@ from twisted.protocols import amp
 from cryptify.protocols.relay_control import (
     Add,
     AddSessions,
+    Bridge,
     ListSessions,
     Poll,
     Reclaim,
@@ -117,6 +118,21 @@ class RelayLink(service.MultiService):
         """Delete relay sessions with one command; answers those the relay had."""
         answer = await self.call(RemoveSessions, server=self.server_name, sessions=sessions)
         return list(answer["removed"])
+
+    async def bridge_session(
+        self, session: int, leg: str, host: str, port: int, tag: bytes
+    ) -> bool:
+        """Send leg ``leg`` of ``session`` to another operator's relay."""
+        answer = await self.call(
+            Bridge,
+            server=self.server_name,
+            session=session,
+            leg=leg,
+            host=host,
+            port=port,
+            tag=tag,
+        )
+        return bool(answer["bridged"])
 
     async def stats(self) -> dict[str, int]:
         """The relay's counters: RX, TXB, TXERROR, ERRNODEST, ERRTOSHORT,

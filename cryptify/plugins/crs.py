@@ -51,6 +51,8 @@ from cryptify.crs.attach.tickets import TicketKey
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.calls.wiring import LinkRelayAllocator, RegistryParties
 from cryptify.crs.calls.wiring import install as install_calls
+from cryptify.crs.interwork.calls import IwCalls
+from cryptify.crs.interwork.forward import IwForwarder
 from cryptify.crs.interwork.link import IwLink
 from cryptify.crs.interwork.peers import IwPeers
 from cryptify.crs.messages.store import MessageExpiry, MessageStore
@@ -532,6 +534,21 @@ def make_crs_service(
         iw.listeners.append(iw_link.update)
         state.iw_link = iw_link
         attach(root, iw_link)
+        accounts = basics.accounts
+        iw_forwarder = IwForwarder(
+            iw_link,
+            messages.store,
+            messages.messaging,
+            reactor,
+            lambda: frozenset(a.id for a in accounts),
+            pool=messages.forwarder,
+        )
+        attach(root, iw_forwarder)
+        iw_calls = IwCalls(
+            sessions, RegistryParties(basics.registry), iw_link, iw_forwarder, reactor
+        )
+        install_pool_calls(core, iw_link, iw_calls)
+        iw_link.data_state = iw_calls.data_state
     clients = client_listener(cfg, reactor, core)
     attach(root, clients)
     attach(root, management_listener(cfg, reactor, state))

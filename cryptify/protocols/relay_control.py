@@ -7,7 +7,8 @@ and polls it as a heartbeat; the relay side answers with :class:`Poll` and repor
 :class:`RelayStats`.  The CRS relay also takes :class:`Add` (a relay
 session with two leg tags), :class:`Remove`, their batched forms
 :class:`AddSessions` and :class:`RemoveSessions`, :class:`ListSessions` and
-:class:`Reclaim` (a restarted CRS adopting its live sessions); every
+:class:`Reclaim` (a restarted CRS adopting its live sessions), :class:`Bridge`
+(a leg sent to another operator's relay, for calls across operators); every
 command names the calling ``server``, which keeps its sessions alive.
 ``docs/relay.md`` describes the commands and the ``RelayLink`` API.
 """
@@ -105,6 +106,22 @@ class Reclaim(amp.Command):
 
     arguments = [(b"server", amp.Unicode()), (b"sessions", amp.ListOf(amp.Integer()))]
     response = [(b"reclaimed", amp.ListOf(amp.Integer()))]
+
+
+class Bridge(amp.Command):
+    """Bridge leg ``a`` or ``b`` of a session to another operator's relay at
+    ``host``:``port``, whose leg there has ``tag``; answers whether the
+    session (and leg) existed."""
+
+    arguments = [
+        (b"server", amp.Unicode()),
+        (b"session", amp.Integer()),
+        (b"leg", amp.Unicode()),
+        (b"host", amp.Unicode()),
+        (b"port", amp.Integer()),
+        (b"tag", amp.String()),
+    ]
+    response = [(b"bridged", amp.Boolean())]
 
 
 @attrs.frozen

@@ -94,15 +94,18 @@ class PoolNet:
         return sock
 
 
-def crs_conf(directory: str, count: int, accounts: str) -> str:
-    """One instance's crs.conf: the pool part is the same for all."""
+def crs_conf(directory: str, count: int, accounts: str, pool: bool = True) -> str:
+    """One instance's crs.conf: the pool part is the same for all (none
+    without ``pool``: a single instance, as each operator's in the
+    inter-working tests)."""
     d = directory
     notify = os.path.join(d, "notify.sh")
     with open(notify, "w") as f:
         f.write(f'#!/bin/sh\necho "$1 $2" >> {d}/notify.log\n')
     os.chmod(notify, stat.S_IRWXU)
-    pool = "".join(f"host crs{i}\n" for i in range(1, count + 1))
-    pool += "".join(f"ip crs{i} {address(i)}\n" for i in range(1, count + 1))
+    hosts = "".join(f"host crs{i}\n" for i in range(1, count + 1))
+    hosts += "".join(f"ip crs{i} {address(i)}\n" for i in range(1, count + 1))
+    section = f"[POOL]\n{hosts}" if pool else ""
     path = os.path.join(d, "crs.conf")
     with open(path, "w") as f:
         f.write(
@@ -121,8 +124,7 @@ redis managed
 redis-high 127.0.0.1 6390
 redis-low 127.0.0.1 6391
 redis-backup 127.0.0.1 6392
-[POOL]
-{pool}"""
+{section}"""
         )
     return path
 
@@ -134,8 +136,9 @@ def send(ws: Any, **fields: Any) -> None:
 class Client:
     """One attached URI (a blocking WebSocket in the client host)."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, account: str = "acme") -> None:
         self.uri = uri
+        self.account = account
         self.ws: Any = None
         self.at: str | None = None
         self.moves: list[str] = []
@@ -302,7 +305,15 @@ class PoolCase(TestCase):
         except (OSError, TimeoutError) as exc:
             return f"unreachable {exc}"
         try:
-            send(ws, type="attach", id=1, account="acme", uri=client.uri, versions=[1], app="t")
+            send(
+                ws,
+                type="attach",
+                id=1,
+                account=client.account,
+                uri=client.uri,
+                versions=[1],
+                app="t",
+            )
             answer = cbor2.loads(ws.recv(timeout=20))
             if answer.get("type") == "moved":
                 ws.close()
@@ -310,7 +321,9 @@ class PoolCase(TestCase):
             if answer.get("type") != "challenge":
                 ws.close()
                 return f"refused {answer.get('code')}"
-            octets = attach_signed_octets(answer["nonce"], "acme", client.uri, answer["period"])
+            octets = attach_signed_octets(
+                answer["nonce"], client.account, client.uri, answer["period"]
+            )
             signature = self.keys[client.uri].signer().sign(octets)
             send(ws, type="prove", id=2, signature=signature)
             answer = cbor2.loads(ws.recv(timeout=20))

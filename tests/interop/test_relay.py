@@ -121,6 +121,20 @@ class ReaderContract(_Case):
         self.pump()
         self.assertEqual(receive_all(target), [RTP + b"mapped"])
 
+    def test_bridged_leg_on_real_socket(self) -> None:
+        """A leg bridged to another relay (here a plain socket standing in
+        for it) gets Alice's packets with that relay's tag in front, before
+        it sent anything; what it sends with our tag reaches Alice bare."""
+        peer = udp_client(self)
+        host, port = peer.getsockname()
+        self.assertTrue(self.core.bridge(self.session.ident, "b", host, port, b"PEERTAG!"))
+        self.send(self.alice, self.session.a.tag + RTP + b"one")
+        self.pump()
+        self.assertEqual(receive_all(peer), [b"PEERTAG!" + RTP + b"one"])
+        self.send(peer, self.session.b.tag + RTP + b"back")
+        self.pump()
+        self.assertEqual(receive_all(self.alice), [RTP + b"back"])
+
 
 class BatchReaderTests(ReaderContract, SynchronousTestCase):
     def make_reader(self, core: RelayCore, clock: Clock, sock: socket.socket) -> object:

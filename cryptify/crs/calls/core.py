@@ -114,8 +114,9 @@ class RemoteCallees(Protocol):
     #: Seconds the callee's instance has to confirm an offer.
     offer_timeout: float
 
-    def locate(self, uri: str) -> str | None:
-        """The other instance serving ``uri``, or None (here, or nobody)."""
+    def locate(self, uri: str, account: str | None = None) -> str | None:
+        """The other instance serving ``uri`` (in ``account``, when the
+        caller named it), or None (here, or nobody)."""
 
     def offer(self, session: Session, mikey: bytes, legs: RelayLegs) -> bool:
         """Forward the invite of a remote ``session``; False if its instance
@@ -173,6 +174,9 @@ class Session:
     #: The caller's ``codecs`` (None: it offered none, G.711 u-law only),
     #: passed on to the callee unread.
     codecs: list[str] | None = None
+    #: The callee's account when it is another operator's (``to-account``
+    #: of the invite): ``remote`` is then an inter-working peer.
+    to_account: str | None = None
 
     def role_of(self, uri: str) -> str | None:
         if uri == self.caller:
@@ -235,6 +239,9 @@ class SessionTable:
         self.on_absent: Callable[[str, str], object] | None = None
         #: Callees attached at other pool instances (None: not in a pool).
         self.remote: RemoteCallees | None = None
+        #: Callees of other operators' accounts, over the inter-working
+        #: link (None: no inter-working); an invite names the account.
+        self.external: RemoteCallees | None = None
 
     # -- bookkeeping -----------------------------------------------------------
 
@@ -288,7 +295,15 @@ class SessionTable:
         ]
         ended = [[e.caller, e.to, str(int(e.ended - e.started)), e.state] for e in self.ended]
         offered = [] if self.remote is None else self.remote.rows(now)
+        if self.external is not None:
+            offered += self.external.rows(now)
         return live + offered + ended
+
+    def _remotes(self, session: Session) -> RemoteCallees:
+        """Who carries a remote ``session``: the pool, or the inter-working link."""
+        remotes = self.external if session.to_account is not None else self.remote
+        assert remotes is not None
+        return remotes
 
     # -- from the caller ---------------------------------------------------------
 
@@ -300,10 +315,13 @@ class SessionTable:
         mikey: bytes,
         shown: str | None = None,
         codecs: list[str] | None = None,
+        to_account: str | None = None,
     ) -> None:
         """``invite`` from an attached client (``caller`` is its attachment);
-        ``shown`` is the ``from`` it asked for: its own URI, with an extension;
-        ``codecs`` its media codecs, passed on to the callee unread."""
+        ``shown`` is the ``from`` it asked for: its own URI, with an
+        extension; ``codecs`` its media codecs, passed on to the callee
+        unread; ``to_account`` the callee's account when the caller named it
+        (another operator's, reached over the inter-working link)."""
         callee_uri = base_uri(to)
         account = caller.account
         if shown is not None and base_uri(shown) != caller.uri:
@@ -315,12 +333,16 @@ class SessionTable:
         if len(self.by_uri.get(caller.uri, ())) >= MAX_SESSIONS_PER_URI:
             self._error(caller.uri, request_id, "busy", "too many calls at once")
             return
-        callee = self.parties.attached(callee_uri)
         peer = None
-        if callee is None and self.remote is not None:
+        external = None
+        if to_account is not None and self.external is not None:
+            peer = self.external.locate(callee_uri, to_account)
+            external = to_account if peer is not None else None
+        callee = None if peer is not None else self.parties.attached(callee_uri)
+        if callee is None and peer is None and self.remote is not None:
             peer = self.remote.locate(callee_uri)
-            if peer is not None:
-                callee = RemoteParty(callee_uri, account)
+        if callee is None and peer is not None:
+            callee = RemoteParty(callee_uri, external or account)
         if callee is None:
             if self.on_absent is not None:
                 self.on_absent(account, callee_uri)
@@ -345,6 +367,7 @@ class SessionTable:
             shown_caller=shown or caller.uri,
             remote=peer,
             codecs=codecs,
+            to_account=external,
         )
         self._add(session)
         self.counters["invites"] += 1
@@ -378,13 +401,13 @@ class SessionTable:
             return
         session.relayed = True
         if session.remote is not None:
-            assert self.remote is not None
+            remotes = self._remotes(session)
             session.legs = legs
-            if not self.remote.offer(session, mikey, legs):
+            if not remotes.offer(session, mikey, legs):
                 self._unreachable(session, tell=False)
                 return
             session.timer = self.clock.callLater(
-                self.remote.offer_timeout, self._offer_timeout, session.id
+                remotes.offer_timeout, self._offer_timeout, session.id
             )
             return
         self._tell_caller(session, legs)
@@ -527,8 +550,7 @@ class SessionTable:
         self._ended(session.caller, session.to, session.started, hangup_state(code, who))
         if session.remote is not None and session.legs is not None and session.callee != skip:
             # its instance was sent the invite: it ends there too
-            assert self.remote is not None
-            self.remote.hangup(session, code, reason, who)
+            self._remotes(session).hangup(session, code, reason, who)
         if not session.offered:
             # Nobody has heard of this session yet: the caller's invite fails.
             if session.caller != skip:
@@ -580,8 +602,7 @@ class SessionTable:
         (``code``: ``not-connected``, or what that instance answered)."""
         self._remove(session)
         if tell:
-            assert self.remote is not None
-            self.remote.hangup(session, code, None, CRS)
+            self._remotes(session).hangup(session, code, None, CRS)
         state = {"not-connected": NOT_CONNECTED_STATE, "not-found": NOT_FOUND_STATE}.get(code)
         if state is None:
             state = hangup_state(code, CRS)

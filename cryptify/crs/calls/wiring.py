@@ -85,6 +85,17 @@ class LinkRelayAllocator:
         self._later()
         return legs
 
+    def bridge(
+        self, session: str, leg: str, host: str, port: int, tag: bytes
+    ) -> defer.Deferred[bool]:
+        """Send leg ``leg`` (``a``: the caller's, ``b``: the callee's) of
+        ``session``'s relay session to another operator's relay; False when
+        the session has no relay session (any more)."""
+        number = self.numbers.get(session)
+        if number is None:
+            return defer.succeed(False)
+        return defer.ensureDeferred(self.link.bridge_session(number, leg, host, port, tag))
+
     def release(self, session: str) -> None:
         number = self.numbers.pop(session, None)
         if number is None:
@@ -171,7 +182,15 @@ def install(core: AttachCore, table: SessionTable) -> None:
         caller = core.registry.get(session.uri or "")
         if caller is None or msg.id is None:
             return
-        table.invite(caller, msg.id, msg["to"], msg["mikey"], msg.get("from"), msg.get("codecs"))
+        table.invite(
+            caller,
+            msg.id,
+            msg["to"],
+            msg["mikey"],
+            msg.get("from"),
+            msg.get("codecs"),
+            msg.get("to-account"),
+        )
 
     def ringing(session: AttachSession, msg: Message) -> None:
         table.ringing(session.uri or "", msg["session"])

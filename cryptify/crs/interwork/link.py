@@ -28,8 +28,8 @@ open only while there is at least one peer.
 ``show iw-crs`` (:meth:`IwLink.rows`) gives each peer's signal link: up
 when a connection either way has exchanged hellos and is alive, with the
 outgoing and incoming connections' own states and the version the peer
-announced.  The data link (media between the two operators' relays, UDP
-``relay`` port) is shown ``-``: it comes with calls across operators.
+announced; the data link (media between the two operators' relays, UDP
+``relay`` port) comes from the calls (:attr:`IwLink.data_state`).
 """
 
 from __future__ import annotations
@@ -103,6 +103,13 @@ class _IwProtocol(Protocol):
     def connectionMade(self) -> None:
         self.link._open.add(self)
         self.idle.reset()
+        # Requests and answers go on different connections (each side
+        # sends on its outgoing one first): without this, a frame written
+        # while the previous one is unacknowledged waits for the peer's
+        # delayed ACK (Nagle), tens of milliseconds per post or call step.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         self.send(HELLO, {"version": self.link.version})
 
     def dataReceived(self, data: bytes) -> None:
@@ -240,6 +247,10 @@ class IwLink(service.MultiService):
         self._inbound: dict[str, int] = {}
         self._versions: dict[str, str] = {}
         self._handlers: dict[str, Callable[[str, dict[str, object]], None]] = {}
+        self._listeners: list[Callable[[str, bool], None]] = []
+        #: The data-link columns of a peer (the inter-working calls'
+        #: :meth:`~cryptify.crs.interwork.calls.IwCalls.data_state`).
+        self.data_state: Callable[[str], tuple[str, str, str]] | None = None
         self._unhandled: set[str] = set()
         g = config.global_
         gate = _Gate(self, PskServerContextFactory(self._lookup))
@@ -332,6 +343,7 @@ class IwLink(service.MultiService):
         for proto in [p for p in self._open if p.peer == ip]:
             abort(proto.transport)
         log.info("inter-working peer {ip} removed", ip=ip)
+        self._tell(ip, False)
 
     # -- what the CRS asks -----------------------------------------------
 
@@ -340,6 +352,35 @@ class IwLink(service.MultiService):
         if frame_type in self._handlers or frame_type in (HELLO, BEAT):
             raise ValueError(f"inter-working frame type {frame_type!r} already has a handler")
         self._handlers[frame_type] = handler
+
+    def on_link(self, listener: Callable[[str, bool], None]) -> None:
+        """Call ``listener(peer, up)`` when ``peer``'s signal link comes up
+        (a first connection exchanged hellos) or goes down (the last one
+        closed, or the peer was removed)."""
+        self._listeners.append(listener)
+
+    def operator(self, peer: str) -> str | None:
+        """Who runs ``peer``: instances configured with the same shared
+        secret are one operator's (an opaque name, never the secret); None
+        when ``peer`` is not configured."""
+        found = self.peers.get(peer)
+        if found is None:
+            return None
+        return hmac.new(iw_psk(found.secret), b"operator", "sha256").hexdigest()[:16]
+
+    def configured(self) -> list[str]:
+        """The peers of ``iw-crs.conf``, by address."""
+        return list(self.peers)
+
+    def link_up(self, peer: str) -> bool:
+        return self.state(peer)[0] == "up"
+
+    def _tell(self, peer: str, up: bool) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(peer, up)
+            except Exception:
+                log.failure("inter-working link listener failed")
 
     def send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
         """Send a frame to ``peer`` on a ready connection (its outgoing one
@@ -365,7 +406,8 @@ class IwLink(service.MultiService):
         rows = []
         for ip in self.peers:
             link, outgoing, incoming = self.state(ip)
-            rows.append((ip, link, outgoing, incoming, "-", "-", "-", self._versions.get(ip, "-")))
+            data = self.data_state(ip) if self.data_state is not None else ("-", "-", "-")
+            rows.append((ip, link, outgoing, incoming, *data, self._versions.get(ip, "-")))
         return rows
 
     # -- the link --------------------------------------------------------
@@ -413,21 +455,23 @@ class IwLink(service.MultiService):
         return None if peer is None else iw_psk(self.peers[peer].secret)
 
     def _up(self, proto: _IwProtocol, version: str) -> None:
-        before = self.state(proto.peer)[0]
         self._versions[proto.peer] = version
-        if before == "down":
+        if not any(p.ready for p in self._open if p.peer == proto.peer and p is not proto):
             log.info(
                 "inter-working link to {peer} up ({direction}), version {version}",
                 peer=proto.peer,
                 direction="outgoing" if proto.outgoing else "incoming",
                 version=version,
             )
+            self._tell(proto.peer, True)
 
     def _lost(self, proto: _IwProtocol) -> None:
         if not proto.outgoing and self._inbound.get(proto.peer, 0) > 0:
             self._inbound[proto.peer] -= 1
-        if proto.ready and proto.peer in self.peers and self.state(proto.peer)[0] == "down":
-            log.warn("inter-working link to {peer} down", peer=proto.peer)
+        if proto.ready and self.state(proto.peer)[0] == "down":
+            if proto.peer in self.peers:
+                log.warn("inter-working link to {peer} down", peer=proto.peer)
+            self._tell(proto.peer, False)
 
     def _dispatch(self, peer: str, envelope: Envelope) -> None:
         handler = self._handlers.get(envelope.type)

@@ -29,11 +29,16 @@
   ``posted``; a ``delivered`` for a sender attached elsewhere goes to it
   there, and messages the pool brings here arrive through
   :meth:`Messaging.arrived`.
+- A post with ``to-account`` naming an account that an inter-working
+  peer hosts (and this CRS does not) goes to :class:`External`
+  (:class:`cryptify.crs.interwork.forward.IwForwarder`) the same way:
+  stored at the peer, or kept here for it, before the ``posted``.
 
 ``trace message`` lines (Header, Time, From, To, State, Account,
 Message-ID) use the manual's states: not-found, posted content, posted
 ack, delivered, and forward content / forward ack (Account ``internal``)
-for a post stored at another pool member.  Which URIs are known and the per-user counters of
+for a post stored at another pool member, ``external`` at another
+operator.  Which URIs are known and the per-user counters of
 ``show message`` are kept by the message store, next to the messages;
 this module holds the rules only.
 """
@@ -84,6 +89,9 @@ class Router(Protocol):
     """Where a pool sends posts for recipients served by another member
     (:class:`cryptify.crs.pool.forward.Forwarder`)."""
 
+    #: The Account column of a forwarded post's trace line.
+    trace_account: str
+
     def elsewhere(self, uri: str) -> bool:
         """Whether ``uri``'s slot is not served here (another member owns
         it, or no member does at this moment)."""
@@ -98,6 +106,37 @@ class Router(Protocol):
 
     def tell_delivered(self, sender: str, message_id: str) -> None:
         """Tell the member serving ``sender`` that its message was delivered."""
+        ...
+
+
+class External(Protocol):
+    """Where posts for accounts hosted by another operator go
+    (:class:`cryptify.crs.interwork.forward.IwForwarder`)."""
+
+    trace_account: str
+
+    def remote(self, account: str) -> bool:
+        """Whether an inter-working peer hosts ``account`` (and this CRS does not)."""
+        ...
+
+    def post(
+        self, sender: str, scope: str, to: str, account: str, kind: str, data: bytes
+    ) -> Deferred[Relayed]:
+        """Store a post for ``to`` in ``account`` at the peer (or keep it
+        here for it), durably, before the Deferred fires."""
+        ...
+
+    def unknown(self, account: str) -> bool:
+        """Whether ``account`` may be hosted by a peer that has not said
+        which accounts it hosts yet (a post for it waits: ``unavailable``)."""
+        ...
+
+    def knows(self, sender: str) -> bool:
+        """Whether ``sender``'s messages came over the inter-working link."""
+        ...
+
+    def tell_delivered(self, sender: str, message_id: str) -> None:
+        """Tell the peer serving ``sender`` that its message was delivered."""
         ...
 
 
@@ -145,6 +184,8 @@ class Messaging:
         self.on_absent: Callable[[str, str], None] | None = None
         #: In a pool: where posts for recipients served elsewhere go.
         self.pool: Router | None = None
+        #: With inter-working peers: where posts for their accounts go.
+        self.iw: External | None = None
 
     def _refuse(self, failure: Failure, session: AttachSession, msg_id: int | None) -> None:
         retry_after = None
@@ -203,7 +244,17 @@ class Messaging:
             data = content if content is not None else ack.encode("ascii")
             scope = retry_scope(msg.get("key"), session.conn_id, msg.id)
             stored: Deferred[Any]
-            if self.pool is not None and self.pool.elsewhere(recipient):
+            to_account = msg.get("to-account")
+            router: Router | External | None = None
+            if to_account is not None and self.iw is not None and self.iw.remote(to_account):
+                router = self.iw
+                stored = self.iw.post(sender, scope, to, to_account, kind, data)
+            elif to_account is not None and self.iw is not None and self.iw.unknown(to_account):
+                raise MessageRefused(
+                    "unavailable", f"the operator hosting {to_account} is not known yet"
+                )
+            elif self.pool is not None and self.pool.elsewhere(recipient):
+                router = self.pool
                 stored = self.pool.post(sender, scope, to, account, kind, data)
             else:
                 stored = defer.maybeDeferred(
@@ -220,8 +271,10 @@ class Messaging:
             if done.duplicate:
                 return None
             self.counters["posted"] += 1
-            if relayed.peer is not None:
-                self.trace.emit("message", sender, to, forward_state(kind), "internal", done.id)
+            if relayed.peer is not None and router is not None:
+                self.trace.emit(
+                    "message", sender, to, forward_state(kind), router.trace_account, done.id
+                )
             elif done.stored is not None:
                 self.arrived(done.stored)
             if self.stats is not None and self.stats.may_count(account):
@@ -305,10 +358,14 @@ class Messaging:
             self.counters["delivered"] += 1
             self.trace.emit("message", sender, uri, "delivered", account, message_id)
             if kind != "ack":
-                if self.registry.get(sender) is not None or self.pool is None:
+                if self.registry.get(sender) is not None:
                     self.tell_sender(sender, message_id)
-                else:
+                elif self.iw is not None and self.iw.knows(sender):
+                    self.iw.tell_delivered(sender, message_id)
+                elif self.pool is not None:
                     self.pool.tell_delivered(sender, message_id)
+                else:
+                    self.tell_sender(sender, message_id)
             if self.stats is not None and self.stats.may_count(account):
                 counted = defer.ensureDeferred(self.stats.message_delivered(account, uri, kind))
                 counted.addErrback(self._not_counted, "delivery")

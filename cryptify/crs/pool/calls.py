@@ -12,6 +12,7 @@ here for another instance go back to it) and their detaches.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -39,7 +40,19 @@ def _receiver(calls: PoolCalls, frame_type: str) -> Callable[[str, dict[str, obj
     return receive
 
 
-def install(core: AttachCore, link: PoolLink, calls: PoolCalls) -> None:
+class CallLink(Protocol):
+    """What :func:`install` needs of a link: the pool's
+    (:class:`~cryptify.crs.pool.wiring.PoolLink`) or the inter-working one
+    (:class:`~cryptify.crs.interwork.link.IwLink`)."""
+
+    def handle(
+        self, frame_type: str, handler: Callable[[str, dict[str, object]], None]
+    ) -> None: ...
+
+    def on_link(self, listener: Callable[[str, bool], None]) -> None: ...
+
+
+def install(core: AttachCore, link: CallLink, calls: PoolCalls) -> None:
     """Carry ``calls`` on ``link`` and take the attached clients' call
     messages for the calls offered here (after :func:`cryptify.crs.calls.wiring.install`)."""
     for frame_type in FRAME_TYPES:

@@ -48,6 +48,7 @@ more) at the receiver is ignored: hangups cross.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import Protocol, TypeVar
@@ -158,14 +159,35 @@ class CallInvite:
 
 
 @attrs.frozen
+class RelayLeg:
+    """Where another relay takes a call's media: its address and the tag
+    of the leg there (``call-offered`` on the inter-working link)."""
+
+    host: str
+    port: int
+    tag: bytes
+
+
+@attrs.frozen
 class CallStep:
-    """``call-offered``, ``call-ringing`` or ``call-talk``: a session id."""
+    """``call-offered``, ``call-ringing`` or ``call-talk``: a session id
+    (an offer across operators may name the callee's relay leg)."""
 
     kind: str
     session: str
+    relay: RelayLeg | None = None
 
     def fields(self) -> dict[str, object]:
-        return {"session": self.session}
+        fields: dict[str, object] = {"session": self.session}
+        if self.relay is not None:
+            fields.update(
+                {
+                    "relay-host": self.relay.host,
+                    "relay-port": self.relay.port,
+                    "relay-tag": self.relay.tag,
+                }
+            )
+        return fields
 
 
 @attrs.frozen
@@ -226,6 +248,23 @@ def _typed(fields: dict[str, object], name: str, kind: type[_T]) -> _T:
     return value
 
 
+def _relay_leg(fields: dict[str, object]) -> RelayLeg:
+    """The relay leg of an offer: an IP address (no name to resolve), a
+    port, an 8-octet tag."""
+    host = _typed(fields, "relay-host", str)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise WireError("relay-host is not an IP address") from None
+    port = _typed(fields, "relay-port", int)
+    if not 1 <= port <= 65535:
+        raise WireError("relay-port is not a port")
+    tag = _typed(fields, "relay-tag", bytes)
+    if len(tag) != 8:
+        raise WireError("relay-tag is not 8 octets")
+    return RelayLeg(host, port, tag)
+
+
 def decode_call(frame_type: str, fields: dict[str, object]) -> CallFrame:
     """The call frame of an envelope's type and fields; raises
     :class:`WireError` for anything a well-behaved peer does not send."""
@@ -252,7 +291,15 @@ def decode_call(frame_type: str, fields: dict[str, object]) -> CallFrame:
         except UmsgError as exc:
             raise WireError(f"{what}: {exc}") from None
         return invite
-    if frame_type in (OFFERED_FRAME, RINGING_FRAME, TALK_FRAME):
+    if frame_type == OFFERED_FRAME:
+        relay_keys = {"relay-host", "relay-port", "relay-tag"}
+        _exact(fields, what, {"session"}, relay_keys)
+        relay = None
+        if relay_keys & set(fields):
+            _exact(fields, what, {"session"} | relay_keys, set())
+            relay = _relay_leg(fields)
+        return CallStep(frame_type, _session_id(fields["session"]), relay)
+    if frame_type in (RINGING_FRAME, TALK_FRAME):
         _exact(fields, what, {"session"}, set())
         return CallStep(frame_type, _session_id(fields["session"]))
     if frame_type == REFUSED_FRAME:
@@ -333,13 +380,21 @@ class PoolCalls:
         self._by_uri: dict[str, set[str]] = {}
         self._per_peer: dict[str, int] = {}
         self.counters = {"forwarded": 0, "offered": 0, "refused": 0}
+        self._install(table)
+
+    def _install(self, table: SessionTable) -> None:
         table.remote = self
 
     # -- the caller's side (called by the session table) -------------------------
 
-    def locate(self, uri: str) -> str | None:
+    def locate(self, uri: str, account: str | None = None) -> str | None:
         owner = self.owner_of(uri)
         return None if owner is None or owner == self.me else owner
+
+    def _invite_account(self, session: Session) -> str:
+        """The ``account`` of a forwarded invite: the caller's (one pool
+        serves both); the inter-working calls send the callee's."""
+        return session.account
 
     def offer(self, session: Session, mikey: bytes, legs: RelayLegs) -> bool:
         assert session.remote is not None
@@ -347,7 +402,7 @@ class PoolCalls:
             session.id,
             session.shown_caller or session.caller,
             session.to,
-            session.account,
+            self._invite_account(session),
             mikey,
             legs.host,
             legs.port,
@@ -436,9 +491,14 @@ class PoolCalls:
         self.forwarded[invite.session] = forwarded
         self._by_uri.setdefault(callee, set()).add(invite.session)
         self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
-        self._send(peer, OFFERED_FRAME, CallStep(OFFERED_FRAME, invite.session).fields())
+        self._send(peer, OFFERED_FRAME, self._offer_step(invite).fields())
         self.parties.send(callee, invite.umsg())
         self._trace(forwarded, INVITE)
+
+    def _offer_step(self, invite: CallInvite) -> CallStep:
+        """The ``call-offered`` for ``invite`` (the inter-working calls name
+        the callee's relay leg in it)."""
+        return CallStep(OFFERED_FRAME, invite.session)
 
     def _glare(self, peer: str, invite: CallInvite) -> bool:
         """Two clients of different instances invited each other: the

@@ -137,7 +137,16 @@ class _Pending:
 
 
 class Forwarder(service.Service):
-    """Messages of recipients served by other pool members (module docstring)."""
+    """Messages of recipients served by other pool members (module docstring).
+
+    The inter-working link's forwarder
+    (:class:`cryptify.crs.interwork.forward.IwForwarder`) is this one with
+    other routes: it overrides the hooks ``_install``, ``_route``,
+    ``_check_post``, ``_taken``, ``_sweeps`` and ``_outgoing``.
+    """
+
+    #: The Account column of the trace lines of forwarded messages.
+    trace_account = "internal"
 
     def __init__(
         self,
@@ -172,6 +181,9 @@ class Forwarder(service.Service):
         link.handle(DELIVERED, self._on_delivered)
         link.on_link(self._on_link)
         link.watch(self._map_changed)
+        self._install(messaging)
+
+    def _install(self, messaging: Messaging) -> None:
         messaging.pool = self
 
     # -- lifecycle ---------------------------------------------------------
@@ -204,7 +216,7 @@ class Forwarder(service.Service):
         """Store at the owner, or keep here; fires once one of them has it."""
         now_ms = int(self.reactor.seconds() * 1000)
         message = Stored(self.new_id(), sender, to, account, kind, now_ms, data, scope)
-        owner = self.owner(to)
+        owner = self._route(to, account)
         if owner is None or owner == self.link.me or not self.link.link_up(owner):
             return self._hold(message)  # no owner now, or its heartbeats stopped
         peer: str = owner
@@ -229,6 +241,10 @@ class Forwarder(service.Service):
             return failure
 
         return self._ask(peer, message, hand=False).addCallbacks(stored, not_taken)
+
+    def _route(self, to: str, account: str) -> str | None:
+        """Where a post for ``to`` goes: the owner of its slot."""
+        return self.owner(to)
 
     def tell_delivered(self, sender: str, message_id: str) -> None:
         owner = self.owner(sender)
@@ -320,15 +336,9 @@ class Forwarder(service.Service):
     def _on_post(self, peer: str, fields: dict[str, object]) -> None:
         request = decode_post(fields)
         message = request.message
-        if self.elsewhere(message.recipient):
-            # Not ours in this member's map (the maps differ for a moment,
-            # or it is handing the same message the other way): the peer
-            # keeps it and tries again once the maps agree.
-            self.link.send(
-                peer,
-                REFUSED,
-                encode_refused(request.n, UNAVAILABLE, "this member does not own the slot"),
-            )
+        refusal = self._check_post(peer, message)
+        if refusal is not None:
+            self.link.send(peer, REFUSED, encode_refused(request.n, *refusal))
             return
         live = not request.hand
         stored: Deferred[Posted] = defer.maybeDeferred(
@@ -350,9 +360,7 @@ class Forwarder(service.Service):
             if posted.duplicate or posted.stored is None:
                 return
             self.counters["taken"] += 1
-            if self.elsewhere(message.recipient):
-                self.dirty = True  # the slot moved on meanwhile: hand it on
-            self.messaging.arrived(posted.stored)
+            self._taken(posted.stored)
 
         def refused(failure: Failure) -> None:
             if failure.check(MessageRefused):
@@ -371,6 +379,21 @@ class Forwarder(service.Service):
         stored.addCallbacks(answered, refused).addErrback(
             lambda f: log.failure("forwarded message handling failed", f)
         )
+
+    def _check_post(self, peer: str, message: Stored) -> tuple[str, str] | None:
+        """Why a peer's ``msg-post`` is refused (code, reason), or None."""
+        if self.elsewhere(message.recipient):
+            # Not ours in this member's map (the maps differ for a moment,
+            # or it is handing the same message the other way): the peer
+            # keeps it and tries again once the maps agree.
+            return UNAVAILABLE, "this member does not own the slot"
+        return None
+
+    def _taken(self, stored: Stored) -> None:
+        """A peer's message is stored here now."""
+        if self.elsewhere(stored.recipient):
+            self.dirty = True  # the slot moved on meanwhile: hand it on
+        self.messaging.arrived(stored)
 
     def _on_delivered(self, peer: str, fields: dict[str, object]) -> None:
         note = decode_delivered(fields)
@@ -413,6 +436,8 @@ class Forwarder(service.Service):
         left = False
         before = self.counters["handed"]
         for uri in await self.store.inboxes():
+            if not self._sweeps(uri):
+                continue
             owner = self.owner(uri)
             if owner == self.link.me:
                 continue
@@ -433,6 +458,15 @@ class Forwarder(service.Service):
                 left=" (some left for later)" if left else "",
             )
 
+    def _sweeps(self, inbox: str) -> bool:
+        """Whether the sweep hands ``inbox`` on: a client's (a tel URI),
+        not one kept for another operator (the inter-working forwarder's)."""
+        return inbox.startswith("tel:")
+
+    def _outgoing(self, message: Stored) -> Stored:
+        """A kept message as it is handed on."""
+        return message
+
     async def _hand_inbox(self, uri: str, owner: str) -> bool:
         """Hand ``uri``'s messages to ``owner``; True when none is left."""
         while True:
@@ -442,7 +476,7 @@ class Forwarder(service.Service):
             if not ids:
                 return True
             found = [await self.store.get(i) for i in ids]
-            messages = [m for m in found if m is not None]
+            messages = [self._outgoing(m) for m in found if m is not None]
             asks = []
             for m in messages:
                 if m.scope is None:
@@ -464,7 +498,12 @@ class Forwarder(service.Service):
                 done += 1
                 self.counters["handed"] += 1
                 self.messaging.trace.emit(
-                    "message", m.sender, m.recipient, forward_state(m.kind), "internal", m.id
+                    "message",
+                    m.sender,
+                    m.recipient,
+                    forward_state(m.kind),
+                    self.trace_account,
+                    m.id,
                 )
             if done == 0 or done < len(messages):
                 return False  # the owner did not take them all: later

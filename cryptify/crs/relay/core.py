@@ -22,6 +22,14 @@ Latching rule (``docs/relay.md`` explains why it is safe):
    rebinding) only once the latched address has been silent for
    ``rebind_after`` seconds; the new address starts with no credit.  While
    the leg's own address keeps talking, another address cannot take it.
+
+A leg may instead be *bridged* to another operator's relay
+(:meth:`RelayCore.bridge`, for calls across operators, docs/interworking.md):
+its destination is that relay's address as the CRS gave it (after
+``addr-map``), every packet sent to it carries that relay's tag for the
+leg there in place of this leg's own, and it needs no credit (the two
+relays would otherwise each wait for the other to send first); packets
+from it still latch and are checked like any leg's.
 """
 
 from __future__ import annotations
@@ -118,6 +126,8 @@ class Leg:
     seen: float = 0.0
     packets: int = 0
     rebinds: int = 0
+    #: Bridged to another relay: the tag its packets carry there.
+    bridge: bytes | None = None
     peer: Leg = attrs.field(init=False)
 
     def describe(self) -> dict[str, object]:
@@ -193,6 +203,12 @@ class RelayCore:
     map_address: Callable[[str], str] = _same
     random: Callable[[int], bytes] = os.urandom
     resolve: Callable[[Address], Address] | None = None
+    #: The source address of kind this adapter uses, from a host and port
+    #: (a bridged leg's destination is made from it).
+    address_of: Callable[[str, int], Address] = lambda host, port: (host, port)
+    #: Set by :meth:`route` for the packet it routed: the tag that goes in
+    #: front of it (a bridged destination), else None.
+    out_tag: bytes | None = None
     counters: RelayCounters = attrs.Factory(RelayCounters)
     sessions: dict[int, RelaySession] = attrs.Factory(dict)
     _legs: dict[bytes, Leg] = attrs.Factory(dict)
@@ -206,6 +222,8 @@ class RelayCore:
         dest = self.route(datagram[:TAG_SIZE], len(datagram), source, now)
         if dest.__class__ is Drop:
             return dest
+        if self.out_tag is not None:
+            return dest, self.out_tag + datagram[TAG_SIZE:]
         return dest, datagram[TAG_SIZE:]
 
     def route(self, tag: bytes, size: int, source: Address, now: float) -> Address | Drop:
@@ -237,10 +255,13 @@ class RelayCore:
             counters.errnodest += 1
             return Drop.PEER_NOT_LATCHED
         size -= TAG_SIZE
-        if peer.credit < size:
-            counters.errnodest += 1
-            return Drop.PEER_NO_CREDIT
-        peer.credit -= size
+        bridge = peer.bridge
+        if bridge is None:
+            if peer.credit < size:
+                counters.errnodest += 1
+                return Drop.PEER_NO_CREDIT
+            peer.credit -= size
+        self.out_tag = bridge
         return dest
 
     def _latch(self, leg: Leg, source: Address, now: float) -> bool:
@@ -250,7 +271,8 @@ class RelayCore:
                 return False
             leg.rebinds += 1
         leg.source = source
-        leg.dest = self._destination(source)
+        if leg.bridge is None:
+            leg.dest = self._destination(source)
         leg.credit = 0
         return True
 
@@ -294,6 +316,18 @@ class RelayCore:
         self._legs[session.a.tag] = session.a
         self._legs[session.b.tag] = session.b
         return session
+
+    def bridge(self, ident: int, leg: str, host: str, port: int, tag: bytes) -> bool:
+        """Bridge leg ``a`` or ``b`` of session ``ident`` to another relay at
+        ``host``:``port`` (``addr-map`` applies), whose leg there has ``tag``;
+        False when there is no such session (or leg, or a tag of another size)."""
+        session = self.sessions.get(ident)
+        if session is None or leg not in ("a", "b") or len(tag) != TAG_SIZE:
+            return False
+        target = session.a if leg == "a" else session.b
+        target.bridge = tag
+        target.dest = self._destination(self.address_of(host, port))
+        return True
 
     def remove(self, ident: int) -> RelaySession | None:
         """Delete a session; None when there is no such session."""

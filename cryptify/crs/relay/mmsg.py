@@ -147,6 +147,7 @@ class BatchReader:
         self._payload = [self._rbuf + i * SLOT + TAG_SIZE for i in range(BATCH)]
         self._lens = [ffi.addressof(self._rmsg[i], "msg_len") for i in range(BATCH)]
         core.resolve = self.resolve
+        core.address_of = raw_address
 
     def resolve(self, source: Address) -> Address:
         """Destination of a latched raw source address: addr-map applied, as
@@ -170,7 +171,8 @@ class BatchReader:
     def doRead(self) -> None:
         ffi, lib = _ffi, _lib
         fd = self.fd
-        route = self.core.route
+        core = self.core
+        route = core.route
         counters = self.core.counters
         rbytes, nbytes, namelen = self._rbytes, self._nbytes, self.namelen
         rmsg, smsg, template = self._rmsg, self._smsg, self._rtemplate
@@ -191,8 +193,15 @@ class BatchReader:
                     continue
                 shdr[out].msg_name = dest
                 vec = siov[out]
-                vec.iov_base = payload[i]
-                vec.iov_len = size - TAG_SIZE
+                out_tag = core.out_tag
+                if out_tag is None:
+                    vec.iov_base = payload[i]
+                    vec.iov_len = size - TAG_SIZE
+                else:  # to a bridged relay: its tag in place of ours
+                    start = payload[i] - TAG_SIZE
+                    ffi.memmove(start, out_tag, TAG_SIZE)
+                    vec.iov_base = start
+                    vec.iov_len = size
                 out += 1
             done = 0
             while done < out:

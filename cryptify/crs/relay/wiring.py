@@ -33,6 +33,7 @@ from cryptify.protocols.relay_control import (
     Add,
     AddSessions,
     BatchTooLarge,
+    Bridge,
     ListSessions,
     Poll,
     Reclaim,
@@ -282,6 +283,22 @@ class RelayControl(amp.CommandLocator):
             raise BatchTooLarge(f"at most {MAX_BATCH} sessions per RemoveMany")
         self._heard(server)
         return {"removed": [n for n in sessions if self._remove(server, n)]}
+
+    @Bridge.responder
+    def bridge(
+        self, server: str, session: int, leg: str, host: str, port: int, tag: bytes
+    ) -> dict[str, object]:
+        self._heard(server)
+        bridged = self.relay.core.bridge(session, leg, host, port, tag)
+        log.info(
+            "Command bridge: session {session} leg {leg} to {host}:{port} for {server}",
+            session=session,
+            leg=leg,
+            host=host,
+            port=port,
+            server=server,
+        )
+        return {"bridged": bridged}
 
     @ListSessions.responder
     def list_sessions(self, server: str) -> dict[str, object]:
