@@ -33,7 +33,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import Factory, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -256,7 +256,7 @@ class _AuthLocator(amp.CommandLocator):
         return {}
 
 
-class ManagementFactory(Factory):
+class ManagementFactory(ServerFactory):
     """Builds a :class:`ManagementProtocol` per connection around one locator.
 
     With a ``cookie`` and a ``clock`` (TCP listeners), connections that do

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -233,7 +233,7 @@ class PushServerProtocol(amp.AMP):
         amp.AMP.connectionLost(self, reason)
 
 
-class PushServerFactory(Factory):
+class PushServerFactory(ServerFactory):
     """Accepts CRS connections for ``cryptify-push``."""
 
     def __init__(

@@ -42,7 +42,7 @@ import attrs
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -263,7 +263,7 @@ def tcp_keepalive(transport: Any, idle: float) -> None:
             handle.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
-class UmsgServerFactory(Factory):
+class UmsgServerFactory(ServerFactory):
     """The client listener's factory: admission, limits, sweeps."""
 
     protocol = UmsgServerProtocol  # type: ignore[assignment]

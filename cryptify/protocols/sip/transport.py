@@ -41,7 +41,13 @@ from twisted.internet.endpoints import (
     connectProtocol,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -216,7 +222,7 @@ class SipTlsStreamProtocol(SipStreamProtocol):
             self.ready.errback(reason)
 
 
-class SipStreamFactory(protocol.Factory):
+class SipStreamFactory(protocol.ServerFactory):
     """
     Builds a L{SipStreamProtocol} per inbound TCP connection, within the
     limits: C{allowed} source addresses only, at most C{max_per_source}
@@ -279,7 +285,7 @@ class TcpConnector:
         reactor: IReactor,
         sink: MessageSink,
         timeout: float = 5.0,
-        tls: Callable[[str], Any] | None = None,
+        tls: Callable[[str], IOpenSSLClientConnectionCreator] | None = None,
     ) -> None:
         self.reactor = reactor
         self.sink = sink
@@ -305,7 +311,9 @@ class TcpConnector:
         self.waiting[address] = [waiter]
         host, port = address
         endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-        endpoint: Any = endpoint_type(self.reactor, host, port, timeout=self.timeout)
+        endpoint: IStreamClientEndpoint = endpoint_type(
+            self.reactor, host, port, timeout=self.timeout
+        )
         if self.tls is not None:
             endpoint = wrapClientTLS(self.tls(name or host), endpoint)
         connecting: Deferred[SipStreamProtocol]
