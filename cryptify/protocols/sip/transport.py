@@ -42,6 +42,7 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import (
+    IAddress,
     IDelayedCall,
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
@@ -100,7 +101,7 @@ class SipDatagramProtocol(protocol.DatagramProtocol):
     def __init__(self, sink: MessageSink) -> None:
         self.sink = sink
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         source = (str(addr[0]), int(addr[1]))
         channel = UdpChannel(self.transport, source)
         try:
@@ -252,7 +253,7 @@ class SipStreamFactory(protocol.ServerFactory):
         self.refused = refused
         self.open = SourceCounts()
 
-    def buildProtocol(self, addr: Any) -> SipStreamProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> SipStreamProtocol | None:
         host = str(getattr(addr, "host", ""))
         if self.allowed is not None and not self.allowed(host):
             self._refuse(host, "tcp connection, not a SIP peer")
