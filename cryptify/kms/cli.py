@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cryptify.crypto import mikey
 from cryptify.crypto import mikey_payloads as mp
@@ -39,6 +39,9 @@ from cryptify.crypto.updatefile import seal_update_file
 from cryptify.kms.store import KmsAccount, KmsStore, check_account
 from cryptify.tools.manpage import Arg, Page, actions_from_parser, arguments
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
 DEFAULT_STORE = "~/.cryptify-kms"
 
 
@@ -49,7 +52,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self._err = err
 
-    def _print_message(self, message: str, file: Any = None) -> None:
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
         if message:
             (self._err if file is sys.stderr or file is None else file).write(message)
 
@@ -226,7 +229,7 @@ def _read_message(name: str) -> bytes:
 
 def _describe(payload: mp.Payload) -> dict[str, object]:
     name = type(payload).__name__
-    out: dict[str, Any] = {"type": mp.payload_type(payload), "name": name}
+    out: dict[str, object] = {"type": mp.payload_type(payload), "name": name}
     if isinstance(payload, mp.Timestamp):
         out.update(ts_type=payload.ts_type, value=payload.value.hex())
         if payload.ts_type != mp.TS_COUNTER:
@@ -250,7 +253,7 @@ def _describe(payload: mp.Payload) -> dict[str, object]:
 
 
 def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
-    report: dict[str, Any] = {"signature": {"valid": False}, "decapsulation": {"ok": False}}
+    report: dict[str, object] = {"signature": {"valid": False}, "decapsulation": {"ok": False}}
     report["ssv"] = None
     try:
         message = mp.parse_message(_read_message(args.file))
