@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -117,7 +117,7 @@ class UmsgTel:
     def _keys(self) -> Decapsulator:
         return Decapsulator(self.material)
 
-    def notify(self, type_: str, **fields: Any) -> None:
+    def notify(self, type_: str, **fields: object) -> None:
         """Send a UMSG notification if attached (a detached session's calls are over)."""
         session = self.session()
         if session is not None and session.state == "attached":
@@ -179,7 +179,7 @@ class UmsgTel:
             leg.rejected(500)
             return
         out = OutLeg(self, call, leg, built.srtp().policy_key, created=now)
-        fields: dict[str, Any] = {"to": call.out_to, "mikey": built.data}
+        fields: dict[str, object] = {"to": call.out_to, "mikey": built.data}
         if call.out_from != self.material.uri and base_uri(call.out_from) == self.material.uri:
             fields["from"] = call.out_from  # the PBX user, as an extension of our number
         request_id = session.request("invite", **fields)

@@ -15,7 +15,7 @@ draws both machines.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 from twisted.logger import Logger
@@ -219,7 +219,7 @@ class TelCall:
     def _end(self, code: str, reason: str | None) -> None:
         """The SIP side ended: hang up the secure side."""
         self._finish()
-        fields: dict[str, Any] = {"session": self.session, "code": code}
+        fields: dict[str, object] = {"session": self.session, "code": code}
         if reason is not None:
             fields["reason"] = reason
         self.tel.notify("hangup", **fields)

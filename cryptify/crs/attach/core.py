@@ -31,7 +31,7 @@ import enum
 import os
 import secrets
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.logger import Logger
@@ -86,7 +86,7 @@ class AccountLike(Protocol):
 
 
 class Accounts(Protocol):
-    def get(self, account_id: str) -> Any: ...
+    def get(self, account_id: str) -> AccountLike | None: ...
 
 
 Verify = Callable[[bytes, bytes, bytes, bytes], None]
