@@ -137,14 +137,15 @@ class UmsgTel:
         if msg.type == "message":
             # nobody reads the CIG's own inbox: confirm (the CRS drops it)
             self.discarded += 1
-            log.info("message {message} to the CIG discarded", message=msg["message"])
-            self.notify("delivered", message=msg["message"])
+            message_id = msg.text("message")
+            log.info("message {message} to the CIG discarded", message=message_id)
+            self.notify("delivered", message=message_id)
             return
-        found = self.active.get(msg.get("session", ""))
+        found = self.active.get(msg.optional_text("session") or "")
         if isinstance(found, OutLeg):
             found.incoming(msg)
         elif found is not None and msg.type == "hangup":
-            found.end_from_tel(str(msg.get("code", "normal")))
+            found.end_from_tel(msg.optional_text("code") or "normal")
         elif found is not None and msg.type in ("hold", "resume") and found.talking:
             hold_from_secure(found, msg.type == "hold")
 
@@ -203,8 +204,10 @@ class UmsgTel:
             pbx_hold_changed(found, self.sip.direction_of(call))
 
     def _invite(self, msg: Message) -> None:
-        session = msg["session"]
-        call = Call(in_from=msg["from"], in_to=msg["to"], caller_if_id=session, source="umsg")
+        session = msg.text("session")
+        call = Call(
+            in_from=msg.text("from"), in_to=msg.text("to"), caller_if_id=session, source="umsg"
+        )
         self.calls.event(call, "routing")
         try:
             policy_key = self.keys.policy_key(msg, self.clock.seconds())
@@ -227,9 +230,9 @@ class UmsgTel:
             self,
             call,
             session,
-            msg["relay-host"],
-            msg["relay-port"],
-            msg["relay-tag"],
+            msg.text("relay-host"),
+            msg.number("relay-port"),
+            msg.octets("relay-tag"),
             policy_key,
             created=self.clock.seconds(),
         )

@@ -46,12 +46,16 @@ class Decapsulator:
         try:
             keys = self._period(period_of(now))[0]
             got = mikey.receive_i_message(
-                msg["mikey"], kpak=keys.kpak, receiver=self._receiver, now=now, replay=self.replay
+                msg.octets("mikey"),
+                kpak=keys.kpak,
+                receiver=self._receiver,
+                now=now,
+                replay=self.replay,
             )
             _, initiator = split_tel_identifier(got.initiator_id)
         except CryptoError as exc:
             raise BadKeys(str(exc)) from exc
-        if initiator != base_uri(msg["from"]):
+        if initiator != base_uri(msg.text("from")):
             raise BadKeys("the I_MESSAGE is signed by someone else")
         key: bytes = got.srtp().policy_key
         return key
