@@ -31,6 +31,7 @@ from twisted.application import service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from cryptify.jsontypes import JsonObject
 from cryptify.service import StartupError
 
 from .calls import Call
@@ -62,7 +63,7 @@ def _field(value: str) -> str | None:
     return None if value == "-" else value[:MAX_FIELD]
 
 
-def record_of(call: Call) -> dict[str, object]:
+def record_of(call: Call) -> JsonObject:
     """The call record of an ended call, as a dict ready for JSON."""
     from_pbx = call.source != "umsg"
     sip_id, umsg_id = (
