@@ -262,10 +262,10 @@ def tcp_keepalive(transport: object, idle: float) -> None:
             handle.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
-class UmsgServerFactory(ServerFactory):
+class UmsgServerFactory(ServerFactory[UmsgServerProtocol]):
     """The client listener's factory: admission, limits, sweeps."""
 
-    protocol = UmsgServerProtocol  # type: ignore[assignment]
+    protocol = UmsgServerProtocol
     noisy = False
 
     def __init__(

@@ -149,7 +149,8 @@ class SipStreamProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         self.open = True
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        assert self.transport is not None  # connectionMade: connected
+        peer = self.transport.getPeer()
         self.address = (str(getattr(peer, "host", "")), int(getattr(peer, "port", 0)))
         self._rearm()
 
