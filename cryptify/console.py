@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable
-from typing import IO, Any, NoReturn
+from typing import IO, NoReturn, TextIO, cast
 
 EXIT_SIGPIPE = 128 + signal.SIGPIPE
 """The exit status when standard output's reader has gone away."""
@@ -74,7 +74,7 @@ class QuietStdout:
         except BrokenPipeError:
             reader_gone()
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         return getattr(self._stream, name)
 
 
@@ -88,7 +88,8 @@ def console_main(run: Callable[[IO[str]], int]) -> NoReturn:
     does not handle itself (during start-up, say) ends it quietly with
     status 130, as the shell reports for a program SIGINT ended.
     """
-    out: Any = QuietStdout(sys.stdout)
+    # a text stream to its users: it forwards what it does not define itself
+    out = cast(TextIO, QuietStdout(sys.stdout))
     sys.stdout = out
     try:
         status = run(out)

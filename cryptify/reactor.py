@@ -15,7 +15,9 @@ from typing import cast
 
 from twisted.internet.interfaces import (
     IReactorCore,
+    IReactorFDSet,
     IReactorFromThreads,
+    IReactorPluggableNameResolver,
     IReactorProcess,
     IReactorSSL,
     IReactorTCP,
@@ -34,6 +36,8 @@ class IReactor(
     IReactorUDP,
     IReactorProcess,
     IReactorFromThreads,
+    IReactorFDSet,
+    IReactorPluggableNameResolver,
 ):
     """Every reactor interface the programs use."""
 

@@ -19,13 +19,13 @@ import grp
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -47,7 +47,7 @@ class SequentialMultiService(service.MultiService):
         children.reverse()
         return defer.ensureDeferred(self._stop_in_order(children))
 
-    async def _stop_in_order(self, children: list[Any]) -> None:
+    async def _stop_in_order(self, children: list[service.IService]) -> None:
         for child in children:
             if not child.running:
                 continue
@@ -97,11 +97,11 @@ class ListenService(service.Service):
     ``what`` and ``where`` describe the port in error messages and logs.
     """
 
-    def __init__(self, what: str, where: str, listen: Callable[[], Any]) -> None:
+    def __init__(self, what: str, where: str, listen: Callable[[], object]) -> None:
         self.what = what
         self.where = where
         self.listen = listen
-        self.port: Any = None
+        self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
         # Bind before twistd sheds root, so that privileged ports work.
@@ -115,7 +115,7 @@ class ListenService(service.Service):
     def _bind(self) -> None:
         if self.port is None:
             try:
-                self.port = self.listen()
+                self.port = cast(IListeningPort, self.listen())
             except CannotListenError as exc:
                 reason = exc.socketError
                 detail = getattr(reason, "strerror", None) or str(reason)

@@ -25,13 +25,13 @@ import stat
 import syslog
 import time
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 from twisted.application import service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from cryptify.jsontypes import JsonObject
 from cryptify.service import StartupError
 
 from .calls import Call
@@ -63,7 +63,7 @@ def _field(value: str) -> str | None:
     return None if value == "-" else value[:MAX_FIELD]
 
 
-def record_of(call: Call) -> dict[str, Any]:
+def record_of(call: Call) -> JsonObject:
     """The call record of an ended call, as a dict ready for JSON."""
     from_pbx = call.source != "umsg"
     sip_id, umsg_id = (

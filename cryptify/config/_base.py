@@ -23,7 +23,7 @@ from ply import lex, yacc
 
 from cryptify.config._ply import Lexer, LexToken
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+_F = TypeVar("_F", bound=Callable[..., object])
 
 MAX_CONFIG_BYTES = 1024 * 1024
 """Largest configuration file read (1 MiB); a longer file is refused."""
@@ -100,10 +100,9 @@ class _LineCounter:
         self.length = 0
 
     def feed(self, data: str | bytes) -> None:
-        newline: Any = b"\n" if isinstance(data, bytes) else "\n"
         start = 0
         while True:
-            end = data.find(newline, start)
+            end = data.find(b"\n", start) if isinstance(data, bytes) else data.find("\n", start)
             self.length += (len(data) if end < 0 else end) - start
             if self.length > self.limit:
                 raise ConfigError(
@@ -288,7 +287,7 @@ class Grammar:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lexer: Lexer | None = None
-        self._parser: Any = None
+        self._parser: yacc.LRParser | None = None
         self.ctx = Context("<string>", "")
         self.last: LexToken | None = None
         self.prev: LexToken | None = None
@@ -327,6 +326,7 @@ class Grammar:
                 self.prev, self.last = self.last, tok
                 return tok
 
+            assert self._parser is not None  # _build made it
             try:
                 return self._parser.parse(lexer=lexer, tokenfunc=token)
             finally:
@@ -344,6 +344,7 @@ class Grammar:
         """
         The token types the parser could have accepted where it stopped.
         """
+        assert self._parser is not None  # called by the parser's error rule
         state = self._parser.state
         return sorted(self._parser.action[state], key=self.token_order)
 

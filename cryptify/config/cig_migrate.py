@@ -28,7 +28,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
 import attrs
 
@@ -36,6 +36,9 @@ from ._base import ConfigError, quote, read_config_file
 from ._cig_grammar import Block, CigGrammar, Stmt
 from .cig import parse_cig_config
 from .cig_model import CigConfig, TranslateMap, TranslateRule
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 PROG = "cig-migrate-maps"
 
@@ -197,7 +200,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(prog=PROG, usage=USAGE)
         self.streams = (out, err)
 
-    def _print_message(self, message: str, file: Any = None) -> None:
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
         if message:
             (self.streams[1] if file is sys.stderr else self.streams[0]).write(message)
 

@@ -42,7 +42,7 @@ import re
 import stat
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeGuard
+from typing import TypeGuard
 
 import attrs
 from twisted.logger import Logger
@@ -147,7 +147,7 @@ class Month:
         }
 
     @classmethod
-    def from_json(cls, doc: Any, account: str, period: str) -> Month:
+    def from_json(cls, doc: object, account: str, period: str) -> Month:
         """A month from its parsed file; AccountError says what is wrong."""
         if not isinstance(doc, dict):
             raise AccountError("not a JSON object")

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cryptify.crypto import mikey
 from cryptify.crypto import mikey_payloads as mp
@@ -36,8 +36,12 @@ from cryptify.crypto.keymaterial import KIND_CIG, write_key_material
 from cryptify.crypto.sakke import SakkePublicKey, SakkeReceiver
 from cryptify.crypto.securefile import write_secret_file
 from cryptify.crypto.updatefile import seal_update_file
+from cryptify.jsontypes import JsonObject
 from cryptify.kms.store import KmsAccount, KmsStore, check_account
 from cryptify.tools.manpage import Arg, Page, actions_from_parser, arguments
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 DEFAULT_STORE = "~/.cryptify-kms"
 
@@ -49,7 +53,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self._err = err
 
-    def _print_message(self, message: str, file: Any = None) -> None:
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
         if message:
             (self._err if file is sys.stderr or file is None else file).write(message)
 
@@ -224,9 +228,9 @@ def _read_message(name: str) -> bytes:
     return data
 
 
-def _describe(payload: mp.Payload) -> dict[str, object]:
+def _describe(payload: mp.Payload) -> JsonObject:
     name = type(payload).__name__
-    out: dict[str, Any] = {"type": mp.payload_type(payload), "name": name}
+    out: JsonObject = {"type": mp.payload_type(payload), "name": name}
     if isinstance(payload, mp.Timestamp):
         out.update(ts_type=payload.ts_type, value=payload.value.hex())
         if payload.ts_type != mp.TS_COUNTER:
@@ -250,7 +254,7 @@ def _describe(payload: mp.Payload) -> dict[str, object]:
 
 
 def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
-    report: dict[str, Any] = {"signature": {"valid": False}, "decapsulation": {"ok": False}}
+    report: JsonObject = {"signature": {"valid": False}, "decapsulation": {"ok": False}}
     report["ssv"] = None
     try:
         message = mp.parse_message(_read_message(args.file))
@@ -264,7 +268,7 @@ def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
         "prf_func": h.prf_func,
         "csb_id": f"{h.csb_id:08x}",
         "map_type": h.map_type,
-        "cs_ids": h.cs_ids(),
+        "cs_ids": [*h.cs_ids()],
     }
     report["payloads"] = [_describe(p) for p in message.payloads]
     ok = True

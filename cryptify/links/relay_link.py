@@ -9,7 +9,7 @@ The CRS runs one towards ``crs_relay``, the CIG one towards ``cig-relay``;
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
@@ -20,6 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from cryptify.protocols.amp_calls import call_remote
 from cryptify.protocols.relay_control import (
     Add,
     AddSessions,
@@ -87,11 +88,11 @@ class RelayLink(service.MultiService):
             return False
         return self.reactor.seconds() - self.last_answer <= POLL_STALE
 
-    async def call(self, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]:
+    async def call(self, command: type[amp.Command], **kwargs: object) -> dict[str, Any]:
         """Send one command on the current connection (fails when down)."""
-        proto: Any = await self.client.whenConnected(failAfterFailures=1)
-        result: dict[str, Any] = await proto.callRemote(command, **kwargs)
-        return result
+        # the client's factory builds amp.AMP protocols
+        proto = cast(amp.AMP, await self.client.whenConnected(failAfterFailures=1))
+        return await call_remote(proto, command, **kwargs)
 
     async def add_session(self, label: str = "") -> RelayAllocation:
         """Create a relay session: its number, leg tags and media address."""
@@ -140,7 +141,7 @@ class RelayLink(service.MultiService):
         answer = await self.call(RelayStats)
         return dict(answer["stats"])
 
-    async def list_sessions(self) -> list[dict[str, Any]]:
+    async def list_sessions(self) -> list[dict[str, object]]:
         """This server's live relay sessions (see docs/relay.md for the keys)."""
         answer = await self.call(ListSessions, server=self.server_name)
         return list(answer["sessions"])

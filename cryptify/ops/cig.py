@@ -26,7 +26,6 @@ each scrape; see ``docs/operations.md``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import attrs
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -156,7 +155,7 @@ class CigMetrics:
     links: dict[str, Callable[[], bool]]
     keepalive: KeepAlive
     queries: Queries
-    reloader: Reloader[Any] | None = None
+    reloader: Reloader[CigConfig] | None = None
 
     def families(self) -> Iterator[Metric]:
         p = "cryptify_cig_"

@@ -24,7 +24,6 @@ each scrape; see ``docs/operations.md`` for the list.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import attrs
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -117,7 +116,7 @@ class CrsLive:
     notifier: Notifier
     #: ``crs-cli reload account``: re-read the accounts, tell notify.sh,
     #: disconnect clients now blacklisted; answers ``{"problems": [...]}``.
-    reload_accounts: Callable[[], dict[str, Any]]
+    reload_accounts: Callable[[], dict[str, object]]
 
     def apply(self, plan: Plan[CrsFiles]) -> None:
         """Put the live directives' new values in place; re-read the accounts."""
@@ -137,7 +136,7 @@ class CrsLive:
         if plan.changed("notify-timeout"):
             self.notifier.timeout = g.notify_timeout
         problems = self.reload_accounts()["problems"]
-        if problems:
+        if isinstance(problems, list) and problems:
             log.warn(
                 "accounts reloaded with {count} problems (see the lines above)",
                 count=len(problems),
@@ -164,7 +163,7 @@ class CrsMetrics:
     #: ``show services``: crs, crs_relay, redis_high, redis_low[, redis_backup].
     probes: dict[str, Callable[[], bool | str]]
     queries: Queries
-    reloader: Reloader[Any] | None = None
+    reloader: Reloader[CrsFiles] | None = None
 
     def families(self) -> Iterator[Metric]:
         p = "cryptify_crs_"

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Generic, TypeVar
+from types import FrameType
+from typing import Generic, TypeVar
 
 import attrs
 from twisted.application import service
@@ -55,14 +56,14 @@ class Directive:
     live: bool
 
 
-def value_at(obj: Any, path: Sequence[str]) -> Any:
+def value_at(obj: object, path: Sequence[str]) -> object:
     """The value at attribute path C{path} of C{obj}."""
     for name in path:
         obj = getattr(obj, name)
     return obj
 
 
-def leaves(obj: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+def leaves(obj: attrs.AttrsInstance, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     """The paths of every value of C{obj} that is not itself an attrs object."""
     for field in attrs.fields(type(obj)):
         value = getattr(obj, field.name)
@@ -74,7 +75,9 @@ def leaves(obj: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
 
 
 def uncovered(
-    obj: Any, directives: Sequence[Directive], ignored: Sequence[tuple[str, ...]] = ()
+    obj: attrs.AttrsInstance,
+    directives: Sequence[Directive],
+    ignored: Sequence[tuple[str, ...]] = (),
 ) -> list[tuple[str, ...]]:
     """The leaves of C{obj} that no directive (nor C{ignored}) covers.
 
@@ -191,9 +194,9 @@ class SighupService(service.Service):
         self.reactor = reactor
         self.on_hup = on_hup
         self.signum = signum
-        self.previous: Any = None
+        self.previous: Callable[[int, FrameType | None], object] | int | None = None
 
-    def _handler(self, signum: int, frame: Any) -> None:
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
         self.reactor.callFromThread(self.on_hup)
 
     def startService(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 from twisted.internet import defer
@@ -35,7 +35,7 @@ class ConfigUsageError(usage.UsageError):
     """A configuration file (not the command line) is not valid."""
 
 
-def load_or_usage(loader: Any, path: str) -> Any:
+def load_or_usage(loader: Callable[[str], T], path: str) -> T:
     """Parse a config file; any problem becomes a ConfigUsageError naming the place."""
     from cryptify.config import ConfigError
 
@@ -97,7 +97,7 @@ class ConfigOptions(usage.Options):
                 cfg = evolve_at(cfg, where, os.path.abspath(value) if value else "")
         return cfg
 
-    def parseOptions(self, options: Any = None) -> None:
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
         try:
             usage.Options.parseOptions(self, options)
         except ConfigUsageError as exc:
@@ -147,7 +147,7 @@ def drain(notifier: Notifier, limit: float | None = None) -> defer.Deferred[None
     return done
 
 
-def fatal(program: str, reactor: IReactor) -> Any:
+def fatal(program: str, reactor: IReactor) -> Callable[[Failure], None]:
     """An errback for start-up work that finishes after the reactor runs.
 
     It logs why, prints one line to stderr, stops the reactor and makes the

@@ -4,8 +4,10 @@ the remote admin interface, and the TLS settings they share."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import cast
 
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from cryptify.config import CrsConfig
@@ -17,7 +19,12 @@ from cryptify.crs.remote_admin.auth import Gate
 from cryptify.crs.remote_admin.console import Console
 from cryptify.crs.remote_admin.server import AdminRoot, AdminService, AdminSite, SourceLimit
 from cryptify.protocols.mgmt import ManagementFactory
-from cryptify.protocols.tls import TLSConfigError, server_context_factory
+from cryptify.protocols.tls import (
+    CertificateServerContextFactory,
+    TLSConfigError,
+    server_context_factory,
+)
+from cryptify.reactor import IReactor
 from cryptify.service import (
     ListenService,
     StartupError,
@@ -29,7 +36,7 @@ from cryptify.tools.certs import ensure_self_signed
 log = Logger(namespace="cryptify.crs")
 
 
-def server_tls(cfg: CrsConfig, what: str) -> Any:
+def server_tls(cfg: CrsConfig, what: str) -> CertificateServerContextFactory:
     """The CRS's TLS context: tls-certificate, or a self-signed development one."""
     g = cfg.global_
     if g.tls_certificate:
@@ -51,12 +58,12 @@ def server_tls(cfg: CrsConfig, what: str) -> Any:
         raise StartupError(f"{what} TLS: {exc}") from exc
 
 
-def client_listener(cfg: CrsConfig, reactor: Any, core: AttachCore) -> UmsgListenService:
+def client_listener(cfg: CrsConfig, reactor: IReactor, core: AttachCore) -> UmsgListenService:
     """The TLS client port (5223); a self-signed certificate without tls-certificate."""
     g = cfg.global_
     clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
 
-    def listen_clients() -> Any:
+    def listen_clients() -> IListeningPort:
         context = server_tls(cfg, "client")
         return reactor.listenSSL(
             g.listen.port, clients, context, backlog=BACKLOG, interface=g.listen.host
@@ -66,11 +73,11 @@ def client_listener(cfg: CrsConfig, reactor: Any, core: AttachCore) -> UmsgListe
     return UmsgListenService(where, listen_clients, clients, reactor)
 
 
-def management_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> ListenService:
+def management_listener(cfg: CrsConfig, reactor: IReactor, state: CrsState) -> ListenService:
     """The management socket ``crs-cli`` talks to (mode 0660)."""
     g = cfg.global_
 
-    def listen_management() -> Any:
+    def listen_management() -> IListeningPort:
         prepare_socket_path(g.management)
         factory = ManagementFactory(lambda proto: CrsAdmin(state, proto))
         port = reactor.listenUNIX(g.management, factory, mode=0o660)
@@ -80,7 +87,7 @@ def management_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> Listen
     return ListenService("management", g.management, listen_management)
 
 
-def admin_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> ListenService | None:
+def admin_listener(cfg: CrsConfig, reactor: IReactor, state: CrsState) -> ListenService | None:
     """The remote admin interface (HTTPS, docs/admin.md), or None when off."""
     where = cfg.global_.admin_listen
     if where is None or state.admins is None:
@@ -88,8 +95,11 @@ def admin_listener(cfg: CrsConfig, reactor: Any, state: CrsState) -> ListenServi
     service = AdminService(state, Gate(state.admins), reactor.seconds)
     site = SourceLimit(AdminSite(AdminRoot(service, console=Console(service)), reactor=reactor))
 
-    def listen_admin() -> Any:
+    def listen_admin() -> IListeningPort:
         context = server_tls(cfg, "admin interface")
-        return reactor.listenSSL(where.port, site, context, interface=where.host)
+        # A WrappingFactory is a ClientFactory to Twisted's types; it serves here.
+        return reactor.listenSSL(
+            where.port, cast(ServerFactory, site), context, interface=where.host
+        )
 
     return ListenService("admin interface", f"{where.host}:{where.port}", listen_admin)

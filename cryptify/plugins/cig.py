@@ -30,14 +30,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHostResolution, IResolutionReceiver
+from twisted.internet.interfaces import (
+    IAddress,
+    IHostResolution,
+    IListeningPort,
+    IReactorPluggableNameResolver,
+    IResolutionReceiver,
+)
 from twisted.python import usage
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from twisted.internet.inotify import INotify
 
 from cryptify.cig.calls import CallTable, StubTelSide
 from cryptify.cig.mail.wiring import MailDesk
@@ -78,6 +87,7 @@ from cryptify.protocols.sip.transport import (
     TcpConnector,
     UdpChannel,
 )
+from cryptify.reactor import IReactor, global_reactor
 from cryptify.service import (
     CallbackService,
     ListenService,
@@ -202,14 +212,16 @@ class _Addresses:
     def resolutionBegan(self, resolution: IHostResolution) -> None:
         pass
 
-    def addressResolved(self, address: Any) -> None:
-        self.found.append(str(address.host))
+    def addressResolved(self, address: IAddress) -> None:
+        # Only IPv4 and IPv6 addresses are asked for.
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            self.found.append(str(address.host))
 
     def resolutionComplete(self) -> None:
         self.done.callback(self.found)
 
 
-def resolve_all(reactor: Any) -> Any:
+def resolve_all(reactor: IReactorPluggableNameResolver) -> Callable[[str], Deferred[Sequence[str]]]:
     """Every IPv4 and IPv6 address of a name, with the reactor's resolver."""
 
     def lookup(name: str) -> Deferred[Sequence[str]]:
@@ -270,7 +282,7 @@ class SipParts:
 def build_sip(
     root: ProgramService,
     cfg: CigConfig,
-    reactor: Any,
+    reactor: IReactor,
     notifier: Notifier,
     tel_stub: str,
     keepalive: float,
@@ -302,14 +314,14 @@ def build_sip(
     attach(root, CallbackService(on_start=peers.start, on_stop=stop_sip))
     where = f"{sip.bind}:{sip.port}"
 
-    def listen_udp() -> Any:
+    def listen_udp() -> IListeningPort:
         port = reactor.listenUDP(
             sip.port, SipDatagramProtocol(sif), interface=sip.bind, maxPacketSize=65535
         )
         sif.channel_to = lambda address: UdpChannel(port, address)
         return port
 
-    def listen_tcp() -> Any:
+    def listen_tcp() -> IListeningPort:
         factory = SipStreamFactory(
             sif,
             reactor,
@@ -319,7 +331,7 @@ def build_sip(
         )
         return reactor.listenTCP(sip.port, factory, interface=sip.bind)
 
-    def listen_tls() -> Any:
+    def listen_tls() -> IListeningPort:
         trunk.load()  # the certificate and key, read while privileged
         factory = SipStreamFactory(
             sif,
@@ -343,7 +355,7 @@ def build_sip(
 
 
 def build_uif(
-    root: ProgramService, cfg: CigConfig, reactor: Any, sip: SipParts, relay: RelayLink
+    root: ProgramService, cfg: CigConfig, reactor: IReactor, sip: SipParts, relay: RelayLink
 ) -> tuple[Uif, MailDesk]:
     """The UIF attached to the CRS and the mailboxes; the UIF's events drive the
     secure calls (the SIF's tel side) and the messages."""
@@ -375,7 +387,7 @@ def build_uif(
     return uif, desk
 
 
-def make_inotify() -> Any:
+def make_inotify() -> INotify:
     """An INotify reader (Linux); the mailboxes are scanned only without it."""
     from twisted.internet import inotify
 
@@ -401,12 +413,12 @@ def cig_state(cfg: CigConfig, relay: RelayLink, uif: Uif, sip: SipParts) -> CigS
 
 
 def build_management(
-    root: ProgramService, cfg: CigConfig, reactor: Any, state: CigState, uif: Uif
+    root: ProgramService, cfg: CigConfig, reactor: IReactor, state: CigState, uif: Uif
 ) -> None:
     """The management listeners: TCP with the cookie, and the UNIX socket."""
     mgmt = cfg.management
 
-    def listen_tcp() -> Any:
+    def listen_tcp() -> IListeningPort:
         try:
             cookie = ensure_cookie(mgmt.cookie, MANAGEMENT_GROUP)
         except (CookieError, OSError) as exc:
@@ -416,7 +428,7 @@ def build_management(
         )
         return reactor.listenTCP(mgmt.bind.port, factory, interface=mgmt.bind.host)
 
-    def listen_unix() -> Any:
+    def listen_unix() -> IListeningPort:
         prepare_socket_path(mgmt.socket)
         port = reactor.listenUNIX(
             mgmt.socket, ManagementFactory(lambda proto: CigAdmin(state, uif.set_key)), mode=0o660
@@ -453,7 +465,7 @@ def build_ops(
 
 def make_cig_service(
     cfg: CigConfig,
-    reactor: Any,
+    reactor: IReactor,
     tel_stub: str = "unavailable",
     keepalive: float = DEFAULT_INTERVAL,
     reread: Callable[[], CigConfig] | None = None,
@@ -479,8 +491,9 @@ def make_cig_service(
     uif_calls = sip.tel_side.uif_calls
     assert uif_calls is not None
 
-    async def bridge_stats() -> Any:
-        return (await relay.call(BridgeStats))["stats"]
+    async def bridge_stats() -> object:
+        stats: object = (await relay.call(BridgeStats))["stats"]
+        return stats
 
     build_ops(
         root,
@@ -499,7 +512,7 @@ def make_cig_service(
 
 def makeService(options: Options) -> ProgramService:
     """IServiceMaker entry point."""
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     return make_cig_service(
         options["cig"],

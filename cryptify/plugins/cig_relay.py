@@ -9,7 +9,10 @@ clock) and the control socket.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
+
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
 
 from cryptify.cig.relay.bridge_wiring import BridgeService
 from cryptify.cig.relay.control import control_factory
@@ -25,6 +28,7 @@ from cryptify.plugins._common import (
     notify_option,
 )
 from cryptify.plugins.cig import CIG_OVERRIDES, DEV_DIR, MANAGEMENT_GROUP, dev_cig_config
+from cryptify.reactor import IReactor, global_reactor
 from cryptify.service import (
     ListenService,
     ProgramService,
@@ -65,7 +69,7 @@ def describe(cfg: CigConfig) -> list[str]:
     return lines
 
 
-def make_cig_relay_service(cfg: CigConfig, reactor: Any) -> ProgramService:
+def make_cig_relay_service(cfg: CigConfig, reactor: IReactor) -> ProgramService:
     """Build the CIG relay's service tree."""
     root = ProgramService("cig-relay")
     notifier = Notifier(reactor, cfg.notify or None)
@@ -74,9 +78,11 @@ def make_cig_relay_service(cfg: CigConfig, reactor: Any) -> ProgramService:
     bridges = BridgeService(reactor, cfg.tel, cfg.sip)
     attach(root, bridges)
 
-    def listen_control() -> Any:
+    def listen_control() -> IListeningPort:
         prepare_socket_path(cfg.relay.control)
-        port = reactor.listenUNIX(cfg.relay.control, control_factory(bridges), mode=0o660)
+        # Factory is invariant in its protocol type (see crs_relay).
+        factory = cast(Factory, control_factory(bridges))
+        port = reactor.listenUNIX(cfg.relay.control, factory, mode=0o660)
         restrict_socket(cfg.relay.control, MANAGEMENT_GROUP)
         return port
 
@@ -87,6 +93,6 @@ def make_cig_relay_service(cfg: CigConfig, reactor: Any) -> ProgramService:
 
 def makeService(options: Options) -> ProgramService:
     """IServiceMaker entry point."""
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     return make_cig_relay_service(options["cig"], reactor)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 from twisted.logger import Logger, globalLogPublisher
@@ -99,6 +98,7 @@ from cryptify.plugins._crs_listeners import (
     client_listener,
     management_listener,
 )
+from cryptify.reactor import IReactor, global_reactor
 from cryptify.service import (
     CallbackService,
     ProgramService,
@@ -257,7 +257,7 @@ class Basics:
     """What every part of the CRS shares; built first, opens nothing."""
 
     name: str
-    reactor: Any
+    reactor: IReactor
     notifier: Notifier
     trace: TraceHub
     accounts: AccountStore
@@ -271,7 +271,7 @@ class Basics:
     pool: PoolLink | None = None
 
 
-def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: Any) -> Basics:
+def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: IReactor) -> Basics:
     """The instance's name, notifier, traces, accounts, slot map and registry."""
     g = cfg.global_
     name = instance_name(cfg, local)
@@ -451,7 +451,7 @@ def ops_services(
 def make_crs_service(
     cfg: CrsConfig,
     local: CrsLocalConfig,
-    reactor: Any,
+    reactor: IReactor,
     reread: Callable[[], CrsFiles] | None = None,
     iw: IwPeers | None = None,
 ) -> ProgramService:
@@ -576,7 +576,7 @@ def make_crs_service(
 
 def makeService(options: Options) -> ProgramService:
     """IServiceMaker entry point."""
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     reread = options.reread if options["config"] else None
     return make_crs_service(options["crs"], options["local"], reactor, reread, options["iw"])

@@ -11,8 +11,10 @@ port, the control socket.  Session expiry is set on the command line
 from __future__ import annotations
 
 import gc
-from typing import Any
+from typing import cast
 
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
 from twisted.python import usage
 
 from cryptify.config import CrsConfig, load_crs_config
@@ -29,6 +31,7 @@ from cryptify.plugins._common import (
     notify_option,
 )
 from cryptify.plugins.crs import CRS_OVERRIDES, DEV_DIR, dev_crs_config
+from cryptify.reactor import IReactor, global_reactor
 from cryptify.service import (
     CallbackService,
     ListenService,
@@ -79,7 +82,7 @@ class Options(ConfigOptions):
 
 def make_relay_service(
     cfg: CrsConfig,
-    reactor: Any,
+    reactor: IReactor,
     idle_timeout: float = IDLE_TIMEOUT,
     grace: float = OWNER_GRACE,
     rebind_after: float = REBIND_AFTER,
@@ -104,21 +107,28 @@ def make_relay_service(
     attach(root, lifecycle("crs_relay", notifier, describe), relay)
     if media_io == "twisted":
 
-        def listen_media() -> Any:
+        def listen_media() -> IListeningPort:
             return reactor.listenUDP(
-                g.relay.port, relay.datagram_protocol(), interface=g.relay.host
+                g.relay.port,
+                relay.datagram_protocol(),
+                interface=g.relay.host,
+                maxPacketSize=8192,  # the reactor's default, which the interface omits
             )
     else:
 
-        def listen_media() -> Any:
-            return relay.listen(reactor, media_io)
+        def listen_media() -> IListeningPort:
+            port: IListeningPort = relay.listen(reactor, media_io)
+            return port
 
     media = ListenService("media relay", f"{g.relay.host}:{g.relay.port}/udp", listen_media)
     attach(root, media)
 
-    def listen_control() -> Any:
+    def listen_control() -> IListeningPort:
         prepare_socket_path(g.relay_control)
-        port = reactor.listenUNIX(g.relay_control, control_factory(relay), mode=0o660)
+        # Factory is invariant in its protocol type: a Factory[RelayControlProtocol]
+        # is what listenUNIX takes, but mypy sees it as a different type.
+        factory = cast(Factory, control_factory(relay))
+        port = reactor.listenUNIX(g.relay_control, factory, mode=0o660)
         restrict_socket(g.relay_control, g.management_group)
         return port
 
@@ -133,7 +143,7 @@ def make_relay_service(
 
 def makeService(options: Options) -> ProgramService:
     """IServiceMaker entry point."""
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     return make_relay_service(
         options["crs"],

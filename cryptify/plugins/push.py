@@ -7,8 +7,7 @@ before anything opens, as one ``FILE:LINE: problem`` line.
 
 from __future__ import annotations
 
-from typing import Any
-
+from twisted.internet.interfaces import IListeningPort
 from twisted.python import usage
 
 from cryptify.logs import LogFileService
@@ -16,6 +15,7 @@ from cryptify.plugins._common import ConfigUsageError
 from cryptify.protocols.tls import TLSConfigError, server_context_factory
 from cryptify.push.config import PushConfig, PushConfigError, load
 from cryptify.push.server import Providers, PushServerFactory, load_secrets
+from cryptify.reactor import IReactor, global_reactor
 from cryptify.service import CallbackService, ListenService, ProgramService, StartupError, attach
 
 
@@ -40,7 +40,7 @@ class Options(usage.Options):
 
 
 def make_push_service(
-    cfg: PushConfig, reactor: Any, name: str, log_dir: str | None
+    cfg: PushConfig, reactor: IReactor, name: str, log_dir: str | None
 ) -> ProgramService:
     """Build the push server's tree: keys and secrets are read here, sockets open at start."""
     root = ProgramService("cryptify-push")
@@ -53,7 +53,7 @@ def make_push_service(
         raise ConfigUsageError(str(exc)) from exc
     factory = PushServerFactory(reactor, name, secrets, providers)
 
-    def listen() -> Any:
+    def listen() -> IListeningPort:
         if not cfg.certificate or not cfg.key:
             raise StartupError("push link: a tls-certificate line is required")
         try:
@@ -69,6 +69,6 @@ def make_push_service(
 
 def makeService(options: Options) -> ProgramService:
     """IServiceMaker entry point."""
-    from twisted.internet import reactor
+    reactor = global_reactor()
 
     return make_push_service(options["push"], reactor, options["name"], options["log-dir"])

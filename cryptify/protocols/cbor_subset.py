@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from typing import Any
 
 import cbor2
 
@@ -37,14 +36,14 @@ def _head(major: int, value: int) -> bytes:
     return bytes((major << 5 | 27,)) + struct.pack(">Q", value)
 
 
-def encode(value: Any) -> bytes:
+def encode(value: object) -> bytes:
     """Encode ``value`` in the subset (raises :class:`CborError` otherwise)."""
     out: list[bytes] = []
     _encode_into(value, out, 0)
     return b"".join(out)
 
 
-def _encode_into(value: Any, out: list[bytes], depth: int) -> None:
+def _encode_into(value: object, out: list[bytes], depth: int) -> None:
     if depth > MAX_DEPTH:
         raise CborError("nesting too deep")
     if value is True:
@@ -90,7 +89,7 @@ _SIZES = {24: 1, 25: 2, 26: 4, 27: 8}
 _SMALLEST = {24: 24, 25: 1 << 8, 26: 1 << 16, 27: 1 << 32}
 
 
-def decode(data: bytes) -> Any:
+def decode(data: bytes) -> object:
     """Decode one complete item of the subset; raise :class:`CborError`.
 
     cbor2's C decoder goes first: when what it decoded is made of the
@@ -112,26 +111,26 @@ def decode(data: bytes) -> Any:
     return value
 
 
-def _plain(value: Any, depth: int) -> bool:
+def _plain(value: object, depth: int) -> bool:
     """Whether ``value`` holds only what :func:`_decode_at` can produce."""
     if depth > MAX_DEPTH:
         return False
     kind = type(value)
     if kind is str or kind is bytes or kind is bool or value is None:
         return True
-    if kind is int:
+    if isinstance(value, int) and kind is int:
         return bool(-(2**64) <= value < 2**64)
-    if kind is dict:
+    if isinstance(value, dict) and kind is dict:
         for key, item in value.items():
             if type(key) is not str or not _plain(item, depth + 1):
                 return False
         return True
-    if kind is list:
+    if isinstance(value, list) and kind is list:
         return all(_plain(item, depth + 1) for item in value)
     return False
 
 
-def _decode_at(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+def _decode_at(data: bytes, pos: int, depth: int) -> tuple[object, int]:
     if depth > MAX_DEPTH:
         raise CborError("nesting too deep")
     if pos >= len(data):
@@ -174,7 +173,7 @@ def _decode_at(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
     if major == 4:
         if arg > len(data) - pos:
             raise CborError("truncated CBOR array")
-        items = []
+        items: list[object] = []
         for _ in range(arg):
             item, pos = _decode_at(data, pos, depth + 1)
             items.append(item)
@@ -182,7 +181,7 @@ def _decode_at(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
     if major == 5:
         if arg > (len(data) - pos) // 2:
             raise CborError("truncated CBOR map")
-        result: dict[str, Any] = {}
+        result: dict[str, object] = {}
         for _ in range(arg):
             key, pos = _decode_at(data, pos, depth + 1)
             if not isinstance(key, str):

@@ -32,12 +32,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from cryptify.protocols.amp_calls import call_remote
 from cryptify.protocols.source_limit import SourceCounts
 from cryptify.protocols.streams import abort
 
@@ -87,7 +88,7 @@ MAX_TABLE_CHUNKS = 1000
 
 
 class JsonValue(amp.Argument):
-    """Any JSON value (a table, a status report) as chunked JSON text.
+    """A JSON value of any kind (a table, a status report) as chunked JSON text.
 
     A table is ``{"columns": [...], "rows": [[...], ...]}``.  The JSON
     text is split over the keys ``NAME`` (the chunk count) and ``NAME.1``
@@ -99,7 +100,7 @@ class JsonValue(amp.Argument):
         amp.Argument.__init__(self)
 
     def toBox(
-        self, name: bytes, strings: dict[bytes, Any], objects: dict[str, Any], proto: Any
+        self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, object], proto: object
     ) -> None:
         data = json.dumps(objects[name.decode("ascii")], separators=(",", ":")).encode("utf-8")
         chunks = [data[i : i + TABLE_CHUNK] for i in range(0, len(data), TABLE_CHUNK)] or [b""]
@@ -108,7 +109,7 @@ class JsonValue(amp.Argument):
             strings[name + b"." + str(index).encode("ascii")] = chunk
 
     def fromBox(
-        self, name: bytes, strings: dict[bytes, Any], objects: dict[str, Any], proto: Any
+        self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, object], proto: object
     ) -> None:
         try:
             count = int(strings[name])
@@ -161,7 +162,11 @@ class TraceEvent(MgmtCommand):
     requiresAnswer = False
 
 
-def _refuse(box: amp.AmpBox) -> defer.Deferred[Any]:
+#: What a locator answers for a command name: a callable taking the box.
+Responder = Callable[[amp.AmpBox], defer.Deferred[amp.AmpBox]]
+
+
+def _refuse(box: amp.AmpBox) -> defer.Deferred[amp.AmpBox]:
     return defer.fail(
         amp.RemoteAmpError(b"NOT_AUTHENTICATED", "authenticate with the cookie first")
     )
@@ -213,7 +218,8 @@ class ManagementProtocol(amp.AMP):
     def push_trace(self, line: str) -> None:
         """Send one trace line to the CLI (no answer expected)."""
         if self.transport is not None and not getattr(self.transport, "disconnecting", False):
-            self.callRemote(TraceEvent, line=line)  # type: ignore[no-untyped-call]
+            # TraceEvent asks for no answer: callRemote returns None, not a Deferred.
+            amp.BoxDispatcher.callRemote(self, TraceEvent, line=line)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.auth_timer is not None and self.auth_timer.active():
@@ -229,12 +235,15 @@ class ManagementProtocol(amp.AMP):
         if self.close_after_reply and self.transport is not None:
             self.transport.loseConnection()
 
-    def locateResponder(self, name: bytes) -> Any:
+    def locateResponder(self, name: bytes) -> Responder | None:
+        responder: Responder | None
         if name == Authenticate.commandName:
-            return self._auth.locateResponder(name)  # type: ignore[no-untyped-call]
-        if not self.authenticated:
-            return _refuse
-        return self.inner.locateResponder(name)
+            responder = amp.CommandLocator.locateResponder(self._auth, name)
+        elif not self.authenticated:
+            responder = _refuse
+        else:
+            responder = self.inner.locateResponder(name)
+        return responder
 
 
 class _AuthLocator(amp.CommandLocator):
@@ -256,7 +265,7 @@ class _AuthLocator(amp.CommandLocator):
         return {}
 
 
-class ManagementFactory(Factory):
+class ManagementFactory(ServerFactory):
     """Builds a :class:`ManagementProtocol` per connection around one locator.
 
     With a ``cookie`` and a ``clock`` (TCP listeners), connections that do
@@ -283,7 +292,7 @@ class ManagementFactory(Factory):
         #: Per kind of refusal: when it was last logged, and how many since.
         self._logged: dict[str, tuple[float, int]] = {}
 
-    def buildProtocol(self, addr: Any) -> ManagementProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> ManagementProtocol | None:
         host = getattr(addr, "host", None)
         if host is not None:
             if not self.open.admit(host, self.max_per_source):
@@ -324,10 +333,9 @@ class ManagementClient(amp.AMP):
             self.on_trace(line)
         return {}
 
-    async def call(self, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]:
+    async def call(self, command: type[amp.Command], **kwargs: object) -> dict[str, Any]:
         """Send a command and return its answer (typed ``callRemote``)."""
-        answer: dict[str, Any] = await self.callRemote(command, **kwargs)  # type: ignore[no-untyped-call]
-        return answer
+        return await call_remote(self, command, **kwargs)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         amp.AMP.connectionLost(self, reason)

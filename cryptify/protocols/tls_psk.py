@@ -41,7 +41,11 @@ from zope.interface import implementer
 from cryptify.protocols.tls import TLSConfigError
 
 if TYPE_CHECKING:
+    from cffi import FFI
     from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    #: A C value handed over by cffi (``SSL *``, ``char *``, ...).
+    CData = FFI.CData
 
 log = Logger()
 
@@ -78,7 +82,8 @@ MAX_KEY_BYTES = 512
 MAX_IDENTITY_BYTES = 128
 
 _binding = Binding()
-_ffi: Any = _binding.ffi
+_ffi: FFI = _binding.ffi
+#: OpenSSL's functions as cffi compiled them: the library gives them no types.
 _lib: Any = _binding.lib
 #: OpenSSL holds only a raw pointer to a context's PSK callback: each
 #: context keeps its cffi callback alive here for as long as it lives.
@@ -137,7 +142,7 @@ def _base_context(tls13: bool) -> SSL.Context:
     return context
 
 
-def _peer_of(ssl: Any) -> IAddress | None:
+def _peer_of(ssl: CData) -> IAddress | None:
     """
     The peer address of the Twisted connection that owns C{ssl}, if any.
 
@@ -194,10 +199,11 @@ class PskServerContextFactory:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} lookup={self._lookup!r}>"
 
-    def _server_callback(self, ssl: Any, identity: Any, psk: Any, max_psk_len: int) -> int:
+    def _server_callback(self, ssl: CData, identity: CData, psk: CData, max_psk_len: int) -> int:
         # An exception must not escape into OpenSSL: log it and refuse.
         try:
             name = _ffi.string(identity) if identity != _ffi.NULL else b""
+            assert isinstance(name, bytes)  # a char * reads as bytes
             peer = _peer_of(ssl)
             key = self._lookup(name, peer)
             if key is None:
@@ -257,7 +263,7 @@ class PskClientContextFactory:
         self._identity = bytes(identity)
         self._key = bytes(key)
         context = _base_context(tls13)
-        # Any certificate means the server did not take our PSK: refuse it.
+        # A certificate means the server did not take our PSK: refuse it.
         # The store is empty, so verification of any certificate fails.
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
         self._callback = _ffi.callback(_CLIENT_CALLBACK, self._client_callback)
@@ -277,11 +283,11 @@ class PskClientContextFactory:
 
     def _client_callback(
         self,
-        ssl: Any,
-        hint: Any,
-        identity: Any,
+        ssl: CData,
+        hint: CData,
+        identity: CData,
         max_identity_len: int,
-        psk: Any,
+        psk: CData,
         max_psk_len: int,
     ) -> int:
         try:

@@ -432,6 +432,55 @@ class Message:
         value = self.fields.get("id")
         return value if isinstance(value, int) else None
 
+    # Typed reads of fields.  A decoded message has passed its schema, so
+    # these only fail on a field the schema does not give that type (or a
+    # message built by hand): UmsgError ``malformed`` names the field.
+
+    def _wrong(self, name: str, what: str) -> UmsgError:
+        return UmsgError("malformed", f"field {name!r}: not {what}", self.id)
+
+    def text(self, name: str) -> str:
+        """The text field ``name``."""
+        value = self.fields.get(name)
+        if not isinstance(value, str):
+            raise self._wrong(name, "text")
+        return value
+
+    def number(self, name: str) -> int:
+        """The integer field ``name`` (``uint`` or ``int``)."""
+        value = self.fields.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self._wrong(name, "an integer")
+        return value
+
+    def octets(self, name: str) -> bytes:
+        """The byte string field ``name``."""
+        value = self.fields.get(name)
+        if not isinstance(value, bytes):
+            raise self._wrong(name, "bytes")
+        return value
+
+    def numbers(self, name: str) -> list[int]:
+        """The array of integers field ``name`` (``uints``)."""
+        value = self.fields.get(name)
+        if not isinstance(value, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in value
+        ):
+            raise self._wrong(name, "an array of integers")
+        return value
+
+    def optional_text(self, name: str) -> str | None:
+        """The text field ``name``, None when the message has none."""
+        return None if self.fields.get(name) is None else self.text(name)
+
+    def optional_number(self, name: str) -> int | None:
+        """The integer field ``name``, None when the message has none."""
+        return None if self.fields.get(name) is None else self.number(name)
+
+    def optional_octets(self, name: str) -> bytes | None:
+        """The byte string field ``name``, None when the message has none."""
+        return None if self.fields.get(name) is None else self.octets(name)
+
 
 def message(type_: str, /, **fields: Any) -> Message:
     """Build a Message; field names with ``_`` become ``-`` (``relay_host``)."""

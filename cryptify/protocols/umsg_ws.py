@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 from codecs import getincrementaldecoder
-from typing import Any
 
 import attrs
 import h11
@@ -304,7 +303,7 @@ class UmsgWebSocket:
         if not self._opened:
             # During the handshake there is no WebSocket to close: answer the
             # HTTP request with an error if we can, and close the transport.
-            hint: Any = getattr(exc, "event_hint", None)
+            hint: object = getattr(exc, "event_hint", None)
             if self._handshake is not None and isinstance(hint, RejectConnection):
                 try:
                     self._out.append(self._handshake.send(hint))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from cryptify.push.answers import Answer, Outcome, clean, json_body, retry_after
 from cryptify.push.h2client import H2Client, Unreachable
@@ -52,7 +52,7 @@ class SignedTokens:
 
     def __init__(
         self,
-        key: Any,
+        key: object,
         key_id: str,
         team_id: str,
         clock: Callable[[], float],
@@ -111,7 +111,9 @@ class ApnsSender:
         self.topic = topic
         self.clock = clock
 
-    def request(self, device_token: str, provider_token: str, voip: bool = False) -> Any:
+    def request(
+        self, device_token: str, provider_token: str, voip: bool = False
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
         """The path, headers and body of one wake."""
         headers = [
             ("authorization", f"bearer {provider_token}"),

@@ -6,10 +6,10 @@ import json
 import os
 import re
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import attrs
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from cryptify.push.answers import Answer, Outcome, clean, json_body, retry_after
@@ -42,7 +42,7 @@ class ServiceAccount:
 
     project_id: str
     client_email: str
-    private_key: Any = attrs.field(repr=False)
+    private_key: PrivateKeyTypes = attrs.field(repr=False)
     token_uri: str
     key_id: str = ""
 
@@ -59,7 +59,7 @@ class ServiceAccount:
         return cls.from_json(data, path)
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "service account") -> ServiceAccount:
+    def from_json(cls, data: object, where: str = "service account") -> ServiceAccount:
         if not isinstance(data, dict):
             raise ServiceAccountError(f"{where}: not a JSON object")
         fields = {}

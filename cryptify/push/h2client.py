@@ -13,7 +13,7 @@ callers treat them all as "the provider is down: back off".
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -24,6 +24,7 @@ from h2.connection import H2Connection
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    Event,
     ResponseReceived,
     StreamEnded,
     StreamReset,
@@ -32,7 +33,12 @@ from h2.exceptions import H2Error
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import (
     Certificate,
@@ -84,7 +90,7 @@ class _Stream:
 class H2ClientProtocol(Protocol):
     """One HTTP/2 connection: send requests, match answers to streams."""
 
-    def __init__(self, clock: Any, timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(self, clock: IReactorTime, timeout: float = REQUEST_TIMEOUT) -> None:
         self.clock = clock
         self.timeout = timeout
         self.conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
@@ -181,7 +187,7 @@ class H2ClientProtocol(Protocol):
             self._event(event)
         self._flush()
 
-    def _event(self, event: Any) -> None:
+    def _event(self, event: Event) -> None:
         if isinstance(event, ResponseReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -267,7 +273,7 @@ class H2Client:
         self._connecting: Deferred[H2ClientProtocol] | None = None
         self._waiting: list[Deferred[H2ClientProtocol]] = []
 
-    def _endpoint(self) -> Any:
+    def _endpoint(self) -> IStreamClientEndpoint:
         tcp = HostnameEndpoint(self.reactor, self.host, self.port, timeout=CONNECT_TIMEOUT)
         return wrapClientTLS(h2_tls_options(self.host, self.ca_path), tcp)
 
@@ -278,7 +284,8 @@ class H2Client:
         self._waiting.append(waiter)
         if self._connecting is None:
             factory = Factory.forProtocol(lambda: H2ClientProtocol(self.reactor, self.timeout))
-            self._connecting = self._endpoint().connect(factory)
+            # the factory builds H2ClientProtocol
+            self._connecting = cast("Deferred[H2ClientProtocol]", self._endpoint().connect(factory))
             self._connecting.addBoth(self._connected)
         return waiter
 

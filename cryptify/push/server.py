@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -112,7 +111,7 @@ class Providers:
             return await self.fcm.wake(token)
         raise Unsupported(f"no provider for push kind {kind!r} on this push server")
 
-    def close(self) -> Deferred[Any]:
+    def close(self) -> Deferred[list[None]]:
         return defer.gatherResults([c.close() for c in self.clients])
 
 
@@ -150,7 +149,7 @@ class PushLocator(amp.CommandLocator):
         return {"server": self.server.name, "time": self.server.reactor.seconds()}
 
     @push_link.Wake.responder
-    def wake(self, kind: str, token: str) -> Deferred[dict[str, Any]] | dict[str, Any]:
+    def wake(self, kind: str, token: str) -> Deferred[object] | dict[str, object]:
         self._need_login()
         check_field(kind, MAX_KIND, "kind")
         check_field(token, MAX_TOKEN, "token")
@@ -175,7 +174,7 @@ class PushLocator(amp.CommandLocator):
             log.warn("{kind} provider refused a wake: {why}", kind=kind, why=answer.reason)
             return {"outcome": push_link.REFUSED, "reason": answer.reason}
 
-        def settled(result: Any) -> Any:
+        def settled(result: object) -> object:
             self.in_flight -= 1
             return result
 
@@ -233,7 +232,7 @@ class PushServerProtocol(amp.AMP):
         amp.AMP.connectionLost(self, reason)
 
 
-class PushServerFactory(Factory):
+class PushServerFactory(ServerFactory):
     """Accepts CRS connections for ``cryptify-push``."""
 
     def __init__(
@@ -246,7 +245,7 @@ class PushServerFactory(Factory):
         self.connections: set[PushServerProtocol] = set()
         self.counters = dict.fromkeys((o.value for o in Outcome), 0)
 
-    def buildProtocol(self, addr: Any) -> PushServerProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> PushServerProtocol | None:
         if len(self.connections) >= MAX_CONNECTIONS:
             log.warn("push link from {addr}: too many connections", addr=addr)
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from collections.abc import Mapping
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -32,11 +32,11 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _part(value: dict[str, Any]) -> str:
+def _part(value: Mapping[str, object]) -> str:
     return b64url(json.dumps(value, separators=(",", ":"), sort_keys=True).encode())
 
 
-def es256_jwt(key: Any, key_id: str, team_id: str, issued: int) -> str:
+def es256_jwt(key: object, key_id: str, team_id: str, issued: int) -> str:
     """An APNs provider token signed with the P-256 ``key``."""
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise TokenKeyError("the APNs key must be a P-256 (ES256) private key")
@@ -46,11 +46,11 @@ def es256_jwt(key: Any, key_id: str, team_id: str, issued: int) -> str:
     return f"{signing_input}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
 
-def rs256_jwt(key: Any, claims: dict[str, Any], key_id: str | None = None) -> str:
+def rs256_jwt(key: object, claims: Mapping[str, object], key_id: str | None = None) -> str:
     """A JWT signed with the RSA ``key`` (Google service-account assertions)."""
     if not isinstance(key, rsa.RSAPrivateKey):
         raise TokenKeyError("the service-account key must be an RSA private key")
-    header: dict[str, Any] = {"alg": "RS256", "typ": "JWT"}
+    header: dict[str, str] = {"alg": "RS256", "typ": "JWT"}
     if key_id:
         header["kid"] = key_id
     signing_input = f"{_part(header)}.{_part(claims)}"

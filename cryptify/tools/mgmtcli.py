@@ -21,6 +21,7 @@ from typing import IO, Any, NoReturn
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from cryptify.cookie import CookieError
 from cryptify.protocols.mgmt import (
@@ -56,7 +57,7 @@ class CliParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def printable(value: Any) -> str:
+def printable(value: object) -> str:
     """A cell as text with control characters shown as ``?``.
 
     Values in tables can come from clients (URIs, versions); a terminal
@@ -68,7 +69,7 @@ def printable(value: Any) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
-def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def render_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Columns padded to the widest cell, two spaces apart, one row per line."""
     cells = [[printable(c) for c in columns]] + [[printable(c) for c in row] for row in rows]
     widths = [
@@ -171,7 +172,7 @@ async def execute(
 
 
 def run_on_reactor(
-    main: Callable[[Any], Coroutine[Any, Any, int]],
+    main: Callable[[IReactor], Coroutine[defer.Deferred[object], object, int]],
     err: IO[str],
     prog: str,
     interrupted: int = EXIT_FAILED,
@@ -190,7 +191,7 @@ def run_on_reactor(
     def go() -> None:
         d: defer.Deferred[int] = defer.ensureDeferred(main(reactor))
 
-        def done(result: Any) -> None:
+        def done(result: int | Failure) -> None:
             if isinstance(result, int):
                 status.append(result)
             else:
@@ -219,7 +220,7 @@ def run_on_reactor(
 
 
 def run_remote(
-    make_endpoint: Callable[[Any], IStreamClientEndpoint],
+    make_endpoint: Callable[[IReactor], IStreamClientEndpoint],
     where: str,
     server: str,
     action: Action,

@@ -31,12 +31,14 @@ from twisted.python.failure import Failure
 from cryptify.cookie import read_cookie
 from cryptify.protocols import cig_admin
 from cryptify.protocols.mgmt import ManagementClient
+from cryptify.reactor import IReactor
 from cryptify.tools.manpage import ActionDoc, Arg, Page, action_help, arguments, help_words, select
 from cryptify.tools.mgmtcli import (
     CONNECT_TIMEOUT,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    Action,
     CliParser,
     check_config_file,
     execute,
@@ -266,7 +268,7 @@ def render_status(status: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def remote_action(words: Sequence[str], out: IO[str], blob: str | None = None) -> Any:
+def remote_action(words: Sequence[str], out: IO[str], blob: str | None = None) -> Action | None:
     """The coroutine function of a remote action (None if it is local).
 
     ``blob`` is the key material ``set-key`` sends.
@@ -307,7 +309,7 @@ class Session:
         self.out = out
         self.err = err
 
-    def endpoint(self, reactor: Any) -> tuple[IStreamClientEndpoint, str]:
+    def endpoint(self, reactor: IReactor) -> tuple[IStreamClientEndpoint, str]:
         if self.args.socket:
             return UNIXClientEndpoint(reactor, self.args.socket, CONNECT_TIMEOUT), self.args.socket
         host, port = self.args.address
@@ -318,7 +320,9 @@ class Session:
             return None
         return read_cookie(self.args.cookie)
 
-    async def run_words(self, reactor: Any, words: Sequence[str], blob: str | None = None) -> int:
+    async def run_words(
+        self, reactor: IReactor, words: Sequence[str], blob: str | None = None
+    ) -> int:
         asked = wants_help(words)
         if asked is not None:
             self.out.write(help_text(asked))
@@ -339,6 +343,7 @@ class Session:
                 self.err.write(f"{PROG}: set-key: {problem}\n")
                 return EXIT_FAILED
         action = remote_action(words, self.out, blob)
+        assert action is not None  # check_action accepted the words
         endpoint, where = self.endpoint(reactor)
         return await execute(endpoint, where, "CIG", action, self.err, PROG, self.cookie, None)
 
@@ -377,7 +382,7 @@ class _Lines(LineOnlyReceiver):
         self.queue.put(None)
 
 
-async def interactive(session: Session, reactor: Any, out: IO[str]) -> int:
+async def interactive(session: Session, reactor: IReactor, out: IO[str]) -> int:
     """Prompt, read a line, run it; until quit or end of input."""
     from twisted.internet.stdio import StandardIO
 

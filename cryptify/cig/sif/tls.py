@@ -15,12 +15,11 @@ it has one. L{TlsMaterial.server} gives the listener's options.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet._sslverify import VerifyError  # type: ignore[attr-defined]
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
 from cryptify.config.cig_model import SipInterface
 
@@ -40,7 +39,7 @@ class TlsMaterial:
     #: Intermediate certificates sent after the CIG's own.
     chain: tuple[ssl.Certificate, ...] = ()
 
-    def client(self, name: str) -> Any:
+    def client(self, name: str) -> IOpenSSLClientConnectionCreator:
         """Client options for a PBX that must be C{name} (a host name or address)."""
         trust = ssl.trustRootFromCertificates(list(self.cas)) if self.cas else ssl.platformTrust()
         return ssl.optionsForClientTLS(
@@ -50,7 +49,7 @@ class TlsMaterial:
             extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
         )
 
-    def server(self) -> Any:
+    def server(self) -> ssl.CertificateOptions:
         """The listener's options (only with the CIG's own certificate)."""
         assert self.own is not None
         return ssl.CertificateOptions(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.internet import defer
@@ -44,7 +44,9 @@ log = Logger(namespace="cryptify.cig.tel")
 class BridgeLink(Protocol):
     """The cig-relay control link (:class:`~cryptify.links.relay_link.RelayLink`)."""
 
-    def call(self, command: type[amp.Command], **kwargs: Any) -> Awaitable[dict[str, Any]]: ...
+    def call(
+        self, command: type[amp.Command], **kwargs: object
+    ) -> Awaitable[dict[str, object]]: ...
 
 
 class MediaSource(Protocol):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -135,7 +135,7 @@ class UmsgTel:
     def _keys(self) -> Decapsulator:
         return Decapsulator(self.material)
 
-    def notify(self, type_: str, **fields: Any) -> None:
+    def notify(self, type_: str, **fields: object) -> None:
         """Send a UMSG notification if attached (a detached session's calls are over)."""
         session = self.session()
         if session is not None and session.state == "attached":
@@ -155,14 +155,15 @@ class UmsgTel:
         if msg.type == "message":
             # nobody reads the CIG's own inbox: confirm (the CRS drops it)
             self.discarded += 1
-            log.info("message {message} to the CIG discarded", message=msg["message"])
-            self.notify("delivered", message=msg["message"])
+            message_id = msg.text("message")
+            log.info("message {message} to the CIG discarded", message=message_id)
+            self.notify("delivered", message=message_id)
             return
-        found = self.active.get(msg.get("session", ""))
+        found = self.active.get(msg.optional_text("session") or "")
         if isinstance(found, OutLeg):
             found.incoming(msg)
         elif found is not None and msg.type == "hangup":
-            found.end_from_tel(str(msg.get("code", "normal")))
+            found.end_from_tel(msg.optional_text("code") or "normal")
         elif found is not None and msg.type in ("hold", "resume") and found.talking:
             hold_from_secure(found, msg.type == "hold")
 
@@ -198,7 +199,7 @@ class UmsgTel:
             return
         out = OutLeg(self, call, leg, built.srtp().policy_key, created=now)
         out.offered = offered_codecs()
-        fields: dict[str, Any] = {"to": call.out_to, "mikey": built.data, "codecs": out.offered}
+        fields: dict[str, object] = {"to": call.out_to, "mikey": built.data, "codecs": out.offered}
         if call.out_from != self.material.uri and base_uri(call.out_from) == self.material.uri:
             fields["from"] = call.out_from  # the PBX user, as an extension of our number
         request_id = session.request("invite", **fields)
@@ -222,8 +223,10 @@ class UmsgTel:
             pbx_hold_changed(found, self.sip.direction_of(call))
 
     def _invite(self, msg: Message) -> None:
-        session = msg["session"]
-        call = Call(in_from=msg["from"], in_to=msg["to"], caller_if_id=session, source="umsg")
+        session = msg.text("session")
+        call = Call(
+            in_from=msg.text("from"), in_to=msg.text("to"), caller_if_id=session, source="umsg"
+        )
         self.calls.event(call, "routing")
         try:
             policy_key = self.keys.policy_key(msg, self.clock.seconds())
@@ -246,9 +249,9 @@ class UmsgTel:
             self,
             call,
             session,
-            msg["relay-host"],
-            msg["relay-port"],
-            msg["relay-tag"],
+            msg.text("relay-host"),
+            msg.number("relay-port"),
+            msg.octets("relay-tag"),
             policy_key,
             created=self.clock.seconds(),
         )

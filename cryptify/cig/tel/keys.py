@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
 from cryptify.crypto import mikey
 from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.identity import period_of, split_tel_identifier
-from cryptify.crypto.keymaterial import KeyMaterial
+from cryptify.crypto.keymaterial import KeyMaterial, PeriodKeys
 from cryptify.crypto.replay import ReplayGuard
+from cryptify.crypto.sakke import SakkeReceiver
 from cryptify.protocols.umsg import Message, base_uri
 
 
@@ -24,15 +23,15 @@ class Decapsulator:
 
     material: KeyMaterial = attrs.field(repr=False)
     replay: ReplayGuard = attrs.field(factory=lambda: ReplayGuard(window=300))
-    _keys: dict[str, tuple[Any, Any]] = attrs.field(factory=dict, repr=False)
+    _keys: dict[str, tuple[PeriodKeys, SakkeReceiver]] = attrs.field(factory=dict, repr=False)
 
-    def _period(self, period: str) -> tuple[Any, Any]:
+    def _period(self, period: str) -> tuple[PeriodKeys, SakkeReceiver]:
         if period not in self._keys:
             keys = self.material.for_period(period)
             self._keys[period] = (keys, keys.receiver(keys.public_key()))
         return self._keys[period]
 
-    def _receiver(self, identifier: bytes) -> Any:
+    def _receiver(self, identifier: bytes) -> SakkeReceiver:
         period, uri = split_tel_identifier(identifier)
         if uri != base_uri(self.material.uri):
             raise BadKeys("the I_MESSAGE is for someone else")
@@ -47,12 +46,16 @@ class Decapsulator:
         try:
             keys = self._period(period_of(now))[0]
             got = mikey.receive_i_message(
-                msg["mikey"], kpak=keys.kpak, receiver=self._receiver, now=now, replay=self.replay
+                msg.octets("mikey"),
+                kpak=keys.kpak,
+                receiver=self._receiver,
+                now=now,
+                replay=self.replay,
             )
             _, initiator = split_tel_identifier(got.initiator_id)
         except CryptoError as exc:
             raise BadKeys(str(exc)) from exc
-        if initiator != base_uri(msg["from"]):
+        if initiator != base_uri(msg.text("from")):
             raise BadKeys("the I_MESSAGE is signed by someone else")
         key: bytes = got.srtp().policy_key
         return key

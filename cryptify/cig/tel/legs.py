@@ -15,7 +15,7 @@ draws both machines.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 from twisted.logger import Logger
@@ -224,7 +224,7 @@ class TelCall:
     def _end(self, code: str, reason: str | None) -> None:
         """The SIP side ended: hang up the secure side."""
         self._finish()
-        fields: dict[str, Any] = {"session": self.session, "code": code}
+        fields: dict[str, object] = {"session": self.session, "code": code}
         if reason is not None:
             fields["reason"] = reason
         self.tel.notify("hangup", **fields)
@@ -359,19 +359,21 @@ class OutLeg:
         """The CRS answered our invite: ``session``, or an error."""
         self.request_id = None
         if msg.type != "session":
-            self.call.note_end("secure", msg.get("code", "error"))
+            code = msg.optional_text("code")
+            self.call.note_end("secure", code or "error")
             if self._finish():
-                self.leg.rejected(UMSG_STATUS.get(msg.get("code", ""), 480))
+                self.leg.rejected(UMSG_STATUS.get(code or "", 480))
             return
-        self.session = msg["session"]
-        self.call.callee_if_id = msg["session"]
-        self.relay_host, self.relay_port = msg["relay-host"], msg["relay-port"]
-        self.relay_tag = msg["relay-tag"]
+        session = msg.text("session")
+        self.session = session
+        self.call.callee_if_id = session
+        self.relay_host, self.relay_port = msg.text("relay-host"), msg.number("relay-port")
+        self.relay_tag = msg.octets("relay-tag")
         if self.ended:  # the PBX hung up meanwhile
             self.tel.notify("hangup", session=self.session, code="normal")
             return
         self.lifecycle.move(OutLegState.TRYING)
-        self.tel.active[msg["session"]] = self
+        self.tel.active[session] = self
         self.leg.trying()
 
     def incoming(self, msg: Message) -> None:
@@ -389,7 +391,7 @@ class OutLeg:
         elif msg.type in ("hold", "resume") and self.lifecycle.state is OutLegState.TALKING:
             hold_from_secure(self, msg.type == "hold")
         elif msg.type == "hangup":
-            self.end_from_tel(msg.get("code", "normal"))
+            self.end_from_tel(msg.optional_text("code") or "normal")
 
     def _bridged(self, up: bool) -> None:
         if up:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from cryptify import __version__
@@ -237,7 +237,7 @@ class Uif(service.Service):
         self.connected = False
         done = old.stop() if old is not None else defer.succeed(None)
 
-        def start(_: Any) -> None:
+        def start(_: object) -> None:
             if self.running and self.client is None:
                 self._start_client()
 
@@ -268,7 +268,7 @@ class Uif(service.Service):
         )
         client.start()
 
-    def _connect(self, host: str, port: int, factory: Any) -> defer.Deferred[Any]:
+    def _connect(self, host: str, port: int, factory: Factory) -> defer.Deferred[object]:
         # A connector that raises (a missing CA file) must not kill the service.
         try:
             return self.connect(host, port, factory)

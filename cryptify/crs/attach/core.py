@@ -31,7 +31,7 @@ import enum
 import os
 import secrets
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.logger import Logger
@@ -86,7 +86,7 @@ class AccountLike(Protocol):
 
 
 class Accounts(Protocol):
-    def get(self, account_id: str) -> Any: ...
+    def get(self, account_id: str) -> AccountLike | None: ...
 
 
 Verify = Callable[[bytes, bytes, bytes, bytes], None]
@@ -255,22 +255,23 @@ class AttachSession:
             self.refuse("unexpected", f"{msg.type} before attach", msg.id)
             return
         core = self.core
-        self.account, self.uri, self.app = msg["account"], msg["uri"], msg["app"]
-        common = set(msg["versions"]) & set(core.revisions)
+        account_id, uri = msg.text("account"), msg.text("uri")
+        self.account, self.uri, self.app = account_id, uri, msg.text("app")
+        common = set(msg.numbers("versions")) & set(core.revisions)
         if not common:
             self.refuse("version", f"this CRS speaks revisions {list(core.revisions)}", msg.id)
             return
         self.version = max(common)
-        account = core.accounts.get(msg["account"])
+        account = core.accounts.get(account_id)
         if account is None:
-            self.refuse("unknown-account", f"account {msg['account']} is not served", msg.id)
+            self.refuse("unknown-account", f"account {account_id} is not served", msg.id)
             return
         if not core.ready():
             self.refuse(
                 "unavailable", "the CRS is not ready yet", msg.id, retry_after=UNAVAILABLE_RETRY_MS
             )
             return
-        self.slot = slot_of(msg["uri"])
+        self.slot = slot_of(uri)
         if core.slots is not None and not core.slots.mine(self.slot):
             owner = core.slots.owner(self.slot)
             if owner is None:
@@ -282,7 +283,7 @@ class AttachSession:
                 )
                 return
             self.state = CLOSED
-            core.registry.moved(msg["uri"], msg["account"], self.host, self.port, owner)
+            core.registry.moved(uri, account_id, self.host, self.port, owner)
             self.peer.send(
                 message(
                     "moved",
@@ -298,7 +299,7 @@ class AttachSession:
         if account.kpak_for(self.period) is None:
             self.refuse("no-key-period", f"no keys for {self.period}", msg.id)
             return
-        ticket = msg.get("ticket")
+        ticket = msg.optional_octets("ticket")
         if (
             ticket is not None
             and core.tickets is not None
@@ -330,7 +331,9 @@ class AttachSession:
             return
         signed = attach_signed_octets(self.nonce, self.account, self.uri, self.period)
         try:
-            core.verify(kpak, tel_identifier(self.uri, self.period), signed, msg["signature"])
+            core.verify(
+                kpak, tel_identifier(self.uri, self.period), signed, msg.octets("signature")
+            )
         except CryptoError:
             self.refuse("bad-signature", "the signature does not verify", msg.id)
             return

@@ -12,12 +12,13 @@ detached, moved), and answers the operator's ``show attach`` and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.logger import Logger
 
 from cryptify.crs.trace import TraceHub
+from cryptify.protocols.umsg import Message
 
 log = Logger(namespace="cryptify.crs.attach")
 
@@ -35,7 +36,7 @@ class Connection(Protocol):
     def disconnect(self, reason: str) -> None:
         """Tell the client why, then close."""
 
-    def send(self, msg: Any) -> None:
+    def send(self, msg: Message) -> None:
         """Deliver a UMSG message to the client."""
 
 

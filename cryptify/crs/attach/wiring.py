@@ -36,13 +36,12 @@ from __future__ import annotations
 import socket
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -137,7 +136,7 @@ class UmsgServerProtocol(Protocol):
     def connectionMade(self) -> None:
         factory = self.factory
         assert self.transport is not None
-        peer: Any = self.transport.getPeer()
+        peer = self.transport.getPeer()
         self.host, self.port = str(getattr(peer, "host", "")), int(getattr(peer, "port", 0))
         self.started = self.last_seen = factory.clock.seconds()
         if not factory.admit(self):
@@ -246,10 +245,10 @@ class UmsgServerProtocol(Protocol):
         self.ending = True
 
 
-def tcp_keepalive(transport: Any, idle: float) -> None:
+def tcp_keepalive(transport: object, idle: float) -> None:
     """Turn on TCP keep-alive on the socket under ``transport`` (TLS or not)."""
     tcp = getattr(transport, "transport", transport)
-    handle: Any = getattr(tcp, "getHandle", lambda: None)()
+    handle: object = getattr(tcp, "getHandle", lambda: None)()
     if not isinstance(handle, socket.socket):
         return
     seconds = max(1, int(idle))
@@ -263,10 +262,10 @@ def tcp_keepalive(transport: Any, idle: float) -> None:
             handle.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
-class UmsgServerFactory(Factory):
+class UmsgServerFactory(ServerFactory[UmsgServerProtocol]):
     """The client listener's factory: admission, limits, sweeps."""
 
-    protocol = UmsgServerProtocol  # type: ignore[assignment]
+    protocol = UmsgServerProtocol
     noisy = False
 
     def __init__(
@@ -436,7 +435,7 @@ class UmsgListenService(ListenService):
     def __init__(
         self,
         where: str,
-        listen: Callable[[], Any],
+        listen: Callable[[], object],
         factory: UmsgServerFactory,
         clock: IReactorTime,
         grace: float = 0.5,

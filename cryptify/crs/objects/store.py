@@ -12,9 +12,14 @@ and an index set per account and kind (``obj:{ACCOUNT}:info``,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cryptify.crs.trace import TraceHub
+
+if TYPE_CHECKING:
+    from txredisapi import RedisProtocol
+
+    from cryptify.crs.redis.store import RedisStore
 
 #: The client-info fields operators see, in ``show client-info`` order.
 INFO_FIELDS = ("client-time", "scan-time", "os", "os-version", "cca-version")
@@ -35,7 +40,7 @@ class ClientObjects:
 
     def __init__(
         self,
-        store: Callable[[], Any],
+        store: Callable[[], RedisStore],
         trace: TraceHub | None,
         clock: Callable[[], float],
     ) -> None:
@@ -43,7 +48,7 @@ class ClientObjects:
         self.trace = trace
         self.clock = clock
 
-    def _client(self) -> Any:
+    def _client(self) -> RedisProtocol:
         # the store is looked up at use: it exists once Redis has started
         return self.store().client
 

@@ -63,7 +63,7 @@ def install(core: AttachCore, objects: Objects) -> None:
 
     def push_token(session: AttachSession, msg: Message) -> None:
         account, uri = session.account or "", session.uri or ""
-        token, kind = msg["token"], msg["kind"]
+        token, kind = msg.text("token"), msg.text("kind")
         _store(session, msg.id, lambda: objects.set_push_token(account, uri, token, kind))
 
     def client_info(session: AttachSession, msg: Message) -> None:

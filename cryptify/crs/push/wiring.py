@@ -17,16 +17,16 @@ device token is never written to a log.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Literal, Protocol, cast
 
 from twisted.application import service
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 
 from cryptify.crs.push.core import Counter, Decision, PushRules
 from cryptify.protocols import push_link
+from cryptify.protocols.amp_calls import AmpAnswer, call_remote, number, optional_number, text
 from cryptify.protocols.tls import client_context_factory
 from cryptify.push.answers import Answer, Outcome, clean
 from cryptify.push.apns import ApnsSender
@@ -68,7 +69,7 @@ class _LinkProtocol(amp.AMP):
         self.link = link
         self.gone: Deferred[None] = Deferred()
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         amp.AMP.connectionLost(self, reason)
         self.link.lost(self)
         self.gone.callback(None)
@@ -116,7 +117,7 @@ class CpsLink(service.Service):
         #: called each time the link has logged in, and each time it is lost
         self.on_login: list[Callable[[], None]] = []
         self.on_lost: list[Callable[[], None]] = []
-        self._attempt: Deferred[Any] | None = None
+        self._attempt: Deferred[IProtocol] | None = None
         self._conn: _LinkProtocol | None = None
         self._timer: IDelayedCall | None = None
         self._ping: LoopingCall | None = None
@@ -125,7 +126,7 @@ class CpsLink(service.Service):
     def active(self) -> bool:
         return self.proto is not None
 
-    def _endpoint(self) -> Any:
+    def _endpoint(self) -> IStreamClientEndpoint:
         tcp = HostnameEndpoint(self.reactor, self.host, self.port, timeout=15)
         return wrapClientTLS(client_context_factory(self.host, self.trust), tcp)
 
@@ -164,15 +165,13 @@ class CpsLink(service.Service):
 
     async def _login_coroutine(self, proto: _LinkProtocol) -> None:
         self._conn = proto
-        d: Deferred[Any] = proto.callRemote(  # type: ignore[no-untyped-call]
-            push_link.Login, id=self.client_id, secret=self.secret
-        )
+        d = call_remote(proto, push_link.Login, id=self.client_id, secret=self.secret)
         answer = await d.addTimeout(CALL_TIMEOUT, self.reactor)
         if self.state != "connecting" or proto.gone.called:
             raise LinkDown("the connection ended during the login")
         self.state, self.failures, self.proto = "up", 0, proto
         self.server = clean(answer["server"])
-        self.skew = self.reactor.seconds() - answer["time"]
+        self.skew = self.reactor.seconds() - number(answer, "time")
         log.info(
             "push link: logged in to {server} at {host}:{port}",
             server=self.server,
@@ -185,8 +184,9 @@ class CpsLink(service.Service):
             except Exception:
                 log.failure("push link: login listener failed")
 
-    def _login(self, proto: _LinkProtocol) -> Deferred[None]:
-        return defer.ensureDeferred(self._login_coroutine(proto))
+    def _login(self, proto: IProtocol) -> Deferred[None]:
+        # the factory of _connect builds only _LinkProtocol
+        return defer.ensureDeferred(self._login_coroutine(cast(_LinkProtocol, proto)))
 
     def _failed(self, failure: Failure) -> None:
         self._attempt = None
@@ -225,12 +225,11 @@ class CpsLink(service.Service):
             self.failures = 0
             self._wait()
 
-    def call(self, command: type[amp.Command], **kwargs: Any) -> Deferred[dict[str, Any]]:
+    def call(self, command: type[amp.Command], **kwargs: object) -> Deferred[AmpAnswer]:
         """Send a command over the logged-in link (LinkDown when it is not)."""
         if self.proto is None:
             return defer.fail(LinkDown("the push link is not up"))
-        d: Deferred[dict[str, Any]] = self.proto.callRemote(command, **kwargs)  # type: ignore[no-untyped-call]
-        return d.addTimeout(CALL_TIMEOUT, self.reactor)
+        return call_remote(self.proto, command, **kwargs).addTimeout(CALL_TIMEOUT, self.reactor)
 
     def _ping_once(self) -> None:
         proto = self.proto
@@ -242,8 +241,7 @@ class CpsLink(service.Service):
             if proto.transport is not None:
                 proto.transport.loseConnection()
 
-        d: Deferred[Any] = proto.callRemote(push_link.Ping)  # type: ignore[no-untyped-call]
-        d.addTimeout(PING_TIMEOUT, self.reactor).addErrback(silent)
+        call_remote(proto, push_link.Ping).addTimeout(PING_TIMEOUT, self.reactor).addErrback(silent)
 
 
 class LinkCalls(Protocol):
@@ -255,7 +253,7 @@ class LinkCalls(Protocol):
     @property
     def active(self) -> bool: ...
 
-    def call(self, command: type[amp.Command], **kwargs: Any) -> Deferred[dict[str, Any]]: ...
+    def call(self, command: type[amp.Command], **kwargs: object) -> Deferred[AmpAnswer]: ...
 
 
 class TokenStore(Protocol):
@@ -287,10 +285,11 @@ class CpsProviderTokens:
             answer = await self.link.call(push_link.ProviderToken)
         except Exception as exc:
             raise Unreachable(f"push server: {exc}") from exc
-        self._token, self._fetched = answer["token"], now
-        self.endpoint, self.topic = answer["endpoint"], answer["topic"]
-        self.note_skew(now - answer["time"])
-        return answer["token"]  # type: ignore[no-any-return]
+        token = text(answer, "token")
+        self._token, self._fetched = token, now
+        self.endpoint, self.topic = text(answer, "endpoint"), text(answer, "topic")
+        self.note_skew(now - number(answer, "time"))
+        return token
 
     def note_skew(self, skew: float) -> None:
         """Report, once per change, a clock further than MAX_SKEW from the push server's."""
@@ -342,7 +341,7 @@ class DirectApns:
         return self.client.close() if self.client is not None else defer.succeed(None)
 
 
-def _outcome(answer: dict[str, Any]) -> Answer:
+def _outcome(answer: Mapping[str, object]) -> Answer:
     outcome = answer.get("outcome")
     reason = clean(answer.get("reason") or "")
     if outcome == push_link.SENT:
@@ -350,7 +349,7 @@ def _outcome(answer: dict[str, Any]) -> Answer:
     if outcome == push_link.UNREGISTERED:
         return Answer(Outcome.UNREGISTERED, reason)
     if outcome == push_link.LATER:
-        return Answer(Outcome.LATER, reason, answer.get("retry_after") or None)
+        return Answer(Outcome.LATER, reason, optional_number(answer, "retry_after") or None)
     return Answer(Outcome.REFUSED, reason or f"outcome {clean(outcome)}")
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
@@ -36,6 +36,9 @@ from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 
 from cryptify.crs.redis.store import RedisNotConnected
+
+if TYPE_CHECKING:
+    from txredisapi import RedisProtocol
 
 log = Logger(namespace="cryptify.crs.redis")
 
@@ -107,7 +110,7 @@ class ScriptBatch:
         name: str,
         script: str,
         stride: int,
-        client: Callable[[], Any],
+        client: Callable[[], RedisProtocol],
         scheduler: Callable[[], IReactorTime],
         header: Callable[[], Sequence[str]] = tuple,
         max_items: int = MAX_ITEMS,
@@ -158,13 +161,13 @@ class ScriptBatch:
         self.items += len(items)
         try:
             argv = [*self.header(), *chain.from_iterable(args for args, _ in items)]
-            sent: Deferred[Any] = self.client().eval(self.script, [], argv)
+            sent: Deferred[object] = self.client().eval(self.script, [], argv)
         except Exception:
             self._failed(Failure(), items)
             return
         sent.addCallbacks(self._answered, self._failed, callbackArgs=(items,), errbackArgs=(items,))
 
-    def _answered(self, reply: Any, items: list[tuple[Sequence[str], Deferred[str]]]) -> None:
+    def _answered(self, reply: object, items: list[tuple[Sequence[str], Deferred[str]]]) -> None:
         lines = ("" if reply is None else str(reply)).split("\n")
         if len(lines) != len(items):
             why = f"{len(lines)} answers to {len(items)} requests"

@@ -6,8 +6,8 @@ CRS could not start them again.  Before starting a child the supervisor
 looks for such a leftover: the PID in the instance's pid file, still alive,
 whose command line is ``redis-server`` titled with this instance's address.
 It is stopped with SIGTERM (Redis then flushes its AOF), and with SIGKILL if
-it has not gone after :data:`STALE_STOP_TIMEOUT`.  Any other process is
-left alone.
+it has not gone after :data:`STALE_STOP_TIMEOUT`.  Every other process
+is left alone.
 """
 
 from __future__ import annotations

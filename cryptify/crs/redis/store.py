@@ -14,8 +14,6 @@ Twisted's C{ClientService}, so tests can drive it with a C{Clock}.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import defer
@@ -77,7 +75,7 @@ class _StoreFactory(Factory):
     def __init__(self, store: RedisStore) -> None:
         self._store = store
 
-    def buildProtocol(self, addr: object) -> Any:
+    def buildProtocol(self, addr: object) -> RedisProtocol:
         p = RedisProtocol(
             charset="utf-8",
             password=self._store.password,
@@ -126,9 +124,9 @@ class RedisStore(service.Service):
         self.first_delay = first_delay
         self.max_delay = max_delay
         self._service: ClientService | None = None
-        self._connection: Any = None
+        self._connection: RedisProtocol | None = None
         self._rejections = 0
-        self._waiters: list[Deferred[Any]] = []
+        self._waiters: list[Deferred[RedisProtocol]] = []
         self._fatal: RedisAuthError | None = None
 
     @classmethod
@@ -187,7 +185,7 @@ class RedisStore(service.Service):
         return self._connection is not None
 
     @property
-    def client(self) -> Any:
+    def client(self) -> RedisProtocol:
         """
         The live txredisapi protocol (C{get}, C{set}, C{hset}, ...).
 
@@ -198,7 +196,7 @@ class RedisStore(service.Service):
             raise RedisNotConnected(f"{self.name}: not connected")
         return self._connection
 
-    def when_connected(self) -> Deferred[Any]:
+    def when_connected(self) -> Deferred[RedisProtocol]:
         """Fires with L{client} once connected; fails on auth errors or stop."""
         if self._fatal is not None:
             return defer.fail(self._fatal)
@@ -206,19 +204,19 @@ class RedisStore(service.Service):
             return defer.succeed(self._connection)
         if not self.running:
             return defer.fail(RedisNotConnected(f"{self.name}: store not started"))
-        d: Deferred[Any] = Deferred()
+        d: Deferred[RedisProtocol] = Deferred()
         self._waiters.append(d)
         return d
 
-    def ping(self) -> Deferred[Any]:
+    def ping(self) -> Deferred[str]:
         """PING now; fails at once with L{RedisNotConnected} while disconnected."""
         return defer.maybeDeferred(lambda: self.client.ping())
 
-    def _connecting(self, protocol: Any) -> None:
+    def _connecting(self, protocol: RedisProtocol) -> None:
         protocol.whenConnected().addCallback(self._ready)
         protocol.whenDisconnected().addCallback(self._lost)
 
-    def _ready(self, protocol: Any) -> None:
+    def _ready(self, protocol: RedisProtocol) -> None:
         self._connection = protocol
         self._rejections = 0
         log.info("{name}: connected", name=self.name)
@@ -226,7 +224,7 @@ class RedisStore(service.Service):
         for w in waiters:
             w.callback(protocol)
 
-    def _lost(self, protocol: Any) -> None:
+    def _lost(self, protocol: RedisProtocol) -> None:
         if self._connection is protocol:
             self._connection = None
             if self.running:

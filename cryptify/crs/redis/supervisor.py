@@ -15,7 +15,6 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import attrs
 from twisted.application import service
@@ -25,8 +24,11 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProcessTransport,
+    IProtocol,
     IReactorProcess,
     IReactorTime,
+    IStreamClientEndpoint,
+    ITransport,
 )
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.logger import Logger
@@ -85,7 +87,8 @@ class _PingProtocol(Protocol):
         self._buffer = b""
 
     @property
-    def _transport(self) -> Any:
+    def _transport(self) -> ITransport:
+        assert self.transport is not None  # connected: called from connectionMade on
         return self.transport
 
     def connectionMade(self) -> None:
@@ -122,7 +125,7 @@ def ping_probe(reactor: IReactor) -> Probe:
         def cancel(_: Deferred[None]) -> None:
             connecting.cancel()
             for p in protocols:
-                transport: Any = p.transport
+                transport = p.transport
                 if transport is not None:
                     transport.loseConnection()
 
@@ -132,13 +135,13 @@ def ping_probe(reactor: IReactor) -> Probe:
             protocols.append(_PingProtocol(instance.password, done))
             return protocols[-1]
 
-        endpoint: Any
+        endpoint: IStreamClientEndpoint
         if instance.unix_socket is not None:
             endpoint = UNIXClientEndpoint(reactor, str(instance.unix_socket), timeout=1)
         else:
             assert instance.port is not None
             endpoint = TCP4ClientEndpoint(reactor, instance.host, instance.port, timeout=1)
-        connecting: Deferred[object] = endpoint.connect(Factory.forProtocol(build))
+        connecting: Deferred[IProtocol] = endpoint.connect(Factory.forProtocol(build))
         connecting.addErrback(lambda f: None if done.called else done.errback(f))
         done.addTimeout(PROBE_TIMEOUT, reactor)
         return done

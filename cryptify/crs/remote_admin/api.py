@@ -16,7 +16,7 @@ Routes (docs/admin.md has the whole protocol)::
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 
@@ -102,7 +102,7 @@ def parse_fields(body: bytes, names: tuple[str, ...]) -> dict[str, str]:
     if len(body) > MAX_JSON_BODY:
         raise BadRequest(f"the body is larger than {MAX_JSON_BODY} octets")
     try:
-        doc: Any = json.loads(body.decode("utf-8"))
+        doc: object = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadRequest("the body is not JSON text") from None
     if not isinstance(doc, dict) or set(doc) != set(names):

@@ -27,8 +27,7 @@ import hmac
 import html
 import os
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -75,7 +74,7 @@ def page(title: str, body: str, csrf: str | None = None) -> bytes:
     ).encode()
 
 
-def table_html(columns: list[str], rows: list[list[Any]], ident: str) -> str:
+def table_html(columns: list[str], rows: Sequence[Sequence[object]], ident: str) -> str:
     head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f'<table id="{ident}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
@@ -100,7 +99,7 @@ class Console:
 
     # -- plumbing ------------------------------------------------------------------
 
-    def render(self, request: server.Request) -> Any:
+    def render(self, request: server.Request) -> bytes | int:
         segments = [s.decode("utf-8", "replace") for s in (request.postpath or [])]
         method = request.method
         if method == b"GET" and segments == ["style.css"]:
@@ -305,6 +304,7 @@ class Console:
                     why = f'<p class="error" id="error">Not applied: {_esc(exc)}</p>'
                     return 400, self._update_page(account, session, why)
                 result = answer["result"]
+                assert isinstance(result, dict)  # CrsAdmin.apply's answer
                 done = (
                     f'<p id="applied">Applied: revision {_esc(result["revision"])}, '
                     f"months {_esc(', '.join(result['periods']))}.</p>"

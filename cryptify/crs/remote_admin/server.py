@@ -25,9 +25,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.protocols import policies
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from cryptify.crs.accounts import MAX_UPDATE_BYTES, excerpt
 from cryptify.crs.operator.admin import CrsAdmin
@@ -151,11 +152,13 @@ class AdminService:
             admin=denied.admin or "-",
         )
 
-    async def perform(self, admin: str, action: str, account: str, body: bytes) -> dict[str, Any]:
+    async def perform(
+        self, admin: str, action: str, account: str, body: bytes
+    ) -> dict[str, object]:
         """Do an authorized per-account action; CommandFailed or BadRequest says why not."""
         ops = self.ops
         if action == "stats-export":
-            answer: dict[str, Any] = await ops.stats_export(account)
+            answer: dict[str, object] = await ops.stats_export(account)
         elif action == "stats-enable":
             answer = await ops.stats_enable(account)
         elif action == "stats-disable":
@@ -190,7 +193,7 @@ class AdminService:
 class Pages(Protocol):
     """What serves the paths outside ``/api`` (the console)."""
 
-    def render(self, request: server.Request) -> Any: ...
+    def render(self, request: server.Request) -> bytes | int: ...
 
 
 class AdminRoot(resource.Resource):
@@ -203,7 +206,7 @@ class AdminRoot(resource.Resource):
         self.service = service
         self.console = console
 
-    def render(self, request: server.Request) -> Any:
+    def render(self, request: server.Request) -> bytes | int:
         secure(request)
         segments = list(request.postpath or [])
         if segments[:1] == [b"api"]:
@@ -212,12 +215,12 @@ class AdminRoot(resource.Resource):
             return self.console.render(request)
         return self._json(request, 404, {"error": "not-found"})
 
-    def _json(self, request: server.Request, status: int, doc: dict[str, Any]) -> bytes:
+    def _json(self, request: server.Request, status: int, doc: dict[str, object]) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json")
         return json.dumps(doc).encode("utf-8") + b"\n"
 
-    def _api(self, request: server.Request, segments: list[bytes]) -> Any:
+    def _api(self, request: server.Request, segments: list[bytes]) -> bytes | int:
         found = route(request.method, segments)
         if found is None:
             log.warn(
@@ -240,7 +243,7 @@ class AdminRoot(resource.Resource):
         )
         return server.NOT_DONE_YET
 
-    async def _answer(self, request: server.Request, found: Route) -> tuple[int, dict[str, Any]]:
+    async def _answer(self, request: server.Request, found: Route) -> tuple[int, dict[str, object]]:
         service, gate = self.service, self.service.gate
         now = service.clock()
         body = request.content.read() if request.content is not None else b""
@@ -301,7 +304,7 @@ class AdminSite(server.Site):
     def __init__(self, root: resource.Resource, reactor: IReactor | None = None) -> None:
         super().__init__(root, timeout=IDLE_TIMEOUT, reactor=reactor)
 
-    def log(self, request: Any) -> None:
+    def log(self, request: http.Request) -> None:
         """No access log of its own: the interface logs what matters (refusals, actions)."""
 
 
@@ -317,9 +320,9 @@ class SourceLimit(policies.WrappingFactory):
         self.limit = limit
         self.open = SourceCounts()
         self.noted: set[str] = set()
-        self.sources: dict[Any, str] = {}
+        self.sources: dict[policies.ProtocolWrapper, str] = {}
 
-    def buildProtocol(self, addr: Any) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         host = str(getattr(addr, "host", "?"))
         if not self.open.admit(host, self.limit):
             if host not in self.noted:
@@ -335,7 +338,7 @@ class SourceLimit(policies.WrappingFactory):
         self.sources[wrapper] = host
         return wrapper
 
-    def unregisterProtocol(self, p: Any) -> None:
+    def unregisterProtocol(self, p: policies.ProtocolWrapper) -> None:
         super().unregisterProtocol(p)
         host = self.sources.pop(p, None)
         if host is not None:

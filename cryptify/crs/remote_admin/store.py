@@ -28,7 +28,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -139,7 +138,7 @@ class Admin:
         }
 
     @classmethod
-    def from_json(cls, name: str, doc: Any) -> Admin:
+    def from_json(cls, name: str, doc: object) -> Admin:
         check_admin_name(name)
         if not isinstance(doc, dict) or set(doc) != {"created", "key", "accounts"}:
             raise AdminError(f"admin {name}: expected exactly created, key and accounts")

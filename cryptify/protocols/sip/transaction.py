@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -181,7 +181,7 @@ class _Timers:
     clock: IReactorTime
     calls: dict[str, IDelayedCall] = attrs.field(factory=dict)
 
-    def start(self, name: str, delay: float, fn: Callable[[], Any]) -> None:
+    def start(self, name: str, delay: float, fn: Callable[[], object]) -> None:
         self.stop(name)
 
         def fire() -> None:

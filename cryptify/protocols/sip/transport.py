@@ -41,7 +41,14 @@ from twisted.internet.endpoints import (
     connectProtocol,
     wrapClientTLS,
 )
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -94,7 +101,7 @@ class SipDatagramProtocol(protocol.DatagramProtocol):
     def __init__(self, sink: MessageSink) -> None:
         self.sink = sink
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         source = (str(addr[0]), int(addr[1]))
         channel = UdpChannel(self.transport, source)
         try:
@@ -142,7 +149,8 @@ class SipStreamProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         self.open = True
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        assert self.transport is not None  # connectionMade: connected
+        peer = self.transport.getPeer()
         self.address = (str(getattr(peer, "host", "")), int(getattr(peer, "port", 0)))
         self._rearm()
 
@@ -216,7 +224,7 @@ class SipTlsStreamProtocol(SipStreamProtocol):
             self.ready.errback(reason)
 
 
-class SipStreamFactory(protocol.Factory):
+class SipStreamFactory(protocol.ServerFactory):
     """
     Builds a L{SipStreamProtocol} per inbound TCP connection, within the
     limits: C{allowed} source addresses only, at most C{max_per_source}
@@ -246,7 +254,7 @@ class SipStreamFactory(protocol.Factory):
         self.refused = refused
         self.open = SourceCounts()
 
-    def buildProtocol(self, addr: Any) -> SipStreamProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> SipStreamProtocol | None:
         host = str(getattr(addr, "host", ""))
         if self.allowed is not None and not self.allowed(host):
             self._refuse(host, "tcp connection, not a SIP peer")
@@ -279,7 +287,7 @@ class TcpConnector:
         reactor: IReactor,
         sink: MessageSink,
         timeout: float = 5.0,
-        tls: Callable[[str], Any] | None = None,
+        tls: Callable[[str], IOpenSSLClientConnectionCreator] | None = None,
     ) -> None:
         self.reactor = reactor
         self.sink = sink
@@ -305,7 +313,9 @@ class TcpConnector:
         self.waiting[address] = [waiter]
         host, port = address
         endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-        endpoint: Any = endpoint_type(self.reactor, host, port, timeout=self.timeout)
+        endpoint: IStreamClientEndpoint = endpoint_type(
+            self.reactor, host, port, timeout=self.timeout
+        )
         if self.tls is not None:
             endpoint = wrapClientTLS(self.tls(name or host), endpoint)
         connecting: Deferred[SipStreamProtocol]
