@@ -252,6 +252,7 @@ class FakeLeg:
     relay_port = 146
     relay_tag = b"T" * 8
     policy_key = b"K" * 30
+    secure_codec = "PCMU"
 
 
 class BridgeHandleTests(SynchronousTestCase):

@@ -235,6 +235,7 @@ class Leg:
     relay_port: int = 146
     relay_tag: bytes = b"T" * 8
     policy_key: bytes = b"K" * 30
+    secure_codec: str = "PCMU"
 
 
 @attrs.define
