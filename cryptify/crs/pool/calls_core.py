@@ -22,7 +22,9 @@ frames go over the pool link (:mod:`cryptify.crs.pool.wire` envelopes)::
                                                     hangup{...,who} ->
 
 and the other way round for a hangup from the callee (``call-hangup``
-from B).  B answers ``call-refused{session,code}`` instead of
+from B).  While talking, either party's ``hold`` or ``resume`` goes to the
+other as ``call-hold{session,held}`` (B passes its callee's, A its
+caller's).  B answers ``call-refused{session,code}`` instead of
 ``call-offered`` when its callee is not attached (``not-connected``),
 not known there (``not-found``), when the callee is calling the caller
 at the same time with the smaller URI (``glare``: the smaller URI's
@@ -30,7 +32,12 @@ invite wins, as on one instance), or when the caller's instance has
 :data:`MAX_FORWARDED` calls there already (``busy``): the
 caller gets the same ``error`` as for a callee of its own instance.  If
 B does not confirm within :data:`OFFER_TIMEOUT`, or the link to B is not
-open, the caller gets ``error not-connected``.  When the pool link to a
+open, the caller gets ``error not-connected``.  A hangup that finds no
+connection to the peer open (it is being replaced, the link is not yet
+seen down) is kept and sent again every :data:`RESEND_INTERVAL` until a
+connection takes it, so the other party's call ends within moments; when
+the link is seen down the kept hangups are dropped (the peer ends those
+calls itself).  When the pool link to a
 peer goes down (no heartbeat for ``DOWN_AFTER``) every call through it
 ends on both sides with ``hangup not-connected`` from ``crs``, and its
 relay session is removed.
@@ -39,7 +46,8 @@ The media of a call goes through the relay of the caller's instance: the
 callee's ``relay-host``/``relay-port`` in the forwarded invite are that
 relay's public address, which every client of the pool can reach.
 
-Every frame is checked field by field (:func:`decode_call`): a missing or
+Every frame is checked field by field
+(:func:`~cryptify.crs.pool.calls_frames.decode_call`): a missing or
 extra field, a wrong type, a value out of its UMSG limits raises
 :class:`~cryptify.crs.pool.wire.WireError`, and the pool link drops the
 connection.  A well-formed frame for a session that does not exist (any
@@ -48,9 +56,8 @@ more) at the receiver is ignored: hangups cross.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -58,7 +65,6 @@ from twisted.logger import Logger
 
 from cryptify.crs.calls.core import (
     CALLEE,
-    CALLER,
     CRS,
     INVITE,
     RINGING,
@@ -68,15 +74,24 @@ from cryptify.crs.calls.core import (
     Session,
     SessionTable,
 )
-from cryptify.crs.pool.wire import WireError
-from cryptify.protocols.umsg import (
-    ACCOUNT,
-    Message,
-    UmsgError,
-    base_uri,
-    encode_from_server,
-    message,
+from cryptify.crs.pool.calls_frames import (
+    FRAME_TYPES,
+    HANGUP_FRAME,
+    HOLD_FRAME,
+    INVITE_FRAME,
+    OFFERED_FRAME,
+    REFUSED_FRAME,
+    RINGING_FRAME,
+    TALK_FRAME,
+    CallHangup,
+    CallHold,
+    CallInvite,
+    CallRefused,
+    CallStep,
+    decode_call,
 )
+from cryptify.crs.pool.wire import WireError
+from cryptify.protocols.umsg import base_uri, message
 
 log = Logger(namespace="cryptify.crs.session")
 
@@ -84,197 +99,8 @@ log = Logger(namespace="cryptify.crs.session")
 OFFER_TIMEOUT = 10.0
 #: Calls offered here for one other instance at once (a peer's share).
 MAX_FORWARDED = 65536
-
-INVITE_FRAME = "call-invite"
-OFFERED_FRAME = "call-offered"
-REFUSED_FRAME = "call-refused"
-RINGING_FRAME = "call-ringing"
-TALK_FRAME = "call-talk"
-HANGUP_FRAME = "call-hangup"
-#: Every frame type of this module, for :meth:`PoolLink.handle`.
-FRAME_TYPES = (
-    INVITE_FRAME,
-    OFFERED_FRAME,
-    REFUSED_FRAME,
-    RINGING_FRAME,
-    TALK_FRAME,
-    HANGUP_FRAME,
-)
-#: The codes a ``call-refused`` may carry (the caller's ``error`` code).
-REFUSE_CODES = frozenset({"not-connected", "not-found", "busy", "glare"})
-
-_SESSION_ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
-_ACCOUNT = re.compile(ACCOUNT)
-_CODE = re.compile(r"[a-z-]{1,32}")
-_WHO = frozenset({CALLER, CALLEE, CRS})
-_MAX_REASON = 200
-_T = TypeVar("_T")
-
-
-# -- frames -------------------------------------------------------------------
-
-
-@attrs.frozen
-class CallInvite:
-    """A forwarded invite: what the callee's instance sends its callee."""
-
-    session: str
-    shown: str
-    to: str
-    account: str
-    mikey: bytes
-    relay_host: str
-    relay_port: int
-    relay_tag: bytes
-
-    @property
-    def callee(self) -> str:
-        return base_uri(self.to)
-
-    def umsg(self) -> Message:
-        """The ``invite`` the callee is sent."""
-        return message(
-            "invite",
-            session=self.session,
-            **{"from": self.shown},
-            to=self.to,
-            mikey=self.mikey,
-            relay_host=self.relay_host,
-            relay_port=self.relay_port,
-            relay_tag=self.relay_tag,
-        )
-
-    def fields(self) -> dict[str, object]:
-        return {
-            "session": self.session,
-            "from": self.shown,
-            "to": self.to,
-            "account": self.account,
-            "mikey": self.mikey,
-            "relay-host": self.relay_host,
-            "relay-port": self.relay_port,
-            "relay-tag": self.relay_tag,
-        }
-
-
-@attrs.frozen
-class CallStep:
-    """``call-offered``, ``call-ringing`` or ``call-talk``: a session id."""
-
-    kind: str
-    session: str
-
-    def fields(self) -> dict[str, object]:
-        return {"session": self.session}
-
-
-@attrs.frozen
-class CallRefused:
-    """The callee's instance could not offer the call."""
-
-    session: str
-    code: str
-
-    def fields(self) -> dict[str, object]:
-        return {"session": self.session, "code": self.code}
-
-
-@attrs.frozen
-class CallHangup:
-    """A call ended at the sender's side (``who`` as the UMSG hangup names it)."""
-
-    session: str
-    code: str
-    reason: str | None
-    who: str
-
-    def fields(self) -> dict[str, object]:
-        fields: dict[str, object] = {"session": self.session, "code": self.code, "who": self.who}
-        if self.reason is not None:
-            fields["reason"] = self.reason
-        return fields
-
-
-CallFrame = CallInvite | CallStep | CallRefused | CallHangup
-
-
-def _exact(fields: dict[str, object], what: str, required: set[str], optional: set[str]) -> None:
-    keys = set(fields)
-    missing = sorted(required - keys)
-    extra = sorted(keys - required - optional)
-    if missing or extra:
-        raise WireError(f"{what} fields wrong (missing {missing}, unexpected {extra})")
-
-
-def _session_id(value: object) -> str:
-    if not isinstance(value, str) or not _SESSION_ID.fullmatch(value):
-        raise WireError("session is not a session id of 1 to 64 [0-9A-Za-z_.:-]")
-    return value
-
-
-def _code(value: object, what: str) -> str:
-    if not isinstance(value, str) or not _CODE.fullmatch(value):
-        raise WireError(f"{what} is not a code of 1 to 32 [a-z-]")
-    return value
-
-
-def _typed(fields: dict[str, object], name: str, kind: type[_T]) -> _T:
-    value = fields[name]
-    if type(value) is not kind:
-        raise WireError(f"{name} is not {kind.__name__}")
-    assert isinstance(value, kind)
-    return value
-
-
-def decode_call(frame_type: str, fields: dict[str, object]) -> CallFrame:
-    """The call frame of an envelope's type and fields; raises
-    :class:`WireError` for anything a well-behaved peer does not send."""
-    what = f"{frame_type} frame"
-    if frame_type == INVITE_FRAME:
-        keys = {"session", "from", "to", "account", "mikey", "relay-host", "relay-port"}
-        _exact(fields, what, keys | {"relay-tag"}, set())
-        account = fields["account"]
-        if not isinstance(account, str) or not _ACCOUNT.fullmatch(account):
-            raise WireError("account is not an account name")
-        invite = CallInvite(
-            _session_id(fields["session"]),
-            _typed(fields, "from", str),
-            _typed(fields, "to", str),
-            account,
-            _typed(fields, "mikey", bytes),
-            _typed(fields, "relay-host", str),
-            _typed(fields, "relay-port", int),
-            _typed(fields, "relay-tag", bytes),
-        )
-        # the limits and patterns: those of the UMSG invite the callee gets
-        try:
-            encode_from_server(invite.umsg())
-        except UmsgError as exc:
-            raise WireError(f"{what}: {exc}") from None
-        return invite
-    if frame_type in (OFFERED_FRAME, RINGING_FRAME, TALK_FRAME):
-        _exact(fields, what, {"session"}, set())
-        return CallStep(frame_type, _session_id(fields["session"]))
-    if frame_type == REFUSED_FRAME:
-        _exact(fields, what, {"session", "code"}, set())
-        code = _code(fields["code"], "code")
-        if code not in REFUSE_CODES:
-            raise WireError(f"code {code!r} is not one of {sorted(REFUSE_CODES)}")
-        return CallRefused(_session_id(fields["session"]), code)
-    if frame_type == HANGUP_FRAME:
-        _exact(fields, what, {"session", "code", "who"}, {"reason"})
-        reason = fields.get("reason")
-        if reason is not None and (not isinstance(reason, str) or len(reason) > _MAX_REASON):
-            raise WireError(f"reason is not a text of at most {_MAX_REASON} characters")
-        who = fields["who"]
-        if who not in _WHO:
-            raise WireError("who is not caller, callee or crs")
-        assert isinstance(who, str)
-        return CallHangup(
-            _session_id(fields["session"]), _code(fields["code"], "code"), reason, who
-        )
-    raise WireError(f"{frame_type!r} is not a call frame")
-
+#: Seconds between attempts to send the hangups no connection took.
+RESEND_INTERVAL = 0.5
 
 # -- the calls of one instance ---------------------------------------------------
 
@@ -333,6 +159,10 @@ class PoolCalls:
         self._by_uri: dict[str, set[str]] = {}
         self._per_peer: dict[str, int] = {}
         self.counters = {"forwarded": 0, "offered": 0, "refused": 0}
+        #: Hangups no connection took yet, per peer, in order.
+        self.unsent: dict[str, list[CallHangup]] = {}
+        self._resend: IDelayedCall | None = None
+        self._stopped = False
         table.remote = self
 
     # -- the caller's side (called by the session table) -------------------------
@@ -358,13 +188,44 @@ class PoolCalls:
 
     def hangup(self, session: Session, code: str, reason: str | None, who: str) -> None:
         assert session.remote is not None
-        self._send(session.remote, HANGUP_FRAME, CallHangup(session.id, code, reason, who).fields())
+        self._hangup(session.remote, CallHangup(session.id, code, reason, who))
+
+    def hold(self, session: Session, held: bool) -> None:
+        assert session.remote is not None
+        self._send(session.remote, HOLD_FRAME, CallHold(session.id, held).fields())
 
     def rows(self, now: float) -> list[list[str]]:
         return [
             [f.invite.shown, f.invite.to, str(int(now - f.started)), f.state]
             for f in sorted(self.forwarded.values(), key=lambda f: f.started)
         ]
+
+    def _hangup(self, peer: str, hangup: CallHangup) -> None:
+        """Send a hangup, or keep it until a connection to ``peer`` takes it."""
+        if self._stopped:
+            self._send(peer, HANGUP_FRAME, hangup.fields())
+            return
+        if self.unsent.get(peer) or not self._send(peer, HANGUP_FRAME, hangup.fields()):
+            kept = self.unsent.setdefault(peer, [])
+            if len(kept) >= self.max_forwarded:
+                log.warn("call hangup for {peer} dropped: too many kept", peer=peer)
+                return
+            kept.append(hangup)
+            if self._resend is None:
+                self._resend = self.clock.callLater(RESEND_INTERVAL, self._send_kept)
+
+    def _send_kept(self) -> None:
+        """Send the kept hangups a connection now takes; try again later
+        while some are left."""
+        self._resend = None
+        for peer in sorted(self.unsent):
+            kept = self.unsent[peer]
+            while kept and self._send(peer, HANGUP_FRAME, kept[0].fields()):
+                kept.pop(0)
+            if not kept:
+                del self.unsent[peer]
+        if self.unsent:
+            self._resend = self.clock.callLater(RESEND_INTERVAL, self._send_kept)
 
     def _send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
         try:
@@ -383,6 +244,14 @@ class PoolCalls:
         elif isinstance(frame, CallRefused):
             self.counters["refused"] += 1
             self.table.remote_refused(peer, frame.session, frame.code)
+        elif isinstance(frame, CallHold):
+            forwarded = self.forwarded.get(frame.session)
+            if forwarded is not None and forwarded.peer == peer:
+                # the caller's side: its caller put the call on hold
+                if forwarded.state == TALK:
+                    self.parties.send(forwarded.invite.callee, frame.umsg())
+            else:
+                self.table.remote_hold(peer, frame.session, frame.held)
         elif isinstance(frame, CallHangup):
             forwarded = self.forwarded.get(frame.session)
             if forwarded is not None and forwarded.peer == peer:
@@ -463,7 +332,7 @@ class PoolCalls:
         forwarded.timer = None
         self._drop(session_id)
         hangup = CallHangup(session_id, "no-answer", "not answered in time", CRS)
-        self._send(forwarded.peer, HANGUP_FRAME, hangup.fields())
+        self._hangup(forwarded.peer, hangup)
         self._tell_callee(forwarded, "no-answer", "not answered in time", CRS)
 
     def _stop_timer(self, forwarded: Forwarded) -> None:
@@ -545,9 +414,7 @@ class PoolCalls:
         if forwarded is None:
             return False
         self._drop(session_id)
-        self._send(
-            forwarded.peer, HANGUP_FRAME, CallHangup(session_id, code, reason, CALLEE).fields()
-        )
+        self._hangup(forwarded.peer, CallHangup(session_id, code, reason, CALLEE))
         self._trace(forwarded, f"hangup({code}; {CALLEE})")
         return True
 
@@ -557,8 +424,19 @@ class PoolCalls:
             forwarded = self._drop(session_id)
             assert forwarded is not None
             hangup = CallHangup(session_id, "detached", "the callee went away", CALLEE)
-            self._send(forwarded.peer, HANGUP_FRAME, hangup.fields())
+            self._hangup(forwarded.peer, hangup)
             self._trace(forwarded, f"hangup(detached; {CALLEE})")
+
+    def client_hold(self, uri: str, session_id: str, held: bool) -> bool:
+        """``hold`` or ``resume`` from an attached client (as :meth:`client_ringing`)."""
+        forwarded = self._mine(uri, session_id)
+        if forwarded is None:
+            return False
+        if forwarded.state != TALK:
+            self.parties.send(uri, message("error", code="unexpected", reason="not talking"))
+            return True
+        self._send(forwarded.peer, HOLD_FRAME, CallHold(session_id, held).fields())
+        return True
 
     def busy(self, uri: str) -> bool:
         """Whether ``uri`` takes part in a call here (either side)."""
@@ -568,9 +446,14 @@ class PoolCalls:
 
     def link_changed(self, peer: str, up: bool) -> None:
         """The pool link to ``peer`` went up or down: when down, every call
-        through it ends on this side."""
+        through it ends on this side (and the hangups kept for it are
+        dropped: the peer ends those calls itself); when up, the kept
+        hangups go at once."""
         if up:
+            if peer in self.unsent:
+                self._send_kept()
             return
+        self.unsent.pop(peer, None)
         ended = [s for s, f in self.forwarded.items() if f.peer == peer]
         for session_id in ended:
             forwarded = self._drop(session_id)
@@ -588,10 +471,27 @@ class PoolCalls:
         self.table.peer_lost(peer)
 
     def stop(self) -> None:
-        """Shutdown: the calls offered here end on both sides."""
+        """Shutdown: the calls offered here end on both sides (what no
+        connection takes now is not kept)."""
+        self._stopped = True
+        if self._resend is not None and self._resend.active():
+            self._resend.cancel()
+        self._resend = None
+        self.unsent.clear()
         for session_id in sorted(self.forwarded):
             forwarded = self._drop(session_id)
             assert forwarded is not None
             hangup = CallHangup(session_id, "shutdown", "the CRS is shutting down", CRS)
             self._send(forwarded.peer, HANGUP_FRAME, hangup.fields())
             self._tell_callee(forwarded, "shutdown", "the CRS is shutting down", CRS)
+
+
+__all__ = [
+    "FRAME_TYPES",
+    "MAX_FORWARDED",
+    "OFFER_TIMEOUT",
+    "RESEND_INTERVAL",
+    "Forwarded",
+    "FrameLink",
+    "PoolCalls",
+]
