@@ -24,6 +24,7 @@ from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.operator import cli
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
+from cryptify.crs.pool import changes_log
 from cryptify.crs.pool.changes import (
     COMPACT_AFTER,
     CONFIRM_WAIT,
@@ -548,6 +549,28 @@ class CompactionTests(_PoolBase):
         shutil.rmtree(os.path.join(three.root, "accounts"))
         three = self.nodes["crs3"] = Node("crs3", self.reactor, 3, self.root, 2)
         self.assertIsNotNone(three.accounts.get("acme"))
+
+    def test_compaction_that_cannot_be_written_changes_nothing(self) -> None:
+        """A rewrite that fails (disk full, say) leaves the log as it was:
+        nothing folded, changes still appended, a restart reads them all."""
+        one, _ = self.pool(2, compact_after=1)
+
+        def full(*args: object, **kwargs: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        self.patch(changes_log, "write_atomically", full)
+        self.done(one.admin.create_account("acme", SECRET))
+        self.flow(2 * RESYNC_INTERVAL)
+        assert one.changes.replica is not None
+        self.assertIsNone(one.changes.replica.snapshot)
+        self.done(one.admin.add_blacklist("acme", "tel:+1"))
+        self.assertEqual(len(one.changes.replica.log), 2)
+        self.cut("crs1")
+        one.stop()
+        again = self.nodes["crs1"] = Node("crs1", self.reactor, 2, self.root, 1)
+        assert again.changes.replica is not None
+        self.assertEqual(len(again.changes.replica.log), 2)
+        self.assertEqual(again.changes.replica.snapshot, None)
 
 
 class NotifyTests(_PoolBase):

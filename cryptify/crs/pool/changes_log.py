@@ -139,7 +139,9 @@ class ChangeLog:
     ) -> None:
         """Replace the log with ``snapshot`` and the encoded ``changes``
         after it, atomically and durably; OSError when it could not be
-        (the old log is then as it was)."""
+        (the old log is then as it was, or, if only the directory's fsync
+        failed, the new one is in place: either reads back to the same
+        state, since a log's changes covered by its snapshot are skipped)."""
         if self._fd is None:
             raise OSError("the change log is not open")
         winners = [encode_record(c.encode()) for c in snapshot.winners]
@@ -150,10 +152,11 @@ class ChangeLog:
             + [encode_record(c) for c in changes]
         )
         write_atomically(self.path, data, 0o600)
+        # the new file is in place: appends go to it from now on, whatever follows
+        old, self._fd = self._fd, None
+        os.close(old)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         self._sync_dir()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        os.close(self._fd)
-        self._fd = fd
 
     def _sync_dir(self) -> None:
         dir_fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
