@@ -47,6 +47,8 @@ class Replica:
         self.winners: dict[Key, Change] = {}
         self.accounts: dict[str, Register] = {}
         self.blacklist: dict[tuple[str, str], Register] = {}
+        #: The blacklist registers by account: URI -> register.
+        self._entries: dict[str, dict[str, Register]] = {}
         if snapshot is not None:
             for winner in snapshot.winners:
                 self._win(winner)
@@ -98,17 +100,16 @@ class Replica:
             secret = change.text("secret") if present else None
             self.accounts[change.text("account")] = Register(change.stamp, present, secret)
         elif change.kind in (Kind.BLACKLIST_ADD, Kind.BLACKLIST_REMOVE):
-            entry = (change.text("account"), change.text("uri"))
-            listed = change.kind is Kind.BLACKLIST_ADD
-            self.blacklist[entry] = Register(change.stamp, listed)
+            account, uri = change.text("account"), change.text("uri")
+            register = Register(change.stamp, change.kind is Kind.BLACKLIST_ADD)
+            self.blacklist[(account, uri)] = register
+            self._entries.setdefault(account, {})[uri] = register
         return True
 
     def account_plan(self, account: str) -> AccountPlan:
         reg = self.accounts.get(account)
         listed, unlisted = set(), set()
-        for (name, uri), entry in self.blacklist.items():
-            if name != account:
-                continue
+        for uri, entry in self._entries.get(account, {}).items():
             if entry.present and (reg is None or entry.stamp > reg.stamp):
                 listed.add(uri)
             else:
