@@ -28,15 +28,17 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.crs.calls.core import ANSWER_TIMEOUT, MAX_SESSIONS_PER_URI, RelayLegs, SessionTable
-from cryptify.crs.pool.calls_core import OFFER_TIMEOUT, RESEND_INTERVAL, PoolCalls
-from cryptify.crs.pool.calls_frames import (
+from cryptify.crs.pool.calls_core import (
     FRAME_TYPES,
     HANGUP_FRAME,
     HOLD_FRAME,
     INVITE_FRAME,
+    OFFER_TIMEOUT,
     OFFERED_FRAME,
     REFUSED_FRAME,
+    RESEND_INTERVAL,
     CallInvite,
+    PoolCalls,
     decode_call,
 )
 from cryptify.crs.pool.wire import Envelope, WireError, decode_frame, encode_frame
