@@ -357,14 +357,14 @@ class PoolCalls:
         self.clock = clock
         self.offer_timeout = offer_timeout
         self.max_forwarded = max_forwarded
-        self.forwarded: dict[str, Forwarded] = {}
-        self._by_uri: dict[str, set[str]] = {}
-        self._per_peer: dict[str, int] = {}
-        self.counters = {"forwarded": 0, "offered": 0, "refused": 0}
         #: Hangups no connection took yet, per peer, in order.
         self.unsent: dict[str, list[CallHangup]] = {}
         self._resend: IDelayedCall | None = None
         self._stopped = False
+        self.forwarded: dict[str, Forwarded] = {}
+        self._by_uri: dict[str, set[str]] = {}
+        self._per_peer: dict[str, int] = {}
+        self.counters = {"forwarded": 0, "offered": 0, "refused": 0}
         table.remote = self
 
     # -- the caller's side (called by the session table) -------------------------
