@@ -8,6 +8,7 @@ import argparse
 import base64
 import io
 import os
+import shutil
 import stat
 import struct
 from typing import Any
@@ -23,14 +24,17 @@ from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.operator import cli
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
+from cryptify.crs.pool import changes_log
 from cryptify.crs.pool.changes import (
+    COMPACT_AFTER,
     CONFIRM_WAIT,
     LOG_FILE,
     RESYNC_INTERVAL,
     PoolChanges,
-    StateApplier,
 )
-from cryptify.crs.pool.changes_core import CHANGE_FRAME, Kind
+from cryptify.crs.pool.changes_apply import StateApplier
+from cryptify.crs.pool.changes_core import Kind
+from cryptify.crs.pool.changes_frames import CHANGE_FRAME
 from cryptify.crs.pool.core import DOWN_AFTER, HEARTBEAT_INTERVAL, JOIN_WAIT, Heartbeat
 from cryptify.crs.pool.wire import (
     Frame,
@@ -67,15 +71,24 @@ class _Conn:
 class Node:
     """One instance: its pool link, change log, accounts, admins and responders."""
 
-    def __init__(self, name: str, reactor: MemoryReactorClock, count: int, root: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        reactor: MemoryReactorClock,
+        count: int,
+        root: str,
+        compact_after: int = COMPACT_AFTER,
+    ) -> None:
         self.name = name
         self.reactor = reactor
         self.root = os.path.join(root, name)
+        #: What notify.sh was told.
+        self.events: list[tuple[str, str]] = []
         self.link = PoolLink(
             config(count),
             name,
             reactor,
-            lambda unit, event: None,
+            lambda unit, event: self.events.append((unit, event)),
             incarnation=lambda: 100,
             pid=1000 + int(name[-1]),
         )
@@ -97,6 +110,7 @@ class Node:
             reactor,
             StateApplier(self.state),
             wall=reactor.seconds,
+            compact_after=compact_after,
         )
         self.state.changes = self.changes
         self.admin = CrsAdmin(self.state)
@@ -198,10 +212,10 @@ class _PoolBase(SynchronousTestCase):
             node.stop()
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
-    def pool(self, count: int) -> list[Node]:
+    def pool(self, count: int, compact_after: int = COMPACT_AFTER) -> list[Node]:
         names = [f"crs{i}" for i in range(1, count + 1)]
         for name in names:
-            self.nodes[name] = Node(name, self.reactor, count, self.root)
+            self.nodes[name] = Node(name, self.reactor, count, self.root, compact_after)
         for a in names:
             for b in names:
                 if a < b:
@@ -484,6 +498,105 @@ class PoolChangesTests(_PoolBase):
         applier = StateApplier(CrsState("crs1"))
         changes = PoolChanges(link, os.path.dirname(path), self.reactor, applier)
         self.assertRaises(StartupError, changes.startService)
+
+
+class CompactionTests(_PoolBase):
+    def test_compacted_then_a_wiped_member_catches_up(self) -> None:
+        """Once every member applied them, the changes fold into a snapshot
+        (the log file reads back the same); a member that lost
+        its data gets the snapshot and its accounts back; if its effects
+        were cut by a crash, the next start carries them out."""
+        one, two, three = self.pool(3, compact_after=2)
+        self.done(one.admin.create_account("acme", SECRET))
+        self.done(two.admin.add_blacklist("acme", "tel:+1"))
+        self.done(one.admin.create_account("other", OTHER))
+        self.done(one.admin.delete_account("other"))
+        self.flow(2 * RESYNC_INTERVAL)
+        for node in (one, two, three):
+            assert node.changes.replica is not None
+            self.assertEqual(node.changes.replica.log, [], node.name)
+        self.assertEqual(stat.S_IMODE(os.stat(one.log_path()).st_mode), 0o600)
+        self.assertEqual(
+            one.changes.status(),
+            "active (0 changes after a snapshot of 3; crs2 has all; crs3 has all)",
+        )
+        # a restart reads the snapshot back
+        self.cut("crs1")
+        one.stop()
+        one = self.nodes["crs1"] = Node("crs1", self.reactor, 3, self.root, 2)
+        assert one.changes.replica is not None and two.changes.replica is not None
+        self.assertEqual(one.changes.replica.hw, two.changes.replica.hw)
+        self.join("crs1", "crs2")
+        # crs3 loses its data: its new log catches up from a snapshot
+        self.cut("crs3")
+        three.stop()
+        shutil.rmtree(three.root)
+        three = self.nodes["crs3"] = Node("crs3", self.reactor, 3, self.root, 2)
+        self.join("crs1", "crs3")
+        self.join("crs2", "crs3")
+        self.flow(JOIN_WAIT + RESYNC_INTERVAL)
+        found = three.accounts.get("acme")
+        assert found is not None and three.changes.replica is not None
+        self.assertEqual((found.secret, found.blacklist), (SECRET, frozenset({"tel:+1"})))
+        self.assertIsNone(three.accounts.get("other"))
+        self.assertEqual(
+            set(three.changes.replica.hw) - {three.changes.replica.origin},
+            set(two.changes.replica.hw),
+        )
+        # a crash cut the snapshot's effects: the next start does them
+        self.cut("crs3")
+        three.stop()
+        shutil.rmtree(os.path.join(three.root, "accounts"))
+        three = self.nodes["crs3"] = Node("crs3", self.reactor, 3, self.root, 2)
+        self.assertIsNotNone(three.accounts.get("acme"))
+
+    def test_compaction_that_cannot_be_written_changes_nothing(self) -> None:
+        """A rewrite that fails (disk full, say) leaves the log as it was:
+        nothing folded, changes still appended, a restart reads them all."""
+        one, _ = self.pool(2, compact_after=1)
+
+        def full(*args: object, **kwargs: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        self.patch(changes_log, "write_atomically", full)
+        self.done(one.admin.create_account("acme", SECRET))
+        self.flow(2 * RESYNC_INTERVAL)
+        assert one.changes.replica is not None
+        self.assertIsNone(one.changes.replica.snapshot)
+        self.done(one.admin.add_blacklist("acme", "tel:+1"))
+        self.assertEqual(len(one.changes.replica.log), 2)
+        self.cut("crs1")
+        one.stop()
+        again = self.nodes["crs1"] = Node("crs1", self.reactor, 2, self.root, 1)
+        assert again.changes.replica is not None
+        self.assertEqual(len(again.changes.replica.log), 2)
+        self.assertEqual(again.changes.replica.snapshot, None)
+
+
+class NotifyTests(_PoolBase):
+    def test_applied_everywhere_or_pending(self) -> None:
+        """notify.sh pool_changes: applied KIND when every member applied a
+        change made here, pending KIND NAMES when one is down, and applied
+        once the pending change reached it."""
+        one, _, _ = self.pool(3)
+
+        def told() -> list[str]:
+            events = [e for u, e in one.events if u == "pool_changes"]
+            one.events.clear()
+            return events
+
+        self.done(one.admin.create_account("acme", SECRET))
+        self.assertEqual(told(), ["applied account-create"])
+        self.cut("crs3")
+        self.done(one.admin.add_blacklist("acme", "tel:+1"))
+        self.done(one.admin.add_blacklist("acme", "tel:+2"))
+        self.assertEqual(told(), ["pending blacklist-add crs3"] * 2)
+        self.join("crs1", "crs3")
+        self.join("crs2", "crs3")
+        self.flow(JOIN_WAIT + RESYNC_INTERVAL)
+        self.assertEqual(told(), ["applied blacklist-add"] * 2)
+        self.done(one.admin.remove_blacklist("acme", "tel:+2"))
+        self.assertEqual(told(), ["applied blacklist-remove"])
 
 
 class CliTests(SynchronousTestCase):

@@ -5,6 +5,7 @@ restarts and crashes, that converge once healed."""
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 from hypothesis import HealthCheck, assume, given, settings
@@ -18,15 +19,20 @@ from hypothesis.stateful import (
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.crs.pool.changes_core import (
-    CHUNK,
-    MAX_PARTS,
-    Assembly,
+    ACCOUNT_KINDS,
     Change,
     Kind,
-    Peers,
-    Replica,
     Report,
     Verdict,
+    decode_records,
+    encode_record,
+    outcome,
+)
+from cryptify.crs.pool.changes_frames import (
+    CHUNK,
+    MAX_PARTS,
+    SNAPSHOT_FRAME,
+    Assembly,
     change_frames,
     check_marks_frame,
     check_part,
@@ -34,10 +40,9 @@ from cryptify.crs.pool.changes_core import (
     check_purged,
     check_wakeup,
     check_woken,
-    decode_records,
-    encode_record,
-    outcome,
 )
+from cryptify.crs.pool.changes_replica import Peers, Replica
+from cryptify.crs.pool.changes_snapshot import Snapshot, covered
 from cryptify.crs.pool.wire import WireError
 from cryptify.protocols import cbor_subset
 
@@ -153,7 +158,8 @@ class ChangeEncodingTests(SynchronousTestCase):
     def test_hostile_frames(self, fields: dict[str, object]) -> None:
         """The frames' checkers answer any fields with a value or WireError."""
         checks = (check_part, check_marks_frame, check_purge, check_purged)
-        for check in (*checks, check_wakeup, check_woken):
+        snapshot_part = functools.partial(check_part, frame_type=SNAPSHOT_FRAME)
+        for check in (*checks, check_wakeup, check_woken, snapshot_part):
             try:
                 check(fields)
             except WireError:
@@ -296,6 +302,155 @@ class ReplicaTests(SynchronousTestCase):
         self.assertEqual(peers.new(), {"crs2": [two]})
 
 
+class SnapshotTests(SynchronousTestCase):
+    def pool(self) -> tuple[Replica, Replica]:
+        """Two replicas with the same five changes (two of them losers)."""
+        a, b = Replica("crs1", 1), Replica("crs2", 1)
+        made = [
+            create(a, "acme", at=100),
+            a.make(Kind.BLACKLIST_ADD, {"account": "acme", "uri": "tel:+1"}, 200),
+        ]
+        a.commit(made[1])
+        steps: list[tuple[Kind, dict[str, str | bytes], int]] = [
+            (Kind.BLACKLIST_REMOVE, {"account": "acme", "uri": "tel:+1"}, 300),
+            (Kind.ADMIN_CREATE, {"name": "alice", "key": b"k" * 32}, 400),
+            (Kind.IW_ADD, {"ip": "192.0.2.7", "secret": "c2Vj", "comment": ""}, 500),
+        ]
+        for kind, args, at in steps:
+            change = a.make(kind, args, at)
+            a.commit(change)
+            made.append(change)
+        for change in made:
+            b.commit(change)
+        return a, b
+
+    def test_compact_keeps_the_winners(self) -> None:
+        """What every member applied folds into one winner per key; the
+        registers and marks stay; a replica read back is the same."""
+        a, _ = self.pool()
+        plan = a.account_plan("acme")
+        snapshot = a.compact({"crs1:1": 4})
+        assert snapshot is not None
+        self.assertEqual(snapshot.base, {"crs1:1": 4})
+        self.assertEqual(
+            [c.kind for c in snapshot.winners],
+            [Kind.ACCOUNT_CREATE, Kind.BLACKLIST_REMOVE, Kind.ADMIN_CREATE],
+        )
+        self.assertEqual(a.after(snapshot), a.log[4:])
+        a.fold(snapshot)
+        self.assertEqual(len(a.log), 1)
+        self.assertEqual(a.account_plan("acme"), plan)
+        self.assertEqual(Snapshot.decode(snapshot.encode()), snapshot)
+        again = Replica("crs1", 1, a.log, snapshot)
+        self.assertEqual((again.hw, again.account_plan("acme")), (a.hw, plan))
+        self.assertIsNone(a.compact({"crs1:1": 4}))
+        # a second compaction folds into the first
+        second = a.compact({"crs1:1": 5})
+        assert second is not None
+        self.assertEqual(len(second.winners), 4)
+
+    def test_install_in_a_replica_that_lost_its_log(self) -> None:
+        """A new log gets the snapshot: the winners it lacked are due, by
+        stamp; the marks cover what was folded; a duplicate changes nothing."""
+        a, _ = self.pool()
+        snapshot = a.compact({"crs1:1": 5})
+        assert snapshot is not None
+        a.fold(snapshot)
+        fresh = Replica("crs2", 2)
+        own = fresh.make(Kind.ACCOUNT_CREATE, {"account": "new", "secret": SECRET}, 50)
+        fresh.commit(own)
+        self.assertTrue(fresh.lacks(snapshot))
+        merged = fresh.merged(snapshot)
+        due = fresh.install(snapshot)
+        self.assertEqual(due, list(snapshot.winners))
+        self.assertEqual(fresh.hw, {"crs1:1": 5, "crs2:2": 1})
+        self.assertEqual(fresh.snapshot, merged)
+        self.assertEqual(fresh.log, [own])
+        self.assertEqual(fresh.account_plan("acme"), a.account_plan("acme"))
+        self.assertFalse(fresh.lacks(snapshot))
+        # the peer hands its own change on as before; the snapshot first to a third
+        peers = Peers(fresh)
+        peers.up("crs3")
+        self.assertEqual(peers.marks("crs3", {}), [merged, own])
+        self.assertEqual(peers.marks("crs3", {"crs1:1": 5, "crs2:2": 1}), [])
+
+    def test_install_keeps_the_later_writer(self) -> None:
+        """A key written here after the snapshot's winner keeps its value."""
+        a, _ = self.pool()
+        snapshot = a.compact({"crs1:1": 5})
+        assert snapshot is not None
+        other = Replica("crs3", 1)
+        later = other.make(Kind.ACCOUNT_DELETE, {"account": "acme"}, 10_000)
+        other.commit(later)
+        due = other.install(snapshot)
+        self.assertNotIn(Kind.ACCOUNT_CREATE, [c.kind for c in due])
+        self.assertIs(other.account_plan("acme").present, False)
+
+    def test_a_snapshot_of_this_log_never_made_is_refused(self) -> None:
+        a, _ = self.pool()
+        snapshot = a.compact({"crs1:1": 5})
+        assert snapshot is not None
+        with self.assertRaises(WireError):
+            Replica("crs1", 1).install(snapshot)
+
+    def test_floor_needs_every_member(self) -> None:
+        a, _ = self.pool()
+        peers = Peers(a)
+        peers.marks("crs2", {"crs1:1": 5})
+        self.assertIsNone(peers.floor(["crs2", "crs3"]))
+        peers.marks("crs3", {"crs1:1": 3})
+        self.assertEqual(peers.floor(["crs2", "crs3"]), {"crs1:1": 3})
+        self.assertEqual(peers.foldable({"crs1:1": 3}), 3)
+
+    def test_refusals(self) -> None:
+        a, _ = self.pool()
+        snapshot = a.compact({"crs1:1": 5})
+        assert snapshot is not None
+        data = snapshot.encode()
+        records, _ = decode_records(data)
+        header = cbor_subset.decode(records[0])
+        for bad, why in (
+            (data + b"x", "whole records"),
+            (b"", "whole records"),
+            (encode_record(b"\xff") + b"".join(encode_record(r) for r in records[1:]), "CBOR"),
+            (
+                encode_record(cbor_subset.encode({**header, "n": 1}))
+                + b"".join(encode_record(r) for r in records[1:]),
+                "number of its winners",
+            ),
+            (
+                encode_record(cbor_subset.encode({**header, "hw": {"crs1:1": 1}}))
+                + b"".join(encode_record(r) for r in records[1:]),
+                "beyond its hw",
+            ),
+            (
+                encode_record(cbor_subset.encode({**header, "n": len(records)}))
+                + b"".join(encode_record(r) for r in [*records[1:], records[1]]),
+                "two winners",
+            ),
+        ):
+            with self.subTest(why=why):
+                with self.assertRaises(WireError) as caught:
+                    Snapshot.decode(bad)
+                self.assertIn(why, str(caught.exception))
+
+    @given(st.data())
+    def test_hostile_snapshots(self, data: st.DataObject) -> None:
+        """A snapshot with octets flipped, cut or added: WireError or a snapshot."""
+        a, _ = self.pool()
+        snapshot = a.compact({"crs1:1": 5})
+        assert snapshot is not None
+        raw = bytearray(snapshot.encode())
+        for _ in range(data.draw(st.integers(1, 4))):
+            where = data.draw(st.integers(0, len(raw) - 1))
+            raw[where] = data.draw(st.integers(0, 255))
+        cut = data.draw(st.integers(0, len(raw)))
+        try:
+            Snapshot.decode(bytes(raw[:cut]) + data.draw(st.binary(max_size=8)))
+        except WireError:
+            pass
+
+
 # -- the state machine -------------------------------------------------------
 
 NAMES = ("crs1", "crs2", "crs3")
@@ -307,30 +462,33 @@ Store = dict[str, tuple[str, frozenset[str]]]
 
 
 class Instance:
-    """One instance: a durable log (kept across restarts), its accounts
-    (kept), and what is lost at a crash (the replica and peer state)."""
+    """One instance: a durable log (its snapshot and the changes after it,
+    kept across restarts), its accounts (kept), and what is lost at a
+    crash (the replica and peer state)."""
 
     def __init__(self, name: str, log_id: int) -> None:
         self.name = name
         self.log_id = log_id
+        self.snapshot: bytes | None = None
+        self.fresh = False
         self.durable: list[bytes] = []
         self.store: Store = {}
         self.clock = 0
         self.start()
 
     def start(self) -> None:
-        self.replica = Replica(self.name, self.log_id, [Change.decode(d) for d in self.durable])
+        snapshot = None if self.snapshot is None else Snapshot.decode(self.snapshot)
+        changes = [Change.decode(d) for d in self.durable]
+        self.replica = Replica(self.name, self.log_id, changes, snapshot)
         self.peers = Peers(self.replica)
         if self.replica.log:
             self.effect(self.replica.log[-1])
+        elif snapshot is not None and self.fresh:
+            for change in snapshot.winners:
+                self.effect(change)
 
     def effect(self, change: Change) -> None:
-        if change.kind in (
-            Kind.ACCOUNT_CREATE,
-            Kind.ACCOUNT_DELETE,
-            Kind.BLACKLIST_ADD,
-            Kind.BLACKLIST_REMOVE,
-        ):
+        if change.kind in ACCOUNT_KINDS:
             account = change.text("account")
             want = outcome(self.replica.account_plan(account), self.store.get(account))
             if want is None:
@@ -341,24 +499,63 @@ class Instance:
     def take(self, change: Change) -> None:
         """Log, commit, apply (the order of the wiring)."""
         self.durable.append(change.encode())
+        self.fresh = False
         self.replica.commit(change)
         self.effect(change)
+
+    def rewrite(self, snapshot: Snapshot, fresh: bool) -> None:
+        """The atomic replace of the log by ``snapshot`` and what follows it."""
+        self.snapshot = snapshot.encode()
+        self.durable = [self.replica.encoded[c.id] for c in self.replica.after(snapshot)]
+        self.fresh = fresh
+
+    def compact(self, crash: bool) -> None:
+        """Fold what every member reported; a crash before the rename
+        leaves the old log."""
+        floor = self.peers.floor(p for p in NAMES if p != self.name)
+        if floor is None:
+            return
+        snapshot = self.replica.compact(floor)
+        if snapshot is None:
+            return
+        if crash:
+            self.start()
+            return
+        self.rewrite(snapshot, fresh=False)
+        self.replica.fold(snapshot)
+
+    def install(self, snapshot: Snapshot, crash: bool) -> None:
+        """A peer's snapshot: durable first, then taken, then its effects
+        (a crash between: the next start carries them out)."""
+        self.rewrite(self.replica.merged(snapshot), fresh=True)
+        if crash:
+            self.start()
+            return
+        for change in self.replica.install(snapshot):
+            self.effect(change)
 
 
 class Convergence(RuleBasedStateMachine):
     """Random changes on random instances, links that drop (both ways),
     messages delayed or lost with their connection, restarts with the log
-    kept, and crashes between logging and applying; once every link is up
-    and the messages flow, every instance holds the same accounts and
-    blacklists, and nothing committed is missing from a durable log."""
+    kept, crashes between logging and applying, compactions (also cut by
+    a crash) and instances that lose their log and accounts and catch up
+    from a snapshot; once every link is up and the messages flow, every
+    instance holds the same accounts and blacklists, those every change
+    not lost with a wiped log says (last writer wins), and nothing
+    committed is missing from a durable log."""
 
     def __init__(self) -> None:
         super().__init__()
         self.nodes = {n: Instance(n, i + 1) for i, n in enumerate(NAMES)}
+        self.next_log = 10
         self.up: set[frozenset[str]] = set()
         self.queues: dict[tuple[str, str], list[tuple[str, object, bool]]] = {
             (a, b): [] for a in NAMES for b in NAMES if a != b
         }
+        #: Every change made and not lost with a wiped log.
+        self.made: dict[tuple[str, int], Change] = {}
+        self.compactions = 0
         for a in NAMES:
             for b in NAMES:
                 if a < b:
@@ -369,10 +566,13 @@ class Convergence(RuleBasedStateMachine):
         if frozenset((src, dst)) in self.up:
             self.queues[(src, dst)].append((what, payload, again))
 
-    def send_due(self, src: str, due: dict[str, list[Change]]) -> None:
-        for peer, changes in due.items():
-            for change in changes:
-                self.send(src, peer, "change", change.encode())
+    def send_due(self, src: str, due: dict[str, list[Change | Snapshot]]) -> None:
+        for peer, items in due.items():
+            for item in items:
+                if isinstance(item, Snapshot):
+                    self.send(src, peer, "snapshot", item.encode())
+                else:
+                    self.send(src, peer, "change", item.encode())
 
     def send_marks(self, src: str, dst: str | None = None, again: bool = False) -> None:
         node = self.nodes[src]
@@ -391,13 +591,24 @@ class Convergence(RuleBasedStateMachine):
             self.queues[(x, y)].clear()
             self.nodes[x].peers.down(y)
 
-    def receive(self, src: str, dst: str, what: str, payload: object, again: bool) -> None:
+    def receive(
+        self, src: str, dst: str, what: str, payload: object, again: bool, crash: bool = False
+    ) -> None:
         node = self.nodes[dst]
         if what == "marks":
             assert isinstance(payload, dict)
             self.send_due(dst, {src: node.peers.marks(src, payload, again)})
             return
         assert isinstance(payload, bytes)
+        if what == "snapshot":
+            snapshot = Snapshot.decode(payload)
+            if node.replica.lacks(snapshot):
+                node.install(snapshot, crash)
+                if crash:
+                    self.reconnect(dst)
+                    return
+            self.send_marks(dst)
+            return
         change = Change.decode(payload)
         verdict = node.replica.verdict(change)
         if verdict is Verdict.APPLY:
@@ -405,6 +616,15 @@ class Convergence(RuleBasedStateMachine):
             self.send_marks(dst)
         else:
             self.send_marks(dst, src, again=verdict is Verdict.WAIT)
+
+    def reconnect(self, name: str) -> None:
+        """``name`` restarted: its links go down and come back."""
+        peers = [p for p in NAMES if p != name and frozenset((name, p)) in self.up]
+        for peer in peers:
+            self.disconnect(name, peer)
+        self.nodes[name].start()
+        for peer in peers:
+            self.connect(name, peer)
 
     # rules
     @rule(
@@ -420,36 +640,58 @@ class Convergence(RuleBasedStateMachine):
     def command(
         self, name: str, kind: Kind, account: str, uri: str, secret: str, tick: int
     ) -> None:
-        """An operator command, checked against this instance's accounts as crs-cli is."""
+        """An operator command, checked against this instance's accounts as
+        crs-cli is (one it would refuse becomes one it takes)."""
         node = self.nodes[name]
         node.clock += tick
         have = node.store.get(account)
-        args: dict[str, str | bytes]
+        if have is None:
+            kind = Kind.ACCOUNT_CREATE
+        elif kind is Kind.ACCOUNT_CREATE:
+            kind = Kind.ACCOUNT_DELETE
+        elif kind is Kind.BLACKLIST_REMOVE and uri not in have[1]:
+            kind = Kind.BLACKLIST_ADD
+        args: dict[str, str | bytes] = {"account": account}
         if kind is Kind.ACCOUNT_CREATE:
-            assume(have is None)
-            args = {"account": account, "secret": secret}
-        elif kind is Kind.ACCOUNT_DELETE:
-            assume(have is not None)
-            args = {"account": account}
-        elif kind is Kind.BLACKLIST_ADD:
-            assume(have is not None)
-            args = {"account": account, "uri": uri}
-        else:
-            assume(have is not None and uri in have[1])
-            args = {"account": account, "uri": uri}
+            args["secret"] = secret
+        elif kind is not Kind.ACCOUNT_DELETE:
+            args["uri"] = uri
         change = node.replica.make(kind, args, node.clock)
         node.take(change)
+        self.made[change.id] = change
         # what crs-cli is told was done is now done here and durable
         assert change.encode() in node.durable
         self.send_due(name, node.peers.new())
         self.send_marks(name)
 
-    @rule(src=st.sampled_from(NAMES), dst=st.sampled_from(NAMES), count=st.integers(1, 5))
-    def deliver(self, src: str, dst: str, count: int) -> None:
+    @rule(
+        src=st.sampled_from(NAMES),
+        dst=st.sampled_from(NAMES),
+        count=st.integers(1, 5),
+        crash=st.booleans(),
+    )
+    def deliver(self, src: str, dst: str, count: int, crash: bool) -> None:
+        """Messages arrive; a snapshot may be cut by a crash after it was logged."""
         assume(src != dst)
         queue = self.queues[(src, dst)]
         for _ in range(min(count, len(queue))):
-            self.receive(src, dst, *queue.pop(0))
+            if not queue:
+                break
+            self.receive(src, dst, *queue.pop(0), crash=crash)
+
+    @rule(compact=st.booleans())
+    def settle(self, compact: bool) -> None:
+        """A quiet moment: every message in flight arrives (and the
+        answers); then, maybe, every instance compacts its log."""
+        for _ in range(20):
+            if not any(self.queues.values()):
+                break
+            for (src, dst), queue in self.queues.items():
+                while queue:
+                    self.receive(src, dst, *queue.pop(0))
+        if compact:
+            for name in NAMES:
+                self.compact(name, False)
 
     @rule(a=st.sampled_from(NAMES), b=st.sampled_from(NAMES))
     def cut(self, a: str, b: str) -> None:
@@ -466,6 +708,16 @@ class Convergence(RuleBasedStateMachine):
         self.send_marks(name)
         self.send_due(name, self.nodes[name].peers.resync())
 
+    @rule(name=st.sampled_from(NAMES), crash=st.sampled_from([False, False, True]))
+    def compact(self, name: str, crash: bool) -> None:
+        """Fold what every member reported applied (a crash may cut it)."""
+        before = self.nodes[name].replica.snapshot
+        self.nodes[name].compact(crash)
+        if crash:
+            self.reconnect(name)
+        elif self.nodes[name].replica.snapshot is not before:
+            self.compactions += 1
+
     @rule(name=st.sampled_from(NAMES), crash_mid=st.booleans(), account=st.sampled_from(ACCOUNTS))
     def restart(self, name: str, crash_mid: bool, account: str) -> None:
         """A restart with the log kept; optionally a crash after a change was
@@ -476,10 +728,22 @@ class Convergence(RuleBasedStateMachine):
                 Kind.ACCOUNT_CREATE, {"account": account, "secret": SECRETS[0]}, node.clock
             )
             node.durable.append(change.encode())
+            node.fresh = False
+            self.made[change.id] = change
+        self.reconnect(name)
+
+    @rule(name=st.sampled_from(NAMES))
+    def wipe(self, name: str) -> None:
+        """``name`` loses its data (log and accounts) and starts a new log:
+        what only it had is lost; the rest comes back, from a snapshot
+        where the others folded it."""
         peers = [p for p in NAMES if p != name and frozenset((name, p)) in self.up]
         for peer in peers:
             self.disconnect(name, peer)
-        node.start()
+        others = [self.nodes[p].replica.hw for p in NAMES if p != name]
+        self.made = {i: c for i, c in self.made.items() if any(covered(hw, i) for hw in others)}
+        self.next_log += 1
+        self.nodes[name] = Instance(name, self.next_log)
         for peer in peers:
             self.connect(name, peer)
 
@@ -487,6 +751,16 @@ class Convergence(RuleBasedStateMachine):
     def durable_is_committed(self) -> None:
         for node in self.nodes.values():
             assert [c.encode() for c in node.replica.log] == node.durable
+            snapshot = None if node.snapshot is None else Snapshot.decode(node.snapshot)
+            # what a restart would read is what the instance holds: no change lost
+            again = Replica(
+                node.name, node.log_id, [Change.decode(d) for d in node.durable], snapshot
+            )
+            assert again.hw == node.replica.hw
+            assert again.base == node.replica.base
+            assert {k: c.id for k, c in again.winners.items()} == {
+                k: c.id for k, c in node.replica.winners.items()
+            }
 
     def teardown(self) -> None:
         for a in NAMES:
@@ -508,6 +782,22 @@ class Convergence(RuleBasedStateMachine):
         marks = [self.nodes[n].replica.hw for n in NAMES]
         assert all(m == marks[0] for m in marks), marks
         assert all(s == stores[0] for s in stores), stores
+        # the last writers of every change not lost
+        truth = Replica("truth", 0)
+        pending = sorted(self.made.values(), key=lambda c: c.stamp)
+        while pending:
+            ready = [c for c in pending if truth.verdict(c) is Verdict.APPLY]
+            assert ready, pending
+            for change in ready:
+                if truth.verdict(change) is Verdict.APPLY:
+                    truth.commit(change)
+            pending = [c for c in pending if not covered(truth.hw, c.id)]
+        expected: Store = {}
+        for account in ACCOUNTS:
+            want = outcome(truth.account_plan(account), None)
+            if want is not None:
+                expected[account] = want
+        assert stores[0] == expected, (stores[0], expected)
 
 
 class ConvergenceTests(SynchronousTestCase):

@@ -67,7 +67,8 @@ from cryptify.crs.pool.backup import build_sync
 from cryptify.crs.pool.calls import install as install_pool_calls
 from cryptify.crs.pool.calls import pool_calls
 from cryptify.crs.pool.calls_core import PoolCalls
-from cryptify.crs.pool.changes import PoolChanges, StateApplier
+from cryptify.crs.pool.changes import PoolChanges
+from cryptify.crs.pool.changes_apply import StateApplier
 from cryptify.crs.pool.forward import Forwarder
 from cryptify.crs.pool.wiring import PoolLink, client_mover
 from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher

@@ -27,6 +27,17 @@ from tests.interop._pool import CEILING, CLIENT_PORT, Client, PoolCase, address,
 from tests.interop._procs import BIN, Twistd, unix_answers, wait_for
 
 
+def expect(client: Client, kind: str) -> dict[str, object]:
+    """The next message of type ``kind`` ``client`` gets (others are
+    skipped); an error or silence fails."""
+    while True:
+        msg = cbor2.loads(client.ws.recv(timeout=CEILING))
+        if msg.get("type") == kind:
+            return dict(msg)
+        if msg.get("type") in ("error", "hangup", "disconnect"):
+            raise AssertionError(f"{client.uri} got {msg} waiting for {kind}")
+
+
 class PoolCallTests(PoolCase):
     COUNT = 2
     timeout = 600
@@ -193,9 +204,11 @@ class PoolCallTests(PoolCase):
         self.assertIn("ended: not-connected by crs", self.output("answer"))
         wait_for(lambda: not self.live_sessions(2), "crs2's sessions end")
 
-    def test_absent_callee(self) -> None:
+    def test_absent_callee_then_hold(self) -> None:
         """A callee of crs2 that is not attached anywhere: the caller at crs1
-        gets the answer it gets for an absent callee of its own instance."""
+        gets the answer it gets for an absent callee of its own instance.
+        Then a call to the attached callee (raw UMSG clients): each side's
+        hold and resume cross the pool link, and the hangup ends it."""
         caller = Client(self.caller)
         self.clients.append(caller)
         self.attach(caller, [address(1)])
@@ -206,3 +219,21 @@ class PoolCallTests(PoolCase):
         self.assertEqual(answer["code"], "not-found")
         self.assertIn("responder not found", self.cli(1, "show", "session"))
         self.assertEqual(self.relay_sessions(1), "0")
+        callee = Client(self.callee)
+        self.clients.append(callee)
+        self.attach(callee, [address(2)])
+        send(caller.ws, type="invite", id=6, to=self.callee, mikey=b"\x01")
+        session = expect(caller, "session")["session"]
+        self.assertEqual(expect(callee, "invite")["session"], session)
+        send(callee.ws, type="talk", session=session)
+        expect(caller, "talk")
+        send(caller.ws, type="hold", session=session)
+        expect(callee, "hold")
+        send(callee.ws, type="hold", session=session)
+        expect(caller, "hold")
+        send(callee.ws, type="resume", session=session)
+        expect(caller, "resume")
+        send(caller.ws, type="resume", session=session)
+        expect(callee, "resume")
+        send(caller.ws, type="hangup", session=session, code="normal")
+        self.assertEqual(expect(callee, "hangup")["who"], "caller")

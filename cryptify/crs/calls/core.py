@@ -125,6 +125,9 @@ class RemoteCallees(Protocol):
     def hangup(self, session: Session, code: str, reason: str | None, who: str) -> None:
         """Tell the callee's instance that a remote ``session`` ended."""
 
+    def hold(self, session: Session, held: bool) -> None:
+        """Pass the caller's ``hold`` (or ``resume``) to the callee's instance."""
+
     def rows(self, now: float) -> list[list[str]]:
         """``show session`` rows of the calls offered here for other instances."""
 
@@ -520,9 +523,15 @@ class SessionTable:
         if session.state != TALK:
             self.parties.send(uri, message("error", code="unexpected", reason="not talking"))
             return
-        if session.remote is not None:  # not carried over the pool link (yet)
-            reason = "hold is not passed between pool instances"
-            self.parties.send(uri, message("error", code="unexpected", reason=reason))
+        if session.remote is not None:
+            # the callee is attached at another instance or behind an
+            # inter-working peer: it goes over that link
+            if session.role_of(uri) != CALLER:
+                self.parties.send(
+                    uri, message("error", code="not-found", reason=f"no session {session_id[:64]}")
+                )
+                return
+            self._remotes(session).hold(session, held)
             return
         kind = "hold" if held else "resume"
         self.parties.send(session.other(uri), message(kind, session=session.id))
@@ -664,6 +673,13 @@ class SessionTable:
         self._confirmed(session)
         if session.state in (INVITE, RINGING):
             self._talk(session)
+
+    def remote_hold(self, peer: str, session_id: str, held: bool) -> None:
+        """``hold`` or ``resume`` from a remote session's callee while talking."""
+        session = self._remote_session(peer, session_id)
+        if session is not None and session.state == TALK:
+            kind = "hold" if held else "resume"
+            self.parties.send(session.caller, message(kind, session=session.id))
 
     def remote_hangup(
         self, peer: str, session_id: str, code: str, reason: str | None, who: str

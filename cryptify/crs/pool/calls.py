@@ -5,7 +5,7 @@ on the pool link and the attached clients.
 :class:`~cryptify.crs.pool.wiring.PoolLink` (a bad frame drops the
 connection), ends the calls through a peer when its link goes down, and
 puts the pool's calls in front of the session table for the attached
-clients' ``ringing``, ``talk`` and ``hangup`` (those of a call offered
+clients' ``ringing``, ``talk``, ``hangup``, ``hold`` and ``resume`` (those of a call offered
 here for another instance go back to it) and their detaches.
 """
 
@@ -61,6 +61,8 @@ def install(core: AttachCore, link: CallLink, calls: PoolCalls) -> None:
     table_ringing: Handler = core.handlers["ringing"]
     table_talk: Handler = core.handlers["talk"]
     table_hangup: Handler = core.handlers["hangup"]
+    table_hold: Handler = core.handlers["hold"]
+    table_resume: Handler = core.handlers["resume"]
 
     def ringing(session: AttachSession, msg: Message) -> None:
         if not calls.client_ringing(session.uri or "", msg["session"]):
@@ -75,9 +77,13 @@ def install(core: AttachCore, link: CallLink, calls: PoolCalls) -> None:
         if not calls.client_hangup(uri, msg["session"], msg["code"], msg.get("reason")):
             table_hangup(session, msg)
 
+    def hold(session: AttachSession, msg: Message) -> None:
+        if not calls.client_hold(session.uri or "", msg["session"], msg.type == "hold"):
+            (table_hold if msg.type == "hold" else table_resume)(session, msg)
+
     def detached(session: AttachSession, reason: str) -> None:
         if session.uri is not None:
             calls.client_detached(session.uri)
 
-    core.handlers.update(ringing=ringing, talk=talk, hangup=hangup)
+    core.handlers.update(ringing=ringing, talk=talk, hangup=hangup, hold=hold, resume=hold)
     core.on_detach.append(detached)

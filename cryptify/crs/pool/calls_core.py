@@ -22,7 +22,9 @@ frames go over the pool link (:mod:`cryptify.crs.pool.wire` envelopes)::
                                                     hangup{...,who} ->
 
 and the other way round for a hangup from the callee (``call-hangup``
-from B).  B answers ``call-refused{session,code}`` instead of
+from B).  While talking, either party's ``hold`` or ``resume`` goes to the
+other as ``call-hold{session,held}`` (B passes its callee's, A its
+caller's).  B answers ``call-refused{session,code}`` instead of
 ``call-offered`` when its callee is not attached (``not-connected``),
 not known there (``not-found``), when the callee is calling the caller
 at the same time with the smaller URI (``glare``: the smaller URI's
@@ -30,7 +32,12 @@ invite wins, as on one instance), or when the caller's instance has
 :data:`MAX_FORWARDED` calls there already (``busy``): the
 caller gets the same ``error`` as for a callee of its own instance.  If
 B does not confirm within :data:`OFFER_TIMEOUT`, or the link to B is not
-open, the caller gets ``error not-connected``.  When the pool link to a
+open, the caller gets ``error not-connected``.  A hangup that finds no
+connection to the peer open (it is being replaced, the link is not yet
+seen down) is kept and sent again every :data:`RESEND_INTERVAL` until a
+connection takes it, so the other party's call ends within moments; when
+the link is seen down the kept hangups are dropped (the peer ends those
+calls itself).  When the pool link to a
 peer goes down (no heartbeat for ``DOWN_AFTER``) every call through it
 ends on both sides with ``hangup not-connected`` from ``crs``, and its
 relay session is removed.
@@ -85,6 +92,8 @@ log = Logger(namespace="cryptify.crs.session")
 OFFER_TIMEOUT = 10.0
 #: Calls offered here for one other instance at once (a peer's share).
 MAX_FORWARDED = 65536
+#: Seconds between attempts to send the hangups no connection took.
+RESEND_INTERVAL = 0.5
 
 INVITE_FRAME = "call-invite"
 OFFERED_FRAME = "call-offered"
@@ -92,6 +101,7 @@ REFUSED_FRAME = "call-refused"
 RINGING_FRAME = "call-ringing"
 TALK_FRAME = "call-talk"
 HANGUP_FRAME = "call-hangup"
+HOLD_FRAME = "call-hold"
 #: Every frame type of this module, for :meth:`PoolLink.handle`.
 FRAME_TYPES = (
     INVITE_FRAME,
@@ -100,6 +110,7 @@ FRAME_TYPES = (
     RINGING_FRAME,
     TALK_FRAME,
     HANGUP_FRAME,
+    HOLD_FRAME,
 )
 #: The codes a ``call-refused`` may carry (the caller's ``error`` code).
 REFUSE_CODES = frozenset({"not-connected", "not-found", "busy", "glare"})
@@ -217,7 +228,21 @@ class CallHangup:
         return fields
 
 
-CallFrame = CallInvite | CallStep | CallRefused | CallHangup
+@attrs.frozen
+class CallHold:
+    """A party put the call on hold (``held``) or resumed it."""
+
+    session: str
+    held: bool
+
+    def fields(self) -> dict[str, object]:
+        return {"session": self.session, "held": self.held}
+
+    def umsg(self) -> Message:
+        return message("hold" if self.held else "resume", session=self.session)
+
+
+CallFrame = CallInvite | CallStep | CallRefused | CallHangup | CallHold
 
 
 def _exact(fields: dict[str, object], what: str, required: set[str], optional: set[str]) -> None:
@@ -308,6 +333,9 @@ def decode_call(frame_type: str, fields: dict[str, object]) -> CallFrame:
         if code not in REFUSE_CODES:
             raise WireError(f"code {code!r} is not one of {sorted(REFUSE_CODES)}")
         return CallRefused(_session_id(fields["session"]), code)
+    if frame_type == HOLD_FRAME:
+        _exact(fields, what, {"session", "held"}, set())
+        return CallHold(_session_id(fields["session"]), _typed(fields, "held", bool))
     if frame_type == HANGUP_FRAME:
         _exact(fields, what, {"session", "code", "who"}, {"reason"})
         reason = fields.get("reason")
@@ -376,6 +404,10 @@ class PoolCalls:
         self.clock = clock
         self.offer_timeout = offer_timeout
         self.max_forwarded = max_forwarded
+        #: Hangups no connection took yet, per peer, in order.
+        self.unsent: dict[str, list[CallHangup]] = {}
+        self._resend: IDelayedCall | None = None
+        self._stopped = False
         self.forwarded: dict[str, Forwarded] = {}
         self._by_uri: dict[str, set[str]] = {}
         self._per_peer: dict[str, int] = {}
@@ -413,13 +445,44 @@ class PoolCalls:
 
     def hangup(self, session: Session, code: str, reason: str | None, who: str) -> None:
         assert session.remote is not None
-        self._send(session.remote, HANGUP_FRAME, CallHangup(session.id, code, reason, who).fields())
+        self._hangup(session.remote, CallHangup(session.id, code, reason, who))
+
+    def hold(self, session: Session, held: bool) -> None:
+        assert session.remote is not None
+        self._send(session.remote, HOLD_FRAME, CallHold(session.id, held).fields())
 
     def rows(self, now: float) -> list[list[str]]:
         return [
             [f.invite.shown, f.invite.to, str(int(now - f.started)), f.state]
             for f in sorted(self.forwarded.values(), key=lambda f: f.started)
         ]
+
+    def _hangup(self, peer: str, hangup: CallHangup) -> None:
+        """Send a hangup, or keep it until a connection to ``peer`` takes it."""
+        if self._stopped:
+            self._send(peer, HANGUP_FRAME, hangup.fields())
+            return
+        if self.unsent.get(peer) or not self._send(peer, HANGUP_FRAME, hangup.fields()):
+            kept = self.unsent.setdefault(peer, [])
+            if len(kept) >= self.max_forwarded:
+                log.warn("call hangup for {peer} dropped: too many kept", peer=peer)
+                return
+            kept.append(hangup)
+            if self._resend is None:
+                self._resend = self.clock.callLater(RESEND_INTERVAL, self._send_kept)
+
+    def _send_kept(self) -> None:
+        """Send the kept hangups a connection now takes; try again later
+        while some are left."""
+        self._resend = None
+        for peer in sorted(self.unsent):
+            kept = self.unsent[peer]
+            while kept and self._send(peer, HANGUP_FRAME, kept[0].fields()):
+                kept.pop(0)
+            if not kept:
+                del self.unsent[peer]
+        if self.unsent:
+            self._resend = self.clock.callLater(RESEND_INTERVAL, self._send_kept)
 
     def _send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
         try:
@@ -438,6 +501,14 @@ class PoolCalls:
         elif isinstance(frame, CallRefused):
             self.counters["refused"] += 1
             self.table.remote_refused(peer, frame.session, frame.code)
+        elif isinstance(frame, CallHold):
+            forwarded = self.forwarded.get(frame.session)
+            if forwarded is not None and forwarded.peer == peer:
+                # the caller's side: its caller put the call on hold
+                if forwarded.state == TALK:
+                    self.parties.send(forwarded.invite.callee, frame.umsg())
+            else:
+                self.table.remote_hold(peer, frame.session, frame.held)
         elif isinstance(frame, CallHangup):
             forwarded = self.forwarded.get(frame.session)
             if forwarded is not None and forwarded.peer == peer:
@@ -523,7 +594,7 @@ class PoolCalls:
         forwarded.timer = None
         self._drop(session_id)
         hangup = CallHangup(session_id, "no-answer", "not answered in time", CRS)
-        self._send(forwarded.peer, HANGUP_FRAME, hangup.fields())
+        self._hangup(forwarded.peer, hangup)
         self._tell_callee(forwarded, "no-answer", "not answered in time", CRS)
 
     def _stop_timer(self, forwarded: Forwarded) -> None:
@@ -605,9 +676,7 @@ class PoolCalls:
         if forwarded is None:
             return False
         self._drop(session_id)
-        self._send(
-            forwarded.peer, HANGUP_FRAME, CallHangup(session_id, code, reason, CALLEE).fields()
-        )
+        self._hangup(forwarded.peer, CallHangup(session_id, code, reason, CALLEE))
         self._trace(forwarded, f"hangup({code}; {CALLEE})")
         return True
 
@@ -617,8 +686,19 @@ class PoolCalls:
             forwarded = self._drop(session_id)
             assert forwarded is not None
             hangup = CallHangup(session_id, "detached", "the callee went away", CALLEE)
-            self._send(forwarded.peer, HANGUP_FRAME, hangup.fields())
+            self._hangup(forwarded.peer, hangup)
             self._trace(forwarded, f"hangup(detached; {CALLEE})")
+
+    def client_hold(self, uri: str, session_id: str, held: bool) -> bool:
+        """``hold`` or ``resume`` from an attached client (as :meth:`client_ringing`)."""
+        forwarded = self._mine(uri, session_id)
+        if forwarded is None:
+            return False
+        if forwarded.state != TALK:
+            self.parties.send(uri, message("error", code="unexpected", reason="not talking"))
+            return True
+        self._send(forwarded.peer, HOLD_FRAME, CallHold(session_id, held).fields())
+        return True
 
     def busy(self, uri: str) -> bool:
         """Whether ``uri`` takes part in a call here (either side)."""
@@ -628,9 +708,14 @@ class PoolCalls:
 
     def link_changed(self, peer: str, up: bool) -> None:
         """The pool link to ``peer`` went up or down: when down, every call
-        through it ends on this side."""
+        through it ends on this side (and the hangups kept for it are
+        dropped: the peer ends those calls itself); when up, the kept
+        hangups go at once."""
         if up:
+            if peer in self.unsent:
+                self._send_kept()
             return
+        self.unsent.pop(peer, None)
         ended = [s for s, f in self.forwarded.items() if f.peer == peer]
         for session_id in ended:
             forwarded = self._drop(session_id)
@@ -648,7 +733,13 @@ class PoolCalls:
         self.table.peer_lost(peer)
 
     def stop(self) -> None:
-        """Shutdown: the calls offered here end on both sides."""
+        """Shutdown: the calls offered here end on both sides (what no
+        connection takes now is not kept)."""
+        self._stopped = True
+        if self._resend is not None and self._resend.active():
+            self._resend.cancel()
+        self._resend = None
+        self.unsent.clear()
         for session_id in sorted(self.forwarded):
             forwarded = self._drop(session_id)
             assert forwarded is not None

@@ -18,6 +18,15 @@ fsync'ed before the change is applied, confirmed or answered), and
 - when a peer's link comes up, and every :data:`RESYNC_INTERVAL`, the
   marks are exchanged and each side sends the other what it lacks, so a
   peer that was down or cut off converges;
+- a peer that lacks changes this instance's log folded into its snapshot
+  (its own log was lost, or it is new) is sent the snapshot
+  (``pool-snapshot`` frames) and merges it;
+- every :data:`RESYNC_INTERVAL`, once every member has reported that it
+  applied at least :data:`COMPACT_AFTER` changes of the log, those are
+  folded into the log's snapshot (:mod:`~cryptify.crs.pool.changes_snapshot`);
+- ``notify.sh pool_changes`` hears where a change made here stands when
+  the command is answered (``applied KIND`` or ``pending KIND NAME[,NAME]``)
+  and, for one that was pending, when every member has applied it;
 - ``purge client|clients`` is not logged (an instance that is down has no
   clients: they are attached elsewhere): :meth:`PoolChanges.purge` asks
   the live peers (``pool-purge``) and adds up their answers; likewise
@@ -25,10 +34,12 @@ fsync'ed before the change is applied, confirmed or answered), and
   (:meth:`PoolChanges.wake`, ``pool-wakeup``).
 
 What a change does to this instance (its accounts, blacklists, admins) is
-the :class:`Applier`'s job; :class:`StateApplier` does it on the running
-CRS's state.  After a restart the last logged change is applied again (a
-crash may have cut it between the log and the store; applying is
-idempotent).
+the :class:`Applier`'s job; :class:`~cryptify.crs.pool.changes_apply.StateApplier`
+does it on the running CRS's state.  After a restart the last logged
+change is applied again (a crash may have cut it between the log and the
+store; applying is idempotent), or, when the log ends with a snapshot
+taken from a peer, the snapshot's winners.  The file is
+:class:`~cryptify.crs.pool.changes_log.ChangeLog`.
 """
 
 from __future__ import annotations
@@ -44,24 +55,17 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from cryptify.crs.accounts import AccountError
-from cryptify.crs.interwork.peers import IwPeerError
-from cryptify.crs.operator.state import CrsState
-from cryptify.crs.pool.changes_core import (
+from cryptify.crs.pool.changes_core import ACCOUNT_KINDS, Change, Kind, Report, Verdict
+from cryptify.crs.pool.changes_frames import (
     CHANGE_FRAME,
     MARKS_FRAME,
     MAX_RESULT,
     PURGE_FRAME,
     PURGED_FRAME,
+    SNAPSHOT_FRAME,
     WAKEUP_FRAME,
     WOKEN_FRAME,
     Assembly,
-    Change,
-    Kind,
-    Peers,
-    Replica,
-    Report,
-    Verdict,
     change_frames,
     check_marks_frame,
     check_part,
@@ -69,14 +73,11 @@ from cryptify.crs.pool.changes_core import (
     check_purged,
     check_wakeup,
     check_woken,
-    decode_records,
-    encode_record,
-    outcome,
 )
+from cryptify.crs.pool.changes_log import ChangeLog
+from cryptify.crs.pool.changes_replica import Peers, Replica
+from cryptify.crs.pool.changes_snapshot import MAX_SNAPSHOT, Snapshot
 from cryptify.crs.pool.wire import WireError
-from cryptify.crs.remote_admin.store import AdminError
-from cryptify.crypto.identity import period_of
-from cryptify.protocols import cbor_subset
 from cryptify.service import StartupError
 
 log = Logger(namespace="cryptify.crs.pool.changes")
@@ -90,8 +91,12 @@ CONFIRM_WAIT = 3.0
 RESYNC_INTERVAL = 5.0
 #: How long ``wakeup client`` waits for the peers (a push goes to the provider).
 WAKE_WAIT = 10.0
-#: Largest change log read at start.
-MAX_LOG_BYTES = 1024 * 1024 * 1024
+#: Changes every member has applied before they are folded into the snapshot.
+COMPACT_AFTER = 1000
+#: Changes made here, pending on a member, followed for ``notify.sh``.
+MAX_FOLLOWED = 10_000
+#: The ``notify.sh`` unit of pool changes.
+NOTIFY_UNIT = "pool_changes"
 
 
 class Link(Protocol):
@@ -110,6 +115,8 @@ class Link(Protocol):
 
     def link_up(self, peer: str) -> bool: ...
 
+    def notify(self, unit: str, event: str) -> None: ...
+
 
 class Applier(Protocol):
     """Does what a change means on this instance."""
@@ -123,85 +130,6 @@ class Applier(Protocol):
 
     async def wake(self, account: str, uri: str) -> str:
         """Send a wake-up to ``uri`` from here; what happened."""
-
-
-class ChangeLog:
-    """The durable change log file: a header naming the log's identity,
-    then one record per change (length, CRC-32, CBOR), each fsync'ed."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def open(self, now: float) -> tuple[int, list[Change]]:
-        """The log's identity and its changes; a new log if there is none.
-        A record cut by a crash at the end is cut off; anything else
-        unreadable stops the start."""
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read(MAX_LOG_BYTES + 1)
-        except FileNotFoundError:
-            data = b""
-        if len(data) > MAX_LOG_BYTES:
-            raise StartupError(f"{self.path} is larger than {MAX_LOG_BYTES} octets")
-        records, used = decode_records(data)
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-        if not records:
-            if data:
-                log.warn(
-                    "{path}: no whole record in its {size} octets (a crash while it was"
-                    " made): starting a new change log",
-                    path=self.path,
-                    size=len(data),
-                )
-            log_id = int(now * 1_000_000)
-            self._fd = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600
-            )
-            os.fchmod(self._fd, 0o600)
-            self.append(cbor_subset.encode({"log": log_id}))
-            dir_fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-            return log_id, []
-        try:
-            header = cbor_subset.decode(records[0])
-            if not isinstance(header, dict) or set(header) != {"log"}:
-                raise WireError("no log header")
-            log_id = header["log"]
-            if type(log_id) is not int or log_id < 0:
-                raise WireError("bad log identity")
-            changes = [Change.decode(r) for r in records[1:]]
-        except (WireError, cbor_subset.CborError) as exc:
-            raise StartupError(f"{self.path}: not a change log ({exc})") from None
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        os.fchmod(self._fd, 0o600)
-        if used < len(data):
-            log.warn(
-                "{path}: {cut} octets after the last whole record cut off (a crash mid-write)",
-                path=self.path,
-                cut=len(data) - used,
-            )
-            os.ftruncate(self._fd, used)
-            os.fsync(self._fd)
-        return log_id, changes
-
-    def append(self, payload: bytes) -> None:
-        """Write one record and fsync it; OSError when it could not be."""
-        if self._fd is None:
-            raise OSError("the change log is not open")
-        record = encode_record(payload)
-        written = 0
-        while written < len(record):
-            written += os.write(self._fd, record[written:])
-        os.fsync(self._fd)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class _Waiter:
@@ -222,8 +150,15 @@ class PoolChanges(service.Service):
         applier: Applier,
         *,
         wall: Callable[[], float] = time.time,
+        compact_after: int = COMPACT_AFTER,
     ) -> None:
         self.link = link
+        self.compact_after = compact_after
+        self.log_id = 0
+        #: Changes made here and pending on a member when answered: id -> kind.
+        self._followed: dict[tuple[str, int], Kind] = {}
+        self._snapshot_sent: tuple[Snapshot, bytes, int] | None = None
+        self._snapshots = 0
         self.me = link.me
         self.reactor = reactor
         self.applier = applier
@@ -232,6 +167,7 @@ class PoolChanges(service.Service):
         self.replica: Replica | None = None
         self.peers: Peers | None = None
         self._assembly: dict[str, Assembly] = {p: Assembly() for p in link.peers}
+        self._snapshot_parts: dict[str, Assembly] = {}
         self._waiters: list[_Waiter] = []
         #: Requests to the live peers (purge, wakeup): id -> (answers, done, asked).
         self._requests: dict[int, tuple[dict[str, object], defer.Deferred[None], set[str]]] = {}
@@ -240,6 +176,7 @@ class PoolChanges(service.Service):
         self._loop.clock = reactor
         link.handle(CHANGE_FRAME, self._on_change)
         link.handle(MARKS_FRAME, self._on_marks)
+        link.handle(SNAPSHOT_FRAME, self._on_snapshot)
         link.handle(PURGE_FRAME, self._on_purge)
         link.handle(PURGED_FRAME, self._on_purged)
         link.handle(WAKEUP_FRAME, self._on_wakeup)
@@ -250,19 +187,26 @@ class PoolChanges(service.Service):
 
     def startService(self) -> None:
         try:
-            log_id, changes = self.file.open(self.wall())
+            loaded = self.file.open(self.wall())
         except OSError as exc:
             raise StartupError(f"pool changes: cannot open {self.file.path}: {exc}") from exc
-        self.replica = Replica(self.me, log_id, changes)
+        self.log_id = loaded.log_id
+        self.replica = Replica(self.me, loaded.log_id, loaded.changes, loaded.snapshot)
         self.peers = Peers(self.replica)
         log.info(
-            "pool change log {origin}: {count} changes",
+            "pool change log {origin}: {count} changes{after}",
             origin=self.replica.origin,
-            count=len(changes),
+            count=len(loaded.changes),
+            after=""
+            if loaded.snapshot is None
+            else f" after a snapshot of {len(loaded.snapshot.winners)}",
         )
-        if changes:
+        if loaded.changes:
             # a crash may have cut the last one between the log and the store
-            self.applier.apply(changes[-1], self.replica)
+            self.applier.apply(loaded.changes[-1], self.replica)
+        elif loaded.fresh and loaded.snapshot is not None:
+            # ... or the effects of a snapshot taken from a peer
+            self._catch_up(list(loaded.snapshot.winners))
         service.Service.startService(self)
         for peer in self.link.peers:
             if self.link.link_up(peer):
@@ -304,7 +248,43 @@ class PoolChanges(service.Service):
             waiter = _Waiter(change.id, self.reactor.callLater(CONFIRM_WAIT, self._timeout))
             self._waiters.append(waiter)
             await waiter.done
-        return self._report(change.id, problems)
+        report = self._report(change.id, problems)
+        self._tell(change, report)
+        return report
+
+    def _tell(self, change: Change, report: Report) -> None:
+        """``notify.sh pool_changes``: where the change made here stands."""
+        if not report.pending:
+            self.link.notify(NOTIFY_UNIT, f"applied {change.kind.value}")
+            return
+        names = ",".join(name for name, _ in report.pending)
+        self.link.notify(NOTIFY_UNIT, f"pending {change.kind.value} {names}")
+        self._followed[change.id] = change.kind
+        if len(self._followed) > MAX_FOLLOWED:
+            oldest = next(iter(self._followed))
+            del self._followed[oldest]
+            log.warn(
+                "pool change {id} no longer followed for notify.sh ({count} pending)",
+                id=f"{oldest[0]} #{oldest[1]}",
+                count=MAX_FOLLOWED,
+            )
+
+    def _arrived(self) -> None:
+        """Changes made here that every member has now applied: one
+        ``applied KIND`` (or ``applied N changes``) for those that were
+        pending when answered."""
+        _, peers = self._ready()
+        done = [
+            (i, k)
+            for i, k in self._followed.items()
+            if all(peers.has(p, i) for p in self.link.peers)
+        ]
+        for change_id, _ in done:
+            del self._followed[change_id]
+        if len(done) == 1:
+            self.link.notify(NOTIFY_UNIT, f"applied {done[0][1].value}")
+        elif done:
+            self.link.notify(NOTIFY_UNIT, f"applied {len(done)} changes")
 
     async def _ask(
         self, frame_type: str, fields: dict[str, object], wait: float
@@ -375,6 +355,8 @@ class PoolChanges(service.Service):
         if self.replica is None or self.peers is None:
             return "inactive"
         parts = [f"{len(self.replica.log)} changes"]
+        if self.replica.snapshot is not None:
+            parts[0] += f" after a snapshot of {len(self.replica.snapshot.winners)}"
         for peer in self.link.peers:
             state = "up" if self.link_up(peer) else "down"
             reported = self.peers.reported.get(peer)
@@ -382,6 +364,10 @@ class PoolChanges(service.Service):
                 parts.append(f"{peer} not heard from ({state})")
                 continue
             lacking = len(self.replica.missing(reported))
+            if self.replica.snapshot is not None and any(
+                reported.get(o, 0) < s for o, s in self.replica.base.items()
+            ):
+                lacking += 1  # the snapshot
             parts.append(f"{peer} has all" if not lacking else f"{peer} lacks {lacking} ({state})")
         return f"active ({'; '.join(parts)})"
 
@@ -427,6 +413,57 @@ class PoolChanges(service.Service):
         self.applier.apply(change, replica)
         self._send_marks()
 
+    def _on_snapshot(self, peer: str, fields: dict[str, object]) -> None:
+        part = check_part(fields, SNAPSHOT_FRAME)
+        parts = self._snapshot_parts.setdefault(peer, Assembly(MAX_SNAPSHOT))
+        data = parts.feed(part)
+        if data is None:
+            return
+        snapshot = Snapshot.decode(data)
+        replica, _ = self._ready()
+        if not replica.lacks(snapshot):
+            self._send_marks(peer)
+            return
+        if snapshot.base.get(replica.origin, 0) > replica.hw.get(replica.origin, 0):
+            log.error(
+                "pool snapshot from {peer} ignored: it claims changes of {origin} never made here",
+                peer=peer,
+                origin=replica.origin,
+            )
+            return
+        merged = replica.merged(snapshot)
+        after = [replica.encoded[c.id] for c in replica.after(merged)]
+        try:
+            self.file.rewrite(self.log_id, merged, after, fresh=True)
+        except OSError as exc:
+            log.error(
+                "pool snapshot from {peer} not taken: cannot log it: {why}",
+                peer=peer,
+                why=str(exc),
+            )
+            return
+        due = replica.install(snapshot)
+        log.info(
+            "pool change log caught up from {peer}'s snapshot of {count}; {due} took effect here",
+            peer=peer,
+            count=len(snapshot.winners),
+            due=len(due),
+        )
+        self._catch_up(due)
+        self._send_marks()
+
+    def _catch_up(self, changes: list[Change]) -> None:
+        """Carry out the winners a snapshot brought (each account once)."""
+        replica, _ = self._ready()
+        synced: set[str] = set()
+        for change in changes:
+            if change.kind in ACCOUNT_KINDS:
+                account = change.text("account")
+                if account in synced:
+                    continue
+                synced.add(account)
+            self.applier.apply(change, replica)
+
     def _on_marks(self, peer: str, fields: dict[str, object]) -> None:
         marks, again = check_marks_frame(fields)
         _, peers = self._ready()
@@ -434,6 +471,8 @@ class PoolChanges(service.Service):
         for waiter in list(self._waiters):
             if all(peers.has(p, waiter.change_id) for p in self.link.peers if self.link_up(p)):
                 self._finish(waiter)
+        if self._followed:
+            self._arrived()
 
     def _on_purge(self, peer: str, fields: dict[str, object]) -> None:
         request = check_purge(fields)
@@ -462,6 +501,7 @@ class PoolChanges(service.Service):
         if self.peers is None:
             return
         self._assembly[peer] = Assembly()
+        self._snapshot_parts.pop(peer, None)
         if up:
             self.peers.up(peer)
             self._send_marks(peer)
@@ -481,18 +521,59 @@ class PoolChanges(service.Service):
         for target in targets:
             self.link.send(target, MARKS_FRAME, {"hw": dict(replica.hw), "again": again})
 
-    def _send_due(self, due: Mapping[str, list[Change]]) -> None:
+    def _send_due(self, due: Mapping[str, list[Change | Snapshot]]) -> None:
         replica, _ = self._ready()
-        for peer, changes in due.items():
-            for change in changes:
-                for fields in change_frames(change.id, replica.encoded[change.id]):
-                    if not self.link.send(peer, CHANGE_FRAME, fields):
+        for peer, items in due.items():
+            for item in items:
+                if isinstance(item, Snapshot):
+                    number, data = self._encoded(item)
+                    frames = change_frames((replica.origin, number), data)
+                    frame_type = SNAPSHOT_FRAME
+                else:
+                    frames = change_frames(item.id, replica.encoded[item.id])
+                    frame_type = CHANGE_FRAME
+                for fields in frames:
+                    if not self.link.send(peer, frame_type, fields):
                         return
+
+    def _encoded(self, snapshot: Snapshot) -> tuple[int, bytes]:
+        """The snapshot's number (for its frames) and octets, made once."""
+        if self._snapshot_sent is None or self._snapshot_sent[0] is not snapshot:
+            self._snapshots += 1
+            self._snapshot_sent = (snapshot, snapshot.encode(), self._snapshots)
+        return self._snapshot_sent[2], self._snapshot_sent[1]
 
     def _resync(self) -> None:
         _, peers = self._ready()
+        self._compact()
         self._send_marks()
         self._send_due(peers.resync())
+
+    def _compact(self) -> None:
+        """Fold what every member has applied into the snapshot, once it
+        is at least :attr:`compact_after` changes."""
+        replica, peers = self._ready()
+        floor = peers.floor(self.link.peers)
+        if floor is None or peers.foldable(floor) < max(1, self.compact_after):
+            return
+        snapshot = replica.compact(floor)
+        if snapshot is None:
+            return
+        after = [replica.encoded[c.id] for c in replica.after(snapshot)]
+        try:
+            self.file.rewrite(self.log_id, snapshot, after, fresh=False)
+        except OSError as exc:
+            log.error("pool change log not compacted: {why}", why=str(exc))
+            return
+        folded = len(replica.log) - len(after)
+        replica.fold(snapshot)
+        log.info(
+            "pool change log compacted: {folded} changes folded into a snapshot of {count};"
+            " {left} left",
+            folded=folded,
+            count=len(snapshot.winners),
+            left=len(after),
+        )
 
     # -- answers -------------------------------------------------------------
 
@@ -520,184 +601,4 @@ class PoolChanges(service.Service):
         waiter.done.callback(None)
 
 
-class StateApplier:
-    """What changes do to the running CRS: its accounts, blacklists and
-    remote admins (the same effects as the ``crs-cli`` commands have on
-    one instance)."""
-
-    def __init__(self, state: CrsState) -> None:
-        self.state = state
-
-    def apply(self, change: Change, replica: Replica) -> list[str]:
-        try:
-            problems = self._apply(change, replica)
-        except Exception as exc:  # one change must never stop the link
-            log.failure("pool change {change} failed", change=change.describe())
-            problems = [f"unexpected {type(exc).__name__} (see the log)"]
-        for problem in problems:
-            log.warn("pool change {change}: {problem}", change=change.describe(), problem=problem)
-        return problems
-
-    def _apply(self, change: Change, replica: Replica) -> list[str]:
-        kind = change.kind
-        if kind in (
-            Kind.ACCOUNT_CREATE,
-            Kind.ACCOUNT_DELETE,
-            Kind.BLACKLIST_ADD,
-            Kind.BLACKLIST_REMOVE,
-        ):
-            return self.sync_account(change.text("account"), replica)
-        if kind is Kind.APPLY:
-            try:
-                self.state.accounts.apply(change.octets("data"))
-            except (AccountError, OSError) as exc:
-                return [str(exc)]
-            self.state.notify("crs", "reload")
-            self.enforce_blacklists()
-            return []
-        if kind is Kind.RELOAD:
-            problems = self.state.accounts.reload()
-            if self.state.admins is not None:
-                admins_problem = self.state.admins.load()
-                if admins_problem is not None:
-                    problems.append(admins_problem)
-            self.state.notify("crs", "reload")
-            self.enforce_blacklists()
-            return problems
-        if kind in (Kind.IW_ADD, Kind.IW_DELETE):
-            return self._iw(change)
-        return self._admin(change)
-
-    def _iw(self, change: Change) -> list[str]:
-        """``add|delete iw-crs``: this member's iw-crs.conf, and its link."""
-        peers = self.state.iw
-        if peers is None:
-            return ["inter-working is not available here"]
-        try:
-            if change.kind is Kind.IW_ADD:
-                peers.add(change.text("ip"), change.text("secret"), change.text("comment"))
-            else:
-                peers.delete(change.text("ip"))
-        except (IwPeerError, OSError) as exc:
-            return [str(exc)]
-        return []
-
-    def _admin(self, change: Change) -> list[str]:
-        admins = self.state.admins
-        if admins is None:
-            return ["remote admins are not available here"]
-        name = change.text("name")
-        kind = change.kind
-        existing = admins.get(name)
-        # each is skipped when already so (the change applied again after a restart)
-        try:
-            if kind is Kind.ADMIN_CREATE:
-                key = change.octets("key")
-                if existing is not None and existing.key == key:
-                    return []
-                if existing is not None:
-                    admins.delete(name)
-                admins.create(name, key)
-            elif kind is Kind.ADMIN_DELETE:
-                if existing is not None:
-                    admins.delete(name)
-            elif kind in (Kind.ADMIN_ACCOUNT_ADD, Kind.ADMIN_ACCOUNT_DELETE):
-                account = change.text("account")
-                adding = kind is Kind.ADMIN_ACCOUNT_ADD
-                if existing is not None and (account in existing.accounts) == adding:
-                    return []
-                if adding:
-                    admins.add_account(name, account)
-                else:
-                    admins.delete_account(name, account)
-            else:
-                account, right = change.text("account"), change.text("authorization")
-                adding = kind is Kind.ADMIN_AUTH_ADD
-                granted = None if existing is None else existing.accounts.get(account)
-                if granted is not None and (right in granted) == adding:
-                    return []
-                if adding:
-                    admins.add_authorization(name, account, right)
-                else:
-                    admins.delete_authorization(name, account, right)
-        except AdminError as exc:
-            return [str(exc)]
-        return []
-
-    def sync_account(self, account: str, replica: Replica) -> list[str]:
-        """Make this instance's account what the pool's changes say."""
-        plan = replica.account_plan(account)
-        store = self.state.accounts
-        have = store.get(account)
-        want = outcome(plan, None if have is None else (have.secret, have.blacklist))
-        problems: list[str] = []
-        try:
-            if want is None:
-                if have is not None:
-                    self.delete_account(account)
-                return []
-            secret, blacklist = want
-            if have is None:
-                have = store.create(account, secret)
-            elif have.secret != secret:
-                have = store.set_secret(account, secret)
-            for uri in sorted(blacklist - have.blacklist):
-                store.set_blacklisted(account, uri, True)
-            for uri in sorted(have.blacklist - blacklist):
-                store.set_blacklisted(account, uri, False)
-        except (AccountError, OSError) as exc:
-            problems.append(str(exc))
-        self.enforce_blacklists()
-        return problems
-
-    def delete_account(self, account: str) -> None:
-        state = self.state
-        registry = state.registry
-        gone = registry.disconnect(registry.matching(account=account), "account deleted")
-        if state.objects is not None:
-            objects = state.objects
-
-            async def purge() -> None:
-                await objects.purge_account(account)
-                await objects.purge_observed(account)
-
-            defer.ensureDeferred(purge()).addErrback(
-                lambda f: log.failure("objects of deleted account {a} not purged", f, a=account)
-            )
-        state.accounts.delete(account)
-        if state.admins is not None:
-            try:
-                state.admins.forget_account(account)
-            except AdminError as exc:
-                log.warn("account {a} deleted, but: {why}", a=account, why=str(exc))
-        log.info("account {a} deleted by the pool; {n} clients disconnected", a=account, n=gone)
-
-    def enforce_blacklists(self) -> int:
-        state = self.state
-        period = period_of(state.clock())
-        listed = []
-        for attachment in state.registry.matching():
-            found = state.accounts.get(attachment.account)
-            if found is not None and found.blacklisted(attachment.uri, period):
-                listed.append(attachment)
-        return int(state.registry.disconnect(listed, "blacklisted")) if listed else 0
-
-    async def wake(self, account: str, uri: str) -> str:
-        push = self.state.push
-        if push is None:
-            return "push notifications are off"
-        try:
-            return str(await push.wake(account, uri))
-        except Exception as exc:
-            return f"the push token store does not answer: {type(exc).__name__}"
-
-    def purge(self, account: str, uri: str | None) -> int:
-        registry = self.state.registry
-        if uri is None:
-            matches = registry.matching(account=account)
-        else:
-            matches = registry.matching(account=account, uri=uri)
-        return int(registry.disconnect(matches, "purged")) if matches else 0
-
-
-__all__ = ["ChangeLog", "PoolChanges", "StateApplier"]
+__all__ = ["PoolChanges"]
