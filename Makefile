@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# gcc and libgmp-dev build the C Miller loop of SAKKE when the package installs.
-RUN_DEBS := redis-server openssl gcc libgmp-dev
+# gcc and libgmp-dev build the C Miller loop of SAKKE when the package installs;
+# clang and libbpf-dev the relay's eBPF program (libbpf1 loads it at run time).
+RUN_DEBS := redis-server openssl gcc libgmp-dev clang libbpf-dev
 TEST_DEBS := $(RUN_DEBS) sip-tester baresip kamailio kamailio-tls-modules rtpengine-daemon \
 	poppler-utils zbar-tools qrencode img2pdf groff-base dovecot-imapd postfix chromium chromium-driver
 # Building the crs and cig packages, and proving them in a Debian root.
-PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv python3.11-dev gcc libgmp-dev rpm rpmlint debootstrap iproute2
+PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv python3.11-dev gcc libgmp-dev clang libbpf-dev rpm rpmlint debootstrap iproute2
 # tests/packaging is slow (package builds, a debootstrap root): its own target.
 UNIT_TESTS = $(filter-out tests.packaging,$(subst /,.,$(patsubst %.py,%,$(patsubst %/__init__.py,%,$(wildcard tests/test_*.py tests/*/__init__.py)))))
 

@@ -65,6 +65,13 @@ class Options(ConfigOptions):
             "media socket adapter: mmsg (batched, Linux), reader or twisted",
             str,
         ],
+        [
+            "kernel-path",
+            None,
+            "auto",
+            "eBPF fast path: auto (tcx, else cls_bpf), tcx, tc (cls_bpf) or off",
+            str,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -72,6 +79,8 @@ class Options(ConfigOptions):
         self["crs"] = self.with_overrides(cfg, CRS_OVERRIDES)
         if self["media-io"] not in ("mmsg", "reader", "twisted"):
             raise usage.UsageError("--media-io is mmsg, reader or twisted")
+        if self["kernel-path"] not in ("auto", "tcx", "tc", "off"):
+            raise usage.UsageError("--kernel-path is auto, tcx, tc or off")
         for option in ("idle-timeout", "grace", "rebind-after"):
             if self[option] <= 0:
                 raise usage.UsageError(f"--{option} must be a positive number of seconds")
@@ -84,6 +93,7 @@ def make_relay_service(
     grace: float = OWNER_GRACE,
     rebind_after: float = REBIND_AFTER,
     media_io: str = "mmsg",
+    kernel_path: str = "auto",
 ) -> ProgramService:
     """Build the relay's service tree."""
     g = cfg.global_
@@ -105,13 +115,16 @@ def make_relay_service(
     if media_io == "twisted":
 
         def listen_media() -> Any:
-            return reactor.listenUDP(
+            port = reactor.listenUDP(
                 g.relay.port, relay.datagram_protocol(), interface=g.relay.host
             )
+            if kernel_path != "off":
+                relay.load_kernel_path(port.getHost().port, kernel_path)
+            return port
     else:
 
         def listen_media() -> Any:
-            return relay.listen(reactor, media_io)
+            return relay.listen(reactor, media_io, kernel_path)
 
     media = ListenService("media relay", f"{g.relay.host}:{g.relay.port}/udp", listen_media)
     attach(root, media)
@@ -142,4 +155,5 @@ def makeService(options: Options) -> ProgramService:
         grace=options["grace"],
         rebind_after=options["rebind-after"],
         media_io=options["media-io"],
+        kernel_path=options["kernel-path"],
     )

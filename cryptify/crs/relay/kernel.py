@@ -84,9 +84,9 @@ _BPF_TC_INGRESS = 1
 #: Map update/lookup flag: copy the value under its spin lock.
 _BPF_F_LOCK = 4
 _BPF_ANY = 0
-#: Priority and handle of the cls_bpf filter (the tcx fallback).
+#: Priority of the cls_bpf filter (the tcx fallback); its handle is the
+#: relay's port, so relays on other ports keep their own filters.
 _TC_PRIORITY = 0xC0DE
-_TC_HANDLE = 0xC0DE
 _SIOCGIFADDR = 0x8915
 _STAT_NAMES = ("RX", "TXB", "ERRNODEST")
 
@@ -189,6 +189,7 @@ class KernelPath:
     interfaces: list[str] = attrs.Factory(list)
     mode: str = ""
     credit_cap: int = CREDIT_CAP
+    port: int = 0
     ktime: Callable[[], int] = time.monotonic_ns
     #: The kernel's stamp of each pushed leg's last packet as last pulled.
     _stamps: dict[bytes, int] = attrs.Factory(dict)
@@ -237,7 +238,7 @@ class KernelPath:
             rc = lib.bpf_map_update_elem(config_fd, ffi.new("uint32_t *"), config, _BPF_ANY)
             if rc:
                 raise _fail("config map update", rc)
-            self = cls(obj, prog_fd, legs_fd, stats_fd, credit_cap=credit_cap)
+            self = cls(obj, prog_fd, legs_fd, stats_fd, credit_cap=credit_cap, port=port)
         except BaseException:
             lib.bpf_object__close(obj)
             raise
@@ -283,7 +284,7 @@ class KernelPath:
         opts = _ffi.new("struct bpf_tc_opts *")
         opts.sz = _ffi.sizeof("struct bpf_tc_opts")
         opts.prog_fd = prog_fd
-        opts.handle = _TC_HANDLE
+        opts.handle = self.port
         opts.priority = _TC_PRIORITY
         return opts
 
