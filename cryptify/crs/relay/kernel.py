@@ -138,6 +138,17 @@ def _ipv4_of(ifname: str) -> str | None:
     return socket.inet_ntoa(raw[20:24])
 
 
+def local_addresses() -> list[str]:
+    """The IPv4 address of every interface (its first), for the program to
+    tell a local destination from one out of the device."""
+    found = []
+    for _, name in socket.if_nameindex():
+        address = _ipv4_of(name)
+        if address is not None:
+            found.append(address)
+    return found
+
+
 def interfaces_for(host: str) -> list[tuple[int, str]]:
     """The interfaces (index, name) whose ingress a relay on ``host`` sees:
     loopback always (a local client's packets cross it whatever address

@@ -316,6 +316,7 @@ class RelayControl(amp.CommandLocator):
     @ListSessions.responder
     def list_sessions(self, server: str) -> dict[str, object]:
         self._heard(server)
+        self.relay.core.sync(self.relay.clock.seconds())
         return {"sessions": [s.describe() for s in self.relay.core.owned_by(server)]}
 
     @Reclaim.responder

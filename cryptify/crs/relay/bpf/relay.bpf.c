@@ -8,15 +8,16 @@
  * leg's latched address, of a relayed size, is counted on the leg (packets,
  * bytes, last seen, byte credit), checked against the peer's credit, has its
  * tag stripped and its addresses rewritten (from the relay's address and
- * port to the peer leg's destination), and is redirected: out of the device
- * the route names, or back into the stack when the destination is local.
+ * port to the peer leg's destination), and goes on up the stack when the
+ * destination is one of the host's own addresses, else is redirected out
+ * of the device it came in on (bpf_redirect_neigh).
  *
  * Everything else is passed on (TC_ACT_UNSPEC: the next program or filter,
  * then the stack) to the userspace relay, which
  * applies the same rules as without this program: unknown tags, sources
  * that are not the latched one (NAT rebinding, theft attempts), sizes out
- * of range, IP options and fragments, GSO packets, destinations without a
- * neighbour entry.  The only packets dropped here are those the peer is not
+ * of range, IP options and fragments, GSO packets, and a local client's
+ * packets for a peer elsewhere.  The only packets dropped here are those the peer is not
  * owed (the byte-credit rule), counted as ERRNODEST.
  *
  * Rules and numbers mirror cryptify/crs/relay/core.py (RelayCore.route).
@@ -34,7 +35,7 @@
 #define MIN_PACKET 20   /* tag + RTP fixed header */
 #define MAX_PACKET 1472 /* longest datagram relayed */
 #define CREDIT_FACTOR 2
-#define AF_INET 2
+#define LOOPBACK_IFINDEX 1 /* in every network namespace */
 
 struct leg {
 	struct bpf_spin_lock lock;
@@ -74,6 +75,14 @@ struct {
 	__type(value, struct config);
 } config SEC(".maps");
 
+/* The host's own IPv4 addresses (besides 127/8), filled by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u8);
+} locals SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, ST_MAX);
@@ -112,11 +121,12 @@ int relay_ingress(struct __sk_buff *skb)
 	struct udphdr *udp;
 	struct config *cfg;
 	struct leg *leg, *peer;
-	struct bpf_fib_lookup fib = {};
-	__u32 zero = 0, size, payload, relay_ip;
+	__u32 zero = 0, size, payload, relay_ip, dest_ip, ifindex = skb->ifindex;
+	__u16 dport, cfg_port;
 	__u64 tag, now;
-	int rc, local;
+	int local;
 
+	barrier_var(ifindex); /* read the context once, not through a kept pointer */
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_UNSPEC;
 	ip = (void *)(eth + 1);
@@ -131,6 +141,7 @@ int relay_ingress(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	if (cfg->relay_ip && ip->daddr != cfg->relay_ip)
 		return TC_ACT_UNSPEC;
+	cfg_port = cfg->relay_port;
 	if (skb->gso_segs > 1)
 		return TC_ACT_UNSPEC;
 	size = bpf_ntohs(udp->len);
@@ -147,23 +158,20 @@ int relay_ingress(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	relay_ip = ip->daddr;
 
-	/* Where the packet goes: decided before any state changes, so a packet
-	 * passed up is counted once, by the userspace relay. */
-	fib.family = AF_INET;
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.sport = udp->dest;
-	fib.dport = peer->dest_port;
-	fib.tot_len = size - TAG_SIZE + sizeof(*udp) + sizeof(*ip);
-	fib.ifindex = skb->ifindex;
-	fib.ipv4_src = relay_ip;
-	fib.ipv4_dst = peer->dest_ip;
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
-		local = 1; /* a local address: back into the stack */
-	else if (rc == BPF_FIB_LKUP_RET_SUCCESS)
-		local = 0;
-	else
-		return TC_ACT_UNSPEC; /* no neighbour yet, unreachable...: userspace */
+	/* Where the packet goes, decided before any state changes so that a
+	 * packet passed on is counted once, by the userspace relay: to one of
+	 * the host's addresses, the rewritten packet simply goes on up the
+	 * stack (on loopback it keeps the local route it came with); to another
+	 * host, out of the device the packet came in on, with the neighbour's
+	 * MAC address (bpf_redirect_neigh routes and resolves it). */
+	local = (peer->dest_ip & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) ||
+		bpf_map_lookup_elem(&locals, &peer->dest_ip) != NULL;
+	if (local ? ifindex != LOOPBACK_IFINDEX && (peer->dest_ip & bpf_htonl(0xff000000)) ==
+			    bpf_htonl(0x7f000000)
+		  : ifindex == LOOPBACK_IFINDEX)
+		return TC_ACT_UNSPEC; /* between loopback and elsewhere: userspace */
+	dport = peer->dest_port;
+	dest_ip = peer->dest_ip;
 
 	count(ST_RX);
 	payload = size - TAG_SIZE;
@@ -196,22 +204,20 @@ int relay_ingress(struct __sk_buff *skb)
 	udp = (void *)(ip + 1);
 	if ((void *)(udp + 1) > data_end)
 		return TC_ACT_SHOT;
-	udp->source = fib.sport;
-	udp->dest = fib.dport;
+	udp->source = cfg_port;
+	udp->dest = dport;
 	udp->len = bpf_htons(payload + sizeof(*udp));
 	udp->check = 0; /* IPv4 allows none; SRTP authenticates the payload */
 	ip->saddr = relay_ip;
-	ip->daddr = fib.ipv4_dst;
+	ip->daddr = dest_ip;
 	ip->tot_len = bpf_htons(payload + sizeof(*udp) + sizeof(*ip));
 	ip->ttl = 64;
 	ip->check = 0;
 	ip->check = ip_checksum(ip);
 	count(ST_TXB);
 	if (local)
-		return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	return bpf_redirect(fib.ifindex, 0);
+		return TC_ACT_OK; /* on up the stack, now addressed to the peer */
+	return bpf_redirect_neigh(ifindex, NULL, 0, 0);
 }
 
 char LICENSE[] SEC("license") = "GPL";
