@@ -27,8 +27,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from cryptify.crs.relay import mmsg as relay_mmsg
 from cryptify.crs.relay.core import CREDIT_CAP, RelayCore
-from cryptify.crs.relay.mmsg import raw_address
 from cryptify.crs.relay.kernel import KernelPath, KernelPathUnavailable
+from cryptify.crs.relay.mmsg import raw_address
 from cryptify.crs.relay.wiring import media_socket
 from cryptify.protocols.relay_packet import MAX_PACKET, TAG_SIZE
 from tests.interop._amp import AmpClient
