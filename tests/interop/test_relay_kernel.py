@@ -316,11 +316,12 @@ class VethKernelPathTests(SynchronousTestCase):
         send(alice, session.a.tag + RTP)
         send(bob, session.b.tag + RTP)
         for i in range(20):
-            send(alice, session.a.tag + RTP + b"%d" % i)
-        self.assertEqual(receive_all(alice), [RTP])
-        self.assertEqual(receive_all(bob), [RTP + b"%d" % i for i in range(20)])
-        self.assertEqual(path.counters()["TXB"], 20)
-        self.assertEqual(core.stats()["TXB"], 21)
+            send(alice, session.a.tag + RTP + b"a%d" % i)
+            send(bob, session.b.tag + RTP + b"b%d" % i)
+        self.assertEqual(receive_all(alice), [RTP] + [RTP + b"b%d" % i for i in range(20)])
+        self.assertEqual(receive_all(bob), [RTP + b"a%d" % i for i in range(20)])
+        self.assertEqual(path.counters()["TXB"], 40)
+        self.assertEqual(core.stats()["TXB"], 41)
 
 
 class RelayProcessKernelTests(SynchronousTestCase):
