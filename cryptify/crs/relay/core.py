@@ -201,7 +201,7 @@ class Offload(Protocol):
         """Stop forwarding for the session."""
 
     def counters(self) -> dict[str, int]:
-        """Datagrams the path counted: RX, TXB, ERRNODEST."""
+        """Datagrams the path counted: RX, TXB, ERRNODEST, TXERROR."""
 
 
 @attrs.define

@@ -88,7 +88,7 @@ _BPF_ANY = 0
 #: relay's port, so relays on other ports keep their own filters.
 _TC_PRIORITY = 0xC0DE
 _SIOCGIFADDR = 0x8915
-_STAT_NAMES = ("RX", "TXB", "ERRNODEST")
+_STAT_NAMES = ("RX", "TXB", "ERRNODEST", "TXERROR")
 
 _ffi: Any = None
 _lib: Any = None
@@ -367,7 +367,8 @@ class KernelPath:
 
     def counters(self) -> dict[str, int]:
         """What the kernel counted: RX (datagrams it took), TXB (forwarded),
-        ERRNODEST (not owed: credit); summed over CPUs."""
+        ERRNODEST (not owed: credit), TXERROR (could not rewrite); summed
+        over CPUs."""
         values = _ffi.new("uint64_t[]", _possible_cpus())
         key = _ffi.new("uint32_t *")
         out = {}

@@ -58,7 +58,8 @@ struct config {
 	__u16 pad;
 };
 
-enum { ST_RX, ST_TXB, ST_ERRNODEST, ST_MAX };
+/* show relay's counters, as far as the kernel decides them */
+enum { ST_RX, ST_TXB, ST_ERRNODEST, ST_TXERROR, ST_MAX };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -195,15 +196,19 @@ int relay_ingress(struct __sk_buff *skb)
 
 	/* Drop the first 8 bytes after the IP header (the old UDP header); the
 	 * tag's place becomes the new UDP header. */
-	if (bpf_skb_adjust_room(skb, -TAG_SIZE, BPF_ADJ_ROOM_NET, 0))
+	if (bpf_skb_adjust_room(skb, -TAG_SIZE, BPF_ADJ_ROOM_NET, 0)) {
+		count(ST_TXERROR);
 		return TC_ACT_SHOT;
+	}
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	eth = data;
 	ip = (void *)(eth + 1);
 	udp = (void *)(ip + 1);
-	if ((void *)(udp + 1) > data_end)
+	if ((void *)(udp + 1) > data_end) {
+		count(ST_TXERROR);
 		return TC_ACT_SHOT;
+	}
 	udp->source = cfg_port;
 	udp->dest = dport;
 	udp->len = bpf_htons(payload + sizeof(*udp));
