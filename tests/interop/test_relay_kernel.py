@@ -29,7 +29,7 @@ from cryptify.crs.relay import mmsg as relay_mmsg
 from cryptify.crs.relay.core import CREDIT_CAP, RelayCore
 from cryptify.crs.relay.kernel import KernelPath, KernelPathUnavailable
 from cryptify.crs.relay.mmsg import raw_address
-from cryptify.crs.relay.wiring import media_socket
+from cryptify.crs.relay.wiring import RelayReader, media_socket
 from cryptify.protocols.relay_packet import MAX_PACKET, TAG_SIZE
 from tests.interop._amp import AmpClient
 from tests.interop._netns import NetNamespace
@@ -62,7 +62,8 @@ class PathContract(_Case):
             raise SkipTest("recvmmsg/sendmmsg not available")
         self.ns = NetNamespace(self, short_tempdir(self))
         self.clock = Clock()
-        self.core = RelayCore()
+        self.mapped: dict[str, str] = {}
+        self.core = RelayCore(map_address=lambda ip: self.mapped.get(ip, ip))
         with self.ns.entered():
             self.sock = media_socket(self.host, 0)
             self.addCleanup(self.sock.close)
@@ -75,11 +76,18 @@ class PathContract(_Case):
                     raise SkipTest(f"kernel path: {e}") from None
                 self.addCleanup(self.path.close)
                 self.core.offload = self.path
-        self.reader = relay_mmsg.BatchReader(self.core, self.clock, self.sock, lambda h: h)
+        self.reader = self.make_reader()
         link = self.core.open_link("crs1", 0.0)
         self.session = self.core.add(link, 0.0)
         self.alice, self.bob, self.stranger = (self.client() for _ in range(3))
         self.expected_rx = 0
+
+    def make_reader(self) -> relay_mmsg.BatchReader | RelayReader:
+        return relay_mmsg.BatchReader(self.core, self.clock, self.sock, self.core.map_address)
+
+    def address(self, s: socket.socket) -> object:
+        """A client's address as the reader gives it to the core."""
+        return raw_address(*s.getsockname())
 
     def client(self, host: str = "127.0.0.1") -> socket.socket:
         s = self.ns.socket()
@@ -164,7 +172,7 @@ class PathContract(_Case):
             (stats["RX"], stats["ERRNODEST"], stats["ERRTOSHORT"], stats["ERRTOLONG"]),
             (7, 3, 1, 1),
         )
-        self.assertEqual(self.session.a.source, raw_address(*self.alice.getsockname()))
+        self.assertEqual(self.session.a.source, self.address(self.alice))
         self.assert_path(1)
 
     def test_rebinding_only_after_silence(self) -> None:
@@ -190,7 +198,7 @@ class PathContract(_Case):
         self.assertEqual(receive_all(self.alice), [])
         self.core.sync(self.clock.seconds())
         self.assertEqual(self.session.a.rebinds, 1)
-        self.assertEqual(self.session.a.source, raw_address(*self.stranger.getsockname()))
+        self.assertEqual(self.session.a.source, self.address(self.stranger))
         stats = self.core.stats()
         self.assertEqual((stats["RX"], stats["TXB"], stats["ERRNODEST"]), (10, 6, 4))
         self.assert_path(4)  # Alice's packet at 0.5, and Bob's three to the new address
@@ -254,6 +262,19 @@ class PathContract(_Case):
         if self.kernel:
             self.assertGreater(self.kernel_forwarded(), 50)
 
+    def test_addr_map(self) -> None:
+        """A leg latched at an address in addr-map is sent to the mapped address."""
+        self.mapped["127.0.0.1"] = "127.0.0.2"
+        target = self.ns.socket()
+        self.addCleanup(target.close)
+        target.bind(("127.0.0.2", self.bob.getsockname()[1]))
+        self.send(self.bob, self.session.b.tag + RTP)
+        self.send(self.alice, self.session.a.tag + RTP + b"latch")
+        self.send(self.alice, self.session.a.tag + RTP + b"mapped")
+        self.assertEqual(receive_all(target), [RTP + b"latch", RTP + b"mapped"])
+        self.assertEqual(receive_all(self.bob), [])
+        self.assert_path(1)
+
     def test_removed_session_forwards_nothing(self) -> None:
         """Once the CRS removes a session (or it expires), its tags are unknown everywhere."""
         a = self.session.a.tag
@@ -271,6 +292,18 @@ class UserspacePathTests(PathContract, SynchronousTestCase):
 
 class KernelPathTests(PathContract, SynchronousTestCase):
     kernel = True
+
+
+class PlainReaderKernelPathTests(PathContract, SynchronousTestCase):
+    """The kernel path in front of the plain reader, whose addresses are tuples."""
+
+    kernel = True
+
+    def make_reader(self) -> relay_mmsg.BatchReader | RelayReader:
+        return RelayReader(self.core, self.clock, self.sock)
+
+    def address(self, s: socket.socket) -> object:
+        return s.getsockname()
 
 
 class VethKernelPathTests(SynchronousTestCase):
