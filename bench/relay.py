@@ -43,7 +43,20 @@ BIN = Path(sys.executable).parent
 #: Packets per second per session: 2 legs, one packet each 20 ms.
 SESSION_RATE = 100
 #: Saturation ladder (offered packets/s, 100 sessions).
-LADDER = (60_000, 90_000, 120_000, 150_000, 180_000, 240_000, 300_000, 400_000, 500_000, 600_000)
+LADDER = (
+    15_000,
+    30_000,
+    60_000,
+    90_000,
+    120_000,
+    150_000,
+    180_000,
+    240_000,
+    300_000,
+    400_000,
+    500_000,
+    600_000,
+)
 #: Loss above which a ladder step counts as saturated.
 LOSS_LIMIT = 0.01
 #: Packets a generator leg hands to sendmmsg at once.

@@ -125,7 +125,7 @@ int relay_ingress(struct __sk_buff *skb)
 	__u32 zero = 0, size, payload, relay_ip, dest_ip, ifindex = skb->ifindex;
 	__u16 dport, cfg_port;
 	__u64 tag, now;
-	int local;
+	int local, loopback;
 
 	barrier_var(ifindex); /* read the context once, not through a kept pointer */
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
@@ -165,12 +165,12 @@ int relay_ingress(struct __sk_buff *skb)
 	 * stack (on loopback it keeps the local route it came with); to another
 	 * host, out of the device the packet came in on, with the neighbour's
 	 * MAC address (bpf_redirect_neigh routes and resolves it). */
-	local = (peer->dest_ip & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) ||
-		bpf_map_lookup_elem(&locals, &peer->dest_ip) != NULL;
-	if (local ? ifindex != LOOPBACK_IFINDEX && (peer->dest_ip & bpf_htonl(0xff000000)) ==
-			    bpf_htonl(0x7f000000)
-		  : ifindex == LOOPBACK_IFINDEX)
-		return TC_ACT_UNSPEC; /* between loopback and elsewhere: userspace */
+	loopback = (peer->dest_ip & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
+	local = loopback || bpf_map_lookup_elem(&locals, &peer->dest_ip) != NULL;
+	/* Between loopback and another device (a local client's peer elsewhere,
+	 * or a 127/8 peer of a packet from outside): the userspace relay. */
+	if (ifindex == LOOPBACK_IFINDEX ? !local : loopback)
+		return TC_ACT_UNSPEC;
 	dport = peer->dest_port;
 	dest_ip = peer->dest_ip;
 
