@@ -55,6 +55,7 @@ class PathContract(_Case):
     """The scenarios; ``kernel`` says which path the subclass runs them on."""
 
     kernel = False
+    attach = "auto"
     host = "127.0.0.1"
 
     def setUp(self) -> None:
@@ -71,7 +72,7 @@ class PathContract(_Case):
             self.path: KernelPath | None = None
             if self.kernel:
                 try:
-                    self.path = KernelPath.load(self.host, self.relay_addr[1])
+                    self.path = KernelPath.load(self.host, self.relay_addr[1], attach=self.attach)
                 except KernelPathUnavailable as e:
                     raise SkipTest(f"kernel path: {e}") from None
                 self.addCleanup(self.path.close)
@@ -292,6 +293,17 @@ class UserspacePathTests(PathContract, SynchronousTestCase):
 
 class KernelPathTests(PathContract, SynchronousTestCase):
     kernel = True
+
+
+class ClsBpfKernelPathTests(PathContract, SynchronousTestCase):
+    """The same program attached as a cls_bpf filter (the fallback before tcx)."""
+
+    kernel = True
+    attach = "tc"
+
+    def test_attached_as_a_filter(self) -> None:
+        assert self.path is not None
+        self.assertEqual(self.path.describe(), "cls_bpf on lo")
 
 
 class PlainReaderKernelPathTests(PathContract, SynchronousTestCase):
