@@ -43,7 +43,20 @@ BIN = Path(sys.executable).parent
 #: Packets per second per session: 2 legs, one packet each 20 ms.
 SESSION_RATE = 100
 #: Saturation ladder (offered packets/s, 100 sessions).
-LADDER = (60_000, 90_000, 120_000, 150_000, 180_000, 210_000, 240_000)
+LADDER = (
+    15_000,
+    30_000,
+    60_000,
+    90_000,
+    120_000,
+    150_000,
+    180_000,
+    240_000,
+    300_000,
+    400_000,
+    500_000,
+    600_000,
+)
 #: Loss above which a ladder step counts as saturated.
 LOSS_LIMIT = 0.01
 #: Packets a generator leg hands to sendmmsg at once.
@@ -359,7 +372,7 @@ def start_pinned_twistd(
 class OurRelay:
     """``twistd -n crs-relay`` on loopback, sessions added over its control socket."""
 
-    def __init__(self, workdir: str, extra: list[str], media_io: str) -> None:
+    def __init__(self, workdir: str, extra: list[str], media_io: str, kernel_path: str) -> None:
         self.dir = tempfile.mkdtemp(prefix="rb-", dir=workdir)
         self.port = free_port()
         conf = os.path.join(self.dir, "crs.conf")
@@ -369,8 +382,14 @@ class OurRelay:
             "[POOL]\nhost crs1\nip crs1 127.0.0.1\n"
         )
         self.proc, self.control = start_pinned_twistd(
-            self.dir, extra, ["crs-relay", "--config", conf, "--notify", "", "--media-io", media_io]
+            self.dir,
+            extra,
+            [
+                *("crs-relay", "--config", conf, "--notify", "", "--media-io", media_io),
+                *("--kernel-path", kernel_path),
+            ],
         )
+        self.log = os.path.join(self.dir, "crs_relay.log")
         self.buffer = bytearray()
         self.asks = 0
 
@@ -397,6 +416,13 @@ class OurRelay:
         text = b"".join(answer[f"stats.{i}"] for i in range(1, chunks + 1))
         stats: dict[str, int] = json.loads(text)
         return stats
+
+    def kernel_path(self) -> str:
+        """The relay's log line about its eBPF fast path."""
+        for line in Path(self.log).read_text().splitlines():
+            if "kernel path" in line:
+                return line.split("] ", 1)[1]
+        return ""
 
     def stop(self) -> None:
         self.control.close()
@@ -552,17 +578,33 @@ def measure(
         legs = relay.configure(gen.ports)
         pid = getattr(getattr(relay, "proc", None), "pid", None)
         cpu = cpu_seconds(pid)
+        softirq = softirq_seconds(RELAY_CPU)
         result = gen.run(legs, rate, seconds, batch)
         if pid is not None and result["forwarded_pps"]:
             # CPU time is far less disturbed by other work on a shared
             # machine than packets per second of wall-clock time.
             used = cpu_seconds(pid) - cpu
-            result["cpu_us_per_packet"] = round(used * 1e6 / (result["forwarded_pps"] * seconds), 2)
+            packets = result["forwarded_pps"] * seconds
+            result["cpu_us_per_packet"] = round(used * 1e6 / packets, 2)
+            # The kernel's receive work on the relay's core (where --netns
+            # steers loopback's), the kernel path's forwarding included.
+            kernel = softirq_seconds(RELAY_CPU) - softirq
+            result["softirq_us_per_packet"] = round(kernel * 1e6 / packets, 2)
         if isinstance(relay, OurRelay):
             result["counters"] = relay.stats()
+            result["kernel_path"] = relay.kernel_path()
         return result
     finally:
         relay.stop()
+
+
+def softirq_seconds(cpu: int) -> float:
+    """Seconds one core has spent in softirq (/proc/stat), all processes'."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                return int(line.split()[7]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -572,6 +614,19 @@ def cpu_seconds(pid: int | None) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def in_netns(rps_cpu: int) -> None:
+    """Run this bench again in a private network and mount namespace whose
+    loopback steers received packets to ``rps_cpu``."""
+    setup = (
+        "mount -t sysfs sysfs /sys && ip link set lo up && "
+        f'echo {1 << rps_cpu:x} > /sys/class/net/lo/queues/rx-0/rps_cpus && exec "$@"'
+    )
+    argv = ["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", setup, "sh"]
+    env = {**os.environ, "RELAY_BENCH_NETNS": "1"}
+    sys.stdout.flush()
+    os.execvpe("unshare", [*argv, sys.executable, *sys.argv], env)
 
 
 def ratio(ours: float, theirs: float) -> float | None:
@@ -590,9 +645,23 @@ def main() -> None:
     parser.add_argument(
         "--media-io", default="mmsg", help="our relay's media adapter: mmsg, reader, twisted"
     )
+    parser.add_argument(
+        "--kernel-path",
+        default="auto",
+        help="our relay's eBPF fast path: auto, tcx, tc or off (userspace only)",
+    )
+    parser.add_argument(
+        "--netns",
+        action="store_true",
+        help="run in a private network namespace (root) whose loopback hands its receive work "
+        "to the relay's core (RPS), as a NIC's interrupts would: the kernel path's forwarding "
+        "then runs on the relay's core, not in the generator's sends",
+    )
     parser.add_argument("--no-rtpengine", action="store_true", help="skip the anchor")
     parser.add_argument("--ladder", default=",".join(str(r) for r in LADDER))
     args = parser.parse_args()
+    if args.netns and not os.environ.get("RELAY_BENCH_NETNS"):
+        in_netns(RELAY_CPU)
     if shutil.which("gcc") is None:
         sys.exit("bench/relay.py needs gcc for its load generator")
     anchor = not args.no_rtpengine and shutil.which("rtpengine") is not None
@@ -602,7 +671,9 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="rbench-", dir="/tmp")
     try:
         exe = build_generator(workdir)
-        relays: dict[str, Any] = {"ours": lambda: OurRelay(workdir, args.relay_arg, args.media_io)}
+        relays: dict[str, Any] = {
+            "ours": lambda: OurRelay(workdir, args.relay_arg, args.media_io, args.kernel_path)
+        }
         if anchor:
             relays["rtpengine"] = lambda: Rtpengine(workdir)
         out: dict[str, Any] = {
@@ -611,6 +682,8 @@ def main() -> None:
             "seconds_per_run": seconds,
             "cpus": {"generator": GEN_CPU, "relay": RELAY_CPU},
             "ours_media_io": args.media_io,
+            "ours_kernel_path": args.kernel_path,
+            "netns_rps_to_relay_cpu": bool(os.environ.get("RELAY_BENCH_NETNS")),
             "ours_twistd_args": args.relay_arg,
         }
         ceiling = measure(exe, Direct, 100, 0, seconds, 32)
@@ -646,10 +719,11 @@ def main() -> None:
                         break
                 entry = ladder_out[name]
                 keys = ("offered_pps", "forwarded_pps", "loss", "p99_us", "attempts")
-                keys += ("cpu_us_per_packet",)
+                keys += ("cpu_us_per_packet", "softirq_us_per_packet")
                 step = {"rate": rate, **{k: got.get(k) for k in keys}}
                 if "counters" in got:
                     step["counters"] = got["counters"]
+                    out.setdefault("ours_kernel_path_log", got["kernel_path"])
                 entry["steps"].append(step)
                 if got["loss"] > LOSS_LIMIT:
                     entry["saturated"] = True
@@ -665,7 +739,7 @@ def main() -> None:
             )
             clean = {
                 name: {
-                    st["rate"]: st.get("cpu_us_per_packet")
+                    st["rate"]: (st.get("cpu_us_per_packet"), st.get("softirq_us_per_packet"))
                     for st in out["saturation"][name]["steps"]
                     if st["loss"] <= LOSS_LIMIT
                 }
@@ -673,16 +747,27 @@ def main() -> None:
             }
             common = sorted(set(clean["ours"]) & set(clean["rtpengine"]))
             if common:
-                ours_cpu = clean["ours"][common[-1]]
-                their_cpu = clean["rtpengine"][common[-1]]
+                (ours_cpu, ours_irq), (their_cpu, their_irq) = (
+                    clean[name][common[-1]] for name in ("ours", "rtpengine")
+                )
                 out["cpu_us_per_packet_at"] = {
                     "offered_pps": common[-1],
                     "ours": ours_cpu,
                     "rtpengine": their_cpu,
+                    "ours_softirq": ours_irq,
+                    "rtpengine_softirq": their_irq,
                 }
                 if ours_cpu and their_cpu:
                     # Packets per CPU-second: ours over rtpengine's.
                     out["ratio_cpu_efficiency"] = round(their_cpu / ours_cpu, 3)
+                ours_all, their_all = (
+                    (ours_cpu or 0) + (ours_irq or 0),
+                    (their_cpu or 0) + (their_irq or 0),
+                )
+                if ours_all and their_all:
+                    # The same with the relay core's softirq time (the kernel
+                    # path's forwarding is there, not in the process).
+                    out["ratio_cpu_efficiency_with_softirq"] = round(their_all / ours_all, 3)
             p99 = out["paced"]["1000"]
             out["ratio_p99_1000"] = ratio(p99["ours"]["p99_us"], p99["rtpengine"]["p99_us"])
         out["bench_seconds"] = round(time.monotonic() - began, 1)

@@ -470,3 +470,11 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual((options["idle-timeout"], options["grace"]), (30.0, 90.0))
         self.assertRaises(usage.UsageError, Options().parseOptions, ["--grace", "0"])
         self.assertRaises(usage.UsageError, Options().parseOptions, ["--media-io", "magic"])
+
+    def test_kernel_path_option(self) -> None:
+        """--kernel-path is auto (the default), tcx, tc or off."""
+        default, off = Options(), Options()
+        default.parseOptions([])
+        off.parseOptions(["--kernel-path", "off"])
+        self.assertEqual((default["kernel-path"], off["kernel-path"]), ("auto", "off"))
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--kernel-path", "xdp"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 from typing import cast
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.python import usage
@@ -68,6 +69,13 @@ class Options(ConfigOptions):
             "media socket adapter: mmsg (batched, Linux), reader or twisted",
             str,
         ],
+        [
+            "kernel-path",
+            None,
+            "auto",
+            "eBPF fast path: auto (tcx, else cls_bpf), tcx, tc (cls_bpf) or off",
+            str,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -75,6 +83,8 @@ class Options(ConfigOptions):
         self["crs"] = self.with_overrides(cfg, CRS_OVERRIDES)
         if self["media-io"] not in ("mmsg", "reader", "twisted"):
             raise usage.UsageError("--media-io is mmsg, reader or twisted")
+        if self["kernel-path"] not in ("auto", "tcx", "tc", "off"):
+            raise usage.UsageError("--kernel-path is auto, tcx, tc or off")
         for option in ("idle-timeout", "grace", "rebind-after"):
             if self[option] <= 0:
                 raise usage.UsageError(f"--{option} must be a positive number of seconds")
@@ -87,6 +97,7 @@ def make_relay_service(
     grace: float = OWNER_GRACE,
     rebind_after: float = REBIND_AFTER,
     media_io: str = "mmsg",
+    kernel_path: str = "auto",
 ) -> ProgramService:
     """Build the relay's service tree."""
     g = cfg.global_
@@ -108,16 +119,21 @@ def make_relay_service(
     if media_io == "twisted":
 
         def listen_media() -> IListeningPort:
-            return reactor.listenUDP(
+            port = reactor.listenUDP(
                 g.relay.port,
                 relay.datagram_protocol(),
                 interface=g.relay.host,
                 maxPacketSize=8192,  # the reactor's default, which the interface omits
             )
+            if kernel_path != "off":
+                bound = port.getHost()
+                assert isinstance(bound, (IPv4Address, IPv6Address))
+                relay.load_kernel_path(bound.port, kernel_path)
+            return port
     else:
 
         def listen_media() -> IListeningPort:
-            port: IListeningPort = relay.listen(reactor, media_io)
+            port: IListeningPort = relay.listen(reactor, media_io, kernel_path)
             return port
 
     media = ListenService("media relay", f"{g.relay.host}:{g.relay.port}/udp", listen_media)
@@ -152,4 +168,5 @@ def makeService(options: Options) -> ProgramService:
         grace=options["grace"],
         rebind_after=options["rebind-after"],
         media_io=options["media-io"],
+        kernel_path=options["kernel-path"],
     )

@@ -21,6 +21,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.trial.unittest import SkipTest
@@ -78,12 +80,19 @@ class NetNamespace:
 
     def socket(self, kind: int = socket.SOCK_DGRAM) -> socket.socket:
         """A new IPv4 socket that lives in the namespace."""
+        with self.entered():
+            return socket.socket(socket.AF_INET, kind)
+
+    @contextmanager
+    def entered(self) -> Iterator[None]:
+        """Run this thread in the namespace for the block: sockets made,
+        interfaces listed and BPF programs attached there are its own."""
         own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         target = os.open(f"/proc/{self.holder.pid}/ns/net", os.O_RDONLY)
         try:
             _setns(target)
             try:
-                return socket.socket(socket.AF_INET, kind)
+                yield
             finally:
                 _setns(own)
         finally:

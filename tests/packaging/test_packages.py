@@ -156,7 +156,9 @@ class PackagesTestCase(SynchronousTestCase):
             self.assertEqual(unit.get("ProtectSystem"), "strict", name)
             self.assertEqual(unit.get("PrivateTmp"), "yes", name)
             self.assertNotEqual(unit.get("User", "root"), "root", name)
-            expected_caps = "CAP_NET_BIND_SERVICE" if name == "crs_relay" else ""
+            expected_caps = (
+                "CAP_NET_BIND_SERVICE CAP_BPF CAP_NET_ADMIN" if name == "crs_relay" else ""
+            )
             self.assertEqual(unit.get("AmbientCapabilities"), expected_caps, name)
 
         self.start_all(root)
@@ -178,7 +180,8 @@ class PackagesTestCase(SynchronousTestCase):
             fields = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
         crsuser = root.chroot("id", "-u", "crsuser").stdout.strip()
         self.assertEqual(fields["Uid"].split()[0], crsuser)
-        self.assertEqual(int(fields["CapAmb"], 16), 1 << 10)  # CAP_NET_BIND_SERVICE
+        # CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_BPF
+        self.assertEqual(int(fields["CapAmb"], 16), 1 << 10 | 1 << 12 | 1 << 39)
         sockets = root.chroot("ss", "-ulnp").stdout
         self.assertRegex(sockets, r"0\.0\.0\.0:146\b")
         self.stop_all(root)

@@ -34,9 +34,11 @@ from it still latch and are checked like any leg's.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import os
 from collections.abc import Callable, Hashable, Iterable
+from typing import Protocol
 
 import attrs
 
@@ -125,15 +127,21 @@ class Leg:
     #: When ``source`` last sent a packet with the tag.
     seen: float = 0.0
     packets: int = 0
+    #: Bytes of the datagrams counted in ``packets``.
+    bytes: int = 0
     rebinds: int = 0
-    #: Bridged to another relay: the tag its packets carry there.
-    bridge: bytes | None = None
+    #: Bridged to another relay: the tag its packets carry there (the
+    #: builtin type: ``bytes`` above is the byte counter).
+    bridge: builtins.bytes | None = None
+    #: The kernel path forwards this leg's packets (see :class:`Offload`).
+    kernel: bool = False
     peer: Leg = attrs.field(init=False)
 
     def describe(self) -> dict[str, object]:
         return {
             "latched": self.source is not None,
             "packets": self.packets,
+            "bytes": self.bytes,
             "rebinds": self.rebinds,
         }
 
@@ -185,6 +193,29 @@ def _same(address: str) -> str:
     return address
 
 
+class Offload(Protocol):
+    """A forwarding path outside the core that applies the core's rules to
+    the packets of sessions whose legs have both latched (the kernel path,
+    :mod:`cryptify.crs.relay.kernel`).  The core stays the authority: it
+    *pushes* a session's state once both legs latched (and after every
+    change it makes to it), *pulls* the path's counters, credit and
+    last-seen times before it decides anything about such a session, and
+    *withdraws* it when it ends.  Packets the path does not take (unknown
+    tags, other sources, sizes out of range) reach the core as before."""
+
+    def push(self, session: RelaySession, now: float) -> bool:
+        """Take over the session's forwarding; False when it cannot."""
+
+    def pull(self, session: RelaySession, now: float) -> None:
+        """Update the legs' packets, bytes, credit and ``seen`` from the path."""
+
+    def withdraw(self, session: RelaySession) -> None:
+        """Stop forwarding for the session."""
+
+    def counters(self) -> dict[str, int]:
+        """Datagrams the path counted: RX, TXB, ERRNODEST, TXERROR."""
+
+
 @attrs.define
 class RelayCore:
     """Relay sessions and the forwarding decision for every datagram.
@@ -209,6 +240,8 @@ class RelayCore:
     #: Set by :meth:`route` for the packet it routed: the tag that goes in
     #: front of it (a bridged destination), else None.
     out_tag: bytes | None = None
+    #: The kernel path, where it is loaded.
+    offload: Offload | None = None
     counters: RelayCounters = attrs.Factory(RelayCounters)
     sessions: dict[int, RelaySession] = attrs.Factory(dict)
     _legs: dict[bytes, Leg] = attrs.Factory(dict)
@@ -242,11 +275,23 @@ class RelayCore:
         if leg is None:
             counters.errnodest += 1
             return Drop.UNKNOWN_TAG
+        if leg.kernel or (
+            self.offload is not None
+            and source != leg.source
+            and leg.peer.source is not None
+            # a bridged leg's packets need a tag in front: userspace only
+            and leg.bridge is None
+            and leg.peer.bridge is None
+        ):
+            self.out_tag = None
+            return self._route_offloaded(leg, size, source, now)
         if source != leg.source and not self._latch(leg, source, now):
             counters.errnodest += 1
             return Drop.FOREIGN_SOURCE
+        # The same rules as _decide, inline: this is the per-packet path.
         leg.seen = now
         leg.packets += 1
+        leg.bytes += size
         credit = leg.credit + size * CREDIT_FACTOR
         leg.credit = credit if credit < self.credit_cap else self.credit_cap
         peer = leg.peer
@@ -263,6 +308,53 @@ class RelayCore:
             peer.credit -= size
         self.out_tag = bridge
         return dest
+
+    def _route_offloaded(self, leg: Leg, size: int, source: Address, now: float) -> Address | Drop:
+        """A packet of a session the kernel path forwards (or may forward
+        once this packet latched its second leg): pull the path's view,
+        decide, and push the result back."""
+        offload = self.offload
+        assert offload is not None
+        session = leg.session
+        if leg.kernel:
+            if source != leg.source and now - leg.seen < self.rebind_after:
+                # Refused whatever the kernel saw since: seen only grows.
+                self.counters.errnodest += 1
+                return Drop.FOREIGN_SOURCE
+            offload.pull(session, now)
+        result = self._decide(leg, size, source, now)
+        if leg.source is not None and leg.peer.source is not None:
+            session.a.kernel = session.b.kernel = offload.push(session, now)
+        return result
+
+    def _decide(self, leg: Leg, size: int, source: Address, now: float) -> Address | Drop:
+        counters = self.counters
+        if source != leg.source and not self._latch(leg, source, now):
+            counters.errnodest += 1
+            return Drop.FOREIGN_SOURCE
+        leg.seen = now
+        leg.packets += 1
+        leg.bytes += size
+        credit = leg.credit + size * CREDIT_FACTOR
+        leg.credit = credit if credit < self.credit_cap else self.credit_cap
+        peer = leg.peer
+        dest = peer.dest
+        if dest is None:
+            counters.errnodest += 1
+            return Drop.PEER_NOT_LATCHED
+        size -= TAG_SIZE
+        if peer.credit < size:
+            counters.errnodest += 1
+            return Drop.PEER_NO_CREDIT
+        peer.credit -= size
+        return dest
+
+    def sync(self, now: float) -> None:
+        """Pull the kernel path's view of every session it forwards."""
+        if self.offload is not None:
+            for session in self.sessions.values():
+                if session.a.kernel:
+                    self.offload.pull(session, now)
 
     def _latch(self, leg: Leg, source: Address, now: float) -> bool:
         """Latch a leg's first address, or move it after the old one fell silent."""
@@ -325,6 +417,10 @@ class RelayCore:
         if session is None or leg not in ("a", "b") or len(tag) != TAG_SIZE:
             return False
         target = session.a if leg == "a" else session.b
+        if session.a.kernel and self.offload is not None:
+            # the kernel path cannot put the other relay's tag in front
+            self.offload.withdraw(session)
+            session.a.kernel = session.b.kernel = False
         target.bridge = tag
         target.dest = self._destination(self.address_of(host, port))
         return True
@@ -333,6 +429,9 @@ class RelayCore:
         """Delete a session; None when there is no such session."""
         session = self.sessions.pop(ident, None)
         if session is not None:
+            if session.a.kernel and self.offload is not None:
+                self.offload.withdraw(session)
+                session.a.kernel = session.b.kernel = False
             del self._legs[session.a.tag]
             del self._legs[session.b.tag]
             owner = session.owner
@@ -360,6 +459,7 @@ class RelayCore:
     def expire(self, now: float) -> list[Expired]:
         """Remove sessions idle too long or whose CRS has been gone too long."""
         expired = []
+        self.sync(now)
         for session in list(self.sessions.values()):
             if now - session.owner.heard > self.owner_grace:
                 reason = "CRS gone" if session.owner.closed else "CRS stopped polling"
@@ -376,8 +476,12 @@ class RelayCore:
         return len(self.sessions)
 
     def stats(self) -> dict[str, int]:
-        """The counters ``show relay`` prints."""
-        return self.counters.as_dict(entries=len(self.sessions))
+        """The counters ``show relay`` prints, the kernel path's included."""
+        stats = self.counters.as_dict(entries=len(self.sessions))
+        if self.offload is not None:
+            for name, value in self.offload.counters().items():
+                stats[name] += value
+        return stats
 
     def _fresh_tag(self) -> bytes:
         while True:

@@ -196,6 +196,33 @@ class RelayService(service.Service):
         service.Service.stopService(self)
         if self._sweep.running:
             self._sweep.stop()
+        self.unload_kernel_path()
+
+    def load_kernel_path(self, port: int, attach: str = "auto") -> bool:
+        """Load the eBPF fast path for the media port (``attach``: auto,
+        tcx or tc); log once what it runs on, or why the relay forwards in
+        userspace only."""
+        from cryptify.crs.relay.kernel import KernelPath, KernelPathUnavailable
+
+        try:
+            path = KernelPath.load(self.host, port, attach=attach, credit_cap=self.core.credit_cap)
+        except KernelPathUnavailable as e:
+            log.warn(
+                "kernel path unavailable, forwarding in userspace only: {reason}", reason=str(e)
+            )
+            return False
+        self.core.offload = path
+        log.info("kernel path: {where}", where=path.describe())
+        return True
+
+    def unload_kernel_path(self) -> None:
+        from cryptify.crs.relay.kernel import KernelPath
+
+        path, self.core.offload = self.core.offload, None
+        for session in self.core.sessions.values():
+            session.a.kernel = session.b.kernel = False
+        if isinstance(path, KernelPath):
+            path.close()
 
     def sweep(self) -> None:
         """Expire idle and orphaned sessions, one log line each."""
@@ -212,12 +239,15 @@ class RelayService(service.Service):
         """The media port's protocol (for ``reactor.listenUDP``)."""
         return RelayDatagram(self.core, self.clock)
 
-    def listen(self, reactor: IReactorFDSet, media_io: str = "mmsg") -> Any:
+    def listen(self, reactor: IReactorFDSet, media_io: str = "mmsg", kernel: str = "off") -> Any:
         """Bind the media port and serve it with the batched reader
-        (``mmsg``, where the platform has it) or the plain one (``reader``)."""
+        (``mmsg``, where the platform has it) or the plain one (``reader``),
+        with the kernel path in front unless ``kernel`` is ``off``."""
         from cryptify.crs.relay import mmsg as relay_mmsg
 
         sock = media_socket(self.host, self.port)
+        if kernel != "off":
+            self.load_kernel_path(sock.getsockname()[1], kernel)
         if media_io == "mmsg" and relay_mmsg.available():
             batch = relay_mmsg.BatchReader(self.core, self.clock, sock, self.core.map_address)
             return relay_mmsg.BatchPort(reactor, batch)
@@ -303,6 +333,7 @@ class RelayControl(amp.CommandLocator):
     @ListSessions.responder
     def list_sessions(self, server: str) -> dict[str, object]:
         self._heard(server)
+        self.relay.core.sync(self.relay.clock.seconds())
         return {"sessions": [s.describe() for s in self.relay.core.owned_by(server)]}
 
     @Reclaim.responder
