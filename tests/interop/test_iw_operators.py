@@ -328,7 +328,7 @@ class IwOperatorsTests(PoolCase):
             "--record",
             heard["alice"],
             "--duration",
-            "3",
+            "2",
         )
         self.assertEqual(alice.wait(timeout=CEILING), 0, self.output("alice"))
         self.assertIn(f"to {BOB2} (beta): talk", self.output("alice"))
