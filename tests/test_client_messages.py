@@ -231,7 +231,7 @@ class _FakePhone:
     def start(self) -> defer.Deferred[Any]:
         return defer.succeed("attached")
 
-    def post(self, to: str, content: bytes, key: bytes) -> int:
+    def post(self, to: str, content: bytes, key: bytes, to_account: str | None = None) -> int:
         self.posts.append((to, content, key))
         return len(self.posts)
 

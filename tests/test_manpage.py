@@ -96,7 +96,8 @@ class EveryActionOnItsPage(SynchronousTestCase):
     def test_kms(self) -> None:
         paths = list(leaf_paths(kms.build_parser(io.StringIO())))
         self.assertEqual(
-            sorted(p[0] for p in paths), ["cig-keys", "init", "inspect", "issue", "update"]
+            sorted(p[0] for p in paths),
+            ["cig-keys", "export", "init", "inspect", "issue", "update"],
         )
         self.assertActionsOnPage("cryptify-kms", paths)
 

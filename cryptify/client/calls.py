@@ -18,6 +18,14 @@ up with code ``bad-keys``.  :meth:`CallAgent.answer` sends ``talk`` and
 starts media; :meth:`CallAgent.hangup` sends ``hangup``.  Both parties
 derive the same SRTP master key and salt from the SSV.
 
+Other security domains (``docs/interworking.md``): :meth:`CallAgent.place`
+with ``to_account`` naming another account sends ``to-account`` and
+encapsulates the SSV with that domain's KMS Public Key Z (from
+:attr:`CallAgent.domains`, loaded with ``--peer-domain``).  An incoming
+I_MESSAGE is verified with our own domain's KPAK, else with each known
+domain's KPAK of that period: the one that verifies names the caller's
+domain (:attr:`Call.account`); none does: ``bad-keys``.
+
 Codecs (``docs/umsg.md`` section 8): an agent with ``codecs`` (say
 ``("opus", "PCMU")``) offers them in ``invite``; answering, it takes the
 first of its own codecs that the caller offered and names it in ``talk``.
@@ -33,7 +41,8 @@ import attrs
 
 from cryptify.client.session import Answered, ClientEvent, ClientSession, Incoming
 from cryptify.crypto import mikey
-from cryptify.crypto.errors import CryptoError
+from cryptify.crypto.domains import PeerDomain
+from cryptify.crypto.errors import CryptoError, SignatureInvalid
 from cryptify.crypto.identity import period_of, split_tel_identifier, tel_identifier
 from cryptify.crypto.keymaterial import KeyMaterial, PeriodKeys
 from cryptify.crypto.replay import ReplayGuard
@@ -84,6 +93,9 @@ class Call:
     offered: list[str] | None = None
     #: The media codec agreed (``PCMU`` until ``talk`` says otherwise).
     codec: str = "PCMU"
+    #: The other party's security domain (account): ``to_account`` of a call
+    #: placed, the domain whose KPAK verified an incoming one (None: ours).
+    account: str | None = None
 
     @property
     def relay(self) -> tuple[str, int] | None:
@@ -113,6 +125,8 @@ class CallAgent:
     #: Codecs to offer and accept, most preferred first (empty: G.711 u-law only,
     #: nothing offered); ``PCMU`` is always the fallback.
     codecs: tuple[str, ...] = ()
+    #: Other security domains' public KMS parameters, by account.
+    domains: dict[str, PeerDomain] = attrs.field(factory=dict)
     _keys: dict[str, tuple[PeriodKeys, object, object, object]] = attrs.field(
         factory=dict, repr=False
     )
@@ -136,13 +150,26 @@ class CallAgent:
 
     # ------------------------------------------------------------ outgoing
 
-    def place(self, to: str) -> Call:
-        """Invite ``to``; the call is :data:`INVITING` until the CRS answers."""
+    def _foreign(self, account: str | None) -> PeerDomain | None:
+        """The domain of ``account`` when it is not ours (CallError: unknown)."""
+        if account is None or account == self.material.account:
+            return None
+        domain = self.domains.get(account)
+        if domain is None:
+            raise CallError(f"no public KMS parameters for security domain {account}")
+        return domain
+
+    def place(self, to: str, to_account: str | None = None) -> Call:
+        """Invite ``to`` (of the security domain ``to_account``, when it is
+        another's); the call is :data:`INVITING` until the CRS answers."""
         session = self._attached()
         now = self.now()
         period = period_of(now)
+        domain = self._foreign(to_account)
         try:
             _, signer, z, _ = self._period_keys(period)
+            if domain is not None:
+                z = domain.public_key(period)
             built = mikey.build_i_message(
                 signer,  # type: ignore[arg-type]
                 z,  # type: ignore[arg-type]
@@ -152,9 +179,10 @@ class CallAgent:
             )
         except CryptoError as exc:
             raise CallError(f"cannot key a call to {to}: {exc}") from exc
-        call = Call(to, True, INVITING, built.srtp().policy_key)
+        call = Call(to, True, INVITING, built.srtp().policy_key, account=to_account)
         offer = self.offer()
-        call.request_id = session.request("invite", to=to, mikey=built.data, codecs=offer)
+        extra = {} if to_account is None else {"to-account": to_account}
+        call.request_id = session.request("invite", to=to, mikey=built.data, codecs=offer, **extra)
         self.pending[call.request_id] = call
         return call
 
@@ -272,18 +300,37 @@ class CallAgent:
             raise CallError("the I_MESSAGE is for someone else")
         return self._period_keys(period)[3]
 
+    def _receive(self, data: bytes, now: float) -> tuple[mikey.ReceivedIMessage, str | None]:
+        """Verify and decapsulate an I_MESSAGE: with our domain's KPAK, else
+        with each other domain's of this period; (message, other domain)."""
+        period = period_of(now)
+        candidates: list[tuple[str | None, bytes]] = [(None, self._period_keys(period)[0].kpak)]
+        for name, domain in self.domains.items():
+            try:
+                candidates.append((name, domain.for_period(period).kpak))
+            except CryptoError:
+                continue  # no keys of that domain for this period
+        for index, (account, kpak) in enumerate(candidates):
+            try:
+                got = mikey.receive_i_message(
+                    data,
+                    kpak=kpak,
+                    receiver=self._receiver,  # type: ignore[arg-type]
+                    now=now,
+                    replay=self.replay,
+                )
+            except SignatureInvalid:
+                if index == len(candidates) - 1:
+                    raise
+                continue
+            return got, account
+        raise SignatureInvalid("no security domain's KPAK verifies it")  # pragma: no cover
+
     def _invite(self, msg: Message) -> list[CallEvent]:
         session = self._attached()
         now = self.now()
         try:
-            keys = self._period_keys(period_of(now))[0]
-            got = mikey.receive_i_message(
-                msg["mikey"],
-                kpak=keys.kpak,
-                receiver=self._receiver,  # type: ignore[arg-type]
-                now=now,
-                replay=self.replay,
-            )
+            got, account = self._receive(msg["mikey"], now)
             _, initiator = split_tel_identifier(got.initiator_id)
             if initiator != base_uri(msg["from"]):
                 raise CallError("the I_MESSAGE is signed by someone else")
@@ -303,6 +350,7 @@ class CallAgent:
             relay_port=msg["relay-port"],
             relay_tag=msg["relay-tag"],
             offered=msg.get("codecs"),
+            account=account,
         )
         self.calls[call.session] = call  # type: ignore[index]
         session.notify("ringing", session=msg["session"])

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import mimetypes
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +51,7 @@ from cryptify.client.session import (
     Moved,
     Refused,
 )
+from cryptify.crypto.domains import DomainFileError, by_account, load_domain
 from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.keymaterial import KeyMaterial, load_key_material
 from cryptify.protocols.message_payload import Attachment, MessageBody, PayloadError
@@ -113,7 +115,8 @@ def describe(event: PhoneEvent) -> str:
         return f"incoming {event.message.type}: {dict(event.message.fields)}"
     if isinstance(event, CallEvent):
         call = event.call
-        where = f"call {call.session or '?'} {'to' if call.outgoing else 'from'} {call.peer}"
+        peer = f"{call.peer} ({call.account})" if call.account else call.peer
+        where = f"call {call.session or '?'} {'to' if call.outgoing else 'from'} {peer}"
         if event.kind == END:
             reason = f" ({call.reason})" if call.reason else ""
             return f"{where} ended: {call.code} by {call.who}{reason}"
@@ -150,7 +153,8 @@ def describe_received(event: Received) -> str:
         return f"{where}: not opened ({len(event.content)} octets)"
     if event.repeat_of is not None:
         return f"{where}: repeat of message {event.repeat_of}, not shown again"
-    lines = [f"message {event.message} from {opened.sender}: {printable(opened.body.text)}"]
+    sender = f"{opened.sender} ({event.account})" if event.account else opened.sender
+    lines = [f"message {event.message} from {sender}: {printable(opened.body.text)}"]
     for item in opened.body.attachments:
         lines.append(
             f"  attachment {printable(item.name)} ({item.media_type}, {len(item.data)} octets)"
@@ -236,6 +240,7 @@ def make_phone(reactor: IReactor, args: argparse.Namespace, out: IO[str], **kw: 
         play=args.samples,
         loop_play=args.loop,
         codecs=getattr(args, "codecs", None) or (),
+        domains=getattr(args, "domains", None) or {},
         **kw,
     )
 
@@ -282,7 +287,7 @@ async def call_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -
             out.write("not attached in time\n")
             return 1
         try:
-            call = phone.place(args.uri)
+            call = phone.place(args.uri, getattr(args, "to_account", None))
         except CallError as exc:
             out.write(f"cannot call: {exc}\n")
             return 1
@@ -383,7 +388,9 @@ async def send_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -
     # Sealed once: every attempt posts the same octets with the same key.
     body = MessageBody(args.text, args.attachments)
     try:
-        content = phone.crypto.seal(args.uri, body, reactor.seconds())
+        content = phone.crypto.seal(
+            args.uri, body, reactor.seconds(), to_account=getattr(args, "to_account", None)
+        )
     except PayloadError as exc:
         out.write(f"cannot send: {exc}\n")
         return 1
@@ -391,7 +398,9 @@ async def send_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -
         if not await _attach(reactor, phone):
             out.write("not attached in time\n")
             return 1
-        posted = await _post(reactor, phone, args.uri, content, key)
+        posted = await _post(
+            reactor, phone, args.uri, content, key, getattr(args, "to_account", None)
+        )
         if posted is None or posted.error is not None:
             return 1
         if args.wait:
@@ -408,7 +417,12 @@ SEND_PAUSE_MAX = 10.0
 
 
 async def _post(
-    reactor: IReactor, phone: Phone, to: str, content: bytes, key: bytes
+    reactor: IReactor,
+    phone: Phone,
+    to: str,
+    content: bytes,
+    key: bytes,
+    to_account: str | None = None,
 ) -> Posted | None:
     """Post one message until the CRS stores it: retried with the same key after
     ``error unavailable`` (or ``internal``) and after a lost connection."""
@@ -417,7 +431,7 @@ async def _post(
         if not phone.messenger.attached:
             if await _within(reactor, phone.until(_is_attached), ATTACH_WAIT) is None:
                 break
-        request = phone.post(to, content, key)
+        request = phone.post(to, content, key, to_account)
         answer = await phone.until(_answer_to(request))
         if isinstance(answer, Posted) and not answer.retryable:
             return answer
@@ -458,6 +472,30 @@ def _common(parser: argparse.ArgumentParser) -> None:
     trust.add_argument("--insecure", action="store_true", help="accept any certificate (dev)")
     parser.add_argument(
         "--app", default=f"cryptify-client/{__version__}", metavar="VERSION", help="version shown"
+    )
+    parser.add_argument(
+        "--peer-domain",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="another security domain's public KMS parameters (cryptify-kms export); repeatable",
+    )
+
+
+def _account(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,20}", text):
+        raise argparse.ArgumentTypeError(
+            f"expected an account id ([A-Za-z0-9_-]{{1,20}}), got {text!r}"
+        )
+    return text
+
+
+def _to_account(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--to-account",
+        type=_account,
+        metavar="ACCOUNT",
+        help="the other party's account (security domain), when another operator hosts it",
     )
 
 
@@ -523,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(call)
     _audio(call)
     call.add_argument("--dtmf", metavar="DIGITS", type=_digits, help="send DTMF once talking")
+    _to_account(call)
     answer = sub.add_parser("answer", help="answer the next call")
     _common(answer)
     _audio(answer)
@@ -542,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="attach a file (repeatable; all within the 48 KiB of a message)",
     )
     send.add_argument("--wait", action="store_true", help="wait for the delivery receipt")
+    _to_account(send)
     return parser
 
 
@@ -592,6 +632,13 @@ def run(argv: Sequence[str], out: IO[str] = sys.stdout, err: IO[str] = sys.stder
         args.material = load_key_material(args.keys)
     except (OSError, CryptoError) as exc:
         err.write(f"cryptify-client: cannot use key file {args.keys}: {exc}\n")
+        return 1
+    try:
+        args.domains = by_account(
+            (load_domain(path) for path in args.peer_domain), own=args.material.account
+        )
+    except DomainFileError as exc:
+        err.write(f"cryptify-client: cannot use --peer-domain: {exc}\n")
         return 1
     try:
         for host, _ in args.server:

@@ -20,6 +20,12 @@ requires), and opens each one received.  A :class:`Messenger` given a
 ``crypto`` reports every received ``content`` opened (:attr:`Received.opened`)
 or refused (:attr:`Received.refused`, never its text), and marks a sealed
 message seen before under another id as a repeat (:attr:`Received.repeat_of`).
+
+Other security domains (``docs/interworking.md``): a post with
+``to_account`` naming another account carries ``to-account`` and is sealed
+with that domain's KMS Public Key Z (:attr:`MessageCrypto.domains`); a
+received message is verified with our domain's KPAK, else with each known
+domain's (:attr:`Received.account` names the one that verified).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections import OrderedDict
 import attrs
 
 from cryptify.client.session import Answered, ClientEvent, ClientSession, Incoming
+from cryptify.crypto.domains import PeerDomain
 from cryptify.crypto.eccsi import EccsiSigner
 from cryptify.crypto.errors import CryptoError
 from cryptify.crypto.identity import period_of
@@ -98,6 +105,8 @@ class Received:
     opened: OpenedMessage | None = None
     refused: PayloadError | None = None
     repeat_of: str | None = None
+    #: The sender's security domain when it is not ours (its KPAK verified).
+    account: str | None = None
 
 
 @attrs.frozen
@@ -120,6 +129,8 @@ class MessageCrypto:
     """
 
     material: KeyMaterial = attrs.field(repr=False)
+    #: Other security domains' public KMS parameters, by account.
+    domains: dict[str, PeerDomain] = attrs.field(factory=dict)
     _keys: dict[str, _Keys] = attrs.field(factory=dict, repr=False)
 
     @property
@@ -137,18 +148,38 @@ class MessageCrypto:
             self._keys[period] = (keys, keys.signer(), z, keys.receiver(z))
         return self._keys[period]
 
-    def seal(self, to: str, body: MessageBody, now: float, sender: str | None = None) -> bytes:
+    def seal(
+        self,
+        to: str,
+        body: MessageBody,
+        now: float,
+        sender: str | None = None,
+        to_account: str | None = None,
+    ) -> bytes:
         """The ``content`` of a post of ``body`` to ``to``, sealed at ``now``.
 
         ``sender`` (default: our URI) may carry an extension of our number.
+        ``to_account``: the recipient's security domain, when it is another.
 
         @raise PayloadError: a bad URI, no keys for the period of ``now``
-            (``wrong-period``), or a message too large for a post.
+            (``wrong-period``), no parameters of ``to_account``
+            (``malformed``), or a message too large for a post.
         """
+        period = period_of(now)
         try:
-            _, signer, z, _ = self.period_keys(period_of(now))
+            _, signer, z, _ = self.period_keys(period)
         except CryptoError as exc:
             raise PayloadError("wrong-period", str(exc)) from None
+        if to_account is not None and to_account != self.material.account:
+            domain = self.domains.get(to_account)
+            if domain is None:
+                raise PayloadError(
+                    "malformed", f"no public KMS parameters for security domain {to_account}"
+                )
+            try:
+                z = domain.public_key(period)
+            except CryptoError as exc:
+                raise PayloadError("wrong-period", str(exc)) from None
         return seal(body, sender=sender or self.uri, recipient=to, signer=signer, z=z, now=now)
 
     def _keys_for(self, period: str) -> tuple[bytes, SakkeReceiver] | None:
@@ -166,12 +197,41 @@ class MessageCrypto:
 
         @raise PayloadError: the first check that failed (docs/messages.md).
         """
-        opened = open_payload(content, me=base_uri(self.uri), keys_for=self._keys_for)
+        return self.open_from(content, sender)[0]
+
+    def open_from(self, content: bytes, sender: str) -> tuple[OpenedMessage, str | None]:
+        """:meth:`open`, and the sender's security domain when it is not ours
+        (our KPAK is tried first, then each other domain's of the period)."""
+        try:
+            opened = open_payload(content, me=base_uri(self.uri), keys_for=self._keys_for)
+            account = None
+        except PayloadError as exc:
+            if exc.reason != "bad-signature" or not self.domains:
+                raise
+            opened, account = self._open_foreign(content, exc)
         if base_uri(opened.sender) != base_uri(sender):
             raise PayloadError(
                 "sender-mismatch", f"signed as {opened.sender}, delivered from {sender}"
             )
-        return opened
+        return opened, account
+
+    def _open_foreign(self, content: bytes, first: PayloadError) -> tuple[OpenedMessage, str]:
+        for account, domain in self.domains.items():
+
+            def keys_for(
+                period: str, domain: PeerDomain = domain
+            ) -> tuple[bytes, SakkeReceiver] | None:
+                ours = self._keys_for(period)
+                if ours is None:
+                    return None
+                return domain.for_period(period).kpak, ours[1]
+
+            try:
+                return open_payload(content, me=base_uri(self.uri), keys_for=keys_for), account
+            except PayloadError as exc:
+                if exc.reason not in ("bad-signature", "wrong-period"):
+                    raise
+        raise first
 
 
 @attrs.define(eq=False)
@@ -191,16 +251,20 @@ class Messenger:
     def attached(self) -> bool:
         return self.session is not None and self.session.state == "attached"
 
-    def post(self, to: str, content: bytes, key: bytes | None = None) -> int:
+    def post(
+        self, to: str, content: bytes, key: bytes | None = None, to_account: str | None = None
+    ) -> int:
         """Post ``content`` to ``to``; returns the request id.
 
         ``key``: the message key of an earlier attempt of this same message
-        (a retry); a new message gets a fresh one.
+        (a retry); a new message gets a fresh one.  ``to_account``: the
+        recipient's account when another operator hosts it (``to-account``).
         """
         if self.session is None or not self.attached:
             raise RuntimeError("not attached")
         key = new_message_key() if key is None else key
-        request_id = self.session.request("post", to=to, content=content, key=key)
+        extra = {} if to_account is None else {"to-account": to_account}
+        request_id = self.session.request("post", to=to, content=content, key=key, **extra)
         self.pending[request_id] = key
         return request_id
 
@@ -266,11 +330,11 @@ class Messenger:
         if self.crypto is None or received.content is None:
             return received
         try:
-            opened = self.crypto.open(received.content, received.sender)
+            opened, account = self.crypto.open_from(received.content, received.sender)
         except PayloadError as exc:
             return attrs.evolve(received, refused=exc)
         first = self.fingerprints.setdefault(opened.fingerprint, received.message)
         if len(self.fingerprints) > FINGERPRINT_LIMIT:
             self.fingerprints.popitem(last=False)
         repeat_of = first if first != received.message else None
-        return attrs.evolve(received, opened=opened, repeat_of=repeat_of)
+        return attrs.evolve(received, opened=opened, repeat_of=repeat_of, account=account)

@@ -11,7 +11,7 @@ an event (the command line and the tests use it).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -27,6 +27,7 @@ from cryptify.client.connection import (
 from cryptify.client.media import FrameSource, MediaLeg, MediaStream, Recorder, pick_ssrc
 from cryptify.client.messages import MessageCrypto, MessageEvent, Messenger
 from cryptify.client.session import Attached, ClientSession
+from cryptify.crypto.domains import PeerDomain
 from cryptify.crypto.keymaterial import KeyMaterial
 from cryptify.protocols.umsg import Message
 from cryptify.reactor import IReactor
@@ -52,6 +53,7 @@ class Phone:
         media_interface: str = "",
         servers: Sequence[tuple[str, int]] = (),
         codecs: Sequence[str] = (),
+        domains: Mapping[str, PeerDomain] | None = None,
     ) -> None:
         self.reactor = reactor
         self.material = material
@@ -60,8 +62,9 @@ class Phone:
         self.loop_play = loop_play
         self.fetch_on_attach = fetch_on_attach
         self.media_interface = media_interface
-        self.agent = CallAgent(material, reactor.seconds, codecs=tuple(codecs))
-        self.crypto = MessageCrypto(material)
+        known = dict(domains or {})
+        self.agent = CallAgent(material, reactor.seconds, codecs=tuple(codecs), domains=known)
+        self.crypto = MessageCrypto(material, domains=known)
         self.messenger = Messenger(crypto=self.crypto)
         self.legs: dict[Call, MediaLeg] = {}
         #: The recording of every call that had media, by call.
@@ -96,9 +99,11 @@ class Phone:
         self.legs.clear()
         return self.client.stop()
 
-    def place(self, to: str) -> Call:
-        """Call ``to`` (raises :class:`~cryptify.client.calls.CallError` when not attached)."""
-        return self.agent.place(to)
+    def place(self, to: str, to_account: str | None = None) -> Call:
+        """Call ``to``, of the account ``to_account`` when another operator hosts it
+        (:class:`~cryptify.client.calls.CallError`: not attached, or no
+        parameters of that security domain)."""
+        return self.agent.place(to, to_account)
 
     def answer(self, call: Call) -> None:
         self._call_events(self.agent.answer(call))
@@ -128,9 +133,12 @@ class Phone:
         self.recordings.pop(call, None)
         self._ended_streams.pop(call, None)
 
-    def post(self, to: str, content: bytes, key: bytes | None = None) -> int:
-        """Post a message (``key``: the key of an earlier attempt, to retry it)."""
-        return self.messenger.post(to, content, key)
+    def post(
+        self, to: str, content: bytes, key: bytes | None = None, to_account: str | None = None
+    ) -> int:
+        """Post a message (``key``: the key of an earlier attempt, to retry it;
+        ``to_account``: the recipient's account when another operator hosts it)."""
+        return self.messenger.post(to, content, key, to_account)
 
     def until(self, predicate: Callable[[PhoneEvent], bool]) -> defer.Deferred[Any]:
         """Fires with the next event for which ``predicate`` is true."""

@@ -7,6 +7,7 @@ C{cryptify-kms}: the stand-in for the management server.
                  [--next] [--blacklist URI ...] [-o FILE]
     cryptify-kms [--store DIR] cig-keys ACCOUNT tel:+NUMBER [--period YYYY-MM]
                  [--next] (--reveal | -o FILE)
+    cryptify-kms [--store DIR] export ACCOUNT [--period YYYY-MM] [--next] [-o FILE]
     cryptify-kms inspect --kpak HEX --z HEX --rsk HEX --id HEX
                  [--initiator-id HEX] [--sign-compat] FILE|-
 
@@ -29,7 +30,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from cryptify.crypto import mikey
 from cryptify.crypto import mikey_payloads as mp
-from cryptify.crypto._util import check_period
+from cryptify.crypto._util import check_period, next_period
+from cryptify.crypto.domains import DomainPeriod, PeerDomain
 from cryptify.crypto.errors import CryptoError, MalformedInput
 from cryptify.crypto.identity import check_tel_uri, period_of
 from cryptify.crypto.keymaterial import KIND_CIG, write_key_material
@@ -125,6 +127,20 @@ def build_parser(err: IO[str]) -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", metavar="FILE", help="file to write (default YYYY-MM.upd)")
 
+    p = sub.add_parser(
+        "export", help="write the account's public KMS parameters for other domains", **kw
+    )
+    p.add_argument("account", type=_account, metavar="ACCOUNT", help=ACCOUNT_HELP)
+    p.add_argument(
+        "--period",
+        type=_period,
+        default=None,
+        metavar="YYYY-MM",
+        help="the month (default: this month)",
+    )
+    p.add_argument("--next", action="store_true", help="also the next month")
+    p.add_argument("-o", "--output", metavar="FILE", help="file to write (default ACCOUNT.domain)")
+
     p = sub.add_parser("cig-keys", help="key material for cig-cli set-key", **kw)
     p.add_argument("account", type=_account, metavar="ACCOUNT", help=ACCOUNT_HELP)
     p.add_argument("uri", type=_tel, metavar="URI", help=URI_HELP)
@@ -188,6 +204,21 @@ def _cmd_update(args: argparse.Namespace, out: IO[str]) -> int:
     write_secret_file(path, data)
     store.save(account)
     out.write(f"wrote update file for {args.account} {args.period} revision {update.revision}")
+    out.write(f" to {path}\n")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, out: IO[str]) -> int:
+    account = KmsStore(Path(args.store).expanduser()).load(args.account)
+    period = args.period or period_of(time.time())
+    periods = [period, next_period(period)] if args.next else [period]
+    domain = PeerDomain(
+        account.account, tuple(DomainPeriod(p, account.kpak, account.z) for p in periods)
+    )
+    path = args.output or f"{args.account}.domain"
+    with open(path, "wb") as f:  # public parameters: no secret
+        f.write(domain.to_bytes())
+    out.write(f"wrote the public KMS parameters of {args.account} ({', '.join(periods)})")
     out.write(f" to {path}\n")
     return 0
 
@@ -307,6 +338,7 @@ _COMMANDS = {
     "issue": _cmd_issue,
     "update": _cmd_update,
     "cig-keys": _cmd_cig_keys,
+    "export": _cmd_export,
     "inspect": _cmd_inspect,
 }
 

@@ -13,8 +13,13 @@ One set-up, several checks in order:
   data link up while it lasts (outgoing at A, incoming at B): the invite, ringing, talk and
   Bob's hangup cross the link; media goes both ways, Alice's leg through
   A's relay and Bob's through B's, the two relays bridged to each other
-  (raw relay packets with each leg's tag: the clients' cross-domain
-  MIKEY-SAKKE keys are not part of this test);
+  (raw relay packets with each leg's tag);
+- with the reference client (``cryptify-client``, each side given the
+  other domain's ``cryptify-kms export``): Alice's second number sends a
+  sealed message to Bob's (``--to-account beta``), which opens it,
+  verified with alpha's KPAK; then calls it: MIKEY-SAKKE keyed with beta's
+  Z and verified with alpha's KPAK, a tone each way, each side finding the
+  other's tone in its recording;
 - Alice posts to Bob (``to-account beta``): posted, delivered, Alice told;
   Bob posts to Alice (``to-account alpha``) the other way;
 - the link cut (blackhole routes both ways) while Alice posts: each post
@@ -28,16 +33,19 @@ One set-up, several checks in order:
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from typing import Any
 
 import cbor2
 from twisted.trial.unittest import SkipTest
 
+from cryptify.client.audio import peak_frequency, read_wav
 from cryptify.crypto.identity import period_of
 from cryptify.crypto.keymaterial import load_key_material
 from tests.interop._pool import (
     CEILING,
+    CLIENT_PORT,
     Client,
     PoolCase,
     PoolNet,
@@ -45,13 +53,24 @@ from tests.interop._pool import (
     crs_conf,
     send,
 )
-from tests.interop._procs import Twistd, provision, short_tempdir, unix_answers, wait_for
+from tests.interop._procs import (
+    BIN,
+    Twistd,
+    provision,
+    run_cli,
+    short_tempdir,
+    unix_answers,
+    wait_for,
+)
 from tests.interop._ws import available as websockets_available
 
 SECRET = "OperatorsAgreedThis42"
 ALICE, BOB = "tel:+46110000001", "tel:+46220000001"
 #: operator index -> (account, client URI)
 HOSTED = {1: ("alpha", ALICE), 2: ("beta", BOB)}
+#: The numbers the reference client (cryptify-client processes) uses.
+ALICE2, BOB2 = "tel:+46110000002", "tel:+46220000002"
+SECOND = {1: ALICE2, 2: BOB2}
 
 
 class Inbox:
@@ -107,10 +126,21 @@ class IwOperatorsTests(PoolCase):
             wait_for(lambda i=index: unix_answers(self.socket(i)), f"op{index}'s socket", CEILING)
         self.period = period_of(time.time())
         self.keys = {}
+        self.key_files: dict[str, str] = {}
+        #: Each operator's account's public KMS parameters (cryptify-kms export).
+        self.domain_files: dict[int, str] = {}
         for index, (account, uri) in HOSTED.items():
             d = self.dirs[index - 1]
-            files = provision(d, self.socket(index), account, [uri], self.period)
+            files = provision(d, self.socket(index), account, [uri, SECOND[index]], self.period)
             self.keys[uri] = load_key_material(files[uri]).for_period(self.period)
+            self.key_files.update(files)
+            path = os.path.join(self.dir, f"{account}.domain")
+            kms = ("--store", os.path.join(d, "kms"))
+            status, _, err = run_cli(
+                "cryptify-kms", *kms, "export", account, "--period", self.period, "-o", path
+            )
+            self.assertEqual(status, 0, err)
+            self.domain_files[index] = path
         self.clients = []
         self.addCleanup(lambda: [c.close() for c in self.clients])
         self.alice, self.bob = Client(ALICE, "alpha"), Client(BOB, "beta")
@@ -238,6 +268,77 @@ class IwOperatorsTests(PoolCase):
         self.assertTrue(got[ALICE].endswith(BOB.encode()), got)
         self.assertTrue(got[BOB].endswith(ALICE.encode()), got)
 
+    def client(self, name: str, index: int, uri: str, *args: str) -> subprocess.Popen[bytes]:
+        """``cryptify-client`` as ``uri`` of operator ``index`` in the client
+        host, given the other operator's domain parameters."""
+        path = os.path.join(self.dir, f"client-{name}.out")
+        argv = [
+            *self.net.switch.prefix(self.dir),
+            os.path.join(BIN, "cryptify-client"),
+            *args,
+            "--keys",
+            self.key_files[uri],
+            "--server",
+            f"{address(index)}:{CLIENT_PORT}",
+            "--insecure",
+            "--peer-domain",
+            self.domain_files[3 - index],
+        ]
+        with open(path, "wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        self.addCleanup(lambda: proc.poll() is None or proc.wait())
+        return proc
+
+    def output(self, name: str) -> str:
+        with open(os.path.join(self.dir, f"client-{name}.out")) as f:
+            return f.read()
+
+    def assert_tone(self, path: str, freq: float) -> None:
+        samples = read_wav(path)
+        self.assertGreater(len(samples), 8000 * 0.8, f"less than 0.8 s recorded in {path}")
+        peak, share = peak_frequency(samples[800:8800])
+        self.assertEqual(peak, freq, path)
+        self.assertGreater(share, 0.5, path)
+
+    def reference_clients(self) -> None:
+        """A sealed message and a call with tones, Alice's second number to
+        Bob's, with real cryptify-client processes keyed across domains."""
+        heard = {name: os.path.join(self.dir, f"{name}.wav") for name in ("alice", "bob")}
+        bob = self.client(
+            "bob", 2, BOB2, "listen", "--auto-answer", "--tone", "1000", "--record", heard["bob"]
+        )
+        wait_for(lambda: "attached" in self.output("bob"), "Bob's client attached", CEILING)
+        sent = self.client(
+            "send", 1, ALICE2, "send", BOB2, "sealed across", "--to-account", "beta", "--wait"
+        )
+        self.assertEqual(sent.wait(timeout=CEILING), 0, self.output("send"))
+        opened = f"from {ALICE2} (alpha): sealed across"
+        wait_for(lambda: opened in self.output("bob"), "the message opened by Bob", CEILING)
+        alice = self.client(
+            "alice",
+            1,
+            ALICE2,
+            "call",
+            BOB2,
+            "--to-account",
+            "beta",
+            "--tone",
+            "600",
+            "--record",
+            heard["alice"],
+            "--duration",
+            "2",
+        )
+        self.assertEqual(alice.wait(timeout=CEILING), 0, self.output("alice"))
+        self.assertIn(f"to {BOB2} (beta): talk", self.output("alice"))
+        wait_for(lambda: "recorded" in self.output("bob"), "Bob's recording", CEILING)
+        self.assertIn(f"from {ALICE2} (alpha): incoming", self.output("bob"))
+        self.assert_tone(heard["alice"], 1000)
+        self.assert_tone(heard["bob"], 600)
+        bob.terminate()
+        bob.wait(timeout=CEILING)
+
     def blackhole(self, add: bool) -> None:
         verb = "add" if add else "del"
         for index, other in ((1, 2), (2, 1)):
@@ -291,6 +392,9 @@ class IwOperatorsTests(PoolCase):
         send(self.bob.ws, type="hangup", session=invite["session"], code="normal")
         hangup = self.expect(self.alice, "hangup")
         self.assertEqual((hangup["code"], hangup["who"]), ("normal", "callee"))
+
+        # the reference client across domains: a sealed message, a call with tones
+        self.reference_clients()
 
         # the link cut while Alice posts: kept at A, delivered once after
         self.blackhole(True)
