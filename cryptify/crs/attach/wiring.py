@@ -18,6 +18,11 @@ half-open, slow or garbage connections from starving attached clients:
   busy address (a carrier NAT) thus cannot lock out the real clients
   behind the same address, and admitting a connection costs the same
   however many idle ones there are (ordered dicts, no scan);
+- at most ``max_handshakes`` connections may be in progress (accepted, not
+  yet attached): at that many the listening port stops accepting, and it
+  starts again at three quarters of it (:mod:`cryptify.crs.attach.admission`),
+  so a reconnect storm waits in the kernel's accept queue instead of
+  filling one reactor turn with thousands of TLS handshakes;
 - a connection must attach within ``attach_timeout`` seconds;
 - a message (and the HTTP upgrade request) may not exceed ``max_message``.
 
@@ -47,6 +52,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.config.crs import CrsGlobal, KeepAlive
+from cryptify.crs.attach.admission import MAX_HANDSHAKES, Admission
 from cryptify.crs.attach.core import AttachCore, AttachSession
 from cryptify.protocols.streams import abort
 from cryptify.protocols.umsg import (
@@ -97,6 +103,8 @@ class Limits:
     attach_timeout: float = 10 * SECOND
     max_unattached_per_address: int = 64
     max_unattached: int = 8192
+    #: Connections in progress (accepted, not attached) before accepting pauses.
+    max_handshakes: int = MAX_HANDSHAKES
     ping_after: float = PING_AFTER
     pong_timeout: float = PONG_TIMEOUT
     #: How often the keep-alive sweep runs.
@@ -112,6 +120,7 @@ class Limits:
             attach_timeout=g.client_attach_timeout,
             max_unattached_per_address=g.client_max_unattached_per_address,
             max_unattached=g.client_max_unattached,
+            max_handshakes=g.client_max_handshakes,
         )
 
 
@@ -296,6 +305,38 @@ class UmsgServerFactory(Factory):
         self.live: set[UmsgServerProtocol] = set()
         self.refused_early = 0
         self._loops: list[task.LoopingCall] = []
+        #: Admission control: the listening port it pauses, when listening.
+        self.admission = Admission()
+        self.port: Any = None
+
+    def listening(self, port: Any) -> None:
+        """The listening port to pause and resume (None: not listening)."""
+        self.port = port
+        self.admission = Admission()
+        self._admit_more()
+
+    def _admit_more(self) -> None:
+        """Pause or resume accepting for the connections in progress now, and
+        let one accept turn take no more than there is room for."""
+        port = self.port
+        if port is None:
+            return
+        count, limit = len(self.pending), self.limits.max_handshakes
+        what = self.admission.update(count, limit)
+        if what == "pause":
+            port.stopReading()
+            if self.admission.pauses % 1000 == 1:
+                log.info(
+                    "client listener: {count} connections in progress, accepting paused"
+                    " until {low} ({pauses} pauses so far)",
+                    count=count,
+                    low=Admission.low_water(limit),
+                    pauses=self.admission.pauses,
+                )
+        elif what == "resume":
+            port.startReading()
+        if not self.admission.paused and hasattr(port, "numberAccepts"):
+            port.numberAccepts = Admission.room(count, limit)
 
     def keepalive(self, host: str) -> tuple[str, int]:
         """(method, interval ms) for a client at ``host``: first rule, else the default."""
@@ -326,6 +367,7 @@ class UmsgServerFactory(Factory):
         self._silent[proto] = None
         self._silent_from.setdefault(host, OrderedDict())[proto] = None
         self.unattached[host] += 1
+        self._admit_more()
         return True
 
     def _make_room(self, silent: OrderedDict[UmsgServerProtocol, None] | None, host: str) -> bool:
@@ -383,6 +425,7 @@ class UmsgServerFactory(Factory):
         self.unattached[proto.host] -= 1
         if self.unattached[proto.host] <= 0:
             del self.unattached[proto.host]
+        self._admit_more()
 
     # sweeps
 
@@ -446,9 +489,15 @@ class UmsgListenService(ListenService):
         self.clock = clock
         self.grace = grace
 
+    def _bind(self) -> None:
+        super()._bind()
+        if self.factory.port is not self.port:
+            self.factory.listening(self.port)
+
     def stopService(self) -> defer.Deferred[object]:
         service.Service.stopService(self)
         port, self.port = self.port, None
+        self.factory.listening(None)
 
         async def run() -> None:
             if port is not None:
