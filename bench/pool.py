@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/pool.py [--clients 20000] [--instances N] [--workers W]
                                    [--concurrency 200] [--ceiling 300]
+                                   [--max-handshakes N]
 
 Needs root (network namespaces).  Builds a pool of real ``twistd crs``
 instances (managed Redis), each in its own network namespace with its own
@@ -426,13 +427,15 @@ def instances_for(clients: int) -> int:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench._pool import CLIENT_PORT, POOL_KEY, BenchPool, address
     from bench._procs import proc_cpu
+    from cryptify.crs.attach.admission import MAX_HANDSHAKES
     from cryptify.crs.attach.tickets import TicketKey
 
     instances = args.instances or instances_for(args.clients)
     victim = instances
     workers_n = args.workers or max(2, math.ceil(args.clients / 15_000))
     addresses = math.ceil(args.clients / PER_ADDRESS)
-    pool = BenchPool(instances, addresses)
+    settings = f"client-max-handshakes {args.max_handshakes}\n" if args.max_handshakes else ""
+    pool = BenchPool(instances, addresses, settings)
     workers: list[subprocess.Popen[str]] = []
     try:
         messages = message_rates(pool, args)
@@ -542,6 +545,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 round(reattached / survivor_cpu, 1) if survivor_cpu else None
             ),
             "first_delay": args.first_delay,
+            "max_handshakes": args.max_handshakes or MAX_HANDSHAKES,
             "initial_attach_seconds": round(attach_seconds, 1),
             "ready": [r["orphans"] for r in ready],
             "load_average": os.getloadavg()[0],
@@ -575,6 +579,12 @@ def main() -> None:
         type=float,
         default=1.0,
         help="the clients' first reconnect window, s (the reference client's)",
+    )
+    parser.add_argument(
+        "--max-handshakes",
+        type=int,
+        default=0,
+        help="the instances' client-max-handshakes (default: the CRS default)",
     )
     parser.add_argument("--ceiling", type=float, default=300.0, help="longest wait, s")
     parser.add_argument(
