@@ -84,7 +84,11 @@ PING_AFTER = 20 * MINUTE + 30 * SECOND
 PONG_TIMEOUT = 60 * SECOND
 #: Listen backlog of the client port: Twisted's default (50) would make the
 #: kernel drop the SYNs of a reconnect wave and the clients retry a second later.
-BACKLOG = 1024
+#: While admission control pauses accepting, a storm waits here; a SYN dropped
+#: on a full queue costs a client a connect timeout and a doubled backoff, so
+#: the queue holds a few thousand (Linux caps it at ``net.core.somaxconn``,
+#: 4096 by default).
+BACKLOG = 4096
 #: Time a closing connection has to flush before it is aborted.
 CLOSE_GRACE = 5 * SECOND
 #: TCP keep-alive probes before the kernel gives up (``tcp`` rules).
