@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cryptify.client.connection import ConnectionEnded
 from cryptify.client.session import Attached, Disconnected, Moved, Refused
 from cryptify.config.crs import KeepAlive
+from cryptify.crs.attach.admission import STALE_SILENT
 from cryptify.crs.attach.wiring import CLOSE_GRACE, PING_AFTER, Limits
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crs.slots import SlotMap, slot_of
@@ -572,11 +573,39 @@ class AdmissionTests(_Base):
         factory.doStart()
         self.addCleanup(factory.doStop)
         for i in range(8):
-            self.half_open(f"198.51.100.{i}")
+            self.talk(self.half_open(f"198.51.100.{i}"))
         self.assertFalse(port.reading)
-        self.world.clock.advance(factory.limits.attach_timeout + factory.limits.attach_sweep)
+        self.world.clock.advance(STALE_SILENT + 2 * factory.limits.attach_sweep)
+        self.assertFalse(port.reading)  # they talk: not closed as silent
+        self.world.clock.advance(factory.limits.attach_timeout)
         self.assertTrue(port.reading)
         self.world.clock.advance(5)
+
+    def test_silent_connections_do_not_hold_the_listener(self) -> None:
+        """While accepting is paused, connections that have sent nothing for
+        STALE_SILENT are closed to make room (oldest first), so a flood of
+        silent connections cannot keep the listener shut until the attach
+        timeout; those that talk stay."""
+        factory = self.world.factory
+        port = _Port()
+        factory.listening(port)
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        silent = [self.half_open(f"198.51.100.{i}") for i in range(6)]
+        self.world.clock.advance(1)
+        talking = [self.half_open(f"198.51.100.{i}") for i in range(6, 8)]
+        for proto in talking:
+            self.talk(proto)
+        self.assertFalse(port.reading)
+        self.world.clock.advance(STALE_SILENT - 2)  # 4 s silent
+        self.assertFalse(port.reading)
+        self.world.clock.advance(factory.limits.attach_sweep)
+        self.assertTrue(all(p.ending for p in silent))
+        self.assertFalse(any(p.ending for p in talking))
+        self.assertTrue(port.reading)
+        self.assertEqual(factory.evicted, 6)
+        self.world.clock.advance(factory.limits.attach_timeout)
+        self.world.clock.advance(CLOSE_GRACE)
 
     def test_listen_service_hands_the_port(self) -> None:
         """The client listener service gives the factory its port while it

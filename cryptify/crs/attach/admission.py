@@ -9,7 +9,10 @@ timeouts) run seconds late.  So the listener stops accepting while
 ``limit`` connections are in progress and starts again once they are down
 to the low-water mark (three quarters of it): the rest of the storm waits
 in the kernel's accept queue (``BACKLOG``) and in the clients' SYN retries,
-a queue rather than a reactor that no longer keeps time.
+a queue rather than a reactor that no longer keeps time.  While paused,
+connections that have said nothing for :data:`STALE_SILENT` are closed to
+make room, so silent connections (a flood from several addresses, or
+clients that stopped answering) cannot keep the listener shut.
 
 :class:`Admission` is the sans-IO rule; the listener's factory
 (:mod:`cryptify.crs.attach.wiring`) feeds it the count and pauses or
@@ -24,6 +27,11 @@ import attrs
 
 #: Connections in progress (accepted, not attached) before accepting pauses.
 MAX_HANDSHAKES = 128
+#: While accepting is paused, a connection in progress that has not sent a
+#: single octet above TLS for this long is closed to make room: it waits on
+#: its client (or is a flood's), not on this server, and would otherwise hold
+#: the listener shut until the attach timeout.
+STALE_SILENT = 5.0
 
 
 @attrs.define

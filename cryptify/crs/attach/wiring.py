@@ -22,7 +22,8 @@ half-open, slow or garbage connections from starving attached clients:
   yet attached): at that many the listening port stops accepting, and it
   starts again at three quarters of it (:mod:`cryptify.crs.attach.admission`),
   so a reconnect storm waits in the kernel's accept queue instead of
-  filling one reactor turn with thousands of TLS handshakes;
+  filling one reactor turn with thousands of TLS handshakes; while it is
+  paused, connections silent for ``STALE_SILENT`` are closed to make room;
 - a connection must attach within ``attach_timeout`` seconds;
 - a message (and the HTTP upgrade request) may not exceed ``max_message``.
 
@@ -52,7 +53,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.config.crs import CrsGlobal, KeepAlive
-from cryptify.crs.attach.admission import MAX_HANDSHAKES, Admission
+from cryptify.crs.attach.admission import MAX_HANDSHAKES, STALE_SILENT, Admission
 from cryptify.crs.attach.core import AttachCore, AttachSession
 from cryptify.protocols.streams import abort
 from cryptify.protocols.umsg import (
@@ -445,6 +446,28 @@ class UmsgServerFactory(Factory):
             if hasattr(proto, "session"):
                 proto.session.timed_out()
             proto.end("attach-timeout")
+        if self.admission.paused:
+            self._evict_stale()
+
+    def _evict_stale(self) -> None:
+        """Accepting is paused: close the connections in progress that have
+        been silent for :data:`STALE_SILENT`, oldest first, to make room."""
+        deadline = self.clock.seconds() - STALE_SILENT
+        stale = []
+        for proto in self._silent:
+            if proto.started > deadline:
+                break
+            stale.append(proto)
+        for proto in stale:
+            self.evicted += 1
+            proto.evict()
+        if stale:
+            log.info(
+                "client listener paused: closed {count} connections silent for {grace}s"
+                " to make room",
+                count=len(stale),
+                grace=STALE_SILENT,
+            )
 
     def sweep_keepalive(self) -> None:
         """Ping silent clients; drop those that did not answer."""
