@@ -8,8 +8,8 @@ Needs root (network namespaces).  Builds a pool of real ``twistd crs``
 instances (managed Redis), each in its own network namespace with its own
 address (``bench/_pool.py``, the pool interop tests' harness), one account,
 and attaches ``--clients`` clients from the client host (generator
-processes in the switch namespace, clients spread over 10.98.0.0/16 as if
-from many hosts).  Each client is the reference client's
+processes in the switch namespace, one per 5,000 clients by default,
+clients spread over 10.98.0.0/16 as if from many hosts).  Each client is the reference client's
 ``AttachingClient`` with every instance's address (``servers``, as DNS
 gives them, in an order of its own as resolvers shuffle them), starting
 at its URI's owner: it reconnects with the client's
@@ -36,6 +36,9 @@ was attached at a survivor.  One JSON line:
   instance down because its heartbeats came late: a false failover, which
   moves that instance's clients too; should be 0) and
   ``map_changes_seen`` (map lines in the survivors' crs.log);
+  ``max_loop_lag_logged`` (the longest own event-loop lag a survivor
+  logged, lags of 1 s or more) and ``max_handshakes`` (the instances'
+  ``client-max-handshakes``, ``--max-handshakes``);
 - ``generator_cpu_seconds`` and ``generator_ceiling`` (re-attaches per
   generator CPU second; the generator shares the cores with the pool),
   ``survivors_cpu_seconds`` and ``reattaches_per_survivor_cpu_second``;
