@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cryptify.config.crs_model import CrsConfig, Pool, PoolHost
 from cryptify.crs import slots
 from cryptify.crs.pool.core import (
+    BEATLESS_AT_MOST,
     DOWN_AFTER,
     HEARTBEAT_INTERVAL,
     JOIN_WAIT,
@@ -321,11 +322,14 @@ class LivenessTests(SynchronousTestCase):
 
     def test_any_frame_counts(self) -> None:
         """A frame other than a heartbeat keeps the peer live (its map report
-        is not touched)."""
+        is not touched), but without heartbeats only for BEATLESS_AT_MOST."""
         member = self.member()
         member.heard_from("crs2", 12.5)
         self.assertIn("crs2", member.live(12.5 + DOWN_AFTER - 0.01))
         self.assertEqual(member.heard("crs2"), 12.5)
+        member.heard_from("crs2", 10.0 + BEATLESS_AT_MOST - 0.5)
+        self.assertIn("crs2", member.live(10.0 + BEATLESS_AT_MOST - 0.01))
+        self.assertNotIn("crs2", member.live(10.0 + BEATLESS_AT_MOST))
 
     def test_takeover_waits_for_own_lag_only(self) -> None:
         """The coordinator takes a dead peer's slots DOWN_AFTER plus its own

@@ -11,8 +11,9 @@ which slot.  The rules (``docs/pool.md`` explains why they are safe):
    it sent (a heartbeat or any other) is younger than :data:`DOWN_AFTER`
    plus this member's own *lag* since then (:meth:`PoolMember.lagged`: the
    longest time this member's event loop could not read, so that a peer is
-   never declared down for frames that sat unread); a member always counts
-   itself live.
+   never declared down for frames that sat unread), and whose last
+   heartbeat is younger than :data:`BEATLESS_AT_MOST` plus that lag; a
+   member always counts itself live.
 2. A :class:`SlotMap` gives each of the :data:`~cryptify.crs.slots.SLOTS`
    slots an owner, or none while the slot is being handed over.  Each map
    carries a :class:`MapKey` (epoch, author, author's incarnation); keys are
@@ -50,6 +51,10 @@ SECOND = 1.0
 HEARTBEAT_INTERVAL = 1 * SECOND
 #: A peer whose last heartbeat is this old is down (three missed beats).
 DOWN_AFTER = 3 * HEARTBEAT_INTERVAL
+#: Other frames keep a peer live without its heartbeats for at most this long
+#: (a peer whose heartbeats stopped but whose other modules still send is not
+#: live for ever: its map reports, which hand-backs wait for, would be stale).
+BEATLESS_AT_MOST = 3 * DOWN_AFTER
 #: How long a starting member listens for the pool's map before writing one.
 JOIN_WAIT = DOWN_AFTER
 #: Least time between two hand-back steps.
@@ -215,6 +220,8 @@ class PoolMember:
     started: float
     map: SlotMap | None = None
     _heard: dict[str, float] = attrs.field(factory=dict)
+    #: Per peer: when its last heartbeat arrived.
+    _beat_at: dict[str, float] = attrs.field(factory=dict)
     #: Per peer: the longest own loop lag since the peer was last heard.
     _grace: dict[str, float] = attrs.field(factory=dict)
     _reported: dict[str, MapKey | None] = attrs.field(factory=dict)
@@ -242,6 +249,7 @@ class PoolMember:
             if strangers or peer_map.key.author not in known:
                 raise PoolError(f"map from {beat.sender!r} names members outside the pool")
         self.heard_from(beat.sender, now)
+        self._beat_at[beat.sender] = now
         self._reported[beat.sender] = None if peer_map is None else peer_map.key
         if peer_map is not None and (self.map is None or peer_map.key > self.map.key):
             self.map = peer_map
@@ -313,8 +321,13 @@ class PoolMember:
     def live(self, now: float) -> frozenset[str]:
         """Members seen live: this one and every peer heard within
         :data:`DOWN_AFTER` plus this member's own lag since then."""
-        grace = self._grace
-        up = {n for n, at in self._heard.items() if now - at < DOWN_AFTER + grace.get(n, 0.0)}
+        grace, beats = self._grace, self._beat_at
+        up = {
+            n
+            for n, at in self._heard.items()
+            if now - at < DOWN_AFTER + grace.get(n, 0.0)
+            and now - beats.get(n, at) < BEATLESS_AT_MOST + grace.get(n, 0.0)
+        }
         return frozenset(up | {self.me})
 
     def heard(self, peer: str) -> float | None:
