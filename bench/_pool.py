@@ -40,6 +40,8 @@ POOL_KEY = "failover-test-pool-key"
 CEILING = 120.0
 #: What the survivors log when a peer's heartbeats stop (cryptify/crs/pool/wiring.py).
 DOWN_LINE = re.compile(r"pool link to (\S+) down: .*the last arrived at ([0-9.]+)")
+#: What an instance logs when its own event loop ran late (at most every 10 s).
+LAG_LINE = re.compile(r"event loop ran ([0-9.]+)s late")
 
 
 class Cleanups:
@@ -69,9 +71,10 @@ def client_address(index: int) -> str:
 class BenchPool:
     """``count`` instances (crs1..crsN at 10.99.0.1..N, client port 5223), one
     account ``acme`` whose ECCSI KMS is :attr:`kms`, for key period
-    :attr:`period`."""
+    :attr:`period`.  ``settings``: more ``[GLOBAL]`` lines for every
+    instance's crs.conf (e.g. ``client-max-handshakes 512``)."""
 
-    def __init__(self, count: int, client_addresses: int) -> None:
+    def __init__(self, count: int, client_addresses: int, settings: str = "") -> None:
         from cryptify.crypto.identity import period_of
 
         self.count = count
@@ -88,7 +91,12 @@ class BenchPool:
         for index in range(1, count + 1):
             d = os.path.join(self.dir, f"crs{index}")
             os.makedirs(d)
-            crs_conf(d, count, self.accounts)
+            conf = crs_conf(d, count, self.accounts)
+            if settings:
+                with open(conf) as f:
+                    text = f.read()
+                with open(conf, "w") as f:
+                    f.write(text.replace("[POOL]\n", settings.rstrip("\n") + "\n[POOL]\n", 1))
             with open(os.path.join(d, "crs-local.conf"), "w") as f:
                 f.write(f"crsname crs{index}\ndb-backup none\n")
             self.dirs.append(d)
@@ -169,19 +177,29 @@ class BenchPool:
                     seen.append(float(match.group(2)))
         return max(seen) if seen else None
 
-    def pool_events(self, victim: int) -> dict[str, int]:
+    def pool_events(self, victim: int) -> dict[str, float]:
         """From the living instances' crs.log: how often one declared a peer
         other than ``victim`` down (a live instance whose heartbeats were
-        late: a false failover), and how many maps they wrote or adopted."""
+        late: a false failover), how many maps they wrote or adopted, and
+        the longest own loop lag they logged (lags of 1 s or more, at most
+        one line per 10 s)."""
         false_downs = maps = 0
+        lag = 0.0
         for index in self.procs:
             for line in self.crs_log(index).splitlines():
                 match = DOWN_LINE.search(line)
+                late = LAG_LINE.search(line)
                 if match and match.group(1) != f"crs{victim}":
                     false_downs += 1
                 elif "] pool map " in line:
                     maps += 1
-        return {"live_peer_declared_down": false_downs, "map_changes_seen": maps}
+                elif late:
+                    lag = max(lag, float(late.group(1)))
+        return {
+            "live_peer_declared_down": false_downs,
+            "map_changes_seen": maps,
+            "max_loop_lag_logged": lag,
+        }
 
     # -- the pool --------------------------------------------------------
 

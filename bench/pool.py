@@ -2,13 +2,14 @@
 
     .venv/bin/python bench/pool.py [--clients 20000] [--instances N] [--workers W]
                                    [--concurrency 200] [--ceiling 300]
+                                   [--max-handshakes N]
 
 Needs root (network namespaces).  Builds a pool of real ``twistd crs``
 instances (managed Redis), each in its own network namespace with its own
 address (``bench/_pool.py``, the pool interop tests' harness), one account,
 and attaches ``--clients`` clients from the client host (generator
-processes in the switch namespace, clients spread over 10.98.0.0/16 as if
-from many hosts).  Each client is the reference client's
+processes in the switch namespace, one per 5,000 clients by default,
+clients spread over 10.98.0.0/16 as if from many hosts).  Each client is the reference client's
 ``AttachingClient`` with every instance's address (``servers``, as DNS
 gives them, in an order of its own as resolvers shuffle them), starting
 at its URI's owner: it reconnects with the client's
@@ -35,6 +36,9 @@ was attached at a survivor.  One JSON line:
   instance down because its heartbeats came late: a false failover, which
   moves that instance's clients too; should be 0) and
   ``map_changes_seen`` (map lines in the survivors' crs.log);
+  ``max_loop_lag_logged`` (the longest own event-loop lag a survivor
+  logged, lags of 1 s or more) and ``max_handshakes`` (the instances'
+  ``client-max-handshakes``, ``--max-handshakes``);
 - ``generator_cpu_seconds`` and ``generator_ceiling`` (re-attaches per
   generator CPU second; the generator shares the cores with the pool),
   ``survivors_cpu_seconds`` and ``reattaches_per_survivor_cpu_second``;
@@ -74,6 +78,10 @@ if ROOT not in sys.path:
 URI = "tel:+4670{:07d}"
 #: Clients per client address (the CRS allows 64 unattached per address).
 PER_ADDRESS = 50
+#: Clients per generator process by default: the clients' side of a TLS
+#: re-attach costs about as much CPU as the server's, so with 2 generators for
+#: 20,000 clients the generators, not the survivors, were the slower side.
+CLIENTS_PER_WORKER = 5_000
 #: Files a CRS instance keeps open besides its clients (Redis, logs, links).
 FILES_RESERVE = 300
 
@@ -426,13 +434,15 @@ def instances_for(clients: int) -> int:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench._pool import CLIENT_PORT, POOL_KEY, BenchPool, address
     from bench._procs import proc_cpu
+    from cryptify.crs.attach.admission import MAX_HANDSHAKES
     from cryptify.crs.attach.tickets import TicketKey
 
     instances = args.instances or instances_for(args.clients)
     victim = instances
-    workers_n = args.workers or max(2, math.ceil(args.clients / 15_000))
+    workers_n = args.workers or max(2, math.ceil(args.clients / CLIENTS_PER_WORKER))
     addresses = math.ceil(args.clients / PER_ADDRESS)
-    pool = BenchPool(instances, addresses)
+    settings = f"client-max-handshakes {args.max_handshakes}\n" if args.max_handshakes else ""
+    pool = BenchPool(instances, addresses, settings)
     workers: list[subprocess.Popen[str]] = []
     try:
         messages = message_rates(pool, args)
@@ -542,6 +552,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 round(reattached / survivor_cpu, 1) if survivor_cpu else None
             ),
             "first_delay": args.first_delay,
+            "max_handshakes": args.max_handshakes or MAX_HANDSHAKES,
             "initial_attach_seconds": round(attach_seconds, 1),
             "ready": [r["orphans"] for r in ready],
             "load_average": os.getloadavg()[0],
@@ -575,6 +586,12 @@ def main() -> None:
         type=float,
         default=1.0,
         help="the clients' first reconnect window, s (the reference client's)",
+    )
+    parser.add_argument(
+        "--max-handshakes",
+        type=int,
+        default=0,
+        help="the instances' client-max-handshakes (default: the CRS default)",
     )
     parser.add_argument("--ceiling", type=float, default=300.0, help="longest wait, s")
     parser.add_argument(

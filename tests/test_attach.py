@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cryptify.client.connection import ConnectionEnded
 from cryptify.client.session import Attached, Disconnected, Moved, Refused
 from cryptify.config.crs import KeepAlive
+from cryptify.crs.attach.admission import STALE_SILENT
 from cryptify.crs.attach.wiring import CLOSE_GRACE, PING_AFTER, Limits
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crs.slots import SlotMap, slot_of
@@ -506,6 +507,143 @@ class LimitTests(_Base):
         self.assertEqual(self.world.factory.pending, set())
 
 
+class _Port:
+    """A listening port that records being paused and resumed."""
+
+    def __init__(self) -> None:
+        self.reading = True
+        self.calls: list[str] = []
+        self.numberAccepts = 100
+
+    def stopReading(self) -> None:
+        self.reading = False
+        self.calls.append("stop")
+
+    def startReading(self) -> None:
+        self.reading = True
+        self.calls.append("start")
+
+    def stopListening(self) -> None:
+        self.calls.append("closed")
+
+
+class AdmissionTests(_Base):
+    """The listener stops accepting while max_handshakes connections are in
+    progress, and starts again at three quarters of it."""
+
+    limits = Limits(max_handshakes=8)
+
+    def close(self, proto: Any) -> None:
+        proto.transport.loseConnection()
+        proto.connectionLost()
+
+    def test_pause_and_resume(self) -> None:
+        """At 8 connections in progress the port stops reading (a storm waits
+        in the kernel's queue); one attaching or ending lowers the count,
+        and at 6 it reads again; an accept turn never takes more than there
+        is room for."""
+        factory = self.world.factory
+        port = _Port()
+        factory.listening(port)
+        conns = [self.half_open(f"198.51.100.{i}") for i in range(7)]
+        self.assertTrue(port.reading)
+        self.assertEqual(port.numberAccepts, 1)
+        conns.append(self.half_open("198.51.100.7"))
+        self.assertEqual((port.reading, port.calls), (False, ["stop"]))
+        self.assertEqual(factory.admission.pauses, 1)
+        _client, _server, _pump, events = self.pair(host="198.51.100.9")  # in progress, attaches
+        self.assertIsInstance(events[0], Attached)
+        self.assertFalse(port.reading)
+        self.close(conns[0])
+        self.assertFalse(port.reading)
+        self.close(conns[1])
+        self.assertEqual((port.reading, port.calls), (True, ["stop", "start"]))
+        self.assertEqual(port.numberAccepts, 2)
+        for proto in conns[2:]:
+            self.close(proto)
+        self.assertEqual(port.numberAccepts, 8)
+        self.assertEqual(port.calls, ["stop", "start"])
+
+    def test_attach_timeout_frees_room(self) -> None:
+        """Connections that never attach leave at the attach timeout, and the
+        listener accepts again."""
+        factory = self.world.factory
+        port = _Port()
+        factory.listening(port)
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        for i in range(8):
+            self.talk(self.half_open(f"198.51.100.{i}"))
+        self.assertFalse(port.reading)
+        self.world.clock.advance(STALE_SILENT + 2 * factory.limits.attach_sweep)
+        self.assertFalse(port.reading)  # they talk: not closed as silent
+        self.world.clock.advance(factory.limits.attach_timeout)
+        self.assertTrue(port.reading)
+        self.world.clock.advance(5)
+
+    def test_silent_connections_do_not_hold_the_listener(self) -> None:
+        """While accepting is paused, connections that have sent nothing for
+        STALE_SILENT are closed to make room (oldest first), so a flood of
+        silent connections cannot keep the listener shut until the attach
+        timeout; those that talk stay."""
+        factory = self.world.factory
+        port = _Port()
+        factory.listening(port)
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        silent = [self.half_open(f"198.51.100.{i}") for i in range(6)]
+        self.world.clock.advance(1)
+        talking = [self.half_open(f"198.51.100.{i}") for i in range(6, 8)]
+        for proto in talking:
+            self.talk(proto)
+        self.assertFalse(port.reading)
+        self.world.clock.advance(STALE_SILENT - 2)  # 4 s silent
+        self.assertFalse(port.reading)
+        self.world.clock.advance(factory.limits.attach_sweep)
+        self.assertTrue(all(p.ending for p in silent))
+        self.assertFalse(any(p.ending for p in talking))
+        self.assertTrue(port.reading)
+        self.assertEqual(factory.evicted, 6)
+        self.world.clock.advance(factory.limits.attach_timeout)
+        self.world.clock.advance(CLOSE_GRACE)
+
+    def test_listen_service_hands_the_port(self) -> None:
+        """The client listener service gives the factory its port while it
+        listens, and takes it back when it stops."""
+        from cryptify.crs.attach.wiring import UmsgListenService
+
+        port = _Port()
+        factory = self.world.factory
+        listener = UmsgListenService("test:5223", lambda: port, factory, self.world.clock, 0)
+        listener.startService()
+        self.assertIs(factory.port, port)
+        listener.stopService()
+        self.assertIsNone(factory.port)
+        self.world.clock.advance(1)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        limit=st.integers(1, 50),
+        counts=st.lists(st.integers(0, 60), max_size=40),
+    )
+    def test_admission_rule(self, limit: int, counts: list[int]) -> None:
+        """Whatever the counts: never paused at or below the low-water mark
+        once told the count, never accepting at or above the limit, and a
+        pause or resume only when the state changes."""
+        from cryptify.crs.attach.admission import Admission
+
+        gate = Admission()
+        for count in counts:
+            before = gate.paused
+            what = gate.update(count, limit)
+            if count >= limit:
+                self.assertTrue(gate.paused)
+            if count <= Admission.low_water(limit):
+                self.assertFalse(gate.paused)
+            self.assertEqual(what is not None, gate.paused != before)
+            self.assertGreaterEqual(Admission.room(count, limit), 1)
+
+
 class BusyAddressTests(_Base):
     """A real client behind an address full of idle sockets (a carrier NAT)."""
 
@@ -688,6 +826,7 @@ class ConfigTests(SynchronousTestCase):
         cfg = parse_crs_config(
             "[GLOBAL]\nclient-max-message 4096\nclient-attach-timeout 3\n"
             "client-max-unattached-per-address 5\nclient-max-unattached 100\n"
+            "client-max-handshakes 32\n"
         )
         limits = Limits.from_config(cfg.global_)
         self.assertEqual(
@@ -696,8 +835,9 @@ class ConfigTests(SynchronousTestCase):
                 limits.attach_timeout,
                 limits.max_unattached_per_address,
                 limits.max_unattached,
+                limits.max_handshakes,
             ),
-            (4096, 3.0, 5, 100),
+            (4096, 3.0, 5, 100, 32),
         )
         self.assertEqual(parse_crs_config(render_crs_config(cfg)), cfg)
         self.assertEqual(Limits.from_config(parse_crs_config("").global_), Limits())

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cryptify.config.crs_model import CrsConfig, Pool, PoolHost
 from cryptify.crs import slots
 from cryptify.crs.pool.core import (
+    BEATLESS_AT_MOST,
     DOWN_AFTER,
     HEARTBEAT_INTERVAL,
     JOIN_WAIT,
@@ -281,6 +282,72 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(crs1.map.owners.count("crs1"), TRICKLE_SLOTS)
 
 
+class LivenessTests(SynchronousTestCase):
+    """A peer is judged on the frames that reached this member, not on
+    frames that waited unread while this member's loop lagged."""
+
+    def member(self) -> PoolMember:
+        member = PoolMember(pool_of(2), "crs1", 1, 0.0)
+        member.receive(Heartbeat("crs2", None), 10.0)
+        return member
+
+    def test_dead_peer_down_after_down_after(self) -> None:
+        """Without lag, a silent peer is live until DOWN_AFTER after its last
+        frame, and down from then on."""
+        member = self.member()
+        self.assertIn("crs2", member.live(10.0 + DOWN_AFTER - 0.01))
+        self.assertNotIn("crs2", member.live(10.0 + DOWN_AFTER))
+
+    def test_own_lag_extends_the_deadline(self) -> None:
+        """A stall of this member's loop after the peer was heard extends the
+        peer's deadline by the stall; a dead peer is down that much later."""
+        member = self.member()
+        member.lagged(5.0, 16.0)  # the loop could not read from 11 to 16
+        self.assertEqual(member.grace("crs2"), 5.0)
+        self.assertIn("crs2", member.live(16.0))
+        self.assertIn("crs2", member.live(10.0 + DOWN_AFTER + 5.0 - 0.01))
+        self.assertNotIn("crs2", member.live(10.0 + DOWN_AFTER + 5.0))
+
+    def test_lag_before_the_last_frame_does_not_count(self) -> None:
+        """Only the part of a stall after the peer's last frame counts, and a
+        frame clears the allowance."""
+        member = self.member()
+        member.lagged(30.0, 11.0)  # a stall from -19 to 11: 1 s of it after the frame
+        self.assertEqual(member.grace("crs2"), 1.0)
+        member.lagged(0.5, 11.5)
+        self.assertEqual(member.grace("crs2"), 1.0)
+        member.receive(Heartbeat("crs2", None), 12.0)
+        self.assertEqual(member.grace("crs2"), 0.0)
+        self.assertNotIn("crs2", member.live(12.0 + DOWN_AFTER))
+
+    def test_any_frame_counts(self) -> None:
+        """A frame other than a heartbeat keeps the peer live (its map report
+        is not touched), but without heartbeats only for BEATLESS_AT_MOST."""
+        member = self.member()
+        member.heard_from("crs2", 12.5)
+        self.assertIn("crs2", member.live(12.5 + DOWN_AFTER - 0.01))
+        self.assertEqual(member.heard("crs2"), 12.5)
+        member.heard_from("crs2", 10.0 + BEATLESS_AT_MOST - 0.5)
+        self.assertIn("crs2", member.live(10.0 + BEATLESS_AT_MOST - 0.01))
+        self.assertNotIn("crs2", member.live(10.0 + BEATLESS_AT_MOST))
+
+    def test_takeover_waits_for_own_lag_only(self) -> None:
+        """The coordinator takes a dead peer's slots DOWN_AFTER plus its own
+        stall after the last heartbeat, not before."""
+        net = Net(2)
+        net.settle()
+        crs1 = net.members["crs1"]
+        assert crs1 is not None
+        heard = crs1.heard("crs2")
+        assert heard is not None
+        net.silent = {"crs2"}
+        crs1.lagged(2.0, heard + 2.0)
+        self.assertIsNone(crs1.tick(heard + DOWN_AFTER + 1.9))
+        change = crs1.tick(heard + DOWN_AFTER + 2.0)
+        assert change is not None
+        self.assertEqual((change.reason, change.down), (Reason.TAKEOVER, ("crs2",)))
+
+
 class PoolMachine(RuleBasedStateMachine):
     """2 or 3 members over a network that delays, drops, cuts and heals,
     with crashes and restarts."""
@@ -364,6 +431,18 @@ class PoolMachine(RuleBasedStateMachine):
     def advance(self, seconds: float) -> None:
         self.now += seconds
         for member in self.alive():
+            member.tick(self.now)
+
+    @precondition(lambda self: self.config is not None)
+    @rule(
+        name=st.sampled_from(["crs1", "crs2", "crs3"]),
+        late=st.sampled_from([0.5, DOWN_AFTER, 2 * DOWN_AFTER]),
+    )
+    def lag(self, name: str, late: float) -> None:
+        """A member's own loop ran late: it extends its peers' deadlines."""
+        member = self.members.get(name)
+        if member is not None:
+            member.lagged(late, self.now)
             member.tick(self.now)
 
     @precondition(lambda self: self.config is not None)

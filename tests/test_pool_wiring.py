@@ -24,6 +24,7 @@ from cryptify.crs.pool.wire import (
 from cryptify.crs.pool.wiring import (
     IDLE_TIMEOUT,
     INCARNATION_FILE,
+    LAG_PROBE_INTERVAL,
     PoolLink,
     _InboundFactory,
     _LinkProtocol,
@@ -354,6 +355,106 @@ class LinkTests(SynchronousTestCase):
         self.flow(JOIN_WAIT + HEARTBEAT_INTERVAL, [])
         reasons = [e["reason"] for e in seen if "reason" in e and "epoch" in e]
         self.assertEqual(reasons, [Reason.FORMED.value])
+
+
+class LagTests(SynchronousTestCase):
+    """Each member on a clock of its own: one member's reactor stalls (its
+    timers and reads wait) while time passes and its peer keeps sending."""
+
+    STEP = LAG_PROBE_INTERVAL
+
+    def setUp(self) -> None:
+        self.clocks = {name: MemoryReactorClock() for name in ("crs1", "crs2")}
+        self.a = Member("crs1", self.clocks["crs1"])
+        self.b = Member("crs2", self.clocks["crs2"])
+        self.wires = [Wire(self.a, self.b), Wire(self.b, self.a)]
+        self.addCleanup(self.stop)
+        self.elapse(JOIN_WAIT + 3 * HEARTBEAT_INTERVAL)
+        self.assertTrue(self.a.link.link_up("crs2"))
+        self.assertTrue(self.b.link.link_up("crs1"))
+
+    def stop(self) -> None:
+        """Stop both; no timer may be left behind."""
+        self.a.stop()
+        self.b.stop()
+        for clock in self.clocks.values():
+            self.assertEqual(clock.getDelayedCalls(), [])
+
+    def elapse(self, seconds: float, *, stalled: tuple[str, ...] = (), dead: str = "") -> None:
+        """Let ``seconds`` pass in small steps on every clock but those of
+        ``stalled`` (their reactors are busy: no timer fires, nothing is
+        read; they catch up at the end) and carry the frames between members
+        unless one is stalled or ``dead``."""
+        for _ in range(round(seconds / self.STEP)):
+            for name, clock in self.clocks.items():
+                if name not in stalled:
+                    clock.advance(self.STEP)
+            if not stalled and not dead:
+                for w in self.wires:
+                    w.pump()
+        for name in stalled:
+            self.clocks[name].advance(seconds)
+
+    def test_stalled_reactors_do_not_declare_live_peers_down(self) -> None:
+        """Both reactors stall for the idle timeout (a storm of handshakes on
+        each): when their timers fire again, before they read, neither
+        declares the other down nor drops a connection for silence; once
+        they read, all is as before; no takeover."""
+        map_before = self.a.link.member.map if self.a.link.member else None
+        self.elapse(IDLE_TIMEOUT, stalled=("crs1", "crs2"))
+        for m, peer in ((self.a, "crs2"), (self.b, "crs1")):
+            self.assertTrue(m.link.link_up(peer))
+            self.assertGreaterEqual(m.link.lag_max, IDLE_TIMEOUT - 2 * self.STEP)
+        self.elapse(2 * DOWN_AFTER)
+        for m, peer in ((self.a, "crs2"), (self.b, "crs1")):
+            self.assertTrue(m.link.link_up(peer))
+            self.assertNotIn((f"pool_link_{peer}", "down"), m.events)
+            assert m.link.member is not None
+            self.assertEqual(m.link.member.map, map_before)
+
+    def test_dead_peer_down_in_time(self) -> None:
+        """With crs1's loop on time, a crs2 that goes silent is declared down
+        DOWN_AFTER after its last heartbeat (within one heartbeat interval,
+        the judging tick's period), and its slots taken over."""
+        assert self.a.link.member is not None
+        last = self.a.link.member.heard("crs2")
+        assert last is not None
+        start = self.clocks["crs1"].seconds()
+        while self.a.link.link_up("crs2"):
+            self.elapse(self.STEP, dead="crs2")
+            self.assertLess(self.clocks["crs1"].seconds() - start, 10 * DOWN_AFTER)
+        age = self.clocks["crs1"].seconds() - last
+        self.assertGreaterEqual(age, DOWN_AFTER)
+        self.assertLessEqual(age, DOWN_AFTER + HEARTBEAT_INTERVAL + self.STEP)
+        self.assertIn(("pool", "takeover crs2"), self.a.events)
+
+    def test_dead_peer_down_after_own_stall(self) -> None:
+        """crs2 dies and crs1's reactor stalls: crs1 does not declare it down
+        the moment its timers run again, but DOWN_AFTER (plus a tick) after
+        its loop caught up."""
+        self.elapse(2 * DOWN_AFTER, stalled=("crs1",), dead="crs2")
+        self.assertTrue(self.a.link.link_up("crs2"))
+        resumed = self.clocks["crs1"].seconds()
+        while self.a.link.link_up("crs2"):
+            self.elapse(self.STEP, dead="crs2")
+            self.assertLess(self.clocks["crs1"].seconds() - resumed, 10 * DOWN_AFTER)
+        self.assertLessEqual(
+            self.clocks["crs1"].seconds() - resumed, DOWN_AFTER + HEARTBEAT_INTERVAL
+        )
+
+    def test_other_frames_keep_a_peer_live(self) -> None:
+        """Frames other than heartbeats count as signs of life: a peer whose
+        heartbeats are stuck behind other frames is not declared down (for
+        BEATLESS_AT_MOST at most)."""
+        frame = encode_frame("x-bulk", {"n": 1})
+        into_a = self.wires[0].out  # crs1's connection to crs2: crs2's frames arrive here
+        for _ in range(round(2 * DOWN_AFTER / self.STEP)):
+            self.clocks["crs1"].advance(self.STEP)
+            self.clocks["crs2"].advance(self.STEP)
+            into_a.dataReceived(frame)
+        self.assertTrue(self.a.link.link_up("crs2"))
+        self.elapse(DOWN_AFTER + HEARTBEAT_INTERVAL, dead="crs2")
+        self.assertFalse(self.a.link.link_up("crs2"))
 
 
 class IncarnationTests(SynchronousTestCase):

@@ -88,6 +88,7 @@ GLOBAL_USAGE = {
     "client-attach-timeout": "SECONDS",
     "client-max-unattached-per-address": "N",
     "client-max-unattached": "N",
+    "client-max-handshakes": "N",
     "addr-map": "IP IP",
     "listen": "ADDR PORT",
     "tls-certificate": "PATH",
@@ -275,6 +276,10 @@ class _Builder:
     def d_client_max_unattached(self, a: Args, name: str) -> None:
         (tok,) = a.exactly(["N"])
         self.fields["client_max_unattached"] = check_int(self.ctx, tok, "count", 1, 1_000_000)
+
+    def d_client_max_handshakes(self, a: Args, name: str) -> None:
+        (tok,) = a.exactly(["N"])
+        self.fields["client_max_handshakes"] = check_int(self.ctx, tok, "count", 1, 1_000_000)
 
     def d_addr_map(self, a: Args, name: str) -> None:
         original, mapped = a.exactly(["IP", "IP"])
@@ -480,6 +485,7 @@ def render_crs_config(cfg: CrsConfig) -> str:
         "client-attach-timeout",
         "client-max-unattached-per-address",
         "client-max-unattached",
+        "client-max-handshakes",
     ):
         field = directive.replace("-", "_")
         if getattr(g, field) != getattr(d, field):

@@ -107,6 +107,7 @@ class CrsGlobal:
     client_attach_timeout: float = 10.0
     client_max_unattached_per_address: int = 64
     client_max_unattached: int = 8192
+    client_max_handshakes: int = 128
     addr_map: tuple[AddressMap, ...] = ()
     listen: Endpoint = Endpoint("0.0.0.0", 5223)
     tls_certificate: str | None = None

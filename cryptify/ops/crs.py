@@ -5,7 +5,8 @@ What a reload (SIGHUP) changes in the running CRS (:data:`DIRECTIVES`):
 
 - live: the client listener's limits (``client-max-message``,
   ``client-attach-timeout``, ``client-max-unattached-per-address``,
-  ``client-max-unattached``) for connections that arrive from then on;
+  ``client-max-unattached``) for connections that arrive from then on,
+  and ``client-max-handshakes`` from the next connection accepted or done;
   ``keep-alive`` rules for clients that connect from then on;
   ``notify`` and ``notify-timeout``; and every reload re-reads the
   accounts directory as ``crs-cli reload account`` does (new accounts,
@@ -69,6 +70,7 @@ DIRECTIVES: tuple[Directive, ...] = (
     _global("client-attach-timeout", "client_attach_timeout", live=True),
     _global("client-max-unattached-per-address", "client_max_unattached_per_address", live=True),
     _global("client-max-unattached", "client_max_unattached", live=True),
+    _global("client-max-handshakes", "client_max_handshakes", live=True),
     _global("addr-map", "addr_map"),
     _global("listen", "listen"),
     _global("tls-certificate", "tls_certificate"),
@@ -105,6 +107,7 @@ LIMITS = (
     "client-attach-timeout",
     "client-max-unattached-per-address",
     "client-max-unattached",
+    "client-max-handshakes",
 )
 
 
@@ -128,6 +131,7 @@ class CrsLive:
                 attach_timeout=g.client_attach_timeout,
                 max_unattached_per_address=g.client_max_unattached_per_address,
                 max_unattached=g.client_max_unattached,
+                max_handshakes=g.client_max_handshakes,
             )
         if plan.changed("keep-alive"):
             self.clients.keepalive_rule = g.keep_alive_for

@@ -18,6 +18,12 @@ half-open, slow or garbage connections from starving attached clients:
   busy address (a carrier NAT) thus cannot lock out the real clients
   behind the same address, and admitting a connection costs the same
   however many idle ones there are (ordered dicts, no scan);
+- at most ``max_handshakes`` connections may be in progress (accepted, not
+  yet attached): at that many the listening port stops accepting, and it
+  starts again at three quarters of it (:mod:`cryptify.crs.attach.admission`),
+  so a reconnect storm waits in the kernel's accept queue instead of
+  filling one reactor turn with thousands of TLS handshakes; while it is
+  paused, connections silent for ``STALE_SILENT`` are closed to make room;
 - a connection must attach within ``attach_timeout`` seconds;
 - a message (and the HTTP upgrade request) may not exceed ``max_message``.
 
@@ -46,6 +52,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.config.crs import CrsGlobal, KeepAlive
+from cryptify.crs.attach.admission import MAX_HANDSHAKES, STALE_SILENT, Admission
 from cryptify.crs.attach.core import AttachCore, AttachSession
 from cryptify.protocols.streams import abort
 from cryptify.protocols.umsg import (
@@ -77,7 +84,11 @@ PING_AFTER = 20 * MINUTE + 30 * SECOND
 PONG_TIMEOUT = 60 * SECOND
 #: Listen backlog of the client port: Twisted's default (50) would make the
 #: kernel drop the SYNs of a reconnect wave and the clients retry a second later.
-BACKLOG = 1024
+#: While admission control pauses accepting, a storm waits here; a SYN dropped
+#: on a full queue costs a client a connect timeout and a doubled backoff, so
+#: the queue holds a few thousand (Linux caps it at ``net.core.somaxconn``,
+#: 4096 by default).
+BACKLOG = 4096
 #: Time a closing connection has to flush before it is aborted.
 CLOSE_GRACE = 5 * SECOND
 #: TCP keep-alive probes before the kernel gives up (``tcp`` rules).
@@ -96,6 +107,8 @@ class Limits:
     attach_timeout: float = 10 * SECOND
     max_unattached_per_address: int = 64
     max_unattached: int = 8192
+    #: Connections in progress (accepted, not attached) before accepting pauses.
+    max_handshakes: int = MAX_HANDSHAKES
     ping_after: float = PING_AFTER
     pong_timeout: float = PONG_TIMEOUT
     #: How often the keep-alive sweep runs.
@@ -111,6 +124,7 @@ class Limits:
             attach_timeout=g.client_attach_timeout,
             max_unattached_per_address=g.client_max_unattached_per_address,
             max_unattached=g.client_max_unattached,
+            max_handshakes=g.client_max_handshakes,
         )
 
 
@@ -295,6 +309,38 @@ class UmsgServerFactory(ServerFactory[UmsgServerProtocol]):
         self.live: set[UmsgServerProtocol] = set()
         self.refused_early = 0
         self._loops: list[task.LoopingCall] = []
+        #: Admission control: the listening port it pauses, when listening.
+        self.admission = Admission()
+        self.port: Any = None
+
+    def listening(self, port: Any) -> None:
+        """The listening port to pause and resume (None: not listening)."""
+        self.port = port
+        self.admission = Admission()
+        self._admit_more()
+
+    def _admit_more(self) -> None:
+        """Pause or resume accepting for the connections in progress now, and
+        let one accept turn take no more than there is room for."""
+        port = self.port
+        if port is None:
+            return
+        count, limit = len(self.pending), self.limits.max_handshakes
+        what = self.admission.update(count, limit)
+        if what == "pause":
+            port.stopReading()
+            if self.admission.pauses % 1000 == 1:
+                log.info(
+                    "client listener: {count} connections in progress, accepting paused"
+                    " until {low} ({pauses} pauses so far)",
+                    count=count,
+                    low=Admission.low_water(limit),
+                    pauses=self.admission.pauses,
+                )
+        elif what == "resume":
+            port.startReading()
+        if not self.admission.paused and hasattr(port, "numberAccepts"):
+            port.numberAccepts = Admission.room(count, limit)
 
     def keepalive(self, host: str) -> tuple[str, int]:
         """(method, interval ms) for a client at ``host``: first rule, else the default."""
@@ -325,6 +371,7 @@ class UmsgServerFactory(ServerFactory[UmsgServerProtocol]):
         self._silent[proto] = None
         self._silent_from.setdefault(host, OrderedDict())[proto] = None
         self.unattached[host] += 1
+        self._admit_more()
         return True
 
     def _make_room(self, silent: OrderedDict[UmsgServerProtocol, None] | None, host: str) -> bool:
@@ -382,6 +429,7 @@ class UmsgServerFactory(ServerFactory[UmsgServerProtocol]):
         self.unattached[proto.host] -= 1
         if self.unattached[proto.host] <= 0:
             del self.unattached[proto.host]
+        self._admit_more()
 
     # sweeps
 
@@ -397,6 +445,28 @@ class UmsgServerFactory(ServerFactory[UmsgServerProtocol]):
             if hasattr(proto, "session"):
                 proto.session.timed_out()
             proto.end("attach-timeout")
+        if self.admission.paused:
+            self._evict_stale()
+
+    def _evict_stale(self) -> None:
+        """Accepting is paused: close the connections in progress that have
+        been silent for :data:`STALE_SILENT`, oldest first, to make room."""
+        deadline = self.clock.seconds() - STALE_SILENT
+        stale = []
+        for proto in self._silent:
+            if proto.started > deadline:
+                break
+            stale.append(proto)
+        for proto in stale:
+            self.evicted += 1
+            proto.evict()
+        if stale:
+            log.info(
+                "client listener paused: closed {count} connections silent for {grace}s"
+                " to make room",
+                count=len(stale),
+                grace=STALE_SILENT,
+            )
 
     def sweep_keepalive(self) -> None:
         """Ping silent clients; drop those that did not answer."""
@@ -445,9 +515,15 @@ class UmsgListenService(ListenService):
         self.clock = clock
         self.grace = grace
 
+    def _bind(self) -> None:
+        super()._bind()
+        if self.factory.port is not self.port:
+            self.factory.listening(self.port)
+
     def stopService(self) -> defer.Deferred[object]:
         service.Service.stopService(self)
         port, self.port = self.port, None
+        self.factory.listening(None)
 
         async def run() -> None:
             if port is not None:

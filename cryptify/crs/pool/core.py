@@ -7,9 +7,13 @@ the current time; it answers with the heartbeat to send and with who owns
 which slot.  The rules (``docs/pool.md`` explains why they are safe):
 
 1. *Members* come from ``crs.conf``'s ``[POOL]`` (2 to :data:`MAX_MEMBERS`
-   hosts, in configuration order).  A peer is *live* while its last
-   heartbeat is younger than :data:`DOWN_AFTER`; a member always counts
-   itself live.
+   hosts, in configuration order).  A peer is *live* while the last frame
+   it sent (a heartbeat or any other) is younger than :data:`DOWN_AFTER`
+   plus this member's own *lag* since then (:meth:`PoolMember.lagged`: the
+   longest time this member's event loop could not read, so that a peer is
+   never declared down for frames that sat unread), and whose last
+   heartbeat is younger than :data:`BEATLESS_AT_MOST` plus that lag; a
+   member always counts itself live.
 2. A :class:`SlotMap` gives each of the :data:`~cryptify.crs.slots.SLOTS`
    slots an owner, or none while the slot is being handed over.  Each map
    carries a :class:`MapKey` (epoch, author, author's incarnation); keys are
@@ -47,6 +51,10 @@ SECOND = 1.0
 HEARTBEAT_INTERVAL = 1 * SECOND
 #: A peer whose last heartbeat is this old is down (three missed beats).
 DOWN_AFTER = 3 * HEARTBEAT_INTERVAL
+#: Other frames keep a peer live without its heartbeats for at most this long
+#: (a peer whose heartbeats stopped but whose other modules still send is not
+#: live for ever: its map reports, which hand-backs wait for, would be stale).
+BEATLESS_AT_MOST = 3 * DOWN_AFTER
 #: How long a starting member listens for the pool's map before writing one.
 JOIN_WAIT = DOWN_AFTER
 #: Least time between two hand-back steps.
@@ -212,6 +220,10 @@ class PoolMember:
     started: float
     map: SlotMap | None = None
     _heard: dict[str, float] = attrs.field(factory=dict)
+    #: Per peer: when its last heartbeat arrived.
+    _beat_at: dict[str, float] = attrs.field(factory=dict)
+    #: Per peer: the longest own loop lag since the peer was last heard.
+    _grace: dict[str, float] = attrs.field(factory=dict)
     _reported: dict[str, MapKey | None] = attrs.field(factory=dict)
     _next_step: float = 0.0
     _targets: dict[frozenset[str], tuple[str, ...]] = attrs.field(factory=dict)
@@ -236,12 +248,32 @@ class PoolMember:
             strangers = {o for o in set(peer_map.owners) if o is not None and o not in known}
             if strangers or peer_map.key.author not in known:
                 raise PoolError(f"map from {beat.sender!r} names members outside the pool")
-        self._heard[beat.sender] = now
+        self.heard_from(beat.sender, now)
+        self._beat_at[beat.sender] = now
         self._reported[beat.sender] = None if peer_map is None else peer_map.key
         if peer_map is not None and (self.map is None or peer_map.key > self.map.key):
             self.map = peer_map
             return Change(peer_map.key, Reason.ADOPTED)
         return None
+
+    def heard_from(self, peer: str, now: float) -> None:
+        """A frame from ``peer`` arrived (a heartbeat, or any frame of the
+        link once the peer has named itself): it is live at ``now``."""
+        self._heard[peer] = max(now, self._heard.get(peer, now))
+        self._grace.pop(peer, None)
+
+    def lagged(self, late: float, now: float) -> None:
+        """This member's event loop is ``late`` seconds behind at ``now`` (a
+        timer due at ``now - late`` has not run before): frames may have
+        waited unread since then, so each peer's deadline is extended by the
+        longest such lag since the peer was last heard (rule 1; only the part
+        of it after that).  A dead peer is thus declared down
+        :data:`DOWN_AFTER` after its last frame when this member's loop keeps
+        time, and at most that plus its own worst stall when not."""
+        for peer, at in self._heard.items():
+            lag = min(late, now - at)
+            if lag > self._grace.get(peer, 0.0):
+                self._grace[peer] = lag
 
     def tick(self, now: float) -> Change | None:
         """Let time pass: the coordinator writes the next map if one is due
@@ -288,13 +320,24 @@ class PoolMember:
 
     def live(self, now: float) -> frozenset[str]:
         """Members seen live: this one and every peer heard within
-        :data:`DOWN_AFTER`."""
-        up = {n for n, at in self._heard.items() if now - at < DOWN_AFTER}
+        :data:`DOWN_AFTER` plus this member's own lag since then."""
+        grace, beats = self._grace, self._beat_at
+        up = {
+            n
+            for n, at in self._heard.items()
+            if now - at < DOWN_AFTER + grace.get(n, 0.0)
+            and now - beats.get(n, at) < BEATLESS_AT_MOST + grace.get(n, 0.0)
+        }
         return frozenset(up | {self.me})
 
     def heard(self, peer: str) -> float | None:
-        """When ``peer``'s last heartbeat arrived (None: never)."""
+        """When ``peer``'s last frame arrived (None: never)."""
         return self._heard.get(peer)
+
+    def grace(self, peer: str) -> float:
+        """How much later than :data:`DOWN_AFTER` ``peer`` is declared down
+        now: this member's longest loop lag since it was last heard."""
+        return self._grace.get(peer, 0.0)
 
     def coordinator(self, now: float) -> str:
         """The first live member in configuration order."""

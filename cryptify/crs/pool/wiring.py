@@ -14,7 +14,8 @@
   and incoming (once the incoming one has named its peer), so that each
   connection hears from its other end every second;
 - feeds every heartbeat received (on any connection) to
-  :meth:`~PoolMember.receive`; a connection that sends a frame that does not
+  :meth:`~PoolMember.receive`, and counts every other frame of a peer as a
+  sign of life (:meth:`~PoolMember.heard_from`); a connection that sends a frame that does not
   decode, a sender that is not a peer, or a second sender, or stays silent
   for :data:`IDLE_TIMEOUT`, is dropped, and nothing of it reaches the core;
 - writes each map change to crs.log with its reason, and tells ``notify.sh``
@@ -30,6 +31,11 @@
   nobody handles is logged once per type and ignored (a newer peer), and a
   handler that raises :class:`~cryptify.crs.pool.wire.WireError` drops the
   connection as a bad heartbeat does;
+- measures its own event loop's lag (a probe due every
+  :data:`LAG_PROBE_INTERVAL`, and how late it fires) and tells the member
+  (:meth:`~PoolMember.lagged`), so that a peer whose frames waited unread
+  while this reactor was busy (a storm of client handshakes) is not
+  declared down for it;
 - persists the member's *incarnation* in ``data-dir/pool-incarnation``
   (:func:`next_incarnation`).
 
@@ -52,7 +58,7 @@ from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -90,6 +96,11 @@ log = Logger(namespace="cryptify.crs.pool")
 IDLE_TIMEOUT = 3 * DOWN_AFTER
 #: Incoming pool-link connections held at once, per other member.
 INBOUND_PER_PEER = 4
+#: How often the loop-lag probe is due: the lag it measures is how late it fires.
+LAG_PROBE_INTERVAL = 0.1
+#: A lag this long goes to crs.log (at most once per :data:`LAG_LOG_EVERY`).
+LAG_WARN = 1.0
+LAG_LOG_EVERY = 10.0
 #: Where the incarnation is kept, under ``data-dir``.
 INCARNATION_FILE = "pool-incarnation"
 #: Longest incarnation file read (a decimal number).
@@ -155,6 +166,7 @@ class _LinkProtocol(Protocol):
                 if isinstance(frame, Envelope):
                     if self.peer is None or self not in self.link._conns:
                         raise WireError(f"a {frame.type!r} frame before the first heartbeat")
+                    self.link._alive(self.peer)
                     self.link._dispatch(self.peer, frame)
                     self.idle.reset()
                     continue
@@ -177,6 +189,10 @@ class _LinkProtocol(Protocol):
             abort(self.transport)
 
     def timeoutConnection(self) -> None:
+        if self.link.stalled():
+            # The silence may be this reactor's own: judge once it has read.
+            self.idle.reset()
+            return
         log.info(
             "pool link: dropping the connection from {address}: silent for {idle}s",
             address=self._address(),
@@ -328,6 +344,14 @@ class PoolLink(service.MultiService):
         service.MultiService.addService(self, self.listener)
         self._loop = LoopingCall(self._beat)
         self._loop.clock = reactor
+        #: When the loop-lag probe is due, and its delayed call.
+        self._probe_due: float | None = None
+        self._probe: IDelayedCall | None = None
+        #: The longest lag measured, and when one was last logged.
+        self.lag_max = 0.0
+        self._lag_logged: float | None = None
+        #: When a lag of at least LAG_WARN was last seen.
+        self._stall_at: float | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -339,6 +363,7 @@ class PoolLink(service.MultiService):
                 raise StartupError(f"pool link: cannot store the incarnation: {exc}") from exc
             self.start(incarnation)
         service.MultiService.startService(self)
+        self._schedule_probe()
         self._loop.start(HEARTBEAT_INTERVAL, now=True).addErrback(
             lambda f: log.failure("pool heartbeat loop stopped", f)
         )
@@ -357,6 +382,9 @@ class PoolLink(service.MultiService):
     def stopService(self) -> defer.Deferred[None]:
         if self._loop.running:
             self._loop.stop()
+        if self._probe is not None and self._probe.active():
+            self._probe.cancel()
+        self._probe = self._probe_due = None
         result: defer.Deferred[None] = service.MultiService.stopService(self)
         for proto in list(self._open):
             abort(proto.transport)
@@ -476,8 +504,58 @@ class PoolLink(service.MultiService):
         if change is not None:
             self._changed(change)
 
+    def _schedule_probe(self) -> None:
+        self._probe_due = self.reactor.seconds() + LAG_PROBE_INTERVAL
+        self._probe = self.reactor.callLater(LAG_PROBE_INTERVAL, self._probe_fired)
+
+    def _probe_fired(self) -> None:
+        self._probe = None
+        self._observe_lag()
+        self._schedule_probe()
+
+    def _observe_lag(self) -> None:
+        """Tell the member how late the probe is now (it was due at
+        ``_probe_due``): called by the probe, and before every liveness
+        judgement, which may run first after a stall (another timer, or a
+        frame read in the same turn as the stall)."""
+        due = self._probe_due
+        if due is None or self.member is None:
+            return
+        now = self.reactor.seconds()
+        late = now - due
+        if late <= 0:
+            return
+        self.member.lagged(late, now)
+        if late > self.lag_max:
+            self.lag_max = late
+        if late >= LAG_WARN:
+            self._stall_at = now
+        if late >= LAG_WARN and (
+            self._lag_logged is None or now - self._lag_logged >= LAG_LOG_EVERY
+        ):
+            self._lag_logged = now
+            log.warn(
+                "pool: this instance's event loop ran {late:.1f}s late; peers' heartbeat"
+                " deadlines are extended by it",
+                late=late,
+            )
+
+    def stalled(self) -> bool:
+        """Whether this reactor is, or was less than a heartbeat interval
+        ago, at least :data:`LAG_WARN` behind: a connection's silence
+        measured now may be frames not read yet."""
+        self._observe_lag()
+        at = self._stall_at
+        return at is not None and self.reactor.seconds() - at < HEARTBEAT_INTERVAL
+
+    def _alive(self, peer: str) -> None:
+        """A frame other than a heartbeat from ``peer``: it is live."""
+        assert self.member is not None
+        self.member.heard_from(peer, self.reactor.seconds())
+
     def _beat(self) -> None:
         assert self.member is not None
+        self._observe_lag()
         change = self.member.tick(self.reactor.seconds())
         self._links()
         if change is not None:
@@ -490,6 +568,7 @@ class PoolLink(service.MultiService):
 
     def _links(self) -> None:
         assert self.member is not None
+        self._observe_lag()
         live = self.member.live(self.reactor.seconds()) - {self.me}
         for peer in self.peers:
             if peer in live and peer not in self._up:
@@ -502,10 +581,11 @@ class PoolLink(service.MultiService):
                 last = self.member.heard(peer)
                 log.warn(
                     "pool link to {peer} down: no heartbeat for {age:.1f}s"
-                    " (the last arrived at {last:.3f})",
+                    " (the last arrived at {last:.3f}; own loop lag allowed {grace:.1f}s)",
                     peer=peer,
                     age=self.reactor.seconds() - last if last is not None else DOWN_AFTER,
                     last=last if last is not None else 0.0,
+                    grace=self.member.grace(peer),
                 )
                 self.notify(f"pool_link_{peer}", "down")
                 self._tell_link(peer, False)
