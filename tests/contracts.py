@@ -80,6 +80,11 @@ class MessageStoreContract:
         t.assertEqual(
             (await self.store.waiting_ids("tel:+2", 5), await self.store.inboxes()), ([], [])
         )
+        # the sender's retry (a new ID) of a message handed on is a repeat:
+        # the message is on the member it was handed to
+        retry = await post("tel:+1", "key:aa", "tel:+2", "a", "content", b"x", None, None, "m-8")
+        t.assertEqual((retry.id, retry.duplicate), ("m-1", True))
+        t.assertEqual(await self.store.waiting_ids("tel:+2", 5), [])
         back = await post("tel:+1", "key:aa", "tel:+2", "a", "content", b"x", None, None, "m-1", 5)
         t.assertEqual((back.id, back.duplicate), ("m-1", False))
         t.assertEqual(await self.store.delivered("tel:+2", "m-1"), ("tel:+1", "content"))
@@ -89,8 +94,8 @@ class MessageStoreContract:
 
     def test_pool_copy(self) -> Any:
         """A copy from another pool member keeps its ID, time and scope; once
-        handed on it may come back and is stored again; once delivered, a
-        copy is a repeat."""
+        handed on it may come back under its ID and is stored again (a retry
+        under a new ID is a repeat); once delivered, a copy is a repeat."""
         return self.drive(self._pool_copy())
 
     async def _order_and_limit(self) -> None:
@@ -171,8 +176,13 @@ class MessageStoreContract:
             self.store.submit("tel:+1", "conn:c:1", "tel:+2", "acme", "content", b"x")
         )
         t.assertEqual(code, "not-found")
-        await self.store.remember("tel:+1")
-        await self.store.remember("tel:+2")
+        t.assertTrue(await self.store.remember("tel:+1"))
+        t.assertFalse(await self.store.remember("tel:+1"))
+        # what another pool member tells: learned, listed, counted once
+        t.assertEqual(await self.store.learn(["tel:+2", "tel:+3"]), 2)
+        t.assertEqual(await self.store.learn(["tel:+3"]), 0)
+        t.assertEqual(await self.store.known_uris(), ["tel:+1", "tel:+2", "tel:+3"])
+        t.assertFalse(await self.store.remember("tel:+2"))
         first = await self.store.submit("tel:+1", "conn:c:1", "tel:+2;7", "acme", "content", b"x")
         await self.store.submit("tel:+1", "conn:c:2", "tel:+2", "acme", "ack", b"y")
         await self.store.submit("tel:+1", "conn:c:2", "tel:+2", "acme", "ack", b"y")  # repeat

@@ -100,6 +100,15 @@ class Router(Protocol):
         """Tell the member serving ``sender`` that its message was delivered."""
         ...
 
+    def settled(self, recipient: str, message_id: str) -> None:
+        """The recipient confirmed ``message_id`` here (a copy kept
+        elsewhere is dropped there)."""
+        ...
+
+    def learned(self, uri: str) -> None:
+        """``uri`` attached here for the first time: the pool takes posts for it."""
+        ...
+
 
 @attrs.define(eq=False)
 class Outbox:
@@ -304,6 +313,8 @@ class Messaging:
             sender, kind = found
             self.counters["delivered"] += 1
             self.trace.emit("message", sender, uri, "delivered", account, message_id)
+            if self.pool is not None:
+                self.pool.settled(uri, message_id)
             if kind != "ack":
                 if self.registry.get(sender) is not None or self.pool is None:
                     self.tell_sender(sender, message_id)
@@ -449,7 +460,13 @@ class Messaging:
 
                 self.scheduler.callLater(DELIVERY_RETRY, again)
 
-        defer.ensureDeferred(self.store.remember(attachment.uri)).addErrback(not_remembered)
+        def remembered(new: bool) -> None:
+            if new and self.pool is not None:
+                self.pool.learned(attachment.uri)
+
+        defer.ensureDeferred(self.store.remember(attachment.uri)).addCallbacks(
+            remembered, not_remembered
+        )
 
 
 def forward_state(kind: str) -> str:
