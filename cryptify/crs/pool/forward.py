@@ -42,6 +42,16 @@ the post through another path is answered with the first ID and stored
 nothing: that key is the tombstone of every forwarded or delivered
 message.
 
+Two copies of one ID (a forward that timed out although the owner had
+stored it): each side remembers the other member that may hold a copy,
+and the one whose recipient confirms it first tells the other
+(``msg-gone``), which drops its copy.  Known URIs are pool-wide: a URI
+that attaches here first is sent to every live peer (``msg-known``), and
+the whole set when a peer's link comes up and every :data:`KNOWN_RESYNC`,
+so a member that takes over a dead member's slots takes posts for its
+clients.  :attr:`Forwarder.counters` feed ``show services``
+(``pool_messages``) and the metrics.
+
 ``delivered`` confirmations for a sender attached at another member are
 sent to the member that owns the sender's slot (``msg-delivered``), which
 tells the sender when attached, as a member does for its own clients (a
