@@ -97,7 +97,7 @@ local function item(i)
   local existing = redis.call('GET', dedup)
   if existing then
     local first, kept, state = string.match(existing, '^(%S+) (%S+)( ?%S*)$')
-    if state ~= ' handed' or first ~= id then
+    if state ~= ' handed' then
       if first == nil or kept ~= digest then return '-3' end
       return '0 ' .. first
     end
@@ -139,9 +139,8 @@ end
 
 #: A message handed to another pool member: drop it here like a delivery,
 #: and mark its de-duplication key ``handed`` (same expiry): a copy of it
-#: coming back under its ID (the slot moved back) is stored again, while a
-#: copy of a message delivered here, or still here, and a sender's retry
-#: (a new ID) of a message handed on are answered as a repeat.  KEYS:
+#: coming back (the slot moved back) is stored again, while a copy of a
+#: message delivered here, or still here, is answered as a repeat.  KEYS:
 #: the inbox; ARGV: the message ID.  Answers 1 when it was there.
 _HANDED = """
 local id = ARGV[1]

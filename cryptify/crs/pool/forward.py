@@ -485,6 +485,9 @@ class Forwarder(service.Service):
             if pending.peer == peer and pending.message_id == note.id:
                 self._take(n, peer)
                 pending.answer.callback(Posted(note.id, duplicate=False))
+        if self._origins.get(note.id) != peer:
+            return  # no copy here that peer may also hold (the usual case)
+        del self._origins[note.id]
         self._drop(base_uri(note.recipient), note.id, peer)
 
     def _drop(self, recipient: str, message_id: str, peer: str) -> None:
