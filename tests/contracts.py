@@ -171,8 +171,13 @@ class MessageStoreContract:
             self.store.submit("tel:+1", "conn:c:1", "tel:+2", "acme", "content", b"x")
         )
         t.assertEqual(code, "not-found")
-        await self.store.remember("tel:+1")
-        await self.store.remember("tel:+2")
+        t.assertTrue(await self.store.remember("tel:+1"))
+        t.assertFalse(await self.store.remember("tel:+1"))
+        # what another pool member tells: learned, listed, counted once
+        t.assertEqual(await self.store.learn(["tel:+2", "tel:+3"]), 2)
+        t.assertEqual(await self.store.learn(["tel:+3"]), 0)
+        t.assertEqual(await self.store.known_uris(), ["tel:+1", "tel:+2", "tel:+3"])
+        t.assertFalse(await self.store.remember("tel:+2"))
         first = await self.store.submit("tel:+1", "conn:c:1", "tel:+2;7", "acme", "content", b"x")
         await self.store.submit("tel:+1", "conn:c:2", "tel:+2", "acme", "ack", b"y")
         await self.store.submit("tel:+1", "conn:c:2", "tel:+2", "acme", "ack", b"y")  # repeat

@@ -348,9 +348,21 @@ class MemoryMessageStore:
     async def confirm(self, recipient: str, message_id: str) -> tuple[str, str] | None:
         return await self.delivered(recipient, message_id, STAT_PREFIX)
 
-    async def remember(self, uri: str) -> None:
+    async def remember(self, uri: str) -> bool:
         self._reachable()
+        new = uri not in self.known
         self.known.add(uri)
+        return new
+
+    async def learn(self, uris: list[str]) -> int:
+        self._reachable()
+        new = set(uris) - self.known
+        self.known.update(uris)
+        return len(new)
+
+    async def known_uris(self) -> list[str]:
+        self._reachable()
+        return sorted(self.known)
 
     async def mark_read(self, uri: str) -> None:
         self._reachable()

@@ -45,6 +45,10 @@ class FakeLink:
         self.listeners: list[Callable[[str, bool], None]] = []
         self.watchers: list[Callable[[], bool]] = []
 
+    @property
+    def peers(self) -> list[str]:
+        return sorted(n for n in self.net.links if n != self.me)
+
     def owner(self, slot: int) -> str | None:
         return self.slots.get(slot, self.default)
 
@@ -57,10 +61,11 @@ class FakeLink:
         return self.net.connected(self.me, peer)
 
     def send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
-        if not self.net.connected(self.me, peer):
-            return False
         frame = decode_frame(encode_frame(frame_type, fields)[4:])
         assert isinstance(frame, Envelope)
+        if not self.net.connected(self.me, peer):
+            self.net.dropped.append((self.me, peer, frame))
+            return False
         self.net.queue.append((self.me, peer, frame))
         return True
 
@@ -81,6 +86,13 @@ class Net:
         self.links: dict[str, FakeLink] = {}
         self.cut: set[frozenset[str]] = set()
         self.queue: list[tuple[str, str, Envelope]] = []
+        #: Every frame lost (sent on no connection, cut, lost, a crash).
+        self.dropped: list[tuple[str, str, Envelope]] = []
+
+    def drop(self, keep: Callable[[tuple[str, str, Envelope]], bool]) -> None:
+        """Lose the queued frames ``keep`` refuses."""
+        self.dropped += [q for q in self.queue if not keep(q)]
+        self.queue = [q for q in self.queue if keep(q)]
 
     def connected(self, a: str, b: str) -> bool:
         return a in self.links and b in self.links and frozenset((a, b)) not in self.cut
@@ -98,7 +110,7 @@ class Net:
             self.cut.discard(pair)
         else:
             self.cut.add(pair)
-            self.queue = [q for q in self.queue if frozenset(q[:2]) != pair]
+            self.drop(lambda q: frozenset(q[:2]) != pair)
         for me, peer in ((a, b), (b, a)):
             for listener in list(self.links[me].listeners):
                 listener(peer, up)
@@ -115,7 +127,7 @@ class Net:
         return done
 
     def lose(self) -> None:
-        self.queue.clear()
+        self.drop(lambda q: False)
 
 
 class Conn:
@@ -215,7 +227,7 @@ class Node:
             attachment.conn.disconnect("crash")
         assert self.net is not None
         del self.net.links[self.name]
-        self.net.queue = [q for q in self.net.queue if self.name not in q[:2]]
+        self.net.drop(lambda q: self.name not in q[:2])
 
     def restart(self) -> None:
         """Crash and start again with the same store and the links' views."""

@@ -275,6 +275,17 @@ class ForwardTests(SynchronousTestCase):
         self.assertEqual(self.b.forwarder.routes.peers_for("alpha"), [A])
         self.assertFalse(self.a.forwarder.remote("alpha"))
 
+    def test_known_uris_not_shared_with_another_operator(self) -> None:
+        """The pool shares the URIs known at each member (msg-known); another
+        operator gets none of them, on link-up or on attach, and a msg-known
+        it sends is not handled."""
+        self.net.set_link(A, B, False)
+        self.net.set_link(A, B, True)
+        self.a.attach("tel:+101")
+        self.a.clock.advance(600)
+        self.assertNotIn("msg-known", [frame.type for _, _, frame in self.net.queue])
+        self.assertNotIn("msg-known", self.b.link.handlers)
+
     def test_stored_at_the_peer_before_posted(self) -> None:
         """The post goes to the peer hosting beta, which stores it; only its
         answer makes `posted`; A traces forward content, Account external;

@@ -244,6 +244,30 @@ class CrsMetricsTests(SynchronousTestCase):
         self.assertEqual(got["cryptify_crs_query_ok{query=waiting}"], 0)
         self.assertNotIn("cryptify_crs_messages_waiting", got)
         self.assertNotIn("cryptify_crs_relay_rx_total", got)
+        self.assertNotIn("cryptify_crs_pool_messages_forwarded_total", got)
+
+    def test_pool_message_counters(self) -> None:
+        """In a pool, the forwarder's counters are read at each scrape."""
+        counters = {"forwarded": 4, "timeouts": 1}
+        metrics = CrsMetrics(
+            FakeRegistry(0),  # type: ignore[arg-type]
+            UmsgServerFactory(Any, Clock()),
+            FakeSessions(),  # type: ignore[arg-type]
+            FakeMessaging(),  # type: ignore[arg-type]
+            FakeStore(),  # type: ignore[arg-type]
+            {},
+            Queries(Clock(), {}),
+            pool_messages=counters,
+        )
+        registry = registry_for(metrics.families)
+        counters["duplicates"] = 2
+        got = scrape(registry)
+        p = "cryptify_crs_pool_messages_"
+        self.assertEqual(got[p + "forwarded_total"], 4)
+        self.assertEqual(got[p + "timeouts_total"], 1)
+        self.assertEqual(got[p + "duplicates_total"], 2)
+        for key in ("held", "handed", "taken", "gone", "learned"):
+            self.assertEqual(got[p + key + "_total"], 0)
 
 
 class MetricsDirectiveTests(SynchronousTestCase):

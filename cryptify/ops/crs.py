@@ -38,6 +38,7 @@ from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.messages.store import MessageStore
 from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.operator.state import probe_up
+from cryptify.crs.pool.forward import COUNTERS as POOL_MESSAGE_COUNTERS
 from cryptify.events import Notifier
 from cryptify.ops.metrics import Queries, counter_families
 from cryptify.ops.reload import Directive, Plan, Reloader
@@ -168,6 +169,8 @@ class CrsMetrics:
     probes: dict[str, Callable[[], bool | str]]
     queries: Queries
     reloader: Reloader[CrsFiles] | None = None
+    #: In a pool: the forwarder's counters (``Forwarder.counters``).
+    pool_messages: dict[str, int] | None = None
 
     def families(self) -> Iterator[Metric]:
         p = "cryptify_crs_"
@@ -196,6 +199,9 @@ class CrsMetrics:
         ):
             yield _counter(p + "messages_" + key, doc, self.messaging.counters.get(key, 0))
         yield _counter(p + "messages_expired", "Messages dropped undelivered", self.store.expired)
+        if self.pool_messages is not None:
+            for key, doc in POOL_MESSAGE_COUNTERS:
+                yield _counter(p + "pool_messages_" + key, doc, self.pool_messages.get(key, 0))
         if "waiting" in self.queries.values:
             yield _gauge(
                 p + "messages_waiting",

@@ -393,6 +393,7 @@ def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statis
     forwarder = None
     if basics.pool is not None:
         forwarder = Forwarder(basics.pool, store, messaging, reactor)
+        basics.probes["pool_messages"] = forwarder.status
     return Messages(store, messaging, MessageExpiry(store, reactor), forwarder)
 
 
@@ -567,6 +568,7 @@ def make_crs_service(
             messages.store,
             basics.probes,
             queries,
+            pool_messages=messages.forwarder.counters if messages.forwarder is not None else None,
         ),
     )
     admin = admin_listener(cfg, reactor, state)

@@ -42,6 +42,8 @@ from __future__ import annotations
 import socket
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from typing import Protocol as Interface
+from typing import runtime_checkable
 
 import attrs
 from twisted.application import service
@@ -276,6 +278,18 @@ def tcp_keepalive(transport: object, idle: float) -> None:
             handle.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
+@runtime_checkable
+class PausablePort(Interface):
+    """A listening port that can stop and resume accepting (Twisted's TCP and
+    TLS ports), with the most connections one accept turn takes."""
+
+    numberAccepts: int
+
+    def stopReading(self) -> None: ...
+
+    def startReading(self) -> None: ...
+
+
 class UmsgServerFactory(ServerFactory[UmsgServerProtocol]):
     """The client listener's factory: admission, limits, sweeps."""
 
@@ -311,11 +325,12 @@ class UmsgServerFactory(ServerFactory[UmsgServerProtocol]):
         self._loops: list[task.LoopingCall] = []
         #: Admission control: the listening port it pauses, when listening.
         self.admission = Admission()
-        self.port: Any = None
+        self.port: PausablePort | None = None
 
-    def listening(self, port: Any) -> None:
-        """The listening port to pause and resume (None: not listening)."""
-        self.port = port
+    def listening(self, port: object) -> None:
+        """The listening port to pause and resume (None: not listening; one
+        that cannot pause is not controlled)."""
+        self.port = port if isinstance(port, PausablePort) else None
         self.admission = Admission()
         self._admit_more()
 
@@ -339,7 +354,7 @@ class UmsgServerFactory(ServerFactory[UmsgServerProtocol]):
                 )
         elif what == "resume":
             port.startReading()
-        if not self.admission.paused and hasattr(port, "numberAccepts"):
+        if not self.admission.paused:
             port.numberAccepts = Admission.room(count, limit)
 
     def keepalive(self, host: str) -> tuple[str, int]:
@@ -517,8 +532,7 @@ class UmsgListenService(ListenService):
 
     def _bind(self) -> None:
         super()._bind()
-        if self.factory.port is not self.port:
-            self.factory.listening(self.port)
+        self.factory.listening(self.port)
 
     def stopService(self) -> defer.Deferred[object]:
         service.Service.stopService(self)

@@ -34,7 +34,7 @@ recipient's account.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
@@ -102,6 +102,12 @@ class _AsPoolRoutes:
     link: IwRoutes
     me: str = ""
 
+    @property
+    def peers(self) -> Sequence[str]:
+        """No pool members here (what is known is not shared with another
+        operator: :attr:`IwForwarder.shares_known`)."""
+        return ()
+
     def owner(self, slot: int) -> str | None:
         return None
 
@@ -168,6 +174,9 @@ class IwForwarder(Forwarder):
         )
         link.handle(ACCOUNTS, self._on_accounts)
         self._refresh_local()
+
+    #: The URIs known here are not another operator's business.
+    shares_known = False
 
     def _install(self, messaging: Messaging) -> None:
         messaging.iw = self

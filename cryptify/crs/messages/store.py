@@ -66,8 +66,8 @@ EXPIRE_AFTER = 7 * 24 * 3600.0
 EXPIRY_SWEEP = 60.0
 #: Kinds of stored messages.
 KINDS = ("content", "ack", "system")
-#: The set of URIs that have attached to this CRS at some time (a post to
-#: any other is refused ``not-found``).
+#: The set of URIs that have attached to this CRS, or in a pool to any of
+#: its members, at some time (a post to any other is refused ``not-found``).
 KNOWN_URIS = "known-uris"
 #: Per-URI counters for ``show message``: ``msgstat:{URI}`` is a hash of
 #: ``post``, ``deliv``, ``read`` (Unix seconds) and ``account``.
@@ -378,10 +378,30 @@ class MessageStore:
         """A client's ``delivered``: drop the message, count it for its sender."""
         return self.delivered(recipient, message_id, STAT_PREFIX)
 
-    async def remember(self, uri: str) -> None:
-        """``uri`` attached: it may receive posts from now on (waits for Redis)."""
+    async def remember(self, uri: str) -> bool:
+        """``uri`` attached: it may receive posts from now on (waits for
+        Redis).  True when it was not known before."""
         await self.store().when_connected()
-        await self._client().sadd(KNOWN_URIS, uri)
+        return bool(int(await self._client().sadd(KNOWN_URIS, uri)))
+
+    async def learn(self, uris: list[str]) -> int:
+        """``uris`` attached at another pool member: take posts for them
+        here too.  How many were new."""
+        if not uris:
+            return 0
+        return int(await self._client().sadd(KNOWN_URIS, uris))
+
+    async def known_uris(self, batch: int = 1000) -> list[str]:
+        """Every known URI (an ``SSCAN`` of the set, so Redis is never
+        blocked by one long answer)."""
+        client = self._client()
+        found: set[str] = set()
+        cursor: object = 0
+        while True:
+            cursor, members = await client.sscan(KNOWN_URIS, cursor, None, batch)
+            found.update(str(m) for m in members)
+            if str(cursor) == "0":
+                return sorted(found)
 
     async def mark_read(self, uri: str) -> None:
         """``uri`` fetched its messages now."""

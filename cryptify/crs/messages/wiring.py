@@ -108,6 +108,15 @@ class Router(Protocol):
         """Tell the member serving ``sender`` that its message was delivered."""
         ...
 
+    def settled(self, recipient: str, message_id: str) -> None:
+        """The recipient confirmed ``message_id`` here (a copy kept
+        elsewhere is dropped there)."""
+        ...
+
+    def learned(self, uri: str) -> None:
+        """``uri`` attached here for the first time: the pool takes posts for it."""
+        ...
+
 
 class External(Protocol):
     """Where posts for accounts hosted by another operator go
@@ -357,6 +366,8 @@ class Messaging:
             sender, kind = found
             self.counters["delivered"] += 1
             self.trace.emit("message", sender, uri, "delivered", account, message_id)
+            if self.pool is not None:
+                self.pool.settled(uri, message_id)
             if kind != "ack":
                 if self.registry.get(sender) is not None:
                     self.tell_sender(sender, message_id)
@@ -506,7 +517,13 @@ class Messaging:
 
                 self.scheduler.callLater(DELIVERY_RETRY, again)
 
-        defer.ensureDeferred(self.store.remember(attachment.uri)).addErrback(not_remembered)
+        def remembered(new: bool) -> None:
+            if new and self.pool is not None:
+                self.pool.learned(attachment.uri)
+
+        defer.ensureDeferred(self.store.remember(attachment.uri)).addCallbacks(
+            remembered, not_remembered
+        )
 
 
 def forward_state(kind: str) -> str:

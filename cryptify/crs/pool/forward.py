@@ -42,6 +42,16 @@ the post through another path is answered with the first ID and stored
 nothing: that key is the tombstone of every forwarded or delivered
 message.
 
+Two copies of one ID (a forward that timed out although the owner had
+stored it): each side remembers the other member that may hold a copy,
+and the one whose recipient confirms it first tells the other
+(``msg-gone``), which drops its copy.  Known URIs are pool-wide: a URI
+that attaches here first is sent to every live peer (``msg-known``), and
+the whole set when a peer's link comes up and every :data:`KNOWN_RESYNC`,
+so a member that takes over a dead member's slots takes posts for its
+clients.  :attr:`Forwarder.counters` feed ``show services``
+(``pool_messages``) and the metrics.
+
 ``delivered`` confirmations for a sender attached at another member are
 sent to the member that owns the sender's slot (``msg-delivered``), which
 tells the sender when attached, as a member does for its own clients (a
@@ -51,7 +61,8 @@ sender that is not attached is not told, here as on one instance).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -75,16 +86,23 @@ from cryptify.crs.messages.store import (
 from cryptify.crs.messages.wiring import Messaging, Relayed, forward_state
 from cryptify.crs.pool.forward_core import (
     DELIVERED,
+    GONE,
+    KNOWN,
+    MAX_KNOWN_BATCH,
     PASSED_ON,
     POST,
     REFUSED,
     STORED,
     UNAVAILABLE,
     decode_delivered,
+    decode_gone,
+    decode_known,
     decode_post,
     decode_refused,
     decode_stored,
     encode_delivered,
+    encode_gone,
+    encode_known,
     encode_post,
     encode_refused,
     encode_stored,
@@ -101,6 +119,25 @@ FORWARD_TIMEOUT = 3.0
 SWEEP_INTERVAL = 2.0
 #: Messages of one inbox handed over at once.
 SWEEP_WINDOW = 64
+#: Seconds between sending every live peer the whole set of known URIs
+#: again (besides when its link comes up): a ``msg-known`` lost with its
+#: connection is made good within this time.
+KNOWN_RESYNC = 300.0
+#: Messages taken from a peer's forward whose origin is remembered (for
+#: ``msg-gone``) at most; the oldest are forgotten first.
+MAX_ORIGINS = 100_000
+#: The counters of ``show services`` (row ``pool_messages``) and of the
+#: metrics (``cryptify_crs_pool_messages_KEY``), with what each counts.
+COUNTERS = (
+    ("forwarded", "Posts stored at the member owning the recipient's slot"),
+    ("held", "Posts kept here for another member (hinted hand-off)"),
+    ("handed", "Kept messages handed to the member owning their slot"),
+    ("taken", "Messages stored here for another member's post or hand-off"),
+    ("duplicates", "Copies from another member dropped as already stored or delivered here"),
+    ("gone", "Kept copies dropped because the owner's recipient confirmed the message"),
+    ("timeouts", "Forwarded posts not answered in time (then kept here)"),
+    ("learned", "Known URIs learned from other members"),
+)
 
 
 class PoolRoutes(Protocol):
@@ -108,6 +145,9 @@ class PoolRoutes(Protocol):
     (:class:`~cryptify.crs.pool.wiring.PoolLink`)."""
 
     me: str
+
+    @property
+    def peers(self) -> Sequence[str]: ...
 
     def owner(self, slot: int) -> str | None: ...
 
@@ -132,6 +172,7 @@ class Unreachable(Exception):
 @attrs.define
 class _Pending:
     peer: str
+    message_id: str
     answer: Deferred[Posted]
     timer: IDelayedCall
 
@@ -147,6 +188,10 @@ class Forwarder(service.Service):
 
     #: The Account column of the trace lines of forwarded messages.
     trace_account = "internal"
+
+    #: Whether the URIs known here are shared with the peers (``msg-known``):
+    #: between the members of one pool, not with another operator.
+    shares_known = True
 
     def __init__(
         self,
@@ -164,7 +209,13 @@ class Forwarder(service.Service):
         self.reactor = reactor
         self.timeout = timeout
         self.new_id = new_id or (lambda: new_message_id(reactor.seconds()))
-        self.counters = {"forwarded": 0, "held": 0, "handed": 0, "taken": 0}
+        self.counters = {key: 0 for key, _ in COUNTERS}
+        #: Message ID -> the peer that may hold another copy of it (the
+        #: peer that forwarded it here, or the peer a forward from here timed
+        #: out at): told with ``msg-gone`` when its recipient confirms it here.
+        self._origins: OrderedDict[str, str] = OrderedDict()
+        #: Copies to drop (``msg-gone``) that the store could not drop yet.
+        self._to_drop: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._numbers = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         #: Peers whose messages are being kept here (logged once each).
@@ -174,11 +225,15 @@ class Forwarder(service.Service):
         self._sweeping = False
         self._again = False
         self._loop = LoopingCall(self._tick)
+        self._next_share = reactor.seconds() + KNOWN_RESYNC
         self._loop.clock = reactor
         link.handle(POST, self._on_post)
         link.handle(STORED, self._on_stored)
         link.handle(REFUSED, self._on_refused)
         link.handle(DELIVERED, self._on_delivered)
+        link.handle(GONE, self._on_gone)
+        if self.shares_known:
+            link.handle(KNOWN, self._on_known)
         link.on_link(self._on_link)
         link.watch(self._map_changed)
         self._install(messaging)
@@ -201,6 +256,12 @@ class Forwarder(service.Service):
             self._loop.stop()
         for n in list(self._pending):
             self._fail(n, Unreachable("stopping"))
+
+    def status(self) -> str:
+        """The ``show services`` row ``pool_messages``: the counters."""
+        if not self.running:
+            return "inactive"
+        return "active (" + ", ".join(f"{k} {v}" for k, v in self.counters.items()) + ")"
 
     # -- the Router of Messaging -------------------------------------------
 
@@ -237,6 +298,10 @@ class Forwarder(service.Service):
                         peer=peer,
                         why=failure.getErrorMessage(),
                     )
+                # the peer may have stored it all the same (its answer lost
+                # or late): whichever copy is confirmed first, the other is
+                # dropped (msg-gone)
+                self._remember_origin(message.id, peer)
                 return self._hold(message)
             return failure
 
@@ -252,6 +317,43 @@ class Forwarder(service.Service):
             return
         # best effort, as for a sender attached here: not attached, not told
         self.link.send(owner, DELIVERED, encode_delivered(sender, message_id))
+
+    def settled(self, recipient: str, message_id: str) -> None:
+        """Confirmed here: the member that forwarded it drops a copy it kept."""
+        origin = self._origins.pop(message_id, None)
+        if origin is not None and origin != self.link.me:
+            # best effort: a copy kept there also meets this one at the
+            # sweep while the slot stays here (the scope's tombstone)
+            self.link.send(origin, GONE, encode_gone(message_id, recipient))
+
+    def _remember_origin(self, message_id: str, peer: str) -> None:
+        self._origins[message_id] = peer
+        while len(self._origins) > MAX_ORIGINS:
+            self._origins.popitem(last=False)
+
+    def learned(self, uri: str) -> None:
+        """``uri`` attached here first: every live peer takes posts for it."""
+        if not self.shares_known:
+            return
+        for peer in self.link.peers:
+            if self.link.link_up(peer):
+                self.link.send(peer, KNOWN, encode_known([uri]))
+
+    def _share(self, peer: str) -> None:
+        if not self.shares_known:
+            return
+        defer.ensureDeferred(self._share_known(peer)).addErrback(
+            lambda f: log.warn(
+                "known URIs not sent to {peer}: {why}", peer=peer, why=f.getErrorMessage()
+            )
+        )
+
+    async def _share_known(self, peer: str) -> None:
+        """Send ``peer`` every URI known here (its link just came up)."""
+        uris = await self.store.known_uris()
+        for i in range(0, len(uris), MAX_KNOWN_BATCH):
+            if not self.link.send(peer, KNOWN, encode_known(uris[i : i + MAX_KNOWN_BATCH])):
+                return  # sent again when the link comes up again
 
     def _hold(self, message: Stored) -> Deferred[Relayed]:
         """Keep ``message`` here for its owner, durably, in its ID and scope."""
@@ -282,11 +384,13 @@ class Forwarder(service.Service):
         if not self.link.send(peer, POST, encode_post(n, message, hand)):
             return defer.fail(Unreachable(f"no link to {peer}"))
         answer: Deferred[Posted] = Deferred()
-        timer = self.reactor.callLater(
-            self.timeout, self._fail, n, Unreachable(f"no answer from {peer} in {self.timeout}s")
-        )
-        self._pending[n] = _Pending(peer, answer, timer)
+        timer = self.reactor.callLater(self.timeout, self._timed_out, n, peer)
+        self._pending[n] = _Pending(peer, message.id, answer, timer)
         return answer
+
+    def _timed_out(self, n: int, peer: str) -> None:
+        self.counters["timeouts"] += 1
+        self._fail(n, Unreachable(f"no answer from {peer} in {self.timeout}s"))
 
     def _take(self, n: int, peer: str) -> _Pending | None:
         pending = self._pending.get(n)
@@ -326,6 +430,8 @@ class Forwarder(service.Service):
         if up:
             self.dirty = True
             self.kick()
+            if self.running:
+                self._share(peer)
             return
         for n, pending in list(self._pending.items()):
             if pending.peer == peer:
@@ -358,8 +464,11 @@ class Forwarder(service.Service):
         def answered(posted: Posted) -> None:
             self.link.send(peer, STORED, encode_stored(request.n, posted.id, posted.duplicate))
             if posted.duplicate or posted.stored is None:
+                self.counters["duplicates"] += 1
                 return
             self.counters["taken"] += 1
+            if live:
+                self._remember_origin(message.id, peer)
             self._taken(posted.stored)
 
         def refused(failure: Failure) -> None:
@@ -399,6 +508,63 @@ class Forwarder(service.Service):
         note = decode_delivered(fields)
         self.messaging.tell_sender(note.sender, note.message)
 
+    def _on_gone(self, peer: str, fields: dict[str, object]) -> None:
+        """``peer`` took a message forwarded from here and its recipient
+        confirmed it: a copy kept here (the forward timed out although
+        ``peer`` had stored it) is dropped, not delivered a second time."""
+        note = decode_gone(fields)
+        for n, pending in list(self._pending.items()):
+            if pending.peer == peer and pending.message_id == note.id:
+                self._take(n, peer)
+                pending.answer.callback(Posted(note.id, duplicate=False))
+        if self._origins.get(note.id) != peer:
+            return  # no copy here that peer may also hold (the usual case)
+        del self._origins[note.id]
+        self._drop(base_uri(note.recipient), note.id, peer)
+
+    def _drop(self, recipient: str, message_id: str, peer: str) -> None:
+        """Drop a copy kept here of a message ``peer`` delivered; while the
+        store is out of reach, try again at every sweep tick."""
+
+        def dropped(found: tuple[str, str] | None) -> None:
+            self._to_drop.pop(message_id, None)
+            if found is not None:
+                self.counters["gone"] += 1
+                log.debug(
+                    "message {id} kept here was delivered by {peer}: dropped",
+                    id=message_id,
+                    peer=peer,
+                )
+
+        def not_dropped(failure: Failure) -> None:
+            if message_id not in self._to_drop:
+                log.warn(
+                    "message {id} delivered by {peer} not dropped here yet: {why}",
+                    id=message_id,
+                    peer=peer,
+                    why=failure.getErrorMessage(),
+                )
+            self._to_drop[message_id] = (recipient, peer)
+            while len(self._to_drop) > MAX_ORIGINS:
+                self._to_drop.popitem(last=False)
+
+        defer.maybeDeferred(self.store.delivered, recipient, message_id).addCallbacks(
+            dropped, not_dropped
+        )
+
+    def _on_known(self, peer: str, fields: dict[str, object]) -> None:
+        uris = [base_uri(u) for u in decode_known(fields)]
+
+        def learned(count: int) -> None:
+            self.counters["learned"] += count
+
+        defer.maybeDeferred(self.store.learn, uris).addCallbacks(
+            learned,
+            lambda f: log.warn(
+                "known URIs from {peer} not recorded: {why}", peer=peer, why=f.getErrorMessage()
+            ),
+        )
+
     # -- the sweep ---------------------------------------------------------
 
     def _map_changed(self) -> bool:
@@ -407,8 +573,15 @@ class Forwarder(service.Service):
         return False
 
     def _tick(self) -> None:
+        for message_id, (recipient, peer) in list(self._to_drop.items()):
+            self._drop(recipient, message_id, peer)
         if self.dirty:
             self.kick()
+        if self.reactor.seconds() >= self._next_share:
+            self._next_share = self.reactor.seconds() + KNOWN_RESYNC
+            for peer in self.link.peers:
+                if self.link.link_up(peer):
+                    self._share(peer)
 
     def kick(self) -> None:
         """Sweep now (or once more after the sweep under way)."""
@@ -495,6 +668,7 @@ class Forwarder(service.Service):
                     )
                     continue
                 await self.store.handed(uri, m.id)
+                self._origins.pop(m.id, None)
                 done += 1
                 self.counters["handed"] += 1
                 self.messaging.trace.emit(

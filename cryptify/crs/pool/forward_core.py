@@ -10,6 +10,8 @@ I/O).  Four frame types ride the link (:meth:`PoolLink.send`)::
     {"t": "msg-stored", "n": INT, "id": ID, "dup": BOOL}
     {"t": "msg-refused", "n": INT, "code": CODE, "reason": TEXT}
     {"t": "msg-delivered", "from": URI, "message": ID}
+    {"t": "msg-gone", "id": ID, "to": URI}
+    {"t": "msg-known", "uris": [URI, ...]}
 
 ``msg-post`` asks the peer to store a message durably under the ID and
 time it was given where it was first posted, in the sender's retry
@@ -20,7 +22,12 @@ or ``msg-refused`` with a UMSG error code.  ``hand`` marks a message that
 was already acknowledged to its sender (hinted hand-off, a sweep): the
 owner stores it whether or not it knows the recipient.
 ``msg-delivered`` tells the member serving the sender that a message was
-delivered (the sender is told when attached there).
+delivered (the sender is told when attached there).  ``msg-gone`` tells
+the member that forwarded a message that its recipient confirmed it: a
+copy that member kept after its forward timed out is dropped there
+instead of being delivered a second time.  ``msg-known`` carries URIs that
+have attached somewhere in the pool (at most :data:`MAX_KNOWN_BATCH` a
+frame), so that every member takes posts for them.
 
 Every field a peer sends is checked before it is used: the exact set of
 keys, types, sizes (:data:`~cryptify.crs.messages.store.MAX_CONTENT`
@@ -44,11 +51,15 @@ POST = "msg-post"
 STORED = "msg-stored"
 REFUSED = "msg-refused"
 DELIVERED = "msg-delivered"
+GONE = "msg-gone"
+KNOWN = "msg-known"
 
 #: Longest message ID, retry scope and refusal reason accepted.
 MAX_ID = 64
 MAX_SCOPE = 200
 MAX_REASON = 200
+#: URIs in one ``msg-known`` frame at most.
+MAX_KNOWN_BATCH = 256
 
 _URI = re.compile(TEL_EXT + r"\Z")
 _ACCOUNT = re.compile(f"({ACCOUNT})?" + r"\Z")
@@ -92,6 +103,14 @@ class DeliveredNote:
     message: str
 
 
+@attrs.frozen
+class GoneNote:
+    """A message the recipient confirmed at the member that took it."""
+
+    id: str
+    recipient: str
+
+
 # -- encoding -----------------------------------------------------------------
 
 
@@ -123,6 +142,16 @@ def encode_refused(n: int, code: str, reason: str) -> dict[str, object]:
 
 def encode_delivered(sender: str, message_id: str) -> dict[str, object]:
     return {"from": sender, "message": message_id}
+
+
+def encode_gone(message_id: str, recipient: str) -> dict[str, object]:
+    return {"id": message_id, "to": recipient}
+
+
+def encode_known(uris: list[str]) -> dict[str, object]:
+    if not 1 <= len(uris) <= MAX_KNOWN_BATCH:
+        raise ValueError(f"1 to {MAX_KNOWN_BATCH} URIs a frame")
+    return {"uris": list(uris)}
 
 
 # -- decoding -----------------------------------------------------------------
@@ -206,6 +235,19 @@ def decode_refused(fields: dict[str, object]) -> RefusedReply:
 def decode_delivered(fields: dict[str, object]) -> DeliveredNote:
     f = _keys(fields, {"from", "message"}, DELIVERED)
     return DeliveredNote(_text(f["from"], _URI, "sender"), message_id(f["message"]))
+
+
+def decode_gone(fields: dict[str, object]) -> GoneNote:
+    f = _keys(fields, {"id", "to"}, GONE)
+    return GoneNote(message_id(f["id"]), _text(f["to"], _URI, "recipient"))
+
+
+def decode_known(fields: dict[str, object]) -> list[str]:
+    f = _keys(fields, {"uris"}, KNOWN)
+    uris = f["uris"]
+    if not isinstance(uris, list) or not 1 <= len(uris) <= MAX_KNOWN_BATCH:
+        raise WireError(f"known URIs are not a list of 1 to {MAX_KNOWN_BATCH}")
+    return [_text(u, _URI, "known URI") for u in uris]
 
 
 #: Refusals the forwarding member passes on to the sender with their code;
