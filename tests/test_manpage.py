@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify import __version__
 from cryptify.cig.operator import cli as cig
-from cryptify.client import cli as client
+from cryptify.client import cli_args as client
 from cryptify.crs.operator import cli as crs
 from cryptify.kms import cli as kms
 from cryptify.tools import admin_cli, manpage

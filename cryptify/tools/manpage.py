@@ -232,7 +232,7 @@ def _paragraphs(text: str) -> list[str]:
 def pages() -> tuple[Page, ...]:
     """The pages, from each CLI's own definitions."""
     from cryptify.cig.operator import cli as cig
-    from cryptify.client import cli as client
+    from cryptify.client import cli_args as client
     from cryptify.crs.operator import cli as crs
     from cryptify.kms import cli as kms
     from cryptify.tools import admin_cli
