@@ -71,9 +71,20 @@ def worker(spec: dict[str, Any]) -> None:
     waiting = {"n": 2 * len(spec["pairs"])}
     mikeys: dict[str, bytes] = {}
     peer_of: dict[str, str] = {}
+    #: Per caller, when the current call's step began; per step, the
+    #: measured durations (seconds): where a call's time goes.
+    began: dict[str, float] = {}
+    steps: dict[str, list[float]] = {"invite": [], "answer": [], "hangup": []}
+
+    def step(name: str, caller: str) -> None:
+        now = time.monotonic()
+        if done["measuring"] and caller in began:
+            steps[name].append(now - began[caller])
+        began[caller] = now
 
     def invite(caller: str) -> None:
         if not done["stop"]:
+            began[caller] = time.monotonic()
             callee = peer_of[caller]
             extra = {"to_account": to_account[callee]} if callee in to_account else {}
             protos[caller].session.request("invite", to=callee, mikey=mikeys[caller], **extra)
@@ -88,11 +99,14 @@ def worker(spec: dict[str, Any]) -> None:
         if isinstance(event, Incoming):
             msg = event.message
             if msg.type == "invite":
+                step("invite", peer_of[uri])  # invite sent -> callee offered
                 session.notify("ringing", session=msg["session"])
                 session.notify("talk", session=msg["session"])
             elif msg.type == "talk":
+                step("answer", uri)  # callee offered -> caller has talk
                 session.notify("hangup", session=msg["session"], code="normal")
             elif msg.type == "hangup":
+                step("hangup", peer_of[uri])  # hangup sent -> callee has it
                 if done["measuring"]:
                     done["calls"] += 1
                 invite(uri if uri in mikeys else peer_of[uri])
@@ -134,7 +148,12 @@ def worker(spec: dict[str, Any]) -> None:
         done["measuring"] = False
         cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
         done["stop"] = True
-        print(json.dumps({"calls": done["calls"], "cpu": cpu, "wall": wall}), flush=True)
+        medians = {
+            f"{name}_p50_ms": round(1000 * sorted(v)[len(v) // 2], 2) if v else None
+            for name, v in steps.items()
+        }
+        report = {"calls": done["calls"], "cpu": cpu, "wall": wall, **medians}
+        print(json.dumps(report), flush=True)
         for proto in protos.values():
             proto.close("done")
 

@@ -1,6 +1,6 @@
 """Inter-working benchmark: message and call set-up rates across operators against inside one.
 
-    .venv/bin/python bench/iw.py [--pairs 50] [--seconds 10] [--no-calls]
+    .venv/bin/python bench/iw.py [--pairs 50] [--seconds 10] [--no-calls | --no-messages]
 
 Needs root (network namespaces).  Two operators, each a single real
 ``twistd crs`` (managed Redis) in its own network namespace on the bridge
@@ -23,8 +23,12 @@ B bridged to A's).  One JSON line:
   (post to message), ``errors``, the CRSs' CPU seconds in the window and
   per message, and the generator's ceiling (messages per generator CPU
   second: the generators share the two cores with both CRSs); for each
-  call part (``calls_inside``, ``calls_across``) the set-ups per second
-  and the CRSs' CPU seconds;
+  call part (``calls_inside``, ``calls_across``) the set-ups per second,
+  the CRSs' and the generators' CPU seconds, and where a call's time goes
+  (the generators' medians): ``invite_p50_ms`` (invite sent to the callee
+  offered it), ``answer_p50_ms`` (offered to the caller told ``talk``:
+  ``ringing`` and ``talk`` back), ``hangup_p50_ms`` (hangup sent to the
+  callee told);
 - ``load_average`` before the run.
 """
 
@@ -177,10 +181,17 @@ def call_rate(ops: Operators, args: argparse.Namespace, across: bool) -> dict[st
     results, cpu = run_workers(ops, args, "calls.py", tag, pairs, extra)
     calls = sum(r["calls"] for r in results)
     wall = max(r["wall"] for r in results)
+    steps = {  # where a call's time goes (the generators' medians, averaged)
+        key: round(sum(r[key] for r in results) / len(results), 2)
+        for key in ("invite_p50_ms", "answer_p50_ms", "hangup_p50_ms")
+        if all(r.get(key) is not None for r in results)
+    }
     return {
         "pairs": len(pairs),
         "setups_per_second": round(calls / wall, 1) if wall else 0.0,
         "crs_cpu_seconds": cpu,
+        "generator_cpu_seconds": round(sum(r["cpu"] for r in results), 2),
+        **steps,
     }
 
 
@@ -279,32 +290,37 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--no-calls", dest="calls", action="store_false")
+    parser.add_argument("--no-messages", dest="messages", action="store_false")
     args = parser.parse_args()
     load = os.getloadavg()
     ops = Operators()
     calls: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
     try:
-        inside = rate(ops, args, across=False)
-        across = rate(ops, args, across=True)
+        if args.messages:
+            messages["inside"] = rate(ops, args, across=False)
+            messages["across"] = rate(ops, args, across=True)
         if args.calls:
             wait_for(lambda: relay_up(ops, 1) and relay_up(ops, 2), "the relays", CEILING)
             calls["calls_inside"] = call_rate(ops, args, across=False)
             calls["calls_across"] = call_rate(ops, args, across=True)
     finally:
         ops.close()
-    result: dict[str, Any] = {
-        "bench": "iw",
-        "inside_messages_per_second": inside["messages_per_second"],
-        "across_messages_per_second": across["messages_per_second"],
-        "across_to_inside": ratio(across["messages_per_second"], inside["messages_per_second"]),
-    }
+    result: dict[str, Any] = {"bench": "iw"}
+    if messages:
+        inside, across = messages["inside"], messages["across"]
+        result["inside_messages_per_second"] = inside["messages_per_second"]
+        result["across_messages_per_second"] = across["messages_per_second"]
+        result["across_to_inside"] = ratio(
+            across["messages_per_second"], inside["messages_per_second"]
+        )
     if calls:
         result["inside_setups_per_second"] = calls["calls_inside"]["setups_per_second"]
         result["across_setups_per_second"] = calls["calls_across"]["setups_per_second"]
         result["calls_across_to_inside"] = ratio(
             result["across_setups_per_second"], result["inside_setups_per_second"]
         )
-    result.update(inside=inside, across=across, **calls)
+    result.update(**messages, **calls)
     result["load_average"] = [round(x, 2) for x in load]
     print(json.dumps(result))
 

@@ -1005,3 +1005,40 @@ class FeatureHookTests(_Base):
         self.pair(uri="tel:+4697", port=2)
         pump3.flush()
         self.assertEqual(detached, ["client detached", "purged", "replaced"])
+
+
+class NoDelayTests(SynchronousTestCase):
+    """Both ends of a UMSG connection turn Nagle off: a message written
+    while the previous one is unacknowledged would otherwise wait for the
+    other side's delayed ACK (about 40 ms per call step)."""
+
+    def transport(self) -> Any:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        class Tcp(StringTransport):
+            no_delay: bool | None = None
+
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                self.no_delay = enabled
+
+        return Tcp(peerAddress=IPv4Address("TCP", "192.0.2.9", 9))
+
+    def test_server_side(self) -> None:
+        world = World.make()
+        server = world.factory.buildProtocol(None)
+        transport = self.transport()
+        server.makeConnection(transport)
+        self.assertIs(transport.no_delay, True)
+
+    def test_client_side(self) -> None:
+        from cryptify.client.connection import UmsgClientProtocol
+
+        world = World.make()
+        events: list[Any] = []
+        client = UmsgClientProtocol(
+            world.client_session("tel:+15550001", "acme"), world.clock, events.append, "crs.test"
+        )
+        transport = self.transport()
+        client.makeConnection(transport)
+        self.assertIs(transport.no_delay, True)

@@ -19,7 +19,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from cryptify.crs.calls.wiring import LinkRelayAllocator
+from cryptify.crs.calls.wiring import SPARE_AGE, LinkRelayAllocator
 from cryptify.crs.relay.core import RelayCore
 from cryptify.crs.relay.wiring import (
     RelayDatagram,
@@ -460,6 +460,48 @@ class AllocatorTests(SynchronousTestCase):
         allocator.release("b")
         self.clock.advance(0)
         self.assertEqual(link.removes, [1, 2])
+
+    def test_spares(self) -> None:
+        """allocate_spare: the first asks the relay and orders spares in the
+        same batch; later ones are answered at once from a spare (topped up),
+        and a spare too old to trust is removed, not used."""
+        link = FakeLink(self.clock)
+        allocator = LinkRelayAllocator(link, "192.0.2.5", spares=2)
+        first = allocator.allocate_spare("a")
+        self.clock.advance(0)
+        [(labels, d)] = link.adds
+        self.assertEqual(labels, ["spare", "spare", "a"])
+        d.callback([link._allocation(label) for label in labels])
+        self.assertEqual(self.successResultOf(first).caller_tag, bytes([3]) * 8)
+        second = allocator.allocate_spare("b")
+        legs = self.successResultOf(second)  # no round trip
+        self.assertEqual((legs.caller_tag, allocator.numbers["b"]), (bytes([1]) * 8, 1))
+        self.clock.advance(0)
+        self.assertEqual(link.adds[1][0], ["spare"])  # topped up
+        link.adds[1][1].callback([link._allocation("spare")])
+        self.clock.advance(SPARE_AGE + 1)
+        third = allocator.allocate_spare("c")
+        self.assertNoResult(third)  # both spares too old: removed, an ordinary add
+        self.clock.advance(0)
+        self.assertEqual(link.removes, [[2, 4]])
+        self.assertEqual(link.adds[2][0], ["spare", "spare", "c"])
+
+    def test_spares_dropped_when_the_relay_fails(self) -> None:
+        """A failed top-up drops the ready spares (a relay that restarted has
+        lost them): removed, and the next call asks the relay."""
+        link = FakeLink(self.clock)
+        allocator = LinkRelayAllocator(link, "192.0.2.5", spares=2)
+        allocator.allocate_spare("a")
+        self.clock.advance(0)
+        link.adds[0][1].callback([link._allocation(x) for x in link.adds[0][0]])
+        self.successResultOf(allocator.allocate_spare("b"))  # spare 1; spare 2 ready
+        self.clock.advance(0)
+        link.adds[1][1].errback(ConnectionDone("relay went away"))  # the top-up
+        self.clock.advance(0)
+        self.assertEqual(link.removes, [[2]])
+        self.assertNoResult(allocator.allocate_spare("c"))
+        self.clock.advance(0)
+        self.assertEqual(link.adds[2][0], ["spare", "spare", "c"])
 
 
 class OptionsTests(SynchronousTestCase):

@@ -119,6 +119,11 @@ class UmsgClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.last_sent = self.clock.seconds()
+        # as the CRS's side: a message written while the previous one is
+        # unacknowledged must not wait for the CRS's delayed ACK (Nagle)
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         self._schedule(ATTACH_TIMEOUT)
         self.flush()
 

@@ -6,14 +6,21 @@ namespace (the harness of tests/interop/_pool.py): operator A at
 10.99.0.1 hosts account ``alpha`` (client Alice), operator B at 10.99.0.2
 hosts ``beta`` (client Bob), each with its own accounts directory and its
 own KMS; each has the other in ``iw-crs.conf`` under one shared secret.
+B's host has a second address (10.99.0.12, the manual's "private VLAN"),
+on which B's relay listens too (it listens on every address; B's CRS
+tells its clients the first): A's ``crs.conf`` maps B's configured
+address to it (``addr-map``), and B's firewall drops A's link and relay
+packets sent to B's first address, so A reaches B only through the map.
 One set-up, several checks in order:
 
-- ``show iw-crs`` shows the link up with the peer's version;
+- ``show iw-crs`` shows the link up with the peer's version, A's
+  outgoing connection up (to the second address: B's firewall counts it);
 - Alice calls Bob (``to-account beta``) and ``show iw-crs`` shows the
   data link up while it lasts (outgoing at A, incoming at B): the invite, ringing, talk and
   Bob's hangup cross the link; media goes both ways, Alice's leg through
   A's relay and Bob's through B's, the two relays bridged to each other
-  (raw relay packets with each leg's tag);
+  (raw relay packets with each leg's tag), A's relay sending B's leg to
+  B's second address (counted by B's firewall);
 - with the reference client (``cryptify-client``, each side given the
   other domain's ``cryptify-kms export``): Alice's second number sends a
   sealed message to Bob's (``--to-account beta``), which opens it,
@@ -71,6 +78,9 @@ HOSTED = {1: ("alpha", ALICE), 2: ("beta", BOB)}
 #: The numbers the reference client (cryptify-client processes) uses.
 ALICE2, BOB2 = "tel:+46110000002", "tel:+46220000002"
 SECOND = {1: ALICE2, 2: BOB2}
+#: B's second address: A reaches B's link and relay there, by addr-map.
+B_MAPPED = address(12)
+IW_PORT, RELAY_PORT = 8080, 5146
 
 
 class Inbox:
@@ -103,12 +113,18 @@ class IwOperatorsTests(PoolCase):
                 text = f.read()
             with open(conf, "w") as f:  # clients of the other operator reach it here
                 f.write(text.replace("relay 0.0.0.0 ", f"relay {address(index)} "))
+                if index == 1:
+                    f.write(f"addr-map {address(2)} {B_MAPPED}\n")
+            if index == 2:  # B's relay: on both of its host's addresses
+                with open(os.path.join(d, "relay.conf"), "w") as f:
+                    f.write(text)
             with open(os.path.join(d, "crs-local.conf"), "w") as f:
                 f.write("db-backup none\n")
             iw = os.path.join(d, "iw-crs.conf")
             with open(os.open(iw, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
                 f.write(f"iw-crs {address(peer)} {SECRET}\n")
             self.dirs.append(d)
+        self.second_address()
         self.addCleanup(self.stop_all)
         for index in (1, 2):
             self.start(index)
@@ -118,7 +134,7 @@ class IwOperatorsTests(PoolCase):
                 d,
                 "crs-relay",
                 "--config",
-                os.path.join(d, "crs.conf"),
+                os.path.join(d, "relay.conf" if index == 2 else "crs.conf"),
                 prefix=tuple(self.net.hosts[index - 1].prefix(d)),
             )
             self.addCleanup(relay.stop)
@@ -147,6 +163,30 @@ class IwOperatorsTests(PoolCase):
         self.clients += [self.alice, self.bob]
         self.inbox = {ALICE: Inbox(), BOB: Inbox()}
         self.requests = 0
+
+    def second_address(self) -> None:
+        """B's host gets ``B_MAPPED``; its firewall drops what A sends to
+        B's first address on the link and relay ports and counts what A
+        sends to the second."""
+        host = self.net.hosts[1]
+        host.run("ip", "addr", "add", f"{B_MAPPED}/24", "dev", "eth0")
+        for proto, port in (("tcp", IW_PORT), ("udp", RELAY_PORT)):
+            match = ["-s", address(1), "-p", proto, "--dport", str(port)]
+            host.run("iptables", "-A", "INPUT", "-d", address(2), *match, "-j", "DROP")
+            host.run("iptables", "-A", "INPUT", "-d", B_MAPPED, *match)
+
+    def mapped_packets(self, proto: str) -> int:
+        """Packets from A that B's firewall counted to ``B_MAPPED`` (``tcp``:
+        the link, ``udp``: the relay)."""
+        argv = ["iptables", "-n", "-v", "-x", "-L", "INPUT"]
+        out = subprocess.run(
+            [*self.net.hosts[1].prefix(), *argv], check=True, capture_output=True, text=True
+        ).stdout
+        for line in out.splitlines():
+            fields = line.split()
+            if B_MAPPED in fields and proto in line and fields[2] != "DROP":
+                return int(fields[0])
+        raise AssertionError(f"no counter for {proto} to {B_MAPPED}: {out}")
 
     # -- the clients -----------------------------------------------------
 
@@ -341,7 +381,7 @@ class IwOperatorsTests(PoolCase):
 
     def blackhole(self, add: bool) -> None:
         verb = "add" if add else "del"
-        for index, other in ((1, 2), (2, 1)):
+        for index, other in ((1, 2), (2, 1), (1, 12)):
             self.net.hosts[index - 1].run("ip", "route", verb, "blackhole", f"{address(other)}/32")
 
     # -- the test --------------------------------------------------------
@@ -353,6 +393,9 @@ class IwOperatorsTests(PoolCase):
         [row] = self.link_rows(1)
         self.assertEqual(row[:2], [address(2), "up"])
         self.assertNotEqual(row[-1], "-")  # the peer's version
+        # A's outgoing connection, to B's second address (addr-map)
+        wait_for(lambda: self.link_rows(1)[0][2] == "up", "A's outgoing link up", CEILING)
+        self.assertGreater(self.mapped_packets("tcp"), 0)
         self.attach(self.alice, [address(1)])
         self.attach(self.bob, [address(2)])
 
@@ -385,7 +428,10 @@ class IwOperatorsTests(PoolCase):
         send(self.bob.ws, type="talk", session=invite["session"])
         self.expect(self.alice, "ringing")
         self.expect(self.alice, "talk")
+        before = self.mapped_packets("udp")
         self.relayed_both_ways(session, invite)
+        # A's relay sent Bob's media to B's second address (addr-map)
+        self.assertGreater(self.mapped_packets("udp"), before)
         # show iw-crs's data columns: A placed the call, B took it
         self.assertEqual(self.link_rows(1)[0][4:7], ["up", "up", "down"])
         self.assertEqual(self.link_rows(2)[0][4:7], ["up", "down", "up"])

@@ -159,6 +159,13 @@ class UmsgServerProtocol(Protocol):
             self.ending = True
             abort(self.transport)
             return
+        # Each UMSG message is written as it is made: without this, one
+        # written while the previous one is unacknowledged waits for the
+        # client's delayed ACK (Nagle), about 40 ms: a call's invite after
+        # the last call's hangup, its talk after ringing.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         method, interval = factory.keepalive(self.host)
         self.interval = interval / 1000
         if method == "tcp":

@@ -5,11 +5,14 @@ attached-state ``invite``, ``ringing``, ``talk`` and ``hangup`` messages and
 as a listener of detaches; :class:`RegistryParties` finds callees among the
 attached clients; :class:`LinkRelayAllocator` makes one relay session per
 call through the ``crs_relay`` control link and removes it when the call
-ends (the sessions of one reactor turn in one command).
+ends (the sessions of one reactor turn in one command), and keeps a few
+spare ones for :meth:`LinkRelayAllocator.allocate_spare` (no round trip to
+the relay on a call's path).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from twisted.internet import defer
@@ -26,6 +29,14 @@ from cryptify.protocols.relay_control import MAX_BATCH, RelayAllocation
 from cryptify.protocols.umsg import Message
 
 log = Logger(namespace="cryptify.crs.session")
+
+#: Spare relay sessions :meth:`LinkRelayAllocator.allocate_spare` keeps ready.
+SPARES = 16
+#: A spare older than this is removed, not used (the relay removes a
+#: session idle for 60 s; a relay restarted meanwhile has lost it).
+SPARE_AGE = 10.0
+#: The label of a spare relay session in the relay's logs.
+SPARE_LABEL = "spare"
 
 
 class RegistryParties:
@@ -57,6 +68,12 @@ class LinkRelayAllocator:
     ``scheduler`` (by default the link's reactor).  If that command fails,
     every allocation of that batch fails, and no other.  A relay that does
     not know the batched commands gets one ``Add`` / ``Remove`` per session.
+
+    :meth:`allocate_spare` is :meth:`allocate` without the wait: once
+    asked for, up to ``spares`` relay sessions are kept allocated ahead
+    (each used within ``SPARE_AGE`` seconds, else removed), topped up in
+    the same batches as the other adds; none is ready (the first call, a
+    burst, the relay out of reach): an ordinary allocation.
     """
 
     def __init__(
@@ -66,6 +83,7 @@ class LinkRelayAllocator:
         addr_map: Any = None,
         scheduler: IReactorTime | None = None,
         max_batch: int = MAX_BATCH,
+        spares: int = SPARES,
     ) -> None:
         self.link = link
         self.public_host = public_host
@@ -76,6 +94,11 @@ class LinkRelayAllocator:
         #: False once the relay answered that it does not know AddMany.
         self.batched = True
         self._adds: list[tuple[str, defer.Deferred[RelayLegs]]] = []
+        self.spares = spares
+        #: Ready spare relay sessions (oldest first) with when they were made.
+        self._spares: deque[tuple[RelayAllocation, float]] = deque()
+        #: Spares asked of the relay and not answered yet.
+        self._spares_asked = 0
         self._removes: list[int] = []
         self._call: IDelayedCall | None = None
 
@@ -84,6 +107,49 @@ class LinkRelayAllocator:
         self._adds.append((session, legs))
         self._later()
         return legs
+
+    def allocate_spare(self, session: str) -> defer.Deferred[RelayLegs]:
+        """As :meth:`allocate`, from a spare relay session when one is
+        ready: the answer is then immediate.  Tops the spares up."""
+        now = self._clock().seconds()
+        legs: defer.Deferred[RelayLegs] | None = None
+        while self._spares and legs is None:
+            allocation, made = self._spares.popleft()
+            if now - made <= SPARE_AGE:
+                legs = defer.succeed(self._legs(session, allocation))
+            else:
+                self._removes.append(allocation.session)
+                self._later()
+        self._top_up()
+        return legs if legs is not None else self.allocate(session)
+
+    def _top_up(self) -> None:
+        wanted = self.spares - len(self._spares) - self._spares_asked
+        for _ in range(max(0, wanted)):
+            self._spares_asked += 1
+            spare: defer.Deferred[RelayLegs] = defer.Deferred()
+            self._adds.append((SPARE_LABEL, spare))
+            spare.addErrback(self._spare_failed)
+        if wanted > 0:
+            self._later()
+
+    def _spare_made(self, allocation: RelayAllocation) -> None:
+        self._spares_asked -= 1
+        self._spares.append((allocation, self._clock().seconds()))
+
+    def _spare_failed(self, failure: Failure) -> None:
+        """The relay refused or is out of reach: drop the spares (a relay
+        that restarted has lost them); the next call asks again."""
+        self._spares_asked -= 1
+        dropped = [allocation.session for allocation, _ in self._spares]
+        self._spares.clear()
+        if dropped:
+            self._removes.extend(dropped)
+            self._later()
+
+    def _clock(self) -> IReactorTime:
+        clock: IReactorTime = self.scheduler or self.link.reactor
+        return clock
 
     def bridge(
         self, session: str, leg: str, host: str, port: int, tag: bytes
@@ -107,8 +173,7 @@ class LinkRelayAllocator:
         if len(self._adds) >= self.max_batch or len(self._removes) >= self.max_batch:
             self.flush()
         elif self._call is None:
-            clock: IReactorTime = self.scheduler or self.link.reactor
-            self._call = clock.callLater(0, self.flush)
+            self._call = self._clock().callLater(0, self.flush)
 
     def flush(self) -> None:
         """Send the queued adds and removes now."""
@@ -138,7 +203,10 @@ class LinkRelayAllocator:
                 one: defer.Deferred[RelayAllocation] = defer.ensureDeferred(
                     self.link.add_session(label=session)
                 )
-                one.addCallback(self._legs_of, session).chainDeferred(legs)
+                if session == SPARE_LABEL:
+                    one.addCallbacks(self._spare_made, legs.errback)
+                else:
+                    one.addCallback(self._legs_of, session).chainDeferred(legs)
             return
 
         def added(allocations: list[RelayAllocation]) -> None:
@@ -146,7 +214,10 @@ class LinkRelayAllocator:
                 failed(Failure(RuntimeError(f"{len(allocations)} relay sessions for {len(adds)}")))
                 return
             for (session, legs), allocation in zip(adds, allocations, strict=True):
-                legs.callback(self._legs(session, allocation))
+                if session == SPARE_LABEL:
+                    self._spare_made(allocation)
+                else:
+                    legs.callback(self._legs(session, allocation))
 
         def failed(failure: Failure) -> None:
             if failure.check(amp.UnhandledCommand):

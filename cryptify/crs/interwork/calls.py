@@ -121,7 +121,10 @@ class IwCalls(PoolCalls):
             PoolCalls._invited(self, peer, invite)  # refused there, or no relay of ours
             return
         self._allocating[invite.session] = peer
-        allocated: defer.Deferred[RelayLegs] = self.table.relay.allocate(invite.session)
+        # a spare relay session when the allocator keeps them: no round
+        # trip to the relay before the callee is offered the call
+        allocate = getattr(self.table.relay, "allocate_spare", self.table.relay.allocate)
+        allocated: defer.Deferred[RelayLegs] = allocate(invite.session)
         allocated.addCallbacks(
             lambda legs: self._allocated(peer, invite, legs, bridge),
             lambda failure: self._not_allocated(peer, invite, failure),

@@ -156,6 +156,11 @@ class _LinkProtocol(Protocol):
     def connectionMade(self) -> None:
         self.link._open.add(self)
         self.idle.reset()
+        # a frame written while the previous one is unacknowledged must not
+        # wait for the peer's delayed ACK (Nagle), as on the iw link
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         if self.outgoing:
             self.link._connected(self)
 
