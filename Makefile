@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 # clang and libbpf-dev the relay's eBPF program (libbpf1 loads it at run time).
 RUN_DEBS := redis-server openssl gcc libgmp-dev libopus-dev clang libbpf-dev
 TEST_DEBS := $(RUN_DEBS) sip-tester baresip kamailio kamailio-tls-modules rtpengine-daemon \
-	poppler-utils zbar-tools qrencode img2pdf groff-base dovecot-imapd postfix chromium chromium-driver
+	poppler-utils zbar-tools qrencode img2pdf groff-base dovecot-imapd postfix chromium chromium-driver \
+	iproute2 iptables
 # Building the crs and cig packages, and proving them in a Debian root.
 PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv python3.11-dev gcc libgmp-dev libopus-dev clang libbpf-dev rpm rpmlint debootstrap iproute2
 # tests/packaging is slow (package builds, a debootstrap root): its own target.
