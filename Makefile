@@ -5,19 +5,20 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # gcc and libgmp-dev build the C Miller loop of SAKKE when the package installs,
 # libopus-dev our Opus binding (cryptify/protocols/_opus_build.py);
-# clang and libbpf-dev the relay's eBPF program (libbpf1 loads it at run time).
-RUN_DEBS := redis-server openssl gcc libgmp-dev libopus-dev clang libbpf-dev
+# clang and libbpf-dev the relay's eBPF program (libbpf1 loads it at run time);
+# libsrtp2-dev the CIG bridge's C packet path (cryptify/cig/relay/_cbridge_build.py).
+RUN_DEBS := redis-server openssl gcc libgmp-dev libopus-dev clang libbpf-dev libsrtp2-dev
 TEST_DEBS := $(RUN_DEBS) sip-tester baresip kamailio kamailio-tls-modules rtpengine-daemon \
 	poppler-utils zbar-tools qrencode img2pdf groff-base dovecot-imapd postfix chromium chromium-driver
 # Building the crs and cig packages, and proving them in a Debian root.
-PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv python3.11-dev gcc libgmp-dev libopus-dev clang libbpf-dev rpm rpmlint debootstrap iproute2
+PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv python3.11-dev gcc libgmp-dev libopus-dev clang libbpf-dev libsrtp2-dev rpm rpmlint debootstrap iproute2
 # tests/packaging is slow (package builds, a debootstrap root): its own target.
 UNIT_TESTS = $(filter-out tests.packaging,$(subst /,.,$(patsubst %.py,%,$(patsubst %/__init__.py,%,$(wildcard tests/test_*.py tests/*/__init__.py)))))
 
 .PHONY: run run-pool test lint typecheck unit debs-run debs-test debs-packages packages test-packages venv clean man
 
 # relay.bpf.c: the relay's eBPF object is compiled by setup.py at install.
-$(STAMP): setup.cfg pyproject.toml setup.py cryptify/crs/relay/bpf/relay.bpf.c
+$(STAMP): setup.cfg pyproject.toml setup.py cryptify/crs/relay/bpf/relay.bpf.c cryptify/cig/relay/_cbridge_build.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --config-settings editable_mode=compat -e '.[test]'
