@@ -285,9 +285,12 @@ ffibuilder.set_source(
         out[3] = seq;
         wr32(out + 4, ts);
         wr32(out + 8, st->pbx_ssrc);
+        st->pbx_tx++;
+        /* libsrtp refuses an index it has protected before (a client stream
+           that steps back after a new SSRC): counted as sent, as the Python
+           path does before its protect raises. */
         if (call->pbx_tx != NULL && srtp_protect(call->pbx_tx, out, &n) != srtp_err_status_ok)
             return -1;
-        st->pbx_tx++;
         st->pbx_tx_octets += n;
         *out_len = n;
         return CB_SEND;

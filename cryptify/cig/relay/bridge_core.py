@@ -602,6 +602,11 @@ class CallBridge:
             self._c_push()
 
     @property
+    def c_call(self) -> cpath.CCall | None:
+        """The call's C state on the C path."""
+        return self._c
+
+    @property
     def engine_used(self) -> str:
         """C{"c"} when this call's packets go through the C path."""
         return "python" if self._c is None else "c"
@@ -660,9 +665,10 @@ class CallBridge:
         c = self._c
         assert c is not None
         self._c_pull(c)
-        out = self._to_pbx_out(self._after_unprotect(rtp))
-        self._c_push()
-        return out
+        try:
+            return self._to_pbx_out(self._after_unprotect(rtp))
+        finally:  # also when the protect towards the PBX raises
+            self._c_push()
 
     def _to_pbx_out(self, rtp: bytes | None) -> bytes | None:
         if rtp is not None and not self._pbx_sends:
