@@ -5,13 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # gcc and libgmp-dev build the C Miller loop of SAKKE when the package installs,
 # libopus-dev our Opus binding (cryptify/protocols/_opus_build.py);
-# clang and libbpf-dev the relay's eBPF program (libbpf1 loads it at run time);
-# libsrtp2-dev the CIG bridge's C packet path (cryptify/cig/relay/_cbridge_build.py).
-RUN_DEBS := redis-server openssl gcc libgmp-dev libopus-dev clang libbpf-dev libsrtp2-dev
+# clang and libbpf-dev the relay's eBPF program (libbpf1 loads it at run time).
+# (The CIG bridge's C packet path, cryptify/cig/relay/_cbridge_build.py, needs
+# gcc only: it calls pylibsrtp's libsrtp, not Debian's libsrtp2; docs/bridge.md.)
+RUN_DEBS := redis-server openssl gcc libgmp-dev libopus-dev clang libbpf-dev
 TEST_DEBS := $(RUN_DEBS) sip-tester baresip kamailio kamailio-tls-modules rtpengine-daemon \
 	poppler-utils zbar-tools qrencode img2pdf groff-base dovecot-imapd postfix chromium chromium-driver
 # Building the crs and cig packages, and proving them in a Debian root.
-PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv python3.11-dev gcc libgmp-dev libopus-dev clang libbpf-dev libsrtp2-dev rpm rpmlint debootstrap iproute2
+PACKAGE_DEBS := debhelper dpkg-dev fakeroot python3.11-venv python3.11-dev gcc libgmp-dev libopus-dev clang libbpf-dev rpm rpmlint debootstrap iproute2
 # tests/packaging is slow (package builds, a debootstrap root): its own target.
 UNIT_TESTS = $(filter-out tests.packaging,$(subst /,.,$(patsubst %.py,%,$(patsubst %/__init__.py,%,$(wildcard tests/test_*.py tests/*/__init__.py)))))
 

@@ -548,7 +548,10 @@ class CallBridge:
         if self.engine not in ENGINES:
             raise BridgeSpecError(f"engine must be python or c, not {self.engine!r}")
         if self.engine == "c" and self.secure.codec != opus.OPUS and cpath.available():
-            self._c = cpath.CCall(self.secure.profile, self.secure.rx_key, self.secure.tx_key)
+            self._c = cpath.CCall(
+                _session(self.secure.rx_key, self.secure.profile, outbound=False),
+                _session(self.secure.tx_key, self.secure.profile, outbound=True),
+            )
             self._tx, self._rx = self._c.secure_tx, self._c.secure_rx
         else:
             self._tx = _Srtp(_session(self.secure.tx_key, self.secure.profile, outbound=True))
@@ -590,9 +593,12 @@ class CallBridge:
             if srtp is None:
                 self._pbx_tx = self._pbx_rx = None
                 if self._c is not None:
-                    self._c.set_pbx_srtp(None, b"", b"")
+                    self._c.set_pbx(None, None)
             elif self._c is not None:
-                self._c.set_pbx_srtp(srtp.profile, srtp.tx_key, srtp.rx_key)
+                self._c.set_pbx(
+                    _session(srtp.rx_key, srtp.profile, outbound=False),
+                    _session(srtp.tx_key, srtp.profile, outbound=True),
+                )
                 self._pbx_tx, self._pbx_rx = self._c.pbx_tx, self._c.pbx_rx
             else:
                 self._pbx_tx = _Srtp(_session(srtp.tx_key, srtp.profile, outbound=True))

@@ -16,6 +16,7 @@ import struct
 from typing import Any
 
 from pylibsrtp import Error as SrtpError
+from pylibsrtp import Session
 
 try:
     from cryptify.cig.relay import _cbridge
@@ -24,6 +25,26 @@ try:
     _lib: Any = _cbridge.lib
 except ImportError:  # pragma: no cover - built at install time
     _ffi = _lib = None
+
+
+def _bind() -> bool:
+    """Hand the C side pylibsrtp's ``srtp_protect``/``srtp_unprotect``."""
+    if _lib is None:
+        return False
+    try:
+        from pylibsrtp import _binding
+
+        addresses = [
+            int(_binding.ffi.cast("uintptr_t", _binding.ffi.addressof(_binding.lib, name)))
+            for name in ("srtp_protect", "srtp_unprotect")
+        ]
+    except (ImportError, AttributeError):  # pragma: no cover - other pylibsrtp internals
+        return False
+    protect, unprotect = (_ffi.cast("void *", a) for a in addresses)
+    return bool(_lib.cb_bind(protect, unprotect) == 0)
+
+
+_BOUND = _bind()
 
 #: What :meth:`CCall.secure_to_pbx` answers: a packet for the PBX, nothing,
 #: or the unprotected packet for the Python path.
@@ -47,8 +68,17 @@ _U32 = 1 << 32
 
 
 def available() -> bool:
-    """Whether the C path was built (and libsrtp initialises)."""
-    return _lib is not None and _lib.cb_init() == 0
+    """Whether the C path was built (and found pylibsrtp's libsrtp)."""
+    return _BOUND
+
+
+def _context(session: Session | None) -> Any:
+    """The libsrtp context (``srtp_t``) of a pylibsrtp session, for C."""
+    if session is None:
+        return _ffi.NULL
+    from pylibsrtp import _binding
+
+    return _ffi.cast("void *", int(_binding.ffi.cast("uintptr_t", session._srtp[0])))
 
 
 def sockaddr(address: tuple[str, int]) -> bytes:
@@ -88,12 +118,13 @@ class CSession:
 
 
 class CCall:
-    """One call's C state (freed with this object)."""
+    """One call's C state (freed with this object) over its pylibsrtp sessions,
+    which it keeps alive: the secure leg's, and the PBX leg's when it is SRTP."""
 
-    def __init__(self, profile: str, rx_key: bytes, tx_key: bytes) -> None:
-        ptr = _lib.cb_new(_lib.cb_profile(profile.encode()), rx_key, tx_key)
+    def __init__(self, rx: Session, tx: Session) -> None:
+        ptr = _lib.cb_new()
         if ptr == _ffi.NULL:
-            raise SrtpError("libsrtp refused the secure leg's keys")
+            raise MemoryError("cb_new")
         self.ptr = _ffi.gc(ptr, _lib.cb_free)
         #: The C struct Python reads and writes (fast-path state, counters).
         self.state: Any = _lib.cb_state_of(self.ptr)
@@ -101,16 +132,25 @@ class CCall:
         self.length = _ffi.new("int *")
         self._slow = _ffi.new("unsigned char[]", _lib.CB_ROOM)
         self._slow_len = _ffi.new("int *")
+        self._sessions: tuple[Session | None, ...] = ()
         self.secure_tx = CSession(self, SECURE)
         self.secure_rx = CSession(self, SECURE)
         self.pbx_tx = CSession(self, PBX)
         self.pbx_rx = CSession(self, PBX)
+        self.set_sessions(rx, tx, None, None)
 
-    def set_pbx_srtp(self, profile: str | None, tx_key: bytes, rx_key: bytes) -> None:
-        """New PBX leg sessions (``profile`` None: plain RTP, no sessions)."""
-        code = -1 if profile is None else _lib.cb_profile(profile.encode())
-        if _lib.cb_set_pbx_srtp(self.ptr, code, tx_key, rx_key):
-            raise SrtpError("libsrtp refused the PBX leg's keys")
+    def set_sessions(
+        self, rx: Session, tx: Session, pbx_rx: Session | None, pbx_tx: Session | None
+    ) -> None:
+        """The call's sessions (the PBX leg's None: plain RTP)."""
+        self._sessions = (rx, tx, pbx_rx, pbx_tx)
+        _lib.cb_set_sessions(self.ptr, *map(_context, self._sessions))
+
+    def set_pbx(self, pbx_rx: Session | None, pbx_tx: Session | None) -> None:
+        """New PBX leg sessions (None: plain RTP)."""
+        rx, tx = self._sessions[0], self._sessions[1]
+        assert rx is not None and tx is not None
+        self.set_sessions(rx, tx, pbx_rx, pbx_tx)
 
     def secure_to_pbx(self, srtp: bytes) -> tuple[int, bytes | None]:
         """One datagram from the relay: (SEND, packet), (DROP, None) or (SLOW, rtp)."""
