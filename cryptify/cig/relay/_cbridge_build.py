@@ -161,7 +161,17 @@ ffibuilder.set_source(
 
     cb_call *cb_new(void) { return calloc(1, sizeof(cb_call)); }
 
-    void cb_free(cb_call *call) { free(call); }
+    static cb_call *cb_owner;
+    static int cb_next, cb_got;
+
+    void cb_free(cb_call *call)
+    {
+        if (cb_owner == call) {  /* what its last read left is dropped with it */
+            cb_owner = NULL;
+            cb_next = cb_got = 0;
+        }
+        free(call);
+    }
 
     void cb_set_sessions(cb_call *call, void *rx, void *tx, void *pbx_rx, void *pbx_tx)
     {
@@ -259,8 +269,6 @@ ffibuilder.set_source(
        and the rest waits here until the same call's next drain. */
     static unsigned char cb_inbuf[CB_BATCH][CB_READ];
     static unsigned int cb_inlen[CB_BATCH];
-    static int cb_next = 0, cb_got = 0;
-    static cb_call *cb_owner = NULL;
 
     /* Read up to max datagrams (at most CB_BATCH) from the secure leg's
        socket, or go on with what the call's last read left, and send what

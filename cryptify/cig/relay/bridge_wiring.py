@@ -260,7 +260,11 @@ class BridgedCall:
             _got, slow = c.drain_secure(fd_in, fd_out, self.pbx_sockaddr, cpath.BATCH)
             if slow is None:
                 return
-            out = self.core.finish_secure(slow)
+            try:  # the rest of the batch still goes on
+                out = self.core.finish_secure(slow)
+            except Exception:
+                log.failure("bridge media: datagram handling failed")
+                continue
             if out is not None:
                 self.send_pbx(out)
 
