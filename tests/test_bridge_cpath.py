@@ -324,6 +324,23 @@ class FdReactor(Clock):
         self.readers.remove(reader)
 
 
+class FailingOnce:
+    """A core whose Python part fails on the first packet it is given."""
+
+    def __init__(self, core: CallBridge) -> None:
+        self.core = core
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
+
+    def finish_secure(self, rtp: bytes) -> bytes | None:
+        self.calls += 1
+        if self.calls == 1:
+            raise ValueError("boom")
+        return self.core.finish_secure(rtp)
+
+
 class ServiceTests(SynchronousTestCase):
     """``BridgeService`` puts G.711 calls on the C path (``fast_path auto``),
     whose secure legs C reads itself; ``off`` keeps them in Python."""
@@ -376,3 +393,34 @@ class ServiceTests(SynchronousTestCase):
         stats = service.stats("c1")
         assert stats is not None
         self.assertEqual((stats["secure_rx"], stats["pbx_tx"], stats["events_to_pbx"]), (20, 20, 1))
+
+    def test_failure_in_python_part_keeps_the_batch(self) -> None:
+        """A packet the Python part fails on is logged; the rest of its batch still goes."""
+        if skip_unbuilt:
+            raise self.skipTest(skip_unbuilt)
+        reactor = FdReactor()
+        service = BridgeService(reactor, sip=SipInterface(bind="127.0.0.1"))
+        self.addCleanup(service.stopService)
+        phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        phone.bind(("127.0.0.1", 0))
+        phone.settimeout(2)
+        self.addCleanup(phone.close)
+        here = phone.getsockname()
+        secure = SecureSide("127.0.0.1", 9, TAG, KEY_OUT, KEY_IN)
+        secure_port, _ = service.add("c1", secure, PbxSide(here[0], here[1]))
+        bridged = service.calls["c1"]
+        bridged.core = FailingOnce(bridged.core)  # type: ignore[assignment]
+        client = sender(KEY_IN, "AES_CM_128_HMAC_SHA1_80")
+        for i in range(10):
+            phone.sendto(
+                client.protect(encode_rtp(0, i, i * 160, 5, bytes([i]) * 160, False)),
+                ("127.0.0.1", secure_port),
+            )
+        (poller,) = reactor.readers
+        got: list[bytes] = []
+        while len(got) < 9:
+            select.select([phone], [], [], 2)
+            poller.doRead()
+            got.append(phone.recv(2048))
+        self.assertEqual([rtp[12] for rtp in got], list(range(1, 10)))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
