@@ -143,8 +143,10 @@ class CCall:
         self, rx: Session, tx: Session, pbx_rx: Session | None, pbx_tx: Session | None
     ) -> None:
         """The call's sessions (the PBX leg's None: plain RTP)."""
-        self._sessions = (rx, tx, pbx_rx, pbx_tx)
-        _lib.cb_set_sessions(self.ptr, *map(_context, self._sessions))
+        sessions = (rx, tx, pbx_rx, pbx_tx)
+        _lib.cb_set_sessions(self.ptr, *map(_context, sessions))
+        # Only now may the sessions the C side used before be freed.
+        self._sessions = sessions
 
     def set_pbx(self, pbx_rx: Session | None, pbx_tx: Session | None) -> None:
         """New PBX leg sessions (None: plain RTP)."""
