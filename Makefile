@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 # gcc and libgmp-dev build the C Miller loop of SAKKE when the package installs,
 # libopus-dev our Opus binding (cryptify/protocols/_opus_build.py);
 # clang and libbpf-dev the relay's eBPF program (libbpf1 loads it at run time).
+# (The CIG bridge's C packet path, cryptify/cig/relay/_cbridge_build.py, needs
+# gcc only: it calls pylibsrtp's libsrtp, not Debian's libsrtp2; docs/bridge.md.)
 RUN_DEBS := redis-server openssl gcc libgmp-dev libopus-dev clang libbpf-dev
 TEST_DEBS := $(RUN_DEBS) sip-tester baresip kamailio kamailio-tls-modules rtpengine-daemon \
 	poppler-utils zbar-tools qrencode img2pdf groff-base dovecot-imapd postfix chromium chromium-driver \
@@ -18,7 +20,7 @@ UNIT_TESTS = $(filter-out tests.packaging,$(subst /,.,$(patsubst %.py,%,$(patsub
 .PHONY: run run-pool test lint typecheck unit debs-run debs-test debs-packages packages test-packages venv clean man
 
 # relay.bpf.c: the relay's eBPF object is compiled by setup.py at install.
-$(STAMP): setup.cfg pyproject.toml setup.py cryptify/crs/relay/bpf/relay.bpf.c
+$(STAMP): setup.cfg pyproject.toml setup.py cryptify/crs/relay/bpf/relay.bpf.c cryptify/cig/relay/_cbridge_build.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --config-settings editable_mode=compat -e '.[test]'

@@ -1,7 +1,8 @@
 """Everything about the package is in setup.cfg and pyproject.toml; this
 file only names what is compiled when the package is built or installed:
 the C extensions cffi builds (SAKKE decapsulation, the P-256 multi-scalar
-multiplication of ECCSI verification, our libopus binding), and the CRS relay's
+multiplication of ECCSI verification, our libopus binding, the CIG bridge's
+packet path over libsrtp), and the CRS relay's
 eBPF program (``cryptify/crs/relay/bpf/relay.bpf.c`` -> ``relay.bpf.o``,
 with clang and libbpf's headers; skipped, with a note, where they are
 missing: the relay then forwards in userspace only)."""
@@ -43,6 +44,7 @@ setup(
         "cryptify/crypto/_pairing_build.py:ffibuilder",
         "cryptify/crypto/_p256_build.py:ffibuilder",
         "cryptify/protocols/_opus_build.py:ffibuilder",
+        "cryptify/cig/relay/_cbridge_build.py:ffibuilder",
     ],
     cmdclass={"build_ext": BuildExt},
 )

@@ -25,7 +25,11 @@ strips it); the packets it sends back are real-sized Opus.  Its
 ``calls_per_core_by_cpu`` beside ours' is the Opus<->G.711 figure beside
 G.711<->G.711 (``calls_per_core`` in the JSON line; ``opus_g711_estimate``
 there is ours' CPU per call plus the extra CPU the core alone spends on
-Opus, for when the machine is too loaded for a clean Opus step).  ``core_only`` is the
+Opus, for when the machine is too loaded for a clean Opus step).
+``ours_python`` is ours with ``relay { fast_path off; }``: the
+Python packet path, where ``ours`` (``auto``) runs G.711 calls through the
+C one (``docs/bridge.md``, "The C path"); ``ratio_c_to_python_max_calls``
+compares the two.  ``core_only`` is the
 same comparison for the sans-IO bridge core alone, in this process (CPU
 time per 20 ms of a call: no sockets, no reactor, no AMP).
 
@@ -434,13 +438,15 @@ class OurBridge:
     roff_secure = 8  # the bridge sends tag || SRTP to the relay
     name = "ours"
 
-    def __init__(self, workdir: str, extra: list[str], codec: str = "PCMU") -> None:
+    def __init__(
+        self, workdir: str, extra: list[str], codec: str = "PCMU", fast_path: str = "auto"
+    ) -> None:
         self.codec = codec
         self.dir = tempfile.mkdtemp(prefix="cb-", dir=workdir)
         conf = os.path.join(self.dir, "cig.conf")
         Path(conf).write_text(
             "interfaces {\n  sip { bind 127.0.0.1; }\n}\n"
-            f'relay {{ control "{self.dir}/relay.sock"; }}\n'
+            f'relay {{ control "{self.dir}/relay.sock"; fast_path {fast_path}; }}\n'
             f'logging {{ dir "{self.dir}/log"; }}\n'
         )
         self.proc, self.control = start_pinned_twistd(
@@ -682,7 +688,7 @@ def core_costs(frames: int = 1500) -> dict[str, Any]:
     machine disturbs it far less than the ladder."""
     from pylibsrtp import Policy, Session
 
-    from cryptify.cig.relay import g711
+    from cryptify.cig.relay import cpath, g711
     from cryptify.cig.relay.bridge_core import CallBridge, PbxSide, SecureSide
     from cryptify.client.audio import tone
     from cryptify.protocols import opus
@@ -692,7 +698,10 @@ def core_costs(frames: int = 1500) -> dict[str, Any]:
     ulaw = g711.encode(g711.PCMU, list(samples))
     out: dict[str, Any] = {}
     codecs = ["PCMU", "opus"] if opus.available() else ["PCMU"]
-    for codec in codecs:
+    if cpath.available():
+        codecs.append("PCMU/c")
+    for name in codecs:
+        codec, _, engine = name.partition("/")
         tx = Session(
             Policy(
                 key=KEY_IN,
@@ -712,7 +721,7 @@ def core_costs(frames: int = 1500) -> dict[str, Any]:
             secure_in.append(tx.protect(rtp))
             pbx_in.append(encode_rtp(0, k & 0xFFFF, k * 160, 9, frame, False))
         secure = SecureSide("127.0.0.1", 9, b"T" * 8, KEY_OUT, KEY_IN, codec=codec)
-        bridge = CallBridge("bench", secure, PbxSide("127.0.0.1", 9))
+        bridge = CallBridge("bench", secure, PbxSide("127.0.0.1", 9), engine=engine or "python")
         bridge.tick()  # the first tick builds the tables
         t0 = time.process_time()
         for k in range(frames):
@@ -720,7 +729,7 @@ def core_costs(frames: int = 1500) -> dict[str, Any]:
             bridge.from_pbx(pbx_in[k])
             bridge.tick()
         us = (time.process_time() - t0) / frames * 1e6
-        key = "opus_g711" if codec == "opus" else "g711_g711"
+        key = "opus_g711" if codec == "opus" else "g711_g711_c" if engine else "g711_g711"
         out[key] = {
             "us_per_frame": round(us, 1),
             "cpu_pct_per_call": round(us * CALL_PPS / 1e4, 4),
@@ -735,6 +744,12 @@ def opus_available() -> bool:
     return opus.available()
 
 
+def c_path_available() -> bool:
+    from cryptify.cig.relay import cpath
+
+    return cpath.available()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs, coarse ladder")
@@ -743,6 +758,9 @@ def main() -> None:
     parser.add_argument("--no-rtpengine", action="store_true", help="skip the anchor")
     parser.add_argument("--no-retry", action="store_true", help="a lossy step counts at once")
     parser.add_argument("--no-opus", action="store_true", help="skip ours with Opus")
+    parser.add_argument(
+        "--no-python", action="store_true", help="skip ours on the Python path (fast_path off)"
+    )
     parser.add_argument(
         "--relay-arg", action="append", default=[], help="extra twistd argument for ours"
     )
@@ -761,6 +779,9 @@ def main() -> None:
         packets = Packets(workdir, per_leg)
         relays: dict[str, Any] = {"ours": lambda: OurBridge(workdir, args.relay_arg)}
         packets_of = {"ours": packets, "rtpengine": packets}
+        if not args.no_python:
+            relays["ours_python"] = lambda: OurBridge(workdir, args.relay_arg, fast_path="off")
+            packets_of["ours_python"] = packets
         with_opus = not args.no_opus and opus_available()
         if with_opus:
             relays["ours_opus"] = lambda: OurBridge(workdir, args.relay_arg, "opus")
@@ -774,6 +795,8 @@ def main() -> None:
             "seconds_per_step": secs,
             "loss_limit": LOSS_LIMIT,
             "cpus": {"generator": GEN_CPU, "relay": RELAY_CPU, "online": os.cpu_count()},
+            "fast_path": "c" if c_path_available() else "python (C path not built)",
+            "load_average": [round(x, 2) for x in os.getloadavg()],
         }
         out["core_only"] = core_costs()
         ceiling = measure(exe, packets, Direct, 250, secs)
@@ -848,6 +871,12 @@ def main() -> None:
                 }
                 # Calls per CPU-second: ours over rtpengine's.
                 out["ratio_cpu_efficiency"] = round(clean[1][at] / clean[0][at], 3)
+        if "ours_python" in result and result["ours_python"]["max_calls"]:
+            # The C path against the Python path of the same bridge.
+            out["ratio_c_to_python_max_calls"] = round(
+                result["ours"]["max_calls"] / result["ours_python"]["max_calls"], 3
+            )
+        out["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
         out["bench_seconds"] = round(time.monotonic() - began, 1)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

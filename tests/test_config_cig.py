@@ -328,6 +328,15 @@ class DefaultsAndSettingsTests(SynchronousTestCase):
         self.assertEqual(cfg.notify, "/n")
         self.assertEqual(cfg.get_map("sip").entries, (MapEntry("tel", "tel:{x}", "sip:{x}"),))
 
+    def test_fast_path(self) -> None:
+        """C{relay { fast_path auto|off; }}: C{auto} by default, anything else refused."""
+        self.assertEqual(parse_cig_config("").relay.fast_path, "auto")
+        cfg = parse_cig_config('relay { fast_path off; control "/r.sock"; }')
+        self.assertEqual(cfg.relay, RelayLink("/r.sock", "off"))
+        for text in ("relay { fast_path on; }", "relay { fast_path off; fast_path auto; }"):
+            with self.assertRaises(ConfigError):
+                parse_cig_config(text)
+
     def test_sip_peers_and_tcp(self) -> None:
         """
         C{trusted_peer} (an address or a CIDR range, repeatable),
@@ -583,7 +592,7 @@ def cig_configs(draw: st.DrawFn) -> CigConfig:
             draw(paths),
             draw(st.none() | paths),
         ),
-        relay=RelayLink(draw(paths)),
+        relay=RelayLink(draw(paths), draw(st.sampled_from(["auto", "off"]))),
         management=Management(
             Endpoint(draw(ips), draw(st.integers(0, 65535))), draw(paths), draw(paths)
         ),

@@ -28,7 +28,8 @@ KEYWORDS = (
     "path map_from map_to crs address keystore ca relay control management cookie socket "
     "logging dir notify true false trusted_peer untrusted_answer tcp_idle_timeout "
     "pbx_account username password password_file register aor "
-    "tls_certificate tls_key tls_ca tls_port metrics srtp call_records call_records_syslog"
+    "tls_certificate tls_key tls_ca tls_port metrics srtp call_records call_records_syslog "
+    "fast_path"
 ).split()
 RESERVED = {k: k.upper() for k in KEYWORDS}
 KEYWORD_TOKENS = frozenset(RESERVED.values()) - {"TRUE", "FALSE"}
@@ -372,7 +373,7 @@ class CigGrammar(Grammar):
 
     @grammar(
         "crs_stmt : KEYSTORE STRING semi\n| CA STRING semi\n"
-        "relay_stmt : CONTROL STRING semi\n"
+        "relay_stmt : CONTROL STRING semi\n| FAST_PATH WORD semi\n"
         "mgmt_stmt : COOKIE STRING semi\n| SOCKET STRING semi\n"
         "log_stmt : DIR STRING semi\n| CALL_RECORDS STRING semi\n"
         "metrics_stmt : BIND WORD semi"

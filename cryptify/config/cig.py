@@ -74,6 +74,9 @@ _SIP_URI = re.compile(
     r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?::[0-9]{1,5})?"
     r"(?:;[A-Za-z0-9\-_.!~*'()%]+(?:=[A-Za-z0-9\-_.!~*'()%]+)?)*"
 )
+#: C{relay { fast_path auto|off; }}: the bridge's C packet path.
+FAST_PATH = "fast_path"
+FAST_PATHS = ("auto", "off")
 #: C{logging { call_records_syslog true; }}: call records to syslog too.
 SYSLOG_RECORDS = "call_records_syslog"
 _SIP_ONLY = (
@@ -409,7 +412,17 @@ class _Builder:
         return CrsLink(**fields)
 
     def b_relay(self, block: Block) -> RelayLink:
-        return RelayLink(**self.paths(block))
+        fast = [s for s in block.body if isinstance(s, Stmt) and s.kw.value == FAST_PATH]
+        seen: dict[str, Tok] = {}
+        for stmt in fast:
+            self.once(seen, stmt.kw)
+        fields: dict[str, Any] = dict(self.paths(block, skip=FAST_PATH))
+        if fast:
+            value = fast[0].args[0]
+            if value.value not in FAST_PATHS:
+                raise self.error("fast_path is auto or off", value, expected="auto or off")
+            fields[FAST_PATH] = value.value
+        return RelayLink(**fields)
 
     def b_logging(self, block: Block) -> Logging:
         syslog = [s for s in block.body if isinstance(s, Stmt) and s.kw.value == SYSLOG_RECORDS]

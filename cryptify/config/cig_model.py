@@ -256,10 +256,13 @@ class CrsLink:
 @attrs.frozen
 class RelayLink:
     """
-    C{relay { control "PATH"; }}: the CIG relay's control socket.
+    C{relay { control "PATH"; fast_path auto|off; }}: the CIG relay's
+    control socket, and whether its bridge uses the C packet path where it
+    was built (C{auto}) or only the Python one (C{off}).
     """
 
     control: str = "/run/cig/relay.sock"
+    fast_path: str = "auto"
 
 
 @attrs.frozen
@@ -452,7 +455,10 @@ def render_cig_config(cfg: CigConfig) -> str:
     if cfg.crs.ca is not None:
         crs.append(f"ca {quote(cfg.crs.ca)};")
     _section(out, "crs", crs)
-    _section(out, "relay", [f"control {quote(cfg.relay.control)};"])
+    relay = [f"control {quote(cfg.relay.control)};"]
+    if cfg.relay.fast_path != "auto":
+        relay.append(f"fast_path {cfg.relay.fast_path};")
+    _section(out, "relay", relay)
     mgmt = cfg.management
     _section(
         out,

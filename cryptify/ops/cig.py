@@ -80,6 +80,7 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("crs keystore", ("crs", "keystore"), False),
     Directive("crs ca", ("crs", "ca"), False),
     Directive("relay control", ("relay", "control"), False),
+    Directive("relay fast_path", ("relay", "fast_path"), False),
     Directive("management bind", ("management", "bind"), False),
     Directive("management cookie", ("management", "cookie"), False),
     Directive("management socket", ("management", "socket"), False),

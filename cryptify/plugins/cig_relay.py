@@ -57,7 +57,7 @@ class Options(ConfigOptions):
 
 def describe(cfg: CigConfig) -> list[str]:
     """The configuration lines relay.log starts with."""
-    lines = [f"control {cfg.relay.control}"]
+    lines = [f"control {cfg.relay.control}", f"fast_path {cfg.relay.fast_path}"]
     for name, iface in (("tel", cfg.tel), ("sip", cfg.sip)):
         ports = iface.rtp_port_range
         span = f"{ports.low}-{ports.high}" if ports else "any"
@@ -75,7 +75,7 @@ def make_cig_relay_service(cfg: CigConfig, reactor: IReactor) -> ProgramService:
     notifier = Notifier(reactor, cfg.notify or None)
     attach(root, LogFileService(cfg.logging.dir, "relay.log", "cig"))
     attach(root, lifecycle("cig-relay", notifier, describe(cfg)))
-    bridges = BridgeService(reactor, cfg.tel, cfg.sip)
+    bridges = BridgeService(reactor, cfg.tel, cfg.sip, fast_path=cfg.relay.fast_path)
     attach(root, bridges)
 
     def listen_control() -> IListeningPort:

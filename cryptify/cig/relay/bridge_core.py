@@ -34,13 +34,13 @@ import functools
 import importlib
 import os
 import struct
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 from pylibsrtp import Error as SrtpError
 from pylibsrtp import Policy, Session
 
-from cryptify.cig.relay import g711
+from cryptify.cig.relay import cpath, g711
 from cryptify.protocols import opus, relay_packet
 from cryptify.protocols.rtp import (
     RtpError,
@@ -78,6 +78,11 @@ SECURE_CODECS = (g711.PCMU, g711.PCMA, opus.OPUS)
 OPUS_COMPLEXITY = 3
 #: RTP clock ticks of an Opus frame per tick of the PBX's 8 kHz clock.
 _OPUS_SCALE = opus.RTP_FRAME_TICKS // FRAME_SAMPLES
+
+#: Where a call's packets are handled: C{"python"}, or C{"c"} (the C path of
+#: :mod:`cryptify.cig.relay.cpath`, for a G.711 secure leg where it was built;
+#: others stay in Python).
+ENGINES = ("python", "c")
 
 #: The RFC 3264 directions of the PBX leg.
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
@@ -422,6 +427,14 @@ def _libsrtp() -> Any:
 _BINDING = _libsrtp()
 
 
+class _Session(Protocol):
+    """What the bridge asks of an SRTP session (:class:`_Srtp` or the C path's)."""
+
+    def protect(self, rtp: bytes) -> bytes: ...
+
+    def unprotect(self, srtp: bytes) -> bytes | None: ...
+
+
 class _Srtp:
     """One pylibsrtp :class:`Session`, called without its per-packet overhead.
 
@@ -486,6 +499,9 @@ class CallBridge:
     secure: SecureSide
     pbx: PbxSide
     counters: BridgeCounters = attrs.field(factory=BridgeCounters)
+    #: C{"c"} asks for the C path (see :data:`ENGINES`); :attr:`engine_used` says
+    #: which one the call got.
+    engine: str = "python"
     # what we send to the PBX
     _pbx_ssrc: int = attrs.field(factory=_random32)
     _pbx_seq_base: int = attrs.field(factory=lambda: _random32() & 0xFFFF)
@@ -505,8 +521,8 @@ class CallBridge:
     #: The SSRC (4 octets) of the PBX stream being played out.
     _pbx_rx_ssrc: bytes | None = None
     # derived
-    _tx: _Srtp = attrs.field(init=False)
-    _rx: _Srtp = attrs.field(init=False)
+    _tx: _Session = attrs.field(init=False)
+    _rx: _Session = attrs.field(init=False)
     _to_pbx: bytes | None = attrs.field(init=False)
     _to_secure: bytes | None = attrs.field(init=False)
     _playout: Playout = attrs.field(init=False)
@@ -518,17 +534,28 @@ class CallBridge:
     _pbx_sends: bool = attrs.field(init=False)
     _pbx_receives: bool = attrs.field(init=False)
     _pbx_srtp: PbxSrtp | None = attrs.field(init=False, default=None, repr=False)
-    _pbx_tx: _Srtp | None = attrs.field(init=False, default=None)
-    _pbx_rx: _Srtp | None = attrs.field(init=False, default=None)
+    _pbx_tx: _Session | None = attrs.field(init=False, default=None)
+    _pbx_rx: _Session | None = attrs.field(init=False, default=None)
     #: The Opus transcoder when the secure side is Opus (else None).
     _opus: _OpusLeg | None = attrs.field(init=False, default=None)
     #: RTP clock ticks of one tick towards the secure side.
     _secure_step: int = attrs.field(init=False, default=FRAME_SAMPLES)
+    #: The call's C state on the C path (else None).
+    _c: cpath.CCall | None = attrs.field(init=False, default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         check_spec(self.secure, self.pbx)
-        self._tx = _Srtp(_session(self.secure.tx_key, self.secure.profile, outbound=True))
-        self._rx = _Srtp(_session(self.secure.rx_key, self.secure.profile, outbound=False))
+        if self.engine not in ENGINES:
+            raise BridgeSpecError(f"engine must be python or c, not {self.engine!r}")
+        if self.engine == "c" and self.secure.codec != opus.OPUS and cpath.available():
+            self._c = cpath.CCall(
+                _session(self.secure.rx_key, self.secure.profile, outbound=False),
+                _session(self.secure.tx_key, self.secure.profile, outbound=True),
+            )
+            self._tx, self._rx = self._c.secure_tx, self._c.secure_rx
+        else:
+            self._tx = _Srtp(_session(self.secure.tx_key, self.secure.profile, outbound=True))
+            self._rx = _Srtp(_session(self.secure.rx_key, self.secure.profile, outbound=False))
         self._playout = Playout(silence=g711.SILENCE[self._frame_codec()])
         self._configure_pbx()
         self._tag = self.secure.tag
@@ -565,9 +592,56 @@ class CallBridge:
             self._pbx_srtp = srtp
             if srtp is None:
                 self._pbx_tx = self._pbx_rx = None
+                if self._c is not None:
+                    self._c.set_pbx(None, None)
+            elif self._c is not None:
+                self._c.set_pbx(
+                    _session(srtp.rx_key, srtp.profile, outbound=False),
+                    _session(srtp.tx_key, srtp.profile, outbound=True),
+                )
+                self._pbx_tx, self._pbx_rx = self._c.pbx_tx, self._c.pbx_rx
             else:
                 self._pbx_tx = _Srtp(_session(srtp.tx_key, srtp.profile, outbound=True))
                 self._pbx_rx = _Srtp(_session(srtp.rx_key, srtp.profile, outbound=False))
+        if self._c is not None:
+            self._c_pull(self._c)  # the stream state stays what the C path made it
+            self._c_push()
+
+    @property
+    def c_call(self) -> cpath.CCall | None:
+        """The call's C state on the C path."""
+        return self._c
+
+    @property
+    def engine_used(self) -> str:
+        """C{"c"} when this call's packets go through the C path."""
+        return "python" if self._c is None else "c"
+
+    def _c_push(self) -> None:
+        """Hand the fast path's state to the C side (after the Python path changed it)."""
+        c = self._c
+        if c is None:
+            return
+        st = c.state
+        st.client_known = self._client_ssrc is not None
+        st.client_ssrc = self._client_ssrc or 0
+        st.seq_offset = self._seq_offset % _U32
+        st.ts_offset = self._ts_offset % _U32
+        st.last_out_seq = self._last_out_seq
+        st.last_out_ts = self._last_out_ts
+        st.pbx_ssrc = self._pbx_ssrc
+        st.secure_pt = self._secure_pt
+        st.pbx_pt = self._pbx_pt
+        st.pbx_known = self._pbx_known
+        st.pbx_sends = self._pbx_sends
+        st.translate = self._to_pbx is not None
+        if self._to_pbx is not None:
+            st.to_pbx = self._to_pbx
+
+    def _c_pull(self, c: cpath.CCall) -> None:
+        """What the C fast path changed, before the Python path goes on from it."""
+        st = c.state
+        self._last_out_seq, self._last_out_ts = st.last_out_seq, st.last_out_ts
 
     @property
     def relay_address(self) -> tuple[str, int]:
@@ -583,7 +657,26 @@ class CallBridge:
 
     def from_secure(self, srtp: bytes) -> bytes | None:
         """An SRTP packet from the relay; the (S)RTP packet for the PBX, if any."""
-        rtp = self._secure_to_pbx(srtp)
+        c = self._c
+        if c is not None:
+            status, data = c.secure_to_pbx(srtp)
+            if status != cpath.SLOW:
+                return data
+            assert data is not None
+            return self.finish_secure(data)
+        return self._to_pbx_out(self._secure_to_pbx(srtp))
+
+    def finish_secure(self, rtp: bytes) -> bytes | None:
+        """The Python path of an unprotected packet the C fast path did not take."""
+        c = self._c
+        assert c is not None
+        self._c_pull(c)
+        try:
+            return self._to_pbx_out(self._after_unprotect(rtp))
+        finally:  # also when the protect towards the PBX raises
+            self._c_push()
+
+    def _to_pbx_out(self, rtp: bytes | None) -> bytes | None:
         if rtp is not None and not self._pbx_sends:
             # Unprotected all the same, so the SRTP rollover count keeps up.
             self.counters.held += 1
@@ -602,6 +695,10 @@ class CallBridge:
         if rtp is None:
             c.srtp_errors += 1
             return None
+        return self._after_unprotect(rtp)
+
+    def _after_unprotect(self, rtp: bytes) -> bytes | None:
+        c = self.counters
         if self._opus is not None:
             return self._opus_to_pbx(rtp, self._opus)
         # Fast path: audio of the current client stream, a plain fixed
@@ -821,8 +918,11 @@ class CallBridge:
         return self._tag + self._tx.protect(rtp)
 
     def snapshot(self) -> dict[str, int]:
-        """The call's counters, the playout's included."""
+        """The call's counters, the playout's and the C path's included."""
         p = self._playout
         c = self.counters
+        if self._c is not None:
+            for name, value in self._c.take_counters().items():
+                setattr(c, name, getattr(c, name) + value)
         c.late, c.concealed, c.underruns, c.resyncs = p.late, p.concealed, p.underruns, p.resyncs
         return c.as_dict()

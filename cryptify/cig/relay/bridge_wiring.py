@@ -20,6 +20,12 @@ a single reader (:class:`MediaPoller`): one wakeup serves every leg that
 has a datagram, with one ``recv`` each and no per-packet reactor dispatch,
 and sends are ``sendto`` straight on the leg's socket.  Any other reactor
 (the tests' fake one) gets ``listenUDP`` ports.
+
+With ``fast_path`` ``auto`` (cig.conf ``relay { fast_path auto|off; }``) a
+G.711 call's packets go through the C path (:mod:`cryptify.cig.relay.cpath`)
+where it was built: its secure leg is then read by C itself (``recvmmsg``,
+the fast path, ``sendmmsg`` to the PBX), and only what the fast path leaves
+(a new client stream, a telephone-event) comes back to Python.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from cryptify.cig.relay import cpath
 from cryptify.cig.relay.bridge_core import (
     TICK_SECONDS,
     BridgeCounters,
@@ -81,6 +88,8 @@ class MediaPoller:
         self.reactor = reactor
         self._ep = select.epoll()
         self._legs: dict[int, tuple[Callable[[int], bytes], Callable[[bytes], None]]] = {}
+        #: Legs that read their socket themselves (the C path's secure legs).
+        self._readers: dict[int, Callable[[], None]] = {}
         self._reading = False
 
     def fileno(self) -> int:
@@ -90,18 +99,25 @@ class MediaPoller:
         return "cig_relay media"
 
     def add(self, sock: socket.socket, receive: Callable[[bytes], None]) -> None:
-        fd = sock.fileno()
-        self._legs[fd] = (sock.recv, receive)
-        self._ep.register(fd, select.EPOLLIN)
+        self._legs[sock.fileno()] = (sock.recv, receive)
+        self._register(sock)
+
+    def add_reader(self, sock: socket.socket, ready: Callable[[], None]) -> None:
+        """A leg whose ``ready()`` reads its socket itself when it is readable."""
+        self._readers[sock.fileno()] = ready
+        self._register(sock)
+
+    def _register(self, sock: socket.socket) -> None:
+        self._ep.register(sock.fileno(), select.EPOLLIN)
         if not self._reading:
             self._reading = True
             self.reactor.addReader(self)
 
     def remove(self, sock: socket.socket) -> None:
         fd = sock.fileno()
-        if self._legs.pop(fd, None) is not None:
+        if self._legs.pop(fd, None) is not None or self._readers.pop(fd, None) is not None:
             self._ep.unregister(fd)
-        if not self._legs and self._reading:
+        if not self._legs and not self._readers and self._reading:
             self._reading = False
             self.reactor.removeReader(self)
 
@@ -113,7 +129,7 @@ class MediaPoller:
 
     def drain(self, rounds: int) -> None:
         """Poll (without waiting) up to ``rounds`` times, one datagram per ready leg a round."""
-        poll, legs = self._ep.poll, self._legs
+        poll, legs, readers = self._ep.poll, self._legs, self._readers
         for _ in range(rounds):
             events = poll(0, POLL_EVENTS)
             if not events:
@@ -121,6 +137,12 @@ class MediaPoller:
             for fd, _mask in events:
                 leg = legs.get(fd)
                 if leg is None:
+                    ready = readers.get(fd)
+                    if ready is not None:
+                        try:
+                            ready()
+                        except Exception:
+                            log.failure("bridge media: fast path read failed")
                     continue
                 try:
                     data = leg[0](DATAGRAM_MAX)
@@ -138,14 +160,21 @@ class SocketPort:
     ``stopListening``)."""
 
     def __init__(
-        self, poller: MediaPoller, sock: socket.socket, receive: Callable[[bytes], None]
+        self,
+        poller: MediaPoller,
+        sock: socket.socket,
+        receive: Callable[[bytes], None],
+        ready: Callable[[], None] | None = None,
     ) -> None:
         self.poller = poller
         self.socket = sock
         #: ``write(datagram, (host, port))``: a plain ``sendto``.
         self.write: Callable[[bytes, tuple[str, int]], int] = sock.sendto
         self._host = sock.getsockname()
-        poller.add(sock, receive)
+        if ready is None:
+            poller.add(sock, receive)
+        else:
+            poller.add_reader(sock, ready)
 
     def getHost(self) -> IPv4Address:
         return IPv4Address("UDP", self._host[0], self._host[1])
@@ -180,6 +209,10 @@ class SecureLeg(DatagramProtocol):
         self.bridged = bridged
         #: What a :class:`MediaPoller` calls with each datagram.
         self.receive: Callable[[bytes], None] = bridged.from_secure
+        #: On the C path: what it calls when the socket is readable.
+        self.ready: Callable[[], None] | None = (
+            bridged.drain_secure if bridged.core.engine_used == "c" else None
+        )
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.bridged.from_secure(datagram)
@@ -205,6 +238,35 @@ class BridgedCall:
     pbx_address: tuple[str, int] | None
     secure_port: Any = None
     pbx_port: Any = None
+    #: The PBX address as a ``sockaddr_in`` for the C path's ``sendmmsg``.
+    pbx_sockaddr: bytes = b""
+
+    def __attrs_post_init__(self) -> None:
+        self.set_pbx_address(self.pbx_address)
+
+    def set_pbx_address(self, address: tuple[str, int] | None) -> None:
+        self.pbx_address = address
+        self.pbx_sockaddr = b"" if address is None else cpath.sockaddr(address)
+
+    def drain_secure(self) -> None:
+        """The C path reads the secure leg: what waits there, to the PBX.
+
+        A packet the fast path leaves (a new client stream, a
+        telephone-event) is finished in Python and sent in its place."""
+        c = self.core.c_call
+        assert c is not None
+        fd_in, fd_out = self.secure_port.socket.fileno(), self.pbx_port.socket.fileno()
+        while True:
+            _got, slow = c.drain_secure(fd_in, fd_out, self.pbx_sockaddr, cpath.BATCH)
+            if slow is None:
+                return
+            try:  # the rest of the batch still goes on
+                out = self.core.finish_secure(slow)
+            except Exception:
+                log.failure("bridge media: datagram handling failed")
+                continue
+            if out is not None:
+                self.send_pbx(out)
 
     def from_secure(self, datagram: bytes) -> None:
         """A datagram from the relay: through the core, out to the PBX."""
@@ -270,8 +332,13 @@ class BridgeService(service.Service):
         tel: TelInterface | None = None,
         sip: SipInterface | None = None,
         tick: float = TICK_SECONDS,
+        fast_path: str = "auto",
     ) -> None:
         self.reactor = reactor
+        #: The engine G.711 calls get: C{"c"} when ``fast_path`` is auto and
+        #: the C path was built, else C{"python"}.
+        self.engine = "c" if fast_path == "auto" and cpath.available() else "python"
+        self._fast_path = fast_path
         self.tel = tel or TelInterface()
         self.sip = sip or SipInterface()
         self.calls: dict[str, BridgedCall] = {}
@@ -299,6 +366,12 @@ class BridgeService(service.Service):
 
     def startService(self) -> None:
         service.Service.startService(self)
+        if self.engine == "c":
+            log.info("Bridge fast path: C (libsrtp, recvmmsg/sendmmsg) for G.711 calls")
+        elif self._fast_path == "auto":
+            log.warn("Bridge fast path: not built (libsrtp2-dev missing at install), Python only")
+        else:
+            log.info("Bridge fast path: off, Python only")
         prepare_opus()
         self._loop.start(self._interval, now=False).addErrback(
             lambda f: log.failure("bridge clock stopped", f)
@@ -346,7 +419,8 @@ class BridgeService(service.Service):
     def _bind(self, port: int, protocol: SecureLeg | PbxLeg, interface: str) -> Any:
         if self._poller is None:
             return self.reactor.listenUDP(port, protocol, interface=interface)
-        return SocketPort(self._poller, bind_udp(port, interface), protocol.receive)
+        ready = protocol.ready if isinstance(protocol, SecureLeg) else None
+        return SocketPort(self._poller, bind_udp(port, interface), protocol.receive, ready)
 
     def _listen(
         self, protocol: SecureLeg | PbxLeg, wanted: int, ports: _Ports | None, interface: str
@@ -375,7 +449,7 @@ class BridgeService(service.Service):
         secure = attrs.evolve(secure, relay_host=relay_host)
         pbx = self._pbx(pbx)
         try:
-            core = CallBridge(call, secure, pbx)
+            core = CallBridge(call, secure, pbx, engine=self.engine)
         except BridgeSpecError as exc:
             raise BridgeRefused(str(exc)) from None
         bridged = BridgedCall(core, core.relay_address, pbx.remote)
@@ -423,7 +497,7 @@ class BridgeService(service.Service):
             bridged.core.update_pbx(pbx)
         except BridgeSpecError as exc:
             raise BridgeRefused(str(exc)) from None
-        bridged.pbx_address = pbx.remote
+        bridged.set_pbx_address(pbx.remote)
         log.info(
             "Bridge {call} updated: PBX {pbx} ({codec}, telephone-event {dtmf}, {media}, "
             "{direction})",

@@ -1,0 +1,189 @@
+"""The CIG bridge's per-packet path in C (``_cbridge_build.py``), Python side.
+
+:class:`CCall` owns one call's C state: its SRTP sessions (libsrtp,
+called directly) and the secure -> PBX fast path.  A
+:class:`~cryptify.cig.relay.bridge_core.CallBridge` built with
+``engine="c"`` uses it; everything else (the control plane, the playout
+buffer, the 20 ms clock, telephone-events, new client streams) stays in
+Python, which is also the fallback where the extension was not built
+(:func:`available` is then False).  ``docs/bridge.md``, "The C path".
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+from pylibsrtp import Error as SrtpError
+from pylibsrtp import Session
+
+try:
+    from cryptify.cig.relay import _cbridge
+
+    _ffi: Any = _cbridge.ffi
+    _lib: Any = _cbridge.lib
+except ImportError:  # pragma: no cover - built at install time
+    _ffi = _lib = None
+
+
+def _bind() -> bool:
+    """Hand the C side pylibsrtp's ``srtp_protect``/``srtp_unprotect``."""
+    if _lib is None:
+        return False
+    try:
+        from pylibsrtp import _binding
+
+        addresses = [
+            int(_binding.ffi.cast("uintptr_t", _binding.ffi.addressof(_binding.lib, name)))
+            for name in ("srtp_protect", "srtp_unprotect")
+        ]
+    except (ImportError, AttributeError):  # pragma: no cover - other pylibsrtp internals
+        return False
+    protect, unprotect = (_ffi.cast("void *", a) for a in addresses)
+    return bool(_lib.cb_bind(protect, unprotect) == 0)
+
+
+_BOUND = _bind()
+
+#: What :meth:`CCall.secure_to_pbx` answers: a packet for the PBX, nothing,
+#: or the unprotected packet for the Python path.
+SEND, DROP, SLOW = 0, 1, 2
+#: Which sessions :class:`CSession` uses.
+SECURE, PBX = 0, 1
+#: Counters the C side keeps (deltas, folded into ``BridgeCounters``).
+COUNTERS = (
+    "secure_rx",
+    "pbx_tx",
+    "transcoded",
+    "srtp_errors",
+    "held",
+    "pbx_tx_octets",
+    "tx_errors",
+)
+#: Datagrams one :meth:`CCall.drain_secure` reads at most.
+BATCH: int = _lib.CB_BATCH if _lib is not None else 0
+
+_U32 = 1 << 32
+
+
+def available() -> bool:
+    """Whether the C path was built (and found pylibsrtp's libsrtp)."""
+    return _BOUND
+
+
+def _context(session: Session | None) -> Any:
+    """The libsrtp context (``srtp_t``) of a pylibsrtp session, for C."""
+    if session is None:
+        return _ffi.NULL
+    from pylibsrtp import _binding
+
+    return _ffi.cast("void *", int(_binding.ffi.cast("uintptr_t", session._srtp[0])))
+
+
+def sockaddr(address: tuple[str, int]) -> bytes:
+    """A ``struct sockaddr_in`` for ``sendmmsg``."""
+    return (
+        struct.pack("=H", socket.AF_INET)
+        + struct.pack("!H", address[1])
+        + socket.inet_aton(address[0])
+        + bytes(8)
+    )
+
+
+class CSession:
+    """One of a call's C SRTP sessions, with pylibsrtp's ``Session`` interface
+    as the bridge uses it (``unprotect`` answers None for a packet that fails)."""
+
+    def __init__(self, call: CCall, which: int) -> None:
+        self._ptr = call.ptr
+        self._which = which
+        self._out = call.out
+        self._len = call.length
+
+    def protect(self, rtp: bytes) -> bytes:
+        out, length = self._out, self._len
+        status = _lib.cb_protect(self._ptr, self._which, rtp, len(rtp), out, length)
+        if status:
+            raise SrtpError(f"srtp_protect failed: {status}")
+        data: bytes = _ffi.buffer(out, length[0])[:]
+        return data
+
+    def unprotect(self, srtp: bytes) -> bytes | None:
+        out, length = self._out, self._len
+        if _lib.cb_unprotect(self._ptr, self._which, srtp, len(srtp), out, length):
+            return None
+        data: bytes = _ffi.buffer(out, length[0])[:]
+        return data
+
+
+class CCall:
+    """One call's C state (freed with this object) over its pylibsrtp sessions,
+    which it keeps alive: the secure leg's, and the PBX leg's when it is SRTP."""
+
+    def __init__(self, rx: Session, tx: Session) -> None:
+        ptr = _lib.cb_new()
+        if ptr == _ffi.NULL:
+            raise MemoryError("cb_new")
+        self.ptr = _ffi.gc(ptr, _lib.cb_free)
+        #: The C struct Python reads and writes (fast-path state, counters).
+        self.state: Any = _lib.cb_state_of(self.ptr)
+        self.out = _ffi.new("unsigned char[]", _lib.CB_ROOM)
+        self.length = _ffi.new("int *")
+        self._slow = _ffi.new("unsigned char[]", _lib.CB_ROOM)
+        self._slow_len = _ffi.new("int *")
+        self._sessions: tuple[Session | None, ...] = ()
+        self.secure_tx = CSession(self, SECURE)
+        self.secure_rx = CSession(self, SECURE)
+        self.pbx_tx = CSession(self, PBX)
+        self.pbx_rx = CSession(self, PBX)
+        self.set_sessions(rx, tx, None, None)
+
+    def set_sessions(
+        self, rx: Session, tx: Session, pbx_rx: Session | None, pbx_tx: Session | None
+    ) -> None:
+        """The call's sessions (the PBX leg's None: plain RTP)."""
+        sessions = (rx, tx, pbx_rx, pbx_tx)
+        _lib.cb_set_sessions(self.ptr, *map(_context, sessions))
+        # Only now may the sessions the C side used before be freed.
+        self._sessions = sessions
+
+    def set_pbx(self, pbx_rx: Session | None, pbx_tx: Session | None) -> None:
+        """New PBX leg sessions (None: plain RTP)."""
+        rx, tx = self._sessions[0], self._sessions[1]
+        assert rx is not None and tx is not None
+        self.set_sessions(rx, tx, pbx_rx, pbx_tx)
+
+    def secure_to_pbx(self, srtp: bytes) -> tuple[int, bytes | None]:
+        """One datagram from the relay: (SEND, packet), (DROP, None) or (SLOW, rtp)."""
+        out, length = self.out, self.length
+        status = _lib.cb_secure_to_pbx(self.ptr, srtp, len(srtp), out, length)
+        if status == DROP:
+            return DROP, None
+        if status < 0:
+            raise SrtpError("srtp_protect failed towards the PBX")
+        data: bytes = _ffi.buffer(out, length[0])[:]
+        return status, data
+
+    def drain_secure(
+        self, fd_in: int, fd_out: int, address: bytes, most: int
+    ) -> tuple[int, bytes | None]:
+        """Read up to ``most`` datagrams from ``fd_in`` (at most :data:`BATCH`),
+        send what the fast path makes to ``address`` through ``fd_out``.
+
+        Answers how many were read (-1: none waited) and the unprotected
+        packet the Python path must finish, if the last one was such."""
+        got = _lib.cb_drain_secure(
+            self.ptr, fd_in, fd_out, address, len(address), most,
+            self._slow, self._slow_len, _lib.CB_ROOM,
+        )  # fmt: skip
+        n = self._slow_len[0]
+        return got, (_ffi.buffer(self._slow, n)[:] if n > 0 else None)
+
+    def take_counters(self) -> dict[str, int]:
+        """The counts since the last call (and zero them)."""
+        st = self.state
+        out = {name: int(getattr(st, name)) for name in COUNTERS}
+        for name in COUNTERS:
+            setattr(st, name, 0)
+        return out
