@@ -31,17 +31,51 @@ lasts.  See ``docs/bridge.md``.
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import struct
-from typing import Any, Protocol
 
 import attrs
-from pylibsrtp import Error as SrtpError
-from pylibsrtp import Policy, Session
 
 from cryptify.cig.relay import cpath, g711
-from cryptify.protocols import opus, relay_packet
+from cryptify.cig.relay.bridge_spec import (
+    DIRECTIONS as DIRECTIONS,
+)
+from cryptify.cig.relay.bridge_spec import (
+    ENGINES,
+    EVENT_END_REPEATS,
+    EVENT_TIMEOUT_TICKS,
+    FRAME_SAMPLES,
+    HALF32,
+    OPUS_COMPLEXITY,
+    U32,
+    BridgeCounters,
+    BridgeSpecError,
+    PbxSide,
+    PbxSrtp,
+    SecureSide,
+    check_spec,
+)
+from cryptify.cig.relay.bridge_spec import (
+    PLAYOUT_DELAY as PLAYOUT_DELAY,
+)
+from cryptify.cig.relay.bridge_spec import (
+    PLAYOUT_MAX_AHEAD as PLAYOUT_MAX_AHEAD,
+)
+from cryptify.cig.relay.bridge_spec import (
+    PLAYOUT_MAX_PACKETS as PLAYOUT_MAX_PACKETS,
+)
+from cryptify.cig.relay.bridge_spec import (
+    POLICY_KEY_SIZE as POLICY_KEY_SIZE,
+)
+from cryptify.cig.relay.bridge_spec import (
+    SECURE_CODECS as SECURE_CODECS,
+)
+from cryptify.cig.relay.bridge_spec import (
+    TICK_SECONDS as TICK_SECONDS,
+)
+from cryptify.cig.relay.playout import Playout
+from cryptify.cig.relay.srtp import FastSrtp, SrtpSession, new_session
+from cryptify.protocols import opus
 from cryptify.protocols.rtp import (
     RtpError,
     TelephoneEvent,
@@ -50,54 +84,11 @@ from cryptify.protocols.rtp import (
     parse_rtp,
 )
 
-#: Samples per tick (20 ms of 8 kHz audio) and the tick period.
-FRAME_SAMPLES = 160
-TICK_SECONDS = 0.020
-#: Playout delay of PBX audio (samples buffered ahead of the cursor).
-PLAYOUT_DELAY = 2 * FRAME_SAMPLES
-#: A packet starting further ahead than this resynchronises the playout.
-PLAYOUT_MAX_AHEAD = 10 * FRAME_SAMPLES
-#: Packets held in the playout buffer at most.
-PLAYOUT_MAX_PACKETS = 32
-#: Times an event's end packet is sent (RFC 4733 2.5.1.4).
-EVENT_END_REPEATS = 3
-#: Ticks without an update after which a PBX event is ended by us.
-EVENT_TIMEOUT_TICKS = 10
-#: SRTP master key || master salt (AES-CM-128: 16 + 14 bytes).
-POLICY_KEY_SIZE = 30
-#: SRTP profiles by their SDES names.
-SRTP_PROFILES = {
-    "AES_CM_128_HMAC_SHA1_80": Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
-    "AES_CM_128_HMAC_SHA1_32": Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
-}
-
-#: Codecs of the secure leg: G.711, or Opus (transcoded to the PBX's G.711).
-SECURE_CODECS = (g711.PCMU, g711.PCMA, opus.OPUS)
-#: The bridge's Opus encoder complexity (0..10): 3 costs about 3/4 of the
-#: default 5's CPU (``bench/cig_media.py``) for narrowband speech alike to the ear.
-OPUS_COMPLEXITY = 3
 #: RTP clock ticks of an Opus frame per tick of the PBX's 8 kHz clock.
 _OPUS_SCALE = opus.RTP_FRAME_TICKS // FRAME_SAMPLES
-
-#: Where a call's packets are handled: C{"python"}, or C{"c"} (the C path of
-#: :mod:`cryptify.cig.relay.cpath`, for a G.711 secure leg where it was built;
-#: others stay in Python).
-ENGINES = ("python", "c")
-
-#: The RFC 3264 directions of the PBX leg.
-DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
-
-_U32 = 1 << 32
-_HALF32 = 1 << 31
 #: The RTP fixed header, and its sequence/timestamp/SSRC part.
 _HEADER = struct.Struct("!BBHII")
 _SEQ_TS_SSRC = struct.Struct("!HII")
-#: Room pylibsrtp's buffer keeps for the SRTP trailer (auth tag, MKI).
-_SRTP_TRAILER = 144
-
-
-class BridgeSpecError(ValueError):
-    """A bridge request that cannot be carried out as given."""
 
 
 def _rtp_not_rtcp(data: bytes) -> bool:
@@ -107,256 +98,6 @@ def _rtp_not_rtcp(data: bytes) -> bool:
 
 def _random32() -> int:
     return int.from_bytes(os.urandom(4), "big")
-
-
-@attrs.frozen
-class SecureSide:
-    """The secure leg: the CRS relay's address, our leg tag, SRTP, payload types.
-
-    ``tx_key``/``rx_key`` are pylibsrtp policy keys (master key || salt,
-    ``SrtpKeying.policy_key``) for what we send and what we receive; they
-    may be equal (one MIKEY crypto session for both directions).
-    """
-
-    relay_host: str
-    relay_port: int
-    tag: bytes = attrs.field(repr=False)
-    tx_key: bytes = attrs.field(repr=False)
-    rx_key: bytes = attrs.field(repr=False)
-    codec: str = g711.PCMU
-    dtmf_pt: int | None = 101
-    profile: str = "AES_CM_128_HMAC_SHA1_80"
-
-    @property
-    def payload_type(self) -> int:
-        if self.codec == opus.OPUS:
-            return opus.PAYLOAD_TYPE
-        return g711.STATIC_PAYLOAD_TYPES[self.codec]
-
-
-@attrs.frozen
-class PbxSrtp:
-    """SRTP on the PBX leg: the SDES suite, our key (``tx``) and the PBX's (``rx``).
-
-    Each key is the SDES ``inline:`` key, master key || salt (30 bytes);
-    neither is ever in a repr.
-    """
-
-    profile: str
-    tx_key: bytes = attrs.field(repr=False)
-    rx_key: bytes = attrs.field(repr=False)
-
-
-@attrs.frozen
-class PbxSide:
-    """The PBX leg: where to send RTP (None until known), codec, DTMF type, SRTP keys."""
-
-    remote_host: str | None
-    remote_port: int | None
-    codec: str = g711.PCMU
-    dtmf_pt: int | None = 101
-    #: None: plain RTP.
-    srtp: PbxSrtp | None = None
-    #: Our side of the PBX leg as the SDP says (RFC 3264): C{sendrecv};
-    #: C{recvonly} (the PBX holds the call: nothing is sent to it);
-    #: C{sendonly} (we hold it: what it sends is not played);
-    #: C{inactive} (neither).
-    direction: str = "sendrecv"
-
-    @property
-    def payload_type(self) -> int:
-        return g711.STATIC_PAYLOAD_TYPES[self.codec]
-
-    @property
-    def sends(self) -> bool:
-        """Whether media goes to the PBX."""
-        return self.direction in ("sendrecv", "sendonly")
-
-    @property
-    def receives(self) -> bool:
-        """Whether the PBX's media is played to the secure side."""
-        return self.direction in ("sendrecv", "recvonly")
-
-    @property
-    def remote(self) -> tuple[str, int] | None:
-        if self.remote_host is None or not self.remote_port:
-            return None
-        return (self.remote_host, self.remote_port)
-
-
-def check_spec(secure: SecureSide, pbx: PbxSide) -> None:
-    """Raise :class:`BridgeSpecError` for anything the bridge cannot use."""
-    if len(secure.tag) != relay_packet.TAG_SIZE:
-        raise BridgeSpecError(f"the leg tag is {relay_packet.TAG_SIZE} bytes")
-    for name, key in (("tx", secure.tx_key), ("rx", secure.rx_key)):
-        if len(key) != POLICY_KEY_SIZE:
-            raise BridgeSpecError(f"the SRTP {name} key is {POLICY_KEY_SIZE} bytes (key || salt)")
-    if secure.profile not in SRTP_PROFILES:
-        raise BridgeSpecError(f"unknown SRTP profile {secure.profile!r}")
-    if pbx.srtp is not None:
-        for name, key in (("tx", pbx.srtp.tx_key), ("rx", pbx.srtp.rx_key)):
-            if len(key) != POLICY_KEY_SIZE:
-                raise BridgeSpecError(
-                    f"the PBX SRTP {name} key is {POLICY_KEY_SIZE} bytes (key || salt)"
-                )
-        if pbx.srtp.profile not in SRTP_PROFILES:
-            raise BridgeSpecError(f"unknown PBX SRTP profile {pbx.srtp.profile!r}")
-    if secure.codec not in SECURE_CODECS:
-        raise BridgeSpecError(f"secure codec must be PCMU, PCMA or opus, not {secure.codec!r}")
-    if secure.codec == opus.OPUS and not opus.available():
-        raise BridgeSpecError("secure codec opus: this cig-relay was built without libopus")
-    if pbx.codec not in g711.STATIC_PAYLOAD_TYPES:
-        raise BridgeSpecError(f"pbx codec must be PCMU or PCMA, not {pbx.codec!r}")
-    for side, pt in (("secure", secure.dtmf_pt), ("pbx", pbx.dtmf_pt)):
-        if pt is not None and not 96 <= pt <= 127:
-            raise BridgeSpecError(f"{side} telephone-event payload type must be 96-127")
-    if not 0 < secure.relay_port < 65536:
-        raise BridgeSpecError("relay port out of range")
-    if pbx.direction not in DIRECTIONS:
-        raise BridgeSpecError("PBX direction must be sendrecv, sendonly, recvonly or inactive")
-
-
-@attrs.define
-class BridgeCounters:
-    """What happened to a call's media (also summed over calls)."""
-
-    secure_rx: int = 0  # SRTP packets received from the relay
-    secure_tx: int = 0  # SRTP packets sent to the relay (one per tick)
-    pbx_rx: int = 0  # RTP packets received from the PBX
-    pbx_tx: int = 0  # RTP packets sent to the PBX
-    srtp_errors: int = 0  # failed authentication or replay check
-    pbx_srtp_errors: int = 0  # the same on the PBX leg (SRTP towards the PBX)
-    malformed: int = 0  # not RTP, RTCP, or a bad telephone-event
-    unknown_pt: int = 0  # payload type not negotiated (or no DTMF on the other side)
-    no_destination: int = 0  # PBX packets with no PBX address yet
-    late: int = 0  # PBX audio that came after its playout time
-    concealed: int = 0  # ticks with a gap filled by silence
-    underruns: int = 0  # ticks with no PBX audio at all
-    resyncs: int = 0  # playout jumps (timestamp jump or drift)
-    transcoded: int = 0  # audio frames converted between u-law and a-law, or Opus and G.711
-    events_to_pbx: int = 0  # telephone-event packets sent to the PBX
-    events_to_secure: int = 0  # telephone-event packets sent to the relay
-    tx_errors: int = 0  # sends the kernel refused (counted by the adapter)
-    pbx_rx_octets: int = 0  # octets of the datagrams received from the PBX
-    pbx_tx_octets: int = 0  # octets of the datagrams sent to the PBX
-    held: int = 0  # packets not passed on because that direction is on hold
-
-    def as_dict(self) -> dict[str, int]:
-        return attrs.asdict(self)
-
-    def add(self, other: BridgeCounters) -> None:
-        """Add ``other``'s counts to these."""
-        for field in attrs.fields(BridgeCounters):
-            name = field.name
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-@attrs.define
-class Playout:
-    """A playout buffer over RTP timestamps, pulled one frame per tick.
-
-    Frames (already in the output codec) are kept by unwrapped timestamp.
-    :meth:`pull` returns the next ``n`` samples: gaps are filled with
-    ``silence``; when nothing at all has arrived for the window and
-    nothing newer is buffered, the cursor holds (the sender is late, not
-    lost) and :meth:`pull` returns None.
-    """
-
-    silence: int
-    delay: int = PLAYOUT_DELAY
-    max_ahead: int = PLAYOUT_MAX_AHEAD
-    frames: dict[int, bytes] = attrs.field(factory=dict)
-    cursor: int | None = None
-    newest_end: int = 0
-    last_ts: int = 0
-    late: int = 0
-    concealed: int = 0
-    underruns: int = 0
-    resyncs: int = 0
-    started: bool = False
-
-    def _unwrap(self, timestamp: int) -> int:
-        if self.cursor is None:
-            self.last_ts = timestamp
-            return timestamp
-        delta = (timestamp - self.last_ts) % _U32
-        if delta >= _HALF32:
-            delta -= _U32
-        extended: int = self.last_ts + delta
-        if delta > 0:
-            self.last_ts = extended
-        return extended
-
-    def restart(self) -> None:
-        """A new stream (another SSRC): forget the old timeline, keep the counts."""
-        self.frames = {}
-        self.cursor = None
-        self.newest_end = 0
-        self.last_ts = 0
-        self.resyncs += 1
-
-    def push(self, timestamp: int, frame: bytes) -> None:
-        """Take one frame that starts at RTP ``timestamp``."""
-        if not frame:
-            return
-        at = self._unwrap(timestamp)
-        end = at + len(frame)
-        if self.cursor is None:
-            self.cursor = at - self.delay
-        elif at - self.cursor > self.max_ahead:
-            self.cursor = at - self.delay
-            self.resyncs += 1
-            self.frames = {t: f for t, f in self.frames.items() if t + len(f) > self.cursor}
-        elif end <= self.cursor:
-            self.late += 1
-            return
-        if len(self.frames) >= PLAYOUT_MAX_PACKETS:
-            del self.frames[min(self.frames)]
-        self.frames[at] = frame
-        self.newest_end = max(self.newest_end, end)
-
-    def pull(self, n: int = FRAME_SAMPLES) -> bytes | None:
-        """The next ``n`` samples, or None (no audio yet, or an underrun)."""
-        cursor = self.cursor
-        if cursor is None:
-            return None
-        frame = self.frames.pop(cursor, None)
-        if frame is not None and len(frame) == n:
-            self.cursor = cursor + n
-            self.started = True
-            return frame
-        if frame is not None:
-            self.frames[cursor] = frame
-        stop = cursor + n
-        wanted = sorted(t for t, f in self.frames.items() if t < stop and t + len(f) > cursor)
-        if not wanted:
-            if self.newest_end <= cursor:
-                self.underruns += 1
-                return None
-            self.concealed += self.started
-            self.cursor = stop
-            self._forget(stop)
-            return bytes([self.silence]) * n
-        out = bytearray([self.silence]) * n
-        covered = 0
-        for t in wanted:
-            f = self.frames[t]
-            lo, hi = max(t, cursor), min(t + len(f), stop)
-            out[lo - cursor : hi - cursor] = f[lo - t : hi - t]
-            covered += hi - lo
-        if covered < n and self.started:
-            self.concealed += 1
-        self.started = True
-        self.cursor = stop
-        self._forget(stop)
-        return bytes(out)
-
-    def _forget(self, before: int) -> None:
-        """Drop what lies before ``before``; keep the rest of split frames."""
-        for t in [t for t in self.frames if t < before]:
-            f = self.frames.pop(t)
-            if t + len(f) > before:
-                self.frames[before] = f[before - t :]
 
 
 @attrs.define
@@ -403,91 +144,12 @@ class _OpusLeg:
 
     def pbx_timestamp(self, timestamp: int) -> int:
         """The PBX timestamp of a client timestamp (reordering kept, wrap handled)."""
-        delta = (timestamp - self.ref_in) % _U32
-        if delta >= _HALF32:
-            delta -= _U32
-        out = (self.ref_out + delta // _OPUS_SCALE) % _U32
+        delta = (timestamp - self.ref_in) % U32
+        if delta >= HALF32:
+            delta -= U32
+        out = (self.ref_out + delta // _OPUS_SCALE) % U32
         if delta > 0:
             self.ref_in, self.ref_out = timestamp, out
-        return out
-
-
-def _session(key: bytes, profile: str, outbound: bool) -> Session:
-    kind = Policy.SSRC_ANY_OUTBOUND if outbound else Policy.SSRC_ANY_INBOUND
-    return Session(Policy(key=key, ssrc_type=kind, srtp_profile=SRTP_PROFILES[profile]))
-
-
-def _libsrtp() -> Any:
-    try:
-        return importlib.import_module("pylibsrtp._binding")
-    except ImportError:  # pragma: no cover - pylibsrtp always has it today
-        return None
-
-
-_BINDING = _libsrtp()
-
-
-class _Session(Protocol):
-    """What the bridge asks of an SRTP session (:class:`_Srtp` or the C path's)."""
-
-    def protect(self, rtp: bytes) -> bytes: ...
-
-    def unprotect(self, srtp: bytes) -> bytes | None: ...
-
-
-class _Srtp:
-    """One pylibsrtp :class:`Session`, called without its per-packet overhead.
-
-    ``Session.protect``/``unprotect`` allocate a length cell and check the
-    argument's type on every packet; this keeps one cell and calls
-    libsrtp on the session's own buffer directly (falling back to the
-    public methods if pylibsrtp's internals ever differ).
-    ``unprotect`` answers None for a packet that fails authentication or
-    the replay check instead of raising.
-    """
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self._fast = False
-        binding = _BINDING
-        try:
-            self._ctx = session._srtp[0]
-            self._cdata = session._cdata
-            self._buffer = session._buffer
-            self._room = len(self._buffer) - _SRTP_TRAILER
-            self._length = binding.ffi.new("int *")
-            self._protect = binding.lib.srtp_protect
-            self._unprotect = binding.lib.srtp_unprotect
-            self._fast = True
-        except AttributeError:  # pragma: no cover - other pylibsrtp internals
-            pass
-
-    def protect(self, rtp: bytes) -> bytes:
-        size = len(rtp)
-        if not self._fast or size > self._room:
-            return self.session.protect(rtp)
-        buffer, length = self._buffer, self._length
-        buffer[0:size] = rtp
-        length[0] = size
-        status = self._protect(self._ctx, self._cdata, length)
-        if status:
-            raise SrtpError(f"srtp_protect failed: {status}")
-        out: bytes = buffer[0 : length[0]]
-        return out
-
-    def unprotect(self, srtp: bytes) -> bytes | None:
-        size = len(srtp)
-        if not self._fast or size > self._room:
-            try:
-                return self.session.unprotect(srtp)
-            except (SrtpError, ValueError):
-                return None
-        buffer, length = self._buffer, self._length
-        buffer[0:size] = srtp
-        length[0] = size
-        if self._unprotect(self._ctx, self._cdata, length):
-            return None
-        out: bytes = buffer[0 : length[0]]
         return out
 
 
@@ -521,8 +183,8 @@ class CallBridge:
     #: The SSRC (4 octets) of the PBX stream being played out.
     _pbx_rx_ssrc: bytes | None = None
     # derived
-    _tx: _Session = attrs.field(init=False)
-    _rx: _Session = attrs.field(init=False)
+    _tx: SrtpSession = attrs.field(init=False)
+    _rx: SrtpSession = attrs.field(init=False)
     _to_pbx: bytes | None = attrs.field(init=False)
     _to_secure: bytes | None = attrs.field(init=False)
     _playout: Playout = attrs.field(init=False)
@@ -534,8 +196,8 @@ class CallBridge:
     _pbx_sends: bool = attrs.field(init=False)
     _pbx_receives: bool = attrs.field(init=False)
     _pbx_srtp: PbxSrtp | None = attrs.field(init=False, default=None, repr=False)
-    _pbx_tx: _Session | None = attrs.field(init=False, default=None)
-    _pbx_rx: _Session | None = attrs.field(init=False, default=None)
+    _pbx_tx: SrtpSession | None = attrs.field(init=False, default=None)
+    _pbx_rx: SrtpSession | None = attrs.field(init=False, default=None)
     #: The Opus transcoder when the secure side is Opus (else None).
     _opus: _OpusLeg | None = attrs.field(init=False, default=None)
     #: RTP clock ticks of one tick towards the secure side.
@@ -549,13 +211,15 @@ class CallBridge:
             raise BridgeSpecError(f"engine must be python or c, not {self.engine!r}")
         if self.engine == "c" and self.secure.codec != opus.OPUS and cpath.available():
             self._c = cpath.CCall(
-                _session(self.secure.rx_key, self.secure.profile, outbound=False),
-                _session(self.secure.tx_key, self.secure.profile, outbound=True),
+                new_session(self.secure.rx_key, self.secure.profile, outbound=False),
+                new_session(self.secure.tx_key, self.secure.profile, outbound=True),
             )
             self._tx, self._rx = self._c.secure_tx, self._c.secure_rx
         else:
-            self._tx = _Srtp(_session(self.secure.tx_key, self.secure.profile, outbound=True))
-            self._rx = _Srtp(_session(self.secure.rx_key, self.secure.profile, outbound=False))
+            self._tx = FastSrtp(new_session(self.secure.tx_key, self.secure.profile, outbound=True))
+            self._rx = FastSrtp(
+                new_session(self.secure.rx_key, self.secure.profile, outbound=False)
+            )
         self._playout = Playout(silence=g711.SILENCE[self._frame_codec()])
         self._configure_pbx()
         self._tag = self.secure.tag
@@ -596,13 +260,13 @@ class CallBridge:
                     self._c.set_pbx(None, None)
             elif self._c is not None:
                 self._c.set_pbx(
-                    _session(srtp.rx_key, srtp.profile, outbound=False),
-                    _session(srtp.tx_key, srtp.profile, outbound=True),
+                    new_session(srtp.rx_key, srtp.profile, outbound=False),
+                    new_session(srtp.tx_key, srtp.profile, outbound=True),
                 )
                 self._pbx_tx, self._pbx_rx = self._c.pbx_tx, self._c.pbx_rx
             else:
-                self._pbx_tx = _Srtp(_session(srtp.tx_key, srtp.profile, outbound=True))
-                self._pbx_rx = _Srtp(_session(srtp.rx_key, srtp.profile, outbound=False))
+                self._pbx_tx = FastSrtp(new_session(srtp.tx_key, srtp.profile, outbound=True))
+                self._pbx_rx = FastSrtp(new_session(srtp.rx_key, srtp.profile, outbound=False))
         if self._c is not None:
             self._c_pull(self._c)  # the stream state stays what the C path made it
             self._c_push()
@@ -625,8 +289,8 @@ class CallBridge:
         st = c.state
         st.client_known = self._client_ssrc is not None
         st.client_ssrc = self._client_ssrc or 0
-        st.seq_offset = self._seq_offset % _U32
-        st.ts_offset = self._ts_offset % _U32
+        st.seq_offset = self._seq_offset % U32
+        st.ts_offset = self._ts_offset % U32
         st.last_out_seq = self._last_out_seq
         st.last_out_ts = self._last_out_ts
         st.pbx_ssrc = self._pbx_ssrc
@@ -707,7 +371,7 @@ class CallBridge:
             seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(rtp, 2)
             if ssrc == self._client_ssrc and self._pbx_known:
                 seq = (seq + self._seq_offset) & 0xFFFF
-                ts = (ts + self._ts_offset) % _U32
+                ts = (ts + self._ts_offset) % U32
                 self._last_out_seq, self._last_out_ts = seq, ts
                 payload = rtp[12:]
                 if self._to_pbx is not None:
@@ -748,7 +412,7 @@ class CallBridge:
             self._client_ssrc = packet.ssrc
             marker = True
         seq = (packet.sequence + self._seq_offset) & 0xFFFF
-        ts = (packet.timestamp + self._ts_offset) % _U32
+        ts = (packet.timestamp + self._ts_offset) % U32
         self._last_out_seq, self._last_out_ts = seq, ts
         if self.pbx.remote is None:
             c.no_destination += 1
@@ -792,7 +456,7 @@ class CallBridge:
                 leg.ref_out = self._pbx_ts_base
             else:
                 self._seq_offset = self._last_out_seq + 1 - packet.sequence
-                leg.ref_out = (self._last_out_ts + FRAME_SAMPLES) % _U32
+                leg.ref_out = (self._last_out_ts + FRAME_SAMPLES) % U32
             leg.ref_in = packet.timestamp
             self._client_ssrc = packet.ssrc
             marker = True
@@ -913,7 +577,7 @@ class CallBridge:
             second = self._secure_pt | 0x80 if marker else self._secure_pt
             rtp = _HEADER.pack(0x80, second, self._secure_seq, ts, self._secure_ssrc) + payload
         self._secure_seq = (self._secure_seq + 1) & 0xFFFF
-        self._secure_ts = (ts + self._secure_step) % _U32
+        self._secure_ts = (ts + self._secure_step) % U32
         c.secure_tx += 1
         return self._tag + self._tx.protect(rtp)
 

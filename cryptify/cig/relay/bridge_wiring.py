@@ -48,14 +48,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cryptify.cig.relay import cpath
-from cryptify.cig.relay.bridge_core import (
+from cryptify.cig.relay.bridge_core import CallBridge, prepare_opus
+from cryptify.cig.relay.bridge_spec import (
     TICK_SECONDS,
     BridgeCounters,
     BridgeSpecError,
-    CallBridge,
     PbxSide,
     SecureSide,
-    prepare_opus,
 )
 from cryptify.config.cig_model import PortRange, SipInterface, TelInterface
 

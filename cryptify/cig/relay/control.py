@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from cryptify import __version__
 from cryptify.cig.relay import g711
-from cryptify.cig.relay.bridge_core import PbxSide, PbxSrtp, SecureSide
+from cryptify.cig.relay.bridge_spec import PbxSide, PbxSrtp, SecureSide
 from cryptify.cig.relay.bridge_wiring import BridgeRefused, BridgeService
 from cryptify.protocols.bridge_control import (
     BridgeAdd,
