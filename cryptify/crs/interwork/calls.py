@@ -45,13 +45,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cryptify.crs.calls.core import Parties, RelayLegs, Session, SessionTable
-from cryptify.crs.pool.calls_core import (
+from cryptify.crs.pool.calls_core import FrameLink, PoolCalls
+from cryptify.crs.pool.calls_frames import (
     HANGUP_FRAME,
     OFFERED_FRAME,
     CallInvite,
     CallStep,
-    FrameLink,
-    PoolCalls,
     RelayLeg,
     decode_call,
 )

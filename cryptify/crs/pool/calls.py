@@ -18,7 +18,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from cryptify.crs.attach.core import AttachCore, AttachSession
 from cryptify.crs.calls.core import Parties, SessionTable
-from cryptify.crs.pool.calls_core import FRAME_TYPES, PoolCalls
+from cryptify.crs.pool.calls_core import PoolCalls
+from cryptify.crs.pool.calls_frames import FRAME_TYPES
 from cryptify.crs.pool.wiring import PoolLink
 from cryptify.crs.slots import slot_of
 from cryptify.protocols.umsg import Message
