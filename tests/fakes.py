@@ -31,7 +31,7 @@ from twisted.test import iosim
 from cryptify.client.session import (
     ClientSession,
 )
-from cryptify.crs.calls.core import RelayLegs
+from cryptify.crs.calls.session import RelayLegs
 from cryptify.crs.messages.store import (
     KINDS,
     KNOWN_URIS,

@@ -17,7 +17,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs.calls.core import RelayLegs, SessionTable
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.calls.session import RelayLegs
 from cryptify.crs.interwork.calls import IwCalls
 from cryptify.crs.pool.calls_core import INVITE_FRAME, PoolCalls
 from cryptify.crs.pool.wire import Envelope, decode_frame, encode_frame

@@ -27,7 +27,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs.calls.core import ANSWER_TIMEOUT, MAX_SESSIONS_PER_URI, RelayLegs, SessionTable
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.calls.session import ANSWER_TIMEOUT, MAX_SESSIONS_PER_URI, RelayLegs
 from cryptify.crs.pool.calls_core import (
     FRAME_TYPES,
     HANGUP_FRAME,

@@ -7,13 +7,8 @@ import itertools
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs.calls.core import (
-    ANSWER_TIMEOUT,
-    ENDED_SHOWN_FOR,
-    MAX_ENDED_SHOWN,
-    RelayLegs,
-    SessionTable,
-)
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.calls.session import ANSWER_TIMEOUT, ENDED_SHOWN_FOR, MAX_ENDED_SHOWN, RelayLegs
 from cryptify.crs.trace import TraceHub
 from tests.fakes import Att, FakeParties, FakeRelay
 

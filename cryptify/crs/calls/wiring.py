@@ -24,7 +24,8 @@ from twisted.python.failure import Failure
 from cryptify.addresses import is_wildcard
 from cryptify.crs.attach.core import AttachCore, AttachSession
 from cryptify.crs.attach.registry import AttachRegistry
-from cryptify.crs.calls.core import RelayLegs, SessionTable
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.calls.session import RelayLegs
 from cryptify.protocols.relay_control import MAX_BATCH, RelayAllocation
 from cryptify.protocols.umsg import Message
 

@@ -44,7 +44,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from cryptify.crs.calls.core import Parties, RelayLegs, Session, SessionTable
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.calls.session import Parties, RelayLegs, Session
 from cryptify.crs.pool.calls_core import FrameLink, PoolCalls
 from cryptify.crs.pool.calls_frames import (
     HANGUP_FRAME,

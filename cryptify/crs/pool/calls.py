@@ -17,7 +17,8 @@ from typing import Protocol
 from twisted.internet.interfaces import IReactorTime
 
 from cryptify.crs.attach.core import AttachCore, AttachSession
-from cryptify.crs.calls.core import Parties, SessionTable
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.calls.session import Parties
 from cryptify.crs.pool.calls_core import PoolCalls
 from cryptify.crs.pool.calls_frames import FRAME_TYPES
 from cryptify.crs.pool.wiring import PoolLink

@@ -62,7 +62,8 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from cryptify.crs.calls.core import (
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.calls.session import (
     CALLEE,
     CRS,
     INVITE,
@@ -71,7 +72,6 @@ from cryptify.crs.calls.core import (
     Parties,
     RelayLegs,
     Session,
-    SessionTable,
 )
 from cryptify.crs.pool.calls_frames import (
     FRAME_TYPES as FRAME_TYPES,

@@ -14,11 +14,7 @@ from typing import TypeVar
 
 import attrs
 
-from cryptify.crs.calls.core import (
-    CALLEE,
-    CALLER,
-    CRS,
-)
+from cryptify.crs.calls.session import CALLEE, CALLER, CRS
 from cryptify.crs.pool.wire import WireError
 from cryptify.protocols.umsg import (
     ACCOUNT,
