@@ -21,6 +21,7 @@ from cryptify.crypto.identity import period_of
 from cryptify.crypto.keymaterial import load_key_material
 from tests.interop._pbx import CIG_TRUNK, Pbx, require_pbx, until
 from tests.interop._procs import (
+    WAIT,
     Twistd,
     cli_ok,
     free_port,
@@ -82,18 +83,33 @@ class SecurePbxFixture(TestCase):
         self.cig_port = free_port(socket.SOCK_DGRAM)
         write_wav(os.path.join(d, "tone.wav"), tone(PBX_TONE, 60.0))
         self.pbx = self.make_pbx(os.path.join(d, "tone.wav"))
-        self.mgmt_port = free_port()
-        low, high = rtp_range()
-        with open(os.path.join(d, "cig.conf"), "w") as f:
-            f.write(
-                self.trunk_config(f"{low} {high}")
-                + CIG_CONF.format(d=d, crs_port=self.crs_port, mgmt_port=self.mgmt_port)
-                + self.cig_conf_extra()
-            )
-        self.start("cig-relay", "--config", os.path.join(d, "cig.conf"))
-        wait_for(lambda: unix_answers(os.path.join(d, "cig-relay.sock")), "cig-relay control")
-        self.start("cig", "--config", os.path.join(d, "cig.conf"))
-        wait_for(lambda: tcp_answers(self.mgmt_port), "CIG management port")
+        for attempt in (1, 2):
+            self.mgmt_port = free_port()
+            low, high = rtp_range()
+            with open(os.path.join(d, "cig.conf"), "w") as f:
+                f.write(
+                    self.trunk_config(f"{low} {high}")
+                    + CIG_CONF.format(d=d, crs_port=self.crs_port, mgmt_port=self.mgmt_port)
+                    + self.cig_conf_extra()
+                )
+            self.start("cig-relay", "--config", os.path.join(d, "cig.conf"))
+            wait_for(lambda: unix_answers(os.path.join(d, "cig-relay.sock")), "cig-relay control")
+            cig = Twistd(self.dir, "cig", "--config", os.path.join(d, "cig.conf"))
+            self.procs["cig"] = cig
+            try:
+                wait_for(
+                    lambda: tcp_answers(self.mgmt_port) or cig.proc.poll() is not None,
+                    "CIG management port",
+                    2 * WAIT,
+                )
+            except AssertionError:
+                raise AssertionError(f"the CIG did not start:\n{cig.output()}") from None
+            if cig.proc.poll() is None:
+                break
+            # a port free_port or rtp_range gave was taken by a test running
+            # beside this one before the CIG bound it: once more with new ports
+            self.procs.pop("cig-relay").stop()
+            self.assertEqual(attempt, 1, f"the CIG did not start:\n{cig.output()}")
         self.cig_cli("set-key", stdin=blob)
         wait_for(lambda: self.cig_connected(), "the CIG attached")
         await self.pbx.start()
