@@ -28,10 +28,22 @@ def short_tempdir(case: Any) -> str:
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port the kernel just gave out on 127.0.0.1 (free right now)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port the kernel just gave out on 127.0.0.1 (free right now).
+
+    A UDP port is also free for TCP: a SIP interface listens on both, and
+    an outgoing TCP connection may hold a port that is free for UDP."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if kind != socket.SOCK_DGRAM:
+                return port
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = WAIT) -> object:
