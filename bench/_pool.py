@@ -16,6 +16,7 @@ connections per address).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -251,3 +252,40 @@ class BenchPool:
 
 
 __all__ = ["CLIENT_PORT", "POOL_KEY", "BenchPool", "address", "client_address"]
+
+
+def run_generators(
+    host: Any, specs: list[dict[str, Any]], script: str, tag: str, seconds: float
+) -> tuple[list[dict[str, Any]], dict[Any, float]]:
+    """Run one generator process of bench/``script`` per spec in the client
+    host of ``host`` (a pool or two operators: ``dir``, ``procs``, ``cpu``,
+    ``in_client_host``); their reports, and each CRS's CPU seconds over
+    0.9 of ``seconds`` once all have started."""
+    path_of = os.path.join(ROOT, "bench", script)
+    workers, started = [], []
+    for w, spec in enumerate(specs):
+        mark = os.path.join(host.dir, f"{tag}-{w}.started")
+        path = os.path.join(host.dir, f"{tag}-{w}.json")
+        with open(path, "w") as f:
+            json.dump({**spec, "started": mark}, f)
+        started.append(mark)
+        workers.append(
+            host.in_client_host([sys.executable, path_of, "--worker", path], stdout=subprocess.PIPE)
+        )
+    results = []
+    try:
+        deadline = time.monotonic() + 300
+        while not all(os.path.exists(m) for m in started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cpu0 = {i: host.cpu(i) for i in host.procs}
+        time.sleep(seconds * 0.9)
+        cpu1 = {i: host.cpu(i) for i in host.procs}
+        for p in workers:
+            out = p.stdout.read() if p.stdout else ""
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in workers:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return results, {i: cpu1[i] - cpu0[i] for i in cpu0}

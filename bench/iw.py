@@ -48,7 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench._pool import CLIENT_PORT, Cleanups  # noqa: E402
+from bench._pool import CLIENT_PORT, Cleanups, run_generators  # noqa: E402
 from bench._procs import proc_cpu, unix_answers, wait_for  # noqa: E402
 from tests.interop._pool import PoolNet, address, crs_conf  # noqa: E402
 from tests.interop._procs import Twistd, kill_managed_redis, run_cli  # noqa: E402
@@ -205,43 +205,19 @@ def run_workers(
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Two generator processes of bench/``script_name`` in the client host;
     their reports and the CRSs' CPU seconds in the window."""
-    script = os.path.join(ROOT, "bench", script_name)
-    workers, started = [], []
-    for w in range(2):
-        mark = os.path.join(ops.dir, f"{tag}-{w}.started")
-        spec = {
+    specs = [
+        {
             "port": CLIENT_PORT,
             "period": ops.period,
             "pairs": pairs[w::2],
-            "started": mark,
             "seconds": args.seconds,
             "warmup": 1.0,
             **extra,
         }
-        path = os.path.join(ops.dir, f"{tag}-{w}.json")
-        with open(path, "w") as f:
-            json.dump(spec, f)
-        started.append(mark)
-        workers.append(
-            ops.in_client_host([sys.executable, script, "--worker", path], stdout=subprocess.PIPE)
-        )
-    results = []
-    try:
-        deadline = time.monotonic() + 300
-        while not all(os.path.exists(m) for m in started) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        cpu0 = {i: ops.cpu(i) for i in ops.procs}
-        time.sleep(args.seconds * 0.9)
-        cpu1 = {i: ops.cpu(i) for i in ops.procs}
-        for p in workers:
-            out = p.stdout.read() if p.stdout else ""
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for p in workers:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return results, {f"op{i}": round(cpu1[i] - cpu0[i], 2) for i in cpu0}
+        for w in range(2)
+    ]
+    results, cpu = run_generators(ops, specs, script_name, tag, args.seconds)
+    return results, {f"op{i}": round(seconds, 2) for i, seconds in cpu.items()}
 
 
 def rate(ops: Operators, args: argparse.Namespace, across: bool) -> dict[str, Any]:

@@ -296,55 +296,32 @@ def message_rate(pool: Any, args: argparse.Namespace, cross: bool) -> dict[str, 
     """bench/messages.py's load (pairs posting with one post in flight,
     each acknowledged once stored, the next posted when it is delivered)
     from the client host, each URI attached at its owner."""
-    from bench._pool import CLIENT_PORT
+    from bench._pool import CLIENT_PORT, run_generators
 
     pairs, host_of = message_pairs(pool, args.pairs, cross)
-    script = os.path.join(ROOT, "bench", "messages.py")
-    workers = []
-    started = []
-    for w in range(2):
-        mark = os.path.join(pool.dir, f"messages{int(cross)}-{w}.started")
-        spec = {
+    specs = [
+        {
             "port": CLIENT_PORT,
             "period": pool.period,
             "pairs": pairs[w::2],
             "host_of": host_of,
-            "started": mark,
             "seconds": args.message_seconds,
             "warmup": 1.0,
             "depth": 1,
             "size": 64,
         }
-        path = os.path.join(pool.dir, f"messages{int(cross)}-{w}.json")
-        with open(path, "w") as f:
-            json.dump(spec, f)
-        started.append(mark)
-        workers.append(
-            pool.in_client_host([sys.executable, script, "--worker", path], stdout=subprocess.PIPE)
-        )
-    results = []
-    try:
-        deadline = time.monotonic() + 300
-        while not all(os.path.exists(m) for m in started) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        cpu0 = {i: pool.cpu(i) for i in pool.procs}
-        time.sleep(args.message_seconds * 0.9)
-        cpu1 = {i: pool.cpu(i) for i in pool.procs}
-        for p in workers:
-            out = p.stdout.read() if p.stdout else ""
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for p in workers:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        for w in range(2)
+    ]
+    results, cpu = run_generators(
+        pool, specs, "messages.py", f"messages{int(cross)}", args.message_seconds
+    )
     messages = sum(r["messages"] for r in results)
     wall = max(r["wall"] for r in results)
     generator_cpu = sum(r["cpu"] for r in results)
     latencies = sorted(x for r in results for x in r["latencies"])
     rate = messages / wall if wall else 0.0
     in_window = rate * args.message_seconds * 0.9
-    crs_cpu = {f"crs{i}": round(cpu1[i] - cpu0[i], 2) for i in cpu0}
+    crs_cpu = {f"crs{i}": round(seconds, 2) for i, seconds in cpu.items()}
     return {
         "pairs": len(pairs),
         "messages_per_second": round(rate, 1),
