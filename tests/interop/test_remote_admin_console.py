@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from twisted.trial.unittest import SkipTest
@@ -68,6 +69,21 @@ class ConsoleBrowserTests(CrsWithAdmin):
     def text(self, ident: str) -> str:
         return str(self.browser.find_element(By.ID, ident).text)
 
+    def wait_text(self, ident: str, needle: str) -> None:
+        """Wait until element ``ident`` shows ``needle``.
+
+        A click that posts a form replaces the page; an element found on the
+        old page goes stale while the new one loads, so look it up afresh.
+        """
+
+        def shows() -> bool:
+            try:
+                return needle in self.text(ident)
+            except (NoSuchElementException, StaleElementReferenceException):
+                return False
+
+        wait_for(shows, f"{needle!r} in #{ident}")
+
     def login(self) -> None:
         self.browser.get(self.base + "/")
         self.shot("01-login")
@@ -91,8 +107,7 @@ class ConsoleBrowserTests(CrsWithAdmin):
         self.shot("02-accounts")
         self.browser.find_element(By.LINK_TEXT, "statistics").click()
         self.browser.find_element(By.ID, "stats-enable").click()
-        wait_for(lambda: self.browser.find_elements(By.ID, "stats"), "the statistics table")
-        self.assertIn("tel-uri", self.text("stats"))
+        self.wait_text("stats", "tel-uri")
         self.shot("03-statistics")
         self.assertIn("did stats-enable on acme", self.crs_log())
 
@@ -102,8 +117,7 @@ class ConsoleBrowserTests(CrsWithAdmin):
         self.browser.get(self.base + "/accounts/acme/update")
         self.browser.find_element(By.ID, "file").send_keys(update)
         self.browser.find_element(By.ID, "apply").click()
-        wait_for(lambda: self.browser.find_elements(By.ID, "applied"), "the applied message")
-        self.assertIn("2026-12", self.text("applied"))
+        self.wait_text("applied", "2026-12")
         self.shot("04-update-applied")
         self.assertIn("2026-12", self.crs_cli("show", "updates"))
 
