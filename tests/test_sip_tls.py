@@ -33,6 +33,7 @@ class FakeTlsChannel(FakeChannel):
 
     reliable: bool = True
     secure: bool = True
+    initiated: bool = False
 
 
 def self_signed(name: str) -> tuple[bytes, bytes]:
@@ -209,6 +210,19 @@ class SifOverTlsTests(SynchronousTestCase):
         self.assertEqual(invite.headers.get("Contact"), "<sip:192.0.2.9:5071;transport=tls>")
         self.sif.hang_up(call)
         self.clock.advance(64 * T1)
+
+    def test_via_alias(self) -> None:
+        """
+        RFC 5923: C{alias} only on a TLS connection we opened, never on one
+        the PBX opened to us nor on TCP or UDP.
+        """
+        ours = FakeTlsChannel(initiated=True)
+        self.assertTrue(self.sif.via(ours, "192.0.2.9").endswith(";rport;alias"))
+        theirs = FakeTlsChannel()
+        self.assertNotIn("alias", self.sif.via(theirs, "192.0.2.9"))
+        tcp = FakeTlsChannel(secure=False, initiated=True)
+        self.assertNotIn("alias", self.sif.via(tcp, "192.0.2.9"))
+        self.assertNotIn("alias", self.sif.via(FakeChannel(), "192.0.2.9"))
 
     def test_no_tls_transport(self) -> None:
         """Without a TLS connector a TLS target is refused with 503."""

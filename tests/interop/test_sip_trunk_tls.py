@@ -209,8 +209,8 @@ class KamailioTlsTests(TrunkAuthCase):
             .replace("rtp_port_range", f"tls_port {self.cig_tls}; rtp_port_range")
         )
 
-    def wire_tls(self, ca: str) -> TlsMaterial:
-        """The SIF's TLS connector (pinned to C{ca}) and its TLS listener."""
+    def wire_tls(self, ca: str, listen: bool = True) -> TlsMaterial:
+        """The SIF's TLS connector (pinned to C{ca}) and (C{listen}) its TLS listener."""
         certs = self.tls_pbx.certs
         material = load_tls(
             SipInterface(tls_certificate=certs.cig, tls_key=certs.cig_key, tls_ca=ca)
@@ -219,6 +219,8 @@ class KamailioTlsTests(TrunkAuthCase):
         self.addCleanup(connector.close)
         self.sif.tls_channel = connector.channel
         self.sif.resolve = reactor.resolve  # type: ignore[attr-defined]
+        if not listen:
+            return material
         factory = SipStreamFactory(self.sif, secure=True)
         port = reactor.listenSSL(  # type: ignore[attr-defined]
             self.cig_tls, factory, material.server(), interface="127.0.0.1"
@@ -323,6 +325,39 @@ class KamailioTlsTests(TrunkAuthCase):
         _, tel_leg = self.tel.legs[-1]
         tel_leg.hung_up()
         await sleep(0.5)
+
+    async def test_calls_back_over_our_connection(self) -> None:
+        """
+        RFC 5923: the CIG registers over TLS with C{alias} in its Via and
+        does not listen for TLS at all; kamailio (C{tcp_accept_aliases})
+        sends baresip's call to a 9-number back over the CIG's own
+        connection, and it is answered.
+        """
+        cfg = os.path.join(self.tls_pbx.dir, "kamailio.cfg")
+        with open(cfg) as f:
+            text = f.read()
+        self.assertIn("enable_tls=yes", text)
+        with open(cfg, "w") as f:
+            f.write(text.replace("enable_tls=yes", "enable_tls=yes\ntcp_accept_aliases=yes", 1))
+        await self.pbx.restart_kamailio()
+        self.wire_tls(self.tls_pbx.certs.ca, listen=False)
+        self.assertFalse(tcp_answers(self.cig_tls))
+        registration = self.tls_registration()
+        registration.start()
+        await until(
+            lambda: registration.state is RegState.REGISTERED,
+            "registered over TLS" + self.pbx.context(),
+            timeout=WAIT,
+        )
+        self.pbx.command("dial", f"sip:94670123456@127.0.0.1:{self.kam_port}")
+        await until(
+            lambda: any(r[5].startswith("tls:") and r[4] == "ANSWER" for r in self.calls.rows()),
+            "the call from baresip answered over the CIG's connection" + self.pbx.context(),
+            timeout=WAIT,
+        )
+        _, tel_leg = self.tel.legs[-1]
+        tel_leg.hung_up()
+        await until(self.pbx.call_ended, "baresip to see the BYE" + self.pbx.context())
 
 
 TWISTD_TLS_CONF = """

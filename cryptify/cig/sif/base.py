@@ -189,10 +189,17 @@ class SifBase:
         return self.config.sip.tls_port if transport_of(channel) == "tls" else self.config.sip.port
 
     def via(self, channel: Channel, host: str) -> str:
-        """A Via value for a request we send on C{channel}, fresh branch."""
-        transport = transport_of(channel).upper()
+        """
+        A Via value for a request we send on C{channel}, fresh branch. On a
+        TLS connection we opened it carries C{alias} (RFC 5923): the PBX,
+        which has our certificate, may send its requests for our sent-by
+        address back over this connection instead of opening one to us.
+        """
+        transport = transport_of(channel)
+        alias = ";alias" if transport == "tls" and getattr(channel, "initiated", False) else ""
         return (
-            f"SIP/2.0/{transport} {host}:{self.contact_port(channel)};branch={new_branch()};rport"
+            f"SIP/2.0/{transport.upper()} {host}:{self.contact_port(channel)}"
+            f";branch={new_branch()};rport{alias}"
         )
 
     # --- where requests to the PBX go ---------------------------------------

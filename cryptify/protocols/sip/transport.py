@@ -138,6 +138,9 @@ class SipStreamProtocol(protocol.Protocol):
     ) -> None:
         #: Whether the connection is TLS.
         self.secure = secure
+        #: Whether we opened it (L{TcpConnector}); the peer may then send
+        #: its requests back on it (RFC 5923, the Via C{alias} we add).
+        self.initiated = False
         self.sink = sink
         self.parser = StreamParser()
         self.address: Address = ("", 0)
@@ -321,11 +324,14 @@ class TcpConnector:
         connecting: Deferred[SipStreamProtocol]
         if self.tls is not None:
             tls_proto = SipTlsStreamProtocol(self.sink, self._lost)
+            tls_proto.initiated = True
             connecting = connectProtocol(endpoint, tls_proto).addCallback(
                 lambda connected: tls_proto.ready
             )
         else:
-            connecting = connectProtocol(endpoint, SipStreamProtocol(self.sink, self._lost))
+            tcp_proto = SipStreamProtocol(self.sink, self._lost)
+            tcp_proto.initiated = True
+            connecting = connectProtocol(endpoint, tcp_proto)
         connecting.addCallbacks(
             lambda proto: self._done(address, proto), lambda failure: self._done(address, failure)
         )
