@@ -40,7 +40,7 @@ class TicketKey:
         data = b"\0".join(
             (b"umsg.1 ticket", account.encode(), uri.encode(), period.encode(), b"%d" % expiry)
         )
-        return hmac.new(self.key, data, "sha256").digest()[:16]
+        return hmac.digest(self.key, data, "sha256")[:16]
 
     def issue(self, account: str, uri: str, period: str, now: float) -> bytes:
         expiry = int(now) + TICKET_LIFETIME
