@@ -55,7 +55,8 @@ class TicketKey:
         inner, outer = (pad.copy() for pad in self._pads)
         inner.update(data)
         outer.update(inner.digest())
-        return outer.digest()[:16]
+        tag: bytes = outer.digest()[:16]
+        return tag
 
     def issue(self, account: str, uri: str, period: str, now: float) -> bytes:
         expiry = int(now) + TICKET_LIFETIME
