@@ -1,6 +1,6 @@
 """Attach benchmark: full attaches, ticket re-attaches and idle RSS on the real ``twistd crs``.
 
-    .venv/bin/python bench/attach.py [--clients 3000] [--workers 2] [--concurrency 200]
+    .venv/bin/python bench/attach.py [--clients 2000] [--workers 2] [--concurrency 200]
 
 Starts a real ``twistd crs-relay`` and ``twistd crs`` (managed Redis, the
 accounts directory with one account applied from a KMS update file:
@@ -318,7 +318,7 @@ def spawn(bench: BenchCrs, args: argparse.Namespace, kpak: bytes, ksak: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=3000)
+    parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2, help="generator processes")
     parser.add_argument(
         "--concurrency", type=int, default=200, help="attaches in flight, all generators together"
