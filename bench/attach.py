@@ -1,44 +1,73 @@
-"""Attach benchmark: N clients through real TLS + WebSocket + ECCSI attach.
+"""Attach benchmark: full attaches, ticket re-attaches and idle RSS on the real ``twistd crs``.
 
-    .venv/bin/python bench/attach.py [--clients 20000] [--per-server 15000]
-                                     [--per-worker 10000] [--concurrency 200]
+    .venv/bin/python bench/attach.py [--clients 2000] [--workers 2] [--concurrency 200]
 
-Starts CRS listener processes (the real UMSG server stack: TLS, wsproto,
-attach core, registry, ECCSI verify; one account in memory instead of the
-accounts directory), each holding at most ``--per-server`` clients because
-a process may hold 20,000 open files here, and client worker processes
-that attach their share of the clients from source addresses spread over
-127.0.0.0/8.  When every client is attached and idle it samples the
-servers' RSS, then stops everything and prints one JSON line:
+Starts a real ``twistd crs-relay`` and ``twistd crs`` (managed Redis, the
+accounts directory with one account applied from a KMS update file:
+:class:`bench._procs.BenchCrs`) and ``--workers`` generator processes.
+Each generator holds its share of ``--clients`` users (ECCSI keys issued
+for the current month) and attaches them over real TLS + WebSocket with
+the reference client's :class:`~cryptify.client.session.ClientSession`,
+``--concurrency`` attaches in flight over all generators, from source
+addresses spread over 127.0.0.0/8 (at most :data:`PER_ADDRESS` in flight
+from one, under the CRS's ``client-max-unattached-per-address``).
 
-- ``attaches_per_second``: clients / wall time from the first connect to
-  the last ``attached``;
-- ``attaches_per_server_cpu_second``: clients / CPU seconds the servers
-  spent in that time (the per-core rate);
-- ``server_rss_per_client_kb``: (RSS with everyone attached - RSS before)
-  / clients, per server process;
-- ``client_cpu_seconds``: what the load generator spent (it shares the
-  machine's cores with the servers, so it bounds the measured rate).
+Phases, each timed with the CRS's (and its Redis children's) CPU around it:
+
+1. **full attach**: every client attaches (TLS handshake, WebSocket
+   upgrade, ``attach``, ``challenge``, ``prove`` with an ECCSI signature
+   the CRS verifies with a signer it has not seen, ``attached`` with a
+   ticket); then everyone stays attached and idle for two seconds and the
+   CRS's RSS is read;
+2. everyone detaches and closes (not measured);
+3. **re-attach**: every client attaches again with its ticket (TLS
+   handshake, WebSocket upgrade, ``attach`` with the ticket, ``attached``:
+   no ECCSI).
+
+One JSON line:
+
+- ``attaches_per_crs_cpu_second`` / ``reattaches_per_crs_cpu_second``:
+  operations per CPU second of the CRS process, which runs on one core:
+  the per-core rates the targets (``target``) are stated in;
+- ``attaches_per_server_cpu_second`` / ``reattaches_...``: the same with
+  the CRS's Redis children's CPU added;
+- ``attaches_per_second`` / ``reattaches_per_second``: wall-clock rates on
+  this machine, which the generators share with the CRS;
+- ``crs_cpu_per_attach_ms``, ``redis_cpu_per_attach_ms``,
+  ``generator_cpu_per_attach_ms`` (and ``..._per_reattach_ms``);
+- ``generator_ceiling`` / ``generator_reattach_ceiling``: operations per
+  generator CPU second, summed over the generators (they bound the wall
+  rates), and ``machine_ceiling``: CPUs / (CRS + Redis + generator CPU
+  per full attach);
+- ``crs_rss_per_idle_client_kb``: (CRS RSS with every client attached
+  and idle - RSS before the first attach) / clients, and
+  ``projected_rss_100k_gb`` for 100,000 clients.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
+import threading
 import time
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PERIOD_URI = "tel:+{:012d}"
+from bench._procs import BenchCrs, cpu_budget, proc_cpu  # noqa: E402
+
+#: Attaches in flight from one source address, at most (the CRS's default
+#: ``client-max-unattached-per-address`` is 64).
+PER_ADDRESS = 32
+#: The issue's targets, per CRS core.
+TARGET = {
+    "attaches_per_crs_cpu_second": 1000,
+    "reattaches_per_crs_cpu_second": 3000,
+    "crs_rss_per_idle_client_kb": 40,
+}
 
 
 def proc_rss_kb(pid: int) -> int:
@@ -49,78 +78,12 @@ def proc_rss_kb(pid: int) -> int:
     return 0
 
 
-def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-# ---------------------------------------------------------------- server
-
-
-def serve(args: argparse.Namespace) -> None:
-    from twisted.internet import reactor
-
-    from cryptify.crs.attach.core import AttachCore
-    from cryptify.crs.attach.registry import AttachRegistry
-    from cryptify.crs.attach.tickets import TicketKey
-    from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgServerFactory
-    from cryptify.protocols.tls import server_context_factory
-
-    kpak = bytes.fromhex(args.kpak)
-
-    class Account:
-        id = "bench"
-
-        def kpak_for(self, period: str) -> bytes | None:
-            return kpak if period == args.period else None
-
-        def blacklisted(self, uri: str, period: str) -> bool:
-            return False
-
-    account = Account()
-
-    class Accounts:
-        def get(self, account_id: str) -> Any:
-            return account if account_id == "bench" else None
-
-    registry = AttachRegistry("bench", reactor.seconds)
-    core = AttachCore(
-        "bench",
-        Accounts(),
-        registry,
-        reactor.seconds,
-        tickets=TicketKey.derive("bench-pool-key"),
-    )
-    # The bench measures throughput: no quota, and time enough to attach under load.
-    limits = Limits(
-        max_unattached_per_address=100_000, max_unattached=100_000, attach_timeout=120.0
-    )
-    factory = UmsgServerFactory(core, reactor, limits)
-    port = reactor.listenSSL(
-        0,
-        factory,
-        server_context_factory(args.cert, args.key),
-        backlog=BACKLOG,
-        interface="127.0.0.1",
-    )
-    print(f"PORT {port.getHost().port}", flush=True)
-    profile = os.environ.get("ATTACH_BENCH_PROFILE")
-    if not profile:
-        reactor.run()
-        return
-    import cProfile
-
-    profiler = cProfile.Profile()
-    profiler.runcall(reactor.run)
-    profiler.dump_stats(profile)
-
-
 # ---------------------------------------------------------------- worker
 
 
 def fast_signer(ksak: int, kpak: bytes, uri: str, period: str) -> Any:
-    """A user's signer without the key validation (the KMS just made the key)."""
+    """A user's ECCSI signer without the client's key validation (the KMS
+    just issued the key; the validation is the client's cost, not the CRS's)."""
     from cryptify.crypto import eccsi
     from cryptify.crypto.identity import tel_identifier
 
@@ -138,27 +101,33 @@ def fast_signer(ksak: int, kpak: bytes, uri: str, period: str) -> Any:
     return signer
 
 
-def work(args: argparse.Namespace) -> None:
+def worker(spec: dict[str, Any]) -> None:
+    """One generator: build the signers, then obey ``attach``/``close``/``quit``
+    lines on stdin, answering each with one JSON line."""
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
     from twisted.internet.protocol import Factory
 
     from cryptify.client.connection import ConnectionEnded, UmsgClientProtocol
     from cryptify.client.session import Attached, ClientSession, Disconnected, Refused
-    from cryptify.crypto.eccsi import EccsiKms
     from cryptify.protocols.tls import client_context_factory
 
-    ksak = int(args.ksak, 16)
-    kpak = EccsiKms(ksak).kpak
-    creator = client_context_factory("127.0.0.1", args.ca)
-    binds = args.bind.split(",")
-    state = {"next": args.first, "inflight": 0, "attached": 0, "failed": 0, "start": 0.0}
-    end = args.first + args.count
-    keep: list[Any] = []
+    ksak = int(spec["ksak"], 16)
+    kpak = bytes.fromhex(spec["kpak"])
+    period = spec["period"]
+    uris: list[str] = spec["uris"]
+    signers = {uri: fast_signer(ksak, kpak, uri, period) for uri in uris}
+    creator = client_context_factory("127.0.0.1", spec["ca"])
+    binds: list[str] = spec["binds"]
+    concurrency: int = spec["concurrency"]
     tickets: dict[str, bytes | None] = {}
+    live: dict[str, UmsgClientProtocol] = {}
+    state: dict[str, Any] = {}
+
+    def report(**fields: Any) -> None:
+        print(json.dumps(fields), flush=True)
 
     def watcher(uri: str) -> Any:
-        """Events of one connection: count its attach once, or its failure once."""
         outcome = {"done": False}
 
         def on_event(event: Any) -> None:
@@ -167,11 +136,12 @@ def work(args: argparse.Namespace) -> None:
             if isinstance(event, Attached):
                 outcome["done"] = True
                 tickets[uri] = event.ticket
-                state["resumed"] = state.get("resumed", 0) + int(event.resumed)
+                state["resumed"] += int(event.resumed)
                 settled("attached")
             elif isinstance(event, Refused | Disconnected | ConnectionEnded):
                 outcome["done"] = True
-                print(f"FAIL {uri} {event}", file=sys.stderr, flush=True)
+                if state["failed"] < 5:
+                    print(f"FAIL {uri} {event}", file=sys.stderr, flush=True)
                 settled("failed")
 
         return on_event
@@ -179,226 +149,287 @@ def work(args: argparse.Namespace) -> None:
     def settled(how: str) -> None:
         state[how] += 1
         state["inflight"] -= 1
-        if state["attached"] + state["failed"] == args.count:
-            done()
+        if state["attached"] + state["failed"] == len(uris):
+            report(
+                attached=state["attached"],
+                failed=state["failed"],
+                resumed=state["resumed"],
+                cpu=time.process_time() - state["cpu"],
+                first=state["first"],
+                last=time.time(),
+            )
         else:
             launch()
 
     def launch() -> None:
-        while state["inflight"] < args.concurrency and state["next"] < end:
+        while state["inflight"] < concurrency and state["next"] < len(uris):
             index = state["next"]
             state["next"] += 1
             state["inflight"] += 1
-            uri = PERIOD_URI.format(index)
+            uri = uris[index]
 
             def make(send: Any, uri: str = uri) -> ClientSession:
-                return ClientSession(
-                    "bench",
-                    uri,
-                    lambda period: fast_signer(ksak, kpak, uri, period),
-                    send,
-                    app="bench/1",
-                )
+                signer = signers[uri]
+                return ClientSession("acme", uri, lambda _period: signer, send, app="bench/1")
 
             def build(make: Any = make, uri: str = uri) -> UmsgClientProtocol:
                 proto = UmsgClientProtocol(make, reactor, watcher(uri), "127.0.0.1")
                 proto.session.ticket = tickets.get(uri)
-                keep.append(proto)
+                live[uri] = proto
                 return proto
 
             bind = (binds[index % len(binds)], 0)
-            tcp = TCP4ClientEndpoint(reactor, "127.0.0.1", args.port, timeout=30, bindAddress=bind)
+            tcp = TCP4ClientEndpoint(
+                reactor, "127.0.0.1", spec["port"], timeout=60, bindAddress=bind
+            )
             d = wrapClientTLS(creator, tcp).connect(Factory.forProtocol(build))
             d.addErrback(failed)
 
     def failed(failure: Any) -> None:
-        print(f"ERR {failure.getErrorMessage()}", file=sys.stderr, flush=True)
+        if state["failed"] < 5:
+            print(f"ERR {failure.getErrorMessage()}", file=sys.stderr, flush=True)
         settled("failed")
 
-    def done() -> None:
-        elapsed = time.monotonic() - state["start"]
-        print(
-            json.dumps(
-                {
-                    "attached": state["attached"],
-                    "failed": state["failed"],
-                    "seconds": elapsed,
-                    "resumed": state.get("resumed", 0),
-                    "first": state["start_wall"],
-                    "last": time.time(),
-                }
-            ),
-            flush=True,
-        )
-
-    def start() -> None:
-        state["start"] = time.monotonic()
-        state["start_wall"] = time.time()
+    def attach() -> None:
+        state.update(next=0, inflight=0, attached=0, failed=0, resumed=0)
+        state.update(cpu=time.process_time(), first=time.time())
         launch()
 
-    def reattach() -> None:
-        """Phase 2: every client detaches, then attaches again with its ticket."""
-        for proto in keep:
-            proto.close("re-attach")
-        keep.clear()
-        state.update(next=args.first, inflight=0, attached=0, failed=0, resumed=0)
-        reactor.callLater(1.0, start)
+    def close() -> None:
+        from twisted.internet.defer import DeferredList
 
-    signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(reattach))
-    reactor.callWhenRunning(start)
+        protos = list(live.values())
+        live.clear()
+        for proto in protos:
+            proto.close("bench re-attach")
+        DeferredList([p.done for p in protos]).addCallback(lambda _: report(closed=len(protos)))
+
+    commands = {"attach": attach, "close": close, "quit": reactor.stop}
+
+    def read_commands() -> None:
+        for line in sys.stdin:
+            command = commands.get(line.strip())
+            if command is not None:
+                reactor.callFromThread(command)
+
+    threading.Thread(target=read_commands, daemon=True).start()
+    reactor.callWhenRunning(report, ready=len(uris))
     reactor.run()
 
 
 # ---------------------------------------------------------------- orchestration
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=20_000)
-    parser.add_argument("--per-server", type=int, default=15_000)
-    parser.add_argument("--per-worker", type=int, default=10_000)
-    parser.add_argument(
-        "--concurrency", type=int, default=400, help="attaches in flight, all workers together"
-    )
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    for hidden in ("kpak", "ksak", "period", "cert", "key", "ca", "bind"):
-        parser.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
-    for hidden in ("port", "first", "count"):
-        parser.add_argument(f"--{hidden}", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        serve(args)
-        return
-    if args.worker:
-        work(args)
-        return
-    if not 1 <= args.clients <= 100_000:
-        parser.error("--clients must be 1..100000")
-    run(args)
+class Generators:
+    """The generator processes, driven by command lines."""
+
+    def __init__(self, procs: list[Any]) -> None:
+        self.procs = procs
+
+    def ask(self, command: str) -> list[dict[str, Any]]:
+        for proc in self.procs:
+            proc.stdin.write(command + "\n")
+            proc.stdin.flush()
+        return [json.loads(proc.stdout.readline()) for proc in self.procs]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            try:
+                proc.stdin.write("quit\n")
+                proc.stdin.flush()
+            except OSError:
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except Exception:
+                proc.kill()
 
 
-def split(total: int, parts: int) -> list[int]:
-    """``total`` in ``parts`` shares differing by at most one."""
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+class Profiler:
+    """py-spy (from the bench's Python environment) on the CRS during one phase."""
+
+    def __init__(self, prefix: str | None, pid: int, phase: str) -> None:
+        import subprocess
+
+        self.proc = None
+        if prefix:
+            spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+            argv = [spy, "record", "-p", str(pid), "-f", "raw", "-r", "250", "-o"]
+            self.proc = subprocess.Popen(
+                [*argv, f"{prefix}-{phase}.txt"], stdout=subprocess.DEVNULL
+            )
+            time.sleep(1.0)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(60)
 
 
-def run(args: argparse.Namespace) -> None:
-    from cryptify.crypto.eccsi import EccsiKms
-    from cryptify.crypto.identity import period_of
-    from cryptify.tools.certs import generate_self_signed
+class Meter:
+    """CPU of the CRS and its Redis children over a phase."""
 
-    tmp = tempfile.mkdtemp(prefix="attach-bench-")
-    cert, key = os.path.join(tmp, "crs.crt"), os.path.join(tmp, "crs.key")
-    generate_self_signed(cert, key)
-    kms = EccsiKms.generate()
-    period = period_of(time.time())
-    me = [sys.executable, os.path.abspath(__file__)]
-    servers_n = math.ceil(args.clients / args.per_server)
-    workers_n = sum(math.ceil(share / args.per_worker) for share in split(args.clients, servers_n))
-    servers: list[tuple[subprocess.Popen[str], int]] = []
-    tls = ["--cert", cert, "--key", key]
-    workers: list[subprocess.Popen[str]] = []
-    try:
-        for _ in range(servers_n):
-            proc = subprocess.Popen(
-                [*me, "--serve", "--kpak", kms.kpak.hex(), "--period", period, *tls],
+    def __init__(self, bench: BenchCrs) -> None:
+        self.crs = bench.crs.pid
+        self.redis = list(bench.redis_pids().values())
+
+    def sample(self) -> tuple[float, float]:
+        return proc_cpu(self.crs), sum(proc_cpu(pid) for pid in self.redis)
+
+
+def spawn(bench: BenchCrs, args: argparse.Namespace, kpak: bytes, ksak: int) -> Generators:
+    import subprocess
+
+    uris = [f"tel:+4690{n:07d}" for n in range(args.clients)]
+    # enough source addresses that no one has more than PER_ADDRESS in flight
+    per_worker = max(1, args.concurrency // args.workers)
+    addresses = max(1, -(-per_worker // PER_ADDRESS))
+    procs = []
+    for w in range(args.workers):
+        spec = {
+            "ca": bench.ca,
+            "port": bench.port,
+            "period": bench.period,
+            "kpak": kpak.hex(),
+            "ksak": f"{ksak:x}",
+            "uris": uris[w :: args.workers],
+            "concurrency": per_worker,
+            "binds": [f"127.0.{w + 1}.{a + 2}" for a in range(addresses)],
+        }
+        path = os.path.join(bench.dir, f"worker{w}.json")
+        with open(path, "w") as f:
+            json.dump(spec, f)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--worker", path],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
             )
-            assert proc.stdout is not None
-            line = proc.stdout.readline().split()
-            servers.append((proc, int(line[1])))
-        time.sleep(0.5)
-        rss_before = [proc_rss_kb(p.pid) for p, _ in servers]
-        cpu_before = [proc_cpu(p.pid) for p, _ in servers]
-        # Split clients over servers, then each server's share over workers.
-        first = 0
-        per_server = split(args.clients, servers_n)
-        address = 0
-        for (_, port), share in zip(servers, per_server):
-            for start in range(0, share, args.per_worker):
-                count = min(args.per_worker, share - start)
-                # about 10,000 source ports per address, addresses in 127.0.0.0/8
-                binds = ",".join(
-                    f"127.0.{(address + i) // 250}.{(address + i) % 250 + 2}"
-                    for i in range(math.ceil(count / 10_000))
-                )
-                address += math.ceil(count / 10_000)
-                workers.append(
-                    subprocess.Popen(
-                        [
-                            *me,
-                            *("--worker", "--port", str(port), "--ca", cert),
-                            *("--ksak", f"{kms.ksak:x}", "--bind", binds),
-                            *("--first", str(first), "--count", str(count)),
-                            *("--concurrency", str(max(10, args.concurrency // workers_n))),
-                        ],
-                        stdout=subprocess.PIPE,
-                        text=True,
-                    )
-                )
-                first += count
-        results = []
-        for worker in workers:
-            assert worker.stdout is not None
-            results.append(json.loads(worker.stdout.readline()))
-        cpu_after = [proc_cpu(p.pid) for p, _ in servers]
-        time.sleep(2.0)  # idle
-        rss_after = [proc_rss_kb(p.pid) for p, _ in servers]
-        client_cpu = sum(proc_cpu(w.pid) for w in workers)
-        # Phase 2: everyone re-attaches with the ticket of the first attach.
-        cpu_before2 = [proc_cpu(p.pid) for p, _ in servers]
-        for worker in workers:
-            worker.send_signal(signal.SIGUSR1)
-        again = []
-        for worker in workers:
-            assert worker.stdout is not None
-            again.append(json.loads(worker.stdout.readline()))
-        cpu_after2 = [proc_cpu(p.pid) for p, _ in servers]
-        resumed = sum(r["resumed"] for r in again)
-        wall2 = max(r["last"] for r in again) - min(r["first"] for r in again)
-        server_cpu2 = sum(a - b for a, b in zip(cpu_after2, cpu_before2))
-        attached = sum(r["attached"] for r in results)
-        wall = max(r["last"] for r in results) - min(r["first"] for r in results)
-        server_cpu = sum(a - b for a, b in zip(cpu_after, cpu_before))
-        per_client = [
-            (after - before) / share
-            for after, before, share in zip(rss_after, rss_before, per_server)
-        ]
+        )
+    generators = Generators(procs)
+    for proc in procs:
+        assert json.loads(proc.stdout.readline())["ready"]
+    return generators
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=2, help="generator processes")
+    parser.add_argument(
+        "--concurrency", type=int, default=200, help="attaches in flight, all generators together"
+    )
+    parser.add_argument("--idle", type=float, default=2.0, help="seconds idle before the RSS")
+    parser.add_argument(
+        "--profile",
+        metavar="PREFIX",
+        help="py-spy the CRS in each phase into PREFIX-attach.txt, PREFIX-reattach.txt"
+        " (collapsed stacks; the profiler's sampling costs the CRS some CPU)",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        with open(args.worker) as f:
+            worker(json.load(f))
+        return
+    if not 1 <= args.clients <= 15_000:
+        # one CRS process: 20,000 open files here, Redis and logs included
+        parser.error("--clients must be 1..15000")
+    run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    bench = BenchCrs("attachbench-")
+    generators: Generators | None = None
+    try:
+        meter = Meter(bench)
+        generators = spawn(bench, args, bench.kms.kpak, bench.kms.eccsi.ksak)
+        time.sleep(1.0)
+        rss0 = proc_rss_kb(meter.crs)
+        spy = Profiler(args.profile, meter.crs, "attach")
+        crs0, redis0 = meter.sample()
+        first = generators.ask("attach")
+        crs1, redis1 = meter.sample()
+        spy.stop()
+        time.sleep(args.idle)
+        rss1 = proc_rss_kb(meter.crs)
+        closed = generators.ask("close")
+        time.sleep(1.0)  # the CRS's side of the closes
+        spy = Profiler(args.profile, meter.crs, "reattach")
+        crs2, redis2 = meter.sample()
+        again = generators.ask("attach")
+        crs3, redis3 = meter.sample()
+        spy.stop()
+
+        def phase(results: list[dict[str, Any]], crs: float, redis: float, key: str) -> Any:
+            done = sum(r[key] for r in results)
+            gen = sum(r["cpu"] for r in results)
+            wall = max(r["last"] for r in results) - min(r["first"] for r in results)
+            return {
+                "done": done,
+                "wall": wall,
+                "crs": crs,
+                "redis": redis,
+                "gen": gen,
+                "ceiling": sum(r[key] / r["cpu"] for r in results if r["cpu"]),
+            }
+
+        full = phase(first, crs1 - crs0, redis1 - redis0, "attached")
+        re = phase(again, crs3 - crs2, redis3 - redis2, "resumed")
+
+        def per(value: float, count: int) -> float | None:
+            return round(1000 * value / count, 3) if count else None
+
+        def rate(count: int, seconds: float) -> float | None:
+            return round(count / seconds, 1) if seconds > 0 else None
+
+        n, m = full["done"], re["done"]
+        rss_per_client = (rss1 - rss0) / n if n else 0.0
+        per_attach = (full["crs"] + full["redis"] + full["gen"]) / n if n else 0.0
         print(
             json.dumps(
                 {
                     "bench": "attach",
                     "clients": args.clients,
-                    "attached": attached,
-                    "failed": sum(r["failed"] for r in results),
-                    "server_processes": servers_n,
-                    "client_processes": len(workers),
-                    "seconds": round(wall, 2),
-                    "attaches_per_second": round(attached / wall, 1),
-                    "server_cpu_seconds": round(server_cpu, 2),
-                    "attaches_per_server_cpu_second": round(attached / server_cpu, 1),
-                    "client_cpu_seconds": round(client_cpu, 2),
-                    "reattach_resumed": resumed,
-                    "reattaches_per_second": round(resumed / wall2, 1),
-                    "reattaches_per_server_cpu_second": round(resumed / server_cpu2, 1),
-                    "server_rss_kb": rss_after,
-                    "server_rss_per_client_kb": [round(x, 1) for x in per_client],
-                    "projected_rss_100k_gb": round(max(per_client) * 100_000 / 1024**2, 2),
-                    "cores": os.cpu_count(),
+                    "generators": args.workers,
+                    "concurrency": args.concurrency,
+                    "attached": n,
+                    "failed": sum(r["failed"] for r in first),
+                    "attaches_per_second": rate(n, full["wall"]),
+                    "attaches_per_crs_cpu_second": rate(n, full["crs"]),
+                    "attaches_per_server_cpu_second": rate(n, full["crs"] + full["redis"]),
+                    "crs_cpu_per_attach_ms": per(full["crs"], n),
+                    "redis_cpu_per_attach_ms": per(full["redis"], n),
+                    "generator_cpu_per_attach_ms": per(full["gen"], n),
+                    "generator_ceiling": round(full["ceiling"], 1),
+                    "machine_ceiling": round(cpu_budget() / per_attach, 1) if per_attach else None,
+                    "closed": sum(r["closed"] for r in closed),
+                    "reattached": m,
+                    "reattach_failed": sum(r["failed"] for r in again),
+                    "reattaches_per_second": rate(m, re["wall"]),
+                    "reattaches_per_crs_cpu_second": rate(m, re["crs"]),
+                    "reattaches_per_server_cpu_second": rate(m, re["crs"] + re["redis"]),
+                    "crs_cpu_per_reattach_ms": per(re["crs"], m),
+                    "redis_cpu_per_reattach_ms": per(re["redis"], m),
+                    "generator_cpu_per_reattach_ms": per(re["gen"], m),
+                    "generator_reattach_ceiling": round(re["ceiling"], 1),
+                    "crs_rss_kb": [rss0, rss1],
+                    "crs_rss_per_idle_client_kb": round(rss_per_client, 1),
+                    "projected_rss_100k_gb": round(rss_per_client * 100_000 / 1024**2, 2),
+                    "cpus": cpu_budget(),
+                    "load": round(os.getloadavg()[0], 1),
+                    "target": TARGET,
                 }
             )
         )
     finally:
-        for proc in workers + [p for p, _ in servers]:
-            proc.terminate()
-        for proc in workers + [p for p, _ in servers]:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if generators is not None:
+            generators.stop()
+        bench.stop()
 
 
 if __name__ == "__main__":

@@ -1042,3 +1042,21 @@ class NoDelayTests(SynchronousTestCase):
         transport = self.transport()
         client.makeConnection(transport)
         self.assertIs(transport.no_delay, True)
+
+
+class TicketTagTests(SynchronousTestCase):
+    @settings(max_examples=100, deadline=None)
+    @given(
+        st.binary(max_size=100), st.text(max_size=20), st.text(max_size=20), st.integers(0, 2**32)
+    )
+    def test_tag_is_hmac_sha256(self, key: bytes, account: str, uri: str, expiry: int) -> None:
+        """The tag from the precomputed pads is HMAC-SHA-256's, for any key length."""
+        import hmac
+
+        from cryptify.crs.attach.tickets import TicketKey
+
+        data = b"\0".join(
+            (b"umsg.1 ticket", account.encode(), uri.encode(), b"2026-12", b"%d" % expiry)
+        )
+        expected = hmac.new(key, data, "sha256").digest()[:16]
+        self.assertEqual(TicketKey(key)._tag(account, uri, "2026-12", expiry), expected)

@@ -250,3 +250,126 @@ class FallbackTests(SynchronousTestCase):
         self.assertEqual(eccsi._y_point(KMS.kpak, ID, PVT), native_y)
         eccsi.verify(KMS.kpak, ID, MESSAGE, SIGNATURE)
         self.assertRaises(SignatureInvalid, eccsi.verify, KMS.kpak, ID, b"messagf\0", SIGNATURE)
+
+
+def _point(v: int) -> tuple[int, int]:
+    point = eccsi._G * v
+    return point.x, point.y
+
+
+class FixedBaseTests(SynchronousTestCase):
+    """The C fixed-base tables (G, a KPAK) and the verify built on them."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        _SCALARS,
+        st.integers(1, eccsi.Q - 1),
+        _SCALARS,
+        st.integers(1, eccsi.Q - 1),
+        st.lists(st.tuples(_SCALARS, st.integers(1, eccsi.Q - 1)), max_size=2),
+        st.booleans(),
+    )
+    def test_same_as_fastecdsa(
+        self,
+        a: int,
+        va: int,
+        b: int,
+        vb: int,
+        terms: list[tuple[int, int]],
+        with_b: bool,
+    ) -> None:
+        """[a]A + [b]B + up to two variable terms, any scalars below 2^256."""
+        point_a, point_b = _point(va), _point(vb)
+        points = [(k, _point(v)) for k, v in terms]
+        table_a = eccsi._fixed_table(point_a)
+        table_b = eccsi._fixed_table(point_b) if with_b else None
+        got = eccsi._affine(eccsi.lincomb_fixed(a, table_a, b, table_b, points))
+        expected = [(a, point_a), *([(b, point_b)] if with_b else []), *points]
+        self.assertEqual(got, _reference(expected))
+
+    @settings(max_examples=20, deadline=None)
+    @given(_SCALARS, st.integers(1, eccsi.Q - 1))
+    def test_terms_that_meet(self, k: int, v: int) -> None:
+        """The fixed part meets the variable part: doubling and infinity."""
+        xy = _point(v)
+        table = eccsi._fixed_table(xy)
+        minus = (xy[0], eccsi.P - xy[1])
+        for b, terms in ((k, [(k, xy)]), (0, [(k, minus)]), (k, [(eccsi.Q - k % eccsi.Q, xy)])):
+            got = eccsi._affine(eccsi.lincomb_fixed(k, table, b, table, terms))
+            self.assertEqual(got, _reference([(k, xy), (b, xy), *terms]))
+
+    def test_too_many_terms(self) -> None:
+        """At most two variable terms."""
+        g = eccsi._G_XY
+        self.assertRaises(
+            ValueError, eccsi.lincomb_fixed, 1, eccsi._g_table(), 0, None, [(1, g)] * 3
+        )
+
+    def test_rfc_vector_reference(self) -> None:
+        """The reference verifier accepts the RFC signature, not a changed message."""
+        eccsi.verify_reference(KMS.kpak, ID, MESSAGE, SIGNATURE)
+        self.assertRaises(
+            SignatureInvalid, eccsi.verify_reference, KMS.kpak, ID, b"messagf\0", SIGNATURE
+        )
+
+    @settings(max_examples=30, deadline=None)
+    @given(
+        st.integers(1, eccsi.Q - 1),
+        st.binary(min_size=1, max_size=40),
+        st.binary(max_size=40),
+        st.sampled_from(["good", "message", "identity", "r", "s", "pvt", "kpak", "r+q"]),
+    )
+    def test_agrees_with_reference(
+        self, ksak: int, identity: bytes, message: bytes, change: str
+    ) -> None:
+        """verify() and verify_reference() accept and refuse the same
+        signatures: good ones, and ones with one input changed."""
+        kms = eccsi.EccsiKms(ksak)
+        kpak = kms.kpak
+        ssk, pvt = kms.issue(identity)
+        signature = eccsi.EccsiSigner(kpak, identity, ssk, pvt).sign(message)
+        r, s, _ = eccsi.split_signature(signature)
+        if change == "message":
+            message += b"!"
+        elif change == "identity":
+            identity += b"!"
+        elif change in ("r", "s", "r+q"):
+            if change == "r":
+                r = (r + 1) % 2**256
+            elif change == "r+q":
+                r = (r + eccsi.Q) % 2**256
+            else:
+                s = s % (eccsi.Q - 1) + 1
+            signature = r.to_bytes(32, "big") + s.to_bytes(32, "big") + pvt
+        elif change == "pvt":
+            signature = signature[:64] + kms.issue(identity + b"?")[1]
+        elif change == "kpak":
+            kpak = eccsi.EccsiKms(ksak % (eccsi.Q - 1) + 1).kpak
+
+        def outcome(check: object) -> str:
+            try:
+                check(kpak, identity, message, signature)  # type: ignore[operator]
+            except CryptoError as exc:
+                return type(exc).__name__
+            return "valid"
+
+        self.assertEqual(outcome(eccsi.verify), outcome(eccsi.verify_reference))
+        self.assertEqual(outcome(eccsi.verify) == "valid", change == "good")
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(0, 2**256 - 1), st.integers(0, 2**256 - 1), st.integers(1, eccsi.Q - 1))
+    def test_random_r_s_agree(self, r: int, s: int, v: int) -> None:
+        """Random (r, s) with a valid PVT: the same answer from both (a
+        refusal, all but surely)."""
+        pvt = eccsi.encode_point(eccsi._G * v)
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big") + pvt
+        fast = ref = "valid"
+        try:
+            eccsi.verify(KMS.kpak, ID, MESSAGE, signature)
+        except SignatureInvalid:
+            fast = "invalid"
+        try:
+            eccsi.verify_reference(KMS.kpak, ID, MESSAGE, signature)
+        except SignatureInvalid:
+            ref = "invalid"
+        self.assertEqual(fast, ref)

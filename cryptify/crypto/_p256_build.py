@@ -17,6 +17,11 @@ ffibuilder.cdef(
     """
     int p256_lincomb(size_t count, const uint64_t *scalars, const uint64_t *points,
                      uint64_t *out);
+    size_t p256_fixed_table_limbs(void);
+    void p256_fixed_table(const uint64_t *point, uint64_t *table);
+    int p256_lincomb_fixed(const uint64_t *a, const uint64_t *ta, const uint64_t *b,
+                           const uint64_t *tb, size_t count, const uint64_t *scalars,
+                           const uint64_t *points, uint64_t *out);
     """
 )
 with open(os.path.join(HERE, "p256.c"), encoding="ascii") as _source:

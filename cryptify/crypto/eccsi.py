@@ -4,21 +4,30 @@ ECCSI signatures (RFC 6507) on NIST P-256 with SHA-256, as MIKEY-SAKKE
 
 Point arithmetic is done by C code.  Signing and key issue use OpenSSL
 (through C{cryptography}) for fixed-base multiplication.  Verification
-computes C{Y = [HS]PVT + KPAK} (once per signer: it is cached) with the
-package's own multi-scalar multiplication (``p256.c``, built into
-:mod:`cryptify.crypto._p256` when the package is installed), and the last
-step as an OpenSSL ECDSA verification: with C{u1 = HE*s} and C{u2 = r*s},
-ECDSA's C{[u1]G + [u2]Y} is exactly ECCSI's C{J = [s]([HE]G + [r]Y)};
-ECDSA compares C{Jx mod q} with C{r mod q}, which equals the RFC's check
-C{Jx = r (mod p)} whenever C{p - q <= r < q}.  The few values of C{r}
-outside that range (none that an honest signer can produce with
-probability above 2^-120) are checked exactly: J by the C code, and
-C{Jx = r (mod p)} as C{X = r*Z^2} on its Jacobian coordinates.
+computes the RFC's C{J = [s]([HE]G + [r]Y)} with C{Y = [HS]PVT + KPAK}
+expanded, as one sum in the package's own C code (``p256.c``, built into
+:mod:`cryptify.crypto._p256` when the package is installed)::
+
+    J = [s*HE]G + [s*r]KPAK + [s*r*HS]PVT
+
+G and the KPAK are fixed for a month and an account, so each has a
+precomputed table (52 windows of 16 multiples, 53 KB; G's made once, a
+KPAK's the first time a signature under it is verified, the last
+:data:`KPAK_TABLES` kept) and costs at most 52 point additions; only the
+signer's PVT goes through a chain of 256 doublings.  Nothing is cached per
+signature or per message: a verify does the whole check every time.  The
+final check C{Jx = r (mod p)} is C{X = r*Z^2} on J's Jacobian coordinates
+(J not the point at infinity).  :func:`verify_reference` is the RFC's
+procedure step by step on fastecdsa's points, for the tests to compare.
 Verification handles public values only, so the C code need not be
 constant-time.
 
-Without the extension, Y comes from OpenSSL's ECDH and fastecdsa, and the
-exact check from fastecdsa.
+Without the extension, Y comes from OpenSSL's ECDH and fastecdsa (cached
+per signer), and the last step is an OpenSSL ECDSA verification: with
+C{u1 = HE*s} and C{u2 = r*s}, ECDSA's C{[u1]G + [u2]Y} is exactly ECCSI's
+J; ECDSA compares C{Jx mod q} with C{r mod q}, which equals the RFC's
+check C{Jx = r (mod p)} whenever C{p - q <= r < q}, and the few values of
+C{r} outside that range are checked exactly with fastecdsa.
 
 Encodings are fixed-length throughout (RFC 6507 section 3): points are
 C{04 || x || y} with 32-octet coordinates, C{r} and C{s} are 32 octets, and a
@@ -30,6 +39,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from types import ModuleType
+from typing import Any
 
 import attrs
 from cryptography.exceptions import InvalidSignature
@@ -132,6 +142,77 @@ def lincomb(terms: list[tuple[int, tuple[int, int]]]) -> tuple[int, int, int]:
         int.from_bytes(octets[:32], "little"),
         int.from_bytes(octets[32:64], "little"),
         int.from_bytes(octets[64:], "little"),
+    )
+
+
+#: KPAK tables kept (53 KB each): one per account and key month in use.
+KPAK_TABLES = 256
+
+
+def _fixed_table(xy: tuple[int, int]) -> Any:
+    """The C code's fixed-base table of an affine point on the curve."""
+    assert _native is not None
+    ffi = _native.ffi
+    point = ffi.new("uint64_t[8]")
+    ffi.memmove(point, xy[0].to_bytes(32, "little") + xy[1].to_bytes(32, "little"), 64)
+    table = ffi.new("uint64_t[]", _native.lib.p256_fixed_table_limbs())
+    _native.lib.p256_fixed_table(point, table)
+    return table
+
+
+@lru_cache(maxsize=1)
+def _g_table() -> Any:
+    return _fixed_table(_G_XY)
+
+
+@lru_cache(maxsize=KPAK_TABLES)
+def _kpak_table(kpak: bytes) -> Any:
+    """The table of one KPAK (checked to be on the curve first)."""
+    return _fixed_table(decode_xy(kpak, "KPAK"))
+
+
+def lincomb_fixed(
+    a: int, table_a: Any, b: int, table_b: Any, terms: list[tuple[int, tuple[int, int]]]
+) -> tuple[int, int, int]:
+    """
+    C{[a]A + [b]B + [k1]P1 + ...} (at most two terms) in the C code, A and
+    B given by their tables (C{table_b} None: no B term), as Jacobian
+    (X, Y, Z) like :func:`lincomb`.  Every scalar below 2^256.
+    """
+    assert _native is not None
+    ffi = _native.ffi
+    count = len(terms)
+    room = max(count, 1)
+    # one buffer: a, b, the terms' scalars, their points, then the result
+    octets = b"".join(
+        (
+            a.to_bytes(32, "little"),
+            b.to_bytes(32, "little"),
+            *(k.to_bytes(32, "little") for k, _ in terms),
+            b"\0" * 32 * (room - count),
+            *(x.to_bytes(32, "little") + y.to_bytes(32, "little") for _, (x, y) in terms),
+        )
+    )
+    limbs = ffi.new("uint64_t[]", 8 + 12 * room + 12)
+    ffi.memmove(limbs, octets, len(octets))
+    out = limbs + 8 + 12 * room
+    status = _native.lib.p256_lincomb_fixed(
+        limbs,
+        table_a,
+        limbs + 4,
+        ffi.NULL if table_b is None else table_b,
+        count,
+        limbs + 8,
+        limbs + 8 + 4 * room,
+        out,
+    )
+    if status != 0:
+        raise ValueError("p256_lincomb_fixed takes 0 to 2 terms")
+    result = bytes(ffi.buffer(out, 96))
+    return (
+        int.from_bytes(result[:32], "little"),
+        int.from_bytes(result[32:64], "little"),
+        int.from_bytes(result[64:], "little"),
     )
 
 
@@ -347,6 +428,20 @@ def _j_matches_exact(yx: int, yy: int, r: int, s: int, he: int) -> bool:
     return not _is_infinity(j) and j.x % P != 0 and j.x == r % P
 
 
+def _j_matches_fixed(
+    kpak: bytes, identity: bytes, message: bytes, r: int, s: int, pvt: bytes
+) -> bool:
+    """RFC 6507 5.2.2 steps 1 to 6 with the tables: C{J = [s*HE]G +
+    [s*r]KPAK + [s*r*HS]PVT}, then C{Jx = r (mod p)} as C{X = r*Z^2}."""
+    pvt_xy = decode_xy(pvt, "PVT in the signature")
+    kpak_table = _kpak_table(kpak)
+    hs = hash_hs(kpak, identity, pvt)
+    he = hash_he(hs, r, message)
+    sr = s * r % Q
+    x, _, z = lincomb_fixed(s * he % Q, _g_table(), sr, kpak_table, [(sr * (hs % Q) % Q, pvt_xy)])
+    return z != 0 and (x - (r % P) * z * z) % P == 0
+
+
 def verify(kpak: bytes, identity: bytes, message: bytes, signature: bytes) -> None:
     """
     Verify an ECCSI signature by C{identity} under C{kpak} (RFC 6507 5.2.2).
@@ -357,13 +452,31 @@ def verify(kpak: bytes, identity: bytes, message: bytes, signature: bytes) -> No
     r, s, pvt = split_signature(signature)
     if not 0 < s < Q or r % P == 0:
         raise SignatureInvalid("ECCSI signature does not verify (r or s out of range)")
-    yx, yy = _y_point(bytes(kpak), bytes(identity), pvt)
-    he = hash_he(hash_hs(kpak, identity, pvt), r, message)
-    if P - Q <= r < Q:
-        ok = _j_matches_ecdsa(yx, yy, r, s, he)
-    elif _native is not None:
-        ok = _j_matches_native(yx, yy, r, s, he)
+    kpak, identity = bytes(kpak), bytes(identity)
+    if _native is not None:
+        ok = _j_matches_fixed(kpak, identity, message, r, s, pvt)
     else:
-        ok = _j_matches_exact(yx, yy, r, s, he)
+        yx, yy = _y_point(kpak, identity, pvt)
+        he = hash_he(hash_hs(kpak, identity, pvt), r, message)
+        if P - Q <= r < Q:
+            ok = _j_matches_ecdsa(yx, yy, r, s, he)
+        else:
+            ok = _j_matches_exact(yx, yy, r, s, he)
     if not ok:
+        raise SignatureInvalid("ECCSI signature does not verify")
+
+
+def verify_reference(kpak: bytes, identity: bytes, message: bytes, signature: bytes) -> None:
+    """
+    RFC 6507 5.2.2 step by step, in affine coordinates on fastecdsa's
+    points: the reference :func:`verify` is tested against (slow).
+    """
+    r, s, pvt = split_signature(signature)
+    kpak_point = decode_point(kpak, "KPAK")
+    pvt_point = decode_point(pvt, "PVT in the signature")  # 1) PVT on the curve
+    hs = hash_hs(kpak, identity, pvt)  # 2)
+    he = hash_he(hs, r, message)  # 3)
+    y = pvt_point * hs + kpak_point  # 4)
+    j = (_G * he + y * r) * s  # 5)
+    if _is_infinity(j) or j.x != r % P or j.x % P == 0:  # 6)
         raise SignatureInvalid("ECCSI signature does not verify")

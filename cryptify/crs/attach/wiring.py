@@ -74,6 +74,7 @@ from cryptify.protocols.umsg_ws import (
     Received,
     UmsgWebSocket,
 )
+from cryptify.protocols.websocket_handshake import ServerUpgrade
 from cryptify.service import ListenService
 
 log = Logger(namespace="cryptify.crs.umsg")
@@ -135,6 +136,8 @@ class UmsgServerProtocol(Protocol):
 
     factory: UmsgServerFactory
     ws: UmsgWebSocket
+    #: The opening handshake's reader until the upgrade request is in.
+    upgrade: ServerUpgrade | None = None
     session: AttachSession
     host = ""
     port = 0
@@ -170,7 +173,10 @@ class UmsgServerProtocol(Protocol):
         self.interval = interval / 1000
         if method == "tcp":
             tcp_keepalive(self.transport, self.interval)
-        self.ws = UmsgWebSocket.server(factory.limits.max_message)
+        # Until the upgrade request is in, a WebSocket that is neither open
+        # nor handshaking: closing it writes nothing, as wsproto's would.
+        self.ws = UmsgWebSocket(client=False, max_message=factory.limits.max_message)
+        self.upgrade = ServerUpgrade(factory.limits.max_message)
         self.session = factory.core.session(self, self.host, self.port, (method, interval))
 
     def dataReceived(self, data: bytes) -> None:
@@ -182,7 +188,15 @@ class UmsgServerProtocol(Protocol):
         if self.silent:
             self.silent = False
             factory.heard(self)
-        for event in self.ws.receive(data):
+        if self.upgrade is not None:
+            handed = self.upgrade.receive(data)
+            if handed is None:
+                return
+            self.ws, events = handed
+            self.upgrade = None
+        else:
+            events = self.ws.receive(data)
+        for event in events:
             if isinstance(event, Received):
                 try:
                     msg = decode_from_client(event.data, factory.limits.max_message)
