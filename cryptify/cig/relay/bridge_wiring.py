@@ -23,14 +23,18 @@ and sends are ``sendto`` straight on the leg's socket.  Any other reactor
 
 With ``fast_path`` ``auto`` (cig.conf ``relay { fast_path auto|off; }``) a
 G.711 call's packets go through the C path (:mod:`cryptify.cig.relay.cpath`)
-where it was built: its secure leg is then read by C itself (``recvmmsg``,
-the fast path, ``sendmmsg`` to the PBX), and only what the fast path leaves
-(a new client stream, a telephone-event) comes back to Python.
+where it was built: both its legs are then read by C itself (``recvmmsg``;
+the secure leg's packets go on to the PBX in one ``sendmmsg``, the PBX
+leg's into the call's playout buffer in C), the clock ticks every such
+call in one C loop (:class:`~cryptify.cig.relay.cpath.CTable`: playout,
+SRTP and a ``sendto`` each), and only what the fast paths leave (a new
+client stream, a telephone-event either way) comes back to Python.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import select
 import socket
 from collections.abc import Callable
@@ -87,8 +91,9 @@ class MediaPoller:
         self.reactor = reactor
         self._ep = select.epoll()
         self._legs: dict[int, tuple[Callable[[int], bytes], Callable[[bytes], None]]] = {}
-        #: Legs that read their socket themselves (the C path's secure legs).
-        self._readers: dict[int, Callable[[], None]] = {}
+        #: Legs that read their socket themselves (the C path's): ``ready(most)``
+        #: reads at most ``most`` datagrams.
+        self._readers: dict[int, Callable[[int], None]] = {}
         self._reading = False
 
     def fileno(self) -> int:
@@ -101,8 +106,8 @@ class MediaPoller:
         self._legs[sock.fileno()] = (sock.recv, receive)
         self._register(sock)
 
-    def add_reader(self, sock: socket.socket, ready: Callable[[], None]) -> None:
-        """A leg whose ``ready()`` reads its socket itself when it is readable."""
+    def add_reader(self, sock: socket.socket, ready: Callable[[int], None]) -> None:
+        """A leg whose ``ready(most)`` reads its socket itself when it is readable."""
         self._readers[sock.fileno()] = ready
         self._register(sock)
 
@@ -124,10 +129,11 @@ class MediaPoller:
         self._reading = False
 
     def doRead(self) -> None:
-        self.drain(POLL_ROUNDS)
+        self.drain(POLL_ROUNDS, cpath.BATCH)
 
-    def drain(self, rounds: int) -> None:
-        """Poll (without waiting) up to ``rounds`` times, one datagram per ready leg a round."""
+    def drain(self, rounds: int, most: int = 1) -> None:
+        """Poll (without waiting) up to ``rounds`` times, one datagram per ready
+        leg a round (up to ``most`` for a leg that reads itself)."""
         poll, legs, readers = self._ep.poll, self._legs, self._readers
         for _ in range(rounds):
             events = poll(0, POLL_EVENTS)
@@ -139,7 +145,7 @@ class MediaPoller:
                     ready = readers.get(fd)
                     if ready is not None:
                         try:
-                            ready()
+                            ready(most)
                         except Exception:
                             log.failure("bridge media: fast path read failed")
                     continue
@@ -163,7 +169,7 @@ class SocketPort:
         poller: MediaPoller,
         sock: socket.socket,
         receive: Callable[[bytes], None],
-        ready: Callable[[], None] | None = None,
+        ready: Callable[[int], None] | None = None,
     ) -> None:
         self.poller = poller
         self.socket = sock
@@ -209,7 +215,7 @@ class SecureLeg(DatagramProtocol):
         #: What a :class:`MediaPoller` calls with each datagram.
         self.receive: Callable[[bytes], None] = bridged.from_secure
         #: On the C path: what it calls when the socket is readable.
-        self.ready: Callable[[], None] | None = (
+        self.ready: Callable[[int], None] | None = (
             bridged.drain_secure if bridged.core.engine_used == "c" else None
         )
 
@@ -223,6 +229,10 @@ class PbxLeg(DatagramProtocol):
     def __init__(self, bridged: BridgedCall) -> None:
         self.bridged = bridged
         self.receive: Callable[[bytes], None] = bridged.core.from_pbx
+        #: On the C path: what it calls when the socket is readable.
+        self.ready: Callable[[int], None] | None = (
+            bridged.drain_pbx if bridged.core.engine_used == "c" else None
+        )
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.bridged.core.from_pbx(datagram)
@@ -239,6 +249,8 @@ class BridgedCall:
     pbx_port: Any = None
     #: The PBX address as a ``sockaddr_in`` for the C path's ``sendmmsg``.
     pbx_sockaddr: bytes = b""
+    #: The call's number in the service's C clock (:class:`cpath.CTable`).
+    ident: int = 0
 
     def __attrs_post_init__(self) -> None:
         self.set_pbx_address(self.pbx_address)
@@ -247,25 +259,46 @@ class BridgedCall:
         self.pbx_address = address
         self.pbx_sockaddr = b"" if address is None else cpath.sockaddr(address)
 
-    def drain_secure(self) -> None:
-        """The C path reads the secure leg: what waits there, to the PBX.
+    def drain_secure(self, most: int = cpath.BATCH) -> None:
+        """The C path reads the secure leg: up to ``most`` datagrams, to the PBX.
 
         A packet the fast path leaves (a new client stream, a
-        telephone-event) is finished in Python and sent in its place."""
+        telephone-event) is finished in Python and sent in its place; the
+        rest of the datagrams read with it follow."""
         c = self.core.c_call
         assert c is not None
         fd_in, fd_out = self.secure_port.socket.fileno(), self.pbx_port.socket.fileno()
         while True:
-            _got, slow = c.drain_secure(fd_in, fd_out, self.pbx_sockaddr, cpath.BATCH)
+            _got, slow = c.drain_secure(fd_in, fd_out, self.pbx_sockaddr, most)
             if slow is None:
                 return
             try:  # the rest of the batch still goes on
                 out = self.core.finish_secure(slow)
             except Exception:
                 log.failure("bridge media: datagram handling failed")
-                continue
+                out = None
             if out is not None:
                 self.send_pbx(out)
+            if not c.left():
+                return
+
+    def drain_pbx(self, most: int = cpath.BATCH) -> None:
+        """The C path reads the PBX leg: up to ``most`` datagrams into the
+        playout buffer; a telephone-event (or anything unusual) is finished
+        in Python, and the rest of the datagrams read with it follow."""
+        c = self.core.c_call
+        assert c is not None
+        fd_in = self.pbx_port.socket.fileno()
+        while True:
+            _got, slow = c.drain_pbx(fd_in, most)
+            if slow is None:
+                return
+            try:
+                self.core.pbx_slow(slow)
+            except Exception:
+                log.failure("bridge media: datagram handling failed")
+            if not c.left():
+                return
 
     def from_secure(self, datagram: bytes) -> None:
         """A datagram from the relay: through the core, out to the PBX."""
@@ -348,10 +381,18 @@ class BridgeService(service.Service):
         self.ticks_caught_up = 0
         self._secure_ports = self._range(self.tel.rtp_port_range, 1)
         self._pbx_ports = self._range(self.sip.rtp_port_range, 2)
+        #: The calls the clock ticks in C (C path calls on real sockets), by ident.
+        self._table: cpath.CTable | None = None
+        self._by_ident: dict[int, BridgedCall] = {}
+        #: The calls the clock ticks in Python (all the others).
+        self._python_ticked: dict[str, BridgedCall] = {}
+        self._idents = itertools.count(1)
         self._loop = LoopingCall.withCount(self._tick)
         self._loop.clock = reactor
         self._interval = tick
         self._poller = MediaPoller(reactor) if IReactorFDSet.providedBy(reactor) else None
+        if self._poller is not None and self.engine == "c":
+            self._table = cpath.CTable()
         #: Reads what waits on the legs (``read_pending(rounds)``, one datagram
         #: per leg a round) before each tick a late clock makes up; None where
         #: the reactor delivers datagrams itself.
@@ -387,8 +428,17 @@ class BridgeService(service.Service):
         if count > 1:
             self._catch_up(count)
             return
-        # On time (the hot path): one datagram per call.
-        for bridged in self.calls.values():
+        self._tick_once()
+
+    def _tick_once(self) -> None:
+        """One datagram per call: the C path's calls ticked in C (those with a
+        telephone-event under way come back), the others here."""
+        table = self._table
+        if table is not None:
+            by_ident = self._by_ident
+            for ident in table.tick_all():
+                by_ident[ident].tick()
+        for bridged in self._python_ticked.values():
             core = bridged.core
             try:
                 bridged.secure_port.write(core.tick(), bridged.relay_address)
@@ -412,14 +462,13 @@ class BridgeService(service.Service):
         for _ in range(ticks):
             if read is not None:
                 read(1)
-            for bridged in calls.values():
-                bridged.tick()
+            self._tick_once()
 
     def _bind(self, port: int, protocol: SecureLeg | PbxLeg, interface: str) -> Any:
         if self._poller is None:
             return self.reactor.listenUDP(port, protocol, interface=interface)
-        ready = protocol.ready if isinstance(protocol, SecureLeg) else None
-        return SocketPort(self._poller, bind_udp(port, interface), protocol.receive, ready)
+        sock = bind_udp(port, interface)
+        return SocketPort(self._poller, sock, protocol.receive, protocol.ready)
 
     def _listen(
         self, protocol: SecureLeg | PbxLeg, wanted: int, ports: _Ports | None, interface: str
@@ -461,6 +510,7 @@ class BridgeService(service.Service):
             bridged.close()
             raise
         self.calls[call] = bridged
+        self._clock_add(bridged)
         ports = (bridged.secure_port.getHost().port, bridged.pbx_port.getHost().port)
         log.info(
             "Bridge {call} added: secure port {secure_port} <-> relay {relay} ({scodec}, "
@@ -479,6 +529,27 @@ class BridgeService(service.Service):
             transcode=", transcoding" if secure.codec != pbx.codec else "",
         )
         return ports
+
+    def _clock_add(self, bridged: BridgedCall) -> None:
+        """Put a new call on the clock: in C when it can be, else here."""
+        c = bridged.core.c_call
+        table = self._table
+        if table is None or c is None:
+            self._python_ticked[bridged.core.call] = bridged
+            return
+        bridged.ident = next(self._idents)
+        c.set_io(
+            bridged.ident,
+            bridged.secure_port.socket.fileno(),
+            cpath.sockaddr(bridged.relay_address),
+        )
+        table.add(bridged.ident, c)
+        self._by_ident[bridged.ident] = bridged
+
+    def _clock_remove(self, bridged: BridgedCall) -> None:
+        self._python_ticked.pop(bridged.core.call, None)
+        if self._by_ident.pop(bridged.ident, None) is not None and self._table is not None:
+            self._table.remove(bridged.ident)
 
     def _pbx(self, pbx: PbxSide) -> PbxSide:
         if pbx.remote_host is None:
@@ -514,6 +585,7 @@ class BridgeService(service.Service):
         bridged = self.calls.pop(call, None)
         if bridged is None:
             return None
+        self._clock_remove(bridged)
         bridged.close()
         stats = bridged.core.snapshot()
         self.ended.add(bridged.core.counters)
