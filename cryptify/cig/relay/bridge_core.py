@@ -40,15 +40,19 @@ import attrs
 
 from cryptify.cig.relay import cpath, g711
 from cryptify.cig.relay.bridge_spec import (
-    DIRECTIONS as DIRECTIONS,
-)
-from cryptify.cig.relay.bridge_spec import (
+    DIRECTIONS,
     ENGINES,
     EVENT_END_REPEATS,
     EVENT_TIMEOUT_TICKS,
     FRAME_SAMPLES,
+    PLAYOUT_DELAY,
+    PLAYOUT_MAX_AHEAD,
+    PLAYOUT_MAX_PACKETS,
+    POLICY_KEY_SIZE,
+    SECURE_CODECS,
     SEQ_MAX_DROPOUT,
     SEQ_MAX_MISORDER,
+    TICK_SECONDS,
     U32,
     BridgeCounters,
     BridgeSpecError,
@@ -57,28 +61,7 @@ from cryptify.cig.relay.bridge_spec import (
     SecureSide,
     check_spec,
 )
-from cryptify.cig.relay.bridge_spec import (
-    PLAYOUT_DELAY as PLAYOUT_DELAY,
-)
-from cryptify.cig.relay.bridge_spec import (
-    PLAYOUT_MAX_AHEAD as PLAYOUT_MAX_AHEAD,
-)
-from cryptify.cig.relay.bridge_spec import (
-    PLAYOUT_MAX_PACKETS as PLAYOUT_MAX_PACKETS,
-)
-from cryptify.cig.relay.bridge_spec import (
-    POLICY_KEY_SIZE as POLICY_KEY_SIZE,
-)
-from cryptify.cig.relay.bridge_spec import (
-    SECURE_CODECS as SECURE_CODECS,
-)
-from cryptify.cig.relay.bridge_spec import (
-    TICK_SECONDS as TICK_SECONDS,
-)
-from cryptify.cig.relay.opus_leg import OPUS_SCALE as _OPUS_SCALE
-from cryptify.cig.relay.opus_leg import OpusLeg as _OpusLeg
-from cryptify.cig.relay.opus_leg import law as _law
-from cryptify.cig.relay.opus_leg import prepare_opus as prepare_opus
+from cryptify.cig.relay.opus_leg import OPUS_SCALE, OpusLeg, OpusPaths, law, prepare_opus
 from cryptify.cig.relay.playout import Playout
 from cryptify.cig.relay.srtp import FastSrtp, SrtpSession, new_session
 from cryptify.protocols import opus
@@ -89,6 +72,28 @@ from cryptify.protocols.rtp import (
     parse_event,
     parse_rtp,
 )
+
+#: What this module gives (the spec's names included, for the bridge's users).
+__all__ = [
+    "DIRECTIONS",
+    "EVENT_END_REPEATS",
+    "FRAME_SAMPLES",
+    "PLAYOUT_DELAY",
+    "PLAYOUT_MAX_AHEAD",
+    "PLAYOUT_MAX_PACKETS",
+    "POLICY_KEY_SIZE",
+    "SECURE_CODECS",
+    "SEQ_MAX_DROPOUT",
+    "TICK_SECONDS",
+    "BridgeCounters",
+    "BridgeSpecError",
+    "CallBridge",
+    "PbxSide",
+    "PbxSrtp",
+    "Playout",
+    "SecureSide",
+    "prepare_opus",
+]
 
 #: The RTP fixed header, and its sequence/timestamp/SSRC part.
 _HEADER = struct.Struct("!BBHII")
@@ -116,7 +121,7 @@ class _EventState:
 
 
 @attrs.define(eq=False)
-class CallBridge:
+class CallBridge(OpusPaths):
     """One call's media: SRTP from the relay <-> RTP to the PBX."""
 
     call: str
@@ -162,7 +167,7 @@ class CallBridge:
     _pbx_tx: SrtpSession | None = attrs.field(init=False, default=None)
     _pbx_rx: SrtpSession | None = attrs.field(init=False, default=None)
     #: The Opus transcoder when the secure side is Opus (else None).
-    _opus: _OpusLeg | None = attrs.field(init=False, default=None)
+    _opus: OpusLeg | None = attrs.field(init=False, default=None)
     #: RTP clock ticks of one tick towards the secure side.
     _secure_step: int = attrs.field(init=False, default=FRAME_SAMPLES)
     #: The call's C state on the C path (else None).
@@ -200,10 +205,10 @@ class CallBridge:
     def _configure_pbx(self) -> None:
         if self.secure.codec == opus.OPUS:
             # Opus is decoded straight into the PBX's law and encoded from it.
-            law = _law(self.pbx.codec)
+            tables = law(self.pbx.codec)
             if self._opus is None:
-                self._opus = _OpusLeg(law)
-            self._opus.law = law
+                self._opus = OpusLeg(tables)
+            self._opus.law = tables
             self._secure_step = opus.RTP_FRAME_TICKS
             self._to_pbx = self._to_secure = None
         else:
@@ -437,53 +442,6 @@ class CallBridge:
             self._client_high = seq
         return (seq + self._seq_offset) & 0xFFFF
 
-    def _opus_to_pbx(self, rtp: bytes, leg: _OpusLeg) -> bytes | None:
-        """An Opus (or telephone-event) packet from the client, as G.711 for the PBX."""
-        c = self.counters
-        packet = parse_rtp(rtp)
-        if isinstance(packet, RtpError):
-            c.malformed += 1
-            return None
-        pt = packet.payload_type
-        if pt == opus.PAYLOAD_TYPE:
-            try:
-                payload = leg.decoder.decode_law(packet.payload, leg.law)
-            except opus.OpusError:
-                c.malformed += 1
-                return None
-            out_pt = self._pbx_pt
-            c.transcoded += 1
-        elif pt == self.secure.dtmf_pt and self.pbx.dtmf_pt is not None:
-            event = parse_event(packet.payload)
-            if isinstance(event, RtpError):
-                c.malformed += 1
-                return None
-            # RFC 4733 durations count the audio's clock: 48 kHz here, 8 kHz there.
-            event = attrs.evolve(event, duration=event.duration // _OPUS_SCALE)
-            payload = event.encode()
-            out_pt = self.pbx.dtmf_pt
-            c.events_to_pbx += 1
-        else:
-            c.unknown_pt += 1
-            return None
-        marker = packet.marker
-        if packet.ssrc != self._client_ssrc:
-            if self._client_ssrc is None:
-                leg.ref_out = self._pbx_ts_base
-            else:
-                leg.ref_out = (self._last_out_ts + FRAME_SAMPLES) % U32
-            leg.ref_in = packet.timestamp
-            self._new_client_stream(packet.ssrc, packet.sequence)
-            marker = True
-        seq = self._out_seq(packet.sequence)
-        ts = leg.pbx_timestamp(packet.timestamp)
-        self._last_out_ts = ts
-        if not self._pbx_known:
-            c.no_destination += 1
-            return None
-        c.pbx_tx += 1
-        return encode_rtp(out_pt, seq, ts, self._pbx_ssrc, payload, marker)
-
     # -- PBX -> secure -------------------------------------------------------
 
     def from_pbx(self, data: bytes) -> None:
@@ -607,7 +565,7 @@ class CallBridge:
             pt = self.secure.dtmf_pt
             assert pt is not None
             if self._opus is not None:
-                duration = min(0xFFFF, event.duration * _OPUS_SCALE)
+                duration = min(0xFFFF, event.duration * OPUS_SCALE)
                 event = attrs.evolve(event, duration=duration)
             rtp = encode_rtp(
                 pt, self._secure_seq, state.secure_timestamp, self._secure_ssrc,

@@ -1,6 +1,8 @@
 """The Opus side of a bridged call (``secure_codec opus``): the G.711 law
-tables of the transcoder and one call's decoder, encoder and timestamp map
-(``docs/bridge.md``, "Opus on the secure leg")."""
+tables of the transcoder, one call's decoder, encoder and timestamp map, and
+the secure -> PBX path of an Opus call (:class:`OpusPaths`, a part of
+:class:`~cryptify.cig.relay.bridge_core.CallBridge`); ``docs/bridge.md``,
+"Opus on the secure leg"."""
 
 from __future__ import annotations
 
@@ -9,8 +11,17 @@ import functools
 import attrs
 
 from cryptify.cig.relay import g711
-from cryptify.cig.relay.bridge_spec import FRAME_SAMPLES, HALF32, OPUS_COMPLEXITY, U32
+from cryptify.cig.relay.bridge_spec import (
+    FRAME_SAMPLES,
+    HALF32,
+    OPUS_COMPLEXITY,
+    U32,
+    BridgeCounters,
+    PbxSide,
+    SecureSide,
+)
 from cryptify.protocols import opus
+from cryptify.protocols.rtp import RtpError, encode_rtp, parse_event, parse_rtp
 
 #: RTP clock ticks of an Opus frame per tick of the PBX's 8 kHz clock.
 OPUS_SCALE = opus.RTP_FRAME_TICKS // FRAME_SAMPLES
@@ -56,3 +67,71 @@ class OpusLeg:
         if delta > 0:
             self.ref_in, self.ref_out = timestamp, out
         return out
+
+
+class OpusPaths:
+    """:class:`~cryptify.cig.relay.bridge_core.CallBridge`'s secure -> PBX path
+    for an Opus secure leg (the attributes are the bridge's)."""
+
+    counters: BridgeCounters
+    secure: SecureSide
+    pbx: PbxSide
+    _client_ssrc: int | None
+    _pbx_ts_base: int
+    _last_out_ts: int
+    _pbx_pt: int
+    _pbx_known: bool
+    _pbx_ssrc: int
+
+    def _new_client_stream(self, ssrc: int, seq: int) -> None:
+        raise NotImplementedError
+
+    def _out_seq(self, seq: int) -> int:
+        raise NotImplementedError
+
+    def _opus_to_pbx(self, rtp: bytes, leg: OpusLeg) -> bytes | None:
+        """An Opus (or telephone-event) packet from the client, as G.711 for the PBX."""
+        c = self.counters
+        packet = parse_rtp(rtp)
+        if isinstance(packet, RtpError):
+            c.malformed += 1
+            return None
+        pt = packet.payload_type
+        if pt == opus.PAYLOAD_TYPE:
+            try:
+                payload = leg.decoder.decode_law(packet.payload, leg.law)
+            except opus.OpusError:
+                c.malformed += 1
+                return None
+            out_pt = self._pbx_pt
+            c.transcoded += 1
+        elif pt == self.secure.dtmf_pt and self.pbx.dtmf_pt is not None:
+            event = parse_event(packet.payload)
+            if isinstance(event, RtpError):
+                c.malformed += 1
+                return None
+            # RFC 4733 durations count the audio's clock: 48 kHz here, 8 kHz there.
+            event = attrs.evolve(event, duration=event.duration // OPUS_SCALE)
+            payload = event.encode()
+            out_pt = self.pbx.dtmf_pt
+            c.events_to_pbx += 1
+        else:
+            c.unknown_pt += 1
+            return None
+        marker = packet.marker
+        if packet.ssrc != self._client_ssrc:
+            if self._client_ssrc is None:
+                leg.ref_out = self._pbx_ts_base
+            else:
+                leg.ref_out = (self._last_out_ts + FRAME_SAMPLES) % U32
+            leg.ref_in = packet.timestamp
+            self._new_client_stream(packet.ssrc, packet.sequence)
+            marker = True
+        seq = self._out_seq(packet.sequence)
+        ts = leg.pbx_timestamp(packet.timestamp)
+        self._last_out_ts = ts
+        if not self._pbx_known:
+            c.no_destination += 1
+            return None
+        c.pbx_tx += 1
+        return encode_rtp(out_pt, seq, ts, self._pbx_ssrc, payload, marker)
