@@ -349,3 +349,55 @@ class ServiceClockTests(SynchronousTestCase):
         while select.select([relay], [], [], 0.05)[0]:
             sources.add(relay.recvfrom(2048)[1][1])
         self.assertEqual(sources, {calls["b"][0]})
+
+    def test_late_clock_reads_one_frame_a_tick(self) -> None:
+        """A late clock's catch-up reads one datagram per C leg before each
+        made-up tick: the queued PBX frames play in order, no resync, none late."""
+        reactor = FdReactor()
+        service = BridgeService(reactor, sip=SipInterface(bind="127.0.0.1"))
+        service.startService()
+        self.addCleanup(service.stopService)
+        relay, phone = self.udp(), self.udp()
+        secure = SecureSide("127.0.0.1", relay.getsockname()[1], TAG, KEY_OUT, KEY_IN)
+        here = phone.getsockname()
+        _secure_port, pbx_port = service.add("a", secure, PbxSide(here[0], here[1]))
+        for k in range(10):
+            rtp = encode_rtp(0, k, 1000 + 160 * k, 9, bytes([0x20 + k]) * 160, False)
+            phone.sendto(rtp, ("127.0.0.1", pbx_port))
+        select.select([], [], [], 0.1)
+        reactor.advance(12 * TICK_SECONDS)  # one late wakeup: 12 ticks due
+        rx = session(KEY_OUT, False)
+        got = []
+        while select.select([relay], [], [], 0.05)[0]:
+            packet = parse_rtp(rx.unprotect(relay.recv(2048)[8:]))
+            assert isinstance(packet, RtpPacket)
+            got.append(packet.payload[0])
+        self.assertGreaterEqual(len(got), 11)
+        played = [b for b in got if b != 0xFF]
+        self.assertEqual(played, [0x20 + k for k in range(len(played))])
+        self.assertGreaterEqual(len(played), 8)
+        stats = service.stats("a")
+        assert stats is not None
+        self.assertEqual((stats["resyncs"], stats["late"], stats["pbx_rx"]), (0, 0, 10))
+
+    def test_update_moves_the_pbx(self) -> None:
+        """A BridgeUpdate's new PBX address is where C sends from then on."""
+        reactor = FdReactor()
+        service = BridgeService(reactor, sip=SipInterface(bind="127.0.0.1"))
+        self.addCleanup(service.stopService)
+        first, second, client_sock = self.udp(), self.udp(), self.udp()
+        secure = SecureSide("127.0.0.1", 9, TAG, KEY_OUT, KEY_IN)
+        here = first.getsockname()
+        secure_port, _ = service.add("a", secure, PbxSide(here[0], here[1]))
+        (poller,) = reactor.readers
+        client = session(KEY_IN, True)
+        for k, sink in enumerate((first, first, second, second)):
+            if k == 2:
+                there = second.getsockname()
+                self.assertTrue(service.update("a", PbxSide(there[0], there[1])))
+            rtp = encode_rtp(0, k, 160 * k, 5, bytes([k]) * 160, False)
+            client_sock.sendto(client.protect(rtp), ("127.0.0.1", secure_port))
+            select.select([], [], [], 0.05)
+            poller.doRead()
+            select.select([sink], [], [], 2)
+            self.assertEqual(sink.recv(2048)[12], k)

@@ -35,6 +35,9 @@ side folds into its own in batches.
   ``cb_table`` ticked and sent from its secure leg (``sendto``).
 - ``cb_drain_secure``/``cb_drain_pbx``: a leg's socket read with
   ``recvmmsg``, what goes to the PBX sent with one ``sendmmsg``.
+- ``cb_poll_start``/``cb_poll_next``: the service's poller, both legs of
+  every call of a ``cb_table`` in one epoll set read by the reactor as one
+  descriptor; it stops for each packet Python must finish and goes on.
 """
 
 from __future__ import annotations
@@ -131,7 +134,12 @@ ffibuilder.cdef(
                    int relay_len);
     cb_table *cb_table_new(void);
     void cb_table_free(cb_table *table);
-    int cb_table_add(cb_table *table, cb_call *call);
+    int cb_table_add(cb_table *table, cb_call *call, int pbx_fd);
+    int cb_table_fileno(cb_table *table);
+    void cb_set_pbx_addr(cb_call *call, const unsigned char *addr, int len);
+    void cb_poll_start(cb_table *table, int rounds, int max);
+    int cb_poll_next(cb_table *table, int *ident, int *leg,
+                     unsigned char *slow, int *slow_len, int slow_max);
     void cb_table_remove(cb_table *table, cb_call *call);
     int cb_tick_all(cb_table *table, int *slow, int slow_max);
 

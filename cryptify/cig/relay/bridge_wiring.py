@@ -23,12 +23,13 @@ and sends are ``sendto`` straight on the leg's socket.  Any other reactor
 
 With ``fast_path`` ``auto`` (cig.conf ``relay { fast_path auto|off; }``) a
 G.711 call's packets go through the C path (:mod:`cryptify.cig.relay.cpath`)
-where it was built: both its legs are then read by C itself (``recvmmsg``;
-the secure leg's packets go on to the PBX in one ``sendmmsg``, the PBX
-leg's into the call's playout buffer in C), the clock ticks every such
-call in one C loop (:class:`~cryptify.cig.relay.cpath.CTable`: playout,
-SRTP and a ``sendto`` each), and only what the fast paths leave (a new
-client stream, a telephone-event either way) comes back to Python.
+where it was built: both its legs are then in one epoll set of C's
+(:class:`~cryptify.cig.relay.cpath.CTable`, one reader for the reactor)
+and read by C itself (``recvmmsg``; the secure leg's packets go on to the
+PBX in one ``sendmmsg``, the PBX leg's into the call's playout buffer in
+C), the clock ticks every such call in one C loop (playout, SRTP and a
+``sendto`` each), and only what the fast paths leave (a new client
+stream, a telephone-event either way) comes back to Python.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from cryptify.cig.relay.bridge_spec import (
     PbxSide,
     SecureSide,
 )
-from cryptify.cig.relay.media_io import MediaPoller, SocketPort, bind_udp
+from cryptify.cig.relay.media_io import CPoller, MediaPoller, SocketPort, bind_udp
 from cryptify.config.cig_model import PortRange, SipInterface, TelInterface
 
 __all__ = ["MAX_CATCH_UP", "BridgeRefused", "BridgeService", "MediaPoller", "SocketPort"]
@@ -80,10 +81,6 @@ class SecureLeg(DatagramProtocol):
         self.bridged = bridged
         #: What a :class:`MediaPoller` calls with each datagram.
         self.receive: Callable[[bytes], None] = bridged.from_secure
-        #: On the C path: what it calls when the socket is readable.
-        self.ready: Callable[[int], None] | None = (
-            bridged.drain_secure if bridged.core.engine_used == "c" else None
-        )
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.bridged.from_secure(datagram)
@@ -95,10 +92,6 @@ class PbxLeg(DatagramProtocol):
     def __init__(self, bridged: BridgedCall) -> None:
         self.bridged = bridged
         self.receive: Callable[[bytes], None] = bridged.core.from_pbx
-        #: On the C path: what it calls when the socket is readable.
-        self.ready: Callable[[int], None] | None = (
-            bridged.drain_pbx if bridged.core.engine_used == "c" else None
-        )
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.bridged.core.from_pbx(datagram)
@@ -124,47 +117,9 @@ class BridgedCall:
     def set_pbx_address(self, address: tuple[str, int] | None) -> None:
         self.pbx_address = address
         self.pbx_sockaddr = b"" if address is None else cpath.sockaddr(address)
-
-    def drain_secure(self, most: int = cpath.BATCH) -> None:
-        """The C path reads the secure leg: up to ``most`` datagrams, to the PBX.
-
-        A packet the fast path leaves (a new client stream, a
-        telephone-event) is finished in Python and sent in its place; the
-        rest of the datagrams read with it follow."""
         c = self.core.c_call
-        assert c is not None
-        fd_in, fd_out = self.secure_port.socket.fileno(), self.pbx_port.socket.fileno()
-        while True:
-            _got, slow = c.drain_secure(fd_in, fd_out, self.pbx_sockaddr, most)
-            if slow is None:
-                return
-            try:  # the rest of the batch still goes on
-                out = self.core.finish_secure(slow)
-            except Exception:
-                log.failure("bridge media: datagram handling failed")
-                out = None
-            if out is not None:
-                self.send_pbx(out)
-            if not c.left():
-                return
-
-    def drain_pbx(self, most: int = cpath.BATCH) -> None:
-        """The C path reads the PBX leg: up to ``most`` datagrams into the
-        playout buffer; a telephone-event (or anything unusual) is finished
-        in Python, and the rest of the datagrams read with it follow."""
-        c = self.core.c_call
-        assert c is not None
-        fd_in = self.pbx_port.socket.fileno()
-        while True:
-            _got, slow = c.drain_pbx(fd_in, most)
-            if slow is None:
-                return
-            try:
-                self.core.pbx_slow(slow)
-            except Exception:
-                log.failure("bridge media: datagram handling failed")
-            if not c.left():
-                return
+        if c is not None:
+            c.set_pbx_address(self.pbx_sockaddr)
 
     def from_secure(self, datagram: bytes) -> None:
         """A datagram from the relay: through the core, out to the PBX."""
@@ -257,13 +212,16 @@ class BridgeService(service.Service):
         self._loop.clock = reactor
         self._interval = tick
         self._poller = MediaPoller(reactor) if IReactorFDSet.providedBy(reactor) else None
+        #: The reactor's reader of the C path's legs (on a real reactor).
+        self._cpoller: CPoller | None = None
         if self._poller is not None and self.engine == "c":
             self._table = cpath.CTable()
+            self._cpoller = CPoller(reactor, self._table.fileno(), self._c_read)
         #: Reads what waits on the legs (``read_pending(rounds)``, one datagram
         #: per leg a round) before each tick a late clock makes up; None where
         #: the reactor delivers datagrams itself.
         self.read_pending: Callable[[int], None] | None = (
-            None if self._poller is None else self._poller.drain
+            None if self._poller is None else self._read_pending
         )
 
     @staticmethod
@@ -289,6 +247,33 @@ class BridgeService(service.Service):
             self._loop.stop()
         for call in list(self.calls):
             self.remove(call)
+
+    def _read_pending(self, rounds: int) -> None:
+        assert self._poller is not None
+        self._poller.drain(rounds)
+        if self._table is not None and self._table.calls:
+            self._c_read(rounds, 1)
+
+    def _c_read(self, rounds: int, most: int) -> None:
+        """The C path's legs: what waits, read in C (``rounds`` epoll rounds, up
+        to ``most`` datagrams a leg a round); packets the fast paths leave
+        (a new client stream, telephone-events) are finished here."""
+        assert self._table is not None
+        self._table.poll(rounds, most, self._c_slow)
+
+    def _c_slow(self, ident: int, leg: int, packet: bytes) -> None:
+        bridged = self._by_ident.get(ident)
+        if bridged is None:
+            return
+        try:
+            if leg == cpath.SECURE:
+                out = bridged.core.finish_secure(packet)
+                if out is not None:
+                    bridged.send_pbx(out)
+            else:
+                bridged.core.pbx_slow(packet)
+        except Exception:
+            log.failure("bridge media: datagram handling failed")
 
     def _tick(self, count: int) -> None:
         if count > 1:
@@ -334,7 +319,9 @@ class BridgeService(service.Service):
         if self._poller is None:
             return self.reactor.listenUDP(port, protocol, interface=interface)
         sock = bind_udp(port, interface)
-        return SocketPort(self._poller, sock, protocol.receive, protocol.ready)
+        # The C path's legs are read by C (_clock_add puts them in its epoll set).
+        in_c = self._table is not None and protocol.bridged.core.c_call is not None
+        return SocketPort(None if in_c else self._poller, sock, protocol.receive)
 
     def _listen(
         self, protocol: SecureLeg | PbxLeg, wanted: int, ports: _Ports | None, interface: str
@@ -404,18 +391,19 @@ class BridgeService(service.Service):
             self._python_ticked[bridged.core.call] = bridged
             return
         bridged.ident = next(self._idents)
-        c.set_io(
-            bridged.ident,
-            bridged.secure_port.socket.fileno(),
-            cpath.sockaddr(bridged.relay_address),
-        )
-        table.add(bridged.ident, c)
+        relay = cpath.sockaddr(bridged.relay_address)
+        c.set_io(bridged.ident, bridged.secure_port.socket.fileno(), relay)
+        table.add(bridged.ident, c, bridged.pbx_port.socket.fileno())
         self._by_ident[bridged.ident] = bridged
+        assert self._cpoller is not None
+        self._cpoller.start()
 
     def _clock_remove(self, bridged: BridgedCall) -> None:
         self._python_ticked.pop(bridged.core.call, None)
         if self._by_ident.pop(bridged.ident, None) is not None and self._table is not None:
             self._table.remove(bridged.ident)
+            if not self._table.calls and self._cpoller is not None:
+                self._cpoller.stop()
 
     def _pbx(self, pbx: PbxSide) -> PbxSide:
         if pbx.remote_host is None:

@@ -11,8 +11,10 @@
 #include <string.h>
 #include <stdlib.h>
 #include <errno.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <unistd.h>
 
 /* SRTP_MAX_TAG_LEN + SRTP_MAX_MKI_LEN, as pylibsrtp reserves them. */
 #define SRTP_MAX_TRAILER_LEN (16 + 128)
@@ -38,6 +40,8 @@
 #define CB_SEQ_MAX_MISORDER 100
 /* The relay's leg tag before each datagram we send it. */
 #define CB_TAG 8
+/* epoll events one poll round takes. */
+#define CB_EVENTS 1024
 
 /* Which session cb_protect/cb_unprotect use, and which leg a drain reads. */
 enum { CB_SECURE = 0, CB_PBX = 1 };
@@ -124,11 +128,21 @@ typedef struct cb_call {
     struct sockaddr_in relay;
     int id;
     int table_index;
+    /* The service's poller reads the PBX leg here and sends to pbx_addr. */
+    int pbx_fd;
+    unsigned char pbx_addr[16];
+    int pbx_addr_len;
 } cb_call;
 
+/* The service's C calls: the clock's list, and one epoll set of both legs
+   of each (the reactor sees it as one reader), with where a poll that
+   stopped for a packet for Python goes on. */
 typedef struct cb_table {
     cb_call **calls;
     int n, cap;
+    int epfd;
+    struct epoll_event evs[CB_EVENTS];
+    int nev, iev, rounds, max, resumed;
 } cb_table;
 
 /* libsrtp's srtp_protect and srtp_unprotect: pylibsrtp's copy (see the
@@ -151,6 +165,7 @@ cb_call *cb_new(void)
     for (i = 0; i < CB_SLOTS; i++) call->po.free_slots[i] = CB_SLOTS - 1 - i;
     call->po.nfree = CB_SLOTS;
     call->secure_fd = -1;
+    call->pbx_fd = -1;
     call->table_index = -1;
     call->st.marker_next = 1;
     return call;
@@ -556,19 +571,54 @@ void cb_set_io(cb_call *call, int id, int secure_fd, const unsigned char *relay,
     memcpy(&call->relay, relay, relay_len);
 }
 
-cb_table *cb_table_new(void) { return calloc(1, sizeof(cb_table)); }
+cb_table *cb_table_new(void)
+{
+    cb_table *table = calloc(1, sizeof(cb_table));
+    if (table == NULL) return NULL;
+    table->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (table->epfd < 0) {
+        free(table);
+        return NULL;
+    }
+    return table;
+}
 
 void cb_table_free(cb_table *table)
 {
     int i;
     for (i = 0; i < table->n; i++) table->calls[i]->table_index = -1;
+    close(table->epfd);
     free(table->calls);
     free(table);
 }
 
-int cb_table_add(cb_table *table, cb_call *call)
+int cb_table_fileno(cb_table *table) { return table->epfd; }
+
+void cb_set_pbx_addr(cb_call *call, const unsigned char *addr, int len)
 {
+    if (len < 0 || len > (int)sizeof call->pbx_addr) len = 0;
+    memcpy(call->pbx_addr, addr, len);
+    call->pbx_addr_len = len;
+}
+
+/* A call of the table: on the clock, and both its legs in the epoll set
+   (pbx_fd < 0: on the clock only). */
+int cb_table_add(cb_table *table, cb_call *call, int pbx_fd)
+{
+    struct epoll_event ev;
     if (call->table_index >= 0) return 0;
+    if (pbx_fd >= 0) {
+        memset(&ev, 0, sizeof ev);
+        ev.events = EPOLLIN;
+        ev.data.u64 = (uint64_t)(uintptr_t)call | CB_SECURE;
+        if (epoll_ctl(table->epfd, EPOLL_CTL_ADD, call->secure_fd, &ev) != 0) return -1;
+        ev.data.u64 = (uint64_t)(uintptr_t)call | CB_PBX;
+        if (epoll_ctl(table->epfd, EPOLL_CTL_ADD, pbx_fd, &ev) != 0) {
+            epoll_ctl(table->epfd, EPOLL_CTL_DEL, call->secure_fd, NULL);
+            return -1;
+        }
+        call->pbx_fd = pbx_fd;
+    }
     if (table->n == table->cap) {
         int cap = table->cap ? 2 * table->cap : 64;
         cb_call **calls = realloc(table->calls, sizeof(cb_call *) * cap);
@@ -585,6 +635,12 @@ void cb_table_remove(cb_table *table, cb_call *call)
 {
     int i = call->table_index;
     if (i < 0 || i >= table->n || table->calls[i] != call) return;
+    if (call->pbx_fd >= 0) {
+        epoll_ctl(table->epfd, EPOLL_CTL_DEL, call->secure_fd, NULL);
+        epoll_ctl(table->epfd, EPOLL_CTL_DEL, call->pbx_fd, NULL);
+        call->pbx_fd = -1;
+    }
+    table->nev = table->iev = 0;  /* no event of a poll under way may name it */
     table->calls[i] = table->calls[--table->n];
     table->calls[i]->table_index = i;
     call->table_index = -1;
@@ -723,4 +779,59 @@ int cb_drain_pbx(cb_call *call, int fd_in, int max,
         }
     }
     return cb_next - first;
+}
+
+/* -- the service's poller ----------------------------------------------------- */
+
+/* A poll of the table's legs: up to `rounds` rounds of epoll (without
+   waiting), each ready leg drained of up to max datagrams a round. */
+void cb_poll_start(cb_table *table, int rounds, int max)
+{
+    table->rounds = rounds;
+    table->max = max;
+    table->nev = table->iev = 0;
+    table->resumed = 0;
+}
+
+/* Go on with the poll: 0 when it is done, 1 when a packet needs the Python
+   path (unprotected in slow; *ident and *leg say whose), after which the
+   caller calls again (before anything else reads a leg). */
+int cb_poll_next(cb_table *table, int *ident, int *leg,
+                 unsigned char *slow, int *slow_len, int slow_max)
+{
+    cb_call *call;
+    int which;
+    *slow_len = 0;
+    for (;;) {
+        if (table->iev >= table->nev) {
+            if (table->rounds <= 0) return 0;
+            table->rounds--;
+            table->iev = 0;
+            table->nev = epoll_wait(table->epfd, table->evs, CB_EVENTS, 0);
+            if (table->nev <= 0) {
+                table->nev = table->rounds = 0;
+                return 0;
+            }
+        }
+        call = (cb_call *)(uintptr_t)(table->evs[table->iev].data.u64 & ~(uint64_t)1);
+        which = (int)(table->evs[table->iev].data.u64 & 1);
+        if (table->resumed && cb_left(call) == 0) {
+            table->resumed = 0;
+            table->iev++;
+            continue;
+        }
+        table->resumed = 0;
+        if (which == CB_SECURE)
+            cb_drain_secure(call, call->secure_fd, call->pbx_fd, call->pbx_addr,
+                            call->pbx_addr_len, table->max, slow, slow_len, slow_max);
+        else
+            cb_drain_pbx(call, call->pbx_fd, table->max, slow, slow_len, slow_max);
+        if (*slow_len > 0) {
+            *ident = call->id;
+            *leg = which;
+            table->resumed = 1;
+            return 1;
+        }
+        table->iev++;
+    }
 }

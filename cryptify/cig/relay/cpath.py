@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from pylibsrtp import Error as SrtpError
@@ -286,6 +287,10 @@ class CCall:
         """Where :class:`CTable`'s clock sends this call's ticks from and to."""
         _lib.cb_set_io(self.ptr, ident, secure_fd, relay, len(relay))
 
+    def set_pbx_address(self, address: bytes) -> None:
+        """Where :class:`CTable`'s poller sends to the PBX (b"": not known yet)."""
+        _lib.cb_set_pbx_addr(self.ptr, address, len(address))
+
     def drain_secure(
         self, fd_in: int, fd_out: int, address: bytes, most: int
     ) -> tuple[int, bytes | None]:
@@ -323,8 +328,9 @@ class CCall:
 
 
 class CTable:
-    """The calls one clock ticks in C (:meth:`tick_all`): each call's
-    datagram goes out of its secure leg by ``sendto``, from C."""
+    """The calls one clock ticks in C (:meth:`tick_all`: each call's datagram
+    goes out of its secure leg by ``sendto``, from C) and whose legs one
+    epoll set of C's holds (:meth:`poll`, :meth:`fileno` for the reactor)."""
 
     def __init__(self) -> None:
         ptr = _lib.cb_table_new()
@@ -335,10 +341,20 @@ class CTable:
         self.calls: dict[int, CCall] = {}
         self._slow = _ffi.new("int[]", 64)
         self._slow_size = 64
+        self._ident = _ffi.new("int *")
+        self._leg = _ffi.new("int *")
+        self._packet = _ffi.new("unsigned char[]", _lib.CB_ROOM)
+        self._packet_len = _ffi.new("int *")
 
-    def add(self, ident: int, call: CCall) -> None:
-        if _lib.cb_table_add(self.ptr, call.ptr):
-            raise MemoryError("cb_table_add")
+    def fileno(self) -> int:
+        """The epoll set of the legs (readable when a leg is)."""
+        return int(_lib.cb_table_fileno(self.ptr))
+
+    def add(self, ident: int, call: CCall, pbx_fd: int = -1) -> None:
+        """A call on the clock (after :meth:`CCall.set_io`), and with ``pbx_fd``
+        both its legs in the epoll set."""
+        if _lib.cb_table_add(self.ptr, call.ptr, pbx_fd):
+            raise OSError("cb_table_add: cannot watch the legs")
         self.calls[ident] = call
 
     def remove(self, ident: int) -> None:
@@ -356,3 +372,15 @@ class CTable:
             return []
         slow: list[int] = _ffi.unpack(self._slow, n)
         return slow
+
+    def poll(self, rounds: int, most: int, slow: Callable[[int, int, bytes], None]) -> None:
+        """Read what waits on the legs: up to ``rounds`` rounds of epoll, up to
+        ``most`` datagrams per ready leg a round; each packet the fast paths
+        leave goes to ``slow(ident, leg, packet)`` (leg: :data:`SECURE` or
+        :data:`PBX`), in its place among the others."""
+        ptr, ident, leg, packet, length = (
+            self.ptr, self._ident, self._leg, self._packet, self._packet_len,
+        )  # fmt: skip
+        _lib.cb_poll_start(ptr, rounds, most)
+        while _lib.cb_poll_next(ptr, ident, leg, packet, length, _lib.CB_ROOM):
+            slow(ident[0], leg[0], _ffi.buffer(packet, length[0])[:])

@@ -1,9 +1,9 @@
 """The media bridge's sockets on a real reactor: every leg a plain
 non-blocking UDP socket in one epoll set of our own, which the reactor sees
-as a single reader (:class:`MediaPoller`), each leg's port a
-:class:`SocketPort`.  One wakeup serves every leg that has a datagram, with
-one ``recv`` each (or, for a leg the C path reads itself, one ``recvmmsg``
-of up to ``most``) and no per-packet reactor dispatch.
+as a single reader (:class:`MediaPoller`; the C path's legs are in C's own
+set, :class:`CPoller`), each leg's port a :class:`SocketPort`.  One wakeup
+serves every leg that has a datagram, with one ``recv`` each (``recvmmsg``
+of up to 32 in C) and no per-packet reactor dispatch.
 """
 
 from __future__ import annotations
@@ -45,9 +45,6 @@ class MediaPoller:
         self.reactor = reactor
         self._ep = select.epoll()
         self._legs: dict[int, tuple[Callable[[int], bytes], Callable[[bytes], None]]] = {}
-        #: Legs that read their socket themselves (the C path's): ``ready(most)``
-        #: reads at most ``most`` datagrams.
-        self._readers: dict[int, Callable[[int], None]] = {}
         self._reading = False
 
     def fileno(self) -> int:
@@ -58,14 +55,6 @@ class MediaPoller:
 
     def add(self, sock: socket.socket, receive: Callable[[bytes], None]) -> None:
         self._legs[sock.fileno()] = (sock.recv, receive)
-        self._register(sock)
-
-    def add_reader(self, sock: socket.socket, ready: Callable[[int], None]) -> None:
-        """A leg whose ``ready(most)`` reads its socket itself when it is readable."""
-        self._readers[sock.fileno()] = ready
-        self._register(sock)
-
-    def _register(self, sock: socket.socket) -> None:
         self._ep.register(sock.fileno(), select.EPOLLIN)
         if not self._reading:
             self._reading = True
@@ -73,9 +62,9 @@ class MediaPoller:
 
     def remove(self, sock: socket.socket) -> None:
         fd = sock.fileno()
-        if self._legs.pop(fd, None) is not None or self._readers.pop(fd, None) is not None:
+        if self._legs.pop(fd, None) is not None:
             self._ep.unregister(fd)
-        if not self._legs and not self._readers and self._reading:
+        if not self._legs and self._reading:
             self._reading = False
             self.reactor.removeReader(self)
 
@@ -83,12 +72,11 @@ class MediaPoller:
         self._reading = False
 
     def doRead(self) -> None:
-        self.drain(POLL_ROUNDS, cpath.BATCH)
+        self.drain(POLL_ROUNDS)
 
-    def drain(self, rounds: int, most: int = 1) -> None:
-        """Poll (without waiting) up to ``rounds`` times, one datagram per ready
-        leg a round (up to ``most`` for a leg that reads itself)."""
-        poll, legs, readers = self._ep.poll, self._legs, self._readers
+    def drain(self, rounds: int) -> None:
+        """Poll (without waiting) up to ``rounds`` times, one datagram per ready leg a round."""
+        poll, legs = self._ep.poll, self._legs
         for _ in range(rounds):
             events = poll(0, POLL_EVENTS)
             if not events:
@@ -96,12 +84,6 @@ class MediaPoller:
             for fd, _mask in events:
                 leg = legs.get(fd)
                 if leg is None:
-                    ready = readers.get(fd)
-                    if ready is not None:
-                        try:
-                            ready(most)
-                        except Exception:
-                            log.failure("bridge media: fast path read failed")
                     continue
                 try:
                     data = leg[0](DATAGRAM_MAX)
@@ -120,28 +102,64 @@ class SocketPort:
 
     def __init__(
         self,
-        poller: MediaPoller,
+        poller: MediaPoller | None,
         sock: socket.socket,
         receive: Callable[[bytes], None],
-        ready: Callable[[int], None] | None = None,
     ) -> None:
+        #: None: the leg is read by the C poller (:class:`CPoller`).
         self.poller = poller
         self.socket = sock
         #: ``write(datagram, (host, port))``: a plain ``sendto``.
         self.write: Callable[[bytes, tuple[str, int]], int] = sock.sendto
         self._host = sock.getsockname()
-        if ready is None:
+        if poller is not None:
             poller.add(sock, receive)
-        else:
-            poller.add_reader(sock, ready)
 
     def getHost(self) -> IPv4Address:
         return IPv4Address("UDP", self._host[0], self._host[1])
 
     def stopListening(self) -> None:
         if self.socket.fileno() >= 0:
-            self.poller.remove(self.socket)
+            if self.poller is not None:
+                self.poller.remove(self.socket)
             self.socket.close()
+
+
+@implementer(IReadDescriptor)
+class CPoller:
+    """The C path's legs (:class:`cpath.CTable`'s epoll set) as one reader of
+    the reactor: a wakeup reads every ready leg in C; ``read(rounds, most)``
+    is the service's (packets for Python included)."""
+
+    def __init__(
+        self, reactor: IReactorFDSet, fileno: int, read: Callable[[int, int], None]
+    ) -> None:
+        self.reactor = reactor
+        self._fileno = fileno
+        self.read = read
+        self.reading = False
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def logPrefix(self) -> str:
+        return "cig_relay media (C)"
+
+    def start(self) -> None:
+        if not self.reading:
+            self.reading = True
+            self.reactor.addReader(self)
+
+    def stop(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.reactor.removeReader(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.reading = False
+
+    def doRead(self) -> None:
+        self.read(POLL_ROUNDS, cpath.BATCH)
 
 
 def bind_udp(port: int, interface: str) -> socket.socket:
