@@ -362,8 +362,13 @@ class BridgeService(service.Service):
         except BridgeRefused:
             bridged.close()
             raise
+        try:
+            self._clock_add(bridged)
+        except OSError as exc:
+            self._clock_remove(bridged)
+            bridged.close()
+            raise BridgeRefused(f"cannot watch the call's legs: {exc}") from None
         self.calls[call] = bridged
-        self._clock_add(bridged)
         ports = (bridged.secure_port.getHost().port, bridged.pbx_port.getHost().port)
         log.info(
             "Bridge {call} added: secure port {secure_port} <-> relay {relay} ({scodec}, "
