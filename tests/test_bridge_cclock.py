@@ -191,6 +191,39 @@ class StreamTests(SynchronousTestCase):
             self.assertEqual(py.snapshot(), c.snapshot())
 
 
+class HostileTests(SynchronousTestCase):
+    """Hostile datagrams from the PBX (any bytes, any length, RTCP, version
+    0, CSRC lists claiming more than there is) crash neither engine, and both
+    count and play them alike."""
+
+    skip = skip_unbuilt
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        datagrams=st.lists(
+            st.one_of(
+                st.binary(max_size=40),
+                st.binary(min_size=160, max_size=2100),
+                st.builds(
+                    lambda head, body: bytes([0x80 | (head & 0x3F)]) + body,
+                    st.integers(0, 255),
+                    st.binary(max_size=200),
+                ),
+            ),
+            max_size=30,
+        ),
+        srtp=st.booleans(),
+    )
+    def test_any_bytes(self, datagrams: list[bytes], srtp: bool) -> None:
+        keys = PbxSrtp(SUITE, OURS, THEIRS) if srtp else None
+        py, c = pair(PbxSide("198.51.100.7", 4000, g711.PCMU, 101, keys))
+        for data in datagrams:
+            py.from_pbx(data)
+            c.from_pbx(data)
+            self.assertEqual(py.tick(), c.tick())
+            self.assertEqual(py.snapshot(), c.snapshot())
+
+
 class ResequenceTests(SynchronousTestCase):
     """What goes to the PBX is our own stream: loss and reordering pass as they
     were, a jump of the client's sequence numbers continues ours by one, so
