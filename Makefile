@@ -20,7 +20,7 @@ UNIT_TESTS = $(filter-out tests.packaging,$(subst /,.,$(patsubst %.py,%,$(patsub
 .PHONY: run run-pool test lint typecheck unit debs-run debs-test debs-packages packages test-packages venv clean man
 
 # relay.bpf.c: the relay's eBPF object is compiled by setup.py at install.
-$(STAMP): setup.cfg pyproject.toml setup.py cryptify/crs/relay/bpf/relay.bpf.c cryptify/cig/relay/_cbridge_build.py
+$(STAMP): setup.cfg pyproject.toml setup.py cryptify/crs/relay/bpf/relay.bpf.c cryptify/cig/relay/_cbridge_build.py cryptify/cig/relay/cbridge.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --config-settings editable_mode=compat -e '.[test]'

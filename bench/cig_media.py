@@ -738,6 +738,119 @@ def core_costs(frames: int = 1500) -> dict[str, Any]:
     return out
 
 
+def service_costs(calls: int = 200, ticks: int = 150) -> dict[str, Any]:
+    """CPU of the bridge service itself, per call and second, on real loopback
+    sockets in this process: ``BridgeService`` with ``calls`` G.711 calls,
+    each 20 ms one SRTP packet into every secure leg and one RTP packet into
+    every PBX leg (sent from here, not counted), then what a reactor wakeup
+    does (the legs read, the secure packets sent on to the PBX) and one clock
+    tick (every call's datagram to the relay), counted in this thread's CPU
+    time: system calls included (on loopback a ``sendto`` pays for the
+    delivery too), the generator's sends and reads not.  For the C path
+    (``fast_path auto``) and the Python one (``off``).  CPU time, not wall
+    time, so a loaded machine disturbs it far less than the ladder."""
+    import socket
+
+    from pylibsrtp import Policy, Session
+    from twisted.internet.interfaces import IReactorFDSet
+    from twisted.internet.task import Clock
+    from zope.interface import implementer
+
+    from cryptify.cig.relay import cpath
+    from cryptify.cig.relay.bridge_core import PbxSide, SecureSide
+    from cryptify.cig.relay.bridge_wiring import BridgeService
+    from cryptify.config.cig_model import SipInterface
+    from cryptify.protocols.rtp import encode_rtp
+
+    @implementer(IReactorFDSet)
+    class FdClock(Clock):
+        """A Clock the service takes for a reactor with file descriptors."""
+
+        def addReader(self, reader: Any) -> None:
+            pass
+
+        def removeReader(self, reader: Any) -> None:
+            pass
+
+    def udp() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        return sock
+
+    def drain(sock: socket.socket) -> int:
+        n = 0
+        while True:
+            try:
+                sock.recv(2048)
+            except BlockingIOError:
+                return n
+            n += 1
+
+    out: dict[str, Any] = {"calls": calls, "ticks": ticks}
+    engines = ["auto", "off"] if cpath.available() else ["off"]
+    for fast_path in engines:
+        relay, phone, sender = udp(), udp(), udp()
+        clock = FdClock()
+        service = BridgeService(clock, sip=SipInterface(bind="127.0.0.1"), fast_path=fast_path)
+        service.startService()
+        legs = []
+        for i in range(calls):
+            secure = SecureSide("127.0.0.1", relay.getsockname()[1], b"T" * 8, KEY_OUT, KEY_IN)
+            where = phone.getsockname()
+            ports = service.add(f"c{i}", secure, PbxSide(where[0], where[1]))
+            client = Session(
+                Policy(
+                    key=KEY_IN,
+                    ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                    srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+                )
+            )
+            secure_in = [
+                client.protect(encode_rtp(0, k, k * 160, 7, payload(i), False))
+                for k in range(ticks)
+            ]
+            legs.append((ports, secure_in))
+        pbx_in = [encode_rtp(0, k, k * 160, 9, payload(1), False) for k in range(ticks)]
+        read = service._c_read if fast_path == "auto" else None
+        poller = service._poller
+        assert poller is not None
+        spent = 0.0
+        got = [0, 0]
+        for k in range(ticks):
+            for (secure_port, pbx_port), secure_in in legs:
+                sender.sendto(secure_in[k], ("127.0.0.1", secure_port))
+                sender.sendto(pbx_in[k], ("127.0.0.1", pbx_port))
+            t0 = time.thread_time()
+            if read is not None:
+                read(4, cpath.BATCH)
+            else:
+                poller.drain(4)
+            clock.advance(0.02)
+            spent += time.thread_time() - t0
+            got[0] += drain(phone)
+            got[1] += drain(relay)
+        stats = service.stats() or {}
+        service.stopService()
+        for sock in (relay, phone, sender):
+            sock.close()
+        call_seconds = calls * ticks * 0.02
+        out["c" if fast_path == "auto" else "python"] = {
+            "cpu_pct_per_call": round(100 * spent / call_seconds, 4),
+            "cpu_us_per_call_second": round(1e6 * spent / call_seconds, 1),
+            "calls_per_core": round(call_seconds / spent) if spent else None,
+            "to_pbx": got[0],
+            "to_relay": got[1],
+            "pbx_rx": stats.get("pbx_rx"),
+        }
+    if "c" in out:
+        out["ratio_c_to_python_cpu"] = round(
+            out["c"]["cpu_pct_per_call"] / out["python"]["cpu_pct_per_call"], 3
+        )
+    return out
+
+
 def opus_available() -> bool:
     from cryptify.protocols import opus
 
@@ -764,7 +877,19 @@ def main() -> None:
     parser.add_argument(
         "--relay-arg", action="append", default=[], help="extra twistd argument for ours"
     )
+    parser.add_argument(
+        "--service-only",
+        action="store_true",
+        help="only the in-process figures (core and service CPU per call), no ladder",
+    )
     args = parser.parse_args()
+    if args.service_only:
+        load = [round(x, 2) for x in os.getloadavg()]
+        only = {"bench": "cig_media", "load_average": load, "core_only": core_costs()}
+        only["service_only"] = service_costs()
+        only["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(only, separators=(",", ":")))
+        return
     if shutil.which("gcc") is None:
         sys.exit("bench/cig_media.py needs gcc for its load generator")
     secs = args.seconds or (1.5 if args.quick else 3.0)
@@ -799,6 +924,7 @@ def main() -> None:
             "load_average": [round(x, 2) for x in os.getloadavg()],
         }
         out["core_only"] = core_costs()
+        out["service_only"] = service_costs()
         ceiling = measure(exe, packets, Direct, 250, secs)
         out["generator_ceiling_pps"] = ceiling["ceiling_pps"]
         out["generator_ceiling_calls"] = ceiling["ceiling_pps"] // (2 * CALL_PPS)

@@ -506,14 +506,14 @@ class MediaPollerTests(SynchronousTestCase):
         self.peer.sendto(
             tx.protect(encode_rtp(0, 7, 1120, 5, frame, False)), ("127.0.0.1", secure_port)
         )
-        self.poll_until(poller, lambda: service.calls["c1"].core.counters.pbx_tx)
+        self.poll_until(poller, lambda: service.stats("c1")["pbx_tx"])  # type: ignore[index]
         rtp, source = self.peer.recvfrom(2048)
         self.assertEqual(source, ("127.0.0.1", pbx_port))
         packet = parse_rtp(rtp)
         assert isinstance(packet, RtpPacket)
         self.assertEqual(packet.payload, frame)
         self.peer.sendto(encode_rtp(0, 1, 160, 9, frame, False), ("127.0.0.1", pbx_port))
-        self.poll_until(poller, lambda: service.calls["c1"].core.counters.pbx_rx)
+        self.poll_until(poller, lambda: service.stats("c1")["pbx_rx"])  # type: ignore[index]
         self.reactor.advance(TICK_SECONDS)
         datagram, source = self.peer.recvfrom(2048)
         self.assertEqual(source, ("127.0.0.1", secure_port))

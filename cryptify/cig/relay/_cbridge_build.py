@@ -1,9 +1,9 @@
 """cffi (API mode) build of :mod:`cryptify.cig.relay._cbridge`: the CIG
-bridge's per-packet path in C.  ``setup.py`` names it in ``cffi_modules``,
-so it is compiled when the package is built or installed (it needs only
-gcc and the Python headers); :mod:`cryptify.cig.relay.cpath` is the Python
-side and says "unavailable" when the extension is absent (the bridge then
-stays on its Python path).
+bridge's per-packet path in C (the source is ``cbridge.c`` beside this).
+``setup.py`` names it in ``cffi_modules``, so it is compiled when the
+package is built or installed (it needs only gcc and the Python headers);
+:mod:`cryptify.cig.relay.cpath` is the Python side and says "unavailable"
+when the extension is absent (the bridge then stays on its Python path).
 
 libsrtp is called directly from C, but it is pylibsrtp's copy (bundled,
 built with OpenSSL's AES-NI and SHA-1): its ``srtp_protect`` and
@@ -15,19 +15,29 @@ packet against pylibsrtp's 2.7 µs from Python (``docs/bridge.md``).  One
 library also means the C and Python paths cannot differ in SRTP.
 
 One ``cb_call`` per call holds the four session pointers (secure rx/tx,
-PBX rx/tx when the PBX leg is SRTP) and a ``cb_state`` Python reads and
-writes directly: the fast path's stream state (client SSRC, offsets, the
-last sequence number and timestamp sent), the payload types, the G.711
-translation table, and counters the Python side folds into its own in
-batches (read and zeroed by ``snapshot``).
+PBX rx/tx when the PBX leg is SRTP), the call's playout buffer
+(``playout.py``'s, frame for frame) and a ``cb_state`` Python reads and
+writes directly: the stream state both ways (client SSRC, offsets and
+re-sequencing, the secure stream's SSRC, sequence and timestamp), the
+payload types, the two G.711 translation tables, and counters the Python
+side folds into its own in batches.
 
-``cb_secure_to_pbx`` is the secure -> PBX direction of one packet: unprotect,
-and for audio of the current client stream with a plain fixed header the
-header rewrite, the G.711 translation and the PBX leg's SRTP, exactly as
-``CallBridge._secure_to_pbx``'s fast path does; anything else (a new SSRC,
-a telephone-event, a CSRC list) comes back unprotected for the Python path.
-``cb_drain_secure`` reads a secure leg's socket with ``recvmmsg`` and sends
-what the fast path made with one ``sendmmsg``.
+- ``cb_secure_to_pbx``: one packet secure -> PBX (unprotect, header
+  rewrite, G.711, the PBX leg's SRTP), as ``CallBridge._secure_to_pbx``'s
+  fast path; a new SSRC, a telephone-event, a CSRC list come back
+  unprotected for the Python path.
+- ``cb_pbx_in``: one packet from the PBX (its SRTP, hold, a new PBX
+  stream, G.711) into the playout buffer; telephone-events and anything
+  unusual come back unprotected for the Python path.
+- ``cb_tick``: one tick of a call (playout frame, header, SRTP, the tag);
+  a call with a telephone-event under way is ticked by Python.
+- ``cb_tick_all``: the service's 20 ms clock, every call of a
+  ``cb_table`` ticked and sent from its secure leg (``sendto``).
+- ``cb_drain_secure``/``cb_drain_pbx``: a leg's socket read with
+  ``recvmmsg``, what goes to the PBX sent with one ``sendmmsg``.
+- ``cb_poll_start``/``cb_poll_next``: the service's poller, both legs of
+  every call of a ``cb_table`` in one epoll set read by the reactor as one
+  descriptor; it stops for each packet Python must finish and goes on.
 """
 
 from __future__ import annotations
@@ -42,27 +52,48 @@ ffibuilder = FFI()
 ffibuilder.cdef(
     """
     typedef struct cb_call cb_call;
+    typedef struct cb_table cb_table;
     typedef struct {
         uint32_t client_ssrc;
         int client_known;
+        uint32_t client_high;
         uint32_t seq_offset;
         uint32_t ts_offset;
-        uint32_t last_out_seq;
         uint32_t last_out_ts;
         uint32_t pbx_ssrc;
         int secure_pt;
         int pbx_pt;
         int pbx_known;
         int pbx_sends;
+        int pbx_receives;
         int translate;
+        int translate_secure;
         unsigned char to_pbx[256];
+        unsigned char to_secure[256];
+        uint32_t pbx_rx_ssrc;
+        int pbx_rx_known;
+        uint32_t secure_ssrc;
+        uint32_t secure_seq;
+        uint32_t secure_ts;
+        int marker_next;
+        int silence;
+        int py_tick;
+        unsigned char tag[8];
         uint64_t secure_rx;
+        uint64_t secure_tx;
+        uint64_t pbx_rx;
         uint64_t pbx_tx;
         uint64_t transcoded;
         uint64_t srtp_errors;
+        uint64_t pbx_srtp_errors;
         uint64_t held;
+        uint64_t pbx_rx_octets;
         uint64_t pbx_tx_octets;
         uint64_t tx_errors;
+        uint64_t late;
+        uint64_t concealed;
+        uint64_t underruns;
+        uint64_t resyncs;
     } cb_state;
 
     #define CB_SEND 0
@@ -70,6 +101,12 @@ ffibuilder.cdef(
     #define CB_SLOW 2
     #define CB_ROOM ...
     #define CB_BATCH ...
+    #define CB_FRAME ...
+    #define CB_PLAYOUT_DELAY ...
+    #define CB_PLAYOUT_MAX_AHEAD ...
+    #define CB_PLAYOUT_MAX_PACKETS ...
+    #define CB_SEQ_MAX_DROPOUT ...
+    #define CB_SEQ_MAX_MISORDER ...
 
     int cb_bind(void *protect, void *unprotect);
     cb_call *cb_new(void);
@@ -81,262 +118,45 @@ ffibuilder.cdef(
                    unsigned char *out, int *out_len);
     int cb_unprotect(cb_call *call, int which, const unsigned char *in, int len,
                      unsigned char *out, int *out_len);
+
+    void cb_playout_restart(cb_call *call);
+    int cb_playout_push(cb_call *call, uint32_t timestamp, const unsigned char *frame, int len);
+    int cb_playout_pull(cb_call *call, unsigned char *out, int n);
+    int cb_playout_frames(cb_call *call);
+
     int cb_secure_to_pbx(cb_call *call, const unsigned char *in, int len,
                          unsigned char *out, int *out_len);
+    int cb_pbx_in(cb_call *call, const unsigned char *in, int len,
+                  unsigned char *out, int *out_len);
+    int cb_tick(cb_call *call, unsigned char *out, int *out_len);
+
+    void cb_set_io(cb_call *call, int id, int secure_fd, const unsigned char *relay,
+                   int relay_len);
+    cb_table *cb_table_new(void);
+    void cb_table_free(cb_table *table);
+    int cb_table_add(cb_table *table, cb_call *call, int pbx_fd);
+    int cb_table_fileno(cb_table *table);
+    void cb_set_pbx_addr(cb_call *call, const unsigned char *addr, int len);
+    void cb_poll_start(cb_table *table, int rounds, int max);
+    int cb_poll_next(cb_table *table, int *ident, int *leg,
+                     unsigned char *slow, int *slow_len, int slow_max);
+    void cb_table_remove(cb_table *table, cb_call *call);
+    int cb_tick_all(cb_table *table, int *slow, int slow_max);
+
     int cb_drain_secure(cb_call *call, int fd_in, int fd_out,
                         const unsigned char *addr, int addr_len, int max,
                         unsigned char *slow, int *slow_len, int slow_max);
+    int cb_left(cb_call *call);
+    int cb_drain_pbx(cb_call *call, int fd_in, int max,
+                     unsigned char *slow, int *slow_len, int slow_max);
     """
 )
-ffibuilder.set_source(
-    "cryptify.cig.relay._cbridge",
-    r"""
-    #ifndef _GNU_SOURCE
-    #define _GNU_SOURCE
-    #endif
-    #include <stdint.h>
-    #include <string.h>
-    #include <stdlib.h>
-    #include <errno.h>
-    #include <sys/socket.h>
-    #include <netinet/in.h>
-
-    /* SRTP_MAX_TAG_LEN + SRTP_MAX_MKI_LEN, as pylibsrtp reserves them. */
-    #define SRTP_MAX_TRAILER_LEN (16 + 128)
-
-    #define CB_SEND 0
-    #define CB_DROP 1
-    #define CB_SLOW 2
-    /* The longest datagram we read, and the longest packet we protect or
-       unprotect: pylibsrtp's (a 1500-octet buffer less the trailer's room),
-       so that both paths take and refuse the same packets. */
-    #define CB_READ 2048
-    #define CB_MAX_IN (1500 - SRTP_MAX_TRAILER_LEN)
-    #define CB_ROOM (CB_READ + SRTP_MAX_TRAILER_LEN + 16)
-    /* Datagrams one drain reads at most. */
-    #define CB_BATCH 32
-
-    /* Which session cb_protect/cb_unprotect use. */
-    enum { CB_SECURE = 0, CB_PBX = 1 };
-
-    typedef struct {
-        uint32_t client_ssrc;
-        int client_known;
-        uint32_t seq_offset;
-        uint32_t ts_offset;
-        uint32_t last_out_seq;
-        uint32_t last_out_ts;
-        uint32_t pbx_ssrc;
-        int secure_pt;
-        int pbx_pt;
-        int pbx_known;
-        int pbx_sends;
-        int translate;
-        unsigned char to_pbx[256];
-        uint64_t secure_rx;
-        uint64_t pbx_tx;
-        uint64_t transcoded;
-        uint64_t srtp_errors;
-        uint64_t held;
-        uint64_t pbx_tx_octets;
-        uint64_t tx_errors;
-    } cb_state;
-
-    typedef struct cb_call {
-        cb_state st;
-        void *rx, *tx, *pbx_rx, *pbx_tx;  /* libsrtp sessions (srtp_t), pylibsrtp's */
-    } cb_call;
-
-    /* libsrtp's srtp_protect and srtp_unprotect: pylibsrtp's copy (see the
-       module's docstring), bound once by cb_bind. */
-    typedef int (*cb_srtp_fn)(void *ctx, void *packet, int *len);
-    static cb_srtp_fn cb_fn_protect = NULL, cb_fn_unprotect = NULL;
-
-    int cb_bind(void *protect, void *unprotect)
-    {
-        cb_fn_protect = (cb_srtp_fn)protect;
-        cb_fn_unprotect = (cb_srtp_fn)unprotect;
-        return cb_fn_protect && cb_fn_unprotect ? 0 : -1;
-    }
-
-    cb_call *cb_new(void) { return calloc(1, sizeof(cb_call)); }
-
-    static cb_call *cb_owner;
-    static int cb_next, cb_got;
-
-    void cb_free(cb_call *call)
-    {
-        if (cb_owner == call) {  /* what its last read left is dropped with it */
-            cb_owner = NULL;
-            cb_next = cb_got = 0;
-        }
-        free(call);
-    }
-
-    void cb_set_sessions(cb_call *call, void *rx, void *tx, void *pbx_rx, void *pbx_tx)
-    {
-        call->rx = rx;
-        call->tx = tx;
-        call->pbx_rx = pbx_rx;
-        call->pbx_tx = pbx_tx;
-    }
-
-    cb_state *cb_state_of(cb_call *call) { return &call->st; }
-
-    int cb_protect(cb_call *call, int which, const unsigned char *in, int len,
-                   unsigned char *out, int *out_len)
-    {
-        void *s = which == CB_PBX ? call->pbx_tx : call->tx;
-        if (s == NULL || len < 0 || len > CB_MAX_IN) return -1;
-        memmove(out, in, len);
-        *out_len = len;
-        return cb_fn_protect(s, out, out_len);
-    }
-
-    int cb_unprotect(cb_call *call, int which, const unsigned char *in, int len,
-                     unsigned char *out, int *out_len)
-    {
-        void *s = which == CB_PBX ? call->pbx_rx : call->rx;
-        if (s == NULL || len < 0 || len > CB_MAX_IN) return -1;
-        memmove(out, in, len);
-        *out_len = len;
-        return cb_fn_unprotect(s, out, out_len);
-    }
-
-    static inline uint32_t rd32(const unsigned char *p)
-    {
-        return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-    }
-
-    static inline void wr32(unsigned char *p, uint32_t v)
-    {
-        p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
-    }
-
-    /* CallBridge.from_secure for one packet, in place in out (CB_ROOM bytes). */
-    int cb_secure_to_pbx(cb_call *call, const unsigned char *in, int len,
-                         unsigned char *out, int *out_len)
-    {
-        cb_state *st = &call->st;
-        int n = len, i;
-        uint32_t seq, ts;
-        st->secure_rx++;
-        if (len < 0 || len > CB_MAX_IN) {
-            st->srtp_errors++;
-            return CB_DROP;
-        }
-        memcpy(out, in, len);
-        if (cb_fn_unprotect(call->rx, out, &n) != 0) {
-            st->srtp_errors++;
-            return CB_DROP;
-        }
-        *out_len = n;
-        if (!(n > 12 && out[0] == 0x80 && (out[1] & 0x7F) == st->secure_pt
-              && st->client_known && rd32(out + 8) == st->client_ssrc && st->pbx_known))
-            return CB_SLOW;
-        seq = ((uint32_t)out[2] << 8 | out[3]) + st->seq_offset;
-        ts = rd32(out + 4) + st->ts_offset;
-        st->last_out_seq = seq & 0xFFFF;
-        st->last_out_ts = ts;
-        if (st->translate) {
-            const unsigned char *t = st->to_pbx;
-            for (i = 12; i < n; i++) out[i] = t[out[i]];
-            st->transcoded++;
-        }
-        if (!st->pbx_sends) {
-            /* Unprotected all the same, so the SRTP rollover count keeps up. */
-            st->held++;
-            return CB_DROP;
-        }
-        out[1] = (out[1] & 0x80) | st->pbx_pt;
-        out[2] = seq >> 8;
-        out[3] = seq;
-        wr32(out + 4, ts);
-        wr32(out + 8, st->pbx_ssrc);
-        st->pbx_tx++;
-        /* libsrtp refuses an index it has protected before (a client stream
-           that steps back after a new SSRC): counted as sent, as the Python
-           path does before its protect raises. */
-        if (call->pbx_tx != NULL && cb_fn_protect(call->pbx_tx, out, &n) != 0)
-            return -1;
-        st->pbx_tx_octets += n;
-        *out_len = n;
-        return CB_SEND;
-    }
-
-    /* What the last recvmmsg read and the fast path has not handled yet:
-       a packet for the Python path stops a batch (so that order is kept),
-       and the rest waits here until the same call's next drain. */
-    static unsigned char cb_inbuf[CB_BATCH][CB_READ];
-    static unsigned int cb_inlen[CB_BATCH];
-
-    /* Read up to max datagrams (at most CB_BATCH) from the secure leg's
-       socket, or go on with what the call's last read left, and send what
-       the fast path makes to addr through fd_out in one sendmmsg.  Answers
-       the number of datagrams handled (-1: none waited).  When the last one
-       needs the Python path it is left unprotected in slow (*slow_len > 0);
-       the caller finishes it and calls again (before any other call's
-       drain) for the rest of the batch. */
-    int cb_drain_secure(cb_call *call, int fd_in, int fd_out,
-                        const unsigned char *addr, int addr_len, int max,
-                        unsigned char *slow, int *slow_len, int slow_max)
-    {
-        static unsigned char outbuf[CB_BATCH][CB_ROOM];
-        struct mmsghdr rmsg[CB_BATCH], smsg[CB_BATCH];
-        struct iovec riov[CB_BATCH], siov[CB_BATCH];
-        int i, first, nsend = 0, out_len = 0, rc, sent;
-        *slow_len = 0;
-        if (cb_owner != call || cb_next >= cb_got) {
-            if (max > CB_BATCH) max = CB_BATCH;
-            if (max < 1) max = 1;
-            cb_owner = NULL;
-            cb_next = cb_got = 0;
-            memset(rmsg, 0, sizeof(struct mmsghdr) * max);
-            for (i = 0; i < max; i++) {
-                riov[i].iov_base = cb_inbuf[i];
-                riov[i].iov_len = CB_READ;
-                rmsg[i].msg_hdr.msg_iov = &riov[i];
-                rmsg[i].msg_hdr.msg_iovlen = 1;
-            }
-            rc = recvmmsg(fd_in, rmsg, max, MSG_DONTWAIT, NULL);
-            if (rc <= 0) return -1;
-            for (i = 0; i < rc; i++) cb_inlen[i] = rmsg[i].msg_len;
-            cb_owner = call;
-            cb_got = rc;
-        }
-        first = cb_next;
-        while (cb_next < cb_got) {
-            i = cb_next++;
-            rc = cb_secure_to_pbx(call, cb_inbuf[i], (int)cb_inlen[i], outbuf[nsend], &out_len);
-            if (rc == CB_SEND) {
-                memset(&smsg[nsend], 0, sizeof smsg[nsend]);
-                siov[nsend].iov_base = outbuf[nsend];
-                siov[nsend].iov_len = out_len;
-                smsg[nsend].msg_hdr.msg_iov = &siov[nsend];
-                smsg[nsend].msg_hdr.msg_iovlen = 1;
-                smsg[nsend].msg_hdr.msg_name = (void *)addr;
-                smsg[nsend].msg_hdr.msg_namelen = addr_len;
-                nsend++;
-            } else if (rc == CB_SLOW) {
-                if (out_len <= slow_max) {
-                    memcpy(slow, outbuf[nsend], out_len);
-                    *slow_len = out_len;
-                }
-                break;
-            }
-        }
-        for (i = 0; i < nsend; i += sent) {
-            sent = sendmmsg(fd_out, smsg + i, nsend - i, MSG_DONTWAIT);
-            if (sent <= 0) {  /* this one refused: count it, go on with the rest */
-                call->st.tx_errors++;
-                sent = 1;
-            }
-        }
-        return cb_next - first;
-    }
-    """,
-    extra_compile_args=["-O2", "-std=c99"],
-)
+with open(os.path.join(HERE, "cbridge.c"), encoding="utf-8") as source:
+    ffibuilder.set_source(
+        "cryptify.cig.relay._cbridge",
+        source.read(),
+        extra_compile_args=["-O2", "-std=c99", "-Wall"],
+    )
 
 if __name__ == "__main__":
     ffibuilder.compile(tmpdir=os.path.join(HERE, "..", "..", ".."), verbose=True)

@@ -17,7 +17,10 @@ datagrams in and send what comes back.
 Secure -> PBX is pass-through: each packet is unprotected, transcoded and
 sent at once with its sequence number and timestamp shifted into our own
 stream (so the PBX's jitter buffer still sees reordering and gaps as they
-were); a new SSRC from the client continues our stream seamlessly.
+were); a new SSRC from the client, or a jump of its sequence numbers
+beyond :data:`SEQ_MAX_DROPOUT` forward or :data:`SEQ_MAX_MISORDER` back,
+continues our stream seamlessly (its SRTP index must never leap 2^15,
+RFC 3711 3.3.1, or libsrtp refuses every later packet).
 
 PBX -> secure is clocked: the CRS relay and the secure clients expect a
 constant rate both ways, so :meth:`CallBridge.tick` (every 20 ms) sends one
@@ -30,7 +33,6 @@ lasts.  See ``docs/bridge.md``.
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
 
@@ -38,15 +40,19 @@ import attrs
 
 from cryptify.cig.relay import cpath, g711
 from cryptify.cig.relay.bridge_spec import (
-    DIRECTIONS as DIRECTIONS,
-)
-from cryptify.cig.relay.bridge_spec import (
+    DIRECTIONS,
     ENGINES,
     EVENT_END_REPEATS,
     EVENT_TIMEOUT_TICKS,
     FRAME_SAMPLES,
-    HALF32,
-    OPUS_COMPLEXITY,
+    PLAYOUT_DELAY,
+    PLAYOUT_MAX_AHEAD,
+    PLAYOUT_MAX_PACKETS,
+    POLICY_KEY_SIZE,
+    SECURE_CODECS,
+    SEQ_MAX_DROPOUT,
+    SEQ_MAX_MISORDER,
+    TICK_SECONDS,
     U32,
     BridgeCounters,
     BridgeSpecError,
@@ -55,24 +61,7 @@ from cryptify.cig.relay.bridge_spec import (
     SecureSide,
     check_spec,
 )
-from cryptify.cig.relay.bridge_spec import (
-    PLAYOUT_DELAY as PLAYOUT_DELAY,
-)
-from cryptify.cig.relay.bridge_spec import (
-    PLAYOUT_MAX_AHEAD as PLAYOUT_MAX_AHEAD,
-)
-from cryptify.cig.relay.bridge_spec import (
-    PLAYOUT_MAX_PACKETS as PLAYOUT_MAX_PACKETS,
-)
-from cryptify.cig.relay.bridge_spec import (
-    POLICY_KEY_SIZE as POLICY_KEY_SIZE,
-)
-from cryptify.cig.relay.bridge_spec import (
-    SECURE_CODECS as SECURE_CODECS,
-)
-from cryptify.cig.relay.bridge_spec import (
-    TICK_SECONDS as TICK_SECONDS,
-)
+from cryptify.cig.relay.opus_leg import OPUS_SCALE, OpusLeg, OpusPaths, law, prepare_opus
 from cryptify.cig.relay.playout import Playout
 from cryptify.cig.relay.srtp import FastSrtp, SrtpSession, new_session
 from cryptify.protocols import opus
@@ -84,8 +73,28 @@ from cryptify.protocols.rtp import (
     parse_rtp,
 )
 
-#: RTP clock ticks of an Opus frame per tick of the PBX's 8 kHz clock.
-_OPUS_SCALE = opus.RTP_FRAME_TICKS // FRAME_SAMPLES
+#: What this module gives (the spec's names included, for the bridge's users).
+__all__ = [
+    "DIRECTIONS",
+    "EVENT_END_REPEATS",
+    "FRAME_SAMPLES",
+    "PLAYOUT_DELAY",
+    "PLAYOUT_MAX_AHEAD",
+    "PLAYOUT_MAX_PACKETS",
+    "POLICY_KEY_SIZE",
+    "SECURE_CODECS",
+    "SEQ_MAX_DROPOUT",
+    "TICK_SECONDS",
+    "BridgeCounters",
+    "BridgeSpecError",
+    "CallBridge",
+    "PbxSide",
+    "PbxSrtp",
+    "Playout",
+    "SecureSide",
+    "prepare_opus",
+]
+
 #: The RTP fixed header, and its sequence/timestamp/SSRC part.
 _HEADER = struct.Struct("!BBHII")
 _SEQ_TS_SSRC = struct.Struct("!HII")
@@ -111,50 +120,8 @@ class _EventState:
     ends_sent: int = 0
 
 
-@functools.cache
-def _law(codec: str) -> opus.LawTables:
-    """The C tables of a G.711 law for the Opus transcoder (built once)."""
-    if codec == g711.PCMU:  # u-law ignores the 2 low bits, a-law the 3 low bits
-        return opus.LawTables.build(codec, g711.ulaw_to_linear, g711.linear_to_ulaw, 2)
-    return opus.LawTables.build(codec, g711.alaw_to_linear, g711.linear_to_alaw, 3)
-
-
-def prepare_opus() -> None:
-    """Build the transcoder's tables now (cig-relay's start), not in the first
-    Opus call's ``BridgeAdd``, where it would hold every call's clock."""
-    if opus.available():
-        _law(g711.PCMU)
-        _law(g711.PCMA)
-
-
 @attrs.define(eq=False)
-class _OpusLeg:
-    """The Opus side of a call: one decoder and one encoder, both in the PBX's law.
-
-    Timestamps of what goes to the PBX follow the client's 48 kHz clock
-    scaled to 8 kHz: ``ref_in``/``ref_out`` are the newest client
-    timestamp and the PBX timestamp it became.
-    """
-
-    law: opus.LawTables
-    decoder: opus.Decoder = attrs.field(factory=opus.Decoder)
-    encoder: opus.Encoder = attrs.field(factory=lambda: opus.Encoder(complexity=OPUS_COMPLEXITY))
-    ref_in: int = 0
-    ref_out: int = 0
-
-    def pbx_timestamp(self, timestamp: int) -> int:
-        """The PBX timestamp of a client timestamp (reordering kept, wrap handled)."""
-        delta = (timestamp - self.ref_in) % U32
-        if delta >= HALF32:
-            delta -= U32
-        out = (self.ref_out + delta // _OPUS_SCALE) % U32
-        if delta > 0:
-            self.ref_in, self.ref_out = timestamp, out
-        return out
-
-
-@attrs.define(eq=False)
-class CallBridge:
+class CallBridge(OpusPaths):
     """One call's media: SRTP from the relay <-> RTP to the PBX."""
 
     call: str
@@ -169,9 +136,10 @@ class CallBridge:
     _pbx_seq_base: int = attrs.field(factory=lambda: _random32() & 0xFFFF)
     _pbx_ts_base: int = attrs.field(factory=_random32)
     _client_ssrc: int | None = None
+    #: The newest sequence number of the client stream (re-sequencing).
+    _client_high: int = 0
     _seq_offset: int = 0
     _ts_offset: int = 0
-    _last_out_seq: int = 0
     _last_out_ts: int = 0
     # what we send to the relay
     _secure_ssrc: int = attrs.field(factory=_random32)
@@ -187,7 +155,7 @@ class CallBridge:
     _rx: SrtpSession = attrs.field(init=False)
     _to_pbx: bytes | None = attrs.field(init=False)
     _to_secure: bytes | None = attrs.field(init=False)
-    _playout: Playout = attrs.field(init=False)
+    _playout: Playout | cpath.CPlayout = attrs.field(init=False)
     _silence_frame: bytes = attrs.field(init=False)
     _tag: bytes = attrs.field(init=False, repr=False)
     _secure_pt: int = attrs.field(init=False)
@@ -199,7 +167,7 @@ class CallBridge:
     _pbx_tx: SrtpSession | None = attrs.field(init=False, default=None)
     _pbx_rx: SrtpSession | None = attrs.field(init=False, default=None)
     #: The Opus transcoder when the secure side is Opus (else None).
-    _opus: _OpusLeg | None = attrs.field(init=False, default=None)
+    _opus: OpusLeg | None = attrs.field(init=False, default=None)
     #: RTP clock ticks of one tick towards the secure side.
     _secure_step: int = attrs.field(init=False, default=FRAME_SAMPLES)
     #: The call's C state on the C path (else None).
@@ -215,14 +183,20 @@ class CallBridge:
                 new_session(self.secure.tx_key, self.secure.profile, outbound=True),
             )
             self._tx, self._rx = self._c.secure_tx, self._c.secure_rx
+            self._playout = self._c.playout
+            self._playout.silence = g711.SILENCE[self._frame_codec()]
         else:
             self._tx = FastSrtp(new_session(self.secure.tx_key, self.secure.profile, outbound=True))
             self._rx = FastSrtp(
                 new_session(self.secure.rx_key, self.secure.profile, outbound=False)
             )
-        self._playout = Playout(silence=g711.SILENCE[self._frame_codec()])
-        self._configure_pbx()
+            self._playout = Playout(silence=g711.SILENCE[self._frame_codec()])
         self._tag = self.secure.tag
+        self._configure_pbx()
+        if self._c is not None:
+            st = self._c.state
+            st.tag = self._tag
+            self._c_tx_push(self._c)
 
     def _frame_codec(self) -> str:
         """The G.711 law of the frames played out: the secure side's, or the PBX's under Opus."""
@@ -231,10 +205,10 @@ class CallBridge:
     def _configure_pbx(self) -> None:
         if self.secure.codec == opus.OPUS:
             # Opus is decoded straight into the PBX's law and encoded from it.
-            law = _law(self.pbx.codec)
+            tables = law(self.pbx.codec)
             if self._opus is None:
-                self._opus = _OpusLeg(law)
-            self._opus.law = law
+                self._opus = OpusLeg(tables)
+            self._opus.law = tables
             self._secure_step = opus.RTP_FRAME_TICKS
             self._to_pbx = self._to_secure = None
         else:
@@ -282,30 +256,51 @@ class CallBridge:
         return "python" if self._c is None else "c"
 
     def _c_push(self) -> None:
-        """Hand the fast path's state to the C side (after the Python path changed it)."""
+        """Hand the fast paths' state to the C side (after the Python path changed it)."""
         c = self._c
         if c is None:
             return
         st = c.state
         st.client_known = self._client_ssrc is not None
         st.client_ssrc = self._client_ssrc or 0
-        st.seq_offset = self._seq_offset % U32
+        st.client_high = self._client_high
+        st.seq_offset = self._seq_offset & 0xFFFF
         st.ts_offset = self._ts_offset % U32
-        st.last_out_seq = self._last_out_seq
         st.last_out_ts = self._last_out_ts
         st.pbx_ssrc = self._pbx_ssrc
         st.secure_pt = self._secure_pt
         st.pbx_pt = self._pbx_pt
         st.pbx_known = self._pbx_known
         st.pbx_sends = self._pbx_sends
+        st.pbx_receives = self._pbx_receives
         st.translate = self._to_pbx is not None
         if self._to_pbx is not None:
             st.to_pbx = self._to_pbx
+        st.translate_secure = self._to_secure is not None
+        if self._to_secure is not None:
+            st.to_secure = self._to_secure
+        st.py_tick = self._event is not None
 
     def _c_pull(self, c: cpath.CCall) -> None:
         """What the C fast path changed, before the Python path goes on from it."""
         st = c.state
-        self._last_out_seq, self._last_out_ts = st.last_out_seq, st.last_out_ts
+        self._client_high, self._seq_offset = st.client_high, st.seq_offset
+        self._last_out_ts = st.last_out_ts
+
+    def _c_tx_push(self, c: cpath.CCall) -> None:
+        """Our stream towards the secure side, for the C tick."""
+        st = c.state
+        st.secure_ssrc = self._secure_ssrc
+        st.secure_seq = self._secure_seq
+        st.secure_ts = self._secure_ts
+        st.marker_next = self._marker_next
+        st.py_tick = self._event is not None
+
+    def _c_tx_pull(self, c: cpath.CCall) -> None:
+        """Our stream towards the secure side as the C ticks left it."""
+        st = c.state
+        self._secure_seq, self._secure_ts = st.secure_seq, st.secure_ts
+        self._marker_next = bool(st.marker_next)
 
     @property
     def relay_address(self) -> tuple[str, int]:
@@ -370,9 +365,9 @@ class CallBridge:
         if rtp[0] == 0x80 and len(rtp) > 12 and (rtp[1] & 0x7F) == self._secure_pt:
             seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(rtp, 2)
             if ssrc == self._client_ssrc and self._pbx_known:
-                seq = (seq + self._seq_offset) & 0xFFFF
+                seq = self._out_seq(seq)
                 ts = (ts + self._ts_offset) % U32
-                self._last_out_seq, self._last_out_ts = seq, ts
+                self._last_out_ts = ts
                 payload = rtp[12:]
                 if self._to_pbx is not None:
                     payload = payload.translate(self._to_pbx)
@@ -403,76 +398,60 @@ class CallBridge:
         marker = packet.marker
         if packet.ssrc != self._client_ssrc:
             if self._client_ssrc is None:
-                self._seq_offset = self._pbx_seq_base - packet.sequence
                 self._ts_offset = self._pbx_ts_base - packet.timestamp
             else:
                 step = len(payload) if out_pt == self.pbx.payload_type else FRAME_SAMPLES
-                self._seq_offset = self._last_out_seq + 1 - packet.sequence
                 self._ts_offset = self._last_out_ts + step - packet.timestamp
-            self._client_ssrc = packet.ssrc
+            self._new_client_stream(packet.ssrc, packet.sequence)
             marker = True
-        seq = (packet.sequence + self._seq_offset) & 0xFFFF
+        seq = self._out_seq(packet.sequence)
         ts = (packet.timestamp + self._ts_offset) % U32
-        self._last_out_seq, self._last_out_ts = seq, ts
+        self._last_out_ts = ts
         if self.pbx.remote is None:
             c.no_destination += 1
             return None
         c.pbx_tx += 1
         return encode_rtp(out_pt, seq, ts, self._pbx_ssrc, payload, marker)
 
-    def _opus_to_pbx(self, rtp: bytes, leg: _OpusLeg) -> bytes | None:
-        """An Opus (or telephone-event) packet from the client, as G.711 for the PBX."""
-        c = self.counters
-        packet = parse_rtp(rtp)
-        if isinstance(packet, RtpError):
-            c.malformed += 1
-            return None
-        pt = packet.payload_type
-        if pt == opus.PAYLOAD_TYPE:
-            try:
-                payload = leg.decoder.decode_law(packet.payload, leg.law)
-            except opus.OpusError:
-                c.malformed += 1
-                return None
-            out_pt = self._pbx_pt
-            c.transcoded += 1
-        elif pt == self.secure.dtmf_pt and self.pbx.dtmf_pt is not None:
-            event = parse_event(packet.payload)
-            if isinstance(event, RtpError):
-                c.malformed += 1
-                return None
-            # RFC 4733 durations count the audio's clock: 48 kHz here, 8 kHz there.
-            event = attrs.evolve(event, duration=event.duration // _OPUS_SCALE)
-            payload = event.encode()
-            out_pt = self.pbx.dtmf_pt
-            c.events_to_pbx += 1
+    def _new_client_stream(self, ssrc: int, seq: int) -> None:
+        """A new client SSRC: its first packet continues our stream by one."""
+        if self._client_ssrc is None:
+            self._seq_offset = (self._pbx_seq_base - seq) & 0xFFFF
         else:
-            c.unknown_pt += 1
-            return None
-        marker = packet.marker
-        if packet.ssrc != self._client_ssrc:
-            if self._client_ssrc is None:
-                self._seq_offset = self._pbx_seq_base - packet.sequence
-                leg.ref_out = self._pbx_ts_base
-            else:
-                self._seq_offset = self._last_out_seq + 1 - packet.sequence
-                leg.ref_out = (self._last_out_ts + FRAME_SAMPLES) % U32
-            leg.ref_in = packet.timestamp
-            self._client_ssrc = packet.ssrc
-            marker = True
-        seq = (packet.sequence + self._seq_offset) & 0xFFFF
-        ts = leg.pbx_timestamp(packet.timestamp)
-        self._last_out_seq, self._last_out_ts = seq, ts
-        if not self._pbx_known:
-            c.no_destination += 1
-            return None
-        c.pbx_tx += 1
-        return encode_rtp(out_pt, seq, ts, self._pbx_ssrc, payload, marker)
+            newest = self._client_high + self._seq_offset
+            self._seq_offset = (newest + 1 - seq) & 0xFFFF
+        self._client_ssrc = ssrc
+        self._client_high = seq
+
+    def _out_seq(self, seq: int) -> int:
+        """Our sequence number towards the PBX for ``seq`` of the client stream.
+
+        Steps within RFC 3550's limits (loss up to :data:`SEQ_MAX_DROPOUT`,
+        reordering up to :data:`SEQ_MAX_MISORDER`) are kept; a larger jump
+        (the client's own restart, or a wrap its SRTP index estimation cannot
+        follow) continues our stream by one, so that our SRTP index, which
+        libsrtp and the PBX estimate from the sequence number (RFC 3711
+        3.3.1), never leaps 2^15 and is never refused again and again."""
+        step = (seq - self._client_high) & 0xFFFF
+        if step >= 0x8000:
+            step -= 0x10000
+        if step > SEQ_MAX_DROPOUT or step < -SEQ_MAX_MISORDER:
+            self._seq_offset = (self._client_high + self._seq_offset + 1 - seq) & 0xFFFF
+            self._client_high = seq
+        elif step > 0:
+            self._client_high = seq
+        return (seq + self._seq_offset) & 0xFFFF
 
     # -- PBX -> secure -------------------------------------------------------
 
     def from_pbx(self, data: bytes) -> None:
         """An (S)RTP packet from the PBX: buffered for the next ticks."""
+        cc = self._c
+        if cc is not None:
+            rtp = cc.pbx_in(data)
+            if rtp is not None:
+                self.pbx_slow(rtp)
+            return
         c = self.counters
         c.pbx_rx += 1
         c.pbx_rx_octets += len(data)
@@ -500,6 +479,18 @@ class CallBridge:
                 c.transcoded += 1
             self._playout.push(int.from_bytes(data[4:8], "big"), payload)
             return
+        self._pbx_packet(data)
+
+    def pbx_slow(self, rtp: bytes) -> None:
+        """The Python path of an unprotected PBX packet the C path did not take."""
+        try:
+            self._pbx_packet(rtp)
+        finally:
+            if self._c is not None:
+                self._c.state.py_tick = self._event is not None
+
+    def _pbx_packet(self, data: bytes) -> None:
+        c = self.counters
         packet = parse_rtp(data)
         if isinstance(packet, RtpError):
             c.malformed += 1
@@ -537,6 +528,20 @@ class CallBridge:
 
     def tick(self) -> bytes:
         """The datagram for the relay this tick (tag + SRTP), always one."""
+        cc = self._c
+        if cc is None:
+            return self._tick()
+        out = cc.tick()
+        if out is not None:
+            return out
+        # A telephone-event under way: Python ticks, on the C side's stream.
+        self._c_tx_pull(cc)
+        try:
+            return self._tick()
+        finally:
+            self._c_tx_push(cc)
+
+    def _tick(self) -> bytes:
         c = self.counters
         audio = self._playout.pull(FRAME_SAMPLES)
         ts = self._secure_ts
@@ -560,7 +565,7 @@ class CallBridge:
             pt = self.secure.dtmf_pt
             assert pt is not None
             if self._opus is not None:
-                duration = min(0xFFFF, event.duration * _OPUS_SCALE)
+                duration = min(0xFFFF, event.duration * OPUS_SCALE)
                 event = attrs.evolve(event, duration=duration)
             rtp = encode_rtp(
                 pt, self._secure_seq, state.secure_timestamp, self._secure_ssrc,

@@ -22,6 +22,12 @@ PLAYOUT_DELAY = 2 * FRAME_SAMPLES
 PLAYOUT_MAX_AHEAD = 10 * FRAME_SAMPLES
 #: Packets held in the playout buffer at most.
 PLAYOUT_MAX_PACKETS = 32
+#: Re-sequencing towards the PBX (RFC 3550 A.1's limits): a client step of
+#: up to this many sequence numbers forward, or this many back, reaches the
+#: PBX as it was (loss, reordering); a larger jump continues our stream by
+#: one, so that its SRTP index never leaps 2^15 (RFC 3711 3.3.1).
+SEQ_MAX_DROPOUT = 3000
+SEQ_MAX_MISORDER = 100
 #: Times an event's end packet is sent (RFC 4733 2.5.1.4).
 EVENT_END_REPEATS = 3
 #: Ticks without an update after which a PBX event is ended by us.

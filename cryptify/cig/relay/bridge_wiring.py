@@ -23,29 +23,29 @@ and sends are ``sendto`` straight on the leg's socket.  Any other reactor
 
 With ``fast_path`` ``auto`` (cig.conf ``relay { fast_path auto|off; }``) a
 G.711 call's packets go through the C path (:mod:`cryptify.cig.relay.cpath`)
-where it was built: its secure leg is then read by C itself (``recvmmsg``,
-the fast path, ``sendmmsg`` to the PBX), and only what the fast path leaves
-(a new client stream, a telephone-event) comes back to Python.
+where it was built: both its legs are then in one epoll set of C's
+(:class:`~cryptify.cig.relay.cpath.CTable`, one reader for the reactor)
+and read by C itself (``recvmmsg``; the secure leg's packets go on to the
+PBX in one ``sendmmsg``, the PBX leg's into the call's playout buffer in
+C), the clock ticks every such call in one C loop (playout, SRTP and a
+``sendto`` each), and only what the fast paths leave (a new client
+stream, a telephone-event either way) comes back to Python.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import select
-import socket
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 from twisted.application import service
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from cryptify.cig.relay import cpath
 from cryptify.cig.relay.bridge_core import CallBridge, prepare_opus
@@ -56,7 +56,10 @@ from cryptify.cig.relay.bridge_spec import (
     PbxSide,
     SecureSide,
 )
+from cryptify.cig.relay.media_io import CPoller, MediaPoller, SocketPort, bind_udp
 from cryptify.config.cig_model import PortRange, SipInterface, TelInterface
+
+__all__ = ["MAX_CATCH_UP", "BridgeRefused", "BridgeService", "MediaPoller", "SocketPort"]
 
 log = Logger(namespace="cryptify.cig.bridge")
 
@@ -65,136 +68,6 @@ log = Logger(namespace="cryptify.cig.bridge")
 #: datagrams of that tick are read first), so a catch-up is the queued audio
 #: in order, at most 500 ms of it, never a replay.
 MAX_CATCH_UP = 25
-#: Bytes read per datagram (the longest RTP/SRTP packet we expect fits).
-DATAGRAM_MAX = 2048
-#: epoll rounds per reactor wakeup, and events per round, of the poller.
-POLL_ROUNDS = 4
-POLL_EVENTS = 4096
-#: Receive buffer of each leg's socket.
-LEG_RCVBUF = 1 << 18
-
-
-@implementer(IReadDescriptor)
-class MediaPoller:
-    """Every leg socket in one epoll set, read by the reactor as one descriptor.
-
-    Level-triggered: a wakeup polls (without waiting) up to
-    :data:`POLL_ROUNDS` times and reads one datagram from each ready
-    socket per round; what is left makes the set readable again at once.
-    """
-
-    def __init__(self, reactor: IReactorFDSet) -> None:
-        self.reactor = reactor
-        self._ep = select.epoll()
-        self._legs: dict[int, tuple[Callable[[int], bytes], Callable[[bytes], None]]] = {}
-        #: Legs that read their socket themselves (the C path's secure legs).
-        self._readers: dict[int, Callable[[], None]] = {}
-        self._reading = False
-
-    def fileno(self) -> int:
-        return self._ep.fileno()
-
-    def logPrefix(self) -> str:
-        return "cig_relay media"
-
-    def add(self, sock: socket.socket, receive: Callable[[bytes], None]) -> None:
-        self._legs[sock.fileno()] = (sock.recv, receive)
-        self._register(sock)
-
-    def add_reader(self, sock: socket.socket, ready: Callable[[], None]) -> None:
-        """A leg whose ``ready()`` reads its socket itself when it is readable."""
-        self._readers[sock.fileno()] = ready
-        self._register(sock)
-
-    def _register(self, sock: socket.socket) -> None:
-        self._ep.register(sock.fileno(), select.EPOLLIN)
-        if not self._reading:
-            self._reading = True
-            self.reactor.addReader(self)
-
-    def remove(self, sock: socket.socket) -> None:
-        fd = sock.fileno()
-        if self._legs.pop(fd, None) is not None or self._readers.pop(fd, None) is not None:
-            self._ep.unregister(fd)
-        if not self._legs and not self._readers and self._reading:
-            self._reading = False
-            self.reactor.removeReader(self)
-
-    def connectionLost(self, reason: Failure) -> None:
-        self._reading = False
-
-    def doRead(self) -> None:
-        self.drain(POLL_ROUNDS)
-
-    def drain(self, rounds: int) -> None:
-        """Poll (without waiting) up to ``rounds`` times, one datagram per ready leg a round."""
-        poll, legs, readers = self._ep.poll, self._legs, self._readers
-        for _ in range(rounds):
-            events = poll(0, POLL_EVENTS)
-            if not events:
-                return
-            for fd, _mask in events:
-                leg = legs.get(fd)
-                if leg is None:
-                    ready = readers.get(fd)
-                    if ready is not None:
-                        try:
-                            ready()
-                        except Exception:
-                            log.failure("bridge media: fast path read failed")
-                    continue
-                try:
-                    data = leg[0](DATAGRAM_MAX)
-                except OSError:
-                    continue  # nothing after all, or an ICMP error report
-                try:
-                    leg[1](data)
-                except Exception:
-                    log.failure("bridge media: datagram handling failed")
-
-
-class SocketPort:
-    """A leg's bound UDP socket in a :class:`MediaPoller` (the parts of a
-    Twisted UDP port the bridge uses: ``write``, ``getHost``,
-    ``stopListening``)."""
-
-    def __init__(
-        self,
-        poller: MediaPoller,
-        sock: socket.socket,
-        receive: Callable[[bytes], None],
-        ready: Callable[[], None] | None = None,
-    ) -> None:
-        self.poller = poller
-        self.socket = sock
-        #: ``write(datagram, (host, port))``: a plain ``sendto``.
-        self.write: Callable[[bytes, tuple[str, int]], int] = sock.sendto
-        self._host = sock.getsockname()
-        if ready is None:
-            poller.add(sock, receive)
-        else:
-            poller.add_reader(sock, ready)
-
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("UDP", self._host[0], self._host[1])
-
-    def stopListening(self) -> None:
-        if self.socket.fileno() >= 0:
-            self.poller.remove(self.socket)
-            self.socket.close()
-
-
-def bind_udp(port: int, interface: str) -> socket.socket:
-    """A non-blocking UDP socket bound to (interface, port); CannotListenError if not."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LEG_RCVBUF)
-        sock.bind((interface, port))
-    except OSError as exc:
-        sock.close()
-        raise CannotListenError(interface, port, exc) from None
-    return sock
 
 
 class BridgeRefused(Exception):
@@ -208,10 +81,6 @@ class SecureLeg(DatagramProtocol):
         self.bridged = bridged
         #: What a :class:`MediaPoller` calls with each datagram.
         self.receive: Callable[[bytes], None] = bridged.from_secure
-        #: On the C path: what it calls when the socket is readable.
-        self.ready: Callable[[], None] | None = (
-            bridged.drain_secure if bridged.core.engine_used == "c" else None
-        )
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.bridged.from_secure(datagram)
@@ -239,6 +108,8 @@ class BridgedCall:
     pbx_port: Any = None
     #: The PBX address as a ``sockaddr_in`` for the C path's ``sendmmsg``.
     pbx_sockaddr: bytes = b""
+    #: The call's number in the service's C clock (:class:`cpath.CTable`).
+    ident: int = 0
 
     def __attrs_post_init__(self) -> None:
         self.set_pbx_address(self.pbx_address)
@@ -246,26 +117,9 @@ class BridgedCall:
     def set_pbx_address(self, address: tuple[str, int] | None) -> None:
         self.pbx_address = address
         self.pbx_sockaddr = b"" if address is None else cpath.sockaddr(address)
-
-    def drain_secure(self) -> None:
-        """The C path reads the secure leg: what waits there, to the PBX.
-
-        A packet the fast path leaves (a new client stream, a
-        telephone-event) is finished in Python and sent in its place."""
         c = self.core.c_call
-        assert c is not None
-        fd_in, fd_out = self.secure_port.socket.fileno(), self.pbx_port.socket.fileno()
-        while True:
-            _got, slow = c.drain_secure(fd_in, fd_out, self.pbx_sockaddr, cpath.BATCH)
-            if slow is None:
-                return
-            try:  # the rest of the batch still goes on
-                out = self.core.finish_secure(slow)
-            except Exception:
-                log.failure("bridge media: datagram handling failed")
-                continue
-            if out is not None:
-                self.send_pbx(out)
+        if c is not None:
+            c.set_pbx_address(self.pbx_sockaddr)
 
     def from_secure(self, datagram: bytes) -> None:
         """A datagram from the relay: through the core, out to the PBX."""
@@ -348,15 +202,26 @@ class BridgeService(service.Service):
         self.ticks_caught_up = 0
         self._secure_ports = self._range(self.tel.rtp_port_range, 1)
         self._pbx_ports = self._range(self.sip.rtp_port_range, 2)
+        #: The calls the clock ticks in C (C path calls on real sockets), by ident.
+        self._table: cpath.CTable | None = None
+        self._by_ident: dict[int, BridgedCall] = {}
+        #: The calls the clock ticks in Python (all the others).
+        self._python_ticked: dict[str, BridgedCall] = {}
+        self._idents = itertools.count(1)
         self._loop = LoopingCall.withCount(self._tick)
         self._loop.clock = reactor
         self._interval = tick
         self._poller = MediaPoller(reactor) if IReactorFDSet.providedBy(reactor) else None
+        #: The reactor's reader of the C path's legs (on a real reactor).
+        self._cpoller: CPoller | None = None
+        if self._poller is not None and self.engine == "c":
+            self._table = cpath.CTable()
+            self._cpoller = CPoller(reactor, self._table.fileno(), self._c_read)
         #: Reads what waits on the legs (``read_pending(rounds)``, one datagram
         #: per leg a round) before each tick a late clock makes up; None where
         #: the reactor delivers datagrams itself.
         self.read_pending: Callable[[int], None] | None = (
-            None if self._poller is None else self._poller.drain
+            None if self._poller is None else self._read_pending
         )
 
     @staticmethod
@@ -383,12 +248,48 @@ class BridgeService(service.Service):
         for call in list(self.calls):
             self.remove(call)
 
+    def _read_pending(self, rounds: int) -> None:
+        assert self._poller is not None
+        self._poller.drain(rounds)
+        if self._table is not None and self._table.calls:
+            self._c_read(rounds, 1)
+
+    def _c_read(self, rounds: int, most: int) -> None:
+        """The C path's legs: what waits, read in C (``rounds`` epoll rounds, up
+        to ``most`` datagrams a leg a round); packets the fast paths leave
+        (a new client stream, telephone-events) are finished here."""
+        assert self._table is not None
+        self._table.poll(rounds, most, self._c_slow)
+
+    def _c_slow(self, ident: int, leg: int, packet: bytes) -> None:
+        bridged = self._by_ident.get(ident)
+        if bridged is None:
+            return
+        try:
+            if leg == cpath.SECURE:
+                out = bridged.core.finish_secure(packet)
+                if out is not None:
+                    bridged.send_pbx(out)
+            else:
+                bridged.core.pbx_slow(packet)
+        except Exception:
+            log.failure("bridge media: datagram handling failed")
+
     def _tick(self, count: int) -> None:
         if count > 1:
             self._catch_up(count)
             return
-        # On time (the hot path): one datagram per call.
-        for bridged in self.calls.values():
+        self._tick_once()
+
+    def _tick_once(self) -> None:
+        """One datagram per call: the C path's calls ticked in C (those with a
+        telephone-event under way come back), the others here."""
+        table = self._table
+        if table is not None:
+            by_ident = self._by_ident
+            for ident in table.tick_all():
+                by_ident[ident].tick()
+        for bridged in self._python_ticked.values():
             core = bridged.core
             try:
                 bridged.secure_port.write(core.tick(), bridged.relay_address)
@@ -412,14 +313,15 @@ class BridgeService(service.Service):
         for _ in range(ticks):
             if read is not None:
                 read(1)
-            for bridged in calls.values():
-                bridged.tick()
+            self._tick_once()
 
     def _bind(self, port: int, protocol: SecureLeg | PbxLeg, interface: str) -> Any:
         if self._poller is None:
             return self.reactor.listenUDP(port, protocol, interface=interface)
-        ready = protocol.ready if isinstance(protocol, SecureLeg) else None
-        return SocketPort(self._poller, bind_udp(port, interface), protocol.receive, ready)
+        sock = bind_udp(port, interface)
+        # The C path's legs are read by C (_clock_add puts them in its epoll set).
+        in_c = self._table is not None and protocol.bridged.core.c_call is not None
+        return SocketPort(None if in_c else self._poller, sock, protocol.receive)
 
     def _listen(
         self, protocol: SecureLeg | PbxLeg, wanted: int, ports: _Ports | None, interface: str
@@ -460,6 +362,12 @@ class BridgeService(service.Service):
         except BridgeRefused:
             bridged.close()
             raise
+        try:
+            self._clock_add(bridged)
+        except OSError as exc:
+            self._clock_remove(bridged)
+            bridged.close()
+            raise BridgeRefused(f"cannot watch the call's legs: {exc}") from None
         self.calls[call] = bridged
         ports = (bridged.secure_port.getHost().port, bridged.pbx_port.getHost().port)
         log.info(
@@ -479,6 +387,28 @@ class BridgeService(service.Service):
             transcode=", transcoding" if secure.codec != pbx.codec else "",
         )
         return ports
+
+    def _clock_add(self, bridged: BridgedCall) -> None:
+        """Put a new call on the clock: in C when it can be, else here."""
+        c = bridged.core.c_call
+        table = self._table
+        if table is None or c is None:
+            self._python_ticked[bridged.core.call] = bridged
+            return
+        bridged.ident = next(self._idents)
+        relay = cpath.sockaddr(bridged.relay_address)
+        c.set_io(bridged.ident, bridged.secure_port.socket.fileno(), relay)
+        table.add(bridged.ident, c, bridged.pbx_port.socket.fileno())
+        self._by_ident[bridged.ident] = bridged
+        assert self._cpoller is not None
+        self._cpoller.start()
+
+    def _clock_remove(self, bridged: BridgedCall) -> None:
+        self._python_ticked.pop(bridged.core.call, None)
+        if self._by_ident.pop(bridged.ident, None) is not None and self._table is not None:
+            self._table.remove(bridged.ident)
+            if not self._table.calls and self._cpoller is not None:
+                self._cpoller.stop()
 
     def _pbx(self, pbx: PbxSide) -> PbxSide:
         if pbx.remote_host is None:
@@ -514,6 +444,7 @@ class BridgeService(service.Service):
         bridged = self.calls.pop(call, None)
         if bridged is None:
             return None
+        self._clock_remove(bridged)
         bridged.close()
         stats = bridged.core.snapshot()
         self.ended.add(bridged.core.counters)
