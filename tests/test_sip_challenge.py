@@ -401,3 +401,22 @@ class SifChallengeTests(SifCase):
         (sent,) = self.send(invite())
         assert isinstance(sent, Response)
         self.assertEqual([c.algorithm for c in challenges_of(sent)], ["SHA-256", "MD5"])
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.text(
+            alphabet=st.characters(
+                min_codepoint=32, max_codepoint=0x2FF, blacklist_characters="\x7f"
+            ),
+            max_size=200,
+        )
+    )
+    def test_hostile_authorization_on_the_wire(self, value: str) -> None:
+        """
+        An INVITE from the wire with any Authorization value gets 400 or
+        401 and makes no call.
+        """
+        raw = invite(branch=f"z9hG4bK{len(self.channel.sent)}", extra=f"Authorization: {value}\r\n")
+        statuses = self.statuses(self.send(raw))
+        self.assertIn(statuses[-1] if statuses else 400, (400, 401))
+        self.assertEqual(self.calls.rows(), [])
