@@ -54,6 +54,13 @@ class PbxChallengeConfigTests(SynchronousTestCase):
         )
         self.assertEqual(cfg.sip.pbx_challenges[1].algorithms, ("SHA-256", "MD5"))
 
+    def test_host_name(self) -> None:
+        """A PBX host name is kept (lower case) for the SIF to match against its look-ups."""
+        cfg = parse_cig_config(
+            sip('pbx_challenge "PBX.Example.com" { realm "r"; username "u"; password "p"; }')
+        )
+        self.assertEqual(cfg.sip.pbx_challenges[0].peer, "pbx.example.com")
+
     def test_errors(self) -> None:
         """Each mistake is one clear line with its position."""
         ok = 'realm "r"; username "u"; password "x";'
@@ -61,7 +68,8 @@ class PbxChallengeConfigTests(SynchronousTestCase):
             'pbx_challenge "192.0.2.1" { realm "r"; username "u"; }': "needs one of",
             'pbx_challenge "192.0.2.1" { username "u"; password "x"; }': "has no 'realm'",
             'pbx_challenge "192.0.2.1" { realm "r"; password "x"; }': "has no 'username'",
-            'pbx_challenge "pbx.example" { ' + ok + " }": "bad",
+            'pbx_challenge "pbx_example!" { ' + ok + " }": "bad host",
+            'pbx_challenge "192.0.2.300" { ' + ok + " }": "bad",
             'pbx_challenge "192.0.2.1" { ' + ok + " algorithm SHA-512; }": "bad algorithm",
             'pbx_challenge "192.0.2.1" { ' + ok + " algorithm MD5 MD5; }": "bad algorithm",
             'pbx_challenge "192.0.2.1" { ' + ok + ' realm "s"; }': "duplicate",

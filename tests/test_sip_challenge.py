@@ -6,6 +6,7 @@ the SIF answering 401 before anything else looks at a request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from cryptify.cig.sif.challenge import (
     load_guard,
 )
 from cryptify.cig.sif.core import Sif
+from cryptify.cig.sif.peers import SipPeers
 from cryptify.cig.sif.register import Registrations, TrunkService
 from cryptify.config.cig_model import CigConfig, Interfaces, PbxChallenge, SipInterface
 from cryptify.protocols.sip.digest import (
@@ -131,6 +133,33 @@ class ChallengerTests(SynchronousTestCase):
         self.assertIs(self.challenger.check(request(), "pbx.example").verdict, Verdict.PASS)
         for method in ("ACK", "CANCEL"):
             self.assertIs(self.challenger.check(request(method), PEER).verdict, Verdict.PASS)
+
+    def test_host_name_peer(self) -> None:
+        """
+        A block naming a PBX host challenges the addresses the peers last
+        looked it up to, and no others.
+        """
+        block = PbxChallenge("pbx.example", "r", "pbx", password="pw")
+        found = {"pbx.example": frozenset({ipaddress.ip_address("198.51.100.7")})}
+        challenger = Challenger(self.clock, (load_guard(block),))
+        challenger.addresses_of = lambda name: found.get(name, frozenset())
+        self.assertIs(challenger.check(request(), "198.51.100.7").verdict, Verdict.CHALLENGE)
+        self.assertIs(challenger.check(request(), "198.51.100.8").verdict, Verdict.PASS)
+        found["pbx.example"] = frozenset({ipaddress.ip_address("198.51.100.8")})
+        self.assertIs(challenger.check(request(), "198.51.100.8").verdict, Verdict.CHALLENGE)
+
+    def test_unknown_host_name_refused(self) -> None:
+        """A host name the peers do not look up (not a map's PBX host) stops start-up."""
+        block = PbxChallenge("elsewhere.example", "r", "pbx", password="pw")
+        peers = SipPeers(self.clock, hosts=("pbx.example",))
+        with self.assertRaises(CredentialsError) as caught:
+            Challenger.load(self.clock, (block,), peers)
+        self.assertIn("not a PBX host name", str(caught.exception))
+        ok = PbxChallenge("pbx.example", "r", "pbx", password="pw")
+        peers.resolved["pbx.example"] = frozenset({ipaddress.ip_address("198.51.100.7")})
+        loaded = Challenger.load(self.clock, (ok,), peers)
+        self.addCleanup(loaded.stop)
+        self.assertIsNotNone(loaded.guard_for("198.51.100.7"))
 
     def test_wrong_password_refused_and_logged_once(self) -> None:
         """

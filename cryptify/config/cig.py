@@ -366,12 +366,17 @@ class _Builder:
 
     def pbx_challenge(self, block: Block) -> PbxChallenge:
         """
-        C{pbx_challenge "ADDR|CIDR" { ... }}: the peer as C{trusted_peer}
-        writes it, a realm, a user name, exactly one of C{password} and
-        C{password_file}, and optionally the algorithms offered.
+        C{pbx_challenge "ADDR|CIDR|NAME" { ... }}: the peer as
+        C{trusted_peer} writes it, or a PBX host name of the maps; a realm,
+        a user name, exactly one of C{password} and C{password_file}, and
+        optionally the algorithms offered.
         """
         assert block.name is not None
-        peer = self.peer(block.name)
+        name = block.name.value
+        if "/" in name or ":" in name or re.fullmatch(r"[0-9.]+", name):
+            peer = self.peer(block.name)
+        else:
+            peer = check_host(self.ctx, block.name).lower()
         seen: dict[str, Tok] = {}
         fields: dict[str, Any] = {}
         for stmt in block.body:

@@ -166,13 +166,15 @@ CHALLENGE_ALGORITHMS = ("SHA-256", "MD5")
 @attrs.frozen
 class PbxChallenge:
     """
-    C{pbx_challenge "ADDR|CIDR" { realm "R"; username "U"; password_file
-    "PATH"; algorithm SHA-256 MD5; }} in the sip interface: requests from
-    the PBX at C{peer} (an address or network, as C{trusted_peer} writes
-    it) that open something (out of a dialog, ACK and CANCEL excepted)
-    must carry digest credentials for C{username} in C{realm}. The CIG
-    offers C{algorithms} (upper case, in this order). The password comes
-    from C{password_file} (0600) or C{password}; never in a repr.
+    C{pbx_challenge "ADDR|CIDR|NAME" { realm "R"; username "U";
+    password_file "PATH"; algorithm SHA-256 MD5; }} in the sip interface:
+    requests from the PBX at C{peer} (an address or network, as
+    C{trusted_peer} writes it, or a host name the maps name, at the
+    addresses it was last looked up to) that open something (out of a
+    dialog, ACK and CANCEL excepted) must carry digest credentials for
+    C{username} in C{realm}. The CIG offers C{algorithms} (upper case,
+    in this order). The password comes from C{password_file} (0600) or
+    C{password}; never in a repr.
     """
 
     peer: str

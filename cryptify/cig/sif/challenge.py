@@ -2,8 +2,9 @@
 Digest challenges of requests from the PBX (the server's side of RFC 3261
 section 22, with the algorithms of RFC 8760), sans-IO.
 
-C{pbx_challenge "ADDR|CIDR" { ... }} in cig.conf names a PBX whose
-requests must carry credentials, in addition to the source-address check
+C{pbx_challenge "ADDR|CIDR|NAME" { ... }} in cig.conf names a PBX whose
+requests must carry credentials (a NAME is one of the maps' PBX hosts, at
+the addresses L{SipPeers} last looked it up to), in addition to the source-address check
 of L{cryptify.cig.sif.peers}. L{Challenger.check} says, for one request
 from one address, whether it passes or what to answer:
 
@@ -46,6 +47,7 @@ import ipaddress
 import secrets
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -64,7 +66,7 @@ from cryptify.protocols.sip.digest import (
 from cryptify.protocols.sip.message import Request
 
 from .auth import MAX_PASSWORD_FILE, CredentialsError, read_private_file
-from .peers import IPNetwork, Refusals, _address
+from .peers import IPAddress, IPNetwork, Refusals, SipPeers, _address
 
 log = Logger(namespace="cryptify.cig.sif.challenge")
 
@@ -106,12 +108,16 @@ class Decision:
 
 @attrs.frozen
 class Guard:
-    """One C{pbx_challenge} block with its password read."""
+    """
+    One C{pbx_challenge} block with its password read: its peer is a
+    C{network}, or a host C{name} the SIF's peers look up.
+    """
 
-    network: IPNetwork
+    network: IPNetwork | None
     realm: str
     credentials: Credentials
     algorithms: tuple[str, ...]
+    name: str | None = None
 
 
 def load_guard(block: PbxChallenge) -> Guard:
@@ -131,11 +137,13 @@ def load_guard(block: PbxChallenge) -> Guard:
             raise CredentialsError(f"password_file {block.password_file}: not UTF-8 text") from None
         if not password:
             raise CredentialsError(f"password_file {block.password_file}: empty")
+    try:
+        network: IPNetwork | None = ipaddress.ip_network(block.peer)
+        name = None
+    except ValueError:
+        network, name = None, block.peer
     return Guard(
-        ipaddress.ip_network(block.peer),
-        block.realm,
-        Credentials(block.username, password),
-        block.algorithms,
+        network, block.realm, Credentials(block.username, password), block.algorithms, name
     )
 
 
@@ -153,14 +161,36 @@ class Challenger:
     #: Nonces issued at or before this (and not in C{counts}) were forgotten.
     floor: int = attrs.field(default=-1, init=False)
     refusals: Refusals = attrs.field(init=False)
+    #: The addresses a PBX host name was last looked up to (L{SipPeers}).
+    addresses_of: Callable[[str], frozenset[IPAddress]] = lambda name: frozenset()
 
     def __attrs_post_init__(self) -> None:
         self.refusals = Refusals(self.clock)
 
     @classmethod
-    def load(cls, clock: IReactorTime, blocks: tuple[PbxChallenge, ...]) -> Challenger:
-        """Every block with its password read; L{CredentialsError} if one cannot be."""
-        return cls(clock, tuple(load_guard(block) for block in blocks))
+    def load(
+        cls, clock: IReactorTime, blocks: tuple[PbxChallenge, ...], peers: SipPeers | None = None
+    ) -> Challenger:
+        """
+        Every block with its password read; a host name's addresses are
+        those C{peers} look up for it.
+
+        @raise CredentialsError: for a password that cannot be read, or a
+            host name that is not a PBX host of the maps (only those are
+            looked up).
+        """
+        guards = tuple(load_guard(block) for block in blocks)
+        looked_up = peers.names if peers is not None else ()
+        for guard in guards:
+            if guard.name is not None and guard.name not in looked_up:
+                raise CredentialsError(
+                    f"pbx_challenge {guard.name}: not a PBX host name of the tel interface's"
+                    " maps (give its address or network instead)"
+                )
+        challenger = cls(clock, guards)
+        if peers is not None:
+            challenger.addresses_of = lambda name: peers.resolved.get(name, frozenset())
+        return challenger
 
     def guard_for(self, host: str) -> Guard | None:
         """The block whose peer has address C{host}, if any."""
@@ -168,7 +198,10 @@ class Challenger:
         if address is None:
             return None
         for guard in self.guards:
-            if address in guard.network:
+            if guard.network is not None:
+                if address in guard.network:
+                    return guard
+            elif guard.name is not None and address in self.addresses_of(guard.name):
                 return guard
         return None
 

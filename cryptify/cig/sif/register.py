@@ -392,7 +392,7 @@ class TrunkService(service.Service):
         try:
             keyring = Keyring.load(self.sif.config.sip.pbx_accounts)
             blocks = self.sif.config.sip.pbx_challenges
-            challenger = Challenger.load(self.sif.clock, blocks) if blocks else None
+            challenger = Challenger.load(self.sif.clock, blocks, self.sif.peers) if blocks else None
             self.tls = load_tls(self.sif.config.sip)
         except CredentialsError as exc:
             raise StartupError(str(exc)) from exc
