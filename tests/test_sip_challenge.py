@@ -252,6 +252,18 @@ class ChallengerTests(SynchronousTestCase):
             self.challenger.check(request("INVITE", req.uri, other), PEER).verdict,
             Verdict.CHALLENGE,
         )
+        for basic in ("Basic cGJ4OnB3", 'Bearer "x', "Digest"):
+            decision = self.challenger.check(request("INVITE", req.uri, basic), PEER)
+            expected = Verdict.BAD if basic == "Digest" else Verdict.CHALLENGE
+            self.assertIs(decision.verdict, expected, basic)
+
+    def test_warning_quoted_safely(self) -> None:
+        """A hostile value's text in the 400's Warning cannot break its quoted string."""
+        decision = self.challenger.check(request("INVITE", "sip:a@b", 'Digest a"b\\c=1'), PEER)
+        self.assertIs(decision.verdict, Verdict.BAD)
+        text = decision.headers[0][1]
+        self.assertEqual(text.count('"'), 2)
+        self.assertNotIn("\\", text)
 
     def test_rfc7616_known_answers(self) -> None:
         """

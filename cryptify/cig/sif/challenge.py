@@ -259,7 +259,8 @@ class Challenger:
         answer, unreadable = self._answer_for(request, guard)
         if answer is None:
             if unreadable is not None:
-                warning = f'399 cig "unreadable credentials: {unreadable}"'
+                text = unreadable.replace('"', "'").replace("\\", "/")[:100]
+                warning = f'399 cig "unreadable credentials: {text}"'
                 return Decision(Verdict.BAD, 400, (("Warning", warning),), unreadable)
             return self._challenge(guard, host, Verdict.CHALLENGE, "no credentials")
         verdict, why = self._verify(request, host, guard, answer)
@@ -273,6 +274,8 @@ class Challenger:
         """The credentials for our realm, or why none could be read."""
         unreadable: str | None = None
         for value in request.headers.get_all("Authorization")[:MAX_AUTH_HEADERS]:
+            if (value.split(None, 1) or [""])[0].lower() != "digest":
+                continue  # Basic and other schemes are not ours: as no credentials
             try:
                 answer = parse_authorization(value)
             except DigestError as exc:
