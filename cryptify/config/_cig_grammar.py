@@ -29,7 +29,7 @@ KEYWORDS = (
     "logging dir notify true false trusted_peer untrusted_answer tcp_idle_timeout "
     "pbx_account username password password_file register aor "
     "tls_certificate tls_key tls_ca tls_port metrics srtp call_records call_records_syslog "
-    "fast_path"
+    "fast_path pbx_challenge realm algorithm"
 ).split()
 RESERVED = {k: k.upper() for k in KEYWORDS}
 KEYWORD_TOKENS = frozenset(RESERVED.values()) - {"TRUE", "FALSE"}
@@ -300,6 +300,32 @@ class CigGrammar(Grammar):
     )
     def p_pbx_stmt(self, p: Production) -> None:
         p[0] = Stmt(p[1], (p[2],))
+
+    # pbx_challenge "ADDR|CIDR" { realm "R"; username "U"; password_file "PATH"; algorithm A [B]; }
+
+    @grammar("istmt : PBX_CHALLENGE STRING LBRACE challenge_stmts RBRACE block_end")
+    def p_istmt_challenge(self, p: Production) -> None:
+        p[0] = Block(p[1], p[2], tuple(p[4]))
+
+    @grammar("challenge_stmts : challenge_stmts challenge_stmt")
+    def p_challenge_stmts(self, p: Production) -> None:
+        p[0] = p[1]
+        p[0].append(p[2])
+
+    @grammar("challenge_stmts : ")
+    def p_challenge_stmts_empty(self, p: Production) -> None:
+        p[0] = []
+
+    @grammar(
+        "challenge_stmt : USERNAME STRING semi\n| PASSWORD STRING semi"
+        "\n| PASSWORD_FILE STRING semi\n| REALM STRING semi\n| ALGORITHM WORD semi"
+    )
+    def p_challenge_stmt(self, p: Production) -> None:
+        p[0] = Stmt(p[1], (p[2],))
+
+    @grammar("challenge_stmt : ALGORITHM WORD WORD semi")
+    def p_challenge_stmt_two(self, p: Production) -> None:
+        p[0] = Stmt(p[1], (p[2], p[3]))
 
     # mailboxes { read { ... } write { ... } }
 

@@ -32,6 +32,7 @@ from ._base import (
 )
 from ._cig_grammar import NAME_RE, Block, CigGrammar, Stmt
 from .cig_model import (
+    CHALLENGE_ALGORITHMS,
     SRTP_MODES,
     UNTRUSTED_ANSWERS,
     AddressOverride,
@@ -44,6 +45,7 @@ from .cig_model import (
     Management,
     MapEntry,
     PbxAccount,
+    PbxChallenge,
     PortRange,
     RelayLink,
     SipInterface,
@@ -86,6 +88,7 @@ _SIP_ONLY = (
     "untrusted_answer",
     "tcp_idle_timeout",
     "pbx_account",
+    "pbx_challenge",
     "tls_certificate",
     "tls_key",
     "tls_ca",
@@ -222,10 +225,25 @@ class _Builder:
         seen: dict[str, Tok] = {}
         accounts: dict[str, Tok] = {}
         pbx: list[PbxAccount] = []
+        guards: dict[str, PbxChallenge] = {}
+        guarded: dict[str, Tok] = {}
         for stmt in block.body:
             if isinstance(stmt, Block):
                 if not sip:
                     raise self.error(f"'{stmt.kw.value}' belongs in the sip interface", stmt.kw)
+                if stmt.kw.value == "pbx_challenge":
+                    guard = self.pbx_challenge(stmt)
+                    assert stmt.name is not None
+                    if guard.peer in guarded:
+                        first = guarded[guard.peer].line
+                        raise self.error(
+                            f"pbx_challenge listed twice (first on line {first})", stmt.name
+                        )
+                    if len(guards) >= MAX_PBX_ACCOUNTS:
+                        raise self.error("too many pbx_challenge blocks", stmt.kw)
+                    guarded[guard.peer] = stmt.name
+                    guards[guard.peer] = guard
+                    continue
                 account = self.pbx_account(stmt)
                 assert stmt.name is not None
                 if account.server in accounts:
@@ -294,6 +312,7 @@ class _Builder:
         if sip:
             fields["trusted_peers"] = tuple(peers)
             fields["pbx_accounts"] = tuple(pbx)
+            fields["pbx_challenges"] = tuple(guards.values())
             if ("tls_certificate" in seen) != ("tls_key" in seen):
                 given = seen.get("tls_certificate") or seen["tls_key"]
                 raise self.error(
@@ -344,6 +363,55 @@ class _Builder:
                 expected='password_file "PATH" (a 0600 file)',
             )
         return PbxAccount(server=server, **fields)
+
+    def pbx_challenge(self, block: Block) -> PbxChallenge:
+        """
+        C{pbx_challenge "ADDR|CIDR|NAME" { ... }}: the peer as
+        C{trusted_peer} writes it, or a PBX host name of the maps; a realm,
+        a user name, exactly one of C{password} and C{password_file}, and
+        optionally the algorithms offered.
+        """
+        assert block.name is not None
+        name = block.name.value
+        if "/" in name or ":" in name or re.fullmatch(r"[0-9.]+", name):
+            peer = self.peer(block.name)
+        else:
+            peer = check_host(self.ctx, block.name).lower()
+        seen: dict[str, Tok] = {}
+        fields: dict[str, Any] = {}
+        for stmt in block.body:
+            assert isinstance(stmt, Stmt)
+            self.once(seen, stmt.kw, " in pbx_challenge")
+            kw, arg = stmt.kw.value, stmt.args[0]
+            if kw == "password_file":
+                fields[kw] = self.path(arg)
+            elif kw == "algorithm":
+                names: list[str] = []
+                for tok in stmt.args:
+                    name = tok.value.upper()
+                    if name not in CHALLENGE_ALGORITHMS or name in names:
+                        raise self.error("bad algorithm", tok, expected="SHA-256 and/or MD5")
+                    names.append(name)
+                fields["algorithms"] = tuple(names)
+            elif kw == "realm":
+                realm = self.credential(arg, "realm")
+                if '"' in realm or "\\" in realm:
+                    raise self.error("bad realm", arg, expected="no '\"' or '\\'")
+                fields[kw] = realm
+            else:
+                fields[kw] = self.credential(arg, kw)
+        for needed in ("realm", "username"):
+            if needed not in fields:
+                raise self.error(
+                    f"pbx_challenge block has no '{needed}'", block.kw, expected=f'{needed} "NAME"'
+                )
+        if ("password" in fields) == ("password_file" in fields):
+            raise self.error(
+                "pbx_challenge block needs one of 'password' and 'password_file'",
+                block.kw,
+                expected='password_file "PATH" (a 0600 file)',
+            )
+        return PbxChallenge(peer=peer, **fields)
 
     def credential(self, tok: Tok, what: str) -> str:
         """

@@ -159,6 +159,32 @@ class PbxAccount:
     aor: str | None = None
 
 
+#: Digest algorithms the CIG may offer to its PBXs, in its order of preference.
+CHALLENGE_ALGORITHMS = ("SHA-256", "MD5")
+
+
+@attrs.frozen
+class PbxChallenge:
+    """
+    C{pbx_challenge "ADDR|CIDR|NAME" { realm "R"; username "U";
+    password_file "PATH"; algorithm SHA-256 MD5; }} in the sip interface:
+    requests from the PBX at C{peer} (an address or network, as
+    C{trusted_peer} writes it, or a host name the maps name, at the
+    addresses it was last looked up to) that open something (out of a
+    dialog, ACK and CANCEL excepted) must carry digest credentials for
+    C{username} in C{realm}. The CIG offers C{algorithms} (upper case,
+    in this order). The password comes from C{password_file} (0600) or
+    C{password}; never in a repr.
+    """
+
+    peer: str
+    realm: str
+    username: str
+    password: str | None = attrs.field(default=None, repr=False)
+    password_file: str | None = None
+    algorithms: tuple[str, ...] = CHALLENGE_ALGORITHMS
+
+
 @attrs.frozen
 class SipInterface:
     """
@@ -183,6 +209,8 @@ class SipInterface:
     untrusted_answer: str = "403"
     tcp_idle_timeout: int = DEFAULT_TCP_IDLE_TIMEOUT
     pbx_accounts: tuple[PbxAccount, ...] = ()
+    #: PBXs whose requests must carry digest credentials.
+    pbx_challenges: tuple[PbxChallenge, ...] = ()
     #: The CIG's own certificate (chain) and private key, PEM files: SIP
     #: over TLS is listened for on C{tls_port} when they are given, and
     #: presented to PBXs that ask for a client certificate.
@@ -347,6 +375,8 @@ def _interface_lines(i: TelInterface | SipInterface) -> list[str]:
         out.append(f"tcp_idle_timeout {i.tcp_idle_timeout};")
         for account in i.pbx_accounts:
             out += _block(f"pbx_account {quote(account.server)}", _account_lines(account))
+        for guard in i.pbx_challenges:
+            out += _block(f"pbx_challenge {quote(guard.peer)}", _challenge_lines(guard))
         for name in ("tls_certificate", "tls_key", "tls_ca"):
             value = getattr(i, name)
             if value is not None:
@@ -372,6 +402,17 @@ def _account_lines(account: PbxAccount) -> list[str]:
         out.append(f"register {account.register};")
     if account.aor is not None:
         out.append(f"aor {quote(account.aor)};")
+    return out
+
+
+def _challenge_lines(guard: PbxChallenge) -> list[str]:
+    out = [f"realm {quote(guard.realm)};", f"username {quote(guard.username)};"]
+    if guard.password_file is not None:
+        out.append(f"password_file {quote(guard.password_file)};")
+    if guard.password is not None:
+        out.append(f"password {quote(guard.password)};")
+    if guard.algorithms != CHALLENGE_ALGORITHMS:
+        out.append(f"algorithm {' '.join(guard.algorithms)};")
     return out
 
 

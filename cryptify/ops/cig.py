@@ -70,6 +70,7 @@ DIRECTIVES: tuple[Directive, ...] = (
     _iface("sip untrusted_answer", ("sip", "untrusted_answer"), live=True),
     _iface("sip tcp_idle_timeout", ("sip", "tcp_idle_timeout")),
     _iface("sip pbx_account", ("sip", "pbx_accounts")),
+    _iface("sip pbx_challenge", ("sip", "pbx_challenges")),
     _iface("sip tls_certificate", ("sip", "tls_certificate")),
     _iface("sip tls_key", ("sip", "tls_key")),
     _iface("sip tls_ca", ("sip", "tls_ca")),

@@ -256,6 +256,14 @@ def describe(cfg: CigConfig) -> list[str]:
             )
             or "-"
         ),
+        "PBX requests challenged (digest): "
+        + (
+            ", ".join(
+                f"from {g.peer} (realm {g.realm}, user {g.username}, {' '.join(g.algorithms)})"
+                for g in sip.pbx_challenges
+            )
+            or "-"
+        ),
         "call records: "
         + (cfg.logging.call_records or "-")
         + (" and syslog" if cfg.logging.call_records_syslog else ""),

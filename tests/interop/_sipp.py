@@ -61,6 +61,8 @@ class SippCase(SynchronousTestCase):
     tel_stub = "answer"
     #: More statements for the sip interface.
     sip_extra = ""
+    #: The address sipp sends from (any 127/8 address is the loopback).
+    sipp_ip = "127.0.0.1"
 
     def setUp(self) -> None:
         self.sipp = shutil.which("sipp")
@@ -115,7 +117,7 @@ class SippCase(SynchronousTestCase):
         argv += [
             f"127.0.0.1:{self.sip_port}",
             "-i",
-            "127.0.0.1",
+            self.sipp_ip,
             "-p",
             str(free_port(socket.SOCK_DGRAM)),
             "-mp",

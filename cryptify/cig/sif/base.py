@@ -41,6 +41,7 @@ from ..mail.sip import (
 )
 from ..route import Router
 from .auth import ChallengedRequest, Keyring
+from .challenge import Challenger
 from .legs import OutCall, SipCall
 from .peers import Refusals, SipPeers
 from .ports import PortPool
@@ -94,6 +95,8 @@ class SifBase:
     peers: SipPeers | None = None
     #: Credentials for the PBXs' 401/407 challenges (C{pbx_account}).
     keyring: Keyring = attrs.field(factory=Keyring)
+    #: Digest checks of requests from the PBXs (C{pbx_challenge}); None: none.
+    challenger: Challenger | None = None
     #: Where MESSAGEs from the PBX go (C{messaging true}); None: answered 480.
     messages: MessageDesk | None = None
     refusals: Refusals = attrs.field(init=False)

@@ -54,6 +54,7 @@ from cryptify.protocols.sip.transaction import (
 from ..calls import Call, CallState, source_of
 from ..route import SIP, RouteRefused
 from .base import KNOWN_METHODS, SDP, transport_of
+from .challenge import Verdict
 from .legs import OutCall, SipCall
 from .messaging import SifMessaging
 from .outcalls import SifOutCalls
@@ -137,6 +138,8 @@ class Sif(SifMessaging, SifOutCalls):
     def _dispatch(self, tx: ServerTransaction) -> None:
         request = tx.request
         method = request.method
+        if self._challenged(tx):
+            return
         required = request.headers.values("Require")
         if required and method != "CANCEL":
             # No option tag is supported (RFC 3261 8.2.2.3); CANCEL is never refused for it.
@@ -160,6 +163,31 @@ class Sif(SifMessaging, SifOutCalls):
             tx.respond(response_to(request.headers, 405, extra=(("Allow", self.allow()),)))
         else:
             tx.respond(response_to(request.headers, 501))
+
+    def _challenged(self, tx: ServerTransaction) -> bool:
+        """
+        Whether C{tx}'s request was answered 401/400 for want of valid
+        credentials (C{pbx_challenge}); requests in a dialog we know pass.
+        """
+        if self.challenger is None:
+            return False
+        request = tx.request
+        if request.to.tag is not None and dialog_id_of(request) in self.dialogs:
+            return False
+        decision = self.challenger.check(request, tx.channel.address[0])
+        if decision.verdict is Verdict.PASS:
+            return False
+        log.debug(
+            "{method} from {peer} answered {status}: {why}",
+            method=request.method,
+            peer=tx.channel.address[0],
+            status=decision.status,
+            why=decision.why,
+        )
+        tx.respond(
+            response_to(request.headers, decision.status, to_tag=new_tag(), extra=decision.headers)
+        )
+        return True
 
     def ack_received(self, request: Request, channel: Channel) -> None:
         pass  # the 2xx's retransmissions stop in the transaction layer
@@ -355,6 +383,8 @@ class Sif(SifMessaging, SifOutCalls):
         self.layer.stop()
         self.calls.stop()
         self.refusals.stop()
+        if self.challenger is not None:
+            self.challenger.stop()
         if self.peers is not None:
             self.peers.stop()
 

@@ -54,6 +54,7 @@ from cryptify.service import StartupError
 
 from .auth import CredentialsError, Keyring
 from .base import contact_transport
+from .challenge import Challenger
 from .core import Sif
 from .tls import TlsMaterial, load_tls
 
@@ -390,10 +391,13 @@ class TrunkService(service.Service):
             return
         try:
             keyring = Keyring.load(self.sif.config.sip.pbx_accounts)
+            blocks = self.sif.config.sip.pbx_challenges
+            challenger = Challenger.load(self.sif.clock, blocks, self.sif.peers) if blocks else None
             self.tls = load_tls(self.sif.config.sip)
         except CredentialsError as exc:
             raise StartupError(str(exc)) from exc
         self.sif.keyring = keyring
+        self.sif.challenger = challenger
         self.registrations.load(keyring)
         self.loaded = True
 

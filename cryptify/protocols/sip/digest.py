@@ -295,3 +295,77 @@ def authorization(
     if challenge.opaque is not None:
         parts.append(f"opaque={_quote(challenge.opaque)}")
     return "Digest " + ", ".join(parts)
+
+
+# --- the server's side: reading an Authorization header -----------------------
+
+#: The parameters an answer to our C{qop=auth} challenge must carry.
+_NEEDED = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+@attrs.frozen
+class DigestAnswer:
+    """
+    One C{Authorization: Digest ...} value, as a server reads it: what the
+    client says it answered (realm, nonce, algorithm upper case), for
+    which URI, with which nonce count and client nonce, and its response.
+    """
+
+    username: str
+    realm: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: str
+    qop: str
+    nc: int
+    cnonce: str
+    opaque: str | None = None
+
+
+def parse_authorization(value: str) -> DigestAnswer:
+    """
+    An C{Authorization}/C{Proxy-Authorization} value answering a
+    C{qop=auth} challenge (RFC 3261 22.4, RFC 8760).
+
+    @raise DigestError: not Digest, unreadable, too long, or missing one
+        of username, realm, nonce, uri, response, qop, nc and cnonce; an
+        nc that is not 8 hex digits.
+    """
+    if len(value) > MAX_CHALLENGE_LENGTH:
+        raise DigestError("credentials too long")
+    match = _SCHEME.fullmatch(value.strip(_LWS))
+    if match is None:
+        raise DigestError("unreadable credentials")
+    scheme, rest = match.groups()
+    if scheme.lower() != "digest":
+        raise DigestError(f"not Digest credentials ({scheme[:20]!r})")
+    params = parse_params(rest)
+    for needed in _NEEDED:
+        if needed not in params:
+            raise DigestError(f"credentials without {needed}")
+    nc = params["nc"]
+    if len(nc) != 8 or not _HEX.fullmatch(nc):
+        raise DigestError("nc is not 8 hex digits")
+    return DigestAnswer(
+        username=params["username"],
+        realm=params["realm"],
+        nonce=params["nonce"],
+        uri=params["uri"],
+        response=params["response"],
+        algorithm=params.get("algorithm", "MD5").upper(),
+        qop=params["qop"].lower(),
+        nc=int(nc, 16),
+        cnonce=params["cnonce"],
+        opaque=params.get("opaque"),
+    )
+
+
+def challenge_value(realm: str, nonce: str, algorithm: str, stale: bool = False) -> str:
+    """A C{WWW-Authenticate} value offering C{qop=auth} with C{algorithm}."""
+    value = (
+        f"Digest realm={_quote(realm)}, nonce={_quote(nonce)}, "
+        f'algorithm={SPELLING[algorithm]}, qop="auth"'
+    )
+    return value + (", stale=true" if stale else "")
