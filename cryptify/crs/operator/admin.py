@@ -35,6 +35,7 @@ from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import CommandFailed, table
 from cryptify.protocols.relay_control import RelayStats
+from cryptify.protocols.umsg import base_uri
 
 log = Logger(namespace="cryptify.crs.admin")
 T = TypeVar("T")
@@ -326,11 +327,12 @@ class CrsAdmin(PeerCommands):
 
     @crs_admin.CheckSlot.responder
     def check_slot(self, uri: str) -> dict[str, object]:
+        base = base_uri(uri)
         try:
-            check_uri(uri.split(";", 1)[0])
+            check_uri(base)
         except AccountError as exc:
             raise failing(exc) from exc
-        slot = slot_of(uri.split(";", 1)[0])
+        slot = slot_of(base)
         if self.state.pool is not None:
             return {"slot": slot, "owner": self.state.pool.owner(slot) or "-"}
         return {"slot": slot, "owner": self.state.slots.owner(slot)}
