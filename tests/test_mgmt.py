@@ -24,6 +24,7 @@ from cryptify.cookie import CookieError, ensure_cookie, read_cookie
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.protocols import cig_admin, crs_admin
+from cryptify.protocols.amp_calls import AnswerError
 from cryptify.protocols.mgmt import (
     AUTH_TIMEOUT,
     LOG_EVERY,
@@ -187,6 +188,22 @@ class TableTests(SynchronousTestCase):
             # the first cell, padded, then two spaces: B starts where the header's does
             expected = printable(row[0]).ljust(offset - 2) + "  "
             self.assertEqual(line.ljust(offset)[:offset], expected)
+
+    def test_answer_without_a_table_is_refused(self) -> None:
+        """An answer whose table is not columns and rows of lists is an
+        AnswerError naming it, not a crash while printing."""
+        for answer in (
+            {},
+            {"table": "x"},
+            {"table": {"columns": ["A"]}},
+            {"table": {"columns": ["A"], "rows": ["not a row"]}},
+        ):
+            out = io.StringIO()
+            self.assertRaises(AnswerError, write_table, out, answer)
+            self.assertEqual(out.getvalue(), "")
+        out = io.StringIO()
+        write_table(out, {"table": {"columns": ["A"], "rows": [["1"]]}})
+        self.assertEqual(out.getvalue(), "A\n1\n")
 
 
 class CigAdminTests(SynchronousTestCase):
