@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from cryptify.addresses import is_wildcard
 from cryptify.crs.attach.core import AttachCore, AttachSession
-from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.calls.session import RelayLegs
 from cryptify.protocols.relay_control import MAX_BATCH, RelayAllocation
@@ -46,7 +46,7 @@ class RegistryParties:
     def __init__(self, registry: AttachRegistry) -> None:
         self.registry = registry
 
-    def attached(self, uri: str) -> Any | None:
+    def attached(self, uri: str) -> Attachment | None:
         return self.registry.get(uri)
 
     def known(self, uri: str) -> bool:

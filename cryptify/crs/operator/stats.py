@@ -27,7 +27,7 @@ Counted only while the account is enabled:
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from txredisapi import RedisProtocol
 
     from cryptify.crs.attach.registry import Attachment
+    from cryptify.crs.calls.session import Party
     from cryptify.crs.redis.store import RedisStore
 
 log = Logger(namespace="cryptify.crs.stats")
@@ -59,16 +60,6 @@ _MESSAGE_COUNTERS = {"content": "message", "system": "system"}
 
 #: Seconds the set of enabled accounts is trusted before it is read again.
 ENABLED_TTL = 5.0
-
-
-class Counted(Protocol):
-    """A party of a call, as the statistics count it."""
-
-    @property
-    def account(self) -> str: ...
-
-    @property
-    def uri(self) -> str: ...
 
 
 def stats_key(account: str, uri: str) -> str:
@@ -181,7 +172,7 @@ class Statistics:
         period = getattr(attachment, "period", "") or period_of(attachment.since)
         self._background(self.attached(attachment.account, attachment.uri, period))
 
-    def on_invite(self, caller: Counted, callee: Counted) -> None:
+    def on_invite(self, caller: Party, callee: Party) -> None:
         """A :class:`~cryptify.crs.calls.core.SessionTable` ``on_invite`` hook."""
 
         async def run() -> None:
