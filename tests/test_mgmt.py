@@ -224,6 +224,21 @@ class CigAdminTests(SynchronousTestCase):
         self.assertIn("Connection state          DISCONNECTED", text)
         self.assertIn("SIP Bind address          192.0.2.2", text)
 
+    def test_status_answer_of_another_shape_is_refused(self) -> None:
+        """A status answer that is not a title and sections of labelled lines
+        is an AnswerError, not a crash while printing."""
+        from cryptify.cig.operator.cli import render_status
+
+        for status in (
+            "x",
+            {"title": "t"},
+            {"sections": [["only a heading"]]},
+            {"sections": [["", "not lines"]]},
+            {"sections": [["", [["label"]]]]},
+        ):
+            self.assertRaises(AnswerError, render_status, status)
+        self.assertEqual(render_status({"title": "t", "sections": []}), "t\n")
+
     def test_show_call_header(self) -> None:
         """show call has the manual's columns, then SOURCE (where each call came from)."""
         _, client, pump = pair(CigAdmin(CigState("a", "b")))
