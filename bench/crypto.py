@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptify.crypto import eccsi, mikey, sakke
+from cryptify.crypto import eccsi, mikey, sakke, sakke_pairing
 from cryptify.crypto.identity import tel_identifier
 from cryptify.crypto.replay import ReplayGuard
 
@@ -127,7 +127,7 @@ def main() -> None:
         **medians,
         "least_us": least,
         "cpu_median_us": cpu,
-        "native": {"sakke": sakke._native is not None, "eccsi": eccsi._native is not None},
+        "native": {"sakke": sakke_pairing.native_built(), "eccsi": eccsi._native is not None},
         "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "setup_tables_s": round(tables_s, 2),
         "setup_receiver_ms": round(receiver_ms, 1),

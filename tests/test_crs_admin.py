@@ -252,3 +252,35 @@ class AdminTests(SynchronousTestCase):
         from twisted.internet.defer import ensureDeferred
 
         return self.successResultOf(ensureDeferred(coro))
+
+
+class ShowRelayTests(SynchronousTestCase):
+    """``show relay`` reads the relay's counters from its answer."""
+
+    def admin(self, answer: dict[str, object]) -> CrsAdmin:
+        class Relay:
+            async def call(self, command: type[amp.Command], **kwargs: object) -> dict[str, object]:
+                return answer
+
+        clock = Clock()
+        state = CrsState(
+            "crs1",
+            {},
+            AccountStore(self.mktemp()),
+            TraceHub(clock.seconds),
+            relay=Relay(),
+        )
+        return CrsAdmin(state)
+
+    def test_counters_shown(self) -> None:
+        """The manual's columns, each counter the relay gave, 0 for one it did not."""
+        answer = self.successResultOf(self.admin({"stats": {"RX": 5}}).show_relay())
+        table: Any = answer["table"]
+        rows = table["rows"]
+        self.assertEqual(rows[0][0], "5")
+        self.assertEqual(set(rows[0][1:]), {"0"})
+
+    def test_answer_without_statistics_fails_clearly(self) -> None:
+        """An answer without its statistics is a CommandFailed saying so, not a crash."""
+        failure = self.failureResultOf(self.admin({"other": 1}).show_relay(), CommandFailed)
+        self.assertIn("without its statistics", str(failure.value))

@@ -9,9 +9,7 @@ inter-working link carrying the real frames in order, which can be cut.
 from __future__ import annotations
 
 import itertools
-import struct
-from collections import deque
-from typing import Any
+from collections.abc import Iterator
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -21,25 +19,12 @@ from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.calls.session import RelayLegs
 from cryptify.crs.interwork.calls import IwCalls
 from cryptify.crs.pool.calls_core import INVITE_FRAME, PoolCalls
-from cryptify.crs.pool.wire import Envelope, decode_frame, encode_frame
 from cryptify.crs.trace import TraceHub
+from tests.calls_support import CallNode, CountingRelay, FakeCallLink, kinds
 from tests.fakes import Att, FakeParties
 
 A, B = "192.0.2.1", "198.51.100.7"
 HOSTED = {A: "alpha", B: "beta"}
-
-
-class Relay:
-    def __init__(self, host: str) -> None:
-        self.host = host
-        self.live: set[str] = set()
-
-    def allocate(self, session: str) -> defer.Deferred[RelayLegs]:
-        self.live.add(session)
-        return defer.succeed(RelayLegs(self.host, 5146, b"A" * 8, b"B" * 8))
-
-    def release(self, session: str) -> None:
-        self.live.discard(session)
 
 
 class Accounts:
@@ -58,70 +43,19 @@ class Accounts:
         return account == HOSTED[self.me]
 
 
-class Link:
-    """Both ends of the inter-working link: frames encoded, queued in order."""
-
-    def __init__(self) -> None:
-        self.up = True
-        self.queue: deque[tuple[str, bytes]] = deque()
-        self.ends: dict[str, IwCalls] = {}
-        self.sent: list[tuple[str, str, dict[str, object]]] = []
-
-    def end(self, me: str) -> Any:
-        link = self
-
-        class End:
-            def send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
-                if not link.up:
-                    return False
-                link.sent.append((me, frame_type, dict(fields)))
-                link.queue.append((me, encode_frame(frame_type, fields)))
-                return True
-
-        return End()
-
-    def flush(self) -> None:
-        while self.queue:
-            sender, frame = self.queue.popleft()
-            (length,) = struct.unpack(">I", frame[:4])
-            envelope = decode_frame(frame[4 : 4 + length])
-            assert isinstance(envelope, Envelope)
-            receiver = B if sender == A else A
-            self.ends[receiver].receive(sender, envelope.type, envelope.fields)
-
-    def cut(self) -> None:
-        self.up = False
-        self.queue.clear()
-        self.ends[A].link_changed(B, False)
-        self.ends[B].link_changed(A, False)
-
-
-class Operator:
-    def __init__(self, me: str, clock: Clock, link: Link, ids: Any) -> None:
-        self.parties = FakeParties()
-        self.relay = Relay(f"relay.{HOSTED[me]}.example")
-        self.traced: list[str] = []
-        hub = TraceHub(clock.seconds)
-        hub.subscribe("session", self.traced.append)
-        self.table = SessionTable(self.parties, self.relay, clock, hub, lambda: next(ids))
+class Operator(CallNode):
+    def __init__(self, me: str, clock: Clock, link: FakeCallLink, ids: Iterator[str]) -> None:
+        super().__init__(f"relay.{HOSTED[me]}.example", clock, ids)
         self.calls = IwCalls(self.table, self.parties, link.end(me), Accounts(me), clock)
         link.ends[me] = self.calls
 
-    def ringing(self, uri: str, session: str) -> None:
-        if not self.calls.client_ringing(uri, session):
-            self.table.ringing(uri, session)
 
-    def talk(self, uri: str, session: str) -> None:
-        if not self.calls.client_talk(uri, session):
-            self.table.talk(uri, session)
-
-    def hangup(self, uri: str, session: str, code: str = "normal") -> None:
-        if not self.calls.client_hangup(uri, session, code, None):
-            self.table.hangup(uri, session, code)
-
-
-def kinds(sent: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str]]:
-    return [(uri, kind) for uri, kind, _ in sent]
+def operators() -> tuple[Clock, FakeCallLink, Operator, Operator]:
+    """A and B on one clock, joined by a fake link, session ids shared."""
+    clock = Clock()
+    link = FakeCallLink(A, B)
+    ids = (f"s{i}" for i in itertools.count(1))
+    return clock, link, Operator(A, clock, link, ids), Operator(B, clock, link, ids)
 
 
 ALICE = Att("tel:+1", "alpha")
@@ -129,11 +63,7 @@ ALICE = Att("tel:+1", "alpha")
 
 class IwCallTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.link = Link()
-        ids = (f"s{i}" for i in itertools.count(1))
-        self.a = Operator(A, self.clock, self.link, ids)
-        self.b = Operator(B, self.clock, self.link, ids)
+        self.clock, self.link, self.a, self.b = operators()
         self.a.parties.online["tel:+1"] = ALICE
         self.b.parties.online["tel:+2"] = Att("tel:+2", "beta")
         self.b.parties.known_uris.add("tel:+2")
@@ -248,14 +178,14 @@ class IwCallTests(SynchronousTestCase):
         inter-working calls are its external."""
         clock = Clock()
         parties = FakeParties()
-        table = SessionTable(parties, Relay("r"), clock, TraceHub(clock.seconds))
+        table = SessionTable(parties, CountingRelay("r"), clock, TraceHub(clock.seconds))
         pool = PoolCalls("crs1", table, parties, self.link.end(A), lambda uri: None, clock)
         iw = IwCalls(table, parties, self.link.end(A), Accounts(A), clock)
         self.assertIs(table.remote, pool)
         self.assertIs(table.external, iw)
 
 
-class BridgingRelay(Relay):
+class BridgingRelay(CountingRelay):
     """A relay that can bridge legs; allocations at once, or held (``hold``)."""
 
     def __init__(self, host: str, name: bytes) -> None:
@@ -288,11 +218,7 @@ class RelayToRelayTests(SynchronousTestCase):
     """Each operator relays its own client's leg; the relays are bridged."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.link = Link()
-        ids = (f"s{i}" for i in itertools.count(1))
-        self.a = Operator(A, self.clock, self.link, ids)
-        self.b = Operator(B, self.clock, self.link, ids)
+        self.clock, self.link, self.a, self.b = operators()
         for op, name, host in ((self.a, b"AA", RELAY_A), (self.b, b"BB", RELAY_B)):
             op.relay = BridgingRelay(host, name)
             op.table.relay = op.relay

@@ -19,6 +19,7 @@ from cryptify import __version__
 from cryptify.cig.operator import cli as cig
 from cryptify.client import cli_args as client
 from cryptify.crs.operator import cli as crs
+from cryptify.crs.operator import cli_text as crs_text
 from cryptify.kms import cli as kms
 from cryptify.tools import admin_cli, manpage
 
@@ -116,8 +117,8 @@ class EveryActionOnItsPage(SynchronousTestCase):
         """Each option's help text is on the page (--socket, -b BITS ...)."""
         text = plain(page_of("crs-cli"))
         self.assertIn("--socket PATH", text)
-        self.assertIn(crs.SIZE_HELP["bits"], text)
-        self.assertIn(crs.ACCOUNT_HELP, text)
+        self.assertIn(crs_text.SIZE_HELP["bits"], text)
+        self.assertIn(crs_text.ACCOUNT_HELP, text)
         text = plain(page_of("cryptify-kms"))
         self.assertIn("--period YYYY-MM", text)
         self.assertIn("--store", text)
@@ -189,7 +190,7 @@ class HelpEqualsDashHelp(SynchronousTestCase):
         _, out, _ = run_cli(crs.run, ["help", "show", "blacklist"])
         self.assertIn("show the blacklist of ACCOUNT", out)
         self.assertIn("show the blacklist of ACCOUNT", page_of("crs-cli"))
-        self.assertIn(crs.ACCOUNT_HELP, out)
+        self.assertIn(crs_text.ACCOUNT_HELP, out)
 
     def test_crs_overview_names_every_action(self) -> None:
         """The hand-laid overview (crs-cli help) cannot leave an action out."""

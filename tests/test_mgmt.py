@@ -24,6 +24,7 @@ from cryptify.cookie import CookieError, ensure_cookie, read_cookie
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.protocols import cig_admin, crs_admin
+from cryptify.protocols.amp_calls import AnswerError
 from cryptify.protocols.mgmt import (
     AUTH_TIMEOUT,
     LOG_EVERY,
@@ -188,6 +189,22 @@ class TableTests(SynchronousTestCase):
             expected = printable(row[0]).ljust(offset - 2) + "  "
             self.assertEqual(line.ljust(offset)[:offset], expected)
 
+    def test_answer_without_a_table_is_refused(self) -> None:
+        """An answer whose table is not columns and rows of lists is an
+        AnswerError naming it, not a crash while printing."""
+        for answer in (
+            {},
+            {"table": "x"},
+            {"table": {"columns": ["A"]}},
+            {"table": {"columns": ["A"], "rows": ["not a row"]}},
+        ):
+            out = io.StringIO()
+            self.assertRaises(AnswerError, write_table, out, answer)
+            self.assertEqual(out.getvalue(), "")
+        out = io.StringIO()
+        write_table(out, {"table": {"columns": ["A"], "rows": [["1"]]}})
+        self.assertEqual(out.getvalue(), "A\n1\n")
+
 
 class CigAdminTests(SynchronousTestCase):
     def test_status_sections(self) -> None:
@@ -206,6 +223,21 @@ class CigAdminTests(SynchronousTestCase):
         self.assertIn("CRS Address               192.0.2.1:5223", text)
         self.assertIn("Connection state          DISCONNECTED", text)
         self.assertIn("SIP Bind address          192.0.2.2", text)
+
+    def test_status_answer_of_another_shape_is_refused(self) -> None:
+        """A status answer that is not a title and sections of labelled lines
+        is an AnswerError, not a crash while printing."""
+        from cryptify.cig.operator.cli import render_status
+
+        for status in (
+            "x",
+            {"title": "t"},
+            {"sections": [["only a heading"]]},
+            {"sections": [["", "not lines"]]},
+            {"sections": [["", [["label"]]]]},
+        ):
+            self.assertRaises(AnswerError, render_status, status)
+        self.assertEqual(render_status({"title": "t", "sections": []}), "t\n")
 
     def test_show_call_header(self) -> None:
         """show call has the manual's columns, then SOURCE (where each call came from)."""

@@ -10,9 +10,7 @@ cut.  ``tel:+1`` and ``tel:+3`` are attached at crs1, ``tel:+2`` and
 from __future__ import annotations
 
 import itertools
-import struct
-from collections import deque
-from typing import Any
+from collections.abc import Iterator
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,12 +21,10 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs.calls.core import SessionTable
-from cryptify.crs.calls.session import ANSWER_TIMEOUT, MAX_SESSIONS_PER_URI, RelayLegs
+from cryptify.crs.calls.session import ANSWER_TIMEOUT, MAX_SESSIONS_PER_URI
 from cryptify.crs.pool.calls_core import (
     FRAME_TYPES,
     HANGUP_FRAME,
@@ -42,87 +38,17 @@ from cryptify.crs.pool.calls_core import (
     PoolCalls,
     decode_call,
 )
-from cryptify.crs.pool.wire import Envelope, WireError, decode_frame, encode_frame
-from cryptify.crs.trace import TraceHub
-from tests.fakes import Att, FakeParties
+from cryptify.crs.pool.wire import WireError
+from tests.calls_support import CallNode, FakeCallLink, kinds
+from tests.fakes import Att
 
 HOME = {"tel:+1": "crs1", "tel:+3": "crs1", "tel:+2": "crs2", "tel:+4": "crs2", "tel:+5": "crs2"}
 
 
-class CountingRelay:
-    """Relay sessions at once, each counted until released."""
-
-    def __init__(self, host: str) -> None:
-        self.host = host
-        self.live: set[str] = set()
-        self.released: list[str] = []
-
-    def allocate(self, session: str) -> defer.Deferred[RelayLegs]:
-        self.live.add(session)
-        return defer.succeed(RelayLegs(self.host, 5146, b"A" * 8, b"B" * 8))
-
-    def release(self, session: str) -> None:
-        self.live.discard(session)
-        self.released.append(session)
-
-
-class FakePoolLink:
-    """Both instances' ends of one pool link: frames are encoded, queued in
-    order and decoded at the other end; a cut link drops what is queued."""
-
-    def __init__(self) -> None:
-        self.up = True
-        self.queue: deque[tuple[str, bytes]] = deque()
-        self.ends: dict[str, PoolCalls] = {}
-        self.sent: list[tuple[str, str, dict[str, object]]] = []
-
-    def end(self, me: str) -> Any:
-        link = self
-
-        class End:
-            def send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
-                frame = encode_frame(frame_type, fields)
-                if not link.up:
-                    return False
-                link.sent.append((me, frame_type, dict(fields)))
-                link.queue.append((me, frame))
-                return True
-
-        return End()
-
-    def flush(self, limit: int | None = None) -> None:
-        """Deliver queued frames (all, or at most ``limit``)."""
-        count = 0
-        while self.queue and (limit is None or count < limit):
-            sender, frame = self.queue.popleft()
-            (length,) = struct.unpack(">I", frame[:4])
-            envelope = decode_frame(frame[4 : 4 + length])
-            assert isinstance(envelope, Envelope)
-            receiver = "crs2" if sender == "crs1" else "crs1"
-            self.ends[receiver].receive(sender, envelope.type, envelope.fields)
-            count += 1
-
-    def cut(self) -> None:
-        self.up = False
-        self.queue.clear()
-        self.ends["crs1"].link_changed("crs2", False)
-        self.ends["crs2"].link_changed("crs1", False)
-
-    def heal(self) -> None:
-        self.up = True
-        self.ends["crs1"].link_changed("crs2", True)
-        self.ends["crs2"].link_changed("crs1", True)
-
-
-class Instance:
-    def __init__(self, name: str, clock: Clock, link: FakePoolLink, ids: Any) -> None:
+class Instance(CallNode):
+    def __init__(self, name: str, clock: Clock, link: FakeCallLink, ids: Iterator[str]) -> None:
+        super().__init__(f"{name}.example", clock, ids)
         self.name = name
-        self.parties = FakeParties()
-        self.relay = CountingRelay(f"{name}.example")
-        self.traced: list[str] = []
-        hub = TraceHub(clock.seconds)
-        hub.subscribe("session", self.traced.append)
-        self.table = SessionTable(self.parties, self.relay, clock, hub, lambda: next(ids))
         self.calls = PoolCalls(name, self.table, self.parties, link.end(name), HOME.get, clock)
         link.ends[name] = self.calls
         for uri, home in HOME.items():
@@ -130,51 +56,19 @@ class Instance:
                 self.parties.online[uri] = Att(uri)
                 self.parties.known_uris.add(uri)
 
-    # what the attach wiring does with a client's messages
-    def ringing(self, uri: str, session: str) -> None:
-        if not self.calls.client_ringing(uri, session):
-            self.table.ringing(uri, session)
-
-    def talk(self, uri: str, session: str) -> None:
-        if not self.calls.client_talk(uri, session):
-            self.table.talk(uri, session)
-
-    def hangup(self, uri: str, session: str, code: str = "normal") -> None:
-        if not self.calls.client_hangup(uri, session, code, None):
-            self.table.hangup(uri, session, code)
-
-    def hold(self, uri: str, session: str, held: bool = True) -> None:
-        if not self.calls.client_hold(uri, session, held):
-            self.table.hold(uri, session, held)
-
-    def resume(self, uri: str, session: str) -> None:
-        self.hold(uri, session, False)
-
-    def detach(self, uri: str) -> None:
-        self.parties.online.pop(uri, None)
-        self.table.detached(uri)
-        self.calls.client_detached(uri)
-
-    def attach(self, uri: str) -> None:
-        self.parties.online[uri] = Att(uri)
-
 
 class Pair:
     """crs1 and crs2 joined by a fake link, on one clock."""
 
     def __init__(self) -> None:
         self.clock = Clock()
-        self.link = FakePoolLink()
+        self.link = FakeCallLink("crs1", "crs2")
         ids = (f"s{i}" for i in itertools.count(1))
         self.a = Instance("crs1", self.clock, self.link, ids)
         self.b = Instance("crs2", self.clock, self.link, ids)
 
     def at(self, uri: str) -> Instance:
         return self.a if HOME[uri] == "crs1" else self.b
-
-
-def kinds(sent: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str]]:
-    return [(uri, kind) for uri, kind, _ in sent]
 
 
 class CrossCallTests(SynchronousTestCase):

@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from typing import IO, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.task import deferLater
@@ -59,6 +59,8 @@ from .cli_args import ACTIONS, HELP, build_parser
 
 #: Seconds to wait for the attach before giving up (call, answer, send).
 ATTACH_WAIT = 30.0
+
+T = TypeVar("T")
 
 
 def describe(event: PhoneEvent) -> str:
@@ -192,7 +194,9 @@ def _printer(out: IO[str]) -> Callable[[PhoneEvent], None]:
     return show
 
 
-def make_phone(reactor: IReactor, args: argparse.Namespace, out: IO[str], **kw: Any) -> Phone:
+def make_phone(
+    reactor: IReactor, args: argparse.Namespace, out: IO[str], fetch_on_attach: bool = False
+) -> Phone:
     servers, names = expand_servers(args.server)
     host, port = servers[0]
     return Phone(
@@ -208,17 +212,15 @@ def make_phone(reactor: IReactor, args: argparse.Namespace, out: IO[str], **kw: 
         loop_play=args.loop,
         codecs=getattr(args, "codecs", None) or (),
         domains=getattr(args, "domains", None) or {},
-        **kw,
+        fetch_on_attach=fetch_on_attach,
     )
 
 
-def _within(
-    reactor: IReactor, d: defer.Deferred[Any], seconds: float | None
-) -> defer.Deferred[Any]:
-    """``d``, or ``None`` after ``seconds``."""
+async def _within(reactor: IReactor, d: defer.Deferred[T], seconds: float | None) -> T | None:
+    """What ``d`` fires with, or ``None`` after ``seconds``."""
     if seconds is None:
-        return d
-    return d.addTimeout(seconds, reactor, onTimeoutCancel=lambda result, timeout: None)
+        return await d
+    return await d.addTimeout(seconds, reactor, onTimeoutCancel=lambda result, timeout: None)
 
 
 def _ended(call: Call) -> Callable[[PhoneEvent], bool]:
@@ -263,7 +265,7 @@ async def call_main(reactor: IReactor, args: argparse.Namespace, out: IO[str]) -
             lambda e: isinstance(e, CallEvent) and e.call is call and e.kind in (TALK, END)
         )
         first = await answered
-        if first.kind == END:
+        if not isinstance(first, CallEvent) or first.kind == END:
             return 1
         if args.dtmf:
             reactor.callLater(DTMF_DELAY, _send_dtmf, phone, call, args.dtmf, out)
@@ -296,7 +298,7 @@ async def answer_main(reactor: IReactor, args: argparse.Namespace, out: IO[str])
         event = await phone.until(
             lambda e: isinstance(e, GaveUp) or (isinstance(e, CallEvent) and e.kind == INCOMING)
         )
-        if isinstance(event, GaveUp):
+        if not isinstance(event, CallEvent):  # the client gave up
             return 1
         call = event.call
         ended = phone.until(_ended(call))
@@ -393,7 +395,7 @@ async def _post(
 ) -> Posted | None:
     """Post one message until the CRS stores it: retried with the same key after
     ``error unavailable`` (or ``internal``) and after a lost connection."""
-    answer: Any = None
+    answer: PhoneEvent | None = None
     for _attempt in range(SEND_ATTEMPTS):
         if not phone.messenger.attached:
             if await _within(reactor, phone.until(_is_attached), ATTACH_WAIT) is None:

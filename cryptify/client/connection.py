@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -217,7 +216,8 @@ class UmsgClientProtocol(Protocol):
         self.done.callback(self.why)
 
 
-Connector = Callable[[str, int, "Factory[Any]"], "defer.Deferred[Any]"]
+#: Opens a connection to HOST:PORT for a factory (TLS in the client, in memory in tests).
+Connector = Callable[[str, int, IProtocolFactory], "defer.Deferred[IProtocol]"]
 
 
 @attrs.define(eq=False)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import secrets
 from array import array
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import attrs
 from pylibsrtp import Error as SrtpError
@@ -264,8 +263,8 @@ class MediaStream:
     sent: int = 0
     received: int = 0
     rejected: int = 0
-    _tx: Any = None
-    _rx: Any = None
+    _tx: Session = attrs.field(init=False, repr=False)
+    _rx: Session = attrs.field(init=False, repr=False)
     _encoder: opus.Encoder | None = None
     _decoder: opus.Decoder | None = None
 
@@ -391,7 +390,7 @@ class MediaLeg(DatagramProtocol):
             for datagram in self.stream.next_datagrams():
                 self.transport.write(datagram, self.relay)
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         if (addr[0], addr[1]) != self.relay:
             return
         if self.stream.datagram_received(datagram) and self.on_packet is not None:

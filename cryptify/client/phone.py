@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from twisted.internet import defer
 
@@ -70,7 +69,7 @@ class Phone:
         #: The recording of every call that had media, by call.
         self.recordings: dict[Call, Recorder] = {}
         self._ended_streams: dict[Call, MediaStream] = {}
-        self._waiters: list[tuple[Callable[[PhoneEvent], bool], defer.Deferred[Any]]] = []
+        self._waiters: list[tuple[Callable[[PhoneEvent], bool], defer.Deferred[PhoneEvent]]] = []
 
         def session(send: Callable[[Message], None]) -> ClientSession:
             made = make_session(send)
@@ -84,7 +83,7 @@ class Phone:
 
     # ------------------------------------------------------------ control
 
-    def start(self) -> defer.Deferred[Any]:
+    def start(self) -> defer.Deferred[PhoneEvent]:
         """Connect; fires with the first :class:`Attached`."""
         d = self.until(lambda e: isinstance(e, Attached))
         self.client.start()
@@ -140,9 +139,9 @@ class Phone:
         ``to_account``: the recipient's account when another operator hosts it)."""
         return self.messenger.post(to, content, key, to_account)
 
-    def until(self, predicate: Callable[[PhoneEvent], bool]) -> defer.Deferred[Any]:
+    def until(self, predicate: Callable[[PhoneEvent], bool]) -> defer.Deferred[PhoneEvent]:
         """Fires with the next event for which ``predicate`` is true."""
-        d: defer.Deferred[Any] = defer.Deferred()
+        d: defer.Deferred[PhoneEvent] = defer.Deferred()
         self._waiters.append((predicate, d))
         return d
 

@@ -7,15 +7,13 @@ from __future__ import annotations
 import argparse
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocol, IProtocolFactory
 
-from cryptify.client.session import (
-    ClientSession,
-)
+from cryptify.client.connection import Connector
+from cryptify.client.session import ClientSession, Signer
 from cryptify.crypto.keymaterial import KeyMaterial
 from cryptify.protocols.tls import client_context_factory
 from cryptify.protocols.umsg import Message
@@ -70,13 +68,13 @@ def tls_connector(
     insecure: bool,
     bind: str | None = None,
     names: dict[str, str] | None = None,
-) -> Callable[[str, int, Factory[Any]], defer.Deferred[Any]]:
+) -> Connector:
     """A connector for AttachingClient: TLS to HOST:PORT (per-host context);
     the certificate of an address in ``names`` is checked against its name."""
-    creators: dict[str, Any] = {}
+    creators: dict[str, IOpenSSLClientConnectionCreator] = {}
     names = names or {}
 
-    def connect(host: str, port: int, factory: Factory[Any]) -> defer.Deferred[Any]:
+    def connect(host: str, port: int, factory: IProtocolFactory) -> defer.Deferred[IProtocol]:
         if host not in creators:
             creators[host] = client_context_factory(names.get(host, host), ca, verify=not insecure)
         bind_address = (bind, 0) if bind else None
@@ -90,9 +88,9 @@ def session_maker(
     material: KeyMaterial, app: str
 ) -> Callable[[Callable[[Message], None]], ClientSession]:
     """Sessions for the key file's account and URI, signing with its keys."""
-    signers: dict[str, Any] = {}
+    signers: dict[str, Signer] = {}
 
-    def signer_for(period: str) -> Any:
+    def signer_for(period: str) -> Signer:
         if period not in signers:
             signers[period] = material.for_period(period).signer()
         return signers[period]

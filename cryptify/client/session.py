@@ -9,7 +9,7 @@ message type of docs/umsg.md has a handler in :data:`HANDLERS`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
@@ -131,13 +131,13 @@ class ClientSession:
             )
         )
 
-    def request(self, type_: str, **fields: Any) -> int:
+    def request(self, type_: str, **fields: object) -> int:
         """Send a request (``push-token``, ``client-info``, ...); return its id."""
         msg_id = self._id()
         self.send(message(type_, id=msg_id, **fields))
         return msg_id
 
-    def notify(self, type_: str, **fields: Any) -> None:
+    def notify(self, type_: str, **fields: object) -> None:
         """Send a message that has no id (``ringing``, ``delivered``, ...)."""
         self.send(message(type_, **fields))
 

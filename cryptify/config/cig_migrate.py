@@ -26,11 +26,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import IO, TYPE_CHECKING
 
 import attrs
+
+from cryptify.files import write_atomically
 
 from ._base import ConfigError, quote, read_config_file
 from ._cig_grammar import Block, CigGrammar, Stmt
@@ -164,23 +165,12 @@ def appended(text: str, migration: Migration, filename: str = "<string>") -> tup
 def _replace(path: str, text: str) -> None:
     """Write C{path} anew through a temporary file: same owner and mode."""
     info = os.stat(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".cig-migrate-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, info.st_mode & 0o7777)
+
+    def same_owner(fd: int) -> None:
         if os.geteuid() == 0:
-            os.chown(tmp, info.st_uid, info.st_gid)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            os.fchown(fd, info.st_uid, info.st_gid)
+
+    write_atomically(path, text.encode("utf-8"), info.st_mode & 0o7777, prepare=same_owner)
 
 
 USAGE = f"""\

@@ -25,7 +25,7 @@ each scrape; see ``docs/operations.md``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import attrs
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -187,7 +187,7 @@ class CigMetrics:
             ok.add_metric([name], 1 if answered else 0)
         yield ok
         bridge = self.queries.values.get("bridge")
-        if bridge is not None:
+        if isinstance(bridge, Mapping):
             yield from counter_families(p + "bridge_", bridge, gauges={"calls": "calls"})
         if self.reloader is not None:
             yield CounterMetricFamily(

@@ -24,7 +24,7 @@ each scrape; see ``docs/operations.md`` for the list.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import attrs
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -202,12 +202,9 @@ class CrsMetrics:
         if self.pool_messages is not None:
             for key, doc in POOL_MESSAGE_COUNTERS:
                 yield _counter(p + "pool_messages_" + key, doc, self.pool_messages.get(key, 0))
-        if "waiting" in self.queries.values:
-            yield _gauge(
-                p + "messages_waiting",
-                "Messages stored and not yet delivered",
-                self.queries.values["waiting"],
-            )
+        waiting = self.queries.values.get("waiting")
+        if isinstance(waiting, int):
+            yield _gauge(p + "messages_waiting", "Messages stored and not yet delivered", waiting)
         up = GaugeMetricFamily(
             p + "service_up",
             "Whether each part answers (show services): 1 up, 0 down",
@@ -223,7 +220,7 @@ class CrsMetrics:
             ok.add_metric([name], 1 if answered else 0)
         yield ok
         relay = self.queries.values.get("relay")
-        if relay is not None:
+        if isinstance(relay, Mapping):
             yield from counter_families(p + "relay_", relay, gauges={"entries": "sessions"})
         if self.reloader is not None:
             yield _counter(p + "reloads", "Configuration reloads done", self.reloader.reloads)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any, cast
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -34,9 +34,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.policies import ThrottlingFactory
-from twisted.web import resource, server
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
 
 from cryptify.config.crs_model import Endpoint
 from cryptify.reactor import IReactor
@@ -65,14 +68,16 @@ class Queries:
 
     def __init__(
         self,
-        clock: Any,
-        queries: dict[str, Callable[[], Awaitable[Any]]],
+        clock: IReactorTime,
+        queries: dict[str, Callable[[], Awaitable[object]]],
         timeout: float = QUERY_TIMEOUT,
     ) -> None:
         self.clock = clock
         self.queries = queries
         self.timeout = timeout
-        self.values: dict[str, Any] = {}
+        #: The last answers, as the queries gave them: each reader checks
+        #: the shape it expects.
+        self.values: dict[str, object] = {}
         self.ok: dict[str, bool] = {}
         self._running: defer.Deferred[None] | None = None
         self._waiting: list[defer.Deferred[None]] = []
@@ -89,26 +94,25 @@ class Queries:
         runs = [self._run(name, query) for name, query in self.queries.items()]
         return defer.gatherResults(runs, consumeErrors=True).addBoth(self._finished)
 
-    def _run(self, name: str, query: Callable[[], Awaitable[Any]]) -> defer.Deferred[None]:
-        async def once() -> Any:
+    def _run(self, name: str, query: Callable[[], Awaitable[object]]) -> defer.Deferred[None]:
+        async def once() -> object:
             return await query()
 
-        d: defer.Deferred[Any] = defer.ensureDeferred(once())
+        d: defer.Deferred[object] = defer.ensureDeferred(once())
         d.addTimeout(self.timeout, self.clock)
 
-        def answered(value: Any) -> None:
+        def answered(value: object) -> None:
             self.values[name] = value
             self.ok[name] = True
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             self.values.pop(name, None)
             self.ok[name] = False
             log.debug(
                 "metrics query {query} failed: {why}", query=name, why=failure.getErrorMessage()
             )
 
-        d.addCallbacks(answered, failed)
-        return d
+        return d.addCallbacks(answered, failed)
 
     def _finished(self, _: object) -> None:
         self._running = None
@@ -118,7 +122,7 @@ class Queries:
 
 
 def counter_families(
-    prefix: str, stats: Mapping[str, Any], gauges: Mapping[str, str] | None = None
+    prefix: str, stats: Mapping[str, object], gauges: Mapping[str, str] | None = None
 ) -> Iterator[Metric]:
     """One family per numeric entry of C{stats} (a relay's or bridge's counters).
 
@@ -171,7 +175,7 @@ class MetricsPage(resource.Resource):
         self.registry = registry
         self.queries = queries
 
-    def render_GET(self, request: Any) -> Any:
+    def render_GET(self, request: server.Request) -> bytes | int:
         if self.queries is None:
             return self._page(request)
         finished = [False]
@@ -183,7 +187,7 @@ class MetricsPage(resource.Resource):
             request.write(self._page(request))
             request.finish()
 
-        def broken(failure: Any) -> None:
+        def broken(failure: Failure) -> None:
             log.failure("metrics page could not be rendered", failure)
             if not finished[0]:
                 request.setResponseCode(500)
@@ -192,7 +196,7 @@ class MetricsPage(resource.Resource):
         self.queries.refresh().addCallback(write).addErrback(broken)
         return server.NOT_DONE_YET
 
-    def _page(self, request: Any) -> bytes:
+    def _page(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(self.registry)
 
@@ -200,7 +204,7 @@ class MetricsPage(resource.Resource):
 class QuietSite(server.Site):
     """A site that does not log each request."""
 
-    def log(self, request: Any) -> None:
+    def log(self, request: http.Request) -> None:
         pass
 
 
@@ -221,9 +225,9 @@ def metrics_listener(
 ) -> ListenService:
     """Listen for scrapes on C{where} while running; a bind failure stops start-up."""
 
-    def listen() -> Any:
+    def listen() -> IListeningPort:
         site = metrics_site(registry, queries)
         factory = ThrottlingFactory(site, MAX_CONNECTIONS)
-        return reactor.listenTCP(where.port, cast(Any, factory), interface=where.host)
+        return reactor.listenTCP(where.port, cast(ServerFactory, factory), interface=where.host)
 
     return ListenService("metrics", f"{where.host}:{where.port}", listen)

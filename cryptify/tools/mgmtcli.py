@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import IO, Any, NoReturn
 
 from twisted.internet import defer, error
@@ -24,6 +24,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from cryptify.cookie import CookieError
+from cryptify.protocols.amp_calls import AnswerError
 from cryptify.protocols.mgmt import (
     BadCookie,
     CommandFailed,
@@ -83,10 +84,17 @@ def render_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_table(out: IO[str], answer: dict[str, Any]) -> int:
-    """Print the table of a management answer (``{"table": {columns, rows}}``)."""
-    table = answer["table"]
-    out.write(render_table(table["columns"], table["rows"]))
+def write_table(out: IO[str], answer: Mapping[str, object]) -> int:
+    """Print the table of a management answer (``{"table": {columns, rows}}``);
+    L{AnswerError} when it holds no such table."""
+    table = answer.get("table")
+    columns = table.get("columns") if isinstance(table, dict) else None
+    rows = table.get("rows") if isinstance(table, dict) else None
+    if not isinstance(columns, list) or not isinstance(rows, list):
+        raise AnswerError("the answer holds no table of columns and rows")
+    if not all(isinstance(row, list) for row in rows):
+        raise AnswerError("a row of the table is not a list")
+    out.write(render_table([str(c) for c in columns], rows))
     return EXIT_OK
 
 
@@ -165,6 +173,9 @@ async def execute(
         return EXIT_FAILED
     except (error.ConnectionDone, error.ConnectionLost, amp.UnknownRemoteError) as exc:
         err.write(f"{prog}: the {server} closed the connection: {exc}\n")
+        return EXIT_FAILED
+    except AnswerError as exc:
+        err.write(f"{prog}: the {server} answered what this {prog} cannot read: {exc}\n")
         return EXIT_FAILED
     finally:
         if client.transport is not None:

@@ -19,7 +19,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO
 
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from cryptify.cookie import read_cookie
 from cryptify.protocols import cig_admin
+from cryptify.protocols.amp_calls import AnswerError
 from cryptify.protocols.mgmt import ManagementClient
 from cryptify.reactor import IReactor
 from cryptify.tools.manpage import ActionDoc, Arg, Page, action_help, arguments, help_words, select
@@ -255,16 +256,31 @@ def read_config(path: str, out: IO[str], err: IO[str]) -> int:
     return check_config_file(load_cig_config, path, out, err, PROG)
 
 
-def render_status(status: dict[str, Any]) -> str:
-    """The status report in the manual's layout."""
-    lines = [str(status["title"])]
-    for heading, pairs in status["sections"]:
+def _pair(value: object, what: str) -> tuple[object, object]:
+    """Two items of a status answer (a list in JSON); AnswerError if not."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise AnswerError(f"{what} is not a pair")
+    return value[0], value[1]
+
+
+def render_status(status: object) -> str:
+    """The status report in the manual's layout (L{AnswerError} when the
+    answer is not a title and sections of labelled lines)."""
+    sections = status.get("sections") if isinstance(status, dict) else None
+    if not isinstance(status, dict) or not isinstance(sections, (list, tuple)):
+        raise AnswerError("the status holds no sections")
+    lines = [str(status.get("title", ""))]
+    for section in sections:
+        heading, pairs = _pair(section, "a status section")
+        if not isinstance(pairs, (list, tuple)):
+            raise AnswerError("a status section holds no lines")
         lines.append("")
         if heading:
-            lines.append(heading)
+            lines.append(str(heading))
         lines.append("-" * 5)
-        for label, value in pairs:
-            lines.append(f"{label:<26}{value}")
+        for line in pairs:
+            label, value = _pair(line, "a status line")
+            lines.append(f"{label!s:<26}{value}")
     return "\n".join(lines) + "\n"
 
 

@@ -23,8 +23,7 @@ from pathlib import Path
 import attrs
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime
 from twisted.logger import Logger
 
 from cryptify import __version__
@@ -268,7 +267,9 @@ class Uif(service.Service):
         )
         client.start()
 
-    def _connect(self, host: str, port: int, factory: Factory) -> defer.Deferred[object]:
+    def _connect(
+        self, host: str, port: int, factory: IProtocolFactory
+    ) -> defer.Deferred[IProtocol]:
         # A connector that raises (a missing CA file) must not kill the service.
         try:
             return self.connect(host, port, factory)

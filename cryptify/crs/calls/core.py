@@ -69,6 +69,7 @@ from cryptify.crs.calls.session import (
     TALK,
     EndedSession,
     Parties,
+    Party,
     RelayAllocator,
     RelayLegs,
     RemoteCallees,
@@ -93,7 +94,7 @@ class SessionTable:
         trace: TraceHub,
         new_id: Callable[[], str] = lambda: secrets.token_hex(12),
         answer_timeout: float = ANSWER_TIMEOUT,
-        on_invite: Callable[[Any, Any], object] | None = None,
+        on_invite: Callable[[Party, Party], object] | None = None,
         ended_shown_for: float = ENDED_SHOWN_FOR,
     ) -> None:
         self.parties = parties
@@ -186,7 +187,7 @@ class SessionTable:
 
     def invite(
         self,
-        caller: Any,
+        caller: Party,
         request_id: int,
         to: str,
         mikey: bytes,

@@ -8,7 +8,7 @@ The table of sessions is :mod:`cryptify.crs.calls.core`.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.internet import defer
@@ -50,11 +50,21 @@ class RelayLegs:
     callee_tag: bytes
 
 
+class Party(Protocol):
+    """A party of a call: an attached client, or a callee at another CRS."""
+
+    @property
+    def uri(self) -> str: ...
+
+    @property
+    def account(self) -> str: ...
+
+
 class Parties(Protocol):
     """Who is attached here, and how to reach them."""
 
-    def attached(self, uri: str) -> Any | None:
-        """The attachment of ``uri`` (with ``.account``), or None."""
+    def attached(self, uri: str) -> Party | None:
+        """The attachment of ``uri``, or None."""
 
     def known(self, uri: str) -> bool:
         """Whether ``uri`` belongs to an account served here (not-connected vs not-found)."""

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from cryptify.addresses import is_wildcard
 from cryptify.crs.attach.core import AttachCore, AttachSession
-from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.calls.session import RelayLegs
 from cryptify.protocols.relay_control import MAX_BATCH, RelayAllocation
@@ -46,7 +46,7 @@ class RegistryParties:
     def __init__(self, registry: AttachRegistry) -> None:
         self.registry = registry
 
-    def attached(self, uri: str) -> Any | None:
+    def attached(self, uri: str) -> Attachment | None:
         return self.registry.get(uri)
 
     def known(self, uri: str) -> bool:
@@ -257,24 +257,26 @@ def install(core: AttachCore, table: SessionTable) -> None:
         table.invite(
             caller,
             msg.id,
-            msg["to"],
-            msg["mikey"],
-            msg.get("from"),
+            msg.text("to"),
+            msg.octets("mikey"),
+            msg.optional_text("from"),
             msg.get("codecs"),
-            msg.get("to-account"),
+            msg.optional_text("to-account"),
         )
 
     def ringing(session: AttachSession, msg: Message) -> None:
-        table.ringing(session.uri or "", msg["session"])
+        table.ringing(session.uri or "", msg.text("session"))
 
     def talk(session: AttachSession, msg: Message) -> None:
-        table.talk(session.uri or "", msg["session"], msg.get("codec"))
+        table.talk(session.uri or "", msg.text("session"), msg.optional_text("codec"))
 
     def hangup(session: AttachSession, msg: Message) -> None:
-        table.hangup(session.uri or "", msg["session"], msg["code"], msg.get("reason"))
+        table.hangup(
+            session.uri or "", msg.text("session"), msg.text("code"), msg.optional_text("reason")
+        )
 
     def hold(session: AttachSession, msg: Message) -> None:
-        table.hold(session.uri or "", msg["session"], msg.type == "hold")
+        table.hold(session.uri or "", msg.text("session"), msg.type == "hold")
 
     def detached(session: AttachSession, reason: str) -> None:
         if session.uri is not None:

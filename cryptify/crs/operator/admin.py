@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from twisted.logger import Logger
 
@@ -34,10 +35,13 @@ from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import CommandFailed, table
 from cryptify.protocols.relay_control import RelayStats
+from cryptify.protocols.umsg import base_uri
 
 log = Logger(namespace="cryptify.crs.admin")
+T = TypeVar("T")
 
 SERVICES_COLUMNS = ["Server", "Service", "Status"]
+BLACKLIST_COLUMNS = ["URI"]
 ATTACH_COLUMNS = ["URI", "ACCOUNT", "TIME", "VERSION", "IP:PORT", "CRS"]
 SESSION_COLUMNS = ["CALLER", "CALLEE", "TIME", "STATE"]
 MESSAGE_COLUMNS = ["URI", "POST", "DELIV", "READ", "ACCOUNT"]
@@ -158,7 +162,7 @@ class CrsAdmin(PeerCommands):
 
     @crs_admin.Apply.responder
     @deferred
-    async def apply(self, data: Any) -> dict[str, Any]:
+    async def apply(self, data: object) -> dict[str, object]:
         try:
             raw = base64.b64decode(str(data), validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -256,11 +260,14 @@ class CrsAdmin(PeerCommands):
         log.info("{uri} removed from the blacklist of {account}", uri=uri, account=account)
         return {}
 
-    @crs_admin.ShowBlacklist.responder
-    def show_blacklist(self, account: str) -> dict[str, Any]:
+    def blacklist_rows(self, account: str) -> list[list[str]]:
+        """The rows of ``show blacklist ACCOUNT`` (:data:`BLACKLIST_COLUMNS`)."""
         found = self._account(account)
-        rows = [[uri] for uri in found.effective_blacklist(period_of(self.state.clock()))]
-        return {"table": table(["URI"], rows)}
+        return [[uri] for uri in found.effective_blacklist(period_of(self.state.clock()))]
+
+    @crs_admin.ShowBlacklist.responder
+    def show_blacklist(self, account: str) -> dict[str, object]:
+        return {"table": table(BLACKLIST_COLUMNS, self.blacklist_rows(account))}
 
     async def _purge(self, account: str, uri: str | None) -> dict[str, object]:
         matches = self.registry.matching(account=account, uri=uri)
@@ -320,11 +327,12 @@ class CrsAdmin(PeerCommands):
 
     @crs_admin.CheckSlot.responder
     def check_slot(self, uri: str) -> dict[str, object]:
+        base = base_uri(uri)
         try:
-            check_uri(uri.split(";", 1)[0])
+            check_uri(base)
         except AccountError as exc:
             raise failing(exc) from exc
-        slot = slot_of(uri.split(";", 1)[0])
+        slot = slot_of(base)
         if self.state.pool is not None:
             return {"slot": slot, "owner": self.state.pool.owner(slot) or "-"}
         return {"slot": slot, "owner": self.state.slots.owner(slot)}
@@ -357,7 +365,9 @@ class CrsAdmin(PeerCommands):
             answer = await self.state.relay.call(RelayStats)
         except Exception as exc:
             raise CommandFailed(f"the relay does not answer: {exc}") from exc
-        stats = answer["stats"]
+        stats = answer.get("stats")
+        if not isinstance(stats, dict):
+            raise CommandFailed("the relay answered without its statistics")
         return {"table": table(RELAY_COLUMNS, [[str(stats.get(c, 0)) for c in RELAY_COLUMNS]])}
 
     @crs_admin.ShowClientInfo.responder
@@ -423,39 +433,42 @@ class CrsAdmin(PeerCommands):
             raise CommandFailed("statistics are not available")
         return self.state.stats
 
-    async def _stats_call(self, account: str, action: str) -> Any:
+    async def _stats_call(self, account: str, action: Callable[[Statistics], Awaitable[T]]) -> T:
         stats = self._stats(account)
         try:
-            return await getattr(stats, action)(account)
+            return await action(stats)
         except Exception as exc:
             raise CommandFailed(f"the statistics store does not answer: {exc}") from exc
 
     @crs_admin.StatsEnable.responder
     @deferred
     async def stats_enable(self, account: str) -> dict[str, object]:
-        await self._stats_call(account, "enable")
+        await self._stats_call(account, lambda stats: stats.enable(account))
         log.info("statistics enabled for {account}", account=account)
         return {}
 
     @crs_admin.StatsDisable.responder
     @deferred
     async def stats_disable(self, account: str) -> dict[str, object]:
-        await self._stats_call(account, "disable")
+        await self._stats_call(account, lambda stats: stats.disable(account))
         log.info("statistics disabled for {account}", account=account)
         return {}
 
     @crs_admin.StatsClear.responder
     @deferred
     async def stats_clear(self, account: str) -> dict[str, object]:
-        cleared = await self._stats_call(account, "clear")
+        cleared = await self._stats_call(account, lambda stats: stats.clear(account))
         log.info("statistics cleared for {account}", account=account)
         return {"cleared": cleared}
 
+    async def stats_rows(self, account: str) -> list[list[str]]:
+        """The rows of ``stats export ACCOUNT`` (:data:`STATS_COLUMNS`)."""
+        return await self._stats_call(account, lambda stats: stats.export(account))
+
     @crs_admin.StatsExport.responder
     @deferred
-    async def stats_export(self, account: str) -> dict[str, Any]:
-        rows = await self._stats_call(account, "export")
-        return {"table": table(list(STATS_COLUMNS), rows)}
+    async def stats_export(self, account: str) -> dict[str, object]:
+        return {"table": table(list(STATS_COLUMNS), await self.stats_rows(account))}
 
     # -- traces ----------------------------------------------------------------
 

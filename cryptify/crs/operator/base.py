@@ -5,8 +5,8 @@ turning errors into ``CommandFailed`` answers."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import ParamSpec, TypeVar
 
 from twisted.internet import defer
 from twisted.protocols import amp
@@ -20,17 +20,20 @@ from cryptify.crs.pool.wire import WireError
 from cryptify.protocols.mgmt import CommandFailed, ManagementProtocol
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def failing(error: Exception) -> CommandFailed:
     return CommandFailed(str(error))
 
 
-def deferred(fn: Callable[..., Awaitable[T]]) -> Callable[..., defer.Deferred[T]]:
+def deferred(
+    fn: Callable[P, Coroutine[defer.Deferred[object], object, T]],
+) -> Callable[P, defer.Deferred[T]]:
     """Let an ``async`` method serve as an AMP responder."""
 
-    def wrapper(*args: Any, **kwargs: Any) -> defer.Deferred[T]:
-        return defer.ensureDeferred(fn(*args, **kwargs))  # type: ignore[arg-type]
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> defer.Deferred[T]:
+        return defer.ensureDeferred(fn(*args, **kwargs))
 
     wrapper.__name__ = fn.__name__
     return wrapper

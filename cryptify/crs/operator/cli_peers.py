@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO
 
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import ManagementClient
@@ -55,7 +55,7 @@ async def admin_change(client: ManagementClient, args: argparse.Namespace, out: 
     return EXIT_OK
 
 
-def pool_line(out: IO[str], answer: Mapping[str, Any]) -> None:
+def pool_line(out: IO[str], answer: Mapping[str, object]) -> None:
     """In a pool, which instances have applied the command (docs/pool.md)."""
     where = answer.get("pool")
     if where:

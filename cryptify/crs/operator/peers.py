@@ -8,14 +8,19 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from typing import Any
 
 from twisted.logger import Logger
 
 from cryptify.crs.interwork.peers import IwPeerError, IwPeers, check_peer
 from cryptify.crs.operator.base import CommandsBase, deferred, failing
 from cryptify.crs.pool.changes_core import Kind
-from cryptify.crs.remote_admin.store import KEY_BYTES, AdminError, AdminStore, fingerprint
+from cryptify.crs.remote_admin.store import (
+    KEY_BYTES,
+    Admin,
+    AdminError,
+    AdminStore,
+    fingerprint,
+)
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import CommandFailed, table
 
@@ -185,7 +190,7 @@ class PeerCommands(CommandsBase):
             {"name": name, "account": account, "authorization": authorization},
         )
 
-    def _one_admin(self, name: str) -> Any:
+    def _one_admin(self, name: str) -> Admin:
         admins = self._admins()
         try:
             return admins.admin(name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 from twisted.protocols import amp
@@ -38,7 +38,7 @@ def probe_up(answer: bool | str) -> bool:
 class RelayControl(Protocol):
     """What ``show relay`` needs of the control link to ``crs_relay``."""
 
-    async def call(self, command: type[amp.Command], **kwargs: Any) -> dict[str, Any]: ...
+    async def call(self, command: type[amp.Command], **kwargs: object) -> Mapping[str, object]: ...
 
 
 class PoolView(Protocol):
@@ -66,6 +66,14 @@ class PoolOps(Protocol):
 
     async def wake(self, account: str, uri: str) -> list[tuple[str, str]]:
         """Ask every live peer to wake ``uri``; (peer, what happened) for each."""
+
+
+class Waker(Protocol):
+    """What ``wakeup client`` needs of the push wake path
+    (:class:`cryptify.crs.push.wiring.Pusher`)."""
+
+    async def wake(self, account: str, uri: str) -> str:
+        """Wake ``uri`` through the push token it left; what happened."""
 
 
 class IwView(Protocol):
@@ -124,7 +132,7 @@ class CrsState:
     admins: AdminStore | None = None
     pid: int = attrs.field(factory=os.getpid)
     #: Push wake-ups (``wakeup client``; docs/push.md), when ``features push``.
-    push: Any | None = None
+    push: Waker | None = None
     #: The inter-working peers (``iw-crs.conf``) and their link (``show iw-crs``).
     iw: IwPeers | None = None
     iw_link: IwView | None = None

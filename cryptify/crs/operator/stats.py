@@ -26,13 +26,20 @@ Counted only while the account is enabled:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from cryptify.crypto.identity import period_of
+
+if TYPE_CHECKING:
+    from txredisapi import RedisProtocol
+
+    from cryptify.crs.attach.registry import Attachment
+    from cryptify.crs.calls.session import Party
+    from cryptify.crs.redis.store import RedisStore
 
 log = Logger(namespace="cryptify.crs.stats")
 
@@ -66,7 +73,7 @@ def index_key(account: str) -> str:
 class Statistics:
     """Counters of enabled accounts, in Redis; ``store`` returns the ``redis_low`` store."""
 
-    def __init__(self, store: Callable[[], Any], clock: Callable[[], float]) -> None:
+    def __init__(self, store: Callable[[], RedisStore], clock: Callable[[], float]) -> None:
         self.store = store
         self.clock = clock
         # Which accounts count, re-read at most every ENABLED_TTL seconds: a
@@ -74,7 +81,7 @@ class Statistics:
         self._enabled: frozenset[str] = frozenset()
         self._enabled_at: float | None = None
 
-    def _client(self) -> Any:
+    def _client(self) -> RedisProtocol:
         return self.store().client
 
     # -- operator actions --------------------------------------------------------
@@ -155,17 +162,17 @@ class Statistics:
 
     # -- hooks (fire and forget) ---------------------------------------------------
 
-    def _background(self, work: Any) -> None:
+    def _background(self, work: Coroutine[defer.Deferred[object], object, None]) -> None:
         defer.ensureDeferred(work).addErrback(
             lambda f: log.debug("statistics not recorded: {why}", why=f.getErrorMessage())
         )
 
-    def on_attach(self, attachment: Any) -> None:
+    def on_attach(self, attachment: Attachment) -> None:
         """An :class:`~cryptify.crs.attach.registry.AttachRegistry` ``on_attach`` listener."""
         period = getattr(attachment, "period", "") or period_of(attachment.since)
         self._background(self.attached(attachment.account, attachment.uri, period))
 
-    def on_invite(self, caller: Any, callee: Any) -> None:
+    def on_invite(self, caller: Party, callee: Party) -> None:
         """A :class:`~cryptify.crs.calls.core.SessionTable` ``on_invite`` hook."""
 
         async def run() -> None:

@@ -30,11 +30,18 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from cryptify.addresses import is_wildcard
 from cryptify.crs.relay.core import CREDIT_CAP, Address, Leg, RelaySession
+
+if TYPE_CHECKING:
+    from cffi import FFI
+
+    #: A C value handed over by cffi (``struct bpf_object *``, ...).
+    CData = FFI.CData
 
 __all__ = ["OBJECT_PATH", "KernelPath", "KernelPathUnavailable", "interfaces_for"]
 
@@ -156,7 +163,7 @@ def interfaces_for(host: str) -> list[tuple[int, str]]:
     interface when the relay listens on ``0.0.0.0``."""
     found = []
     for index, name in socket.if_nameindex():
-        if name == "lo" or host == "0.0.0.0" or _ipv4_of(name) == host:
+        if name == "lo" or is_wildcard(host) or _ipv4_of(name) == host:
             found.append((index, name))
     return found
 
@@ -191,12 +198,12 @@ class KernelPath:
     (``CLOCK_MONOTONIC``).
     """
 
-    obj: Any
+    obj: CData | None
     prog_fd: int
     legs_fd: int
     stats_fd: int
     links: list[int] = attrs.Factory(list)
-    tc_hooks: list[Any] = attrs.Factory(list)
+    tc_hooks: list[CData] = attrs.Factory(list)
     interfaces: list[str] = attrs.Factory(list)
     mode: str = ""
     credit_cap: int = CREDIT_CAP
@@ -243,7 +250,7 @@ class KernelPath:
                 raise KernelPathUnavailable("the BPF object lacks its program or maps")
             prog_fd, legs_fd, stats_fd, config_fd = fds
             config = ffi.new("struct config *")
-            if host != "0.0.0.0":
+            if not is_wildcard(host):
                 config.relay_ip = struct.unpack("=I", socket.inet_aton(host))[0]
             config.relay_port = struct.unpack("=H", struct.pack("!H", port))[0]
             rc = lib.bpf_map_update_elem(config_fd, ffi.new("uint32_t *"), config, _BPF_ANY)
@@ -381,8 +388,9 @@ class KernelPath:
         return out
 
 
-def _key(tag: bytes) -> Any:
-    return _ffi.new("uint64_t *", int.from_bytes(tag, "little"))
+def _key(tag: bytes) -> CData:
+    key: CData = _ffi.new("uint64_t *", int.from_bytes(tag, "little"))
+    return key
 
 
 def _update(leg: Leg, value: Any) -> None:

@@ -34,6 +34,8 @@ from twisted.logger import Logger
 from twisted.web import server
 
 from cryptify.crs.accounts import ACCOUNT_ID
+from cryptify.crs.operator.admin import BLACKLIST_COLUMNS
+from cryptify.crs.operator.stats import COLUMNS as STATS_COLUMNS
 from cryptify.crs.remote_admin.auth import Denied, Refused, Session
 from cryptify.crs.remote_admin.server import AdminService, peer_of, request_line
 from cryptify.crs.remote_admin.store import Admin
@@ -284,8 +286,8 @@ class Console:
         if rest == ["blacklist"] and method == b"GET":
             admin = gate.authorize(token, account, "update", now)
             session, _ = gate.session(token, now)
-            found = service.ops.show_blacklist(account)["table"]
-            body = table_html(found["columns"], found["rows"], "blacklist")
+            rows = service.ops.blacklist_rows(account)
+            body = table_html(BLACKLIST_COLUMNS, rows, "blacklist")
             return 200, page(f"Blacklist of {account}", body, session.csrf)
         if rest == ["update"]:
             admin = gate.authorize(token, account, "update", now)
@@ -319,8 +321,8 @@ class Console:
 
     async def _stats_page(self, admin: Admin, session: Session, account: str) -> bytes:
         try:
-            found = (await self.service.ops.stats_export(account))["table"]
-            body = table_html(found["columns"], found["rows"], "stats")
+            rows = await self.service.ops.stats_rows(account)
+            body = table_html(list(STATS_COLUMNS), rows, "stats")
         except CommandFailed as exc:
             body = f'<p class="error">{_esc(exc)}</p>'
         forms = "".join(
