@@ -1,12 +1,20 @@
 """Message benchmark: messages per second end to end (post -> delivered), with latency.
 
     .venv/bin/python bench/messages.py [--pairs 100] [--workers 2] [--depth 1] [--seconds 10]
+                                       [--generator lean|reference]
 
 Starts a real `twistd crs-relay` and `twistd crs` (managed Redis, one
 account), issues keys for ``2 * pairs`` users, and runs ``--workers``
 generator processes.  Each generator attaches its share of the pairs over
 real TLS + WebSocket + ECCSI (the reference client's
-:class:`~cryptify.client.session.ClientSession`).  Each sender keeps
+:class:`~cryptify.client.session.ClientSession` signs the challenge).
+The default ``lean`` generator then drives its long-lived connections from
+one epoll loop over stdlib TLS sockets, writing frames made from
+templates (:mod:`cryptify.client.loadgen`: the CBOR and WebSocket framing
+of a pair's post is built once, only the request id and the content are
+put in), so that it costs a fraction of what the CRS does per message;
+``--generator reference`` runs the reference client on Twisted instead
+(what a real client costs).  Each sender keeps
 ``--depth`` posts in flight to its recipient: the CRS stores each one
 durably in ``redis_low`` (AOF), answers ``posted`` and sends it to the
 recipient as ``message``; the recipient confirms with ``delivered`` (the
@@ -52,7 +60,180 @@ from bench._procs import BenchCrs, cpu_budget, proc_cpu  # noqa: E402
 
 
 def worker(spec: dict[str, Any]) -> None:
-    """One generator process: attach the pairs, keep posts in flight, report."""
+    """One generator process: lean when the spec says so (bench/messages.py
+    does by default; bench/pool.py and bench/iw.py run the reference client)."""
+    if spec.get("generator", "reference") == "lean":
+        lean_worker(spec)
+    else:
+        reference_worker(spec)
+
+
+def _attach_blocking(host: str, port: int, ca: str | None, blob: str) -> Any:
+    """A TLS + WebSocket connection attached as the key blob's user, made with
+    blocking calls (the reference client's sans-IO session signs the
+    challenge); returns the TLS socket, set up for the lean loop."""
+    import socket
+    import ssl
+
+    from cryptify.client.servers import session_maker
+    from cryptify.client.session import Attached, Refused
+    from cryptify.crypto.keymaterial import KeyMaterial
+    from cryptify.protocols.umsg import decode_from_server, encode_from_client
+    from cryptify.protocols.umsg_ws import Opened, Received, UmsgWebSocket
+
+    if ca is None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context = ssl.create_default_context(cafile=ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    raw = socket.create_connection((host, port), timeout=30)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tls = context.wrap_socket(raw, server_hostname=host)
+    ws = UmsgWebSocket.connect(host)
+    session = session_maker(KeyMaterial.from_blob(blob), "bench-messages")(
+        lambda msg: ws.send(encode_from_client(msg))
+    )
+    while True:
+        out = ws.outgoing()
+        if out:
+            tls.sendall(out)
+        data = tls.recv(65536)
+        if not data:
+            raise RuntimeError("the CRS closed the connection during the attach")
+        for event in ws.receive(data):
+            if isinstance(event, Opened):
+                session.start()
+            elif isinstance(event, Received):
+                for result in session.received(decode_from_server(event.data)):
+                    if isinstance(result, Attached):
+                        tls.settimeout(None)
+                        return tls
+                    if isinstance(result, Refused):
+                        raise RuntimeError(f"attach refused: {result}")
+
+
+def lean_worker(spec: dict[str, Any]) -> None:
+    """One lean generator process: blocking attach, then one epoll loop over
+    stdlib TLS sockets writing pre-encoded frames (cryptify.client.loadgen)."""
+    import select
+
+    import cbor2
+
+    from cryptify.client.loadgen import PostTemplate, ServerFrames, delivered_frame
+
+    host_of: dict[str, str] = spec.get("host_of", {})
+    to_account: dict[str, str] = spec.get("to_account", {})
+    size = max(8, spec["size"])
+    padding = b"\x00" * (size - 8)
+    pack, unpack, monotonic = (
+        struct.Struct(">d").pack,
+        struct.Struct(">d").unpack_from,
+        time.monotonic,
+    )
+    loads = cbor2.loads
+    state = {"messages": 0, "measuring": False, "stop": False, "errors": 0}
+    latencies: list[float] = []
+    poll = select.epoll()
+    # per file descriptor: (socket, frame reader, handler)
+    conns: dict[int, tuple[Any, ServerFrames, Any]] = {}
+    senders: dict[str, Any] = {}
+
+    class Sender:
+        __slots__ = ("next_id", "template", "tls")
+
+        def __init__(self, tls: Any, template: PostTemplate) -> None:
+            self.tls, self.template, self.next_id = tls, template, 1
+
+        def post(self) -> None:
+            if state["stop"]:
+                return
+            request_id = self.next_id
+            self.next_id = request_id + 1 if request_id < 0xFFFFFFFF else 1
+            self.tls.sendall(self.template.frame(request_id, pack(monotonic()) + padding))
+
+        def received(self, payload: bytes) -> None:
+            # posted and delivered need no work; an error is counted
+            if b"error" in payload:
+                fields = loads(payload)
+                if fields.get("type") == "error":
+                    state["errors"] += 1
+                    if state["errors"] <= 5:
+                        print(f"error: {fields}", file=sys.stderr)
+
+    class Recipient:
+        __slots__ = ("sender", "tls")
+
+        def __init__(self, tls: Any, sender: Sender) -> None:
+            self.tls, self.sender = tls, sender
+
+        def received(self, payload: bytes) -> None:
+            fields = loads(payload)
+            if fields.get("type") != "message":
+                return
+            self.tls.sendall(delivered_frame(fields["message"]))
+            if state["measuring"]:
+                state["messages"] += 1
+                latencies.append(monotonic() - unpack(fields["content"])[0])
+            self.sender.post()
+
+    for sender_uri, recipient_uri, sender_keys, recipient_keys in spec["pairs"]:
+        tls = _attach_blocking(
+            host_of.get(sender_uri, "127.0.0.1"), spec["port"], spec.get("ca"), sender_keys
+        )
+        sender = Sender(tls, PostTemplate(recipient_uri, size, to_account.get(recipient_uri)))
+        senders[sender_uri] = sender
+        conns[tls.fileno()] = (tls, ServerFrames(), sender)
+        tls = _attach_blocking(
+            host_of.get(recipient_uri, "127.0.0.1"), spec["port"], spec.get("ca"), recipient_keys
+        )
+        conns[tls.fileno()] = (tls, ServerFrames(), Recipient(tls, sender))
+    for fd in conns:
+        poll.register(fd, select.EPOLLIN)
+    for sender in senders.values():
+        for _ in range(spec["depth"]):
+            sender.post()
+
+    def serve(until: float) -> None:
+        while True:
+            now = monotonic()
+            if now >= until:
+                return
+            for fd, _ in poll.poll(min(0.05, until - now)):
+                tls, frames, handler = conns[fd]
+                data = tls.recv(262144)
+                while tls.pending():
+                    data += tls.recv(262144)
+                if not data:
+                    raise RuntimeError("the CRS closed a connection")
+                for payload in frames.feed(data):
+                    handler.received(payload)
+
+    serve(monotonic() + spec["warmup"])
+    cpu0, t0 = time.process_time(), monotonic()
+    state["measuring"] = True
+    with open(spec["started"], "w") as f:
+        f.write("started")
+    serve(t0 + spec["seconds"])
+    state["measuring"] = False
+    cpu, wall = time.process_time() - cpu0, monotonic() - t0
+    state["stop"] = True
+    report = {
+        "messages": state["messages"],
+        "cpu": cpu,
+        "wall": wall,
+        "errors": state["errors"],
+        "latencies": latencies,
+    }
+    print(json.dumps(report), flush=True)
+    for tls, _, _ in conns.values():
+        tls.close()
+
+
+def reference_worker(spec: dict[str, Any]) -> None:
+    """One generator process on the reference client (``--generator reference``):
+    attach the pairs, keep posts in flight, report."""
     from twisted.internet import defer, reactor, task
     from twisted.internet.protocol import Factory
 
@@ -158,6 +339,9 @@ def main() -> None:
     # (Little's law): the default keeps the queue short enough for the p99 target.
     parser.add_argument("--depth", type=int, default=1)
     parser.add_argument("--size", type=int, default=64)
+    # lean: pre-encoded frames over stdlib TLS (cryptify.client.loadgen);
+    # reference: the reference client on Twisted, as a real client costs
+    parser.add_argument("--generator", choices=("lean", "reference"), default="lean")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -180,6 +364,7 @@ def main() -> None:
                 "warmup": args.warmup,
                 "depth": args.depth,
                 "size": args.size,
+                "generator": args.generator,
             },
         )
         results = []
@@ -214,6 +399,7 @@ def main() -> None:
                     "workers": args.workers,
                     "depth": args.depth,
                     "size": args.size,
+                    "generator": args.generator,
                     "seconds": round(wall, 2),
                     "messages": messages,
                     "messages_per_second": round(rate, 1),

@@ -58,8 +58,9 @@ class MessageStoreTests(_Store):
         self.assertEqual(keys, [])
         self.assertEqual(args[:2], ["1000", str(7 * 24 * 3600 + 1)])
         now = str(int(NOW * 1000))
+        self.assertEqual(len(args), 4)
         self.assertEqual(
-            args[2:14],
+            args[2].split("\x00"),
             [
                 "id1",
                 "tel:+1",
@@ -76,7 +77,7 @@ class MessageStoreTests(_Store):
             ],
         )
         self.assertEqual(
-            args[14:],
+            args[3].split("\x00"),
             [
                 "id2",
                 "tel:+3",
@@ -196,7 +197,7 @@ class MessageStoreTests(_Store):
         unknown = self.store.delivered("tel:+2", "nope")
         self.clock.advance(0)
         [(_, _, args, _)] = self.redis.client.calls
-        self.assertEqual(args, ["tel:+2", "id1", "msgstat:", "tel:+2", "nope", ""])
+        self.assertEqual(args, ["tel:+2\x00id1\x00msgstat:", "tel:+2\x00nope\x00"])
         self.answer("tel:+1 content\n")
         self.assertEqual(self.successResultOf(known), ("tel:+1", "content"))
         self.assertIsNone(self.successResultOf(unknown))

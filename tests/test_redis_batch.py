@@ -57,9 +57,23 @@ class ScriptBatchTests(SynchronousTestCase):
         self.assertEqual(self.redis.calls, [])
         self.clock.advance(0)
         [(script, keys, args, _)] = self.redis.calls
-        self.assertIn("pcall(item, i)", script)
-        self.assertEqual((keys, args), ([], ["H", "a", "1", "b", "2"]))
+        self.assertIn("pcall(item, f)", script)
+        self.assertEqual((keys, args), ([], ["H", "a\x001", "b\x002"]))
         self.assertEqual((self.batch.calls, self.batch.items, self.batch.pending), (1, 2, 0))
+
+    def test_nul_in_a_field_fails_that_request(self) -> None:
+        """An item's fields travel joined by NUL: a field holding one fails its
+        request at once, and the others still go."""
+        self.add("a", "1")
+        self.add("b\x00", "2")
+        self.clock.advance(0)
+        [(_, _, args, answer)] = self.redis.calls
+        self.assertEqual(args, ["H", "a\x001"])
+        [failed] = self.results.values
+        self.assertIsInstance(failed, BatchFailed)
+        self.assertIn("NUL", str(failed))
+        answer.callback("1")
+        self.assertEqual(self.results.values[1:], ["1"])
 
     def test_nothing_fires_before_redis_answers(self) -> None:
         """Each request fires with its own line, in order, and only once Redis answered."""
@@ -124,11 +138,11 @@ class ScriptBatchTests(SynchronousTestCase):
         for n in range(5):
             self.add("x", str(n))
         self.assertEqual(len(self.redis.calls), 1)
-        self.assertEqual(len(self.redis.calls[0][2]), 1 + 4 * 2)
+        self.assertEqual(len(self.redis.calls[0][2]), 1 + 4)
         self.assertEqual(self.batch.pending, 1)
         self.clock.advance(0)
         self.assertEqual(len(self.redis.calls), 2)
-        self.assertEqual(self.redis.calls[1][2], ["H", "x", "4"])
+        self.assertEqual(self.redis.calls[1][2], ["H", "x\x004"])
 
     def test_octet_limit(self) -> None:
         """A batch of large arguments goes once ``max_octets`` is reached."""

@@ -482,6 +482,24 @@ class Message:
         return None if self.fields.get(name) is None else self.octets(name)
 
 
+@attrs.frozen(eq=False)
+class Encoded(Message):
+    """A message already encoded (:mod:`cryptify.protocols.umsg_replies`
+    makes the CRS's per-message replies from templates): :func:`encode`
+    returns ``encoded`` for the direction it was made for.  Equal to the
+    :class:`Message` of the same type and fields."""
+
+    encoded: bytes = b""
+    from_server: bool = True
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (self.type, self.fields) == (other.type, other.fields)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 def message(type_: str, /, **fields: Any) -> Message:
     """Build a Message; field names with ``_`` become ``-`` (``relay_host``)."""
     return Message(type_, {k.replace("_", "-"): v for k, v in fields.items() if v is not None})
@@ -520,6 +538,8 @@ def encode(msg: Message, schema: Mapping[str, tuple[Field, ...]]) -> bytes:
     Validation leaves only types of the UMSG subset, so the C encoder of
     cbor2 writes the same octets as :func:`cbor_encode`, faster.
     """
+    if type(msg) is Encoded and msg.from_server == (schema is FROM_SERVER):
+        return msg.encoded
     _validate(schema, msg.type, msg.fields)
     unknown = msg.fields.keys() - _names(schema[msg.type])
     if unknown:

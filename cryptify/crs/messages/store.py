@@ -80,7 +80,8 @@ def stat_key(uri: str) -> str:
 
 
 #: A batch of posts (:class:`~cryptify.crs.redis.batch.ScriptBatch`).  ARGV:
-#: inbox limit, de-duplication seconds, then per post: ID, sender,
+#: inbox limit, de-duplication seconds, then per post (one argument, the
+#: fields joined by NUL octets): ID, sender,
 #: de-duplication key, recipient (as posted), inbox owner (its base
 #: number), account, kind, time (ms), data, known set or '', counters hash
 #: or '', digest.  Answers per post: 1 stored, -1 inbox full, -2 recipient
@@ -90,10 +91,10 @@ def stat_key(uri: str) -> str:
 #: so a repeat of it is stored anew and it is not counted.
 _POST = """
 local HEADER, STRIDE = 2, 12
-local function item(i)
-  local id, sender, dedup, to, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local account, kind, time = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-  local known, counters, digest = ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
+local function item(f)
+  local id, sender, dedup, to, owner = f[1], f[2], f[3], f[4], f[5]
+  local account, kind, time = f[6], f[7], f[8]
+  local known, counters, digest = f[10], f[11], f[12]
   local existing = redis.call('GET', dedup)
   if existing then
     local first, kept, state = string.match(existing, '^(%S+) (%S+)( ?%S*)$')
@@ -107,7 +108,7 @@ local function item(i)
   if redis.call('LLEN', inbox) >= tonumber(ARGV[1]) then return '-1' end
   redis.call('ZADD', 'msg-expiry', time, id)
   redis.call('HSET', 'msg:' .. id, 'from', sender, 'to', to, 'inbox', owner,
-             'account', account, 'kind', kind, 'time', time, 'data', ARGV[i + 8],
+             'account', account, 'kind', kind, 'time', time, 'data', f[9],
              'dedup', dedup)
   redis.call('RPUSH', inbox, id)
   redis.call('SET', dedup, id .. ' ' .. digest, 'EX', ARGV[2])
@@ -119,14 +120,14 @@ local function item(i)
 end
 """
 
-#: A batch of deliveries.  ARGV: per delivery: recipient, message ID,
+#: A batch of deliveries.  ARGV: per delivery (fields joined as above): recipient, message ID,
 #: counters prefix or ''.  Answers per delivery: '' when the message is not
 #: (or no longer) in the recipient's inbox, else "SENDER KIND".
 _DELIVERED = """
 local HEADER, STRIDE = 0, 3
-local function item(i)
-  local id, prefix = ARGV[i + 1], ARGV[i + 2]
-  if redis.call('LREM', 'inbox:' .. ARGV[i], 1, id) == 0 then return '' end
+local function item(f)
+  local id, prefix = f[2], f[3]
+  if redis.call('LREM', 'inbox:' .. f[1], 1, id) == 0 then return '' end
   local key = 'msg:' .. id
   local fields = redis.call('HMGET', key, 'from', 'kind')
   redis.call('DEL', key)

@@ -62,6 +62,7 @@ from cryptify.crs.messages.store import MessageRefused, MessageStore, Posted, St
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.redis.batch import transient
 from cryptify.crs.trace import TraceHub
+from cryptify.protocols import umsg_replies as replies
 from cryptify.protocols.umsg import base_uri, message
 
 log = Logger(namespace="cryptify.crs.message")
@@ -276,7 +277,7 @@ class Messaging:
         def posted(result: Posted | Relayed) -> Any:
             relayed = result if isinstance(result, Relayed) else Relayed(result, None)
             done = relayed.posted
-            session.send(message("posted", id=msg.id, message=done.id))
+            session.send(replies.posted(msg.id, done.id))
             if done.duplicate:
                 return None
             self.counters["posted"] += 1
@@ -329,7 +330,7 @@ class Messaging:
         pool member): tell the sender when it is attached here."""
         origin = self.registry.get(sender)
         if origin is not None:
-            origin.conn.send(message("delivered", message=message_id))
+            origin.conn.send(replies.delivered(message_id))
 
     def fetch(self, session: AttachSession, msg: Any) -> None:
         uri = session.uri or ""
@@ -389,20 +390,25 @@ class Messaging:
     # -- delivery ----------------------------------------------------------------
 
     def _send(self, attachment: Attachment, box: Outbox, stored: Stored) -> None:
-        fields: dict[str, Any] = {
-            "message": stored.id,
-            "from": stored.sender,
-            "to": stored.recipient,
-            "time": stored.time_ms,
-        }
         if stored.kind == "ack":
-            fields["ack"] = stored.data.decode("ascii", "replace")
+            reply = replies.message(
+                stored.id,
+                stored.sender,
+                stored.recipient,
+                stored.time_ms,
+                ack=stored.data.decode("ascii", "replace"),
+            )
         else:
-            fields["content"] = stored.data
-            if stored.kind == "system":
-                fields["system"] = True
+            reply = replies.message(
+                stored.id,
+                stored.sender,
+                stored.recipient,
+                stored.time_ms,
+                content=stored.data,
+                system=stored.kind == "system",
+            )
         box.inflight[stored.id] = None
-        attachment.conn.send(message("message", **fields))
+        attachment.conn.send(reply)
 
     def _offer(self, attachment: Attachment, stored: Stored) -> None:
         """A new message for an attached recipient: send it now if nothing older
