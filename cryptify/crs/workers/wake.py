@@ -1,0 +1,162 @@
+"""Notices between an instance's worker processes over ``redis_high`` pub/sub.
+
+:class:`Siblings` publishes (a worker's messaging calls it for a recipient
+or sender not attached in this process; the parent calls it when the
+accounts change); :class:`WakeListener` keeps a subscribed connection in
+each worker and hands each notice to the worker's messaging or accounts.
+The notices and their rules are in :mod:`cryptify.crs.workers.notices`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txredisapi import RedisProtocol, SubscriberProtocol
+
+from cryptify.crs.redis.store import RedisStore, RedisStoreError
+from cryptify.crs.workers.notices import (
+    AccountsChanged,
+    Delivered,
+    Notice,
+    NoticeError,
+    Wake,
+    decode,
+    encode,
+)
+
+log = Logger(namespace="cryptify.crs.workers")
+
+
+class Mailman(Protocol):
+    """What a notice asks of a worker's messaging
+    (:class:`cryptify.crs.messages.wiring.Messaging`)."""
+
+    def wake(self, uri: str) -> None:
+        """Send ``uri`` what waits for it, when it is attached here."""
+        ...
+
+    def tell_sender(self, sender: str, message_id: str) -> None:
+        """Tell ``sender`` its message was delivered, when it is attached here."""
+        ...
+
+
+class Siblings:
+    """Publishes notices to the instance's other processes.
+
+    ``store``: the ``redis_high`` store (asked at each use); a notice that
+    cannot go (Redis out of reach) is logged and dropped: the message it
+    is about stays in the durable store.
+    """
+
+    def __init__(self, store: Callable[[], RedisStore], channel: str) -> None:
+        self.store = store
+        self.channel = channel
+        self.sent = 0
+        self.failed = 0
+
+    def wake(self, uri: str) -> None:
+        self.publish(Wake(uri))
+
+    def tell_delivered(self, sender: str, message_id: str) -> None:
+        self.publish(Delivered(sender, message_id))
+
+    def accounts_changed(self) -> None:
+        self.publish(AccountsChanged())
+
+    def publish(self, notice: Notice) -> None:
+        try:
+            text = encode(notice)
+            client = self.store().client
+        except (NoticeError, RedisStoreError, KeyError) as exc:
+            if isinstance(notice, AccountsChanged):
+                # every worker reads the accounts when it (re)subscribes
+                log.debug("accounts notice not sent: {why}", why=str(exc))
+                return
+            self._failed(Failure(exc))
+            return
+        d: defer.Deferred[Any] = defer.maybeDeferred(client.publish, self.channel, text)
+        d.addCallbacks(self._sent, self._failed)
+
+    def _sent(self, _receivers: object) -> None:
+        self.sent += 1
+
+    def _failed(self, failure: Failure) -> None:
+        self.failed += 1
+        log.warn("notice to the other workers not sent: {why}", why=failure.getErrorMessage())
+
+
+class _Subscriber(SubscriberProtocol):  # type: ignore[misc]
+    """A subscribed connection handing every message to ``received``."""
+
+    received: Callable[[object], None] = staticmethod(lambda data: None)
+
+    def messageReceived(self, pattern: object, channel: object, message: object) -> None:
+        self.received(message)
+
+
+class WakeListener(service.Service):
+    """A worker's subscription to its instance's channel.
+
+    ``store``: a :class:`RedisStore` of its own to ``redis_high`` (a
+    subscribed connection serves nothing else), started and stopped with
+    this service; it subscribes on every (re)connection, and then reads
+    the accounts again, in case a change went by while it was away.
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        channel: str,
+        mailman: Mailman,
+        accounts_changed: Callable[[], object],
+    ) -> None:
+        self.store = store
+        self.channel = channel
+        self.mailman = mailman
+        self.accounts_changed = accounts_changed
+        self.refused = 0
+        store.protocol = _Subscriber
+        store.on_connect.append(self._connected)
+
+    def _connected(self, protocol: RedisProtocol) -> None:
+        assert isinstance(protocol, _Subscriber)
+        protocol.received = self.received
+        d: defer.Deferred[Any] = protocol.subscribe(self.channel)
+        d.addCallbacks(
+            lambda _: self._reload(),
+            lambda f: log.warn("cannot subscribe: {why}", why=f.getErrorMessage()),
+        )
+
+    def received(self, data: object) -> None:
+        """One message from the channel."""
+        try:
+            notice = decode(data)
+        except NoticeError as exc:
+            self.refused += 1
+            log.warn("not a notice on {channel}: {why}", channel=self.channel, why=str(exc))
+            return
+        if isinstance(notice, Wake):
+            self.mailman.wake(notice.uri)
+        elif isinstance(notice, Delivered):
+            self.mailman.tell_sender(notice.sender, notice.message_id)
+        else:
+            self._reload()
+
+    def _reload(self) -> None:
+        try:
+            self.accounts_changed()
+        except Exception:
+            log.failure("accounts not read again")
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.store.startService()
+
+    def stopService(self) -> defer.Deferred[None]:
+        service.Service.stopService(self)
+        return self.store.stopService()
