@@ -567,6 +567,7 @@ def make_crs_service(
     if worker_count(local) > 1:
         held, workers = client_workers(cfg, local, reactor, worker_count(local), logs)
         state.workers = workers.rows
+        basics.probes["workers"] = workers.status
         siblings = Siblings(lambda: redis.store(HIGH), channel(basics.name))
         basics.accounts.on_change.append(siblings.accounts_changed)
         messages.messaging.siblings = siblings

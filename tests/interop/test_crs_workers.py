@@ -128,5 +128,5 @@ class WorkersTests(CrsFixture):
         finally:
             a.close()
             b.close()
-        log = self.cli("show", "system")[1]
-        self.assertIn("app:crs", log)
+        self.assertIn("app:crs", self.cli("show", "system")[1])
+        self.assertRegex(self.cli("show", "services")[1], r"workers\s+active")

@@ -157,8 +157,12 @@ class WorkerSupervisor(service.Service):
         """(index, PID or None while not running) of each worker."""
         return [(w.index, w.pid if w.state == "running" else None) for w in self.workers]
 
-    def running_count(self) -> int:
-        return sum(1 for w in self.workers if w.state == "running")
+    def status(self) -> bool | str:
+        """``show services``: active when every worker runs, else how many do."""
+        running = sum(1 for w in self.workers if w.state == "running")
+        if running == len(self.workers):
+            return True
+        return f"inactive ({running} of {len(self.workers)} running)"
 
     def startService(self) -> None:
         service.Service.startService(self)
