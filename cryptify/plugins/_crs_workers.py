@@ -30,14 +30,21 @@ from twisted.logger import FileLogObserver, ILogObserver, LogEvent, globalLogBeg
 from zope.interface import implementer
 
 from cryptify.config import CrsConfig, CrsLocalConfig
+from cryptify.crs.attach.core import AttachCore, AttachSession
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.calls.wiring import RegistryParties
 from cryptify.crs.operator.stats import Statistics
+from cryptify.crs.pool.calls import install as install_pool_calls
+from cryptify.crs.pool.calls_core import PoolCalls
 from cryptify.crs.redis.instance import HIGH
-from cryptify.crs.workers.notices import channel
+from cryptify.crs.workers.calls import WorkerLink
+from cryptify.crs.workers.notices import channel, worker_name
 from cryptify.crs.workers.stores import WorkerRedis
 from cryptify.crs.workers.wake import Siblings, WakeListener
 from cryptify.logs import format_crs, wants_event
 from cryptify.plugins._crs_listeners import client_listener
 from cryptify.plugins.crs import (
+    Basics,
     build_attach,
     build_basics,
     build_calls,
@@ -70,19 +77,45 @@ def make_worker_service(
     messages = build_messages(basics, core, redis, stats)
     push = build_push(cfg, basics, objects, sessions, messages)
     notices = channel(basics.name)
-    messages.messaging.siblings = Siblings(lambda: redis.store(HIGH), notices)
+    siblings = Siblings(lambda: redis.store(HIGH), notices)
+    messages.messaging.siblings = siblings
+    link, calls = worker_calls(basics, core, sessions, siblings, worker_name(index))
     subscribed = redis.connect(HIGH, f"{HIGH} (notices)")
     attach(root, redis)
     attach(root, CallbackService(on_start=basics.accounts.reload))
     attach(root, trace_events(basics.trace))
     attach(root, relay)
-    attach(root, WakeListener(subscribed, notices, messages.messaging, basics.accounts.reload))
+    attach(root, CallbackService(on_stop=calls.stop))
+    listener = WakeListener(
+        subscribed, notices, messages.messaging, basics.accounts.reload, peers=link
+    )
+    attach(root, listener)
     if push is not None:
-        link, pusher = push
-        attach(root, link)
+        cps, pusher = push
+        attach(root, cps)
         attach(root, CallbackService(on_stop=pusher.stop))
     attach(root, client_listener(cfg, reactor, core, shared=True))
     return root
+
+
+def worker_calls(
+    basics: Basics, core: AttachCore, sessions: SessionTable, siblings: Siblings, me: str
+) -> tuple[WorkerLink, PoolCalls]:
+    """Calls with clients attached to the other workers (the pool's calls
+    over the local link, :mod:`cryptify.crs.workers.calls`)."""
+    registry = basics.registry
+    link = WorkerLink(me, basics.name, registry, siblings)
+    parties = RegistryParties(registry)
+    calls = PoolCalls(me, sessions, parties, link, link.owner, basics.reactor)
+    install_pool_calls(core, link, calls)
+    registry.on_attach.append(lambda attachment: link.client_attached(attachment.uri))
+
+    def detached(session: AttachSession, reason: str) -> None:
+        if session.uri is not None:
+            link.client_detached(session.uri)
+
+    core.on_detach.append(detached)
+    return link, calls
 
 
 @implementer(ILogObserver)

@@ -78,7 +78,7 @@ from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stor
 from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
-from cryptify.crs.workers.notices import channel
+from cryptify.crs.workers.notices import Gone, channel, worker_name
 from cryptify.crs.workers.wake import Siblings
 from cryptify.events import Notifier
 from cryptify.links.relay_link import RelayLink
@@ -570,6 +570,7 @@ def make_crs_service(
         basics.probes["workers"] = workers.status
         siblings = Siblings(lambda: redis.store(HIGH), channel(basics.name))
         basics.accounts.on_change.append(siblings.accounts_changed)
+        workers.on_exit.append(lambda index: siblings.publish(Gone(worker_name(index))))
         messages.messaging.siblings = siblings
         attach(root, held, workers)
     else:

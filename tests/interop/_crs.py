@@ -98,8 +98,10 @@ class CrsFixture(TestCase):
         recv(ws, "attached")
         return ws
 
-    def call(self) -> dict[str, Any]:
-        caller, callee = self.attach(CALLER), self.attach(CALLEE)
+    def call(self, caller: Any = None, callee: Any = None) -> dict[str, Any]:
+        """A call from CALLER to CALLEE (attached here unless given) with media."""
+        caller = caller if caller is not None else self.attach(CALLER)
+        callee = callee if callee is not None else self.attach(CALLEE)
         results: dict[str, Any] = {}
         try:
             send(caller, type="invite", id=10, to="tel:+46700000099", mikey=b"\x01")

@@ -100,6 +100,24 @@ class WorkersTests(CrsFixture):
         told = recv(sender, "delivered")
         self.assertEqual(told["message"], posted["message"])
 
+    def test_call_between_workers(self) -> None:
+        """A call from a client on one worker to a client on the other rings,
+        is answered, carries media both ways through the relay and hangs up,
+        as between two clients of one process."""
+        wait_for(lambda: len(self.workers()) == 2, "two workers in show system")
+        caller, pid = self.attach_on(CALLER, None)
+        callee, _ = self.attach_on(CALLEE, pid)
+        # (attach_on asked crs-cli after the attach: the callee's worker has
+        # long told the caller's one where it is attached)
+        results = self.call(caller, callee)
+        self.assertEqual(results["unknown"]["code"], "not-found")
+        self.assertTrue(results["ssv_match"])
+        self.assertEqual(results["invite"]["from"], CALLER)
+        self.assertEqual(results["hangup"]["code"], "normal")
+        self.assertEqual(results["hangup"]["who"], "caller")
+        self.assertTrue(results["media"][0].endswith(b"caller audio"))
+        self.assertTrue(results["media"][1].endswith(b"callee audio"))
+
     def test_messages_between_workers_and_restart(self) -> None:
         """Messages go both ways between clients on two workers; a worker
         killed -9 is restarted (``show system`` shows its new PID), its

@@ -11,6 +11,15 @@ channel.  One notice is one line of text:
   ``URI`` is attached tells it ``delivered``.
 - ``a``: the accounts changed (``create account``, ``apply`` ...); every
   worker reads the accounts directory again.
+- ``at URI W`` / ``dt URI W``: ``URI`` attached to / detached from
+  worker ``W`` (``w1`` ...); every worker keeps who is where
+  (:class:`cryptify.crs.workers.calls.AttachDirectory`) to find a callee.
+- ``hi W``: worker ``W`` subscribed (it started): the others tell it
+  whom they have attached (``at``), and forget what ``W`` had.
+- ``gone W``: worker ``W`` exited (sent by the parent): its calls end.
+- ``c W TYPE DATA`` on worker ``V``'s own channel (:func:`worker_channel`):
+  a call frame (``call-invite`` ..., :mod:`cryptify.crs.pool.calls_frames`)
+  from ``W``; ``DATA`` is the frame's fields in CBOR, base64.
 
 A notice lost (a worker between two subscriptions) loses nothing
 acknowledged: the message is in the store and goes at the next
@@ -20,10 +29,15 @@ and raises :class:`NoticeError` for anything else.
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 import attrs
 
-#: Longest notice accepted (a URI and a message ID fit well within it).
-MAX_NOTICE = 1024
+from cryptify.protocols import cbor_subset as cbor
+
+#: Longest notice accepted (a call frame with its MIKEY message fits).
+MAX_NOTICE = 64 * 1024
 
 
 class NoticeError(ValueError):
@@ -50,12 +64,61 @@ class AccountsChanged:
     """The accounts directory changed."""
 
 
-Notice = Wake | Delivered | AccountsChanged
+@attrs.frozen
+class Attached:
+    """``uri`` attached to worker ``worker``."""
+
+    uri: str
+    worker: str
+
+
+@attrs.frozen
+class Detached:
+    """``uri`` detached from worker ``worker``."""
+
+    uri: str
+    worker: str
+
+
+@attrs.frozen
+class Hello:
+    """Worker ``worker`` subscribed."""
+
+    worker: str
+
+
+@attrs.frozen
+class Gone:
+    """Worker ``worker`` exited."""
+
+    worker: str
+
+
+@attrs.frozen
+class Frame:
+    """A call frame from worker ``worker``."""
+
+    worker: str
+    frame_type: str
+    fields: dict[str, object]
+
+
+Notice = Wake | Delivered | AccountsChanged | Attached | Detached | Hello | Gone | Frame
 
 
 def channel(instance: str) -> str:
     """The pub/sub channel of instance ``instance``'s processes."""
     return f"crs:{instance}:workers"
+
+
+def worker_name(index: int) -> str:
+    """The name of worker ``index`` (0-based) in notices: ``w1`` ..."""
+    return f"w{index + 1}"
+
+
+def worker_channel(instance: str, worker: str) -> str:
+    """The channel of one worker's call frames."""
+    return f"crs:{instance}:workers:{worker}"
 
 
 def _word(text: str) -> str:
@@ -73,7 +136,31 @@ def encode(notice: Notice) -> str:
         return f"m {_word(notice.uri)}"
     if isinstance(notice, Delivered):
         return f"d {_word(notice.sender)} {_word(notice.message_id)}"
+    if isinstance(notice, Attached):
+        return f"at {_word(notice.uri)} {_word(notice.worker)}"
+    if isinstance(notice, Detached):
+        return f"dt {_word(notice.uri)} {_word(notice.worker)}"
+    if isinstance(notice, Hello):
+        return f"hi {_word(notice.worker)}"
+    if isinstance(notice, Gone):
+        return f"gone {_word(notice.worker)}"
+    if isinstance(notice, Frame):
+        try:
+            data = base64.b64encode(cbor.encode(notice.fields)).decode("ascii")
+        except cbor.CborError as exc:
+            raise NoticeError(f"call frame not encoded: {exc}") from exc
+        return f"c {_word(notice.worker)} {_word(notice.frame_type)} {data}"
     return "a"
+
+
+def _fields(text: str) -> dict[str, object]:
+    try:
+        value = cbor.decode(base64.b64decode(text.encode("ascii"), validate=True))
+    except (ValueError, binascii.Error) as exc:
+        raise NoticeError(f"call frame not readable: {exc}") from None
+    if not isinstance(value, dict):
+        raise NoticeError("call frame fields are not a map")
+    return value
 
 
 def decode(data: object) -> Notice:
@@ -98,4 +185,14 @@ def decode(data: object) -> Notice:
         return Delivered(_word(args[0]), _word(args[1]))
     if kind == "a" and not args:
         return AccountsChanged()
+    if kind == "at" and len(args) == 2:
+        return Attached(_word(args[0]), _word(args[1]))
+    if kind == "dt" and len(args) == 2:
+        return Detached(_word(args[0]), _word(args[1]))
+    if kind == "hi" and len(args) == 1:
+        return Hello(_word(args[0]))
+    if kind == "gone" and len(args) == 1:
+        return Gone(_word(args[0]))
+    if kind == "c" and len(args) == 3:
+        return Frame(_word(args[0]), _word(args[1]), _fields(_word(args[2])))
     raise NoticeError(f"unknown notice {data[:40]!r}")

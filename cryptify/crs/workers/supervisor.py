@@ -152,6 +152,8 @@ class WorkerSupervisor(service.Service):
         self.workers = [Worker(i, state="stopped") for i in range(count)]
         #: Workers started again after an exit, since the start.
         self.restarts = 0
+        #: Called with a worker's index when it exits while running.
+        self.on_exit: list[Callable[[int], object]] = []
 
     def rows(self) -> list[tuple[int, int | None]]:
         """(index, PID or None while not running) of each worker."""
@@ -199,6 +201,8 @@ class WorkerSupervisor(service.Service):
             if ended is not None:
                 ended.callback(None)
             return
+        for hook in self.on_exit:
+            hook(worker.index)
         ran_for = self.reactor.seconds() - worker.started
         delay, worker.exits = self.backoff.delay(worker.exits, ran_for)
         log.warn(

@@ -68,7 +68,9 @@ class Siblings:
     def accounts_changed(self) -> None:
         self.publish(AccountsChanged())
 
-    def publish(self, notice: Notice) -> None:
+    def publish(self, notice: Notice, to: str | None = None) -> bool:
+        """Send ``notice`` on the instance's channel (or on ``to``); False
+        when it cannot go now."""
         try:
             text = encode(notice)
             client = self.store().client
@@ -76,11 +78,12 @@ class Siblings:
             if isinstance(notice, AccountsChanged):
                 # every worker reads the accounts when it (re)subscribes
                 log.debug("accounts notice not sent: {why}", why=str(exc))
-                return
+                return False
             self._failed(Failure(exc))
-            return
-        d: defer.Deferred[Any] = defer.maybeDeferred(client.publish, self.channel, text)
+            return False
+        d: defer.Deferred[Any] = defer.maybeDeferred(client.publish, to or self.channel, text)
         d.addCallbacks(self._sent, self._failed)
+        return True
 
     def _sent(self, _receivers: object) -> None:
         self.sent += 1
@@ -99,6 +102,22 @@ class _Subscriber(SubscriberProtocol):  # type: ignore[misc]
         self.received(message)
 
 
+class Peers(Protocol):
+    """What the notices about other workers ask of a worker
+    (:class:`cryptify.crs.workers.calls.WorkerLink`)."""
+
+    #: The worker's own channel (call frames for it).
+    channel: str
+
+    def received(self, notice: Notice) -> None:
+        """An attach, detach, hello, gone or call frame notice."""
+        ...
+
+    def subscribed(self) -> None:
+        """The subscription is (again) in place."""
+        ...
+
+
 class WakeListener(service.Service):
     """A worker's subscription to its instance's channel.
 
@@ -114,11 +133,13 @@ class WakeListener(service.Service):
         channel: str,
         mailman: Mailman,
         accounts_changed: Callable[[], object],
+        peers: Peers | None = None,
     ) -> None:
         self.store = store
         self.channel = channel
         self.mailman = mailman
         self.accounts_changed = accounts_changed
+        self.peers = peers
         self.refused = 0
         store.protocol = _Subscriber
         store.on_connect.append(self._connected)
@@ -126,11 +147,17 @@ class WakeListener(service.Service):
     def _connected(self, protocol: RedisProtocol) -> None:
         assert isinstance(protocol, _Subscriber)
         protocol.received = self.received
-        d: defer.Deferred[Any] = protocol.subscribe(self.channel)
+        channels = [self.channel] if self.peers is None else [self.channel, self.peers.channel]
+        d: defer.Deferred[Any] = protocol.subscribe(channels)
         d.addCallbacks(
-            lambda _: self._reload(),
+            self._subscribed,
             lambda f: log.warn("cannot subscribe: {why}", why=f.getErrorMessage()),
         )
+
+    def _subscribed(self, _: object) -> None:
+        self._reload()
+        if self.peers is not None:
+            self.peers.subscribed()
 
     def received(self, data: object) -> None:
         """One message from the channel."""
@@ -144,8 +171,10 @@ class WakeListener(service.Service):
             self.mailman.wake(notice.uri)
         elif isinstance(notice, Delivered):
             self.mailman.tell_sender(notice.sender, notice.message_id)
-        else:
+        elif isinstance(notice, AccountsChanged):
             self._reload()
+        elif self.peers is not None:
+            self.peers.received(notice)
 
     def _reload(self) -> None:
         try:
