@@ -28,15 +28,26 @@ from cryptify.config.crs_local import (
     worker_count,
 )
 from cryptify.crs.accounts import AccountStore
+from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.pool.wire import WireError
 from cryptify.crs.redis.store import RedisNotConnected
+from cryptify.crs.trace import TraceHub
+from cryptify.crs.workers.calls import AttachDirectory, WorkerLink
 from cryptify.crs.workers.notices import (
     AccountsChanged,
+    Attached,
     Delivered,
+    Detached,
+    Frame,
+    Gone,
+    Hello,
     NoticeError,
     Wake,
     channel,
     decode,
     encode,
+    worker_channel,
+    worker_name,
 )
 from cryptify.crs.workers.reuseport import reserve, reuseport_socket
 from cryptify.crs.workers.supervisor import STOP_GRACE, Backoff, WorkerSupervisor
@@ -44,7 +55,7 @@ from cryptify.crs.workers.wake import Siblings, WakeListener
 from cryptify.plugins.crs import Options
 from cryptify.service import StartupError
 from tests.fakes import SECRET
-from tests.messages_support import DeliveryCase
+from tests.messages_support import Conn, DeliveryCase
 
 words = st.text(st.characters(blacklist_categories=("Z", "C")), min_size=1, max_size=60)
 
@@ -56,6 +67,20 @@ class NoticeTests(SynchronousTestCase):
             st.builds(Wake, words),
             st.builds(Delivered, words, words),
             st.just(AccountsChanged()),
+            st.builds(Attached, words, words),
+            st.builds(Detached, words, words),
+            st.builds(Hello, words),
+            st.builds(Gone, words),
+            st.builds(
+                Frame,
+                words,
+                words,
+                st.dictionaries(
+                    st.text(max_size=10),
+                    st.one_of(st.text(max_size=20), st.binary(max_size=40), st.integers(0, 2**32)),
+                    max_size=8,
+                ),
+            ),
         )
     )
     def test_round_trip(self, notice: Any) -> None:
@@ -79,8 +104,14 @@ class NoticeTests(SynchronousTestCase):
         self.assertRaises(NoticeError, encode, Wake("two words"))
 
     def test_channel(self) -> None:
-        """The channel names the instance."""
+        """The channels name the instance (and the worker); workers count from 1."""
         self.assertEqual(channel("crs1"), "crs:crs1:workers")
+        self.assertEqual(worker_channel("crs1", worker_name(0)), "crs:crs1:workers:w1")
+
+    def test_bad_frames(self) -> None:
+        """A call frame whose data is not base64 CBOR of a map is refused."""
+        for bad in ("c w1 call-invite !!", "c w1 call-invite AQ==", "c w1 call-invite gA=="):
+            self.assertRaises(NoticeError, decode, bad)
 
 
 class FakeClient:
@@ -178,7 +209,7 @@ class WakeListenerTests(SynchronousTestCase):
         from cryptify.crs.workers.wake import _Subscriber
 
         class Connection(_Subscriber):
-            def subscribe(self, where: str) -> defer.Deferred[None]:
+            def subscribe(self, where: list[str]) -> defer.Deferred[None]:
                 self.subscribed = where
                 return defer.succeed(None)
 
@@ -187,7 +218,7 @@ class WakeListenerTests(SynchronousTestCase):
             proto = Connection()
             for hook in self.store.on_connect:
                 hook(proto)
-            self.assertEqual(proto.subscribed, "crs:crs1:workers")
+            self.assertEqual(proto.subscribed, ["crs:crs1:workers"])
             proto.received("m tel:+5")
             self.assertEqual(self.reloads, expected)
         self.assertEqual(self.mailman.woken, ["tel:+5", "tel:+5"])
@@ -338,7 +369,10 @@ class SupervisorTests(SynchronousTestCase):
         """A worker that exits is started again after the backoff with a
         new PID; meanwhile show system has no PID for it."""
         self.supervisor.startService()
+        exits: list[int] = []
+        self.supervisor.on_exit.append(exits.append)
         self.process(1).end(9)
+        self.assertEqual(exits, [1])
         self.assertEqual(self.supervisor.rows(), [(0, 100), (1, None)])
         self.assertEqual(self.supervisor.status(), "inactive (1 of 2 running)")
         self.reactor.advance(0.5)
@@ -448,3 +482,101 @@ class ReuseportTests(SynchronousTestCase):
             StartupError, reuseport_socket, "127.0.0.1", other.getsockname()[1]
         )
         self.assertIn("client TLS", str(error))
+
+
+class Published:
+    """Siblings as the link uses them: what was published, where."""
+
+    def __init__(self) -> None:
+        self.notices: list[tuple[Any, str | None]] = []
+        self.up = True
+
+    def publish(self, notice: Any, to: str | None = None) -> bool:
+        self.notices.append((notice, to))
+        return self.up
+
+
+class DirectoryTests(SynchronousTestCase):
+    def test_moves_and_forget(self) -> None:
+        """The latest attach wins; a detach from a worker the URI has left
+        changes nothing; a worker forgotten takes only its own entries."""
+        directory = AttachDirectory()
+        directory.attached("tel:+1", "w1")
+        directory.attached("tel:+2", "w1")
+        directory.attached("tel:+1", "w2")
+        directory.detached("tel:+1", "w1")
+        self.assertEqual(directory.owner("tel:+1"), "w2")
+        directory.forget("w1")
+        self.assertEqual((directory.owner("tel:+1"), directory.owner("tel:+2")), ("w2", None))
+
+
+class WorkerLinkTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        clock = Clock()
+        self.registry = AttachRegistry("crs1", clock.seconds, TraceHub(clock.seconds))
+        self.siblings = Published()
+        self.link = WorkerLink("w1", "crs1", self.registry, self.siblings)  # type: ignore[arg-type]
+        self.downs: list[tuple[str, bool]] = []
+        self.link.on_link(lambda peer, up: self.downs.append((peer, up)))
+        self.frames: list[tuple[str, dict[str, object]]] = []
+        self.link.handle("call-talk", lambda peer, fields: self.frames.append((peer, fields)))
+
+    def test_frames(self) -> None:
+        """A frame goes to the peer worker's channel, False when it cannot
+        go; a frame that arrives goes to its handler, an unknown or bad one
+        is counted."""
+        self.assertTrue(self.link.send("w2", "call-talk", {"session": "s"}))
+        self.assertEqual(
+            self.siblings.notices,
+            [(Frame("w1", "call-talk", {"session": "s"}), "crs:crs1:workers:w2")],
+        )
+        self.siblings.up = False
+        self.assertFalse(self.link.send("w2", "call-talk", {"session": "s"}))
+        self.link.received(Frame("w2", "call-talk", {"session": "s"}))
+        self.assertEqual(self.frames, [("w2", {"session": "s"})])
+        self.link.received(Frame("w2", "call-nonsense", {}))
+
+        def bad(peer: str, fields: dict[str, object]) -> None:
+            raise WireError("bad frame")
+
+        self.link.handle("call-hold", bad)
+        self.link.received(Frame("w2", "call-hold", {}))
+        self.assertEqual(self.link.refused, 2)
+
+    def test_directory_from_notices(self) -> None:
+        """Other workers' attach and detach notices fill the directory (its
+        own are already in it); a worker's hello or gone forgets its
+        clients and ends the calls through it; a hello is answered with
+        this worker's attachments."""
+        self.link.received(Attached("tel:+2", "w2"))
+        self.assertEqual(self.link.owner("tel:+2"), "w2")
+        self.link.received(Detached("tel:+2", "w2"))
+        self.assertIsNone(self.link.owner("tel:+2"))
+        self.link.received(Attached("tel:+3", "w2"))
+        self.link.received(Gone("w2"))
+        self.assertIsNone(self.link.owner("tel:+3"))
+        self.assertEqual(self.downs, [("w2", False)])
+        conn = Conn("tel:+1")
+        self.registry.attach(Attachment("tel:+1", "acme", 0.0, "1", "192.0.2.1", 1, conn))
+        self.link.client_attached("tel:+1")
+        self.siblings.notices.clear()
+        self.link.received(Hello("w3"))
+        self.assertEqual(self.siblings.notices, [(Attached("tel:+1", "w1"), None)])
+        self.assertEqual(self.downs, [("w2", False), ("w3", False)])
+        self.link.received(Hello("w1"))
+        self.assertEqual(len(self.downs), 2)
+
+    def test_own_clients(self) -> None:
+        """Its clients' attaches are published; a detach only when the URI
+        is not attached here again (a replaced connection is no detach)."""
+        conn = Conn("tel:+1")
+        self.registry.attach(Attachment("tel:+1", "acme", 0.0, "1", "192.0.2.1", 1, conn))
+        self.link.client_attached("tel:+1")
+        self.link.client_detached("tel:+1")
+        self.registry.detach("tel:+1", conn, "gone")  # type: ignore[arg-type]
+        self.link.client_detached("tel:+1")
+        self.link.subscribed()
+        self.assertEqual(
+            [n for n, _ in self.siblings.notices],
+            [Attached("tel:+1", "w1"), Detached("tel:+1", "w1"), Hello("w1")],
+        )

@@ -38,6 +38,8 @@ from cryptify.protocols import cbor_subset as cbor
 
 #: Longest notice accepted (a call frame with its MIKEY message fits).
 MAX_NOTICE = 64 * 1024
+#: Longest URI, message ID, worker name or frame type in a notice.
+MAX_WORD = 1024
 
 
 class NoticeError(ValueError):
@@ -121,8 +123,8 @@ def worker_channel(instance: str, worker: str) -> str:
     return f"crs:{instance}:workers:{worker}"
 
 
-def _word(text: str) -> str:
-    if not text or len(text) > MAX_NOTICE or any(c.isspace() or not c.isprintable() for c in text):
+def _word(text: str, limit: int = MAX_WORD) -> str:
+    if not text or len(text) > limit or any(c.isspace() or not c.isprintable() for c in text):
         raise NoticeError(f"not a notice word: {text[:40]!r}")
     return text
 
@@ -149,7 +151,7 @@ def encode(notice: Notice) -> str:
             data = base64.b64encode(cbor.encode(notice.fields)).decode("ascii")
         except cbor.CborError as exc:
             raise NoticeError(f"call frame not encoded: {exc}") from exc
-        return f"c {_word(notice.worker)} {_word(notice.frame_type)} {data}"
+        return f"c {_word(notice.worker)} {_word(notice.frame_type)} {_word(data, MAX_NOTICE)}"
     return "a"
 
 
@@ -194,5 +196,5 @@ def decode(data: object) -> Notice:
     if kind == "gone" and len(args) == 1:
         return Gone(_word(args[0]))
     if kind == "c" and len(args) == 3:
-        return Frame(_word(args[0]), _word(args[1]), _fields(_word(args[2])))
+        return Frame(_word(args[0]), _word(args[1]), _fields(_word(args[2], MAX_NOTICE)))
     raise NoticeError(f"unknown notice {data[:40]!r}")
