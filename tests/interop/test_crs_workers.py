@@ -15,6 +15,8 @@ import signal
 import time
 from typing import Any
 
+from cryptify.crypto import mikey
+from cryptify.crypto.identity import tel_identifier
 from tests.interop._crs import CALLEE, CALLER, CrsFixture, recv, send
 from tests.interop._procs import wait_for
 
@@ -117,6 +119,37 @@ class WorkersTests(CrsFixture):
         self.assertEqual(results["hangup"]["who"], "caller")
         self.assertTrue(results["media"][0].endswith(b"caller audio"))
         self.assertTrue(results["media"][1].endswith(b"callee audio"))
+
+    def test_worker_lost_during_a_call(self) -> None:
+        """When the callee's worker is killed -9 during a call, the parent
+        says it is gone and the caller's worker ends the call:
+        ``hangup not-connected`` from ``crs``."""
+        wait_for(lambda: len(self.workers()) == 2, "two workers in show system")
+        caller, pid = self.attach_on(CALLER, None)
+        callee, callee_pid = self.attach_on(CALLEE, pid)
+        try:
+            keys = self.keys[CALLER]
+            built = mikey.build_i_message(
+                keys.signer(),
+                keys.public_key(),
+                tel_identifier(CALLEE, self.period),
+                now=time.time(),
+                idrs=mikey.tel_idrs(CALLER, CALLEE),
+            )
+            send(caller, type="invite", id=11, to=CALLEE, mikey=built.data)
+            offer = recv(caller, "session")
+            invite = recv(callee, "invite")
+            send(callee, type="talk", session=invite["session"])
+            recv(caller, "talk")
+            os.kill(callee_pid, signal.SIGKILL)
+            hangup = recv(caller, "hangup")
+            self.assertEqual(
+                (hangup["session"], hangup["code"], hangup["who"]),
+                (offer["session"], "not-connected", "crs"),
+            )
+        finally:
+            caller.close()
+            callee.close()
 
     def test_messages_between_workers_and_restart(self) -> None:
         """Messages go both ways between clients on two workers; a worker
