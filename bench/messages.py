@@ -1,6 +1,7 @@
 """Message benchmark: messages per second end to end (post -> delivered), with latency.
 
     .venv/bin/python bench/messages.py [--pairs 100] [--workers 2] [--depth 1] [--seconds 10]
+        [--crs-workers 1]
 
 Starts a real `twistd crs-relay` and `twistd crs` (managed Redis, one
 account), issues keys for ``2 * pairs`` users, and runs ``--workers``
@@ -20,8 +21,9 @@ One JSON line:
 - ``messages_per_second``: messages the recipients received in the
   measured window (after a warm-up) / wall time of the window;
 - ``p50_ms`` / ``p99_ms``: post -> message latency in that window;
-- ``crs_cpu_per_message_ms``: CPU the CRS spent per message (its Redis
-  children not included);
+- ``crs_cpu_per_message_ms``: CPU the CRS spent per message (with
+  ``--crs-workers N``, its worker processes too; its Redis children not
+  included);
 - ``generator_ceiling``: messages per generator CPU second, summed (the
   generators share the machine's cores with the CRS, so this bounds it);
 - ``redis_cpu_per_message_ms`` / ``generator_cpu_per_message_ms``: the same
@@ -158,6 +160,8 @@ def main() -> None:
     # (Little's law): the default keeps the queue short enough for the p99 target.
     parser.add_argument("--depth", type=int, default=1)
     parser.add_argument("--size", type=int, default=64)
+    # workers N in the CRS's crs-local.conf (its CPU is then summed over them)
+    parser.add_argument("--crs-workers", type=int, default=1)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -165,8 +169,7 @@ def main() -> None:
             worker(json.load(f))
         return
 
-    bench = BenchCrs("msgbench-")
-    crs = bench.crs
+    bench = BenchCrs("msgbench-", args.crs_workers)
     try:
         pairs = bench.pairs(args.pairs, "4682", "4683")
         # the window starts after attach + warm-up in each worker; sample CPU
@@ -185,10 +188,11 @@ def main() -> None:
         results = []
         redis = bench.redis_pids()
         low = redis.get("redis_low")
-        crs_cpu0, t0 = proc_cpu(crs.pid), time.monotonic()
+        crs_pids = bench.crs_pids()
+        crs_cpu0, t0 = sum(proc_cpu(p) for p in crs_pids), time.monotonic()
         redis_cpu0 = proc_cpu(low) if low else 0.0
         time.sleep(args.seconds * 0.9)
-        crs_cpu1, t1 = proc_cpu(crs.pid), time.monotonic()
+        crs_cpu1, t1 = sum(proc_cpu(p) for p in crs_pids), time.monotonic()
         redis_cpu1 = proc_cpu(low) if low else 0.0
         for p in workers:
             out_text = p.stdout.read() if p.stdout else ""
@@ -212,6 +216,7 @@ def main() -> None:
                     "bench": "messages",
                     "pairs": args.pairs,
                     "workers": args.workers,
+                    "crs_workers": args.crs_workers,
                     "depth": args.depth,
                     "size": args.size,
                     "seconds": round(wall, 2),
