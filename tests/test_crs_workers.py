@@ -580,3 +580,30 @@ class WorkerLinkTests(SynchronousTestCase):
             [n for n, _ in self.siblings.notices],
             [Attached("tel:+1", "w1"), Detached("tel:+1", "w1"), Hello("w1")],
         )
+
+
+class HeldPortTests(SynchronousTestCase):
+    def test_taken_port(self) -> None:
+        """The parent holds the client port for its workers when it starts;
+        a port another socket listens on stops the start with one line."""
+        import attrs
+
+        from cryptify.config.crs_model import Endpoint
+        from cryptify.plugins._crs_listeners import HeldClientPort
+        from cryptify.plugins.crs import dev_crs_config
+
+        other = socket.socket()
+        self.addCleanup(other.close)
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)
+        cfg = dev_crs_config(self.mktemp())
+        taken = Endpoint("127.0.0.1", other.getsockname()[1])
+        cfg = attrs.evolve(cfg, global_=attrs.evolve(cfg.global_, listen=taken))
+        error = self.assertRaises(StartupError, HeldClientPort(cfg).startService)
+        self.assertIn("cannot listen on 127.0.0.1:", str(error))
+        free = attrs.evolve(cfg, global_=attrs.evolve(cfg.global_, listen=Endpoint("127.0.0.1", 0)))
+        held = HeldClientPort(free)
+        held.startService()
+        self.assertIsNotNone(held.sock)
+        held.stopService()
+        self.assertIsNone(held.sock)

@@ -96,15 +96,13 @@ class HeldClientPort(service.Service):
     """The parent's hold on the client port while its workers serve it:
     checks the TLS certificate (making the development one) and binds a
     ``SO_REUSEPORT`` socket, so that a taken port or a bad certificate
-    stops the start with one line before any worker runs."""
+    stops the start with one line before any worker runs.  It binds when
+    the service starts, not before privileges are shed: ``SO_REUSEPORT``
+    shares a port between sockets of one user only, the workers'."""
 
     def __init__(self, cfg: CrsConfig) -> None:
         self.cfg = cfg
         self.sock: socket.socket | None = None
-
-    def privilegedStartService(self) -> None:
-        self._hold()
-        service.Service.privilegedStartService(self)
 
     def startService(self) -> None:
         self._hold()
