@@ -35,6 +35,7 @@ from cryptify.crs.trace import TraceHub
 from cryptify.crs.workers.calls import AttachDirectory, WorkerLink
 from cryptify.crs.workers.notices import (
     AccountsChanged,
+    Ask,
     Attached,
     Delivered,
     Detached,
@@ -70,6 +71,7 @@ class NoticeTests(SynchronousTestCase):
             st.builds(Attached, words, words),
             st.builds(Detached, words, words),
             st.builds(Hello, words),
+            st.builds(Ask, words),
             st.builds(Gone, words),
             st.builds(
                 Frame,
@@ -565,6 +567,10 @@ class WorkerLinkTests(SynchronousTestCase):
         self.assertEqual(self.downs, [("w2", False), ("w3", False)])
         self.link.received(Hello("w1"))
         self.assertEqual(len(self.downs), 2)
+        self.siblings.notices.clear()
+        self.link.received(Ask("w3"))
+        self.assertEqual(self.siblings.notices, [(Attached("tel:+1", "w1"), None)])
+        self.assertEqual(len(self.downs), 2)
 
     def test_own_clients(self) -> None:
         """Its clients' attaches are published; a detach only when the URI
@@ -579,6 +585,18 @@ class WorkerLinkTests(SynchronousTestCase):
         self.assertEqual(
             [n for n, _ in self.siblings.notices],
             [Attached("tel:+1", "w1"), Detached("tel:+1", "w1"), Hello("w1")],
+        )
+
+    def test_subscribed_again(self) -> None:
+        """After a reconnection a worker asks for the others' attachments
+        and tells its own, without a hello (its calls go on)."""
+        self.link.subscribed()
+        conn = Conn("tel:+1")
+        self.registry.attach(Attachment("tel:+1", "acme", 0.0, "1", "192.0.2.1", 1, conn))
+        self.siblings.notices.clear()
+        self.link.subscribed()
+        self.assertEqual(
+            [n for n, _ in self.siblings.notices], [Ask("w1"), Attached("tel:+1", "w1")]
         )
 
 

@@ -8,8 +8,9 @@ instance's notices on ``redis_high`` (:mod:`cryptify.crs.workers.notices`):
 
 - :class:`AttachDirectory` (sans-IO) says which worker a URI is attached
   to; every worker keeps one from the ``at``/``dt`` notices, fills it
-  from the others' answers to its ``hi``, and forgets a worker's entries
-  when the worker says ``hi`` again or the parent says it is ``gone``.
+  from the others' answers to its ``hi`` (or, after a reconnection to
+  ``redis_high``, its ``ask``), and forgets a worker's entries when the
+  worker says ``hi`` again (it restarted) or the parent says it is ``gone``.
 - :class:`WorkerLink` is the pool link as the calls see it: ``send`` a
   frame to a worker (its own channel), handlers for the frames that
   arrive, and link listeners told ``down`` when a worker is gone (its
@@ -28,6 +29,7 @@ from twisted.logger import Logger
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.pool.wire import WireError
 from cryptify.crs.workers.notices import (
+    Ask,
     Attached,
     Detached,
     Frame,
@@ -82,6 +84,7 @@ class WorkerLink:
         self.handlers: dict[str, Callable[[str, dict[str, object]], None]] = {}
         self.listeners: list[Callable[[str, bool], None]] = []
         self.refused = 0
+        self.greeted = False
 
     # -- the pool link's interface, for PoolCalls and its install() ---------------
 
@@ -111,8 +114,19 @@ class WorkerLink:
             self.siblings.publish(Detached(uri, self.me))
 
     def subscribed(self) -> None:
-        """This worker's subscription is (again) in place: say hello."""
-        self.siblings.publish(Hello(self.me))
+        """This worker's subscription is in place: say hello the first time;
+        after a reconnection ask for the others' attachments and tell
+        them its own (notices went by while it was away)."""
+        if not self.greeted:
+            self.greeted = True
+            self.siblings.publish(Hello(self.me))
+            return
+        self.siblings.publish(Ask(self.me))
+        self._announce()
+
+    def _announce(self) -> None:
+        for uri in self.registry.by_uri:
+            self.siblings.publish(Attached(uri, self.me))
 
     # -- notices from the other workers ---------------------------------------------
 
@@ -126,8 +140,10 @@ class WorkerLink:
         elif isinstance(notice, Hello):
             if notice.worker != self.me:
                 self._lost(notice.worker)
-                for uri in self.registry.by_uri:
-                    self.siblings.publish(Attached(uri, self.me))
+                self._announce()
+        elif isinstance(notice, Ask):
+            if notice.worker != self.me:
+                self._announce()
         elif isinstance(notice, Gone):
             self._lost(notice.worker)
         elif isinstance(notice, Frame):

@@ -16,6 +16,9 @@ channel.  One notice is one line of text:
   (:class:`cryptify.crs.workers.calls.AttachDirectory`) to find a callee.
 - ``hi W``: worker ``W`` subscribed (it started): the others tell it
   whom they have attached (``at``), and forget what ``W`` had.
+- ``ask W``: worker ``W`` subscribed again (its connection to
+  ``redis_high`` was lost for a while): the others tell it whom they
+  have attached, and it tells them whom it has.
 - ``gone W``: worker ``W`` exited (sent by the parent): its calls end.
 - ``c W TYPE DATA`` on worker ``V``'s own channel (:func:`worker_channel`):
   a call frame (``call-invite`` ..., :mod:`cryptify.crs.pool.calls_frames`)
@@ -90,6 +93,13 @@ class Hello:
 
 
 @attrs.frozen
+class Ask:
+    """Worker ``worker`` subscribed again."""
+
+    worker: str
+
+
+@attrs.frozen
 class Gone:
     """Worker ``worker`` exited."""
 
@@ -105,7 +115,7 @@ class Frame:
     fields: dict[str, object]
 
 
-Notice = Wake | Delivered | AccountsChanged | Attached | Detached | Hello | Gone | Frame
+Notice = Wake | Delivered | AccountsChanged | Attached | Detached | Hello | Ask | Gone | Frame
 
 
 def channel(instance: str) -> str:
@@ -144,6 +154,8 @@ def encode(notice: Notice) -> str:
         return f"dt {_word(notice.uri)} {_word(notice.worker)}"
     if isinstance(notice, Hello):
         return f"hi {_word(notice.worker)}"
+    if isinstance(notice, Ask):
+        return f"ask {_word(notice.worker)}"
     if isinstance(notice, Gone):
         return f"gone {_word(notice.worker)}"
     if isinstance(notice, Frame):
@@ -193,6 +205,8 @@ def decode(data: object) -> Notice:
         return Detached(_word(args[0]), _word(args[1]))
     if kind == "hi" and len(args) == 1:
         return Hello(_word(args[0]))
+    if kind == "ask" and len(args) == 1:
+        return Ask(_word(args[0]))
     if kind == "gone" and len(args) == 1:
         return Gone(_word(args[0]))
     if kind == "c" and len(args) == 3:
