@@ -29,6 +29,7 @@ from cryptify.config.crs_local import (
 )
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.messages.store import Stored
 from cryptify.crs.pool.wire import WireError
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crs.trace import TraceHub
@@ -66,6 +67,13 @@ class NoticeTests(SynchronousTestCase):
     @given(
         st.one_of(
             st.builds(Wake, words),
+            st.builds(
+                Wake,
+                words,
+                st.builds(
+                    Stored, words, words, words, words, words, st.integers(0, 2**63), st.binary()
+                ),
+            ),
             st.builds(Delivered, words, words),
             st.just(AccountsChanged()),
             st.builds(Attached, words, words),
@@ -112,7 +120,13 @@ class NoticeTests(SynchronousTestCase):
 
     def test_bad_frames(self) -> None:
         """A call frame whose data is not base64 CBOR of a map is refused."""
-        for bad in ("c w1 call-invite !!", "c w1 call-invite AQ==", "c w1 call-invite gA=="):
+        for bad in (
+            "c w1 call-invite !!",
+            "c w1 call-invite AQ==",
+            "c w1 call-invite gA==",
+            "n tel:+1 gA==",
+            "n tel:+1 hwEBAQEBAQE=",
+        ):
             self.assertRaises(NoticeError, decode, bad)
 
 
@@ -131,6 +145,10 @@ class FakeClient:
 class FakeStore:
     def __init__(self) -> None:
         self.connection: FakeClient | None = FakeClient()
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None
 
     @property
     def client(self) -> FakeClient:
@@ -173,10 +191,12 @@ class SiblingsTests(SynchronousTestCase):
 class Mailman:
     def __init__(self) -> None:
         self.woken: list[str] = []
+        self.stored: list[Any] = []
         self.told: list[tuple[str, str]] = []
 
-    def wake(self, uri: str) -> None:
+    def wake(self, uri: str, stored: Any = None) -> None:
         self.woken.append(uri)
+        self.stored.append(stored)
 
     def tell_sender(self, sender: str, message_id: str) -> None:
         self.told.append((sender, message_id))
@@ -233,8 +253,9 @@ class MessagingHookTests(DeliveryCase):
         self.delivered: list[tuple[str, str]] = []
         self.messaging.siblings = self  # type: ignore[assignment]
 
-    def wake(self, uri: str) -> None:
+    def wake(self, uri: str, stored: Any) -> None:
         self.siblings.woken.append(uri)
+        self.siblings.stored.append(stored)
 
     def tell_delivered(self, sender: str, message_id: str) -> None:
         self.delivered.append((sender, message_id))
@@ -248,6 +269,8 @@ class MessagingHookTests(DeliveryCase):
         self.post(sender, 1, "tel:+2", b"hi")
         self.assertEqual(self.siblings.woken, ["tel:+2"])
         [posted] = sender.of("posted")
+        [stored] = self.siblings.stored
+        self.assertEqual((stored.id, stored.data), (posted["message"], b"hi"))
         # the sender moves to another worker
         self.registry.detach("tel:+1", sender, "gone")  # type: ignore[arg-type]
         recipient = self.attach("tel:+2")
@@ -272,6 +295,22 @@ class MessagingHookTests(DeliveryCase):
         self.messaging.wake("tel:+2")
         [got] = recipient.of("message")
         self.assertEqual(got["content"], b"x")
+
+    def test_wake_with_the_message(self) -> None:
+        """A wake-up that carries the stored message sends it at once (no
+        store read); the client confirms it as any other."""
+        recipient = self.attach("tel:+2")
+        self.store.known.add("tel:+1")
+        posted = self.successResultOf(
+            defer.ensureDeferred(
+                self.store.post("tel:+1", "conn:x:1", "tel:+2", "acme", "content", b"y")
+            )
+        )
+        stored = Stored(posted.id, "tel:+1", "tel:+2", "acme", "content", 5, b"y")
+        self.messaging.wake("tel:+2", stored)
+        [got] = recipient.of("message")
+        self.assertEqual((got["message"], got["content"]), (posted.id, b"y"))
+        self.assertEqual(self.confirm(recipient), 1)
 
 
 class FakeProcess:

@@ -153,8 +153,8 @@ class Siblings(Protocol):
     """The instance's other worker processes (``workers N``,
     :class:`cryptify.crs.workers.wake.Siblings`)."""
 
-    def wake(self, uri: str) -> None:
-        """A message was stored for ``uri``, not attached in this process."""
+    def wake(self, uri: str, stored: Stored) -> None:
+        """``stored`` was stored for ``uri``, not attached in this process."""
         ...
 
     def tell_delivered(self, sender: str, message_id: str) -> None:
@@ -330,7 +330,7 @@ class Messaging:
             self._offer(target, stored)
         else:
             if self.siblings is not None:
-                self.siblings.wake(recipient)
+                self.siblings.wake(recipient, stored)
             if stored.kind != "ack" and self.on_absent is not None:
                 self.on_absent(stored.account, recipient)
         if self.trace.active("message"):
@@ -350,13 +350,18 @@ class Messaging:
         if origin is not None:
             origin.conn.send(message("delivered", message=message_id))
 
-    def wake(self, uri: str) -> None:
+    def wake(self, uri: str, stored: Stored | None = None) -> None:
         """Messages were stored for ``uri`` by another process of this
-        instance: send them when ``uri`` is attached here."""
+        instance (``stored``, when it came along): send them when ``uri``
+        is attached here."""
         attachment = self.registry.get(uri)
-        if attachment is not None:
-            self._outbox(attachment).backlog = True
-            self._pump(attachment)
+        if attachment is None:
+            return
+        if stored is not None:
+            self._offer(attachment, stored)
+            return
+        self._outbox(attachment).backlog = True
+        self._pump(attachment)
 
     def fetch(self, session: AttachSession, msg: Any) -> None:
         uri = session.uri or ""

@@ -7,6 +7,9 @@ channel.  One notice is one line of text:
 
 - ``m URI``: a message was stored for ``URI``; the worker where ``URI``
   is attached sends what waits for it (a wake-up, no content).
+- ``n URI DATA``: the same with the stored message itself (its fields in
+  CBOR, base64), which that worker sends at once without reading the
+  store; a message too large for a notice goes as ``m``.
 - ``d URI MESSAGE-ID``: ``URI``'s message was delivered; the worker where
   ``URI`` is attached tells it ``delivered``.
 - ``a``: the accounts changed (``create account``, ``apply`` ...); every
@@ -37,6 +40,7 @@ import binascii
 
 import attrs
 
+from cryptify.crs.messages.store import Stored
 from cryptify.protocols import cbor_subset as cbor
 
 #: Longest notice accepted (a call frame with its MIKEY message fits).
@@ -51,9 +55,10 @@ class NoticeError(ValueError):
 
 @attrs.frozen
 class Wake:
-    """A message was stored for ``uri``."""
+    """A message was stored for ``uri`` (``stored``, when it comes along)."""
 
     uri: str
+    stored: Stored | None = None
 
 
 @attrs.frozen
@@ -145,7 +150,11 @@ def encode(notice: Notice) -> str:
     @raise NoticeError: when a field could not be read back (spaces, empty).
     """
     if isinstance(notice, Wake):
-        return f"m {_word(notice.uri)}"
+        if notice.stored is None:
+            return f"m {_word(notice.uri)}"
+        s = notice.stored
+        fields = [s.id, s.sender, s.recipient, s.account, s.kind, s.time_ms, s.data]
+        return f"n {_word(notice.uri)} {_word(_pack(fields), MAX_NOTICE)}"
     if isinstance(notice, Delivered):
         return f"d {_word(notice.sender)} {_word(notice.message_id)}"
     if isinstance(notice, Attached):
@@ -167,14 +176,38 @@ def encode(notice: Notice) -> str:
     return "a"
 
 
-def _fields(text: str) -> dict[str, object]:
+def _pack(value: object) -> str:
     try:
-        value = cbor.decode(base64.b64decode(text.encode("ascii"), validate=True))
+        return base64.b64encode(cbor.encode(value)).decode("ascii")
+    except cbor.CborError as exc:
+        raise NoticeError(f"not encoded: {exc}") from exc
+
+
+def _unpack(text: str) -> object:
+    try:
+        return cbor.decode(base64.b64decode(text.encode("ascii"), validate=True))
     except (ValueError, binascii.Error) as exc:
-        raise NoticeError(f"call frame not readable: {exc}") from None
+        raise NoticeError(f"notice data not readable: {exc}") from None
+
+
+def _fields(text: str) -> dict[str, object]:
+    value = _unpack(text)
     if not isinstance(value, dict):
         raise NoticeError("call frame fields are not a map")
     return value
+
+
+def _stored(text: str) -> Stored:
+    value = _unpack(text)
+    if not isinstance(value, list) or len(value) != 7:
+        raise NoticeError("stored message is not a list of 7")
+    *texts, time_ms, data = value
+    if not all(isinstance(t, str) for t in texts):
+        raise NoticeError("stored message fields are not text")
+    if not isinstance(time_ms, int) or isinstance(time_ms, bool) or not isinstance(data, bytes):
+        raise NoticeError("stored message time or data has the wrong type")
+    mid, sender, recipient, account, kind = (str(t) for t in texts)
+    return Stored(mid, sender, recipient, account, kind, time_ms, data)
 
 
 def decode(data: object) -> Notice:
@@ -195,6 +228,8 @@ def decode(data: object) -> Notice:
     kind, args = parts[0], parts[1:]
     if kind == "m" and len(args) == 1:
         return Wake(_word(args[0]))
+    if kind == "n" and len(args) == 2:
+        return Wake(_word(args[0]), _stored(_word(args[1], MAX_NOTICE)))
     if kind == "d" and len(args) == 2:
         return Delivered(_word(args[0]), _word(args[1]))
     if kind == "a" and not args:

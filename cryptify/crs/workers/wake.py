@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txredisapi import RedisProtocol, SubscriberProtocol
 
+from cryptify.crs.messages.store import Stored
 from cryptify.crs.redis.store import RedisStore, RedisStoreError
 from cryptify.crs.workers.notices import (
     AccountsChanged,
@@ -36,8 +37,8 @@ class Mailman(Protocol):
     """What a notice asks of a worker's messaging
     (:class:`cryptify.crs.messages.wiring.Messaging`)."""
 
-    def wake(self, uri: str) -> None:
-        """Send ``uri`` what waits for it, when it is attached here."""
+    def wake(self, uri: str, stored: Stored | None = None) -> None:
+        """Send ``uri`` what waits for it (``stored`` at once), when it is attached here."""
         ...
 
     def tell_sender(self, sender: str, message_id: str) -> None:
@@ -59,8 +60,18 @@ class Siblings:
         self.sent = 0
         self.failed = 0
 
-    def wake(self, uri: str) -> None:
-        self.publish(Wake(uri))
+    def wake(self, uri: str, stored: Stored | None = None) -> None:
+        """``stored`` (or some message) was stored for ``uri``: the message
+        goes along when it fits in a notice."""
+        if stored is None:
+            self.publish(Wake(uri))
+            return
+        try:
+            text = encode(Wake(uri, stored))
+        except NoticeError:
+            self.publish(Wake(uri))
+            return
+        self._send(text, None)
 
     def tell_delivered(self, sender: str, message_id: str) -> None:
         self.publish(Delivered(sender, message_id))
@@ -73,12 +84,25 @@ class Siblings:
         when it cannot go now."""
         try:
             text = encode(notice)
+        except NoticeError as exc:
+            self._failed(Failure(exc))
+            return False
+        if isinstance(notice, AccountsChanged) and not self._connected():
+            # every worker reads the accounts when it (re)subscribes
+            log.debug("accounts notice not sent: redis_high not connected")
+            return False
+        return self._send(text, to)
+
+    def _connected(self) -> bool:
+        try:
+            return self.store().connected
+        except KeyError:
+            return False
+
+    def _send(self, text: str, to: str | None) -> bool:
+        try:
             client = self.store().client
-        except (NoticeError, RedisStoreError, KeyError) as exc:
-            if isinstance(notice, AccountsChanged):
-                # every worker reads the accounts when it (re)subscribes
-                log.debug("accounts notice not sent: {why}", why=str(exc))
-                return False
+        except (RedisStoreError, KeyError) as exc:
             self._failed(Failure(exc))
             return False
         d: defer.Deferred[Any] = defer.maybeDeferred(client.publish, to or self.channel, text)
@@ -168,7 +192,7 @@ class WakeListener(service.Service):
             log.warn("not a notice on {channel}: {why}", channel=self.channel, why=str(exc))
             return
         if isinstance(notice, Wake):
-            self.mailman.wake(notice.uri)
+            self.mailman.wake(notice.uri, notice.stored)
         elif isinstance(notice, Delivered):
             self.mailman.tell_sender(notice.sender, notice.message_id)
         elif isinstance(notice, AccountsChanged):
