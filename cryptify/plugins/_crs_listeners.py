@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from cryptify.config import CrsConfig, CrsLocalConfig
+from cryptify.config.crs_local import worker_count
 from cryptify.crs.attach.core import AttachCore
 from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.crs.operator.admin import CrsAdmin
@@ -23,8 +24,10 @@ from cryptify.crs.operator.state import CrsState
 from cryptify.crs.remote_admin.auth import Gate
 from cryptify.crs.remote_admin.console import Console
 from cryptify.crs.remote_admin.server import AdminRoot, AdminService, AdminSite, SourceLimit
+from cryptify.crs.workers.notices import Gone, worker_name
 from cryptify.crs.workers.reuseport import listen_reuseport, reserve
 from cryptify.crs.workers.supervisor import WorkerSupervisor
+from cryptify.crs.workers.wake import Siblings
 from cryptify.logs import LogFileService
 from cryptify.protocols.mgmt import ManagementFactory
 from cryptify.protocols.tls import (
@@ -134,12 +137,24 @@ def log_writer(logs: LogFileService) -> Callable[[str], None]:
 
 
 def client_workers(
-    cfg: CrsConfig, local: CrsLocalConfig, reactor: IReactor, count: int, logs: LogFileService
+    cfg: CrsConfig,
+    local: CrsLocalConfig,
+    reactor: IReactor,
+    logs: LogFileService,
+    state: CrsState,
+    siblings: Siblings,
 ) -> tuple[HeldClientPort, WorkerSupervisor]:
     """With ``workers N``: the held client port and the worker processes
-    that serve it (each is given the configuration read here)."""
+    that serve it (each is given the configuration read here), in ``show
+    system`` and ``show services``; ``siblings`` tells them of account
+    changes and of a worker gone."""
     payload = pickle.dumps((cfg, local))
-    return HeldClientPort(cfg), WorkerSupervisor(reactor, count, lambda: payload, log_writer(logs))
+    workers = WorkerSupervisor(reactor, worker_count(local), lambda: payload, log_writer(logs))
+    state.workers = workers.rows
+    state.probes["workers"] = workers.status
+    state.accounts.on_change.append(siblings.accounts_changed)
+    workers.on_exit.append(lambda index: siblings.publish(Gone(worker_name(index))))
+    return HeldClientPort(cfg), workers
 
 
 def management_listener(cfg: CrsConfig, reactor: IReactor, state: CrsState) -> ListenService:

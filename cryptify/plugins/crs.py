@@ -78,7 +78,7 @@ from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stor
 from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
-from cryptify.crs.workers.notices import Gone, channel, worker_name
+from cryptify.crs.workers.notices import channel
 from cryptify.crs.workers.wake import Siblings
 from cryptify.events import Notifier
 from cryptify.links.relay_link import RelayLink
@@ -565,14 +565,9 @@ def make_crs_service(
         iw_link.data_state = iw_calls.data_state
     clients = client_listener(cfg, reactor, core)
     if worker_count(local) > 1:
-        held, workers = client_workers(cfg, local, reactor, worker_count(local), logs)
-        state.workers = workers.rows
-        basics.probes["workers"] = workers.status
         siblings = Siblings(lambda: redis.store(HIGH), channel(basics.name))
-        basics.accounts.on_change.append(siblings.accounts_changed)
-        workers.on_exit.append(lambda index: siblings.publish(Gone(worker_name(index))))
         messages.messaging.siblings = siblings
-        attach(root, held, workers)
+        attach(root, *client_workers(cfg, local, reactor, logs, state, siblings))
     else:
         attach(root, clients)
     attach(root, management_listener(cfg, reactor, state))
