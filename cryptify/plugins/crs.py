@@ -12,7 +12,9 @@ Start order (stop order is the reverse, one service at a time):
    ``read-from`` import
 6. the control link to ``crs_relay``
 7. the pool link (TLS-PSK, 8090), in a pool of 2+ with a ``crsname``
-8. the client listener (TLS, 5223)
+8. the client listener (TLS, 5223); with ``workers N`` (N > 1) instead
+   the held port and the worker processes that serve it
+   (:mod:`cryptify.plugins._crs_workers`, docs/workers.md)
 9. the management socket
 10. the metrics endpoint (``metrics`` in crs.conf) and the SIGHUP reload
     (:mod:`cryptify.ops`)
