@@ -76,7 +76,7 @@ class NoticeTests(SynchronousTestCase):
             ),
             st.builds(Delivered, words, words),
             st.just(AccountsChanged()),
-            st.builds(Attached, words, words),
+            st.builds(Attached, words, words, st.integers(0, 2**63)),
             st.builds(Detached, words, words),
             st.builds(Hello, words),
             st.builds(Ask, words),
@@ -121,6 +121,8 @@ class NoticeTests(SynchronousTestCase):
     def test_bad_frames(self) -> None:
         """A call frame whose data is not base64 CBOR of a map is refused."""
         for bad in (
+            "at tel:+1 w1",
+            "at tel:+1 w1 -5",
             "c w1 call-invite !!",
             "c w1 call-invite AQ==",
             "c w1 call-invite gA==",
@@ -589,26 +591,26 @@ class WorkerLinkTests(SynchronousTestCase):
         own are already in it); a worker's hello or gone forgets its
         clients and ends the calls through it; a hello is answered with
         this worker's attachments."""
-        self.link.received(Attached("tel:+2", "w2"))
+        self.link.received(Attached("tel:+2", "w2", 5))
         self.assertEqual(self.link.owner("tel:+2"), "w2")
         self.link.received(Detached("tel:+2", "w2"))
         self.assertIsNone(self.link.owner("tel:+2"))
-        self.link.received(Attached("tel:+3", "w2"))
+        self.link.received(Attached("tel:+3", "w2", 5))
         self.link.received(Gone("w2"))
         self.assertIsNone(self.link.owner("tel:+3"))
         self.assertEqual(self.downs, [("w2", False)])
         conn = Conn("tel:+1")
         self.registry.attach(Attachment("tel:+1", "acme", 0.0, "1", "192.0.2.1", 1, conn))
-        self.link.client_attached("tel:+1")
+        self.link.client_attached("tel:+1", 0.0)
         self.siblings.notices.clear()
         self.link.received(Hello("w3"))
-        self.assertEqual(self.siblings.notices, [(Attached("tel:+1", "w1"), None)])
+        self.assertEqual(self.siblings.notices, [(Attached("tel:+1", "w1", 0), None)])
         self.assertEqual(self.downs, [("w2", False), ("w3", False)])
         self.link.received(Hello("w1"))
         self.assertEqual(len(self.downs), 2)
         self.siblings.notices.clear()
         self.link.received(Ask("w3"))
-        self.assertEqual(self.siblings.notices, [(Attached("tel:+1", "w1"), None)])
+        self.assertEqual(self.siblings.notices, [(Attached("tel:+1", "w1", 0), None)])
         self.assertEqual(len(self.downs), 2)
 
     def test_own_clients(self) -> None:
@@ -616,14 +618,14 @@ class WorkerLinkTests(SynchronousTestCase):
         is not attached here again (a replaced connection is no detach)."""
         conn = Conn("tel:+1")
         self.registry.attach(Attachment("tel:+1", "acme", 0.0, "1", "192.0.2.1", 1, conn))
-        self.link.client_attached("tel:+1")
+        self.link.client_attached("tel:+1", 0.0)
         self.link.client_detached("tel:+1")
         self.registry.detach("tel:+1", conn, "gone")  # type: ignore[arg-type]
         self.link.client_detached("tel:+1")
         self.link.subscribed()
         self.assertEqual(
             [n for n, _ in self.siblings.notices],
-            [Attached("tel:+1", "w1"), Detached("tel:+1", "w1"), Hello("w1")],
+            [Attached("tel:+1", "w1", 0), Detached("tel:+1", "w1"), Hello("w1")],
         )
 
     def test_subscribed_again(self) -> None:
@@ -635,8 +637,26 @@ class WorkerLinkTests(SynchronousTestCase):
         self.siblings.notices.clear()
         self.link.subscribed()
         self.assertEqual(
-            [n for n, _ in self.siblings.notices], [Ask("w1"), Attached("tel:+1", "w1")]
+            [n for n, _ in self.siblings.notices], [Ask("w1"), Attached("tel:+1", "w1", 0)]
         )
+
+    def test_attached_again_elsewhere(self) -> None:
+        """A URI attached here and then on another worker: the older
+        connection here is closed ``replaced``; a notice of an older attach
+        elsewhere closes nothing."""
+        closed: list[str] = []
+
+        class Closing(Conn):
+            def disconnect(self, reason: str) -> None:
+                closed.append(reason)
+
+        conn = Closing("tel:+1")
+        self.registry.attach(Attachment("tel:+1", "acme", 10.0, "1", "192.0.2.1", 1, conn))
+        self.link.received(Attached("tel:+1", "w2", 9_000))
+        self.assertEqual(closed, [])
+        self.link.received(Attached("tel:+1", "w2", 11_000))
+        self.assertEqual(closed, ["replaced"])
+        self.assertEqual(self.link.owner("tel:+1"), "w2")
 
 
 class HeldPortTests(SynchronousTestCase):

@@ -108,7 +108,7 @@ def worker_calls(
     parties = RegistryParties(registry)
     calls = PoolCalls(me, sessions, parties, link, link.owner, basics.reactor)
     install_pool_calls(core, link, calls)
-    registry.on_attach.append(lambda attachment: link.client_attached(attachment.uri))
+    registry.on_attach.append(lambda a: link.client_attached(a.uri, a.since))
 
     def detached(session: AttachSession, reason: str) -> None:
         if session.uri is not None:

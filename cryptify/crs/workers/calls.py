@@ -104,9 +104,9 @@ class WorkerLink:
 
     # -- this worker's clients ----------------------------------------------------
 
-    def client_attached(self, uri: str) -> None:
+    def client_attached(self, uri: str, since: float) -> None:
         self.directory.attached(uri, self.me)
-        self.siblings.publish(Attached(uri, self.me))
+        self.siblings.publish(Attached(uri, self.me, int(since * 1000)))
 
     def client_detached(self, uri: str) -> None:
         if self.registry.get(uri) is None:
@@ -125,8 +125,8 @@ class WorkerLink:
         self._announce()
 
     def _announce(self) -> None:
-        for uri in self.registry.by_uri:
-            self.siblings.publish(Attached(uri, self.me))
+        for uri, attachment in list(self.registry.by_uri.items()):
+            self.siblings.publish(Attached(uri, self.me, int(attachment.since * 1000)))
 
     # -- notices from the other workers ---------------------------------------------
 
@@ -134,6 +134,7 @@ class WorkerLink:
         if isinstance(notice, Attached):
             if notice.worker != self.me:
                 self.directory.attached(notice.uri, notice.worker)
+                self._replaced(notice)
         elif isinstance(notice, Detached):
             if notice.worker != self.me:
                 self.directory.detached(notice.uri, notice.worker)
@@ -148,6 +149,18 @@ class WorkerLink:
             self._lost(notice.worker)
         elif isinstance(notice, Frame):
             self._frame(notice)
+
+    def _replaced(self, notice: Attached) -> None:
+        """``notice.uri`` attached to another worker: an older attachment
+        of it here is closed (``replaced``), as on one process."""
+        local = self.registry.get(notice.uri)
+        if local is not None and int(local.since * 1000) < notice.since_ms:
+            log.info(
+                "{uri} attached again on {worker}; closing the earlier connection",
+                uri=notice.uri,
+                worker=notice.worker,
+            )
+            local.conn.disconnect("replaced")
 
     def _lost(self, worker: str) -> None:
         self.directory.forget(worker)

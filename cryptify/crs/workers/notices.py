@@ -14,9 +14,10 @@ channel.  One notice is one line of text:
   ``URI`` is attached tells it ``delivered``.
 - ``a``: the accounts changed (``create account``, ``apply`` ...); every
   worker reads the accounts directory again.
-- ``at URI W`` / ``dt URI W``: ``URI`` attached to / detached from
-  worker ``W`` (``w1`` ...); every worker keeps who is where
-  (:class:`cryptify.crs.workers.calls.AttachDirectory`) to find a callee.
+- ``at URI W MS`` / ``dt URI W``: ``URI`` attached to (at ``MS``, ms
+  since the epoch) / detached from worker ``W`` (``w1`` ...); every
+  worker keeps who is where (:class:`cryptify.crs.workers.calls.AttachDirectory`)
+  to find a callee, and closes its own older attachment of ``URI``.
 - ``hi W``: worker ``W`` subscribed (it started): the others tell it
   whom they have attached (``at``), and forget what ``W`` had.
 - ``ask W``: worker ``W`` subscribed again (its connection to
@@ -76,10 +77,11 @@ class AccountsChanged:
 
 @attrs.frozen
 class Attached:
-    """``uri`` attached to worker ``worker``."""
+    """``uri`` attached to worker ``worker`` at ``since_ms``."""
 
     uri: str
     worker: str
+    since_ms: int = 0
 
 
 @attrs.frozen
@@ -158,7 +160,7 @@ def encode(notice: Notice) -> str:
     if isinstance(notice, Delivered):
         return f"d {_word(notice.sender)} {_word(notice.message_id)}"
     if isinstance(notice, Attached):
-        return f"at {_word(notice.uri)} {_word(notice.worker)}"
+        return f"at {_word(notice.uri)} {_word(notice.worker)} {int(notice.since_ms)}"
     if isinstance(notice, Detached):
         return f"dt {_word(notice.uri)} {_word(notice.worker)}"
     if isinstance(notice, Hello):
@@ -234,8 +236,8 @@ def decode(data: object) -> Notice:
         return Delivered(_word(args[0]), _word(args[1]))
     if kind == "a" and not args:
         return AccountsChanged()
-    if kind == "at" and len(args) == 2:
-        return Attached(_word(args[0]), _word(args[1]))
+    if kind == "at" and len(args) == 3 and args[2].isdigit() and len(args[2]) <= 20:
+        return Attached(_word(args[0]), _word(args[1]), int(args[2]))
     if kind == "dt" and len(args) == 2:
         return Detached(_word(args[0]), _word(args[1]))
     if kind == "hi" and len(args) == 1:
