@@ -40,7 +40,7 @@ class BenchCrs:
     the scratch directory.
     """
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, crs_workers: int = 1) -> None:
         import socket
         import tempfile
         import time
@@ -56,6 +56,12 @@ class BenchCrs:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.port, relay_port = free_port(), free_port(socket.SOCK_DGRAM)
         self.conf = write_crs_conf(d, self.port, relay_port)
+        self.crs_args: list[str] = []
+        if crs_workers > 1:
+            # the instance's worker processes (docs/workers.md)
+            with open(os.path.join(d, "crs-local.conf"), "w") as f:
+                f.write(f"workers {crs_workers}\n")
+            self.crs_args = ["--local-config", os.path.join(d, "crs-local.conf")]
         self.ca = f"{d}/data/tls/crs.crt"
         self.relay = self.twistd("crs-relay")
         wait_for(lambda: unix_answers(f"{d}/relay.sock"), "relay")
@@ -77,9 +83,17 @@ class BenchCrs:
             "--pidfile=",
             f"--logfile={self.dir}/{plugin}.log",
         ]
-        proc = subprocess.Popen([*argv, plugin, "--config", self.conf], cwd=self.dir)
+        extra = self.crs_args if plugin == "crs" else []
+        proc = subprocess.Popen([*argv, plugin, "--config", self.conf, *extra], cwd=self.dir)
         self.procs.append(proc)
         return proc
+
+    def crs_pids(self) -> list[int]:
+        """The CRS's process and its workers (``show system``), for CPU sums."""
+        import re
+
+        workers = re.findall(r"app:attach/\d+\s+(\d+)", self.cli("show", "system"))
+        return [self.crs.pid, *(int(pid) for pid in workers)]
 
     def redis_pids(self) -> dict[str, int]:
         """The CRS's Redis children, by instance name (Redis runs in ``DATA/NAME``)."""

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/messages.py [--pairs 100] [--workers 2] [--depth 1] [--seconds 10]
                                        [--generator lean|reference]
+                                       [--crs-workers 1]
 
 Starts a real `twistd crs-relay` and `twistd crs` (managed Redis, one
 account), issues keys for ``2 * pairs`` users, and runs ``--workers``
@@ -28,8 +29,9 @@ One JSON line:
 - ``messages_per_second``: messages the recipients received in the
   measured window (after a warm-up) / wall time of the window;
 - ``p50_ms`` / ``p99_ms``: post -> message latency in that window;
-- ``crs_cpu_per_message_ms``: CPU the CRS spent per message (its Redis
-  children not included);
+- ``crs_cpu_per_message_ms``: CPU the CRS spent per message (with
+  ``--crs-workers N``, its worker processes too; its Redis children not
+  included);
 - ``generator_ceiling``: messages per generator CPU second, summed (the
   generators share the machine's cores with the CRS, so this bounds it);
 - ``redis_cpu_per_message_ms`` / ``generator_cpu_per_message_ms``: the same
@@ -342,6 +344,8 @@ def main() -> None:
     # lean: pre-encoded frames over stdlib TLS (cryptify.client.loadgen);
     # reference: the reference client on Twisted, as a real client costs
     parser.add_argument("--generator", choices=("lean", "reference"), default="lean")
+    # workers N in the CRS's crs-local.conf (its CPU is then summed over them)
+    parser.add_argument("--crs-workers", type=int, default=1)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -349,8 +353,7 @@ def main() -> None:
             worker(json.load(f))
         return
 
-    bench = BenchCrs("msgbench-")
-    crs = bench.crs
+    bench = BenchCrs("msgbench-", args.crs_workers)
     try:
         pairs = bench.pairs(args.pairs, "4682", "4683")
         # the window starts after attach + warm-up in each worker; sample CPU
@@ -370,10 +373,11 @@ def main() -> None:
         results = []
         redis = bench.redis_pids()
         low = redis.get("redis_low")
-        crs_cpu0, t0 = proc_cpu(crs.pid), time.monotonic()
+        crs_pids = bench.crs_pids()
+        crs_cpu0, t0 = sum(proc_cpu(p) for p in crs_pids), time.monotonic()
         redis_cpu0 = proc_cpu(low) if low else 0.0
         time.sleep(args.seconds * 0.9)
-        crs_cpu1, t1 = proc_cpu(crs.pid), time.monotonic()
+        crs_cpu1, t1 = sum(proc_cpu(p) for p in crs_pids), time.monotonic()
         redis_cpu1 = proc_cpu(low) if low else 0.0
         for p in workers:
             out_text = p.stdout.read() if p.stdout else ""
@@ -397,6 +401,7 @@ def main() -> None:
                     "bench": "messages",
                     "pairs": args.pairs,
                     "workers": args.workers,
+                    "crs_workers": args.crs_workers,
                     "depth": args.depth,
                     "size": args.size,
                     "generator": args.generator,

@@ -514,6 +514,8 @@ local_configs = st.builds(
     CrsLocalConfig,
     st.none() | names,
     st.sampled_from(["none", "replicate-from-peer", "read-from"]),
+    st.none(),
+    st.integers(0, 256),
 )
 
 

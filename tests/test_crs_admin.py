@@ -227,6 +227,20 @@ class AdminTests(SynchronousTestCase):
             [["crs1", "app:attach", "11", "0-8191"], ["crs2", "app:attach", "-", "8192-16383"]],
         )
 
+    def test_system_with_workers(self) -> None:
+        """With ``workers N`` show system has the parent (app:crs, no slots)
+        and a row per worker with its PID (``-`` while it is started again),
+        each serving the instance's slots."""
+        self.state.workers = lambda: [(0, 4242), (1, None)]
+        self.assertEqual(
+            self.rows(crs_admin.ShowSystem),
+            [
+                ["crs1", "app:crs", str(self.state.pid), "-"],
+                ["crs1", "app:attach/1", "4242", "0-16383"],
+                ["crs1", "app:attach/2", "-", "0-16383"],
+            ],
+        )
+
     def test_client_objects(self) -> None:
         """Push tokens and client info are stored and shown; trace object sees updates."""
         self.call(crs_admin.CreateAccount, account="acme", secret=SECRET)

@@ -2,25 +2,32 @@
 C{crs-local.conf}: what differs between the instances of a pool.
 
 C{crsname NAME} says which C{host} of C{crs.conf}'s C{[POOL]} this
-instance is; C{db-backup} says what it does with its peer's durable store.
+instance is; C{db-backup} says what it does with its peer's durable store;
+C{workers N|auto} how many worker processes serve its clients.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import attrs
 
-from ._base import ConfigError, Context, check_ip, check_port, decode, read_config_file
+from ._base import ConfigError, Context, Tok, check_ip, check_port, decode, read_config_file
 from ._lines import Args, LineGrammar, parse_lines
 from .crs import check_name
 from .crs_model import METRICS_HOST, CrsConfig, Endpoint, PoolHost
 
 DB_BACKUP_MODES = ("none", "replicate-from-peer", "read-from")
+#: C{workers auto}: one worker process per core of the host.
+AUTO_WORKERS = 0
+#: The most worker processes one instance runs.
+MAX_WORKERS = 256
 USAGE = {
     "crsname": "NAME",
     "db-backup": "none|replicate-from-peer|read-from",
     "metrics": "[ADDR] PORT",
+    "workers": "N|auto",
 }
 
 _grammar = LineGrammar(frozenset(USAGE), has_sections=False)
@@ -37,11 +44,14 @@ class CrsLocalConfig:
     messages from that replica, the peer being gone for good).
     C{metrics}: this instance's Prometheus endpoint, in place of
     C{crs.conf}'s (for an address that differs between instances).
+    C{workers}: how many worker processes serve the client port (1: the
+    instance's one process serves it; L{AUTO_WORKERS}: one per core).
     """
 
     crsname: str | None = None
     db_backup: str = "none"
     metrics: Endpoint | None = None
+    workers: int = 1
 
 
 def parse_crs_local_config(text: str | bytes, filename: str = "<string>") -> CrsLocalConfig:
@@ -69,12 +79,33 @@ def parse_crs_local_config(text: str | bytes, filename: str = "<string>") -> Crs
             config = attrs.evolve(
                 config, metrics=Endpoint(host, check_port(ctx, toks[-1], listening=True))
             )
+        elif kw.value == "workers":
+            (count,) = args.exactly(["N"])
+            config = attrs.evolve(config, workers=_workers(ctx, count))
         else:
             (mode,) = args.exactly(["MODE"])
             if mode.value not in DB_BACKUP_MODES:
                 raise ctx.error("unknown db-backup mode", mode, expected=", ".join(DB_BACKUP_MODES))
             config = attrs.evolve(config, db_backup=mode.value)
     return config
+
+
+def _workers(ctx: Context, token: Tok) -> int:
+    """C{workers N|auto}: 1..L{MAX_WORKERS}, or L{AUTO_WORKERS}."""
+    text = token.value
+    if text == "auto":
+        return AUTO_WORKERS
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise ctx.error("workers must be auto or a number", token, expected=f"1-{MAX_WORKERS}")
+    return int(text)
+
+
+def worker_count(cfg: CrsLocalConfig, cores: int | None = None) -> int:
+    """How many worker processes C{cfg} asks for (C{auto}: C{cores}, the
+    host's cores when not given)."""
+    if cfg.workers != AUTO_WORKERS:
+        return cfg.workers
+    return max(1, cores if cores is not None else (os.cpu_count() or 1))
 
 
 def load_crs_local_config(path: str | Path) -> CrsLocalConfig:
@@ -94,6 +125,8 @@ def render_crs_local_config(cfg: CrsLocalConfig) -> str:
     out.append(f"db-backup {cfg.db_backup}")
     if cfg.metrics is not None:
         out.append(f"metrics {cfg.metrics.host} {cfg.metrics.port}")
+    if cfg.workers != 1:
+        out.append(f"workers {'auto' if cfg.workers == AUTO_WORKERS else cfg.workers}")
     return "\n".join(out) + "\n"
 
 

@@ -352,6 +352,13 @@ class AccountStore:
         self.owner = os.geteuid() if owner is None else owner
         self.clock = clock
         self.accounts: dict[str, Account] = {}
+        #: Called after every change made through this store (and after a
+        #: reload): the instance's worker processes read the accounts again.
+        self.on_change: list[Callable[[], object]] = []
+
+    def _changed(self) -> None:
+        for hook in self.on_change:
+            hook()
 
     def get(self, account_id: str) -> Account | None:
         return self.accounts.get(account_id)
@@ -401,6 +408,7 @@ class AccountStore:
             problems.extend(found)
         self.accounts = loaded
         log.info("accounts loaded: {count}", count=len(loaded))
+        self._changed()
         return problems
 
     def _keep(self, name: str, loaded: dict[str, Account], why: str) -> None:
@@ -462,6 +470,7 @@ class AccountStore:
         account = Account(account_id, path, secret)
         self.accounts[account_id] = account
         log.info("account {account} created", account=account_id)
+        self._changed()
         return account
 
     def set_secret(self, account_id: str, secret: str) -> Account:
@@ -477,6 +486,7 @@ class AccountStore:
         updated = attrs.evolve(account, secret=secret)
         self.accounts[account_id] = updated
         log.info("account {account}: shared secret replaced", account=account_id)
+        self._changed()
         return updated
 
     def delete(self, account_id: str) -> None:
@@ -489,6 +499,7 @@ class AccountStore:
         os.rmdir(path)
         self.accounts.pop(account_id, None)
         log.info("account {account} deleted", account=account_id)
+        self._changed()
 
     def open_update(self, data: bytes) -> tuple[Account, UpdateFile]:
         """Open an update file with its account's secret; nothing is written."""
@@ -552,6 +563,7 @@ class AccountStore:
             revision=update.revision,
             periods=", ".join(periods),
         )
+        self._changed()
         return Applied(account.id, update.revision, periods)
 
     def set_blacklisted(self, account_id: str, uri: str, listed: bool) -> Account:
@@ -571,4 +583,5 @@ class AccountStore:
         write_atomically(os.path.join(account.path, BLACKLIST_FILE), text.encode(), 0o640)
         updated = attrs.evolve(account, blacklist=frozenset(entries))
         self.accounts[account_id] = updated
+        self._changed()
         return updated

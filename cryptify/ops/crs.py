@@ -15,7 +15,7 @@ What a reload (SIGHUP) changes in the running CRS (:data:`DIRECTIVES`):
 - after a restart only: everything that opens a socket or a file, names
   this instance or its pool, or is read once at start (listen and relay
   addresses, certificates, paths, ``key``, push settings, Redis,
-  ``[POOL]``, ``crsname``, ``db-backup``, ``metrics``).  ``addr-map`` is
+  ``[POOL]``, ``crsname``, ``db-backup``, ``metrics``, ``workers``).  ``addr-map`` is
   used by ``crs_relay``, which reads it when it starts.
 
 The metrics (:class:`CrsMetrics`) are read from the running objects at
@@ -100,6 +100,7 @@ DIRECTIVES: tuple[Directive, ...] = (
     Directive("crsname (crs-local.conf)", ("local", "crsname"), False),
     Directive("db-backup (crs-local.conf)", ("local", "db_backup"), False),
     Directive("metrics (crs-local.conf)", ("local", "metrics"), False),
+    Directive("workers (crs-local.conf)", ("local", "workers"), False),
 )
 #: Not directives: what the file holds besides settings.
 NOT_DIRECTIVES = (("crs", "warnings"),)

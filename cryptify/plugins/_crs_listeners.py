@@ -4,13 +4,19 @@ the remote admin interface, and the TLS settings they share."""
 from __future__ import annotations
 
 import os
+import pickle
+import socket
+from collections.abc import Callable
 from typing import cast
 
-from twisted.internet.interfaces import IListeningPort
+from twisted.application import service
+from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from cryptify.config import CrsConfig
+from cryptify.config import CrsConfig, CrsLocalConfig
+from cryptify.config.crs_local import worker_count
 from cryptify.crs.attach.core import AttachCore
 from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.crs.operator.admin import CrsAdmin
@@ -18,6 +24,11 @@ from cryptify.crs.operator.state import CrsState
 from cryptify.crs.remote_admin.auth import Gate
 from cryptify.crs.remote_admin.console import Console
 from cryptify.crs.remote_admin.server import AdminRoot, AdminService, AdminSite, SourceLimit
+from cryptify.crs.workers.notices import Gone, worker_name
+from cryptify.crs.workers.reuseport import listen_reuseport, reserve
+from cryptify.crs.workers.supervisor import WorkerSupervisor
+from cryptify.crs.workers.wake import Siblings
+from cryptify.logs import LogFileService
 from cryptify.protocols.mgmt import ManagementFactory
 from cryptify.protocols.tls import (
     CertificateServerContextFactory,
@@ -58,19 +69,92 @@ def server_tls(cfg: CrsConfig, what: str) -> CertificateServerContextFactory:
         raise StartupError(f"{what} TLS: {exc}") from exc
 
 
-def client_listener(cfg: CrsConfig, reactor: IReactor, core: AttachCore) -> UmsgListenService:
-    """The TLS client port (5223); a self-signed certificate without tls-certificate."""
+def client_listener(
+    cfg: CrsConfig, reactor: IReactor, core: AttachCore, shared: bool = False
+) -> UmsgListenService:
+    """The TLS client port (5223); a self-signed certificate without tls-certificate.
+
+    ``shared``: a worker's listener, one of the instance's ``SO_REUSEPORT``
+    sockets on the port (:mod:`cryptify.crs.workers.reuseport`).
+    """
     g = cfg.global_
     clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
 
     def listen_clients() -> IListeningPort:
         context = server_tls(cfg, "client")
+        if shared:
+            # A WrappingFactory is a ClientFactory to Twisted's types; it serves here.
+            wrapped = cast(ServerFactory, TLSMemoryBIOFactory(context, False, clients))
+            sockets = cast(IReactorSocket, reactor)
+            return listen_reuseport(sockets, g.listen.host, g.listen.port, wrapped, BACKLOG)
         return reactor.listenSSL(
             g.listen.port, clients, context, backlog=BACKLOG, interface=g.listen.host
         )
 
     where = f"{g.listen.host}:{g.listen.port}"
     return UmsgListenService(where, listen_clients, clients, reactor)
+
+
+class HeldClientPort(service.Service):
+    """The parent's hold on the client port while its workers serve it:
+    checks the TLS certificate (making the development one) and binds a
+    ``SO_REUSEPORT`` socket, so that a taken port or a bad certificate
+    stops the start with one line before any worker runs.  It binds when
+    the service starts, not before privileges are shed: ``SO_REUSEPORT``
+    shares a port between sockets of one user only, the workers'."""
+
+    def __init__(self, cfg: CrsConfig) -> None:
+        self.cfg = cfg
+        self.sock: socket.socket | None = None
+
+    def startService(self) -> None:
+        self._hold()
+        service.Service.startService(self)
+
+    def _hold(self) -> None:
+        if self.sock is None:
+            server_tls(self.cfg, "client")
+            where = self.cfg.global_.listen
+            self.sock = reserve(where.host, where.port)
+
+    def stopService(self) -> None:
+        service.Service.stopService(self)
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
+
+
+def log_writer(logs: LogFileService) -> Callable[[str], None]:
+    """Writes a worker's crs.log lines into this process's crs.log."""
+
+    def write(line: str) -> None:
+        out = logs.file
+        if out is not None:
+            out.write(line)
+            out.flush()
+
+    return write
+
+
+def client_workers(
+    cfg: CrsConfig,
+    local: CrsLocalConfig,
+    reactor: IReactor,
+    logs: LogFileService,
+    state: CrsState,
+    siblings: Siblings,
+) -> tuple[HeldClientPort, WorkerSupervisor]:
+    """With ``workers N``: the held client port and the worker processes
+    that serve it (each is given the configuration read here), in ``show
+    system`` and ``show services``; ``siblings`` tells them of account
+    changes and of a worker gone."""
+    payload = pickle.dumps((cfg, local))
+    workers = WorkerSupervisor(reactor, worker_count(local), lambda: payload, log_writer(logs))
+    state.workers = workers.rows
+    state.probes["workers"] = workers.status
+    state.accounts.on_change.append(siblings.accounts_changed)
+    workers.on_exit.append(lambda index: siblings.publish(Gone(worker_name(index))))
+    return HeldClientPort(cfg), workers
 
 
 def management_listener(cfg: CrsConfig, reactor: IReactor, state: CrsState) -> ListenService:

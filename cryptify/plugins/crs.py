@@ -12,7 +12,9 @@ Start order (stop order is the reverse, one service at a time):
    ``read-from`` import
 6. the control link to ``crs_relay``
 7. the pool link (TLS-PSK, 8090), in a pool of 2+ with a ``crsname``
-8. the client listener (TLS, 5223)
+8. the client listener (TLS, 5223); with ``workers N`` (N > 1) instead
+   the held port and the worker processes that serve it
+   (:mod:`cryptify.plugins._crs_workers`, docs/workers.md)
 9. the management socket
 10. the metrics endpoint (``metrics`` in crs.conf) and the SIGHUP reload
     (:mod:`cryptify.ops`)
@@ -43,6 +45,7 @@ from cryptify.config import (
     load_crs_local_config,
 )
 from cryptify.config.crs import Endpoint
+from cryptify.config.crs_local import worker_count
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.core import AttachCore
 from cryptify.crs.attach.registry import AttachRegistry
@@ -72,11 +75,13 @@ from cryptify.crs.pool.changes_apply import StateApplier
 from cryptify.crs.pool.forward import Forwarder
 from cryptify.crs.pool.wiring import PoolLink, client_mover
 from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher
-from cryptify.crs.redis.instance import ReplicaOf
+from cryptify.crs.redis.instance import HIGH, ReplicaOf
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
 from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
+from cryptify.crs.workers.notices import channel
+from cryptify.crs.workers.wake import Siblings
 from cryptify.events import Notifier
 from cryptify.links.relay_link import RelayLink
 from cryptify.logs import LogFileService
@@ -97,6 +102,7 @@ from cryptify.plugins._common import (
 from cryptify.plugins._crs_listeners import (
     admin_listener,
     client_listener,
+    client_workers,
     management_listener,
 )
 from cryptify.reactor import IReactor, global_reactor
@@ -177,6 +183,12 @@ class Options(ConfigOptions):
         files = self.read_files()
         self["crs"], self["local"] = files.crs, files.local
         self["iw"] = self.read_iw()
+        peers = self["iw"].config.instances if self["iw"] is not None else ()
+        if worker_count(files.local) > 1 and (len(files.crs.pool.hosts) >= 2 or peers):
+            raise ConfigUsageError(
+                f"{self['local-config']}: workers: not yet with a pool or inter-working peers "
+                "(docs/workers.md)"
+            )
 
     def read_iw(self) -> IwPeers | None:
         """The inter-working peers of ``iw-crs.conf`` (absent file: none);
@@ -466,11 +478,13 @@ def make_crs_service(
     g = cfg.global_
     basics = build_basics(cfg, local, reactor)
     root = ProgramService("crs")
-    attach(root, LogFileService(g.log_dir, "crs.log", "crs"))
+    logs = LogFileService(g.log_dir, "crs.log", "crs")
+    attach(root, logs)
     describe = [
         f"instance {basics.name}, data {g.data_dir}, accounts {g.accounts_dir}, logs {g.log_dir}",
         f"client listener {g.listen.host}:{g.listen.port}, management {g.management}",
-        f"relay control {g.relay_control}, redis {g.redis.mode}, db-backup {local.db_backup}",
+        f"relay control {g.relay_control}, redis {g.redis.mode}, db-backup {local.db_backup}, "
+        f"workers {worker_count(local)}",
         "admin interface "
         + (f"{g.admin_listen.host}:{g.admin_listen.port}" if g.admin_listen else "off"),
     ]
@@ -552,7 +566,12 @@ def make_crs_service(
         install_pool_calls(core, iw_link, iw_calls)
         iw_link.data_state = iw_calls.data_state
     clients = client_listener(cfg, reactor, core)
-    attach(root, clients)
+    if worker_count(local) > 1:
+        siblings = Siblings(lambda: redis.store(HIGH), channel(basics.name))
+        messages.messaging.siblings = siblings
+        attach(root, *client_workers(cfg, local, reactor, logs, state, siblings))
+    else:
+        attach(root, clients)
     attach(root, management_listener(cfg, reactor, state))
     queries = Queries(reactor, {"waiting": messages.store.stored, "relay": relay.stats})
     ops_services(

@@ -54,7 +54,7 @@ class CrsFixture(TestCase):
         self.socket = os.path.join(d, "crs.sock")
         self.procs = [Twistd(d, "crs-relay", "--config", self.conf)]
         wait_for(lambda: unix_answers(os.path.join(d, "relay.sock")), "relay control")
-        self.procs.append(Twistd(d, "crs", "--config", self.conf))
+        self.procs.append(Twistd(d, "crs", "--config", self.conf, *self.crs_args()))
         self.addCleanup(lambda: [p.stop() for p in reversed(self.procs)])
         wait_for(lambda: unix_answers(self.socket), "CRS management socket")
         self.period = period_of(time.time())
@@ -67,6 +67,10 @@ class CrsFixture(TestCase):
     def conf_extra(self) -> str:
         """Lines added to crs.conf's GLOBAL section."""
         return ""
+
+    def crs_args(self) -> list[str]:
+        """Arguments added to ``twistd crs``'s command line."""
+        return []
 
     def cli(self, *args: str) -> tuple[int, str, str]:
         return run_cli("crs-cli", "--socket", self.socket, *args)
@@ -94,8 +98,10 @@ class CrsFixture(TestCase):
         recv(ws, "attached")
         return ws
 
-    def call(self) -> dict[str, Any]:
-        caller, callee = self.attach(CALLER), self.attach(CALLEE)
+    def call(self, caller: Any = None, callee: Any = None) -> dict[str, Any]:
+        """A call from CALLER to CALLEE (attached here unless given) with media."""
+        caller = caller if caller is not None else self.attach(CALLER)
+        callee = callee if callee is not None else self.attach(CALLEE)
         results: dict[str, Any] = {}
         try:
             send(caller, type="invite", id=10, to="tel:+46700000099", mikey=b"\x01")

@@ -150,6 +150,19 @@ class External(Protocol):
         ...
 
 
+class Siblings(Protocol):
+    """The instance's other worker processes (``workers N``,
+    :class:`cryptify.crs.workers.wake.Siblings`)."""
+
+    def wake(self, uri: str, stored: Stored) -> None:
+        """``stored`` was stored for ``uri``, not attached in this process."""
+        ...
+
+    def tell_delivered(self, sender: str, message_id: str) -> None:
+        """``sender`` (not attached in this process) had ``message_id`` delivered."""
+        ...
+
+
 @attrs.define(eq=False)
 class Outbox:
     """Delivery to one attached connection.
@@ -196,6 +209,9 @@ class Messaging:
         self.pool: Router | None = None
         #: With inter-working peers: where posts for their accounts go.
         self.iw: External | None = None
+        #: With ``workers N``: the instance's other processes, told of
+        #: messages for clients not attached here.
+        self.siblings: Siblings | None = None
 
     def _refuse(self, failure: Failure, session: AttachSession, msg_id: int | None) -> None:
         retry_after = None
@@ -313,8 +329,11 @@ class Messaging:
         target = self.registry.get(recipient)
         if target is not None:
             self._offer(target, stored)
-        elif stored.kind != "ack" and self.on_absent is not None:
-            self.on_absent(stored.account, recipient)
+        else:
+            if self.siblings is not None:
+                self.siblings.wake(recipient, stored)
+            if stored.kind != "ack" and self.on_absent is not None:
+                self.on_absent(stored.account, recipient)
         if self.trace.active("message"):
             self.trace.emit(
                 "message",
@@ -331,6 +350,19 @@ class Messaging:
         origin = self.registry.get(sender)
         if origin is not None:
             origin.conn.send(replies.delivered(message_id))
+
+    def wake(self, uri: str, stored: Stored | None = None) -> None:
+        """Messages were stored for ``uri`` by another process of this
+        instance (``stored``, when it came along): send them when ``uri``
+        is attached here."""
+        attachment = self.registry.get(uri)
+        if attachment is None:
+            return
+        if stored is not None:
+            self._offer(attachment, stored)
+            return
+        self._outbox(attachment).backlog = True
+        self._pump(attachment)
 
     def fetch(self, session: AttachSession, msg: Any) -> None:
         uri = session.uri or ""
@@ -376,6 +408,8 @@ class Messaging:
                     self.iw.tell_delivered(sender, message_id)
                 elif self.pool is not None:
                     self.pool.tell_delivered(sender, message_id)
+                elif self.siblings is not None:
+                    self.siblings.tell_delivered(sender, message_id)
                 else:
                     self.tell_sender(sender, message_id)
             if self.stats is not None and self.stats.may_count(account):

@@ -24,7 +24,7 @@ from cryptify.crs.accounts import (
 )
 from cryptify.crs.operator.base import deferred, failing, next_period, read_time, utc
 from cryptify.crs.operator.peers import PeerCommands
-from cryptify.crs.operator.state import ATTACH_MODULE
+from cryptify.crs.operator.state import ATTACH_MODULE, PARENT_MODULE
 from cryptify.crs.operator.stats import COLUMNS as STATS_COLUMNS
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.pool.changes_core import Kind, Report
@@ -343,11 +343,14 @@ class CrsAdmin(PeerCommands):
             members = [[n, ATTACH_MODULE, pid, ranges] for n, pid, ranges in self.state.pool.rows()]
             return {"table": table(SYSTEM_COLUMNS, members)}
         slots = self.state.slots
-        rows = [
-            [self.state.name, ATTACH_MODULE, str(self.state.pid), slots.describe(self.state.name)]
-        ]
-        if len(slots.hosts) == 1:
-            rows[0][3] = f"0-{SLOTS - 1}"
+        owned = f"0-{SLOTS - 1}" if len(slots.hosts) == 1 else slots.describe(self.state.name)
+        rows = [[self.state.name, ATTACH_MODULE, str(self.state.pid), owned]]
+        if self.state.workers is not None:
+            # the parent manages; every worker serves the instance's slots
+            rows = [[self.state.name, PARENT_MODULE, str(self.state.pid), "-"]]
+            for index, pid in self.state.workers():
+                module = f"{ATTACH_MODULE}/{index + 1}"
+                rows.append([self.state.name, module, "-" if pid is None else str(pid), owned])
         return {"table": table(SYSTEM_COLUMNS, rows)}
 
     @crs_admin.ShowAccount.responder

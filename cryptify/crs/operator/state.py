@@ -25,6 +25,8 @@ ACTIVE = "active"
 INACTIVE = "inactive"
 #: The module that handles client connections (``show system``, ``show account``).
 ATTACH_MODULE = "app:attach"
+#: With ``workers N``: the parent process (management, Redis, the workers).
+PARENT_MODULE = "app:crs"
 
 
 def probe_up(answer: bool | str) -> bool:
@@ -138,6 +140,9 @@ class CrsState:
     iw_link: IwView | None = None
     #: ``notify(unit, event)``: tells notify.sh about system events.
     notify: Callable[[str, str], None] = lambda unit, event: None
+    #: With ``workers N``: (index, PID or None) of each worker process,
+    #: which serve the clients (this process only manages them).
+    workers: Callable[[], list[tuple[int, int | None]]] | None = None
 
     def services(self) -> list[tuple[str, str]]:
         """(service, active|inactive) for every service, in order."""

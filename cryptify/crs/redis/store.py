@@ -14,6 +14,8 @@ Twisted's C{ClientService}, so tests can drive it with a C{Clock}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import defer
@@ -76,7 +78,7 @@ class _StoreFactory(Factory):
         self._store = store
 
     def buildProtocol(self, addr: object) -> RedisProtocol:
-        p = RedisProtocol(
+        p = self._store.protocol(
             charset="utf-8",
             password=self._store.password,
             dbid=self._store.dbid,
@@ -128,6 +130,10 @@ class RedisStore(service.Service):
         self._rejections = 0
         self._waiters: list[Deferred[RedisProtocol]] = []
         self._fatal: RedisAuthError | None = None
+        #: Builds each connection's protocol (a subscriber's, for pub/sub).
+        self.protocol: Callable[..., RedisProtocol] = RedisProtocol
+        #: Called with each new connection once it is usable (after AUTH).
+        self.on_connect: list[Callable[[RedisProtocol], None]] = []
 
     @classmethod
     def tcp(
@@ -223,6 +229,8 @@ class RedisStore(service.Service):
         waiters, self._waiters = self._waiters, []
         for w in waiters:
             w.callback(protocol)
+        for hook in self.on_connect:
+            hook(protocol)
 
     def _lost(self, protocol: RedisProtocol) -> None:
         if self._connection is protocol:

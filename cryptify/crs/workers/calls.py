@@ -1,0 +1,184 @@
+"""Calls between clients attached to different workers of one instance.
+
+The pool's calls (:class:`cryptify.crs.pool.calls_core.PoolCalls`) do the
+work, as between two instances of a pool: the caller's worker keeps the
+session and its relay session, the callee's worker passes the call to
+and from its client.  Here they run over a local link made of the
+instance's notices on ``redis_high`` (:mod:`cryptify.crs.workers.notices`):
+
+- :class:`AttachDirectory` (sans-IO) says which worker a URI is attached
+  to; every worker keeps one from the ``at``/``dt`` notices, fills it
+  from the others' answers to its ``hi`` (or, after a reconnection to
+  ``redis_high``, its ``ask``), and forgets a worker's entries when the
+  worker says ``hi`` again (it restarted) or the parent says it is ``gone``.
+- :class:`WorkerLink` is the pool link as the calls see it: ``send`` a
+  frame to a worker (its own channel), handlers for the frames that
+  arrive, and link listeners told ``down`` when a worker is gone (its
+  calls end on both sides, as when a pool member is lost).
+
+A callee not in the directory is handled by the caller's worker as a
+client not attached there (``not-connected``, or ``not-found``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.pool.wire import WireError
+from cryptify.crs.workers.notices import (
+    Ask,
+    Attached,
+    Detached,
+    Frame,
+    Gone,
+    Hello,
+    Notice,
+    worker_channel,
+)
+from cryptify.crs.workers.wake import Siblings
+
+log = Logger(namespace="cryptify.crs.workers")
+
+
+class AttachDirectory:
+    """Which worker each URI is attached to (as the notices said)."""
+
+    def __init__(self) -> None:
+        self.where: dict[str, str] = {}
+
+    def attached(self, uri: str, worker: str) -> None:
+        self.where[uri] = worker
+
+    def detached(self, uri: str, worker: str) -> None:
+        """``uri`` left ``worker`` (an entry already moved elsewhere stays)."""
+        if self.where.get(uri) == worker:
+            del self.where[uri]
+
+    def forget(self, worker: str) -> None:
+        """``worker`` restarted or exited: none of its clients remain."""
+        for uri in [u for u, w in self.where.items() if w == worker]:
+            del self.where[uri]
+
+    def owner(self, uri: str) -> str | None:
+        return self.where.get(uri)
+
+
+class WorkerLink:
+    """One worker's side of the calls between workers.
+
+    ``siblings`` publishes its notices and frames.
+    """
+
+    def __init__(
+        self, me: str, instance: str, registry: AttachRegistry, siblings: Siblings
+    ) -> None:
+        self.me = me
+        self.instance = instance
+        self.registry = registry
+        self.siblings = siblings
+        self.channel = worker_channel(instance, me)
+        self.directory = AttachDirectory()
+        self.handlers: dict[str, Callable[[str, dict[str, object]], None]] = {}
+        self.listeners: list[Callable[[str, bool], None]] = []
+        self.refused = 0
+        self.greeted = False
+
+    # -- the pool link's interface, for PoolCalls and its install() ---------------
+
+    def send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
+        frame = Frame(self.me, frame_type, fields)
+        return self.siblings.publish(frame, worker_channel(self.instance, peer))
+
+    def handle(self, frame_type: str, handler: Callable[[str, dict[str, object]], None]) -> None:
+        self.handlers[frame_type] = handler
+
+    def on_link(self, listener: Callable[[str, bool], None]) -> None:
+        self.listeners.append(listener)
+
+    def owner(self, uri: str) -> str | None:
+        """The worker ``uri`` is attached to (None: not attached, or here)."""
+        return self.directory.owner(uri)
+
+    # -- this worker's clients ----------------------------------------------------
+
+    def client_attached(self, uri: str, since: float) -> None:
+        self.directory.attached(uri, self.me)
+        self.siblings.publish(Attached(uri, self.me, int(since * 1000)))
+
+    def client_detached(self, uri: str) -> None:
+        if self.registry.get(uri) is None:
+            self.directory.detached(uri, self.me)
+            self.siblings.publish(Detached(uri, self.me))
+
+    def subscribed(self) -> None:
+        """This worker's subscription is in place: say hello the first time;
+        after a reconnection ask for the others' attachments and tell
+        them its own (notices went by while it was away)."""
+        if not self.greeted:
+            self.greeted = True
+            self.siblings.publish(Hello(self.me))
+            return
+        self.siblings.publish(Ask(self.me))
+        self._announce()
+
+    def _announce(self) -> None:
+        for uri, attachment in list(self.registry.by_uri.items()):
+            self.siblings.publish(Attached(uri, self.me, int(attachment.since * 1000)))
+
+    # -- notices from the other workers ---------------------------------------------
+
+    def received(self, notice: Notice) -> None:
+        if isinstance(notice, Attached):
+            if notice.worker != self.me:
+                self.directory.attached(notice.uri, notice.worker)
+                self._replaced(notice)
+        elif isinstance(notice, Detached):
+            if notice.worker != self.me:
+                self.directory.detached(notice.uri, notice.worker)
+        elif isinstance(notice, Hello):
+            if notice.worker != self.me:
+                self._lost(notice.worker)
+                self._announce()
+        elif isinstance(notice, Ask):
+            if notice.worker != self.me:
+                self._announce()
+        elif isinstance(notice, Gone):
+            self._lost(notice.worker)
+        elif isinstance(notice, Frame):
+            self._frame(notice)
+
+    def _replaced(self, notice: Attached) -> None:
+        """``notice.uri`` attached to another worker: an older attachment
+        of it here is closed (``replaced``), as on one process."""
+        local = self.registry.get(notice.uri)
+        if local is not None and int(local.since * 1000) < notice.since_ms:
+            log.info(
+                "{uri} attached again on {worker}; closing the earlier connection",
+                uri=notice.uri,
+                worker=notice.worker,
+            )
+            local.conn.disconnect("replaced")
+
+    def _lost(self, worker: str) -> None:
+        self.directory.forget(worker)
+        for listener in self.listeners:
+            listener(worker, False)
+
+    def _frame(self, frame: Frame) -> None:
+        handler = self.handlers.get(frame.frame_type)
+        if handler is None:
+            self.refused += 1
+            log.warn(
+                "unknown call frame {kind} from {worker}",
+                kind=frame.frame_type,
+                worker=frame.worker,
+            )
+            return
+        try:
+            handler(frame.worker, frame.fields)
+        except WireError as exc:
+            self.refused += 1
+            log.warn("call frame from {worker} refused: {why}", worker=frame.worker, why=str(exc))

@@ -1,0 +1,686 @@
+"""``workers N``: the notices between workers, the parent's supervision of
+its worker processes, the directive, and the hooks in messaging, accounts
+and the client port (docs/workers.md).  All in memory except the
+``SO_REUSEPORT`` sockets, which are real loopback sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.config import ConfigError
+from cryptify.config.crs_local import (
+    AUTO_WORKERS,
+    CrsLocalConfig,
+    parse_crs_local_config,
+    render_crs_local_config,
+    worker_count,
+)
+from cryptify.crs.accounts import AccountStore
+from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.messages.store import Stored
+from cryptify.crs.pool.wire import WireError
+from cryptify.crs.redis.store import RedisNotConnected
+from cryptify.crs.trace import TraceHub
+from cryptify.crs.workers.calls import AttachDirectory, WorkerLink
+from cryptify.crs.workers.notices import (
+    AccountsChanged,
+    Ask,
+    Attached,
+    Delivered,
+    Detached,
+    Frame,
+    Gone,
+    Hello,
+    NoticeError,
+    Wake,
+    channel,
+    decode,
+    encode,
+    worker_channel,
+    worker_name,
+)
+from cryptify.crs.workers.reuseport import reserve, reuseport_socket
+from cryptify.crs.workers.supervisor import STOP_GRACE, Backoff, WorkerSupervisor
+from cryptify.crs.workers.wake import Siblings, WakeListener
+from cryptify.plugins.crs import Options
+from cryptify.service import StartupError
+from tests.fakes import SECRET
+from tests.messages_support import Conn, DeliveryCase
+
+words = st.text(st.characters(blacklist_categories=("Z", "C")), min_size=1, max_size=60)
+
+
+class NoticeTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.one_of(
+            st.builds(Wake, words),
+            st.builds(
+                Wake,
+                words,
+                st.builds(
+                    Stored, words, words, words, words, words, st.integers(0, 2**63), st.binary()
+                ),
+            ),
+            st.builds(Delivered, words, words),
+            st.just(AccountsChanged()),
+            st.builds(Attached, words, words, st.integers(0, 2**63)),
+            st.builds(Detached, words, words),
+            st.builds(Hello, words),
+            st.builds(Ask, words),
+            st.builds(Gone, words),
+            st.builds(
+                Frame,
+                words,
+                words,
+                st.dictionaries(
+                    st.text(max_size=10),
+                    st.one_of(st.text(max_size=20), st.binary(max_size=40), st.integers(0, 2**32)),
+                    max_size=8,
+                ),
+            ),
+        )
+    )
+    def test_round_trip(self, notice: Any) -> None:
+        """Every notice reads back as itself, from text or from bytes."""
+        self.assertEqual(decode(encode(notice)), notice)
+        self.assertEqual(decode(encode(notice).encode("utf-8")), notice)
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.one_of(st.text(max_size=2000), st.binary(max_size=2000), st.integers(), st.none()))
+    def test_hostile_input(self, data: object) -> None:
+        """Whatever the channel carries is a notice or a NoticeError, never a crash."""
+        try:
+            decode(data)
+        except NoticeError:
+            pass
+
+    def test_refused(self) -> None:
+        """Unknown kinds, wrong arity, empty words and non-UTF-8 are refused."""
+        for bad in ("", "x tel:+1", "m", "m a b", "d a", "a b", "m  ", b"\xff", "m " + "u" * 2000):
+            self.assertRaises(NoticeError, decode, bad)
+        self.assertRaises(NoticeError, encode, Wake("two words"))
+
+    def test_channel(self) -> None:
+        """The channels name the instance (and the worker); workers count from 1."""
+        self.assertEqual(channel("crs1"), "crs:crs1:workers")
+        self.assertEqual(worker_channel("crs1", worker_name(0)), "crs:crs1:workers:w1")
+
+    def test_bad_frames(self) -> None:
+        """A call frame whose data is not base64 CBOR of a map is refused."""
+        for bad in (
+            "at tel:+1 w1",
+            "at tel:+1 w1 -5",
+            "c w1 call-invite !!",
+            "c w1 call-invite AQ==",
+            "c w1 call-invite gA==",
+            "n tel:+1 gA==",
+            "n tel:+1 hwEBAQEBAQE=",
+        ):
+            self.assertRaises(NoticeError, decode, bad)
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str]] = []
+        self.fail = False
+
+    def publish(self, where: str, text: str) -> defer.Deferred[int]:
+        if self.fail:
+            return defer.fail(ConnectionError("gone"))
+        self.published.append((where, text))
+        return defer.succeed(1)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.connection: FakeClient | None = FakeClient()
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None
+
+    @property
+    def client(self) -> FakeClient:
+        if self.connection is None:
+            raise RedisNotConnected("redis_high: not connected")
+        return self.connection
+
+
+class SiblingsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.store = FakeStore()
+        self.siblings = Siblings(lambda: self.store, "crs:crs1:workers")  # type: ignore[arg-type,return-value]
+
+    def test_publishes(self) -> None:
+        """Wake-ups, delivered notices and account changes go on the channel."""
+        self.siblings.wake("tel:+1")
+        self.siblings.tell_delivered("tel:+2", "m-1")
+        self.siblings.accounts_changed()
+        assert self.store.connection is not None
+        self.assertEqual(
+            self.store.connection.published,
+            [("crs:crs1:workers", t) for t in ("m tel:+1", "d tel:+2 m-1", "a")],
+        )
+        self.assertEqual((self.siblings.sent, self.siblings.failed), (3, 0))
+
+    def test_failures_are_counted(self) -> None:
+        """A notice that cannot go is counted and dropped; an account notice
+        while Redis is away is not even counted (workers read the accounts
+        when they subscribe)."""
+        assert self.store.connection is not None
+        self.store.connection.fail = True
+        self.siblings.wake("tel:+1")
+        self.store.connection = None
+        self.siblings.wake("tel:+1")
+        self.siblings.accounts_changed()
+        self.assertEqual((self.siblings.sent, self.siblings.failed), (0, 2))
+        self.flushLoggedErrors()
+
+
+class Mailman:
+    def __init__(self) -> None:
+        self.woken: list[str] = []
+        self.stored: list[Any] = []
+        self.told: list[tuple[str, str]] = []
+
+    def wake(self, uri: str, stored: Any = None) -> None:
+        self.woken.append(uri)
+        self.stored.append(stored)
+
+    def tell_sender(self, sender: str, message_id: str) -> None:
+        self.told.append((sender, message_id))
+
+
+class WakeListenerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        from cryptify.crs.redis.store import RedisStore
+
+        self.store = RedisStore(None, Clock(), None)  # type: ignore[arg-type]
+        self.mailman = Mailman()
+        self.reloads = 0
+
+        def reload() -> None:
+            self.reloads += 1
+
+        self.listener = WakeListener(self.store, "crs:crs1:workers", self.mailman, reload)
+
+    def test_dispatch(self) -> None:
+        """Each notice goes where it belongs; garbage is counted, not a crash."""
+        self.listener.received("m tel:+1")
+        self.listener.received(b"d tel:+2 m-9")
+        self.listener.received("a")
+        self.listener.received("nonsense here")
+        self.assertEqual(self.mailman.woken, ["tel:+1"])
+        self.assertEqual(self.mailman.told, [("tel:+2", "m-9")])
+        self.assertEqual((self.reloads, self.listener.refused), (1, 1))
+
+    def test_subscribes_on_each_connection(self) -> None:
+        """Every new connection subscribes to the channel and then reads
+        the accounts again (a change may have gone by meanwhile)."""
+        from cryptify.crs.workers.wake import _Subscriber
+
+        class Connection(_Subscriber):
+            def subscribe(self, where: list[str]) -> defer.Deferred[None]:
+                self.subscribed = where
+                return defer.succeed(None)
+
+        self.assertIs(self.store.protocol, _Subscriber)
+        for expected in (1, 2):
+            proto = Connection()
+            for hook in self.store.on_connect:
+                hook(proto)
+            self.assertEqual(proto.subscribed, ["crs:crs1:workers"])
+            proto.received("m tel:+5")
+            self.assertEqual(self.reloads, expected)
+        self.assertEqual(self.mailman.woken, ["tel:+5", "tel:+5"])
+
+
+class MessagingHookTests(DeliveryCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.siblings = Mailman()
+        self.delivered: list[tuple[str, str]] = []
+        self.messaging.siblings = self  # type: ignore[assignment]
+
+    def wake(self, uri: str, stored: Any) -> None:
+        self.siblings.woken.append(uri)
+        self.siblings.stored.append(stored)
+
+    def tell_delivered(self, sender: str, message_id: str) -> None:
+        self.delivered.append((sender, message_id))
+
+    def test_post_for_client_elsewhere(self) -> None:
+        """A message stored for a recipient not attached in this process
+        wakes the other workers; its delivery notice goes to them too when
+        the sender is not attached here."""
+        sender = self.attach("tel:+1")
+        self.store.known.add("tel:+1")
+        self.post(sender, 1, "tel:+2", b"hi")
+        self.assertEqual(self.siblings.woken, ["tel:+2"])
+        [posted] = sender.of("posted")
+        [stored] = self.siblings.stored
+        self.assertEqual((stored.id, stored.data), (posted["message"], b"hi"))
+        # the sender moves to another worker
+        self.registry.detach("tel:+1", sender, "gone")  # type: ignore[arg-type]
+        recipient = self.attach("tel:+2")
+        [got] = recipient.of("message")
+        self.confirm(recipient)
+        self.assertEqual(self.delivered, [("tel:+1", posted["message"])])
+        self.assertEqual(got["message"], posted["message"])
+
+    def test_wake_sends_waiting(self) -> None:
+        """A wake-up for a client attached here sends what waits for it;
+        for a client not attached here it does nothing."""
+        recipient = self.attach("tel:+2")
+        self.messaging.wake("tel:+9")
+        self.store.known.add("tel:+1")
+        # stored by another worker: straight into the store
+        self.successResultOf(
+            defer.ensureDeferred(
+                self.store.post("tel:+1", "conn:x:1", "tel:+2", "acme", "content", b"x")
+            )
+        )
+        self.assertEqual(recipient.of("message"), [])
+        self.messaging.wake("tel:+2")
+        [got] = recipient.of("message")
+        self.assertEqual(got["content"], b"x")
+
+    def test_wake_with_the_message(self) -> None:
+        """A wake-up that carries the stored message sends it at once (no
+        store read); the client confirms it as any other."""
+        recipient = self.attach("tel:+2")
+        self.store.known.add("tel:+1")
+        posted = self.successResultOf(
+            defer.ensureDeferred(
+                self.store.post("tel:+1", "conn:x:1", "tel:+2", "acme", "content", b"y")
+            )
+        )
+        stored = Stored(posted.id, "tel:+1", "tel:+2", "acme", "content", 5, b"y")
+        self.messaging.wake("tel:+2", stored)
+        [got] = recipient.of("message")
+        self.assertEqual((got["message"], got["content"]), (posted.id, b"y"))
+        self.assertEqual(self.confirm(recipient), 1)
+
+
+class FakeProcess:
+    """What spawnProcess hands back: a PID, stdin, signals."""
+
+    def __init__(self, pid: int, proto: ProcessProtocol) -> None:
+        self.pid = pid
+        self.proto = proto
+        self.stdin = b""
+        self.stdin_closed = False
+        self.signals: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.stdin += data
+
+    def closeStdin(self) -> None:
+        self.stdin_closed = True
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+    def end(self, status: int | None = 0) -> None:
+        reason = ProcessDone(0) if status == 0 else ProcessTerminated(status)
+        self.proto.processEnded(Failure(reason))
+
+
+class Processes(Clock):
+    """A clock that spawns fake processes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[tuple[list[str], FakeProcess]] = []
+
+    def spawnProcess(
+        self, proto: ProcessProtocol, executable: str, args: list[str], **kw: Any
+    ) -> FakeProcess:
+        process = FakeProcess(100 + len(self.spawned), proto)
+        self.spawned.append((args, process))
+        proto.makeConnection(process)  # type: ignore[arg-type]
+        return process
+
+
+class BackoffTests(SynchronousTestCase):
+    def test_delays(self) -> None:
+        """Delays double per exit in a row up to the most; a worker that ran
+        long enough starts over at the first delay."""
+        backoff = Backoff(first=0.5, most=4.0, steady=60.0)
+        exits, delays = 0, []
+        for _ in range(6):
+            delay, exits = backoff.delay(exits, 1.0)
+            delays.append(delay)
+        self.assertEqual(delays, [0.5, 1.0, 2.0, 4.0, 4.0, 4.0])
+        self.assertEqual(backoff.delay(exits, 60.0), (0.5, 1))
+
+
+class SupervisorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = Processes()
+        self.lines: list[str] = []
+        self.supervisor = WorkerSupervisor(
+            self.reactor,  # type: ignore[arg-type]
+            2,
+            lambda: b"payload",
+            self.lines.append,
+            command=lambda i: ["python", "-m", "worker", str(i)],
+        )
+        self.addCleanup(lambda: self.assertEqual(self.reactor.getDelayedCalls(), []))
+
+    def process(self, n: int) -> FakeProcess:
+        return self.reactor.spawned[n][1]
+
+    def test_start(self) -> None:
+        """Starting runs each worker with its index, gives it the payload
+        on standard input and closes it; show system gets their PIDs."""
+        self.supervisor.startService()
+        self.assertEqual([a[-1] for a, _ in self.reactor.spawned], ["0", "1"])
+        self.assertEqual(
+            [(p.stdin, p.stdin_closed) for _, p in self.reactor.spawned], [(b"payload", True)] * 2
+        )
+        self.assertEqual(self.supervisor.rows(), [(0, 100), (1, 101)])
+        self.stop_all()
+
+    def test_log_lines(self) -> None:
+        """A worker's standard output goes to the log a whole line at a
+        time; what is left when it ends is written too."""
+        self.supervisor.startService()
+        proto = self.process(0).proto
+        proto.outReceived(b"one\ntw")
+        self.assertEqual(self.lines, ["one\n"])
+        proto.outReceived(b"o\nthr")
+        self.assertEqual(self.lines, ["one\n", "two\n"])
+        proto.errReceived(b"a warning\n")
+        self.stop_all()
+        self.assertEqual(self.lines, ["one\n", "two\n", "thr\n"])
+
+    def test_restart(self) -> None:
+        """A worker that exits is started again after the backoff with a
+        new PID; meanwhile show system has no PID for it."""
+        self.supervisor.startService()
+        exits: list[int] = []
+        self.supervisor.on_exit.append(exits.append)
+        self.process(1).end(9)
+        self.assertEqual(exits, [1])
+        self.assertEqual(self.supervisor.rows(), [(0, 100), (1, None)])
+        self.assertEqual(self.supervisor.status(), "inactive (1 of 2 running)")
+        self.reactor.advance(0.5)
+        self.assertIs(self.supervisor.status(), True)
+        self.assertEqual(self.reactor.spawned[2][0][-1], "1")
+        self.assertEqual(self.supervisor.rows(), [(0, 100), (1, 102)])
+        self.assertEqual(self.supervisor.restarts, 1)
+        self.process(2).end(9)
+        self.reactor.advance(0.5)
+        self.assertEqual(len(self.reactor.spawned), 3)
+        self.reactor.advance(0.5)
+        self.assertEqual(len(self.reactor.spawned), 4)
+        self.flushLoggedErrors()
+        self.stop_all()
+
+    def test_stop(self) -> None:
+        """Stopping sends SIGTERM, then SIGKILL to a worker still there
+        after the grace; it fires when every worker has exited, and a
+        worker waiting to start again is not started."""
+        self.supervisor.startService()
+        self.process(1).end(9)
+        stopped = self.supervisor.stopService()
+        self.assertEqual(self.process(0).signals, ["TERM"])
+        self.assertNoResult(stopped)
+        self.reactor.advance(STOP_GRACE)
+        self.assertEqual(self.process(0).signals, ["TERM", "KILL"])
+        self.process(0).end(9)
+        self.successResultOf(stopped)
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.spawned), 2)
+        self.flushLoggedErrors()
+
+    def stop_all(self) -> None:
+        stopped = self.supervisor.stopService()
+        for _, process in self.reactor.spawned:
+            if process.signals:
+                process.end(0)
+        self.successResultOf(stopped)
+
+
+class DirectiveTests(SynchronousTestCase):
+    def test_parse(self) -> None:
+        """``workers N|auto`` reads as a count (auto: one per core); the
+        default is 1; anything else is refused with its line."""
+        self.assertEqual(parse_crs_local_config("").workers, 1)
+        self.assertEqual(parse_crs_local_config("workers 4\n").workers, 4)
+        local = parse_crs_local_config("workers auto\n")
+        self.assertEqual(local.workers, AUTO_WORKERS)
+        self.assertEqual(worker_count(local, cores=8), 8)
+        self.assertEqual(worker_count(local, cores=0), 1)
+        self.assertEqual(worker_count(CrsLocalConfig(workers=3)), 3)
+        for bad in ("workers 0", "workers -1", "workers many", "workers 257", "workers 1 2"):
+            self.assertRaises(ConfigError, parse_crs_local_config, bad + "\n")
+        self.assertEqual(parse_crs_local_config(render_crs_local_config(local)), local)
+
+    def test_not_with_a_pool(self) -> None:
+        """workers 2 with a pool of two is refused at start (not yet)."""
+        d = self.mktemp()
+        os.makedirs(d)
+        conf = os.path.join(d, "crs.conf")
+        with open(conf, "w") as f:
+            f.write(
+                "[GLOBAL]\nkey k\n[POOL]\nhost crs1\nhost crs2\n"
+                "ip crs1 10.0.0.1\nip crs2 10.0.0.2\n"
+            )
+        local = os.path.join(d, "crs-local.conf")
+        with open(local, "w") as f:
+            f.write("crsname crs1\nworkers 2\n")
+        options = Options()
+        error = self.assertRaises(
+            usage.UsageError, options.parseOptions, ["--config", conf, "--local-config", local]
+        )
+        self.assertIn("workers: not yet with a pool", str(error))
+
+
+class AccountsHookTests(SynchronousTestCase):
+    def test_on_change(self) -> None:
+        """Creating, changing and deleting an account, and a reload, call
+        the change hooks (the parent then tells its workers)."""
+        store = AccountStore(self.mktemp())
+        calls: list[int] = []
+        store.on_change.append(lambda: calls.append(1))
+        store.create("acme", SECRET)
+        store.set_secret("acme", SECRET)
+        store.set_blacklisted("acme", "tel:+1", True)
+        store.delete("acme")
+        store.reload()
+        self.assertEqual(len(calls), 5)
+
+
+class ReuseportTests(SynchronousTestCase):
+    def test_shared_port(self) -> None:
+        """Several SO_REUSEPORT sockets bind one port (the parent's held one
+        and each worker's); a port held without the option is a clear
+        start-up error."""
+        held = reserve("127.0.0.1", 0)
+        self.addCleanup(held.close)
+        port = held.getsockname()[1]
+        worker = reuseport_socket("127.0.0.1", port)
+        self.addCleanup(worker.close)
+        worker.listen(5)
+        other = socket.socket()
+        self.addCleanup(other.close)
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)
+        error = self.assertRaises(
+            StartupError, reuseport_socket, "127.0.0.1", other.getsockname()[1]
+        )
+        self.assertIn("client TLS", str(error))
+
+
+class Published:
+    """Siblings as the link uses them: what was published, where."""
+
+    def __init__(self) -> None:
+        self.notices: list[tuple[Any, str | None]] = []
+        self.up = True
+
+    def publish(self, notice: Any, to: str | None = None) -> bool:
+        self.notices.append((notice, to))
+        return self.up
+
+
+class DirectoryTests(SynchronousTestCase):
+    def test_moves_and_forget(self) -> None:
+        """The latest attach wins; a detach from a worker the URI has left
+        changes nothing; a worker forgotten takes only its own entries."""
+        directory = AttachDirectory()
+        directory.attached("tel:+1", "w1")
+        directory.attached("tel:+2", "w1")
+        directory.attached("tel:+1", "w2")
+        directory.detached("tel:+1", "w1")
+        self.assertEqual(directory.owner("tel:+1"), "w2")
+        directory.forget("w1")
+        self.assertEqual((directory.owner("tel:+1"), directory.owner("tel:+2")), ("w2", None))
+
+
+class WorkerLinkTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        clock = Clock()
+        self.registry = AttachRegistry("crs1", clock.seconds, TraceHub(clock.seconds))
+        self.siblings = Published()
+        self.link = WorkerLink("w1", "crs1", self.registry, self.siblings)  # type: ignore[arg-type]
+        self.downs: list[tuple[str, bool]] = []
+        self.link.on_link(lambda peer, up: self.downs.append((peer, up)))
+        self.frames: list[tuple[str, dict[str, object]]] = []
+        self.link.handle("call-talk", lambda peer, fields: self.frames.append((peer, fields)))
+
+    def test_frames(self) -> None:
+        """A frame goes to the peer worker's channel, False when it cannot
+        go; a frame that arrives goes to its handler, an unknown or bad one
+        is counted."""
+        self.assertTrue(self.link.send("w2", "call-talk", {"session": "s"}))
+        self.assertEqual(
+            self.siblings.notices,
+            [(Frame("w1", "call-talk", {"session": "s"}), "crs:crs1:workers:w2")],
+        )
+        self.siblings.up = False
+        self.assertFalse(self.link.send("w2", "call-talk", {"session": "s"}))
+        self.link.received(Frame("w2", "call-talk", {"session": "s"}))
+        self.assertEqual(self.frames, [("w2", {"session": "s"})])
+        self.link.received(Frame("w2", "call-nonsense", {}))
+
+        def bad(peer: str, fields: dict[str, object]) -> None:
+            raise WireError("bad frame")
+
+        self.link.handle("call-hold", bad)
+        self.link.received(Frame("w2", "call-hold", {}))
+        self.assertEqual(self.link.refused, 2)
+
+    def test_directory_from_notices(self) -> None:
+        """Other workers' attach and detach notices fill the directory (its
+        own are already in it); a worker's hello or gone forgets its
+        clients and ends the calls through it; a hello is answered with
+        this worker's attachments."""
+        self.link.received(Attached("tel:+2", "w2", 5))
+        self.assertEqual(self.link.owner("tel:+2"), "w2")
+        self.link.received(Detached("tel:+2", "w2"))
+        self.assertIsNone(self.link.owner("tel:+2"))
+        self.link.received(Attached("tel:+3", "w2", 5))
+        self.link.received(Gone("w2"))
+        self.assertIsNone(self.link.owner("tel:+3"))
+        self.assertEqual(self.downs, [("w2", False)])
+        conn = Conn("tel:+1")
+        self.registry.attach(Attachment("tel:+1", "acme", 0.0, "1", "192.0.2.1", 1, conn))
+        self.link.client_attached("tel:+1", 0.0)
+        self.siblings.notices.clear()
+        self.link.received(Hello("w3"))
+        self.assertEqual(self.siblings.notices, [(Attached("tel:+1", "w1", 0), None)])
+        self.assertEqual(self.downs, [("w2", False), ("w3", False)])
+        self.link.received(Hello("w1"))
+        self.assertEqual(len(self.downs), 2)
+        self.siblings.notices.clear()
+        self.link.received(Ask("w3"))
+        self.assertEqual(self.siblings.notices, [(Attached("tel:+1", "w1", 0), None)])
+        self.assertEqual(len(self.downs), 2)
+
+    def test_own_clients(self) -> None:
+        """Its clients' attaches are published; a detach only when the URI
+        is not attached here again (a replaced connection is no detach)."""
+        conn = Conn("tel:+1")
+        self.registry.attach(Attachment("tel:+1", "acme", 0.0, "1", "192.0.2.1", 1, conn))
+        self.link.client_attached("tel:+1", 0.0)
+        self.link.client_detached("tel:+1")
+        self.registry.detach("tel:+1", conn, "gone")  # type: ignore[arg-type]
+        self.link.client_detached("tel:+1")
+        self.link.subscribed()
+        self.assertEqual(
+            [n for n, _ in self.siblings.notices],
+            [Attached("tel:+1", "w1", 0), Detached("tel:+1", "w1"), Hello("w1")],
+        )
+
+    def test_subscribed_again(self) -> None:
+        """After a reconnection a worker asks for the others' attachments
+        and tells its own, without a hello (its calls go on)."""
+        self.link.subscribed()
+        conn = Conn("tel:+1")
+        self.registry.attach(Attachment("tel:+1", "acme", 0.0, "1", "192.0.2.1", 1, conn))
+        self.siblings.notices.clear()
+        self.link.subscribed()
+        self.assertEqual(
+            [n for n, _ in self.siblings.notices], [Ask("w1"), Attached("tel:+1", "w1", 0)]
+        )
+
+    def test_attached_again_elsewhere(self) -> None:
+        """A URI attached here and then on another worker: the older
+        connection here is closed ``replaced``; a notice of an older attach
+        elsewhere closes nothing."""
+        closed: list[str] = []
+
+        class Closing(Conn):
+            def disconnect(self, reason: str) -> None:
+                closed.append(reason)
+
+        conn = Closing("tel:+1")
+        self.registry.attach(Attachment("tel:+1", "acme", 10.0, "1", "192.0.2.1", 1, conn))
+        self.link.received(Attached("tel:+1", "w2", 9_000))
+        self.assertEqual(closed, [])
+        self.link.received(Attached("tel:+1", "w2", 11_000))
+        self.assertEqual(closed, ["replaced"])
+        self.assertEqual(self.link.owner("tel:+1"), "w2")
+
+
+class HeldPortTests(SynchronousTestCase):
+    def test_taken_port(self) -> None:
+        """The parent holds the client port for its workers when it starts;
+        a port another socket listens on stops the start with one line."""
+        import attrs
+
+        from cryptify.config.crs_model import Endpoint
+        from cryptify.plugins._crs_listeners import HeldClientPort
+        from cryptify.plugins.crs import dev_crs_config
+
+        other = socket.socket()
+        self.addCleanup(other.close)
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)
+        cfg = dev_crs_config(self.mktemp())
+        taken = Endpoint("127.0.0.1", other.getsockname()[1])
+        cfg = attrs.evolve(cfg, global_=attrs.evolve(cfg.global_, listen=taken))
+        error = self.assertRaises(StartupError, HeldClientPort(cfg).startService)
+        self.assertIn("cannot listen on 127.0.0.1:", str(error))
+        free = attrs.evolve(cfg, global_=attrs.evolve(cfg.global_, listen=Endpoint("127.0.0.1", 0)))
+        held = HeldClientPort(free)
+        held.startService()
+        self.assertIsNotNone(held.sock)
+        held.stopService()
+        self.assertIsNone(held.sock)
