@@ -58,7 +58,12 @@ def slot_maps(draw: st.DrawFn) -> SlotMap:
     return SlotMap(key, tuple(owners))
 
 
-beats = st.builds(Heartbeat, st.sampled_from(NAMES), st.none() | slot_maps())
+beats = st.builds(
+    Heartbeat,
+    st.sampled_from(NAMES),
+    st.none() | slot_maps(),
+    st.frozensets(st.sampled_from(NAMES)),
+)
 
 
 def beat_of(data: bytes) -> Heartbeat:
@@ -140,6 +145,20 @@ class HeartbeatTests(SynchronousTestCase):
         self.refused(self.with_map(members=["crs1", "crs2", "crs3"]), "owns no slot")
         self.refused(self.with_map(members=["m"] * 65), "at most 64")
         self.refused(self.with_map(runs=[0, 1] * (SLOTS + 1)), "owner, count pairs")
+        self.refused({**self.good(), "down": []}, "empty down")
+        self.refused({**self.good(), "down": ["crs3", "crs1"]}, "not sorted")
+        self.refused({**self.good(), "down": ["crs1", "crs1"]}, "twice")
+        self.refused({**self.good(), "down": "crs1"}, "down is not a list")
+        self.refused({**self.good(), "down": ["m"] * 65}, "at most 64")
+        self.refused({**self.good(), "down": [""]}, "down member is not a name")
+
+    def test_down_report(self) -> None:
+        """The members a sender sees down travel sorted, and only when there
+        are some (a beat with none is the same octets as before)."""
+        beat = Heartbeat("crs1", halves(), frozenset({"crs3", "crs2"}))
+        self.assertEqual(cbor_subset.decode(payload(beat))["down"], ["crs2", "crs3"])
+        self.assertEqual(decode_frame(payload(beat)), Frame(beat, 4242))
+        self.assertNotIn("down", cbor_subset.decode(payload(Heartbeat("crs1", halves()))))
 
     def test_not_cbor(self) -> None:
         """Octets outside the CBOR subset are refused as such."""

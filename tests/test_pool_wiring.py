@@ -12,7 +12,14 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.config.crs_model import CrsConfig, CrsGlobal, Pool, PoolHost
-from cryptify.crs.pool.core import DOWN_AFTER, HEARTBEAT_INTERVAL, JOIN_WAIT, Heartbeat, Reason
+from cryptify.crs.pool.core import (
+    DOWN_AFTER,
+    HEARTBEAT_INTERVAL,
+    JOIN_WAIT,
+    LATE_AFTER,
+    Heartbeat,
+    Reason,
+)
 from cryptify.crs.pool.wire import (
     MAX_FRAME,
     Frame,
@@ -25,6 +32,7 @@ from cryptify.crs.pool.wiring import (
     IDLE_TIMEOUT,
     INCARNATION_FILE,
     LAG_PROBE_INTERVAL,
+    ClientSlots,
     PoolLink,
     _InboundFactory,
     _LinkProtocol,
@@ -223,6 +231,43 @@ class LinkTests(SynchronousTestCase):
         self.assertIn(("pool", "hand-back start"), a.events)
         self.assertEqual(a.events[-1], ("pool", "hand-back done"))
         self.assertEqual(b.link.rows()[1][2], f"{SLOTS // 2}-{SLOTS - 1}")
+
+    def test_late_owner_is_no_move_target(self) -> None:
+        """While crs2's frames are late, a client of its slot at crs1 is told
+        to try again (no owner for the attach) rather than moved to an
+        address that may be dead; the map itself is unchanged, and once
+        crs2 is heard again the attach is moved there as before."""
+        a, b = self.member("crs1"), self.member("crs2")
+        wires = [Wire(a, b), Wire(b, a)]
+        self.flow(JOIN_WAIT + 3 * HEARTBEAT_INTERVAL, wires)
+        slots = ClientSlots(a.link)
+        self.assertEqual(slots.owner(SLOTS - 1), "crs2")
+        self.flow(LATE_AFTER + HEARTBEAT_INTERVAL, [])
+        self.assertTrue(a.link.link_up("crs2"))
+        self.assertEqual(a.link.owner(SLOTS - 1), "crs2")
+        self.assertIsNone(slots.owner(SLOTS - 1))
+        self.assertEqual(slots.owner(0), "crs1")
+        self.assertTrue(slots.mine(0))
+        self.assertEqual(slots.address("crs2"), "192.0.2.2")
+        self.flow(HEARTBEAT_INTERVAL, wires)
+        self.assertEqual(slots.owner(SLOTS - 1), "crs2")
+
+    def test_closed_connections_confirm_a_death(self) -> None:
+        """In a pool of three, crs3 falls silent to crs1 only (crs2 still
+        hears it): crs1 takes nothing while its connections to crs3 stay
+        open, and takes over once they are all closed (a killed process)."""
+        a, b, c = (self.member(f"crs{i}", 3) for i in (1, 2, 3))
+        to_c = [Wire(a, c), Wire(c, a)]
+        others = [Wire(a, b), Wire(b, a), Wire(b, c), Wire(c, b)]
+        self.flow(JOIN_WAIT + 3 * HEARTBEAT_INTERVAL, to_c + others)
+        self.flow(2 * DOWN_AFTER, others)
+        self.assertFalse(a.link.link_up("crs3"))
+        self.assertNotIn(("pool", "takeover crs3"), a.events)
+        for proto in (to_c[0].out, to_c[1].into):
+            proto._lost = True  # type: ignore[attr-defined]
+            proto.connectionLost(None)
+        self.flow(HEARTBEAT_INTERVAL, others)
+        self.assertIn(("pool", "takeover crs3"), a.events)
 
     def test_frames_of_other_types(self) -> None:
         """A module's frames go to the peer's handler for their type, with

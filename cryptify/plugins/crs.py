@@ -70,7 +70,7 @@ from cryptify.crs.pool.calls_core import PoolCalls
 from cryptify.crs.pool.changes import PoolChanges
 from cryptify.crs.pool.changes_apply import StateApplier
 from cryptify.crs.pool.forward import Forwarder
-from cryptify.crs.pool.wiring import PoolLink, client_mover
+from cryptify.crs.pool.wiring import ClientSlots, PoolLink, client_mover
 from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher
 from cryptify.crs.redis.instance import ReplicaOf
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
@@ -342,7 +342,7 @@ def build_attach(
         basics.accounts,
         basics.registry,
         basics.reactor.seconds,
-        slots=basics.slots if basics.pool is None else basics.pool,
+        slots=basics.slots if basics.pool is None else ClientSlots(basics.pool),
         move_port=cfg.global_.listen.port,
         tickets=TicketKey.derive(cfg.global_.key),
         ready=lambda: stores_ready(redis),

@@ -5,7 +5,8 @@ octets of one item of the strict CBOR subset
 (:mod:`cryptify.protocols.cbor_subset`), a map whose ``"t"`` names the
 frame type.  The link itself knows the heartbeat::
 
-    {"t": "beat", "from": NAME, "pid": INT, "map": null | MAP}
+    {"t": "beat", "from": NAME, "pid": INT, "map": null | MAP
+     [, "down": [NAME, ...]]}             # members the sender sees down
 
     MAP = {"epoch": INT, "author": NAME, "inc": INT,
            "members": [NAME, ...],            # the owners named below
@@ -17,6 +18,9 @@ consecutive slots it owns; the counts add up to exactly
 :data:`~cryptify.crs.slots.SLOTS`.  Encodings are canonical (two adjacent
 runs never have the same owner, ``members`` lists each owner once in order
 of first appearance, no extra keys), so a map has exactly one encoding.
+``down`` (sorted, at least one name; absent when the sender sees every
+member live) is the second opinion a takeover waits for
+(:meth:`~cryptify.crs.pool.core.PoolMember.confirmed`).
 
 Every limit a peer controls is checked before the data is used:
 :data:`MAX_FRAME` octets per frame, :data:`~cryptify.crs.pool.core.MAX_MEMBERS`
@@ -138,12 +142,14 @@ def encode_frame(frame_type: str, fields: Mapping[str, object]) -> bytes:
 
 def encode_heartbeat(beat: Heartbeat, pid: int = 0) -> bytes:
     """One heartbeat as a whole frame (length prefix included)."""
-    body = {
+    body: dict[str, object] = {
         "t": "beat",
         "from": beat.sender,
         "pid": pid,
         "map": None if beat.map is None else encode_map(beat.map),
     }
+    if beat.down:
+        body["down"] = sorted(beat.down)
     payload = cbor_subset.encode(body)
     if len(payload) > MAX_FRAME:
         raise WireError(f"frame of {len(payload)} octets exceeds {MAX_FRAME}")
@@ -237,11 +243,25 @@ def decode_frame(payload: bytes) -> Frame | Envelope:
     frame_type = _frame_type(value.get("t"))
     if frame_type != BEAT:
         return Envelope(frame_type, {k: v for k, v in value.items() if k != "t"})
-    fields = _fields(value, "frame", {"t", "from", "pid", "map"})
+    keys = {"t", "from", "pid", "map"}
+    fields = _fields(value, "frame", keys | ({"down"} & set(value)))
     sender = _name(fields["from"], "sender")
     pid = _number(fields["pid"], "pid")
     raw_map = fields["map"]
-    return Frame(Heartbeat(sender, None if raw_map is None else decode_map(raw_map)), pid)
+    if "down" in fields and fields["down"] == []:
+        raise WireError("an empty down is left out")
+    down = _down(fields.get("down", []))
+    slot_map = None if raw_map is None else decode_map(raw_map)
+    return Frame(Heartbeat(sender, slot_map, down), pid)
+
+
+def _down(value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or len(value) > MAX_MEMBERS:
+        raise WireError(f"down is not a list of at most {MAX_MEMBERS} names")
+    names = [_name(n, "down member") for n in value]
+    if names != sorted(set(names)):
+        raise WireError("down is not sorted or lists a member twice")
+    return frozenset(names)
 
 
 class FrameReader:
