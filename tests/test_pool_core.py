@@ -345,7 +345,8 @@ class ConfirmationTests(SynchronousTestCase):
 
     def test_late(self) -> None:
         """A peer is late LATE_AFTER after its last frame (plus this
-        member's lag since), and while it is down; never oneself."""
+        member's lag since), while it is down, and at once when its
+        connections are closed; never oneself."""
         member = PoolMember(pool_of(2), "crs1", 1, 0.0)
         self.assertTrue(member.late("crs2", 0.0))
         member.receive(Heartbeat("crs2", None), 10.0)
@@ -355,6 +356,11 @@ class ConfirmationTests(SynchronousTestCase):
         self.assertFalse(member.late("crs2", 10.0 + LATE_AFTER + 0.5))
         self.assertTrue(member.late("crs2", 10.0 + DOWN_AFTER + 1.0))
         self.assertFalse(member.late("crs1", 100.0))
+        member.receive(Heartbeat("crs2", None), 20.0)
+        member.disconnected("crs2", True)
+        self.assertTrue(member.late("crs2", 20.0))
+        member.receive(Heartbeat("crs2", None), 20.5)
+        self.assertFalse(member.late("crs2", 20.5))
 
 
 class LivenessTests(SynchronousTestCase):

@@ -40,10 +40,11 @@ which slot.  The rules (``docs/pool.md`` explains why they are safe):
    :data:`TRICKLE_SLOTS` slots and releases at most as many.
 7. A member that has just started claims nothing until it has adopted a
    peer's map, or has waited :data:`JOIN_WAIT` and is its own coordinator.
-8. A peer is *late* (:meth:`PoolMember.late`) when it is not live, or its
-   last frame is older than :data:`LATE_AFTER` plus this member's lag
-   since: the attach of a URI it owns is answered ``unavailable`` (try
-   again shortly) rather than ``moved`` to an address that may be dead.
+8. A peer is *late* (:meth:`PoolMember.late`) when it is not live, every
+   connection to it is closed, or its last frame is older than
+   :data:`LATE_AFTER` plus this member's lag since: the attach of a URI
+   it owns is answered ``unavailable`` (try again shortly) rather than
+   ``moved`` to an address that may be dead.
 """
 
 from __future__ import annotations
@@ -65,9 +66,11 @@ DOWN_AFTER = 3 * HEARTBEAT_INTERVAL
 #: (a peer whose heartbeats stopped but whose other modules still send is not
 #: live for ever: its map reports, which hand-backs wait for, would be stale).
 BEATLESS_AT_MOST = 3 * DOWN_AFTER
-#: A peer whose last frame is this old is *late* (rule 8): more than one
-#: interval, fewer than the three of :data:`DOWN_AFTER`.
-LATE_AFTER = 1.5 * HEARTBEAT_INTERVAL
+#: A peer whose last frame is this old is *late* (rule 8): two missed
+#: beats, one fewer than :data:`DOWN_AFTER` (a busy peer's beats often
+#: come a little late; a dead one's connections are closed, which makes it
+#: late at once).
+LATE_AFTER = 2 * HEARTBEAT_INTERVAL
 #: How long a starting member listens for the pool's map before writing one.
 JOIN_WAIT = DOWN_AFTER
 #: Least time between two hand-back steps.
@@ -366,12 +369,13 @@ class PoolMember:
         return any(peer in self._seen_down.get(p, frozenset()) for p in others)
 
     def late(self, peer: str, now: float) -> bool:
-        """Whether ``peer`` is late (rule 8): not live, or silent for more
-        than :data:`LATE_AFTER` plus this member's lag since its last frame."""
+        """Whether ``peer`` is late (rule 8): not live, cut off (no open
+        connection), or silent for more than :data:`LATE_AFTER` plus this
+        member's lag since its last frame."""
         if peer == self.me:
             return False
         at = self._heard.get(peer)
-        if at is None or peer not in self.live(now):
+        if at is None or peer in self._cut or peer not in self.live(now):
             return True
         return now - at > LATE_AFTER + self._grace.get(peer, 0.0)
 
