@@ -70,6 +70,7 @@ from cryptify.crs.pool.calls_core import PoolCalls
 from cryptify.crs.pool.changes import PoolChanges
 from cryptify.crs.pool.changes_apply import StateApplier
 from cryptify.crs.pool.forward import Forwarder
+from cryptify.crs.pool.origins import RedisOrigins
 from cryptify.crs.pool.wiring import ClientSlots, PoolLink, client_mover
 from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher
 from cryptify.crs.redis.instance import ReplicaOf
@@ -392,7 +393,8 @@ def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statis
     install_messaging(core, messaging)
     forwarder = None
     if basics.pool is not None:
-        forwarder = Forwarder(basics.pool, store, messaging, reactor)
+        origins = RedisOrigins(lambda: redis.store("redis_low"))
+        forwarder = Forwarder(basics.pool, store, messaging, reactor, origins=origins)
         basics.probes["pool_messages"] = forwarder.status
     return Messages(store, messaging, MessageExpiry(store, reactor), forwarder)
 
