@@ -24,6 +24,7 @@ from cryptify.crs.pool.wire import (
     MAX_FRAME,
     Frame,
     WireError,
+    decode_down,
     decode_frame,
     encode_frame,
     encode_heartbeat,
@@ -157,20 +158,26 @@ class LinkTests(SynchronousTestCase):
         self.assertEqual([c[0] for c in self.reactor.tcpClients], ["10.0.0.2"])
 
     def test_heartbeat_every_interval(self) -> None:
-        """A heartbeat goes out on connect and then every HEARTBEAT_INTERVAL."""
+        """A heartbeat goes out on connect and then every HEARTBEAT_INTERVAL,
+        each followed by the report of the members this one sees down."""
         a = self.member("crs1")
         _, transport = a.outgoing("crs2")
         self.reactor.advance(HEARTBEAT_INTERVAL)
         self.reactor.advance(HEARTBEAT_INTERVAL)
         data = transport.value()
         frames = []
+        reports = []
         while data:
             (length,) = struct.unpack(">I", data[:4])
             frame = decode_frame(data[4 : 4 + length])
-            assert isinstance(frame, Frame)
-            frames.append(frame)
+            if isinstance(frame, Frame):
+                frames.append(frame)
+            else:
+                self.assertEqual(len(reports), len(frames) - 1)  # after its beat
+                reports.append(decode_down(frame.fields))
             data = data[4 + length :]
         self.assertEqual(len(frames), 3)
+        self.assertEqual(reports, [frozenset({"crs2"})] * 3)  # never heard: down
         self.assertEqual({f.beat.sender for f in frames}, {"crs1"})
         self.assertEqual({f.pid for f in frames}, {1001})
 
@@ -182,7 +189,8 @@ class LinkTests(SynchronousTestCase):
         inbound, in_t = a.inbound()
         self.assertEqual(in_t.value(), b"")
         inbound.dataReceived(encode_heartbeat(Heartbeat("crs2", None)))
-        first = decode_frame(in_t.value()[4:])
+        (length,) = struct.unpack(">I", in_t.value()[:4])
+        first = decode_frame(in_t.value()[4 : 4 + length])
         assert isinstance(first, Frame)
         self.assertEqual(first.beat.sender, "crs1")
         _outgoing, out_t = a.outgoing("crs2")
@@ -268,6 +276,15 @@ class LinkTests(SynchronousTestCase):
             proto.connectionLost(None)
         self.flow(HEARTBEAT_INTERVAL, others)
         self.assertIn(("pool", "takeover crs3"), a.events)
+
+    def test_hostile_down_report_drops_the_connection(self) -> None:
+        """A down report naming a stranger drops the connection it came on,
+        and is not recorded."""
+        a = self.member("crs1")
+        inbound, in_t = a.inbound()
+        inbound.dataReceived(encode_heartbeat(Heartbeat("crs2", None)))
+        inbound.dataReceived(encode_frame("pool-down", {"down": ["crs9"]}))
+        self.assertTrue(in_t.disconnecting)
 
     def test_frames_of_other_types(self) -> None:
         """A module's frames go to the peer's handler for their type, with

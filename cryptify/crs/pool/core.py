@@ -28,7 +28,7 @@ which slot.  The rules (``docs/pool.md`` explains why they are safe):
    to their :meth:`PoolConfig.target` owner among the live members -- once
    that owner's death is *confirmed*: every connection to it is closed
    (:meth:`PoolMember.disconnected`; a killed process resets them), or
-   another live member's heartbeat reports it down too, or no other
+   another live member reports it down too (:meth:`PoolMember.reported`), or no other
    member is live to ask.  A peer whose connection stays open and that
    only this member misses is late, not dead: its slots stay put (and
    no hand-back step is written meanwhile).
@@ -205,8 +205,10 @@ class Heartbeat:
 
     sender: str
     map: SlotMap | None
-    #: The members the sender sees down (not live): a takeover's second opinion.
-    down: frozenset[str] = frozenset()
+    #: The members the sender sees down (not live): a takeover's second
+    #: opinion; None when the beat carries no report (on the wire the report
+    #: is a frame of its own, :meth:`PoolMember.reported`).
+    down: frozenset[str] | None = None
 
 
 class Reason(enum.Enum):
@@ -270,12 +272,13 @@ class PoolMember:
             strangers = {o for o in set(peer_map.owners) if o is not None and o not in known}
             if strangers or peer_map.key.author not in known:
                 raise PoolError(f"map from {beat.sender!r} names members outside the pool")
-        if not beat.down <= set(self.config.names):
-            raise PoolError(f"{beat.sender!r} reports members outside the pool down")
+        if beat.down is not None:
+            self._check_report(beat.sender, beat.down)
         self.heard_from(beat.sender, now)
         self._beat_at[beat.sender] = now
         self._reported[beat.sender] = None if peer_map is None else peer_map.key
-        self._seen_down[beat.sender] = beat.down
+        if beat.down is not None:
+            self._seen_down[beat.sender] = beat.down
         self._cut.discard(beat.sender)
         if peer_map is not None and (self.map is None or peer_map.key > self.map.key):
             self.map = peer_map
@@ -300,6 +303,27 @@ class PoolMember:
             lag = min(late, now - at)
             if lag > self._grace.get(peer, 0.0):
                 self._grace[peer] = lag
+
+    def reported(self, peer: str, down: frozenset[str]) -> None:
+        """``peer`` sees the members ``down`` down now (its latest report
+        replaces the one before).
+
+        @raise PoolError: for a sender that is not a peer or a name outside
+            the pool; nothing is recorded.
+        """
+        self._check_report(peer, down)
+        self._seen_down[peer] = down
+
+    def _check_report(self, peer: str, down: frozenset[str]) -> None:
+        if peer == self.me:
+            raise PoolError(f"report from another instance named {self.me!r}")
+        self.config.member(peer)
+        if not down <= set(self.config.names):
+            raise PoolError(f"{peer!r} reports members outside the pool down")
+
+    def down(self, now: float) -> frozenset[str]:
+        """The members this one sees down at ``now`` (its report)."""
+        return frozenset(self.config.names) - self.live(now)
 
     def disconnected(self, peer: str, cut: bool) -> None:
         """The link has no open connection to ``peer`` (``cut``), or has one
@@ -356,8 +380,7 @@ class PoolMember:
     def heartbeat(self, now: float | None = None) -> Heartbeat:
         """The heartbeat to send every peer now (with the members this one
         sees down at ``now``, when given)."""
-        down = frozenset() if now is None else frozenset(self.config.names) - self.live(now)
-        return Heartbeat(self.me, self.map, down)
+        return Heartbeat(self.me, self.map, None if now is None else self.down(now))
 
     def confirmed(self, peer: str, live: frozenset[str]) -> bool:
         """Whether ``peer``, not in ``live``, is known dead (rule 5): its

@@ -5,8 +5,7 @@ octets of one item of the strict CBOR subset
 (:mod:`cryptify.protocols.cbor_subset`), a map whose ``"t"`` names the
 frame type.  The link itself knows the heartbeat::
 
-    {"t": "beat", "from": NAME, "pid": INT, "map": null | MAP
-     [, "down": [NAME, ...]]}             # members the sender sees down
+    {"t": "beat", "from": NAME, "pid": INT, "map": null | MAP}
 
     MAP = {"epoch": INT, "author": NAME, "inc": INT,
            "members": [NAME, ...],            # the owners named below
@@ -18,9 +17,6 @@ consecutive slots it owns; the counts add up to exactly
 :data:`~cryptify.crs.slots.SLOTS`.  Encodings are canonical (two adjacent
 runs never have the same owner, ``members`` lists each owner once in order
 of first appearance, no extra keys), so a map has exactly one encoding.
-``down`` (sorted, at least one name; absent when the sender sees every
-member live) is the second opinion a takeover waits for
-(:meth:`~cryptify.crs.pool.core.PoolMember.confirmed`).
 
 Every limit a peer controls is checked before the data is used:
 :data:`MAX_FRAME` octets per frame, :data:`~cryptify.crs.pool.core.MAX_MEMBERS`
@@ -28,6 +24,16 @@ names of at most :data:`MAX_NAME` octets, integers in range.  Anything else
 raises :class:`WireError` with what is wrong; nothing else escapes.
 Whether the names are members of *this* pool is the core's check
 (:meth:`~cryptify.crs.pool.core.PoolMember.receive`).
+
+The link also sends, after each heartbeat, the members its sender sees
+down (the second opinion a takeover waits for,
+:meth:`~cryptify.crs.pool.core.PoolMember.confirmed`)::
+
+    {"t": "pool-down", "down": [NAME, ...]}   # sorted, each once; [] for none
+
+It is a frame of its own, not a heartbeat field, so that an instance
+older than it ignores it (below) and a pool can still be upgraded one
+instance at a time.
 
 Any other frame type (forwarded messages, calls, operator changes) is an
 :class:`Envelope`: the type (a short lower-case name) and the map's other
@@ -58,6 +64,8 @@ MAX_NUMBER = 2**63 - 1
 MAX_TYPE = 32
 #: The heartbeat's frame type.
 BEAT = "beat"
+#: The frame type of a member's report of the members it sees down.
+DOWN_REPORT = "pool-down"
 
 _LENGTH = struct.Struct(">I")
 
@@ -142,14 +150,12 @@ def encode_frame(frame_type: str, fields: Mapping[str, object]) -> bytes:
 
 def encode_heartbeat(beat: Heartbeat, pid: int = 0) -> bytes:
     """One heartbeat as a whole frame (length prefix included)."""
-    body: dict[str, object] = {
+    body = {
         "t": "beat",
         "from": beat.sender,
         "pid": pid,
         "map": None if beat.map is None else encode_map(beat.map),
     }
-    if beat.down:
-        body["down"] = sorted(beat.down)
     payload = cbor_subset.encode(body)
     if len(payload) > MAX_FRAME:
         raise WireError(f"frame of {len(payload)} octets exceeds {MAX_FRAME}")
@@ -243,19 +249,23 @@ def decode_frame(payload: bytes) -> Frame | Envelope:
     frame_type = _frame_type(value.get("t"))
     if frame_type != BEAT:
         return Envelope(frame_type, {k: v for k, v in value.items() if k != "t"})
-    keys = {"t", "from", "pid", "map"}
-    fields = _fields(value, "frame", keys | ({"down"} & set(value)))
+    fields = _fields(value, "frame", {"t", "from", "pid", "map"})
     sender = _name(fields["from"], "sender")
     pid = _number(fields["pid"], "pid")
     raw_map = fields["map"]
-    if "down" in fields and fields["down"] == []:
-        raise WireError("an empty down is left out")
-    down = _down(fields.get("down", []))
-    slot_map = None if raw_map is None else decode_map(raw_map)
-    return Frame(Heartbeat(sender, slot_map, down), pid)
+    return Frame(Heartbeat(sender, None if raw_map is None else decode_map(raw_map)), pid)
 
 
-def _down(value: Any) -> frozenset[str]:
+def encode_down(down: frozenset[str]) -> dict[str, object]:
+    """The fields of a :data:`DOWN_REPORT` frame."""
+    return {"down": sorted(down)}
+
+
+def decode_down(fields: Mapping[str, object]) -> frozenset[str]:
+    """The members a :data:`DOWN_REPORT` frame names; raises
+    :class:`WireError` (whether they are members of this pool is the
+    core's check)."""
+    value = _fields(dict(fields), "down report", {"down"})["down"]
     if not isinstance(value, list) or len(value) > MAX_MEMBERS:
         raise WireError(f"down is not a list of at most {MAX_MEMBERS} names")
     names = [_name(n, "down member") for n in value]

@@ -84,7 +84,15 @@ from cryptify.crs.pool.core import (
     PoolMember,
     Reason,
 )
-from cryptify.crs.pool.wire import Envelope, encode_frame, encode_heartbeat
+from cryptify.crs.pool.wire import (
+    DOWN_REPORT,
+    Envelope,
+    WireError,
+    decode_down,
+    encode_down,
+    encode_frame,
+    encode_heartbeat,
+)
 from cryptify.crs.slots import slot_of
 from cryptify.protocols.streams import abort
 from cryptify.protocols.tls_psk import PskClientContextFactory, PskServerContextFactory
@@ -153,6 +161,7 @@ class PoolLink(service.MultiService):
         self._handlers: dict[str, Callable[[str, dict[str, object]], None]] = {}
         self._unhandled: set[str] = set()
         self._link_listeners: list[Callable[[str, bool], None]] = []
+        self.handle(DOWN_REPORT, self._on_down)
         port = g.pool_port
         make = endpoint or (lambda host, p: _tcp_endpoint(reactor, host, p))
         client_tls = PskClientContextFactory(me.encode("ascii"), self._psk)
@@ -339,7 +348,8 @@ class PoolLink(service.MultiService):
         if self.member is not None:
             assert proto.peer is not None
             self.member.disconnected(proto.peer, False)
-            proto.send(encode_heartbeat(self.member.heartbeat(self.reactor.seconds()), self.pid))
+            for frame in self._beat_frames():
+                proto.send(frame)
 
     def _closed(self, proto: _LinkProtocol) -> None:
         """A connection closed: with no other one open to its peer, the
@@ -419,9 +429,26 @@ class PoolLink(service.MultiService):
             self._changed(change)
         elif self._again:
             self._run_watchers(self._again)
-        frame = encode_heartbeat(self.member.heartbeat(self.reactor.seconds()), self.pid)
+        frames = self._beat_frames()
         for proto in list(self._conns):
-            proto.send(frame)
+            for frame in frames:
+                proto.send(frame)
+
+    def _beat_frames(self) -> list[bytes]:
+        """The heartbeat, then the report of the members this one sees down."""
+        assert self.member is not None
+        down = self.member.down(self.reactor.seconds())
+        return [
+            encode_heartbeat(self.member.heartbeat(), self.pid),
+            encode_frame(DOWN_REPORT, encode_down(down)),
+        ]
+
+    def _on_down(self, peer: str, fields: dict[str, object]) -> None:
+        assert self.member is not None
+        try:
+            self.member.reported(peer, decode_down(fields))
+        except PoolError as exc:
+            raise WireError(str(exc)) from None
 
     def _links(self) -> None:
         assert self.member is not None
