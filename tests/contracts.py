@@ -197,3 +197,40 @@ class MessageStoreContract:
         counts in the sender's row, a fetch stamps the reader's; only known URIs are
         listed."""
         return self.drive(self._known_and_counters())
+
+
+class OriginStoreContract:
+    """What every :class:`~cryptify.crs.pool.origins.OriginStore` does
+    (``self.origins``): the memory one in ``tests.test_pool_origins``, the
+    Redis one in ``tests.interop.test_pool_origins``."""
+
+    origins: Any
+
+    def drive(self, work: Coroutine[Any, Any, None]) -> Any:
+        raise NotImplementedError
+
+    async def _save_peek_take(self) -> None:
+        t: Any = self
+        t.assertIsNone(await self.origins.peek("m1"))
+        t.assertIsNone(await self.origins.take("m1"))
+        await self.origins.save("m1", "crs2")
+        await self.origins.save("m2", "crs3")
+        t.assertEqual(await self.origins.peek("m1"), "crs2")
+        t.assertEqual(await self.origins.take("m1"), "crs2")
+        t.assertIsNone(await self.origins.peek("m1"))
+        t.assertIsNone(await self.origins.take("m1"))
+        t.assertEqual(await self.origins.take("m2"), "crs3")
+
+    def test_save_peek_take(self) -> Any:
+        """An origin saved is found (peek keeps it, take forgets it), per ID."""
+        return self.drive(self._save_peek_take())
+
+    async def _overwrite(self) -> None:
+        t: Any = self
+        await self.origins.save("m1", "crs2")
+        await self.origins.save("m1", "crs3")
+        t.assertEqual(await self.origins.take("m1"), "crs3")
+
+    def test_overwrite(self) -> Any:
+        """The last origin saved for an ID is the one kept."""
+        return self.drive(self._overwrite())

@@ -24,6 +24,7 @@ from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.messages.store import Stored
 from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.pool.forward import Forwarder
+from cryptify.crs.pool.origins import MemoryOrigins
 from cryptify.crs.pool.wire import Envelope, decode_frame, encode_frame
 from cryptify.crs.pool.wiring import PoolLink, _InboundFactory, _LinkProtocol
 from cryptify.crs.slots import slot_of
@@ -166,6 +167,27 @@ class RecordingStore(MemoryMessageStore):
         return result
 
 
+class NodeOrigins(MemoryOrigins):
+    """The origin map's durable side, in the same ``redis_low`` as the
+    node's store: out of reach when the store is."""
+
+    def __init__(self, store: MemoryMessageStore) -> None:
+        super().__init__()
+        self.store = store
+
+    async def save(self, message_id: str, peer: str) -> None:
+        self.store._reachable()
+        await super().save(message_id, peer)
+
+    async def take(self, message_id: str) -> str | None:
+        self.store._reachable()
+        return await super().take(message_id)
+
+    async def peek(self, message_id: str) -> str | None:
+        self.store._reachable()
+        return await super().peek(message_id)
+
+
 class Node:
     """One pool member's messaging over a :class:`FakeLink` (or the real
     ``PoolLink`` given as ``link``)."""
@@ -181,6 +203,8 @@ class Node:
     ) -> None:
         self.net, self.name, self.clock = net, name, clock
         self.store = store or RecordingStore(clock.seconds, confirmed, name)
+        #: The durable origin map, kept across restarts as the store is.
+        self.origins = NodeOrigins(self.store)
         self.traces: list[str] = []
         self.ids = 0
         self.start(link)
@@ -204,6 +228,7 @@ class Node:
             self.messaging,
             self.clock,
             new_id=self.new_id,
+            origins=self.origins,
         )
         self.forwarder.startService()
 

@@ -104,9 +104,10 @@ class CrsOptionsTests(SynchronousTestCase):
 
     def test_pool_link_in_tree(self) -> None:
         """With a crsname in a pool of two the tree has the pool link before
-        the client listener, attach asks the link who owns a slot and show
+        the client listener, attach asks the link who owns a slot (through
+        its client view) and show
         services probes the link to the peer; without a crsname it has none."""
-        from cryptify.crs.pool.wiring import PoolLink
+        from cryptify.crs.pool.wiring import ClientSlots, PoolLink
 
         options = self.pool_options("[GLOBAL]\nkey k\n" + self.POOL2, "crs2")
         root = crs.make_crs_service(options["crs"], options["local"], Clock())
@@ -114,7 +115,9 @@ class CrsOptionsTests(SynchronousTestCase):
         [link] = [c for c in children if isinstance(c, PoolLink)]
         [listener] = [c for c in children if isinstance(c, UmsgListenService)]
         self.assertLess(children.index(link), children.index(listener))
-        self.assertIs(listener.factory.core.slots, link)
+        slots = listener.factory.core.slots
+        self.assertIsInstance(slots, ClientSlots)
+        self.assertIs(slots.link, link)  # a late owner's slot is no move target
         self.assertEqual(link.me, "crs2")
         self.assertEqual(link.peers, ("crs1",))
         basics = crs.build_basics(options["crs"], options["local"], Clock())

@@ -22,6 +22,7 @@ from cryptify.crs.pool.core import (
     DOWN_AFTER,
     HEARTBEAT_INTERVAL,
     JOIN_WAIT,
+    LATE_AFTER,
     TRICKLE_SLOTS,
     Heartbeat,
     MapKey,
@@ -63,7 +64,7 @@ class Net:
         """Everyone up sends to everyone up, then a heartbeat interval
         passes and everyone ticks."""
         for sender in self.up():
-            beat = sender.heartbeat()
+            beat = sender.heartbeat(self.now)
             for receiver in self.up():
                 if receiver is not sender:
                     receiver.receive(beat, self.now)
@@ -191,9 +192,9 @@ class EpochTests(SynchronousTestCase):
 class FailoverTests(SynchronousTestCase):
     def test_takeover_when_silent(self) -> None:
         """When crs2 goes silent, crs1 (the coordinator) gives its slots to
-        crs1 and crs3 once DOWN_AFTER has passed, in one map with a higher
-        epoch; no other slot moves, crs3 adopts the map, and no slot is
-        left to crs2."""
+        crs1 and crs3 once DOWN_AFTER has passed and crs3's next heartbeat
+        has reported crs2 down too, in one map with a higher epoch; no other
+        slot moves, crs3 adopts the map, and no slot is left to crs2."""
         net = Net(3)
         before = net.settle()
         heard_at = net.now - HEARTBEAT_INTERVAL
@@ -201,7 +202,7 @@ class FailoverTests(SynchronousTestCase):
         while net.maps[-1] == before:
             net.round()
         self.assertGreaterEqual(net.now - heard_at, DOWN_AFTER)
-        self.assertLess(net.now - heard_at, DOWN_AFTER + HEARTBEAT_INTERVAL)
+        self.assertLessEqual(net.now - heard_at, DOWN_AFTER + HEARTBEAT_INTERVAL)
         after = net.settle(rounds=3)
         self.assertGreater(after.key.epoch, before.key.epoch)
         self.assertNotIn("crs2", set(after.owners))
@@ -280,6 +281,86 @@ class FailoverTests(SynchronousTestCase):
         net.now += HEARTBEAT_INTERVAL
         self.assertIsNotNone(crs1.tick(net.now))
         self.assertEqual(crs1.map.owners.count("crs1"), TRICKLE_SLOTS)
+
+
+class ConfirmationTests(SynchronousTestCase):
+    """A takeover needs more than this member's own silence: a second
+    member's report, or every connection to the owner closed."""
+
+    def test_one_sided_silence_takes_nothing(self) -> None:
+        """crs1 stops hearing crs2, whose connection stays open, while crs3
+        still hears it: crs2 is late at crs1 but keeps its slots, and no
+        hand-back step is written meanwhile; once crs3 misses it too, the
+        takeover follows."""
+        net = Net(3)
+        before = net.settle()
+        crs1, crs3 = net.members["crs1"], net.members["crs3"]
+        assert crs1 is not None and crs3 is not None
+        for _ in range(2 * int(DOWN_AFTER)):
+            for sender in ("crs2", "crs3"):
+                for receiver in ("crs1", "crs2", "crs3"):
+                    if receiver != sender and (sender, receiver) != ("crs2", "crs1"):
+                        member = net.members[receiver]
+                        beater = net.members[sender]
+                        assert member is not None and beater is not None
+                        member.receive(beater.heartbeat(net.now), net.now)
+            crs3.receive(crs1.heartbeat(net.now), net.now)
+            net.now += HEARTBEAT_INTERVAL
+            self.assertIsNone(crs1.tick(net.now))
+        self.assertNotIn("crs2", crs1.live(net.now))
+        self.assertTrue(crs1.late("crs2", net.now))
+        self.assertEqual(crs1.map, before)
+        net.silent = {"crs2"}
+        after = net.settle(rounds=5)
+        self.assertNotIn("crs2", set(after.owners))
+
+    def test_closed_connections_confirm(self) -> None:
+        """A peer whose connections all closed (a killed process) is taken
+        over at DOWN_AFTER even though crs3 has not reported it yet."""
+        net = Net(3)
+        net.settle()
+        crs1 = net.members["crs1"]
+        assert crs1 is not None
+        heard = crs1.heard("crs2")
+        assert heard is not None
+        crs1.disconnected("crs2", True)
+        crs1.receive(Heartbeat("crs3", crs1.map), heard + DOWN_AFTER)  # crs3 sees crs2 live
+        change = crs1.tick(heard + DOWN_AFTER)
+        assert change is not None
+        self.assertEqual((change.reason, change.down), (Reason.TAKEOVER, ("crs2",)))
+
+    def test_report_in_heartbeat(self) -> None:
+        """A heartbeat names the members its sender sees down; a report of a
+        stranger is refused."""
+        net = Net(3)
+        net.settle()
+        crs1 = net.members["crs1"]
+        assert crs1 is not None
+        self.assertEqual(crs1.heartbeat(net.now).down, frozenset())
+        heard = crs1.heard("crs2")
+        assert heard is not None
+        self.assertEqual(crs1.heartbeat(heard + DOWN_AFTER).down, {"crs2", "crs3"})
+        stranger = Heartbeat("crs2", crs1.map, frozenset({"crs9"}))
+        self.assertRaises(PoolError, crs1.receive, stranger, net.now)
+
+    def test_late(self) -> None:
+        """A peer is late LATE_AFTER after its last frame (plus this
+        member's lag since), while it is down, and at once when its
+        connections are closed; never oneself."""
+        member = PoolMember(pool_of(2), "crs1", 1, 0.0)
+        self.assertTrue(member.late("crs2", 0.0))
+        member.receive(Heartbeat("crs2", None), 10.0)
+        self.assertFalse(member.late("crs2", 10.0 + LATE_AFTER))
+        self.assertTrue(member.late("crs2", 10.0 + LATE_AFTER + 0.01))
+        member.lagged(1.0, 11.0)
+        self.assertFalse(member.late("crs2", 10.0 + LATE_AFTER + 0.5))
+        self.assertTrue(member.late("crs2", 10.0 + DOWN_AFTER + 1.0))
+        self.assertFalse(member.late("crs1", 100.0))
+        member.receive(Heartbeat("crs2", None), 20.0)
+        member.disconnected("crs2", True)
+        self.assertTrue(member.late("crs2", 20.0))
+        member.receive(Heartbeat("crs2", None), 20.5)
+        self.assertFalse(member.late("crs2", 20.5))
 
 
 class LivenessTests(SynchronousTestCase):
@@ -390,7 +471,7 @@ class PoolMachine(RuleBasedStateMachine):
         return st.sampled_from(["crs1", "crs2", "crs3"])
 
     def _send(self, member: PoolMember) -> None:
-        beat = member.heartbeat()
+        beat = member.heartbeat(self.now)
         for (a, b), queue in self.queues.items():
             if a == member.me and (a, b) not in self.cut:
                 queue.append(beat)
@@ -456,10 +537,13 @@ class PoolMachine(RuleBasedStateMachine):
         self.cut.add((a, b))
 
     @precondition(lambda self: self.config is not None and len(self.alive()) > 1)
-    @rule(name=st.sampled_from(["crs1", "crs2", "crs3"]))
-    def crash(self, name: str) -> None:
+    @rule(name=st.sampled_from(["crs1", "crs2", "crs3"]), reset=st.booleans())
+    def crash(self, name: str, reset: bool) -> None:
         if name in self.members and len(self.alive()) > 1:
             self.members[name] = None
+            if reset:  # a killed process: its peers see their connections close
+                for member in self.alive():
+                    member.disconnected(name, True)
             for (a, b), queue in self.queues.items():
                 if a == name:
                     queue.clear()

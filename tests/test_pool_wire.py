@@ -11,12 +11,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.crs.pool.core import Heartbeat, MapKey, SlotMap
 from cryptify.crs.pool.wire import (
+    DOWN_REPORT,
     MAX_FRAME,
     Envelope,
     Frame,
     FrameReader,
     WireError,
+    decode_down,
     decode_frame,
+    encode_down,
     encode_frame,
     encode_heartbeat,
     encode_map,
@@ -140,6 +143,29 @@ class HeartbeatTests(SynchronousTestCase):
         self.refused(self.with_map(members=["crs1", "crs2", "crs3"]), "owns no slot")
         self.refused(self.with_map(members=["m"] * 65), "at most 64")
         self.refused(self.with_map(runs=[0, 1] * (SLOTS + 1)), "owner, count pairs")
+
+    def test_down_report(self) -> None:
+        """The report of the members a sender sees down is a frame of its own
+        (an older instance ignores it): sorted names, [] for none; anything
+        else is refused with the reason."""
+        for down in (frozenset(), frozenset({"crs3", "crs2"})):
+            frame = decode_frame(encode_frame(DOWN_REPORT, encode_down(down))[4:])
+            assert isinstance(frame, Envelope)
+            self.assertEqual(frame.type, "pool-down")
+            self.assertEqual(decode_down(frame.fields), down)
+        bad = [
+            ({"down": ["crs3", "crs1"]}, "not sorted"),
+            ({"down": ["crs1", "crs1"]}, "twice"),
+            ({"down": "crs1"}, "not a list"),
+            ({"down": ["m"] * 65}, "at most 64"),
+            ({"down": [""]}, "down member is not a name"),
+            ({"down": [], "x": 1}, "unexpected ['x']"),
+            ({}, "missing ['down']"),
+        ]
+        for fields, why in bad:
+            with self.assertRaises(WireError) as caught:
+                decode_down(fields)
+            self.assertIn(why, str(caught.exception))
 
     def test_not_cbor(self) -> None:
         """Octets outside the CBOR subset are refused as such."""

@@ -12,11 +12,19 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.config.crs_model import CrsConfig, CrsGlobal, Pool, PoolHost
-from cryptify.crs.pool.core import DOWN_AFTER, HEARTBEAT_INTERVAL, JOIN_WAIT, Heartbeat, Reason
+from cryptify.crs.pool.core import (
+    DOWN_AFTER,
+    HEARTBEAT_INTERVAL,
+    JOIN_WAIT,
+    LATE_AFTER,
+    Heartbeat,
+    Reason,
+)
 from cryptify.crs.pool.wire import (
     MAX_FRAME,
     Frame,
     WireError,
+    decode_down,
     decode_frame,
     encode_frame,
     encode_heartbeat,
@@ -25,6 +33,7 @@ from cryptify.crs.pool.wiring import (
     IDLE_TIMEOUT,
     INCARNATION_FILE,
     LAG_PROBE_INTERVAL,
+    ClientSlots,
     PoolLink,
     _InboundFactory,
     _LinkProtocol,
@@ -149,20 +158,26 @@ class LinkTests(SynchronousTestCase):
         self.assertEqual([c[0] for c in self.reactor.tcpClients], ["10.0.0.2"])
 
     def test_heartbeat_every_interval(self) -> None:
-        """A heartbeat goes out on connect and then every HEARTBEAT_INTERVAL."""
+        """A heartbeat goes out on connect and then every HEARTBEAT_INTERVAL,
+        each followed by the report of the members this one sees down."""
         a = self.member("crs1")
         _, transport = a.outgoing("crs2")
         self.reactor.advance(HEARTBEAT_INTERVAL)
         self.reactor.advance(HEARTBEAT_INTERVAL)
         data = transport.value()
         frames = []
+        reports = []
         while data:
             (length,) = struct.unpack(">I", data[:4])
             frame = decode_frame(data[4 : 4 + length])
-            assert isinstance(frame, Frame)
-            frames.append(frame)
+            if isinstance(frame, Frame):
+                frames.append(frame)
+            else:
+                self.assertEqual(len(reports), len(frames) - 1)  # after its beat
+                reports.append(decode_down(frame.fields))
             data = data[4 + length :]
         self.assertEqual(len(frames), 3)
+        self.assertEqual(reports, [frozenset({"crs2"})] * 3)  # never heard: down
         self.assertEqual({f.beat.sender for f in frames}, {"crs1"})
         self.assertEqual({f.pid for f in frames}, {1001})
 
@@ -174,7 +189,8 @@ class LinkTests(SynchronousTestCase):
         inbound, in_t = a.inbound()
         self.assertEqual(in_t.value(), b"")
         inbound.dataReceived(encode_heartbeat(Heartbeat("crs2", None)))
-        first = decode_frame(in_t.value()[4:])
+        (length,) = struct.unpack(">I", in_t.value()[:4])
+        first = decode_frame(in_t.value()[4 : 4 + length])
         assert isinstance(first, Frame)
         self.assertEqual(first.beat.sender, "crs1")
         _outgoing, out_t = a.outgoing("crs2")
@@ -223,6 +239,52 @@ class LinkTests(SynchronousTestCase):
         self.assertIn(("pool", "hand-back start"), a.events)
         self.assertEqual(a.events[-1], ("pool", "hand-back done"))
         self.assertEqual(b.link.rows()[1][2], f"{SLOTS // 2}-{SLOTS - 1}")
+
+    def test_late_owner_is_no_move_target(self) -> None:
+        """While crs2's frames are late, a client of its slot at crs1 is told
+        to try again (no owner for the attach) rather than moved to an
+        address that may be dead; the map itself is unchanged, and once
+        crs2 is heard again the attach is moved there as before."""
+        a, b = self.member("crs1"), self.member("crs2")
+        wires = [Wire(a, b), Wire(b, a)]
+        self.flow(JOIN_WAIT + 3 * HEARTBEAT_INTERVAL, wires)
+        slots = ClientSlots(a.link)
+        self.assertEqual(slots.owner(SLOTS - 1), "crs2")
+        self.flow(LATE_AFTER + HEARTBEAT_INTERVAL, [])
+        self.assertTrue(a.link.link_up("crs2"))
+        self.assertEqual(a.link.owner(SLOTS - 1), "crs2")
+        self.assertIsNone(slots.owner(SLOTS - 1))
+        self.assertEqual(slots.owner(0), "crs1")
+        self.assertTrue(slots.mine(0))
+        self.assertEqual(slots.address("crs2"), "192.0.2.2")
+        self.flow(HEARTBEAT_INTERVAL, wires)
+        self.assertEqual(slots.owner(SLOTS - 1), "crs2")
+
+    def test_closed_connections_confirm_a_death(self) -> None:
+        """In a pool of three, crs3 falls silent to crs1 only (crs2 still
+        hears it): crs1 takes nothing while its connections to crs3 stay
+        open, and takes over once they are all closed (a killed process)."""
+        a, b, c = (self.member(f"crs{i}", 3) for i in (1, 2, 3))
+        to_c = [Wire(a, c), Wire(c, a)]
+        others = [Wire(a, b), Wire(b, a), Wire(b, c), Wire(c, b)]
+        self.flow(JOIN_WAIT + 3 * HEARTBEAT_INTERVAL, to_c + others)
+        self.flow(2 * DOWN_AFTER, others)
+        self.assertFalse(a.link.link_up("crs3"))
+        self.assertNotIn(("pool", "takeover crs3"), a.events)
+        for proto in (to_c[0].out, to_c[1].into):
+            proto._lost = True  # type: ignore[attr-defined]
+            proto.connectionLost(None)
+        self.flow(HEARTBEAT_INTERVAL, others)
+        self.assertIn(("pool", "takeover crs3"), a.events)
+
+    def test_hostile_down_report_drops_the_connection(self) -> None:
+        """A down report naming a stranger drops the connection it came on,
+        and is not recorded."""
+        a = self.member("crs1")
+        inbound, in_t = a.inbound()
+        inbound.dataReceived(encode_heartbeat(Heartbeat("crs2", None)))
+        inbound.dataReceived(encode_frame("pool-down", {"down": ["crs9"]}))
+        self.assertTrue(in_t.disconnecting)
 
     def test_frames_of_other_types(self) -> None:
         """A module's frames go to the peer's handler for their type, with

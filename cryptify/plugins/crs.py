@@ -73,7 +73,8 @@ from cryptify.crs.pool.calls_core import PoolCalls
 from cryptify.crs.pool.changes import PoolChanges
 from cryptify.crs.pool.changes_apply import StateApplier
 from cryptify.crs.pool.forward import Forwarder
-from cryptify.crs.pool.wiring import PoolLink, client_mover
+from cryptify.crs.pool.origins import RedisOrigins
+from cryptify.crs.pool.wiring import ClientSlots, PoolLink, client_mover
 from cryptify.crs.push.wiring import CpsLink, DirectApns, Pusher
 from cryptify.crs.redis.instance import HIGH, ReplicaOf
 from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stores_ready
@@ -354,7 +355,7 @@ def build_attach(
         basics.accounts,
         basics.registry,
         basics.reactor.seconds,
-        slots=basics.slots if basics.pool is None else basics.pool,
+        slots=basics.slots if basics.pool is None else ClientSlots(basics.pool),
         move_port=cfg.global_.listen.port,
         tickets=TicketKey.derive(cfg.global_.key),
         ready=lambda: stores_ready(redis),
@@ -404,7 +405,8 @@ def build_messages(basics: Basics, core: AttachCore, redis: Redis, stats: Statis
     install_messaging(core, messaging)
     forwarder = None
     if basics.pool is not None:
-        forwarder = Forwarder(basics.pool, store, messaging, reactor)
+        origins = RedisOrigins(lambda: redis.store("redis_low"))
+        forwarder = Forwarder(basics.pool, store, messaging, reactor, origins=origins)
         basics.probes["pool_messages"] = forwarder.status
     return Messages(store, messaging, MessageExpiry(store, reactor), forwarder)
 

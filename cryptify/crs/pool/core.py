@@ -25,7 +25,13 @@ which slot.  The rules (``docs/pool.md`` explains why they are safe):
 4. Only the *coordinator* writes maps: the first member in configuration
    order among those it sees live.  Each new map has the next epoch.
 5. *Takeover*: slots whose owner is not live go at once, in one new map,
-   to their :meth:`PoolConfig.target` owner among the live members.
+   to their :meth:`PoolConfig.target` owner among the live members -- once
+   that owner's death is *confirmed*: every connection to it is closed
+   (:meth:`PoolMember.disconnected`; a killed process resets them), or
+   another live member reports it down too (:meth:`PoolMember.reported`), or no other
+   member is live to ask.  A peer whose connection stays open and that
+   only this member misses is late, not dead: its slots stay put (and
+   no hand-back step is written meanwhile).
 6. *Hand-back*: a slot that one live member owns and another should own
    moves in two maps: first released (no owner), then given.  Each step
    waits until every live peer reports holding the coordinator's current
@@ -34,6 +40,11 @@ which slot.  The rules (``docs/pool.md`` explains why they are safe):
    :data:`TRICKLE_SLOTS` slots and releases at most as many.
 7. A member that has just started claims nothing until it has adopted a
    peer's map, or has waited :data:`JOIN_WAIT` and is its own coordinator.
+8. A peer is *late* (:meth:`PoolMember.late`) when it is not live, every
+   connection to it is closed, or its last frame is older than
+   :data:`LATE_AFTER` plus this member's lag since: the attach of a URI
+   it owns is answered ``unavailable`` (try again shortly) rather than
+   ``moved`` to an address that may be dead.
 """
 
 from __future__ import annotations
@@ -55,6 +66,11 @@ DOWN_AFTER = 3 * HEARTBEAT_INTERVAL
 #: (a peer whose heartbeats stopped but whose other modules still send is not
 #: live for ever: its map reports, which hand-backs wait for, would be stale).
 BEATLESS_AT_MOST = 3 * DOWN_AFTER
+#: A peer whose last frame is this old is *late* (rule 8): two missed
+#: beats, one fewer than :data:`DOWN_AFTER` (a busy peer's beats often
+#: come a little late; a dead one's connections are closed, which makes it
+#: late at once).
+LATE_AFTER = 2 * HEARTBEAT_INTERVAL
 #: How long a starting member listens for the pool's map before writing one.
 JOIN_WAIT = DOWN_AFTER
 #: Least time between two hand-back steps.
@@ -189,6 +205,10 @@ class Heartbeat:
 
     sender: str
     map: SlotMap | None
+    #: The members the sender sees down (not live): a takeover's second
+    #: opinion; None when the beat carries no report (on the wire the report
+    #: is a frame of its own, :meth:`PoolMember.reported`).
+    down: frozenset[str] | None = None
 
 
 class Reason(enum.Enum):
@@ -227,6 +247,10 @@ class PoolMember:
     _reported: dict[str, MapKey | None] = attrs.field(factory=dict)
     _next_step: float = 0.0
     _targets: dict[frozenset[str], tuple[str, ...]] = attrs.field(factory=dict)
+    #: Per peer: the members its last heartbeat reported down.
+    _seen_down: dict[str, frozenset[str]] = attrs.field(factory=dict)
+    #: Peers with no open connection (told by the link, rule 5).
+    _cut: set[str] = attrs.field(factory=set)
 
     def __attrs_post_init__(self) -> None:
         self.config.member(self.me)
@@ -248,9 +272,14 @@ class PoolMember:
             strangers = {o for o in set(peer_map.owners) if o is not None and o not in known}
             if strangers or peer_map.key.author not in known:
                 raise PoolError(f"map from {beat.sender!r} names members outside the pool")
+        if beat.down is not None:
+            self._check_report(beat.sender, beat.down)
         self.heard_from(beat.sender, now)
         self._beat_at[beat.sender] = now
         self._reported[beat.sender] = None if peer_map is None else peer_map.key
+        if beat.down is not None:
+            self._seen_down[beat.sender] = beat.down
+        self._cut.discard(beat.sender)
         if peer_map is not None and (self.map is None or peer_map.key > self.map.key):
             self.map = peer_map
             return Change(peer_map.key, Reason.ADOPTED)
@@ -275,6 +304,37 @@ class PoolMember:
             if lag > self._grace.get(peer, 0.0):
                 self._grace[peer] = lag
 
+    def reported(self, peer: str, down: frozenset[str]) -> None:
+        """``peer`` sees the members ``down`` down now (its latest report
+        replaces the one before).
+
+        @raise PoolError: for a sender that is not a peer or a name outside
+            the pool; nothing is recorded.
+        """
+        self._check_report(peer, down)
+        self._seen_down[peer] = down
+
+    def _check_report(self, peer: str, down: frozenset[str]) -> None:
+        if peer == self.me:
+            raise PoolError(f"report from another instance named {self.me!r}")
+        self.config.member(peer)
+        if not down <= set(self.config.names):
+            raise PoolError(f"{peer!r} reports members outside the pool down")
+
+    def down(self, now: float) -> frozenset[str]:
+        """The members this one sees down at ``now`` (its report)."""
+        return frozenset(self.config.names) - self.live(now)
+
+    def disconnected(self, peer: str, cut: bool) -> None:
+        """The link has no open connection to ``peer`` (``cut``), or has one
+        again: a peer whose connections were all closed is confirmed down
+        once it is not live (rule 5); a heartbeat from it clears this."""
+        self.config.member(peer)
+        if cut:
+            self._cut.add(peer)
+        else:
+            self._cut.discard(peer)
+
     def tick(self, now: float) -> Change | None:
         """Let time pass: the coordinator writes the next map if one is due
         (rules 4 to 7)."""
@@ -287,12 +347,15 @@ class PoolMember:
                 return None
             return self._write(list(target), Reason.FORMED)
         owners = list(self.map.owners)
-        down = sorted({o for o in owners if o is not None and o not in live})
+        missing = {o for o in owners if o is not None and o not in live}
+        down = sorted(o for o in missing if self.confirmed(o, live))
         if down:
             for slot, owner in enumerate(owners):
                 if owner in down:
                     owners[slot] = target[slot]
             return self._write(owners, Reason.TAKEOVER, tuple(down))
+        if missing:
+            return None  # late, not (yet) known dead: no takeover, no hand-back
         if now < self._next_step or not self._all_hold_mine(live):
             return None
         moved = False
@@ -314,9 +377,30 @@ class PoolMember:
 
     # -- outputs -------------------------------------------------------
 
-    def heartbeat(self) -> Heartbeat:
-        """The heartbeat to send every peer now."""
-        return Heartbeat(self.me, self.map)
+    def heartbeat(self, now: float | None = None) -> Heartbeat:
+        """The heartbeat to send every peer now (with the members this one
+        sees down at ``now``, when given)."""
+        return Heartbeat(self.me, self.map, None if now is None else self.down(now))
+
+    def confirmed(self, peer: str, live: frozenset[str]) -> bool:
+        """Whether ``peer``, not in ``live``, is known dead (rule 5): its
+        connections are closed, another live member reports it down, or no
+        other member is live to ask."""
+        others = live - {self.me, peer}
+        if peer in self._cut or not others:
+            return True
+        return any(peer in self._seen_down.get(p, frozenset()) for p in others)
+
+    def late(self, peer: str, now: float) -> bool:
+        """Whether ``peer`` is late (rule 8): not live, cut off (no open
+        connection), or silent for more than :data:`LATE_AFTER` plus this
+        member's lag since its last frame."""
+        if peer == self.me:
+            return False
+        at = self._heard.get(peer)
+        if at is None or peer in self._cut or peer not in self.live(now):
+            return True
+        return now - at > LATE_AFTER + self._grace.get(peer, 0.0)
 
     def live(self, now: float) -> frozenset[str]:
         """Members seen live: this one and every peer heard within

@@ -45,7 +45,10 @@ message.
 Two copies of one ID (a forward that timed out although the owner had
 stored it): each side remembers the other member that may hold a copy,
 and the one whose recipient confirms it first tells the other
-(``msg-gone``), which drops its copy.  Known URIs are pool-wide: a URI
+(``msg-gone``), which drops its copy.  A copy handed on to a third
+member (the slot moved) is followed: the ``msg-gone`` for it is passed
+on to the member that took it, which remembers where a handed copy came
+from as it does for a forwarded one.  Known URIs are pool-wide: a URI
 that attaches here first is sent to every live peer (``msg-known``), and
 the whole set when a peer's link comes up and every :data:`KNOWN_RESYNC`,
 so a member that takes over a dead member's slots takes posts for its
@@ -83,7 +86,7 @@ from cryptify.crs.messages.store import (
     new_message_id,
     stat_key,
 )
-from cryptify.crs.messages.wiring import Messaging, Relayed, forward_state
+from cryptify.crs.messages.wiring import Messaging, Relayed
 from cryptify.crs.pool.forward_core import (
     DELIVERED,
     GONE,
@@ -107,6 +110,8 @@ from cryptify.crs.pool.forward_core import (
     encode_refused,
     encode_stored,
 )
+from cryptify.crs.pool.forward_sweep import KNOWN_RESYNC, SweepMixin
+from cryptify.crs.pool.origins import MAX_ORIGINS, OriginMap, OriginStore
 from cryptify.crs.slots import slot_of
 from cryptify.protocols.umsg import base_uri
 
@@ -117,15 +122,6 @@ log = Logger(namespace="cryptify.crs.pool")
 FORWARD_TIMEOUT = 3.0
 #: Seconds between sweeps while messages are left for another member.
 SWEEP_INTERVAL = 2.0
-#: Messages of one inbox handed over at once.
-SWEEP_WINDOW = 64
-#: Seconds between sending every live peer the whole set of known URIs
-#: again (besides when its link comes up): a ``msg-known`` lost with its
-#: connection is made good within this time.
-KNOWN_RESYNC = 300.0
-#: Messages taken from a peer's forward whose origin is remembered (for
-#: ``msg-gone``) at most; the oldest are forgotten first.
-MAX_ORIGINS = 100_000
 #: The counters of ``show services`` (row ``pool_messages``) and of the
 #: metrics (``cryptify_crs_pool_messages_KEY``), with what each counts.
 COUNTERS = (
@@ -177,7 +173,7 @@ class _Pending:
     timer: IDelayedCall
 
 
-class Forwarder(service.Service):
+class Forwarder(SweepMixin, service.Service):
     """Messages of recipients served by other pool members (module docstring).
 
     The inter-working link's forwarder
@@ -202,6 +198,7 @@ class Forwarder(service.Service):
         *,
         timeout: float = FORWARD_TIMEOUT,
         new_id: Callable[[], str] | None = None,
+        origins: OriginStore | None = None,
     ) -> None:
         self.link = link
         self.store = store
@@ -213,9 +210,10 @@ class Forwarder(service.Service):
         #: Message ID -> the peer that may hold another copy of it (the
         #: peer that forwarded it here, or the peer a forward from here timed
         #: out at): told with ``msg-gone`` when its recipient confirms it here.
-        self._origins: OrderedDict[str, str] = OrderedDict()
+        self._origins = OriginMap(origins)
         #: Copies to drop (``msg-gone``) that the store could not drop yet.
         self._to_drop: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._followed: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._numbers = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         #: Peers whose messages are being kept here (logged once each).
@@ -320,16 +318,22 @@ class Forwarder(service.Service):
 
     def settled(self, recipient: str, message_id: str) -> None:
         """Confirmed here: the member that forwarded it drops a copy it kept."""
-        origin = self._origins.pop(message_id, None)
-        if origin is not None and origin != self.link.me:
-            # best effort: a copy kept there also meets this one at the
-            # sweep while the slot stays here (the scope's tombstone)
-            self.link.send(origin, GONE, encode_gone(message_id, recipient))
+
+        def tell(origin: str | None) -> None:
+            if origin is not None and origin != self.link.me:
+                # best effort: a copy kept there also meets this one at the
+                # sweep while the slot stays here (the scope's tombstone)
+                self.link.send(origin, GONE, encode_gone(message_id, recipient))
+
+        self._origins.take(message_id).addCallbacks(
+            tell,
+            lambda f: log.warn(
+                "origin of message {id} not found: {why}", id=message_id, why=f.getErrorMessage()
+            ),
+        )
 
     def _remember_origin(self, message_id: str, peer: str) -> None:
-        self._origins[message_id] = peer
-        while len(self._origins) > MAX_ORIGINS:
-            self._origins.popitem(last=False)
+        self._origins.remember(message_id, peer)
 
     def learned(self, uri: str) -> None:
         """``uri`` attached here first: every live peer takes posts for it."""
@@ -467,7 +471,10 @@ class Forwarder(service.Service):
                 self.counters["duplicates"] += 1
                 return
             self.counters["taken"] += 1
-            if live:
+            if live or self.shares_known:
+                # a copy forwarded here may have a twin at the peer (its
+                # forward timed out); one handed here, a twin at a third
+                # member that the peer follows (forward_sweep)
                 self._remember_origin(message.id, peer)
             self._taken(posted.stored)
 
@@ -517,10 +524,23 @@ class Forwarder(service.Service):
             if pending.peer == peer and pending.message_id == note.id:
                 self._take(n, peer)
                 pending.answer.callback(Posted(note.id, duplicate=False))
-        if self._origins.get(note.id) != peer:
-            return  # no copy here that peer may also hold (the usual case)
-        del self._origins[note.id]
-        self._drop(base_uri(note.recipient), note.id, peer)
+        followed = self._followed.get(note.id)
+        if followed is not None and followed[0] == peer:
+            # the copy kept here went on to a third member meanwhile
+            del self._followed[note.id]
+            self.link.send(followed[1], GONE, encode_gone(note.id, note.recipient))
+            return
+
+        def mine(found: bool) -> None:
+            if found:  # else no copy here that peer may also hold (the usual case)
+                self._drop(base_uri(note.recipient), note.id, peer)
+
+        self._origins.take_if(note.id, peer).addCallbacks(
+            mine,
+            lambda f: log.warn(
+                "origin of message {id} not found: {why}", id=note.id, why=f.getErrorMessage()
+            ),
+        )
 
     def _drop(self, recipient: str, message_id: str, peer: str) -> None:
         """Drop a copy kept here of a message ``peer`` delivered; while the
@@ -564,120 +584,3 @@ class Forwarder(service.Service):
                 "known URIs from {peer} not recorded: {why}", peer=peer, why=f.getErrorMessage()
             ),
         )
-
-    # -- the sweep ---------------------------------------------------------
-
-    def _map_changed(self) -> bool:
-        self.dirty = True
-        self.kick()
-        return False
-
-    def _tick(self) -> None:
-        for message_id, (recipient, peer) in list(self._to_drop.items()):
-            self._drop(recipient, message_id, peer)
-        if self.dirty:
-            self.kick()
-        if self.reactor.seconds() >= self._next_share:
-            self._next_share = self.reactor.seconds() + KNOWN_RESYNC
-            for peer in self.link.peers:
-                if self.link.link_up(peer):
-                    self._share(peer)
-
-    def kick(self) -> None:
-        """Sweep now (or once more after the sweep under way)."""
-        if not self.running:
-            return
-        if self._sweeping:
-            self._again = True
-            return
-        self._sweeping = True
-        defer.ensureDeferred(self._sweep()).addErrback(self._sweep_failed).addBoth(self._swept)
-
-    def _swept(self, _: object) -> None:
-        self._sweeping = False
-        if self._again:
-            self._again = False
-            self.kick()
-
-    def _sweep_failed(self, failure: Failure) -> None:
-        self.dirty = True
-        log.warn("message sweep stopped: {why}", why=failure.getErrorMessage())
-
-    async def _sweep(self) -> None:
-        """Hand every message stored here for another member's slot to it."""
-        self.dirty = False
-        left = False
-        before = self.counters["handed"]
-        for uri in await self.store.inboxes():
-            if not self._sweeps(uri):
-                continue
-            owner = self.owner(uri)
-            if owner == self.link.me:
-                continue
-            if owner is None or self.messaging.registry.get(uri) is not None:
-                left = True  # no owner this moment, or its client still here
-                continue
-            if not self.link.link_up(owner):
-                continue  # swept again when the link comes up
-            if not await self._hand_inbox(uri, owner):
-                left = True
-        if left:
-            self.dirty = True
-        handed = self.counters["handed"] - before
-        if handed:
-            log.info(
-                "{count} stored messages handed to the members owning their slots{left}",
-                count=handed,
-                left=" (some left for later)" if left else "",
-            )
-
-    def _sweeps(self, inbox: str) -> bool:
-        """Whether the sweep hands ``inbox`` on: a client's (a tel URI),
-        not one kept for another operator (the inter-working forwarder's)."""
-        return inbox.startswith("tel:")
-
-    def _outgoing(self, message: Stored) -> Stored:
-        """A kept message as it is handed on."""
-        return message
-
-    async def _hand_inbox(self, uri: str, owner: str) -> bool:
-        """Hand ``uri``'s messages to ``owner``; True when none is left."""
-        while True:
-            if self.owner(uri) != owner or self.messaging.registry.get(uri) is not None:
-                return False
-            ids = await self.store.waiting_ids(uri, SWEEP_WINDOW)
-            if not ids:
-                return True
-            found = [await self.store.get(i) for i in ids]
-            messages = [self._outgoing(m) for m in found if m is not None]
-            asks = []
-            for m in messages:
-                if m.scope is None:
-                    m = attrs.evolve(m, scope=f"id:{m.id}")
-                asks.append(self._ask(owner, m, hand=True))
-            results: list[tuple[bool, Any]] = await defer.DeferredList(asks, consumeErrors=True)
-            done = 0
-            for m, (ok, result) in zip(messages, results, strict=True):
-                if not ok:
-                    log.debug(
-                        "message {id} for {uri} still kept for {owner}: {why}",
-                        id=m.id,
-                        uri=uri,
-                        owner=owner,
-                        why=result.getErrorMessage(),
-                    )
-                    continue
-                await self.store.handed(uri, m.id)
-                self._origins.pop(m.id, None)
-                done += 1
-                self.counters["handed"] += 1
-                self.messaging.trace.emit(
-                    "message",
-                    m.sender,
-                    m.recipient,
-                    forward_state(m.kind),
-                    self.trace_account,
-                    m.id,
-                )
-            if done == 0 or done < len(messages):
-                return False  # the owner did not take them all: later

@@ -25,6 +25,16 @@ raises :class:`WireError` with what is wrong; nothing else escapes.
 Whether the names are members of *this* pool is the core's check
 (:meth:`~cryptify.crs.pool.core.PoolMember.receive`).
 
+The link also sends, after each heartbeat, the members its sender sees
+down (the second opinion a takeover waits for,
+:meth:`~cryptify.crs.pool.core.PoolMember.confirmed`)::
+
+    {"t": "pool-down", "down": [NAME, ...]}   # sorted, each once; [] for none
+
+It is a frame of its own, not a heartbeat field, so that an instance
+older than it ignores it (below) and a pool can still be upgraded one
+instance at a time.
+
 Any other frame type (forwarded messages, calls, operator changes) is an
 :class:`Envelope`: the type (a short lower-case name) and the map's other
 fields, which the module registered for that type checks
@@ -54,6 +64,8 @@ MAX_NUMBER = 2**63 - 1
 MAX_TYPE = 32
 #: The heartbeat's frame type.
 BEAT = "beat"
+#: The frame type of a member's report of the members it sees down.
+DOWN_REPORT = "pool-down"
 
 _LENGTH = struct.Struct(">I")
 
@@ -242,6 +254,24 @@ def decode_frame(payload: bytes) -> Frame | Envelope:
     pid = _number(fields["pid"], "pid")
     raw_map = fields["map"]
     return Frame(Heartbeat(sender, None if raw_map is None else decode_map(raw_map)), pid)
+
+
+def encode_down(down: frozenset[str]) -> dict[str, object]:
+    """The fields of a :data:`DOWN_REPORT` frame."""
+    return {"down": sorted(down)}
+
+
+def decode_down(fields: Mapping[str, object]) -> frozenset[str]:
+    """The members a :data:`DOWN_REPORT` frame names; raises
+    :class:`WireError` (whether they are members of this pool is the
+    core's check)."""
+    value = _fields(dict(fields), "down report", {"down"})["down"]
+    if not isinstance(value, list) or len(value) > MAX_MEMBERS:
+        raise WireError(f"down is not a list of at most {MAX_MEMBERS} names")
+    names = [_name(n, "down member") for n in value]
+    if names != sorted(set(names)):
+        raise WireError("down is not sorted or lists a member twice")
+    return frozenset(names)
 
 
 class FrameReader:

@@ -48,24 +48,33 @@ than write into a dead connection until TCP gives up.
 
 from __future__ import annotations
 
-import hmac
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IAddress, IDelayedCall, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from cryptify.config.crs_model import CrsConfig
 from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.pool.connection import (
+    IDLE_TIMEOUT,
+    INBOUND_PER_PEER,
+    INCARNATION_FILE,
+    _InboundFactory,
+    _LinkProtocol,
+    _OutboundFactory,
+    _tcp_endpoint,
+    next_incarnation,
+    pool_psk,
+)
 from cryptify.crs.pool.core import (
     DOWN_AFTER,
     HEARTBEAT_INTERVAL,
@@ -76,192 +85,26 @@ from cryptify.crs.pool.core import (
     Reason,
 )
 from cryptify.crs.pool.wire import (
+    DOWN_REPORT,
     Envelope,
-    FrameReader,
     WireError,
-    decode_frame,
+    decode_down,
+    encode_down,
     encode_frame,
     encode_heartbeat,
 )
 from cryptify.crs.slots import slot_of
-from cryptify.files import write_atomically
-from cryptify.protocols.streams import IdleTimer, abort
+from cryptify.protocols.streams import abort
 from cryptify.protocols.tls_psk import PskClientContextFactory, PskServerContextFactory
 from cryptify.service import ListenService, StartupError
 
 log = Logger(namespace="cryptify.crs.pool")
 
-#: A pool-link connection that delivers no frame for this long is dropped
-#: (this also bounds a TLS handshake that never finishes).
-IDLE_TIMEOUT = 3 * DOWN_AFTER
-#: Incoming pool-link connections held at once, per other member.
-INBOUND_PER_PEER = 4
 #: How often the loop-lag probe is due: the lag it measures is how late it fires.
 LAG_PROBE_INTERVAL = 0.1
 #: A lag this long goes to crs.log (at most once per :data:`LAG_LOG_EVERY`).
 LAG_WARN = 1.0
 LAG_LOG_EVERY = 10.0
-#: Where the incarnation is kept, under ``data-dir``.
-INCARNATION_FILE = "pool-incarnation"
-#: Longest incarnation file read (a decimal number).
-MAX_INCARNATION_FILE = 32
-#: What the derivation of the pool link's PSK from the pool key mixes in.
-PSK_LABEL = b"crs pool link psk"
-
-
-def pool_psk(key: str) -> bytes:
-    """The pool link's TLS-PSK key: HMAC-SHA-256 of :data:`PSK_LABEL`
-    under the ``[GLOBAL]`` ``key`` (32 octets, whatever the key's length)."""
-    return hmac.new(key.encode("utf-8"), PSK_LABEL, "sha256").digest()
-
-
-def next_incarnation(data_dir: str, now: float | None = None) -> int:
-    """This start's incarnation, stored before it is used.
-
-    It is one more than the stored one, and at least the current Unix time
-    in seconds, so it grows across restarts even when the file was lost
-    (the clock) or the clock went back (the file).  An unreadable file
-    counts as absent.
-    """
-    path = os.path.join(data_dir, INCARNATION_FILE)
-    stored = 0
-    try:
-        with open(path, "rb") as f:
-            text = f.read(MAX_INCARNATION_FILE + 1)
-        if len(text) <= MAX_INCARNATION_FILE and text.strip().isascii() and text.strip().isdigit():
-            stored = int(text)
-        else:
-            log.warn("ignoring the unreadable {path}", path=path)
-    except FileNotFoundError:
-        pass
-    wall = int(time.time() if now is None else now)
-    incarnation = max(stored + 1, wall)
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    write_atomically(path, b"%d\n" % incarnation, 0o600)
-    return incarnation
-
-
-class _LinkProtocol(Protocol):
-    """One pool-link connection (either direction): frames in, heartbeats out."""
-
-    def __init__(self, link: PoolLink, peer: str | None) -> None:
-        self.link = link
-        #: The member on the other end: known for outgoing connections,
-        #: learnt from the first frame for incoming ones.
-        self.peer = peer
-        self.reader = FrameReader()
-        self.outgoing = peer is not None
-        self.idle = IdleTimer(link.reactor, IDLE_TIMEOUT, self.timeoutConnection)
-
-    def connectionMade(self) -> None:
-        self.link._open.add(self)
-        self.idle.reset()
-        # a frame written while the previous one is unacknowledged must not
-        # wait for the peer's delayed ACK (Nagle), as on the iw link
-        no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if no_delay is not None:
-            no_delay(True)
-        if self.outgoing:
-            self.link._connected(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        try:
-            for payload in self.reader.feed(data):
-                frame = decode_frame(payload)
-                if isinstance(frame, Envelope):
-                    if self.peer is None or self not in self.link._conns:
-                        raise WireError(f"a {frame.type!r} frame before the first heartbeat")
-                    self.link._alive(self.peer)
-                    self.link._dispatch(self.peer, frame)
-                    self.idle.reset()
-                    continue
-                first = self.peer is None
-                if first:
-                    self.peer = frame.beat.sender
-                elif frame.beat.sender != self.peer:
-                    raise WireError(f"sender {frame.beat.sender!r} on {self.peer!r}'s connection")
-                self.link._received(frame.beat, frame.pid)
-                if first:
-                    self.link._connected(self)
-                self.idle.reset()
-        except (WireError, PoolError) as exc:
-            log.warn(
-                "pool link: dropping the connection from {address}: {why}",
-                address=self._address(),
-                why=str(exc),
-            )
-            self.idle.stop()
-            abort(self.transport)
-
-    def timeoutConnection(self) -> None:
-        if self.link.stalled():
-            # The silence may be this reactor's own: judge once it has read.
-            self.idle.reset()
-            return
-        log.info(
-            "pool link: dropping the connection from {address}: silent for {idle}s",
-            address=self._address(),
-            idle=IDLE_TIMEOUT,
-        )
-        abort(self.transport)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.idle.stop()
-        self.link._open.discard(self)
-        self.link._conns.discard(self)
-        if not self.outgoing:
-            self.link._inbound -= 1
-
-    def send(self, frame: bytes) -> None:
-        self.transport.write(frame)  # type: ignore[union-attr]
-
-    def _address(self) -> str:
-        if self.transport is None:
-            return "?"
-        peer: IAddress = self.transport.getPeer()
-        return str(getattr(peer, "host", peer))
-
-
-class _Refused(Protocol):
-    """A connection over the limit, closed as soon as it is made.  (The
-    listener is ``listenSSL``'s: its factory may not refuse by returning
-    None, or TLS would wrap nothing and fail when the connection ends.)"""
-
-    def connectionMade(self) -> None:
-        abort(self.transport)
-
-
-class _InboundFactory(Factory):
-    noisy = False
-
-    def __init__(self, link: PoolLink) -> None:
-        self.link = link
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        link = self.link
-        if link._inbound >= link.max_inbound:
-            log.warn("pool link: refusing {addr}: too many connections", addr=addr)
-            return _Refused()
-        link._inbound += 1
-        return _LinkProtocol(link, None)
-
-
-class _OutboundFactory(Factory):
-    #: Not "Starting factory" in crs.log at every reconnect to a peer that is down.
-    noisy = False
-
-    def __init__(self, link: PoolLink, peer: str) -> None:
-        self.link = link
-        self.peer = peer
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        return _LinkProtocol(self.link, self.peer)
-
-
-def _tcp_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:
-    if ":" in host:
-        return TCP6ClientEndpoint(reactor, host, port, timeout=int(DOWN_AFTER) + 2)
-    return TCP4ClientEndpoint(reactor, host, port, timeout=int(DOWN_AFTER) + 2)
 
 
 class PoolLink(service.MultiService):
@@ -318,6 +161,7 @@ class PoolLink(service.MultiService):
         self._handlers: dict[str, Callable[[str, dict[str, object]], None]] = {}
         self._unhandled: set[str] = set()
         self._link_listeners: list[Callable[[str, bool], None]] = []
+        self.handle(DOWN_REPORT, self._on_down)
         port = g.pool_port
         make = endpoint or (lambda host, p: _tcp_endpoint(reactor, host, p))
         client_tls = PskClientContextFactory(me.encode("ascii"), self._psk)
@@ -467,6 +311,11 @@ class PoolLink(service.MultiService):
         """Where clients reach ``host`` (its ``[POOL]`` ip)."""
         return self.pool.member(host).address
 
+    def late(self, peer: str) -> bool:
+        """Whether ``peer``'s frames are late or stopped (core rule 8)."""
+        self._observe_lag()
+        return self.member is None or self.member.late(peer, self.reactor.seconds())
+
     def link_up(self, peer: str) -> bool:
         """Whether ``peer``'s heartbeats arrive (``show services``)."""
         return peer in self._up
@@ -497,7 +346,20 @@ class PoolLink(service.MultiService):
         interval."""
         self._conns.add(proto)
         if self.member is not None:
-            proto.send(encode_heartbeat(self.member.heartbeat(), self.pid))
+            assert proto.peer is not None
+            self.member.disconnected(proto.peer, False)
+            for frame in self._beat_frames():
+                proto.send(frame)
+
+    def _closed(self, proto: _LinkProtocol) -> None:
+        """A connection closed: with no other one open to its peer, the
+        member may take a silence of that peer for its death (a killed
+        process resets its connections; core rule 5)."""
+        peer = proto.peer
+        if peer is None or self.member is None or peer not in self.peers:
+            return
+        if not any(c.peer == peer for c in self._open):
+            self.member.disconnected(peer, True)
 
     def _received(self, beat: Any, pid: int) -> None:
         assert self.member is not None
@@ -567,9 +429,26 @@ class PoolLink(service.MultiService):
             self._changed(change)
         elif self._again:
             self._run_watchers(self._again)
-        frame = encode_heartbeat(self.member.heartbeat(), self.pid)
+        frames = self._beat_frames()
         for proto in list(self._conns):
-            proto.send(frame)
+            for frame in frames:
+                proto.send(frame)
+
+    def _beat_frames(self) -> list[bytes]:
+        """The heartbeat, then the report of the members this one sees down."""
+        assert self.member is not None
+        down = self.member.down(self.reactor.seconds())
+        return [
+            encode_heartbeat(self.member.heartbeat(), self.pid),
+            encode_frame(DOWN_REPORT, encode_down(down)),
+        ]
+
+    def _on_down(self, peer: str, fields: dict[str, object]) -> None:
+        assert self.member is not None
+        try:
+            self.member.reported(peer, decode_down(fields))
+        except PoolError as exc:
+            raise WireError(str(exc)) from None
 
     def _links(self) -> None:
         assert self.member is not None
@@ -634,6 +513,31 @@ class PoolLink(service.MultiService):
         self._run_watchers(self._watchers)
 
 
+@attrs.frozen
+class ClientSlots:
+    """The slot owners as the client listener sees them
+    (:class:`cryptify.crs.attach.core.SlotOwners`): a slot whose owner is
+    late (:meth:`PoolLink.late`) has no owner for the moment, so its attach
+    is answered ``unavailable`` (try again here shortly) rather than
+    ``moved`` to an instance that may be dead -- a move there costs the
+    client a failed connect and a doubled backoff, and the takeover, if it
+    comes, gives the slot to a live member."""
+
+    link: PoolLink
+
+    def owner(self, slot: int) -> str | None:
+        owner = self.link.owner(slot)
+        if owner is not None and owner != self.link.me and self.link.late(owner):
+            return None
+        return owner
+
+    def mine(self, slot: int) -> bool:
+        return self.link.mine(slot)
+
+    def address(self, host: str) -> str:
+        return self.link.address(host)
+
+
 #: The reason attached clients of a slot that moved away are given.
 MOVED_AWAY = "slot moved to another pool instance"
 
@@ -662,4 +566,13 @@ def client_mover(
     return move
 
 
-__all__ = ["PoolLink", "client_mover", "next_incarnation", "pool_psk"]
+__all__ = [
+    "IDLE_TIMEOUT",
+    "INBOUND_PER_PEER",
+    "INCARNATION_FILE",
+    "ClientSlots",
+    "PoolLink",
+    "client_mover",
+    "next_incarnation",
+    "pool_psk",
+]

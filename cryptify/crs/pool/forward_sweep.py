@@ -1,0 +1,200 @@
+"""The sweep of :class:`~cryptify.crs.pool.forward.Forwarder`: whatever
+sits in an inbox here whose slot another member owns is handed to that
+owner (``msg-post`` with ``hand``) and deleted here once it answered that
+it stored it (see the forward module's docstring and ``docs/pool.md``,
+"The sweep").  A copy handed on whose other copy may sit at a third
+member is *followed*: the ``msg-gone`` of that member is passed to the
+member it was handed to (:meth:`SweepMixin._follow`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from cryptify.crs.messages.store import MessageStore, Posted, Stored
+from cryptify.crs.messages.wiring import Messaging, forward_state
+from cryptify.crs.pool.origins import MAX_ORIGINS, OriginMap
+
+if TYPE_CHECKING:
+    from cryptify.crs.pool.forward import PoolRoutes
+
+log = Logger(namespace="cryptify.crs.pool")
+
+#: Seconds between sending every live peer the whole set of known URIs
+#: again (besides when its link comes up): a ``msg-known`` lost with its
+#: connection is made good within this time.
+KNOWN_RESYNC = 300.0
+#: Messages of one inbox handed over at once.
+SWEEP_WINDOW = 64
+#: Copies handed on that are followed (for ``msg-gone``) at most; the
+#: oldest are forgotten first.
+MAX_FOLLOWED = MAX_ORIGINS
+
+
+class SweepMixin:
+    """The sweep's half of the forwarder (the state lives there)."""
+
+    link: PoolRoutes
+    store: MessageStore
+    messaging: Messaging
+    counters: dict[str, int]
+    running: bool | int
+    dirty: bool
+    trace_account: str
+    _sweeping: bool
+    _again: bool
+    _loop: LoopingCall
+    _next_share: float
+    _origins: OriginMap
+    _to_drop: OrderedDict[str, tuple[str, str]]
+    #: Message ID -> (the member that may hold another copy, the member
+    #: this one handed its copy to).
+    _followed: OrderedDict[str, tuple[str, str]]
+
+    reactor: IReactorTime
+
+    if TYPE_CHECKING:
+
+        def owner(self, uri: str) -> str | None: ...
+
+        def _ask(self, peer: str, message: Stored, hand: bool) -> defer.Deferred[Posted]: ...
+
+        def _drop(self, recipient: str, message_id: str, peer: str) -> None: ...
+
+        def _share(self, peer: str) -> None: ...
+
+    async def _follow(self, message_id: str, holder: str) -> None:
+        """This member's copy of ``message_id`` went to ``holder``: if a
+        third member may hold another copy (the origin remembered for it),
+        its ``msg-gone`` is passed on to ``holder`` from now on."""
+        origin = await self._origins.take(message_id)
+        if origin is None or origin == holder:
+            return
+        self._followed[message_id] = (origin, holder)
+        while len(self._followed) > MAX_FOLLOWED:
+            self._followed.popitem(last=False)
+
+    # -- the sweep ---------------------------------------------------------
+
+    def _map_changed(self) -> bool:
+        self.dirty = True
+        self.kick()
+        return False
+
+    def _tick(self) -> None:
+        for message_id, (recipient, peer) in list(self._to_drop.items()):
+            self._drop(recipient, message_id, peer)
+        if self.dirty:
+            self.kick()
+        if self.reactor.seconds() >= self._next_share:
+            self._next_share = self.reactor.seconds() + KNOWN_RESYNC
+            for peer in self.link.peers:
+                if self.link.link_up(peer):
+                    self._share(peer)
+
+    def kick(self) -> None:
+        """Sweep now (or once more after the sweep under way)."""
+        if not self.running:
+            return
+        if self._sweeping:
+            self._again = True
+            return
+        self._sweeping = True
+        defer.ensureDeferred(self._sweep()).addErrback(self._sweep_failed).addBoth(self._swept)
+
+    def _swept(self, _: object) -> None:
+        self._sweeping = False
+        if self._again:
+            self._again = False
+            self.kick()
+
+    def _sweep_failed(self, failure: Failure) -> None:
+        self.dirty = True
+        log.warn("message sweep stopped: {why}", why=failure.getErrorMessage())
+
+    async def _sweep(self) -> None:
+        """Hand every message stored here for another member's slot to it."""
+        self.dirty = False
+        left = False
+        before = self.counters["handed"]
+        for uri in await self.store.inboxes():
+            if not self._sweeps(uri):
+                continue
+            owner = self.owner(uri)
+            if owner == self.link.me:
+                continue
+            if owner is None or self.messaging.registry.get(uri) is not None:
+                left = True  # no owner this moment, or its client still here
+                continue
+            if not self.link.link_up(owner):
+                continue  # swept again when the link comes up
+            if not await self._hand_inbox(uri, owner):
+                left = True
+        if left:
+            self.dirty = True
+        handed = self.counters["handed"] - before
+        if handed:
+            log.info(
+                "{count} stored messages handed to the members owning their slots{left}",
+                count=handed,
+                left=" (some left for later)" if left else "",
+            )
+
+    def _sweeps(self, inbox: str) -> bool:
+        """Whether the sweep hands ``inbox`` on: a client's (a tel URI),
+        not one kept for another operator (the inter-working forwarder's)."""
+        return inbox.startswith("tel:")
+
+    def _outgoing(self, message: Stored) -> Stored:
+        """A kept message as it is handed on."""
+        return message
+
+    async def _hand_inbox(self, uri: str, owner: str) -> bool:
+        """Hand ``uri``'s messages to ``owner``; True when none is left."""
+        while True:
+            if self.owner(uri) != owner or self.messaging.registry.get(uri) is not None:
+                return False
+            ids = await self.store.waiting_ids(uri, SWEEP_WINDOW)
+            if not ids:
+                return True
+            found = [await self.store.get(i) for i in ids]
+            messages = [self._outgoing(m) for m in found if m is not None]
+            asks = []
+            for m in messages:
+                if m.scope is None:
+                    m = attrs.evolve(m, scope=f"id:{m.id}")
+                asks.append(self._ask(owner, m, hand=True))
+            results: list[tuple[bool, Any]] = await defer.DeferredList(asks, consumeErrors=True)
+            done = 0
+            for m, (ok, result) in zip(messages, results, strict=True):
+                if not ok:
+                    log.debug(
+                        "message {id} for {uri} still kept for {owner}: {why}",
+                        id=m.id,
+                        uri=uri,
+                        owner=owner,
+                        why=result.getErrorMessage(),
+                    )
+                    continue
+                await self.store.handed(uri, m.id)
+                await self._follow(m.id, owner)
+                done += 1
+                self.counters["handed"] += 1
+                self.messaging.trace.emit(
+                    "message",
+                    m.sender,
+                    m.recipient,
+                    forward_state(m.kind),
+                    self.trace_account,
+                    m.id,
+                )
+            if done == 0 or done < len(messages):
+                return False  # the owner did not take them all: later
