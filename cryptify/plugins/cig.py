@@ -48,7 +48,7 @@ from zope.interface import implementer
 if TYPE_CHECKING:
     from twisted.internet.inotify import INotify
 
-from cryptify.cig.calls import CallTable, StubTelSide
+from cryptify.cig.calls import CallTable, SessionLogService, StubTelSide
 from cryptify.cig.mail.wiring import MailDesk
 from cryptify.cig.operator.admin import CigAdmin
 from cryptify.cig.operator.state import CigState
@@ -480,7 +480,7 @@ def make_cig_service(
     attach(
         root,
         LogFileService(cfg.logging.dir, "cig.log", "cig"),
-        LogFileService(cfg.logging.dir, "session.log", "plain", main=False),
+        SessionLogService(cfg.logging.dir, reactor),
         lifecycle("cig-server", notifier, describe(cfg)),
     )
     relay = RelayLink(reactor, unix_endpoint(reactor, cfg.relay.control, 5), "cig")
