@@ -307,6 +307,8 @@ DEFAULT_SIP_PORT = 5060
 def _same_address(host: str, ip: str) -> bool:
     """Whether the Via host C{host} is the address C{ip} (not a name, not another)."""
     bare = host[1:-1] if host.startswith("[") else host
+    if bare == ip:
+        return True
     try:
         return ipaddress.ip_address(bare) == ipaddress.ip_address(ip)
     except ValueError:
