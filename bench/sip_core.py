@@ -41,6 +41,7 @@ from cryptify.cig.sif.peers import SipPeers  # noqa: E402
 from cryptify.cig.tel.switch import TelSwitch  # noqa: E402
 from cryptify.config.cig import parse_cig_config  # noqa: E402
 from cryptify.logs import LogFileService  # noqa: E402
+from cryptify.plugins.cig import tune_collector  # noqa: E402
 from cryptify.protocols.sip.transport import SipDatagramProtocol  # noqa: E402
 
 UAC = ("127.0.0.1", 5061)
@@ -121,6 +122,7 @@ def main() -> None:
     transport = Transport()
     protocol = SipDatagramProtocol(sif)
     protocol.transport = transport  # type: ignore[assignment]
+    tune_collector()  # as twistd cig does once started
     run(protocol, transport, 0, 200)  # warm the caches
     profile = cProfile.Profile() if args.profile else None
     sent = transport.sent
