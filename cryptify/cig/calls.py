@@ -147,7 +147,7 @@ def session_line(call: Call, state: str, when: float) -> str:
         call.callee_if_id,
         call.source,
     ]
-    return ", ".join(f.replace(",", "%2C") for f in fields)
+    return ", ".join([f.replace(",", "%2C") if "," in f else f for f in fields])
 
 
 class SessionLogService(service.Service):

@@ -198,7 +198,7 @@ class NameAddr:
     def with_tag(self, tag: str) -> NameAddr:
         """This address with C{tag} set."""
         rest = tuple(p for p in self.params if p[0] != "tag")
-        return attrs.evolve(self, params=(*rest, ("tag", tag)))
+        return NameAddr(self.uri, self.display, (*rest, ("tag", tag)), self.bracketed)
 
     def __str__(self) -> str:
         display = f"{self.display} " if self.display else ""
