@@ -8,9 +8,11 @@ address, and an SDP connection address of C{0.0.0.0} puts a stream on hold.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 
+@functools.lru_cache(maxsize=256)
 def is_wildcard(host: str) -> bool:
     """Whether C{host} is the unspecified IPv4 or IPv6 address, in any spelling."""
     try:

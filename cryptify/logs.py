@@ -25,6 +25,7 @@ key are written only by the observer of that name (for example
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -58,11 +59,16 @@ ROTATE_BYTES = 50 * 1024 * 1024
 ROTATED_FILES = 10
 
 
+@functools.lru_cache(maxsize=4)
+def _utc_second(whole: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))
+
+
 def utc_timestamp(when: float) -> str:
     """Render seconds since the epoch as ``YYYY-MM-DD HH:MM:SS.mmm`` in UTC."""
     whole = int(when)
     millis = int((when - whole) * 1000)
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole)) + f".{millis:03d}"
+    return f"{_utc_second(whole)}.{millis:03d}"
 
 
 def event_type(event: LogEvent) -> str:

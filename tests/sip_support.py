@@ -4,13 +4,11 @@ L{SifCase}/L{OutgoingCase} fixtures (a Sif with recording channels)."""
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.cig.calls import CallTable, StubTelSide
+from cryptify.cig.calls import CallTable, StubTelSide, session_records
 from cryptify.cig.sif.core import Sif
 from cryptify.config import load_cig_config
 from cryptify.protocols.sip.digest import (
@@ -73,12 +71,8 @@ class SifCase(SynchronousTestCase):
         self.protocol = SipDatagramProtocol(self.sif)
         self.session: list[str] = []
 
-        def observe(event: dict[str, Any]) -> None:
-            if event.get("log_file") == "session.log":
-                self.session.append(event["line"])
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        session_records.add(self.session.append)
+        self.addCleanup(session_records.remove, self.session.append)
         self.addCleanup(self.assert_no_timers)
 
     def assert_no_timers(self) -> None:

@@ -12,10 +12,9 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import succeed
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.cig.calls import Call, CallState, StubTelSide
+from cryptify.cig.calls import Call, CallState, StubTelSide, session_records
 from cryptify.cig.route import Router
 from cryptify.cig.tel.bridge import PbxMedia, pbx_media
 from cryptify.cig.tel.switch import TelSwitch, UifCalls
@@ -273,12 +272,11 @@ class ThroughSifTests(TelCase):
         self.tel.sip = self.real
         self.lines: list[str] = []
 
-        def observe(event: dict[str, Any]) -> None:
-            if event.get("log_file") == "session.log":
-                self.lines.append(event["line"].split(", ")[6])
+        def observe(line: str) -> None:
+            self.lines.append(line.split(", ")[6])
 
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        session_records.add(observe)
+        self.addCleanup(session_records.remove, observe)
 
     def test_call_through_sif(self) -> None:
         """INVITE to the PBX, 180 -> ringing, 200 -> BridgeAdd and talk, UMSG hangup -> BYE."""

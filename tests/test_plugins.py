@@ -249,6 +249,33 @@ class RelayAndCigOptionsTests(SynchronousTestCase):
         self.assertIn(f"{conf}:3:", str(exc))
 
 
+class CigCollectorTests(SynchronousTestCase):
+    def test_twistd_cig_tunes_the_collector(self) -> None:
+        """
+        Once C{twistd cig} has started, the start-up heap is frozen and the
+        collector's young passes come every GC_YOUNG_THRESHOLD allocations
+        (the other thresholds kept).
+        """
+        done: list[Any] = []
+
+        class FakeGc:
+            def collect(self) -> None:
+                done.append("collect")
+
+            def freeze(self) -> None:
+                done.append("freeze")
+
+            def get_threshold(self) -> tuple[int, int, int]:
+                return (700, 10, 10)
+
+            def set_threshold(self, *values: int) -> None:
+                done.append(values)
+
+        self.patch(cig, "gc", FakeGc())
+        cig.tune_collector()
+        self.assertEqual(done, ["collect", "freeze", (cig.GC_YOUNG_THRESHOLD, 10, 10)])
+
+
 class SharedOptionsTests(SynchronousTestCase):
     """
     The four programs read their file and take path overrides the same way

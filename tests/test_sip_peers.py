@@ -19,7 +19,13 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.cig.calls import CALL_LINGER, CallTable, StubTelSide, source_of
+from cryptify.cig.calls import (
+    CALL_LINGER,
+    CallTable,
+    StubTelSide,
+    session_records,
+    source_of,
+)
 from cryptify.cig.sif.core import Sif
 from cryptify.cig.sif.peers import REFRESH_EVERY, SUMMARY_EVERY, Refusals, SipPeers, pbx_hosts
 from cryptify.config import load_cig_config, parse_cig_config
@@ -82,13 +88,13 @@ class PeersCase(SynchronousTestCase):
         self.warnings: list[dict[str, Any]] = []
 
         def observe(event: dict[str, Any]) -> None:
-            if event.get("log_file") == "session.log":
-                self.session.append(event["line"])
-            elif event.get("log_namespace") == "cryptify.cig.peers":
+            if event.get("log_namespace") == "cryptify.cig.peers":
                 self.warnings.append(event)
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
+        session_records.add(self.session.append)
+        self.addCleanup(session_records.remove, self.session.append)
         self.addCleanup(self.assert_no_timers)
 
     def assert_no_timers(self) -> None:

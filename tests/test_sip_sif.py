@@ -5,6 +5,8 @@ with a fake channel, a L{Clock} and a tel-side double.
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
@@ -12,7 +14,14 @@ from twisted.internet.error import DNSLookupError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.cig.calls import CALL_LINGER, CallTable, StubTelSide, session_line
+from cryptify.cig.calls import (
+    CALL_LINGER,
+    CallTable,
+    SessionLogService,
+    SessionRecords,
+    StubTelSide,
+    session_line,
+)
 from cryptify.cig.sif.core import Sif
 from cryptify.cig.sif.legs import NO_ANSWER_AFTER, SipCall
 from cryptify.config import parse_cig_config
@@ -667,6 +676,70 @@ class SessionLineTests(SynchronousTestCase):
             "event, 1970-01-01 00:00:00.000, sip:101@pbx.com, sip:9467@secure.com, "
             "tel:+8888;101, tel:+467, routed, c1, -, tcp:[2001:db8::1]:5060",
         )
+
+
+class SessionLogServiceTests(SynchronousTestCase):
+    """
+    C{session.log} on disk: the records of one reactor turn in one write.
+    """
+
+    def setUp(self) -> None:
+        import tempfile
+
+        self.dir = tempfile.mkdtemp(prefix="cry-sessionlog-")
+        self.clock = Clock()
+        self.records = SessionRecords()
+        self.service = SessionLogService(self.dir, self.clock, self.records)
+        self.service.startService()
+        self.addCleanup(self._cleanup)
+
+    def _cleanup(self) -> None:
+        import shutil
+
+        if self.service.running:
+            self.service.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        shutil.rmtree(self.dir)
+
+    def content(self) -> str:
+        with open(os.path.join(self.dir, "session.log")) as f:
+            return f.read()
+
+    def test_turn_written_at_its_end(self) -> None:
+        """
+        Records reach the file, in order, when the turn that made them
+        ends; a later turn's records follow.
+        """
+        self.records.write("one")
+        self.records.write("two")
+        self.assertEqual(self.content(), "")
+        self.clock.advance(0)
+        self.assertEqual(self.content(), "one\ntwo\n")
+        self.records.write("three")
+        self.clock.advance(0)
+        self.assertEqual(self.content(), "one\ntwo\nthree\n")
+
+    def test_stop_writes_what_is_pending(self) -> None:
+        """Stopping writes the records not yet written and stops observing."""
+        self.records.write("last")
+        self.service.stopService()
+        self.assertEqual(self.content(), "last\n")
+        self.assertEqual(self.records.observers, [])
+
+    def test_call_table_events(self) -> None:
+        """The call table's events are the records written."""
+        from cryptify.cig.calls import Call
+
+        table = CallTable(self.clock)
+        # The table writes to the process's records: watch those here.
+        self.service.stopService()
+        service = SessionLogService(self.dir, self.clock)
+        service.startService()
+        call = Call("sip:101@pbx.com", "sip:9467@secure.com")
+        table.event(call, "routing")
+        self.clock.advance(0)
+        service.stopService()
+        self.assertIn(", routing, ", self.content())
 
 
 class OutgoingCallTests(OutgoingCase):

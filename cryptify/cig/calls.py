@@ -25,13 +25,15 @@ UMSG interface until it exists, and is the tests' double.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
+from twisted.application import service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.python.logfile import LogFile
 
-from cryptify.logs import utc_timestamp
+from cryptify.logs import open_log_file, utc_timestamp
 
 if TYPE_CHECKING:
     from .records import CallRecords
@@ -41,7 +43,31 @@ CALL_LINGER = 30.0
 SESSION_LOG = "session.log"
 SESSION_HEADER = "event"
 
-session_log = Logger(namespace="cryptify.cig.session")
+
+@attrs.define(eq=False)
+class SessionRecords:
+    """
+    Where C{session.log} lines go: to each observer (L{SessionLogService}
+    writes them to the file; tests watch them). Not through
+    C{twisted.logger}: a call makes six records, and the global publisher
+    had twistd's own log and the main log's filter format each of them.
+    """
+
+    observers: list[Callable[[str], None]] = attrs.field(factory=list)
+
+    def add(self, observer: Callable[[str], None]) -> None:
+        self.observers.append(observer)
+
+    def remove(self, observer: Callable[[str], None]) -> None:
+        self.observers.remove(observer)
+
+    def write(self, line: str) -> None:
+        for observer in self.observers:
+            observer(line)
+
+
+#: The process's session.log records.
+session_records = SessionRecords()
 
 
 class CallState(enum.Enum):
@@ -121,7 +147,61 @@ def session_line(call: Call, state: str, when: float) -> str:
         call.callee_if_id,
         call.source,
     ]
-    return ", ".join(f.replace(",", "%2C") for f in fields)
+    return ", ".join([f.replace(",", "%2C") if "," in f else f for f in fields])
+
+
+class SessionLogService(service.Service):
+    """
+    Writes C{session.log} in C{directory} (rotated like the other logs)
+    while running. The lines of one reactor turn go out in one write, at
+    the end of the turn.
+    """
+
+    def __init__(
+        self, directory: str, clock: IReactorTime, records: SessionRecords = session_records
+    ) -> None:
+        self.directory = directory
+        self.clock = clock
+        self.records = records
+        self.file: LogFile | None = None
+        self.pending: list[str] = []
+        self.flush: IDelayedCall | None = None
+
+    def privilegedStartService(self) -> None:
+        # Opened before privileges are shed, like the other logs.
+        self._open()
+        service.Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        self._open()
+        service.Service.startService(self)
+
+    def _open(self) -> None:
+        if self.file is None:
+            self.file = open_log_file(self.directory, SESSION_LOG)
+            self.records.add(self._line)
+
+    def _line(self, line: str) -> None:
+        self.pending.append(line + "\n")
+        if self.flush is None:
+            self.flush = self.clock.callLater(0, self._write)
+
+    def _write(self) -> None:
+        self.flush = None
+        if self.file is not None and self.pending:
+            self.file.write("".join(self.pending))
+        self.pending.clear()
+
+    def stopService(self) -> None:
+        service.Service.stopService(self)
+        if self.file is None:
+            return
+        self.records.remove(self._line)
+        if self.flush is not None and self.flush.active():
+            self.flush.cancel()
+        self._write()
+        self.file.close()
+        self.file = None
 
 
 @attrs.define(eq=False)
@@ -144,7 +224,7 @@ class CallTable:
     def event(self, call: Call, state: str) -> None:
         """Write a session.log line for C{call}; an ended call is recorded."""
         now = self.clock.seconds()
-        session_log.info("{line}", line=session_line(call, state, now), log_file=SESSION_LOG)
+        session_records.write(session_line(call, state, now))
         if call.started_at is None:
             call.started_at = now
         if state == "talk" and call.answered_at is None:

@@ -23,6 +23,7 @@ are counted one by one per interval; beyond that they share one count.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 
@@ -48,6 +49,8 @@ SUMMARY_EVERY = 60.0
 MAX_SOURCES = 1000
 
 
+# Every request's source is checked: parsed forms of recent sources are kept.
+@functools.lru_cache(maxsize=1024)
 def _address(text: str) -> IPAddress | None:
     try:
         found = ipaddress.ip_address(text.strip("[]").split("%", 1)[0])

@@ -198,7 +198,7 @@ class NameAddr:
     def with_tag(self, tag: str) -> NameAddr:
         """This address with C{tag} set."""
         rest = tuple(p for p in self.params if p[0] != "tag")
-        return attrs.evolve(self, params=(*rest, ("tag", tag)))
+        return NameAddr(self.uri, self.display, (*rest, ("tag", tag)), self.bracketed)
 
     def __str__(self) -> str:
         display = f"{self.display} " if self.display else ""
@@ -307,6 +307,8 @@ DEFAULT_SIP_PORT = 5060
 def _same_address(host: str, ip: str) -> bool:
     """Whether the Via host C{host} is the address C{ip} (not a name, not another)."""
     bare = host[1:-1] if host.startswith("[") else host
+    if bare == ip:
+        return True
     try:
         return ipaddress.ip_address(bare) == ipaddress.ip_address(ip)
     except ValueError:

@@ -112,12 +112,27 @@ LIST_HEADERS = frozenset(
 SINGLE_HEADERS = ("To", "From", "Call-ID", "CSeq", "Max-Forwards", "Content-Type")
 
 
+#: Lower-case names, compact forms included, to their usual spelling.
+_SPELLING = {**CANONICAL, **COMPACT}
+#: Lookup keys (lower-case usual spelling) of the names the code asks for;
+#: those are few, so they are kept once computed (up to L{_KEYS_KEPT}).
+_KEYS: dict[str, str] = {}
+_KEYS_KEPT = 512
+
+
 def canonical(name: str) -> str:
     """The usual spelling of a header name (compact forms expanded)."""
-    lower = name.lower()
-    if lower in COMPACT:
-        return COMPACT[lower]
-    return CANONICAL.get(lower, name)
+    return _SPELLING.get(name.lower(), name)
+
+
+def _key(name: str) -> str:
+    """The index key of C{name}: its usual spelling, lower case."""
+    key = _KEYS.get(name)
+    if key is None:
+        key = canonical(name).lower()
+        if len(_KEYS) < _KEYS_KEPT:
+            _KEYS[name] = key
+    return key
 
 
 @attrs.frozen
@@ -125,45 +140,61 @@ class Headers:
     """
     Header fields in order, names in their usual spelling. Lookups ignore
     case; list-valued headers split on top-level commas in L{values}.
+    The index for lookups is made at the first lookup (the headers of a
+    response being built are only ever written out).
     """
 
     items: tuple[tuple[str, str], ...] = ()
-    _index: dict[str, list[str]] = attrs.field(init=False, eq=False, repr=False)
+    _index: dict[str, list[str]] | None = attrs.field(
+        init=False, default=None, eq=False, repr=False
+    )
 
-    def __attrs_post_init__(self) -> None:
-        index: dict[str, list[str]] = {}
-        for n, v in self.items:
-            index.setdefault(n.lower(), []).append(v)
-        object.__setattr__(self, "_index", index)
+    def _lookup(self) -> dict[str, list[str]]:
+        index = self._index
+        if index is None:
+            index = {}
+            for n, v in self.items:
+                key = n.lower()
+                found = index.get(key)
+                if found is None:
+                    index[key] = [v]
+                else:
+                    found.append(v)
+            object.__setattr__(self, "_index", index)
+        return index
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.items)
 
     def get_all(self, name: str) -> list[str]:
         """Every field value of C{name}, one per header line."""
-        return list(self._index.get(canonical(name).lower(), ()))
+        return list(self._lookup().get(_key(name), ()))
 
     def get(self, name: str) -> str | None:
         """The first field value of C{name}."""
-        found = self.get_all(name)
+        found = self._lookup().get(_key(name))
         return found[0] if found else None
 
     def values(self, name: str) -> list[str]:
         """Every value of C{name}, splitting comma lists of list headers."""
+        key = _key(name)
+        found = self._lookup().get(key)
+        if not found:
+            return []
         out: list[str] = []
-        split = canonical(name).lower() in LIST_HEADERS
-        for value in self.get_all(name):
+        split = key in LIST_HEADERS
+        for value in found:
             parts = split_top(value, ",") if split else [value]
             out.extend(p.strip(" \t") for p in parts if p.strip(" \t"))
         return out
 
     def count(self, name: str) -> int:
         """How many header lines C{name} has."""
-        return len(self.get_all(name))
+        return len(self._lookup().get(_key(name), ()))
 
     def without(self, name: str) -> Headers:
         """These headers without C{name}."""
-        key = canonical(name).lower()
+        key = _key(name)
         return Headers(tuple((n, v) for n, v in self.items if n.lower() != key))
 
     def add(self, name: str, value: str, first: bool = False) -> Headers:
@@ -173,7 +204,7 @@ class Headers:
 
     def set(self, name: str, value: str) -> Headers:
         """These headers with C{name} replaced (in place of its first line)."""
-        key = canonical(name).lower()
+        key = _key(name)
         out: list[tuple[str, str]] = []
         done = False
         for n, v in self.items:

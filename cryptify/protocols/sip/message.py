@@ -112,7 +112,7 @@ class _Common:
         return _cached_name_addr(self.headers.get("To") or "")
 
     def _head_lines(self) -> list[str]:
-        lines = [f"{n}: {v}" for n, v in self.headers.without("Content-Length")]
+        lines = [f"{n}: {v}" for n, v in self.headers.items if n.lower() != "content-length"]
         lines.append(f"Content-Length: {len(self.body)}")
         return lines
 
@@ -126,6 +126,14 @@ class Request(_Common):
     headers: Headers = attrs.field(factory=Headers)
     #: Not in the repr: an SDP body may carry SRTP keys (C{a=crypto}).
     body: bytes = attrs.field(default=b"", repr=False)
+
+    def with_body(self, body: bytes) -> Request:
+        """This request with C{body} (what C{attrs.evolve} gives, quicker)."""
+        return Request(self.method, self.uri, self.headers, body)
+
+    def with_headers(self, headers: Headers) -> Request:
+        """This request with C{headers}."""
+        return Request(self.method, self.uri, headers, self.body)
 
     def to_bytes(self) -> bytes:
         """The request on the wire; Content-Length always matches the body."""
@@ -142,6 +150,10 @@ class Response(_Common):
     headers: Headers = attrs.field(factory=Headers)
     #: Not in the repr: an SDP body may carry SRTP keys (C{a=crypto}).
     body: bytes = attrs.field(default=b"", repr=False)
+
+    def with_body(self, body: bytes) -> Response:
+        """This response with C{body}."""
+        return Response(self.status, self.reason, self.headers, body)
 
     def to_bytes(self) -> bytes:
         """The response on the wire; Content-Length always matches the body."""
@@ -306,7 +318,7 @@ def parse_datagram(data: bytes) -> Message | None:
                 is_request=isinstance(message, Request),
             )
         body = body[:length]
-    return attrs.evolve(message, body=body)
+    return message.with_body(body)
 
 
 @attrs.define
@@ -345,7 +357,7 @@ class StreamParser:
                 return out
             body = bytes(self.buffer[body_at : body_at + length])
             del self.buffer[: body_at + length]
-            out.append(attrs.evolve(message, body=body))
+            out.append(message.with_body(body))
 
 
 def _check_common(message: Message) -> None:

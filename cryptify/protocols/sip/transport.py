@@ -115,7 +115,7 @@ class SipDatagramProtocol(protocol.DatagramProtocol):
                 return
             if isinstance(message, Request):
                 headers, reply_to = stamp_received(message.headers, source)
-                message = attrs.evolve(message, headers=headers)
+                message = message.with_headers(headers)
                 channel = UdpChannel(self.transport, source, reply_to=reply_to)
             if message is not None:
                 self.sink.message_received(message, channel)
@@ -199,7 +199,7 @@ class SipStreamProtocol(protocol.Protocol):
             for message in messages:
                 if isinstance(message, Request):
                     headers, _ = stamp_received(message.headers, self.address)
-                    message = attrs.evolve(message, headers=headers)
+                    message = message.with_headers(headers)
                 self.sink.message_received(message, self)
         except Exception:
             log.failure("error handling SIP from {peer}", peer=self.address)
