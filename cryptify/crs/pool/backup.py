@@ -146,8 +146,8 @@ class BackupImport(service.Service):
     ``redis_low``, so a later run skips it even after that retry scope has
     expired.  A run that stops half way (Redis gone, the CRS stopped)
     leaves nothing half done, and the next start finishes it.  The
-    backup's ``known-uris`` become known locally.  The backup itself is
-    only read.
+    backup's known URIs (the message store's) become known locally.  The
+    backup itself is only read.
     """
 
     name = "backup import"
@@ -191,13 +191,12 @@ class BackupImport(service.Service):
 
     async def run(self) -> dict[str, int]:
         """Import every message not imported yet; return and log the counts."""
-        backup, low = self.backup().client, self.low().client
+        backup = self.backup().client
         store = self._store()
         imported_key = IMPORTED_PREFIX + self.peer
         counts = {"imported": 0, "already": 0, "skipped": 0, "refused": 0}
-        known = await backup.smembers("known-uris")
-        if known:
-            await low.sadd("known-uris", sorted(known))
+        # the known URIs, through the message store (which owns every key)
+        await store.learn(await MessageStore(self.backup, self.clock.seconds).known_uris())
         cursor = "0"
         while True:
             cursor, keys = await backup.scan(cursor, "inbox:*", 500)
