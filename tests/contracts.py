@@ -54,11 +54,24 @@ class MessageStoreContract:
         )
         t.assertEqual(stored.time_ms, int(self.now * 1000))
         t.assertEqual(await self.store.get(posted.id), stored)
+        raw = await self.store.raw_fields(posted.id)
+        t.assertEqual(
+            {k: raw[k] for k in ("from", "to", "account", "kind", "time", "data")},
+            {
+                "from": "tel:+1",
+                "to": "tel:+2",
+                "account": "acme",
+                "kind": "content",
+                "time": str(int(self.now * 1000)),
+                "data": "AGE=",
+            },
+        )
         t.assertIsNone(await self.store.delivered("tel:+3", posted.id))
         t.assertEqual(await self.store.delivered("tel:+2", posted.id), ("tel:+1", "content"))
         t.assertIsNone(await self.store.delivered("tel:+2", posted.id))
         t.assertEqual(await self.store.waiting("tel:+2"), [])
         t.assertIsNone(await self.store.get(posted.id))
+        t.assertEqual(await self.store.raw_fields(posted.id), {})
 
     def test_post_wait_deliver(self) -> Any:
         """A post waits for its recipient as stored; only the recipient's delivered
@@ -102,6 +115,8 @@ class MessageStoreContract:
         t.assertEqual(await self.store.waiting_ids("tel:+2", 10), ids)
         t.assertEqual(await self.store.waiting_ids("tel:+2", 2), ids[:2])
         t.assertEqual(await self.store.waiting_ids("tel:+2", 0), [])
+        t.assertEqual(await self.store.inbox_page("tel:+2", 1, 2), ids[1:3])
+        t.assertEqual(await self.store.inbox_page("tel:+2", CONTRACT_INBOX, 2), [])
         t.assertEqual(await self.store.count("tel:+2"), CONTRACT_INBOX)
         code = await self.refused(self.store.post("tel:+1", "conn:c:9", "tel:+2", "a", "ack", b"x"))
         t.assertEqual(code, "inbox-full")

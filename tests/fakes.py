@@ -14,6 +14,7 @@ so the fake and the Lua scripts agree.
 
 from __future__ import annotations
 
+import base64
 import calendar
 import itertools
 import time
@@ -407,6 +408,25 @@ class MemoryMessageStore:
 
     async def waiting(self, recipient: str, limit: int = MAX_INBOX) -> list[Stored]:
         return [self.messages[i] for i in await self.waiting_ids(recipient, limit)]
+
+    async def inbox_page(self, recipient: str, start: int, count: int) -> list[str]:
+        self._reachable()
+        return self._inbox(recipient)[start : start + max(count, 0)]
+
+    async def raw_fields(self, message_id: str) -> dict[str, str]:
+        self._reachable()
+        found = self.messages.get(message_id)
+        if found is None:
+            return {}
+        return {
+            "from": found.sender,
+            "to": found.recipient,
+            "inbox": found.recipient.split(";")[0],
+            "account": found.account,
+            "kind": found.kind,
+            "time": str(found.time_ms),
+            "data": base64.b64encode(found.data).decode("ascii"),
+        }
 
     async def delivered(
         self, recipient: str, message_id: str, counters_prefix: str = ""

@@ -22,7 +22,7 @@ from cryptify.crs.redis.services import ManagedRedis
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.logs import LogFileService
 from cryptify.ops.reload import SighupService
-from cryptify.plugins import cig, cig_relay, crs, crs_relay
+from cryptify.plugins import _crs_build, cig, cig_relay, crs, crs_relay
 from cryptify.service import CallbackService, ListenService
 
 
@@ -120,7 +120,7 @@ class CrsOptionsTests(SynchronousTestCase):
         self.assertIs(slots.link, link)  # a late owner's slot is no move target
         self.assertEqual(link.me, "crs2")
         self.assertEqual(link.peers, ("crs1",))
-        basics = crs.build_basics(options["crs"], options["local"], Clock())
+        basics = _crs_build.build_basics(options["crs"], options["local"], Clock())
         assert basics.pool is not None
         self.assertEqual(list(basics.probes), ["crs", "pool_link_crs1"])
         self.assertFalse(basics.probes["pool_link_crs1"]())

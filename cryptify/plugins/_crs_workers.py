@@ -42,8 +42,7 @@ from cryptify.crs.workers.notices import channel, worker_name
 from cryptify.crs.workers.stores import WorkerRedis
 from cryptify.crs.workers.wake import Siblings, WakeListener
 from cryptify.logs import format_crs, wants_event
-from cryptify.plugins._crs_listeners import client_listener
-from cryptify.plugins.crs import (
+from cryptify.plugins._crs_build import (
     Basics,
     build_attach,
     build_basics,
@@ -54,6 +53,7 @@ from cryptify.plugins.crs import (
     build_relay_link,
     trace_events,
 )
+from cryptify.plugins._crs_listeners import client_listener
 from cryptify.reactor import IReactor, global_reactor
 from cryptify.service import CallbackService, ProgramService, attach
 

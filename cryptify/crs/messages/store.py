@@ -458,6 +458,17 @@ class MessageStore:
             if str(cursor) == "0":
                 return sorted(found)
 
+    async def inbox_page(self, recipient: str, start: int, count: int) -> list[str]:
+        """The IDs at ``start``.. (at most ``count``) of ``recipient``'s inbox."""
+        ids = await self._client().lrange(f"inbox:{recipient}", start, start + count - 1)
+        return [str(i) for i in ids]
+
+    async def raw_fields(self, message_id: str) -> dict[str, str]:
+        """A message's hash as stored, unchecked (empty when it is gone):
+        for an import that checks every field itself (``db-backup read-from``)."""
+        fields = await self._client().hgetall(f"msg:{message_id}")
+        return {str(k): str(v) for k, v in fields.items()}
+
     async def waiting_ids(self, recipient: str, limit: int) -> list[str]:
         """The IDs of the first ``limit`` messages waiting for ``recipient``, oldest first."""
         if limit <= 0:

@@ -146,8 +146,8 @@ class BackupImport(service.Service):
     ``redis_low``, so a later run skips it even after that retry scope has
     expired.  A run that stops half way (Redis gone, the CRS stopped)
     leaves nothing half done, and the next start finishes it.  The
-    backup's ``known-uris`` become known locally.  The backup itself is
-    only read.
+    backup's known URIs (the message store's) become known locally.  The
+    backup itself is only read.
     """
 
     name = "backup import"
@@ -191,27 +191,21 @@ class BackupImport(service.Service):
 
     async def run(self) -> dict[str, int]:
         """Import every message not imported yet; return and log the counts."""
-        backup, low = self.backup().client, self.low().client
+        source = MessageStore(self.backup, self.clock.seconds)
         store = self._store()
         imported_key = IMPORTED_PREFIX + self.peer
         counts = {"imported": 0, "already": 0, "skipped": 0, "refused": 0}
-        known = await backup.smembers("known-uris")
-        if known:
-            await low.sadd("known-uris", sorted(known))
-        cursor = "0"
-        while True:
-            cursor, keys = await backup.scan(cursor, "inbox:*", 500)
-            for inbox in sorted(str(k) for k in keys):
-                # a page at a time: the backup is only read, so pages are stable
-                start = 0
-                while True:
-                    page = await backup.lrange(inbox, start, start + IMPORT_CHUNK - 1)
-                    if not page:
-                        break
-                    await self._chunk([str(i) for i in page], store, imported_key, counts)
-                    start += len(page)
-            if str(cursor) == "0":
-                break
+        # the backup is read through the message store, which owns every key
+        await store.learn(await source.known_uris())
+        for recipient in await source.inboxes():
+            # a page at a time: the backup is only read, so pages are stable
+            start = 0
+            while True:
+                page = await source.inbox_page(recipient, start, IMPORT_CHUNK)
+                if not page:
+                    break
+                await self._chunk(page, source, store, imported_key, counts)
+                start += len(page)
         log.info(
             "db-backup read-from {peer}: {imported} messages imported, {already} already "
             "there, {skipped} unusable skipped, {refused} refused (retried at next start)",
@@ -221,23 +215,26 @@ class BackupImport(service.Service):
         return counts
 
     async def _chunk(
-        self, ids: list[str], store: MessageStore, imported_key: str, counts: dict[str, int]
+        self,
+        ids: list[str],
+        source: MessageStore,
+        store: MessageStore,
+        imported_key: str,
+        counts: dict[str, int],
     ) -> None:
-        backup, low = self.backup().client, self.low().client
+        low = self.low().client
         seen = await low.execute_command("SMISMEMBER", imported_key, *ids)
         posts: list[tuple[str, Deferred[Any]]] = []
         for message_id, already in zip(ids, seen, strict=True):
             if str(already) == "1":
                 counts["already"] += 1
                 continue
-            fields = await backup.hgetall(f"msg:{message_id}")
+            fields = await source.raw_fields(message_id)
             if not fields:
                 counts["skipped"] += 1
                 continue
             try:
-                message = check_backup_message(
-                    message_id, {str(k): str(v) for k, v in fields.items()}
-                )
+                message = check_backup_message(message_id, fields)
             except BadBackupMessage as exc:
                 log.warn(
                     "db-backup read-from: message {id} skipped: {why}",

@@ -67,20 +67,22 @@ def install(core: AttachCore, link: CallLink, calls: PoolCalls) -> None:
     table_resume: Handler = core.handlers["resume"]
 
     def ringing(session: AttachSession, msg: Message) -> None:
-        if not calls.client_ringing(session.uri or "", msg["session"]):
+        if not calls.client_ringing(session.uri or "", msg.text("session")):
             table_ringing(session, msg)
 
     def talk(session: AttachSession, msg: Message) -> None:
-        if not calls.client_talk(session.uri or "", msg["session"]):
+        if not calls.client_talk(session.uri or "", msg.text("session")):
             table_talk(session, msg)
 
     def hangup(session: AttachSession, msg: Message) -> None:
         uri = session.uri or ""
-        if not calls.client_hangup(uri, msg["session"], msg["code"], msg.get("reason")):
+        if not calls.client_hangup(
+            uri, msg.text("session"), msg.text("code"), msg.optional_text("reason")
+        ):
             table_hangup(session, msg)
 
     def hold(session: AttachSession, msg: Message) -> None:
-        if not calls.client_hold(session.uri or "", msg["session"], msg.type == "hold"):
+        if not calls.client_hold(session.uri or "", msg.text("session"), msg.type == "hold"):
             (table_hold if msg.type == "hold" else table_resume)(session, msg)
 
     def detached(session: AttachSession, reason: str) -> None:

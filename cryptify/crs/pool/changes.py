@@ -45,9 +45,8 @@ taken from a peer, the snapshot's winners.  The file is
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
@@ -75,6 +74,8 @@ from cryptify.crs.pool.changes_frames import (
     check_woken,
 )
 from cryptify.crs.pool.changes_log import ChangeLog
+from cryptify.crs.pool.changes_ports import Applier as Applier
+from cryptify.crs.pool.changes_ports import Link as Link
 from cryptify.crs.pool.changes_replica import Peers, Replica
 from cryptify.crs.pool.changes_snapshot import MAX_SNAPSHOT, Snapshot
 from cryptify.crs.pool.wire import WireError
@@ -99,39 +100,6 @@ MAX_FOLLOWED = 10_000
 NOTIFY_UNIT = "pool_changes"
 
 
-class Link(Protocol):
-    """What this module needs of :class:`~cryptify.crs.pool.wiring.PoolLink`."""
-
-    me: str
-    peers: tuple[str, ...]
-
-    def handle(
-        self, frame_type: str, handler: Callable[[str, dict[str, object]], None]
-    ) -> None: ...
-
-    def send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool: ...
-
-    def on_link(self, listener: Callable[[str, bool], None]) -> None: ...
-
-    def link_up(self, peer: str) -> bool: ...
-
-    def notify(self, unit: str, event: str) -> None: ...
-
-
-class Applier(Protocol):
-    """Does what a change means on this instance."""
-
-    def apply(self, change: Change, replica: Replica) -> list[str]:
-        """Carry out ``change`` (already committed to ``replica``); return
-        the problems met (also logged); never raises."""
-
-    def purge(self, account: str, uri: str | None) -> int:
-        """Disconnect the account's clients here (one URI's or all); how many."""
-
-    async def wake(self, account: str, uri: str) -> str:
-        """Send a wake-up to ``uri`` from here; what happened."""
-
-
 class _Waiter:
     def __init__(self, change_id: tuple[str, int], timer: IDelayedCall) -> None:
         self.change_id = change_id
@@ -149,7 +117,7 @@ class PoolChanges(service.Service):
         reactor: Any,
         applier: Applier,
         *,
-        wall: Callable[[], float] = time.time,
+        wall: Callable[[], float] | None = None,
         compact_after: int = COMPACT_AFTER,
     ) -> None:
         self.link = link
@@ -162,7 +130,8 @@ class PoolChanges(service.Service):
         self.me = link.me
         self.reactor = reactor
         self.applier = applier
-        self.wall = wall
+        #: The wall clock of change stamps: the reactor's unless given.
+        self.wall: Callable[[], float] = reactor.seconds if wall is None else wall
         self.file = ChangeLog(os.path.join(data_dir, LOG_FILE))
         self.replica: Replica | None = None
         self.peers: Peers | None = None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -46,13 +45,13 @@ def pool_psk(key: str) -> bytes:
     return hmac.new(key.encode("utf-8"), PSK_LABEL, "sha256").digest()
 
 
-def next_incarnation(data_dir: str, now: float | None = None) -> int:
+def next_incarnation(data_dir: str, now: float) -> int:
     """This start's incarnation, stored before it is used.
 
     It is one more than the stored one, and at least the current Unix time
     in seconds, so it grows across restarts even when the file was lost
     (the clock) or the clock went back (the file).  An unreadable file
-    counts as absent.
+    counts as absent.  ``now``: the Unix time, from the reactor's clock.
     """
     path = os.path.join(data_dir, INCARNATION_FILE)
     stored = 0
@@ -65,7 +64,7 @@ def next_incarnation(data_dir: str, now: float | None = None) -> int:
             log.warn("ignoring the unreadable {path}", path=path)
     except FileNotFoundError:
         pass
-    wall = int(time.time() if now is None else now)
+    wall = int(now)
     incarnation = max(stored + 1, wall)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     write_atomically(path, b"%d\n" % incarnation, 0o600)

@@ -144,7 +144,7 @@ class PoolLink(service.MultiService):
         self.notify = notify
         self.pid = os.getpid() if pid is None else pid
         data_dir = g.data_dir
-        self._incarnation = incarnation or (lambda: next_incarnation(data_dir))
+        self._incarnation = incarnation or (lambda: next_incarnation(data_dir, reactor.seconds()))
         self.max_inbound = INBOUND_PER_PEER * len(self.peers)
         self._psk = pool_psk(g.key)
         self.member: PoolMember | None = None
