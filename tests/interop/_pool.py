@@ -302,8 +302,11 @@ class PoolCase(TestCase):
                 server_hostname="localhost",
                 subprotocols=["umsg.1"],
             )
-        except (OSError, TimeoutError) as exc:
-            return f"unreachable {exc}"
+        except Exception as exc:
+            # OSError and TimeoutError, and the websockets library's own
+            # errors when the server closes during the opening handshake
+            # (an instance being killed or starting): the caller tries again.
+            return f"unreachable {type(exc).__name__}: {exc}"
         try:
             send(
                 ws,
