@@ -14,6 +14,7 @@ from cryptify.client import cli
 from cryptify.client import servers as servers_mod
 from cryptify.client.connection import (
     MAX_MOVES,
+    MAX_STAYS,
     REPLACED,
     AttachingClient,
     ConnectionEnded,
@@ -308,6 +309,25 @@ class SeveralServersTests(SynchronousTestCase):
             self.assertTrue(0 <= delay <= 2**attempt, (attempt, delay))
         self.assertIsInstance(self.events[-1], Attached)
         self.assertEqual(client.attempt, 0)
+
+    def test_unavailable_tries_the_same_instance(self) -> None:
+        """``refused unavailable`` comes from an instance that is up (its
+        slot's owner is late): the client tries it again after the hint,
+        up to MAX_STAYS times in a row, then the next address; once the
+        instance serves the slot, the client attaches there."""
+        ready = [False]
+        self.world.core.ready = lambda: ready[0]
+        connector = WorldConnector(self.world)
+        client = self.client(connector)
+        client.start()
+        delays = self.run_until(connector, MAX_STAYS + 2)
+        self.assertEqual(connector.calls, [self.SERVERS[0]] * (MAX_STAYS + 1) + [self.SERVERS[1]])
+        self.assertTrue(all(delay >= 1.0 for delay in delays), delays)
+        ready[0] = True
+        self.run_until(connector, MAX_STAYS + 3)
+        self.assertIsInstance(self.events[-1], Attached)
+        self.assertEqual(connector.calls[-1], self.SERVERS[1])
+        self.assertEqual(client.stays, 0)
 
     def test_lost_connection_goes_to_the_next(self) -> None:
         """Attached at one instance, the connection lost: the client comes

@@ -20,7 +20,10 @@ addresses DNS gives for one name).  Every reconnect that does not follow
 client whose instance died (or whose ``moved`` names one that cannot be
 reached) reaches a survivor at its next try, and one that only lost its
 connection comes back through the next instance, which moves it on to
-the owner of its URI.
+the owner of its URI.  A load refusal (``unavailable``, ``attach-timeout``)
+came from an instance that is up: the client tries that one again after
+its ``retry-after``, up to :data:`MAX_STAYS` times in a row, rather than
+the next address, which in a failover may be the dead instance.
 
 ``disconnect replaced`` means another client attached the same URI.
 Reconnecting at once would take the URI back, that client would do the
@@ -71,6 +74,9 @@ MAX_MOVES = 3
 #: pool's survivors refusing under a failover storm would otherwise get a
 #: full ECCSI attach for every client they refused).
 LOAD_REFUSALS = frozenset({"unavailable", "attach-timeout"})
+#: Most tries in a row at an instance that answered with a load refusal
+#: before going on to the next address.
+MAX_STAYS = 3
 
 
 @attrs.frozen
@@ -251,6 +257,10 @@ class AttachingClient:
     stop_on_replaced: bool = True
     #: Why the client gave up for good, once it has.
     gave_up: str | None = None
+    #: Tries in a row at this address after load refusals; whether the
+    #: last refusal asks to try the same address again.
+    stays: int = 0
+    _stay: bool = False
     #: Reconnect after exactly this long next time (``replaced``, not stopping).
     _hold_off: float | None = None
     _stopped: defer.Deferred[None] | None = None
@@ -304,6 +314,7 @@ class AttachingClient:
         if isinstance(event, Attached):
             self.attempt = 0
             self.moves = 0
+            self.stays = 0
             self.ticket = event.ticket
         elif isinstance(event, Moved):
             self.host, self.port = event.host, event.port
@@ -313,6 +324,8 @@ class AttachingClient:
         elif isinstance(event, Refused):
             if event.code not in LOAD_REFUSALS:
                 self.ticket = None
+            else:
+                self._stay = True
             self.hint_ms = event.retry_after
         elif isinstance(event, Disconnected) and event.code == "replaced":
             self.ticket = None
@@ -342,7 +355,12 @@ class AttachingClient:
             delay = self.delay()
             self.attempt += 1
         if not (moved and self.moves <= MAX_MOVES):
-            self._next_server()
+            if self._stay and self.stays < MAX_STAYS:
+                self.stays += 1
+            else:
+                self.stays = 0
+                self._next_server()
+        self._stay = False
         if self.hint_ms is not None:
             delay = max(delay, self.hint_ms / 1000)
             self.hint_ms = None
