@@ -33,6 +33,7 @@ from typing import IO, cast
 
 import attrs
 from twisted.application import service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import (
     FileLogObserver,
     ILogObserver,
@@ -156,6 +157,37 @@ class _FilteringObserver:
             self.inner(event)
 
 
+@attrs.define(eq=False)
+class LineSink:
+    """Where a busy kind of line goes: to each observer (a
+    :class:`LogFileService` writes them to its file; tests watch them).
+
+    Not through ``twisted.logger``: a line made per call or per relay
+    command would have the global publisher, twistd's own log and the main
+    log's filter each format it, which cost more than the work it records.
+    """
+
+    observers: list[Callable[[str], None]] = attrs.field(factory=list)
+
+    def add(self, observer: Callable[[str], None]) -> None:
+        self.observers.append(observer)
+
+    def remove(self, observer: Callable[[str], None]) -> None:
+        self.observers.remove(observer)
+
+    def write(self, line: str) -> None:
+        """Pass ``line`` (without its newline) to every observer."""
+        for observer in self.observers:
+            observer(line)
+
+
+def crs_line(kind: str, module: str, text: str, when: float | None = None) -> str:
+    """A crs.log-style line (no newline) made without an event, for a
+    :class:`LineSink`; the same text :func:`format_crs` gives an event."""
+    stamp = utc_timestamp(time.time() if when is None else when)
+    return f"[{stamp} | {kind} | {module}({os.getpid()}) ] {text}"
+
+
 def open_log_file(directory: str, name: str) -> LogFile:
     """Open (creating the directory) a size-rotated log file."""
     os.makedirs(directory, mode=0o750, exist_ok=True)
@@ -184,6 +216,8 @@ class LogFileService(service.Service):
         style: str = "crs",
         main: bool = True,
         publisher: LogPublisher = globalLogPublisher,
+        lines: LineSink | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.directory = directory
         self.file_name = name
@@ -192,6 +226,12 @@ class LogFileService(service.Service):
         self.publisher = publisher
         self.observer: _FilteringObserver | None = None
         self.file: IO[str] | LogFile | None = None
+        #: Busy lines written to this file, those of one reactor turn in one
+        #: write at the end of the turn (``clock`` is needed with it).
+        self.lines = lines
+        self.clock = clock
+        self.pending: list[str] = []
+        self.flush: IDelayedCall | None = None
 
     @property
     def path(self) -> str:
@@ -212,15 +252,47 @@ class LogFileService(service.Service):
         self.file = open_log_file(self.directory, self.file_name)
         formatter = FORMATS[self.style]
         # FileLogObserver only writes and flushes, which LogFile does.
-        inner = FileLogObserver(cast(IO[str], self.file), formatter)
+        inner: ILogObserver = FileLogObserver(cast(IO[str], self.file), formatter)
+        if self.lines is not None:
+            inner = self._after_pending(inner)
+            self.lines.add(self._line)
         self.observer = _FilteringObserver(self.file_name, self.main, inner)
         self.publisher.addObserver(self.observer)
+
+    def _after_pending(self, inner: ILogObserver) -> ILogObserver:
+        """``inner``, writing the turn's busy lines first: the file keeps
+        the order things happened in."""
+
+        def observe(event: LogEvent) -> None:
+            self._write()
+            inner(event)
+
+        return cast(ILogObserver, observe)
+
+    def _line(self, line: str) -> None:
+        self.pending.append(line + "\n")
+        if self.flush is None and self.clock is not None:
+            self.flush = self.clock.callLater(0, self._write)
+        elif self.clock is None:
+            self._write()
+
+    def _write(self) -> None:
+        if self.flush is not None:
+            if self.flush.active():
+                self.flush.cancel()
+            self.flush = None
+        if self.file is not None and self.pending:
+            self.file.write("".join(self.pending))
+        self.pending.clear()
 
     def stopService(self) -> None:
         service.Service.stopService(self)
         if self.observer is not None:
             self.publisher.removeObserver(self.observer)
             self.observer = None
+        if self.lines is not None and self._line in self.lines.observers:
+            self.lines.remove(self._line)
+        self._write()
         if self.file is not None:
             self.file.close()
             self.file = None

@@ -97,3 +97,41 @@ class ServiceTests(SynchronousTestCase):
         self.assertEqual(len(text.splitlines()), 1)
         self.assertTrue(re.match(r"\[2026-11-23 19:40:01\.250 \| INFO \| attach\(\d+\) \]", text))
         self.assertEqual(os.stat(directory).st_mode & 0o777, 0o750)
+
+    def test_busy_lines_once_per_turn_in_order(self) -> None:
+        """Lines of a LineSink reach the file at the end of the reactor turn,
+        in one write; an event logged meanwhile comes after the lines made
+        before it; stopping writes what is pending and stops observing."""
+        from twisted.internet.task import Clock
+
+        directory = self.mktemp()
+        publisher = LogPublisher()
+        clock = Clock()
+        sink = logs.LineSink()
+        service = logs.LogFileService(
+            directory, "crs_relay.log", "crs", publisher=publisher, lines=sink, clock=clock
+        )
+        service.startService()
+        path = os.path.join(directory, "crs_relay.log")
+
+        def text() -> str:
+            with open(path) as f:
+                return f.read()
+
+        sink.write(logs.crs_line("INFO", "relay", "Command add: session 1 () for crs1", WHEN))
+        self.assertEqual(text(), "")
+        clock.advance(0)
+        self.assertEqual(
+            text(),
+            f"[2026-11-23 19:40:01.250 | INFO | relay({os.getpid()}) ] "
+            "Command add: session 1 () for crs1\n",
+        )
+        sink.write("second")
+        publisher(event())
+        self.assertEqual(text().splitlines()[1], "second")
+        self.assertIn("client tel:+4670 attached", text().splitlines()[2])
+        sink.write("last")
+        service.stopService()
+        self.assertEqual(text().splitlines()[-1], "last")
+        self.assertEqual(sink.observers, [])
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -26,6 +26,7 @@ from cryptify.crs.relay.wiring import (
     RelayReader,
     RelayService,
     control_factory,
+    relay_lines,
 )
 from cryptify.links.relay_link import RelayLink
 from cryptify.plugins.crs_relay import Options
@@ -243,6 +244,9 @@ class ControlTests(SynchronousTestCase):
     def test_add_gives_tags_and_relay_address_and_logs(self) -> None:
         """add_session answers two distinct 8-byte tags and the media address; the relay logs
         CONNECTION, Command poll and Command add (without the tags)."""
+        lines: list[str] = []
+        relay_lines.add(lines.append)
+        self.addCleanup(relay_lines.remove, lines.append)
         with capturedLogs() as events:
             link = self.link()
             got = self.drive(link.add_session("call 1"))
@@ -252,10 +256,15 @@ class ControlTests(SynchronousTestCase):
         self.assertNotEqual(got.tag_a, got.tag_b)
         self.assertEqual(self.core.sessions[got.session].a.tag, got.tag_a)
         text = [e.get("log_format", "") for e in events]
-        for expected in ("CONNECTION from the CRS", "Command poll from {server}", "Command add"):
+        for expected in ("CONNECTION from the CRS", "Command poll from {server}"):
             self.assertTrue(any(t.startswith(expected) for t in text), expected)
-        for e in events:
+        self.assertEqual(len(lines), 1)
+        self.assertRegex(
+            lines[0], r"^\[.* \| INFO \| relay\(\d+\) \] Command add: session \d+ \(call 1\)"
+        )
+        for e in [*events, *lines]:
             self.assertNotIn(got.tag_a, repr(e).encode())
+            self.assertNotIn(got.tag_a.hex(), repr(e))
 
     def test_stats_has_exactly_the_show_relay_counters(self) -> None:
         """stats() answers RX, TXB, TXERROR, ERRNODEST, ERRTOSHORT, ERRTOLONG, ENTRIES."""
@@ -327,22 +336,24 @@ class ControlTests(SynchronousTestCase):
         """AddMany creates one session per label, in order, with distinct tags;
         RemoveMany answers the sessions that existed."""
         link = self.link()
-        with capturedLogs() as events:
-            got = self.drive(link.add_sessions(["a", "b", "c"]))
+        lines: list[str] = []
+        relay_lines.add(lines.append)
+        self.addCleanup(relay_lines.remove, lines.append)
+        got = self.drive(link.add_sessions(["a", "b", "c"]))
         self.assertEqual([self.core.sessions[g.session].label for g in got], ["a", "b", "c"])
         self.assertEqual({(g.host, g.port) for g in got}, {("0.0.0.0", 15146)})
         self.assertEqual(len({g.tag_a for g in got} | {g.tag_b for g in got}), 6)
-        adds = [e for e in events if e.get("log_format", "").startswith("Command add")]
+        adds = [line for line in lines if "] Command add: " in line]
         self.assertEqual(len(adds), 3)
         first = got[0].session
         self.assertEqual(self.drive(link.remove_sessions([first, 999999])), [first])
         self.assertEqual(self.core.entries, 2)
         # more than MAX_BATCH at once: a clear refusal, nothing created or removed
         for call in (
-            link.add_sessions(["x"] * (MAX_BATCH + 1)),
-            link.remove_sessions([got[1].session] * (MAX_BATCH + 1)),
+            lambda: link.add_sessions(["x"] * (MAX_BATCH + 1)),
+            lambda: link.remove_sessions([got[1].session] * (MAX_BATCH + 1)),
         ):
-            d = defer.ensureDeferred(call)
+            d = call()
             self.endpoint.flush()
             self.failureResultOf(d).trap(BatchTooLarge)
         self.assertEqual(self.core.entries, 2)
@@ -355,9 +366,9 @@ class ControlTests(SynchronousTestCase):
         sent: list[str] = []
         original = link.call
 
-        async def counting(command: Any, **kwargs: Any) -> Any:
+        def counting(command: Any, **kwargs: Any) -> Any:
             sent.append(command.__name__)
-            return await original(command, **kwargs)
+            return original(command, **kwargs)
 
         link.call = counting  # type: ignore[method-assign]
         pending = [allocator.allocate(f"s{n}") for n in range(3)]

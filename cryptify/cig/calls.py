@@ -25,15 +25,12 @@ UMSG interface until it exists, and is the tests' double.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
-from twisted.application import service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.python.logfile import LogFile
 
-from cryptify.logs import open_log_file, utc_timestamp
+from cryptify.logs import LineSink, LogFileService, utc_timestamp
 
 if TYPE_CHECKING:
     from .records import CallRecords
@@ -44,26 +41,9 @@ SESSION_LOG = "session.log"
 SESSION_HEADER = "event"
 
 
-@attrs.define(eq=False)
-class SessionRecords:
-    """
-    Where C{session.log} lines go: to each observer (L{SessionLogService}
-    writes them to the file; tests watch them). Not through
-    C{twisted.logger}: a call makes six records, and the global publisher
-    had twistd's own log and the main log's filter format each of them.
-    """
-
-    observers: list[Callable[[str], None]] = attrs.field(factory=list)
-
-    def add(self, observer: Callable[[str], None]) -> None:
-        self.observers.append(observer)
-
-    def remove(self, observer: Callable[[str], None]) -> None:
-        self.observers.remove(observer)
-
-    def write(self, line: str) -> None:
-        for observer in self.observers:
-            observer(line)
+#: Where ``session.log`` lines go (:class:`SessionLogService` writes them
+#: to the file; tests watch them): a call makes six records.
+SessionRecords = LineSink
 
 
 #: The process's session.log records.
@@ -150,7 +130,7 @@ def session_line(call: Call, state: str, when: float) -> str:
     return ", ".join([f.replace(",", "%2C") if "," in f else f for f in fields])
 
 
-class SessionLogService(service.Service):
+class SessionLogService(LogFileService):
     """
     Writes C{session.log} in C{directory} (rotated like the other logs)
     while running. The lines of one reactor turn go out in one write, at
@@ -158,50 +138,10 @@ class SessionLogService(service.Service):
     """
 
     def __init__(
-        self, directory: str, clock: IReactorTime, records: SessionRecords = session_records
+        self, directory: str, clock: IReactorTime, records: LineSink = session_records
     ) -> None:
-        self.directory = directory
-        self.clock = clock
+        super().__init__(directory, SESSION_LOG, "plain", main=False, lines=records, clock=clock)
         self.records = records
-        self.file: LogFile | None = None
-        self.pending: list[str] = []
-        self.flush: IDelayedCall | None = None
-
-    def privilegedStartService(self) -> None:
-        # Opened before privileges are shed, like the other logs.
-        self._open()
-        service.Service.privilegedStartService(self)
-
-    def startService(self) -> None:
-        self._open()
-        service.Service.startService(self)
-
-    def _open(self) -> None:
-        if self.file is None:
-            self.file = open_log_file(self.directory, SESSION_LOG)
-            self.records.add(self._line)
-
-    def _line(self, line: str) -> None:
-        self.pending.append(line + "\n")
-        if self.flush is None:
-            self.flush = self.clock.callLater(0, self._write)
-
-    def _write(self) -> None:
-        self.flush = None
-        if self.file is not None and self.pending:
-            self.file.write("".join(self.pending))
-        self.pending.clear()
-
-    def stopService(self) -> None:
-        service.Service.stopService(self)
-        if self.file is None:
-            return
-        self.records.remove(self._line)
-        if self.flush is not None and self.flush.active():
-            self.flush.cancel()
-        self._write()
-        self.file.close()
-        self.file = None
 
 
 @attrs.define(eq=False)

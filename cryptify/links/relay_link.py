@@ -15,10 +15,11 @@ from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from cryptify.protocols.amp_calls import call_remote
 from cryptify.protocols.relay_control import (
@@ -44,6 +45,23 @@ POLL_STALE = 3 * POLL_INTERVAL
 POLL_TIMEOUT = 5.0
 
 
+class _ControlProtocol(amp.AMP):
+    """The control connection; tells its link while it is connected."""
+
+    def __init__(self, link: RelayLink) -> None:
+        amp.AMP.__init__(self)
+        self.link = link
+
+    def connectionMade(self) -> None:
+        amp.AMP.connectionMade(self)
+        self.link.connected = self
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.link.connected is self:
+            self.link.connected = None
+        amp.AMP.connectionLost(self, reason)
+
+
 class RelayLink(service.MultiService):
     """Keep a control connection to a relay and poll it as a heartbeat."""
 
@@ -59,9 +77,13 @@ class RelayLink(service.MultiService):
         self.server_name = server_name
         self.interval = interval
         self.last_answer: float | None = None
+        #: The connected control protocol, while there is one: commands go
+        #: straight to it (``ClientService.whenConnected`` makes a Deferred
+        #: and steps its state machine for each; several per call add up).
+        self.connected: amp.AMP | None = None
         self.client = ClientService(
             endpoint,
-            Factory.forProtocol(amp.AMP),
+            Factory.forProtocol(lambda: _ControlProtocol(self)),
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=10.0),
             clock=reactor,
         )
@@ -88,17 +110,27 @@ class RelayLink(service.MultiService):
             return False
         return self.reactor.seconds() - self.last_answer <= POLL_STALE
 
-    async def call(self, command: type[amp.Command], **kwargs: object) -> dict[str, Any]:
+    def call(self, command: type[amp.Command], **kwargs: object) -> defer.Deferred[dict[str, Any]]:
         """Send one command on the current connection (fails when down)."""
+        if self.connected is not None:
+            # AMP logs and swallows an error its answer's Deferred has no
+            # errback for yet when it arrives: hand it on to one that keeps it
+            # for a caller that looks later.
+            answer: defer.Deferred[dict[str, Any]] = defer.Deferred()
+            call_remote(self.connected, command, **kwargs).chainDeferred(answer)
+            return answer
         # the client's factory builds amp.AMP protocols
-        proto = cast(amp.AMP, await self.client.whenConnected(failAfterFailures=1))
-        return await call_remote(proto, command, **kwargs)
+        connected: defer.Deferred[Any] = self.client.whenConnected(failAfterFailures=1)
+        return connected.addCallback(
+            lambda proto: call_remote(cast(amp.AMP, proto), command, **kwargs)
+        )
 
-    async def add_session(self, label: str = "") -> RelayAllocation:
+    def add_session(self, label: str = "") -> defer.Deferred[RelayAllocation]:
         """Create a relay session: its number, leg tags and media address."""
-        answer = await self.call(Add, server=self.server_name, label=label)
-        return RelayAllocation(
-            answer["session"], answer["tag_a"], answer["tag_b"], answer["host"], answer["port"]
+        return self.call(Add, server=self.server_name, label=label).addCallback(
+            lambda answer: RelayAllocation(
+                answer["session"], answer["tag_a"], answer["tag_b"], answer["host"], answer["port"]
+            )
         )
 
     async def remove_session(self, session: int) -> bool:
@@ -106,25 +138,31 @@ class RelayLink(service.MultiService):
         answer = await self.call(Remove, server=self.server_name, session=session)
         return bool(answer["removed"])
 
-    async def add_sessions(self, labels: list[str]) -> list[RelayAllocation]:
+    def add_sessions(self, labels: list[str]) -> defer.Deferred[list[RelayAllocation]]:
         """Create one relay session per label with one command, in order."""
-        answer = await self.call(AddSessions, server=self.server_name, labels=labels)
-        host, port = answer["host"], answer["port"]
-        return [
-            RelayAllocation(s["session"], s["tag_a"], s["tag_b"], host, port)
-            for s in answer["sessions"]
-        ]
 
-    async def remove_sessions(self, sessions: list[int]) -> list[int]:
+        def allocations(answer: dict[str, Any]) -> list[RelayAllocation]:
+            host, port = answer["host"], answer["port"]
+            return [
+                RelayAllocation(s["session"], s["tag_a"], s["tag_b"], host, port)
+                for s in answer["sessions"]
+            ]
+
+        return self.call(AddSessions, server=self.server_name, labels=labels).addCallback(
+            allocations
+        )
+
+    def remove_sessions(self, sessions: list[int]) -> defer.Deferred[list[int]]:
         """Delete relay sessions with one command; answers those the relay had."""
-        answer = await self.call(RemoveSessions, server=self.server_name, sessions=sessions)
-        return list(answer["removed"])
+        return self.call(RemoveSessions, server=self.server_name, sessions=sessions).addCallback(
+            lambda answer: list(answer["removed"])
+        )
 
-    async def bridge_session(
+    def bridge_session(
         self, session: int, leg: str, host: str, port: int, tag: bytes
-    ) -> bool:
+    ) -> defer.Deferred[bool]:
         """Send leg ``leg`` of ``session`` to another operator's relay."""
-        answer = await self.call(
+        return self.call(
             Bridge,
             server=self.server_name,
             session=session,
@@ -132,8 +170,7 @@ class RelayLink(service.MultiService):
             host=host,
             port=port,
             tag=tag,
-        )
-        return bool(answer["bridged"])
+        ).addCallback(lambda answer: bool(answer["bridged"]))
 
     async def stats(self) -> dict[str, int]:
         """The relay's counters: RX, TXB, TXERROR, ERRNODEST, ERRTOSHORT,

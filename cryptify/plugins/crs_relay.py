@@ -20,7 +20,7 @@ from twisted.python import usage
 
 from cryptify.config import CrsConfig, load_crs_config
 from cryptify.crs.relay.core import IDLE_TIMEOUT, OWNER_GRACE, REBIND_AFTER, RelayCore
-from cryptify.crs.relay.wiring import RelayService, control_factory
+from cryptify.crs.relay.wiring import RelayService, control_factory, relay_lines
 from cryptify.events import Notifier
 from cryptify.logs import LogFileService
 from cryptify.ops.reload import no_reload
@@ -103,7 +103,8 @@ def make_relay_service(
     g = cfg.global_
     root = ProgramService("crs_relay")
     notifier = Notifier(reactor, g.notify or None, g.notify_timeout)
-    attach(root, LogFileService(g.log_dir, "crs_relay.log", "crs"))
+    log_file = LogFileService(g.log_dir, "crs_relay.log", "crs", lines=relay_lines, clock=reactor)
+    attach(root, log_file)
     core = RelayCore(
         idle_timeout=idle_timeout,
         owner_grace=grace,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import attrs
@@ -40,7 +40,9 @@ def probe_up(answer: bool | str) -> bool:
 class RelayControl(Protocol):
     """What ``show relay`` needs of the control link to ``crs_relay``."""
 
-    async def call(self, command: type[amp.Command], **kwargs: object) -> Mapping[str, object]: ...
+    def call(
+        self, command: type[amp.Command], **kwargs: object
+    ) -> Awaitable[Mapping[str, object]]: ...
 
 
 class PoolView(Protocol):

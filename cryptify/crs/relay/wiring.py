@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from cryptify import __version__
 from cryptify.crs.relay.core import Link, RelayCore, RelayCounters
+from cryptify.logs import LineSink, crs_line
 from cryptify.protocols.relay_control import (
     MAX_BATCH,
     Add,
@@ -55,6 +56,17 @@ __all__ = [
 ]
 
 log = Logger(namespace="cryptify.crs.relay")
+
+#: The relay's per-command lines of crs_relay.log (Command add, remove,
+#: bridge): one or more per call, so they go to the file at the end of the
+#: reactor turn without the logging system (:class:`~cryptify.logs.LineSink`).
+relay_lines = LineSink()
+
+
+def _command_line(text: str) -> None:
+    if relay_lines.observers:
+        relay_lines.write(crs_line("INFO", "relay", text))
+
 
 #: Seconds between expiry sweeps.
 SWEEP_INTERVAL = 5.0
@@ -281,12 +293,7 @@ class RelayControl(amp.CommandLocator):
 
     def _add(self, server: str, label: str) -> dict[str, object]:
         session = self.relay.core.add(self.link, self.relay.clock.seconds(), label)
-        log.info(
-            "Command add: session {session} ({label}) for {server}",
-            session=session.ident,
-            label=session.label,
-            server=server,
-        )
+        _command_line(f"Command add: session {session.ident} ({session.label}) for {server}")
         return {"session": session.ident, "tag_a": session.a.tag, "tag_b": session.b.tag}
 
     @AddSessions.responder
@@ -304,7 +311,7 @@ class RelayControl(amp.CommandLocator):
 
     def _remove(self, server: str, session: int) -> bool:
         removed = self.relay.core.remove(session) is not None
-        log.info("Command remove: session {session} from {server}", session=session, server=server)
+        _command_line(f"Command remove: session {session} from {server}")
         return removed
 
     @RemoveSessions.responder
@@ -320,14 +327,7 @@ class RelayControl(amp.CommandLocator):
     ) -> dict[str, object]:
         self._heard(server)
         bridged = self.relay.core.bridge(session, leg, host, port, tag)
-        log.info(
-            "Command bridge: session {session} leg {leg} to {host}:{port} for {server}",
-            session=session,
-            leg=leg,
-            host=host,
-            port=port,
-            server=server,
-        )
+        _command_line(f"Command bridge: session {session} leg {leg} to {host}:{port} for {server}")
         return {"bridged": bridged}
 
     @ListSessions.responder
