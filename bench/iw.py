@@ -24,11 +24,17 @@ B bridged to A's).  One JSON line:
   per message, and the generator's ceiling (messages per generator CPU
   second: the generators share the two cores with both CRSs); for each
   call part (``calls_inside``, ``calls_across``) the set-ups per second,
-  the CRSs' and the generators' CPU seconds, and where a call's time goes
+  the CRSs', the relays' and the generators' CPU seconds, each operator's
+  server CPU (CRS and relay) per set-up, and where a call's time goes
   (the generators' medians): ``invite_p50_ms`` (invite sent to the callee
   offered it), ``answer_p50_ms`` (offered to the caller told ``talk``:
   ``ringing`` and ``talk`` back), ``hangup_p50_ms`` (hangup sent to the
   callee told);
+- ``calls_across_to_inside_per_operator_cpu``: the call ratio for
+  operators on hosts of their own, the inside operator's server CPU per
+  set-up over the busier across operator's (on this one host both
+  operators' servers and the generators share the cores, so across calls
+  pay for two operators' work: ``calls_across_to_inside`` counts that);
 - ``load_average`` before the run.
 """
 
@@ -69,7 +75,7 @@ class Operators:
         self.cleanups.addCleanup(shutil.rmtree, self.dir, True)
         self.net = PoolNet(self.cleanups, self.dir, 2)  # Cleanups for the test case
         self.dirs: list[str] = []
-        self.procs: dict[int, Twistd] = {}
+        self.procs: dict[int | str, Twistd] = {}
         for index, peer in ((1, 2), (2, 1)):
             d = os.path.join(self.dir, f"op{index}")
             os.makedirs(d)
@@ -96,13 +102,13 @@ class Operators:
             )
         for index in (1, 2):
             d = self.dirs[index - 1]
-            relay = Twistd(
+            # keyed "relayN": run_generators measures its CPU beside the CRSs'
+            self.procs[f"relay{index}"] = Twistd(
                 d,
                 "crs-relay",
                 *("--config", os.path.join(d, "crs.conf")),
                 prefix=tuple(self.net.hosts[index - 1].prefix(d)),
             )
-            self.cleanups.addCleanup(relay.stop)
         for index in (1, 2):
             wait_for(lambda i=index: unix_answers(self.socket(i)), f"op{index}", CEILING)
         self.period = period_of(time.time())
@@ -122,7 +128,7 @@ class Operators:
         rows = self.cli(index, "show", "iw-crs").splitlines()[1:]
         return any(r.split()[1:2] == ["up"] for r in rows)
 
-    def cpu(self, index: int) -> float:
+    def cpu(self, index: int | str) -> float:
         return proc_cpu(self.procs[index].proc.pid)
 
     def _provision(self, index: int, account: str) -> Any:
@@ -186,10 +192,19 @@ def call_rate(ops: Operators, args: argparse.Namespace, across: bool) -> dict[st
         for key in ("invite_p50_ms", "answer_p50_ms", "hangup_p50_ms")
         if all(r.get(key) is not None for r in results)
     }
+    in_window = calls / wall * args.seconds * 0.9 if wall else 0.0
     return {
         "pairs": len(pairs),
         "setups_per_second": round(calls / wall, 1) if wall else 0.0,
-        "crs_cpu_seconds": cpu,
+        "crs_cpu_seconds": {k: v for k, v in cpu.items() if k.startswith("op")},
+        "relay_cpu_seconds": {k: v for k, v in cpu.items() if k.startswith("relay")},
+        # each operator's server CPU (CRS and relay) per call set-up: what
+        # bounds its rate on a host of its own
+        "operator_cpu_per_setup_ms": {
+            f"op{n}": round(1000 * (cpu[f"op{n}"] + cpu[f"relay{n}"]) / in_window, 3)
+            for n in (1, 2)
+            if in_window and cpu[f"op{n}"] + cpu[f"relay{n}"] > 0.05
+        },
         "generator_cpu_seconds": round(sum(r["cpu"] for r in results), 2),
         **steps,
     }
@@ -217,7 +232,9 @@ def run_workers(
         for w in range(2)
     ]
     results, cpu = run_generators(ops, specs, script_name, tag, args.seconds)
-    return results, {f"op{i}": round(seconds, 2) for i, seconds in cpu.items()}
+    return results, {
+        (f"op{i}" if isinstance(i, int) else i): round(seconds, 2) for i, seconds in cpu.items()
+    }
 
 
 def rate(ops: Operators, args: argparse.Namespace, across: bool) -> dict[str, Any]:
@@ -240,7 +257,8 @@ def rate(ops: Operators, args: argparse.Namespace, across: bool) -> dict[str, An
         if across:
             to_account[recipient] = HOSTED[2]
     extra = {"host_of": host_of, "to_account": to_account, "depth": 1, "size": 64}
-    results, crs_cpu = run_workers(ops, args, "messages.py", tag, pairs, extra)
+    results, cpu = run_workers(ops, args, "messages.py", tag, pairs, extra)
+    crs_cpu = {k: v for k, v in cpu.items() if k.startswith("op")}
     messages = sum(r["messages"] for r in results)
     wall = max(r["wall"] for r in results)
     generator_cpu = sum(r["cpu"] for r in results)
@@ -296,6 +314,12 @@ def main() -> None:
         result["calls_across_to_inside"] = ratio(
             result["across_setups_per_second"], result["inside_setups_per_second"]
         )
+        # the same ratio for operators on hosts of their own: set-ups per
+        # CPU-second of the busiest operator's servers, across over inside
+        inside_cpu = calls["calls_inside"]["operator_cpu_per_setup_ms"].get("op1")
+        across_cpu = max(calls["calls_across"]["operator_cpu_per_setup_ms"].values(), default=0)
+        if inside_cpu and across_cpu:
+            result["calls_across_to_inside_per_operator_cpu"] = ratio(inside_cpu, across_cpu)
     result.update(**messages, **calls)
     result["load_average"] = [round(x, 2) for x in load]
     print(json.dumps(result))

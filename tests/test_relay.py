@@ -386,6 +386,87 @@ class ControlTests(SynchronousTestCase):
         self.assertEqual(sent, ["AddSessions", "RemoveSessions"])
         self.assertEqual(self.core.entries, 0)
 
+    def test_allocator_bridges_one_turn_in_one_command(self) -> None:
+        """The legs bridged in one reactor turn go to the relay as one
+        BridgeMany; each caller learns whether its leg was bridged (a
+        session the allocator does not hold: False without asking); the
+        relay bridges them and writes a Command bridge line for each."""
+        link = self.link()
+        allocator = LinkRelayAllocator(link, "192.0.2.5")
+        sent: list[str] = []
+        original = link.call
+
+        def counting(command: Any, **kwargs: Any) -> Any:
+            sent.append(command.__name__)
+            return original(command, **kwargs)
+
+        link.call = counting  # type: ignore[method-assign]
+        pending = [allocator.allocate(f"s{n}") for n in range(2)]
+        self.clock.advance(0)
+        self.endpoint.flush()
+        self.assertEqual(len([self.successResultOf(d) for d in pending]), 2)
+        numbers = [allocator.numbers[f"s{n}"] for n in range(2)]
+        lines: list[str] = []
+        relay_lines.add(lines.append)
+        self.addCleanup(relay_lines.remove, lines.append)
+        tag = b"T" * 8
+        done = [
+            allocator.bridge("s0", "a", "198.51.100.7", 5000, tag),
+            allocator.bridge("s1", "b", "198.51.100.8", 5002, tag),
+        ]
+        self.assertFalse(self.successResultOf(allocator.bridge("nope", "a", "h", 1, tag)))
+        self.clock.advance(0)
+        self.endpoint.flush()
+        self.assertEqual([self.successResultOf(d) for d in done], [True, True])
+        self.assertEqual(sent, ["AddSessions", "BridgeSessions"])
+        self.assertEqual(self.core.sessions[numbers[0]].a.bridge, tag)
+        self.assertEqual(self.core.sessions[numbers[1]].b.bridge, tag)
+        self.assertEqual(len([line for line in lines if "] Command bridge: " in line]), 2)
+
+    def test_bridge_many_refuses_too_many(self) -> None:
+        """More than MAX_BATCH legs in one BridgeMany: a clear refusal,
+        nothing bridged."""
+        link = self.link()
+        got = self.drive(link.add_sessions(["a"]))
+        leg = (got[0].session, "a", "198.51.100.7", 5000, b"T" * 8)
+        d = link.bridge_sessions([leg] * (MAX_BATCH + 1))
+        self.endpoint.flush()
+        self.failureResultOf(d).trap(BatchTooLarge)
+        self.assertIsNone(self.core.sessions[got[0].session].a.bridge)
+        self.assertEqual(self.drive(link.bridge_sessions([leg])), [True])
+        self.assertEqual(
+            self.drive(link.bridge_sessions([(999999, "a", "h", 1, b"T" * 8)])), [False]
+        )
+
+    def test_allocator_bridges_one_by_one_with_an_older_relay(self) -> None:
+        """A relay that does not know BridgeMany gets one Bridge per leg,
+        from then on."""
+        link = self.link()
+        allocator = LinkRelayAllocator(link, "192.0.2.5")
+        sent: list[str] = []
+        original = link.call
+
+        def older(command: Any, **kwargs: Any) -> Any:
+            sent.append(command.__name__)
+            if command.__name__ == "BridgeSessions":
+                return defer.fail(amp.UnhandledCommand("BridgeMany"))
+            return original(command, **kwargs)
+
+        link.call = older  # type: ignore[method-assign]
+        allocator.allocate("s0")
+        allocator.allocate("s1")
+        self.clock.advance(0)
+        self.endpoint.flush()
+        first = allocator.bridge("s0", "a", "198.51.100.7", 5000, b"T" * 8)
+        self.clock.advance(0)
+        self.endpoint.flush()
+        self.assertTrue(self.successResultOf(first))
+        second = allocator.bridge("s1", "a", "198.51.100.7", 5000, b"T" * 8)
+        self.clock.advance(0)
+        self.endpoint.flush()
+        self.assertTrue(self.successResultOf(second))
+        self.assertEqual(sent, ["AddSessions", "BridgeSessions", "Bridge", "Bridge"])
+
 
 class FakeLink:
     """A RelayLink whose answers the test gives; ``batched`` False: an older relay."""

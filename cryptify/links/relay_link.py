@@ -26,6 +26,7 @@ from cryptify.protocols.relay_control import (
     Add,
     AddSessions,
     Bridge,
+    BridgeSessions,
     ListSessions,
     Poll,
     Reclaim,
@@ -171,6 +172,19 @@ class RelayLink(service.MultiService):
             port=port,
             tag=tag,
         ).addCallback(lambda answer: bool(answer["bridged"]))
+
+    def bridge_sessions(
+        self, legs: list[tuple[int, str, str, int, bytes]]
+    ) -> defer.Deferred[list[bool]]:
+        """:meth:`bridge_session` for many (session, leg, host, port, tag)
+        with one command; answers, in order, which were bridged."""
+        entries = [
+            {"session": session, "leg": leg, "host": host, "port": port, "tag": tag}
+            for session, leg, host, port, tag in legs
+        ]
+        return self.call(BridgeSessions, server=self.server_name, legs=entries).addCallback(
+            lambda answer: [bool(done) for done in answer["bridged"]]
+        )
 
     async def stats(self) -> dict[str, int]:
         """The relay's counters: RX, TXB, TXERROR, ERRNODEST, ERRTOSHORT,

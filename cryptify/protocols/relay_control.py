@@ -58,7 +58,7 @@ class Remove(amp.Command):
 
 
 class BatchTooLarge(Exception):
-    """More than :data:`MAX_BATCH` sessions in one AddMany or RemoveMany."""
+    """More than :data:`MAX_BATCH` sessions in one AddMany, RemoveMany or BridgeMany."""
 
 
 class AddSessions(amp.Command):
@@ -122,6 +122,31 @@ class Bridge(amp.Command):
         (b"tag", amp.String()),
     ]
     response = [(b"bridged", amp.Boolean())]
+
+
+class BridgeSessions(amp.Command):
+    """:class:`Bridge` for many legs at once, in order: the calls across
+    operators a CRS bridges in one reactor turn cost one command.  Answers,
+    per leg, whether its session (and leg) existed."""
+
+    commandName = b"BridgeMany"
+    arguments = [
+        (b"server", amp.Unicode()),
+        (
+            b"legs",
+            amp.AmpList(
+                [
+                    (b"session", amp.Integer()),
+                    (b"leg", amp.Unicode()),
+                    (b"host", amp.Unicode()),
+                    (b"port", amp.Integer()),
+                    (b"tag", amp.String()),
+                ]
+            ),
+        ),
+    ]
+    response = [(b"bridged", amp.ListOf(amp.Boolean()))]
+    errors = {BatchTooLarge: b"BATCH_TOO_LARGE"}
 
 
 @attrs.frozen

@@ -64,11 +64,13 @@ class LinkRelayAllocator:
     ``public_host`` is the address clients send media to when the relay
     listens on every address (``0.0.0.0``); ``addr_map`` is applied to it.
 
-    The sessions asked for (and released) in one reactor turn go to the
-    relay as one ``AddMany`` (``RemoveMany``) at the end of the turn, on
+    The sessions asked for (released, bridged to another operator's relay)
+    in one reactor turn go to the relay as one ``AddMany`` (``RemoveMany``,
+    ``BridgeMany``) at the end of the turn, on
     ``scheduler`` (by default the link's reactor).  If that command fails,
     every allocation of that batch fails, and no other.  A relay that does
-    not know the batched commands gets one ``Add`` / ``Remove`` per session.
+    not know the batched commands gets one ``Add`` / ``Remove`` / ``Bridge``
+    per session.
 
     :meth:`allocate_spare` is :meth:`allocate` without the wait: once
     asked for, up to ``spares`` relay sessions are kept allocated ahead
@@ -94,6 +96,8 @@ class LinkRelayAllocator:
         self.numbers: dict[str, int] = {}
         #: False once the relay answered that it does not know AddMany.
         self.batched = True
+        #: False once it answered that it does not know BridgeMany.
+        self.batched_bridges = True
         self._adds: list[tuple[str, defer.Deferred[RelayLegs]]] = []
         self.spares = spares
         #: Ready spare relay sessions (oldest first) with when they were made.
@@ -101,6 +105,7 @@ class LinkRelayAllocator:
         #: Spares asked of the relay and not answered yet.
         self._spares_asked = 0
         self._removes: list[int] = []
+        self._bridges: list[tuple[tuple[int, str, str, int, bytes], defer.Deferred[bool]]] = []
         self._call: IDelayedCall | None = None
 
     def allocate(self, session: str) -> defer.Deferred[RelayLegs]:
@@ -161,7 +166,10 @@ class LinkRelayAllocator:
         number = self.numbers.get(session)
         if number is None:
             return defer.succeed(False)
-        return defer.ensureDeferred(self.link.bridge_session(number, leg, host, port, tag))
+        bridged: defer.Deferred[bool] = defer.Deferred()
+        self._bridges.append(((number, leg, host, port, tag), bridged))
+        self._later()
+        return bridged
 
     def release(self, session: str) -> None:
         number = self.numbers.pop(session, None)
@@ -171,7 +179,7 @@ class LinkRelayAllocator:
         self._later()
 
     def _later(self) -> None:
-        if len(self._adds) >= self.max_batch or len(self._removes) >= self.max_batch:
+        if max(len(self._adds), len(self._removes), len(self._bridges)) >= self.max_batch:
             self.flush()
         elif self._call is None:
             self._call = self._clock().callLater(0, self.flush)
@@ -183,8 +191,11 @@ class LinkRelayAllocator:
         self._call = None
         adds, self._adds = self._adds, []
         removes, self._removes = self._removes, []
+        bridges, self._bridges = self._bridges, []
         for start in range(0, len(adds), self.max_batch):
             self._add(adds[start : start + self.max_batch])
+        for start in range(0, len(bridges), self.max_batch):
+            self._bridge(bridges[start : start + self.max_batch])
         for start in range(0, len(removes), self.max_batch):
             self._remove(removes[start : start + self.max_batch])
 
@@ -231,6 +242,33 @@ class LinkRelayAllocator:
 
         labels = [session for session, _ in adds]
         defer.ensureDeferred(self.link.add_sessions(labels)).addCallbacks(added, failed)
+
+    def _bridge(
+        self, bridges: list[tuple[tuple[int, str, str, int, bytes], defer.Deferred[bool]]]
+    ) -> None:
+        if not self.batched or not self.batched_bridges:
+            for legs, done in bridges:
+                defer.ensureDeferred(self.link.bridge_session(*legs)).chainDeferred(done)
+            return
+
+        def bridged(answers: list[bool]) -> None:
+            if len(answers) != len(bridges):
+                failed(Failure(RuntimeError(f"{len(answers)} answers for {len(bridges)} legs")))
+                return
+            for (_, done), answer in zip(bridges, answers, strict=True):
+                done.callback(answer)
+
+        def failed(failure: Failure) -> None:
+            if failure.check(amp.UnhandledCommand):
+                log.info("crs_relay does not know BridgeMany: one Bridge per leg")
+                self.batched_bridges = False
+                self._bridge(bridges)
+                return
+            for _, done in bridges:
+                done.errback(failure)
+
+        entries = [entry for entry, _ in bridges]
+        self.link.bridge_sessions(entries).addCallbacks(bridged, failed)
 
     def _remove(self, numbers: list[int]) -> None:
         def failed(failure: Failure) -> None:

@@ -35,6 +35,7 @@ from cryptify.protocols.relay_control import (
     AddSessions,
     BatchTooLarge,
     Bridge,
+    BridgeSessions,
     ListSessions,
     Poll,
     Reclaim,
@@ -326,9 +327,26 @@ class RelayControl(amp.CommandLocator):
         self, server: str, session: int, leg: str, host: str, port: int, tag: bytes
     ) -> dict[str, object]:
         self._heard(server)
+        return {"bridged": self._bridge(server, session, leg, host, port, tag)}
+
+    def _bridge(
+        self, server: str, session: int, leg: str, host: str, port: int, tag: bytes
+    ) -> bool:
         bridged = self.relay.core.bridge(session, leg, host, port, tag)
         _command_line(f"Command bridge: session {session} leg {leg} to {host}:{port} for {server}")
-        return {"bridged": bridged}
+        return bridged
+
+    @BridgeSessions.responder
+    def bridge_many(self, server: str, legs: list[dict[str, Any]]) -> dict[str, object]:
+        if len(legs) > MAX_BATCH:
+            raise BatchTooLarge(f"at most {MAX_BATCH} legs per BridgeMany")
+        self._heard(server)
+        return {
+            "bridged": [
+                self._bridge(server, e["session"], e["leg"], e["host"], e["port"], e["tag"])
+                for e in legs
+            ]
+        }
 
     @ListSessions.responder
     def list_sessions(self, server: str) -> dict[str, object]:
