@@ -44,6 +44,7 @@ fields, which the module registered for that type checks
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -126,13 +127,17 @@ class Envelope:
 
 
 def _frame_type(value: object) -> str:
-    if (
-        not isinstance(value, str)
-        or not 1 <= len(value) <= MAX_TYPE
-        or not all(c.isascii() and (c.islower() or c.isdigit() or c == "-") for c in value)
-    ):
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_TYPE or not _valid_type(value):
         raise WireError(f"frame type {value!r} is not a name of 1 to {MAX_TYPE} a-z0-9-")
     return value
+
+
+@functools.lru_cache(maxsize=256)
+def _valid_type(value: str) -> bool:
+    """Whether ``value`` (short enough) is a frame type name, remembered: a
+    link carries a few names over and over; the cache is bounded against a
+    peer's noise."""
+    return all(c.isascii() and (c.islower() or c.isdigit() or c == "-") for c in value)
 
 
 def encode_frame(frame_type: str, fields: Mapping[str, object]) -> bytes:
