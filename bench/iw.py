@@ -67,9 +67,10 @@ CEILING = 120.0
 class Operators:
     """Operators A (1) and B (2), each one instance, linked both ways."""
 
-    def __init__(self) -> None:
+    def __init__(self, pinned: bool = False) -> None:
         from cryptify.crypto.identity import period_of
 
+        self.pinned = pinned
         self.cleanups = Cleanups()
         self.dir = tempfile.mkdtemp(prefix="iw-bench-", dir="/tmp")
         self.cleanups.addCleanup(shutil.rmtree, self.dir, True)
@@ -98,7 +99,7 @@ class Operators:
                 "crs",
                 *("--config", os.path.join(d, "crs.conf")),
                 *("--local-config", os.path.join(d, "crs-local.conf")),
-                prefix=tuple(self.net.hosts[index - 1].prefix(d)),
+                prefix=(*self.net.hosts[index - 1].prefix(d), *self.pin(index)),
             )
         for index in (1, 2):
             d = self.dirs[index - 1]
@@ -107,13 +108,18 @@ class Operators:
                 d,
                 "crs-relay",
                 *("--config", os.path.join(d, "crs.conf")),
-                prefix=tuple(self.net.hosts[index - 1].prefix(d)),
+                prefix=(*self.net.hosts[index - 1].prefix(d), *self.pin(index)),
             )
         for index in (1, 2):
             wait_for(lambda i=index: unix_answers(self.socket(i)), f"op{index}", CEILING)
         self.period = period_of(time.time())
         self.kms = {index: self._provision(index, account) for index, account in HOSTED.items()}
         wait_for(lambda: self.link_up(1) and self.link_up(2), "the iw link", CEILING)
+
+    def pin(self, index: int) -> tuple[str, ...]:
+        """With ``--pin``, operator N's CRS and relay run on core N-1 only:
+        each operator has a core of its own, as on a host of its own."""
+        return ("taskset", "-c", str(index - 1)) if self.pinned else ()
 
     def socket(self, index: int) -> str:
         return os.path.join(self.dirs[index - 1], "crs.sock")
@@ -285,9 +291,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--no-calls", dest="calls", action="store_false")
     parser.add_argument("--no-messages", dest="messages", action="store_false")
+    parser.add_argument("--pin", action="store_true", help="each operator on a core of its own")
     args = parser.parse_args()
     load = os.getloadavg()
-    ops = Operators()
+    ops = Operators(args.pin)
     calls: dict[str, Any] = {}
     messages: dict[str, Any] = {}
     try:
@@ -321,6 +328,7 @@ def main() -> None:
         if inside_cpu and across_cpu:
             result["calls_across_to_inside_per_operator_cpu"] = ratio(inside_cpu, across_cpu)
     result.update(**messages, **calls)
+    result["pinned"] = args.pin
     result["load_average"] = [round(x, 2) for x in load]
     print(json.dumps(result))
 
