@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import struct
 
+from cryptify.protocols.cbor_subset import head, text_item
+
 #: Zero masking key (see the module docstring).
 _ZERO_KEY = b"\x00\x00\x00\x00"
 _BINARY_FINAL = 0x82
@@ -38,26 +40,8 @@ class FrameError(ValueError):
     a fragmented or masked frame)."""
 
 
-def cbor_head(major: int, value: int) -> bytes:
-    """The shortest CBOR head of ``major`` type with argument ``value``."""
-    if value < 24:
-        return bytes((major << 5 | value,))
-    if value < 0x100:
-        return bytes((major << 5 | 24, value))
-    if value < 0x10000:
-        return bytes((major << 5 | 25,)) + value.to_bytes(2, "big")
-    if value < 0x100000000:
-        return bytes((major << 5 | 26,)) + value.to_bytes(4, "big")
-    return bytes((major << 5 | 27,)) + value.to_bytes(8, "big")
-
-
-def cbor_text(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return cbor_head(3, len(raw)) + raw
-
-
 #: ``id`` in its shortest form for the small request ids (most of a run's).
-_SMALL_IDS = [cbor_head(0, n) for n in range(0x10000)]
+_SMALL_IDS = [head(0, n) for n in range(0x10000)]
 
 
 def _frame_header(size: int) -> bytes:
@@ -82,20 +66,20 @@ class PostTemplate:
 
     def __init__(self, to: str, size: int, to_account: str | None = None) -> None:
         fields = 5 if to_account is not None else 4
-        head = cbor_head(5, fields) + cbor_text("type") + cbor_text("post")
-        head += cbor_text("to") + cbor_text(to)
+        start = head(5, fields) + text_item("type") + text_item("post")
+        start += text_item("to") + text_item(to)
         if to_account is not None:
-            head += cbor_text("to-account") + cbor_text(to_account)
+            start += text_item("to-account") + text_item(to_account)
         self.size = size
         #: Everything before the content's octets, and the ``id`` key after them.
-        self._before = head + cbor_text("content") + cbor_head(2, size)
-        self._id_key = cbor_text("id")
+        self._before = start + text_item("content") + head(2, size)
+        self._id_key = text_item("id")
         self._fixed = len(self._before) + size + len(self._id_key)
         # the frame header for each length the id's encoding may give
         self._headers: dict[int, bytes] = {}
 
     def frame(self, request_id: int, content: bytes) -> bytes:
-        encoded = _SMALL_IDS[request_id] if request_id < 0x10000 else cbor_head(0, request_id)
+        encoded = _SMALL_IDS[request_id] if request_id < 0x10000 else head(0, request_id)
         payload_size = self._fixed + len(encoded)
         header = self._headers.get(payload_size)
         if header is None:
@@ -103,14 +87,12 @@ class PostTemplate:
         return b"".join((header, self._before, content, self._id_key, encoded))
 
 
-_DELIVERED_HEAD = (
-    cbor_head(5, 2) + cbor_text("type") + cbor_text("delivered") + cbor_text("message")
-)
+_DELIVERED_HEAD = head(5, 2) + text_item("type") + text_item("delivered") + text_item("message")
 
 
 def delivered_frame(message_id: str) -> bytes:
     """``delivered {message}`` as one client frame."""
-    return _client_frame(_DELIVERED_HEAD + cbor_text(message_id))
+    return _client_frame(_DELIVERED_HEAD + text_item(message_id))
 
 
 class ServerFrames:

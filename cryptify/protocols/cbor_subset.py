@@ -24,7 +24,9 @@ class CborError(ValueError):
     """Octets (or a value) outside the subset; the message says what is wrong."""
 
 
-def _head(major: int, value: int) -> bytes:
+def head(major: int, value: int) -> bytes:
+    """The shortest head of an item of ``major`` type with argument ``value``
+    (a length, a count or the integer itself)."""
     if value < 24:
         return bytes((major << 5 | value,))
     if value < 0x100:
@@ -34,6 +36,12 @@ def _head(major: int, value: int) -> bytes:
     if value < 0x100000000:
         return bytes((major << 5 | 26,)) + struct.pack(">I", value)
     return bytes((major << 5 | 27,)) + struct.pack(">Q", value)
+
+
+def text_item(value: str) -> bytes:
+    """A text string item."""
+    raw = value.encode("utf-8")
+    return head(3, len(raw)) + raw
 
 
 def encode(value: object) -> bytes:
@@ -54,25 +62,25 @@ def _encode_into(value: object, out: list[bytes], depth: int) -> None:
         out.append(b"\xf6")
     elif isinstance(value, int):
         if 0 <= value < 2**64:
-            out.append(_head(0, value))
+            out.append(head(0, value))
         elif -(2**64) <= value < 0:
-            out.append(_head(1, -1 - value))
+            out.append(head(1, -1 - value))
         else:
             raise CborError("integer out of range")
     elif isinstance(value, bytes | bytearray | memoryview):
         raw = bytes(value)
-        out.append(_head(2, len(raw)))
+        out.append(head(2, len(raw)))
         out.append(raw)
     elif isinstance(value, str):
         raw = value.encode("utf-8")
-        out.append(_head(3, len(raw)))
+        out.append(head(3, len(raw)))
         out.append(raw)
     elif isinstance(value, list | tuple):
-        out.append(_head(4, len(value)))
+        out.append(head(4, len(value)))
         for item in value:
             _encode_into(item, out, depth + 1)
     elif isinstance(value, Mapping):
-        out.append(_head(5, len(value)))
+        out.append(head(5, len(value)))
         for key, item in value.items():
             if not isinstance(key, str):
                 raise CborError("map keys must be text")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .cbor_subset import head, text_item
 from .umsg import MAX_CONTENT, MAX_ID, TEL, TEL_EXT, Encoded, UmsgError
 
 _MESSAGE_ID = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
@@ -28,36 +29,19 @@ _TO = re.compile(TEL_EXT)
 _LARGEST_TIME = 2**53
 
 
-def _head(major: int, value: int) -> bytes:
-    if value < 24:
-        return bytes((major << 5 | value,))
-    if value < 0x100:
-        return bytes((major << 5 | 24, value))
-    if value < 0x10000:
-        return bytes((major << 5 | 25,)) + value.to_bytes(2, "big")
-    if value < 0x100000000:
-        return bytes((major << 5 | 26,)) + value.to_bytes(4, "big")
-    return bytes((major << 5 | 27,)) + value.to_bytes(8, "big")
-
-
-def _text(value: str) -> bytes:
-    raw = value.encode("utf-8")
-    return _head(3, len(raw)) + raw
-
-
 def _checked(pattern: re.Pattern[str], name: str, value: Any, longest: int) -> str:
     if type(value) is not str or len(value) > longest or pattern.fullmatch(value) is None:
         raise UmsgError("malformed", f"field {name!r}: not a valid {name}")
     return value
 
 
-_POSTED = _head(5, 3) + _text("type") + _text("posted") + _text("id")
-_POSTED_MESSAGE = _text("message")
-_DELIVERED = _head(5, 2) + _text("type") + _text("delivered") + _text("message")
+_POSTED = head(5, 3) + text_item("type") + text_item("posted") + text_item("id")
+_POSTED_MESSAGE = text_item("message")
+_DELIVERED = head(5, 2) + text_item("type") + text_item("delivered") + text_item("message")
 _MESSAGE_KEYS = {
-    name: _text(name) for name in ("message", "from", "to", "time", "content", "ack", "system")
+    name: text_item(name) for name in ("message", "from", "to", "time", "content", "ack", "system")
 }
-_MESSAGE_TYPE = _text("type") + _text("message")
+_MESSAGE_TYPE = text_item("type") + text_item("message")
 
 
 def posted(request_id: int, message_id: str) -> Encoded:
@@ -65,14 +49,14 @@ def posted(request_id: int, message_id: str) -> Encoded:
     if type(request_id) is not int or not 0 <= request_id <= MAX_ID:
         raise UmsgError("malformed", "field 'id': not a request id")
     _checked(_MESSAGE_ID, "message", message_id, 64)
-    octets = b"".join((_POSTED, _head(0, request_id), _POSTED_MESSAGE, _text(message_id)))
+    octets = b"".join((_POSTED, head(0, request_id), _POSTED_MESSAGE, text_item(message_id)))
     return Encoded("posted", {"id": request_id, "message": message_id}, octets)
 
 
 def delivered(message_id: str) -> Encoded:
     """``delivered {message}``: the recipient has ``message_id``."""
     _checked(_MESSAGE_ID, "message", message_id, 64)
-    return Encoded("delivered", {"message": message_id}, _DELIVERED + _text(message_id))
+    return Encoded("delivered", {"message": message_id}, _DELIVERED + text_item(message_id))
 
 
 def message(
@@ -103,13 +87,13 @@ def message(
         b"",
         _MESSAGE_TYPE,
         keys["message"],
-        _text(message_id),
+        text_item(message_id),
         keys["from"],
-        _text(sender),
+        text_item(sender),
         keys["to"],
-        _text(recipient),
+        text_item(recipient),
         keys["time"],
-        _head(0, time_ms),
+        head(0, time_ms),
     ]
     if (content is None) == (ack is None):
         raise UmsgError("malformed", "message: content or ack, not both")
@@ -117,12 +101,12 @@ def message(
         if type(content) is not bytes or len(content) > MAX_CONTENT:
             raise UmsgError("malformed", "field 'content': not content")
         fields["content"] = content
-        parts += (keys["content"], _head(2, len(content)), content)
+        parts += (keys["content"], head(2, len(content)), content)
     else:
         fields["ack"] = _checked(_MESSAGE_ID, "ack", ack, 64)
-        parts += (keys["ack"], _text(fields["ack"]))
+        parts += (keys["ack"], text_item(fields["ack"]))
     if system:
         fields["system"] = True
         parts += (keys["system"], b"\xf5")
-    parts[0] = _head(5, len(fields) + 1)
+    parts[0] = head(5, len(fields) + 1)
     return Encoded("message", fields, b"".join(parts))
