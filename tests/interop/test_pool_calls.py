@@ -17,6 +17,7 @@ instance's address (certificate checks are the TLS tests' business).
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 
@@ -124,7 +125,8 @@ class PoolCallTests(PoolCase):
         session = output.split("call ", 1)[1].split()[0]
         logs = []
         for d in self.dirs:
-            with open(os.path.join(d, "crs-relay.twistd.log")) as f:
+            path = os.path.join(d, "log", "crs_relay.log")
+            with open(path) if os.path.exists(path) else io.StringIO() as f:
                 logs.append(f.read())
         self.assertIn("Command add: session", logs[0])
         self.assertIn(f"({session}) for crs1", logs[0])
