@@ -149,7 +149,7 @@ def main() -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     if profile is not None:
         out = io.StringIO()
-        pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(40)
+        pstats.Stats(profile, stream=out).sort_stats(os.environ.get("SIP_CORE_SORT", "tottime")).print_stats(int(os.environ.get("SIP_CORE_TOP", "40")))
         print(out.getvalue(), file=sys.stderr)
     print(
         json.dumps(

@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import FailTest, SynchronousTestCase
 
 from cryptify.protocols.sip.address import (
+    SHARED_LONGEST,
     parse_cseq,
     parse_name_addr,
     parse_uri,
     parse_via,
+    shared,
 )
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.message import (
@@ -415,6 +417,33 @@ class AddressTests(SynchronousTestCase):
         tel = parse_uri("tel:+8888;ext=101")
         self.assertEqual((tel.scheme, tel.user, tel.param("ext")), ("tel", "+8888", "101"))
         self.assertEqual(str(parse_uri("sip:[::1]:5060")), "sip:[::1]:5060")
+
+    def test_shared_parses(self) -> None:
+        """A shared parser answers a short value once and then from memory,
+        parses a long value each time (a peer cannot grow the cache with
+        big values), raises again for a malformed one, and keeps only the
+        latest values."""
+        parsed: list[str] = []
+
+        def parse(value: str) -> tuple[str]:
+            parsed.append(value)
+            if value == "bad":
+                raise SipParseError("bad value")
+            return (value,)
+
+        lookup = shared(parse, 2)
+        self.assertIs(lookup("<sip:a@b>"), lookup("<sip:a@b>"))
+        self.assertEqual(parsed, ["<sip:a@b>"])
+        long = "x" * (SHARED_LONGEST + 1)
+        self.assertEqual(lookup(long), lookup(long))
+        self.assertEqual(parsed.count(long), 2)
+        for _ in range(2):
+            self.assertRaises(SipParseError, lookup, "bad")
+        self.assertEqual(parsed.count("bad"), 2)
+        lookup("one")
+        lookup("two")
+        lookup("<sip:a@b>")
+        self.assertEqual(parsed.count("<sip:a@b>"), 2)
 
     def test_name_addr_forms(self) -> None:
         """

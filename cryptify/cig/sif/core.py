@@ -27,7 +27,7 @@ from __future__ import annotations
 import attrs
 from twisted.logger import Logger
 
-from cryptify.protocols.sip.address import parse_name_addr
+from cryptify.protocols.sip.address import shared_name_addr
 from cryptify.protocols.sip.dialog import dialog_id_of, new_tag
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.message import (
@@ -251,7 +251,7 @@ class Sif(SifMessaging, SifOutCalls):
         try:
             contacts = request.headers.values("Contact")
             if contacts:
-                parse_name_addr(contacts[0])
+                shared_name_addr(contacts[0])
         except SipParseError:
             return 400, (("Warning", '399 cig "INVITE without a usable Contact"'),)
         return None

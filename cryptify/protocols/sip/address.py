@@ -9,8 +9,11 @@ space RFC 3261 allows around C{/ ; = : ,} and keep unknown parameters.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
 
@@ -368,3 +371,28 @@ def parse_cseq(value: str) -> CSeq:
     if number > MAX_CSEQ:
         raise SipParseError("CSeq number too large")
     return CSeq(number, m.group(2))
+
+
+#: Values of at most this many characters have their parsed forms shared.
+SHARED_LONGEST = 256
+
+_Parsed = TypeVar("_Parsed")
+
+
+def shared(parse: Callable[[str], _Parsed], size: int) -> Callable[[str], _Parsed]:
+    """``parse`` with its answers for short values remembered (the ``size``
+    latest): header values repeat over a call's messages and are read
+    several times per message, and the parsed forms are immutable. Longer
+    values, and malformed ones (the error is raised again), are parsed each
+    time, so a peer's noise cannot make the cache large."""
+    remembered = functools.lru_cache(maxsize=size)(parse)
+
+    def lookup(value: str) -> _Parsed:
+        return remembered(value) if len(value) <= SHARED_LONGEST else parse(value)
+
+    return lookup
+
+
+#: :func:`parse_name_addr` and :func:`parse_via`, shared.
+shared_name_addr = shared(parse_name_addr, 8192)
+shared_via = shared(parse_via, 4096)

@@ -10,7 +10,7 @@ import secrets
 
 import attrs
 
-from .address import NameAddr, parse_name_addr
+from .address import NameAddr, shared_name_addr
 from .errors import SipParseError
 from .message import Headers, Request, Response
 
@@ -32,7 +32,7 @@ def _contact_uri(message: Request | Response) -> str | None:
     if not contacts:
         return None
     try:
-        return parse_name_addr(contacts[0]).uri
+        return shared_name_addr(contacts[0]).uri
     except SipParseError:
         return None
 

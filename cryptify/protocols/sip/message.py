@@ -25,7 +25,6 @@ Via) before a message is acted on.
 
 from __future__ import annotations
 
-import functools
 import re
 
 import attrs
@@ -36,11 +35,12 @@ from .address import (
     NameAddr,
     Via,
     parse_cseq,
-    parse_name_addr,
     parse_uri,
-    parse_via,
     received_via,
     response_address,
+    shared,
+    shared_name_addr,
+    shared_via,
     split_top,
 )
 from .errors import SipParseError
@@ -79,9 +79,9 @@ _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 # Header values repeat over a call's messages and are read several times
 # per message; the parsed forms are immutable, so they are shared.
-_cached_cseq = functools.lru_cache(maxsize=4096)(parse_cseq)
-_cached_via = functools.lru_cache(maxsize=4096)(parse_via)
-_cached_name_addr = functools.lru_cache(maxsize=8192)(parse_name_addr)
+_cached_cseq = shared(parse_cseq, 4096)
+_cached_via = shared_via
+_cached_name_addr = shared_name_addr
 
 
 class _Common:
@@ -423,7 +423,7 @@ def stamp_received(headers: Headers, source: tuple[str, int]) -> tuple[Headers, 
             continue
         try:
             parts = split_top(value, ",")
-            via = parse_via(parts[0])
+            via = shared_via(parts[0])
         except SipParseError:
             return headers, source
         parts[0] = str(received_via(via, source))
@@ -507,7 +507,7 @@ def response_to(
             continue
         if name == "To" and to_tag is not None:
             try:
-                to = parse_name_addr(value)
+                to = shared_name_addr(value)
                 if to.tag is None:
                     value = str(to.with_tag(to_tag))
             except SipParseError:

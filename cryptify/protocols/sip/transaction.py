@@ -45,7 +45,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from cryptify.lifecycle import Lifecycle
 
-from .address import parse_name_addr
+from .address import shared_name_addr
 from .errors import SipParseError
 from .message import Headers, Request, Response, check_request, check_response
 
@@ -539,6 +539,6 @@ def tag_of(value: str | None) -> str | None:
     if value is None:
         return None
     try:
-        return parse_name_addr(value).tag
+        return shared_name_addr(value).tag
     except SipParseError:
         return None
