@@ -149,7 +149,9 @@ def main() -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     if profile is not None:
         out = io.StringIO()
-        pstats.Stats(profile, stream=out).sort_stats(os.environ.get("SIP_CORE_SORT", "tottime")).print_stats(int(os.environ.get("SIP_CORE_TOP", "40")))
+        order = os.environ.get("SIP_CORE_SORT", "tottime")  # or cumulative
+        top = int(os.environ.get("SIP_CORE_TOP", "40"))
+        pstats.Stats(profile, stream=out).sort_stats(order).print_stats(top)
         print(out.getvalue(), file=sys.stderr)
     print(
         json.dumps(
