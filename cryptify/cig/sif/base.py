@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from cryptify.addresses import is_wildcard
 from cryptify.config.cig_model import CigConfig
-from cryptify.protocols.sip.address import parse_uri
+from cryptify.protocols.sip.address import shared_uri
 from cryptify.protocols.sip.dialog import Dialog, DialogId, new_branch
 from cryptify.protocols.sip.digest import Credentials
 from cryptify.protocols.sip.errors import SipParseError
@@ -138,7 +138,7 @@ class SifBase:
         if not is_wildcard(bind):
             return bind
         try:
-            return parse_uri(request.uri).host or "127.0.0.1"
+            return shared_uri(request.uri).host or "127.0.0.1"
         except SipParseError:
             return "127.0.0.1"
 

@@ -393,6 +393,7 @@ def shared(parse: Callable[[str], _Parsed], size: int) -> Callable[[str], _Parse
     return lookup
 
 
-#: :func:`parse_name_addr` and :func:`parse_via`, shared.
+#: :func:`parse_name_addr`, :func:`parse_via` and :func:`parse_uri`, shared.
 shared_name_addr = shared(parse_name_addr, 8192)
 shared_via = shared(parse_via, 4096)
+shared_uri = shared(parse_uri, 4096)

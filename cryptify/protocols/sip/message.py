@@ -35,11 +35,11 @@ from .address import (
     NameAddr,
     Via,
     parse_cseq,
-    parse_uri,
     received_via,
     response_address,
     shared,
     shared_name_addr,
+    shared_uri,
     shared_via,
     split_top,
 )
@@ -226,7 +226,7 @@ def _start_line(start: str, headers: Headers) -> tuple[str, str, str] | tuple[in
         if not TOKEN.fullmatch(method):
             raise SipParseError("bad method")
         _check_version(version)
-        parsed = parse_uri(uri)
+        parsed = shared_uri(uri)
         if parsed.scheme in ("sip", "sips") and parsed.headers:
             raise SipParseError("Request-URI with headers")
         if parsed.scheme not in ("sip", "sips", "tel"):
