@@ -39,6 +39,7 @@ from cryptify.crs.messages.store import MessageStore
 from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.operator.state import probe_up
 from cryptify.crs.pool.forward import COUNTERS as POOL_MESSAGE_COUNTERS
+from cryptify.crs.workers.fanout import sum_counters
 from cryptify.events import Notifier
 from cryptify.ops.metrics import Queries, counter_families
 from cryptify.ops.reload import Directive, Plan, Reloader
@@ -172,33 +173,51 @@ class CrsMetrics:
     reloader: Reloader[CrsFiles] | None = None
     #: In a pool: the forwarder's counters (``Forwarder.counters``).
     pool_messages: dict[str, int] | None = None
+    #: With ``workers N``: the queries whose answers are the workers'
+    #: counters (``WorkerCounters``), added to this process's own.
+    workers: tuple[str, ...] = ()
+
+    def _workers(self) -> dict[str, int]:
+        """The sum of the workers' counters that answered this scrape."""
+        return sum_counters([self.queries.values.get(name) for name in self.workers])
 
     def families(self) -> Iterator[Metric]:
         p = "cryptify_crs_"
-        yield _gauge(p + "attached_clients", "Clients attached now", len(self.registry))
+        theirs = self._workers() if self.workers else {}
+        yield _gauge(
+            p + "attached_clients",
+            "Clients attached now",
+            len(self.registry) + theirs.get("attached", 0),
+        )
         yield _gauge(
             p + "unattached_connections",
             "Client connections that have not attached yet",
-            len(self.clients.pending),
+            len(self.clients.pending) + theirs.get("unattached", 0),
         )
         yield _counter(
             p + "evicted_connections",
             "Silent unattached connections closed to make room",
-            self.clients.evicted,
+            self.clients.evicted + theirs.get("evicted", 0),
         )
-        yield _gauge(p + "calls", "Calls (sessions) in progress", len(self.sessions.sessions))
+        yield _gauge(
+            p + "calls",
+            "Calls (sessions) in progress",
+            len(self.sessions.sessions) + theirs.get("calls", 0),
+        )
         for key, doc in (
             ("invites", "Calls placed"),
             ("talks", "Calls answered"),
             ("hangups", "Calls hung up"),
         ):
-            yield _counter(p + "call_" + key, doc, self.sessions.counters.get(key, 0))
+            value = self.sessions.counters.get(key, 0) + theirs.get(key, 0)
+            yield _counter(p + "call_" + key, doc, value)
         for key, doc in (
             ("posted", "Messages posted and stored"),
             ("delivered", "Messages confirmed delivered"),
             ("refused", "Message requests refused by a rule (unknown recipient, full inbox, ...)"),
         ):
-            yield _counter(p + "messages_" + key, doc, self.messaging.counters.get(key, 0))
+            value = self.messaging.counters.get(key, 0) + theirs.get(key, 0)
+            yield _counter(p + "messages_" + key, doc, value)
         yield _counter(p + "messages_expired", "Messages dropped undelivered", self.store.expired)
         if self.pool_messages is not None:
             for key, doc in POOL_MESSAGE_COUNTERS:

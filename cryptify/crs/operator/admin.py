@@ -272,6 +272,10 @@ class CrsAdmin(PeerCommands):
     async def _purge(self, account: str, uri: str | None) -> dict[str, object]:
         matches = self.registry.matching(account=account, uri=uri)
         here = self.registry.disconnect(matches, "purged")
+        if self.state.fanout is not None:
+            # with workers N the clients are theirs
+            purged, missing = await self.state.fanout.purge(account, uri)
+            return _with_missing({"purged": here + purged}, missing)
         if self.state.changes is None:
             return {"purged": here}
         total, report = await self.state.changes.purge(account, uri, here)
@@ -302,13 +306,24 @@ class CrsAdmin(PeerCommands):
     # -- views -----------------------------------------------------------------
 
     @crs_admin.ShowAttach.responder
-    def show_attach(self) -> dict[str, object]:
-        return {"table": table(ATTACH_COLUMNS, self.registry.rows())}
+    @deferred
+    async def show_attach(self) -> dict[str, object]:
+        rows = self.registry.rows()
+        if self.state.fanout is None:
+            return {"table": table(ATTACH_COLUMNS, rows)}
+        theirs, missing = await self.state.fanout.attach_rows()
+        merged = sorted(rows + theirs, key=lambda row: row[0])
+        return _with_missing({"table": table(ATTACH_COLUMNS, merged)}, missing)
 
     @crs_admin.ShowSession.responder
-    def show_session(self) -> dict[str, object]:
+    @deferred
+    async def show_session(self) -> dict[str, object]:
         rows = self.state.sessions.rows() if self.state.sessions is not None else []
-        return {"table": table(SESSION_COLUMNS, rows)}
+        if self.state.fanout is None:
+            return {"table": table(SESSION_COLUMNS, rows)}
+        # the calls are the workers' (the parent's own table stays empty)
+        theirs, missing = await self.state.fanout.session_rows()
+        return _with_missing({"table": table(SESSION_COLUMNS, rows + theirs)}, missing)
 
     @crs_admin.ShowMessage.responder
     @deferred
@@ -476,7 +491,8 @@ class CrsAdmin(PeerCommands):
     # -- traces ----------------------------------------------------------------
 
     @crs_admin.Trace.responder
-    def trace(self, element: str) -> dict[str, object]:
+    @deferred
+    async def trace(self, element: str) -> dict[str, object]:
         if element not in ELEMENTS:
             raise CommandFailed(f"unknown trace element {element!r}: one of {', '.join(ELEMENTS)}")
         proto = self.proto
@@ -485,4 +501,20 @@ class CrsAdmin(PeerCommands):
         unsubscribe = self.state.trace.subscribe(element, proto.push_trace)
         proto.on_lost.append(unsubscribe)
         log.info("trace {element} started", element=element)
-        return {}
+        if self.state.fanout is None:
+            return {}
+        # with workers N: the workers' lines too, in the same stream
+        stop, missing = await self.state.fanout.trace(element, proto.push_trace)
+        if proto.transport is None:
+            # the operator went away meanwhile (AMP forgets its transport)
+            stop()
+        else:
+            proto.on_lost.append(stop)
+        return _with_missing({}, missing)
+
+
+def _with_missing(answer: dict[str, object], missing: str | None) -> dict[str, object]:
+    """``answer`` with the workers that did not answer, when some did not."""
+    if missing is not None:
+        answer["missing"] = missing
+    return answer

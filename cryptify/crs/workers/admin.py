@@ -1,0 +1,150 @@
+"""A worker's answers to its parent: who is attached here, the calls kept
+here, its traces and counters (docs/workers.md).
+
+Each worker listens on a UNIX socket of its own beside the management
+socket (:func:`worker_socket`, mode 0600: only the service's user, which
+is the parent's, may connect) and answers there the commands of
+:class:`WorkerCommands`, the operator's own commands where a worker's
+answer is a part of the whole instance's:
+
+- ``show attach`` (:class:`~cryptify.protocols.crs_admin.ShowAttach`):
+  the rows of the clients attached here, as one process answers;
+- :class:`~cryptify.protocols.crs_workers.WorkerSessions`: ``show
+  session`` with the times that order the rows across workers;
+- ``trace ELEMENT``: this worker's trace lines, for as long as the
+  connection lasts;
+- ``purge client``/``purge clients``: the clients attached here;
+- :class:`~cryptify.protocols.crs_workers.WorkerCounters`: the counters
+  of the metrics.
+
+The parent's side (asking every worker, merging, what a worker that does
+not answer becomes) is :mod:`cryptify.crs.workers.fanout`.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.attach.wiring import UmsgServerFactory
+from cryptify.crs.calls.core import SessionTable
+from cryptify.crs.messages.wiring import Messaging
+from cryptify.crs.trace import ELEMENTS, TraceHub
+from cryptify.protocols import crs_admin
+from cryptify.protocols.crs_workers import WorkerCounters, WorkerSessions
+from cryptify.protocols.mgmt import CommandFailed, ManagementFactory, ManagementProtocol
+from cryptify.reactor import IReactor
+from cryptify.service import ListenService, prepare_socket_path
+
+log = Logger(namespace="cryptify.crs.workers")
+
+#: The longest path of a UNIX socket (``sun_path`` less its final NUL).
+MAX_SOCKET_PATH = 107
+
+
+def worker_socket(management: str, index: int) -> str:
+    """The socket of worker ``index`` (0-based): beside the management
+    socket, its name followed by ``.w1`` ..."""
+    return f"{management}.w{index + 1}"
+
+
+@attrs.define
+class WorkerView:
+    """What a worker shows its parent: its parts that serve clients."""
+
+    registry: AttachRegistry
+    trace: TraceHub
+    sessions: SessionTable
+    messaging: Messaging
+    clients: UmsgServerFactory | None = None
+
+    def session_rows(self) -> dict[str, list[list[object]]]:
+        """The :class:`WorkerSessions` answer (calls kept here only)."""
+        now = self.sessions.clock.seconds()
+        live: list[list[object]] = [
+            [s.started, s.caller, s.to, str(int(now - s.started)), s.state]
+            for s in sorted(self.sessions.sessions.values(), key=lambda s: s.started)
+        ]
+        shown_for = self.sessions.ended_shown_for
+        ended: list[list[object]] = [
+            [e.ended, e.caller, e.to, str(int(e.ended - e.started)), e.state]
+            for e in self.sessions.ended
+            if now - e.ended < shown_for
+        ]
+        return {"live": live, "ended": ended}
+
+    def counters(self) -> dict[str, int]:
+        """The :class:`WorkerCounters` answer."""
+        clients = self.clients
+        calls = self.sessions.counters
+        messages = self.messaging.counters
+        return {
+            "attached": len(self.registry),
+            "unattached": len(clients.pending) if clients is not None else 0,
+            "evicted": clients.evicted if clients is not None else 0,
+            "calls": len(self.sessions.sessions),
+            "invites": calls.get("invites", 0),
+            "talks": calls.get("talks", 0),
+            "hangups": calls.get("hangups", 0),
+            "posted": messages.get("posted", 0),
+            "delivered": messages.get("delivered", 0),
+            "refused": messages.get("refused", 0),
+        }
+
+
+class WorkerCommands(amp.CommandLocator):
+    """One connection from the parent: the commands of the module docstring."""
+
+    def __init__(self, view: WorkerView, proto: ManagementProtocol | None = None) -> None:
+        self.view = view
+        self.proto = proto
+
+    @crs_admin.ShowAttach.responder
+    def show_attach(self) -> dict[str, object]:
+        return {"table": {"columns": [], "rows": self.view.registry.rows()}}
+
+    @WorkerSessions.responder
+    def sessions(self) -> dict[str, object]:
+        return {"sessions": self.view.session_rows()}
+
+    @WorkerCounters.responder
+    def counters(self) -> dict[str, object]:
+        return {"counters": self.view.counters()}
+
+    @crs_admin.Trace.responder
+    def trace(self, element: str) -> dict[str, object]:
+        if element not in ELEMENTS:
+            raise CommandFailed(f"unknown trace element {element!r}")
+        proto = self.proto
+        if proto is None:
+            raise CommandFailed("trace needs a live connection")
+        proto.on_lost.append(self.view.trace.subscribe(element, proto.push_trace))
+        return {}
+
+    def _purge(self, account: str, uri: str | None) -> dict[str, object]:
+        registry = self.view.registry
+        return {
+            "purged": registry.disconnect(registry.matching(account=account, uri=uri), "purged")
+        }
+
+    @crs_admin.PurgeClient.responder
+    def purge_client(self, account: str, uri: str) -> dict[str, object]:
+        return self._purge(account, uri)
+
+    @crs_admin.PurgeClients.responder
+    def purge_clients(self, account: str) -> dict[str, object]:
+        return self._purge(account, None)
+
+
+def worker_listener(reactor: IReactor, path: str, view: WorkerView) -> ListenService:
+    """The worker's socket for its parent (mode 0600)."""
+
+    def listen() -> IListeningPort:
+        prepare_socket_path(path)
+        factory = ManagementFactory(lambda proto: WorkerCommands(view, proto))
+        return reactor.listenUNIX(path, factory, mode=0o600)
+
+    return ListenService("parent socket", path, listen)
