@@ -45,6 +45,7 @@ this module holds the rules only.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -71,6 +72,10 @@ log = Logger(namespace="cryptify.crs.message")
 DELIVERY_WINDOW = 64
 #: Seconds before delivery that failed for want of Redis is tried again.
 DELIVERY_RETRY = 2.0
+#: With ``workers N``: a message that comes in a notice is sent from it
+#: only when it was stored this long after the recipient's inbox was last
+#: read (else that read may have sent it already), in ms.
+NOTICE_MARGIN_MS = 1000
 #: ``retry-after`` of ``error unavailable``, ms.
 UNAVAILABLE_RETRY_MS = 2000
 #: Longest ``reason`` in an answer (the codec's limit).
@@ -171,7 +176,8 @@ class Outbox:
     ``backlog``: messages may be waiting that were not sent yet (true from
     the attach until a pass over the inbox found nothing more to send);
     ``fetches``: request ids of ``fetch`` to answer ``ok`` once the backlog
-    is sent.
+    is sent; ``read_at``: when a pass last read the inbox (a message
+    stored before that may have been sent, and confirmed, already).
     """
 
     inflight: dict[str, None] = attrs.field(factory=dict)
@@ -180,6 +186,7 @@ class Outbox:
     again: bool = False
     fetches: list[int | None] = attrs.field(factory=list)
     retry: IDelayedCall | None = None
+    read_at: float | None = None
 
 
 class Messaging:
@@ -212,6 +219,9 @@ class Messaging:
         #: With ``workers N``: the instance's other processes, told of
         #: messages for clients not attached here.
         self.siblings: Siblings | None = None
+
+    def _now(self) -> float:
+        return self.scheduler.seconds() if self.scheduler is not None else time.time()
 
     def _refuse(self, failure: Failure, session: AttachSession, msg_id: int | None) -> None:
         retry_after = None
@@ -358,10 +368,15 @@ class Messaging:
         attachment = self.registry.get(uri)
         if attachment is None:
             return
-        if stored is not None:
+        box = self._outbox(attachment)
+        if stored is not None and (
+            box.read_at is None or box.read_at * 1000 < stored.time_ms - NOTICE_MARGIN_MS
+        ):
             self._offer(attachment, stored)
             return
-        self._outbox(attachment).backlog = True
+        # A notice late for a pass over the inbox (the attach's, say): the
+        # message may have gone and been confirmed since; the store knows.
+        box.backlog = True
         self._pump(attachment)
 
     def fetch(self, session: AttachSession, msg: Any) -> None:
@@ -473,6 +488,7 @@ class Messaging:
                 if room <= 0:
                     return
                 want = len(box.inflight) + room
+                box.read_at = self._now()
                 ids = await self.store.waiting_ids(attachment.uri, want)
                 fresh = [i for i in ids if i not in box.inflight][:room]
                 gets = [defer.ensureDeferred(self.store.get(i)) for i in fresh]
