@@ -40,7 +40,7 @@ from cryptify.crs.workers.fanout import (
 from cryptify.ops.crs import CrsMetrics
 from cryptify.ops.metrics import Queries
 from cryptify.protocols import crs_admin
-from cryptify.protocols.crs_workers import COUNTERS
+from cryptify.protocols.crs_workers import COUNTERS, Disconnect
 from cryptify.protocols.mgmt import ManagementClient, ManagementProtocol
 from tests.fakes import SECRET, FakeConnection, FakeParties, FakeRelay, MemoryMessageStore
 
@@ -204,6 +204,36 @@ class WholeInstanceTests(SynchronousTestCase):
         self.assertEqual((a.reasons, b.reasons), (["purged"], ["purged"]))
         answer = answer_of(self, self.instance, self.admin.purge_client("acme", "tel:+1"))
         self.assertEqual(answer, {"purged": 0})
+
+    def test_account_deleted_and_blacklists(self) -> None:
+        """A client of a deleted account, or one blacklisted (now, or by a
+        reload), is disconnected on whichever worker it is attached to,
+        with the reason one process gives."""
+        accounts = self.instance.state.accounts = AccountStore(self.mktemp())
+        accounts.create("acme", SECRET)
+        a = self.w1.attach("tel:+1", NOW)
+        b = self.w2.attach("tel:+2", NOW)
+        c = self.w2.attach("tel:+3", NOW)
+        answer = answer_of(self, self.instance, self.admin.add_blacklist("acme", "tel:+2"))
+        self.assertEqual(answer, {"disconnected": 1})
+        self.assertEqual((a.reasons, b.reasons, c.reasons), ([], ["blacklisted"], []))
+        # a reload finds a client blacklisted in the files
+        accounts.set_blacklisted("acme", "tel:+1", True)
+        self.admin.reload_here()
+        self.instance.flush()
+        self.assertEqual(a.reasons, ["blacklisted"])
+        answer = answer_of(self, self.instance, self.admin.delete_account("acme"))
+        self.assertEqual(answer, {"disconnected": 1})
+        self.assertEqual(c.reasons, ["account deleted"])
+
+    def test_worker_refuses_other_reasons(self) -> None:
+        """A worker closes connections only for the reasons one process has."""
+        self.w1.attach("tel:+1", NOW)
+        d = self.instance.views.ask_one(0, Disconnect, account="acme", reason="whatever")
+        self.instance.flush()
+        self.failureResultOf(d)
+        self.assertEqual(len(self.w1.registry), 1)
+        self.flushLoggedErrors()
 
     def test_trace_follows_every_worker(self) -> None:
         """One ``trace`` gets every worker's lines in its stream; a worker

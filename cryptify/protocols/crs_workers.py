@@ -1,16 +1,15 @@
 """The commands a CRS parent sends its worker processes (``workers N``,
 docs/workers.md), over each worker's own UNIX socket (mode 0600).
 
-A worker also answers a few of the operator's own commands there
+A worker also answers two of the operator's own commands there
 (:class:`~cryptify.protocols.crs_admin.ShowAttach`,
-:class:`~cryptify.protocols.crs_admin.Trace`,
-:class:`~cryptify.protocols.crs_admin.PurgeClient`,
-:class:`~cryptify.protocols.crs_admin.PurgeClients`), with the same
-answers as one process gives; the commands here are those whose answer
-the parent must merge with more than a table's rows.
+:class:`~cryptify.protocols.crs_admin.Trace`), with the same answers as
+one process gives; the commands here are the parent's own.
 """
 
 from __future__ import annotations
+
+from twisted.protocols import amp
 
 from cryptify.protocols.mgmt import JsonValue, MgmtCommand
 
@@ -46,3 +45,21 @@ class WorkerCounters(MgmtCommand):
 
     arguments = []
     response = [(b"counters", JsonValue())]
+
+
+#: Why the parent has a worker close client connections (the reason the
+#: client is told, as one process tells it).
+DISCONNECT_REASONS = ("purged", "account deleted", "blacklisted")
+
+
+class Disconnect(MgmtCommand):
+    """Close the connections of the clients of ``account`` attached to
+    the worker (only ``uri``'s, when given), telling them ``reason`` (one
+    of :data:`DISCONNECT_REASONS`); how many were closed."""
+
+    arguments = [
+        (b"account", amp.Unicode()),
+        (b"uri", amp.Unicode(optional=True)),
+        (b"reason", amp.Unicode()),
+    ]
+    response = [(b"disconnected", amp.Integer())]

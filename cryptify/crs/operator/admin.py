@@ -13,6 +13,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from cryptify import __version__
@@ -118,6 +119,9 @@ class CrsAdmin(PeerCommands):
             report = await self._pool(Kind.ACCOUNT_DELETE, {"account": account})
             return {"disconnected": count, "pool": report.text()}
         gone = self.registry.disconnect(self.registry.matching(account=account), "account deleted")
+        if self.state.fanout is not None:
+            theirs, _ = await self.state.fanout.disconnect(account, None, "account deleted")
+            gone += theirs
         if self.state.objects is not None:
             await self.state.objects.purge_account(account)
             await self.state.objects.purge_observed(account)
@@ -212,14 +216,32 @@ class CrsAdmin(PeerCommands):
 
     # -- blacklist and purge ---------------------------------------------------
 
-    def _enforce_blacklists(self) -> int:
+    def _enforce_blacklists(self, workers: bool = True) -> int:
+        """Disconnect the blacklisted clients attached here (and, with
+        ``workers N``, those of the workers, afterwards); how many here."""
         period = period_of(self.state.clock())
         listed = []
         for attachment in self.registry.matching():
             account = self.state.accounts.get(attachment.account)
             if account is not None and account.blacklisted(attachment.uri, period):
                 listed.append(attachment)
+        if workers and self.state.fanout is not None:
+            later = defer.ensureDeferred(self._enforce_in_workers())
+            later.addErrback(lambda f: log.failure("blacklists not applied in the workers", f))
         return int(self.registry.disconnect(listed, "blacklisted"))
+
+    async def _enforce_in_workers(self) -> int:
+        """Disconnect the blacklisted clients of the workers; how many."""
+        fanout = self.state.fanout
+        if fanout is None:
+            return 0
+        period = period_of(self.state.clock())
+        closed = 0
+        for uri, account_id in await fanout.clients():
+            account = self.state.accounts.get(account_id)
+            if account is not None and account.blacklisted(uri, period):
+                closed += (await fanout.disconnect(account_id, uri, "blacklisted"))[0]
+        return closed
 
     @crs_admin.AddBlacklist.responder
     @deferred
@@ -240,7 +262,8 @@ class CrsAdmin(PeerCommands):
         except (AccountError, OSError) as exc:
             raise failing(exc) from exc
         log.info("{uri} blacklisted in {account}", uri=uri, account=account)
-        return {"disconnected": self._enforce_blacklists()}
+        here = self._enforce_blacklists(workers=False)
+        return {"disconnected": here + await self._enforce_in_workers()}
 
     @crs_admin.RemoveBlacklist.responder
     @deferred

@@ -92,6 +92,14 @@ class WorkerFanout(Protocol):
     async def purge(self, account: str, uri: str | None) -> tuple[int, str | None]:
         """Disconnect the matching clients of every worker; how many."""
 
+    async def disconnect(
+        self, account: str, uri: str | None, reason: str
+    ) -> tuple[int, str | None]:
+        """The same, telling the clients ``reason``."""
+
+    async def clients(self) -> list[tuple[str, str]]:
+        """(URI, account) of every client attached to a worker."""
+
     async def trace(
         self, element: str, push: Callable[[str], None]
     ) -> tuple[Callable[[], None], str | None]:
@@ -164,7 +172,8 @@ class CrsState:
     #: which serve the clients (this process only manages them).
     workers: Callable[[], list[tuple[int, int | None]]] | None = None
     #: With ``workers N``: the workers asked for ``show attach``, ``show
-    #: session``, ``purge client(s)`` and ``trace`` (docs/workers.md).
+    #: session``, ``purge client(s)`` and ``trace``, and told to close the
+    #: connections of clients deleted or blacklisted (docs/workers.md).
     fanout: WorkerFanout | None = None
 
     def services(self) -> list[tuple[str, str]]:

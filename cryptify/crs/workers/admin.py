@@ -13,7 +13,9 @@ answer is a part of the whole instance's:
   session`` with the times that order the rows across workers;
 - ``trace ELEMENT``: this worker's trace lines, for as long as the
   connection lasts;
-- ``purge client``/``purge clients``: the clients attached here;
+- :class:`~cryptify.protocols.crs_workers.Disconnect`: ``purge
+  client(s)``, ``delete account`` and the blacklists, for the clients
+  attached here;
 - :class:`~cryptify.protocols.crs_workers.WorkerCounters`: the counters
   of the metrics.
 
@@ -34,7 +36,12 @@ from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.trace import ELEMENTS, TraceHub
 from cryptify.protocols import crs_admin
-from cryptify.protocols.crs_workers import WorkerCounters, WorkerSessions
+from cryptify.protocols.crs_workers import (
+    DISCONNECT_REASONS,
+    Disconnect,
+    WorkerCounters,
+    WorkerSessions,
+)
 from cryptify.protocols.mgmt import CommandFailed, ManagementFactory, ManagementProtocol
 from cryptify.reactor import IReactor
 from cryptify.service import ListenService, prepare_socket_path
@@ -124,19 +131,13 @@ class WorkerCommands(amp.CommandLocator):
         proto.on_lost.append(self.view.trace.subscribe(element, proto.push_trace))
         return {}
 
-    def _purge(self, account: str, uri: str | None) -> dict[str, object]:
+    @Disconnect.responder
+    def disconnect(self, account: str, reason: str, uri: str | None = None) -> dict[str, object]:
+        if reason not in DISCONNECT_REASONS:
+            raise CommandFailed(f"not a reason to disconnect: {reason[:40]!r}")
         registry = self.view.registry
-        return {
-            "purged": registry.disconnect(registry.matching(account=account, uri=uri), "purged")
-        }
-
-    @crs_admin.PurgeClient.responder
-    def purge_client(self, account: str, uri: str) -> dict[str, object]:
-        return self._purge(account, uri)
-
-    @crs_admin.PurgeClients.responder
-    def purge_clients(self, account: str) -> dict[str, object]:
-        return self._purge(account, None)
+        matches = registry.matching(account=account, uri=uri)
+        return {"disconnected": registry.disconnect(matches, reason)}
 
 
 def worker_listener(reactor: IReactor, path: str, view: WorkerView) -> ListenService:

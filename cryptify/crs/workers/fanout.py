@@ -3,7 +3,8 @@ metrics for the whole instance (docs/workers.md).
 
 With ``workers N`` the clients, their calls and their messages live in
 the workers; the parent answers ``show attach``, ``show session``,
-``purge client(s)``, ``trace`` and the client-side metrics by asking
+``purge client(s)``, ``trace`` and the client-side metrics, and closes
+the connections of clients of an account deleted or blacklisted, by asking
 every worker on its socket (:mod:`cryptify.crs.workers.admin`) and
 merging the answers, so that each command prints what one process
 would print for the same clients, in the same format.
@@ -28,7 +29,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from cryptify.protocols import crs_admin
-from cryptify.protocols.crs_workers import COUNTERS, WorkerCounters, WorkerSessions
+from cryptify.protocols.crs_workers import COUNTERS, Disconnect, WorkerCounters, WorkerSessions
 from cryptify.protocols.mgmt import ManagementClient, connect
 from cryptify.reactor import IReactor
 from cryptify.service import unix_endpoint
@@ -221,16 +222,28 @@ class WorkerViews:
         return merge_sessions(answers), answers.note("its calls are not listed")
 
     async def purge(self, account: str, uri: str | None) -> tuple[int, str | None]:
-        if uri is None:
-            answers = await self.ask(crs_admin.PurgeClients, account=account)
-        else:
-            answers = await self.ask(crs_admin.PurgeClient, account=account, uri=uri)
-        purged = 0
+        return await self.disconnect(account, uri, "purged")
+
+    async def disconnect(
+        self, account: str, uri: str | None, reason: str
+    ) -> tuple[int, str | None]:
+        """Every worker closes the matching clients' connections (``reason``:
+        one of :data:`~cryptify.protocols.crs_workers.DISCONNECT_REASONS`)."""
+        asked: dict[str, object] = {"account": account, "reason": reason}
+        if uri is not None:
+            asked["uri"] = uri
+        answers = await self.ask(Disconnect, **asked)
+        closed = 0
         for _, answer in answers.got:
-            count = answer.get("purged")
+            count = answer.get("disconnected")
             if isinstance(count, int):
-                purged += count
-        return purged, answers.note("its clients were not purged")
+                closed += count
+        return closed, answers.note("its clients were not disconnected")
+
+    async def clients(self) -> list[tuple[str, str]]:
+        """(URI, account) of every client attached to a worker that answers."""
+        rows, _ = await self.attach_rows()
+        return [(row[0], row[1]) for row in rows if len(row) >= 2]
 
     async def trace(
         self, element: str, push: Callable[[str], None]
