@@ -283,3 +283,28 @@ class WorkersTests(CrsFixture):
         finally:
             a.close()
             b.close()
+
+    def test_worker_that_does_not_answer(self) -> None:
+        """A worker stopped (SIGSTOP) does not hang the operator: ``show
+        attach`` prints the other worker's client within the bound, names
+        the silent worker on standard error and exits 1; once the worker
+        runs again, the answer is whole."""
+        wait_for(lambda: len(self.workers()) == 2, "two workers in show system")
+        a, pid_a = self.attach_on(CALLER, None)
+        b, pid_b = self.attach_on(CALLEE, pid_a)
+        number = {pid: n for n, pid in self.workers().items()}[pid_b]
+        os.kill(pid_b, signal.SIGSTOP)
+        try:
+            status, out, err = self.cli("show", "attach")
+            self.assertEqual(status, 1)
+            self.assertEqual([row.split()[0] for row in out.splitlines()[1:]], [CALLER])
+            self.assertIn(f"worker {number} did not answer", err)
+        finally:
+            os.kill(pid_b, signal.SIGCONT)
+        try:
+            status, out, err = self.cli("show", "attach")
+            self.assertEqual((status, err), (0, ""))
+            self.assertEqual([row.split()[0] for row in out.splitlines()[1:]], [CALLER, CALLEE])
+        finally:
+            a.close()
+            b.close()
