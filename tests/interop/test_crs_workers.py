@@ -251,6 +251,9 @@ class WorkersTests(CrsFixture):
             )
             send(a, type="hangup", session=invite["session"], code="normal")
             recv(b, "hangup")
+            rows = self.cli("show", "session")[1].splitlines()[1:]
+            self.assertEqual([r.split()[:2] for r in rows], [[CALLER, CALLEE]])
+            self.assertTrue(rows[0].split()[3].startswith("hangup("), rows)
             # one trace at the parent: the message between the workers
             proc, lines = self.trace("message")
             seen: list[str] = []
