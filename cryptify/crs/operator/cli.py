@@ -81,7 +81,12 @@ def manual_page() -> Page:
         options=arguments(parser),
         exit_status=(
             ("0", "done"),
-            ("1", "the CRS answered with an error, cannot be reached, or a file cannot be read"),
+            (
+                "1",
+                "the CRS answered with an error, cannot be reached, or a file cannot be read; "
+                "or, with workers N, a worker did not answer (named on standard error: the "
+                "answer printed lacks its part)",
+            ),
             ("2", "bad arguments"),
         ),
         environment=(Arg("CRS_CLI_SOCKET", "the management socket, when --socket is not given"),),
