@@ -4,8 +4,9 @@ A hypothesis state machine, in memory on a Clock: two workers of one
 instance share the durable message store (``redis_low``, kept across
 everything) and the notice channel (``redis_high`` pub/sub: a notice
 reaches the workers subscribed when it is published, each in its own
-order and time).  Clients attach to either worker and move, post to each
-other (with a retry key or without), fetch and confirm; workers restart
+order and time).  Clients attach to either worker and move (the worker
+left behind noticing, or not yet), post to each other (with a retry key
+or without), fetch and confirm; workers restart
 (their clients' connections die, the notices on the way to them are
 lost); the store goes out of reach and comes back.
 
@@ -219,6 +220,16 @@ class WorkersMachine(RuleBasedStateMachine):
     @rule(uri=st.sampled_from(URIS))
     def leaves(self, uri: str) -> None:
         self.detach(uri)
+
+    @rule(uri=st.sampled_from(URIS), index=st.integers(0, WORKERS - 1))
+    def moves_abruptly(self, uri: str, index: int) -> None:
+        """``uri``'s connection breaks and it attaches again at once: the
+        worker it was on has not noticed yet (its attachment stays, the
+        connection takes nothing more)."""
+        found = self.attached.pop(uri, None)
+        if found is not None:
+            found[1].alive = False
+        self.attach(uri, index)
 
     @initialize(where=st.lists(st.integers(0, WORKERS - 1), min_size=3, max_size=3))
     def everyone_attaches(self, where: list[int]) -> None:
