@@ -191,7 +191,9 @@ class WholeInstanceTests(SynchronousTestCase):
         self.w2.reachable = False
         answer = answer_of(self, self.instance, self.admin.show_session())
         self.assertEqual(answer["table"]["rows"], [])
-        self.assertEqual(answer["missing"], "workers 1, 2 did not answer: its calls are not listed")
+        self.assertEqual(
+            answer["missing"], "workers 1, 2 did not answer: their calls are not listed"
+        )
 
     def test_purge_reaches_every_worker(self) -> None:
         """``purge clients`` disconnects the account's clients on every worker."""

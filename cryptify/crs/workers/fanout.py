@@ -76,12 +76,15 @@ class Answers:
     missing: list[int]
 
     def note(self, what: str) -> str | None:
-        """``worker 2 did not answer: its clients are not listed``, or None."""
+        """``worker 2 did not answer: its clients are not listed`` (``what``
+        says it of one worker: ``its clients are not listed``), or None."""
         if not self.missing:
             return None
         names = ", ".join(str(i + 1) for i in self.missing)
-        plural = "s" if len(self.missing) > 1 else ""
-        return f"worker{plural} {names} did not answer: {what}"
+        if len(self.missing) == 1:
+            return f"worker {names} did not answer: {what}"
+        many = what.replace("its ", "their ").replace(" it answers", " they answer")
+        return f"workers {names} did not answer: {many}"
 
 
 def _text_rows(value: object) -> list[list[str]]:
