@@ -368,6 +368,39 @@ class WorkersMachine(RuleBasedStateMachine):
 
 
 class WorkersMachineTests(SynchronousTestCase):
+    def run_steps(self, steps: list[tuple[str, tuple[Any, ...]]]) -> None:
+        machine = WorkersMachine()
+        for name, args in steps:
+            getattr(machine, name)(*args)
+            machine.nothing_wrong()
+        machine.teardown()
+
+    def test_late_notices(self) -> None:
+        """The cases the machine found (or would take long to find): a
+        notice that arrives after the attach's read of the inbox sent the
+        message, or after a ``fetch`` did, long after the attach, and the
+        recipient confirmed it: nothing is sent again."""
+        self.run_steps(
+            [
+                ("attach", ("tel:+1", 0)),
+                ("post_new", ("tel:+1", "tel:+2", False, 1, 0)),
+                ("attach", ("tel:+2", 1)),
+                ("confirms", ("tel:+2",)),
+                ("notices_arrive", (1, 5)),
+            ]
+        )
+        self.run_steps(
+            [
+                ("attach", ("tel:+1", 0)),
+                ("attach", ("tel:+2", 1)),
+                ("time_passes", ()),
+                ("post_new", ("tel:+1", "tel:+2", False, 1, 0)),
+                ("fetches", ("tel:+2",)),
+                ("confirms", ("tel:+2",)),
+                ("notices_arrive", (1, 5)),
+            ]
+        )
+
     def test_never_acknowledge_what_is_not_done(self) -> None:
         """Across two workers, moves, worker restarts and store outages:
         ``posted`` only after the durable store, nothing acknowledged lost,

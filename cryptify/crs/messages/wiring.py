@@ -45,7 +45,6 @@ this module holds the rules only.
 
 from __future__ import annotations
 
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -73,9 +72,13 @@ DELIVERY_WINDOW = 64
 #: Seconds before delivery that failed for want of Redis is tried again.
 DELIVERY_RETRY = 2.0
 #: With ``workers N``: a message that comes in a notice is sent from it
-#: only when it was stored this long after the recipient's inbox was last
-#: read (else that read may have sent it already), in ms.
+#: only when it was stored this long after its recipient attached (else a
+#: read of the inbox at the attach, or on an earlier connection, may have
+#: sent it already), in ms.
 NOTICE_MARGIN_MS = 1000
+#: With ``workers N``: how many of the messages a read of the inbox sent
+#: on one connection are remembered (a notice for one of them comes late).
+DRAINED_KEPT = 64
 #: ``retry-after`` of ``error unavailable``, ms.
 UNAVAILABLE_RETRY_MS = 2000
 #: Longest ``reason`` in an answer (the codec's limit).
@@ -176,8 +179,9 @@ class Outbox:
     ``backlog``: messages may be waiting that were not sent yet (true from
     the attach until a pass over the inbox found nothing more to send);
     ``fetches``: request ids of ``fetch`` to answer ``ok`` once the backlog
-    is sent; ``read_at``: when a pass last read the inbox (a message
-    stored before that may have been sent, and confirmed, already).
+    is sent; ``drained``: with ``workers N``, the last messages a pass over
+    the inbox sent (a notice for one of them comes late: it may be
+    confirmed already).
     """
 
     inflight: dict[str, None] = attrs.field(factory=dict)
@@ -186,7 +190,7 @@ class Outbox:
     again: bool = False
     fetches: list[int | None] = attrs.field(factory=list)
     retry: IDelayedCall | None = None
-    read_at: float | None = None
+    drained: dict[str, None] = attrs.field(factory=dict)
 
 
 class Messaging:
@@ -219,9 +223,6 @@ class Messaging:
         #: With ``workers N``: the instance's other processes, told of
         #: messages for clients not attached here.
         self.siblings: Siblings | None = None
-
-    def _now(self) -> float:
-        return self.scheduler.seconds() if self.scheduler is not None else time.time()
 
     def _refuse(self, failure: Failure, session: AttachSession, msg_id: int | None) -> None:
         retry_after = None
@@ -369,13 +370,16 @@ class Messaging:
         if attachment is None:
             return
         box = self._outbox(attachment)
-        if stored is not None and (
-            box.read_at is None or box.read_at * 1000 < stored.time_ms - NOTICE_MARGIN_MS
+        if (
+            stored is not None
+            and stored.id not in box.drained
+            and attachment.since * 1000 < stored.time_ms - NOTICE_MARGIN_MS
         ):
             self._offer(attachment, stored)
             return
-        # A notice late for a pass over the inbox (the attach's, say): the
-        # message may have gone and been confirmed since; the store knows.
+        # A notice late for a pass over the inbox (this connection's, or an
+        # earlier one's): the message may have gone and been confirmed
+        # since; the store knows.
         box.backlog = True
         self._pump(attachment)
 
@@ -488,7 +492,6 @@ class Messaging:
                 if room <= 0:
                     return
                 want = len(box.inflight) + room
-                box.read_at = self._now()
                 ids = await self.store.waiting_ids(attachment.uri, want)
                 fresh = [i for i in ids if i not in box.inflight][:room]
                 gets = [defer.ensureDeferred(self.store.get(i)) for i in fresh]
@@ -500,6 +503,10 @@ class Messaging:
                         return
                     if result is not None and result.id not in box.inflight:
                         self._send(attachment, box, result)
+                        if self.siblings is not None:
+                            box.drained[result.id] = None
+                            if len(box.drained) > DRAINED_KEPT:
+                                del box.drained[next(iter(box.drained))]
                 if len(ids) < want:
                     # the whole inbox was read: what is out and no longer
                     # waiting was confirmed (or expired)
