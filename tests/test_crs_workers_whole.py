@@ -9,6 +9,7 @@ import argparse
 import io
 from typing import Any
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
@@ -39,9 +40,12 @@ from cryptify.crs.workers.fanout import (
 )
 from cryptify.ops.crs import CrsMetrics
 from cryptify.ops.metrics import Queries
+from cryptify.plugins._crs_listeners import HeldClientPort
+from cryptify.plugins.crs import dev_crs_config
 from cryptify.protocols import crs_admin
 from cryptify.protocols.crs_workers import COUNTERS, Disconnect
 from cryptify.protocols.mgmt import ManagementClient, ManagementProtocol
+from cryptify.service import StartupError
 from tests.fakes import SECRET, FakeConnection, FakeParties, FakeRelay, MemoryMessageStore
 
 NOW = 1_800_000_000.0
@@ -330,8 +334,15 @@ class WholeInstanceTests(SynchronousTestCase):
         self.assertEqual(values["cryptify_crs_messages_posted"], 10)
 
     def test_socket_beside_management(self) -> None:
-        """A worker's socket is named after the management socket."""
+        """A worker's socket is named after the management socket; a
+        management path too long for it stops the start with one line,
+        before any worker runs."""
         self.assertEqual(worker_socket("/run/crs/crs.sock", 1), "/run/crs/crs.sock.w2")
+        cfg = dev_crs_config("/tmp")
+        long_path = "/run/" + "c" * 96 + ".sock"
+        cfg = attrs.evolve(cfg, global_=attrs.evolve(cfg.global_, management=long_path))
+        error = self.assertRaises(StartupError, HeldClientPort(cfg, 12).startService)
+        self.assertIn(f"{long_path}.w12 (a worker's socket", str(error))
 
 
 class _Expired:
