@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import ipaddress
+import pickle
 from typing import Any
 
 import attrs
@@ -15,12 +17,15 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from cryptify.config import CrsConfig, CrsLocalConfig
+from cryptify.config.crs_model import Endpoint, KeepAlive
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
-from cryptify.crs.attach.wiring import UmsgServerFactory
+from cryptify.crs.attach.wiring import Limits, UmsgServerFactory
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.calls.session import EndedSession, Session
 from cryptify.crs.messages.wiring import Messaging
@@ -28,7 +33,13 @@ from cryptify.crs.operator import cli
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
 from cryptify.crs.trace import TraceHub
-from cryptify.crs.workers.admin import WorkerCommands, WorkerView, worker_socket
+from cryptify.crs.workers.admin import (
+    WorkerCommands,
+    WorkerView,
+    client_rules,
+    with_rules,
+    worker_socket,
+)
 from cryptify.crs.workers.fanout import (
     ANSWER_WAIT,
     TRACE_RETRY,
@@ -38,13 +49,17 @@ from cryptify.crs.workers.fanout import (
     merge_sessions,
     sum_counters,
 )
-from cryptify.ops.crs import CrsMetrics
+from cryptify.crs.workers.wake import Siblings
+from cryptify.events import Notifier
+from cryptify.logs import LogFileService
+from cryptify.ops.crs import DIRECTIVES, CrsFiles, CrsLive, CrsMetrics
 from cryptify.ops.metrics import Queries
-from cryptify.plugins._crs_listeners import HeldClientPort
+from cryptify.ops.reload import plan
+from cryptify.plugins._crs_listeners import HeldClientPort, client_workers
 from cryptify.plugins.crs import dev_crs_config
 from cryptify.protocols import crs_admin
 from cryptify.protocols.crs_workers import COUNTERS, Disconnect
-from cryptify.protocols.mgmt import ManagementClient, ManagementProtocol
+from cryptify.protocols.mgmt import CommandFailed, ManagementClient, ManagementProtocol
 from cryptify.service import StartupError
 from tests.fakes import SECRET, FakeConnection, FakeParties, FakeRelay, MemoryMessageStore
 
@@ -398,3 +413,86 @@ class CliTests(SynchronousTestCase):
         """A trace names the workers not traced yet and goes on."""
         status, _, err = self.run_action(["trace", "attach"], {"missing": "worker 1 late"})
         self.assertEqual((status, err), (0, "crs-cli: worker 1 late\n"))
+
+
+class ClientRulesTests(SynchronousTestCase):
+    """A reload's client limits and keep-alive rules reach every worker,
+    and the workers that start afterwards."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.old = CrsFiles(CrsConfig(), CrsLocalConfig())
+        g = self.old.crs.global_
+        self.new_g = attrs.evolve(
+            g,
+            client_max_message=2048,
+            client_max_unattached=5,
+            keep_alive=(KeepAlive(ipaddress.ip_network("10.0.0.0/8"), "tcp", 60000),),
+            listen=Endpoint("192.0.2.1", 1),  # not live: stays as served
+        )
+        self.new = CrsFiles(attrs.evolve(self.old.crs, global_=self.new_g), self.old.local)
+
+    def test_reload_tells_the_workers(self) -> None:
+        """CrsLive hands the new GLOBAL section on when a client limit or
+        the keep-alive rules changed, and only then."""
+        told: list[Any] = []
+        factory = UmsgServerFactory(Any, self.clock)  # type: ignore[arg-type]
+        live = CrsLive(factory, Notifier(self.clock, None), lambda: {"problems": []}, told.append)
+        live.apply(plan(self.old, self.new, DIRECTIVES))
+        live.apply(plan(self.new, self.new, DIRECTIVES))
+        [g] = told
+        self.assertEqual((g.client_max_message, g.keep_alive), (2048, self.new_g.keep_alive))
+        self.assertEqual(g.listen, self.old.crs.global_.listen)  # a restart's
+
+    def test_workers_take_the_rules(self) -> None:
+        """Each running worker takes the rules for connections from then
+        on; garbage changes nothing."""
+        instance = Instance(self.clock)
+        g = self.old.crs.global_
+        for worker in instance.workers:
+            worker.view.clients = UmsgServerFactory(Any, self.clock, Limits.from_config(g))  # type: ignore[arg-type]
+            worker.view.global_ = g
+        d = instance.views.send_rules(client_rules(self.new_g))
+        instance.flush()
+        self.successResultOf(d)
+        for worker in instance.workers:
+            clients = worker.view.clients
+            assert clients is not None
+            self.assertEqual((clients.limits.max_message, clients.limits.max_unattached), (2048, 5))
+            rule = clients.keepalive_rule("10.1.2.3")
+            self.assertEqual(rule.interval_ms if rule else None, 60000)
+            assert worker.view.global_ is not None
+            self.assertEqual(worker.view.global_.listen, g.listen)
+
+    @settings(max_examples=200, deadline=None)
+    @given(MergeTests.json)
+    def test_garbage_rules(self, rules: Any) -> None:
+        """What is not rules is refused with a reason, never a crash."""
+        g = CrsConfig().global_
+        try:
+            taken = with_rules(g, rules)
+        except CommandFailed:
+            return
+        self.assertEqual(taken.listen, g.listen)
+
+    def test_workers_started_later(self) -> None:
+        """A worker started after the reload reads the new rules (and the
+        rest of crs.conf as the parent serves it)."""
+        state = CrsState("crs1", accounts=AccountStore(self.mktemp()))
+        reactor = MemoryReactorClock()
+        local = CrsLocalConfig(workers=2)
+        _held, supervisor = client_workers(
+            self.old.crs,
+            local,
+            reactor,  # type: ignore[arg-type]
+            LogFileService(self.mktemp(), "crs.log", "crs"),
+            state,
+            Siblings(lambda: None, "crs:crs1:workers"),  # type: ignore[arg-type,return-value]
+        )
+        assert state.worker_rules is not None
+        state.worker_rules(self.new_g)
+        served, _ = pickle.loads(supervisor.payload())
+        self.assertEqual(served.global_.client_max_message, 2048)
+        self.assertEqual(served.global_.keep_alive, self.new_g.keep_alive)
+        self.assertEqual(served.global_.listen, self.old.crs.global_.listen)
+        self.flushLoggedErrors()

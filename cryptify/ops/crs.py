@@ -3,8 +3,9 @@ Reload and metrics of the CRS.
 
 What a reload (SIGHUP) changes in the running CRS (:data:`DIRECTIVES`):
 
-- live: the client listener's limits (``client-max-message``,
-  ``client-attach-timeout``, ``client-max-unattached-per-address``,
+- live (with ``workers N`` in every worker too): the client listener's
+  limits (``client-max-message``, ``client-attach-timeout``,
+  ``client-max-unattached-per-address``,
   ``client-max-unattached``) for connections that arrive from then on,
   and ``client-max-handshakes`` from the next connection accepted or done;
   ``keep-alive`` rules for clients that connect from then on;
@@ -32,6 +33,7 @@ from prometheus_client.metrics_core import Metric
 from twisted.logger import Logger
 
 from cryptify.config import CrsConfig, CrsLocalConfig
+from cryptify.config.crs_model import CrsGlobal
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.attach.wiring import UmsgServerFactory
 from cryptify.crs.calls.core import SessionTable
@@ -123,6 +125,9 @@ class CrsLive:
     #: ``crs-cli reload account``: re-read the accounts, tell notify.sh,
     #: disconnect clients now blacklisted; answers ``{"problems": [...]}``.
     reload_accounts: Callable[[], dict[str, object]]
+    #: With ``workers N``: told the GLOBAL section when the client limits
+    #: or keep-alive rules changed (the workers take them too).
+    clients_changed: Callable[[CrsGlobal], object] | None = None
 
     def apply(self, plan: Plan[CrsFiles]) -> None:
         """Put the live directives' new values in place; re-read the accounts."""
@@ -138,6 +143,10 @@ class CrsLive:
             )
         if plan.changed("keep-alive"):
             self.clients.keepalive_rule = g.keep_alive_for
+        if self.clients_changed is not None and (
+            plan.changed("keep-alive") or any(plan.changed(name) for name in LIMITS)
+        ):
+            self.clients_changed(g)
         if plan.changed("notify"):
             self.notifier.script = g.notify or None
         if plan.changed("notify-timeout"):

@@ -493,7 +493,12 @@ def attach_ops(
         root,
         files,
         reread,
-        CrsLive(clients.factory, basics.notifier, CrsAdmin(parts.state).reload_here),
+        CrsLive(
+            clients.factory,
+            basics.notifier,
+            CrsAdmin(parts.state).reload_here,
+            parts.state.worker_rules,
+        ),
         CrsMetrics(
             basics.registry,
             clients.factory,

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
+import attrs
 from twisted.application import service
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.protocol import ServerFactory
@@ -17,6 +18,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from cryptify.config import CrsConfig, CrsLocalConfig
 from cryptify.config.crs_local import worker_count
+from cryptify.config.crs_model import CrsGlobal
 from cryptify.crs.attach.core import AttachCore
 from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.crs.operator.admin import CrsAdmin
@@ -24,7 +26,7 @@ from cryptify.crs.operator.state import CrsState
 from cryptify.crs.remote_admin.auth import Gate
 from cryptify.crs.remote_admin.console import Console
 from cryptify.crs.remote_admin.server import AdminRoot, AdminService, AdminSite, SourceLimit
-from cryptify.crs.workers.admin import MAX_SOCKET_PATH, worker_socket
+from cryptify.crs.workers.admin import MAX_SOCKET_PATH, client_rules, with_rules, worker_socket
 from cryptify.crs.workers.fanout import WorkerViews, unix_opener
 from cryptify.crs.workers.notices import Gone, worker_name
 from cryptify.crs.workers.reuseport import listen_reuseport, reserve
@@ -159,12 +161,23 @@ def client_workers(
     that serve it (each is given the configuration read here), in ``show
     system`` and ``show services``; ``siblings`` tells them of account
     changes and of a worker gone."""
-    payload = pickle.dumps((cfg, local))
+    served = [cfg]
     count = worker_count(local)
-    workers = WorkerSupervisor(reactor, count, lambda: payload, log_writer(logs))
+    workers = WorkerSupervisor(
+        reactor, count, lambda: pickle.dumps((served[0], local)), log_writer(logs)
+    )
     state.workers = workers.rows
     paths = [worker_socket(cfg.global_.management, i) for i in range(count)]
-    state.fanout = WorkerViews(reactor, count, unix_opener(reactor, paths), workers.rows)
+    views = state.fanout = WorkerViews(reactor, count, unix_opener(reactor, paths), workers.rows)
+
+    def rules_changed(g: CrsGlobal) -> None:
+        # a reload's client rules, for the running workers and those that
+        # start from now on (the rest of crs.conf stays as served)
+        rules = client_rules(g)
+        served[0] = attrs.evolve(served[0], global_=with_rules(served[0].global_, rules))
+        views.send_rules(rules)
+
+    state.worker_rules = rules_changed
     state.probes["workers"] = workers.status
     state.accounts.on_change.append(siblings.accounts_changed)
     workers.on_exit.append(lambda index: siblings.publish(Gone(worker_name(index))))

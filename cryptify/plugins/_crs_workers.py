@@ -97,7 +97,9 @@ def make_worker_service(
         attach(root, cps)
         attach(root, CallbackService(on_stop=pusher.stop))
     clients = client_listener(cfg, reactor, core, shared=True)
-    view = WorkerView(basics.registry, basics.trace, sessions, messages.messaging, clients.factory)
+    view = WorkerView(
+        basics.registry, basics.trace, sessions, messages.messaging, clients.factory, cfg.global_
+    )
     path = worker_socket(cfg.global_.management, index)
     attach(root, worker_listener(reactor, path, view))
     attach(root, clients)

@@ -63,3 +63,14 @@ class Disconnect(MgmtCommand):
         (b"reason", amp.Unicode()),
     ]
     response = [(b"disconnected", amp.Integer())]
+
+
+class ClientRules(MgmtCommand):
+    """The client listener's rules a reload changed (``client-max-*``,
+    ``keep-alive``), for connections from then on: ``{"max_message": N,
+    "attach_timeout": SECONDS, "max_unattached_per_address": N,
+    "max_unattached": N, "max_handshakes": N, "keep_alive": [[CIDR,
+    METHOD, MS], ...]}``."""
+
+    arguments = [(b"rules", JsonValue())]
+    response = []

@@ -16,16 +16,25 @@ import os
 import queue
 import re
 import signal
+import ssl
 import subprocess
 import threading
 import time
 from typing import Any
+
+import cbor2
 
 from cryptify.crypto import mikey
 from cryptify.crypto.identity import tel_identifier
 from tests.interop._crs import CALLEE, CALLER, CrsFixture, recv, send
 from tests.interop._metrics import scrape
 from tests.interop._procs import BIN, free_port, wait_for
+from tests.interop._ws import ws_connect
+
+try:
+    from websockets.exceptions import ConnectionClosed
+except ImportError:  # pragma: no cover
+    ConnectionClosed = Exception  # type: ignore[assignment,misc]
 
 #: Connections tried before two clients land on different workers.
 ATTEMPTS = 40
@@ -311,3 +320,44 @@ class WorkersTests(CrsFixture):
         finally:
             a.close()
             b.close()
+
+    def test_reload_reaches_the_workers(self) -> None:
+        """SIGHUP with a new client-max-message: every worker takes it (its
+        line in crs.log), and a new connection, on whichever worker, is held
+        to it."""
+        with open(self.conf) as f:
+            text = f.read()
+        marker = f"listen 127.0.0.1 {self.client_port}"
+        self.assertIn(marker, text)
+        with open(self.conf, "w") as f:
+            f.write(text.replace(marker, f"{marker}\nclient-max-message 2048"))
+        crs = next(p for p in self.procs if p.name == "crs")
+        crs.proc.send_signal(signal.SIGHUP)
+        taken = "client limits and keep-alive rules from the parent's reload"
+        wait_for(lambda: self.crs_log().count(taken) >= 2, "both workers took the new limits")
+        for _ in range(4):
+            # (the kernel picks the worker of each connection)
+            self.assertEqual(self.big_attach(), "too-large")
+
+    def crs_log(self) -> str:
+        try:
+            with open(os.path.join(self.dir, "log", "crs.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def big_attach(self) -> object:
+        """An attach frame of 3,000 octets on a new connection: the code of
+        the CRS's error, ``too-large`` also when it closed with 1009."""
+        cafile = os.path.join(self.dir, "data", "tls", "crs.crt")
+        tls = ssl.create_default_context(cafile=cafile)
+        ws = ws_connect(f"wss://127.0.0.1:{self.client_port}/", ssl=tls, subprotocols=["umsg.1"])
+        try:
+            send(ws, type="attach", id=1, account="acme", uri=CALLER, versions=[1], app="x" * 3000)
+            try:
+                return cbor2.loads(ws.recv(timeout=30)).get("code")
+            except ConnectionClosed as closed:
+                code = closed.rcvd.code if closed.rcvd is not None else None
+                return "too-large" if code == 1009 else code
+        finally:
+            ws.close()

@@ -9,6 +9,7 @@ from typing import Protocol
 import attrs
 from twisted.protocols import amp
 
+from cryptify.config.crs_model import CrsGlobal
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.calls.core import SessionTable
@@ -175,6 +176,9 @@ class CrsState:
     #: session``, ``purge client(s)`` and ``trace``, and told to close the
     #: connections of clients deleted or blacklisted (docs/workers.md).
     fanout: WorkerFanout | None = None
+    #: With ``workers N``: gives the workers what a reload changed in the
+    #: client rules (``client-max-*``, ``keep-alive``; crs.conf's GLOBAL).
+    worker_rules: Callable[[CrsGlobal], object] | None = None
 
     def services(self) -> list[tuple[str, str]]:
         """(service, active|inactive) for every service, in order."""

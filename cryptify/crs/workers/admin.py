@@ -17,7 +17,9 @@ answer is a part of the whole instance's:
   client(s)``, ``delete account`` and the blacklists, for the clients
   attached here;
 - :class:`~cryptify.protocols.crs_workers.WorkerCounters`: the counters
-  of the metrics.
+  of the metrics;
+- :class:`~cryptify.protocols.crs_workers.ClientRules`: the client
+  limits and keep-alive rules a reload changed.
 
 The parent's side (asking every worker, merging, what a worker that does
 not answer becomes) is :mod:`cryptify.crs.workers.fanout`.
@@ -25,19 +27,23 @@ not answer becomes) is :mod:`cryptify.crs.workers.fanout`.
 
 from __future__ import annotations
 
+import ipaddress
+
 import attrs
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from cryptify.config.crs_model import CrsGlobal, KeepAlive
 from cryptify.crs.attach.registry import AttachRegistry
-from cryptify.crs.attach.wiring import UmsgServerFactory
+from cryptify.crs.attach.wiring import Limits, UmsgServerFactory
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.trace import ELEMENTS, TraceHub
 from cryptify.protocols import crs_admin
 from cryptify.protocols.crs_workers import (
     DISCONNECT_REASONS,
+    ClientRules,
     Disconnect,
     WorkerCounters,
     WorkerSessions,
@@ -58,6 +64,53 @@ def worker_socket(management: str, index: int) -> str:
     return f"{management}.w{index + 1}"
 
 
+#: The numbers of :class:`ClientRules`: crs.conf's field, and its type.
+RULE_FIELDS = {
+    "max_message": ("client_max_message", int),
+    "attach_timeout": ("client_attach_timeout", float),
+    "max_unattached_per_address": ("client_max_unattached_per_address", int),
+    "max_unattached": ("client_max_unattached", int),
+    "max_handshakes": ("client_max_handshakes", int),
+}
+
+
+def client_rules(g: CrsGlobal) -> dict[str, object]:
+    """The :class:`ClientRules` of crs.conf's GLOBAL section ``g``."""
+    rules: dict[str, object] = {name: getattr(g, field) for name, (field, _) in RULE_FIELDS.items()}
+    rules["keep_alive"] = [[str(k.network), k.method, k.interval_ms] for k in g.keep_alive]
+    return rules
+
+
+def with_rules(g: CrsGlobal, rules: object) -> CrsGlobal:
+    """``g`` with the :class:`ClientRules` ``rules``.
+
+    @raise CommandFailed: naming what is not a rule.
+    """
+    if not isinstance(rules, dict):
+        raise CommandFailed("client rules are not a map")
+    changes: dict[str, object] = {}
+    for name, (field, kind) in RULE_FIELDS.items():
+        value = rules.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise CommandFailed(f"client rule {name} is not a positive number")
+        if kind is int and not isinstance(value, int):
+            raise CommandFailed(f"client rule {name} is not a whole number")
+        changes[field] = kind(value)
+    keep = rules.get("keep_alive")
+    if not isinstance(keep, list):
+        raise CommandFailed("client rule keep_alive is not a list")
+    found = []
+    for rule in keep:
+        try:
+            cidr, method, interval = rule
+            if method not in ("tcp", "ws") or not isinstance(interval, int) or interval <= 0:
+                raise ValueError(rule)
+            found.append(KeepAlive(ipaddress.ip_network(str(cidr)), method, interval))
+        except (TypeError, ValueError) as exc:
+            raise CommandFailed(f"not a keep-alive rule: {str(rule)[:60]}") from exc
+    return attrs.evolve(g, keep_alive=tuple(found), **changes)  # type: ignore[arg-type]
+
+
 @attrs.define
 class WorkerView:
     """What a worker shows its parent: its parts that serve clients."""
@@ -67,6 +120,28 @@ class WorkerView:
     sessions: SessionTable
     messaging: Messaging
     clients: UmsgServerFactory | None = None
+    #: crs.conf's GLOBAL section as this worker serves it (the parent
+    #: sends what a reload changes in it).
+    global_: CrsGlobal | None = None
+
+    def take_rules(self, rules: object) -> None:
+        """A reload's client limits and keep-alive rules, from the parent.
+
+        @raise CommandFailed: when they are not rules (nothing changes).
+        """
+        if self.clients is None or self.global_ is None:
+            raise CommandFailed("this worker has no client listener")
+        g = self.global_ = with_rules(self.global_, rules)
+        made = Limits.from_config(g)
+        self.clients.limits = attrs.evolve(
+            self.clients.limits,
+            max_message=made.max_message,
+            attach_timeout=made.attach_timeout,
+            max_unattached_per_address=made.max_unattached_per_address,
+            max_unattached=made.max_unattached,
+            max_handshakes=made.max_handshakes,
+        )
+        self.clients.keepalive_rule = g.keep_alive_for
 
     def session_rows(self) -> dict[str, list[list[object]]]:
         """The :class:`WorkerSessions` answer (calls kept here only)."""
@@ -120,6 +195,12 @@ class WorkerCommands(amp.CommandLocator):
     @WorkerCounters.responder
     def counters(self) -> dict[str, object]:
         return {"counters": self.view.counters()}
+
+    @ClientRules.responder
+    def client_rules(self, rules: object) -> dict[str, object]:
+        self.view.take_rules(rules)
+        log.info("client limits and keep-alive rules from the parent's reload")
+        return {}
 
     @crs_admin.Trace.responder
     def trace(self, element: str) -> dict[str, object]:

@@ -29,7 +29,13 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from cryptify.protocols import crs_admin
-from cryptify.protocols.crs_workers import COUNTERS, Disconnect, WorkerCounters, WorkerSessions
+from cryptify.protocols.crs_workers import (
+    COUNTERS,
+    ClientRules,
+    Disconnect,
+    WorkerCounters,
+    WorkerSessions,
+)
 from cryptify.protocols.mgmt import ManagementClient, connect
 from cryptify.reactor import IReactor
 from cryptify.service import unix_endpoint
@@ -257,6 +263,17 @@ class WorkerViews:
         missing = await trace.start()
         note = Answers([], missing).note("its events are not traced until it answers")
         return trace.stop, note
+
+    def send_rules(self, rules: dict[str, object]) -> defer.Deferred[None]:
+        """Give every running worker a reload's client rules (a worker that
+        misses them is named in crs.log; it takes them when it restarts)."""
+
+        def sent(answers: Answers) -> None:
+            note = answers.note("it keeps its client rules until it restarts")
+            if note is not None:
+                log.warn("client rules after the reload: {note}", note=note)
+
+        return defer.ensureDeferred(self.ask(ClientRules, rules=rules)).addCallback(sent)
 
     def counters_of(self, index: int) -> Callable[[], defer.Deferred[dict[str, Any]]]:
         """A metrics query: worker ``index``'s counters."""
