@@ -30,6 +30,7 @@ from cryptify.config.crs_local import (
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.messages.store import Stored
+from cryptify.crs.messages.wiring import NOTICE_MARGIN_MS
 from cryptify.crs.pool.wire import WireError
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crs.trace import TraceHub
@@ -57,7 +58,7 @@ from cryptify.crs.workers.wake import Siblings, WakeListener
 from cryptify.plugins.crs import Options
 from cryptify.service import StartupError
 from tests.fakes import SECRET
-from tests.messages_support import Conn, DeliveryCase
+from tests.messages_support import NOW, Conn, DeliveryCase
 
 words = st.text(st.characters(blacklist_categories=("Z", "C")), min_size=1, max_size=60)
 
@@ -308,11 +309,31 @@ class MessagingHookTests(DeliveryCase):
                 self.store.post("tel:+1", "conn:x:1", "tel:+2", "acme", "content", b"y")
             )
         )
-        stored = Stored(posted.id, "tel:+1", "tel:+2", "acme", "content", 5, b"y")
+        later_ms = int(NOW * 1000) + NOTICE_MARGIN_MS + 1
+        stored = Stored(posted.id, "tel:+1", "tel:+2", "acme", "content", later_ms, b"y")
+        self.store.down = True  # not read: it comes from the notice
         self.messaging.wake("tel:+2", stored)
+        self.store.down = False
         [got] = recipient.of("message")
         self.assertEqual((got["message"], got["content"]), (posted.id, b"y"))
         self.assertEqual(self.confirm(recipient), 1)
+
+    def test_late_notice_sends_nothing_again(self) -> None:
+        """A notice that arrives after the recipient's inbox was read (its
+        attach, here) does not send the message again once it is confirmed:
+        the store, not the notice, says what still waits."""
+        self.store.known.add("tel:+1")
+        posted = self.successResultOf(
+            defer.ensureDeferred(
+                self.store.post("tel:+1", "conn:x:1", "tel:+2", "acme", "content", b"z")
+            )
+        )
+        recipient = self.attach("tel:+2")
+        [got] = recipient.of("message")
+        self.assertEqual(self.confirm(recipient), 1)
+        stored = Stored(posted.id, "tel:+1", "tel:+2", "acme", "content", int(NOW * 1000), b"z")
+        self.messaging.wake("tel:+2", stored)
+        self.assertEqual(recipient.of("message"), [got])
 
 
 class FakeProcess:

@@ -3,8 +3,9 @@ Reload and metrics of the CRS.
 
 What a reload (SIGHUP) changes in the running CRS (:data:`DIRECTIVES`):
 
-- live: the client listener's limits (``client-max-message``,
-  ``client-attach-timeout``, ``client-max-unattached-per-address``,
+- live (with ``workers N`` in every worker too): the client listener's
+  limits (``client-max-message``, ``client-attach-timeout``,
+  ``client-max-unattached-per-address``,
   ``client-max-unattached``) for connections that arrive from then on,
   and ``client-max-handshakes`` from the next connection accepted or done;
   ``keep-alive`` rules for clients that connect from then on;
@@ -32,6 +33,7 @@ from prometheus_client.metrics_core import Metric
 from twisted.logger import Logger
 
 from cryptify.config import CrsConfig, CrsLocalConfig
+from cryptify.config.crs_model import CrsGlobal
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.attach.wiring import UmsgServerFactory
 from cryptify.crs.calls.core import SessionTable
@@ -39,6 +41,7 @@ from cryptify.crs.messages.store import MessageStore
 from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.operator.state import probe_up
 from cryptify.crs.pool.forward import COUNTERS as POOL_MESSAGE_COUNTERS
+from cryptify.crs.workers.fanout import sum_counters
 from cryptify.events import Notifier
 from cryptify.ops.metrics import Queries, counter_families
 from cryptify.ops.reload import Directive, Plan, Reloader
@@ -122,6 +125,9 @@ class CrsLive:
     #: ``crs-cli reload account``: re-read the accounts, tell notify.sh,
     #: disconnect clients now blacklisted; answers ``{"problems": [...]}``.
     reload_accounts: Callable[[], dict[str, object]]
+    #: With ``workers N``: told the GLOBAL section when the client limits
+    #: or keep-alive rules changed (the workers take them too).
+    clients_changed: Callable[[CrsGlobal], object] | None = None
 
     def apply(self, plan: Plan[CrsFiles]) -> None:
         """Put the live directives' new values in place; re-read the accounts."""
@@ -137,6 +143,10 @@ class CrsLive:
             )
         if plan.changed("keep-alive"):
             self.clients.keepalive_rule = g.keep_alive_for
+        if self.clients_changed is not None and (
+            plan.changed("keep-alive") or any(plan.changed(name) for name in LIMITS)
+        ):
+            self.clients_changed(g)
         if plan.changed("notify"):
             self.notifier.script = g.notify or None
         if plan.changed("notify-timeout"):
@@ -172,33 +182,51 @@ class CrsMetrics:
     reloader: Reloader[CrsFiles] | None = None
     #: In a pool: the forwarder's counters (``Forwarder.counters``).
     pool_messages: dict[str, int] | None = None
+    #: With ``workers N``: the queries whose answers are the workers'
+    #: counters (``WorkerCounters``), added to this process's own.
+    workers: tuple[str, ...] = ()
+
+    def _workers(self) -> dict[str, int]:
+        """The sum of the workers' counters that answered this scrape."""
+        return sum_counters([self.queries.values.get(name) for name in self.workers])
 
     def families(self) -> Iterator[Metric]:
         p = "cryptify_crs_"
-        yield _gauge(p + "attached_clients", "Clients attached now", len(self.registry))
+        theirs = self._workers() if self.workers else {}
+        yield _gauge(
+            p + "attached_clients",
+            "Clients attached now",
+            len(self.registry) + theirs.get("attached", 0),
+        )
         yield _gauge(
             p + "unattached_connections",
             "Client connections that have not attached yet",
-            len(self.clients.pending),
+            len(self.clients.pending) + theirs.get("unattached", 0),
         )
         yield _counter(
             p + "evicted_connections",
             "Silent unattached connections closed to make room",
-            self.clients.evicted,
+            self.clients.evicted + theirs.get("evicted", 0),
         )
-        yield _gauge(p + "calls", "Calls (sessions) in progress", len(self.sessions.sessions))
+        yield _gauge(
+            p + "calls",
+            "Calls (sessions) in progress",
+            len(self.sessions.sessions) + theirs.get("calls", 0),
+        )
         for key, doc in (
             ("invites", "Calls placed"),
             ("talks", "Calls answered"),
             ("hangups", "Calls hung up"),
         ):
-            yield _counter(p + "call_" + key, doc, self.sessions.counters.get(key, 0))
+            value = self.sessions.counters.get(key, 0) + theirs.get(key, 0)
+            yield _counter(p + "call_" + key, doc, value)
         for key, doc in (
             ("posted", "Messages posted and stored"),
             ("delivered", "Messages confirmed delivered"),
             ("refused", "Message requests refused by a rule (unknown recipient, full inbox, ...)"),
         ):
-            yield _counter(p + "messages_" + key, doc, self.messaging.counters.get(key, 0))
+            value = self.messaging.counters.get(key, 0) + theirs.get(key, 0)
+            yield _counter(p + "messages_" + key, doc, value)
         yield _counter(p + "messages_expired", "Messages dropped undelivered", self.store.expired)
         if self.pool_messages is not None:
             for key, doc in POOL_MESSAGE_COUNTERS:

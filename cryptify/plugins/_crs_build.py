@@ -61,7 +61,8 @@ from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stor
 from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
-from cryptify.crs.workers.notices import channel
+from cryptify.crs.workers.fanout import WorkerViews
+from cryptify.crs.workers.notices import channel, worker_name
 from cryptify.crs.workers.wake import Siblings
 from cryptify.events import Notifier
 from cryptify.links.relay_link import RelayLink
@@ -478,13 +479,26 @@ def attach_ops(
 ) -> None:
     """The metrics endpoint and the SIGHUP reload (docs/operations.md)."""
     messages = parts.messages
-    queries = Queries(basics.reactor, {"waiting": messages.store.stored, "relay": relay.stats})
+    asked: dict[str, Callable[[], Any]] = {"waiting": messages.store.stored, "relay": relay.stats}
+    fanout = parts.state.fanout
+    workers: list[str] = []
+    if isinstance(fanout, WorkerViews):
+        # the clients' counters are the workers' (docs/workers.md)
+        for index in range(fanout.count):
+            workers.append(f"worker_{worker_name(index)}")
+            asked[workers[-1]] = fanout.counters_of(index)
+    queries = Queries(basics.reactor, asked)
     forwarder = messages.forwarder
     ops_services(
         root,
         files,
         reread,
-        CrsLive(clients.factory, basics.notifier, CrsAdmin(parts.state).reload_here),
+        CrsLive(
+            clients.factory,
+            basics.notifier,
+            CrsAdmin(parts.state).reload_here,
+            parts.state.worker_rules,
+        ),
         CrsMetrics(
             basics.registry,
             clients.factory,
@@ -494,5 +508,6 @@ def attach_ops(
             basics.probes,
             queries,
             pool_messages=forwarder.counters if forwarder is not None else None,
+            workers=tuple(workers),
         ),
     )

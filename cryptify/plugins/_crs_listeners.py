@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
+import attrs
 from twisted.application import service
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.protocol import ServerFactory
@@ -17,6 +18,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from cryptify.config import CrsConfig, CrsLocalConfig
 from cryptify.config.crs_local import worker_count
+from cryptify.config.crs_model import CrsGlobal
 from cryptify.crs.attach.core import AttachCore
 from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgListenService, UmsgServerFactory
 from cryptify.crs.operator.admin import CrsAdmin
@@ -24,6 +26,8 @@ from cryptify.crs.operator.state import CrsState
 from cryptify.crs.remote_admin.auth import Gate
 from cryptify.crs.remote_admin.console import Console
 from cryptify.crs.remote_admin.server import AdminRoot, AdminService, AdminSite, SourceLimit
+from cryptify.crs.workers.admin import MAX_SOCKET_PATH, client_rules, with_rules, worker_socket
+from cryptify.crs.workers.fanout import WorkerViews, unix_opener
 from cryptify.crs.workers.notices import Gone, worker_name
 from cryptify.crs.workers.reuseport import listen_reuseport, reserve
 from cryptify.crs.workers.supervisor import WorkerSupervisor
@@ -99,12 +103,15 @@ class HeldClientPort(service.Service):
     """The parent's hold on the client port while its workers serve it:
     checks the TLS certificate (making the development one) and binds a
     ``SO_REUSEPORT`` socket, so that a taken port or a bad certificate
-    stops the start with one line before any worker runs.  It binds when
+    stops the start with one line before any worker runs (so does a
+    management path too long for the ``count`` workers' sockets beside
+    it, :func:`cryptify.crs.workers.admin.worker_socket`).  It binds when
     the service starts, not before privileges are shed: ``SO_REUSEPORT``
     shares a port between sockets of one user only, the workers'."""
 
-    def __init__(self, cfg: CrsConfig) -> None:
+    def __init__(self, cfg: CrsConfig, count: int = 0) -> None:
         self.cfg = cfg
+        self.count = count
         self.sock: socket.socket | None = None
 
     def startService(self) -> None:
@@ -113,6 +120,12 @@ class HeldClientPort(service.Service):
 
     def _hold(self) -> None:
         if self.sock is None:
+            last = worker_socket(self.cfg.global_.management, self.count - 1)
+            if self.count and len(os.fsencode(last)) > MAX_SOCKET_PATH:
+                raise StartupError(
+                    f"workers: {last} (a worker's socket beside the management socket) is "
+                    f"longer than {MAX_SOCKET_PATH} bytes; choose a shorter management path"
+                )
             server_tls(self.cfg, "client")
             where = self.cfg.global_.listen
             self.sock = reserve(where.host, where.port)
@@ -148,13 +161,27 @@ def client_workers(
     that serve it (each is given the configuration read here), in ``show
     system`` and ``show services``; ``siblings`` tells them of account
     changes and of a worker gone."""
-    payload = pickle.dumps((cfg, local))
-    workers = WorkerSupervisor(reactor, worker_count(local), lambda: payload, log_writer(logs))
+    served = [cfg]
+    count = worker_count(local)
+    workers = WorkerSupervisor(
+        reactor, count, lambda: pickle.dumps((served[0], local)), log_writer(logs)
+    )
     state.workers = workers.rows
+    paths = [worker_socket(cfg.global_.management, i) for i in range(count)]
+    views = state.fanout = WorkerViews(reactor, count, unix_opener(reactor, paths), workers.rows)
+
+    def rules_changed(g: CrsGlobal) -> None:
+        # a reload's client rules, for the running workers and those that
+        # start from now on (the rest of crs.conf stays as served)
+        rules = client_rules(g)
+        served[0] = attrs.evolve(served[0], global_=with_rules(served[0].global_, rules))
+        views.send_rules(rules)
+
+    state.worker_rules = rules_changed
     state.probes["workers"] = workers.status
     state.accounts.on_change.append(siblings.accounts_changed)
     workers.on_exit.append(lambda index: siblings.publish(Gone(worker_name(index))))
-    return HeldClientPort(cfg), workers
+    return HeldClientPort(cfg, count), workers
 
 
 def management_listener(cfg: CrsConfig, reactor: IReactor, state: CrsState) -> ListenService:

@@ -14,7 +14,8 @@ message expiry sweep, metrics, reload and the admin interface.
 
 Service tree (stopped in reverse): the Redis stores, the accounts, live
 traces, the link to ``crs_relay``, the notice subscription, the push
-link (with ``features push``), the client listener.
+link (with ``features push``), the socket the parent asks
+(:mod:`cryptify.crs.workers.admin`), the client listener.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.pool.calls import install as install_pool_calls
 from cryptify.crs.pool.calls_core import PoolCalls
 from cryptify.crs.redis.instance import HIGH
+from cryptify.crs.workers.admin import WorkerView, worker_listener, worker_socket
 from cryptify.crs.workers.calls import WorkerLink
 from cryptify.crs.workers.notices import channel, worker_name
 from cryptify.crs.workers.stores import WorkerRedis
@@ -94,7 +96,13 @@ def make_worker_service(
         cps, pusher = push
         attach(root, cps)
         attach(root, CallbackService(on_stop=pusher.stop))
-    attach(root, client_listener(cfg, reactor, core, shared=True))
+    clients = client_listener(cfg, reactor, core, shared=True)
+    view = WorkerView(
+        basics.registry, basics.trace, sessions, messages.messaging, clients.factory, cfg.global_
+    )
+    path = worker_socket(cfg.global_.management, index)
+    attach(root, worker_listener(reactor, path, view))
+    attach(root, clients)
     return root
 
 

@@ -62,15 +62,23 @@ class _Table(MgmtCommand):
     response = [(b"table", JsonValue())]
 
 
+class _WholeTable(MgmtCommand):
+    """A table that, with ``workers N``, the workers' answers make up;
+    ``missing`` says which did not answer (their rows are not in it)."""
+
+    arguments = []
+    response = [(b"table", JsonValue()), (b"missing", amp.Unicode(optional=True))]
+
+
 class ShowServices(_Table):
     """``show services``: Server, Service, Status of every CRS service."""
 
 
-class ShowAttach(_Table):
+class ShowAttach(_WholeTable):
     """``show attach``: URI ACCOUNT TIME VERSION IP:PORT CRS."""
 
 
-class ShowSession(_Table):
+class ShowSession(_WholeTable):
     """``show session``: CALLER CALLEE TIME STATE."""
 
 
@@ -171,14 +179,22 @@ class PurgeClient(MgmtCommand):
     """``purge client ACCOUNT URI``: disconnect it; it will reconnect."""
 
     arguments = [(b"account", amp.Unicode()), (b"uri", amp.Unicode())]
-    response = [(b"purged", amp.Integer()), (b"pool", amp.Unicode(optional=True))]
+    response = [
+        (b"purged", amp.Integer()),
+        (b"pool", amp.Unicode(optional=True)),
+        (b"missing", amp.Unicode(optional=True)),
+    ]
 
 
 class PurgeClients(MgmtCommand):
     """``purge clients ACCOUNT``: disconnect every client of the account."""
 
     arguments = [(b"account", amp.Unicode())]
-    response = [(b"purged", amp.Integer()), (b"pool", amp.Unicode(optional=True))]
+    response = [
+        (b"purged", amp.Integer()),
+        (b"pool", amp.Unicode(optional=True)),
+        (b"missing", amp.Unicode(optional=True)),
+    ]
 
 
 class PurgeObserved(MgmtCommand):
@@ -196,10 +212,11 @@ class CheckSlot(MgmtCommand):
 
 
 class Trace(MgmtCommand):
-    """``trace ELEMENT``: stream :class:`~cryptify.protocols.mgmt.TraceEvent` lines."""
+    """``trace ELEMENT``: stream :class:`~cryptify.protocols.mgmt.TraceEvent` lines;
+    ``missing``: the workers not traced yet (``workers N``)."""
 
     arguments = [(b"element", amp.Unicode())]
-    response = []
+    response = [(b"missing", amp.Unicode(optional=True))]
 
 
 class StatsEnable(MgmtCommand):

@@ -5,20 +5,36 @@ Two clients attached on different workers (each connection's server side
 is found in /proc, so the test knows which PID holds it) exchange messages
 both ways; a worker killed with SIGKILL is started again by the parent,
 its client attaches again and every message answered ``posted`` arrives.
+The operator sees the whole instance: ``show attach`` lists the clients of
+both workers, ``show session`` the call between them (once), one ``trace``
+the message between them, and the metrics count every worker's clients.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
+import ssl
+import subprocess
+import threading
 import time
 from typing import Any
+
+import cbor2
 
 from cryptify.crypto import mikey
 from cryptify.crypto.identity import tel_identifier
 from tests.interop._crs import CALLEE, CALLER, CrsFixture, recv, send
-from tests.interop._procs import wait_for
+from tests.interop._metrics import scrape
+from tests.interop._procs import BIN, free_port, wait_for
+from tests.interop._ws import ws_connect
+
+try:
+    from websockets.exceptions import ConnectionClosed
+except ImportError:  # pragma: no cover
+    ConnectionClosed = Exception  # type: ignore[assignment,misc]
 
 #: Connections tried before two clients land on different workers.
 ATTEMPTS = 40
@@ -59,9 +75,30 @@ class WorkersTests(CrsFixture):
 
     def crs_args(self) -> list[str]:
         path = os.path.join(self.dir, "crs-local.conf")
+        self.metrics_port = free_port()
         with open(path, "w") as f:
-            f.write("workers 2\n")
+            f.write(f"workers 2\nmetrics 127.0.0.1 {self.metrics_port}\n")
         return ["--local-config", path]
+
+    def trace(self, element: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+        """``crs-cli trace ELEMENT`` running; its lines as they come."""
+        proc = subprocess.Popen(
+            [os.path.join(BIN, "crs-cli"), "--socket", self.socket, "trace", element],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(proc.wait, 10)
+        self.addCleanup(proc.send_signal, signal.SIGINT)
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.put(line.rstrip("\n"))
+
+        threading.Thread(target=read, daemon=True).start()
+        return proc, lines
 
     def workers(self) -> dict[int, int]:
         """Worker number -> PID, from ``show system`` (running workers only)."""
@@ -181,3 +218,146 @@ class WorkersTests(CrsFixture):
             b.close()
         self.assertIn("app:crs", self.cli("show", "system")[1])
         self.assertRegex(self.cli("show", "services")[1], r"workers\s+active")
+
+    def test_operator_sees_the_whole_instance(self) -> None:
+        """With two clients on two workers: ``show attach`` lists both (the
+        format of one process), ``show session`` their call once, a trace
+        started at the parent shows the message between them as it is
+        posted on one worker and delivered on the other, and the metrics
+        count both clients."""
+        wait_for(lambda: len(self.workers()) == 2, "two workers in show system")
+        a, pid_a = self.attach_on(CALLER, None)
+        b, _ = self.attach_on(CALLEE, pid_a)
+        try:
+            status, out, err = self.cli("show", "attach")
+            self.assertEqual((status, err), (0, ""))
+            [header, *rows] = out.splitlines()
+            self.assertEqual(
+                header.split(), ["URI", "ACCOUNT", "TIME", "VERSION", "IP:PORT", "CRS"]
+            )
+            self.assertEqual([row.split()[0] for row in rows], [CALLER, CALLEE])
+            # the call between them, listed once (by the caller's worker)
+            keys = self.keys[CALLER]
+            built = mikey.build_i_message(
+                keys.signer(),
+                keys.public_key(),
+                tel_identifier(CALLEE, self.period),
+                now=time.time(),
+                idrs=mikey.tel_idrs(CALLER, CALLEE),
+            )
+            send(a, type="invite", id=21, to=CALLEE, mikey=built.data)
+            recv(a, "session")
+            invite = recv(b, "invite")
+            send(b, type="talk", session=invite["session"])
+            recv(a, "talk")
+            status, out, err = self.cli("show", "session")
+            self.assertEqual((status, err), (0, ""))
+            [header, *rows] = out.splitlines()
+            self.assertEqual(header.split(), ["CALLER", "CALLEE", "TIME", "STATE"])
+            self.assertEqual(
+                [(r.split()[0], r.split()[1], r.split()[3]) for r in rows],
+                [(CALLER, CALLEE, "talk")],
+            )
+            send(a, type="hangup", session=invite["session"], code="normal")
+            recv(b, "hangup")
+            rows = self.cli("show", "session")[1].splitlines()[1:]
+            self.assertEqual([r.split()[:2] for r in rows], [[CALLER, CALLEE]])
+            self.assertTrue(rows[0].split()[3].startswith("hangup("), rows)
+            # one trace at the parent: the message between the workers
+            proc, lines = self.trace("message")
+            seen: list[str] = []
+            for msg_id in range(22, 52):
+                # (the trace is in place once a post shows in it)
+                send(a, type="post", id=msg_id, to=CALLEE, content=b"traced")
+                posted = recv(a, "posted")["message"]
+                got = recv(b, "message")
+                send(b, type="delivered", message=got["message"])
+                recv(a, "delivered")
+                deadline = time.monotonic() + 2
+                while time.monotonic() < deadline:
+                    try:
+                        seen.append(lines.get(timeout=0.2))
+                    except queue.Empty:
+                        continue
+                    if any("delivered" in line and posted in line for line in seen):
+                        break
+                states = [line.split(", ")[4] for line in seen if posted in line]
+                if states:
+                    break
+            if proc.poll() is not None:
+                self.fail(f"the trace ended: {proc.stderr.read() if proc.stderr else ''}")
+            self.assertEqual(states, ["posted content", "delivered"], seen)
+            status, samples = scrape(self.metrics_port)
+            self.assertEqual(status, 200)
+            self.assertEqual(samples["cryptify_crs_attached_clients"], 2)
+            self.assertGreaterEqual(samples["cryptify_crs_messages_posted_total"], 1)
+            self.assertEqual(samples["cryptify_crs_query_ok{query=worker_w1}"], 1)
+        finally:
+            a.close()
+            b.close()
+
+    def test_worker_that_does_not_answer(self) -> None:
+        """A worker stopped (SIGSTOP) does not hang the operator: ``show
+        attach`` prints the other worker's client within the bound, names
+        the silent worker on standard error and exits 1; once the worker
+        runs again, the answer is whole."""
+        wait_for(lambda: len(self.workers()) == 2, "two workers in show system")
+        a, pid_a = self.attach_on(CALLER, None)
+        b, pid_b = self.attach_on(CALLEE, pid_a)
+        number = {pid: n for n, pid in self.workers().items()}[pid_b]
+        os.kill(pid_b, signal.SIGSTOP)
+        try:
+            status, out, err = self.cli("show", "attach")
+            self.assertEqual(status, 1)
+            self.assertEqual([row.split()[0] for row in out.splitlines()[1:]], [CALLER])
+            self.assertIn(f"worker {number} did not answer", err)
+        finally:
+            os.kill(pid_b, signal.SIGCONT)
+        try:
+            status, out, err = self.cli("show", "attach")
+            self.assertEqual((status, err), (0, ""))
+            self.assertEqual([row.split()[0] for row in out.splitlines()[1:]], [CALLER, CALLEE])
+        finally:
+            a.close()
+            b.close()
+
+    def test_reload_reaches_the_workers(self) -> None:
+        """SIGHUP with a new client-max-message: every worker takes it (its
+        line in crs.log), and a new connection, on whichever worker, is held
+        to it."""
+        with open(self.conf) as f:
+            text = f.read()
+        marker = f"listen 127.0.0.1 {self.client_port}"
+        self.assertIn(marker, text)
+        with open(self.conf, "w") as f:
+            f.write(text.replace(marker, f"{marker}\nclient-max-message 2048"))
+        crs = next(p for p in self.procs if p.name == "crs")
+        crs.proc.send_signal(signal.SIGHUP)
+        taken = "client limits and keep-alive rules from the parent's reload"
+        wait_for(lambda: self.crs_log().count(taken) >= 2, "both workers took the new limits")
+        for _ in range(4):
+            # (the kernel picks the worker of each connection)
+            self.assertEqual(self.big_attach(), "too-large")
+
+    def crs_log(self) -> str:
+        try:
+            with open(os.path.join(self.dir, "log", "crs.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def big_attach(self) -> object:
+        """An attach frame of 3,000 octets on a new connection: the code of
+        the CRS's error, ``too-large`` also when it closed with 1009."""
+        cafile = os.path.join(self.dir, "data", "tls", "crs.crt")
+        tls = ssl.create_default_context(cafile=cafile)
+        ws = ws_connect(f"wss://127.0.0.1:{self.client_port}/", ssl=tls, subprotocols=["umsg.1"])
+        try:
+            send(ws, type="attach", id=1, account="acme", uri=CALLER, versions=[1], app="x" * 3000)
+            try:
+                return cbor2.loads(ws.recv(timeout=30)).get("code")
+            except ConnectionClosed as closed:
+                code = closed.rcvd.code if closed.rcvd is not None else None
+                return "too-large" if code == 1009 else code
+        finally:
+            ws.close()

@@ -71,6 +71,14 @@ log = Logger(namespace="cryptify.crs.message")
 DELIVERY_WINDOW = 64
 #: Seconds before delivery that failed for want of Redis is tried again.
 DELIVERY_RETRY = 2.0
+#: With ``workers N``: a message that comes in a notice is sent from it
+#: only when it was stored this long after its recipient attached (else a
+#: read of the inbox at the attach, or on an earlier connection, may have
+#: sent it already), in ms.
+NOTICE_MARGIN_MS = 1000
+#: With ``workers N``: how many of the messages a read of the inbox sent
+#: on one connection are remembered (a notice for one of them comes late).
+DRAINED_KEPT = 64
 #: ``retry-after`` of ``error unavailable``, ms.
 UNAVAILABLE_RETRY_MS = 2000
 #: Longest ``reason`` in an answer (the codec's limit).
@@ -171,7 +179,9 @@ class Outbox:
     ``backlog``: messages may be waiting that were not sent yet (true from
     the attach until a pass over the inbox found nothing more to send);
     ``fetches``: request ids of ``fetch`` to answer ``ok`` once the backlog
-    is sent.
+    is sent; ``drained``: with ``workers N``, the last messages a pass over
+    the inbox sent (a notice for one of them comes late: it may be
+    confirmed already).
     """
 
     inflight: dict[str, None] = attrs.field(factory=dict)
@@ -180,6 +190,7 @@ class Outbox:
     again: bool = False
     fetches: list[int | None] = attrs.field(factory=list)
     retry: IDelayedCall | None = None
+    drained: dict[str, None] = attrs.field(factory=dict)
 
 
 class Messaging:
@@ -358,10 +369,18 @@ class Messaging:
         attachment = self.registry.get(uri)
         if attachment is None:
             return
-        if stored is not None:
+        box = self._outbox(attachment)
+        if (
+            stored is not None
+            and stored.id not in box.drained
+            and attachment.since * 1000 < stored.time_ms - NOTICE_MARGIN_MS
+        ):
             self._offer(attachment, stored)
             return
-        self._outbox(attachment).backlog = True
+        # A notice late for a pass over the inbox (this connection's, or an
+        # earlier one's): the message may have gone and been confirmed
+        # since; the store knows.
+        box.backlog = True
         self._pump(attachment)
 
     def fetch(self, session: AttachSession, msg: Any) -> None:
@@ -484,6 +503,10 @@ class Messaging:
                         return
                     if result is not None and result.id not in box.inflight:
                         self._send(attachment, box, result)
+                        if self.siblings is not None:
+                            box.drained[result.id] = None
+                            if len(box.drained) > DRAINED_KEPT:
+                                del box.drained[next(iter(box.drained))]
                 if len(ids) < want:
                     # the whole inbox was read: what is out and no longer
                     # waiting was confirmed (or expired)

@@ -13,6 +13,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from cryptify import __version__
@@ -118,6 +119,9 @@ class CrsAdmin(PeerCommands):
             report = await self._pool(Kind.ACCOUNT_DELETE, {"account": account})
             return {"disconnected": count, "pool": report.text()}
         gone = self.registry.disconnect(self.registry.matching(account=account), "account deleted")
+        if self.state.fanout is not None:
+            theirs, _ = await self.state.fanout.disconnect(account, None, "account deleted")
+            gone += theirs
         if self.state.objects is not None:
             await self.state.objects.purge_account(account)
             await self.state.objects.purge_observed(account)
@@ -212,14 +216,32 @@ class CrsAdmin(PeerCommands):
 
     # -- blacklist and purge ---------------------------------------------------
 
-    def _enforce_blacklists(self) -> int:
+    def _enforce_blacklists(self, workers: bool = True) -> int:
+        """Disconnect the blacklisted clients attached here (and, with
+        ``workers N``, those of the workers, afterwards); how many here."""
         period = period_of(self.state.clock())
         listed = []
         for attachment in self.registry.matching():
             account = self.state.accounts.get(attachment.account)
             if account is not None and account.blacklisted(attachment.uri, period):
                 listed.append(attachment)
+        if workers and self.state.fanout is not None:
+            later = defer.ensureDeferred(self._enforce_in_workers())
+            later.addErrback(lambda f: log.failure("blacklists not applied in the workers", f))
         return int(self.registry.disconnect(listed, "blacklisted"))
+
+    async def _enforce_in_workers(self) -> int:
+        """Disconnect the blacklisted clients of the workers; how many."""
+        fanout = self.state.fanout
+        if fanout is None:
+            return 0
+        period = period_of(self.state.clock())
+        closed = 0
+        for uri, account_id in await fanout.clients():
+            account = self.state.accounts.get(account_id)
+            if account is not None and account.blacklisted(uri, period):
+                closed += (await fanout.disconnect(account_id, uri, "blacklisted"))[0]
+        return closed
 
     @crs_admin.AddBlacklist.responder
     @deferred
@@ -240,7 +262,8 @@ class CrsAdmin(PeerCommands):
         except (AccountError, OSError) as exc:
             raise failing(exc) from exc
         log.info("{uri} blacklisted in {account}", uri=uri, account=account)
-        return {"disconnected": self._enforce_blacklists()}
+        here = self._enforce_blacklists(workers=False)
+        return {"disconnected": here + await self._enforce_in_workers()}
 
     @crs_admin.RemoveBlacklist.responder
     @deferred
@@ -272,6 +295,10 @@ class CrsAdmin(PeerCommands):
     async def _purge(self, account: str, uri: str | None) -> dict[str, object]:
         matches = self.registry.matching(account=account, uri=uri)
         here = self.registry.disconnect(matches, "purged")
+        if self.state.fanout is not None:
+            # with workers N the clients are theirs
+            purged, missing = await self.state.fanout.purge(account, uri)
+            return _with_missing({"purged": here + purged}, missing)
         if self.state.changes is None:
             return {"purged": here}
         total, report = await self.state.changes.purge(account, uri, here)
@@ -302,13 +329,24 @@ class CrsAdmin(PeerCommands):
     # -- views -----------------------------------------------------------------
 
     @crs_admin.ShowAttach.responder
-    def show_attach(self) -> dict[str, object]:
-        return {"table": table(ATTACH_COLUMNS, self.registry.rows())}
+    @deferred
+    async def show_attach(self) -> dict[str, object]:
+        rows = self.registry.rows()
+        if self.state.fanout is None:
+            return {"table": table(ATTACH_COLUMNS, rows)}
+        theirs, missing = await self.state.fanout.attach_rows()
+        merged = sorted(rows + theirs, key=lambda row: row[0])
+        return _with_missing({"table": table(ATTACH_COLUMNS, merged)}, missing)
 
     @crs_admin.ShowSession.responder
-    def show_session(self) -> dict[str, object]:
+    @deferred
+    async def show_session(self) -> dict[str, object]:
         rows = self.state.sessions.rows() if self.state.sessions is not None else []
-        return {"table": table(SESSION_COLUMNS, rows)}
+        if self.state.fanout is None:
+            return {"table": table(SESSION_COLUMNS, rows)}
+        # the calls are the workers' (the parent's own table stays empty)
+        theirs, missing = await self.state.fanout.session_rows()
+        return _with_missing({"table": table(SESSION_COLUMNS, rows + theirs)}, missing)
 
     @crs_admin.ShowMessage.responder
     @deferred
@@ -476,7 +514,8 @@ class CrsAdmin(PeerCommands):
     # -- traces ----------------------------------------------------------------
 
     @crs_admin.Trace.responder
-    def trace(self, element: str) -> dict[str, object]:
+    @deferred
+    async def trace(self, element: str) -> dict[str, object]:
         if element not in ELEMENTS:
             raise CommandFailed(f"unknown trace element {element!r}: one of {', '.join(ELEMENTS)}")
         proto = self.proto
@@ -485,4 +524,20 @@ class CrsAdmin(PeerCommands):
         unsubscribe = self.state.trace.subscribe(element, proto.push_trace)
         proto.on_lost.append(unsubscribe)
         log.info("trace {element} started", element=element)
-        return {}
+        if self.state.fanout is None:
+            return {}
+        # with workers N: the workers' lines too, in the same stream
+        stop, missing = await self.state.fanout.trace(element, proto.push_trace)
+        if proto.transport is None:
+            # the operator went away meanwhile (AMP forgets its transport)
+            stop()
+        else:
+            proto.on_lost.append(stop)
+        return _with_missing({}, missing)
+
+
+def _with_missing(answer: dict[str, object], missing: str | None) -> dict[str, object]:
+    """``answer`` with the workers that did not answer, when some did not."""
+    if missing is not None:
+        answer["missing"] = missing
+    return answer

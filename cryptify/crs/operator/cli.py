@@ -13,7 +13,7 @@ import base64
 import functools
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
 from twisted.protocols import amp
@@ -81,7 +81,12 @@ def manual_page() -> Page:
         options=arguments(parser),
         exit_status=(
             ("0", "done"),
-            ("1", "the CRS answered with an error, cannot be reached, or a file cannot be read"),
+            (
+                "1",
+                "the CRS answered with an error, cannot be reached, or a file cannot be read; "
+                "or, with workers N, a worker did not answer (named on standard error: the "
+                "answer printed lacks its part)",
+            ),
             ("2", "bad arguments"),
         ),
         environment=(Arg("CRS_CLI_SOCKET", "the management socket, when --socket is not given"),),
@@ -158,7 +163,9 @@ def remote_action(
                 "iw-crs": (crs_admin.ShowIwCrs, {}),
             }
             command, kwargs = commands[str(element)]
-            return write_table(out, await client.call(command, **kwargs))
+            answer = await client.call(command, **kwargs)
+            write_table(out, answer)
+            return missing(answer, err)
         if element == "iw-crs":
             return await iw_crs(client, args, out)
         if action in ("add", "delete") and element and element.startswith("admin"):
@@ -242,7 +249,7 @@ def remote_action(
                 answer = await client.call(crs_admin.PurgeObserved, account=args.account)
             out.write(f"{answer['purged']} purged\n")
             pool_line(out, answer)
-            return EXIT_OK
+            return missing(answer, err)
         if action == "check":
             answer = await client.call(crs_admin.CheckSlot, uri=args.uri)
             out.write(f"{args.uri} slot {answer['slot']} ({answer['owner']})\n")
@@ -268,7 +275,8 @@ def remote_action(
             pool_line(out, answer)
             return EXIT_OK
         if action == "trace":
-            await client.call(crs_admin.Trace, element=element)
+            # a worker not traced yet is said, and the trace goes on
+            missing(await client.call(crs_admin.Trace, element=element), err)
             await client.lost
             if interrupted():
                 return EXIT_OK
@@ -277,6 +285,16 @@ def remote_action(
         raise AssertionError(action)
 
     return run
+
+
+def missing(answer: Mapping[str, object], err: IO[str]) -> int:
+    """With ``workers N``: say which workers did not answer (the answer
+    is then not the whole instance's): 1, else 0."""
+    text = answer.get("missing")
+    if not text:
+        return EXIT_OK
+    err.write(f"{PROG}: {text}\n")
+    return EXIT_FAILED
 
 
 def print_help(words: Sequence[str], out: IO[str], err: IO[str]) -> int:

@@ -9,6 +9,7 @@ from typing import Protocol
 import attrs
 from twisted.protocols import amp
 
+from cryptify.config.crs_model import CrsGlobal
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.calls.core import SessionTable
@@ -80,6 +81,34 @@ class Waker(Protocol):
         """Wake ``uri`` through the push token it left; what happened."""
 
 
+class WorkerFanout(Protocol):
+    """What the commands about clients need, with ``workers N``, of the
+    workers that serve them (:class:`cryptify.crs.workers.fanout.WorkerViews`):
+    each answer comes with which workers did not answer (None: all did)."""
+
+    async def attach_rows(self) -> tuple[list[list[str]], str | None]:
+        """Every worker's ``show attach`` rows, by URI."""
+
+    async def session_rows(self) -> tuple[list[list[str]], str | None]:
+        """Every worker's ``show session`` rows, in one process's order."""
+
+    async def purge(self, account: str, uri: str | None) -> tuple[int, str | None]:
+        """Disconnect the matching clients of every worker; how many."""
+
+    async def disconnect(
+        self, account: str, uri: str | None, reason: str
+    ) -> tuple[int, str | None]:
+        """The same, telling the clients ``reason``."""
+
+    async def clients(self) -> list[tuple[str, str]]:
+        """(URI, account) of every client attached to a worker."""
+
+    async def trace(
+        self, element: str, push: Callable[[str], None]
+    ) -> tuple[Callable[[], None], str | None]:
+        """Send every worker's ``element`` lines to ``push``; the stop."""
+
+
 class IwView(Protocol):
     """What ``show iw-crs`` needs of :class:`cryptify.crs.interwork.link.IwLink`."""
 
@@ -145,6 +174,13 @@ class CrsState:
     #: With ``workers N``: (index, PID or None) of each worker process,
     #: which serve the clients (this process only manages them).
     workers: Callable[[], list[tuple[int, int | None]]] | None = None
+    #: With ``workers N``: the workers asked for ``show attach``, ``show
+    #: session``, ``purge client(s)`` and ``trace``, and told to close the
+    #: connections of clients deleted or blacklisted (docs/workers.md).
+    fanout: WorkerFanout | None = None
+    #: With ``workers N``: gives the workers what a reload changed in the
+    #: client rules (``client-max-*``, ``keep-alive``; crs.conf's GLOBAL).
+    worker_rules: Callable[[CrsGlobal], object] | None = None
 
     def services(self) -> list[tuple[str, str]]:
         """(service, active|inactive) for every service, in order."""
