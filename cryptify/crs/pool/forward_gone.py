@@ -1,0 +1,160 @@
+"""``msg-gone`` for :class:`~cryptify.crs.pool.forward.Forwarder`: two
+copies of one message ID, and the one not confirmed dropped
+(``docs/pool.md``, "Two copies of one ID").
+
+- **Telling.** When a recipient confirms a message here whose origin (a
+  member that may hold a twin) is known, that member is told
+  ``msg-gone``; the message stays *pending* (:class:`GoneOutbox`, durable)
+  and is sent again until the member answers ``msg-gone-ok``.
+- **Told.** A member told drops its copy (as if delivered, not counted),
+  passes the news on to the member it handed its copy to (the follow map)
+  and to the origin it knows, if that is another member (each of those a
+  pending ``msg-gone`` of its own, stored before the answer), forgets the
+  entries, and only then answers ``msg-gone-ok``.  Told again (its answer
+  lost), it finds nothing left to do and answers again.  A store out of
+  reach leaves it unanswered: the teller sends it again.
+- Between the members of one pool every member told acts on any copy it
+  has that an origin or a follow entry names; an inter-working peer (another
+  operator's CRS, :attr:`GoneMixin.shares_known` false) only on a copy
+  whose origin is that peer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from cryptify.crs.messages.store import MessageStore, Posted
+from cryptify.crs.pool.forward_core import (
+    GONE,
+    GONE_OK,
+    GoneNote,
+    decode_gone,
+    decode_gone_ok,
+    encode_gone,
+    encode_gone_ok,
+)
+from cryptify.crs.pool.gone import GoneOutbox
+from cryptify.crs.pool.origins import Gone, OriginMap
+from cryptify.protocols.umsg import base_uri
+
+if TYPE_CHECKING:
+    from cryptify.crs.pool.forward import PoolRoutes, _Pending
+
+log = Logger(namespace="cryptify.crs.pool")
+
+
+class GoneMixin:
+    """The ``msg-gone`` half of the forwarder (the state lives there)."""
+
+    link: PoolRoutes
+    store: MessageStore
+    reactor: IReactorTime
+    counters: dict[str, int]
+    shares_known: bool
+    _origins: OriginMap
+    _gones: GoneOutbox
+    _pending: dict[int, _Pending]
+
+    if TYPE_CHECKING:
+
+        def _take(self, n: int, peer: str) -> _Pending | None: ...
+
+    def _install_gone(self) -> None:
+        self.link.handle(GONE, self._on_gone)
+        self.link.handle(GONE_OK, self._on_gone_ok)
+
+    # -- telling -----------------------------------------------------------
+
+    def settled(self, recipient: str, message_id: str) -> None:
+        """Confirmed here: a member that may hold a twin drops it."""
+        defer.ensureDeferred(self._settle(recipient, message_id)).addErrback(
+            lambda f: log.warn(
+                "origin of message {id} not found: {why}", id=message_id, why=f.getErrorMessage()
+            )
+        )
+
+    async def _settle(self, recipient: str, message_id: str) -> None:
+        followed = await self._origins.followed(message_id)
+        origin = await self._origins.peek(message_id)
+        tell = set(followed) if followed is not None else set()
+        if origin is not None:
+            tell.add(origin)
+        for other in sorted(tell - {self.link.me}):
+            await self._tell(other, message_id, recipient)
+        if followed is not None:
+            await self._origins.unfollow(message_id)
+        if origin is not None:
+            await self._origins.forget(message_id)
+
+    async def _tell(self, peer: str, message_id: str, recipient: str) -> None:
+        """Send ``peer`` a ``msg-gone``, kept until it answers."""
+        gone = await self._gones.add(peer, message_id, recipient, self.reactor.seconds())
+        self._send_gone(gone)
+
+    def _send_gone(self, gone: Gone) -> None:
+        if self.link.link_up(gone.peer):
+            self.link.send(gone.peer, GONE, encode_gone(gone.id, gone.recipient))
+
+    def _resend_gones(self, peer: str | None = None) -> None:
+        """Send again the ``msg-gone`` due now (or all of ``peer``'s: its
+        link just came up)."""
+        now = self.reactor.seconds()
+        for gone in self._gones.due(now) if peer is None else self._gones.for_peer(peer, now):
+            self._send_gone(gone)
+
+    def _on_gone_ok(self, peer: str, fields: dict[str, object]) -> None:
+        self._gones.acknowledged(peer, decode_gone_ok(fields))
+
+    # -- told --------------------------------------------------------------
+
+    def _on_gone(self, peer: str, fields: dict[str, object]) -> None:
+        """``peer`` confirmed a message: a twin kept here is dropped, not
+        delivered a second time; one handed on is followed."""
+        note = decode_gone(fields)
+        for n, pending in list(self._pending.items()):
+            if pending.peer == peer and pending.message_id == note.id:
+                # a forward still waiting: the peer obviously stored it
+                self._take(n, peer)
+                pending.answer.callback(Posted(note.id, duplicate=False))
+        defer.ensureDeferred(self._told(peer, note)).addErrback(
+            lambda f: log.warn(
+                "msg-gone of message {id} from {peer} not done yet (it comes again): {why}",
+                id=note.id,
+                peer=peer,
+                why=f.getErrorMessage(),
+            )
+        )
+
+    async def _told(self, peer: str, note: GoneNote) -> None:
+        trusted = self.shares_known  # between members of one pool
+        followed = await self._origins.followed(note.id)
+        origin = await self._origins.peek(note.id)
+        if followed is not None and not trusted and followed[0] != peer:
+            followed = None
+        if origin is not None and not trusted and origin != peer:
+            origin = None
+        if origin is not None or followed is not None:
+            dropped = await self.store.delivered(base_uri(note.recipient), note.id)
+            if dropped is not None:
+                self.counters["gone"] += 1
+                log.debug(
+                    "message {id} kept here was delivered by {peer}: dropped",
+                    id=note.id,
+                    peer=peer,
+                )
+        tell = set(followed) if followed is not None else set()
+        if origin is not None:
+            tell.add(origin)
+        for other in sorted(tell - {peer, self.link.me}):
+            # the copy kept here went on (followed), or a third member may
+            # hold a twin too: each is told, until it answers
+            await self._tell(other, note.id, note.recipient)
+        if followed is not None:
+            await self._origins.unfollow(note.id)
+        if origin is not None:
+            await self._origins.forget(note.id)
+        self.link.send(peer, GONE_OK, encode_gone_ok(note.id))
