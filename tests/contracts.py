@@ -254,15 +254,21 @@ class OriginStoreContract:
     async def _follow(self) -> None:
         t: Any = self
         t.assertIsNone(await self.origins.peek_follow("m1"))
+        t.assertEqual(await self.origins.find("m1"), (None, None))
         await self.origins.save_follow("m1", "crs2", "crs3")
         t.assertEqual(await self.origins.peek_follow("m1"), ("crs2", "crs3"))
         t.assertIsNone(await self.origins.peek("m1"))  # not an origin
+        t.assertEqual(await self.origins.find("m1"), (None, ("crs2", "crs3")))
+        await self.origins.save("m1", "crs4")
+        t.assertEqual(await self.origins.find("m1"), ("crs4", ("crs2", "crs3")))
+        await self.origins.take("m1")
         await self.origins.forget_follow("m1")
         t.assertIsNone(await self.origins.peek_follow("m1"))
         await self.origins.forget_follow("m1")
 
     def test_follow(self) -> Any:
-        """A follow entry (origin, holder) is kept per ID until forgotten."""
+        """A follow entry (origin, holder) is kept per ID until forgotten;
+        ``find`` answers the origin and the follow entry at once."""
         return self.drive(self._follow())
 
     async def _pending_gones(self) -> None:

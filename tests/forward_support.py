@@ -210,6 +210,10 @@ class NodeOrigins(MemoryOrigins):
         self.store._reachable()
         await super().forget_follow(message_id)
 
+    async def find(self, message_id: str) -> tuple[str | None, tuple[str, str] | None]:
+        self.store._reachable()
+        return await super().find(message_id)
+
     async def add_gone(self, gone: Gone) -> None:
         self.store._reachable()
         await super().add_gone(gone)

@@ -45,10 +45,11 @@ message.
 Two copies of one ID (a forward that timed out although the owner had
 stored it): each side remembers the other member that may hold a copy,
 and the one whose recipient confirms it first tells the other
-(``msg-gone``), which drops its copy.  A copy handed on to a third
-member (the slot moved) is followed: the ``msg-gone`` for it is passed
-on to the member that took it, which remembers where a handed copy came
-from as it does for a forwarded one.  Known URIs are pool-wide: a URI
+(``msg-gone``, sent again until acknowledged, :mod:`~cryptify.crs.pool.forward_gone`),
+which drops its copy.  A copy handed on to a third member (the slot
+moved) is followed (durably): the ``msg-gone`` for it is passed on to
+the member that took it, which remembers where a handed copy came from
+as it does for a forwarded one.  Known URIs are pool-wide: a URI
 that attaches here first is sent to every live peer (``msg-known``), and
 the whole set when a peer's link comes up and every :data:`KNOWN_RESYNC`,
 so a member that takes over a dead member's slots takes posts for its

@@ -78,8 +78,7 @@ class GoneMixin:
         )
 
     async def _settle(self, recipient: str, message_id: str) -> None:
-        followed = await self._origins.followed(message_id)
-        origin = await self._origins.peek(message_id)
+        origin, followed = await self._origins.lookup(message_id)
         tell = set(followed) if followed is not None else set()
         if origin is not None:
             tell.add(origin)
@@ -131,8 +130,7 @@ class GoneMixin:
 
     async def _told(self, peer: str, note: GoneNote) -> None:
         trusted = self.shares_known  # between members of one pool
-        followed = await self._origins.followed(note.id)
-        origin = await self._origins.peek(note.id)
+        origin, followed = await self._origins.lookup(note.id)
         if followed is not None and not trusted and followed[0] != peer:
             followed = None
         if origin is not None and not trusted and origin != peer:

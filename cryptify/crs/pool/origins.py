@@ -91,6 +91,9 @@ class OriginStore(Protocol):
     async def forget_follow(self, message_id: str) -> None:
         """Forget the follow entry of ``message_id``."""
 
+    async def find(self, message_id: str) -> tuple[str | None, tuple[str, str] | None]:
+        """The origin and the follow entry of ``message_id`` at once."""
+
     async def add_gone(self, gone: Gone) -> None:
         """Keep ``gone`` until :meth:`remove_gone`."""
 
@@ -131,12 +134,15 @@ class RedisOrigins:
         await self.store().client.set(key, f"{origin} {holder}", expire=self.expire_after)
 
     async def peek_follow(self, message_id: str) -> tuple[str, str] | None:
-        found = await self.store().client.get(FOLLOW_KEY.format(message_id))
-        parts = str(found).split(" ") if found is not None else []
-        return (parts[0], parts[1]) if len(parts) == 2 else None
+        return _follow_entry(await self.store().client.get(FOLLOW_KEY.format(message_id)))
 
     async def forget_follow(self, message_id: str) -> None:
         await self.store().client.delete(FOLLOW_KEY.format(message_id))
+
+    async def find(self, message_id: str) -> tuple[str | None, tuple[str, str] | None]:
+        keys = [ORIGIN_KEY.format(message_id), FOLLOW_KEY.format(message_id)]
+        origin, follow = await self.store().client.mget(keys)
+        return (None if origin is None else str(origin)), _follow_entry(follow)
 
     async def add_gone(self, gone: Gone) -> None:
         await self.store().client.zadd(GONE_KEY, int(gone.until), gone.member())
@@ -178,6 +184,9 @@ class MemoryOrigins:
 
     async def forget_follow(self, message_id: str) -> None:
         self.follows.pop(message_id, None)
+
+    async def find(self, message_id: str) -> tuple[str | None, tuple[str, str] | None]:
+        return await self.peek(message_id), await self.peek_follow(message_id)
 
     async def add_gone(self, gone: Gone) -> None:
         self.gones[gone.member()] = gone
@@ -282,12 +291,13 @@ class OriginMap:
 
         return defer.ensureDeferred(move())
 
-    def followed(self, message_id: str) -> Deferred[tuple[str, str] | None]:
-        """(origin, holder) of a copy of ``message_id`` handed on, or None."""
-        known = self._follows.get(message_id)
-        if known is not None or self.durable is None:
-            return defer.succeed(known)
-        return defer.ensureDeferred(self.durable.peek_follow(message_id))
+    def lookup(self, message_id: str) -> Deferred[tuple[str | None, tuple[str, str] | None]]:
+        """The origin and the follow entry of ``message_id``: from memory
+        when it has either, else from the store in one round trip."""
+        origin, followed = self._memory.get(message_id), self._follows.get(message_id)
+        if origin is not None or followed is not None or self.durable is None:
+            return defer.succeed((origin, followed))
+        return defer.ensureDeferred(self.durable.find(message_id))
 
     def unfollow(self, message_id: str) -> Deferred[None]:
         self._follows.pop(message_id, None)
@@ -303,6 +313,11 @@ class OriginMap:
                 why=f.getErrorMessage(),
             )
         )
+
+
+def _follow_entry(found: object) -> tuple[str, str] | None:
+    parts = str(found).split(" ") if found is not None else []
+    return (parts[0], parts[1]) if len(parts) == 2 else None
 
 
 def _bounded(entries: OrderedDict[str, Any], key: str, value: Any) -> None:
