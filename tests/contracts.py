@@ -277,15 +277,27 @@ class OriginStoreContract:
         first = Gone("crs2", "m1", "tel:+200", 2000.0)
         second = Gone("crs3", "m2", "tel:+201;5", 3000.0)
         old = Gone("crs2", "m0", "tel:+200", 1500.0)
-        for gone in (first, second, old, first):
-            await self.origins.add_gone(gone)
+        await self.origins.save("m1", "crs2")
+        await self.origins.save_follow("m1", "crs3", "crs4")
+        await self.origins.save("m2", "crs3")
+        await self.origins.add_gones([first, old], "m1", True, False)
+        t.assertEqual(await self.origins.find("m1"), (None, ("crs3", "crs4")))
+        await self.origins.add_gones([second, first], "m1", False, True)
+        t.assertEqual(await self.origins.find("m1"), (None, None))
+        t.assertEqual(await self.origins.peek("m2"), "crs3")  # another ID's, kept
+        await self.origins.add_gones([], "m2", True, True)
+        t.assertIsNone(await self.origins.peek("m2"))
         t.assertEqual(await self.origins.pending_gones(1000.0), [old, first, second])
-        await self.origins.remove_gone(first)
-        await self.origins.remove_gone(first)
+        await self.origins.remove_gones([first])
+        await self.origins.remove_gones([first])
+        await self.origins.remove_gones([])
         t.assertEqual(await self.origins.pending_gones(1600.0), [second])
         t.assertEqual(await self.origins.pending_gones(1000.0), [second])  # m0 expired, gone
+        await self.origins.remove_gones([second, old])
+        t.assertEqual(await self.origins.pending_gones(1000.0), [])
 
     def test_pending_gones(self) -> Any:
         """Pending msg-gone are kept once each until removed, listed by
-        expiry, and forgotten once expired."""
+        expiry, and forgotten once expired; adding them forgets the
+        message's origin and follow entry when asked, in the same step."""
         return self.drive(self._pending_gones())

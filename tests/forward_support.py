@@ -214,13 +214,15 @@ class NodeOrigins(MemoryOrigins):
         self.store._reachable()
         return await super().find(message_id)
 
-    async def add_gone(self, gone: Gone) -> None:
+    async def add_gones(
+        self, gones: list[Gone], message_id: str, origin: bool, follow: bool
+    ) -> None:
         self.store._reachable()
-        await super().add_gone(gone)
+        await super().add_gones(gones, message_id, origin, follow)
 
-    async def remove_gone(self, gone: Gone) -> None:
+    async def remove_gones(self, gones: list[Gone]) -> None:
         self.store._reachable()
-        await super().remove_gone(gone)
+        await super().remove_gones(gones)
 
     async def pending_gones(self, now: float) -> list[Gone]:
         self.store._reachable()

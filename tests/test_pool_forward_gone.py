@@ -80,6 +80,8 @@ class GoneTests(SynchronousTestCase):
         self.assertEqual(self.a.store.messages, {})
         self.assertEqual(self.a.forwarder.counters["gone"], 1)
         self.assertEqual(len(self.b.forwarder._gones), 0)
+        self.assertEqual(len(self.b.origins.gones), 1)  # removed at the next tick
+        self.clock.advance(SWEEP_INTERVAL)
         self.assertEqual(self.b.origins.gones, {})
         self.assertEqual((self.a.origins.entries, self.b.origins.entries), ({}, {}))
 
@@ -110,6 +112,8 @@ class GoneTests(SynchronousTestCase):
         self.net.deliver()
         self.assertEqual(self.a.store.messages, {})
         self.assertEqual(self.a.forwarder.counters["gone"], 1)
+        self.assertEqual(len(self.b.origins.gones), 1)  # removed at the next tick
+        self.clock.advance(SWEEP_INTERVAL)
         self.assertEqual(self.b.origins.gones, {})
 
     def test_told_while_its_store_is_out_of_reach(self) -> None:
@@ -221,10 +225,12 @@ class OutboxTests(SynchronousTestCase):
         class Down(MemoryOrigins):
             down = True
 
-            async def add_gone(self, gone: Gone) -> None:
+            async def add_gones(
+                self, gones: list[Gone], message_id: str, origin: bool, follow: bool
+            ) -> None:
                 if self.down:
                     raise ConnectionError("redis_low: not connected")
-                await super().add_gone(gone)
+                await super().add_gones(gones, message_id, origin, follow)
 
             async def pending_gones(self, now: float) -> list[Gone]:
                 if self.down:
@@ -233,7 +239,7 @@ class OutboxTests(SynchronousTestCase):
 
         store = Down()
         outbox = GoneOutbox(store)
-        gone = self.successResultOf(outbox.add("crs2", "m1", U, NOW))
+        [gone] = self.successResultOf(outbox.add(["crs2"], "m1", U, NOW))
         self.assertEqual(len(outbox), 1)
         self.assertEqual(store.gones, {})
         self.assertFalse(outbox.loaded)

@@ -79,20 +79,35 @@ class GoneMixin:
 
     async def _settle(self, recipient: str, message_id: str) -> None:
         origin, followed = await self._origins.lookup(message_id)
+        if origin is None and followed is None:
+            return  # the usual case: no member may hold a twin
         tell = set(followed) if followed is not None else set()
         if origin is not None:
             tell.add(origin)
-        for other in sorted(tell - {self.link.me}):
-            await self._tell(other, message_id, recipient)
-        if followed is not None:
-            await self._origins.unfollow(message_id)
-        if origin is not None:
-            await self._origins.forget(message_id)
+        await self._tell(sorted(tell - {self.link.me}), message_id, recipient, origin, followed)
 
-    async def _tell(self, peer: str, message_id: str, recipient: str) -> None:
-        """Send ``peer`` a ``msg-gone``, kept until it answers."""
-        gone = await self._gones.add(peer, message_id, recipient, self.reactor.seconds())
-        self._send_gone(gone)
+    async def _tell(
+        self,
+        peers: list[str],
+        message_id: str,
+        recipient: str,
+        origin: str | None,
+        followed: tuple[str, str] | None,
+    ) -> None:
+        """Send each of ``peers`` a ``msg-gone``, kept until it answers;
+        the origin and follow entry it replaces are forgotten in the same
+        step."""
+        gones = await self._gones.add(
+            peers,
+            message_id,
+            recipient,
+            self.reactor.seconds(),
+            origin=origin is not None,
+            follow=followed is not None,
+        )
+        self._origins.forgotten(message_id)
+        for gone in gones:
+            self._send_gone(gone)
 
     def _send_gone(self, gone: Gone) -> None:
         if self.link.link_up(gone.peer):
@@ -144,15 +159,11 @@ class GoneMixin:
                     id=note.id,
                     peer=peer,
                 )
-        tell = set(followed) if followed is not None else set()
-        if origin is not None:
-            tell.add(origin)
-        for other in sorted(tell - {peer, self.link.me}):
             # the copy kept here went on (followed), or a third member may
             # hold a twin too: each is told, until it answers
-            await self._tell(other, note.id, note.recipient)
-        if followed is not None:
-            await self._origins.unfollow(note.id)
-        if origin is not None:
-            await self._origins.forget(note.id)
+            tell = set(followed) if followed is not None else set()
+            if origin is not None:
+                tell.add(origin)
+            others = sorted(tell - {peer, self.link.me})
+            await self._tell(others, note.id, note.recipient, origin, followed)
         self.link.send(peer, GONE_OK, encode_gone_ok(note.id))

@@ -37,6 +37,8 @@ log = Logger(namespace="cryptify.crs.pool")
 RESEND_FIRST = 4.0
 #: The longest wait between two sends of one ``msg-gone``.
 RESEND_MOST = 120.0
+#: Acknowledged ``msg-gone`` removed from the store in one command at most.
+MAX_REMOVE = 1000
 #: ``msg-gone`` pending in memory at most (the oldest are forgotten
 #: first, with a log line; with a store they are read back at the next start).
 MAX_PENDING = MAX_ORIGINS
@@ -61,8 +63,9 @@ class GoneOutbox:
         #: at every :meth:`due` until it was).
         self.loaded = durable is None
         self._loading = False
-        #: Acknowledged, but still in the store (it was out of reach).
+        #: Acknowledged (or expired), not yet removed from the store.
         self._stale: set[Gone] = set()
+        self._removing = False
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -71,32 +74,45 @@ class GoneOutbox:
         """Whether a ``msg-gone`` for ``message_id`` waits for its answer."""
         return any(key[1] == message_id for key in self._entries)
 
-    def add(self, peer: str, message_id: str, recipient: str, now: float) -> Deferred[Gone]:
-        """Keep a ``msg-gone`` for ``peer``; fires with it once stored (a
-        store out of reach is logged: kept in memory only)."""
-        gone = Gone(peer, message_id, recipient, now + self.expire_after)
-        self._keep(gone, now + RESEND_FIRST)
-        if self.durable is None:
-            return defer.succeed(gone)
+    def add(
+        self,
+        peers: list[str],
+        message_id: str,
+        recipient: str,
+        now: float,
+        origin: bool = False,
+        follow: bool = False,
+    ) -> Deferred[list[Gone]]:
+        """Keep a ``msg-gone`` for each of ``peers`` and, in the same step
+        in the store, forget ``message_id``'s origin (``origin``) and
+        follow entry (``follow``); fires with them once stored (a store out
+        of reach is logged: they are kept in memory only)."""
+        gones = [Gone(peer, message_id, recipient, now + self.expire_after) for peer in peers]
+        for gone in gones:
+            self._keep(gone, now + RESEND_FIRST)
+        if self.durable is None or not (gones or origin or follow):
+            return defer.succeed(gones)
 
-        def not_kept(failure: Failure) -> Gone:
+        def not_kept(failure: Failure) -> list[Gone]:
             log.warn(
-                "msg-gone of message {id} for {peer} not kept durably: {why}",
+                "msg-gone of message {id} for {peers} not kept durably: {why}",
                 id=message_id,
-                peer=peer,
+                peers=",".join(peers) or "-",
                 why=failure.getErrorMessage(),
             )
-            return gone
+            return gones
 
-        return defer.ensureDeferred(self.durable.add_gone(gone)).addCallbacks(
-            lambda _: gone, not_kept
-        )
+        work = self.durable.add_gones(gones, message_id, origin, follow)
+        return defer.ensureDeferred(work).addCallbacks(lambda _: gones, not_kept)
 
     def acknowledged(self, peer: str, message_id: str) -> None:
-        """``peer`` did what the ``msg-gone`` asked: forget it."""
+        """``peer`` did what the ``msg-gone`` asked: forget it (in the
+        store with the others acknowledged meanwhile, at the next
+        :meth:`due`: one that is read back after a restart meanwhile is
+        sent again and answered again)."""
         entry = self._entries.pop((peer, message_id), None)
         if entry is not None and self.durable is not None:
-            self._forget(entry.gone)
+            self._stale.add(entry.gone)
 
     def for_peer(self, peer: str, now: float) -> list[Gone]:
         """Every pending ``msg-gone`` for ``peer`` (its link just came up),
@@ -118,18 +134,17 @@ class GoneOutbox:
         """The pending ``msg-gone`` to send again now (each waits twice as
         long before the next time); those expired are forgotten."""
         self.load(now)
-        for gone in list(self._stale):
-            self._forget(gone)
         found = []
         for key, entry in list(self._entries.items()):
             if entry.gone.until < now:
                 del self._entries[key]
                 if self.durable is not None:
-                    self._forget(entry.gone)
+                    self._stale.add(entry.gone)
             elif entry.due <= now:
                 entry.wait = min(entry.wait * 2, RESEND_MOST)
                 entry.due = now + entry.wait
                 found.append(entry.gone)
+        self._forget()
         return found
 
     def _keep(self, gone: Gone, due: float) -> None:
@@ -146,24 +161,30 @@ class GoneOutbox:
                 peer=oldest.gone.peer,
             )
 
-    def _forget(self, gone: Gone) -> None:
-        """Remove ``gone`` from the store (again at every :meth:`due` while
-        the store is out of reach)."""
-        assert self.durable is not None
+    def _forget(self) -> None:
+        """Remove what was acknowledged from the store, in one step (again
+        at the next :meth:`due` while the store is out of reach)."""
+        if not self._stale or self.durable is None or self._removing:
+            return
+        batch = list(self._stale)[:MAX_REMOVE]
+        self._removing = True
 
         def removed(_: object) -> None:
-            self._stale.discard(gone)
+            self._stale.difference_update(batch)
 
         def not_removed(failure: Failure) -> None:
-            if gone not in self._stale:
-                log.debug(
-                    "acknowledged msg-gone of {id} still stored: {why}",
-                    id=gone.id,
-                    why=failure.getErrorMessage(),
-                )
-            self._stale.add(gone)
+            log.debug(
+                "{count} acknowledged msg-gone still stored: {why}",
+                count=len(batch),
+                why=failure.getErrorMessage(),
+            )
 
-        defer.ensureDeferred(self.durable.remove_gone(gone)).addCallbacks(removed, not_removed)
+        def done(_: object) -> None:
+            self._removing = False
+
+        defer.ensureDeferred(self.durable.remove_gones(batch)).addCallbacks(
+            removed, not_removed
+        ).addBoth(done)
 
     def _load(self, now: float) -> None:
         assert self.durable is not None

@@ -43,6 +43,13 @@ ORIGIN_KEY = "pool-origin:{}"
 FOLLOW_KEY = "pool-follow:{}"
 #: The ``redis_low`` sorted set of the ``msg-gone`` not acknowledged yet.
 GONE_KEY = "pool-gone"
+#: Adds pending ``msg-gone`` (ARGV: score, member, ...) to KEYS[1] and
+#: deletes the other KEYS (an origin, a follow entry): one round trip.
+_ADD_GONES = """
+for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 1, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 0
+"""
 
 
 @attrs.frozen
@@ -94,11 +101,15 @@ class OriginStore(Protocol):
     async def find(self, message_id: str) -> tuple[str | None, tuple[str, str] | None]:
         """The origin and the follow entry of ``message_id`` at once."""
 
-    async def add_gone(self, gone: Gone) -> None:
-        """Keep ``gone`` until :meth:`remove_gone`."""
+    async def add_gones(
+        self, gones: list[Gone], message_id: str, origin: bool, follow: bool
+    ) -> None:
+        """Keep ``gones`` until :meth:`remove_gones` and, in the same step,
+        forget the origin (``origin``) and the follow entry (``follow``)
+        of ``message_id``."""
 
-    async def remove_gone(self, gone: Gone) -> None:
-        """``gone`` was acknowledged (or has expired)."""
+    async def remove_gones(self, gones: list[Gone]) -> None:
+        """``gones`` were acknowledged (or have expired)."""
 
     async def pending_gones(self, now: float) -> list[Gone]:
         """Every ``msg-gone`` kept that expires after ``now`` (those that
@@ -144,11 +155,22 @@ class RedisOrigins:
         origin, follow = await self.store().client.mget(keys)
         return (None if origin is None else str(origin)), _follow_entry(follow)
 
-    async def add_gone(self, gone: Gone) -> None:
-        await self.store().client.zadd(GONE_KEY, int(gone.until), gone.member())
+    async def add_gones(
+        self, gones: list[Gone], message_id: str, origin: bool, follow: bool
+    ) -> None:
+        keys = [GONE_KEY]
+        if origin:
+            keys.append(ORIGIN_KEY.format(message_id))
+        if follow:
+            keys.append(FOLLOW_KEY.format(message_id))
+        argv: list[object] = []
+        for gone in gones:
+            argv += [int(gone.until), gone.member()]
+        await self.store().client.eval(_ADD_GONES, keys, argv)
 
-    async def remove_gone(self, gone: Gone) -> None:
-        await self.store().client.zrem(GONE_KEY, gone.member())
+    async def remove_gones(self, gones: list[Gone]) -> None:
+        if gones:
+            await self.store().client.zrem(GONE_KEY, *[g.member() for g in gones])
 
     async def pending_gones(self, now: float) -> list[Gone]:
         client = self.store().client
@@ -188,11 +210,19 @@ class MemoryOrigins:
     async def find(self, message_id: str) -> tuple[str | None, tuple[str, str] | None]:
         return await self.peek(message_id), await self.peek_follow(message_id)
 
-    async def add_gone(self, gone: Gone) -> None:
-        self.gones[gone.member()] = gone
+    async def add_gones(
+        self, gones: list[Gone], message_id: str, origin: bool, follow: bool
+    ) -> None:
+        for gone in gones:
+            self.gones[gone.member()] = gone
+        if origin:
+            self.entries.pop(message_id, None)
+        if follow:
+            self.follows.pop(message_id, None)
 
-    async def remove_gone(self, gone: Gone) -> None:
-        self.gones.pop(gone.member(), None)
+    async def remove_gones(self, gones: list[Gone]) -> None:
+        for gone in gones:
+            self.gones.pop(gone.member(), None)
 
     async def pending_gones(self, now: float) -> list[Gone]:
         for key in [k for k, g in self.gones.items() if g.until < now]:
@@ -291,6 +321,12 @@ class OriginMap:
 
         return defer.ensureDeferred(move())
 
+    def forgotten(self, message_id: str) -> None:
+        """The store forgot ``message_id``'s origin and follow entry
+        (:meth:`OriginStore.add_gones`): so does the memory."""
+        self._memory.pop(message_id, None)
+        self._follows.pop(message_id, None)
+
     def lookup(self, message_id: str) -> Deferred[tuple[str | None, tuple[str, str] | None]]:
         """The origin and the follow entry of ``message_id``: from memory
         when it has either, else from the store in one round trip."""
@@ -298,12 +334,6 @@ class OriginMap:
         if origin is not None or followed is not None or self.durable is None:
             return defer.succeed((origin, followed))
         return defer.ensureDeferred(self.durable.find(message_id))
-
-    def unfollow(self, message_id: str) -> Deferred[None]:
-        self._follows.pop(message_id, None)
-        if self.durable is None:
-            return defer.succeed(None)
-        return defer.ensureDeferred(self.durable.forget_follow(message_id))
 
     def _background(self, work: Coroutine[Any, Any, object], message_id: str) -> None:
         defer.ensureDeferred(work).addErrback(
