@@ -283,6 +283,9 @@ class Node:
             if pending.timer.active():
                 pending.timer.cancel()
         self.forwarder._pending.clear()
+        if self.forwarder._ack_timer is not None and self.forwarder._ack_timer.active():
+            self.forwarder._ack_timer.cancel()
+        self.forwarder._acks.clear()
         if self.forwarder._loop.running:
             self.forwarder._loop.stop()
         self.forwarder.running = False

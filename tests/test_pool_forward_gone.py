@@ -17,9 +17,11 @@ from cryptify.crs.pool.forward import FORWARD_TIMEOUT, SWEEP_INTERVAL
 from cryptify.crs.pool.forward_core import (
     GONE,
     GONE_OK,
+    MAX_GONE_OK_BATCH,
     decode_gone_ok,
     encode_gone_ok,
 )
+from cryptify.crs.pool.forward_gone import ACK_DELAY
 from cryptify.crs.pool.gone import RESEND_FIRST, RESEND_MOST, GoneOutbox
 from cryptify.crs.pool.origins import Gone, MemoryOrigins
 from cryptify.crs.pool.wire import WireError
@@ -58,6 +60,12 @@ class GoneTests(SynchronousTestCase):
         self.assertIn("crs1-1", self.a.store.messages)
         self.assertIn("crs1-1", self.b.store.messages)
 
+    def flow(self) -> None:
+        """Deliver every frame, the answers gathered for ACK_DELAY too."""
+        self.net.deliver()
+        self.clock.advance(ACK_DELAY)
+        self.net.deliver()
+
     def sent(self, frame_type: str) -> list[tuple[str, str]]:
         return [(s, d) for s, d, f in self.net.queue if f.type == frame_type]
 
@@ -70,13 +78,13 @@ class GoneTests(SynchronousTestCase):
         self.a.link.set_owner(U, None)
         self.net.lose_next.add(GONE)
         self.b.confirm_all()
-        self.net.deliver()
+        self.flow()
         self.assertIn("crs1-1", self.a.store.messages)
         self.assertEqual(len(self.b.forwarder._gones), 1)
         self.assertEqual(len(self.b.origins.gones), 1)
         self.clock.advance(RESEND_FIRST)
         self.assertEqual(self.sent(GONE), [("crs2", "crs1")])
-        self.net.deliver()
+        self.flow()
         self.assertEqual(self.a.store.messages, {})
         self.assertEqual(self.a.forwarder.counters["gone"], 1)
         self.assertEqual(len(self.b.forwarder._gones), 0)
@@ -91,11 +99,11 @@ class GoneTests(SynchronousTestCase):
         self.twin()
         self.net.lose_next.add(GONE_OK)
         self.b.confirm_all()
-        self.net.deliver()
+        self.flow()
         self.assertEqual(self.a.store.messages, {})
         self.assertEqual(len(self.b.forwarder._gones), 1)
         self.clock.advance(RESEND_FIRST)
-        self.net.deliver()
+        self.flow()
         self.assertEqual(len(self.b.forwarder._gones), 0)
         self.assertEqual(self.a.forwarder.counters["gone"], 1)
 
@@ -109,7 +117,7 @@ class GoneTests(SynchronousTestCase):
         self.assertEqual(len(self.b.forwarder._gones), 1)
         for listener in self.b.link.listeners:
             listener("crs1", True)
-        self.net.deliver()
+        self.flow()
         self.assertEqual(self.a.store.messages, {})
         self.assertEqual(self.a.forwarder.counters["gone"], 1)
         self.assertEqual(len(self.b.origins.gones), 1)  # removed at the next tick
@@ -124,13 +132,13 @@ class GoneTests(SynchronousTestCase):
         self.a.link.set_owner(U, None)  # its sweep leaves the twin alone
         self.a.store.down = True
         self.b.confirm_all()
-        self.net.deliver()
+        self.flow()
         self.assertEqual(self.sent(GONE_OK), [])
         self.assertEqual(len(self.b.forwarder._gones), 1)
         self.a.store.down = False
         self.a.restart()
         self.clock.advance(RESEND_FIRST)
-        self.net.deliver()
+        self.flow()
         self.assertEqual(self.a.store.messages, {})
         self.assertEqual(self.a.forwarder.counters["gone"], 1)
         self.assertEqual(len(self.b.forwarder._gones), 0)
@@ -142,7 +150,7 @@ class GoneTests(SynchronousTestCase):
         self.twin()
         self.net.lose_next.add(GONE)
         self.b.confirm_all()
-        self.net.deliver()
+        self.flow()
         self.a.link.handlers.pop(GONE_OK)  # crs2's answers are ignored
         self.b.link.handlers[GONE_OK] = lambda peer, fields: None
         times = []
@@ -160,7 +168,7 @@ class GoneTests(SynchronousTestCase):
         for listener in self.b.link.listeners:
             listener("crs1", True)
         self.assertEqual(self.sent(GONE), [("crs2", "crs1")])
-        self.net.deliver()
+        self.flow()
         self.clock.advance(EXPIRE_AFTER)
         self.assertEqual(len(self.b.forwarder._gones), 0)
         self.assertEqual(self.b.origins.gones, {})
@@ -174,23 +182,23 @@ class GoneTests(SynchronousTestCase):
         self.twin()
         for node in (self.a, c):
             node.link.set_owner(U, "crs3")
-        self.net.deliver()
+        self.flow()
         self.assertIn("crs1-1", c.store.messages)
         self.assertEqual(list(self.a.origins.follows), ["crs1-1"])
         self.a.restart()
         self.net.lose_next.add(GONE)  # crs2's
         self.b.confirm_all()
-        self.net.deliver()
+        self.flow()
         self.clock.advance(RESEND_FIRST)
         self.net.lose_next.add(GONE)  # crs1's, passed on to crs3
-        self.net.deliver()
+        self.flow()
         self.assertIn("crs1-1", c.store.messages)
         self.assertEqual(len(self.a.forwarder._gones), 1)
         self.assertEqual(self.a.origins.follows, {})
         self.a.restart()  # with the pass-on pending
         for listener in self.a.link.listeners:
             listener("crs3", True)
-        self.net.deliver()
+        self.flow()
         self.assertEqual(c.store.messages, {})
         self.assertEqual(c.forwarder.counters["gone"], 1)
         self.assertEqual(len(self.a.forwarder._gones), 0)
@@ -213,7 +221,7 @@ class GoneTests(SynchronousTestCase):
         self.assertEqual(self.a.origins.entries, {"crs1-1": "crs2"})
         self.b.attach(U)
         self.b.confirm_all()
-        self.net.deliver()
+        self.flow()
         self.assertEqual(self.a.store.messages, {})
 
 
@@ -253,12 +261,33 @@ class OutboxTests(SynchronousTestCase):
 
 class GoneOkFrameTests(SynchronousTestCase):
     def test_round_trip_and_refusals(self) -> None:
-        self.assertEqual(decode_gone_ok(encode_gone_ok("crs1-1")), "crs1-1")
-        for fields in ({"id": ""}, {"id": "a b"}, {"id": "m", "x": 1}, {}, {"id": 3}):
+        ids = [f"crs1-{n}" for n in range(MAX_GONE_OK_BATCH)]
+        self.assertEqual(decode_gone_ok(encode_gone_ok(ids)), ids)
+        with self.assertRaises(ValueError):
+            encode_gone_ok([])
+        for fields in (
+            {"ids": [""]},
+            {"ids": ["a b"]},
+            {"ids": ["m"], "x": 1},
+            {},
+            {"ids": [3]},
+            {"ids": "m1"},
+            {"ids": []},
+            {"ids": ["m"] * (MAX_GONE_OK_BATCH + 1)},
+            {"id": "m1"},
+        ):
             with self.assertRaises(WireError):
                 decode_gone_ok(fields)  # type: ignore[arg-type]
 
-    @given(st.dictionaries(st.text(max_size=4), st.none() | st.integers() | st.text(max_size=70)))
+    @given(
+        st.dictionaries(
+            st.sampled_from(["ids", "id", "x"]),
+            st.none()
+            | st.integers()
+            | st.text(max_size=70)
+            | st.lists(st.none() | st.text(max_size=70) | st.integers(), max_size=300),
+        )
+    )
     @settings(max_examples=200)
     def test_hostile_fields(self, fields: dict[str, object]) -> None:
         try:

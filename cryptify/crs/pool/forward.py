@@ -250,6 +250,7 @@ class Forwarder(GoneMixin, SweepMixin, service.Service):
             self._loop.stop()
         for n in list(self._pending):
             self._fail(n, Unreachable("stopping"))
+        self._stop_gone()
 
     def status(self) -> str:
         """The ``show services`` row ``pool_messages``: the counters."""

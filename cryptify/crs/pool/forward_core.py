@@ -11,7 +11,7 @@ I/O).  These frame types ride the link (:meth:`PoolLink.send`)::
     {"t": "msg-refused", "n": INT, "code": CODE, "reason": TEXT}
     {"t": "msg-delivered", "from": URI, "message": ID}
     {"t": "msg-gone", "id": ID, "to": URI}
-    {"t": "msg-gone-ok", "id": ID}
+    {"t": "msg-gone-ok", "ids": [ID, ...]}
     {"t": "msg-known", "uris": [URI, ...]}
 
 ``msg-post`` asks the peer to store a message durably under the ID and
@@ -27,7 +27,8 @@ delivered (the sender is told when attached there).  ``msg-gone`` tells
 the member that forwarded a message that its recipient confirmed it: a
 copy that member kept after its forward timed out is dropped there
 instead of being delivered a second time; it is sent again until the
-member answers ``msg-gone-ok`` (done, durably; :mod:`cryptify.crs.pool.gone`).
+member answers ``msg-gone-ok`` (done, durably; :mod:`cryptify.crs.pool.gone`;
+at most :data:`MAX_GONE_OK_BATCH` IDs a frame).
 ``msg-known`` carries URIs that
 have attached somewhere in the pool (at most :data:`MAX_KNOWN_BATCH` a
 frame), so that every member takes posts for them.
@@ -64,6 +65,8 @@ MAX_SCOPE = 200
 MAX_REASON = 200
 #: URIs in one ``msg-known`` frame at most.
 MAX_KNOWN_BATCH = 256
+#: Message IDs in one ``msg-gone-ok`` frame at most.
+MAX_GONE_OK_BATCH = 256
 
 _URI = re.compile(TEL_EXT + r"\Z")
 _ACCOUNT = re.compile(f"({ACCOUNT})?" + r"\Z")
@@ -162,8 +165,10 @@ def encode_gone(message_id: str, recipient: str) -> dict[str, object]:
     return {"id": message_id, "to": recipient}
 
 
-def encode_gone_ok(message_id: str) -> dict[str, object]:
-    return {"id": message_id}
+def encode_gone_ok(message_ids: list[str]) -> dict[str, object]:
+    if not 1 <= len(message_ids) <= MAX_GONE_OK_BATCH:
+        raise ValueError(f"1 to {MAX_GONE_OK_BATCH} IDs a frame")
+    return {"ids": list(message_ids)}
 
 
 def encode_known(uris: list[str]) -> dict[str, object]:
@@ -260,9 +265,12 @@ def decode_gone(fields: dict[str, object]) -> GoneNote:
     return GoneNote(message_id(f["id"]), _text(f["to"], _URI, "recipient"))
 
 
-def decode_gone_ok(fields: dict[str, object]) -> str:
-    """The message ID a ``msg-gone-ok`` acknowledges."""
-    return message_id(_keys(fields, {"id"}, GONE_OK)["id"])
+def decode_gone_ok(fields: dict[str, object]) -> list[str]:
+    """The message IDs a ``msg-gone-ok`` acknowledges."""
+    ids = _keys(fields, {"ids"}, GONE_OK)["ids"]
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_GONE_OK_BATCH:
+        raise WireError(f"acknowledged IDs are not a list of 1 to {MAX_GONE_OK_BATCH}")
+    return [message_id(i) for i in ids]
 
 
 def decode_known(fields: dict[str, object]) -> list[str]:

@@ -10,7 +10,8 @@ copies of one message ID, and the one not confirmed dropped
   passes the news on to the member it handed its copy to (the follow map)
   and to the origin it knows, if that is another member (each of those a
   pending ``msg-gone`` of its own, stored before the answer), forgets the
-  entries, and only then answers ``msg-gone-ok``.  Told again (its answer
+  entries, and only then answers ``msg-gone-ok`` (the answers to one
+  member gathered for :data:`ACK_DELAY`, one frame).  Told again (its answer
   lost), it finds nothing left to do and answers again.  A store out of
   reach leaves it unanswered: the teller sends it again.
 - Between the members of one pool every member told acts on any copy it
@@ -24,13 +25,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from cryptify.crs.messages.store import MessageStore, Posted
 from cryptify.crs.pool.forward_core import (
     GONE,
     GONE_OK,
+    MAX_GONE_OK_BATCH,
     GoneNote,
     decode_gone,
     decode_gone_ok,
@@ -46,6 +48,10 @@ if TYPE_CHECKING:
 
 log = Logger(namespace="cryptify.crs.pool")
 
+#: Seconds the ``msg-gone-ok`` answers to one member are gathered before
+#: they are sent in one frame (far below the teller's resend time).
+ACK_DELAY = 0.1
+
 
 class GoneMixin:
     """The ``msg-gone`` half of the forwarder (the state lives there)."""
@@ -58,14 +64,23 @@ class GoneMixin:
     _origins: OriginMap
     _gones: GoneOutbox
     _pending: dict[int, _Pending]
+    #: Peer -> the IDs whose msg-gone-ok is not sent yet.
+    _acks: dict[str, list[str]]
+    _ack_timer: IDelayedCall | None
 
     if TYPE_CHECKING:
 
         def _take(self, n: int, peer: str) -> _Pending | None: ...
 
     def _install_gone(self) -> None:
+        self._acks = {}
+        self._ack_timer = None
         self.link.handle(GONE, self._on_gone)
         self.link.handle(GONE_OK, self._on_gone_ok)
+
+    def _stop_gone(self) -> None:
+        """Stopping: the answers gathered go now."""
+        self._send_acks()
 
     # -- telling -----------------------------------------------------------
 
@@ -121,7 +136,24 @@ class GoneMixin:
             self._send_gone(gone)
 
     def _on_gone_ok(self, peer: str, fields: dict[str, object]) -> None:
-        self._gones.acknowledged(peer, decode_gone_ok(fields))
+        for message_id in decode_gone_ok(fields):
+            self._gones.acknowledged(peer, message_id)
+
+    def _ack(self, peer: str, message_id: str) -> None:
+        """Answer ``peer``'s msg-gone (with the others within ACK_DELAY)."""
+        self._acks.setdefault(peer, []).append(message_id)
+        if self._ack_timer is None:
+            self._ack_timer = self.reactor.callLater(ACK_DELAY, self._send_acks)
+
+    def _send_acks(self) -> None:
+        if self._ack_timer is not None and self._ack_timer.active():
+            self._ack_timer.cancel()
+        self._ack_timer = None
+        acks, self._acks = self._acks, {}
+        for peer, ids in acks.items():
+            for i in range(0, len(ids), MAX_GONE_OK_BATCH):
+                # a lost answer: the msg-gone comes again and is answered again
+                self.link.send(peer, GONE_OK, encode_gone_ok(ids[i : i + MAX_GONE_OK_BATCH]))
 
     # -- told --------------------------------------------------------------
 
@@ -166,4 +198,4 @@ class GoneMixin:
                 tell.add(origin)
             others = sorted(tell - {peer, self.link.me})
             await self._tell(others, note.id, note.recipient, origin, followed)
-        self.link.send(peer, GONE_OK, encode_gone_ok(note.id))
+        self._ack(peer, note.id)
