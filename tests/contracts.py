@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from cryptify.crs.messages.store import MAX_CONTENT, MessageRefused, UriCounters
+from cryptify.crs.pool.origins import Gone
 
 #: The inbox limit the store under test is built with.
 CONTRACT_INBOX = 3
@@ -249,3 +250,54 @@ class OriginStoreContract:
     def test_overwrite(self) -> Any:
         """The last origin saved for an ID is the one kept."""
         return self.drive(self._overwrite())
+
+    async def _follow(self) -> None:
+        t: Any = self
+        t.assertIsNone(await self.origins.peek_follow("m1"))
+        t.assertEqual(await self.origins.find("m1"), (None, None))
+        await self.origins.save_follow("m1", "crs2", "crs3")
+        t.assertEqual(await self.origins.peek_follow("m1"), ("crs2", "crs3"))
+        t.assertIsNone(await self.origins.peek("m1"))  # not an origin
+        t.assertEqual(await self.origins.find("m1"), (None, ("crs2", "crs3")))
+        await self.origins.save("m1", "crs4")
+        t.assertEqual(await self.origins.find("m1"), ("crs4", ("crs2", "crs3")))
+        await self.origins.take("m1")
+        await self.origins.forget_follow("m1")
+        t.assertIsNone(await self.origins.peek_follow("m1"))
+        await self.origins.forget_follow("m1")
+
+    def test_follow(self) -> Any:
+        """A follow entry (origin, holder) is kept per ID until forgotten;
+        ``find`` answers the origin and the follow entry at once."""
+        return self.drive(self._follow())
+
+    async def _pending_gones(self) -> None:
+        t: Any = self
+        t.assertEqual(await self.origins.pending_gones(1000.0), [])
+        first = Gone("crs2", "m1", "tel:+200", 2000.0)
+        second = Gone("crs3", "m2", "tel:+201;5", 3000.0)
+        old = Gone("crs2", "m0", "tel:+200", 1500.0)
+        await self.origins.save("m1", "crs2")
+        await self.origins.save_follow("m1", "crs3", "crs4")
+        await self.origins.save("m2", "crs3")
+        await self.origins.add_gones([first, old], "m1", True, False)
+        t.assertEqual(await self.origins.find("m1"), (None, ("crs3", "crs4")))
+        await self.origins.add_gones([second, first], "m1", False, True)
+        t.assertEqual(await self.origins.find("m1"), (None, None))
+        t.assertEqual(await self.origins.peek("m2"), "crs3")  # another ID's, kept
+        await self.origins.add_gones([], "m2", True, True)
+        t.assertIsNone(await self.origins.peek("m2"))
+        t.assertEqual(await self.origins.pending_gones(1000.0), [old, first, second])
+        await self.origins.remove_gones([first])
+        await self.origins.remove_gones([first])
+        await self.origins.remove_gones([])
+        t.assertEqual(await self.origins.pending_gones(1600.0), [second])
+        t.assertEqual(await self.origins.pending_gones(1000.0), [second])  # m0 expired, gone
+        await self.origins.remove_gones([second, old])
+        t.assertEqual(await self.origins.pending_gones(1000.0), [])
+
+    def test_pending_gones(self) -> Any:
+        """Pending msg-gone are kept once each until removed, listed by
+        expiry, and forgotten once expired; adding them forgets the
+        message's origin and follow entry when asked, in the same step."""
+        return self.drive(self._pending_gones())

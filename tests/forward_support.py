@@ -24,7 +24,7 @@ from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.messages.store import Stored
 from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.pool.forward import Forwarder
-from cryptify.crs.pool.origins import MemoryOrigins
+from cryptify.crs.pool.origins import Gone, MemoryOrigins
 from cryptify.crs.pool.wire import Envelope, decode_frame, encode_frame
 from cryptify.crs.pool.wiring import PoolLink, _InboundFactory, _LinkProtocol
 from cryptify.crs.slots import slot_of
@@ -67,6 +67,11 @@ class FakeLink:
         if not self.net.connected(self.me, peer):
             self.net.dropped.append((self.me, peer, frame))
             return False
+        if frame_type in self.net.lose_next:
+            # lost on the way (the connection cut after it was written)
+            self.net.lose_next.discard(frame_type)
+            self.net.dropped.append((self.me, peer, frame))
+            return True
         self.net.queue.append((self.me, peer, frame))
         return True
 
@@ -89,6 +94,8 @@ class Net:
         self.queue: list[tuple[str, str, Envelope]] = []
         #: Every frame lost (sent on no connection, cut, lost, a crash).
         self.dropped: list[tuple[str, str, Envelope]] = []
+        #: Frame types whose next frame sent is lost (sent, never received).
+        self.lose_next: set[str] = set()
 
     def drop(self, keep: Callable[[tuple[str, str, Envelope]], bool]) -> None:
         """Lose the queued frames ``keep`` refuses."""
@@ -158,11 +165,15 @@ class RecordingStore(MemoryMessageStore):
         super().__init__(clock)
         self.confirmed = confirmed
         self.ids = (f"{prefix}-s{n}" for n in itertools.count(1))
+        #: Called with each message a client confirmed, before it is recorded.
+        self.witness: Callable[[Stored], None] | None = None
 
     async def confirm(self, recipient: str, message_id: str) -> tuple[str, str] | None:
         found = self.messages.get(message_id)
         result = await self.delivered(recipient, message_id, "msgstat:")
         if result is not None and found is not None:
+            if self.witness is not None:
+                self.witness(found)
             self.confirmed.append(found)
         return result
 
@@ -186,6 +197,36 @@ class NodeOrigins(MemoryOrigins):
     async def peek(self, message_id: str) -> str | None:
         self.store._reachable()
         return await super().peek(message_id)
+
+    async def save_follow(self, message_id: str, origin: str, holder: str) -> None:
+        self.store._reachable()
+        await super().save_follow(message_id, origin, holder)
+
+    async def peek_follow(self, message_id: str) -> tuple[str, str] | None:
+        self.store._reachable()
+        return await super().peek_follow(message_id)
+
+    async def forget_follow(self, message_id: str) -> None:
+        self.store._reachable()
+        await super().forget_follow(message_id)
+
+    async def find(self, message_id: str) -> tuple[str | None, tuple[str, str] | None]:
+        self.store._reachable()
+        return await super().find(message_id)
+
+    async def add_gones(
+        self, gones: list[Gone], message_id: str, origin: bool, follow: bool
+    ) -> None:
+        self.store._reachable()
+        await super().add_gones(gones, message_id, origin, follow)
+
+    async def remove_gones(self, gones: list[Gone]) -> None:
+        self.store._reachable()
+        await super().remove_gones(gones)
+
+    async def pending_gones(self, now: float) -> list[Gone]:
+        self.store._reachable()
+        return await super().pending_gones(now)
 
 
 class Node:
@@ -242,6 +283,9 @@ class Node:
             if pending.timer.active():
                 pending.timer.cancel()
         self.forwarder._pending.clear()
+        if self.forwarder._ack_timer is not None and self.forwarder._ack_timer.active():
+            self.forwarder._ack_timer.cancel()
+        self.forwarder._acks.clear()
         if self.forwarder._loop.running:
             self.forwarder._loop.stop()
         self.forwarder.running = False

@@ -5,6 +5,7 @@ checks that every acknowledged message is delivered exactly once."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +26,7 @@ from cryptify.crs.pool.forward import FORWARD_TIMEOUT, KNOWN_RESYNC, SWEEP_INTER
 from cryptify.crs.pool.forward_core import (
     DELIVERED,
     GONE,
+    GONE_OK,
     KNOWN,
     MAX_KNOWN_BATCH,
     POST,
@@ -41,6 +43,7 @@ from cryptify.crs.pool.forward_core import (
     encode_known,
     encode_post,
 )
+from cryptify.crs.pool.gone import RESEND_FIRST, RESEND_MOST
 from cryptify.crs.pool.wire import WireError
 from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.protocols.umsg import message
@@ -483,24 +486,28 @@ class FrameTests(SynchronousTestCase):
 
 # -- the state machine --------------------------------------------------------
 
-NAMES = ("crs1", "crs2")
 URIS = ("tel:+201", "tel:+202", "tel:+203")
 
 
 class PoolMessages(RuleBasedStateMachine):
-    """Two members, three recipients; the sender posts at either member.
+    """Members (:attr:`NAMES`), three recipients; the sender posts at any
+    member.
 
     Each post has its own content; a retry repeats an earlier post's key
     and content at any member.  A recipient is known nowhere until it has
-    attached at one member (which tells the other).  Checked: no content is
-    ever stored or delivered under two IDs; a message whose forward's
-    answer was lost (so it is kept on both members) is confirmed once under
-    its ID unless the ``msg-gone`` saying it was confirmed was lost or a
-    disturbance (frames lost, a cut, a restart, a store out of reach)
-    happened after it; and after the links heal and the
+    attached at one member (which tells the others).  Checked: no content
+    is ever stored or delivered under two IDs; an ID confirmed a second
+    time (a twin: a forward or hand-off whose answer was lost, so the
+    message is kept on two members) only while a ``msg-gone`` for it is
+    still pending at some member (sent again until acknowledged, across
+    restarts: a lost ``msg-gone``, a restart or a lost follow entry is no
+    excuse once it was acknowledged); and after the links heal and the
     members agree, every post answered ``posted`` is delivered (confirmed
-    by its recipient) exactly once, nothing is left in any store, and both
-    members know the same recipients (every one that attached at either)."""
+    by its recipient) exactly once, nothing is left in any store, every
+    ``msg-gone`` is acknowledged, and all members know the same recipients
+    (every one that attached at any)."""
+
+    NAMES: tuple[str, ...] = ("crs1", "crs2")
 
     @initialize()
     def setup(self) -> None:
@@ -508,13 +515,12 @@ class PoolMessages(RuleBasedStateMachine):
         self.clock.advance(NOW)
         self.net = Net()
         self.confirmed: list[Stored] = []
-        self.nodes = {n: Node(self.net, n, self.clock, self.confirmed) for n in NAMES}
+        self.nodes = {n: Node(self.net, n, self.clock, self.confirmed) for n in self.NAMES}
+        #: IDs confirmed a second time while no msg-gone for them was pending.
+        self.twice: list[str] = []
         for node in self.nodes.values():
             node.link.default = "crs1"
-        #: IDs that may be confirmed twice: the msg-gone saying so was lost,
-        #: or a disturbance came after it (not a restart: the origin map is
-        #: durable).
-        self.excused: set[str] = set()
+            node.store.witness = self.witness
         #: Contents that may reach the recipient under two IDs: a sender's
         #: retry while the first answer was lost, or after the slot moved
         #: since the first post (docs/pool.md, "Exactly once").
@@ -522,16 +528,27 @@ class PoolMessages(RuleBasedStateMachine):
         self.moves = 0
         self.first_posted: dict[bytes, int] = {}
         self.lost_answers: set[bytes] = set()
-        #: IDs of posts whose forward's answer was lost (answer_lost): each
-        #: is confirmed once, unless excused or disturbed meanwhile.
-        self.watched: set[str] = set()
         for i, uri in enumerate(URIS):
-            self.set_owner(uri, NAMES[i % 2])
-        self.senders = {n: Conn(SENDER, f"s-{n}") for n in NAMES}
+            self.set_owner(uri, self.home(i))
+        self.senders = {n: Conn(SENDER, f"s-{n}") for n in self.NAMES}
         self.posts: list[tuple[str, bytes, str, bytes]] = []  # at, key, to, content
         self.requests = 0
 
     # -- helpers
+
+    def home(self, i: int) -> str:
+        return self.NAMES[i % len(self.NAMES)]
+
+    def witness(self, found: Stored) -> None:
+        """A client confirms ``found``: a second time only while a msg-gone
+        for it waits for its answer somewhere."""
+        if any(m.id == found.id for m in self.confirmed) and not any(
+            node.forwarder._gones.pending(found.id) for node in self.nodes.values()
+        ):
+            self.twice.append(found.id)
+
+    def all_linked(self) -> bool:
+        return all(self.net.connected(a, b) for a, b in itertools.combinations(self.NAMES, 2))
 
     def set_owner(self, uri: str, owner: str | None, only: str | None = None) -> None:
         self.moves += 1
@@ -564,50 +581,80 @@ class PoolMessages(RuleBasedStateMachine):
             self._sent: list[tuple[str, bytes, str, bytes, int]] = []
         return self._sent
 
+    def name(self, data: st.DataObject) -> str:
+        return data.draw(st.sampled_from(self.NAMES))
+
     # -- rules
 
-    @rule(at=st.sampled_from(NAMES), to=st.sampled_from(URIS))
-    def post(self, at: str, to: str) -> None:
+    @rule(data=st.data(), to=st.sampled_from(URIS))
+    def post(self, data: st.DataObject, to: str) -> None:
+        self.post_at(self.name(data), to)
+
+    def post_at(self, at: str, to: str) -> None:
         n = len(self.posts)
         key, content = n.to_bytes(16, "big"), b"content %d" % n
         self.posts.append((at, key, to, content))
         self.first_posted[content] = self.moves
         self.send(at, key, to, content)
 
-    @rule(
-        at=st.sampled_from(NAMES),
-        to=st.sampled_from(URIS),
-        taken=st.booleans(),
-        moved=st.booleans(),
-    )
-    def answer_lost(self, at: str, to: str, taken: bool, moved: bool) -> None:
+    @rule(data=st.data(), to=st.sampled_from(URIS), taken=st.booleans(), moved=st.booleans())
+    def answer_lost(self, data: st.DataObject, to: str, taken: bool, moved: bool) -> None:
         """A post forwarded to the owner is stored there, but its answer is
         lost (or late): the forward times out and the message is kept here
         as well, under the same ID.  ``taken``: the recipient, attached at
         the owner, confirms it there at once; ``moved``: then the slot moves
         here (the owner died, a partition) before the kept copy was handed
         over, and the recipient attaches here."""
+        at = self.name(data)
         owner = self.nodes[at].link.owner(slot_of(to))
         if owner is None or owner == at or not self.net.connected(at, owner):
             return
         self.net.deliver()
         if taken:
-            self.attach(to, owner)
-        self.post(at, to)
+            self.attach_at(to, owner)
+        self.post_at(at, to)
         self.net.deliver(1)  # the msg-post, stored at the owner
         self.net.drop(lambda q: not (q[0] == owner and q[2].type in (STORED, REFUSED)))
         self.clock.advance(FORWARD_TIMEOUT)
         self.lost_answers.add(self.posts[-1][3])
-        answers = self.senders[at].of("posted")
-        if answers and answers[-1].id == self.requests:
-            self.watched.add(answers[-1]["message"])
         if taken:
             self.nodes[owner].confirm_all()
             self.net.deliver()
         if moved:
             self.set_owner(to, at)
-            self.attach(to, at)
+            self.attach_at(to, at)
             self.nodes[at].confirm_all()
+
+    @rule(data=st.data(), to=st.sampled_from(URIS), restart=st.booleans())
+    def handed_on(self, data: st.DataObject, to: str, restart: bool) -> None:
+        """Three members or more: a post at ``at`` is stored at the owner
+        but its answer is lost (a twin kept at ``at``); the slot moves to a
+        third member in the views of ``at`` and the third (the owner has
+        not heard yet, its client stays), ``at`` hands its twin to the
+        third; ``restart``: then ``at`` restarts; then the recipient
+        confirms the owner's copy: the third member's twin must go."""
+        at = self.name(data)
+        owner = self.nodes[at].link.owner(slot_of(to))
+        others = [n for n in self.NAMES if n not in (at, owner)]
+        if owner is None or owner == at or not others:
+            return
+        third = data.draw(st.sampled_from(others))
+        if not (self.net.connected(at, owner) and self.net.connected(at, third)):
+            return
+        self.net.deliver()
+        self.attach_at(to, owner)
+        self.post_at(at, to)
+        self.net.deliver(1)  # the msg-post, stored at the owner
+        self.net.drop(lambda q: not (q[0] == owner and q[2].type in (STORED, REFUSED)))
+        self.clock.advance(FORWARD_TIMEOUT)
+        self.lost_answers.add(self.posts[-1][3])
+        self.set_owner(to, third, only=at)
+        self.set_owner(to, third, only=third)
+        self.net.deliver()  # the twin handed to the third member
+        if restart:
+            self.restart_at(at)
+        self.nodes[owner].confirm_all()
+        self.net.deliver()
 
     @rule(data=st.data())
     def retry(self, data: st.DataObject) -> None:
@@ -630,11 +677,8 @@ class PoolMessages(RuleBasedStateMachine):
         self.net.deliver(limit)
 
     def disturbed(self) -> None:
-        """Something the pool cannot see through happened (frames lost with
-        a connection, a cut, a restart, a store out of reach, maps that
-        differ): a message whose forward's answer was lost may then reach
-        its recipient twice under its one ID (docs/pool.md)."""
-        self.excused |= self.watched
+        """Frames lost with a connection, a cut, a restart: an answer may be
+        lost, so a sender's retry may get a second ID (docs/pool.md)."""
         self.lost_answers.update(p[3] for p in self.posts)
 
     @rule()
@@ -642,71 +686,76 @@ class PoolMessages(RuleBasedStateMachine):
         self.disturbed()
         self.net.lose()
 
-    @rule(up=st.booleans())
-    def link(self, up: bool) -> None:
-        self.disturbed()
-        self.net.set_link("crs1", "crs2", up)
+    @rule(kind=st.sampled_from((GONE, GONE_OK)))
+    def lose_next(self, kind: str) -> None:
+        """The next msg-gone (or its msg-gone-ok) is lost on the way."""
+        self.net.lose_next.add(kind)
 
-    @rule(seconds=st.sampled_from([0.5, FORWARD_TIMEOUT, SWEEP_INTERVAL]))
+    @rule(data=st.data(), up=st.booleans())
+    def link(self, data: st.DataObject, up: bool) -> None:
+        a, b = data.draw(st.sampled_from(list(itertools.combinations(self.NAMES, 2))))
+        self.disturbed()
+        self.net.set_link(a, b, up)
+
+    @rule(seconds=st.sampled_from([0.5, FORWARD_TIMEOUT, SWEEP_INTERVAL, RESEND_FIRST]))
     def wait(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
-    @rule(name=st.sampled_from(NAMES))
-    def restart(self, name: str) -> None:
-        """A member restarts with its store (and its durable origin map)
-        kept: the frames under way to and from it are lost (a msg-gone
-        among them excuses its ID), but what it remembered of where its
-        messages came from is not, so no ID it holds is excused."""
-        self.lost_answers.update(p[3] for p in self.posts)
+    @rule(data=st.data())
+    def restart(self, data: st.DataObject) -> None:
+        """A member restarts with its store (its durable origin and follow
+        maps and pending msg-gone) kept: the frames under way to and from
+        it are lost."""
+        self.restart_at(self.name(data))
+
+    def restart_at(self, name: str) -> None:
+        self.disturbed()
         self.nodes[name].restart()
-        peer = next(n for n in NAMES if n != name)
-        if self.net.connected(name, peer):
+        for peer in self.NAMES:
+            if peer == name or not self.net.connected(name, peer):
+                continue
             for listener in self.nodes[peer].link.listeners:
                 listener(name, False)
                 listener(name, True)
             for listener in self.nodes[name].link.listeners:
                 listener(peer, True)
 
-    @rule(
-        uri=st.sampled_from(URIS),
-        owner=st.sampled_from((*NAMES, None)),
-        only=st.sampled_from((None, *NAMES)),
-    )
-    def move_slot(self, uri: str, owner: str | None, only: str | None) -> None:
-        """A new map (both views while linked; one side's during a cut)."""
-        if self.net.connected("crs1", "crs2"):
+    @rule(data=st.data(), uri=st.sampled_from(URIS))
+    def move_slot(self, data: st.DataObject, uri: str) -> None:
+        """A new map (every view while all are linked; one side's during a cut)."""
+        owner = data.draw(st.sampled_from((*self.NAMES, None)))
+        only = data.draw(st.sampled_from((None, *self.NAMES)))
+        if self.all_linked():
             only = None
-        else:
-            self.disturbed()
         self.set_owner(uri, owner, only)
 
-    @rule(uri=st.sampled_from(URIS), at=st.sampled_from(NAMES))
-    def attach(self, uri: str, at: str) -> None:
+    @rule(data=st.data(), uri=st.sampled_from(URIS))
+    def attach(self, data: st.DataObject, uri: str) -> None:
+        self.attach_at(uri, self.name(data))
+
+    def attach_at(self, uri: str, at: str) -> None:
         if self.nodes[at].link.owner(slot_of(uri)) != at:
             return
         for node in self.nodes.values():
             node.detach(uri)
         self.nodes[at].attach(uri)
 
-    @rule(at=st.sampled_from(NAMES))
-    def confirm(self, at: str) -> None:
-        self.nodes[at].confirm_all()
+    @rule(data=st.data())
+    def confirm(self, data: st.DataObject) -> None:
+        self.nodes[self.name(data)].confirm_all()
 
-    @rule(at=st.sampled_from(NAMES))
-    def store_down(self, at: str) -> None:
-        self.disturbed()
-        store = self.nodes[at].store
+    @rule(data=st.data())
+    def store_down(self, data: st.DataObject) -> None:
+        store = self.nodes[self.name(data)].store
         store.down = not store.down
 
     # -- checks
 
     @invariant()
     def delivered_under_one_id(self) -> None:
-        """No message reaches its recipient as two messages (two IDs).  The
-        same ID twice is allowed: a copy kept after a forward whose answer
-        was lost (the owner had stored it) meets the owner's copy only if
-        the slot does not change owner first; the client recognises the
-        repeat by its ID (cryptify/client/messages.py)."""
+        """No message reaches its recipient as two messages (two IDs); the
+        same ID twice only while a msg-gone for it was pending (the client
+        recognises the repeat by its ID, cryptify/client/messages.py)."""
         if not hasattr(self, "nodes"):
             return
         ids: dict[bytes, set[str]] = {}
@@ -714,35 +763,33 @@ class PoolMessages(RuleBasedStateMachine):
             ids.setdefault(m.data, set()).add(m.id)
         for content, found in ids.items():
             assert len(found) == 1 or content in self.two_ids, (content, found)
-        excused = self.excused | {
-            str(frame.fields["id"]) for _, _, frame in self.net.dropped if frame.type == GONE
-        }
-        confirmed = [m.id for m in self.confirmed if m.id in self.watched and m.id not in excused]
-        assert len(confirmed) == len(set(confirmed)), (confirmed, excused)
+        assert self.twice == [], self.twice
 
     def teardown(self) -> None:
         if not hasattr(self, "nodes"):
             return
         for node in self.nodes.values():
             node.store.down = False
-        self.net.set_link("crs1", "crs2", True)
+        self.net.lose_next.clear()
+        for a, b in itertools.combinations(self.NAMES, 2):
+            self.net.set_link(a, b, True)
         self.clock.advance(KNOWN_RESYNC)  # known URIs sent again
         self.net.deliver()
         known = [node.store.known for node in self.nodes.values()]
-        assert known[0] == known[1], known
+        assert all(k == known[0] for k in known), known
         for i, uri in enumerate(URIS):
-            self.set_owner(uri, NAMES[i % 2])
+            self.set_owner(uri, self.home(i))
         for i, uri in enumerate(URIS):
             # attach again: what an earlier connection received and could not
             # confirm (the store out of reach) is sent again
             for node in self.nodes.values():
                 node.detach(uri)
-            self.nodes[NAMES[i % 2]].attach(uri)
-        for _ in range(20):
+            self.nodes[self.home(i)].attach(uri)
+        for step in [SWEEP_INTERVAL] * 20 + [RESEND_MOST] * 3:
             self.net.deliver()
             for node in self.nodes.values():
                 node.confirm_all()
-            self.clock.advance(SWEEP_INTERVAL)
+            self.clock.advance(step)
         self.net.deliver()
         for node in self.nodes.values():
             node.confirm_all()
@@ -752,18 +799,39 @@ class PoolMessages(RuleBasedStateMachine):
             assert content in delivered, (content, self.confirmed)
         for node in self.nodes.values():
             assert node.store.messages == {}, (node.name, node.store.messages)
+            assert len(node.forwarder._gones) == 0, (node.name, node.origins.gones)
+            assert node.origins.gones == {}, (node.name, node.origins.gones)
+
+
+class PoolMessages3(PoolMessages):
+    """The same with three members: a twin handed to a third member is
+    followed (its msg-gone passed on), across restarts of the middle one."""
+
+    NAMES = ("crs1", "crs2", "crs3")
 
 
 class PoolMessagesTests(SynchronousTestCase):
     def test_machine(self) -> None:
-        """Random posts, retries, frame losses, cuts, restarts with the
-        store kept, stores out of reach and slot moves never store or
-        deliver a message twice, and every acknowledged one is delivered
-        once the pool heals."""
+        """Random posts, retries, frame losses (msg-gone and msg-gone-ok
+        among them), cuts, restarts with the store kept, stores out of
+        reach and slot moves never store or deliver a message twice, and
+        every acknowledged one is delivered once the pool heals."""
         run_state_machine_as_test(
             PoolMessages,
             settings=settings(
                 max_examples=200,
+                stateful_step_count=40,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            ),
+        )
+
+    def test_machine_three_members(self) -> None:
+        """The same with three members, where twins are followed."""
+        run_state_machine_as_test(
+            PoolMessages3,
+            settings=settings(
+                max_examples=150,
                 stateful_step_count=40,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow],

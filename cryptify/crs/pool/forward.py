@@ -45,10 +45,11 @@ message.
 Two copies of one ID (a forward that timed out although the owner had
 stored it): each side remembers the other member that may hold a copy,
 and the one whose recipient confirms it first tells the other
-(``msg-gone``), which drops its copy.  A copy handed on to a third
-member (the slot moved) is followed: the ``msg-gone`` for it is passed
-on to the member that took it, which remembers where a handed copy came
-from as it does for a forwarded one.  Known URIs are pool-wide: a URI
+(``msg-gone``, sent again until acknowledged, :mod:`~cryptify.crs.pool.forward_gone`),
+which drops its copy.  A copy handed on to a third member (the slot
+moved) is followed (durably): the ``msg-gone`` for it is passed on to
+the member that took it, which remembers where a handed copy came from
+as it does for a forwarded one.  Known URIs are pool-wide: a URI
 that attaches here first is sent to every live peer (``msg-known``), and
 the whole set when a peer's link comes up and every :data:`KNOWN_RESYNC`,
 so a member that takes over a dead member's slots takes posts for its
@@ -64,7 +65,6 @@ sender that is not attached is not told, here as on one instance).
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -89,7 +89,6 @@ from cryptify.crs.messages.store import (
 from cryptify.crs.messages.wiring import Messaging, Relayed
 from cryptify.crs.pool.forward_core import (
     DELIVERED,
-    GONE,
     KNOWN,
     MAX_KNOWN_BATCH,
     PASSED_ON,
@@ -97,21 +96,23 @@ from cryptify.crs.pool.forward_core import (
     REFUSED,
     STORED,
     UNAVAILABLE,
+    NoAnswer,
+    Unreachable,
     decode_delivered,
-    decode_gone,
     decode_known,
     decode_post,
     decode_refused,
     decode_stored,
     encode_delivered,
-    encode_gone,
     encode_known,
     encode_post,
     encode_refused,
     encode_stored,
 )
+from cryptify.crs.pool.forward_gone import GoneMixin
 from cryptify.crs.pool.forward_sweep import KNOWN_RESYNC, SweepMixin
-from cryptify.crs.pool.origins import MAX_ORIGINS, OriginMap, OriginStore
+from cryptify.crs.pool.gone import GoneOutbox
+from cryptify.crs.pool.origins import OriginMap, OriginStore
 from cryptify.crs.slots import slot_of
 from cryptify.protocols.umsg import base_uri
 
@@ -160,11 +161,6 @@ class PoolRoutes(Protocol):
     def watch(self, watcher: Callable[[], bool]) -> None: ...
 
 
-class Unreachable(Exception):
-    """The owner did not take the message (no link, no answer, its store out
-    of reach): keep it here."""
-
-
 @attrs.define
 class _Pending:
     peer: str
@@ -173,7 +169,7 @@ class _Pending:
     timer: IDelayedCall
 
 
-class Forwarder(SweepMixin, service.Service):
+class Forwarder(GoneMixin, SweepMixin, service.Service):
     """Messages of recipients served by other pool members (module docstring).
 
     The inter-working link's forwarder
@@ -211,9 +207,8 @@ class Forwarder(SweepMixin, service.Service):
         #: peer that forwarded it here, or the peer a forward from here timed
         #: out at): told with ``msg-gone`` when its recipient confirms it here.
         self._origins = OriginMap(origins)
-        #: Copies to drop (``msg-gone``) that the store could not drop yet.
-        self._to_drop: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._followed: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        #: The ``msg-gone`` sent and not acknowledged yet (forward_gone).
+        self._gones = GoneOutbox(origins)
         self._numbers = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         #: Peers whose messages are being kept here (logged once each).
@@ -229,7 +224,7 @@ class Forwarder(SweepMixin, service.Service):
         link.handle(STORED, self._on_stored)
         link.handle(REFUSED, self._on_refused)
         link.handle(DELIVERED, self._on_delivered)
-        link.handle(GONE, self._on_gone)
+        self._install_gone()
         if self.shares_known:
             link.handle(KNOWN, self._on_known)
         link.on_link(self._on_link)
@@ -244,6 +239,7 @@ class Forwarder(SweepMixin, service.Service):
     def startService(self) -> None:
         service.Service.startService(self)
         self.dirty = True
+        self._gones.load(self.reactor.seconds())
         self._loop.start(SWEEP_INTERVAL, now=False).addErrback(
             lambda f: log.failure("message sweep loop stopped", f)
         )
@@ -254,6 +250,7 @@ class Forwarder(SweepMixin, service.Service):
             self._loop.stop()
         for n in list(self._pending):
             self._fail(n, Unreachable("stopping"))
+        self._stop_gone()
 
     def status(self) -> str:
         """The ``show services`` row ``pool_messages``: the counters."""
@@ -296,10 +293,11 @@ class Forwarder(SweepMixin, service.Service):
                         peer=peer,
                         why=failure.getErrorMessage(),
                     )
-                # the peer may have stored it all the same (its answer lost
-                # or late): whichever copy is confirmed first, the other is
-                # dropped (msg-gone)
-                self._remember_origin(message.id, peer)
+                if failure.check(NoAnswer):
+                    # the peer may have stored it all the same (its answer
+                    # lost or late): whichever copy is confirmed first, the
+                    # other is dropped (msg-gone)
+                    self._remember_origin(message.id, peer)
                 return self._hold(message)
             return failure
 
@@ -315,22 +313,6 @@ class Forwarder(SweepMixin, service.Service):
             return
         # best effort, as for a sender attached here: not attached, not told
         self.link.send(owner, DELIVERED, encode_delivered(sender, message_id))
-
-    def settled(self, recipient: str, message_id: str) -> None:
-        """Confirmed here: the member that forwarded it drops a copy it kept."""
-
-        def tell(origin: str | None) -> None:
-            if origin is not None and origin != self.link.me:
-                # best effort: a copy kept there also meets this one at the
-                # sweep while the slot stays here (the scope's tombstone)
-                self.link.send(origin, GONE, encode_gone(message_id, recipient))
-
-        self._origins.take(message_id).addCallbacks(
-            tell,
-            lambda f: log.warn(
-                "origin of message {id} not found: {why}", id=message_id, why=f.getErrorMessage()
-            ),
-        )
 
     def _remember_origin(self, message_id: str, peer: str) -> None:
         self._origins.remember(message_id, peer)
@@ -394,7 +376,7 @@ class Forwarder(SweepMixin, service.Service):
 
     def _timed_out(self, n: int, peer: str) -> None:
         self.counters["timeouts"] += 1
-        self._fail(n, Unreachable(f"no answer from {peer} in {self.timeout}s"))
+        self._fail(n, NoAnswer(f"no answer from {peer} in {self.timeout}s"))
 
     def _take(self, n: int, peer: str) -> _Pending | None:
         pending = self._pending.get(n)
@@ -436,10 +418,11 @@ class Forwarder(SweepMixin, service.Service):
             self.kick()
             if self.running:
                 self._share(peer)
+                self._resend_gones(peer)
             return
         for n, pending in list(self._pending.items()):
             if pending.peer == peer:
-                self._fail(n, Unreachable(f"link to {peer} down"))
+                self._fail(n, NoAnswer(f"link to {peer} down"))
 
     # -- requests from a peer ----------------------------------------------
 
@@ -514,63 +497,6 @@ class Forwarder(SweepMixin, service.Service):
     def _on_delivered(self, peer: str, fields: dict[str, object]) -> None:
         note = decode_delivered(fields)
         self.messaging.tell_sender(note.sender, note.message)
-
-    def _on_gone(self, peer: str, fields: dict[str, object]) -> None:
-        """``peer`` took a message forwarded from here and its recipient
-        confirmed it: a copy kept here (the forward timed out although
-        ``peer`` had stored it) is dropped, not delivered a second time."""
-        note = decode_gone(fields)
-        for n, pending in list(self._pending.items()):
-            if pending.peer == peer and pending.message_id == note.id:
-                self._take(n, peer)
-                pending.answer.callback(Posted(note.id, duplicate=False))
-        followed = self._followed.get(note.id)
-        if followed is not None and followed[0] == peer:
-            # the copy kept here went on to a third member meanwhile
-            del self._followed[note.id]
-            self.link.send(followed[1], GONE, encode_gone(note.id, note.recipient))
-            return
-
-        def mine(found: bool) -> None:
-            if found:  # else no copy here that peer may also hold (the usual case)
-                self._drop(base_uri(note.recipient), note.id, peer)
-
-        self._origins.take_if(note.id, peer).addCallbacks(
-            mine,
-            lambda f: log.warn(
-                "origin of message {id} not found: {why}", id=note.id, why=f.getErrorMessage()
-            ),
-        )
-
-    def _drop(self, recipient: str, message_id: str, peer: str) -> None:
-        """Drop a copy kept here of a message ``peer`` delivered; while the
-        store is out of reach, try again at every sweep tick."""
-
-        def dropped(found: tuple[str, str] | None) -> None:
-            self._to_drop.pop(message_id, None)
-            if found is not None:
-                self.counters["gone"] += 1
-                log.debug(
-                    "message {id} kept here was delivered by {peer}: dropped",
-                    id=message_id,
-                    peer=peer,
-                )
-
-        def not_dropped(failure: Failure) -> None:
-            if message_id not in self._to_drop:
-                log.warn(
-                    "message {id} delivered by {peer} not dropped here yet: {why}",
-                    id=message_id,
-                    peer=peer,
-                    why=failure.getErrorMessage(),
-                )
-            self._to_drop[message_id] = (recipient, peer)
-            while len(self._to_drop) > MAX_ORIGINS:
-                self._to_drop.popitem(last=False)
-
-        defer.maybeDeferred(self.store.delivered, recipient, message_id).addCallbacks(
-            dropped, not_dropped
-        )
 
     def _on_known(self, peer: str, fields: dict[str, object]) -> None:
         uris = [base_uri(u) for u in decode_known(fields)]

@@ -2,7 +2,7 @@
 
 A post whose recipient's slot another member owns is forwarded to that
 member over the pool link (:mod:`cryptify.crs.pool.forward` does the
-I/O).  Four frame types ride the link (:meth:`PoolLink.send`)::
+I/O).  These frame types ride the link (:meth:`PoolLink.send`)::
 
     {"t": "msg-post", "n": INT, "id": ID, "from": URI, "to": URI,
      "account": ACCOUNT, "kind": KIND, "time": INT, "data": BYTES,
@@ -11,6 +11,7 @@ I/O).  Four frame types ride the link (:meth:`PoolLink.send`)::
     {"t": "msg-refused", "n": INT, "code": CODE, "reason": TEXT}
     {"t": "msg-delivered", "from": URI, "message": ID}
     {"t": "msg-gone", "id": ID, "to": URI}
+    {"t": "msg-gone-ok", "ids": [ID, ...]}
     {"t": "msg-known", "uris": [URI, ...]}
 
 ``msg-post`` asks the peer to store a message durably under the ID and
@@ -25,7 +26,10 @@ owner stores it whether or not it knows the recipient.
 delivered (the sender is told when attached there).  ``msg-gone`` tells
 the member that forwarded a message that its recipient confirmed it: a
 copy that member kept after its forward timed out is dropped there
-instead of being delivered a second time.  ``msg-known`` carries URIs that
+instead of being delivered a second time; it is sent again until the
+member answers ``msg-gone-ok`` (done, durably; :mod:`cryptify.crs.pool.gone`;
+at most :data:`MAX_GONE_OK_BATCH` IDs a frame).
+``msg-known`` carries URIs that
 have attached somewhere in the pool (at most :data:`MAX_KNOWN_BATCH` a
 frame), so that every member takes posts for them.
 
@@ -52,6 +56,7 @@ STORED = "msg-stored"
 REFUSED = "msg-refused"
 DELIVERED = "msg-delivered"
 GONE = "msg-gone"
+GONE_OK = "msg-gone-ok"
 KNOWN = "msg-known"
 
 #: Longest message ID, retry scope and refusal reason accepted.
@@ -60,12 +65,24 @@ MAX_SCOPE = 200
 MAX_REASON = 200
 #: URIs in one ``msg-known`` frame at most.
 MAX_KNOWN_BATCH = 256
+#: Message IDs in one ``msg-gone-ok`` frame at most.
+MAX_GONE_OK_BATCH = 256
 
 _URI = re.compile(TEL_EXT + r"\Z")
 _ACCOUNT = re.compile(f"({ACCOUNT})?" + r"\Z")
 _ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_ID}}}\Z")
 _SCOPE = re.compile(rf"[\x21-\x7e]{{1,{MAX_SCOPE}}}\Z")
 _CODE = re.compile(r"[a-z][a-z-]{0,31}\Z")
+
+
+class Unreachable(Exception):
+    """The owner did not take the message (no link, no answer, its store out
+    of reach): keep it here."""
+
+
+class NoAnswer(Unreachable):
+    """The request was sent and not answered (in time, or before its link
+    went down): the owner may have stored it all the same."""
 
 
 @attrs.frozen
@@ -146,6 +163,12 @@ def encode_delivered(sender: str, message_id: str) -> dict[str, object]:
 
 def encode_gone(message_id: str, recipient: str) -> dict[str, object]:
     return {"id": message_id, "to": recipient}
+
+
+def encode_gone_ok(message_ids: list[str]) -> dict[str, object]:
+    if not 1 <= len(message_ids) <= MAX_GONE_OK_BATCH:
+        raise ValueError(f"1 to {MAX_GONE_OK_BATCH} IDs a frame")
+    return {"ids": list(message_ids)}
 
 
 def encode_known(uris: list[str]) -> dict[str, object]:
@@ -240,6 +263,14 @@ def decode_delivered(fields: dict[str, object]) -> DeliveredNote:
 def decode_gone(fields: dict[str, object]) -> GoneNote:
     f = _keys(fields, {"id", "to"}, GONE)
     return GoneNote(message_id(f["id"]), _text(f["to"], _URI, "recipient"))
+
+
+def decode_gone_ok(fields: dict[str, object]) -> list[str]:
+    """The message IDs a ``msg-gone-ok`` acknowledges."""
+    ids = _keys(fields, {"ids"}, GONE_OK)["ids"]
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_GONE_OK_BATCH:
+        raise WireError(f"acknowledged IDs are not a list of 1 to {MAX_GONE_OK_BATCH}")
+    return [message_id(i) for i in ids]
 
 
 def decode_known(fields: dict[str, object]) -> list[str]:

@@ -9,7 +9,6 @@ member it was handed to (:meth:`SweepMixin._follow`).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -21,7 +20,8 @@ from twisted.python.failure import Failure
 
 from cryptify.crs.messages.store import MessageStore, Posted, Stored
 from cryptify.crs.messages.wiring import Messaging, forward_state
-from cryptify.crs.pool.origins import MAX_ORIGINS, OriginMap
+from cryptify.crs.pool.forward_core import NoAnswer
+from cryptify.crs.pool.origins import OriginMap
 
 if TYPE_CHECKING:
     from cryptify.crs.pool.forward import PoolRoutes
@@ -34,9 +34,6 @@ log = Logger(namespace="cryptify.crs.pool")
 KNOWN_RESYNC = 300.0
 #: Messages of one inbox handed over at once.
 SWEEP_WINDOW = 64
-#: Copies handed on that are followed (for ``msg-gone``) at most; the
-#: oldest are forgotten first.
-MAX_FOLLOWED = MAX_ORIGINS
 
 
 class SweepMixin:
@@ -54,10 +51,6 @@ class SweepMixin:
     _loop: LoopingCall
     _next_share: float
     _origins: OriginMap
-    _to_drop: OrderedDict[str, tuple[str, str]]
-    #: Message ID -> (the member that may hold another copy, the member
-    #: this one handed its copy to).
-    _followed: OrderedDict[str, tuple[str, str]]
 
     reactor: IReactorTime
 
@@ -67,20 +60,11 @@ class SweepMixin:
 
         def _ask(self, peer: str, message: Stored, hand: bool) -> defer.Deferred[Posted]: ...
 
-        def _drop(self, recipient: str, message_id: str, peer: str) -> None: ...
+        def _resend_gones(self, peer: str | None = None) -> None: ...
+
+        def _remember_origin(self, message_id: str, peer: str) -> None: ...
 
         def _share(self, peer: str) -> None: ...
-
-    async def _follow(self, message_id: str, holder: str) -> None:
-        """This member's copy of ``message_id`` went to ``holder``: if a
-        third member may hold another copy (the origin remembered for it),
-        its ``msg-gone`` is passed on to ``holder`` from now on."""
-        origin = await self._origins.take(message_id)
-        if origin is None or origin == holder:
-            return
-        self._followed[message_id] = (origin, holder)
-        while len(self._followed) > MAX_FOLLOWED:
-            self._followed.popitem(last=False)
 
     # -- the sweep ---------------------------------------------------------
 
@@ -90,8 +74,7 @@ class SweepMixin:
         return False
 
     def _tick(self) -> None:
-        for message_id, (recipient, peer) in list(self._to_drop.items()):
-            self._drop(recipient, message_id, peer)
+        self._resend_gones()
         if self.dirty:
             self.kick()
         if self.reactor.seconds() >= self._next_share:
@@ -176,6 +159,10 @@ class SweepMixin:
             done = 0
             for m, (ok, result) in zip(messages, results, strict=True):
                 if not ok:
+                    if result.check(NoAnswer):
+                        # the owner may have stored it all the same (its
+                        # answer lost): a twin, as for a forward (msg-gone)
+                        self._remember_origin(m.id, owner)
                     log.debug(
                         "message {id} for {uri} still kept for {owner}: {why}",
                         id=m.id,
@@ -184,8 +171,10 @@ class SweepMixin:
                         why=result.getErrorMessage(),
                     )
                     continue
+                # followed before it leaves: a crash between the two
+                # leaves a copy here that the follow entry names
+                await self._origins.follow(m.id, owner)
                 await self.store.handed(uri, m.id)
-                await self._follow(m.id, owner)
                 done += 1
                 self.counters["handed"] += 1
                 self.messaging.trace.emit(
