@@ -309,6 +309,7 @@ class WebsocketsCloseCodeTests(TestCase):
         # handshake may take longer than the usual attach timeout, and the
         # CRS would then close for that reason instead of the frame's.
         self.server = _Server(self, Limits(attach_timeout=120))
+        self.closed_early: list[str] = []
 
     def _close_code(self, send: Any) -> tuple[list[str], int | None]:
         """Open a WebSocket, call ``send(ws)``, and read until the CRS closes:
@@ -317,15 +318,23 @@ class WebsocketsCloseCodeTests(TestCase):
 
         url = f"wss://127.0.0.1:{self.server.number}/"
         tls = ssl.create_default_context(cafile=self.server.cert)
-        received: list[str] = []
-        with ws_connect(url, ssl=tls, subprotocols=["umsg.1"], max_size=None) as ws:
-            send(ws)
-            try:
-                while True:
-                    received.append(cbor2.loads(ws.recv(timeout=10))["type"])
-            except ConnectionClosed as exc:
-                return received, exc.rcvd.code if exc.rcvd is not None else None
-        raise AssertionError("unreachable")  # pragma: no cover
+        for attempt in range(3):
+            received: list[str] = []
+            with ws_connect(url, ssl=tls, subprotocols=["umsg.1"], max_size=None) as ws:
+                try:
+                    send(ws)
+                except (ssl.SSLError, OSError, ConnectionClosed) as exc:
+                    # closed before our frame went out (seen once on a
+                    # machine at load 8): no answer to the frame to judge;
+                    # try again on a new connection, at most twice
+                    self.closed_early.append(f"attempt {attempt}: {exc!r}")
+                    continue
+                try:
+                    while True:
+                        received.append(cbor2.loads(ws.recv(timeout=10))["type"])
+                except ConnectionClosed as exc:
+                    return received, exc.rcvd.code if exc.rcvd is not None else None
+        raise AssertionError(f"the CRS closed before each frame: {self.closed_early}")
 
     def _raw(self, data: bytes) -> Any:
         return lambda ws: ws.socket.sendall(data)
