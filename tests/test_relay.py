@@ -358,19 +358,27 @@ class ControlTests(SynchronousTestCase):
             self.failureResultOf(d).trap(BatchTooLarge)
         self.assertEqual(self.core.entries, 2)
 
-    def test_allocator_batches_one_turn(self) -> None:
-        """The calls of one reactor turn get their relay sessions with one AddMany and
-        give them back with one RemoveMany."""
+    def counted(self, unknown: str | None = None) -> tuple[LinkRelayAllocator, list[str]]:
+        """An allocator on a new link, and the names of the commands the
+        link sends, in order; the relay answers ``unknown`` as a command it
+        does not know (an older relay)."""
         link = self.link()
-        allocator = LinkRelayAllocator(link, "192.0.2.5")
         sent: list[str] = []
         original = link.call
 
         def counting(command: Any, **kwargs: Any) -> Any:
             sent.append(command.__name__)
+            if command.__name__ == unknown:
+                return defer.fail(amp.UnhandledCommand(command.__name__))
             return original(command, **kwargs)
 
         link.call = counting  # type: ignore[method-assign]
+        return LinkRelayAllocator(link, "192.0.2.5"), sent
+
+    def test_allocator_batches_one_turn(self) -> None:
+        """The calls of one reactor turn get their relay sessions with one AddMany and
+        give them back with one RemoveMany."""
+        allocator, sent = self.counted()
         pending = [allocator.allocate(f"s{n}") for n in range(3)]
         self.clock.advance(0)
         self.endpoint.flush()
@@ -391,16 +399,7 @@ class ControlTests(SynchronousTestCase):
         BridgeMany; each caller learns whether its leg was bridged (a
         session the allocator does not hold: False without asking); the
         relay bridges them and writes a Command bridge line for each."""
-        link = self.link()
-        allocator = LinkRelayAllocator(link, "192.0.2.5")
-        sent: list[str] = []
-        original = link.call
-
-        def counting(command: Any, **kwargs: Any) -> Any:
-            sent.append(command.__name__)
-            return original(command, **kwargs)
-
-        link.call = counting  # type: ignore[method-assign]
+        allocator, sent = self.counted()
         pending = [allocator.allocate(f"s{n}") for n in range(2)]
         self.clock.advance(0)
         self.endpoint.flush()
@@ -441,18 +440,7 @@ class ControlTests(SynchronousTestCase):
     def test_allocator_bridges_one_by_one_with_an_older_relay(self) -> None:
         """A relay that does not know BridgeMany gets one Bridge per leg,
         from then on."""
-        link = self.link()
-        allocator = LinkRelayAllocator(link, "192.0.2.5")
-        sent: list[str] = []
-        original = link.call
-
-        def older(command: Any, **kwargs: Any) -> Any:
-            sent.append(command.__name__)
-            if command.__name__ == "BridgeSessions":
-                return defer.fail(amp.UnhandledCommand("BridgeMany"))
-            return original(command, **kwargs)
-
-        link.call = older  # type: ignore[method-assign]
+        allocator, sent = self.counted(unknown="BridgeSessions")
         allocator.allocate("s0")
         allocator.allocate("s1")
         self.clock.advance(0)
