@@ -277,7 +277,7 @@ class ForwardTests(SynchronousTestCase):
         self.assertEqual(
             self.a.forwarder.status(),
             "active (forwarded 1, held 0, handed 0, taken 0, duplicates 0, gone 0,"
-            " timeouts 0, learned 0)",
+            " timeouts 0, learned 0; msg-gone pending 0)",
         )
         self.assertIn("taken 1", self.b.forwarder.status())
         self.a.forwarder.stopService()

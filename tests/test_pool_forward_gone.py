@@ -82,6 +82,7 @@ class GoneTests(SynchronousTestCase):
         self.assertIn("crs1-1", self.a.store.messages)
         self.assertEqual(len(self.b.forwarder._gones), 1)
         self.assertEqual(len(self.b.origins.gones), 1)
+        self.assertIn("; msg-gone pending 1)", self.b.forwarder.status())
         self.clock.advance(RESEND_FIRST)
         self.assertEqual(self.sent(GONE), [("crs2", "crs1")])
         self.flow()

@@ -253,10 +253,12 @@ class Forwarder(GoneMixin, SweepMixin, service.Service):
         self._stop_gone()
 
     def status(self) -> str:
-        """The ``show services`` row ``pool_messages``: the counters."""
+        """The ``show services`` row ``pool_messages``: the counters, and
+        the ``msg-gone`` waiting for their answer."""
         if not self.running:
             return "inactive"
-        return "active (" + ", ".join(f"{k} {v}" for k, v in self.counters.items()) + ")"
+        counters = ", ".join(f"{k} {v}" for k, v in self.counters.items())
+        return f"active ({counters}; msg-gone pending {len(self._gones)})"
 
     # -- the Router of Messaging -------------------------------------------
 
