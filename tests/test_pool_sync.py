@@ -396,3 +396,43 @@ class RedisInstancesTests(SynchronousTestCase):
         self.assertEqual(by_mode["replicate-from-peer"]["redis_backup"].replica_of, master)
         self.assertIsNone(by_mode["read-from"]["redis_backup"].replica_of)
         self.assertIsNone(by_mode["replicate-from-peer"]["redis_low"].replica_of)
+
+
+class BackupImportRetryTests(SynchronousTestCase):
+    """``db-backup read-from``: an import run that fails is tried again,
+    after 1 s doubling to 30 s, until one completes or the service stops."""
+
+    def service(self, failures: int) -> tuple[Any, list[float]]:
+        from cryptify.crs.pool.backup import BackupImport
+
+        clock = Clock()
+        runs: list[float] = []
+
+        class Flaky(BackupImport):
+            async def run(self) -> dict[str, int]:
+                runs.append(clock.seconds())
+                if len(runs) <= failures:
+                    raise ConnectionError("redis_backup went away")
+                return {"imported": 3}
+
+        return Flaky("crs1", lambda: None, lambda: None, lambda: defer.succeed(None), clock), runs
+
+    def test_failed_runs_are_tried_again(self) -> None:
+        imp, runs = self.service(failures=7)
+        imp.startService()
+        clock = imp.clock
+        for _ in range(200):
+            clock.advance(1)
+        self.assertEqual(runs, [0, 1, 3, 7, 15, 31, 61, 91])
+        self.assertEqual(self.successResultOf(imp.done), {"imported": 3})
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 7)
+
+    def test_stop_ends_the_wait(self) -> None:
+        imp, runs = self.service(failures=100)
+        imp.startService()
+        imp.clock.advance(1)
+        imp.stopService()
+        self.assertEqual(self.successResultOf(imp.done), {})
+        self.assertEqual(imp.clock.getDelayedCalls(), [])
+        self.assertEqual(runs, [0, 1])
+        self.flushLoggedErrors(ConnectionError)

@@ -356,13 +356,17 @@ class PoolSyncTests(TestCase):
             f.write("crsname crs2\ndb-backup read-from\n")
 
         self.crs2.start()
-        wait_for(
-            lambda: (
-                "read-from crs1: 3 messages imported, 0 already there, 1 unusable skipped"
-                in self.crs2.log()
-            ),
-            "the first import",
-        )
+        try:
+            wait_for(
+                lambda: (
+                    "read-from crs1: 3 messages imported, 0 already there, 1 unusable skipped"
+                    in self.crs2.log()
+                ),
+                "the first import",
+                timeout=90,  # a busy host: Redis children restarting, a retried run
+            )
+        except AssertionError as exc:  # what crs2 said instead, for the next look
+            raise AssertionError(f"{exc}; crs2.log ends:\n{self.crs2.log()[-3000:]}") from None
         self.assert_inboxes(ids)
 
         # as if the CRS had died after storing the first message, before

@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -43,6 +43,10 @@ log = Logger(namespace="cryptify.crs.pool.sync")
 
 #: Seconds between two readings of the replica's INFO replication.
 REPLICA_POLL = 5.0
+#: Seconds before a failed ``read-from`` import is tried again, doubling
+#: up to :data:`IMPORT_RETRY_MAX`.
+IMPORT_RETRY = 1.0
+IMPORT_RETRY_MAX = 30.0
 #: Messages imported per round trip by ``read-from``.
 IMPORT_CHUNK = 100
 #: Where the imported message IDs are kept, per peer (a set in redis_low).
@@ -167,18 +171,45 @@ class BackupImport(service.Service):
         self.clock = clock
         self.holder = _Holder()
         self.done: Deferred[dict[str, int]] | None = None
+        #: The wait before the next try after a failed run.
+        self._pause: Deferred[None] | None = None
 
     def startService(self) -> None:
         service.Service.startService(self)
         self.done = defer.ensureDeferred(self._run())
 
+    def stopService(self) -> None:
+        service.Service.stopService(self)
+        if self._pause is not None:
+            self._pause.cancel()
+
     async def _run(self) -> dict[str, int]:
-        try:
-            await self.ready()
-            return await self.run()
-        except Exception:
-            log.failure("db-backup read-from: import from {peer} stopped", peer=self.peer)
-            return {}
+        """:meth:`run` once the stores are ready; a run that fails (a Redis
+        child restarting, a command timing out on a busy host) is tried
+        again, after 1 s doubling to 30 s, while the service runs: what it
+        had imported is recorded, so the next run goes on from there."""
+        delay = IMPORT_RETRY
+        while self.running:
+            try:
+                await self.ready()
+                return await self.run()
+            except Exception:
+                if not self.running:
+                    break
+                log.failure(
+                    "db-backup read-from: import from {peer} failed; trying again in {delay:g} s",
+                    peer=self.peer,
+                    delay=delay,
+                )
+            self._pause = task.deferLater(self.clock, delay)
+            try:
+                await self._pause
+            except defer.CancelledError:
+                break
+            finally:
+                self._pause = None
+            delay = min(2 * delay, IMPORT_RETRY_MAX)
+        return {}
 
     def _store(self) -> MessageStore:
         holder = self.holder
