@@ -76,9 +76,6 @@ DELIVERY_RETRY = 2.0
 #: read of the inbox at the attach, or on an earlier connection, may have
 #: sent it already), in ms.
 NOTICE_MARGIN_MS = 1000
-#: With ``workers N``: how many of the messages a read of the inbox sent
-#: on one connection are remembered (a notice for one of them comes late).
-DRAINED_KEPT = 64
 #: ``retry-after`` of ``error unavailable``, ms.
 UNAVAILABLE_RETRY_MS = 2000
 #: Longest ``reason`` in an answer (the codec's limit).
@@ -179,9 +176,9 @@ class Outbox:
     ``backlog``: messages may be waiting that were not sent yet (true from
     the attach until a pass over the inbox found nothing more to send);
     ``fetches``: request ids of ``fetch`` to answer ``ok`` once the backlog
-    is sent; ``drained``: with ``workers N``, the last messages a pass over
-    the inbox sent (a notice for one of them comes late: it may be
-    confirmed already).
+    is sent; ``drained_ms``: with ``workers N``, the store time of the
+    newest message a pass over the inbox sent (a notice for a message no
+    newer may come late, after it was sent and confirmed).
     """
 
     inflight: dict[str, None] = attrs.field(factory=dict)
@@ -190,7 +187,7 @@ class Outbox:
     again: bool = False
     fetches: list[int | None] = attrs.field(factory=list)
     retry: IDelayedCall | None = None
-    drained: dict[str, None] = attrs.field(factory=dict)
+    drained_ms: int = -1
 
 
 class Messaging:
@@ -372,7 +369,7 @@ class Messaging:
         box = self._outbox(attachment)
         if (
             stored is not None
-            and stored.id not in box.drained
+            and stored.time_ms > box.drained_ms
             and attachment.since * 1000 < stored.time_ms - NOTICE_MARGIN_MS
         ):
             self._offer(attachment, stored)
@@ -504,9 +501,7 @@ class Messaging:
                     if result is not None and result.id not in box.inflight:
                         self._send(attachment, box, result)
                         if self.siblings is not None:
-                            box.drained[result.id] = None
-                            if len(box.drained) > DRAINED_KEPT:
-                                del box.drained[next(iter(box.drained))]
+                            box.drained_ms = max(box.drained_ms, result.time_ms)
                 if len(ids) < want:
                     # the whole inbox was read: what is out and no longer
                     # waiting was confirmed (or expired)
