@@ -342,6 +342,42 @@ class SeveralServersTests(SynchronousTestCase):
         self.assertEqual(connector.calls, [self.SERVERS[0], self.SERVERS[1]])
         self.assertIsInstance(self.events[-1], Attached)
 
+    def test_lost_connection_goes_to_the_standby(self) -> None:
+        """Attached with a standby (the instance that takes the URI's slot
+        if this one dies): the lost connection comes back there first, not
+        to the next address in turn; a failure there goes on in turn."""
+
+        class WithStandby:
+            def owner(self, slot: int) -> str:
+                return "crs1"
+
+            def mine(self, slot: int) -> bool:
+                return True
+
+            def standby(self, slot: int) -> str:
+                return "crs3"
+
+            def address(self, host: str) -> str:
+                return f"{host}.test"
+
+        self.world.core.slots = WithStandby()
+        connector = WorldConnector(self.world)
+        client = self.client(connector)
+        client.start()
+        self.assertIsInstance(self.events[-1], Attached)
+        self.assertEqual(self.events[-1].standby, self.SERVERS[2])
+        self.world.factory.disconnect_all("shutdown")
+        connector.flush()
+        self.run_until(connector, 2)
+        self.assertEqual(connector.calls, [self.SERVERS[0], self.SERVERS[2]])
+        self.assertIsInstance(self.events[-1], Attached)
+        # Lost again, and the standby does not answer: then the one after it.
+        self.world.factory.disconnect_all("shutdown")
+        connector.fail = 1
+        connector.flush()
+        self.run_until(connector, 4)
+        self.assertEqual(connector.calls[2:], [self.SERVERS[2], self.SERVERS[0]])
+
     def test_moved_to_a_dead_instance(self) -> None:
         """``moved`` to an instance that cannot be reached (it died, the
         pool has not taken its slots over yet): the client goes on with

@@ -216,6 +216,32 @@ class FailoverTests(SynchronousTestCase):
         assert crs3 is not None
         self.assertEqual(crs3.map, after)
 
+    def test_heir_is_the_takeover_owner(self) -> None:
+        """Each member's heir of a slot it owns (the standby it names to its
+        clients) is the member the takeover gives the slot to when it dies,
+        for every member of a 3-member pool; alone, a member has no heir."""
+        for dying in ("crs1", "crs2", "crs3"):
+            net = Net(3)
+            before = net.settle()
+            member = net.members[dying]
+            assert member is not None
+            heirs = {
+                slot: member.heir(slot, net.now)
+                for slot, owner in enumerate(before.owners)
+                if owner == dying
+            }
+            net.silent = {dying}
+            after = net.settle(rounds=8)
+            for slot, heir in heirs.items():
+                self.assertEqual(after.owners[slot], heir, (dying, slot))
+        alone = Net(2)
+        alone.settle()
+        alone.silent = {"crs2"}
+        alone.settle(rounds=8)
+        crs1 = alone.members["crs1"]
+        assert crs1 is not None
+        self.assertIsNone(crs1.heir(0, alone.now))
+
     def test_first_member_dies(self) -> None:
         """When the coordinator dies, the next in order takes its slots."""
         net = Net(2)

@@ -20,7 +20,10 @@ addresses DNS gives for one name).  Every reconnect that does not follow
 client whose instance died (or whose ``moved`` names one that cannot be
 reached) reaches a survivor at its next try, and one that only lost its
 connection comes back through the next instance, which moves it on to
-the owner of its URI.  A load refusal (``unavailable``, ``attach-timeout``)
+the owner of its URI.  An attached connection that is lost goes first to
+the ``standby`` its ``attached`` named (the instance that takes the URI's
+slot if its own dies), so the clients of a dead instance come back to
+their new owner without a ``moved``.  A load refusal (``unavailable``, ``attach-timeout``)
 came from an instance that is up: the client tries that one again after
 its ``retry-after``, up to :data:`MAX_STAYS` times in a row, rather than
 the next address, which in a failover may be the dead instance.
@@ -261,6 +264,12 @@ class AttachingClient:
     #: last refusal asks to try the same address again.
     stays: int = 0
     _stay: bool = False
+    #: The last ``attached``'s standby (host, port): the instance that takes
+    #: the URI's slot if the one attached to dies; tried first when an
+    #: attached connection is lost.
+    standby: tuple[str, int] | None = None
+    #: Whether the connection that ended had attached.
+    _was_attached: bool = False
     #: Reconnect after exactly this long next time (``replaced``, not stopping).
     _hold_off: float | None = None
     _stopped: defer.Deferred[None] | None = None
@@ -284,6 +293,15 @@ class AttachingClient:
             self.turn = self.servers.index(here)
         self.turn = (self.turn + 1) % len(self.servers)
         self.host, self.port = self.servers[self.turn]
+
+    def _go_standby(self, standby: tuple[str, int]) -> None:
+        """An attached connection was lost: try the instance that takes the
+        URI's slot if the one attached to died (it moves the client back if
+        not), then the others in turn."""
+        self.moves = 0
+        self.host, self.port = standby
+        if standby in self.servers:
+            self.turn = self.servers.index(standby)
 
     def delay(self) -> float:
         """The next reconnect delay: full jitter over an exponential window."""
@@ -316,6 +334,8 @@ class AttachingClient:
             self.moves = 0
             self.stays = 0
             self.ticket = event.ticket
+            self.standby = event.standby
+            self._was_attached = True
         elif isinstance(event, Moved):
             self.host, self.port = event.host, event.port
             self.moves += 1
@@ -357,10 +377,14 @@ class AttachingClient:
         if not (moved and self.moves <= MAX_MOVES):
             if self._stay and self.stays < MAX_STAYS:
                 self.stays += 1
+            elif self._was_attached and self.standby is not None:
+                self.stays = 0
+                self._go_standby(self.standby)
             else:
                 self.stays = 0
                 self._next_server()
         self._stay = False
+        self._was_attached = False
         if self.hint_ms is not None:
             delay = max(delay, self.hint_ms / 1000)
             self.hint_ms = None

@@ -35,6 +35,9 @@ class Attached:
     ticket: bytes | None = attrs.field(default=None, repr=False)
     #: Whether this attach used a ticket.
     resumed: bool = False
+    #: Where to attach first if this connection is lost (the pool instance
+    #: that takes the URI's slot if this one dies): (host, port), or None.
+    standby: tuple[str, int] | None = None
 
 
 @attrs.frozen
@@ -186,6 +189,7 @@ class ClientSession:
             msg["time"],
             msg.get("ticket"),
             resumed,
+            _standby(msg),
         )
         return [self.attached]
 
@@ -206,6 +210,14 @@ class ClientSession:
 
     def _incoming(self, msg: Message) -> list[ClientEvent]:
         return [Incoming(msg)]
+
+
+def _standby(msg: Message) -> tuple[str, int] | None:
+    """``attached``'s standby address, when it names both host and port."""
+    host, port = msg.get("standby-host"), msg.get("standby-port")
+    if host is None or port is None:
+        return None
+    return str(host), int(port)
 
 
 #: The handler of every CRS -> client message type.

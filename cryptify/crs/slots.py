@@ -78,6 +78,11 @@ class SlotMap:
         """Whether this instance owns ``slot``."""
         return self.owner(slot) == self.me
 
+    def standby(self, slot: int) -> str | None:
+        """Who would take ``slot`` if this instance died: no one (a fixed
+        split has no failover)."""
+        return None
+
     def address(self, host: str) -> str:
         """Where clients reach ``host`` (its configured IP)."""
         return self.addresses.get(host, host)

@@ -27,6 +27,7 @@ from cryptify.config import (
 from cryptify.config.crs_local import worker_count
 from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.core import AttachCore
+from cryptify.crs.attach.parking import ParkingLot
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.attach.tickets import TicketKey
 from cryptify.crs.attach.wiring import UmsgListenService
@@ -200,8 +201,23 @@ def build_attach(
         tickets=TicketKey.derive(cfg.global_.key),
         ready=lambda: stores_ready(redis),
     )
+    if basics.pool is not None:
+        core.parking = parked_attaches(basics.pool, basics.reactor.seconds)
     install_objects(core, objects)
     return core
+
+
+def parked_attaches(link: PoolLink, clock: Callable[[], float]) -> ParkingLot:
+    """Attaches that wait for their slot to get an owner, reviewed after
+    every change of ``link``'s map and at each heartbeat while some wait."""
+    parking = ParkingLot(clock)
+
+    def first() -> None:
+        link.recheck(parking.review)
+
+    parking.on_first = first
+    link.watch(parking.review)
+    return parking
 
 
 def build_calls(

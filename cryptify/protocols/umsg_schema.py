@@ -311,6 +311,9 @@ FROM_SERVER: dict[str, tuple[Field, ...]] = _schema(
             Field("interval", "uint", 1000, 24 * 3600 * 1000),
             Field("ticket", "bytes", 1, 64, required=False),
             Field("resumed", "bool", required=False),
+            _text("standby", 64, req=False),
+            _text("standby-host", 255, req=False),
+            Field("standby-port", "uint", 1, 65535, required=False),
         ],
     ),
     (

@@ -142,6 +142,8 @@ class Client:
         self.ws: Any = None
         self.at: str | None = None
         self.moves: list[str] = []
+        #: The last ``attached``'s standby-host (who takes its slot if ``at`` dies).
+        self.standby: str | None = None
 
     def close(self) -> None:
         if self.ws is not None:
@@ -338,6 +340,7 @@ class PoolCase(TestCase):
             return f"refused {answer.get('code')}"
         client.close()
         client.ws, client.at = ws, host
+        client.standby = answer.get("standby-host")
         return "attached"
 
     def attach(self, client: Client, hosts: list[str], ceiling: float = CEILING) -> None:

@@ -36,6 +36,7 @@ from typing import Protocol
 import attrs
 from twisted.logger import Logger
 
+from cryptify.crs.attach.parking import ParkingLot
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.attach.tickets import TicketKey
 from cryptify.crs.slots import slot_of
@@ -59,11 +60,14 @@ class State(enum.Enum):
 
     NEW = "new"
     CHALLENGED = "challenged"
+    #: Waiting for its slot to get an owner (:mod:`cryptify.crs.attach.parking`).
+    PARKED = "parked"
     ATTACHED = "attached"
     CLOSED = "closed"
 
 
 NEW, CHALLENGED, ATTACHED, CLOSED = State.NEW, State.CHALLENGED, State.ATTACHED, State.CLOSED
+PARKED = State.PARKED
 
 
 class Peer(Protocol):
@@ -108,6 +112,10 @@ class SlotOwners(Protocol):
     def mine(self, slot: int) -> bool:
         """Whether this instance serves ``slot`` now."""
 
+    def standby(self, slot: int) -> str | None:
+        """The instance that would take ``slot`` if this one died (None:
+        none, or no pool)."""
+
     def address(self, host: str) -> str:
         """Where clients reach instance ``host``."""
 
@@ -137,6 +145,8 @@ class AttachCore:
     #: Whether the stores attached clients need are reachable; while not,
     #: attaches are refused ``unavailable`` (the client retries later).
     ready: Callable[[], bool] = lambda: True
+    #: Attaches waiting for their slot to get an owner (None: refused at once).
+    parking: ParkingLot | None = None
 
     def session(
         self, peer: Peer, host: str, port: int, keepalive: tuple[str, int]
@@ -165,6 +175,8 @@ class AttachSession:
     #: Names this connection, unique across connections and CRS restarts
     #: (scopes the request ids of posts that carry no message key).
     conn_id: str = attrs.field(factory=lambda: secrets.token_hex(12))
+    #: The attach that waits while parked.
+    _parked_msg: Message | None = None
 
     @property
     def attached(self) -> bool:
@@ -180,6 +192,8 @@ class AttachSession:
             self._new(msg)
         elif self.state is CHALLENGED:
             self._challenged(msg)
+        elif self.state is PARKED:
+            self.refuse("unexpected", f"{msg.type} while the attach waits", msg.id)
         else:
             self._attached(msg)
 
@@ -193,7 +207,7 @@ class AttachSession:
 
     def timed_out(self) -> None:
         """The attach took longer than allowed."""
-        if self.state in (NEW, CHALLENGED):
+        if self.state in (NEW, CHALLENGED, PARKED):
             self.refuse("attach-timeout", "no attach in time")
 
     def lost(self, reason: str) -> None:
@@ -201,6 +215,8 @@ class AttachSession:
         if self.state is ATTACHED and self.uri is not None:
             self.core.registry.detach(self.uri, self, reason)
             self._detached(reason)
+        elif self.state is PARKED and self.core.parking is not None:
+            self.core.parking.drop(self)
         self.state = CLOSED
 
     def send(self, msg: Message) -> None:
@@ -234,6 +250,8 @@ class AttachSession:
         """Refuse the attach with ``code`` and close."""
         if self.state is CLOSED:
             return
+        if self.state is PARKED and self.core.parking is not None:
+            self.core.parking.drop(self)
         self.state = CLOSED
         self.core.registry.refused(self.uri, self.account, self.host, self.port, code)
         self.peer.send(
@@ -262,26 +280,54 @@ class AttachSession:
             self.refuse("version", f"this CRS speaks revisions {list(core.revisions)}", msg.id)
             return
         self.version = max(common)
+        self._checks(msg, "new")
+
+    @property
+    def parked(self) -> bool:
+        return self.state is PARKED
+
+    def resume(self, expired: bool) -> bool:
+        """Parked: go on now (``expired``: refuse if the slot still has no
+        owner).  True if it waits on (:class:`ParkingLot`)."""
+        if self.state is not PARKED:
+            return False
+        self.state = NEW
+        msg, self._parked_msg = self._parked_msg, None
+        assert msg is not None
+        return self._checks(msg, "expired" if expired else "wait")
+
+    def _checks(self, msg: Message, mode: str) -> bool:
+        """The account, the stores and the slot; then the challenge (or the
+        ticket).  ``mode``: "new" (may park), "wait" (parked: True to wait
+        on), "expired" (parked too long: refuse).  True when parked."""
+        core = self.core
+        account_id, uri = self.account or "", self.uri or ""
         account = core.accounts.get(account_id)
         if account is None:
             self.refuse("unknown-account", f"account {account_id} is not served", msg.id)
-            return
+            return False
         if not core.ready():
             self.refuse(
                 "unavailable", "the CRS is not ready yet", msg.id, retry_after=UNAVAILABLE_RETRY_MS
             )
-            return
+            return False
         self.slot = slot_of(uri)
         if core.slots is not None and not core.slots.mine(self.slot):
             owner = core.slots.owner(self.slot)
             if owner is None:
+                if mode == "wait" or (
+                    mode == "new" and core.parking is not None and core.parking.park(self)
+                ):
+                    self.state = PARKED
+                    self._parked_msg = msg
+                    return True
                 self.refuse(
                     "unavailable",
                     "the URI's slot has no owner in the pool right now (starting or handing over)",
                     msg.id,
                     retry_after=HANDOVER_RETRY_MS,
                 )
-                return
+                return False
             self.state = CLOSED
             core.registry.moved(uri, account_id, self.host, self.port, owner)
             self.peer.send(
@@ -294,7 +340,13 @@ class AttachSession:
                 )
             )
             self.peer.end("moved")
-            return
+            return False
+        self._challenge(account, msg)
+        return False
+
+    def _challenge(self, account: AccountLike, msg: Message) -> None:
+        core = self.core
+        assert self.account is not None and self.uri is not None
         self.period = period_of(core.clock())
         if account.kpak_for(self.period) is None:
             self.refuse("no-key-period", f"no keys for {self.period}", msg.id)
@@ -360,6 +412,8 @@ class AttachSession:
         ticket = None
         if core.tickets is not None:
             ticket = core.tickets.issue(self.account, self.uri, self.period, now)
+        slots = core.slots
+        standby = None if slots is None else slots.standby(self.slot)
         self.peer.send(
             message(
                 "attached",
@@ -372,6 +426,9 @@ class AttachSession:
                 interval=interval,
                 ticket=ticket,
                 resumed=resumed or None,
+                standby=standby,
+                standby_host=None if standby is None or slots is None else slots.address(standby),
+                standby_port=None if standby is None else core.move_port,
             )
         )
 

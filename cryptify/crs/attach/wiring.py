@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 from cryptify.config.crs import CrsGlobal, KeepAlive
 from cryptify.crs.attach.admission import MAX_HANDSHAKES, STALE_SILENT, Admission
 from cryptify.crs.attach.core import AttachCore, AttachSession
+from cryptify.crs.attach.parking import ParkingLot
 from cryptify.protocols.streams import abort
 from cryptify.protocols.umsg import (
     MAX_MESSAGE,
@@ -347,6 +348,11 @@ class UmsgServerFactory(ServerFactory[UmsgServerProtocol]):
         #: Admission control: the listening port it pauses, when listening.
         self.admission = Admission()
         self.port: PausablePort | None = None
+        #: Attaches waiting for an owner of their slot (a pool's), made
+        #: with the core before its listeners.
+        self.parking: ParkingLot | None = getattr(core, "parking", None)
+        if self.parking is not None:
+            self.parking.on_change.append(self._admit_more)
 
     def listening(self, port: object) -> None:
         """The listening port to pause and resume (None: not listening; one
@@ -361,7 +367,9 @@ class UmsgServerFactory(ServerFactory[UmsgServerProtocol]):
         port = self.port
         if port is None:
             return
-        count, limit = len(self.pending), self.limits.max_handshakes
+        # Parked attaches (cryptify.crs.attach.parking) wait at no cost.
+        parked = 0 if self.parking is None else self.parking.count
+        count, limit = len(self.pending) - parked, self.limits.max_handshakes
         what = self.admission.update(count, limit)
         if what == "pause":
             port.stopReading()

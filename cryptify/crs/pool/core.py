@@ -437,6 +437,15 @@ class PoolMember:
         (no map yet, or the slot is being handed over)."""
         return None if self.map is None else self.map.owner(slot_of(uri))
 
+    def heir(self, slot: int, now: float) -> str | None:
+        """The member that takes ``slot`` if this one dies while the others
+        it sees live now stay up (rule 5's takeover target), or None with no
+        other member live.  A hint for clients (``attached``'s standby)."""
+        others = self.live(now) - {self.me}
+        if not others:
+            return None
+        return self._target(others)[slot]
+
     def moved_to(self, uri: str) -> str | None:
         """Where ``moved`` sends a client of ``uri``: the owner's address,
         or ``None`` if this member owns the slot or no one does."""

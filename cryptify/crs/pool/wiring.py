@@ -245,6 +245,12 @@ class PoolLink(service.MultiService):
         heartbeat until it returns False."""
         self._watchers.append(watcher)
 
+    def recheck(self, watcher: Callable[[], bool]) -> None:
+        """Call ``watcher()`` (one given to :meth:`watch`) at the next
+        heartbeat too, as if it had last asked to run again."""
+        if watcher not in self._again:
+            self._again.append(watcher)
+
     def _run_watchers(self, watchers: list[Callable[[], bool]]) -> None:
         again = []
         for watcher in watchers:
@@ -306,6 +312,12 @@ class PoolLink(service.MultiService):
 
     def mine(self, slot: int) -> bool:
         return self.member is not None and self.member.claims(slot)
+
+    def standby(self, slot: int) -> str | None:
+        """Who takes ``slot`` if this instance dies (:meth:`PoolMember.heir`)."""
+        if self.member is None:
+            return None
+        return self.member.heir(slot, self.reactor.seconds())
 
     def address(self, host: str) -> str:
         """Where clients reach ``host`` (its ``[POOL]`` ip)."""
@@ -533,6 +545,9 @@ class ClientSlots:
 
     def mine(self, slot: int) -> bool:
         return self.link.mine(slot)
+
+    def standby(self, slot: int) -> str | None:
+        return self.link.standby(slot)
 
     def address(self, host: str) -> str:
         return self.link.address(host)
