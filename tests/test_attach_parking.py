@@ -67,7 +67,7 @@ class ParkingTests(SynchronousTestCase):
     def test_parked_then_attached_here(self) -> None:
         """No owner: the attach waits, answered nothing; once the slot is
         this instance's, the review attaches it (with the standby named)."""
-        _, _, pump, events = self.pair()
+        _, server, pump, events = self.pair()
         self.assertEqual(events, [])
         self.assertEqual((self.lot.count, self.firsts), (1, 1))
         self.owners.owner_now = "crs1"
@@ -77,6 +77,16 @@ class ParkingTests(SynchronousTestCase):
         self.assertIsInstance(events[0], Attached)
         self.assertEqual(events[0].standby, ("192.0.2.8", 5223))
         self.assertEqual(self.lot.count, 0)
+        # Attached from the review, not from a message it sent: no longer
+        # unattached, kept alive, and the attach-timeout sweep leaves it.
+        factory = self.world.factory
+        self.assertEqual(factory.pending, set())
+        self.assertEqual(factory.live, {server})
+        factory.sweep_attach()
+        self.world.clock.advance(factory.limits.attach_timeout + 1)
+        factory.sweep_attach()
+        pump.flush()
+        self.assertEqual(len(events), 1, events)
 
     def test_parked_then_moved(self) -> None:
         """The slot goes to another live instance: the parked attach is moved there."""

@@ -106,6 +106,9 @@ class _Peer:
     def end(self, code: str) -> None:
         self.ended.append(code)
 
+    def promoted(self) -> None:
+        pass
+
 
 class DocTests(SynchronousTestCase):
     """The doc, the codec, the CRS and the client agree."""

@@ -79,6 +79,10 @@ class Peer(Protocol):
     def end(self, code: str) -> None:
         """Close the connection after what was sent; ``code`` says why (UMSG code)."""
 
+    def promoted(self) -> None:
+        """The session attached (now, or later than the message that asked:
+        a parked attach): the connection is no longer unattached."""
+
 
 class AccountLike(Protocol):
     @property
@@ -431,6 +435,7 @@ class AttachSession:
                 standby_port=None if standby is None else core.move_port,
             )
         )
+        self.peer.promoted()
 
     def _attached(self, msg: Message) -> None:
         assert self.account is not None and self.uri is not None

@@ -205,8 +205,6 @@ class UmsgServerProtocol(Protocol):
                     self.session.protocol_error(exc)
                 else:
                     self.session.received(msg)
-                    if self.session.attached:
-                        factory.promote(self)
             elif isinstance(event, Failed):
                 # The close carries the WebSocket's own code (RFC 6455
                 # section 7.4.1: 1002 framing, 1003 text, 1007, 1009).
@@ -233,6 +231,9 @@ class UmsgServerProtocol(Protocol):
             return
         self.ws.send(encode_from_server(msg))
         self.flush()
+
+    def promoted(self) -> None:
+        self.factory.promote(self)
 
     def end(self, code: str) -> None:
         if self.ending:
