@@ -16,6 +16,7 @@ connections per address).
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import re
@@ -41,6 +42,12 @@ POOL_KEY = "failover-test-pool-key"
 CEILING = 120.0
 #: What the survivors log when a peer's heartbeats stop (cryptify/crs/pool/wiring.py).
 DOWN_LINE = re.compile(r"pool link to (\S+) down: .*the last arrived at ([0-9.]+)")
+#: The coordinator's crs.log line for a takeover map: its time, who was down.
+TAKEOVER_LINE = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \|.*\] pool map \S+: took over the slots"
+    r" of members that are down \(([^)]*)\)",
+    re.M,
+)
 #: What an instance logs when its own event loop ran late (at most every 10 s).
 LAG_LINE = re.compile(r"event loop ran ([0-9.]+)s late")
 
@@ -177,6 +184,17 @@ class BenchPool:
                 if match.group(1) == f"crs{victim}":
                     seen.append(float(match.group(2)))
         return max(seen) if seen else None
+
+    def takeover_at(self, victim: int) -> float | None:
+        """When the coordinator wrote the map that took ``victim``'s slots
+        over (Unix time, from its crs.log line), or None."""
+        seen = []
+        for index in self.procs:
+            for match in TAKEOVER_LINE.finditer(self.crs_log(index)):
+                if f"crs{victim}" in match.group(2).split(","):
+                    whole = calendar.timegm(time.strptime(match.group(1)[:19], "%Y-%m-%d %H:%M:%S"))
+                    seen.append(whole + float(match.group(1)[19:]))
+        return min(seen) if seen else None
 
     def pool_events(self, victim: int) -> dict[str, float]:
         """From the living instances' crs.log: how often one declared a peer

@@ -24,8 +24,9 @@ arrived at a survivor: the survivors' crs.log line ``pool link to crsN
 down: ... the last arrived at T``) to the moment the last of its clients
 was attached at a survivor.  One JSON line:
 
-- ``failover_seconds``: the figure above; ``detected_seconds``: last
-  heartbeat to the link-down line (about 3 s of missed heartbeats);
+- ``failover_seconds``: the figure above; ``takeover_seconds``: last
+  heartbeat to the coordinator's takeover map (about 3 s of missed
+  heartbeats, more when the survivors' loops run late);
   ``kill_to_last_heartbeat_seconds``;
 - ``orphans`` (clients of the killed instance), ``reattached``,
   ``resumed`` (with a ticket), ``full_attaches``, ``moves`` (moved
@@ -510,6 +511,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "back_per_second": (
                 histogram([t - last_beat for t in times]) if last_beat is not None else None
             ),
+            "takeover_seconds": since_beat(pool.takeover_at(victim)),
             "kill_to_last_heartbeat_seconds": (
                 round(killed_at - last_beat, 2) if last_beat is not None else None
             ),

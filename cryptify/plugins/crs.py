@@ -44,7 +44,7 @@ from cryptify.config import (
 from cryptify.config.crs import Endpoint
 from cryptify.config.crs_local import worker_count
 from cryptify.crs.interwork.peers import IwPeers
-from cryptify.logs import LogFileService
+from cryptify.logs import LineSink, LogFileService
 from cryptify.ops.crs import CrsFiles
 from cryptify.ops.reload import ReloadError
 from cryptify.plugins._common import (
@@ -229,7 +229,8 @@ def make_crs_service(
     g = cfg.global_
     basics = build_basics(cfg, local, reactor)
     root = ProgramService("crs")
-    logs = LogFileService(g.log_dir, "crs.log", "crs")
+    basics.registry.lines = LineSink()
+    logs = LogFileService(g.log_dir, "crs.log", "crs", lines=basics.registry.lines, clock=reactor)
     attach(root, logs)
     attach(root, lifecycle("crs", basics.notifier, describe(cfg, local, basics.name), cfg.warnings))
     relay = build_relay_link(cfg, basics)

@@ -131,6 +131,15 @@ class ClientProgramTests(SynchronousTestCase):
         wait_for(lambda: "refused: blacklisted" in text(out3), "blacklisted client refused")
         log = os.path.join(self.dir, "log", "crs.log")
         wait_for(lambda: "blacklisted" in text(log), "refusal in crs.log")
+        # The attach and refusal lines, written straight into crs.log, in its format.
+        self.assertRegex(
+            text(log),
+            r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \| INFO \| attach\(\d+\) \] "
+            r"tel:\+4611111 \(acme\) attached from 127\.0\.0\.1:\d+, version cryptify-client/",
+        )
+        self.assertRegex(
+            text(log), r"\| WARN \| attach\(\d+\) \] attach refused for tel:\+4633333 \(acme\)"
+        )
 
         first.send_signal(signal.SIGINT)
         first.wait(timeout=20)

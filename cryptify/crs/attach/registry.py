@@ -18,6 +18,7 @@ import attrs
 from twisted.logger import Logger
 
 from cryptify.crs.trace import TraceHub
+from cryptify.logs import LineSink, crs_line
 from cryptify.protocols.umsg import Message
 
 log = Logger(namespace="cryptify.crs.attach")
@@ -67,6 +68,11 @@ class AttachRegistry:
         self.crs_name = crs_name
         self.clock = clock
         self.trace = trace or TraceHub(clock)
+        #: Where the attach, detach, move and refusal lines go when the
+        #: process's crs.log takes them directly (one per client event: not
+        #: worth twisted.logger's formatting for every observer); without
+        #: an observer they are log events as any other.
+        self.lines: LineSink | None = None
         self.by_uri: dict[str, Attachment] = {}
         #: URIs that attached to this process since it started (callees that
         #: are known but offline get not-connected rather than not-found).
@@ -80,6 +86,17 @@ class AttachRegistry:
     def get(self, uri: str) -> Attachment | None:
         return self.by_uri.get(uri)
 
+    def _log(self, kind: str, fmt: str, **fields: object) -> None:
+        """One client event's crs.log line: to :attr:`lines` when it has an
+        observer, else as a log event (INFO or WARN)."""
+        lines = self.lines
+        if lines is not None and lines.observers:
+            lines.write(crs_line(kind, "attach", fmt.format(**fields)))
+        elif kind == "WARN":
+            log.warn(fmt, **fields)
+        else:
+            log.info(fmt, **fields)
+
     def _event(
         self, state: str, uri: str | None, account: str | None, host: str, port: int, reason: str
     ) -> None:
@@ -92,7 +109,8 @@ class AttachRegistry:
         if len(self.seen) < MAX_SEEN:
             self.seen.add(attachment.uri)
         if previous is not None and previous.conn is not attachment.conn:
-            log.info(
+            self._log(
+                "INFO",
                 "{uri} attached again from {host}:{port}; closing the earlier connection",
                 uri=attachment.uri,
                 host=attachment.host,
@@ -102,7 +120,8 @@ class AttachRegistry:
                 DETACHED, previous.uri, previous.account, previous.host, previous.port, "replaced"
             )
             previous.conn.disconnect("replaced")
-        log.info(
+        self._log(
+            "INFO",
             "{uri} ({account}) attached from {host}:{port}, version {version}",
             uri=attachment.uri,
             account=attachment.account,
@@ -125,19 +144,20 @@ class AttachRegistry:
         if current is None or current.conn is not conn:
             return
         del self.by_uri[uri]
-        log.info("{uri} detached: {reason}", uri=uri, reason=reason)
+        self._log("INFO", "{uri} detached: {reason}", uri=uri, reason=reason)
         self._event(DETACHED, uri, current.account, current.host, current.port, reason)
 
     def moved(self, uri: str, account: str, host: str, port: int, owner: str) -> None:
         """A client was told to move to the instance that owns its slot."""
-        log.info("{uri} told to move to {owner}", uri=uri, owner=owner)
+        self._log("INFO", "{uri} told to move to {owner}", uri=uri, owner=owner)
         self._event(MOVED, uri, account, host, port, f"slot owned by {owner}")
 
     def refused(
         self, uri: str | None, account: str | None, host: str, port: int, reason: str
     ) -> None:
         """An attach was refused (never attached)."""
-        log.warn(
+        self._log(
+            "WARN",
             "attach refused for {uri} ({account}) from {host}:{port}: {reason}",
             uri=uri or "-",
             account=account or "-",
