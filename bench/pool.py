@@ -48,6 +48,13 @@ was attached at a survivor.  One JSON line:
   its owner; the single-instance rate, the cross-instance rate and their
   ratio (``--no-cross`` leaves the cross-instance part out).
 
+``--generator lean`` (the default) runs the clients in
+``bench/_pool_lean.py``: the reference client's reconnect rules (standby
+first, ``moved``, load refusals, full-jitter backoff) and its TLS context,
+without Twisted, at about half its CPU per re-attach, so that on a host
+shared with the pool the generators take less of the cores the survivors
+need; ``--generator reference`` runs ``AttachingClient`` itself.
+
 ``POOL_BENCH_TRACE=1`` prints every event of the dead instance's clients
 to stderr (one line each, with the time), to see where a slow failover
 spends its time.
@@ -104,6 +111,11 @@ def work(spec_path: str) -> None:
 
     with open(spec_path) as f:
         spec = json.load(f)
+    if spec.get("generator") == "lean":
+        from bench._pool_lean import lean_work
+
+        lean_work(spec)
+        return
     ksak, kpak = int(spec["ksak"], 16), bytes.fromhex(spec["kpak"])
     servers = tuple((h, p) for h, p in spec["servers"])
     victim = spec["victim"]
@@ -448,6 +460,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "first_delay": args.first_delay,
                 "ceiling": args.ceiling,
                 "seed": w,
+                "generator": args.generator,
             }
             path = os.path.join(pool.dir, f"worker{w}.json")
             with open(path, "w") as f:
@@ -531,6 +544,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 round(reattached / survivor_cpu, 1) if survivor_cpu else None
             ),
             "first_delay": args.first_delay,
+            "generator": args.generator,
             "max_handshakes": args.max_handshakes or MAX_HANDSHAKES,
             "initial_attach_seconds": round(attach_seconds, 1),
             "ready": [r["orphans"] for r in ready],
@@ -573,6 +587,13 @@ def main() -> None:
         help="the instances' client-max-handshakes (default: the CRS default)",
     )
     parser.add_argument("--ceiling", type=float, default=300.0, help="longest wait, s")
+    parser.add_argument(
+        "--generator",
+        choices=("lean", "reference"),
+        default="lean",
+        help="the clients: lean (bench/_pool_lean.py, the reference client's rules at a"
+        " fraction of its CPU) or the reference client itself",
+    )
     parser.add_argument(
         "--pairs", type=int, default=100, help="message phase: pairs (0: no message phase)"
     )
