@@ -19,6 +19,7 @@ from cryptify.config.crs_model import CrsConfig, Pool, PoolHost
 from cryptify.crs import slots
 from cryptify.crs.pool.core import (
     BEATLESS_AT_MOST,
+    CUT_DOWN_AFTER,
     DOWN_AFTER,
     HEARTBEAT_INTERVAL,
     JOIN_WAIT,
@@ -354,6 +355,35 @@ class ConfirmationTests(SynchronousTestCase):
         change = crs1.tick(heard + DOWN_AFTER)
         assert change is not None
         self.assertEqual((change.reason, change.down), (Reason.TAKEOVER, ("crs2",)))
+
+    def test_closed_connections_take_over_sooner(self) -> None:
+        """A peer whose connections all closed and stayed closed for
+        CUT_DOWN_AFTER is down then, long before DOWN_AFTER of silence; a
+        connection made again within it (a live peer dialling back) or a
+        heartbeat keeps it live."""
+        net = Net(2)
+        net.settle()
+        crs1 = net.members["crs1"]
+        assert crs1 is not None
+        heard = crs1.heard("crs2")
+        assert heard is not None
+        crs1.disconnected("crs2", True, heard + 0.1)
+        self.assertIn("crs2", crs1.live(heard + 0.1 + CUT_DOWN_AFTER - 0.01))
+        self.assertEqual(crs1.cut_since("crs2"), heard + 0.1)
+        change = crs1.tick(heard + 0.11 + CUT_DOWN_AFTER)
+        assert change is not None
+        self.assertEqual((change.reason, change.down), (Reason.TAKEOVER, ("crs2",)))
+        self.assertLess(CUT_DOWN_AFTER + 0.1, DOWN_AFTER)
+        again = Net(2)
+        again.settle()
+        crs1 = again.members["crs1"]
+        assert crs1 is not None
+        heard = crs1.heard("crs2")
+        assert heard is not None
+        crs1.disconnected("crs2", True, heard)
+        crs1.disconnected("crs2", False, heard + 0.5)
+        self.assertIn("crs2", crs1.live(heard + 2.0))
+        self.assertIsNone(crs1.cut_since("crs2"))
 
     def test_report_in_heartbeat(self) -> None:
         """A heartbeat names the members its sender sees down; a report of a

@@ -11,8 +11,11 @@ which slot.  The rules (``docs/pool.md`` explains why they are safe):
    it sent (a heartbeat or any other) is younger than :data:`DOWN_AFTER`
    plus this member's own *lag* since then (:meth:`PoolMember.lagged`: the
    longest time this member's event loop could not read, so that a peer is
-   never declared down for frames that sat unread), and whose last
-   heartbeat is younger than :data:`BEATLESS_AT_MOST` plus that lag; a
+   never declared down for frames that sat unread), whose last
+   heartbeat is younger than :data:`BEATLESS_AT_MOST` plus that lag, and
+   whose connections have not all been closed for :data:`CUT_DOWN_AFTER`
+   plus that lag (a killed process resets them, and the link dials again
+   every half second: a live peer is connected again well within it); a
    member always counts itself live.
 2. A :class:`SlotMap` gives each of the :data:`~cryptify.crs.slots.SLOTS`
    slots an owner, or none while the slot is being handed over.  Each map
@@ -71,6 +74,9 @@ BEATLESS_AT_MOST = 3 * DOWN_AFTER
 #: come a little late; a dead one's connections are closed, which makes it
 #: late at once).
 LATE_AFTER = 2 * HEARTBEAT_INTERVAL
+#: A peer whose every connection has been closed this long (none dialled
+#: again meanwhile, no heartbeat) is down: its process is gone (rule 1).
+CUT_DOWN_AFTER = 1 * SECOND
 #: How long a starting member listens for the pool's map before writing one.
 JOIN_WAIT = DOWN_AFTER
 #: Least time between two hand-back steps.
@@ -249,8 +255,9 @@ class PoolMember:
     _targets: dict[frozenset[str], tuple[str, ...]] = attrs.field(factory=dict)
     #: Per peer: the members its last heartbeat reported down.
     _seen_down: dict[str, frozenset[str]] = attrs.field(factory=dict)
-    #: Peers with no open connection (told by the link, rule 5).
-    _cut: set[str] = attrs.field(factory=set)
+    #: Peers with no open connection (told by the link, rules 1 and 5),
+    #: and since when.
+    _cut: dict[str, float] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self.config.member(self.me)
@@ -279,7 +286,7 @@ class PoolMember:
         self._reported[beat.sender] = None if peer_map is None else peer_map.key
         if beat.down is not None:
             self._seen_down[beat.sender] = beat.down
-        self._cut.discard(beat.sender)
+        self._cut.pop(beat.sender, None)
         if peer_map is not None and (self.map is None or peer_map.key > self.map.key):
             self.map = peer_map
             return Change(peer_map.key, Reason.ADOPTED)
@@ -325,15 +332,23 @@ class PoolMember:
         """The members this one sees down at ``now`` (its report)."""
         return frozenset(self.config.names) - self.live(now)
 
-    def disconnected(self, peer: str, cut: bool) -> None:
-        """The link has no open connection to ``peer`` (``cut``), or has one
-        again: a peer whose connections were all closed is confirmed down
-        once it is not live (rule 5); a heartbeat from it clears this."""
+    def disconnected(self, peer: str, cut: bool, now: float | None = None) -> None:
+        """The link has no open connection to ``peer`` since ``now`` (``cut``;
+        without ``now``, since its last frame), or has one again: a peer
+        whose connections were all closed is down :data:`CUT_DOWN_AFTER`
+        later (rule 1) and confirmed down once it is not live (rule 5); a
+        heartbeat from it clears this."""
         self.config.member(peer)
         if cut:
-            self._cut.add(peer)
+            if peer not in self._cut:
+                since = now if now is not None else self._heard.get(peer, 0.0)
+                self._cut[peer] = since
         else:
-            self._cut.discard(peer)
+            self._cut.pop(peer, None)
+
+    def cut_since(self, peer: str) -> float | None:
+        """Since when ``peer`` has had no open connection (None: it has one)."""
+        return self._cut.get(peer)
 
     def tick(self, now: float) -> Change | None:
         """Let time pass: the coordinator writes the next map if one is due
@@ -405,12 +420,13 @@ class PoolMember:
     def live(self, now: float) -> frozenset[str]:
         """Members seen live: this one and every peer heard within
         :data:`DOWN_AFTER` plus this member's own lag since then."""
-        grace, beats = self._grace, self._beat_at
+        grace, beats, cut = self._grace, self._beat_at, self._cut
         up = {
             n
             for n, at in self._heard.items()
             if now - at < DOWN_AFTER + grace.get(n, 0.0)
             and now - beats.get(n, at) < BEATLESS_AT_MOST + grace.get(n, 0.0)
+            and (n not in cut or now - cut[n] < CUT_DOWN_AFTER + grace.get(n, 0.0))
         }
         return frozenset(up | {self.me})
 

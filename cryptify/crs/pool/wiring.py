@@ -371,7 +371,7 @@ class PoolLink(service.MultiService):
         if peer is None or self.member is None or peer not in self.peers:
             return
         if not any(c.peer == peer for c in self._open):
-            self.member.disconnected(peer, True)
+            self.member.disconnected(peer, True, self.reactor.seconds())
 
     def _received(self, beat: Any, pid: int) -> None:
         assert self.member is not None
@@ -475,10 +475,14 @@ class PoolLink(service.MultiService):
             elif peer not in live and peer in self._up:
                 self._up.discard(peer)
                 last = self.member.heard(peer)
+                cut = self.member.cut_since(peer)
                 log.warn(
-                    "pool link to {peer} down: no heartbeat for {age:.1f}s"
+                    "pool link to {peer} down: no heartbeat for {age:.1f}s{closed}"
                     " (the last arrived at {last:.3f}; own loop lag allowed {grace:.1f}s)",
                     peer=peer,
+                    closed=""
+                    if cut is None
+                    else f", its connections closed {self.reactor.seconds() - cut:.1f}s ago",
                     age=self.reactor.seconds() - last if last is not None else DOWN_AFTER,
                     last=last if last is not None else 0.0,
                     grace=self.member.grace(peer),
