@@ -403,6 +403,20 @@ class CertificateHandshakeTests(_Files, SynchronousTestCase):
         _, cert, _ = self.make_pair()
         self.assertRaises(TLSConfigError, client_context_factory, "localhost", cert, False)
 
+    def test_no_resumption(self) -> None:
+        """
+        The server keeps no session cache and issues no stateless tickets:
+        every connection is a full handshake.
+        """
+        _, cert, key = self.make_pair()
+        context = server_context_factory(cert, key).getContext()
+        self.assertEqual(context.get_session_cache_mode(), SSL.SESS_CACHE_OFF)
+        self.assertTrue(context.set_options(0) & SSL.OP_NO_TICKET)
+        c = _Connection(
+            server_context_factory(cert, key), client_context_factory("localhost", cert)
+        )
+        self.assertTrue(c.established, c.failure_text())
+
     def test_tls12_uses_modern_cipher(self) -> None:
         """
         A TLS 1.2 client gets an ECDHE suite with an AEAD cipher.

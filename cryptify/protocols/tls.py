@@ -176,7 +176,13 @@ def server_context_factory(
     chain, key = load_pair(cert_path, key_path)
     context = SSL.Context(SSL.TLS_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
-    context.set_options(_SERVER_OPTIONS)
+    # No session resumption: no session cache and no stateless tickets.
+    # Clients do not resume (each connection is a full handshake with a
+    # fresh key exchange), so a cache only held up to 20,480 sessions in
+    # memory and the two TLS 1.3 tickets per handshake were encrypted for
+    # nothing (docs/tls.md).
+    context.set_options(_SERVER_OPTIONS | SSL.OP_NO_TICKET)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     context.set_cipher_list(MODERN_TLS12_CIPHERS.encode("ascii"))
     context.set_session_id(b"cryptify-tls")
