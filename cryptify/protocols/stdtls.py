@@ -221,7 +221,10 @@ class OpenSSLEngine:
             raise TLSFailure(_openssl_reason(exc)) from exc
 
     def write(self, data: bytes) -> None:
-        self._tls.sendall(data)
+        # A memory BIO takes it all at once (sendall would check twice).
+        sent = self._tls.send(data)
+        while sent < len(data):
+            sent += self._tls.send(data[sent:])
 
     def outgoing(self) -> bytes:
         chunks = []
