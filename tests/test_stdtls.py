@@ -389,6 +389,20 @@ class _EngineTests:
         proto.dataReceived(bytes(hello))
         proto.connectionLost(Failure(Exception("gone")))
 
+    def test_stop_flushes_connections(self: Any) -> None:
+        """Connections outlive the listening port: what they wrote before it
+        stopped is sent when it stops, and what they write after is sent
+        at the end of that turn."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.write(b"before ")
+        h.factory.doStop()
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        h.proto.write(b"after")
+        h.clock.advance(0)
+        h.pump()
+        self.assertEqual(h.client.received, b"before after")
+
 
 class StdlibEngineTests(_EngineTests, SynchronousTestCase):
     """The layer with the standard library's engine."""

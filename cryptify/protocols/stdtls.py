@@ -556,11 +556,13 @@ class TLSServerFactory(ServerFactory[TLSServerProtocol]):
         self.wrapped.doStart()
 
     def stopFactory(self) -> None:
+        # The port stopped listening: its connections live on (the CRS then
+        # tells its clients it is shutting down), so what they wrote goes
+        # out now rather than being dropped with the delayed call.
         self.wrapped.doStop()
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
-        self._flush_call = None
-        self._due.clear()
+        self._flush_all()
 
     def later(self, proto: TLSServerProtocol) -> None:
         """Flush C{proto} at the end of this reactor turn."""
