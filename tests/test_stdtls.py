@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -574,3 +575,91 @@ class ChoiceTests(SynchronousTestCase):
         factory.doStop()
         self.assertEqual(inner.numPorts, 0)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class ClientTests(SynchronousTestCase):
+    """L{stdtls.TLSClientFactory} with the reference client's creators: the
+    same verification as Twisted's TLS, against the layer's server."""
+
+    def setUp(self) -> None:
+        self.cert, self.key = _pair(self)
+
+    def connect(self, creator: Any) -> tuple[_Inner, _Inner, Callable[[], None]]:
+        clock = Clock()
+        server_inner, client_inner = _Inner(echo=True), _Inner()
+        server = stdtls.TLSServerFactory(
+            stdtls.server_engines(self.cert, self.key),
+            Factory.forProtocol(lambda: server_inner),
+            clock,
+        )
+        client = stdtls.TLSClientFactory(creator, Factory.forProtocol(lambda: client_inner), clock)
+        _, _, pump = connectedServerAndClient(
+            lambda: server.buildProtocol(PEER), lambda: client.buildProtocol(PEER), clock=clock
+        )
+
+        def turn() -> None:
+            clock.advance(0)
+            pump.flush()
+
+        return server_inner, client_inner, turn
+
+    def test_verified(self) -> None:
+        """A client trusting the server's certificate for its name connects;
+        what it wrote before the handshake is sent after it."""
+        server, client, turn = self.connect(client_context_factory("localhost", self.cert))
+        self.assertEqual(client.lost, [])
+        assert client.transport is not None
+        client.transport.write(b"ping")
+        turn()
+        self.assertEqual(server.received, b"ping")
+
+    def test_written_before_handshake(self) -> None:
+        """What the inner protocol writes as it connects goes out after the
+        handshake."""
+        clock = Clock()
+        server_inner = _Inner()
+
+        class Eager(_Inner):
+            def connectionMade(self) -> None:
+                assert self.transport is not None
+                self.transport.write(b"GET / HTTP/1.1\r\n\r\n")
+
+        server = stdtls.TLSServerFactory(
+            stdtls.server_engines(self.cert, self.key),
+            Factory.forProtocol(lambda: server_inner),
+            clock,
+        )
+        client = stdtls.TLSClientFactory(
+            client_context_factory("localhost", self.cert), Factory.forProtocol(Eager), clock
+        )
+        _, _, pump = connectedServerAndClient(
+            lambda: server.buildProtocol(PEER), lambda: client.buildProtocol(PEER), clock=clock
+        )
+        clock.advance(0)
+        pump.flush()
+        self.assertEqual(server_inner.received, b"GET / HTTP/1.1\r\n\r\n")
+
+    def test_wrong_name(self) -> None:
+        """A certificate for another name is refused (Twisted's host name
+        check, reported through failVerification); nothing is sent."""
+        server, client, _ = self.connect(client_context_factory("crs.example", self.cert))
+        self.assertEqual(len(client.lost), 1)
+        self.assertIn("crs.example", str(client.lost[0].value))
+        self.assertEqual(server.received, b"")
+
+    def test_untrusted(self) -> None:
+        """A certificate not signed by the CA given is refused."""
+        other, _ = _pair(self)
+        server, client, _ = self.connect(client_context_factory("localhost", other))
+        self.assertEqual(len(client.lost), 1)
+        self.assertIn("certificate verify failed", str(client.lost[0].value))
+        self.assertEqual(server.received, b"")
+
+    def test_insecure(self) -> None:
+        """Without verification (development only) any certificate is taken."""
+        server, client, turn = self.connect(client_context_factory("crs.example", verify=False))
+        self.assertEqual(client.lost, [])
+        assert client.transport is not None
+        client.transport.write(b"ping")
+        turn()
+        self.assertEqual(server.received, b"ping")

@@ -1,326 +1,104 @@
 """
-A lean server-side TLS layer over memory BIOs for the client port (5223),
-in place of Twisted's C{TLSMemoryBIOProtocol}.
+A lean TLS layer over memory BIOs, in place of Twisted's
+C{TLSMemoryBIOProtocol}: the CRS's client port (5223) and the reference
+client's connections to it.
 
-L{TLSServerFactory} wraps the inner factory (WebSocket + UMSG) as
-C{TLSMemoryBIOFactory} does, and each connection's L{TLSServerProtocol} is
-the inner protocol's transport:
+L{TLSServerFactory} and L{TLSClientFactory} wrap an inner factory
+(WebSocket + UMSG) as C{TLSMemoryBIOFactory} does, and each connection's
+L{TLSProtocol} is the inner protocol's transport:
 
-- the inner protocol is connected at once, before any TLS octet (its
-  admission control may close a connection before the handshake costs
-  anything); the TLS state is made when the first octet arrives;
+- the inner protocol is connected at once, before any TLS octet; on the
+  server the TLS state is made when the first octet arrives (admission
+  control may close a connection before its handshake costs anything);
 - what arrives in one read is decrypted and handed over in one
   C{dataReceived};
 - what the inner protocol writes during a read is encrypted and written to
   the socket when that read has been handled, what it writes at other
   times at the end of the reactor turn (one delayed call per turn for every
-  connection of the factory): everything written in one turn goes out in
-  one C{SSL_write} (records of up to 16 KB) and one socket write;
+  connection of the factory): everything a connection wrote in one turn
+  goes out in one C{SSL_write} (records of up to 16 KB) and one socket
+  write; what is written before the handshake is complete waits for it;
 - a handshake failure or garbage closes that connection only (with
-  OpenSSL's alert when there is one); the first failure and every
-  thousandth after it are logged, with a count, so that a flood of garbage
-  does not flood crs.log;
-- C{loseConnection} sends what is pending, then C{close_notify}.
+  OpenSSL's alert when there is one); on the server the first failure and
+  every thousandth after it are logged, with a count, so that a flood of
+  garbage does not flood crs.log;
+- C{loseConnection} sends what is pending, then C{close_notify}, and
+  closes the TCP connection when the peer's C{close_notify} comes (as
+  Twisted's TLS does).
 
-Two engines do the TLS itself, with the same policy (L{server_engines}
-picks one):
-
-- L{StdlibEngine}: the standard library's C{ssl.SSLObject}, the cheapest
-  per record and per handshake;
-- L{OpenSSLEngine}: a pyOpenSSL C{SSL.Connection} on the very context
-  L{cryptify.protocols.tls.server_context_factory} makes, used when the
-  standard library's OpenSSL lacks a key-exchange group the pyOpenSSL one
-  offers (OpenSSL before 3.5 has no hybrid post-quantum X25519MLKEM768):
-  the client port never offers weaker groups than it did.
-
-Policy of both (as C{tls.server_context_factory}): TLS 1.2 or 1.3 (1.3
-preferred), the TLS 1.2 suites of L{MODERN_TLS12_CIPHERS} (ECDHE with an
-AEAD cipher) with the server's order, no compression, no renegotiation,
-OpenSSL's default TLS 1.3 suites and groups, and its default session
-tickets (as before; the reference client does not resume).
+The TLS itself is done by an engine (L{cryptify.protocols.tls_engines}):
+the standard library's or pyOpenSSL's, with the same policy. A client
+connection uses the client creator it is given (C{tls.client_context_factory}):
+the same context, server name and certificate verification as with
+Twisted's TLS, including Twisted's host name check, which reports a
+mismatch through L{TLSProtocol.failVerification}.
 """
 
 from __future__ import annotations
 
-import os
-import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, cast
-from typing import Protocol as Interface
 
-from OpenSSL import SSL
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
     IDelayedCall,
+    IOpenSSLClientConnectionCreator,
     IProducer,
+    IProtocol,
+    IProtocolFactory,
     IPushProducer,
     IReactorTime,
     ITCPTransport,
 )
-from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cryptify.protocols.tls import MODERN_TLS12_CIPHERS, load_pair, server_context_factory
+from cryptify.protocols.tls_engines import (
+    HYBRID_GROUP_OPENSSL,
+    Engine,
+    OpenSSLEngine,
+    StdlibEngine,
+    TLSFailure,
+    server_engines,
+    stdlib_groups_suffice,
+    stdlib_server_context,
+)
 
 log = Logger(namespace="cryptify.tls")
 
 __all__ = [
     "HYBRID_GROUP_OPENSSL",
+    "Engine",
     "OpenSSLEngine",
     "StdlibEngine",
+    "TLSClientFactory",
     "TLSFailure",
+    "TLSProtocol",
     "TLSServerFactory",
-    "TLSServerProtocol",
     "server_engines",
+    "stdlib_groups_suffice",
     "stdlib_server_context",
 ]
 
-#: Plaintext octets asked for per read: one TLS record holds at most 16 KB.
-RECORD = 16384
-#: Ciphertext octets asked for per read of pyOpenSSL's outgoing BIO.
-_OUT_CHUNK = 65536
-#: The first OpenSSL (3.5) whose default groups include X25519MLKEM768.
-HYBRID_GROUP_OPENSSL = 0x30500000
 #: Failures logged: the first, then one in this many.
 LOG_EVERY = 1000
 
-_STDLIB_OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
-
-
-class TLSFailure(Exception):
-    """The peer broke TLS (handshake failure, a bad record): the reason."""
-
-
-class Engine(Interface):
-    """One server connection's TLS state over memory BIOs."""
-
-    def feed(self, data: bytes) -> None:
-        """Ciphertext from the peer."""
-
-    def handshake(self) -> bool:
-        """Advance the handshake: True once it is complete.
-
-        @raise TLSFailure: the peer broke the handshake.
-        """
-
-    def read(self, into: list[bytes]) -> bool:
-        """Append the plaintext there is to C{into}; True when the peer sent
-        C{close_notify}.
-
-        @raise TLSFailure: a bad record.
-        """
-
-    def write(self, data: bytes) -> None:
-        """Encrypt plaintext (after the handshake)."""
-
-    def outgoing(self) -> bytes:
-        """Ciphertext to send (empty when there is none)."""
-
-    def close(self) -> None:
-        """Queue C{close_notify}."""
-
-    def version(self) -> str | None:
-        """The protocol version negotiated (C{"TLSv1.3"}), or None before."""
-
-    def cipher(self) -> str | None:
-        """The cipher suite negotiated, or None before."""
-
-
-class StdlibEngine:
-    """TLS by the standard library's C{ssl.SSLObject}."""
-
-    __slots__ = ("_in", "_out", "_tls")
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._in, self._out, server_side=True)
-
-    def feed(self, data: bytes) -> None:
-        self._in.write(data)
-
-    def handshake(self) -> bool:
-        try:
-            self._tls.do_handshake()
-        except ssl.SSLWantReadError:
-            return False
-        except ssl.SSLError as exc:
-            raise TLSFailure(exc.reason or str(exc)) from exc
-        return True
-
-    def read(self, into: list[bytes]) -> bool:
-        read = self._tls.read
-        try:
-            while True:
-                data = read(RECORD)
-                if not data:
-                    # SSL_ERROR_ZERO_RETURN after close_notify
-                    return True
-                into.append(data)
-        except ssl.SSLWantReadError:
-            return False
-        except ssl.SSLError as exc:
-            raise TLSFailure(exc.reason or str(exc)) from exc
-
-    def write(self, data: bytes) -> None:
-        self._tls.write(data)
-
-    def outgoing(self) -> bytes:
-        return self._out.read()
-
-    def close(self) -> None:
-        try:
-            self._tls.unwrap()
-        except ssl.SSLError:
-            # SSLWantReadError: close_notify is queued, the peer's is not in
-            pass
-
-    def version(self) -> str | None:
-        return self._tls.version()
-
-    def cipher(self) -> str | None:
-        suite = self._tls.cipher()
-        return None if suite is None else suite[0]
-
-
-class OpenSSLEngine:
-    """TLS by a pyOpenSSL C{SSL.Connection} (the OpenSSL in C{cryptography})."""
-
-    __slots__ = ("_tls",)
-
-    def __init__(self, context: SSL.Context) -> None:
-        self._tls = SSL.Connection(context, None)
-        self._tls.set_accept_state()
-
-    def feed(self, data: bytes) -> None:
-        self._tls.bio_write(data)
-
-    def handshake(self) -> bool:
-        try:
-            self._tls.do_handshake()
-        except SSL.WantReadError:
-            return False
-        except SSL.Error as exc:
-            raise TLSFailure(_openssl_reason(exc)) from exc
-        return True
-
-    def read(self, into: list[bytes]) -> bool:
-        recv = self._tls.recv
-        try:
-            while True:
-                into.append(recv(RECORD))
-        except SSL.WantReadError:
-            return False
-        except SSL.ZeroReturnError:
-            return True
-        except SSL.Error as exc:
-            raise TLSFailure(_openssl_reason(exc)) from exc
-
-    def write(self, data: bytes) -> None:
-        # A memory BIO takes it all at once (sendall would check twice).
-        sent = self._tls.send(data)
-        while sent < len(data):
-            sent += self._tls.send(data[sent:])
-
-    def outgoing(self) -> bytes:
-        chunks = []
-        read = self._tls.bio_read
-        while True:
-            try:
-                chunk = read(_OUT_CHUNK)
-            except SSL.WantReadError:
-                break
-            chunks.append(chunk)
-            if len(chunk) < _OUT_CHUNK:
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    def close(self) -> None:
-        try:
-            self._tls.shutdown()
-        except SSL.Error:
-            pass
-
-    def version(self) -> str | None:
-        name = self._tls.get_protocol_version_name()
-        return None if name == "Unknown" else name
-
-    def cipher(self) -> str | None:
-        return self._tls.get_cipher_name()
-
-
-def _openssl_reason(exc: SSL.Error) -> str:
-    """The reason of pyOpenSSL's error (its argument is a list of tuples)."""
-    errors = exc.args[0] if exc.args else None
-    if isinstance(errors, list) and errors and isinstance(errors[-1], tuple):
-        return str(errors[-1][-1])
-    return str(exc) or type(exc).__name__
-
-
-# -- policy -------------------------------------------------------------------
-
-
-def stdlib_server_context(
-    cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]
-) -> ssl.SSLContext:
-    """The standard library's context with C{tls.server_context_factory}'s policy.
-
-    @raise TLSConfigError: as C{server_context_factory} (files checked the
-        same way, by L{load_pair}).
-    """
-    load_pair(cert_path, key_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.options |= _STDLIB_OPTIONS
-    context.set_ciphers(MODERN_TLS12_CIPHERS)
-    context.load_cert_chain(cert_path, key_path)
-    return context
-
-
-def stdlib_groups_suffice(
-    stdlib: int = ssl.OPENSSL_VERSION_NUMBER, pyopenssl: int = SSL.OPENSSL_VERSION_NUMBER
-) -> bool:
-    """Whether the standard library's OpenSSL offers every default group the
-    pyOpenSSL one does (both have the hybrid X25519MLKEM768, or neither)."""
-    return stdlib >= HYBRID_GROUP_OPENSSL or pyopenssl < HYBRID_GROUP_OPENSSL
-
-
-def server_engines(
-    cert_path: str | os.PathLike[str],
-    key_path: str | os.PathLike[str],
-    stdlib: bool | None = None,
-) -> Callable[[], Engine]:
-    """What makes each connection's engine for this certificate and key.
-
-    @param stdlib: the standard library's engine (True) or pyOpenSSL's
-        (False); None: the standard library's when its groups suffice
-        (L{stdlib_groups_suffice}).
-    @raise TLSConfigError: a file is missing, unreadable or not PEM, or the
-        key does not match the certificate.
-    """
-    if stdlib is None:
-        stdlib = stdlib_groups_suffice()
-    if stdlib:
-        std_context = stdlib_server_context(cert_path, key_path)
-        return lambda: StdlibEngine(std_context)
-    openssl_context = server_context_factory(cert_path, key_path).getContext()
-    return lambda: OpenSSLEngine(openssl_context)
-
-
-# -- the Twisted layer --------------------------------------------------------
-
 
 @implementer(ITCPTransport, IPushProducer)
-class TLSServerProtocol(Protocol):
+class TLSProtocol(Protocol):
     """One TLS connection: the inner protocol's transport."""
 
     transport: ITCPTransport
-    #: The TLS state: made at the first octet received.
+    #: The TLS state: made at the first octet received (server) or when
+    #: connected (client).
     engine: Engine | None = None
+    #: Why the connection failed (TLS or certificate verification), for the
+    #: inner protocol's connectionLost.
+    _reason: Failure | None = None
     handshake_done = False
     #: Plaintext written and not yet encrypted.
     _pending: list[bytes]
@@ -334,7 +112,7 @@ class TLSServerProtocol(Protocol):
     _closing = False
     disconnecting = False
 
-    def __init__(self, factory: TLSServerFactory, wrapped: Protocol) -> None:
+    def __init__(self, factory: _TLSFactory, wrapped: IProtocol) -> None:
         self.factory = factory
         self.wrapped = wrapped
         self._pending = []
@@ -343,6 +121,14 @@ class TLSServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.wrapped.makeConnection(self)
+        if self.factory.client and self._open:
+            engine = self.engine = self.factory.engine_for(self)
+            try:
+                engine.handshake()
+            except TLSFailure as exc:
+                self._failed(exc)
+                return
+            self._send(engine.outgoing())
 
     def dataReceived(self, data: bytes) -> None:
         if not data:
@@ -353,7 +139,7 @@ class TLSServerProtocol(Protocol):
             return
         engine = self.engine
         if engine is None:
-            engine = self.engine = self.factory.engines()
+            engine = self.engine = self.factory.engine_for(self)
         engine.feed(data)
         self._reading = True
         try:
@@ -402,7 +188,7 @@ class TLSServerProtocol(Protocol):
         self._pending = []
         self.factory.forget(self)
         wrapped, self.wrapped = self.wrapped, Protocol()
-        wrapped.connectionLost(reason)
+        wrapped.connectionLost(self._reason or reason)
 
     # errors
 
@@ -410,11 +196,21 @@ class TLSServerProtocol(Protocol):
         """The peer broke TLS: send OpenSSL's alert and close."""
         self._open = False
         self._pending = []
+        if self._reason is None:
+            self._reason = Failure(exc)
         self.factory.failed(self, exc)
+        if self._aborted:
+            return
         if self.engine is not None:
             self._send(self.engine.outgoing())
         self.disconnecting = True
         self.transport.loseConnection()
+
+    def failVerification(self, reason: Failure) -> None:
+        """The server's certificate is not for the name asked for (called by
+        Twisted's verification callback, as on C{TLSMemoryBIOProtocol})."""
+        self._reason = reason
+        self.abortConnection()
 
     # writing
 
@@ -529,28 +325,37 @@ class TLSServerProtocol(Protocol):
         return "TLS"
 
 
-class TLSServerFactory(ServerFactory[TLSServerProtocol]):
-    """Serves C{wrapped}'s protocols over TLS (see the module's docstring)."""
+class _TLSFactory(Factory[TLSProtocol]):
+    """Wraps C{wrapped}'s protocols in TLS; flushes their writes per turn."""
 
     noisy = False
+    client = False
 
-    def __init__(
-        self, engines: Callable[[], Engine], wrapped: Factory[Any], clock: IReactorTime
-    ) -> None:
-        self.engines = engines
+    def __init__(self, wrapped: IProtocolFactory, clock: IReactorTime) -> None:
         self.wrapped = wrapped
         self.clock = clock
         #: Connections written to outside their reads, flushed at the end of the turn.
-        self._due: dict[TLSServerProtocol, None] = {}
+        self._due: dict[TLSProtocol, None] = {}
         self._flush_call: IDelayedCall | None = None
-        #: Connections closed for a TLS failure.
-        self.failures = 0
 
-    def buildProtocol(self, addr: IAddress) -> TLSServerProtocol | None:  # type: ignore[override]
+    @property
+    def wrappedFactory(self) -> IProtocolFactory:
+        """The inner factory under Twisted's name (its client creators look
+        there for ALPN protocols)."""
+        return self.wrapped
+
+    def engine_for(self, proto: TLSProtocol) -> Engine:
+        """A new connection's TLS state."""
+        raise NotImplementedError
+
+    def failed(self, proto: TLSProtocol, exc: TLSFailure) -> None:
+        """A connection failed for a TLS reason."""
+
+    def buildProtocol(self, addr: IAddress) -> TLSProtocol | None:  # type: ignore[override]
         inner = self.wrapped.buildProtocol(addr)
         if inner is None:
             return None
-        return TLSServerProtocol(self, inner)
+        return TLSProtocol(self, inner)
 
     def startFactory(self) -> None:
         self.wrapped.doStart()
@@ -564,13 +369,13 @@ class TLSServerFactory(ServerFactory[TLSServerProtocol]):
             self._flush_call.cancel()
         self._flush_all()
 
-    def later(self, proto: TLSServerProtocol) -> None:
+    def later(self, proto: TLSProtocol) -> None:
         """Flush C{proto} at the end of this reactor turn."""
         self._due[proto] = None
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._flush_all)
 
-    def forget(self, proto: TLSServerProtocol) -> None:
+    def forget(self, proto: TLSProtocol) -> None:
         self._due.pop(proto, None)
 
     def _flush_all(self) -> None:
@@ -579,7 +384,22 @@ class TLSServerFactory(ServerFactory[TLSServerProtocol]):
         for proto in due:
             proto.flushed()
 
-    def failed(self, proto: TLSServerProtocol, exc: TLSFailure) -> None:
+
+class TLSServerFactory(_TLSFactory):
+    """Serves C{wrapped}'s protocols over TLS (see the module's docstring)."""
+
+    def __init__(
+        self, engines: Callable[[], Engine], wrapped: IProtocolFactory, clock: IReactorTime
+    ) -> None:
+        super().__init__(wrapped, clock)
+        self.engines = engines
+        #: Connections closed for a TLS failure.
+        self.failures = 0
+
+    def engine_for(self, proto: TLSProtocol) -> Engine:
+        return self.engines()
+
+    def failed(self, proto: TLSProtocol, exc: TLSFailure) -> None:
         """Count (and now and then log) a connection closed for a TLS failure."""
         self.failures += 1
         if self.failures % LOG_EVERY == 1:
@@ -592,3 +412,26 @@ class TLSServerFactory(ServerFactory[TLSServerProtocol]):
                 count=self.failures,
                 every=LOG_EVERY,
             )
+
+
+class TLSClientFactory(_TLSFactory):
+    """Connects C{wrapped}'s protocols over TLS, with a client creator
+    (C{tls.client_context_factory}: its context, server name and
+    certificate verification)."""
+
+    client = True
+
+    def __init__(
+        self,
+        creator: IOpenSSLClientConnectionCreator,
+        wrapped: IProtocolFactory,
+        clock: IReactorTime,
+    ) -> None:
+        super().__init__(wrapped, clock)
+        self.creator = creator
+
+    def engine_for(self, proto: TLSProtocol) -> Engine:
+        # Twisted's creators take the TLS protocol for its failVerification.
+        connection = self.creator.clientConnectionForTLS(cast(Any, proto))
+        connection.set_connect_state()
+        return OpenSSLEngine(connection)
