@@ -519,6 +519,18 @@ class _PolicyTests:
 class StdlibPolicyTests(_PolicyTests, SynchronousTestCase):
     stdlib = True
 
+    def test_weaker_group_not_chosen(self) -> None:
+        """Why the engine is chosen by groups: with an OpenSSL older than 3.5
+        the standard library's engine gives a pyOpenSSL client (which offers
+        X25519MLKEM768) classical X25519, so it is not the port's engine."""
+        if ssl.OPENSSL_VERSION_NUMBER >= stdtls.HYBRID_GROUP_OPENSSL:
+            self.skipTest("the standard library's OpenSSL has the hybrid group")
+        if SSL.OPENSSL_VERSION_NUMBER < stdtls.HYBRID_GROUP_OPENSSL:
+            self.skipTest("pyOpenSSL's OpenSSL has no hybrid group either")
+        _, _, tls = self.connect(_Creator(_client_context()))
+        self.assertEqual(tls.getHandle().get_group_name().lower(), "x25519")
+        self.assertFalse(stdtls.stdlib_groups_suffice())
+
 
 class OpenSSLPolicyTests(_PolicyTests, SynchronousTestCase):
     stdlib = False
