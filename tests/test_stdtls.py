@@ -675,3 +675,28 @@ class ClientTests(SynchronousTestCase):
         client.transport.write(b"ping")
         turn()
         self.assertEqual(server.received, b"ping")
+
+    @settings(max_examples=100, deadline=None)
+    @given(chunks=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=4))
+    def test_server_sends_garbage(self, chunks: list[bytes]) -> None:
+        """Random octets from the server never raise out of the client's
+        layer: the client is closed or waits, and nothing it wrote is sent
+        in the clear."""
+        clock = Clock()
+        inner = _Inner()
+        factory = stdtls.TLSClientFactory(
+            client_context_factory("localhost", self.cert),
+            Factory.forProtocol(lambda: inner),
+            clock,
+        )
+        proto = factory.buildProtocol(PEER)
+        assert proto is not None
+        transport = _Counting()
+        proto.makeConnection(transport)
+        proto.write(b"secret")
+        for chunk in chunks:
+            proto.dataReceived(chunk)
+        clock.advance(0)
+        self.assertNotIn(b"secret", transport.value())
+        proto.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(len(inner.lost), 1)
