@@ -31,7 +31,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from cryptify.protocols import stdtls
-from cryptify.protocols.tls import TLSConfigError, client_context_factory
+from cryptify.protocols.tls import TLSConfigError, client_context_factory, server_context_factory
 from cryptify.tools.certs import generate_self_signed
 
 PEER = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -549,11 +549,55 @@ class ChoiceTests(SynchronousTestCase):
         self.assertTrue(suffice(0x30000130, 0x30000130))
 
     def test_default_choice(self) -> None:
-        """Without a choice, the engine follows L{stdtls.stdlib_groups_suffice}."""
+        """Without a choice, the engine follows L{stdtls.stdlib_groups_suffice}
+        and L{stdtls.stdlib_can_mirror}."""
         cert, key = _pair(self)
         engine = stdtls.server_engines(cert, key)()
-        wanted = stdtls.StdlibEngine if stdtls.stdlib_groups_suffice() else stdtls.OpenSSLEngine
-        self.assertIsInstance(engine, wanted)
+        context = server_context_factory(cert, key).getContext()
+        mirror = stdtls.stdlib_can_mirror(context)
+        suffice = stdtls.stdlib_groups_suffice() and mirror
+        self.assertIsInstance(engine, stdtls.StdlibEngine if suffice else stdtls.OpenSSLEngine)
+
+    def test_session_cache_off_not_mirrored(self) -> None:
+        """A pyOpenSSL context without a session cache cannot be copied by the
+        standard library's (which always has one); with one it can."""
+        cert, key = _pair(self)
+        context = server_context_factory(cert, key).getContext()
+        context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+        self.assertTrue(stdtls.stdlib_can_mirror(context))
+        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        self.assertFalse(stdtls.stdlib_can_mirror(context))
+
+    def _tickets(self, tickets: bool) -> bool:
+        """Whether a TLS 1.3 client gets a session ticket from the standard
+        library's context made with ``tickets``."""
+        cert, key = _pair(self)
+        context = stdtls.stdlib_server_context(cert, key, tickets)
+        server = stdtls.TLSServerFactory(
+            lambda: stdtls.StdlibEngine(context), Factory.forProtocol(_Inner), Clock()
+        )
+        proto = server.buildProtocol(PEER)
+        assert proto is not None
+        transport = _Counting()
+        proto.makeConnection(transport)
+        client = _StdClient(cert)
+        to_server = client.step(b"")
+        while to_server or transport.value():
+            if to_server:
+                proto.dataReceived(to_server)
+            to_server = client.step(transport.value())
+            transport.clear()
+        client.tls.write(b"x")
+        proto.dataReceived(client.step(b""))
+        client.step(transport.value())
+        session = client.tls.session
+        return session is not None and session.has_ticket
+
+    def test_tickets_copied(self) -> None:
+        """The standard library's context issues session tickets or none, as
+        told (from pyOpenSSL's context's C{OP_NO_TICKET})."""
+        self.assertTrue(self._tickets(True))
+        self.assertFalse(self._tickets(False))
 
     def test_mismatched_key(self) -> None:
         """A key of another certificate is refused, naming both files."""

@@ -64,6 +64,7 @@ from cryptify.protocols.tls_engines import (
     StdlibEngine,
     TLSFailure,
     server_engines,
+    stdlib_can_mirror,
     stdlib_groups_suffice,
     stdlib_server_context,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "TLSProtocol",
     "TLSServerFactory",
     "server_engines",
+    "stdlib_can_mirror",
     "stdlib_groups_suffice",
     "stdlib_server_context",
 ]

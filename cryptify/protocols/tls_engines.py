@@ -19,9 +19,10 @@ never offers weaker groups than it did with pyOpenSSL.
 Policy of both server engines (as C{tls.server_context_factory}): TLS 1.2
 or 1.3 (1.3 preferred), the TLS 1.2 suites of L{MODERN_TLS12_CIPHERS}
 (ECDHE with an AEAD cipher) in the server's order, no compression, no
-renegotiation, OpenSSL's default TLS 1.3 suites and groups, and its
-default session tickets (as before; the reference client does not
-resume).
+renegotiation, OpenSSL's default TLS 1.3 suites and groups, and the
+session tickets setting of that context (copied). Python's C{ssl} always
+keeps a server session cache: when that context has none, the standard
+library's engine is not chosen (L{stdlib_can_mirror}).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "StdlibEngine",
     "TLSFailure",
     "server_engines",
+    "stdlib_can_mirror",
     "stdlib_groups_suffice",
     "stdlib_server_context",
 ]
@@ -235,10 +237,14 @@ def _openssl_reason(exc: SSL.Error) -> str:
 
 
 def stdlib_server_context(
-    cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]
+    cert_path: str | os.PathLike[str],
+    key_path: str | os.PathLike[str],
+    tickets: bool = True,
 ) -> ssl.SSLContext:
     """The standard library's context with C{tls.server_context_factory}'s policy.
 
+    @param tickets: TLS session tickets as OpenSSL issues them by default;
+        False: none (C{OP_NO_TICKET} and no TLS 1.3 tickets either).
     @raise TLSConfigError: as C{server_context_factory} (files checked the
         same way, by L{load_pair}).
     """
@@ -246,6 +252,9 @@ def stdlib_server_context(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= _STDLIB_OPTIONS
+    if not tickets:
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
     context.set_ciphers(MODERN_TLS12_CIPHERS)
     context.load_cert_chain(cert_path, key_path)
     return context
@@ -259,6 +268,14 @@ def stdlib_groups_suffice(
     return stdlib >= HYBRID_GROUP_OPENSSL or pyopenssl < HYBRID_GROUP_OPENSSL
 
 
+def stdlib_can_mirror(context: SSL.Context) -> bool:
+    """Whether the standard library's context can have the session policy of
+    pyOpenSSL's C{context}: Python's C{ssl} always keeps OpenSSL's server
+    session cache (it cannot turn it off), so a context without one cannot
+    be mirrored (TLS 1.2 clients could resume by session ID)."""
+    return bool(context.get_session_cache_mode() != SSL.SESS_CACHE_OFF)
+
+
 def server_engines(
     cert_path: str | os.PathLike[str],
     key_path: str | os.PathLike[str],
@@ -266,16 +283,22 @@ def server_engines(
 ) -> Callable[[], Engine]:
     """What makes each connection's engine for this certificate and key.
 
+    The policy is C{tls.server_context_factory}'s; the standard library's
+    context copies its session tickets setting.
+
     @param stdlib: the standard library's engine (True) or pyOpenSSL's
         (False); None: the standard library's when its groups suffice
-        (L{stdlib_groups_suffice}).
+        (L{stdlib_groups_suffice}) and it can have the same session policy
+        (L{stdlib_can_mirror}).
     @raise TLSConfigError: a file is missing, unreadable or not PEM, or the
         key does not match the certificate.
     """
-    if stdlib is None:
-        stdlib = stdlib_groups_suffice()
-    if stdlib:
-        std_context = stdlib_server_context(cert_path, key_path)
-        return lambda: StdlibEngine(std_context)
     openssl_context = server_context_factory(cert_path, key_path).getContext()
+    if stdlib is None:
+        stdlib = stdlib_groups_suffice() and stdlib_can_mirror(openssl_context)
+    if stdlib:
+        # SSL_CTX_set_options(ctx, 0) answers the options set, changing none.
+        tickets = not openssl_context.set_options(0) & SSL.OP_NO_TICKET
+        std_context = stdlib_server_context(cert_path, key_path, tickets)
+        return lambda: StdlibEngine(std_context)
     return lambda: OpenSSLEngine.server(openssl_context)
