@@ -105,11 +105,12 @@ def worker(spec: dict[str, Any]) -> None:
     """One generator: build the signers, then obey ``attach``/``close``/``quit``
     lines on stdin, answering each with one JSON line."""
     from twisted.internet import reactor
-    from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+    from twisted.internet.endpoints import TCP4ClientEndpoint
     from twisted.internet.protocol import Factory
 
     from cryptify.client.connection import ConnectionEnded, UmsgClientProtocol
     from cryptify.client.session import Attached, ClientSession, Disconnected, Refused
+    from cryptify.protocols.stdtls import TLSClientFactory
     from cryptify.protocols.tls import client_context_factory
 
     ksak = int(spec["ksak"], 16)
@@ -182,7 +183,8 @@ def worker(spec: dict[str, Any]) -> None:
             tcp = TCP4ClientEndpoint(
                 reactor, "127.0.0.1", spec["port"], timeout=60, bindAddress=bind
             )
-            d = wrapClientTLS(creator, tcp).connect(Factory.forProtocol(build))
+            # the reference client's TLS (client/servers.py's tls_connector)
+            d = tcp.connect(TLSClientFactory(creator, Factory.forProtocol(build), reactor))
             d.addErrback(failed)
 
     def failed(failure: Any) -> None:

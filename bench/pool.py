@@ -101,12 +101,13 @@ def work(spec_path: str) -> None:
     """A generator process (in the client host): attach its clients, then
     report when those of the victim are attached elsewhere."""
     from twisted.internet import reactor
-    from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+    from twisted.internet.endpoints import TCP4ClientEndpoint
     from twisted.internet.protocol import Factory
 
     from bench.attach import fast_signer
     from cryptify.client.connection import AttachingClient, ConnectionEnded, Event
     from cryptify.client.session import Attached, ClientSession, Moved, Refused
+    from cryptify.protocols.stdtls import TLSClientFactory
     from cryptify.protocols.tls import client_context_factory
 
     with open(spec_path) as f:
@@ -128,7 +129,9 @@ def work(spec_path: str) -> None:
 
             def connect(host: str, port: int, factory: Factory[Any]) -> Any:
                 tcp = TCP4ClientEndpoint(reactor, host, port, timeout=10, bindAddress=(bind, 0))
-                return wrapClientTLS(creator, tcp).connect(factory)
+                # the reference client's TLS (client/servers.py's tls_connector)
+                tls = TLSClientFactory(creator, factory, reactor)
+                return tcp.connect(tls).addCallback(lambda proto: proto.wrapped)
 
             connectors[bind] = connect
         return connectors[bind]

@@ -9,12 +9,13 @@ import socket
 from collections.abc import Callable, Sequence
 
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocol, IProtocolFactory
 
 from cryptify.client.connection import Connector
 from cryptify.client.session import ClientSession, Signer
 from cryptify.crypto.keymaterial import KeyMaterial
+from cryptify.protocols.stdtls import TLSClientFactory, TLSProtocol
 from cryptify.protocols.tls import client_context_factory
 from cryptify.protocols.umsg import Message
 from cryptify.reactor import IReactor
@@ -62,6 +63,12 @@ def expand_servers(
     return found, names
 
 
+def _inner(proto: IProtocol) -> IProtocol:
+    """The inner protocol of a connected L{TLSClientFactory}'s protocol."""
+    assert isinstance(proto, TLSProtocol)
+    return proto.wrapped
+
+
 def tls_connector(
     reactor: IReactor,
     ca: str | None,
@@ -79,7 +86,10 @@ def tls_connector(
             creators[host] = client_context_factory(names.get(host, host), ca, verify=not insecure)
         bind_address = (bind, 0) if bind else None
         tcp = TCP4ClientEndpoint(reactor, host, port, timeout=10, bindAddress=bind_address)
-        return wrapClientTLS(creators[host], tcp).connect(factory)
+        # The lean TLS layer (protocols/stdtls.py) with the same creator:
+        # same context, server name and verification as wrapClientTLS.
+        tls = TLSClientFactory(creators[host], factory, reactor)
+        return tcp.connect(tls).addCallback(_inner)
 
     return connect
 

@@ -14,7 +14,6 @@ from twisted.application import service
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from cryptify.config import CrsConfig, CrsLocalConfig
 from cryptify.config.crs_local import worker_count
@@ -34,6 +33,7 @@ from cryptify.crs.workers.supervisor import WorkerSupervisor
 from cryptify.crs.workers.wake import Siblings
 from cryptify.logs import LogFileService
 from cryptify.protocols.mgmt import ManagementFactory
+from cryptify.protocols.stdtls import Engine, TLSServerFactory, server_engines
 from cryptify.protocols.tls import (
     CertificateServerContextFactory,
     TLSConfigError,
@@ -51,26 +51,42 @@ from cryptify.tools.certs import ensure_self_signed
 log = Logger(namespace="cryptify.crs")
 
 
-def server_tls(cfg: CrsConfig, what: str) -> CertificateServerContextFactory:
-    """The CRS's TLS context: tls-certificate, or a self-signed development one."""
+def _tls_files(cfg: CrsConfig) -> tuple[str, str]:
+    """The certificate and key: tls-certificate's, or a self-signed development pair
+    (made when missing).
+
+    @raise TLSConfigError: the development pair cannot be written.
+    """
     g = cfg.global_
     if g.tls_certificate:
-        cert, key = g.tls_paths()
-    else:
-        cert = os.path.join(g.data_dir, "tls", "crs.crt")
-        key = os.path.join(g.data_dir, "tls", "crs.key")
+        return g.tls_paths()
+    cert = os.path.join(g.data_dir, "tls", "crs.crt")
+    key = os.path.join(g.data_dir, "tls", "crs.key")
+    log.warn(
+        "no tls-certificate configured: serving a self-signed development "
+        "certificate from {cert}; clients must be told to trust it",
+        cert=cert,
+    )
+    os.makedirs(os.path.dirname(cert), mode=0o700, exist_ok=True)
+    ensure_self_signed(cert, key)
+    return cert, key
+
+
+def server_tls(cfg: CrsConfig, what: str) -> CertificateServerContextFactory:
+    """The CRS's TLS context: tls-certificate, or a self-signed development one."""
     try:
-        if not g.tls_certificate:
-            log.warn(
-                "no tls-certificate configured: serving a self-signed development "
-                "certificate from {cert}; clients must be told to trust it",
-                cert=cert,
-            )
-            os.makedirs(os.path.dirname(cert), mode=0o700, exist_ok=True)
-            ensure_self_signed(cert, key)
-        return server_context_factory(cert, key)
+        return server_context_factory(*_tls_files(cfg))
     except TLSConfigError as exc:
         raise StartupError(f"{what} TLS: {exc}") from exc
+
+
+def client_tls(cfg: CrsConfig) -> Callable[[], Engine]:
+    """The client port's TLS engines (:mod:`cryptify.protocols.stdtls`), with the
+    same certificate, key and policy as :func:`server_tls`."""
+    try:
+        return server_engines(*_tls_files(cfg))
+    except TLSConfigError as exc:
+        raise StartupError(f"client TLS: {exc}") from exc
 
 
 def client_listener(
@@ -85,15 +101,12 @@ def client_listener(
     clients = UmsgServerFactory(core, reactor, Limits.from_config(g), g.keep_alive_for)
 
     def listen_clients() -> IListeningPort:
-        context = server_tls(cfg, "client")
+        # Twisted's types want a ServerFactory of protocols with a factory; it serves here.
+        tls = cast(ServerFactory, TLSServerFactory(client_tls(cfg), clients, reactor))
         if shared:
-            # A WrappingFactory is a ClientFactory to Twisted's types; it serves here.
-            wrapped = cast(ServerFactory, TLSMemoryBIOFactory(context, False, clients))
             sockets = cast(IReactorSocket, reactor)
-            return listen_reuseport(sockets, g.listen.host, g.listen.port, wrapped, BACKLOG)
-        return reactor.listenSSL(
-            g.listen.port, clients, context, backlog=BACKLOG, interface=g.listen.host
-        )
+            return listen_reuseport(sockets, g.listen.host, g.listen.port, tls, BACKLOG)
+        return reactor.listenTCP(g.listen.port, tls, backlog=BACKLOG, interface=g.listen.host)
 
     where = f"{g.listen.host}:{g.listen.port}"
     return UmsgListenService(where, listen_clients, clients, reactor)

@@ -22,7 +22,7 @@ from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.attach.wiring import BACKLOG, Limits, UmsgServerFactory
 from cryptify.crs.objects.wiring import install as install_objects
 from cryptify.crypto.identity import period_of
-from cryptify.protocols.tls import server_context_factory
+from cryptify.protocols.stdtls import TLSServerFactory, server_engines, stdlib_groups_suffice
 from cryptify.protocols.umsg import attach_signed_octets
 from cryptify.tools.certs import generate_self_signed
 from tests.fakes import FakeAccount, FakeAccounts, FakeObjects, signer
@@ -36,7 +36,13 @@ except ImportError:  # pragma: no cover
 
 
 class _Server:
-    def __init__(self, case: TestCase, limits: Limits | None = None) -> None:
+    """The client listener as the CRS runs it: the UMSG factory behind the
+    client port's TLS layer (:mod:`cryptify.protocols.stdtls`), with the
+    engine ``stdlib`` chooses (None: as the CRS would)."""
+
+    def __init__(
+        self, case: TestCase, limits: Limits | None = None, stdlib: bool | None = None
+    ) -> None:
         directory = case.mktemp()
         os.makedirs(directory)
         self.cert = os.path.join(directory, "crs.crt")
@@ -50,13 +56,8 @@ class _Server:
         core = AttachCore("crs1", accounts, self.registry, reactor.seconds)
         install_objects(core, self.objects)
         self.factory = UmsgServerFactory(core, reactor, limits)
-        self.port = reactor.listenSSL(
-            0,
-            self.factory,
-            server_context_factory(self.cert, key),
-            backlog=BACKLOG,
-            interface="127.0.0.1",
-        )
+        tls = TLSServerFactory(server_engines(self.cert, key, stdlib), self.factory, reactor)
+        self.port = reactor.listenTCP(0, tls, backlog=BACKLOG, interface="127.0.0.1")
         case.addCleanup(self.port.stopListening)
         self.number = self.port.getHost().port
 
@@ -64,10 +65,13 @@ class _Server:
 class WebsocketsClientTests(TestCase):
     """The `websockets` library, written by others from RFC 6455, speaks to our CRS."""
 
+    #: The TLS engine (None: the one the CRS chooses).
+    stdlib: bool | None = None
+
     def setUp(self) -> None:
         if not websockets_available():
             self.skipTest("websockets is not installed")
-        self.server = _Server(self)
+        self.server = _Server(self, stdlib=self.stdlib)
 
     def _tls(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.server.cert)
@@ -152,13 +156,18 @@ class _Flood(Protocol):
 class FloodTests(TestCase):
     """Half-open, slow and garbage connections cannot starve attached clients."""
 
+    #: The TLS engine (None: the one the CRS chooses).
+    stdlib: bool | None = None
+
     timeout = 60
 
     @defer.inlineCallbacks
     def test_flood_beside_attached_clients(self) -> Any:
         """Attached clients keep answering while 300 flood connections come and go;
         the flood is capped per address and closed after the attach timeout."""
-        server = _Server(self, Limits(attach_timeout=2.0, max_unattached_per_address=50))
+        server = _Server(
+            self, Limits(attach_timeout=2.0, max_unattached_per_address=50), self.stdlib
+        )
         events: list[Any] = []
         clients = []
         for index in range(5):
@@ -300,6 +309,8 @@ class WebsocketsCloseCodeTests(TestCase):
     """Broken frames from an independent client (`websockets`) get the close code
     RFC 6455 section 7.4.1 gives them, from the real listener over TLS."""
 
+    #: The TLS engine (None: the one the CRS chooses).
+    stdlib: bool | None = None
     KEY = b"\x01\x02\x03\x04"
 
     def setUp(self) -> None:
@@ -308,7 +319,7 @@ class WebsocketsCloseCodeTests(TestCase):
         # The client runs in a thread of this process: on a loaded machine its
         # handshake may take longer than the usual attach timeout, and the
         # CRS would then close for that reason instead of the frame's.
-        self.server = _Server(self, Limits(attach_timeout=120))
+        self.server = _Server(self, Limits(attach_timeout=120), self.stdlib)
         self.closed_early: list[str] = []
 
     def _close_code(self, send: Any) -> tuple[list[str], int | None]:
@@ -361,3 +372,25 @@ class WebsocketsCloseCodeTests(TestCase):
         header = b"\x82\xff" + (1 << 30).to_bytes(8, "big") + self.KEY
         got = yield threads.deferToThread(self._close_code, self._raw(header))
         self.assertEqual(got, (["refused"], 1009))
+
+
+#: The engine the CRS does not choose on this machine, run too.
+_OTHER = not stdlib_groups_suffice()
+
+
+class WebsocketsClientOtherEngineTests(WebsocketsClientTests):
+    """As L{WebsocketsClientTests}, with the other TLS engine."""
+
+    stdlib = _OTHER
+
+
+class FloodOtherEngineTests(FloodTests):
+    """As L{FloodTests}, with the other TLS engine."""
+
+    stdlib = _OTHER
+
+
+class WebsocketsCloseCodeOtherEngineTests(WebsocketsCloseCodeTests):
+    """As L{WebsocketsCloseCodeTests}, with the other TLS engine."""
+
+    stdlib = _OTHER
