@@ -45,6 +45,7 @@ from cryptify.crs.workers.fanout import (
     TRACE_RETRY,
     Answers,
     WorkerViews,
+    merge_accounts,
     merge_attach,
     merge_sessions,
     sum_counters,
@@ -185,6 +186,43 @@ class WholeInstanceTests(SynchronousTestCase):
         alone = self.successResultOf(one.show_session())
         self.assertEqual(whole, alone)
         self.assertEqual(len(whole["table"]["rows"]), 6)
+
+    def test_show_account_per_worker(self) -> None:
+        """``show account`` has the parent's row (``app:crs``) and one per
+        worker (``app:attach/K``, its PID, the accounts it has loaded), as
+        the manual's SERVER MODULE PID LOADED ACCOUNTS; a worker that does
+        not answer is left out and named."""
+        parent = self.instance.state.accounts = AccountStore(self.mktemp())
+        parent.create("acme", SECRET)
+        parent.create("beta", SECRET)
+        for worker, names in ((self.w1, ["acme", "beta"]), (self.w2, ["acme"])):
+            worker.view.accounts = AccountStore(self.mktemp())
+            worker.view.pid = 100 + worker.index
+            for name in names:
+                worker.view.accounts.create(name, SECRET)
+        answer = answer_of(self, self.instance, self.admin.show_account())
+        self.assertEqual(answer["table"]["columns"], ["SERVER", "MODULE", "PID", "LOADED ACCOUNTS"])
+        pid = str(self.instance.state.pid)
+        self.assertEqual(
+            answer["table"]["rows"],
+            [
+                ["crs1", "app:crs", pid, "acme,beta"],
+                ["crs1", "app:attach/1", "100", "acme,beta"],
+                ["crs1", "app:attach/2", "101", "acme"],
+            ],
+        )
+        self.assertNotIn("missing", answer)
+        self.w1.running = False
+        answer = answer_of(self, self.instance, self.admin.show_account())
+        self.assertEqual([r[1] for r in answer["table"]["rows"]], ["app:crs", "app:attach/2"])
+        self.assertEqual(answer["missing"], "worker 1 did not answer: its accounts are not listed")
+
+    def test_show_account_one_process(self) -> None:
+        """Without workers ``show account`` is the one process's row."""
+        state = CrsState("crs1", accounts=AccountStore(self.mktemp()))
+        state.accounts.create("acme", SECRET)
+        answer = self.successResultOf(CrsAdmin(state).show_account())
+        self.assertEqual(answer["table"]["rows"], [["crs1", "app:attach", str(state.pid), "acme"]])
 
     def test_worker_late_is_named(self) -> None:
         """A worker that does not answer within the bound is left out and
@@ -377,7 +415,7 @@ class MergeTests(SynchronousTestCase):
         """Whatever a worker answers, merging takes what has the right shape
         and never raises."""
         got = Answers(list(enumerate(answers)), [])
-        for row in merge_attach(got) + merge_sessions(got):
+        for row in merge_attach(got) + merge_sessions(got) + merge_accounts(got):
             self.assertTrue(all(isinstance(c, str) for c in row))
         self.assertEqual(sorted(sum_counters(answers)), sorted(COUNTERS))
 

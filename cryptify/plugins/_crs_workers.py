@@ -98,7 +98,13 @@ def make_worker_service(
         attach(root, CallbackService(on_stop=pusher.stop))
     clients = client_listener(cfg, reactor, core, shared=True)
     view = WorkerView(
-        basics.registry, basics.trace, sessions, messages.messaging, clients.factory, cfg.global_
+        basics.registry,
+        basics.trace,
+        sessions,
+        messages.messaging,
+        clients.factory,
+        cfg.global_,
+        accounts=basics.accounts,
     )
     path = worker_socket(cfg.global_.management, index)
     attach(root, worker_listener(reactor, path, view))

@@ -296,6 +296,30 @@ class WorkersTests(CrsFixture):
             a.close()
             b.close()
 
+    def test_show_account_per_worker(self) -> None:
+        """``show account`` lists the parent (``app:crs``) and each worker
+        (``app:attach/K`` with its PID, as ``show system`` has it), each with
+        the accounts it has loaded; an account created through the parent is
+        loaded by every worker."""
+        wait_for(lambda: len(self.workers()) == 2, "two workers in show system")
+        self.cli("create", "account", "beta", "-B", "32")
+
+        def rows() -> list[list[str]]:
+            status, out, err = self.cli("show", "account")
+            self.assertEqual((status, err), (0, ""))
+            [header, *lines] = out.splitlines()
+            self.assertEqual(header.split(), ["SERVER", "MODULE", "PID", "LOADED", "ACCOUNTS"])
+            return [line.split() for line in lines]
+
+        wait_for(lambda: all(r[3] == "acme,beta" for r in rows()), "beta loaded everywhere")
+        pids = self.workers()
+        crs = next(p for p in self.procs if p.name == "crs")
+        self.assertEqual(
+            [r[1:3] for r in rows()],
+            [["app:crs", str(crs.proc.pid)]]
+            + [[f"app:attach/{n}", str(pids[n])] for n in sorted(pids)],
+        )
+
     def test_worker_that_does_not_answer(self) -> None:
         """A worker stopped (SIGSTOP) does not hang the operator: ``show
         attach`` prints the other worker's client within the bound, names

@@ -392,10 +392,17 @@ class CrsAdmin(PeerCommands):
         return {"table": table(SYSTEM_COLUMNS, rows)}
 
     @crs_admin.ShowAccount.responder
-    def show_account(self) -> dict[str, object]:
+    @deferred
+    async def show_account(self) -> dict[str, object]:
         loaded = ",".join(a.id for a in self.state.accounts) or "-"
-        rows = [[self.state.name, ATTACH_MODULE, str(self.state.pid), loaded]]
-        return {"table": table(ACCOUNT_COLUMNS, rows)}
+        if self.state.fanout is None:
+            rows = [[self.state.name, ATTACH_MODULE, str(self.state.pid), loaded]]
+            return {"table": table(ACCOUNT_COLUMNS, rows)}
+        # the parent's own accounts (it checks the operator's commands with
+        # them), then what each worker has loaded to serve its clients
+        rows = [[self.state.name, PARENT_MODULE, str(self.state.pid), loaded]]
+        theirs, missing = await self.state.fanout.account_rows()
+        return _with_missing({"table": table(ACCOUNT_COLUMNS, rows + theirs)}, missing)
 
     @crs_admin.ShowRelay.responder
     @deferred
