@@ -229,15 +229,15 @@ class AdminTests(SynchronousTestCase):
 
     def test_system_with_workers(self) -> None:
         """With ``workers N`` show system has the parent (app:crs, no slots)
-        and a row per worker with its PID (``-`` while it is started again),
-        each serving the instance's slots."""
+        and a row per worker with its PID (``-`` while it is started again)
+        and its cut of the instance's slots (it is their home worker)."""
         self.state.workers = lambda: [(0, 4242), (1, None)]
         self.assertEqual(
             self.rows(crs_admin.ShowSystem),
             [
                 ["crs1", "app:crs", str(self.state.pid), "-"],
-                ["crs1", "app:attach/1", "4242", "0-16383"],
-                ["crs1", "app:attach/2", "-", "0-16383"],
+                ["crs1", "app:attach/1", "4242", "0-8191"],
+                ["crs1", "app:attach/2", "-", "8192-16383"],
             ],
         )
 

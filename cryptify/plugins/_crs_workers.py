@@ -31,6 +31,7 @@ from twisted.logger import FileLogObserver, ILogObserver, LogEvent, globalLogBeg
 from zope.interface import implementer
 
 from cryptify.config import CrsConfig, CrsLocalConfig
+from cryptify.config.crs_local import worker_count
 from cryptify.crs.attach.core import AttachCore, AttachSession
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.calls.wiring import RegistryParties
@@ -81,9 +82,15 @@ def make_worker_service(
     notices = channel(basics.name)
     siblings = Siblings(lambda: redis.store(HIGH), notices)
     messages.messaging.siblings = siblings
-    link, calls = worker_calls(basics, core, sessions, siblings, worker_name(index))
+    link, calls = worker_calls(
+        basics, core, sessions, siblings, worker_name(index), worker_count(local)
+    )
+    siblings.router = link
     subscribed = redis.connect(HIGH, f"{HIGH} (notices)")
     attach(root, redis)
+    # the notices go on redis_high's other connection: when it connects
+    # again, the attaches it could not announce meanwhile are told again
+    attach(root, CallbackService(on_start=lambda: announce_on_connect(redis, link)))
     attach(root, CallbackService(on_start=basics.accounts.reload))
     attach(root, trace_events(basics.trace))
     attach(root, relay)
@@ -113,12 +120,17 @@ def make_worker_service(
 
 
 def worker_calls(
-    basics: Basics, core: AttachCore, sessions: SessionTable, siblings: Siblings, me: str
+    basics: Basics,
+    core: AttachCore,
+    sessions: SessionTable,
+    siblings: Siblings,
+    me: str,
+    count: int,
 ) -> tuple[WorkerLink, PoolCalls]:
     """Calls with clients attached to the other workers (the pool's calls
     over the local link, :mod:`cryptify.crs.workers.calls`)."""
     registry = basics.registry
-    link = WorkerLink(me, basics.name, registry, siblings)
+    link = WorkerLink(me, basics.name, registry, siblings, count)
     parties = RegistryParties(registry)
     calls = PoolCalls(me, sessions, parties, link, link.owner, basics.reactor)
     install_pool_calls(core, link, calls)
@@ -130,6 +142,12 @@ def worker_calls(
 
     core.on_detach.append(detached)
     return link, calls
+
+
+def announce_on_connect(redis: WorkerRedis, link: WorkerLink) -> None:
+    """Every (re)connection of the publishing ``redis_high`` store tells
+    the other workers this worker's attachments."""
+    redis.store(HIGH).on_connect.append(lambda _protocol: link.announce())
 
 
 @implementer(ILogObserver)

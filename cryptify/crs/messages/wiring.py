@@ -159,8 +159,9 @@ class Siblings(Protocol):
     """The instance's other worker processes (``workers N``,
     :class:`cryptify.crs.workers.wake.Siblings`)."""
 
-    def wake(self, uri: str, stored: Stored) -> None:
-        """``stored`` was stored for ``uri``, not attached in this process."""
+    def wake(self, uri: str, stored: Stored) -> bool:
+        """``stored`` was stored for ``uri``, not attached in this process;
+        whether ``uri`` is known to be attached to another worker."""
         ...
 
     def tell_delivered(self, sender: str, message_id: str) -> None:
@@ -338,9 +339,8 @@ class Messaging:
         if target is not None:
             self._offer(target, stored)
         else:
-            if self.siblings is not None:
-                self.siblings.wake(recipient, stored)
-            if stored.kind != "ack" and self.on_absent is not None:
+            elsewhere = self.siblings is not None and self.siblings.wake(recipient, stored)
+            if stored.kind != "ack" and self.on_absent is not None and not elsewhere:
                 self.on_absent(stored.account, recipient)
         if self.trace.active("message"):
             self.trace.emit(

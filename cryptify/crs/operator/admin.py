@@ -32,6 +32,7 @@ from cryptify.crs.pool.changes_core import Kind, Report
 from cryptify.crs.remote_admin.store import AdminError
 from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.crs.trace import ELEMENTS
+from cryptify.crs.workers.calls import describe_worker
 from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import CommandFailed, table
@@ -384,11 +385,15 @@ class CrsAdmin(PeerCommands):
         owned = f"0-{SLOTS - 1}" if len(slots.hosts) == 1 else slots.describe(self.state.name)
         rows = [[self.state.name, ATTACH_MODULE, str(self.state.pid), owned]]
         if self.state.workers is not None:
-            # the parent manages; every worker serves the instance's slots
+            # the parent manages; each worker is the home of its cut of the
+            # instance's slots (docs/workers.md)
             rows = [[self.state.name, PARENT_MODULE, str(self.state.pid), "-"]]
-            for index, pid in self.state.workers():
+            workers = self.state.workers()
+            first, last = (int(n) for n in owned.split("-"))
+            for index, pid in workers:
                 module = f"{ATTACH_MODULE}/{index + 1}"
-                rows.append([self.state.name, module, "-" if pid is None else str(pid), owned])
+                cut = describe_worker(len(workers), index, [(first, last)])
+                rows.append([self.state.name, module, "-" if pid is None else str(pid), cut])
         return {"table": table(SYSTEM_COLUMNS, rows)}
 
     @crs_admin.ShowAccount.responder

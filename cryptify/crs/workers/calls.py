@@ -18,29 +18,70 @@ instance's notices on ``redis_high`` (:mod:`cryptify.crs.workers.notices`):
 
 A callee not in the directory is handled by the caller's worker as a
 client not attached there (``not-connected``, or ``not-found``).
+
+The directory also addresses the notices about messages (``m``, ``n``,
+``d``) to one worker (:meth:`WorkerLink.route`): the one the client is
+attached to, else the *home worker* of the client's slot (the instance's
+slots cut in equal ranges, :func:`worker_slots`).  A worker that gets a
+notice on its own channel for a client its directory does not place
+here (:meth:`WorkerLink.mine`) passes it on to every worker when the
+directory places the client on another worker or is still filling
+(:data:`SETTLE` seconds after a subscription), and drops it otherwise:
+Redis sends one subscriber its channels' messages in the order they
+were published, so the ``at`` of an attach published before the notice
+has reached the directory first, and the client is attached nowhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from twisted.logger import Logger
 
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.pool.wire import WireError
+from cryptify.crs.slots import SlotMap, slot_of
 from cryptify.crs.workers.notices import (
     Ask,
     Attached,
+    Delivered,
     Detached,
     Frame,
     Gone,
     Hello,
     Notice,
+    Wake,
     worker_channel,
+    worker_name,
 )
 from cryptify.crs.workers.wake import Siblings
+from cryptify.protocols.umsg import base_uri
 
 log = Logger(namespace="cryptify.crs.workers")
+
+#: Seconds after a subscription during which this worker's directory may
+#: still be filling (the others' answers to its ``hi`` or ``ask``): a
+#: notice for a client it does not know goes to every worker meanwhile.
+SETTLE = 2.0
+
+
+def worker_slots(count: int, me: str = "w1") -> SlotMap:
+    """The slots of ``count`` workers: the slots cut in equal consecutive
+    ranges, ``w1`` the first (``show system`` SLOTS)."""
+    return SlotMap(tuple(worker_name(i) for i in range(count)), me)
+
+
+def describe_worker(count: int, index: int, owned: Sequence[tuple[int, int]]) -> str:
+    """``show system`` SLOTS of worker ``index`` (0-based) of ``count``: its
+    cut of the slots within the instance's ``owned`` ranges (first, last),
+    ``first-last`` joined by commas, or ``-``."""
+    _, first, last = worker_slots(count).ranges()[index]
+    parts = []
+    for low, high in owned:
+        a, b = max(first, low), min(last, high)
+        if a <= b:
+            parts.append(f"{a}-{b}")
+    return ",".join(parts) or "-"
 
 
 class AttachDirectory:
@@ -73,7 +114,12 @@ class WorkerLink:
     """
 
     def __init__(
-        self, me: str, instance: str, registry: AttachRegistry, siblings: Siblings
+        self,
+        me: str,
+        instance: str,
+        registry: AttachRegistry,
+        siblings: Siblings,
+        count: int = 1,
     ) -> None:
         self.me = me
         self.instance = instance
@@ -81,10 +127,19 @@ class WorkerLink:
         self.siblings = siblings
         self.channel = worker_channel(instance, me)
         self.directory = AttachDirectory()
+        names = [worker_name(i) for i in range(count)]
+        #: The home worker of each slot (None: this worker is not one of ``count``).
+        self.slots = worker_slots(count, me) if me in names else None
         self.handlers: dict[str, Callable[[str, dict[str, object]], None]] = {}
         self.listeners: list[Callable[[str, bool], None]] = []
         self.refused = 0
         self.greeted = False
+        #: Until when (clock seconds) the directory may still be filling.
+        self.settling = float("inf")
+        #: Notices addressed here for a client elsewhere, passed on to all.
+        self.passed = 0
+        #: Notices addressed here for a client attached nowhere, dropped.
+        self.dropped = 0
 
     # -- the pool link's interface, for PoolCalls and its install() ---------------
 
@@ -102,6 +157,38 @@ class WorkerLink:
         """The worker ``uri`` is attached to (None: not attached, or here)."""
         return self.directory.owner(uri)
 
+    # -- where the notices about a client go ------------------------------------------
+
+    def home(self, uri: str) -> str:
+        """The home worker of ``uri``'s slot."""
+        if self.slots is None:
+            return self.me
+        return self.slots.owner(slot_of(base_uri(uri)))
+
+    def where(self, uri: str) -> str | None:
+        """The other worker ``uri`` is attached to, as far as this one knows."""
+        owner = self.directory.owner(uri)
+        return owner if owner != self.me else None
+
+    def route(self, uri: str) -> str:
+        """The channel of the worker to tell about ``uri``."""
+        return worker_channel(self.instance, self.where(uri) or self.home(uri))
+
+    def mine(self, notice: Wake | Delivered) -> bool:
+        """A notice on this worker's own channel: True when it is for a
+        client attached here (or that was, a moment ago); else passed on
+        to every worker, or dropped (module docstring)."""
+        uri = notice.uri if isinstance(notice, Wake) else notice.sender
+        owner = self.directory.owner(uri)
+        if owner == self.me:
+            return True
+        if owner is None and self.registry.clock() >= self.settling:
+            self.dropped += 1
+            return False
+        self.passed += 1
+        self.siblings.publish(notice)
+        return False
+
     # -- this worker's clients ----------------------------------------------------
 
     def client_attached(self, uri: str, since: float) -> None:
@@ -117,14 +204,16 @@ class WorkerLink:
         """This worker's subscription is in place: say hello the first time;
         after a reconnection ask for the others' attachments and tell
         them its own (notices went by while it was away)."""
+        self.settling = self.registry.clock() + SETTLE
         if not self.greeted:
             self.greeted = True
             self.siblings.publish(Hello(self.me))
             return
         self.siblings.publish(Ask(self.me))
-        self._announce()
+        self.announce()
 
-    def _announce(self) -> None:
+    def announce(self) -> None:
+        """Tell the other workers whom this one has attached."""
         for uri, attachment in list(self.registry.by_uri.items()):
             self.siblings.publish(Attached(uri, self.me, int(attachment.since * 1000)))
 
@@ -141,10 +230,10 @@ class WorkerLink:
         elif isinstance(notice, Hello):
             if notice.worker != self.me:
                 self._lost(notice.worker)
-                self._announce()
+                self.announce()
         elif isinstance(notice, Ask):
             if notice.worker != self.me:
-                self._announce()
+                self.announce()
         elif isinstance(notice, Gone):
             self._lost(notice.worker)
         elif isinstance(notice, Frame):

@@ -12,6 +12,12 @@ channel.  One notice is one line of text:
   store; a message too large for a notice goes as ``m``.
 - ``d URI MESSAGE-ID``: ``URI``'s message was delivered; the worker where
   ``URI`` is attached tells it ``delivered``.
+
+  A worker sends ``m``, ``n`` and ``d`` on one worker's channel
+  (:func:`worker_channel`: the one ``URI`` is attached to, else the home
+  worker of its slot, :meth:`cryptify.crs.workers.calls.WorkerLink.route`),
+  which passes them on to every worker on the instance's channel when
+  ``URI`` is attached elsewhere; the parent sends them on the instance's.
 - ``a``: the accounts changed (``create account``, ``apply`` ...); every
   worker reads the accounts directory again.
 - ``at URI W MS`` / ``dt URI W``: ``URI`` attached to (at ``MS``, ms
