@@ -322,6 +322,16 @@ class MessagingHookTests(DeliveryCase):
         self.siblings.stored.append(stored)
         return uri in self.elsewhere
 
+    def test_parent_passes_delivered_on(self) -> None:
+        """In a parent (its workers serve the clients) a ``delivered`` from
+        another pool member goes to the workers; in a worker, for a sender
+        not attached here, it goes nowhere (the notice came from there)."""
+        self.messaging.tell_sender("tel:+9", "m-1")
+        self.assertEqual(self.delivered, [])
+        self.messaging.workers_serve = True
+        self.messaging.tell_sender("tel:+9", "m-1")
+        self.assertEqual(self.delivered, [("tel:+9", "m-1")])
+
     def test_push_only_when_attached_nowhere(self) -> None:
         """A recipient the directory places on another worker gets the
         notice and no push wake-up; one attached nowhere gets both."""
@@ -567,8 +577,9 @@ class DirectiveTests(SynchronousTestCase):
             self.assertRaises(ConfigError, parse_crs_local_config, bad + "\n")
         self.assertEqual(parse_crs_local_config(render_crs_local_config(local)), local)
 
-    def test_not_with_a_pool(self) -> None:
-        """workers 2 with a pool of two is refused at start (not yet)."""
+    def test_with_a_pool_not_with_peers(self) -> None:
+        """workers 2 in a pool of two starts (the parent keeps the pool
+        link); with inter-working peers it is refused at start (not yet)."""
         d = self.mktemp()
         os.makedirs(d)
         conf = os.path.join(d, "crs.conf")
@@ -581,10 +592,16 @@ class DirectiveTests(SynchronousTestCase):
         with open(local, "w") as f:
             f.write("crsname crs1\nworkers 2\n")
         options = Options()
+        options.parseOptions(["--config", conf, "--local-config", local])
+        self.assertEqual(len(options["crs"].pool.hosts), 2)
+        with open(os.path.join(d, "iw-crs.conf"), "w") as f:
+            f.write("iw-crs 198.51.100.7 b7Hq2zWm4\n")
         error = self.assertRaises(
-            usage.UsageError, options.parseOptions, ["--config", conf, "--local-config", local]
+            usage.UsageError,
+            Options().parseOptions,
+            ["--config", conf, "--local-config", local],
         )
-        self.assertIn("workers: not yet with a pool", str(error))
+        self.assertIn("workers: not yet with inter-working peers", str(error))
 
 
 class AccountsHookTests(SynchronousTestCase):

@@ -224,6 +224,28 @@ class WholeInstanceTests(SynchronousTestCase):
         answer = self.successResultOf(CrsAdmin(state).show_account())
         self.assertEqual(answer["table"]["rows"], [["crs1", "app:attach", str(state.pid), "acme"]])
 
+    def test_holds_for_the_sweep(self) -> None:
+        """In a pool the parent's sweep learns the URIs the workers hold,
+        only when every running worker answers and follows the current slot
+        view (a worker not running holds none)."""
+        self.w1.attach("tel:+1", NOW)
+        self.w2.attach("tel:+2", NOW)
+        keys = {0: "1/crs1/7", 1: "1/crs1/7"}
+        for worker in (self.w1, self.w2):
+            worker.view.pool_key = lambda i=worker.index: keys[i]
+
+        def holds(key: str) -> defer.Deferred[frozenset[str] | None]:
+            return defer.ensureDeferred(self.instance.views.holds(key))
+
+        self.assertEqual(answer_of(self, self.instance, holds("1/crs1/7")), {"tel:+1", "tel:+2"})
+        keys[1] = "0/crs2/3"
+        self.assertIsNone(answer_of(self, self.instance, holds("1/crs1/7")))
+        self.w2.running = False
+        self.assertEqual(answer_of(self, self.instance, holds("1/crs1/7")), {"tel:+1"})
+        self.w1.reachable = False
+        self.assertIsNone(answer_of(self, self.instance, holds("1/crs1/7")))
+        self.flushLoggedErrors()
+
     def test_worker_late_is_named(self) -> None:
         """A worker that does not answer within the bound is left out and
         named; the others' rows are there.  Nothing waits longer."""

@@ -61,8 +61,10 @@ from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stor
 from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
+from cryptify.crs.workers.admin import worker_socket
 from cryptify.crs.workers.fanout import WorkerViews
 from cryptify.crs.workers.notices import channel, worker_name
+from cryptify.crs.workers.pool import ParentPool, map_key
 from cryptify.crs.workers.wake import Siblings
 from cryptify.events import Notifier
 from cryptify.links.relay_link import RelayLink
@@ -125,8 +127,12 @@ class Basics:
     pool: PoolLink | None = None
 
 
-def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: IReactor) -> Basics:
-    """The instance's name, notifier, traces, accounts, slot map and registry."""
+def build_basics(
+    cfg: CrsConfig, local: CrsLocalConfig, reactor: IReactor, link: bool = True
+) -> Basics:
+    """The instance's name, notifier, traces, accounts, slot map and registry;
+    in a pool, the pool link (not in a worker: ``link`` False, its parent
+    keeps it)."""
     g = cfg.global_
     name = instance_name(cfg, local)
     trace = TraceHub(reactor.seconds)
@@ -134,7 +140,7 @@ def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: IReactor) -> Ba
     notifier = Notifier(reactor, g.notify or None, g.notify_timeout)
     probes: dict[str, Callable[[], bool | str]] = {"crs": lambda: True}
     pool = None
-    if local.crsname is not None and len(hosts) >= 2:
+    if link and local.crsname is not None and len(hosts) >= 2:
         pool = PoolLink(cfg, name, reactor, notifier.notify)
         for peer in pool.peers:
             probes[f"pool_link_{peer}"] = functools.partial(pool.link_up, peer)
@@ -461,8 +467,21 @@ def attach_clients(
     clients = client_listener(cfg, reactor, parts.core)
     if worker_count(local) > 1:
         siblings = Siblings(lambda: parts.redis.store(HIGH), channel(basics.name))
-        parts.messages.messaging.siblings = siblings
-        attach(root, *client_workers(cfg, local, reactor, logs, parts.state, siblings))
+        messaging = parts.messages.messaging
+        messaging.siblings = siblings
+        messaging.workers_serve = True
+        held, workers = client_workers(cfg, local, reactor, logs, parts.state, siblings)
+        pool, forwarder = basics.pool, parts.messages.forwarder
+        if pool is not None and forwarder is not None:
+            # the workers follow this process's slot view and post through
+            # its forwarder (docs/workers.md, Pools)
+            views = parts.state.fanout
+            assert isinstance(views, WorkerViews)
+            link: PoolLink = pool
+            forwarder.held_by_workers = lambda: views.holds(map_key(link))
+            path = worker_socket(cfg.global_.management, -1)
+            attach(root, ParentPool(reactor, path, pool, forwarder))
+        attach(root, held, workers)
     else:
         attach(root, clients)
     return clients

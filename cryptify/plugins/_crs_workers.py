@@ -42,6 +42,7 @@ from cryptify.crs.redis.instance import HIGH
 from cryptify.crs.workers.admin import WorkerView, worker_listener, worker_socket
 from cryptify.crs.workers.calls import WorkerLink
 from cryptify.crs.workers.notices import channel, worker_name
+from cryptify.crs.workers.pool import WorkerPool, owned_by
 from cryptify.crs.workers.stores import WorkerRedis
 from cryptify.crs.workers.wake import Siblings, WakeListener
 from cryptify.logs import format_crs, wants_event
@@ -68,7 +69,7 @@ def make_worker_service(
     cfg: CrsConfig, local: CrsLocalConfig, reactor: IReactor, index: int
 ) -> ProgramService:
     """Worker ``index``'s service tree; nothing opens until it starts."""
-    basics = build_basics(cfg, local, reactor)
+    basics = build_basics(cfg, local, reactor, link=False)
     root = ProgramService(f"crs worker {index + 1}")
     relay = build_relay_link(cfg, basics)
     redis = WorkerRedis(cfg, local, reactor)
@@ -103,6 +104,22 @@ def make_worker_service(
         cps, pusher = push
         attach(root, cps)
         attach(root, CallbackService(on_stop=pusher.stop))
+    pool = None
+    if local.crsname is not None and len(cfg.pool.hosts) >= 2:
+        # the parent keeps the pool link: this worker follows its slot view
+        # and posts through its forwarder (docs/workers.md, Pools)
+        pool = WorkerPool(
+            reactor,
+            worker_socket(cfg.global_.management, -1),
+            basics.registry,
+            siblings.tell_delivered,
+        )
+        pool.busy = lambda uri: bool(calls.busy(uri))
+        # the workers' homes are cuts of the slots the instance owns now
+        pool.on_view.append(lambda view: link.own(owned_by(view, view.me)))
+        core.slots = pool
+        messages.messaging.pool = pool
+        attach(root, pool)
     clients = client_listener(cfg, reactor, core, shared=True)
     view = WorkerView(
         basics.registry,
@@ -112,6 +129,7 @@ def make_worker_service(
         clients.factory,
         cfg.global_,
         accounts=basics.accounts,
+        pool_key=None if pool is None else lambda: pool.view.key,
     )
     path = worker_socket(cfg.global_.management, index)
     attach(root, worker_listener(reactor, path, view))

@@ -150,9 +150,9 @@ class Options(ConfigOptions):
         self["crs"], self["local"] = files.crs, files.local
         self["iw"] = self.read_iw()
         peers = self["iw"].config.instances if self["iw"] is not None else ()
-        if worker_count(files.local) > 1 and (len(files.crs.pool.hosts) >= 2 or peers):
+        if worker_count(files.local) > 1 and peers:
             raise ConfigUsageError(
-                f"{self['local-config']}: workers: not yet with a pool or inter-working peers "
+                f"{self['local-config']}: workers: not yet with inter-working peers "
                 "(docs/workers.md)"
             )
 

@@ -221,6 +221,9 @@ class Messaging:
         #: With ``workers N``: the instance's other processes, told of
         #: messages for clients not attached here.
         self.siblings: Siblings | None = None
+        #: With ``workers N``, in the parent: its workers serve the clients
+        #: (a ``delivered`` from another pool member is passed to them).
+        self.workers_serve = False
 
     def _refuse(self, failure: Failure, session: AttachSession, msg_id: int | None) -> None:
         retry_after = None
@@ -358,6 +361,9 @@ class Messaging:
         origin = self.registry.get(sender)
         if origin is not None:
             origin.conn.send(replies.delivered(message_id))
+        elif self.workers_serve and self.siblings is not None:
+            # a parent's clients are its workers'
+            self.siblings.tell_delivered(sender, message_id)
 
     def wake(self, uri: str, stored: Stored | None = None) -> None:
         """Messages were stored for ``uri`` by another process of this

@@ -379,7 +379,15 @@ class CrsAdmin(PeerCommands):
     @crs_admin.ShowSystem.responder
     def show_system(self) -> dict[str, object]:
         if self.state.pool is not None:
-            members = [[n, ATTACH_MODULE, pid, ranges] for n, pid, ranges in self.state.pool.rows()]
+            members = []
+            for n, pid, ranges in self.state.pool.rows():
+                if n != self.state.name or self.state.workers is None:
+                    members.append([n, ATTACH_MODULE, pid, ranges])
+                    continue
+                # this instance, with workers: the parent, then each worker
+                # with its cut of the slots the instance owns now
+                members.append([n, PARENT_MODULE, pid, ranges])
+                members += self._worker_rows(_ranges(ranges))
             return {"table": table(SYSTEM_COLUMNS, members)}
         slots = self.state.slots
         owned = f"0-{SLOTS - 1}" if len(slots.hosts) == 1 else slots.describe(self.state.name)
@@ -388,13 +396,18 @@ class CrsAdmin(PeerCommands):
             # the parent manages; each worker is the home of its cut of the
             # instance's slots (docs/workers.md)
             rows = [[self.state.name, PARENT_MODULE, str(self.state.pid), "-"]]
-            workers = self.state.workers()
-            first, last = (int(n) for n in owned.split("-"))
-            for index, pid in workers:
-                module = f"{ATTACH_MODULE}/{index + 1}"
-                cut = describe_worker(len(workers), index, [(first, last)])
-                rows.append([self.state.name, module, "-" if pid is None else str(pid), cut])
+            rows += self._worker_rows(_ranges(owned))
         return {"table": table(SYSTEM_COLUMNS, rows)}
+
+    def _worker_rows(self, owned: list[tuple[int, int]]) -> list[list[str]]:
+        """``show system`` rows of the workers, each with its cut of ``owned``."""
+        workers = self.state.workers() if self.state.workers is not None else []
+        rows = []
+        for index, pid in workers:
+            module = f"{ATTACH_MODULE}/{index + 1}"
+            cut = describe_worker(len(workers), index, owned)
+            rows.append([self.state.name, module, "-" if pid is None else str(pid), cut])
+        return rows
 
     @crs_admin.ShowAccount.responder
     @deferred
@@ -546,6 +559,16 @@ class CrsAdmin(PeerCommands):
         else:
             proto.on_lost.append(stop)
         return _with_missing({}, missing)
+
+
+def _ranges(text: str) -> list[tuple[int, int]]:
+    """The (first, last) ranges of a SLOTS column (``0-99,200-299``; ``-``: none)."""
+    found = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and last.isdigit():
+            found.append((int(first), int(last)))
+    return found
 
 
 def _with_missing(answer: dict[str, object], missing: str | None) -> dict[str, object]:

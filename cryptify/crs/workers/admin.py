@@ -21,6 +21,8 @@ answer is a part of the whole instance's:
   attached here;
 - :class:`~cryptify.protocols.crs_workers.WorkerCounters`: the counters
   of the metrics;
+- :class:`~cryptify.protocols.crs_workers.WorkerHolds`: in a pool, the
+  URIs attached here and the slot view followed (the parent's sweep);
 - :class:`~cryptify.protocols.crs_workers.ClientRules`: the client
   limits and keep-alive rules a reload changed.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable
 
 import attrs
 from twisted.internet.interfaces import IListeningPort
@@ -52,6 +55,7 @@ from cryptify.protocols.crs_workers import (
     ClientRules,
     Disconnect,
     WorkerCounters,
+    WorkerHolds,
     WorkerSessions,
 )
 from cryptify.protocols.mgmt import CommandFailed, ManagementFactory, ManagementProtocol
@@ -131,6 +135,8 @@ class WorkerView:
     global_: CrsGlobal | None = None
     #: The accounts this worker has loaded (``show account``).
     accounts: AccountStore | None = None
+    #: In a pool: the key of the slot view this worker follows.
+    pool_key: Callable[[], str] | None = None
     pid: int = attrs.field(factory=os.getpid)
 
     def take_rules(self, rules: object) -> None:
@@ -203,6 +209,11 @@ class WorkerCommands(amp.CommandLocator):
         loaded = ",".join(a.id for a in view.accounts or ()) or "-"
         row = [view.registry.crs_name, ATTACH_MODULE, str(view.pid), loaded]
         return {"table": {"columns": [], "rows": [row]}}
+
+    @WorkerHolds.responder
+    def holds(self) -> dict[str, object]:
+        key = self.view.pool_key() if self.view.pool_key is not None else ""
+        return {"holds": {"uris": sorted(self.view.registry.by_uri), "view": key}}
 
     @WorkerSessions.responder
     def sessions(self) -> dict[str, object]:

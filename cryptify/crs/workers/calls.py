@@ -22,7 +22,7 @@ client not attached there (``not-connected``, or ``not-found``).
 The directory also addresses the notices about messages (``m``, ``n``,
 ``d``) to one worker (:meth:`WorkerLink.route`): the one the client is
 attached to, else the *home worker* of the client's slot (the instance's
-slots cut in equal ranges, :func:`worker_slots`).  A worker that gets a
+slots cut in equal ranges, :func:`home_table`).  A worker that gets a
 notice on its own channel for a client its directory does not place
 here (:meth:`WorkerLink.mine`) passes it on to every worker when the
 directory places the client on another worker or is still filling
@@ -40,7 +40,7 @@ from twisted.logger import Logger
 
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.pool.wire import WireError
-from cryptify.crs.slots import SlotMap, slot_of
+from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.crs.workers.notices import (
     Ask,
     Attached,
@@ -65,23 +65,34 @@ log = Logger(namespace="cryptify.crs.workers")
 SETTLE = 2.0
 
 
-def worker_slots(count: int, me: str = "w1") -> SlotMap:
-    """The slots of ``count`` workers: the slots cut in equal consecutive
-    ranges, ``w1`` the first (``show system`` SLOTS)."""
-    return SlotMap(tuple(worker_name(i) for i in range(count)), me)
+def home_table(count: int, owned: Sequence[tuple[int, int]]) -> list[int]:
+    """The home worker (0-based) of every slot: the instance's ``owned``
+    slots (first, last ranges) cut in ``count`` equal consecutive parts,
+    in slot order; a slot the instance does not own by the cut of all the
+    slots (a notice about another member's client goes to any worker:
+    each drops it, or passes it on, alike)."""
+    table = [slot * count // SLOTS for slot in range(SLOTS)]
+    slots = [slot for first, last in owned for slot in range(first, last + 1)]
+    for position, slot in enumerate(slots):
+        table[slot] = position * count // len(slots)
+    return table
 
 
 def describe_worker(count: int, index: int, owned: Sequence[tuple[int, int]]) -> str:
-    """``show system`` SLOTS of worker ``index`` (0-based) of ``count``: its
-    cut of the slots within the instance's ``owned`` ranges (first, last),
+    """``show system`` SLOTS of worker ``index`` (0-based) of ``count``: the
+    slots of the instance's ``owned`` ranges it is the home of,
     ``first-last`` joined by commas, or ``-``."""
-    _, first, last = worker_slots(count).ranges()[index]
-    parts = []
-    for low, high in owned:
-        a, b = max(first, low), min(last, high)
-        if a <= b:
-            parts.append(f"{a}-{b}")
-    return ",".join(parts) or "-"
+    table = home_table(count, owned)
+    runs: list[list[int]] = []
+    for first, last in owned:
+        for slot in range(first, last + 1):
+            if table[slot] != index:
+                continue
+            if runs and runs[-1][1] == slot - 1:
+                runs[-1][1] = slot
+            else:
+                runs.append([slot, slot])
+    return ",".join(f"{a}-{b}" for a, b in runs) or "-"
 
 
 class AttachDirectory:
@@ -127,9 +138,9 @@ class WorkerLink:
         self.siblings = siblings
         self.channel = worker_channel(instance, me)
         self.directory = AttachDirectory()
-        names = [worker_name(i) for i in range(count)]
-        #: The home worker of each slot (None: this worker is not one of ``count``).
-        self.slots = worker_slots(count, me) if me in names else None
+        self.count = count
+        #: The home worker of each slot (:func:`home_table`).
+        self.homes = home_table(count, [(0, SLOTS - 1)])
         self.handlers: dict[str, Callable[[str, dict[str, object]], None]] = {}
         self.listeners: list[Callable[[str, bool], None]] = []
         self.refused = 0
@@ -161,9 +172,11 @@ class WorkerLink:
 
     def home(self, uri: str) -> str:
         """The home worker of ``uri``'s slot."""
-        if self.slots is None:
-            return self.me
-        return self.slots.owner(slot_of(base_uri(uri)))
+        return worker_name(self.homes[slot_of(base_uri(uri))])
+
+    def own(self, owned: Sequence[tuple[int, int]]) -> None:
+        """The instance owns ``owned`` now (in a pool): its workers' homes."""
+        self.homes = home_table(self.count, owned)
 
     def where(self, uri: str) -> str | None:
         """The other worker ``uri`` is attached to, as far as this one knows."""

@@ -35,6 +35,7 @@ from cryptify.protocols.crs_workers import (
     ClientRules,
     Disconnect,
     WorkerCounters,
+    WorkerHolds,
     WorkerSessions,
 )
 from cryptify.protocols.mgmt import ManagementClient, connect
@@ -271,6 +272,26 @@ class WorkerViews:
         """(URI, account) of every client attached to a worker that answers."""
         rows, _ = await self.attach_rows()
         return [(row[0], row[1]) for row in rows if len(row) >= 2]
+
+    async def holds(self, key: str) -> frozenset[str] | None:
+        """In a pool: the URIs attached to the workers, when every running
+        worker answered and follows the slot view ``key`` (a worker that is
+        not running holds no client, and starts with no slot of its own);
+        else None (the parent's sweep waits)."""
+        up = self._up()
+        answers = await self.ask(WorkerHolds)
+        if any(index in up for index in answers.missing):
+            return None
+        uris: set[str] = set()
+        for _, answer in answers.got:
+            holds = answer.get("holds")
+            if not isinstance(holds, dict) or holds.get("view") != key:
+                return None
+            found = holds.get("uris")
+            if not isinstance(found, list):
+                return None
+            uris.update(str(u) for u in found)
+        return frozenset(uris)
 
     async def trace(
         self, element: str, push: Callable[[str], None]

@@ -1,0 +1,544 @@
+"""An instance with ``workers N`` in a pool of 2+ (docs/workers.md, Pools).
+
+The parent keeps everything of the pool: the pool link (8090) and its
+membership, the slot map, the sync link (8091) and db-backup, the message
+forwarder with its hinted hand-off and sweep, the pool-wide changes.  The
+workers, which hold the clients, need two things of it, over one UNIX
+socket of the parent beside the management socket (``crs.sock.w0``, mode
+0600; :class:`ParentPool` there, :class:`WorkerPool` in each worker):
+
+- **the slot view** (:func:`slot_view`): who owns each slot, which
+  members are late, their addresses.  A worker asks for it when it
+  connects and the parent sends it again whenever it changes (a map
+  change at once, a member late or on time again within
+  :data:`VIEW_CHECK`).  With it a worker answers an attach ``moved`` or
+  ``unavailable`` as one process does (:class:`WorkerPool` is its
+  :class:`~cryptify.crs.attach.core.SlotOwners`; before the first view it
+  owns nothing and every attach is ``unavailable``, as a member that has
+  not heard the pool's map), and disconnects its clients of slots that
+  moved away (not those in a call, until it ends), as the pool's client
+  mover does.
+- **the forwarder** (:class:`WorkerPool` is a worker's
+  :class:`~cryptify.crs.messages.wiring.Router`): a post for a URI another
+  member owns goes to the parent (:class:`~cryptify.protocols.crs_workers.PoolPost`),
+  whose forwarder stores it at the owner or keeps it here, durably, before
+  the worker answers ``posted``; ``delivered`` for a sender of another
+  member, the confirmation that may drop a twin (``msg-gone``) and the
+  URIs seen for the first time (``msg-known``) go the same way.  Messages
+  from the other members are stored by the parent's forwarder and reach
+  the worker where the recipient is attached by a notice, as a message
+  posted on another worker does.
+
+Calls across members are not carried yet: a worker's callee on another
+member is not connected (docs/workers.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from cryptify.crs.attach.registry import AttachRegistry
+from cryptify.crs.messages.store import MessageRefused, Posted, Stored
+from cryptify.crs.messages.wiring import Relayed
+from cryptify.crs.pool.forward import Forwarder
+from cryptify.crs.pool.wiring import MOVED_AWAY, PoolLink
+from cryptify.crs.slots import SLOTS, slot_of
+from cryptify.protocols.amp_calls import AmpAnswer, call_remote
+from cryptify.protocols.crs_workers import (
+    PoolDelivered,
+    PoolLearned,
+    PoolPost,
+    PoolSettled,
+    PoolView,
+    PoolViewChanged,
+)
+from cryptify.protocols.umsg import base_uri
+from cryptify.reactor import IReactor
+from cryptify.service import ListenService, attach, prepare_socket_path
+
+log = Logger(namespace="cryptify.crs.workers")
+
+#: Seconds between the parent's checks of which members are late.
+VIEW_CHECK = 0.25
+#: Seconds between a worker's moves of the clients of slots gone elsewhere
+#: while some are kept by a call.
+MOVE_AGAIN = 1.0
+#: Longest map key, member name or address in a view.
+MAX_WORD = 200
+#: Most members in a view (a pool has 2 to 64).
+MAX_MEMBERS = 64
+
+
+class ViewError(ValueError):
+    """What came is not a slot view."""
+
+
+@attrs.frozen
+class SlotView:
+    """The pool as a worker follows it."""
+
+    #: The map's key (``EPOCH/AUTHOR/INCARNATION``), ``""`` before any map.
+    key: str
+    #: This instance's name.
+    me: str
+    #: The owner of each slot (None: being handed over, or no map yet).
+    owners: tuple[str | None, ...] = attrs.field(repr=False)
+    #: The members whose frames are late (their slots have no owner for an attach).
+    late: frozenset[str] = frozenset()
+    addresses: Mapping[str, str] = attrs.field(factory=dict)
+
+
+#: A worker's view before the parent's first: no slot has an owner.
+NO_VIEW = SlotView("", "", (None,) * SLOTS)
+
+
+def map_key(link: PoolLink) -> str:
+    """The key of ``link``'s current map (``""``: none yet)."""
+    slot_map = None if link.member is None else link.member.map
+    if slot_map is None:
+        return ""
+    key = slot_map.key
+    return f"{key.epoch}/{key.author}/{key.incarnation}"
+
+
+def slot_view(link: PoolLink) -> dict[str, object]:
+    """The parent's slot view, as the workers are sent it: the owners in
+    runs ``[[FIRST, LAST, OWNER-or-null], ...]``."""
+    slot_map = None if link.member is None else link.member.map
+    runs: list[list[object]] = []
+    if slot_map is None:
+        runs.append([0, SLOTS - 1, None])
+    else:
+        for slot, owner in enumerate(slot_map.owners):
+            if runs and runs[-1][2] == owner:
+                runs[-1][1] = slot
+            else:
+                runs.append([slot, slot, owner])
+    return {
+        "key": map_key(link),
+        "me": link.me,
+        "owners": runs,
+        "late": sorted(p for p in link.peers if link.late(p)),
+        "addresses": {name: link.address(name) for name in link.pool.names},
+    }
+
+
+def _word(value: object, empty: bool = False) -> str:
+    if not isinstance(value, str) or len(value) > MAX_WORD or (not value and not empty):
+        raise ViewError(f"not a name in a slot view: {str(value)[:40]!r}")
+    return value
+
+
+def decode_view(value: object) -> SlotView:
+    """The :class:`SlotView` of a :func:`slot_view` answer.
+
+    @raise ViewError: naming what is wrong.
+    """
+    if not isinstance(value, dict):
+        raise ViewError("a slot view is a map")
+    runs, late, addresses = value.get("owners"), value.get("late"), value.get("addresses")
+    if not isinstance(runs, list) or not isinstance(late, list):
+        raise ViewError("a slot view has its owners and late members as lists")
+    if not isinstance(addresses, dict) or len(addresses) > MAX_MEMBERS or len(late) > MAX_MEMBERS:
+        raise ViewError("a slot view has the members' addresses as a map")
+    owners: list[str | None] = []
+    for run in runs:
+        if not isinstance(run, list) or len(run) != 3:
+            raise ViewError("a run of owners is [FIRST, LAST, OWNER]")
+        first, last, owner = run
+        if (
+            not isinstance(first, int)
+            or not isinstance(last, int)
+            or isinstance(first, bool)
+            or isinstance(last, bool)
+            or first != len(owners)
+            or not first <= last < SLOTS
+        ):
+            raise ViewError(f"a run of owners out of order: {str(run)[:40]}")
+        name = None if owner is None else _word(owner)
+        owners.extend([name] * (last - first + 1))
+    if len(owners) != SLOTS:
+        raise ViewError(f"a slot view covers {len(owners)} slots, not {SLOTS}")
+    return SlotView(
+        _word(value.get("key"), empty=True),
+        _word(value.get("me")),
+        tuple(owners),
+        frozenset(_word(p) for p in late),
+        {_word(k): _word(v) for k, v in addresses.items()},
+    )
+
+
+def owned_by(view: SlotView, name: str) -> list[tuple[int, int]]:
+    """The (first, last) ranges of the slots ``name`` owns in ``view``."""
+    ranges: list[tuple[int, int]] = []
+    for slot, owner in enumerate(view.owners):
+        if owner != name:
+            continue
+        if ranges and ranges[-1][1] == slot - 1:
+            ranges[-1] = (ranges[-1][0], slot)
+        else:
+            ranges.append((slot, slot))
+    return ranges
+
+
+# -- the parent --------------------------------------------------------------------
+
+
+class _ParentLocator(amp.CommandLocator):
+    def __init__(self, parent: ParentPool) -> None:
+        self.parent = parent
+
+    @PoolView.responder
+    def view(self) -> dict[str, object]:
+        return {"view": self.parent.view()}
+
+    @PoolPost.responder
+    def post(
+        self, sender: str, scope: str, to: str, account: str, kind: str, data: bytes
+    ) -> defer.Deferred[dict[str, object]]:
+        return self.parent.post(sender, scope, to, account, kind, data)
+
+    @PoolDelivered.responder
+    def delivered(self, sender: str, message: str) -> dict[str, object]:
+        self.parent.forwarder.tell_delivered(sender, message)
+        return {}
+
+    @PoolSettled.responder
+    def settled(self, recipient: str, message: str) -> dict[str, object]:
+        self.parent.forwarder.settled(recipient, message)
+        return {}
+
+    @PoolLearned.responder
+    def learned(self, uri: str) -> dict[str, object]:
+        self.parent.forwarder.learned(uri)
+        return {}
+
+
+class _ParentProtocol(amp.AMP):
+    def __init__(self, parent: ParentPool) -> None:
+        amp.AMP.__init__(self, locator=_ParentLocator(parent))
+        self.parent = parent
+
+    def connectionMade(self) -> None:
+        amp.AMP.connectionMade(self)
+        self.parent.workers.add(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.parent.workers.discard(self)
+        amp.AMP.connectionLost(self, reason)
+
+
+class _ParentFactory(Factory):
+    def __init__(self, parent: ParentPool) -> None:
+        self.parent = parent
+
+    def buildProtocol(self, addr: IAddress | None) -> _ParentProtocol:
+        return _ParentProtocol(self.parent)
+
+
+class ParentPool(service.MultiService):
+    """The parent's side: its socket for the workers, the slot view it
+    sends them, and their posts and notes handed to its forwarder."""
+
+    def __init__(self, reactor: IReactor, path: str, link: PoolLink, forwarder: Forwarder) -> None:
+        service.MultiService.__init__(self)
+        self.reactor = reactor
+        self.path = path
+        self.link = link
+        self.forwarder = forwarder
+        self.workers: set[_ParentProtocol] = set()
+        self._sent: tuple[str, tuple[str, ...]] | None = None
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = reactor
+        link.watch(self._map_changed)
+
+        def listen() -> IListeningPort:
+            prepare_socket_path(path)
+            return reactor.listenUNIX(path, _ParentFactory(self), mode=0o600)
+
+        attach(self, ListenService("workers' pool socket", path, listen))
+
+    def startService(self) -> None:
+        service.MultiService.startService(self)
+        self._loop.start(VIEW_CHECK, now=False)
+
+    def stopService(self) -> defer.Deferred[None]:
+        if self._loop.running:
+            self._loop.stop()
+        d: defer.Deferred[None] = defer.maybeDeferred(service.MultiService.stopService, self)
+        return d
+
+    def view(self) -> dict[str, object]:
+        return slot_view(self.link)
+
+    def _map_changed(self) -> bool:
+        self.check()
+        return False
+
+    def check(self) -> None:
+        """Send the workers the view when the map or the late members changed."""
+        sign = (map_key(self.link), tuple(sorted(p for p in self.link.peers if self.link.late(p))))
+        if sign == self._sent:
+            return
+        self._sent = sign
+        view = self.view()
+        for proto in list(self.workers):
+            call_remote(proto, PoolViewChanged, view=view)  # (no answer: None)
+
+    def post(
+        self, sender: str, scope: str, to: str, account: str, kind: str, data: bytes
+    ) -> defer.Deferred[dict[str, object]]:
+        """A worker's post, through the forwarder as one process's."""
+
+        def answered(relayed: Relayed) -> dict[str, object]:
+            done = relayed.posted
+            answer: dict[str, object] = {"id": done.id, "duplicate": done.duplicate}
+            if relayed.peer is not None:
+                answer["peer"] = relayed.peer
+            elif done.stored is not None:
+                answer["time_ms"] = done.stored.time_ms
+            return answer
+
+        def refused(failure: Failure) -> dict[str, object]:
+            if failure.check(MessageRefused):
+                value: Any = failure.value
+                return {"code": value.code, "reason": str(value)}
+            log.warn("a worker's post not forwarded: {why}", why=failure.getErrorMessage())
+            return {"code": "unavailable", "reason": "the pool's forwarder did not take it"}
+
+        d = self.forwarder.post(sender, scope, to, account, kind, data)
+        return d.addCallbacks(answered, refused)
+
+
+# -- a worker ----------------------------------------------------------------------
+
+
+class _WorkerLocator(amp.CommandLocator):
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    @PoolViewChanged.responder
+    def changed(self, view: object) -> dict[str, object]:
+        try:
+            self.pool.adopt(view)
+        except Exception:
+            log.failure("the parent's slot view not followed")
+        return {}
+
+
+class _WorkerProtocol(amp.AMP):
+    def __init__(self, pool: WorkerPool) -> None:
+        amp.AMP.__init__(self, locator=_WorkerLocator(pool))
+        self.pool = pool
+
+    def connectionMade(self) -> None:
+        amp.AMP.connectionMade(self)
+        self.pool.connected(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.pool.proto is self:
+            self.pool.proto = None
+        amp.AMP.connectionLost(self, reason)
+
+
+class _WorkerFactory(Factory):
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    def buildProtocol(self, addr: IAddress | None) -> _WorkerProtocol:
+        return _WorkerProtocol(self.pool)
+
+
+class WorkerPool(service.MultiService):
+    """A worker's side: the slot owners of its attaches, the router of its
+    posts, the mover of its clients (module docstring).
+
+    ``tell_worker(sender, message_id)``: the ``delivered`` notice for a
+    sender this instance serves (another worker's client);
+    :attr:`busy` says whether a client is in a call (it is moved after).
+    """
+
+    trace_account = "internal"
+
+    def __init__(
+        self,
+        reactor: IReactor,
+        path: str,
+        registry: AttachRegistry,
+        tell_worker: Callable[[str, str], None],
+    ) -> None:
+        service.MultiService.__init__(self)
+        self.reactor = reactor
+        self.registry = registry
+        self.tell_worker = tell_worker
+        self.busy: Callable[[str], bool] = lambda uri: False
+        self.view = NO_VIEW
+        #: Called with every view whose map differs from the one before.
+        self.on_view: list[Callable[[SlotView], object]] = []
+        self.proto: _WorkerProtocol | None = None
+        self.refused = 0
+        self._mover = LoopingCall(self.move)
+        self._mover.clock = reactor
+        client = ClientService(
+            UNIXClientEndpoint(reactor, path, timeout=5),
+            _WorkerFactory(self),
+            retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=2.0),
+            clock=reactor,
+        )
+        attach(self, client)
+
+    def stopService(self) -> defer.Deferred[None]:
+        if self._mover.running:
+            self._mover.stop()
+        d: defer.Deferred[None] = defer.maybeDeferred(service.MultiService.stopService, self)
+        return d
+
+    # -- the parent ------------------------------------------------------------------
+
+    def connected(self, proto: _WorkerProtocol) -> None:
+        self.proto = proto
+        d = call_remote(proto, PoolView)
+
+        def got(answer: AmpAnswer) -> None:
+            try:
+                self.adopt(answer.get("view"))
+            except Exception:
+                log.failure("the parent's slot view not followed")
+
+        d.addCallbacks(
+            got, lambda f: log.warn("no slot view from the parent: {why}", why=f.getErrorMessage())
+        )
+
+    def adopt(self, value: object) -> None:
+        """A slot view from the parent (a bad one is counted and ignored)."""
+        try:
+            view = decode_view(value)
+        except ViewError as exc:
+            self.refused += 1
+            log.warn("not a slot view from the parent: {why}", why=str(exc))
+            return
+        changed = view.key != self.view.key or view.owners != self.view.owners
+        self.view = view
+        if changed:
+            for listener in self.on_view:
+                listener(view)
+            self.move()
+
+    # -- SlotOwners (attach) -------------------------------------------------------------
+
+    def owner(self, slot: int) -> str | None:
+        owner = self.view.owners[slot]
+        if owner is not None and owner != self.view.me and owner in self.view.late:
+            return None  # as the pool's ClientSlots: not moved to a member maybe dead
+        return owner
+
+    def mine(self, slot: int) -> bool:
+        return self.view.owners[slot] is not None and self.view.owners[slot] == self.view.me
+
+    def address(self, host: str) -> str:
+        return self.view.addresses.get(host, host)
+
+    # -- the mover ------------------------------------------------------------------------
+
+    def move(self) -> None:
+        """Disconnect the clients of slots this instance no longer serves
+        (not those in a call: again every :data:`MOVE_AGAIN` until they
+        are gone)."""
+        away = [a for a in self.registry.matching() if not self.mine(slot_of(a.uri))]
+        idle = [a for a in away if not self.busy(a.uri)]
+        if idle:
+            count = self.registry.disconnect(idle, MOVED_AWAY)
+            log.info(
+                "pool: {count} clients of slots now served elsewhere told to move", count=count
+            )
+        if len(idle) < len(away):
+            if not self._mover.running and self.running:
+                self._mover.start(MOVE_AGAIN, now=False)
+        elif self._mover.running:
+            self._mover.stop()
+
+    # -- Router (messages) ----------------------------------------------------------------
+
+    def elsewhere(self, uri: str) -> bool:
+        return not self.mine(slot_of(base_uri(uri)))
+
+    def post(
+        self, sender: str, scope: str, to: str, account: str, kind: str, data: bytes
+    ) -> defer.Deferred[Relayed]:
+        proto = self.proto
+        if proto is None:
+            return defer.fail(
+                MessageRefused("unavailable", "the pool's forwarder is not reachable")
+            )
+
+        def answered(answer: AmpAnswer) -> Relayed:
+            code = answer.get("code")
+            if code is not None:
+                raise MessageRefused(str(code), str(answer.get("reason") or code))
+            message_id = str(answer["id"])
+            peer = answer.get("peer")
+            stored = None
+            time_ms = answer.get("time_ms")
+            if peer is None and isinstance(time_ms, int) and not answer.get("duplicate"):
+                stored = Stored(message_id, sender, to, account, kind, time_ms, data, scope)
+            posted = Posted(message_id, bool(answer.get("duplicate")), stored)
+            return Relayed(posted, None if peer is None else str(peer))
+
+        # (a failure left on the call's own Deferred makes AMP drop the
+        # connection: the answer goes on in a Deferred of its own)
+        result: defer.Deferred[Relayed] = defer.Deferred()
+
+        def done(answer: AmpAnswer) -> None:
+            try:
+                relayed = answered(answer)
+            except Exception:
+                result.errback()
+            else:
+                result.callback(relayed)
+
+        def lost(failure: Failure) -> None:
+            why = failure.getErrorMessage()
+            result.errback(MessageRefused("unavailable", f"the pool's forwarder: {why}"))
+
+        d = call_remote(
+            proto,
+            PoolPost,
+            sender=sender,
+            scope=scope,
+            to=to,
+            account=account,
+            kind=kind,
+            data=data,
+        )
+        d.addCallbacks(done, lost)
+        return result
+
+    def tell_delivered(self, sender: str, message_id: str) -> None:
+        if self.mine(slot_of(base_uri(sender))):
+            self.tell_worker(sender, message_id)
+        else:
+            self._note(PoolDelivered, sender=sender, message=message_id)
+
+    def settled(self, recipient: str, message_id: str) -> None:
+        self._note(PoolSettled, recipient=recipient, message=message_id)
+
+    def learned(self, uri: str) -> None:
+        self._note(PoolLearned, uri=uri)
+
+    def _note(self, command: type[amp.Command], **fields: object) -> None:
+        """Tell the parent (best effort, as over the pool link)."""
+        if self.proto is not None:
+            call_remote(self.proto, command, **fields)  # (no answer: None)

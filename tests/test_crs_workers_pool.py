@@ -1,0 +1,277 @@
+"""A CRS instance with workers in a pool (cryptify/crs/workers/pool.py):
+the slot view the parent sends its workers, a worker's attaches and mover
+by it, and a worker's posts through the parent's forwarder."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+
+from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.messages.store import MessageRefused, Posted, Stored
+from cryptify.crs.messages.wiring import Relayed
+from cryptify.crs.pool.core import MapKey, SlotMap
+from cryptify.crs.pool.wiring import MOVED_AWAY
+from cryptify.crs.slots import SLOTS, slot_of
+from cryptify.crs.workers.pool import (
+    MOVE_AGAIN,
+    NO_VIEW,
+    ParentPool,
+    ViewError,
+    WorkerPool,
+    _ParentProtocol,
+    _WorkerProtocol,
+    decode_view,
+    slot_view,
+)
+from tests.fakes import FakeConnection
+
+HALF = SLOTS // 2
+
+
+def uri_in(first: int, last: int) -> str:
+    """A URI whose slot is in ``first``..``last``."""
+    n = 0
+    while not first <= slot_of(f"tel:+46{n}") <= last:
+        n += 1
+    return f"tel:+46{n}"
+
+
+class FakeLink:
+    """The pool link as the parent's view reads it."""
+
+    def __init__(self) -> None:
+        self.me = "crs1"
+        self.peers = ("crs2",)
+        self.pool = SimpleNamespace(names=("crs1", "crs2"))
+        self.member: Any = None
+        self.late_peers: set[str] = set()
+        self.watchers: list[Any] = []
+
+    def place(self, owners: tuple[str | None, ...], epoch: int = 1) -> None:
+        self.member = SimpleNamespace(map=SlotMap(MapKey(epoch, "crs1", 7), owners))
+        for watcher in self.watchers:
+            watcher()
+
+    def late(self, peer: str) -> bool:
+        return peer in self.late_peers
+
+    def address(self, name: str) -> str:
+        return {"crs1": "10.0.0.1", "crs2": "10.0.0.2"}[name]
+
+    def watch(self, watcher: Any) -> None:
+        self.watchers.append(watcher)
+
+
+SPLIT = ("crs1",) * HALF + ("crs2",) * HALF
+
+
+class SlotViewTests(SynchronousTestCase):
+    def test_round_trip(self) -> None:
+        """The parent's view reads back as its map, its late members and
+        their addresses; before any map no slot has an owner."""
+        link = FakeLink()
+        before = decode_view(slot_view(link))  # type: ignore[arg-type]
+        self.assertEqual((before.key, before.owners), ("", (None,) * SLOTS))
+        link.place(SPLIT[:10] + (None,) * 5 + SPLIT[15:])
+        link.late_peers.add("crs2")
+        view = decode_view(slot_view(link))  # type: ignore[arg-type]
+        self.assertEqual(view.key, "1/crs1/7")
+        self.assertEqual(view.owners, SPLIT[:10] + (None,) * 5 + SPLIT[15:])
+        self.assertEqual((view.me, view.late), ("crs1", frozenset({"crs2"})))
+        self.assertEqual(view.addresses["crs2"], "10.0.0.2")
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.recursive(
+            st.none() | st.booleans() | st.integers(-2, SLOTS + 2) | st.text(max_size=4),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(
+                    st.sampled_from(["key", "me", "owners", "late", "addresses", "x"]), inner
+                )
+            ),
+            max_leaves=20,
+        )
+    )
+    def test_hostile_views(self, value: object) -> None:
+        """Whatever comes, it is a view or a ViewError, never a crash."""
+        try:
+            view = decode_view(value)
+        except ViewError:
+            return
+        self.assertEqual(len(view.owners), SLOTS)
+
+
+class WorkerPoolTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.registry = AttachRegistry("crs1", self.reactor.seconds)
+        self.told: list[tuple[str, str]] = []
+        self.pool = WorkerPool(
+            self.reactor, "/nowhere/crs.sock.w0", self.registry, lambda *a: self.told.append(a)
+        )
+        self.link = FakeLink()
+        self.link.place(SPLIT)
+
+    def view(self) -> dict[str, object]:
+        return slot_view(self.link)  # type: ignore[arg-type]
+
+    def test_owners_for_attach(self) -> None:
+        """Before the parent's view no slot is this instance's nor has an
+        owner (attach: unavailable); then its map says who owns what, and
+        a late member's slots have no owner (not moved to it)."""
+        self.assertIs(self.pool.view, NO_VIEW)
+        self.assertEqual((self.pool.mine(0), self.pool.owner(0)), (False, None))
+        self.pool.adopt(self.view())
+        self.assertEqual((self.pool.mine(0), self.pool.owner(0)), (True, "crs1"))
+        self.assertEqual((self.pool.mine(HALF), self.pool.owner(HALF)), (False, "crs2"))
+        self.assertEqual(self.pool.address("crs2"), "10.0.0.2")
+        self.link.late_peers.add("crs2")
+        self.pool.adopt(self.view())
+        self.assertIsNone(self.pool.owner(HALF))
+        self.assertTrue(self.pool.elsewhere(uri_in(HALF, SLOTS - 1)))
+        self.assertFalse(self.pool.elsewhere(uri_in(0, HALF - 1)))
+        self.pool.adopt({"owners": "garbage"})
+        self.assertEqual(self.pool.refused, 1)
+        self.assertEqual(self.pool.view.key, "1/crs1/7")
+
+    def test_mover(self) -> None:
+        """When slots move away, their idle clients are told to move at
+        once, one in a call once its call has ended."""
+        self.pool.startService()
+        self.addCleanup(self.pool.stopService)
+        self.pool.adopt(self.view())
+        idle, talking, staying = (uri_in(0, 99), uri_in(100, 199), uri_in(HALF - 99, HALF - 1))
+        conns = {}
+        for port, uri in enumerate((idle, talking, staying)):
+            conns[uri] = FakeConnection()
+            self.registry.attach(Attachment(uri, "acme", 1.0, "1", "192.0.2.1", port, conns[uri]))  # type: ignore[arg-type]
+        busy = {talking}
+        self.pool.busy = lambda uri: uri in busy
+        self.link.place(("crs2",) * 200 + SPLIT[200:], epoch=2)
+        self.pool.adopt(self.view())
+        self.assertEqual(
+            [conns[u].reasons for u in (idle, talking, staying)], [[MOVED_AWAY], [], []]
+        )
+        self.reactor.advance(MOVE_AGAIN)
+        self.assertEqual(conns[talking].reasons, [])
+        busy.clear()
+        self.reactor.advance(MOVE_AGAIN)
+        self.assertEqual(conns[talking].reasons, [MOVED_AWAY])
+        self.reactor.advance(MOVE_AGAIN)
+        self.assertEqual(conns[talking].reasons, [MOVED_AWAY])
+
+    def test_delivered_to_a_sender_here_or_elsewhere(self) -> None:
+        """``delivered`` for a sender of this instance's slots goes to its
+        worker (a notice); for one of another member's, to the parent."""
+        self.pool.adopt(self.view())
+        mine, theirs = uri_in(0, HALF - 1), uri_in(HALF, SLOTS - 1)
+        self.pool.tell_delivered(mine, "m-1")
+        self.pool.tell_delivered(theirs, "m-2")  # (no parent connected: dropped)
+        self.assertEqual(self.told, [(mine, "m-1")])
+
+
+class FakeForwarder:
+    def __init__(self) -> None:
+        self.answer: defer.Deferred[Relayed] | None = None
+        self.notes: list[tuple[str, ...]] = []
+
+    def post(self, *args: Any) -> defer.Deferred[Relayed]:
+        self.posts = args
+        assert self.answer is not None
+        return self.answer
+
+    def tell_delivered(self, sender: str, message_id: str) -> None:
+        self.notes.append(("delivered", sender, message_id))
+
+    def settled(self, recipient: str, message_id: str) -> None:
+        self.notes.append(("settled", recipient, message_id))
+
+    def learned(self, uri: str) -> None:
+        self.notes.append(("learned", uri))
+
+
+class ParentLinkTests(SynchronousTestCase):
+    """A worker and its parent over the parent's socket (in memory)."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.link = FakeLink()
+        self.forwarder = FakeForwarder()
+        self.parent = ParentPool(self.reactor, "/nowhere/crs.sock.w0", self.link, self.forwarder)  # type: ignore[arg-type]
+        self.pool = WorkerPool(
+            self.reactor,
+            "/nowhere/crs.sock.w0",
+            AttachRegistry("crs1", self.reactor.seconds),
+            print,
+        )
+        server, client = _ParentProtocol(self.parent), _WorkerProtocol(self.pool)
+        self.pump = iosim.connect(
+            server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client)
+        )
+
+    def test_view_on_connect_and_on_change(self) -> None:
+        """The worker asks for the view as it connects; the parent sends it
+        again when the map changes or a member becomes late."""
+        self.pump.flush()
+        self.assertEqual(self.pool.view.key, "")
+        self.link.place(SPLIT)
+        self.pump.flush()
+        self.assertEqual((self.pool.view.key, self.pool.mine(0)), ("1/crs1/7", True))
+        self.link.late_peers.add("crs2")
+        self.parent.check()
+        self.pump.flush()
+        self.assertEqual(self.pool.view.late, frozenset({"crs2"}))
+
+    def test_post_through_the_parent(self) -> None:
+        """A worker's post for another member's slot is answered as the
+        parent's forwarder answers: stored there, kept here (the message
+        as stored, for the trace and the wake), or refused with its code;
+        the worker's notes reach the forwarder."""
+        self.pump.flush()
+        self.link.place(SPLIT)
+        self.pump.flush()
+        to = uri_in(HALF, SLOTS - 1)
+        self.forwarder.answer = defer.succeed(Relayed(Posted("m-1", False), "crs2"))
+        d = self.pool.post("tel:+1", "scope", to, "acme", "content", b"hi")
+        self.pump.flush()
+        self.assertEqual(self.successResultOf(d), Relayed(Posted("m-1", False), "crs2"))
+        self.assertEqual(self.forwarder.posts, ("tel:+1", "scope", to, "acme", "content", b"hi"))
+        kept = Stored("m-2", "tel:+1", to, "acme", "content", 5, b"hi", "scope")
+        self.forwarder.answer = defer.succeed(Relayed(Posted("m-2", False, kept), None))
+        d = self.pool.post("tel:+1", "scope", to, "acme", "content", b"hi")
+        self.pump.flush()
+        self.assertEqual(self.successResultOf(d), Relayed(Posted("m-2", False, kept), None))
+        self.forwarder.answer = defer.fail(MessageRefused("not-found", "no such URI"))
+        d = self.pool.post("tel:+1", "scope", to, "acme", "content", b"hi")
+        self.pump.flush()
+        self.assertEqual(self.failureResultOf(d, MessageRefused).value.code, "not-found")
+        self.forwarder.answer = defer.fail(RuntimeError("store gone"))
+        d = self.pool.post("tel:+1", "scope", to, "acme", "content", b"hi")
+        self.pump.flush()
+        self.assertEqual(self.failureResultOf(d, MessageRefused).value.code, "unavailable")
+        self.flushLoggedErrors()
+        self.pool.tell_delivered(to, "m-1")
+        self.pool.settled(to, "m-1")
+        self.pool.learned("tel:+1")
+        self.pump.flush()
+        self.assertEqual(
+            self.forwarder.notes,
+            [("delivered", to, "m-1"), ("settled", to, "m-1"), ("learned", "tel:+1")],
+        )
+
+    def test_parent_gone(self) -> None:
+        """Without the parent's socket a post is refused ``unavailable``
+        (the client tries again)."""
+        self.pump.flush()
+        self.pool.proto = None
+        d = self.pool.post("tel:+1", "scope", "tel:+2", "acme", "content", b"hi")
+        self.assertEqual(self.failureResultOf(d, MessageRefused).value.code, "unavailable")
