@@ -17,20 +17,30 @@ from twisted.trial.unittest import SynchronousTestCase
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.messages.store import MessageRefused, Posted, Stored
 from cryptify.crs.messages.wiring import Relayed
+from cryptify.crs.pool.calls_frames import (
+    HANGUP_FRAME,
+    INVITE_FRAME,
+    REFUSED_FRAME,
+    RINGING_FRAME,
+    TALK_FRAME,
+    CallHangup,
+    CallInvite,
+    CallRefused,
+    CallStep,
+)
 from cryptify.crs.pool.core import MapKey, SlotMap
+from cryptify.crs.pool.wire import WireError
 from cryptify.crs.pool.wiring import MOVED_AWAY
 from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.crs.workers.pool import (
     MOVE_AGAIN,
-    NO_VIEW,
     ParentPool,
-    ViewError,
     WorkerPool,
     _ParentProtocol,
     _WorkerProtocol,
-    decode_view,
-    slot_view,
 )
+from cryptify.crs.workers.pool_calls import CallRelay
+from cryptify.crs.workers.slot_view import NO_VIEW, ViewError, decode_view, slot_view
 from tests.fakes import FakeConnection
 
 HALF = SLOTS // 2
@@ -68,6 +78,21 @@ class FakeLink:
 
     def watch(self, watcher: Any) -> None:
         self.watchers.append(watcher)
+
+    # (the call frames, for the call relay)
+    handlers: dict[str, Any]
+    sent: list[tuple[str, str, dict[str, object]]]
+    up = True
+
+    def handle(self, frame_type: str, handler: Any) -> None:
+        self.__dict__.setdefault("handlers", {})[frame_type] = handler
+
+    def on_link(self, listener: Any) -> None:
+        self.__dict__.setdefault("listeners", []).append(listener)
+
+    def send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
+        self.__dict__.setdefault("sent", []).append((peer, frame_type, fields))
+        return self.up
 
 
 SPLIT = ("crs1",) * HALF + ("crs2",) * HALF
@@ -275,3 +300,78 @@ class ParentLinkTests(SynchronousTestCase):
         self.pool.proto = None
         d = self.pool.post("tel:+1", "scope", "tel:+2", "acme", "content", b"hi")
         self.assertEqual(self.failureResultOf(d, MessageRefused).value.code, "unavailable")
+
+
+INVITE = CallInvite("s1", "tel:+1", "tel:+2", "acme", b"\x01", "192.0.2.9", 5146, b"t" * 16)
+
+
+class FakeWorker:
+    def __init__(self, has: set[str]) -> None:
+        self.has = has
+        self.frames: list[tuple[str, str, dict[str, object]]] = []
+        self.peers: list[tuple[str, bool]] = []
+
+    def frame(self, peer: str, frame_type: str, fields: dict[str, object]) -> None:
+        self.frames.append((peer, frame_type, fields))
+
+    def invite(self, peer: str, fields: dict[str, object]) -> defer.Deferred[bool]:
+        took = fields["to"] in self.has
+        if took:
+            self.frames.append((peer, INVITE_FRAME, fields))
+        return defer.succeed(took)
+
+    def peer(self, peer: str, up: bool) -> None:
+        self.peers.append((peer, up))
+
+
+class CallRelayTests(SynchronousTestCase):
+    """The parent passes the calls' frames between members and workers."""
+
+    def setUp(self) -> None:
+        self.link = FakeLink()
+        self.w1, self.w2 = FakeWorker(set()), FakeWorker({"tel:+2"})
+        self.relay = CallRelay(self.link, lambda: [self.w1, self.w2])  # type: ignore[arg-type]
+
+    def test_member_calls_a_worker_client(self) -> None:
+        """A member's invite goes to the worker holding the callee; the
+        member's other frames for the call follow it there, until the
+        hangup; a frame of a call no worker has is ignored."""
+        self.link.handlers[INVITE_FRAME]("crs2", INVITE.fields())
+        self.assertEqual(self.w2.frames, [("crs2", INVITE_FRAME, INVITE.fields())])
+        talk = CallStep("talk", "s1").fields()
+        self.link.handlers[TALK_FRAME]("crs2", talk)
+        hangup = CallHangup("s1", "normal", None, "caller").fields()
+        self.link.handlers[HANGUP_FRAME]("crs2", hangup)
+        self.link.handlers[TALK_FRAME]("crs2", talk)
+        self.assertEqual([f[1] for f in self.w2.frames], [INVITE_FRAME, TALK_FRAME, HANGUP_FRAME])
+        self.assertEqual(self.w1.frames, [])
+        self.assertEqual(self.relay.sessions, {})
+        self.assertRaises(WireError, self.link.handlers[TALK_FRAME], "crs2", {"x": 1})
+
+    def test_callee_attached_nowhere(self) -> None:
+        """An invite no worker takes is refused ``not-connected``."""
+        self.w2.has.clear()
+        self.link.handlers[INVITE_FRAME]("crs2", INVITE.fields())
+        self.assertEqual(
+            self.link.sent, [("crs2", REFUSED_FRAME, CallRefused("s1", "not-connected").fields())]
+        )
+
+    def test_worker_calls_a_member_client(self) -> None:
+        """A worker's invite goes on the pool link, the member's answers come
+        back to that worker; no connection to the member: refused at once;
+        the worker gone: its calls are hung up at the member; a member's
+        link down is told to every worker."""
+        self.relay.from_worker(self.w1, "crs2", INVITE_FRAME, INVITE.fields())  # type: ignore[arg-type]
+        self.assertEqual(self.link.sent, [("crs2", INVITE_FRAME, INVITE.fields())])
+        self.link.handlers[RINGING_FRAME]("crs2", CallStep("talk", "s1").fields())
+        self.assertEqual(self.w1.frames, [("crs2", RINGING_FRAME, CallStep("talk", "s1").fields())])
+        self.relay.worker_lost(self.w1)  # type: ignore[arg-type]
+        self.assertEqual(self.link.sent[-1][:2], ("crs2", HANGUP_FRAME))
+        self.link.up = False
+        other = CallInvite("s2", "tel:+1", "tel:+3", "acme", b"\x01", "192.0.2.9", 5146, b"t" * 16)
+        self.relay.from_worker(self.w1, "crs2", INVITE_FRAME, other.fields())  # type: ignore[arg-type]
+        self.assertEqual(self.w1.frames[-1][1], REFUSED_FRAME)
+        self.assertEqual(self.relay.sessions, {})
+        for listener in self.link.listeners:  # type: ignore[attr-defined]
+            listener("crs2", False)
+        self.assertEqual((self.w1.peers, self.w2.peers), ([("crs2", False)], [("crs2", False)]))

@@ -64,7 +64,8 @@ from cryptify.crs.trace import EventTraceObserver, TraceHub
 from cryptify.crs.workers.admin import worker_socket
 from cryptify.crs.workers.fanout import WorkerViews
 from cryptify.crs.workers.notices import channel, worker_name
-from cryptify.crs.workers.pool import ParentPool, map_key
+from cryptify.crs.workers.pool import ParentPool
+from cryptify.crs.workers.slot_view import map_key
 from cryptify.crs.workers.wake import Siblings
 from cryptify.events import Notifier
 from cryptify.links.relay_link import RelayLink
@@ -211,7 +212,12 @@ def build_attach(
 
 
 def build_calls(
-    cfg: CrsConfig, basics: Basics, core: AttachCore, relay: RelayLink, stats: Statistics
+    cfg: CrsConfig,
+    basics: Basics,
+    core: AttachCore,
+    relay: RelayLink,
+    stats: Statistics,
+    pool_calls_here: bool = True,
 ) -> SessionTable:
     """Calls between attached clients, with relay sessions from ``crs_relay``;
     in a pool, also with clients attached at the other instances (the
@@ -225,7 +231,8 @@ def build_calls(
         on_invite=stats.on_invite,
     )
     install_calls(core, sessions)
-    if basics.pool is not None:
+    if basics.pool is not None and pool_calls_here:
+        # (with workers the parent passes the calls' frames to them instead)
         calls = pool_calls(basics.pool, sessions, parties, basics.reactor)
         install_pool_calls(core, basics.pool, calls)
     return sessions
@@ -359,7 +366,7 @@ def build_parts(
     stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
     basics.registry.on_attach.append(stats.on_attach)
     admins = AdminStore(os.path.join(cfg.global_.data_dir, ADMINS_FILE), clock=reactor.seconds)
-    sessions = build_calls(cfg, basics, core, relay, stats)
+    sessions = build_calls(cfg, basics, core, relay, stats, worker_count(local) <= 1)
     messages = build_messages(basics, core, redis, stats)
     push = build_push(cfg, basics, objects, sessions, messages)
     state = CrsState(

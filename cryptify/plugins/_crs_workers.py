@@ -42,7 +42,8 @@ from cryptify.crs.redis.instance import HIGH
 from cryptify.crs.workers.admin import WorkerView, worker_listener, worker_socket
 from cryptify.crs.workers.calls import WorkerLink
 from cryptify.crs.workers.notices import channel, worker_name
-from cryptify.crs.workers.pool import WorkerPool, owned_by
+from cryptify.crs.workers.pool import WorkerPool
+from cryptify.crs.workers.slot_view import owned_by
 from cryptify.crs.workers.stores import WorkerRedis
 from cryptify.crs.workers.wake import Siblings, WakeListener
 from cryptify.logs import format_crs, wants_event
@@ -117,6 +118,11 @@ def make_worker_service(
         pool.busy = lambda uri: bool(calls.busy(uri))
         # the workers' homes are cuts of the slots the instance owns now
         pool.on_view.append(lambda view: link.own(owned_by(view, view.me)))
+        # calls with clients of other members go through the parent
+        pool.calls = link
+        link.members = frozenset(h.name for h in cfg.pool.hosts) - {basics.name}
+        link.to_member = pool.send_frame
+        link.member_of = pool.member_of
         core.slots = pool
         messages.messaging.pool = pool
         attach(root, pool)

@@ -154,3 +154,36 @@ class PoolLearned(amp.Command):
     arguments = [(b"uri", amp.Unicode())]
     response = []
     requiresAnswer = False
+
+
+class PoolFrame(amp.Command):
+    """Worker -> parent: a call frame for pool member ``peer`` (its fields
+    in CBOR), sent on the pool link (docs/workers.md, Pools)."""
+
+    arguments = [(b"peer", amp.Unicode()), (b"frame_type", amp.Unicode()), (b"data", amp.String())]
+    response = []
+    requiresAnswer = False
+
+
+class PoolFrameIn(amp.Command):
+    """Parent -> worker: a call frame from pool member ``peer``."""
+
+    arguments = [(b"peer", amp.Unicode()), (b"frame_type", amp.Unicode()), (b"data", amp.String())]
+    response = []
+    requiresAnswer = False
+
+
+class PoolInvite(amp.Command):
+    """Parent -> worker: a ``call-invite`` from pool member ``peer``:
+    whether the callee is attached here (then the worker offers it)."""
+
+    arguments = [(b"peer", amp.Unicode()), (b"data", amp.String())]
+    response = [(b"here", amp.Boolean())]
+
+
+class PoolPeer(amp.Command):
+    """Parent -> worker: pool member ``peer``'s link went up or down."""
+
+    arguments = [(b"peer", amp.Unicode()), (b"up", amp.Boolean())]
+    response = []
+    requiresAnswer = False

@@ -8,12 +8,15 @@ is answered ``moved`` to crs2 by the worker it lands on (the slot view
 from the parent); messages go both ways between a client attached to a
 worker of crs1 and one attached at crs2, each answered ``posted`` only
 once stored where it will be delivered from, each arriving once, with
-``delivered`` back to its sender across the pool; ``show system`` at
-crs1 has its parent and each worker with its cut of crs1's slots.
+``delivered`` back to its sender across the pool; calls go both ways
+between them (the parent passes the call frames between the pool link and
+the worker); ``show system`` at crs1 has its parent and each worker with
+its cut of crs1's slots.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Any
@@ -21,7 +24,7 @@ from typing import Any
 import cbor2
 
 from tests.interop._pool import CEILING, Client, PoolCase, address, send
-from tests.interop._procs import wait_for
+from tests.interop._procs import Twistd, unix_answers, wait_for
 
 #: Messages each way.
 MESSAGES = 20
@@ -30,6 +33,56 @@ MESSAGES = 20
 class PoolWorkersTests(PoolCase):
     COUNT = 2
     LOCAL = {1: "workers 2\n"}
+
+    def setUp(self) -> None:
+        super().setUp()
+        for index in range(1, self.COUNT + 1):
+            d = self.dirs[index - 1]
+            relay = Twistd(
+                d,
+                "crs-relay",
+                "--config",
+                os.path.join(d, "crs.conf"),
+                prefix=tuple(self.net.hosts[index - 1].prefix(d)),
+            )
+            self.addCleanup(relay.stop)
+            wait_for(lambda d=d: unix_answers(os.path.join(d, "relay.sock")), "relay control")
+        wait_for(lambda: self.formed([1, 2]), "the pool to form", CEILING)
+        wait_for(lambda: len(self.workers(1)) == 2, "crs1's two workers", CEILING)
+        home1 = [u for u in self.uris if self.owner_index(u) == 1]
+        home2 = [u for u in self.uris if self.owner_index(u) == 2]
+        self.a, self.b = Client(home1[0]), Client(home2[0])
+        self.clients.extend([self.a, self.b])
+        # (a worker starts with no slot view: until the parent's arrives
+        # it answers unavailable, and the client tries again)
+        self.attach(self.a, [address(1)])
+        self.attach(self.b, [address(1)])
+
+    def call(self, caller: Client, callee: Client, request: int) -> None:
+        """``caller`` calls ``callee``: invite, ringing, talk, hold and
+        resume, and the callee's hangup, each reaching the other side."""
+        send(caller.ws, type="invite", id=request, to=callee.uri, mikey=b"\x01")
+        session = self.next_of(caller, "session")["session"]
+        self.assertEqual(self.next_of(callee, "invite")["session"], session)
+        send(callee.ws, type="ringing", session=session)
+        self.next_of(caller, "ringing")
+        send(callee.ws, type="talk", session=session)
+        self.next_of(caller, "talk")
+        send(caller.ws, type="hold", session=session)
+        self.next_of(callee, "hold")
+        send(callee.ws, type="resume", session=session)
+        self.next_of(caller, "resume")
+        send(callee.ws, type="hangup", session=session, code="normal")
+        self.assertEqual(self.next_of(caller, "hangup")["who"], "callee")
+
+    def test_calls_both_ways(self) -> None:
+        """A client of crs1's worker calls a client of crs2 and back: every
+        step of each call crosses the pool and the parent."""
+        self.call(self.a, self.b, 40)
+        self.call(self.b, self.a, 41)
+        for index in (1, 2):
+            rows = self.cli(index, "show", "session").splitlines()[1:]
+            self.assertFalse([r for r in rows if r.split()[3:4] == ["talk"]], rows)
 
     def exchange(self, sender: Client, recipient: Client, count: int, tag: bytes) -> None:
         """``sender`` posts ``count`` messages to ``recipient``: every one
@@ -66,16 +119,8 @@ class PoolWorkersTests(PoolCase):
     def test_messages_both_ways(self) -> None:
         """Moved at attach by a worker; messages both ways across the pool
         with a worker's client, none lost, none twice; show system."""
-        wait_for(lambda: self.formed([1, 2]), "the pool to form", CEILING)
-        wait_for(lambda: len(self.workers(1)) == 2, "crs1's two workers", CEILING)
-        home1 = [u for u in self.uris if self.owner_index(u) == 1]
+        a, b = self.a, self.b
         home2 = [u for u in self.uris if self.owner_index(u) == 2]
-        a, b = Client(home1[0]), Client(home2[0])
-        self.clients.extend([a, b])
-        # (a worker starts with no slot view: until the parent's arrives
-        # it answers unavailable, and the client tries again)
-        self.attach(a, [address(1)])
-        self.attach(b, [address(1)])
         self.assertEqual((a.at, b.at, b.moves), (address(1), address(2), [address(2)]))
         self.exchange(a, b, MESSAGES, b"from crs1's worker")
         self.exchange(b, a, MESSAGES, b"from crs2")

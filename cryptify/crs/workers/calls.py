@@ -151,10 +151,17 @@ class WorkerLink:
         self.passed = 0
         #: Notices addressed here for a client attached nowhere, dropped.
         self.dropped = 0
+        #: In a pool: the other members, how a call frame goes to one (the
+        #: parent's pool link), and which member owns a URI's slot.
+        self.members: frozenset[str] = frozenset()
+        self.to_member: Callable[[str, str, dict[str, object]], bool] | None = None
+        self.member_of: Callable[[str], str | None] | None = None
 
     # -- the pool link's interface, for PoolCalls and its install() ---------------
 
     def send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
+        if self.to_member is not None and peer in self.members:
+            return self.to_member(peer, frame_type, fields)
         frame = Frame(self.me, frame_type, fields)
         return self.siblings.publish(frame, worker_channel(self.instance, peer))
 
@@ -165,8 +172,23 @@ class WorkerLink:
         self.listeners.append(listener)
 
     def owner(self, uri: str) -> str | None:
-        """The worker ``uri`` is attached to (None: not attached, or here)."""
-        return self.directory.owner(uri)
+        """The worker ``uri`` is attached to, else (in a pool) the other
+        member owning its slot (None: not attached, or here)."""
+        found = self.directory.owner(uri)
+        if found is None and self.member_of is not None:
+            return self.member_of(uri)
+        return found
+
+    # -- calls across pool members, through the parent ---------------------------------
+
+    def deliver(self, peer: str, frame_type: str, fields: dict[str, object]) -> None:
+        """A call frame from pool member ``peer`` (through the parent)."""
+        self._frame(Frame(peer, frame_type, fields))
+
+    def peer_changed(self, peer: str, up: bool) -> None:
+        """Pool member ``peer``'s link went up or down."""
+        for listener in self.listeners:
+            listener(peer, up)
 
     # -- where the notices about a client go ------------------------------------------
 

@@ -29,16 +29,16 @@ socket of the parent beside the management socket (``crs.sock.w0``, mode
   the worker where the recipient is attached by a notice, as a message
   posted on another worker does.
 
-Calls across members are not carried yet: a worker's callee on another
-member is not connected (docs/workers.md).
+Calls across members go through the parent too: it passes their frames
+between the pool link and the worker of the call's party
+(:mod:`cryptify.crs.workers.pool_calls`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-import attrs
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
@@ -53,13 +53,28 @@ from twisted.python.failure import Failure
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.messages.store import MessageRefused, Posted, Stored
 from cryptify.crs.messages.wiring import Relayed
+from cryptify.crs.pool.calls_frames import INVITE_FRAME, CallInvite, decode_call
 from cryptify.crs.pool.forward import Forwarder
+from cryptify.crs.pool.wire import WireError
 from cryptify.crs.pool.wiring import MOVED_AWAY, PoolLink
-from cryptify.crs.slots import SLOTS, slot_of
+from cryptify.crs.slots import slot_of
+from cryptify.crs.workers.pool_calls import CallRelay, pack, unpack
+from cryptify.crs.workers.slot_view import (
+    NO_VIEW,
+    SlotView,
+    ViewError,
+    decode_view,
+    map_key,
+    slot_view,
+)
 from cryptify.protocols.amp_calls import AmpAnswer, call_remote
 from cryptify.protocols.crs_workers import (
     PoolDelivered,
+    PoolFrame,
+    PoolFrameIn,
+    PoolInvite,
     PoolLearned,
+    PoolPeer,
     PoolPost,
     PoolSettled,
     PoolView,
@@ -76,130 +91,34 @@ VIEW_CHECK = 0.25
 #: Seconds between a worker's moves of the clients of slots gone elsewhere
 #: while some are kept by a call.
 MOVE_AGAIN = 1.0
-#: Longest map key, member name or address in a view.
-MAX_WORD = 200
-#: Most members in a view (a pool has 2 to 64).
-MAX_MEMBERS = 64
 
 
-class ViewError(ValueError):
-    """What came is not a slot view."""
+class CallSink(Protocol):
+    """Where a worker's call frames from other members go
+    (:class:`cryptify.crs.workers.calls.WorkerLink`)."""
 
+    def deliver(self, peer: str, frame_type: str, fields: dict[str, object]) -> None: ...
 
-@attrs.frozen
-class SlotView:
-    """The pool as a worker follows it."""
-
-    #: The map's key (``EPOCH/AUTHOR/INCARNATION``), ``""`` before any map.
-    key: str
-    #: This instance's name.
-    me: str
-    #: The owner of each slot (None: being handed over, or no map yet).
-    owners: tuple[str | None, ...] = attrs.field(repr=False)
-    #: The members whose frames are late (their slots have no owner for an attach).
-    late: frozenset[str] = frozenset()
-    addresses: Mapping[str, str] = attrs.field(factory=dict)
-
-
-#: A worker's view before the parent's first: no slot has an owner.
-NO_VIEW = SlotView("", "", (None,) * SLOTS)
-
-
-def map_key(link: PoolLink) -> str:
-    """The key of ``link``'s current map (``""``: none yet)."""
-    slot_map = None if link.member is None else link.member.map
-    if slot_map is None:
-        return ""
-    key = slot_map.key
-    return f"{key.epoch}/{key.author}/{key.incarnation}"
-
-
-def slot_view(link: PoolLink) -> dict[str, object]:
-    """The parent's slot view, as the workers are sent it: the owners in
-    runs ``[[FIRST, LAST, OWNER-or-null], ...]``."""
-    slot_map = None if link.member is None else link.member.map
-    runs: list[list[object]] = []
-    if slot_map is None:
-        runs.append([0, SLOTS - 1, None])
-    else:
-        for slot, owner in enumerate(slot_map.owners):
-            if runs and runs[-1][2] == owner:
-                runs[-1][1] = slot
-            else:
-                runs.append([slot, slot, owner])
-    return {
-        "key": map_key(link),
-        "me": link.me,
-        "owners": runs,
-        "late": sorted(p for p in link.peers if link.late(p)),
-        "addresses": {name: link.address(name) for name in link.pool.names},
-    }
-
-
-def _word(value: object, empty: bool = False) -> str:
-    if not isinstance(value, str) or len(value) > MAX_WORD or (not value and not empty):
-        raise ViewError(f"not a name in a slot view: {str(value)[:40]!r}")
-    return value
-
-
-def decode_view(value: object) -> SlotView:
-    """The :class:`SlotView` of a :func:`slot_view` answer.
-
-    @raise ViewError: naming what is wrong.
-    """
-    if not isinstance(value, dict):
-        raise ViewError("a slot view is a map")
-    runs, late, addresses = value.get("owners"), value.get("late"), value.get("addresses")
-    if not isinstance(runs, list) or not isinstance(late, list):
-        raise ViewError("a slot view has its owners and late members as lists")
-    if not isinstance(addresses, dict) or len(addresses) > MAX_MEMBERS or len(late) > MAX_MEMBERS:
-        raise ViewError("a slot view has the members' addresses as a map")
-    owners: list[str | None] = []
-    for run in runs:
-        if not isinstance(run, list) or len(run) != 3:
-            raise ViewError("a run of owners is [FIRST, LAST, OWNER]")
-        first, last, owner = run
-        if (
-            not isinstance(first, int)
-            or not isinstance(last, int)
-            or isinstance(first, bool)
-            or isinstance(last, bool)
-            or first != len(owners)
-            or not first <= last < SLOTS
-        ):
-            raise ViewError(f"a run of owners out of order: {str(run)[:40]}")
-        name = None if owner is None else _word(owner)
-        owners.extend([name] * (last - first + 1))
-    if len(owners) != SLOTS:
-        raise ViewError(f"a slot view covers {len(owners)} slots, not {SLOTS}")
-    return SlotView(
-        _word(value.get("key"), empty=True),
-        _word(value.get("me")),
-        tuple(owners),
-        frozenset(_word(p) for p in late),
-        {_word(k): _word(v) for k, v in addresses.items()},
-    )
-
-
-def owned_by(view: SlotView, name: str) -> list[tuple[int, int]]:
-    """The (first, last) ranges of the slots ``name`` owns in ``view``."""
-    ranges: list[tuple[int, int]] = []
-    for slot, owner in enumerate(view.owners):
-        if owner != name:
-            continue
-        if ranges and ranges[-1][1] == slot - 1:
-            ranges[-1] = (ranges[-1][0], slot)
-        else:
-            ranges.append((slot, slot))
-    return ranges
+    def peer_changed(self, peer: str, up: bool) -> None: ...
 
 
 # -- the parent --------------------------------------------------------------------
 
 
 class _ParentLocator(amp.CommandLocator):
-    def __init__(self, parent: ParentPool) -> None:
+    def __init__(self, parent: ParentPool, proto: _ParentProtocol) -> None:
         self.parent = parent
+        self.proto = proto
+
+    @PoolFrame.responder
+    def frame(self, peer: str, frame_type: str, data: bytes) -> dict[str, object]:
+        relay = self.parent.calls
+        if relay is not None:
+            try:
+                relay.from_worker(self.proto, peer, frame_type, unpack(data))
+            except WireError as exc:
+                log.warn("a worker's call frame not sent: {why}", why=str(exc))
+        return {}
 
     @PoolView.responder
     def view(self) -> dict[str, object]:
@@ -228,8 +147,11 @@ class _ParentLocator(amp.CommandLocator):
 
 
 class _ParentProtocol(amp.AMP):
+    """One worker's connection (a :class:`~cryptify.crs.workers.pool_calls.Worker`
+    of the call relay)."""
+
     def __init__(self, parent: ParentPool) -> None:
-        amp.AMP.__init__(self, locator=_ParentLocator(parent))
+        amp.AMP.__init__(self, locator=_ParentLocator(parent, self))
         self.parent = parent
 
     def connectionMade(self) -> None:
@@ -238,7 +160,24 @@ class _ParentProtocol(amp.AMP):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.parent.workers.discard(self)
+        if self.parent.calls is not None:
+            self.parent.calls.worker_lost(self)
         amp.AMP.connectionLost(self, reason)
+
+    def frame(self, peer: str, frame_type: str, fields: dict[str, object]) -> None:
+        call_remote(self, PoolFrameIn, peer=peer, frame_type=frame_type, data=pack(fields))
+
+    def invite(self, peer: str, fields: dict[str, object]) -> defer.Deferred[bool]:
+        took: defer.Deferred[bool] = defer.Deferred()
+        d = call_remote(self, PoolInvite, peer=peer, data=pack(fields))
+        d.addCallbacks(
+            lambda answer: took.callback(answer.get("here") is True),
+            lambda _: took.callback(False),
+        )
+        return took
+
+    def peer(self, peer: str, up: bool) -> None:
+        call_remote(self, PoolPeer, peer=peer, up=up)
 
 
 class _ParentFactory(Factory):
@@ -253,13 +192,22 @@ class ParentPool(service.MultiService):
     """The parent's side: its socket for the workers, the slot view it
     sends them, and their posts and notes handed to its forwarder."""
 
-    def __init__(self, reactor: IReactor, path: str, link: PoolLink, forwarder: Forwarder) -> None:
+    def __init__(
+        self,
+        reactor: IReactor,
+        path: str,
+        link: PoolLink,
+        forwarder: Forwarder,
+        relay_calls: bool = True,
+    ) -> None:
         service.MultiService.__init__(self)
         self.reactor = reactor
         self.path = path
         self.link = link
         self.forwarder = forwarder
         self.workers: set[_ParentProtocol] = set()
+        #: The calls across members of the workers' clients (None: not relayed).
+        self.calls = CallRelay(link, lambda: list(self.workers)) if relay_calls else None
         self._sent: tuple[str, tuple[str, ...]] | None = None
         self._loop = LoopingCall(self.check)
         self._loop.clock = reactor
@@ -330,6 +278,38 @@ class _WorkerLocator(amp.CommandLocator):
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
 
+    @PoolFrameIn.responder
+    def frame(self, peer: str, frame_type: str, data: bytes) -> dict[str, object]:
+        sink = self.pool.calls
+        if sink is not None:
+            try:
+                sink.deliver(peer, frame_type, unpack(data))
+            except WireError as exc:
+                log.warn("a call frame from {peer} refused: {why}", peer=peer, why=str(exc))
+        return {}
+
+    @PoolInvite.responder
+    def invite(self, peer: str, data: bytes) -> dict[str, object]:
+        sink = self.pool.calls
+        try:
+            fields = unpack(data)
+            invite = decode_call(INVITE_FRAME, fields)
+        except WireError as exc:
+            log.warn("a call invite from {peer} refused: {why}", peer=peer, why=str(exc))
+            return {"here": False}
+        if not isinstance(invite, CallInvite) or sink is None:
+            return {"here": False}
+        if self.pool.registry.get(invite.callee) is None:
+            return {"here": False}
+        sink.deliver(peer, INVITE_FRAME, fields)
+        return {"here": True}
+
+    @PoolPeer.responder
+    def peer(self, peer: str, up: bool) -> dict[str, object]:
+        if self.pool.calls is not None:
+            self.pool.calls.peer_changed(peer, up)
+        return {}
+
     @PoolViewChanged.responder
     def changed(self, view: object) -> dict[str, object]:
         try:
@@ -385,6 +365,8 @@ class WorkerPool(service.MultiService):
         self.registry = registry
         self.tell_worker = tell_worker
         self.busy: Callable[[str], bool] = lambda uri: False
+        #: Where the call frames from other members go (the worker's link).
+        self.calls: CallSink | None = None
         self.view = NO_VIEW
         #: Called with every view whose map differs from the one before.
         self.on_view: list[Callable[[SlotView], object]] = []
@@ -537,6 +519,19 @@ class WorkerPool(service.MultiService):
 
     def learned(self, uri: str) -> None:
         self._note(PoolLearned, uri=uri)
+
+    def send_frame(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
+        """A call frame for member ``peer``, through the parent; False when
+        the parent is not reachable."""
+        if self.proto is None:
+            return False
+        call_remote(self.proto, PoolFrame, peer=peer, frame_type=frame_type, data=pack(fields))
+        return True
+
+    def member_of(self, uri: str) -> str | None:
+        """The other member owning ``uri``'s slot (None: this one, or none)."""
+        owner = self.view.owners[slot_of(base_uri(uri))]
+        return None if owner == self.view.me else owner
 
     def _note(self, command: type[amp.Command], **fields: object) -> None:
         """Tell the parent (best effort, as over the pool link)."""
