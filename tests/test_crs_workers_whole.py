@@ -32,6 +32,7 @@ from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.operator import cli
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
+from cryptify.crs.pool.changes_apply import StateApplier
 from cryptify.crs.trace import TraceHub
 from cryptify.crs.workers.admin import (
     WorkerCommands,
@@ -223,6 +224,25 @@ class WholeInstanceTests(SynchronousTestCase):
         state.accounts.create("acme", SECRET)
         answer = self.successResultOf(CrsAdmin(state).show_account())
         self.assertEqual(answer["table"]["rows"], [["crs1", "app:attach", str(state.pid), "acme"]])
+
+    def test_pool_changes_reach_the_workers(self) -> None:
+        """A pool-wide purge, account deletion or blacklist from another
+        member closes the workers' clients too; the purge counts them."""
+        self.instance.state.accounts = AccountStore(self.mktemp())
+        self.instance.state.accounts.create("acme", SECRET)
+        applier = StateApplier(self.instance.state)
+        a = self.w1.attach("tel:+1", NOW)
+        b = self.w2.attach("tel:+2", NOW)
+        self.assertEqual(answer_of(self, self.instance, applier.purge("acme", "tel:+1")), 1)  # type: ignore[arg-type]
+        self.assertEqual((a.reasons, b.reasons), (["purged"], []))
+        self.instance.state.accounts.set_blacklisted("acme", "tel:+2", True)
+        applier.enforce_blacklists()
+        self.instance.flush()
+        self.assertEqual(b.reasons, ["blacklisted"])
+        c = self.w2.attach("tel:+3", NOW)
+        applier.delete_account("acme")
+        self.instance.flush()
+        self.assertEqual(c.reasons, ["account deleted"])
 
     def test_holds_for_the_sweep(self) -> None:
         """In a pool the parent's sweep learns the URIs the workers hold,
