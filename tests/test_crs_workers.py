@@ -35,7 +35,13 @@ from cryptify.crs.pool.wire import WireError
 from cryptify.crs.redis.store import RedisNotConnected
 from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.crs.trace import TraceHub
-from cryptify.crs.workers.calls import SETTLE, AttachDirectory, WorkerLink, describe_worker
+from cryptify.crs.workers.calls import (
+    LOOK_AGAIN,
+    SETTLE,
+    AttachDirectory,
+    WorkerLink,
+    describe_worker,
+)
 from cryptify.crs.workers.notices import (
     AccountsChanged,
     Ask,
@@ -780,7 +786,7 @@ class NoticeRoutingTests(SynchronousTestCase):
         self.clock = Clock()
         self.registry = AttachRegistry("crs1", self.clock.seconds, TraceHub(self.clock.seconds))
         self.siblings = Published()
-        self.link = WorkerLink("w1", "crs1", self.registry, self.siblings, 2)  # type: ignore[arg-type]
+        self.link = WorkerLink("w1", "crs1", self.registry, self.siblings, 2, self.clock)  # type: ignore[arg-type]
         #: a URI of each worker's slots
         self.homes = {self.link.home(u): u for u in (f"tel:+{n}" for n in range(40))}
 
@@ -847,6 +853,23 @@ class NoticeRoutingTests(SynchronousTestCase):
         self.assertFalse(self.link.mine(Wake("tel:+78")))
         self.assertEqual(len(self.siblings.notices), 2)
         self.assertEqual((self.link.passed, self.link.dropped), (2, 1))
+
+    def test_looks_again_after_a_drop(self) -> None:
+        """A wake-up dropped for a client attached nowhere: when its attach
+        reaches the directory only afterwards (read out of order by Redis),
+        the client is woken after LOOK_AGAIN; one still attached nowhere is
+        not; nothing is left scheduled."""
+        self.link.subscribed()
+        self.clock.advance(SETTLE)
+        self.siblings.notices.clear()
+        self.assertFalse(self.link.mine(Wake("tel:+78", None)))
+        self.assertFalse(self.link.mine(Wake("tel:+79", None)))
+        self.link.received(Attached("tel:+78", "w2", 5))
+        self.siblings.notices.clear()
+        self.clock.advance(LOOK_AGAIN)
+        self.assertEqual(self.siblings.notices, [(Wake("tel:+78"), None)])
+        self.assertEqual(self.link.woken_late, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class HeldPortTests(SynchronousTestCase):

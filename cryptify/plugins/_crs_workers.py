@@ -97,6 +97,7 @@ def make_worker_service(
     attach(root, trace_events(basics.trace))
     attach(root, relay)
     attach(root, CallbackService(on_stop=calls.stop))
+    attach(root, CallbackService(on_stop=link.stop))
     listener = WakeListener(
         subscribed, notices, messages.messaging, basics.accounts.reload, peers=link
     )
@@ -154,7 +155,7 @@ def worker_calls(
     """Calls with clients attached to the other workers (the pool's calls
     over the local link, :mod:`cryptify.crs.workers.calls`)."""
     registry = basics.registry
-    link = WorkerLink(me, basics.name, registry, siblings, count)
+    link = WorkerLink(me, basics.name, registry, siblings, count, basics.reactor)
     parties = RegistryParties(registry)
     calls = PoolCalls(me, sessions, parties, link, link.owner, basics.reactor)
     install_pool_calls(core, link, calls)

@@ -30,12 +30,17 @@ directory places the client on another worker or is still filling
 Redis sends one subscriber its channels' messages in the order they
 were published, so the ``at`` of an attach published before the notice
 has reached the directory first, and the client is attached nowhere.
+(The ``at`` and the notice come from two workers' connections, which
+Redis may read out of order when both are waiting: the worker looks
+again :data:`LOOK_AGAIN` seconds later and wakes a client that has
+become known meanwhile.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from cryptify.crs.attach.registry import AttachRegistry
@@ -59,6 +64,11 @@ from cryptify.protocols.umsg import base_uri
 
 log = Logger(namespace="cryptify.crs.workers")
 
+#: Seconds after which a worker looks again for the clients of the wake-ups
+#: it dropped (attached nowhere, as far as it knew then).
+LOOK_AGAIN = 0.5
+#: Most URIs kept to look again for at once.
+MAX_LOOK_AGAIN = 100_000
 #: Seconds after a subscription during which this worker's directory may
 #: still be filling (the others' answers to its ``hi`` or ``ask``): a
 #: notice for a client it does not know goes to every worker meanwhile.
@@ -131,6 +141,7 @@ class WorkerLink:
         registry: AttachRegistry,
         siblings: Siblings,
         count: int = 1,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.me = me
         self.instance = instance
@@ -151,6 +162,12 @@ class WorkerLink:
         self.passed = 0
         #: Notices addressed here for a client attached nowhere, dropped.
         self.dropped = 0
+        self.clock = clock
+        #: The URIs of the wake-ups dropped since the last look again.
+        self.dropped_uris: set[str] = set()
+        self._again: IDelayedCall | None = None
+        #: Wake-ups sent again because the URI's attach became known late.
+        self.woken_late = 0
         #: In a pool: the other members, how a call frame goes to one (the
         #: parent's pool link), and which member owns a URI's slot.
         self.members: frozenset[str] = frozenset()
@@ -219,10 +236,37 @@ class WorkerLink:
             return True
         if owner is None and self.registry.clock() >= self.settling:
             self.dropped += 1
+            if isinstance(notice, Wake):
+                self._look_again(uri)
             return False
         self.passed += 1
         self.siblings.publish(notice)
         return False
+
+    def _look_again(self, uri: str) -> None:
+        """``uri``'s wake-up was dropped (attached nowhere): should an attach
+        announced before it reach the directory only now (Redis read the two
+        connections' commands out of order), it is woken then, within
+        :data:`LOOK_AGAIN` seconds."""
+        if self.clock is None or len(self.dropped_uris) >= MAX_LOOK_AGAIN:
+            return
+        self.dropped_uris.add(uri)
+        if self._again is None or not self._again.active():
+            self._again = self.clock.callLater(LOOK_AGAIN, self._looked_again)
+
+    def _looked_again(self) -> None:
+        self._again = None
+        uris, self.dropped_uris = self.dropped_uris, set()
+        for uri in sorted(uris):
+            if self.directory.owner(uri) is not None:
+                self.woken_late += 1
+                self.siblings.publish(Wake(uri))
+
+    def stop(self) -> None:
+        """No look again once the worker stops."""
+        if self._again is not None and self._again.active():
+            self._again.cancel()
+        self._again = None
 
     # -- this worker's clients ----------------------------------------------------
 
