@@ -10,12 +10,15 @@ port, attach, calls between clients attached to it, and messages (the
 durable store in ``redis_low`` shared by all workers; notices on
 ``redis_high`` wake the worker where a recipient is attached).  The
 parent keeps the rest: the Redis children, the management socket, the
-message expiry sweep, metrics, reload and the admin interface.
+message expiry sweep, metrics, reload and the admin interface; in a pool,
+everything of the pool: the worker follows the parent's slot view, and
+posts and calls across members through it (:mod:`cryptify.crs.workers.pool`).
 
 Service tree (stopped in reverse): the Redis stores, the accounts, live
 traces, the link to ``crs_relay``, the notice subscription, the push
-link (with ``features push``), the socket the parent asks
-(:mod:`cryptify.crs.workers.admin`), the client listener.
+link (with ``features push``), in a pool the connection to the parent's
+socket, the socket the parent asks (:mod:`cryptify.crs.workers.admin`),
+the client listener.
 """
 
 from __future__ import annotations

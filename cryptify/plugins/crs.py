@@ -14,7 +14,9 @@ Start order (stop order is the reverse, one service at a time):
 7. the pool link (TLS-PSK, 8090), in a pool of 2+ with a ``crsname``
 8. the client listener (TLS, 5223); with ``workers N`` (N > 1) instead
    the held port and the worker processes that serve it
-   (:mod:`cryptify.plugins._crs_workers`, docs/workers.md)
+   (:mod:`cryptify.plugins._crs_workers`, docs/workers.md), after, in a
+   pool, the socket the workers follow the pool through
+   (:mod:`cryptify.crs.workers.pool`)
 9. the management socket
 10. the metrics endpoint (``metrics`` in crs.conf) and the SIGHUP reload
     (:mod:`cryptify.ops`)
