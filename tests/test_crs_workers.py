@@ -15,7 +15,6 @@ from twisted.internet import defer
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
-from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -583,9 +582,9 @@ class DirectiveTests(SynchronousTestCase):
             self.assertRaises(ConfigError, parse_crs_local_config, bad + "\n")
         self.assertEqual(parse_crs_local_config(render_crs_local_config(local)), local)
 
-    def test_with_a_pool_not_with_peers(self) -> None:
-        """workers 2 in a pool of two starts (the parent keeps the pool
-        link); with inter-working peers it is refused at start (not yet)."""
+    def test_with_a_pool_and_peers(self) -> None:
+        """workers 2 in a pool of two, with inter-working peers, starts (the
+        parent keeps the pool and inter-working links)."""
         d = self.mktemp()
         os.makedirs(d)
         conf = os.path.join(d, "crs.conf")
@@ -597,17 +596,12 @@ class DirectiveTests(SynchronousTestCase):
         local = os.path.join(d, "crs-local.conf")
         with open(local, "w") as f:
             f.write("crsname crs1\nworkers 2\n")
+        with open(os.path.join(d, "iw-crs.conf"), "w") as f:
+            f.write("iw-crs 198.51.100.7 b7Hq2zWm4\n")
         options = Options()
         options.parseOptions(["--config", conf, "--local-config", local])
         self.assertEqual(len(options["crs"].pool.hosts), 2)
-        with open(os.path.join(d, "iw-crs.conf"), "w") as f:
-            f.write("iw-crs 198.51.100.7 b7Hq2zWm4\n")
-        error = self.assertRaises(
-            usage.UsageError,
-            Options().parseOptions,
-            ["--config", conf, "--local-config", local],
-        )
-        self.assertIn("workers: not yet with inter-working peers", str(error))
+        self.assertEqual(len(options["iw"].config.instances), 1)
 
 
 class AccountsHookTests(SynchronousTestCase):

@@ -32,13 +32,9 @@ from cryptify.crs.pool.core import MapKey, SlotMap
 from cryptify.crs.pool.wire import WireError
 from cryptify.crs.pool.wiring import MOVED_AWAY
 from cryptify.crs.slots import SLOTS, slot_of
-from cryptify.crs.workers.pool import (
-    MOVE_AGAIN,
-    ParentPool,
-    WorkerPool,
-    _ParentProtocol,
-    _WorkerProtocol,
-)
+from cryptify.crs.workers.iw import WorkerIw
+from cryptify.crs.workers.parent import ParentPool, _ParentProtocol
+from cryptify.crs.workers.pool import MOVE_AGAIN, WorkerPool, _WorkerProtocol
 from cryptify.crs.workers.pool_calls import CallRelay
 from cryptify.crs.workers.slot_view import NO_VIEW, ViewError, decode_view, slot_view
 from tests.fakes import FakeConnection
@@ -311,16 +307,16 @@ class FakeWorker:
         self.frames: list[tuple[str, str, dict[str, object]]] = []
         self.peers: list[tuple[str, bool]] = []
 
-    def frame(self, peer: str, frame_type: str, fields: dict[str, object]) -> None:
+    def frame(self, peer: str, frame_type: str, fields: dict[str, object], via: str) -> None:
         self.frames.append((peer, frame_type, fields))
 
-    def invite(self, peer: str, fields: dict[str, object]) -> defer.Deferred[bool]:
+    def invite(self, peer: str, fields: dict[str, object], via: str) -> defer.Deferred[bool]:
         took = fields["to"] in self.has
         if took:
             self.frames.append((peer, INVITE_FRAME, fields))
         return defer.succeed(took)
 
-    def peer(self, peer: str, up: bool) -> None:
+    def peer(self, peer: str, up: bool, via: str) -> None:
         self.peers.append((peer, up))
 
 
@@ -375,3 +371,70 @@ class CallRelayTests(SynchronousTestCase):
         for listener in self.link.listeners:  # type: ignore[attr-defined]
             listener("crs2", False)
         self.assertEqual((self.w1.peers, self.w2.peers), ([("crs2", False)], [("crs2", False)]))
+
+
+class WorkerIwTests(SynchronousTestCase):
+    """A worker follows the parent's inter-working routes."""
+
+    def setUp(self) -> None:
+        self.delivered: list[tuple[str, str]] = []
+        self.posts: list[tuple[Any, ...]] = []
+        outer = self
+
+        class Poster:
+            def post(self, *args: Any, via: str = "pool") -> defer.Deferred[Relayed]:
+                outer.posts.append((*args, via))
+                return defer.succeed(Relayed(Posted("m-1", False), "198.51.100.7"))
+
+            def tell_parent_delivered(self, sender: str, message_id: str) -> None:
+                outer.delivered.append((sender, message_id))
+
+        self.elsewhere = {"tel:+5": "w2"}
+        self.iw = WorkerIw(Poster(), self.elsewhere.get)
+
+    def test_routes(self) -> None:
+        """Before the parent's routes every account not hosted here may be
+        a peer's (unavailable); then they say which peer hosts which."""
+        self.assertTrue(self.iw.unknown("beta"))
+        self.iw.adopt(
+            {
+                "routes": {"beta": ["198.51.100.8", "198.51.100.7"]},
+                "silent": False,
+                "local": ["acme"],
+            }
+        )
+        self.assertEqual((self.iw.remote("beta"), self.iw.unknown("beta")), (True, False))
+        self.assertEqual((self.iw.remote("gamma"), self.iw.unknown("gamma")), (False, False))
+        self.assertEqual(self.iw.peer_for("beta"), "198.51.100.8")
+        self.assertEqual((self.iw.hosts("acme"), self.iw.hosts("beta")), (True, False))
+        self.iw.adopt({"routes": "garbage"})
+        self.assertEqual(self.iw.refused, 1)
+        self.assertTrue(self.iw.remote("beta"))
+
+    def test_posts_and_delivered_through_the_parent(self) -> None:
+        """Posts go to the parent marked ``iw``; ``delivered`` for a sender
+        attached to no other worker goes to the parent (it knows the senders
+        behind its peers), one attached to another worker does not."""
+        d = self.iw.post("tel:+1", "s", "tel:+2", "beta", "content", b"hi")
+        self.assertEqual(self.successResultOf(d).peer, "198.51.100.7")
+        self.assertEqual(self.posts, [("tel:+1", "s", "tel:+2", "beta", "content", b"hi", "iw")])
+        self.assertEqual((self.iw.knows("tel:+9"), self.iw.knows("tel:+5")), (True, False))
+        self.iw.tell_delivered("tel:+9", "m-1")
+        self.assertEqual(self.delivered, [("tel:+9", "m-1")])
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(
+                    st.sampled_from(["routes", "silent", "local", "x"]) | st.text(max_size=3), inner
+                )
+            ),
+            max_leaves=15,
+        )
+    )
+    def test_hostile_views(self, value: object) -> None:
+        """Whatever comes is taken or counted, never a crash."""
+        self.iw.adopt(value)

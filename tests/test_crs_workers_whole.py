@@ -571,7 +571,8 @@ class ClientRulesTests(SynchronousTestCase):
         )
         assert state.worker_rules is not None
         state.worker_rules(self.new_g)
-        served, _ = pickle.loads(supervisor.payload())
+        served, _, iw = pickle.loads(supervisor.payload())
+        self.assertFalse(iw)
         self.assertEqual(served.global_.client_max_message, 2048)
         self.assertEqual(served.global_.keep_alive, self.new_g.keep_alive)
         self.assertEqual(served.global_.listen, self.old.crs.global_.listen)

@@ -64,7 +64,7 @@ from cryptify.crs.trace import EventTraceObserver, TraceHub
 from cryptify.crs.workers.admin import worker_socket
 from cryptify.crs.workers.fanout import WorkerViews
 from cryptify.crs.workers.notices import channel, worker_name
-from cryptify.crs.workers.pool import ParentPool
+from cryptify.crs.workers.parent import ParentPool
 from cryptify.crs.workers.slot_view import map_key
 from cryptify.crs.workers.wake import Siblings
 from cryptify.events import Notifier
@@ -432,10 +432,16 @@ def attach_push(root: ProgramService, parts: Parts) -> None:
 
 
 def attach_interwork(
-    root: ProgramService, cfg: CrsConfig, basics: Basics, parts: Parts, iw: IwPeers
-) -> None:
+    root: ProgramService,
+    cfg: CrsConfig,
+    basics: Basics,
+    parts: Parts,
+    iw: IwPeers,
+    workers: bool = False,
+) -> tuple[IwLink, IwForwarder]:
     """The inter-working link to the peers of ``iw-crs.conf``, messages
-    forwarded over it and calls across it (docs/interworking.md)."""
+    forwarded over it and calls across it (docs/interworking.md); with
+    ``workers`` the calls are the workers' (the parent passes their frames)."""
     reactor = basics.reactor
     messages = parts.messages
     iw_link = IwLink(cfg, iw.config, reactor, __version__)
@@ -452,11 +458,14 @@ def attach_interwork(
         pool=messages.forwarder,
     )
     attach(root, iw_forwarder)
+    if workers:
+        return iw_link, iw_forwarder
     iw_calls = IwCalls(
         parts.sessions, RegistryParties(basics.registry), iw_link, iw_forwarder, reactor
     )
     install_pool_calls(parts.core, iw_link, iw_calls)
     iw_link.data_state = iw_calls.data_state
+    return iw_link, iw_forwarder
 
 
 def attach_clients(
@@ -466,10 +475,13 @@ def attach_clients(
     logs: LogFileService,
     basics: Basics,
     parts: Parts,
+    iw: tuple[IwLink, IwForwarder] | None = None,
 ) -> UmsgListenService:
     """The client listener, or with ``workers N`` (N > 1) the held port and
     the worker processes that serve it; the listener is returned either way
-    (its factory's counters feed reload and metrics)."""
+    (its factory's counters feed reload and metrics).  ``iw``: the
+    inter-working link and forwarder, which the workers post and call
+    through."""
     reactor = basics.reactor
     clients = client_listener(cfg, reactor, parts.core)
     if worker_count(local) > 1:
@@ -477,7 +489,9 @@ def attach_clients(
         messaging = parts.messages.messaging
         messaging.siblings = siblings
         messaging.workers_serve = True
-        held, workers = client_workers(cfg, local, reactor, logs, parts.state, siblings)
+        held, workers = client_workers(
+            cfg, local, reactor, logs, parts.state, siblings, iw is not None
+        )
         pool, forwarder = basics.pool, parts.messages.forwarder
         if pool is not None and forwarder is not None:
             # the workers follow this process's slot view and post through
@@ -486,8 +500,13 @@ def attach_clients(
             assert isinstance(views, WorkerViews)
             link: PoolLink = pool
             forwarder.held_by_workers = lambda: views.holds(map_key(link))
+        else:
+            pool = forwarder = None
+        if pool is not None or iw is not None:
             path = worker_socket(cfg.global_.management, -1)
-            attach(root, ParentPool(reactor, path, pool, forwarder))
+            iw_link, iw_forwarder = iw if iw is not None else (None, None)
+            parent = ParentPool(reactor, path, pool, forwarder, iw=iw_forwarder, iw_link=iw_link)
+            attach(root, parent)
         attach(root, held, workers)
     else:
         attach(root, clients)

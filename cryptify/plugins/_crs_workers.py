@@ -38,12 +38,14 @@ from cryptify.config.crs_local import worker_count
 from cryptify.crs.attach.core import AttachCore, AttachSession
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.calls.wiring import RegistryParties
+from cryptify.crs.interwork.calls import IwCalls
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.pool.calls import install as install_pool_calls
 from cryptify.crs.pool.calls_core import PoolCalls
 from cryptify.crs.redis.instance import HIGH
 from cryptify.crs.workers.admin import WorkerView, worker_listener, worker_socket
 from cryptify.crs.workers.calls import WorkerLink
+from cryptify.crs.workers.iw import WorkerIw, WorkerIwLink
 from cryptify.crs.workers.notices import channel, worker_name
 from cryptify.crs.workers.pool import WorkerPool
 from cryptify.crs.workers.slot_view import owned_by
@@ -52,6 +54,7 @@ from cryptify.crs.workers.wake import Siblings, WakeListener
 from cryptify.logs import format_crs, wants_event
 from cryptify.plugins._crs_build import (
     Basics,
+    Messages,
     build_attach,
     build_basics,
     build_calls,
@@ -70,9 +73,10 @@ PR_SET_PDEATHSIG = 1
 
 
 def make_worker_service(
-    cfg: CrsConfig, local: CrsLocalConfig, reactor: IReactor, index: int
+    cfg: CrsConfig, local: CrsLocalConfig, reactor: IReactor, index: int, iw: bool = False
 ) -> ProgramService:
-    """Worker ``index``'s service tree; nothing opens until it starts."""
+    """Worker ``index``'s service tree; nothing opens until it starts
+    (``iw``: the instance has inter-working peers)."""
     basics = build_basics(cfg, local, reactor, link=False)
     root = ProgramService(f"crs worker {index + 1}")
     relay = build_relay_link(cfg, basics)
@@ -110,15 +114,23 @@ def make_worker_service(
         attach(root, cps)
         attach(root, CallbackService(on_stop=pusher.stop))
     pool = None
-    if local.crsname is not None and len(cfg.pool.hosts) >= 2:
-        # the parent keeps the pool link: this worker follows its slot view
-        # and posts through its forwarder (docs/workers.md, Pools)
+    pooled = local.crsname is not None and len(cfg.pool.hosts) >= 2
+    if pooled or iw:
         pool = WorkerPool(
             reactor,
             worker_socket(cfg.global_.management, -1),
             basics.registry,
             siblings.tell_delivered,
         )
+        pool.pooled = pooled
+        attach(root, pool)
+    if iw and pool is not None:
+        # the parent keeps the inter-working link: this worker follows its
+        # routes, posts through it and calls over it (docs/workers.md)
+        worker_iw(basics, core, sessions, messages, pool, link)
+    if pooled and pool is not None:
+        # the parent keeps the pool link: this worker follows its slot view
+        # and posts through its forwarder (docs/workers.md, Pools)
         pool.busy = lambda uri: bool(calls.busy(uri))
         # the workers' homes are cuts of the slots the instance owns now
         pool.on_view.append(lambda view: link.own(owned_by(view, view.me)))
@@ -129,7 +141,6 @@ def make_worker_service(
         link.member_of = pool.member_of
         core.slots = pool
         messages.messaging.pool = pool
-        attach(root, pool)
     clients = client_listener(cfg, reactor, core, shared=True)
     view = WorkerView(
         basics.registry,
@@ -139,12 +150,29 @@ def make_worker_service(
         clients.factory,
         cfg.global_,
         accounts=basics.accounts,
-        pool_key=None if pool is None else lambda: pool.view.key,
+        pool_key=None if pool is None or not pooled else lambda: pool.view.key,
     )
     path = worker_socket(cfg.global_.management, index)
     attach(root, worker_listener(reactor, path, view))
     attach(root, clients)
     return root
+
+
+def worker_iw(
+    basics: Basics,
+    core: AttachCore,
+    sessions: SessionTable,
+    messages: Messages,
+    pool: WorkerPool,
+    link: WorkerLink,
+) -> None:
+    """Messages and calls with other operators' clients, through the parent."""
+    iw = pool.iw = WorkerIw(pool, link.where)
+    messages.messaging.iw = iw
+    iw_link = WorkerIwLink(pool.send_iw_frame)
+    pool.iw_calls = iw_link
+    calls = IwCalls(sessions, RegistryParties(basics.registry), iw_link, iw, basics.reactor)
+    install_pool_calls(core, iw_link, calls)
 
 
 def worker_calls(
@@ -207,12 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     index, parent = int(args[0]), int(args[1])
     die_with_parent(parent)
     # from the parent that started this process, over a pipe only it holds
-    cfg, local = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
+    cfg, local, *more = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
     globalLogBeginner.beginLoggingTo(
         [cast(ILogObserver, _WorkerLog(sys.stdout))], redirectStandardIO=False
     )
     reactor = global_reactor()
-    root = make_worker_service(cfg, local, reactor, index)
+    root = make_worker_service(cfg, local, reactor, index, bool(more and more[0]))
     root.privilegedStartService()
     reactor.addSystemEventTrigger("before", "startup", root.startService)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)

@@ -151,12 +151,6 @@ class Options(ConfigOptions):
         files = self.read_files()
         self["crs"], self["local"] = files.crs, files.local
         self["iw"] = self.read_iw()
-        peers = self["iw"].config.instances if self["iw"] is not None else ()
-        if worker_count(files.local) > 1 and peers:
-            raise ConfigUsageError(
-                f"{self['local-config']}: workers: not yet with inter-working peers "
-                "(docs/workers.md)"
-            )
 
     def read_iw(self) -> IwPeers | None:
         """The inter-working peers of ``iw-crs.conf`` (absent file: none);
@@ -239,9 +233,10 @@ def make_crs_service(
     attach_stores(root, basics, relay, parts)
     attach_pool(root, cfg, basics, parts)
     attach_push(root, parts)
+    iw_parts = None
     if iw is not None:
-        attach_interwork(root, cfg, basics, parts, iw)
-    clients = attach_clients(root, cfg, local, logs, basics, parts)
+        iw_parts = attach_interwork(root, cfg, basics, parts, iw, worker_count(local) > 1)
+    clients = attach_clients(root, cfg, local, logs, basics, parts, iw_parts)
     attach(root, management_listener(cfg, reactor, parts.state))
     attach_ops(root, CrsFiles(cfg, local), reread, basics, relay, parts, clients)
     admin = admin_listener(cfg, reactor, parts.state)

@@ -118,6 +118,7 @@ class PoolPost(amp.Command):
         (b"account", amp.Unicode()),
         (b"kind", amp.Unicode()),
         (b"data", amp.String()),
+        (b"via", amp.Unicode(optional=True)),
     ]
     response = [
         (b"id", amp.Unicode(optional=True)),
@@ -158,17 +159,29 @@ class PoolLearned(amp.Command):
 
 class PoolFrame(amp.Command):
     """Worker -> parent: a call frame for pool member ``peer`` (its fields
-    in CBOR), sent on the pool link (docs/workers.md, Pools)."""
+    in CBOR), sent on the pool link (docs/workers.md, Pools); ``via``
+    ``iw``: for an inter-working peer, on that link."""
 
-    arguments = [(b"peer", amp.Unicode()), (b"frame_type", amp.Unicode()), (b"data", amp.String())]
+    arguments = [
+        (b"peer", amp.Unicode()),
+        (b"frame_type", amp.Unicode()),
+        (b"data", amp.String()),
+        (b"via", amp.Unicode(optional=True)),
+    ]
     response = []
     requiresAnswer = False
 
 
 class PoolFrameIn(amp.Command):
-    """Parent -> worker: a call frame from pool member ``peer``."""
+    """Parent -> worker: a call frame from pool member ``peer`` (``via``
+    ``iw``: from an inter-working peer)."""
 
-    arguments = [(b"peer", amp.Unicode()), (b"frame_type", amp.Unicode()), (b"data", amp.String())]
+    arguments = [
+        (b"peer", amp.Unicode()),
+        (b"frame_type", amp.Unicode()),
+        (b"data", amp.String()),
+        (b"via", amp.Unicode(optional=True)),
+    ]
     response = []
     requiresAnswer = False
 
@@ -177,13 +190,37 @@ class PoolInvite(amp.Command):
     """Parent -> worker: a ``call-invite`` from pool member ``peer``:
     whether the callee is attached here (then the worker offers it)."""
 
-    arguments = [(b"peer", amp.Unicode()), (b"data", amp.String())]
+    arguments = [
+        (b"peer", amp.Unicode()),
+        (b"data", amp.String()),
+        (b"via", amp.Unicode(optional=True)),
+    ]
     response = [(b"here", amp.Boolean())]
 
 
 class PoolPeer(amp.Command):
     """Parent -> worker: pool member ``peer``'s link went up or down."""
 
-    arguments = [(b"peer", amp.Unicode()), (b"up", amp.Boolean())]
+    arguments = [
+        (b"peer", amp.Unicode()),
+        (b"up", amp.Boolean()),
+        (b"via", amp.Unicode(optional=True)),
+    ]
+    response = []
+    requiresAnswer = False
+
+
+class IwView(amp.Command):
+    """Worker -> parent: the inter-working routes
+    (:func:`cryptify.crs.workers.iw.iw_view`)."""
+
+    arguments = []
+    response = [(b"view", JsonValue())]
+
+
+class IwViewChanged(amp.Command):
+    """Parent -> worker: the inter-working routes changed."""
+
+    arguments = [(b"view", JsonValue())]
     response = []
     requiresAnswer = False

@@ -1,17 +1,19 @@
-"""An instance with ``workers N`` in a pool of 2+ (docs/workers.md, Pools).
+"""An instance with ``workers N`` in a pool of 2+, or with inter-working
+peers (docs/workers.md, Pools and Inter-working).
 
 The parent keeps everything of the pool: the pool link (8090) and its
 membership, the slot map, the sync link (8091) and db-backup, the message
 forwarder with its hinted hand-off and sweep, the pool-wide changes.  The
 workers, which hold the clients, need two things of it, over one UNIX
 socket of the parent beside the management socket (``crs.sock.w0``, mode
-0600; :class:`ParentPool` there, :class:`WorkerPool` in each worker):
+0600; :class:`~cryptify.crs.workers.parent.ParentPool` there,
+:class:`WorkerPool` in each worker):
 
 - **the slot view** (:func:`slot_view`): who owns each slot, which
   members are late, their addresses.  A worker asks for it when it
   connects and the parent sends it again whenever it changes (a map
   change at once, a member late or on time again within
-  :data:`VIEW_CHECK`).  With it a worker answers an attach ``moved`` or
+  :data:`~cryptify.crs.workers.parent.VIEW_CHECK`).  With it a worker answers an attach ``moved`` or
   ``unavailable`` as one process does (:class:`WorkerPool` is its
   :class:`~cryptify.crs.attach.core.SlotOwners`; before the first view it
   owns nothing and every attach is ``unavailable``, as a member that has
@@ -31,19 +33,20 @@ socket of the parent beside the management socket (``crs.sock.w0``, mode
 
 Calls across members go through the parent too: it passes their frames
 between the pool link and the worker of the call's party
-(:mod:`cryptify.crs.workers.pool_calls`).
+(:mod:`cryptify.crs.workers.pool_calls`).  The inter-working peers' routes,
+posts and calls go over the same socket (:mod:`cryptify.crs.workers.iw`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -54,21 +57,21 @@ from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.messages.store import MessageRefused, Posted, Stored
 from cryptify.crs.messages.wiring import Relayed
 from cryptify.crs.pool.calls_frames import INVITE_FRAME, CallInvite, decode_call
-from cryptify.crs.pool.forward import Forwarder
 from cryptify.crs.pool.wire import WireError
-from cryptify.crs.pool.wiring import MOVED_AWAY, PoolLink
+from cryptify.crs.pool.wiring import MOVED_AWAY
 from cryptify.crs.slots import slot_of
-from cryptify.crs.workers.pool_calls import CallRelay, pack, unpack
+from cryptify.crs.workers.iw import WorkerIw
+from cryptify.crs.workers.pool_calls import pack, unpack
 from cryptify.crs.workers.slot_view import (
     NO_VIEW,
     SlotView,
     ViewError,
     decode_view,
-    map_key,
-    slot_view,
 )
 from cryptify.protocols.amp_calls import AmpAnswer, call_remote
 from cryptify.protocols.crs_workers import (
+    IwView,
+    IwViewChanged,
     PoolDelivered,
     PoolFrame,
     PoolFrameIn,
@@ -82,12 +85,12 @@ from cryptify.protocols.crs_workers import (
 )
 from cryptify.protocols.umsg import base_uri
 from cryptify.reactor import IReactor
-from cryptify.service import ListenService, attach, prepare_socket_path
+from cryptify.service import attach
+
+# (the parent's side is :mod:`cryptify.crs.workers.parent`)
 
 log = Logger(namespace="cryptify.crs.workers")
 
-#: Seconds between the parent's checks of which members are late.
-VIEW_CHECK = 0.25
 #: Seconds between a worker's moves of the clients of slots gone elsewhere
 #: while some are kept by a call.
 MOVE_AGAIN = 1.0
@@ -102,175 +105,6 @@ class CallSink(Protocol):
     def peer_changed(self, peer: str, up: bool) -> None: ...
 
 
-# -- the parent --------------------------------------------------------------------
-
-
-class _ParentLocator(amp.CommandLocator):
-    def __init__(self, parent: ParentPool, proto: _ParentProtocol) -> None:
-        self.parent = parent
-        self.proto = proto
-
-    @PoolFrame.responder
-    def frame(self, peer: str, frame_type: str, data: bytes) -> dict[str, object]:
-        relay = self.parent.calls
-        if relay is not None:
-            try:
-                relay.from_worker(self.proto, peer, frame_type, unpack(data))
-            except WireError as exc:
-                log.warn("a worker's call frame not sent: {why}", why=str(exc))
-        return {}
-
-    @PoolView.responder
-    def view(self) -> dict[str, object]:
-        return {"view": self.parent.view()}
-
-    @PoolPost.responder
-    def post(
-        self, sender: str, scope: str, to: str, account: str, kind: str, data: bytes
-    ) -> defer.Deferred[dict[str, object]]:
-        return self.parent.post(sender, scope, to, account, kind, data)
-
-    @PoolDelivered.responder
-    def delivered(self, sender: str, message: str) -> dict[str, object]:
-        self.parent.forwarder.tell_delivered(sender, message)
-        return {}
-
-    @PoolSettled.responder
-    def settled(self, recipient: str, message: str) -> dict[str, object]:
-        self.parent.forwarder.settled(recipient, message)
-        return {}
-
-    @PoolLearned.responder
-    def learned(self, uri: str) -> dict[str, object]:
-        self.parent.forwarder.learned(uri)
-        return {}
-
-
-class _ParentProtocol(amp.AMP):
-    """One worker's connection (a :class:`~cryptify.crs.workers.pool_calls.Worker`
-    of the call relay)."""
-
-    def __init__(self, parent: ParentPool) -> None:
-        amp.AMP.__init__(self, locator=_ParentLocator(parent, self))
-        self.parent = parent
-
-    def connectionMade(self) -> None:
-        amp.AMP.connectionMade(self)
-        self.parent.workers.add(self)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.parent.workers.discard(self)
-        if self.parent.calls is not None:
-            self.parent.calls.worker_lost(self)
-        amp.AMP.connectionLost(self, reason)
-
-    def frame(self, peer: str, frame_type: str, fields: dict[str, object]) -> None:
-        call_remote(self, PoolFrameIn, peer=peer, frame_type=frame_type, data=pack(fields))
-
-    def invite(self, peer: str, fields: dict[str, object]) -> defer.Deferred[bool]:
-        took: defer.Deferred[bool] = defer.Deferred()
-        d = call_remote(self, PoolInvite, peer=peer, data=pack(fields))
-        d.addCallbacks(
-            lambda answer: took.callback(answer.get("here") is True),
-            lambda _: took.callback(False),
-        )
-        return took
-
-    def peer(self, peer: str, up: bool) -> None:
-        call_remote(self, PoolPeer, peer=peer, up=up)
-
-
-class _ParentFactory(Factory):
-    def __init__(self, parent: ParentPool) -> None:
-        self.parent = parent
-
-    def buildProtocol(self, addr: IAddress | None) -> _ParentProtocol:
-        return _ParentProtocol(self.parent)
-
-
-class ParentPool(service.MultiService):
-    """The parent's side: its socket for the workers, the slot view it
-    sends them, and their posts and notes handed to its forwarder."""
-
-    def __init__(
-        self,
-        reactor: IReactor,
-        path: str,
-        link: PoolLink,
-        forwarder: Forwarder,
-        relay_calls: bool = True,
-    ) -> None:
-        service.MultiService.__init__(self)
-        self.reactor = reactor
-        self.path = path
-        self.link = link
-        self.forwarder = forwarder
-        self.workers: set[_ParentProtocol] = set()
-        #: The calls across members of the workers' clients (None: not relayed).
-        self.calls = CallRelay(link, lambda: list(self.workers)) if relay_calls else None
-        self._sent: tuple[str, tuple[str, ...]] | None = None
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = reactor
-        link.watch(self._map_changed)
-
-        def listen() -> IListeningPort:
-            prepare_socket_path(path)
-            return reactor.listenUNIX(path, _ParentFactory(self), mode=0o600)
-
-        attach(self, ListenService("workers' pool socket", path, listen))
-
-    def startService(self) -> None:
-        service.MultiService.startService(self)
-        self._loop.start(VIEW_CHECK, now=False)
-
-    def stopService(self) -> defer.Deferred[None]:
-        if self._loop.running:
-            self._loop.stop()
-        d: defer.Deferred[None] = defer.maybeDeferred(service.MultiService.stopService, self)
-        return d
-
-    def view(self) -> dict[str, object]:
-        return slot_view(self.link)
-
-    def _map_changed(self) -> bool:
-        self.check()
-        return False
-
-    def check(self) -> None:
-        """Send the workers the view when the map or the late members changed."""
-        sign = (map_key(self.link), tuple(sorted(p for p in self.link.peers if self.link.late(p))))
-        if sign == self._sent:
-            return
-        self._sent = sign
-        view = self.view()
-        for proto in list(self.workers):
-            call_remote(proto, PoolViewChanged, view=view)  # (no answer: None)
-
-    def post(
-        self, sender: str, scope: str, to: str, account: str, kind: str, data: bytes
-    ) -> defer.Deferred[dict[str, object]]:
-        """A worker's post, through the forwarder as one process's."""
-
-        def answered(relayed: Relayed) -> dict[str, object]:
-            done = relayed.posted
-            answer: dict[str, object] = {"id": done.id, "duplicate": done.duplicate}
-            if relayed.peer is not None:
-                answer["peer"] = relayed.peer
-            elif done.stored is not None:
-                answer["time_ms"] = done.stored.time_ms
-            return answer
-
-        def refused(failure: Failure) -> dict[str, object]:
-            if failure.check(MessageRefused):
-                value: Any = failure.value
-                return {"code": value.code, "reason": str(value)}
-            log.warn("a worker's post not forwarded: {why}", why=failure.getErrorMessage())
-            return {"code": "unavailable", "reason": "the pool's forwarder did not take it"}
-
-        d = self.forwarder.post(sender, scope, to, account, kind, data)
-        return d.addCallbacks(answered, refused)
-
-
 # -- a worker ----------------------------------------------------------------------
 
 
@@ -279,8 +113,10 @@ class _WorkerLocator(amp.CommandLocator):
         self.pool = pool
 
     @PoolFrameIn.responder
-    def frame(self, peer: str, frame_type: str, data: bytes) -> dict[str, object]:
-        sink = self.pool.calls
+    def frame(
+        self, peer: str, frame_type: str, data: bytes, via: str | None = None
+    ) -> dict[str, object]:
+        sink = self.pool.sink(via)
         if sink is not None:
             try:
                 sink.deliver(peer, frame_type, unpack(data))
@@ -289,8 +125,8 @@ class _WorkerLocator(amp.CommandLocator):
         return {}
 
     @PoolInvite.responder
-    def invite(self, peer: str, data: bytes) -> dict[str, object]:
-        sink = self.pool.calls
+    def invite(self, peer: str, data: bytes, via: str | None = None) -> dict[str, object]:
+        sink = self.pool.sink(via)
         try:
             fields = unpack(data)
             invite = decode_call(INVITE_FRAME, fields)
@@ -305,9 +141,16 @@ class _WorkerLocator(amp.CommandLocator):
         return {"here": True}
 
     @PoolPeer.responder
-    def peer(self, peer: str, up: bool) -> dict[str, object]:
-        if self.pool.calls is not None:
-            self.pool.calls.peer_changed(peer, up)
+    def peer(self, peer: str, up: bool, via: str | None = None) -> dict[str, object]:
+        sink = self.pool.sink(via)
+        if sink is not None:
+            sink.peer_changed(peer, up)
+        return {}
+
+    @IwViewChanged.responder
+    def iw_changed(self, view: object) -> dict[str, object]:
+        if self.pool.iw is not None:
+            self.pool.iw.adopt(view)
         return {}
 
     @PoolViewChanged.responder
@@ -367,6 +210,12 @@ class WorkerPool(service.MultiService):
         self.busy: Callable[[str], bool] = lambda uri: False
         #: Where the call frames from other members go (the worker's link).
         self.calls: CallSink | None = None
+        #: With inter-working peers: the routes followed, and where the
+        #: call frames from the peers go.
+        self.iw: WorkerIw | None = None
+        self.iw_calls: CallSink | None = None
+        #: In a pool (else no slot view is asked for).
+        self.pooled = True
         self.view = NO_VIEW
         #: Called with every view whose map differs from the one before.
         self.on_view: list[Callable[[SlotView], object]] = []
@@ -390,8 +239,20 @@ class WorkerPool(service.MultiService):
 
     # -- the parent ------------------------------------------------------------------
 
+    def sink(self, via: str | None) -> CallSink | None:
+        return self.iw_calls if via == "iw" else self.calls
+
     def connected(self, proto: _WorkerProtocol) -> None:
         self.proto = proto
+        if self.iw is not None:
+            iw = self.iw
+            asked = call_remote(proto, IwView)
+            asked.addCallbacks(
+                lambda answer: iw.adopt(answer.get("view")),
+                lambda f: log.warn("no routes from the parent: {why}", why=f.getErrorMessage()),
+            )
+        if not self.pooled:
+            return
         d = call_remote(proto, PoolView)
 
         def got(answer: AmpAnswer) -> None:
@@ -458,7 +319,14 @@ class WorkerPool(service.MultiService):
         return not self.mine(slot_of(base_uri(uri)))
 
     def post(
-        self, sender: str, scope: str, to: str, account: str, kind: str, data: bytes
+        self,
+        sender: str,
+        scope: str,
+        to: str,
+        account: str,
+        kind: str,
+        data: bytes,
+        via: str = "pool",
     ) -> defer.Deferred[Relayed]:
         proto = self.proto
         if proto is None:
@@ -504,6 +372,7 @@ class WorkerPool(service.MultiService):
             account=account,
             kind=kind,
             data=data,
+            via=via,
         )
         d.addCallbacks(done, lost)
         return result
@@ -520,13 +389,24 @@ class WorkerPool(service.MultiService):
     def learned(self, uri: str) -> None:
         self._note(PoolLearned, uri=uri)
 
-    def send_frame(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
-        """A call frame for member ``peer``, through the parent; False when
-        the parent is not reachable."""
+    def send_frame(
+        self, peer: str, frame_type: str, fields: dict[str, object], via: str = "pool"
+    ) -> bool:
+        """A call frame for member ``peer`` (``via`` ``iw``: for an
+        inter-working peer), through the parent; False when the parent is
+        not reachable."""
         if self.proto is None:
             return False
-        call_remote(self.proto, PoolFrame, peer=peer, frame_type=frame_type, data=pack(fields))
+        data = pack(fields)
+        call_remote(self.proto, PoolFrame, peer=peer, frame_type=frame_type, data=data, via=via)
         return True
+
+    def send_iw_frame(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
+        return self.send_frame(peer, frame_type, fields, "iw")
+
+    def tell_parent_delivered(self, sender: str, message_id: str) -> None:
+        """A ``delivered`` for a sender the parent may know (behind a peer)."""
+        self._note(PoolDelivered, sender=sender, message=message_id)
 
     def member_of(self, uri: str) -> str | None:
         """The other member owning ``uri``'s slot (None: this one, or none)."""

@@ -71,15 +71,16 @@ def unpack(data: bytes) -> dict[str, object]:
 
 
 class Worker(Protocol):
-    """One worker's connection to the parent, as the relay uses it."""
+    """One worker's connection to the parent, as the relay uses it
+    (``via``: which link, ``pool`` or ``iw``)."""
 
-    def frame(self, peer: str, frame_type: str, fields: dict[str, object]) -> None:
+    def frame(self, peer: str, frame_type: str, fields: dict[str, object], via: str) -> None:
         """Pass a member's frame to the worker."""
 
-    def invite(self, peer: str, fields: dict[str, object]) -> defer.Deferred[bool]:
+    def invite(self, peer: str, fields: dict[str, object], via: str) -> defer.Deferred[bool]:
         """Offer a member's invite; whether the worker took it."""
 
-    def peer(self, peer: str, up: bool) -> None:
+    def peer(self, peer: str, up: bool, via: str) -> None:
         """A member's link went up or down."""
 
 
@@ -106,9 +107,14 @@ class CallRelay:
     """The parent's side (module docstring); ``workers()``: the workers
     connected now."""
 
-    def __init__(self, link: Link, workers: Callable[[], Iterable[Worker]]) -> None:
+    def __init__(
+        self, link: Link, workers: Callable[[], Iterable[Worker]], via: str = "pool"
+    ) -> None:
         self.link = link
         self.workers = workers
+        #: The link's name for the workers (``pool``, or ``iw``: the
+        #: inter-working link, whose peers are other operators' CRSes).
+        self.via = via
         #: session -> (the worker it is with, the member it is with)
         self.sessions: dict[str, tuple[Worker, str]] = {}
         self.counters = {"relayed": 0, "refused": 0}
@@ -131,13 +137,13 @@ class CallRelay:
             if frame_type in (HANGUP_FRAME, REFUSED_FRAME):
                 del self.sessions[session]
             self.counters["relayed"] += 1
-            found[0].frame(peer, frame_type, fields)
+            found[0].frame(peer, frame_type, fields, self.via)
 
         return receive
 
     def _invited(self, peer: str, session: str, fields: dict[str, object]) -> None:
         workers = list(self.workers())
-        asked = [w.invite(peer, fields) for w in workers]
+        asked = [w.invite(peer, fields, self.via) for w in workers]
 
         def answered(results: list[tuple[bool, bool]]) -> None:
             for worker, (ok, took) in zip(workers, results, strict=True):
@@ -156,7 +162,7 @@ class CallRelay:
             for session in [s for s, (_, p) in self.sessions.items() if p == peer]:
                 del self.sessions[session]
         for worker in list(self.workers()):
-            worker.peer(peer, up)
+            worker.peer(peer, up, self.via)
 
     # -- from a worker ------------------------------------------------------------------
 
@@ -176,7 +182,8 @@ class CallRelay:
         if frame_type == INVITE_FRAME:
             # no connection to the member: the caller is told at once
             self.sessions.pop(session, None)
-            worker.frame(peer, REFUSED_FRAME, CallRefused(session, "not-connected").fields())
+            refused = CallRefused(session, "not-connected").fields()
+            worker.frame(peer, REFUSED_FRAME, refused, self.via)
 
     def worker_lost(self, worker: Worker) -> None:
         """A worker's connection ended (it exited): its calls end at the members."""
