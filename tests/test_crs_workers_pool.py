@@ -20,6 +20,7 @@ from cryptify.crs.messages.wiring import Relayed
 from cryptify.crs.pool.calls_frames import (
     HANGUP_FRAME,
     INVITE_FRAME,
+    OFFERED_FRAME,
     REFUSED_FRAME,
     RINGING_FRAME,
     TALK_FRAME,
@@ -371,6 +372,23 @@ class CallRelayTests(SynchronousTestCase):
         for listener in self.link.listeners:  # type: ignore[attr-defined]
             listener("crs2", False)
         self.assertEqual((self.w1.peers, self.w2.peers), ([("crs2", False)], [("crs2", False)]))
+
+    def test_data_state(self) -> None:
+        """``show iw-crs`` DATA columns: a call offered and not ended through
+        a peer, by direction."""
+        self.assertEqual(self.relay.data_state("crs2"), ("down", "down", "down"))
+        self.relay.from_worker(self.w1, "crs2", INVITE_FRAME, INVITE.fields())  # type: ignore[arg-type]
+        self.assertEqual(self.relay.data_state("crs2"), ("down", "down", "down"))
+        self.link.handlers[OFFERED_FRAME]("crs2", CallStep("offered", "s1").fields())
+        self.assertEqual(self.relay.data_state("crs2"), ("up", "up", "down"))
+        other = CallInvite("s2", "tel:+3", "tel:+2", "acme", b"\x01", "192.0.2.9", 5146, b"t" * 16)
+        self.link.handlers[INVITE_FRAME]("crs2", other.fields())
+        self.relay.from_worker(self.w2, "crs2", OFFERED_FRAME, CallStep("offered", "s2").fields())  # type: ignore[arg-type]
+        self.assertEqual(self.relay.data_state("crs2"), ("up", "up", "up"))
+        hangup = CallHangup("s1", "normal", None, "caller").fields()
+        self.relay.from_worker(self.w1, "crs2", HANGUP_FRAME, hangup)  # type: ignore[arg-type]
+        self.assertEqual(self.relay.data_state("crs2"), ("up", "down", "up"))
+        self.assertEqual(self.relay.data_state("crs3"), ("down", "down", "down"))
 
 
 class WorkerIwTests(SynchronousTestCase):

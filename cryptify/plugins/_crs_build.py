@@ -506,6 +506,9 @@ def attach_clients(
             path = worker_socket(cfg.global_.management, -1)
             iw_link, iw_forwarder = iw if iw is not None else (None, None)
             parent = ParentPool(reactor, path, pool, forwarder, iw=iw_forwarder, iw_link=iw_link)
+            if iw_link is not None and parent.iw_calls is not None:
+                # show iw-crs: the calls through each peer (the workers')
+                iw_link.data_state = parent.iw_calls.data_state
             attach(root, parent)
         attach(root, held, workers)
     else:

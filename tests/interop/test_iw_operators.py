@@ -474,9 +474,11 @@ class IwOperatorsWorkersTests(IwOperatorsTests):
 
     LOCAL = {1: "workers 2\n"}
 
-    def call(self, caller: Client, callee: Client, to_account: str) -> None:
+    def call(self, caller: Client, callee: Client, to_account: str, data: list[str]) -> None:
         """``caller`` calls ``callee`` of the other operator: invite, ringing,
-        talk and the callee's hangup cross the link."""
+        talk and the callee's hangup cross the link; while it talks, A's
+        ``show iw-crs`` DATA-LINK, DATA-OUTGOING and DATA-INCOMING are
+        ``data``."""
         self.requests += 1
         send(
             caller.ws,
@@ -494,12 +496,13 @@ class IwOperatorsWorkersTests(IwOperatorsTests):
         send(callee.ws, type="talk", session=invite["session"])
         self.expect(caller, "ringing")
         self.expect(caller, "talk")
+        self.assertEqual(self.link_rows(1)[0][4:7], data)
         send(callee.ws, type="hangup", session=invite["session"], code="normal")
         self.assertEqual(self.expect(caller, "hangup")["who"], "callee")
 
     def test_messages_between_operators(self) -> None:
         """Messages both ways, each once, with ``delivered`` back; calls both
-        ways."""
+        ways, shown in A's ``show iw-crs`` while they last."""
         wait_for(lambda: self.link_up(1) and self.link_up(2), "the iw link up", CEILING)
         self.attach(self.alice, [address(1)])
         self.attach(self.bob, [address(2)])
@@ -510,5 +513,5 @@ class IwOperatorsWorkersTests(IwOperatorsTests):
         self.received_once(self.alice, back)
         self.until(self.bob, lambda: back <= self.inbox[BOB].told, "Bob told delivered")
         wait_for(lambda: self.relay_up(1) and self.relay_up(2), "the relay links", CEILING)
-        self.call(self.alice, self.bob, "beta")
-        self.call(self.bob, self.alice, "alpha")
+        self.call(self.alice, self.bob, "beta", ["up", "up", "down"])
+        self.call(self.bob, self.alice, "alpha", ["up", "down", "up"])

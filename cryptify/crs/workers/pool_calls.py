@@ -37,6 +37,7 @@ from cryptify.crs.pool.calls_frames import (
     FRAME_TYPES,
     HANGUP_FRAME,
     INVITE_FRAME,
+    OFFERED_FRAME,
     REFUSED_FRAME,
     CallHangup,
     CallRefused,
@@ -117,6 +118,10 @@ class CallRelay:
         self.via = via
         #: session -> (the worker it is with, the member it is with)
         self.sessions: dict[str, tuple[Worker, str]] = {}
+        #: session -> ``outgoing`` (placed by a worker's client) or ``incoming``
+        self.directions: dict[str, str] = {}
+        #: The sessions whose offer went through (``call-offered``).
+        self.offered: set[str] = set()
         self.counters = {"relayed": 0, "refused": 0}
         for frame_type in FRAME_TYPES:
             link.handle(frame_type, self._from_member(frame_type))
@@ -135,7 +140,9 @@ class CallRelay:
             if found is None or found[1] != peer:
                 return
             if frame_type in (HANGUP_FRAME, REFUSED_FRAME):
-                del self.sessions[session]
+                self._forget(session)
+            elif frame_type == OFFERED_FRAME:
+                self.offered.add(session)
             self.counters["relayed"] += 1
             found[0].frame(peer, frame_type, fields, self.via)
 
@@ -149,6 +156,7 @@ class CallRelay:
             for worker, (ok, took) in zip(workers, results, strict=True):
                 if ok and took is True:
                     self.sessions[session] = (worker, peer)
+                    self.directions[session] = "incoming"
                     self.counters["relayed"] += 1
                     return
             self.counters["refused"] += 1
@@ -160,7 +168,7 @@ class CallRelay:
     def _link_changed(self, peer: str, up: bool) -> None:
         if not up:
             for session in [s for s, (_, p) in self.sessions.items() if p == peer]:
-                del self.sessions[session]
+                self._forget(session)
         for worker in list(self.workers()):
             worker.peer(peer, up, self.via)
 
@@ -173,15 +181,19 @@ class CallRelay:
         decode_call(frame_type, fields)
         session = _session(fields)
         if frame_type in (HANGUP_FRAME, REFUSED_FRAME):
-            self.sessions.pop(session, None)
+            self._forget(session)
         else:
             self.sessions[session] = (worker, peer)
+            if frame_type == INVITE_FRAME:
+                self.directions[session] = "outgoing"
+            elif frame_type == OFFERED_FRAME:
+                self.offered.add(session)
         if self.link.send(peer, frame_type, fields):
             self.counters["relayed"] += 1
             return
         if frame_type == INVITE_FRAME:
             # no connection to the member: the caller is told at once
-            self.sessions.pop(session, None)
+            self._forget(session)
             refused = CallRefused(session, "not-connected").fields()
             worker.frame(peer, REFUSED_FRAME, refused, self.via)
 
@@ -189,6 +201,25 @@ class CallRelay:
         """A worker's connection ended (it exited): its calls end at the members."""
         for session, (held, peer) in list(self.sessions.items()):
             if held is worker:
-                del self.sessions[session]
+                self._forget(session)
                 hangup = CallHangup(session, "not-connected", "the party's process ended", CRS)
                 self.link.send(peer, HANGUP_FRAME, hangup.fields())
+
+    def _forget(self, session: str) -> None:
+        self.sessions.pop(session, None)
+        self.directions.pop(session, None)
+        self.offered.discard(session)
+
+    def data_state(self, peer: str) -> tuple[str, str, str]:
+        """``show iw-crs``'s DATA-LINK, DATA-OUTGOING and DATA-INCOMING of
+        ``peer``: each ``up`` while a call in that direction through it is
+        offered and not ended (the workers bridge their relay legs; one
+        process says ``up`` once its relay confirmed the bridge)."""
+        directions = {
+            self.directions.get(s)
+            for s, (_, p) in self.sessions.items()
+            if p == peer and s in self.offered
+        }
+        outgoing = "up" if "outgoing" in directions else "down"
+        incoming = "up" if "incoming" in directions else "down"
+        return ("up" if directions - {None} else "down"), outgoing, incoming
