@@ -109,6 +109,18 @@ class SlotViewTests(SynchronousTestCase):
         self.assertEqual(view.owners, SPLIT[:10] + (None,) * 5 + SPLIT[15:])
         self.assertEqual((view.me, view.late), ("crs1", frozenset({"crs2"})))
         self.assertEqual(view.addresses["crs2"], "10.0.0.2")
+        self.assertIsNone(view.standby)
+
+    def test_standby(self) -> None:
+        """With a pool link that names who takes a slot if this instance
+        dies, a worker's attach names it too (the slots of this instance)."""
+        link = FakeLink()
+        link.place(SPLIT)
+        link.standby = lambda slot: "crs2"  # type: ignore[attr-defined]
+        reactor = MemoryReactorClock()
+        pool = WorkerPool(reactor, "/nowhere", AttachRegistry("crs1", reactor.seconds), print)
+        pool.adopt(slot_view(link))  # type: ignore[arg-type]
+        self.assertEqual((pool.standby(0), pool.standby(HALF)), ("crs2", None))
 
     @settings(max_examples=300, deadline=None)
     @given(

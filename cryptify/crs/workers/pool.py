@@ -291,6 +291,12 @@ class WorkerPool(service.MultiService):
     def mine(self, slot: int) -> bool:
         return self.view.owners[slot] is not None and self.view.owners[slot] == self.view.me
 
+    def standby(self, slot: int) -> str | None:
+        """Who would take ``slot`` if this instance died (as the parent's
+        pool link says; None when it does not)."""
+        standby = self.view.standby
+        return None if standby is None else standby[slot]
+
     def address(self, host: str) -> str:
         return self.view.addresses.get(host, host)
 

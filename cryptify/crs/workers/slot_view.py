@@ -6,7 +6,8 @@ parent's, :func:`decode_view` reads it back (anything else is a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -36,6 +37,9 @@ class SlotView:
     #: The members whose frames are late (their slots have no owner for an attach).
     late: frozenset[str] = frozenset()
     addresses: Mapping[str, str] = attrs.field(factory=dict)
+    #: Who would take each slot of this instance if it died (the attach's
+    #: ``standby``), when the parent's pool link says (None: no standby).
+    standby: tuple[str | None, ...] | None = attrs.field(default=None, repr=False)
 
 
 #: A worker's view before the parent's first: no slot has an owner.
@@ -51,26 +55,37 @@ def map_key(link: PoolLink) -> str:
     return f"{key.epoch}/{key.author}/{key.incarnation}"
 
 
+def _runs(names: Iterable[str | None]) -> list[list[object]]:
+    """``[[FIRST, LAST, NAME-or-null], ...]`` of a name per slot."""
+    runs: list[list[object]] = []
+    for slot, name in enumerate(names):
+        if runs and runs[-1][2] == name:
+            runs[-1][1] = slot
+        else:
+            runs.append([slot, slot, name])
+    return runs
+
+
 def slot_view(link: PoolLink) -> dict[str, object]:
     """The parent's slot view, as the workers are sent it: the owners in
-    runs ``[[FIRST, LAST, OWNER-or-null], ...]``."""
+    runs ``[[FIRST, LAST, OWNER-or-null], ...]``; with a pool link that
+    names a standby per slot, the standby of each slot of this instance
+    the same way."""
     slot_map = None if link.member is None else link.member.map
-    runs: list[list[object]] = []
-    if slot_map is None:
-        runs.append([0, SLOTS - 1, None])
-    else:
-        for slot, owner in enumerate(slot_map.owners):
-            if runs and runs[-1][2] == owner:
-                runs[-1][1] = slot
-            else:
-                runs.append([slot, slot, owner])
-    return {
+    owners: Sequence[str | None] = (None,) * SLOTS if slot_map is None else slot_map.owners
+    view: dict[str, object] = {
         "key": map_key(link),
         "me": link.me,
-        "owners": runs,
+        "owners": _runs(owners),
         "late": sorted(p for p in link.peers if link.late(p)),
         "addresses": {name: link.address(name) for name in link.pool.names},
     }
+    heir: Any = getattr(link, "standby", None)
+    if callable(heir):
+        view["standby"] = _runs(
+            heir(slot) if owner == link.me else None for slot, owner in enumerate(owners)
+        )
+    return view
 
 
 def _word(value: object, empty: bool = False) -> str:
@@ -91,31 +106,43 @@ def decode_view(value: object) -> SlotView:
         raise ViewError("a slot view has its owners and late members as lists")
     if not isinstance(addresses, dict) or len(addresses) > MAX_MEMBERS or len(late) > MAX_MEMBERS:
         raise ViewError("a slot view has the members' addresses as a map")
-    owners: list[str | None] = []
+    owners = _names(runs)
+    standby = value.get("standby")
+    return SlotView(
+        _word(value.get("key"), empty=True),
+        _word(value.get("me")),
+        owners,
+        frozenset(_word(p) for p in late),
+        {_word(k): _word(v) for k, v in addresses.items()},
+        None if standby is None else _names(standby),
+    )
+
+
+def _names(runs: object) -> tuple[str | None, ...]:
+    """The name per slot of :func:`_runs`.
+
+    @raise ViewError: when the runs do not cover the slots in order.
+    """
+    if not isinstance(runs, list):
+        raise ViewError("runs of names are a list")
+    names: list[str | None] = []
     for run in runs:
         if not isinstance(run, list) or len(run) != 3:
-            raise ViewError("a run of owners is [FIRST, LAST, OWNER]")
-        first, last, owner = run
+            raise ViewError("a run of names is [FIRST, LAST, NAME]")
+        first, last, name = run
         if (
             not isinstance(first, int)
             or not isinstance(last, int)
             or isinstance(first, bool)
             or isinstance(last, bool)
-            or first != len(owners)
+            or first != len(names)
             or not first <= last < SLOTS
         ):
-            raise ViewError(f"a run of owners out of order: {str(run)[:40]}")
-        name = None if owner is None else _word(owner)
-        owners.extend([name] * (last - first + 1))
-    if len(owners) != SLOTS:
-        raise ViewError(f"a slot view covers {len(owners)} slots, not {SLOTS}")
-    return SlotView(
-        _word(value.get("key"), empty=True),
-        _word(value.get("me")),
-        tuple(owners),
-        frozenset(_word(p) for p in late),
-        {_word(k): _word(v) for k, v in addresses.items()},
-    )
+            raise ViewError(f"a run of names out of order: {str(run)[:40]}")
+        names.extend([None if name is None else _word(name)] * (last - first + 1))
+    if len(names) != SLOTS:
+        raise ViewError(f"a slot view covers {len(names)} slots, not {SLOTS}")
+    return tuple(names)
 
 
 def owned_by(view: SlotView, name: str) -> list[tuple[int, int]]:
