@@ -10,14 +10,16 @@ worker of crs1 and one attached at crs2, each answered ``posted`` only
 once stored where it will be delivered from, each arriving once, with
 ``delivered`` back to its sender across the pool; calls go both ways
 between them (the parent passes the call frames between the pool link and
-the worker); ``show system`` at crs1 has its parent and each worker with
-its cut of crs1's slots.
+the worker), and a call whose worker is killed is hung up at crs2;
+``show system`` at crs1 has its parent and each worker with its cut of
+crs1's slots.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 from typing import Any
 
@@ -83,6 +85,35 @@ class PoolWorkersTests(PoolCase):
         for index in (1, 2):
             rows = self.cli(index, "show", "session").splitlines()[1:]
             self.assertFalse([r for r in rows if r.split()[3:4] == ["talk"]], rows)
+
+    def test_worker_lost_during_a_call(self) -> None:
+        """crs1's workers killed -9 during a call from a client of one of
+        them to a client at crs2: the parent hangs the call up at crs2
+        (``hangup not-connected`` from ``crs``), and the workers are started
+        again."""
+        send(self.a.ws, type="invite", id=50, to=self.b.uri, mikey=b"\x01")
+        session = self.next_of(self.a, "session")["session"]
+        self.assertEqual(self.next_of(self.b, "invite")["session"], session)
+        send(self.b.ws, type="talk", session=session)
+        self.next_of(self.a, "talk")
+        out = self.cli(1, "show", "system")
+        pids = [int(p) for p in re.findall(r"app:attach/\d+\s+(\d+)", out)]
+        self.assertEqual(len(pids), 2, out)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        hangup = self.next_of(self.b, "hangup")
+        self.assertEqual(
+            (hangup["session"], hangup["code"], hangup["who"]), (session, "not-connected", "crs")
+        )
+        wait_for(
+            lambda: len(self.workers(1)) == 2 and not set(pids) & set(self.pids(1)),
+            "crs1's workers started again",
+            CEILING,
+        )
+
+    def pids(self, index: int) -> list[int]:
+        out = self.cli(index, "show", "system")
+        return [int(p) for p in re.findall(r"app:attach/\d+\s+(\d+)", out)]
 
     def exchange(self, sender: Client, recipient: Client, count: int, tag: bytes) -> None:
         """``sender`` posts ``count`` messages to ``recipient``: every one
