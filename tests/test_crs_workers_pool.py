@@ -357,6 +357,20 @@ class CallRelayTests(SynchronousTestCase):
         self.assertEqual(self.relay.sessions, {})
         self.assertRaises(WireError, self.link.handlers[TALK_FRAME], "crs2", {"x": 1})
 
+    def test_refused_before_taken(self) -> None:
+        """A worker that refuses the invite it takes (busy, glare) sends the
+        refusal before its answer: the call is not noted afterwards."""
+        relay = self.relay
+        self.w2.has.clear()
+        answer: defer.Deferred[bool] = defer.Deferred()
+        self.w2.invite = lambda peer, fields, via: answer  # type: ignore[method-assign]
+        self.link.handlers[INVITE_FRAME]("crs2", INVITE.fields())
+        refused = CallRefused("s1", "busy").fields()
+        relay.from_worker(self.w2, "crs2", REFUSED_FRAME, refused)  # type: ignore[arg-type]
+        answer.callback(True)
+        self.assertEqual(relay.sessions, {})
+        self.assertEqual(self.link.sent, [("crs2", REFUSED_FRAME, refused)])
+
     def test_callee_attached_nowhere(self) -> None:
         """An invite no worker takes is refused ``not-connected``."""
         self.w2.has.clear()

@@ -27,6 +27,7 @@ the parent, which has the pool link, only passes their frames on:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -50,6 +51,8 @@ log = Logger(namespace="cryptify.crs.workers")
 
 #: Who ends a call whose worker went away (as for a member lost).
 CRS = "crs"
+#: Sessions remembered as ended.
+MAX_ENDED = 4096
 
 
 def pack(fields: dict[str, object]) -> bytes:
@@ -122,6 +125,9 @@ class CallRelay:
         self.directions: dict[str, str] = {}
         #: The sessions whose offer went through (``call-offered``).
         self.offered: set[str] = set()
+        #: The sessions ended lately (a worker's refusal can pass its answer
+        #: to the invite: the call is not noted after it ended).
+        self.ended: OrderedDict[str, None] = OrderedDict()
         self.counters = {"relayed": 0, "refused": 0}
         for frame_type in FRAME_TYPES:
             link.handle(frame_type, self._from_member(frame_type))
@@ -155,6 +161,8 @@ class CallRelay:
         def answered(results: list[tuple[bool, bool]]) -> None:
             for worker, (ok, took) in zip(workers, results, strict=True):
                 if ok and took is True:
+                    if session in self.ended:
+                        return  # refused or hung up by the worker meanwhile
                     self.sessions[session] = (worker, peer)
                     self.directions[session] = "incoming"
                     self.counters["relayed"] += 1
@@ -209,6 +217,9 @@ class CallRelay:
         self.sessions.pop(session, None)
         self.directions.pop(session, None)
         self.offered.discard(session)
+        self.ended[session] = None
+        while len(self.ended) > MAX_ENDED:
+            self.ended.popitem(last=False)
 
     def data_state(self, peer: str) -> tuple[str, str, str]:
         """``show iw-crs``'s DATA-LINK, DATA-OUTGOING and DATA-INCOMING of
