@@ -15,6 +15,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
+from cryptify.crs.interwork.routes_core import AccountRoutes
 from cryptify.crs.messages.store import MessageRefused, Posted, Stored
 from cryptify.crs.messages.wiring import Relayed
 from cryptify.crs.pool.calls_frames import (
@@ -482,3 +483,45 @@ class WorkerIwTests(SynchronousTestCase):
     def test_hostile_views(self, value: object) -> None:
         """Whatever comes is taken or counted, never a crash."""
         self.iw.adopt(value)
+
+
+class FakeIwForwarder:
+    """The inter-working forwarder as the parent's routes read it."""
+
+    def __init__(self) -> None:
+        self.routes = AccountRoutes()
+        self.up: set[str] = set()
+        self.peers = ["198.51.100.7", "198.51.100.8"]
+        self.iw = SimpleNamespace(configured=lambda: self.peers)
+
+
+class ParentRoutesTests(SynchronousTestCase):
+    def test_routes_sent_on_change(self) -> None:
+        """The parent sends a connected worker the routes when it connects
+        and again when a peer's accounts or link change, not otherwise."""
+        reactor = MemoryReactorClock()
+        iw = FakeIwForwarder()
+        iw.routes.set_local(frozenset({"acme"}))
+        parent = ParentPool(reactor, "/nowhere", None, None, iw=iw, iw_link=FakeLink())  # type: ignore[arg-type]
+        pool = WorkerPool(reactor, "/nowhere", AttachRegistry("crs1", reactor.seconds), print)
+        pool.pooled = False
+        worker_iw = pool.iw = WorkerIw(pool, lambda uri: None)
+        adopted: list[object] = []
+        adopt = worker_iw.adopt
+        worker_iw.adopt = lambda view: (adopted.append(view), adopt(view))  # type: ignore[method-assign]
+        server, client = _ParentProtocol(parent), _WorkerProtocol(pool)
+        pump = iosim.connect(
+            server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client)
+        )
+        pump.flush()
+        self.assertEqual((len(adopted), worker_iw.unknown("beta")), (1, True))
+        iw.routes.claim("198.51.100.8", "opB", frozenset({"beta"}))
+        iw.routes.claim("198.51.100.7", "opB", frozenset({"beta"}))
+        iw.up.add("198.51.100.8")
+        parent.check()
+        parent.check()
+        pump.flush()
+        self.assertEqual(len(adopted), 2)
+        self.assertEqual(worker_iw.peer_for("beta"), "198.51.100.8")
+        self.assertEqual((worker_iw.remote("beta"), worker_iw.unknown("gamma")), (True, False))
+        self.assertTrue(worker_iw.hosts("acme"))

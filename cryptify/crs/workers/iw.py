@@ -49,6 +49,20 @@ def iw_view(forwarder: IwForwarder) -> dict[str, object]:
     return {"routes": found, "silent": silent, "local": sorted(routes.local)}
 
 
+def iw_sign(forwarder: IwForwarder) -> object:
+    """What :func:`iw_view` is made of, cheap to compare (the peers' claims
+    are the same sets until a peer's accounts change)."""
+    routes = forwarder.routes
+    configured = tuple(forwarder.iw.configured())
+    return (
+        tuple(sorted(routes.claims.items())),
+        tuple(sorted(routes.operators.items())),
+        frozenset(forwarder.up),
+        routes.local,
+        configured,
+    )
+
+
 def _name(value: object) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_NAME:
         raise ValueError(f"not a name: {str(value)[:40]!r}")

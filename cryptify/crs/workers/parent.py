@@ -23,7 +23,7 @@ from cryptify.crs.messages.wiring import Relayed
 from cryptify.crs.pool.forward import Forwarder
 from cryptify.crs.pool.wire import WireError
 from cryptify.crs.pool.wiring import PoolLink
-from cryptify.crs.workers.iw import iw_view
+from cryptify.crs.workers.iw import iw_sign, iw_view
 from cryptify.crs.workers.pool_calls import CallRelay, Link, pack, unpack
 from cryptify.crs.workers.slot_view import (
     map_key,
@@ -180,7 +180,7 @@ class ParentPool(service.MultiService):
         #: The calls with other operators' clients (None: no inter-working).
         self.iw_calls = CallRelay(iw_link, workers, "iw") if iw_link is not None else None
         self._sent: tuple[str, tuple[str, ...]] | None = None
-        self._iw_sent: dict[str, object] | None = None
+        self._iw_sent: object = None
         self._loop = LoopingCall(self.check)
         self._loop.clock = reactor
         if link is not None:
@@ -216,9 +216,10 @@ class ParentPool(service.MultiService):
         """Send the workers the view when the map or the late members
         changed, and the inter-working routes when they changed."""
         if self.iw is not None:
-            routes = iw_view(self.iw)
-            if routes != self._iw_sent:
-                self._iw_sent = routes
+            sign = iw_sign(self.iw)  # (cheap: the routes are built on a change only)
+            if sign != self._iw_sent:
+                self._iw_sent = sign
+                routes = iw_view(self.iw)
                 for proto in list(self.workers):
                     call_remote(proto, IwViewChanged, view=routes)  # (no answer: None)
         link = self.link
