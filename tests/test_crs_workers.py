@@ -60,7 +60,7 @@ from cryptify.crs.workers.notices import (
 )
 from cryptify.crs.workers.reuseport import reserve, reuseport_socket
 from cryptify.crs.workers.supervisor import STOP_GRACE, Backoff, WorkerSupervisor
-from cryptify.crs.workers.wake import Siblings, WakeListener
+from cryptify.crs.workers.wake import HomeRouter, Siblings, WakeListener
 from cryptify.plugins.crs import Options
 from cryptify.service import StartupError
 from tests.fakes import SECRET
@@ -74,6 +74,7 @@ class NoticeTests(SynchronousTestCase):
     @given(
         st.one_of(
             st.builds(Wake, words),
+            st.builds(Wake, words, st.none(), words),
             st.builds(
                 Wake,
                 words,
@@ -81,6 +82,9 @@ class NoticeTests(SynchronousTestCase):
                     Stored, words, words, words, words, words, st.integers(0, 2**63), st.binary()
                 ),
             ),
+            st.builds(
+                Stored, words, words, words, words, words, st.integers(0, 2**63), st.binary()
+            ).map(lambda stored: Wake("tel:+1", stored, stored.account)),
             st.builds(Delivered, words, words),
             st.just(AccountsChanged()),
             st.builds(Attached, words, words, st.integers(0, 2**63)),
@@ -211,6 +215,23 @@ class SiblingsTests(SynchronousTestCase):
                 ("crs:crs1:workers", "a"),
             ],
         )
+
+    def test_parent_marks_absent(self) -> None:
+        """The parent's notices go to the home worker of the recipient's slot
+        and carry the account to push for (not for an ack); the parent then
+        asks for no push wake-up itself."""
+        self.siblings.router = HomeRouter("crs1", 2)
+        self.siblings.marks_absent = True
+        stored = Stored("m-1", "tel:+9", "tel:+1", "acme", "content", 5, b"hi")
+        self.assertTrue(self.siblings.wake("tel:+1", stored))
+        ack = Stored("m-2", "tel:+9", "tel:+1", "acme", "ack", 5, b"m-1")
+        self.siblings.wake("tel:+1", ack)
+        assert self.store.connection is not None
+        [(where, text), (_, ack_text)] = self.store.connection.published
+        home = "w1" if slot_of("tel:+1") < SLOTS // 2 else "w2"
+        self.assertEqual(where, f"crs:crs1:workers:{home}")
+        self.assertEqual(decode(text), Wake("tel:+1", stored, "acme"))
+        self.assertEqual(decode(ack_text), Wake("tel:+1", ack))
 
     def test_failures_are_counted(self) -> None:
         """A notice that cannot go is counted and dropped; an account notice
@@ -847,6 +868,23 @@ class NoticeRoutingTests(SynchronousTestCase):
         self.assertFalse(self.link.mine(Wake("tel:+78")))
         self.assertEqual(len(self.siblings.notices), 2)
         self.assertEqual((self.link.passed, self.link.dropped), (2, 1))
+
+    def test_push_for_the_parent(self) -> None:
+        """A notice of the parent's for a client attached nowhere asks for its
+        push wake-up (also while the directory fills, then passed on without
+        the mark); one for a client attached elsewhere does not."""
+        pushed: list[tuple[str, str]] = []
+        self.link.on_absent = lambda account, uri: pushed.append((account, uri))
+        self.link.subscribed()
+        self.link.received(Attached("tel:+77", "w2", 5))
+        self.siblings.notices.clear()
+        self.assertFalse(self.link.mine(Wake("tel:+77", None, "acme")))
+        self.assertFalse(self.link.mine(Wake("tel:+78", None, "acme")))
+        self.assertEqual(pushed, [("acme", "tel:+78")])
+        self.assertEqual(self.siblings.notices, [(Wake("tel:+77"), None), (Wake("tel:+78"), None)])
+        self.clock.advance(SETTLE)
+        self.assertFalse(self.link.mine(Wake("tel:+79", None, "acme")))
+        self.assertEqual(pushed, [("acme", "tel:+78"), ("acme", "tel:+79")])
 
     def test_looks_again_after_a_drop(self) -> None:
         """A wake-up dropped for a client attached nowhere: when its attach

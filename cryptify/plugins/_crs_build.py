@@ -66,7 +66,7 @@ from cryptify.crs.workers.fanout import WorkerViews
 from cryptify.crs.workers.notices import channel, worker_name
 from cryptify.crs.workers.parent import ParentPool
 from cryptify.crs.workers.slot_view import map_key
-from cryptify.crs.workers.wake import Siblings
+from cryptify.crs.workers.wake import HomeRouter, Siblings
 from cryptify.events import Notifier
 from cryptify.links.relay_link import RelayLink
 from cryptify.logs import LogFileService
@@ -489,6 +489,10 @@ def attach_clients(
         messaging = parts.messages.messaging
         messaging.siblings = siblings
         messaging.workers_serve = True
+        # a message from a pool member or a peer: the worker it is sent to
+        # asks for the push wake-up of a recipient attached nowhere
+        siblings.router = HomeRouter(basics.name, worker_count(local))
+        siblings.marks_absent = True
         held, workers = client_workers(
             cfg, local, reactor, logs, parts.state, siblings, iw is not None
         )

@@ -95,6 +95,7 @@ def make_worker_service(
         basics, core, sessions, siblings, worker_name(index), worker_count(local)
     )
     siblings.router = link
+    link.on_absent = messages.messaging.on_absent
     subscribed = redis.connect(HIGH, f"{HIGH} (notices)")
     attach(root, redis)
     # the notices go on redis_high's other connection: when it connects

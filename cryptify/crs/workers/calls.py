@@ -173,6 +173,8 @@ class WorkerLink:
         self.members: frozenset[str] = frozenset()
         self.to_member: Callable[[str, str, dict[str, object]], bool] | None = None
         self.member_of: Callable[[str], str | None] | None = None
+        #: Asks for a push wake-up of (account, URI) (with ``features push``).
+        self.on_absent: Callable[[str, str], object] | None = None
 
     # -- the pool link's interface, for PoolCalls and its install() ---------------
 
@@ -234,12 +236,18 @@ class WorkerLink:
         owner = self.directory.owner(uri)
         if owner == self.me:
             return True
+        absent = notice.absent if isinstance(notice, Wake) else None
+        if owner is None and absent is not None and self.on_absent is not None:
+            # (the parent's: attached nowhere, as far as this worker knows)
+            self.on_absent(absent, uri)
         if owner is None and self.registry.clock() >= self.settling:
             self.dropped += 1
             if isinstance(notice, Wake):
                 self._look_again(uri)
             return False
         self.passed += 1
+        if isinstance(notice, Wake):
+            notice = Wake(notice.uri, notice.stored)  # (the push is done here)
         self.siblings.publish(notice)
         return False
 

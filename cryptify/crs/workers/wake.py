@@ -20,6 +20,7 @@ from txredisapi import RedisProtocol, SubscriberProtocol
 
 from cryptify.crs.messages.store import Stored
 from cryptify.crs.redis.store import RedisStore, RedisStoreError
+from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.crs.workers.notices import (
     AccountsChanged,
     Delivered,
@@ -28,7 +29,10 @@ from cryptify.crs.workers.notices import (
     Wake,
     decode,
     encode,
+    worker_channel,
+    worker_name,
 )
+from cryptify.protocols.umsg import base_uri
 
 log = Logger(namespace="cryptify.crs.workers")
 
@@ -60,6 +64,23 @@ class Router(Protocol):
         ...
 
 
+class HomeRouter:
+    """The parent's :class:`Router`: a notice about a client goes to the
+    home worker of its slot (of ``count``; any worker would do: each knows
+    every worker's clients, :mod:`cryptify.crs.workers.calls`)."""
+
+    def __init__(self, instance: str, count: int) -> None:
+        self.instance = instance
+        self.count = count
+
+    def where(self, uri: str) -> str | None:
+        return None
+
+    def route(self, uri: str) -> str:
+        home = worker_name(slot_of(base_uri(uri)) * self.count // SLOTS)
+        return worker_channel(self.instance, home)
+
+
 class Siblings:
     """Publishes notices to the instance's other processes.
 
@@ -75,6 +96,9 @@ class Siblings:
         self.store = store
         self.channel = channel
         self.router: Router | None = None
+        #: The parent's: the worker a notice goes to asks for the push
+        #: wake-up of a recipient attached nowhere (the parent knows not).
+        self.marks_absent = False
         self.sent = 0
         self.failed = 0
 
@@ -84,13 +108,16 @@ class Siblings:
         attached to another worker (then no push wake-up is needed)."""
         to = None if self.router is None else self.router.route(uri)
         elsewhere = self.router is not None and self.router.where(uri) is not None
+        absent = None
+        if self.marks_absent and stored is not None and stored.kind != "ack":
+            absent, elsewhere = stored.account, True  # (the push is the worker's)
         if stored is None:
             self.publish(Wake(uri), to)
             return elsewhere
         try:
-            text = encode(Wake(uri, stored))
+            text = encode(Wake(uri, stored, absent))
         except NoticeError:
-            self.publish(Wake(uri), to)
+            self.publish(Wake(uri, None, absent), to)
             return elsewhere
         self._send(text, to)
         return elsewhere
