@@ -229,15 +229,39 @@ class AdminTests(SynchronousTestCase):
 
     def test_system_with_workers(self) -> None:
         """With ``workers N`` show system has the parent (app:crs, no slots)
-        and a row per worker with its PID (``-`` while it is started again),
-        each serving the instance's slots."""
+        and a row per worker with its PID (``-`` while it is started again)
+        and its cut of the instance's slots (it is their home worker)."""
         self.state.workers = lambda: [(0, 4242), (1, None)]
         self.assertEqual(
             self.rows(crs_admin.ShowSystem),
             [
                 ["crs1", "app:crs", str(self.state.pid), "-"],
-                ["crs1", "app:attach/1", "4242", "0-16383"],
-                ["crs1", "app:attach/2", "-", "0-16383"],
+                ["crs1", "app:attach/1", "4242", "0-8191"],
+                ["crs1", "app:attach/2", "-", "8192-16383"],
+            ],
+        )
+
+    def test_system_in_a_pool_with_workers(self) -> None:
+        """In a pool with ``workers N``: the other members as before; this
+        instance's parent with the slots it owns, and each worker with its
+        equal cut of them."""
+
+        class Pool:
+            def rows(self) -> list[tuple[str, str, str]]:
+                return [("crs1", "11", "0-99,200-299"), ("crs2", "-", "100-199")]
+
+            def owner(self, slot: int) -> str | None:
+                return None
+
+        self.state.pool = Pool()
+        self.state.workers = lambda: [(0, 4242), (1, 4243)]
+        self.assertEqual(
+            self.rows(crs_admin.ShowSystem),
+            [
+                ["crs1", "app:crs", "11", "0-99,200-299"],
+                ["crs1", "app:attach/1", "4242", "0-99"],
+                ["crs1", "app:attach/2", "4243", "200-299"],
+                ["crs2", "app:attach", "-", "100-199"],
             ],
         )
 

@@ -15,7 +15,6 @@ from twisted.internet import defer
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
-from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -33,8 +32,15 @@ from cryptify.crs.messages.store import Stored
 from cryptify.crs.messages.wiring import NOTICE_MARGIN_MS
 from cryptify.crs.pool.wire import WireError
 from cryptify.crs.redis.store import RedisNotConnected
+from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.crs.trace import TraceHub
-from cryptify.crs.workers.calls import AttachDirectory, WorkerLink
+from cryptify.crs.workers.calls import (
+    LOOK_AGAIN,
+    SETTLE,
+    AttachDirectory,
+    WorkerLink,
+    describe_worker,
+)
 from cryptify.crs.workers.notices import (
     AccountsChanged,
     Ask,
@@ -54,7 +60,7 @@ from cryptify.crs.workers.notices import (
 )
 from cryptify.crs.workers.reuseport import reserve, reuseport_socket
 from cryptify.crs.workers.supervisor import STOP_GRACE, Backoff, WorkerSupervisor
-from cryptify.crs.workers.wake import Siblings, WakeListener
+from cryptify.crs.workers.wake import HomeRouter, Siblings, WakeListener
 from cryptify.plugins.crs import Options
 from cryptify.service import StartupError
 from tests.fakes import SECRET
@@ -68,6 +74,7 @@ class NoticeTests(SynchronousTestCase):
     @given(
         st.one_of(
             st.builds(Wake, words),
+            st.builds(Wake, words, st.none(), words),
             st.builds(
                 Wake,
                 words,
@@ -75,6 +82,9 @@ class NoticeTests(SynchronousTestCase):
                     Stored, words, words, words, words, words, st.integers(0, 2**63), st.binary()
                 ),
             ),
+            st.builds(
+                Stored, words, words, words, words, words, st.integers(0, 2**63), st.binary()
+            ).map(lambda stored: Wake("tel:+1", stored, stored.account)),
             st.builds(Delivered, words, words),
             st.just(AccountsChanged()),
             st.builds(Attached, words, words, st.integers(0, 2**63)),
@@ -177,6 +187,52 @@ class SiblingsTests(SynchronousTestCase):
         )
         self.assertEqual((self.siblings.sent, self.siblings.failed), (3, 0))
 
+    def test_addressed(self) -> None:
+        """With a router (a worker's) a notice about a client goes to one
+        worker's channel, and says whether the client is attached elsewhere
+        (no push wake-up then)."""
+        routes = {"tel:+1": ("w2", "crs:crs1:workers:w2"), "tel:+2": (None, "crs:crs1:workers:w1")}
+
+        class Router:
+            def where(self, uri: str) -> str | None:
+                return routes[uri][0]
+
+            def route(self, uri: str) -> str:
+                return routes[uri][1]
+
+        self.siblings.router = Router()
+        self.assertTrue(self.siblings.wake("tel:+1"))
+        self.assertFalse(self.siblings.wake("tel:+2"))
+        self.siblings.tell_delivered("tel:+1", "m-1")
+        self.siblings.accounts_changed()
+        assert self.store.connection is not None
+        self.assertEqual(
+            self.store.connection.published,
+            [
+                ("crs:crs1:workers:w2", "m tel:+1"),
+                ("crs:crs1:workers:w1", "m tel:+2"),
+                ("crs:crs1:workers:w2", "d tel:+1 m-1"),
+                ("crs:crs1:workers", "a"),
+            ],
+        )
+
+    def test_parent_marks_absent(self) -> None:
+        """The parent's notices go to the home worker of the recipient's slot
+        and carry the account to push for (not for an ack); the parent then
+        asks for no push wake-up itself."""
+        self.siblings.router = HomeRouter("crs1", 2)
+        self.siblings.marks_absent = True
+        stored = Stored("m-1", "tel:+9", "tel:+1", "acme", "content", 5, b"hi")
+        self.assertTrue(self.siblings.wake("tel:+1", stored))
+        ack = Stored("m-2", "tel:+9", "tel:+1", "acme", "ack", 5, b"m-1")
+        self.siblings.wake("tel:+1", ack)
+        assert self.store.connection is not None
+        [(where, text), (_, ack_text)] = self.store.connection.published
+        home = "w1" if slot_of("tel:+1") < SLOTS // 2 else "w2"
+        self.assertEqual(where, f"crs:crs1:workers:{home}")
+        self.assertEqual(decode(text), Wake("tel:+1", stored, "acme"))
+        self.assertEqual(decode(ack_text), Wake("tel:+1", ack))
+
     def test_failures_are_counted(self) -> None:
         """A notice that cannot go is counted and dropped; an account notice
         while Redis is away is not even counted (workers read the accounts
@@ -228,6 +284,34 @@ class WakeListenerTests(SynchronousTestCase):
         self.assertEqual(self.mailman.told, [("tel:+2", "m-9")])
         self.assertEqual((self.reloads, self.listener.refused), (1, 1))
 
+    def test_addressed_notices_asked_first(self) -> None:
+        """A wake-up or delivered notice on the worker's own channel goes to
+        its messaging only when the link says the client is its own; on
+        the instance's channel it always does."""
+        asked: list[object] = []
+
+        class Peers:
+            channel = "crs:crs1:workers:w1"
+
+            def mine(self, notice: object) -> bool:
+                asked.append(notice)
+                return notice == Wake("tel:+1")
+
+            def received(self, notice: object) -> None:
+                pass
+
+            def subscribed(self) -> None:
+                pass
+
+        self.listener.peers = Peers()
+        self.listener.received("m tel:+1", b"crs:crs1:workers:w1")
+        self.listener.received("m tel:+2", b"crs:crs1:workers:w1")
+        self.listener.received("d tel:+3 m-1", "crs:crs1:workers:w1")
+        self.listener.received("m tel:+4", b"crs:crs1:workers")
+        self.assertEqual(self.mailman.woken, ["tel:+1", "tel:+4"])
+        self.assertEqual(self.mailman.told, [])
+        self.assertEqual(asked, [Wake("tel:+1"), Wake("tel:+2"), Delivered("tel:+3", "m-1")])
+
     def test_subscribes_on_each_connection(self) -> None:
         """Every new connection subscribes to the channel and then reads
         the accounts again (a change may have gone by meanwhile)."""
@@ -256,9 +340,36 @@ class MessagingHookTests(DeliveryCase):
         self.delivered: list[tuple[str, str]] = []
         self.messaging.siblings = self  # type: ignore[assignment]
 
-    def wake(self, uri: str, stored: Any) -> None:
+    #: the recipients attached to another worker, as the directory says
+    elsewhere: frozenset[str] = frozenset()
+
+    def wake(self, uri: str, stored: Any) -> bool:
         self.siblings.woken.append(uri)
         self.siblings.stored.append(stored)
+        return uri in self.elsewhere
+
+    def test_parent_passes_delivered_on(self) -> None:
+        """In a parent (its workers serve the clients) a ``delivered`` from
+        another pool member goes to the workers; in a worker, for a sender
+        not attached here, it goes nowhere (the notice came from there)."""
+        self.messaging.tell_sender("tel:+9", "m-1")
+        self.assertEqual(self.delivered, [])
+        self.messaging.workers_serve = True
+        self.messaging.tell_sender("tel:+9", "m-1")
+        self.assertEqual(self.delivered, [("tel:+9", "m-1")])
+
+    def test_push_only_when_attached_nowhere(self) -> None:
+        """A recipient the directory places on another worker gets the
+        notice and no push wake-up; one attached nowhere gets both."""
+        absent: list[str] = []
+        self.messaging.on_absent = lambda account, uri: absent.append(uri)
+        self.elsewhere = frozenset({"tel:+2"})
+        sender = self.attach("tel:+1")
+        self.store.known.update({"tel:+1", "tel:+3"})
+        self.post(sender, 1, "tel:+2", b"hi")
+        self.post(sender, 2, "tel:+3", b"hi")
+        self.assertEqual(self.siblings.woken, ["tel:+2", "tel:+3"])
+        self.assertEqual(absent, ["tel:+3"])
 
     def tell_delivered(self, sender: str, message_id: str) -> None:
         self.delivered.append((sender, message_id))
@@ -492,8 +603,9 @@ class DirectiveTests(SynchronousTestCase):
             self.assertRaises(ConfigError, parse_crs_local_config, bad + "\n")
         self.assertEqual(parse_crs_local_config(render_crs_local_config(local)), local)
 
-    def test_not_with_a_pool(self) -> None:
-        """workers 2 with a pool of two is refused at start (not yet)."""
+    def test_with_a_pool_and_peers(self) -> None:
+        """workers 2 in a pool of two, with inter-working peers, starts (the
+        parent keeps the pool and inter-working links)."""
         d = self.mktemp()
         os.makedirs(d)
         conf = os.path.join(d, "crs.conf")
@@ -505,11 +617,12 @@ class DirectiveTests(SynchronousTestCase):
         local = os.path.join(d, "crs-local.conf")
         with open(local, "w") as f:
             f.write("crsname crs1\nworkers 2\n")
+        with open(os.path.join(d, "iw-crs.conf"), "w") as f:
+            f.write("iw-crs 198.51.100.7 b7Hq2zWm4\n")
         options = Options()
-        error = self.assertRaises(
-            usage.UsageError, options.parseOptions, ["--config", conf, "--local-config", local]
-        )
-        self.assertIn("workers: not yet with a pool", str(error))
+        options.parseOptions(["--config", conf, "--local-config", local])
+        self.assertEqual(len(options["crs"].pool.hosts), 2)
+        self.assertEqual(len(options["iw"].config.instances), 1)
 
 
 class AccountsHookTests(SynchronousTestCase):
@@ -678,6 +791,117 @@ class WorkerLinkTests(SynchronousTestCase):
         self.link.received(Attached("tel:+1", "w2", 11_000))
         self.assertEqual(closed, ["replaced"])
         self.assertEqual(self.link.owner("tel:+1"), "w2")
+
+
+class NoticeRoutingTests(SynchronousTestCase):
+    """Where a worker sends a notice about a client, and what it does with
+    one addressed to it (docs/workers.md, Slots)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.registry = AttachRegistry("crs1", self.clock.seconds, TraceHub(self.clock.seconds))
+        self.siblings = Published()
+        self.link = WorkerLink("w1", "crs1", self.registry, self.siblings, 2, self.clock)  # type: ignore[arg-type]
+        #: a URI of each worker's slots
+        self.homes = {self.link.home(u): u for u in (f"tel:+{n}" for n in range(40))}
+
+    def test_slots_cut_in_equal_ranges(self) -> None:
+        """Each worker is the home of an equal consecutive range of slots."""
+        self.assertEqual(
+            [describe_worker(2, i, [(0, SLOTS - 1)]) for i in range(2)], ["0-8191", "8192-16383"]
+        )
+        self.assertEqual(self.link.home("tel:+1"), "w1" if slot_of("tel:+1") < 8192 else "w2")
+        self.assertEqual(self.link.home("tel:+1;ext=2"), self.link.home("tel:+1"))
+
+    @settings(max_examples=50, deadline=None)
+    @given(
+        st.integers(1, 64),
+        st.lists(st.tuples(st.integers(0, SLOTS - 1), st.integers(0, SLOTS - 1)), max_size=4),
+    )
+    def test_cuts_partition_the_instance(self, count: int, ranges: list[tuple[int, int]]) -> None:
+        """The workers' cuts cover the instance's slots, each slot once."""
+        owned: list[tuple[int, int]] = []
+        for a, b in sorted((min(a, b), max(a, b)) for a, b in ranges):
+            if not owned or a > owned[-1][1]:  # (an instance's ranges do not overlap)
+                owned.append((a, b))
+        want = {s for a, b in owned for s in range(a, b + 1)}
+        got: list[int] = []
+        for index in range(count):
+            text = describe_worker(count, index, owned)
+            if text != "-":
+                for part in text.split(","):
+                    a, b = (int(n) for n in part.split("-"))
+                    got += range(a, b + 1)
+        self.assertEqual(sorted(got), sorted(want))
+
+    def test_route(self) -> None:
+        """A notice goes to the worker the client is attached to, else to
+        the home worker of its slot (this one included)."""
+        self.link.received(Attached(self.homes["w1"], "w2", 5))
+        self.assertEqual(self.link.route(self.homes["w1"]), "crs:crs1:workers:w2")
+        self.assertEqual(self.link.where(self.homes["w1"]), "w2")
+        self.assertEqual(self.link.route(self.homes["w2"]), "crs:crs1:workers:w2")
+        self.assertIsNone(self.link.where(self.homes["w2"]))
+        other = next(u for u in (f"tel:+{n}" for n in range(40)) if self.link.home(u) == "w1")
+        self.link.received(Detached(self.homes["w1"], "w2"))
+        self.assertEqual(self.link.route(other), "crs:crs1:workers:w1")
+
+    def test_addressed_here(self) -> None:
+        """A notice addressed here: for a client of this worker it is taken;
+        for one the directory places elsewhere it goes to every worker;
+        for one attached nowhere it goes to every worker while the
+        directory may still be filling, and is dropped after."""
+        uri = self.homes["w1"]
+        conn = Conn(uri)
+        self.registry.attach(Attachment(uri, "acme", 0.0, "1", "192.0.2.1", 1, conn))
+        self.link.client_attached(uri, 0.0)
+        self.link.subscribed()
+        self.siblings.notices.clear()
+        self.assertTrue(self.link.mine(Wake(uri)))
+        self.link.received(Attached("tel:+77", "w2", 5))
+        self.assertFalse(self.link.mine(Delivered("tel:+77", "m-1")))
+        self.assertFalse(self.link.mine(Wake("tel:+78")))
+        self.assertEqual(
+            self.siblings.notices, [(Delivered("tel:+77", "m-1"), None), (Wake("tel:+78"), None)]
+        )
+        self.clock.advance(SETTLE)
+        self.assertFalse(self.link.mine(Wake("tel:+78")))
+        self.assertEqual(len(self.siblings.notices), 2)
+        self.assertEqual((self.link.passed, self.link.dropped), (2, 1))
+
+    def test_push_for_the_parent(self) -> None:
+        """A notice of the parent's for a client attached nowhere asks for its
+        push wake-up (also while the directory fills, then passed on without
+        the mark); one for a client attached elsewhere does not."""
+        pushed: list[tuple[str, str]] = []
+        self.link.on_absent = lambda account, uri: pushed.append((account, uri))
+        self.link.subscribed()
+        self.link.received(Attached("tel:+77", "w2", 5))
+        self.siblings.notices.clear()
+        self.assertFalse(self.link.mine(Wake("tel:+77", None, "acme")))
+        self.assertFalse(self.link.mine(Wake("tel:+78", None, "acme")))
+        self.assertEqual(pushed, [("acme", "tel:+78")])
+        self.assertEqual(self.siblings.notices, [(Wake("tel:+77"), None), (Wake("tel:+78"), None)])
+        self.clock.advance(SETTLE)
+        self.assertFalse(self.link.mine(Wake("tel:+79", None, "acme")))
+        self.assertEqual(pushed, [("acme", "tel:+78"), ("acme", "tel:+79")])
+
+    def test_looks_again_after_a_drop(self) -> None:
+        """A wake-up dropped for a client attached nowhere: when its attach
+        reaches the directory only afterwards (read out of order by Redis),
+        the client is woken after LOOK_AGAIN; one still attached nowhere is
+        not; nothing is left scheduled."""
+        self.link.subscribed()
+        self.clock.advance(SETTLE)
+        self.siblings.notices.clear()
+        self.assertFalse(self.link.mine(Wake("tel:+78", None)))
+        self.assertFalse(self.link.mine(Wake("tel:+79", None)))
+        self.link.received(Attached("tel:+78", "w2", 5))
+        self.siblings.notices.clear()
+        self.clock.advance(LOOK_AGAIN)
+        self.assertEqual(self.siblings.notices, [(Wake("tel:+78"), None)])
+        self.assertEqual(self.link.woken_late, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class HeldPortTests(SynchronousTestCase):

@@ -32,6 +32,7 @@ from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.operator import cli
 from cryptify.crs.operator.admin import CrsAdmin
 from cryptify.crs.operator.state import CrsState
+from cryptify.crs.pool.changes_apply import StateApplier
 from cryptify.crs.trace import TraceHub
 from cryptify.crs.workers.admin import (
     WorkerCommands,
@@ -45,6 +46,7 @@ from cryptify.crs.workers.fanout import (
     TRACE_RETRY,
     Answers,
     WorkerViews,
+    merge_accounts,
     merge_attach,
     merge_sessions,
     sum_counters,
@@ -185,6 +187,84 @@ class WholeInstanceTests(SynchronousTestCase):
         alone = self.successResultOf(one.show_session())
         self.assertEqual(whole, alone)
         self.assertEqual(len(whole["table"]["rows"]), 6)
+
+    def test_show_account_per_worker(self) -> None:
+        """``show account`` has the parent's row (``app:crs``) and one per
+        worker (``app:attach/K``, its PID, the accounts it has loaded), as
+        the manual's SERVER MODULE PID LOADED ACCOUNTS; a worker that does
+        not answer is left out and named."""
+        parent = self.instance.state.accounts = AccountStore(self.mktemp())
+        parent.create("acme", SECRET)
+        parent.create("beta", SECRET)
+        for worker, names in ((self.w1, ["acme", "beta"]), (self.w2, ["acme"])):
+            worker.view.accounts = AccountStore(self.mktemp())
+            worker.view.pid = 100 + worker.index
+            for name in names:
+                worker.view.accounts.create(name, SECRET)
+        answer = answer_of(self, self.instance, self.admin.show_account())
+        self.assertEqual(answer["table"]["columns"], ["SERVER", "MODULE", "PID", "LOADED ACCOUNTS"])
+        pid = str(self.instance.state.pid)
+        self.assertEqual(
+            answer["table"]["rows"],
+            [
+                ["crs1", "app:crs", pid, "acme,beta"],
+                ["crs1", "app:attach/1", "100", "acme,beta"],
+                ["crs1", "app:attach/2", "101", "acme"],
+            ],
+        )
+        self.assertNotIn("missing", answer)
+        self.w1.running = False
+        answer = answer_of(self, self.instance, self.admin.show_account())
+        self.assertEqual([r[1] for r in answer["table"]["rows"]], ["app:crs", "app:attach/2"])
+        self.assertEqual(answer["missing"], "worker 1 did not answer: its accounts are not listed")
+
+    def test_show_account_one_process(self) -> None:
+        """Without workers ``show account`` is the one process's row."""
+        state = CrsState("crs1", accounts=AccountStore(self.mktemp()))
+        state.accounts.create("acme", SECRET)
+        answer = self.successResultOf(CrsAdmin(state).show_account())
+        self.assertEqual(answer["table"]["rows"], [["crs1", "app:attach", str(state.pid), "acme"]])
+
+    def test_pool_changes_reach_the_workers(self) -> None:
+        """A pool-wide purge, account deletion or blacklist from another
+        member closes the workers' clients too; the purge counts them."""
+        self.instance.state.accounts = AccountStore(self.mktemp())
+        self.instance.state.accounts.create("acme", SECRET)
+        applier = StateApplier(self.instance.state)
+        a = self.w1.attach("tel:+1", NOW)
+        b = self.w2.attach("tel:+2", NOW)
+        self.assertEqual(answer_of(self, self.instance, applier.purge("acme", "tel:+1")), 1)  # type: ignore[arg-type]
+        self.assertEqual((a.reasons, b.reasons), (["purged"], []))
+        self.instance.state.accounts.set_blacklisted("acme", "tel:+2", True)
+        applier.enforce_blacklists()
+        self.instance.flush()
+        self.assertEqual(b.reasons, ["blacklisted"])
+        c = self.w2.attach("tel:+3", NOW)
+        applier.delete_account("acme")
+        self.instance.flush()
+        self.assertEqual(c.reasons, ["account deleted"])
+
+    def test_holds_for_the_sweep(self) -> None:
+        """In a pool the parent's sweep learns the URIs the workers hold,
+        only when every running worker answers and follows the current slot
+        view (a worker not running holds none)."""
+        self.w1.attach("tel:+1", NOW)
+        self.w2.attach("tel:+2", NOW)
+        keys = {0: "1/crs1/7", 1: "1/crs1/7"}
+        for worker in (self.w1, self.w2):
+            worker.view.pool_key = lambda i=worker.index: keys[i]
+
+        def holds(key: str) -> defer.Deferred[frozenset[str] | None]:
+            return defer.ensureDeferred(self.instance.views.holds(key))
+
+        self.assertEqual(answer_of(self, self.instance, holds("1/crs1/7")), {"tel:+1", "tel:+2"})
+        keys[1] = "0/crs2/3"
+        self.assertIsNone(answer_of(self, self.instance, holds("1/crs1/7")))
+        self.w2.running = False
+        self.assertEqual(answer_of(self, self.instance, holds("1/crs1/7")), {"tel:+1"})
+        self.w1.reachable = False
+        self.assertIsNone(answer_of(self, self.instance, holds("1/crs1/7")))
+        self.flushLoggedErrors()
 
     def test_worker_late_is_named(self) -> None:
         """A worker that does not answer within the bound is left out and
@@ -377,7 +457,7 @@ class MergeTests(SynchronousTestCase):
         """Whatever a worker answers, merging takes what has the right shape
         and never raises."""
         got = Answers(list(enumerate(answers)), [])
-        for row in merge_attach(got) + merge_sessions(got):
+        for row in merge_attach(got) + merge_sessions(got) + merge_accounts(got):
             self.assertTrue(all(isinstance(c, str) for c in row))
         self.assertEqual(sorted(sum_counters(answers)), sorted(COUNTERS))
 
@@ -491,7 +571,8 @@ class ClientRulesTests(SynchronousTestCase):
         )
         assert state.worker_rules is not None
         state.worker_rules(self.new_g)
-        served, _ = pickle.loads(supervisor.payload())
+        served, _, iw = pickle.loads(supervisor.payload())
+        self.assertFalse(iw)
         self.assertEqual(served.global_.client_max_message, 2048)
         self.assertEqual(served.global_.keep_alive, self.new_g.keep_alive)
         self.assertEqual(served.global_.listen, self.old.crs.global_.listen)

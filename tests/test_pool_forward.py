@@ -371,6 +371,32 @@ class ForwardTests(SynchronousTestCase):
         self.assertEqual(self.a.store.messages, {})
         self.assertEqual(len(self.b.store.messages), 2)
 
+    def test_sweep_with_workers(self) -> None:
+        """With workers the sweep leaves alone the inbox of a client a
+        worker holds, and sweeps nothing while it does not know what they
+        hold (a worker late, or following an older slot view)."""
+        self.a.link.set_owner(U, "crs1")
+        self.post()
+        self.assertEqual(len(self.a.store.messages), 1)
+        held: list[frozenset[str] | None] = [frozenset({U})]
+
+        async def holds() -> frozenset[str] | None:
+            return held[0]
+
+        self.a.forwarder.held_by_workers = holds
+        for node in (self.a, self.b):
+            node.link.set_owner(U, "crs2")
+        self.net.deliver()
+        self.assertEqual(len(self.a.store.messages), 1)  # a worker's client
+        held[0] = None
+        self.clock.advance(SWEEP_INTERVAL)
+        self.net.deliver()
+        self.assertEqual(len(self.a.store.messages), 1)  # not known now
+        held[0] = frozenset()
+        self.clock.advance(SWEEP_INTERVAL)
+        self.net.deliver()
+        self.assertEqual((len(self.a.store.messages), len(self.b.store.messages)), (0, 1))
+
     def test_no_owner_kept_until_there_is_one(self) -> None:
         for node in (self.a, self.b):
             node.link.set_owner(U, None)

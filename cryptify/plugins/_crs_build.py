@@ -62,9 +62,12 @@ from cryptify.crs.redis.services import ExternalRedis, ManagedRedis, Redis, stor
 from cryptify.crs.remote_admin.store import ADMINS_FILE, AdminStore
 from cryptify.crs.slots import SlotMap
 from cryptify.crs.trace import EventTraceObserver, TraceHub
+from cryptify.crs.workers.admin import worker_socket
 from cryptify.crs.workers.fanout import WorkerViews
 from cryptify.crs.workers.notices import channel, worker_name
-from cryptify.crs.workers.wake import Siblings
+from cryptify.crs.workers.parent import ParentPool
+from cryptify.crs.workers.slot_view import map_key
+from cryptify.crs.workers.wake import HomeRouter, Siblings
 from cryptify.events import Notifier
 from cryptify.links.relay_link import RelayLink
 from cryptify.logs import LogFileService
@@ -126,8 +129,12 @@ class Basics:
     pool: PoolLink | None = None
 
 
-def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: IReactor) -> Basics:
-    """The instance's name, notifier, traces, accounts, slot map and registry."""
+def build_basics(
+    cfg: CrsConfig, local: CrsLocalConfig, reactor: IReactor, link: bool = True
+) -> Basics:
+    """The instance's name, notifier, traces, accounts, slot map and registry;
+    in a pool, the pool link (not in a worker: ``link`` False, its parent
+    keeps it)."""
     g = cfg.global_
     name = instance_name(cfg, local)
     trace = TraceHub(reactor.seconds)
@@ -135,7 +142,7 @@ def build_basics(cfg: CrsConfig, local: CrsLocalConfig, reactor: IReactor) -> Ba
     notifier = Notifier(reactor, g.notify or None, g.notify_timeout)
     probes: dict[str, Callable[[], bool | str]] = {"crs": lambda: True}
     pool = None
-    if local.crsname is not None and len(hosts) >= 2:
+    if link and local.crsname is not None and len(hosts) >= 2:
         pool = PoolLink(cfg, name, reactor, notifier.notify)
         for peer in pool.peers:
             probes[f"pool_link_{peer}"] = functools.partial(pool.link_up, peer)
@@ -221,7 +228,12 @@ def parked_attaches(link: PoolLink, clock: Callable[[], float]) -> ParkingLot:
 
 
 def build_calls(
-    cfg: CrsConfig, basics: Basics, core: AttachCore, relay: RelayLink, stats: Statistics
+    cfg: CrsConfig,
+    basics: Basics,
+    core: AttachCore,
+    relay: RelayLink,
+    stats: Statistics,
+    pool_calls_here: bool = True,
 ) -> SessionTable:
     """Calls between attached clients, with relay sessions from ``crs_relay``;
     in a pool, also with clients attached at the other instances (the
@@ -235,7 +247,8 @@ def build_calls(
         on_invite=stats.on_invite,
     )
     install_calls(core, sessions)
-    if basics.pool is not None:
+    if basics.pool is not None and pool_calls_here:
+        # (with workers the parent passes the calls' frames to them instead)
         calls = pool_calls(basics.pool, sessions, parties, basics.reactor)
         install_pool_calls(core, basics.pool, calls)
     return sessions
@@ -369,7 +382,7 @@ def build_parts(
     stats = Statistics(lambda: redis.store("redis_low"), reactor.seconds)
     basics.registry.on_attach.append(stats.on_attach)
     admins = AdminStore(os.path.join(cfg.global_.data_dir, ADMINS_FILE), clock=reactor.seconds)
-    sessions = build_calls(cfg, basics, core, relay, stats)
+    sessions = build_calls(cfg, basics, core, relay, stats, worker_count(local) <= 1)
     messages = build_messages(basics, core, redis, stats)
     push = build_push(cfg, basics, objects, sessions, messages)
     state = CrsState(
@@ -435,10 +448,16 @@ def attach_push(root: ProgramService, parts: Parts) -> None:
 
 
 def attach_interwork(
-    root: ProgramService, cfg: CrsConfig, basics: Basics, parts: Parts, iw: IwPeers
-) -> None:
+    root: ProgramService,
+    cfg: CrsConfig,
+    basics: Basics,
+    parts: Parts,
+    iw: IwPeers,
+    workers: bool = False,
+) -> tuple[IwLink, IwForwarder]:
     """The inter-working link to the peers of ``iw-crs.conf``, messages
-    forwarded over it and calls across it (docs/interworking.md)."""
+    forwarded over it and calls across it (docs/interworking.md); with
+    ``workers`` the calls are the workers' (the parent passes their frames)."""
     reactor = basics.reactor
     messages = parts.messages
     iw_link = IwLink(cfg, iw.config, reactor, __version__)
@@ -455,11 +474,14 @@ def attach_interwork(
         pool=messages.forwarder,
     )
     attach(root, iw_forwarder)
+    if workers:
+        return iw_link, iw_forwarder
     iw_calls = IwCalls(
         parts.sessions, RegistryParties(basics.registry), iw_link, iw_forwarder, reactor
     )
     install_pool_calls(parts.core, iw_link, iw_calls)
     iw_link.data_state = iw_calls.data_state
+    return iw_link, iw_forwarder
 
 
 def attach_clients(
@@ -469,16 +491,46 @@ def attach_clients(
     logs: LogFileService,
     basics: Basics,
     parts: Parts,
+    iw: tuple[IwLink, IwForwarder] | None = None,
 ) -> UmsgListenService:
     """The client listener, or with ``workers N`` (N > 1) the held port and
     the worker processes that serve it; the listener is returned either way
-    (its factory's counters feed reload and metrics)."""
+    (its factory's counters feed reload and metrics).  ``iw``: the
+    inter-working link and forwarder, which the workers post and call
+    through."""
     reactor = basics.reactor
     clients = client_listener(cfg, reactor, parts.core)
     if worker_count(local) > 1:
         siblings = Siblings(lambda: parts.redis.store(HIGH), channel(basics.name))
-        parts.messages.messaging.siblings = siblings
-        attach(root, *client_workers(cfg, local, reactor, logs, parts.state, siblings))
+        messaging = parts.messages.messaging
+        messaging.siblings = siblings
+        messaging.workers_serve = True
+        # a message from a pool member or a peer: the worker it is sent to
+        # asks for the push wake-up of a recipient attached nowhere
+        siblings.router = HomeRouter(basics.name, worker_count(local))
+        siblings.marks_absent = True
+        held, workers = client_workers(
+            cfg, local, reactor, logs, parts.state, siblings, iw is not None
+        )
+        pool, forwarder = basics.pool, parts.messages.forwarder
+        if pool is not None and forwarder is not None:
+            # the workers follow this process's slot view and post through
+            # its forwarder (docs/workers.md, Pools)
+            views = parts.state.fanout
+            assert isinstance(views, WorkerViews)
+            link: PoolLink = pool
+            forwarder.held_by_workers = lambda: views.holds(map_key(link))
+        else:
+            pool = forwarder = None
+        if pool is not None or iw is not None:
+            path = worker_socket(cfg.global_.management, -1)
+            iw_link, iw_forwarder = iw if iw is not None else (None, None)
+            parent = ParentPool(reactor, path, pool, forwarder, iw=iw_forwarder, iw_link=iw_link)
+            if iw_link is not None and parent.iw_calls is not None:
+                # show iw-crs: the calls through each peer (the workers')
+                iw_link.data_state = parent.iw_calls.data_state
+            attach(root, parent)
+        attach(root, held, workers)
     else:
         attach(root, clients)
     return clients

@@ -169,6 +169,7 @@ def client_workers(
     logs: LogFileService,
     state: CrsState,
     siblings: Siblings,
+    iw: bool = False,
 ) -> tuple[HeldClientPort, WorkerSupervisor]:
     """With ``workers N``: the held client port and the worker processes
     that serve it (each is given the configuration read here), in ``show
@@ -177,7 +178,7 @@ def client_workers(
     served = [cfg]
     count = worker_count(local)
     workers = WorkerSupervisor(
-        reactor, count, lambda: pickle.dumps((served[0], local)), log_writer(logs)
+        reactor, count, lambda: pickle.dumps((served[0], local, iw)), log_writer(logs)
     )
     state.workers = workers.rows
     paths = [worker_socket(cfg.global_.management, i) for i in range(count)]

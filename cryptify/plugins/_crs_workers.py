@@ -10,12 +10,15 @@ port, attach, calls between clients attached to it, and messages (the
 durable store in ``redis_low`` shared by all workers; notices on
 ``redis_high`` wake the worker where a recipient is attached).  The
 parent keeps the rest: the Redis children, the management socket, the
-message expiry sweep, metrics, reload and the admin interface.
+message expiry sweep, metrics, reload and the admin interface; in a pool,
+everything of the pool: the worker follows the parent's slot view, and
+posts and calls across members through it (:mod:`cryptify.crs.workers.pool`).
 
 Service tree (stopped in reverse): the Redis stores, the accounts, live
 traces, the link to ``crs_relay``, the notice subscription, the push
-link (with ``features push``), the socket the parent asks
-(:mod:`cryptify.crs.workers.admin`), the client listener.
+link (with ``features push``), in a pool the connection to the parent's
+socket, the socket the parent asks (:mod:`cryptify.crs.workers.admin`),
+the client listener.
 """
 
 from __future__ import annotations
@@ -31,21 +34,27 @@ from twisted.logger import FileLogObserver, ILogObserver, LogEvent, globalLogBeg
 from zope.interface import implementer
 
 from cryptify.config import CrsConfig, CrsLocalConfig
+from cryptify.config.crs_local import worker_count
 from cryptify.crs.attach.core import AttachCore, AttachSession
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.calls.wiring import RegistryParties
+from cryptify.crs.interwork.calls import IwCalls
 from cryptify.crs.operator.stats import Statistics
 from cryptify.crs.pool.calls import install as install_pool_calls
 from cryptify.crs.pool.calls_core import PoolCalls
 from cryptify.crs.redis.instance import HIGH
 from cryptify.crs.workers.admin import WorkerView, worker_listener, worker_socket
 from cryptify.crs.workers.calls import WorkerLink
+from cryptify.crs.workers.iw import WorkerIw, WorkerIwLink
 from cryptify.crs.workers.notices import channel, worker_name
+from cryptify.crs.workers.pool import WorkerPool
+from cryptify.crs.workers.slot_view import owned_by
 from cryptify.crs.workers.stores import WorkerRedis
 from cryptify.crs.workers.wake import Siblings, WakeListener
 from cryptify.logs import format_crs, wants_event
 from cryptify.plugins._crs_build import (
     Basics,
+    Messages,
     build_attach,
     build_basics,
     build_calls,
@@ -64,10 +73,11 @@ PR_SET_PDEATHSIG = 1
 
 
 def make_worker_service(
-    cfg: CrsConfig, local: CrsLocalConfig, reactor: IReactor, index: int
+    cfg: CrsConfig, local: CrsLocalConfig, reactor: IReactor, index: int, iw: bool = False
 ) -> ProgramService:
-    """Worker ``index``'s service tree; nothing opens until it starts."""
-    basics = build_basics(cfg, local, reactor)
+    """Worker ``index``'s service tree; nothing opens until it starts
+    (``iw``: the instance has inter-working peers)."""
+    basics = build_basics(cfg, local, reactor, link=False)
     root = ProgramService(f"crs worker {index + 1}")
     relay = build_relay_link(cfg, basics)
     redis = WorkerRedis(cfg, local, reactor)
@@ -81,13 +91,21 @@ def make_worker_service(
     notices = channel(basics.name)
     siblings = Siblings(lambda: redis.store(HIGH), notices)
     messages.messaging.siblings = siblings
-    link, calls = worker_calls(basics, core, sessions, siblings, worker_name(index))
+    link, calls = worker_calls(
+        basics, core, sessions, siblings, worker_name(index), worker_count(local)
+    )
+    siblings.router = link
+    link.on_absent = messages.messaging.on_absent
     subscribed = redis.connect(HIGH, f"{HIGH} (notices)")
     attach(root, redis)
+    # the notices go on redis_high's other connection: when it connects
+    # again, the attaches it could not announce meanwhile are told again
+    attach(root, CallbackService(on_start=lambda: announce_on_connect(redis, link)))
     attach(root, CallbackService(on_start=basics.accounts.reload))
     attach(root, trace_events(basics.trace))
     attach(root, relay)
     attach(root, CallbackService(on_stop=calls.stop))
+    attach(root, CallbackService(on_stop=link.stop))
     listener = WakeListener(
         subscribed, notices, messages.messaging, basics.accounts.reload, peers=link
     )
@@ -96,9 +114,44 @@ def make_worker_service(
         cps, pusher = push
         attach(root, cps)
         attach(root, CallbackService(on_stop=pusher.stop))
+    pool = None
+    pooled = local.crsname is not None and len(cfg.pool.hosts) >= 2
+    if pooled or iw:
+        pool = WorkerPool(
+            reactor,
+            worker_socket(cfg.global_.management, -1),
+            basics.registry,
+            siblings.tell_delivered,
+        )
+        pool.pooled = pooled
+        attach(root, pool)
+    if iw and pool is not None:
+        # the parent keeps the inter-working link: this worker follows its
+        # routes, posts through it and calls over it (docs/workers.md)
+        worker_iw(basics, core, sessions, messages, pool, link)
+    if pooled and pool is not None:
+        # the parent keeps the pool link: this worker follows its slot view
+        # and posts through its forwarder (docs/workers.md, Pools)
+        pool.busy = lambda uri: bool(calls.busy(uri))
+        # the workers' homes are cuts of the slots the instance owns now
+        pool.on_view.append(lambda view: link.own(owned_by(view, view.me)))
+        # calls with clients of other members go through the parent
+        pool.calls = link
+        link.members = frozenset(h.name for h in cfg.pool.hosts) - {basics.name}
+        link.to_member = pool.send_frame
+        link.member_of = pool.member_of
+        core.slots = pool
+        messages.messaging.pool = pool
     clients = client_listener(cfg, reactor, core, shared=True)
     view = WorkerView(
-        basics.registry, basics.trace, sessions, messages.messaging, clients.factory, cfg.global_
+        basics.registry,
+        basics.trace,
+        sessions,
+        messages.messaging,
+        clients.factory,
+        cfg.global_,
+        accounts=basics.accounts,
+        pool_key=None if pool is None or not pooled else lambda: pool.view.key,
     )
     path = worker_socket(cfg.global_.management, index)
     attach(root, worker_listener(reactor, path, view))
@@ -106,13 +159,35 @@ def make_worker_service(
     return root
 
 
+def worker_iw(
+    basics: Basics,
+    core: AttachCore,
+    sessions: SessionTable,
+    messages: Messages,
+    pool: WorkerPool,
+    link: WorkerLink,
+) -> None:
+    """Messages and calls with other operators' clients, through the parent."""
+    iw = pool.iw = WorkerIw(pool, link.where)
+    messages.messaging.iw = iw
+    iw_link = WorkerIwLink(pool.send_iw_frame)
+    pool.iw_calls = iw_link
+    calls = IwCalls(sessions, RegistryParties(basics.registry), iw_link, iw, basics.reactor)
+    install_pool_calls(core, iw_link, calls)
+
+
 def worker_calls(
-    basics: Basics, core: AttachCore, sessions: SessionTable, siblings: Siblings, me: str
+    basics: Basics,
+    core: AttachCore,
+    sessions: SessionTable,
+    siblings: Siblings,
+    me: str,
+    count: int,
 ) -> tuple[WorkerLink, PoolCalls]:
     """Calls with clients attached to the other workers (the pool's calls
     over the local link, :mod:`cryptify.crs.workers.calls`)."""
     registry = basics.registry
-    link = WorkerLink(me, basics.name, registry, siblings)
+    link = WorkerLink(me, basics.name, registry, siblings, count, basics.reactor)
     parties = RegistryParties(registry)
     calls = PoolCalls(me, sessions, parties, link, link.owner, basics.reactor)
     install_pool_calls(core, link, calls)
@@ -124,6 +199,12 @@ def worker_calls(
 
     core.on_detach.append(detached)
     return link, calls
+
+
+def announce_on_connect(redis: WorkerRedis, link: WorkerLink) -> None:
+    """Every (re)connection of the publishing ``redis_high`` store tells
+    the other workers this worker's attachments."""
+    redis.store(HIGH).on_connect.append(lambda _protocol: link.announce())
 
 
 @implementer(ILogObserver)
@@ -155,12 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     index, parent = int(args[0]), int(args[1])
     die_with_parent(parent)
     # from the parent that started this process, over a pipe only it holds
-    cfg, local = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
+    cfg, local, *more = pickle.loads(sys.stdin.buffer.read())  # noqa: S301
     globalLogBeginner.beginLoggingTo(
         [cast(ILogObserver, _WorkerLog(sys.stdout))], redirectStandardIO=False
     )
     reactor = global_reactor()
-    root = make_worker_service(cfg, local, reactor, index)
+    root = make_worker_service(cfg, local, reactor, index, bool(more and more[0]))
     root.privilegedStartService()
     reactor.addSystemEventTrigger("before", "startup", root.startService)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)

@@ -14,7 +14,9 @@ Start order (stop order is the reverse, one service at a time):
 7. the pool link (TLS-PSK, 8090), in a pool of 2+ with a ``crsname``
 8. the client listener (TLS, 5223); with ``workers N`` (N > 1) instead
    the held port and the worker processes that serve it
-   (:mod:`cryptify.plugins._crs_workers`, docs/workers.md)
+   (:mod:`cryptify.plugins._crs_workers`, docs/workers.md), after, in a
+   pool, the socket the workers follow the pool through
+   (:mod:`cryptify.crs.workers.pool`)
 9. the management socket
 10. the metrics endpoint (``metrics`` in crs.conf) and the SIGHUP reload
     (:mod:`cryptify.ops`)
@@ -149,12 +151,6 @@ class Options(ConfigOptions):
         files = self.read_files()
         self["crs"], self["local"] = files.crs, files.local
         self["iw"] = self.read_iw()
-        peers = self["iw"].config.instances if self["iw"] is not None else ()
-        if worker_count(files.local) > 1 and (len(files.crs.pool.hosts) >= 2 or peers):
-            raise ConfigUsageError(
-                f"{self['local-config']}: workers: not yet with a pool or inter-working peers "
-                "(docs/workers.md)"
-            )
 
     def read_iw(self) -> IwPeers | None:
         """The inter-working peers of ``iw-crs.conf`` (absent file: none);
@@ -238,9 +234,10 @@ def make_crs_service(
     attach_stores(root, basics, relay, parts)
     attach_pool(root, cfg, basics, parts)
     attach_push(root, parts)
+    iw_parts = None
     if iw is not None:
-        attach_interwork(root, cfg, basics, parts, iw)
-    clients = attach_clients(root, cfg, local, logs, basics, parts)
+        iw_parts = attach_interwork(root, cfg, basics, parts, iw, worker_count(local) > 1)
+    clients = attach_clients(root, cfg, local, logs, basics, parts, iw_parts)
     attach(root, management_listener(cfg, reactor, parts.state))
     attach_ops(root, CrsFiles(cfg, local), reread, basics, relay, parts, clients)
     admin = admin_listener(cfg, reactor, parts.state)

@@ -94,8 +94,9 @@ class ShowSystem(_Table):
     """``show system``: SERVER PROCESS PID SLOTS."""
 
 
-class ShowAccount(_Table):
-    """``show account``: SERVER MODULE PID LOADED ACCOUNTS."""
+class ShowAccount(_WholeTable):
+    """``show account``: SERVER MODULE PID LOADED ACCOUNTS (with ``workers
+    N``, the parent's row and one per worker that answered)."""
 
 
 class ShowRelay(_Table):

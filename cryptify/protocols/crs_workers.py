@@ -74,3 +74,153 @@ class ClientRules(MgmtCommand):
 
     arguments = [(b"rules", JsonValue())]
     response = []
+
+
+class WorkerHolds(MgmtCommand):
+    """The URIs attached to the worker, and the key of the pool's slot view
+    it follows (``""`` before it has one): ``{"uris": [...], "view": KEY}``.
+    In a pool the parent hands an inbox to another member only when no
+    worker holds its client (docs/workers.md, Pools)."""
+
+    arguments = []
+    response = [(b"holds", JsonValue())]
+
+
+# -- a worker and its parent in a pool (on the parent's socket ``.w0``) ------------
+
+
+class PoolView(amp.Command):
+    """Worker -> parent: the pool's slot view (:func:`cryptify.crs.workers.pool.slot_view`)."""
+
+    arguments = []
+    response = [(b"view", JsonValue())]
+
+
+class PoolViewChanged(amp.Command):
+    """Parent -> worker: the slot view changed (the map, or a member late)."""
+
+    arguments = [(b"view", JsonValue())]
+    response = []
+    requiresAnswer = False
+
+
+class PoolPost(amp.Command):
+    """Worker -> parent: a post for a URI another member serves (or none
+    does at this moment), stored at that member or kept here, as one
+    process's pool forwarder does, before the answer: the ID stored, and
+    the member that stored it (none: kept here, then ``time_ms``); or the
+    UMSG ``code`` and ``reason`` of a refusal."""
+
+    arguments = [
+        (b"sender", amp.Unicode()),
+        (b"scope", amp.Unicode()),
+        (b"to", amp.Unicode()),
+        (b"account", amp.Unicode()),
+        (b"kind", amp.Unicode()),
+        (b"data", amp.String()),
+        (b"via", amp.Unicode(optional=True)),
+    ]
+    response = [
+        (b"id", amp.Unicode(optional=True)),
+        (b"duplicate", amp.Boolean(optional=True)),
+        (b"peer", amp.Unicode(optional=True)),
+        (b"time_ms", amp.Integer(optional=True)),
+        (b"code", amp.Unicode(optional=True)),
+        (b"reason", amp.Unicode(optional=True)),
+    ]
+
+
+class PoolDelivered(amp.Command):
+    """Worker -> parent: ``sender`` (served by another member) had
+    ``message`` delivered: tell that member (``msg-delivered``)."""
+
+    arguments = [(b"sender", amp.Unicode()), (b"message", amp.Unicode())]
+    response = []
+    requiresAnswer = False
+
+
+class PoolSettled(amp.Command):
+    """Worker -> parent: ``recipient`` confirmed ``message`` here (a member
+    that may hold a twin drops it: ``msg-gone``)."""
+
+    arguments = [(b"recipient", amp.Unicode()), (b"message", amp.Unicode())]
+    response = []
+    requiresAnswer = False
+
+
+class PoolLearned(amp.Command):
+    """Worker -> parent: ``uri`` attached to this instance for the first
+    time (every live member takes posts for it: ``msg-known``)."""
+
+    arguments = [(b"uri", amp.Unicode())]
+    response = []
+    requiresAnswer = False
+
+
+class PoolFrame(amp.Command):
+    """Worker -> parent: a call frame for pool member ``peer`` (its fields
+    in CBOR), sent on the pool link (docs/workers.md, Pools); ``via``
+    ``iw``: for an inter-working peer, on that link."""
+
+    arguments = [
+        (b"peer", amp.Unicode()),
+        (b"frame_type", amp.Unicode()),
+        (b"data", amp.String()),
+        (b"via", amp.Unicode(optional=True)),
+    ]
+    response = []
+    requiresAnswer = False
+
+
+class PoolFrameIn(amp.Command):
+    """Parent -> worker: a call frame from pool member ``peer`` (``via``
+    ``iw``: from an inter-working peer)."""
+
+    arguments = [
+        (b"peer", amp.Unicode()),
+        (b"frame_type", amp.Unicode()),
+        (b"data", amp.String()),
+        (b"via", amp.Unicode(optional=True)),
+    ]
+    response = []
+    requiresAnswer = False
+
+
+class PoolInvite(amp.Command):
+    """Parent -> worker: a ``call-invite`` from pool member ``peer``:
+    whether the callee is attached here (then the worker offers it)."""
+
+    arguments = [
+        (b"peer", amp.Unicode()),
+        (b"data", amp.String()),
+        (b"via", amp.Unicode(optional=True)),
+    ]
+    response = [(b"here", amp.Boolean())]
+
+
+class PoolPeer(amp.Command):
+    """Parent -> worker: pool member ``peer``'s link went up or down."""
+
+    arguments = [
+        (b"peer", amp.Unicode()),
+        (b"up", amp.Boolean()),
+        (b"via", amp.Unicode(optional=True)),
+    ]
+    response = []
+    requiresAnswer = False
+
+
+class IwView(amp.Command):
+    """Worker -> parent: the inter-working routes
+    (:func:`cryptify.crs.workers.iw.iw_view`)."""
+
+    arguments = []
+    response = [(b"view", JsonValue())]
+
+
+class IwViewChanged(amp.Command):
+    """Parent -> worker: the inter-working routes changed."""
+
+    arguments = [(b"view", JsonValue())]
+    response = []
+    requiresAnswer = False

@@ -163,6 +163,8 @@ class PoolCase(TestCase):
     #: One accounts-dir for every instance; when False each has its own
     #: (as on separate hosts) and the pool's operator commands fill them.
     SHARED_ACCOUNTS = True
+    #: More lines of crs{index}'s crs-local.conf (``workers 2``, say).
+    LOCAL: dict[int, str] = {}
 
     def setUp(self) -> None:
         if not websockets_available():
@@ -178,7 +180,7 @@ class PoolCase(TestCase):
             os.makedirs(d)
             crs_conf(d, self.COUNT, self.accounts if self.SHARED_ACCOUNTS else f"{d}/accounts")
             with open(os.path.join(d, "crs-local.conf"), "w") as f:
-                f.write(f"crsname crs{index}\ndb-backup none\n")
+                f.write(f"crsname crs{index}\ndb-backup none\n{self.LOCAL.get(index, '')}")
             self.dirs.append(d)
         self.addCleanup(self.stop_all)
         for index in range(1, self.COUNT + 1):
@@ -245,9 +247,14 @@ class PoolCase(TestCase):
         return out
 
     def system(self, index: int) -> dict[str, tuple[str, str]]:
-        """crs{index}'s ``show system``: instance -> (pid, slots)."""
+        """crs{index}'s ``show system``: instance -> (pid, slots) (an
+        instance with workers: its parent's row, not its workers')."""
         rows = self.cli(index, "show", "system").splitlines()[1:]
-        return {r.split()[0]: (r.split()[2], r.split()[3]) for r in rows if r.strip()}
+        return {
+            r.split()[0]: (r.split()[2], r.split()[3])
+            for r in rows
+            if r.strip() and "/" not in r.split()[1]
+        }
 
     def home(self, index: int) -> str:
         first = (index - 1) * SLOTS // self.COUNT

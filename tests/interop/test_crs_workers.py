@@ -3,8 +3,10 @@ worker processes behind the one client port (docs/workers.md).
 
 Two clients attached on different workers (each connection's server side
 is found in /proc, so the test knows which PID holds it) exchange messages
-both ways; a worker killed with SIGKILL is started again by the parent,
-its client attaches again and every message answered ``posted`` arrives.
+both ways (each notice addressed to the recipient's worker); a worker
+killed with SIGKILL is started again by the parent, its client attaches
+again and every message answered ``posted`` arrives; ``show system``
+gives each worker half the slots.
 The operator sees the whole instance: ``show attach`` lists the clients of
 both workers, ``show session`` the call between them (once), one ``trace``
 the message between them, and the metrics count every worker's clients.
@@ -216,7 +218,12 @@ class WorkersTests(CrsFixture):
         finally:
             a.close()
             b.close()
-        self.assertIn("app:crs", self.cli("show", "system")[1])
+        system = self.cli("show", "system")[1]
+        self.assertIn("app:crs", system)
+        # each worker is the home of half the slots
+        self.assertEqual(
+            re.findall(r"app:attach/\d+\s+\d+\s+(\S+)", system), ["0-8191", "8192-16383"]
+        )
         self.assertRegex(self.cli("show", "services")[1], r"workers\s+active")
 
     def test_operator_sees_the_whole_instance(self) -> None:
@@ -295,6 +302,30 @@ class WorkersTests(CrsFixture):
         finally:
             a.close()
             b.close()
+
+    def test_show_account_per_worker(self) -> None:
+        """``show account`` lists the parent (``app:crs``) and each worker
+        (``app:attach/K`` with its PID, as ``show system`` has it), each with
+        the accounts it has loaded; an account created through the parent is
+        loaded by every worker."""
+        wait_for(lambda: len(self.workers()) == 2, "two workers in show system")
+        self.cli("create", "account", "beta", "-B", "32")
+
+        def rows() -> list[list[str]]:
+            status, out, err = self.cli("show", "account")
+            self.assertEqual((status, err), (0, ""))
+            [header, *lines] = out.splitlines()
+            self.assertEqual(header.split(), ["SERVER", "MODULE", "PID", "LOADED", "ACCOUNTS"])
+            return [line.split() for line in lines]
+
+        wait_for(lambda: all(r[3] == "acme,beta" for r in rows()), "beta loaded everywhere")
+        pids = self.workers()
+        crs = next(p for p in self.procs if p.name == "crs")
+        self.assertEqual(
+            [r[1:3] for r in rows()],
+            [["app:crs", str(crs.proc.pid)]]
+            + [[f"app:attach/{n}", str(pids[n])] for n in sorted(pids)],
+        )
 
     def test_worker_that_does_not_answer(self) -> None:
         """A worker stopped (SIGSTOP) does not hang the operator: ``show

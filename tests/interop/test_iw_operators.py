@@ -119,7 +119,7 @@ class IwOperatorsTests(PoolCase):
                 with open(os.path.join(d, "relay.conf"), "w") as f:
                     f.write(text)
             with open(os.path.join(d, "crs-local.conf"), "w") as f:
-                f.write("db-backup none\n")
+                f.write(f"db-backup none\n{self.LOCAL.get(index, '')}")
             iw = os.path.join(d, "iw-crs.conf")
             with open(os.open(iw, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
                 f.write(f"iw-crs {address(peer)} {SECRET}\n")
@@ -465,3 +465,53 @@ class IwOperatorsTests(PoolCase):
         self.cli(1, "add", "iw-crs", address(2), SECRET)
         self.received_once(self.alice, {str(a["message"]) for a in kept} | {back})
         self.assertNotIn(b"refused", [c for _, c in self.inbox[BOB].messages])
+
+
+class IwOperatorsWorkersTests(IwOperatorsTests):
+    """Operator A with ``workers 2`` (docs/workers.md, Inter-working): its
+    parent keeps the inter-working link and the forwarder; Alice's worker
+    posts through it and calls over it."""
+
+    LOCAL = {1: "workers 2\n"}
+
+    def call(self, caller: Client, callee: Client, to_account: str, data: list[str]) -> None:
+        """``caller`` calls ``callee`` of the other operator: invite, ringing,
+        talk and the callee's hangup cross the link; while it talks, A's
+        ``show iw-crs`` DATA-LINK, DATA-OUTGOING and DATA-INCOMING are
+        ``data``."""
+        self.requests += 1
+        send(
+            caller.ws,
+            type="invite",
+            id=self.requests,
+            to=callee.uri,
+            mikey=b"opaque I_MESSAGE",
+            **{"to-account": to_account},
+        )
+        invite = self.expect(callee, "invite")
+        self.assertEqual(invite["from"], caller.uri)
+        session = self.expect(caller, "session")
+        self.assertEqual(session["session"], invite["session"])
+        send(callee.ws, type="ringing", session=invite["session"])
+        send(callee.ws, type="talk", session=invite["session"])
+        self.expect(caller, "ringing")
+        self.expect(caller, "talk")
+        self.assertEqual(self.link_rows(1)[0][4:7], data)
+        send(callee.ws, type="hangup", session=invite["session"], code="normal")
+        self.assertEqual(self.expect(caller, "hangup")["who"], "callee")
+
+    def test_messages_between_operators(self) -> None:
+        """Messages both ways, each once, with ``delivered`` back; calls both
+        ways, shown in A's ``show iw-crs`` while they last."""
+        wait_for(lambda: self.link_up(1) and self.link_up(2), "the iw link up", CEILING)
+        self.attach(self.alice, [address(1)])
+        self.attach(self.bob, [address(2)])
+        sent = {self.posted(self.alice, BOB, "beta", b"to beta %d" % n) for n in range(5)}
+        self.received_once(self.bob, sent)
+        self.until(self.alice, lambda: sent <= self.inbox[ALICE].told, "Alice told delivered")
+        back = {self.posted(self.bob, ALICE, "alpha", b"to alpha %d" % n) for n in range(5)}
+        self.received_once(self.alice, back)
+        self.until(self.bob, lambda: back <= self.inbox[BOB].told, "Bob told delivered")
+        wait_for(lambda: self.relay_up(1) and self.relay_up(2), "the relay links", CEILING)
+        self.call(self.alice, self.bob, "beta", ["up", "up", "down"])
+        self.call(self.bob, self.alice, "alpha", ["up", "down", "up"])

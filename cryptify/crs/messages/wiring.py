@@ -159,8 +159,9 @@ class Siblings(Protocol):
     """The instance's other worker processes (``workers N``,
     :class:`cryptify.crs.workers.wake.Siblings`)."""
 
-    def wake(self, uri: str, stored: Stored) -> None:
-        """``stored`` was stored for ``uri``, not attached in this process."""
+    def wake(self, uri: str, stored: Stored) -> bool:
+        """``stored`` was stored for ``uri``, not attached in this process;
+        whether ``uri`` is known to be attached to another worker."""
         ...
 
     def tell_delivered(self, sender: str, message_id: str) -> None:
@@ -220,6 +221,9 @@ class Messaging:
         #: With ``workers N``: the instance's other processes, told of
         #: messages for clients not attached here.
         self.siblings: Siblings | None = None
+        #: With ``workers N``, in the parent: its workers serve the clients
+        #: (a ``delivered`` from another pool member is passed to them).
+        self.workers_serve = False
 
     def _refuse(self, failure: Failure, session: AttachSession, msg_id: int | None) -> None:
         retry_after = None
@@ -338,9 +342,8 @@ class Messaging:
         if target is not None:
             self._offer(target, stored)
         else:
-            if self.siblings is not None:
-                self.siblings.wake(recipient, stored)
-            if stored.kind != "ack" and self.on_absent is not None:
+            elsewhere = self.siblings is not None and self.siblings.wake(recipient, stored)
+            if stored.kind != "ack" and self.on_absent is not None and not elsewhere:
                 self.on_absent(stored.account, recipient)
         if self.trace.active("message"):
             self.trace.emit(
@@ -358,6 +361,9 @@ class Messaging:
         origin = self.registry.get(sender)
         if origin is not None:
             origin.conn.send(replies.delivered(message_id))
+        elif self.workers_serve and self.siblings is not None:
+            # a parent's clients are its workers'
+            self.siblings.tell_delivered(sender, message_id)
 
     def wake(self, uri: str, stored: Stored | None = None) -> None:
         """Messages were stored for ``uri`` by another process of this

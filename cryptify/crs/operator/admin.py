@@ -32,6 +32,7 @@ from cryptify.crs.pool.changes_core import Kind, Report
 from cryptify.crs.remote_admin.store import AdminError
 from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.crs.trace import ELEMENTS
+from cryptify.crs.workers.calls import describe_worker
 from cryptify.crypto.identity import period_of
 from cryptify.protocols import crs_admin
 from cryptify.protocols.mgmt import CommandFailed, table
@@ -378,24 +379,48 @@ class CrsAdmin(PeerCommands):
     @crs_admin.ShowSystem.responder
     def show_system(self) -> dict[str, object]:
         if self.state.pool is not None:
-            members = [[n, ATTACH_MODULE, pid, ranges] for n, pid, ranges in self.state.pool.rows()]
+            members = []
+            for n, pid, ranges in self.state.pool.rows():
+                if n != self.state.name or self.state.workers is None:
+                    members.append([n, ATTACH_MODULE, pid, ranges])
+                    continue
+                # this instance, with workers: the parent, then each worker
+                # with its cut of the slots the instance owns now
+                members.append([n, PARENT_MODULE, pid, ranges])
+                members += self._worker_rows(_ranges(ranges))
             return {"table": table(SYSTEM_COLUMNS, members)}
         slots = self.state.slots
         owned = f"0-{SLOTS - 1}" if len(slots.hosts) == 1 else slots.describe(self.state.name)
         rows = [[self.state.name, ATTACH_MODULE, str(self.state.pid), owned]]
         if self.state.workers is not None:
-            # the parent manages; every worker serves the instance's slots
+            # the parent manages; each worker is the home of its cut of the
+            # instance's slots (docs/workers.md)
             rows = [[self.state.name, PARENT_MODULE, str(self.state.pid), "-"]]
-            for index, pid in self.state.workers():
-                module = f"{ATTACH_MODULE}/{index + 1}"
-                rows.append([self.state.name, module, "-" if pid is None else str(pid), owned])
+            rows += self._worker_rows(_ranges(owned))
         return {"table": table(SYSTEM_COLUMNS, rows)}
 
+    def _worker_rows(self, owned: list[tuple[int, int]]) -> list[list[str]]:
+        """``show system`` rows of the workers, each with its cut of ``owned``."""
+        workers = self.state.workers() if self.state.workers is not None else []
+        rows = []
+        for index, pid in workers:
+            module = f"{ATTACH_MODULE}/{index + 1}"
+            cut = describe_worker(len(workers), index, owned)
+            rows.append([self.state.name, module, "-" if pid is None else str(pid), cut])
+        return rows
+
     @crs_admin.ShowAccount.responder
-    def show_account(self) -> dict[str, object]:
+    @deferred
+    async def show_account(self) -> dict[str, object]:
         loaded = ",".join(a.id for a in self.state.accounts) or "-"
-        rows = [[self.state.name, ATTACH_MODULE, str(self.state.pid), loaded]]
-        return {"table": table(ACCOUNT_COLUMNS, rows)}
+        if self.state.fanout is None:
+            rows = [[self.state.name, ATTACH_MODULE, str(self.state.pid), loaded]]
+            return {"table": table(ACCOUNT_COLUMNS, rows)}
+        # the parent's own accounts (it checks the operator's commands with
+        # them), then what each worker has loaded to serve its clients
+        rows = [[self.state.name, PARENT_MODULE, str(self.state.pid), loaded]]
+        theirs, missing = await self.state.fanout.account_rows()
+        return _with_missing({"table": table(ACCOUNT_COLUMNS, rows + theirs)}, missing)
 
     @crs_admin.ShowRelay.responder
     @deferred
@@ -534,6 +559,16 @@ class CrsAdmin(PeerCommands):
         else:
             proto.on_lost.append(stop)
         return _with_missing({}, missing)
+
+
+def _ranges(text: str) -> list[tuple[int, int]]:
+    """The (first, last) ranges of a SLOTS column (``0-99,200-299``; ``-``: none)."""
+    found = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and last.isdigit():
+            found.append((int(first), int(last)))
+    return found
 
 
 def _with_missing(answer: dict[str, object], missing: str | None) -> dict[str, object]:

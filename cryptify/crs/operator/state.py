@@ -92,6 +92,9 @@ class WorkerFanout(Protocol):
     async def session_rows(self) -> tuple[list[list[str]], str | None]:
         """Every worker's ``show session`` rows, in one process's order."""
 
+    async def account_rows(self) -> tuple[list[list[str]], str | None]:
+        """Every worker's ``show account`` row (MODULE ``app:attach/K``), by K."""
+
     async def purge(self, account: str, uri: str | None) -> tuple[int, str | None]:
         """Disconnect the matching clients of every worker; how many."""
 

@@ -445,8 +445,11 @@ class PoolChanges(service.Service):
 
     def _on_purge(self, peer: str, fields: dict[str, object]) -> None:
         request = check_purge(fields)
-        purged = self.applier.purge(request.account, request.uri)
-        self.link.send(peer, PURGED_FRAME, {"id": request.id, "purged": purged})
+        done = self.applier.purge(request.account, request.uri)
+        purged = done if isinstance(done, defer.Deferred) else defer.succeed(done)
+        purged.addCallback(
+            lambda count: self.link.send(peer, PURGED_FRAME, {"id": request.id, "purged": count})
+        ).addErrback(lambda f: log.failure("pool purge not done", f))
 
     def _on_purged(self, peer: str, fields: dict[str, object]) -> None:
         request, purged = check_purged(fields)

@@ -153,6 +153,12 @@ class StateApplier:
         state = self.state
         registry = state.registry
         gone = registry.disconnect(registry.matching(account=account), "account deleted")
+        if state.fanout is not None:
+            # with workers, the clients are theirs (docs/workers.md)
+            closing = defer.ensureDeferred(
+                state.fanout.disconnect(account, None, "account deleted")
+            )
+            closing.addErrback(lambda f: log.failure("workers' clients of {a} kept", f, a=account))
         if state.objects is not None:
             objects = state.objects
 
@@ -179,7 +185,24 @@ class StateApplier:
             found = state.accounts.get(attachment.account)
             if found is not None and found.blacklisted(attachment.uri, period):
                 listed.append(attachment)
+        if state.fanout is not None:
+            later = defer.ensureDeferred(self._enforce_in_workers())
+            later.addErrback(lambda f: log.failure("blacklists not applied in the workers", f))
         return int(state.registry.disconnect(listed, "blacklisted")) if listed else 0
+
+    async def _enforce_in_workers(self) -> int:
+        """With workers: disconnect their blacklisted clients; how many."""
+        state = self.state
+        fanout = state.fanout
+        if fanout is None:
+            return 0
+        period = period_of(state.clock())
+        closed = 0
+        for uri, account_id in await fanout.clients():
+            account = state.accounts.get(account_id)
+            if account is not None and account.blacklisted(uri, period):
+                closed += (await fanout.disconnect(account_id, uri, "blacklisted"))[0]
+        return closed
 
     async def wake(self, account: str, uri: str) -> str:
         push = self.state.push
@@ -190,13 +213,22 @@ class StateApplier:
         except Exception as exc:
             return f"the push token store does not answer: {type(exc).__name__}"
 
-    def purge(self, account: str, uri: str | None) -> int:
+    def purge(self, account: str, uri: str | None) -> int | defer.Deferred[int]:
         registry = self.state.registry
         if uri is None:
             matches = registry.matching(account=account)
         else:
             matches = registry.matching(account=account, uri=uri)
-        return int(registry.disconnect(matches, "purged")) if matches else 0
+        here = int(registry.disconnect(matches, "purged")) if matches else 0
+        fanout = self.state.fanout
+        if fanout is None:
+            return here
+
+        async def with_workers() -> int:
+            theirs, _ = await fanout.purge(account, uri)
+            return here + theirs
+
+        return defer.ensureDeferred(with_workers())
 
 
 __all__ = ["StateApplier"]

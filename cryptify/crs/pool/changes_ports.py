@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from twisted.internet.defer import Deferred
+
 from cryptify.crs.pool.changes_core import Change
 from cryptify.crs.pool.changes_replica import Replica
 
@@ -40,8 +42,9 @@ class Applier(Protocol):
         """Carry out ``change`` (already committed to ``replica``); return
         the problems met (also logged); never raises."""
 
-    def purge(self, account: str, uri: str | None) -> int:
-        """Disconnect the account's clients here (one URI's or all); how many."""
+    def purge(self, account: str, uri: str | None) -> int | Deferred[int]:
+        """Disconnect the account's clients here (one URI's or all); how
+        many (with workers, once they have answered)."""
 
     async def wake(self, account: str, uri: str) -> str:
         """Send a wake-up to ``uri`` from here; what happened."""

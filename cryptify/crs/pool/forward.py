@@ -65,7 +65,7 @@ sender that is not attached is not told, here as on one instance).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -213,6 +213,10 @@ class Forwarder(GoneMixin, SweepMixin, service.Service):
         self._pending: dict[int, _Pending] = {}
         #: Peers whose messages are being kept here (logged once each).
         self._keeping: set[str] = set()
+        #: With ``workers N``: the URIs attached to the workers, whose inboxes
+        #: the sweep leaves alone as it does its own clients' (None: not
+        #: known now; the sweep waits).
+        self.held_by_workers: Callable[[], Awaitable[frozenset[str] | None]] | None = None
         #: Something may sit here for another member: sweep at the next tick.
         self.dirty = True
         self._sweeping = False

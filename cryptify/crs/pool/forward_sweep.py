@@ -9,6 +9,7 @@ member it was handed to (:meth:`SweepMixin._follow`).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -51,6 +52,8 @@ class SweepMixin:
     _loop: LoopingCall
     _next_share: float
     _origins: OriginMap
+    #: With ``workers N``: the URIs the workers hold (None: not known now).
+    held_by_workers: Callable[[], Awaitable[frozenset[str] | None]] | None
 
     reactor: IReactorTime
 
@@ -108,13 +111,21 @@ class SweepMixin:
         self.dirty = False
         left = False
         before = self.counters["handed"]
+        held: frozenset[str] = frozenset()
+        if self.held_by_workers is not None:
+            # with workers, the clients are theirs (docs/workers.md, Pools)
+            found = await self.held_by_workers()
+            if found is None:
+                self.dirty = True
+                return
+            held = found
         for uri in await self.store.inboxes():
             if not self._sweeps(uri):
                 continue
             owner = self.owner(uri)
             if owner == self.link.me:
                 continue
-            if owner is None or self.messaging.registry.get(uri) is not None:
+            if owner is None or self.messaging.registry.get(uri) is not None or uri in held:
                 left = True  # no owner this moment, or its client still here
                 continue
             if not self.link.link_up(owner):

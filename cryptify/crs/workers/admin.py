@@ -9,6 +9,9 @@ answer is a part of the whole instance's:
 
 - ``show attach`` (:class:`~cryptify.protocols.crs_admin.ShowAttach`):
   the rows of the clients attached here, as one process answers;
+- ``show account`` (:class:`~cryptify.protocols.crs_admin.ShowAccount`):
+  this worker's row, as one process answers (the parent makes its MODULE
+  ``app:attach/K``);
 - :class:`~cryptify.protocols.crs_workers.WorkerSessions`: ``show
   session`` with the times that order the rows across workers;
 - ``trace ELEMENT``: this worker's trace lines, for as long as the
@@ -18,6 +21,8 @@ answer is a part of the whole instance's:
   attached here;
 - :class:`~cryptify.protocols.crs_workers.WorkerCounters`: the counters
   of the metrics;
+- :class:`~cryptify.protocols.crs_workers.WorkerHolds`: in a pool, the
+  URIs attached here and the slot view followed (the parent's sweep);
 - :class:`~cryptify.protocols.crs_workers.ClientRules`: the client
   limits and keep-alive rules a reload changed.
 
@@ -28,6 +33,8 @@ not answer becomes) is :mod:`cryptify.crs.workers.fanout`.
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Callable
 
 import attrs
 from twisted.internet.interfaces import IListeningPort
@@ -35,10 +42,12 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from cryptify.config.crs_model import CrsGlobal, KeepAlive
+from cryptify.crs.accounts import AccountStore
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.attach.wiring import Limits, UmsgServerFactory
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.messages.wiring import Messaging
+from cryptify.crs.operator.state import ATTACH_MODULE
 from cryptify.crs.trace import ELEMENTS, TraceHub
 from cryptify.protocols import crs_admin
 from cryptify.protocols.crs_workers import (
@@ -46,6 +55,7 @@ from cryptify.protocols.crs_workers import (
     ClientRules,
     Disconnect,
     WorkerCounters,
+    WorkerHolds,
     WorkerSessions,
 )
 from cryptify.protocols.mgmt import CommandFailed, ManagementFactory, ManagementProtocol
@@ -123,6 +133,11 @@ class WorkerView:
     #: crs.conf's GLOBAL section as this worker serves it (the parent
     #: sends what a reload changes in it).
     global_: CrsGlobal | None = None
+    #: The accounts this worker has loaded (``show account``).
+    accounts: AccountStore | None = None
+    #: In a pool: the key of the slot view this worker follows.
+    pool_key: Callable[[], str] | None = None
+    pid: int = attrs.field(factory=os.getpid)
 
     def take_rules(self, rules: object) -> None:
         """A reload's client limits and keep-alive rules, from the parent.
@@ -187,6 +202,18 @@ class WorkerCommands(amp.CommandLocator):
     @crs_admin.ShowAttach.responder
     def show_attach(self) -> dict[str, object]:
         return {"table": {"columns": [], "rows": self.view.registry.rows()}}
+
+    @crs_admin.ShowAccount.responder
+    def show_account(self) -> dict[str, object]:
+        view = self.view
+        loaded = ",".join(a.id for a in view.accounts or ()) or "-"
+        row = [view.registry.crs_name, ATTACH_MODULE, str(view.pid), loaded]
+        return {"table": {"columns": [], "rows": [row]}}
+
+    @WorkerHolds.responder
+    def holds(self) -> dict[str, object]:
+        key = self.view.pool_key() if self.view.pool_key is not None else ""
+        return {"holds": {"uris": sorted(self.view.registry.by_uri), "view": key}}
 
     @WorkerSessions.responder
     def sessions(self) -> dict[str, object]:

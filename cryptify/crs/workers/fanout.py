@@ -3,7 +3,8 @@ metrics for the whole instance (docs/workers.md).
 
 With ``workers N`` the clients, their calls and their messages live in
 the workers; the parent answers ``show attach``, ``show session``,
-``purge client(s)``, ``trace`` and the client-side metrics, and closes
+``show account``, ``purge client(s)``, ``trace`` and the client-side
+metrics, and closes
 the connections of clients of an account deleted or blacklisted, by asking
 every worker on its socket (:mod:`cryptify.crs.workers.admin`) and
 merging the answers, so that each command prints what one process
@@ -34,6 +35,7 @@ from cryptify.protocols.crs_workers import (
     ClientRules,
     Disconnect,
     WorkerCounters,
+    WorkerHolds,
     WorkerSessions,
 )
 from cryptify.protocols.mgmt import ManagementClient, connect
@@ -43,6 +45,8 @@ from cryptify.service import unix_endpoint
 log = Logger(namespace="cryptify.crs.workers")
 T = TypeVar("T")
 
+#: The columns of a worker's ``show account`` row.
+ACCOUNT_ROW = ("SERVER", "MODULE", "PID", "LOADED ACCOUNTS")
 #: Seconds a worker has to answer one question, connection included.
 ANSWER_WAIT = 3.0
 #: Seconds between attempts to trace a worker again while a trace runs.
@@ -105,6 +109,17 @@ def merge_attach(answers: Answers) -> list[list[str]]:
     """``show attach`` rows of every worker, by URI as one process sorts them."""
     rows = [row for _, answer in answers.got for row in _text_rows(answer.get("table"))]
     return sorted(rows, key=lambda row: row[0] if row else "")
+
+
+def merge_accounts(answers: Answers) -> list[list[str]]:
+    """``show account`` rows of every worker, by worker: each worker's own
+    row (SERVER MODULE PID LOADED ACCOUNTS) with MODULE ``app:attach/K``."""
+    rows = []
+    for index, answer in sorted(answers.got, key=lambda got: got[0]):
+        for row in _text_rows(answer.get("table"))[:1]:
+            if len(row) == len(ACCOUNT_ROW):
+                rows.append([row[0], f"{row[1]}/{index + 1}", row[2], row[3]])
+    return rows
 
 
 def _keyed(value: object) -> list[tuple[float, list[str]]]:
@@ -230,6 +245,10 @@ class WorkerViews:
         answers = await self.ask(WorkerSessions)
         return merge_sessions(answers), answers.note("its calls are not listed")
 
+    async def account_rows(self) -> tuple[list[list[str]], str | None]:
+        answers = await self.ask(crs_admin.ShowAccount)
+        return merge_accounts(answers), answers.note("its accounts are not listed")
+
     async def purge(self, account: str, uri: str | None) -> tuple[int, str | None]:
         return await self.disconnect(account, uri, "purged")
 
@@ -253,6 +272,26 @@ class WorkerViews:
         """(URI, account) of every client attached to a worker that answers."""
         rows, _ = await self.attach_rows()
         return [(row[0], row[1]) for row in rows if len(row) >= 2]
+
+    async def holds(self, key: str) -> frozenset[str] | None:
+        """In a pool: the URIs attached to the workers, when every running
+        worker answered and follows the slot view ``key`` (a worker that is
+        not running holds no client, and starts with no slot of its own);
+        else None (the parent's sweep waits)."""
+        up = self._up()
+        answers = await self.ask(WorkerHolds)
+        if any(index in up for index in answers.missing):
+            return None
+        uris: set[str] = set()
+        for _, answer in answers.got:
+            holds = answer.get("holds")
+            if not isinstance(holds, dict) or holds.get("view") != key:
+                return None
+            found = holds.get("uris")
+            if not isinstance(found, list):
+                return None
+            uris.update(str(u) for u in found)
+        return frozenset(uris)
 
     async def trace(
         self, element: str, push: Callable[[str], None]

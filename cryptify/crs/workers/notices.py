@@ -10,8 +10,18 @@ channel.  One notice is one line of text:
 - ``n URI DATA``: the same with the stored message itself (its fields in
   CBOR, base64), which that worker sends at once without reading the
   store; a message too large for a notice goes as ``m``.
+- ``N URI DATA``, ``M URI ACCOUNT``: the same from the parent (a message
+  from a pool member or an inter-working peer), to the home worker of
+  ``URI``'s slot, which asks for the push wake-up of ``ACCOUNT`` (the
+  stored message's, for ``N``) when ``URI`` is attached nowhere.
 - ``d URI MESSAGE-ID``: ``URI``'s message was delivered; the worker where
   ``URI`` is attached tells it ``delivered``.
+
+  A worker sends ``m``, ``n`` and ``d`` on one worker's channel
+  (:func:`worker_channel`: the one ``URI`` is attached to, else the home
+  worker of its slot, :meth:`cryptify.crs.workers.calls.WorkerLink.route`),
+  which passes them on to every worker on the instance's channel when
+  ``URI`` is attached elsewhere; the parent sends them on the instance's.
 - ``a``: the accounts changed (``create account``, ``apply`` ...); every
   worker reads the accounts directory again.
 - ``at URI W MS`` / ``dt URI W``: ``URI`` attached to (at ``MS``, ms
@@ -56,10 +66,13 @@ class NoticeError(ValueError):
 
 @attrs.frozen
 class Wake:
-    """A message was stored for ``uri`` (``stored``, when it comes along)."""
+    """A message was stored for ``uri`` (``stored``, when it comes along);
+    ``absent``: from the parent, the account whose push wake-up the worker
+    addressed asks for when ``uri`` is attached nowhere."""
 
     uri: str
     stored: Stored | None = None
+    absent: str | None = None
 
 
 @attrs.frozen
@@ -153,10 +166,13 @@ def encode(notice: Notice) -> str:
     """
     if isinstance(notice, Wake):
         if notice.stored is None:
+            if notice.absent is not None:
+                return f"M {_word(notice.uri)} {_word(notice.absent)}"
             return f"m {_word(notice.uri)}"
         s = notice.stored
         fields = [s.id, s.sender, s.recipient, s.account, s.kind, s.time_ms, s.data]
-        return f"n {_word(notice.uri)} {_word(_pack(fields), MAX_NOTICE)}"
+        kind = "n" if notice.absent is None else "N"
+        return f"{kind} {_word(notice.uri)} {_word(_pack(fields), MAX_NOTICE)}"
     if isinstance(notice, Delivered):
         return f"d {_word(notice.sender)} {_word(notice.message_id)}"
     if isinstance(notice, Attached):
@@ -232,6 +248,11 @@ def decode(data: object) -> Notice:
         return Wake(_word(args[0]))
     if kind == "n" and len(args) == 2:
         return Wake(_word(args[0]), _stored(_word(args[1], MAX_NOTICE)))
+    if kind == "N" and len(args) == 2:
+        stored = _stored(_word(args[1], MAX_NOTICE))
+        return Wake(_word(args[0]), stored, stored.account)
+    if kind == "M" and len(args) == 2:
+        return Wake(_word(args[0]), None, _word(args[1]))
     if kind == "d" and len(args) == 2:
         return Delivered(_word(args[0]), _word(args[1]))
     if kind == "a" and not args:

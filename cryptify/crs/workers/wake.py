@@ -20,6 +20,7 @@ from txredisapi import RedisProtocol, SubscriberProtocol
 
 from cryptify.crs.messages.store import Stored
 from cryptify.crs.redis.store import RedisStore, RedisStoreError
+from cryptify.crs.slots import SLOTS, slot_of
 from cryptify.crs.workers.notices import (
     AccountsChanged,
     Delivered,
@@ -28,7 +29,10 @@ from cryptify.crs.workers.notices import (
     Wake,
     decode,
     encode,
+    worker_channel,
+    worker_name,
 )
+from cryptify.protocols.umsg import base_uri
 
 log = Logger(namespace="cryptify.crs.workers")
 
@@ -46,35 +50,81 @@ class Mailman(Protocol):
         ...
 
 
+class Router(Protocol):
+    """Where a worker addresses the notice about a client
+    (:class:`cryptify.crs.workers.calls.WorkerLink`)."""
+
+    def where(self, uri: str) -> str | None:
+        """The other worker ``uri`` is attached to, as far as this one knows."""
+        ...
+
+    def route(self, uri: str) -> str:
+        """The channel of the worker to tell about ``uri``: the one it is
+        attached to, else the home worker of its slot."""
+        ...
+
+
+class HomeRouter:
+    """The parent's :class:`Router`: a notice about a client goes to the
+    home worker of its slot (of ``count``; any worker would do: each knows
+    every worker's clients, :mod:`cryptify.crs.workers.calls`)."""
+
+    def __init__(self, instance: str, count: int) -> None:
+        self.instance = instance
+        self.count = count
+
+    def where(self, uri: str) -> str | None:
+        return None
+
+    def route(self, uri: str) -> str:
+        home = worker_name(slot_of(base_uri(uri)) * self.count // SLOTS)
+        return worker_channel(self.instance, home)
+
+
 class Siblings:
     """Publishes notices to the instance's other processes.
 
     ``store``: the ``redis_high`` store (asked at each use); a notice that
     cannot go (Redis out of reach) is logged and dropped: the message it
-    is about stays in the durable store.
+    is about stays in the durable store.  With a :attr:`router` (a
+    worker's), a notice about a client goes to one worker's channel (the
+    one it is attached to, else its slot's home worker); without (the
+    parent's), to every worker.
     """
 
     def __init__(self, store: Callable[[], RedisStore], channel: str) -> None:
         self.store = store
         self.channel = channel
+        self.router: Router | None = None
+        #: The parent's: the worker a notice goes to asks for the push
+        #: wake-up of a recipient attached nowhere (the parent knows not).
+        self.marks_absent = False
         self.sent = 0
         self.failed = 0
 
-    def wake(self, uri: str, stored: Stored | None = None) -> None:
+    def wake(self, uri: str, stored: Stored | None = None) -> bool:
         """``stored`` (or some message) was stored for ``uri``: the message
-        goes along when it fits in a notice."""
+        goes along when it fits in a notice.  Whether ``uri`` is known to be
+        attached to another worker (then no push wake-up is needed)."""
+        to = None if self.router is None else self.router.route(uri)
+        elsewhere = self.router is not None and self.router.where(uri) is not None
+        absent = None
+        if self.marks_absent and stored is not None and stored.kind != "ack":
+            absent, elsewhere = stored.account, True  # (the push is the worker's)
         if stored is None:
-            self.publish(Wake(uri))
-            return
+            self.publish(Wake(uri), to)
+            return elsewhere
         try:
-            text = encode(Wake(uri, stored))
+            text = encode(Wake(uri, stored, absent))
         except NoticeError:
-            self.publish(Wake(uri))
-            return
-        self._send(text, None)
+            self.publish(Wake(uri, None, absent), to)
+            return elsewhere
+        self._send(text, to)
+        return elsewhere
 
     def tell_delivered(self, sender: str, message_id: str) -> None:
-        self.publish(Delivered(sender, message_id))
+        to = None if self.router is None else self.router.route(sender)
+        self.publish(Delivered(sender, message_id), to)
 
     def accounts_changed(self) -> None:
         self.publish(AccountsChanged())
@@ -118,12 +168,13 @@ class Siblings:
 
 
 class _Subscriber(SubscriberProtocol):  # type: ignore[misc]
-    """A subscribed connection handing every message to ``received``."""
+    """A subscribed connection handing every message (and its channel) to
+    ``received``."""
 
-    received: Callable[[object], None] = staticmethod(lambda data: None)
+    received: Callable[[object, object], None] = staticmethod(lambda data, on: None)
 
     def messageReceived(self, pattern: object, channel: object, message: object) -> None:
-        self.received(message)
+        self.received(message, channel)
 
 
 class Peers(Protocol):
@@ -140,6 +191,17 @@ class Peers(Protocol):
     def subscribed(self) -> None:
         """The subscription is (again) in place."""
         ...
+
+    def mine(self, notice: Wake | Delivered) -> bool:
+        """A notice addressed to this worker: whether it is for a client
+        attached here (else it was passed on, or dropped)."""
+        ...
+
+
+def _text(channel: object) -> str | None:
+    if isinstance(channel, bytes):
+        return channel.decode("utf-8", "replace")
+    return channel if isinstance(channel, str) else None
 
 
 class WakeListener(service.Service):
@@ -183,13 +245,21 @@ class WakeListener(service.Service):
         if self.peers is not None:
             self.peers.subscribed()
 
-    def received(self, data: object) -> None:
-        """One message from the channel."""
+    def received(self, data: object, on: object = None) -> None:
+        """One message from the channel (``on``: the channel it came on)."""
         try:
             notice = decode(data)
         except NoticeError as exc:
             self.refused += 1
             log.warn("not a notice on {channel}: {why}", channel=self.channel, why=str(exc))
+            return
+        peers = self.peers
+        if (
+            peers is not None
+            and isinstance(notice, Wake | Delivered)
+            and _text(on) == peers.channel
+            and not peers.mine(notice)
+        ):
             return
         if isinstance(notice, Wake):
             self.mailman.wake(notice.uri, notice.stored)
