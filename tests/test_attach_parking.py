@@ -212,3 +212,34 @@ class LotTests(SynchronousTestCase):
                 s.owner = True
             self.assertEqual({x for x in sessions if x.waiting}, {x for x in sessions if x in lot})
             self.assertLessEqual(lot.count, 5)
+
+
+class ReviewedEveryTests(SynchronousTestCase):
+    def test_ticks_while_some_wait(self) -> None:
+        """A worker's lot is reviewed every second while attaches wait, and
+        the ticking stops once none does."""
+        from twisted.internet.task import Clock
+
+        from cryptify.crs.attach.parking import reviewed_every
+
+        clock = Clock()
+        lot = ParkingLot(clock.seconds)
+        reviewed_every(lot, clock)
+        resumed: list[bool] = []
+
+        class Waiting:
+            parked = True
+
+            def resume(self, expired: bool) -> bool:
+                resumed.append(expired)
+                return not expired
+
+        self.assertEqual(clock.getDelayedCalls(), [])
+        lot.park(Waiting())
+        clock.advance(1)
+        self.assertEqual(resumed, [False])
+        clock.advance(PARK_SECONDS)
+        self.assertEqual(resumed[-1], True)
+        self.assertEqual(lot.count, 0)
+        clock.advance(1)
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -36,6 +36,7 @@ from zope.interface import implementer
 from cryptify.config import CrsConfig, CrsLocalConfig
 from cryptify.config.crs_local import worker_count
 from cryptify.crs.attach.core import AttachCore, AttachSession
+from cryptify.crs.attach.parking import ParkingLot, reviewed_every
 from cryptify.crs.calls.core import SessionTable
 from cryptify.crs.calls.wiring import RegistryParties
 from cryptify.crs.interwork.calls import IwCalls
@@ -141,6 +142,11 @@ def make_worker_service(
         link.to_member = pool.send_frame
         link.member_of = pool.member_of
         core.slots = pool
+        # an attach whose slot has no owner waits for the parent's next view
+        # (a takeover, a hand-back step), as in one process (docs/pool.md)
+        parking = core.parking = ParkingLot(reactor.seconds)
+        reviewed_every(parking, reactor)
+        pool.on_view.append(lambda view: parking.review())
         messages.messaging.pool = pool
     clients = client_listener(cfg, reactor, core, shared=True)
     view = WorkerView(

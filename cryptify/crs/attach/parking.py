@@ -28,6 +28,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 
 #: Longest an attach waits for its slot to get an owner, s: past the
 #: takeover of a dead instance (``DOWN_AFTER`` plus a loaded survivor's
@@ -112,3 +114,23 @@ class ParkingLot:
     def _changed(self) -> None:
         for hook in self.on_change:
             hook()
+
+
+def reviewed_every(lot: ParkingLot, clock: IReactorTime, interval: float = 1.0) -> None:
+    """Review ``lot`` every ``interval`` seconds while attaches wait in it
+    (a worker process, which has no heartbeat of its own to do it at);
+    the caller also reviews it after every change of the slot map."""
+    ticker = LoopingCall(lambda: None)
+    ticker.clock = clock
+
+    def tick() -> None:
+        if not lot.review() and ticker.running:
+            ticker.stop()
+
+    ticker.f = tick
+
+    def first() -> None:
+        if not ticker.running:
+            ticker.start(interval, now=False)
+
+    lot.on_first = first
