@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import attrs
 
-from .address import split_top
+from .address import TOKEN, split_top
 
 COMPACT = {
     "a": "Accept-Contact",
@@ -118,6 +118,8 @@ _SPELLING = {**CANONICAL, **COMPACT}
 #: those are few, so they are kept once computed (up to L{_KEYS_KEPT}).
 _KEYS: dict[str, str] = {}
 _KEYS_KEPT = 512
+#: Longer name texts are not kept (a peer's noise cannot grow the table).
+_NAME_KEPT_LONGEST = 64
 
 
 def canonical(name: str) -> str:
@@ -133,6 +135,30 @@ def _key(name: str) -> str:
         if len(_KEYS) < _KEYS_KEPT:
             _KEYS[name] = key
     return key
+
+
+#: Header name texts as they stood before the colon (trailing white space
+#: and all) to their usual spelling and lookup key; a peer's names are
+#: few, and those past L{_KEYS_KEPT} are looked up each time.
+_NAMES: dict[str, tuple[str, str]] = {}
+
+
+def header_name(text: str) -> tuple[str, str] | None:
+    """
+    The usual spelling and lookup key of the header name written C{text}
+    (what stood before the colon, trailing white space included), or
+    C{None} if it is not a token.
+    """
+    known = _NAMES.get(text)
+    if known is None:
+        name = text.rstrip(" \t")
+        if not TOKEN.fullmatch(name):
+            return None
+        spelled = canonical(name)
+        known = (spelled, spelled.lower())
+        if len(_NAMES) < _KEYS_KEPT and len(text) <= _NAME_KEPT_LONGEST:
+            _NAMES[text] = known
+    return known
 
 
 @attrs.frozen
@@ -162,6 +188,41 @@ class Headers:
                     found.append(v)
             object.__setattr__(self, "_index", index)
         return index
+
+    @classmethod
+    def indexed(cls, items: tuple[tuple[str, str], ...], index: dict[str, list[str]]) -> Headers:
+        """
+        Headers whose lookup index (lower-case usual name to values, in
+        order) the caller made while reading C{items}: the parser has it
+        for free.
+        """
+        headers = cls(items)
+        object.__setattr__(headers, "_index", index)
+        return headers
+
+    def by_key(self) -> dict[str, list[str]]:
+        """
+        The lookup index: each lower-case usual name to its values, one per
+        header line, in order. Read it, never change it.
+        """
+        index = self._index
+        return index if index is not None else self._lookup()
+
+    def with_value(self, key: str, value: str) -> Headers:
+        """
+        These headers with the first line of lookup key C{key} (lower-case
+        usual name; there must be one) holding C{value}, in its place; the
+        index follows without being made again.
+        """
+        index = dict(self.by_key())
+        old = index[key]
+        index[key] = [value, *old[1:]]
+        items = list(self.items)
+        for i, (n, _) in enumerate(items):
+            if n.lower() == key:
+                items[i] = (n, value)
+                break
+        return Headers.indexed(tuple(items), index)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.items)

@@ -44,7 +44,7 @@ from .address import (
     split_top,
 )
 from .errors import SipParseError
-from .headers import SINGLE_HEADERS, Headers, canonical
+from .headers import SINGLE_HEADERS, Headers, canonical, header_name
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -184,12 +184,12 @@ def _parse_headers(lines: list[str]) -> Headers:
 
 
 def _content_length(headers: Headers) -> int | None:
-    found = {v.strip() for v in headers.get_all("Content-Length")}
+    found = headers.get_all("Content-Length")
     if not found:
         return None
-    if len(found) > 1:
+    value = found[0].strip()
+    if len(found) > 1 and len({v.strip() for v in found}) > 1:
         raise SipParseError("conflicting Content-Length values")
-    value = found.pop()
     if not value.isdigit() or not value.isascii():
         raise SipParseError("bad Content-Length")
     if len(value) > 9 or int(value) > MAX_BODY_BYTES:
@@ -248,11 +248,45 @@ def _split_head(data: bytes, start: int) -> tuple[str, int] | None:
     return head, m.end()
 
 
-def _build(head: str, body: bytes) -> Message:
+def _fast_headers(lines: list[str]) -> Headers | None:
+    """
+    The header lines of a head whose lines all ended in CRLF and none of
+    which is folded, read in one pass with their lookup index; C{None}
+    when a line needs L{_parse_headers} (which gives the error).
+    """
+    if len(lines) > MAX_HEADER_FIELDS:
+        return None
+    items: list[tuple[str, str]] = []
+    index: dict[str, list[str]] = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        known = header_name(name) if colon else None
+        if known is None:
+            return None
+        value = value.strip(" \t")
+        items.append((known[0], value))
+        found = index.get(known[1])
+        if found is None:
+            index[known[1]] = [value]
+        else:
+            found.append(value)
+    return Headers.indexed(tuple(items), index)
+
+
+def _read_head(head: str) -> tuple[str, Headers]:
+    """The start line and header fields of a header section."""
+    if head.count("\n") == head.count("\r\n") and "\r\n " not in head and "\r\n\t" not in head:
+        lines = head.split("\r\n")
+        headers = _fast_headers(lines[1:])
+        if headers is not None:
+            return lines[0], headers
     lines = head.split("\n")
     lines = [line[:-1] if line.endswith("\r") else line for line in lines]
-    start = lines[0]
-    headers = _parse_headers(lines[1:])
+    return lines[0], _parse_headers(lines[1:])
+
+
+def _build(head: str, body: bytes) -> Message:
+    start, headers = _read_head(head)
     parsed = _start_line(start, headers)
     if len(parsed) == 2:
         return Response(status=parsed[0], reason=parsed[1], headers=headers, body=body)
@@ -302,23 +336,23 @@ def parse_datagram(data: bytes) -> Message | None:
             is_request=isinstance(truncated, Request),
         )
     head, body_at = split
-    message = _build(head, b"")
+    start_line, headers = _read_head(head)
+    parsed = _start_line(start_line, headers)
+    is_request = len(parsed) == 3
     try:
-        length = _content_length(message.headers)
+        length = _content_length(headers)
     except SipParseError as exc:
-        raise SipParseError(
-            exc.reason, exc.status, message.headers, isinstance(message, Request)
-        ) from None
+        raise SipParseError(exc.reason, exc.status, headers, is_request) from None
     body = data[body_at:]
     if length is not None:
         if length > len(body):
             raise SipParseError(
-                "body shorter than Content-Length",
-                headers=message.headers,
-                is_request=isinstance(message, Request),
+                "body shorter than Content-Length", headers=headers, is_request=is_request
             )
         body = body[:length]
-    return message.with_body(body)
+    if len(parsed) == 2:
+        return Response(parsed[0], parsed[1], headers, body)
+    return Request(parsed[0], parsed[1], headers, body)
 
 
 @attrs.define
@@ -360,13 +394,19 @@ class StreamParser:
             out.append(message.with_body(body))
 
 
+_MANDATORY = tuple((name, name.lower()) for name in ("Via", "From", "To", "Call-ID", "CSeq"))
+_SINGLE = tuple((name, name.lower()) for name in SINGLE_HEADERS)
+
+
 def _check_common(message: Message) -> None:
-    headers = message.headers
-    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-        if not headers.get(name):
+    index = message.headers.by_key()
+    for name, key in _MANDATORY:
+        found = index.get(key)
+        if not found or not found[0]:
             raise SipParseError(f"Missing {name} header")
-    for name in SINGLE_HEADERS:
-        if headers.count(name) > 1:
+    for name, key in _SINGLE:
+        found = index.get(key)
+        if found is not None and len(found) > 1:
             raise SipParseError(f"More than one {name} header")
     message.vias  # noqa: B018 - parse every Via
     message.from_  # noqa: B018
@@ -415,22 +455,25 @@ def stamp_received(headers: Headers, source: tuple[str, int]) -> tuple[Headers, 
     The header fields of a request that came from C{source}, with the top
     Via stamped with C{received} and C{rport} (L{received_via}), and where
     a response over UDP goes (L{response_address}). Responses copy the
-    Vias, so they carry what was stamped. Without a readable top Via the
-    headers are unchanged and the answer goes back to the source.
+    Vias, so they carry what was stamped. A top Via that needs no stamp is
+    left as it was written; without a readable top Via the headers are
+    unchanged and the answer goes back to the source.
     """
-    for i, (name, value) in enumerate(headers.items):
-        if name != "Via":
-            continue
-        try:
-            parts = split_top(value, ",")
-            via = shared_via(parts[0])
-        except SipParseError:
-            return headers, source
-        parts[0] = str(received_via(via, source))
-        items = list(headers.items)
-        items[i] = (name, ",".join(parts))
-        return Headers(tuple(items)), response_address(via, source)
-    return headers, source
+    found = headers.by_key().get("via")
+    if not found:
+        return headers, source
+    value = found[0]
+    try:
+        parts = split_top(value, ",")
+        via = shared_via(parts[0])
+    except SipParseError:
+        return headers, source
+    where = response_address(via, source)
+    stamped = received_via(via, source)
+    if stamped is via:
+        return headers, where
+    parts[0] = str(stamped)
+    return headers.with_value("via", ",".join(parts)), where
 
 
 REASONS = {
