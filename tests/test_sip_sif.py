@@ -443,6 +443,50 @@ class AdapterTests(SifCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
         self.clock.advance(64 * T1)
 
+    def test_udp_checked_peer_sent_directly(self) -> None:
+        """
+        On a real port, the first datagram to a peer goes through the
+        port's C{write} (which checks the address); later ones go straight
+        to its socket; a socket error is left to C{write}, which sends
+        again or reports it (logged, the adapter keeps serving).
+        """
+
+        class Socket:
+            def __init__(self) -> None:
+                self.sent: list[tuple[str, int]] = []
+                self.error: OSError | None = None
+
+            def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+                if self.error is not None:
+                    raise self.error
+                self.sent.append(addr)
+                return len(data)
+
+        class Port(FakeUdpTransport):
+            def __init__(self) -> None:
+                super().__init__()
+                self.socket = Socket()
+                self.refuse = False
+
+            def write(self, data: bytes, addr: tuple[str, int]) -> None:
+                if self.refuse:
+                    raise OSError("no buffer space")
+                super().write(data, addr)
+
+        port = Port()
+        self.protocol.transport = port  # type: ignore[assignment]
+        self.protocol.datagramReceived(invite(), ("192.0.2.7", 5080))
+        self.assertEqual([addr for _, addr in port.written], [("192.0.2.7", 5080)])
+        self.assertEqual(port.socket.sent, [("192.0.2.7", 5080)] * 2)
+        self.assertEqual(self.protocol.checked, {"192.0.2.7"})
+        port.socket.error = OSError("interrupted")
+        self.protocol.datagramReceived(invite(call_id="c2", branch="z9hG4bK2"), ("192.0.2.7", 5080))
+        self.assertEqual(len(port.written), 4)
+        port.refuse = True
+        self.protocol.datagramReceived(invite(call_id="c3", branch="z9hG4bK3"), ("192.0.2.7", 5080))
+        self.assertEqual(len(port.written), 4)
+        self.clock.advance(64 * T1)
+
     def test_tcp(self) -> None:
         """
         Over TCP, messages split across segments are answered on the

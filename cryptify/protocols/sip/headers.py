@@ -171,36 +171,37 @@ class Headers:
     """
 
     items: tuple[tuple[str, str], ...] = ()
-    _index: dict[str, list[str]] | None = attrs.field(
+    _index: dict[str, tuple[str, ...]] | None = attrs.field(
         init=False, default=None, eq=False, repr=False
     )
 
-    def _lookup(self) -> dict[str, list[str]]:
+    def _lookup(self) -> dict[str, tuple[str, ...]]:
         index = self._index
         if index is None:
             index = {}
             for n, v in self.items:
                 key = n.lower()
                 found = index.get(key)
-                if found is None:
-                    index[key] = [v]
-                else:
-                    found.append(v)
+                index[key] = (v,) if found is None else (*found, v)
             object.__setattr__(self, "_index", index)
         return index
 
     @classmethod
-    def indexed(cls, items: tuple[tuple[str, str], ...], index: dict[str, list[str]]) -> Headers:
+    def indexed(
+        cls, items: tuple[tuple[str, str], ...], index: dict[str, tuple[str, ...]]
+    ) -> Headers:
         """
         Headers whose lookup index (lower-case usual name to values, in
         order) the caller made while reading C{items}: the parser has it
-        for free.
+        for free. Tuples, not lists: the collector stops following tuples
+        of strings once they have lived through one of its passes, and a
+        call's requests live for half a minute.
         """
         headers = cls(items)
         object.__setattr__(headers, "_index", index)
         return headers
 
-    def by_key(self) -> dict[str, list[str]]:
+    def by_key(self) -> dict[str, tuple[str, ...]]:
         """
         The lookup index: each lower-case usual name to its values, one per
         header line, in order. Read it, never change it.
@@ -216,7 +217,7 @@ class Headers:
         """
         index = dict(self.by_key())
         old = index[key]
-        index[key] = [value, *old[1:]]
+        index[key] = (value, *old[1:])
         items = list(self.items)
         for i, (n, _) in enumerate(items):
             if n.lower() == key:

@@ -257,7 +257,7 @@ def _fast_headers(lines: list[str]) -> Headers | None:
     if len(lines) > MAX_HEADER_FIELDS:
         return None
     items: list[tuple[str, str]] = []
-    index: dict[str, list[str]] = {}
+    index: dict[str, tuple[str, ...]] = {}
     for line in lines:
         name, colon, value = line.partition(":")
         known = header_name(name) if colon else None
@@ -266,10 +266,7 @@ def _fast_headers(lines: list[str]) -> Headers | None:
         value = value.strip(" \t")
         items.append((known[0], value))
         found = index.get(known[1])
-        if found is None:
-            index[known[1]] = [value]
-        else:
-            found.append(value)
+        index[known[1]] = (value,) if found is None else (*found, value)
     return Headers.indexed(tuple(items), index)
 
 
