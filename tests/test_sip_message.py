@@ -240,6 +240,13 @@ BASIC = (
 )
 
 
+FIELD = st.text(
+    alphabet=st.characters(min_codepoint=32, max_codepoint=126, exclude_characters=":"),
+    min_size=1,
+    max_size=20,
+)
+
+
 class SyntaxTests(SynchronousTestCase):
     """
     Message syntax: headers, bodies, limits and serialization.
@@ -362,6 +369,53 @@ class SyntaxTests(SynchronousTestCase):
         self.assertEqual(parsed.status, 200)
         self.assertEqual(parsed.call_id, "abc@192.0.2.1")
 
+    def test_response_to_written_once(self) -> None:
+        """
+        A response's lines, written once by L{response_to}, are what the
+        general writer gives for its header fields; the To keeps the
+        request's spelling, with the tag added (bracketed), or is rewritten
+        with brackets around a bare URI.
+        """
+        headers = Headers(
+            (
+                ("Via", "SIP/2.0/UDP a;branch=z9hG4bK1"),
+                ("Via", "SIP/2.0/TCP b"),
+                ("From", "<sip:x@y>;tag=1"),
+                ("To", '"Bob"  <sip:b@c>;Foo=1'),
+                ("Call-ID", "id"),
+                ("CSeq", "1 INVITE"),
+                ("Subject", "not copied"),
+            )
+        )
+        extra = (("Contact", "<sip:me@here>"), ("Content-Length", "99"))
+        response = response_to(headers, 180, to_tag="t", extra=extra, body=b"sdp")
+        general = Response(response.status, response.reason, response.headers, response.body)
+        self.assertEqual(response.to_bytes(), general.to_bytes())
+        self.assertEqual(response.headers.get("To"), '"Bob"  <sip:b@c>;Foo=1;tag=t')
+        bare = headers.set("To", "sip:b@c")
+        self.assertEqual(response_to(bare, 200, to_tag="t").headers.get("To"), "<sip:b@c>;tag=t")
+        tagged = headers.set("To", "<sip:b@c>;tag=old")
+        self.assertEqual(response_to(tagged, 200, to_tag="t").to.tag, "old")
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        names=st.lists(
+            st.sampled_from(["Via", "From", "To", "Call-ID", "CSeq", "Subject", "v", "t"]),
+            max_size=8,
+        ),
+        value=FIELD,
+        tag=st.one_of(st.none(), st.just("t1")),
+    )
+    def test_response_to_any_headers(self, names: list[str], value: str, tag: str | None) -> None:
+        """
+        Whatever the request's header fields, the written response is the
+        general writer's.
+        """
+        headers = Headers(tuple((name, f"{value}{i}") for i, name in enumerate(names)))
+        response = response_to(headers, 486, to_tag=tag)
+        general = Response(response.status, response.reason, response.headers, response.body)
+        self.assertEqual(response.to_bytes(), general.to_bytes())
+
     def test_status_code_of_other_digits(self) -> None:
         """
         Digits outside ASCII (superscripts, which str.isdigit accepts and
@@ -468,13 +522,6 @@ class AddressTests(SynchronousTestCase):
         )
         self.assertEqual(parse_cseq("0009 INVITE").number, 9)
         self.assertRaises(SipParseError, parse_cseq, "2147483648 INVITE")
-
-
-FIELD = st.text(
-    alphabet=st.characters(min_codepoint=32, max_codepoint=126, exclude_characters=":"),
-    min_size=1,
-    max_size=20,
-)
 
 
 class FuzzTests(SynchronousTestCase):

@@ -7,7 +7,8 @@ the comma lists of list-valued headers split by L{Headers.values}.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar, cast
 
 import attrs
 
@@ -161,6 +162,9 @@ def header_name(text: str) -> tuple[str, str] | None:
     return known
 
 
+_Derived = TypeVar("_Derived")
+
+
 @attrs.frozen
 class Headers:
     """
@@ -174,6 +178,23 @@ class Headers:
     _index: dict[str, tuple[str, ...]] | None = attrs.field(
         init=False, default=None, eq=False, repr=False
     )
+    _derived: dict[Callable[[Headers], object], object] | None = attrs.field(
+        init=False, default=None, eq=False, repr=False
+    )
+
+    def derived(self, make: Callable[[Headers], _Derived]) -> _Derived:
+        """
+        C{make(self)}, made at the first call and then remembered (headers
+        never change): what the answers to a request copy from it, say.
+        """
+        memo = self._derived
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_derived", memo)
+        elif make in memo:
+            return cast(_Derived, memo[make])
+        value = memo[make] = make(self)
+        return value
 
     def _lookup(self) -> dict[str, tuple[str, ...]]:
         index = self._index

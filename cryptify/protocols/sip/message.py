@@ -151,12 +151,22 @@ class Response(_Common):
     #: Not in the repr: an SDP body may carry SRTP keys (C{a=crypto}).
     body: bytes = attrs.field(default=b"", repr=False)
 
+    #: The header lines as L{response_to} wrote them (each ending in CRLF,
+    #: no Content-Length), so that they are not written again.
+    _written: str | None = attrs.field(init=False, default=None, eq=False, repr=False)
+
     def with_body(self, body: bytes) -> Response:
         """This response with C{body}."""
         return Response(self.status, self.reason, self.headers, body)
 
     def to_bytes(self) -> bytes:
         """The response on the wire; Content-Length always matches the body."""
+        written = self._written
+        if written is not None:
+            return (
+                f"{SIP_VERSION} {self.status} {self.reason}\r\n{written}"
+                f"Content-Length: {len(self.body)}\r\n\r\n"
+            ).encode() + self.body
         head = "\r\n".join([f"{SIP_VERSION} {self.status} {self.reason}", *self._head_lines()])
         return head.encode("utf-8") + b"\r\n\r\n" + self.body
 
@@ -527,6 +537,55 @@ def reason_phrase(status: int) -> str:
     return REASONS.get(status) or REASONS.get(status // 100 * 100, "Unknown")
 
 
+@attrs.frozen
+class _Copied:
+    """
+    What every response to a request copies from it (RFC 3261 8.2.6.2):
+    its Vias and From, its To, its Call-ID and CSeq, as header fields and
+    as written lines, made once per request.
+    """
+
+    before_to: tuple[tuple[str, str], ...]
+    to: str | None
+    after_to: tuple[tuple[str, str], ...]
+    before_text: str
+    after_text: str
+
+
+def _copied(headers: Headers) -> _Copied:
+    index = headers.by_key()
+    before = tuple([("Via", v) for v in index.get("via", ())])
+    after: list[tuple[str, str]] = []
+    found = index.get("from")
+    if found:
+        before += (("From", found[0]),)
+    for name, key in (("Call-ID", "call-id"), ("CSeq", "cseq")):
+        found = index.get(key)
+        if found:
+            after.append((name, found[0]))
+    to = index.get("to")
+    return _Copied(
+        before,
+        to[0] if to else None,
+        tuple(after),
+        "".join([f"{n}: {v}\r\n" for n, v in before]),
+        "".join([f"{n}: {v}\r\n" for n, v in after]),
+    )
+
+
+def _with_tag(to: str, tag: str) -> str:
+    """C{to} (a To value) with C{tag}, if it has no tag; as written otherwise."""
+    try:
+        parsed = shared_name_addr(to)
+    except SipParseError:
+        return to
+    if parsed.tag is not None:
+        return to
+    if parsed.bracketed:
+        return f"{to};tag={tag}"  # the request's To as it was, plus the tag
+    return str(parsed.with_tag(tag))
+
+
 def response_to(
     headers: Headers,
     status: int,
@@ -540,18 +599,19 @@ def response_to(
     From, To, Call-ID and CSeq copied (RFC 3261 8.2.6.2), a To tag added
     when C{to_tag} is given and the To has none.
     """
-    items: list[tuple[str, str]] = [("Via", v) for v in headers.get_all("Via")]
-    for name in ("From", "To", "Call-ID", "CSeq"):
-        value = headers.get(name)
-        if value is None:
-            continue
-        if name == "To" and to_tag is not None:
-            try:
-                to = shared_name_addr(value)
-                if to.tag is None:
-                    value = str(to.with_tag(to_tag))
-            except SipParseError:
-                pass
-        items.append((name, value))
-    items.extend(extra)
-    return Response(status, reason or reason_phrase(status), Headers(tuple(items)), body)
+    copied = headers.derived(_copied)
+    to = copied.to
+    if to is None:
+        items = (*copied.before_to, *copied.after_to, *extra)
+        to_text = ""
+    else:
+        if to_tag is not None:
+            to = _with_tag(to, to_tag)
+        items = (*copied.before_to, ("To", to), *copied.after_to, *extra)
+        to_text = f"To: {to}\r\n"
+    response = Response(status, reason or reason_phrase(status), Headers(items), body)
+    written = "".join([f"{n}: {v}\r\n" for n, v in extra if n.lower() != "content-length"])
+    object.__setattr__(
+        response, "_written", f"{copied.before_text}{to_text}{copied.after_text}{written}"
+    )
+    return response
