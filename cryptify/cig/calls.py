@@ -25,12 +25,14 @@ UMSG interface until it exists, and is the tests' double.
 from __future__ import annotations
 
 import enum
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
 from cryptify.logs import LineSink, LogFileService, utc_timestamp
+from cryptify.protocols.sip.timers import Timer, TimerQueue
 
 if TYPE_CHECKING:
     from .records import CallRecords
@@ -153,7 +155,11 @@ class CallTable:
 
     clock: IReactorTime
     calls: list[Call] = attrs.field(factory=list)
-    _linger: dict[Call, IDelayedCall] = attrs.field(factory=dict)
+    _linger: dict[Call, Timer] = attrs.field(factory=dict)
+    #: The lingering calls' timers, on one delayed call of C{clock}.
+    _timers: TimerQueue = attrs.field(
+        init=False, default=attrs.Factory(lambda self: TimerQueue(self.clock), takes_self=True)
+    )
     #: Where ended calls are recorded (None: no call records).
     records: CallRecords | None = None
 
@@ -187,7 +193,7 @@ class CallTable:
         """Record C{call}'s last completed event; ended calls linger."""
         call.state = state
         if state in ENDED and call not in self._linger:
-            self._linger[call] = self.clock.callLater(CALL_LINGER, self._drop, call)
+            self._linger[call] = self._timers.call_later(CALL_LINGER, partial(self._drop, call))
 
     def close(self, call: Call, state: CallState, event: str) -> None:
         """End C{call}'s row with C{state} unless it has ended (a call no leg took)."""
@@ -207,8 +213,7 @@ class CallTable:
     def stop(self) -> None:
         """Cancel the linger timers (at shutdown)."""
         for delayed in self._linger.values():
-            if delayed.active():
-                delayed.cancel()
+            delayed.cancel()
         self._linger.clear()
 
 

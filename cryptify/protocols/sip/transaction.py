@@ -41,13 +41,14 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
 from cryptify.lifecycle import Lifecycle
 
 from .address import shared_name_addr
 from .errors import SipParseError
 from .message import Headers, Request, Response, check_request, check_response
+from .timers import Timer, TimerQueue
 
 #: RFC 3261 timer values, in seconds.
 T1 = 0.5
@@ -178,26 +179,27 @@ def client_key(message: Request | Response) -> tuple[str, str]:
 
 @attrs.define(eq=False)
 class _Timers:
-    clock: IReactorTime
-    calls: dict[str, IDelayedCall] = attrs.field(factory=dict)
+    """A transaction's named timers, on its layer's L{TimerQueue}."""
+
+    queue: TimerQueue
+    calls: dict[str, Timer] = attrs.field(factory=dict)
 
     def start(self, name: str, delay: float, fn: Callable[[], object]) -> None:
-        self.stop(name)
-
-        def fire() -> None:
-            self.calls.pop(name, None)
-            fn()
-
-        self.calls[name] = self.clock.callLater(delay, fire)
+        calls = self.calls
+        old = calls.get(name)
+        if old is not None:
+            old.cancel()
+        calls[name] = self.queue.call_later(delay, fn)
 
     def stop(self, name: str) -> None:
         call = self.calls.pop(name, None)
-        if call is not None and call.active():
+        if call is not None:
             call.cancel()
 
     def stop_all(self) -> None:
-        for name in list(self.calls):
-            self.stop(name)
+        for call in self.calls.values():
+            call.cancel()
+        self.calls.clear()
 
 
 @attrs.define(eq=False)
@@ -216,7 +218,7 @@ class ServerTransaction:
     _life: Lifecycle[TxState] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._timers = _Timers(self.layer.clock)
+        self._timers = _Timers(self.layer.timers)
         kind = "INVITE server" if self.is_invite else "non-INVITE server"
         first = TxState.PROCEEDING if self.is_invite else TxState.TRYING
         self._life = Lifecycle(f"{kind} transaction", self.transitions, first)
@@ -340,7 +342,7 @@ class ClientTransaction:
     _life: Lifecycle[TxState] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._timers = _Timers(self.layer.clock)
+        self._timers = _Timers(self.layer.timers)
         kind = "INVITE client" if self.is_invite else "non-INVITE client"
         first = TxState.CALLING if self.is_invite else TxState.TRYING
         self._life = Lifecycle(f"{kind} transaction", self.transitions, first)
@@ -455,6 +457,10 @@ class TransactionLayer:
     clock: IReactorTime
     user: TransactionUser
     servers: dict[tuple[str, ...], ServerTransaction] = attrs.field(factory=dict)
+    #: Every transaction's timers, on one delayed call of C{clock}.
+    timers: TimerQueue = attrs.field(
+        init=False, default=attrs.Factory(lambda self: TimerQueue(self.clock), takes_self=True)
+    )
     clients: dict[tuple[str, str], ClientTransaction] = attrs.field(factory=dict)
     accepted: dict[tuple[str, int], ServerTransaction] = attrs.field(factory=dict)
 
@@ -532,6 +538,7 @@ class TransactionLayer:
             server._terminate()
         for client in list(self.clients.values()):
             client._terminate()
+        self.timers.stop()
 
 
 def tag_of(value: str | None) -> str | None:
