@@ -29,7 +29,7 @@ class TimerQueueTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def later(self, delay: float, name: str):  # type: ignore[no-untyped-def]
-        return self.queue.call_later(delay, lambda: self.fired.append(name))
+        return self.queue.call_later(delay, self.fired.append, name)
 
     def test_fires_at_its_time_in_order(self) -> None:
         """
@@ -80,12 +80,12 @@ class TimerQueueTests(SynchronousTestCase):
         later still comes first.
         """
 
-        def resend() -> None:
+        def resend(_: object) -> None:
             self.fired.append(f"G at {self.clock.seconds():g}")
             if self.clock.seconds() < 3:
-                self.queue.call_later(2 * self.clock.seconds(), resend)
+                self.queue.call_later(2 * self.clock.seconds(), resend, None)
 
-        self.queue.call_later(0.5, resend)
+        self.queue.call_later(0.5, resend, None)
         self.later(32, "L")
         self.clock.advance(0.5)
         self.clock.advance(1.0)
@@ -97,10 +97,10 @@ class TimerQueueTests(SynchronousTestCase):
     def test_failing_timer_logged(self) -> None:
         """A timer that raises is logged; the others due with it still fire."""
 
-        def boom() -> None:
+        def boom(_: object) -> None:
             raise RuntimeError("boom")
 
-        self.queue.call_later(1, boom)
+        self.queue.call_later(1, boom, None)
         self.later(1, "after")
         self.later(2, "later")
         self.clock.advance(1)
@@ -144,7 +144,9 @@ class TimerQueueTests(SynchronousTestCase):
         calls = []
         for i, (action, value) in enumerate(steps):
             if action == "start":
-                timers.append(queue.call_later(value, lambda i=i: got.append((i, clock.seconds()))))
+                timers.append(
+                    queue.call_later(value, lambda i: got.append((i, clock.seconds())), i)
+                )
                 calls.append(
                     reference.callLater(value, lambda i=i: want.append((i, reference.seconds())))
                 )

@@ -25,7 +25,7 @@ UMSG interface until it exists, and is the tests' double.
 from __future__ import annotations
 
 import enum
-from functools import partial
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -160,6 +160,10 @@ class CallTable:
     _timers: TimerQueue = attrs.field(
         init=False, default=attrs.Factory(lambda self: TimerQueue(self.clock), takes_self=True)
     )
+    #: C{_drop}, bound once (not once per lingering call).
+    _dropper: Callable[[Call], None] = attrs.field(
+        init=False, default=attrs.Factory(lambda self: self._drop, takes_self=True)
+    )
     #: Where ended calls are recorded (None: no call records).
     records: CallRecords | None = None
 
@@ -193,7 +197,7 @@ class CallTable:
         """Record C{call}'s last completed event; ended calls linger."""
         call.state = state
         if state in ENDED and call not in self._linger:
-            self._linger[call] = self._timers.call_later(CALL_LINGER, partial(self._drop, call))
+            self._linger[call] = self._timers.call_later(CALL_LINGER, self._dropper, call)
 
     def close(self, call: Call, state: CallState, event: str) -> None:
         """End C{call}'s row with C{state} unless it has ended (a call no leg took)."""

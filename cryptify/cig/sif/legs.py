@@ -122,7 +122,7 @@ class SipCall:
     def start(self) -> None:
         """Hand the leg to the tel side; give up if it is not answered in time."""
         self.no_answer = self.sif.layer.timers.call_later(
-            NO_ANSWER_AFTER, self._unanswered_too_long
+            NO_ANSWER_AFTER, SipCall._unanswered_too_long, self
         )
         self.sif.tel.place_call(self.call, self)
 

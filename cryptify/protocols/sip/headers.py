@@ -178,22 +178,22 @@ class Headers:
     _index: dict[str, tuple[str, ...]] | None = attrs.field(
         init=False, default=None, eq=False, repr=False
     )
-    _derived: dict[Callable[[Headers], object], object] | None = attrs.field(
+    _derived_by: Callable[[Headers], object] | None = attrs.field(
         init=False, default=None, eq=False, repr=False
     )
+    _derived: object = attrs.field(init=False, default=None, eq=False, repr=False)
 
     def derived(self, make: Callable[[Headers], _Derived]) -> _Derived:
         """
         C{make(self)}, made at the first call and then remembered (headers
         never change): what the answers to a request copy from it, say.
+        One such value is remembered, the latest C{make}'s.
         """
-        memo = self._derived
-        if memo is None:
-            memo = {}
-            object.__setattr__(self, "_derived", memo)
-        elif make in memo:
-            return cast(_Derived, memo[make])
-        value = memo[make] = make(self)
+        if self._derived_by is make:
+            return cast(_Derived, self._derived)
+        value = make(self)
+        object.__setattr__(self, "_derived_by", make)
+        object.__setattr__(self, "_derived", value)
         return value
 
     def _lookup(self) -> dict[str, tuple[str, ...]]:

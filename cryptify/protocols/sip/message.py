@@ -537,19 +537,11 @@ def reason_phrase(status: int) -> str:
     return REASONS.get(status) or REASONS.get(status // 100 * 100, "Unknown")
 
 
-@attrs.frozen
-class _Copied:
-    """
-    What every response to a request copies from it (RFC 3261 8.2.6.2):
-    its Vias and From, its To, its Call-ID and CSeq, as header fields and
-    as written lines, made once per request.
-    """
-
-    before_to: tuple[tuple[str, str], ...]
-    to: str | None
-    after_to: tuple[tuple[str, str], ...]
-    before_text: str
-    after_text: str
+#: What every response to a request copies from it (RFC 3261 8.2.6.2): its
+#: Vias and From, its To, its Call-ID and CSeq, as header fields and as
+#: written lines (before the To, after it), made once per request. A plain
+#: tuple of strings: the collector stops following it after one pass.
+_Copied = tuple[tuple[tuple[str, str], ...], str | None, tuple[tuple[str, str], ...], str, str]
 
 
 def _copied(headers: Headers) -> _Copied:
@@ -564,7 +556,7 @@ def _copied(headers: Headers) -> _Copied:
         if found:
             after.append((name, found[0]))
     to = index.get("to")
-    return _Copied(
+    return (
         before,
         to[0] if to else None,
         tuple(after),
@@ -599,19 +591,16 @@ def response_to(
     From, To, Call-ID and CSeq copied (RFC 3261 8.2.6.2), a To tag added
     when C{to_tag} is given and the To has none.
     """
-    copied = headers.derived(_copied)
-    to = copied.to
+    before_to, to, after_to, before_text, after_text = headers.derived(_copied)
     if to is None:
-        items = (*copied.before_to, *copied.after_to, *extra)
+        items = (*before_to, *after_to, *extra)
         to_text = ""
     else:
         if to_tag is not None:
             to = _with_tag(to, to_tag)
-        items = (*copied.before_to, ("To", to), *copied.after_to, *extra)
+        items = (*before_to, ("To", to), *after_to, *extra)
         to_text = f"To: {to}\r\n"
     response = Response(status, reason or reason_phrase(status), Headers(items), body)
     written = "".join([f"{n}: {v}\r\n" for n, v in extra if n.lower() != "content-length"])
-    object.__setattr__(
-        response, "_written", f"{copied.before_text}{to_text}{copied.after_text}{written}"
-    )
+    object.__setattr__(response, "_written", f"{before_text}{to_text}{after_text}{written}")
     return response

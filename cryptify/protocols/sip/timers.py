@@ -25,28 +25,33 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 log = Logger(namespace="cryptify.protocols.sip")
 
+_Arg = TypeVar("_Arg")
+
 #: Cancelled timers are swept out of the heap once they are more than
 #: half of it and at least this many.
 SWEEP_AT = 64
 
 
-class Timer(list):  # type: ignore[type-arg]
+class Timer(list[Any]):
     """
-    One timer of a L{TimerQueue}: C{[when, order, callable]}, the callable
-    C{None} once it has fired or been cancelled. Lists compare in C, by due
-    time and then by start order (never reaching the callable).
+    One timer of a L{TimerQueue}: C{[when, order, callable, argument]},
+    the callable C{None} once it has fired or been cancelled. Lists compare
+    in C, by due time and then by start order (never reaching the callable).
     """
 
     __slots__ = ("queue",)
 
-    def __init__(self, queue: TimerQueue, when: float, order: int, fn: Callable[[], object]):
-        super().__init__((when, order, fn))
+    def __init__(
+        self, queue: TimerQueue, when: float, order: int, fn: Callable[[Any], object], arg: Any
+    ) -> None:
+        super().__init__((when, order, fn, arg))
         self.queue = queue
 
     @property
@@ -61,7 +66,7 @@ class Timer(list):  # type: ignore[type-arg]
     def cancel(self) -> None:
         """Stop it from firing (nothing happens if it has fired or was cancelled)."""
         if self[2] is not None:
-            self[2] = None
+            self[2] = self[3] = None
             self.queue._cancelled()
 
 
@@ -78,11 +83,15 @@ class TimerQueue:
         #: The due time of the timer the delayed call is for.
         self._armed = math.inf
 
-    def call_later(self, delay: float, fn: Callable[[], object]) -> Timer:
-        """Call C{fn} in C{delay} seconds; the L{Timer} cancels it."""
+    def call_later(self, delay: float, fn: Callable[[_Arg], object], arg: _Arg) -> Timer:
+        """
+        Call C{fn(arg)} in C{delay} seconds; the L{Timer} cancels it. (An
+        unbound method and its object, rather than a bound method: nothing
+        is made per timer that the collector would follow while it waits.)
+        """
         when = self.clock.seconds() + delay
         self._order += 1
-        timer = Timer(self, when, self._order, fn)
+        timer = Timer(self, when, self._order, fn, arg)
         heapq.heappush(self._heap, timer)
         self.live += 1
         if when < self._armed:
@@ -126,10 +135,11 @@ class TimerQueue:
             if timer[0] > due:
                 break
             heapq.heappop(heap)
-            timer[2] = None
+            arg = timer[3]
+            timer[2] = timer[3] = None
             self.live -= 1
             try:
-                fn()
+                fn(arg)
             except Exception:
                 log.failure("timer {fn!r} failed", fn=fn)
         self._rearm()
