@@ -6,6 +6,7 @@ SIP syntax, the RFC 4475 torture messages, and fuzzing.
 from __future__ import annotations
 
 import os
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,6 +30,7 @@ from cryptify.protocols.sip.message import (
     StreamParser,
     _parse_headers,
     _read_head,
+    _split_head,
     check_request,
     check_response,
     parse_datagram,
@@ -630,6 +632,25 @@ class FastHeadTests(SynchronousTestCase):
             self.assertEqual(headers.get(names[i]), "1")
         self.assertLessEqual(len(headers_module._NAMES), headers_module._KEYS_KEPT)
         self.assertNotIn("X-" + "a" * 200, headers_module._NAMES)
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        data=st.lists(st.sampled_from([b"\r", b"\n", b"a", b":", b" "]), max_size=16).map(b"".join),
+        start=st.integers(0, 16),
+    )
+    def test_head_end(self, data: bytes, start: int) -> None:
+        """
+        The head ends where the first empty line (CRLF or bare LF) starts,
+        as the pattern says, also when the quick search for CRLF CRLF is
+        taken.
+        """
+        start = min(start, len(data))
+        found = re.compile(rb"\r?\n\r?\n").search(data, start)
+        split = _split_head(data, start)
+        if found is None:
+            self.assertIsNone(split)
+            return
+        self.assertEqual(split, (data[start : found.start()].decode(), found.end()))
 
     @settings(max_examples=300, deadline=None)
     @given(

@@ -248,14 +248,21 @@ def _start_line(start: str, headers: Headers) -> tuple[str, str, str] | tuple[in
 
 def _split_head(data: bytes, start: int) -> tuple[str, int] | None:
     """The head as text and where the body starts, or C{None} if incomplete."""
-    m = _HEAD_END.search(data, start)
-    if m is None:
-        return None
+    end = data.find(b"\r\n\r\n", start)
+    # The first CRLF CRLF ends the head, unless a bare LF before it makes
+    # an earlier empty line (which the pattern finds).
+    if end >= 0 and data.count(b"\n", start, end) == data.count(b"\r\n", start, end):
+        body_at = end + 4
+    else:
+        m = _HEAD_END.search(data, start)
+        if m is None:
+            return None
+        end, body_at = m.start(), m.end()
     try:
-        head = data[start : m.start()].decode("utf-8")
+        head = data[start:end].decode("utf-8")
     except UnicodeDecodeError:
         raise SipParseError("header section is not UTF-8") from None
-    return head, m.end()
+    return head, body_at
 
 
 def _fast_headers(lines: list[str]) -> Headers | None:
