@@ -371,6 +371,25 @@ class SyntaxTests(SynchronousTestCase):
         self.assertEqual(parsed.status, 200)
         self.assertEqual(parsed.call_id, "abc@192.0.2.1")
 
+    def test_vias_read_once(self) -> None:
+        """
+        A message's Vias are parsed once and then remembered (each read
+        gives its own list); an unreadable one raises at every read, and
+        a message without any has no top Via.
+        """
+        message = parse_datagram(BASIC)
+        assert message is not None
+        first = message.vias
+        first.clear()
+        self.assertEqual(message.vias, [parse_via("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa1")])
+        self.assertIs(message.top_via, message.vias[0])
+        bad = parse_datagram(BASIC.replace(b"SIP/2.0/UDP", b"SIP/9/UDP"))
+        assert bad is not None
+        for _ in range(2):
+            self.assertRaises(SipParseError, lambda: bad.vias)
+        bare = Request("OPTIONS", "sip:a@b", Headers())
+        self.assertRaises(SipParseError, lambda: bare.top_via)
+
     def test_response_to_written_once(self) -> None:
         """
         A response's lines, written once by L{response_to}, are what the

@@ -271,8 +271,17 @@ class Headers:
         out: list[str] = []
         split = key in LIST_HEADERS
         for value in found:
-            parts = split_top(value, ",") if split else [value]
-            out.extend(p.strip(" \t") for p in parts if p.strip(" \t"))
+            # without a comma or a quote there is nothing to split (nor any
+            # quote to balance)
+            if not split or ("," not in value and '"' not in value):
+                value = value.strip(" \t")
+                if value:
+                    out.append(value)
+                continue
+            for part in split_top(value, ","):
+                part = part.strip(" \t")
+                if part:
+                    out.append(part)
         return out
 
     def count(self, name: str) -> int:

@@ -99,9 +99,28 @@ class _Common:
     def cseq(self) -> CSeq:
         return _cached_cseq(self.headers.get("CSeq") or "")
 
+    _vias: tuple[Via, ...] | None
+
     @property
     def vias(self) -> list[Via]:
-        return [_cached_via(v) for v in self.headers.values("Via")]
+        # read by the checks, the transaction key and every answer's Contact
+        vias = self._vias
+        if vias is None:
+            vias = tuple([_cached_via(v) for v in self.headers.values("Via")])
+            object.__setattr__(self, "_vias", vias)
+        return list(vias)
+
+    @property
+    def top_via(self) -> Via:
+        """The first Via (L{SipParseError} if there is none or it is unreadable)."""
+        vias = self._vias
+        if vias is None:
+            self.vias  # noqa: B018
+            vias = self._vias
+            assert vias is not None
+        if not vias:
+            raise SipParseError("Missing Via header")
+        return vias[0]
 
     @property
     def from_(self) -> NameAddr:
@@ -126,6 +145,7 @@ class Request(_Common):
     headers: Headers = attrs.field(factory=Headers)
     #: Not in the repr: an SDP body may carry SRTP keys (C{a=crypto}).
     body: bytes = attrs.field(default=b"", repr=False)
+    _vias: tuple[Via, ...] | None = attrs.field(init=False, default=None, eq=False, repr=False)
 
     def with_body(self, body: bytes) -> Request:
         """This request with C{body} (what C{attrs.evolve} gives, quicker)."""
@@ -150,7 +170,7 @@ class Response(_Common):
     headers: Headers = attrs.field(factory=Headers)
     #: Not in the repr: an SDP body may carry SRTP keys (C{a=crypto}).
     body: bytes = attrs.field(default=b"", repr=False)
-
+    _vias: tuple[Via, ...] | None = attrs.field(init=False, default=None, eq=False, repr=False)
     #: The header lines as L{response_to} wrote them (each ending in CRLF,
     #: no Content-Length), so that they are not written again.
     _written: str | None = attrs.field(init=False, default=None, eq=False, repr=False)

@@ -155,7 +155,7 @@ def server_key(request: Request) -> tuple[str, ...]:
     belongs to its INVITE's. Without the magic cookie, RFC 2543 matching
     on Call-ID, CSeq number, From tag and top Via.
     """
-    via = request.vias[0]
+    via = request.top_via
     method = "INVITE" if request.method == "ACK" else request.method
     if _key_branch(via.branch):
         return ("3261", via.branch or "", via.host, str(via.port or ""), method)
@@ -174,7 +174,7 @@ def client_key(message: Request | Response) -> tuple[str, str]:
     method = message.cseq.method
     if isinstance(message, Request) and message.method == "ACK":
         method = "INVITE"
-    return (message.vias[0].branch or "", method)
+    return (message.top_via.branch or "", method)
 
 
 @attrs.define(eq=False)
