@@ -122,13 +122,24 @@ class _Common:
             raise SipParseError("Missing Via header")
         return vias[0]
 
+    _from: NameAddr | None
+    _to: NameAddr | None
+
     @property
     def from_(self) -> NameAddr:
-        return _cached_name_addr(self.headers.get("From") or "")
+        found = self._from
+        if found is None:
+            found = _cached_name_addr(self.headers.get("From") or "")
+            object.__setattr__(self, "_from", found)
+        return found
 
     @property
     def to(self) -> NameAddr:
-        return _cached_name_addr(self.headers.get("To") or "")
+        found = self._to
+        if found is None:
+            found = _cached_name_addr(self.headers.get("To") or "")
+            object.__setattr__(self, "_to", found)
+        return found
 
     def _head_lines(self) -> list[str]:
         lines = [f"{n}: {v}" for n, v in self.headers.items if n.lower() != "content-length"]
@@ -146,6 +157,8 @@ class Request(_Common):
     #: Not in the repr: an SDP body may carry SRTP keys (C{a=crypto}).
     body: bytes = attrs.field(default=b"", repr=False)
     _vias: tuple[Via, ...] | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    _from: NameAddr | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    _to: NameAddr | None = attrs.field(init=False, default=None, eq=False, repr=False)
 
     def with_body(self, body: bytes) -> Request:
         """This request with C{body} (what C{attrs.evolve} gives, quicker)."""
@@ -171,6 +184,8 @@ class Response(_Common):
     #: Not in the repr: an SDP body may carry SRTP keys (C{a=crypto}).
     body: bytes = attrs.field(default=b"", repr=False)
     _vias: tuple[Via, ...] | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    _from: NameAddr | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    _to: NameAddr | None = attrs.field(init=False, default=None, eq=False, repr=False)
     #: The header lines as L{response_to} wrote them (each ending in CRLF,
     #: no Content-Length), so that they are not written again.
     _written: str | None = attrs.field(init=False, default=None, eq=False, repr=False)
