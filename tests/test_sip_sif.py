@@ -16,6 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.calls import (
     CALL_LINGER,
+    STUB_KEEPS,
+    Call,
     CallTable,
     SessionLogService,
     SessionRecords,
@@ -696,6 +698,40 @@ class TortureTreatmentTests(SynchronousTestCase):
         self.assertEqual((bye_ok.status, addr), (200, ("127.0.0.1", 5060)))
         self.assertTrue(call.ended)
         self.clock.advance(64 * T1)
+
+
+class StubTelSideTests(SynchronousTestCase):
+    """
+    The stub tel side (C{twistd cig --tel-stub}) keeps its latest legs and
+    hang-ups for inspection, not every call of a long run.
+    """
+
+    def test_keeps_latest(self) -> None:
+        """
+        Past twice L{STUB_KEEPS} legs the oldest half goes; the ids it
+        gives legs keep counting.
+        """
+
+        class Leg:
+            def trying(self) -> None:
+                pass
+
+            def ringing(self) -> None:
+                pass
+
+            def answered(self) -> None:
+                pass
+
+        stub = StubTelSide("answer")
+        calls = [Call(f"sip:{n}@pbx", "sip:cig") for n in range(2 * STUB_KEEPS + 5)]
+        for call in calls:
+            stub.place_call(call, Leg())  # type: ignore[arg-type]
+            stub.hang_up(call)
+        self.assertEqual(len(stub.legs), STUB_KEEPS + 5)
+        self.assertEqual(stub.legs[-1][0], calls[-1])
+        self.assertEqual(stub.hung_up[-1], calls[-1])
+        self.assertLess(len(stub.hung_up), 2 * STUB_KEEPS)
+        self.assertEqual(calls[-1].callee_if_id, f"stub-{len(calls)}")
 
 
 class SessionLineTests(SynchronousTestCase):

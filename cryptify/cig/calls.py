@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -47,6 +47,8 @@ SESSION_HEADER = "event"
 #: to the file; tests watch them): a call makes six records.
 SessionRecords = LineSink
 
+
+_Kept = TypeVar("_Kept")
 
 #: The process's session.log records.
 session_records = SessionRecords()
@@ -250,23 +252,41 @@ class TelSide(Protocol):
         """The PBX sent new media for a call (a re-INVITE's offer)."""
 
 
+#: How many of its latest legs, hang-ups and media changes a L{StubTelSide}
+#: keeps for inspection.
+STUB_KEEPS = 1000
+
+
+def _keep_latest(items: list[_Kept]) -> None:
+    """Drop the oldest half of C{items} once it holds twice L{STUB_KEEPS}."""
+    if len(items) >= 2 * STUB_KEEPS:
+        del items[:STUB_KEEPS]
+
+
 @attrs.define(eq=False)
 class StubTelSide:
     """
     A stand-in for the tel side until the UMSG interface exists, and the
     tests' double: C{mode} C{answer} answers every leg at once (trying,
     ringing, answered), C{ring} leaves it ringing, C{reject} declines it
-    (603), C{unavailable} refuses it (480).
+    (603), C{unavailable} refuses it (480). It keeps its latest legs,
+    hang-ups and media changes (at least L{STUB_KEEPS} of each), so that
+    a long run under C{twistd cig --tel-stub} does not hold every call
+    it ever placed.
     """
 
     mode: str = "unavailable"
     legs: list[tuple[Call, TelLeg]] = attrs.field(factory=list)
     hung_up: list[Call] = attrs.field(factory=list)
     media_changes: list[Call] = attrs.field(factory=list)
+    #: Legs placed so far.
+    placed: int = 0
 
     def place_call(self, call: Call, leg: TelLeg) -> None:
         self.legs.append((call, leg))
-        call.callee_if_id = f"stub-{len(self.legs)}"
+        _keep_latest(self.legs)
+        self.placed += 1
+        call.callee_if_id = f"stub-{self.placed}"
         if self.mode == "unavailable":
             leg.rejected(480)
             return
@@ -280,6 +300,8 @@ class StubTelSide:
 
     def hang_up(self, call: Call) -> None:
         self.hung_up.append(call)
+        _keep_latest(self.hung_up)
 
     def media_changed(self, call: Call) -> None:
         self.media_changes.append(call)
+        _keep_latest(self.media_changes)
