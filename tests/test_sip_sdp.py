@@ -4,12 +4,15 @@ Tests for L{cryptify.protocols.sip.sdp}: SDP and offer/answer.
 
 from __future__ import annotations
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.protocols.sip.sdp import (
+    Media,
     SdpError,
+    _changed,
     chosen_codec,
     make_answer,
     make_offer,
@@ -121,3 +124,21 @@ class OfferAnswerTests(SynchronousTestCase):
         answer = make_answer(offer, "127.0.0.1", 1024, "1")
         if answer is not None:
             render_sdp(answer)
+
+    @settings(max_examples=100, deadline=None)
+    @given(
+        field=st.sampled_from(["rtpmap", "fmtp", "direction", "address", "ptime", "crypto"]),
+        text=st.text(max_size=5),
+    )
+    def test_changed_as_evolve(self, field: str, text: str) -> None:
+        """A media section with one field changed is what C{attrs.evolve} makes."""
+        media = Media("audio", 4000, "RTP/AVP", ("0", "8"), rtpmap=(("0", "PCMU/8000"),))
+        value: object = {
+            "rtpmap": (("8", text),),
+            "fmtp": (("8", text),),
+            "direction": text or "inactive",
+            "address": text or "192.0.2.1",
+            "ptime": len(text) + 1,
+            "crypto": (text,),
+        }[field]
+        self.assertEqual(_changed(media, **{field: value}), attrs.evolve(media, **{field: value}))

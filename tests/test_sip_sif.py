@@ -16,6 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.cig.calls import (
     CALL_LINGER,
+    STUB_KEEPS,
+    Call,
     CallTable,
     SessionLogService,
     SessionRecords,
@@ -443,6 +445,50 @@ class AdapterTests(SifCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
         self.clock.advance(64 * T1)
 
+    def test_udp_checked_peer_sent_directly(self) -> None:
+        """
+        On a real port, the first datagram to a peer goes through the
+        port's C{write} (which checks the address); later ones go straight
+        to its socket; a socket error is left to C{write}, which sends
+        again or reports it (logged, the adapter keeps serving).
+        """
+
+        class Socket:
+            def __init__(self) -> None:
+                self.sent: list[tuple[str, int]] = []
+                self.error: OSError | None = None
+
+            def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+                if self.error is not None:
+                    raise self.error
+                self.sent.append(addr)
+                return len(data)
+
+        class Port(FakeUdpTransport):
+            def __init__(self) -> None:
+                super().__init__()
+                self.socket = Socket()
+                self.refuse = False
+
+            def write(self, data: bytes, addr: tuple[str, int]) -> None:
+                if self.refuse:
+                    raise OSError("no buffer space")
+                super().write(data, addr)
+
+        port = Port()
+        self.protocol.transport = port  # type: ignore[assignment]
+        self.protocol.datagramReceived(invite(), ("192.0.2.7", 5080))
+        self.assertEqual([addr for _, addr in port.written], [("192.0.2.7", 5080)])
+        self.assertEqual(port.socket.sent, [("192.0.2.7", 5080)] * 2)
+        self.assertEqual(self.protocol.checked, {"192.0.2.7"})
+        port.socket.error = OSError("interrupted")
+        self.protocol.datagramReceived(invite(call_id="c2", branch="z9hG4bK2"), ("192.0.2.7", 5080))
+        self.assertEqual(len(port.written), 4)
+        port.refuse = True
+        self.protocol.datagramReceived(invite(call_id="c3", branch="z9hG4bK3"), ("192.0.2.7", 5080))
+        self.assertEqual(len(port.written), 4)
+        self.clock.advance(64 * T1)
+
     def test_tcp(self) -> None:
         """
         Over TCP, messages split across segments are answered on the
@@ -652,6 +698,40 @@ class TortureTreatmentTests(SynchronousTestCase):
         self.assertEqual((bye_ok.status, addr), (200, ("127.0.0.1", 5060)))
         self.assertTrue(call.ended)
         self.clock.advance(64 * T1)
+
+
+class StubTelSideTests(SynchronousTestCase):
+    """
+    The stub tel side (C{twistd cig --tel-stub}) keeps its latest legs and
+    hang-ups for inspection, not every call of a long run.
+    """
+
+    def test_keeps_latest(self) -> None:
+        """
+        Past twice L{STUB_KEEPS} legs the oldest half goes; the ids it
+        gives legs keep counting.
+        """
+
+        class Leg:
+            def trying(self) -> None:
+                pass
+
+            def ringing(self) -> None:
+                pass
+
+            def answered(self) -> None:
+                pass
+
+        stub = StubTelSide("answer")
+        calls = [Call(f"sip:{n}@pbx", "sip:cig") for n in range(2 * STUB_KEEPS + 5)]
+        for call in calls:
+            stub.place_call(call, Leg())  # type: ignore[arg-type]
+            stub.hang_up(call)
+        self.assertEqual(len(stub.legs), STUB_KEEPS + 5)
+        self.assertEqual(stub.legs[-1][0], calls[-1])
+        self.assertEqual(stub.hung_up[-1], calls[-1])
+        self.assertLess(len(stub.hung_up), 2 * STUB_KEEPS)
+        self.assertEqual(calls[-1].callee_if_id, f"stub-{len(calls)}")
 
 
 class SessionLineTests(SynchronousTestCase):

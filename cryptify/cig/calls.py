@@ -25,12 +25,14 @@ UMSG interface until it exists, and is the tests' double.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
 from cryptify.logs import LineSink, LogFileService, utc_timestamp
+from cryptify.protocols.sip.timers import Timer, TimerQueue
 
 if TYPE_CHECKING:
     from .records import CallRecords
@@ -45,6 +47,8 @@ SESSION_HEADER = "event"
 #: to the file; tests watch them): a call makes six records.
 SessionRecords = LineSink
 
+
+_Kept = TypeVar("_Kept")
 
 #: The process's session.log records.
 session_records = SessionRecords()
@@ -153,7 +157,15 @@ class CallTable:
 
     clock: IReactorTime
     calls: list[Call] = attrs.field(factory=list)
-    _linger: dict[Call, IDelayedCall] = attrs.field(factory=dict)
+    _linger: dict[Call, Timer] = attrs.field(factory=dict)
+    #: The lingering calls' timers, on one delayed call of C{clock}.
+    _timers: TimerQueue = attrs.field(
+        init=False, default=attrs.Factory(lambda self: TimerQueue(self.clock), takes_self=True)
+    )
+    #: C{_drop}, bound once (not once per lingering call).
+    _dropper: Callable[[Call], None] = attrs.field(
+        init=False, default=attrs.Factory(lambda self: self._drop, takes_self=True)
+    )
     #: Where ended calls are recorded (None: no call records).
     records: CallRecords | None = None
 
@@ -187,7 +199,7 @@ class CallTable:
         """Record C{call}'s last completed event; ended calls linger."""
         call.state = state
         if state in ENDED and call not in self._linger:
-            self._linger[call] = self.clock.callLater(CALL_LINGER, self._drop, call)
+            self._linger[call] = self._timers.call_later(CALL_LINGER, self._dropper, call)
 
     def close(self, call: Call, state: CallState, event: str) -> None:
         """End C{call}'s row with C{state} unless it has ended (a call no leg took)."""
@@ -207,8 +219,7 @@ class CallTable:
     def stop(self) -> None:
         """Cancel the linger timers (at shutdown)."""
         for delayed in self._linger.values():
-            if delayed.active():
-                delayed.cancel()
+            delayed.cancel()
         self._linger.clear()
 
 
@@ -241,23 +252,41 @@ class TelSide(Protocol):
         """The PBX sent new media for a call (a re-INVITE's offer)."""
 
 
+#: How many of its latest legs, hang-ups and media changes a L{StubTelSide}
+#: keeps for inspection.
+STUB_KEEPS = 1000
+
+
+def _keep_latest(items: list[_Kept]) -> None:
+    """Drop the oldest half of C{items} once it holds twice L{STUB_KEEPS}."""
+    if len(items) >= 2 * STUB_KEEPS:
+        del items[:STUB_KEEPS]
+
+
 @attrs.define(eq=False)
 class StubTelSide:
     """
     A stand-in for the tel side until the UMSG interface exists, and the
     tests' double: C{mode} C{answer} answers every leg at once (trying,
     ringing, answered), C{ring} leaves it ringing, C{reject} declines it
-    (603), C{unavailable} refuses it (480).
+    (603), C{unavailable} refuses it (480). It keeps its latest legs,
+    hang-ups and media changes (at least L{STUB_KEEPS} of each), so that
+    a long run under C{twistd cig --tel-stub} does not hold every call
+    it ever placed.
     """
 
     mode: str = "unavailable"
     legs: list[tuple[Call, TelLeg]] = attrs.field(factory=list)
     hung_up: list[Call] = attrs.field(factory=list)
     media_changes: list[Call] = attrs.field(factory=list)
+    #: Legs placed so far.
+    placed: int = 0
 
     def place_call(self, call: Call, leg: TelLeg) -> None:
         self.legs.append((call, leg))
-        call.callee_if_id = f"stub-{len(self.legs)}"
+        _keep_latest(self.legs)
+        self.placed += 1
+        call.callee_if_id = f"stub-{self.placed}"
         if self.mode == "unavailable":
             leg.rejected(480)
             return
@@ -271,6 +300,8 @@ class StubTelSide:
 
     def hang_up(self, call: Call) -> None:
         self.hung_up.append(call)
+        _keep_latest(self.hung_up)
 
     def media_changed(self, call: Call) -> None:
         self.media_changes.append(call)
+        _keep_latest(self.media_changes)

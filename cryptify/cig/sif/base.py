@@ -145,7 +145,7 @@ class SifBase:
     def contact_uri(self, request: Request) -> str:
         """Our Contact in answers to C{request}: over TLS, the TLS port and C{;transport=tls}."""
         try:
-            tls = request.vias[0].transport == "TLS"
+            tls = request.top_via.transport == "TLS"
         except (SipParseError, IndexError):
             tls = False
         if tls:

@@ -16,7 +16,6 @@ import enum
 from typing import TYPE_CHECKING
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from cryptify.lifecycle import Lifecycle, check_table
@@ -24,6 +23,7 @@ from cryptify.protocols.sip.dialog import Dialog
 from cryptify.protocols.sip.digest import Credentials
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.message import Headers, Request, Response
+from cryptify.protocols.sip.timers import Timer
 from cryptify.protocols.sip.transaction import Channel, ServerTransaction
 
 from ..calls import Call, CallState, TelLeg
@@ -95,7 +95,7 @@ class SipCall:
     answer: bytes = attrs.field(repr=False)
     rtp_port: int | None
     dialog: Dialog | None = None
-    no_answer: IDelayedCall | None = None
+    no_answer: Timer | None = None
     #: The PBX's latest SDP (a re-INVITE's offer, or its answer to ours),
     #: if it sent one after the INVITE.
     remote_sdp: bytes | None = attrs.field(default=None, repr=False)
@@ -121,7 +121,9 @@ class SipCall:
 
     def start(self) -> None:
         """Hand the leg to the tel side; give up if it is not answered in time."""
-        self.no_answer = self.sif.clock.callLater(NO_ANSWER_AFTER, self._unanswered_too_long)
+        self.no_answer = self.sif.layer.timers.call_later(
+            NO_ANSWER_AFTER, SipCall._unanswered_too_long, self
+        )
         self.sif.tel.place_call(self.call, self)
 
     def _unanswered_too_long(self) -> None:

@@ -149,9 +149,13 @@ class SipPeers:
             return False
         if address in self.literal:
             return True
-        if any(address in found for found in self.resolved.values()):
-            return True
-        return any(address in network for network in self.networks)
+        for found in self.resolved.values():
+            if address in found:
+                return True
+        for network in self.networks:
+            if address in network:
+                return True
+        return False
 
     def addresses(self) -> list[str]:
         """Every address taken now (for logs and status), networks last."""

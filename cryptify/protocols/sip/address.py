@@ -277,7 +277,7 @@ class Via:
     def with_params(self, **values: str | None) -> Via:
         """This Via with parameters set (C{None}: a flag with no value)."""
         rest = tuple(p for p in self.params if p[0] not in values)
-        return attrs.evolve(self, params=rest + tuple(values.items()))
+        return Via(self.transport, self.host, self.port, rest + tuple(values.items()))
 
     def __str__(self) -> str:
         port = f":{self.port}" if self.port is not None else ""

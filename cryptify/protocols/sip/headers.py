@@ -7,11 +7,12 @@ the comma lists of list-valued headers split by L{Headers.values}.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar, cast
 
 import attrs
 
-from .address import split_top
+from .address import TOKEN, split_top
 
 COMPACT = {
     "a": "Accept-Contact",
@@ -118,6 +119,8 @@ _SPELLING = {**CANONICAL, **COMPACT}
 #: those are few, so they are kept once computed (up to L{_KEYS_KEPT}).
 _KEYS: dict[str, str] = {}
 _KEYS_KEPT = 512
+#: Longer name texts are not kept (a peer's noise cannot grow the table).
+_NAME_KEPT_LONGEST = 64
 
 
 def canonical(name: str) -> str:
@@ -135,6 +138,33 @@ def _key(name: str) -> str:
     return key
 
 
+#: Header name texts as they stood before the colon (trailing white space
+#: and all) to their usual spelling and lookup key; a peer's names are
+#: few, and those past L{_KEYS_KEPT} are looked up each time.
+_NAMES: dict[str, tuple[str, str]] = {}
+
+
+def header_name(text: str) -> tuple[str, str] | None:
+    """
+    The usual spelling and lookup key of the header name written C{text}
+    (what stood before the colon, trailing white space included), or
+    C{None} if it is not a token.
+    """
+    known = _NAMES.get(text)
+    if known is None:
+        name = text.rstrip(" \t")
+        if not TOKEN.fullmatch(name):
+            return None
+        spelled = canonical(name)
+        known = (spelled, spelled.lower())
+        if len(_NAMES) < _KEYS_KEPT and len(text) <= _NAME_KEPT_LONGEST:
+            _NAMES[text] = known
+    return known
+
+
+_Derived = TypeVar("_Derived")
+
+
 @attrs.frozen
 class Headers:
     """
@@ -145,23 +175,76 @@ class Headers:
     """
 
     items: tuple[tuple[str, str], ...] = ()
-    _index: dict[str, list[str]] | None = attrs.field(
+    _index: dict[str, tuple[str, ...]] | None = attrs.field(
         init=False, default=None, eq=False, repr=False
     )
+    _derived_by: Callable[[Headers], object] | None = attrs.field(
+        init=False, default=None, eq=False, repr=False
+    )
+    _derived: object = attrs.field(init=False, default=None, eq=False, repr=False)
 
-    def _lookup(self) -> dict[str, list[str]]:
+    def derived(self, make: Callable[[Headers], _Derived]) -> _Derived:
+        """
+        C{make(self)}, made at the first call and then remembered (headers
+        never change): what the answers to a request copy from it, say.
+        One such value is remembered, the latest C{make}'s.
+        """
+        if self._derived_by is make:
+            return cast(_Derived, self._derived)
+        value = make(self)
+        object.__setattr__(self, "_derived_by", make)
+        object.__setattr__(self, "_derived", value)
+        return value
+
+    def _lookup(self) -> dict[str, tuple[str, ...]]:
         index = self._index
         if index is None:
             index = {}
             for n, v in self.items:
                 key = n.lower()
                 found = index.get(key)
-                if found is None:
-                    index[key] = [v]
-                else:
-                    found.append(v)
+                index[key] = (v,) if found is None else (*found, v)
             object.__setattr__(self, "_index", index)
         return index
+
+    @classmethod
+    def indexed(
+        cls, items: tuple[tuple[str, str], ...], index: dict[str, tuple[str, ...]]
+    ) -> Headers:
+        """
+        Headers whose lookup index (lower-case usual name to values, in
+        order) the caller made while reading C{items}: the parser has it
+        for free. Tuples, not lists: the collector stops following tuples
+        of strings once they have lived through one of its passes, and a
+        call's requests live for half a minute.
+        """
+        headers = cls(items)
+        object.__setattr__(headers, "_index", index)
+        return headers
+
+    def by_key(self) -> dict[str, tuple[str, ...]]:
+        """
+        The lookup index: each lower-case usual name to its values, one per
+        header line, in order. Read it, never change it.
+        """
+        index = self._index
+        return index if index is not None else self._lookup()
+
+    def with_value(self, key: str, value: str) -> Headers:
+        """
+        These headers with the first line of lookup key C{key} (lower-case
+        usual name; there must be one) holding C{value}, in its place; the
+        index follows without being made again.
+        """
+        index = dict(self.by_key())
+        old = index[key]
+        index[key] = (value, *old[1:])
+        items = list(self.items)
+        for i, (n, _) in enumerate(items):
+            if n.lower() == key:
+                items[i] = (n, value)
+                break
+        return Headers.indexed(tuple(items), index)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.items)
@@ -188,8 +271,17 @@ class Headers:
         out: list[str] = []
         split = key in LIST_HEADERS
         for value in found:
-            parts = split_top(value, ",") if split else [value]
-            out.extend(p.strip(" \t") for p in parts if p.strip(" \t"))
+            # without a comma or a quote there is nothing to split (nor any
+            # quote to balance)
+            if not split or ("," not in value and '"' not in value):
+                value = value.strip(" \t")
+                if value:
+                    out.append(value)
+                continue
+            for part in split_top(value, ","):
+                part = part.strip(" \t")
+                if part:
+                    out.append(part)
         return out
 
     def count(self, name: str) -> int:

@@ -44,7 +44,8 @@ from .address import (
     split_top,
 )
 from .errors import SipParseError
-from .headers import SINGLE_HEADERS, Headers, canonical
+from .headers import SINGLE_HEADERS, Headers, canonical, header_name
+from .reasons import REASONS, reason_phrase
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -99,17 +100,47 @@ class _Common:
     def cseq(self) -> CSeq:
         return _cached_cseq(self.headers.get("CSeq") or "")
 
+    _vias: tuple[Via, ...] | None
+
     @property
     def vias(self) -> list[Via]:
-        return [_cached_via(v) for v in self.headers.values("Via")]
+        # read by the checks, the transaction key and every answer's Contact
+        vias = self._vias
+        if vias is None:
+            vias = tuple([_cached_via(v) for v in self.headers.values("Via")])
+            object.__setattr__(self, "_vias", vias)
+        return list(vias)
+
+    @property
+    def top_via(self) -> Via:
+        """The first Via (L{SipParseError} if there is none or it is unreadable)."""
+        vias = self._vias
+        if vias is None:
+            self.vias  # noqa: B018
+            vias = self._vias
+            assert vias is not None
+        if not vias:
+            raise SipParseError("Missing Via header")
+        return vias[0]
+
+    _from: NameAddr | None
+    _to: NameAddr | None
 
     @property
     def from_(self) -> NameAddr:
-        return _cached_name_addr(self.headers.get("From") or "")
+        found = self._from
+        if found is None:
+            found = _cached_name_addr(self.headers.get("From") or "")
+            object.__setattr__(self, "_from", found)
+        return found
 
     @property
     def to(self) -> NameAddr:
-        return _cached_name_addr(self.headers.get("To") or "")
+        found = self._to
+        if found is None:
+            found = _cached_name_addr(self.headers.get("To") or "")
+            object.__setattr__(self, "_to", found)
+        return found
 
     def _head_lines(self) -> list[str]:
         lines = [f"{n}: {v}" for n, v in self.headers.items if n.lower() != "content-length"]
@@ -126,6 +157,9 @@ class Request(_Common):
     headers: Headers = attrs.field(factory=Headers)
     #: Not in the repr: an SDP body may carry SRTP keys (C{a=crypto}).
     body: bytes = attrs.field(default=b"", repr=False)
+    _vias: tuple[Via, ...] | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    _from: NameAddr | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    _to: NameAddr | None = attrs.field(init=False, default=None, eq=False, repr=False)
 
     def with_body(self, body: bytes) -> Request:
         """This request with C{body} (what C{attrs.evolve} gives, quicker)."""
@@ -150,6 +184,12 @@ class Response(_Common):
     headers: Headers = attrs.field(factory=Headers)
     #: Not in the repr: an SDP body may carry SRTP keys (C{a=crypto}).
     body: bytes = attrs.field(default=b"", repr=False)
+    _vias: tuple[Via, ...] | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    _from: NameAddr | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    _to: NameAddr | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    #: The header lines as L{response_to} wrote them (each ending in CRLF,
+    #: no Content-Length), so that they are not written again.
+    _written: str | None = attrs.field(init=False, default=None, eq=False, repr=False)
 
     def with_body(self, body: bytes) -> Response:
         """This response with C{body}."""
@@ -157,6 +197,12 @@ class Response(_Common):
 
     def to_bytes(self) -> bytes:
         """The response on the wire; Content-Length always matches the body."""
+        written = self._written
+        if written is not None:
+            return (
+                f"{SIP_VERSION} {self.status} {self.reason}\r\n{written}"
+                f"Content-Length: {len(self.body)}\r\n\r\n"
+            ).encode() + self.body
         head = "\r\n".join([f"{SIP_VERSION} {self.status} {self.reason}", *self._head_lines()])
         return head.encode("utf-8") + b"\r\n\r\n" + self.body
 
@@ -184,12 +230,12 @@ def _parse_headers(lines: list[str]) -> Headers:
 
 
 def _content_length(headers: Headers) -> int | None:
-    found = {v.strip() for v in headers.get_all("Content-Length")}
+    found = headers.get_all("Content-Length")
     if not found:
         return None
-    if len(found) > 1:
+    value = found[0].strip()
+    if len(found) > 1 and len({v.strip() for v in found}) > 1:
         raise SipParseError("conflicting Content-Length values")
-    value = found.pop()
     if not value.isdigit() or not value.isascii():
         raise SipParseError("bad Content-Length")
     if len(value) > 9 or int(value) > MAX_BODY_BYTES:
@@ -238,21 +284,59 @@ def _start_line(start: str, headers: Headers) -> tuple[str, str, str] | tuple[in
 
 def _split_head(data: bytes, start: int) -> tuple[str, int] | None:
     """The head as text and where the body starts, or C{None} if incomplete."""
-    m = _HEAD_END.search(data, start)
-    if m is None:
-        return None
+    end = data.find(b"\r\n\r\n", start)
+    # The first CRLF CRLF ends the head, unless a bare LF before it makes
+    # an earlier empty line (which the pattern finds).
+    if end >= 0 and data.count(b"\n", start, end) == data.count(b"\r\n", start, end):
+        body_at = end + 4
+    else:
+        m = _HEAD_END.search(data, start)
+        if m is None:
+            return None
+        end, body_at = m.start(), m.end()
     try:
-        head = data[start : m.start()].decode("utf-8")
+        head = data[start:end].decode("utf-8")
     except UnicodeDecodeError:
         raise SipParseError("header section is not UTF-8") from None
-    return head, m.end()
+    return head, body_at
+
+
+def _fast_headers(lines: list[str]) -> Headers | None:
+    """
+    The header lines of a head whose lines all ended in CRLF and none of
+    which is folded, read in one pass with their lookup index; C{None}
+    when a line needs L{_parse_headers} (which gives the error).
+    """
+    if len(lines) > MAX_HEADER_FIELDS:
+        return None
+    items: list[tuple[str, str]] = []
+    index: dict[str, tuple[str, ...]] = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        known = header_name(name) if colon else None
+        if known is None:
+            return None
+        value = value.strip(" \t")
+        items.append((known[0], value))
+        found = index.get(known[1])
+        index[known[1]] = (value,) if found is None else (*found, value)
+    return Headers.indexed(tuple(items), index)
+
+
+def _read_head(head: str) -> tuple[str, Headers]:
+    """The start line and header fields of a header section."""
+    if head.count("\n") == head.count("\r\n") and "\r\n " not in head and "\r\n\t" not in head:
+        lines = head.split("\r\n")
+        headers = _fast_headers(lines[1:])
+        if headers is not None:
+            return lines[0], headers
+    lines = head.split("\n")
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    return lines[0], _parse_headers(lines[1:])
 
 
 def _build(head: str, body: bytes) -> Message:
-    lines = head.split("\n")
-    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
-    start = lines[0]
-    headers = _parse_headers(lines[1:])
+    start, headers = _read_head(head)
     parsed = _start_line(start, headers)
     if len(parsed) == 2:
         return Response(status=parsed[0], reason=parsed[1], headers=headers, body=body)
@@ -302,23 +386,23 @@ def parse_datagram(data: bytes) -> Message | None:
             is_request=isinstance(truncated, Request),
         )
     head, body_at = split
-    message = _build(head, b"")
+    start_line, headers = _read_head(head)
+    parsed = _start_line(start_line, headers)
+    is_request = len(parsed) == 3
     try:
-        length = _content_length(message.headers)
+        length = _content_length(headers)
     except SipParseError as exc:
-        raise SipParseError(
-            exc.reason, exc.status, message.headers, isinstance(message, Request)
-        ) from None
+        raise SipParseError(exc.reason, exc.status, headers, is_request) from None
     body = data[body_at:]
     if length is not None:
         if length > len(body):
             raise SipParseError(
-                "body shorter than Content-Length",
-                headers=message.headers,
-                is_request=isinstance(message, Request),
+                "body shorter than Content-Length", headers=headers, is_request=is_request
             )
         body = body[:length]
-    return message.with_body(body)
+    if len(parsed) == 2:
+        return Response(parsed[0], parsed[1], headers, body)
+    return Request(parsed[0], parsed[1], headers, body)
 
 
 @attrs.define
@@ -360,13 +444,19 @@ class StreamParser:
             out.append(message.with_body(body))
 
 
+_MANDATORY = tuple((name, name.lower()) for name in ("Via", "From", "To", "Call-ID", "CSeq"))
+_SINGLE = tuple((name, name.lower()) for name in SINGLE_HEADERS)
+
+
 def _check_common(message: Message) -> None:
-    headers = message.headers
-    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-        if not headers.get(name):
+    index = message.headers.by_key()
+    for name, key in _MANDATORY:
+        found = index.get(key)
+        if not found or not found[0]:
             raise SipParseError(f"Missing {name} header")
-    for name in SINGLE_HEADERS:
-        if headers.count(name) > 1:
+    for name, key in _SINGLE:
+        found = index.get(key)
+        if found is not None and len(found) > 1:
             raise SipParseError(f"More than one {name} header")
     message.vias  # noqa: B018 - parse every Via
     message.from_  # noqa: B018
@@ -415,76 +505,66 @@ def stamp_received(headers: Headers, source: tuple[str, int]) -> tuple[Headers, 
     The header fields of a request that came from C{source}, with the top
     Via stamped with C{received} and C{rport} (L{received_via}), and where
     a response over UDP goes (L{response_address}). Responses copy the
-    Vias, so they carry what was stamped. Without a readable top Via the
-    headers are unchanged and the answer goes back to the source.
+    Vias, so they carry what was stamped. A top Via that needs no stamp is
+    left as it was written; without a readable top Via the headers are
+    unchanged and the answer goes back to the source.
     """
-    for i, (name, value) in enumerate(headers.items):
-        if name != "Via":
-            continue
-        try:
-            parts = split_top(value, ",")
-            via = shared_via(parts[0])
-        except SipParseError:
-            return headers, source
-        parts[0] = str(received_via(via, source))
-        items = list(headers.items)
-        items[i] = (name, ",".join(parts))
-        return Headers(tuple(items)), response_address(via, source)
-    return headers, source
+    found = headers.by_key().get("via")
+    if not found:
+        return headers, source
+    value = found[0]
+    try:
+        parts = split_top(value, ",")
+        via = shared_via(parts[0])
+    except SipParseError:
+        return headers, source
+    where = response_address(via, source)
+    stamped = received_via(via, source)
+    if stamped is via:
+        return headers, where
+    parts[0] = str(stamped)
+    return headers.with_value("via", ",".join(parts)), where
 
 
-REASONS = {
-    100: "Trying",
-    180: "Ringing",
-    181: "Call Is Being Forwarded",
-    182: "Queued",
-    183: "Session Progress",
-    200: "OK",
-    202: "Accepted",
-    300: "Multiple Choices",
-    301: "Moved Permanently",
-    302: "Moved Temporarily",
-    380: "Alternative Service",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    406: "Not Acceptable",
-    408: "Request Timeout",
-    410: "Gone",
-    413: "Request Entity Too Large",
-    414: "Request-URI Too Long",
-    415: "Unsupported Media Type",
-    416: "Unsupported URI Scheme",
-    420: "Bad Extension",
-    421: "Extension Required",
-    480: "Temporarily Unavailable",
-    481: "Call/Transaction Does Not Exist",
-    482: "Loop Detected",
-    483: "Too Many Hops",
-    484: "Address Incomplete",
-    486: "Busy Here",
-    487: "Request Terminated",
-    488: "Not Acceptable Here",
-    491: "Request Pending",
-    500: "Server Internal Error",
-    501: "Not Implemented",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Server Time-out",
-    505: "Version Not Supported",
-    513: "Message Too Large",
-    600: "Busy Everywhere",
-    603: "Decline",
-    604: "Does Not Exist Anywhere",
-    606: "Not Acceptable",
-}
+#: What every response to a request copies from it (RFC 3261 8.2.6.2): its
+#: Vias and From, its To, its Call-ID and CSeq, as header fields and as
+#: written lines (before the To, after it), made once per request. A plain
+#: tuple of strings: the collector stops following it after one pass.
+_Copied = tuple[tuple[tuple[str, str], ...], str | None, tuple[tuple[str, str], ...], str, str]
 
 
-def reason_phrase(status: int) -> str:
-    """The RFC 3261 reason phrase for C{status} (or a generic one)."""
-    return REASONS.get(status) or REASONS.get(status // 100 * 100, "Unknown")
+def _copied(headers: Headers) -> _Copied:
+    index = headers.by_key()
+    before = tuple([("Via", v) for v in index.get("via", ())])
+    after: list[tuple[str, str]] = []
+    found = index.get("from")
+    if found:
+        before += (("From", found[0]),)
+    for name, key in (("Call-ID", "call-id"), ("CSeq", "cseq")):
+        found = index.get(key)
+        if found:
+            after.append((name, found[0]))
+    to = index.get("to")
+    return (
+        before,
+        to[0] if to else None,
+        tuple(after),
+        "".join([f"{n}: {v}\r\n" for n, v in before]),
+        "".join([f"{n}: {v}\r\n" for n, v in after]),
+    )
+
+
+def _with_tag(to: str, tag: str) -> str:
+    """C{to} (a To value) with C{tag}, if it has no tag; as written otherwise."""
+    try:
+        parsed = shared_name_addr(to)
+    except SipParseError:
+        return to
+    if parsed.tag is not None:
+        return to
+    if parsed.bracketed:
+        return f"{to};tag={tag}"  # the request's To as it was, plus the tag
+    return str(parsed.with_tag(tag))
 
 
 def response_to(
@@ -500,18 +580,16 @@ def response_to(
     From, To, Call-ID and CSeq copied (RFC 3261 8.2.6.2), a To tag added
     when C{to_tag} is given and the To has none.
     """
-    items: list[tuple[str, str]] = [("Via", v) for v in headers.get_all("Via")]
-    for name in ("From", "To", "Call-ID", "CSeq"):
-        value = headers.get(name)
-        if value is None:
-            continue
-        if name == "To" and to_tag is not None:
-            try:
-                to = shared_name_addr(value)
-                if to.tag is None:
-                    value = str(to.with_tag(to_tag))
-            except SipParseError:
-                pass
-        items.append((name, value))
-    items.extend(extra)
-    return Response(status, reason or reason_phrase(status), Headers(tuple(items)), body)
+    before_to, to, after_to, before_text, after_text = headers.derived(_copied)
+    if to is None:
+        items = (*before_to, *after_to, *extra)
+        to_text = ""
+    else:
+        if to_tag is not None:
+            to = _with_tag(to, to_tag)
+        items = (*before_to, ("To", to), *after_to, *extra)
+        to_text = f"To: {to}\r\n"
+    response = Response(status, reason or reason_phrase(status), Headers(items), body)
+    written = "".join([f"{n}: {v}\r\n" for n, v in extra if n.lower() != "content-length"])
+    object.__setattr__(response, "_written", f"{before_text}{to_text}{after_text}{written}")
+    return response

@@ -160,7 +160,7 @@ def parse_sdp(body: bytes) -> SessionDescription:
             name = value
         elif kind == "c":
             if media:
-                media[-1] = attrs.evolve(media[-1], address=_address(value))
+                media[-1] = _changed(media[-1], address=_address(value))
             else:
                 session_address = _address(value)
         elif kind == "m":
@@ -175,7 +175,7 @@ def parse_sdp(body: bytes) -> SessionDescription:
         raise SdpError("no origin line")
     if session_direction is not None:
         media = [
-            m if i in directed else attrs.evolve(m, direction=session_direction)
+            m if i in directed else _changed(m, direction=session_direction)
             for i, m in enumerate(media)
         ]
     return SessionDescription(
@@ -189,28 +189,53 @@ def parse_sdp(body: bytes) -> SessionDescription:
     )
 
 
+def _changed(
+    m: Media,
+    *,
+    rtpmap: tuple[tuple[str, str], ...] | None = None,
+    fmtp: tuple[tuple[str, str], ...] | None = None,
+    direction: str | None = None,
+    address: str | None = None,
+    ptime: int | None = None,
+    crypto: tuple[str, ...] | None = None,
+) -> Media:
+    """C{m} with the fields given changed (what C{attrs.evolve} gives, quicker)."""
+    return Media(
+        m.kind,
+        m.port,
+        m.proto,
+        m.formats,
+        m.rtpmap if rtpmap is None else rtpmap,
+        m.fmtp if fmtp is None else fmtp,
+        m.direction if direction is None else direction,
+        m.address if address is None else address,
+        m.ptime if ptime is None else ptime,
+        m.crypto if crypto is None else crypto,
+    )
+
+
 def _attribute(media: Media, value: str) -> Media:
     attr, _, rest = value.partition(":")
     if attr in DIRECTIONS:
-        return attrs.evolve(media, direction=attr)
+        return _changed(media, direction=attr)
     if attr in ("rtpmap", "fmtp"):
         pt, _, spec = rest.partition(" ")
         if not (pt.isascii() and pt.isdigit()) or not spec.strip():
             raise SdpError(f"bad {attr} attribute")
         if attr == "rtpmap":
-            return attrs.evolve(media, rtpmap=(*media.rtpmap, (pt, spec.strip())))
-        return attrs.evolve(media, fmtp=(*media.fmtp, (pt, spec.strip())))
+            return _changed(media, rtpmap=(*media.rtpmap, (pt, spec.strip())))
+        return _changed(media, fmtp=(*media.fmtp, (pt, spec.strip())))
     if attr == "crypto":
         if len(media.crypto) >= MAX_CRYPTO_LINES:
             raise SdpError("too many crypto attributes")
-        return attrs.evolve(media, crypto=(*media.crypto, rest.strip()))
+        return _changed(media, crypto=(*media.crypto, rest.strip()))
     if (
         attr == "ptime"
         and rest.strip().isascii()
         and rest.strip().isdigit()
         and len(rest.strip()) < 5
     ):
-        return attrs.evolve(media, ptime=int(rest.strip()))
+        return _changed(media, ptime=int(rest.strip()))
     return media
 
 

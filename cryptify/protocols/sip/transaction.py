@@ -41,13 +41,14 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import attrs
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
 from cryptify.lifecycle import Lifecycle
 
 from .address import shared_name_addr
 from .errors import SipParseError
 from .message import Headers, Request, Response, check_request, check_response
+from .timers import Timer, TimerQueue
 
 #: RFC 3261 timer values, in seconds.
 T1 = 0.5
@@ -154,7 +155,7 @@ def server_key(request: Request) -> tuple[str, ...]:
     belongs to its INVITE's. Without the magic cookie, RFC 2543 matching
     on Call-ID, CSeq number, From tag and top Via.
     """
-    via = request.vias[0]
+    via = request.top_via
     method = "INVITE" if request.method == "ACK" else request.method
     if _key_branch(via.branch):
         return ("3261", via.branch or "", via.host, str(via.port or ""), method)
@@ -173,50 +174,29 @@ def client_key(message: Request | Response) -> tuple[str, str]:
     method = message.cseq.method
     if isinstance(message, Request) and message.method == "ACK":
         method = "INVITE"
-    return (message.vias[0].branch or "", method)
-
-
-@attrs.define(eq=False)
-class _Timers:
-    clock: IReactorTime
-    calls: dict[str, IDelayedCall] = attrs.field(factory=dict)
-
-    def start(self, name: str, delay: float, fn: Callable[[], object]) -> None:
-        self.stop(name)
-
-        def fire() -> None:
-            self.calls.pop(name, None)
-            fn()
-
-        self.calls[name] = self.clock.callLater(delay, fire)
-
-    def stop(self, name: str) -> None:
-        call = self.calls.pop(name, None)
-        if call is not None and call.active():
-            call.cancel()
-
-    def stop_all(self) -> None:
-        for name in list(self.calls):
-            self.stop(name)
+    return (message.top_via.branch or "", method)
 
 
 @attrs.define(eq=False)
 class ServerTransaction:
     """
     A request we received and the responses we give to it.
+
+    Its timers (RFC 3261 17.2): C{_resend} is G, C{_end} is H, I, J or L.
     """
 
     layer: TransactionLayer
     request: Request
     channel: Channel
     key: tuple[str, ...]
-    last_response: Response | None = None
-    _timers: _Timers | None = None
+    #: The last response, as sent (a retransmission sends these bytes again).
+    _sent: bytes | None = None
+    _resend: Timer | None = None
+    _end: Timer | None = None
     _interval: float = T1
     _life: Lifecycle[TxState] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._timers = _Timers(self.layer.clock)
         kind = "INVITE server" if self.is_invite else "non-INVITE server"
         first = TxState.PROCEEDING if self.is_invite else TxState.TRYING
         self._life = Lifecycle(f"{kind} transaction", self.transitions, first)
@@ -245,45 +225,48 @@ class ServerTransaction:
         """Send C{response}; finals move the transaction on."""
         if self.state not in (TxState.TRYING, TxState.PROCEEDING):
             return
-        self.last_response = response
-        self._send()
-        timers = self._timers
-        assert timers is not None
+        self._sent = response.to_bytes()
+        self.channel.send(self._sent)
+        status = response.status
         reliable = self.channel.reliable
-        if response.status < 200:
+        timers = self.layer.timers
+        if status < 200:
             self._move(TxState.PROCEEDING)
-        elif self.is_invite and response.status < 300:
+        elif self.is_invite and status < 300:
             self._move(TxState.ACCEPTED)
             self.layer.accepted[self.dialog_key] = self
             if not reliable:
                 self._interval = T1
-                timers.start("G", T1, self._resend_2xx)
-            timers.start("L", 64 * T1, self._timer_l)
+                self._resend = timers.call_later(T1, ServerTransaction._resend_2xx, self)
+            self._end = timers.call_later(64 * T1, ServerTransaction._timer_l, self)
         elif self.is_invite:
             self._move(TxState.COMPLETED)
             if not reliable:
                 self._interval = T1
-                timers.start("G", T1, self._resend_final)
-            timers.start("H", 64 * T1, self._terminate)
+                self._resend = timers.call_later(T1, ServerTransaction._resend_final, self)
+            self._end = timers.call_later(64 * T1, ServerTransaction._terminate, self)
         else:
             self._move(TxState.COMPLETED)
-            timers.start("J", 0 if reliable else 64 * T1, self._terminate)
+            delay = 0 if reliable else 64 * T1
+            self._end = timers.call_later(delay, ServerTransaction._terminate, self)
 
     def _send(self) -> None:
-        if self.last_response is not None:
-            self.channel.send(self.last_response.to_bytes())
+        if self._sent is not None:
+            self.channel.send(self._sent)
 
     def _resend_final(self) -> None:
         self._send()
         self._interval = min(2 * self._interval, T2)
-        assert self._timers is not None
-        self._timers.start("G", self._interval, self._resend_final)
+        self._resend = self.layer.timers.call_later(
+            self._interval, ServerTransaction._resend_final, self
+        )
 
     def _resend_2xx(self) -> None:
         self._send()
         self._interval = min(2 * self._interval, T2)
-        assert self._timers is not None
-        self._timers.start("G", self._interval, self._resend_2xx)
+        self._resend = self.layer.timers.call_later(
+            self._interval, ServerTransaction._resend_2xx, self
+        )
 
     def _timer_l(self) -> None:
         acked = self.state is TxState.ACKNOWLEDGED
@@ -301,22 +284,32 @@ class ServerTransaction:
         An ACK for this INVITE; C{True} if it acknowledged a non-2xx final
         (absorbed here), C{False} if the user should see it.
         """
-        assert self._timers is not None
         if self.state is TxState.COMPLETED:
             self._move(TxState.CONFIRMED)
-            self._timers.stop("G")
-            self._timers.stop("H")
-            self._timers.start("I", 0 if self.channel.reliable else T4, self._terminate)
+            self._stop_timers()
+            delay = 0 if self.channel.reliable else T4
+            self._end = self.layer.timers.call_later(delay, ServerTransaction._terminate, self)
             return True
         if self.state is TxState.ACCEPTED:
             self._move(TxState.ACKNOWLEDGED)
-            self._timers.stop("G")
+            if self._resend is not None:
+                self._resend.cancel()
+                self._resend = None
+            # Only the bytes of a final response are resent; none will be now.
+            self._sent = None
             return False
         return self.state is TxState.CONFIRMED
 
+    def _stop_timers(self) -> None:
+        if self._resend is not None:
+            self._resend.cancel()
+            self._resend = None
+        if self._end is not None:
+            self._end.cancel()
+            self._end = None
+
     def _terminate(self) -> None:
-        assert self._timers is not None
-        self._timers.stop_all()
+        self._stop_timers()
         if self.state is not TxState.TERMINATED:
             self._move(TxState.TERMINATED)
             self.layer.forget_server(self)
@@ -326,6 +319,9 @@ class ServerTransaction:
 class ClientTransaction:
     """
     A request we sent, its retransmissions, and what became of it.
+
+    Its timers (RFC 3261 17.1): C{_resend} is A or E, C{_end} is B (F),
+    D, K or M.
     """
 
     layer: TransactionLayer
@@ -335,12 +331,12 @@ class ClientTransaction:
     on_timeout: Callable[[], None]
     key: tuple[str, str]
     _ack: bytes | None = None
-    _timers: _Timers | None = None
+    _resend_timer: Timer | None = None
+    _end: Timer | None = None
     _interval: float = T1
     _life: Lifecycle[TxState] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._timers = _Timers(self.layer.clock)
         kind = "INVITE client" if self.is_invite else "non-INVITE client"
         first = TxState.CALLING if self.is_invite else TxState.TRYING
         self._life = Lifecycle(f"{kind} transaction", self.transitions, first)
@@ -361,14 +357,14 @@ class ClientTransaction:
         self._life.move(new)
 
     def start(self) -> None:
-        assert self._timers is not None
+        timers = self.layer.timers
         self.channel.send(self.request.to_bytes())
         if not self.channel.reliable:
-            self._timers.start("A", T1, self._resend)
-        self._timers.start("B", 64 * T1, self._timed_out)
+            self._resend_timer = timers.call_later(T1, ClientTransaction._resend, self)
+        self._end = timers.call_later(64 * T1, ClientTransaction._timed_out, self)
 
     def _resend(self) -> None:
-        assert self._timers is not None
+        self._resend_timer = None
         if self.state not in (TxState.CALLING, TxState.TRYING, TxState.PROCEEDING):
             return
         self.channel.send(self.request.to_bytes())
@@ -376,16 +372,24 @@ class ClientTransaction:
             self._interval = 2 * self._interval
         else:
             self._interval = T2 if self.state is TxState.PROCEEDING else min(2 * self._interval, T2)
-        self._timers.start("A", self._interval, self._resend)
+        self._resend_timer = self.layer.timers.call_later(
+            self._interval, ClientTransaction._resend, self
+        )
 
     def _timed_out(self) -> None:
         self._terminate()
         self.on_timeout()
 
+    def _stop_timers(self) -> None:
+        if self._resend_timer is not None:
+            self._resend_timer.cancel()
+            self._resend_timer = None
+        if self._end is not None:
+            self._end.cancel()
+            self._end = None
+
     def received(self, response: Response) -> None:
         """A response matching this transaction."""
-        assert self._timers is not None
-        timers = self._timers
         status = response.status
         if self.state in (TxState.COMPLETED, TxState.TERMINATED):
             if self._ack is not None and status >= 300:
@@ -397,30 +401,30 @@ class ClientTransaction:
             return
         if status < 200:
             if self.is_invite:
-                timers.stop("A")
-                timers.stop("B")
+                self._stop_timers()
             self._move(TxState.PROCEEDING)
             self.on_response(response)
             return
-        timers.stop("A")
-        timers.stop("B")
+        self._stop_timers()
         reliable = self.channel.reliable
+        timers = self.layer.timers
         if self.is_invite and status < 300:
             self._move(TxState.ACCEPTED)
-            timers.start("M", 64 * T1, self._terminate)
+            self._end = timers.call_later(64 * T1, ClientTransaction._terminate, self)
         elif self.is_invite:
             self._move(TxState.COMPLETED)
             self._ack = ack_for(self.request, response).to_bytes()
             self.channel.send(self._ack)
-            timers.start("D", 0 if reliable else 32.0, self._terminate)
+            delay = 0 if reliable else 32.0
+            self._end = timers.call_later(delay, ClientTransaction._terminate, self)
         else:
             self._move(TxState.COMPLETED)
-            timers.start("K", 0 if reliable else T4, self._terminate)
+            delay = 0 if reliable else T4
+            self._end = timers.call_later(delay, ClientTransaction._terminate, self)
         self.on_response(response)
 
     def _terminate(self) -> None:
-        assert self._timers is not None
-        self._timers.stop_all()
+        self._stop_timers()
         if self.state is not TxState.TERMINATED:
             self._move(TxState.TERMINATED)
             self.layer.forget_client(self)
@@ -455,6 +459,10 @@ class TransactionLayer:
     clock: IReactorTime
     user: TransactionUser
     servers: dict[tuple[str, ...], ServerTransaction] = attrs.field(factory=dict)
+    #: Every transaction's timers, on one delayed call of C{clock}.
+    timers: TimerQueue = attrs.field(
+        init=False, default=attrs.Factory(lambda self: TimerQueue(self.clock), takes_self=True)
+    )
     clients: dict[tuple[str, str], ClientTransaction] = attrs.field(factory=dict)
     accepted: dict[tuple[str, int], ServerTransaction] = attrs.field(factory=dict)
 
@@ -532,6 +540,7 @@ class TransactionLayer:
             server._terminate()
         for client in list(self.clients.values()):
             client._terminate()
+        self.timers.stop()
 
 
 def tag_of(value: str | None) -> str | None:

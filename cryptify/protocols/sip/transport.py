@@ -75,22 +75,42 @@ class MessageSink(Protocol):
     def parse_failed(self, error: SipParseError, channel: Channel) -> None: ...
 
 
+#: Peer addresses a listening port remembers as checked (see L{UdpChannel}).
+MAX_CHECKED_PEERS = 1024
+
+
 @attrs.frozen
 class UdpChannel:
     """
     The way back to a UDP peer: the listening port, the peer's address,
     and where what is sent goes (C{reply_to}, the address itself if unset).
+
+    With C{checked} (the peer hosts the port's own C{write} has taken; its
+    adapter keeps the set), a datagram to one of them goes straight to the
+    port's socket: C{write} checks the form of the address at every send,
+    which costs as much as the rest of the send. Any error is left to
+    C{write}, which sends again, drops or raises as it always does.
     """
 
     transport: Any
     address: Address
     reliable: bool = False
     reply_to: Address | None = None
+    checked: set[str] | None = None
 
     def send(self, data: bytes) -> None:
         where = self.reply_to or self.address
+        checked = self.checked
         try:
+            if checked is not None and where[0] in checked:
+                try:
+                    self.transport.socket.sendto(data, where)
+                    return
+                except OSError:
+                    pass
             self.transport.write(data, where)
+            if checked is not None and len(checked) < MAX_CHECKED_PEERS:
+                checked.add(where[0])
         except OSError as exc:
             log.warn("cannot send to {peer}: {why}", peer=where, why=exc)
 
@@ -100,27 +120,34 @@ class SipDatagramProtocol(protocol.DatagramProtocol):
 
     def __init__(self, sink: MessageSink) -> None:
         self.sink = sink
+        #: Peer hosts this port's C{write} has taken (L{UdpChannel}).
+        self.checked: set[str] = set()
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         source = (str(addr[0]), int(addr[1]))
-        channel = UdpChannel(self.transport, source)
+        # Only a real port has a socket to send on directly.
+        checked = self.checked if hasattr(self.transport, "socket") else None
         try:
             try:
                 message = parse_datagram(data)
             except SipParseError as exc:
+                reply_to = None
                 if exc.is_request and exc.headers is not None:
                     exc.headers, reply_to = stamp_received(exc.headers, source)
-                    channel = UdpChannel(self.transport, source, reply_to=reply_to)
+                channel = UdpChannel(self.transport, source, reply_to=reply_to, checked=checked)
                 self.sink.parse_failed(exc, channel)
                 return
+            if message is None:
+                return
+            reply_to = None
             if isinstance(message, Request):
                 headers, reply_to = stamp_received(message.headers, source)
-                message = message.with_headers(headers)
-                channel = UdpChannel(self.transport, source, reply_to=reply_to)
-            if message is not None:
-                self.sink.message_received(message, channel)
+                if headers is not message.headers:
+                    message = message.with_headers(headers)
+            channel = UdpChannel(self.transport, source, reply_to=reply_to, checked=checked)
+            self.sink.message_received(message, channel)
         except Exception:
-            log.failure("error handling a SIP datagram from {peer}", peer=channel.address)
+            log.failure("error handling a SIP datagram from {peer}", peer=source)
 
 
 class SipStreamProtocol(protocol.Protocol):
