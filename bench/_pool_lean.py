@@ -314,24 +314,30 @@ def lean_work(spec: dict[str, Any]) -> None:
             return
         # UPGRADE, ATTACHING, ATTACHED: read what there is.
         assert c.tls is not None
+        # What came before a close is read first: a `moved` or `refused`
+        # is often followed at once by the CRS's close.
+        closed: str | None = None
         while True:
             try:
                 data = c.tls.recv(65536)
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
-                ended(c, "closed by the CRS")
-                return
+                closed = "closed by the CRS"
+                break
             except SSL.Error as exc:
-                ended(c, f"connection lost: {exc}")
-                return
+                closed = f"connection lost: {exc}"
+                break
             if not data:
-                ended(c, "connection lost")
-                return
+                closed = "connection lost"
+                break
             c.buf += data
+        generation = c.generation
         if c.state == UPGRADE:
             end = c.buf.find(b"\r\n\r\n")
             if end < 0:
+                if closed is not None:
+                    ended(c, closed)
                 return
             if b" 101 " not in c.buf[: c.buf.find(b"\r\n")]:
                 ended(c, "upgrade refused")
@@ -355,7 +361,7 @@ def lean_work(spec: dict[str, Any]) -> None:
             )
             c.state = ATTACHING
         for opcode, payload in server_frames(c.buf):
-            if opcode == 0x9:
+            if opcode == 0x9 and closed is None:
                 send(c, client_frame(payload, 0xA))
             elif opcode == 0x8:
                 ended(c, "closed by the CRS")
@@ -363,6 +369,8 @@ def lean_work(spec: dict[str, Any]) -> None:
             elif opcode == 0x2:
                 if not umsg(c, decode_from_server(payload)):
                     return
+        if closed is not None and c.generation == generation:
+            ended(c, closed)
 
     def umsg(c: Client, msg: Any) -> bool:
         """One message from the CRS; False when the connection was closed."""
