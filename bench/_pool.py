@@ -106,7 +106,7 @@ class BenchPool:
                 with open(conf, "w") as f:
                     f.write(text.replace("[POOL]\n", settings.rstrip("\n") + "\n[POOL]\n", 1))
             with open(os.path.join(d, "crs-local.conf"), "w") as f:
-                f.write(f"crsname crs{index}\ndb-backup none\n")
+                f.write(f"crsname crs{index}\ndb-backup none\nworkers 1\n")
             self.dirs.append(d)
         self.cleanups.addCleanup(self._stop_all)
         for index in range(1, count + 1):

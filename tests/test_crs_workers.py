@@ -591,8 +591,12 @@ class SupervisorTests(SynchronousTestCase):
 class DirectiveTests(SynchronousTestCase):
     def test_parse(self) -> None:
         """``workers N|auto`` reads as a count (auto: one per core); the
-        default is 1; anything else is refused with its line."""
-        self.assertEqual(parse_crs_local_config("").workers, 1)
+        default is auto, and 1 is written out; anything else is refused
+        with its line."""
+        self.assertEqual(parse_crs_local_config("").workers, AUTO_WORKERS)
+        one = parse_crs_local_config("workers 1\n")
+        self.assertIn("workers 1", render_crs_local_config(one))
+        self.assertEqual(parse_crs_local_config(render_crs_local_config(one)), one)
         self.assertEqual(parse_crs_local_config("workers 4\n").workers, 4)
         local = parse_crs_local_config("workers auto\n")
         self.assertEqual(local.workers, AUTO_WORKERS)

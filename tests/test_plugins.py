@@ -90,7 +90,9 @@ class CrsOptionsTests(SynchronousTestCase):
         conf = write(self.mktemp(), conf_text)
         args = ["--config", conf, "--data-dir", self.mktemp()]
         if crsname is not None:
-            args += ["--local-config", write(self.mktemp(), f"crsname {crsname}\n")]
+            # one process: the test looks at the one process's tree
+            local = f"crsname {crsname}\nworkers 1\n"
+            args += ["--local-config", write(self.mktemp(), local)]
         options = crs.Options()
         options.parseOptions(args)
         return options
@@ -132,6 +134,8 @@ class CrsOptionsTests(SynchronousTestCase):
         """The CRS tree starts its log first and its listeners last, without opening anything."""
         options = crs.Options()
         options.parseOptions(["--data-dir", self.mktemp()])
+        # without crs-local.conf (development settings): one process
+        self.assertEqual(options["local"].workers, 1)
         root = crs.make_crs_service(options["crs"], options["local"], Clock())
         children = list(root)
         self.assertIsInstance(children[0], LogFileService)

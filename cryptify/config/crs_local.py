@@ -45,13 +45,14 @@ class CrsLocalConfig:
     C{metrics}: this instance's Prometheus endpoint, in place of
     C{crs.conf}'s (for an address that differs between instances).
     C{workers}: how many worker processes serve the client port (1: the
-    instance's one process serves it; L{AUTO_WORKERS}: one per core).
+    instance's one process serves it; L{AUTO_WORKERS}, the default: one
+    per core).
     """
 
     crsname: str | None = None
     db_backup: str = "none"
     metrics: Endpoint | None = None
-    workers: int = 1
+    workers: int = AUTO_WORKERS
 
 
 def parse_crs_local_config(text: str | bytes, filename: str = "<string>") -> CrsLocalConfig:
@@ -125,8 +126,8 @@ def render_crs_local_config(cfg: CrsLocalConfig) -> str:
     out.append(f"db-backup {cfg.db_backup}")
     if cfg.metrics is not None:
         out.append(f"metrics {cfg.metrics.host} {cfg.metrics.port}")
-    if cfg.workers != 1:
-        out.append(f"workers {'auto' if cfg.workers == AUTO_WORKERS else cfg.workers}")
+    if cfg.workers != AUTO_WORKERS:
+        out.append(f"workers {cfg.workers}")
     return "\n".join(out) + "\n"
 
 

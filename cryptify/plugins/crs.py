@@ -178,7 +178,8 @@ class Options(ConfigOptions):
         if self["local-config"]:
             local: CrsLocalConfig = load_or_usage(load_crs_local_config, self["local-config"])
         else:
-            local = CrsLocalConfig()
+            # Without crs-local.conf (development settings): one process.
+            local = CrsLocalConfig(workers=1)
         if local.crsname is not None and cfg.pool.hosts:
             names = [h.name for h in cfg.pool.hosts]
             if local.crsname not in names:

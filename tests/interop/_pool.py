@@ -180,7 +180,10 @@ class PoolCase(TestCase):
             os.makedirs(d)
             crs_conf(d, self.COUNT, self.accounts if self.SHARED_ACCOUNTS else f"{d}/accounts")
             with open(os.path.join(d, "crs-local.conf"), "w") as f:
-                f.write(f"crsname crs{index}\ndb-backup none\n{self.LOCAL.get(index, '')}")
+                local = self.LOCAL.get(index, "")
+                if "workers" not in local:
+                    local += "workers 1\n"  # one process unless the test asks
+                f.write(f"crsname crs{index}\ndb-backup none\n{local}")
             self.dirs.append(d)
         self.addCleanup(self.stop_all)
         for index in range(1, self.COUNT + 1):

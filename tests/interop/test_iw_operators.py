@@ -119,7 +119,10 @@ class IwOperatorsTests(PoolCase):
                 with open(os.path.join(d, "relay.conf"), "w") as f:
                     f.write(text)
             with open(os.path.join(d, "crs-local.conf"), "w") as f:
-                f.write(f"db-backup none\n{self.LOCAL.get(index, '')}")
+                local = self.LOCAL.get(index, "")
+                if "workers" not in local:
+                    local += "workers 1\n"  # one process unless the test asks
+                f.write(f"db-backup none\n{local}")
             iw = os.path.join(d, "iw-crs.conf")
             with open(os.open(iw, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
                 f.write(f"iw-crs {address(peer)} {SECRET}\n")

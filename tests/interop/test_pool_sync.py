@@ -72,7 +72,7 @@ ip crs2 {PUBLIC["crs2"]}
         )
     local = os.path.join(d, "crs-local.conf")
     with open(local, "w") as f:
-        f.write(f"crsname {name}\ndb-backup {db_backup}\n")
+        f.write(f"crsname {name}\ndb-backup {db_backup}\nworkers 1\n")
     return conf, local
 
 
