@@ -69,12 +69,19 @@ class _PoolCase(PoolCase):
                 client, [standby] + [address(i) for i in survivors if address(i) != standby]
             )
         took_over = time.monotonic() - began
+        moved = 0
         for client in orphans:
             # The standby it was told took its slot: attached there at the
-            # first try (its attach waited for the takeover), never moved.
+            # first try (its attach waited for the takeover), not moved.
+            # One race remains (docs/pool.md): an orphan that reaches its
+            # standby before the standby has read the dead member's reset
+            # connections is moved to the dead address, and comes back
+            # through another survivor, which moves it to the owner.
             owner = self.cli(survivors[0], "check", "slot", client.uri).split("(")[1].rstrip(")\n")
             self.assertEqual(client.at, address(int(owner[3:])))
-            self.assertEqual(client.moves, [])
+            self.assertIn(client.moves, ([], [client.at]))
+            moved += bool(client.moves)
+        self.assertLessEqual(moved, 1, "more than the one orphan of the race was moved")
         for index in survivors:
             view = self.system(index)
             self.assertEqual(view[f"crs{victim}"][1], "-")
