@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import FailTest, SynchronousTestCase
 
@@ -672,6 +672,9 @@ class FastHeadTests(SynchronousTestCase):
         self.assertEqual(split, (data[start : found.start()].decode(), found.end()))
 
     @settings(max_examples=300, deadline=None)
+    # A CI run found this one: the head ends in a bare CR (CR CRLF CRLF on
+    # the wire), which the line reader takes as the last line's CRLF.
+    @example(cut=BASIC.index(b"\r\n\r\n") - 1, insert="\r", drop=1)
     @given(
         cut=st.integers(0, len(BASIC) - 4),
         insert=st.lists(HEAD_PIECES, max_size=4).map("".join),

@@ -325,7 +325,14 @@ def _fast_headers(lines: list[str]) -> Headers | None:
 
 def _read_head(head: str) -> tuple[str, Headers]:
     """The start line and header fields of a header section."""
-    if head.count("\n") == head.count("\r\n") and "\r\n " not in head and "\r\n\t" not in head:
+    # The last line's bare CR (from CR CRLF CRLF) is dropped by the line
+    # reader, as if it were the line's CRLF; the quick path leaves it to it.
+    if (
+        head.count("\n") == head.count("\r\n")
+        and "\r\n " not in head
+        and "\r\n\t" not in head
+        and not head.endswith("\r")
+    ):
         lines = head.split("\r\n")
         headers = _fast_headers(lines[1:])
         if headers is not None:
