@@ -90,8 +90,17 @@ def event_module(event: LogEvent) -> str:
     return str(namespace).rsplit(".", 1)[-1]
 
 
+def one_line(text: str) -> str:
+    """``text`` as one log line: control characters (line breaks above
+    all) shown as escapes, so that a value a peer sent (a URI, an account
+    name, a SIP header) cannot forge or split lines of the log."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+
+
 def _text(event: LogEvent) -> str:
-    text = formatEvent(event)
+    text = one_line(formatEvent(event))
     failure = event.get("log_failure")
     if failure is not None:
         try:
@@ -117,7 +126,7 @@ def format_cig(event: LogEvent) -> str:
 
 def format_plain(event: LogEvent) -> str:
     """Render an event as its message alone (session.log style records)."""
-    return formatEvent(event) + "\n"
+    return one_line(formatEvent(event)) + "\n"
 
 
 FORMATS: dict[str, Callable[[LogEvent], str]] = {
@@ -185,7 +194,7 @@ def crs_line(kind: str, module: str, text: str, when: float | None = None) -> st
     """A crs.log-style line (no newline) made without an event, for a
     :class:`LineSink`; the same text :func:`format_crs` gives an event."""
     stamp = utc_timestamp(time.time() if when is None else when)
-    return f"[{stamp} | {kind} | {module}({os.getpid()}) ] {text}"
+    return f"[{stamp} | {kind} | {module}({os.getpid()}) ] {one_line(text)}"
 
 
 def open_log_file(directory: str, name: str) -> LogFile:

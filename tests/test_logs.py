@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.logger import LogLevel, LogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -62,6 +64,36 @@ class FormatTests(SynchronousTestCase):
         self.assertIn("| WARN |", first)
         self.assertTrue(rest and all(r.startswith("    ") for r in rest))
         self.assertIn("ValueError: boom", line)
+
+    @settings(max_examples=200)
+    @given(value=st.text(max_size=40))
+    def test_peer_values_stay_on_one_line(self, value: str) -> None:
+        """
+        A value a peer sent (here the URI) cannot split or forge a line in
+        any format: its control characters are shown as escapes, printable
+        text as it is.
+        """
+        rendered = [
+            logs.format_crs(event(uri=value), pid=1),
+            logs.format_cig(event(uri=value)),
+            logs.format_plain(event(uri=value)),
+            logs.crs_line("INFO", "attach", f"client {value} attached") + "\n",
+        ]
+        for line in rendered:
+            self.assertEqual(line.count("\n"), 1, line)
+            self.assertTrue(line.endswith("\n"))
+            self.assertTrue(all(c.isprintable() or c == "\t" for c in line[:-1]), line)
+            if value.isprintable():
+                self.assertIn(f"client {value} attached", line)
+
+    def test_forged_line_escaped(self) -> None:
+        """A URI carrying a line break and a fake crs.log line shows as escapes."""
+        line = logs.format_crs(event(uri="x\n[2026-11-23 | WARN | admin(1) ] root"), pid=7)
+        self.assertEqual(
+            line,
+            "[2026-11-23 19:40:01.250 | INFO | attach(7) ] "
+            "client x\\n[2026-11-23 | WARN | admin(1) ] root attached\n",
+        )
 
 
 class RoutingTests(SynchronousTestCase):
