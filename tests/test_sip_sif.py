@@ -757,6 +757,18 @@ class SessionLineTests(SynchronousTestCase):
             "tel:+8888;101, tel:+467, routed, c1, -, tcp:[2001:db8::1]:5060",
         )
 
+    def test_peer_control_characters(self) -> None:
+        """
+        A URI from a PBX with control characters stays on its one record,
+        the characters written as escapes.
+        """
+        from cryptify.cig.calls import Call
+
+        call = Call("sip:1\x1b[2J@pbx.com", "sip:2@secure.com", "tel:+1", "tel:+2", None, "c2")
+        line = session_line(call, "routed", 0.0)
+        self.assertIn("sip:1\\x1b[2J@pbx.com,", line)
+        self.assertTrue(line.isprintable())
+
 
 class SessionLogServiceTests(SynchronousTestCase):
     """

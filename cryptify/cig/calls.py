@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
-from cryptify.logs import LineSink, LogFileService, utc_timestamp
+from cryptify.logs import LineSink, LogFileService, one_line, utc_timestamp
 from cryptify.protocols.sip.timers import Timer, TimerQueue
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def session_line(call: Call, state: str, when: float) -> str:
         call.callee_if_id,
         call.source,
     ]
-    return ", ".join([f.replace(",", "%2C") if "," in f else f for f in fields])
+    return one_line(", ".join([f.replace(",", "%2C") if "," in f else f for f in fields]))
 
 
 class SessionLogService(LogFileService):
