@@ -39,8 +39,9 @@ was attached at a survivor.  One JSON line:
   should be 0); the generators count alike
   (``bench/_pool_lean.py``'s ``FailoverTally``);
   ``live_peer_declared_down`` (times a survivor declared another *live*
-  instance down because its heartbeats came late: a false failover, which
-  moves that instance's clients too; should be 0) and
+  instance down because its heartbeats came late, the victim before its
+  kill included: a false failover, which moves that instance's clients
+  too; should be 0) and
   ``map_changes_seen`` (map lines in the survivors' crs.log);
   ``max_loop_lag_logged`` (the longest own event-loop lag a survivor
   logged, lags of 1 s or more) and ``max_handshakes`` (the instances'
@@ -507,7 +508,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "back_per_second": (
                 histogram([t - last_beat for t in times]) if last_beat is not None else None
             ),
-            "takeover_seconds": since_beat(pool.takeover_at(victim)),
+            "takeover_seconds": since_beat(pool.takeover_at(victim, killed_at)),
             "kill_to_last_heartbeat_seconds": (
                 round(killed_at - last_beat, 2) if last_beat is not None else None
             ),
@@ -523,7 +524,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "others_lost",
                 )
             },
-            **pool.pool_events(victim),
+            **pool.pool_events(victim, killed_at),
             "generator_processes": workers_n,
             "generator_cpu_seconds": round(generator, 2),
             "generator_ceiling": round(reattached / generator, 1) if generator else None,

@@ -6,7 +6,9 @@ once, a failure to bring them all back within the ceiling is reported as
 incomplete, and the survivors' clients that lost their connection are
 counted once each.  bench/pool.py reads one JSON line per generator at a
 time, even when a generator writes two at once, and merges their
-``done`` lines without losing or doubling a client.
+``done`` lines without losing or doubling a client; from the survivors'
+crs.log it takes the takeover that followed the kill, not a false one
+before it.
 """
 
 from __future__ import annotations
@@ -252,3 +254,34 @@ class MergeTests(SynchronousTestCase):
         self.assertEqual(back_at(times, 4, 0.9), 4.0)
         self.assertIsNone(back_at(times, 10, 0.5))
         self.assertIsNone(back_at([], 0, 0.5))
+
+
+def _log_line(when: str, text: str) -> str:
+    return f"[2026-12-03 {when} | crs#info] {text}\n"
+
+
+class PoolLogTests(SynchronousTestCase):
+    def test_false_failover_of_the_victim(self) -> None:
+        """The takeover of the victim is the first one logged after the kill;
+        the victim declared down before it was killed (and any other peer
+        declared down) counts as a live peer declared down."""
+        from bench._pool import BenchPool, line_time
+
+        pool = BenchPool.__new__(BenchPool)
+        pool.dirs = [self.mktemp(), self.mktemp()]
+        pool.procs = {1: None}  # type: ignore[dict-item]
+        os.makedirs(os.path.join(pool.dirs[0], "log"))
+        down = "pool link to crs2 down: no heartbeat for 3.1s (the last arrived at {})"
+        took = "pool map {}: took over the slots of members that are down (crs2)"
+        with open(os.path.join(pool.dirs[0], "log", "crs.log"), "w") as f:
+            f.write(_log_line("08:00:03.100", down.format(1796284800.0)))
+            f.write(_log_line("08:00:03.200", took.format(5)))
+            f.write(_log_line("08:01:01.500", down.format(1796284860.2)))
+            f.write(_log_line("08:01:01.600", took.format(9)))
+        killed_at = line_time(_log_line("08:01:00.400", ""))
+        assert killed_at is not None
+        took_at = line_time(_log_line("08:01:01.600", ""))
+        self.assertEqual(pool.takeover_at(2, killed_at), took_at)
+        self.assertEqual(pool.last_heartbeat(2), 1796284860.2)
+        self.assertEqual(pool.pool_events(2, killed_at)["live_peer_declared_down"], 1)
+        self.assertEqual(pool.pool_events(2, killed_at)["map_changes_seen"], 2)
