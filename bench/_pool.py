@@ -42,14 +42,23 @@ POOL_KEY = "failover-test-pool-key"
 CEILING = 120.0
 #: What the survivors log when a peer's heartbeats stop (cryptify/crs/pool/wiring.py).
 DOWN_LINE = re.compile(r"pool link to (\S+) down: .*the last arrived at ([0-9.]+)")
-#: The coordinator's crs.log line for a takeover map: its time, who was down.
+#: The coordinator's crs.log line for a takeover map: who was down.
 TAKEOVER_LINE = re.compile(
-    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \|.*\] pool map \S+: took over the slots"
-    r" of members that are down \(([^)]*)\)",
-    re.M,
+    r"\] pool map \S+: took over the slots of members that are down \(([^)]*)\)"
 )
+#: When a crs.log line was written (UTC, as the CRS writes it).
+STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(\.\d+)? \|")
 #: What an instance logs when its own event loop ran late (at most every 10 s).
 LAG_LINE = re.compile(r"event loop ran ([0-9.]+)s late")
+
+
+def line_time(line: str) -> float | None:
+    """When a crs.log ``line`` was written (Unix time), or None."""
+    match = STAMP.match(line)
+    if match is None:
+        return None
+    whole = calendar.timegm(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S"))
+    return whole + float(match.group(2) or 0)
 
 
 class Cleanups:
@@ -185,30 +194,35 @@ class BenchPool:
                     seen.append(float(match.group(2)))
         return max(seen) if seen else None
 
-    def takeover_at(self, victim: int) -> float | None:
+    def takeover_at(self, victim: int, killed_at: float) -> float | None:
         """When the coordinator wrote the map that took ``victim``'s slots
-        over (Unix time, from its crs.log line), or None."""
+        over after it was killed at ``killed_at`` (Unix time, from its
+        crs.log line; an earlier takeover was a false failover), or None."""
         seen = []
         for index in self.procs:
-            for match in TAKEOVER_LINE.finditer(self.crs_log(index)):
-                if f"crs{victim}" in match.group(2).split(","):
-                    whole = calendar.timegm(time.strptime(match.group(1)[:19], "%Y-%m-%d %H:%M:%S"))
-                    seen.append(whole + float(match.group(1)[19:]))
+            for line in self.crs_log(index).splitlines():
+                match = TAKEOVER_LINE.search(line)
+                when = line_time(line) if match else None
+                if match and when is not None and when >= killed_at:
+                    if f"crs{victim}" in match.group(1).split(","):
+                        seen.append(when)
         return min(seen) if seen else None
 
-    def pool_events(self, victim: int) -> dict[str, float]:
-        """From the living instances' crs.log: how often one declared a peer
-        other than ``victim`` down (a live instance whose heartbeats were
-        late: a false failover), how many maps they wrote or adopted, and
-        the longest own loop lag they logged (lags of 1 s or more, at most
-        one line per 10 s)."""
+    def pool_events(self, victim: int, killed_at: float) -> dict[str, float]:
+        """From the living instances' crs.log: how often one declared a live
+        peer down (a peer other than ``victim``, or ``victim`` before it was
+        killed at ``killed_at``: its heartbeats were late, a false
+        failover), how many maps they wrote or adopted, and the longest own
+        loop lag they logged (lags of 1 s or more, at most one line per 10 s)."""
         false_downs = maps = 0
         lag = 0.0
         for index in self.procs:
             for line in self.crs_log(index).splitlines():
                 match = DOWN_LINE.search(line)
                 late = LAG_LINE.search(line)
-                if match and match.group(1) != f"crs{victim}":
+                if match and (
+                    match.group(1) != f"crs{victim}" or (line_time(line) or killed_at) < killed_at
+                ):
                     false_downs += 1
                 elif "] pool map " in line:
                     maps += 1

@@ -15,8 +15,9 @@ from the reference client's own TLS context (the same versions, ciphers
 and key-exchange groups, so the CRS does the same handshake), one epoll
 loop, and the UMSG frames built once per client.
 
-It speaks the same JSON lines to bench/pool.py as the reference worker
-(``ready``, then ``done``).
+It and bench/pool.py's reference worker count alike and speak the same
+JSON lines to bench/pool.py (``ready``, then ``done``): both keep a
+:class:`FailoverTally`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
@@ -87,6 +89,130 @@ def server_frames(buf: bytearray) -> list[tuple[int, bytes]]:
         out.append((buf[0] & 0x0F, bytes(buf[at : at + size])))
         del buf[: at + size]
     return out
+
+
+def print_line(line: dict[str, Any]) -> None:
+    """One JSON line to bench/pool.py (the generator's stdout)."""
+    print(json.dumps(line), flush=True)
+
+
+class FailoverTally:
+    """What a failover generator counts, the lean one here and bench/pool.py's
+    reference one alike, and its two JSON lines to bench/pool.py (``ready``
+    once each of its clients has attached once, then ``done``).
+
+    An orphan is a client attached to the victim at ``ready``; it is back
+    the first time it attaches anywhere else after that (counted once,
+    however often it attaches again).  The ceiling starts when an orphan's
+    connection is first lost; at it, ``done`` says ``complete`` false with
+    how many came back.  ``others_lost`` counts the clients, not the
+    connections, of the survivors that lost theirs.  Moves, refusals,
+    connect failures and full attaches count from ``ready`` on.
+    """
+
+    def __init__(
+        self,
+        clients: int,
+        ceiling: float,
+        clock: Callable[[], float] = time.time,
+        emit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.clients, self.ceiling, self.clock = clients, ceiling, clock
+        self.emit = emit or print_line
+        self.failover = False
+        self.attached_once: set[int] = set()
+        self.orphans: set[int] = set()
+        self.back: dict[int, float] = {}
+        self.first_lost: float | None = None
+        self.resumed = self.full_attaches = self.moves = self.connect_failures = 0
+        self.refusals: dict[str, int] = {}
+        self.connect_errors: dict[str, int] = {}
+        self.others_lost: set[int] = set()
+        self.reported = False
+
+    def attached(self, index: int, elsewhere: bool, resumed: bool) -> bool:
+        """Client ``index`` attached (``elsewhere``: not at the victim); True
+        when this is its first attach (the generator then starts another)."""
+        if index not in self.attached_once:
+            self.attached_once.add(index)
+            return True
+        if not self.failover:
+            return False
+        if not resumed:
+            self.full_attaches += 1
+        if index in self.orphans and elsewhere and index not in self.back:
+            self.back[index] = self.clock()
+            self.resumed += int(resumed)
+            if len(self.back) == len(self.orphans):
+                self.report(True)
+        return False
+
+    def all_attached(self) -> bool:
+        return len(self.attached_once) == self.clients
+
+    def ready(self, orphans: set[int]) -> None:
+        """Every client has attached once; ``orphans`` are the victim's."""
+        self.failover = True
+        self.orphans = orphans
+        self.emit({"event": "ready", "orphans": len(orphans)})
+        if not orphans:
+            self.report(True)
+
+    def moved(self) -> None:
+        if self.failover:
+            self.moves += 1
+
+    def refused(self, code: str) -> None:
+        if self.failover:
+            self.refusals[code] = self.refusals.get(code, 0) + 1
+
+    def cannot_connect(self, why: str) -> None:
+        if self.failover:
+            self.connect_failures += 1
+            short = why[:60]
+            self.connect_errors[short] = self.connect_errors.get(short, 0) + 1
+
+    def lost(self, index: int) -> bool:
+        """A connection of client ``index`` ended (not a failed connect);
+        True when it is the first of an orphan's (the ceiling starts)."""
+        if not self.failover:
+            return False
+        if index not in self.orphans:
+            self.others_lost.add(index)
+        elif self.first_lost is None:
+            self.first_lost = self.clock()
+            return True
+        return False
+
+    def overdue(self) -> bool:
+        """Whether the ceiling has passed since the first orphan was lost."""
+        return self.first_lost is not None and self.clock() - self.first_lost > self.ceiling
+
+    def report(self, complete: bool) -> None:
+        """The ``done`` line (once): ``complete`` when every orphan is back."""
+        if self.reported:
+            return
+        self.reported = True
+        self.emit(self.done(complete))
+
+    def done(self, complete: bool) -> dict[str, Any]:
+        times = sorted(self.back.values())
+        return {
+            "event": "done",
+            "complete": complete,
+            "orphans": len(self.orphans),
+            "reattached": len(times),
+            "first_lost": self.first_lost,
+            "last": times[-1] if times else None,
+            "times": times,
+            "resumed": self.resumed,
+            "full_attaches": self.full_attaches,
+            "moves": self.moves,
+            "connect_failures": self.connect_failures,
+            "refusals": self.refusals,
+            "connect_errors": self.connect_errors,
+            "others_lost": len(self.others_lost),
+        }
 
 
 class Client:
@@ -155,34 +281,18 @@ def lean_work(spec: dict[str, Any]) -> None:
         f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
         "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: umsg.1\r\n\r\n"
     )
-    state: dict[str, Any] = {
-        "phase": "attach",
-        "attached": 0,
-        "next": 0,
-        "orphans": set(),
-        "back": {},
-        "first_lost": None,
-        "resumed": 0,
-        "full_attaches": 0,
-        "moves": 0,
-        "connect_failures": 0,
-        "refusals": {},
-        "connect_errors": {},
-        "others_lost": 0,
-        "reported": False,
-        "first_done": set(),
-        "stop_at": None,
-    }
     order_rng = random.Random(spec["seed"])
     clients = []
     for index, (uri, home, ticket, bind) in enumerate(spec["clients"]):
         order = list(servers)
         order_rng.shuffle(order)
         clients.append(Client(index, uri, bytes.fromhex(ticket), bind, order, home))
+    tally = FailoverTally(len(clients), spec["ceiling"])
+    launched = 0
     signers: dict[str, Any] = {}
 
     def say(c: Client, what: str) -> None:
-        if trace and state["phase"] == "failover" and c.index in state["orphans"]:
+        if trace and tally.failover and c.index in tally.orphans:
             print(f"{time.time():.3f} {c.index} {c.host} {what}", file=sys.stderr, flush=True)
 
     def at(when: float, c: Client) -> None:
@@ -213,10 +323,7 @@ def lean_work(spec: dict[str, Any]) -> None:
 
     def failed(c: Client, why: str) -> None:
         """A connect that did not happen (counted as the reference counts it)."""
-        if state["phase"] == "failover":
-            state["connect_failures"] += 1
-            short = why[:60]
-            state["connect_errors"][short] = state["connect_errors"].get(short, 0) + 1
+        tally.cannot_connect(why)
         say(c, f"ConnectionEnded(why={why!r})")
         retry(c)
 
@@ -238,12 +345,8 @@ def lean_work(spec: dict[str, Any]) -> None:
         close(c)
         c.state = NEW
         say(c, f"ConnectionEnded(why={why!r})")
-        if state["phase"] == "failover" and was == ATTACHED:
-            if c.index in state["orphans"]:
-                if state["first_lost"] is None:
-                    state["first_lost"] = time.time()
-            else:
-                state["others_lost"] += 1
+        if was == ATTACHED:
+            tally.lost(c.index)
         retry(c, moved=c.moved)
 
     def retry(c: Client, moved: bool = False) -> None:
@@ -403,8 +506,7 @@ def lean_work(spec: dict[str, Any]) -> None:
             return True
         if kind == "moved":
             say(c, f"Moved(crs={msg['crs']!r}, host={msg['host']!r})")
-            if state["phase"] == "failover":
-                state["moves"] += 1
+            tally.moved()
             c.host = str(msg["host"])
             c.moves += 1
             c.moved = True
@@ -413,8 +515,7 @@ def lean_work(spec: dict[str, Any]) -> None:
         if kind == "refused":
             code = str(msg["code"])
             say(c, f"Refused(code={code!r})")
-            if state["phase"] == "failover":
-                state["refusals"][code] = state["refusals"].get(code, 0) + 1
+            tally.refused(code)
             if code in LOAD_REFUSALS:
                 c.stay = True
             else:
@@ -429,75 +530,23 @@ def lean_work(spec: dict[str, Any]) -> None:
         return True
 
     def attached(c: Client, resumed: bool) -> None:
-        if not resumed:
-            state["full_attaches"] += 1
-        done = state["first_done"]
-        if c.index not in done:
-            done.add(c.index)
-            state["attached"] += 1
+        if tally.attached(c.index, c.host != victim, resumed):
             launch()
-            if state["attached"] == len(clients):
+            if tally.all_attached():
                 ready()
-        elif (
-            state["phase"] == "failover"
-            and c.index in state["orphans"]
-            and c.host != victim
-            and c.index not in state["back"]
-        ):
-            state["back"][c.index] = time.time()
-            state["resumed"] += int(resumed)
-            if len(state["back"]) == len(state["orphans"]):
-                report(True)
 
     def launch() -> None:
-        while (
-            state["next"] < len(clients) and state["next"] - state["attached"] < spec["concurrency"]
-        ):
-            connect(clients[state["next"]])
-            state["next"] += 1
+        nonlocal launched
+        while launched < len(clients) and launched - len(tally.attached_once) < spec["concurrency"]:
+            connect(clients[launched])
+            launched += 1
 
     def ready() -> None:
-        state["phase"] = "failover"
-        state["orphans"] = {c.index for c in clients if c.host == victim}
-        state["full_attaches"] = 0
-        state["stop_at"] = time.monotonic() + spec["ceiling"] + 120
-        print(json.dumps({"event": "ready", "orphans": len(state["orphans"])}), flush=True)
-        if not state["orphans"]:
-            report(True)
-
-    def report(complete: bool) -> None:
-        if state["reported"]:
-            return
-        state["reported"] = True
-        back = state["back"]
-        print(
-            json.dumps(
-                {
-                    "event": "done",
-                    "complete": complete,
-                    "orphans": len(state["orphans"]),
-                    "reattached": len(back),
-                    "first_lost": state["first_lost"],
-                    "last": max(back.values()) if back else None,
-                    "times": sorted(back.values()),
-                    **{
-                        k: state[k]
-                        for k in (
-                            "resumed",
-                            "full_attaches",
-                            "moves",
-                            "connect_failures",
-                            "refusals",
-                            "connect_errors",
-                            "others_lost",
-                        )
-                    },
-                }
-            ),
-            flush=True,
-        )
+        tally.ready({c.index for c in clients if c.host == victim})
 
     launch()
+    if tally.all_attached():
+        ready()  # no clients here
     while True:
         now = time.monotonic()
         while timers and timers[0][0] <= now:
@@ -510,11 +559,15 @@ def lean_work(spec: dict[str, Any]) -> None:
                 continue
             elif now < c.deadline:
                 at(c.deadline, c)
+            elif c.state == CONNECTING:
+                # a failed connect, as the reference client's TCP timeout is
+                close(c)
+                c.state = NEW
+                failed(c, "cannot connect: connect timed out")
             else:
-                ended(c, "connect timed out" if c.state == CONNECTING else "attach-timeout")
-        if state["first_lost"] is not None and not state["reported"]:
-            if time.time() - state["first_lost"] > spec["ceiling"]:
-                report(False)
+                ended(c, "attach-timeout")
+        if tally.overdue():
+            tally.report(False)
         timeout = min(1.0, max(0.0, timers[0][0] - now)) if timers else 1.0
         for fd, _events in poll.poll(timeout):
             c = by_fd.get(fd)

@@ -24,18 +24,24 @@ arrived at a survivor: the survivors' crs.log line ``pool link to crsN
 down: ... the last arrived at T``) to the moment the last of its clients
 was attached at a survivor.  One JSON line:
 
-- ``failover_seconds``: the figure above; ``takeover_seconds``: last
-  heartbeat to the coordinator's takeover map (about 3 s of missed
-  heartbeats, more when the survivors' loops run late);
+- ``failover_seconds``: the figure above (null unless every orphan came
+  back within ``--ceiling``: ``complete``); ``half_back_seconds`` and
+  ``p90_back_seconds``: until half and nine tenths of the orphans were
+  back (null if they never were); ``takeover_seconds``: last heartbeat
+  to the coordinator's takeover map (about 1 s after a kill, 3 s of
+  missed heartbeats otherwise, more when the survivors' loops run late);
   ``kill_to_last_heartbeat_seconds``;
-- ``orphans`` (clients of the killed instance), ``reattached``,
-  ``resumed`` (with a ticket), ``full_attaches``, ``moves`` (moved
-  answers followed, mostly to the dead instance before the takeover),
-  ``connect_failures``, ``refusals``, ``others_lost`` (clients of the
-  survivors that lost their connection: should be 0);
+- ``orphans`` (clients attached to the killed instance), ``reattached``
+  (each counted once), ``resumed`` (with a ticket), ``full_attaches``,
+  ``moves`` (moved answers followed, mostly to the dead instance before
+  the takeover), ``connect_failures``, ``refusals``, ``others_lost``
+  (clients of the survivors that lost their connection, each once:
+  should be 0); the generators count alike
+  (``bench/_pool_lean.py``'s ``FailoverTally``);
   ``live_peer_declared_down`` (times a survivor declared another *live*
-  instance down because its heartbeats came late: a false failover, which
-  moves that instance's clients too; should be 0) and
+  instance down because its heartbeats came late, the victim before its
+  kill included: a false failover, which moves that instance's clients
+  too; should be 0) and
   ``map_changes_seen`` (map lines in the survivors' crs.log);
   ``max_loop_lag_logged`` (the longest own event-loop lag a survivor
   logged, lags of 1 s or more) and ``max_handshakes`` (the instances'
@@ -104,6 +110,7 @@ def work(spec_path: str) -> None:
     from twisted.internet.endpoints import TCP4ClientEndpoint
     from twisted.internet.protocol import Factory
 
+    from bench._pool_lean import FailoverTally, lean_work
     from bench.attach import fast_signer
     from cryptify.client.connection import AttachingClient, ConnectionEnded, Event
     from cryptify.client.session import Attached, ClientSession, Moved, Refused
@@ -113,8 +120,6 @@ def work(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
     if spec.get("generator") == "lean":
-        from bench._pool_lean import lean_work
-
         lean_work(spec)
         return
     ksak, kpak = int(spec["ksak"], 16), bytes.fromhex(spec["kpak"])
@@ -136,63 +141,29 @@ def work(spec_path: str) -> None:
             connectors[bind] = connect
         return connectors[bind]
 
-    state: dict[str, Any] = {
-        "phase": "attach",
-        "attached": 0,
-        "next": 0,
-        "orphans": set(),
-        "back": {},
-        "first_lost": None,
-        "resumed": 0,
-        "full_attaches": 0,
-        "moves": 0,
-        "connect_failures": 0,
-        "refusals": {},
-        "connect_errors": {},
-        "others_lost": 0,
-        "reported": False,
-    }
+    tally = FailoverTally(len(spec["clients"]), spec["ceiling"])
     clients: list[AttachingClient] = []
-    first_done: set[int] = set()
+    launched = 0
 
     def on_event(index: int) -> Any:
         def event(e: Event) -> None:
             client = clients[index]
-            failover = state["phase"] == "failover"
-            if trace and failover and index in state["orphans"]:
+            if trace and tally.failover and index in tally.orphans:
                 print(f"{time.time():.3f} {index} {client.host} {e}", file=sys.stderr, flush=True)
             if isinstance(e, Attached):
-                if not e.resumed:
-                    state["full_attaches"] += 1
-                if index not in first_done:
-                    first_done.add(index)
-                    state["attached"] += 1
+                if tally.attached(index, client.host != victim, e.resumed):
                     launch()
-                    if state["attached"] == len(clients):
+                    if tally.all_attached():
                         ready()
-                elif failover and index in state["orphans"] and client.host != victim:
-                    if index not in state["back"]:
-                        state["back"][index] = time.time()
-                        state["resumed"] += int(e.resumed)
-                        if len(state["back"]) == len(state["orphans"]):
-                            report(True)
-            elif not failover:
-                return
             elif isinstance(e, Moved):
-                state["moves"] += 1
+                tally.moved()
             elif isinstance(e, Refused):
-                state["refusals"][e.code] = state["refusals"].get(e.code, 0) + 1
+                tally.refused(e.code)
             elif isinstance(e, ConnectionEnded):
                 if e.why.startswith("cannot connect"):
-                    state["connect_failures"] += 1
-                    why = e.why[:60]
-                    state["connect_errors"][why] = state["connect_errors"].get(why, 0) + 1
-                elif index in state["orphans"]:
-                    if state["first_lost"] is None:
-                        state["first_lost"] = time.time()
-                        reactor.callLater(spec["ceiling"], report, False)
-                else:
-                    state["others_lost"] += 1
+                    tally.cannot_connect(e.why)
+                elif tally.lost(index):
+                    reactor.callLater(spec["ceiling"], tally.report, False)
 
         return event
 
@@ -227,53 +198,20 @@ def work(spec_path: str) -> None:
         clients.append(client)
 
     def launch() -> None:
-        while (
-            state["next"] < len(clients) and state["next"] - state["attached"] < spec["concurrency"]
-        ):
-            clients[state["next"]].start()
-            state["next"] += 1
+        nonlocal launched
+        while launched < len(clients) and launched - len(tally.attached_once) < spec["concurrency"]:
+            clients[launched].start()
+            launched += 1
 
     def ready() -> None:
-        state["phase"] = "failover"
-        state["orphans"] = {i for i, c in enumerate(clients) if c.host == victim}
-        state["full_attaches"] = 0
-        print(json.dumps({"event": "ready", "orphans": len(state["orphans"])}), flush=True)
-        if not state["orphans"]:
-            report(True)
+        tally.ready({i for i, c in enumerate(clients) if c.host == victim})
 
-    def report(complete: bool) -> None:
-        if state["reported"]:
-            return
-        state["reported"] = True
-        back = state["back"]
-        print(
-            json.dumps(
-                {
-                    "event": "done",
-                    "complete": complete,
-                    "orphans": len(state["orphans"]),
-                    "reattached": len(back),
-                    "first_lost": state["first_lost"],
-                    "last": max(back.values()) if back else None,
-                    "times": sorted(back.values()),
-                    **{
-                        k: state[k]
-                        for k in (
-                            "resumed",
-                            "full_attaches",
-                            "moves",
-                            "connect_failures",
-                            "refusals",
-                            "connect_errors",
-                            "others_lost",
-                        )
-                    },
-                }
-            ),
-            flush=True,
-        )
+    def begin() -> None:
+        launch()
+        if tally.all_attached():
+            ready()  # no clients here
 
-    reactor.callWhenRunning(launch)
+    reactor.callWhenRunning(begin)
     reactor.run()
 
 
@@ -387,25 +325,79 @@ def message_rates(pool: Any, args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------- orchestration
 
 
-def read_json_lines(procs: list[subprocess.Popen[str]], timeout: float) -> list[dict[str, Any]]:
-    """One JSON line from each of ``procs`` (in their order), within ``timeout``."""
-    got: dict[int, dict[str, Any]] = {}
-    deadline = time.monotonic() + timeout
-    while len(got) < len(procs):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"{len(procs) - len(got)} generators did not answer in {timeout}s")
-        waiting = {p.stdout.fileno(): i for i, p in enumerate(procs) if i not in got and p.stdout}
-        readable, _, _ = select.select(list(waiting), [], [], min(left, 5.0))
-        for fd in readable:
-            i = waiting[fd]
-            stdout = procs[i].stdout
-            assert stdout is not None
-            line = stdout.readline()
-            if not line:
-                raise RuntimeError(f"generator {i} ended (exit {procs[i].wait()})")
-            got[i] = json.loads(line)
-    return [got[i] for i in range(len(procs))]
+class JsonLines:
+    """The generators' JSON lines, one from each per :meth:`read`.
+
+    Read from the pipes themselves and kept here: a buffered reader would
+    hold a second line where ``select`` cannot see it (a generator with no
+    orphans writes ``ready`` and ``done`` at once)."""
+
+    def __init__(self, procs: list[subprocess.Popen[str]]) -> None:
+        self.procs = procs
+        self.buffers = [bytearray() for _ in procs]
+
+    def read(self, timeout: float) -> list[dict[str, Any]]:
+        """The next line of each generator (in their order), within ``timeout``."""
+        got: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, buf in enumerate(self.buffers):
+                end = buf.find(b"\n")
+                if i not in got and end >= 0:
+                    got[i] = json.loads(bytes(buf[:end]))
+                    del buf[: end + 1]
+            if len(got) == len(self.procs):
+                return [got[i] for i in range(len(self.procs))]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"{len(self.procs) - len(got)} generators did not answer in {timeout}s"
+                )
+            waiting = {
+                p.stdout.fileno(): i for i, p in enumerate(self.procs) if i not in got and p.stdout
+            }
+            readable, _, _ = select.select(list(waiting), [], [], min(left, 5.0))
+            for fd in readable:
+                i = waiting[fd]
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    raise RuntimeError(f"generator {i} ended (exit {self.procs[i].wait()})")
+                self.buffers[i] += chunk
+
+
+def merge_done(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """The generators' ``done`` lines as one: counts summed (refusals and
+    connect errors per code), the back times merged in order, complete
+    when every generator was."""
+    merged: dict[str, Any] = {
+        "complete": all(d["complete"] for d in done),
+        "times": sorted(t for d in done for t in d["times"]),
+        "first_lost": min((d["first_lost"] for d in done if d["first_lost"]), default=None),
+    }
+    for key in (
+        "orphans",
+        "reattached",
+        "resumed",
+        "full_attaches",
+        "moves",
+        "connect_failures",
+        "others_lost",
+    ):
+        merged[key] = sum(d[key] for d in done)
+    for key in ("refusals", "connect_errors"):
+        tally: dict[str, int] = {}
+        for d in done:
+            for code, count in d[key].items():
+                tally[code] = tally.get(code, 0) + count
+        merged[key] = tally
+    return merged
+
+
+def back_at(times: list[float], orphans: int, fraction: float) -> float | None:
+    """When ``fraction`` of the ``orphans`` were back (``times`` sorted);
+    None if that many never came back."""
+    index = int(orphans * fraction)
+    return times[index] if index < len(times) else None
 
 
 def histogram(offsets: list[float]) -> list[int]:
@@ -433,6 +425,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     instances = args.instances or instances_for(args.clients)
     victim = instances
     workers_n = args.workers or max(2, math.ceil(args.clients / CLIENTS_PER_WORKER))
+    workers_n = min(workers_n, args.clients)  # no generator without clients
     addresses = math.ceil(args.clients / PER_ADDRESS)
     settings = f"client-max-handshakes {args.max_handshakes}\n" if args.max_handshakes else ""
     pool = BenchPool(instances, addresses, settings)
@@ -474,7 +467,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     stdout=subprocess.PIPE,
                 )
             )
-        ready = read_json_lines(workers, args.ceiling * 4)
+        lines = JsonLines(workers)
+        ready = lines.read(args.ceiling * 4)
         attach_seconds = time.monotonic() - began
         time.sleep(2.0)  # idle: keep-alives only
         survivors = [i for i in range(1, instances + 1) if i != victim]
@@ -482,23 +476,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         srv_cpu = [pool.cpu(i) for i in survivors]
         killed_at = time.time()
         pool.kill(victim)
-        done = read_json_lines(workers, args.ceiling + 60)
+        done = merge_done(lines.read(args.ceiling + 60))
         gen_cpu = [proc_cpu(w.pid) - c for w, c in zip(workers, gen_cpu)]
         srv_cpu = [pool.cpu(i) - c for i, c in zip(survivors, srv_cpu)]
         last_beat = pool.last_heartbeat(victim)
-        orphans = sum(d["orphans"] for d in done)
-        reattached = sum(d["reattached"] for d in done)
-        lasts = [d["last"] for d in done if d["last"] is not None]
-        last = max(lasts) if lasts else None
-        times = sorted(t for d in done for t in d["times"])
-        complete = all(d["complete"] for d in done)
-        refusals: dict[str, int] = {}
-        connect_errors: dict[str, int] = {}
-        for d in done:
-            for code, count in d["refusals"].items():
-                refusals[code] = refusals.get(code, 0) + count
-            for why, count in d["connect_errors"].items():
-                connect_errors[why] = connect_errors.get(why, 0) + count
+        orphans, reattached, times = done["orphans"], done["reattached"], done["times"]
+        complete = done["complete"]
         generator = sum(gen_cpu)
         survivor_cpu = sum(srv_cpu)
 
@@ -513,32 +496,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "orphans": orphans,
             "reattached": reattached,
             "complete": complete,
-            "failover_seconds": since_beat(last) if complete else None,
-            "half_back_seconds": since_beat(times[len(times) // 2]) if times else None,
-            "p90_back_seconds": since_beat(times[int(len(times) * 0.9)]) if times else None,
+            "failover_seconds": since_beat(times[-1]) if complete and times else None,
+            "half_back_seconds": since_beat(back_at(times, orphans, 0.5)),
+            "p90_back_seconds": since_beat(back_at(times, orphans, 0.9)),
             "back_within_10s": (
                 round(sum(1 for t in times if t - last_beat <= 10) / orphans, 3)
                 if last_beat is not None and orphans
                 else None
             ),
-            "first_lost_seconds": since_beat(
-                min((d["first_lost"] for d in done if d["first_lost"]), default=None)
-            ),
+            "first_lost_seconds": since_beat(done["first_lost"]),
             "back_per_second": (
                 histogram([t - last_beat for t in times]) if last_beat is not None else None
             ),
-            "takeover_seconds": since_beat(pool.takeover_at(victim)),
+            "takeover_seconds": since_beat(pool.takeover_at(victim, killed_at)),
             "kill_to_last_heartbeat_seconds": (
                 round(killed_at - last_beat, 2) if last_beat is not None else None
             ),
-            "resumed": sum(d["resumed"] for d in done),
-            "full_attaches": sum(d["full_attaches"] for d in done),
-            "moves": sum(d["moves"] for d in done),
-            "connect_failures": sum(d["connect_failures"] for d in done),
-            "refusals": refusals,
-            "connect_errors": connect_errors,
-            "others_lost": sum(d["others_lost"] for d in done),
-            **pool.pool_events(victim),
+            **{
+                key: done[key]
+                for key in (
+                    "resumed",
+                    "full_attaches",
+                    "moves",
+                    "connect_failures",
+                    "refusals",
+                    "connect_errors",
+                    "others_lost",
+                )
+            },
+            **pool.pool_events(victim, killed_at),
             "generator_processes": workers_n,
             "generator_cpu_seconds": round(generator, 2),
             "generator_ceiling": round(reattached / generator, 1) if generator else None,

@@ -65,47 +65,47 @@ class _Echo(Protocol):
 
 
 class _Client:
+    """A client driven by hand over memory BIOs: the standard library's
+    engine (``stdlib``) or pyOpenSSL's, behind the same four calls."""
+
     def __init__(self, kind: str) -> None:
-        self.kind = kind
         if kind == "stdlib":
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-            self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-            self.std = context.wrap_bio(self.incoming, self.outgoing)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            std = context.wrap_bio(incoming, outgoing)
+            self._feed, self._handshake, self._send = incoming.write, std.do_handshake, std.write
+            self._drain = outgoing.read
         else:
-            self.ossl = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
-            self.ossl.set_connect_state()
+            ossl = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+            ossl.set_connect_state()
+            self._feed, self._handshake, self._send = ossl.bio_write, ossl.do_handshake, ossl.send
+
+            def drain() -> bytes:
+                try:
+                    return ossl.bio_read(65536)
+                except SSL.WantReadError:
+                    return b""
+
+            self._drain = drain
         self.done = False
 
     def step(self, data: bytes) -> bytes:
-        if self.kind == "stdlib":
-            if data:
-                self.incoming.write(data)
-            try:
-                self.std.do_handshake()
-                self.done = True
-            except ssl.SSLWantReadError:
-                pass
-            return self.outgoing.read()
+        """Take the server's octets; the client's answer (the handshake's next flight)."""
         if data:
-            self.ossl.bio_write(data)
+            self._feed(data)
         try:
-            self.ossl.do_handshake()
+            self._handshake()
             self.done = True
-        except SSL.WantReadError:
+        except (ssl.SSLWantReadError, SSL.WantReadError):
             pass
-        try:
-            return self.ossl.bio_read(65536)
-        except SSL.WantReadError:
-            return b""
+        return self._drain()
 
     def record(self) -> bytes:
-        if self.kind == "stdlib":
-            self.std.write(MESSAGE)
-            return self.outgoing.read()
-        self.ossl.send(MESSAGE)
-        return self.ossl.bio_read(65536)
+        """One application record of MESSAGE."""
+        self._send(MESSAGE)
+        return self._drain()
 
 
 def _servers(cert: str, key: str, clock: Clock) -> dict[str, Callable[[], Any]]:

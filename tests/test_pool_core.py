@@ -87,6 +87,18 @@ class Net:
         raise AssertionError("the pool did not settle")
 
 
+def settled(count: int) -> tuple[Net, PoolMember, float]:
+    """A settled pool of ``count`` members, its crs1, and when crs1 last
+    heard from crs2."""
+    net = Net(count)
+    net.settle()
+    crs1 = net.members["crs1"]
+    assert crs1 is not None
+    heard = crs1.heard("crs2")
+    assert heard is not None
+    return net, crs1, heard
+
+
 class ConfigTests(SynchronousTestCase):
     def test_from_crs(self) -> None:
         """The members, in order, with their addresses, come from [POOL]."""
@@ -344,12 +356,7 @@ class ConfirmationTests(SynchronousTestCase):
     def test_closed_connections_confirm(self) -> None:
         """A peer whose connections all closed (a killed process) is taken
         over at DOWN_AFTER even though crs3 has not reported it yet."""
-        net = Net(3)
-        net.settle()
-        crs1 = net.members["crs1"]
-        assert crs1 is not None
-        heard = crs1.heard("crs2")
-        assert heard is not None
+        _, crs1, heard = settled(3)
         crs1.disconnected("crs2", True)
         crs1.receive(Heartbeat("crs3", crs1.map), heard + DOWN_AFTER)  # crs3 sees crs2 live
         change = crs1.tick(heard + DOWN_AFTER)
@@ -361,12 +368,7 @@ class ConfirmationTests(SynchronousTestCase):
         CUT_DOWN_AFTER is down then, long before DOWN_AFTER of silence; a
         connection made again within it (a live peer dialling back) or a
         heartbeat keeps it live."""
-        net = Net(2)
-        net.settle()
-        crs1 = net.members["crs1"]
-        assert crs1 is not None
-        heard = crs1.heard("crs2")
-        assert heard is not None
+        _, crs1, heard = settled(2)
         crs1.disconnected("crs2", True, heard + 0.1)
         self.assertIn("crs2", crs1.live(heard + 0.1 + CUT_DOWN_AFTER - 0.01))
         self.assertEqual(crs1.cut_since("crs2"), heard + 0.1)
@@ -374,12 +376,7 @@ class ConfirmationTests(SynchronousTestCase):
         assert change is not None
         self.assertEqual((change.reason, change.down), (Reason.TAKEOVER, ("crs2",)))
         self.assertLess(CUT_DOWN_AFTER + 0.1, DOWN_AFTER)
-        again = Net(2)
-        again.settle()
-        crs1 = again.members["crs1"]
-        assert crs1 is not None
-        heard = crs1.heard("crs2")
-        assert heard is not None
+        _, crs1, heard = settled(2)
         crs1.disconnected("crs2", True, heard)
         crs1.disconnected("crs2", False, heard + 0.5)
         self.assertIn("crs2", crs1.live(heard + 2.0))
@@ -388,13 +385,8 @@ class ConfirmationTests(SynchronousTestCase):
     def test_report_in_heartbeat(self) -> None:
         """A heartbeat names the members its sender sees down; a report of a
         stranger is refused."""
-        net = Net(3)
-        net.settle()
-        crs1 = net.members["crs1"]
-        assert crs1 is not None
+        net, crs1, heard = settled(3)
         self.assertEqual(crs1.heartbeat(net.now).down, frozenset())
-        heard = crs1.heard("crs2")
-        assert heard is not None
         self.assertEqual(crs1.heartbeat(heard + DOWN_AFTER).down, {"crs2", "crs3"})
         stranger = Heartbeat("crs2", crs1.map, frozenset({"crs9"}))
         self.assertRaises(PoolError, crs1.receive, stranger, net.now)
@@ -471,12 +463,7 @@ class LivenessTests(SynchronousTestCase):
     def test_takeover_waits_for_own_lag_only(self) -> None:
         """The coordinator takes a dead peer's slots DOWN_AFTER plus its own
         stall after the last heartbeat, not before."""
-        net = Net(2)
-        net.settle()
-        crs1 = net.members["crs1"]
-        assert crs1 is not None
-        heard = crs1.heard("crs2")
-        assert heard is not None
+        net, crs1, heard = settled(2)
         net.silent = {"crs2"}
         crs1.lagged(2.0, heard + 2.0)
         self.assertIsNone(crs1.tick(heard + DOWN_AFTER + 1.9))

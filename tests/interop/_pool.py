@@ -228,6 +228,21 @@ class PoolCase(TestCase):
             prefix=tuple(self.net.hosts[index - 1].prefix(d)),
         )
 
+    def start_relays(self) -> None:
+        """A ``twistd crs-relay`` on each instance's host (stopped at
+        cleanup), each answering on its control socket."""
+        for index in range(1, self.COUNT + 1):
+            d = self.dirs[index - 1]
+            relay = Twistd(
+                d,
+                "crs-relay",
+                "--config",
+                os.path.join(d, "crs.conf"),
+                prefix=tuple(self.net.hosts[index - 1].prefix(d)),
+            )
+            self.addCleanup(relay.stop)
+            wait_for(lambda d=d: unix_answers(os.path.join(d, "relay.sock")), "relay control")
+
     def kill(self, index: int) -> None:
         """``kill -9`` the instance and its Redis children (a host dying)."""
         proc = self.procs.pop(index)
@@ -275,6 +290,10 @@ class PoolCase(TestCase):
 
     def owner_index(self, uri: str) -> int:
         return slot_of(uri) * self.COUNT // SLOTS + 1
+
+    def home_uris(self, index: int) -> list[str]:
+        """The URIs of ``self.uris`` in crs{index}'s home range."""
+        return [u for u in self.uris if self.owner_index(u) == index]
 
     def pick_uris(self) -> list[str]:
         """PER_HOME URIs in each instance's home range."""
@@ -373,6 +392,15 @@ class PoolCase(TestCase):
             host = hosts[tried % len(hosts)]
             time.sleep(0.5)
         raise AssertionError(f"{client.uri} did not attach at any of {hosts}: {result}")
+
+    def attach_across(self) -> tuple[Client, Client]:
+        """A client of crs1's home range and one of crs2's, both attached
+        by way of crs1 (the second moved to crs2), closed at cleanup."""
+        one, two = Client(self.home_uris(1)[0]), Client(self.home_uris(2)[0])
+        self.clients.extend([one, two])
+        self.attach(one, [address(1)])
+        self.attach(two, [address(1)])
+        return one, two
 
     def lost(self, client: Client) -> str:
         """Wait until ``client``'s connection ends; the disconnect code if

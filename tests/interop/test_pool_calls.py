@@ -25,7 +25,7 @@ import cbor2
 
 from cryptify.client.audio import peak_frequency, read_wav
 from tests.interop._pool import CEILING, CLIENT_PORT, Client, PoolCase, address, send
-from tests.interop._procs import BIN, Twistd, unix_answers, wait_for
+from tests.interop._procs import BIN, wait_for
 
 
 def expect(client: Client, kind: str) -> dict[str, object]:
@@ -45,17 +45,7 @@ class PoolCallTests(PoolCase):
 
     def setUp(self) -> None:
         super().setUp()
-        for index in range(1, self.COUNT + 1):
-            d = self.dirs[index - 1]
-            relay = Twistd(
-                d,
-                "crs-relay",
-                "--config",
-                os.path.join(d, "crs.conf"),
-                prefix=tuple(self.net.hosts[index - 1].prefix(d)),
-            )
-            self.addCleanup(relay.stop)
-            wait_for(lambda d=d: unix_answers(os.path.join(d, "relay.sock")), "relay control")
+        self.start_relays()
         for index in range(1, self.COUNT + 1):
             wait_for(
                 lambda i=index: self.relay_active(i),
@@ -63,8 +53,7 @@ class PoolCallTests(PoolCase):
                 CEILING,
             )
         wait_for(lambda: self.formed([1, 2]), "the pool to form", CEILING)
-        self.caller = next(u for u in self.uris if self.owner_index(u) == 1)
-        self.callee = next(u for u in self.uris if self.owner_index(u) == 2)
+        self.caller, self.callee = self.home_uris(1)[0], self.home_uris(2)[0]
 
     # -- helpers -----------------------------------------------------------
 
@@ -214,7 +203,7 @@ class PoolCallTests(PoolCase):
         caller = Client(self.caller)
         self.clients.append(caller)
         self.attach(caller, [address(1)])
-        absent = next(u for u in self.uris if self.owner_index(u) == 2 and u != self.callee)
+        absent = next(u for u in self.home_uris(2) if u != self.callee)
         send(caller.ws, type="invite", id=5, to=absent, mikey=b"\x01")
         answer = cbor2.loads(caller.ws.recv(timeout=CEILING))
         self.assertEqual((answer["type"], answer["id"]), ("error", 5))

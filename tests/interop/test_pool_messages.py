@@ -67,12 +67,7 @@ class PoolMessagesTests(PoolCase):
         self.ledger = Ledger()
         self.posts = 0
         wait_for(lambda: self.formed([1, 2]), "the pool to form", CEILING)
-        home1 = [u for u in self.uris if self.owner_index(u) == 1]
-        home2 = [u for u in self.uris if self.owner_index(u) == 2]
-        self.sender, self.recipient = Client(home1[0]), Client(home2[0])
-        self.clients.extend([self.sender, self.recipient])
-        self.attach(self.sender, [address(1)])
-        self.attach(self.recipient, [address(1)])
+        self.sender, self.recipient = self.attach_across()
         self.assertEqual(
             (self.sender.at, self.recipient.at, self.recipient.moves),
             (address(1), address(2), [address(2)]),

@@ -26,7 +26,7 @@ from typing import Any
 import cbor2
 
 from tests.interop._pool import CEILING, Client, PoolCase, address, send
-from tests.interop._procs import Twistd, unix_answers, wait_for
+from tests.interop._procs import wait_for
 
 #: Messages each way.
 MESSAGES = 20
@@ -38,27 +38,12 @@ class PoolWorkersTests(PoolCase):
 
     def setUp(self) -> None:
         super().setUp()
-        for index in range(1, self.COUNT + 1):
-            d = self.dirs[index - 1]
-            relay = Twistd(
-                d,
-                "crs-relay",
-                "--config",
-                os.path.join(d, "crs.conf"),
-                prefix=tuple(self.net.hosts[index - 1].prefix(d)),
-            )
-            self.addCleanup(relay.stop)
-            wait_for(lambda d=d: unix_answers(os.path.join(d, "relay.sock")), "relay control")
+        self.start_relays()
         wait_for(lambda: self.formed([1, 2]), "the pool to form", CEILING)
         wait_for(lambda: len(self.workers(1)) == 2, "crs1's two workers", CEILING)
-        home1 = [u for u in self.uris if self.owner_index(u) == 1]
-        home2 = [u for u in self.uris if self.owner_index(u) == 2]
-        self.a, self.b = Client(home1[0]), Client(home2[0])
-        self.clients.extend([self.a, self.b])
         # (a worker starts with no slot view: until the parent's arrives
         # it answers unavailable, and the client tries again)
-        self.attach(self.a, [address(1)])
-        self.attach(self.b, [address(1)])
+        self.a, self.b = self.attach_across()
 
     def call(self, caller: Client, callee: Client, request: int) -> None:
         """``caller`` calls ``callee``: invite, ringing, talk, hold and
@@ -96,9 +81,8 @@ class PoolWorkersTests(PoolCase):
         self.assertEqual(self.next_of(self.b, "invite")["session"], session)
         send(self.b.ws, type="talk", session=session)
         self.next_of(self.a, "talk")
-        out = self.cli(1, "show", "system")
-        pids = [int(p) for p in re.findall(r"app:attach/\d+\s+(\d+)", out)]
-        self.assertEqual(len(pids), 2, out)
+        pids = self.pids(1)
+        self.assertEqual(len(pids), 2, pids)
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         hangup = self.next_of(self.b, "hangup")
@@ -151,7 +135,6 @@ class PoolWorkersTests(PoolCase):
         """Moved at attach by a worker; messages both ways across the pool
         with a worker's client, none lost, none twice; show system."""
         a, b = self.a, self.b
-        home2 = [u for u in self.uris if self.owner_index(u) == 2]
         self.assertEqual((a.at, b.at, b.moves), (address(1), address(2), [address(2)]))
         self.exchange(a, b, MESSAGES, b"from crs1's worker")
         self.exchange(b, a, MESSAGES, b"from crs2")
@@ -159,7 +142,7 @@ class PoolWorkersTests(PoolCase):
         cuts = [slots for _, slots in sorted(rows.items())]
         self.assertEqual(cuts, ["0-4095", "4096-8191"])
         self.assertIn("app:crs", self.cli(1, "show", "system"))
-        out = self.cli(1, "check", "slot", home2[0])
+        out = self.cli(1, "check", "slot", b.uri)
         self.assertIn("crs2", out)
 
     def workers(self, index: int) -> dict[int, str]:
