@@ -41,11 +41,13 @@ _BOTH_ENGINES = [HealthCheck.differing_executors]
 
 
 class _Inner(Protocol):
-    """The inner protocol: records what it gets; may echo or refuse."""
+    """The inner protocol: records what it gets; may echo, refuse, or close
+    when data comes (C{close})."""
 
-    def __init__(self, echo: bool = False, refuse: bool = False) -> None:
+    def __init__(self, echo: bool = False, refuse: bool = False, close: bool = False) -> None:
         self.echo = echo
         self.refuse = refuse
+        self.close = close
         self.received = b""
         self.lost: list[Failure] = []
 
@@ -59,6 +61,9 @@ class _Inner(Protocol):
         if self.echo:
             assert self.transport is not None
             self.transport.write(b"echo:" + data)
+        if self.close:
+            assert self.transport is not None
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost.append(reason)
@@ -278,6 +283,31 @@ class _EngineTests:
         self.assertTrue(h.transport.disconnecting)
         h.client.step(h.transport.value())
         self.assertTrue(h.client.closed)
+
+    def _close_notify(self: Any, h: _Harness) -> bytes:
+        """The client's close_notify (after what it wrote before)."""
+        try:
+            h.client.tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        return h.client.outgoing.read()
+
+    def test_close_notify_with_last_data(self: Any) -> None:
+        """The peer's last data and its close_notify in one read, the inner
+        protocol closing on that data: the close_notify it already sent is
+        the answer awaited, so the TCP connection closes then (it did not
+        wait for a second one that never comes)."""
+        h = _Harness(self, close=True)
+        h.pump()
+        h.client.tls.write(b"bye")
+        h.proto.dataReceived(self._close_notify(h))
+        self.assertEqual(h.inner.received, b"bye")
+        self.assertTrue(h.transport.disconnecting)
+        h.client.step(h.transport.value())
+        self.assertTrue(h.client.closed)
+        h.proto.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(len(h.inner.lost), 1)
+        self.assertEqual(h.factory.failures, 0)
 
     def test_abort(self: Any) -> None:
         """abortConnection drops the connection and what is pending."""

@@ -154,7 +154,9 @@ class TLSProtocol(Protocol):
             closed = engine.read(plain)
             if plain and self._open:
                 self.wrapped.dataReceived(plain[0] if len(plain) == 1 else b"".join(plain))
-            if closed and self._open:
+            if closed:
+                # The peer's close_notify: answer it (unless the inner
+                # protocol, handed its last data, already did) and close.
                 self.loseConnection()
                 if self._closing:
                     self._closing = False
