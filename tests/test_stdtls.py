@@ -309,6 +309,19 @@ class _EngineTests:
         self.assertEqual(len(h.inner.lost), 1)
         self.assertEqual(h.factory.failures, 0)
 
+    def test_engine_released_when_lost(self: Any) -> None:
+        """The TLS state is dropped when the connection is lost (as Twisted's
+        TLS does: a client's pyOpenSSL connection refers back to its
+        protocol), and nothing the inner protocol does then raises."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.connectionLost(Failure(Exception("gone")))
+        self.assertIsNone(h.proto.engine)
+        h.proto.write(b"late")
+        h.proto.loseConnection()
+        h.clock.advance(0)
+        self.assertEqual(h.transport.value(), b"")
+
     def test_abort(self: Any) -> None:
         """abortConnection drops the connection and what is pending."""
         h = _Harness(self)

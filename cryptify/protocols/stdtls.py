@@ -191,6 +191,9 @@ class TLSProtocol(Protocol):
         self._open = self._closing = False
         self._pending = []
         self.factory.forget(self)
+        # A client's pyOpenSSL connection refers back to this protocol (its
+        # app data, for failVerification): break the cycle, as Twisted's TLS does.
+        self.engine = None
         wrapped, self.wrapped = self.wrapped, Protocol()
         wrapped.connectionLost(self._reason or reason)
 
