@@ -368,6 +368,8 @@ class _EngineTests:
         self.assertEqual(factory.failures, 2)
         self.assertEqual(len(events), 1)
         self.assertIn("192.0.2.7", str(events[0]["host"]))
+        # OpenSSL's reason, in either library's spelling.
+        self.assertEqual(events[0]["reason"].lower().replace("_", " "), "http request")
 
     def test_bad_record_after_handshake(self: Any) -> None:
         """A bad record after the handshake closes the connection; the inner
