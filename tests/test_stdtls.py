@@ -309,6 +309,90 @@ class _EngineTests:
         self.assertEqual(len(h.inner.lost), 1)
         self.assertEqual(h.factory.failures, 0)
 
+    def test_close_notify_split(self: Any) -> None:
+        """A close_notify cut between two reads (mid-record) is awaited, then
+        answered; nothing counts as a failure."""
+        h = _Harness(self)
+        h.pump()
+        alert = self._close_notify(h)
+        h.proto.dataReceived(alert[:3])
+        self.assertFalse(h.transport.disconnecting)
+        h.proto.dataReceived(alert[3:])
+        self.assertTrue(h.transport.disconnecting)
+        h.client.step(h.transport.value())
+        self.assertTrue(h.client.closed)
+        self.assertEqual(h.factory.failures, 0)
+
+    def test_peer_gone_mid_record(self: Any) -> None:
+        """The TCP connection lost in the middle of a record: the inner
+        protocol is told once, given none of that record."""
+        h = _Harness(self)
+        h.pump()
+        h.client.tls.write(b"x" * 1000)
+        record = h.client.step(b"")
+        h.proto.dataReceived(record[:500])
+        h.proto.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(h.inner.received, b"")
+        self.assertEqual(len(h.inner.lost), 1)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_oversized_record(self: Any) -> None:
+        """A record longer than TLS allows (2^14 + 2048 octets) closes that
+        connection as a failure, without waiting for its 64 KB."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.dataReceived(b"\x17\x03\x03\xff\xff" + b"\x00" * 100)
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual(h.factory.failures, 1)
+        h.proto.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(len(h.inner.lost), 1)
+
+    def test_renegotiation_refused(self: Any) -> None:
+        """A TLS 1.2 client asking to renegotiate is refused (no_renegotiation
+        alert); the server neither fails nor renegotiates."""
+        h = _Harness(self)
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        client = SSL.Connection(context, None)
+        client.set_connect_state()
+
+        def exchange() -> None:
+            for _ in range(6):
+                try:
+                    client.do_handshake()
+                except SSL.WantReadError:
+                    pass
+                try:
+                    h.proto.dataReceived(client.bio_read(65536))
+                except SSL.WantReadError:
+                    pass
+                if h.transport.value():
+                    client.bio_write(h.transport.value())
+                    h.transport.clear()
+
+        exchange()
+        self.assertEqual(client.get_protocol_version_name(), "TLSv1.2")
+        self.assertTrue(h.proto.handshake_done)
+        client.renegotiate()
+        with self.assertRaises(SSL.Error) as caught:
+            exchange()
+        self.assertIn("no renegotiation", str(caught.exception))
+        self.assertEqual(h.factory.failures, 0)
+        self.assertFalse(h.transport.disconnecting)
+        h.proto.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(len(h.inner.lost), 1)
+
+    def test_producer_reaches_tcp(self: Any) -> None:
+        """The inner protocol's producer is registered with the TCP
+        transport, which pauses it when the peer stops reading."""
+        h = _Harness(self)
+        producer = _Inner()
+        h.proto.registerProducer(producer, True)
+        self.assertIs(h.transport.producer, producer)
+        self.assertTrue(h.transport.streaming)
+        h.proto.unregisterProducer()
+        self.assertIsNone(h.transport.producer)
+
     def test_engine_released_when_lost(self: Any) -> None:
         """The TLS state is dropped when the connection is lost (as Twisted's
         TLS does: a client's pyOpenSSL connection refers back to its
