@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -131,6 +131,47 @@ class _StdClient:
         return self.outgoing.read()
 
 
+class _Tcp(_Counting):
+    """A TCP transport's producer handling, as Twisted's: its streaming
+    producer is paused when more than C{LIMIT} octets wait to be sent, and
+    resumed when they are (L{drain})."""
+
+    LIMIT = 4096
+    full = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and self.streaming and not self.full:
+            if len(self.value()) > self.LIMIT:
+                self.full = True
+                self.producer.pauseProducing()
+
+    def drain(self) -> bytes:
+        """The peer reads what was sent."""
+        sent = self.value()
+        self.clear()
+        if self.producer is not None and self.full:
+            self.full = False
+            self.producer.resumeProducing()
+        return sent
+
+
+@implementer(IPushProducer)
+class _Producer:
+    """An inner protocol's streaming producer: records its state."""
+
+    state = "producing"
+
+    def pauseProducing(self) -> None:
+        self.state = "paused"
+
+    def resumeProducing(self) -> None:
+        self.state = "producing"
+
+    def stopProducing(self) -> None:
+        self.state = "stopped"
+
+
 class _Harness:
     """One server connection on a counting transport and its stdlib client."""
 
@@ -144,7 +185,7 @@ class _Harness:
         proto = self.factory.buildProtocol(PEER)
         assert proto is not None
         self.proto = proto
-        self.transport = _Counting()
+        self.transport = _Tcp()
         self.proto.makeConnection(self.transport)
         self.client = _StdClient(case.cert)
 
@@ -382,16 +423,74 @@ class _EngineTests:
         h.proto.connectionLost(Failure(Exception("gone")))
         self.assertEqual(len(h.inner.lost), 1)
 
-    def test_producer_reaches_tcp(self: Any) -> None:
-        """The inner protocol's producer is registered with the TCP
-        transport, which pauses it when the peer stops reading."""
-        h = _Harness(self)
-        producer = _Inner()
+    def test_reading_stops_while_send_buffer_full(self: Any) -> None:
+        """A peer that sends requests and does not read the answers: once the
+        TCP send buffer is full the connection stops reading (and pauses the
+        inner protocol's producer) until the buffer has drained, so the
+        buffer does not grow without bound."""
+        h = _Harness(self, echo=True)
+        h.pump()
+        producer = _Producer()
         h.proto.registerProducer(producer, True)
-        self.assertIs(h.transport.producer, producer)
-        self.assertTrue(h.transport.streaming)
-        h.proto.unregisterProducer()
+        for _ in range(8):
+            h.client.tls.write(b"q" * 1000)
+        h.proto.dataReceived(h.client.step(b""))
+        self.assertGreater(len(h.transport.value()), _Tcp.LIMIT)
+        self.assertEqual(h.transport.producerState, "paused")
+        self.assertEqual(producer.state, "paused")
+        h.client.step(h.transport.drain())
+        self.assertEqual(h.client.received, b"echo:" + b"q" * 8000)
+        self.assertEqual(h.transport.producerState, "producing")
+        self.assertEqual(producer.state, "producing")
+
+    def test_inner_pause_outlasts_drain(self: Any) -> None:
+        """Reading paused by the inner protocol stays paused when the send
+        buffer drains, until the inner protocol resumes it."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.pauseProducing()
+        self.assertEqual(h.transport.producerState, "paused")
+        h.proto.write(b"x" * (2 * _Tcp.LIMIT))
+        h.clock.advance(0)
+        h.transport.drain()
+        self.assertEqual(h.transport.producerState, "paused")
+        h.proto.resumeProducing()
+        self.assertEqual(h.transport.producerState, "producing")
+
+    def test_closes_with_send_buffer_full(self: Any) -> None:
+        """Closing while the send buffer is full unregisters the connection's
+        producer first: Twisted's TCP transport does not close while one is
+        registered."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.write(b"x" * (2 * _Tcp.LIMIT))
+        h.clock.advance(0)
+        self.assertTrue(h.transport.full)
+        h.proto.loseConnection()
+        h.client.step(h.transport.drain())
+        h.proto.dataReceived(self._close_notify(h))
+        self.assertTrue(h.transport.disconnecting)
         self.assertIsNone(h.transport.producer)
+
+    def test_producer_stopped_when_lost(self: Any) -> None:
+        """The inner protocol's producer is stopped when the connection is
+        lost, as a TCP transport stops its own."""
+        h = _Harness(self)
+        producer = _Producer()
+        h.proto.registerProducer(producer, True)
+        h.proto.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(producer.state, "stopped")
+
+    def test_pull_producer_refused(self: Any) -> None:
+        """Only streaming producers are taken (nothing here uses pull ones)."""
+        h = _Harness(self)
+        with self.assertRaises(NotImplementedError):
+            h.proto.registerProducer(_Producer(), False)
+        h.proto.registerProducer(_Producer(), True)
+        with self.assertRaises(RuntimeError):
+            h.proto.registerProducer(_Producer(), True)
+        h.proto.unregisterProducer()
+        h.proto.registerProducer(_Producer(), True)
 
     def test_engine_released_when_lost(self: Any) -> None:
         """The TLS state is dropped when the connection is lost (as Twisted's

@@ -24,7 +24,12 @@ L{TLSProtocol} is the inner protocol's transport:
   garbage does not flood crs.log;
 - C{loseConnection} sends what is pending, then C{close_notify}, and
   closes the TCP connection when the peer's C{close_notify} comes (as
-  Twisted's TLS does).
+  Twisted's TLS does);
+- flow control: when the TCP transport's send buffer is full (a peer that
+  does not read), the connection stops reading until it has drained, so
+  a peer that sends requests and never reads their answers cannot make
+  the buffer grow without bound; the inner protocol's streaming producer
+  is paused and resumed with it.
 
 The TLS itself is done by an engine (L{cryptify.protocols.tls_engines}):
 the standard library's or pyOpenSSL's, with the same policy. A client
@@ -113,6 +118,16 @@ class TLSProtocol(Protocol):
     #: close_notify sent, the peer's awaited.
     _closing = False
     disconnecting = False
+    #: Registered with the TCP transport until it is closed (L{_close_tcp}).
+    _tcp_producer: _SendBuffer | None = None
+    #: The TCP transport's send buffer is full (it paused L{_tcp_producer}).
+    _full = False
+    #: The inner protocol paused reading (C{pauseProducing}).
+    _paused = False
+    #: Reading from the TCP transport is paused (for either reason).
+    _stopped = False
+    #: The inner protocol's streaming producer.
+    _producer: IPushProducer | None = None
 
     def __init__(self, factory: _TLSFactory, wrapped: IProtocol) -> None:
         self.factory = factory
@@ -122,6 +137,8 @@ class TLSProtocol(Protocol):
     # from the TCP transport
 
     def connectionMade(self) -> None:
+        self._tcp_producer = _SendBuffer(self)
+        cast(IConsumer, self.transport).registerProducer(self._tcp_producer, True)
         self.wrapped.makeConnection(self)
         if self.factory.client and self._open:
             engine = self.engine = self.factory.engine_for(self)
@@ -160,11 +177,11 @@ class TLSProtocol(Protocol):
                 self.loseConnection()
                 if self._closing:
                     self._closing = False
-                    self.transport.loseConnection()
+                    self._close_tcp()
         except TLSFailure as exc:
             if self._closing:
                 self._closing = False
-                self.transport.loseConnection()
+                self._close_tcp()
             else:
                 self._failed(exc)
         finally:
@@ -184,7 +201,7 @@ class TLSProtocol(Protocol):
         self._send(engine.outgoing())
         if closed:
             self._closing = False
-            self.transport.loseConnection()
+            self._close_tcp()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
@@ -194,6 +211,10 @@ class TLSProtocol(Protocol):
         # A client's pyOpenSSL connection refers back to this protocol (its
         # app data, for failVerification): break the cycle, as Twisted's TLS does.
         self.engine = None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            # As the TCP transport tells its own producer.
+            producer.stopProducing()
         wrapped, self.wrapped = self.wrapped, Protocol()
         wrapped.connectionLost(self._reason or reason)
 
@@ -211,7 +232,7 @@ class TLSProtocol(Protocol):
         if self.engine is not None:
             self._send(self.engine.outgoing())
         self.disconnecting = True
-        self.transport.loseConnection()
+        self._close_tcp()
 
     def failVerification(self, reason: Failure) -> None:
         """The server's certificate is not for the name asked for (called by
@@ -279,7 +300,16 @@ class TLSProtocol(Protocol):
             self._closing = True
         else:
             self._pending = []
-            self.transport.loseConnection()
+            self._close_tcp()
+
+    def _close_tcp(self) -> None:
+        """Close the TCP connection once what is written is sent.  Our
+        producer goes first: Twisted's transport does not close while a
+        producer is registered (it resumes it instead when it drains)."""
+        producer, self._tcp_producer = self._tcp_producer, None
+        if producer is not None:
+            cast(IConsumer, self.transport).unregisterProducer()
+        self.transport.loseConnection()
 
     def abortConnection(self) -> None:
         self._open = False
@@ -314,22 +344,80 @@ class TLSProtocol(Protocol):
         self.transport.setTcpKeepAlive(enabled)
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        cast(IConsumer, self.transport).registerProducer(producer, streaming)
+        """The inner protocol's producer: paused while the TCP send buffer is
+        full, resumed when it has drained.
+
+        @raise NotImplementedError: a pull producer (nothing uses one here).
+        @raise RuntimeError: one is registered already.
+        """
+        if not streaming:
+            raise NotImplementedError("the TLS layer takes streaming producers only")
+        if self._producer is not None:
+            raise RuntimeError("a producer is registered already")
+        self._producer = cast(IPushProducer, producer)
+        if self._full:
+            self._producer.pauseProducing()
 
     def unregisterProducer(self) -> None:
-        cast(IConsumer, self.transport).unregisterProducer()
+        self._producer = None
 
     def pauseProducing(self) -> None:
-        cast(IPushProducer, self.transport).pauseProducing()
+        """The inner protocol stops reading."""
+        self._paused = True
+        self._read_or_not()
 
     def resumeProducing(self) -> None:
-        cast(IPushProducer, self.transport).resumeProducing()
+        self._paused = False
+        self._read_or_not()
+
+    def _read_or_not(self) -> None:
+        """Read from the TCP transport unless the inner protocol paused or the
+        send buffer is full."""
+        stop = self._paused or self._full
+        if stop != self._stopped and not self._lost:
+            self._stopped = stop
+            tcp = cast(IPushProducer, self.transport)
+            if stop:
+                tcp.pauseProducing()
+            else:
+                tcp.resumeProducing()
+
+    def send_buffer_full(self, full: bool) -> None:
+        """The TCP transport's send buffer is full (True) or has drained."""
+        self._full = full
+        self._read_or_not()
+        producer = self._producer
+        if producer is not None:
+            if full:
+                producer.pauseProducing()
+            else:
+                producer.resumeProducing()
 
     def stopProducing(self) -> None:
         self.abortConnection()
 
     def logPrefix(self) -> str:
         return "TLS"
+
+
+@implementer(IPushProducer)
+class _SendBuffer:
+    """What a connection registers with its TCP transport: told when the
+    send buffer is full and when it has drained."""
+
+    __slots__ = ("proto",)
+
+    def __init__(self, proto: TLSProtocol) -> None:
+        self.proto = proto
+
+    def pauseProducing(self) -> None:
+        self.proto.send_buffer_full(True)
+
+    def resumeProducing(self) -> None:
+        self.proto.send_buffer_full(False)
+
+    def stopProducing(self) -> None:
+        """The connection is lost: its C{connectionLost} follows."""
 
 
 class _TLSFactory(Factory[TLSProtocol]):
