@@ -827,6 +827,58 @@ class ChoiceTests(SynchronousTestCase):
         self.assertTrue(self._tickets(True))
         self.assertFalse(self._tickets(False))
 
+    def _resumed(self, stdlib: bool | None, version: ssl.TLSVersion) -> bool:
+        """Whether a standard library client offering the session of its
+        last connection resumes it on the second."""
+        cert, key = _pair(self)
+        engines = stdtls.server_engines(cert, key, stdlib=stdlib)
+        context = ssl.create_default_context(cafile=cert)
+        context.maximum_version = version
+        session = None
+        for _ in range(2):
+            server = stdtls.TLSServerFactory(engines, Factory.forProtocol(_Inner), Clock())
+            proto = server.buildProtocol(PEER)
+            assert proto is not None
+            transport = _Counting()
+            proto.makeConnection(transport)
+            client = _StdClient(cert, context)
+            if session is not None:
+                client.tls = context.wrap_bio(
+                    client.incoming, client.outgoing, server_hostname="localhost", session=session
+                )
+            to_server = client.step(b"")
+            while to_server or transport.value():
+                if to_server:
+                    proto.dataReceived(to_server)
+                to_server = client.step(transport.value())
+                transport.clear()
+            self.assertEqual(client.tls.version(), version.name.replace("v1_", "v1."))
+            # a record both ways, so that TLS 1.3 tickets are in
+            client.tls.write(b"x")
+            proto.dataReceived(client.step(b""))
+            proto.write(b"y")
+            proto.flushed()
+            client.step(transport.value())
+            session = client.tls.session
+        return bool(client.tls.session_reused)
+
+    def test_port_engine_never_resumes(self) -> None:
+        """The client port's engine (the default choice) never resumes a
+        session: each connection is a full handshake, TLS 1.3 or 1.2 (the
+        pyOpenSSL engine's TLS 1.3 tickets are stateful ones, for a cache
+        that is off)."""
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            self.assertFalse(self._resumed(None, version), version)
+        self.assertFalse(self._resumed(False, ssl.TLSVersion.TLSv1_3))
+
+    def test_stdlib_engine_resumes_by_session_id(self) -> None:
+        """Why the standard library's engine is not the port's while the
+        pyOpenSSL context has no session cache: its cache (which Python's
+        C{ssl} cannot turn off) resumes a TLS 1.2 client by session ID;
+        TLS 1.3 gets no ticket from it."""
+        self.assertTrue(self._resumed(True, ssl.TLSVersion.TLSv1_2))
+        self.assertFalse(self._resumed(True, ssl.TLSVersion.TLSv1_3))
+
     def test_mismatched_key(self) -> None:
         """A key of another certificate is refused, naming both files."""
         cert, _ = _pair(self)
