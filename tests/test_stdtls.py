@@ -350,6 +350,20 @@ class _EngineTests:
         self.assertEqual(len(h.inner.lost), 1)
         self.assertEqual(h.factory.failures, 0)
 
+    def test_answer_to_last_data_before_close_notify(self: Any) -> None:
+        """The peer's last data and its close_notify in one read, the inner
+        protocol answering that data: the answer goes out, then our
+        close_notify, and the TCP connection closes."""
+        h = _Harness(self, echo=True)
+        h.pump()
+        h.client.tls.write(b"last")
+        h.proto.dataReceived(self._close_notify(h))
+        self.assertTrue(h.transport.disconnecting)
+        h.client.step(h.transport.value())
+        self.assertEqual(h.client.received, b"echo:last")
+        self.assertTrue(h.client.closed)
+        self.assertEqual(h.factory.failures, 0)
+
     def test_close_notify_split(self: Any) -> None:
         """A close_notify cut between two reads (mid-record) is awaited, then
         answered; nothing counts as a failure."""
@@ -504,6 +518,43 @@ class _EngineTests:
         h.proto.loseConnection()
         h.clock.advance(0)
         self.assertEqual(h.transport.value(), b"")
+
+    def test_unanswered_close_aborted(self: Any) -> None:
+        """A peer that never answers our close_notify (a stuck or hostile
+        one, with its TCP connection open) is aborted CLOSE_GRACE later."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.loseConnection()
+        h.clock.advance(stdtls.CLOSE_GRACE - 0.5)
+        self.assertFalse(h.transport.aborted)
+        h.clock.advance(0.5)
+        self.assertTrue(h.transport.aborted)
+        h.proto.connectionLost(Failure(Exception("aborted")))
+        self.assertEqual(len(h.inner.lost), 1)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_stuck_failure_close_aborted(self: Any) -> None:
+        """A connection closed for a TLS failure whose TCP close does not
+        complete (a peer that does not read) is aborted CLOSE_GRACE later."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.dataReceived(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+        self.assertTrue(h.transport.disconnecting)
+        self.assertFalse(h.transport.aborted)
+        h.clock.advance(stdtls.CLOSE_GRACE)
+        self.assertTrue(h.transport.aborted)
+
+    def test_grace_cancelled_when_gone(self: Any) -> None:
+        """A close completed in time leaves no delayed call behind."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.loseConnection()
+        h.client.step(h.transport.value())
+        h.proto.dataReceived(self._close_notify(h))
+        self.assertTrue(h.transport.disconnecting)
+        h.proto.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertFalse(h.transport.aborted)
 
     def test_abort(self: Any) -> None:
         """abortConnection drops the connection and what is pending."""

@@ -24,7 +24,9 @@ L{TLSProtocol} is the inner protocol's transport:
   garbage does not flood crs.log;
 - C{loseConnection} sends what is pending, then C{close_notify}, and
   closes the TCP connection when the peer's C{close_notify} comes (as
-  Twisted's TLS does);
+  Twisted's TLS does); a connection the layer closes (so, or for a TLS
+  failure) that is not gone L{CLOSE_GRACE} later is aborted: a peer that
+  never answers, or never reads what is before our close, cannot hold it;
 - flow control: when the TCP transport's send buffer is full (a peer that
   does not read), the connection stops reading until it has drained, so
   a peer that sends requests and never reads their answers cannot make
@@ -93,6 +95,8 @@ __all__ = [
 
 #: Failures logged: the first, then one in this many.
 LOG_EVERY = 1000
+#: Seconds a closing connection has to be gone before it is aborted.
+CLOSE_GRACE = 10.0
 
 
 @implementer(ITCPTransport, IPushProducer)
@@ -128,6 +132,8 @@ class TLSProtocol(Protocol):
     _stopped = False
     #: The inner protocol's streaming producer.
     _producer: IPushProducer | None = None
+    #: Aborts the connection if it is not gone in time (once closing).
+    _grace: IDelayedCall | None = None
 
     def __init__(self, factory: _TLSFactory, wrapped: IProtocol) -> None:
         self.factory = factory
@@ -208,6 +214,9 @@ class TLSProtocol(Protocol):
         self._open = self._closing = False
         self._pending = []
         self.factory.forget(self)
+        grace, self._grace = self._grace, None
+        if grace is not None and grace.active():
+            grace.cancel()
         # A client's pyOpenSSL connection refers back to this protocol (its
         # app data, for failVerification): break the cycle, as Twisted's TLS does.
         self.engine = None
@@ -232,6 +241,7 @@ class TLSProtocol(Protocol):
         if self.engine is not None:
             self._send(self.engine.outgoing())
         self.disconnecting = True
+        self._abort_later()
         self._close_tcp()
 
     def failVerification(self, reason: Failure) -> None:
@@ -283,14 +293,15 @@ class TLSProtocol(Protocol):
         closed when the peer answers with its own (as Twisted's TLS does:
         closing at once with the peer's octets unread would make the
         kernel send a reset, which can destroy what was just sent, such
-        as the WebSocket close frame).  A peer that never answers is the
-        inner protocol's to abort (the UMSG adapter gives it
-        C{CLOSE_GRACE})."""
+        as the WebSocket close frame).  A connection not gone
+        L{CLOSE_GRACE} later is aborted (the UMSG adapter's own, shorter,
+        grace comes first on the server)."""
         if not self._open:
             return
         self._open = False
         self.disconnecting = True
         self.factory.forget(self)
+        self._abort_later()
         engine = self.engine
         if self.handshake_done and engine is not None:
             self._flush()
@@ -301,6 +312,15 @@ class TLSProtocol(Protocol):
         else:
             self._pending = []
             self._close_tcp()
+
+    def _abort_later(self) -> None:
+        """Abort the connection if it is not gone L{CLOSE_GRACE} from now."""
+        if self._grace is None and not self._lost:
+            self._grace = self.factory.clock.callLater(CLOSE_GRACE, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        self.abortConnection()
 
     def _close_tcp(self) -> None:
         """Close the TCP connection once what is written is sent.  Our
