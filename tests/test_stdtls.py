@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -41,11 +41,13 @@ _BOTH_ENGINES = [HealthCheck.differing_executors]
 
 
 class _Inner(Protocol):
-    """The inner protocol: records what it gets; may echo or refuse."""
+    """The inner protocol: records what it gets; may echo, refuse, or close
+    when data comes (C{close})."""
 
-    def __init__(self, echo: bool = False, refuse: bool = False) -> None:
+    def __init__(self, echo: bool = False, refuse: bool = False, close: bool = False) -> None:
         self.echo = echo
         self.refuse = refuse
+        self.close = close
         self.received = b""
         self.lost: list[Failure] = []
 
@@ -59,6 +61,9 @@ class _Inner(Protocol):
         if self.echo:
             assert self.transport is not None
             self.transport.write(b"echo:" + data)
+        if self.close:
+            assert self.transport is not None
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost.append(reason)
@@ -126,6 +131,47 @@ class _StdClient:
         return self.outgoing.read()
 
 
+class _Tcp(_Counting):
+    """A TCP transport's producer handling, as Twisted's: its streaming
+    producer is paused when more than C{LIMIT} octets wait to be sent, and
+    resumed when they are (L{drain})."""
+
+    LIMIT = 4096
+    full = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and self.streaming and not self.full:
+            if len(self.value()) > self.LIMIT:
+                self.full = True
+                self.producer.pauseProducing()
+
+    def drain(self) -> bytes:
+        """The peer reads what was sent."""
+        sent = self.value()
+        self.clear()
+        if self.producer is not None and self.full:
+            self.full = False
+            self.producer.resumeProducing()
+        return sent
+
+
+@implementer(IPushProducer)
+class _Producer:
+    """An inner protocol's streaming producer: records its state."""
+
+    state = "producing"
+
+    def pauseProducing(self) -> None:
+        self.state = "paused"
+
+    def resumeProducing(self) -> None:
+        self.state = "producing"
+
+    def stopProducing(self) -> None:
+        self.state = "stopped"
+
+
 class _Harness:
     """One server connection on a counting transport and its stdlib client."""
 
@@ -139,7 +185,7 @@ class _Harness:
         proto = self.factory.buildProtocol(PEER)
         assert proto is not None
         self.proto = proto
-        self.transport = _Counting()
+        self.transport = _Tcp()
         self.proto.makeConnection(self.transport)
         self.client = _StdClient(case.cert)
 
@@ -279,6 +325,237 @@ class _EngineTests:
         h.client.step(h.transport.value())
         self.assertTrue(h.client.closed)
 
+    def _close_notify(self: Any, h: _Harness) -> bytes:
+        """The client's close_notify (after what it wrote before)."""
+        try:
+            h.client.tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        return h.client.outgoing.read()
+
+    def test_close_notify_with_last_data(self: Any) -> None:
+        """The peer's last data and its close_notify in one read, the inner
+        protocol closing on that data: the close_notify it already sent is
+        the answer awaited, so the TCP connection closes then (it did not
+        wait for a second one that never comes)."""
+        h = _Harness(self, close=True)
+        h.pump()
+        h.client.tls.write(b"bye")
+        h.proto.dataReceived(self._close_notify(h))
+        self.assertEqual(h.inner.received, b"bye")
+        self.assertTrue(h.transport.disconnecting)
+        h.client.step(h.transport.value())
+        self.assertTrue(h.client.closed)
+        h.proto.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(len(h.inner.lost), 1)
+        self.assertEqual(h.factory.failures, 0)
+
+    def test_answer_to_last_data_before_close_notify(self: Any) -> None:
+        """The peer's last data and its close_notify in one read, the inner
+        protocol answering that data: the answer goes out, then our
+        close_notify, and the TCP connection closes."""
+        h = _Harness(self, echo=True)
+        h.pump()
+        h.client.tls.write(b"last")
+        h.proto.dataReceived(self._close_notify(h))
+        self.assertTrue(h.transport.disconnecting)
+        h.client.step(h.transport.value())
+        self.assertEqual(h.client.received, b"echo:last")
+        self.assertTrue(h.client.closed)
+        self.assertEqual(h.factory.failures, 0)
+
+    def test_close_notify_split(self: Any) -> None:
+        """A close_notify cut between two reads (mid-record) is awaited, then
+        answered; nothing counts as a failure."""
+        h = _Harness(self)
+        h.pump()
+        alert = self._close_notify(h)
+        h.proto.dataReceived(alert[:3])
+        self.assertFalse(h.transport.disconnecting)
+        h.proto.dataReceived(alert[3:])
+        self.assertTrue(h.transport.disconnecting)
+        h.client.step(h.transport.value())
+        self.assertTrue(h.client.closed)
+        self.assertEqual(h.factory.failures, 0)
+
+    def test_peer_gone_mid_record(self: Any) -> None:
+        """The TCP connection lost in the middle of a record: the inner
+        protocol is told once, given none of that record."""
+        h = _Harness(self)
+        h.pump()
+        h.client.tls.write(b"x" * 1000)
+        record = h.client.step(b"")
+        h.proto.dataReceived(record[:500])
+        h.proto.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(h.inner.received, b"")
+        self.assertEqual(len(h.inner.lost), 1)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_oversized_record(self: Any) -> None:
+        """A record longer than TLS allows (2^14 + 2048 octets) closes that
+        connection as a failure, without waiting for its 64 KB."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.dataReceived(b"\x17\x03\x03\xff\xff" + b"\x00" * 100)
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual(h.factory.failures, 1)
+        h.proto.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(len(h.inner.lost), 1)
+
+    def test_renegotiation_refused(self: Any) -> None:
+        """A TLS 1.2 client asking to renegotiate is refused (no_renegotiation
+        alert); the server neither fails nor renegotiates."""
+        h = _Harness(self)
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        client = SSL.Connection(context, None)
+        client.set_connect_state()
+
+        def exchange() -> None:
+            for _ in range(6):
+                try:
+                    client.do_handshake()
+                except SSL.WantReadError:
+                    pass
+                try:
+                    h.proto.dataReceived(client.bio_read(65536))
+                except SSL.WantReadError:
+                    pass
+                if h.transport.value():
+                    client.bio_write(h.transport.value())
+                    h.transport.clear()
+
+        exchange()
+        self.assertEqual(client.get_protocol_version_name(), "TLSv1.2")
+        self.assertTrue(h.proto.handshake_done)
+        client.renegotiate()
+        with self.assertRaises(SSL.Error) as caught:
+            exchange()
+        self.assertIn("no renegotiation", str(caught.exception))
+        self.assertEqual(h.factory.failures, 0)
+        self.assertFalse(h.transport.disconnecting)
+        h.proto.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(len(h.inner.lost), 1)
+
+    def test_reading_stops_while_send_buffer_full(self: Any) -> None:
+        """A peer that sends requests and does not read the answers: once the
+        TCP send buffer is full the connection stops reading (and pauses the
+        inner protocol's producer) until the buffer has drained, so the
+        buffer does not grow without bound."""
+        h = _Harness(self, echo=True)
+        h.pump()
+        producer = _Producer()
+        h.proto.registerProducer(producer, True)
+        for _ in range(8):
+            h.client.tls.write(b"q" * 1000)
+        h.proto.dataReceived(h.client.step(b""))
+        self.assertGreater(len(h.transport.value()), _Tcp.LIMIT)
+        self.assertEqual(h.transport.producerState, "paused")
+        self.assertEqual(producer.state, "paused")
+        h.client.step(h.transport.drain())
+        self.assertEqual(h.client.received, b"echo:" + b"q" * 8000)
+        self.assertEqual(h.transport.producerState, "producing")
+        self.assertEqual(producer.state, "producing")
+
+    def test_inner_pause_outlasts_drain(self: Any) -> None:
+        """Reading paused by the inner protocol stays paused when the send
+        buffer drains, until the inner protocol resumes it."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.pauseProducing()
+        self.assertEqual(h.transport.producerState, "paused")
+        h.proto.write(b"x" * (2 * _Tcp.LIMIT))
+        h.clock.advance(0)
+        h.transport.drain()
+        self.assertEqual(h.transport.producerState, "paused")
+        h.proto.resumeProducing()
+        self.assertEqual(h.transport.producerState, "producing")
+
+    def test_closes_with_send_buffer_full(self: Any) -> None:
+        """Closing while the send buffer is full unregisters the connection's
+        producer first: Twisted's TCP transport does not close while one is
+        registered."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.write(b"x" * (2 * _Tcp.LIMIT))
+        h.clock.advance(0)
+        self.assertTrue(h.transport.full)
+        h.proto.loseConnection()
+        h.client.step(h.transport.drain())
+        h.proto.dataReceived(self._close_notify(h))
+        self.assertTrue(h.transport.disconnecting)
+        self.assertIsNone(h.transport.producer)
+
+    def test_producer_stopped_when_lost(self: Any) -> None:
+        """The inner protocol's producer is stopped when the connection is
+        lost, as a TCP transport stops its own."""
+        h = _Harness(self)
+        producer = _Producer()
+        h.proto.registerProducer(producer, True)
+        h.proto.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(producer.state, "stopped")
+
+    def test_pull_producer_refused(self: Any) -> None:
+        """Only streaming producers are taken (nothing here uses pull ones)."""
+        h = _Harness(self)
+        with self.assertRaises(NotImplementedError):
+            h.proto.registerProducer(_Producer(), False)
+        h.proto.registerProducer(_Producer(), True)
+        with self.assertRaises(RuntimeError):
+            h.proto.registerProducer(_Producer(), True)
+        h.proto.unregisterProducer()
+        h.proto.registerProducer(_Producer(), True)
+
+    def test_engine_released_when_lost(self: Any) -> None:
+        """The TLS state is dropped when the connection is lost (as Twisted's
+        TLS does: a client's pyOpenSSL connection refers back to its
+        protocol), and nothing the inner protocol does then raises."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.connectionLost(Failure(Exception("gone")))
+        self.assertIsNone(h.proto.engine)
+        h.proto.write(b"late")
+        h.proto.loseConnection()
+        h.clock.advance(0)
+        self.assertEqual(h.transport.value(), b"")
+
+    def test_unanswered_close_aborted(self: Any) -> None:
+        """A peer that never answers our close_notify (a stuck or hostile
+        one, with its TCP connection open) is aborted CLOSE_GRACE later."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.loseConnection()
+        h.clock.advance(stdtls.CLOSE_GRACE - 0.5)
+        self.assertFalse(h.transport.aborted)
+        h.clock.advance(0.5)
+        self.assertTrue(h.transport.aborted)
+        h.proto.connectionLost(Failure(Exception("aborted")))
+        self.assertEqual(len(h.inner.lost), 1)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_stuck_failure_close_aborted(self: Any) -> None:
+        """A connection closed for a TLS failure whose TCP close does not
+        complete (a peer that does not read) is aborted CLOSE_GRACE later."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.dataReceived(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+        self.assertTrue(h.transport.disconnecting)
+        self.assertFalse(h.transport.aborted)
+        h.clock.advance(stdtls.CLOSE_GRACE)
+        self.assertTrue(h.transport.aborted)
+
+    def test_grace_cancelled_when_gone(self: Any) -> None:
+        """A close completed in time leaves no delayed call behind."""
+        h = _Harness(self)
+        h.pump()
+        h.proto.loseConnection()
+        h.client.step(h.transport.value())
+        h.proto.dataReceived(self._close_notify(h))
+        self.assertTrue(h.transport.disconnecting)
+        h.proto.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertFalse(h.transport.aborted)
+
     def test_abort(self: Any) -> None:
         """abortConnection drops the connection and what is pending."""
         h = _Harness(self)
@@ -325,6 +602,8 @@ class _EngineTests:
         self.assertEqual(factory.failures, 2)
         self.assertEqual(len(events), 1)
         self.assertIn("192.0.2.7", str(events[0]["host"]))
+        # OpenSSL's reason, in either library's spelling.
+        self.assertEqual(events[0]["reason"].lower().replace("_", " "), "http request")
 
     def test_bad_record_after_handshake(self: Any) -> None:
         """A bad record after the handshake closes the connection; the inner
@@ -598,6 +877,58 @@ class ChoiceTests(SynchronousTestCase):
         told (from pyOpenSSL's context's C{OP_NO_TICKET})."""
         self.assertTrue(self._tickets(True))
         self.assertFalse(self._tickets(False))
+
+    def _resumed(self, stdlib: bool | None, version: ssl.TLSVersion) -> bool:
+        """Whether a standard library client offering the session of its
+        last connection resumes it on the second."""
+        cert, key = _pair(self)
+        engines = stdtls.server_engines(cert, key, stdlib=stdlib)
+        context = ssl.create_default_context(cafile=cert)
+        context.maximum_version = version
+        session = None
+        for _ in range(2):
+            server = stdtls.TLSServerFactory(engines, Factory.forProtocol(_Inner), Clock())
+            proto = server.buildProtocol(PEER)
+            assert proto is not None
+            transport = _Counting()
+            proto.makeConnection(transport)
+            client = _StdClient(cert, context)
+            if session is not None:
+                client.tls = context.wrap_bio(
+                    client.incoming, client.outgoing, server_hostname="localhost", session=session
+                )
+            to_server = client.step(b"")
+            while to_server or transport.value():
+                if to_server:
+                    proto.dataReceived(to_server)
+                to_server = client.step(transport.value())
+                transport.clear()
+            self.assertEqual(client.tls.version(), version.name.replace("v1_", "v1."))
+            # a record both ways, so that TLS 1.3 tickets are in
+            client.tls.write(b"x")
+            proto.dataReceived(client.step(b""))
+            proto.write(b"y")
+            proto.flushed()
+            client.step(transport.value())
+            session = client.tls.session
+        return bool(client.tls.session_reused)
+
+    def test_port_engine_never_resumes(self) -> None:
+        """The client port's engine (the default choice) never resumes a
+        session: each connection is a full handshake, TLS 1.3 or 1.2 (the
+        pyOpenSSL engine's TLS 1.3 tickets are stateful ones, for a cache
+        that is off)."""
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            self.assertFalse(self._resumed(None, version), version)
+        self.assertFalse(self._resumed(False, ssl.TLSVersion.TLSv1_3))
+
+    def test_stdlib_engine_resumes_by_session_id(self) -> None:
+        """Why the standard library's engine is not the port's while the
+        pyOpenSSL context has no session cache: its cache (which Python's
+        C{ssl} cannot turn off) resumes a TLS 1.2 client by session ID;
+        TLS 1.3 gets no ticket from it."""
+        self.assertTrue(self._resumed(True, ssl.TLSVersion.TLSv1_2))
+        self.assertFalse(self._resumed(True, ssl.TLSVersion.TLSv1_3))
 
     def test_mismatched_key(self) -> None:
         """A key of another certificate is refused, naming both files."""

@@ -24,7 +24,14 @@ L{TLSProtocol} is the inner protocol's transport:
   garbage does not flood crs.log;
 - C{loseConnection} sends what is pending, then C{close_notify}, and
   closes the TCP connection when the peer's C{close_notify} comes (as
-  Twisted's TLS does).
+  Twisted's TLS does); a connection the layer closes (so, or for a TLS
+  failure) that is not gone L{CLOSE_GRACE} later is aborted: a peer that
+  never answers, or never reads what is before our close, cannot hold it;
+- flow control: when the TCP transport's send buffer is full (a peer that
+  does not read), the connection stops reading until it has drained, so
+  a peer that sends requests and never reads their answers cannot make
+  the buffer grow without bound; the inner protocol's streaming producer
+  is paused and resumed with it.
 
 The TLS itself is done by an engine (L{cryptify.protocols.tls_engines}):
 the standard library's or pyOpenSSL's, with the same policy. A client
@@ -88,6 +95,8 @@ __all__ = [
 
 #: Failures logged: the first, then one in this many.
 LOG_EVERY = 1000
+#: Seconds a closing connection has to be gone before it is aborted.
+CLOSE_GRACE = 10.0
 
 
 @implementer(ITCPTransport, IPushProducer)
@@ -113,6 +122,18 @@ class TLSProtocol(Protocol):
     #: close_notify sent, the peer's awaited.
     _closing = False
     disconnecting = False
+    #: Registered with the TCP transport until it is closed (L{_close_tcp}).
+    _tcp_producer: _SendBuffer | None = None
+    #: The TCP transport's send buffer is full (it paused L{_tcp_producer}).
+    _full = False
+    #: The inner protocol paused reading (C{pauseProducing}).
+    _paused = False
+    #: Reading from the TCP transport is paused (for either reason).
+    _stopped = False
+    #: The inner protocol's streaming producer.
+    _producer: IPushProducer | None = None
+    #: Aborts the connection if it is not gone in time (once closing).
+    _grace: IDelayedCall | None = None
 
     def __init__(self, factory: _TLSFactory, wrapped: IProtocol) -> None:
         self.factory = factory
@@ -122,6 +143,8 @@ class TLSProtocol(Protocol):
     # from the TCP transport
 
     def connectionMade(self) -> None:
+        self._tcp_producer = _SendBuffer(self)
+        cast(IConsumer, self.transport).registerProducer(self._tcp_producer, True)
         self.wrapped.makeConnection(self)
         if self.factory.client and self._open:
             engine = self.engine = self.factory.engine_for(self)
@@ -154,15 +177,17 @@ class TLSProtocol(Protocol):
             closed = engine.read(plain)
             if plain and self._open:
                 self.wrapped.dataReceived(plain[0] if len(plain) == 1 else b"".join(plain))
-            if closed and self._open:
+            if closed:
+                # The peer's close_notify: answer it (unless the inner
+                # protocol, handed its last data, already did) and close.
                 self.loseConnection()
                 if self._closing:
                     self._closing = False
-                    self.transport.loseConnection()
+                    self._close_tcp()
         except TLSFailure as exc:
             if self._closing:
                 self._closing = False
-                self.transport.loseConnection()
+                self._close_tcp()
             else:
                 self._failed(exc)
         finally:
@@ -182,13 +207,23 @@ class TLSProtocol(Protocol):
         self._send(engine.outgoing())
         if closed:
             self._closing = False
-            self.transport.loseConnection()
+            self._close_tcp()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self._open = self._closing = False
         self._pending = []
         self.factory.forget(self)
+        grace, self._grace = self._grace, None
+        if grace is not None and grace.active():
+            grace.cancel()
+        # A client's pyOpenSSL connection refers back to this protocol (its
+        # app data, for failVerification): break the cycle, as Twisted's TLS does.
+        self.engine = None
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            # As the TCP transport tells its own producer.
+            producer.stopProducing()
         wrapped, self.wrapped = self.wrapped, Protocol()
         wrapped.connectionLost(self._reason or reason)
 
@@ -206,7 +241,8 @@ class TLSProtocol(Protocol):
         if self.engine is not None:
             self._send(self.engine.outgoing())
         self.disconnecting = True
-        self.transport.loseConnection()
+        self._abort_later()
+        self._close_tcp()
 
     def failVerification(self, reason: Failure) -> None:
         """The server's certificate is not for the name asked for (called by
@@ -257,14 +293,15 @@ class TLSProtocol(Protocol):
         closed when the peer answers with its own (as Twisted's TLS does:
         closing at once with the peer's octets unread would make the
         kernel send a reset, which can destroy what was just sent, such
-        as the WebSocket close frame).  A peer that never answers is the
-        inner protocol's to abort (the UMSG adapter gives it
-        C{CLOSE_GRACE})."""
+        as the WebSocket close frame).  A connection not gone
+        L{CLOSE_GRACE} later is aborted (the UMSG adapter's own, shorter,
+        grace comes first on the server)."""
         if not self._open:
             return
         self._open = False
         self.disconnecting = True
         self.factory.forget(self)
+        self._abort_later()
         engine = self.engine
         if self.handshake_done and engine is not None:
             self._flush()
@@ -274,7 +311,25 @@ class TLSProtocol(Protocol):
             self._closing = True
         else:
             self._pending = []
-            self.transport.loseConnection()
+            self._close_tcp()
+
+    def _abort_later(self) -> None:
+        """Abort the connection if it is not gone L{CLOSE_GRACE} from now."""
+        if self._grace is None and not self._lost:
+            self._grace = self.factory.clock.callLater(CLOSE_GRACE, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        self.abortConnection()
+
+    def _close_tcp(self) -> None:
+        """Close the TCP connection once what is written is sent.  Our
+        producer goes first: Twisted's transport does not close while a
+        producer is registered (it resumes it instead when it drains)."""
+        producer, self._tcp_producer = self._tcp_producer, None
+        if producer is not None:
+            cast(IConsumer, self.transport).unregisterProducer()
+        self.transport.loseConnection()
 
     def abortConnection(self) -> None:
         self._open = False
@@ -309,22 +364,80 @@ class TLSProtocol(Protocol):
         self.transport.setTcpKeepAlive(enabled)
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        cast(IConsumer, self.transport).registerProducer(producer, streaming)
+        """The inner protocol's producer: paused while the TCP send buffer is
+        full, resumed when it has drained.
+
+        @raise NotImplementedError: a pull producer (nothing uses one here).
+        @raise RuntimeError: one is registered already.
+        """
+        if not streaming:
+            raise NotImplementedError("the TLS layer takes streaming producers only")
+        if self._producer is not None:
+            raise RuntimeError("a producer is registered already")
+        self._producer = cast(IPushProducer, producer)
+        if self._full:
+            self._producer.pauseProducing()
 
     def unregisterProducer(self) -> None:
-        cast(IConsumer, self.transport).unregisterProducer()
+        self._producer = None
 
     def pauseProducing(self) -> None:
-        cast(IPushProducer, self.transport).pauseProducing()
+        """The inner protocol stops reading."""
+        self._paused = True
+        self._read_or_not()
 
     def resumeProducing(self) -> None:
-        cast(IPushProducer, self.transport).resumeProducing()
+        self._paused = False
+        self._read_or_not()
+
+    def _read_or_not(self) -> None:
+        """Read from the TCP transport unless the inner protocol paused or the
+        send buffer is full."""
+        stop = self._paused or self._full
+        if stop != self._stopped and not self._lost:
+            self._stopped = stop
+            tcp = cast(IPushProducer, self.transport)
+            if stop:
+                tcp.pauseProducing()
+            else:
+                tcp.resumeProducing()
+
+    def send_buffer_full(self, full: bool) -> None:
+        """The TCP transport's send buffer is full (True) or has drained."""
+        self._full = full
+        self._read_or_not()
+        producer = self._producer
+        if producer is not None:
+            if full:
+                producer.pauseProducing()
+            else:
+                producer.resumeProducing()
 
     def stopProducing(self) -> None:
         self.abortConnection()
 
     def logPrefix(self) -> str:
         return "TLS"
+
+
+@implementer(IPushProducer)
+class _SendBuffer:
+    """What a connection registers with its TCP transport: told when the
+    send buffer is full and when it has drained."""
+
+    __slots__ = ("proto",)
+
+    def __init__(self, proto: TLSProtocol) -> None:
+        self.proto = proto
+
+    def pauseProducing(self) -> None:
+        self.proto.send_buffer_full(True)
+
+    def resumeProducing(self) -> None:
+        self.proto.send_buffer_full(False)
+
+    def stopProducing(self) -> None:
+        """The connection is lost: its C{connectionLost} follows."""
 
 
 class _TLSFactory(Factory[TLSProtocol]):

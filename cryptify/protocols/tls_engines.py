@@ -110,13 +110,7 @@ class StdlibEngine:
         self._in.write(data)
 
     def handshake(self) -> bool:
-        try:
-            self._tls.do_handshake()
-        except ssl.SSLWantReadError:
-            return False
-        except ssl.SSLError as exc:
-            raise TLSFailure(exc.reason or str(exc)) from exc
-        return True
+        return _handshake(self._tls)
 
     def read(self, into: list[bytes]) -> bool:
         read = self._tls.read
@@ -130,7 +124,7 @@ class StdlibEngine:
         except ssl.SSLWantReadError:
             return False
         except ssl.SSLError as exc:
-            raise TLSFailure(exc.reason or str(exc)) from exc
+            raise _failure(exc) from exc
 
     def write(self, data: bytes) -> None:
         self._tls.write(data)
@@ -172,13 +166,7 @@ class OpenSSLEngine:
         self._tls.bio_write(data)
 
     def handshake(self) -> bool:
-        try:
-            self._tls.do_handshake()
-        except SSL.WantReadError:
-            return False
-        except SSL.Error as exc:
-            raise TLSFailure(_openssl_reason(exc)) from exc
-        return True
+        return _handshake(self._tls)
 
     def read(self, into: list[bytes]) -> bool:
         recv = self._tls.recv
@@ -190,7 +178,7 @@ class OpenSSLEngine:
         except SSL.ZeroReturnError:
             return True
         except SSL.Error as exc:
-            raise TLSFailure(_openssl_reason(exc)) from exc
+            raise _failure(exc) from exc
 
     def write(self, data: bytes) -> None:
         # A memory BIO takes it all at once (sendall would check twice).
@@ -225,12 +213,29 @@ class OpenSSLEngine:
         return self._tls.get_cipher_name()
 
 
-def _openssl_reason(exc: SSL.Error) -> str:
-    """The reason of pyOpenSSL's error (its argument is a list of tuples)."""
+def _handshake(tls: ssl.SSLObject | SSL.Connection) -> bool:
+    """Advance either library's handshake: True once it is complete.
+
+    @raise TLSFailure: the peer broke the handshake.
+    """
+    try:
+        tls.do_handshake()
+    except (ssl.SSLWantReadError, SSL.WantReadError):
+        return False
+    except (ssl.SSLError, SSL.Error) as exc:
+        raise _failure(exc) from exc
+    return True
+
+
+def _failure(exc: ssl.SSLError | SSL.Error) -> TLSFailure:
+    """Either library's error as a L{TLSFailure} with OpenSSL's reason (the
+    standard library's C{reason}; pyOpenSSL's argument is a list of tuples)."""
+    if isinstance(exc, ssl.SSLError):
+        return TLSFailure(exc.reason or str(exc))
     errors = exc.args[0] if exc.args else None
     if isinstance(errors, list) and errors and isinstance(errors[-1], tuple):
-        return str(errors[-1][-1])
-    return str(exc) or type(exc).__name__
+        return TLSFailure(str(errors[-1][-1]))
+    return TLSFailure(str(exc) or type(exc).__name__)
 
 
 # -- policy -------------------------------------------------------------------
