@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -63,7 +63,7 @@ class _ParentLocator(amp.CommandLocator):
     def frame(
         self, peer: str, frame_type: str, data: bytes, via: str | None = None
     ) -> dict[str, object]:
-        relay = self.parent.iw_calls if via == "iw" else self.parent.calls
+        relay = self.parent.relay(via)
         if relay is not None:
             try:
                 relay.from_worker(self.proto, peer, frame_type, unpack(data))
@@ -80,17 +80,8 @@ class _ParentLocator(amp.CommandLocator):
         return {"view": self.parent.iw_view()}
 
     @PoolPost.responder
-    def post(
-        self,
-        sender: str,
-        scope: str,
-        to: str,
-        account: str,
-        kind: str,
-        data: bytes,
-        via: str | None = None,
-    ) -> defer.Deferred[dict[str, object]]:
-        return self.parent.post(sender, scope, to, account, kind, data, via)
+    def post(self, **post: Any) -> defer.Deferred[dict[str, object]]:
+        return self.parent.post(**post)  # (the arguments of PoolPost)
 
     @PoolDelivered.responder
     def delivered(self, sender: str, message: str) -> dict[str, object]:
@@ -145,14 +136,6 @@ class _ParentProtocol(amp.AMP):
         call_remote(self, PoolPeer, peer=peer, up=up, via=via)
 
 
-class _ParentFactory(Factory):
-    def __init__(self, parent: ParentPool) -> None:
-        self.parent = parent
-
-    def buildProtocol(self, addr: IAddress | None) -> _ParentProtocol:
-        return _ParentProtocol(self.parent)
-
-
 class ParentPool(service.MultiService):
     """The parent's side: its socket for the workers, the slot view it
     sends them, and their posts and notes handed to its forwarder."""
@@ -188,7 +171,8 @@ class ParentPool(service.MultiService):
 
         def listen() -> IListeningPort:
             prepare_socket_path(path)
-            return reactor.listenUNIX(path, _ParentFactory(self), mode=0o600)
+            factory: Factory[Any] = Factory.forProtocol(lambda: _ParentProtocol(self))
+            return reactor.listenUNIX(path, factory, mode=0o600)
 
         attach(self, ListenService("workers' pool socket", path, listen))
 
@@ -201,6 +185,11 @@ class ParentPool(service.MultiService):
             self._loop.stop()
         d: defer.Deferred[None] = defer.maybeDeferred(service.MultiService.stopService, self)
         return d
+
+    def relay(self, via: str | None) -> CallRelay | None:
+        """The call relay of a worker's frame (``via`` ``iw``: the
+        inter-working one)."""
+        return self.iw_calls if via == "iw" else self.calls
 
     def view(self) -> dict[str, object]:
         return {} if self.link is None else slot_view(self.link)

@@ -46,7 +46,6 @@ from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -177,14 +176,6 @@ class _WorkerProtocol(amp.AMP):
         amp.AMP.connectionLost(self, reason)
 
 
-class _WorkerFactory(Factory):
-    def __init__(self, pool: WorkerPool) -> None:
-        self.pool = pool
-
-    def buildProtocol(self, addr: IAddress | None) -> _WorkerProtocol:
-        return _WorkerProtocol(self.pool)
-
-
 class WorkerPool(service.MultiService):
     """A worker's side: the slot owners of its attaches, the router of its
     posts, the mover of its clients (module docstring).
@@ -225,7 +216,7 @@ class WorkerPool(service.MultiService):
         self._mover.clock = reactor
         client = ClientService(
             UNIXClientEndpoint(reactor, path, timeout=5),
-            _WorkerFactory(self),
+            Factory.forProtocol(lambda: _WorkerProtocol(self)),
             retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=2.0),
             clock=reactor,
         )
