@@ -525,3 +525,56 @@ class ParentRoutesTests(SynchronousTestCase):
         self.assertEqual(worker_iw.peer_for("beta"), "198.51.100.8")
         self.assertEqual((worker_iw.remote("beta"), worker_iw.unknown("gamma")), (True, False))
         self.assertTrue(worker_iw.hosts("acme"))
+
+
+class ParentCallsTests(SynchronousTestCase):
+    """A worker's calls through its parent's pool and inter-working links,
+    over the parent's socket (in memory)."""
+
+    PEER = "198.51.100.7"
+
+    def setUp(self) -> None:
+        reactor = MemoryReactorClock()
+        self.link, self.iw_link = FakeLink(), FakeLink()
+        self.parent = ParentPool(
+            reactor,
+            "/nowhere",
+            self.link,  # type: ignore[arg-type]
+            None,
+            iw=FakeIwForwarder(),  # type: ignore[arg-type]
+            iw_link=self.iw_link,
+        )
+        self.pool = WorkerPool(reactor, "/nowhere", AttachRegistry("crs1", reactor.seconds), print)
+        self.pool.pooled = False
+        self.server, self.client = _ParentProtocol(self.parent), _WorkerProtocol(self.pool)
+        self.pump = iosim.connect(
+            self.server,
+            iosim.makeFakeServer(self.server),
+            self.client,
+            iosim.makeFakeClient(self.client),
+        )
+        self.pump.flush()
+
+    def test_worker_gone_ends_its_calls_on_both_links(self) -> None:
+        """A worker that exits has its calls hung up where they go: at the
+        pool's member and at the inter-working peer alike (``not-connected``,
+        from ``crs``), and the parent forgets them."""
+        other = CallInvite("s2", "tel:+1", "tel:+3", "beta", b"\x01", "192.0.2.9", 5146, b"t" * 16)
+        self.assertTrue(self.pool.send_frame("crs2", INVITE_FRAME, INVITE.fields()))
+        self.assertTrue(self.pool.send_iw_frame(self.PEER, INVITE_FRAME, other.fields()))
+        self.pump.flush()
+        self.assertEqual([s[:2] for s in self.iw_link.sent], [(self.PEER, INVITE_FRAME)])
+        self.client.transport.loseConnection()
+        self.pump.flush()
+        self.assertEqual(self.parent.workers, set())
+        gone = "the party's process ended"
+        self.assertEqual(
+            self.link.sent[-1],
+            ("crs2", HANGUP_FRAME, CallHangup("s1", "not-connected", gone, "crs").fields()),
+        )
+        self.assertEqual(
+            self.iw_link.sent[-1],
+            (self.PEER, HANGUP_FRAME, CallHangup("s2", "not-connected", gone, "crs").fields()),
+        )
+        assert self.parent.calls is not None and self.parent.iw_calls is not None
+        self.assertEqual((self.parent.calls.sessions, self.parent.iw_calls.sessions), ({}, {}))

@@ -115,8 +115,9 @@ class _ParentProtocol(amp.AMP):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.parent.workers.discard(self)
-        if self.parent.calls is not None:
-            self.parent.calls.worker_lost(self)
+        for relay in (self.parent.calls, self.parent.iw_calls):
+            if relay is not None:
+                relay.worker_lost(self)
         amp.AMP.connectionLost(self, reason)
 
     def frame(self, peer: str, frame_type: str, fields: dict[str, object], via: str) -> None:
