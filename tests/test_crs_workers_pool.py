@@ -527,6 +527,16 @@ class ParentRoutesTests(SynchronousTestCase):
         self.assertTrue(worker_iw.hosts("acme"))
 
 
+class RaisingSink:
+    """A worker's calls whose handlers fail (a bug, not a bad frame)."""
+
+    def deliver(self, peer: str, frame_type: str, fields: dict[str, object]) -> None:
+        raise RuntimeError("a handler's bug")
+
+    def peer_changed(self, peer: str, up: bool) -> None:
+        raise RuntimeError("a listener's bug")
+
+
 class ParentCallsTests(SynchronousTestCase):
     """A worker's calls through its parent's pool and inter-working links,
     over the parent's socket (in memory)."""
@@ -578,3 +588,36 @@ class ParentCallsTests(SynchronousTestCase):
         )
         assert self.parent.calls is not None and self.parent.iw_calls is not None
         self.assertEqual((self.parent.calls.sessions, self.parent.iw_calls.sessions), ({}, {}))
+
+    def test_a_worker_handler_error_keeps_the_link(self) -> None:
+        """A call frame or link change the worker fails to handle is logged;
+        the worker's connection to the parent stays (AMP would drop it,
+        and every call through it)."""
+        self.pool.calls = RaisingSink()
+        self.server.frame("crs2", TALK_FRAME, CallStep("talk", "s1").fields(), "pool")
+        self.server.peer("crs2", False, "pool")
+        self.pump.flush()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.assertEqual(self.parent.workers, {self.server})
+        self.assertIs(self.pool.proto, self.client)
+        self.assertTrue(self.pool.send_frame("crs2", INVITE_FRAME, INVITE.fields()))
+        self.pump.flush()
+        self.assertEqual([s[:2] for s in self.link.sent], [("crs2", INVITE_FRAME)])
+
+    def test_a_parent_link_error_keeps_the_worker(self) -> None:
+        """A worker's frame the parent's link fails to send (an error, not a
+        bad frame) is logged; the worker stays connected, its calls too."""
+
+        def broken(peer: str, frame_type: str, fields: dict[str, object]) -> bool:
+            raise RuntimeError("a link's bug")
+
+        self.iw_link.send = broken  # type: ignore[method-assign]
+        self.assertTrue(self.pool.send_frame("crs2", INVITE_FRAME, INVITE.fields()))
+        self.assertTrue(
+            self.pool.send_iw_frame(self.PEER, TALK_FRAME, CallStep("talk", "s2").fields())
+        )
+        self.pump.flush()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.parent.workers, {self.server})
+        assert self.parent.calls is not None
+        self.assertEqual(list(self.parent.calls.sessions), ["s1"])

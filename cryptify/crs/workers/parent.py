@@ -69,6 +69,10 @@ class _ParentLocator(amp.CommandLocator):
                 relay.from_worker(self.proto, peer, frame_type, unpack(data))
             except WireError as exc:
                 log.warn("a worker's call frame not sent: {why}", why=str(exc))
+            except Exception:
+                # (an error left to AMP drops the worker's connection, and
+                # with it every call of the worker)
+                log.failure("a worker's call frame not sent")
         return {}
 
     @PoolView.responder
@@ -256,7 +260,7 @@ class ParentPool(service.MultiService):
             if failure.check(MessageRefused):
                 value: Any = failure.value
                 return {"code": value.code, "reason": str(value)}
-            log.warn("a worker's post not forwarded: {why}", why=failure.getErrorMessage())
+            log.failure("a worker's post not forwarded", failure)
             return {"code": "unavailable", "reason": "the pool's forwarder did not take it"}
 
         forwarder = self.iw if via == "iw" else self.forwarder

@@ -121,6 +121,10 @@ class _WorkerLocator(amp.CommandLocator):
                 sink.deliver(peer, frame_type, unpack(data))
             except WireError as exc:
                 log.warn("a call frame from {peer} refused: {why}", peer=peer, why=str(exc))
+            except Exception:
+                # (an error left to AMP drops the connection to the parent,
+                # and with it every call of this worker through the parent)
+                log.failure("a call frame from {peer} not handled", peer=peer)
         return {}
 
     @PoolInvite.responder
@@ -143,7 +147,10 @@ class _WorkerLocator(amp.CommandLocator):
     def peer(self, peer: str, up: bool, via: str | None = None) -> dict[str, object]:
         sink = self.pool.sink(via)
         if sink is not None:
-            sink.peer_changed(peer, up)
+            try:
+                sink.peer_changed(peer, up)
+            except Exception:
+                log.failure("{peer}'s link change not followed", peer=peer)
         return {}
 
     @IwViewChanged.responder
