@@ -372,6 +372,24 @@ class CallRelayTests(SynchronousTestCase):
         self.assertEqual(relay.sessions, {})
         self.assertEqual(self.link.sent, [("crs2", REFUSED_FRAME, refused)])
 
+    def test_taken_by_a_worker_gone_meanwhile(self) -> None:
+        """A worker that takes the invite and exits before every worker has
+        answered does not keep the call: it is refused ``not-connected``
+        (the member's caller is not left waiting for a worker gone)."""
+        relay = self.relay
+        workers = [self.w1, self.w2]
+        relay.workers = lambda: list(workers)
+        first: defer.Deferred[bool] = defer.Deferred()
+        self.w1.invite = lambda peer, fields, via: first  # type: ignore[method-assign]
+        self.link.handlers[INVITE_FRAME]("crs2", INVITE.fields())
+        workers.remove(self.w2)
+        relay.worker_lost(self.w2)  # type: ignore[arg-type]
+        first.callback(False)
+        self.assertEqual(relay.sessions, {})
+        self.assertEqual(
+            self.link.sent, [("crs2", REFUSED_FRAME, CallRefused("s1", "not-connected").fields())]
+        )
+
     def test_callee_attached_nowhere(self) -> None:
         """An invite no worker takes is refused ``not-connected``."""
         self.w2.has.clear()

@@ -159,8 +159,9 @@ class CallRelay:
         asked = [w.invite(peer, fields, self.via) for w in workers]
 
         def answered(results: list[tuple[bool, bool]]) -> None:
+            here = set(self.workers())  # (one that exited meanwhile took nothing)
             for worker, (ok, took) in zip(workers, results, strict=True):
-                if ok and took is True:
+                if ok and took is True and worker in here:
                     if session in self.ended:
                         return  # refused or hung up by the worker meanwhile
                     self.sessions[session] = (worker, peer)
