@@ -303,6 +303,36 @@ class ParentLinkTests(SynchronousTestCase):
             [("delivered", to, "m-1"), ("settled", to, "m-1"), ("learned", "tel:+1")],
         )
 
+    def test_forwarder_error_keeps_the_worker(self) -> None:
+        """A forwarder that raises instead of failing its Deferred, or an
+        answer that cannot be read, is a post refused ``unavailable`` (and
+        logged); the worker's connection to the parent stays."""
+        self.pump.flush()
+
+        def broken(*args: Any) -> defer.Deferred[Relayed]:
+            raise RuntimeError("a forwarder's bug")
+
+        self.forwarder.post = broken  # type: ignore[method-assign]
+        d = self.pool.post("tel:+1", "scope", "tel:+2", "acme", "content", b"hi")
+        self.pump.flush()
+        self.assertEqual(self.failureResultOf(d, MessageRefused).value.code, "unavailable")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(len(self.parent.workers), 1)
+        self.assertIsNotNone(self.pool.proto)
+
+    def test_parent_lost_mid_post(self) -> None:
+        """The parent's connection lost before it answers a post: the post
+        is refused ``unavailable`` at once, not left waiting."""
+        self.pump.flush()
+        self.forwarder.answer = defer.Deferred()
+        d = self.pool.post("tel:+1", "scope", "tel:+2", "acme", "content", b"hi")
+        self.pump.flush()
+        self.assertNoResult(d)
+        assert self.pool.proto is not None
+        self.pool.proto.transport.loseConnection()
+        self.pump.flush()
+        self.assertEqual(self.failureResultOf(d, MessageRefused).value.code, "unavailable")
+
     def test_parent_gone(self) -> None:
         """Without the parent's socket a post is refused ``unavailable``
         (the client tries again)."""
@@ -621,6 +651,21 @@ class ParentCallsTests(SynchronousTestCase):
         self.assertTrue(self.pool.send_frame("crs2", INVITE_FRAME, INVITE.fields()))
         self.pump.flush()
         self.assertEqual([s[:2] for s in self.link.sent], [("crs2", INVITE_FRAME)])
+
+    def test_a_worker_invite_error_keeps_the_link(self) -> None:
+        """An invite the worker fails to offer (an error, not a bad frame)
+        is logged and answered not here: the member is refused
+        ``not-connected`` and the worker stays connected."""
+        self.pool.calls = RaisingSink()
+        callee = Attachment("tel:+2", "acme", 1.0, "1", "192.0.2.1", 1, FakeConnection())
+        self.pool.registry.attach(callee)  # type: ignore[arg-type]
+        self.link.handlers[INVITE_FRAME]("crs2", INVITE.fields())
+        self.pump.flush()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(
+            self.link.sent, [("crs2", REFUSED_FRAME, CallRefused("s1", "not-connected").fields())]
+        )
+        self.assertEqual(self.parent.workers, {self.server})
 
     def test_a_parent_link_error_keeps_the_worker(self) -> None:
         """A worker's frame the parent's link fails to send (an error, not a

@@ -266,5 +266,7 @@ class ParentPool(service.MultiService):
         forwarder = self.iw if via == "iw" else self.forwarder
         if forwarder is None:
             return defer.succeed({"code": "unavailable", "reason": "no forwarder for it here"})
-        d = forwarder.post(sender, scope, to, account, kind, data)
-        return d.addCallbacks(answered, refused)
+        # (an error raised here, or left on the answer, would make AMP drop
+        # the worker's connection and every call of the worker with it)
+        d = defer.maybeDeferred(forwarder.post, sender, scope, to, account, kind, data)
+        return d.addCallback(answered).addErrback(refused)

@@ -140,7 +140,12 @@ class _WorkerLocator(amp.CommandLocator):
             return {"here": False}
         if self.pool.registry.get(invite.callee) is None:
             return {"here": False}
-        sink.deliver(peer, INVITE_FRAME, fields)
+        try:
+            sink.deliver(peer, INVITE_FRAME, fields)
+        except Exception:
+            # (an error left to AMP closes the connection to the parent)
+            log.failure("a call invite from {peer} not offered", peer=peer)
+            return {"here": False}
         return {"here": True}
 
     @PoolPeer.responder
