@@ -29,7 +29,7 @@ from cryptify.crs.workers.slot_view import (
     map_key,
     slot_view,
 )
-from cryptify.protocols.amp_calls import call_remote
+from cryptify.protocols.amp_calls import call_remote, one_way
 from cryptify.protocols.crs_workers import (
     IwView,
     IwViewChanged,
@@ -60,6 +60,7 @@ class _ParentLocator(amp.CommandLocator):
         self.proto = proto
 
     @PoolFrame.responder
+    @one_way("a worker's call frame not sent")
     def frame(
         self, peer: str, frame_type: str, data: bytes, via: str | None = None
     ) -> dict[str, object]:
@@ -69,10 +70,6 @@ class _ParentLocator(amp.CommandLocator):
                 relay.from_worker(self.proto, peer, frame_type, unpack(data))
             except WireError as exc:
                 log.warn("a worker's call frame not sent: {why}", why=str(exc))
-            except Exception:
-                # (an error left to AMP drops the worker's connection, and
-                # with it every call of the worker)
-                log.failure("a worker's call frame not sent")
         return {}
 
     @PoolView.responder
@@ -88,17 +85,20 @@ class _ParentLocator(amp.CommandLocator):
         return self.parent.post(**post)  # (the arguments of PoolPost)
 
     @PoolDelivered.responder
+    @one_way("a worker's delivered not passed on")
     def delivered(self, sender: str, message: str) -> dict[str, object]:
         self.parent.delivered(sender, message)
         return {}
 
     @PoolSettled.responder
+    @one_way("a worker's confirmation not passed on")
     def settled(self, recipient: str, message: str) -> dict[str, object]:
         if self.parent.forwarder is not None:
             self.parent.forwarder.settled(recipient, message)
         return {}
 
     @PoolLearned.responder
+    @one_way("a worker's new URI not passed on")
     def learned(self, uri: str) -> dict[str, object]:
         if self.parent.forwarder is not None:
             self.parent.forwarder.learned(uri)

@@ -67,7 +67,7 @@ from cryptify.crs.workers.slot_view import (
     ViewError,
     decode_view,
 )
-from cryptify.protocols.amp_calls import AmpAnswer, call_remote
+from cryptify.protocols.amp_calls import AmpAnswer, call_remote, one_way
 from cryptify.protocols.crs_workers import (
     IwView,
     IwViewChanged,
@@ -112,6 +112,7 @@ class _WorkerLocator(amp.CommandLocator):
         self.pool = pool
 
     @PoolFrameIn.responder
+    @one_way("a call frame from the parent not handled")
     def frame(
         self, peer: str, frame_type: str, data: bytes, via: str | None = None
     ) -> dict[str, object]:
@@ -121,10 +122,6 @@ class _WorkerLocator(amp.CommandLocator):
                 sink.deliver(peer, frame_type, unpack(data))
             except WireError as exc:
                 log.warn("a call frame from {peer} refused: {why}", peer=peer, why=str(exc))
-            except Exception:
-                # (an error left to AMP drops the connection to the parent,
-                # and with it every call of this worker through the parent)
-                log.failure("a call frame from {peer} not handled", peer=peer)
         return {}
 
     @PoolInvite.responder
@@ -149,27 +146,24 @@ class _WorkerLocator(amp.CommandLocator):
         return {"here": True}
 
     @PoolPeer.responder
+    @one_way("a link change from the parent not followed")
     def peer(self, peer: str, up: bool, via: str | None = None) -> dict[str, object]:
         sink = self.pool.sink(via)
         if sink is not None:
-            try:
-                sink.peer_changed(peer, up)
-            except Exception:
-                log.failure("{peer}'s link change not followed", peer=peer)
+            sink.peer_changed(peer, up)
         return {}
 
     @IwViewChanged.responder
+    @one_way("the parent's inter-working routes not followed")
     def iw_changed(self, view: object) -> dict[str, object]:
         if self.pool.iw is not None:
             self.pool.iw.adopt(view)
         return {}
 
     @PoolViewChanged.responder
+    @one_way("the parent's slot view not followed")
     def changed(self, view: object) -> dict[str, object]:
-        try:
-            self.pool.adopt(view)
-        except Exception:
-            log.failure("the parent's slot view not followed")
+        self.pool.adopt(view)
         return {}
 
 
