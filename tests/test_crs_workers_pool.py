@@ -320,6 +320,22 @@ class ParentLinkTests(SynchronousTestCase):
         self.assertEqual(len(self.parent.workers), 1)
         self.assertIsNotNone(self.pool.proto)
 
+    def test_note_error_keeps_the_worker(self) -> None:
+        """A worker's note the parent's forwarder fails to take is logged;
+        the worker's connection stays and the next note goes through."""
+        self.pump.flush()
+
+        def broken(uri: str) -> None:
+            raise RuntimeError("a forwarder's bug")
+
+        self.forwarder.learned = broken  # type: ignore[method-assign]
+        self.pool.learned("tel:+1")
+        self.pool.settled("tel:+2", "m-1")
+        self.pump.flush()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(len(self.parent.workers), 1)
+        self.assertEqual(self.forwarder.notes, [("settled", "tel:+2", "m-1")])
+
     def test_parent_lost_mid_post(self) -> None:
         """The parent's connection lost before it answers a post: the post
         is refused ``unavailable`` at once, not left waiting."""
