@@ -12,13 +12,14 @@ the parent, which has the pool link, only passes their frames on:
   at once, as the link does for one process);
 - a member's ``call-invite`` is offered to every worker
   (:class:`~cryptify.protocols.crs_workers.PoolInvite`): the one where the
-  callee is attached takes it; when none does, the parent refuses it
+  callee is attached takes it; when none does (or the one that did has
+  exited before the others answered), the parent refuses it
   ``not-connected``.  The member's other frames go to the worker the
   session is with (one no worker has is ignored, as hangups cross);
 - a member's link going down is told to every worker
   (:class:`~cryptify.protocols.crs_workers.PoolPeer`), which end the calls
   through it; a worker that goes away has its calls hung up at the
-  members (``not-connected``, from ``crs``).
+  members (``not-connected``, from ``crs``), on either link.
 
 :class:`CallRelay` is the parent's side; the worker's is in
 :class:`~cryptify.crs.workers.pool.WorkerPool` and
