@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.interwork.routes_core import AccountRoutes
-from cryptify.crs.messages.store import MessageRefused, Posted, Stored
+from cryptify.crs.messages.store import MAX_CONTENT, MessageRefused, Posted, Stored
 from cryptify.crs.messages.wiring import Relayed
 from cryptify.crs.pool.calls_frames import (
     HANGUP_FRAME,
@@ -335,6 +335,16 @@ class ParentLinkTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(len(self.parent.workers), 1)
         self.assertEqual(self.forwarder.notes, [("settled", "tel:+2", "m-1")])
+
+    def test_post_too_large(self) -> None:
+        """Content over the store's limit is refused ``too-large``, as the
+        store refuses it, before it goes to the parent (one over AMP's
+        64 KiB a value would fail in the worker)."""
+        self.pump.flush()
+        for size in (MAX_CONTENT + 1, 70_000):
+            d = self.pool.post("tel:+1", "scope", "tel:+2", "acme", "content", b"x" * size)
+            self.assertEqual(self.failureResultOf(d, MessageRefused).value.code, "too-large")
+        self.assertFalse(hasattr(self.forwarder, "posts"))
 
     def test_parent_lost_mid_post(self) -> None:
         """The parent's connection lost before it answers a post: the post
