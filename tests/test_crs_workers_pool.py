@@ -429,22 +429,58 @@ class CallRelayTests(SynchronousTestCase):
         self.assertEqual(self.link.sent, [("crs2", REFUSED_FRAME, refused)])
 
     def test_taken_by_a_worker_gone_meanwhile(self) -> None:
-        """A worker that takes the invite and exits before every worker has
-        answered does not keep the call: it is refused ``not-connected``
+        """A worker whose answer that it takes the invite comes once it has
+        exited does not keep the call: it is refused ``not-connected``
         (the member's caller is not left waiting for a worker gone)."""
         relay = self.relay
         workers = [self.w1, self.w2]
         relay.workers = lambda: list(workers)
         first: defer.Deferred[bool] = defer.Deferred()
+        second: defer.Deferred[bool] = defer.Deferred()
         self.w1.invite = lambda peer, fields, via: first  # type: ignore[method-assign]
+        self.w2.invite = lambda peer, fields, via: second  # type: ignore[method-assign]
         self.link.handlers[INVITE_FRAME]("crs2", INVITE.fields())
         workers.remove(self.w2)
         relay.worker_lost(self.w2)  # type: ignore[arg-type]
+        second.callback(True)
         first.callback(False)
         self.assertEqual(relay.sessions, {})
         self.assertEqual(
             self.link.sent, [("crs2", REFUSED_FRAME, CallRefused("s1", "not-connected").fields())]
         )
+
+    def test_frames_while_the_workers_answer(self) -> None:
+        """The member's frames for a call whose invite the workers are still
+        answering (its caller hangs up at once) follow the invite to the
+        worker that takes it, in order; when none takes it they are
+        dropped with the refusal."""
+        relay = self.relay
+        answers: list[defer.Deferred[bool]] = [defer.Deferred(), defer.Deferred()]
+        self.w1.invite = lambda peer, fields, via: answers[0]  # type: ignore[method-assign]
+        self.w2.invite = lambda peer, fields, via: answers[1]  # type: ignore[method-assign]
+        self.link.handlers[INVITE_FRAME]("crs2", INVITE.fields())
+        hangup = CallHangup("s1", "normal", None, "caller").fields()
+        self.link.handlers[HANGUP_FRAME]("crs2", hangup)
+        self.assertEqual(self.w2.frames, [])
+        answers[1].callback(True)
+        self.assertEqual(self.w2.frames, [("crs2", HANGUP_FRAME, hangup)])
+        answers[0].callback(False)
+        sent = self.link.__dict__.get("sent", [])
+        self.assertEqual((relay.sessions, relay.waiting, sent), ({}, {}, []))
+        self.assertEqual(self.w1.frames, [])
+        other = CallInvite("s2", "tel:+1", "tel:+9", "acme", b"\x01", "192.0.2.9", 5146, b"t" * 16)
+        answers[:] = [defer.Deferred(), defer.Deferred()]
+        self.link.handlers[INVITE_FRAME]("crs2", other.fields())
+        self.link.handlers[HANGUP_FRAME](
+            "crs2", CallHangup("s2", "normal", None, "caller").fields()
+        )
+        answers[0].callback(False)
+        answers[1].errback(RuntimeError("the worker's connection lost"))
+        self.assertEqual(relay.waiting, {})
+        self.assertEqual(
+            self.link.sent, [("crs2", REFUSED_FRAME, CallRefused("s2", "not-connected").fields())]
+        )
+        self.assertEqual((self.w1.frames, self.w2.frames[1:]), ([], []))
 
     def test_callee_attached_nowhere(self) -> None:
         """An invite no worker takes is refused ``not-connected``."""
