@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.interwork.routes_core import AccountRoutes
-from cryptify.crs.messages.store import MessageRefused, Posted, Stored
+from cryptify.crs.messages.store import MAX_CONTENT, MessageRefused, Posted, Stored
 from cryptify.crs.messages.wiring import Relayed
 from cryptify.crs.pool.calls_frames import (
     HANGUP_FRAME,
@@ -303,6 +303,62 @@ class ParentLinkTests(SynchronousTestCase):
             [("delivered", to, "m-1"), ("settled", to, "m-1"), ("learned", "tel:+1")],
         )
 
+    def test_forwarder_error_keeps_the_worker(self) -> None:
+        """A forwarder that raises instead of failing its Deferred, or an
+        answer that cannot be read, is a post refused ``unavailable`` (and
+        logged); the worker's connection to the parent stays."""
+        self.pump.flush()
+
+        def broken(*args: Any) -> defer.Deferred[Relayed]:
+            raise RuntimeError("a forwarder's bug")
+
+        self.forwarder.post = broken  # type: ignore[method-assign]
+        d = self.pool.post("tel:+1", "scope", "tel:+2", "acme", "content", b"hi")
+        self.pump.flush()
+        self.assertEqual(self.failureResultOf(d, MessageRefused).value.code, "unavailable")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(len(self.parent.workers), 1)
+        self.assertIsNotNone(self.pool.proto)
+
+    def test_note_error_keeps_the_worker(self) -> None:
+        """A worker's note the parent's forwarder fails to take is logged;
+        the worker's connection stays and the next note goes through."""
+        self.pump.flush()
+
+        def broken(uri: str) -> None:
+            raise RuntimeError("a forwarder's bug")
+
+        self.forwarder.learned = broken  # type: ignore[method-assign]
+        self.pool.learned("tel:+1")
+        self.pool.settled("tel:+2", "m-1")
+        self.pump.flush()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(len(self.parent.workers), 1)
+        self.assertEqual(self.forwarder.notes, [("settled", "tel:+2", "m-1")])
+
+    def test_post_too_large(self) -> None:
+        """Content over the store's limit is refused ``too-large``, as the
+        store refuses it, before it goes to the parent (one over AMP's
+        64 KiB a value would fail in the worker)."""
+        self.pump.flush()
+        for size in (MAX_CONTENT + 1, 70_000):
+            d = self.pool.post("tel:+1", "scope", "tel:+2", "acme", "content", b"x" * size)
+            self.assertEqual(self.failureResultOf(d, MessageRefused).value.code, "too-large")
+        self.assertFalse(hasattr(self.forwarder, "posts"))
+
+    def test_parent_lost_mid_post(self) -> None:
+        """The parent's connection lost before it answers a post: the post
+        is refused ``unavailable`` at once, not left waiting."""
+        self.pump.flush()
+        self.forwarder.answer = defer.Deferred()
+        d = self.pool.post("tel:+1", "scope", "tel:+2", "acme", "content", b"hi")
+        self.pump.flush()
+        self.assertNoResult(d)
+        assert self.pool.proto is not None
+        self.pool.proto.transport.loseConnection()
+        self.pump.flush()
+        self.assertEqual(self.failureResultOf(d, MessageRefused).value.code, "unavailable")
+
     def test_parent_gone(self) -> None:
         """Without the parent's socket a post is refused ``unavailable``
         (the client tries again)."""
@@ -371,6 +427,60 @@ class CallRelayTests(SynchronousTestCase):
         answer.callback(True)
         self.assertEqual(relay.sessions, {})
         self.assertEqual(self.link.sent, [("crs2", REFUSED_FRAME, refused)])
+
+    def test_taken_by_a_worker_gone_meanwhile(self) -> None:
+        """A worker whose answer that it takes the invite comes once it has
+        exited does not keep the call: it is refused ``not-connected``
+        (the member's caller is not left waiting for a worker gone)."""
+        relay = self.relay
+        workers = [self.w1, self.w2]
+        relay.workers = lambda: list(workers)
+        first: defer.Deferred[bool] = defer.Deferred()
+        second: defer.Deferred[bool] = defer.Deferred()
+        self.w1.invite = lambda peer, fields, via: first  # type: ignore[method-assign]
+        self.w2.invite = lambda peer, fields, via: second  # type: ignore[method-assign]
+        self.link.handlers[INVITE_FRAME]("crs2", INVITE.fields())
+        workers.remove(self.w2)
+        relay.worker_lost(self.w2)  # type: ignore[arg-type]
+        second.callback(True)
+        first.callback(False)
+        self.assertEqual(relay.sessions, {})
+        self.assertEqual(
+            self.link.sent, [("crs2", REFUSED_FRAME, CallRefused("s1", "not-connected").fields())]
+        )
+
+    def test_frames_while_the_workers_answer(self) -> None:
+        """The member's frames for a call whose invite the workers are still
+        answering (its caller hangs up at once) follow the invite to the
+        worker that takes it, in order; when none takes it they are
+        dropped with the refusal."""
+        relay = self.relay
+        answers: list[defer.Deferred[bool]] = [defer.Deferred(), defer.Deferred()]
+        self.w1.invite = lambda peer, fields, via: answers[0]  # type: ignore[method-assign]
+        self.w2.invite = lambda peer, fields, via: answers[1]  # type: ignore[method-assign]
+        self.link.handlers[INVITE_FRAME]("crs2", INVITE.fields())
+        hangup = CallHangup("s1", "normal", None, "caller").fields()
+        self.link.handlers[HANGUP_FRAME]("crs2", hangup)
+        self.assertEqual(self.w2.frames, [])
+        answers[1].callback(True)
+        self.assertEqual(self.w2.frames, [("crs2", HANGUP_FRAME, hangup)])
+        answers[0].callback(False)
+        sent = self.link.__dict__.get("sent", [])
+        self.assertEqual((relay.sessions, relay.waiting, sent), ({}, {}, []))
+        self.assertEqual(self.w1.frames, [])
+        other = CallInvite("s2", "tel:+1", "tel:+9", "acme", b"\x01", "192.0.2.9", 5146, b"t" * 16)
+        answers[:] = [defer.Deferred(), defer.Deferred()]
+        self.link.handlers[INVITE_FRAME]("crs2", other.fields())
+        self.link.handlers[HANGUP_FRAME](
+            "crs2", CallHangup("s2", "normal", None, "caller").fields()
+        )
+        answers[0].callback(False)
+        answers[1].errback(RuntimeError("the worker's connection lost"))
+        self.assertEqual(relay.waiting, {})
+        self.assertEqual(
+            self.link.sent, [("crs2", REFUSED_FRAME, CallRefused("s2", "not-connected").fields())]
+        )
+        self.assertEqual((self.w1.frames, self.w2.frames[1:]), ([], []))
 
     def test_callee_attached_nowhere(self) -> None:
         """An invite no worker takes is refused ``not-connected``."""
@@ -525,3 +635,114 @@ class ParentRoutesTests(SynchronousTestCase):
         self.assertEqual(worker_iw.peer_for("beta"), "198.51.100.8")
         self.assertEqual((worker_iw.remote("beta"), worker_iw.unknown("gamma")), (True, False))
         self.assertTrue(worker_iw.hosts("acme"))
+
+
+class RaisingSink:
+    """A worker's calls whose handlers fail (a bug, not a bad frame)."""
+
+    def deliver(self, peer: str, frame_type: str, fields: dict[str, object]) -> None:
+        raise RuntimeError("a handler's bug")
+
+    def peer_changed(self, peer: str, up: bool) -> None:
+        raise RuntimeError("a listener's bug")
+
+
+class ParentCallsTests(SynchronousTestCase):
+    """A worker's calls through its parent's pool and inter-working links,
+    over the parent's socket (in memory)."""
+
+    PEER = "198.51.100.7"
+
+    def setUp(self) -> None:
+        reactor = MemoryReactorClock()
+        self.link, self.iw_link = FakeLink(), FakeLink()
+        self.parent = ParentPool(
+            reactor,
+            "/nowhere",
+            self.link,  # type: ignore[arg-type]
+            None,
+            iw=FakeIwForwarder(),  # type: ignore[arg-type]
+            iw_link=self.iw_link,
+        )
+        self.pool = WorkerPool(reactor, "/nowhere", AttachRegistry("crs1", reactor.seconds), print)
+        self.pool.pooled = False
+        self.server, self.client = _ParentProtocol(self.parent), _WorkerProtocol(self.pool)
+        self.pump = iosim.connect(
+            self.server,
+            iosim.makeFakeServer(self.server),
+            self.client,
+            iosim.makeFakeClient(self.client),
+        )
+        self.pump.flush()
+
+    def test_worker_gone_ends_its_calls_on_both_links(self) -> None:
+        """A worker that exits has its calls hung up where they go: at the
+        pool's member and at the inter-working peer alike (``not-connected``,
+        from ``crs``), and the parent forgets them."""
+        other = CallInvite("s2", "tel:+1", "tel:+3", "beta", b"\x01", "192.0.2.9", 5146, b"t" * 16)
+        self.assertTrue(self.pool.send_frame("crs2", INVITE_FRAME, INVITE.fields()))
+        self.assertTrue(self.pool.send_iw_frame(self.PEER, INVITE_FRAME, other.fields()))
+        self.pump.flush()
+        self.assertEqual([s[:2] for s in self.iw_link.sent], [(self.PEER, INVITE_FRAME)])
+        self.client.transport.loseConnection()
+        self.pump.flush()
+        self.assertEqual(self.parent.workers, set())
+        gone = "the party's process ended"
+        self.assertEqual(
+            self.link.sent[-1],
+            ("crs2", HANGUP_FRAME, CallHangup("s1", "not-connected", gone, "crs").fields()),
+        )
+        self.assertEqual(
+            self.iw_link.sent[-1],
+            (self.PEER, HANGUP_FRAME, CallHangup("s2", "not-connected", gone, "crs").fields()),
+        )
+        assert self.parent.calls is not None and self.parent.iw_calls is not None
+        self.assertEqual((self.parent.calls.sessions, self.parent.iw_calls.sessions), ({}, {}))
+
+    def test_a_worker_handler_error_keeps_the_link(self) -> None:
+        """A call frame or link change the worker fails to handle is logged;
+        the worker's connection to the parent stays (AMP would drop it,
+        and every call through it)."""
+        self.pool.calls = RaisingSink()
+        self.server.frame("crs2", TALK_FRAME, CallStep("talk", "s1").fields(), "pool")
+        self.server.peer("crs2", False, "pool")
+        self.pump.flush()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.assertEqual(self.parent.workers, {self.server})
+        self.assertIs(self.pool.proto, self.client)
+        self.assertTrue(self.pool.send_frame("crs2", INVITE_FRAME, INVITE.fields()))
+        self.pump.flush()
+        self.assertEqual([s[:2] for s in self.link.sent], [("crs2", INVITE_FRAME)])
+
+    def test_a_worker_invite_error_keeps_the_link(self) -> None:
+        """An invite the worker fails to offer (an error, not a bad frame)
+        is logged and answered not here: the member is refused
+        ``not-connected`` and the worker stays connected."""
+        self.pool.calls = RaisingSink()
+        callee = Attachment("tel:+2", "acme", 1.0, "1", "192.0.2.1", 1, FakeConnection())
+        self.pool.registry.attach(callee)  # type: ignore[arg-type]
+        self.link.handlers[INVITE_FRAME]("crs2", INVITE.fields())
+        self.pump.flush()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(
+            self.link.sent, [("crs2", REFUSED_FRAME, CallRefused("s1", "not-connected").fields())]
+        )
+        self.assertEqual(self.parent.workers, {self.server})
+
+    def test_a_parent_link_error_keeps_the_worker(self) -> None:
+        """A worker's frame the parent's link fails to send (an error, not a
+        bad frame) is logged; the worker stays connected, its calls too."""
+
+        def broken(peer: str, frame_type: str, fields: dict[str, object]) -> bool:
+            raise RuntimeError("a link's bug")
+
+        self.iw_link.send = broken  # type: ignore[method-assign]
+        self.assertTrue(self.pool.send_frame("crs2", INVITE_FRAME, INVITE.fields()))
+        self.assertTrue(
+            self.pool.send_iw_frame(self.PEER, TALK_FRAME, CallStep("talk", "s2").fields())
+        )
+        self.pump.flush()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.parent.workers, {self.server})
+        assert self.parent.calls is not None
+        self.assertEqual(list(self.parent.calls.sessions), ["s1"])

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import deque
+from itertools import pairwise
 
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -34,7 +35,7 @@ from cryptify.crs.pool.core import (
     Reason,
     SlotMap,
 )
-from cryptify.crs.slots import SLOTS
+from cryptify.crs.slots import SLOTS, slot_ranges
 
 
 def pool_of(count: int) -> PoolConfig:
@@ -97,6 +98,19 @@ def settled(count: int) -> tuple[Net, PoolMember, float]:
     heard = crs1.heard("crs2")
     assert heard is not None
     return net, crs1, heard
+
+
+class SlotRangesTests(SynchronousTestCase):
+    @given(st.sets(st.integers(0, SLOTS - 1), max_size=200))
+    def test_runs_cover_the_slots(self, chosen: set[int]) -> None:
+        """The runs of a map's owner (and of a worker's view) hold exactly
+        the slots given, each run consecutive, a gap between two runs."""
+        ranges = slot_ranges(sorted(chosen))
+        self.assertEqual({s for a, b in ranges for s in range(a, b + 1)}, chosen)
+        self.assertTrue(all(a <= b for a, b in ranges))
+        self.assertTrue(all(b + 1 < c for (_, b), (c, _) in pairwise(ranges)))
+        owners = tuple("crs1" if s in chosen else "crs2" for s in range(SLOTS))
+        self.assertEqual(SlotMap(MapKey(1, "crs1", 1), owners).slots_of("crs1"), ranges)
 
 
 class ConfigTests(SynchronousTestCase):

@@ -9,6 +9,8 @@ own its slot is told to move to the owner.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import attrs
 
 #: Number of slots, as in Redis Cluster.
@@ -39,6 +41,17 @@ def crc16(data: bytes) -> int:
 def slot_of(uri: str) -> int:
     """The slot of a URI (its base number: extensions route with it)."""
     return crc16(uri.encode("utf-8")) % SLOTS
+
+
+def slot_ranges(slots: Iterable[int]) -> list[tuple[int, int]]:
+    """The (first, last) runs of consecutive slots in ``slots`` (ascending)."""
+    ranges: list[tuple[int, int]] = []
+    for slot in slots:
+        if ranges and ranges[-1][1] == slot - 1:
+            ranges[-1] = (ranges[-1][0], slot)
+        else:
+            ranges.append((slot, slot))
+    return ranges
 
 
 @attrs.frozen

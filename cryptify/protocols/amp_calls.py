@@ -7,14 +7,23 @@ parsed (``amp.Unicode`` gives ``str``, ``amp.Float`` ``float``, ...).
 :data:`AmpAnswer`, read with :func:`text`, :func:`number` and the other
 accessors, which check the value's type and raise :class:`AnswerError`
 when a command's schema and the code reading it disagree.
+
+:func:`one_way` guards the responder of a command that has no answer: an
+error AMP is left with closes the connection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
+from typing import ParamSpec
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.protocols import amp
+
+log = Logger(namespace="cryptify.protocols.amp")
+_P = ParamSpec("_P")
 
 #: An AMP command's answer: argument names to parsed values.
 AmpAnswer = dict[str, object]
@@ -30,6 +39,28 @@ def call_remote(
     """``proto.callRemote(command, **arguments)``, typed."""
     answer: Deferred[AmpAnswer] = proto.callRemote(command, **arguments)
     return answer
+
+
+def one_way(
+    what: str,
+) -> Callable[[Callable[_P, dict[str, object]]], Callable[_P, dict[str, object]]]:
+    """A responder of a command without an answer (``requiresAnswer =
+    False``) whose error is logged (``what``, with the traceback) and goes
+    no further: left to AMP, it would close the connection, and with it
+    whatever else goes over it.  Put it under the command's ``responder``."""
+
+    def guard(responder: Callable[_P, dict[str, object]]) -> Callable[_P, dict[str, object]]:
+        @functools.wraps(responder)
+        def respond(*args: _P.args, **kwargs: _P.kwargs) -> dict[str, object]:
+            try:
+                return responder(*args, **kwargs)
+            except Exception:
+                log.failure(what)
+                return {}
+
+        return respond
+
+    return guard
 
 
 def _value(answer: Mapping[str, object], name: str) -> object:
@@ -83,6 +114,7 @@ __all__ = [
     "call_remote",
     "integer",
     "number",
+    "one_way",
     "optional_number",
     "optional_text",
     "text",

@@ -89,19 +89,37 @@ class WorkerHolds(MgmtCommand):
 # -- a worker and its parent in a pool (on the parent's socket ``.w0``) ------------
 
 
-class PoolView(amp.Command):
-    """Worker -> parent: the pool's slot view (:func:`cryptify.crs.workers.pool.slot_view`)."""
+class _Note(amp.Command):
+    """A one-way command: no answer (one lost with the connection is lost,
+    as on the pool link)."""
 
-    arguments = []
-    response = [(b"view", JsonValue())]
-
-
-class PoolViewChanged(amp.Command):
-    """Parent -> worker: the slot view changed (the map, or a member late)."""
-
-    arguments = [(b"view", JsonValue())]
     response = []
     requiresAnswer = False
+
+
+#: The answer of a view asked for, and the argument of a view sent again.
+_VIEW: list[tuple[bytes, amp.Argument]] = [(b"view", JsonValue())]
+#: A call frame for or from ``peer`` (its fields in CBOR); ``via`` ``iw``:
+#: an inter-working peer's, on that link (else a pool member's).
+_FRAME: list[tuple[bytes, amp.Argument]] = [
+    (b"peer", amp.Unicode()),
+    (b"frame_type", amp.Unicode()),
+    (b"data", amp.String()),
+    (b"via", amp.Unicode(optional=True)),
+]
+
+
+class PoolView(amp.Command):
+    """Worker -> parent: the pool's slot view (:func:`cryptify.crs.workers.slot_view.slot_view`)."""
+
+    arguments = []
+    response = _VIEW
+
+
+class PoolViewChanged(_Note):
+    """Parent -> worker: the slot view changed (the map, or a member late)."""
+
+    arguments = _VIEW
 
 
 class PoolPost(amp.Command):
@@ -130,60 +148,40 @@ class PoolPost(amp.Command):
     ]
 
 
-class PoolDelivered(amp.Command):
+class PoolDelivered(_Note):
     """Worker -> parent: ``sender`` (served by another member) had
     ``message`` delivered: tell that member (``msg-delivered``)."""
 
     arguments = [(b"sender", amp.Unicode()), (b"message", amp.Unicode())]
-    response = []
-    requiresAnswer = False
 
 
-class PoolSettled(amp.Command):
+class PoolSettled(_Note):
     """Worker -> parent: ``recipient`` confirmed ``message`` here (a member
     that may hold a twin drops it: ``msg-gone``)."""
 
     arguments = [(b"recipient", amp.Unicode()), (b"message", amp.Unicode())]
-    response = []
-    requiresAnswer = False
 
 
-class PoolLearned(amp.Command):
+class PoolLearned(_Note):
     """Worker -> parent: ``uri`` attached to this instance for the first
     time (every live member takes posts for it: ``msg-known``)."""
 
     arguments = [(b"uri", amp.Unicode())]
-    response = []
-    requiresAnswer = False
 
 
-class PoolFrame(amp.Command):
+class PoolFrame(_Note):
     """Worker -> parent: a call frame for pool member ``peer`` (its fields
     in CBOR), sent on the pool link (docs/workers.md, Pools); ``via``
     ``iw``: for an inter-working peer, on that link."""
 
-    arguments = [
-        (b"peer", amp.Unicode()),
-        (b"frame_type", amp.Unicode()),
-        (b"data", amp.String()),
-        (b"via", amp.Unicode(optional=True)),
-    ]
-    response = []
-    requiresAnswer = False
+    arguments = _FRAME
 
 
-class PoolFrameIn(amp.Command):
+class PoolFrameIn(_Note):
     """Parent -> worker: a call frame from pool member ``peer`` (``via``
-    ``iw``: from an inter-working peer)."""
+    ``iw``: from an inter-working peer); the arguments of :class:`PoolFrame`."""
 
-    arguments = [
-        (b"peer", amp.Unicode()),
-        (b"frame_type", amp.Unicode()),
-        (b"data", amp.String()),
-        (b"via", amp.Unicode(optional=True)),
-    ]
-    response = []
-    requiresAnswer = False
+    arguments = _FRAME
 
 
 class PoolInvite(amp.Command):
@@ -198,7 +196,7 @@ class PoolInvite(amp.Command):
     response = [(b"here", amp.Boolean())]
 
 
-class PoolPeer(amp.Command):
+class PoolPeer(_Note):
     """Parent -> worker: pool member ``peer``'s link went up or down."""
 
     arguments = [
@@ -206,8 +204,6 @@ class PoolPeer(amp.Command):
         (b"up", amp.Boolean()),
         (b"via", amp.Unicode(optional=True)),
     ]
-    response = []
-    requiresAnswer = False
 
 
 class IwView(amp.Command):
@@ -215,12 +211,10 @@ class IwView(amp.Command):
     (:func:`cryptify.crs.workers.iw.iw_view`)."""
 
     arguments = []
-    response = [(b"view", JsonValue())]
+    response = _VIEW
 
 
-class IwViewChanged(amp.Command):
+class IwViewChanged(_Note):
     """Parent -> worker: the inter-working routes changed."""
 
-    arguments = [(b"view", JsonValue())]
-    response = []
-    requiresAnswer = False
+    arguments = _VIEW

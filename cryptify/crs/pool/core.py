@@ -58,7 +58,7 @@ from collections.abc import Iterable
 import attrs
 
 from cryptify.config.crs_model import CrsConfig
-from cryptify.crs.slots import SLOTS, slot_of
+from cryptify.crs.slots import SLOTS, slot_of, slot_ranges
 
 SECOND = 1.0
 #: How often a member sends its heartbeat (with its map) to each peer.
@@ -188,15 +188,7 @@ class SlotMap:
 
     def slots_of(self, name: str) -> list[tuple[int, int]]:
         """The (first, last) ranges of slots ``name`` owns, in order."""
-        ranges: list[tuple[int, int]] = []
-        for slot, owner in enumerate(self.owners):
-            if owner != name:
-                continue
-            if ranges and ranges[-1][1] == slot - 1:
-                ranges[-1] = (ranges[-1][0], slot)
-            else:
-                ranges.append((slot, slot))
-        return ranges
+        return slot_ranges(s for s, owner in enumerate(self.owners) if owner == name)
 
     def describe(self, name: str) -> str:
         """``name``'s slots as ``first-last,first-last`` (``-`` for none),

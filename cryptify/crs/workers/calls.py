@@ -45,7 +45,7 @@ from twisted.logger import Logger
 
 from cryptify.crs.attach.registry import AttachRegistry
 from cryptify.crs.pool.wire import WireError
-from cryptify.crs.slots import SLOTS, slot_of
+from cryptify.crs.slots import SLOTS, slot_of, slot_ranges
 from cryptify.crs.workers.notices import (
     Ask,
     Attached,
@@ -93,16 +93,8 @@ def describe_worker(count: int, index: int, owned: Sequence[tuple[int, int]]) ->
     slots of the instance's ``owned`` ranges it is the home of,
     ``first-last`` joined by commas, or ``-``."""
     table = home_table(count, owned)
-    runs: list[list[int]] = []
-    for first, last in owned:
-        for slot in range(first, last + 1):
-            if table[slot] != index:
-                continue
-            if runs and runs[-1][1] == slot - 1:
-                runs[-1][1] = slot
-            else:
-                runs.append([slot, slot])
-    return ",".join(f"{a}-{b}" for a, b in runs) or "-"
+    homes = (s for first, last in owned for s in range(first, last + 1) if table[s] == index)
+    return ",".join(f"{a}-{b}" for a, b in slot_ranges(homes)) or "-"
 
 
 class AttachDirectory:

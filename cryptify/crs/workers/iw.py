@@ -15,7 +15,7 @@ with its relay), their frames passed on by the parent
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -23,6 +23,9 @@ from twisted.logger import Logger
 from cryptify.crs.interwork.forward import IwForwarder
 from cryptify.crs.messages.wiring import Relayed
 from cryptify.crs.pool.wire import WireError
+
+if TYPE_CHECKING:  # (the pool module builds on this one)
+    from cryptify.crs.workers.pool import WorkerPool
 
 log = Logger(namespace="cryptify.crs.workers")
 
@@ -69,35 +72,19 @@ def _name(value: object) -> str:
     return value
 
 
-class Poster(Protocol):
-    """The worker's side of the parent's socket
-    (:class:`cryptify.crs.workers.pool.WorkerPool`)."""
-
-    def post(
-        self,
-        sender: str,
-        scope: str,
-        to: str,
-        account: str,
-        kind: str,
-        data: bytes,
-        via: str = "pool",
-    ) -> defer.Deferred[Relayed]: ...
-
-    def tell_parent_delivered(self, sender: str, message_id: str) -> None: ...
-
-
 class WorkerIw:
     """A worker's :class:`~cryptify.crs.messages.wiring.External` and the
     accounts of its :class:`~cryptify.crs.interwork.calls.IwCalls`.
 
-    ``elsewhere(uri)``: the other worker ``uri`` is attached to (a
-    ``delivered`` for a sender there goes to that worker, not the parent).
+    ``poster``: the worker's side of the parent's socket, through which
+    its posts and ``delivered`` go; ``elsewhere(uri)``: the other worker
+    ``uri`` is attached to (a ``delivered`` for a sender there goes to
+    that worker, not the parent).
     """
 
     trace_account = "external"
 
-    def __init__(self, poster: Poster, elsewhere: Callable[[str], str | None]) -> None:
+    def __init__(self, poster: WorkerPool, elsewhere: Callable[[str], str | None]) -> None:
         self.poster = poster
         self.elsewhere = elsewhere
         self.routes: dict[str, tuple[str, ...]] = {}

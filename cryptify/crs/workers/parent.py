@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -29,7 +29,7 @@ from cryptify.crs.workers.slot_view import (
     map_key,
     slot_view,
 )
-from cryptify.protocols.amp_calls import call_remote
+from cryptify.protocols.amp_calls import call_remote, one_way
 from cryptify.protocols.crs_workers import (
     IwView,
     IwViewChanged,
@@ -60,10 +60,11 @@ class _ParentLocator(amp.CommandLocator):
         self.proto = proto
 
     @PoolFrame.responder
+    @one_way("a worker's call frame not sent")
     def frame(
         self, peer: str, frame_type: str, data: bytes, via: str | None = None
     ) -> dict[str, object]:
-        relay = self.parent.iw_calls if via == "iw" else self.parent.calls
+        relay = self.parent.relay(via)
         if relay is not None:
             try:
                 relay.from_worker(self.proto, peer, frame_type, unpack(data))
@@ -80,30 +81,24 @@ class _ParentLocator(amp.CommandLocator):
         return {"view": self.parent.iw_view()}
 
     @PoolPost.responder
-    def post(
-        self,
-        sender: str,
-        scope: str,
-        to: str,
-        account: str,
-        kind: str,
-        data: bytes,
-        via: str | None = None,
-    ) -> defer.Deferred[dict[str, object]]:
-        return self.parent.post(sender, scope, to, account, kind, data, via)
+    def post(self, **post: Any) -> defer.Deferred[dict[str, object]]:
+        return self.parent.post(**post)  # (the arguments of PoolPost)
 
     @PoolDelivered.responder
+    @one_way("a worker's delivered not passed on")
     def delivered(self, sender: str, message: str) -> dict[str, object]:
         self.parent.delivered(sender, message)
         return {}
 
     @PoolSettled.responder
+    @one_way("a worker's confirmation not passed on")
     def settled(self, recipient: str, message: str) -> dict[str, object]:
         if self.parent.forwarder is not None:
             self.parent.forwarder.settled(recipient, message)
         return {}
 
     @PoolLearned.responder
+    @one_way("a worker's new URI not passed on")
     def learned(self, uri: str) -> dict[str, object]:
         if self.parent.forwarder is not None:
             self.parent.forwarder.learned(uri)
@@ -124,8 +119,9 @@ class _ParentProtocol(amp.AMP):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.parent.workers.discard(self)
-        if self.parent.calls is not None:
-            self.parent.calls.worker_lost(self)
+        for relay in (self.parent.calls, self.parent.iw_calls):
+            if relay is not None:
+                relay.worker_lost(self)
         amp.AMP.connectionLost(self, reason)
 
     def frame(self, peer: str, frame_type: str, fields: dict[str, object], via: str) -> None:
@@ -143,14 +139,6 @@ class _ParentProtocol(amp.AMP):
 
     def peer(self, peer: str, up: bool, via: str) -> None:
         call_remote(self, PoolPeer, peer=peer, up=up, via=via)
-
-
-class _ParentFactory(Factory):
-    def __init__(self, parent: ParentPool) -> None:
-        self.parent = parent
-
-    def buildProtocol(self, addr: IAddress | None) -> _ParentProtocol:
-        return _ParentProtocol(self.parent)
 
 
 class ParentPool(service.MultiService):
@@ -188,7 +176,8 @@ class ParentPool(service.MultiService):
 
         def listen() -> IListeningPort:
             prepare_socket_path(path)
-            return reactor.listenUNIX(path, _ParentFactory(self), mode=0o600)
+            factory: Factory[Any] = Factory.forProtocol(lambda: _ParentProtocol(self))
+            return reactor.listenUNIX(path, factory, mode=0o600)
 
         attach(self, ListenService("workers' pool socket", path, listen))
 
@@ -201,6 +190,11 @@ class ParentPool(service.MultiService):
             self._loop.stop()
         d: defer.Deferred[None] = defer.maybeDeferred(service.MultiService.stopService, self)
         return d
+
+    def relay(self, via: str | None) -> CallRelay | None:
+        """The call relay of a worker's frame (``via`` ``iw``: the
+        inter-working one)."""
+        return self.iw_calls if via == "iw" else self.calls
 
     def view(self) -> dict[str, object]:
         return {} if self.link is None else slot_view(self.link)
@@ -266,11 +260,13 @@ class ParentPool(service.MultiService):
             if failure.check(MessageRefused):
                 value: Any = failure.value
                 return {"code": value.code, "reason": str(value)}
-            log.warn("a worker's post not forwarded: {why}", why=failure.getErrorMessage())
+            log.failure("a worker's post not forwarded", failure)
             return {"code": "unavailable", "reason": "the pool's forwarder did not take it"}
 
         forwarder = self.iw if via == "iw" else self.forwarder
         if forwarder is None:
             return defer.succeed({"code": "unavailable", "reason": "no forwarder for it here"})
-        d = forwarder.post(sender, scope, to, account, kind, data)
-        return d.addCallbacks(answered, refused)
+        # (an error raised here, or left on the answer, would make AMP drop
+        # the worker's connection and every call of the worker with it)
+        d = defer.maybeDeferred(forwarder.post, sender, scope, to, account, kind, data)
+        return d.addCallback(answered).addErrback(refused)

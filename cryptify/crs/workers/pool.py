@@ -46,7 +46,6 @@ from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -54,7 +53,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from cryptify.crs.attach.registry import AttachRegistry
-from cryptify.crs.messages.store import MessageRefused, Posted, Stored
+from cryptify.crs.messages.store import MAX_CONTENT, MessageRefused, Posted, Stored
 from cryptify.crs.messages.wiring import Relayed
 from cryptify.crs.pool.calls_frames import INVITE_FRAME, CallInvite, decode_call
 from cryptify.crs.pool.wire import WireError
@@ -68,7 +67,7 @@ from cryptify.crs.workers.slot_view import (
     ViewError,
     decode_view,
 )
-from cryptify.protocols.amp_calls import AmpAnswer, call_remote
+from cryptify.protocols.amp_calls import AmpAnswer, call_remote, one_way
 from cryptify.protocols.crs_workers import (
     IwView,
     IwViewChanged,
@@ -113,6 +112,7 @@ class _WorkerLocator(amp.CommandLocator):
         self.pool = pool
 
     @PoolFrameIn.responder
+    @one_way("a call frame from the parent not handled")
     def frame(
         self, peer: str, frame_type: str, data: bytes, via: str | None = None
     ) -> dict[str, object]:
@@ -137,10 +137,16 @@ class _WorkerLocator(amp.CommandLocator):
             return {"here": False}
         if self.pool.registry.get(invite.callee) is None:
             return {"here": False}
-        sink.deliver(peer, INVITE_FRAME, fields)
+        try:
+            sink.deliver(peer, INVITE_FRAME, fields)
+        except Exception:
+            # (an error left to AMP closes the connection to the parent)
+            log.failure("a call invite from {peer} not offered", peer=peer)
+            return {"here": False}
         return {"here": True}
 
     @PoolPeer.responder
+    @one_way("a link change from the parent not followed")
     def peer(self, peer: str, up: bool, via: str | None = None) -> dict[str, object]:
         sink = self.pool.sink(via)
         if sink is not None:
@@ -148,17 +154,16 @@ class _WorkerLocator(amp.CommandLocator):
         return {}
 
     @IwViewChanged.responder
+    @one_way("the parent's inter-working routes not followed")
     def iw_changed(self, view: object) -> dict[str, object]:
         if self.pool.iw is not None:
             self.pool.iw.adopt(view)
         return {}
 
     @PoolViewChanged.responder
+    @one_way("the parent's slot view not followed")
     def changed(self, view: object) -> dict[str, object]:
-        try:
-            self.pool.adopt(view)
-        except Exception:
-            log.failure("the parent's slot view not followed")
+        self.pool.adopt(view)
         return {}
 
 
@@ -175,14 +180,6 @@ class _WorkerProtocol(amp.AMP):
         if self.pool.proto is self:
             self.pool.proto = None
         amp.AMP.connectionLost(self, reason)
-
-
-class _WorkerFactory(Factory):
-    def __init__(self, pool: WorkerPool) -> None:
-        self.pool = pool
-
-    def buildProtocol(self, addr: IAddress | None) -> _WorkerProtocol:
-        return _WorkerProtocol(self.pool)
 
 
 class WorkerPool(service.MultiService):
@@ -225,7 +222,7 @@ class WorkerPool(service.MultiService):
         self._mover.clock = reactor
         client = ClientService(
             UNIXClientEndpoint(reactor, path, timeout=5),
-            _WorkerFactory(self),
+            Factory.forProtocol(lambda: _WorkerProtocol(self)),
             retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=2.0),
             clock=reactor,
         )
@@ -334,6 +331,9 @@ class WorkerPool(service.MultiService):
         data: bytes,
         via: str = "pool",
     ) -> defer.Deferred[Relayed]:
+        if len(data) > MAX_CONTENT:
+            # (as the store refuses it; AMP carries at most 64 KiB a value)
+            return defer.fail(MessageRefused("too-large", f"content over {MAX_CONTENT} octets"))
         proto = self.proto
         if proto is None:
             return defer.fail(

@@ -12,13 +12,15 @@ the parent, which has the pool link, only passes their frames on:
   at once, as the link does for one process);
 - a member's ``call-invite`` is offered to every worker
   (:class:`~cryptify.protocols.crs_workers.PoolInvite`): the one where the
-  callee is attached takes it; when none does, the parent refuses it
+  callee is attached takes it (the member's frames for the call that
+  came before its answer follow it there); when none does (or the one
+  that did had exited by its answer), the parent refuses it
   ``not-connected``.  The member's other frames go to the worker the
   session is with (one no worker has is ignored, as hangups cross);
 - a member's link going down is told to every worker
   (:class:`~cryptify.protocols.crs_workers.PoolPeer`), which end the calls
   through it; a worker that goes away has its calls hung up at the
-  members (``not-connected``, from ``crs``).
+  members (``not-connected``, from ``crs``), on either link.
 
 :class:`CallRelay` is the parent's side; the worker's is in
 :class:`~cryptify.crs.workers.pool.WorkerPool` and
@@ -53,6 +55,9 @@ log = Logger(namespace="cryptify.crs.workers")
 CRS = "crs"
 #: Sessions remembered as ended.
 MAX_ENDED = 4096
+#: Most frames of a member kept for a call whose invite the workers are
+#: still answering (its hangup, say: more is not a well-behaved member's).
+MAX_WAITING = 8
 
 
 def pack(fields: dict[str, object]) -> bytes:
@@ -128,6 +133,10 @@ class CallRelay:
         #: The sessions ended lately (a worker's refusal can pass its answer
         #: to the invite: the call is not noted after it ended).
         self.ended: OrderedDict[str, None] = OrderedDict()
+        #: session -> (the member, its frames since) of a member's invite
+        #: the workers are still answering: they follow the invite to the
+        #: worker that takes it.
+        self.waiting: dict[str, tuple[str, list[tuple[str, dict[str, object]]]]] = {}
         self.counters = {"relayed": 0, "refused": 0}
         for frame_type in FRAME_TYPES:
             link.handle(frame_type, self._from_member(frame_type))
@@ -140,38 +149,67 @@ class CallRelay:
             decode_call(frame_type, fields)  # (a bad frame drops the connection)
             session = _session(fields)
             if frame_type == INVITE_FRAME:
-                self._invited(peer, session, fields)
+                if session not in self.waiting:  # (again while offered: ignored)
+                    self._invited(peer, session, fields)
                 return
-            found = self.sessions.get(session)
-            if found is None or found[1] != peer:
+            waiting = self.waiting.get(session)
+            if waiting is not None and waiting[0] == peer:
+                if len(waiting[1]) < MAX_WAITING:
+                    waiting[1].append((frame_type, fields))
                 return
-            if frame_type in (HANGUP_FRAME, REFUSED_FRAME):
-                self._forget(session)
-            elif frame_type == OFFERED_FRAME:
-                self.offered.add(session)
-            self.counters["relayed"] += 1
-            found[0].frame(peer, frame_type, fields, self.via)
+            self._to_worker(peer, session, frame_type, fields)
 
         return receive
 
-    def _invited(self, peer: str, session: str, fields: dict[str, object]) -> None:
-        workers = list(self.workers())
-        asked = [w.invite(peer, fields, self.via) for w in workers]
+    def _to_worker(
+        self, peer: str, session: str, frame_type: str, fields: dict[str, object]
+    ) -> None:
+        """A member's frame (not an invite) to the worker its call is with."""
+        found = self.sessions.get(session)
+        if found is None or found[1] != peer:
+            return
+        if frame_type in (HANGUP_FRAME, REFUSED_FRAME):
+            self._forget(session)
+        elif frame_type == OFFERED_FRAME:
+            self.offered.add(session)
+        self.counters["relayed"] += 1
+        found[0].frame(peer, frame_type, fields, self.via)
 
-        def answered(results: list[tuple[bool, bool]]) -> None:
-            for worker, (ok, took) in zip(workers, results, strict=True):
-                if ok and took is True:
-                    if session in self.ended:
-                        return  # refused or hung up by the worker meanwhile
-                    self.sessions[session] = (worker, peer)
-                    self.directions[session] = "incoming"
-                    self.counters["relayed"] += 1
-                    return
+    def _invited(self, peer: str, session: str, fields: dict[str, object]) -> None:
+        """Offer a member's invite to every worker: the first that takes
+        it (and is still connected) has the call, and the member's frames
+        that came meanwhile; none: refused ``not-connected``."""
+        workers = list(self.workers())
+        self.waiting[session] = (peer, [])
+        left, taken = len(workers), False
+
+        def refuse() -> None:
+            self.waiting.pop(session, None)
             self.counters["refused"] += 1
             refused = CallRefused(session, "not-connected")
             self.link.send(peer, REFUSED_FRAME, refused.fields())
 
-        defer.DeferredList(asked, consumeErrors=True).addCallback(answered)
+        def answered(took: object, worker: Worker) -> None:
+            nonlocal left, taken
+            left -= 1
+            if took is True and not taken and worker in set(self.workers()):
+                taken = True
+                _, frames = self.waiting.pop(session, (peer, []))
+                if session in self.ended:
+                    return  # refused or hung up by the worker meanwhile
+                self.sessions[session] = (worker, peer)
+                self.directions[session] = "incoming"
+                self.counters["relayed"] += 1
+                for frame_type, kept in frames:
+                    self._to_worker(peer, session, frame_type, kept)
+            if left == 0 and not taken:
+                refuse()
+
+        if not workers:
+            refuse()
+        for worker in workers:
+            # (a worker's failure or lost connection: not taken)
+            worker.invite(peer, fields, self.via).addBoth(answered, worker)
 
     def _link_changed(self, peer: str, up: bool) -> None:
         if not up:

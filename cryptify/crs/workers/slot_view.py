@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from cryptify.crs.pool.wiring import PoolLink
-from cryptify.crs.slots import SLOTS
+from cryptify.crs.slots import SLOTS, slot_ranges
 
 #: Longest map key, member name or address in a view.
 MAX_WORD = 200
@@ -147,12 +147,4 @@ def _names(runs: object) -> tuple[str | None, ...]:
 
 def owned_by(view: SlotView, name: str) -> list[tuple[int, int]]:
     """The (first, last) ranges of the slots ``name`` owns in ``view``."""
-    ranges: list[tuple[int, int]] = []
-    for slot, owner in enumerate(view.owners):
-        if owner != name:
-            continue
-        if ranges and ranges[-1][1] == slot - 1:
-            ranges[-1] = (ranges[-1][0], slot)
-        else:
-            ranges.append((slot, slot))
-    return ranges
+    return slot_ranges(s for s, owner in enumerate(view.owners) if owner == name)
