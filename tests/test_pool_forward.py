@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cryptify.crs.messages.store import Stored
+from cryptify.crs.messages.store import MAX_CONTENT, Stored
 from cryptify.crs.pool.core import DOWN_AFTER, HEARTBEAT_INTERVAL, JOIN_WAIT
 from cryptify.crs.pool.forward import FORWARD_TIMEOUT, KNOWN_RESYNC, SWEEP_INTERVAL
 from cryptify.crs.pool.forward_core import (
@@ -129,6 +129,21 @@ class ForwardTests(SynchronousTestCase):
         self.assertEqual(error["code"], "not-found")
         self.assertEqual(self.sender.of("posted"), [])
         self.assertEqual((self.a.store.messages, self.b.store.messages), ({}, {}))
+
+    def test_too_large_refused_before_forwarding(self) -> None:
+        """Content over the store's limit for a URI of another member is
+        refused ``too-large`` here, as the store refuses it, and never sent
+        (the owner would take the frame for a broken one and drop the link)."""
+        self.post(content=b"x" * (MAX_CONTENT + 1))
+        self.net.deliver()
+        [error] = self.sender.of("error")
+        self.assertEqual(error["code"], "too-large")
+        self.assertEqual(self.sender.of("posted"), [])
+        self.assertEqual((self.a.store.messages, self.b.store.messages), ({}, {}))
+        self.assertEqual(self.a.forwarder.counters["forwarded"], 0)
+        self.post(request=2, content=b"x" * MAX_CONTENT)
+        self.net.deliver()
+        self.assertEqual(len(self.sender.of("posted")), 1)
 
     def test_repeat_answers_the_first_id(self) -> None:
         self.post()
