@@ -420,6 +420,35 @@ class SyntaxTests(SynchronousTestCase):
         tagged = headers.set("To", "<sip:b@c>;tag=old")
         self.assertEqual(response_to(tagged, 200, to_tag="t").to.tag, "old")
 
+    @settings(max_examples=200, deadline=None)
+    @example(display="", params=[], end=";")
+    @given(
+        display=st.sampled_from(["", '"Bob" ', "Bob ", '"a;b>" ']),
+        params=st.lists(
+            st.sampled_from([";foo=1", ";lr", " ; x = y ", ';q="a;b"', ";FOO=2", ";tag"]),
+            max_size=3,
+        ),
+        end=st.sampled_from(["", ";", " ;", " ; "]),
+    )
+    def test_response_to_tag_read_back(self, display: str, params: list[str], end: str) -> None:
+        """
+        Whatever the request's To as the parser takes it (a lone ';' after
+        the URI included), the response's To reads back as the same address
+        with the tag added, or with the tag it had.
+        """
+        value = (display + "<sip:b@c>" + "".join(params) + end).strip()
+        try:
+            asked = parse_name_addr(value)
+        except SipParseError:
+            return
+        headers = Headers((("Via", "SIP/2.0/UDP a;branch=z9hG4bK1"), ("To", value)))
+        answered = parse_name_addr(response_to(headers, 200, to_tag="t").headers.get("To") or "")
+        self.assertEqual((answered.uri, answered.display), (asked.uri, asked.display))
+        if asked.tag is None:
+            self.assertEqual(answered.params, (*asked.params, ("tag", "t")))
+        else:
+            self.assertEqual(answered.params, asked.params)
+
     @settings(max_examples=150, deadline=None)
     @given(
         names=st.lists(
