@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 
+import attrs
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import FailTest, SynchronousTestCase
@@ -419,6 +420,32 @@ class SyntaxTests(SynchronousTestCase):
         self.assertEqual(response_to(bare, 200, to_tag="t").headers.get("To"), "<sip:b@c>;tag=t")
         tagged = headers.set("To", "<sip:b@c>;tag=old")
         self.assertEqual(response_to(tagged, 200, to_tag="t").to.tag, "old")
+
+    def test_response_to_not_reused(self) -> None:
+        """
+        What a request's answers copy is kept with its header fields, but
+        each answer has its own To tag, status and extra fields; an answer
+        changed afterwards (other headers, another body) is written from
+        what it holds then; headers changed by the transport (a stamped
+        Via) are new headers, whose answers copy the change.
+        """
+        message = parse_datagram(BASIC)
+        assert message is not None
+        ringing = response_to(message.headers, 180, to_tag="a")
+        written = ringing.to_bytes()
+        busy = response_to(message.headers, 486, to_tag="b", extra=(("Retry-After", "5"),))
+        self.assertEqual(ringing.to_bytes(), written)
+        for response, status, tag in ((ringing, 180, "a"), (busy, 486, "b")):
+            parsed = parse_datagram(response.to_bytes())
+            assert isinstance(parsed, Response)
+            self.assertEqual((parsed.status, parsed.to.tag), (status, tag))
+        self.assertNotIn(b"Retry-After", written)
+        challenged = attrs.evolve(busy, headers=busy.headers.add("Warning", '399 x "y"'))
+        self.assertIn(b'Warning: 399 x "y"\r\n', challenged.to_bytes())
+        self.assertIn(b"Content-Length: 3\r\n", busy.with_body(b"abc").to_bytes())
+        stamped, _ = stamp_received(message.headers, ("198.51.100.7", 5999))
+        self.assertIn(b"received=198.51.100.7", response_to(stamped, 200).to_bytes())
+        self.assertNotIn(b"received=", response_to(message.headers, 200).to_bytes())
 
     @settings(max_examples=200, deadline=None)
     @example(display="", params=[], end=";")
