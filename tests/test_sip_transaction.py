@@ -262,6 +262,30 @@ class ClientTransactionTests(LayerCase):
         self.clock.advance(32)
         self.assertEqual(self.layer.clients, {})
 
+    def test_other_failure_acked_with_its_to(self) -> None:
+        """
+        A repeat of the failure gets the same ACK again, byte for byte; a
+        failure from another UAS (another To tag, as after a fork) gets an
+        ACK with its own To (RFC 3261 17.1.1.3), not the one kept; neither
+        reaches the user.
+        """
+        outgoing, responses, _ = self.start()
+        self.layer.receive(response(outgoing, 486, tag="r1"), self.channel)
+        self.layer.receive(response(outgoing, 486, tag="r1"), self.channel)
+        self.layer.receive(response(outgoing, 603, tag="r2"), self.channel)
+        self.layer.receive(response(outgoing, 486, tag="r1"), self.channel)
+        self.assertEqual([r.status for r in responses], [486])
+        sent = self.channel.sent[1:]
+        self.assertEqual(sent[0], sent[1])
+        self.assertEqual(sent[0], sent[3])
+        acks = [m for m in self.channel.messages()[1:] if isinstance(m, Request)]
+        self.assertEqual(
+            [(a.method, a.to.tag, a.cseq.number) for a in acks],
+            [("ACK", "r1", 1), ("ACK", "r1", 1), ("ACK", "r2", 1), ("ACK", "r1", 1)],
+        )
+        self.clock.advance(32)
+        self.assertEqual(self.layer.clients, {})
+
     def test_invite_2xx_retransmissions_to_user(self) -> None:
         """
         After a 2xx, repeated 2xx still reach the user (which ACKs them).
