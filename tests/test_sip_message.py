@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import re
 
+import attrs
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import FailTest, SynchronousTestCase
 
 from cryptify.protocols.sip import headers as headers_module
+from cryptify.protocols.sip import message as message_module
 from cryptify.protocols.sip.address import (
     SHARED_LONGEST,
     parse_cseq,
@@ -23,6 +25,7 @@ from cryptify.protocols.sip.address import (
 )
 from cryptify.protocols.sip.errors import SipParseError
 from cryptify.protocols.sip.message import (
+    MAX_HEADER_FIELDS,
     MAX_MESSAGE_BYTES,
     Headers,
     Request,
@@ -418,6 +421,61 @@ class SyntaxTests(SynchronousTestCase):
         tagged = headers.set("To", "<sip:b@c>;tag=old")
         self.assertEqual(response_to(tagged, 200, to_tag="t").to.tag, "old")
 
+    def test_response_to_not_reused(self) -> None:
+        """
+        What a request's answers copy is kept with its header fields, but
+        each answer has its own To tag, status and extra fields; an answer
+        changed afterwards (other headers, another body) is written from
+        what it holds then; headers changed by the transport (a stamped
+        Via) are new headers, whose answers copy the change.
+        """
+        message = parse_datagram(BASIC)
+        assert message is not None
+        ringing = response_to(message.headers, 180, to_tag="a")
+        written = ringing.to_bytes()
+        busy = response_to(message.headers, 486, to_tag="b", extra=(("Retry-After", "5"),))
+        self.assertEqual(ringing.to_bytes(), written)
+        for response, status, tag in ((ringing, 180, "a"), (busy, 486, "b")):
+            parsed = parse_datagram(response.to_bytes())
+            assert isinstance(parsed, Response)
+            self.assertEqual((parsed.status, parsed.to.tag), (status, tag))
+        self.assertNotIn(b"Retry-After", written)
+        challenged = attrs.evolve(busy, headers=busy.headers.add("Warning", '399 x "y"'))
+        self.assertIn(b'Warning: 399 x "y"\r\n', challenged.to_bytes())
+        self.assertIn(b"Content-Length: 3\r\n", busy.with_body(b"abc").to_bytes())
+        stamped, _ = stamp_received(message.headers, ("198.51.100.7", 5999))
+        self.assertIn(b"received=198.51.100.7", response_to(stamped, 200).to_bytes())
+        self.assertNotIn(b"received=", response_to(message.headers, 200).to_bytes())
+
+    @settings(max_examples=200, deadline=None)
+    @example(display="", params=[], end=";")
+    @given(
+        display=st.sampled_from(["", '"Bob" ', "Bob ", '"a;b>" ']),
+        params=st.lists(
+            st.sampled_from([";foo=1", ";lr", " ; x = y ", ';q="a;b"', ";FOO=2", ";tag"]),
+            max_size=3,
+        ),
+        end=st.sampled_from(["", ";", " ;", " ; "]),
+    )
+    def test_response_to_tag_read_back(self, display: str, params: list[str], end: str) -> None:
+        """
+        Whatever the request's To as the parser takes it (a lone ';' after
+        the URI included), the response's To reads back as the same address
+        with the tag added, or with the tag it had.
+        """
+        value = (display + "<sip:b@c>" + "".join(params) + end).strip()
+        try:
+            asked = parse_name_addr(value)
+        except SipParseError:
+            return
+        headers = Headers((("Via", "SIP/2.0/UDP a;branch=z9hG4bK1"), ("To", value)))
+        answered = parse_name_addr(response_to(headers, 200, to_tag="t").headers.get("To") or "")
+        self.assertEqual((answered.uri, answered.display), (asked.uri, asked.display))
+        if asked.tag is None:
+            self.assertEqual(answered.params, (*asked.params, ("tag", "t")))
+        else:
+            self.assertEqual(answered.params, asked.params)
+
     @settings(max_examples=150, deadline=None)
     @given(
         names=st.lists(
@@ -615,6 +673,44 @@ HEAD_PIECES = st.sampled_from(
     ["\r\n", "\n", "\r", " ", "\t", ":", "v", "Via", "X-Y", "l", "@", ",", ";", "\u00e9", "x"]
 )
 
+#: Header names as peers write them: compact forms and long ones in any
+#: case, extension names, names that are not tokens (UTF-8, inner space,
+#: empty), with white space before the colon or not.
+HEAD_NAMES = st.tuples(
+    st.sampled_from(sorted(headers_module.COMPACT)).flatmap(
+        lambda n: st.sampled_from([n, n.upper()])
+    )
+    | st.sampled_from(sorted(headers_module.CANONICAL.values())).flatmap(
+        lambda n: st.sampled_from([n, n.lower(), n.upper(), n.swapcase()])
+    )
+    | st.sampled_from(["X-Y", "x-y", "X-Y", "x-y", "\u00e9", "X \u00e9", "a b", "", "\u212a"]),
+    st.sampled_from(["", "", "", " ", "\t", " \t "]),
+).map("".join)
+#: Field values: lists (with quoted commas), UTF-8, empty, stray CRs.
+HEAD_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            "",
+            "0",
+            " 12 ",
+            "a, b",
+            '"x, y" <sip:a@b;p=1,2>, <sip:c@d>',
+            '"unbalanced, <sip:a@b>',
+            "SIP/2.0/UDP h;branch=z9hG4bK1, SIP/2.0/TCP g",
+            "<sip:a@b>;tag=1",
+            "1 INVITE",
+            "\u00e9\u4e2d",
+            "a\rb",
+        ]
+    ),
+    st.text(st.characters(exclude_characters="\n", exclude_categories=("Cs",)), max_size=10),
+)
+#: How a header line ends: mostly CRLF; a bare LF, a fold, a bare CR.
+HEAD_ENDS = st.sampled_from(["\r\n"] * 12 + ["\n", "\r\r\n", "\r\n ", "\r\n\t"])
+#: The names each reading's lookups are compared on: compact and long,
+#: list-valued and single, in other cases, an extension, a non-token.
+LOOKUPS = [*sorted(headers_module.COMPACT), "VIA", "Contact", "supported", "CSeq", "X-Y", "\u00e9"]
+
 
 class FastHeadTests(SynchronousTestCase):
     """
@@ -634,6 +730,22 @@ class FastHeadTests(SynchronousTestCase):
         start, headers = _read_head(head)
         self.assertEqual((start, headers.items), (expected[0], expected[1].items))
         self.assertEqual(headers.by_key(), expected[1].by_key())
+        for name in LOOKUPS:
+            self.assertEqual(
+                (headers.get(name), headers.get_all(name), headers.count(name)),
+                (expected[1].get(name), expected[1].get_all(name), expected[1].count(name)),
+            )
+            self.assertEqual(
+                self.values_or_error(headers, name), self.values_or_error(expected[1], name)
+            )
+
+    @staticmethod
+    def values_or_error(headers: Headers, name: str) -> list[str] | str:
+        """What L{Headers.values} gives for C{name}, or its error's reason."""
+        try:
+            return headers.values(name)
+        except SipParseError as exc:
+            return exc.reason
 
     def test_basic(self) -> None:
         """The common message reads alike both ways."""
@@ -684,6 +796,94 @@ class FastHeadTests(SynchronousTestCase):
         """Any head cut, dropped into or added to reads alike both ways."""
         text = BASIC.decode().split("\r\n\r\n")[0]
         self.assert_same(text[:cut] + insert + text[cut + drop :])
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        start=st.sampled_from(["INVITE sip:a@b SIP/2.0", "SIP/2.0 180 Ringing", "x", ""]),
+        lines=st.lists(
+            st.tuples(HEAD_NAMES, st.sampled_from([":"] * 5 + [""]), HEAD_VALUES, HEAD_ENDS),
+            max_size=8,
+        ),
+        last=st.sampled_from(["", "", "\r", " ", "\t"]),
+    )
+    def test_any_header_lines(
+        self, start: str, lines: list[tuple[str, str, str, str]], last: str
+    ) -> None:
+        """
+        Heads of compact and long names in any case, repeated, with white
+        space before the colon, list values, UTF-8 and malformed lines,
+        the last one ending in a stray CR or white space, read alike both
+        ways, lookups included.
+        """
+        head = start + "\r\n" + "".join(n + c + " " + v + end for n, c, v, end in lines)
+        self.assert_same(head.removesuffix("\r\n") + last)
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        which=st.integers(0, 10**6),
+        changes=st.lists(
+            st.tuples(
+                st.floats(0, 1),
+                st.lists(HEAD_PIECES | st.sampled_from(["l", "i", "\u00e9", "5"]), max_size=4),
+                st.integers(0, 6),
+            ),
+            max_size=3,
+        ),
+    )
+    def test_whole_messages(self, which: int, changes: list[tuple[float, list[str], int]]) -> None:
+        """
+        An RFC 4475 message, as it is or changed anywhere, gives the same
+        message, checks, stream framing and errors (with their status and
+        headers) read by the one-pass reader as by the line reader.
+        """
+        corpus = [data for _, data in torture_files()] + [BASIC]
+        data = corpus[which % len(corpus)]
+        for where, insert, drop in changes:
+            cut = int(where * len(data))
+            data = data[:cut] + "".join(insert).encode() + data[cut + drop :]
+        quick = self.outcome(data)
+        patched = self.patch(message_module, "_read_head", _line_by_line)
+        try:
+            general = self.outcome(data)
+        finally:
+            patched.restore()
+        self.assertEqual(quick, general)
+
+    @staticmethod
+    def outcome(data: bytes) -> list[object]:
+        """Everything the parsers and the checks make of C{data}."""
+        out: list[object] = []
+        try:
+            message = parse_and_check(data)
+            if message is not None:
+                out += [type(message), message.headers.items, message.body, str(message)]
+        except SipParseError as exc:
+            headers = exc.headers.items if exc.headers is not None else None
+            out += [exc.reason, exc.status, exc.is_request, headers]
+        try:
+            out += [(type(m), m.headers.items, m.body) for m in StreamParser().feed(data)]
+        except SipParseError as exc:
+            out += [exc.reason, exc.status]
+        return out
+
+    def test_header_count_limit(self) -> None:
+        """
+        The limit on header lines is the same both ways: the most allowed
+        read, one more refused, however the lines are written (a folded
+        line is part of the one before).
+        """
+        for count in (MAX_HEADER_FIELDS - 1, MAX_HEADER_FIELDS, MAX_HEADER_FIELDS + 1):
+            for join in ("\r\n", "\n"):
+                lines = [f"{'v' if i % 2 else 'X-A'} : {i}" for i in range(count)]
+                head = join.join(["OPTIONS sip:a@b SIP/2.0", *lines])
+                self.assert_same(head)
+                self.assert_same(head + "\r\n folded")
+        with self.assertRaises(SipParseError):
+            _read_head("OPTIONS sip:a@b SIP/2.0" + "\r\nX: 1" * (MAX_HEADER_FIELDS + 1))
+        self.assertEqual(
+            _read_head("OPTIONS sip:a@b SIP/2.0" + "\r\nX: 1" * MAX_HEADER_FIELDS)[1].count("X"),
+            MAX_HEADER_FIELDS,
+        )
 
 
 class ReceivedTests(SynchronousTestCase):

@@ -150,6 +150,35 @@ class ServerTransactionTests(LayerCase):
         self.clock.pump([T2] * 20)
         self.assertEqual(len(self.user.unacknowledged), 1)
 
+    def test_repeats_the_latest_response(self) -> None:
+        """
+        A retransmitted INVITE gets the latest response as it was sent:
+        the 100 (no To tag), then the 180 with its tag, then the final;
+        a later final is refused, and timer G and the retransmissions
+        repeat the first final, byte for byte.
+        """
+        invite = request()
+        self.layer.receive(invite, self.channel)
+        tx = self.user.requests[0]
+        answers = [
+            response_to(invite.headers, 100),
+            response_to(invite.headers, 180, to_tag="b"),
+            response_to(invite.headers, 486, to_tag="b"),
+        ]
+        for answer in answers:
+            tx.respond(answer)
+            self.layer.receive(invite, self.channel)
+            self.assertEqual(self.channel.sent[-2:], [answer.to_bytes()] * 2)
+        tx.respond(response_to(invite.headers, 500, to_tag="c"))
+        self.layer.receive(invite, self.channel)
+        self.clock.advance(T1)
+        final = answers[-1].to_bytes()
+        self.assertEqual(self.channel.sent[6:], [final, final])
+        self.assertEqual(
+            [(m.status, m.to.tag) for m in self.channel.messages()],
+            [(100, None)] * 2 + [(180, "b")] * 2 + [(486, "b")] * 4,
+        )
+
     def test_reliable_no_resend(self) -> None:
         """
         On TCP a final response is sent once and timer J is zero.
@@ -230,6 +259,30 @@ class ClientTransactionTests(LayerCase):
         self.assertEqual(len(acks), 2)
         self.assertEqual(acks[0].to.tag, "r1")
         self.assertEqual(acks[0].vias[0].branch, "z9hG4bKout")
+        self.clock.advance(32)
+        self.assertEqual(self.layer.clients, {})
+
+    def test_other_failure_acked_with_its_to(self) -> None:
+        """
+        A repeat of the failure gets the same ACK again, byte for byte; a
+        failure from another UAS (another To tag, as after a fork) gets an
+        ACK with its own To (RFC 3261 17.1.1.3), not the one kept; neither
+        reaches the user.
+        """
+        outgoing, responses, _ = self.start()
+        self.layer.receive(response(outgoing, 486, tag="r1"), self.channel)
+        self.layer.receive(response(outgoing, 486, tag="r1"), self.channel)
+        self.layer.receive(response(outgoing, 603, tag="r2"), self.channel)
+        self.layer.receive(response(outgoing, 486, tag="r1"), self.channel)
+        self.assertEqual([r.status for r in responses], [486])
+        sent = self.channel.sent[1:]
+        self.assertEqual(sent[0], sent[1])
+        self.assertEqual(sent[0], sent[3])
+        acks = [m for m in self.channel.messages()[1:] if isinstance(m, Request)]
+        self.assertEqual(
+            [(a.method, a.to.tag, a.cseq.number) for a in acks],
+            [("ACK", "r1", 1), ("ACK", "r1", 1), ("ACK", "r2", 1), ("ACK", "r1", 1)],
+        )
         self.clock.advance(32)
         self.assertEqual(self.layer.clients, {})
 

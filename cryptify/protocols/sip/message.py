@@ -569,8 +569,10 @@ def _with_tag(to: str, tag: str) -> str:
         return to
     if parsed.tag is not None:
         return to
-    if parsed.bracketed:
-        return f"{to};tag={tag}"  # the request's To as it was, plus the tag
+    # The request's To as it was, plus the tag; but a lone ';' after the
+    # URI (which the parser lets by) would make ';;tag=', an empty param.
+    if parsed.bracketed and not to.rstrip(" \t").endswith(";"):
+        return f"{to};tag={tag}"
     return str(parsed.with_tag(tag))
 
 

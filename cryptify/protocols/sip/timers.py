@@ -12,11 +12,13 @@ its clock for one delayed call at a time, for the earliest live timer.
 
 The rules:
  - a timer fires at its due time as the clock computes it (C{now +
-   delay}), never later: a test's L{Clock} advanced to exactly that time
-   fires it, as it would a C{callLater};
+   delay}), never earlier and never later: a test's L{Clock} advanced to
+   exactly that time fires it, as it would a C{callLater}, and one an ulp
+   short of it does not;
  - timers due at the same time fire in the order they were started;
- - a cancelled timer is dropped lazily, and never makes the queue wake;
-   when no live timer is left the queue holds no delayed call at all;
+ - a cancelled timer is dropped lazily: it never fires, but the queue may
+   wake once at its time for nothing (cheaper than re-arming at every
+   cancel); when no live timer is left the queue holds no delayed call;
  - a timer whose callable raises is logged, and the others still fire.
 """
 
@@ -121,9 +123,10 @@ class TimerQueue:
 
     def _fire(self) -> None:
         self._call = None
-        # Due: what the clock says now, and at least the timer this call was
-        # armed for (its time as the clock computed it may be an ulp early).
-        due = max(self.clock.seconds(), self._armed)
+        # Due: what the clock says now, as for a callLater. The call may be
+        # an ulp short of the timer it was armed for (L{_rearm}); then none
+        # is due yet and the queue re-arms for a later clock time.
+        due = self.clock.seconds()
         self._armed = math.inf
         heap = self._heap
         while heap:

@@ -20,7 +20,8 @@ Client transactions (a request we send):
 
     INVITE:      calling (timer A resends, B times out) --1xx--> proceeding
                  --2xx--> accepted (timer M; further 2xx go to the user)
-                 --3xx-6xx--> completed (ACK sent, resent on repeats; timer D)
+                 --3xx-6xx--> completed (ACK sent, resent on repeats, another
+                                         To's failure ACKed with its To; timer D)
     non-INVITE:  trying (timer E resends, F times out) --1xx--> proceeding
                  --final--> completed --timer K--> terminated
 
@@ -331,6 +332,8 @@ class ClientTransaction:
     on_timeout: Callable[[], None]
     key: tuple[str, str]
     _ack: bytes | None = None
+    #: The To of the failure C{_ack} acknowledges (its repeats get C{_ack}).
+    _acked_to: str | None = None
     _resend_timer: Timer | None = None
     _end: Timer | None = None
     _interval: float = T1
@@ -393,7 +396,10 @@ class ClientTransaction:
         status = response.status
         if self.state in (TxState.COMPLETED, TxState.TERMINATED):
             if self._ack is not None and status >= 300:
-                self.channel.send(self._ack)
+                if response.headers.get("To") == self._acked_to:
+                    self.channel.send(self._ack)
+                else:  # another UAS's failure: the ACK carries its To (17.1.1.3)
+                    self.channel.send(ack_for(self.request, response).to_bytes())
             return
         if self.state is TxState.ACCEPTED:
             if 200 <= status < 300:
@@ -414,6 +420,7 @@ class ClientTransaction:
         elif self.is_invite:
             self._move(TxState.COMPLETED)
             self._ack = ack_for(self.request, response).to_bytes()
+            self._acked_to = response.headers.get("To")
             self.channel.send(self._ack)
             delay = 0 if reliable else 32.0
             self._end = timers.call_later(delay, ClientTransaction._terminate, self)
