@@ -14,11 +14,15 @@ client is refused or that every frame sent decodes at the receiver (the
 in-memory links hand each frame to the receiver's real handler: a
 :class:`~cryptify.crs.pool.wire.WireError` fails the test), and that
 every UMSG message a client is sent encodes.
+
+Besides: a sender never sends a frame its peer's check refuses (it runs
+that check itself).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -562,3 +566,47 @@ class CallFrameTests(SynchronousTestCase):
         offers = [fields for _, kind, fields in link.sent if kind == OFFERED_FRAME]
         self.assertEqual(offers, [{"session": "s1"}])
         self.assertEqual(b.relay.released, ["s1"])  # type: ignore[attr-defined]
+
+
+# -- what the sender checks itself ---------------------------------------------------
+
+
+class SenderCheckTests(SynchronousTestCase):
+    def test_sweep_keeps_what_the_owner_would_refuse(self) -> None:
+        """A message kept here that the owner's check refuses (its sender
+        not a URI: from a damaged backup, say) is not handed over: no
+        ``msg-post`` goes, the message stays, the link with it."""
+        clock = Clock()
+        clock.advance(NOW)
+        net = Net()
+        a = Node(net, "crs1", clock, [])
+        b = Node(net, "crs2", clock, [])
+        for node in (a, b):
+            node.link.default = "crs2"
+        kept = a.store.post(
+            "not a uri", "id:m1", "tel:+200", "acme", "content", b"x", message_id="m1"
+        )
+        self.successResultOf(defer.ensureDeferred(kept))
+        a.forwarder.kick()
+        net.deliver()
+        self.assertEqual(net.queue + net.dropped, [])
+        self.assertEqual(list(a.store.messages), ["m1"])
+        self.assertEqual(b.store.messages, {})
+        for node in (a, b):
+            node.forwarder.stopService()
+
+    def test_call_frame_the_peer_refuses_not_sent(self) -> None:
+        """An invite the callee's instance would refuse (this relay's public
+        host over the 255 characters of a UMSG ``relay-host``) is not sent:
+        the caller is told ``not-connected`` and the link stays."""
+        clock, link, a, b = _pool_pair("tel:+1", "tel:+2")
+        a.relay = CountingRelay("h" * 256)
+        a.table.relay = a.relay
+        caller = _party(a, "tel:+1", "acme")
+        _party(b, "tel:+2", "acme")
+        a.table.invite(caller, 7, "tel:+2", b"mikey")
+        self.assertEqual(link.queue, deque())
+        [error] = [m for m in a.sent() if m.type == "error"]
+        self.assertEqual((error["id"], error["code"]), (7, "not-connected"))
+        self.assertEqual((a.table.sessions, a.relay.live), ({}, set()))
+        self.assertEqual(clock.getDelayedCalls(), [])
