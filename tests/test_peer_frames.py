@@ -16,7 +16,8 @@ in-memory links hand each frame to the receiver's real handler: a
 every UMSG message a client is sent encodes.
 
 Besides: a sender never sends a frame its peer's check refuses (it runs
-that check itself).
+that check itself), a handler's own error leaves the connection up, and
+the largest values a client may send pass the workers' socket (AMP).
 """
 
 from __future__ import annotations
@@ -29,18 +30,29 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from cryptify.config.crs_model import CrsConfig, CrsGlobal
+from cryptify.config.iw_crs import IwCrs, IwCrsConfig
 from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.interwork.calls import IwCalls
 from cryptify.crs.interwork.forward import IwForwarder
-from cryptify.crs.messages.store import Stored
+from cryptify.crs.interwork.link import IwLink, _InboundFactory
+from cryptify.crs.messages.store import MAX_CONTENT, Stored, retry_scope
 from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.pool.calls_core import PoolCalls
 from cryptify.crs.pool.calls_frames import (
+    HANGUP_FRAME,
+    INVITE_FRAME,
     OFFERED_FRAME,
+    CallHangup,
+    CallInvite,
+    decode_call,
 )
+from cryptify.crs.pool.core import HEARTBEAT_INTERVAL, JOIN_WAIT
 from cryptify.crs.pool.forward import FORWARD_TIMEOUT, SWEEP_INTERVAL
 from cryptify.crs.pool.forward_core import (
     MAX_REASON,
@@ -49,10 +61,15 @@ from cryptify.crs.pool.forward_core import (
     decode_refused,
     encode_refused,
 )
+from cryptify.crs.pool.wire import encode_frame
 from cryptify.crs.trace import TraceHub
+from cryptify.crs.workers.pool_calls import pack
 from cryptify.protocols import umsg
+from cryptify.protocols.crs_workers import PoolFrame, PoolFrameIn, PoolInvite, PoolPost
 from cryptify.protocols.umsg import (
     FROM_CLIENT,
+    KEY_OCTETS,
+    MAX_MIKEY,
     Field,
     Message,
     base_uri,
@@ -62,7 +79,7 @@ from cryptify.protocols.umsg import (
 )
 from tests.calls_support import CallNode, CountingRelay, FakeCallLink
 from tests.fakes import Att
-from tests.forward_support import Conn, FakeLink, Net, Node, RecordingStore
+from tests.forward_support import Conn, FakeLink, LinkPair, Net, Node, RecordingStore
 
 NOW = 1_800_000_000.0
 
@@ -568,7 +585,7 @@ class CallFrameTests(SynchronousTestCase):
         self.assertEqual(b.relay.released, ["s1"])  # type: ignore[attr-defined]
 
 
-# -- what the sender checks itself ---------------------------------------------------
+# -- what the sender checks itself, a handler's own error, the workers' socket ----------
 
 
 class SenderCheckTests(SynchronousTestCase):
@@ -610,3 +627,100 @@ class SenderCheckTests(SynchronousTestCase):
         self.assertEqual((error["id"], error["code"]), (7, "not-connected"))
         self.assertEqual((a.table.sessions, a.relay.live), ({}, set()))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class HandlerErrorTests(SynchronousTestCase):
+    """A handler's own error is this side's bug, not the peer's bad frame:
+    logged, and the connection stays for the frames that follow."""
+
+    @staticmethod
+    def handler(got: list[dict[str, object]]) -> Any:
+        def handle(peer: str, fields: dict[str, object]) -> None:
+            got.append(fields)
+            if fields["boom"]:
+                raise RuntimeError("a bug here")
+
+        return handle
+
+    def test_pool_link(self) -> None:
+        pair = LinkPair()
+        self.addCleanup(pair.stop)
+        pair.flow(JOIN_WAIT + 3 * HEARTBEAT_INTERVAL)
+        got: list[dict[str, object]] = []
+        pair.links[1].handle("test-frame", self.handler(got))
+        for boom in (True, False):
+            self.assertTrue(pair.links[0].send("crs2", "test-frame", {"boom": boom}))
+        pair.pump()
+        self.assertEqual(got, [{"boom": True}, {"boom": False}])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual([w[5] for w in pair.wires], [False, False])
+
+    def test_iw_link(self) -> None:
+        reactor = MemoryReactorClock()
+        peer = IwCrs("198.51.100.7", "SharedSecret42")
+        link = IwLink(CrsConfig(global_=CrsGlobal()), IwCrsConfig((peer,)), reactor, "1")
+        link.startService()
+        self.addCleanup(link.stopService)
+        address = IPv4Address("TCP", peer.ip, 40000)
+        proto = _InboundFactory(link).buildProtocol(address)
+        assert proto is not None
+        transport = StringTransport(peerAddress=address)
+        proto.makeConnection(transport)
+        got: list[dict[str, object]] = []
+        link.handle("test-frame", self.handler(got))
+        proto.dataReceived(
+            encode_frame("iw-hello", {"version": "9"})
+            + encode_frame("test-frame", {"boom": True})
+            + encode_frame("test-frame", {"boom": False})
+        )
+        self.assertEqual(got, [{"boom": True}, {"boom": False}])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertFalse(transport.disconnecting)
+
+
+class WorkerSocketTests(SynchronousTestCase):
+    """With ``workers N`` a worker's posts and call frames reach the pool
+    and inter-working links through the parent's socket (AMP, at most
+    65,535 octets a value): the largest a client may make goes through."""
+
+    def test_largest_post(self) -> None:
+        box = PoolPost.makeArguments(
+            {
+                "sender": "tel:+" + "9" * 15,
+                "scope": retry_scope(b"\xff" * KEY_OCTETS, "c" * 24, 2**32 - 1),
+                "to": "tel:+" + "9" * 15 + ";" + "#" * 16,
+                "account": "a" * 20,
+                "kind": "content",
+                "data": b"\xff" * MAX_CONTENT,
+                "via": "iw",
+            },
+            None,
+        )
+        self.assertGreater(len(box.serialize()), MAX_CONTENT)
+
+    def test_largest_call_frames(self) -> None:
+        invite = CallInvite(
+            "s" * 64,
+            "tel:+" + "9" * 15 + ";" + "#" * 16,
+            "tel:+" + "8" * 15 + ";" + "*" * 16,
+            "a" * 20,
+            b"\xff" * MAX_MIKEY,
+            "h" * 255,
+            65535,
+            b"t" * 16,
+        )
+        hangup = CallHangup("s" * 64, "z" * 32, "\U0001f4de" * 200, "callee")
+        for frame_type, fields in (
+            (INVITE_FRAME, invite.fields()),
+            (HANGUP_FRAME, hangup.fields()),
+        ):
+            decode_call(frame_type, fields)
+            data = pack(fields)
+            for command in (PoolFrame, PoolFrameIn):
+                box = command.makeArguments(
+                    {"peer": "p" * 64, "frame_type": frame_type, "data": data, "via": "iw"}, None
+                )
+                box.serialize()
+            PoolInvite.makeArguments(
+                {"peer": "p" * 64, "data": data, "via": "iw"}, None
+            ).serialize()
