@@ -41,6 +41,7 @@ from cryptify.crs.attach.registry import Attachment, AttachRegistry
 from cryptify.crs.interwork.calls import IwCalls
 from cryptify.crs.interwork.forward import IwForwarder
 from cryptify.crs.interwork.link import IwLink, _InboundFactory
+from cryptify.crs.interwork.routes_core import MAX_ACCOUNTS
 from cryptify.crs.messages.store import MAX_CONTENT, Stored, retry_scope
 from cryptify.crs.messages.wiring import Messaging
 from cryptify.crs.pool.calls_core import PoolCalls
@@ -308,7 +309,7 @@ class _IwLink(FakeLink):
 class _Operator:
     """One operator's CRS: a store, a registry, Messaging and IwForwarder."""
 
-    def __init__(self, net: Net, name: str, account: str, clock: Clock) -> None:
+    def __init__(self, net: Net, name: str, accounts: frozenset[str], clock: Clock) -> None:
         self.clock = clock
         self.store = RecordingStore(clock.seconds, [], name)
         self.link = _IwLink(net, name)
@@ -323,7 +324,7 @@ class _Operator:
             self.store,  # type: ignore[arg-type]
             self.messaging,
             clock,
-            lambda: frozenset({account}),
+            lambda: accounts,
             new_id=lambda: next(ids),
         )
         self.forwarder.startService()
@@ -357,8 +358,8 @@ class IwMessageFrameTests(SynchronousTestCase):
         clock = Clock()
         clock.advance(NOW)
         net = Net()
-        a = _Operator(net, "crsA", "alpha", clock)
-        b = _Operator(net, "crsB", "beta", clock)
+        a = _Operator(net, "crsA", frozenset({"alpha"}), clock)
+        b = _Operator(net, "crsB", frozenset({"beta"}), clock)
         net.cut.add(frozenset(("crsA", "crsB")))
         net.set_link("crsA", "crsB", True)
         net.deliver()
@@ -380,6 +381,26 @@ class IwMessageFrameTests(SynchronousTestCase):
         net.deliver()
         answered(self, conn, post["id"])
         umsg_encodes(self, conn.sent + held.sent)
+        for op in (a, b):
+            op.forwarder.stopService()
+
+    def test_more_accounts_than_a_peer_takes(self) -> None:
+        """A CRS hosting more accounts than an ``iw-accounts`` may carry
+        tells its peers of the first :data:`MAX_ACCOUNTS` (and logs it):
+        the peer decodes the frame and routes those (it dropped the link
+        at every link-up)."""
+        clock = Clock()
+        clock.advance(NOW)
+        net = Net()
+        many = frozenset(f"acc{n:05}" for n in range(MAX_ACCOUNTS + 1))
+        a = _Operator(net, "crsA", many, clock)
+        b = _Operator(net, "crsB", frozenset({"beta"}), clock)
+        net.cut.add(frozenset(("crsA", "crsB")))
+        net.set_link("crsA", "crsB", True)
+        net.deliver()
+        self.assertEqual(b.forwarder.routes.peers_for("acc00000"), ["crsA"])
+        self.assertEqual(b.forwarder.routes.peers_for(f"acc{MAX_ACCOUNTS:05}"), [])
+        self.assertEqual(a.forwarder.routes.peers_for("beta"), ["crsB"])
         for op in (a, b):
             op.forwarder.stopService()
 
