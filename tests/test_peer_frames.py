@@ -153,13 +153,12 @@ POSTS = st.one_of(
 )
 TELS = field_values(_schema_field("attach", "uri"))
 ACCOUNTS = field_values(_schema_field("attach", "account"))
-#: The callee's ``to`` with or without an extension, and the caller's own
-#: ``from`` (the CRS refuses any other at once).
-TO = field_values(_schema_field("post", "to"))
 EXTENSION = st.from_regex(r"[0-9A-Za-z*#]{1,16}", fullmatch=True)
 
 
 def shown(caller: str) -> st.SearchStrategy[str | None]:
+    """An invite's ``from``: none, or the caller's own URI, with an
+    extension or not (the CRS refuses any other at once)."""
     return st.one_of(st.none(), st.just(caller), EXTENSION.map(lambda e: f"{caller};{e}"))
 
 
@@ -261,8 +260,9 @@ class PoolMessageFrameTests(SynchronousTestCase):
         self.assertLessEqual(len(refused.reason), MAX_REASON)
 
     def test_refusal_with_a_line_break_reaches_the_sender(self) -> None:
-        """The owner's store refuses with a reason holding a line break:
-        the sender is refused, and the link stays (the frame decodes)."""
+        """The owner refuses with a reason holding a line break (a store's
+        error text, say): the sender is refused, and the link stays (the
+        frame decodes, the reason escaped)."""
         clock = Clock()
         clock.advance(NOW)
         net, confirmed = Net(), list[Stored]()
@@ -284,8 +284,9 @@ class PoolMessageFrameTests(SynchronousTestCase):
         b.forwarder._check_post = lambda peer, m: ("internal", "ERR\nscript failed")  # type: ignore[method-assign]
         a.messaging.post(conn, umsg.message("post", id=1, to="tel:+200", content=b"x"))  # type: ignore[arg-type]
         net.deliver()
-        self.assertEqual([m.type for m in conn.sent], ["error"])
-        self.assertEqual(len(sent), 1)
+        [error] = conn.sent
+        self.assertEqual((error.type, error["code"]), ("error", "internal"))
+        self.assertEqual([f["reason"] for f in sent], ["ERR\\nscript failed"])
         for node in (a, b):
             node.forwarder.stopService()
 
