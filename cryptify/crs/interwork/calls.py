@@ -36,6 +36,7 @@ relay for both legs, as in a pool.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Protocol
 
 import attrs
@@ -57,6 +58,15 @@ from cryptify.crs.pool.calls_frames import (
 )
 
 log = Logger(namespace="cryptify.crs.session")
+
+
+def _address(host: str) -> bool:
+    """Whether ``host`` is an IP address (what ``call-offered`` may name)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class Accounts(Protocol):
@@ -89,6 +99,8 @@ class IwCalls(PoolCalls):
         #: relay: session -> (peer, "outgoing" for a call placed here,
         #: "incoming" for one from the peer's client).
         self.bridged: dict[str, tuple[str, str]] = {}
+        #: Whether the relay's host was found not to be an IP address (logged once).
+        self._named_relay = False
         super().__init__("", table, parties, link, lambda uri: None, clock)
 
     def _install(self, table: SessionTable) -> None:
@@ -133,6 +145,19 @@ class IwCalls(PoolCalls):
     def _allocated(self, peer: str, invite: CallInvite, legs: RelayLegs, bridge: Any) -> None:
         if self._allocating.pop(invite.session, None) != peer:
             self.table.relay.release(invite.session)  # ended meanwhile
+            return
+        if not _address(legs.host):
+            # The peer takes only an IP address for this relay's leg (it
+            # drops the link for anything else): media through its relay.
+            self.table.relay.release(invite.session)
+            if not self._named_relay:
+                self._named_relay = True
+                log.warn(
+                    "relay host {host} is not an IP address: calls from inter-working "
+                    "peers go through their relay only",
+                    host=legs.host,
+                )
+            PoolCalls._invited(self, peer, invite)
             return
         self._relayed[invite.session] = RelayLeg(legs.host, legs.port, legs.caller_tag)
         ours = attrs.evolve(

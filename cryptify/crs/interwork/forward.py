@@ -44,6 +44,7 @@ from twisted.logger import Logger
 
 from cryptify.crs.interwork.routes_core import (
     ACCOUNTS,
+    MAX_ACCOUNTS,
     AccountRoutes,
     Conflict,
     decode_accounts,
@@ -288,6 +289,13 @@ class IwForwarder(Forwarder):
         if local == self.routes.local:
             return
         _log_conflicts(self.routes.set_local(local))
+        if len(local) > MAX_ACCOUNTS:
+            log.warn(
+                "{count} accounts hosted here: inter-working peers are told of the first "
+                "{most} only (by name), they do not send the others' messages and calls here",
+                count=len(local),
+                most=MAX_ACCOUNTS,
+            )
         for peer in sorted(self.up):
             self.link.send(peer, ACCOUNTS, encode_accounts(local))
 

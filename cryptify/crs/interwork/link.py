@@ -21,7 +21,9 @@ then ``iw-beat`` every :data:`BEAT_INTERVAL`; a connection that carries
 nothing for :data:`IDLE_TIMEOUT` is dropped.  Frames are the pool link's
 (:mod:`cryptify.crs.pool.wire`: a length, then strict CBOR); a frame of a
 type nobody here handles is ignored, so a newer peer can talk to an older
-one.  :meth:`IwLink.update` applies a changed ``iw-crs.conf`` without a
+one; a handler's :class:`~cryptify.crs.pool.wire.WireError` drops the
+connection, and any other error of a handler is logged (this side's
+fault: the connection stays).  :meth:`IwLink.update` applies a changed ``iw-crs.conf`` without a
 restart: new peers are connected, removed ones disconnected.  The port is
 open only while there is at least one peer.
 
@@ -484,7 +486,17 @@ class IwLink(service.MultiService):
                     peer=peer,
                 )
             return
-        handler(peer, envelope.fields)
+        try:
+            handler(peer, envelope.fields)
+        except WireError:
+            raise  # the peer's fault: its connection is dropped
+        except Exception:
+            # This side's fault: the peer's connection (and the link) stays.
+            log.failure(
+                "inter-working link: a {type} frame from {peer} not handled",
+                type=envelope.type,
+                peer=peer,
+            )
 
     def _beat(self) -> None:
         for proto in list(self._open):

@@ -38,7 +38,10 @@ _ACCOUNT = re.compile(ACCOUNT + r"\Z")
 
 
 def encode_accounts(accounts: frozenset[str]) -> dict[str, object]:
-    return {"accounts": sorted(accounts)}
+    """The fields of an ``iw-accounts``: the first :data:`MAX_ACCOUNTS`
+    accounts in order (a peer takes a frame with more for a broken one and
+    drops the link; the caller logs what is left out)."""
+    return {"accounts": sorted(accounts)[:MAX_ACCOUNTS]}
 
 
 def decode_accounts(fields: dict[str, object]) -> frozenset[str]:

@@ -241,9 +241,12 @@ class PoolCalls:
             self._resend = self.clock.callLater(RESEND_INTERVAL, self._send_kept)
 
     def _send(self, peer: str, frame_type: str, fields: dict[str, object]) -> bool:
+        """Send a frame; False when no connection takes it, or when the
+        peer's own check refuses it (here: there, it drops the link)."""
         try:
+            decode_call(frame_type, fields)
             return self.link.send(peer, frame_type, fields)
-        except WireError as exc:  # pragma: no cover - our own frames are valid
+        except WireError as exc:
             log.error("call frame for {peer} not sent: {why}", peer=peer, why=str(exc))
             return False
 

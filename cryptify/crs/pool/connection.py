@@ -102,7 +102,16 @@ class _LinkProtocol(Protocol):
                     if self.peer is None or self not in self.link._conns:
                         raise WireError(f"a {frame.type!r} frame before the first heartbeat")
                     self.link._alive(self.peer)
-                    self.link._dispatch(self.peer, frame)
+                    try:
+                        self.link._dispatch(self.peer, frame)
+                    except (WireError, PoolError):
+                        raise  # the peer's fault: its connection is dropped
+                    except Exception:  # this side's fault: the connection stays
+                        log.failure(
+                            "pool link: a {type} frame from {peer} failed",
+                            type=frame.type,
+                            peer=self.peer,
+                        )
                     self.idle.reset()
                     continue
                 first = self.peer is None

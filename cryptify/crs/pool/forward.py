@@ -114,6 +114,7 @@ from cryptify.crs.pool.forward_gone import GoneMixin
 from cryptify.crs.pool.forward_sweep import KNOWN_RESYNC, SweepMixin
 from cryptify.crs.pool.gone import GoneOutbox
 from cryptify.crs.pool.origins import OriginMap, OriginStore
+from cryptify.crs.pool.wire import WireError
 from cryptify.crs.slots import slot_of
 from cryptify.protocols.umsg import base_uri
 
@@ -378,7 +379,13 @@ class Forwarder(GoneMixin, SweepMixin, service.Service):
 
     def _ask(self, peer: str, message: Stored, hand: bool) -> Deferred[Posted]:
         n = next(self._numbers)
-        if not self.link.send(peer, POST, encode_post(n, message, hand)):
+        fields = encode_post(n, message, hand)
+        try:
+            # The owner's own check, here: a frame it refuses drops the link.
+            decode_post(fields)
+        except WireError as exc:
+            return defer.fail(MessageRefused("malformed", f"not a message {peer} takes: {exc}"))
+        if not self.link.send(peer, POST, fields):
             return defer.fail(Unreachable(f"no link to {peer}"))
         answer: Deferred[Posted] = Deferred()
         timer = self.reactor.callLater(self.timeout, self._timed_out, n, peer)

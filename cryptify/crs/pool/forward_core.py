@@ -154,7 +154,11 @@ def encode_stored(n: int, message_id: str, dup: bool) -> dict[str, object]:
 
 
 def encode_refused(n: int, code: str, reason: str) -> dict[str, object]:
-    return {"n": n, "code": code, "reason": reason[:MAX_REASON]}
+    """The fields of a ``msg-refused``: the reason (a store's error, say)
+    with what is not printable written as escapes, at most
+    :data:`MAX_REASON` characters, as :func:`decode_refused` takes it."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason[:MAX_REASON])
+    return {"n": n, "code": code, "reason": shown[:MAX_REASON]}
 
 
 def encode_delivered(sender: str, message_id: str) -> dict[str, object]:

@@ -28,9 +28,10 @@
   changes): a module registers a handler for its frame type
   (:meth:`PoolLink.handle`), sends with :meth:`PoolLink.send`, and hears of
   peers coming and going with :meth:`PoolLink.on_link`.  A frame of a type
-  nobody handles is logged once per type and ignored (a newer peer), and a
+  nobody handles is logged once per type and ignored (a newer peer), a
   handler that raises :class:`~cryptify.crs.pool.wire.WireError` drops the
-  connection as a bad heartbeat does;
+  connection as a bad heartbeat does, and any other error is logged (this
+  side's fault: the connection stays);
 - measures its own event loop's lag (a probe due every
   :data:`LAG_PROBE_INTERVAL`, and how late it fires) and tells the member
   (:meth:`~PoolMember.lagged`), so that a peer whose frames waited unread
