@@ -54,7 +54,7 @@ class _Inner(Protocol):
     def connectionMade(self) -> None:
         if self.refuse:
             assert self.transport is not None
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
@@ -208,6 +208,18 @@ class _Harness:
         except ssl.SSLWantReadError:
             pass  # the server's close_notify has not come yet
         self.proto.dataReceived(self.client.outgoing.read())
+
+
+def _bad_record_closes(case: Any, record: bytes) -> None:
+    """``record`` after the handshake closes the connection as a failure;
+    the inner protocol is told once."""
+    h = _Harness(case)
+    h.pump()
+    h.proto.dataReceived(record)
+    case.assertTrue(h.transport.disconnecting)
+    case.assertEqual(h.factory.failures, 1)
+    h.proto.connectionLost(Failure(Exception("gone")))
+    case.assertEqual(len(h.inner.lost), 1)
 
 
 class _EngineTests:
@@ -394,13 +406,7 @@ class _EngineTests:
     def test_oversized_record(self: Any) -> None:
         """A record longer than TLS allows (2^14 + 2048 octets) closes that
         connection as a failure, without waiting for its 64 KB."""
-        h = _Harness(self)
-        h.pump()
-        h.proto.dataReceived(b"\x17\x03\x03\xff\xff" + b"\x00" * 100)
-        self.assertTrue(h.transport.disconnecting)
-        self.assertEqual(h.factory.failures, 1)
-        h.proto.connectionLost(Failure(Exception("gone")))
-        self.assertEqual(len(h.inner.lost), 1)
+        _bad_record_closes(self, b"\x17\x03\x03\xff\xff" + b"\x00" * 100)
 
     def test_renegotiation_refused(self: Any) -> None:
         """A TLS 1.2 client asking to renegotiate is refused (no_renegotiation
@@ -608,13 +614,7 @@ class _EngineTests:
     def test_bad_record_after_handshake(self: Any) -> None:
         """A bad record after the handshake closes the connection; the inner
         protocol is told once."""
-        h = _Harness(self)
-        h.pump()
-        h.proto.dataReceived(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
-        self.assertTrue(h.transport.disconnecting)
-        self.assertEqual(h.factory.failures, 1)
-        h.proto.connectionLost(Failure(Exception("gone")))
-        self.assertEqual(len(h.inner.lost), 1)
+        _bad_record_closes(self, b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
 
     def test_truncated_client_hello_then_close(self: Any) -> None:
         """Each prefix of a real ClientHello leaves the connection waiting;
