@@ -54,7 +54,7 @@ class _Inner(Protocol):
     def connectionMade(self) -> None:
         if self.refuse:
             assert self.transport is not None
-            self.transport.abortConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
