@@ -91,12 +91,12 @@ def event_module(event: LogEvent) -> str:
 
 
 def one_line(text: str) -> str:
-    """``text`` as one log line: control characters (line breaks above
-    all) shown as escapes, so that a value a peer sent (a URI, an account
+    """``text`` as one line: control characters (line breaks above all)
+    shown as escapes, so that a value a peer sent (a URI, an account
     name, a SIP header) cannot forge or split lines of the log."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _text(event: LogEvent) -> str:

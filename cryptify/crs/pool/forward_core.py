@@ -49,6 +49,7 @@ import attrs
 
 from cryptify.crs.messages.store import KINDS, MAX_CONTENT, Stored
 from cryptify.crs.pool.wire import MAX_NUMBER, WireError
+from cryptify.logs import one_line
 from cryptify.protocols.umsg import ACCOUNT, TEL_EXT
 
 POST = "msg-post"
@@ -157,8 +158,7 @@ def encode_refused(n: int, code: str, reason: str) -> dict[str, object]:
     """The fields of a ``msg-refused``: the reason (a store's error, say)
     with what is not printable written as escapes, at most
     :data:`MAX_REASON` characters, as :func:`decode_refused` takes it."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in reason[:MAX_REASON])
-    return {"n": n, "code": code, "reason": shown[:MAX_REASON]}
+    return {"n": n, "code": code, "reason": one_line(reason[:MAX_REASON])[:MAX_REASON]}
 
 
 def encode_delivered(sender: str, message_id: str) -> dict[str, object]:
