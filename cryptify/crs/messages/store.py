@@ -182,6 +182,14 @@ class MessageRefused(Exception):
         self.code = code
 
 
+def too_large(data: bytes) -> defer.Deferred[Any] | None:
+    """The refusal of content over :data:`MAX_CONTENT` (as the store gives
+    it, also where a post goes on elsewhere), or None if it fits."""
+    if len(data) > MAX_CONTENT:
+        return defer.fail(MessageRefused("too-large", f"content over {MAX_CONTENT} octets"))
+    return None
+
+
 @attrs.frozen
 class Stored:
     """A message as delivered to its recipient."""
@@ -328,8 +336,9 @@ class MessageStore:
         """
         if kind not in KINDS:
             return defer.fail(MessageRefused("malformed", f"unknown message kind {kind!r}"))
-        if len(data) > MAX_CONTENT:
-            return defer.fail(MessageRefused("too-large", f"content over {MAX_CONTENT} octets"))
+        refused = too_large(data)
+        if refused is not None:
+            return refused
         if message_id is None:
             message_id = self.new_id()
         now_ms = int(self.clock() * 1000) if time_ms is None else time_ms

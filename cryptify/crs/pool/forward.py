@@ -79,13 +79,13 @@ from twisted.python.failure import Failure
 
 from cryptify.crs.messages.store import (
     KNOWN_URIS,
-    MAX_CONTENT,
     MessageRefused,
     MessageStore,
     Posted,
     Stored,
     new_message_id,
     stat_key,
+    too_large,
 )
 from cryptify.crs.messages.wiring import Messaging, Relayed
 from cryptify.crs.pool.forward_core import (
@@ -278,10 +278,10 @@ class Forwarder(GoneMixin, SweepMixin, service.Service):
         self, sender: str, scope: str, to: str, account: str, kind: str, data: bytes
     ) -> Deferred[Relayed]:
         """Store at the owner, or keep here; fires once one of them has it."""
-        if len(data) > MAX_CONTENT:
-            # As the store refuses it (the owner would take the frame for a
-            # broken one and drop the link).
-            return defer.fail(MessageRefused("too-large", f"content over {MAX_CONTENT} octets"))
+        # (the owner would take a frame with more for a broken one)
+        refused = too_large(data)
+        if refused is not None:
+            return refused
         now_ms = int(self.reactor.seconds() * 1000)
         message = Stored(self.new_id(), sender, to, account, kind, now_ms, data, scope)
         owner = self._route(to, account)

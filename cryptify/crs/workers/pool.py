@@ -53,7 +53,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from cryptify.crs.attach.registry import AttachRegistry
-from cryptify.crs.messages.store import MAX_CONTENT, MessageRefused, Posted, Stored
+from cryptify.crs.messages.store import MessageRefused, Posted, Stored, too_large
 from cryptify.crs.messages.wiring import Relayed
 from cryptify.crs.pool.calls_frames import INVITE_FRAME, CallInvite, decode_call
 from cryptify.crs.pool.wire import WireError
@@ -331,9 +331,9 @@ class WorkerPool(service.MultiService):
         data: bytes,
         via: str = "pool",
     ) -> defer.Deferred[Relayed]:
-        if len(data) > MAX_CONTENT:
-            # (as the store refuses it; AMP carries at most 64 KiB a value)
-            return defer.fail(MessageRefused("too-large", f"content over {MAX_CONTENT} octets"))
+        refused = too_large(data)  # (AMP carries at most 64 KiB a value)
+        if refused is not None:
+            return refused
         proto = self.proto
         if proto is None:
             return defer.fail(
