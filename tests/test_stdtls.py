@@ -222,6 +222,17 @@ def _bad_record_closes(case: Any, record: bytes) -> None:
     case.assertEqual(len(h.inner.lost), 1)
 
 
+def _handshake(proto: Any, transport: _Counting, client: _StdClient) -> None:
+    """Pass octets between ``client`` and the server ``proto`` (on
+    ``transport``) until neither has anything to say."""
+    to_server = client.step(b"")
+    while to_server or transport.value():
+        if to_server:
+            proto.dataReceived(to_server)
+        to_server = client.step(transport.value())
+        transport.clear()
+
+
 class _EngineTests:
     """Behaviour of the layer, run with each engine (C{stdlib})."""
 
@@ -860,12 +871,7 @@ class ChoiceTests(SynchronousTestCase):
         transport = _Counting()
         proto.makeConnection(transport)
         client = _StdClient(cert)
-        to_server = client.step(b"")
-        while to_server or transport.value():
-            if to_server:
-                proto.dataReceived(to_server)
-            to_server = client.step(transport.value())
-            transport.clear()
+        _handshake(proto, transport, client)
         client.tls.write(b"x")
         proto.dataReceived(client.step(b""))
         client.step(transport.value())
@@ -897,12 +903,7 @@ class ChoiceTests(SynchronousTestCase):
                 client.tls = context.wrap_bio(
                     client.incoming, client.outgoing, server_hostname="localhost", session=session
                 )
-            to_server = client.step(b"")
-            while to_server or transport.value():
-                if to_server:
-                    proto.dataReceived(to_server)
-                to_server = client.step(transport.value())
-                transport.clear()
+            _handshake(proto, transport, client)
             self.assertEqual(client.tls.version(), version.name.replace("v1_", "v1."))
             # a record both ways, so that TLS 1.3 tickets are in
             client.tls.write(b"x")
